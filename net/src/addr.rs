@@ -1,0 +1,139 @@
+//! Interface addresses.
+
+use std::net::IpAddr;
+
+use futures::TryStreamExt;
+use ipnet::IpNet;
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+
+use crate::error::{Error, Result, errno_of};
+use crate::handle::Handle;
+
+/// An address on an interface, with the host bits kept (`10.244.1.5/24`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Address {
+    pub index: u32,
+    pub address: IpNet,
+}
+
+fn parse(m: &AddressMessage) -> Option<Address> {
+    // IFA_LOCAL is the interface's own address on point-to-point links; IFA_ADDRESS otherwise.
+    let local = m.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Local(ip) => Some(*ip),
+        _ => None,
+    });
+    let addr = local.or_else(|| {
+        m.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Address(ip) => Some(*ip),
+            _ => None,
+        })
+    })?;
+    let address = IpNet::new(addr, m.header.prefix_len).ok()?;
+    Some(Address {
+        index: m.header.index,
+        address,
+    })
+}
+
+impl Handle {
+    /// Addresses of one link (or of all links).
+    pub async fn addresses(&self, index: Option<u32>) -> Result<Vec<Address>> {
+        let mut req = self.inner.address().get();
+        if let Some(i) = index {
+            req = req.set_link_index_filter(i);
+        }
+        let msgs: Vec<AddressMessage> = req.execute().try_collect().await.map_err(|e| {
+            Error::netlink(
+                "list addresses",
+                format!("of link {index:?} in {}", self.ns),
+                e,
+            )
+        })?;
+        Ok(msgs
+            .iter()
+            .filter_map(parse)
+            .filter(|a| index.is_none_or(|i| a.index == i))
+            .collect())
+    }
+
+    /// Adds `address` to the link unless it is there already.
+    pub async fn ensure_address(&self, index: u32, address: IpNet) -> Result<()> {
+        match self
+            .inner
+            .address()
+            .add(index, address.addr(), address.prefix_len())
+            .execute()
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if errno_of(&e) == Some(nix::libc::EEXIST) => Ok(()),
+            Err(e) => Err(Error::netlink(
+                "add address",
+                format!("{address} to link {index} in {}", self.ns),
+                e,
+            )),
+        }
+    }
+
+    /// Removes `address` from the link; false when it was not there.
+    pub async fn delete_address(&self, index: u32, address: IpNet) -> Result<bool> {
+        let msgs: Vec<AddressMessage> = self
+            .inner
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| {
+                Error::netlink(
+                    "list addresses",
+                    format!("of link {index} in {}", self.ns),
+                    e,
+                )
+            })?;
+        let Some(msg) = msgs
+            .into_iter()
+            .find(|m| parse(m).is_some_and(|a| a.index == index && a.address == address))
+        else {
+            return Ok(false);
+        };
+        match self.inner.address().del(msg).execute().await {
+            Ok(()) => Ok(true),
+            Err(e)
+                if matches!(
+                    errno_of(&e),
+                    Some(nix::libc::EADDRNOTAVAIL | nix::libc::ENODEV)
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(Error::netlink(
+                "delete address",
+                format!("{address} from link {index} in {}", self.ns),
+                e,
+            )),
+        }
+    }
+
+    /// Leaves exactly `wanted` among the link's addresses of the families `wanted` uses (and the
+    /// IPv6 link-local address, which the kernel owns): a stale address is removed, not kept
+    /// beside the right one.
+    pub async fn set_addresses(&self, index: u32, wanted: &[IpNet]) -> Result<()> {
+        let has_v4 = wanted.iter().any(|a| a.addr().is_ipv4());
+        let has_v6 = wanted.iter().any(|a| a.addr().is_ipv6());
+        for existing in self.addresses(Some(index)).await? {
+            let a = existing.address;
+            let family_managed = if a.addr().is_ipv4() { has_v4 } else { has_v6 };
+            let link_local =
+                matches!(a.addr(), IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80);
+            if family_managed && !link_local && !wanted.contains(&a) {
+                self.delete_address(index, a).await?;
+            }
+        }
+        for a in wanted {
+            self.ensure_address(index, *a).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,26 @@
+//! Host networking over netlink, for the plugins, agents, kubelet and testbed.
+//!
+//! - [`netns`]: create, open, enter and delete network namespaces (safely, from async code).
+//! - [`Handle`]: a netlink connection bound to one namespace, with operations on
+//!   [links](link), [addresses](addr), [routes](route), [neighbours and FDB](neigh).
+//! - [`sysctl`]: per-namespace sysctls.
+//!
+//! Operations that set state come in an idempotent `ensure_*`/`replace_*` form; every error
+//! names the operation and the object.
+
+pub mod addr;
+pub mod error;
+pub mod handle;
+pub mod link;
+pub mod neigh;
+pub mod netns;
+pub mod route;
+pub mod sysctl;
+
+pub use addr::Address;
+pub use error::{Error, Result};
+pub use handle::Handle;
+pub use link::{Link, Mac, OperState, VethSpec, VxlanSpec};
+pub use neigh::{FdbEntry, Neighbour};
+pub use netns::Netns;
+pub use route::{Family, Route, RouteKind, Scope};

@@ -1,0 +1,349 @@
+//! Routes: onlink, scope, protocol, table, blackhole, replace.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use futures::TryStreamExt;
+use ipnet::IpNet;
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use rtnetlink::RouteMessageBuilder;
+
+use crate::error::{Error, Result, errno_of};
+use crate::handle::Handle;
+
+/// An address family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(ip: &IpAddr) -> Family {
+        if ip.is_ipv4() { Family::V4 } else { Family::V6 }
+    }
+}
+
+/// Route scope, as `ip route` names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scope {
+    Universe,
+    Link,
+    Host,
+    Other(u8),
+}
+
+impl Scope {
+    fn to_netlink(self) -> RouteScope {
+        match self {
+            Scope::Universe => RouteScope::Universe,
+            Scope::Link => RouteScope::Link,
+            Scope::Host => RouteScope::Host,
+            Scope::Other(n) => RouteScope::from(n),
+        }
+    }
+
+    fn from_netlink(s: RouteScope) -> Scope {
+        match s {
+            RouteScope::Universe => Scope::Universe,
+            RouteScope::Link => Scope::Link,
+            RouteScope::Host => Scope::Host,
+            other => Scope::Other(u8::from(other)),
+        }
+    }
+}
+
+/// What the route does with a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RouteKind {
+    Unicast,
+    /// Drop silently: covers a block we own so its unused addresses never leak elsewhere.
+    Blackhole,
+    Unreachable,
+    Local,
+    Other,
+}
+
+/// A route in one table.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Route {
+    /// The destination network (host bits cleared).
+    pub dst: IpNet,
+    pub gateway: Option<IpAddr>,
+    pub oif: Option<u32>,
+    /// The gateway is reachable on `oif` without a route to it (VXLAN's `via <vtep> onlink`).
+    pub onlink: bool,
+    pub scope: Scope,
+    /// Who installed it (`ip route … proto N`): we mark our routes with our own number.
+    pub protocol: u8,
+    pub table: u32,
+    pub kind: RouteKind,
+    pub priority: Option<u32>,
+    pub src: Option<IpAddr>,
+}
+
+impl Route {
+    pub const TABLE_MAIN: u32 = 254;
+    pub const PROTO_BOOT: u8 = 3;
+    pub const PROTO_STATIC: u8 = 4;
+
+    fn base(dst: IpNet) -> Route {
+        Route {
+            dst: dst.trunc(),
+            gateway: None,
+            oif: None,
+            onlink: false,
+            scope: Scope::Universe,
+            protocol: Route::PROTO_BOOT,
+            table: Route::TABLE_MAIN,
+            kind: RouteKind::Unicast,
+            priority: None,
+            src: None,
+        }
+    }
+
+    /// `dst via gw`.
+    pub fn via(dst: IpNet, gateway: IpAddr) -> Route {
+        Route {
+            gateway: Some(gateway),
+            ..Route::base(dst)
+        }
+    }
+
+    /// `dst dev <oif> scope link`.
+    pub fn dev(dst: IpNet, oif: u32) -> Route {
+        Route {
+            oif: Some(oif),
+            scope: Scope::Link,
+            ..Route::base(dst)
+        }
+    }
+
+    /// `blackhole dst`.
+    pub fn blackhole(dst: IpNet) -> Route {
+        Route {
+            kind: RouteKind::Blackhole,
+            ..Route::base(dst)
+        }
+    }
+
+    pub fn oif(mut self, oif: u32) -> Route {
+        self.oif = Some(oif);
+        self
+    }
+
+    pub fn onlink(mut self) -> Route {
+        self.onlink = true;
+        self
+    }
+
+    pub fn protocol(mut self, p: u8) -> Route {
+        self.protocol = p;
+        self
+    }
+
+    pub fn table(mut self, t: u32) -> Route {
+        self.table = t;
+        self
+    }
+
+    pub fn priority(mut self, p: u32) -> Route {
+        self.priority = Some(p);
+        self
+    }
+
+    pub fn scope(mut self, s: Scope) -> Route {
+        self.scope = s;
+        self
+    }
+
+    pub fn src(mut self, ip: IpAddr) -> Route {
+        self.src = Some(ip);
+        self
+    }
+
+    pub fn family(&self) -> Family {
+        Family::of(&self.dst.addr())
+    }
+
+    fn describe(&self) -> String {
+        let mut s = match self.kind {
+            RouteKind::Blackhole => format!("blackhole {}", self.dst),
+            _ => self.dst.to_string(),
+        };
+        if let Some(gw) = self.gateway {
+            s.push_str(&format!(" via {gw}"));
+        }
+        if let Some(oif) = self.oif {
+            s.push_str(&format!(" dev {oif}"));
+        }
+        if self.onlink {
+            s.push_str(" onlink");
+        }
+        if self.table != Route::TABLE_MAIN {
+            s.push_str(&format!(" table {}", self.table));
+        }
+        s
+    }
+
+    fn to_message(&self, for_delete: bool) -> Result<RouteMessage> {
+        let bad = |e: &dyn std::fmt::Display| {
+            Error::invalid("build route", self.describe(), e.to_string())
+        };
+        let mut b = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(self.dst.addr(), self.dst.prefix_len())
+            .map_err(|e| bad(&e))?;
+        if let Some(gw) = self.gateway {
+            b = b.gateway(gw).map_err(|e| bad(&e))?;
+        }
+        if let Some(src) = self.src {
+            b = b.pref_source(src).map_err(|e| bad(&e))?;
+        }
+        if let Some(oif) = self.oif {
+            b = b.output_interface(oif);
+        }
+        if self.onlink {
+            b = b.onlink();
+        }
+        if let Some(p) = self.priority {
+            b = b.priority(p);
+        }
+        let kind = match self.kind {
+            RouteKind::Unicast => RouteType::Unicast,
+            RouteKind::Blackhole => RouteType::BlackHole,
+            RouteKind::Unreachable => RouteType::Unreachable,
+            RouteKind::Local => RouteType::Local,
+            RouteKind::Other => RouteType::Unspec,
+        };
+        // Deleting matches any scope, as `ip route del` does.
+        let scope = if for_delete {
+            RouteScope::NoWhere
+        } else {
+            self.scope.to_netlink()
+        };
+        Ok(b.table_id(self.table)
+            .protocol(RouteProtocol::from(self.protocol))
+            .scope(scope)
+            .kind(kind)
+            .build())
+    }
+
+    fn from_message(m: &RouteMessage) -> Option<Route> {
+        let h = &m.header;
+        let mut dst = None;
+        let mut r = Route::base(IpNet::new(Ipv4Addr::UNSPECIFIED.into(), 0).ok()?);
+        r.table = u32::from(h.table);
+        for a in &m.attributes {
+            match a {
+                RouteAttribute::Destination(d) => dst = address(d),
+                RouteAttribute::Gateway(g) => r.gateway = address(g),
+                RouteAttribute::Oif(i) => r.oif = Some(*i),
+                RouteAttribute::Table(t) => r.table = *t,
+                RouteAttribute::Priority(p) => r.priority = Some(*p),
+                RouteAttribute::PrefSource(s) => r.src = address(s),
+                _ => {}
+            }
+        }
+        let dst = match (dst, h.address_family) {
+            (Some(d), _) => d,
+            (None, netlink_packet_route::AddressFamily::Inet6) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            (None, netlink_packet_route::AddressFamily::Inet) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            _ => return None,
+        };
+        r.dst = IpNet::new(dst, h.destination_prefix_length).ok()?.trunc();
+        r.onlink = h.flags.contains(RouteFlags::Onlink);
+        r.scope = Scope::from_netlink(h.scope);
+        r.protocol = u8::from(h.protocol);
+        r.kind = match h.kind {
+            RouteType::Unicast => RouteKind::Unicast,
+            RouteType::BlackHole => RouteKind::Blackhole,
+            RouteType::Unreachable => RouteKind::Unreachable,
+            RouteType::Local => RouteKind::Local,
+            _ => RouteKind::Other,
+        };
+        Some(r)
+    }
+}
+
+fn address(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    }
+}
+
+impl Handle {
+    /// Routes of one family, in one table or all of them.
+    pub async fn routes(&self, family: Family, table: Option<u32>) -> Result<Vec<Route>> {
+        let filter = match family {
+            Family::V4 => RouteMessageBuilder::<Ipv4Addr>::new().build(),
+            Family::V6 => RouteMessageBuilder::<Ipv6Addr>::new().build(),
+        };
+        let msgs: Vec<RouteMessage> = self
+            .inner
+            .route()
+            .get(filter)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| Error::netlink("list routes", &self.ns, e))?;
+        Ok(msgs
+            .iter()
+            .filter_map(Route::from_message)
+            .filter(|r| table.is_none_or(|t| r.table == t))
+            .collect())
+    }
+
+    /// `ip route replace`: installs the route, replacing one to the same destination.
+    pub async fn replace_route(&self, route: &Route) -> Result<()> {
+        let msg = route.to_message(false)?;
+        self.inner
+            .route()
+            .add(msg)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| {
+                Error::netlink(
+                    "replace route",
+                    format!("{} in {}", route.describe(), self.ns),
+                    e,
+                )
+            })
+    }
+
+    /// `ip route add`: fails if a route to the destination exists.
+    pub async fn add_route(&self, route: &Route) -> Result<()> {
+        let msg = route.to_message(false)?;
+        self.inner.route().add(msg).execute().await.map_err(|e| {
+            Error::netlink(
+                "add route",
+                format!("{} in {}", route.describe(), self.ns),
+                e,
+            )
+        })
+    }
+
+    /// Deletes the route; false when it was not there.
+    pub async fn delete_route(&self, route: &Route) -> Result<bool> {
+        let msg = route.to_message(true)?;
+        match self.inner.route().del(msg).execute().await {
+            Ok(()) => Ok(true),
+            Err(e)
+                if matches!(
+                    errno_of(&e),
+                    Some(nix::libc::ESRCH | nix::libc::ENOENT | nix::libc::ENODEV)
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(Error::netlink(
+                "delete route",
+                format!("{} in {}", route.describe(), self.ns),
+                e,
+            )),
+        }
+    }
+}
