@@ -12,6 +12,7 @@
 pub mod bed;
 pub mod bench;
 pub mod cni_kit;
+pub mod etcd;
 pub mod leak;
 pub mod process;
 pub mod snapshot;
