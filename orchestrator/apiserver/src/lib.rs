@@ -1,0 +1,34 @@
+//! `trellis apiserver`: a Kubernetes-compatible API server on trellis-store that `kubectl`,
+//! client-go and kube-rs use unchanged.
+//!
+//! - [`server`]: HTTPS with client-certificate authentication, routing, background tasks.
+//! - [`handlers`]: one generic REST machinery for every resource (get, list, watch, create,
+//!   update, patch, delete, deletecollection) and the subresources (status, scale, binding).
+//! - [`kinds`]: what differs per kind — defaults, validation, immutable fields.
+//! - [`storage`]: objects in the store, resourceVersion = the key's revision.
+//! - [`discovery`], [`openapi`], [`table`]: what kubectl needs to find, validate and print.
+//! - [`auth`], [`pki`]: who may do what; the cluster CA and certificates.
+
+// ApiError carries a Status (message, causes): every handler returns it, and boxing it would
+// only add noise at each `?`.
+#![allow(clippy::result_large_err)]
+
+pub mod alloc;
+pub mod auth;
+pub mod discovery;
+pub mod handlers;
+pub mod kinds;
+pub mod meta;
+pub mod metrics;
+pub mod namespaces;
+pub mod openapi;
+pub mod pki;
+pub mod protobuf;
+pub mod registry;
+pub mod request;
+pub mod server;
+pub mod status;
+pub mod storage;
+pub mod table;
+
+pub use server::{Config, Running, StoreSpec, start};

@@ -1,0 +1,288 @@
+//! The cluster's certificates. On first start with an empty data directory: a cluster CA, a
+//! serving certificate for the API server (SANs: the listen address, localhost, 127.0.0.1 and
+//! every `--san`), and an admin client certificate (CN=admin, O=system:masters), written as
+//! `<data-dir>/admin.kubeconfig`. Later starts reuse them; the serving certificate is made anew
+//! when the SANs asked for change.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+
+/// Errors of certificate handling.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("certificate: {0}")]
+    Cert(#[from] rcgen::Error),
+}
+
+/// A certificate and its private key, PEM.
+#[derive(Debug, Clone)]
+pub struct CertPair {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// The cluster CA and the API server's own certificates.
+pub struct Pki {
+    pub dir: PathBuf,
+    pub ca: CertPair,
+    pub serving: CertPair,
+    pub admin: CertPair,
+}
+
+fn read(path: &Path) -> Result<Option<String>, PkiError> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(PkiError::Io {
+            what: "read",
+            path: path.into(),
+            source: e,
+        }),
+    }
+}
+
+fn write(path: &Path, text: &str, private: bool) -> Result<(), PkiError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mode = if private { 0o600 } else { 0o644 };
+    let tmp = path.with_extension("tmp");
+    let io = |e| PkiError::Io {
+        what: "write",
+        path: path.into(),
+        source: e,
+    };
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(io)?;
+        f.write_all(text.as_bytes()).map_err(io)?;
+        f.sync_all().map_err(io)?;
+    }
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// Validity from yesterday for `years` years.
+fn validity(params: &mut CertificateParams, years: i16) {
+    let today = jiff::Zoned::now().date();
+    let from = today.yesterday().unwrap_or(today);
+    params.not_before =
+        rcgen::date_time_ymd(i32::from(from.year()), from.month() as u8, from.day() as u8);
+    params.not_after = rcgen::date_time_ymd(
+        i32::from(today.year() + years),
+        today.month() as u8,
+        today.day().min(28) as u8,
+    );
+}
+
+fn new_ca() -> Result<CertPair, PkiError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "trellis-ca");
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    validity(&mut params, 10);
+    let cert = params.self_signed(&key)?;
+    Ok(CertPair {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// Issues a certificate signed by `ca`: a client certificate (CN = user, O = groups) when
+/// `sans` is empty, a serving certificate for `sans` otherwise.
+pub fn issue(
+    ca: &CertPair,
+    common_name: &str,
+    organizations: &[&str],
+    sans: &[String],
+) -> Result<CertPair, PkiError> {
+    let ca_key = KeyPair::from_pem(&ca.key_pem)?;
+    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key)?;
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    for o in organizations {
+        params.distinguished_name.push(DnType::OrganizationName, *o);
+    }
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    if sans.is_empty() {
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    } else {
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        for san in sans {
+            params.subject_alt_names.push(match san.parse::<IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName(san.clone().try_into()?),
+            });
+        }
+    }
+    validity(&mut params, 1);
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok(CertPair {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+impl Pki {
+    /// Loads the certificates under `<data_dir>/pki`, making what is missing.
+    pub fn ensure(data_dir: &Path, sans: &[String]) -> Result<Pki, PkiError> {
+        let dir = data_dir.join("pki");
+        std::fs::create_dir_all(&dir).map_err(|e| PkiError::Io {
+            what: "create",
+            path: dir.clone(),
+            source: e,
+        })?;
+        let p = |name: &str| dir.join(name);
+        let ca = match (read(&p("ca.crt"))?, read(&p("ca.key"))?) {
+            (Some(cert_pem), Some(key_pem)) => CertPair { cert_pem, key_pem },
+            _ => {
+                let ca = new_ca()?;
+                write(&p("ca.key"), &ca.key_pem, true)?;
+                write(&p("ca.crt"), &ca.cert_pem, false)?;
+                ca
+            }
+        };
+        let mut all_sans: Vec<String> = vec![
+            "localhost".into(),
+            "127.0.0.1".into(),
+            "kubernetes".into(),
+            "kubernetes.default".into(),
+            "kubernetes.default.svc".into(),
+        ];
+        for s in sans {
+            if !all_sans.contains(s) {
+                all_sans.push(s.clone());
+            }
+        }
+        let wanted = all_sans.join(",");
+        let serving = match (
+            read(&p("apiserver.crt"))?,
+            read(&p("apiserver.key"))?,
+            read(&p("apiserver.sans"))?,
+        ) {
+            (Some(cert_pem), Some(key_pem), Some(had)) if had == wanted => {
+                CertPair { cert_pem, key_pem }
+            }
+            _ => {
+                let s = issue(&ca, "trellis-apiserver", &[], &all_sans)?;
+                write(&p("apiserver.key"), &s.key_pem, true)?;
+                write(&p("apiserver.crt"), &s.cert_pem, false)?;
+                write(&p("apiserver.sans"), &wanted, false)?;
+                s
+            }
+        };
+        let admin = match (read(&p("admin.crt"))?, read(&p("admin.key"))?) {
+            (Some(cert_pem), Some(key_pem)) => CertPair { cert_pem, key_pem },
+            _ => {
+                let a = issue(&ca, "admin", &["system:masters"], &[])?;
+                write(&p("admin.key"), &a.key_pem, true)?;
+                write(&p("admin.crt"), &a.cert_pem, false)?;
+                a
+            }
+        };
+        Ok(Pki {
+            dir,
+            ca,
+            serving,
+            admin,
+        })
+    }
+}
+
+/// A kubeconfig for `user` with its certificate embedded.
+pub fn kubeconfig(server: &str, ca: &CertPair, user: &str, cert: &CertPair) -> String {
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: trellis\n  cluster:\n    server: {server}\n    certificate-authority-data: {}\nusers:\n- name: {user}\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n- name: {user}@trellis\n  context:\n    cluster: trellis\n    user: {user}\ncurrent-context: {user}@trellis\n",
+        b64(&ca.cert_pem),
+        b64(&cert.cert_pem),
+        b64(&cert.key_pem)
+    )
+}
+
+/// Writes a kubeconfig file (mode 0600).
+pub fn write_kubeconfig(path: &Path, text: &str) -> Result<(), PkiError> {
+    write(path, text, true)
+}
+
+/// The user (CN) and groups (O) a client certificate names.
+pub fn identity(der: &[u8]) -> Option<(String, Vec<String>)> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let subject = cert.subject();
+    let cn = subject
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
+    let groups = subject
+        .iter_organization()
+        .filter_map(|o| o.as_str().ok().map(String::from))
+        .collect();
+    Some((cn, groups))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificates_are_made_once_and_name_their_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::ensure(dir.path(), &["10.0.0.5".into(), "api.example".into()]).unwrap();
+        let again = Pki::ensure(dir.path(), &["10.0.0.5".into(), "api.example".into()]).unwrap();
+        assert_eq!(pki.ca.cert_pem, again.ca.cert_pem);
+        assert_eq!(pki.serving.cert_pem, again.serving.cert_pem);
+        let node = issue(&pki.ca, "system:node:n1", &["system:nodes"], &[]).unwrap();
+        let der = rustls_pemfile_first(&node.cert_pem);
+        assert_eq!(
+            identity(&der),
+            Some(("system:node:n1".into(), vec!["system:nodes".into()]))
+        );
+        let moved = Pki::ensure(dir.path(), &["10.0.0.6".into()]).unwrap();
+        assert_ne!(
+            moved.serving.cert_pem, pki.serving.cert_pem,
+            "new SANs, new serving certificate"
+        );
+        assert_eq!(moved.ca.cert_pem, pki.ca.cert_pem, "the CA stays");
+    }
+
+    fn rustls_pemfile_first(pem: &str) -> Vec<u8> {
+        let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .unwrap()
+    }
+}

@@ -1,0 +1,50 @@
+//! A server for a test: in-process, on a free loopback port, with its own data directory.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use trellis_apiserver::{Config, Running};
+
+pub struct TestServer {
+    pub running: Running,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        TestServer::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::new(dir.path(), "127.0.0.1:0".parse().unwrap());
+        adjust(&mut config);
+        let running = trellis_apiserver::start(config)
+            .await
+            .expect("the API server starts");
+        TestServer { running, dir }
+    }
+
+    /// A kube-rs client with the admin kubeconfig.
+    pub async fn client(&self) -> kube::Client {
+        client_from(&std::fs::read_to_string(&self.running.kubeconfig).unwrap()).await
+    }
+
+    /// A kube-rs client for `user` in `groups`, with a certificate from the cluster CA.
+    pub async fn client_as(&self, user: &str, groups: &[&str]) -> kube::Client {
+        let cert = self.running.issue(user, groups).unwrap();
+        client_from(&self.running.kubeconfig_for(user, &cert)).await
+    }
+
+    pub async fn stop(self) {
+        self.running.shutdown().await;
+    }
+}
+
+pub async fn client_from(kubeconfig: &str) -> kube::Client {
+    let kc = kube::config::Kubeconfig::from_yaml(kubeconfig).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
+    kube::Client::try_from(config).unwrap()
+}
+pub mod kubectl;
