@@ -58,6 +58,12 @@ impl Handle {
 
     /// Adds `address` to the link unless it is there already.
     pub async fn ensure_address(&self, index: u32, address: IpNet) -> Result<()> {
+        self.add_address(index, address).await.map(|_| ())
+    }
+
+    /// Adds `address` to the link; false when it was there already. One request whatever the
+    /// number of links, where listing addresses costs a dump of every address in the namespace.
+    pub async fn add_address(&self, index: u32, address: IpNet) -> Result<bool> {
         match self
             .inner
             .address()
@@ -65,8 +71,8 @@ impl Handle {
             .execute()
             .await
         {
-            Ok(()) => Ok(()),
-            Err(e) if errno_of(&e) == Some(nix::libc::EEXIST) => Ok(()),
+            Ok(()) => Ok(true),
+            Err(e) if errno_of(&e) == Some(nix::libc::EEXIST) => Ok(false),
             Err(e) => Err(Error::netlink(
                 "add address",
                 format!("{address} to link {index} in {}", self.ns),

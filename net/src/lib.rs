@@ -4,6 +4,7 @@
 //! - [`Handle`]: a netlink connection bound to one namespace, with operations on
 //!   [links](link), [addresses](addr), [routes](route), [neighbours and FDB](neigh).
 //! - [`sysctl`]: per-namespace sysctls.
+//! - [`iptables`]: our own chains through `iptables-restore --noflush`, on the host's backend.
 //!
 //! Operations that set state come in an idempotent `ensure_*`/`replace_*` form; every error
 //! names the operation and the object.
@@ -11,7 +12,9 @@
 pub mod addr;
 pub mod error;
 pub mod handle;
+pub mod iptables;
 pub mod link;
+pub mod monitor;
 pub mod neigh;
 pub mod netns;
 pub mod route;
@@ -24,3 +27,14 @@ pub use link::{Link, Mac, OperState, VethSpec, VxlanSpec};
 pub use neigh::{FdbEntry, Neighbour};
 pub use netns::Netns;
 pub use route::{Family, Route, RouteKind, Scope};
+
+/// The route protocol numbers Trellis installs its routes with (`ip route … proto N`), so a
+/// daemon can tell its own routes from everyone else's and remove only those.
+pub mod proto {
+    /// Routes to other nodes' blocks through the VXLAN overlay.
+    pub const OVERLAY: u8 = 201;
+    /// Routes learned over BGP.
+    pub const BGP: u8 = 202;
+    /// Host routes to local pods (routed mode).
+    pub const POD: u8 = 203;
+}

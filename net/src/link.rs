@@ -79,6 +79,17 @@ impl FromStr for Mac {
     }
 }
 
+/// The host end of a pod's veth: `tr` + 11 hex digits of a hash of `seed` (the container id
+/// and interface name, or the pod's namespace/name) — stable, 13 characters, within IFNAMSIZ.
+pub fn host_veth_name(seed: &str) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in seed.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("tr{:011x}", h & 0xfff_ffff_ffff)
+}
+
 /// What the kernel says about a link.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Link {
@@ -322,6 +333,7 @@ impl Handle {
     /// Makes sure a bridge called `name` exists (with `mtu`, if given) and is up.
     pub async fn ensure_bridge(&self, name: &str, mtu: Option<u32>) -> Result<Link> {
         let what = format!("{name} in {}", self.ns);
+        let mut created = false;
         let link = match self.link(name).await? {
             Some(l) if l.kind.as_deref() == Some("bridge") => l,
             Some(l) => {
@@ -335,21 +347,23 @@ impl Handle {
                 ));
             }
             None => {
-                let mut b = LinkBridge::new(name);
-                if let Some(mtu) = mtu {
-                    b = b.mtu(mtu);
-                }
+                // Made without an MTU: see below.
+                let b = LinkBridge::new(name);
                 match self.inner.link().add(b.build()).execute().await {
                     Ok(()) => {}
                     // Another ADD made it between our lookup and our create: that is fine.
                     Err(e) if errno_of(&e) == Some(nix::libc::EEXIST) => {}
                     Err(e) => return Err(Error::netlink("add bridge", &what, e)),
                 }
+                created = true;
                 self.require_link(name).await?
             }
         };
+        // An MTU given at creation is not sticky: the kernel puts the bridge back to 1500 when
+        // its last port leaves. Changed after creation (to a different value, or the kernel
+        // skips it), it is the user's and stays.
         if let Some(mtu) = mtu
-            && link.mtu != mtu
+            && (created || link.mtu != mtu)
         {
             self.set_mtu(link.index, mtu).await?;
         }
@@ -541,6 +555,17 @@ mod tests {
         ] {
             assert!(bad.parse::<Mac>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn host_veth_names_are_stable_and_short() {
+        let a = host_veth_name("ctr1/eth0");
+        assert_eq!(a, host_veth_name("ctr1/eth0"));
+        assert_ne!(a, host_veth_name("ctr1/eth1"));
+        assert!(
+            a.starts_with("tr") && a.len() == 13 && a[2..].chars().all(|c| c.is_ascii_hexdigit()),
+            "{a}"
+        );
     }
 
     #[test]

@@ -533,7 +533,7 @@ async fn the_backend_maps_etcd_semantics_exactly() {
     };
     let before = watchers();
     let extra: Vec<_> = open_watches(&store, 3).await;
-    wait_for("3 more etcd watchers", Duration::from_secs(10), || {
+    wait_for("3 more etcd watchers", Duration::from_secs(30), || {
         watchers() >= before + 3.0
     })
     .await;

@@ -7,6 +7,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+mod ipam;
+mod overlay;
+
 #[derive(Parser)]
 #[command(
     name = "trellis",
@@ -22,6 +25,12 @@ struct Cli {
 enum Command {
     /// The Kubernetes-compatible API server.
     Apiserver(ApiserverArgs),
+    /// The VXLAN overlay's node agent (flannel-like mode).
+    OverlayAgent(overlay::Args),
+    /// The IPAM daemon of a node: allocations over gRPC on a unix socket.
+    Ipamd(ipam::IpamdArgs),
+    /// IPAM tools: pools, blocks, show, check, gc.
+    Ipam(ipam::IpamArgs),
 }
 
 #[derive(clap::Args)]
@@ -57,6 +66,9 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Apiserver(args) => apiserver(args).await,
+        Command::OverlayAgent(args) => overlay::run(args).await,
+        Command::Ipamd(args) => ipam::ipamd(args).await,
+        Command::Ipam(args) => ipam::run(args).await,
     }
 }
 

@@ -226,6 +226,46 @@ impl Testbed {
         }
     }
 
+    /// A loopback port of the test's own namespace that leads to `target` inside `ns`: each
+    /// connection is relayed through a socket opened in `ns`. It lets the test reach a server in
+    /// the testbed (an API server on the underlay) without any route into the testbed. The relay
+    /// ends with the testbed's runtime.
+    pub async fn forward(
+        &self,
+        ns: &Arc<Netns>,
+        target: std::net::SocketAddr,
+    ) -> Result<std::net::SocketAddr> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| Error::io("bind a relay port", e))?;
+        let local = listener
+            .local_addr()
+            .map_err(|e| Error::io("relay address", e))?;
+        let ns = ns.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                let ns = ns.clone();
+                tokio::spawn(async move {
+                    let outbound = ns.run(move || {
+                        let s =
+                            std::net::TcpStream::connect_timeout(&target, Duration::from_secs(5))?;
+                        s.set_nonblocking(true)?;
+                        Ok::<_, std::io::Error>(s)
+                    });
+                    let Ok(Ok(outbound)) = outbound else { return };
+                    let Ok(mut outbound) = tokio::net::TcpStream::from_std(outbound) else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                });
+            }
+        });
+        Ok(local)
+    }
+
     /// Removes a namespace of this testbed now (e.g. "the pod is gone before DEL").
     pub fn delete_ns(&self, ns: &Netns) -> Result<()> {
         let name = ns.name();

@@ -44,6 +44,8 @@ pub struct Figures {
     pub pods: usize,
     pub add: Latency,
     pub del: Latency,
+    /// Every ADD's latency in the order the pods were added (for scaling figures).
+    pub add_samples: Vec<Duration>,
 }
 
 /// One configuration to measure.
@@ -54,6 +56,9 @@ pub struct Subject {
     /// (host-local's dataDir, so the bench never writes to the machine's /var/lib/cni).
     pub config: String,
     pub plugin_dirs: Vec<PathBuf>,
+    /// Files written under the scratch directory before the first pod (path relative to it,
+    /// content): e.g. the readiness state an agent would have written.
+    pub files: Vec<(PathBuf, String)>,
 }
 
 /// Measures `subject` over `pods` pods in a testbed of its own.
@@ -61,6 +66,17 @@ pub async fn measure(subject: &Subject, pods: usize) -> Result<Figures> {
     let tb = Testbed::new()?;
     let state = tb.state_dir().join("state");
     std::fs::create_dir_all(&state).map_err(|e| Error::io("create bench state dir", e))?;
+    for (rel, content) in &subject.files {
+        let path = state.join(rel);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io("create bench file dir", e))?;
+        }
+        std::fs::write(
+            &path,
+            content.replace("@STATE@", &state.display().to_string()),
+        )
+        .map_err(|e| Error::io(format!("write {}", path.display()), e))?;
+    }
     let text = subject
         .config
         .replace("@STATE@", &state.display().to_string());
@@ -82,6 +98,7 @@ pub async fn measure(subject: &Subject, pods: usize) -> Result<Figures> {
         pods,
         add: Latency::of(&timings.0).ok_or_else(|| Error::Other("no samples".into()))?,
         del: Latency::of(&timings.1).ok_or_else(|| Error::Other("no samples".into()))?,
+        add_samples: timings.0,
     })
 }
 
@@ -168,6 +185,33 @@ pub fn table(figures: &[Figures]) -> String {
     out
 }
 
+/// How ADD latency grows with the pod count: the p50 of the first `window` ADDs (an almost
+/// empty node) against the p50 of the last `window` (a full one), per configuration.
+pub fn scaling(figures: &[Figures], window: usize) -> String {
+    let mut out = String::new();
+    for f in figures {
+        let n = f.add_samples.len();
+        if window == 0 || n < 2 * window {
+            continue;
+        }
+        let (Some(first), Some(last)) = (
+            Latency::of(&f.add_samples[..window]),
+            Latency::of(&f.add_samples[n - window..]),
+        ) else {
+            continue;
+        };
+        out.push_str(&format!(
+            "{}: ADD p50 of pods 1-{window}: {}; of pods {}-{n}: {}; ratio {:.2}x\n",
+            f.label,
+            ms(first.p50),
+            n - window + 1,
+            ms(last.p50),
+            last.p50.as_secs_f64() / first.p50.as_secs_f64().max(1e-9)
+        ));
+    }
+    out
+}
+
 /// Reads a configuration file for [`Subject::config`].
 pub fn read_config(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).map_err(|e| Error::io(format!("read {}", path.display()), e))
@@ -203,9 +247,34 @@ mod tests {
             pods: 10,
             add: l(ms),
             del: l(ms),
+            add_samples: Vec::new(),
         };
         let t = table(&[f("ours", 5), f("reference", 20)]);
         assert!(t.contains("ratio 1st/2nd"), "{t}");
         assert!(t.contains("0.25x"), "{t}");
+    }
+
+    #[test]
+    fn scaling_compares_the_first_adds_with_the_last() {
+        let mut f = Figures {
+            label: "grows".into(),
+            pods: 40,
+            add: Latency::of(&[Duration::from_millis(1)]).unwrap(),
+            del: Latency::of(&[Duration::from_millis(1)]).unwrap(),
+            add_samples: (1..=40).map(Duration::from_millis).collect(),
+        };
+        let s = scaling(std::slice::from_ref(&f), 10);
+        assert!(s.contains("pods 1-10"), "{s}");
+        assert!(s.contains("pods 31-40"), "{s}");
+        // p50 of 1..=10 ms is 5 or 6 ms, of 31..=40 is 35 or 36: about 6x.
+        assert!(
+            s.contains("ratio 6.") || s.contains("ratio 7.") || s.contains("ratio 5."),
+            "{s}"
+        );
+        f.add_samples.truncate(15);
+        assert!(
+            scaling(&[f], 10).is_empty(),
+            "too few samples for two windows"
+        );
     }
 }

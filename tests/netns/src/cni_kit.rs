@@ -395,7 +395,7 @@ impl Kit<'_> {
             report.record(
                 Rule::InterfaceMatchesResult,
                 v,
-                interface_matches(result, &pod).await,
+                interface_matches(result, &pod, v).await,
             );
         }
         let with_prev = self.with_prev(v, &add.stdout);
@@ -747,29 +747,39 @@ fn result_shape(stdout: &str, v: Version) -> std::result::Result<CniResult, Stri
 }
 
 /// The interface the result names for the pod exists with the result's MAC and addresses.
-async fn interface_matches(result: &CniResult, pod: &Netns) -> std::result::Result<(), String> {
+async fn interface_matches(
+    result: &CniResult,
+    pod: &Netns,
+    v: Version,
+) -> std::result::Result<(), String> {
     let h = pod.connect().map_err(|e| e.to_string())?;
     let link = h
         .link("eth0")
         .await
         .map_err(|e| e.to_string())?
         .ok_or("eth0 is not in the pod")?;
-    let index = result
-        .interface_index("eth0", Some(&pod.path().display().to_string()))
-        .ok_or_else(|| {
-            format!(
-                "the result lists no eth0 with sandbox {}: {:?}",
-                pod.path().display(),
-                result.interfaces
-            )
-        })?;
-    let want_mac = &result.interfaces[index].mac;
-    if link.mac.map(|m| m.to_string()) != Some(want_mac.to_lowercase()) {
-        return Err(format!(
-            "eth0 has MAC {:?}, the result says {want_mac}",
-            link.mac
-        ));
-    }
+    // Results before 0.3.0 have no interface list: only their addresses can be checked.
+    let index = if result.interfaces.is_empty() && v < Version::V0_3_0 {
+        None
+    } else {
+        let index = result
+            .interface_index("eth0", Some(&pod.path().display().to_string()))
+            .ok_or_else(|| {
+                format!(
+                    "the result lists no eth0 with sandbox {}: {:?}",
+                    pod.path().display(),
+                    result.interfaces
+                )
+            })?;
+        let want_mac = &result.interfaces[index].mac;
+        if link.mac.map(|m| m.to_string()) != Some(want_mac.to_lowercase()) {
+            return Err(format!(
+                "eth0 has MAC {:?}, the result says {want_mac}",
+                link.mac
+            ));
+        }
+        Some(index)
+    };
     let have: Vec<ipnet::IpNet> = h
         .addresses(Some(link.index))
         .await
@@ -780,7 +790,7 @@ async fn interface_matches(result: &CniResult, pod: &Netns) -> std::result::Resu
     for ip in result
         .ips
         .iter()
-        .filter(|ip| ip.interface.is_none_or(|i| i == index))
+        .filter(|ip| index.is_none() || ip.interface.is_none_or(|i| Some(i) == index))
     {
         if !have.contains(&ip.address) {
             return Err(format!("eth0 lacks {} (has {have:?})", ip.address));

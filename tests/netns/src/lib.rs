@@ -11,8 +11,10 @@
 
 pub mod bed;
 pub mod bench;
+pub mod cluster;
 pub mod cni_kit;
 pub mod etcd;
+pub mod handbuilt;
 pub mod leak;
 pub mod process;
 pub mod snapshot;
@@ -76,6 +78,33 @@ pub fn require_tool(name: &str, package: &str) -> PathBuf {
         .unwrap_or_else(|| {
             panic!("this test needs `{name}` (Debian package {package}); .ci/run installs it")
         })
+}
+
+/// A binary of this workspace (`trellis`, `trellis-overlay`, `trellis-ipam`, …), next to the
+/// running test's own target directory. A missing one fails the test with how to build it.
+pub fn bin_path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is not built: run the tests with `cargo nextest run --workspace` (which builds every binary) or `cargo build --workspace` first",
+        path.display()
+    );
+    path
+}
+
+/// The directory of the workspace's binaries (a CNI_PATH entry for our plugins).
+pub fn bin_dir() -> PathBuf {
+    bin_path("trellis")
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
 }
 
 /// Where Debian's containernetworking-plugins puts the reference plugins.

@@ -85,6 +85,7 @@ async fn cni_bench_measures_and_compares_two_configurations() {
         label: label.into(),
         config: bench::read_config(&dir.join(file)).unwrap(),
         plugin_dirs: vec![PathBuf::from(REFERENCE_PLUGIN_DIR)],
+        files: Vec::new(),
     };
     let a = bench::measure(&subject("bridge-host-local.conflist", "bridge"), 5)
         .await

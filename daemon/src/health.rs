@@ -1,0 +1,156 @@
+//! `/healthz`, `/readyz` and `/metrics` on a small HTTP listener.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use crate::metrics::Metrics;
+
+/// Whether the daemon is ready, and why not.
+#[derive(Debug, Default)]
+pub struct Health {
+    ready: AtomicBool,
+    reason: Mutex<String>,
+}
+
+impl Health {
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+        self.reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    pub fn set_not_ready(&self, reason: impl Into<String>) {
+        self.ready.store(false, Ordering::Release);
+        *self.reason.lock().unwrap_or_else(|p| p.into_inner()) = reason.into();
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn reason(&self) -> String {
+        self.reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+fn reply(code: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = code;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    r
+}
+
+fn route(
+    req: &Request<hyper::body::Incoming>,
+    health: &Health,
+    metrics: &Metrics,
+) -> Response<Full<Bytes>> {
+    match req.uri().path() {
+        "/healthz" | "/livez" => reply(StatusCode::OK, "text/plain", "ok".into()),
+        "/readyz" if health.is_ready() => reply(StatusCode::OK, "text/plain", "ok".into()),
+        "/readyz" => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            format!("not ready: {}", health.reason()),
+        ),
+        "/metrics" => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            metrics.render(),
+        ),
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found".into()),
+    }
+}
+
+/// Serves health and metrics on `addr` until `stop` resolves; returns the bound address.
+pub async fn serve(
+    addr: SocketAddr,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(async move {
+        tokio::pin!(stop);
+        loop {
+            let (tcp, _) = tokio::select! {
+                r = listener.accept() => match r { Ok(c) => c, Err(_) => continue },
+                _ = &mut stop => return,
+            };
+            let (health, metrics) = (health.clone(), metrics.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let r = route(&req, &health, &metrics);
+                    async move { Ok::<_, Infallible>(r) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        c.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut s = String::new();
+        c.read_to_string(&mut s).await.unwrap();
+        s
+    }
+
+    #[tokio::test]
+    async fn readiness_follows_the_daemon() {
+        let health = Arc::new(Health::default());
+        let metrics = Arc::new(Metrics::default());
+        metrics.inc("reconciles_total", "Reconciles.", &[], 1.0);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let addr = serve(
+            "127.0.0.1:0".parse().unwrap(),
+            health.clone(),
+            metrics,
+            async move {
+                let _ = rx.await;
+            },
+        )
+        .await
+        .unwrap();
+        assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
+        health.set_not_ready("routes not installed");
+        let r = get(addr, "/readyz").await;
+        assert!(
+            r.starts_with("HTTP/1.1 503") && r.ends_with("not ready: routes not installed"),
+            "{r}"
+        );
+        health.set_ready();
+        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
+        assert!(get(addr, "/metrics").await.contains("reconciles_total 1"));
+        let _ = tx.send(());
+    }
+}

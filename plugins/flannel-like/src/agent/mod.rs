@@ -1,0 +1,438 @@
+//! `trellis overlay-agent`: one per node, in the host network namespace.
+//!
+//! It picks the underlay, takes the node's block, makes the VTEP `trellis.1`, publishes the
+//! VTEP's MAC, the node address and the block on its Node, and for every other node keeps the
+//! neighbour, FDB and route entries the VXLAN data path needs — on every Node change, every
+//! resync period, and at once when the kernel reports one of its entries deleted. Once routes,
+//! masquerade and the CNI configuration are in place it writes the readiness state the plugin
+//! reads and reports ready on `/readyz`. Stopping it leaves the data path in place.
+
+pub mod cniconf;
+pub mod masq;
+pub mod nodes;
+pub mod peers;
+pub mod underlay;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use ipnet::{IpNet, Ipv4Net};
+use k8s_openapi::api::core::v1::Node;
+use kube::Api;
+use kube::runtime::watcher;
+use trellis_daemon::{Health, Metrics};
+use trellis_net::{Handle, Link, Mac, Netns, VxlanSpec};
+
+use crate::state::NodeState;
+use peers::Peer;
+
+/// Where the node's block comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlockSource {
+    /// Given on the command line.
+    Fixed(Ipv4Net),
+    /// Claimed through ipamd's block affinity (IPv4, from `pool` or the first pool that fits
+    /// the node): the same block the node's pods then get their addresses from.
+    Ipamd {
+        socket: PathBuf,
+        pool: Option<String>,
+    },
+    /// The Node's `spec.podCIDR` (clusters whose controller manager allocates node CIDRs).
+    PodCidr,
+}
+
+/// The agent's configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node: String,
+    /// None: the in-cluster or default kubeconfig.
+    pub kubeconfig: Option<PathBuf>,
+    pub underlay: underlay::Choice,
+    pub cluster_cidr: Ipv4Net,
+    pub block: BlockSource,
+    pub ipam: cniconf::Ipam,
+    pub vni: u32,
+    pub port: u16,
+    pub vtep: String,
+    pub bridge: String,
+    pub cni_conf_dir: PathBuf,
+    pub state_dir: PathBuf,
+    /// How often the data path is checked even when nothing announced a change.
+    pub resync: Duration,
+    pub masquerade: bool,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served.
+    pub listen: Option<SocketAddr>,
+}
+
+impl Config {
+    /// flannel's defaults: VNI 1, UDP 8472, `trellis.1`, `trellis0`, 10.244.0.0/16.
+    pub fn new(node: impl Into<String>) -> Config {
+        Config {
+            node: node.into(),
+            kubeconfig: None,
+            underlay: underlay::Choice::DefaultRoute,
+            cluster_cidr: "10.244.0.0/16".parse().expect("a valid default"),
+            block: BlockSource::PodCidr,
+            ipam: cniconf::Ipam::Trellis {
+                socket: "/run/trellis/ipamd.sock".into(),
+                pool: None,
+            },
+            vni: 1,
+            port: 8472,
+            vtep: "trellis.1".into(),
+            bridge: "trellis0".into(),
+            cni_conf_dir: "/etc/cni/net.d".into(),
+            state_dir: crate::state::DEFAULT_STATE_DIR.into(),
+            resync: Duration::from_secs(10),
+            masquerade: true,
+            listen: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("kubernetes: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("kubeconfig: {0}")]
+    Kubeconfig(String),
+    #[error(transparent)]
+    Net(#[from] trellis_net::Error),
+    #[error(transparent)]
+    Underlay(#[from] underlay::UnderlayError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the node's block {block} is not inside the cluster CIDR {cluster}")]
+    BlockOutsideCluster { block: Ipv4Net, cluster: Ipv4Net },
+    #[error("stopped before the node was ready")]
+    Stopped,
+}
+
+async fn client(config: &Config) -> Result<kube::Client, AgentError> {
+    let kc = match &config.kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| AgentError::Kubeconfig(format!("{}: {e}", path.display())))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .map_err(|e| AgentError::Kubeconfig(e.to_string()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| AgentError::Kubeconfig(e.to_string()))?,
+    };
+    Ok(kube::Client::try_from(kc)?)
+}
+
+/// Everything the reconcile needs, built once.
+struct Agent {
+    config: Config,
+    host: Handle,
+    vtep_spec: VxlanSpec,
+    block: Ipv4Net,
+    ipt: Option<trellis_net::iptables::Iptables>,
+    metrics: Arc<Metrics>,
+}
+
+impl Agent {
+    /// One pass: the VTEP and its address, the per-node entries, masquerade.
+    async fn reconcile(
+        &self,
+        peers: &BTreeMap<String, Peer>,
+    ) -> Result<(Link, peers::Changes), AgentError> {
+        let vtep = self.host.ensure_vxlan(&self.vtep_spec).await?;
+        let vtep_addr = IpNet::V4(Ipv4Net::new(self.block.network(), 32).map_err(|e| {
+            trellis_net::Error::NotFound {
+                op: "block",
+                object: e.to_string(),
+            }
+        })?);
+        self.host.set_addresses(vtep.index, &[vtep_addr]).await?;
+        let changes = peers::reconcile(&self.host, &vtep, peers).await?;
+        if let Some(ipt) = &self.ipt {
+            masq::apply(ipt, self.config.cluster_cidr, self.block).await?;
+        }
+        Ok((vtep, changes))
+    }
+}
+
+/// Runs the agent until `stop` resolves.
+pub async fn run(
+    config: Config,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), AgentError> {
+    tokio::pin!(stop);
+    let health = Arc::new(Health::default());
+    let metrics = Arc::new(Metrics::default());
+    health.set_not_ready("starting");
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    if let Some(addr) = config.listen {
+        let bound = trellis_daemon::serve(addr, health.clone(), metrics.clone(), async move {
+            let _ = http_stopped.await;
+        })
+        .await
+        .map_err(|e| AgentError::Io {
+            what: format!("listen on {addr}"),
+            source: e,
+        })?;
+        tracing::info!(%bound, "health and metrics");
+    }
+    let kube = client(&config).await?;
+    let nodes: Api<Node> = Api::all(kube);
+    let host = Handle::current()?;
+    let underlay = underlay::pick(&host, &config.underlay).await?;
+    tracing::info!(iface = %underlay.link.name, ip = %underlay.ip, mtu = underlay.link.mtu, "underlay");
+
+    let block = loop {
+        let found = match &config.block {
+            BlockSource::Fixed(b) => Some(*b),
+            BlockSource::PodCidr => nodes::pod_cidr(&nodes, &config.node).await.ok().flatten(),
+            BlockSource::Ipamd { socket, pool } => match claim_block(socket, pool.as_deref()).await
+            {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    tracing::warn!(error = %e, "claiming the node's block from ipamd");
+                    None
+                }
+            },
+        };
+        if let Some(b) = found {
+            break b;
+        }
+        health.set_not_ready(match &config.block {
+            BlockSource::Ipamd { .. } => "waiting for ipamd to give the node a block",
+            _ => "waiting for the node's podCIDR",
+        });
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = &mut stop => return Err(AgentError::Stopped),
+        }
+    };
+    if !config.cluster_cidr.contains(&block) {
+        return Err(AgentError::BlockOutsideCluster {
+            block,
+            cluster: config.cluster_cidr,
+        });
+    }
+    // Forwarding between pods and VTEP, and arp_notify for the bridge, are node-wide settings.
+    trellis_net::sysctl::set(&Netns::current()?, &[("net.ipv4.ip_forward", "1")])?;
+
+    // The VTEP's MAC is derived from the node name: stable across restarts, so the neighbour
+    // entries on the other nodes stay valid while this agent is away.
+    let mac = Mac::local_from(format!("trellis-vtep/{}", config.node).as_bytes());
+    let mtu = underlay.overlay_mtu();
+    let vtep_spec = VxlanSpec {
+        name: config.vtep.clone(),
+        vni: config.vni,
+        local: underlay.ip,
+        port: config.port,
+        dev: Some(underlay.link.index),
+        learning: false,
+        mtu: Some(mtu),
+        mac: Some(mac),
+    };
+    let ipt = if config.masquerade {
+        Some(
+            trellis_net::iptables::Iptables::detect(None, trellis_net::iptables::IpFamily::V4)
+                .await?,
+        )
+    } else {
+        None
+    };
+    let agent = Agent {
+        config: config.clone(),
+        host,
+        vtep_spec,
+        block,
+        ipt,
+        metrics: metrics.clone(),
+    };
+
+    loop {
+        match nodes::publish(&nodes, &config.node, mac, underlay.ip, block).await {
+            Ok(()) => break,
+            Err(e) => {
+                health.set_not_ready(format!("publishing on the Node: {e}"));
+                tracing::warn!(error = %e, "publishing the overlay on the Node");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = &mut stop => return Err(AgentError::Stopped),
+        }
+    }
+
+    let mut events = watcher(nodes.clone(), watcher::Config::default()).boxed();
+    let mut deletions = trellis_net::monitor::deletions()?;
+    let mut ticker = tokio::time::interval(config.resync);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut peers: BTreeMap<String, Peer> = BTreeMap::new();
+    let mut pending: BTreeMap<String, Peer> = BTreeMap::new();
+    let mut synced = false;
+    let mut ready = false;
+    let mut dirty = true;
+    loop {
+        tokio::select! {
+            ev = events.next() => match ev {
+                Some(Ok(watcher::Event::Init)) => pending.clear(),
+                Some(Ok(watcher::Event::InitApply(n))) => {
+                    if let (Some(name), Some(p)) = (n.metadata.name.clone(), nodes::peer_of(&n))
+                        && name != config.node
+                    {
+                        pending.insert(name, p);
+                    }
+                }
+                Some(Ok(watcher::Event::InitDone)) => {
+                    peers = std::mem::take(&mut pending);
+                    synced = true;
+                    dirty = true;
+                }
+                Some(Ok(watcher::Event::Apply(n))) => {
+                    if let Some(name) = n.metadata.name.clone().filter(|n| *n != config.node) {
+                        match nodes::peer_of(&n) {
+                            Some(p) => { peers.insert(name, p); }
+                            None => { peers.remove(&name); }
+                        }
+                        dirty = true;
+                    }
+                }
+                Some(Ok(watcher::Event::Delete(n))) => {
+                    if let Some(name) = n.metadata.name.as_deref() {
+                        peers.remove(name);
+                        dirty = true;
+                    }
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "watching nodes"),
+                None => return Err(AgentError::Stopped),
+            },
+            d = deletions.recv() => {
+                if d.is_some() {
+                    dirty = true;
+                }
+            }
+            _ = ticker.tick() => dirty = true,
+            _ = &mut stop => break,
+        }
+        if !dirty || !synced {
+            continue;
+        }
+        dirty = false;
+        let started = Instant::now();
+        match agent.reconcile(&peers).await {
+            Ok((_, changes)) => {
+                metrics.inc(
+                    "overlay_reconciles_total",
+                    "Data path reconciles, by result.",
+                    &[("result", "ok")],
+                    1.0,
+                );
+                metrics.inc(
+                    "overlay_entries_added_total",
+                    "Neighbour, FDB and route entries added.",
+                    &[],
+                    changes.added as f64,
+                );
+                metrics.inc(
+                    "overlay_entries_removed_total",
+                    "Stale entries removed.",
+                    &[],
+                    changes.removed as f64,
+                );
+                metrics.set(
+                    "overlay_peers",
+                    "Other nodes the overlay reaches.",
+                    &[],
+                    peers.len() as f64,
+                );
+                if changes.added + changes.removed > 0 {
+                    tracing::info!(
+                        added = changes.added,
+                        removed = changes.removed,
+                        peers = peers.len(),
+                        "data path reconciled"
+                    );
+                }
+                if !ready {
+                    ready = make_ready(&agent, &nodes, mtu).await;
+                    if ready {
+                        health.set_ready();
+                    }
+                }
+            }
+            Err(e) => {
+                metrics.inc(
+                    "overlay_reconciles_total",
+                    "Data path reconciles, by result.",
+                    &[("result", "error")],
+                    1.0,
+                );
+                tracing::warn!(error = %e, "reconciling the data path");
+                // A failed pass leaves `dirty` set for the next tick.
+                dirty = true;
+            }
+        }
+        agent.metrics.observe(
+            "overlay_reconcile_seconds",
+            "Time of a data path reconcile.",
+            &[],
+            started.elapsed().as_secs_f64(),
+        );
+    }
+    let _ = stop_http.send(());
+    tracing::info!("stopped; the data path stays in place");
+    Ok(())
+}
+
+/// Writes the CNI configuration and the plugin's state, and marks the Node's network ready.
+async fn make_ready(agent: &Agent, nodes: &Api<Node>, mtu: u32) -> bool {
+    let c = &agent.config;
+    let list = cniconf::conflist(&c.state_dir, mtu, agent.block, &c.ipam);
+    if let Err(e) = cniconf::write(&c.cni_conf_dir, &list) {
+        tracing::warn!(error = %e, dir = %c.cni_conf_dir.display(), "writing the CNI configuration");
+        return false;
+    }
+    let state = NodeState {
+        block: agent.block,
+        cluster_cidr: c.cluster_cidr,
+        mtu,
+        bridge: c.bridge.clone(),
+    };
+    if let Err(e) = state.write(&c.state_dir) {
+        tracing::warn!(error = %e, dir = %c.state_dir.display(), "writing the node state");
+        return false;
+    }
+    if let Err(e) = nodes::mark_network_ready(nodes, &c.node).await {
+        tracing::warn!(error = %e, "marking the node's network ready");
+    }
+    tracing::info!(block = %agent.block, mtu, "node ready");
+    true
+}
+
+/// Asks ipamd for the node's IPv4 block: the affine block it already holds, else a new claim.
+async fn claim_block(socket: &std::path::Path, pool: Option<&str>) -> Result<Ipv4Net, String> {
+    use trellis_ipam::proto::{ClaimBlockRequest, Family};
+    let mut client =
+        trellis_ipam::client::connect(socket, Duration::from_secs(2), Duration::from_secs(10))
+            .await
+            .map_err(|e| e.to_string())?;
+    let info = client
+        .claim_block(ClaimBlockRequest {
+            pool: pool.unwrap_or_default().to_string(),
+            family: Family::Ipv4 as i32,
+            new_block: false,
+        })
+        .await
+        .map_err(|s| s.message().to_string())?
+        .into_inner();
+    info.cidr
+        .parse()
+        .map_err(|e| format!("ipamd answered block {:?}: {e}", info.cidr))
+}

@@ -1,0 +1,90 @@
+//! What the agent tells the plugin on its node: a JSON file written once the node's data path
+//! is in place (VTEP, routes, masquerade, CNI config). Until it exists the plugin answers ADD
+//! with "try again later" and STATUS with "not available" — never a confusing file error.
+
+use std::path::{Path, PathBuf};
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+/// The default place of the state file.
+pub const DEFAULT_STATE_DIR: &str = "/run/trellis/overlay";
+pub const STATE_FILE: &str = "ready.json";
+
+/// The node's overlay, as the plugin needs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeState {
+    /// The node's block (a /24 of the cluster CIDR).
+    pub block: Ipv4Net,
+    /// The whole pod network.
+    pub cluster_cidr: Ipv4Net,
+    /// The pod MTU: the underlay's less the 50 bytes of VXLAN.
+    pub mtu: u32,
+    /// The bridge pods attach to.
+    pub bridge: String,
+}
+
+impl NodeState {
+    /// The gateway pods use: the block's first host, on the bridge.
+    pub fn gateway(&self) -> std::net::Ipv4Addr {
+        let n = u32::from(self.block.network());
+        std::net::Ipv4Addr::from(n + 1)
+    }
+
+    pub fn path(dir: &Path) -> PathBuf {
+        dir.join(STATE_FILE)
+    }
+
+    /// Reads the state; None when the agent has not written it (yet).
+    pub fn read(dir: &Path) -> Result<Option<NodeState>, std::io::Error> {
+        match std::fs::read(Self::path(dir)) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(std::io::Error::other),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes the state atomically (a reader sees the old file or the new one).
+    pub fn write(&self, dir: &Path) -> Result<(), std::io::Error> {
+        std::fs::create_dir_all(dir)?;
+        let tmp = dir.join(format!(".{STATE_FILE}.tmp"));
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?,
+        )?;
+        std::fs::rename(tmp, Self::path(dir))
+    }
+
+    /// Withdraws readiness (the agent found its data path broken).
+    pub fn remove(dir: &Path) -> Result<(), std::io::Error> {
+        match std::fs::remove_file(Self::path(dir)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_round_trips_and_names_the_gateway() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(NodeState::read(dir.path()).unwrap(), None);
+        let s = NodeState {
+            block: "10.244.3.0/24".parse().unwrap(),
+            cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+            mtu: 1450,
+            bridge: "trellis0".into(),
+        };
+        s.write(dir.path()).unwrap();
+        assert_eq!(NodeState::read(dir.path()).unwrap(), Some(s.clone()));
+        assert_eq!(s.gateway().to_string(), "10.244.3.1");
+        NodeState::remove(dir.path()).unwrap();
+        NodeState::remove(dir.path()).unwrap();
+        assert_eq!(NodeState::read(dir.path()).unwrap(), None);
+    }
+}

@@ -1,0 +1,77 @@
+//! A control plane inside a testbed: `trellis apiserver` in a namespace of its own on the
+//! underlay, where every node namespace reaches it, and a loopback relay through which the
+//! test itself talks to it (no route into the testbed is ever added).
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::{Error, Node, Result, Testbed, bin_path};
+
+/// The API server of a testbed.
+pub struct ControlPlane {
+    pub node: Node,
+    /// Where nodes reach it: `<underlay address>:6443`.
+    pub addr: SocketAddr,
+    pub pid: i32,
+    pub dir: PathBuf,
+    /// The admin kubeconfig nodes use (server = `addr`).
+    pub kubeconfig: PathBuf,
+    /// The admin kubeconfig for the test's own namespace (server = the loopback relay).
+    pub local_kubeconfig: String,
+}
+
+impl ControlPlane {
+    /// Starts `trellis apiserver` on a new underlay host `short` (address 198.18.0.`10+n`),
+    /// with the embedded store, and waits until it answers.
+    pub async fn start(tb: &Testbed, short: &str, n: u8) -> Result<ControlPlane> {
+        let node = tb.add_node(short, n).await?;
+        let dir = tb.state_dir().join(format!("{short}-apiserver"));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io("create the API server's directory", e))?;
+        let addr = SocketAddr::new(node.ip.into(), 6443);
+        let trellis = bin_path("trellis");
+        let pid = tb.spawn(
+            &node.ns,
+            &[
+                trellis.to_str().unwrap_or("trellis"),
+                "apiserver",
+                "--data-dir",
+                dir.to_str().unwrap_or_default(),
+                "--listen",
+                &addr.to_string(),
+                "--san",
+                &Ipv4Addr::LOCALHOST.to_string(),
+            ],
+            Duration::from_secs(600),
+        )?;
+        let kubeconfig = dir.join("admin.kubeconfig");
+        let relay = tb.forward(&node.ns, addr).await?;
+        for _ in 0..300 {
+            if kubeconfig.is_file() && tokio::net::TcpStream::connect(relay).await.is_ok() {
+                let text = std::fs::read_to_string(&kubeconfig)
+                    .map_err(|e| Error::io("read the admin kubeconfig", e))?;
+                let local = text.replace(&format!("https://{addr}"), &format!("https://{relay}"));
+                return Ok(ControlPlane {
+                    node,
+                    addr,
+                    pid,
+                    dir,
+                    kubeconfig,
+                    local_kubeconfig: local,
+                });
+            }
+            if !tb.running(pid) {
+                return Err(Error::Other(format!(
+                    "the API server exited: {}",
+                    tb.log_of(pid)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(Error::Timeout {
+            what: "the API server to start".into(),
+            secs: 30.0,
+        })
+    }
+}

@@ -1,0 +1,422 @@
+//! The flannel-like VXLAN overlay end to end: an API server on the underlay, three nodes each
+//! running `trellis overlay-agent`, pods wired by running the `trellis-overlay` plugin as a
+//! runtime does. Pod-to-pod traffic is never NATed, traffic to the outside is; nodes leaving
+//! take their entries with them; entries deleted by hand come back; an agent restart drops no
+//! connection; the path MTU is exact.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use k8s_openapi::api::core::v1::Node as KubeNode;
+use kube::Api;
+use kube::api::DeleteParams;
+use netns_testbed::require_tool;
+use trellis_net::{Family, Netns, Route};
+
+#[path = "support/overlay_cluster.rs"]
+mod overlay_cluster;
+use overlay_cluster::{Blocks, Cluster, start_agent};
+
+/// A TCP server in `ns` that answers each connection with the peer address it saw.
+fn echo_peer_server(ns: &Netns, ip: Ipv4Addr, port: u16) -> std::thread::JoinHandle<()> {
+    let listener = ns.run(|| TcpListener::bind((ip, port))).unwrap().unwrap();
+    std::thread::spawn(move || {
+        listener.set_nonblocking(false).unwrap();
+        for conn in listener.incoming().take(16) {
+            let Ok(mut s) = conn else { return };
+            let peer = s
+                .peer_addr()
+                .map(|p| p.ip().to_string())
+                .unwrap_or_default();
+            let mut buf = [0u8; 4];
+            if s.read_exact(&mut buf).is_ok() && &buf == b"quit" {
+                return;
+            }
+            let _ = s.write_all(peer.as_bytes());
+        }
+    })
+}
+
+/// Connects from `ns` to `to` and returns the address the server saw.
+fn who_am_i(ns: &Netns, to: SocketAddr) -> String {
+    let mut s = ns
+        .run(|| TcpStream::connect_timeout(&to, Duration::from_secs(3)))
+        .unwrap()
+        .unwrap_or_else(|e| panic!("connect to {to}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    s.write_all(b"who?").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_on_three_nodes_talk_without_nat_and_leave_with_masquerade() {
+    let c = Cluster::start(3).await;
+    let mut pods = Vec::new();
+    for (on, name) in [
+        (0, "a1"),
+        (0, "a2"),
+        (1, "b1"),
+        (1, "b2"),
+        (2, "c1"),
+        (2, "c2"),
+    ] {
+        pods.push(c.add_pod(on, name).await);
+    }
+    // Every ordered pair: ping, and a TCP exchange in which the server sees the client's own
+    // address (no NAT between pods), same node and across nodes.
+    let servers: Vec<_> = pods
+        .iter()
+        .map(|p| echo_peer_server(&p.ns, p.ip, 7000))
+        .collect();
+    for a in &pods {
+        for b in &pods {
+            if a.ip == b.ip {
+                continue;
+            }
+            let out = c
+                .exec(&a.ns, &["ping", "-c", "1", "-W", "2", &b.ip.to_string()])
+                .await;
+            assert!(
+                out.success(),
+                "{} (node {}) cannot ping {} (node {}): {}",
+                a.ip,
+                a.on,
+                b.ip,
+                b.on,
+                out.stdout
+            );
+            assert_eq!(
+                who_am_i(&a.ns, SocketAddr::new(b.ip.into(), 7000)),
+                a.ip.to_string(),
+                "{} → {} was NATed",
+                a.ip,
+                b.ip
+            );
+        }
+    }
+    for (p, s) in pods.iter().zip(servers) {
+        if let Ok(mut q) =
+            p.ns.run(|| {
+                TcpStream::connect_timeout(
+                    &SocketAddr::new(p.ip.into(), 7000),
+                    Duration::from_secs(2),
+                )
+            })
+            .unwrap()
+        {
+            let _ = q.write_all(b"quit");
+        }
+        let _ = s.join();
+    }
+    // A pod reaches another node's address.
+    let out = c
+        .exec(
+            &pods[0].ns,
+            &[
+                "ping",
+                "-c",
+                "1",
+                "-W",
+                "2",
+                &c.workers[1].node.ip.to_string(),
+            ],
+        )
+        .await;
+    assert!(out.success(), "pod → node: {}", out.stdout);
+
+    // An outside host (the internet, here 203.0.113.10 on the underlay) sees the node's address.
+    let outside =
+        c.tb.add_host("out", "203.0.113.10/24".parse().unwrap())
+            .await
+            .unwrap();
+    outside
+        .ns
+        .connect()
+        .unwrap()
+        .replace_route(&Route::dev(
+            "198.18.0.0/15".parse().unwrap(),
+            outside
+                .ns
+                .connect()
+                .unwrap()
+                .require_link("eth0")
+                .await
+                .unwrap()
+                .index,
+        ))
+        .await
+        .unwrap();
+    for w in &c.workers {
+        let h = w.node.ns.connect().unwrap();
+        let eth0 = h.require_link("eth0").await.unwrap();
+        h.replace_route(&Route::dev("203.0.113.0/24".parse().unwrap(), eth0.index))
+            .await
+            .unwrap();
+    }
+    let server = echo_peer_server(&outside.ns, outside.ip, 8080);
+    let seen = who_am_i(&pods[2].ns, SocketAddr::new(outside.ip.into(), 8080));
+    assert_eq!(
+        seen,
+        c.workers[1].node.ip.to_string(),
+        "the outside sees the node, not the pod"
+    );
+    drop(server);
+
+    // The overlay's MTU: the largest DF packet fits, one byte more is refused, never dropped silently.
+    let mtu = 1500 - 50;
+    let fits = (mtu - 28).to_string();
+    let too_big = (mtu - 27).to_string();
+    let target = pods[4].ip.to_string();
+    let out = c
+        .exec(
+            &pods[0].ns,
+            &[
+                "ping", "-c", "1", "-W", "2", "-M", "do", "-s", &fits, &target,
+            ],
+        )
+        .await;
+    assert!(
+        out.success(),
+        "{} bytes with DF: {}{}",
+        fits,
+        out.stdout,
+        out.stderr
+    );
+    let out = c
+        .exec(
+            &pods[0].ns,
+            &[
+                "ping", "-c", "1", "-W", "2", "-M", "do", "-s", &too_big, &target,
+            ],
+        )
+        .await;
+    assert!(!out.success());
+    let said = format!("{}{}", out.stdout, out.stderr).to_lowercase();
+    assert!(
+        said.contains("message too long") || said.contains("frag needed"),
+        "one byte more must be refused loudly: {said}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_leaving_and_entries_deleted_by_hand_converge() {
+    let c = Cluster::start(3).await;
+    let n1 = c.workers[0].node.ns.connect().unwrap();
+    let vtep = n1.require_link("trellis.1").await.unwrap();
+    let routes_to = |block: Ipv4Net| {
+        let n1 = n1.clone();
+        async move {
+            n1.routes(Family::V4, Some(Route::TABLE_MAIN))
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|r| r.dst == ipnet::IpNet::V4(block))
+                .count()
+        }
+    };
+    let b2 = c.workers[1].block;
+    let b3 = c.workers[2].block;
+    assert_eq!(routes_to(b2).await, 1);
+    assert_eq!(routes_to(b3).await, 1);
+
+    // A route and an FDB entry deleted by hand come back.
+    let route = n1
+        .routes(Family::V4, Some(Route::TABLE_MAIN))
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.dst == ipnet::IpNet::V4(b2))
+        .unwrap();
+    assert!(n1.delete_route(&route).await.unwrap());
+    let fdb = n1.fdb(vtep.index).await.unwrap();
+    let entry = fdb
+        .iter()
+        .find(|e| e.dst == Some(c.workers[1].node.ip.into()))
+        .unwrap()
+        .clone();
+    assert!(
+        n1.delete_fdb(vtep.index, entry.mac, entry.dst.unwrap())
+            .await
+            .unwrap()
+    );
+    let mut back = false;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let fdb_back = n1
+            .fdb(vtep.index)
+            .await
+            .unwrap()
+            .iter()
+            .any(|e| e.mac == entry.mac && e.dst == entry.dst);
+        if routes_to(b2).await == 1 && fdb_back {
+            back = true;
+            break;
+        }
+    }
+    assert!(back, "the route and the FDB entry came back");
+
+    // A node deleted from the API: its entries leave the other nodes within one resync.
+    let nodes: Api<KubeNode> = Api::all(c.client.clone());
+    nodes.delete("n3", &DeleteParams::default()).await.unwrap();
+    let mut gone = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let neigh = n1.neighbours(Some(vtep.index)).await.unwrap();
+        let fdb = n1.fdb(vtep.index).await.unwrap();
+        if routes_to(b3).await == 0
+            && !neigh
+                .iter()
+                .any(|n| n.ip == std::net::IpAddr::V4(b3.network()))
+            && !fdb
+                .iter()
+                .any(|e| e.dst == Some(c.workers[2].node.ip.into()))
+        {
+            gone = true;
+            break;
+        }
+    }
+    assert!(
+        gone,
+        "n3's route, neighbour and FDB entry left n1 within a resync (2 s)"
+    );
+    assert_eq!(routes_to(b2).await, 1, "n2's stayed");
+
+    // The VTEP itself deleted comes back with its entries.
+    assert!(n1.delete_link("trellis.1").await.unwrap());
+    let mut restored = false;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if n1.link("trellis.1").await.unwrap().is_some() && routes_to(b2).await == 1 {
+            restored = true;
+            break;
+        }
+    }
+    assert!(restored, "the VTEP and its routes were made again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_restart_drops_no_connection() {
+    require_tool("iperf3", "iperf3");
+    let mut c = Cluster::start(2).await;
+    let a = c.add_pod(0, "a").await;
+    let b = c.add_pod(1, "b").await;
+    let server =
+        c.tb.spawn(
+            &b.ns,
+            &["iperf3", "-s", "-1", "-B", &b.ip.to_string()],
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let client_ns = a.ns.clone();
+    let target = b.ip.to_string();
+    let tb_prefix = c.tb.prefix().to_string();
+    let client = tokio::spawn(async move {
+        netns_testbed::process::exec(
+            &client_ns,
+            &["iperf3", "-c", &target, "-t", "6", "-J"],
+            Duration::from_secs(30),
+            &tb_prefix,
+        )
+        .await
+        .unwrap()
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Stop the agent on the client's node and start it again while the stream runs.
+    let w = &c.workers[0];
+    c.tb.signal(w.agent, nix::sys::signal::Signal::SIGTERM);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!c.tb.running(w.agent), "the agent stopped on SIGTERM");
+    let agent = start_agent(&c.tb, &c.cp, &w.node, &w.dirs);
+    c.workers[0].agent = agent;
+    let out = client.await.unwrap();
+    assert!(
+        out.success(),
+        "iperf3 failed across the restart: {}{}",
+        out.stdout,
+        out.stderr
+    );
+    let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let sent = report["end"]["sum_sent"]["bytes"].as_f64().unwrap_or(0.0);
+    assert!(
+        sent > 0.0 && report.get("error").is_none(),
+        "{}",
+        out.stdout
+    );
+    c.wait_ready(&c.workers[0]).await;
+    c.tb.kill(server);
+}
+
+/// The default deployment: ipamd on every node, the agent holding the block ipamd gave its node
+/// (block affinity in the API), the pods' addresses from that same block through trellis-ipam.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocks_held_through_ipamd_carry_pods_across_nodes() {
+    let c = Cluster::start_with(2, Blocks::Ipamd).await;
+    assert_ne!(
+        c.workers[0].block, c.workers[1].block,
+        "two nodes were given one block"
+    );
+    let a = c.add_pod(0, "a").await;
+    let b = c.add_pod(1, "b").await;
+    for (from, to) in [(&a, &b), (&b, &a)] {
+        let out = c
+            .exec(
+                &from.ns,
+                &["ping", "-c", "1", "-W", "2", &to.ip.to_string()],
+            )
+            .await;
+        assert!(
+            out.success(),
+            "{} cannot ping {}: {}",
+            from.ip,
+            to.ip,
+            out.stdout
+        );
+    }
+    // The VTEP and the pods share the pool without a conflict the checker can find.
+    let out =
+        c.tb.exec(
+            &c.cp.node.ns,
+            &[
+                netns_testbed::bin_path("trellis").to_str().unwrap(),
+                "ipam",
+                "--kubeconfig",
+                c.cp.kubeconfig.to_str().unwrap(),
+                "check",
+            ],
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    assert!(out.success(), "ipam check: {}{}", out.stdout, out.stderr);
+    // The agent restarts onto the block it already holds.
+    let w = &c.workers[0];
+    let state = |w: &overlay_cluster::Worker| -> String {
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(w.dirs.join("state/ready.json")).unwrap())
+                .unwrap();
+        v["block"].as_str().unwrap().to_string()
+    };
+    let before = state(w);
+    c.tb.kill(w.agent);
+    std::fs::remove_file(w.dirs.join("state/ready.json")).unwrap();
+    let again = overlay_cluster::start_agent_with(&c.tb, &c.cp, &w.node, &w.dirs, Blocks::Ipamd);
+    for _ in 0..300 {
+        if w.dirs.join("state/ready.json").is_file() {
+            break;
+        }
+        assert!(c.tb.running(again), "{}", c.tb.log_of(again));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        state(w),
+        before,
+        "a restarted agent changed its node's block"
+    );
+}

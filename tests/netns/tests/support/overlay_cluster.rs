@@ -1,0 +1,355 @@
+//! A cluster for the overlay's tests and benchmarks: an API server in a control-plane
+//! namespace on the underlay, nodes each running `trellis overlay-agent`, pods wired by running
+//! the node's CNI configuration as a runtime does.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use k8s_openapi::api::core::v1::Node as KubeNode;
+use kube::Api;
+use kube::api::PostParams;
+use netns_testbed::cluster::ControlPlane;
+use netns_testbed::{
+    Node, REFERENCE_PLUGIN_DIR, Testbed, bin_dir, bin_path, require_root, require_tool,
+};
+use trellis_cni::NetworkConfigList;
+use trellis_cni::invoke::{CniConfig, RuntimeConf};
+use trellis_net::{Family, Netns, Route};
+
+pub struct Worker {
+    pub node: Node,
+    pub dirs: PathBuf,
+    pub agent: i32,
+    pub block: Ipv4Net,
+}
+
+pub struct Pod {
+    pub ns: Arc<Netns>,
+    pub ip: Ipv4Addr,
+    pub on: usize,
+}
+
+pub struct Cluster {
+    pub tb: Testbed,
+    pub cp: ControlPlane,
+    pub client: kube::Client,
+    pub workers: Vec<Worker>,
+}
+
+pub async fn kube_client(kubeconfig: &str) -> kube::Client {
+    let kc = kube::config::Kubeconfig::from_yaml(kubeconfig).unwrap();
+    kube::Client::try_from(
+        kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+/// Where the nodes' blocks and their pods' addresses come from.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Blocks {
+    /// Node.spec.podCIDR (10.244.<i>.0/24) and host-local on it.
+    PodCidr,
+    /// A pool of /24 blocks in the API, an ipamd per node, the agent claiming through it and the
+    /// pods allocated by trellis-ipam.
+    Ipamd,
+}
+
+impl Cluster {
+    /// A control plane and `n` nodes, Node objects with a podCIDR each, an agent on each.
+    pub async fn start(n: usize) -> Cluster {
+        Cluster::start_with(n, Blocks::PodCidr).await
+    }
+
+    pub async fn start_with(n: usize, blocks: Blocks) -> Cluster {
+        require_root();
+        for (tool, pkg) in [
+            ("ping", "iputils-ping"),
+            ("iptables-restore", "iptables"),
+            ("host-local", "containernetworking-plugins"),
+        ] {
+            require_tool(tool, pkg);
+        }
+        let tb = Testbed::new().unwrap();
+        let cp = ControlPlane::start(&tb, "cp", 1).await.unwrap();
+        let client = kube_client(&cp.local_kubeconfig).await;
+        let nodes: Api<KubeNode> = Api::all(client.clone());
+        if blocks == Blocks::Ipamd {
+            let out = tb
+                .exec(
+                    &cp.node.ns,
+                    &[
+                        bin_path("trellis").to_str().unwrap(),
+                        "ipam",
+                        "--kubeconfig",
+                        cp.kubeconfig.to_str().unwrap(),
+                        "pool",
+                        "create",
+                        "overlay",
+                        "--cidr",
+                        "10.244.0.0/16",
+                        "--block-size",
+                        "24",
+                        "--reserve-head",
+                        "2",
+                        "--reserve-tail",
+                        "1",
+                        "--gateway",
+                    ],
+                    Duration::from_secs(30),
+                )
+                .await
+                .unwrap();
+            assert!(out.success(), "pool create: {}", out.stderr);
+        }
+        let mut workers = Vec::new();
+        for i in 0..n {
+            let name = format!("n{}", i + 1);
+            let node = tb.add_node(&name, (i + 2) as u8).await.unwrap();
+            let mut block: Ipv4Net = format!("10.244.{}.0/24", i + 1).parse().unwrap();
+            let spec = match blocks {
+                Blocks::PodCidr => serde_json::json!({"podCIDR": block.to_string()}),
+                Blocks::Ipamd => serde_json::json!({}),
+            };
+            let obj: KubeNode = serde_json::from_value(
+                serde_json::json!({"metadata": {"name": name}, "spec": spec}),
+            )
+            .unwrap();
+            nodes.create(&PostParams::default(), &obj).await.unwrap();
+            let dirs = tb.state_dir().join(&name);
+            let agent = match blocks {
+                Blocks::PodCidr => start_agent(&tb, &cp, &node, &dirs),
+                Blocks::Ipamd => {
+                    let ipamd = start_ipamd(&tb, &cp, &node, &dirs);
+                    let agent = start_agent_with(&tb, &cp, &node, &dirs, Blocks::Ipamd);
+                    wait_file(&tb, &[agent, ipamd], &dirs.join("state/ready.json")).await;
+                    let state: serde_json::Value = serde_json::from_slice(
+                        &std::fs::read(dirs.join("state/ready.json")).unwrap(),
+                    )
+                    .unwrap();
+                    block = state["block"].as_str().unwrap().parse().unwrap();
+                    agent
+                }
+            };
+            workers.push(Worker {
+                node,
+                dirs,
+                agent,
+                block,
+            });
+        }
+        let c = Cluster {
+            tb,
+            cp,
+            client,
+            workers,
+        };
+        for w in &c.workers {
+            c.wait_ready(w).await;
+        }
+        c.wait_converged().await;
+        c
+    }
+
+    /// Waits until every node routes every other node's block through its VTEP: readiness is
+    /// per node, and a node can be ready before its peers have published their VTEPs.
+    pub async fn wait_converged(&self) {
+        for _ in 0..100 {
+            let mut missing = Vec::new();
+            for w in &self.workers {
+                let h = w.node.ns.connect().unwrap();
+                let routes = h.routes(Family::V4, Some(Route::TABLE_MAIN)).await.unwrap();
+                for other in self.workers.iter().filter(|o| o.block != w.block) {
+                    if !routes
+                        .iter()
+                        .any(|r| r.dst == ipnet::IpNet::V4(other.block))
+                    {
+                        missing.push(format!("{} → {}", w.node.name, other.block));
+                    }
+                }
+            }
+            if missing.is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the nodes never learnt each other's blocks within 10 s");
+    }
+
+    pub async fn wait_ready(&self, w: &Worker) {
+        for _ in 0..300 {
+            if w.dirs.join("state/ready.json").is_file()
+                && w.dirs.join("net.d/10-trellis-overlay.conflist").is_file()
+            {
+                return;
+            }
+            assert!(
+                self.tb.running(w.agent),
+                "the agent on {} exited:\n{}",
+                w.node.name,
+                self.tb.log_of(w.agent)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "{} never became ready:\n{}",
+            w.node.name,
+            self.tb.log_of(w.agent)
+        );
+    }
+
+    /// Runs the node's CNI configuration for a new pod, as a runtime would (from the node's
+    /// namespace, through the invoker).
+    pub async fn add_pod(&self, on: usize, name: &str) -> Pod {
+        let w = &self.workers[on];
+        let ns = self.tb.add_ns(name).await.unwrap();
+        let list = NetworkConfigList::from_slice(
+            &std::fs::read(w.dirs.join("net.d/10-trellis-overlay.conflist")).unwrap(),
+        )
+        .unwrap();
+        let cni = CniConfig::new(
+            vec![bin_dir(), PathBuf::from(REFERENCE_PLUGIN_DIR)],
+            w.dirs.join("cache"),
+        );
+        let rt = RuntimeConf {
+            container_id: name.into(),
+            netns: ns.path().to_path_buf(),
+            ifname: "eth0".into(),
+            ..Default::default()
+        };
+        let result = w
+            .node
+            .ns
+            .run(|| cni.add(&list, &rt))
+            .unwrap()
+            .unwrap_or_else(|e| panic!("ADD of {name}: {e}"));
+        let ip = match result.ips[0].address {
+            ipnet::IpNet::V4(v4) => v4.addr(),
+            other => panic!("{other}"),
+        };
+        assert!(
+            w.block.contains(&ip),
+            "{ip} is in {}'s block {}",
+            w.node.name,
+            w.block
+        );
+        Pod { ns, ip, on }
+    }
+
+    pub async fn exec(&self, ns: &Netns, argv: &[&str]) -> netns_testbed::Output {
+        self.tb
+            .exec(ns, argv, Duration::from_secs(10))
+            .await
+            .unwrap()
+    }
+}
+
+/// Waits for `path` while every process of `pids` runs; their logs go into the failure.
+async fn wait_file(tb: &Testbed, pids: &[i32], path: &std::path::Path) {
+    let logs = || {
+        pids.iter()
+            .map(|p| tb.log_of(*p))
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    };
+    for _ in 0..300 {
+        if path.is_file() {
+            return;
+        }
+        assert!(
+            pids.iter().all(|p| tb.running(*p)),
+            "a process exited:\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{} never appeared:\n{}", path.display(), logs());
+}
+
+/// ipamd for the node, on the API server, its socket at `<dirs>/ipamd.sock`.
+pub fn start_ipamd(tb: &Testbed, cp: &ControlPlane, node: &Node, dirs: &std::path::Path) -> i32 {
+    std::fs::create_dir_all(dirs).unwrap();
+    let d = |sub: &str| dirs.join(sub).display().to_string();
+    tb.spawn(
+        &node.ns,
+        &[
+            bin_path("trellis").to_str().unwrap(),
+            "ipamd",
+            "--node",
+            &node.name,
+            "--kubeconfig",
+            cp.kubeconfig.to_str().unwrap(),
+            "--socket",
+            &d("ipamd.sock"),
+            "--cni-cache-dir",
+            &d("cache"),
+            "--gc-interval",
+            "0s",
+        ],
+        Duration::from_secs(600),
+    )
+    .unwrap()
+}
+
+pub fn start_agent(tb: &Testbed, cp: &ControlPlane, node: &Node, dirs: &std::path::Path) -> i32 {
+    start_agent_with(tb, cp, node, dirs, Blocks::PodCidr)
+}
+
+pub fn start_agent_with(
+    tb: &Testbed,
+    cp: &ControlPlane,
+    node: &Node,
+    dirs: &std::path::Path,
+    blocks: Blocks,
+) -> i32 {
+    std::fs::create_dir_all(dirs).unwrap();
+    let trellis = bin_path("trellis");
+    let d = |sub: &str| dirs.join(sub).display().to_string();
+    let ipam: [String; 4] = match blocks {
+        Blocks::PodCidr => [
+            "--ipam".into(),
+            "host-local".into(),
+            "--host-local-dir".into(),
+            d("ipam"),
+        ],
+        Blocks::Ipamd => [
+            "--ipam".into(),
+            "trellis-ipam".into(),
+            "--ipam-socket".into(),
+            d("ipamd.sock"),
+        ],
+    };
+    tb.spawn(
+        &node.ns,
+        &[
+            trellis.to_str().unwrap(),
+            "overlay-agent",
+            "--node",
+            &node.name,
+            "--kubeconfig",
+            cp.kubeconfig.to_str().unwrap(),
+            "--iface",
+            "eth0",
+            &ipam[0],
+            &ipam[1],
+            &ipam[2],
+            &ipam[3],
+            "--cni-conf-dir",
+            &d("net.d"),
+            "--state-dir",
+            &d("state"),
+            "--resync",
+            "2",
+            "--listen",
+            "127.0.0.1:9910",
+        ],
+        Duration::from_secs(600),
+    )
+    .unwrap()
+}
