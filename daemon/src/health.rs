@@ -12,14 +12,32 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::metrics::Metrics;
 
-/// Whether the daemon is ready, and why not.
+/// Whether the daemon is ready, and why not; and the JSON documents it publishes for its
+/// command-line tools (e.g. `/bgp/status`), served as they were last set.
 #[derive(Debug, Default)]
 pub struct Health {
     ready: AtomicBool,
     reason: Mutex<String>,
+    documents: Mutex<std::collections::BTreeMap<String, String>>,
 }
 
 impl Health {
+    /// Serves `json` at `path` (starting with `/`) from now on.
+    pub fn publish(&self, path: &str, json: String) {
+        self.documents
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(path.to_string(), json);
+    }
+
+    fn document(&self, path: &str) -> Option<String> {
+        self.documents
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(path)
+            .cloned()
+    }
+
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::Release);
         self.reason
@@ -73,7 +91,10 @@ fn route(
             "text/plain; version=0.0.4",
             metrics.render(),
         ),
-        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found".into()),
+        path => match health.document(path) {
+            Some(json) => reply(StatusCode::OK, "application/json", json),
+            None => reply(StatusCode::NOT_FOUND, "text/plain", "not found".into()),
+        },
     }
 }
 
@@ -151,6 +172,9 @@ mod tests {
         health.set_ready();
         assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
         assert!(get(addr, "/metrics").await.contains("reconciles_total 1"));
+        assert!(get(addr, "/peers").await.starts_with("HTTP/1.1 404"));
+        health.publish("/peers", "[1]".into());
+        assert!(get(addr, "/peers").await.ends_with("[1]"));
         let _ = tx.send(());
     }
 }

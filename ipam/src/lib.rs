@@ -12,19 +12,31 @@
 //! - [`plugin`]: the `trellis-ipam` CNI IPAM plugin.
 //! - [`gc`], [`check`]: leak collection and consistency checks.
 //! - [`crds`], [`metrics`].
+//!
+//! Feature `server` (default) is ipamd itself; without it only [`model`], [`check`],
+//! [`client`], [`plugin`] and [`proto`] remain — what the CNI plugins link in.
 
+#[cfg(feature = "server")]
 pub mod allocator;
+#[cfg(feature = "server")]
 pub mod backend;
 pub mod check;
 pub mod client;
+#[cfg(feature = "server")]
 pub mod crds;
+#[cfg(feature = "server")]
 pub mod daemon;
+#[cfg(feature = "server")]
 pub mod engine;
+#[cfg(feature = "server")]
 pub mod error;
+#[cfg(feature = "server")]
 pub mod gc;
+#[cfg(feature = "server")]
 pub mod metrics;
 pub mod model;
 pub mod plugin;
+#[cfg(feature = "server")]
 pub mod service;
 
 /// The generated gRPC types and stubs of `proto/ipam.proto`.
@@ -33,4 +45,5 @@ pub mod proto {
     tonic::include_proto!("trellis.ipam.v1");
 }
 
+#[cfg(feature = "server")]
 pub use error::{Error, Result};

@@ -38,6 +38,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// DEL keeps trying to reach ipamd this long before it gives up with code 11.
 const DEL_PATIENCE: Duration = Duration::from_secs(1);
+/// The plugin's `ipam.type`: its binary's name, and the type under which the Trellis plugins
+/// link [`TrellisIpam`] in (`trellis_cni::ipam::Delegation`) to run it without a process.
+pub const TYPE: &str = "trellis-ipam";
 /// The plugin-specific code for "no address left".
 pub const CODE_EXHAUSTED: u32 = 100;
 

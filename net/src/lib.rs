@@ -19,6 +19,7 @@ pub mod neigh;
 pub mod netns;
 pub mod route;
 pub mod sysctl;
+pub mod underlay;
 
 pub use addr::Address;
 pub use error::{Error, Result};

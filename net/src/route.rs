@@ -103,6 +103,11 @@ impl Route {
         }
     }
 
+    /// A unicast route to `dst` with nothing else set: what a delete matches on.
+    pub fn to(dst: IpNet) -> Route {
+        Route::base(dst)
+    }
+
     /// `dst via gw`.
     pub fn via(dst: IpNet, gateway: IpAddr) -> Route {
         Route {

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+mod bgp;
 mod ipam;
 mod overlay;
 
@@ -31,6 +32,10 @@ enum Command {
     Ipamd(ipam::IpamdArgs),
     /// IPAM tools: pools, blocks, show, check, gc.
     Ipam(ipam::IpamArgs),
+    /// The routed mode's node agent (calico-like): BGP for the node's blocks.
+    BgpAgent(bgp::AgentArgs),
+    /// BGP tools: the agent's peers and routes.
+    Bgp(bgp::BgpArgs),
 }
 
 #[derive(clap::Args)]
@@ -69,6 +74,8 @@ async fn main() -> anyhow::Result<()> {
         Command::OverlayAgent(args) => overlay::run(args).await,
         Command::Ipamd(args) => ipam::ipamd(args).await,
         Command::Ipam(args) => ipam::run(args).await,
+        Command::BgpAgent(args) => bgp::agent(args).await,
+        Command::Bgp(args) => bgp::run(args).await,
     }
 }
 

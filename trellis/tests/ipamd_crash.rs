@@ -25,7 +25,32 @@ struct Env {
     dir: PathBuf,
 }
 
-fn ipamd(env: &Env, log: &str) -> tokio::process::Child {
+/// ipamd under `timeout`. Killing `timeout` (kill_on_drop) would leave ipamd running, so the
+/// guard kills ipamd itself first.
+struct Ipamd(tokio::process::Child);
+
+impl Drop for Ipamd {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.id().and_then(child_of) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = self.0.start_kill();
+    }
+}
+
+fn child_of(pid: u32) -> Option<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn ipamd(env: &Env, log: &str) -> Ipamd {
     let log = std::fs::File::create(env.dir.join(log)).unwrap();
     tokio::process::Command::new("timeout")
         .args([
@@ -50,19 +75,13 @@ fn ipamd(env: &Env, log: &str) -> tokio::process::Child {
         .stderr(log)
         .kill_on_drop(true)
         .spawn()
+        .map(Ipamd)
         .unwrap()
 }
 
 /// `timeout` execs nothing: kill -9 must reach ipamd itself, the child of `timeout`.
 fn ipamd_pid(timeout_pid: u32) -> i32 {
-    let children =
-        std::fs::read_to_string(format!("/proc/{timeout_pid}/task/{timeout_pid}/children"))
-            .unwrap_or_default();
-    children
-        .split_whitespace()
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("ipamd runs under timeout")
+    child_of(timeout_pid).expect("ipamd runs under timeout")
 }
 
 async fn wait_for_socket(
@@ -201,12 +220,12 @@ async fn kill_9_in_a_burst_loses_nothing_and_gc_frees_exactly_the_incomplete() {
         assert!(Instant::now() < deadline, "the burst made no progress");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let pid = ipamd_pid(first.id().unwrap());
+    let pid = ipamd_pid(first.0.id().unwrap());
     std::process::Command::new("kill")
         .args(["-9", &pid.to_string()])
         .status()
         .unwrap();
-    first.wait().await.unwrap();
+    first.0.wait().await.unwrap();
     for r in runtimes {
         tokio::time::timeout(Duration::from_secs(30), r)
             .await

@@ -10,12 +10,21 @@ use std::path::PathBuf;
 
 use ipnet::{IpNet, Ipv4Net};
 use serde::Deserialize;
+use trellis_cni::Error;
+use trellis_cni::ipam::Delegation;
 use trellis_cni::result::{CniResult, Interface, IpConfig, Route as CniRoute};
 use trellis_cni::skel::{Attachment, GcRequest, NetConf, Plugin};
-use trellis_cni::{Error, ipam};
 use trellis_net::{Handle, Netns, Route, VethSpec};
 
 use crate::state::{DEFAULT_STATE_DIR, NodeState};
+
+/// IPAM: `trellis-ipam` is linked in and runs in this process — one RPC to ipamd, no process
+/// to start, the same answers and error codes as its binary (it is the same code, run through
+/// the same skeleton). Any other `ipam.type` is delegated to its binary as usual.
+const IPAM: Delegation<'static> = Delegation::linking(&[(
+    trellis_ipam::plugin::TYPE,
+    &trellis_ipam::plugin::TrellisIpam,
+)]);
 
 /// The plugin's own keys in its configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -81,7 +90,7 @@ impl Plugin for Overlay {
         let state = node_state(&conf)?;
         let mtu = conf.mtu.unwrap_or(state.mtu);
         let netns_path = req.netns()?.to_path_buf();
-        let lease = ipam::add(req)?;
+        let lease = IPAM.add(req)?;
         let (address, prefix) = lease
             .result()
             .ips
@@ -239,7 +248,7 @@ impl Plugin for Overlay {
             let host = Handle::current().map_err(net_err)?;
             host.delete_link(&host_name).await.map_err(net_err)
         })?;
-        ipam::del(req)
+        IPAM.del(req)
     }
 
     fn check(&self, req: &Attachment) -> Result<(), Error> {
@@ -329,17 +338,17 @@ impl Plugin for Overlay {
             }
             Ok(())
         })?;
-        ipam::check(req)
+        IPAM.check(req)
     }
 
     fn gc(&self, req: &GcRequest) -> Result<(), Error> {
-        ipam::gc(req)
+        IPAM.gc(req)
     }
 
     fn status(&self, conf: &NetConf) -> Result<(), Error> {
         let own: OverlayConf = conf.parse()?;
         match NodeState::read(&own.state_dir) {
-            Ok(Some(_)) => ipam::status(conf),
+            Ok(Some(_)) => IPAM.status(conf),
             Ok(None) => Err(Error::not_available(
                 "the overlay agent has not made this node ready yet",
                 NodeState::path(&own.state_dir).display().to_string(),
@@ -349,5 +358,53 @@ impl Plugin for Overlay {
                 e.to_string(),
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+    use std::collections::HashMap;
+    use trellis_cni::skel::{Invocation, run};
+
+    fn status_code(conf: &Value) -> u64 {
+        let env: HashMap<String, String> =
+            [("CNI_COMMAND", "STATUS"), ("CNI_PATH", "/nonexistent")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        let out = run(
+            &Overlay,
+            Invocation {
+                env,
+                stdin: conf.to_string().into_bytes(),
+            },
+        );
+        assert_ne!(out.exit_code, 0);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["code"].as_u64().unwrap()
+    }
+
+    #[test]
+    fn trellis_ipam_runs_in_process_and_other_types_are_executed() {
+        let dir = tempfile::tempdir().unwrap();
+        NodeState {
+            block: "10.244.1.0/24".parse().unwrap(),
+            cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+            mtu: 1450,
+            bridge: "trellis0".into(),
+        }
+        .write(dir.path())
+        .unwrap();
+        let mut c = json!({"cniVersion": "1.1.0", "name": "overlay", "type": "trellis-overlay",
+            "stateDir": dir.path(),
+            "ipam": {"type": "trellis-ipam", "socket": dir.path().join("none.sock")}});
+        // No trellis-ipam in CNI_PATH (that would be 7): the linked plugin finds ipamd down.
+        assert_eq!(status_code(&c), 50);
+        c["ipam"]["subnet"] = json!("10.0.0.0/8");
+        assert_eq!(status_code(&c), 2);
+        c["ipam"] = json!({"type": "host-local"});
+        assert_eq!(status_code(&c), 7);
     }
 }

@@ -9,75 +9,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::Duration;
 
+use netns_testbed::iperf::{arg, iperf, median};
 use netns_testbed::{Testbed, handbuilt, require_root, require_tool};
-use trellis_net::Netns;
 
 #[path = "../tests/support/overlay_cluster.rs"]
 mod overlay_cluster;
 use overlay_cluster::Cluster;
-
-/// Gbit/s received by an iperf3 server at `to` in `server` from a client in `client`.
-async fn iperf(tb: &Testbed, server: &Netns, to: Ipv4Addr, client: &Netns, secs: u32) -> f64 {
-    let limit = Duration::from_secs(u64::from(secs) + 30);
-    let pid = tb
-        .spawn(server, &["iperf3", "-s", "-B", &to.to_string()], limit)
-        .unwrap();
-    // Bounded wait for the server to listen.
-    let addr = SocketAddr::from((to, 5201));
-    for _ in 0..50 {
-        let up = client
-            .run(|| TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok())
-            .unwrap();
-        if up {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let out = tb
-        .exec(
-            client,
-            &[
-                "iperf3",
-                "-c",
-                &to.to_string(),
-                "-t",
-                &secs.to_string(),
-                "-J",
-            ],
-            limit,
-        )
-        .await
-        .unwrap();
-    tb.kill(pid);
-    assert!(
-        out.success(),
-        "iperf3 to {to}: {}{}",
-        out.stdout,
-        out.stderr
-    );
-    let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-    report["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .expect("iperf3 reports the received rate")
-        / 1e9
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn arg(name: &str, default: u32) -> u32 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
@@ -130,11 +69,20 @@ async fn run() {
                 &hand.nodes[0].ns,
                 secs,
             )
-            .await,
+            .await
+            .unwrap(),
         );
-        flannel.push(iperf(&hand_tb, &hand.pods[1], hand.ips[1], &hand.pods[0], secs).await);
-        flannel_masq.push(iperf(&masq_tb, &masq.pods[1], masq.ips[1], &masq.pods[0], secs).await);
-        trellis.push(iperf(&ours.tb, &b.ns, b.ip, &a.ns, secs).await);
+        flannel.push(
+            iperf(&hand_tb, &hand.pods[1], hand.ips[1], &hand.pods[0], secs)
+                .await
+                .unwrap(),
+        );
+        flannel_masq.push(
+            iperf(&masq_tb, &masq.pods[1], masq.ips[1], &masq.pods[0], secs)
+                .await
+                .unwrap(),
+        );
+        trellis.push(iperf(&ours.tb, &b.ns, b.ip, &a.ns, secs).await.unwrap());
     }
     let (u, f, t) = (median(under), median(flannel), median(trellis));
     let fm = median(flannel_masq);

@@ -3,7 +3,7 @@
 //! test itself talks to it (no route into the testbed is ever added).
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::{Error, Node, Result, Testbed, bin_path};
@@ -74,4 +74,75 @@ impl ControlPlane {
             secs: 30.0,
         })
     }
+}
+
+/// `trellis ipamd` for `node` against the control plane, its socket `<dirs>/ipamd.sock` and
+/// CNI cache `<dirs>/cache`, the leak pass off (tests run it when they mean to).
+pub fn start_ipamd(tb: &Testbed, cp: &ControlPlane, node: &Node, dirs: &Path) -> Result<i32> {
+    std::fs::create_dir_all(dirs).map_err(|e| Error::io("create the node's directory", e))?;
+    let d = |sub: &str| dirs.join(sub).display().to_string();
+    let trellis = bin_path("trellis");
+    tb.spawn(
+        &node.ns,
+        &[
+            trellis.to_str().unwrap_or("trellis"),
+            "ipamd",
+            "--node",
+            &node.name,
+            "--kubeconfig",
+            cp.kubeconfig.to_str().unwrap_or_default(),
+            "--socket",
+            &d("ipamd.sock"),
+            "--cni-cache-dir",
+            &d("cache"),
+            "--gc-interval",
+            "0s",
+        ],
+        Duration::from_secs(600),
+    )
+}
+
+/// `trellis ipam pool create NAME <args>` against the control plane, from its namespace.
+pub async fn create_pool(tb: &Testbed, cp: &ControlPlane, name: &str, args: &[&str]) -> Result<()> {
+    let trellis = bin_path("trellis");
+    let mut argv = vec![
+        trellis.to_str().unwrap_or("trellis"),
+        "ipam",
+        "--kubeconfig",
+        cp.kubeconfig.to_str().unwrap_or_default(),
+        "pool",
+        "create",
+        name,
+    ];
+    argv.extend_from_slice(args);
+    let out = tb.exec(&cp.node.ns, &argv, Duration::from_secs(30)).await?;
+    if !out.success() {
+        return Err(Error::Other(format!("pool create {name}: {}", out.stderr)));
+    }
+    Ok(())
+}
+
+/// Waits (30 s at most) for `path` to exist while every process of `pids` runs; the error
+/// carries their logs.
+pub async fn wait_path(tb: &Testbed, pids: &[i32], path: &Path) -> Result<()> {
+    let logs = || {
+        pids.iter()
+            .map(|p| tb.log_of(*p))
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    };
+    for _ in 0..300 {
+        if path.exists() {
+            return Ok(());
+        }
+        if !pids.iter().all(|p| tb.running(*p)) {
+            return Err(Error::Other(format!("a process exited:\n{}", logs())));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(Error::Other(format!(
+        "{} never appeared:\n{}",
+        path.display(),
+        logs()
+    )))
 }

@@ -11,11 +11,14 @@
 
 pub mod bed;
 pub mod bench;
+pub mod bird;
 pub mod cluster;
 pub mod cni_kit;
 pub mod etcd;
 pub mod handbuilt;
+pub mod iperf;
 pub mod leak;
+pub mod probe;
 pub mod process;
 pub mod snapshot;
 

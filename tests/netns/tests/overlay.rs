@@ -6,53 +6,20 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Node as KubeNode;
 use kube::Api;
 use kube::api::DeleteParams;
+use netns_testbed::probe::{echo_peer_server, stop_echo, who_am_i};
 use netns_testbed::require_tool;
-use trellis_net::{Family, Netns, Route};
+use trellis_net::{Family, Route};
 
 #[path = "support/overlay_cluster.rs"]
 mod overlay_cluster;
 use overlay_cluster::{Blocks, Cluster, start_agent};
-
-/// A TCP server in `ns` that answers each connection with the peer address it saw.
-fn echo_peer_server(ns: &Netns, ip: Ipv4Addr, port: u16) -> std::thread::JoinHandle<()> {
-    let listener = ns.run(|| TcpListener::bind((ip, port))).unwrap().unwrap();
-    std::thread::spawn(move || {
-        listener.set_nonblocking(false).unwrap();
-        for conn in listener.incoming().take(16) {
-            let Ok(mut s) = conn else { return };
-            let peer = s
-                .peer_addr()
-                .map(|p| p.ip().to_string())
-                .unwrap_or_default();
-            let mut buf = [0u8; 4];
-            if s.read_exact(&mut buf).is_ok() && &buf == b"quit" {
-                return;
-            }
-            let _ = s.write_all(peer.as_bytes());
-        }
-    })
-}
-
-/// Connects from `ns` to `to` and returns the address the server saw.
-fn who_am_i(ns: &Netns, to: SocketAddr) -> String {
-    let mut s = ns
-        .run(|| TcpStream::connect_timeout(&to, Duration::from_secs(3)))
-        .unwrap()
-        .unwrap_or_else(|e| panic!("connect to {to}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    s.write_all(b"who?").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_on_three_nodes_talk_without_nat_and_leave_with_masquerade() {
@@ -72,7 +39,7 @@ async fn pods_on_three_nodes_talk_without_nat_and_leave_with_masquerade() {
     // address (no NAT between pods), same node and across nodes.
     let servers: Vec<_> = pods
         .iter()
-        .map(|p| echo_peer_server(&p.ns, p.ip, 7000))
+        .map(|p| echo_peer_server(&p.ns, p.ip, 7000).unwrap())
         .collect();
     for a in &pods {
         for b in &pods {
@@ -92,7 +59,7 @@ async fn pods_on_three_nodes_talk_without_nat_and_leave_with_masquerade() {
                 out.stdout
             );
             assert_eq!(
-                who_am_i(&a.ns, SocketAddr::new(b.ip.into(), 7000)),
+                who_am_i(&a.ns, SocketAddr::new(b.ip.into(), 7000)).unwrap(),
                 a.ip.to_string(),
                 "{} → {} was NATed",
                 a.ip,
@@ -101,17 +68,7 @@ async fn pods_on_three_nodes_talk_without_nat_and_leave_with_masquerade() {
         }
     }
     for (p, s) in pods.iter().zip(servers) {
-        if let Ok(mut q) =
-            p.ns.run(|| {
-                TcpStream::connect_timeout(
-                    &SocketAddr::new(p.ip.into(), 7000),
-                    Duration::from_secs(2),
-                )
-            })
-            .unwrap()
-        {
-            let _ = q.write_all(b"quit");
-        }
+        stop_echo(&p.ns, SocketAddr::new(p.ip.into(), 7000));
         let _ = s.join();
     }
     // A pod reaches another node's address.
@@ -159,8 +116,8 @@ async fn pods_on_three_nodes_talk_without_nat_and_leave_with_masquerade() {
             .await
             .unwrap();
     }
-    let server = echo_peer_server(&outside.ns, outside.ip, 8080);
-    let seen = who_am_i(&pods[2].ns, SocketAddr::new(outside.ip.into(), 8080));
+    let server = echo_peer_server(&outside.ns, outside.ip, 8080).unwrap();
+    let seen = who_am_i(&pods[2].ns, SocketAddr::new(outside.ip.into(), 8080)).unwrap();
     assert_eq!(
         seen,
         c.workers[1].node.ip.to_string(),

@@ -11,7 +11,7 @@ pub mod cniconf;
 pub mod masq;
 pub mod nodes;
 pub mod peers;
-pub mod underlay;
+pub use trellis_net::underlay;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

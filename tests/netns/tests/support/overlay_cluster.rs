@@ -13,7 +13,7 @@ use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Node as KubeNode;
 use kube::Api;
 use kube::api::PostParams;
-use netns_testbed::cluster::ControlPlane;
+use netns_testbed::cluster::{ControlPlane, create_pool, start_ipamd, wait_path};
 use netns_testbed::{
     Node, REFERENCE_PLUGIN_DIR, Testbed, bin_dir, bin_path, require_root, require_tool,
 };
@@ -81,32 +81,11 @@ impl Cluster {
         let client = kube_client(&cp.local_kubeconfig).await;
         let nodes: Api<KubeNode> = Api::all(client.clone());
         if blocks == Blocks::Ipamd {
-            let out = tb
-                .exec(
-                    &cp.node.ns,
-                    &[
-                        bin_path("trellis").to_str().unwrap(),
-                        "ipam",
-                        "--kubeconfig",
-                        cp.kubeconfig.to_str().unwrap(),
-                        "pool",
-                        "create",
-                        "overlay",
-                        "--cidr",
-                        "10.244.0.0/16",
-                        "--block-size",
-                        "24",
-                        "--reserve-head",
-                        "2",
-                        "--reserve-tail",
-                        "1",
-                        "--gateway",
-                    ],
-                    Duration::from_secs(30),
-                )
+            let args = ["--cidr", "10.244.0.0/16", "--block-size", "24"];
+            let reserve = ["--reserve-head", "2", "--reserve-tail", "1", "--gateway"];
+            create_pool(&tb, &cp, "overlay", &[&args[..], &reserve[..]].concat())
                 .await
                 .unwrap();
-            assert!(out.success(), "pool create: {}", out.stderr);
         }
         let mut workers = Vec::new();
         for i in 0..n {
@@ -126,9 +105,11 @@ impl Cluster {
             let agent = match blocks {
                 Blocks::PodCidr => start_agent(&tb, &cp, &node, &dirs),
                 Blocks::Ipamd => {
-                    let ipamd = start_ipamd(&tb, &cp, &node, &dirs);
+                    let ipamd = start_ipamd(&tb, &cp, &node, &dirs).unwrap();
                     let agent = start_agent_with(&tb, &cp, &node, &dirs, Blocks::Ipamd);
-                    wait_file(&tb, &[agent, ipamd], &dirs.join("state/ready.json")).await;
+                    wait_path(&tb, &[agent, ipamd], &dirs.join("state/ready.json"))
+                        .await
+                        .unwrap();
                     let state: serde_json::Value = serde_json::from_slice(
                         &std::fs::read(dirs.join("state/ready.json")).unwrap(),
                     )
@@ -248,53 +229,6 @@ impl Cluster {
             .await
             .unwrap()
     }
-}
-
-/// Waits for `path` while every process of `pids` runs; their logs go into the failure.
-async fn wait_file(tb: &Testbed, pids: &[i32], path: &std::path::Path) {
-    let logs = || {
-        pids.iter()
-            .map(|p| tb.log_of(*p))
-            .collect::<Vec<_>>()
-            .join("\n---\n")
-    };
-    for _ in 0..300 {
-        if path.is_file() {
-            return;
-        }
-        assert!(
-            pids.iter().all(|p| tb.running(*p)),
-            "a process exited:\n{}",
-            logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{} never appeared:\n{}", path.display(), logs());
-}
-
-/// ipamd for the node, on the API server, its socket at `<dirs>/ipamd.sock`.
-pub fn start_ipamd(tb: &Testbed, cp: &ControlPlane, node: &Node, dirs: &std::path::Path) -> i32 {
-    std::fs::create_dir_all(dirs).unwrap();
-    let d = |sub: &str| dirs.join(sub).display().to_string();
-    tb.spawn(
-        &node.ns,
-        &[
-            bin_path("trellis").to_str().unwrap(),
-            "ipamd",
-            "--node",
-            &node.name,
-            "--kubeconfig",
-            cp.kubeconfig.to_str().unwrap(),
-            "--socket",
-            &d("ipamd.sock"),
-            "--cni-cache-dir",
-            &d("cache"),
-            "--gc-interval",
-            "0s",
-        ],
-        Duration::from_secs(600),
-    )
-    .unwrap()
 }
 
 pub fn start_agent(tb: &Testbed, cp: &ControlPlane, node: &Node, dirs: &std::path::Path) -> i32 {

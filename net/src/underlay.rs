@@ -1,11 +1,12 @@
-//! Which interface carries the overlay: the default route's, one named (or owning an address),
-//! or the one the kernel would use to reach a given address — flannel's `--iface` and
-//! `--iface-can-reach`, which multi-NIC hosts need (flannel users' "wrong interface" reports).
+//! Which interface carries a node's traffic (the overlay's VXLAN, the routed mode's BGP and
+//! pods): the default route's, one named (or owning an address), or the one the kernel would use
+//! to reach a given address — flannel's `--iface` and `--iface-can-reach`, which multi-NIC hosts
+//! need (flannel users' "wrong interface" reports).
 
 use std::net::{IpAddr, Ipv4Addr};
 
+use crate::{Family, Handle, Link};
 use ipnet::IpNet;
-use trellis_net::{Family, Handle, Link};
 
 /// How to choose.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,7 +37,7 @@ impl Underlay {
 #[derive(Debug, thiserror::Error)]
 pub enum UnderlayError {
     #[error(transparent)]
-    Net(#[from] trellis_net::Error),
+    Net(#[from] crate::Error),
     #[error("no interface matches {0}")]
     NoMatch(String),
     #[error("interface {0} has no IPv4 address")]
@@ -45,9 +46,7 @@ pub enum UnderlayError {
 
 /// Picks the underlay in the namespace `h` talks to.
 pub async fn pick(h: &Handle, choice: &Choice) -> Result<Underlay, UnderlayError> {
-    let routes = h
-        .routes(Family::V4, Some(trellis_net::Route::TABLE_MAIN))
-        .await?;
+    let routes = h.routes(Family::V4, Some(crate::Route::TABLE_MAIN)).await?;
     let index = match choice {
         Choice::DefaultRoute => routes
             .iter()

@@ -1,0 +1,1151 @@
+//! Routing information bases (RFC 4271 §3.2): Adj-RIB-In per peer, the Loc-RIB chosen by the
+//! decision process (§9.1), and Adj-RIB-Out per peer with the export rules of iBGP split
+//! horizon, route reflection (RFC 4456) and next-hop-self toward eBGP peers; plus graceful
+//! restart's stale routes (RFC 4724 §4.2).
+//!
+//! The RIB is plain data: every change returns the Loc-RIB changes and the UPDATE content each
+//! peer must be sent, and the caller does the I/O. IPv4 and IPv6 unicast live side by side,
+//! keyed by prefix.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnet::IpNet;
+
+use crate::codec::{AsPath, Family, Origin, PathAttributes};
+
+/// LOCAL_PREF assumed when a route carries none (RFC 4271 §5.1.5 leaves it to policy; 100 is
+/// what every implementation uses).
+pub const DEFAULT_LOCAL_PREF: u32 = 100;
+
+/// The family a prefix belongs to.
+pub fn family_of(prefix: &IpNet) -> Family {
+    match prefix {
+        IpNet::V4(_) => Family::IPV4_UNICAST,
+        IpNet::V6(_) => Family::IPV6_UNICAST,
+    }
+}
+
+/// Where a route came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Source {
+    /// Announced by the agent on this node.
+    Local,
+    /// Learned from the peer at this address.
+    Peer(IpAddr),
+}
+
+/// A route's attributes and next hop. The NEXT_HOP attribute itself is kept out of `attrs`
+/// because IPv6 next hops travel in MP_REACH_NLRI.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Path {
+    /// Path attributes (without NEXT_HOP).
+    pub attrs: PathAttributes,
+    /// The next hop.
+    pub next_hop: IpAddr,
+    /// Kept from a peer whose session dropped with graceful restart (RFC 4724), awaiting
+    /// refresh.
+    pub stale: bool,
+}
+
+impl Path {
+    /// A path with these attributes and next hop, not stale.
+    pub fn new(mut attrs: PathAttributes, next_hop: IpAddr) -> Self {
+        attrs.next_hop = None;
+        Self {
+            attrs,
+            next_hop,
+            stale: false,
+        }
+    }
+}
+
+/// The best route for a prefix, as the agent installs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BestRoute {
+    /// The prefix.
+    pub prefix: IpNet,
+    /// Where to forward.
+    pub next_hop: IpAddr,
+    /// Who gave us the route.
+    pub source: Source,
+    /// Its attributes (AS path, local preference, …).
+    pub attrs: PathAttributes,
+    /// A graceful-restart leftover from a peer that has not come back yet.
+    pub stale: bool,
+}
+
+impl BestRoute {
+    /// Whether this is one of our own announcements (the agent has a blackhole for it and must
+    /// not install a learned route over it).
+    pub fn is_local(&self) -> bool {
+        self.source == Source::Local
+    }
+}
+
+/// A change of the Loc-RIB.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocRibChange {
+    /// A new or different best route.
+    Best(BestRoute),
+    /// No route is left for the prefix.
+    Withdrawn(IpNet),
+}
+
+/// What a peer must be told about one prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutChange {
+    /// Announce (or replace) the route.
+    Announce(IpNet, Path),
+    /// Withdraw the route.
+    Withdraw(IpNet),
+}
+
+/// The result of one RIB operation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Loc-RIB changes, in prefix order.
+    pub loc_rib: Vec<LocRibChange>,
+    /// Per peer, what to send.
+    pub out: BTreeMap<IpAddr, Vec<OutChange>>,
+}
+
+impl Changes {
+    /// Nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.loc_rib.is_empty() && self.out.values().all(Vec::is_empty)
+    }
+}
+
+/// Settings of the local speaker that routing depends on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RibConfig {
+    /// Our AS.
+    pub local_asn: u32,
+    /// Our BGP identifier.
+    pub router_id: Ipv4Addr,
+    /// Route-reflector cluster id; `Some` makes this speaker a route reflector.
+    pub cluster_id: Option<Ipv4Addr>,
+}
+
+/// A configured peer as the RIB sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The peer's address (its identity here).
+    pub address: IpAddr,
+    /// The peer's AS; equal to ours means iBGP.
+    pub asn: u32,
+    /// A route-reflector client of ours.
+    pub rr_client: bool,
+}
+
+/// What the RIB needs of an Established session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// The peer's BGP identifier.
+    pub router_id: Ipv4Addr,
+    /// Our end of the TCP connection: the next hop we give eBGP peers.
+    pub local_address: IpAddr,
+    /// Families both sides negotiated.
+    pub families: Vec<Family>,
+}
+
+#[derive(Debug, Clone)]
+struct PeerEntry {
+    info: PeerInfo,
+    session: Option<SessionInfo>,
+    /// Last known identifier: reflected stale routes still need it for ORIGINATOR_ID.
+    router_id: Option<Ipv4Addr>,
+    adj_in: BTreeMap<IpNet, Path>,
+    adj_out: BTreeMap<IpNet, Path>,
+}
+
+/// Adj-RIBs-In, Loc-RIB and Adj-RIBs-Out of one speaker.
+#[derive(Debug, Clone)]
+pub struct Rib {
+    config: RibConfig,
+    peers: BTreeMap<IpAddr, PeerEntry>,
+    local: BTreeMap<IpNet, Path>,
+    loc: BTreeMap<IpNet, BestRoute>,
+}
+
+impl Rib {
+    /// An empty RIB.
+    pub fn new(config: RibConfig) -> Self {
+        Self {
+            config,
+            peers: BTreeMap::new(),
+            local: BTreeMap::new(),
+            loc: BTreeMap::new(),
+        }
+    }
+
+    /// The speaker settings.
+    pub fn config(&self) -> &RibConfig {
+        &self.config
+    }
+
+    /// Adds a peer (no session yet). Re-adding replaces its settings and keeps its routes.
+    pub fn add_peer(&mut self, info: PeerInfo) {
+        let address = info.address;
+        self.peers
+            .entry(address)
+            .and_modify(|p| p.info = info.clone())
+            .or_insert_with(|| PeerEntry {
+                info,
+                session: None,
+                router_id: None,
+                adj_in: BTreeMap::new(),
+                adj_out: BTreeMap::new(),
+            });
+    }
+
+    /// Removes a peer and every route learned from it.
+    pub fn remove_peer(&mut self, address: IpAddr) -> Changes {
+        let mut changes = Changes::default();
+        let Some(peer) = self.peers.remove(&address) else {
+            return changes;
+        };
+        for prefix in peer.adj_in.keys() {
+            self.recompute(*prefix, &mut changes);
+        }
+        changes
+    }
+
+    /// The session with `address` reached Established: returns its whole Adj-RIB-Out, the
+    /// initial UPDATE content (End-of-RIB follows it).
+    pub fn session_up(&mut self, address: IpAddr, session: SessionInfo) -> Vec<OutChange> {
+        let Some(peer) = self.peers.get_mut(&address) else {
+            return Vec::new();
+        };
+        peer.router_id = Some(session.router_id);
+        peer.session = Some(session);
+        peer.adj_out.clear();
+        let mut out = Vec::new();
+        let prefixes: Vec<IpNet> = self.loc.keys().copied().collect();
+        for prefix in prefixes {
+            if let Some(path) = self.export(&prefix, address) {
+                out.push(OutChange::Announce(prefix, path.clone()));
+                if let Some(peer) = self.peers.get_mut(&address) {
+                    peer.adj_out.insert(prefix, path);
+                }
+            }
+        }
+        out
+    }
+
+    /// The session with `address` went down. With `keep_stale` (graceful restart negotiated
+    /// and the transport simply failed) its routes stay, marked stale (RFC 4724 §4.2);
+    /// otherwise they are withdrawn.
+    pub fn session_down(&mut self, address: IpAddr, keep_stale: bool) -> Changes {
+        let mut changes = Changes::default();
+        let Some(peer) = self.peers.get_mut(&address) else {
+            return changes;
+        };
+        peer.session = None;
+        peer.adj_out.clear();
+        let prefixes: Vec<IpNet> = peer.adj_in.keys().copied().collect();
+        if keep_stale {
+            peer.adj_in.values_mut().for_each(|p| p.stale = true);
+        } else {
+            peer.adj_in.clear();
+        }
+        for prefix in prefixes {
+            self.recompute(prefix, &mut changes);
+        }
+        changes
+    }
+
+    /// Applies an UPDATE from `address`: `announced` routes replace earlier ones for the same
+    /// prefix, `withdrawn` prefixes are removed. Routes that fail the loop checks (our AS in an
+    /// eBGP AS_PATH, our identifier as ORIGINATOR_ID, our cluster in CLUSTER_LIST) are treated
+    /// as withdrawn.
+    pub fn update(
+        &mut self,
+        address: IpAddr,
+        announced: Vec<(IpNet, Path)>,
+        withdrawn: Vec<IpNet>,
+    ) -> Changes {
+        let mut changes = Changes::default();
+        let local_asn = self.config.local_asn;
+        let router_id = self.config.router_id;
+        let cluster_id = self.cluster_id();
+        let Some(peer) = self.peers.get_mut(&address) else {
+            return changes;
+        };
+        let ibgp = peer.info.asn == local_asn;
+        let mut touched = Vec::new();
+        for prefix in withdrawn {
+            if peer.adj_in.remove(&prefix).is_some() {
+                touched.push(prefix);
+            }
+        }
+        for (prefix, mut path) in announced {
+            path.stale = false;
+            path.attrs.next_hop = None;
+            let looped = if ibgp {
+                path.attrs.originator_id == Some(router_id)
+                    || path.attrs.cluster_list.contains(&cluster_id)
+            } else {
+                // LOCAL_PREF, ORIGINATOR_ID and CLUSTER_LIST mean nothing across ASes.
+                path.attrs.local_pref = None;
+                path.attrs.originator_id = None;
+                path.attrs.cluster_list.clear();
+                path.attrs
+                    .as_path
+                    .as_ref()
+                    .is_some_and(|p| p.contains(local_asn))
+            };
+            if looped {
+                if peer.adj_in.remove(&prefix).is_some() {
+                    touched.push(prefix);
+                }
+                continue;
+            }
+            if peer.adj_in.get(&prefix) != Some(&path) {
+                peer.adj_in.insert(prefix, path);
+                touched.push(prefix);
+            }
+        }
+        touched.sort();
+        touched.dedup();
+        for prefix in touched {
+            self.recompute(prefix, &mut changes);
+        }
+        changes
+    }
+
+    /// End-of-RIB for `family` from `address`: the stale routes it did not refresh are gone
+    /// (RFC 4724 §4.2).
+    pub fn end_of_rib(&mut self, address: IpAddr, family: Family) -> Changes {
+        self.purge(address, Some(family))
+    }
+
+    /// The peer's restart time ran out: all its stale routes are gone.
+    pub fn purge_stale(&mut self, address: IpAddr) -> Changes {
+        self.purge(address, None)
+    }
+
+    /// Whether `address` still has stale routes.
+    pub fn has_stale(&self, address: IpAddr) -> bool {
+        self.peers
+            .get(&address)
+            .is_some_and(|p| p.adj_in.values().any(|r| r.stale))
+    }
+
+    fn purge(&mut self, address: IpAddr, family: Option<Family>) -> Changes {
+        let mut changes = Changes::default();
+        let Some(peer) = self.peers.get_mut(&address) else {
+            return changes;
+        };
+        let gone: Vec<IpNet> = peer
+            .adj_in
+            .iter()
+            .filter(|(prefix, path)| path.stale && family.is_none_or(|f| family_of(prefix) == f))
+            .map(|(prefix, _)| *prefix)
+            .collect();
+        for prefix in &gone {
+            peer.adj_in.remove(prefix);
+        }
+        for prefix in gone {
+            self.recompute(prefix, &mut changes);
+        }
+        changes
+    }
+
+    /// Originates `prefix` with `next_hop` (replacing an earlier announcement).
+    pub fn announce_local(&mut self, prefix: IpNet, next_hop: IpAddr) -> Changes {
+        let mut changes = Changes::default();
+        let attrs = PathAttributes {
+            origin: Some(Origin::Igp),
+            as_path: Some(AsPath::default()),
+            ..Default::default()
+        };
+        let path = Path::new(attrs, next_hop);
+        if self.local.get(&prefix) != Some(&path) {
+            self.local.insert(prefix, path);
+            self.recompute(prefix, &mut changes);
+        }
+        changes
+    }
+
+    /// Stops originating `prefix`.
+    pub fn withdraw_local(&mut self, prefix: IpNet) -> Changes {
+        let mut changes = Changes::default();
+        if self.local.remove(&prefix).is_some() {
+            self.recompute(prefix, &mut changes);
+        }
+        changes
+    }
+
+    /// The Loc-RIB.
+    pub fn loc_rib(&self) -> impl Iterator<Item = &BestRoute> {
+        self.loc.values()
+    }
+
+    /// The best route for `prefix`.
+    pub fn best(&self, prefix: &IpNet) -> Option<&BestRoute> {
+        self.loc.get(prefix)
+    }
+
+    /// The routes learned from `address` (Adj-RIB-In).
+    pub fn adj_in(&self, address: IpAddr) -> Vec<(IpNet, Path)> {
+        self.peers
+            .get(&address)
+            .map(|p| p.adj_in.iter().map(|(k, v)| (*k, v.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    /// The routes advertised to `address` (Adj-RIB-Out).
+    pub fn adj_out(&self, address: IpAddr) -> Vec<(IpNet, Path)> {
+        self.peers
+            .get(&address)
+            .map(|p| p.adj_out.iter().map(|(k, v)| (*k, v.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    /// Numbers of routes received from and sent to `address`.
+    pub fn counts(&self, address: IpAddr) -> (usize, usize) {
+        self.peers
+            .get(&address)
+            .map(|p| (p.adj_in.len(), p.adj_out.len()))
+            .unwrap_or_default()
+    }
+
+    /// The cluster id used in CLUSTER_LIST: the configured one, else our router id
+    /// (RFC 4456 §7).
+    fn cluster_id(&self) -> Ipv4Addr {
+        self.config.cluster_id.unwrap_or(self.config.router_id)
+    }
+
+    /// Runs the decision process for `prefix` and brings the Loc-RIB and every Adj-RIB-Out up
+    /// to date.
+    fn recompute(&mut self, prefix: IpNet, changes: &mut Changes) {
+        let best = self.decide(&prefix);
+        match (&best, self.loc.get(&prefix)) {
+            (Some(new), old) if old != Some(new) => {
+                self.loc.insert(prefix, new.clone());
+                changes.loc_rib.push(LocRibChange::Best(new.clone()));
+            }
+            (None, Some(_)) => {
+                self.loc.remove(&prefix);
+                changes.loc_rib.push(LocRibChange::Withdrawn(prefix));
+            }
+            _ => {}
+        }
+        let addresses: Vec<IpAddr> = self.peers.keys().copied().collect();
+        for address in addresses {
+            let wanted = self.export(&prefix, address);
+            let Some(peer) = self.peers.get_mut(&address) else {
+                continue;
+            };
+            if peer.session.is_none() {
+                continue;
+            }
+            let change = match (wanted, peer.adj_out.get(&prefix)) {
+                (Some(path), old) if old != Some(&path) => {
+                    peer.adj_out.insert(prefix, path.clone());
+                    OutChange::Announce(prefix, path)
+                }
+                (None, Some(_)) => {
+                    peer.adj_out.remove(&prefix);
+                    OutChange::Withdraw(prefix)
+                }
+                _ => continue,
+            };
+            changes.out.entry(address).or_default().push(change);
+        }
+    }
+
+    /// The decision process (RFC 4271 §9.1.2 with RFC 4456 §9) over every candidate route
+    /// for `prefix`. Our own announcements come first, as a locally configured route does in
+    /// every implementation.
+    fn decide(&self, prefix: &IpNet) -> Option<BestRoute> {
+        if let Some(path) = self.local.get(prefix) {
+            return Some(BestRoute {
+                prefix: *prefix,
+                next_hop: path.next_hop,
+                source: Source::Local,
+                attrs: path.attrs.clone(),
+                stale: false,
+            });
+        }
+        let candidates: Vec<Candidate<'_>> = self
+            .peers
+            .values()
+            .filter_map(|peer| {
+                let path = peer.adj_in.get(prefix)?;
+                let ibgp = peer.info.asn == self.config.local_asn;
+                Some(Candidate {
+                    address: peer.info.address,
+                    path,
+                    ibgp,
+                    local_pref: if ibgp {
+                        path.attrs.local_pref.unwrap_or(DEFAULT_LOCAL_PREF)
+                    } else {
+                        DEFAULT_LOCAL_PREF
+                    },
+                    neighbor_as: path
+                        .attrs
+                        .as_path
+                        .as_ref()
+                        .and_then(AsPath::neighbor_as)
+                        .unwrap_or(self.config.local_asn),
+                    bgp_id: path
+                        .attrs
+                        .originator_id
+                        .or(peer.router_id)
+                        .unwrap_or(Ipv4Addr::BROADCAST),
+                })
+            })
+            .collect();
+        let best = select(candidates)?;
+        Some(BestRoute {
+            prefix: *prefix,
+            next_hop: best.path.next_hop,
+            source: Source::Peer(best.address),
+            attrs: best.path.attrs.clone(),
+            stale: best.path.stale,
+        })
+    }
+
+    /// What `prefix`'s best route looks like when sent to `address`, or `None` when the export
+    /// rules say not to send it.
+    fn export(&self, prefix: &IpNet, address: IpAddr) -> Option<Path> {
+        let best = self.loc.get(prefix)?;
+        let to = self.peers.get(&address)?;
+        let session = to.session.as_ref()?;
+        if !session.families.contains(&family_of(prefix)) {
+            return None;
+        }
+        let local_asn = self.config.local_asn;
+        let to_ibgp = to.info.asn == local_asn;
+        let from = match best.source {
+            Source::Local => None,
+            Source::Peer(a) if a == address => return None,
+            Source::Peer(a) => Some(self.peers.get(&a)?),
+        };
+        let from_ibgp = from.is_some_and(|f| f.info.asn == local_asn);
+        let mut attrs = best.attrs.clone();
+        let mut next_hop = best.next_hop;
+
+        if to_ibgp && from_ibgp {
+            // iBGP split horizon, relaxed only by route reflection (RFC 4456 §6): a client's
+            // route goes to everyone, a non-client's route only to clients.
+            let cluster_id = self.config.cluster_id?;
+            let from = from?;
+            if !from.info.rr_client && !to.info.rr_client {
+                return None;
+            }
+            if attrs.originator_id.is_none() {
+                attrs.originator_id = Some(from.router_id?);
+            }
+            if attrs.originator_id == Some(session.router_id) {
+                return None;
+            }
+            attrs.cluster_list.insert(0, cluster_id);
+        }
+        if to_ibgp {
+            attrs.local_pref = Some(attrs.local_pref.unwrap_or(DEFAULT_LOCAL_PREF));
+        } else {
+            // Toward eBGP: our AS in front, our address as next hop, and nothing that only
+            // means something inside our AS.
+            let path = attrs.as_path.take().unwrap_or_default();
+            if path.contains(to.info.asn) {
+                return None;
+            }
+            attrs.as_path = Some(path.prepended(local_asn));
+            attrs.local_pref = None;
+            attrs.originator_id = None;
+            attrs.cluster_list.clear();
+            if from.is_some() {
+                // RFC 4271 §5.1.4: a MED learned from one AS is not passed to another.
+                attrs.med = None;
+            }
+            next_hop = next_hop_self(session.local_address, prefix, best.next_hop);
+        }
+        attrs.origin.get_or_insert(Origin::Igp);
+        attrs.as_path.get_or_insert_with(AsPath::default);
+        Some(Path::new(attrs, next_hop))
+    }
+}
+
+/// Our session address as next hop for `prefix`, in the prefix's family when we can.
+fn next_hop_self(local: IpAddr, prefix: &IpNet, route_next_hop: IpAddr) -> IpAddr {
+    match (prefix, local, route_next_hop) {
+        (IpNet::V4(_), IpAddr::V4(_), _) | (IpNet::V6(_), IpAddr::V6(_), _) => local,
+        (IpNet::V4(_), IpAddr::V6(_), nh @ IpAddr::V4(_)) => nh,
+        (IpNet::V6(_), IpAddr::V4(_), nh @ IpAddr::V6(_)) => nh,
+        (IpNet::V6(_), IpAddr::V4(v4), IpAddr::V4(_)) => IpAddr::V6(v4.to_ipv6_mapped()),
+        (IpNet::V4(_), IpAddr::V6(_), nh @ IpAddr::V6(_)) => nh,
+    }
+}
+
+/// The IPv6 form of a next hop (IPv4 next hops of IPv6 routes become IPv4-mapped).
+pub fn ipv6_next_hop(next_hop: IpAddr) -> Ipv6Addr {
+    match next_hop {
+        IpAddr::V6(v6) => v6,
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Candidate<'a> {
+    address: IpAddr,
+    path: &'a Path,
+    ibgp: bool,
+    local_pref: u32,
+    neighbor_as: u32,
+    bgp_id: Ipv4Addr,
+}
+
+/// RFC 4271 §9.1.2.2 as a sequence of eliminations, so that the MED rule (which only compares
+/// routes from the same neighbouring AS) stays well defined.
+fn select(mut c: Vec<Candidate<'_>>) -> Option<Candidate<'_>> {
+    fn keep_min<K: Ord + Copy>(c: &mut Vec<Candidate<'_>>, key: impl Fn(&Candidate<'_>) -> K) {
+        if let Some(min) = c.iter().map(&key).min() {
+            c.retain(|x| key(x) == min);
+        }
+    }
+    // a) highest LOCAL_PREF.
+    keep_min(&mut c, |x| std::cmp::Reverse(x.local_pref));
+    // b) shortest AS_PATH.
+    keep_min(&mut c, |x| {
+        x.path.attrs.as_path.as_ref().map_or(0, AsPath::length)
+    });
+    // c) lowest ORIGIN.
+    keep_min(&mut c, |x| {
+        x.path.attrs.origin.unwrap_or(Origin::Incomplete)
+    });
+    // d) lowest MED among routes from the same neighbouring AS (missing MED = 0).
+    let med = |x: &Candidate<'_>| x.path.attrs.med.unwrap_or(0);
+    let beaten: Vec<bool> = c
+        .iter()
+        .map(|x| {
+            c.iter()
+                .any(|y| y.neighbor_as == x.neighbor_as && med(y) < med(x))
+        })
+        .collect();
+    let mut i = 0;
+    c.retain(|_| {
+        let keep = !beaten.get(i).copied().unwrap_or(false);
+        i += 1;
+        keep
+    });
+    // e) eBGP over iBGP.
+    keep_min(&mut c, |x| x.ibgp);
+    // f) lowest BGP identifier (ORIGINATOR_ID for reflected routes, RFC 4456 §9).
+    keep_min(&mut c, |x| u32::from(x.bgp_id));
+    // RFC 4456 §9: shortest CLUSTER_LIST.
+    keep_min(&mut c, |x| x.path.attrs.cluster_list.len());
+    // g) lowest peer address.
+    keep_min(&mut c, |x| x.address);
+    c.into_iter().next()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ASN: u32 = 64512;
+
+    fn v4(s: &str) -> IpAddr {
+        s.parse().expect("address")
+    }
+
+    fn net(s: &str) -> IpNet {
+        s.parse().expect("prefix")
+    }
+
+    fn rib(cluster_id: Option<Ipv4Addr>) -> Rib {
+        Rib::new(RibConfig {
+            local_asn: ASN,
+            router_id: Ipv4Addr::new(10, 0, 0, 1),
+            cluster_id,
+        })
+    }
+
+    /// Adds and brings up a peer whose router id is its address.
+    fn peer(rib: &mut Rib, address: &str, asn: u32, rr_client: bool) -> IpAddr {
+        let address = v4(address);
+        rib.add_peer(PeerInfo {
+            address,
+            asn,
+            rr_client,
+        });
+        let IpAddr::V4(id) = address else {
+            panic!("v4 only")
+        };
+        rib.session_up(
+            address,
+            SessionInfo {
+                router_id: id,
+                local_address: v4("10.0.0.1"),
+                families: vec![Family::IPV4_UNICAST, Family::IPV6_UNICAST],
+            },
+        );
+        address
+    }
+
+    fn path(as_path: &[u32], next_hop: &str) -> Path {
+        Path::new(
+            PathAttributes {
+                origin: Some(Origin::Igp),
+                as_path: Some(AsPath::sequence(as_path)),
+                ..Default::default()
+            },
+            v4(next_hop),
+        )
+    }
+
+    fn with(mut p: Path, f: impl FnOnce(&mut PathAttributes)) -> Path {
+        f(&mut p.attrs);
+        p
+    }
+
+    fn best_from(rib: &Rib, prefix: &str) -> Option<Source> {
+        rib.best(&net(prefix)).map(|b| b.source)
+    }
+
+    fn sent(changes: &Changes, to: IpAddr) -> Vec<OutChange> {
+        changes.out.get(&to).cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn a_learned_route_enters_the_loc_rib_and_its_withdrawal_leaves_it() {
+        let mut rib = rib(None);
+        let a = peer(&mut rib, "10.0.0.2", ASN, false);
+        let c = rib.update(
+            a,
+            vec![(net("10.244.1.0/26"), path(&[], "10.0.0.2"))],
+            vec![],
+        );
+        assert!(matches!(&c.loc_rib[..], [LocRibChange::Best(b)] if b.next_hop == v4("10.0.0.2")));
+        let c = rib.update(a, vec![], vec![net("10.244.1.0/26")]);
+        assert_eq!(
+            c.loc_rib,
+            vec![LocRibChange::Withdrawn(net("10.244.1.0/26"))]
+        );
+    }
+
+    #[test]
+    fn a_route_announced_again_with_the_same_attributes_changes_nothing() {
+        let mut rib = rib(None);
+        let a = peer(&mut rib, "10.0.0.2", ASN, false);
+        rib.update(
+            a,
+            vec![(net("10.244.1.0/26"), path(&[], "10.0.0.2"))],
+            vec![],
+        );
+        let c = rib.update(
+            a,
+            vec![(net("10.244.1.0/26"), path(&[], "10.0.0.2"))],
+            vec![],
+        );
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    fn highest_local_pref_wins_first() {
+        let mut rib = rib(None);
+        let a = peer(&mut rib, "10.0.0.2", ASN, false);
+        let b = peer(&mut rib, "10.0.0.3", ASN, false);
+        let p = net("10.1.0.0/24");
+        rib.update(
+            a,
+            vec![(p, with(path(&[], "10.0.0.2"), |x| x.local_pref = Some(100)))],
+            vec![],
+        );
+        rib.update(
+            b,
+            vec![(
+                p,
+                with(path(&[1, 2, 3], "10.0.0.3"), |x| x.local_pref = Some(200)),
+            )],
+            vec![],
+        );
+        assert_eq!(best_from(&rib, "10.1.0.0/24"), Some(Source::Peer(b)));
+    }
+
+    #[test]
+    fn then_shortest_as_path() {
+        let mut rib = rib(None);
+        let a = peer(&mut rib, "10.0.0.2", 65001, false);
+        let b = peer(&mut rib, "10.0.0.3", 65002, false);
+        let p = net("10.1.0.0/24");
+        rib.update(a, vec![(p, path(&[65001, 65100], "10.0.0.2"))], vec![]);
+        rib.update(b, vec![(p, path(&[65002], "10.0.0.3"))], vec![]);
+        assert_eq!(best_from(&rib, "10.1.0.0/24"), Some(Source::Peer(b)));
+    }
+
+    #[test]
+    fn then_lowest_origin() {
+        let mut rib = rib(None);
+        let a = peer(&mut rib, "10.0.0.2", 65001, false);
+        let b = peer(&mut rib, "10.0.0.3", 65002, false);
+        let p = net("10.1.0.0/24");
+        rib.update(
+            a,
+            vec![(
+                p,
+                with(path(&[65001], "10.0.0.2"), |x| {
+                    x.origin = Some(Origin::Incomplete)
+                }),
+            )],
+            vec![],
+        );
+        rib.update(
+            b,
+            vec![(
+                p,
+                with(path(&[65002], "10.0.0.3"), |x| x.origin = Some(Origin::Egp)),
+            )],
+            vec![],
+        );
+        assert_eq!(best_from(&rib, "10.1.0.0/24"), Some(Source::Peer(b)));
+    }
+
+    #[test]
+    fn med_is_compared_only_between_routes_from_the_same_neighbour_as() {
+        let mut rib = rib(None);
+        let a = peer(&mut rib, "10.0.0.2", 65001, false);
+        let b = peer(&mut rib, "10.0.0.3", 65001, false);
+        let p = net("10.1.0.0/24");
+        rib.update(
+            a,
+            vec![(p, with(path(&[65001], "10.0.0.2"), |x| x.med = Some(50)))],
+            vec![],
+        );
+        rib.update(
+            b,
+            vec![(p, with(path(&[65001], "10.0.0.3"), |x| x.med = Some(10)))],
+            vec![],
+        );
+        assert_eq!(best_from(&rib, "10.1.0.0/24"), Some(Source::Peer(b)));
+
+        // Different neighbour ASes: MED is ignored and the lower router id (10.0.0.2) wins.
+        let mut rib = rib_fresh();
+        let a = peer(&mut rib, "10.0.0.2", 65001, false);
+        let b = peer(&mut rib, "10.0.0.3", 65002, false);
+        rib.update(
+            a,
+            vec![(p, with(path(&[65001], "10.0.0.2"), |x| x.med = Some(50)))],
+            vec![],
+        );
+        rib.update(
+            b,
+            vec![(p, with(path(&[65002], "10.0.0.3"), |x| x.med = Some(10)))],
+            vec![],
+        );
+        assert_eq!(best_from(&rib, "10.1.0.0/24"), Some(Source::Peer(a)));
+    }
+
+    fn rib_fresh() -> Rib {
+        rib(None)
+    }
+
+    #[test]
+    fn ebgp_beats_ibgp_when_everything_before_is_equal() {
+        let mut rib = rib(None);
+        let i = peer(&mut rib, "10.0.0.2", ASN, false);
+        let e = peer(&mut rib, "10.0.0.3", 65001, false);
+        let p = net("10.1.0.0/24");
+        rib.update(i, vec![(p, path(&[65001], "10.0.0.2"))], vec![]);
+        rib.update(e, vec![(p, path(&[65001], "10.0.0.3"))], vec![]);
+        assert_eq!(best_from(&rib, "10.1.0.0/24"), Some(Source::Peer(e)));
+    }
+
+    #[test]
+    fn then_lowest_originator_or_router_id_then_shortest_cluster_list_then_lowest_address() {
+        let mut rib = rib(None);
+        let a = peer(&mut rib, "10.0.0.2", ASN, false);
+        let b = peer(&mut rib, "10.0.0.3", ASN, false);
+        let p = net("10.1.0.0/24");
+        // b's route carries a lower ORIGINATOR_ID than a's router id.
+        rib.update(a, vec![(p, path(&[], "10.0.0.2"))], vec![]);
+        rib.update(
+            b,
+            vec![(
+                p,
+                with(path(&[], "10.0.0.3"), |x| {
+                    x.originator_id = Some(Ipv4Addr::new(10, 0, 0, 0))
+                }),
+            )],
+            vec![],
+        );
+        assert_eq!(best_from(&rib, "10.1.0.0/24"), Some(Source::Peer(b)));
+
+        // Same originator: the shorter CLUSTER_LIST wins.
+        let orig = Ipv4Addr::new(10, 9, 9, 9);
+        rib.update(
+            a,
+            vec![(
+                p,
+                with(path(&[], "10.0.0.2"), |x| {
+                    x.originator_id = Some(orig);
+                    x.cluster_list = vec![Ipv4Addr::new(1, 1, 1, 1), Ipv4Addr::new(2, 2, 2, 2)];
+                }),
+            )],
+            vec![],
+        );
+        rib.update(
+            b,
+            vec![(
+                p,
+                with(path(&[], "10.0.0.3"), |x| {
+                    x.originator_id = Some(orig);
+                    x.cluster_list = vec![Ipv4Addr::new(1, 1, 1, 1)];
+                }),
+            )],
+            vec![],
+        );
+        assert_eq!(best_from(&rib, "10.1.0.0/24"), Some(Source::Peer(b)));
+
+        // Everything equal: the lowest peer address.
+        rib.update(
+            b,
+            vec![(
+                p,
+                with(path(&[], "10.0.0.3"), |x| {
+                    x.originator_id = Some(orig);
+                    x.cluster_list = vec![Ipv4Addr::new(1, 1, 1, 1), Ipv4Addr::new(2, 2, 2, 2)];
+                }),
+            )],
+            vec![],
+        );
+        assert_eq!(best_from(&rib, "10.1.0.0/24"), Some(Source::Peer(a)));
+    }
+
+    #[test]
+    fn our_own_announcement_beats_learned_routes_and_goes_to_every_peer() {
+        let mut rib = rib(None);
+        let i = peer(&mut rib, "10.0.0.2", ASN, false);
+        let e = peer(&mut rib, "10.0.0.3", 65001, false);
+        let p = net("10.244.0.0/26");
+        rib.update(i, vec![(p, path(&[], "10.0.0.2"))], vec![]);
+        let c = rib.announce_local(p, v4("10.0.0.1"));
+        assert!(rib.best(&p).is_some_and(BestRoute::is_local));
+        // To the iBGP peer: next hop as announced, LOCAL_PREF 100, empty AS_PATH.
+        let [OutChange::Announce(_, to_i)] = &sent(&c, i)[..] else {
+            panic!("{c:?}")
+        };
+        assert_eq!(to_i.next_hop, v4("10.0.0.1"));
+        assert_eq!(to_i.attrs.local_pref, Some(DEFAULT_LOCAL_PREF));
+        assert_eq!(to_i.attrs.as_path, Some(AsPath::default()));
+        // To the eBGP peer: our AS prepended, no LOCAL_PREF.
+        let [(_, to_e)] = &rib.adj_out(e)[..] else {
+            panic!("{c:?}")
+        };
+        assert_eq!(to_e.attrs.as_path, Some(AsPath::sequence(&[ASN])));
+        assert_eq!(to_e.attrs.local_pref, None);
+        // Withdrawing falls back to the learned route, which is not sent back to its source.
+        let c = rib.withdraw_local(p);
+        assert_eq!(best_from(&rib, "10.244.0.0/26"), Some(Source::Peer(i)));
+        assert_eq!(sent(&c, i), vec![OutChange::Withdraw(p)]);
+    }
+
+    #[test]
+    fn ibgp_routes_are_not_sent_to_other_ibgp_peers_without_route_reflection() {
+        let mut rib = rib(None);
+        let a = peer(&mut rib, "10.0.0.2", ASN, false);
+        let b = peer(&mut rib, "10.0.0.3", ASN, false);
+        let e = peer(&mut rib, "10.0.0.4", 65001, false);
+        let c = rib.update(a, vec![(net("10.1.0.0/24"), path(&[], "10.0.0.2"))], vec![]);
+        assert!(sent(&c, b).is_empty());
+        let [OutChange::Announce(_, to_e)] = &sent(&c, e)[..] else {
+            panic!("{c:?}")
+        };
+        // Next hop self toward eBGP, MED of our own AS is kept only for local routes.
+        assert_eq!(to_e.next_hop, v4("10.0.0.1"));
+        assert_eq!(to_e.attrs.as_path, Some(AsPath::sequence(&[ASN])));
+    }
+
+    #[test]
+    fn ebgp_routes_go_to_ibgp_peers_with_their_next_hop_and_without_med_to_other_ases() {
+        let mut rib = rib(None);
+        let i = peer(&mut rib, "10.0.0.2", ASN, false);
+        let e = peer(&mut rib, "10.0.0.3", 65001, false);
+        let e2 = peer(&mut rib, "10.0.0.4", 65002, false);
+        let r = with(path(&[65001], "10.0.0.3"), |x| x.med = Some(7));
+        let c = rib.update(e, vec![(net("10.1.0.0/24"), r)], vec![]);
+        let [OutChange::Announce(_, to_i)] = &sent(&c, i)[..] else {
+            panic!("{c:?}")
+        };
+        assert_eq!(to_i.next_hop, v4("10.0.0.3"));
+        assert_eq!(to_i.attrs.med, Some(7));
+        let [OutChange::Announce(_, to_e2)] = &sent(&c, e2)[..] else {
+            panic!("{c:?}")
+        };
+        assert_eq!(to_e2.attrs.med, None);
+        assert_eq!(to_e2.attrs.as_path, Some(AsPath::sequence(&[ASN, 65001])));
+    }
+
+    #[test]
+    fn a_path_with_our_as_from_an_ebgp_peer_is_a_loop_and_ignored() {
+        let mut rib = rib(None);
+        let e = peer(&mut rib, "10.0.0.3", 65001, false);
+        let c = rib.update(
+            e,
+            vec![(net("10.1.0.0/24"), path(&[65001, ASN], "10.0.0.3"))],
+            vec![],
+        );
+        assert!(c.is_empty());
+        assert!(rib.best(&net("10.1.0.0/24")).is_none());
+    }
+
+    #[test]
+    fn a_route_reflector_reflects_client_routes_to_everyone_with_originator_and_cluster_list() {
+        let cluster = Ipv4Addr::new(1, 1, 1, 1);
+        let mut rib = rib(Some(cluster));
+        let c1 = peer(&mut rib, "10.0.0.2", ASN, true);
+        let c2 = peer(&mut rib, "10.0.0.3", ASN, true);
+        let n = peer(&mut rib, "10.0.0.4", ASN, false);
+        let ch = rib.update(
+            c1,
+            vec![(net("10.1.0.0/24"), path(&[], "10.0.0.2"))],
+            vec![],
+        );
+        for to in [c2, n] {
+            let [OutChange::Announce(_, p)] = &sent(&ch, to)[..] else {
+                panic!("{ch:?}")
+            };
+            assert_eq!(p.attrs.originator_id, Some(Ipv4Addr::new(10, 0, 0, 2)));
+            assert_eq!(p.attrs.cluster_list, vec![cluster]);
+            assert_eq!(p.next_hop, v4("10.0.0.2"));
+        }
+        assert!(sent(&ch, c1).is_empty());
+    }
+
+    #[test]
+    fn a_route_reflector_reflects_non_client_routes_to_clients_only() {
+        let cluster = Ipv4Addr::new(1, 1, 1, 1);
+        let mut rib = rib(Some(cluster));
+        let c1 = peer(&mut rib, "10.0.0.2", ASN, true);
+        let n1 = peer(&mut rib, "10.0.0.3", ASN, false);
+        let n2 = peer(&mut rib, "10.0.0.4", ASN, false);
+        let ch = rib.update(
+            n1,
+            vec![(net("10.1.0.0/24"), path(&[], "10.0.0.3"))],
+            vec![],
+        );
+        assert_eq!(sent(&ch, c1).len(), 1);
+        assert!(sent(&ch, n2).is_empty());
+    }
+
+    #[test]
+    fn reflected_routes_carrying_our_identifier_or_cluster_are_loops() {
+        let cluster = Ipv4Addr::new(1, 1, 1, 1);
+        let mut rib = rib(Some(cluster));
+        let c1 = peer(&mut rib, "10.0.0.2", ASN, true);
+        let ours = with(path(&[], "10.0.0.9"), |x| {
+            x.originator_id = Some(Ipv4Addr::new(10, 0, 0, 1))
+        });
+        assert!(
+            rib.update(c1, vec![(net("10.1.0.0/24"), ours)], vec![])
+                .is_empty()
+        );
+        let looped = with(path(&[], "10.0.0.9"), |x| x.cluster_list = vec![cluster]);
+        assert!(
+            rib.update(c1, vec![(net("10.2.0.0/24"), looped)], vec![])
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_reflected_route_is_not_sent_back_to_its_originator() {
+        let cluster = Ipv4Addr::new(1, 1, 1, 1);
+        let mut rib = rib(Some(cluster));
+        let c1 = peer(&mut rib, "10.0.0.2", ASN, true);
+        let c2 = peer(&mut rib, "10.0.0.3", ASN, true);
+        // c2 reflects something c1 (10.0.0.2) originated: it must not go back to c1.
+        let r = with(path(&[], "10.0.0.2"), |x| {
+            x.originator_id = Some(Ipv4Addr::new(10, 0, 0, 2))
+        });
+        let ch = rib.update(c2, vec![(net("10.1.0.0/24"), r)], vec![]);
+        assert!(sent(&ch, c1).is_empty());
+    }
+
+    #[test]
+    fn graceful_restart_keeps_routes_stale_until_end_of_rib() {
+        let mut rib = rib(None);
+        let a = peer(&mut rib, "10.0.0.2", ASN, false);
+        let (p1, p2) = (net("10.1.0.0/24"), net("10.2.0.0/24"));
+        let v6 = net("fd00::/64");
+        rib.update(
+            a,
+            vec![
+                (p1, path(&[], "10.0.0.2")),
+                (p2, path(&[], "10.0.0.2")),
+                (v6, path(&[], "10.0.0.2")),
+            ],
+            vec![],
+        );
+        let c = rib.session_down(a, true);
+        assert_eq!(c.loc_rib.len(), 3);
+        assert!(rib.best(&p1).is_some_and(|b| b.stale));
+        // The peer comes back and refreshes p1 only.
+        peer(&mut rib, "10.0.0.2", ASN, false);
+        rib.update(a, vec![(p1, path(&[], "10.0.0.2"))], vec![]);
+        assert!(rib.best(&p1).is_some_and(|b| !b.stale));
+        let c = rib.end_of_rib(a, Family::IPV4_UNICAST);
+        assert_eq!(c.loc_rib, vec![LocRibChange::Withdrawn(p2)]);
+        assert!(rib.has_stale(a));
+        rib.purge_stale(a);
+        assert!(!rib.has_stale(a));
+        assert!(rib.best(&v6).is_none());
+    }
+
+    #[test]
+    fn without_graceful_restart_a_session_loss_withdraws_the_routes() {
+        let mut rib = rib(None);
+        let a = peer(&mut rib, "10.0.0.2", ASN, false);
+        let e = peer(&mut rib, "10.0.0.3", 65001, false);
+        rib.update(a, vec![(net("10.1.0.0/24"), path(&[], "10.0.0.2"))], vec![]);
+        let c = rib.session_down(a, false);
+        assert_eq!(c.loc_rib, vec![LocRibChange::Withdrawn(net("10.1.0.0/24"))]);
+        assert_eq!(sent(&c, e), vec![OutChange::Withdraw(net("10.1.0.0/24"))]);
+    }
+
+    #[test]
+    fn session_up_sends_the_whole_loc_rib_of_negotiated_families() {
+        let mut rib = rib(None);
+        rib.announce_local(net("10.244.0.0/26"), v4("10.0.0.1"));
+        rib.announce_local(net("fd00:244::/80"), "fd00::1".parse().expect("v6"));
+        let a = v4("10.0.0.2");
+        rib.add_peer(PeerInfo {
+            address: a,
+            asn: ASN,
+            rr_client: false,
+        });
+        let out = rib.session_up(
+            a,
+            SessionInfo {
+                router_id: Ipv4Addr::new(10, 0, 0, 2),
+                local_address: v4("10.0.0.1"),
+                families: vec![Family::IPV4_UNICAST],
+            },
+        );
+        assert_eq!(out.len(), 1);
+        assert_eq!(rib.counts(a), (0, 1));
+    }
+
+    #[test]
+    fn ipv6_routes_toward_ebgp_over_an_ipv4_session_keep_an_ipv6_next_hop() {
+        let nh: IpAddr = "fd00::1".parse().expect("v6");
+        let prefix = net("fd00:244::/80");
+        assert_eq!(next_hop_self(v4("10.0.0.1"), &prefix, nh), nh);
+        assert_eq!(
+            next_hop_self(v4("10.0.0.1"), &prefix, v4("10.0.0.1")),
+            IpAddr::V6(Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped())
+        );
+    }
+
+    #[test]
+    fn removing_a_peer_withdraws_its_routes() {
+        let mut rib = rib(None);
+        let a = peer(&mut rib, "10.0.0.2", ASN, false);
+        rib.update(a, vec![(net("10.1.0.0/24"), path(&[], "10.0.0.2"))], vec![]);
+        let c = rib.remove_peer(a);
+        assert_eq!(c.loc_rib, vec![LocRibChange::Withdrawn(net("10.1.0.0/24"))]);
+    }
+}

@@ -1,0 +1,428 @@
+//! Real sessions over loopback TCP (127.0.0.x, ephemeral ports): two and three speakers over
+//! iBGP and eBGP, hold-timer expiry, graceful restart, route reflection and collisions.
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use common::*;
+use trellis_bgp::codec::{AsPath, Capability, Family, GrFamily, GracefulRestartCap, Message};
+use trellis_bgp::fsm::State;
+use trellis_bgp::{LocRibChange, Source};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_ibgp_speakers_exchange_replace_and_withdraw_routes() {
+    let a = speaker("127.0.0.1", ASN, |_| {}).await;
+    let b = speaker("127.0.0.2", ASN, |_| {}).await;
+    let mut b_changes = b.subscribe();
+    a.announce(net("10.244.1.0/26"), ip("127.0.0.1"))
+        .expect("announce");
+    b.announce(net("10.244.2.0/26"), ip("127.0.0.2"))
+        .expect("announce");
+    b.announce(net("fd00:244:2::/80"), ip("fd00::2"))
+        .expect("announce");
+    link(&a, &b);
+    established(&a, addr(&b)).await;
+    established(&b, addr(&a)).await;
+
+    let r = route_where(&b, "10.244.1.0/26", "learned from a", |r| !r.is_local()).await;
+    assert_eq!(r.next_hop, ip("127.0.0.1"));
+    assert_eq!(r.source, Source::Peer(addr(&a)));
+    assert_eq!(r.attrs.local_pref, Some(100));
+    let r = route_where(&a, "10.244.2.0/26", "learned from b", |_| true).await;
+    assert_eq!(r.next_hop, ip("127.0.0.2"));
+    let r = route_where(&a, "fd00:244:2::/80", "IPv6 learned from b", |_| true).await;
+    assert_eq!(r.next_hop, ip("fd00::2"));
+
+    // Replace: a new next hop for the same prefix.
+    a.announce(net("10.244.1.0/26"), ip("127.0.0.11"))
+        .expect("announce");
+    route_where(&b, "10.244.1.0/26", "replaced", |r| {
+        r.next_hop == ip("127.0.0.11")
+    })
+    .await;
+
+    // Withdraw.
+    a.withdraw(net("10.244.1.0/26")).expect("withdraw");
+    no_route(&b, "10.244.1.0/26").await;
+
+    // The change stream told the whole story in order.
+    let mut seen = Vec::new();
+    while let Ok(change) = b_changes.try_recv() {
+        if let LocRibChange::Best(r) = &change
+            && r.prefix == net("10.244.1.0/26")
+        {
+            seen.push(Some(r.next_hop));
+        }
+        if change == LocRibChange::Withdrawn(net("10.244.1.0/26")) {
+            seen.push(None);
+        }
+    }
+    assert_eq!(
+        seen,
+        vec![Some(ip("127.0.0.1")), Some(ip("127.0.0.11")), None]
+    );
+
+    let status = a.peer(addr(&b)).expect("peer");
+    assert_eq!(status.state, State::Established);
+    assert_eq!(status.remote_id, Some(Ipv4Addr::new(127, 0, 0, 2)));
+    assert_eq!(status.hold_time, 9);
+    assert!(status.uptime().is_some());
+    assert_eq!(status.prefixes_received, 2);
+    assert_eq!(status.prefixes_sent, 0);
+    assert!(status.updates_received >= 3, "{status:?}");
+    assert!(status.updates_sent >= 3, "{status:?}");
+    assert_eq!(status.established_transitions, 1);
+}
+
+#[tokio::test]
+async fn ebgp_prepends_the_as_and_uses_next_hop_self() {
+    let a = speaker("127.0.0.1", 65001, |_| {}).await;
+    let b = speaker("127.0.0.2", 4_200_000_002, |_| {}).await;
+    a.announce(net("10.1.0.0/24"), ip("127.0.0.99"))
+        .expect("announce");
+    b.announce(net("10.2.0.0/24"), ip("127.0.0.98"))
+        .expect("announce");
+    link(&a, &b);
+
+    let r = route_where(&b, "10.1.0.0/24", "learned over eBGP", |_| true).await;
+    assert_eq!(r.next_hop, ip("127.0.0.1"));
+    assert_eq!(r.attrs.as_path, Some(AsPath::sequence(&[65001])));
+    assert_eq!(r.attrs.local_pref, None);
+    let r = route_where(&a, "10.2.0.0/24", "learned over eBGP", |_| true).await;
+    assert_eq!(r.next_hop, ip("127.0.0.2"));
+    assert_eq!(r.attrs.as_path, Some(AsPath::sequence(&[4_200_000_002])));
+}
+
+#[tokio::test]
+async fn three_speakers_ibgp_split_horizon_and_ebgp_transit() {
+    // a —iBGP— b —iBGP— c   and   b —eBGP— e
+    let a = speaker("127.0.0.1", ASN, |_| {}).await;
+    let b = speaker("127.0.0.2", ASN, |_| {}).await;
+    let c = speaker("127.0.0.3", ASN, |_| {}).await;
+    let e = speaker("127.0.0.4", 65100, |_| {}).await;
+    link(&a, &b);
+    link(&c, &b);
+    link(&e, &b);
+    a.announce(net("10.244.1.0/26"), ip("127.0.0.1"))
+        .expect("announce");
+    e.announce(net("172.16.0.0/16"), ip("127.0.0.4"))
+        .expect("announce");
+
+    // b learns a's route; c does not (iBGP split horizon); e gets it with b's AS and next hop.
+    route_where(&b, "10.244.1.0/26", "at b", |_| true).await;
+    let at_e = route_where(&e, "10.244.1.0/26", "at e", |_| true).await;
+    assert_eq!(at_e.next_hop, ip("127.0.0.2"));
+    assert_eq!(at_e.attrs.as_path, Some(AsPath::sequence(&[ASN])));
+
+    // e's route reaches a and c through b, next hop unchanged inside the AS.
+    for s in [&a, &c] {
+        let r = route_where(s, "172.16.0.0/16", "external route inside the AS", |_| true).await;
+        assert_eq!(r.next_hop, ip("127.0.0.4"));
+        assert_eq!(r.attrs.as_path, Some(AsPath::sequence(&[65100])));
+    }
+    assert!(route(&c, "10.244.1.0/26").is_none());
+
+    // A withdrawal at e propagates across both hops.
+    e.withdraw(net("172.16.0.0/16")).expect("withdraw");
+    no_route(&a, "172.16.0.0/16").await;
+    no_route(&c, "172.16.0.0/16").await;
+}
+
+#[tokio::test]
+async fn a_route_reflector_reflects_between_two_clients() {
+    let cluster = Ipv4Addr::new(10, 255, 0, 1);
+    let rr = speaker("127.0.0.1", ASN, |c| c.cluster_id = Some(cluster)).await;
+    let c1 = speaker("127.0.0.2", ASN, |_| {}).await;
+    let c2 = speaker("127.0.0.3", ASN, |_| {}).await;
+    for client in [&c1, &c2] {
+        let mut p = peer_of(&rr, client, true);
+        p.rr_client = true;
+        rr.add_peer(p).expect("add client");
+        client
+            .add_peer(peer_of(client, &rr, false))
+            .expect("add rr");
+    }
+    c1.announce(net("10.244.1.0/26"), ip("127.0.0.2"))
+        .expect("announce");
+    c2.announce(net("10.244.2.0/26"), ip("127.0.0.3"))
+        .expect("announce");
+
+    let r = route_where(&c2, "10.244.1.0/26", "reflected to c2", |_| true).await;
+    assert_eq!(r.next_hop, ip("127.0.0.2"));
+    assert_eq!(r.source, Source::Peer(addr(&rr)));
+    assert_eq!(r.attrs.originator_id, Some(Ipv4Addr::new(127, 0, 0, 2)));
+    assert_eq!(r.attrs.cluster_list, vec![cluster]);
+    let r = route_where(&c1, "10.244.2.0/26", "reflected to c1", |_| true).await;
+    assert_eq!(r.attrs.originator_id, Some(Ipv4Addr::new(127, 0, 0, 3)));
+
+    c1.withdraw(net("10.244.1.0/26")).expect("withdraw");
+    no_route(&c2, "10.244.1.0/26").await;
+}
+
+#[tokio::test]
+async fn hold_timer_expiry_removes_the_peers_routes() {
+    let s = speaker("127.0.0.1", ASN, |c| c.hold_time = 3).await;
+    let mut p = trellis_bgp::PeerConfig::new(ip("127.0.0.5"), ASN);
+    p.passive = true;
+    s.add_peer(p).expect("add raw peer");
+    let to = s.local_addr().expect("listens");
+
+    // The raw peer even advertises graceful restart: hold-timer expiry still removes routes.
+    let mut raw = RawPeer::connect(ip("127.0.0.5"), to).await;
+    let gr = GracefulRestartCap::new(
+        false,
+        60,
+        vec![GrFamily {
+            family: Family::IPV4_UNICAST,
+            forwarding_preserved: true,
+        }],
+    );
+    let open = trellis_bgp::codec::Open::new(
+        ASN,
+        3,
+        RAW_ID,
+        vec![
+            Capability::FourOctetAs(ASN),
+            Capability::GracefulRestart(gr),
+        ],
+    );
+    raw.send(&Message::Open(open)).await;
+    raw.send(&Message::Keepalive).await;
+    established(&s, ip("127.0.0.5")).await;
+    raw.send_raw(&good_update()).await;
+    route_where(&s, RAW_PREFIX, "learned from the raw peer", |_| true).await;
+
+    // Silence: no KEEPALIVE from now on.
+    let started = tokio::time::Instant::now();
+    let n = bounded("hold timer NOTIFICATION", raw.notification()).await;
+    assert_eq!((n.code, n.subcode), (4, 0));
+    assert!(started.elapsed() <= Duration::from_secs(4));
+    no_route(&s, RAW_PREFIX).await;
+    assert_ne!(state(&s, ip("127.0.0.5")), Some(State::Established));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_restart_keeps_routes_stale_then_refreshes_them() {
+    let a = speaker("127.0.0.1", ASN, |_| {}).await;
+    let b = speaker("127.0.0.2", ASN, |_| {}).await;
+    let b_listen = b.local_addr().expect("listens");
+    let mut a_changes = a.subscribe();
+    b.announce(net("10.244.2.0/26"), ip("127.0.0.2"))
+        .expect("announce");
+    b.announce(net("10.244.3.0/26"), ip("127.0.0.2"))
+        .expect("announce");
+    a.add_peer(peer_of(&a, &b, true)).expect("add peer");
+    b.add_peer(peer_of(&b, &a, false)).expect("add peer");
+    route_where(&a, "10.244.2.0/26", "learned", |r| !r.stale).await;
+    route_where(&a, "10.244.3.0/26", "learned", |r| !r.stale).await;
+
+    // b crashes: no NOTIFICATION, the TCP connection just closes.
+    drop(b);
+    route_where(&a, "10.244.2.0/26", "kept stale", |r| r.stale).await;
+    assert!(route(&a, "10.244.3.0/26").is_some_and(|r| r.stale));
+
+    // b comes back on the same address and port, now announcing only one of the two.
+    let b = speaker("127.0.0.2", ASN, |c| c.listen = Some(b_listen)).await;
+    b.announce(net("10.244.2.0/26"), ip("127.0.0.2"))
+        .expect("announce");
+    b.add_peer(peer_of(&b, &a, false)).expect("add peer");
+    route_where(&a, "10.244.2.0/26", "refreshed", |r| !r.stale).await;
+    // End-of-RIB purges what b did not send again.
+    no_route(&a, "10.244.3.0/26").await;
+
+    // The refreshed route was never withdrawn from a's Loc-RIB during the restart.
+    while let Ok(change) = a_changes.try_recv() {
+        assert_ne!(change, LocRibChange::Withdrawn(net("10.244.2.0/26")));
+    }
+}
+
+#[tokio::test]
+async fn stale_routes_are_purged_when_the_restart_time_runs_out() {
+    let a = speaker("127.0.0.1", ASN, |_| {}).await;
+    let b = speaker("127.0.0.2", ASN, |c| c.restart_time = 2).await;
+    b.announce(net("10.244.2.0/26"), ip("127.0.0.2"))
+        .expect("announce");
+    link(&a, &b);
+    route_where(&a, "10.244.2.0/26", "learned", |r| !r.stale).await;
+    drop(b);
+    route_where(&a, "10.244.2.0/26", "kept stale", |r| r.stale).await;
+    let started = tokio::time::Instant::now();
+    no_route(&a, "10.244.2.0/26").await;
+    assert!(started.elapsed() <= Duration::from_secs(4));
+}
+
+#[tokio::test]
+async fn without_graceful_restart_a_lost_session_withdraws_at_once() {
+    let a = speaker("127.0.0.1", ASN, |c| c.graceful_restart = false).await;
+    let b = speaker("127.0.0.2", ASN, |_| {}).await;
+    b.announce(net("10.244.2.0/26"), ip("127.0.0.2"))
+        .expect("announce");
+    link(&a, &b);
+    route_where(&a, "10.244.2.0/26", "learned", |_| true).await;
+    drop(b);
+    no_route(&a, "10.244.2.0/26").await;
+}
+
+#[tokio::test]
+async fn a_polite_shutdown_withdraws_routes_even_with_graceful_restart() {
+    let a = speaker("127.0.0.1", ASN, |_| {}).await;
+    let b = speaker("127.0.0.2", ASN, |_| {}).await;
+    b.announce(net("10.244.2.0/26"), ip("127.0.0.2"))
+        .expect("announce");
+    link(&a, &b);
+    route_where(&a, "10.244.2.0/26", "learned", |_| true).await;
+    bounded("shutdown", b.shutdown()).await;
+    no_route(&a, "10.244.2.0/26").await;
+    let status = a.peer(ip("127.0.0.2")).expect("peer");
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("cease")),
+        "{status:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn colliding_connections_settle_on_one_session() {
+    let a = speaker("127.0.0.1", ASN, |_| {}).await;
+    let b = speaker("127.0.0.2", ASN, |_| {}).await;
+    a.announce(net("10.244.1.0/26"), ip("127.0.0.1"))
+        .expect("announce");
+    b.announce(net("10.244.2.0/26"), ip("127.0.0.2"))
+        .expect("announce");
+    // Both sides active: they connect to each other at the same moment.
+    a.add_peer(peer_of(&a, &b, false)).expect("add peer");
+    b.add_peer(peer_of(&b, &a, false)).expect("add peer");
+    route_where(&a, "10.244.2.0/26", "learned", |_| true).await;
+    route_where(&b, "10.244.1.0/26", "learned", |_| true).await;
+    // The surviving session stays up.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(state(&a, addr(&b)), Some(State::Established));
+    assert_eq!(state(&b, addr(&a)), Some(State::Established));
+    for (s, p) in [(&a, addr(&b)), (&b, addr(&a))] {
+        let status = s.peer(p).expect("peer");
+        assert_eq!(status.established_transitions, 1, "{status:?}");
+    }
+}
+
+#[tokio::test]
+async fn removing_a_peer_withdraws_its_routes() {
+    let a = speaker("127.0.0.1", ASN, |_| {}).await;
+    let b = speaker("127.0.0.2", ASN, |_| {}).await;
+    b.announce(net("10.244.2.0/26"), ip("127.0.0.2"))
+        .expect("announce");
+    link(&a, &b);
+    route_where(&a, "10.244.2.0/26", "learned", |_| true).await;
+    a.remove_peer(addr(&b)).expect("remove");
+    no_route(&a, "10.244.2.0/26").await;
+    assert!(a.peer(addr(&b)).is_none());
+    assert!(a.remove_peer(addr(&b)).is_err());
+
+    // Added again at once: the old session's task winding down does not disturb the new one.
+    a.add_peer(peer_of(&a, &b, false)).expect("add again");
+    route_where(&a, "10.244.2.0/26", "learned again", |_| true).await;
+    established(&a, addr(&b)).await;
+    assert!(a.add_peer(peer_of(&a, &b, false)).is_err());
+}
+
+#[tokio::test]
+async fn initial_updates_end_with_end_of_rib_and_route_refresh_sends_them_again() {
+    let s = speaker("127.0.0.1", ASN, |_| {}).await;
+    s.announce(net("10.244.1.0/26"), ip("127.0.0.1"))
+        .expect("announce");
+    let mut p = trellis_bgp::PeerConfig::new(ip("127.0.0.5"), ASN);
+    p.passive = true;
+    s.add_peer(p).expect("add raw peer");
+    let mut raw =
+        RawPeer::establish(ip("127.0.0.5"), s.local_addr().expect("listens"), ASN, 90).await;
+
+    // The route, then End-of-RIB for IPv4 (and IPv6, both negotiated).
+    let mut announced = Vec::new();
+    let mut eor = Vec::new();
+    while eor.len() < 2 {
+        if let Message::Update(u) = raw.next().await {
+            match u.is_end_of_rib() {
+                Some(family) => eor.push(family),
+                None => {
+                    assert!(eor.is_empty(), "routes after End-of-RIB");
+                    announced.extend(u.nlri);
+                    assert_eq!(u.attributes.next_hop, Some(Ipv4Addr::new(127, 0, 0, 1)));
+                    assert_eq!(u.attributes.local_pref, Some(100));
+                }
+            }
+        }
+    }
+    assert_eq!(announced, vec!["10.244.1.0/26".parse().expect("prefix")]);
+    assert_eq!(eor, vec![Family::IPV4_UNICAST, Family::IPV6_UNICAST]);
+
+    raw.send(&Message::RouteRefresh(trellis_bgp::codec::RouteRefresh {
+        family: Family::IPV4_UNICAST,
+        subtype: 0,
+    }))
+    .await;
+    loop {
+        if let Message::Update(u) = raw.next().await
+            && !u.nlri.is_empty()
+        {
+            assert_eq!(u.nlri, vec!["10.244.1.0/26".parse().expect("prefix")]);
+            break;
+        }
+    }
+    assert_eq!(state(&s, ip("127.0.0.5")), Some(State::Established));
+}
+
+#[tokio::test]
+async fn a_graceful_restart_peer_opening_a_new_session_replaces_the_old_one() {
+    let s = speaker("127.0.0.1", ASN, |_| {}).await;
+    let mut p = trellis_bgp::PeerConfig::new(ip("127.0.0.5"), ASN);
+    p.passive = true;
+    s.add_peer(p).expect("add raw peer");
+    let to = s.local_addr().expect("listens");
+    let open = || {
+        let gr = GracefulRestartCap::new(
+            false,
+            60,
+            vec![GrFamily {
+                family: Family::IPV4_UNICAST,
+                forwarding_preserved: true,
+            }],
+        );
+        trellis_bgp::codec::Open::new(
+            ASN,
+            90,
+            RAW_ID,
+            vec![
+                Capability::FourOctetAs(ASN),
+                Capability::GracefulRestart(gr),
+            ],
+        )
+    };
+    let mut old = RawPeer::establish_with(ip("127.0.0.5"), to, open()).await;
+    established(&s, ip("127.0.0.5")).await;
+    old.send_raw(&good_update()).await;
+    route_where(&s, RAW_PREFIX, "learned", |r| !r.stale).await;
+
+    // The peer restarted without the old connection being noticed: a new session arrives
+    // while the old one is still Established. The routes are kept stale, not withdrawn.
+    let mut new = RawPeer::establish_with(ip("127.0.0.5"), to, open()).await;
+    route_where(&s, RAW_PREFIX, "kept stale", |r| r.stale).await;
+    bounded("old connection closed", old.closed()).await;
+
+    // The new session refreshes the route and ends its initial updates with End-of-RIB.
+    new.send_raw(&good_update()).await;
+    new.send(&Message::Update(trellis_bgp::codec::Update::end_of_rib(
+        Family::IPV4_UNICAST,
+    )))
+    .await;
+    route_where(&s, RAW_PREFIX, "refreshed", |r| !r.stale).await;
+    assert_eq!(state(&s, ip("127.0.0.5")), Some(State::Established));
+    assert_eq!(
+        s.peer(ip("127.0.0.5"))
+            .expect("peer")
+            .established_transitions,
+        2
+    );
+}

@@ -1,0 +1,468 @@
+//! `trellis bgp-agent`: the routed mode's node agent. It announces the node's address blocks
+//! over BGP (each with a local blackhole route, so traffic to an unused address of the block
+//! stops here instead of bouncing back along the default route), installs the best routes its
+//! peers announce, and tells the plugin when the node is ready.
+//!
+//! Peers: by default an iBGP full mesh of every node in the cluster (their addresses from the
+//! Node objects), plus `--peer` neighbours (a top-of-rack router, a route reflector); with
+//! `--standalone` only the latter. Blocks: the node's blocks from ipamd, plus `--announce` and
+//! the lines of `--announce-file` (re-read every resync and at once on SIGHUP).
+
+pub mod cniconf;
+pub mod crds;
+pub mod kernel;
+pub mod mesh;
+pub mod status;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use trellis_bgp::speaker::{PeerConfig, Speaker, SpeakerConfig};
+use trellis_bgp::{LocRibChange, SpeakerError};
+use trellis_daemon::{Health, Metrics};
+use trellis_net::Handle;
+use trellis_net::underlay::{self, Choice};
+
+use crate::state::NodeState;
+
+/// A configured neighbour (`--peer ADDR:ASN`, or a node of the mesh).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Neighbour {
+    pub address: IpAddr,
+    pub asn: u32,
+    /// Its own hold time (a `BGPPeer`'s); None: the agent's.
+    pub hold_time: Option<u16>,
+}
+
+impl std::str::FromStr for Neighbour {
+    type Err = String;
+
+    /// `198.18.0.1:64512` or `[fd00::1]:64512`.
+    fn from_str(s: &str) -> Result<Neighbour, String> {
+        let (addr, asn) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{s:?} is not ADDRESS:ASN"))?;
+        let addr = addr.trim_start_matches('[').trim_end_matches(']');
+        Ok(Neighbour {
+            address: addr
+                .parse()
+                .map_err(|e| format!("{s:?}: bad address: {e}"))?,
+            asn: asn.parse().map_err(|e| format!("{s:?}: bad AS: {e}"))?,
+            hold_time: None,
+        })
+    }
+}
+
+/// The agent's configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node: String,
+    /// No Kubernetes: only `peers` and `announce` (and ipamd when given).
+    pub standalone: bool,
+    pub kubeconfig: Option<PathBuf>,
+    pub underlay: Choice,
+    pub asn: u32,
+    /// Default: the underlay address.
+    pub router_id: Option<Ipv4Addr>,
+    /// Where the speaker accepts sessions; port 179 by default.
+    pub listen: SocketAddr,
+    /// iBGP full mesh among the cluster's nodes.
+    pub mesh: bool,
+    pub peers: Vec<Neighbour>,
+    pub announce: Vec<IpNet>,
+    pub announce_file: Option<PathBuf>,
+    /// ipamd's socket: the node's blocks are announced.
+    pub ipamd: Option<PathBuf>,
+    pub hold_time: u16,
+    pub graceful_restart: bool,
+    pub cluster_id: Option<Ipv4Addr>,
+    pub state_dir: PathBuf,
+    /// Where the CNI configuration is written (None: not written).
+    pub cni_conf_dir: Option<PathBuf>,
+    pub resync: Duration,
+    pub status_listen: Option<SocketAddr>,
+}
+
+impl Config {
+    /// Calico's defaults: AS 64512, full mesh, port 179.
+    pub fn new(node: impl Into<String>) -> Config {
+        Config {
+            node: node.into(),
+            standalone: false,
+            kubeconfig: None,
+            underlay: Choice::DefaultRoute,
+            asn: 64512,
+            router_id: None,
+            listen: SocketAddr::from(([0, 0, 0, 0], trellis_bgp::speaker::BGP_PORT)),
+            mesh: true,
+            peers: Vec::new(),
+            announce: Vec::new(),
+            announce_file: None,
+            ipamd: None,
+            hold_time: 90,
+            graceful_restart: true,
+            cluster_id: None,
+            state_dir: crate::state::DEFAULT_STATE_DIR.into(),
+            cni_conf_dir: None,
+            resync: Duration::from_secs(5),
+            status_listen: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("kubernetes: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("kubeconfig: {0}")]
+    Kubeconfig(String),
+    #[error(transparent)]
+    Net(#[from] trellis_net::Error),
+    #[error(transparent)]
+    Underlay(#[from] underlay::UnderlayError),
+    #[error(transparent)]
+    Bgp(#[from] SpeakerError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the router id must be IPv4: give --router-id")]
+    NoRouterId,
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError {
+    let what = what.into();
+    move |source| AgentError::Io { what, source }
+}
+
+async fn kube_client(config: &Config) -> Result<kube::Client, AgentError> {
+    match &config.kubeconfig {
+        Some(path) => trellis_ipam::backend::kube::client_from_kubeconfig(path)
+            .await
+            .map_err(|e| AgentError::Kubeconfig(e.to_string())),
+        None => {
+            let kc = kube::Config::infer()
+                .await
+                .map_err(|e| AgentError::Kubeconfig(e.to_string()))?;
+            Ok(kube::Client::try_from(kc)?)
+        }
+    }
+}
+
+/// The prefixes this node announces now: flags, the announce file, ipamd's blocks.
+async fn wanted_prefixes(config: &Config) -> BTreeSet<IpNet> {
+    let mut out: BTreeSet<IpNet> = config.announce.iter().copied().collect();
+    if let Some(path) = &config.announce_file {
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                for line in text.lines().map(str::trim) {
+                    if line.is_empty() || line.starts_with('#') {
+                        continue;
+                    }
+                    match line.parse::<IpNet>() {
+                        Ok(n) => {
+                            out.insert(n.trunc());
+                        }
+                        Err(e) => {
+                            tracing::warn!(file = %path.display(), line, error = %e, "not a prefix")
+                        }
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "reading the announce file")
+            }
+        }
+    }
+    if let Some(socket) = &config.ipamd {
+        match ipamd_blocks(socket, &config.node).await {
+            Ok(blocks) => out.extend(blocks),
+            Err(e) => tracing::warn!(error = %e, "listing the node's blocks from ipamd"),
+        }
+    }
+    out
+}
+
+async fn ipamd_blocks(socket: &std::path::Path, node: &str) -> Result<Vec<IpNet>, String> {
+    let mut client =
+        trellis_ipam::client::connect(socket, Duration::from_secs(2), Duration::from_secs(10))
+            .await
+            .map_err(|e| e.to_string())?;
+    let blocks = client
+        .list_blocks(trellis_ipam::proto::ListBlocksRequest {
+            node: node.to_string(),
+        })
+        .await
+        .map_err(|s| s.message().to_string())?
+        .into_inner()
+        .blocks;
+    blocks
+        .iter()
+        .filter(|b| b.node == node)
+        .map(|b| {
+            b.cidr
+                .parse()
+                .map_err(|e| format!("ipamd answered block {:?}: {e}", b.cidr))
+        })
+        .collect()
+}
+
+/// Runs the agent until `stop` resolves. On stop the speaker is dropped without a
+/// NOTIFICATION — like a crash — so peers with graceful restart keep our routes while we are
+/// away, and the kernel routes stay: an agent restart drops no traffic.
+pub async fn run(
+    config: Config,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let health = Arc::new(Health::default());
+    let metrics = Arc::new(Metrics::default());
+    health.set_not_ready("starting");
+    let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    if let Some(addr) = config.status_listen {
+        let bound = trellis_daemon::serve(addr, health.clone(), metrics.clone(), async move {
+            let _ = http_stopped.await;
+        })
+        .await
+        .map_err(io(format!("listen on {addr}")))?;
+        tracing::info!(%bound, "health, metrics and status");
+    }
+    let host = Handle::current()?;
+    let under = underlay::pick(&host, &config.underlay).await?;
+    let node_ip = under.ip;
+    let router_id = config.router_id.unwrap_or(node_ip);
+    tracing::info!(iface = %under.link.name, ip = %node_ip, %router_id, asn = config.asn, "underlay");
+    trellis_net::sysctl::set(
+        &trellis_net::Netns::current()?,
+        &[("net.ipv4.ip_forward", "1")],
+    )?;
+
+    // In a cluster, `BGPConfiguration/default` overrides the flags' AS, mesh switch, route
+    // reflector cluster id and hold time (read at start; a change needs an agent restart,
+    // except the mesh switch, which is followed live).
+    let client = if config.standalone {
+        None
+    } else {
+        Some(kube_client(&config).await?)
+    };
+    let mut config = config;
+    if let Some(c) = &client {
+        crds::install(c).await;
+        if let Some(s) = crds::cluster_settings(c).await {
+            tracing::info!(?s, "BGPConfiguration/default");
+            config.asn = s.as_number.unwrap_or(config.asn);
+            config.mesh = s.node_to_node_mesh.unwrap_or(config.mesh);
+            config.cluster_id = s.route_reflector_cluster_id.or(config.cluster_id);
+            config.hold_time = s.hold_time.unwrap_or(config.hold_time);
+        }
+    }
+    let mut sc = SpeakerConfig::new(config.asn, router_id);
+    sc.listen = Some(config.listen);
+    sc.hold_time = config.hold_time;
+    sc.graceful_restart = config.graceful_restart;
+    sc.cluster_id = config.cluster_id;
+    let speaker = Speaker::start(sc).await?;
+    let mut changes = speaker.subscribe();
+
+    // Announce before adding peers (see trellis_bgp::speaker).
+    let mut announced: BTreeSet<IpNet> = BTreeSet::new();
+    let wanted = wanted_prefixes(&config).await;
+    kernel::sync_blackholes(&host, &wanted).await?;
+    for p in &wanted {
+        speaker.announce(*p, IpAddr::V4(node_ip))?;
+    }
+    announced.extend(wanted);
+
+    let mut peers: BTreeMap<IpAddr, Neighbour> = BTreeMap::new();
+    let mut mesh_rx = match &client {
+        Some(c) => Some(mesh::watch(c.clone(), config.node.clone(), node_ip, config.asn).await?),
+        None => None,
+    };
+    let mut dynamic_rx = client
+        .as_ref()
+        .map(|c| crds::watch(c.clone(), config.node.clone()));
+    // The three sources of peers: flags, the mesh (when on), BGPPeer objects.
+    let mut mesh_on = config.mesh;
+    let mut mesh_peers: Vec<Neighbour> = Vec::new();
+    let mut crd_peers: Vec<Neighbour> = Vec::new();
+    let want = |mesh_on: bool, mesh_peers: &[Neighbour], crd_peers: &[Neighbour]| {
+        let mut w: BTreeMap<IpAddr, Neighbour> =
+            config.peers.iter().map(|n| (n.address, *n)).collect();
+        for n in crd_peers {
+            w.entry(n.address).or_insert(*n);
+        }
+        if mesh_on {
+            for n in mesh_peers {
+                w.entry(n.address).or_insert(*n);
+            }
+        }
+        w
+    };
+    apply_peers(
+        &speaker,
+        &mut peers,
+        &want(mesh_on, &mesh_peers, &crd_peers),
+        &config,
+    )?;
+
+    let mut routes = kernel::Installed::default();
+    // Routes of our protocol that the RIB does not hold go once the sessions had time to
+    // bring theirs back (after the first hold period, or at the first resync with every peer
+    // established).
+    let started = tokio::time::Instant::now();
+    let mut swept = false;
+    let mut tick = tokio::time::interval(config.resync);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut publish = tokio::time::interval(Duration::from_secs(1));
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(io("SIGHUP handler"))?;
+    tokio::pin!(stop);
+    let mut ready = false;
+    loop {
+        let mut refresh = false;
+        tokio::select! {
+            _ = &mut stop => break,
+            change = changes.recv() => match change {
+                Some(c) => {
+                    routes.apply(&host, &c).await;
+                    if let LocRibChange::Best(b) = &c {
+                        tracing::debug!(prefix = %b.prefix, next_hop = %b.next_hop, "best route");
+                    }
+                    // Take what queued behind it too, then go on.
+                    while let Ok(c) = changes.try_recv() {
+                        routes.apply(&host, &c).await;
+                    }
+                    status::publish(&speaker, &health, &metrics);
+                }
+                None => break,
+            },
+            Some(latest) = async {
+                match mesh_rx.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                mesh_peers = latest;
+                apply_peers(&speaker, &mut peers, &want(mesh_on, &mesh_peers, &crd_peers), &config)?;
+            }
+            Some(d) = async {
+                match dynamic_rx.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                mesh_on = d.mesh.unwrap_or(config.mesh);
+                crd_peers = d.peers;
+                apply_peers(&speaker, &mut peers, &want(mesh_on, &mesh_peers, &crd_peers), &config)?;
+            }
+            _ = tick.tick() => refresh = true,
+            _ = hup.recv() => refresh = true,
+            _ = publish.tick() => {
+                status::publish(&speaker, &health, &metrics);
+            }
+        }
+        if refresh {
+            let wanted = wanted_prefixes(&config).await;
+            // Peers first (convergence is what the cluster waits for), then our blackholes.
+            for p in wanted.difference(&announced) {
+                tracing::info!(prefix = %p, "announcing");
+                speaker.announce(*p, IpAddr::V4(node_ip))?;
+            }
+            for p in announced.difference(&wanted) {
+                tracing::info!(prefix = %p, "withdrawing");
+                speaker.withdraw(*p)?;
+            }
+            if let Err(e) = kernel::sync_blackholes(&host, &wanted).await {
+                tracing::warn!(error = %e, "blackhole routes");
+            }
+            announced = wanted;
+            // The kernel follows the RIB: routes deleted by hand come back, leftovers go.
+            let rib: Vec<_> = speaker.routes();
+            let all_up = speaker
+                .peers()
+                .iter()
+                .all(|p| p.state == trellis_bgp::fsm::State::Established);
+            let sweep = !swept
+                && (all_up
+                    || started.elapsed()
+                        >= Duration::from_secs(u64::from(config.hold_time.max(3))));
+            if let Err(e) = routes.reconcile(&host, &rib, sweep || swept).await {
+                tracing::warn!(error = %e, "reconciling kernel routes");
+            }
+            swept |= sweep;
+            status::publish(&speaker, &health, &metrics);
+            if !ready {
+                NodeState {
+                    mtu: under.link.mtu,
+                }
+                .write(&config.state_dir)
+                .map_err(io(format!("write {}", config.state_dir.display())))?;
+                if let Some(dir) = &config.cni_conf_dir {
+                    let list = cniconf::conflist(
+                        &config.state_dir,
+                        under.link.mtu,
+                        config.ipamd.as_deref(),
+                    );
+                    cniconf::write(dir, &list)
+                        .map_err(io(format!("write the CNI config in {}", dir.display())))?;
+                }
+                health.set_ready();
+                ready = true;
+                tracing::info!("node ready");
+            }
+        }
+    }
+    let _ = http_stop.send(());
+    tracing::info!("stopping; routes stay in place");
+    drop(speaker);
+    Ok(())
+}
+
+fn apply_peers(
+    speaker: &Speaker,
+    have: &mut BTreeMap<IpAddr, Neighbour>,
+    want: &BTreeMap<IpAddr, Neighbour>,
+    config: &Config,
+) -> Result<(), AgentError> {
+    for (addr, n) in have.clone() {
+        if want.get(&addr) != Some(&n) {
+            tracing::info!(peer = %addr, "removing peer");
+            speaker.remove_peer(addr)?;
+            have.remove(&addr);
+        }
+    }
+    for (addr, n) in want {
+        if !have.contains_key(addr) {
+            tracing::info!(peer = %addr, asn = n.asn, "adding peer");
+            let mut pc = PeerConfig::new(*addr, n.asn);
+            pc.hold_time = Some(n.hold_time.unwrap_or(config.hold_time));
+            speaker.add_peer(pc)?;
+            have.insert(*addr, *n);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn neighbours_read_like_flags() {
+        let n: Neighbour = "198.18.0.12:65001".parse().unwrap();
+        assert_eq!(n.address, "198.18.0.12".parse::<IpAddr>().unwrap());
+        assert_eq!(n.asn, 65001);
+        let n: Neighbour = "[fd00::1]:4200000000".parse().unwrap();
+        assert_eq!(n.address, "fd00::1".parse::<IpAddr>().unwrap());
+        assert_eq!(n.asn, 4_200_000_000);
+        assert!("198.18.0.12".parse::<Neighbour>().is_err());
+        assert!("x:1".parse::<Neighbour>().is_err());
+        assert!("198.18.0.1:AS1".parse::<Neighbour>().is_err());
+    }
+}

@@ -1,0 +1,124 @@
+//! What the agent shows: `/bgp/status` and `/bgp/routes` (JSON, for `trellis bgp status` and
+//! `trellis bgp routes`) and the Prometheus metrics, refreshed every second.
+
+use serde::{Deserialize, Serialize};
+use trellis_bgp::{Source, Speaker};
+use trellis_daemon::{Health, Metrics};
+
+pub const STATUS_PATH: &str = "/bgp/status";
+pub const ROUTES_PATH: &str = "/bgp/routes";
+
+/// One peer, as `/bgp/status` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerRow {
+    pub address: String,
+    pub remote_asn: u32,
+    pub state: String,
+    pub uptime_seconds: u64,
+    pub prefixes_received: usize,
+    pub prefixes_sent: usize,
+    pub updates_received: u64,
+    pub updates_sent: u64,
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+/// One best route, as `/bgp/routes` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteRow {
+    pub prefix: String,
+    pub next_hop: String,
+    /// `local` or the peer's address.
+    pub source: String,
+    pub as_path: String,
+    pub stale: bool,
+}
+
+pub fn publish(speaker: &Speaker, health: &Health, metrics: &Metrics) {
+    let peers: Vec<PeerRow> = speaker
+        .peers()
+        .into_iter()
+        .map(|p| PeerRow {
+            address: p.address.to_string(),
+            remote_asn: p.remote_asn,
+            state: p.state.to_string(),
+            uptime_seconds: p.uptime().map(|d| d.as_secs()).unwrap_or(0),
+            prefixes_received: p.prefixes_received,
+            prefixes_sent: p.prefixes_sent,
+            updates_received: p.updates_received,
+            updates_sent: p.updates_sent,
+            last_error: p.last_error,
+        })
+        .collect();
+    let routes: Vec<RouteRow> = speaker
+        .routes()
+        .into_iter()
+        .map(|r| RouteRow {
+            prefix: r.prefix.to_string(),
+            next_hop: r.next_hop.to_string(),
+            source: match r.source {
+                Source::Local => "local".into(),
+                Source::Peer(a) => a.to_string(),
+            },
+            as_path: r
+                .attrs
+                .as_path
+                .as_ref()
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
+            stale: r.stale,
+        })
+        .collect();
+    metrics.clear("bgp_session_established");
+    metrics.clear("bgp_prefixes_received");
+    metrics.clear("bgp_prefixes_sent");
+    metrics.clear("bgp_updates_received");
+    metrics.clear("bgp_updates_sent");
+    for p in &peers {
+        let l = [("peer", p.address.as_str())];
+        metrics.set(
+            "bgp_session_established",
+            "1 while the session with the peer is Established.",
+            &l,
+            if p.state == "Established" { 1.0 } else { 0.0 },
+        );
+        metrics.set(
+            "bgp_prefixes_received",
+            "Prefixes in the peer's Adj-RIB-In.",
+            &l,
+            p.prefixes_received as f64,
+        );
+        metrics.set(
+            "bgp_prefixes_sent",
+            "Prefixes in the peer's Adj-RIB-Out.",
+            &l,
+            p.prefixes_sent as f64,
+        );
+        metrics.set(
+            "bgp_updates_received",
+            "UPDATE messages received from the peer.",
+            &l,
+            p.updates_received as f64,
+        );
+        metrics.set(
+            "bgp_updates_sent",
+            "UPDATE messages sent to the peer.",
+            &l,
+            p.updates_sent as f64,
+        );
+    }
+    metrics.set(
+        "bgp_loc_rib_routes",
+        "Best routes in the Loc-RIB.",
+        &[],
+        routes.len() as f64,
+    );
+    health.publish(
+        STATUS_PATH,
+        serde_json::to_string(&peers).unwrap_or_else(|_| "[]".into()),
+    );
+    health.publish(
+        ROUTES_PATH,
+        serde_json::to_string(&routes).unwrap_or_else(|_| "[]".into()),
+    );
+}

@@ -1,0 +1,851 @@
+//! The `trellis-routed` CNI plugin: each pod on a veth pair of its own, no bridge. The pod end
+//! (`CNI_IFNAME`) holds the pod's address as a /32 (/128) and routes everything through a
+//! link-local gateway that exists nowhere — `169.254.1.1` (IPv6: `fe80::1`) — whose neighbour
+//! entry is the host end's MAC, so the kernel sends every packet to the host. The host end
+//! (`tr` + 11 hex digits of a hash of the pod's namespace/name, or of the container id) answers
+//! ARP by proxy and forwards; the host routes the pod's /32 to it (protocol [`proto::POD`]).
+//! The BGP agent announces the node's blocks; the kernel does the rest. No encapsulation, so the
+//! pod MTU is the underlay's.
+//!
+//! Configuration (beside `ipam`): `stateDir` (where the agent writes `ready.json`, default
+//! `/run/trellis/routed`) and `mtu` (overrides the agent's). Until the agent has made the node
+//! ready, ADD answers "try again later" (11) and STATUS "not available" (50).
+//!
+//! The host end carries the attachment it belongs to in its alias (`trellis-routed
+//! <container id>/<ifname>`): a late DEL of an earlier sandbox of the same pod, whose host end
+//! has the same name, leaves the new sandbox's veth alone.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+
+use futures::TryStreamExt;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use netlink_packet_route::link::LinkAttribute;
+use serde::Deserialize;
+use trellis_cni::Error;
+use trellis_cni::ipam::Delegation;
+use trellis_cni::result::{CniResult, Interface, IpConfig, Route as CniRoute};
+use trellis_cni::skel::{Attachment, GcRequest, NetConf, Plugin};
+use trellis_net::{Family, Handle, Link, Netns, Route, Scope, VethSpec, proto};
+
+use crate::state::{DEFAULT_STATE_DIR, NodeState};
+
+/// The pods' IPv4 gateway: answered by the host end, held by no interface.
+pub const GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+/// The pods' IPv6 gateway (as Calico's): resolved through a permanent neighbour entry.
+pub const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+/// The alias of every host end this plugin makes; the attachment follows.
+pub const ALIAS_PREFIX: &str = "trellis-routed ";
+
+/// IPAM: `trellis-ipam` is linked in and runs in this process — one RPC to ipamd, no process
+/// to start, the same answers and error codes as its binary (it is the same code, run through
+/// the same skeleton). Any other `ipam.type` is delegated to its binary as usual.
+const IPAM: Delegation<'static> = Delegation::linking(&[(
+    trellis_ipam::plugin::TYPE,
+    &trellis_ipam::plugin::TrellisIpam,
+)]);
+
+/// The plugin's own keys in its configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoutedConf {
+    /// Where the agent writes the node's state.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Overrides the MTU the agent reports.
+    #[serde(default)]
+    pub mtu: Option<u32>,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_STATE_DIR)
+}
+
+impl RoutedConf {
+    fn read(conf: &NetConf) -> Result<RoutedConf, Error> {
+        let own: RoutedConf = conf.parse()?;
+        if let Some(mtu) = own.mtu
+            && !(68..=65535).contains(&mtu)
+        {
+            return Err(Error::invalid_config(
+                "invalid mtu",
+                format!("{mtu} is outside 68..65535"),
+            ));
+        }
+        Ok(own)
+    }
+}
+
+pub struct Routed;
+
+/// The gateway pods of `family` use.
+pub fn gateway(family: Family) -> IpAddr {
+    match family {
+        Family::V4 => IpAddr::V4(GATEWAY_V4),
+        Family::V6 => IpAddr::V6(GATEWAY_V6),
+    }
+}
+
+fn default_route(family: Family) -> IpNet {
+    match family {
+        Family::V4 => IpNet::V4(Ipv4Net::new_assert(Ipv4Addr::UNSPECIFIED, 0)),
+        Family::V6 => IpNet::V6(Ipv6Net::new_assert(Ipv6Addr::UNSPECIFIED, 0)),
+    }
+}
+
+/// `ip`'s host prefix: `/32` or `/128`.
+pub fn host_prefix(ip: IpAddr) -> IpNet {
+    IpNet::from(ip)
+}
+
+/// The host end's name: `tr` + 11 hex digits of a hash of the pod's `namespace/name` (as
+/// Calico's `cali…` names) or, without `K8S_POD_*` arguments, of the container id. A second
+/// interface of the same pod (`CNI_IFNAME` other than `eth0`) adds its name to the seed, so the
+/// two host ends never collide.
+pub fn host_veth_name(pod: Option<(&str, &str)>, container_id: &str, ifname: &str) -> String {
+    let base = match pod {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() => format!("{ns}/{name}"),
+        _ => container_id.to_string(),
+    };
+    let seed = if ifname == "eth0" {
+        base
+    } else {
+        format!("{base}/{ifname}")
+    };
+    trellis_net::link::host_veth_name(&seed)
+}
+
+fn host_veth(req: &Attachment) -> String {
+    host_veth_name(
+        req.args.pod(),
+        req.container_id.as_str(),
+        req.ifname.as_str(),
+    )
+}
+
+/// The alias that says which attachment a host end belongs to.
+pub fn owner_alias(container_id: &str, ifname: &str) -> String {
+    format!("{ALIAS_PREFIX}{container_id}/{ifname}")
+}
+
+fn owner(req: &Attachment) -> String {
+    owner_alias(req.container_id.as_str(), req.ifname.as_str())
+}
+
+/// The pod's addresses: each IPAM address narrowed to a host prefix (IPAM reports the block's
+/// prefix; a routed pod has no on-link neighbours), without duplicates, in IPAM's order.
+pub fn pod_addresses(result: &CniResult) -> Vec<IpNet> {
+    let mut out: Vec<IpNet> = Vec::new();
+    for ip in &result.ips {
+        let a = host_prefix(ip.address.addr());
+        if !out.contains(&a) {
+            out.push(a);
+        }
+    }
+    out
+}
+
+/// The families of `addresses`, IPv4 first.
+fn families(addresses: &[IpNet]) -> Vec<Family> {
+    [Family::V4, Family::V6]
+        .into_iter()
+        .filter(|f| addresses.iter().any(|a| Family::of(&a.addr()) == *f))
+        .collect()
+}
+
+/// The extra routes the IPAM plugin asked for (its `routes`), each through the gateway of its
+/// family; the default route is ours already, and a family the pod has no address of is
+/// skipped.
+pub fn extra_routes(result: &CniResult, families: &[Family]) -> Vec<IpNet> {
+    let mut out: Vec<IpNet> = Vec::new();
+    for r in &result.routes {
+        let dst = r.dst.trunc();
+        if dst.prefix_len() == 0 || !families.contains(&Family::of(&dst.addr())) {
+            continue;
+        }
+        if !out.contains(&dst) {
+            out.push(dst);
+        }
+    }
+    out
+}
+
+fn net_err(e: trellis_net::Error) -> Error {
+    if e.is_not_found() {
+        return Error::internal("a network object is missing", e.to_string());
+    }
+    Error::internal("host networking failed", e.to_string())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Error> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("cannot start the plugin's runtime", e))
+}
+
+/// The node state, or the CNI error that says why there is none.
+fn node_state(conf: &RoutedConf) -> Result<NodeState, Error> {
+    match NodeState::read(&conf.state_dir) {
+        Ok(Some(s)) => Ok(s),
+        Ok(None) => Err(Error::try_again_later(
+            "the routed agent has not made this node ready yet",
+            format!("no {} yet", NodeState::path(&conf.state_dir).display()),
+        )),
+        Err(e) => Err(Error::io(
+            format!("cannot read {}", NodeState::path(&conf.state_dir).display()),
+            e,
+        )),
+    }
+}
+
+fn open_netns(path: &Path) -> Result<Netns, Error> {
+    Netns::open(path)
+        .map_err(|e| Error::unknown_container("cannot open the network namespace", e.to_string()))
+}
+
+/// The alias of the link called `name`: None when there is no such link, Some(None) when it has
+/// no alias.
+async fn link_alias(h: &Handle, name: &str) -> Result<Option<Option<String>>, Error> {
+    let mut stream = h.rtnetlink().link().get().match_name(name).execute();
+    match stream.try_next().await {
+        Ok(None) => Ok(None),
+        Ok(Some(m)) => Ok(Some(m.attributes.iter().find_map(|a| match a {
+            LinkAttribute::IfAlias(s) => Some(s.clone()),
+            _ => None,
+        }))),
+        Err(rtnetlink::Error::NetlinkError(m))
+            if m.code
+                .is_some_and(|c| matches!(-c.get(), nix::libc::ENODEV | nix::libc::ENOENT)) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(Error::internal(
+            format!("cannot read the alias of {name}"),
+            e.to_string(),
+        )),
+    }
+}
+
+async fn set_alias(h: &Handle, index: u32, alias: &str) -> Result<(), Error> {
+    h.rtnetlink()
+        .link()
+        .change(
+            rtnetlink::LinkUnspec::new_with_index(index)
+                .alias(alias)
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(|e| Error::internal("cannot label the host end of the veth", e.to_string()))
+}
+
+/// Everything ADD wires, decided before anything is touched.
+struct Plan<'a> {
+    ifname: &'a str,
+    host_name: &'a str,
+    owner: &'a str,
+    mtu: u32,
+    addresses: &'a [IpNet],
+    families: &'a [Family],
+    extra_routes: &'a [IpNet],
+}
+
+/// The container's namespace with connections to it and to the host, once CNI_IFNAME is known
+/// to be free in it.
+struct Sides {
+    netns: Netns,
+    host: Handle,
+    pod: Handle,
+}
+
+async fn open_sides(netns_path: &Path, ifname: &str) -> Result<Sides, Error> {
+    let netns = open_netns(netns_path)?;
+    let host = Handle::current().map_err(net_err)?;
+    let pod = netns.connect().map_err(net_err)?;
+    if pod.link(ifname).await.map_err(net_err)?.is_some() {
+        return Err(Error::internal(
+            format!("interface {ifname} already exists in the container"),
+            netns_path.display().to_string(),
+        ));
+    }
+    Ok(Sides { netns, host, pod })
+}
+
+/// Makes the veth pair and wires both ends; on any failure the pair goes (and with it the
+/// addresses, routes and neighbour entries on it), so a failed ADD leaves nothing behind.
+async fn wire(p: &Plan<'_>, sides: &Sides) -> Result<(Link, Link), Error> {
+    let Sides { netns, host, pod } = sides;
+    // A host end of the same name is left from an earlier sandbox of this pod (or a failed ADD
+    // of this one) whose DEL never came: the name is the pod's, so it goes.
+    host.delete_link(p.host_name).await.map_err(net_err)?;
+    let spec = VethSpec {
+        name: p.host_name,
+        peer_name: p.ifname,
+        peer_ns: Some(netns),
+        mtu: Some(p.mtu),
+        mac: None,
+        peer_mac: None,
+    };
+    let host_link = host.add_veth(&spec).await.map_err(net_err)?;
+    match configure(p, host, &host_link, netns, pod).await {
+        Ok(pod_link) => Ok((host_link, pod_link)),
+        Err(e) => {
+            let _ = host.delete_link(p.host_name).await;
+            Err(e)
+        }
+    }
+}
+
+async fn configure(
+    p: &Plan<'_>,
+    host: &Handle,
+    host_link: &Link,
+    netns: &Netns,
+    pod: &Handle,
+) -> Result<Link, Error> {
+    let host_mac = host_link.mac.ok_or_else(|| {
+        Error::internal(
+            "the host end of the veth has no MAC",
+            p.host_name.to_string(),
+        )
+    })?;
+    set_alias(host, host_link.index, p.owner).await?;
+    // The host end: answers ARP for the gateway at once, forwards; for IPv6 no duplicate
+    // address detection (its link-local address must be usable at once to resolve the pod)
+    // and no router advertisements taken from a pod.
+    let h = p.host_name;
+    let mut settings = vec![
+        (format!("net/ipv4/conf/{h}/proxy_arp"), "1"),
+        (format!("net/ipv4/neigh/{h}/proxy_delay"), "0"),
+        (format!("net/ipv4/conf/{h}/forwarding"), "1"),
+    ];
+    let v6 = p.families.contains(&Family::V6);
+    if v6 {
+        settings.extend([
+            (format!("net/ipv6/conf/{h}/accept_dad"), "0"),
+            (format!("net/ipv6/conf/{h}/accept_ra"), "0"),
+            (format!("net/ipv6/conf/{h}/forwarding"), "1"),
+        ]);
+    }
+    let settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    let here = Netns::current().map_err(net_err)?;
+    trellis_net::sysctl::set(&here, &settings).map_err(net_err)?;
+    host.set_up(host_link.index).await.map_err(net_err)?;
+
+    // The pod end: its addresses, then the gateway's link route, its neighbour entry and the
+    // default route through it (a route needs its device up).
+    let pod_link = pod.require_link(p.ifname).await.map_err(net_err)?;
+    if v6 {
+        // The /128 is usable at once, not "tentative" for a second.
+        trellis_net::sysctl::set(
+            netns,
+            &[(&format!("net/ipv6/conf/{}/accept_dad", p.ifname), "0")],
+        )
+        .map_err(net_err)?;
+    }
+    pod.set_up(pod_link.index).await.map_err(net_err)?;
+    for a in p.addresses {
+        pod.ensure_address(pod_link.index, *a)
+            .await
+            .map_err(net_err)?;
+    }
+    for &family in p.families {
+        let gw = gateway(family);
+        if family == Family::V4 {
+            pod.replace_route(&Route::dev(host_prefix(gw), pod_link.index))
+                .await
+                .map_err(net_err)?;
+        }
+        // Proxy ARP answers for the gateway only when the node has a route to it through
+        // another interface; a permanent entry needs nothing of the node.
+        pod.ensure_neighbour(pod_link.index, gw, host_mac)
+            .await
+            .map_err(net_err)?;
+        pod.replace_route(&Route::via(default_route(family), gw).oif(pod_link.index))
+            .await
+            .map_err(net_err)?;
+        for dst in p
+            .extra_routes
+            .iter()
+            .filter(|d| Family::of(&d.addr()) == family)
+        {
+            pod.replace_route(&Route::via(*dst, gw).oif(pod_link.index))
+                .await
+                .map_err(net_err)?;
+        }
+    }
+
+    // The host route to each address. `add`, not `replace`: a route to the address through
+    // another live interface means the address is in use twice, and taking it over would cut
+    // the other pod off.
+    for a in p.addresses {
+        let mut route = Route::dev(*a, host_link.index).protocol(proto::POD);
+        if a.addr().is_ipv6() {
+            // IPv6 routes have no scope: the kernel reports them all as universe.
+            route = route.scope(Scope::Universe);
+        }
+        if let Err(e) = host.add_route(&route).await {
+            if e.is_exists() {
+                return Err(Error::internal(
+                    format!("the host already routes {a} to another interface"),
+                    "the address is in use by another pod; refusing to take its route over",
+                ));
+            }
+            return Err(net_err(e));
+        }
+    }
+    pod.require_link(p.ifname).await.map_err(net_err)
+}
+
+/// What CHECK compares with the kernel.
+struct Expect<'a> {
+    ifname: &'a str,
+    host_name: &'a str,
+    owner: &'a str,
+    mac: &'a str,
+    addresses: &'a [IpNet],
+}
+
+async fn verify(netns_path: &Path, e: &Expect<'_>) -> Result<(), Error> {
+    let netns = open_netns(netns_path)?;
+    let pod = netns.connect().map_err(net_err)?;
+    let host = Handle::current().map_err(net_err)?;
+    let missing = |what: String| Error::internal(what, netns_path.display().to_string());
+
+    // The interface, its MAC and its addresses.
+    let link = pod
+        .link(e.ifname)
+        .await
+        .map_err(net_err)?
+        .ok_or_else(|| missing(format!("{} is missing in the container", e.ifname)))?;
+    if link.mac.map(|m| m.to_string()) != Some(e.mac.to_lowercase()) {
+        return Err(Error::internal(
+            format!("{} has another MAC", e.ifname),
+            format!("{:?}, expected {}", link.mac, e.mac),
+        ));
+    }
+    if !link.admin_up {
+        return Err(missing(format!("{} is down", e.ifname)));
+    }
+    let have: Vec<IpNet> = pod
+        .addresses(Some(link.index))
+        .await
+        .map_err(net_err)?
+        .into_iter()
+        .map(|a| a.address)
+        .collect();
+    for a in e.addresses {
+        if !have.contains(a) {
+            return Err(Error::internal(
+                format!("{} lacks {a}", e.ifname),
+                format!("has {have:?}"),
+            ));
+        }
+    }
+
+    // Both pod routes of each family.
+    for family in families(e.addresses) {
+        let gw = gateway(family);
+        let routes = pod
+            .routes(family, Some(Route::TABLE_MAIN))
+            .await
+            .map_err(net_err)?;
+        if family == Family::V4
+            && !routes.iter().any(|r| {
+                r.dst == host_prefix(gw)
+                    && r.gateway.is_none()
+                    && r.oif == Some(link.index)
+                    && r.scope == Scope::Link
+            })
+        {
+            return Err(missing(format!(
+                "the container has no route {gw} dev {} scope link",
+                e.ifname
+            )));
+        }
+        if !routes
+            .iter()
+            .any(|r| r.dst.prefix_len() == 0 && r.gateway == Some(gw) && r.oif == Some(link.index))
+        {
+            return Err(missing(format!(
+                "the container has no default route via {gw} dev {}",
+                e.ifname
+            )));
+        }
+    }
+
+    // The host end: ours, the pod end's peer, up, and routing each address.
+    let veth = host
+        .link(e.host_name)
+        .await
+        .map_err(net_err)?
+        .ok_or_else(|| {
+            Error::internal(
+                "the host end of the veth is missing",
+                e.host_name.to_string(),
+            )
+        })?;
+    match link_alias(&host, e.host_name).await? {
+        Some(Some(alias)) if alias == e.owner => {}
+        other => {
+            return Err(Error::internal(
+                "the host end of the veth belongs to another attachment",
+                format!(
+                    "{} has alias {other:?}, expected {:?}",
+                    e.host_name, e.owner
+                ),
+            ));
+        }
+    }
+    if veth.kind.as_deref() != Some("veth")
+        || veth.peer_index != Some(link.index)
+        || link.peer_index != Some(veth.index)
+    {
+        return Err(Error::internal(
+            "the host end is not the peer of the container's interface",
+            format!(
+                "{} and {} in {}",
+                e.host_name,
+                e.ifname,
+                netns_path.display()
+            ),
+        ));
+    }
+    if !veth.admin_up {
+        return Err(Error::internal(
+            "the host end of the veth is down",
+            e.host_name.to_string(),
+        ));
+    }
+    for family in families(e.addresses) {
+        let routes = host
+            .routes(family, Some(Route::TABLE_MAIN))
+            .await
+            .map_err(net_err)?;
+        for a in e
+            .addresses
+            .iter()
+            .filter(|a| Family::of(&a.addr()) == family)
+        {
+            if !routes
+                .iter()
+                .any(|r| r.dst == *a && r.gateway.is_none() && r.oif == Some(veth.index))
+            {
+                return Err(Error::internal(
+                    format!("the host has no route {a} dev {}", e.host_name),
+                    "the pod is unreachable",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Plugin for Routed {
+    fn add(&self, req: &Attachment) -> Result<CniResult, Error> {
+        let conf = RoutedConf::read(&req.conf)?;
+        let state = node_state(&conf)?;
+        let mtu = conf.mtu.unwrap_or(state.mtu);
+        let netns_path = req.netns()?.to_path_buf();
+        let ifname = req.ifname.as_str();
+        let rt = runtime()?;
+        // An interface of that name in the container is refused before IPAM is asked: a
+        // repeated ADD must not release, on its way out, the address the first one holds.
+        let sides = rt.block_on(open_sides(&netns_path, ifname))?;
+        let lease = IPAM.add(req)?;
+        let addresses = pod_addresses(lease.result());
+        let families = families(&addresses);
+        let extra = extra_routes(lease.result(), &families);
+        let host_name = host_veth(req);
+        let owner = owner(req);
+        let plan = Plan {
+            ifname,
+            host_name: &host_name,
+            owner: &owner,
+            mtu,
+            addresses: &addresses,
+            families: &families,
+            extra_routes: &extra,
+        };
+        let (host_link, pod_link) = rt.block_on(wire(&plan, &sides))?;
+        drop(sides);
+        lease.keep();
+        let mac = |m: Option<trellis_net::Mac>| m.map(|m| m.to_string()).unwrap_or_default();
+        let mut routes = Vec::new();
+        for &family in &families {
+            let gw = gateway(family);
+            routes.push(CniRoute::new(default_route(family), Some(gw)));
+            routes.extend(
+                extra
+                    .iter()
+                    .filter(|d| Family::of(&d.addr()) == family)
+                    .map(|d| CniRoute::new(*d, Some(gw))),
+            );
+        }
+        Ok(CniResult {
+            interfaces: vec![
+                Interface {
+                    name: host_link.name.clone(),
+                    mac: mac(host_link.mac),
+                    mtu: Some(mtu),
+                    ..Default::default()
+                },
+                Interface {
+                    name: pod_link.name.clone(),
+                    mac: mac(pod_link.mac),
+                    mtu: Some(mtu),
+                    sandbox: netns_path.display().to_string(),
+                    ..Default::default()
+                },
+            ],
+            ips: addresses
+                .iter()
+                .map(|a| IpConfig {
+                    interface: Some(1),
+                    address: *a,
+                    gateway: Some(gateway(Family::of(&a.addr()))),
+                })
+                .collect(),
+            routes,
+            dns: req.conf.config.dns.clone().unwrap_or_default(),
+        })
+    }
+
+    fn del(&self, req: &Attachment) -> Result<(), Error> {
+        let host_name = host_veth(req);
+        let owner = owner(req);
+        // The interface goes first, then its address: an address is never reused while an
+        // interface still holds it. The host route goes with the interface.
+        let rt = runtime()?;
+        rt.block_on(async {
+            let host = Handle::current().map_err(net_err)?;
+            match link_alias(&host, &host_name).await? {
+                None => Ok(()),
+                Some(Some(alias)) if alias.starts_with(ALIAS_PREFIX) && alias != owner => {
+                    // A newer sandbox of the same pod owns this name now.
+                    eprintln!("trellis-routed: leaving {host_name}: it belongs to {alias:?}");
+                    Ok(())
+                }
+                Some(_) => host
+                    .delete_link(&host_name)
+                    .await
+                    .map(|_| ())
+                    .map_err(net_err),
+            }
+        })?;
+        IPAM.del(req)
+    }
+
+    fn check(&self, req: &Attachment) -> Result<(), Error> {
+        RoutedConf::read(&req.conf)?;
+        let prev = req.prev_result.as_ref().ok_or_else(|| {
+            Error::invalid_config("CHECK needs prevResult", "the ADD result was not passed")
+        })?;
+        let netns_path = req.netns()?.to_path_buf();
+        let ifname = req.ifname.as_str();
+        let pod_index = prev
+            .interface_index(ifname, Some(&netns_path.display().to_string()))
+            .ok_or_else(|| {
+                Error::invalid_config(
+                    "prevResult names no such interface",
+                    format!("{ifname} in {}", netns_path.display()),
+                )
+            })?;
+        let addresses: Vec<IpNet> = prev
+            .ips_of(pod_index)
+            .map(|ip| host_prefix(ip.address.addr()))
+            .collect();
+        if addresses.is_empty() {
+            return Err(Error::invalid_config(
+                "prevResult gives the interface no address",
+                ifname.to_string(),
+            ));
+        }
+        let host_name = host_veth(req);
+        let owner = owner(req);
+        let expect = Expect {
+            ifname,
+            host_name: &host_name,
+            owner: &owner,
+            mac: &prev.interfaces[pod_index].mac,
+            addresses: &addresses,
+        };
+        runtime()?.block_on(verify(&netns_path, &expect))?;
+        IPAM.check(req)
+    }
+
+    fn gc(&self, req: &GcRequest) -> Result<(), Error> {
+        IPAM.gc(req)
+    }
+
+    fn status(&self, conf: &NetConf) -> Result<(), Error> {
+        let own = RoutedConf::read(conf)?;
+        match NodeState::read(&own.state_dir) {
+            Ok(Some(_)) => IPAM.status(conf),
+            Ok(None) => Err(Error::not_available(
+                "the routed agent has not made this node ready yet",
+                NodeState::path(&own.state_dir).display().to_string(),
+            )),
+            Err(e) => Err(Error::not_available(
+                "cannot read the routed agent's state",
+                e.to_string(),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+    use std::collections::HashMap;
+    use trellis_cni::skel::{Invocation, Outcome, run};
+
+    fn result(v: Value) -> CniResult {
+        CniResult::from_value(v, None).unwrap().1
+    }
+
+    #[test]
+    fn host_end_names_follow_the_pod_else_the_container() {
+        let by_pod = host_veth_name(Some(("default", "web-0")), "abc123", "eth0");
+        assert_eq!(by_pod, trellis_net::link::host_veth_name("default/web-0"));
+        // A new sandbox of the same pod gets the same name (the pod's routes stay put).
+        assert_eq!(
+            by_pod,
+            host_veth_name(Some(("default", "web-0")), "def456", "eth0")
+        );
+        assert_ne!(
+            by_pod,
+            host_veth_name(Some(("default", "web-1")), "abc123", "eth0")
+        );
+        // Without pod arguments (or with empty ones): the container id.
+        let by_cid = host_veth_name(None, "abc123", "eth0");
+        assert_eq!(by_cid, trellis_net::link::host_veth_name("abc123"));
+        assert_eq!(
+            by_cid,
+            host_veth_name(Some(("", "web-0")), "abc123", "eth0")
+        );
+        // A second interface of the pod never collides with the first.
+        assert_ne!(
+            by_pod,
+            host_veth_name(Some(("default", "web-0")), "abc123", "net1")
+        );
+        for n in [&by_pod, &by_cid] {
+            assert!(n.starts_with("tr") && n.len() == 13, "{n}");
+        }
+    }
+
+    #[test]
+    fn ipam_prefixes_are_narrowed_to_host_prefixes() {
+        let r = result(json!({"cniVersion": "1.0.0", "ips": [
+            {"address": "10.244.3.17/26", "gateway": "10.244.3.1"},
+            {"address": "10.244.3.17/32"},
+            {"address": "fd00:10:244::11/122"},
+        ]}));
+        let got: Vec<String> = pod_addresses(&r).iter().map(|a| a.to_string()).collect();
+        assert_eq!(got, ["10.244.3.17/32", "fd00:10:244::11/128"]);
+        assert_eq!(families(&pod_addresses(&r)), [Family::V4, Family::V6]);
+    }
+
+    #[test]
+    fn ipam_routes_go_through_the_gateway_of_their_family() {
+        let r = result(json!({"cniVersion": "1.0.0",
+            "ips": [{"address": "10.244.3.17/26"}],
+            "routes": [{"dst": "0.0.0.0/0"}, {"dst": "10.96.0.0/12", "gw": "10.244.3.1"},
+                       {"dst": "10.96.0.0/12"}, {"dst": "fd00::/8"}]}));
+        let got: Vec<String> = extra_routes(&r, &[Family::V4])
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        assert_eq!(got, ["10.96.0.0/12"]);
+        assert_eq!(gateway(Family::V4).to_string(), "169.254.1.1");
+        assert_eq!(gateway(Family::V6).to_string(), "fe80::1");
+        assert_eq!(
+            host_prefix(gateway(Family::V4)).to_string(),
+            "169.254.1.1/32"
+        );
+    }
+
+    #[test]
+    fn the_owner_alias_names_the_attachment() {
+        assert_eq!(owner_alias("abc", "eth0"), "trellis-routed abc/eth0");
+        assert!(owner_alias("abc", "eth0").starts_with(ALIAS_PREFIX));
+    }
+
+    fn invoke(command: &str, conf: Value) -> Outcome {
+        let env: HashMap<String, String> = [
+            ("CNI_COMMAND", command),
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_NETNS", "/proc/self/ns/net"),
+            ("CNI_NETNS_OVERRIDE", "1"),
+            ("CNI_PATH", "/nonexistent"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        run(
+            &Routed,
+            Invocation {
+                env,
+                stdin: conf.to_string().into_bytes(),
+            },
+        )
+    }
+
+    fn code(o: &Outcome) -> u64 {
+        assert_ne!(o.exit_code, 0, "{}", String::from_utf8_lossy(&o.stdout));
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert!(!v["msg"].as_str().unwrap_or_default().is_empty(), "{v}");
+        v["code"].as_u64().unwrap()
+    }
+
+    fn conf(state_dir: &Path) -> Value {
+        json!({"cniVersion": "1.1.0", "name": "routed", "type": "trellis-routed",
+               "stateDir": state_dir, "ipam": {"type": "no-such-ipam"}})
+    }
+
+    #[test]
+    fn before_the_agent_is_ready_add_waits_and_status_is_unavailable() {
+        let dir = tempfile::tempdir().unwrap();
+        // Refused before IPAM is asked: no address is taken while the node is not ready.
+        assert_eq!(code(&invoke("ADD", conf(dir.path()))), 11);
+        assert_eq!(code(&invoke("STATUS", conf(dir.path()))), 50);
+        std::fs::write(NodeState::path(dir.path()), "not json").unwrap();
+        assert_eq!(code(&invoke("STATUS", conf(dir.path()))), 50);
+        // Once ready, STATUS asks the IPAM plugin (missing here: an invalid configuration).
+        NodeState { mtu: 1500 }.write(dir.path()).unwrap();
+        assert_eq!(code(&invoke("STATUS", conf(dir.path()))), 7);
+    }
+
+    #[test]
+    fn trellis_ipam_runs_in_process() {
+        let dir = tempfile::tempdir().unwrap();
+        NodeState { mtu: 1500 }.write(dir.path()).unwrap();
+        let mut c = conf(dir.path());
+        c["ipam"] = json!({"type": "trellis-ipam", "socket": dir.path().join("none.sock")});
+        // No trellis-ipam in CNI_PATH (that would be 7): the linked plugin finds ipamd down.
+        assert_eq!(code(&invoke("STATUS", c.clone())), 50);
+        // And refuses what its binary refuses.
+        c["ipam"]["subnet"] = json!("10.0.0.0/8");
+        assert_eq!(code(&invoke("STATUS", c)), 2);
+    }
+
+    #[test]
+    fn bad_own_keys_are_invalid_configurations() {
+        let dir = tempfile::tempdir().unwrap();
+        NodeState { mtu: 1500 }.write(dir.path()).unwrap();
+        let mut c = conf(dir.path());
+        c["mtu"] = json!(20);
+        assert_eq!(code(&invoke("ADD", c.clone())), 7);
+        c["mtu"] = json!("big");
+        assert_eq!(code(&invoke("ADD", c)), 7);
+    }
+
+    #[test]
+    fn check_needs_the_add_result() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(code(&invoke("CHECK", conf(dir.path()))), 7);
+    }
+}

@@ -1,0 +1,91 @@
+//! What the BGP agent tells the plugin on its node: a JSON file written once the node's data
+//! path is in place (forwarding on, blackhole routes for its blocks, sessions up). Until it
+//! exists the plugin answers ADD with "try again later" (11) and STATUS with "not available"
+//! (50) — never a confusing file error.
+//!
+//! The file is `{"mtu": 1500}`; keys the plugin does not know are ignored, so the agent may
+//! write more (its blocks, its router id) without breaking older plugins.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The default place of the state file.
+pub const DEFAULT_STATE_DIR: &str = "/run/trellis/routed";
+pub const STATE_FILE: &str = "ready.json";
+
+/// The node's routed data path, as the plugin needs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeState {
+    /// The pod MTU: the underlay's own, whole (no encapsulation).
+    pub mtu: u32,
+}
+
+impl NodeState {
+    pub fn path(dir: &Path) -> PathBuf {
+        dir.join(STATE_FILE)
+    }
+
+    /// Reads the state; None when the agent has not written it (yet).
+    pub fn read(dir: &Path) -> Result<Option<NodeState>, std::io::Error> {
+        match std::fs::read(Self::path(dir)) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(std::io::Error::other),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes the state atomically (a reader sees the old file or the new one).
+    pub fn write(&self, dir: &Path) -> Result<(), std::io::Error> {
+        std::fs::create_dir_all(dir)?;
+        let tmp = dir.join(format!(".{STATE_FILE}.tmp"));
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?,
+        )?;
+        std::fs::rename(tmp, Self::path(dir))
+    }
+
+    /// Withdraws readiness (the agent found its data path broken, or is stopping).
+    pub fn remove(dir: &Path) -> Result<(), std::io::Error> {
+        match std::fs::remove_file(Self::path(dir)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_round_trips_and_removal_is_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(NodeState::read(dir.path()).unwrap(), None);
+        let s = NodeState { mtu: 1500 };
+        s.write(dir.path()).unwrap();
+        assert_eq!(NodeState::read(dir.path()).unwrap(), Some(s));
+        NodeState::remove(dir.path()).unwrap();
+        NodeState::remove(dir.path()).unwrap();
+        assert_eq!(NodeState::read(dir.path()).unwrap(), None);
+    }
+
+    #[test]
+    fn unknown_keys_are_ignored_and_garbage_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            NodeState::path(dir.path()),
+            r#"{"mtu": 9000, "blocks": ["10.244.3.0/26"], "routerId": "198.18.0.11"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            NodeState::read(dir.path()).unwrap(),
+            Some(NodeState { mtu: 9000 })
+        );
+        std::fs::write(NodeState::path(dir.path()), "{").unwrap();
+        assert!(NodeState::read(dir.path()).is_err());
+    }
+}

@@ -1,0 +1,54 @@
+//! Small TCP probes for the data-path tests: a server that answers each connection with the
+//! address it saw, and the client that asks — together they prove (or disprove) NAT.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use trellis_net::Netns;
+
+use crate::{Error, Result};
+
+/// Serves up to 16 connections on `ip:port` in `ns`, answering each with the peer address it
+/// saw; a connection that sends `quit` ends it.
+pub fn echo_peer_server(ns: &Netns, ip: Ipv4Addr, port: u16) -> Result<JoinHandle<()>> {
+    let listener = ns
+        .run(|| TcpListener::bind((ip, port)))?
+        .map_err(|e| Error::io("bind the echo server", e))?;
+    Ok(std::thread::spawn(move || {
+        for conn in listener.incoming().take(16) {
+            let Ok(mut s) = conn else { return };
+            let peer = s
+                .peer_addr()
+                .map(|p| p.ip().to_string())
+                .unwrap_or_default();
+            let mut buf = [0u8; 4];
+            if s.read_exact(&mut buf).is_ok() && &buf == b"quit" {
+                return;
+            }
+            let _ = s.write_all(peer.as_bytes());
+        }
+    }))
+}
+
+/// Connects from `ns` to an echo server at `to`; the address the server saw.
+pub fn who_am_i(ns: &Netns, to: SocketAddr) -> Result<String> {
+    let mut s = ns
+        .run(|| TcpStream::connect_timeout(&to, Duration::from_secs(3)))?
+        .map_err(|e| Error::io(format!("connect to {to}"), e))?;
+    let io = |e| Error::io(format!("talk to {to}"), e);
+    s.set_read_timeout(Some(Duration::from_secs(3)))
+        .map_err(io)?;
+    s.write_all(b"who?").map_err(io)?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(io)?;
+    Ok(out)
+}
+
+/// Ends an echo server (it stops after `quit`).
+pub fn stop_echo(ns: &Netns, at: SocketAddr) {
+    if let Ok(Ok(mut q)) = ns.run(|| TcpStream::connect_timeout(&at, Duration::from_secs(2))) {
+        let _ = q.write_all(b"quit");
+    }
+}

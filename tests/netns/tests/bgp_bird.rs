@@ -1,0 +1,555 @@
+//! BGP interop with BIRD 2 (issue 7's acceptance): `trellis bgp-agent --standalone` and BIRD,
+//! each in a node namespace of one testbed underlay, over eBGP and iBGP; routes in both
+//! directions reach both kernels; the session outlives 3× the hold time; a BIRD restart is
+//! survived and its routes re-learnt; withdrawals propagate both ways; BIRD as a route
+//! reflector carries one agent's routes to another's kernel. A first test checks the harness
+//! itself with two BIRDs.
+//!
+//! Every wait is bounded; the testbed removes every namespace and process when dropped.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use ipnet::Ipv4Net;
+use netns_testbed::bird::{
+    Agent, AgentSpec, Bird, BirdConfig, BirdPeer, PROTO_BIRD, TEST_HOLD_TIME, Want, kernel_has,
+    kernel_routes, wait_kernel_route,
+};
+use netns_testbed::{Node, Testbed, bin_path, require_root, require_tool};
+use trellis_net::RouteKind;
+use trellis_net::proto::BGP as PROTO_TRELLIS;
+
+const LIFETIME: Duration = Duration::from_secs(240);
+const SESSION: Duration = Duration::from_secs(20);
+const PROPAGATE: Duration = Duration::from_secs(10);
+
+fn net(s: &str) -> Ipv4Net {
+    s.parse().unwrap()
+}
+
+fn ip(node: &Node) -> IpAddr {
+    IpAddr::V4(node.ip)
+}
+
+async fn nodes(tb: &Testbed, n: u8) -> Vec<Node> {
+    let mut v = Vec::new();
+    for i in 1..=n {
+        v.push(tb.add_node(&format!("n{i}"), i).await.unwrap());
+    }
+    v
+}
+
+/// The kernel of `node` routes `prefix` via `gw`, installed by protocol `proto`.
+async fn expect_route(node: &Node, prefix: &str, gw: &Node, proto: u8, what: &str) {
+    wait_kernel_route(&node.ns, net(prefix), Want::Via(ip(gw), proto), PROPAGATE)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+}
+
+async fn expect_no_route(node: &Node, prefix: &str, limit: Duration, what: &str) -> Duration {
+    wait_kernel_route(&node.ns, net(prefix), Want::Absent, limit)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+/// Puts `addr` on `owner`'s loopback (inside the block it announces) and pings it from `from`:
+/// only the BGP-learnt route leads there.
+async fn ping_into_block(tb: &Testbed, owner: &Node, addr: &str, from: &Node) {
+    let h = owner.ns.connect().unwrap();
+    let lo = h.require_link("lo").await.unwrap();
+    h.ensure_address(lo.index, format!("{addr}/32").parse().unwrap())
+        .await
+        .unwrap();
+    let out = tb
+        .exec(
+            &from.ns,
+            &["ping", "-c", "1", "-W", "2", addr],
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert!(
+        out.success(),
+        "ping {addr} from {}: {}{}",
+        from.name,
+        out.stdout,
+        out.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn harness_two_birds_peer_exchange_withdraw_and_restart() {
+    require_root();
+    let tb = Testbed::new().unwrap();
+    let n = nodes(&tb, 2).await;
+    let c1 = BirdConfig::new(&n[0], 64512)
+        .announce(net("10.244.1.0/26"))
+        .peer(BirdPeer::new("n2", n[1].ip, 64512));
+    let c2 = BirdConfig::new(&n[1], 64512)
+        .announce(net("10.244.2.0/26"))
+        .peer(BirdPeer::new("n1", n[0].ip, 64512));
+    let mut b1 = Bird::start(&tb, &n[0], c1.clone(), LIFETIME).await.unwrap();
+    let b2 = Bird::start(&tb, &n[1], c2, LIFETIME).await.unwrap();
+    b1.wait_established("n2", SESSION).await.unwrap();
+    b2.wait_established("n1", SESSION).await.unwrap();
+    expect_route(
+        &n[1],
+        "10.244.1.0/26",
+        &n[0],
+        PROTO_BIRD,
+        "n1's block on n2",
+    )
+    .await;
+    expect_route(
+        &n[0],
+        "10.244.2.0/26",
+        &n[1],
+        PROTO_BIRD,
+        "n2's block on n1",
+    )
+    .await;
+    let routes = b2.routes().await.unwrap();
+    let learnt = routes
+        .iter()
+        .find(|r| r.prefix.to_string() == "10.244.1.0/26")
+        .unwrap_or_else(|| panic!("show route on n2: {routes:?}"));
+    assert_eq!(learnt.source, "n1");
+    assert!(learnt.primary);
+    assert_eq!(learnt.via, Some(ip(&n[0])));
+    let own = routes
+        .iter()
+        .find(|r| r.prefix.to_string() == "10.244.2.0/26")
+        .unwrap();
+    assert_eq!(own.kind, "blackhole");
+
+    // Withdraw through reconfiguration, announce another block instead.
+    let mut c1b = c1.clone();
+    c1b.statics = vec![net("10.244.3.0/26")];
+    b1.reconfigure(c1b).await.unwrap();
+    expect_no_route(&n[1], "10.244.1.0/26", PROPAGATE, "withdrawn on n2").await;
+    expect_route(&n[1], "10.244.3.0/26", &n[0], PROTO_BIRD, "new block on n2").await;
+
+    // A restart (kill -9) comes back, re-establishes and announces again.
+    b1.restart().await.unwrap();
+    assert_eq!(b1.starts(), 2);
+    b1.wait_established("n2", SESSION).await.unwrap();
+    b2.wait_established("n1", SESSION).await.unwrap();
+    expect_route(&n[1], "10.244.3.0/26", &n[0], PROTO_BIRD, "after restart").await;
+}
+
+/// eBGP: BIRD in AS 64513 on n1, our agent in AS 64512 on n2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ebgp_routes_both_ways_and_session_outlives_three_hold_times() {
+    require_root();
+    require_tool("ping", "iputils-ping");
+    let tb = Testbed::new().unwrap();
+    let n = nodes(&tb, 2).await;
+    let bird = Bird::start(
+        &tb,
+        &n[0],
+        BirdConfig::new(&n[0], 64513)
+            .announce(net("10.244.1.0/26"))
+            .peer(BirdPeer::new("agent", n[1].ip, 64512)),
+        LIFETIME,
+    )
+    .await
+    .unwrap();
+    let agent = Agent::start(
+        &tb,
+        &n[1],
+        AgentSpec::new(64512)
+            .peer(n[0].ip, 64513)
+            .announce(net("10.244.2.0/26")),
+        LIFETIME,
+    )
+    .await
+    .unwrap();
+    bird.wait_established("agent", SESSION)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", agent.log()));
+    agent.wait_established(n[0].ip, SESSION).await.unwrap();
+
+    // BIRD's block in our kernel, ours in BIRD's kernel.
+    expect_route(
+        &n[1],
+        "10.244.1.0/26",
+        &n[0],
+        PROTO_TRELLIS,
+        "BIRD's block in the agent's kernel",
+    )
+    .await;
+    expect_route(
+        &n[0],
+        "10.244.2.0/26",
+        &n[1],
+        PROTO_BIRD,
+        "the agent's block in BIRD's kernel",
+    )
+    .await;
+    // Our announced block is covered by a local blackhole.
+    let local = kernel_routes(&n[1].ns).await.unwrap();
+    assert!(
+        local
+            .iter()
+            .any(|r| r.dst.to_string() == "10.244.2.0/26" && r.kind == RouteKind::Blackhole),
+        "no blackhole for the announced block on n2: {local:?}"
+    );
+    let learnt = bird.routes().await.unwrap();
+    assert!(
+        learnt
+            .iter()
+            .any(|r| r.prefix.to_string() == "10.244.2.0/26"
+                && r.source == "agent"
+                && r.via == Some(ip(&n[1]))),
+        "BIRD's view: {learnt:?}"
+    );
+    let ours = agent.routes().await.unwrap();
+    assert!(
+        ours.iter().any(
+            |r| r["prefix"] == "10.244.1.0/26" && r["next_hop"].as_str() == Some("198.18.0.11")
+        ),
+        "/bgp/routes: {ours:?}"
+    );
+    // The kernels really route: an address inside each block, pinged from the other node.
+    ping_into_block(&tb, &n[0], "10.244.1.1", &n[1]).await;
+    ping_into_block(&tb, &n[1], "10.244.2.1", &n[0]).await;
+
+    // The session stays up for 3× the hold time: sampled every second on both sides.
+    let start = Instant::now();
+    let watch = Duration::from_secs(3 * u64::from(TEST_HOLD_TIME));
+    while start.elapsed() < watch {
+        let p = bird.protocol("agent").await.unwrap().unwrap();
+        assert!(
+            p.established(),
+            "BIRD lost the session after {:?}: {p:?}\n{}",
+            start.elapsed(),
+            bird.log_tail(30)
+        );
+        let s = agent.peer_status(n[0].ip).await.unwrap().unwrap();
+        assert_eq!(
+            s["state"],
+            "Established",
+            "after {:?}: {s}",
+            start.elapsed()
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let s = agent.peer_status(n[0].ip).await.unwrap().unwrap();
+    let uptime = s["uptime_seconds"].as_f64().unwrap_or(0.0);
+    assert!(
+        uptime >= watch.as_secs_f64() - 1.0,
+        "the session restarted meanwhile: {s}"
+    );
+    assert_eq!(s["remote_asn"], 64513, "{s}");
+    assert!(s["prefixes_received"].as_u64() >= Some(1), "{s}");
+    assert!(s["prefixes_sent"].as_u64() >= Some(1), "{s}");
+    let log = bird.log();
+    assert!(
+        !log.contains("Hold timer expired"),
+        "BIRD saw a hold timer expire:\n{log}"
+    );
+
+    // The CLI prints the same.
+    let trellis = bin_path("trellis");
+    let out = tb
+        .exec_ok(
+            &n[1].ns,
+            &[
+                trellis.to_str().unwrap(),
+                "bgp",
+                "status",
+                "--agent",
+                "127.0.0.1:9912",
+            ],
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert!(
+        out.contains("198.18.0.11") && out.contains("Established"),
+        "bgp status:\n{out}"
+    );
+    let out = tb
+        .exec_ok(
+            &n[1].ns,
+            &[
+                trellis.to_str().unwrap(),
+                "bgp",
+                "routes",
+                "--agent",
+                "127.0.0.1:9912",
+            ],
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert!(out.contains("10.244.1.0/26"), "bgp routes:\n{out}");
+}
+
+/// iBGP in AS 64512: BIRD on n1, our agent on n2. BIRD is restarted (killed) with one more
+/// block; both withdrawals propagate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ibgp_bird_restart_relearn_and_withdrawals() {
+    require_root();
+    let tb = Testbed::new().unwrap();
+    let n = nodes(&tb, 2).await;
+    let config = BirdConfig::new(&n[0], 64512)
+        .announce(net("10.244.1.0/26"))
+        .peer(BirdPeer::new("agent", n[1].ip, 64512));
+    let mut bird = Bird::start(&tb, &n[0], config.clone(), LIFETIME)
+        .await
+        .unwrap();
+    let spec = AgentSpec::new(64512)
+        .peer(n[0].ip, 64512)
+        .announce(net("10.244.2.0/26"));
+    let mut agent = Agent::start(&tb, &n[1], spec.clone(), LIFETIME)
+        .await
+        .unwrap();
+    bird.wait_established("agent", SESSION)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", agent.log()));
+    agent.wait_established(n[0].ip, SESSION).await.unwrap();
+    expect_route(
+        &n[1],
+        "10.244.1.0/26",
+        &n[0],
+        PROTO_TRELLIS,
+        "BIRD's block in the agent's kernel",
+    )
+    .await;
+    expect_route(
+        &n[0],
+        "10.244.2.0/26",
+        &n[1],
+        PROTO_BIRD,
+        "the agent's block in BIRD's kernel",
+    )
+    .await;
+
+    // BIRD dies (no NOTIFICATION) and comes back with one more block.
+    bird.stop();
+    // Graceful restart (BIRD advertises it, our side helps): BIRD's routes stay in our kernel
+    // while it is away.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let meanwhile = kernel_routes(&n[1].ns).await.unwrap();
+    assert!(
+        kernel_has(
+            &meanwhile,
+            net("10.244.1.0/26"),
+            Want::Via(ip(&n[0]), PROTO_TRELLIS)
+        ),
+        "BIRD's route left our kernel while BIRD restarted (graceful restart helper): {meanwhile:?}"
+    );
+    let restarted = Instant::now();
+    let mut more = config.clone();
+    more.statics.push(net("10.244.3.0/26"));
+    bird.set_config(more.clone()).unwrap();
+    bird.restart().await.unwrap();
+    bird.wait_established("agent", SESSION)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", agent.log()));
+    agent.wait_established(n[0].ip, SESSION).await.unwrap();
+    let s = agent.peer_status(n[0].ip).await.unwrap().unwrap();
+    assert!(
+        s["uptime_seconds"].as_f64().unwrap_or(f64::MAX) <= restarted.elapsed().as_secs_f64() + 1.0,
+        "our side did not re-establish a new session: {s}"
+    );
+    expect_route(
+        &n[1],
+        "10.244.3.0/26",
+        &n[0],
+        PROTO_TRELLIS,
+        "BIRD's new block after its restart",
+    )
+    .await;
+    expect_route(
+        &n[1],
+        "10.244.1.0/26",
+        &n[0],
+        PROTO_TRELLIS,
+        "BIRD's old block after its restart",
+    )
+    .await;
+    let relearnt = bird.routes().await.unwrap();
+    assert!(
+        relearnt
+            .iter()
+            .any(|r| r.prefix.to_string() == "10.244.2.0/26" && r.source == "agent"),
+        "BIRD did not re-learn our block: {relearnt:?}"
+    );
+    expect_route(
+        &n[0],
+        "10.244.2.0/26",
+        &n[1],
+        PROTO_BIRD,
+        "our block in BIRD's kernel after its restart",
+    )
+    .await;
+
+    // Withdrawal from BIRD: the static route goes away by reconfiguration.
+    let mut fewer = more.clone();
+    fewer.statics.retain(|p| *p != net("10.244.1.0/26"));
+    bird.reconfigure(fewer).await.unwrap();
+    let took = expect_no_route(
+        &n[1],
+        "10.244.1.0/26",
+        PROPAGATE,
+        "BIRD's withdrawal in our kernel",
+    )
+    .await;
+    eprintln!("BIRD → agent withdrawal reached the kernel in {took:?}");
+    let ours = agent.routes().await.unwrap();
+    assert!(
+        !ours.iter().any(|r| r["prefix"] == "10.244.1.0/26"),
+        "/bgp/routes still has the withdrawn block: {ours:?}"
+    );
+    let still = kernel_routes(&n[1].ns).await.unwrap();
+    assert!(kernel_has(
+        &still,
+        net("10.244.3.0/26"),
+        Want::Proto(PROTO_TRELLIS)
+    ));
+
+    // Withdrawal from our side: the agent restarts without its block (and with another).
+    let mut next = spec.clone();
+    next.announce = vec![net("10.244.4.0/26")];
+    agent.restart(next).await.unwrap();
+    agent.wait_established(n[0].ip, SESSION).await.unwrap();
+    expect_route(
+        &n[0],
+        "10.244.4.0/26",
+        &n[1],
+        PROTO_BIRD,
+        "our new block in BIRD's kernel",
+    )
+    .await;
+    // With graceful restart BIRD keeps the stale route until our End-of-RIB: bounded well
+    // below the restart time (120 s).
+    let took = expect_no_route(
+        &n[0],
+        "10.244.2.0/26",
+        Duration::from_secs(30),
+        "our withdrawal in BIRD's kernel",
+    )
+    .await;
+    eprintln!("agent → BIRD withdrawal (restart without the block) reached the kernel in {took:?}");
+    let view = bird.routes().await.unwrap();
+    assert!(
+        !view.iter().any(|r| r.prefix.to_string() == "10.244.2.0/26"),
+        "BIRD still has our old block: {view:?}"
+    );
+    // The agent cleaned up its own old blackhole (protocol 202 routes the RIB does not hold)
+    // or at least keeps routing what BIRD still announces.
+    expect_route(
+        &n[1],
+        "10.244.3.0/26",
+        &n[0],
+        PROTO_TRELLIS,
+        "BIRD's block after our restart",
+    )
+    .await;
+}
+
+/// BIRD on n1 is a route reflector; our agents on n2 and n3 are its clients and peer with no
+/// one else: each one's block must reach the other's kernel through BIRD.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bird_route_reflector_carries_routes_between_two_agents() {
+    require_root();
+    let tb = Testbed::new().unwrap();
+    let n = nodes(&tb, 3).await;
+    let bird = Bird::start(
+        &tb,
+        &n[0],
+        BirdConfig::new(&n[0], 64512)
+            .announce(net("10.244.1.0/26"))
+            .route_reflector(n[0].ip)
+            .peer(BirdPeer::new("c2", n[1].ip, 64512).rr_client())
+            .peer(BirdPeer::new("c3", n[2].ip, 64512).rr_client()),
+        LIFETIME,
+    )
+    .await
+    .unwrap();
+    let a2 = Agent::start(
+        &tb,
+        &n[1],
+        AgentSpec::new(64512)
+            .peer(n[0].ip, 64512)
+            .announce(net("10.244.2.0/26")),
+        LIFETIME,
+    )
+    .await
+    .unwrap();
+    let a3 = Agent::start(
+        &tb,
+        &n[2],
+        AgentSpec::new(64512)
+            .peer(n[0].ip, 64512)
+            .announce(net("10.244.3.0/26")),
+        LIFETIME,
+    )
+    .await
+    .unwrap();
+    for (name, a) in [("c2", &a2), ("c3", &a3)] {
+        bird.wait_established(name, SESSION)
+            .await
+            .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", a.log()));
+        a.wait_established(n[0].ip, SESSION).await.unwrap();
+    }
+    // Reflected with the next hop unchanged: the other client's own address.
+    expect_route(
+        &n[2],
+        "10.244.2.0/26",
+        &n[1],
+        PROTO_TRELLIS,
+        "n2's block in n3's kernel via the reflector",
+    )
+    .await;
+    expect_route(
+        &n[1],
+        "10.244.3.0/26",
+        &n[2],
+        PROTO_TRELLIS,
+        "n3's block in n2's kernel via the reflector",
+    )
+    .await;
+    // The reflector's own block and both clients' blocks in the reflector's kernel.
+    expect_route(
+        &n[1],
+        "10.244.1.0/26",
+        &n[0],
+        PROTO_TRELLIS,
+        "the reflector's block on n2",
+    )
+    .await;
+    expect_route(
+        &n[2],
+        "10.244.1.0/26",
+        &n[0],
+        PROTO_TRELLIS,
+        "the reflector's block on n3",
+    )
+    .await;
+    expect_route(
+        &n[0],
+        "10.244.2.0/26",
+        &n[1],
+        PROTO_BIRD,
+        "n2's block on the reflector",
+    )
+    .await;
+    expect_route(
+        &n[0],
+        "10.244.3.0/26",
+        &n[2],
+        PROTO_BIRD,
+        "n3's block on the reflector",
+    )
+    .await;
+    let r3 = a3.routes().await.unwrap();
+    assert!(
+        r3.iter().any(|r| r["prefix"] == "10.244.2.0/26"),
+        "n3's /bgp/routes: {r3:?}"
+    );
+}

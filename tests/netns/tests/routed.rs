@@ -1,0 +1,342 @@
+//! The calico-like routed mode end to end: an API server on the underlay, three nodes each
+//! running ipamd and `trellis bgp-agent` in an iBGP full mesh (AS 64512, peers from the Node
+//! objects), pods wired by running the node's `10-trellis-routed.conflist` as a runtime does.
+//! Every pod pair talks without NAT; a killed agent's routes leave the other kernels within the
+//! hold time and come back when it returns.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use netns_testbed::bin_path;
+use netns_testbed::probe::{echo_peer_server, stop_echo, who_am_i};
+use trellis_net::{Family, Route};
+
+#[path = "support/routed_cluster.rs"]
+mod routed_cluster;
+use routed_cluster::{Cluster, HOLD, block_of, start_agent, start_agent_with};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_mesh_of_three_nodes_routes_every_pod_pair_without_nat() {
+    let c = Cluster::start(3).await;
+    let mut pods = Vec::new();
+    for (on, name) in [
+        (0, "a1"),
+        (0, "a2"),
+        (1, "b1"),
+        (1, "b2"),
+        (2, "c1"),
+        (2, "c2"),
+    ] {
+        pods.push(c.add_pod(on, name).await);
+    }
+    // Each node's block reaches the other kernels through BGP, via that node's address.
+    for (i, w) in c.workers.iter().enumerate() {
+        let block = block_of(pods[2 * i].ip);
+        c.wait_route(block, Some(w.node.ip), i, Duration::from_secs(20))
+            .await;
+    }
+    let servers: Vec<_> = pods
+        .iter()
+        .map(|p| echo_peer_server(&p.ns, p.ip, 7000).unwrap())
+        .collect();
+    for a in &pods {
+        for b in &pods {
+            if a.ip == b.ip {
+                continue;
+            }
+            let out =
+                c.tb.exec(
+                    &a.ns,
+                    &["ping", "-c", "1", "-W", "2", &b.ip.to_string()],
+                    Duration::from_secs(10),
+                )
+                .await
+                .unwrap();
+            assert!(
+                out.success(),
+                "{} (node {}) cannot ping {} (node {}): {}",
+                a.ip,
+                a.on,
+                b.ip,
+                b.on,
+                out.stdout
+            );
+            assert_eq!(
+                who_am_i(&a.ns, SocketAddr::new(b.ip.into(), 7000)).unwrap(),
+                a.ip.to_string(),
+                "{} → {} was NATed",
+                a.ip,
+                b.ip
+            );
+        }
+    }
+    for (p, s) in pods.iter().zip(servers) {
+        stop_echo(&p.ns, SocketAddr::new(p.ip.into(), 7000));
+        let _ = s.join();
+    }
+    // `trellis bgp status` shows two Established peers on each node.
+    let out =
+        c.tb.exec(
+            &c.workers[0].node.ns,
+            &[bin_path("trellis").to_str().unwrap(), "bgp", "status"],
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert!(out.success(), "{}", out.stderr);
+    assert_eq!(
+        out.stdout.matches("Established").count(),
+        2,
+        "{}",
+        out.stdout
+    );
+    let out =
+        c.tb.exec(
+            &c.workers[0].node.ns,
+            &[bin_path("trellis").to_str().unwrap(), "bgp", "routes"],
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert!(
+        out.stdout.contains(&block_of(pods[0].ip).to_string()),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains(&c.workers[1].node.ip.to_string()),
+        "{}",
+        out.stdout
+    );
+    let _ = &c.cp;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_agent_is_withdrawn_within_the_hold_time_and_restored_on_return() {
+    let c = Cluster::start(3).await;
+    let pod = c.add_pod(2, "c1").await;
+    let block = block_of(pod.ip);
+    let n3 = &c.workers[2];
+    c.wait_route(block, Some(n3.node.ip), 2, Duration::from_secs(20))
+        .await;
+    c.tb.kill(n3.agent);
+    // Hold time plus a resync's worth of slack.
+    c.wait_route(block, None, 2, Duration::from_secs(u64::from(HOLD) + 3))
+        .await;
+    // Its own kernel still has its blackhole and the pod's route: the node keeps working.
+    let h = n3.node.ns.connect().unwrap();
+    let routes = h.routes(Family::V4, Some(Route::TABLE_MAIN)).await.unwrap();
+    assert!(
+        routes
+            .iter()
+            .any(|r| r.dst == block && r.kind == trellis_net::RouteKind::Blackhole),
+        "the blackhole for {block} stays while the agent is away"
+    );
+    let again = start_agent(&c.tb, &c.cp, &n3.node, &n3.dirs);
+    c.wait_route(block, Some(n3.node.ip), 2, Duration::from_secs(20))
+        .await;
+    assert!(c.tb.running(again));
+
+    // An agent that stops answering without closing its connections (frozen, or its node cut
+    // off) is noticed by the hold timer alone.
+    let pod2 = c.add_pod(1, "b1").await;
+    let block2 = block_of(pod2.ip);
+    let n2 = &c.workers[1];
+    c.wait_route(block2, Some(n2.node.ip), 1, Duration::from_secs(20))
+        .await;
+    let group = nix::unistd::Pid::from_raw(n2.agent);
+    nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let frozen = std::time::Instant::now();
+    c.wait_route(block2, None, 1, Duration::from_secs(u64::from(HOLD) + 3))
+        .await;
+    let took = frozen.elapsed();
+    nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGCONT).unwrap();
+    assert!(
+        took >= Duration::from_secs(u64::from(HOLD) - 2),
+        "withdrawn after {took:?}: before the hold time ran out"
+    );
+    c.wait_route(block2, Some(n2.node.ip), 1, Duration::from_secs(30))
+        .await;
+}
+
+/// With graceful restart, the peers keep a restarting agent's routes (stale) until it is back,
+/// and the agent leaves its kernel routes in place: a TCP stream across it never stalls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_graceful_restart_an_agent_restart_drops_no_traffic() {
+    netns_testbed::require_tool("iperf3", "iperf3");
+    let c = Cluster::start_with(2, true).await;
+    let a = c.add_pod(0, "a").await;
+    let b = c.add_pod(1, "b").await;
+    let n2 = &c.workers[1];
+    c.wait_route(block_of(b.ip), Some(n2.node.ip), 1, Duration::from_secs(20))
+        .await;
+    c.wait_route(
+        block_of(a.ip),
+        Some(c.workers[0].node.ip),
+        0,
+        Duration::from_secs(20),
+    )
+    .await;
+    let server =
+        c.tb.spawn(
+            &b.ns,
+            &["iperf3", "-s", "-1", "-B", &b.ip.to_string()],
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let client =
+        c.tb.spawn(
+            &a.ns,
+            &[
+                "iperf3",
+                "-c",
+                &b.ip.to_string(),
+                "-t",
+                "8",
+                "-b",
+                "200M",
+                "-J",
+            ],
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    c.tb.kill(n2.agent);
+    // The peer keeps the route while the agent is away.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        c.learned(0)
+            .await
+            .iter()
+            .any(|(d, g)| *d == block_of(b.ip) && *g == Some(n2.node.ip.into())),
+        "n1 dropped n2's block while n2's agent restarted"
+    );
+    let again = start_agent_with(&c.tb, &c.cp, &n2.node, &n2.dirs, true);
+    for _ in 0..200 {
+        if !c.tb.running(client) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!c.tb.running(client), "iperf3 never finished");
+    let log = c.tb.log_of(client);
+    let start = log
+        .find('{')
+        .unwrap_or_else(|| panic!("no iperf3 report: {log}"));
+    let report: serde_json::Value = serde_json::from_str(&log[start..])
+        .unwrap_or_else(|e| panic!("iperf3 report ({e}): {log}"));
+    assert!(
+        report["error"].is_null(),
+        "the stream broke: {}",
+        report["error"]
+    );
+    // Every interval of the 8 s carried data: the stream never stalled.
+    for i in report["intervals"].as_array().unwrap() {
+        let bytes = i["sum"]["bytes"].as_f64().unwrap_or(0.0);
+        assert!(bytes > 0.0, "an interval without traffic: {i}");
+    }
+    c.tb.kill(server);
+    // And the restarted agent takes its place in the mesh again.
+    c.wait_route(block_of(b.ip), Some(n2.node.ip), 1, Duration::from_secs(20))
+        .await;
+    assert!(c.tb.running(again), "{}", c.tb.log_of(again));
+}
+
+/// BGP configuration as custom resources: a `BGPPeer` for one node brings up an eBGP session
+/// with a "top-of-rack router" (a standalone agent in AS 65000) whose prefix then reaches every
+/// node; `BGPConfiguration/default` with `nodeToNodeMesh: false` takes the mesh down live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bgp_peers_and_the_mesh_switch_come_from_custom_resources() {
+    use kube::api::{Api, Patch, PatchParams, PostParams};
+    use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+    let c = Cluster::start(2).await;
+    let tor = c.tb.add_node("tor", 9).await.unwrap();
+    let dir = c.tb.state_dir().join("tor");
+    std::fs::create_dir_all(&dir).unwrap();
+    let n1 = &c.workers[0];
+    let peer = format!("{}:64512", n1.node.ip);
+    let _tor_agent =
+        c.tb.spawn(
+            &tor.ns,
+            &[
+                bin_path("trellis").to_str().unwrap(),
+                "bgp-agent",
+                "--standalone",
+                "--node",
+                "tor",
+                "--iface",
+                "eth0",
+                "--asn",
+                "65000",
+                "--peer",
+                &peer,
+                "--announce",
+                "203.0.113.0/24",
+                "--state-dir",
+                dir.to_str().unwrap(),
+            ],
+            Duration::from_secs(120),
+        )
+        .unwrap();
+    let client = routed_cluster::kube_client(&c.cp.local_kubeconfig).await;
+    let ar = |kind: &str, plural: &str| {
+        ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("bgp.trellis.dev", "v1", kind),
+            plural,
+        )
+    };
+    let peers: Api<DynamicObject> = Api::all_with(client.clone(), &ar("BGPPeer", "bgppeers"));
+    let obj: DynamicObject = serde_json::from_value(serde_json::json!({
+        "apiVersion": "bgp.trellis.dev/v1", "kind": "BGPPeer",
+        "metadata": {"name": "tor"},
+        "spec": {"peerIP": tor.ip.to_string(), "asNumber": 65000, "node": "n1"},
+    }))
+    .unwrap();
+    peers.create(&PostParams::default(), &obj).await.unwrap();
+    let outside: ipnet::IpNet = "203.0.113.0/24".parse().unwrap();
+    // n1 learns it over eBGP, n2 from n1 over iBGP (next hop unchanged: the router).
+    c.wait_route(outside, Some(tor.ip), usize::MAX, Duration::from_secs(20))
+        .await;
+
+    let configs: Api<DynamicObject> =
+        Api::all_with(client, &ar("BGPConfiguration", "bgpconfigurations"));
+    let obj: DynamicObject = serde_json::from_value(serde_json::json!({
+        "apiVersion": "bgp.trellis.dev/v1", "kind": "BGPConfiguration",
+        "metadata": {"name": "default"},
+        "spec": {"nodeToNodeMesh": false},
+    }))
+    .unwrap();
+    configs.create(&PostParams::default(), &obj).await.unwrap();
+    // Without the mesh n2 has no session left, so nothing learned.
+    c.wait_route(outside, None, 0, Duration::from_secs(20))
+        .await;
+    let status = || async {
+        c.tb.exec(
+            &c.workers[1].node.ns,
+            &[bin_path("trellis").to_str().unwrap(), "bgp", "status"],
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap()
+        .stdout
+    };
+    let out = status().await;
+    assert!(
+        !out.contains("Established"),
+        "n2 still has a session: {out}"
+    );
+    // Mesh on again: back.
+    configs
+        .patch(
+            "default",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"nodeToNodeMesh": true}})),
+        )
+        .await
+        .unwrap();
+    c.wait_route(outside, Some(tor.ip), usize::MAX, Duration::from_secs(20))
+        .await;
+}

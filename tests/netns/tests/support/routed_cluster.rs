@@ -1,0 +1,229 @@
+//! A cluster for the routed mode's tests and benchmarks: an API server in a control-plane
+//! namespace on the underlay, nodes each running ipamd and `trellis bgp-agent` (iBGP full mesh),
+//! pods wired by running the node's CNI configuration as a runtime does.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::Node as KubeNode;
+use kube::Api;
+use kube::api::PostParams;
+use netns_testbed::cluster::{ControlPlane, create_pool, start_ipamd, wait_path};
+use netns_testbed::{
+    Node, REFERENCE_PLUGIN_DIR, Testbed, bin_dir, bin_path, require_root, require_tool,
+};
+use trellis_cni::NetworkConfigList;
+use trellis_cni::invoke::{CniConfig, RuntimeConf};
+use trellis_net::{Family, Netns, Route, proto};
+
+/// The hold time the agents propose: short, so a dead agent is noticed quickly.
+pub const HOLD: u16 = 6;
+
+pub struct Worker {
+    pub node: Node,
+    pub dirs: PathBuf,
+    pub agent: i32,
+}
+
+pub struct Pod {
+    pub ns: Arc<Netns>,
+    pub ip: Ipv4Addr,
+    pub on: usize,
+}
+
+pub struct Cluster {
+    pub tb: Testbed,
+    pub cp: ControlPlane,
+    pub workers: Vec<Worker>,
+}
+
+pub async fn kube_client(kubeconfig: &str) -> kube::Client {
+    let kc = kube::config::Kubeconfig::from_yaml(kubeconfig).unwrap();
+    kube::Client::try_from(
+        kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+/// The agent without graceful restart: a peer that goes away loses its routes at once.
+pub fn start_agent(tb: &Testbed, cp: &ControlPlane, node: &Node, dirs: &Path) -> i32 {
+    start_agent_with(tb, cp, node, dirs, false)
+}
+
+pub fn start_agent_with(
+    tb: &Testbed,
+    cp: &ControlPlane,
+    node: &Node,
+    dirs: &Path,
+    graceful_restart: bool,
+) -> i32 {
+    let d = |sub: &str| dirs.join(sub).display().to_string();
+    let hold = HOLD.to_string();
+    tb.spawn(
+        &node.ns,
+        &[
+            bin_path("trellis").to_str().unwrap(),
+            "bgp-agent",
+            "--node",
+            &node.name,
+            "--kubeconfig",
+            cp.kubeconfig.to_str().unwrap(),
+            "--iface",
+            "eth0",
+            "--ipamd-socket",
+            &d("ipamd.sock"),
+            "--state-dir",
+            &d("state"),
+            "--cni-conf-dir",
+            &d("net.d"),
+            "--hold-time",
+            &hold,
+            if graceful_restart {
+                "--listen=0.0.0.0:179"
+            } else {
+                "--no-graceful-restart"
+            },
+            "--resync",
+            "1",
+            "--status-listen",
+            "127.0.0.1:9912",
+        ],
+        Duration::from_secs(600),
+    )
+    .unwrap()
+}
+
+impl Cluster {
+    pub async fn start(n: usize) -> Cluster {
+        Cluster::start_with(n, false).await
+    }
+
+    pub async fn start_with(n: usize, graceful_restart: bool) -> Cluster {
+        require_root();
+        require_tool("ping", "iputils-ping");
+        let tb = Testbed::new().unwrap();
+        let cp = ControlPlane::start(&tb, "cp", 1).await.unwrap();
+        let client = kube_client(&cp.local_kubeconfig).await;
+        let pool = ["--cidr", "10.244.0.0/16", "--block-size", "26"];
+        create_pool(&tb, &cp, "routed", &pool).await.unwrap();
+        let nodes: Api<KubeNode> = Api::all(client);
+        let mut workers = Vec::new();
+        for i in 0..n {
+            let name = format!("n{}", i + 1);
+            let node = tb.add_node(&name, (i + 2) as u8).await.unwrap();
+            let obj: KubeNode = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name},
+                "status": {"addresses": [{"type": "InternalIP", "address": node.ip.to_string()}]},
+            }))
+            .unwrap();
+            nodes.create(&PostParams::default(), &obj).await.unwrap();
+            let dirs = tb.state_dir().join(&name);
+            std::fs::create_dir_all(&dirs).unwrap();
+            let ipamd = start_ipamd(&tb, &cp, &node, &dirs).unwrap();
+            wait_path(&tb, &[ipamd], &dirs.join("ipamd.sock"))
+                .await
+                .unwrap();
+            let agent = start_agent_with(&tb, &cp, &node, &dirs, graceful_restart);
+            workers.push(Worker { node, dirs, agent });
+        }
+        for w in &workers {
+            wait_path(
+                &tb,
+                &[w.agent],
+                &w.dirs.join("net.d/10-trellis-routed.conflist"),
+            )
+            .await
+            .unwrap();
+        }
+        Cluster { tb, cp, workers }
+    }
+
+    pub async fn add_pod(&self, on: usize, name: &str) -> Pod {
+        let w = &self.workers[on];
+        let ns = self.tb.add_ns(name).await.unwrap();
+        let list = NetworkConfigList::from_slice(
+            &std::fs::read(w.dirs.join("net.d/10-trellis-routed.conflist")).unwrap(),
+        )
+        .unwrap();
+        let cni = CniConfig::new(
+            vec![bin_dir(), PathBuf::from(REFERENCE_PLUGIN_DIR)],
+            w.dirs.join("cache"),
+        );
+        let rt = RuntimeConf {
+            container_id: name.into(),
+            netns: ns.path().to_path_buf(),
+            ifname: "eth0".into(),
+            ..Default::default()
+        };
+        let result = w
+            .node
+            .ns
+            .run(|| cni.add(&list, &rt))
+            .unwrap()
+            .unwrap_or_else(|e| panic!("ADD of {name}: {e}"));
+        let ip = match result.ips[0].address {
+            IpNet::V4(v4) => {
+                assert_eq!(v4.prefix_len(), 32, "a routed pod has a /32");
+                v4.addr()
+            }
+            other => panic!("{other}"),
+        };
+        Pod { ns, ip, on }
+    }
+
+    /// The /26 blocks each node's kernel routes to another node over BGP.
+    pub async fn learned(&self, on: usize) -> Vec<(IpNet, Option<IpAddr>)> {
+        let h = self.workers[on].node.ns.connect().unwrap();
+        h.routes(Family::V4, Some(Route::TABLE_MAIN))
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.protocol == proto::BGP && r.gateway.is_some())
+            .map(|r| (r.dst, r.gateway))
+            .collect()
+    }
+
+    /// Waits until every node routes `block` via `via` (Some) or not at all (None).
+    pub async fn wait_route(
+        &self,
+        block: IpNet,
+        via: Option<Ipv4Addr>,
+        except: usize,
+        limit: Duration,
+    ) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let mut wrong = Vec::new();
+            for i in (0..self.workers.len()).filter(|i| *i != except) {
+                let have = self
+                    .learned(i)
+                    .await
+                    .into_iter()
+                    .find(|(d, _)| *d == block)
+                    .and_then(|(_, g)| g);
+                if have != via.map(IpAddr::V4) {
+                    wrong.push(format!("{}: {have:?}", self.workers[i].node.name));
+                }
+            }
+            if wrong.is_empty() {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{block} via {via:?} not reached within {limit:?}: {wrong:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+pub fn block_of(ip: Ipv4Addr) -> IpNet {
+    IpNet::V4(ipnet::Ipv4Net::new(ip, 26).unwrap().trunc())
+}

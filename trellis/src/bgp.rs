@@ -1,0 +1,176 @@
+//! `trellis bgp-agent` (the routed mode's node agent) and `trellis bgp status|routes`.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use ipnet::IpNet;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use trellis_net::underlay::Choice;
+use trellis_routed::agent::status::{PeerRow, ROUTES_PATH, RouteRow, STATUS_PATH};
+use trellis_routed::agent::{Config, Neighbour};
+
+#[derive(clap::Args)]
+pub struct AgentArgs {
+    /// This node's name (its Node object).
+    #[arg(long, env = "NODE_NAME")]
+    node: String,
+    /// No Kubernetes: peers and prefixes from the flags only.
+    #[arg(long)]
+    standalone: bool,
+    /// The kubeconfig (default: in-cluster, then ~/.kube/config).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// The interface carrying BGP and pod traffic, by name or address (default: the default
+    /// route's).
+    #[arg(long)]
+    iface: Option<String>,
+    #[arg(long, default_value_t = 64512)]
+    asn: u32,
+    /// The BGP identifier (default: the node's underlay address).
+    #[arg(long)]
+    router_id: Option<Ipv4Addr>,
+    /// Where sessions are accepted.
+    #[arg(long, default_value = "0.0.0.0:179")]
+    listen: SocketAddr,
+    /// No iBGP full mesh among the cluster's nodes (peers from --peer only).
+    #[arg(long)]
+    no_mesh: bool,
+    /// A neighbour, ADDRESS:ASN (repeatable).
+    #[arg(long = "peer")]
+    peers: Vec<Neighbour>,
+    /// A prefix to announce (repeatable); gets a blackhole route.
+    #[arg(long = "announce")]
+    announce: Vec<IpNet>,
+    /// A file of prefixes to announce, one per line; re-read every resync and on SIGHUP.
+    #[arg(long)]
+    announce_file: Option<PathBuf>,
+    /// ipamd's socket: announce the node's IPAM blocks.
+    #[arg(long)]
+    ipamd_socket: Option<PathBuf>,
+    /// Proposed hold time, seconds (0, or at least 3).
+    #[arg(long, default_value_t = 90)]
+    hold_time: u16,
+    /// Neither ask peers to keep our routes across a restart nor keep theirs.
+    #[arg(long)]
+    no_graceful_restart: bool,
+    /// Act as a route reflector with this cluster id.
+    #[arg(long)]
+    cluster_id: Option<Ipv4Addr>,
+    /// Where the plugin reads the node's state.
+    #[arg(long, default_value = trellis_routed::state::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// Write `10-trellis-routed.conflist` here once ready.
+    #[arg(long)]
+    cni_conf_dir: Option<PathBuf>,
+    /// Seconds between full reconciles.
+    #[arg(long, default_value_t = 5)]
+    resync: u64,
+    /// `/healthz`, `/readyz`, `/metrics`, `/bgp/status`, `/bgp/routes`.
+    #[arg(long)]
+    status_listen: Option<SocketAddr>,
+}
+
+pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
+    let mut c = Config::new(args.node);
+    c.standalone = args.standalone;
+    c.kubeconfig = args.kubeconfig;
+    c.underlay = args.iface.map_or(Choice::DefaultRoute, Choice::Iface);
+    c.asn = args.asn;
+    c.router_id = args.router_id;
+    c.listen = args.listen;
+    c.mesh = !args.no_mesh;
+    c.peers = args.peers;
+    c.announce = args.announce;
+    c.announce_file = args.announce_file;
+    c.ipamd = args.ipamd_socket;
+    c.hold_time = args.hold_time;
+    c.graceful_restart = !args.no_graceful_restart;
+    c.cluster_id = args.cluster_id;
+    c.state_dir = args.state_dir;
+    c.cni_conf_dir = args.cni_conf_dir;
+    c.resync = Duration::from_secs(args.resync.max(1));
+    c.status_listen = args.status_listen;
+    trellis_routed::agent::run(c, trellis_daemon::shutdown_signal())
+        .await
+        .context("the BGP agent failed")
+}
+
+#[derive(clap::Args)]
+pub struct BgpArgs {
+    /// The agent's --status-listen address.
+    #[arg(long, global = true, default_value = "127.0.0.1:9912")]
+    agent: SocketAddr,
+    #[command(subcommand)]
+    command: BgpCommand,
+}
+
+#[derive(clap::Subcommand)]
+enum BgpCommand {
+    /// Peers: state, uptime, prefixes received and sent.
+    Status,
+    /// The best routes: prefix, next hop, where from.
+    Routes,
+}
+
+/// GET of a JSON document from the agent's status listener (plain HTTP/1.1 on loopback).
+async fn get(agent: SocketAddr, path: &str) -> anyhow::Result<String> {
+    let mut s = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::TcpStream::connect(agent),
+    )
+    .await
+    .with_context(|| format!("no answer from the agent at {agent}"))?
+    .with_context(|| format!("cannot reach the agent at {agent} (its --status-listen)"))?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
+        .await
+        .context("the agent did not answer in time")??;
+    let (head, body) = out.split_once("\r\n\r\n").context("not an HTTP answer")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!("{path}: {}", head.lines().next().unwrap_or(head));
+    }
+    Ok(body.to_string())
+}
+
+pub async fn run(args: BgpArgs) -> anyhow::Result<()> {
+    match args.command {
+        BgpCommand::Status => {
+            let peers: Vec<PeerRow> = serde_json::from_str(&get(args.agent, STATUS_PATH).await?)
+                .context("the agent's status")?;
+            println!(
+                "{:<40} {:>10} {:<12} {:>10} {:>8} {:>8}",
+                "PEER", "AS", "STATE", "UPTIME", "RECV", "SENT"
+            );
+            for p in peers {
+                println!(
+                    "{:<40} {:>10} {:<12} {:>9}s {:>8} {:>8}",
+                    p.address,
+                    p.remote_asn,
+                    p.state,
+                    p.uptime_seconds,
+                    p.prefixes_received,
+                    p.prefixes_sent
+                );
+            }
+        }
+        BgpCommand::Routes => {
+            let routes: Vec<RouteRow> = serde_json::from_str(&get(args.agent, ROUTES_PATH).await?)
+                .context("the agent's routes")?;
+            println!("{:<44} {:<40} {:<40} AS PATH", "PREFIX", "NEXT HOP", "FROM");
+            for r in routes {
+                let stale = if r.stale { " (stale)" } else { "" };
+                println!(
+                    "{:<44} {:<40} {:<40} {}{stale}",
+                    r.prefix, r.next_hop, r.source, r.as_path
+                );
+            }
+        }
+    }
+    Ok(())
+}
