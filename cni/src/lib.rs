@@ -15,6 +15,7 @@ pub mod error;
 pub mod exec;
 pub mod invoke;
 pub mod ipam;
+pub mod ready;
 pub mod result;
 pub mod skel;
 pub mod version;

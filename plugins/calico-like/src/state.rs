@@ -9,10 +9,11 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use trellis_cni::ready;
 
 /// The default place of the state file.
 pub const DEFAULT_STATE_DIR: &str = "/run/trellis/routed";
-pub const STATE_FILE: &str = "ready.json";
+pub const STATE_FILE: &str = ready::FILE;
 
 /// The node's routed data path, as the plugin needs it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,37 +24,28 @@ pub struct NodeState {
 
 impl NodeState {
     pub fn path(dir: &Path) -> PathBuf {
-        dir.join(STATE_FILE)
+        ready::path(dir)
     }
 
     /// Reads the state; None when the agent has not written it (yet).
     pub fn read(dir: &Path) -> Result<Option<NodeState>, std::io::Error> {
-        match std::fs::read(Self::path(dir)) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(std::io::Error::other),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+        ready::read(dir)
+    }
+
+    /// The state, or the CNI error the plugin answers without it (11 until the agent is
+    /// ready).
+    pub fn require(dir: &Path) -> Result<NodeState, trellis_cni::Error> {
+        ready::require(dir, "routed agent")
     }
 
     /// Writes the state atomically (a reader sees the old file or the new one).
     pub fn write(&self, dir: &Path) -> Result<(), std::io::Error> {
-        std::fs::create_dir_all(dir)?;
-        let tmp = dir.join(format!(".{STATE_FILE}.tmp"));
-        std::fs::write(
-            &tmp,
-            serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?,
-        )?;
-        std::fs::rename(tmp, Self::path(dir))
+        ready::write(dir, self)
     }
 
     /// Withdraws readiness (the agent found its data path broken, or is stopping).
     pub fn remove(dir: &Path) -> Result<(), std::io::Error> {
-        match std::fs::remove_file(Self::path(dir)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
+        ready::remove(dir)
     }
 }
 

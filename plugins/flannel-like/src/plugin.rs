@@ -63,17 +63,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, Error> {
 
 /// The node state, or the CNI error that says why there is none.
 fn node_state(conf: &OverlayConf) -> Result<NodeState, Error> {
-    match NodeState::read(&conf.state_dir) {
-        Ok(Some(s)) => Ok(s),
-        Ok(None) => Err(Error::try_again_later(
-            "the overlay agent has not made this node ready yet",
-            format!("no {} yet", NodeState::path(&conf.state_dir).display()),
-        )),
-        Err(e) => Err(Error::io(
-            format!("cannot read {}", NodeState::path(&conf.state_dir).display()),
-            e,
-        )),
-    }
+    NodeState::require(&conf.state_dir)
 }
 
 fn host_veth(req: &Attachment) -> String {

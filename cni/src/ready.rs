@@ -1,0 +1,95 @@
+//! The readiness file a node agent writes for its CNI plugin: a small JSON document in the
+//! agent's state directory, written atomically once the node's data path is in place. Until it
+//! exists the plugin answers ADD with "try again later" (11) and STATUS with "not available"
+//! (50) — never the confusing file error flannel users meet ("subnet.env: no such file").
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::Error;
+
+/// The file's name in the state directory.
+pub const FILE: &str = "ready.json";
+
+pub fn path(dir: &Path) -> PathBuf {
+    dir.join(FILE)
+}
+
+/// The state; None when the agent has not written it (yet).
+pub fn read<T: DeserializeOwned>(dir: &Path) -> std::io::Result<Option<T>> {
+    match std::fs::read(path(dir)) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(std::io::Error::other),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes the state atomically: a reader sees the old file or the new one.
+pub fn write<T: Serialize>(dir: &Path, state: &T) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{FILE}.tmp"));
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?,
+    )?;
+    std::fs::rename(tmp, path(dir))
+}
+
+/// Withdraws readiness; nothing to withdraw is no error.
+pub fn remove(dir: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path(dir)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// The state, or the CNI error a plugin answers without it: 11 while `agent` has not made the
+/// node ready, 5 when the file cannot be read.
+pub fn require<T: DeserializeOwned>(dir: &Path, agent: &str) -> Result<T, Error> {
+    match read(dir) {
+        Ok(Some(s)) => Ok(s),
+        Ok(None) => Err(Error::try_again_later(
+            format!("the {agent} has not made this node ready yet"),
+            format!("no {} yet", path(dir).display()),
+        )),
+        Err(e) => Err(Error::io(format!("cannot read {}", path(dir).display()), e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, serde::Deserialize, Serialize)]
+    struct State {
+        mtu: u32,
+    }
+
+    #[test]
+    fn absent_means_try_again_later_and_written_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(read::<State>(dir.path()).unwrap(), None);
+        let e = require::<State>(dir.path(), "test agent").unwrap_err();
+        assert_eq!(e.code, crate::Code::TRY_AGAIN_LATER);
+        write(dir.path(), &State { mtu: 1450 }).unwrap();
+        assert_eq!(
+            require::<State>(dir.path(), "x").unwrap(),
+            State { mtu: 1450 }
+        );
+        remove(dir.path()).unwrap();
+        remove(dir.path()).unwrap();
+        assert_eq!(read::<State>(dir.path()).unwrap(), None);
+    }
+
+    #[test]
+    fn a_damaged_file_is_an_io_error_not_a_retry() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(path(dir.path()), b"{").unwrap();
+        let e = require::<State>(dir.path(), "x").unwrap_err();
+        assert_eq!(e.code, crate::Code::IO_FAILURE);
+    }
+}
