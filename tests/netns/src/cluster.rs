@@ -146,3 +146,81 @@ pub async fn wait_path(tb: &Testbed, pids: &[i32], path: &Path) -> Result<()> {
         logs()
     )))
 }
+
+/// A standalone `trellis ipamd --local` in a namespace of its own (its unix socket is
+/// reachable from every namespace), with one pool, for plugin tests without a control plane.
+pub struct StandaloneIpamd {
+    pub ns: std::sync::Arc<trellis_net::Netns>,
+    pub socket: PathBuf,
+    pub pid: i32,
+}
+
+impl StandaloneIpamd {
+    /// Starts it and creates pool `pool` with `pool_args` (`--cidr …`, `--block-size …`, …).
+    pub async fn start(tb: &Testbed, pool: &str, pool_args: &[&str]) -> Result<StandaloneIpamd> {
+        let ns = tb.add_ns("ipamd").await?;
+        let dir = tb.state_dir().join("ipamd");
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create ipamd's directory", e))?;
+        let socket = dir.join("ipamd.sock");
+        let trellis = bin_path("trellis");
+        let d = |sub: &str| dir.join(sub).display().to_string();
+        let pid = tb.spawn(
+            &ns,
+            &[
+                trellis.to_str().unwrap_or("trellis"),
+                "ipamd",
+                "--node",
+                "kit-node",
+                "--local",
+                &d("ipam.db"),
+                "--socket",
+                &d("ipamd.sock"),
+                "--cni-cache-dir",
+                &d("cache"),
+                "--gc-interval",
+                "0s",
+            ],
+            Duration::from_secs(600),
+        )?;
+        wait_path(tb, &[pid], &socket).await?;
+        let ipamd = StandaloneIpamd { ns, socket, pid };
+        let mut create = vec!["pool", "create", pool];
+        create.extend_from_slice(pool_args);
+        ipamd.ipam(tb, &create).await?;
+        Ok(ipamd)
+    }
+
+    /// `trellis ipam --socket <its socket> <args>`; an error unless it succeeds.
+    pub async fn ipam(&self, tb: &Testbed, args: &[&str]) -> Result<crate::Output> {
+        let trellis = bin_path("trellis");
+        let socket = self.socket.display().to_string();
+        let mut argv = vec![
+            trellis.to_str().unwrap_or("trellis"),
+            "ipam",
+            "--socket",
+            &socket,
+        ];
+        argv.extend_from_slice(args);
+        let out = tb.exec(&self.ns, &argv, Duration::from_secs(30)).await?;
+        if !out.success() {
+            return Err(Error::Other(format!(
+                "ipam {args:?}: {}{}",
+                out.stdout, out.stderr
+            )));
+        }
+        Ok(out)
+    }
+
+    /// Checks that the store is consistent and that no allocation of `network` is held.
+    pub async fn assert_released(&self, tb: &Testbed, network: &str) -> Result<()> {
+        self.ipam(tb, &["check"]).await?;
+        let blocks = self.ipam(tb, &["blocks", "--allocations"]).await?;
+        if blocks.stdout.contains(&format!("{network}.")) {
+            return Err(Error::Other(format!(
+                "addresses of {network} are still held:\n{}",
+                blocks.stdout
+            )));
+        }
+        Ok(())
+    }
+}

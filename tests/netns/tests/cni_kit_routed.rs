@@ -14,6 +14,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use netns_testbed::cluster::StandaloneIpamd;
 use netns_testbed::cni_kit::{self, PluginUnderTest};
 use netns_testbed::{REFERENCE_PLUGIN_DIR, Testbed, bin_dir, bin_path, require_root, require_tool};
 use serde_json::{Value, json};
@@ -38,62 +39,14 @@ async fn trellis_routed_passes_the_kit_with_trellis_ipam_at_every_version() {
     bin_path("trellis-routed");
     // ipamd runs in a namespace of its own; its unix socket is reachable from every namespace.
     let tb = Testbed::new().unwrap();
-    let ns = tb.add_ns("ipamd").await.unwrap();
-    let dir = tb.state_dir().join("ipamd");
-    std::fs::create_dir_all(&dir).unwrap();
-    let socket = dir.join("ipamd.sock");
-    let trellis = bin_path("trellis");
-    let t = trellis.to_str().unwrap();
-    let s = socket.to_str().unwrap();
-    let ipamd = tb
-        .spawn(
-            &ns,
-            &[
-                t,
-                "ipamd",
-                "--node",
-                "kit-node",
-                "--local",
-                dir.join("ipam.db").to_str().unwrap(),
-                "--socket",
-                s,
-                "--cni-cache-dir",
-                dir.join("cache").to_str().unwrap(),
-                "--gc-interval",
-                "0s",
-            ],
-            Duration::from_secs(600),
-        )
-        .unwrap();
-    for _ in 0..100 {
-        if socket.exists() {
-            break;
-        }
-        assert!(tb.running(ipamd), "ipamd exited: {}", tb.log_of(ipamd));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let out = tb
-        .exec(
-            &ns,
-            &[
-                t,
-                "ipam",
-                "--socket",
-                s,
-                "pool",
-                "create",
-                "kit",
-                "--cidr",
-                "10.97.0.0/24",
-                "--block-size",
-                "26",
-            ],
-            Duration::from_secs(30),
-        )
-        .await
-        .unwrap();
-    assert!(out.success(), "pool create: {}{}", out.stdout, out.stderr);
-    let sock = s.to_string();
+    let ipamd = StandaloneIpamd::start(
+        &tb,
+        "kit",
+        &["--cidr", "10.97.0.0/24", "--block-size", "26"],
+    )
+    .await
+    .unwrap();
+    let sock = ipamd.socket.display().to_string();
     let put = PluginUnderTest {
         label: "trellis-routed + trellis-ipam".into(),
         plugin: "trellis-routed".into(),
@@ -117,26 +70,7 @@ async fn trellis_routed_passes_the_kit_with_trellis_ipam_at_every_version() {
     assert!(report.checks > 50, "the kit ran ({} checks)", report.checks);
     report.assert_conformant(&put);
     // Every ADD was followed by its DEL: ipamd holds nothing, and its store is consistent.
-    for cmd in [&["usage"][..], &["check"][..]] {
-        let mut argv = vec![t, "ipam", "--socket", s];
-        argv.extend_from_slice(cmd);
-        let out = tb.exec(&ns, &argv, Duration::from_secs(30)).await.unwrap();
-        assert!(out.success(), "{cmd:?}: {}{}", out.stdout, out.stderr);
-        eprintln!("{cmd:?}: {}", out.stdout);
-    }
-    let out = tb
-        .exec(
-            &ns,
-            &[t, "ipam", "--socket", s, "blocks", "--allocations"],
-            Duration::from_secs(30),
-        )
-        .await
-        .unwrap();
-    assert!(
-        !out.stdout.contains("kitnet."),
-        "addresses of the kit are still held:\n{}",
-        out.stdout
-    );
+    ipamd.assert_released(&tb, "kitnet").await.unwrap();
 }
 
 /// One plugin run in `ns`, as a runtime makes it: the CNI variables, the config on stdin.
