@@ -67,9 +67,10 @@ pub struct AgentArgs {
     /// Seconds between full reconciles.
     #[arg(long, default_value_t = 5)]
     resync: u64,
-    /// `/healthz`, `/readyz`, `/metrics`, `/bgp/status`, `/bgp/routes`.
-    #[arg(long)]
-    status_listen: Option<SocketAddr>,
+    /// `/healthz`, `/readyz`, `/metrics`, `/bgp/status`, `/bgp/routes` (what `trellis bgp`
+    /// reads).
+    #[arg(long, default_value = "127.0.0.1:9912")]
+    status_listen: SocketAddr,
 }
 
 pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
@@ -91,7 +92,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     c.state_dir = args.state_dir;
     c.cni_conf_dir = args.cni_conf_dir;
     c.resync = Duration::from_secs(args.resync.max(1));
-    c.status_listen = args.status_listen;
+    c.status_listen = Some(args.status_listen);
     trellis_routed::agent::run(c, trellis_daemon::shutdown_signal())
         .await
         .context("the BGP agent failed")
