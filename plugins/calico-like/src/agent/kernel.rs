@@ -72,6 +72,11 @@ pub struct Installed {
 }
 
 impl Installed {
+    /// Learned routes the kernel refused so far (a metric: the next resync retries them).
+    pub fn failures(&self) -> u64 {
+        self.failures
+    }
+
     /// Applies one Loc-RIB change.
     pub async fn apply(&mut self, host: &Handle, change: &LocRibChange) {
         let result = match change {

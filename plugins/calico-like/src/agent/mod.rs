@@ -339,6 +339,12 @@ pub async fn run(
                         routes.apply(&host, &c).await;
                     }
                     status::publish(&speaker, &health, &metrics);
+                    metrics.set(
+                        "bgp_route_programming_failures",
+                        "Learned routes the kernel refused (retried at the next resync).",
+                        &[],
+                        routes.failures() as f64,
+                    );
                 }
                 None => break,
             },
