@@ -1,16 +1,12 @@
 //! Running a plugin binary: the part shared by IPAM delegation (a plugin calling a plugin) and
-//! the invoker (a runtime calling a chain). [`run_linked`] runs a plugin linked into the caller
-//! the same way, without a process.
+//! the invoker (a runtime calling a chain).
 
-use std::collections::HashMap;
 use std::fmt;
 use std::io::Write;
-use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::process::{Command as Process, Stdio};
 
 use crate::Error;
-use crate::skel::{self, Invocation, Outcome, Plugin};
 
 /// A CNI operation, as named in `CNI_COMMAND`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -134,39 +130,6 @@ pub fn find_in_path(plugin: &str, dirs: &[PathBuf]) -> Result<PathBuf, Error> {
         })
 }
 
-impl CniEnv {
-    /// The `CNI_*` environment a child run with this `CniEnv` would see: ours, with these
-    /// variables set or removed as [`exec`] does (the skeleton reads no other variable).
-    fn for_linked(&self) -> HashMap<String, String> {
-        let mut env: HashMap<String, String> = std::env::vars_os()
-            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-            .filter(|(k, _)| k.starts_with("CNI_"))
-            .collect();
-        env.insert("CNI_COMMAND".into(), self.command.as_str().into());
-        let path = std::env::join_paths(&self.path)
-            .ok()
-            .and_then(|p| p.into_string().ok());
-        let netns = self
-            .netns
-            .as_deref()
-            .and_then(|p| p.to_str())
-            .map(str::to_string);
-        for (key, value) in [
-            ("CNI_CONTAINERID", self.container_id.clone()),
-            ("CNI_NETNS", netns),
-            ("CNI_IFNAME", self.ifname.clone()),
-            ("CNI_ARGS", self.args.clone()),
-            ("CNI_PATH", path),
-        ] {
-            match value {
-                Some(v) => env.insert(key.into(), v),
-                None => env.remove(key),
-            };
-        }
-        env
-    }
-}
-
 /// What a plugin printed on success, and what it said on stderr.
 #[derive(Debug)]
 pub struct Output {
@@ -220,49 +183,6 @@ pub fn exec(binary: &Path, env: &CniEnv, stdin: &[u8]) -> Result<Output, Error> 
             out.status, env.command
         ),
         String::from_utf8_lossy(said).trim().to_string(),
-    ))
-}
-
-/// Runs `plugin`, linked into this binary, exactly as [`exec`] would run its binary, without the
-/// process: the same environment and stdin through the same skeleton ([`skel::run`], what the
-/// binary's `main` calls), its answer printed and read back the same way — the same result,
-/// the same error objects and codes. What it writes on stderr goes straight to ours.
-pub fn run_linked(
-    plugin: &dyn Plugin,
-    name: &str,
-    env: &CniEnv,
-    stdin: &[u8],
-) -> Result<Output, Error> {
-    let inv = Invocation {
-        env: env.for_linked(),
-        stdin: stdin.to_vec(),
-    };
-    // A panic would have ended the child with no answer: it is the same failure here.
-    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| skel::run(plugin, inv)))
-        .unwrap_or_else(|panic| Outcome {
-            stdout: panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "panicked".into())
-                .into_bytes(),
-            exit_code: 101,
-        });
-    if outcome.exit_code == 0 {
-        return Ok(Output {
-            stdout: outcome.stdout,
-            stderr: Vec::new(),
-        });
-    }
-    if let Ok(err) = Error::from_json(&outcome.stdout) {
-        return Err(err);
-    }
-    Err(Error::internal(
-        format!(
-            "plugin {name} failed with exit status: {} for {}",
-            outcome.exit_code, env.command
-        ),
-        String::from_utf8_lossy(&outcome.stdout).trim().to_string(),
     ))
 }
 

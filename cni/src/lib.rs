@@ -7,7 +7,9 @@
 //! - [`ipam`]: delegating address management to the plugin named in `ipam.type`.
 //! - [`invoke`]: the runtime side — load configurations, run chains, cache results.
 //!
-//! This crate depends on no other Trellis crate: it is the specification and nothing else.
+//! This crate depends on no other Trellis crate and holds the specification and nothing else:
+//! what Trellis's own plugins share beyond it (their agents' readiness file, conflists, host
+//! veth naming) is in `trellis-plugin` (plugins/common).
 
 pub mod args;
 pub mod config;
@@ -15,7 +17,6 @@ pub mod error;
 pub mod exec;
 pub mod invoke;
 pub mod ipam;
-pub mod ready;
 pub mod result;
 pub mod skel;
 pub mod version;

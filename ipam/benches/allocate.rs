@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use trellis_ipam::backend::Backend;
-use trellis_ipam::backend::kube::{KubeBackend, client_from_kubeconfig};
+use trellis_ipam::backend::kube::KubeBackend;
 use trellis_ipam::backend::local::LocalBackend;
 use trellis_ipam::daemon::{self, BackendSpec, DaemonConfig};
 use trellis_ipam::proto;
@@ -152,7 +152,7 @@ fn main() {
         let api = trellis_apiserver::start(trellis_apiserver::Config::new(dir.path().join("api"), "127.0.0.1:0".parse().unwrap()))
             .await
             .unwrap();
-        let client = client_from_kubeconfig(&api.kubeconfig).await.unwrap();
+        let client = trellis_api::cluster::client(Some(&api.kubeconfig)).await.unwrap();
         trellis_ipam::crds::install_crds(&client).await.unwrap();
         let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
         let mut node = k8s_openapi::api::core::v1::Node::default();

@@ -15,7 +15,7 @@ use http_body_util::Full;
 use tokio::sync::watch;
 
 use crate::backend::Backend;
-use crate::backend::kube::{KubeBackend, client_from_kubeconfig};
+use crate::backend::kube::KubeBackend;
 use crate::backend::local::LocalBackend;
 use crate::engine::Engine;
 use crate::metrics::Metrics;
@@ -95,9 +95,13 @@ pub async fn open_backend(spec: &BackendSpec) -> Result<Arc<dyn Backend>, Daemon
             Arc::new(LocalBackend::open(path).map_err(|e| DaemonError::Ipam(e.into()))?)
         }
         BackendSpec::Kube { kubeconfig } => {
-            let client = client_from_kubeconfig(kubeconfig)
+            let client = trellis_api::cluster::client(Some(kubeconfig))
                 .await
-                .map_err(|e| DaemonError::Ipam(e.into()))?;
+                .map_err(|e| {
+                    DaemonError::Ipam(
+                        crate::backend::BackendError::Unavailable(e.to_string()).into(),
+                    )
+                })?;
             if let Err(e) = crate::crds::install_crds(&client).await {
                 // A node's ipamd may lack the right to create CRDs; an admin applies
                 // ipam/deploy/crds.yaml instead.

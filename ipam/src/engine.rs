@@ -91,6 +91,7 @@ pub struct ClaimRequest {
 pub struct Engine {
     tx: mpsc::Sender<Job>,
     stop: Arc<watch::Sender<bool>>,
+    affine: watch::Receiver<BTreeSet<IpNet>>,
     node: String,
     backend: Arc<dyn Backend>,
     metrics: Arc<Metrics>,
@@ -119,7 +120,9 @@ impl Engine {
         tracing::info!(node, blocks = cache.blocks.len(), backend = %backend.describe(), "ipam engine ready");
         let (tx, rx) = mpsc::channel(4096);
         let (stop, stopped) = watch::channel(false);
+        let (affine_tx, affine) = watch::channel(cache.affine(node));
         let actor = Actor {
+            affine: affine_tx,
             backend: backend.clone(),
             node: node.to_string(),
             cache,
@@ -135,6 +138,7 @@ impl Engine {
             Engine {
                 tx,
                 stop: Arc::new(stop),
+                affine,
                 node: node.to_string(),
                 backend,
                 metrics,
@@ -145,6 +149,12 @@ impl Engine {
 
     pub fn node(&self) -> &str {
         &self.node
+    }
+
+    /// The node's blocks as stored: the current set, and a change as soon as a round, a claim
+    /// or a release has written one (what a routing agent announces).
+    pub fn affine_blocks(&self) -> watch::Receiver<BTreeSet<IpNet>> {
+        self.affine.clone()
     }
 
     pub fn backend(&self) -> &Arc<dyn Backend> {
@@ -228,6 +238,17 @@ impl Cache {
         self.blocks.insert(block.name.clone(), block);
     }
 
+    /// The CIDRs of the stored blocks affine to `node` (a block created in a round that is
+    /// still writing is not stored yet).
+    fn affine(&self, node: &str) -> BTreeSet<IpNet> {
+        self.blocks
+            .values()
+            .filter(|b| b.spec.node == node)
+            .filter(|b| matches!(self.versions.get(&b.name), Some(Some(_))))
+            .map(|b| b.spec.cidr)
+            .collect()
+    }
+
     fn remove(&mut self, name: &str) -> Option<Block> {
         let b = self.blocks.remove(name)?;
         self.versions.remove(name);
@@ -296,6 +317,8 @@ enum Undo {
 }
 
 struct Actor {
+    /// Where the node's stored blocks are published after every change.
+    affine: watch::Sender<BTreeSet<IpNet>>,
     backend: Arc<dyn Backend>,
     node: String,
     cache: Cache,
@@ -426,6 +449,12 @@ impl Actor {
             if !batch.is_empty() {
                 self.round(batch).await;
             }
+            let now = self.cache.affine(&self.node);
+            self.affine.send_if_modified(|was| {
+                let changed = *was != now;
+                *was = now;
+                changed
+            });
         }
         tracing::info!(node = %self.node, "ipam engine stopped");
     }

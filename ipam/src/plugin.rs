@@ -39,7 +39,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// DEL keeps trying to reach ipamd this long before it gives up with code 11.
 const DEL_PATIENCE: Duration = Duration::from_secs(1);
 /// The plugin's `ipam.type`: its binary's name, and the type under which the Trellis plugins
-/// link [`TrellisIpam`] in (`trellis_cni::ipam::Delegation`) to run it without a process.
+/// link [`TrellisIpam`] in (`trellis-plugin`'s IPAM) to run it without a process.
 pub const TYPE: &str = "trellis-ipam";
 /// The plugin-specific code for "no address left".
 pub const CODE_EXHAUSTED: u32 = 100;
@@ -210,8 +210,12 @@ fn unreachable(e: client::ClientError) -> Error {
     Error::try_again_later("ipamd is unreachable", e.to_string())
 }
 
-impl Plugin for TrellisIpam {
-    fn add(&self, req: &Attachment) -> Result<CniResult, Error> {
+/// The plugin's calls as async functions: what its binary runs (through [`Plugin`], one
+/// runtime per call), and what a Trellis plugin that links it in awaits inside its own runtime —
+/// the same code, the same answers and error codes, no process and no JSON in between.
+impl TrellisIpam {
+    /// ADD: one address per configured family from ipamd.
+    pub async fn allocate(&self, req: &Attachment) -> Result<CniResult, Error> {
         let conf = IpamConfig::from_conf(&req.conf)?;
         let requested = requested_ips(req)?;
         let (namespace, pod) = req
@@ -230,15 +234,13 @@ impl Plugin for TrellisIpam {
             namespace,
             pod,
         };
-        let rt = runtime()?;
-        let got = rt.block_on(async {
-            let mut c = client::connect(&conf.socket, CONNECT_TIMEOUT, CALL_TIMEOUT)
-                .await
-                .map_err(unreachable)?;
-            c.allocate(request)
-                .await
-                .map_err(|s| cni_error("allocate", &s))
-        })?;
+        let mut c = client::connect(&conf.socket, CONNECT_TIMEOUT, CALL_TIMEOUT)
+            .await
+            .map_err(unreachable)?;
+        let got = c
+            .allocate(request)
+            .await
+            .map_err(|s| cni_error("allocate", &s))?;
         let mut result = CniResult::default();
         for a in got.into_inner().addresses {
             let address: IpNet = a.address.parse().map_err(|_| {
@@ -261,45 +263,42 @@ impl Plugin for TrellisIpam {
         Ok(result)
     }
 
-    fn del(&self, req: &Attachment) -> Result<(), Error> {
+    /// DEL: frees the attachment's addresses; retries ipamd for [`DEL_PATIENCE`], then 11.
+    pub async fn release(&self, req: &Attachment) -> Result<(), Error> {
         let conf = IpamConfig::from_conf(&req.conf)?;
         let handle = handle(req);
-        let rt = runtime()?;
-        rt.block_on(async {
-            let deadline = tokio::time::Instant::now() + DEL_PATIENCE;
-            let mut c = loop {
-                match client::connect(&conf.socket, CONNECT_TIMEOUT, CALL_TIMEOUT).await {
-                    Ok(c) => break c,
-                    Err(e) if tokio::time::Instant::now() >= deadline => {
-                        return Err(Error::try_again_later(
-                            "ipamd is unreachable; the address is still held, retry DEL",
-                            e.to_string(),
-                        ));
-                    }
-                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        let deadline = tokio::time::Instant::now() + DEL_PATIENCE;
+        let mut c = loop {
+            match client::connect(&conf.socket, CONNECT_TIMEOUT, CALL_TIMEOUT).await {
+                Ok(c) => break c,
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    return Err(Error::try_again_later(
+                        "ipamd is unreachable; the address is still held, retry DEL",
+                        e.to_string(),
+                    ));
                 }
-            };
-            c.release(proto::ReleaseRequest { handle })
-                .await
-                .map(|_| ())
-                .map_err(|s| cni_error("release", &s))
-        })
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
+        c.release(proto::ReleaseRequest { handle })
+            .await
+            .map(|_| ())
+            .map_err(|s| cni_error("release", &s))
     }
 
-    fn check(&self, req: &Attachment) -> Result<(), Error> {
+    /// CHECK: the attachment still holds prevResult's addresses.
+    pub async fn verify(&self, req: &Attachment) -> Result<(), Error> {
         let conf = IpamConfig::from_conf(&req.conf)?;
         let handle = handle(req);
-        let rt = runtime()?;
-        let held = rt.block_on(async {
-            let mut c = client::connect(&conf.socket, CONNECT_TIMEOUT, CALL_TIMEOUT)
-                .await
-                .map_err(unreachable)?;
-            c.check(proto::CheckRequest {
+        let mut c = client::connect(&conf.socket, CONNECT_TIMEOUT, CALL_TIMEOUT)
+            .await
+            .map_err(unreachable)?;
+        let held = c
+            .check(proto::CheckRequest {
                 handle: handle.clone(),
             })
             .await
-            .map_err(|s| cni_error("check", &s))
-        })?;
+            .map_err(|s| cni_error("check", &s))?;
         let held: BTreeSet<IpAddr> = held
             .into_inner()
             .addresses
@@ -330,7 +329,8 @@ impl Plugin for TrellisIpam {
         Ok(())
     }
 
-    fn gc(&self, req: &GcRequest) -> Result<(), Error> {
+    /// GC: ipamd frees this network's allocations on the node that no listed attachment holds.
+    pub async fn collect(&self, req: &GcRequest) -> Result<(), Error> {
         let conf = IpamConfig::from_conf(&req.conf)?;
         let valid = req
             .valid_attachments
@@ -341,35 +341,52 @@ impl Plugin for TrellisIpam {
             })
             .collect();
         let network = req.conf.config.name.clone();
-        let rt = runtime()?;
-        rt.block_on(async {
-            let mut c = client::connect(&conf.socket, CONNECT_TIMEOUT, CALL_TIMEOUT)
-                .await
-                .map_err(unreachable)?;
-            c.gc(proto::GcRequest {
-                mode: Some(proto::gc_request::Mode::Cni(proto::CniGc {
-                    network,
-                    valid,
-                })),
-            })
+        let mut c = client::connect(&conf.socket, CONNECT_TIMEOUT, CALL_TIMEOUT)
+            .await
+            .map_err(unreachable)?;
+        c.gc(proto::GcRequest {
+            mode: Some(proto::gc_request::Mode::Cni(proto::CniGc {
+                network,
+                valid,
+            })),
+        })
+        .await
+        .map(|_| ())
+        .map_err(|s| cni_error("gc", &s))
+    }
+
+    /// STATUS: 50 while ipamd cannot serve.
+    pub async fn ready(&self, conf: &NetConf) -> Result<(), Error> {
+        let ipam = IpamConfig::from_conf(conf)?;
+        let mut c = client::connect(&ipam.socket, CONNECT_TIMEOUT, CALL_TIMEOUT)
+            .await
+            .map_err(|e| Error::not_available("ipamd is unreachable", e.to_string()))?;
+        c.status(proto::StatusRequest {})
             .await
             .map(|_| ())
-            .map_err(|s| cni_error("gc", &s))
-        })
+            .map_err(|s| Error::not_available("ipamd is not ready", s.message().to_string()))
+    }
+}
+
+impl Plugin for TrellisIpam {
+    fn add(&self, req: &Attachment) -> Result<CniResult, Error> {
+        runtime()?.block_on(self.allocate(req))
+    }
+
+    fn del(&self, req: &Attachment) -> Result<(), Error> {
+        runtime()?.block_on(self.release(req))
+    }
+
+    fn check(&self, req: &Attachment) -> Result<(), Error> {
+        runtime()?.block_on(self.verify(req))
+    }
+
+    fn gc(&self, req: &GcRequest) -> Result<(), Error> {
+        runtime()?.block_on(self.collect(req))
     }
 
     fn status(&self, conf: &NetConf) -> Result<(), Error> {
-        let ipam = IpamConfig::from_conf(conf)?;
-        let rt = runtime()?;
-        rt.block_on(async {
-            let mut c = client::connect(&ipam.socket, CONNECT_TIMEOUT, CALL_TIMEOUT)
-                .await
-                .map_err(|e| Error::not_available("ipamd is unreachable", e.to_string()))?;
-            c.status(proto::StatusRequest {})
-                .await
-                .map(|_| ())
-                .map_err(|s| Error::not_available("ipamd is not ready", s.message().to_string()))
-        })
+        runtime()?.block_on(self.ready(conf))
     }
 }
 

@@ -362,6 +362,34 @@ impl Ipam for IpamService {
         Ok(Response::new(proto::ReleaseBlockResponse {}))
     }
 
+    type WatchBlocksStream = std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<proto::NodeBlocks, Status>> + Send + 'static>,
+    >;
+
+    async fn watch_blocks(
+        &self,
+        _req: Request<proto::WatchBlocksRequest>,
+    ) -> Reply<Self::WatchBlocksStream> {
+        let node = self.engine.node().to_string();
+        let rx = self.engine.affine_blocks();
+        // The current set first, then every change; the stream ends with the engine.
+        let stream = futures::stream::unfold((rx, true), move |(mut rx, first)| {
+            let node = node.clone();
+            async move {
+                if !first && rx.changed().await.is_err() {
+                    return None;
+                }
+                let cidrs = rx
+                    .borrow_and_update()
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect();
+                Some((Ok(proto::NodeBlocks { node, cidrs }), (rx, false)))
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     async fn list_blocks(
         &self,
         req: Request<proto::ListBlocksRequest>,

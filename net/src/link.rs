@@ -79,8 +79,24 @@ impl FromStr for Mac {
     }
 }
 
-/// The host end of a pod's veth: `tr` + 11 hex digits of a hash of `seed` (the container id
-/// and interface name, or the pod's namespace/name) — stable, 13 characters, within IFNAMSIZ.
+/// The host end of a pod's veth, the one rule every Trellis plugin (and policyd, which names a
+/// pod's interface from its Pod object) follows: `tr` + 11 hex digits of a hash of the pod's
+/// `namespace/name` — or of the container id when the runtime passes no `K8S_POD_*` arguments —
+/// with `/<ifname>` appended when the interface is not `eth0`, so a pod's second interface gets
+/// a host end of its own.
+pub fn pod_host_veth(pod: Option<(&str, &str)>, container_id: &str, ifname: &str) -> String {
+    let base = match pod {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() => format!("{ns}/{name}"),
+        _ => container_id.to_string(),
+    };
+    if ifname == "eth0" {
+        host_veth_name(&base)
+    } else {
+        host_veth_name(&format!("{base}/{ifname}"))
+    }
+}
+
+/// `tr` + 11 hex digits of a hash of `seed` — stable, 13 characters, within IFNAMSIZ.
 pub fn host_veth_name(seed: &str) -> String {
     let mut h: u64 = 0xcbf29ce484222325;
     for b in seed.as_bytes() {
@@ -107,6 +123,8 @@ pub struct Link {
     /// For a veth: the peer's index (in the peer's namespace).
     pub peer_index: Option<u32>,
     pub vxlan: Option<VxlanInfo>,
+    /// The link's alias (`ip link set … alias …`): who made it, for links we own.
+    pub alias: Option<String>,
 }
 
 /// Operational state (RFC 2863), as `ip link` shows it.
@@ -142,6 +160,7 @@ impl Link {
             controller: None,
             peer_index: None,
             vxlan: None,
+            alias: None,
         };
         for attr in &m.attributes {
             match attr {
@@ -150,6 +169,7 @@ impl Link {
                 LinkAttribute::Mtu(mtu) => link.mtu = *mtu,
                 LinkAttribute::Controller(c) => link.controller = Some(*c),
                 LinkAttribute::Link(l) => link.peer_index = Some(*l),
+                LinkAttribute::IfAlias(a) => link.alias = Some(a.clone()),
                 LinkAttribute::OperState(s) => {
                     link.oper_state = match s {
                         State::Up => OperState::Up,
@@ -451,6 +471,16 @@ impl Handle {
         .await
     }
 
+    /// Sets the link's alias: a label that says who owns it.
+    pub async fn set_alias(&self, index: u32, alias: &str) -> Result<()> {
+        self.change(
+            "set alias",
+            index,
+            LinkUnspec::new_with_index(index).alias(alias).build(),
+        )
+        .await
+    }
+
     pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<()> {
         self.change(
             "set mtu",
@@ -565,6 +595,29 @@ mod tests {
         assert!(
             a.starts_with("tr") && a.len() == 13 && a[2..].chars().all(|c| c.is_ascii_hexdigit()),
             "{a}"
+        );
+    }
+
+    #[test]
+    fn a_pods_host_end_is_named_for_the_pod_not_its_sandbox() {
+        let pod = Some(("default", "web-1"));
+        assert_eq!(
+            pod_host_veth(pod, "sandbox-a", "eth0"),
+            pod_host_veth(pod, "sandbox-b", "eth0"),
+            "a new sandbox of the same pod gets the same name"
+        );
+        assert_eq!(
+            pod_host_veth(pod, "x", "eth0"),
+            host_veth_name("default/web-1")
+        );
+        assert_ne!(
+            pod_host_veth(pod, "x", "eth0"),
+            pod_host_veth(pod, "x", "net1")
+        );
+        assert_eq!(pod_host_veth(None, "ctr1", "eth0"), host_veth_name("ctr1"));
+        assert_eq!(
+            pod_host_veth(Some(("", "")), "ctr1", "eth1"),
+            host_veth_name("ctr1/eth1")
         );
     }
 

@@ -7,15 +7,15 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use ipnet::IpNet;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use trellis_bgp_agent::status::{PeerRow, ROUTES_PATH, RouteRow, STATUS_PATH};
+use trellis_bgp_agent::{Config, Neighbour};
 use trellis_net::underlay::Choice;
-use trellis_routed::agent::status::{PeerRow, ROUTES_PATH, RouteRow, STATUS_PATH};
-use trellis_routed::agent::{Config, Neighbour};
 
 #[derive(clap::Args)]
 pub struct AgentArgs {
-    /// This node's name (its Node object).
+    /// This node's name (its Node object). Standalone: defaults to the host name.
     #[arg(long, env = "NODE_NAME")]
-    node: String,
+    node: Option<String>,
     /// No Kubernetes: peers and prefixes from the flags only.
     #[arg(long)]
     standalone: bool,
@@ -23,9 +23,10 @@ pub struct AgentArgs {
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
     /// The interface carrying BGP and pod traffic, by name or address (default: the default
-    /// route's).
+    /// route's; without one, the interface holding the --listen address, then the --router-id).
     #[arg(long)]
     iface: Option<String>,
+    /// This node's AS number (Calico's default private AS).
     #[arg(long, default_value_t = 64512)]
     asn: u32,
     /// The BGP identifier (default: the node's underlay address).
@@ -46,7 +47,8 @@ pub struct AgentArgs {
     /// A file of prefixes to announce, one per line; re-read every resync and on SIGHUP.
     #[arg(long)]
     announce_file: Option<PathBuf>,
-    /// ipamd's socket: announce the node's IPAM blocks.
+    /// ipamd's socket: announce the node's IPAM blocks (in a cluster: default
+    /// /run/trellis/ipamd.sock; standalone: none unless given).
     #[arg(long)]
     ipamd_socket: Option<PathBuf>,
     /// Proposed hold time, seconds (0, or at least 3).
@@ -61,7 +63,8 @@ pub struct AgentArgs {
     /// Where the plugin reads the node's state.
     #[arg(long, default_value = trellis_routed::state::DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
-    /// Write `10-trellis-routed.conflist` here once ready.
+    /// Write `10-trellis-routed.conflist` here once ready (in a cluster: default
+    /// /etc/cni/net.d; standalone: not written unless given).
     #[arg(long)]
     cni_conf_dir: Option<PathBuf>,
     /// Seconds between full reconciles.
@@ -74,7 +77,12 @@ pub struct AgentArgs {
 }
 
 pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
-    let mut c = Config::new(args.node);
+    let node = match args.node {
+        Some(n) => n,
+        None if args.standalone => crate::hostname()?,
+        None => bail!("give --node (or NODE_NAME): the name of this node's Node object"),
+    };
+    let mut c = Config::new(node);
     c.standalone = args.standalone;
     c.kubeconfig = args.kubeconfig;
     c.underlay = args.iface.map_or(Choice::DefaultRoute, Choice::Iface);
@@ -85,15 +93,22 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     c.peers = args.peers;
     c.announce = args.announce;
     c.announce_file = args.announce_file;
-    c.ipamd = args.ipamd_socket;
+    // In a cluster the node's pods are this agent's business: ipamd and the runtime's CNI
+    // directory by default, as the overlay agent has them. Standalone, only what is asked.
+    let in_cluster = !args.standalone;
+    c.ipamd = args
+        .ipamd_socket
+        .or_else(|| in_cluster.then(|| PathBuf::from(trellis_ipam::client::DEFAULT_SOCKET)));
     c.hold_time = args.hold_time;
     c.graceful_restart = !args.no_graceful_restart;
     c.cluster_id = args.cluster_id;
     c.state_dir = args.state_dir;
-    c.cni_conf_dir = args.cni_conf_dir;
+    c.cni_conf_dir = args
+        .cni_conf_dir
+        .or_else(|| in_cluster.then(|| PathBuf::from("/etc/cni/net.d")));
     c.resync = Duration::from_secs(args.resync.max(1));
     c.status_listen = Some(args.status_listen);
-    trellis_routed::agent::run(c, trellis_daemon::shutdown_signal())
+    trellis_bgp_agent::run(c, trellis_daemon::shutdown_signal())
         .await
         .context("the BGP agent failed")
 }

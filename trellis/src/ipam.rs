@@ -87,7 +87,10 @@ pub enum IpamCommand {
     /// Capacity and use per pool.
     Usage,
     /// Who holds an address.
-    Show { address: String },
+    Show {
+        /// The address, e.g. 10.244.1.7.
+        address: String,
+    },
     /// Report inconsistencies; exits 1 if there are any.
     Check,
     /// Free the allocations of attachments that are gone (pod gone, older than the grace
@@ -106,7 +109,9 @@ pub enum IpamCommand {
 pub enum PoolCommand {
     /// Create a pool (refused if it overlaps another or cannot hold its blocks).
     Create {
+        /// The pool's name.
         name: String,
+        /// The range it hands out, e.g. 10.244.0.0/16 (no host bits set).
         #[arg(long)]
         cidr: String,
         /// Prefix length of each block (/24 overlay, /26 routed).
@@ -127,11 +132,15 @@ pub enum PoolCommand {
         /// Report block network + 1 as the gateway (needs --reserve-head 2 or more).
         #[arg(long)]
         gateway: bool,
+        /// Create it disabled: no new blocks or addresses come from it.
         #[arg(long)]
         disabled: bool,
     },
     /// Delete a pool whose addresses are all released.
-    Delete { name: String },
+    Delete {
+        /// The pool's name.
+        name: String,
+    },
 }
 
 /// "90s", "5m", "1h", "250ms" or plain seconds.
@@ -216,15 +225,14 @@ async fn connect(args: &IpamArgs) -> anyhow::Result<Conn> {
             return Ok(Conn::Client(c));
         }
     };
-    let node = args
-        .node
-        .clone()
-        .or_else(|| {
-            std::fs::read_to_string("/etc/hostname")
-                .ok()
-                .map(|s| s.trim().to_string())
-        })
-        .unwrap_or_else(|| "localhost".into());
+    // Only gc acts as a node (it frees that node's leaks); every other command is cluster-wide.
+    let node = match (&args.node, &args.command) {
+        (Some(n), _) => n.clone(),
+        (None, IpamCommand::Gc { .. }) => bail!(
+            "gc with --kubeconfig or --local frees one node's leaks: give --node (or NODE_NAME)"
+        ),
+        (None, _) => "cluster-wide".into(),
+    };
     let backend = daemon::open_backend(&backend).await?;
     let metrics = Default::default();
     let (engine, _task) = trellis_ipam::engine::Engine::start(backend, &node, metrics).await?;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use trellis_overlay::agent::{BlockSource, Config, cniconf::Ipam, underlay::Choice};
+use trellis_overlay_agent::{BlockSource, Config, cniconf::Ipam, underlay::Choice};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -45,8 +45,10 @@ pub struct Args {
     /// host-local's data directory, for `--ipam host-local`.
     #[arg(long, default_value = "/var/lib/trellis/overlay/ipam")]
     host_local_dir: PathBuf,
+    /// The VXLAN network identifier (flannel's default).
     #[arg(long, default_value_t = 1)]
     vni: u32,
+    /// The VXLAN UDP port (the Linux and flannel default 8472).
     #[arg(long, default_value_t = 8472)]
     port: u16,
     /// Where the CNI configuration is written.
@@ -61,9 +63,9 @@ pub struct Args {
     /// Leave masquerade to someone else.
     #[arg(long)]
     no_masquerade: bool,
-    /// `/healthz`, `/readyz` and `/metrics`.
-    #[arg(long)]
-    listen: Option<SocketAddr>,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served.
+    #[arg(long, default_value = "127.0.0.1:9911")]
+    listen: SocketAddr,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -99,8 +101,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     config.state_dir = args.state_dir;
     config.resync = Duration::from_secs(args.resync.max(1));
     config.masquerade = !args.no_masquerade;
-    config.listen = args.listen;
-    trellis_overlay::agent::run(config, trellis_daemon::shutdown_signal())
+    config.listen = Some(args.listen);
+    trellis_overlay_agent::run(config, trellis_daemon::shutdown_signal())
         .await
         .context("the overlay agent failed")
 }

@@ -153,7 +153,7 @@ async fn kill_9_in_a_burst_loses_nothing_and_gc_frees_exactly_the_incomplete() {
         dir: dir.path().to_path_buf(),
     };
     std::fs::create_dir_all(env.cache.join("results")).unwrap();
-    let client = trellis_ipam::backend::kube::client_from_kubeconfig(&env.kubeconfig)
+    let client = trellis_api::cluster::client(Some(&env.kubeconfig))
         .await
         .unwrap();
     // The node exists: its allocations are judged by their cached results, not as a gone node's.

@@ -7,10 +7,9 @@
 //! listed (metadata only) for the leak pass.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 
 use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
-use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::core::{ApiResource, DynamicObject};
 
 use super::{Backend, BackendError, BackendResult, Versioned, block_from, pool_from};
 use crate::crds::{BLOCK_KIND, BLOCK_PLURAL, GROUP, POOL_KIND, POOL_PLURAL, VERSION};
@@ -27,22 +26,7 @@ pub struct KubeBackend {
     block_ar: ApiResource,
 }
 
-pub(crate) fn resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
-    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
-}
-
-/// A kube-rs client from a kubeconfig file.
-pub async fn client_from_kubeconfig(path: &Path) -> BackendResult<kube::Client> {
-    // kube-rs with rustls needs a process-wide crypto provider; installing twice is harmless.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let kc = kube::config::Kubeconfig::read_from(path)
-        .map_err(|e| BackendError::Unavailable(format!("read {}: {e}", path.display())))?;
-    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-        .await
-        .map_err(|e| BackendError::Unavailable(format!("kubeconfig {}: {e}", path.display())))?;
-    kube::Client::try_from(config)
-        .map_err(|e| BackendError::Unavailable(format!("kubernetes client: {e}")))
-}
+use trellis_api::cluster::resource;
 
 impl KubeBackend {
     pub fn new(client: kube::Client) -> KubeBackend {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tonic::transport::Channel;
 use trellis_ipam::backend::Backend;
-use trellis_ipam::backend::kube::{KubeBackend, client_from_kubeconfig};
+use trellis_ipam::backend::kube::KubeBackend;
 use trellis_ipam::backend::local::LocalBackend;
 use trellis_ipam::daemon::{self, BackendSpec, Daemon, DaemonConfig};
 use trellis_ipam::proto::{self, ipam_client::IpamClient};
@@ -33,7 +33,9 @@ impl Cluster {
         let running = trellis_apiserver::start(config)
             .await
             .expect("the API server starts");
-        let client = client_from_kubeconfig(&running.kubeconfig).await.unwrap();
+        let client = trellis_api::cluster::client(Some(&running.kubeconfig))
+            .await
+            .unwrap();
         trellis_ipam::crds::install_crds(&client)
             .await
             .expect("CRDs install");

@@ -1,7 +1,11 @@
 //! Kubernetes API machinery shared by the control plane (API server, controllers, scheduler,
-//! kubelet) and by the network agents: what resources exist and where they are stored, label
-//! and field selectors, object names, and the three patch formats.
+//! kubelet) and the network side (agents, ipamd, policyd): what resources exist and where they
+//! are stored, label and field selectors, object names, the three patch formats, and — feature
+//! `client` — a kube-rs client from a kubeconfig, custom resource definitions, and waiting for
+//! a daemon's Node. A leaf library: it depends on no Trellis crate.
 
+#[cfg(feature = "client")]
+pub mod cluster;
 pub mod fields;
 pub mod names;
 pub mod patch;

@@ -12,21 +12,19 @@
 //! ready, ADD answers "try again later" (11) and STATUS "not available" (50).
 //!
 //! The host end carries the attachment it belongs to in its alias (`trellis-routed
-//! <container id>/<ifname>`): a late DEL of an earlier sandbox of the same pod, whose host end
-//! has the same name, leaves the new sandbox's veth alone.
+//! <container id>/<ifname>`, see `trellis_plugin::veth`): a late DEL of an earlier sandbox of
+//! the same pod, whose host end has the same name, leaves the new sandbox's veth alone.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use futures::TryStreamExt;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use netlink_packet_route::link::LinkAttribute;
-use serde::Deserialize;
 use trellis_cni::Error;
-use trellis_cni::ipam::Delegation;
 use trellis_cni::result::{CniResult, Interface, IpConfig, Route as CniRoute};
 use trellis_cni::skel::{Attachment, GcRequest, NetConf, Plugin};
 use trellis_net::{Family, Handle, Link, Netns, Route, Scope, VethSpec, proto};
+use trellis_plugin::host::{net_err, open_netns, runtime};
+use trellis_plugin::{PluginConf, ipam, ready, veth};
 
 use crate::state::{DEFAULT_STATE_DIR, NodeState};
 
@@ -34,46 +32,11 @@ use crate::state::{DEFAULT_STATE_DIR, NodeState};
 pub const GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 /// The pods' IPv6 gateway (as Calico's): resolved through a permanent neighbour entry.
 pub const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
-/// The alias of every host end this plugin makes; the attachment follows.
-pub const ALIAS_PREFIX: &str = "trellis-routed ";
+/// The plugin's type, and the prefix of the owner label on its host ends.
+pub const TYPE: &str = "trellis-routed";
 
-/// IPAM: `trellis-ipam` is linked in and runs in this process — one RPC to ipamd, no process
-/// to start, the same answers and error codes as its binary (it is the same code, run through
-/// the same skeleton). Any other `ipam.type` is delegated to its binary as usual.
-const IPAM: Delegation<'static> = Delegation::linking(&[(
-    trellis_ipam::plugin::TYPE,
-    &trellis_ipam::plugin::TrellisIpam,
-)]);
-
-/// The plugin's own keys in its configuration.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RoutedConf {
-    /// Where the agent writes the node's state.
-    #[serde(default = "default_state_dir")]
-    pub state_dir: PathBuf,
-    /// Overrides the MTU the agent reports.
-    #[serde(default)]
-    pub mtu: Option<u32>,
-}
-
-fn default_state_dir() -> PathBuf {
-    PathBuf::from(DEFAULT_STATE_DIR)
-}
-
-impl RoutedConf {
-    fn read(conf: &NetConf) -> Result<RoutedConf, Error> {
-        let own: RoutedConf = conf.parse()?;
-        if let Some(mtu) = own.mtu
-            && !(68..=65535).contains(&mtu)
-        {
-            return Err(Error::invalid_config(
-                "invalid mtu",
-                format!("{mtu} is outside 68..65535"),
-            ));
-        }
-        Ok(own)
-    }
+fn read_conf(conf: &NetConf) -> Result<PluginConf, Error> {
+    PluginConf::read(conf, DEFAULT_STATE_DIR)
 }
 
 pub struct Routed;
@@ -96,40 +59,6 @@ fn default_route(family: Family) -> IpNet {
 /// `ip`'s host prefix: `/32` or `/128`.
 pub fn host_prefix(ip: IpAddr) -> IpNet {
     IpNet::from(ip)
-}
-
-/// The host end's name: `tr` + 11 hex digits of a hash of the pod's `namespace/name` (as
-/// Calico's `cali…` names) or, without `K8S_POD_*` arguments, of the container id. A second
-/// interface of the same pod (`CNI_IFNAME` other than `eth0`) adds its name to the seed, so the
-/// two host ends never collide.
-pub fn host_veth_name(pod: Option<(&str, &str)>, container_id: &str, ifname: &str) -> String {
-    let base = match pod {
-        Some((ns, name)) if !ns.is_empty() && !name.is_empty() => format!("{ns}/{name}"),
-        _ => container_id.to_string(),
-    };
-    let seed = if ifname == "eth0" {
-        base
-    } else {
-        format!("{base}/{ifname}")
-    };
-    trellis_net::link::host_veth_name(&seed)
-}
-
-fn host_veth(req: &Attachment) -> String {
-    host_veth_name(
-        req.args.pod(),
-        req.container_id.as_str(),
-        req.ifname.as_str(),
-    )
-}
-
-/// The alias that says which attachment a host end belongs to.
-pub fn owner_alias(container_id: &str, ifname: &str) -> String {
-    format!("{ALIAS_PREFIX}{container_id}/{ifname}")
-}
-
-fn owner(req: &Attachment) -> String {
-    owner_alias(req.container_id.as_str(), req.ifname.as_str())
 }
 
 /// The pod's addresses: each IPAM address narrowed to a host prefix (IPAM reports the block's
@@ -168,66 +97,6 @@ pub fn extra_routes(result: &CniResult, families: &[Family]) -> Vec<IpNet> {
         }
     }
     out
-}
-
-fn net_err(e: trellis_net::Error) -> Error {
-    if e.is_not_found() {
-        return Error::internal("a network object is missing", e.to_string());
-    }
-    Error::internal("host networking failed", e.to_string())
-}
-
-fn runtime() -> Result<tokio::runtime::Runtime, Error> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::io("cannot start the plugin's runtime", e))
-}
-
-/// The node state, or the CNI error that says why there is none.
-fn node_state(conf: &RoutedConf) -> Result<NodeState, Error> {
-    NodeState::require(&conf.state_dir)
-}
-
-fn open_netns(path: &Path) -> Result<Netns, Error> {
-    Netns::open(path)
-        .map_err(|e| Error::unknown_container("cannot open the network namespace", e.to_string()))
-}
-
-/// The alias of the link called `name`: None when there is no such link, Some(None) when it has
-/// no alias.
-async fn link_alias(h: &Handle, name: &str) -> Result<Option<Option<String>>, Error> {
-    let mut stream = h.rtnetlink().link().get().match_name(name).execute();
-    match stream.try_next().await {
-        Ok(None) => Ok(None),
-        Ok(Some(m)) => Ok(Some(m.attributes.iter().find_map(|a| match a {
-            LinkAttribute::IfAlias(s) => Some(s.clone()),
-            _ => None,
-        }))),
-        Err(rtnetlink::Error::NetlinkError(m))
-            if m.code
-                .is_some_and(|c| matches!(-c.get(), nix::libc::ENODEV | nix::libc::ENOENT)) =>
-        {
-            Ok(None)
-        }
-        Err(e) => Err(Error::internal(
-            format!("cannot read the alias of {name}"),
-            e.to_string(),
-        )),
-    }
-}
-
-async fn set_alias(h: &Handle, index: u32, alias: &str) -> Result<(), Error> {
-    h.rtnetlink()
-        .link()
-        .change(
-            rtnetlink::LinkUnspec::new_with_index(index)
-                .alias(alias)
-                .build(),
-        )
-        .execute()
-        .await
-        .map_err(|e| Error::internal("cannot label the host end of the veth", e.to_string()))
 }
 
 /// Everything ADD wires, decided before anything is touched.
@@ -300,7 +169,9 @@ async fn configure(
             p.host_name.to_string(),
         )
     })?;
-    set_alias(host, host_link.index, p.owner).await?;
+    host.set_alias(host_link.index, p.owner)
+        .await
+        .map_err(net_err)?;
     // The host end: answers ARP for the gateway at once, forwards; for IPv6 no duplicate
     // address detection (its link-local address must be usable at once to resolve the pod)
     // and no router advertisements taken from a pod.
@@ -476,18 +347,7 @@ async fn verify(netns_path: &Path, e: &Expect<'_>) -> Result<(), Error> {
                 e.host_name.to_string(),
             )
         })?;
-    match link_alias(&host, e.host_name).await? {
-        Some(Some(alias)) if alias == e.owner => {}
-        other => {
-            return Err(Error::internal(
-                "the host end of the veth belongs to another attachment",
-                format!(
-                    "{} has alias {other:?}, expected {:?}",
-                    e.host_name, e.owner
-                ),
-            ));
-        }
-    }
+    veth::require_owner(&veth, e.owner)?;
     if veth.kind.as_deref() != Some("veth")
         || veth.peer_index != Some(link.index)
         || link.peer_index != Some(veth.index)
@@ -534,101 +394,57 @@ async fn verify(netns_path: &Path, e: &Expect<'_>) -> Result<(), Error> {
 
 impl Plugin for Routed {
     fn add(&self, req: &Attachment) -> Result<CniResult, Error> {
-        let conf = RoutedConf::read(&req.conf)?;
-        let state = node_state(&conf)?;
-        let mtu = conf.mtu.unwrap_or(state.mtu);
+        let conf = read_conf(&req.conf)?;
+        let state = NodeState::require(&conf.state_dir)?;
+        let mtu = conf.mtu_or(state.mtu);
         let netns_path = req.netns()?.to_path_buf();
         let ifname = req.ifname.as_str();
-        let rt = runtime()?;
-        // An interface of that name in the container is refused before IPAM is asked: a
-        // repeated ADD must not release, on its way out, the address the first one holds.
-        let sides = rt.block_on(open_sides(&netns_path, ifname))?;
-        let lease = IPAM.add(req)?;
-        let addresses = pod_addresses(lease.result());
-        let families = families(&addresses);
-        let extra = extra_routes(lease.result(), &families);
-        let host_name = host_veth(req);
-        let owner = owner(req);
-        let plan = Plan {
-            ifname,
-            host_name: &host_name,
-            owner: &owner,
-            mtu,
-            addresses: &addresses,
-            families: &families,
-            extra_routes: &extra,
-        };
-        let (host_link, pod_link) = rt.block_on(wire(&plan, &sides))?;
-        drop(sides);
-        lease.keep();
-        let mac = |m: Option<trellis_net::Mac>| m.map(|m| m.to_string()).unwrap_or_default();
-        let mut routes = Vec::new();
-        for &family in &families {
-            let gw = gateway(family);
-            routes.push(CniRoute::new(default_route(family), Some(gw)));
-            routes.extend(
-                extra
-                    .iter()
-                    .filter(|d| Family::of(&d.addr()) == family)
-                    .map(|d| CniRoute::new(*d, Some(gw))),
-            );
-        }
-        Ok(CniResult {
-            interfaces: vec![
-                Interface {
-                    name: host_link.name.clone(),
-                    mac: mac(host_link.mac),
-                    mtu: Some(mtu),
-                    ..Default::default()
-                },
-                Interface {
-                    name: pod_link.name.clone(),
-                    mac: mac(pod_link.mac),
-                    mtu: Some(mtu),
-                    sandbox: netns_path.display().to_string(),
-                    ..Default::default()
-                },
-            ],
-            ips: addresses
-                .iter()
-                .map(|a| IpConfig {
-                    interface: Some(1),
-                    address: *a,
-                    gateway: Some(gateway(Family::of(&a.addr()))),
-                })
-                .collect(),
-            routes,
-            dns: req.conf.config.dns.clone().unwrap_or_default(),
+        runtime()?.block_on(async {
+            // An interface of that name in the container is refused before IPAM is asked: a
+            // repeated ADD must not release, on its way out, the address the first one holds.
+            let sides = open_sides(&netns_path, ifname).await?;
+            let lease = ipam::add(req).await?;
+            let addresses = pod_addresses(lease.result());
+            let families = families(&addresses);
+            let extra = extra_routes(lease.result(), &families);
+            let host_name = veth::host_veth(req);
+            let owner = veth::owner(TYPE, req);
+            let plan = Plan {
+                ifname,
+                host_name: &host_name,
+                owner: &owner,
+                mtu,
+                addresses: &addresses,
+                families: &families,
+                extra_routes: &extra,
+            };
+            let (host_link, pod_link) = match wire(&plan, &sides).await {
+                Ok(links) => links,
+                Err(e) => {
+                    lease.release().await;
+                    return Err(e);
+                }
+            };
+            lease.keep();
+            Ok(result(
+                req,
+                &netns_path,
+                mtu,
+                &host_link,
+                &pod_link,
+                &addresses,
+                &families,
+                &extra,
+            ))
         })
     }
 
     fn del(&self, req: &Attachment) -> Result<(), Error> {
-        let host_name = host_veth(req);
-        let owner = owner(req);
-        // The interface goes first, then its address: an address is never reused while an
-        // interface still holds it. The host route goes with the interface.
-        let rt = runtime()?;
-        rt.block_on(async {
-            let host = Handle::current().map_err(net_err)?;
-            match link_alias(&host, &host_name).await? {
-                None => Ok(()),
-                Some(Some(alias)) if alias.starts_with(ALIAS_PREFIX) && alias != owner => {
-                    // A newer sandbox of the same pod owns this name now.
-                    eprintln!("trellis-routed: leaving {host_name}: it belongs to {alias:?}");
-                    Ok(())
-                }
-                Some(_) => host
-                    .delete_link(&host_name)
-                    .await
-                    .map(|_| ())
-                    .map_err(net_err),
-            }
-        })?;
-        IPAM.del(req)
+        veth::del_attachment(TYPE, req)
     }
 
     fn check(&self, req: &Attachment) -> Result<(), Error> {
-        RoutedConf::read(&req.conf)?;
+        read_conf(&req.conf)?;
         let prev = req.prev_result.as_ref().ok_or_else(|| {
             Error::invalid_config("CHECK needs prevResult", "the ADD result was not passed")
         })?;
@@ -652,8 +468,8 @@ impl Plugin for Routed {
                 ifname.to_string(),
             ));
         }
-        let host_name = host_veth(req);
-        let owner = owner(req);
+        let host_name = veth::host_veth(req);
+        let owner = veth::owner(TYPE, req);
         let expect = Expect {
             ifname,
             host_name: &host_name,
@@ -661,27 +477,73 @@ impl Plugin for Routed {
             mac: &prev.interfaces[pod_index].mac,
             addresses: &addresses,
         };
-        runtime()?.block_on(verify(&netns_path, &expect))?;
-        IPAM.check(req)
+        runtime()?.block_on(async {
+            verify(&netns_path, &expect).await?;
+            ipam::check(req).await
+        })
     }
 
     fn gc(&self, req: &GcRequest) -> Result<(), Error> {
-        IPAM.gc(req)
+        runtime()?.block_on(ipam::gc(req))
     }
 
     fn status(&self, conf: &NetConf) -> Result<(), Error> {
-        let own = RoutedConf::read(conf)?;
-        match NodeState::read(&own.state_dir) {
-            Ok(Some(_)) => IPAM.status(conf),
-            Ok(None) => Err(Error::not_available(
-                "the routed agent has not made this node ready yet",
-                NodeState::path(&own.state_dir).display().to_string(),
-            )),
-            Err(e) => Err(Error::not_available(
-                "cannot read the routed agent's state",
-                e.to_string(),
-            )),
-        }
+        let own = read_conf(conf)?;
+        ready::status(&own.state_dir, "routed agent")?;
+        runtime()?.block_on(ipam::status(conf))
+    }
+}
+
+/// The ADD result: host end, pod end (in the sandbox), the /32s with their family's gateway.
+#[allow(clippy::too_many_arguments)]
+fn result(
+    req: &Attachment,
+    netns_path: &Path,
+    mtu: u32,
+    host_link: &Link,
+    pod_link: &Link,
+    addresses: &[IpNet],
+    families: &[Family],
+    extra: &[IpNet],
+) -> CniResult {
+    let mac = |m: Option<trellis_net::Mac>| m.map(|m| m.to_string()).unwrap_or_default();
+    let mut routes = Vec::new();
+    for &family in families {
+        let gw = gateway(family);
+        routes.push(CniRoute::new(default_route(family), Some(gw)));
+        routes.extend(
+            extra
+                .iter()
+                .filter(|d| Family::of(&d.addr()) == family)
+                .map(|d| CniRoute::new(*d, Some(gw))),
+        );
+    }
+    CniResult {
+        interfaces: vec![
+            Interface {
+                name: host_link.name.clone(),
+                mac: mac(host_link.mac),
+                mtu: Some(mtu),
+                ..Default::default()
+            },
+            Interface {
+                name: pod_link.name.clone(),
+                mac: mac(pod_link.mac),
+                mtu: Some(mtu),
+                sandbox: netns_path.display().to_string(),
+                ..Default::default()
+            },
+        ],
+        ips: addresses
+            .iter()
+            .map(|a| IpConfig {
+                interface: Some(1),
+                address: *a,
+                gateway: Some(gateway(Family::of(&a.addr()))),
+            })
+            .collect(),
+        routes,
+        dns: req.conf.config.dns.clone().unwrap_or_default(),
     }
 }
 
@@ -694,36 +556,6 @@ mod tests {
 
     fn result(v: Value) -> CniResult {
         CniResult::from_value(v, None).unwrap().1
-    }
-
-    #[test]
-    fn host_end_names_follow_the_pod_else_the_container() {
-        let by_pod = host_veth_name(Some(("default", "web-0")), "abc123", "eth0");
-        assert_eq!(by_pod, trellis_net::link::host_veth_name("default/web-0"));
-        // A new sandbox of the same pod gets the same name (the pod's routes stay put).
-        assert_eq!(
-            by_pod,
-            host_veth_name(Some(("default", "web-0")), "def456", "eth0")
-        );
-        assert_ne!(
-            by_pod,
-            host_veth_name(Some(("default", "web-1")), "abc123", "eth0")
-        );
-        // Without pod arguments (or with empty ones): the container id.
-        let by_cid = host_veth_name(None, "abc123", "eth0");
-        assert_eq!(by_cid, trellis_net::link::host_veth_name("abc123"));
-        assert_eq!(
-            by_cid,
-            host_veth_name(Some(("", "web-0")), "abc123", "eth0")
-        );
-        // A second interface of the pod never collides with the first.
-        assert_ne!(
-            by_pod,
-            host_veth_name(Some(("default", "web-0")), "abc123", "net1")
-        );
-        for n in [&by_pod, &by_cid] {
-            assert!(n.starts_with("tr") && n.len() == 13, "{n}");
-        }
     }
 
     #[test]
@@ -755,12 +587,6 @@ mod tests {
             host_prefix(gateway(Family::V4)).to_string(),
             "169.254.1.1/32"
         );
-    }
-
-    #[test]
-    fn the_owner_alias_names_the_attachment() {
-        assert_eq!(owner_alias("abc", "eth0"), "trellis-routed abc/eth0");
-        assert!(owner_alias("abc", "eth0").starts_with(ALIAS_PREFIX));
     }
 
     fn invoke(command: &str, conf: Value) -> Outcome {

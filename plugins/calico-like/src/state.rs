@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use trellis_cni::ready;
+use trellis_plugin::ready;
 
 /// The default place of the state file.
 pub const DEFAULT_STATE_DIR: &str = "/run/trellis/routed";

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
-use trellis_cni::ready;
+use trellis_plugin::ready;
 
 /// The default place of the state file.
 pub const DEFAULT_STATE_DIR: &str = "/run/trellis/overlay";
@@ -28,8 +28,12 @@ pub struct NodeState {
 impl NodeState {
     /// The gateway pods use: the block's first host, on the bridge.
     pub fn gateway(&self) -> std::net::Ipv4Addr {
-        let n = u32::from(self.block.network());
-        std::net::Ipv4Addr::from(n + 1)
+        gateway_of(self.block)
+    }
+
+    /// The VTEP's address: the block's network address (as flannel's `flannel.1`).
+    pub fn vtep_address(&self) -> std::net::Ipv4Addr {
+        self.block.network()
     }
 
     pub fn path(dir: &Path) -> PathBuf {
@@ -58,6 +62,11 @@ impl NodeState {
     }
 }
 
+/// The gateway of a node's block: its first host, held by the bridge.
+pub fn gateway_of(block: Ipv4Net) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::from(u32::from(block.network()).saturating_add(1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,6 +84,7 @@ mod tests {
         s.write(dir.path()).unwrap();
         assert_eq!(NodeState::read(dir.path()).unwrap(), Some(s.clone()));
         assert_eq!(s.gateway().to_string(), "10.244.3.1");
+        assert_eq!(s.vtep_address().to_string(), "10.244.3.0");
         NodeState::remove(dir.path()).unwrap();
         NodeState::remove(dir.path()).unwrap();
         assert_eq!(NodeState::read(dir.path()).unwrap(), None);

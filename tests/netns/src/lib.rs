@@ -14,6 +14,7 @@ pub mod bench;
 pub mod bird;
 pub mod cluster;
 pub mod cni_kit;
+pub mod containerd;
 pub mod etcd;
 pub mod handbuilt;
 pub mod iperf;

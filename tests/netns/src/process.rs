@@ -160,12 +160,22 @@ impl Background {
             nix::unistd::Pid::from_raw(self.pgid),
             nix::sys::signal::Signal::SIGKILL,
         );
-        // try_wait reaps without blocking; the group is dead or dying.
+        // try_wait reaps our child (the `timeout` wrapper) without blocking.
         for _ in 0..200 {
             match self.child.try_wait() {
-                Ok(Some(_)) | Err(_) => return,
+                Ok(Some(_)) | Err(_) => break,
                 Ok(None) => std::thread::sleep(Duration::from_millis(5)),
             }
+        }
+        // The rest of the group (the daemon under `timeout`) may still be exiting: wait, bounded,
+        // until none is left, so a restarted daemon finds its ports and sockets free.
+        for _ in 0..400 {
+            let alive =
+                nix::sys::signal::killpg(nix::unistd::Pid::from_raw(self.pgid), None).is_ok();
+            if !alive {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 

@@ -59,6 +59,9 @@ pub enum Blocks {
     /// A pool of /24 blocks in the API, an ipamd per node, the agent claiming through it and the
     /// pods allocated by trellis-ipam.
     Ipamd,
+    /// The same with the pool README shows: nothing reserved in its blocks, so the agent must
+    /// hold the node's own addresses (VTEP, gateway, broadcast) itself.
+    IpamdUnreserved,
 }
 
 impl Cluster {
@@ -80,12 +83,14 @@ impl Cluster {
         let cp = ControlPlane::start(&tb, "cp", 1).await.unwrap();
         let client = kube_client(&cp.local_kubeconfig).await;
         let nodes: Api<KubeNode> = Api::all(client.clone());
-        if blocks == Blocks::Ipamd {
-            let args = ["--cidr", "10.244.0.0/16", "--block-size", "24"];
-            let reserve = ["--reserve-head", "2", "--reserve-tail", "1", "--gateway"];
-            create_pool(&tb, &cp, "overlay", &[&args[..], &reserve[..]].concat())
+        let args = ["--cidr", "10.244.0.0/16", "--block-size", "24"];
+        let reserve = ["--reserve-head", "2", "--reserve-tail", "1", "--gateway"];
+        match blocks {
+            Blocks::PodCidr => {}
+            Blocks::Ipamd => create_pool(&tb, &cp, "overlay", &[&args[..], &reserve[..]].concat())
                 .await
-                .unwrap();
+                .unwrap(),
+            Blocks::IpamdUnreserved => create_pool(&tb, &cp, "overlay", &args).await.unwrap(),
         }
         let mut workers = Vec::new();
         for i in 0..n {
@@ -94,7 +99,7 @@ impl Cluster {
             let mut block: Ipv4Net = format!("10.244.{}.0/24", i + 1).parse().unwrap();
             let spec = match blocks {
                 Blocks::PodCidr => serde_json::json!({"podCIDR": block.to_string()}),
-                Blocks::Ipamd => serde_json::json!({}),
+                Blocks::Ipamd | Blocks::IpamdUnreserved => serde_json::json!({}),
             };
             let obj: KubeNode = serde_json::from_value(
                 serde_json::json!({"metadata": {"name": name}, "spec": spec}),
@@ -104,9 +109,9 @@ impl Cluster {
             let dirs = tb.state_dir().join(&name);
             let agent = match blocks {
                 Blocks::PodCidr => start_agent(&tb, &cp, &node, &dirs),
-                Blocks::Ipamd => {
+                Blocks::Ipamd | Blocks::IpamdUnreserved => {
                     let ipamd = start_ipamd(&tb, &cp, &node, &dirs).unwrap();
-                    let agent = start_agent_with(&tb, &cp, &node, &dirs, Blocks::Ipamd);
+                    let agent = start_agent_with(&tb, &cp, &node, &dirs, blocks);
                     wait_path(&tb, &[agent, ipamd], &dirs.join("state/ready.json"))
                         .await
                         .unwrap();
@@ -252,7 +257,7 @@ pub fn start_agent_with(
             "--host-local-dir".into(),
             d("ipam"),
         ],
-        Blocks::Ipamd => [
+        Blocks::Ipamd | Blocks::IpamdUnreserved => [
             "--ipam".into(),
             "trellis-ipam".into(),
             "--ipam-socket".into(),

@@ -64,8 +64,21 @@ pub fn start_agent_with(
     dirs: &Path,
     graceful_restart: bool,
 ) -> i32 {
+    start_agent_opts(tb, cp, node, dirs, graceful_restart, 1)
+}
+
+/// The agent with `--resync` seconds between full reconciles.
+pub fn start_agent_opts(
+    tb: &Testbed,
+    cp: &ControlPlane,
+    node: &Node,
+    dirs: &Path,
+    graceful_restart: bool,
+    resync: u64,
+) -> i32 {
     let d = |sub: &str| dirs.join(sub).display().to_string();
     let hold = HOLD.to_string();
+    let resync = resync.to_string();
     tb.spawn(
         &node.ns,
         &[
@@ -91,7 +104,7 @@ pub fn start_agent_with(
                 "--no-graceful-restart"
             },
             "--resync",
-            "1",
+            &resync,
             "--status-listen",
             "127.0.0.1:9912",
         ],
@@ -106,6 +119,11 @@ impl Cluster {
     }
 
     pub async fn start_with(n: usize, graceful_restart: bool) -> Cluster {
+        Cluster::start_opts(n, graceful_restart, 1).await
+    }
+
+    /// `n` nodes whose agents reconcile every `resync` seconds.
+    pub async fn start_opts(n: usize, graceful_restart: bool, resync: u64) -> Cluster {
         require_root();
         require_tool("ping", "iputils-ping");
         let tb = Testbed::new().unwrap();
@@ -130,7 +148,7 @@ impl Cluster {
             wait_path(&tb, &[ipamd], &dirs.join("ipamd.sock"))
                 .await
                 .unwrap();
-            let agent = start_agent_with(&tb, &cp, &node, &dirs, graceful_restart);
+            let agent = start_agent_opts(&tb, &cp, &node, &dirs, graceful_restart, resync);
             workers.push(Worker { node, dirs, agent });
         }
         for w in &workers {
@@ -220,6 +238,36 @@ impl Cluster {
                 "{block} via {via:?} not reached within {limit:?}: {wrong:?}"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Cluster {
+    /// Waits until `trellis bgp status` on every node shows `peers` Established sessions.
+    pub async fn wait_established(&self, peers: usize, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        for w in &self.workers {
+            loop {
+                let out = self
+                    .tb
+                    .exec(
+                        &w.node.ns,
+                        &[bin_path("trellis").to_str().unwrap(), "bgp", "status"],
+                        Duration::from_secs(10),
+                    )
+                    .await
+                    .unwrap();
+                if out.stdout.matches("Established").count() == peers {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{} has not {peers} Established sessions within {limit:?}: {}",
+                    w.node.name,
+                    out.stdout
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
     }
 }

@@ -10,7 +10,7 @@ use kube::api::{Patch, PatchParams};
 use serde_json::json;
 use trellis_net::Mac;
 
-use super::peers::Peer;
+use crate::peers::Peer;
 
 pub const VTEP_MAC: &str = "trellis.dev/vtep-mac";
 pub const NODE_IP: &str = "trellis.dev/node-ip";

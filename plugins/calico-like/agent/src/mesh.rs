@@ -13,7 +13,7 @@ use kube::runtime::watcher;
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use super::{AgentError, Neighbour};
+use crate::{AgentError, Neighbour};
 
 pub const BGP_ADDRESS: &str = "trellis.dev/bgp-address";
 

@@ -8,6 +8,7 @@
 //! `--standalone` only the latter. Blocks: the node's blocks from ipamd, plus `--announce` and
 //! the lines of `--announce-file` (re-read every resync and at once on SIGHUP).
 
+pub mod blocks;
 pub mod cniconf;
 pub mod crds;
 pub mod kernel;
@@ -27,7 +28,7 @@ use trellis_daemon::{Health, Metrics};
 use trellis_net::Handle;
 use trellis_net::underlay::{self, Choice};
 
-use crate::state::NodeState;
+use trellis_routed::state::NodeState;
 
 /// A configured neighbour (`--peer ADDR:ASN`, or a node of the mesh).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -106,7 +107,7 @@ impl Config {
             hold_time: 90,
             graceful_restart: true,
             cluster_id: None,
-            state_dir: crate::state::DEFAULT_STATE_DIR.into(),
+            state_dir: trellis_routed::state::DEFAULT_STATE_DIR.into(),
             cni_conf_dir: None,
             resync: Duration::from_secs(5),
             status_listen: None,
@@ -118,8 +119,8 @@ impl Config {
 pub enum AgentError {
     #[error("kubernetes: {0}")]
     Kube(#[from] kube::Error),
-    #[error("kubeconfig: {0}")]
-    Kubeconfig(String),
+    #[error(transparent)]
+    Client(#[from] trellis_api::cluster::ClientError),
     #[error(transparent)]
     Net(#[from] trellis_net::Error),
     #[error(transparent)]
@@ -134,6 +135,8 @@ pub enum AgentError {
     },
     #[error("the router id must be IPv4: give --router-id")]
     NoRouterId,
+    #[error("stopped before the agent was ready")]
+    Stopped,
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError {
@@ -141,22 +144,26 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError {
     move |source| AgentError::Io { what, source }
 }
 
-async fn kube_client(config: &Config) -> Result<kube::Client, AgentError> {
-    match &config.kubeconfig {
-        Some(path) => trellis_ipam::backend::kube::client_from_kubeconfig(path)
-            .await
-            .map_err(|e| AgentError::Kubeconfig(e.to_string())),
-        None => {
-            let kc = kube::Config::infer()
-                .await
-                .map_err(|e| AgentError::Kubeconfig(e.to_string()))?;
-            Ok(kube::Client::try_from(kc)?)
+/// The underlay: as configured; a standalone agent on a node with no default route falls back
+/// to the interface holding its `--listen` address, then its `--router-id`.
+async fn pick_underlay(host: &Handle, config: &Config) -> Result<underlay::Underlay, AgentError> {
+    let first = underlay::pick(host, &config.underlay).await;
+    if first.is_ok() || config.underlay != Choice::DefaultRoute {
+        return Ok(first?);
+    }
+    let listen = Some(config.listen.ip()).filter(|ip| !ip.is_unspecified());
+    let router_id = config.router_id.map(IpAddr::V4);
+    for ip in [listen, router_id].into_iter().flatten() {
+        if let Ok(u) = underlay::pick(host, &Choice::Iface(ip.to_string())).await {
+            tracing::info!(%ip, iface = %u.link.name, "no default route: the underlay is the interface holding this address");
+            return Ok(u);
         }
     }
+    Ok(first?)
 }
 
 /// The prefixes this node announces now: flags, the announce file, ipamd's blocks.
-async fn wanted_prefixes(config: &Config) -> BTreeSet<IpNet> {
+fn wanted_prefixes(config: &Config, ipamd_blocks: &BTreeSet<IpNet>) -> BTreeSet<IpNet> {
     let mut out: BTreeSet<IpNet> = config.announce.iter().copied().collect();
     if let Some(path) = &config.announce_file {
         match std::fs::read_to_string(path) {
@@ -181,37 +188,8 @@ async fn wanted_prefixes(config: &Config) -> BTreeSet<IpNet> {
             }
         }
     }
-    if let Some(socket) = &config.ipamd {
-        match ipamd_blocks(socket, &config.node).await {
-            Ok(blocks) => out.extend(blocks),
-            Err(e) => tracing::warn!(error = %e, "listing the node's blocks from ipamd"),
-        }
-    }
+    out.extend(ipamd_blocks.iter().copied());
     out
-}
-
-async fn ipamd_blocks(socket: &std::path::Path, node: &str) -> Result<Vec<IpNet>, String> {
-    let mut client =
-        trellis_ipam::client::connect(socket, Duration::from_secs(2), Duration::from_secs(10))
-            .await
-            .map_err(|e| e.to_string())?;
-    let blocks = client
-        .list_blocks(trellis_ipam::proto::ListBlocksRequest {
-            node: node.to_string(),
-        })
-        .await
-        .map_err(|s| s.message().to_string())?
-        .into_inner()
-        .blocks;
-    blocks
-        .iter()
-        .filter(|b| b.node == node)
-        .map(|b| {
-            b.cidr
-                .parse()
-                .map_err(|e| format!("ipamd answered block {:?}: {e}", b.cidr))
-        })
-        .collect()
 }
 
 /// Runs the agent until `stop` resolves. On stop the speaker is dropped without a
@@ -233,8 +211,9 @@ pub async fn run(
         .map_err(io(format!("listen on {addr}")))?;
         tracing::info!(%bound, "health, metrics and status");
     }
+    tokio::pin!(stop);
     let host = Handle::current()?;
-    let under = underlay::pick(&host, &config.underlay).await?;
+    let under = pick_underlay(&host, &config).await?;
     let node_ip = under.ip;
     let router_id = config.router_id.unwrap_or(node_ip);
     tracing::info!(iface = %under.link.name, ip = %node_ip, %router_id, asn = config.asn, "underlay");
@@ -249,7 +228,16 @@ pub async fn run(
     let client = if config.standalone {
         None
     } else {
-        Some(kube_client(&config).await?)
+        let c = trellis_api::cluster::client(config.kubeconfig.as_deref()).await?;
+        // Deployed before its kubelet registers the Node: wait for it, saying so once.
+        let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(c.clone());
+        if trellis_api::cluster::wait_for_node(&nodes, &config.node, &mut stop)
+            .await
+            .is_none()
+        {
+            return Err(AgentError::Stopped);
+        }
+        Some(c)
     };
     let mut config = config;
     if let Some(c) = &client {
@@ -270,9 +258,20 @@ pub async fn run(
     let speaker = Speaker::start(sc).await?;
     let mut changes = speaker.subscribe();
 
+    // The node's IPAM blocks, followed live: a block is announced as soon as ipamd has claimed
+    // it, not at the next resync. The first set is awaited briefly, so a restarted agent
+    // announces what it had at once.
+    let mut ipamd_rx = config.ipamd.clone().map(blocks::follow);
+    let mut ipamd_blocks: BTreeSet<IpNet> = BTreeSet::new();
+    if let Some(rx) = ipamd_rx.as_mut()
+        && let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(2), rx.changed()).await
+    {
+        ipamd_blocks = rx.borrow_and_update().clone();
+    }
+
     // Announce before adding peers (see trellis_bgp::speaker).
     let mut announced: BTreeSet<IpNet> = BTreeSet::new();
-    let wanted = wanted_prefixes(&config).await;
+    let wanted = wanted_prefixes(&config, &ipamd_blocks);
     kernel::sync_blackholes(&host, &wanted).await?;
     for p in &wanted {
         speaker.announce(*p, IpAddr::V4(node_ip))?;
@@ -322,11 +321,26 @@ pub async fn run(
     let mut publish = tokio::time::interval(Duration::from_secs(1));
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(io("SIGHUP handler"))?;
-    tokio::pin!(stop);
     let mut ready = false;
     loop {
         let mut refresh = false;
         tokio::select! {
+            Ok(()) = async {
+                match ipamd_rx.as_mut() {
+                    Some(rx) => rx.changed().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Some(rx) = ipamd_rx.as_mut() {
+                    ipamd_blocks = rx.borrow_and_update().clone();
+                }
+                let wanted = wanted_prefixes(&config, &ipamd_blocks);
+                announce_changes(&speaker, &announced, &wanted, node_ip)?;
+                if let Err(e) = kernel::sync_blackholes(&host, &wanted).await {
+                    tracing::warn!(error = %e, "blackhole routes");
+                }
+                announced = wanted;
+            }
             _ = &mut stop => break,
             change = changes.recv() => match change {
                 Some(c) => {
@@ -374,16 +388,9 @@ pub async fn run(
             }
         }
         if refresh {
-            let wanted = wanted_prefixes(&config).await;
+            let wanted = wanted_prefixes(&config, &ipamd_blocks);
             // Peers first (convergence is what the cluster waits for), then our blackholes.
-            for p in wanted.difference(&announced) {
-                tracing::info!(prefix = %p, "announcing");
-                speaker.announce(*p, IpAddr::V4(node_ip))?;
-            }
-            for p in announced.difference(&wanted) {
-                tracing::info!(prefix = %p, "withdrawing");
-                speaker.withdraw(*p)?;
-            }
+            announce_changes(&speaker, &announced, &wanted, node_ip)?;
             if let Err(e) = kernel::sync_blackholes(&host, &wanted).await {
                 tracing::warn!(error = %e, "blackhole routes");
             }
@@ -427,6 +434,24 @@ pub async fn run(
     let _ = http_stop.send(());
     tracing::info!("stopping; routes stay in place");
     drop(speaker);
+    Ok(())
+}
+
+/// Announces what is wanted and not announced yet, and withdraws what is no longer wanted.
+fn announce_changes(
+    speaker: &Speaker,
+    announced: &BTreeSet<IpNet>,
+    wanted: &BTreeSet<IpNet>,
+    node_ip: Ipv4Addr,
+) -> Result<(), AgentError> {
+    for p in wanted.difference(announced) {
+        tracing::info!(prefix = %p, "announcing");
+        speaker.announce(*p, IpAddr::V4(node_ip))?;
+    }
+    for p in announced.difference(wanted) {
+        tracing::info!(prefix = %p, "withdrawing");
+        speaker.withdraw(*p)?;
+    }
     Ok(())
 }
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::Error;
+use trellis_cni::Error;
 
 /// The file's name in the state directory.
 pub const FILE: &str = "ready.json";
@@ -60,6 +60,22 @@ pub fn require<T: DeserializeOwned>(dir: &Path, agent: &str) -> Result<T, Error>
     }
 }
 
+/// STATUS: `Ok` once `agent` has made the node ready, else the "not available" (50) error that
+/// says why.
+pub fn status(dir: &Path, agent: &str) -> Result<(), Error> {
+    match read::<serde_json::Value>(dir) {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(Error::not_available(
+            format!("the {agent} has not made this node ready yet"),
+            path(dir).display().to_string(),
+        )),
+        Err(e) => Err(Error::not_available(
+            format!("cannot read the {agent}'s state"),
+            e.to_string(),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,15 +90,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(read::<State>(dir.path()).unwrap(), None);
         let e = require::<State>(dir.path(), "test agent").unwrap_err();
-        assert_eq!(e.code, crate::Code::TRY_AGAIN_LATER);
+        assert_eq!(e.code, trellis_cni::Code::TRY_AGAIN_LATER);
         write(dir.path(), &State { mtu: 1450 }).unwrap();
         assert_eq!(
             require::<State>(dir.path(), "x").unwrap(),
             State { mtu: 1450 }
         );
+        assert!(status(dir.path(), "x").is_ok());
         remove(dir.path()).unwrap();
         remove(dir.path()).unwrap();
         assert_eq!(read::<State>(dir.path()).unwrap(), None);
+        let e = status(dir.path(), "test agent").unwrap_err();
+        assert_eq!(e.code, trellis_cni::Code::NOT_AVAILABLE);
+        assert!(e.msg.contains("test agent"), "{e}");
     }
 
     #[test]
@@ -90,6 +110,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(path(dir.path()), b"{").unwrap();
         let e = require::<State>(dir.path(), "x").unwrap_err();
-        assert_eq!(e.code, crate::Code::IO_FAILURE);
+        assert_eq!(e.code, trellis_cni::Code::IO_FAILURE);
     }
 }

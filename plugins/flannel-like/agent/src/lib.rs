@@ -7,6 +7,7 @@
 //! masquerade and the CNI configuration are in place it writes the readiness state the plugin
 //! reads and reports ready on `/readyz`. Stopping it leaves the data path in place.
 
+pub mod addresses;
 pub mod cniconf;
 pub mod masq;
 pub mod nodes;
@@ -27,8 +28,8 @@ use kube::runtime::watcher;
 use trellis_daemon::{Health, Metrics};
 use trellis_net::{Handle, Link, Mac, Netns, VxlanSpec};
 
-use crate::state::NodeState;
 use peers::Peer;
+use trellis_overlay::state::NodeState;
 
 /// Where the node's block comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,7 +87,7 @@ impl Config {
             vtep: "trellis.1".into(),
             bridge: "trellis0".into(),
             cni_conf_dir: "/etc/cni/net.d".into(),
-            state_dir: crate::state::DEFAULT_STATE_DIR.into(),
+            state_dir: trellis_overlay::state::DEFAULT_STATE_DIR.into(),
             resync: Duration::from_secs(10),
             masquerade: true,
             listen: None,
@@ -98,8 +99,8 @@ impl Config {
 pub enum AgentError {
     #[error("kubernetes: {0}")]
     Kube(#[from] kube::Error),
-    #[error("kubeconfig: {0}")]
-    Kubeconfig(String),
+    #[error(transparent)]
+    Client(#[from] trellis_api::cluster::ClientError),
     #[error(transparent)]
     Net(#[from] trellis_net::Error),
     #[error(transparent)]
@@ -114,22 +115,6 @@ pub enum AgentError {
     BlockOutsideCluster { block: Ipv4Net, cluster: Ipv4Net },
     #[error("stopped before the node was ready")]
     Stopped,
-}
-
-async fn client(config: &Config) -> Result<kube::Client, AgentError> {
-    let kc = match &config.kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| AgentError::Kubeconfig(format!("{}: {e}", path.display())))?;
-            kube::Config::from_custom_kubeconfig(kc, &Default::default())
-                .await
-                .map_err(|e| AgentError::Kubeconfig(e.to_string()))?
-        }
-        None => kube::Config::infer()
-            .await
-            .map_err(|e| AgentError::Kubeconfig(e.to_string()))?,
-    };
-    Ok(kube::Client::try_from(kc)?)
 }
 
 /// Everything the reconcile needs, built once.
@@ -185,8 +170,15 @@ pub async fn run(
         })?;
         tracing::info!(%bound, "health and metrics");
     }
-    let kube = client(&config).await?;
+    let kube = trellis_api::cluster::client(config.kubeconfig.as_deref()).await?;
     let nodes: Api<Node> = Api::all(kube);
+    // Deployed before its kubelet registers the Node: wait for it, saying so once.
+    if trellis_api::cluster::wait_for_node(&nodes, &config.node, &mut stop)
+        .await
+        .is_none()
+    {
+        return Err(AgentError::Stopped);
+    }
     let host = Handle::current()?;
     let underlay = underlay::pick(&host, &config.underlay).await?;
     tracing::info!(iface = %underlay.link.name, ip = %underlay.ip, mtu = underlay.link.mtu, "underlay");
@@ -221,6 +213,23 @@ pub async fn run(
             block,
             cluster: config.cluster_cidr,
         });
+    }
+    // The VTEP's, the gateway's and the broadcast address are the node's: held in ipamd under
+    // handles of their own, so no pod is ever given one, whatever the pool reserves.
+    if let cniconf::Ipam::Trellis { socket, .. } = &config.ipam {
+        loop {
+            match addresses::hold(socket, &config.node, block).await {
+                Ok(()) => break,
+                Err(e) => {
+                    health.set_not_ready(format!("holding the node's own addresses: {e}"));
+                    tracing::warn!(error = %e, "holding the node's own addresses in ipamd");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                _ = &mut stop => return Err(AgentError::Stopped),
+            }
+        }
     }
     // Forwarding between pods and VTEP, and arp_notify for the bridge, are node-wide settings.
     trellis_net::sysctl::set(&Netns::current()?, &[("net.ipv4.ip_forward", "1")])?;

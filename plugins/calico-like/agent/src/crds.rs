@@ -10,14 +10,15 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use futures::StreamExt;
-use kube::api::{Api, PostParams};
-use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::api::Api;
+use kube::core::{ApiResource, DynamicObject};
 use kube::runtime::watcher;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::mpsc;
+use trellis_api::cluster::CrdSpec;
 
-use super::Neighbour;
+use crate::Neighbour;
 
 pub const GROUP: &str = "bgp.trellis.dev";
 pub const VERSION: &str = "v1";
@@ -65,89 +66,61 @@ impl PeerSpec {
 }
 
 fn resource(kind: &str, plural: &str) -> ApiResource {
-    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(GROUP, VERSION, kind), plural)
+    trellis_api::cluster::resource(GROUP, VERSION, kind, plural)
 }
 
-fn crd(kind: &str, plural: &str, singular: &str, spec: Value, columns: Value) -> Value {
-    json!({
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": format!("{plural}.{GROUP}")},
-        "spec": {
-            "group": GROUP,
-            "scope": "Cluster",
-            "names": {"kind": kind, "plural": plural, "singular": singular, "listKind": format!("{kind}List")},
-            "versions": [{
-                "name": VERSION, "served": true, "storage": true,
-                "schema": {"openAPIV3Schema": {"type": "object", "properties": {"spec": spec}}},
-                "additionalPrinterColumns": columns
-            }]
-        }
-    })
-}
-
-pub fn config_crd() -> Value {
-    crd(
-        CONFIG_KIND,
-        CONFIG_PLURAL,
-        "bgpconfiguration",
-        json!({"type": "object", "properties": {
+/// `BGPConfiguration`.
+pub fn config_crd() -> CrdSpec {
+    CrdSpec {
+        group: GROUP,
+        version: VERSION,
+        kind: CONFIG_KIND,
+        plural: CONFIG_PLURAL,
+        singular: "bgpconfiguration",
+        scope: "Cluster",
+        spec_schema: json!({"type": "object", "properties": {
             "asNumber": {"type": "integer", "minimum": 1, "maximum": 4294967295u64},
             "nodeToNodeMesh": {"type": "boolean"},
             "routeReflectorClusterID": {"type": "string"},
             "holdTime": {"type": "integer", "minimum": 0, "maximum": 65535},
         }}),
-        json!([
+        columns: json!([
             {"name": "AS", "type": "integer", "jsonPath": ".spec.asNumber"},
             {"name": "Mesh", "type": "boolean", "jsonPath": ".spec.nodeToNodeMesh"},
         ]),
-    )
+    }
 }
 
-pub fn peer_crd() -> Value {
-    crd(
-        PEER_KIND,
-        PEER_PLURAL,
-        "bgppeer",
-        json!({"type": "object", "required": ["peerIP", "asNumber"], "properties": {
+/// `BGPPeer`.
+pub fn peer_crd() -> CrdSpec {
+    CrdSpec {
+        group: GROUP,
+        version: VERSION,
+        kind: PEER_KIND,
+        plural: PEER_PLURAL,
+        singular: "bgppeer",
+        scope: "Cluster",
+        spec_schema: json!({"type": "object", "required": ["peerIP", "asNumber"], "properties": {
             "peerIP": {"type": "string"},
             "asNumber": {"type": "integer", "minimum": 1, "maximum": 4294967295u64},
             "node": {"type": "string"},
             "holdTime": {"type": "integer", "minimum": 0, "maximum": 65535},
         }}),
-        json!([
+        columns: json!([
             {"name": "Peer", "type": "string", "jsonPath": ".spec.peerIP"},
             {"name": "AS", "type": "integer", "jsonPath": ".spec.asNumber"},
             {"name": "Node", "type": "string", "jsonPath": ".spec.node"},
         ]),
-    )
+    }
 }
 
 /// Creates the definitions that are missing (an agent without the right to do so logs it and
 /// goes on: an administrator applies the manifest).
 pub async fn install(client: &kube::Client) {
-    let crds: Api<DynamicObject> = Api::all_with(
-        client.clone(),
-        &ApiResource::from_gvk_with_plural(
-            &GroupVersionKind::gvk("apiextensions.k8s.io", "v1", "CustomResourceDefinition"),
-            "customresourcedefinitions",
-        ),
-    );
-    for def in [config_crd(), peer_crd()] {
-        let name = def["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        let Ok(obj) = serde_json::from_value::<DynamicObject>(def) else {
-            continue;
-        };
-        match crds.create(&PostParams::default(), &obj).await {
-            Ok(_) => tracing::info!(crd = %name, "installed"),
-            Err(kube::Error::Api(s)) if s.code == 409 => {}
-            Err(e) => {
-                tracing::warn!(crd = %name, error = %e, "cannot install; apply deploy/bgp-crds.yaml")
-            }
-        }
+    let crds = [config_crd(), peer_crd()];
+    if let Err(e) = trellis_api::cluster::crd::install(client, &crds, Duration::from_secs(5)).await
+    {
+        tracing::warn!(error = %e, "cannot install the BGP definitions; apply plugins/calico-like/deploy/bgp-crds.yaml");
     }
 }
 
@@ -257,12 +230,15 @@ mod tests {
 
     #[test]
     fn the_shipped_manifest_is_these_definitions() {
-        let docs: Vec<Value> = MANIFEST
+        let docs: Vec<serde_json::Value> = MANIFEST
             .split("\n---\n")
             .skip(1)
             .map(|d| serde_json::from_str(d).unwrap())
             .collect();
-        assert_eq!(docs, vec![config_crd(), peer_crd()]);
+        assert_eq!(
+            docs,
+            vec![config_crd().definition(), peer_crd().definition()]
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
 use serde_json::{Value, json};
+use trellis_cni::Version;
 
 pub const FILE_NAME: &str = "10-trellis-overlay.conflist";
 pub const NETWORK: &str = "trellis-overlay";
@@ -26,53 +27,43 @@ pub enum Ipam {
 pub fn conflist(state_dir: &Path, mtu: u32, block: Ipv4Net, ipam: &Ipam) -> Value {
     let first = u32::from(block.network());
     let host = |n: u32| std::net::Ipv4Addr::from(first + n).to_string();
-    let ipam = match ipam {
+    let (ipam, max) = match ipam {
         Ipam::Trellis { socket, pool } => {
             let mut ipam = json!({"type": "trellis-ipam", "socket": socket});
             if let Some(pool) = pool {
                 ipam["pool"] = json!(pool);
             }
-            ipam
+            (ipam, Version::V1_1_0)
         }
         Ipam::HostLocal { data_dir } => {
             let last = u32::from(block.broadcast()) - u32::from(block.network());
-            json!({
-                "type": "host-local",
-                "ranges": [[{"subnet": block.to_string(), "rangeStart": host(2), "rangeEnd": host(last - 1), "gateway": host(1)}]],
-                "dataDir": data_dir,
-            })
+            // The reference host-local answers up to 1.0.0: the list must not offer 1.1.0.
+            (
+                json!({
+                    "type": "host-local",
+                    "ranges": [[{"subnet": block.to_string(), "rangeStart": host(2), "rangeEnd": host(last - 1), "gateway": host(1)}]],
+                    "dataDir": data_dir,
+                }),
+                Version::V1_0_0,
+            )
         }
     };
-    // The reference host-local answers up to 1.0.0: a list using it must not offer 1.1.0.
-    let (version, versions) = match ipam["type"].as_str() {
-        Some("host-local") => ("1.0.0", json!(["0.3.1", "0.4.0", "1.0.0"])),
-        _ => ("1.1.0", json!(["0.3.1", "0.4.0", "1.0.0", "1.1.0"])),
-    };
-    json!({
-        "cniVersion": version,
-        "cniVersions": versions,
-        "name": NETWORK,
-        "plugins": [{
+    trellis_plugin::conflist::conflist(
+        NETWORK,
+        vec![json!({
             "type": "trellis-overlay",
             "stateDir": state_dir,
             "mtu": mtu,
             "block": block.to_string(),
             "ipam": ipam,
-        }],
-    })
+        })],
+        max,
+    )
 }
 
 /// Writes it atomically into `dir`; returns the path.
 pub fn write(dir: &Path, conflist: &Value) -> std::io::Result<PathBuf> {
-    std::fs::create_dir_all(dir)?;
-    let path = dir.join(FILE_NAME);
-    let tmp = dir.join(format!(".{FILE_NAME}.tmp"));
-    std::fs::write(
-        &tmp,
-        serde_json::to_vec_pretty(conflist).map_err(std::io::Error::other)?,
-    )?;
-    std::fs::rename(tmp, &path)?;
-    Ok(path)
+    trellis_plugin::conflist::write(dir, FILE_NAME, conflist)
 }
 
 #[cfg(test)]
@@ -102,7 +93,7 @@ mod tests {
         let list = trellis_cni::NetworkConfigList::from_slice(c.to_string().as_bytes()).unwrap();
         assert_eq!(
             list.version().unwrap(),
-            trellis_cni::Version::V1_0_0,
+            Version::V1_0_0,
             "host-local answers up to 1.0.0"
         );
         let t = conflist(
@@ -116,11 +107,16 @@ mod tests {
         );
         assert_eq!(t["plugins"][0]["ipam"]["pool"], "overlay");
         assert_eq!(
+            t["cniVersion"], "1.0.0",
+            "containerd 1.6/1.7 refuse a 1.1.0 list"
+        );
+        assert_eq!(
             trellis_cni::NetworkConfigList::from_slice(t.to_string().as_bytes())
                 .unwrap()
                 .version()
                 .unwrap(),
-            trellis_cni::Version::V1_1_0
+            Version::V1_1_0,
+            "runtimes that read cniVersions get 1.1.0"
         );
     }
 }

@@ -1,0 +1,98 @@
+//! The configuration list a node agent writes for its runtime (`10-trellis-<mode>.conflist`).
+//!
+//! Its top-level `cniVersion` is 1.0.0, not 1.1.0: containerd 1.6 and 1.7 (and every runtime on
+//! libcni before 1.2) ignore `cniVersions` and refuse a 1.1.0 result ("unsupported CNI result
+//! version"), while a runtime that knows `cniVersions` still picks 1.1.0 from it (GC, STATUS).
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+use trellis_cni::Version;
+
+/// The top-level version: the highest that libcni before 1.2 (containerd 1.6/1.7, CRI-O of
+/// that age) accepts.
+pub const TOP_LEVEL: Version = Version::V1_0_0;
+
+/// The list: `plugins` in order, offering every version from 0.3.1 up to `max` (1.1.0 unless a
+/// chained plugin answers no higher, as the reference host-local, which stops at 1.0.0).
+pub fn conflist(name: &str, plugins: Vec<Value>, max: Version) -> Value {
+    let offered: Vec<&str> = [
+        Version::V0_3_1,
+        Version::V0_4_0,
+        Version::V1_0_0,
+        Version::V1_1_0,
+    ]
+    .into_iter()
+    .filter(|v| *v <= max)
+    .map(Version::as_str)
+    .collect();
+    json!({
+        "cniVersion": TOP_LEVEL.min(max).as_str(),
+        "cniVersions": offered,
+        "name": name,
+        "plugins": plugins,
+    })
+}
+
+/// Writes `list` as `dir/file_name`, atomically (a runtime reads the old file or the new one).
+pub fn write(dir: &Path, file_name: &str, list: &Value) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(file_name);
+    let tmp = dir.join(format!(".{file_name}.tmp"));
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec_pretty(list).map_err(std::io::Error::other)?,
+    )?;
+    std::fs::rename(tmp, &path)?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trellis_cni::NetworkConfigList;
+
+    /// What libcni 1.1 (containerd 1.6/1.7) accepts as a list's `cniVersion`.
+    const OLD_LIBCNI: [&str; 6] = ["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0"];
+
+    #[test]
+    fn every_runtime_in_use_accepts_the_list_and_new_ones_still_get_1_1_0() {
+        let list = conflist("net", vec![json!({"type": "x"})], Version::V1_1_0);
+        assert!(
+            OLD_LIBCNI.contains(&list["cniVersion"].as_str().unwrap()),
+            "containerd 1.6/1.7 would refuse {}",
+            list["cniVersion"]
+        );
+        let parsed = NetworkConfigList::from_slice(list.to_string().as_bytes()).unwrap();
+        assert_eq!(
+            parsed.version().unwrap(),
+            Version::V1_1_0,
+            "cniVersions offers 1.1.0"
+        );
+        let capped = conflist("net", vec![json!({"type": "x"})], Version::V1_0_0);
+        assert_eq!(capped["cniVersions"], json!(["0.3.1", "0.4.0", "1.0.0"]));
+        assert_eq!(
+            NetworkConfigList::from_slice(capped.to_string().as_bytes())
+                .unwrap()
+                .version()
+                .unwrap(),
+            Version::V1_0_0
+        );
+    }
+
+    #[test]
+    fn writing_replaces_the_file_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = conflist("a", vec![], Version::V1_1_0);
+        let p = write(dir.path(), "10-x.conflist", &a).unwrap();
+        let b = conflist("b", vec![], Version::V1_1_0);
+        write(dir.path(), "10-x.conflist", &b).unwrap();
+        let back: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        assert_eq!(back["name"], "b");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temporary left"
+        );
+    }
+}
