@@ -6,7 +6,8 @@
 //!   update, patch, delete, deletecollection) and the subresources (status, scale, binding).
 //! - [`kinds`]: what differs per kind — defaults, validation, immutable fields.
 //! - [`storage`]: objects in the store, resourceVersion = the key's revision.
-//! - [`discovery`], [`openapi`], [`table`]: what kubectl needs to find, validate and print.
+//! - [`discovery`], [`openapi`], [`table`] (with [`jsonpath`]): what kubectl needs to find,
+//!   validate and print.
 //! - [`auth`], [`pki`]: who may do what; the cluster CA and certificates.
 
 // ApiError carries a Status (message, causes): every handler returns it, and boxing it would
@@ -17,6 +18,7 @@ pub mod alloc;
 pub mod auth;
 pub mod discovery;
 pub mod handlers;
+pub mod jsonpath;
 pub mod kinds;
 pub mod meta;
 pub mod metrics;

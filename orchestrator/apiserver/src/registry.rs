@@ -1,14 +1,22 @@
 //! What the server serves: the built-in resources, plus one resource per served version of each
-//! CustomResourceDefinition in the store.
+//! CustomResourceDefinition in the store, with the printer columns that version defines.
 
 use std::sync::RwLock;
 
 use serde_json::Value;
 use trellis_api::resources::{self, ResourceInfo, Subresource};
 
+use crate::table::{self, CustomColumn, Printer};
+
 pub struct Registry {
     builtin: Vec<ResourceInfo>,
-    custom: RwLock<Vec<ResourceInfo>>,
+    custom: RwLock<Vec<CustomResource>>,
+}
+
+/// A served version of a CustomResourceDefinition, and how `kubectl get` prints it.
+struct CustomResource {
+    info: ResourceInfo,
+    columns: Vec<CustomColumn>,
 }
 
 impl Default for Registry {
@@ -25,27 +33,49 @@ impl Registry {
     pub fn find(&self, group: &str, version: &str, plural: &str) -> Option<ResourceInfo> {
         let hit =
             |r: &&ResourceInfo| r.group == group && r.version == version && r.plural == plural;
-        self.builtin
-            .iter()
-            .find(hit)
-            .cloned()
-            .or_else(|| self.custom_read().iter().find(hit).cloned())
+        self.builtin.iter().find(hit).cloned().or_else(|| {
+            self.custom_read()
+                .iter()
+                .map(|c| &c.info)
+                .find(hit)
+                .cloned()
+        })
     }
 
     /// The resource of a kind in a group/version.
     pub fn find_kind(&self, group: &str, version: &str, kind: &str) -> Option<ResourceInfo> {
         let hit = |r: &&ResourceInfo| r.group == group && r.version == version && r.kind == kind;
-        self.builtin
-            .iter()
-            .find(hit)
-            .cloned()
-            .or_else(|| self.custom_read().iter().find(hit).cloned())
+        self.builtin.iter().find(hit).cloned().or_else(|| {
+            self.custom_read()
+                .iter()
+                .map(|c| &c.info)
+                .find(hit)
+                .cloned()
+        })
+    }
+
+    /// How tables of this resource are printed: a built-in kind's printer, or a custom
+    /// resource's printer columns (AGE alone for a version it does not serve).
+    pub fn printer(&self, info: &ResourceInfo) -> Printer {
+        if !info.custom {
+            return Printer::builtin(info);
+        }
+        Printer::custom(
+            self.custom_read()
+                .iter()
+                .find(|c| {
+                    c.info.group == info.group
+                        && c.info.version == info.version
+                        && c.info.plural == info.plural
+                })
+                .map(|c| c.columns.clone()),
+        )
     }
 
     /// Every served resource: built-ins, then custom ones.
     pub fn all(&self) -> Vec<ResourceInfo> {
         let mut all = self.builtin.clone();
-        all.extend(self.custom_read().iter().cloned());
+        all.extend(self.custom_read().iter().map(|c| c.info.clone()));
         all
     }
 
@@ -65,12 +95,12 @@ impl Registry {
         groups
     }
 
-    fn custom_read(&self) -> std::sync::RwLockReadGuard<'_, Vec<ResourceInfo>> {
+    fn custom_read(&self) -> std::sync::RwLockReadGuard<'_, Vec<CustomResource>> {
         self.custom.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Serves exactly the resources these CustomResourceDefinitions define (served versions of
-    /// those not being deleted).
+    /// those not being deleted), each printed with its version's printer columns.
     pub fn set_custom(&self, crds: &[Value]) {
         let mut out = Vec::new();
         for crd in crds {
@@ -110,22 +140,24 @@ impl Registry {
                 if version["subresources"]["scale"].is_object() {
                     subresources.push(Subresource::Scale);
                 }
-                out.push(ResourceInfo {
-                    group: group.into(),
-                    version: name.into(),
-                    kind: kind.into(),
-                    plural: plural.into(),
-                    singular: singular.clone(),
-                    namespaced: spec["scope"].as_str() != Some("Cluster"),
-                    short_names: strings(&spec["names"]["shortNames"]),
-                    categories: strings(&spec["names"]["categories"]),
-                    subresources,
-                    custom: true,
+                out.push(CustomResource {
+                    info: ResourceInfo {
+                        group: group.into(),
+                        version: name.into(),
+                        kind: kind.into(),
+                        plural: plural.into(),
+                        singular: singular.clone(),
+                        namespaced: spec["scope"].as_str() != Some("Cluster"),
+                        short_names: strings(&spec["names"]["shortNames"]),
+                        categories: strings(&spec["names"]["categories"]),
+                        subresources,
+                        custom: true,
+                    },
+                    columns: table::crd_columns(crd, version),
                 });
             }
         }
         *self.custom.write().unwrap_or_else(|p| p.into_inner()) = out;
-        crate::table::set_custom_columns(crds);
     }
 }
 
@@ -155,5 +187,42 @@ mod tests {
         );
         r.set_custom(&[]);
         assert!(r.find("example.com", "v1", "widgets").is_none());
+    }
+
+    #[test]
+    fn printer_columns_follow_the_crds() {
+        let names = |r: &Registry, info: &ResourceInfo| -> Vec<String> {
+            r.printer(info)
+                .columns()
+                .into_iter()
+                .map(|c| c.name.into_owned())
+                .collect()
+        };
+        let r = Registry::default();
+        let crd = |column: &str| {
+            json!({
+                "metadata": {"name": "widgets.example.com"},
+                "spec": {"group": "example.com", "scope": "Namespaced",
+                         "names": {"plural": "widgets", "kind": "Widget"},
+                         "versions": [{"name": "v1", "served": true, "storage": true,
+                                       "additionalPrinterColumns": [{"name": column, "type": "string", "jsonPath": ".spec.x"}]}]}
+            })
+        };
+        r.set_custom(&[crd("Size")]);
+        let w = r.find("example.com", "v1", "widgets").unwrap();
+        assert_eq!(names(&r, &w), ["Name", "Size"]);
+        // A changed CRD changes the columns; without it, NAME and AGE.
+        r.set_custom(&[crd("Colour")]);
+        assert_eq!(names(&r, &w), ["Name", "Colour"]);
+        r.set_custom(&[]);
+        assert_eq!(names(&r, &w), ["Name", "Age"]);
+        // Two registries (two servers in one process) keep their own columns.
+        let other = Registry::default();
+        other.set_custom(&[crd("Size")]);
+        r.set_custom(&[crd("Colour")]);
+        assert_eq!(names(&other, &w), ["Name", "Size"]);
+        // Built-in kinds keep their printer.
+        let pods = r.find("", "v1", "pods").unwrap();
+        assert_eq!(names(&r, &pods)[..3], ["Name", "Ready", "Status"]);
     }
 }

@@ -38,7 +38,7 @@ impl Api {
             .await?;
         if call.wants_table() {
             return Ok(Reply::ok(table::table(
-                info,
+                &self.registry.printer(info),
                 &[stored.obj],
                 stored.revision,
                 None,
@@ -82,7 +82,7 @@ impl Api {
             .await?;
         if call.wants_table() {
             return Ok(Reply::ok(table::table(
-                info,
+                &self.registry.printer(info),
                 &page.items,
                 page.revision,
                 page.continue_token,

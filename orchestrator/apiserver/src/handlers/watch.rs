@@ -8,6 +8,7 @@
 //! - Selectors: an object that stops matching is reported DELETED, one that starts matching
 //!   ADDED, as the Kubernetes watch cache does.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -76,9 +77,11 @@ impl Api {
         let (tx, rx) = mpsc::channel::<Bytes>(256);
         let encode = {
             let info = info.clone();
+            let registry = Arc::clone(&self.registry);
             move |obj: Value, first: &mut bool| -> Value {
                 if as_table {
-                    let t = table::table(&info, &[obj], 0, None, Some("Object"));
+                    let printer = registry.printer(&info);
+                    let t = table::table(&printer, &[obj], 0, None, Some("Object"));
                     let t = if *first { t } else { table::without_columns(t) };
                     *first = false;
                     t
