@@ -12,11 +12,11 @@
 //! `kubectl` hides the columns of priority above 0 unless asked for `-o wide`. Every accessor
 //! tolerates missing fields and fields of the wrong type.
 //!
-//! - [`columns`]: which printer a built-in kind gets, and its column definitions.
-//! - [`cells`]: the rows of each built-in kind, from the printers of [`pods`], [`nodes`],
-//!   [`services`], [`events`] and [`workloads`] (and a few one-liners of its own).
-//! - [`custom`]: custom resources' printer columns, read through [`crate::jsonpath`].
-//! - [`fields`]: tolerant accessors, and ages, labels and selectors as kubectl writes them.
+//! - `columns`: which printer a built-in kind gets, and its column definitions.
+//! - `cells`: the rows of each built-in kind, from the printers in `pods`, `nodes`, `services`,
+//!   `events` and `workloads` (and a few one-liners of its own).
+//! - `custom`: custom resources' printer columns, read through [`crate::jsonpath`].
+//! - `fields`: tolerant accessors, and ages, labels and selectors as kubectl writes them.
 
 mod cells;
 mod columns;
