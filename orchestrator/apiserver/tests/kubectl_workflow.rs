@@ -1,7 +1,8 @@
 //! An operator's day with real kubectl (the image's 1.33 and Debian's 1.20), no
 //! `--validate=false`: namespace, apply of a workload with a CRD and a custom object, apply
-//! again after an edit, get in every shape, a watch that sees another client's change, scale,
-//! label, annotate, a rollout-undo-style JSON patch, delete --wait, namespace deletion.
+//! again after an edit, get in every shape (a custom resource's printer columns included), a
+//! watch that sees another client's change, scale, label, annotate, a rollout-undo-style JSON
+//! patch, delete --wait, namespace deletion.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -30,6 +31,8 @@ spec:
       openAPIV3Schema:
         type: object
         x-kubernetes-preserve-unknown-fields: true
+    additionalPrinterColumns:
+    - {{name: Size, type: integer, jsonPath: .spec.size}}
 ---
 apiVersion: example.com/v1
 kind: Gadget
@@ -143,6 +146,13 @@ async fn workflow(k: Kubectl, s: &TestServer) {
         pol.contains("POD-SELECTOR") && pol.contains("app=web"),
         "{pol}"
     );
+    // A custom resource prints the columns its CRD defines.
+    let gadgets = k.ok(&["get", "gadgets", "-n", "shop"]).await.stdout;
+    let mut lines = gadgets
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>());
+    assert_eq!(lines.next(), Some(vec!["NAME", "SIZE"]), "{gadgets}");
+    assert_eq!(lines.next(), Some(vec!["g1", "3"]), "{gadgets}");
     let yaml = k
         .ok(&["get", "deploy", "web", "-n", "shop", "-o", "yaml"])
         .await
