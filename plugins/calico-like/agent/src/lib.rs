@@ -322,6 +322,16 @@ pub async fn run(
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(io("SIGHUP handler"))?;
     let mut ready = false;
+    let mut resyncs = 0u64;
+    let count_resyncs = |n: u64| {
+        metrics.set(
+            "bgp_route_resyncs",
+            "Full resynchronisations after falling behind the speaker's route changes.",
+            &[],
+            n as f64,
+        )
+    };
+    count_resyncs(resyncs);
     loop {
         let mut refresh = false;
         tokio::select! {
@@ -360,7 +370,18 @@ pub async fn run(
                         routes.failures() as f64,
                     );
                 }
-                None => break,
+                // The speaker dropped us for falling behind (see `Speaker::subscribe`): changes
+                // were lost, withdrawals among them. Take the stream again (it starts with the
+                // whole Loc-RIB) and reconcile the kernel with the RIB right now. (Before the
+                // first sweep, a learned route the RIB no longer holds stays until that sweep,
+                // as the leftovers of an earlier run do.)
+                None => {
+                    tracing::warn!("fell behind the speaker's route changes: resynchronising");
+                    changes = speaker.subscribe();
+                    resyncs += 1;
+                    count_resyncs(resyncs);
+                    refresh = true;
+                }
             },
             Some(latest) = async {
                 match mesh_rx.as_mut() {
