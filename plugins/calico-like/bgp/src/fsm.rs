@@ -80,6 +80,10 @@ pub enum Event {
     /// Event 5: an automatic restart that waits for the peer's connection (used when the
     /// peer's connection is already there to be adopted).
     AutomaticStartPassive,
+    /// Event 8: the speaker stops the session by itself (here: it could no longer queue what
+    /// the peer must be sent); carries the NOTIFICATION (a Cease) to send. The session restarts
+    /// automatically, as after an error.
+    AutomaticStop(Notification),
     /// Event 9.
     ConnectRetryTimerExpires,
     /// Event 10.
@@ -315,7 +319,7 @@ impl Fsm {
             ) => self.fail(state, Some(Notification::hold_timer_expired())),
             (
                 state @ (State::OpenSent | State::OpenConfirm | State::Established),
-                BgpHeaderErr(n) | BgpOpenMsgErr(n),
+                BgpHeaderErr(n) | BgpOpenMsgErr(n) | AutomaticStop(n),
             ) => self.fail(state, Some(n)),
             (
                 state @ (State::OpenSent | State::OpenConfirm | State::Established),
@@ -831,6 +835,34 @@ mod tests {
                 actions.contains(&SessionDown { graceful: false }),
                 state == State::Established
             );
+        }
+    }
+
+    #[test]
+    fn an_automatic_stop_sends_its_cease_and_restarts() {
+        let cease = Notification::cease(CeaseSubcode::OutOfResources);
+        for state in [State::OpenSent, State::OpenConfirm, State::Established] {
+            let mut fsm = in_state(state);
+            let actions = fsm.handle(Event::AutomaticStop(cease.clone()));
+            assert_eq!(actions.first(), Some(&SendNotification(cease.clone())));
+            assert!(actions.contains(&DropConnection));
+            assert!(
+                actions
+                    .iter()
+                    .any(|a| matches!(a, StartTimer(Timer::IdleHold, _)))
+            );
+            assert_eq!(fsm.state(), State::Idle);
+            assert_eq!(
+                actions.contains(&SessionDown { graceful: false }),
+                state == State::Established
+            );
+        }
+        // Before a BGP conversation there is no one to tell.
+        for state in [State::Connect, State::Active] {
+            let mut fsm = in_state(state);
+            let actions = fsm.handle(Event::AutomaticStop(cease.clone()));
+            assert_eq!(sent_notification(&actions), None);
+            assert_eq!(fsm.state(), State::Idle);
         }
     }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 use common::*;
 use trellis_bgp::codec::{AsPath, Capability, Family, GrFamily, GracefulRestartCap, Message};
 use trellis_bgp::fsm::State;
+use trellis_bgp::speaker::PEER_QUEUE;
 use trellis_bgp::{LocRibChange, Source};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -424,5 +425,41 @@ async fn a_graceful_restart_peer_opening_a_new_session_replaces_the_old_one() {
             .expect("peer")
             .established_transitions,
         2
+    );
+}
+
+/// A peer whose task falls [`PEER_QUEUE`] exports behind is not left with a gap: its session
+/// is reset with a Cease (out of resources), comes back by itself, and the peer then has the
+/// whole table.
+#[tokio::test]
+async fn a_peer_that_falls_behind_is_reset_and_then_gets_the_whole_table() {
+    let a = speaker("127.0.0.21", ASN, |_| {}).await;
+    let b = speaker("127.0.0.22", ASN, |_| {}).await;
+    link(&a, &b);
+    established(&a, addr(&b)).await;
+    established(&b, addr(&a)).await;
+    // On this single-threaded runtime no task runs during the loop: every export for b waits
+    // in its task's queue, and the last one finds it full.
+    let n = PEER_QUEUE + 1;
+    for i in 0..n {
+        let i = u32::try_from(i).expect("small");
+        let prefix =
+            ipnet::Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 | (i << 8)), 24).expect("prefix");
+        a.announce(prefix.into(), addr(&a)).expect("announce");
+    }
+    let cease = "cease (6/8)";
+    wait_for("a resets the session", || {
+        a.peer(addr(&b))
+            .and_then(|p| p.last_error)
+            .is_some_and(|e| e == format!("sent NOTIFICATION {cease}"))
+    })
+    .await;
+    wait_for("b has the whole table again", || b.routes().len() == n).await;
+    established(&a, addr(&b)).await;
+    let status = a.peer(addr(&b)).expect("peer");
+    assert!(status.established_transitions >= 2, "{status:?}");
+    assert_eq!(
+        b.peer(addr(&a)).and_then(|p| p.last_error),
+        Some(format!("received NOTIFICATION {cease}"))
     );
 }

@@ -1,0 +1,631 @@
+//! The async BGP speaker an agent drives.
+//!
+//! [`Speaker::start`] listens (optionally) and runs one tokio task per peer; each task owns
+//! its TCP connection and its [`Fsm`](crate::fsm::Fsm), decodes with the
+//! [`codec`](crate::codec), and feeds the shared [`Rib`]. The agent adds and removes peers,
+//! announces and withdraws its own prefixes, and reads Loc-RIB changes from
+//! [`Speaker::subscribe`] to program the kernel. Wire input never panics a task: a malformed
+//! message draws the NOTIFICATION the codec names (or RFC 7606 treat-as-withdraw) and affects
+//! that session only.
+//!
+//! Announce the node's prefixes before adding peers: each session's first UPDATEs end with
+//! End-of-RIB, and a peer that kept our routes stale across a restart (graceful restart)
+//! purges whatever that End-of-RIB did not refresh.
+//!
+//! Every queue is bounded, and none can lose a change silently:
+//!
+//! - A subscriber that falls [`SUBSCRIBER_BACKLOG`] changes behind is disconnected (see
+//!   [`Speaker::subscribe`]): it must subscribe again and resynchronise.
+//! - A peer's task that falls [`PEER_QUEUE`] messages behind (its peer reads too slowly) has
+//!   its session reset with a Cease (out of resources); the session restarts by itself and the
+//!   peer is sent the whole Adj-RIB-Out again.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), trellis_bgp::speaker::SpeakerError> {
+//! use trellis_bgp::speaker::{PeerConfig, Speaker, SpeakerConfig};
+//! let mut config = SpeakerConfig::new(64512, "10.0.0.1".parse().expect("id"));
+//! config.listen = Some("10.0.0.1:179".parse().expect("addr"));
+//! let speaker = Speaker::start(config).await?;
+//! let mut routes = speaker.subscribe();
+//! speaker.add_peer(PeerConfig::new("10.0.0.2".parse().expect("peer"), 64512))?;
+//! speaker.announce("10.244.0.0/26".parse().expect("block"), "10.0.0.1".parse().expect("nh"))?;
+//! loop {
+//!     while let Some(change) = routes.recv().await {
+//!         println!("{change:?}"); // install or remove the kernel route
+//!     }
+//!     // Fell behind: start again from the whole Loc-RIB, and remove what it no longer holds.
+//!     routes = speaker.subscribe();
+//!     let _current = speaker.routes();
+//! }
+//! # }
+//! ```
+//!
+//! The code follows the jobs: this module is the API (the [`Speaker`] handle, its settings,
+//! status and errors, and the state the tasks share); `listener` accepts connections, `peer` is
+//! a peer's task (its FSM, connection and session), `collision` resolves a second connection
+//! from the same peer (RFC 4271 §6.8), and `export` hands RIB changes to the subscribers and the
+//! peers' tasks and packs them into UPDATEs.
+
+mod collision;
+mod export;
+mod listener;
+mod peer;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, timeout};
+use tracing::info;
+
+use crate::fsm::State;
+use crate::rib::{self, LocRibChange, PeerInfo, Rib, RibConfig};
+use listener::{accept_loop, bind};
+use peer::{PeerMsg, PeerTask};
+
+/// The standard BGP port.
+pub const BGP_PORT: u16 = 179;
+
+/// How many Loc-RIB changes may wait for a subscriber (beyond the snapshot it starts with)
+/// before it is disconnected.
+pub const SUBSCRIBER_BACKLOG: usize = 4096;
+
+/// How many messages (batches of UPDATEs to send, above all) may wait for a peer's task before
+/// its session is reset.
+pub const PEER_QUEUE: usize = 4096;
+
+/// A Loc-RIB change as the agent receives it.
+pub type RouteChange = LocRibChange;
+
+/// Settings of the local speaker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpeakerConfig {
+    /// Our AS (4-octet).
+    pub asn: u32,
+    /// Our BGP identifier.
+    pub router_id: Ipv4Addr,
+    /// Where to accept connections (port 0 picks one, see [`Speaker::local_addr`]); `None`
+    /// makes every peer active-only.
+    pub listen: Option<SocketAddr>,
+    /// Proposed hold time in seconds (0 or at least 3).
+    pub hold_time: u16,
+    /// ConnectRetry base interval (also the first wait after an error).
+    pub connect_retry: Duration,
+    /// Upper bound of the backed-off ConnectRetry interval.
+    pub connect_retry_max: Duration,
+    /// Advertise and honour graceful restart (RFC 4724).
+    pub graceful_restart: bool,
+    /// Seconds our peers should keep our routes while we restart (at most 4095).
+    pub restart_time: u16,
+    /// Makes this speaker a route reflector with this cluster id (RFC 4456).
+    pub cluster_id: Option<Ipv4Addr>,
+}
+
+impl SpeakerConfig {
+    /// Defaults: no listener, hold time 90 s, ConnectRetry 5 s backing off to 30 s (BIRD's
+    /// error wait in Calico), graceful restart on with 120 s, not a route reflector.
+    pub fn new(asn: u32, router_id: Ipv4Addr) -> Self {
+        Self {
+            asn,
+            router_id,
+            listen: None,
+            hold_time: 90,
+            connect_retry: Duration::from_secs(5),
+            connect_retry_max: Duration::from_secs(30),
+            graceful_restart: true,
+            restart_time: 120,
+            cluster_id: None,
+        }
+    }
+}
+
+/// One configured peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerConfig {
+    /// The peer's address: its identity, and where we connect.
+    pub address: IpAddr,
+    /// The peer's port (179 unless testing).
+    pub port: u16,
+    /// The AS the peer must announce; ours means iBGP.
+    pub remote_asn: u32,
+    /// Hold time for this peer, overriding the speaker's.
+    pub hold_time: Option<u16>,
+    /// Never connect; wait for the peer.
+    pub passive: bool,
+    /// A route-reflector client (meaningful when the speaker has a cluster id).
+    pub rr_client: bool,
+    /// Source address for our connections (and so the next hop we give eBGP peers).
+    pub local_address: Option<IpAddr>,
+}
+
+impl PeerConfig {
+    /// An active peer on port 179 with the speaker's hold time.
+    pub fn new(address: IpAddr, remote_asn: u32) -> Self {
+        Self {
+            address,
+            port: BGP_PORT,
+            remote_asn,
+            hold_time: None,
+            passive: false,
+            rr_client: false,
+            local_address: None,
+        }
+    }
+}
+
+/// A peer as `trellis bgp status` and the metrics show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// The peer's address.
+    pub address: IpAddr,
+    /// Its AS.
+    pub remote_asn: u32,
+    /// The session state.
+    pub state: State,
+    /// When the session last reached Established (while it is up).
+    pub established_at: Option<Instant>,
+    /// The peer's BGP identifier, once known.
+    pub remote_id: Option<Ipv4Addr>,
+    /// The negotiated hold time (seconds) while the session is up.
+    pub hold_time: u16,
+    /// Routes in its Adj-RIB-In.
+    pub prefixes_received: usize,
+    /// Routes in its Adj-RIB-Out.
+    pub prefixes_sent: usize,
+    /// UPDATE messages received.
+    pub updates_received: u64,
+    /// UPDATE messages sent.
+    pub updates_sent: u64,
+    /// All messages received.
+    pub messages_received: u64,
+    /// All messages sent.
+    pub messages_sent: u64,
+    /// Times the session reached Established.
+    pub established_transitions: u64,
+    /// The last NOTIFICATION sent or received, or the last malformed-UPDATE handling.
+    pub last_error: Option<String>,
+}
+
+impl PeerStatus {
+    fn new(config: &PeerConfig) -> Self {
+        Self {
+            address: config.address,
+            remote_asn: config.remote_asn,
+            state: State::Idle,
+            established_at: None,
+            remote_id: None,
+            hold_time: 0,
+            prefixes_received: 0,
+            prefixes_sent: 0,
+            updates_received: 0,
+            updates_sent: 0,
+            messages_received: 0,
+            messages_sent: 0,
+            established_transitions: 0,
+            last_error: None,
+        }
+    }
+
+    /// How long the session has been Established.
+    pub fn uptime(&self) -> Option<Duration> {
+        self.established_at.map(|t| t.elapsed())
+    }
+}
+
+/// Why a speaker operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SpeakerError {
+    /// The listening socket could not be set up.
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        /// The address.
+        address: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A hold time of 1 or 2 seconds (RFC 4271 §4.2).
+    #[error("hold time {0} s is neither 0 nor at least 3 s")]
+    InvalidHoldTime(u16),
+    /// AS 0 (RFC 7607).
+    #[error("AS 0 is reserved")]
+    InvalidAsn,
+    /// Router id 0.0.0.0.
+    #[error("router id 0.0.0.0 is not a valid BGP identifier")]
+    InvalidRouterId,
+    /// The peer is already configured.
+    #[error("peer {0} is already configured")]
+    DuplicatePeer(IpAddr),
+    /// The peer is not configured.
+    #[error("peer {0} is not configured")]
+    UnknownPeer(IpAddr),
+    /// An IPv4 prefix with an IPv6 next hop (RFC 5549 is not supported).
+    #[error("IPv4 prefix {prefix} cannot have the IPv6 next hop {next_hop}")]
+    NextHopFamily {
+        /// The prefix.
+        prefix: IpNet,
+        /// The next hop.
+        next_hop: IpAddr,
+    },
+}
+
+/// A running speaker. Dropping it ends every session at once without NOTIFICATION, as a
+/// crash would (peers with graceful restart keep our routes); [`Speaker::shutdown`] closes
+/// them politely.
+#[derive(Debug)]
+pub struct Speaker {
+    shared: Arc<Shared>,
+    listener: Option<JoinHandle<()>>,
+    local_addr: Option<SocketAddr>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    config: SpeakerConfig,
+    core: Mutex<Core>,
+}
+
+impl Shared {
+    fn core(&self) -> MutexGuard<'_, Core> {
+        // A panic elsewhere must not take the RIB down with it.
+        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[derive(Debug)]
+struct Core {
+    rib: Rib,
+    peers: HashMap<IpAddr, Slot>,
+    subscribers: Vec<mpsc::Sender<RouteChange>>,
+    next_generation: u64,
+    next_slot_id: u64,
+}
+
+#[derive(Debug)]
+struct Slot {
+    /// Tells this peer's task from the task of an earlier peer with the same address that is
+    /// still winding down.
+    id: u64,
+    tx: mpsc::Sender<PeerMsg>,
+    /// Ends the task (closing the session with a Cease); sent once.
+    stop: Option<oneshot::Sender<()>>,
+    /// Wakes the task when an export could not be queued (see [`PEER_QUEUE`]).
+    overflow: Arc<Notify>,
+    task: Option<JoinHandle<()>>,
+    status: PeerStatus,
+    /// The Established session's generation, 0 when down or when its exports overflowed:
+    /// exports of an older session are dropped by the task.
+    generation: u64,
+}
+
+impl Slot {
+    fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+impl Speaker {
+    /// Starts a speaker (and its listener when configured).
+    pub async fn start(config: SpeakerConfig) -> Result<Self, SpeakerError> {
+        if matches!(config.hold_time, 1 | 2) {
+            return Err(SpeakerError::InvalidHoldTime(config.hold_time));
+        }
+        if config.asn == 0 {
+            return Err(SpeakerError::InvalidAsn);
+        }
+        if config.router_id.is_unspecified() {
+            return Err(SpeakerError::InvalidRouterId);
+        }
+        let rib = Rib::new(RibConfig {
+            local_asn: config.asn,
+            router_id: config.router_id,
+            cluster_id: config.cluster_id,
+        });
+        let listen = config.listen;
+        let shared = Arc::new(Shared {
+            config,
+            core: Mutex::new(Core {
+                rib,
+                peers: HashMap::new(),
+                subscribers: Vec::new(),
+                next_generation: 1,
+                next_slot_id: 1,
+            }),
+        });
+        let (listener, local_addr) = match listen {
+            Some(address) => {
+                let listener =
+                    bind(address).map_err(|source| SpeakerError::Listen { address, source })?;
+                let local = listener
+                    .local_addr()
+                    .map_err(|source| SpeakerError::Listen { address, source })?;
+                let task = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
+                (Some(task), Some(local))
+            }
+            None => (None, None),
+        };
+        info!(asn = shared.config.asn, router_id = %shared.config.router_id, ?local_addr, "BGP speaker started");
+        Ok(Self {
+            shared,
+            listener,
+            local_addr,
+        })
+    }
+
+    /// The address the listener is bound to (with the port it picked).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
+    }
+
+    /// The speaker's settings.
+    pub fn config(&self) -> &SpeakerConfig {
+        &self.shared.config
+    }
+
+    /// Adds a peer and starts its session.
+    pub fn add_peer(&self, peer: PeerConfig) -> Result<(), SpeakerError> {
+        let mut peer = peer;
+        peer.address = canonical(peer.address);
+        if let Some(h @ (1 | 2)) = peer.hold_time {
+            return Err(SpeakerError::InvalidHoldTime(h));
+        }
+        let mut core = self.shared.core();
+        if core.peers.contains_key(&peer.address) {
+            return Err(SpeakerError::DuplicatePeer(peer.address));
+        }
+        core.rib.add_peer(PeerInfo {
+            address: peer.address,
+            asn: peer.remote_asn,
+            rr_client: peer.rr_client,
+        });
+        let (tx, rx) = mpsc::channel(PEER_QUEUE);
+        let (stop, stopped) = oneshot::channel();
+        let overflow = Arc::new(Notify::new());
+        let id = core.next_slot_id;
+        core.next_slot_id += 1;
+        let task = PeerTask::new(
+            Arc::clone(&self.shared),
+            peer.clone(),
+            id,
+            tx.clone(),
+            Arc::clone(&overflow),
+        );
+        let handle = tokio::spawn(task.run(rx, stopped));
+        core.peers.insert(
+            peer.address,
+            Slot {
+                id,
+                tx,
+                stop: Some(stop),
+                overflow,
+                task: Some(handle),
+                status: PeerStatus::new(&peer),
+                generation: 0,
+            },
+        );
+        Ok(())
+    }
+
+    /// Removes a peer: its session is closed with a Cease and its routes are withdrawn.
+    pub fn remove_peer(&self, address: IpAddr) -> Result<(), SpeakerError> {
+        let address = canonical(address);
+        let mut core = self.shared.core();
+        let mut slot = core
+            .peers
+            .remove(&address)
+            .ok_or(SpeakerError::UnknownPeer(address))?;
+        slot.stop();
+        let changes = core.rib.remove_peer(address);
+        core.apply(changes);
+        Ok(())
+    }
+
+    /// Originates `prefix` with `next_hop`, replacing an earlier announcement of it. IPv6
+    /// prefixes take an IPv6 next hop (an IPv4 one is sent IPv4-mapped); IPv4 prefixes need an
+    /// IPv4 next hop.
+    pub fn announce(&self, prefix: IpNet, next_hop: IpAddr) -> Result<(), SpeakerError> {
+        if let (IpNet::V4(_), IpAddr::V6(_)) = (prefix, next_hop) {
+            return Err(SpeakerError::NextHopFamily { prefix, next_hop });
+        }
+        let mut core = self.shared.core();
+        let changes = core.rib.announce_local(prefix.trunc(), next_hop);
+        core.apply(changes);
+        Ok(())
+    }
+
+    /// Stops originating `prefix`.
+    pub fn withdraw(&self, prefix: IpNet) -> Result<(), SpeakerError> {
+        let mut core = self.shared.core();
+        let changes = core.rib.withdraw_local(prefix.trunc());
+        core.apply(changes);
+        Ok(())
+    }
+
+    /// A stream of Loc-RIB changes: first the current best route of every prefix, then each
+    /// change as it happens. Every subscriber sees every change, in order, or loses its stream.
+    ///
+    /// A slow subscriber is never waited for. When [`SUBSCRIBER_BACKLOG`] changes are waiting
+    /// for it and another comes, it is disconnected: it still receives the changes already
+    /// queued, then `None` although the speaker runs on. It has then missed changes, and
+    /// withdrawals among them, so it must subscribe again (the new stream starts with the whole
+    /// Loc-RIB) and remove whatever it installed that the Loc-RIB no longer holds, e.g. by
+    /// reconciling against [`Speaker::routes`]. A stream never goes on past a gap.
+    pub fn subscribe(&self) -> mpsc::Receiver<RouteChange> {
+        let mut core = self.shared.core();
+        let snapshot: Vec<RouteChange> = core
+            .rib
+            .loc_rib()
+            .map(|route| LocRibChange::Best(route.clone()))
+            .collect();
+        let (tx, rx) = mpsc::channel(snapshot.len() + SUBSCRIBER_BACKLOG);
+        for change in snapshot {
+            // Room for every one: the channel was made for them.
+            let _ = tx.try_send(change);
+        }
+        core.subscribers.push(tx);
+        rx
+    }
+
+    /// The Loc-RIB now.
+    pub fn routes(&self) -> Vec<rib::BestRoute> {
+        self.shared.core().rib.loc_rib().cloned().collect()
+    }
+
+    /// Every peer's status, by address.
+    pub fn peers(&self) -> Vec<PeerStatus> {
+        let core = self.shared.core();
+        let mut out: Vec<PeerStatus> = core
+            .peers
+            .iter()
+            .map(|(address, slot)| {
+                let mut status = slot.status.clone();
+                (status.prefixes_received, status.prefixes_sent) = core.rib.counts(*address);
+                status
+            })
+            .collect();
+        out.sort_by_key(|s| s.address);
+        out
+    }
+
+    /// One peer's status.
+    pub fn peer(&self, address: IpAddr) -> Option<PeerStatus> {
+        let address = canonical(address);
+        self.peers().into_iter().find(|s| s.address == address)
+    }
+
+    /// Closes every session with a Cease (peers withdraw our routes) and stops.
+    pub async fn shutdown(self) {
+        let tasks: Vec<JoinHandle<()>> = {
+            let mut core = self.shared.core();
+            core.peers
+                .values_mut()
+                .filter_map(|slot| {
+                    slot.stop();
+                    slot.task.take()
+                })
+                .collect()
+        };
+        for task in tasks {
+            let _ = timeout(Duration::from_secs(5), task).await;
+        }
+    }
+}
+
+impl Drop for Speaker {
+    fn drop(&mut self) {
+        if let Some(listener) = self.listener.take() {
+            listener.abort();
+        }
+        let mut core = self.shared.core();
+        for slot in core.peers.values_mut() {
+            if let Some(task) = slot.task.take() {
+                task.abort();
+            }
+        }
+        core.subscribers.clear();
+    }
+}
+
+/// IPv4-mapped IPv6 addresses (from a dual-stack listener) as plain IPv4.
+fn canonical(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(address, IpAddr::V4),
+        IpAddr::V4(_) => address,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prefix(i: usize) -> IpNet {
+        let i = u32::try_from(i).expect("small");
+        let net = ipnet::Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 | (i << 8)), 24).expect("prefix");
+        IpNet::V4(net)
+    }
+
+    /// Everything queued for a subscriber now, and whether its stream has ended.
+    fn drain(rx: &mut mpsc::Receiver<RouteChange>) -> (Vec<RouteChange>, bool) {
+        let mut out = Vec::new();
+        loop {
+            match rx.try_recv() {
+                Ok(change) => out.push(change),
+                Err(mpsc::error::TryRecvError::Empty) => return (out, false),
+                Err(mpsc::error::TryRecvError::Disconnected) => return (out, true),
+            }
+        }
+    }
+
+    fn prefixes(changes: &[RouteChange]) -> Vec<IpNet> {
+        changes
+            .iter()
+            .map(|c| match c {
+                LocRibChange::Best(b) => b.prefix,
+                LocRibChange::Withdrawn(p) => *p,
+            })
+            .collect()
+    }
+
+    /// A subscriber that falls [`SUBSCRIBER_BACKLOG`] changes behind loses its stream, never a
+    /// change within it: it reads what was queued, then the end, and subscribing again gives
+    /// the whole Loc-RIB, without what was withdrawn meanwhile. A subscriber that keeps up is
+    /// not touched.
+    #[tokio::test]
+    async fn a_slow_subscriber_is_disconnected_and_resubscribes_to_the_whole_rib() {
+        let id = Ipv4Addr::new(10, 255, 0, 1);
+        let speaker = Speaker::start(SpeakerConfig::new(64512, id))
+            .await
+            .expect("starts");
+        let next_hop = IpAddr::V4(id);
+        let mut slow = speaker.subscribe();
+        let half = SUBSCRIBER_BACKLOG / 2;
+        for i in 0..half {
+            speaker.announce(prefix(i), next_hop).expect("announce");
+        }
+        // A later subscriber starts with what is there, then reads as changes come.
+        let mut fast = speaker.subscribe();
+        let (snapshot, ended) = drain(&mut fast);
+        assert_eq!(
+            prefixes(&snapshot),
+            (0..half).map(prefix).collect::<Vec<_>>()
+        );
+        assert!(!ended);
+        for i in half..=SUBSCRIBER_BACKLOG {
+            speaker.announce(prefix(i), next_hop).expect("announce");
+            let (got, ended) = drain(&mut fast);
+            assert_eq!(prefixes(&got), [prefix(i)]);
+            assert!(!ended);
+        }
+
+        // The slow one: the first SUBSCRIBER_BACKLOG changes in order, then the end.
+        let (got, ended) = drain(&mut slow);
+        assert_eq!(
+            prefixes(&got),
+            (0..SUBSCRIBER_BACKLOG).map(prefix).collect::<Vec<_>>()
+        );
+        assert!(ended, "the stream ends instead of skipping a change");
+        assert!(slow.recv().await.is_none());
+
+        // A withdrawal it can no longer hear of is absent from its new stream.
+        speaker.withdraw(prefix(0)).expect("withdraw");
+        let (got, _) = drain(&mut fast);
+        assert_eq!(got, [LocRibChange::Withdrawn(prefix(0))]);
+        let mut again = speaker.subscribe();
+        let (snapshot, ended) = drain(&mut again);
+        assert_eq!(
+            prefixes(&snapshot),
+            (1..=SUBSCRIBER_BACKLOG).map(prefix).collect::<Vec<_>>()
+        );
+        assert!(!ended);
+        assert_eq!(snapshot.len(), speaker.routes().len());
+        // And it is live.
+        speaker.withdraw(prefix(1)).expect("withdraw");
+        assert_eq!(drain(&mut again).0, [LocRibChange::Withdrawn(prefix(1))]);
+    }
+}

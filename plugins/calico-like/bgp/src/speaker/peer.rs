@@ -1,0 +1,722 @@
+//! A peer's task: it owns the session's connection and FSM, carries out the FSM's actions,
+//! and feeds what the peer sends into the RIB.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, MutexGuard};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep_until, timeout};
+use tracing::{debug, info, warn};
+
+use super::{Core, PeerConfig, PeerStatus, Shared, canonical};
+use crate::codec::{
+    self, Capability, Context, DecodeError, Decoded, Family, GrFamily, GracefulRestartCap, Message,
+    Open, Update,
+};
+use crate::fsm::{Action, Event, Fsm, FsmConfig, State, Timer};
+use crate::rib::{OutChange, Path, SessionInfo};
+
+/// Messages to a peer's task.
+#[derive(Debug)]
+pub(super) enum PeerMsg {
+    /// The listener accepted a connection from this peer.
+    Incoming(TcpStream),
+    /// Adj-RIB-Out changes for the session of this generation.
+    Export {
+        generation: u64,
+        changes: Vec<OutChange>,
+    },
+    /// Our outgoing connection attempt finished.
+    Connected {
+        attempt: u64,
+        result: std::io::Result<TcpStream>,
+    },
+    /// A colliding connection finished its OPEN exchange.
+    Candidate {
+        stream: TcpStream,
+        open: Open,
+        rest: Vec<u8>,
+    },
+}
+
+#[derive(Debug)]
+pub(super) struct Conn {
+    pub(super) stream: TcpStream,
+    pub(super) buf: Vec<u8>,
+    /// We initiated it (RFC 4271 §6.8 needs to know).
+    pub(super) outgoing: bool,
+    pub(super) local: SocketAddr,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Timers {
+    pub(super) connect_retry: Option<Instant>,
+    pub(super) hold: Option<Instant>,
+    pub(super) keepalive: Option<Instant>,
+    pub(super) idle_hold: Option<Instant>,
+    /// Graceful restart: when the peer's stale routes are purged.
+    pub(super) stale: Option<Instant>,
+}
+
+impl Timers {
+    fn slot(&mut self, timer: Timer) -> &mut Option<Instant> {
+        match timer {
+            Timer::ConnectRetry => &mut self.connect_retry,
+            Timer::Hold => &mut self.hold,
+            Timer::Keepalive => &mut self.keepalive,
+            Timer::IdleHold => &mut self.idle_hold,
+        }
+    }
+}
+
+/// The shared state, if the peer at `address` is still the one this task serves; a removed
+/// peer's task must not touch the RIB or the status of its successor.
+pub(super) fn owned(
+    shared: &Shared,
+    address: IpAddr,
+    slot_id: u64,
+) -> Option<MutexGuard<'_, Core>> {
+    let core = shared.core();
+    core.peers
+        .get(&address)
+        .is_some_and(|slot| slot.id == slot_id)
+        .then_some(core)
+}
+
+/// RFC 4271 §10: retry intervals are jittered (to 75–100 %) so that two speakers that failed
+/// together do not retry in lockstep and collide forever.
+fn jitter(interval: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(Instant::now().elapsed().as_nanos());
+    let fraction = (hasher.finish() % 1000) as f64 / 1000.0;
+    interval.mul_f64(0.75 + 0.25 * fraction)
+}
+
+/// Far enough away to never fire; used for timers that are not running.
+fn never() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
+}
+
+/// The state of one peer's session, owned by its task.
+pub(super) struct PeerTask {
+    pub(super) shared: Arc<Shared>,
+    pub(super) config: PeerConfig,
+    pub(super) slot_id: u64,
+    pub(super) fsm: Fsm,
+    pub(super) tx: mpsc::Sender<PeerMsg>,
+    /// Notified when an export could not be queued (see [`PEER_QUEUE`](super::PEER_QUEUE)).
+    pub(super) overflow: Arc<Notify>,
+    pub(super) conn: Option<Conn>,
+    pub(super) attempt: u64,
+    pub(super) connecting: Option<JoinHandle<()>>,
+    pub(super) candidate: Option<JoinHandle<()>>,
+    pub(super) timers: Timers,
+    pub(super) cx: Context,
+    pub(super) remote_open: Option<Open>,
+    /// The session's generation while Established.
+    pub(super) generation: u64,
+    pub(super) families: Vec<Family>,
+    /// The peer's graceful restart capability, if both sides have it.
+    pub(super) peer_gr: Option<GracefulRestartCap>,
+    /// Our OPEN already went out on the connection being adopted.
+    pub(super) open_sent: bool,
+    /// A write failed: the transport is gone.
+    pub(super) broken: bool,
+    pub(super) status: PeerStatus,
+    pub(super) stopping: bool,
+}
+
+impl PeerTask {
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        config: PeerConfig,
+        slot_id: u64,
+        tx: mpsc::Sender<PeerMsg>,
+        overflow: Arc<Notify>,
+    ) -> Self {
+        let fsm = Fsm::new(FsmConfig {
+            local_asn: shared.config.asn,
+            local_id: shared.config.router_id,
+            remote_asn: config.remote_asn,
+            hold_time: config.hold_time.unwrap_or(shared.config.hold_time),
+            passive: config.passive,
+            connect_retry: shared.config.connect_retry,
+            connect_retry_max: shared.config.connect_retry_max,
+        });
+        let status = PeerStatus::new(&config);
+        Self {
+            shared,
+            config,
+            slot_id,
+            fsm,
+            tx,
+            overflow,
+            conn: None,
+            attempt: 0,
+            connecting: None,
+            candidate: None,
+            timers: Timers::default(),
+            cx: Context::default(),
+            remote_open: None,
+            generation: 0,
+            families: Vec::new(),
+            peer_gr: None,
+            open_sent: false,
+            broken: false,
+            status,
+            stopping: false,
+        }
+    }
+
+    pub(super) fn address(&self) -> IpAddr {
+        self.config.address
+    }
+
+    /// Runs the session until `stopped` fires (or the speaker goes away).
+    pub(super) async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<PeerMsg>,
+        mut stopped: oneshot::Receiver<()>,
+    ) {
+        let overflow = Arc::clone(&self.overflow);
+        self.step(Event::ManualStart).await;
+        self.publish();
+        while !self.stopping {
+            let t = self.timers;
+            let conn = &mut self.conn;
+            let read = async move {
+                match conn {
+                    Some(c) => {
+                        c.buf.reserve(4096);
+                        c.stream.read_buf(&mut c.buf).await
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                // Removed, or the speaker shuts down: close with a Cease.
+                _ = &mut stopped => {
+                    self.step(Event::ManualStop).await;
+                    self.stopping = true;
+                }
+                msg = rx.recv() => match msg {
+                    Some(msg) => self.on_message(msg).await,
+                    None => break,
+                },
+                _ = overflow.notified() => self.on_overflow().await,
+                read = read => match read {
+                    Ok(0) | Err(_) => {
+                        debug!(peer = %self.address(), "connection closed by peer");
+                        self.step(Event::TcpConnectionFails).await;
+                    }
+                    Ok(_) => self.drain_frames().await,
+                },
+                _ = sleep_until(t.connect_retry.unwrap_or_else(never)), if t.connect_retry.is_some() => {
+                    self.timers.connect_retry = None;
+                    self.step(Event::ConnectRetryTimerExpires).await;
+                }
+                _ = sleep_until(t.hold.unwrap_or_else(never)), if t.hold.is_some() => {
+                    self.timers.hold = None;
+                    warn!(peer = %self.address(), "hold timer expired");
+                    self.step(Event::HoldTimerExpires).await;
+                }
+                _ = sleep_until(t.keepalive.unwrap_or_else(never)), if t.keepalive.is_some() => {
+                    self.timers.keepalive = None;
+                    self.step(Event::KeepaliveTimerExpires).await;
+                }
+                _ = sleep_until(t.idle_hold.unwrap_or_else(never)), if t.idle_hold.is_some() => {
+                    self.timers.idle_hold = None;
+                    self.step(Event::AutomaticStart).await;
+                }
+                _ = sleep_until(t.stale.unwrap_or_else(never)), if t.stale.is_some() => {
+                    self.timers.stale = None;
+                    info!(peer = %self.address(), "restart time over: stale routes purged");
+                    if let Some(mut core) = owned(&self.shared, self.config.address, self.slot_id) {
+                        let changes = core.rib.purge_stale(self.config.address);
+                        core.apply(changes);
+                    }
+                }
+            }
+            if self.broken {
+                self.broken = false;
+                if self.conn.is_some() {
+                    self.step(Event::TcpConnectionFails).await;
+                }
+            }
+            self.publish();
+        }
+        self.drop_connection().await;
+        if let Some(c) = self.candidate.take() {
+            c.abort();
+        }
+    }
+
+    /// Copies the task's view of the session into the shared status.
+    fn publish(&mut self) {
+        self.status.state = self.fsm.state();
+        let address = self.address();
+        let status = self.status.clone();
+        if let Some(mut core) = owned(&self.shared, address, self.slot_id)
+            && let Some(slot) = core.peers.get_mut(&address)
+        {
+            slot.status = status;
+        }
+    }
+
+    async fn on_message(&mut self, msg: PeerMsg) {
+        match msg {
+            PeerMsg::Incoming(stream) => self.on_incoming(stream).await,
+            PeerMsg::Export {
+                generation,
+                changes,
+            } => {
+                if generation == self.generation && self.fsm.state() == State::Established {
+                    self.send_out(changes).await;
+                }
+            }
+            PeerMsg::Connected { attempt, result } => {
+                if attempt != self.attempt || self.fsm.state() != State::Connect {
+                    return;
+                }
+                self.connecting = None;
+                match result.and_then(|s| s.local_addr().map(|l| (s, l))) {
+                    Ok((stream, local)) => {
+                        let _ = stream.set_nodelay(true);
+                        self.adopt(stream, local, true, Vec::new());
+                        self.step(Event::TcpCrAcked).await;
+                    }
+                    Err(e) => {
+                        debug!(peer = %self.address(), error = %e, "connect failed");
+                        self.step(Event::TcpConnectionFails).await;
+                    }
+                }
+            }
+            PeerMsg::Candidate { stream, open, rest } => {
+                self.candidate = None;
+                self.on_candidate(stream, open, rest).await;
+            }
+        }
+    }
+
+    pub(super) fn adopt(
+        &mut self,
+        stream: TcpStream,
+        local: SocketAddr,
+        outgoing: bool,
+        buf: Vec<u8>,
+    ) {
+        self.conn = Some(Conn {
+            stream,
+            buf,
+            outgoing,
+            local,
+        });
+        self.cx = Context::default();
+        self.remote_open = None;
+    }
+
+    pub(super) fn cancel_connect(&mut self) {
+        self.attempt += 1;
+        if let Some(c) = self.connecting.take() {
+            c.abort();
+        }
+    }
+
+    /// Decodes every whole message in the buffer.
+    pub(super) async fn drain_frames(&mut self) {
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                return;
+            };
+            let len = match codec::frame_length(&conn.buf) {
+                Err(e) => {
+                    self.note_error(format!("received bad header: {e}"));
+                    self.step(Event::BgpHeaderErr(e.notification())).await;
+                    return;
+                }
+                Ok(Some(len)) if conn.buf.len() >= len => len,
+                Ok(_) => return,
+            };
+            let frame: Vec<u8> = conn.buf.drain(..len).collect();
+            self.status.messages_received += 1;
+            self.on_frame(&frame).await;
+        }
+    }
+
+    async fn on_frame(&mut self, frame: &[u8]) {
+        let decoded = match codec::decode(frame, &self.cx) {
+            Ok(decoded) => decoded,
+            Err(e) => {
+                self.note_error(format!("received malformed message: {e}"));
+                let n = e.notification();
+                let event = match e {
+                    DecodeError::Header(_) => Event::BgpHeaderErr(n),
+                    DecodeError::Open(_) => Event::BgpOpenMsgErr(n),
+                    DecodeError::Update(_) | DecodeError::RouteRefreshLength(_) => {
+                        Event::UpdateMsgErr(n)
+                    }
+                };
+                self.step(event).await;
+                return;
+            }
+        };
+        match decoded {
+            Decoded::Message(Message::Open(open)) => self.receive_open(open).await,
+            Decoded::Message(Message::Notification(n)) => {
+                self.note_error(format!("received NOTIFICATION {n}"));
+                let event = if n.is_version_error() {
+                    Event::NotifMsgVerErr(n)
+                } else {
+                    Event::NotifMsg(n)
+                };
+                self.step(event).await;
+            }
+            Decoded::Message(Message::Keepalive) => {
+                self.step(Event::KeepAliveMsg).await;
+            }
+            Decoded::Message(Message::Update(update)) => {
+                if self.step(Event::UpdateMsg).await {
+                    self.receive_update(update).await;
+                }
+            }
+            Decoded::Message(Message::RouteRefresh(rr)) => {
+                if self.step(Event::UpdateMsg).await {
+                    self.refresh(rr.family).await;
+                }
+            }
+            Decoded::AttributeDiscard { update, errors } => {
+                self.note_error(format!("UPDATE attributes discarded: {errors:?}"));
+                if self.step(Event::UpdateMsg).await {
+                    self.receive_update(update).await;
+                }
+            }
+            Decoded::TreatAsWithdraw { withdrawn, errors } => {
+                warn!(peer = %self.address(), ?errors, "malformed UPDATE treated as withdraw");
+                self.note_error(format!("UPDATE treated as withdraw: {errors:?}"));
+                if self.step(Event::UpdateMsg).await {
+                    self.status.updates_received += 1;
+                    let address = self.address();
+                    if let Some(mut core) = owned(&self.shared, address, self.slot_id) {
+                        let changes = core.rib.update(address, Vec::new(), withdrawn);
+                        core.apply(changes);
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) async fn receive_open(&mut self, open: Open) {
+        self.cx = Context {
+            four_octet_as: open.four_octet_as().is_some(),
+        };
+        self.status.remote_id = Some(open.bgp_id);
+        self.remote_open = Some(open.clone());
+        self.step(Event::BgpOpen(open)).await;
+    }
+
+    pub(super) fn note_error(&mut self, error: String) {
+        debug!(peer = %self.address(), %error);
+        self.status.last_error = Some(error);
+    }
+
+    /// Feeds one event to the FSM and carries out its actions. Returns whether an UPDATE is
+    /// to be processed.
+    pub(super) async fn step(&mut self, event: Event) -> bool {
+        let actions = self.fsm.handle(event);
+        let mut process = false;
+        for action in actions {
+            match action {
+                Action::InitiateConnection => self.connect(),
+                Action::DropConnection => self.drop_connection().await,
+                Action::SendOpen => {
+                    if !self.open_sent {
+                        let open = self.our_open();
+                        self.send(&Message::Open(open)).await;
+                    }
+                }
+                Action::SendKeepalive => {
+                    self.send(&Message::Keepalive).await;
+                }
+                Action::SendNotification(n) => {
+                    self.note_error(format!("sent NOTIFICATION {n}"));
+                    self.send(&Message::Notification(n)).await;
+                }
+                Action::StartTimer(timer, after) => {
+                    let after = match timer {
+                        Timer::ConnectRetry | Timer::IdleHold => jitter(after),
+                        Timer::Hold | Timer::Keepalive => after,
+                    };
+                    *self.timers.slot(timer) = Some(Instant::now() + after);
+                }
+                Action::StopTimer(timer) => *self.timers.slot(timer) = None,
+                Action::Established => self.established().await,
+                Action::ProcessUpdate => process = true,
+                Action::SessionDown { graceful } => self.session_down(graceful),
+            }
+        }
+        self.status.state = self.fsm.state();
+        process
+    }
+
+    fn connect(&mut self) {
+        self.cancel_connect();
+        let attempt = self.attempt;
+        let tx = self.tx.clone();
+        let target = SocketAddr::new(self.config.address, self.config.port);
+        let local = self.config.local_address;
+        self.connecting = Some(tokio::spawn(async move {
+            let result = async {
+                let socket = match target {
+                    SocketAddr::V4(_) => TcpSocket::new_v4()?,
+                    SocketAddr::V6(_) => TcpSocket::new_v6()?,
+                };
+                if let Some(local) = local {
+                    socket.bind(SocketAddr::new(local, 0))?;
+                }
+                socket.connect(target).await
+            }
+            .await;
+            let _ = tx.send(PeerMsg::Connected { attempt, result }).await;
+        }));
+    }
+
+    async fn drop_connection(&mut self) {
+        self.cancel_connect();
+        if let Some(mut conn) = self.conn.take() {
+            let _ = timeout(Duration::from_secs(1), conn.stream.shutdown()).await;
+        }
+        self.remote_open = None;
+    }
+
+    pub(super) fn our_open(&self) -> Open {
+        let config = &self.shared.config;
+        let mut capabilities = vec![
+            Capability::Multiprotocol(Family::IPV4_UNICAST),
+            Capability::Multiprotocol(Family::IPV6_UNICAST),
+            Capability::RouteRefresh,
+            Capability::FourOctetAs(config.asn),
+        ];
+        if config.graceful_restart {
+            // The agent keeps kernel routes across its own restart: forwarding is preserved.
+            let families = [Family::IPV4_UNICAST, Family::IPV6_UNICAST]
+                .into_iter()
+                .map(|family| GrFamily {
+                    family,
+                    forwarding_preserved: true,
+                })
+                .collect();
+            capabilities.push(Capability::GracefulRestart(GracefulRestartCap::new(
+                false,
+                config.restart_time,
+                families,
+            )));
+        }
+        Open::new(
+            config.asn,
+            self.config.hold_time.unwrap_or(config.hold_time),
+            config.router_id,
+            capabilities,
+        )
+    }
+
+    /// Encodes and writes one message; a failure marks the transport broken.
+    pub(super) async fn send(&mut self, message: &Message) -> bool {
+        let Some(conn) = self.conn.as_mut() else {
+            return false;
+        };
+        let bytes = match codec::encode(message, &self.cx) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                warn!(peer = %self.config.address, error = %e, "cannot encode message");
+                return false;
+            }
+        };
+        let limit = Duration::from_secs(u64::from(self.fsm.negotiated_hold_time().max(10)));
+        match timeout(limit, conn.stream.write_all(&bytes)).await {
+            Ok(Ok(())) => {
+                self.status.messages_sent += 1;
+                if matches!(message, Message::Update(_)) {
+                    self.status.updates_sent += 1;
+                }
+                true
+            }
+            _ => {
+                self.broken = true;
+                false
+            }
+        }
+    }
+
+    /// The session is up: send the Adj-RIB-Out, then End-of-RIB for each family.
+    async fn established(&mut self) {
+        let Some(open) = self.remote_open.clone() else {
+            return;
+        };
+        let Some(local) = self.conn.as_ref().map(|c| canonical(c.local.ip())) else {
+            return;
+        };
+        self.families = open
+            .families()
+            .into_iter()
+            .filter(|f| f.is_supported())
+            .collect();
+        self.peer_gr = if self.shared.config.graceful_restart {
+            open.graceful_restart().cloned()
+        } else {
+            None
+        };
+        let address = self.address();
+        let now = Instant::now();
+        self.status.established_at = Some(now);
+        self.status.established_transitions += 1;
+        self.status.hold_time = self.fsm.negotiated_hold_time();
+        let (initial, stale) = {
+            let Some(mut core) = owned(&self.shared, address, self.slot_id) else {
+                return;
+            };
+            let generation = core.next_generation;
+            core.next_generation += 1;
+            self.generation = generation;
+            if let Some(slot) = core.peers.get_mut(&address) {
+                slot.generation = generation;
+            }
+            let initial = core.rib.session_up(
+                address,
+                SessionInfo {
+                    router_id: open.bgp_id,
+                    local_address: local,
+                    families: self.families.clone(),
+                },
+            );
+            // RFC 4724 §4.2: stale routes of families whose forwarding state the peer did not
+            // keep go now; the others wait for End-of-RIB.
+            for family in [Family::IPV4_UNICAST, Family::IPV6_UNICAST] {
+                let kept = self
+                    .peer_gr
+                    .as_ref()
+                    .and_then(|gr| gr.family(family))
+                    .is_some_and(|f| f.forwarding_preserved);
+                if !kept {
+                    let changes = core.rib.end_of_rib(address, family);
+                    core.apply(changes);
+                }
+            }
+            (initial, core.rib.has_stale(address))
+        };
+        if stale {
+            let wait = self.peer_gr.as_ref().map_or(0, |g| g.restart_time());
+            self.timers.stale = Some(now + Duration::from_secs(u64::from(wait.max(1))));
+        }
+        info!(peer = %address, families = ?self.families, "session established");
+        self.send_out(initial).await;
+        for family in self.families.clone() {
+            self.send(&Message::Update(Update::end_of_rib(family)))
+                .await;
+        }
+    }
+
+    fn session_down(&mut self, graceful: bool) {
+        let address = self.address();
+        let keep = graceful && self.peer_gr.is_some();
+        info!(peer = %address, graceful_restart = keep, "session down");
+        self.generation = 0;
+        self.status.established_at = None;
+        self.status.hold_time = 0;
+        let Some(mut core) = owned(&self.shared, address, self.slot_id) else {
+            return;
+        };
+        if let Some(slot) = core.peers.get_mut(&address) {
+            slot.generation = 0;
+        }
+        let changes = core.rib.session_down(address, keep);
+        core.apply(changes);
+        if keep {
+            // Only the families the peer preserves are kept (RFC 4724 §4.2).
+            for family in [Family::IPV4_UNICAST, Family::IPV6_UNICAST] {
+                if self
+                    .peer_gr
+                    .as_ref()
+                    .and_then(|gr| gr.family(family))
+                    .is_none()
+                {
+                    let changes = core.rib.end_of_rib(address, family);
+                    core.apply(changes);
+                }
+            }
+            let wait = self.peer_gr.as_ref().map_or(0, |g| g.restart_time());
+            self.timers.stale = Some(Instant::now() + Duration::from_secs(u64::from(wait)));
+        }
+    }
+
+    async fn receive_update(&mut self, update: Update) {
+        self.status.updates_received += 1;
+        let address = self.address();
+        if let Some(family) = update.is_end_of_rib() {
+            debug!(peer = %address, %family, "End-of-RIB");
+            let Some(mut core) = owned(&self.shared, address, self.slot_id) else {
+                return;
+            };
+            let changes = core.rib.end_of_rib(address, family);
+            core.apply(changes);
+            if !core.rib.has_stale(address) {
+                self.timers.stale = None;
+            }
+            return;
+        }
+        let mut withdrawn: Vec<IpNet> = update.withdrawn.iter().copied().map(IpNet::V4).collect();
+        if let Some(unreach) = &update.mp_unreach {
+            withdrawn.extend(unreach.prefixes());
+        }
+        let mut announced = Vec::new();
+        if let Some(next_hop) = update.attributes.next_hop {
+            for prefix in &update.nlri {
+                announced.push((
+                    IpNet::V4(*prefix),
+                    Path::new(update.attributes.clone(), IpAddr::V4(next_hop)),
+                ));
+            }
+        }
+        match &update.mp_reach {
+            Some(codec::MpReach::Ipv4 { next_hop, nlri }) => {
+                for prefix in nlri {
+                    announced.push((
+                        IpNet::V4(*prefix),
+                        Path::new(update.attributes.clone(), IpAddr::V4(*next_hop)),
+                    ));
+                }
+            }
+            Some(codec::MpReach::Ipv6 { next_hop, nlri, .. }) => {
+                for prefix in nlri {
+                    announced.push((
+                        IpNet::V6(*prefix),
+                        Path::new(update.attributes.clone(), IpAddr::V6(*next_hop)),
+                    ));
+                }
+            }
+            None => {}
+        }
+        let Some(mut core) = owned(&self.shared, address, self.slot_id) else {
+            return;
+        };
+        let changes = core.rib.update(address, announced, withdrawn);
+        core.apply(changes);
+    }
+}
+
+impl Drop for PeerTask {
+    /// Helper tasks must not outlive the session they work for (an aborted speaker included).
+    fn drop(&mut self) {
+        for task in [self.connecting.take(), self.candidate.take()]
+            .into_iter()
+            .flatten()
+        {
+            task.abort();
+        }
+    }
+}
