@@ -5,8 +5,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::header::{CONNECTION, HOST};
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
 use ipnet::IpNet;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use trellis_bgp_agent::status::{PeerRow, ROUTES_PATH, RouteRow, STATUS_PATH};
 use trellis_bgp_agent::{Config, Neighbour};
 use trellis_net::underlay::Choice;
@@ -130,28 +134,55 @@ enum BgpCommand {
     Routes,
 }
 
+/// Ends a spawned task when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// How long `trellis bgp` waits to connect, and then for the whole answer.
+const TIMEOUT: Duration = Duration::from_secs(5);
+
 /// GET of a JSON document from the agent's status listener (plain HTTP/1.1 on loopback).
 async fn get(agent: SocketAddr, path: &str) -> anyhow::Result<String> {
-    let mut s = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio::net::TcpStream::connect(agent),
-    )
-    .await
-    .with_context(|| format!("no answer from the agent at {agent}"))?
-    .with_context(|| format!("cannot reach the agent at {agent} (its --status-listen)"))?;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await?;
-    let mut out = String::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
+    get_within(agent, path, TIMEOUT).await
+}
+
+async fn get_within(agent: SocketAddr, path: &str, limit: Duration) -> anyhow::Result<String> {
+    let stream = tokio::time::timeout(limit, tokio::net::TcpStream::connect(agent))
         .await
-        .context("the agent did not answer in time")??;
-    let (head, body) = out.split_once("\r\n\r\n").context("not an HTTP answer")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        bail!("{path}: {}", head.lines().next().unwrap_or(head));
+        .with_context(|| format!("no answer from the agent at {agent}"))?
+        .with_context(|| format!("cannot reach the agent at {agent} (its --status-listen)"))?;
+    let exchange = async {
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        // The connection is driven beside the request (its errors are the request's), until
+        // the agent closes it after the answer or we give up.
+        let _driver = AbortOnDrop(tokio::spawn(connection));
+        let request = Request::get(path)
+            .header(HOST, "agent")
+            .header(CONNECTION, "close")
+            .body(Empty::<Bytes>::new())?;
+        let answer = async {
+            let response = sender.send_request(request).await?;
+            let (head, body) = response.into_parts();
+            let body = body.collect().await?.to_bytes();
+            Ok::<_, hyper::Error>((head, body))
+        }
+        .await;
+        anyhow::Ok(answer?)
+    };
+    let (head, body) = tokio::time::timeout(limit, exchange)
+        .await
+        .context("the agent did not answer in time")?
+        .context("not an HTTP answer")?;
+    if head.status != StatusCode::OK {
+        bail!("{path}: {:?} {}", head.version, head.status);
     }
-    Ok(body.to_string())
+    String::from_utf8(body.to_vec()).context("the agent's answer is not UTF-8")
 }
 
 pub async fn run(args: BgpArgs) -> anyhow::Result<()> {
@@ -189,4 +220,93 @@ pub async fn run(args: BgpArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A one-shot agent on loopback: reads the request, then writes `answer` (if any) and
+    /// closes; returns where it listens and the request it read.
+    async fn agent(answer: Option<&'static str>) -> (SocketAddr, tokio::task::JoinHandle<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            while !request.ends_with(b"\r\n\r\n") {
+                let mut buf = [0u8; 1024];
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the client closed before its request ended");
+                request.extend_from_slice(&buf[..n]);
+            }
+            match answer {
+                Some(a) => s.write_all(a.as_bytes()).await.unwrap(),
+                // Keep the connection open, silent, until the client gives up.
+                None => {
+                    let _ = s.read(&mut [0u8; 1]).await;
+                }
+            }
+            String::from_utf8(request).unwrap()
+        });
+        (addr, task)
+    }
+
+    #[tokio::test]
+    async fn a_200_answer_is_its_body() {
+        let (addr, served) = agent(Some(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 9\r\n\r\n[{\"a\":1}]",
+        ))
+        .await;
+        assert_eq!(get(addr, STATUS_PATH).await.unwrap(), r#"[{"a":1}]"#);
+        let request = served.await.unwrap();
+        assert!(
+            request.starts_with(&format!("GET {STATUS_PATH} HTTP/1.1\r\n")),
+            "{request}"
+        );
+        let request = request.to_ascii_lowercase();
+        assert!(request.contains("\r\nhost: agent\r\n"), "{request}");
+        assert!(request.contains("\r\nconnection: close\r\n"), "{request}");
+    }
+
+    #[tokio::test]
+    async fn other_answers_name_their_status_line() {
+        let (addr, _served) =
+            agent(Some("HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")).await;
+        let err = get(addr, ROUTES_PATH).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("{ROUTES_PATH}: HTTP/1.1 404 Not Found")
+        );
+    }
+
+    #[tokio::test]
+    async fn garbage_is_not_an_http_answer() {
+        let (addr, _served) = agent(Some("SSH-2.0-OpenSSH\r\n\r\n")).await;
+        let err = get(addr, STATUS_PATH).await.unwrap_err();
+        assert_eq!(err.to_string(), "not an HTTP answer");
+    }
+
+    #[tokio::test]
+    async fn a_silent_agent_times_out_and_a_missing_one_is_unreachable() {
+        let (addr, _served) = agent(None).await;
+        let err = get_within(addr, STATUS_PATH, Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        assert_eq!(err.to_string(), "the agent did not answer in time");
+
+        // Nothing listens on a port just released.
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let err = get(addr, STATUS_PATH).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("cannot reach the agent at {addr} (its --status-listen)")
+        );
+    }
 }
