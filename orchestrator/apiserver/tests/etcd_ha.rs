@@ -81,8 +81,12 @@ async fn two_api_servers_share_one_etcd_and_survive_a_member_loss() {
     );
     expect_added(&mut watch, "one").await;
 
-    // Lose a member (the leader, the harder case), and keep going through both servers.
-    let victim = etcd.leader().unwrap_or(0);
+    // Lose a member (the leader, the harder case), and keep going through both servers. The
+    // leader is the one the members name, waited for: never a guess.
+    let victim = etcd
+        .wait_leader(Duration::from_secs(10))
+        .expect("the etcd members agree on a leader");
+    eprintln!("killing member {victim}, the leader");
     etcd.stop_member(victim);
     for i in 0..5 {
         let name = format!("after-{i}");

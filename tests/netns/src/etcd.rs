@@ -322,6 +322,34 @@ impl EtcdCluster {
             .map(|(i, _)| i)
     }
 
+    /// Waits until a live member names a live leader, and returns it; an error after `limit`
+    /// (so a test that means "the leader" never acts on another member by default).
+    pub fn wait_leader(&self, limit: Duration) -> Result<usize> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(l) = self.leader() {
+                return Ok(l);
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout {
+                    what: "a member to report a live leader".into(),
+                    secs: limit.as_secs_f64(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// An unlabelled metric summed over every live member: a client balances its requests and
+    /// watches over all endpoints, so one member's count says little.
+    pub fn metric_total(&self, name: &str) -> Option<f64> {
+        let values: Vec<f64> = (0..self.members.len())
+            .filter(|i| self.members[*i].child.is_some())
+            .map(|i| self.metric(i, name))
+            .collect::<Option<Vec<f64>>>()?;
+        Some(values.iter().sum())
+    }
+
     /// The value of an unlabelled Prometheus metric that member `i` serves on `GET /metrics`
     /// (e.g. `etcd_debugging_mvcc_watcher_total`, the number of watchers open on it).
     pub fn metric(&self, i: usize, name: &str) -> Option<f64> {
