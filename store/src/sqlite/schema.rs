@@ -143,3 +143,23 @@ fn check_header(path: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What README's durability claim rests on, beyond the kill -9 test: the connection that
+    /// commits runs in WAL mode with a full fsync per commit.
+    #[test]
+    fn the_writer_commits_in_wal_mode_with_a_full_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open_writer(&dir.path().join("store.db")).unwrap();
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        let sync: i64 = conn
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!((mode.as_str(), sync), ("wal", 2), "2 is FULL");
+    }
+}
