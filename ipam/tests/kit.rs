@@ -9,7 +9,7 @@ mod support;
 
 use std::path::PathBuf;
 
-use netns_testbed::cni_kit::{self, Deviation, PluginUnderTest, Rule};
+use netns_testbed::cni_kit::{self, PluginUnderTest};
 use netns_testbed::{REFERENCE_PLUGIN_DIR, require_root, require_tool};
 use serde_json::json;
 use support::*;
@@ -28,6 +28,12 @@ async fn bridge_with_trellis_ipam_passes_the_kit() {
         .await
         .unwrap();
     let socket = d.socket.clone();
+    let versions = vec![
+        Version::V0_3_0,
+        Version::V0_3_1,
+        Version::V0_4_0,
+        Version::V1_0_0,
+    ];
     let put = PluginUnderTest {
         label: "reference bridge + trellis-ipam".into(),
         plugin: "bridge".into(),
@@ -35,12 +41,7 @@ async fn bridge_with_trellis_ipam_passes_the_kit() {
             PathBuf::from(REFERENCE_PLUGIN_DIR),
             plugin::plugin_dir(dir.path()),
         ],
-        versions: vec![
-            Version::V0_3_0,
-            Version::V0_3_1,
-            Version::V0_4_0,
-            Version::V1_0_0,
-        ],
+        versions: versions.clone(),
         config: Box::new(move |_ctx, v| {
             json!({
                 "cniVersion": v.as_str(),
@@ -56,20 +57,9 @@ async fn bridge_with_trellis_ipam_passes_the_kit() {
                 }
             })
         }),
-        deviations: vec![
-            Deviation {
-                rule: Rule::MissingCommand,
-                why: "bridge's skel prints its about text and exits 0 without CNI_COMMAND",
-            },
-            Deviation {
-                rule: Rule::NetnsDoesNotExist,
-                why: "bridge answers a missing netns with code 999, not 3",
-            },
-            Deviation {
-                rule: Rule::IpamNotFound,
-                why: "bridge answers an IPAM type missing from CNI_PATH with code 999, not 7, and leaves its veth pair",
-            },
-        ],
+        // GC is 1.1.0, which bridge 1.1.1 does not answer.
+        allocations: None,
+        deviations: cni_kit::reference_bridge_deviations(&versions),
     };
     let report = cni_kit::run(&put).await.unwrap();
     for f in &report.findings {

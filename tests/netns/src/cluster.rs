@@ -211,6 +211,34 @@ impl StandaloneIpamd {
         Ok(out)
     }
 
+    /// What this ipamd holds, as the conformance kit reads it for its GC rule: the addresses
+    /// `trellis ipam blocks --allocations` lists, read from the ipamd's namespace.
+    pub fn allocations(&self, tb: &Testbed) -> crate::cni_kit::Allocations {
+        let (ns, socket, tag) = (
+            self.ns.clone(),
+            self.socket.display().to_string(),
+            tb.prefix().to_string(),
+        );
+        Box::new(move || {
+            let (ns, socket, tag) = (ns.clone(), socket.clone(), tag.clone());
+            Box::pin(async move {
+                let trellis = bin_path("trellis");
+                let argv = [
+                    trellis.to_str().unwrap_or("trellis"),
+                    "ipam",
+                    "--socket",
+                    &socket,
+                    "blocks",
+                    "--allocations",
+                ];
+                let out = crate::process::exec_ok(&ns, &argv, Duration::from_secs(30), &tag)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(held_addresses(&out))
+            })
+        })
+    }
+
     /// Checks that the store is consistent and that no allocation of `network` is held.
     pub async fn assert_released(&self, tb: &Testbed, network: &str) -> Result<()> {
         self.ipam(tb, &["check"]).await?;
@@ -222,5 +250,34 @@ impl StandaloneIpamd {
             )));
         }
         Ok(())
+    }
+}
+
+/// The addresses in `trellis ipam blocks --allocations` output: the first word of each
+/// indented allocation line (`    10.97.0.1    kitnet.cid.eth0 …`).
+fn held_addresses(listing: &str) -> std::collections::BTreeSet<std::net::IpAddr> {
+    listing
+        .lines()
+        .filter(|l| l.starts_with("    "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter_map(|a| a.split('/').next()?.parse().ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocation_lines_give_addresses() {
+        let listing = "NAME  CIDR  POOL  NODE  USED\n\
+                       kit-10-97-0-0-26  10.97.0.0/26  kit  kit-node  2/64\n    \
+                       10.97.0.1                                kitnet.a.eth0 / node=kit-node since 1\n    \
+                       10.97.0.2/32                             kitnet.b.eth0 / node=kit-node since 1\n";
+        let got: Vec<String> = held_addresses(listing)
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        assert_eq!(got, ["10.97.0.1", "10.97.0.2"]);
     }
 }

@@ -4,15 +4,21 @@
 //! For each version: ADD gives a result of that version's shape and the interface it names
 //! exists in the pod with the result's MAC and addresses; CHECK passes; DEL removes it and
 //! leaves the host as it was; a second DEL succeeds; DEL after the netns is gone succeeds;
-//! VERSION lists the version; STATUS and GC answer (1.1.0). Every bad input is refused with the
-//! right error object and changes nothing — links, addresses, routes, iptables, state files.
+//! VERSION lists the version; STATUS answers and GC keeps the attachments the runtime lists while
+//! it releases the others' addresses and state (1.1.0). Every bad input is refused with the right
+//! error object and changes nothing — links, addresses, routes, iptables, state files.
 //!
-//! A plugin that breaks a rule for a known reason lists a [`Deviation`]; the kit still checks
-//! the rule, and a deviation that no longer happens fails too, so the list stays true.
+//! A plugin that breaks a rule for a known reason lists a [`Deviation`]: the rule, the versions,
+//! and exactly what the plugin does instead ([`Behaviour`]: exit status, error code, whether the
+//! host changed). The kit still checks the rule; a deviation that changes nature fails, and so
+//! does one that no longer happens, so the list stays true.
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::future::Future;
+use std::net::IpAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -81,12 +87,109 @@ impl fmt::Display for Rule {
     }
 }
 
-/// A rule a plugin is known to break, and why.
+/// What a plugin did when the kit ran it for a rule: enough to tell one way of breaking the
+/// rule from another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Behaviour {
+    /// The exit status (-1: killed by a signal).
+    pub exit: i32,
+    /// The `code` of the error object on stdout; None when stdout holds none.
+    pub code: Option<u64>,
+    /// Whether the host, the pod or the plugin's state changed; None where the rule does not
+    /// compare them.
+    pub host_changed: Option<bool>,
+}
+
+impl Behaviour {
+    /// A refusal: exit 1 with an error object of `code`.
+    pub const fn refused(code: u64, host_changed: bool) -> Behaviour {
+        Behaviour {
+            exit: 1,
+            code: Some(code),
+            host_changed: Some(host_changed),
+        }
+    }
+
+    /// Success (exit 0, no error object) where a refusal was due.
+    pub const fn succeeded(host_changed: bool) -> Behaviour {
+        Behaviour {
+            exit: 0,
+            code: None,
+            host_changed: Some(host_changed),
+        }
+    }
+}
+
+impl fmt::Display for Behaviour {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "exit {}", self.exit)?;
+        match self.code {
+            Some(c) => write!(f, ", code {c}")?,
+            None => write!(f, ", no error object")?,
+        }
+        match self.host_changed {
+            Some(true) => write!(f, ", host changed"),
+            Some(false) => write!(f, ", host unchanged"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A rule a plugin is known to break: at which versions, how, and why.
 #[derive(Debug, Clone)]
 pub struct Deviation {
     pub rule: Rule,
+    /// Each of these versions breaks the rule (and only these may).
+    pub versions: Vec<Version>,
+    /// What the plugin does instead, in every case of the rule that fails.
+    pub behaviour: Behaviour,
     pub why: &'static str,
 }
+
+impl Deviation {
+    /// Whether `f` is this deviation happening: same rule, a listed version, and every failing
+    /// case behaving exactly as listed.
+    fn excuses(&self, f: &Finding) -> bool {
+        self.rule == f.rule
+            && self.versions.contains(&f.version)
+            && !f.seen.is_empty()
+            && f.seen.iter().all(|b| *b == self.behaviour)
+    }
+}
+
+/// The rules the reference `bridge` plugin (containernetworking-plugins 1.1.1, Debian's) breaks
+/// at `versions`, whatever IPAM it delegates to: the kit's tests of the reference plugins and of
+/// our IPAM under bridge share this one list.
+pub fn reference_bridge_deviations(versions: &[Version]) -> Vec<Deviation> {
+    vec![
+        Deviation {
+            rule: Rule::MissingCommand,
+            versions: versions.to_vec(),
+            behaviour: Behaviour::succeeded(false),
+            why: "without CNI_COMMAND, skel prints the plugin's about text to stderr and exits 0 instead of answering code 4",
+        },
+        Deviation {
+            rule: Rule::NetnsDoesNotExist,
+            versions: versions.to_vec(),
+            behaviour: Behaviour::refused(999, false),
+            why: "bridge answers a missing netns with code 999 (\"failed to open netns\"), not 3",
+        },
+        Deviation {
+            rule: Rule::IpamNotFound,
+            versions: versions.to_vec(),
+            behaviour: Behaviour::refused(999, true),
+            why: "bridge answers an IPAM type missing from CNI_PATH with code 999, not 7, and leaves the veth pair it made on the host and in the pod",
+        },
+    ]
+}
+
+/// The addresses a plugin's IPAM holds right now, however the plugin keeps them (an ipamd's
+/// allocations, host-local's files): how the kit sees what GC released.
+pub type Allocations = Box<
+    dyn Fn() -> Pin<Box<dyn Future<Output = std::result::Result<BTreeSet<IpAddr>, String>> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// What the kit needs to know about a plugin.
 pub struct PluginUnderTest {
@@ -101,6 +204,8 @@ pub struct PluginUnderTest {
     /// (they are compared before and after each bad input).
     #[allow(clippy::type_complexity)]
     pub config: Box<dyn Fn(&KitContext, Version) -> Value + Send + Sync>,
+    /// What the plugin's IPAM holds; needed for the GC rule (1.1.0), which fails without it.
+    pub allocations: Option<Allocations>,
     pub deviations: Vec<Deviation>,
 }
 
@@ -114,6 +219,9 @@ pub struct KitContext {
 pub struct Finding {
     pub rule: Rule,
     pub version: Version,
+    /// What the plugin did in each failing case (empty where no single run is to blame, e.g. a
+    /// result that does not match the pod).
+    pub seen: Vec<Behaviour>,
     pub problem: String,
 }
 
@@ -126,44 +234,101 @@ pub struct Report {
 }
 
 impl Report {
-    /// Panics unless every finding is a listed deviation and every listed deviation was found.
-    pub fn assert_conformant(&self, put: &PluginUnderTest) {
-        let allowed: BTreeSet<Rule> = put.deviations.iter().map(|d| d.rule).collect();
+    /// Whether the plugin conforms: every finding is a listed deviation happening exactly as
+    /// listed, every listed deviation happened at each of its versions, and the kit ran. The
+    /// error names each rule and version at fault.
+    pub fn verdict(&self, put: &PluginUnderTest) -> std::result::Result<(), String> {
+        let listed = |f: &Finding| {
+            put.deviations
+                .iter()
+                .filter(|d| d.rule == f.rule && d.versions.contains(&f.version))
+                .map(|d| format!("{} ({})", d.behaviour, d.why))
+                .collect::<Vec<_>>()
+        };
         let unexpected: Vec<String> = self
             .findings
             .iter()
-            .filter(|f| !allowed.contains(&f.rule))
-            .map(|f| format!("[{} {}] {}", f.version, f.rule, f.problem))
+            .filter(|f| !put.deviations.iter().any(|d| d.excuses(f)))
+            .map(|f| {
+                let seen: Vec<String> = f.seen.iter().map(ToString::to_string).collect();
+                let mut line = format!("[{} {}] {}", f.version, f.rule, f.problem);
+                if !seen.is_empty() {
+                    line.push_str(&format!(" — did: {}", seen.join("; ")));
+                }
+                let expected = listed(f);
+                if !expected.is_empty() {
+                    line.push_str(&format!(
+                        " — the listed deviation is: {}",
+                        expected.join("; ")
+                    ));
+                }
+                line
+            })
             .collect();
-        let seen: BTreeSet<Rule> = self.findings.iter().map(|f| f.rule).collect();
         let stale: Vec<String> = put
             .deviations
             .iter()
-            .filter(|d| !seen.contains(&d.rule))
-            .map(|d| format!("{} ({})", d.rule, d.why))
+            .flat_map(|d| d.versions.iter().map(move |v| (d, *v)))
+            .filter(|(d, v)| {
+                !self
+                    .findings
+                    .iter()
+                    .any(|f| f.version == *v && d.excuses(f))
+            })
+            .map(|(d, v)| {
+                let claimed = if put.versions.contains(&v) {
+                    ""
+                } else {
+                    " — a version the kit does not run"
+                };
+                format!("[{v} {}] {} ({}){claimed}", d.rule, d.behaviour, d.why)
+            })
             .collect();
-        assert!(
-            unexpected.is_empty() && stale.is_empty(),
-            "{}: {} checks; broken rules:\n  {}\nlisted deviations that no longer happen:\n  {}",
-            put.label,
-            self.checks,
-            unexpected.join("\n  "),
-            stale.join("\n  ")
-        );
-        assert!(
-            self.checks >= put.versions.len() * 10,
-            "{}: only {} checks ran",
-            put.label,
-            self.checks
-        );
+        let mut problems = Vec::new();
+        if !unexpected.is_empty() {
+            problems.push(format!("broken rules:\n  {}", unexpected.join("\n  ")));
+        }
+        if !stale.is_empty() {
+            problems.push(format!(
+                "listed deviations that no longer happen as listed:\n  {}",
+                stale.join("\n  ")
+            ));
+        }
+        if self.checks < put.versions.len() * 10 {
+            problems.push(format!("only {} checks ran", self.checks));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{}: {} checks; {}",
+                put.label,
+                self.checks,
+                problems.join("\n")
+            ))
+        }
     }
 
-    fn record(&mut self, rule: Rule, version: Version, outcome: std::result::Result<(), String>) {
+    /// Panics with [`Report::verdict`]'s message unless the plugin conforms.
+    pub fn assert_conformant(&self, put: &PluginUnderTest) {
+        if let Err(e) = self.verdict(put) {
+            panic!("{e}");
+        }
+    }
+
+    fn record(
+        &mut self,
+        rule: Rule,
+        version: Version,
+        outcome: std::result::Result<(), String>,
+        seen: Vec<Behaviour>,
+    ) {
         self.checks += 1;
         if let Err(problem) = outcome {
             self.findings.push(Finding {
                 rule,
                 version,
+                seen,
                 problem,
             });
         }
@@ -189,6 +354,17 @@ impl Run {
                 self.stdout.trim(),
                 self.stderr.trim()
             ))
+        }
+    }
+
+    /// What the run did, with whether the host changed as the rule saw it.
+    fn behaviour(&self, host_changed: Option<bool>) -> Behaviour {
+        Behaviour {
+            exit: self.exit,
+            code: serde_json::from_str::<Value>(self.stdout.trim())
+                .ok()
+                .and_then(|v| v.get("code").and_then(Value::as_u64)),
+            host_changed,
         }
     }
 
@@ -369,10 +545,12 @@ impl Kit<'_> {
                 .await?;
             self.tb.delete_ns(&warm)?;
             if let Err(e) = add.ok().and_then(|_| del.ok()) {
+                let failed = if add.exit == 0 { &del } else { &add };
                 report.record(
                     Rule::AddResultShape,
                     v,
                     Err(format!("warm-up ADD/DEL failed: {e}")),
+                    vec![failed.behaviour(None)],
                 );
                 return Ok(());
             }
@@ -390,12 +568,14 @@ impl Kit<'_> {
             Rule::AddResultShape,
             v,
             shape.as_ref().map(|_| ()).map_err(Clone::clone),
+            vec![add.behaviour(None)],
         );
         if let Ok(result) = &shape {
             report.record(
                 Rule::InterfaceMatchesResult,
                 v,
                 interface_matches(result, &pod, v).await,
+                Vec::new(),
             );
         }
         let with_prev = self.with_prev(v, &add.stdout);
@@ -403,7 +583,7 @@ impl Kit<'_> {
             let check = self
                 .invoke(&self.env("CHECK", &cid, &pod), &with_prev)
                 .await?;
-            report.record(Rule::Check, v, check.ok());
+            report.record(Rule::Check, v, check.ok(), vec![check.behaviour(None)]);
         }
         let del_stdin = if v.has_prev_result_on_del() {
             with_prev.clone()
@@ -414,6 +594,7 @@ impl Kit<'_> {
             .invoke(&self.env("DEL", &cid, &pod), &del_stdin)
             .await?;
         let mut del_outcome = del.ok();
+        let mut del_changed = None;
         if del_outcome.is_ok() {
             let left = pod.connect()?.link("eth0").await?;
             let mut problems: Vec<String> = left
@@ -426,15 +607,16 @@ impl Kit<'_> {
                 &snapshot::files(&self.ctx.state_dir),
                 false,
             ));
+            del_changed = Some(!problems.is_empty());
             if !problems.is_empty() {
                 del_outcome = Err(problems.join("; "));
             }
         }
-        report.record(Rule::Del, v, del_outcome);
+        report.record(Rule::Del, v, del_outcome, vec![del.behaviour(del_changed)]);
         let again = self
             .invoke(&self.env("DEL", &cid, &pod), &del_stdin)
             .await?;
-        report.record(Rule::DelAgain, v, again.ok());
+        report.record(Rule::DelAgain, v, again.ok(), vec![again.behaviour(None)]);
         self.tb.delete_ns(&pod)?;
         Ok(())
     }
@@ -449,7 +631,12 @@ impl Kit<'_> {
             .invoke(&self.env("ADD", &cid, &pod), conf.as_bytes())
             .await?;
         if let Err(e) = add.ok() {
-            report.record(Rule::DelWithoutNetns, v, Err(format!("ADD failed: {e}")));
+            report.record(
+                Rule::DelWithoutNetns,
+                v,
+                Err(format!("ADD failed: {e}")),
+                vec![add.behaviour(None)],
+            );
             return Ok(());
         }
         let env = self.env("DEL", &cid, &pod);
@@ -463,6 +650,7 @@ impl Kit<'_> {
         };
         let del = self.invoke(&env, &stdin).await?;
         let mut outcome = del.ok();
+        let mut changed = None;
         if outcome.is_ok() {
             // The pod's veth died with its namespace; what ADD took on the host must be gone too.
             let mut problems = Vec::new();
@@ -478,11 +666,17 @@ impl Kit<'_> {
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+            changed = Some(!problems.is_empty());
             if !problems.is_empty() {
                 outcome = Err(problems.join("; "));
             }
         }
-        report.record(Rule::DelWithoutNetns, v, outcome);
+        report.record(
+            Rule::DelWithoutNetns,
+            v,
+            outcome,
+            vec![del.behaviour(changed)],
+        );
         Ok(())
     }
 
@@ -514,7 +708,7 @@ impl Kit<'_> {
                 ))
             }
         });
-        report.record(Rule::VersionLists, v, outcome);
+        report.record(Rule::VersionLists, v, outcome, vec![run.behaviour(None)]);
         Ok(())
     }
 
@@ -526,37 +720,181 @@ impl Kit<'_> {
         let status = self
             .invoke(&path_env, self.config(v).to_string().as_bytes())
             .await?;
-        report.record(Rule::Status, v, status.ok());
-
-        let pod = self.pod().await?;
-        let cid = "kit-gc";
-        let add = self
-            .invoke(
-                &self.env("ADD", cid, &pod),
-                self.config(v).to_string().as_bytes(),
-            )
-            .await?;
-        let mut conf = self.config(v);
-        let kept = json!([{"containerID": cid, "ifname": "eth0"}]);
-        if let Some(obj) = conf.as_object_mut() {
-            obj.insert("cni.dev/valid-attachments".into(), kept.clone());
-            obj.insert("cni.dev/attachments".into(), kept);
-        }
-        let gc_env = [
-            ("CNI_COMMAND", "GC".to_string()),
-            ("CNI_PATH", self.path_env()),
-        ];
-        let gc = self.invoke(&gc_env, conf.to_string().as_bytes()).await?;
-        let del = self
-            .invoke(&self.env("DEL", cid, &pod), &self.with_prev(v, &add.stdout))
-            .await?;
-        report.record(
-            Rule::Gc,
-            v,
-            add.ok().and_then(|_| gc.ok()).and_then(|_| del.ok()),
-        );
-        self.tb.delete_ns(&pod)?;
+        report.record(Rule::Status, v, status.ok(), vec![status.behaviour(None)]);
+        let (outcome, seen) = self.gc(v).await?;
+        report.record(Rule::Gc, v, outcome, seen);
         Ok(())
+    }
+
+    /// GC as a runtime runs it: two attachments, `kit-gc-keep` listed in
+    /// `cni.dev/valid-attachments` (and the older `cni.dev/attachments`), `kit-gc-gone` not
+    /// (its container, and so its netns, gone). Afterwards the listed one still holds its
+    /// addresses and state (CHECK passes) and the other holds none, as the plugin's
+    /// allocations and state files show; DEL of both still succeeds and leaves the host as
+    /// it was.
+    async fn gc(
+        &mut self,
+        v: Version,
+    ) -> Result<(std::result::Result<(), String>, Vec<Behaviour>)> {
+        let put = self.put;
+        let Some(allocations) = put.allocations.as_ref() else {
+            return Ok((
+                Err("the kit cannot see the plugin's allocations (PluginUnderTest::allocations), so it cannot tell what GC released".into()),
+                Vec::new(),
+            ));
+        };
+        let (keep, gone) = ("kit-gc-keep", "kit-gc-gone");
+        let host_before = self.host_state().await?;
+        let files_before = snapshot::files(&self.ctx.state_dir);
+        let keep_pod = self.pod().await?;
+        let gone_pod = self.pod().await?;
+        let conf = self.config(v).to_string();
+        let mut problems = Vec::new();
+        let mut seen = Vec::new();
+        let held = || async { allocations().await.map_err(crate::Error::Other) };
+        // (container id, ADD's stdout, the addresses ADD gave it)
+        let mut added: Vec<(&str, String, BTreeSet<IpAddr>)> = Vec::new();
+        for (cid, pod) in [(keep, &keep_pod), (gone, &gone_pod)] {
+            let add = self
+                .invoke(&self.env("ADD", cid, pod), conf.as_bytes())
+                .await?;
+            match add.ok().and_then(|_| result_shape(&add.stdout, v)) {
+                Ok(r) => added.push((
+                    cid,
+                    add.stdout.clone(),
+                    r.ips.iter().map(|ip| ip.address.addr()).collect(),
+                )),
+                Err(e) => {
+                    problems.push(format!("ADD of {cid}: {e}"));
+                    seen.push(add.behaviour(None));
+                }
+            }
+        }
+        let addresses = |cid: &str| {
+            added
+                .iter()
+                .find(|a| a.0 == cid)
+                .map(|a| a.2.clone())
+                .unwrap_or_default()
+        };
+        let (keep_ips, gone_ips) = (addresses(keep), addresses(gone));
+        if problems.is_empty() {
+            let held = held().await?;
+            if !keep_ips.is_subset(&held) || !gone_ips.is_subset(&held) || gone_ips.is_empty() {
+                problems.push(format!(
+                    "the allocations ({held:?}) do not show what ADD gave {keep} ({keep_ips:?}) and {gone} ({gone_ips:?}): GC cannot be judged"
+                ));
+            }
+        }
+        // The runtime lost the second container: its netns is gone, then GC runs.
+        let gone_env = self.env("DEL", gone, &gone_pod);
+        self.tb.delete_ns(&gone_pod)?;
+        drop(gone_pod);
+        if problems.is_empty() {
+            let files_mid = snapshot::files(&self.ctx.state_dir);
+            let mut gc_conf = self.config(v);
+            let valid = json!([{"containerID": keep, "ifname": "eth0"}]);
+            if let Some(obj) = gc_conf.as_object_mut() {
+                obj.insert("cni.dev/valid-attachments".into(), valid.clone());
+                obj.insert("cni.dev/attachments".into(), valid);
+            }
+            let gc_env = [
+                ("CNI_COMMAND", "GC".to_string()),
+                ("CNI_PATH", self.path_env()),
+            ];
+            let gc = self.invoke(&gc_env, gc_conf.to_string().as_bytes()).await?;
+            if let Err(e) = gc.ok() {
+                problems.push(format!("GC: {e}"));
+                seen.push(gc.behaviour(None));
+            } else {
+                let held = held().await?;
+                let lost: Vec<&IpAddr> = keep_ips.difference(&held).collect();
+                let kept: Vec<&IpAddr> = gone_ips.intersection(&held).collect();
+                if !lost.is_empty() {
+                    problems.push(format!(
+                        "GC released {lost:?} of {keep}, a valid attachment"
+                    ));
+                }
+                if !kept.is_empty() {
+                    problems.push(format!(
+                        "GC kept {kept:?} of {gone}, an attachment the runtime no longer has"
+                    ));
+                }
+                let files_after = snapshot::files(&self.ctx.state_dir);
+                for (path, contents) in &files_mid {
+                    let names = |cid: &str| mentions(path, contents, cid);
+                    if names(keep) && !files_after.contains_key(path) {
+                        problems.push(format!("GC removed {} of {keep}", path.display()));
+                    }
+                }
+                for (path, contents) in &files_after {
+                    if mentions(path, contents, gone) {
+                        problems.push(format!("GC left {} of {gone}", path.display()));
+                    }
+                }
+                if v.has_check()
+                    && let Some((_, stdout, _)) = added.iter().find(|a| a.0 == keep)
+                {
+                    let check = self
+                        .invoke(
+                            &self.env("CHECK", keep, &keep_pod),
+                            &self.with_prev(v, stdout),
+                        )
+                        .await?;
+                    if let Err(e) = check.ok() {
+                        problems.push(format!("CHECK of {keep} after GC: {e}"));
+                        seen.push(check.behaviour(None));
+                    }
+                }
+            }
+        }
+        // DEL of both still works (a runtime may send it late), and then nothing is left.
+        for (cid, stdout, _) in &added {
+            let env = if *cid == gone {
+                gone_env.clone()
+            } else {
+                self.env("DEL", cid, &keep_pod)
+            };
+            let del = self.invoke(&env, &self.with_prev(v, stdout)).await?;
+            if let Err(e) = del.ok() {
+                problems.push(format!("DEL of {cid} after GC: {e}"));
+                seen.push(del.behaviour(None));
+            }
+        }
+        self.tb.delete_ns(&keep_pod)?;
+        drop(keep_pod);
+        if problems.is_empty() {
+            let held = held().await?;
+            let left: Vec<&IpAddr> = keep_ips.intersection(&held).collect();
+            if !left.is_empty() {
+                problems.push(format!("DEL of {keep} after GC kept {left:?}"));
+            }
+            let mut left = Vec::new();
+            // The pods' veths die with their namespaces, asynchronously.
+            for _ in 0..50 {
+                left = host_before.diff(&self.host_state().await?);
+                left.extend(snapshot::files_diff(
+                    &files_before,
+                    &snapshot::files(&self.ctx.state_dir),
+                    false,
+                ));
+                if left.is_empty() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if !left.is_empty() {
+                problems.push(format!("left after GC and DEL: {}", left.join("; ")));
+            }
+        }
+        Ok((
+            if problems.is_empty() {
+                Ok(())
+            } else {
+                Err(problems.join("; "))
+            },
+            seen,
+        ))
     }
 
     async fn bad_input(
@@ -628,6 +966,7 @@ impl Kit<'_> {
                         rule,
                         v,
                         Err("the config has no ipam section to break".into()),
+                        Vec::new(),
                     );
                     self.tb.delete_ns(&pod)?;
                     return Ok(());
@@ -638,6 +977,7 @@ impl Kit<'_> {
             _ => return Err(crate::Error::Other(format!("{rule} is not a bad input"))),
         }
         let mut problems = Vec::new();
+        let mut seen = Vec::new();
         for (env, stdin) in cases {
             let host_before = self.host_state().await?;
             let pod_before = NsState::capture(&pod, self.tb.prefix()).await?;
@@ -648,7 +988,8 @@ impl Kit<'_> {
                 .find(|(k, _)| *k == "CNI_IFNAME")
                 .map(|(_, v)| format!(" (ifname {v:?})"))
                 .unwrap_or_default();
-            if let Err(e) = run.error(code) {
+            let refused = run.error(code);
+            if let Err(e) = &refused {
                 problems.push(format!("{e}{label}"));
             }
             let mut changed = host_before.diff(&self.host_state().await?);
@@ -663,6 +1004,9 @@ impl Kit<'_> {
                 &snapshot::files(&self.ctx.state_dir),
                 true,
             ));
+            if refused.is_err() || !changed.is_empty() {
+                seen.push(run.behaviour(Some(!changed.is_empty())));
+            }
             if !changed.is_empty() {
                 problems.push(format!("changed the host{label}: {}", changed.join("; ")));
                 // Undo it so the next case starts clean: a DEL is what a runtime would send.
@@ -678,10 +1022,16 @@ impl Kit<'_> {
             } else {
                 Err(problems.join(" | "))
             },
+            seen,
         );
         self.tb.delete_ns(&pod)?;
         Ok(())
     }
+}
+
+/// Whether a state file belongs to container `cid`: its name or its contents name it.
+fn mentions(path: &std::path::Path, contents: &[u8], cid: &str) -> bool {
+    path.to_string_lossy().contains(cid) || contents.windows(cid.len()).any(|w| w == cid.as_bytes())
 }
 
 /// Checks the printed result has `v`'s shape, and reads it.
@@ -797,4 +1147,139 @@ async fn interface_matches(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(deviations: Vec<Deviation>) -> PluginUnderTest {
+        PluginUnderTest {
+            label: "p".into(),
+            plugin: "p".into(),
+            cni_path: Vec::new(),
+            versions: vec![Version::V0_4_0, Version::V1_0_0],
+            config: Box::new(|_, _| json!({})),
+            allocations: None,
+            deviations,
+        }
+    }
+
+    fn report(findings: Vec<Finding>) -> Report {
+        Report {
+            findings,
+            checks: 40,
+        }
+    }
+
+    fn finding(version: Version, seen: Behaviour) -> Finding {
+        Finding {
+            rule: Rule::IpamNotFound,
+            version,
+            seen: vec![seen],
+            problem: "error code Some(999), expected 7".into(),
+        }
+    }
+
+    fn listed(versions: Vec<Version>, behaviour: Behaviour) -> Deviation {
+        Deviation {
+            rule: Rule::IpamNotFound,
+            versions,
+            behaviour,
+            why: "known",
+        }
+    }
+
+    const BOTH: [Version; 2] = [Version::V0_4_0, Version::V1_0_0];
+
+    #[test]
+    fn a_deviation_happening_as_listed_is_excused() {
+        let p = put(vec![listed(BOTH.to_vec(), Behaviour::refused(999, true))]);
+        let r = report(
+            BOTH.iter()
+                .map(|v| finding(*v, Behaviour::refused(999, true)))
+                .collect(),
+        );
+        assert_eq!(r.verdict(&p), Ok(()));
+    }
+
+    #[test]
+    fn a_deviation_that_changes_nature_fails() {
+        let p = put(vec![listed(BOTH.to_vec(), Behaviour::refused(999, true))]);
+        for other in [
+            Behaviour::refused(998, true),
+            Behaviour::refused(999, false),
+            Behaviour::succeeded(true),
+        ] {
+            let r = report(vec![
+                finding(Version::V0_4_0, Behaviour::refused(999, true)),
+                finding(Version::V1_0_0, other),
+            ]);
+            let e = r.verdict(&p).unwrap_err();
+            assert!(e.contains("broken rules:\n  [1.0.0 IpamNotFound]"), "{e}");
+            assert!(e.contains(&format!("did: {other}")), "{e}");
+            assert!(
+                e.contains("no longer happen as listed:\n  [1.0.0 IpamNotFound]"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_deviation_at_an_unlisted_version_fails() {
+        let p = put(vec![listed(
+            vec![Version::V0_4_0],
+            Behaviour::refused(999, true),
+        )]);
+        let r = report(
+            BOTH.iter()
+                .map(|v| finding(*v, Behaviour::refused(999, true)))
+                .collect(),
+        );
+        let e = r.verdict(&p).unwrap_err();
+        assert!(e.contains("[1.0.0 IpamNotFound]"), "{e}");
+        assert!(!e.contains("[0.4.0 IpamNotFound]"), "{e}");
+    }
+
+    #[test]
+    fn a_listed_deviation_that_stops_happening_fails() {
+        let p = put(vec![listed(BOTH.to_vec(), Behaviour::refused(999, true))]);
+        let r = report(vec![finding(
+            Version::V0_4_0,
+            Behaviour::refused(999, true),
+        )]);
+        let e = r.verdict(&p).unwrap_err();
+        assert!(
+            e.contains("no longer happen as listed:\n  [1.0.0 IpamNotFound]"),
+            "{e}"
+        );
+        assert!(!e.contains("broken rules"), "{e}");
+    }
+
+    #[test]
+    fn a_finding_without_a_run_is_never_excused() {
+        let p = put(vec![Deviation {
+            rule: Rule::InterfaceMatchesResult,
+            versions: BOTH.to_vec(),
+            behaviour: Behaviour::succeeded(false),
+            why: "known",
+        }]);
+        let r = report(vec![Finding {
+            rule: Rule::InterfaceMatchesResult,
+            version: Version::V1_0_0,
+            seen: Vec::new(),
+            problem: "eth0 lacks 10.0.0.2/24".into(),
+        }]);
+        assert!(r.verdict(&p).is_err());
+    }
+
+    #[test]
+    fn too_few_checks_fail() {
+        let p = put(Vec::new());
+        let r = Report {
+            findings: Vec::new(),
+            checks: 3,
+        };
+        assert!(r.verdict(&p).unwrap_err().contains("only 3 checks ran"));
+    }
 }

@@ -3,6 +3,10 @@
 //! pool is cut in routed-mode /26 blocks with nothing reserved (the plugin narrows each
 //! address to a /32). The readiness state stands in for the BGP agent.
 //!
+//! The same plugin behind a wrapper whose GC releases nothing, or releases the attachment the
+//! runtime still lists, fails the kit's GC rule: the rule looks at the allocations, not only at
+//! exit codes.
+//!
 //! Beside the kit, the plugin's own promises on a node namespace with host-local handing out
 //! IPv4 and IPv6: ADD waits for the agent's readiness; two pods reach each other in both
 //! families through the host (proxy ARP, the permanent gateway entry, the host routes) with the
@@ -61,6 +65,7 @@ async fn trellis_routed_passes_the_kit_with_trellis_ipam_at_every_version() {
                 "ipam": {"type": "trellis-ipam", "socket": sock},
             })
         }),
+        allocations: Some(ipamd.allocations(&tb)),
         deviations: Vec::new(),
     };
     let report = cni_kit::run(&put).await.unwrap();
@@ -71,6 +76,76 @@ async fn trellis_routed_passes_the_kit_with_trellis_ipam_at_every_version() {
     report.assert_conformant(&put);
     // Every ADD was followed by its DEL: ipamd holds nothing, and its store is consistent.
     ipamd.assert_released(&tb, "kitnet").await.unwrap();
+}
+
+/// The kit against `trellis-routed` behind `support/kit-broken-plugin.sh` in `mode`, at 1.1.0
+/// with trellis-ipam: the verdict.
+async fn routed_behind_wrapper(mode: &str) -> Result<(), String> {
+    require_root();
+    let routed = bin_path("trellis-routed");
+    let tb = Testbed::new().unwrap();
+    let ipamd = StandaloneIpamd::start(
+        &tb,
+        "kit",
+        &["--cidr", "10.97.0.0/24", "--block-size", "26"],
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("kit-broken-{mode}");
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support/kit-broken-plugin.sh");
+    std::os::unix::fs::symlink(&script, dir.path().join(&name)).unwrap();
+    std::os::unix::fs::symlink(&routed, dir.path().join("real-plugin")).unwrap();
+    let sock = ipamd.socket.display().to_string();
+    let kind = name.clone();
+    let put = PluginUnderTest {
+        label: format!("trellis-routed behind kit-broken-plugin.sh ({mode})"),
+        plugin: name,
+        cni_path: vec![dir.path().to_path_buf(), bin_dir()],
+        versions: vec![Version::V1_1_0],
+        config: Box::new(move |ctx, v| {
+            json!({
+                "cniVersion": v.as_str(),
+                "name": "kitnet",
+                "type": kind,
+                "stateDir": ready_state(&ctx.state_dir),
+                "ipam": {"type": "trellis-ipam", "socket": sock},
+            })
+        }),
+        allocations: Some(ipamd.allocations(&tb)),
+        deviations: Vec::new(),
+    };
+    let report = cni_kit::run(&put).await.unwrap();
+    let verdict = report.verdict(&put);
+    eprintln!("{mode}: {verdict:?}");
+    verdict
+}
+
+/// The control: the wrapper changing nothing passes, GC included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trellis_routed_behind_a_faithful_wrapper_passes_the_kit() {
+    routed_behind_wrapper("faithful").await.unwrap();
+}
+
+/// A GC that releases nothing fails the kit: the gone attachment's addresses are still held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gc_that_releases_nothing_fails_the_kit() {
+    let e = routed_behind_wrapper("gc-noop").await.unwrap_err();
+    assert!(
+        e.contains("[1.1.0 Gc] GC kept ") && e.contains("of kit-gc-gone"),
+        "{e}"
+    );
+}
+
+/// A GC that releases the listed attachment too fails the kit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gc_that_releases_a_valid_attachment_fails_the_kit() {
+    let e = routed_behind_wrapper("gc-all").await.unwrap_err();
+    assert!(
+        e.contains("[1.1.0 Gc] GC released ") && e.contains("of kit-gc-keep, a valid attachment"),
+        "{e}"
+    );
 }
 
 /// One plugin run in `ns`, as a runtime makes it: the CNI variables, the config on stdin.
