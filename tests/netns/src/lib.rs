@@ -71,6 +71,19 @@ pub fn require_root() {
     );
 }
 
+/// Waits until `done` holds, polling every 50 ms; fails the test, naming `what`, after
+/// `limit`. Tests wait on conditions like this, never for a fixed while.
+pub async fn wait_for(what: &str, limit: std::time::Duration, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within {limit:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// The path of a tool the test needs, or a failure naming the package that provides it.
 pub fn require_tool(name: &str, package: &str) -> PathBuf {
     let dirs = std::env::var_os("PATH").unwrap_or_default();

@@ -1,5 +1,6 @@
 //! Small TCP probes for the data-path tests: a server that answers each connection with the
-//! address it saw, and the client that asks — together they prove (or disprove) NAT.
+//! address it saw, and the client that asks — together they prove (or disprove) NAT; and a
+//! plain HTTP GET from inside a namespace, for daemons' health and status endpoints.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -51,4 +52,31 @@ pub fn stop_echo(ns: &Netns, at: SocketAddr) {
     if let Ok(Ok(mut q)) = ns.run(|| TcpStream::connect_timeout(&at, Duration::from_secs(2))) {
         let _ = q.write_all(b"quit");
     }
+}
+
+/// `GET path` from inside `ns` to `addr` (a daemon's health or status listener on the
+/// namespace's own loopback, say): the status code and the body.
+pub fn http_get(ns: &Netns, addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    let what = format!("GET http://{addr}{path} in {}", ns.name());
+    let mut s = ns
+        .run(|| TcpStream::connect_timeout(&addr, Duration::from_secs(2)))?
+        .map_err(|e| Error::io(&what, e))?;
+    let io = |e| Error::io(&what, e);
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(io)?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .map_err(io)?;
+    let mut answer = String::new();
+    s.take(1 << 20).read_to_string(&mut answer).map_err(io)?;
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| Error::Other(format!("{what}: not an HTTP answer: {answer:?}")))?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| Error::Other(format!("{what}: no status in {head:?}")))?;
+    Ok((code, body.to_string()))
 }

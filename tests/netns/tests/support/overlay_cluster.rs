@@ -4,7 +4,7 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -168,12 +168,24 @@ impl Cluster {
         panic!("the nodes never learnt each other's blocks within 10 s");
     }
 
+    /// Waits until the agent `w.agent` has made its node ready: its readiness file and CNI
+    /// configuration are written and its own `/readyz` answers 200 (so a file left by an
+    /// earlier agent is not taken for this one's).
     pub async fn wait_ready(&self, w: &Worker) {
+        let readyz = SocketAddr::from(([127, 0, 0, 1], 9910));
         for _ in 0..300 {
             if w.dirs.join("state/ready.json").is_file()
                 && w.dirs.join("net.d/10-trellis-overlay.conflist").is_file()
             {
-                return;
+                let ns = w.node.ns.clone();
+                let answer = tokio::task::spawn_blocking(move || {
+                    netns_testbed::probe::http_get(&ns, readyz, "/readyz")
+                })
+                .await
+                .unwrap();
+                if matches!(answer, Ok((200, _))) {
+                    return;
+                }
             }
             assert!(
                 self.tb.running(w.agent),

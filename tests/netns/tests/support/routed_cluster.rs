@@ -4,7 +4,7 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -208,6 +208,24 @@ impl Cluster {
             .collect()
     }
 
+    /// The agent's best route for `prefix` on node `on`, as its status endpoint shows it (what
+    /// `trellis bgp routes` prints); None when it has none, or does not answer.
+    pub async fn bgp_route(&self, on: usize, prefix: IpNet) -> Option<BgpRoute> {
+        let ns = self.workers[on].node.ns.clone();
+        let status = SocketAddr::from(([127, 0, 0, 1], 9912));
+        let (code, body) = tokio::task::spawn_blocking(move || {
+            netns_testbed::probe::http_get(&ns, status, "/bgp/routes")
+        })
+        .await
+        .unwrap()
+        .ok()?;
+        if code != 200 {
+            return None;
+        }
+        let routes: Vec<BgpRoute> = serde_json::from_str(&body).ok()?;
+        routes.into_iter().find(|r| r.prefix == prefix.to_string())
+    }
+
     /// Waits until every node routes `block` via `via` (Some) or not at all (None).
     pub async fn wait_route(
         &self,
@@ -270,6 +288,17 @@ impl Cluster {
             }
         }
     }
+}
+
+/// One best route of an agent's `/bgp/routes`.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct BgpRoute {
+    pub prefix: String,
+    pub next_hop: String,
+    /// `local` or the peer's address.
+    pub source: String,
+    /// Kept from a peer that went away with graceful restart, until it is back.
+    pub stale: bool,
 }
 
 pub fn block_of(ip: Ipv4Addr) -> IpNet {
