@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use support::TestServer;
 use support::kubectl::{Kubectl, kubectl_1_20, kubectl_current, tail};
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 fn manifest(image: &str, replicas: u32) -> String {
     format!(
@@ -93,7 +94,8 @@ async fn apply_until_done(k: &Kubectl, file: &str) -> String {
     panic!("apply never completed:\n{last}");
 }
 
-async fn workflow(k: Kubectl, s: &TestServer) {
+async fn workflow(k: Kubectl, s: &TestServer, minor: &str) {
+    k.assert_version(minor).await;
     k.ok(&["create", "namespace", "shop"]).await;
     let v1 = k.manifest("v1.yaml", &manifest("nginx:1.25", 2));
     apply_until_done(&k, &v1).await;
@@ -174,7 +176,9 @@ async fn workflow(k: Kubectl, s: &TestServer) {
         "{all_ns}"
     );
 
-    // get -w sees a change made by another client.
+    // get -w sees a change made by another client: the change is made once the watch is open
+    // at the server, and the test waits for the event itself (bounded), not for a while.
+    let open_before = s.open_watches().await;
     let mut watch = tokio::process::Command::new(&k.bin);
     watch
         .args(["--kubeconfig"])
@@ -192,12 +196,14 @@ async fn workflow(k: Kubectl, s: &TestServer) {
             "--request-timeout=30s",
         ])
         .env("HOME", &k.home)
+        .env("CLOUDSDK_CONFIG", k.home.join("gcloud"))
         .env_remove("KUBECONFIG")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true);
-    let watcher = watch.spawn().unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut watcher = watch.spawn().unwrap();
+    let mut lines = BufReader::new(watcher.stdout.take().unwrap()).lines();
+    s.wait_open_watches(open_before + 1).await;
     let other = s.client().await;
     let api: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
         kube::Api::namespaced(other, "shop");
@@ -208,14 +214,27 @@ async fn workflow(k: Kubectl, s: &TestServer) {
     )
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut watcher = watcher;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut seen = String::new();
+    loop {
+        match tokio::time::timeout_at(deadline, lines.next_line()).await {
+            Ok(Ok(Some(line))) => {
+                seen.push_str(&line);
+                seen.push('\n');
+                if line.contains("MODIFIED") {
+                    break;
+                }
+            }
+            Ok(Ok(None)) => panic!("the watch ended before the change arrived:\n{seen}"),
+            Ok(Err(e)) => panic!("reading the watch: {e}\n{seen}"),
+            Err(_) => panic!("no MODIFIED event within 20 s of the change:\n{seen}"),
+        }
+    }
     let _ = watcher.start_kill();
-    let out = watcher.wait_with_output().await.unwrap();
-    let lines = String::from_utf8_lossy(&out.stdout).into_owned();
+    let _ = watcher.wait().await;
     assert!(
-        lines.contains("ADDED") && lines.contains("MODIFIED"),
-        "the watch saw the other client's change:\n{lines}"
+        seen.contains("ADDED") && seen.contains("MODIFIED"),
+        "the watch saw the other client's change:\n{seen}"
     );
 
     // scale, label, annotate.
@@ -302,6 +321,7 @@ async fn kubectl_1_33_workflow() {
     workflow(
         Kubectl::new(kubectl_current(), &s.running.kubeconfig, dir.path()),
         &s,
+        "33",
     )
     .await;
     s.stop().await;
@@ -314,6 +334,7 @@ async fn kubectl_1_20_workflow() {
     workflow(
         Kubectl::new(kubectl_1_20(), &s.running.kubeconfig, dir.path()),
         &s,
+        "20",
     )
     .await;
     s.stop().await;

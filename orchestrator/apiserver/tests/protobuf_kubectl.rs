@@ -43,6 +43,7 @@ async fn kubectl_generators_send_protobuf_and_every_field_arrives() {
     let s = TestServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let k = Kubectl::new(kubectl_current(), &s.running.kubeconfig, dir.path());
+    k.assert_version("33").await;
 
     protobuf(&k, &["create", "namespace", "shop"]).await;
     let v = k.get(&["namespace", "shop"]).await;

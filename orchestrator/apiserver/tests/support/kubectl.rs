@@ -100,6 +100,25 @@ impl Kubectl {
         }
     }
 
+    /// Asserts that the kubectl that runs against this server is release 1.`minor`, as
+    /// `kubectl version -o json` reports its client. Asked with the server, because the image's
+    /// kubectl is the Google Cloud SDK dispatcher (`--client` alone says `v1.32.4-dispatcher`),
+    /// which runs the kubectl release matching the server's version.
+    pub async fn assert_version(&self, minor: &str) {
+        let run = self.ok(&["version", "-o", "json"]).await;
+        let v: Value = serde_json::from_str(&run.stdout)
+            .unwrap_or_else(|e| panic!("kubectl version -o json ({e}): {}", run.stdout));
+        assert_eq!(
+            (
+                v["clientVersion"]["major"].as_str(),
+                v["clientVersion"]["minor"].as_str()
+            ),
+            (Some("1"), Some(minor)),
+            "{} is not the kubectl 1.{minor} this test claims: {v}",
+            self.bin.display()
+        );
+    }
+
     /// Runs and requires success.
     pub async fn ok(&self, args: &[&str]) -> Run {
         let run = self.run(args).await;

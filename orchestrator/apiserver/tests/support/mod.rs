@@ -35,6 +35,37 @@ impl TestServer {
         client_from(&self.running.kubeconfig_for(user, &cert)).await
     }
 
+    /// The watches the server has open now (its `apiserver_watches` gauge on `/metrics`).
+    pub async fn open_watches(&self) -> i64 {
+        let text = self
+            .client()
+            .await
+            .request_text(http::Request::get("/metrics").body(Vec::new()).unwrap())
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("apiserver_watches "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no apiserver_watches in /metrics:\n{text}"))
+    }
+
+    /// Waits (20 s at most) until at least `n` watches are open: a watching client has its
+    /// watch established, so a change made now reaches it.
+    pub async fn wait_open_watches(&self, n: i64) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let open = self.open_watches().await;
+            if open >= n {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{open} watches open after 20 s, waiting for {n}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn stop(self) {
         self.running.shutdown().await;
     }
