@@ -49,7 +49,8 @@ pub enum Rule {
     VersionLists,
     /// STATUS succeeds when the plugin is ready (1.1.0).
     Status,
-    /// GC succeeds and DEL still works afterwards (1.1.0).
+    /// GC keeps the attachments listed as valid (addresses, state; CHECK passes) and releases
+    /// the others' addresses and state; DEL still works afterwards (1.1.0).
     Gc,
     EmptyStdin,
     InvalidJson,

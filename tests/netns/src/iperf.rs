@@ -2,7 +2,7 @@
 //! the continuity verdict of the restart tests ("the stream never stalled"), which judges each
 //! reporting interval against the stream's own median so that a test can also fail.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use trellis_net::Netns;
@@ -20,13 +20,9 @@ pub async fn iperf(
 ) -> Result<f64> {
     let limit = Duration::from_secs(u64::from(secs) + 30);
     let pid = tb.spawn(server, &["iperf3", "-s", "-B", &to.to_string()], limit)?;
-    // Bounded wait for the server to listen.
-    let addr = SocketAddr::from((to, 5201));
-    for _ in 0..50 {
-        if client.run(|| TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok())? {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    if let Err(e) = wait_listening(server, 5201, Duration::from_secs(10)).await {
+        tb.kill(pid);
+        return Err(e);
     }
     let out = tb
         .exec(
