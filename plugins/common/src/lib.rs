@@ -16,6 +16,9 @@ pub mod conflist;
 pub mod host;
 pub mod ipam;
 pub mod ready;
+#[doc(hidden)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+pub mod testing;
 pub mod veth;
 
 pub use conf::PluginConf;
