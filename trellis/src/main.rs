@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 mod bgp;
 mod ipam;
 mod overlay;
+mod policy_gate;
 
 #[derive(Parser)]
 #[command(
