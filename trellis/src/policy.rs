@@ -38,8 +38,19 @@ const NAME_LABEL: &str = "kubernetes.io/metadata.name";
 const SERVED_WAIT: Duration = Duration::from_secs(20);
 
 #[derive(clap::Args)]
+#[command(
+    after_help = "Each command writes ordinary ClusterNetworkPolicy objects \
+    (policy.networking.k8s.io/v1alpha2; `kubectl get cnp` shows them), which policyd enforces \
+    on every node. Evaluation order: Admin tier, NetworkPolicies, Baseline tier, then allow.\n\n\
+    Examples:\n  \
+    trellis policy isolate shop            # other namespaces denied; a NetworkPolicy in shop may allow them\n  \
+    trellis policy isolate shop --strict   # denied, whatever NetworkPolicies say\n  \
+    trellis policy open shop\n  \
+    trellis policy status"
+)]
 pub struct Args {
-    /// The cluster's kubeconfig (default: in-cluster, then ~/.kube/config).
+    /// The cluster's kubeconfig (default, as kubectl: $KUBECONFIG or ~/.kube/config, else the
+    /// in-cluster service account).
     #[arg(long, global = true)]
     kubeconfig: Option<PathBuf>,
     #[command(subcommand)]
@@ -50,15 +61,24 @@ pub struct Args {
 /// variant here and one arm in [`run`].
 #[derive(Subcommand)]
 pub enum Policy {
-    /// Deny traffic into a namespace from every other namespace (ClusterNetworkPolicy
-    /// `trellis-isolate-NS`, tier Baseline: a NetworkPolicy in the namespace can still allow it;
-    /// with --strict `trellis-isolate-strict-NS`, tier Admin: nothing can). Running it again is
-    /// harmless; --strict replaces a plain isolation and plain replaces a strict one. Installs the
-    /// ClusterNetworkPolicy definition if the cluster lacks it.
+    /// Deny traffic into a namespace from every other namespace.
+    ///
+    /// Writes ClusterNetworkPolicy `trellis-isolate-NS` (tier Baseline, priority 500): the
+    /// namespace's own pods are accepted, other namespaces denied, and a NetworkPolicy in the
+    /// namespace can still allow them. With --strict, `trellis-isolate-strict-NS` (tier Admin,
+    /// priority 500, the same rules), which no NetworkPolicy can override. Running it again
+    /// changes nothing; --strict replaces a plain isolation and plain replaces a strict one.
+    /// Installs the ClusterNetworkPolicy definition if the cluster lacks it, and says so.
     Isolate(IsolateArgs),
     /// Remove a namespace's isolation (both the plain and the strict policy).
+    ///
+    /// A namespace that is not isolated is not an error: the command says so and succeeds.
     Open(OpenArgs),
-    /// Every namespace and its isolation: none, isolated or strict, and the policy that does it.
+    /// Every namespace and its isolation: none, isolated or strict, and the policy doing it.
+    ///
+    /// A table of NAMESPACE, ISOLATION and POLICY. Isolation policies are found by their labels
+    /// (policy.trellis.dev/isolated-namespace, policy.trellis.dev/isolation), or by name for
+    /// ones written by hand.
     Status,
 }
 
