@@ -104,14 +104,24 @@ pub fn defaults(info: &ResourceInfo, obj: &mut Value) {
             default_at(obj, &["spec", "failedJobsHistoryLimit"], json!(1));
             job_spec_defaults(obj, &["spec", "jobTemplate", "spec"]);
         }
+        // Upstream's SetDefaults_NetworkPolicy goes by length: an absent, null or empty
+        // policyTypes becomes [Ingress], plus Egress only when there is at least one egress
+        // rule (`egress: []` isolates nothing on egress).
         ("networking.k8s.io", "NetworkPolicy")
-            if at(obj, &["spec", "policyTypes"]).is_none_or(Value::is_null) =>
+            if at(obj, &["spec", "policyTypes"])
+                .and_then(Value::as_array)
+                .is_none_or(Vec::is_empty) =>
         {
             let mut types = vec![json!("Ingress")];
-            if at(obj, &["spec", "egress"]).is_some_and(|e| !e.is_null()) {
+            if at(obj, &["spec", "egress"])
+                .and_then(Value::as_array)
+                .is_some_and(|e| !e.is_empty())
+            {
                 types.push(json!("Egress"));
             }
-            default_at(obj, &["spec", "policyTypes"], Value::Array(types));
+            if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
+                spec.insert("policyTypes".into(), Value::Array(types));
+            }
         }
         ("autoscaling", "HorizontalPodAutoscaler") => {
             if at(obj, &["spec", "metrics"])
@@ -787,6 +797,35 @@ mod tests {
         assert_eq!(c["imagePullPolicy"], "IfNotPresent");
         assert_eq!(c["ports"][0]["protocol"], "TCP");
         assert_eq!(d["spec"]["template"]["spec"]["restartPolicy"], "Always");
+    }
+
+    #[test]
+    fn network_policy_types_default_by_length_as_upstream() {
+        let info = builtin_kind("networking.k8s.io", "NetworkPolicy").unwrap();
+        let cases = [
+            (json!({"spec": {"podSelector": {}}}), json!(["Ingress"])),
+            (
+                json!({"spec": {"podSelector": {}, "policyTypes": []}}),
+                json!(["Ingress"]),
+            ),
+            (
+                json!({"spec": {"podSelector": {}, "egress": []}}),
+                json!(["Ingress"]),
+            ),
+            (
+                json!({"spec": {"podSelector": {}, "policyTypes": [], "egress": [{}]}}),
+                json!(["Ingress", "Egress"]),
+            ),
+            (
+                json!({"spec": {"podSelector": {}, "policyTypes": ["Egress"], "egress": []}}),
+                json!(["Egress"]),
+            ),
+        ];
+        for (mut np, want) in cases {
+            let given = np.clone();
+            defaults(&info, &mut np);
+            assert_eq!(np["spec"]["policyTypes"], want, "{given}");
+        }
     }
 
     #[test]
