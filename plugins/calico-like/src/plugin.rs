@@ -26,9 +26,10 @@ use trellis_cni::result::{CniResult, Interface, IpConfig, Route as CniRoute};
 use trellis_cni::skel::{Attachment, GcRequest, NetConf, Plugin};
 use trellis_net::{Family, Handle, Link, Netns, Route, Scope, VethSpec, proto};
 use trellis_plugin::host::{net_err, open_netns, runtime};
-use trellis_plugin::{PluginConf, ipam, ready, veth};
+use trellis_plugin::{PluginConf, ipam, veth};
 
 use crate::state::{DEFAULT_STATE_DIR, NodeState};
+use trellis_plugin::ready::ReadyState;
 
 /// The pods' IPv4 gateway: answered by the host end, held by no interface.
 pub const GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
@@ -501,7 +502,7 @@ impl Plugin for Routed {
 
     fn status(&self, conf: &NetConf) -> Result<(), Error> {
         let own = read_conf(conf)?;
-        ready::status(&own.state_dir, "routed agent")?;
+        NodeState::status(&own.state_dir)?;
         runtime()?.block_on(ipam::status(conf))
     }
 }

@@ -19,9 +19,10 @@ use trellis_cni::result::{CniResult, Interface, IpConfig, Route as CniRoute};
 use trellis_cni::skel::{Attachment, GcRequest, NetConf, Plugin};
 use trellis_net::{Handle, Link, Route, VethSpec};
 use trellis_plugin::host::{net_err, open_netns, runtime};
-use trellis_plugin::{PluginConf, ipam, ready, veth};
+use trellis_plugin::{PluginConf, ipam, veth};
 
 use crate::state::{DEFAULT_STATE_DIR, NodeState};
+use trellis_plugin::ready::ReadyState;
 
 /// The plugin's type, and the prefix of the owner label on its host ends.
 pub const TYPE: &str = "trellis-overlay";
@@ -350,7 +351,7 @@ impl Plugin for Overlay {
 
     fn status(&self, conf: &NetConf) -> Result<(), Error> {
         let own = read_conf(conf)?;
-        ready::status(&own.state_dir, "overlay agent")?;
+        NodeState::status(&own.state_dir)?;
         runtime()?.block_on(ipam::status(conf))
     }
 }

@@ -28,6 +28,7 @@ use trellis_daemon::{Health, Metrics};
 use trellis_net::Handle;
 use trellis_net::underlay::{self, Choice};
 
+use trellis_plugin::ready::ReadyState;
 use trellis_routed::state::NodeState;
 
 /// A configured neighbour (`--peer ADDR:ASN`, or a node of the mesh).

@@ -30,6 +30,7 @@ use trellis_net::{Handle, Link, Mac, Netns, VxlanSpec};
 
 use peers::Peer;
 use trellis_overlay::state::NodeState;
+use trellis_plugin::ready::ReadyState;
 
 /// Where the node's block comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
