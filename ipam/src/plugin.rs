@@ -191,11 +191,13 @@ pub fn cni_error(what: &str, s: &tonic::Status) -> Error {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, Error> {
+/// The runtime a plugin invocation runs on: one current-thread runtime per call, for this
+/// plugin's RPC and for the Trellis plugins that link it in (their netlink calls too).
+pub fn runtime() -> Result<tokio::runtime::Runtime, Error> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| Error::internal("cannot start the async runtime", e.to_string()))
+        .map_err(|e| Error::io("cannot start the plugin's runtime", e))
 }
 
 fn handle(req: &Attachment) -> String {

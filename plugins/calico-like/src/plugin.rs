@@ -22,11 +22,12 @@ use std::path::Path;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use trellis_cni::Error;
-use trellis_cni::result::{CniResult, Interface, IpConfig, Route as CniRoute};
+use trellis_cni::result::{CniResult, IpConfig, Route as CniRoute};
 use trellis_cni::skel::{Attachment, GcRequest, NetConf, Plugin};
-use trellis_net::{Family, Handle, Link, Netns, Route, Scope, VethSpec, proto};
+use trellis_net::{Family, Handle, Link, Netns, Route, Scope, proto};
+use trellis_plugin::attach::{self, Add, Checked, Sides};
 use trellis_plugin::host::{net_err, open_netns, runtime};
-use trellis_plugin::{PluginConf, ipam, ready, veth};
+use trellis_plugin::{PluginConf, ipam, veth};
 
 use crate::state::{DEFAULT_STATE_DIR, NodeState};
 
@@ -112,50 +113,15 @@ struct Plan<'a> {
     extra_routes: &'a [IpNet],
 }
 
-/// The container's namespace with connections to it and to the host, once CNI_IFNAME is known
-/// to be free in it.
-struct Sides {
-    netns: Netns,
-    host: Handle,
-    pod: Handle,
-}
-
-async fn open_sides(netns_path: &Path, ifname: &str) -> Result<Sides, Error> {
-    let netns = open_netns(netns_path)?;
-    let host = Handle::current().map_err(net_err)?;
-    let pod = netns.connect().map_err(net_err)?;
-    if pod.link(ifname).await.map_err(net_err)?.is_some() {
-        return Err(Error::internal(
-            format!("interface {ifname} already exists in the container"),
-            netns_path.display().to_string(),
-        ));
-    }
-    Ok(Sides { netns, host, pod })
-}
-
 /// Makes the veth pair and wires both ends; on any failure the pair goes (and with it the
 /// addresses, routes and neighbour entries on it), so a failed ADD leaves nothing behind.
 async fn wire(p: &Plan<'_>, sides: &Sides) -> Result<(Link, Link), Error> {
     let Sides { netns, host, pod } = sides;
-    // A host end of the same name is left from an earlier sandbox of this pod (or a failed ADD
-    // of this one) whose DEL never came: the name is the pod's, so it goes.
-    host.delete_link(p.host_name).await.map_err(net_err)?;
-    let spec = VethSpec {
-        name: p.host_name,
-        peer_name: p.ifname,
-        peer_ns: Some(netns),
-        mtu: Some(p.mtu),
-        mac: None,
-        peer_mac: None,
-    };
-    let host_link = host.add_veth(&spec).await.map_err(net_err)?;
-    match configure(p, host, &host_link, netns, pod).await {
-        Ok(pod_link) => Ok((host_link, pod_link)),
-        Err(e) => {
-            let _ = host.delete_link(p.host_name).await;
-            Err(e)
-        }
-    }
+    sides
+        .veth(p.host_name, p.ifname, p.mtu, async |host_link| {
+            configure(p, host, host_link, netns, pod).await
+        })
+        .await
 }
 
 async fn configure(
@@ -277,34 +243,9 @@ async fn verify(netns_path: &Path, e: &Expect<'_>) -> Result<(), Error> {
     let missing = |what: String| Error::internal(what, netns_path.display().to_string());
 
     // The interface, its MAC and its addresses.
-    let link = pod
-        .link(e.ifname)
-        .await
-        .map_err(net_err)?
-        .ok_or_else(|| missing(format!("{} is missing in the container", e.ifname)))?;
-    if link.mac.map(|m| m.to_string()) != Some(e.mac.to_lowercase()) {
-        return Err(Error::internal(
-            format!("{} has another MAC", e.ifname),
-            format!("{:?}, expected {}", link.mac, e.mac),
-        ));
-    }
+    let link = attach::pod_interface(&pod, netns_path, e.ifname, e.mac, e.addresses).await?;
     if !link.admin_up {
         return Err(missing(format!("{} is down", e.ifname)));
-    }
-    let have: Vec<IpNet> = pod
-        .addresses(Some(link.index))
-        .await
-        .map_err(net_err)?
-        .into_iter()
-        .map(|a| a.address)
-        .collect();
-    for a in e.addresses {
-        if !have.contains(a) {
-            return Err(Error::internal(
-                format!("{} lacks {a}", e.ifname),
-                format!("has {have:?}"),
-            ));
-        }
     }
 
     // Both pod routes of each family.
@@ -396,15 +337,11 @@ async fn verify(netns_path: &Path, e: &Expect<'_>) -> Result<(), Error> {
 
 impl Plugin for Routed {
     fn add(&self, req: &Attachment) -> Result<CniResult, Error> {
-        let conf = read_conf(&req.conf)?;
-        let state = NodeState::require(&conf.state_dir)?;
-        let mtu = conf.mtu_or(state.mtu);
-        let netns_path = req.netns()?.to_path_buf();
+        let add = Add::<NodeState>::prepare(req, DEFAULT_STATE_DIR, |s| s.mtu)?;
+        let (conf, mtu, netns_path) = (&add.conf, add.mtu, &add.netns_path);
         let ifname = req.ifname.as_str();
         runtime()?.block_on(async {
-            // An interface of that name in the container is refused before IPAM is asked: a
-            // repeated ADD must not release, on its way out, the address the first one holds.
-            let sides = open_sides(&netns_path, ifname).await?;
+            let sides = Sides::open(netns_path, ifname).await?;
             let lease = ipam::add(req).await?;
             let addresses = pod_addresses(lease.result());
             let families = families(&addresses);
@@ -439,14 +376,7 @@ impl Plugin for Routed {
             )
             .await?;
             Ok(result(
-                req,
-                &netns_path,
-                mtu,
-                &host_link,
-                &pod_link,
-                &addresses,
-                &families,
-                &extra,
+                req, netns_path, mtu, &host_link, &pod_link, &addresses, &families, &extra,
             ))
         })
     }
@@ -457,21 +387,10 @@ impl Plugin for Routed {
 
     fn check(&self, req: &Attachment) -> Result<(), Error> {
         read_conf(&req.conf)?;
-        let prev = req.prev_result.as_ref().ok_or_else(|| {
-            Error::invalid_config("CHECK needs prevResult", "the ADD result was not passed")
-        })?;
-        let netns_path = req.netns()?.to_path_buf();
-        let ifname = req.ifname.as_str();
-        let pod_index = prev
-            .interface_index(ifname, Some(&netns_path.display().to_string()))
-            .ok_or_else(|| {
-                Error::invalid_config(
-                    "prevResult names no such interface",
-                    format!("{ifname} in {}", netns_path.display()),
-                )
-            })?;
-        let addresses: Vec<IpNet> = prev
-            .ips_of(pod_index)
+        let checked = Checked::of(req)?;
+        let ifname = checked.ifname;
+        let addresses: Vec<IpNet> = checked
+            .ips()
             .map(|ip| host_prefix(ip.address.addr()))
             .collect();
         if addresses.is_empty() {
@@ -486,23 +405,21 @@ impl Plugin for Routed {
             ifname,
             host_name: &host_name,
             owner: &owner,
-            mac: &prev.interfaces[pod_index].mac,
+            mac: checked.mac(),
             addresses: &addresses,
         };
         runtime()?.block_on(async {
-            verify(&netns_path, &expect).await?;
+            verify(&checked.netns_path, &expect).await?;
             ipam::check(req).await
         })
     }
 
     fn gc(&self, req: &GcRequest) -> Result<(), Error> {
-        runtime()?.block_on(ipam::gc(req))
+        attach::gc(req)
     }
 
     fn status(&self, conf: &NetConf) -> Result<(), Error> {
-        let own = read_conf(conf)?;
-        ready::status(&own.state_dir, "routed agent")?;
-        runtime()?.block_on(ipam::status(conf))
+        attach::status::<NodeState>(conf, DEFAULT_STATE_DIR)
     }
 }
 
@@ -518,7 +435,6 @@ fn result(
     families: &[Family],
     extra: &[IpNet],
 ) -> CniResult {
-    let mac = |m: Option<trellis_net::Mac>| m.map(|m| m.to_string()).unwrap_or_default();
     let mut routes = Vec::new();
     for &family in families {
         let gw = gateway(family);
@@ -532,19 +448,8 @@ fn result(
     }
     CniResult {
         interfaces: vec![
-            Interface {
-                name: host_link.name.clone(),
-                mac: mac(host_link.mac),
-                mtu: Some(mtu),
-                ..Default::default()
-            },
-            Interface {
-                name: pod_link.name.clone(),
-                mac: mac(pod_link.mac),
-                mtu: Some(mtu),
-                sandbox: netns_path.display().to_string(),
-                ..Default::default()
-            },
+            attach::interface(host_link, Some(mtu), None),
+            attach::interface(pod_link, Some(mtu), Some(netns_path)),
         ],
         ips: addresses
             .iter()
@@ -565,6 +470,7 @@ mod tests {
     use serde_json::{Value, json};
     use std::collections::HashMap;
     use trellis_cni::skel::{Invocation, Outcome, run};
+    use trellis_plugin::ready::ReadyState;
 
     fn result(v: Value) -> CniResult {
         CniResult::from_value(v, None).unwrap().1

@@ -6,10 +6,8 @@
 //! The file is `{"mtu": 1500}`; keys the plugin does not know are ignored, so the agent may
 //! write more (its blocks, its router id) without breaking older plugins.
 
-use std::path::{Path, PathBuf};
-
 use serde::{Deserialize, Serialize};
-use trellis_plugin::ready;
+use trellis_plugin::ready::{self, ReadyState};
 
 /// The default place of the state file.
 pub const DEFAULT_STATE_DIR: &str = "/run/trellis/routed";
@@ -22,31 +20,8 @@ pub struct NodeState {
     pub mtu: u32,
 }
 
-impl NodeState {
-    pub fn path(dir: &Path) -> PathBuf {
-        ready::path(dir)
-    }
-
-    /// Reads the state; None when the agent has not written it (yet).
-    pub fn read(dir: &Path) -> Result<Option<NodeState>, std::io::Error> {
-        ready::read(dir)
-    }
-
-    /// The state, or the CNI error the plugin answers without it (11 until the agent is
-    /// ready).
-    pub fn require(dir: &Path) -> Result<NodeState, trellis_cni::Error> {
-        ready::require(dir, "routed agent")
-    }
-
-    /// Writes the state atomically (a reader sees the old file or the new one).
-    pub fn write(&self, dir: &Path) -> Result<(), std::io::Error> {
-        ready::write(dir, self)
-    }
-
-    /// Withdraws readiness (the agent found its data path broken, or is stopping).
-    pub fn remove(dir: &Path) -> Result<(), std::io::Error> {
-        ready::remove(dir)
-    }
+impl ReadyState for NodeState {
+    const AGENT: &'static str = "routed agent";
 }
 
 #[cfg(test)]

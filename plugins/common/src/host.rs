@@ -6,13 +6,9 @@ use std::path::Path;
 use trellis_cni::Error;
 use trellis_net::Netns;
 
-/// The runtime a plugin invocation runs its netlink calls (and a linked IPAM's RPC) on.
-pub fn runtime() -> Result<tokio::runtime::Runtime, Error> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::io("cannot start the plugin's runtime", e))
-}
+/// The runtime a plugin invocation runs its netlink calls (and a linked IPAM's RPC) on: the one
+/// the trellis-ipam plugin runs on.
+pub use trellis_ipam::plugin::runtime;
 
 /// A host-networking failure as a CNI error (999), naming the operation and object.
 pub fn net_err(e: trellis_net::Error) -> Error {

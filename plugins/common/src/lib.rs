@@ -1,6 +1,8 @@
 //! What every Trellis CNI plugin (overlay, routed, canal) shares, so each plugin's crate holds
 //! only its own wiring:
 //!
+//! - [`attach`]: the steps around a plugin's own wiring: ADD's sides and veth pair, CHECK's
+//!   prevResult, GC and STATUS.
 //! - [`ready`]: the readiness file a node agent writes for its plugin (ADD 11 and STATUS 50
 //!   until it exists).
 //! - [`conf`]: the configuration keys every plugin reads beside `ipam` (`stateDir`, `mtu`).
@@ -12,6 +14,7 @@
 //! - [`host`]: the plugin's async runtime and host-networking errors as CNI errors.
 //! - [`policy`]: the ADD gate — wait for policyd to commit the new pod's rules, or undo ADD.
 
+pub mod attach;
 pub mod conf;
 pub mod conflist;
 pub mod host;

@@ -60,6 +60,43 @@ pub fn require<T: DeserializeOwned>(dir: &Path, agent: &str) -> Result<T, Error>
     }
 }
 
+/// A node agent's readiness state: what the agent writes and its plugin reads, as the functions
+/// above, with the agent's name (for the plugin's errors) fixed by the type.
+pub trait ReadyState: Serialize + DeserializeOwned {
+    /// The agent that writes it, as the plugin's errors name it ("overlay agent").
+    const AGENT: &'static str;
+
+    fn path(dir: &Path) -> PathBuf {
+        path(dir)
+    }
+
+    /// The state; None when the agent has not written it (yet).
+    fn read(dir: &Path) -> std::io::Result<Option<Self>> {
+        read(dir)
+    }
+
+    /// The state, or the CNI error the plugin answers without it (11 until the agent is
+    /// ready).
+    fn require(dir: &Path) -> Result<Self, Error> {
+        require(dir, Self::AGENT)
+    }
+
+    /// STATUS: `Ok` once the agent has made the node ready, else 50.
+    fn status(dir: &Path) -> Result<(), Error> {
+        status(dir, Self::AGENT)
+    }
+
+    /// Writes the state atomically (a reader sees the old file or the new one).
+    fn write(&self, dir: &Path) -> std::io::Result<()> {
+        write(dir, self)
+    }
+
+    /// Withdraws readiness (the agent found its data path broken, or is stopping).
+    fn remove(dir: &Path) -> std::io::Result<()> {
+        remove(dir)
+    }
+}
+
 /// STATUS: `Ok` once `agent` has made the node ready, else the "not available" (50) error that
 /// says why.
 pub fn status(dir: &Path, agent: &str) -> Result<(), Error> {

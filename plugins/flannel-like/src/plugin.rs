@@ -15,13 +15,15 @@ use std::path::Path;
 
 use ipnet::{IpNet, Ipv4Net};
 use trellis_cni::Error;
-use trellis_cni::result::{CniResult, Interface, IpConfig, Route as CniRoute};
+use trellis_cni::result::{CniResult, IpConfig, Route as CniRoute};
 use trellis_cni::skel::{Attachment, GcRequest, NetConf, Plugin};
-use trellis_net::{Handle, Link, Route, VethSpec};
+use trellis_net::{Handle, Link, Route};
+use trellis_plugin::attach::{self, Add, Checked, Sides};
 use trellis_plugin::host::{net_err, open_netns, runtime};
-use trellis_plugin::{PluginConf, ipam, ready, veth};
+use trellis_plugin::{PluginConf, ipam, veth};
 
 use crate::state::{DEFAULT_STATE_DIR, NodeState};
+use trellis_plugin::ready::ReadyState;
 
 /// The plugin's type, and the prefix of the owner label on its host ends.
 pub const TYPE: &str = "trellis-overlay";
@@ -81,14 +83,12 @@ async fn wire(
     req: &Attachment,
     state: &NodeState,
     mtu: u32,
-    netns_path: &Path,
+    sides: &Sides,
     pod_net: Ipv4Net,
     extra_routes: &[CniRoute],
 ) -> Result<(Link, Link, Link), Error> {
     let ifname = req.ifname.as_str();
-    let netns = open_netns(netns_path)?;
-    let host = Handle::current().map_err(net_err)?;
-    let pod = netns.connect().map_err(net_err)?;
+    let Sides { netns, host, pod } = sides;
     let gateway = state.gateway();
     let host_name = veth::host_veth(req);
     // The bridge holds the block's gateway; an address left from another block is replaced,
@@ -112,53 +112,41 @@ async fn wire(
             .await
             .map_err(net_err)?;
     }
-    // A host end of the same name is left from an earlier sandbox of this pod (or a failed ADD
-    // of this one) whose DEL never came: the name is the pod's, so it goes.
-    host.delete_link(&host_name).await.map_err(net_err)?;
-    let spec = VethSpec {
-        name: &host_name,
-        peer_name: ifname,
-        peer_ns: Some(&netns),
-        mtu: Some(mtu),
-        mac: None,
-        peer_mac: None,
-    };
-    let host_link = host.add_veth(&spec).await.map_err(net_err)?;
     let owner = veth::owner(TYPE, req);
-    let wired = async {
-        host.set_alias(host_link.index, &owner).await?;
-        host.set_controller(host_link.index, Some(bridge.index))
-            .await?;
-        host.set_hairpin(host_link.index, true).await?;
-        host.set_up(host_link.index).await?;
-        let pod_link = pod.require_link(ifname).await?;
-        trellis_net::sysctl::set(
-            &netns,
-            &[(&format!("net/ipv4/conf/{ifname}/arp_notify"), "1")],
-        )?;
-        pod.ensure_address(pod_link.index, IpNet::V4(pod_net))
-            .await?;
-        pod.set_up(pod_link.index).await?;
-        pod.replace_route(&Route::via(DEFAULT_ROUTE, IpAddr::V4(gateway)).oif(pod_link.index))
-            .await?;
-        for r in extra_routes {
-            if r.dst.prefix_len() == 0 || r.dst.addr().is_ipv6() {
-                continue;
-            }
-            let via = r.gw.unwrap_or(IpAddr::V4(gateway));
-            pod.replace_route(&Route::via(r.dst, via).oif(pod_link.index))
+    let (host_link, pod_link) = sides
+        .veth(&host_name, ifname, mtu, async |host_link| {
+            let wired = async {
+                host.set_alias(host_link.index, &owner).await?;
+                host.set_controller(host_link.index, Some(bridge.index))
+                    .await?;
+                host.set_hairpin(host_link.index, true).await?;
+                host.set_up(host_link.index).await?;
+                let pod_link = pod.require_link(ifname).await?;
+                trellis_net::sysctl::set(
+                    netns,
+                    &[(&format!("net/ipv4/conf/{ifname}/arp_notify"), "1")],
+                )?;
+                pod.ensure_address(pod_link.index, IpNet::V4(pod_net))
+                    .await?;
+                pod.set_up(pod_link.index).await?;
+                pod.replace_route(
+                    &Route::via(DEFAULT_ROUTE, IpAddr::V4(gateway)).oif(pod_link.index),
+                )
                 .await?;
-        }
-        pod.require_link(ifname).await
-    }
-    .await;
-    match wired {
-        Ok(pod_link) => Ok((bridge, host_link, pod_link)),
-        Err(e) => {
-            let _ = host.delete_link(&host_name).await;
-            Err(net_err(e))
-        }
-    }
+                for r in extra_routes {
+                    if r.dst.prefix_len() == 0 || r.dst.addr().is_ipv6() {
+                        continue;
+                    }
+                    let via = r.gw.unwrap_or(IpAddr::V4(gateway));
+                    pod.replace_route(&Route::via(r.dst, via).oif(pod_link.index))
+                        .await?;
+                }
+                pod.require_link(ifname).await
+            };
+            wired.await.map_err(net_err)
+        })
+        .await?;
+    Ok((bridge, host_link, pod_link))
 }
 
 /// CHECK: the pod's interface, MAC, addresses and default route; the host end ours and on the
@@ -174,31 +162,7 @@ async fn verify(
     let netns = open_netns(netns_path)?;
     let pod = netns.connect().map_err(net_err)?;
     let host = Handle::current().map_err(net_err)?;
-    let link = pod.link(ifname).await.map_err(net_err)?.ok_or_else(|| {
-        Error::internal(
-            format!("{ifname} is missing in the container"),
-            netns_path.display().to_string(),
-        )
-    })?;
-    if link.mac.map(|m| m.to_string()) != Some(want_mac.to_lowercase()) {
-        return Err(Error::internal(
-            format!("{ifname} has another MAC"),
-            format!("{:?}, expected {want_mac}", link.mac),
-        ));
-    }
-    let have: Vec<IpNet> = pod
-        .addresses(Some(link.index))
-        .await
-        .map_err(net_err)?
-        .into_iter()
-        .map(|a| a.address)
-        .collect();
-    if let Some(ip) = want_ips.iter().find(|ip| !have.contains(ip)) {
-        return Err(Error::internal(
-            format!("{ifname} lacks {ip}"),
-            format!("has {have:?}"),
-        ));
-    }
+    attach::pod_interface(&pod, netns_path, ifname, want_mac, want_ips).await?;
     let routes = pod
         .routes(trellis_net::Family::V4, Some(Route::TABLE_MAIN))
         .await
@@ -236,34 +200,16 @@ async fn verify(
 
 impl Plugin for Overlay {
     fn add(&self, req: &Attachment) -> Result<CniResult, Error> {
-        let conf = read_conf(&req.conf)?;
-        let state = NodeState::require(&conf.state_dir)?;
-        let mtu = conf.mtu_or(state.mtu);
-        let netns_path = req.netns()?.to_path_buf();
+        let add = Add::<NodeState>::prepare(req, DEFAULT_STATE_DIR, |s| s.mtu)?;
+        let (conf, state, mtu, netns_path) = (&add.conf, &add.state, add.mtu, &add.netns_path);
         let ifname = req.ifname.as_str();
         runtime()?.block_on(async {
-            // An interface of that name in the container is refused before IPAM is asked: a
-            // repeated ADD must not release, on its way out, the address the first one holds.
-            let pod = open_netns(&netns_path)?.connect().map_err(net_err)?;
-            if pod.link(ifname).await.map_err(net_err)?.is_some() {
-                return Err(Error::internal(
-                    format!("interface {ifname} already exists in the container"),
-                    netns_path.display().to_string(),
-                ));
-            }
-            drop(pod);
+            let sides = Sides::open(netns_path, ifname).await?;
             let lease = ipam::add(req).await?;
-            let wired = match pod_address(&state, lease.result()) {
-                Ok(pod_net) => wire(
-                    req,
-                    &state,
-                    mtu,
-                    &netns_path,
-                    pod_net,
-                    &lease.result().routes,
-                )
-                .await
-                .map(|links| (pod_net, links)),
+            let wired = match pod_address(state, lease.result()) {
+                Ok(pod_net) => wire(req, state, mtu, &sides, pod_net, &lease.result().routes)
+                    .await
+                    .map(|links| (pod_net, links)),
                 Err(e) => Err(e),
             };
             let (pod_net, (bridge, host_link, pod_link)) = match wired {
@@ -283,27 +229,12 @@ impl Plugin for Overlay {
                 lease,
             )
             .await?;
-            let mac = |m: Option<trellis_net::Mac>| m.map(|m| m.to_string()).unwrap_or_default();
             let gateway = IpAddr::V4(state.gateway());
             Ok(CniResult {
                 interfaces: vec![
-                    Interface {
-                        name: bridge.name.clone(),
-                        mac: mac(bridge.mac),
-                        ..Default::default()
-                    },
-                    Interface {
-                        name: host_link.name.clone(),
-                        mac: mac(host_link.mac),
-                        ..Default::default()
-                    },
-                    Interface {
-                        name: pod_link.name.clone(),
-                        mac: mac(pod_link.mac),
-                        mtu: Some(mtu),
-                        sandbox: netns_path.display().to_string(),
-                        ..Default::default()
-                    },
+                    attach::interface(&bridge, None, None),
+                    attach::interface(&host_link, None, None),
+                    attach::interface(&pod_link, Some(mtu), Some(netns_path)),
                 ],
                 ips: vec![IpConfig {
                     interface: Some(2),
@@ -323,35 +254,20 @@ impl Plugin for Overlay {
     fn check(&self, req: &Attachment) -> Result<(), Error> {
         let conf = read_conf(&req.conf)?;
         let state = NodeState::require(&conf.state_dir)?;
-        let prev = req.prev_result.as_ref().ok_or_else(|| {
-            Error::invalid_config("CHECK needs prevResult", "the ADD result was not passed")
-        })?;
-        let netns_path = req.netns()?.to_path_buf();
-        let ifname = req.ifname.as_str();
-        let pod_index = prev
-            .interface_index(ifname, Some(&netns_path.display().to_string()))
-            .ok_or_else(|| {
-                Error::invalid_config(
-                    "prevResult names no such interface",
-                    format!("{ifname} in {}", netns_path.display()),
-                )
-            })?;
-        let want_mac = prev.interfaces[pod_index].mac.clone();
-        let want_ips: Vec<IpNet> = prev.ips_of(pod_index).map(|ip| ip.address).collect();
+        let checked = Checked::of(req)?;
+        let want_ips: Vec<IpNet> = checked.ips().map(|ip| ip.address).collect();
         runtime()?.block_on(async {
-            verify(req, &state, &netns_path, &want_mac, &want_ips).await?;
+            verify(req, &state, &checked.netns_path, checked.mac(), &want_ips).await?;
             ipam::check(req).await
         })
     }
 
     fn gc(&self, req: &GcRequest) -> Result<(), Error> {
-        runtime()?.block_on(ipam::gc(req))
+        attach::gc(req)
     }
 
     fn status(&self, conf: &NetConf) -> Result<(), Error> {
-        let own = read_conf(conf)?;
-        ready::status(&own.state_dir, "overlay agent")?;
-        runtime()?.block_on(ipam::status(conf))
+        attach::status::<NodeState>(conf, DEFAULT_STATE_DIR)
     }
 }
 

@@ -2,11 +2,9 @@
 //! is in place (VTEP, routes, masquerade, CNI config). Until it exists the plugin answers ADD
 //! with "try again later" and STATUS with "not available" — never a confusing file error.
 
-use std::path::{Path, PathBuf};
-
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
-use trellis_plugin::ready;
+use trellis_plugin::ready::{self, ReadyState};
 
 /// The default place of the state file.
 pub const DEFAULT_STATE_DIR: &str = "/run/trellis/overlay";
@@ -35,31 +33,10 @@ impl NodeState {
     pub fn vtep_address(&self) -> std::net::Ipv4Addr {
         self.block.network()
     }
+}
 
-    pub fn path(dir: &Path) -> PathBuf {
-        ready::path(dir)
-    }
-
-    /// Reads the state; None when the agent has not written it (yet).
-    pub fn read(dir: &Path) -> Result<Option<NodeState>, std::io::Error> {
-        ready::read(dir)
-    }
-
-    /// The state, or the CNI error the plugin answers without it (11 until the agent is
-    /// ready).
-    pub fn require(dir: &Path) -> Result<NodeState, trellis_cni::Error> {
-        ready::require(dir, "overlay agent")
-    }
-
-    /// Writes the state atomically (a reader sees the old file or the new one).
-    pub fn write(&self, dir: &Path) -> Result<(), std::io::Error> {
-        ready::write(dir, self)
-    }
-
-    /// Withdraws readiness (the agent found its data path broken, or is stopping).
-    pub fn remove(dir: &Path) -> Result<(), std::io::Error> {
-        ready::remove(dir)
-    }
+impl ReadyState for NodeState {
+    const AGENT: &'static str = "overlay agent";
 }
 
 /// The gateway of a node's block: its first host, held by the bridge.

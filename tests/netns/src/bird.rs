@@ -678,7 +678,10 @@ pub struct AgentSpec {
     /// interface for live announcements; see the convergence benchmark).
     pub announce_file: Option<PathBuf>,
     /// `--iface`: the underlay interface (testbed nodes have no default route to find it by).
+    /// `None`: the agent works it out (the interface holding `--listen`, then `--router-id`).
     pub iface: Option<String>,
+    /// `--node` with the testbed node's name; off, a standalone agent takes the host name.
+    pub name_node: bool,
     /// More arguments, as given.
     pub extra: Vec<String>,
 }
@@ -694,6 +697,7 @@ impl AgentSpec {
             status_port: 9912,
             announce_file: None,
             iface: Some("eth0".into()),
+            name_node: true,
             extra: Vec::new(),
         }
     }
@@ -768,8 +772,6 @@ impl<'a> Agent<'a> {
         let mut v: Vec<String> = [
             "bgp-agent",
             "--standalone",
-            "--node",
-            &self.node.name,
             "--asn",
             &s.asn.to_string(),
             "--router-id",
@@ -784,6 +786,10 @@ impl<'a> Agent<'a> {
         .iter()
         .map(|x| x.to_string())
         .collect();
+        if s.name_node {
+            v.push("--node".into());
+            v.push(self.node.name.clone());
+        }
         for p in [("--state-dir", "state"), ("--cni-conf-dir", "net.d")] {
             v.push(p.0.into());
             v.push(self.dir.join(p.1).display().to_string());

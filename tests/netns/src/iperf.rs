@@ -85,38 +85,111 @@ impl std::fmt::Display for Interval {
 /// iperf3 closes a stream with a short remainder interval; shorter ones are not judged.
 const SHORTEST_JUDGED: f64 = 0.5;
 
+/// Why [`judge`] failed a stream: typed, so a negative control can require the very failure it
+/// provokes (a stall) and not pass on, say, a report too short to judge.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Judgement {
+    /// Fewer than three intervals of at least half a second: nothing can be concluded.
+    #[error("only {judged} intervals to judge: {intervals:?}")]
+    TooFew {
+        judged: usize,
+        intervals: Vec<Interval>,
+    },
+    /// Some intervals carried less than `fraction` of the median interval's rate: the stream
+    /// dipped or stalled.
+    #[error(
+        "{} of {judged} intervals below {:.0} % of the median {:.1} Mbit/s: {}",
+        weak.len(),
+        fraction * 100.0,
+        median * 8.0 / 1e6,
+        weak.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    )]
+    BelowMedian {
+        judged: usize,
+        fraction: f64,
+        /// Bytes per second.
+        median: f64,
+        weak: Vec<Interval>,
+    },
+}
+
 /// Judges a stream's continuity: every interval (of at least half a second) carried at least
 /// `fraction` of the median interval's rate. The stream is its own yardstick, so the verdict
 /// holds on a slow machine as on a fast one, and a stall of a second or more cannot pass.
 /// Three judged intervals at least; the error lists every weak interval.
-pub fn judge(intervals: &[Interval], fraction: f64) -> std::result::Result<(), String> {
-    let judged: Vec<&Interval> = intervals
+pub fn judge(intervals: &[Interval], fraction: f64) -> std::result::Result<(), Judgement> {
+    let judged: Vec<Interval> = intervals
         .iter()
+        .copied()
         .filter(|i| i.end - i.start >= SHORTEST_JUDGED)
         .collect();
     if judged.len() < 3 {
-        return Err(format!(
-            "only {} intervals to judge: {intervals:?}",
-            judged.len()
-        ));
+        return Err(Judgement::TooFew {
+            judged: judged.len(),
+            intervals: intervals.to_vec(),
+        });
     }
-    let mid = median(judged.iter().map(|i| i.rate()).collect());
-    let weak: Vec<String> = judged
+    let median = median(judged.iter().map(Interval::rate).collect());
+    let weak: Vec<Interval> = judged
         .iter()
-        .filter(|i| i.rate() < fraction * mid)
-        .map(|i| i.to_string())
+        .copied()
+        .filter(|i| i.rate() < fraction * median)
         .collect();
     if weak.is_empty() {
         Ok(())
     } else {
-        Err(format!(
-            "{} of {} intervals below {:.0} % of the median {:.1} Mbit/s: {}",
-            weak.len(),
-            judged.len(),
-            fraction * 100.0,
-            mid * 8.0 / 1e6,
-            weak.join(", ")
-        ))
+        Err(Judgement::BelowMedian {
+            judged: judged.len(),
+            fraction,
+            median,
+            weak,
+        })
+    }
+}
+
+/// The end of a stream whose intervals were judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The client's report: what it sent.
+    Sent,
+    /// The server's log: what arrived.
+    Received,
+}
+
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            End::Sent => "sent",
+            End::Received => "received",
+        })
+    }
+}
+
+/// Why [`judge_stream`] failed a stream.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StreamVerdict {
+    /// The client's report could not be read.
+    #[error("{0}")]
+    Unreadable(String),
+    /// iperf3 itself reported an error: the stream broke.
+    #[error("the stream broke: {0}")]
+    Broke(String),
+    /// One end's intervals failed [`judge`].
+    #[error("{end}: {judgement}")]
+    Judged { end: End, judgement: Judgement },
+}
+
+impl StreamVerdict {
+    /// The stream ran to its end but dipped or stalled: some interval at either end fell below
+    /// the fraction of its median (not a broken or unreadable stream).
+    pub fn is_stall(&self) -> bool {
+        matches!(
+            self,
+            StreamVerdict::Judged {
+                judgement: Judgement::BelowMedian { .. },
+                ..
+            }
+        )
     }
 }
 
@@ -161,13 +234,16 @@ pub fn judge_stream(
     client_log: &str,
     server_log: &str,
     fraction: f64,
-) -> std::result::Result<(), String> {
-    let report = Report::parse(client_log).map_err(|e| e.to_string())?;
+) -> std::result::Result<(), StreamVerdict> {
+    let report = Report::parse(client_log).map_err(|e| StreamVerdict::Unreadable(e.to_string()))?;
     if let Some(e) = report.error {
-        return Err(format!("the stream broke: {e}"));
+        return Err(StreamVerdict::Broke(e));
     }
-    judge(&report.intervals, fraction).map_err(|e| format!("sent: {e}"))?;
-    judge(&server_intervals(server_log), fraction).map_err(|e| format!("received: {e}"))
+    let judged = |end, intervals: &[Interval]| {
+        judge(intervals, fraction).map_err(|judgement| StreamVerdict::Judged { end, judgement })
+    };
+    judged(End::Sent, &report.intervals)?;
+    judged(End::Received, &server_intervals(server_log))
 }
 
 /// The intervals an iperf3 server started with `-i 1 --forceflush` has printed so far (text
@@ -297,7 +373,15 @@ mod tests {
         let mut dipped = steady.clone();
         dipped[4].bytes = 10e6;
         let e = judge(&dipped, 0.5).unwrap_err();
-        assert!(e.contains("1 of 8") && e.contains("4.00-5.00"), "{e}");
+        assert!(
+            matches!(&e, Judgement::BelowMedian { judged: 8, weak, .. } if weak == &[dipped[4]]),
+            "{e:?}"
+        );
+        let said = e.to_string();
+        assert!(
+            said.contains("1 of 8") && said.contains("4.00-5.00"),
+            "{said}"
+        );
         // A trailing remainder interval is not judged.
         let mut tail = steady.clone();
         tail.push(Interval {
@@ -306,7 +390,13 @@ mod tests {
             bytes: 10.0,
         });
         assert_eq!(judge(&tail, 0.5), Ok(()));
-        assert!(judge(&steady[..2], 0.5).is_err(), "too short to judge");
+        assert!(
+            matches!(
+                judge(&steady[..2], 0.5),
+                Err(Judgement::TooFew { judged: 2, .. })
+            ),
+            "too short to judge"
+        );
     }
 
     #[test]

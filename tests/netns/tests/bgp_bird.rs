@@ -553,3 +553,72 @@ async fn bird_route_reflector_carries_routes_between_two_agents() {
         "n3's /bgp/routes: {r3:?}"
     );
 }
+
+/// Issue 11: a standalone agent given neither `--node` nor `--iface`, on a node with no default
+/// route, works both out: the node's name is the host name, and the underlay is the interface
+/// holding its `--listen` address. It peers and announces, and the state it writes for the
+/// plugin carries that interface's MTU (a distinctive one, so another interface cannot pass).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standalone_agent_without_node_or_iface_works_them_out() {
+    require_root();
+    let tb = Testbed::new().unwrap();
+    let n = nodes(&tb, 2).await;
+    tb.exec_ok(
+        &n[0].ns,
+        &["ip", "link", "set", "eth0", "mtu", "1420"],
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let mut derived = AgentSpec::new(64512)
+        .peer(n[1].ip, 64512)
+        .announce(net("10.244.1.0/26"));
+    derived.iface = None;
+    derived.name_node = false;
+    let a = Agent::start(&tb, &n[0], derived, LIFETIME)
+        .await
+        .unwrap_or_else(|e| panic!("without --node and --iface the agent must start: {e}"));
+    let _b = Agent::start(
+        &tb,
+        &n[1],
+        AgentSpec::new(64512).peer(n[0].ip, 64512),
+        LIFETIME,
+    )
+    .await
+    .unwrap();
+    a.wait_established(n[1].ip, SESSION)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", a.log()));
+    expect_route(
+        &n[1],
+        "10.244.1.0/26",
+        &n[0],
+        PROTO_TRELLIS,
+        "the derived agent's block in its peer's kernel",
+    )
+    .await;
+    let ready = a.dir().join("state").join("ready.json");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !ready.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "no {} after 15 s:\n{}",
+            ready.display(),
+            a.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(&ready).unwrap()).unwrap();
+    assert_eq!(
+        state["mtu"],
+        1420,
+        "the underlay must be eth0, the interface holding --listen: {state}\n{}",
+        a.log()
+    );
+    let log = a.log();
+    assert!(
+        log.contains("no default route: the underlay is the interface holding this address")
+            && log.contains("iface=eth0"),
+        "{log}"
+    );
+}

@@ -22,12 +22,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use trellis_bgp::LocRibChange;
 use trellis_bgp::speaker::{PeerConfig, Speaker, SpeakerConfig};
-use trellis_bgp::{LocRibChange, SpeakerError};
 use trellis_daemon::{Health, Metrics};
 use trellis_net::Handle;
 use trellis_net::underlay::{self, Choice};
 
+use trellis_plugin::ready::ReadyState;
 use trellis_routed::state::NodeState;
 
 /// A configured neighbour (`--peer ADDR:ASN`, or a node of the mesh).
@@ -118,34 +119,8 @@ impl Config {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum AgentError {
-    #[error("kubernetes: {0}")]
-    Kube(#[from] kube::Error),
-    #[error(transparent)]
-    Client(#[from] trellis_api::cluster::ClientError),
-    #[error(transparent)]
-    Net(#[from] trellis_net::Error),
-    #[error(transparent)]
-    Underlay(#[from] underlay::UnderlayError),
-    #[error(transparent)]
-    Bgp(#[from] SpeakerError),
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("the router id must be IPv4: give --router-id")]
-    NoRouterId,
-    #[error("stopped before the agent was ready")]
-    Stopped,
-}
-
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError {
-    let what = what.into();
-    move |source| AgentError::Io { what, source }
-}
+pub use trellis_agent::AgentError;
+use trellis_agent::io;
 
 /// The underlay: as configured; a standalone agent on a node with no default route falls back
 /// to the interface holding its `--listen` address, then its `--router-id`.
@@ -258,7 +233,7 @@ pub async fn run(
     sc.hold_time = config.hold_time;
     sc.graceful_restart = config.graceful_restart;
     sc.cluster_id = config.cluster_id;
-    let speaker = Speaker::start(sc).await?;
+    let speaker = Speaker::start(sc).await.map_err(AgentError::mode)?;
     let mut changes = speaker.subscribe();
 
     // The node's IPAM blocks, followed live: a block is announced as soon as ipamd has claimed
@@ -277,7 +252,9 @@ pub async fn run(
     let wanted = wanted_prefixes(&config, &ipamd_blocks);
     kernel::sync_blackholes(&host, &wanted).await?;
     for p in &wanted {
-        speaker.announce(*p, IpAddr::V4(node_ip))?;
+        speaker
+            .announce(*p, IpAddr::V4(node_ip))
+            .map_err(AgentError::mode)?;
     }
     announced.extend(wanted);
 
@@ -471,11 +448,13 @@ fn announce_changes(
 ) -> Result<(), AgentError> {
     for p in wanted.difference(announced) {
         tracing::info!(prefix = %p, "announcing");
-        speaker.announce(*p, IpAddr::V4(node_ip))?;
+        speaker
+            .announce(*p, IpAddr::V4(node_ip))
+            .map_err(AgentError::mode)?;
     }
     for p in announced.difference(wanted) {
         tracing::info!(prefix = %p, "withdrawing");
-        speaker.withdraw(*p)?;
+        speaker.withdraw(*p).map_err(AgentError::mode)?;
     }
     Ok(())
 }
@@ -489,7 +468,7 @@ fn apply_peers(
     for (addr, n) in have.clone() {
         if want.get(&addr) != Some(&n) {
             tracing::info!(peer = %addr, "removing peer");
-            speaker.remove_peer(addr)?;
+            speaker.remove_peer(addr).map_err(AgentError::mode)?;
             have.remove(&addr);
         }
     }
@@ -498,7 +477,7 @@ fn apply_peers(
             tracing::info!(peer = %addr, asn = n.asn, "adding peer");
             let mut pc = PeerConfig::new(*addr, n.asn);
             pc.hold_time = Some(n.hold_time.unwrap_or(config.hold_time));
-            speaker.add_peer(pc)?;
+            speaker.add_peer(pc).map_err(AgentError::mode)?;
             have.insert(*addr, *n);
         }
     }

@@ -30,6 +30,7 @@ use trellis_net::{Handle, Link, Mac, Netns, VxlanSpec};
 
 use peers::Peer;
 use trellis_overlay::state::NodeState;
+use trellis_plugin::ready::ReadyState;
 
 /// Where the node's block comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,27 +99,7 @@ impl Config {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum AgentError {
-    #[error("kubernetes: {0}")]
-    Kube(#[from] kube::Error),
-    #[error(transparent)]
-    Client(#[from] trellis_api::cluster::ClientError),
-    #[error(transparent)]
-    Net(#[from] trellis_net::Error),
-    #[error(transparent)]
-    Underlay(#[from] underlay::UnderlayError),
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("the node's block {block} is not inside the cluster CIDR {cluster}")]
-    BlockOutsideCluster { block: Ipv4Net, cluster: Ipv4Net },
-    #[error("stopped before the node was ready")]
-    Stopped,
-}
+pub use trellis_agent::AgentError;
 
 /// Everything the reconcile needs, built once.
 struct Agent {
@@ -167,10 +148,7 @@ pub async fn run(
             let _ = http_stopped.await;
         })
         .await
-        .map_err(|e| AgentError::Io {
-            what: format!("listen on {addr}"),
-            source: e,
-        })?;
+        .map_err(trellis_agent::io(format!("listen on {addr}")))?;
         tracing::info!(%bound, "health and metrics");
     }
     let kube = trellis_api::cluster::client(config.kubeconfig.as_deref()).await?;
@@ -212,10 +190,10 @@ pub async fn run(
         }
     };
     if !config.cluster_cidr.contains(&block) {
-        return Err(AgentError::BlockOutsideCluster {
-            block,
-            cluster: config.cluster_cidr,
-        });
+        return Err(AgentError::Config(format!(
+            "the node's block {block} is not inside the cluster CIDR {}",
+            config.cluster_cidr
+        )));
     }
     // The VTEP's, the gateway's and the broadcast address are the node's: held in ipamd under
     // handles of their own, so no pod is ever given one, whatever the pool reserves.
