@@ -1,5 +1,5 @@
 //! The leak check: after a testbed is gone, nothing with its prefix may remain — no namespace,
-//! no link in this namespace, no process it started.
+//! no link or ipset in this namespace, no process it started.
 
 use std::path::Path;
 
@@ -21,6 +21,14 @@ pub fn leftovers(prefix: &str, run_dir: &Path) -> Vec<String> {
             let name = e.file_name().to_string_lossy().into_owned();
             if name.starts_with(prefix) {
                 found.push(format!("link {name}"));
+            }
+        }
+    }
+    // ipsets live per namespace: a set of ours in this (the test's) namespace is a leak.
+    if let Ok(out) = std::process::Command::new("ipset").args(["list", "-n"]).output() {
+        for name in String::from_utf8_lossy(&out.stdout).lines() {
+            if name.starts_with(prefix) {
+                found.push(format!("ipset {name}"));
             }
         }
     }

@@ -15,11 +15,14 @@ pub struct NsState {
     pub addresses: Vec<String>,
     pub routes: Vec<String>,
     pub iptables: Vec<String>,
+    /// `ipset save` lines (sets and their members).
+    pub ipsets: Vec<String>,
 }
 
 impl NsState {
     /// Takes the state of `ns`: links (name, kind, MAC, MTU, admin state, bridge), addresses,
-    /// routes of every table, and the iptables rules (counters dropped).
+    /// routes of every table, the iptables rules (counters dropped) and the ipsets with their
+    /// members.
     pub async fn capture(ns: &Netns, tag: &str) -> Result<NsState> {
         let h = ns.connect()?;
         let mut links: Vec<String> = h
@@ -65,11 +68,15 @@ impl NsState {
                     .map(strip_counters),
             );
         }
+        let out = process::exec_ok(ns, &["ipset", "save"], Duration::from_secs(10), tag).await?;
+        let mut ipsets: Vec<String> = out.lines().map(str::to_string).collect();
+        ipsets.sort();
         Ok(NsState {
             links,
             addresses,
             routes,
             iptables,
+            ipsets,
         })
     }
 
@@ -81,6 +88,7 @@ impl NsState {
             ("address", &self.addresses, &after.addresses),
             ("route", &self.routes, &after.routes),
             ("iptables", &self.iptables, &after.iptables),
+            ("ipset", &self.ipsets, &after.ipsets),
         ] {
             d.extend(
                 a.iter()

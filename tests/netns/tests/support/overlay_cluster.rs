@@ -71,6 +71,16 @@ impl Cluster {
     }
 
     pub async fn start_with(n: usize, blocks: Blocks) -> Cluster {
+        Cluster::start_full(n, blocks, |_| Vec::new()).await
+    }
+
+    /// As [`Cluster::start_with`], each agent with `agent_extra(<its state dirs>)` appended to
+    /// its arguments (the policy tests' `--policy-socket`).
+    pub async fn start_full(
+        n: usize,
+        blocks: Blocks,
+        agent_extra: impl Fn(&std::path::Path) -> Vec<String>,
+    ) -> Cluster {
         require_root();
         for (tool, pkg) in [
             ("ping", "iputils-ping"),
@@ -107,11 +117,12 @@ impl Cluster {
             .unwrap();
             nodes.create(&PostParams::default(), &obj).await.unwrap();
             let dirs = tb.state_dir().join(&name);
+            let extra = agent_extra(&dirs);
             let agent = match blocks {
-                Blocks::PodCidr => start_agent(&tb, &cp, &node, &dirs),
+                Blocks::PodCidr => start_agent_extra(&tb, &cp, &node, &dirs, blocks, &extra),
                 Blocks::Ipamd | Blocks::IpamdUnreserved => {
                     let ipamd = start_ipamd(&tb, &cp, &node, &dirs).unwrap();
-                    let agent = start_agent_with(&tb, &cp, &node, &dirs, blocks);
+                    let agent = start_agent_extra(&tb, &cp, &node, &dirs, blocks, &extra);
                     wait_path(&tb, &[agent, ipamd], &dirs.join("state/ready.json"))
                         .await
                         .unwrap();
@@ -259,6 +270,18 @@ pub fn start_agent_with(
     dirs: &std::path::Path,
     blocks: Blocks,
 ) -> i32 {
+    start_agent_extra(tb, cp, node, dirs, blocks, &[])
+}
+
+/// The agent with `extra` arguments appended.
+pub fn start_agent_extra(
+    tb: &Testbed,
+    cp: &ControlPlane,
+    node: &Node,
+    dirs: &std::path::Path,
+    blocks: Blocks,
+    extra: &[String],
+) -> i32 {
     std::fs::create_dir_all(dirs).unwrap();
     let trellis = bin_path("trellis");
     let d = |sub: &str| dirs.join(sub).display().to_string();
@@ -276,9 +299,8 @@ pub fn start_agent_with(
             d("ipamd.sock"),
         ],
     };
-    tb.spawn(
-        &node.ns,
-        &[
+    let (net_d, state) = (d("net.d"), d("state"));
+    let mut argv: Vec<&str> = vec![
             trellis.to_str().unwrap(),
             "overlay-agent",
             "--node",
@@ -292,15 +314,14 @@ pub fn start_agent_with(
             &ipam[2],
             &ipam[3],
             "--cni-conf-dir",
-            &d("net.d"),
+            &net_d,
             "--state-dir",
-            &d("state"),
+            &state,
             "--resync",
             "2",
             "--listen",
             "127.0.0.1:9910",
-        ],
-        Duration::from_secs(600),
-    )
-    .unwrap()
+        ];
+    argv.extend(extra.iter().map(String::as_str));
+    tb.spawn(&node.ns, &argv, Duration::from_secs(600)).unwrap()
 }

@@ -76,13 +76,26 @@ pub fn start_agent_opts(
     graceful_restart: bool,
     resync: u64,
 ) -> i32 {
+    start_agent_extra(tb, cp, node, dirs, graceful_restart, resync, &[])
+}
+
+/// The agent with `extra` arguments appended.
+pub fn start_agent_extra(
+    tb: &Testbed,
+    cp: &ControlPlane,
+    node: &Node,
+    dirs: &Path,
+    graceful_restart: bool,
+    resync: u64,
+    extra: &[String],
+) -> i32 {
     let d = |sub: &str| dirs.join(sub).display().to_string();
     let hold = HOLD.to_string();
     let resync = resync.to_string();
-    tb.spawn(
-        &node.ns,
-        &[
-            bin_path("trellis").to_str().unwrap(),
+    let trellis = bin_path("trellis");
+    let (sock, state, net_d) = (d("ipamd.sock"), d("state"), d("net.d"));
+    let mut argv: Vec<&str> = vec![
+            trellis.to_str().unwrap(),
             "bgp-agent",
             "--node",
             &node.name,
@@ -91,11 +104,11 @@ pub fn start_agent_opts(
             "--iface",
             "eth0",
             "--ipamd-socket",
-            &d("ipamd.sock"),
+            &sock,
             "--state-dir",
-            &d("state"),
+            &state,
             "--cni-conf-dir",
-            &d("net.d"),
+            &net_d,
             "--hold-time",
             &hold,
             if graceful_restart {
@@ -107,10 +120,9 @@ pub fn start_agent_opts(
             &resync,
             "--status-listen",
             "127.0.0.1:9912",
-        ],
-        Duration::from_secs(600),
-    )
-    .unwrap()
+        ];
+    argv.extend(extra.iter().map(String::as_str));
+    tb.spawn(&node.ns, &argv, Duration::from_secs(600)).unwrap()
 }
 
 impl Cluster {
@@ -124,6 +136,17 @@ impl Cluster {
 
     /// `n` nodes whose agents reconcile every `resync` seconds.
     pub async fn start_opts(n: usize, graceful_restart: bool, resync: u64) -> Cluster {
+        Cluster::start_full(n, graceful_restart, resync, |_| Vec::new()).await
+    }
+
+    /// As [`Cluster::start_opts`], each agent with `agent_extra(<its state dirs>)` appended to
+    /// its arguments (the policy tests' `--policy-socket`).
+    pub async fn start_full(
+        n: usize,
+        graceful_restart: bool,
+        resync: u64,
+        agent_extra: impl Fn(&Path) -> Vec<String>,
+    ) -> Cluster {
         require_root();
         require_tool("ping", "iputils-ping");
         let tb = Testbed::new().unwrap();
@@ -148,7 +171,9 @@ impl Cluster {
             wait_path(&tb, &[ipamd], &dirs.join("ipamd.sock"))
                 .await
                 .unwrap();
-            let agent = start_agent_opts(&tb, &cp, &node, &dirs, graceful_restart, resync);
+            let extra = agent_extra(&dirs);
+            let agent =
+                start_agent_extra(&tb, &cp, &node, &dirs, graceful_restart, resync, &extra);
             workers.push(Worker { node, dirs, agent });
         }
         for w in &workers {
