@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 mod bgp;
 mod ipam;
 mod overlay;
+mod policy;
 
 #[derive(Parser)]
 #[command(
@@ -36,6 +37,8 @@ enum Command {
     BgpAgent(bgp::AgentArgs),
     /// BGP tools: the agent's peers and routes.
     Bgp(bgp::BgpArgs),
+    /// Network policy administration: isolate and open namespaces, show their isolation.
+    Policy(policy::Args),
 }
 
 #[derive(clap::Args)]
@@ -66,7 +69,7 @@ async fn main() -> anyhow::Result<()> {
     // Daemons log what they do; a tool prints its answer and logs only what went wrong.
     // RUST_LOG overrides either. Colour only on a terminal, never in a log file.
     let level = match cli.command {
-        Command::Ipam(_) | Command::Bgp(_) => "warn",
+        Command::Ipam(_) | Command::Bgp(_) | Command::Policy(_) => "warn",
         _ => "info",
     };
     tracing_subscriber::fmt()
@@ -83,6 +86,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Ipam(args) => ipam::run(args).await,
         Command::BgpAgent(args) => bgp::agent(args).await,
         Command::Bgp(args) => bgp::run(args).await,
+        Command::Policy(args) => policy::run(args).await,
     }
 }
 

@@ -12,6 +12,9 @@ pub fn defaults(info: &ResourceInfo, obj: &mut Value) {
     if info.custom {
         return;
     }
+    if (info.group.as_str(), info.kind.as_str()) == ("networking.k8s.io", "NetworkPolicy") {
+        crate::netpol::defaults(obj);
+    }
     match (info.group.as_str(), info.kind.as_str()) {
         ("", "Pod") => pod_spec_defaults(obj, &["spec"]),
         ("", "Service") => service_defaults(obj),
@@ -561,6 +564,7 @@ pub fn validate(info: &ResourceInfo, obj: &Value, old: Option<&Value>) -> Vec<Ca
             );
         }
         ("apiextensions.k8s.io", "CustomResourceDefinition") => validate_crd(obj, old, &mut causes),
+        ("networking.k8s.io", "NetworkPolicy") => causes.extend(crate::netpol::validate(obj)),
         ("", "Node") => {
             if let Some(old) = old {
                 let was = at(old, &["spec", "podCIDR"]);
@@ -669,6 +673,14 @@ fn validate_crd(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
             "",
             "must have exactly one version marked as storage version",
         ));
+    }
+    for (i, v) in versions.iter().enumerate() {
+        if let Some(schema) = v.get("schema").and_then(|s| s.get("openAPIV3Schema")) {
+            causes.extend(crate::schema::schema_errors(
+                schema,
+                &format!("spec.versions[{i}].schema.openAPIV3Schema"),
+            ));
+        }
     }
     if let Some(old) = old {
         if at(old, &["spec", "group"]) != at(obj, &["spec", "group"]) {

@@ -5,6 +5,8 @@
 //! - [`handlers`]: one generic REST machinery for every resource (get, list, watch, create,
 //!   update, patch, delete, deletecollection) and the subresources (status, scale, binding).
 //! - [`kinds`]: what differs per kind — defaults, validation, immutable fields.
+//! - [`netpol`]: NetworkPolicy validation as upstream's.
+//! - [`schema`]: custom resources pruned, defaulted and validated by their CRD's schema.
 //! - [`storage`]: objects in the store, resourceVersion = the key's revision.
 //! - [`discovery`], [`openapi`], [`table`] (with [`jsonpath`]): what kubectl needs to find,
 //!   validate and print.
@@ -23,11 +25,13 @@ pub mod kinds;
 pub mod meta;
 pub mod metrics;
 pub mod namespaces;
+pub mod netpol;
 pub mod openapi;
 pub mod pki;
 pub mod protobuf;
 pub mod registry;
 pub mod request;
+pub mod schema;
 pub mod server;
 pub mod status;
 pub mod storage;

@@ -17,6 +17,8 @@ pub struct Registry {
 struct CustomResource {
     info: ResourceInfo,
     columns: Vec<CustomColumn>,
+    /// The version's `schema.openAPIV3Schema`, which its objects are checked against.
+    schema: Option<Value>,
 }
 
 impl Default for Registry {
@@ -70,6 +72,22 @@ impl Registry {
                 })
                 .map(|c| c.columns.clone()),
         )
+    }
+
+    /// The `openAPIV3Schema` of a served custom resource version (`None` for built-ins and for
+    /// a version without schema).
+    pub fn schema(&self, info: &ResourceInfo) -> Option<Value> {
+        if !info.custom {
+            return None;
+        }
+        self.custom_read()
+            .iter()
+            .find(|c| {
+                c.info.group == info.group
+                    && c.info.version == info.version
+                    && c.info.plural == info.plural
+            })
+            .and_then(|c| c.schema.clone())
     }
 
     /// Every served resource: built-ins, then custom ones.
@@ -154,6 +172,9 @@ impl Registry {
                         custom: true,
                     },
                     columns: table::crd_columns(crd, version),
+                    schema: version["schema"]["openAPIV3Schema"]
+                        .as_object()
+                        .map(|s| Value::Object(s.clone())),
                 });
             }
         }

@@ -62,8 +62,11 @@ spec:
   ingress:
   - from:
     - podSelector: {{}}
+    # The protocol spelled out: the server defaults it to TCP as upstream does, and `ports` is
+    # an atomic list, so without it every apply would be a change (upstream's behaviour too).
     ports:
     - port: 80
+      protocol: TCP
 "#
     )
 }

@@ -381,12 +381,17 @@ impl Api {
         // As Kubernetes decodes into its types: unknown fields are dropped (with a warning), or
         // refused under fieldValidation=Strict.
         let strict = call.q("fieldValidation") == Some("Strict");
-        let unknown = kinds::typecheck(info, obj, !strict).map_err(|e| {
-            ApiError::bad_request(format!(
-                "{} in version \"{}\" cannot be handled as a {}: {e}",
-                info.kind, info.version, info.kind
-            ))
-        })?;
+        let schema = self.registry.schema(info);
+        let unknown = match &schema {
+            // A custom resource: its CRD's schema prunes and defaults, as apiextensions does.
+            Some(schema) => crate::schema::prune_and_default(schema, obj, !strict),
+            None => kinds::typecheck(info, obj, !strict).map_err(|e| {
+                ApiError::bad_request(format!(
+                    "{} in version \"{}\" cannot be handled as a {}: {e}",
+                    info.kind, info.version, info.kind
+                ))
+            })?,
+        };
         let mut warnings = Vec::new();
         if !unknown.is_empty() {
             let listed = unknown
@@ -404,7 +409,10 @@ impl Api {
                 _ => warnings.extend(listed),
             }
         }
-        let causes = kinds::validate(info, obj, old);
+        let mut causes = kinds::validate(info, obj, old);
+        if let Some(schema) = &schema {
+            causes.extend(crate::schema::validate(schema, obj));
+        }
         if !causes.is_empty() {
             return Err(ApiError::invalid(&info.group, &info.kind, &name, causes));
         }
