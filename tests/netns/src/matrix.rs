@@ -268,16 +268,23 @@ pub async fn probe_all(probes: &[Probe], timeout: Duration, concurrency: usize) 
             sockets[*i] = Some(s);
         }
     }
-    let jobs = sockets.into_iter().zip(probes.iter()).enumerate();
+    // Owned jobs (no borrow in the futures), so a caller may run this in a spawned task.
+    let jobs: Vec<_> = sockets
+        .into_iter()
+        .zip(probes.iter().map(|p| p.to))
+        .enumerate()
+        .map(|(i, (s, to))| async move {
+            let ok = match s {
+                Some(s) => tokio::time::timeout(timeout, answer(s, to))
+                    .await
+                    .unwrap_or(false),
+                None => false,
+            };
+            (i, ok)
+        })
+        .collect();
     let mut out = vec![false; probes.len()];
-    let mut results = futures::stream::iter(jobs.map(|(i, (s, p))| async move {
-        let ok = match s {
-            Some(s) => tokio::time::timeout(timeout, answer(s, p.to)).await.unwrap_or(false),
-            None => false,
-        };
-        (i, ok)
-    }))
-    .buffer_unordered(concurrency.max(1));
+    let mut results = futures::stream::iter(jobs).buffer_unordered(concurrency.max(1));
     while let Some((i, ok)) = results.next().await {
         out[i] = ok;
     }

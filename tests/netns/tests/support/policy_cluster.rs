@@ -413,7 +413,7 @@ impl PolicyCluster {
 
     /// Runs the node's CNI configuration for pod `ns/name` (K8S_POD_* args as a kubelet
     /// passes them) in a fresh namespace; the result or the plugin's error, and how long ADD
-    /// took.
+    /// took. An error reads `code N: …` (the CNI error code first).
     pub async fn cni_add(
         &self,
         ns: &str,
@@ -435,7 +435,7 @@ impl PolicyCluster {
         let took = start.elapsed();
         (
             result
-                .map_err(|e| e.to_string())
+                .map_err(|e| format!("code {}: {e}", e.code.get()))
                 .and_then(|r| match r.ips.first().map(|i| i.address) {
                     Some(ipnet::IpNet::V4(v4)) => Ok(v4.addr()),
                     other => Err(format!("no IPv4 address in the result: {other:?}")),
