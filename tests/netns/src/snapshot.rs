@@ -15,7 +15,7 @@ pub struct NsState {
     pub addresses: Vec<String>,
     pub routes: Vec<String>,
     pub iptables: Vec<String>,
-    /// `ipset save` lines (sets and their members).
+    /// `ipset save` lines (sets and members), random `initval`s dropped.
     pub ipsets: Vec<String>,
 }
 
@@ -69,7 +69,7 @@ impl NsState {
             );
         }
         let out = process::exec_ok(ns, &["ipset", "save"], Duration::from_secs(10), tag).await?;
-        let mut ipsets: Vec<String> = out.lines().map(str::to_string).collect();
+        let mut ipsets: Vec<String> = out.lines().map(strip_initval).collect();
         ipsets.sort();
         Ok(NsState {
             links,
@@ -119,6 +119,16 @@ fn strip_counters(line: &str) -> String {
         Some(i) if line.ends_with(']') && line.starts_with(':') => line[..i].to_string(),
         _ => line.to_string(),
     }
+}
+
+/// `create S hash:ip family inet … initval 0x1a2b3c4d` → without the `initval` pair: the
+/// kernel picks a random hash seed per set, which says nothing about its contents.
+fn strip_initval(line: &str) -> String {
+    let mut words: Vec<&str> = line.split(' ').collect();
+    if let Some(i) = words.iter().position(|w| *w == "initval") {
+        words.drain(i..(i + 2).min(words.len()));
+    }
+    words.join(" ")
 }
 
 /// Every file under `dir` with its contents.
@@ -172,5 +182,16 @@ mod tests {
             strip_counters("-A FORWARD -j ACCEPT"),
             "-A FORWARD -j ACCEPT"
         );
+    }
+
+    #[test]
+    fn ipset_hash_seeds_are_dropped() {
+        assert_eq!(
+            strip_initval(
+                "create s hash:ip family inet hashsize 1024 maxelem 65536 bucketsize 12 initval 0x913e0c6c"
+            ),
+            "create s hash:ip family inet hashsize 1024 maxelem 65536 bucketsize 12"
+        );
+        assert_eq!(strip_initval("add s 10.0.0.1"), "add s 10.0.0.1");
     }
 }
