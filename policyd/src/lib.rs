@@ -17,4 +17,6 @@ pub mod model;
 pub mod names;
 pub mod netpol;
 pub mod rules;
+#[cfg(test)]
+mod tests;
 pub mod xt;
