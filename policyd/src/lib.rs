@@ -17,6 +17,8 @@ pub mod model;
 pub mod names;
 pub mod netpol;
 pub mod rules;
+pub mod sync;
 #[cfg(test)]
 mod tests;
+pub mod verify;
 pub mod xt;
