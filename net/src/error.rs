@@ -22,6 +22,10 @@ pub enum Error {
     },
     #[error("{op} {object}: not found")]
     NotFound { op: &'static str, object: String },
+    /// An ipset name the kernel would refuse (empty, over 31 bytes, or with whitespace that
+    /// would break the restore syntax), caught before anything runs.
+    #[error("ipset name {name:?}: {reason}")]
+    SetName { name: String, reason: &'static str },
     #[error("{op} {object}: {reason}")]
     Invalid {
         op: &'static str,

@@ -5,13 +5,16 @@
 //!   [links](link), [addresses](addr), [routes](route), [neighbours and FDB](neigh).
 //! - [`sysctl`]: per-namespace sysctls.
 //! - [`iptables`]: our own chains through `iptables-restore --noflush`, on the host's backend.
+//! - [`ipset`]: sets of addresses and ports through `ipset restore`, filled atomically by swap.
 //!
 //! Operations that set state come in an idempotent `ensure_*`/`replace_*` form; every error
 //! names the operation and the object.
 
 pub mod addr;
 pub mod error;
+mod exec;
 pub mod handle;
+pub mod ipset;
 pub mod iptables;
 pub mod link;
 pub mod monitor;

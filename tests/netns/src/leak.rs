@@ -1,5 +1,7 @@
 //! The leak check: after a testbed is gone, nothing with its prefix may remain — no namespace,
-//! no link in this namespace, no process it started.
+//! no link or ipset in this namespace, no process it started. (Sets inside the testbed's own
+//! namespaces go with them; [`crate::snapshot::NsState`] compares those of a namespace that
+//! stays.)
 
 use std::path::Path;
 
@@ -24,6 +26,7 @@ pub fn leftovers(prefix: &str, run_dir: &Path) -> Vec<String> {
             }
         }
     }
+    found.extend(ipsets(prefix));
     let tag = format!("{TAG_VAR}={prefix}");
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for e in entries.flatten() {
@@ -44,6 +47,32 @@ pub fn leftovers(prefix: &str, run_dir: &Path) -> Vec<String> {
         }
     }
     found
+}
+
+/// Sets in this namespace whose names carry `prefix` (as `trellis-<prefix>…` or `<prefix>…`).
+/// Only reads (`ipset list -n`); a missing or failing `ipset` is reported, not ignored.
+fn ipsets(prefix: &str) -> Vec<String> {
+    let out = match std::process::Command::new("ipset")
+        .args(["list", "-n"])
+        .stdin(std::process::Stdio::null())
+        .output()
+    {
+        Ok(out) if out.status.success() => out,
+        Ok(out) => {
+            return vec![format!(
+                "ipset list -n failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )];
+        }
+        Err(e) => return vec![format!("ipset list -n could not run (package ipset): {e}")],
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|n| n.contains(prefix))
+        .map(|n| format!("ipset {n}"))
+        .collect()
 }
 
 /// Panics listing what remains, if anything does. Processes get a moment to finish dying.

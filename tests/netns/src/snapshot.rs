@@ -15,11 +15,14 @@ pub struct NsState {
     pub addresses: Vec<String>,
     pub routes: Vec<String>,
     pub iptables: Vec<String>,
+    /// `ipset save` lines (sets and members), random `initval`s dropped.
+    pub ipsets: Vec<String>,
 }
 
 impl NsState {
     /// Takes the state of `ns`: links (name, kind, MAC, MTU, admin state, bridge), addresses,
-    /// routes of every table, and the iptables rules (counters dropped).
+    /// routes of every table, the iptables rules (counters dropped) and the ipsets with their
+    /// members.
     pub async fn capture(ns: &Netns, tag: &str) -> Result<NsState> {
         let h = ns.connect()?;
         let mut links: Vec<String> = h
@@ -65,11 +68,15 @@ impl NsState {
                     .map(strip_counters),
             );
         }
+        let out = process::exec_ok(ns, &["ipset", "save"], Duration::from_secs(10), tag).await?;
+        let mut ipsets: Vec<String> = out.lines().map(strip_initval).collect();
+        ipsets.sort();
         Ok(NsState {
             links,
             addresses,
             routes,
             iptables,
+            ipsets,
         })
     }
 
@@ -81,6 +88,7 @@ impl NsState {
             ("address", &self.addresses, &after.addresses),
             ("route", &self.routes, &after.routes),
             ("iptables", &self.iptables, &after.iptables),
+            ("ipset", &self.ipsets, &after.ipsets),
         ] {
             d.extend(
                 a.iter()
@@ -111,6 +119,16 @@ fn strip_counters(line: &str) -> String {
         Some(i) if line.ends_with(']') && line.starts_with(':') => line[..i].to_string(),
         _ => line.to_string(),
     }
+}
+
+/// `create S hash:ip family inet … initval 0x1a2b3c4d` → without the `initval` pair: the
+/// kernel picks a random hash seed per set, which says nothing about its contents.
+fn strip_initval(line: &str) -> String {
+    let mut words: Vec<&str> = line.split(' ').collect();
+    if let Some(i) = words.iter().position(|w| *w == "initval") {
+        words.drain(i..(i + 2).min(words.len()));
+    }
+    words.join(" ")
 }
 
 /// Every file under `dir` with its contents.
@@ -164,5 +182,16 @@ mod tests {
             strip_counters("-A FORWARD -j ACCEPT"),
             "-A FORWARD -j ACCEPT"
         );
+    }
+
+    #[test]
+    fn ipset_hash_seeds_are_dropped() {
+        assert_eq!(
+            strip_initval(
+                "create s hash:ip family inet hashsize 1024 maxelem 65536 bucketsize 12 initval 0x913e0c6c"
+            ),
+            "create s hash:ip family inet hashsize 1024 maxelem 65536 bucketsize 12"
+        );
+        assert_eq!(strip_initval("add s 10.0.0.1"), "add s 10.0.0.1");
     }
 }
