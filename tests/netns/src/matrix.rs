@@ -123,9 +123,8 @@ impl ProbeServers {
                 .map(|(port, proto)| bind(*port, *proto))
                 .collect::<std::io::Result<Vec<_>>>()
         })?;
-        let sockets = bound.map_err(|e| {
-            Error::io(format!("bind the probe servers in {}", ns.name()), e)
-        })?;
+        let sockets =
+            bound.map_err(|e| Error::io(format!("bind the probe servers in {}", ns.name()), e))?;
         let served = Arc::new(AtomicU64::new(0));
         let mut tasks = Vec::new();
         for s in sockets {
@@ -249,11 +248,18 @@ fn client_socket(proto: Proto) -> std::io::Result<ClientSocket> {
 /// Runs every probe, at most `concurrency` at once, each bounded by `timeout`; true where the
 /// server answered. Sockets are made with one namespace entry per source namespace, so a full
 /// matrix costs a handful of thread switches, not one per probe.
-pub async fn probe_all(probes: &[Probe], timeout: Duration, concurrency: usize) -> Result<Vec<bool>> {
+pub async fn probe_all(
+    probes: &[Probe],
+    timeout: Duration,
+    concurrency: usize,
+) -> Result<Vec<bool>> {
     // Group by source namespace (by path: the same Netns may be shared by several probes).
     let mut by_ns: BTreeMap<std::path::PathBuf, Vec<usize>> = BTreeMap::new();
     for (i, p) in probes.iter().enumerate() {
-        by_ns.entry(p.from.path().to_path_buf()).or_default().push(i);
+        by_ns
+            .entry(p.from.path().to_path_buf())
+            .or_default()
+            .push(i);
     }
     let mut sockets: Vec<Option<ClientSocket>> = (0..probes.len()).map(|_| None).collect();
     for idx in by_ns.values() {
@@ -263,7 +269,8 @@ pub async fn probe_all(probes: &[Probe], timeout: Duration, concurrency: usize) 
                 .map(|i| client_socket(probes[*i].proto))
                 .collect::<std::io::Result<Vec<_>>>()
         })?;
-        let made = made.map_err(|e| Error::io(format!("make probe sockets in {}", ns.name()), e))?;
+        let made =
+            made.map_err(|e| Error::io(format!("make probe sockets in {}", ns.name()), e))?;
         for (i, s) in idx.iter().zip(made) {
             sockets[*i] = Some(s);
         }
@@ -326,7 +333,12 @@ async fn answer(s: ClientSocket, to: SocketAddrV4) -> bool {
 }
 
 /// One probe, bounded by `timeout`: true when the server answered.
-pub async fn probe_once(from: &Arc<Netns>, to: SocketAddrV4, proto: Proto, timeout: Duration) -> Result<bool> {
+pub async fn probe_once(
+    from: &Arc<Netns>,
+    to: SocketAddrV4,
+    proto: Proto,
+    timeout: Duration,
+) -> Result<bool> {
     let p = Probe {
         from: from.clone(),
         to,
@@ -398,7 +410,10 @@ impl Matrix {
         let mut s = String::new();
         for proto in &self.protos {
             for port in &self.ports {
-                let _ = writeln!(s, "{port}/{proto}  (rows from, columns to; . ok-allowed X ok-denied + LEAK - BLOCKED)");
+                let _ = writeln!(
+                    s,
+                    "{port}/{proto}  (rows from, columns to; . ok-allowed X ok-denied + LEAK - BLOCKED)"
+                );
                 let _ = write!(s, "{:w$} ", "");
                 for n in &self.names {
                     let _ = write!(s, " {n:>w$}");

@@ -164,7 +164,10 @@ pub enum NpPeer {
         namespaces: Option<Selector>,
         pods: Option<Selector>,
     },
-    IpBlock { cidr: Ipv4Net, except: Vec<Ipv4Net> },
+    IpBlock {
+        cidr: Ipv4Net,
+        except: Vec<Ipv4Net>,
+    },
 }
 
 impl NpPeer {
@@ -377,7 +380,10 @@ pub enum Action {
 #[derive(Debug, Clone)]
 pub enum CnpSel {
     Namespaces(Selector),
-    Pods { namespaces: Selector, pods: Selector },
+    Pods {
+        namespaces: Selector,
+        pods: Selector,
+    },
 }
 
 impl CnpSel {
@@ -460,7 +466,9 @@ impl Cnp {
 
     pub fn to_json(&self) -> Value {
         let port = |p: &CnpPort| match p {
-            CnpPort::Number(proto, n) => json!({"portNumber": {"protocol": proto.as_k8s(), "port": n}}),
+            CnpPort::Number(proto, n) => {
+                json!({"portNumber": {"protocol": proto.as_k8s(), "port": n}})
+            }
             CnpPort::Range(proto, s, e) => {
                 json!({"portRange": {"protocol": proto.as_k8s(), "start": s, "end": e}})
             }
@@ -684,7 +692,9 @@ mod tests {
     use super::*;
 
     fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
-        kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     /// x, y with pods a, b each; x/a at 10.0.0.1, x/b .2, y/a .3, y/b .4.
@@ -694,7 +704,10 @@ mod tests {
             labels: labels(&[(NS_NAME_LABEL, n), ("ns", n)]),
         };
         let mut pods = Vec::new();
-        for (i, (n, p)) in [("x", "a"), ("x", "b"), ("y", "a"), ("y", "b")].iter().enumerate() {
+        for (i, (n, p)) in [("x", "a"), ("x", "b"), ("y", "a"), ("y", "b")]
+            .iter()
+            .enumerate()
+        {
             pods.push(PodInfo {
                 namespace: n.to_string(),
                 name: p.to_string(),
@@ -723,7 +736,8 @@ mod tests {
     #[test]
     fn deny_all_ingress_isolates_only_the_selected_direction() {
         let mut w = world();
-        w.policies.push(NetworkPolicy::new("x", "deny", Selector::all()).ingress(vec![]));
+        w.policies
+            .push(NetworkPolicy::new("x", "deny", Selector::all()).ingress(vec![]));
         assert!(!ok(&w, 2, 0, 80, Proto::Tcp), "y/a → x/a denied");
         assert!(!ok(&w, 1, 0, 80, Proto::Udp), "x/b → x/a denied too");
         assert!(ok(&w, 0, 2, 80, Proto::Tcp), "egress of x is not isolated");
@@ -733,10 +747,14 @@ mod tests {
     fn pod_and_namespace_selector_in_one_peer_is_and_in_two_peers_or() {
         let mut w = world();
         let and = NpRule {
-            peers: vec![NpPeer::both(Selector::eq("ns", "y"), Selector::eq("pod", "b"))],
+            peers: vec![NpPeer::both(
+                Selector::eq("ns", "y"),
+                Selector::eq("pod", "b"),
+            )],
             ports: vec![],
         };
-        w.policies.push(NetworkPolicy::new("x", "and", Selector::eq("pod", "a")).ingress(vec![and]));
+        w.policies
+            .push(NetworkPolicy::new("x", "and", Selector::eq("pod", "a")).ingress(vec![and]));
         assert!(ok(&w, 3, 0, 80, Proto::Tcp), "y/b allowed");
         assert!(!ok(&w, 2, 0, 80, Proto::Tcp), "y/a not");
         assert!(!ok(&w, 1, 0, 80, Proto::Tcp), "x/b not");
@@ -748,7 +766,10 @@ mod tests {
             ports: vec![],
         }]);
         assert!(ok(&w, 2, 0, 80, Proto::Tcp), "y/a by the namespace peer");
-        assert!(ok(&w, 1, 0, 80, Proto::Tcp), "x/b by the pod peer (same namespace)");
+        assert!(
+            ok(&w, 1, 0, 80, Proto::Tcp),
+            "x/b by the pod peer (same namespace)"
+        );
         assert!(ok(&w, 1, 1, 80, Proto::Tcp), "x/b is not selected");
     }
 
@@ -769,8 +790,14 @@ mod tests {
         let mut tcp_named = NpPort::named(Proto::Udp, "serve-81-udp");
         tcp_named.proto = None;
         w.policies[0].ingress = Some(vec![rule(vec![tcp_named])]);
-        assert!(!ok(&w, 2, 0, 81, Proto::Udp), "the name with TCP (default) matches no UDP port");
-        assert!(!ok(&w, 2, 0, 81, Proto::Tcp), "nor a TCP port of another name");
+        assert!(
+            !ok(&w, 2, 0, 81, Proto::Udp),
+            "the name with TCP (default) matches no UDP port"
+        );
+        assert!(
+            !ok(&w, 2, 0, 81, Proto::Tcp),
+            "nor a TCP port of another name"
+        );
         w.policies[0].ingress = Some(vec![rule(vec![NpPort::range(Proto::Sctp, 79, 80)])]);
         assert!(ok(&w, 2, 0, 80, Proto::Sctp));
         assert!(!ok(&w, 2, 0, 81, Proto::Sctp));
@@ -791,10 +818,12 @@ mod tests {
             cidr: "10.0.0.0/30".parse().unwrap(),
             except: vec!["10.0.0.2/32".parse().unwrap()],
         };
-        w.policies.push(NetworkPolicy::new("y", "e", Selector::eq("pod", "a")).egress(vec![NpRule {
-            peers: vec![block],
-            ports: vec![],
-        }]));
+        w.policies.push(
+            NetworkPolicy::new("y", "e", Selector::eq("pod", "a")).egress(vec![NpRule {
+                peers: vec![block],
+                ports: vec![],
+            }]),
+        );
         assert_eq!(
             w.policies[0].effective_types(),
             [Direction::Ingress, Direction::Egress]
@@ -802,7 +831,10 @@ mod tests {
         assert!(ok(&w, 2, 0, 80, Proto::Tcp), "10.0.0.1 in the block");
         assert!(!ok(&w, 2, 1, 80, Proto::Tcp), "10.0.0.2 excepted");
         assert!(!ok(&w, 2, 3, 80, Proto::Tcp), "10.0.0.4 outside");
-        assert!(!ok(&w, 0, 2, 80, Proto::Tcp), "ingress of y/a is isolated and allows nothing");
+        assert!(
+            !ok(&w, 0, 2, 80, Proto::Tcp),
+            "ingress of y/a is isolated and allows nothing"
+        );
         // An empty egress list does not make a policy an egress policy.
         let empty = NetworkPolicy::new("y", "f", Selector::all()).egress(vec![]);
         assert_eq!(empty.effective_types(), [Direction::Ingress]);
@@ -811,7 +843,8 @@ mod tests {
     #[test]
     fn tiers_admin_then_network_policy_then_baseline() {
         let mut w = world();
-        let allow_all = NetworkPolicy::new("x", "allow", Selector::all()).ingress(vec![NpRule::default()]);
+        let allow_all =
+            NetworkPolicy::new("x", "allow", Selector::all()).ingress(vec![NpRule::default()]);
         w.policies.push(allow_all);
         let deny_from_y = |tier, action| Cnp {
             name: format!("{tier:?}-{action:?}"),
@@ -827,7 +860,10 @@ mod tests {
             egress: vec![],
         };
         w.cnps = vec![deny_from_y(Tier::Admin, Action::Deny)];
-        assert!(!ok(&w, 2, 0, 80, Proto::Tcp), "Admin Deny beats the NetworkPolicy allow");
+        assert!(
+            !ok(&w, 2, 0, 80, Proto::Tcp),
+            "Admin Deny beats the NetworkPolicy allow"
+        );
         assert!(ok(&w, 2, 0, 81, Proto::Tcp), "other ports untouched");
         w.cnps = vec![
             deny_from_y(Tier::Admin, Action::Pass),
@@ -837,11 +873,20 @@ mod tests {
             },
         ];
         w.cnps[1].name = "later-deny".into();
-        assert!(ok(&w, 2, 0, 80, Proto::Tcp), "Pass skips the later Admin deny");
+        assert!(
+            ok(&w, 2, 0, 80, Proto::Tcp),
+            "Pass skips the later Admin deny"
+        );
         w.cnps = vec![deny_from_y(Tier::Baseline, Action::Deny)];
-        assert!(ok(&w, 2, 0, 80, Proto::Tcp), "the NetworkPolicy overrides Baseline");
+        assert!(
+            ok(&w, 2, 0, 80, Proto::Tcp),
+            "the NetworkPolicy overrides Baseline"
+        );
         w.policies.clear();
-        assert!(!ok(&w, 2, 0, 80, Proto::Tcp), "Baseline applies without NetworkPolicy");
+        assert!(
+            !ok(&w, 2, 0, 80, Proto::Tcp),
+            "Baseline applies without NetworkPolicy"
+        );
         assert!(ok(&w, 1, 0, 80, Proto::Tcp));
     }
 
@@ -852,8 +897,13 @@ mod tests {
         assert!(!ok(&w, 2, 0, 80, Proto::Tcp));
         assert!(ok(&w, 1, 0, 80, Proto::Tcp));
         assert!(ok(&w, 0, 2, 80, Proto::Tcp), "only ingress of x");
-        w.policies.push(NetworkPolicy::new("x", "open", Selector::all()).ingress(vec![NpRule::default()]));
-        assert!(ok(&w, 2, 0, 80, Proto::Tcp), "a NetworkPolicy opens plain isolation");
+        w.policies.push(
+            NetworkPolicy::new("x", "open", Selector::all()).ingress(vec![NpRule::default()]),
+        );
+        assert!(
+            ok(&w, 2, 0, 80, Proto::Tcp),
+            "a NetworkPolicy opens plain isolation"
+        );
         w.cnps = vec![Cnp::isolate("x", true)];
         assert!(!ok(&w, 2, 0, 80, Proto::Tcp), "but not strict isolation");
         assert!(ok(&w, 1, 0, 80, Proto::Tcp));

@@ -35,13 +35,23 @@ const INSTANT_PROBE: Duration = Duration::from_millis(500);
 /// Namespaces x (where new pods go) and y with pods a (forbidden peer) on node 0 and b
 /// (allowed peer) on node 1; in x, pods labelled app=new accept and reach only y/b.
 async fn setup(mode: Mode, opts: Opts) -> PolicyCluster {
-    let mut c = PolicyCluster::start_opts(mode, Opts { pods: false, ..opts }).await;
+    let mut c = PolicyCluster::start_opts(
+        mode,
+        Opts {
+            pods: false,
+            ..opts
+        },
+    )
+    .await;
     c.create_namespace("x").await;
     c.create_namespace("y").await;
     c.add_pod("y", "a", 0).await;
     c.add_pod("y", "b", 1).await;
     let only_yb = || NpRule {
-        peers: vec![NpPeer::both(Selector::eq("ns", "y"), Selector::eq("pod", "b"))],
+        peers: vec![NpPeer::both(
+            Selector::eq("ns", "y"),
+            Selector::eq("pod", "b"),
+        )],
         ports: vec![],
     };
     c.apply_np(
@@ -57,14 +67,21 @@ async fn setup(mode: Mode, opts: Opts) -> PolicyCluster {
 /// A pod namespace with its probe servers already listening (on 0.0.0.0, before ADD).
 async fn pod_netns(c: &PolicyCluster, short: &str) -> (Arc<Netns>, ProbeServers) {
     let ns = c.tb().add_ns(short).await.unwrap();
-    let servers = ProbeServers::start(&ns, &PORTS, &[Proto::Tcp, Proto::Udp], Duration::from_secs(900)).unwrap();
+    let servers = ProbeServers::start(
+        &ns,
+        &PORTS,
+        &[Proto::Tcp, Proto::Udp],
+        Duration::from_secs(900),
+    )
+    .unwrap();
     (ns, servers)
 }
 
 /// The Pod object x/<name>, labelled app=new, on node `on`.
 async fn new_pod_object(c: &PolicyCluster, name: &str, on: usize) {
     c.create_pod_object("x", name, on).await;
-    let api: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(c.client.clone(), "x");
+    let api: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(c.client.clone(), "x");
     api.patch(
         name,
         &kube::api::PatchParams::default(),
@@ -81,8 +98,16 @@ fn forbidden(c: &PolicyCluster, pod: &Arc<Netns>, ip: std::net::Ipv4Addr) -> Vec
         .into_iter()
         .flat_map(|proto| {
             [
-                Probe { from: ya.ns.clone(), to: SocketAddrV4::new(ip, 80), proto },
-                Probe { from: pod.clone(), to: SocketAddrV4::new(ya.ip, 80), proto },
+                Probe {
+                    from: ya.ns.clone(),
+                    to: SocketAddrV4::new(ip, 80),
+                    proto,
+                },
+                Probe {
+                    from: pod.clone(),
+                    to: SocketAddrV4::new(ya.ip, 80),
+                    proto,
+                },
             ]
         })
         .collect()
@@ -91,8 +116,16 @@ fn forbidden(c: &PolicyCluster, pod: &Arc<Netns>, ip: std::net::Ipv4Addr) -> Vec
 fn allowed(c: &PolicyCluster, pod: &Arc<Netns>, ip: std::net::Ipv4Addr) -> Vec<Probe> {
     let yb = &c.pods[c.pod("y/b")];
     vec![
-        Probe { from: yb.ns.clone(), to: SocketAddrV4::new(ip, 81), proto: Proto::Tcp },
-        Probe { from: pod.clone(), to: SocketAddrV4::new(yb.ip, 81), proto: Proto::Udp },
+        Probe {
+            from: yb.ns.clone(),
+            to: SocketAddrV4::new(ip, 81),
+            proto: Proto::Tcp,
+        },
+        Probe {
+            from: pod.clone(),
+            to: SocketAddrV4::new(yb.ip, 81),
+            proto: Proto::Udp,
+        },
     ]
 }
 
@@ -114,7 +147,12 @@ async fn no_gap(mode: Mode) {
         add_total += took;
         for (p, ok) in probes.iter().zip(got) {
             if ok {
-                leaks.push(format!("cycle {i} ({ip} on node {on}): {} → {} {} succeeded", p.from.name(), p.to, p.proto));
+                leaks.push(format!(
+                    "cycle {i} ({ip} on node {on}): {} → {} {} succeeded",
+                    p.from.name(),
+                    p.to,
+                    p.proto
+                ));
             }
         }
         // The pod is live: the allowed pairs work (bounded).
@@ -122,14 +160,21 @@ async fn no_gap(mode: Mode) {
         let probes = allowed(&c, &pod, ip);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let got = probe_all(&probes, Duration::from_millis(1000), 4).await.unwrap();
+            let got = probe_all(&probes, Duration::from_millis(1000), 4)
+                .await
+                .unwrap();
             if got.iter().all(|ok| *ok) {
                 break;
             }
-            assert!(Instant::now() < deadline, "cycle {i}: the allowed pairs of {ip} never worked ({got:?})\n{}", c.logs_tail());
+            assert!(
+                Instant::now() < deadline,
+                "cycle {i}: the allowed pairs of {ip} never worked ({got:?})\n{}",
+                c.logs_tail()
+            );
         }
         c.cni_del("x", &name, on, &pod, &cid).await;
-        let api: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(c.client.clone(), "x");
+        let api: kube::Api<k8s_openapi::api::core::v1::Pod> =
+            kube::Api::namespaced(c.client.clone(), "x");
         api.delete(&name, &Default::default()).await.unwrap();
     }
     eprintln!(
@@ -138,13 +183,29 @@ async fn no_gap(mode: Mode) {
         add_total / CYCLES as u32,
         leaks.len()
     );
-    assert!(leaks.is_empty(), "forbidden connections right after ADD:\n{}", leaks.join("\n"));
+    assert!(
+        leaks.is_empty(),
+        "forbidden connections right after ADD:\n{}",
+        leaks.join("\n")
+    );
 }
 
 async fn control_without_gate(mode: Mode) {
-    let c = setup(mode, Opts { gate: false, policyd_extra: vec!["--no-pending-deny".into()], ..Opts::default() }).await;
+    let c = setup(
+        mode,
+        Opts {
+            gate: false,
+            policyd_extra: vec!["--no-pending-deny".into()],
+            ..Opts::default()
+        },
+    )
+    .await;
     // The policy is in force for the peers before the new pod comes.
-    c.converge("y/a, y/b without policy of their own", Duration::from_secs(15)).await;
+    c.converge(
+        "y/a, y/b without policy of their own",
+        Duration::from_secs(15),
+    )
+    .await;
     let (pod, _servers) = pod_netns(&c, "ctl").await;
     new_pod_object(&c, "ctl", 0).await;
     c.signal_policyd(0, Signal::SIGSTOP);
@@ -153,7 +214,10 @@ async fn control_without_gate(mode: Mode) {
     let probes = forbidden(&c, &pod, ip);
     let t = Instant::now();
     let got = probe_all(&probes, Duration::from_secs(3), 8).await.unwrap();
-    eprintln!("[{mode:?}] control: gate off, no pending deny, policyd stopped → forbidden probes {got:?} after {:?}", t.elapsed());
+    eprintln!(
+        "[{mode:?}] control: gate off, no pending deny, policyd stopped → forbidden probes {got:?} after {:?}",
+        t.elapsed()
+    );
     assert!(
         got.iter().all(|ok| *ok),
         "with the gate off and no pending deny, the forbidden connections must get through at once ({got:?}): else the no-gap test proves nothing"
@@ -163,11 +227,17 @@ async fn control_without_gate(mode: Mode) {
     // Once policyd runs, the pod's rules close the forbidden pairs.
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let got = probe_all(&probes, Duration::from_millis(1000), 8).await.unwrap();
+        let got = probe_all(&probes, Duration::from_millis(1000), 8)
+            .await
+            .unwrap();
         if got.iter().all(|ok| !*ok) {
             break;
         }
-        assert!(Instant::now() < deadline, "policyd never closed the new pod's forbidden pairs: {got:?}\n{}", c.logs_tail());
+        assert!(
+            Instant::now() < deadline,
+            "policyd never closed the new pod's forbidden pairs: {got:?}\n{}",
+            c.logs_tail()
+        );
     }
     c.cni_del("x", "ctl", 0, &pod, "ctl").await;
 }
@@ -184,7 +254,15 @@ async fn held(c: &PolicyCluster, on: usize) -> String {
         }
         Mode::Routed => {
             let kubeconfig = c.cp().kubeconfig.display().to_string();
-            let out = c.trellis(&["ipam", "--kubeconfig", &kubeconfig, "blocks", "--allocations"]).await;
+            let out = c
+                .trellis(&[
+                    "ipam",
+                    "--kubeconfig",
+                    &kubeconfig,
+                    "blocks",
+                    "--allocations",
+                ])
+                .await;
             assert!(out.success(), "{}", out.stderr);
             out.stdout
         }
@@ -203,13 +281,22 @@ async fn gate_timeout(mode: Mode) {
     c.signal_policyd(0, Signal::SIGCONT);
     eprintln!("[{mode:?}] ADD with policyd stopped: {result:?} after {took:?}");
     let err = result.expect_err("ADD must fail while policyd cannot confirm the pod's rules");
-    assert!(err.starts_with("code 11:"), "CNI code 11 (try again later): {err}");
+    assert!(
+        err.starts_with("code 11:"),
+        "CNI code 11 (try again later): {err}"
+    );
     assert!(took < Duration::from_secs(60), "ADD is bounded: {took:?}");
     let links = pod.connect().unwrap().links().await.unwrap();
-    assert!(links.iter().all(|l| l.name == "lo"), "the pod's veth is gone: {links:?}");
+    assert!(
+        links.iter().all(|l| l.name == "lo"),
+        "the pod's veth is gone: {links:?}"
+    );
     let after = NsState::capture(&c.nodes[0].node.ns, &tag).await.unwrap();
     let diff = before.diff(&after);
-    assert!(diff.is_empty(), "the failed ADD left things behind on the node: {diff:#?}");
+    assert!(
+        diff.is_empty(),
+        "the failed ADD left things behind on the node: {diff:#?}"
+    );
     assert_eq!(held(&c, 0).await, held_before, "the address is released");
     // policyd running again: the same ADD now succeeds.
     c.wait_policyd_ready(0).await;

@@ -42,7 +42,10 @@ fn deny_from_y(tier: Tier, action: Action, name: &str, priority: u16) -> Cnp {
             name: format!("{action:?}-from-y"),
             action,
             peers: vec![CnpSel::Namespaces(Selector::ns_name("y"))],
-            ports: Some(vec![CnpPort::Number(Proto::Tcp, 80), CnpPort::Number(Proto::Udp, 81)]),
+            ports: Some(vec![
+                CnpPort::Number(Proto::Tcp, 80),
+                CnpPort::Number(Proto::Udp, 81),
+            ]),
         }],
         egress: vec![],
     }
@@ -58,22 +61,45 @@ fn allow_all_into_x() -> NetworkPolicy {
 async fn tiers(mode: Mode) {
     let mut c = PolicyCluster::start(mode).await;
     c.apply_np(allow_all_into_x()).await;
-    c.converge("NetworkPolicy: x accepts everyone", CONVERGE).await;
+    c.converge("NetworkPolicy: x accepts everyone", CONVERGE)
+        .await;
 
-    c.apply_cnp(deny_from_y(Tier::Admin, Action::Deny, "admin-deny", 20)).await;
-    c.converge("an Admin Deny beats the NetworkPolicy allow", CONVERGE).await;
+    c.apply_cnp(deny_from_y(Tier::Admin, Action::Deny, "admin-deny", 20))
+        .await;
+    c.converge("an Admin Deny beats the NetworkPolicy allow", CONVERGE)
+        .await;
 
-    c.apply_cnp(deny_from_y(Tier::Admin, Action::Pass, "admin-pass", 10)).await;
-    c.converge("an earlier Admin Pass defers to the NetworkPolicy", CONVERGE).await;
+    c.apply_cnp(deny_from_y(Tier::Admin, Action::Pass, "admin-pass", 10))
+        .await;
+    c.converge(
+        "an earlier Admin Pass defers to the NetworkPolicy",
+        CONVERGE,
+    )
+    .await;
     c.delete_np("x", "allow-all").await;
-    c.converge("Pass with no NetworkPolicy: default allow", CONVERGE).await;
+    c.converge("Pass with no NetworkPolicy: default allow", CONVERGE)
+        .await;
 
     c.delete_cnp("admin-pass").await;
     c.delete_cnp("admin-deny").await;
-    c.apply_cnp(deny_from_y(Tier::Baseline, Action::Deny, "baseline-deny", 10)).await;
-    c.converge("a Baseline Deny applies where no NetworkPolicy isolates", CONVERGE).await;
+    c.apply_cnp(deny_from_y(
+        Tier::Baseline,
+        Action::Deny,
+        "baseline-deny",
+        10,
+    ))
+    .await;
+    c.converge(
+        "a Baseline Deny applies where no NetworkPolicy isolates",
+        CONVERGE,
+    )
+    .await;
     c.apply_np(allow_all_into_x()).await;
-    c.converge("a NetworkPolicy allow overrides the Baseline Deny", CONVERGE).await;
+    c.converge(
+        "a NetworkPolicy allow overrides the Baseline Deny",
+        CONVERGE,
+    )
+    .await;
     c.delete_np("x", "allow-all").await;
     c.delete_cnp("baseline-deny").await;
     c.converge("all deleted", CONVERGE).await;
@@ -82,23 +108,37 @@ async fn tiers(mode: Mode) {
 /// Runs `trellis policy <args>`, changes the model by `change`, then times until every cell
 /// whose verdict changed has its new one (probing only those); asserts ≤ 1 s and that the whole
 /// matrix then matches. Returns the time.
-async fn timed_flip(c: &mut PolicyCluster, args: &[&str], change: impl FnOnce(&mut PolicyCluster)) -> Duration {
+async fn timed_flip(
+    c: &mut PolicyCluster,
+    args: &[&str],
+    change: impl FnOnce(&mut PolicyCluster),
+) -> Duration {
     let before = c.expected();
     change(c);
     let after = c.expected();
     let cells: Vec<Cell> = after.mismatches(&before);
-    assert!(!cells.is_empty(), "`trellis policy {args:?}` must change something in this setup");
+    assert!(
+        !cells.is_empty(),
+        "`trellis policy {args:?}` must change something in this setup"
+    );
     let kubeconfig = c.cp().kubeconfig.display().to_string();
     let mut argv = vec!["policy", "--kubeconfig", &kubeconfig];
     argv.extend_from_slice(args);
     let out = c.trellis(&argv).await;
-    assert!(out.success(), "trellis {argv:?}: {}{}", out.stdout, out.stderr);
+    assert!(
+        out.success(),
+        "trellis {argv:?}: {}{}",
+        out.stdout,
+        out.stderr
+    );
     let exited = Instant::now();
     let pods = c.endpoints();
     let mut rounds = 0;
     let took = loop {
         let round = exited.elapsed();
-        let got = matrix::probe_cells(&pods, &cells, FLIP_PROBE).await.unwrap();
+        let got = matrix::probe_cells(&pods, &cells, FLIP_PROBE)
+            .await
+            .unwrap();
         rounds += 1;
         if cells.iter().all(|cell| got[cell] == after.cells[cell]) {
             break round;
@@ -106,7 +146,10 @@ async fn timed_flip(c: &mut PolicyCluster, args: &[&str], change: impl FnOnce(&m
         assert!(
             exited.elapsed() < Duration::from_secs(10),
             "`trellis {argv:?}`: {} of {} changed cells still have their old verdict after 10 s\n{}",
-            cells.iter().filter(|cell| got[*cell] != after.cells[*cell]).count(),
+            cells
+                .iter()
+                .filter(|cell| got[*cell] != after.cells[*cell])
+                .count(),
             cells.len(),
             c.logs_tail()
         );
@@ -117,23 +160,37 @@ async fn timed_flip(c: &mut PolicyCluster, args: &[&str], change: impl FnOnce(&m
         args.join(" "),
         cells.len()
     );
-    c.converge(&format!("after `trellis policy {}`", args.join(" ")), CONVERGE).await;
-    assert!(took <= FLIP, "`trellis policy {}` took {took:?} (> {FLIP:?}) to take effect", args.join(" "));
+    c.converge(
+        &format!("after `trellis policy {}`", args.join(" ")),
+        CONVERGE,
+    )
+    .await;
+    assert!(
+        took <= FLIP,
+        "`trellis policy {}` took {took:?} (> {FLIP:?}) to take effect",
+        args.join(" ")
+    );
     took
 }
 
 async fn isolate_and_open(mode: Mode) {
     let mut c = PolicyCluster::start(mode).await;
-    let t1 = timed_flip(&mut c, &["isolate", "x"], |c| c.world.cnps.push(Cnp::isolate("x", false))).await;
+    let t1 = timed_flip(&mut c, &["isolate", "x"], |c| {
+        c.world.cnps.push(Cnp::isolate("x", false))
+    })
+    .await;
     assert_eq!(c.cnp_names().await, ["trellis-isolate-x"]);
 
     // A NetworkPolicy opens plain isolation to y (not timed: not an admin command).
-    c.apply_np(NetworkPolicy::new("x", "from-y", Selector::all()).ingress(vec![NpRule {
-        peers: vec![NpPeer::namespaces(Selector::eq("ns", "y"))],
-        ports: vec![],
-    }]))
+    c.apply_np(
+        NetworkPolicy::new("x", "from-y", Selector::all()).ingress(vec![NpRule {
+            peers: vec![NpPeer::namespaces(Selector::eq("ns", "y"))],
+            ports: vec![],
+        }]),
+    )
     .await;
-    c.converge("plain isolation opened to y by a NetworkPolicy", CONVERGE).await;
+    c.converge("plain isolation opened to y by a NetworkPolicy", CONVERGE)
+        .await;
 
     let t2 = timed_flip(&mut c, &["isolate", "x", "--strict"], |c| {
         c.world.cnps.retain(|p| p.name != "trellis-isolate-x");
@@ -144,7 +201,9 @@ async fn isolate_and_open(mode: Mode) {
 
     let t3 = timed_flip(&mut c, &["open", "x"], |c| c.world.cnps.clear()).await;
     assert!(c.cnp_names().await.is_empty());
-    eprintln!("[{mode:?}] flips: isolate {t1:?}, isolate --strict {t2:?}, open {t3:?} (bound {FLIP:?})");
+    eprintln!(
+        "[{mode:?}] flips: isolate {t1:?}, isolate --strict {t2:?}, open {t3:?} (bound {FLIP:?})"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -32,61 +32,127 @@ fn np(name: &str, spec: serde_json::Value) -> serde_json::Value {
 /// Malformed policies, each with what upstream's validation says about it.
 fn malformed() -> Vec<(&'static str, serde_json::Value)> {
     vec![
-        ("bad-cidr", np("bad-cidr", json!({"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/33"}}]}]}))),
-        ("not-a-cidr", np("not-a-cidr", json!({"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "ten.0.0.0/8"}}]}]}))),
+        (
+            "bad-cidr",
+            np(
+                "bad-cidr",
+                json!({"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/33"}}]}]}),
+            ),
+        ),
+        (
+            "not-a-cidr",
+            np(
+                "not-a-cidr",
+                json!({"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "ten.0.0.0/8"}}]}]}),
+            ),
+        ),
         (
             "except-outside",
-            np("except-outside", json!({"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/16", "except": ["10.1.0.0/24"]}}]}]})),
+            np(
+                "except-outside",
+                json!({"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/16", "except": ["10.1.0.0/24"]}}]}]}),
+            ),
         ),
-        ("bad-label-value", np("bad-label-value", json!({"podSelector": {"matchLabels": {"pod": "a b"}}}))),
+        (
+            "bad-label-value",
+            np(
+                "bad-label-value",
+                json!({"podSelector": {"matchLabels": {"pod": "a b"}}}),
+            ),
+        ),
         (
             "bad-operator",
-            np("bad-operator", json!({"podSelector": {"matchExpressions": [{"key": "pod", "operator": "Maybe", "values": ["a"]}]}})),
+            np(
+                "bad-operator",
+                json!({"podSelector": {"matchExpressions": [{"key": "pod", "operator": "Maybe", "values": ["a"]}]}}),
+            ),
         ),
         (
             "exists-with-values",
-            np("exists-with-values", json!({"podSelector": {"matchExpressions": [{"key": "pod", "operator": "Exists", "values": ["a"]}]}})),
+            np(
+                "exists-with-values",
+                json!({"podSelector": {"matchExpressions": [{"key": "pod", "operator": "Exists", "values": ["a"]}]}}),
+            ),
         ),
-        ("bad-protocol", np("bad-protocol", json!({"podSelector": {}, "ingress": [{"ports": [{"protocol": "ICMP", "port": 80}]}]}))),
-        ("bad-port", np("bad-port", json!({"podSelector": {}, "ingress": [{"ports": [{"protocol": "TCP", "port": 70000}]}]}))),
+        (
+            "bad-protocol",
+            np(
+                "bad-protocol",
+                json!({"podSelector": {}, "ingress": [{"ports": [{"protocol": "ICMP", "port": 80}]}]}),
+            ),
+        ),
+        (
+            "bad-port",
+            np(
+                "bad-port",
+                json!({"podSelector": {}, "ingress": [{"ports": [{"protocol": "TCP", "port": 70000}]}]}),
+            ),
+        ),
         (
             "endport-below-port",
-            np("endport-below-port", json!({"podSelector": {}, "ingress": [{"ports": [{"protocol": "TCP", "port": 81, "endPort": 80}]}]})),
+            np(
+                "endport-below-port",
+                json!({"podSelector": {}, "ingress": [{"ports": [{"protocol": "TCP", "port": 81, "endPort": 80}]}]}),
+            ),
         ),
-        ("bad-policy-type", np("bad-policy-type", json!({"podSelector": {}, "policyTypes": ["Sideways"]}))),
+        (
+            "bad-policy-type",
+            np(
+                "bad-policy-type",
+                json!({"podSelector": {}, "policyTypes": ["Sideways"]}),
+            ),
+        ),
     ]
 }
 
 async fn bad_input(mode: Mode) {
     let mut c = PolicyCluster::start(mode).await;
     // A policy that works, to see it keeps working.
-    c.apply_np(NetworkPolicy::new("y", "from-x", Selector::all()).ingress(vec![NpRule {
-        peers: vec![NpPeer::namespaces(Selector::eq("ns", "x"))],
-        ports: vec![],
-    }]))
+    c.apply_np(
+        NetworkPolicy::new("y", "from-x", Selector::all()).ingress(vec![NpRule {
+            peers: vec![NpPeer::namespaces(Selector::eq("ns", "x"))],
+            ports: vec![],
+        }]),
+    )
     .await;
     c.converge("y accepts only x", CONVERGE).await;
 
     let mut accepted = Vec::new();
     for (what, obj) in malformed() {
         match c.try_np("x", obj).await {
-            Err(kube::Error::Api(s)) if s.code == 422 => eprintln!("[{mode:?}] {what}: refused (422): {}", s.message),
+            Err(kube::Error::Api(s)) if s.code == 422 => {
+                eprintln!("[{mode:?}] {what}: refused (422): {}", s.message)
+            }
             Err(e) => panic!("{what}: refused, but not as invalid (422): {e}"),
             Ok(()) => accepted.push(what),
         }
     }
-    assert!(accepted.is_empty(), "the API server accepted malformed NetworkPolicies: {accepted:?}");
-    c.converge("nothing changed by the refused policies", CONVERGE).await;
+    assert!(
+        accepted.is_empty(),
+        "the API server accepted malformed NetworkPolicies: {accepted:?}"
+    );
+    c.converge("nothing changed by the refused policies", CONVERGE)
+        .await;
 
     // Accepted by the API, not enforceable here (IPv6 peer): x/a is isolated, and the peer
     // allows nothing — fail closed — while y's policy keeps working.
-    let v6 = np("v6-peer", json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{"from": [{"ipBlock": {"cidr": "fd00::/8"}}]}]}));
+    let v6 = np(
+        "v6-peer",
+        json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{"from": [{"ipBlock": {"cidr": "fd00::/8"}}]}]}),
+    );
     c.try_np("x", v6).await.expect("an IPv6 ipBlock is valid");
-    c.world.policies.push(NetworkPolicy::new("x", "v6-peer", Selector::eq("pod", "a")).ingress(vec![]));
-    c.converge("an IPv6-only policy fails closed for x/a; y's policy still works", CONVERGE).await;
+    c.world
+        .policies
+        .push(NetworkPolicy::new("x", "v6-peer", Selector::eq("pod", "a")).ingress(vec![]));
+    c.converge(
+        "an IPv6-only policy fails closed for x/a; y's policy still works",
+        CONVERGE,
+    )
+    .await;
     // And policyd keeps serving changes to the other policies.
     c.delete_np("y", "from-x").await;
-    c.converge("y's policy deleted while the IPv6 one stays", CONVERGE).await;
+    c.converge("y's policy deleted while the IPv6 one stays", CONVERGE)
+        .await;
     assert_eq!(c.readyz(0).await, Some(200));
 }
 
@@ -105,7 +171,8 @@ async fn delete_fwd_chain(c: &PolicyCluster, i: usize) {
 
 async fn deleted_chain(mode: Mode) {
     let mut c = PolicyCluster::start(mode).await;
-    c.apply_np(NetworkPolicy::new("x", "deny-all", Selector::all()).ingress(vec![])).await;
+    c.apply_np(NetworkPolicy::new("x", "deny-all", Selector::all()).ingress(vec![]))
+        .await;
     c.converge("deny all into x", CONVERGE).await;
     let period = c.opts.verify_period;
     let margin = Duration::from_millis(1000);
@@ -118,17 +185,27 @@ async fn deleted_chain(mode: Mode) {
             if now.success() && now.stdout == before && c.has_fwd_jump(node).await {
                 break;
             }
-            assert!(t.elapsed() < Duration::from_secs(10), "TRELLIS-POL-FWD on node {node} never came back:\n{}", c.logs_tail());
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "TRELLIS-POL-FWD on node {node} never came back:\n{}",
+                c.logs_tail()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let took = t.elapsed();
-        eprintln!("[{mode:?}] node {node}: TRELLIS-POL-FWD (chain, rules and jump) restored {took:?} after it was deleted");
-        assert!(took <= period + margin, "restored after {took:?}: more than one verify period ({period:?}) + {margin:?}");
+        eprintln!(
+            "[{mode:?}] node {node}: TRELLIS-POL-FWD (chain, rules and jump) restored {took:?} after it was deleted"
+        );
+        assert!(
+            took <= period + margin,
+            "restored after {took:?}: more than one verify period ({period:?}) + {margin:?}"
+        );
     }
     c.converge("after the repairs", CONVERGE).await;
     // Still a working daemon: a change is applied.
     c.delete_np("x", "deny-all").await;
-    c.converge("policy deleted after the repairs", CONVERGE).await;
+    c.converge("policy deleted after the repairs", CONVERGE)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

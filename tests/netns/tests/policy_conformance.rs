@@ -33,8 +33,12 @@ fn rule(peers: Vec<NpPeer>, ports: Vec<NpPort>) -> NpRule {
 }
 
 async fn clear(c: &mut PolicyCluster, step: &str) {
-    let all: Vec<(String, String)> =
-        c.world.policies.iter().map(|p| (p.namespace.clone(), p.name.clone())).collect();
+    let all: Vec<(String, String)> = c
+        .world
+        .policies
+        .iter()
+        .map(|p| (p.namespace.clone(), p.name.clone()))
+        .collect();
     for (ns, name) in all {
         c.delete_np(&ns, &name).await;
     }
@@ -47,7 +51,8 @@ async fn conformance(mode: Mode) {
     eprintln!("[{mode:?}] cluster up in {:?}", start.elapsed());
 
     // Deny all ingress to x (policyTypes defaulted to Ingress): only x's ingress closes.
-    c.apply_np(NetworkPolicy::new("x", "deny-all", Selector::all()).ingress(vec![])).await;
+    c.apply_np(NetworkPolicy::new("x", "deny-all", Selector::all()).ingress(vec![]))
+        .await;
     c.converge("deny-all ingress in x", CONVERGE).await;
     // Allow from the same namespace: a second policy, the allows are a union.
     c.apply_np(
@@ -55,13 +60,16 @@ async fn conformance(mode: Mode) {
             .ingress(vec![rule(vec![NpPeer::pods(Selector::all())], vec![])]),
     )
     .await;
-    c.converge("deny-all + allow from the same namespace", CONVERGE).await;
+    c.converge("deny-all + allow from the same namespace", CONVERGE)
+        .await;
     clear(&mut c, "policy delete: all allowed again").await;
 
     // namespaceSelector: x/a accepts only namespace y.
     c.apply_np(
-        NetworkPolicy::new("x", "from-y", Selector::eq("pod", "a"))
-            .ingress(vec![rule(vec![NpPeer::namespaces(Selector::eq("ns", "y"))], vec![])]),
+        NetworkPolicy::new("x", "from-y", Selector::eq("pod", "a")).ingress(vec![rule(
+            vec![NpPeer::namespaces(Selector::eq("ns", "y"))],
+            vec![],
+        )]),
     )
     .await;
     c.converge("namespaceSelector ns=y to x/a", CONVERGE).await;
@@ -74,45 +82,70 @@ async fn conformance(mode: Mode) {
         )]),
     )
     .await;
-    c.converge("policy update: namespaceSelector AND podSelector", CONVERGE).await;
+    c.converge("policy update: namespaceSelector AND podSelector", CONVERGE)
+        .await;
     // The same selectors as two peers: OR (any pod of y or z, or pod b of x).
     c.apply_np(
         NetworkPolicy::new("x", "from-y", Selector::eq("pod", "a")).ingress(vec![rule(
-            vec![NpPeer::namespaces(yz), NpPeer::pods(Selector::eq("pod", "b"))],
+            vec![
+                NpPeer::namespaces(yz),
+                NpPeer::pods(Selector::eq("pod", "b")),
+            ],
             vec![],
         )]),
     )
     .await;
-    c.converge("policy update: namespaceSelector OR podSelector", CONVERGE).await;
+    c.converge("policy update: namespaceSelector OR podSelector", CONVERGE)
+        .await;
     // Pod relabel: x/c becomes pod=b (allowed as peer), y/a becomes pod=x (still in y: allowed),
     // x/b becomes pod=a (now a subject: isolated).
     c.relabel_pod("x/c", &[("pod", "b")]).await;
     c.relabel_pod("x/b", &[("pod", "a")]).await;
-    c.converge("pod relabel: x/c joins the peers, x/b becomes a subject", CONVERGE).await;
+    c.converge(
+        "pod relabel: x/c joins the peers, x/b becomes a subject",
+        CONVERGE,
+    )
+    .await;
     c.relabel_pod("x/c", &[("pod", "c")]).await;
     c.relabel_pod("x/b", &[("pod", "b")]).await;
     c.converge("pod relabel back", CONVERGE).await;
     // Namespace relabel: z leaves the selector (ns=w), then y joins as... nothing changes for y.
     c.relabel_ns("z", &[("ns", "w")]).await;
-    c.converge("namespace relabel: z no longer matches ns In (y, z)", CONVERGE).await;
+    c.converge(
+        "namespace relabel: z no longer matches ns In (y, z)",
+        CONVERGE,
+    )
+    .await;
     c.relabel_ns("z", &[("ns", "z")]).await;
     c.converge("namespace relabel back", CONVERGE).await;
     clear(&mut c, "policy delete").await;
 
     // Named ports: x accepts from everyone on serve-81-tcp and serve-80-udp only.
-    c.apply_np(NetworkPolicy::new("x", "named", Selector::all()).ingress(vec![rule(
-        vec![NpPeer::namespaces(Selector::all())],
-        vec![NpPort::named(Proto::Tcp, "serve-81-tcp"), NpPort::named(Proto::Udp, "serve-80-udp")],
-    )]))
+    c.apply_np(
+        NetworkPolicy::new("x", "named", Selector::all()).ingress(vec![rule(
+            vec![NpPeer::namespaces(Selector::all())],
+            vec![
+                NpPort::named(Proto::Tcp, "serve-81-tcp"),
+                NpPort::named(Proto::Udp, "serve-80-udp"),
+            ],
+        )]),
+    )
     .await;
-    c.converge("named ports serve-81-tcp, serve-80-udp", CONVERGE).await;
+    c.converge("named ports serve-81-tcp, serve-80-udp", CONVERGE)
+        .await;
     // Port ranges (endPort) and numbers, by protocol: TCP 70–80, UDP 81–90.
-    c.apply_np(NetworkPolicy::new("x", "named", Selector::all()).ingress(vec![rule(
-        vec![],
-        vec![NpPort::range(Proto::Tcp, 70, 80), NpPort::range(Proto::Udp, 81, 90)],
-    )]))
+    c.apply_np(
+        NetworkPolicy::new("x", "named", Selector::all()).ingress(vec![rule(
+            vec![],
+            vec![
+                NpPort::range(Proto::Tcp, 70, 80),
+                NpPort::range(Proto::Udp, 81, 90),
+            ],
+        )]),
+    )
     .await;
-    c.converge("endPort ranges TCP 70-80, UDP 81-90", CONVERGE).await;
+    c.converge("endPort ranges TCP 70-80, UDP 81-90", CONVERGE)
+        .await;
     // A policy naming SCTP only: TCP and UDP to y/b closed (SCTP not probed without kernel support).
     c.apply_np(
         NetworkPolicy::new("y", "sctp-only", Selector::eq("pod", "b"))
@@ -137,25 +170,34 @@ async fn conformance(mode: Mode) {
             )]),
     )
     .await;
-    c.apply_np(NetworkPolicy::new("z", "ingress-block", Selector::eq("pod", "c")).ingress(vec![rule(
-        vec![NpPeer::IpBlock {
-            cidr: Ipv4Net::new(xa, 32).unwrap(),
-            except: vec![],
-        }],
-        vec![],
-    )]))
+    c.apply_np(
+        NetworkPolicy::new("z", "ingress-block", Selector::eq("pod", "c")).ingress(vec![rule(
+            vec![NpPeer::IpBlock {
+                cidr: Ipv4Net::new(xa, 32).unwrap(),
+                except: vec![],
+            }],
+            vec![],
+        )]),
+    )
     .await;
-    c.converge("ipBlock with except (egress), ipBlock /32 (ingress)", CONVERGE).await;
+    c.converge(
+        "ipBlock with except (egress), ipBlock /32 (ingress)",
+        CONVERGE,
+    )
+    .await;
     clear(&mut c, "policy delete").await;
 
     // Egress: deny all from z, then allow z → y on TCP 80 only (policyTypes explicit).
-    c.apply_np(NetworkPolicy::new("z", "deny-egress", Selector::all()).types(&[Direction::Egress])).await;
+    c.apply_np(NetworkPolicy::new("z", "deny-egress", Selector::all()).types(&[Direction::Egress]))
+        .await;
     c.converge("deny all egress from z", CONVERGE).await;
     c.apply_np(
-        NetworkPolicy::new("z", "to-y-80", Selector::all()).types(&[Direction::Egress]).egress(vec![rule(
-            vec![NpPeer::namespaces(Selector::eq("ns", "y"))],
-            vec![NpPort::number(Proto::Tcp, 80)],
-        )]),
+        NetworkPolicy::new("z", "to-y-80", Selector::all())
+            .types(&[Direction::Egress])
+            .egress(vec![rule(
+                vec![NpPeer::namespaces(Selector::eq("ns", "y"))],
+                vec![NpPort::number(Proto::Tcp, 80)],
+            )]),
     )
     .await;
     c.converge("egress allow z → y TCP 80", CONVERGE).await;
@@ -165,15 +207,22 @@ async fn conformance(mode: Mode) {
     c.apply_np(
         NetworkPolicy::new("y", "defaulted", Selector::eq("pod", "c"))
             .ingress(vec![rule(vec![NpPeer::pods(Selector::all())], vec![])])
-            .egress(vec![rule(vec![NpPeer::namespaces(Selector::eq("ns", "x"))], vec![])]),
+            .egress(vec![rule(
+                vec![NpPeer::namespaces(Selector::eq("ns", "x"))],
+                vec![],
+            )]),
     )
     .await;
-    c.converge("policyTypes defaulted to Ingress+Egress", CONVERGE).await;
+    c.converge("policyTypes defaulted to Ingress+Egress", CONVERGE)
+        .await;
     // Multiple policies for one pod: union of both.
     c.apply_np(
         NetworkPolicy::new("y", "more", Selector::eq("pod", "c"))
             .types(&[Direction::Egress])
-            .egress(vec![rule(vec![NpPeer::pods(Selector::eq("pod", "a"))], vec![NpPort::number(Proto::Udp, 81)])]),
+            .egress(vec![rule(
+                vec![NpPeer::pods(Selector::eq("pod", "a"))],
+                vec![NpPort::number(Proto::Udp, 81)],
+            )]),
     )
     .await;
     c.converge("two egress policies: union", CONVERGE).await;
@@ -181,8 +230,14 @@ async fn conformance(mode: Mode) {
 
     // Upstream's defaulting adds Egress only when there is at least one egress rule: an empty
     // egress list leaves the pod's egress open.
-    c.apply_np(NetworkPolicy::new("x", "empty-egress", Selector::eq("pod", "a")).ingress(vec![]).egress(vec![])).await;
-    c.converge("egress: [] without policyTypes → Ingress only", CONVERGE).await;
+    c.apply_np(
+        NetworkPolicy::new("x", "empty-egress", Selector::eq("pod", "a"))
+            .ingress(vec![])
+            .egress(vec![]),
+    )
+    .await;
+    c.converge("egress: [] without policyTypes → Ingress only", CONVERGE)
+        .await;
     clear(&mut c, "policy delete (end)").await;
     eprintln!("[{mode:?}] conformance done in {:?}", start.elapsed());
 }

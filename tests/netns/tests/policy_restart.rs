@@ -34,10 +34,12 @@ const PROBE: Duration = Duration::from_millis(1000);
 /// x accepts only namespace y: z → x is forbidden (on both nodes), y → x allowed.
 async fn setup(mode: Mode) -> PolicyCluster {
     let mut c = PolicyCluster::start(mode).await;
-    c.apply_np(NetworkPolicy::new("x", "from-y", Selector::all()).ingress(vec![NpRule {
-        peers: vec![NpPeer::namespaces(Selector::eq("ns", "y"))],
-        ports: vec![],
-    }]))
+    c.apply_np(
+        NetworkPolicy::new("x", "from-y", Selector::all()).ingress(vec![NpRule {
+            peers: vec![NpPeer::namespaces(Selector::eq("ns", "y"))],
+            ports: vec![],
+        }]),
+    )
     .await;
     c.converge("x accepts only y", CONVERGE).await;
     c
@@ -49,7 +51,8 @@ fn cells(c: &PolicyCluster, from_ns: &str, to_ns: &str) -> Vec<Cell> {
     m.cells
         .keys()
         .filter(|cell| {
-            c.pods[cell.from].key.starts_with(&format!("{from_ns}/")) && c.pods[cell.to].key.starts_with(&format!("{to_ns}/"))
+            c.pods[cell.from].key.starts_with(&format!("{from_ns}/"))
+                && c.pods[cell.to].key.starts_with(&format!("{to_ns}/"))
         })
         .copied()
         .collect()
@@ -60,7 +63,10 @@ async fn restarts(mode: Mode) {
     let expected = c.expected();
     let forbidden = cells(&c, "z", "x");
     let allowed = cells(&c, "y", "x");
-    assert!(forbidden.iter().all(|cell| !expected.cells[cell]) && allowed.iter().all(|cell| expected.cells[cell]));
+    assert!(
+        forbidden.iter().all(|cell| !expected.cells[cell])
+            && allowed.iter().all(|cell| expected.cells[cell])
+    );
     let probe: Vec<Cell> = forbidden.iter().chain(&allowed).copied().collect();
     let pods = c.endpoints();
     let stop = Arc::new(AtomicBool::new(false));
@@ -68,7 +74,8 @@ async fn restarts(mode: Mode) {
         let stop = stop.clone();
         let expected = expected.clone();
         tokio::spawn(async move {
-            let (mut rounds, mut leaks, mut blocked) = (0u64, Vec::new(), BTreeMap::<Cell, u64>::new());
+            let (mut rounds, mut leaks, mut blocked) =
+                (0u64, Vec::new(), BTreeMap::<Cell, u64>::new());
             let start = Instant::now();
             while !stop.load(Ordering::Relaxed) {
                 let got = matrix::probe_cells(&pods, &probe, PROBE).await.unwrap();
@@ -87,15 +94,28 @@ async fn restarts(mode: Mode) {
     let t = Instant::now();
     for k in 0..RESTARTS {
         let node = k % 2;
-        let signal = if (k / 2) % 2 == 0 { Signal::SIGTERM } else { Signal::SIGKILL };
+        let signal = if (k / 2) % 2 == 0 {
+            Signal::SIGTERM
+        } else {
+            Signal::SIGKILL
+        };
         let r = Instant::now();
         c.stop_policyd(node, signal).await;
         c.start_policyd(node).await;
-        eprintln!("[{mode:?}] restart {}/{RESTARTS} of policyd on node {node} ({signal}): ready again after {:?}", k + 1, r.elapsed());
+        eprintln!(
+            "[{mode:?}] restart {}/{RESTARTS} of policyd on node {node} ({signal}): ready again after {:?}",
+            k + 1,
+            r.elapsed()
+        );
     }
     stop.store(true, Ordering::Relaxed);
     let (rounds, leaks, blocked) = prober.await.unwrap();
-    let names = |cell: &Cell| format!("{} → {} {}/{}", c.pods[cell.from].key, c.pods[cell.to].key, cell.port, cell.proto);
+    let names = |cell: &Cell| {
+        format!(
+            "{} → {} {}/{}",
+            c.pods[cell.from].key, c.pods[cell.to].key, cell.port, cell.proto
+        )
+    };
     eprintln!(
         "[{mode:?}] {RESTARTS} restarts in {:?}; {rounds} probing rounds of {} cells: {} forbidden connections succeeded, {} allowed probes failed",
         t.elapsed(),
@@ -103,17 +123,26 @@ async fn restarts(mode: Mode) {
         leaks.len(),
         blocked.values().sum::<u64>()
     );
-    assert!(rounds >= RESTARTS as u64, "probing ran through the restarts ({rounds} rounds)");
+    assert!(
+        rounds >= RESTARTS as u64,
+        "probing ran through the restarts ({rounds} rounds)"
+    );
     assert!(
         leaks.is_empty(),
         "forbidden connections succeeded during restarts: {:?}\n{}",
-        leaks.iter().map(|(at, cell)| format!("{at:?}: {}", names(cell))).collect::<Vec<_>>(),
+        leaks
+            .iter()
+            .map(|(at, cell)| format!("{at:?}: {}", names(cell)))
+            .collect::<Vec<_>>(),
         c.logs_tail()
     );
     assert!(
         blocked.is_empty(),
         "allowed connections failed during restarts (a closed window): {:?}\n{}",
-        blocked.iter().map(|(cell, n)| format!("{} ×{n}", names(cell))).collect::<Vec<_>>(),
+        blocked
+            .iter()
+            .map(|(cell, n)| format!("{} ×{n}", names(cell)))
+            .collect::<Vec<_>>(),
         c.logs_tail()
     );
     c.converge("after the restarts", CONVERGE).await;
@@ -122,11 +151,22 @@ async fn restarts(mode: Mode) {
 /// Deletes every `FORWARD → TRELLIS-POL-FWD` jump on node `i` by its exact spec.
 async fn delete_fwd_jump(c: &PolicyCluster, i: usize) {
     let rules = c.iptables(i, &["-S", "FORWARD"]).await;
-    let jumps: Vec<String> =
-        rules.stdout.lines().filter(|l| l.ends_with("-j TRELLIS-POL-FWD") || l.contains("-j TRELLIS-POL-FWD ")).map(String::from).collect();
-    assert!(!jumps.is_empty(), "no FORWARD jump to TRELLIS-POL-FWD on node {i}:\n{}", rules.stdout);
+    let jumps: Vec<String> = rules
+        .stdout
+        .lines()
+        .filter(|l| l.ends_with("-j TRELLIS-POL-FWD") || l.contains("-j TRELLIS-POL-FWD "))
+        .map(String::from)
+        .collect();
+    assert!(
+        !jumps.is_empty(),
+        "no FORWARD jump to TRELLIS-POL-FWD on node {i}:\n{}",
+        rules.stdout
+    );
     for j in jumps {
-        let spec: Vec<&str> = j.trim_start_matches("-A FORWARD").split_whitespace().collect();
+        let spec: Vec<&str> = j
+            .trim_start_matches("-A FORWARD")
+            .split_whitespace()
+            .collect();
         let mut args = vec!["-D", "FORWARD"];
         args.extend(spec);
         let out = c.iptables(i, &args).await;
@@ -141,11 +181,23 @@ async fn verifier(mode: Mode) {
     // source on the other node.
     let dst = c.pod("x/a");
     let node = c.pods[dst].on;
-    let src = (0..c.pods.len()).find(|i| c.pods[*i].key.starts_with("z/") && c.pods[*i].on != node).unwrap();
-    let cell = Cell { from: src, to: dst, port: 80, proto: netns_testbed::matrix::Proto::Tcp };
+    let src = (0..c.pods.len())
+        .find(|i| c.pods[*i].key.starts_with("z/") && c.pods[*i].on != node)
+        .unwrap();
+    let cell = Cell {
+        from: src,
+        to: dst,
+        port: 80,
+        proto: netns_testbed::matrix::Proto::Tcp,
+    };
     let pods = c.endpoints();
-    let probe = |pods: Vec<matrix::Endpoint>| async move { matrix::probe_cells(&pods, &[cell], PROBE).await.unwrap()[&cell] };
-    assert!(!probe(pods.clone()).await, "z → x/a is forbidden to begin with");
+    let probe = |pods: Vec<matrix::Endpoint>| async move {
+        matrix::probe_cells(&pods, &[cell], PROBE).await.unwrap()[&cell]
+    };
+    assert!(
+        !probe(pods.clone()).await,
+        "z → x/a is forbidden to begin with"
+    );
 
     // Negative control: hold the broken state (policyd stopped, jump gone) until the forbidden
     // connection gets through.
@@ -160,8 +212,14 @@ async fn verifier(mode: Mode) {
         }
     }
     let seen = t.elapsed();
-    assert!(through, "with the jump deleted (and policyd stopped), the forbidden pair never got through in 10 s: the probe cannot see a gap");
-    eprintln!("[{mode:?}] control: jump deleted, policyd stopped → forbidden {} → {} got through after {seen:?}", c.pods[src].key, c.pods[dst].key);
+    assert!(
+        through,
+        "with the jump deleted (and policyd stopped), the forbidden pair never got through in 10 s: the probe cannot see a gap"
+    );
+    eprintln!(
+        "[{mode:?}] control: jump deleted, policyd stopped → forbidden {} → {} got through after {seen:?}",
+        c.pods[src].key, c.pods[dst].key
+    );
 
     // The verifier repairs it within one period (+ margin).
     let period = c.opts.verify_period;
@@ -169,20 +227,40 @@ async fn verifier(mode: Mode) {
     c.signal_policyd(node, Signal::SIGCONT);
     let t = Instant::now();
     while !c.has_fwd_jump(node).await {
-        assert!(t.elapsed() < Duration::from_secs(10), "the verifier never restored the jump:\n{}", c.logs_tail());
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the verifier never restored the jump:\n{}",
+            c.logs_tail()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let restored = t.elapsed();
-    eprintln!("[{mode:?}] the verifier restored the FORWARD jump {restored:?} after SIGCONT (period {period:?})");
-    assert!(restored <= period + margin, "the jump came back after {restored:?}, more than one verify period ({period:?}) + {margin:?}");
+    eprintln!(
+        "[{mode:?}] the verifier restored the FORWARD jump {restored:?} after SIGCONT (period {period:?})"
+    );
+    assert!(
+        restored <= period + margin,
+        "the jump came back after {restored:?}, more than one verify period ({period:?}) + {margin:?}"
+    );
     // Only one jump, ahead of the overlay's accept.
     let rules = c.iptables(node, &["-S", "FORWARD"]).await.stdout;
-    let jumps: Vec<usize> = rules.lines().enumerate().filter(|(_, l)| l.contains("-j TRELLIS-POL-FWD")).map(|(i, _)| i).collect();
+    let jumps: Vec<usize> = rules
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains("-j TRELLIS-POL-FWD"))
+        .map(|(i, _)| i)
+        .collect();
     assert_eq!(jumps.len(), 1, "exactly one jump:\n{rules}");
     if let Some(fwd) = rules.lines().position(|l| l.contains("-j TRELLIS-FWD")) {
-        assert!(jumps[0] < fwd, "the policy jump sits ahead of the overlay's accept:\n{rules}");
+        assert!(
+            jumps[0] < fwd,
+            "the policy jump sits ahead of the overlay's accept:\n{rules}"
+        );
     }
-    assert!(!probe(pods.clone()).await, "the forbidden pair is blocked again");
+    assert!(
+        !probe(pods.clone()).await,
+        "the forbidden pair is blocked again"
+    );
     c.converge("after the repair", CONVERGE).await;
 }
 

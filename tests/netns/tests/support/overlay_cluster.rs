@@ -301,27 +301,27 @@ pub fn start_agent_extra(
     };
     let (net_d, state) = (d("net.d"), d("state"));
     let mut argv: Vec<&str> = vec![
-            trellis.to_str().unwrap(),
-            "overlay-agent",
-            "--node",
-            &node.name,
-            "--kubeconfig",
-            cp.kubeconfig.to_str().unwrap(),
-            "--iface",
-            "eth0",
-            &ipam[0],
-            &ipam[1],
-            &ipam[2],
-            &ipam[3],
-            "--cni-conf-dir",
-            &net_d,
-            "--state-dir",
-            &state,
-            "--resync",
-            "2",
-            "--listen",
-            "127.0.0.1:9910",
-        ];
+        trellis.to_str().unwrap(),
+        "overlay-agent",
+        "--node",
+        &node.name,
+        "--kubeconfig",
+        cp.kubeconfig.to_str().unwrap(),
+        "--iface",
+        "eth0",
+        &ipam[0],
+        &ipam[1],
+        &ipam[2],
+        &ipam[3],
+        "--cni-conf-dir",
+        &net_d,
+        "--state-dir",
+        &state,
+        "--resync",
+        "2",
+        "--listen",
+        "127.0.0.1:9910",
+    ];
     argv.extend(extra.iter().map(String::as_str));
     tb.spawn(&node.ns, &argv, Duration::from_secs(600)).unwrap()
 }

@@ -22,10 +22,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kube::Api;
-use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
+use kube::api::{
+    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
+};
 use netns_testbed::cluster::ControlPlane;
 use netns_testbed::matrix::{self, Cell, Endpoint, Matrix, ProbeServers, Proto};
-use netns_testbed::policy_model::{Cnp, NS_NAME_LABEL, NetworkPolicy, NsInfo, PodInfo, World, serve_ports};
+use netns_testbed::policy_model::{
+    Cnp, NS_NAME_LABEL, NetworkPolicy, NsInfo, PodInfo, World, serve_ports,
+};
 use netns_testbed::{Node, REFERENCE_PLUGIN_DIR, Testbed, bin_dir, bin_path, require_tool};
 use serde_json::json;
 use trellis_cni::NetworkConfigList;
@@ -61,6 +65,8 @@ pub struct Opts {
     pub verify_period: Duration,
     /// Create x, y, z and the nine pods.
     pub pods: bool,
+    /// Run policyd (off only for the fixture's own baseline check).
+    pub policyd: bool,
 }
 
 impl Default for Opts {
@@ -70,6 +76,7 @@ impl Default for Opts {
             policyd_extra: Vec::new(),
             verify_period: Duration::from_millis(1000),
             pods: true,
+            policyd: true,
         }
     }
 }
@@ -133,14 +140,19 @@ fn np_resource() -> ApiResource {
 
 fn cnp_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("policy.networking.k8s.io", "v1alpha2", "ClusterNetworkPolicy"),
+        &GroupVersionKind::gvk(
+            "policy.networking.k8s.io",
+            "v1alpha2",
+            "ClusterNetworkPolicy",
+        ),
         "clusternetworkpolicies",
     )
 }
 
 /// The ClusterNetworkPolicy CRD as shipped (policyd/deploy).
 fn cnp_crd() -> serde_json::Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policyd/deploy/clusternetworkpolicy.yaml");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../policyd/deploy/clusternetworkpolicy.yaml");
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("the ClusterNetworkPolicy CRD {}: {e}", path.display()));
     serde_saphyr::from_str(&text).unwrap()
@@ -160,14 +172,18 @@ impl PolicyCluster {
         let gate = opts.gate;
         let extra = move |dirs: &Path| -> Vec<String> {
             if gate {
-                vec!["--policy-socket".into(), dirs.join("policyd.sock").display().to_string()]
+                vec![
+                    "--policy-socket".into(),
+                    dirs.join("policyd.sock").display().to_string(),
+                ]
             } else {
                 Vec::new()
             }
         };
         let inner = match mode {
             Mode::Overlay => Inner::Overlay(
-                overlay_cluster::Cluster::start_full(2, overlay_cluster::Blocks::PodCidr, extra).await,
+                overlay_cluster::Cluster::start_full(2, overlay_cluster::Blocks::PodCidr, extra)
+                    .await,
             ),
             Mode::Routed => {
                 let c = routed_cluster::Cluster::start_full(2, false, 1, extra).await;
@@ -213,8 +229,10 @@ impl PolicyCluster {
             cnp_crd: false,
         };
         c.install_cnp_crd().await;
-        for i in 0..c.nodes.len() {
-            c.start_policyd(i).await;
+        if c.opts.policyd {
+            for i in 0..c.nodes.len() {
+                c.start_policyd(i).await;
+            }
         }
         if c.opts.pods {
             for ns in NAMESPACES {
@@ -227,7 +245,8 @@ impl PolicyCluster {
             {
                 c.add_pod(ns, pod, i % 2).await;
             }
-            c.converge("no policy: everything allowed", Duration::from_secs(30)).await;
+            c.converge("no policy: everything allowed", Duration::from_secs(30))
+                .await;
         }
         c
     }
@@ -260,7 +279,10 @@ impl PolicyCluster {
         let cnps: Api<DynamicObject> = Api::all_with(self.client.clone(), &cnp_resource());
         let deadline = Instant::now() + Duration::from_secs(10);
         while cnps.list(&Default::default()).await.is_err() {
-            assert!(Instant::now() < deadline, "the ClusterNetworkPolicy CRD is not served within 10 s");
+            assert!(
+                Instant::now() < deadline,
+                "the ClusterNetworkPolicy CRD is not served within 10 s"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         self.cnp_crd = true;
@@ -300,7 +322,10 @@ impl PolicyCluster {
             &ready,
         ];
         argv.extend(self.opts.policyd_extra.iter().map(String::as_str));
-        let pid = self.tb().spawn(&n.node.ns, &argv, Duration::from_secs(900)).unwrap();
+        let pid = self
+            .tb()
+            .spawn(&n.node.ns, &argv, Duration::from_secs(900))
+            .unwrap();
         self.nodes[i].policyd = Some(pid);
         pid
     }
@@ -361,7 +386,10 @@ impl PolicyCluster {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child), signal);
         let deadline = Instant::now() + Duration::from_secs(15);
         while std::path::Path::new(&format!("/proc/{child}")).exists() && !is_zombie(child) {
-            assert!(Instant::now() < deadline, "policyd did not exit within 15 s of {signal}");
+            assert!(
+                Instant::now() < deadline,
+                "policyd did not exit within 15 s of {signal}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.tb().kill(pid);
@@ -379,14 +407,21 @@ impl PolicyCluster {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).unwrap();
     }
 
-    /// Creates namespace `name` with labels `ns=<name>` and kubernetes.io/metadata.name (our
-    /// API server does not set the latter by itself; upstream's does).
+    /// Creates namespace `name` labelled `ns=<name>`; the API server adds
+    /// kubernetes.io/metadata.name itself (as upstream's does) — checked here, since
+    /// `trellis policy isolate` selects by it.
     pub async fn create_namespace(&mut self, name: &str) {
-        let labels: BTreeMap<String, String> =
-            [(NS_NAME_LABEL.to_string(), name.to_string()), ("ns".to_string(), name.to_string())].into();
         let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
-        let obj = serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).unwrap();
-        api.create(&PostParams::default(), &obj).await.unwrap();
+        let obj =
+            serde_json::from_value(json!({"metadata": {"name": name, "labels": {"ns": name}}}))
+                .unwrap();
+        let made = api.create(&PostParams::default(), &obj).await.unwrap();
+        let labels: BTreeMap<String, String> = made.metadata.labels.unwrap_or_default();
+        assert_eq!(
+            labels.get(NS_NAME_LABEL).map(String::as_str),
+            Some(name),
+            "the API server labels namespace {name} with {NS_NAME_LABEL}: {labels:?}"
+        );
         self.world.namespaces.push(NsInfo {
             name: name.into(),
             labels,
@@ -395,10 +430,13 @@ impl PolicyCluster {
 
     /// The Pod object `ns/name` on node `on`, labelled `pod=<name>`, with the named ports.
     pub async fn create_pod_object(&self, ns: &str, name: &str, on: usize) {
-        let ports: Vec<serde_json::Value> = serve_ports(&PORTS, &[Proto::Tcp, Proto::Udp, Proto::Sctp])
-            .iter()
-            .map(|p| json!({"name": p.name, "containerPort": p.port, "protocol": p.proto.as_k8s()}))
-            .collect();
+        let ports: Vec<serde_json::Value> = serve_ports(
+            &PORTS,
+            &[Proto::Tcp, Proto::Udp, Proto::Sctp],
+        )
+        .iter()
+        .map(|p| json!({"name": p.name, "containerPort": p.port, "protocol": p.proto.as_k8s()}))
+        .collect();
         let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(self.client.clone(), ns);
         let obj = serde_json::from_value(json!({
             "metadata": {"name": name, "namespace": ns, "labels": {"pod": name}},
@@ -423,8 +461,14 @@ impl PolicyCluster {
         container_id: &str,
     ) -> (Result<Ipv4Addr, String>, Duration) {
         let n = &self.nodes[on];
-        let list = NetworkConfigList::from_slice(&std::fs::read(n.dirs.join(self.mode.conflist())).unwrap()).unwrap();
-        let cni = CniConfig::new(vec![bin_dir(), PathBuf::from(REFERENCE_PLUGIN_DIR)], n.dirs.join("cache"));
+        let list = NetworkConfigList::from_slice(
+            &std::fs::read(n.dirs.join(self.mode.conflist())).unwrap(),
+        )
+        .unwrap();
+        let cni = CniConfig::new(
+            vec![bin_dir(), PathBuf::from(REFERENCE_PLUGIN_DIR)],
+            n.dirs.join("cache"),
+        );
         let rt = runtime_conf(ns, name, netns, container_id);
         let node_ns = n.node.ns.clone();
         let start = Instant::now();
@@ -445,10 +489,23 @@ impl PolicyCluster {
     }
 
     /// DEL for a pod wired by [`PolicyCluster::cni_add`].
-    pub async fn cni_del(&self, ns: &str, name: &str, on: usize, netns: &Arc<Netns>, container_id: &str) {
+    pub async fn cni_del(
+        &self,
+        ns: &str,
+        name: &str,
+        on: usize,
+        netns: &Arc<Netns>,
+        container_id: &str,
+    ) {
         let n = &self.nodes[on];
-        let list = NetworkConfigList::from_slice(&std::fs::read(n.dirs.join(self.mode.conflist())).unwrap()).unwrap();
-        let cni = CniConfig::new(vec![bin_dir(), PathBuf::from(REFERENCE_PLUGIN_DIR)], n.dirs.join("cache"));
+        let list = NetworkConfigList::from_slice(
+            &std::fs::read(n.dirs.join(self.mode.conflist())).unwrap(),
+        )
+        .unwrap();
+        let cni = CniConfig::new(
+            vec![bin_dir(), PathBuf::from(REFERENCE_PLUGIN_DIR)],
+            n.dirs.join("cache"),
+        );
         let rt = runtime_conf(ns, name, netns, container_id);
         let node_ns = n.node.ns.clone();
         tokio::task::spawn_blocking(move || node_ns.run(|| cni.del(&list, &rt)))
@@ -480,11 +537,15 @@ impl PolicyCluster {
         let ip = ip.unwrap_or_else(|e| {
             panic!(
                 "ADD of {ns}/{name}: {e}\npolicyd log:\n{}",
-                self.nodes[on].policyd.map(|p| self.tb().log_of(p)).unwrap_or_default()
+                self.nodes[on]
+                    .policyd
+                    .map(|p| self.tb().log_of(p))
+                    .unwrap_or_default()
             )
         });
         self.set_pod_ip(ns, name, ip).await;
-        let servers = ProbeServers::start(&netns, &PORTS, &self.protos, Duration::from_secs(900)).unwrap();
+        let servers =
+            ProbeServers::start(&netns, &PORTS, &self.protos, Duration::from_secs(900)).unwrap();
         self.pods.push(WiredPod {
             key: format!("{ns}/{name}"),
             ns: netns,
@@ -505,7 +566,10 @@ impl PolicyCluster {
 
     /// The index of pod `ns/name`.
     pub fn pod(&self, key: &str) -> usize {
-        self.pods.iter().position(|p| p.key == key).unwrap_or_else(|| panic!("no pod {key}"))
+        self.pods
+            .iter()
+            .position(|p| p.key == key)
+            .unwrap_or_else(|| panic!("no pod {key}"))
     }
 
     pub fn endpoints(&self) -> Vec<Endpoint> {
@@ -534,7 +598,9 @@ impl PolicyCluster {
     /// with the truth table otherwise. Returns how long convergence took.
     pub async fn converge(&self, step: &str, limit: Duration) -> Duration {
         let expected = self.expected();
-        let (seen, took, ok) = matrix::await_matrix(&self.endpoints(), &expected, limit).await.unwrap();
+        let (seen, took, ok) = matrix::await_matrix(&self.endpoints(), &expected, limit)
+            .await
+            .unwrap();
         assert!(
             ok,
             "[{:?}] step {step:?}: the matrix does not match the model after {took:?}:\n{}\n{}",
@@ -542,7 +608,11 @@ impl PolicyCluster {
             expected.truth_table(&seen),
             self.logs_tail()
         );
-        eprintln!("[{:?}] {step}: matrix matches the model ({} cells) after {took:?}", self.mode, expected.cells.len());
+        eprintln!(
+            "[{:?}] {step}: matrix matches the model ({} cells) after {took:?}",
+            self.mode,
+            expected.cells.len()
+        );
         took
     }
 
@@ -554,7 +624,10 @@ impl PolicyCluster {
                 let log = self.tb().log_of(p);
                 let lines: Vec<&str> = log.lines().collect();
                 let tail = lines[lines.len().saturating_sub(25)..].join("\n");
-                s.push_str(&format!("--- policyd on {} (last 25 lines):\n{tail}\n", n.node.name));
+                s.push_str(&format!(
+                    "--- policyd on {} (last 25 lines):\n{tail}\n",
+                    n.node.name
+                ));
             }
         }
         s
@@ -562,9 +635,14 @@ impl PolicyCluster {
 
     /// Creates or replaces a NetworkPolicy, and records it in the model.
     pub async fn apply_np(&mut self, np: NetworkPolicy) {
-        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &np.namespace, &np_resource());
-        put(&api, &np.name, np.to_json()).await.unwrap_or_else(|e| panic!("apply {}/{}: {e}", np.namespace, np.name));
-        self.world.policies.retain(|p| !(p.namespace == np.namespace && p.name == np.name));
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), &np.namespace, &np_resource());
+        put(&api, &np.name, np.to_json())
+            .await
+            .unwrap_or_else(|e| panic!("apply {}/{}: {e}", np.namespace, np.name));
+        self.world
+            .policies
+            .retain(|p| !(p.namespace == np.namespace && p.name == np.name));
         self.world.policies.push(np);
     }
 
@@ -578,12 +656,16 @@ impl PolicyCluster {
     pub async fn delete_np(&mut self, ns: &str, name: &str) {
         let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), ns, &np_resource());
         api.delete(name, &DeleteParams::default()).await.unwrap();
-        self.world.policies.retain(|p| !(p.namespace == ns && p.name == name));
+        self.world
+            .policies
+            .retain(|p| !(p.namespace == ns && p.name == name));
     }
 
     pub async fn apply_cnp(&mut self, cnp: Cnp) {
         let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &cnp_resource());
-        put(&api, &cnp.name, cnp.to_json()).await.unwrap_or_else(|e| panic!("apply CNP {}: {e}", cnp.name));
+        put(&api, &cnp.name, cnp.to_json())
+            .await
+            .unwrap_or_else(|e| panic!("apply CNP {}: {e}", cnp.name));
         self.world.cnps.retain(|c| c.name != cnp.name);
         self.world.cnps.push(cnp);
     }
@@ -618,16 +700,31 @@ impl PolicyCluster {
             patch.insert(k.to_string(), json!(v));
         }
         let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(self.client.clone(), ns);
-        api.patch(name, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": patch}})))
-            .await
-            .unwrap();
-        self.world.pods[i].labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        api.patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": patch}})),
+        )
+        .await
+        .unwrap();
+        self.world.pods[i].labels = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
     }
 
     /// Replaces the labels of namespace `name` (kubernetes.io/metadata.name is kept).
     pub async fn relabel_ns(&mut self, name: &str, labels: &[(&str, &str)]) {
-        let i = self.world.namespaces.iter().position(|n| n.name == name).unwrap();
-        let mut new: BTreeMap<String, String> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let i = self
+            .world
+            .namespaces
+            .iter()
+            .position(|n| n.name == name)
+            .unwrap();
+        let mut new: BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         new.insert(NS_NAME_LABEL.into(), name.into());
         let mut patch = serde_json::Map::new();
         for k in self.world.namespaces[i].labels.keys() {
@@ -637,9 +734,13 @@ impl PolicyCluster {
             patch.insert(k.clone(), json!(v));
         }
         let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
-        api.patch(name, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": patch}})))
-            .await
-            .unwrap();
+        api.patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": patch}})),
+        )
+        .await
+        .unwrap();
         self.world.namespaces[i].labels = new;
     }
 
@@ -647,12 +748,17 @@ impl PolicyCluster {
     pub async fn iptables(&self, i: usize, args: &[&str]) -> netns_testbed::Output {
         let mut argv = vec!["iptables", "-w"];
         argv.extend_from_slice(args);
-        self.tb().exec(&self.nodes[i].node.ns, &argv, Duration::from_secs(10)).await.unwrap()
+        self.tb()
+            .exec(&self.nodes[i].node.ns, &argv, Duration::from_secs(10))
+            .await
+            .unwrap()
     }
 
     /// Whether FORWARD in node `i` jumps to TRELLIS-POL-FWD.
     pub async fn has_fwd_jump(&self, i: usize) -> bool {
-        self.iptables(i, &["-C", "FORWARD", "-j", "TRELLIS-POL-FWD"]).await.success()
+        self.iptables(i, &["-C", "FORWARD", "-j", "TRELLIS-POL-FWD"])
+            .await
+            .success()
     }
 
     /// Runs `trellis <args>` (admin kubeconfig) from the control plane's namespace.
@@ -660,7 +766,10 @@ impl PolicyCluster {
         let trellis = bin_path("trellis");
         let mut argv = vec![trellis.to_str().unwrap()];
         argv.extend_from_slice(args);
-        self.tb().exec(&self.cp().node.ns, &argv, Duration::from_secs(30)).await.unwrap()
+        self.tb()
+            .exec(&self.cp().node.ns, &argv, Duration::from_secs(30))
+            .await
+            .unwrap()
     }
 }
 
@@ -681,26 +790,36 @@ fn runtime_conf(ns: &str, name: &str, netns: &Netns, container_id: &str) -> Runt
 }
 
 /// Creates `obj`, or replaces the existing object of that name (with its resourceVersion).
-async fn put(api: &Api<DynamicObject>, name: &str, obj: serde_json::Value) -> Result<(), kube::Error> {
+async fn put(
+    api: &Api<DynamicObject>,
+    name: &str,
+    obj: serde_json::Value,
+) -> Result<(), kube::Error> {
     let mut obj: DynamicObject = serde_json::from_value(obj).unwrap();
     match api.get_opt(name).await? {
         None => api.create(&PostParams::default(), &obj).await.map(|_| ()),
         Some(old) => {
             obj.metadata.resource_version = old.metadata.resource_version;
-            api.replace(name, &PostParams::default(), &obj).await.map(|_| ())
+            api.replace(name, &PostParams::default(), &obj)
+                .await
+                .map(|_| ())
         }
     }
 }
 
 /// The child of a `timeout` process group leader (the daemon itself).
 fn policyd_child(leader: i32) -> Option<i32> {
-    let children = std::fs::read_to_string(format!("/proc/{leader}/task/{leader}/children")).ok()?;
+    let children =
+        std::fs::read_to_string(format!("/proc/{leader}/task/{leader}/children")).ok()?;
     children.split_whitespace().next()?.parse().ok()
 }
 
 fn is_zombie(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
         .unwrap_or(true)
 }

@@ -95,32 +95,32 @@ pub fn start_agent_extra(
     let trellis = bin_path("trellis");
     let (sock, state, net_d) = (d("ipamd.sock"), d("state"), d("net.d"));
     let mut argv: Vec<&str> = vec![
-            trellis.to_str().unwrap(),
-            "bgp-agent",
-            "--node",
-            &node.name,
-            "--kubeconfig",
-            cp.kubeconfig.to_str().unwrap(),
-            "--iface",
-            "eth0",
-            "--ipamd-socket",
-            &sock,
-            "--state-dir",
-            &state,
-            "--cni-conf-dir",
-            &net_d,
-            "--hold-time",
-            &hold,
-            if graceful_restart {
-                "--listen=0.0.0.0:179"
-            } else {
-                "--no-graceful-restart"
-            },
-            "--resync",
-            &resync,
-            "--status-listen",
-            "127.0.0.1:9912",
-        ];
+        trellis.to_str().unwrap(),
+        "bgp-agent",
+        "--node",
+        &node.name,
+        "--kubeconfig",
+        cp.kubeconfig.to_str().unwrap(),
+        "--iface",
+        "eth0",
+        "--ipamd-socket",
+        &sock,
+        "--state-dir",
+        &state,
+        "--cni-conf-dir",
+        &net_d,
+        "--hold-time",
+        &hold,
+        if graceful_restart {
+            "--listen=0.0.0.0:179"
+        } else {
+            "--no-graceful-restart"
+        },
+        "--resync",
+        &resync,
+        "--status-listen",
+        "127.0.0.1:9912",
+    ];
     argv.extend(extra.iter().map(String::as_str));
     tb.spawn(&node.ns, &argv, Duration::from_secs(600)).unwrap()
 }
@@ -172,8 +172,7 @@ impl Cluster {
                 .await
                 .unwrap();
             let extra = agent_extra(&dirs);
-            let agent =
-                start_agent_extra(&tb, &cp, &node, &dirs, graceful_restart, resync, &extra);
+            let agent = start_agent_extra(&tb, &cp, &node, &dirs, graceful_restart, resync, &extra);
             workers.push(Worker { node, dirs, agent });
         }
         for w in &workers {
