@@ -10,6 +10,8 @@ use clap::{Parser, Subcommand};
 mod bgp;
 mod ipam;
 mod overlay;
+mod policy_explain;
+mod policyd;
 
 #[derive(Parser)]
 #[command(
@@ -36,6 +38,23 @@ enum Command {
     BgpAgent(bgp::AgentArgs),
     /// BGP tools: the agent's peers and routes.
     Bgp(bgp::BgpArgs),
+    /// The network policy daemon of a node: NetworkPolicy and ClusterNetworkPolicy on iptables.
+    Policyd(policyd::Args),
+    /// Network policy tools.
+    Policy(PolicyArgs),
+}
+
+#[derive(clap::Args)]
+struct PolicyArgs {
+    #[command(subcommand)]
+    command: PolicyCommand,
+}
+
+#[derive(clap::Subcommand)]
+enum PolicyCommand {
+    /// Why a connection between two pods is allowed or denied: the tier, policy and rule of
+    /// each side, and the deciding rules' packet counters.
+    Explain(policy_explain::Args),
 }
 
 #[derive(clap::Args)]
@@ -66,7 +85,7 @@ async fn main() -> anyhow::Result<()> {
     // Daemons log what they do; a tool prints its answer and logs only what went wrong.
     // RUST_LOG overrides either. Colour only on a terminal, never in a log file.
     let level = match cli.command {
-        Command::Ipam(_) | Command::Bgp(_) => "warn",
+        Command::Ipam(_) | Command::Bgp(_) | Command::Policy(_) => "warn",
         _ => "info",
     };
     tracing_subscriber::fmt()
@@ -83,6 +102,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Ipam(args) => ipam::run(args).await,
         Command::BgpAgent(args) => bgp::agent(args).await,
         Command::Bgp(args) => bgp::run(args).await,
+        Command::Policyd(args) => policyd::run(args).await,
+        Command::Policy(args) => match args.command {
+            PolicyCommand::Explain(a) => policy_explain::run(a).await,
+        },
     }
 }
 
