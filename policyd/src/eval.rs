@@ -31,6 +31,18 @@ pub struct Decision {
     pub rule: Option<String>,
 }
 
+impl Decision {
+    /// How the compiled rules of this decision are described (`tier|policy|rule`).
+    pub fn desc(&self) -> String {
+        format!(
+            "{}|{}|{}",
+            self.tier,
+            self.policy.as_deref().unwrap_or(""),
+            self.rule.as_deref().unwrap_or("")
+        )
+    }
+}
+
 /// The whole connection's verdict.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Verdict {
@@ -191,7 +203,7 @@ pub fn decide(
             }
         }
     }
-    done(true, Tier::Default, None, None)
+    done(true, Tier::Default, None, Some("allow".into()))
 }
 
 /// The verdict on a connection between two addresses (pods or not).

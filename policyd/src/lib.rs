@@ -12,7 +12,14 @@
 
 pub mod cnp;
 pub mod compile;
+pub mod daemon;
 pub mod eval;
+pub mod explain;
+pub mod gate;
+mod gate_server;
+mod http;
+pub mod kernel;
+pub mod metrics;
 pub mod model;
 pub mod names;
 pub mod netpol;
@@ -21,4 +28,5 @@ pub mod sync;
 #[cfg(test)]
 mod tests;
 pub mod verify;
+pub mod watch;
 pub mod xt;

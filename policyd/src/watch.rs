@@ -105,7 +105,6 @@ async fn run<K, T>(
     absent_is_empty: bool,
 ) where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
-    K::DynamicType: Default,
     T: Send,
 {
     let mut stream = watcher(api, watcher::Config::default())
@@ -156,7 +155,14 @@ async fn run<K, T>(
 pub fn start(client: &Client) -> mpsc::UnboundedReceiver<Change> {
     let (tx, rx) = mpsc::unbounded_channel();
     let pods: Api<KubePod> = Api::all(client.clone());
-    tokio::spawn(run(pods, "pods", tx.clone(), |p| Some(pod_of(p)), Change::Pod, false));
+    tokio::spawn(run(
+        pods,
+        "pods",
+        tx.clone(),
+        |p| Some(pod_of(p)),
+        Change::Pod,
+        false,
+    ));
     let nss: Api<Namespace> = Api::all(client.clone());
     tokio::spawn(run(
         nss,
