@@ -423,6 +423,7 @@ pub async fn run(
         tokio::time::interval(config.verify_period.max(Duration::from_millis(50)));
     verify_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ready = false;
+    let mut gate_open = true;
     tokio::pin!(shutdown);
     loop {
         let retry_wait = async {
@@ -440,8 +441,11 @@ pub async fn run(
                     dirty_since.get_or_insert_with(Instant::now);
                 }
             }
-            reg = gate_rx.recv() => {
-                let Some(reg) = reg else { break };
+            reg = gate_rx.recv(), if gate_open => {
+                let Some(reg) = reg else {
+                    gate_open = false;
+                    continue;
+                };
                 if state.register(&reg) {
                     dirty_since.get_or_insert(reg.at);
                     waiters.push(reg);
