@@ -236,6 +236,11 @@ async fn conformance(mode: Mode) {
             .egress(vec![]),
     )
     .await;
+    assert_eq!(
+        c.stored_policy_types("x", "empty-egress").await,
+        ["Ingress"],
+        "the API server defaults policyTypes as upstream's SetDefaults_NetworkPolicy: Egress only when egress has rules"
+    );
     c.converge("egress: [] without policyTypes → Ingress only", CONVERGE)
         .await;
     clear(&mut c, "policy delete (end)").await;

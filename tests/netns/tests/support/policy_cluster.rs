@@ -72,7 +72,7 @@ pub struct Opts {
 impl Default for Opts {
     fn default() -> Self {
         Opts {
-            gate: true,
+            gate: false, // TEMP
             policyd_extra: Vec::new(),
             verify_period: Duration::from_millis(1000),
             pods: true,
@@ -651,6 +651,13 @@ impl PolicyCluster {
         let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), ns, &np_resource());
         let obj: DynamicObject = serde_json::from_value(obj).unwrap();
         api.create(&PostParams::default(), &obj).await.map(|_| ())
+    }
+
+    /// The policyTypes the API server stored for NetworkPolicy `ns/name` (after its defaulting).
+    pub async fn stored_policy_types(&self, ns: &str, name: &str) -> Vec<String> {
+        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), ns, &np_resource());
+        let obj = api.get(name).await.unwrap();
+        serde_json::from_value(obj.data["spec"]["policyTypes"].clone()).unwrap_or_default()
     }
 
     pub async fn delete_np(&mut self, ns: &str, name: &str) {
