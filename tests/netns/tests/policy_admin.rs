@@ -124,7 +124,9 @@ async fn timed_flip(
     let kubeconfig = c.cp().kubeconfig.display().to_string();
     let mut argv = vec!["policy", "--kubeconfig", &kubeconfig];
     argv.extend_from_slice(args);
+    let started = Instant::now();
     let out = c.trellis(&argv).await;
+    let ran = started.elapsed();
     assert!(
         out.success(),
         "trellis {argv:?}: {}{}",
@@ -155,7 +157,7 @@ async fn timed_flip(
         );
     };
     eprintln!(
-        "[{:?}] `trellis policy {}`: {} cells flipped {took:?} after the command exited ({rounds} probing rounds)",
+        "[{:?}] `trellis policy {}` (ran {ran:?}): {} cells flipped {took:?} after it exited ({rounds} probing rounds)",
         c.mode,
         args.join(" "),
         cells.len()

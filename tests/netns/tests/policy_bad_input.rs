@@ -159,7 +159,7 @@ async fn bad_input(mode: Mode) {
 /// Deletes chain TRELLIS-POL-FWD by hand (jump, rules, chain) on node `i`.
 async fn delete_fwd_chain(c: &PolicyCluster, i: usize) {
     let rules = c.iptables(i, &["-S", "FORWARD"]).await.stdout;
-    for j in rules.lines().filter(|l| l.contains("-j TRELLIS-POL-FWD")) {
+    for j in rules.lines().filter(|l| policy_cluster::is_fwd_jump(l)) {
         let mut args = vec!["-D", "FORWARD"];
         args.extend(j.trim_start_matches("-A FORWARD").split_whitespace());
         assert!(c.iptables(i, &args).await.success());

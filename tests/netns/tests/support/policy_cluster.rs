@@ -761,11 +761,11 @@ impl PolicyCluster {
             .unwrap()
     }
 
-    /// Whether FORWARD in node `i` jumps to TRELLIS-POL-FWD.
+    /// Whether FORWARD in node `i` jumps to TRELLIS-POL-FWD (whatever else the rule matches,
+    /// a comment say).
     pub async fn has_fwd_jump(&self, i: usize) -> bool {
-        self.iptables(i, &["-C", "FORWARD", "-j", "TRELLIS-POL-FWD"])
-            .await
-            .success()
+        let out = self.iptables(i, &["-S", "FORWARD"]).await;
+        out.success() && out.stdout.lines().any(is_fwd_jump)
     }
 
     /// Runs `trellis <args>` (admin kubeconfig) from the control plane's namespace.
@@ -829,4 +829,10 @@ fn is_zombie(pid: i32) -> bool {
                 .map(|(_, rest)| rest.trim_start().starts_with('Z'))
         })
         .unwrap_or(true)
+}
+
+/// Whether an `iptables -S` line jumps to TRELLIS-POL-FWD.
+pub fn is_fwd_jump(line: &str) -> bool {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    words.windows(2).any(|w| w == ["-j", "TRELLIS-POL-FWD"])
 }
