@@ -1,7 +1,9 @@
 //! Bad input: malformed NetworkPolicies are refused by the API server where upstream refuses
-//! them (bad CIDR, bad selector, unknown protocol); a policy the API accepts but policyd cannot
-//! enforce (an IPv6 ipBlock on an IPv4 data path) fails closed while the other policies keep
-//! working; and a chain of ours deleted by hand comes back within one verify period.
+//! them (bad CIDR, bad selector, unknown protocol, …); a policy the API accepts but policyd
+//! cannot enforce (a ClusterNetworkPolicy port range ending below its start, which the CRD's
+//! schema cannot refuse) fails closed, with an Event, while the other policies keep working; an
+//! IPv6 peer on this IPv4 data path simply matches no pod; and a chain of ours deleted by hand
+//! comes back within one verify period.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -14,7 +16,9 @@ mod routed_cluster;
 
 use std::time::{Duration, Instant};
 
-use netns_testbed::policy_model::{NetworkPolicy, NpPeer, NpRule, Selector};
+use netns_testbed::policy_model::{
+    Action, Cnp, CnpRule, CnpSel, NetworkPolicy, NpPeer, NpRule, Selector, Tier,
+};
 use policy_cluster::{Mode, PolicyCluster};
 use serde_json::json;
 
@@ -134,21 +138,93 @@ async fn bad_input(mode: Mode) {
     c.converge("nothing changed by the refused policies", CONVERGE)
         .await;
 
-    // Accepted by the API, not enforceable here (IPv6 peer): x/a is isolated, and the peer
-    // allows nothing — fail closed — while y's policy keeps working.
+    // An IPv6 peer (valid) next to a valid rule: on this IPv4 data path it matches no pod, and
+    // the rest of the policy works.
     let v6 = np(
         "v6-peer",
-        json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{"from": [{"ipBlock": {"cidr": "fd00::/8"}}]}]}),
+        json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [
+            {"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}]},
+            {"from": [{"ipBlock": {"cidr": "fd00::/8"}}]},
+        ]}),
     );
     c.try_np("x", v6).await.expect("an IPv6 ipBlock is valid");
-    c.world
-        .policies
-        .push(NetworkPolicy::new("x", "v6-peer", Selector::eq("pod", "a")).ingress(vec![]));
+    c.world.policies.push(
+        NetworkPolicy::new("x", "v6-peer", Selector::eq("pod", "a")).ingress(vec![NpRule {
+            peers: vec![NpPeer::namespaces(Selector::eq("ns", "y"))],
+            ports: vec![],
+        }]),
+    );
     c.converge(
-        "an IPv6-only policy fails closed for x/a; y's policy still works",
+        "an IPv6 peer matches no pod; the policy's other rule works",
         CONVERGE,
     )
     .await;
+
+    // Accepted by the API (the CRD's schema cannot say end ≥ start) but not enforceable: a
+    // ClusterNetworkPolicy whose ingress has a port range ending below its start. Its direction
+    // fails closed — one Deny of everything for its subject, at its priority — with an Event,
+    // and everything else keeps working.
+    let bad = json!({
+        "apiVersion": "policy.networking.k8s.io/v1alpha2",
+        "kind": "ClusterNetworkPolicy",
+        "metadata": {"name": "bad-range"},
+        "spec": {
+            "tier": "Admin",
+            "priority": 100,
+            "subject": {"pods": {"namespaceSelector": {"matchLabels": {"ns": "x"}}, "podSelector": {"matchLabels": {"pod": "b"}}}},
+            "ingress": [{"name": "backwards", "action": "Accept", "from": [{"namespaces": {}}],
+                         "ports": [{"portRange": {"protocol": "TCP", "start": 90, "end": 80}}]}],
+        },
+    });
+    c.try_cnp(bad)
+        .await
+        .expect("the schema admits a backwards range");
+    c.world.cnps.push(Cnp {
+        name: "bad-range".into(),
+        tier: Tier::Admin,
+        priority: 100,
+        subject: CnpSel::Pods {
+            namespaces: Selector::eq("ns", "x"),
+            pods: Selector::eq("pod", "b"),
+        },
+        ingress: vec![CnpRule {
+            name: "failed closed".into(),
+            action: Action::Deny,
+            peers: vec![CnpSel::Namespaces(Selector::all())],
+            ports: None,
+        }],
+        egress: vec![],
+    });
+    c.converge(
+        "a ClusterNetworkPolicy with a backwards port range fails closed for x/b",
+        CONVERGE,
+    )
+    .await;
+    let events: kube::Api<k8s_openapi::api::core::v1::Event> = kube::Api::all(c.client.clone());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let list = events.list(&Default::default()).await.unwrap();
+        if let Some(e) = list
+            .items
+            .iter()
+            .find(|e| e.involved_object.name.as_deref() == Some("bad-range"))
+        {
+            eprintln!(
+                "[{mode:?}] Event for bad-range: {:?} {:?}",
+                e.reason, e.message
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no Event about the failed-closed ClusterNetworkPolicy bad-range within 10 s: {:?}",
+            list.items
+                .iter()
+                .map(|e| (&e.involved_object.name, &e.message))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // And policyd keeps serving changes to the other policies.
     c.delete_np("y", "from-x").await;
     c.converge("y's policy deleted while the IPv6 one stays", CONVERGE)

@@ -677,6 +677,13 @@ impl PolicyCluster {
         self.world.cnps.push(cnp);
     }
 
+    /// Sends a ClusterNetworkPolicy without recording it (for bad input); the API's answer.
+    pub async fn try_cnp(&self, obj: serde_json::Value) -> Result<(), kube::Error> {
+        let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &cnp_resource());
+        let obj: DynamicObject = serde_json::from_value(obj).unwrap();
+        api.create(&PostParams::default(), &obj).await.map(|_| ())
+    }
+
     pub async fn delete_cnp(&mut self, name: &str) {
         let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &cnp_resource());
         api.delete(name, &DeleteParams::default()).await.unwrap();
