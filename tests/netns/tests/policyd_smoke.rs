@@ -1,7 +1,8 @@
 //! policyd end to end, the smallest case: an overlay node (same-node pods on the bridge, so the
 //! bridged path is filtered too) with two pods, the real API server, `trellis policyd` in the
 //! node's namespace. A connection works; a deny policy blocks it (and `trellis policy explain`
-//! names the policy); deleting the policy lets it through again. The conformance, tier,
+//! names the policy), also across a `kill -9` and restart of policyd; deleting the policy lets
+//! it through again. The conformance, tier,
 //! restart and gate suites are elsewhere.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -113,6 +114,59 @@ async fn wait_connects(from: &Arc<Netns>, to: SocketAddr, want: bool, what: &str
     }
 }
 
+/// Starts `trellis policyd` in node 0's namespace and waits for its /readyz (and ready file).
+async fn start_policyd(c: &Cluster, ready: &std::path::Path) -> i32 {
+    let w = &c.workers[0];
+    let trellis = bin_path("trellis");
+    let policyd =
+        c.tb.spawn(
+            &w.node.ns,
+            &[
+                trellis.to_str().unwrap(),
+                "policyd",
+                "--node",
+                &w.node.name,
+                "--kubeconfig",
+                c.cp.kubeconfig.to_str().unwrap(),
+                "--gate-socket",
+                w.dirs.join("policyd.sock").to_str().unwrap(),
+                "--listen",
+                LISTEN,
+                "--ready-file",
+                ready.to_str().unwrap(),
+            ],
+            Duration::from_secs(300),
+        )
+        .unwrap();
+    let readyz: SocketAddr = LISTEN.parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ns = w.node.ns.clone();
+        let answer = tokio::task::spawn_blocking(move || http_get(&ns, readyz, "/readyz"))
+            .await
+            .unwrap();
+        if matches!(answer, Ok((200, _))) {
+            break;
+        }
+        assert!(
+            c.tb.running(policyd),
+            "policyd exited:\n{}",
+            c.tb.log_of(policyd)
+        );
+        assert!(
+            Instant::now() < deadline,
+            "policyd never became ready:\n{}",
+            c.tb.log_of(policyd)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        ready.is_file(),
+        "the ready file is written after the first commit"
+    );
+    policyd
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deny_policy_blocks_a_connection_until_it_is_deleted() {
     require_tool("ipset", "ipset");
@@ -192,6 +246,24 @@ async fn a_deny_policy_blocks_a_connection_until_it_is_deleted() {
     wait_connects(&a_ns, b, false, "a → b under deny-to-b").await;
     // Blocked, and it stays blocked (not a transient).
     assert!(!connects(&a_ns, b).await, "a → b got through deny-to-b");
+
+    // Killed, the rules stay; a new policyd takes over the same chains and sets.
+    c.tb.signal(policyd, nix::sys::signal::Signal::SIGKILL);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c.tb.running(policyd) {
+        assert!(Instant::now() < deadline, "policyd did not die on SIGKILL");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !connects(&a_ns, b).await,
+        "a → b got through while policyd was down"
+    );
+    let _ = std::fs::remove_file(&ready);
+    let policyd = start_policyd(&c, &ready).await;
+    assert!(
+        !connects(&a_ns, b).await,
+        "a → b got through after policyd restarted"
+    );
 
     let out =
         c.tb.exec(
