@@ -2,7 +2,8 @@
 //! bridged path is filtered too) with two pods, the real API server, `trellis policyd` in the
 //! node's namespace. A connection works; a deny policy blocks it (and `trellis policy explain`
 //! names the policy), also across a `kill -9` and restart of policyd; deleting the policy lets
-//! it through again. The conformance, tier,
+//! it through again. Then an Admin-tier ClusterNetworkPolicy deny (its definition installed
+//! after policyd started) beats a NetworkPolicy allowing everything, until it is deleted. The conformance, tier,
 //! restart and gate suites are elsewhere.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -15,7 +16,9 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Namespace, Pod as KubePod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::Api;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{
+    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
+};
 use netns_testbed::probe::{echo_peer_server, http_get, stop_echo, who_am_i};
 use netns_testbed::{REFERENCE_PLUGIN_DIR, bin_dir, bin_path, require_tool};
 use serde_json::json;
