@@ -3,6 +3,7 @@
 //! node's namespace. A connection works; a deny policy blocks it (and `trellis policy explain`
 //! names the policy), also across a `kill -9` and restart of policyd; deleting the policy lets
 //! it through again. Then an Admin-tier ClusterNetworkPolicy deny (its definition installed
+//! after policyd started) beats a NetworkPolicy allowing everything, until it is deleted. Then an Admin-tier ClusterNetworkPolicy deny (its definition installed
 //! after policyd started) beats a NetworkPolicy allowing everything, until it is deleted. The conformance, tier,
 //! restart and gate suites are elsewhere.
 
@@ -189,52 +190,8 @@ async fn a_deny_policy_blocks_a_connection_until_it_is_deleted() {
 
     let ready = w.dirs.join("policyd.ready");
     let trellis = bin_path("trellis");
-    let policyd =
-        c.tb.spawn(
-            &w.node.ns,
-            &[
-                trellis.to_str().unwrap(),
-                "policyd",
-                "--node",
-                &w.node.name,
-                "--kubeconfig",
-                c.cp.kubeconfig.to_str().unwrap(),
-                "--gate-socket",
-                w.dirs.join("policyd.sock").to_str().unwrap(),
-                "--listen",
-                LISTEN,
-                "--ready-file",
-                ready.to_str().unwrap(),
-            ],
-            Duration::from_secs(300),
-        )
-        .unwrap();
-    let readyz = LISTEN.parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let ns = w.node.ns.clone();
-        let answer = tokio::task::spawn_blocking(move || http_get(&ns, readyz, "/readyz"))
-            .await
-            .unwrap();
-        if matches!(answer, Ok((200, _))) {
-            break;
-        }
-        assert!(
-            c.tb.running(policyd),
-            "policyd exited:\n{}",
-            c.tb.log_of(policyd)
-        );
-        assert!(
-            Instant::now() < deadline,
-            "policyd never became ready:\n{}",
-            c.tb.log_of(policyd)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(
-        ready.is_file(),
-        "the ready file is written after the first commit"
-    );
+    let readyz: SocketAddr = LISTEN.parse().unwrap();
+    let policyd = start_policyd(&c, &ready).await;
 
     // No policy: open (and both pods are committed, so pending deny does not hold them).
     wait_connects(&a_ns, b, true, "a → b without any policy").await;
@@ -315,6 +272,92 @@ async fn a_deny_policy_blocks_a_connection_until_it_is_deleted() {
         .await
         .unwrap();
     wait_connects(&a_ns, b, true, "a → b after deny-to-b is deleted").await;
+
+    // The admin tier, through a ClusterNetworkPolicy definition installed only now (policyd
+    // started without it): an Admin Deny beats a NetworkPolicy that allows everything.
+    let crds: Api<DynamicObject> = Api::all_with(
+        c.client.clone(),
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("apiextensions.k8s.io", "v1", "CustomResourceDefinition"),
+            "customresourcedefinitions",
+        ),
+    );
+    let crd: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "clusternetworkpolicies.policy.networking.k8s.io"},
+        "spec": {"group": "policy.networking.k8s.io", "scope": "Cluster",
+            "names": {"kind": "ClusterNetworkPolicy", "plural": "clusternetworkpolicies",
+                      "singular": "clusternetworkpolicy", "listKind": "ClusterNetworkPolicyList"},
+            "versions": [{"name": "v1alpha2", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                    "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}}}]}
+    }))
+    .unwrap();
+    crds.create(&PostParams::default(), &crd).await.unwrap();
+    let cnps: Api<DynamicObject> = Api::all_with(
+        c.client.clone(),
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk(
+                "policy.networking.k8s.io",
+                "v1alpha2",
+                "ClusterNetworkPolicy",
+            ),
+            "clusternetworkpolicies",
+        ),
+    );
+    let allow_all: NetworkPolicy = serde_json::from_value(json!({
+        "metadata": {"name": "allow-all", "namespace": NS},
+        "spec": {"podSelector": {}, "ingress": [{}]}
+    }))
+    .unwrap();
+    nps.create(&PostParams::default(), &allow_all)
+        .await
+        .unwrap();
+    let strict: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy",
+        "metadata": {"name": "strict-b"},
+        "spec": {"tier": "Admin", "priority": 10,
+            "subject": {"pods": {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "b"}}}},
+            "ingress": [{"name": "no-one", "action": "Deny", "from": [{"namespaces": {}}]}]}
+    }))
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(e) = cnps.create(&PostParams::default(), &strict).await {
+        assert!(
+            Instant::now() < deadline,
+            "the ClusterNetworkPolicy kind is not served: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_connects(&a_ns, b, false, "a → b under the Admin deny strict-b").await;
+    let out =
+        c.tb.exec(
+            &w.node.ns,
+            &[
+                trellis.to_str().unwrap(),
+                "policy",
+                "explain",
+                "pol/a",
+                "pol/b:7000/TCP",
+                "--policyd",
+                LISTEN,
+            ],
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap();
+    assert!(
+        out.stdout.contains("DENIED")
+            && out.stdout.contains("Admin")
+            && out.stdout.contains("strict-b"),
+        "{} {}",
+        out.stdout,
+        out.stderr
+    );
+    cnps.delete("strict-b", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_connects(&a_ns, b, true, "a → b after strict-b is deleted").await;
 
     let metrics = {
         let ns = w.node.ns.clone();
