@@ -11,6 +11,7 @@ mod bgp;
 mod ipam;
 mod overlay;
 mod policy_explain;
+mod policy_gate;
 mod policyd;
 
 #[derive(Parser)]

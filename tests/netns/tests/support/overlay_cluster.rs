@@ -71,6 +71,11 @@ impl Cluster {
     }
 
     pub async fn start_with(n: usize, blocks: Blocks) -> Cluster {
+        Cluster::start_args(n, blocks, &[]).await
+    }
+
+    /// As [`Cluster::start_with`], each agent started with `extra` flags too.
+    pub async fn start_args(n: usize, blocks: Blocks, extra: &[&str]) -> Cluster {
         require_root();
         for (tool, pkg) in [
             ("ping", "iputils-ping"),
@@ -108,10 +113,10 @@ impl Cluster {
             nodes.create(&PostParams::default(), &obj).await.unwrap();
             let dirs = tb.state_dir().join(&name);
             let agent = match blocks {
-                Blocks::PodCidr => start_agent(&tb, &cp, &node, &dirs),
+                Blocks::PodCidr => start_agent_args(&tb, &cp, &node, &dirs, blocks, extra),
                 Blocks::Ipamd | Blocks::IpamdUnreserved => {
                     let ipamd = start_ipamd(&tb, &cp, &node, &dirs).unwrap();
-                    let agent = start_agent_with(&tb, &cp, &node, &dirs, blocks);
+                    let agent = start_agent_args(&tb, &cp, &node, &dirs, blocks, extra);
                     wait_path(&tb, &[agent, ipamd], &dirs.join("state/ready.json"))
                         .await
                         .unwrap();
@@ -259,6 +264,18 @@ pub fn start_agent_with(
     dirs: &std::path::Path,
     blocks: Blocks,
 ) -> i32 {
+    start_agent_args(tb, cp, node, dirs, blocks, &[])
+}
+
+/// As [`start_agent_with`], with `extra` flags.
+pub fn start_agent_args(
+    tb: &Testbed,
+    cp: &ControlPlane,
+    node: &Node,
+    dirs: &std::path::Path,
+    blocks: Blocks,
+    extra: &[&str],
+) -> i32 {
     std::fs::create_dir_all(dirs).unwrap();
     let trellis = bin_path("trellis");
     let d = |sub: &str| dirs.join(sub).display().to_string();
@@ -276,31 +293,29 @@ pub fn start_agent_with(
             d("ipamd.sock"),
         ],
     };
-    tb.spawn(
-        &node.ns,
-        &[
-            trellis.to_str().unwrap(),
-            "overlay-agent",
-            "--node",
-            &node.name,
-            "--kubeconfig",
-            cp.kubeconfig.to_str().unwrap(),
-            "--iface",
-            "eth0",
-            &ipam[0],
-            &ipam[1],
-            &ipam[2],
-            &ipam[3],
-            "--cni-conf-dir",
-            &d("net.d"),
-            "--state-dir",
-            &d("state"),
-            "--resync",
-            "2",
-            "--listen",
-            "127.0.0.1:9910",
-        ],
-        Duration::from_secs(600),
-    )
-    .unwrap()
+    let (net_d, state) = (d("net.d"), d("state"));
+    let mut argv = vec![
+        trellis.to_str().unwrap(),
+        "overlay-agent",
+        "--node",
+        &node.name,
+        "--kubeconfig",
+        cp.kubeconfig.to_str().unwrap(),
+        "--iface",
+        "eth0",
+        &ipam[0],
+        &ipam[1],
+        &ipam[2],
+        &ipam[3],
+        "--cni-conf-dir",
+        &net_d,
+        "--state-dir",
+        &state,
+        "--resync",
+        "2",
+        "--listen",
+        "127.0.0.1:9910",
+    ];
+    argv.extend_from_slice(extra);
+    tb.spawn(&node.ns, &argv, Duration::from_secs(600)).unwrap()
 }

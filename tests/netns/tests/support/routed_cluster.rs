@@ -76,41 +76,53 @@ pub fn start_agent_opts(
     graceful_restart: bool,
     resync: u64,
 ) -> i32 {
+    start_agent_args(tb, cp, node, dirs, graceful_restart, resync, &[])
+}
+
+/// As [`start_agent_opts`], with `extra` flags.
+pub fn start_agent_args(
+    tb: &Testbed,
+    cp: &ControlPlane,
+    node: &Node,
+    dirs: &Path,
+    graceful_restart: bool,
+    resync: u64,
+    extra: &[&str],
+) -> i32 {
     let d = |sub: &str| dirs.join(sub).display().to_string();
     let hold = HOLD.to_string();
     let resync = resync.to_string();
-    tb.spawn(
-        &node.ns,
-        &[
-            bin_path("trellis").to_str().unwrap(),
-            "bgp-agent",
-            "--node",
-            &node.name,
-            "--kubeconfig",
-            cp.kubeconfig.to_str().unwrap(),
-            "--iface",
-            "eth0",
-            "--ipamd-socket",
-            &d("ipamd.sock"),
-            "--state-dir",
-            &d("state"),
-            "--cni-conf-dir",
-            &d("net.d"),
-            "--hold-time",
-            &hold,
-            if graceful_restart {
-                "--listen=0.0.0.0:179"
-            } else {
-                "--no-graceful-restart"
-            },
-            "--resync",
-            &resync,
-            "--status-listen",
-            "127.0.0.1:9912",
-        ],
-        Duration::from_secs(600),
-    )
-    .unwrap()
+    let trellis = bin_path("trellis");
+    let (ipamd, state, net_d) = (d("ipamd.sock"), d("state"), d("net.d"));
+    let mut argv = vec![
+        trellis.to_str().unwrap(),
+        "bgp-agent",
+        "--node",
+        &node.name,
+        "--kubeconfig",
+        cp.kubeconfig.to_str().unwrap(),
+        "--iface",
+        "eth0",
+        "--ipamd-socket",
+        &ipamd,
+        "--state-dir",
+        &state,
+        "--cni-conf-dir",
+        &net_d,
+        "--hold-time",
+        &hold,
+        if graceful_restart {
+            "--listen=0.0.0.0:179"
+        } else {
+            "--no-graceful-restart"
+        },
+        "--resync",
+        &resync,
+        "--status-listen",
+        "127.0.0.1:9912",
+    ];
+    argv.extend_from_slice(extra);
+    tb.spawn(&node.ns, &argv, Duration::from_secs(600)).unwrap()
 }
 
 impl Cluster {
@@ -124,6 +136,16 @@ impl Cluster {
 
     /// `n` nodes whose agents reconcile every `resync` seconds.
     pub async fn start_opts(n: usize, graceful_restart: bool, resync: u64) -> Cluster {
+        Cluster::start_args(n, graceful_restart, resync, &[]).await
+    }
+
+    /// As [`Cluster::start_opts`], each agent started with `extra` flags too.
+    pub async fn start_args(
+        n: usize,
+        graceful_restart: bool,
+        resync: u64,
+        extra: &[&str],
+    ) -> Cluster {
         require_root();
         require_tool("ping", "iputils-ping");
         let tb = Testbed::new().unwrap();
@@ -148,7 +170,7 @@ impl Cluster {
             wait_path(&tb, &[ipamd], &dirs.join("ipamd.sock"))
                 .await
                 .unwrap();
-            let agent = start_agent_opts(&tb, &cp, &node, &dirs, graceful_restart, resync);
+            let agent = start_agent_args(&tb, &cp, &node, &dirs, graceful_restart, resync, extra);
             workers.push(Worker { node, dirs, agent });
         }
         for w in &workers {
