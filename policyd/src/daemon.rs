@@ -321,23 +321,45 @@ fn enable_bridge_netfilter() {
     }
 }
 
-/// Local pods' interfaces from the dispatch chain a previous run left (`-s IP/32 -i IFACE`).
-fn recover_ifaces(read: &[crate::sync::ChainRead]) -> BTreeMap<Ipv4Addr, String> {
-    let mut out = BTreeMap::new();
+/// What a previous run knew of its local pods, read back from its egress dispatch chain
+/// (`-s IP/32 -i IFACE … dispatch|NS/POD|egress`): their interfaces by address, and their
+/// registrations (addresses and interface) by pod, so a restart keeps dispatching a pod the
+/// gate registered even before its Pod shows the addresses.
+fn recover(
+    read: &[crate::sync::ChainRead],
+) -> (BTreeMap<Ipv4Addr, String>, BTreeMap<String, GateReg>) {
+    let mut ifaces = BTreeMap::new();
+    let mut regs: BTreeMap<String, GateReg> = BTreeMap::new();
     for c in read.iter().filter(|c| c.name == names::EGRESS) {
         for (spec, _) in &c.rules {
             let w: Vec<&str> = spec.split_whitespace().collect();
             let find = |flag: &str| w.windows(2).find(|p| p[0] == flag).map(|p| p[1]);
             let ip = find("-s").and_then(|s| s.trim_end_matches("/32").parse::<Ipv4Addr>().ok());
             let iface = find("-i").or_else(|| find("--physdev-in"));
-            if let (Some(ip), Some(iface)) = (ip, iface)
-                && !iface.ends_with('+')
-            {
-                out.insert(ip, iface.to_string());
+            let key = spec
+                .split_once("dispatch|")
+                .and_then(|(_, rest)| rest.split_once('|'))
+                .map(|(k, _)| k.to_string());
+            let (Some(ip), Some(iface)) = (ip, iface) else {
+                continue;
+            };
+            if iface.ends_with('+') {
+                continue;
+            }
+            ifaces.insert(ip, iface.to_string());
+            if let Some(key) = key {
+                let reg = regs.entry(key).or_insert_with(|| GateReg {
+                    ips: Vec::new(),
+                    iface: iface.to_string(),
+                    at: Instant::now(),
+                });
+                if !reg.ips.contains(&ip) {
+                    reg.ips.push(ip);
+                }
             }
         }
     }
-    out
+    (ifaces, regs)
 }
 
 /// Runs policyd until `shutdown` resolves.
@@ -393,17 +415,23 @@ pub async fn run(
         }
     })?;
 
-    let recovered = match kernel.read_chains().await {
-        Ok(read) => recover_ifaces(&read),
+    let (recovered, gate_regs) = match kernel.read_chains().await {
+        Ok(read) => recover(&read),
         Err(e) => {
             tracing::warn!(error = %e, "could not read back our chains");
-            BTreeMap::new()
+            Default::default()
         }
     };
+    if !gate_regs.is_empty() {
+        tracing::info!(
+            pods = gate_regs.len(),
+            "local pods recovered from the previous run's dispatch"
+        );
+    }
     let mut state = State {
         node: config.node.clone(),
         cluster: cluster.clone(),
-        gate: BTreeMap::new(),
+        gate: gate_regs,
         recovered,
         synced: [false; 4],
         reported: BTreeMap::new(),
@@ -542,4 +570,34 @@ pub async fn run(
     }
     tracing::info!("policyd stopped; the rules stay in place");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sync::ChainRead;
+
+    #[test]
+    fn a_restart_recovers_interfaces_and_registrations_from_its_dispatch_chain() {
+        let read = vec![ChainRead {
+            name: names::EGRESS.into(),
+            rules: vec![
+                ("-s 10.244.1.5/32 -i tr0123456789a -m comment --comment \"tp:0011aabb dispatch|x/a|egress\" -g TRELLIS-PE-1".into(), 0),
+                ("-s 10.244.1.5/32 -m physdev --physdev-in tr0123456789a -m comment --comment \"tp:0011aabc dispatch|x/a|egress\" -g TRELLIS-PE-1".into(), 0),
+                ("-i tr+ -m comment --comment \"tp:0011aabd pending||rules not committed\" -j DROP".into(), 0),
+            ],
+        }];
+        let (ifaces, regs) = recover(&read);
+        assert_eq!(
+            ifaces
+                .get(&"10.244.1.5".parse().unwrap())
+                .map(String::as_str),
+            Some("tr0123456789a")
+        );
+        assert_eq!(
+            regs["x/a"].ips,
+            vec!["10.244.1.5".parse::<Ipv4Addr>().unwrap()]
+        );
+        assert_eq!(regs.len(), 1);
+    }
 }

@@ -136,28 +136,45 @@ impl Syncer {
         if !add.is_empty() || !del.is_empty() {
             dp.apply_sets(add, del).await?;
         }
-        // Chains: the changed ones declared, the unwanted ones deleted, in one restore.
+        // Chains: the changed ones declared, the unwanted ones deleted, in one restore. After a
+        // restart the kernel's chains are compared by their rules' tags: a chain left exactly
+        // as this run would write it is not rewritten (its counters survive).
+        let kernel: Option<BTreeMap<String, Vec<String>>> = match &self.committed {
+            Some(_) => None,
+            None => Some(
+                dp.read_chains()
+                    .await?
+                    .into_iter()
+                    .filter(|c| names::is_owned_chain(&c.name))
+                    .map(|c| {
+                        let tags = c
+                            .rules
+                            .iter()
+                            .map(|(spec, _)| crate::xt::tag_of(spec).unwrap_or("").to_string())
+                            .collect();
+                        (c.name, tags)
+                    })
+                    .collect(),
+            ),
+        };
         let mut declare: Vec<String> = new
             .chains
             .iter()
-            .filter(|(name, rules)| {
-                self.committed
-                    .as_ref()
-                    .and_then(|c| c.chains.get(*name))
-                    .is_none_or(|old| old != *rules)
+            .filter(|(name, rules)| match (&self.committed, &kernel) {
+                (Some(c), _) => c.chains.get(*name).is_none_or(|old| old != *rules),
+                (None, Some(k)) => {
+                    let want: Vec<String> = rules.iter().map(XRule::tag).collect();
+                    k.get(*name) != Some(&want)
+                }
+                (None, None) => true,
             })
             .map(|(n, _)| n.clone())
             .collect();
         declare_order(&mut declare);
-        let existing: BTreeSet<String> = match &self.committed {
-            Some(c) => c.chains.keys().cloned().collect(),
-            None => dp
-                .read_chains()
-                .await?
-                .into_iter()
-                .map(|c| c.name)
-                .filter(|n| names::is_owned_chain(n))
-                .collect(),
+        let existing: BTreeSet<String> = match (&self.committed, &kernel) {
+            (Some(c), _) => c.chains.keys().cloned().collect(),
+            (None, Some(k)) => k.keys().cloned().collect(),
+            (None, None) => BTreeSet::new(),
         };
         let delete: Vec<String> = existing
             .into_iter()
@@ -438,6 +455,23 @@ mod tests {
         let st = s.commit(&dp, &prog(&["x/b"], &["10.0.0.1"])).await.unwrap();
         assert_eq!((st.chains_written, st.chains_deleted), (1, 1));
         assert_eq!(dp.restores.lock().unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_restart_over_the_same_state_rewrites_no_chain() {
+        let dp = Fake::default();
+        let p = prog(&["x/a", "x/b"], &["10.0.0.1"]);
+        Syncer::default().commit(&dp, &p).await.unwrap();
+        let st = Syncer::default().commit(&dp, &p).await.unwrap();
+        assert_eq!((st.chains_written, st.chains_deleted), (0, 0));
+        let mut changed = p.clone();
+        changed
+            .chains
+            .get_mut(&names::ingress_chain("x/a"))
+            .unwrap()
+            .clear();
+        let st = Syncer::default().commit(&dp, &changed).await.unwrap();
+        assert_eq!(st.chains_written, 1);
     }
 
     #[tokio::test]

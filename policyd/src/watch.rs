@@ -9,7 +9,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod as KubePod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{ApiResource, DynamicObject};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
@@ -107,9 +107,7 @@ async fn run<K, T>(
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
     T: Send,
 {
-    let mut stream = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .boxed();
+    let mut stream = watcher(api, watcher::Config::default()).boxed();
     let mut listing: Option<Vec<T>> = None;
     let mut said_empty = false;
     while let Some(event) = stream.next().await {
@@ -139,9 +137,13 @@ async fn run<K, T>(
                     if tx.send(wrap(Delta::Replace(Vec::new()))).is_err() {
                         return;
                     }
-                } else {
+                } else if !text.contains("404") {
                     tracing::warn!(what, error = %e, "watch error (retrying)");
                 }
+                // A short fixed pause, not an exponential backoff: a ClusterNetworkPolicy
+                // definition installed later (by `trellis policy isolate`) must be picked up
+                // within the second the isolation promises.
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
                 continue;
             }
         };

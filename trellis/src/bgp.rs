@@ -78,6 +78,8 @@ pub struct AgentArgs {
     /// reads).
     #[arg(long, default_value = "127.0.0.1:9912")]
     status_listen: SocketAddr,
+    #[command(flatten)]
+    policy: crate::policy_gate::PolicyGateArgs,
 }
 
 pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
@@ -112,6 +114,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         .or_else(|| in_cluster.then(|| PathBuf::from("/etc/cni/net.d")));
     c.resync = Duration::from_secs(args.resync.max(1));
     c.status_listen = Some(args.status_listen);
+    c.policy = args.policy.gate()?;
     trellis_bgp_agent::run(c, trellis_daemon::shutdown_signal())
         .await
         .context("the BGP agent failed")

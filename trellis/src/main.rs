@@ -12,6 +12,7 @@ mod ipam;
 mod overlay;
 mod policy;
 mod policy_explain;
+mod policy_gate;
 mod policyd;
 
 #[derive(Parser)]

@@ -66,6 +66,8 @@ pub struct Args {
     /// Where `/healthz`, `/readyz` and `/metrics` are served.
     #[arg(long, default_value = "127.0.0.1:9911")]
     listen: SocketAddr,
+    #[command(flatten)]
+    policy: crate::policy_gate::PolicyGateArgs,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -102,6 +104,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     config.resync = Duration::from_secs(args.resync.max(1));
     config.masquerade = !args.no_masquerade;
     config.listen = Some(args.listen);
+    config.policy = args.policy.gate()?;
     trellis_overlay_agent::run(config, trellis_daemon::shutdown_signal())
         .await
         .context("the overlay agent failed")

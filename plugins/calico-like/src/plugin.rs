@@ -9,7 +9,9 @@
 //!
 //! Configuration (beside `ipam`): `stateDir` (where the agent writes `ready.json`, default
 //! `/run/trellis/routed`) and `mtu` (overrides the agent's). Until the agent has made the node
-//! ready, ADD answers "try again later" (11) and STATUS "not available" (50).
+//! ready, ADD answers "try again later" (11) and STATUS "not available" (50). With a `policy`
+//! section, ADD waits for policyd to commit the pod's rules (`trellis_plugin::policy`); if it
+//! does not, ADD is undone and answers 11.
 //!
 //! The host end carries the attachment it belongs to in its alias (`trellis-routed
 //! <container id>/<ifname>`, see `trellis_plugin::veth`): a late DEL of an earlier sandbox of
@@ -425,7 +427,17 @@ impl Plugin for Routed {
                     return Err(e);
                 }
             };
-            lease.keep();
+            // Everything is in place: with policy on, the pod may not start before its rules.
+            let ips: Vec<IpAddr> = addresses.iter().map(IpNet::addr).collect();
+            trellis_plugin::policy::admit(
+                TYPE,
+                req,
+                conf.policy.as_ref(),
+                &ips,
+                &host_link.name,
+                lease,
+            )
+            .await?;
             Ok(result(
                 req,
                 &netns_path,

@@ -1,7 +1,9 @@
 //! The configuration keys every Trellis plugin reads beside `ipam`:
 //!
 //! - `stateDir`: where the node's agent writes the readiness file (each plugin has its default);
-//! - `mtu`: overrides the MTU the agent computed (68–65535).
+//! - `mtu`: overrides the MTU the agent computed (68–65535);
+//! - `policy`: the ADD gate (`{"socket": …, "timeoutMs": …}`, see [`crate::policy`]); absent,
+//!   ADD does not wait for policyd.
 //!
 //! Keys a plugin does not know are ignored, as the CNI specification asks of plugins.
 
@@ -11,11 +13,15 @@ use serde::Deserialize;
 use trellis_cni::Error;
 use trellis_cni::skel::NetConf;
 
+use crate::policy::{PolicyGate, RawPolicy};
+
 /// The common keys, read and checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PluginConf {
     pub state_dir: PathBuf,
     pub mtu: Option<u32>,
+    /// None: policy is off on this node, ADD does not wait.
+    pub policy: Option<PolicyGate>,
 }
 
 #[derive(Deserialize)]
@@ -25,6 +31,8 @@ struct Raw {
     state_dir: Option<PathBuf>,
     #[serde(default)]
     mtu: Option<u32>,
+    #[serde(default)]
+    policy: Option<RawPolicy>,
 }
 
 impl PluginConf {
@@ -44,6 +52,7 @@ impl PluginConf {
                 .state_dir
                 .unwrap_or_else(|| PathBuf::from(default_state_dir)),
             mtu: raw.mtu,
+            policy: raw.policy.map(PolicyGate::from_raw).transpose()?,
         })
     }
 
@@ -85,6 +94,22 @@ mod tests {
         )
         .unwrap();
         assert_eq!((c.state_dir, c.mtu), (PathBuf::from("/run/y"), Some(9000)));
+        assert_eq!(c.policy, None, "no policy section: ADD does not wait");
+        let c = PluginConf::read(
+            &conf(
+                serde_json::json!({"cniVersion": "1.0.0", "name": "n", "type": "t",
+                "policy": {"socket": "/run/p.sock", "timeoutMs": 700}}),
+            ),
+            "/run/x",
+        )
+        .unwrap();
+        assert_eq!(
+            c.policy,
+            Some(PolicyGate {
+                socket: PathBuf::from("/run/p.sock"),
+                timeout: std::time::Duration::from_millis(700)
+            })
+        );
         for bad in [0, 67, 70000] {
             let e = PluginConf::read(
                 &conf(serde_json::json!({"cniVersion": "1.0.0", "name": "n", "type": "t", "mtu": bad})),

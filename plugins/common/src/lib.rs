@@ -10,11 +10,13 @@
 //! - [`ipam`]: IPAM through `trellis-ipam` linked in (a typed, in-process call) or any other
 //!   IPAM plugin executed from CNI_PATH, with a lease that is released unless kept.
 //! - [`host`]: the plugin's async runtime and host-networking errors as CNI errors.
+//! - [`policy`]: the ADD gate — wait for policyd to commit the new pod's rules, or undo ADD.
 
 pub mod conf;
 pub mod conflist;
 pub mod host;
 pub mod ipam;
+pub mod policy;
 pub mod ready;
 #[doc(hidden)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

@@ -6,6 +6,9 @@
 //! ADD answers "try again later" (11) and STATUS "not available" (50). An address the node
 //! itself needs — the VTEP's (the block's network address), the gateway, the block's broadcast
 //! address — or one outside the node's block is refused (7) and released.
+//!
+//! With a `policy` section, ADD waits for policyd to commit the pod's rules
+//! (`trellis_plugin::policy`); if it does not, ADD is undone and answers 11.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
@@ -270,7 +273,16 @@ impl Plugin for Overlay {
                     return Err(e);
                 }
             };
-            lease.keep();
+            // Everything is in place: with policy on, the pod may not start before its rules.
+            trellis_plugin::policy::admit(
+                TYPE,
+                req,
+                conf.policy.as_ref(),
+                &[IpAddr::V4(pod_net.addr())],
+                &host_link.name,
+                lease,
+            )
+            .await?;
             let mac = |m: Option<trellis_net::Mac>| m.map(|m| m.to_string()).unwrap_or_default();
             let gateway = IpAddr::V4(state.gateway());
             Ok(CniResult {

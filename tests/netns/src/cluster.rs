@@ -255,7 +255,7 @@ impl StandaloneIpamd {
 
 /// The addresses in `trellis ipam blocks --allocations` output: the first word of each
 /// indented allocation line (`    10.97.0.1    kitnet.cid.eth0 …`).
-fn held_addresses(listing: &str) -> std::collections::BTreeSet<std::net::IpAddr> {
+pub fn held_addresses(listing: &str) -> std::collections::BTreeSet<std::net::IpAddr> {
     listing
         .lines()
         .filter(|l| l.starts_with("    "))

@@ -298,6 +298,28 @@ async fn iptables_restore_all_delete_counters_and_positions() {
             ["-d 127.0.0.9/32 -j ACCEPT", "-j TRELLIS-T-OUT"],
             "{backend:?}"
         );
+        // A position past the end appends.
+        ipt.ensure_rule_at(
+            "filter",
+            "OUTPUT",
+            9,
+            &["-d", "127.0.0.8/32", "-j", "ACCEPT"],
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            ipt.list_rules("filter", "OUTPUT")
+                .await
+                .unwrap()
+                .last()
+                .map(String::as_str),
+            Some("-d 127.0.0.8/32 -j ACCEPT")
+        );
+        assert!(
+            ipt.delete_rule("filter", "OUTPUT", &["-d", "127.0.0.8/32", "-j", "ACCEPT"])
+                .await
+                .unwrap()
+        );
         let mangle = ipt.read_chains("mangle", "TRELLIS-T-").await.unwrap();
         assert_eq!(mangle.len(), 1, "{mangle:?}");
         assert_eq!(mangle[0].name, "TRELLIS-T-MARK");

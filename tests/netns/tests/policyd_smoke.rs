@@ -1,7 +1,10 @@
 //! policyd end to end, the smallest case: an overlay node (same-node pods on the bridge, so the
 //! bridged path is filtered too) with two pods, the real API server, `trellis policyd` in the
 //! node's namespace. A connection works; a deny policy blocks it (and `trellis policy explain`
-//! names the policy); deleting the policy lets it through again. The conformance, tier,
+//! names the policy), also across a `kill -9` and restart of policyd; deleting the policy lets
+//! it through again. Then an Admin-tier ClusterNetworkPolicy deny (its definition installed
+//! after policyd started) beats a NetworkPolicy allowing everything, until it is deleted. Then an Admin-tier ClusterNetworkPolicy deny (its definition installed
+//! after policyd started) beats a NetworkPolicy allowing everything, until it is deleted. The conformance, tier,
 //! restart and gate suites are elsewhere.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -14,7 +17,9 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Namespace, Pod as KubePod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::Api;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{
+    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
+};
 use netns_testbed::probe::{echo_peer_server, http_get, stop_echo, who_am_i};
 use netns_testbed::{REFERENCE_PLUGIN_DIR, bin_dir, bin_path, require_tool};
 use serde_json::json;
@@ -113,24 +118,9 @@ async fn wait_connects(from: &Arc<Netns>, to: SocketAddr, want: bool, what: &str
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_deny_policy_blocks_a_connection_until_it_is_deleted() {
-    require_tool("ipset", "ipset");
-    let c = Cluster::start(1).await;
+/// Starts `trellis policyd` in node 0's namespace and waits for its /readyz (and ready file).
+async fn start_policyd(c: &Cluster, ready: &std::path::Path) -> i32 {
     let w = &c.workers[0];
-    let nss: Api<Namespace> = Api::all(c.client.clone());
-    nss.create(
-        &PostParams::default(),
-        &serde_json::from_value(json!({"metadata": {"name": NS}})).unwrap(),
-    )
-    .await
-    .unwrap();
-    let (a_ns, _a_ip) = add_pod(&c, 0, "a", json!({"app": "a"})).await;
-    let (b_ns, b_ip) = add_pod(&c, 0, "b", json!({"app": "b"})).await;
-    let b = SocketAddr::new(b_ip.into(), 7000);
-    let server = echo_peer_server(&b_ns, b_ip, 7000).unwrap();
-
-    let ready = w.dirs.join("policyd.ready");
     let trellis = bin_path("trellis");
     let policyd =
         c.tb.spawn(
@@ -152,7 +142,7 @@ async fn a_deny_policy_blocks_a_connection_until_it_is_deleted() {
             Duration::from_secs(300),
         )
         .unwrap();
-    let readyz = LISTEN.parse().unwrap();
+    let readyz: SocketAddr = LISTEN.parse().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let ns = w.node.ns.clone();
@@ -178,6 +168,30 @@ async fn a_deny_policy_blocks_a_connection_until_it_is_deleted() {
         ready.is_file(),
         "the ready file is written after the first commit"
     );
+    policyd
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deny_policy_blocks_a_connection_until_it_is_deleted() {
+    require_tool("ipset", "ipset");
+    let c = Cluster::start(1).await;
+    let w = &c.workers[0];
+    let nss: Api<Namespace> = Api::all(c.client.clone());
+    nss.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": NS}})).unwrap(),
+    )
+    .await
+    .unwrap();
+    let (a_ns, _a_ip) = add_pod(&c, 0, "a", json!({"app": "a"})).await;
+    let (b_ns, b_ip) = add_pod(&c, 0, "b", json!({"app": "b"})).await;
+    let b = SocketAddr::new(b_ip.into(), 7000);
+    let server = echo_peer_server(&b_ns, b_ip, 7000).unwrap();
+
+    let ready = w.dirs.join("policyd.ready");
+    let trellis = bin_path("trellis");
+    let readyz: SocketAddr = LISTEN.parse().unwrap();
+    let policyd = start_policyd(&c, &ready).await;
 
     // No policy: open (and both pods are committed, so pending deny does not hold them).
     wait_connects(&a_ns, b, true, "a → b without any policy").await;
@@ -192,6 +206,24 @@ async fn a_deny_policy_blocks_a_connection_until_it_is_deleted() {
     wait_connects(&a_ns, b, false, "a → b under deny-to-b").await;
     // Blocked, and it stays blocked (not a transient).
     assert!(!connects(&a_ns, b).await, "a → b got through deny-to-b");
+
+    // Killed, the rules stay; a new policyd takes over the same chains and sets.
+    c.tb.signal(policyd, nix::sys::signal::Signal::SIGKILL);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c.tb.running(policyd) {
+        assert!(Instant::now() < deadline, "policyd did not die on SIGKILL");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !connects(&a_ns, b).await,
+        "a → b got through while policyd was down"
+    );
+    let _ = std::fs::remove_file(&ready);
+    let policyd = start_policyd(&c, &ready).await;
+    assert!(
+        !connects(&a_ns, b).await,
+        "a → b got through after policyd restarted"
+    );
 
     let out =
         c.tb.exec(
@@ -240,6 +272,92 @@ async fn a_deny_policy_blocks_a_connection_until_it_is_deleted() {
         .await
         .unwrap();
     wait_connects(&a_ns, b, true, "a → b after deny-to-b is deleted").await;
+
+    // The admin tier, through a ClusterNetworkPolicy definition installed only now (policyd
+    // started without it): an Admin Deny beats a NetworkPolicy that allows everything.
+    let crds: Api<DynamicObject> = Api::all_with(
+        c.client.clone(),
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("apiextensions.k8s.io", "v1", "CustomResourceDefinition"),
+            "customresourcedefinitions",
+        ),
+    );
+    let crd: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "clusternetworkpolicies.policy.networking.k8s.io"},
+        "spec": {"group": "policy.networking.k8s.io", "scope": "Cluster",
+            "names": {"kind": "ClusterNetworkPolicy", "plural": "clusternetworkpolicies",
+                      "singular": "clusternetworkpolicy", "listKind": "ClusterNetworkPolicyList"},
+            "versions": [{"name": "v1alpha2", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                    "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}}}]}
+    }))
+    .unwrap();
+    crds.create(&PostParams::default(), &crd).await.unwrap();
+    let cnps: Api<DynamicObject> = Api::all_with(
+        c.client.clone(),
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk(
+                "policy.networking.k8s.io",
+                "v1alpha2",
+                "ClusterNetworkPolicy",
+            ),
+            "clusternetworkpolicies",
+        ),
+    );
+    let allow_all: NetworkPolicy = serde_json::from_value(json!({
+        "metadata": {"name": "allow-all", "namespace": NS},
+        "spec": {"podSelector": {}, "ingress": [{}]}
+    }))
+    .unwrap();
+    nps.create(&PostParams::default(), &allow_all)
+        .await
+        .unwrap();
+    let strict: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy",
+        "metadata": {"name": "strict-b"},
+        "spec": {"tier": "Admin", "priority": 10,
+            "subject": {"pods": {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "b"}}}},
+            "ingress": [{"name": "no-one", "action": "Deny", "from": [{"namespaces": {}}]}]}
+    }))
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(e) = cnps.create(&PostParams::default(), &strict).await {
+        assert!(
+            Instant::now() < deadline,
+            "the ClusterNetworkPolicy kind is not served: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_connects(&a_ns, b, false, "a → b under the Admin deny strict-b").await;
+    let out =
+        c.tb.exec(
+            &w.node.ns,
+            &[
+                trellis.to_str().unwrap(),
+                "policy",
+                "explain",
+                "pol/a",
+                "pol/b:7000/TCP",
+                "--policyd",
+                LISTEN,
+            ],
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap();
+    assert!(
+        out.stdout.contains("DENIED")
+            && out.stdout.contains("Admin")
+            && out.stdout.contains("strict-b"),
+        "{} {}",
+        out.stdout,
+        out.stderr
+    );
+    cnps.delete("strict-b", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_connects(&a_ns, b, true, "a → b after strict-b is deleted").await;
 
     let metrics = {
         let ns = w.node.ns.clone();

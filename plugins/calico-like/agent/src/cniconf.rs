@@ -6,25 +6,32 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 use trellis_cni::Version;
+use trellis_plugin::policy::PolicyGate;
 
 pub const FILE_NAME: &str = "10-trellis-routed.conflist";
 pub const NETWORK: &str = "trellis-routed";
 
-pub fn conflist(state_dir: &Path, mtu: u32, ipamd: Option<&Path>) -> Value {
+/// The configuration list; with `policy`, the plugin waits for policyd at the end of ADD.
+pub fn conflist(
+    state_dir: &Path,
+    mtu: u32,
+    ipamd: Option<&Path>,
+    policy: Option<&PolicyGate>,
+) -> Value {
     let socket = ipamd.map_or_else(
         || trellis_ipam::client::DEFAULT_SOCKET.to_string(),
         |p| p.display().to_string(),
     );
-    trellis_plugin::conflist::conflist(
-        NETWORK,
-        vec![json!({
-            "type": "trellis-routed",
-            "stateDir": state_dir,
-            "mtu": mtu,
-            "ipam": {"type": "trellis-ipam", "socket": socket},
-        })],
-        Version::V1_1_0,
-    )
+    let mut plugin = json!({
+        "type": "trellis-routed",
+        "stateDir": state_dir,
+        "mtu": mtu,
+        "ipam": {"type": "trellis-ipam", "socket": socket},
+    });
+    if let Some(p) = policy {
+        plugin["policy"] = p.to_json();
+    }
+    trellis_plugin::conflist::conflist(NETWORK, vec![plugin], Version::V1_1_0)
 }
 
 /// Writes it atomically into `dir`; returns the path.
@@ -38,7 +45,26 @@ mod tests {
 
     #[test]
     fn the_list_parses_and_chains_trellis_ipam() {
-        let c = conflist(Path::new("/run/r"), 1500, Some(Path::new("/run/i.sock")));
+        let c = conflist(
+            Path::new("/run/r"),
+            1500,
+            Some(Path::new("/run/i.sock")),
+            None,
+        );
+        assert!(c["plugins"][0].get("policy").is_none(), "policy off");
+        let gated = conflist(
+            Path::new("/run/r"),
+            1500,
+            None,
+            Some(&PolicyGate {
+                socket: "/run/p.sock".into(),
+                timeout: std::time::Duration::from_millis(2500),
+            }),
+        );
+        assert_eq!(
+            gated["plugins"][0]["policy"],
+            json!({"socket": "/run/p.sock", "timeoutMs": 2500})
+        );
         let list = trellis_cni::NetworkConfigList::from_slice(c.to_string().as_bytes()).unwrap();
         assert_eq!(list.version().unwrap(), Version::V1_1_0);
         assert_eq!(

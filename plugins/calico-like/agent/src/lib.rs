@@ -86,6 +86,8 @@ pub struct Config {
     pub cni_conf_dir: Option<PathBuf>,
     pub resync: Duration,
     pub status_listen: Option<SocketAddr>,
+    /// The ADD gate written into the conflist (None: policy off, ADD does not wait).
+    pub policy: Option<trellis_plugin::policy::PolicyGate>,
 }
 
 impl Config {
@@ -111,6 +113,7 @@ impl Config {
             cni_conf_dir: None,
             resync: Duration::from_secs(5),
             status_listen: None,
+            policy: None,
         }
     }
 }
@@ -442,6 +445,7 @@ pub async fn run(
                         &config.state_dir,
                         under.link.mtu,
                         config.ipamd.as_deref(),
+                        config.policy.as_ref(),
                     );
                     cniconf::write(dir, &list)
                         .map_err(io(format!("write the CNI config in {}", dir.display())))?;

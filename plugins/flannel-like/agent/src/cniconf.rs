@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use ipnet::Ipv4Net;
 use serde_json::{Value, json};
 use trellis_cni::Version;
+use trellis_plugin::policy::PolicyGate;
 
 pub const FILE_NAME: &str = "10-trellis-overlay.conflist";
 pub const NETWORK: &str = "trellis-overlay";
@@ -23,8 +24,14 @@ pub enum Ipam {
     HostLocal { data_dir: PathBuf },
 }
 
-/// The configuration list.
-pub fn conflist(state_dir: &Path, mtu: u32, block: Ipv4Net, ipam: &Ipam) -> Value {
+/// The configuration list; with `policy`, the plugin waits for policyd at the end of ADD.
+pub fn conflist(
+    state_dir: &Path,
+    mtu: u32,
+    block: Ipv4Net,
+    ipam: &Ipam,
+    policy: Option<&PolicyGate>,
+) -> Value {
     let first = u32::from(block.network());
     let host = |n: u32| std::net::Ipv4Addr::from(first + n).to_string();
     let (ipam, max) = match ipam {
@@ -48,17 +55,17 @@ pub fn conflist(state_dir: &Path, mtu: u32, block: Ipv4Net, ipam: &Ipam) -> Valu
             )
         }
     };
-    trellis_plugin::conflist::conflist(
-        NETWORK,
-        vec![json!({
-            "type": "trellis-overlay",
-            "stateDir": state_dir,
-            "mtu": mtu,
-            "block": block.to_string(),
-            "ipam": ipam,
-        })],
-        max,
-    )
+    let mut plugin = json!({
+        "type": "trellis-overlay",
+        "stateDir": state_dir,
+        "mtu": mtu,
+        "block": block.to_string(),
+        "ipam": ipam,
+    });
+    if let Some(p) = policy {
+        plugin["policy"] = p.to_json();
+    }
+    trellis_plugin::conflist::conflist(NETWORK, vec![plugin], max)
 }
 
 /// Writes it atomically into `dir`; returns the path.
@@ -79,6 +86,11 @@ mod tests {
             &Ipam::HostLocal {
                 data_dir: "/var/lib/x".into(),
             },
+            None,
+        );
+        assert!(
+            c["plugins"][0].get("policy").is_none(),
+            "policy off: no gate"
         );
         let range = &c["plugins"][0]["ipam"]["ranges"][0][0];
         assert_eq!(
@@ -104,6 +116,14 @@ mod tests {
                 socket: "/run/s".into(),
                 pool: Some("overlay".into()),
             },
+            Some(&PolicyGate {
+                socket: "/run/p.sock".into(),
+                timeout: std::time::Duration::from_millis(5000),
+            }),
+        );
+        assert_eq!(
+            t["plugins"][0]["policy"],
+            serde_json::json!({"socket": "/run/p.sock", "timeoutMs": 5000})
         );
         assert_eq!(t["plugins"][0]["ipam"]["pool"], "overlay");
         assert_eq!(

@@ -67,6 +67,8 @@ pub struct Config {
     pub masquerade: bool,
     /// Where `/healthz`, `/readyz` and `/metrics` are served.
     pub listen: Option<SocketAddr>,
+    /// The ADD gate written into the conflist (None: policy off, ADD does not wait).
+    pub policy: Option<trellis_plugin::policy::PolicyGate>,
 }
 
 impl Config {
@@ -91,6 +93,7 @@ impl Config {
             resync: Duration::from_secs(10),
             masquerade: true,
             listen: None,
+            policy: None,
         }
     }
 }
@@ -403,7 +406,7 @@ pub async fn run(
 /// Writes the CNI configuration and the plugin's state, and marks the Node's network ready.
 async fn make_ready(agent: &Agent, nodes: &Api<Node>, mtu: u32) -> bool {
     let c = &agent.config;
-    let list = cniconf::conflist(&c.state_dir, mtu, agent.block, &c.ipam);
+    let list = cniconf::conflist(&c.state_dir, mtu, agent.block, &c.ipam, c.policy.as_ref());
     if let Err(e) = cniconf::write(&c.cni_conf_dir, &list) {
         tracing::warn!(error = %e, dir = %c.cni_conf_dir.display(), "writing the CNI configuration");
         return false;

@@ -71,11 +71,17 @@ impl Cluster {
     }
 
     pub async fn start_with(n: usize, blocks: Blocks) -> Cluster {
-        Cluster::start_full(n, blocks, |_| Vec::new()).await
+        Cluster::start_args(n, blocks, &[]).await
     }
 
-    /// As [`Cluster::start_with`], each agent with `agent_extra(<its state dirs>)` appended to
-    /// its arguments (the policy tests' `--policy-socket`).
+    /// As [`Cluster::start_with`], each agent started with `extra` flags too.
+    pub async fn start_args(n: usize, blocks: Blocks, extra: &[&str]) -> Cluster {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Cluster::start_full(n, blocks, |_| extra.clone()).await
+    }
+
+    /// As [`Cluster::start_with`], each agent with `agent_extra(<its state dirs>)` flags too
+    /// (per node: the policy tests' `--policy-socket <dirs>/policyd.sock`).
     pub async fn start_full(
         n: usize,
         blocks: Blocks,
@@ -118,11 +124,12 @@ impl Cluster {
             nodes.create(&PostParams::default(), &obj).await.unwrap();
             let dirs = tb.state_dir().join(&name);
             let extra = agent_extra(&dirs);
+            let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
             let agent = match blocks {
-                Blocks::PodCidr => start_agent_extra(&tb, &cp, &node, &dirs, blocks, &extra),
+                Blocks::PodCidr => start_agent_args(&tb, &cp, &node, &dirs, blocks, &extra),
                 Blocks::Ipamd | Blocks::IpamdUnreserved => {
                     let ipamd = start_ipamd(&tb, &cp, &node, &dirs).unwrap();
-                    let agent = start_agent_extra(&tb, &cp, &node, &dirs, blocks, &extra);
+                    let agent = start_agent_args(&tb, &cp, &node, &dirs, blocks, &extra);
                     wait_path(&tb, &[agent, ipamd], &dirs.join("state/ready.json"))
                         .await
                         .unwrap();
@@ -270,17 +277,17 @@ pub fn start_agent_with(
     dirs: &std::path::Path,
     blocks: Blocks,
 ) -> i32 {
-    start_agent_extra(tb, cp, node, dirs, blocks, &[])
+    start_agent_args(tb, cp, node, dirs, blocks, &[])
 }
 
-/// The agent with `extra` arguments appended.
-pub fn start_agent_extra(
+/// As [`start_agent_with`], with `extra` flags.
+pub fn start_agent_args(
     tb: &Testbed,
     cp: &ControlPlane,
     node: &Node,
     dirs: &std::path::Path,
     blocks: Blocks,
-    extra: &[String],
+    extra: &[&str],
 ) -> i32 {
     std::fs::create_dir_all(dirs).unwrap();
     let trellis = bin_path("trellis");
@@ -300,7 +307,7 @@ pub fn start_agent_extra(
         ],
     };
     let (net_d, state) = (d("net.d"), d("state"));
-    let mut argv: Vec<&str> = vec![
+    let mut argv = vec![
         trellis.to_str().unwrap(),
         "overlay-agent",
         "--node",
@@ -322,6 +329,6 @@ pub fn start_agent_extra(
         "--listen",
         "127.0.0.1:9910",
     ];
-    argv.extend(extra.iter().map(String::as_str));
+    argv.extend_from_slice(extra);
     tb.spawn(&node.ns, &argv, Duration::from_secs(600)).unwrap()
 }

@@ -76,25 +76,25 @@ pub fn start_agent_opts(
     graceful_restart: bool,
     resync: u64,
 ) -> i32 {
-    start_agent_extra(tb, cp, node, dirs, graceful_restart, resync, &[])
+    start_agent_args(tb, cp, node, dirs, graceful_restart, resync, &[])
 }
 
-/// The agent with `extra` arguments appended.
-pub fn start_agent_extra(
+/// As [`start_agent_opts`], with `extra` flags.
+pub fn start_agent_args(
     tb: &Testbed,
     cp: &ControlPlane,
     node: &Node,
     dirs: &Path,
     graceful_restart: bool,
     resync: u64,
-    extra: &[String],
+    extra: &[&str],
 ) -> i32 {
     let d = |sub: &str| dirs.join(sub).display().to_string();
     let hold = HOLD.to_string();
     let resync = resync.to_string();
     let trellis = bin_path("trellis");
-    let (sock, state, net_d) = (d("ipamd.sock"), d("state"), d("net.d"));
-    let mut argv: Vec<&str> = vec![
+    let (ipamd, state, net_d) = (d("ipamd.sock"), d("state"), d("net.d"));
+    let mut argv = vec![
         trellis.to_str().unwrap(),
         "bgp-agent",
         "--node",
@@ -104,7 +104,7 @@ pub fn start_agent_extra(
         "--iface",
         "eth0",
         "--ipamd-socket",
-        &sock,
+        &ipamd,
         "--state-dir",
         &state,
         "--cni-conf-dir",
@@ -121,7 +121,7 @@ pub fn start_agent_extra(
         "--status-listen",
         "127.0.0.1:9912",
     ];
-    argv.extend(extra.iter().map(String::as_str));
+    argv.extend_from_slice(extra);
     tb.spawn(&node.ns, &argv, Duration::from_secs(600)).unwrap()
 }
 
@@ -136,11 +136,22 @@ impl Cluster {
 
     /// `n` nodes whose agents reconcile every `resync` seconds.
     pub async fn start_opts(n: usize, graceful_restart: bool, resync: u64) -> Cluster {
-        Cluster::start_full(n, graceful_restart, resync, |_| Vec::new()).await
+        Cluster::start_args(n, graceful_restart, resync, &[]).await
     }
 
-    /// As [`Cluster::start_opts`], each agent with `agent_extra(<its state dirs>)` appended to
-    /// its arguments (the policy tests' `--policy-socket`).
+    /// As [`Cluster::start_opts`], each agent started with `extra` flags too.
+    pub async fn start_args(
+        n: usize,
+        graceful_restart: bool,
+        resync: u64,
+        extra: &[&str],
+    ) -> Cluster {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Cluster::start_full(n, graceful_restart, resync, |_| extra.clone()).await
+    }
+
+    /// As [`Cluster::start_opts`], each agent with `agent_extra(<its state dirs>)` flags too
+    /// (per node: the policy tests' `--policy-socket <dirs>/policyd.sock`).
     pub async fn start_full(
         n: usize,
         graceful_restart: bool,
@@ -172,7 +183,9 @@ impl Cluster {
                 .await
                 .unwrap();
             let extra = agent_extra(&dirs);
-            let agent = start_agent_extra(&tb, &cp, &node, &dirs, graceful_restart, resync, &extra);
+            let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+            let agent =
+                start_agent_args(&tb, &cp, &node, &dirs, graceful_restart, resync, &extra);
             workers.push(Worker { node, dirs, agent });
         }
         for w in &workers {
