@@ -72,7 +72,7 @@ pub struct Opts {
 impl Default for Opts {
     fn default() -> Self {
         Opts {
-            gate: false, // TEMP
+            gate: true,
             policyd_extra: Vec::new(),
             verify_period: Duration::from_millis(1000),
             pods: true,

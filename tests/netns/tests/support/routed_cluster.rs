@@ -184,8 +184,7 @@ impl Cluster {
                 .unwrap();
             let extra = agent_extra(&dirs);
             let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-            let agent =
-                start_agent_args(&tb, &cp, &node, &dirs, graceful_restart, resync, &extra);
+            let agent = start_agent_args(&tb, &cp, &node, &dirs, graceful_restart, resync, &extra);
             workers.push(Worker { node, dirs, agent });
         }
         for w in &workers {
