@@ -407,6 +407,7 @@ pub async fn run(
         tx: gate_tx,
         client: client.clone(),
         cluster: cluster.clone(),
+        metrics: metrics.clone(),
     };
     crate::gate_server::start(&config.gate_socket, gate, stopped()).map_err(|source| {
         DaemonError::Io {
