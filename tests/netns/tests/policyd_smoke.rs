@@ -3,8 +3,12 @@
 //! `trellis policyd` in the node's namespace. A connection works as soon as ADD returned; a deny policy blocks it (and `trellis policy explain`
 //! names the policy), also across a `kill -9` and restart of policyd; deleting the policy lets
 //! it through again. Then an Admin-tier ClusterNetworkPolicy deny (its definition installed
-//! after policyd started) beats a NetworkPolicy allowing everything, until it is deleted. Then an Admin-tier ClusterNetworkPolicy deny (its definition installed
-//! after policyd started) beats a NetworkPolicy allowing everything, until it is deleted. The conformance, tier,
+//! after policyd started) beats a NetworkPolicy allowing everything, until it is deleted. The
+//! verifier reports no repairs of an untouched data path, and puts back a flushed chain and a
+//! deleted jump. Then an Admin-tier ClusterNetworkPolicy deny (its definition installed
+//! after policyd started) beats a NetworkPolicy allowing everything, until it is deleted. The
+//! verifier reports no repairs of an untouched data path, and puts back a flushed chain and a
+//! deleted jump. The conformance, tier,
 //! restart and gate suites are elsewhere.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -380,6 +384,67 @@ async fn a_deny_policy_blocks_a_connection_until_it_is_deleted() {
         metrics.contains("trellis_policyd_commit_latency_seconds_count"),
         "{metrics}"
     );
+
+    // No spurious repairs: what the verifier reads back is what was written.
+    for kind in ["chain", "jump", "set"] {
+        assert!(
+            metrics.contains(&format!(
+                "trellis_policyd_verifier_repairs_total{{kind=\"{kind}\"}} 0"
+            )),
+            "{metrics}"
+        );
+    }
+    // Someone flushes our ingress dispatch and removes our FORWARD jump: both come back.
+    for argv in [
+        &["iptables", "-w", "-F", "TRELLIS-POL-ING"][..],
+        &[
+            "iptables",
+            "-w",
+            "-D",
+            "FORWARD",
+            "-m",
+            "comment",
+            "--comment",
+            "trellis-policyd",
+            "-j",
+            "TRELLIS-POL-FWD",
+        ][..],
+    ] {
+        let out =
+            c.tb.exec(&w.node.ns, argv, Duration::from_secs(10))
+                .await
+                .unwrap();
+        assert!(out.success(), "{argv:?}: {}", out.stderr);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ing =
+            c.tb.exec(
+                &w.node.ns,
+                &["iptables", "-w", "-S", "TRELLIS-POL-ING"],
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap()
+            .stdout;
+        let fwd =
+            c.tb.exec(
+                &w.node.ns,
+                &["iptables", "-w", "-S", "FORWARD"],
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap()
+            .stdout;
+        if ing.lines().count() > 2 && fwd.contains("-j TRELLIS-POL-FWD") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not repaired within 10 s:\n{ing}\n{fwd}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     stop_echo(&b_ns, b);
     let _ = server.join();
