@@ -1,15 +1,12 @@
 //! policyd end to end, the smallest case: an overlay node (same-node pods on the bridge, so the
 //! bridged path is filtered too) with two pods wired through the ADD gate, the real API server,
-//! `trellis policyd` in the node's namespace. A connection works as soon as ADD returned; a deny policy blocks it (and `trellis policy explain`
-//! names the policy), also across a `kill -9` and restart of policyd; deleting the policy lets
-//! it through again. Then an Admin-tier ClusterNetworkPolicy deny (its definition installed
-//! after policyd started) beats a NetworkPolicy allowing everything, until it is deleted. The
-//! verifier reports no repairs of an untouched data path, and puts back a flushed chain and a
-//! deleted jump. Then an Admin-tier ClusterNetworkPolicy deny (its definition installed
-//! after policyd started) beats a NetworkPolicy allowing everything, until it is deleted. The
-//! verifier reports no repairs of an untouched data path, and puts back a flushed chain and a
-//! deleted jump. The conformance, tier,
-//! restart and gate suites are elsewhere.
+//! `trellis policyd` in the node's namespace. A connection works as soon as ADD returned; a deny
+//! policy blocks it (and `trellis policy explain` names the policy and counts the drops), also
+//! across a `kill -9` and restart of policyd; deleting the policy lets it through again. An
+//! Admin-tier ClusterNetworkPolicy deny (its definition installed after policyd started) beats a
+//! NetworkPolicy allowing everything, until it is deleted. The verifier reports no repairs of an
+//! untouched data path, and puts back a flushed chain and a deleted jump. The conformance, tier,
+//! restart and gate suites are elsewhere (branch ptest).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
