@@ -525,13 +525,7 @@ pub async fn run(
         match syncer.commit(kernel.as_ref(), &new).await {
             Ok(stats) => {
                 let local = dispatched(&new);
-                metrics::committed(
-                    &metrics,
-                    &new,
-                    &stats,
-                    started.elapsed().as_secs_f64(),
-                    local.len(),
-                );
+                metrics::committed(&metrics, &new, started.elapsed().as_secs_f64(), local.len());
                 metrics::failed_closed(&metrics, state.failed_closed);
                 tracing::debug!(?stats, "committed");
                 *program.write().unwrap_or_else(|p| p.into_inner()) = new;

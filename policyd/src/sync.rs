@@ -247,9 +247,6 @@ pub async fn ensure_jumps<D: Dataplane>(dp: &D) -> Result<usize> {
     Ok(fixed)
 }
 
-/// Sets as a map, for comparisons.
-pub type Sets = BTreeMap<String, SetDef>;
-
 #[cfg(test)]
 pub(crate) mod fake {
     //! A dataplane in memory: records what was asked, holds chains and sets.
