@@ -407,6 +407,7 @@ pub async fn run(
         tx: gate_tx,
         client: client.clone(),
         cluster: cluster.clone(),
+        metrics: metrics.clone(),
     };
     crate::gate_server::start(&config.gate_socket, gate, stopped()).map_err(|source| {
         DaemonError::Io {
@@ -524,13 +525,7 @@ pub async fn run(
         match syncer.commit(kernel.as_ref(), &new).await {
             Ok(stats) => {
                 let local = dispatched(&new);
-                metrics::committed(
-                    &metrics,
-                    &new,
-                    &stats,
-                    started.elapsed().as_secs_f64(),
-                    local.len(),
-                );
+                metrics::committed(&metrics, &new, started.elapsed().as_secs_f64(), local.len());
                 metrics::failed_closed(&metrics, state.failed_closed);
                 tracing::debug!(?stats, "committed");
                 *program.write().unwrap_or_else(|p| p.into_inner()) = new;
@@ -599,5 +594,74 @@ mod tests {
             vec!["10.244.1.5".parse::<Ipv4Addr>().unwrap()]
         );
         assert_eq!(regs.len(), 1);
+    }
+
+    fn state() -> State {
+        State {
+            node: "n1".into(),
+            cluster: Arc::new(RwLock::new(Cluster::default())),
+            gate: BTreeMap::new(),
+            recovered: BTreeMap::new(),
+            synced: [false; 4],
+            reported: BTreeMap::new(),
+            events: None,
+            failed_closed: 0,
+        }
+    }
+
+    fn pod(name: &str, node: Option<&str>, ip: Option<&str>) -> Pod {
+        Pod {
+            namespace: "x".into(),
+            name: name.into(),
+            node: node.map(str::to_string),
+            ips: ip.into_iter().map(|i| i.parse().unwrap()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_gate_registration_makes_the_pod_local_with_the_gates_address_and_interface() {
+        let mut s = state();
+        let (reply, _rx) = tokio::sync::oneshot::channel();
+        let reg = Registration {
+            key: "x/a".into(),
+            ips: vec!["10.244.1.9".parse().unwrap()],
+            iface: "trfromgate".into(),
+            // Not scheduled as far as the API knows yet, and no address in its status.
+            fetched: Some(pod("a", None, None)),
+            reply,
+            at: Instant::now(),
+        };
+        assert!(s.register(&reg));
+        let a = s.cluster.read().unwrap().pods["x/a"].clone();
+        assert_eq!(a.node.as_deref(), Some("n1"));
+        assert_eq!(a.iface.as_deref(), Some("trfromgate"));
+        assert_eq!(a.ips, reg.ips);
+        // A listing that does not have it yet keeps it; a watch update keeps the gate's view.
+        s.apply(Change::Pod(Delta::Replace(vec![])));
+        assert!(s.cluster.read().unwrap().pods.contains_key("x/a"));
+        assert!(s.synced[0]);
+        s.apply(Change::Pod(Delta::Upsert(pod("a", Some("n1"), None))));
+        assert_eq!(
+            s.cluster.read().unwrap().pods["x/a"].iface.as_deref(),
+            Some("trfromgate")
+        );
+        // Deleted: gone, registration and all.
+        assert!(s.apply(Change::Pod(Delta::Remove("x/a".into()))));
+        assert!(s.gate.is_empty());
+        // Another local pod gets the interface the naming rule gives it.
+        s.apply(Change::Pod(Delta::Upsert(pod(
+            "b",
+            Some("n1"),
+            Some("10.244.1.10"),
+        ))));
+        assert_eq!(
+            s.cluster.read().unwrap().pods["x/b"].iface,
+            Some(trellis_net::link::pod_host_veth(
+                Some(("x", "b")),
+                "",
+                "eth0"
+            ))
+        );
     }
 }

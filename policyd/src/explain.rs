@@ -232,3 +232,74 @@ mod tests {
         assert!(Query::parse_cli("x/a", "y/b:80/ICMP").is_err());
     }
 }
+
+#[cfg(test)]
+mod counter_tests {
+    use std::collections::BTreeMap;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::compile::{Options, compile};
+    use crate::model::Pod;
+
+    #[test]
+    fn the_deciding_rules_counters_are_summed_from_the_kernels_read_back() {
+        let mut c = Cluster::default();
+        for (name, ip) in [("a", "10.0.0.1"), ("b", "10.0.0.2")] {
+            let p = Pod {
+                namespace: "x".into(),
+                name: name.into(),
+                labels: BTreeMap::from([("app".into(), name.into())]),
+                node: Some("n1".into()),
+                ips: vec![ip.parse().unwrap()],
+                iface: Some(format!("tr{name}")),
+                ..Default::default()
+            };
+            c.pods.insert(p.key(), p);
+        }
+        let np = crate::netpol::parse(
+            "x",
+            "deny-b",
+            &json!({"podSelector": {"matchLabels": {"app": "b"}}}),
+        );
+        c.netpols.insert(np.key(), np);
+        let prog = compile(
+            &c,
+            &Options {
+                node: "n1".into(),
+                pending_deny: true,
+            },
+        );
+        // The kernel's view: the same rules, with packets on each.
+        let read: Vec<ChainRead> = prog
+            .chains
+            .iter()
+            .map(|(n, rules)| ChainRead {
+                name: n.clone(),
+                rules: rules.iter().map(|r| (r.render(), 7)).collect(),
+            })
+            .collect();
+        let q = Query::parse_cli("x/a", "x/b:80/TCP").unwrap();
+        let e = explain(&c, &prog, &read, &q).unwrap();
+        assert!(!e.allowed);
+        let ingress = e.sides.iter().find(|s| s.direction == "ingress").unwrap();
+        assert_eq!(ingress.policy.as_deref(), Some("x/deny-b"));
+        assert_eq!(ingress.packets, Some(7));
+        let egress = e.sides.iter().find(|s| s.direction == "egress").unwrap();
+        assert_eq!(
+            (egress.tier.as_str(), egress.allowed, egress.packets),
+            ("Default", true, Some(7))
+        );
+        assert!(render(&e).contains("DENIED"));
+        assert!(
+            explain(
+                &c,
+                &prog,
+                &read,
+                &Query::parse_cli("x/a", "x/zz:80/TCP").unwrap()
+            )
+            .is_err()
+        );
+    }
+}

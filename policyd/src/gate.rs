@@ -56,10 +56,21 @@ pub struct Gate {
     pub tx: mpsc::Sender<Registration>,
     pub client: kube::Client,
     pub cluster: Arc<RwLock<Cluster>>,
+    pub metrics: Arc<trellis_daemon::Metrics>,
 }
 
 impl Gate {
+    /// Answers one request (and counts refusals; commits are counted where they happen).
     pub async fn handle(&self, req: GateRequest) -> GateReply {
+        let started = Instant::now();
+        let answer = self.answer(req).await;
+        if let GateReply::Refused(_) = &answer {
+            crate::metrics::gate(&self.metrics, "refused", started.elapsed().as_secs_f64());
+        }
+        answer
+    }
+
+    async fn answer(&self, req: GateRequest) -> GateReply {
         let key = format!("{}/{}", req.namespace, req.pod);
         let known = self
             .cluster

@@ -2,7 +2,6 @@
 
 use trellis_daemon::Metrics;
 
-use crate::sync::CommitStats;
 use crate::verify::Repairs;
 use crate::xt::Program;
 
@@ -20,7 +19,7 @@ pub const FAILED_CLOSED: &str = "trellis_policyd_policies_failed_closed";
 pub const LOCAL_PODS: &str = "trellis_policyd_local_pods";
 
 /// After a successful commit.
-pub fn committed(m: &Metrics, p: &Program, stats: &CommitStats, latency: f64, local_pods: usize) {
+pub fn committed(m: &Metrics, p: &Program, latency: f64, local_pods: usize) {
     m.observe(
         COMMIT_LATENCY,
         "Seconds from the first model change (or gate request) to its rules being committed.",
@@ -48,7 +47,6 @@ pub fn committed(m: &Metrics, p: &Program, stats: &CommitStats, latency: f64, lo
         &[],
         local_pods as f64,
     );
-    let _ = stats;
 }
 
 pub fn sync_error(m: &Metrics, stage: &str) {

@@ -18,8 +18,11 @@ pub const JUMP_COMMENT: &str = "trellis-policyd";
 
 /// Chain prefixes we own (and only these are ever deleted).
 pub const OWNED_CHAIN_PREFIXES: [&str; 3] = ["TRELLIS-POL-", "TRELLIS-PI-", "TRELLIS-PE-"];
-/// Set prefix we own.
+/// The prefix of every Trellis set.
 pub const SET_PREFIX: &str = "trellis-";
+/// The set prefixes policyd owns (only these are ever destroyed): other Trellis components may
+/// name sets `trellis-…` too.
+pub const OWNED_SET_PREFIXES: [&str; 3] = ["trellis-p-", "trellis-n-", "trellis-q-"];
 
 /// The overlay agent's FORWARD accept our jump must precede.
 pub const OVERLAY_FWD: &str = "TRELLIS-FWD";
@@ -68,6 +71,14 @@ pub fn is_owned_chain(name: &str) -> bool {
     OWNED_CHAIN_PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
+/// A set of ours: `trellis-<p|n|q>-<16 hex>`, exactly what [`set`] makes.
+pub fn is_owned_set(name: &str) -> bool {
+    OWNED_SET_PREFIXES.iter().any(|p| {
+        name.strip_prefix(p)
+            .is_some_and(|h| h.len() == 16 && h.chars().all(|c| c.is_ascii_hexdigit()))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,7 +90,8 @@ mod tests {
         assert_eq!(ingress_chain("x/a"), ingress_chain("x/a"));
         assert_ne!(ingress_chain("x/a"), ingress_chain("x/b"));
         let s = set('p', "anything");
-        assert!(s.len() <= 31 && s.starts_with(SET_PREFIX), "{s}");
+        assert!(s.len() <= 31 && is_owned_set(&s), "{s}");
+        assert!(!is_owned_set("trellis-svc-1234") && !is_owned_set("trellis-p-x"));
         for theirs in ["TRELLIS-FWD", "TRELLIS-POSTRTG"] {
             assert!(!is_owned_chain(theirs));
         }

@@ -5,7 +5,7 @@
 //! Restart: the first commit re-declares every chain under the same deterministic names in
 //! that one restore, so the kernel swaps the old rules for the new ones atomically; sets are
 //! replaced by swap. Nothing is flushed first: no open window, no closed window. Leftovers of
-//! ours (chains under our prefixes, sets under `trellis-`) that the new program does not want
+//! ours (chains under our prefixes, sets `trellis-p-|n-|q-<hash>`) that the new program does not want
 //! are removed; nothing else is touched.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -198,7 +198,12 @@ impl Syncer {
         // Sets no rule references any more.
         let old_sets: BTreeSet<String> = match &self.committed {
             Some(c) => c.sets.keys().cloned().collect(),
-            None => dp.list_sets(names::SET_PREFIX).await?.into_iter().collect(),
+            None => dp
+                .list_sets(names::SET_PREFIX)
+                .await?
+                .into_iter()
+                .filter(|n| names::is_owned_set(n))
+                .collect(),
         };
         let gone: Vec<String> = old_sets
             .into_iter()
@@ -246,9 +251,6 @@ pub async fn ensure_jumps<D: Dataplane>(dp: &D) -> Result<usize> {
     }
     Ok(fixed)
 }
-
-/// Sets as a map, for comparisons.
-pub type Sets = BTreeMap<String, SetDef>;
 
 #[cfg(test)]
 pub(crate) mod fake {
@@ -421,18 +423,24 @@ mod tests {
             .lock()
             .unwrap()
             .insert("TRELLIS-FWD".into(), vec![]);
-        dp.sets.lock().unwrap().insert(
-            "trellis-p-stale".into(),
-            SetDef {
-                kind: SetKind::HashIp,
-                members: Default::default(),
-            },
-        );
+        for name in ["trellis-p-00000000000000aa", "trellis-svc-not-ours"] {
+            dp.sets.lock().unwrap().insert(
+                name.into(),
+                SetDef {
+                    kind: SetKind::HashIp,
+                    members: Default::default(),
+                },
+            );
+        }
         let mut s = Syncer::default();
         let st = s.commit(&dp, &prog(&["x/a"], &["10.0.0.1"])).await.unwrap();
         assert_eq!(
             (st.chains_written, st.chains_deleted, st.sets_destroyed),
             (2, 1, 1)
+        );
+        assert!(
+            dp.sets.lock().unwrap().contains_key("trellis-svc-not-ours"),
+            "not ours: left alone"
         );
         assert!(
             dp.chains.lock().unwrap().contains_key("TRELLIS-FWD"),

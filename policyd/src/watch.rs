@@ -232,3 +232,30 @@ pub fn apply_map<T: PartialEq>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_pod_object_gives_labels_node_ipv4_addresses_and_named_ports() {
+        let p: KubePod = serde_json::from_value(json!({
+            "metadata": {"name": "a", "namespace": "x", "labels": {"app": "a"}},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c", "ports": [
+                {"name": "http", "containerPort": 80},
+                {"name": "dns", "containerPort": 53, "protocol": "UDP"},
+                {"containerPort": 9000}]}]},
+            "status": {"podIPs": [{"ip": "fd00::1"}, {"ip": "10.244.1.5"}]}
+        }))
+        .unwrap();
+        let m = pod_of(&p);
+        assert_eq!(m.key(), "x/a");
+        assert_eq!(m.node.as_deref(), Some("n1"));
+        assert_eq!(m.ips, vec!["10.244.1.5".parse::<Ipv4Addr>().unwrap()]);
+        assert_eq!(m.named_port(Proto::Udp, "dns"), Some(53));
+        assert_eq!(m.named_port(Proto::Tcp, "dns"), None);
+        assert_eq!(m.ports.len(), 2);
+        assert!(!m.host_network);
+    }
+}

@@ -1,11 +1,12 @@
 //! policyd end to end, the smallest case: an overlay node (same-node pods on the bridge, so the
-//! bridged path is filtered too) with two pods, the real API server, `trellis policyd` in the
-//! node's namespace. A connection works; a deny policy blocks it (and `trellis policy explain`
-//! names the policy), also across a `kill -9` and restart of policyd; deleting the policy lets
-//! it through again. Then an Admin-tier ClusterNetworkPolicy deny (its definition installed
-//! after policyd started) beats a NetworkPolicy allowing everything, until it is deleted. Then an Admin-tier ClusterNetworkPolicy deny (its definition installed
-//! after policyd started) beats a NetworkPolicy allowing everything, until it is deleted. The conformance, tier,
-//! restart and gate suites are elsewhere.
+//! bridged path is filtered too) with two pods wired through the ADD gate, the real API server,
+//! `trellis policyd` in the node's namespace. A connection works as soon as ADD returned; a deny
+//! policy blocks it (and `trellis policy explain` names the policy and counts the drops), also
+//! across a `kill -9` and restart of policyd; deleting the policy lets it through again. An
+//! Admin-tier ClusterNetworkPolicy deny (its definition installed after policyd started) beats a
+//! NetworkPolicy allowing everything, until it is deleted. The verifier reports no repairs of an
+//! untouched data path, and puts back a flushed chain and a deleted jump. The conformance, tier,
+//! restart and gate suites are elsewhere (branch ptest).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -34,9 +35,10 @@ use overlay_cluster::Cluster;
 const NS: &str = "pol";
 const LISTEN: &str = "127.0.0.1:9914";
 
-/// Wires pod `name` of namespace NS on node `on` with the node's CNI configuration, passing
-/// the pod's name as kubelet does (so its host interface follows the naming rule), and creates
-/// its Pod object with the address ADD gave it (there is no kubelet to do that).
+/// Creates Pod `name` of namespace NS on node `on` (as the API has it before a kubelet runs
+/// its sandbox), then wires it with the node's CNI configuration plus the ADD gate to policyd,
+/// passing the pod's name as kubelet does, and finally writes the address into the Pod's
+/// status (there is no kubelet to do that). ADD returns only once policyd committed the pod.
 async fn add_pod(
     c: &Cluster,
     on: usize,
@@ -44,11 +46,22 @@ async fn add_pod(
     labels: serde_json::Value,
 ) -> (Arc<Netns>, Ipv4Addr) {
     let w = &c.workers[on];
+    let pods: Api<KubePod> = Api::namespaced(c.client.clone(), NS);
+    let pod: KubePod = serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": NS, "labels": labels},
+        "spec": {"nodeName": w.node.name, "containers": [{"name": "c", "image": "none",
+                 "ports": [{"name": "echo", "containerPort": 7000}]}]}
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
     let ns = c.tb.add_ns(name).await.unwrap();
-    let list = NetworkConfigList::from_slice(
+    let mut conf: serde_json::Value = serde_json::from_slice(
         &std::fs::read(w.dirs.join("net.d/10-trellis-overlay.conflist")).unwrap(),
     )
     .unwrap();
+    conf["plugins"][0]["policy"] =
+        json!({"socket": w.dirs.join("policyd.sock"), "timeoutMs": 20000});
+    let list = NetworkConfigList::from_slice(&serde_json::to_vec(&conf).unwrap()).unwrap();
     let cni = CniConfig::new(
         vec![bin_dir(), PathBuf::from(REFERENCE_PLUGIN_DIR)],
         w.dirs.join("cache"),
@@ -74,14 +87,6 @@ async fn add_pod(
         ipnet::IpNet::V4(v4) => v4.addr(),
         other => panic!("{other}"),
     };
-    let pods: Api<KubePod> = Api::namespaced(c.client.clone(), NS);
-    let pod: KubePod = serde_json::from_value(json!({
-        "metadata": {"name": name, "namespace": NS, "labels": labels},
-        "spec": {"nodeName": w.node.name, "containers": [{"name": "c", "image": "none",
-                 "ports": [{"name": "echo", "containerPort": 7000}]}]}
-    }))
-    .unwrap();
-    pods.create(&PostParams::default(), &pod).await.unwrap();
     pods.patch_status(
         name,
         &PatchParams::default(),
@@ -183,18 +188,23 @@ async fn a_deny_policy_blocks_a_connection_until_it_is_deleted() {
     )
     .await
     .unwrap();
-    let (a_ns, _a_ip) = add_pod(&c, 0, "a", json!({"app": "a"})).await;
-    let (b_ns, b_ip) = add_pod(&c, 0, "b", json!({"app": "b"})).await;
-    let b = SocketAddr::new(b_ip.into(), 7000);
-    let server = echo_peer_server(&b_ns, b_ip, 7000).unwrap();
-
     let ready = w.dirs.join("policyd.ready");
     let trellis = bin_path("trellis");
     let readyz: SocketAddr = LISTEN.parse().unwrap();
     let policyd = start_policyd(&c, &ready).await;
 
-    // No policy: open (and both pods are committed, so pending deny does not hold them).
-    wait_connects(&a_ns, b, true, "a → b without any policy").await;
+    let (a_ns, _a_ip) = add_pod(&c, 0, "a", json!({"app": "a"})).await;
+    let (b_ns, b_ip) = add_pod(&c, 0, "b", json!({"app": "b"})).await;
+    let b = SocketAddr::new(b_ip.into(), 7000);
+    let server = echo_peer_server(&b_ns, b_ip, 7000).unwrap();
+
+    // No policy: open at once — both ADDs returned only after policyd committed the pods
+    // (until then pending deny would drop them), so the very first attempt gets through.
+    assert!(
+        connects(&a_ns, b).await,
+        "a → b right after ADD returned:\n{}",
+        c.tb.log_of(policyd)
+    );
 
     let nps: Api<NetworkPolicy> = Api::namespaced(c.client.clone(), NS);
     let deny: NetworkPolicy = serde_json::from_value(json!({
@@ -371,6 +381,67 @@ async fn a_deny_policy_blocks_a_connection_until_it_is_deleted() {
         metrics.contains("trellis_policyd_commit_latency_seconds_count"),
         "{metrics}"
     );
+
+    // No spurious repairs: what the verifier reads back is what was written.
+    for kind in ["chain", "jump", "set"] {
+        assert!(
+            metrics.contains(&format!(
+                "trellis_policyd_verifier_repairs_total{{kind=\"{kind}\"}} 0"
+            )),
+            "{metrics}"
+        );
+    }
+    // Someone flushes our ingress dispatch and removes our FORWARD jump: both come back.
+    for argv in [
+        &["iptables", "-w", "-F", "TRELLIS-POL-ING"][..],
+        &[
+            "iptables",
+            "-w",
+            "-D",
+            "FORWARD",
+            "-m",
+            "comment",
+            "--comment",
+            "trellis-policyd",
+            "-j",
+            "TRELLIS-POL-FWD",
+        ][..],
+    ] {
+        let out =
+            c.tb.exec(&w.node.ns, argv, Duration::from_secs(10))
+                .await
+                .unwrap();
+        assert!(out.success(), "{argv:?}: {}", out.stderr);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ing =
+            c.tb.exec(
+                &w.node.ns,
+                &["iptables", "-w", "-S", "TRELLIS-POL-ING"],
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap()
+            .stdout;
+        let fwd =
+            c.tb.exec(
+                &w.node.ns,
+                &["iptables", "-w", "-S", "FORWARD"],
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap()
+            .stdout;
+        if ing.lines().count() > 2 && fwd.contains("-j TRELLIS-POL-FWD") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not repaired within 10 s:\n{ing}\n{fwd}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     stop_echo(&b_ns, b);
     let _ = server.join();
