@@ -188,6 +188,7 @@ async fn no_gap(mode: Mode) {
         "forbidden connections right after ADD:\n{}",
         leaks.join("\n")
     );
+    c.finish();
 }
 
 async fn control_without_gate(mode: Mode) {
@@ -240,6 +241,7 @@ async fn control_without_gate(mode: Mode) {
         );
     }
     c.cni_del("x", "ctl", 0, &pod, "ctl").await;
+    c.finish();
 }
 
 /// What a failed ADD must leave as it found: the node's namespace (links, routes, rules, sets)
@@ -303,6 +305,7 @@ async fn gate_timeout(mode: Mode) {
     let (ip, _) = c.cni_add("x", "late", 0, &pod, "late2").await;
     ip.unwrap_or_else(|e| panic!("ADD after SIGCONT: {e}\n{}", c.logs_tail()));
     c.cni_del("x", "late", 0, &pod, "late2").await;
+    c.finish();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -103,6 +103,7 @@ async fn tiers(mode: Mode) {
     c.delete_np("x", "allow-all").await;
     c.delete_cnp("baseline-deny").await;
     c.converge("all deleted", CONVERGE).await;
+    c.finish();
 }
 
 /// Runs `trellis policy <args>`, changes the model by `change`, then times until every cell
@@ -206,6 +207,7 @@ async fn isolate_and_open(mode: Mode) {
     eprintln!(
         "[{mode:?}] flips: isolate {t1:?}, isolate --strict {t2:?}, open {t3:?} (bound {FLIP:?})"
     );
+    c.finish();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

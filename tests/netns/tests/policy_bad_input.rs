@@ -230,19 +230,36 @@ async fn bad_input(mode: Mode) {
     c.converge("y's policy deleted while the IPv6 one stays", CONVERGE)
         .await;
     assert_eq!(c.readyz(0).await, Some(200));
+    c.finish();
 }
 
-/// Deletes chain TRELLIS-POL-FWD by hand (jump, rules, chain) on node `i`.
+/// Deletes chain TRELLIS-POL-FWD by hand on node `i` — its jumps, its rules and the chain —
+/// in one `iptables-restore --noflush` transaction: done step by step, the (running) verifier
+/// may put the jump back between the steps and the chain cannot be deleted ("busy").
 async fn delete_fwd_chain(c: &PolicyCluster, i: usize) {
     let rules = c.iptables(i, &["-S", "FORWARD"]).await.stdout;
+    let mut script = String::from("*filter\n");
     for j in rules.lines().filter(|l| policy_cluster::is_fwd_jump(l)) {
-        let mut args = vec!["-D", "FORWARD"];
-        args.extend(j.trim_start_matches("-A FORWARD").split_whitespace());
-        assert!(c.iptables(i, &args).await.success());
+        script.push_str(&j.replacen("-A FORWARD", "-D FORWARD", 1));
+        script.push('\n');
     }
-    assert!(c.iptables(i, &["-F", "TRELLIS-POL-FWD"]).await.success());
-    let out = c.iptables(i, &["-X", "TRELLIS-POL-FWD"]).await;
-    assert!(out.success(), "delete TRELLIS-POL-FWD: {}", out.stderr);
+    script.push_str("-F TRELLIS-POL-FWD\n-X TRELLIS-POL-FWD\nCOMMIT\n");
+    let out = c
+        .tb()
+        .exec_stdin(
+            &c.nodes[i].node.ns,
+            &["iptables-restore", "--noflush", "-w"],
+            script.as_bytes(),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert!(
+        out.success(),
+        "delete TRELLIS-POL-FWD:\n{script}{}",
+        out.stderr
+    );
+    assert!(!c.iptables(i, &["-S", "TRELLIS-POL-FWD"]).await.success() || c.has_fwd_jump(i).await);
 }
 
 async fn deleted_chain(mode: Mode) {
@@ -282,6 +299,7 @@ async fn deleted_chain(mode: Mode) {
     c.delete_np("x", "deny-all").await;
     c.converge("policy deleted after the repairs", CONVERGE)
         .await;
+    c.finish();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -245,6 +245,7 @@ async fn conformance(mode: Mode) {
         .await;
     clear(&mut c, "policy delete (end)").await;
     eprintln!("[{mode:?}] conformance done in {:?}", start.elapsed());
+    c.finish();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

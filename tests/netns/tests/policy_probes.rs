@@ -164,6 +164,7 @@ async fn fixture_baseline(mode: policy_cluster::Mode) {
         c.expected().cells.len(),
         t.elapsed()
     );
+    c.finish();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -146,6 +146,7 @@ async fn restarts(mode: Mode) {
         c.logs_tail()
     );
     c.converge("after the restarts", CONVERGE).await;
+    c.finish();
 }
 
 /// Deletes every `FORWARD → TRELLIS-POL-FWD` jump on node `i` by its exact spec.
@@ -262,6 +263,7 @@ async fn verifier(mode: Mode) {
         "the forbidden pair is blocked again"
     );
     c.converge("after the repair", CONVERGE).await;
+    c.finish();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

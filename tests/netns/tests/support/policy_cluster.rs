@@ -251,6 +251,17 @@ impl PolicyCluster {
         c
     }
 
+    /// Tears the cluster down (processes, namespaces — with every chain, rule and set inside
+    /// them) and fails the test if anything with its prefix is left.
+    pub fn finish(self) {
+        let (prefix, run_dir) = (
+            self.tb().prefix().to_string(),
+            self.tb().run_dir().to_path_buf(),
+        );
+        drop(self);
+        netns_testbed::leak::assert_clean(&prefix, &run_dir);
+    }
+
     pub fn tb(&self) -> &Testbed {
         match &self.inner {
             Inner::Overlay(c) => &c.tb,
