@@ -272,7 +272,14 @@ async fn held(c: &PolicyCluster, on: usize) -> String {
 }
 
 async fn gate_timeout(mode: Mode) {
-    let c = setup(mode, Opts::default()).await;
+    let mut c = setup(mode, Opts::default()).await;
+    // A pod under the policy, to see it in force (its sets and chains committed) before the
+    // node's state is taken: the snapshot must not race policyd's own first commit of it.
+    c.add_pod("x", "old", 0).await;
+    c.relabel_pod("x/old", &[("pod", "old"), ("app", "new")])
+        .await;
+    c.converge("x/old under the policy", Duration::from_secs(15))
+        .await;
     let (pod, _servers) = pod_netns(&c, "late").await;
     new_pod_object(&c, "late", 0).await;
     let tag = c.tb().prefix().to_string();
@@ -280,7 +287,6 @@ async fn gate_timeout(mode: Mode) {
     let held_before = held(&c, 0).await;
     c.signal_policyd(0, Signal::SIGSTOP);
     let (result, took) = c.cni_add("x", "late", 0, &pod, "late").await;
-    c.signal_policyd(0, Signal::SIGCONT);
     eprintln!("[{mode:?}] ADD with policyd stopped: {result:?} after {took:?}");
     let err = result.expect_err("ADD must fail while policyd cannot confirm the pod's rules");
     assert!(
@@ -300,7 +306,11 @@ async fn gate_timeout(mode: Mode) {
         "the failed ADD left things behind on the node: {diff:#?}"
     );
     assert_eq!(held(&c, 0).await, held_before, "the address is released");
+    // (Checked while policyd is still stopped: what the plugin's undo must leave. What policyd
+    // itself does afterwards with the registration of an ADD that gave up is another matter —
+    // see ptest-findings.)
     // policyd running again: the same ADD now succeeds.
+    c.signal_policyd(0, Signal::SIGCONT);
     c.wait_policyd_ready(0).await;
     let (ip, _) = c.cni_add("x", "late", 0, &pod, "late2").await;
     ip.unwrap_or_else(|e| panic!("ADD after SIGCONT: {e}\n{}", c.logs_tail()));
