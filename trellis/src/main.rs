@@ -11,7 +11,9 @@ mod bgp;
 mod ipam;
 mod overlay;
 mod policy;
+mod policy_explain;
 mod policy_gate;
+mod policyd;
 
 #[derive(Parser)]
 #[command(
@@ -38,6 +40,8 @@ enum Command {
     BgpAgent(bgp::AgentArgs),
     /// BGP tools: the agent's peers and routes.
     Bgp(bgp::BgpArgs),
+    /// The network policy daemon of a node: NetworkPolicy and ClusterNetworkPolicy on iptables.
+    Policyd(policyd::Args),
     /// Network policy administration: isolate and open namespaces, show their isolation.
     Policy(policy::Args),
 }
@@ -87,6 +91,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Ipam(args) => ipam::run(args).await,
         Command::BgpAgent(args) => bgp::agent(args).await,
         Command::Bgp(args) => bgp::run(args).await,
+        Command::Policyd(args) => policyd::run(args).await,
         Command::Policy(args) => policy::run(args).await,
     }
 }

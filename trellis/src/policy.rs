@@ -80,6 +80,9 @@ pub enum Policy {
     /// (policy.trellis.dev/isolated-namespace, policy.trellis.dev/isolation), or by name for
     /// ones written by hand.
     Status,
+    /// Why a connection between two pods is allowed or denied: the tier, policy and rule of
+    /// each side, and the deciding rules' packet counters (asks the node's policyd).
+    Explain(crate::policy_explain::Args),
 }
 
 #[derive(clap::Args)]
@@ -98,6 +101,9 @@ pub struct OpenArgs {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    if let Policy::Explain(a) = args.command {
+        return crate::policy_explain::run(a).await;
+    }
     let client = trellis_api::cluster::client(args.kubeconfig.as_deref())
         .await
         .context("connecting to the cluster")?;
@@ -105,6 +111,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Policy::Isolate(a) => isolate(&client, &a.namespace, Mode::of(a.strict)).await,
         Policy::Open(a) => open(&client, &a.namespace).await,
         Policy::Status => status(&client).await,
+        Policy::Explain(_) => unreachable!("answered above"),
     }
 }
 

@@ -4,6 +4,8 @@
 //! - [`Testbed`]: an underlay bridge, nodes and pods under one unique name prefix, removed on
 //!   drop (also when the test panics); commands and servers with time limits.
 //! - [`leak`]: proof that nothing with a testbed's prefix remains.
+//! - [`matrix`]: TCP/UDP/SCTP probe servers and parallel probing of a reachability matrix;
+//!   [`policy_model`]: the independent model of NetworkPolicy and ClusterNetworkPolicy verdicts.
 //! - [`cni_kit`]: the CNI conformance kit any plugin binary is run through.
 //! - [`bench`]: `cni-bench`, the ADD/DEL latency yardstick.
 //!
@@ -19,6 +21,8 @@ pub mod etcd;
 pub mod handbuilt;
 pub mod iperf;
 pub mod leak;
+pub mod matrix;
+pub mod policy_model;
 pub mod probe;
 pub mod process;
 pub mod snapshot;

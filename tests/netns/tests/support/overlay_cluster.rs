@@ -76,6 +76,17 @@ impl Cluster {
 
     /// As [`Cluster::start_with`], each agent started with `extra` flags too.
     pub async fn start_args(n: usize, blocks: Blocks, extra: &[&str]) -> Cluster {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Cluster::start_full(n, blocks, |_| extra.clone()).await
+    }
+
+    /// As [`Cluster::start_with`], each agent with `agent_extra(<its state dirs>)` flags too
+    /// (per node: the policy tests' `--policy-socket <dirs>/policyd.sock`).
+    pub async fn start_full(
+        n: usize,
+        blocks: Blocks,
+        agent_extra: impl Fn(&std::path::Path) -> Vec<String>,
+    ) -> Cluster {
         require_root();
         for (tool, pkg) in [
             ("ping", "iputils-ping"),
@@ -112,11 +123,13 @@ impl Cluster {
             .unwrap();
             nodes.create(&PostParams::default(), &obj).await.unwrap();
             let dirs = tb.state_dir().join(&name);
+            let extra = agent_extra(&dirs);
+            let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
             let agent = match blocks {
-                Blocks::PodCidr => start_agent_args(&tb, &cp, &node, &dirs, blocks, extra),
+                Blocks::PodCidr => start_agent_args(&tb, &cp, &node, &dirs, blocks, &extra),
                 Blocks::Ipamd | Blocks::IpamdUnreserved => {
                     let ipamd = start_ipamd(&tb, &cp, &node, &dirs).unwrap();
-                    let agent = start_agent_args(&tb, &cp, &node, &dirs, blocks, extra);
+                    let agent = start_agent_args(&tb, &cp, &node, &dirs, blocks, &extra);
                     wait_path(&tb, &[agent, ipamd], &dirs.join("state/ready.json"))
                         .await
                         .unwrap();

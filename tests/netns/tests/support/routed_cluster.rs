@@ -146,6 +146,18 @@ impl Cluster {
         resync: u64,
         extra: &[&str],
     ) -> Cluster {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Cluster::start_full(n, graceful_restart, resync, |_| extra.clone()).await
+    }
+
+    /// As [`Cluster::start_opts`], each agent with `agent_extra(<its state dirs>)` flags too
+    /// (per node: the policy tests' `--policy-socket <dirs>/policyd.sock`).
+    pub async fn start_full(
+        n: usize,
+        graceful_restart: bool,
+        resync: u64,
+        agent_extra: impl Fn(&Path) -> Vec<String>,
+    ) -> Cluster {
         require_root();
         require_tool("ping", "iputils-ping");
         let tb = Testbed::new().unwrap();
@@ -170,7 +182,9 @@ impl Cluster {
             wait_path(&tb, &[ipamd], &dirs.join("ipamd.sock"))
                 .await
                 .unwrap();
-            let agent = start_agent_args(&tb, &cp, &node, &dirs, graceful_restart, resync, extra);
+            let extra = agent_extra(&dirs);
+            let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+            let agent = start_agent_args(&tb, &cp, &node, &dirs, graceful_restart, resync, &extra);
             workers.push(Worker { node, dirs, agent });
         }
         for w in &workers {

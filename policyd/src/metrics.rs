@@ -1,0 +1,95 @@
+//! policyd's Prometheus metrics (names are part of the README).
+
+use trellis_daemon::Metrics;
+
+use crate::verify::Repairs;
+use crate::xt::Program;
+
+pub const COMMIT_LATENCY: &str = "trellis_policyd_commit_latency_seconds";
+pub const COMMITS: &str = "trellis_policyd_commits_total";
+pub const CHAINS: &str = "trellis_policyd_chains";
+pub const RULES: &str = "trellis_policyd_rules";
+pub const IPSETS: &str = "trellis_policyd_ipsets";
+pub const IPSET_MEMBERS: &str = "trellis_policyd_ipset_members";
+pub const SYNC_ERRORS: &str = "trellis_policyd_sync_errors_total";
+pub const REPAIRS: &str = "trellis_policyd_verifier_repairs_total";
+pub const GATE: &str = "trellis_policyd_gate_requests_total";
+pub const GATE_WAIT: &str = "trellis_policyd_gate_wait_seconds";
+pub const FAILED_CLOSED: &str = "trellis_policyd_policies_failed_closed";
+pub const LOCAL_PODS: &str = "trellis_policyd_local_pods";
+
+/// After a successful commit.
+pub fn committed(m: &Metrics, p: &Program, latency: f64, local_pods: usize) {
+    m.observe(
+        COMMIT_LATENCY,
+        "Seconds from the first model change (or gate request) to its rules being committed.",
+        &[],
+        latency,
+    );
+    m.inc(COMMITS, "Commits to iptables and ipset.", &[], 1.0);
+    m.set(CHAINS, "Chains policyd owns.", &[], p.chains.len() as f64);
+    m.set(
+        RULES,
+        "Rules in the chains policyd owns.",
+        &[],
+        p.rule_count() as f64,
+    );
+    m.set(IPSETS, "ipsets policyd owns.", &[], p.sets.len() as f64);
+    m.set(
+        IPSET_MEMBERS,
+        "Members of the ipsets policyd owns.",
+        &[],
+        p.member_count() as f64,
+    );
+    m.set(
+        LOCAL_PODS,
+        "Local pods with committed rules.",
+        &[],
+        local_pods as f64,
+    );
+}
+
+pub fn sync_error(m: &Metrics, stage: &str) {
+    m.inc(
+        SYNC_ERRORS,
+        "Failed commits or verifier passes.",
+        &[("stage", stage)],
+        1.0,
+    );
+}
+
+pub fn repaired(m: &Metrics, r: &Repairs) {
+    let help = "Things the verifier found changed and put back.";
+    for (kind, n) in [
+        ("chain", r.chains.len()),
+        ("jump", r.jumps),
+        ("set", r.sets.len()),
+    ] {
+        // Every kind shows up, zero until a repair.
+        m.inc(REPAIRS, help, &[("kind", kind)], n as f64);
+    }
+}
+
+pub fn gate(m: &Metrics, result: &str, seconds: f64) {
+    m.inc(
+        GATE,
+        "Gate requests from the CNI plugins, by answer.",
+        &[("result", result)],
+        1.0,
+    );
+    m.observe(
+        GATE_WAIT,
+        "Seconds a gate request waited for its commit.",
+        &[],
+        seconds,
+    );
+}
+
+pub fn failed_closed(m: &Metrics, n: usize) {
+    m.set(
+        FAILED_CLOSED,
+        "Policies with a direction that fails closed (unknown or unsupported fields).",
+        &[],
+        n as f64,
+    );
+}

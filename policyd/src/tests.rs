@@ -1,0 +1,709 @@
+//! The semantics as a table (like the spec), and the compiler checked against the evaluator on
+//! generated clusters: every pair of pods and external addresses, every port, routed and
+//! bridged, run through the compiled chains by a small interpreter.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use proptest::prelude::*;
+use serde_json::{Value, json};
+
+use crate::compile::{Options, compile};
+use crate::eval::{Flow, evaluate};
+use crate::model::{Cluster, ContainerPort, Pod};
+use crate::rules::{Proto, Tier};
+use crate::xt::Packet;
+use crate::{cnp, names, netpol};
+
+/// x, y, z with pods a, b, c each (a and b on n1, c on n2), serving 80/TCP "serve-80", 81/UDP
+/// "serve-81", 82/SCTP "serve-82".
+fn cluster() -> Cluster {
+    let mut c = Cluster::default();
+    for (i, ns) in ["x", "y", "z"].iter().enumerate() {
+        c.namespaces.insert(
+            ns.to_string(),
+            BTreeMap::from([
+                ("kubernetes.io/metadata.name".into(), ns.to_string()),
+                ("ns".into(), ns.to_string()),
+            ]),
+        );
+        for (j, pod) in ["a", "b", "c"].iter().enumerate() {
+            let ip = Ipv4Addr::new(10, 244, i as u8 + 1, j as u8 + 1);
+            let p = Pod {
+                namespace: ns.to_string(),
+                name: pod.to_string(),
+                labels: BTreeMap::from([("pod".into(), pod.to_string())]),
+                node: Some(if j == 2 { "n2" } else { "n1" }.into()),
+                host_network: false,
+                ips: vec![ip],
+                ports: vec![
+                    ContainerPort {
+                        name: "serve-80".into(),
+                        proto: Proto::Tcp,
+                        port: 80,
+                    },
+                    ContainerPort {
+                        name: "serve-81".into(),
+                        proto: Proto::Udp,
+                        port: 81,
+                    },
+                    ContainerPort {
+                        name: "serve-82".into(),
+                        proto: Proto::Sctp,
+                        port: 82,
+                    },
+                ],
+                iface: Some(format!("tr{ns}{pod}")),
+            };
+            c.pods.insert(p.key(), p);
+        }
+    }
+    c
+}
+
+fn with_np(mut c: Cluster, ns: &str, name: &str, spec: Value) -> Cluster {
+    let p = netpol::parse(ns, name, &spec);
+    c.netpols.insert(p.key(), p);
+    c
+}
+
+fn with_cnp(mut c: Cluster, name: &str, spec: Value) -> Cluster {
+    let p = cnp::parse(name, &spec).unwrap();
+    c.cnps.insert(name.into(), p);
+    c
+}
+
+fn ip(c: &Cluster, key: &str) -> Ipv4Addr {
+    c.pods[key].ips[0]
+}
+
+fn allowed(c: &Cluster, from: &str, to: &str, proto: Proto, port: u16) -> bool {
+    let flow = Flow {
+        src: ip(c, from),
+        dst: ip(c, to),
+        proto,
+        port,
+    };
+    let v = evaluate(c, flow).allowed;
+    assert_eq!(
+        v,
+        compiled_allows(c, flow),
+        "compiler and evaluator disagree on {from} → {to} {proto}/{port}"
+    );
+    v
+}
+
+/// The compiled programs' answer: the source node's FORWARD (egress), the destination node's
+/// (ingress), each routed (veth) and bridged (trellis0 ports).
+fn compiled_allows(c: &Cluster, flow: Flow) -> bool {
+    let mut results = Vec::new();
+    for bridged in [false, true] {
+        let src = c.pod_by_ip(flow.src);
+        let dst = c.pod_by_ip(flow.dst);
+        let node_of = |p: Option<&Pod>| p.and_then(|p| p.node.clone());
+        let (sn, dn) = (node_of(src), node_of(dst));
+        let iface = |p: Option<&Pod>| p.and_then(|p| p.iface.clone());
+        let mut ok = true;
+        let mut nodes: Vec<String> = [sn.clone(), dn.clone()].into_iter().flatten().collect();
+        nodes.dedup();
+        for node in nodes {
+            let prog = compile(
+                c,
+                &Options {
+                    node: node.clone(),
+                    pending_deny: true,
+                },
+            );
+            let from_here = sn.as_deref() == Some(node.as_str());
+            let to_here = dn.as_deref() == Some(node.as_str());
+            let (in_iface, phys_in) = match (from_here, bridged) {
+                (true, false) => (iface(src).unwrap(), None),
+                (true, true) => (names::BRIDGE.to_string(), iface(src)),
+                (false, false) => ("eth0".to_string(), None),
+                (false, true) => (names::VTEP.to_string(), None),
+            };
+            let out_iface = match (to_here, bridged) {
+                (true, false) => iface(dst).unwrap(),
+                (true, true) => names::BRIDGE.to_string(),
+                (false, false) => "eth0".to_string(),
+                (false, true) => names::VTEP.to_string(),
+            };
+            let p = Packet {
+                src: flow.src,
+                dst: flow.dst,
+                proto: flow.proto,
+                port: flow.port,
+                in_iface,
+                out_iface,
+                phys_in,
+                established: false,
+            };
+            if prog.traverse(names::FWD, &p) == Some(false) {
+                ok = false;
+            }
+        }
+        results.push(ok);
+    }
+    assert_eq!(
+        results[0], results[1],
+        "routed and bridged disagree on {flow:?}"
+    );
+    results[0]
+}
+
+const TCP: Proto = Proto::Tcp;
+const UDP: Proto = Proto::Udp;
+const SCTP: Proto = Proto::Sctp;
+
+#[test]
+fn no_policy_allows_everything() {
+    let c = cluster();
+    assert!(allowed(&c, "x/a", "y/c", TCP, 80));
+}
+
+#[test]
+fn default_deny_ingress_isolates_only_selected_pods() {
+    let c = with_np(cluster(), "x", "deny", json!({"podSelector": {}}));
+    assert!(!allowed(&c, "y/a", "x/a", TCP, 80));
+    assert!(!allowed(&c, "x/b", "x/a", TCP, 80));
+    assert!(allowed(&c, "x/a", "y/a", TCP, 80), "egress is not isolated");
+    assert!(allowed(&c, "y/a", "y/b", TCP, 80));
+}
+
+#[test]
+fn pod_and_namespace_selectors_or_across_peers_and_within_one_peer() {
+    let c = with_np(
+        cluster(),
+        "x",
+        "p",
+        json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{"from": [
+            {"podSelector": {"matchLabels": {"pod": "b"}}},
+            {"namespaceSelector": {"matchLabels": {"ns": "y"}}, "podSelector": {"matchLabels": {"pod": "c"}}}
+        ]}]}),
+    );
+    assert!(allowed(&c, "x/b", "x/a", TCP, 80));
+    assert!(
+        !allowed(&c, "y/b", "x/a", TCP, 80),
+        "podSelector alone is the policy's namespace"
+    );
+    assert!(allowed(&c, "y/c", "x/a", TCP, 80), "both in one peer: AND");
+    assert!(!allowed(&c, "y/a", "x/a", TCP, 80));
+    assert!(!allowed(&c, "z/c", "x/a", TCP, 80));
+    assert!(allowed(&c, "z/c", "x/b", TCP, 80), "x/b is not selected");
+}
+
+#[test]
+fn namespace_name_label_and_not_in() {
+    let c = with_np(
+        cluster(),
+        "x",
+        "p",
+        json!({"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": {"matchExpressions": [
+            {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["y"]}]}}]}]}),
+    );
+    assert!(allowed(&c, "z/a", "x/a", TCP, 80));
+    assert!(allowed(&c, "x/b", "x/a", TCP, 80));
+    assert!(!allowed(&c, "y/a", "x/a", TCP, 80));
+}
+
+#[test]
+fn ports_by_number_range_name_and_protocol() {
+    let c = with_np(
+        cluster(),
+        "x",
+        "p",
+        json!({"podSelector": {}, "ingress": [{"ports": [
+            {"port": 80}, {"protocol": "UDP", "port": "serve-81"}, {"protocol": "SCTP", "port": 1000, "endPort": 2000}]}]}),
+    );
+    assert!(allowed(&c, "y/a", "x/a", TCP, 80));
+    assert!(!allowed(&c, "y/a", "x/a", UDP, 80));
+    assert!(allowed(&c, "y/a", "x/a", UDP, 81));
+    assert!(!allowed(&c, "y/a", "x/a", TCP, 81));
+    assert!(allowed(&c, "y/a", "x/a", SCTP, 1500));
+    assert!(!allowed(&c, "y/a", "x/a", SCTP, 82));
+}
+
+#[test]
+fn a_udp_only_rule_still_isolates_and_does_not_admit_tcp() {
+    let c = with_np(
+        cluster(),
+        "x",
+        "p",
+        json!({"podSelector": {}, "ingress": [{"ports": [{"protocol": "UDP", "port": 80}]}]}),
+    );
+    assert!(!allowed(&c, "y/a", "x/a", TCP, 80));
+    assert!(allowed(&c, "y/a", "x/a", UDP, 80));
+}
+
+#[test]
+fn egress_named_ports_resolve_per_destination_pod() {
+    let mut c = with_np(
+        cluster(),
+        "x",
+        "p",
+        json!({"podSelector": {"matchLabels": {"pod": "a"}}, "policyTypes": ["Egress"],
+               "egress": [{"to": [{"namespaceSelector": {}}], "ports": [{"port": "serve-80"}]}]}),
+    );
+    c.pods.get_mut("y/b").unwrap().ports[0].port = 8080;
+    assert!(allowed(&c, "x/a", "y/a", TCP, 80));
+    assert!(!allowed(&c, "x/a", "y/b", TCP, 80));
+    assert!(allowed(&c, "x/a", "y/b", TCP, 8080));
+    assert!(!allowed(&c, "x/a", "y/c", TCP, 81));
+}
+
+#[test]
+fn egress_and_ingress_both_have_to_allow() {
+    let c = with_np(
+        cluster(),
+        "x",
+        "deny-egress",
+        json!({"podSelector": {"matchLabels": {"pod": "a"}}, "policyTypes": ["Egress"]}),
+    );
+    assert!(!allowed(&c, "x/a", "y/a", TCP, 80));
+    assert!(allowed(&c, "y/a", "x/a", TCP, 80), "ingress is independent");
+}
+
+#[test]
+fn allows_are_a_union_across_policies() {
+    let c = with_np(cluster(), "x", "deny", json!({"podSelector": {}}));
+    let c = with_np(
+        c,
+        "x",
+        "allow-y",
+        json!({"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}]}]}),
+    );
+    assert!(allowed(&c, "y/a", "x/a", TCP, 80));
+    assert!(!allowed(&c, "z/a", "x/a", TCP, 80));
+}
+
+#[test]
+fn ip_blocks_with_except() {
+    let mut c = with_np(
+        cluster(),
+        "x",
+        "p",
+        json!({"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "10.244.0.0/16", "except": ["10.244.2.0/24"]}}]}]}),
+    );
+    assert!(allowed(&c, "z/a", "x/a", TCP, 80));
+    assert!(!allowed(&c, "y/a", "x/a", TCP, 80), "y is 10.244.2.0/24");
+    // A second policy may still allow what an except excluded.
+    c = with_np(
+        c,
+        "x",
+        "q",
+        json!({"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "10.244.2.1/32"}}]}]}),
+    );
+    assert!(allowed(&c, "y/a", "x/a", TCP, 80));
+    assert!(!allowed(&c, "y/b", "x/a", TCP, 80));
+}
+
+#[test]
+fn admin_deny_beats_a_network_policy_allow_and_pass_defers() {
+    let allow = json!({"podSelector": {}, "ingress": [{}]});
+    let c = with_np(cluster(), "x", "allow-all", allow);
+    let strict = json!({"tier": "Admin", "priority": 500,
+        "subject": {"namespaces": {"matchLabels": {"kubernetes.io/metadata.name": "x"}}},
+        "ingress": [
+            {"action": "Accept", "from": [{"namespaces": {"matchLabels": {"kubernetes.io/metadata.name": "x"}}}]},
+            {"action": "Deny", "from": [{"namespaces": {}}]}]});
+    let c2 = with_cnp(c.clone(), "strict", strict);
+    assert!(!allowed(&c2, "y/a", "x/a", TCP, 80));
+    assert!(allowed(&c2, "x/b", "x/a", TCP, 80));
+    let v = evaluate(
+        &c2,
+        Flow {
+            src: ip(&c2, "y/a"),
+            dst: ip(&c2, "x/a"),
+            proto: TCP,
+            port: 80,
+        },
+    );
+    let d = v.deciding().unwrap();
+    assert_eq!(
+        (d.tier, d.policy.as_deref(), d.rule.as_deref()),
+        (Tier::Admin, Some("strict"), Some("1"))
+    );
+    // Pass at a higher priority (lower number) defers y's traffic to the NetworkPolicy tier.
+    let pass = json!({"tier": "Admin", "priority": 10,
+        "subject": {"namespaces": {}},
+        "ingress": [{"name": "from-y", "action": "Pass", "from": [{"namespaces": {"matchLabels": {"ns": "y"}}}]}]});
+    let c3 = with_cnp(c2, "pass-y", pass);
+    assert!(allowed(&c3, "y/a", "x/a", TCP, 80));
+    assert!(!allowed(&c3, "z/a", "x/a", TCP, 80));
+}
+
+#[test]
+fn baseline_deny_is_overridden_by_a_network_policy() {
+    let isolate = json!({"tier": "Baseline", "priority": 500,
+        "subject": {"namespaces": {"matchLabels": {"kubernetes.io/metadata.name": "x"}}},
+        "ingress": [
+            {"action": "Accept", "from": [{"namespaces": {"matchLabels": {"kubernetes.io/metadata.name": "x"}}}]},
+            {"action": "Deny", "from": [{"namespaces": {}}]}]});
+    let c = with_cnp(cluster(), "trellis-isolate-x", isolate);
+    assert!(!allowed(&c, "y/a", "x/a", TCP, 80));
+    assert!(allowed(&c, "x/b", "x/a", TCP, 80));
+    assert!(allowed(&c, "x/a", "y/a", TCP, 80));
+    let c = with_np(
+        c,
+        "x",
+        "allow-y-to-a",
+        json!({"podSelector": {"matchLabels": {"pod": "a"}},
+        "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}]}]}),
+    );
+    assert!(allowed(&c, "y/a", "x/a", TCP, 80));
+    assert!(!allowed(&c, "y/a", "x/b", TCP, 80));
+}
+
+#[test]
+fn a_failed_closed_direction_denies_and_others_keep_working() {
+    let c = with_np(
+        cluster(),
+        "x",
+        "bad",
+        json!({"podSelector": {"matchLabels": {"pod": "a"}},
+        "ingress": [{"from": [{"ipBlock": {"cidr": "nonsense"}}]}]}),
+    );
+    let c = with_np(c, "y", "good", json!({"podSelector": {}}));
+    assert!(!allowed(&c, "z/a", "x/a", TCP, 80));
+    assert!(allowed(&c, "z/a", "x/b", TCP, 80));
+    assert!(!allowed(&c, "z/a", "y/b", TCP, 80));
+}
+
+#[test]
+fn a_pod_spoofing_another_pods_address_is_dropped() {
+    let c = with_np(cluster(), "x", "deny", json!({"podSelector": {}}));
+    let c = with_np(
+        c,
+        "x",
+        "from-b",
+        json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}]}]}),
+    );
+    let prog = compile(
+        &c,
+        &Options {
+            node: "n1".into(),
+            pending_deny: true,
+        },
+    );
+    // y/a (on n1, interface tryа) sends with x/b's address.
+    let p = Packet {
+        src: ip(&c, "x/b"),
+        dst: ip(&c, "x/a"),
+        proto: TCP,
+        port: 80,
+        in_iface: "trya".into(),
+        out_iface: "trxa".into(),
+        phys_in: None,
+        established: false,
+    };
+    assert_eq!(prog.traverse(names::FWD, &p), Some(false));
+    let honest = Packet {
+        in_iface: "trxb".into(),
+        ..p
+    };
+    assert_eq!(prog.traverse(names::FWD, &honest), None);
+}
+
+#[test]
+fn pending_pods_are_dropped_until_committed_and_replies_always_pass() {
+    let c = cluster();
+    let prog = compile(
+        &c,
+        &Options {
+            node: "n1".into(),
+            pending_deny: true,
+        },
+    );
+    let new_pod = Packet {
+        src: "10.244.9.9".parse().unwrap(),
+        dst: ip(&c, "x/a"),
+        proto: TCP,
+        port: 80,
+        in_iface: "trnew".into(),
+        out_iface: "trxa".into(),
+        phys_in: None,
+        established: false,
+    };
+    assert_eq!(prog.traverse(names::FWD, &new_pod), Some(false));
+    let to_new = Packet {
+        src: ip(&c, "x/a"),
+        dst: "10.244.9.9".parse().unwrap(),
+        in_iface: "trxa".into(),
+        out_iface: "trnew".into(),
+        ..new_pod.clone()
+    };
+    assert_eq!(prog.traverse(names::FWD, &to_new), Some(false));
+    let reply = Packet {
+        established: true,
+        ..new_pod.clone()
+    };
+    assert_eq!(prog.traverse(names::FWD, &reply), Some(true));
+    let off = compile(
+        &c,
+        &Options {
+            node: "n1".into(),
+            pending_deny: false,
+        },
+    );
+    assert_eq!(off.traverse(names::FWD, &new_pod), None);
+    // Traffic between other nodes' pods through the VTEP is not ours to judge.
+    let transit = Packet {
+        dst: "10.244.7.7".parse().unwrap(),
+        in_iface: names::VTEP.into(),
+        out_iface: "eth0".into(),
+        ..new_pod
+    };
+    assert_eq!(prog.traverse(names::FWD, &transit), None);
+}
+
+#[test]
+fn the_same_model_compiles_to_the_same_names() {
+    let c = with_np(
+        cluster(),
+        "x",
+        "p",
+        json!({"podSelector": {}, "ingress": [{"from": [{"podSelector": {}}]}]}),
+    );
+    let a = compile(
+        &c,
+        &Options {
+            node: "n1".into(),
+            pending_deny: true,
+        },
+    );
+    let b = compile(
+        &c.clone(),
+        &Options {
+            node: "n1".into(),
+            pending_deny: true,
+        },
+    );
+    assert_eq!(a, b);
+    // Pod churn: a new pod in a peer changes set members, not rules.
+    let mut c2 = c.clone();
+    let mut p = c2.pods["x/c"].clone();
+    p.name = "d".into();
+    p.node = Some("n2".into());
+    p.ips = vec!["10.244.1.40".parse().unwrap()];
+    c2.pods.insert(p.key(), p);
+    let d = compile(
+        &c2,
+        &Options {
+            node: "n1".into(),
+            pending_deny: true,
+        },
+    );
+    assert_eq!(a.chains, d.chains);
+    assert_ne!(a.sets, d.sets);
+}
+
+// ---- generated cases: the compiler against the evaluator ----
+
+fn peer_strategy() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        Just(json!({"podSelector": {"matchLabels": {"pod": "a"}}})),
+        Just(json!({"podSelector": {}})),
+        Just(json!({"namespaceSelector": {"matchLabels": {"ns": "y"}}})),
+        Just(
+            json!({"namespaceSelector": {}, "podSelector": {"matchExpressions": [{"key": "pod", "operator": "In", "values": ["b", "c"]}]}})
+        ),
+        Just(json!({"ipBlock": {"cidr": "10.244.0.0/16", "except": ["10.244.3.0/24"]}})),
+        Just(json!({"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.244.1.2/32"]}})),
+        Just(json!({"ipBlock": {"cidr": "10.244.2.0/24"}})),
+    ]
+}
+
+fn port_strategy() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        Just(json!({"port": 80})),
+        Just(json!({"protocol": "UDP", "port": 81})),
+        Just(json!({"port": "serve-80"})),
+        Just(json!({"protocol": "UDP", "port": "serve-81"})),
+        Just(json!({"protocol": "SCTP"})),
+        Just(json!({"port": 79, "endPort": 81})),
+    ]
+}
+
+fn np_rule(dir: &'static str) -> impl Strategy<Value = Value> {
+    (
+        proptest::option::of(proptest::collection::vec(peer_strategy(), 0..3)),
+        proptest::option::of(proptest::collection::vec(port_strategy(), 0..3)),
+    )
+        .prop_map(move |(peers, ports)| {
+            let mut r = json!({});
+            if let Some(p) = peers {
+                r[dir] = Value::Array(p);
+            }
+            if let Some(p) = ports {
+                r["ports"] = Value::Array(p);
+            }
+            r
+        })
+}
+
+fn np_strategy() -> impl Strategy<Value = (String, Value)> {
+    (
+        prop_oneof![Just("x"), Just("y"), Just("z")],
+        prop_oneof![
+            Just(json!({})),
+            Just(json!({"matchLabels": {"pod": "a"}})),
+            Just(json!({"matchLabels": {"pod": "c"}}))
+        ],
+        proptest::collection::vec(np_rule("from"), 0..3),
+        proptest::collection::vec(np_rule("to"), 0..3),
+        prop_oneof![
+            Just(None),
+            Just(Some(vec!["Ingress"])),
+            Just(Some(vec!["Egress"])),
+            Just(Some(vec!["Ingress", "Egress"]))
+        ],
+    )
+        .prop_map(|(ns, sel, ingress, egress, types)| {
+            let mut spec = json!({"podSelector": sel, "ingress": ingress, "egress": egress});
+            if let Some(t) = types {
+                spec["policyTypes"] = json!(t);
+            }
+            (ns.to_string(), spec)
+        })
+}
+
+fn cnp_peer() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        Just(json!({"namespaces": {}})),
+        Just(json!({"namespaces": {"matchLabels": {"ns": "y"}}})),
+        Just(
+            json!({"pods": {"namespaceSelector": {}, "podSelector": {"matchLabels": {"pod": "b"}}}})
+        ),
+    ]
+}
+
+fn cnp_strategy() -> impl Strategy<Value = Value> {
+    let rule = |dir: &'static str| {
+        (
+            prop_oneof![Just("Accept"), Just("Deny"), Just("Pass")],
+            proptest::collection::vec(cnp_peer(), 1..3),
+            proptest::option::of(prop_oneof![
+                Just(json!([{"portNumber": {"protocol": "TCP", "port": 80}}])),
+                Just(json!([{"namedPort": "serve-81"}])),
+                Just(json!([{"portRange": {"protocol": "SCTP", "start": 80, "end": 90}}])),
+            ]),
+        )
+            .prop_map(move |(action, peers, ports)| {
+                let mut r = json!({"action": action});
+                r[dir] = Value::Array(peers);
+                if let Some(p) = ports {
+                    r["ports"] = p;
+                }
+                r
+            })
+    };
+    (
+        prop_oneof![Just("Admin"), Just("Baseline")],
+        0u32..3,
+        prop_oneof![
+            Just(json!({"namespaces": {"matchLabels": {"ns": "x"}}})),
+            Just(json!({"pods": {"namespaceSelector": {}, "podSelector": {"matchLabels": {"pod": "a"}}}})),
+        ],
+        proptest::collection::vec(rule("from"), 0..3),
+        proptest::collection::vec(rule("to"), 0..3),
+    )
+        .prop_map(|(tier, priority, subject, ingress, egress)| {
+            json!({"tier": tier, "priority": priority, "subject": subject, "ingress": ingress, "egress": egress})
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn compiled_chains_agree_with_the_evaluator(
+        nps in proptest::collection::vec(np_strategy(), 0..4),
+        cnps in proptest::collection::vec(cnp_strategy(), 0..3),
+    ) {
+        let mut c = cluster();
+        for (i, (ns, spec)) in nps.into_iter().enumerate() {
+            c = with_np(c, &ns, &format!("np{i}"), spec);
+        }
+        for (i, spec) in cnps.into_iter().enumerate() {
+            c = with_cnp(c, &format!("cnp{i}"), spec);
+        }
+        let keys: Vec<String> = c.pods.keys().cloned().collect();
+        let outside: Ipv4Addr = "172.16.0.1".parse().unwrap();
+        for from in &keys {
+            for to in &keys {
+                if from == to {
+                    continue;
+                }
+                for (proto, port) in [(TCP, 80), (TCP, 81), (UDP, 81), (SCTP, 82)] {
+                    allowed(&c, from, to, proto, port);
+                }
+            }
+            for (src, dst) in [(ip(&c, from), outside), (outside, ip(&c, from))] {
+                let flow = Flow { src, dst, proto: TCP, port: 80 };
+                prop_assert_eq!(evaluate(&c, flow).allowed, compiled_allows(&c, flow), "{:?}", flow);
+            }
+        }
+    }
+}
+
+/// The benchmark's scale (5,000 pods, 1,000 NetworkPolicies, 50 local pods): how long one
+/// compile takes. `cargo test -p trellis-policyd --release -- --ignored --nocapture scale`.
+#[test]
+#[ignore]
+fn scale_compile_time() {
+    let mut c = Cluster::default();
+    for n in 0..50 {
+        c.namespaces.insert(
+            format!("ns{n}"),
+            BTreeMap::from([("team".into(), format!("t{}", n % 5))]),
+        );
+    }
+    for i in 0..5000u32 {
+        let p = Pod {
+            namespace: format!("ns{}", i % 50),
+            name: format!("p{i}"),
+            labels: BTreeMap::from([
+                ("app".into(), format!("a{}", i % 20)),
+                ("tier".into(), format!("{}", i % 3)),
+            ]),
+            node: Some(if i < 50 {
+                "n0".into()
+            } else {
+                format!("n{}", 1 + i % 99)
+            }),
+            host_network: false,
+            ips: vec![Ipv4Addr::from(0x0af4_0000 + i)],
+            ports: vec![ContainerPort {
+                name: "http".into(),
+                proto: Proto::Tcp,
+                port: 8080,
+            }],
+            iface: Some(format!("tr{i:011x}")),
+        };
+        c.pods.insert(p.key(), p);
+    }
+    for i in 0..1000u32 {
+        let spec = json!({"podSelector": {"matchLabels": {"app": format!("a{}", i % 20)}},
+            "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": format!("a{}", (i + 1) % 20)}}},
+                                   {"namespaceSelector": {"matchLabels": {"team": format!("t{}", i % 5)}}}],
+                         "ports": [{"port": 8080}, {"port": "http"}]}],
+            "egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": [format!("10.{}.0.0/16", i % 200)]}}]}]});
+        c = with_np(c, &format!("ns{}", i % 50), &format!("np{i}"), spec);
+    }
+    let opts = Options {
+        node: "n0".into(),
+        pending_deny: true,
+    };
+    let t = std::time::Instant::now();
+    let p = compile(&c, &opts);
+    eprintln!(
+        "compile: {:?}, {} chains, {} rules, {} sets, {} members",
+        t.elapsed(),
+        p.chains.len(),
+        p.rule_count(),
+        p.sets.len(),
+        p.member_count()
+    );
+}

@@ -1,0 +1,287 @@
+//! No gap on restart, both modes: 20 restarts of policyd (alternating SIGTERM and kill -9,
+//! alternating nodes) under continuous probing of forbidden and allowed pairs; no forbidden
+//! connection may succeed, and the allowed ones keep working.
+//!
+//! And the verifier, with a deterministic negative control: policyd is SIGSTOPped (so nothing
+//! can repair), its FORWARD jump deleted by hand, and a forbidden pair probed until it gets
+//! through (it must: the probe is able to see a gap); then SIGCONT, and the verifier must put
+//! the jump back within one verify period (+ margin), after which the pair is blocked again.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "support/overlay_cluster.rs"]
+mod overlay_cluster;
+#[path = "support/policy_cluster.rs"]
+mod policy_cluster;
+#[path = "support/routed_cluster.rs"]
+mod routed_cluster;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use netns_testbed::matrix::{self, Cell};
+use netns_testbed::policy_model::{NetworkPolicy, NpPeer, NpRule, Selector};
+use nix::sys::signal::Signal;
+use policy_cluster::{Mode, PolicyCluster};
+
+const CONVERGE: Duration = Duration::from_secs(15);
+const RESTARTS: usize = 20;
+/// Probe time-out of the allowed cells (they answer within milliseconds).
+const PROBE: Duration = Duration::from_millis(1000);
+/// Probe time-out of the forbidden cells: each dropped probe costs all of it.
+const FORBIDDEN_PROBE: Duration = Duration::from_millis(300);
+
+/// x accepts only namespace y: z → x is forbidden (on both nodes), y → x allowed.
+async fn setup(mode: Mode) -> PolicyCluster {
+    let mut c = PolicyCluster::start(mode).await;
+    c.apply_np(
+        NetworkPolicy::new("x", "from-y", Selector::all()).ingress(vec![NpRule {
+            peers: vec![NpPeer::namespaces(Selector::eq("ns", "y"))],
+            ports: vec![],
+        }]),
+    )
+    .await;
+    c.converge("x accepts only y", CONVERGE).await;
+    c
+}
+
+/// The cells from pods of `from_ns` to pods of `to_ns` (every port and probed protocol).
+fn cells(c: &PolicyCluster, from_ns: &str, to_ns: &str) -> Vec<Cell> {
+    let m = c.expected();
+    m.cells
+        .keys()
+        .filter(|cell| {
+            c.pods[cell.from].key.starts_with(&format!("{from_ns}/"))
+                && c.pods[cell.to].key.starts_with(&format!("{to_ns}/"))
+        })
+        .copied()
+        .collect()
+}
+
+async fn restarts(mode: Mode) {
+    let mut c = setup(mode).await;
+    let expected = c.expected();
+    let forbidden = cells(&c, "z", "x");
+    let allowed = cells(&c, "y", "x");
+    assert!(
+        forbidden.iter().all(|cell| !expected.cells[cell])
+            && allowed.iter().all(|cell| expected.cells[cell])
+    );
+    let pods = c.endpoints();
+    let stop = Arc::new(AtomicBool::new(false));
+    // Two probing loops: the forbidden cells with a short time-out (a leak answers within
+    // milliseconds; a dropped SYN only costs the time-out), so they are probed several times a
+    // second; the allowed cells with a generous one, so a slow machine is not taken for a closed
+    // window.
+    let prober = |cells: Vec<Cell>, timeout: Duration| {
+        let (stop, pods, expected) = (stop.clone(), pods.clone(), expected.clone());
+        tokio::spawn(async move {
+            let (mut rounds, mut wrong) = (0u64, Vec::new());
+            let start = Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                let got = matrix::probe_cells(&pods, &cells, timeout).await.unwrap();
+                rounds += 1;
+                // Continuous, not a busy loop that starves the daemon being restarted.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                wrong.extend(
+                    got.into_iter()
+                        .filter(|(cell, ok)| expected.cells[cell] != *ok)
+                        .map(|(cell, _)| (start.elapsed(), cell)),
+                );
+            }
+            (rounds, wrong)
+        })
+    };
+    let forbidden_prober = prober(forbidden.clone(), FORBIDDEN_PROBE);
+    let allowed_prober = prober(allowed.clone(), PROBE);
+    let t = Instant::now();
+    for k in 0..RESTARTS {
+        let node = k % 2;
+        let signal = if (k / 2) % 2 == 0 {
+            Signal::SIGTERM
+        } else {
+            Signal::SIGKILL
+        };
+        let r = Instant::now();
+        c.stop_policyd(node, signal).await;
+        c.start_policyd(node).await;
+        eprintln!(
+            "[{mode:?}] restart {}/{RESTARTS} of policyd on node {node} ({signal}): ready again after {:?}",
+            k + 1,
+            r.elapsed()
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (f_rounds, leaks) = forbidden_prober.await.unwrap();
+    let (a_rounds, blocked) = allowed_prober.await.unwrap();
+    let names = |(at, cell): &(Duration, Cell)| {
+        format!(
+            "{at:?}: {} → {} {}/{}",
+            c.pods[cell.from].key, c.pods[cell.to].key, cell.port, cell.proto
+        )
+    };
+    eprintln!(
+        "[{mode:?}] {RESTARTS} restarts in {:?}; {f_rounds} rounds over {} forbidden cells: {} succeeded; {a_rounds} rounds over {} allowed cells: {} failed",
+        t.elapsed(),
+        forbidden.len(),
+        leaks.len(),
+        allowed.len(),
+        blocked.len()
+    );
+    assert!(
+        f_rounds >= 10 && a_rounds >= 10,
+        "probing ran through the restarts ({f_rounds}, {a_rounds} rounds)"
+    );
+    assert!(
+        leaks.is_empty(),
+        "forbidden connections succeeded during restarts: {:#?}\n{}",
+        leaks.iter().map(names).collect::<Vec<_>>(),
+        c.logs_tail()
+    );
+    assert!(
+        blocked.is_empty(),
+        "allowed connections failed during restarts (a closed window): {:#?}\n{}",
+        blocked.iter().map(names).collect::<Vec<_>>(),
+        c.logs_tail()
+    );
+    c.converge("after the restarts", CONVERGE).await;
+    c.finish();
+}
+
+/// Deletes every `FORWARD → TRELLIS-POL-FWD` jump on node `i` by its exact spec.
+async fn delete_fwd_jump(c: &PolicyCluster, i: usize) {
+    let rules = c.iptables(i, &["-S", "FORWARD"]).await;
+    let jumps: Vec<String> = rules
+        .stdout
+        .lines()
+        .filter(|l| policy_cluster::is_fwd_jump(l))
+        .map(String::from)
+        .collect();
+    assert!(
+        !jumps.is_empty(),
+        "no FORWARD jump to TRELLIS-POL-FWD on node {i}:\n{}",
+        rules.stdout
+    );
+    for j in jumps {
+        let spec: Vec<&str> = j
+            .trim_start_matches("-A FORWARD")
+            .split_whitespace()
+            .collect();
+        let mut args = vec!["-D", "FORWARD"];
+        args.extend(spec);
+        let out = c.iptables(i, &args).await;
+        assert!(out.success(), "iptables {args:?}: {}", out.stderr);
+    }
+    assert!(!c.has_fwd_jump(i).await);
+}
+
+async fn verifier(mode: Mode) {
+    let c = setup(mode).await;
+    // A forbidden pair whose destination is on node 0 (that node's FORWARD decides), with the
+    // source on the other node.
+    let dst = c.pod("x/a");
+    let node = c.pods[dst].on;
+    let src = (0..c.pods.len())
+        .find(|i| c.pods[*i].key.starts_with("z/") && c.pods[*i].on != node)
+        .unwrap();
+    let cell = Cell {
+        from: src,
+        to: dst,
+        port: 80,
+        proto: netns_testbed::matrix::Proto::Tcp,
+    };
+    let pods = c.endpoints();
+    let probe = |pods: Vec<matrix::Endpoint>| async move {
+        matrix::probe_cells(&pods, &[cell], PROBE).await.unwrap()[&cell]
+    };
+    assert!(
+        !probe(pods.clone()).await,
+        "z → x/a is forbidden to begin with"
+    );
+
+    // Negative control: hold the broken state (policyd stopped, jump gone) until the forbidden
+    // connection gets through.
+    c.signal_policyd(node, Signal::SIGSTOP);
+    delete_fwd_jump(&c, node).await;
+    let t = Instant::now();
+    let mut through = false;
+    while t.elapsed() < Duration::from_secs(10) {
+        if probe(pods.clone()).await {
+            through = true;
+            break;
+        }
+    }
+    let seen = t.elapsed();
+    assert!(
+        through,
+        "with the jump deleted (and policyd stopped), the forbidden pair never got through in 10 s: the probe cannot see a gap"
+    );
+    eprintln!(
+        "[{mode:?}] control: jump deleted, policyd stopped → forbidden {} → {} got through after {seen:?}",
+        c.pods[src].key, c.pods[dst].key
+    );
+
+    // The verifier repairs it within one period (+ margin).
+    let period = c.opts.verify_period;
+    let margin = Duration::from_millis(1000);
+    c.signal_policyd(node, Signal::SIGCONT);
+    let t = Instant::now();
+    while !c.has_fwd_jump(node).await {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the verifier never restored the jump:\n{}",
+            c.logs_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let restored = t.elapsed();
+    eprintln!(
+        "[{mode:?}] the verifier restored the FORWARD jump {restored:?} after SIGCONT (period {period:?})"
+    );
+    assert!(
+        restored <= period + margin,
+        "the jump came back after {restored:?}, more than one verify period ({period:?}) + {margin:?}"
+    );
+    // Only one jump, ahead of the overlay's accept.
+    let rules = c.iptables(node, &["-S", "FORWARD"]).await.stdout;
+    let jumps: Vec<usize> = rules
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| policy_cluster::is_fwd_jump(l))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(jumps.len(), 1, "exactly one jump:\n{rules}");
+    if let Some(fwd) = rules.lines().position(|l| l.contains("-j TRELLIS-FWD")) {
+        assert!(
+            jumps[0] < fwd,
+            "the policy jump sits ahead of the overlay's accept:\n{rules}"
+        );
+    }
+    assert!(
+        !probe(pods.clone()).await,
+        "the forbidden pair is blocked again"
+    );
+    c.converge("after the repair", CONVERGE).await;
+    c.finish();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_restarts_open_no_gap_overlay() {
+    restarts(Mode::Overlay).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_restarts_open_no_gap_routed() {
+    restarts(Mode::Routed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn verifier_restores_a_deleted_jump_within_a_period_overlay() {
+    verifier(Mode::Overlay).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn verifier_restores_a_deleted_jump_within_a_period_routed() {
+    verifier(Mode::Routed).await;
+}
