@@ -73,12 +73,20 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// A namespace's labels; one not (yet) seen still has its name label.
-    pub fn ns_labels(&self, ns: &str) -> Labels {
-        let mut l = self.namespaces.get(ns).cloned().unwrap_or_default();
-        l.entry(NS_NAME_LABEL.to_string())
-            .or_insert_with(|| ns.to_string());
-        l
+    /// A namespace's labels; one not (yet) seen still has its name label. Borrowed when the
+    /// namespace carries its name label (every real one does): this is on the compiler's hot
+    /// path, once per pod and peer.
+    pub fn ns_labels(&self, ns: &str) -> std::borrow::Cow<'_, Labels> {
+        match self.namespaces.get(ns) {
+            Some(l) if l.get(NS_NAME_LABEL).is_some_and(|n| n == ns) => {
+                std::borrow::Cow::Borrowed(l)
+            }
+            other => {
+                let mut l = other.cloned().unwrap_or_default();
+                l.insert(NS_NAME_LABEL.to_string(), ns.to_string());
+                std::borrow::Cow::Owned(l)
+            }
+        }
     }
 
     pub fn pod(&self, ns: &str, name: &str) -> Option<&Pod> {

@@ -648,16 +648,17 @@ proptest! {
     }
 }
 
-/// The benchmark's scale (5,000 pods, 1,000 NetworkPolicies, 50 local pods): how long one
-/// compile takes. `cargo test -p trellis-policyd --release -- --ignored --nocapture scale`.
-#[test]
-#[ignore]
-fn scale_compile_time() {
+/// The benchmark's cluster: 5,000 pods in 50 namespaces (50 of them on node n0), 1,000
+/// NetworkPolicies with pod, namespace, named-port and ipBlock peers.
+fn scale_cluster() -> Cluster {
     let mut c = Cluster::default();
     for n in 0..50 {
         c.namespaces.insert(
             format!("ns{n}"),
-            BTreeMap::from([("team".into(), format!("t{}", n % 5))]),
+            BTreeMap::from([
+                ("team".into(), format!("t{}", n % 5)),
+                ("kubernetes.io/metadata.name".into(), format!("ns{n}")),
+            ]),
         );
     }
     for i in 0..5000u32 {
@@ -692,6 +693,15 @@ fn scale_compile_time() {
             "egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": [format!("10.{}.0.0/16", i % 200)]}}]}]});
         c = with_np(c, &format!("ns{}", i % 50), &format!("np{i}"), spec);
     }
+    c
+}
+
+/// How long one compile of the benchmark's cluster takes.
+/// `cargo test -p trellis-policyd --release -- --ignored --nocapture scale_compile`.
+#[test]
+#[ignore]
+fn scale_compile_time() {
+    let c = scale_cluster();
     let opts = Options {
         node: "n0".into(),
         pending_deny: true,
@@ -705,5 +715,88 @@ fn scale_compile_time() {
         p.rule_count(),
         p.sets.len(),
         p.member_count()
+    );
+}
+
+/// Full programming, one remote pod added, one local pod added and one policy changed, into
+/// the kernel — of a network namespace of its own only:
+/// `unshare -n cargo test -p trellis-policyd --release -- --ignored --nocapture scale_commit`.
+#[tokio::test]
+#[ignore]
+async fn scale_commit_time() {
+    // Only in a namespace of its own: nothing but `lo` in it.
+    let devs = std::fs::read_to_string("/proc/self/net/dev").unwrap();
+    let names: Vec<&str> = devs
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next())
+        .map(str::trim)
+        .collect();
+    assert_eq!(
+        names,
+        ["lo"],
+        "run this under `unshare -n`: it programs the namespace it runs in"
+    );
+    let kernel = crate::kernel::Kernel::detect().await.unwrap();
+    let opts = Options {
+        node: "n0".into(),
+        pending_deny: true,
+    };
+    let mut c = scale_cluster();
+    let mut s = crate::sync::Syncer::default();
+    let t = std::time::Instant::now();
+    let p = compile(&c, &opts);
+    s.commit(&kernel, &p).await.unwrap();
+    eprintln!(
+        "full programming: {:?} ({} rules, {} members)",
+        t.elapsed(),
+        p.rule_count(),
+        p.member_count()
+    );
+    let mut times = Vec::new();
+    for i in 0..20u32 {
+        let mut pod = c.pods["ns1/p1"].clone();
+        pod.name = format!("new{i}");
+        pod.node = Some("n7".into());
+        pod.ips = vec![Ipv4Addr::from(0x0af5_0000 + i)];
+        c.pods.insert(pod.key(), pod);
+        let t = std::time::Instant::now();
+        s.commit(&kernel, &compile(&c, &opts)).await.unwrap();
+        times.push(t.elapsed());
+    }
+    times.sort();
+    eprintln!(
+        "remote pod added: median {:?}, max {:?}",
+        times[10], times[19]
+    );
+    let mut times = Vec::new();
+    for i in 0..20u32 {
+        let mut pod = c.pods["ns1/p1"].clone();
+        pod.name = format!("local{i}");
+        pod.node = Some("n0".into());
+        pod.ips = vec![Ipv4Addr::from(0x0af6_0000 + i)];
+        c.pods.insert(pod.key(), pod);
+        let t = std::time::Instant::now();
+        s.commit(&kernel, &compile(&c, &opts)).await.unwrap();
+        times.push(t.elapsed());
+    }
+    times.sort();
+    eprintln!(
+        "local pod added: median {:?}, max {:?}",
+        times[10], times[19]
+    );
+    let mut times = Vec::new();
+    for i in 0..20u32 {
+        let spec = json!({"podSelector": {"matchLabels": {"app": "a0"}},
+            "ingress": [{"ports": [{"port": 9000 + i}]}]});
+        c = with_np(c, "ns0", "np0", spec);
+        let t = std::time::Instant::now();
+        s.commit(&kernel, &compile(&c, &opts)).await.unwrap();
+        times.push(t.elapsed());
+    }
+    times.sort();
+    eprintln!(
+        "policy changed: median {:?}, max {:?}",
+        times[10], times[19]
     );
 }
