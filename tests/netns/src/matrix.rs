@@ -95,7 +95,7 @@ pub fn probed_protocols() -> Vec<Proto> {
 /// stop when this is dropped or their lifetime ends.
 pub struct ProbeServers {
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    /// Connections and datagrams answered so far.
+    /// Connections accepted and datagrams received so far (counted before each answer).
     pub served: Arc<AtomicU64>,
 }
 
@@ -194,10 +194,11 @@ async fn serve_stream(l: tokio::net::TcpListener, served: Arc<AtomicU64>) {
         let Ok((mut s, _)) = l.accept().await else {
             continue;
         };
-        let served = served.clone();
+        // Counted before the answer goes out: a client that has its answer is always counted
+        // (counting after the write raced the test that reads the count).
+        served.fetch_add(1, Ordering::SeqCst);
         tokio::spawn(async move {
             let _ = tokio::time::timeout(Duration::from_secs(5), s.write_all(GREETING)).await;
-            served.fetch_add(1, Ordering::Relaxed);
         });
     }
 }
@@ -208,9 +209,8 @@ async fn serve_datagram(u: tokio::net::UdpSocket, served: Arc<AtomicU64>) {
         let Ok((n, peer)) = u.recv_from(&mut buf).await else {
             continue;
         };
-        if u.send_to(&buf[..n], peer).await.is_ok() {
-            served.fetch_add(1, Ordering::Relaxed);
-        }
+        served.fetch_add(1, Ordering::SeqCst);
+        let _ = u.send_to(&buf[..n], peer).await;
     }
 }
 
