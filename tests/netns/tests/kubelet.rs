@@ -1,0 +1,294 @@
+//! `trellis kubelet` on the overlay: nodes register and turn Ready, pods on three nodes get
+//! addresses and talk across nodes, containers of one pod talk over 127.0.0.1, a crashing
+//! container restarts with back-off, a missing executable gets an Event and no hot loop, a
+//! killed kubelet adopts its pods, and deleting a pod removes its namespace and directory.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "support/kubelet.rs"]
+mod kubelet;
+#[path = "support/overlay_cluster.rs"]
+mod overlay_cluster;
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Event, Pod};
+use kube::Api;
+use kube::api::{DeleteParams, ListParams};
+use serde_json::json;
+
+use kubelet::{Kubelets, create_pod, wait_node_ready, wait_pod};
+use overlay_cluster::Cluster;
+
+fn web(name: &str, node: &str) -> serde_json::Value {
+    json!({"metadata": {"name": name}, "spec": {"nodeName": node,
+        "terminationGracePeriodSeconds": 5,
+        "containers": [
+            {"name": "srv", "image": "busybox",
+             "command": ["/bin/busybox", "nc", "-ll", "-p", "8080", "-e", "/bin/busybox", "hostname"]},
+            {"name": "side", "image": "busybox",
+             "command": ["/bin/busybox", "sh", "-c"],
+             "args": ["cat /etc/resolv.conf; echo POD=$MY_POD; until busybox nc -w 2 127.0.0.1 8080 </dev/null | grep .; do sleep 0.2; done; exec busybox sleep 3600"],
+             "env": [{"name": "MY_POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]}]}})
+}
+
+fn running(p: &serde_json::Value) -> bool {
+    p["status"]["phase"] == "Running"
+        && p["status"]["containerStatuses"]
+            .as_array()
+            .is_some_and(|cs| cs.iter().all(|c| c["ready"] == true))
+        && p["status"]["podIP"].is_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn overlay_kubelet_runs_pods_end_to_end() {
+    netns_testbed::require_tool("busybox", "busybox-static");
+    let c = Cluster::start(3).await;
+    let mut k = Kubelets::new(&c.tb);
+    let mut pids = Vec::new();
+    for w in &c.workers {
+        pids.push(k.start(&c.tb, &c.cp, &w.node, &w.dirs, "net.d"));
+    }
+    for w in &c.workers {
+        wait_node_ready(&c.client, &w.node.name).await;
+    }
+    let lease: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(c.client.clone(), "kube-node-lease");
+    assert!(lease.get("n1").await.is_ok(), "n1 holds its Lease");
+
+    // Pods on three nodes get addresses from their node's block and reach each other.
+    let mut pods = Vec::new();
+    for (i, w) in c.workers.iter().enumerate() {
+        let name = format!("web-{}", i + 1);
+        create_pod(&c.client, web(&name, &w.node.name)).await;
+        let p = wait_pod(
+            &c.client,
+            &name,
+            Duration::from_secs(60),
+            "Running",
+            running,
+        )
+        .await;
+        let ip: std::net::Ipv4Addr = p["status"]["podIP"].as_str().unwrap().parse().unwrap();
+        assert!(w.block.contains(&ip), "{ip} in {}", w.block);
+        pods.push((p["metadata"]["uid"].as_str().unwrap().to_string(), ip));
+    }
+    let ns1 = trellis_net::Netns::open(k.netns_path(&pods[0].0)).unwrap();
+    for (i, (_, ip)) in pods.iter().enumerate().skip(1) {
+        let url = ip.to_string();
+        let out = fetch(&c, &ns1, &url).await;
+        assert_eq!(
+            out.trim(),
+            format!("web-{}", i + 1),
+            "web-1 reaches web-{} across nodes and sees its hostname",
+            i + 1
+        );
+    }
+    // The second container reached the first over 127.0.0.1; it saw the pod's resolv.conf.
+    let log = k.pod_dir(0, &pods[0].0).join("logs/side/0.log");
+    netns_testbed::wait_for(
+        "the side container's answer",
+        Duration::from_secs(20),
+        || std::fs::read_to_string(&log).is_ok_and(|l| l.lines().any(|x| x == "web-1")),
+    )
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("nameserver 10.96.0.10")
+            && text.contains("options ndots:5")
+            && text.contains("search default.svc.cluster.local"),
+        "{text}"
+    );
+    assert!(text.contains("POD=web-1"), "downward API env: {text}");
+
+    // A crashing container restarts with back-off (2 s, then 4 s in this test's kubelet).
+    create_pod(&c.client, json!({"metadata": {"name": "crash"}, "spec": {"nodeName": "n1",
+        "containers": [{"name": "c", "image": "busybox", "command": ["/bin/busybox", "sh", "-c", "echo crashing; exit 3"]}]}})).await;
+    let p = wait_pod(
+        &c.client,
+        "crash",
+        Duration::from_secs(60),
+        "two restarts",
+        |p| p["status"]["containerStatuses"][0]["restartCount"].as_u64() >= Some(2),
+    )
+    .await;
+    let cs = &p["status"]["containerStatuses"][0];
+    assert_eq!(cs["lastState"]["terminated"]["exitCode"], 3, "{cs:#}");
+    assert_eq!(p["status"]["phase"], "Running");
+    let crash_uid = p["metadata"]["uid"].as_str().unwrap().to_string();
+    let started = |n: u32| {
+        std::fs::metadata(
+            k.pod_dir(0, &crash_uid)
+                .join(format!("containers/c/{n}/shim.pid")),
+        )
+        .unwrap()
+        .modified()
+        .unwrap()
+    };
+    let exited = |n: u32| {
+        std::fs::metadata(
+            k.pod_dir(0, &crash_uid)
+                .join(format!("containers/c/{n}/exit")),
+        )
+        .unwrap()
+        .modified()
+        .unwrap()
+    };
+    assert!(
+        started(1).duration_since(exited(0)).unwrap() >= Duration::from_secs(2),
+        "first restart after ≥ 2 s"
+    );
+    assert!(
+        started(2).duration_since(exited(1)).unwrap() >= Duration::from_secs(4),
+        "second restart after ≥ 4 s"
+    );
+
+    // A missing executable: an Event and a status that say so, and no hot loop.
+    create_pod(
+        &c.client,
+        json!({"metadata": {"name": "bad"}, "spec": {"nodeName": "n2",
+        "containers": [{"name": "c", "image": "busybox", "command": ["/nonexistent/tool"]}]}}),
+    )
+    .await;
+    let p = wait_pod(
+        &c.client,
+        "bad",
+        Duration::from_secs(60),
+        "StartError",
+        |p| {
+            p["status"]["containerStatuses"][0]["lastState"]["terminated"]["reason"] == "StartError"
+                || p["status"]["containerStatuses"][0]["state"]["terminated"]["reason"]
+                    == "StartError"
+                || p["status"]["containerStatuses"][0]["restartCount"].as_u64() >= Some(1)
+        },
+    )
+    .await;
+    let bad_uid = p["metadata"]["uid"].as_str().unwrap().to_string();
+    let events: Api<Event> = Api::namespaced(c.client.clone(), "default");
+    let mut found = false;
+    for _ in 0..100 {
+        let evs = events.list(&ListParams::default()).await.unwrap();
+        found = evs.items.iter().any(|e| {
+            e.involved_object.name.as_deref() == Some("bad")
+                && e.message
+                    .as_deref()
+                    .is_some_and(|m| m.contains("/nonexistent/tool"))
+        });
+        if found {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(found, "an Event names the missing executable");
+    tokio::time::sleep(Duration::from_secs(5)).await; // the bound is the point: runs in 5 s
+    let runs = std::fs::read_dir(k.pod_dir(1, &bad_uid).join("containers/c"))
+        .unwrap()
+        .count();
+    assert!(
+        runs <= 3,
+        "{runs} attempts within the back-off: no hot loop"
+    );
+
+    // kill -9 the kubelet on n1 and start it again: its pods are adopted, not duplicated.
+    let srv_pid =
+        std::fs::read_to_string(k.pod_dir(0, &pods[0].0).join("containers/srv/0/pid")).unwrap();
+    c.tb.signal(pids[0], nix::sys::signal::Signal::SIGKILL);
+    netns_testbed::wait_for("the kubelet to die", Duration::from_secs(10), || {
+        !c.tb.running(pids[0])
+    })
+    .await;
+    pids[0] = k.start(
+        &c.tb,
+        &c.cp,
+        &c.workers[0].node,
+        &c.workers[0].dirs,
+        "net.d",
+    );
+    // After the restart the kubelet syncs; a new pod proves it is past adoption.
+    create_pod(&c.client, json!({"metadata": {"name": "after"}, "spec": {"nodeName": "n1",
+        "containers": [{"name": "c", "image": "busybox", "command": ["/bin/busybox", "sleep", "3600"]}]}})).await;
+    wait_pod(
+        &c.client,
+        "after",
+        Duration::from_secs(60),
+        "Running",
+        running,
+    )
+    .await;
+    assert!(
+        !k.pod_dir(0, &pods[0].0).join("containers/srv/1").exists(),
+        "srv was not started again"
+    );
+    assert_eq!(
+        std::fs::read_to_string(k.pod_dir(0, &pods[0].0).join("containers/srv/0/pid")).unwrap(),
+        srv_pid
+    );
+    let out = fetch(&c, &ns1, &pods[1].1.to_string()).await;
+    assert_eq!(out.trim(), "web-2", "the adopted pod still has its network");
+    drop(ns1);
+
+    // Deleting pods: processes stopped, CNI DEL, namespace and directory gone, object gone.
+    let api: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    for name in ["web-1", "web-2", "web-3", "crash", "bad", "after"] {
+        api.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    for name in ["web-1", "web-2", "web-3", "crash", "bad", "after"] {
+        let mut gone = false;
+        for _ in 0..400 {
+            if api.get_opt(name).await.unwrap().is_none() {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(gone, "{name} was never finished by its kubelet");
+    }
+    for (i, (uid, ip)) in pods.iter().enumerate() {
+        assert!(
+            !k.netns_path(uid).exists(),
+            "web-{}'s namespace is gone",
+            i + 1
+        );
+        assert!(
+            !k.pod_dir(i, uid).exists(),
+            "web-{}'s directory is gone",
+            i + 1
+        );
+        let held = c.workers[i].dirs.join("ipam");
+        let still = walk_contains(&held, &ip.to_string());
+        assert!(!still, "web-{}'s address {ip} was released", i + 1);
+    }
+}
+
+/// The answer of the server on `ip`:8080 (its hostname) from `ns`, retried for 20 s at most:
+/// a Running container may not listen yet.
+async fn fetch(c: &Cluster, ns: &trellis_net::Netns, ip: &str) -> String {
+    let mut last = String::new();
+    for _ in 0..100 {
+        let out =
+            c.tb.exec(
+                ns,
+                &["/bin/busybox", "nc", "-w", "2", ip, "8080"],
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        if out.success() && !out.stdout.trim().is_empty() {
+            return out.stdout;
+        }
+        last = out.stderr;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("{ip}:8080: {last}");
+}
+
+fn walk_contains(dir: &std::path::Path, name: &str) -> bool {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| {
+            let p = e.path();
+            e.file_name().to_string_lossy() == name || (p.is_dir() && walk_contains(&p, name))
+        })
+}
