@@ -9,6 +9,8 @@
 mod kubelet;
 #[path = "support/overlay_cluster.rs"]
 mod overlay_cluster;
+#[path = "support/routed_cluster.rs"]
+mod routed_cluster;
 
 use std::time::Duration;
 
@@ -17,8 +19,10 @@ use kube::Api;
 use kube::api::{DeleteParams, ListParams};
 use serde_json::json;
 
+use ipnet::Ipv4Net;
 use kubelet::{Kubelets, create_pod, wait_node_ready, wait_pod};
-use overlay_cluster::Cluster;
+use netns_testbed::cluster::ControlPlane;
+use netns_testbed::{Node, Testbed};
 
 fn web(name: &str, node: &str) -> serde_json::Value {
     json!({"metadata": {"name": name}, "spec": {"nodeName": node,
@@ -43,40 +47,65 @@ fn running(p: &serde_json::Value) -> bool {
 #[tokio::test(flavor = "multi_thread")]
 async fn overlay_kubelet_runs_pods_end_to_end() {
     netns_testbed::require_tool("busybox", "busybox-static");
-    let c = Cluster::start(3).await;
-    let mut k = Kubelets::new(&c.tb);
+    let c = overlay_cluster::Cluster::start(3).await;
+    let nodes = c
+        .workers
+        .iter()
+        .map(|w| (&w.node, w.dirs.as_path(), Some(w.block)))
+        .collect();
+    scenario(&c.tb, &c.cp, &c.client, nodes, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn routed_kubelet_runs_pods_end_to_end() {
+    netns_testbed::require_tool("busybox", "busybox-static");
+    let c = routed_cluster::Cluster::start(3).await;
+    let client = overlay_cluster::kube_client(&c.cp.local_kubeconfig).await;
+    let nodes = c
+        .workers
+        .iter()
+        .map(|w| (&w.node, w.dirs.as_path(), None))
+        .collect();
+    scenario(&c.tb, &c.cp, &client, nodes, false).await;
+}
+
+/// The acceptance scenario on any network mode: `nodes` are (node, its directory, its block
+/// when the mode gives each node one); `host_local` when addresses are host-local files.
+async fn scenario(
+    tb: &Testbed,
+    cp: &ControlPlane,
+    client: &kube::Client,
+    nodes: Vec<(&Node, &std::path::Path, Option<Ipv4Net>)>,
+    host_local: bool,
+) {
+    let mut k = Kubelets::new(tb);
     let mut pids = Vec::new();
-    for w in &c.workers {
-        pids.push(k.start(&c.tb, &c.cp, &w.node, &w.dirs, "net.d"));
+    for (node, dirs, _) in &nodes {
+        pids.push(k.start(tb, cp, node, dirs, "net.d"));
     }
-    for w in &c.workers {
-        wait_node_ready(&c.client, &w.node.name).await;
+    for (node, _, _) in &nodes {
+        wait_node_ready(client, &node.name).await;
     }
     let lease: Api<k8s_openapi::api::coordination::v1::Lease> =
-        Api::namespaced(c.client.clone(), "kube-node-lease");
+        Api::namespaced(client.clone(), "kube-node-lease");
     assert!(lease.get("n1").await.is_ok(), "n1 holds its Lease");
 
     // Pods on three nodes get addresses from their node's block and reach each other.
     let mut pods = Vec::new();
-    for (i, w) in c.workers.iter().enumerate() {
+    for (i, (node, _, block)) in nodes.iter().enumerate() {
         let name = format!("web-{}", i + 1);
-        create_pod(&c.client, web(&name, &w.node.name)).await;
-        let p = wait_pod(
-            &c.client,
-            &name,
-            Duration::from_secs(60),
-            "Running",
-            running,
-        )
-        .await;
+        create_pod(client, web(&name, &node.name)).await;
+        let p = wait_pod(client, &name, Duration::from_secs(60), "Running", running).await;
         let ip: std::net::Ipv4Addr = p["status"]["podIP"].as_str().unwrap().parse().unwrap();
-        assert!(w.block.contains(&ip), "{ip} in {}", w.block);
+        if let Some(block) = block {
+            assert!(block.contains(&ip), "{ip} in {block}");
+        }
         pods.push((p["metadata"]["uid"].as_str().unwrap().to_string(), ip));
     }
     let ns1 = trellis_net::Netns::open(k.netns_path(&pods[0].0)).unwrap();
     for (i, (_, ip)) in pods.iter().enumerate().skip(1) {
         let url = ip.to_string();
-        let out = fetch(&c, &ns1, &url).await;
+        let out = fetch(tb, &ns1, &url).await;
         assert_eq!(
             out.trim(),
             format!("web-{}", i + 1),
@@ -102,10 +131,10 @@ async fn overlay_kubelet_runs_pods_end_to_end() {
     assert!(text.contains("POD=web-1"), "downward API env: {text}");
 
     // A crashing container restarts with back-off (2 s, then 4 s in this test's kubelet).
-    create_pod(&c.client, json!({"metadata": {"name": "crash"}, "spec": {"nodeName": "n1",
+    create_pod(client, json!({"metadata": {"name": "crash"}, "spec": {"nodeName": "n1",
         "containers": [{"name": "c", "image": "busybox", "command": ["/bin/busybox", "sh", "-c", "echo crashing; exit 3"]}]}})).await;
     let p = wait_pod(
-        &c.client,
+        client,
         "crash",
         Duration::from_secs(60),
         "two restarts",
@@ -145,26 +174,19 @@ async fn overlay_kubelet_runs_pods_end_to_end() {
 
     // A missing executable: an Event and a status that say so, and no hot loop.
     create_pod(
-        &c.client,
+        client,
         json!({"metadata": {"name": "bad"}, "spec": {"nodeName": "n2",
         "containers": [{"name": "c", "image": "busybox", "command": ["/nonexistent/tool"]}]}}),
     )
     .await;
-    let p = wait_pod(
-        &c.client,
-        "bad",
-        Duration::from_secs(60),
-        "StartError",
-        |p| {
-            p["status"]["containerStatuses"][0]["lastState"]["terminated"]["reason"] == "StartError"
-                || p["status"]["containerStatuses"][0]["state"]["terminated"]["reason"]
-                    == "StartError"
-                || p["status"]["containerStatuses"][0]["restartCount"].as_u64() >= Some(1)
-        },
-    )
+    let p = wait_pod(client, "bad", Duration::from_secs(60), "StartError", |p| {
+        p["status"]["containerStatuses"][0]["lastState"]["terminated"]["reason"] == "StartError"
+            || p["status"]["containerStatuses"][0]["state"]["terminated"]["reason"] == "StartError"
+            || p["status"]["containerStatuses"][0]["restartCount"].as_u64() >= Some(1)
+    })
     .await;
     let bad_uid = p["metadata"]["uid"].as_str().unwrap().to_string();
-    let events: Api<Event> = Api::namespaced(c.client.clone(), "default");
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
     let mut found = false;
     for _ in 0..100 {
         let evs = events.list(&ListParams::default()).await.unwrap();
@@ -192,29 +214,16 @@ async fn overlay_kubelet_runs_pods_end_to_end() {
     // kill -9 the kubelet on n1 and start it again: its pods are adopted, not duplicated.
     let srv_pid =
         std::fs::read_to_string(k.pod_dir(0, &pods[0].0).join("containers/srv/0/pid")).unwrap();
-    c.tb.signal(pids[0], nix::sys::signal::Signal::SIGKILL);
+    tb.signal(pids[0], nix::sys::signal::Signal::SIGKILL);
     netns_testbed::wait_for("the kubelet to die", Duration::from_secs(10), || {
-        !c.tb.running(pids[0])
+        !tb.running(pids[0])
     })
     .await;
-    pids[0] = k.start(
-        &c.tb,
-        &c.cp,
-        &c.workers[0].node,
-        &c.workers[0].dirs,
-        "net.d",
-    );
+    pids[0] = k.start(tb, cp, nodes[0].0, nodes[0].1, "net.d");
     // After the restart the kubelet syncs; a new pod proves it is past adoption.
-    create_pod(&c.client, json!({"metadata": {"name": "after"}, "spec": {"nodeName": "n1",
+    create_pod(client, json!({"metadata": {"name": "after"}, "spec": {"nodeName": "n1",
         "containers": [{"name": "c", "image": "busybox", "command": ["/bin/busybox", "sleep", "3600"]}]}})).await;
-    wait_pod(
-        &c.client,
-        "after",
-        Duration::from_secs(60),
-        "Running",
-        running,
-    )
-    .await;
+    wait_pod(client, "after", Duration::from_secs(60), "Running", running).await;
     assert!(
         !k.pod_dir(0, &pods[0].0).join("containers/srv/1").exists(),
         "srv was not started again"
@@ -223,12 +232,12 @@ async fn overlay_kubelet_runs_pods_end_to_end() {
         std::fs::read_to_string(k.pod_dir(0, &pods[0].0).join("containers/srv/0/pid")).unwrap(),
         srv_pid
     );
-    let out = fetch(&c, &ns1, &pods[1].1.to_string()).await;
+    let out = fetch(tb, &ns1, &pods[1].1.to_string()).await;
     assert_eq!(out.trim(), "web-2", "the adopted pod still has its network");
     drop(ns1);
 
     // Deleting pods: processes stopped, CNI DEL, namespace and directory gone, object gone.
-    let api: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    let api: Api<Pod> = Api::namespaced(client.clone(), "default");
     for name in ["web-1", "web-2", "web-3", "crash", "bad", "after"] {
         api.delete(name, &DeleteParams::default()).await.unwrap();
     }
@@ -254,19 +263,35 @@ async fn overlay_kubelet_runs_pods_end_to_end() {
             "web-{}'s directory is gone",
             i + 1
         );
-        let held = c.workers[i].dirs.join("ipam");
-        let still = walk_contains(&held, &ip.to_string());
-        assert!(!still, "web-{}'s address {ip} was released", i + 1);
+        if host_local {
+            let held = nodes[i].1.join("ipam");
+            let still = walk_contains(&held, &ip.to_string());
+            assert!(!still, "web-{}'s address {ip} was released", i + 1);
+        }
+    }
+    // Nothing of any pod is left: no namespace, no pod directory, no process.
+    let left: Vec<String> = std::fs::read_dir(tb.run_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&k.prefix))
+        .collect();
+    assert!(left.is_empty(), "pod namespaces left: {left:?}");
+    for root in &k.roots {
+        let n = std::fs::read_dir(root.join("pods"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert_eq!(n, 0, "pod directories left in {}", root.display());
     }
 }
 
 /// The answer of the server on `ip`:8080 (its hostname) from `ns`, retried for 20 s at most:
 /// a Running container may not listen yet.
-async fn fetch(c: &Cluster, ns: &trellis_net::Netns, ip: &str) -> String {
+async fn fetch(tb: &Testbed, ns: &trellis_net::Netns, ip: &str) -> String {
     let mut last = String::new();
     for _ in 0..100 {
-        let out =
-            c.tb.exec(
+        let out = tb
+            .exec(
                 ns,
                 &["/bin/busybox", "nc", "-w", "2", ip, "8080"],
                 Duration::from_secs(10),
