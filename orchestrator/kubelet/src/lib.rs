@@ -8,6 +8,7 @@
 pub mod network;
 pub mod node;
 pub mod pods;
+pub mod probe;
 pub mod runtime;
 pub mod shim;
 

@@ -17,10 +17,12 @@ use serde_json::{Value, json};
 use trellis_daemon::Metrics;
 
 use crate::network::{Network, PodRef};
+use crate::probe::{self, Kind, Tracker};
 use crate::runtime::{self, ContainerRun, ProcessRuntime, RunState, Runtime, Sandbox};
 use crate::{Config, Error};
 
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub(crate) const DEFAULT_PATH: &str =
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// What `<root>/pods/<uid>/sandbox.json` records.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -45,6 +47,8 @@ struct Local {
     last_status: Option<Value>,
     /// Restart failures already reported with an Event (container, attempt).
     reported: HashMap<String, u32>,
+    /// Probe results per (container, attempt, probe).
+    probes: HashMap<(String, u32, Kind), Tracker>,
 }
 
 /// Sandbox failures waiting for their back-off.
@@ -299,6 +303,7 @@ impl Pods {
             }
         }
         self.run_containers(pod, uid).await?;
+        self.run_probes(pod, uid).await;
         let status = self.status(pod, uid);
         let changed = self
             .local
@@ -540,6 +545,102 @@ impl Pods {
         Ok(())
     }
 
+    /// Startup, then liveness and readiness, for every running app container; a failed
+    /// startup or liveness probe kills the container (it restarts after its back-off).
+    async fn run_probes(&mut self, pod: &Pod, uid: &str) {
+        let Some(local) = self.local.get(uid) else {
+            return;
+        };
+        let sb = Self::sandbox(local);
+        let pod_ip = local.rec.ips.first().copied();
+        let netns = local.rec.netns.clone();
+        let spec = pod.spec.clone().unwrap_or_default();
+        for c in &spec.containers {
+            let Some((n, RunState::Running { started, .. })) = self.rt.latest(&sb, &c.name) else {
+                continue;
+            };
+            let running_for = started.elapsed().unwrap_or_default();
+            for kind in [Kind::Startup, Kind::Liveness, Kind::Readiness] {
+                let Some(p) = probe::probe_of(c, kind) else {
+                    continue;
+                };
+                let key = (c.name.clone(), n, kind);
+                let Some(local) = self.local.get_mut(uid) else {
+                    return;
+                };
+                let started_ok = c.startup_probe.is_none()
+                    || local
+                        .probes
+                        .get(&(c.name.clone(), n, Kind::Startup))
+                        .is_some_and(|t| t.ok);
+                if kind != Kind::Startup && !started_ok {
+                    continue;
+                }
+                let t = local.probes.entry(key.clone()).or_insert_with(|| Tracker {
+                    ok: kind == Kind::Liveness,
+                    ..Default::default()
+                });
+                if (kind == Kind::Startup && t.ok) || !probe::due(p, t, running_for) {
+                    continue;
+                }
+                let result = probe::run(p, c, pod_ip, netns.clone()).await;
+                let Some(t) = self.local.get_mut(uid).and_then(|l| l.probes.get_mut(&key)) else {
+                    return;
+                };
+                let failed_before = t.failures;
+                let verdict = probe::record(
+                    p,
+                    t,
+                    result.is_ok(),
+                    result.clone().err().unwrap_or_default(),
+                );
+                let threshold = p.failure_threshold.unwrap_or(3).max(1) as u32;
+                let fatal = kind != Kind::Readiness
+                    && !verdict
+                    && t.failures >= threshold
+                    && failed_before < threshold;
+                if let Err(why) = &result {
+                    let what = match kind {
+                        Kind::Startup => "Startup",
+                        Kind::Liveness => "Liveness",
+                        Kind::Readiness => "Readiness",
+                    };
+                    self.event(
+                        pod,
+                        "Warning",
+                        "Unhealthy",
+                        &format!("{what} probe failed: {why}"),
+                    )
+                    .await;
+                }
+                if fatal {
+                    let msg = format!(
+                        "Container {} failed {} probe, will be restarted",
+                        c.name,
+                        if kind == Kind::Startup {
+                            "startup"
+                        } else {
+                            "liveness"
+                        }
+                    );
+                    self.event(pod, "Normal", "Killing", &msg).await;
+                    self.rt.signal(&sb, &c.name, Signal::SIGKILL);
+                }
+            }
+        }
+        if let Some(local) = self.local.get_mut(uid) {
+            // Trackers of earlier runs are no longer needed.
+            let latest: HashMap<String, u32> = spec
+                .containers
+                .iter()
+                .filter_map(|c| Some((c.name.clone(), self.rt.latest(&sb, &c.name)?.0)))
+                .collect();
+            local
+                .probes
+                .retain(|(name, n, _), _| latest.get(name) == Some(n));
+        }
+    }
+
     fn due(&self, finished: SystemTime, restart: u32) -> bool {
         let wait = backoff(self.cfg.backoff_base, self.cfg.backoff_max, restart);
         finished.elapsed().map(|e| e >= wait).unwrap_or(true)
@@ -741,8 +842,17 @@ impl Pods {
                 json!({})
             };
             let running = matches!(latest, Some((_, RunState::Running { .. })));
+            let verdict = |kind: Kind| {
+                probe::probe_of(c, kind).is_none()
+                    || local
+                        .probes
+                        .get(&(c.name.clone(), n, kind))
+                        .is_some_and(|t| t.ok)
+            };
+            let started = running && verdict(Kind::Startup);
+            let ready = started && verdict(Kind::Readiness);
             let mut s = json!({"name": c.name, "image": c.image.clone().unwrap_or_default(),
-                "imageID": "", "restartCount": n, "started": running, "ready": running,
+                "imageID": "", "restartCount": n, "started": started, "ready": ready,
                 "state": state, "lastState": last});
             if latest.is_some() {
                 s["containerID"] = json!(cid(&c.name, n));
@@ -893,6 +1003,7 @@ impl Local {
             sigkilled: false,
             last_status: None,
             reported: HashMap::new(),
+            probes: HashMap::new(),
         }
     }
 }

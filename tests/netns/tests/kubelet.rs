@@ -211,6 +211,101 @@ async fn scenario(
         "{runs} attempts within the back-off: no hot loop"
     );
 
+    // Probes: readiness follows an exec probe both ways; a failing liveness probe restarts its
+    // container, while a passing one (the negative control, same pod) never does.
+    let flag = tb.state_dir().join("ready-flag");
+    let flag_s = flag.display().to_string();
+    create_pod(client, json!({"metadata": {"name": "probed"}, "spec": {"nodeName": "n2",
+        "containers": [
+            {"name": "srv", "image": "busybox",
+             "command": ["/bin/busybox", "nc", "-ll", "-p", "8080", "-e", "/bin/busybox", "hostname"],
+             "livenessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1, "failureThreshold": 2},
+             "readinessProbe": {"exec": {"command": ["/bin/busybox", "test", "-e", flag_s]},
+                                "periodSeconds": 1, "failureThreshold": 1}},
+            {"name": "live", "image": "busybox", "command": ["/bin/busybox", "sleep", "3600"],
+             "livenessProbe": {"tcpSocket": {"port": 9090}, "periodSeconds": 1, "failureThreshold": 2}}]}})).await;
+    let cs = |p: &serde_json::Value, name: &str| {
+        p["status"]["containerStatuses"]
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["name"] == name).cloned())
+            .unwrap_or_default()
+    };
+    let ready_cond = |p: &serde_json::Value| {
+        p["status"]["conditions"]
+            .as_array()
+            .and_then(|a| {
+                a.iter()
+                    .find(|c| c["type"] == "Ready")
+                    .map(|c| c["status"] == "True")
+            })
+            .unwrap_or(false)
+    };
+    // Not ready while the flag is absent: wait until the probe has failed (its Event), then look.
+    let mut failed = false;
+    for _ in 0..300 {
+        let evs = events.list(&ListParams::default()).await.unwrap();
+        failed = evs.items.iter().any(|e| {
+            e.involved_object.name.as_deref() == Some("probed")
+                && e.message
+                    .as_deref()
+                    .is_some_and(|m| m.starts_with("Readiness probe failed"))
+        });
+        if failed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(failed, "the readiness probe ran and failed");
+    let p = wait_pod(
+        client,
+        "probed",
+        Duration::from_secs(30),
+        "srv running, not ready",
+        |p| cs(p, "srv")["state"]["running"].is_object() && cs(p, "srv")["ready"] == false,
+    )
+    .await;
+    assert!(
+        !ready_cond(&p),
+        "the pod is not Ready while srv's readiness fails"
+    );
+    std::fs::write(&flag, "").unwrap();
+    wait_pod(
+        client,
+        "probed",
+        Duration::from_secs(30),
+        "srv ready",
+        |p| cs(p, "srv")["ready"] == true,
+    )
+    .await;
+    std::fs::remove_file(&flag).unwrap();
+    wait_pod(
+        client,
+        "probed",
+        Duration::from_secs(30),
+        "srv not ready again",
+        |p| cs(p, "srv")["ready"] == false && !ready_cond(p),
+    )
+    .await;
+    let p = wait_pod(
+        client,
+        "probed",
+        Duration::from_secs(60),
+        "live restarted by its liveness probe",
+        |p| cs(p, "live")["restartCount"].as_u64() >= Some(1),
+    )
+    .await;
+    assert_eq!(
+        cs(&p, "live")["lastState"]["terminated"]["exitCode"],
+        137,
+        "{:#}",
+        cs(&p, "live")
+    );
+    assert_eq!(
+        cs(&p, "srv")["restartCount"],
+        0,
+        "a passing liveness probe never restarts its container"
+    );
+
     // kill -9 the kubelet on n1 and start it again: its pods are adopted, not duplicated.
     let srv_pid =
         std::fs::read_to_string(k.pod_dir(0, &pods[0].0).join("containers/srv/0/pid")).unwrap();
@@ -238,10 +333,10 @@ async fn scenario(
 
     // Deleting pods: processes stopped, CNI DEL, namespace and directory gone, object gone.
     let api: Api<Pod> = Api::namespaced(client.clone(), "default");
-    for name in ["web-1", "web-2", "web-3", "crash", "bad", "after"] {
+    for name in ["web-1", "web-2", "web-3", "crash", "bad", "after", "probed"] {
         api.delete(name, &DeleteParams::default()).await.unwrap();
     }
-    for name in ["web-1", "web-2", "web-3", "crash", "bad", "after"] {
+    for name in ["web-1", "web-2", "web-3", "crash", "bad", "after", "probed"] {
         let mut gone = false;
         for _ in 0..400 {
             if api.get_opt(name).await.unwrap().is_none() {
