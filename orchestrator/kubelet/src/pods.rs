@@ -952,6 +952,35 @@ impl Pods {
                 })
                 .map(|c| c.name.clone())
                 .collect();
+            if local.terminating_since.is_none() {
+                // preStop hooks first (exec in the pod's namespace, bounded by the grace
+                // period), then SIGTERM.
+                let netns = local.rec.netns.clone();
+                let ip = local.rec.ips.first().copied();
+                let started = Instant::now();
+                for c in pod.spec.iter().flat_map(|s| s.containers.iter()) {
+                    let Some(handler) = c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref())
+                    else {
+                        continue;
+                    };
+                    let left = grace
+                        .saturating_sub(started.elapsed())
+                        .max(Duration::from_secs(1));
+                    let as_probe = k8s_openapi::api::core::v1::Probe {
+                        exec: handler.exec.clone(),
+                        http_get: handler.http_get.clone(),
+                        tcp_socket: handler.tcp_socket.clone(),
+                        timeout_seconds: Some(left.as_secs().min(i32::MAX as u64) as i32),
+                        ..Default::default()
+                    };
+                    if let Err(e) = probe::run(&as_probe, c, ip, netns.clone()).await {
+                        tracing::warn!(pod = %name_of(pod), container = %c.name, error = %e, "preStop hook");
+                    }
+                }
+            }
+            let Some(local) = self.local.get_mut(uid) else {
+                return Ok(());
+            };
             let since = *local.terminating_since.get_or_insert_with(|| {
                 for n in &names {
                     self.rt.signal(&sb, n, Signal::SIGTERM);

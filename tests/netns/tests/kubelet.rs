@@ -24,12 +24,15 @@ use kubelet::{Kubelets, create_pod, wait_node_ready, wait_pod};
 use netns_testbed::cluster::ControlPlane;
 use netns_testbed::{Node, Testbed};
 
-fn web(name: &str, node: &str) -> serde_json::Value {
+/// A server pod whose preStop hook leaves `<stop_dir>/<name>` behind.
+fn web(name: &str, node: &str, stop_dir: &std::path::Path) -> serde_json::Value {
+    let mark = stop_dir.join(name).display().to_string();
     json!({"metadata": {"name": name}, "spec": {"nodeName": node,
         "terminationGracePeriodSeconds": 5,
         "containers": [
             {"name": "srv", "image": "busybox",
-             "command": ["/bin/busybox", "nc", "-ll", "-p", "8080", "-e", "/bin/busybox", "hostname"]},
+             "command": ["/bin/busybox", "nc", "-ll", "-p", "8080", "-e", "/bin/busybox", "hostname"],
+             "lifecycle": {"preStop": {"exec": {"command": ["/bin/busybox", "touch", mark]}}}},
             {"name": "side", "image": "busybox",
              "command": ["/bin/busybox", "sh", "-c"],
              "args": ["cat /etc/resolv.conf; echo POD=$MY_POD; until busybox nc -w 2 127.0.0.1 8080 </dev/null | grep .; do sleep 0.2; done; exec busybox sleep 3600"],
@@ -94,7 +97,7 @@ async fn scenario(
     let mut pods = Vec::new();
     for (i, (node, _, block)) in nodes.iter().enumerate() {
         let name = format!("web-{}", i + 1);
-        create_pod(client, web(&name, &node.name)).await;
+        create_pod(client, web(&name, &node.name, tb.state_dir())).await;
         let p = wait_pod(client, &name, Duration::from_secs(60), "Running", running).await;
         let ip: std::net::Ipv4Addr = p["status"]["podIP"].as_str().unwrap().parse().unwrap();
         if let Some(block) = block {
@@ -309,11 +312,8 @@ async fn scenario(
     // kill -9 the kubelet on n1 and start it again: its pods are adopted, not duplicated.
     let srv_pid =
         std::fs::read_to_string(k.pod_dir(0, &pods[0].0).join("containers/srv/0/pid")).unwrap();
-    tb.signal(pids[0], nix::sys::signal::Signal::SIGKILL);
-    netns_testbed::wait_for("the kubelet to die", Duration::from_secs(10), || {
-        !tb.running(pids[0])
-    })
-    .await;
+    // SIGKILL to the kubelet's process group, waiting until every member is gone.
+    tb.kill(pids[0]);
     pids[0] = k.start(tb, cp, nodes[0].0, nodes[0].1, "net.d");
     // After the restart the kubelet syncs; a new pod proves it is past adoption.
     create_pod(client, json!({"metadata": {"name": "after"}, "spec": {"nodeName": "n1",
