@@ -412,3 +412,118 @@ fn walk_contains(dir: &std::path::Path, name: &str) -> bool {
             e.file_name().to_string_lossy() == name || (p.is_dir() && walk_contains(&p, name))
         })
 }
+
+/// A CNI failure (the policy gate's code 11 here) gets an Event and a Pending status, is undone
+/// with DEL, and is retried only after the back-off (2 s, then 4 s): never a hot loop.
+#[tokio::test(flavor = "multi_thread")]
+async fn cni_failure_gets_an_event_and_backoff() {
+    netns_testbed::require_root();
+    let tb = Testbed::new().unwrap();
+    let cp = ControlPlane::start(&tb, "cp", 1).await.unwrap();
+    let client = overlay_cluster::kube_client(&cp.local_kubeconfig).await;
+    let node = tb.add_node("n1", 2).await.unwrap();
+    let dirs = tb.state_dir().join("n1");
+    let (bin, conf) = (dirs.join("bin"), dirs.join("net.d"));
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::create_dir_all(&conf).unwrap();
+    let calls = dirs.join("calls");
+    let plugin = bin.join("fail-add");
+    std::fs::write(&plugin, format!(r#"#!/bin/sh
+cat >/dev/null
+echo "$CNI_COMMAND $(date +%s.%N) $CNI_ARGS" >> {calls}
+case "$CNI_COMMAND" in
+ADD) echo '{{"cniVersion":"1.1.0","code":11,"msg":"policy not confirmed","details":"policyd did not answer"}}'; exit 1 ;;
+VERSION) echo '{{"cniVersion":"1.1.0","supportedVersions":["1.0.0","1.1.0"]}}' ;;
+esac
+exit 0
+"#, calls = calls.display())).unwrap();
+    std::fs::set_permissions(&plugin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(
+        conf.join("10-fail.conflist"),
+        r#"{"cniVersion":"1.1.0","name":"failnet","plugins":[{"type":"fail-add"}]}"#,
+    )
+    .unwrap();
+    let mut k = Kubelets::new(&tb);
+    let bin_s = bin.display().to_string();
+    k.start_with(&tb, &cp, &node, &dirs, "net.d", &["--cni-bin-dir", &bin_s]);
+    wait_node_ready(&client, "n1").await;
+    create_pod(
+        &client,
+        json!({"metadata": {"name": "gated"}, "spec": {"nodeName": "n1",
+        "containers": [{"name": "c", "image": "busybox", "command": ["/bin/sleep", "3600"]}]}}),
+    )
+    .await;
+    let adds = || -> Vec<f64> {
+        std::fs::read_to_string(&calls)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with("ADD "))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .collect()
+    };
+    netns_testbed::wait_for("three ADD attempts", Duration::from_secs(60), || {
+        adds().len() >= 3
+    })
+    .await;
+    let log = std::fs::read_to_string(&calls).unwrap();
+    let t = adds();
+    assert!(
+        t[1] - t[0] >= 2.0 && t[2] - t[1] >= 4.0,
+        "back-off between attempts (2 s, 4 s): {log}"
+    );
+    assert!(
+        log.contains("K8S_POD_NAMESPACE=default")
+            && log.contains("K8S_POD_NAME=gated")
+            && log.contains("K8S_POD_UID=")
+            && log.contains("K8S_POD_INFRA_CONTAINER_ID="),
+        "{log}"
+    );
+    let dels = log.lines().filter(|l| l.starts_with("DEL ")).count();
+    assert!(dels >= 2, "every failed ADD is followed by DEL: {log}");
+    let p = wait_pod(
+        &client,
+        "gated",
+        Duration::from_secs(30),
+        "the sandbox failure in its status",
+        |p| {
+            p["status"]["conditions"]
+                .as_array()
+                .is_some_and(|cs| cs.iter().any(|c| c["reason"] == "FailedCreatePodSandBox"))
+        },
+    )
+    .await;
+    assert_eq!(p["status"]["phase"], "Pending");
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    let evs = events.list(&ListParams::default()).await.unwrap();
+    assert!(
+        evs.items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("FailedCreatePodSandBox")
+                && e.message
+                    .as_deref()
+                    .is_some_and(|m| m.contains("policy not confirmed"))),
+        "an Event says why"
+    );
+    let left: Vec<String> = std::fs::read_dir(tb.run_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&k.prefix))
+        .collect();
+    // Between attempts no namespace is kept (at most the one of an attempt in flight).
+    assert!(
+        left.len() <= 1,
+        "namespaces of failed sandboxes are removed: {left:?}"
+    );
+    let api: Api<Pod> = Api::namespaced(client.clone(), "default");
+    api.delete("gated", &DeleteParams::default()).await.unwrap();
+    let mut gone = false;
+    for _ in 0..300 {
+        if api.get_opt("gated").await.unwrap().is_none() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "a pod that never got a sandbox is deleted at once");
+}

@@ -28,7 +28,7 @@ impl Kubelets {
         }
     }
 
-    /// Starts `trellis kubelet` on `node`, its CNI configuration in `<dirs>/net.d`.
+    /// Starts `trellis kubelet` on `node`, its CNI configuration in `<dirs>/<conf_dir>`.
     pub fn start(
         &mut self,
         tb: &Testbed,
@@ -36,6 +36,19 @@ impl Kubelets {
         node: &Node,
         dirs: &std::path::Path,
         conf_dir: &str,
+    ) -> i32 {
+        self.start_with(tb, cp, node, dirs, conf_dir, &[])
+    }
+
+    /// As [`Kubelets::start`], with `extra` flags.
+    pub fn start_with(
+        &mut self,
+        tb: &Testbed,
+        cp: &ControlPlane,
+        node: &Node,
+        dirs: &std::path::Path,
+        conf_dir: &str,
+        extra: &[&str],
     ) -> i32 {
         let root = dirs.join("kubelet");
         if !self.roots.contains(&root) {
@@ -51,7 +64,7 @@ impl Kubelets {
             REFERENCE_PLUGIN_DIR.to_string(),
             node.ip.to_string(),
         );
-        let argv = [
+        let mut argv = vec![
             trellis.to_str().unwrap(),
             "kubelet",
             "--node",
@@ -81,6 +94,7 @@ impl Kubelets {
             "--listen",
             "127.0.0.1:10248",
         ];
+        argv.extend_from_slice(extra);
         tb.spawn(&node.ns, &argv, Duration::from_secs(600)).unwrap()
     }
 
