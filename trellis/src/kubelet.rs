@@ -36,6 +36,9 @@ pub struct Args {
     cluster_domain: String,
     #[arg(long, default_value_t = 110)]
     max_pods: u32,
+    /// The longest one CNI plugin run may take, in seconds.
+    #[arg(long, default_value_t = 120)]
+    cni_timeout_secs: u64,
     /// /healthz, /readyz and /metrics.
     #[arg(long, default_value = "127.0.0.1:10248")]
     listen: SocketAddr,
@@ -68,7 +71,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         cni_conf_dir: args.cni_conf_dir,
         cni_bin_dirs: args.cni_bin_dirs,
         cni_cache_dir: args.cni_cache_dir,
-        cni_timeout: Duration::from_secs(60),
+        cni_timeout: Duration::from_secs(args.cni_timeout_secs.max(1)),
         cluster_dns: args.cluster_dns,
         cluster_domain: args.cluster_domain,
         max_pods: args.max_pods,

@@ -38,20 +38,15 @@ impl Network {
         Network {
             inner: Arc::new(Inner {
                 conf_dir: cfg.cni_conf_dir.clone(),
-                cni: CniConfig::new(cfg.cni_bin_dirs.clone(), cfg.cni_cache_dir.clone()),
+                cni: CniConfig::new(cfg.cni_bin_dirs.clone(), cfg.cni_cache_dir.clone())
+                    .with_timeout(cfg.cni_timeout),
             }),
         }
     }
 
-    /// The default network: the first `.conflist`/`.conf` file by name.
+    /// The default network, chosen as libcni's users do (the first valid file by name).
     pub fn default_list(conf_dir: &Path) -> Result<NetworkConfigList, String> {
-        let files = trellis_cni::invoke::load_dir(conf_dir)
-            .map_err(|e| format!("no network config in {}: {e}", conf_dir.display()))?;
-        match files.into_iter().next() {
-            Some((_, Ok(list))) => Ok(list),
-            Some((path, Err(e))) => Err(format!("{}: {e}", path.display())),
-            None => Err(format!("no network config found in {}", conf_dir.display())),
-        }
+        trellis_cni::invoke::default_network(conf_dir).map_err(|e| e.to_string())
     }
 
     /// Ok when a network configuration exists and its plugins answer STATUS.
