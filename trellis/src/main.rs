@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 mod bgp;
+mod certs;
 mod ipam;
 mod kubelet;
 mod overlay;
@@ -43,6 +44,8 @@ enum Command {
     Policy(policy::Args),
     /// The node agent: registers the Node and runs its pods with a network through CNI.
     Kubelet(kubelet::Args),
+    /// Credentials from the cluster CA: `certs kubeconfig --user … --group …`.
+    Certs(certs::Args),
 }
 
 #[derive(clap::Args)]
@@ -86,7 +89,7 @@ async fn async_main() -> anyhow::Result<()> {
     // Daemons log what they do; a tool prints its answer and logs only what went wrong.
     // RUST_LOG overrides either. Colour only on a terminal, never in a log file.
     let level = match cli.command {
-        Command::Ipam(_) | Command::Bgp(_) | Command::Policy(_) => "warn",
+        Command::Ipam(_) | Command::Bgp(_) | Command::Policy(_) | Command::Certs(_) => "warn",
         _ => "info",
     };
     tracing_subscriber::fmt()
@@ -105,6 +108,7 @@ async fn async_main() -> anyhow::Result<()> {
         Command::Bgp(args) => bgp::run(args).await,
         Command::Policy(args) => policy::run(args).await,
         Command::Kubelet(args) => kubelet::run(args).await,
+        Command::Certs(args) => certs::run(args),
     }
 }
 

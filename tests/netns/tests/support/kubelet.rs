@@ -55,6 +55,27 @@ impl Kubelets {
             self.roots.push(root.clone());
         }
         let trellis = bin_path("trellis");
+        // The kubelet's own identity from the cluster CA, never the admin's.
+        std::fs::create_dir_all(dirs).unwrap();
+        let kubeconfig = dirs.join("kubelet.kubeconfig");
+        let out = std::process::Command::new(&trellis)
+            .args(["certs", "kubeconfig", "--data-dir"])
+            .arg(&cp.dir)
+            .args([
+                "--user",
+                &format!("system:node:{}", node.name),
+                "--group",
+                "system:nodes",
+            ])
+            .args(["--server", &format!("https://{}", cp.addr), "--out"])
+            .arg(&kubeconfig)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "certs kubeconfig: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let d = |s: &str| dirs.join(s).display().to_string();
         let (root_s, net_d, cache, bins, refs, ip) = (
             root.display().to_string(),
@@ -72,7 +93,7 @@ impl Kubelets {
             "--node-ip",
             &ip,
             "--kubeconfig",
-            cp.kubeconfig.to_str().unwrap(),
+            kubeconfig.to_str().unwrap(),
             "--root-dir",
             &root_s,
             "--netns-dir",
