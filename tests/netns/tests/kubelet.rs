@@ -116,6 +116,27 @@ async fn scenario(
             i + 1
         );
     }
+    // A hostNetwork pod runs in the node's namespace, without CNI: its podIP is the node's.
+    let (n3, _, _) = nodes[2];
+    create_pod(client, json!({"metadata": {"name": "hostnet"}, "spec": {"nodeName": n3.name, "hostNetwork": true,
+        "containers": [{"name": "srv", "image": "busybox",
+            "command": ["/bin/busybox", "nc", "-ll", "-p", "8081", "-e", "/bin/busybox", "echo", "from-the-node"]}]}})).await;
+    let p = wait_pod(
+        client,
+        "hostnet",
+        Duration::from_secs(60),
+        "Running",
+        running,
+    )
+    .await;
+    assert_eq!(p["status"]["podIP"], n3.ip.to_string());
+    let out = fetch_port(tb, &n3.ns, "127.0.0.1", "8081").await;
+    assert_eq!(
+        out.trim(),
+        "from-the-node",
+        "the hostNetwork pod listens in the node's namespace"
+    );
+
     // The second container reached the first over 127.0.0.1; it saw the pod's resolv.conf.
     let log = k.pod_dir(0, &pods[0].0).join("logs/side/0.log");
     netns_testbed::wait_for(
@@ -333,10 +354,14 @@ async fn scenario(
 
     // Deleting pods: processes stopped, CNI DEL, namespace and directory gone, object gone.
     let api: Api<Pod> = Api::namespaced(client.clone(), "default");
-    for name in ["web-1", "web-2", "web-3", "crash", "bad", "after", "probed"] {
+    for name in [
+        "web-1", "web-2", "web-3", "crash", "bad", "after", "probed", "hostnet",
+    ] {
         api.delete(name, &DeleteParams::default()).await.unwrap();
     }
-    for name in ["web-1", "web-2", "web-3", "crash", "bad", "after", "probed"] {
+    for name in [
+        "web-1", "web-2", "web-3", "crash", "bad", "after", "probed", "hostnet",
+    ] {
         let mut gone = false;
         for _ in 0..400 {
             if api.get_opt(name).await.unwrap().is_none() {
@@ -383,12 +408,17 @@ async fn scenario(
 /// The answer of the server on `ip`:8080 (its hostname) from `ns`, retried for 20 s at most:
 /// a Running container may not listen yet.
 async fn fetch(tb: &Testbed, ns: &trellis_net::Netns, ip: &str) -> String {
+    fetch_port(tb, ns, ip, "8080").await
+}
+
+/// As [`fetch`], on `port`.
+async fn fetch_port(tb: &Testbed, ns: &trellis_net::Netns, ip: &str, port: &str) -> String {
     let mut last = String::new();
     for _ in 0..100 {
         let out = tb
             .exec(
                 ns,
-                &["/bin/busybox", "nc", "-w", "2", ip, "8080"],
+                &["/bin/busybox", "nc", "-w", "2", ip, port],
                 Duration::from_secs(10),
             )
             .await
@@ -399,7 +429,7 @@ async fn fetch(tb: &Testbed, ns: &trellis_net::Netns, ip: &str) -> String {
         last = out.stderr;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    panic!("{ip}:8080: {last}");
+    panic!("{ip}:{port}: {last}");
 }
 
 fn walk_contains(dir: &std::path::Path, name: &str) -> bool {
