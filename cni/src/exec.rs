@@ -140,6 +140,89 @@ pub struct Output {
 /// Runs `binary` with `env` and `stdin`. A non-zero exit becomes the plugin's own error object
 /// when it printed one, else an internal error quoting what it printed.
 pub fn exec(binary: &Path, env: &CniEnv, stdin: &[u8]) -> Result<Output, Error> {
+    exec_with_timeout(binary, env, stdin, None)
+}
+
+/// As [`exec`], killing the plugin when it runs longer than `timeout`: a hung plugin must not
+/// hang its runtime. The output is read on threads, so a chatty plugin never blocks on a full pipe.
+pub fn exec_with_timeout(
+    binary: &Path,
+    env: &CniEnv,
+    stdin: &[u8],
+    timeout: Option<std::time::Duration>,
+) -> Result<Output, Error> {
+    let Some(timeout) = timeout else {
+        return exec_unbounded(binary, env, stdin);
+    };
+    let mut cmd = Process::new(binary);
+    env.apply(&mut cmd);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let name = binary.display();
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Error::io(format!("cannot run plugin {name}"), e))?;
+    let reader = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out_t = reader(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+    );
+    let err_t = reader(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+    );
+    if let Some(mut input) = child.stdin.take()
+        && let Err(e) = input.write_all(stdin)
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(Error::io(
+            format!("cannot write config to plugin {name}"),
+            e,
+        ));
+    }
+    let deadline = std::time::Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break st,
+            Ok(None) if std::time::Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(Error::internal(
+                    format!(
+                        "plugin {name} did not finish {} within {timeout:?}",
+                        env.command
+                    ),
+                    "killed",
+                ));
+            }
+            Ok(None) => std::thread::sleep(std::time::Duration::from_millis(5)),
+            Err(e) => return Err(Error::io(format!("plugin {name} did not finish"), e)),
+        }
+    };
+    let out = std::process::Output {
+        status,
+        stdout: out_t.join().unwrap_or_default(),
+        stderr: err_t.join().unwrap_or_default(),
+    };
+    judge(binary, env, out)
+}
+
+fn exec_unbounded(binary: &Path, env: &CniEnv, stdin: &[u8]) -> Result<Output, Error> {
     let mut cmd = Process::new(binary);
     env.apply(&mut cmd);
     cmd.stdin(Stdio::piped())
@@ -163,6 +246,12 @@ pub fn exec(binary: &Path, env: &CniEnv, stdin: &[u8]) -> Result<Output, Error> 
     let out = child
         .wait_with_output()
         .map_err(|e| Error::io(format!("plugin {name} did not finish"), e))?;
+    judge(binary, env, out)
+}
+
+/// A finished plugin's answer: its output, or its error object (else its words as an error).
+fn judge(binary: &Path, env: &CniEnv, out: std::process::Output) -> Result<Output, Error> {
+    let name = binary.display();
     if out.status.success() {
         return Ok(Output {
             stdout: out.stdout,
@@ -224,6 +313,35 @@ mod tests {
             .unwrap(),
             PathBuf::from("/bin/sh")
         );
+    }
+
+    #[test]
+    fn exec_with_timeout_kills_a_hung_plugin() {
+        let dir = tempfile::tempdir().unwrap();
+        let plugin = dir.path().join("hung");
+        std::fs::write(&plugin, "#!/bin/sh\nexec sleep 30\n").unwrap();
+        make_executable(&plugin);
+        let started = std::time::Instant::now();
+        let err = exec_with_timeout(
+            &plugin,
+            &CniEnv::new(Command::Add, vec![]),
+            b"{}",
+            Some(std::time::Duration::from_millis(300)),
+        )
+        .unwrap_err();
+        assert!(err.msg.contains("did not finish ADD"), "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        let ok = dir.path().join("ok");
+        std::fs::write(&ok, "#!/bin/sh\ncat >/dev/null\necho '{}'\necho said >&2\n").unwrap();
+        make_executable(&ok);
+        let out = exec_with_timeout(
+            &ok,
+            &CniEnv::new(Command::Add, vec![]),
+            b"{}",
+            Some(std::time::Duration::from_secs(20)),
+        )
+        .unwrap();
+        assert_eq!(out.stderr, b"said\n");
     }
 
     #[test]

@@ -22,6 +22,19 @@ pub struct CniConfig {
     pub plugin_dirs: Vec<PathBuf>,
     /// libcni uses `/var/lib/cni`; results go to `<cache_dir>/results/`.
     pub cache_dir: PathBuf,
+    /// The longest one plugin run may take; it is killed after that (None: no bound).
+    pub timeout: Option<std::time::Duration>,
+}
+
+/// One attachment the results cache holds, as [`CniConfig::cached_attachments`] lists them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CachedAttachment {
+    pub container_id: String,
+    pub ifname: String,
+    pub network_name: String,
+    pub cni_args: Vec<(String, String)>,
+    /// The network configuration ADD ran with (None in entries older than this field).
+    pub config: Option<Value>,
 }
 
 /// What the runtime knows about one attachment.
@@ -49,6 +62,9 @@ struct CacheEntry {
     cni_args: Vec<(String, String)>,
     #[serde(rename = "capabilityArgs", default)]
     capability_args: Map<String, Value>,
+    /// The network configuration list ADD ran with, as libcni keeps it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    config: Option<Value>,
     result: Value,
 }
 
@@ -59,7 +75,37 @@ impl CniConfig {
         CniConfig {
             plugin_dirs,
             cache_dir: cache_dir.into(),
+            timeout: None,
         }
+    }
+
+    /// Bounds every plugin run by `timeout`.
+    pub fn with_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Every attachment in the results cache (entries that cannot be read are skipped).
+    pub fn cached_attachments(&self) -> Vec<CachedAttachment> {
+        let Ok(entries) = fs::read_dir(self.cache_dir.join("results")) else {
+            return Vec::new();
+        };
+        let mut out: Vec<CachedAttachment> = entries
+            .flatten()
+            .filter_map(|e| fs::read(e.path()).ok())
+            .filter_map(|b| serde_json::from_slice::<CacheEntry>(&b).ok())
+            .map(|c| CachedAttachment {
+                container_id: c.container_id,
+                ifname: c.ifname,
+                network_name: c.network_name,
+                cni_args: c.cni_args,
+                config: c.config,
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            (&a.network_name, &a.container_id).cmp(&(&b.network_name, &b.container_id))
+        });
+        out
     }
 
     /// ADD: runs the chain in order, each plugin given the previous result. The final result
@@ -265,6 +311,7 @@ impl CniConfig {
             network_name: list.name.clone(),
             cni_args: rt.args.clone(),
             capability_args: rt.capability_args.clone(),
+            config: serde_json::to_value(list).ok(),
             result: result
                 .to_value(version)
                 .map_err(|e| Error::internal("cannot cache result", e.to_string()))?,
@@ -322,7 +369,15 @@ impl CniConfig {
 
     fn run(&self, plugin: &PluginConf, env: CniEnv, stdin: &[u8]) -> Result<Vec<u8>, Error> {
         let binary = exec::find_in_path(&plugin.plugin_type, &self.plugin_dirs)?;
-        let out = exec::exec(&binary, &env, stdin)?;
+        let out = exec::exec_with_timeout(&binary, &env, stdin, self.timeout)?;
+        // What a plugin says on stderr belongs in the runtime's log (stderr), not lost.
+        let said = String::from_utf8_lossy(&out.stderr);
+        for line in said.lines().filter(|l| !l.trim().is_empty()) {
+            eprintln!(
+                "cni plugin {} ({}): {line}",
+                plugin.plugin_type, env.command
+            );
+        }
         Ok(out.stdout)
     }
 }
@@ -378,6 +433,23 @@ pub type LoadedFile = (PathBuf, Result<NetworkConfigList, Error>);
 
 /// Loads every network configuration in `dir` (`.conflist`, `.conf`, `.json`), sorted by file
 /// name as runtimes order them. A file that does not parse is reported with its name.
+/// The default network of a configuration directory, as libcni's users (ocicni, the CRI
+/// plugin) choose it: the first file by name that loads and has at least one plugin.
+pub fn default_network(dir: &Path) -> Result<NetworkConfigList, Error> {
+    let mut why = Vec::new();
+    for (path, loaded) in load_dir(dir)? {
+        match loaded {
+            Ok(list) if !list.plugins.is_empty() => return Ok(list),
+            Ok(_) => why.push(format!("{}: no plugins", path.display())),
+            Err(e) => why.push(format!("{}: {e}", path.display())),
+        }
+    }
+    Err(Error::invalid_config(
+        format!("no valid network configuration in {}", dir.display()),
+        why.join("; "),
+    ))
+}
+
 pub fn load_dir(dir: &Path) -> Result<Vec<LoadedFile>, Error> {
     let mut files: Vec<PathBuf> = fs::read_dir(dir)
         .map_err(|e| Error::io(format!("cannot read {}", dir.display()), e))?
@@ -517,6 +589,48 @@ mod tests {
             serde_json::from_str(lines[1].trim_start_matches("second ADD ")).unwrap();
         assert_eq!(second_in["prevResult"]["interfaces"][0]["name"], "first");
         assert_eq!(cni.cached_result(&l, &rt()).unwrap(), Some(result));
+    }
+
+    #[test]
+    fn cached_attachments_list_what_add_cached_with_its_config() {
+        let dir = tempfile::tempdir().unwrap();
+        plugin(dir.path(), "first", false);
+        let cni = CniConfig::new(vec![dir.path().to_path_buf()], dir.path().join("cache"))
+            .with_timeout(std::time::Duration::from_secs(30));
+        let l = list(r#"[{"type":"first"}]"#);
+        cni.add(&l, &rt()).unwrap();
+        let listed = cni.cached_attachments();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(
+            (listed[0].container_id.as_str(), listed[0].ifname.as_str()),
+            ("ctr", "eth0")
+        );
+        assert_eq!(listed[0].network_name, "net");
+        assert_eq!(
+            listed[0].config.as_ref().map(|c| c["name"].clone()),
+            Some(Value::from("net"))
+        );
+        cni.del(&l, &rt()).unwrap();
+        assert!(cni.cached_attachments().is_empty());
+    }
+
+    #[test]
+    fn the_default_network_is_the_first_valid_file_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("00-broken.conflist"), "{not json").unwrap();
+        std::fs::write(
+            dir.path().join("20-b.conflist"),
+            r#"{"cniVersion":"1.0.0","name":"b","plugins":[{"type":"x"}]}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("10-a.conflist"),
+            r#"{"cniVersion":"1.0.0","name":"a","plugins":[{"type":"x"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(default_network(dir.path()).unwrap().name, "a");
+        let empty = tempfile::tempdir().unwrap();
+        assert!(default_network(empty.path()).is_err());
     }
 
     #[test]

@@ -8,7 +8,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 mod bgp;
+mod certs;
 mod ipam;
+mod kubelet;
 mod overlay;
 mod policy;
 mod policy_explain;
@@ -44,6 +46,10 @@ enum Command {
     Policyd(policyd::Args),
     /// Network policy administration: isolate and open namespaces, show their isolation.
     Policy(policy::Args),
+    /// The node agent: registers the Node and runs its pods with a network through CNI.
+    Kubelet(kubelet::Args),
+    /// Credentials from the cluster CA: `certs kubeconfig --user … --group …`.
+    Certs(certs::Args),
 }
 
 #[derive(clap::Args)]
@@ -68,13 +74,26 @@ struct ApiserverArgs {
     service_cidr: ipnet::Ipv4Net,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // The container shim must unshare its mount namespace while it is still single-threaded:
+    // it runs before the async runtime starts.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "container-shim") {
+        std::process::exit(trellis_kubelet::shim::main(&args[2..]));
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(async_main())
+}
+
+async fn async_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // Daemons log what they do; a tool prints its answer and logs only what went wrong.
     // RUST_LOG overrides either. Colour only on a terminal, never in a log file.
     let level = match cli.command {
-        Command::Ipam(_) | Command::Bgp(_) | Command::Policy(_) => "warn",
+        Command::Ipam(_) | Command::Bgp(_) | Command::Policy(_) | Command::Certs(_) => "warn",
         _ => "info",
     };
     tracing_subscriber::fmt()
@@ -93,6 +112,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Bgp(args) => bgp::run(args).await,
         Command::Policyd(args) => policyd::run(args).await,
         Command::Policy(args) => policy::run(args).await,
+        Command::Kubelet(args) => kubelet::run(args).await,
+        Command::Certs(args) => certs::run(args),
     }
 }
 

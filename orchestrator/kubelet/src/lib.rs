@@ -1,0 +1,137 @@
+//! `trellis kubelet`: the node agent. It registers its Node, renews its Lease, and runs the
+//! pods bound to its node: a network namespace each, CNI ADD through the node's conflist, then
+//! the containers as processes in that namespace ([`runtime::ProcessRuntime`]).
+//!
+//! Every pod's state lives on disk under `<root>/pods/<uid>/`, so a restarted kubelet adopts
+//! running pods instead of starting them again, and removes what no pod claims.
+
+pub mod network;
+pub mod node;
+pub mod pods;
+pub mod probe;
+pub mod runtime;
+pub mod shim;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use trellis_daemon::{Health, Metrics};
+
+/// What a kubelet needs to know.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node_name: String,
+    pub node_ip: Option<IpAddr>,
+    /// State: `<root>/pods/<uid>/`.
+    pub root_dir: PathBuf,
+    /// Where pod network namespaces are bind-mounted.
+    pub netns_dir: PathBuf,
+    /// Pod namespaces are named `<netns_prefix><uid>`.
+    pub netns_prefix: String,
+    pub cni_conf_dir: PathBuf,
+    pub cni_bin_dirs: Vec<PathBuf>,
+    pub cni_cache_dir: PathBuf,
+    pub cni_timeout: Duration,
+    pub cluster_dns: IpAddr,
+    pub cluster_domain: String,
+    pub max_pods: u32,
+    /// The port published as daemonEndpoints.kubeletEndpoint.
+    pub port: u16,
+    /// How often pods are synced (the loop also wakes on watch events).
+    pub sync_period: Duration,
+    /// First restart delay; doubles per restart up to `backoff_max`.
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// The binary with the `container-shim` subcommand.
+    pub shim: PathBuf,
+}
+
+/// An error of the kubelet, naming what it was doing.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("network namespace: {0}")]
+    Net(#[from] trellis_net::Error),
+    #[error("CNI: {0}")]
+    Cni(#[from] trellis_cni::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl Error {
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            what: what.into(),
+            source,
+        }
+    }
+}
+
+/// Runs the kubelet until `stop` resolves. Pods keep running after it returns (a kubelet
+/// restart must not restart them).
+pub async fn run(
+    cfg: Config,
+    client: kube::Client,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), Error> {
+    std::fs::create_dir_all(cfg.root_dir.join("pods"))
+        .map_err(|e| Error::io("create the root directory", e))?;
+    node::register(&client, &cfg).await?;
+    let net = network::Network::new(&cfg);
+    let mut pods = pods::Pods::new(cfg.clone(), client.clone(), net.clone(), metrics.clone());
+    pods.adopt().await;
+    let mut heartbeat = tokio::time::interval(Duration::from_secs(10));
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sync = tokio::time::interval(cfg.sync_period);
+    sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_ready: Option<Result<(), String>> = None;
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = heartbeat.tick() => {
+                let ready = net.ready().await;
+                let changed = last_ready.as_ref() != Some(&ready);
+                match &ready {
+                    Ok(()) => health.set_ready(),
+                    Err(why) => health.set_not_ready(why.clone()),
+                }
+                if let Err(e) = node::update_status(&client, &node::status(&cfg, ready.clone()), &cfg.node_name).await {
+                    tracing::warn!(error = %e, "updating the node status");
+                } else if changed {
+                    tracing::info!(ready = ?ready, "node status posted");
+                    last_ready = Some(ready);
+                }
+                if let Err(e) = node::renew_lease(&client, &cfg.node_name).await {
+                    tracing::warn!(error = %e, "renewing the lease");
+                    metrics.inc("kubelet_lease_failures_total", "Lease renewals that failed", &[], 1.0);
+                }
+            }
+            _ = sync.tick() => {
+                // Until the network is ready only hostNetwork pods can run.
+                if last_ready.is_none() {
+                    let ready = net.ready().await;
+                    if ready.is_ok() {
+                        heartbeat.reset_immediately();
+                    }
+                }
+                pods.sync().await;
+            }
+        }
+    }
+    tracing::info!("kubelet stopping; pods keep running");
+    Ok(())
+}

@@ -1,0 +1,173 @@
+//! The Node object and its Lease: registration, status (addresses, capacity, conditions,
+//! nodeInfo) and the heartbeat in kube-node-lease.
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Node;
+use kube::Api;
+use kube::api::{Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+
+use crate::{Config, Error};
+
+/// Conditions this kubelet owns; others (NetworkUnavailable from the network agent) are kept.
+const OWN: [&str; 4] = ["Ready", "MemoryPressure", "DiskPressure", "PIDPressure"];
+
+fn now() -> String {
+    jiff::Timestamp::now().to_string()
+}
+
+/// CPU count and memory bytes of this host, limited by its cgroup where one says less.
+pub fn capacity() -> (u64, u64) {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    let mem_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    let mut mem = mem_kib * 1024;
+    for limit in [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ] {
+        if let Some(l) = std::fs::read_to_string(limit)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            && l < mem
+        {
+            mem = l;
+        }
+    }
+    (cpus, mem)
+}
+
+/// The status this kubelet reports.
+pub fn status(cfg: &Config, network_ready: Result<(), String>) -> Value {
+    let (cpus, mem) = capacity();
+    let ready = match &network_ready {
+        Ok(()) => json!({"type": "Ready", "status": "True", "reason": "KubeletReady",
+            "message": "kubelet is posting ready status"}),
+        Err(why) => json!({"type": "Ready", "status": "False", "reason": "KubeletNotReady",
+            "message": format!("container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady message:{why}")}),
+    };
+    let cond = |t: &str, reason: &str, msg: &str| json!({"type": t, "status": "False", "reason": reason, "message": msg});
+    let capacity = json!({"cpu": cpus.to_string(), "memory": format!("{}Ki", mem / 1024),
+        "pods": cfg.max_pods.to_string(), "ephemeral-storage": "0"});
+    let uname = nix::sys::utsname::uname().ok();
+    let kernel = uname
+        .as_ref()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut addresses = vec![json!({"type": "Hostname", "address": cfg.node_name})];
+    if let Some(ip) = cfg.node_ip {
+        addresses.insert(0, json!({"type": "InternalIP", "address": ip.to_string()}));
+    }
+    json!({
+        "capacity": capacity,
+        "allocatable": capacity,
+        "addresses": addresses,
+        "conditions": [
+            cond("MemoryPressure", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+            cond("DiskPressure", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+            cond("PIDPressure", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+            ready,
+        ],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": cfg.port}},
+        "nodeInfo": {
+            "machineID": std::fs::read_to_string("/etc/machine-id").unwrap_or_default().trim(),
+            "systemUUID": "",
+            "bootID": std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default().trim(),
+            "kernelVersion": kernel,
+            "osImage": "Linux",
+            "containerRuntimeVersion": "process://0.1.0",
+            "kubeletVersion": "v1.33.0-trellis",
+            "kubeProxyVersion": "",
+            "operatingSystem": "linux",
+            "architecture": std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"),
+        },
+    })
+}
+
+/// Creates the Node if it does not exist (a pre-created Node is kept, with its spec).
+pub async fn register(client: &kube::Client, cfg: &Config) -> Result<(), Error> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    if nodes.get_opt(&cfg.node_name).await?.is_some() {
+        return Ok(());
+    }
+    let node: Node = serde_json::from_value(json!({
+        "metadata": {"name": cfg.node_name, "labels": {
+            "kubernetes.io/hostname": cfg.node_name,
+            "kubernetes.io/os": "linux",
+            "kubernetes.io/arch": std::env::consts::ARCH.replace("x86_64", "amd64"),
+        }},
+    }))?;
+    match nodes.create(&PostParams::default(), &node).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Writes the status, keeping conditions other components own and the transition times of
+/// conditions that did not change.
+pub async fn update_status(client: &kube::Client, status: &Value, name: &str) -> Result<(), Error> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let cur = serde_json::to_value(nodes.get(name).await?)?;
+    let old: Vec<Value> = cur["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut conditions: Vec<Value> = old
+        .iter()
+        .filter(|c| !OWN.contains(&c["type"].as_str().unwrap_or_default()))
+        .cloned()
+        .collect();
+    let now = now();
+    for c in status["conditions"].as_array().into_iter().flatten() {
+        let mut c = c.clone();
+        let prev = old.iter().find(|o| o["type"] == c["type"]);
+        let since = match prev {
+            Some(p) if p["status"] == c["status"] => p["lastTransitionTime"].clone(),
+            _ => json!(now),
+        };
+        c["lastTransitionTime"] = since;
+        c["lastHeartbeatTime"] = json!(now);
+        conditions.push(c);
+    }
+    let mut st = status.clone();
+    st["conditions"] = Value::Array(conditions);
+    nodes
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": st})),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Renews (or creates) the node's Lease.
+pub async fn renew_lease(client: &kube::Client, name: &str) -> Result<(), Error> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    let now = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string();
+    if leases.get_opt(name).await?.is_some() {
+        leases
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"renewTime": now}})),
+            )
+            .await?;
+        return Ok(());
+    }
+    let lease: Lease = serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "kube-node-lease"},
+        "spec": {"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": now},
+    }))?;
+    leases.create(&PostParams::default(), &lease).await?;
+    Ok(())
+}

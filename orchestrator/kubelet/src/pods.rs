@@ -1,0 +1,1059 @@
+//! The pods of this node: sandbox (netns + CNI), containers in order with restart back-off,
+//! status as the API shows it, ordered deletion, adoption after a restart, orphan removal.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsString;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Event, Pod, Secret};
+use kube::Api;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
+use nix::sys::signal::Signal;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use trellis_daemon::Metrics;
+
+use crate::network::{Network, PodRef};
+use crate::probe::{self, Kind, Tracker};
+use crate::runtime::{self, ContainerRun, ProcessRuntime, RunState, Runtime, Sandbox};
+use crate::{Config, Error};
+
+pub(crate) const DEFAULT_PATH: &str =
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// What `<root>/pods/<uid>/sandbox.json` records.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SandboxRecord {
+    namespace: String,
+    name: String,
+    uid: String,
+    sandbox_id: String,
+    netns: Option<PathBuf>,
+    hostname: String,
+    ips: Vec<IpAddr>,
+    /// Set once CNI ADD succeeded (or for hostNetwork pods).
+    ready: bool,
+    created: String,
+}
+
+struct Local {
+    rec: SandboxRecord,
+    dir: PathBuf,
+    terminating_since: Option<Instant>,
+    sigkilled: bool,
+    last_status: Option<Value>,
+    /// Restart failures already reported with an Event (container, attempt).
+    reported: HashMap<String, u32>,
+    /// Probe results per (container, attempt, probe).
+    probes: HashMap<(String, u32, Kind), Tracker>,
+}
+
+/// Sandbox failures waiting for their back-off.
+struct Retry {
+    failures: u32,
+    next: Instant,
+}
+
+pub struct Pods {
+    cfg: Config,
+    client: kube::Client,
+    net: Network,
+    metrics: Arc<Metrics>,
+    rt: Arc<dyn Runtime>,
+    local: BTreeMap<String, Local>,
+    retry: HashMap<String, Retry>,
+    gc_done: bool,
+}
+
+fn now_rfc3339() -> String {
+    jiff::Timestamp::now().to_string()
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    jiff::Timestamp::try_from(t)
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| now_rfc3339())
+}
+
+/// 10 s, 20 s, 40 s, … up to the maximum: the delay before restart number `n` (1-based).
+pub fn backoff(base: Duration, max: Duration, n: u32) -> Duration {
+    let factor = 1u32.checked_shl(n.saturating_sub(1)).unwrap_or(u32::MAX);
+    base.checked_mul(factor).unwrap_or(max).min(max)
+}
+
+impl Pods {
+    pub fn new(cfg: Config, client: kube::Client, net: Network, metrics: Arc<Metrics>) -> Pods {
+        let mut passthrough_env = Vec::new();
+        if let Ok(tag) = std::env::var("TRELLIS_TESTBED") {
+            passthrough_env.push(("TRELLIS_TESTBED".to_string(), tag));
+        }
+        let rt: Arc<dyn Runtime> = Arc::new(ProcessRuntime {
+            shim: cfg.shim.clone(),
+            passthrough_env,
+        });
+        Pods {
+            cfg,
+            client,
+            net,
+            metrics,
+            rt,
+            local: BTreeMap::new(),
+            retry: HashMap::new(),
+            gc_done: false,
+        }
+    }
+
+    fn pods_dir(&self) -> PathBuf {
+        self.cfg.root_dir.join("pods")
+    }
+
+    /// Reads the sandboxes left by an earlier run: complete ones are adopted as they are,
+    /// half-made ones are torn down; namespaces with our prefix that no sandbox owns are removed.
+    pub async fn adopt(&mut self) {
+        let Ok(entries) = std::fs::read_dir(self.pods_dir()) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let dir = e.path();
+            let rec: Option<SandboxRecord> = std::fs::read(dir.join("sandbox.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            match rec {
+                Some(rec) if rec.ready => {
+                    tracing::info!(pod = %format!("{}/{}", rec.namespace, rec.name), "adopting a running pod");
+                    self.local.insert(rec.uid.clone(), Local::new(rec, dir));
+                }
+                Some(rec) => {
+                    let local = Local::new(rec, dir);
+                    self.teardown(&local).await;
+                }
+                None => {
+                    runtime::kill_all(&dir);
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
+            }
+        }
+        let owned: Vec<String> = self
+            .local
+            .values()
+            .filter_map(|l| {
+                l.rec
+                    .netns
+                    .as_ref()?
+                    .file_name()?
+                    .to_str()
+                    .map(String::from)
+            })
+            .collect();
+        if let Ok(entries) = std::fs::read_dir(&self.cfg.netns_dir) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with(&self.cfg.netns_prefix) && !owned.contains(&name) {
+                    tracing::info!(netns = %name, "removing an orphan pod namespace");
+                    let _ = trellis_net::Netns::delete(&self.cfg.netns_dir, &name);
+                }
+            }
+        }
+        self.metrics.set(
+            "kubelet_running_pods",
+            "Pods with a sandbox on this node",
+            &[],
+            self.local.len() as f64,
+        );
+    }
+
+    /// One pass over the node's pods.
+    pub async fn sync(&mut self) {
+        let api: Api<Pod> = Api::all(self.client.clone());
+        let lp = ListParams::default().fields(&format!("spec.nodeName={}", self.cfg.node_name));
+        let pods = match api.list(&lp).await {
+            Ok(l) => l.items,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing the node's pods");
+                return;
+            }
+        };
+        let pods: Vec<Pod> = pods
+            .into_iter()
+            .filter(|p| {
+                p.spec.as_ref().and_then(|s| s.node_name.as_deref())
+                    == Some(self.cfg.node_name.as_str())
+            })
+            .collect();
+        let mut seen = Vec::new();
+        for pod in &pods {
+            let Some(uid) = pod.metadata.uid.clone() else {
+                continue;
+            };
+            seen.push(uid.clone());
+            let r = if pod.metadata.deletion_timestamp.is_some() {
+                self.terminate(pod, &uid).await
+            } else {
+                self.ensure(pod, &uid).await
+            };
+            if let Err(e) = r {
+                tracing::warn!(pod = %name_of(pod), error = %e, "syncing pod");
+            }
+        }
+        let orphans: Vec<String> = self
+            .local
+            .keys()
+            .filter(|u| !seen.contains(u))
+            .cloned()
+            .collect();
+        for uid in orphans {
+            if let Some(local) = self.local.remove(&uid) {
+                tracing::info!(pod = %format!("{}/{}", local.rec.namespace, local.rec.name), "pod is gone from the API: removing it");
+                runtime::kill_all(&local.dir);
+                self.teardown(&local).await;
+            }
+        }
+        self.retry.retain(|uid, _| seen.contains(uid));
+        if !self.gc_done {
+            let valid = self
+                .local
+                .values()
+                .map(|l| l.rec.sandbox_id.clone())
+                .collect();
+            match self.net.gc(valid).await {
+                Ok(()) => self.gc_done = true,
+                Err(e) => tracing::debug!(error = %e, "CNI GC"),
+            }
+        }
+        self.metrics.set(
+            "kubelet_running_pods",
+            "Pods with a sandbox on this node",
+            &[],
+            self.local.len() as f64,
+        );
+    }
+
+    async fn event(&self, pod: &Pod, kind: &str, reason: &str, message: &str) {
+        let ns = pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let ev: Result<Event, _> = serde_json::from_value(json!({
+            "metadata": {"generateName": format!("{name}."), "namespace": ns},
+            "involvedObject": {"kind": "Pod", "namespace": ns, "name": name,
+                "uid": pod.metadata.uid, "apiVersion": "v1"},
+            "reason": reason, "message": message, "type": kind,
+            "source": {"component": "kubelet", "host": self.cfg.node_name},
+            "firstTimestamp": now_rfc3339(), "lastTimestamp": now_rfc3339(), "count": 1,
+        }));
+        if let Ok(ev) = ev {
+            let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
+            if let Err(e) = api.create(&PostParams::default(), &ev).await {
+                tracing::warn!(error = %e, "posting an event");
+            }
+        }
+        tracing::info!(pod = %name_of(pod), reason, message, "event");
+    }
+
+    /// Makes the pod's sandbox, then its containers, then writes its status.
+    async fn ensure(&mut self, pod: &Pod, uid: &str) -> Result<(), Error> {
+        if !self.local.contains_key(uid) {
+            if let Some(r) = self.retry.get(uid)
+                && Instant::now() < r.next
+            {
+                return Ok(());
+            }
+            match self.make_sandbox(pod, uid).await {
+                Ok(local) => {
+                    self.retry.remove(uid);
+                    self.local.insert(uid.to_string(), local);
+                }
+                Err(e) => {
+                    let failures = self.retry.get(uid).map_or(0, |r| r.failures) + 1;
+                    let delay = backoff(self.cfg.backoff_base, self.cfg.backoff_max, failures);
+                    self.retry.insert(
+                        uid.to_string(),
+                        Retry {
+                            failures,
+                            next: Instant::now() + delay,
+                        },
+                    );
+                    self.metrics.inc(
+                        "kubelet_sandbox_failures_total",
+                        "Pod sandboxes (netns + CNI ADD) that failed",
+                        &[],
+                        1.0,
+                    );
+                    let msg = format!(
+                        "Failed to create pod sandbox: {e}; retrying in {}s",
+                        delay.as_secs()
+                    );
+                    self.event(pod, "Warning", "FailedCreatePodSandBox", &msg)
+                        .await;
+                    self.patch_status(
+                        pod,
+                        json!({"phase": "Pending", "conditions": [
+                            {"type": "PodScheduled", "status": "True"},
+                            {"type": "PodReadyToStartContainers", "status": "False",
+                             "reason": "FailedCreatePodSandBox", "message": msg}]}),
+                    )
+                    .await;
+                    return Ok(());
+                }
+            }
+        }
+        self.run_containers(pod, uid).await?;
+        self.run_probes(pod, uid).await;
+        let status = self.status(pod, uid);
+        let changed = self
+            .local
+            .get(uid)
+            .is_some_and(|l| l.last_status.as_ref() != Some(&status));
+        if changed {
+            let mut st = status.clone();
+            let when = now_rfc3339();
+            let prev = self.local.get(uid).and_then(|l| l.last_status.clone());
+            if let Some(conds) = st["conditions"].as_array_mut() {
+                for c in conds {
+                    let before = prev.as_ref().and_then(|p| {
+                        p["conditions"]
+                            .as_array()?
+                            .iter()
+                            .find(|o| o["type"] == c["type"])
+                            .cloned()
+                    });
+                    if before.is_none_or(|b| b["status"] != c["status"]) {
+                        c["lastTransitionTime"] = json!(when);
+                    }
+                }
+            }
+            if self.patch_status(pod, st).await
+                && let Some(l) = self.local.get_mut(uid)
+            {
+                l.last_status = Some(status);
+            }
+        }
+        Ok(())
+    }
+
+    async fn patch_status(&self, pod: &Pod, status: Value) -> bool {
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        match api
+            .patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": status})),
+            )
+            .await
+        {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(pod = %name_of(pod), error = %e, "patching pod status");
+                false
+            }
+        }
+    }
+
+    async fn make_sandbox(&self, pod: &Pod, uid: &str) -> Result<Local, Error> {
+        let spec = pod.spec.clone().unwrap_or_default();
+        let host_network = spec.host_network.unwrap_or(false);
+        let namespace = pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let short: String = uid.chars().filter(|c| *c != '-').take(16).collect();
+        let sandbox_id = format!("trellis-{}", uid.replace('-', ""));
+        let netns_name = format!("{}{}", self.cfg.netns_prefix, short);
+        let dir = self.pods_dir().join(uid);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create the pod directory", e))?;
+        let hostname = spec.hostname.clone().unwrap_or_else(|| name.clone());
+        let mut rec = SandboxRecord {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            uid: uid.to_string(),
+            sandbox_id: sandbox_id.clone(),
+            netns: (!host_network).then(|| self.cfg.netns_dir.join(&netns_name)),
+            hostname: hostname.clone(),
+            ips: Vec::new(),
+            ready: false,
+            created: now_rfc3339(),
+        };
+        let write = |rec: &SandboxRecord| -> Result<(), Error> {
+            crate::shim::write_atomic(&dir, "sandbox.json", &serde_json::to_string(rec)?)
+                .map_err(|e| Error::io("write sandbox.json", e))
+        };
+        write(&rec)?;
+        let mut local = Local::new(rec.clone(), dir.clone());
+        if !host_network {
+            if let Err(e) = Self::new_netns(&self.cfg.netns_dir, &netns_name).await {
+                self.teardown(&local).await;
+                return Err(e);
+            }
+            let podref = PodRef {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                uid: uid.to_string(),
+                sandbox_id: sandbox_id.clone(),
+                netns: self.cfg.netns_dir.join(&netns_name),
+            };
+            match self.net.add(podref).await {
+                Ok(ips) => rec.ips = ips,
+                Err(e) => {
+                    // A failed ADD is followed by DEL; then the namespace goes.
+                    self.teardown(&local).await;
+                    return Err(e);
+                }
+            }
+        } else if let Some(ip) = self.cfg.node_ip {
+            rec.ips = vec![ip];
+        }
+        // The pod's /etc/hosts and resolv.conf, bind-mounted into every container.
+        let ip = rec
+            .ips
+            .first()
+            .map_or("127.0.0.1".to_string(), |i| i.to_string());
+        let hosts = format!(
+            "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{hostname}\n"
+        );
+        let d = &self.cfg.cluster_domain;
+        let resolv = format!(
+            "search {namespace}.svc.{d} svc.{d} {d}\nnameserver {}\noptions ndots:5\n",
+            self.cfg.cluster_dns
+        );
+        std::fs::write(dir.join("etc-hosts"), hosts)
+            .and_then(|_| std::fs::write(dir.join("resolv.conf"), resolv))
+            .map_err(|e| Error::io("write the pod's hosts and resolv.conf", e))?;
+        rec.ready = true;
+        write(&rec)?;
+        local.rec = rec;
+        Ok(local)
+    }
+
+    /// A pod namespace with its loopback up (as the runtime, not the plugin, does it).
+    async fn new_netns(dir: &std::path::Path, name: &str) -> Result<(), Error> {
+        let ns = trellis_net::Netns::create(dir, name)?;
+        let h = ns.connect()?;
+        let lo = h.require_link("lo").await?;
+        h.set_up(lo.index).await?;
+        Ok(())
+    }
+
+    /// CNI DEL, the namespace, the directory — in that order; a failing DEL keeps the rest for
+    /// the next pass.
+    async fn teardown(&self, local: &Local) -> bool {
+        if let Some(netns) = &local.rec.netns {
+            let podref = PodRef {
+                namespace: local.rec.namespace.clone(),
+                name: local.rec.name.clone(),
+                uid: local.rec.uid.clone(),
+                sandbox_id: local.rec.sandbox_id.clone(),
+                netns: netns.clone(),
+            };
+            if let Err(e) = self.net.del(podref).await {
+                tracing::warn!(pod = %local.rec.name, error = %e, "CNI DEL");
+                return false;
+            }
+            if let Some(name) = netns.file_name().and_then(|n| n.to_str())
+                && let Err(e) = trellis_net::Netns::delete(&self.cfg.netns_dir, name)
+            {
+                tracing::warn!(netns = %name, error = %e, "removing the pod namespace");
+            }
+        }
+        let _ = std::fs::remove_dir_all(&local.dir);
+        true
+    }
+
+    fn sandbox(local: &Local) -> Sandbox {
+        Sandbox {
+            dir: local.dir.clone(),
+            netns: local.rec.netns.clone(),
+            hostname: local.rec.hostname.clone(),
+        }
+    }
+
+    /// Init containers in order, then the app containers; restarts after their back-off.
+    async fn run_containers(&mut self, pod: &Pod, uid: &str) -> Result<(), Error> {
+        let Some(local) = self.local.get(uid) else {
+            return Ok(());
+        };
+        let sb = Self::sandbox(local);
+        let spec = pod.spec.clone().unwrap_or_default();
+        let policy = spec
+            .restart_policy
+            .clone()
+            .unwrap_or_else(|| "Always".into());
+        for c in spec.init_containers.iter().flatten() {
+            match self.rt.latest(&sb, &c.name) {
+                None => return self.start(pod, uid, &sb, c, 0).await,
+                Some((_, RunState::Running { .. })) => return Ok(()),
+                Some((_, RunState::Exited { code: 0, .. })) => continue,
+                Some((n, RunState::Exited { finished, .. })) => {
+                    if policy == "Never" {
+                        return Ok(());
+                    }
+                    if self.due(finished, n + 1) {
+                        return self.start(pod, uid, &sb, c, n + 1).await;
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        for c in &spec.containers {
+            match self.rt.latest(&sb, &c.name) {
+                None => self.start(pod, uid, &sb, c, 0).await?,
+                Some((_, RunState::Running { .. })) => {}
+                Some((
+                    n,
+                    RunState::Exited {
+                        code,
+                        finished,
+                        start_error,
+                        ..
+                    },
+                )) => {
+                    let restart = policy == "Always" || (policy == "OnFailure" && code != 0);
+                    if code != 0 || start_error.is_some() {
+                        let reported = self.local.get(uid).and_then(|l| l.reported.get(&c.name));
+                        if reported != Some(&n) {
+                            let msg = match &start_error {
+                                Some(e) => {
+                                    format!("Error: failed to start container {:?}: {e}", c.name)
+                                }
+                                None => format!("container {:?} exited with code {code}", c.name),
+                            };
+                            let reason = if start_error.is_some() {
+                                "Failed"
+                            } else {
+                                "BackOff"
+                            };
+                            self.event(pod, "Warning", reason, &msg).await;
+                            if let Some(l) = self.local.get_mut(uid) {
+                                l.reported.insert(c.name.clone(), n);
+                            }
+                        }
+                    }
+                    if restart && self.due(finished, n + 1) {
+                        self.start(pod, uid, &sb, c, n + 1).await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Startup, then liveness and readiness, for every running app container; a failed
+    /// startup or liveness probe kills the container (it restarts after its back-off).
+    async fn run_probes(&mut self, pod: &Pod, uid: &str) {
+        let Some(local) = self.local.get(uid) else {
+            return;
+        };
+        let sb = Self::sandbox(local);
+        let pod_ip = local.rec.ips.first().copied();
+        let netns = local.rec.netns.clone();
+        let spec = pod.spec.clone().unwrap_or_default();
+        for c in &spec.containers {
+            let Some((n, RunState::Running { started, .. })) = self.rt.latest(&sb, &c.name) else {
+                continue;
+            };
+            let running_for = started.elapsed().unwrap_or_default();
+            for kind in [Kind::Startup, Kind::Liveness, Kind::Readiness] {
+                let Some(p) = probe::probe_of(c, kind) else {
+                    continue;
+                };
+                let key = (c.name.clone(), n, kind);
+                let Some(local) = self.local.get_mut(uid) else {
+                    return;
+                };
+                let started_ok = c.startup_probe.is_none()
+                    || local
+                        .probes
+                        .get(&(c.name.clone(), n, Kind::Startup))
+                        .is_some_and(|t| t.ok);
+                if kind != Kind::Startup && !started_ok {
+                    continue;
+                }
+                let t = local.probes.entry(key.clone()).or_insert_with(|| Tracker {
+                    ok: kind == Kind::Liveness,
+                    ..Default::default()
+                });
+                if (kind == Kind::Startup && t.ok) || !probe::due(p, t, running_for) {
+                    continue;
+                }
+                let result = probe::run(p, c, pod_ip, netns.clone()).await;
+                let Some(t) = self.local.get_mut(uid).and_then(|l| l.probes.get_mut(&key)) else {
+                    return;
+                };
+                let failed_before = t.failures;
+                let verdict = probe::record(
+                    p,
+                    t,
+                    result.is_ok(),
+                    result.clone().err().unwrap_or_default(),
+                );
+                let threshold = p.failure_threshold.unwrap_or(3).max(1) as u32;
+                let fatal = kind != Kind::Readiness
+                    && !verdict
+                    && t.failures >= threshold
+                    && failed_before < threshold;
+                if let Err(why) = &result {
+                    let what = match kind {
+                        Kind::Startup => "Startup",
+                        Kind::Liveness => "Liveness",
+                        Kind::Readiness => "Readiness",
+                    };
+                    self.event(
+                        pod,
+                        "Warning",
+                        "Unhealthy",
+                        &format!("{what} probe failed: {why}"),
+                    )
+                    .await;
+                }
+                if fatal {
+                    let msg = format!(
+                        "Container {} failed {} probe, will be restarted",
+                        c.name,
+                        if kind == Kind::Startup {
+                            "startup"
+                        } else {
+                            "liveness"
+                        }
+                    );
+                    self.event(pod, "Normal", "Killing", &msg).await;
+                    self.rt.signal(&sb, &c.name, Signal::SIGKILL);
+                }
+            }
+        }
+        if let Some(local) = self.local.get_mut(uid) {
+            // Trackers of earlier runs are no longer needed.
+            let latest: HashMap<String, u32> = spec
+                .containers
+                .iter()
+                .filter_map(|c| Some((c.name.clone(), self.rt.latest(&sb, &c.name)?.0)))
+                .collect();
+            local
+                .probes
+                .retain(|(name, n, _), _| latest.get(name) == Some(n));
+        }
+    }
+
+    fn due(&self, finished: SystemTime, restart: u32) -> bool {
+        let wait = backoff(self.cfg.backoff_base, self.cfg.backoff_max, restart);
+        finished.elapsed().map(|e| e >= wait).unwrap_or(true)
+    }
+
+    async fn start(
+        &mut self,
+        pod: &Pod,
+        uid: &str,
+        sb: &Sandbox,
+        c: &Container,
+        attempt: u32,
+    ) -> Result<(), Error> {
+        let mut argv: Vec<OsString> = Vec::new();
+        argv.extend(c.command.iter().flatten().map(OsString::from));
+        argv.extend(c.args.iter().flatten().map(OsString::from));
+        let env = self.env(pod, uid, c).await;
+        if argv.is_empty() {
+            // The process runtime has no image entrypoint to fall back on.
+            argv.push(OsString::from(format!(
+                "/nonexistent/{}-has-no-command",
+                c.name
+            )));
+        }
+        let run = ContainerRun {
+            name: c.name.clone(),
+            attempt,
+            argv,
+            env,
+            workdir: c.working_dir.clone().map(PathBuf::from),
+        };
+        self.rt.start(sb, &run)?;
+        self.metrics.inc(
+            "kubelet_container_starts_total",
+            "Container processes started",
+            &[],
+            1.0,
+        );
+        tracing::info!(pod = %name_of(pod), container = %c.name, attempt, "container started");
+        Ok(())
+    }
+
+    /// The container's environment: PATH by default, `env` with values, field references,
+    /// ConfigMap and Secret keys; `envFrom` ConfigMaps and Secrets.
+    async fn env(&self, pod: &Pod, uid: &str, c: &Container) -> Vec<(String, String)> {
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let ip = self
+            .local
+            .get(uid)
+            .and_then(|l| l.rec.ips.first().map(|i| i.to_string()))
+            .unwrap_or_default();
+        let mut out: Vec<(String, String)> = vec![
+            ("PATH".into(), DEFAULT_PATH.into()),
+            (
+                "HOSTNAME".into(),
+                self.local
+                    .get(uid)
+                    .map(|l| l.rec.hostname.clone())
+                    .unwrap_or_default(),
+            ),
+        ];
+        let mut set = |k: String, v: String| {
+            out.retain(|(o, _)| *o != k);
+            out.push((k, v));
+        };
+        let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), &ns);
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
+        for from in c.env_from.iter().flatten() {
+            let prefix = from.prefix.clone().unwrap_or_default();
+            if let Some(r) = &from.config_map_ref
+                && let Ok(cm) = cms.get(&r.name).await
+            {
+                for (k, v) in cm.data.unwrap_or_default() {
+                    set(format!("{prefix}{k}"), v);
+                }
+            }
+            if let Some(r) = &from.secret_ref
+                && let Ok(s) = secrets.get(&r.name).await
+            {
+                for (k, v) in s.data.unwrap_or_default() {
+                    set(
+                        format!("{prefix}{k}"),
+                        String::from_utf8_lossy(&v.0).into_owned(),
+                    );
+                }
+            }
+        }
+        for e in c.env.iter().flatten() {
+            let value = if let Some(v) = &e.value {
+                Some(v.clone())
+            } else if let Some(from) = &e.value_from {
+                if let Some(f) = &from.field_ref {
+                    match f.field_path.as_str() {
+                        "metadata.name" => pod.metadata.name.clone(),
+                        "metadata.namespace" => pod.metadata.namespace.clone(),
+                        "metadata.uid" => pod.metadata.uid.clone(),
+                        "spec.nodeName" => Some(self.cfg.node_name.clone()),
+                        "spec.serviceAccountName" => pod
+                            .spec
+                            .as_ref()
+                            .and_then(|s| s.service_account_name.clone()),
+                        "status.podIP" => Some(ip.clone()),
+                        "status.hostIP" => self.cfg.node_ip.map(|i| i.to_string()),
+                        p => p
+                            .strip_prefix("metadata.labels['")
+                            .and_then(|k| k.strip_suffix("']"))
+                            .and_then(|k| pod.metadata.labels.as_ref()?.get(k).cloned()),
+                    }
+                } else if let Some(k) = &from.config_map_key_ref {
+                    cms.get(&k.name)
+                        .await
+                        .ok()
+                        .and_then(|cm| cm.data?.get(&k.key).cloned())
+                } else if let Some(k) = &from.secret_key_ref {
+                    secrets.get(&k.name).await.ok().and_then(|s| {
+                        s.data?
+                            .get(&k.key)
+                            .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+                    })
+                } else {
+                    None
+                }
+            } else {
+                None
+            };
+            if let Some(v) = value {
+                set(e.name.clone(), v);
+            }
+        }
+        out
+    }
+
+    /// The pod's status from its containers' runs.
+    fn status(&self, pod: &Pod, uid: &str) -> Value {
+        let Some(local) = self.local.get(uid) else {
+            return json!({});
+        };
+        let sb = Self::sandbox(local);
+        let spec = pod.spec.clone().unwrap_or_default();
+        let policy = spec
+            .restart_policy
+            .clone()
+            .unwrap_or_else(|| "Always".into());
+        let cid = |name: &str, n: u32| format!("process://{}-{name}-{n}", local.rec.sandbox_id);
+        let terminated = |name: &str, n: u32, st: &RunState| match st {
+            RunState::Exited {
+                code,
+                started,
+                finished,
+                start_error,
+            } => {
+                let reason = match (start_error, code) {
+                    (Some(_), _) => "StartError",
+                    (None, 0) => "Completed",
+                    (None, _) => "Error",
+                };
+                let mut t = json!({"exitCode": code, "reason": reason,
+                    "startedAt": rfc3339(*started), "finishedAt": rfc3339(*finished),
+                    "containerID": cid(name, n)});
+                if let Some(m) = start_error {
+                    t["message"] = json!(m);
+                }
+                Some(json!({"terminated": t}))
+            }
+            RunState::Running { .. } => None,
+        };
+        let one = |c: &Container, init: bool| -> (Value, Option<RunState>) {
+            let latest = self.rt.latest(&sb, &c.name);
+            let (n, state) = match &latest {
+                None => (
+                    0,
+                    json!({"waiting": {"reason": if init { "PodInitializing" } else { "ContainerCreating" }}}),
+                ),
+                Some((n, RunState::Running { started, .. })) => {
+                    (*n, json!({"running": {"startedAt": rfc3339(*started)}}))
+                }
+                Some((n, st @ RunState::Exited { code, .. })) => {
+                    let restart =
+                        (policy == "Always" && !init) || (policy != "Never" && *code != 0);
+                    if restart {
+                        let wait = backoff(self.cfg.backoff_base, self.cfg.backoff_max, n + 1);
+                        (
+                            *n,
+                            json!({"waiting": {"reason": "CrashLoopBackOff",
+                            "message": format!("back-off {}s restarting failed container={} pod={}",
+                                wait.as_secs(), c.name, local.rec.name)}}),
+                        )
+                    } else {
+                        (*n, terminated(&c.name, *n, st).unwrap_or_else(|| json!({})))
+                    }
+                }
+            };
+            let last = if n > 0 {
+                self.rt
+                    .state(&sb, &c.name, n - 1)
+                    .and_then(|s| terminated(&c.name, n - 1, &s))
+                    .unwrap_or_else(|| json!({}))
+            } else {
+                json!({})
+            };
+            let running = matches!(latest, Some((_, RunState::Running { .. })));
+            let verdict = |kind: Kind| {
+                probe::probe_of(c, kind).is_none()
+                    || local
+                        .probes
+                        .get(&(c.name.clone(), n, kind))
+                        .is_some_and(|t| t.ok)
+            };
+            let started = running && verdict(Kind::Startup);
+            let ready = started && verdict(Kind::Readiness);
+            let mut s = json!({"name": c.name, "image": c.image.clone().unwrap_or_default(),
+                "imageID": "", "restartCount": n, "started": started, "ready": ready,
+                "state": state, "lastState": last});
+            if latest.is_some() {
+                s["containerID"] = json!(cid(&c.name, n));
+            }
+            (s, latest.map(|l| l.1))
+        };
+        let inits: Vec<(Value, Option<RunState>)> = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .map(|c| one(c, true))
+            .collect();
+        let apps: Vec<(Value, Option<RunState>)> =
+            spec.containers.iter().map(|c| one(c, false)).collect();
+        let initialized = inits
+            .iter()
+            .all(|(_, s)| matches!(s, Some(RunState::Exited { code: 0, .. })));
+        let init_failed = policy == "Never"
+            && inits
+                .iter()
+                .any(|(_, s)| matches!(s, Some(RunState::Exited { code, .. }) if *code != 0));
+        let all_ready = !apps.is_empty() && apps.iter().all(|(v, _)| v["ready"] == json!(true));
+        let any_running = apps
+            .iter()
+            .any(|(_, s)| matches!(s, Some(RunState::Running { .. })));
+        let all_exited = apps
+            .iter()
+            .all(|(_, s)| matches!(s, Some(RunState::Exited { .. })));
+        let all_zero = apps
+            .iter()
+            .all(|(_, s)| matches!(s, Some(RunState::Exited { code: 0, .. })));
+        let phase = if init_failed {
+            "Failed"
+        } else if !initialized {
+            "Pending"
+        } else if all_exited && policy == "Never" {
+            if all_zero { "Succeeded" } else { "Failed" }
+        } else if all_exited && policy == "OnFailure" && all_zero {
+            "Succeeded"
+        } else if any_running || all_exited {
+            "Running"
+        } else {
+            "Pending"
+        };
+        let b = |x: bool| if x { "True" } else { "False" };
+        let ips: Vec<Value> = local
+            .rec
+            .ips
+            .iter()
+            .map(|i| json!({"ip": i.to_string()}))
+            .collect();
+        let mut st = json!({
+            "phase": phase,
+            "conditions": [
+                {"type": "PodReadyToStartContainers", "status": "True"},
+                {"type": "Initialized", "status": b(initialized)},
+                {"type": "Ready", "status": b(all_ready && initialized)},
+                {"type": "ContainersReady", "status": b(all_ready && initialized)},
+                {"type": "PodScheduled", "status": "True"},
+            ],
+            "startTime": local.rec.created,
+            "containerStatuses": apps.into_iter().map(|a| a.0).collect::<Vec<_>>(),
+            "qosClass": "BestEffort",
+        });
+        if !inits.is_empty() {
+            st["initContainerStatuses"] = json!(inits.into_iter().map(|a| a.0).collect::<Vec<_>>());
+        }
+        if let Some(ip) = ips.first() {
+            st["podIP"] = ip["ip"].clone();
+            st["podIPs"] = json!(ips);
+        }
+        if let Some(h) = self.cfg.node_ip {
+            st["hostIP"] = json!(h.to_string());
+            st["hostIPs"] = json!([{"ip": h.to_string()}]);
+        }
+        st
+    }
+
+    /// Deletion in order: SIGTERM, the grace period, SIGKILL, then CNI DEL and the namespace,
+    /// then the API object is deleted for good.
+    async fn terminate(&mut self, pod: &Pod, uid: &str) -> Result<(), Error> {
+        let grace = Duration::from_secs(
+            pod.metadata
+                .deletion_grace_period_seconds
+                .unwrap_or(30)
+                .max(0) as u64,
+        );
+        if let Some(local) = self.local.get_mut(uid) {
+            let sb = Self::sandbox(local);
+            let names: Vec<String> = pod
+                .spec
+                .iter()
+                .flat_map(|s| {
+                    s.containers
+                        .iter()
+                        .chain(s.init_containers.iter().flatten())
+                })
+                .map(|c| c.name.clone())
+                .collect();
+            if local.terminating_since.is_none() {
+                // preStop hooks first (exec in the pod's namespace, bounded by the grace
+                // period), then SIGTERM.
+                let netns = local.rec.netns.clone();
+                let ip = local.rec.ips.first().copied();
+                let started = Instant::now();
+                for c in pod.spec.iter().flat_map(|s| s.containers.iter()) {
+                    let Some(handler) = c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref())
+                    else {
+                        continue;
+                    };
+                    let left = grace
+                        .saturating_sub(started.elapsed())
+                        .max(Duration::from_secs(1));
+                    let as_probe = k8s_openapi::api::core::v1::Probe {
+                        exec: handler.exec.clone(),
+                        http_get: handler.http_get.clone(),
+                        tcp_socket: handler.tcp_socket.clone(),
+                        timeout_seconds: Some(left.as_secs().min(i32::MAX as u64) as i32),
+                        ..Default::default()
+                    };
+                    if let Err(e) = probe::run(&as_probe, c, ip, netns.clone()).await {
+                        tracing::warn!(pod = %name_of(pod), container = %c.name, error = %e, "preStop hook");
+                    }
+                }
+            }
+            let Some(local) = self.local.get_mut(uid) else {
+                return Ok(());
+            };
+            let since = *local.terminating_since.get_or_insert_with(|| {
+                for n in &names {
+                    self.rt.signal(&sb, n, Signal::SIGTERM);
+                }
+                Instant::now()
+            });
+            if runtime::any_alive(&local.dir) {
+                if since.elapsed() >= grace && !local.sigkilled {
+                    local.sigkilled = true;
+                    runtime::kill_all(&local.dir);
+                }
+                return Ok(());
+            }
+            let Some(local) = self.local.remove(uid) else {
+                return Ok(());
+            };
+            if !self.teardown(&local).await {
+                self.local.insert(uid.to_string(), local);
+                return Ok(());
+            }
+        }
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+        let dp = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: Some(uid.to_string()),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match api
+            .delete(&pod.metadata.name.clone().unwrap_or_default(), &dp)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+impl Local {
+    fn new(rec: SandboxRecord, dir: PathBuf) -> Local {
+        Local {
+            rec,
+            dir,
+            terminating_since: None,
+            sigkilled: false,
+            last_status: None,
+            reported: HashMap::new(),
+            probes: HashMap::new(),
+        }
+    }
+}
+
+fn name_of(pod: &Pod) -> String {
+    format!(
+        "{}/{}",
+        pod.metadata.namespace.as_deref().unwrap_or_default(),
+        pod.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_ten_seconds_to_five_minutes() {
+        let (b, m) = (Duration::from_secs(10), Duration::from_secs(300));
+        let got: Vec<u64> = (1..=7).map(|n| backoff(b, m, n).as_secs()).collect();
+        assert_eq!(got, [10, 20, 40, 80, 160, 300, 300]);
+        assert_eq!(backoff(b, m, 100).as_secs(), 300);
+    }
+}

@@ -1,0 +1,150 @@
+//! Pod start-up latency of `trellis kubelet` (process runtime) on one overlay node: N pods
+//! created at once, create → Running and create → Ready (a tcpSocket readiness probe) p50/p99,
+//! and the kubelet's RSS with N pods. Beside it, the raw cost of the same work done directly
+//! by the bench (netns + CNI ADD through the same conflist + fork/exec of the same command, one
+//! pod after another), since no other kubelet can run here.
+//!
+//!     cargo bench -p netns-testbed --bench kubelet-pods [-- --pods 100]
+//!
+//! Needs root and busybox-static.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::{DeleteParams, ListParams};
+use netns_testbed::bench::Latency;
+use netns_testbed::iperf::arg;
+use serde_json::json;
+
+#[path = "../tests/support/kubelet.rs"]
+mod kubelet;
+#[path = "../tests/support/overlay_cluster.rs"]
+mod overlay_cluster;
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    netns_testbed::require_root();
+    netns_testbed::require_tool("busybox", "busybox-static");
+    tokio::select! {
+        () = run() => {}
+        _ = tokio::signal::ctrl_c() => eprintln!("interrupted; cleaned up"),
+    }
+}
+
+fn show(what: &str, l: Option<Latency>) {
+    match l {
+        Some(l) => println!(
+            "{what:<34} p50 {:>7.0} ms   p99 {:>7.0} ms   max {:>7.0} ms",
+            l.p50.as_secs_f64() * 1e3,
+            l.p99.as_secs_f64() * 1e3,
+            l.max.as_secs_f64() * 1e3
+        ),
+        None => println!("{what:<34} no samples"),
+    }
+}
+
+async fn run() {
+    let n = arg("--pods", 100) as usize;
+    let c = overlay_cluster::Cluster::start(1).await;
+    let w = &c.workers[0];
+
+    // Baseline: the raw work, done directly, one pod after another from one start instant.
+    let t0 = Instant::now();
+    let mut raw = Vec::new();
+    for i in 0..n {
+        let pod = c.add_pod(0, &format!("raw{i}")).await;
+        c.tb.spawn(
+            &pod.ns,
+            &["/bin/busybox", "sleep", "600"],
+            Duration::from_secs(600),
+        )
+        .unwrap();
+        raw.push(t0.elapsed());
+    }
+
+    let mut k = kubelet::Kubelets::new(&c.tb);
+    let pid = k.start(&c.tb, &c.cp, &w.node, &w.dirs, "net.d");
+    kubelet::wait_node_ready(&c.client, &w.node.name).await;
+    let api: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    let t0 = Instant::now();
+    let mut created = HashMap::new();
+    for i in 0..n {
+        let name = format!("p{i}");
+        kubelet::create_pod(&c.client, json!({"metadata": {"name": name}, "spec": {"nodeName": w.node.name,
+            "containers": [{"name": "c", "image": "busybox",
+                "command": ["/bin/busybox", "nc", "-ll", "-p", "8080", "-e", "/bin/busybox", "hostname"],
+                "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}}]}})).await;
+        created.insert(name, t0.elapsed());
+    }
+    let (mut running, mut ready) = (HashMap::new(), HashMap::new());
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while ready.len() < n && Instant::now() < deadline {
+        for p in api.list(&ListParams::default()).await.unwrap().items {
+            let name = p.metadata.name.clone().unwrap_or_default();
+            let st = p.status.unwrap_or_default();
+            if st.phase.as_deref() == Some("Running") {
+                running.entry(name.clone()).or_insert(t0.elapsed());
+            }
+            let is_ready = st
+                .conditions
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            if is_ready {
+                ready.entry(name).or_insert(t0.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The spawned pid is the `timeout` wrapper; the kubelet is its child.
+    let kubelet_pid = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(String::from))
+        .unwrap_or_else(|| pid.to_string());
+    let rss = std::fs::read_to_string(format!("/proc/{kubelet_pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string())
+        })
+        .unwrap_or_default();
+    let lat = |m: &HashMap<String, Duration>| -> Vec<Duration> {
+        m.iter()
+            .map(|(k, t)| t.saturating_sub(created[k]))
+            .collect()
+    };
+    println!("{n} pods on one node (process runtime, overlay)");
+    show("raw netns+ADD+exec (baseline)", Latency::of(&raw));
+    show("kubelet create → Running", Latency::of(&lat(&running)));
+    show("kubelet create → Ready", Latency::of(&lat(&ready)));
+    println!(
+        "kubelet RSS with {} pods: {} MiB",
+        running.len(),
+        rss.parse::<u64>().unwrap_or(0) / 1024
+    );
+    if ready.len() < n {
+        println!("only {} of {n} pods became Ready within 600 s", ready.len());
+    }
+    // Delete them through the kubelet so it tears down their networks.
+    for i in 0..n {
+        let _ = api
+            .delete(&format!("p{i}"), &DeleteParams::default().grace_period(1))
+            .await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while Instant::now() < deadline
+        && !api
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

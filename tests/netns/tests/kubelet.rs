@@ -1,0 +1,559 @@
+//! `trellis kubelet` on the overlay: nodes register and turn Ready, pods on three nodes get
+//! addresses and talk across nodes, containers of one pod talk over 127.0.0.1, a crashing
+//! container restarts with back-off, a missing executable gets an Event and no hot loop, a
+//! killed kubelet adopts its pods, and deleting a pod removes its namespace and directory.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "support/kubelet.rs"]
+mod kubelet;
+#[path = "support/overlay_cluster.rs"]
+mod overlay_cluster;
+#[path = "support/routed_cluster.rs"]
+mod routed_cluster;
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Event, Pod};
+use kube::Api;
+use kube::api::{DeleteParams, ListParams};
+use serde_json::json;
+
+use ipnet::Ipv4Net;
+use kubelet::{Kubelets, create_pod, wait_node_ready, wait_pod};
+use netns_testbed::cluster::ControlPlane;
+use netns_testbed::{Node, Testbed};
+
+/// A server pod whose preStop hook leaves `<stop_dir>/<name>` behind.
+fn web(name: &str, node: &str, stop_dir: &std::path::Path) -> serde_json::Value {
+    let mark = stop_dir.join(name).display().to_string();
+    json!({"metadata": {"name": name}, "spec": {"nodeName": node,
+        "terminationGracePeriodSeconds": 5,
+        "containers": [
+            {"name": "srv", "image": "busybox",
+             "command": ["/bin/busybox", "nc", "-ll", "-p", "8080", "-e", "/bin/busybox", "hostname"],
+             "lifecycle": {"preStop": {"exec": {"command": ["/bin/busybox", "touch", mark]}}}},
+            {"name": "side", "image": "busybox",
+             "command": ["/bin/busybox", "sh", "-c"],
+             "args": ["cat /etc/resolv.conf; echo POD=$MY_POD; until busybox nc -w 2 127.0.0.1 8080 </dev/null | grep .; do sleep 0.2; done; exec busybox sleep 3600"],
+             "env": [{"name": "MY_POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]}]}})
+}
+
+fn running(p: &serde_json::Value) -> bool {
+    p["status"]["phase"] == "Running"
+        && p["status"]["containerStatuses"]
+            .as_array()
+            .is_some_and(|cs| cs.iter().all(|c| c["ready"] == true))
+        && p["status"]["podIP"].is_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn overlay_kubelet_runs_pods_end_to_end() {
+    netns_testbed::require_tool("busybox", "busybox-static");
+    let c = overlay_cluster::Cluster::start(3).await;
+    let nodes = c
+        .workers
+        .iter()
+        .map(|w| (&w.node, w.dirs.as_path(), Some(w.block)))
+        .collect();
+    scenario(&c.tb, &c.cp, &c.client, nodes, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn routed_kubelet_runs_pods_end_to_end() {
+    netns_testbed::require_tool("busybox", "busybox-static");
+    let c = routed_cluster::Cluster::start(3).await;
+    let client = overlay_cluster::kube_client(&c.cp.local_kubeconfig).await;
+    let nodes = c
+        .workers
+        .iter()
+        .map(|w| (&w.node, w.dirs.as_path(), None))
+        .collect();
+    scenario(&c.tb, &c.cp, &client, nodes, false).await;
+}
+
+/// The acceptance scenario on any network mode: `nodes` are (node, its directory, its block
+/// when the mode gives each node one); `host_local` when addresses are host-local files.
+async fn scenario(
+    tb: &Testbed,
+    cp: &ControlPlane,
+    client: &kube::Client,
+    nodes: Vec<(&Node, &std::path::Path, Option<Ipv4Net>)>,
+    host_local: bool,
+) {
+    let mut k = Kubelets::new(tb);
+    let mut pids = Vec::new();
+    for (node, dirs, _) in &nodes {
+        pids.push(k.start(tb, cp, node, dirs, "net.d"));
+    }
+    for (node, _, _) in &nodes {
+        wait_node_ready(client, &node.name).await;
+    }
+    let lease: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), "kube-node-lease");
+    assert!(lease.get("n1").await.is_ok(), "n1 holds its Lease");
+
+    // Pods on three nodes get addresses from their node's block and reach each other.
+    let mut pods = Vec::new();
+    for (i, (node, _, block)) in nodes.iter().enumerate() {
+        let name = format!("web-{}", i + 1);
+        create_pod(client, web(&name, &node.name, tb.state_dir())).await;
+        let p = wait_pod(client, &name, Duration::from_secs(60), "Running", running).await;
+        let ip: std::net::Ipv4Addr = p["status"]["podIP"].as_str().unwrap().parse().unwrap();
+        if let Some(block) = block {
+            assert!(block.contains(&ip), "{ip} in {block}");
+        }
+        pods.push((p["metadata"]["uid"].as_str().unwrap().to_string(), ip));
+    }
+    let ns1 = trellis_net::Netns::open(k.netns_path(&pods[0].0)).unwrap();
+    for (i, (_, ip)) in pods.iter().enumerate().skip(1) {
+        let url = ip.to_string();
+        let out = fetch(tb, &ns1, &url).await;
+        assert_eq!(
+            out.trim(),
+            format!("web-{}", i + 1),
+            "web-1 reaches web-{} across nodes and sees its hostname",
+            i + 1
+        );
+    }
+    // A hostNetwork pod runs in the node's namespace, without CNI: its podIP is the node's.
+    let (n3, _, _) = nodes[2];
+    create_pod(client, json!({"metadata": {"name": "hostnet"}, "spec": {"nodeName": n3.name, "hostNetwork": true,
+        "containers": [{"name": "srv", "image": "busybox",
+            "command": ["/bin/busybox", "nc", "-ll", "-p", "8081", "-e", "/bin/busybox", "echo", "from-the-node"]}]}})).await;
+    let p = wait_pod(
+        client,
+        "hostnet",
+        Duration::from_secs(60),
+        "Running",
+        running,
+    )
+    .await;
+    assert_eq!(p["status"]["podIP"], n3.ip.to_string());
+    let out = fetch_port(tb, &n3.ns, "127.0.0.1", "8081").await;
+    assert_eq!(
+        out.trim(),
+        "from-the-node",
+        "the hostNetwork pod listens in the node's namespace"
+    );
+
+    // The second container reached the first over 127.0.0.1; it saw the pod's resolv.conf.
+    let log = k.pod_dir(0, &pods[0].0).join("logs/side/0.log");
+    netns_testbed::wait_for(
+        "the side container's answer",
+        Duration::from_secs(20),
+        || std::fs::read_to_string(&log).is_ok_and(|l| l.lines().any(|x| x == "web-1")),
+    )
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("nameserver 10.96.0.10")
+            && text.contains("options ndots:5")
+            && text.contains("search default.svc.cluster.local"),
+        "{text}"
+    );
+    assert!(text.contains("POD=web-1"), "downward API env: {text}");
+
+    // A crashing container restarts with back-off (2 s, then 4 s in this test's kubelet).
+    create_pod(client, json!({"metadata": {"name": "crash"}, "spec": {"nodeName": "n1",
+        "containers": [{"name": "c", "image": "busybox", "command": ["/bin/busybox", "sh", "-c", "echo crashing; exit 3"]}]}})).await;
+    let p = wait_pod(
+        client,
+        "crash",
+        Duration::from_secs(60),
+        "two restarts",
+        |p| p["status"]["containerStatuses"][0]["restartCount"].as_u64() >= Some(2),
+    )
+    .await;
+    let cs = &p["status"]["containerStatuses"][0];
+    assert_eq!(cs["lastState"]["terminated"]["exitCode"], 3, "{cs:#}");
+    assert_eq!(p["status"]["phase"], "Running");
+    let crash_uid = p["metadata"]["uid"].as_str().unwrap().to_string();
+    let started = |n: u32| {
+        std::fs::metadata(
+            k.pod_dir(0, &crash_uid)
+                .join(format!("containers/c/{n}/shim.pid")),
+        )
+        .unwrap()
+        .modified()
+        .unwrap()
+    };
+    let exited = |n: u32| {
+        std::fs::metadata(
+            k.pod_dir(0, &crash_uid)
+                .join(format!("containers/c/{n}/exit")),
+        )
+        .unwrap()
+        .modified()
+        .unwrap()
+    };
+    assert!(
+        started(1).duration_since(exited(0)).unwrap() >= Duration::from_secs(2),
+        "first restart after ≥ 2 s"
+    );
+    assert!(
+        started(2).duration_since(exited(1)).unwrap() >= Duration::from_secs(4),
+        "second restart after ≥ 4 s"
+    );
+
+    // A missing executable: an Event and a status that say so, and no hot loop.
+    create_pod(
+        client,
+        json!({"metadata": {"name": "bad"}, "spec": {"nodeName": "n2",
+        "containers": [{"name": "c", "image": "busybox", "command": ["/nonexistent/tool"]}]}}),
+    )
+    .await;
+    let p = wait_pod(client, "bad", Duration::from_secs(60), "StartError", |p| {
+        p["status"]["containerStatuses"][0]["lastState"]["terminated"]["reason"] == "StartError"
+            || p["status"]["containerStatuses"][0]["state"]["terminated"]["reason"] == "StartError"
+            || p["status"]["containerStatuses"][0]["restartCount"].as_u64() >= Some(1)
+    })
+    .await;
+    let bad_uid = p["metadata"]["uid"].as_str().unwrap().to_string();
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    let mut found = false;
+    for _ in 0..100 {
+        let evs = events.list(&ListParams::default()).await.unwrap();
+        found = evs.items.iter().any(|e| {
+            e.involved_object.name.as_deref() == Some("bad")
+                && e.message
+                    .as_deref()
+                    .is_some_and(|m| m.contains("/nonexistent/tool"))
+        });
+        if found {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(found, "an Event names the missing executable");
+    tokio::time::sleep(Duration::from_secs(5)).await; // the bound is the point: runs in 5 s
+    let runs = std::fs::read_dir(k.pod_dir(1, &bad_uid).join("containers/c"))
+        .unwrap()
+        .count();
+    assert!(
+        runs <= 3,
+        "{runs} attempts within the back-off: no hot loop"
+    );
+
+    // Probes: readiness follows an exec probe both ways; a failing liveness probe restarts its
+    // container, while a passing one (the negative control, same pod) never does.
+    let flag = tb.state_dir().join("ready-flag");
+    let flag_s = flag.display().to_string();
+    create_pod(client, json!({"metadata": {"name": "probed"}, "spec": {"nodeName": "n2",
+        "containers": [
+            {"name": "srv", "image": "busybox",
+             "command": ["/bin/busybox", "nc", "-ll", "-p", "8080", "-e", "/bin/busybox", "hostname"],
+             "livenessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1, "failureThreshold": 2},
+             "readinessProbe": {"exec": {"command": ["/bin/busybox", "test", "-e", flag_s]},
+                                "periodSeconds": 1, "failureThreshold": 1}},
+            {"name": "live", "image": "busybox", "command": ["/bin/busybox", "sleep", "3600"],
+             "livenessProbe": {"tcpSocket": {"port": 9090}, "periodSeconds": 1, "failureThreshold": 2}}]}})).await;
+    let cs = |p: &serde_json::Value, name: &str| {
+        p["status"]["containerStatuses"]
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["name"] == name).cloned())
+            .unwrap_or_default()
+    };
+    let ready_cond = |p: &serde_json::Value| {
+        p["status"]["conditions"]
+            .as_array()
+            .and_then(|a| {
+                a.iter()
+                    .find(|c| c["type"] == "Ready")
+                    .map(|c| c["status"] == "True")
+            })
+            .unwrap_or(false)
+    };
+    // Not ready while the flag is absent: wait until the probe has failed (its Event), then look.
+    let mut failed = false;
+    for _ in 0..300 {
+        let evs = events.list(&ListParams::default()).await.unwrap();
+        failed = evs.items.iter().any(|e| {
+            e.involved_object.name.as_deref() == Some("probed")
+                && e.message
+                    .as_deref()
+                    .is_some_and(|m| m.starts_with("Readiness probe failed"))
+        });
+        if failed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(failed, "the readiness probe ran and failed");
+    let p = wait_pod(
+        client,
+        "probed",
+        Duration::from_secs(30),
+        "srv running, not ready",
+        |p| cs(p, "srv")["state"]["running"].is_object() && cs(p, "srv")["ready"] == false,
+    )
+    .await;
+    assert!(
+        !ready_cond(&p),
+        "the pod is not Ready while srv's readiness fails"
+    );
+    std::fs::write(&flag, "").unwrap();
+    wait_pod(
+        client,
+        "probed",
+        Duration::from_secs(30),
+        "srv ready",
+        |p| cs(p, "srv")["ready"] == true,
+    )
+    .await;
+    std::fs::remove_file(&flag).unwrap();
+    wait_pod(
+        client,
+        "probed",
+        Duration::from_secs(30),
+        "srv not ready again",
+        |p| cs(p, "srv")["ready"] == false && !ready_cond(p),
+    )
+    .await;
+    let p = wait_pod(
+        client,
+        "probed",
+        Duration::from_secs(60),
+        "live restarted by its liveness probe",
+        |p| cs(p, "live")["restartCount"].as_u64() >= Some(1),
+    )
+    .await;
+    assert_eq!(
+        cs(&p, "live")["lastState"]["terminated"]["exitCode"],
+        137,
+        "{:#}",
+        cs(&p, "live")
+    );
+    assert_eq!(
+        cs(&p, "srv")["restartCount"],
+        0,
+        "a passing liveness probe never restarts its container"
+    );
+
+    // kill -9 the kubelet on n1 and start it again: its pods are adopted, not duplicated.
+    let srv_pid =
+        std::fs::read_to_string(k.pod_dir(0, &pods[0].0).join("containers/srv/0/pid")).unwrap();
+    // SIGKILL to the kubelet's process group, waiting until every member is gone.
+    tb.kill(pids[0]);
+    pids[0] = k.start(tb, cp, nodes[0].0, nodes[0].1, "net.d");
+    // After the restart the kubelet syncs; a new pod proves it is past adoption.
+    create_pod(client, json!({"metadata": {"name": "after"}, "spec": {"nodeName": "n1",
+        "containers": [{"name": "c", "image": "busybox", "command": ["/bin/busybox", "sleep", "3600"]}]}})).await;
+    wait_pod(client, "after", Duration::from_secs(60), "Running", running).await;
+    assert!(
+        !k.pod_dir(0, &pods[0].0).join("containers/srv/1").exists(),
+        "srv was not started again"
+    );
+    assert_eq!(
+        std::fs::read_to_string(k.pod_dir(0, &pods[0].0).join("containers/srv/0/pid")).unwrap(),
+        srv_pid
+    );
+    let out = fetch(tb, &ns1, &pods[1].1.to_string()).await;
+    assert_eq!(out.trim(), "web-2", "the adopted pod still has its network");
+    drop(ns1);
+
+    // Deleting pods: processes stopped, CNI DEL, namespace and directory gone, object gone.
+    let api: Api<Pod> = Api::namespaced(client.clone(), "default");
+    for name in [
+        "web-1", "web-2", "web-3", "crash", "bad", "after", "probed", "hostnet",
+    ] {
+        api.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    for name in [
+        "web-1", "web-2", "web-3", "crash", "bad", "after", "probed", "hostnet",
+    ] {
+        let mut gone = false;
+        for _ in 0..400 {
+            if api.get_opt(name).await.unwrap().is_none() {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(gone, "{name} was never finished by its kubelet");
+    }
+    for (i, (uid, ip)) in pods.iter().enumerate() {
+        assert!(
+            !k.netns_path(uid).exists(),
+            "web-{}'s namespace is gone",
+            i + 1
+        );
+        assert!(
+            !k.pod_dir(i, uid).exists(),
+            "web-{}'s directory is gone",
+            i + 1
+        );
+        if host_local {
+            let held = nodes[i].1.join("ipam");
+            let still = walk_contains(&held, &ip.to_string());
+            assert!(!still, "web-{}'s address {ip} was released", i + 1);
+        }
+    }
+    // Nothing of any pod is left: no namespace, no pod directory, no process.
+    let left: Vec<String> = std::fs::read_dir(tb.run_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&k.prefix))
+        .collect();
+    assert!(left.is_empty(), "pod namespaces left: {left:?}");
+    for root in &k.roots {
+        let n = std::fs::read_dir(root.join("pods"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert_eq!(n, 0, "pod directories left in {}", root.display());
+    }
+}
+
+/// The answer of the server on `ip`:8080 (its hostname) from `ns`, retried for 20 s at most:
+/// a Running container may not listen yet.
+async fn fetch(tb: &Testbed, ns: &trellis_net::Netns, ip: &str) -> String {
+    fetch_port(tb, ns, ip, "8080").await
+}
+
+/// As [`fetch`], on `port`.
+async fn fetch_port(tb: &Testbed, ns: &trellis_net::Netns, ip: &str, port: &str) -> String {
+    let mut last = String::new();
+    for _ in 0..100 {
+        let out = tb
+            .exec(
+                ns,
+                &["/bin/busybox", "nc", "-w", "2", ip, port],
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        if out.success() && !out.stdout.trim().is_empty() {
+            return out.stdout;
+        }
+        last = out.stderr;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("{ip}:{port}: {last}");
+}
+
+fn walk_contains(dir: &std::path::Path, name: &str) -> bool {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| {
+            let p = e.path();
+            e.file_name().to_string_lossy() == name || (p.is_dir() && walk_contains(&p, name))
+        })
+}
+
+/// A CNI failure (the policy gate's code 11 here) gets an Event and a Pending status, is undone
+/// with DEL, and is retried only after the back-off (2 s, then 4 s): never a hot loop.
+#[tokio::test(flavor = "multi_thread")]
+async fn cni_failure_gets_an_event_and_backoff() {
+    netns_testbed::require_root();
+    let tb = Testbed::new().unwrap();
+    let cp = ControlPlane::start(&tb, "cp", 1).await.unwrap();
+    let client = overlay_cluster::kube_client(&cp.local_kubeconfig).await;
+    let node = tb.add_node("n1", 2).await.unwrap();
+    let dirs = tb.state_dir().join("n1");
+    let (bin, conf) = (dirs.join("bin"), dirs.join("net.d"));
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::create_dir_all(&conf).unwrap();
+    let calls = dirs.join("calls");
+    let plugin = bin.join("fail-add");
+    std::fs::write(&plugin, format!(r#"#!/bin/sh
+cat >/dev/null
+echo "$CNI_COMMAND $(date +%s.%N) $CNI_ARGS" >> {calls}
+case "$CNI_COMMAND" in
+ADD) echo '{{"cniVersion":"1.1.0","code":11,"msg":"policy not confirmed","details":"policyd did not answer"}}'; exit 1 ;;
+VERSION) echo '{{"cniVersion":"1.1.0","supportedVersions":["1.0.0","1.1.0"]}}' ;;
+esac
+exit 0
+"#, calls = calls.display())).unwrap();
+    std::fs::set_permissions(&plugin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(
+        conf.join("10-fail.conflist"),
+        r#"{"cniVersion":"1.1.0","name":"failnet","plugins":[{"type":"fail-add"}]}"#,
+    )
+    .unwrap();
+    let mut k = Kubelets::new(&tb);
+    let bin_s = bin.display().to_string();
+    k.start_with(&tb, &cp, &node, &dirs, "net.d", &["--cni-bin-dir", &bin_s]);
+    wait_node_ready(&client, "n1").await;
+    create_pod(
+        &client,
+        json!({"metadata": {"name": "gated"}, "spec": {"nodeName": "n1",
+        "containers": [{"name": "c", "image": "busybox", "command": ["/bin/sleep", "3600"]}]}}),
+    )
+    .await;
+    let adds = || -> Vec<f64> {
+        std::fs::read_to_string(&calls)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with("ADD "))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .collect()
+    };
+    netns_testbed::wait_for("three ADD attempts", Duration::from_secs(60), || {
+        adds().len() >= 3
+    })
+    .await;
+    let log = std::fs::read_to_string(&calls).unwrap();
+    let t = adds();
+    assert!(
+        t[1] - t[0] >= 2.0 && t[2] - t[1] >= 4.0,
+        "back-off between attempts (2 s, 4 s): {log}"
+    );
+    assert!(
+        log.contains("K8S_POD_NAMESPACE=default")
+            && log.contains("K8S_POD_NAME=gated")
+            && log.contains("K8S_POD_UID=")
+            && log.contains("K8S_POD_INFRA_CONTAINER_ID="),
+        "{log}"
+    );
+    let dels = log.lines().filter(|l| l.starts_with("DEL ")).count();
+    assert!(dels >= 2, "every failed ADD is followed by DEL: {log}");
+    let p = wait_pod(
+        &client,
+        "gated",
+        Duration::from_secs(30),
+        "the sandbox failure in its status",
+        |p| {
+            p["status"]["conditions"]
+                .as_array()
+                .is_some_and(|cs| cs.iter().any(|c| c["reason"] == "FailedCreatePodSandBox"))
+        },
+    )
+    .await;
+    assert_eq!(p["status"]["phase"], "Pending");
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    let evs = events.list(&ListParams::default()).await.unwrap();
+    assert!(
+        evs.items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("FailedCreatePodSandBox")
+                && e.message
+                    .as_deref()
+                    .is_some_and(|m| m.contains("policy not confirmed"))),
+        "an Event says why"
+    );
+    let left: Vec<String> = std::fs::read_dir(tb.run_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&k.prefix))
+        .collect();
+    // Between attempts no namespace is kept (at most the one of an attempt in flight).
+    assert!(
+        left.len() <= 1,
+        "namespaces of failed sandboxes are removed: {left:?}"
+    );
+    let api: Api<Pod> = Api::namespaced(client.clone(), "default");
+    api.delete("gated", &DeleteParams::default()).await.unwrap();
+    let mut gone = false;
+    for _ in 0..300 {
+        if api.get_opt("gated").await.unwrap().is_none() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "a pod that never got a sandbox is deleted at once");
+}

@@ -1,0 +1,202 @@
+//! Kubelets on a cluster's nodes: started, restarted and, on drop, every pod process and
+//! namespace they made removed (also when the test fails).
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node as KubeNode, Pod};
+use kube::Api;
+use kube::api::PostParams;
+use netns_testbed::cluster::ControlPlane;
+use netns_testbed::{Node, REFERENCE_PLUGIN_DIR, Testbed, bin_dir, bin_path};
+
+/// The kubelets of a test; their pods are killed and namespaces removed on drop.
+pub struct Kubelets {
+    pub roots: Vec<PathBuf>,
+    pub prefix: String,
+    pub run_dir: PathBuf,
+}
+
+impl Kubelets {
+    pub fn new(tb: &Testbed) -> Kubelets {
+        Kubelets {
+            roots: Vec::new(),
+            prefix: format!("{}-p", tb.prefix()),
+            run_dir: tb.run_dir().to_path_buf(),
+        }
+    }
+
+    /// Starts `trellis kubelet` on `node`, its CNI configuration in `<dirs>/<conf_dir>`.
+    pub fn start(
+        &mut self,
+        tb: &Testbed,
+        cp: &ControlPlane,
+        node: &Node,
+        dirs: &std::path::Path,
+        conf_dir: &str,
+    ) -> i32 {
+        self.start_with(tb, cp, node, dirs, conf_dir, &[])
+    }
+
+    /// As [`Kubelets::start`], with `extra` flags.
+    pub fn start_with(
+        &mut self,
+        tb: &Testbed,
+        cp: &ControlPlane,
+        node: &Node,
+        dirs: &std::path::Path,
+        conf_dir: &str,
+        extra: &[&str],
+    ) -> i32 {
+        let root = dirs.join("kubelet");
+        if !self.roots.contains(&root) {
+            self.roots.push(root.clone());
+        }
+        let trellis = bin_path("trellis");
+        // The kubelet's own identity from the cluster CA, never the admin's.
+        std::fs::create_dir_all(dirs).unwrap();
+        let kubeconfig = dirs.join("kubelet.kubeconfig");
+        let out = std::process::Command::new(&trellis)
+            .args(["certs", "kubeconfig", "--data-dir"])
+            .arg(&cp.dir)
+            .args([
+                "--user",
+                &format!("system:node:{}", node.name),
+                "--group",
+                "system:nodes",
+            ])
+            .args(["--server", &format!("https://{}", cp.addr), "--out"])
+            .arg(&kubeconfig)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "certs kubeconfig: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let d = |s: &str| dirs.join(s).display().to_string();
+        let (root_s, net_d, cache, bins, refs, ip) = (
+            root.display().to_string(),
+            d(conf_dir),
+            d("kcache"),
+            bin_dir().display().to_string(),
+            REFERENCE_PLUGIN_DIR.to_string(),
+            node.ip.to_string(),
+        );
+        let mut argv = vec![
+            trellis.to_str().unwrap(),
+            "kubelet",
+            "--node",
+            &node.name,
+            "--node-ip",
+            &ip,
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--root-dir",
+            &root_s,
+            "--netns-dir",
+            self.run_dir.to_str().unwrap(),
+            "--netns-prefix",
+            &self.prefix,
+            "--cni-conf-dir",
+            &net_d,
+            "--cni-bin-dir",
+            &bins,
+            "--cni-bin-dir",
+            &refs,
+            "--cni-cache-dir",
+            &cache,
+            "--sync-ms",
+            "300",
+            "--backoff-secs",
+            "2",
+            "--listen",
+            "127.0.0.1:10248",
+        ];
+        argv.extend_from_slice(extra);
+        tb.spawn(&node.ns, &argv, Duration::from_secs(600)).unwrap()
+    }
+
+    /// The pod directory of `uid` on the kubelet with root index `i`.
+    pub fn pod_dir(&self, i: usize, uid: &str) -> PathBuf {
+        self.roots[i].join("pods").join(uid)
+    }
+
+    /// The network namespace the kubelet made for pod `uid`.
+    pub fn netns_path(&self, uid: &str) -> PathBuf {
+        let short: String = uid.chars().filter(|c| *c != '-').take(16).collect();
+        self.run_dir.join(format!("{}{short}", self.prefix))
+    }
+}
+
+impl Drop for Kubelets {
+    fn drop(&mut self) {
+        for root in &self.roots {
+            if let Ok(pods) = std::fs::read_dir(root.join("pods")) {
+                for p in pods.flatten() {
+                    trellis_kubelet::runtime::kill_all(&p.path());
+                }
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir(&self.run_dir) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with(&self.prefix) {
+                    let _ = trellis_net::Netns::delete(&self.run_dir, &name);
+                }
+            }
+        }
+    }
+}
+
+/// Waits until Node `name` reports Ready=True.
+pub async fn wait_node_ready(client: &kube::Client, name: &str) {
+    let nodes: Api<KubeNode> = Api::all(client.clone());
+    for _ in 0..600 {
+        if let Ok(n) = nodes.get(name).await {
+            let ready = n
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .into_iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            if ready {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("node {name} never became Ready within 60 s");
+}
+
+/// Creates a pod from JSON (namespace default).
+pub async fn create_pod(client: &kube::Client, pod: serde_json::Value) -> Pod {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let pod: Pod = serde_json::from_value(pod).unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap()
+}
+
+/// Polls pod `name` (bounded by `limit`) until `done` holds of its JSON; returns that JSON.
+pub async fn wait_pod(
+    client: &kube::Client,
+    name: &str,
+    limit: Duration,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let deadline = std::time::Instant::now() + limit;
+    let mut last = serde_json::Value::Null;
+    while std::time::Instant::now() < deadline {
+        if let Ok(p) = pods.get(name).await {
+            last = serde_json::to_value(&p).unwrap();
+            if done(&last) {
+                return last;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("pod {name}: {what} not within {limit:?}; last seen:\n{last:#}");
+}

@@ -1,0 +1,104 @@
+//! `trellis kubelet`: the node agent (see trellis-kubelet).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// This node's name (default: the host name).
+    #[arg(long)]
+    node: Option<String>,
+    /// The node's InternalIP.
+    #[arg(long)]
+    node_ip: Option<IpAddr>,
+    #[arg(long)]
+    kubeconfig: PathBuf,
+    #[arg(long, default_value = "/var/lib/trellis/kubelet")]
+    root_dir: PathBuf,
+    #[arg(long, default_value = trellis_net::netns::DEFAULT_RUN_DIR)]
+    netns_dir: PathBuf,
+    /// Pod namespaces are named <prefix><uid>.
+    #[arg(long, default_value = "trellis-pod-")]
+    netns_prefix: String,
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    cni_conf_dir: PathBuf,
+    #[arg(long = "cni-bin-dir", default_value = "/opt/cni/bin")]
+    cni_bin_dirs: Vec<PathBuf>,
+    #[arg(long, default_value = "/var/lib/cni")]
+    cni_cache_dir: PathBuf,
+    #[arg(long, default_value = "10.96.0.10")]
+    cluster_dns: IpAddr,
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    #[arg(long, default_value_t = 110)]
+    max_pods: u32,
+    /// The longest one CNI plugin run may take, in seconds.
+    #[arg(long, default_value_t = 120)]
+    cni_timeout_secs: u64,
+    /// /healthz, /readyz and /metrics.
+    #[arg(long, default_value = "127.0.0.1:10248")]
+    listen: SocketAddr,
+    /// How often pods are synced, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    sync_ms: u64,
+    /// First restart back-off in seconds (doubles up to 300).
+    #[arg(long, default_value_t = 10)]
+    backoff_secs: u64,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let node_name = match args.node {
+        Some(n) => n,
+        None => crate::hostname()?,
+    };
+    let text = std::fs::read_to_string(&args.kubeconfig)
+        .with_context(|| format!("reading {}", args.kubeconfig.display()))?;
+    let kc = kube::config::Kubeconfig::from_yaml(&text).context("parsing the kubeconfig")?;
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .context("loading the kubeconfig")?;
+    let client = kube::Client::try_from(config).context("building the API client")?;
+    let cfg = trellis_kubelet::Config {
+        node_name,
+        node_ip: args.node_ip,
+        root_dir: args.root_dir,
+        netns_dir: args.netns_dir,
+        netns_prefix: args.netns_prefix,
+        cni_conf_dir: args.cni_conf_dir,
+        cni_bin_dirs: args.cni_bin_dirs,
+        cni_cache_dir: args.cni_cache_dir,
+        cni_timeout: Duration::from_secs(args.cni_timeout_secs.max(1)),
+        cluster_dns: args.cluster_dns,
+        cluster_domain: args.cluster_domain,
+        max_pods: args.max_pods,
+        port: 10250,
+        sync_period: Duration::from_millis(args.sync_ms.max(100)),
+        backoff_base: Duration::from_secs(args.backoff_secs.max(1)),
+        backoff_max: Duration::from_secs(300),
+        shim: std::env::current_exe().context("finding the trellis binary")?,
+    };
+    let health = Arc::new(trellis_daemon::Health::default());
+    health.set_not_ready("starting");
+    let metrics = Arc::new(trellis_daemon::Metrics::default());
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let mut rx2 = rx.clone();
+    let bound = trellis_daemon::serve(args.listen, health.clone(), metrics.clone(), async move {
+        let _ = rx2.wait_for(|s| *s).await;
+    })
+    .await
+    .context("binding the health listener")?;
+    tracing::info!(%bound, node = %cfg.node_name, "kubelet starting");
+    let stop = async move {
+        trellis_daemon::shutdown_signal().await;
+        let _ = tx.send(true);
+    };
+    drop(rx);
+    trellis_kubelet::run(cfg, client, health, metrics, stop)
+        .await
+        .context("kubelet")?;
+    Ok(())
+}
