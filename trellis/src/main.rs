@@ -12,6 +12,7 @@ mod ipam;
 mod overlay;
 mod policy;
 mod policy_gate;
+mod proxy;
 
 #[derive(Parser)]
 #[command(
@@ -40,6 +41,8 @@ enum Command {
     Bgp(bgp::BgpArgs),
     /// Network policy administration: isolate and open namespaces, show their isolation.
     Policy(policy::Args),
+    /// The service proxy of a node: Services and EndpointSlices into iptables NAT rules.
+    Proxy(proxy::Args),
 }
 
 #[derive(clap::Args)]
@@ -62,6 +65,22 @@ struct ApiserverArgs {
     /// The range ClusterIPs are allocated from.
     #[arg(long, default_value = "10.96.0.0/12")]
     service_cidr: ipnet::Ipv4Net,
+    /// The range node ports are allocated from, `FIRST-LAST`.
+    #[arg(long, default_value = "30000-32767", value_parser = parse_port_range)]
+    service_node_port_range: (u16, u16),
+}
+
+/// `30000-32767` → (30000, 32767).
+fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?} is not FIRST-LAST"))?;
+    let a: u16 = a.trim().parse().map_err(|e| format!("{a:?}: {e}"))?;
+    let b: u16 = b.trim().parse().map_err(|e| format!("{b:?}: {e}"))?;
+    if a == 0 || a > b {
+        return Err(format!("{s:?} is not a range of ports"));
+    }
+    Ok((a, b))
 }
 
 #[tokio::main]
@@ -88,6 +107,7 @@ async fn main() -> anyhow::Result<()> {
         Command::BgpAgent(args) => bgp::agent(args).await,
         Command::Bgp(args) => bgp::run(args).await,
         Command::Policy(args) => policy::run(args).await,
+        Command::Proxy(args) => proxy::run(args).await,
     }
 }
 
@@ -97,6 +117,7 @@ async fn apiserver(args: ApiserverArgs) -> anyhow::Result<()> {
     config.sans = args.sans;
     config.insecure_listen = args.insecure_listen;
     config.service_cidr = args.service_cidr;
+    config.node_ports = args.service_node_port_range;
     let running = trellis_apiserver::start(config)
         .await
         .context("starting the API server")?;
