@@ -1,0 +1,532 @@
+//! `trellis proxy` end to end on the overlay: an API server, two nodes each running the
+//! overlay agent and the proxy, pods wired by the real CNI configuration. There is no kubelet
+//! or EndpointSlice controller here, so the tests write Services and EndpointSlices through
+//! the API as those would, and the "containers" are TCP servers the test runs in the pods'
+//! namespaces. The service range is routed only inside the nodes' namespaces, which the test
+//! made (a node needs a route for a ClusterIP it rejects, as kube-proxy's nodes have their
+//! default route).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Api;
+use kube::api::{Patch, PatchParams, PostParams};
+use netns_testbed::bin_path;
+use netns_testbed::probe::{echo_peer_server, http_get, stop_echo, who_am_i};
+use serde_json::json;
+use trellis_net::Netns;
+
+#[path = "support/overlay_cluster.rs"]
+mod overlay_cluster;
+use overlay_cluster::{Cluster, Pod};
+
+const PORT: u16 = 8080;
+
+/// A pod's "container": answers every connection with its name, until dropped (or 10 min).
+struct NameServer {
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for NameServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+fn name_server(ns: &Netns, name: &str) -> NameServer {
+    let listener = ns
+        .run(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, PORT)))
+        .unwrap()
+        .unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (flag, name) = (stop.clone(), name.to_string());
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while !flag.load(Ordering::SeqCst) && Instant::now() < deadline {
+            match listener.accept() {
+                Ok((mut s, _)) => {
+                    let _ = s.set_nonblocking(false);
+                    let _ = s.write_all(name.as_bytes());
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(2)),
+            }
+        }
+    });
+    NameServer { stop }
+}
+
+/// Connects from `ns` to `to` `n` times; each answer (the backend's name) or error.
+fn ask(ns: &Netns, to: SocketAddr, n: usize) -> Vec<std::io::Result<String>> {
+    ns.run(|| {
+        (0..n)
+            .map(|_| {
+                let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
+                s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                let mut out = String::new();
+                s.read_to_string(&mut out)?;
+                Ok(out)
+            })
+            .collect()
+    })
+    .unwrap()
+}
+
+fn ask_one(ns: &Netns, to: SocketAddr) -> std::io::Result<String> {
+    ask(ns, to, 1).pop().unwrap()
+}
+
+struct Env {
+    c: Cluster,
+    proxies: Vec<i32>,
+    services: Api<Service>,
+    slices: Api<EndpointSlice>,
+}
+
+async fn start(nodes: usize) -> Env {
+    let c = Cluster::start(nodes).await;
+    let trellis = bin_path("trellis");
+    let mut proxies = Vec::new();
+    for w in &c.workers {
+        // The service range, routed inside the node's own namespace only.
+        c.exec(
+            &w.node.ns,
+            &["ip", "route", "add", "10.96.0.0/12", "dev", "eth0"],
+        )
+        .await;
+        let pid =
+            c.tb.spawn(
+                &w.node.ns,
+                &[
+                    trellis.to_str().unwrap(),
+                    "proxy",
+                    "--node",
+                    &w.node.name,
+                    "--kubeconfig",
+                    c.cp.kubeconfig.to_str().unwrap(),
+                    "--listen",
+                    "127.0.0.1:10256",
+                ],
+                Duration::from_secs(600),
+            )
+            .unwrap();
+        proxies.push(pid);
+    }
+    for (w, pid) in c.workers.iter().zip(&proxies) {
+        let mut ready = false;
+        for _ in 0..300 {
+            let ns = w.node.ns.clone();
+            let answer = tokio::task::spawn_blocking(move || {
+                http_get(&ns, SocketAddr::from(([127, 0, 0, 1], 10256)), "/readyz")
+            })
+            .await
+            .unwrap();
+            if matches!(answer, Ok((200, _))) {
+                ready = true;
+                break;
+            }
+            assert!(c.tb.running(*pid), "proxy exited:\n{}", c.tb.log_of(*pid));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(ready, "proxy never ready:\n{}", c.tb.log_of(*pid));
+    }
+    let services = Api::namespaced(c.client.clone(), "default");
+    let slices = Api::namespaced(c.client.clone(), "default");
+    Env {
+        c,
+        proxies,
+        services,
+        slices,
+    }
+}
+
+impl Env {
+    async fn service(&self, name: &str, spec: serde_json::Value) -> Service {
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": spec,
+        }))
+        .unwrap();
+        self.services
+            .create(&PostParams::default(), &svc)
+            .await
+            .unwrap()
+    }
+
+    fn slice_body(
+        &self,
+        service: &str,
+        port_name: &str,
+        backends: &[(&Pod, &str)],
+    ) -> EndpointSlice {
+        let endpoints: Vec<_> = backends
+            .iter()
+            .map(|(p, node)| {
+                json!({"addresses": [p.ip.to_string()], "nodeName": node,
+                       "conditions": {"ready": true, "serving": true, "terminating": false}})
+            })
+            .collect();
+        serde_json::from_value(json!({
+            "metadata": {"name": format!("{service}-1"), "namespace": "default",
+                         "labels": {"kubernetes.io/service-name": service}},
+            "addressType": "IPv4",
+            "ports": [{"name": port_name, "port": PORT, "protocol": "TCP"}],
+            "endpoints": endpoints,
+        }))
+        .unwrap()
+    }
+
+    async fn slice(&self, service: &str, port_name: &str, backends: &[(&Pod, &str)]) {
+        let body = self.slice_body(service, port_name, backends);
+        self.slices
+            .create(&PostParams::default(), &body)
+            .await
+            .unwrap();
+    }
+
+    async fn replace_endpoints(&self, service: &str, port_name: &str, backends: &[(&Pod, &str)]) {
+        let body = self.slice_body(service, port_name, backends);
+        self.slices
+            .patch(
+                &format!("{service}-1"),
+                &PatchParams::default(),
+                &Patch::Merge(json!({"endpoints": body.endpoints})),
+            )
+            .await
+            .unwrap();
+    }
+
+    fn node_name(&self, i: usize) -> String {
+        self.c.workers[i].node.name.clone()
+    }
+
+    fn assert_proxies_alive(&self) {
+        for pid in &self.proxies {
+            assert!(
+                self.c.tb.running(*pid),
+                "proxy exited:\n{}",
+                self.c.tb.log_of(*pid)
+            );
+        }
+    }
+}
+
+fn cluster_ip(svc: &Service) -> Ipv4Addr {
+    svc.spec
+        .as_ref()
+        .unwrap()
+        .cluster_ip
+        .as_ref()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Polls `f` in a blocking thread every 50 ms until it returns Some, at most `limit`.
+async fn poll<T: Send + 'static>(
+    what: &str,
+    limit: Duration,
+    f: impl Fn() -> Option<T> + Send + Sync + 'static,
+) -> T {
+    let f = Arc::new(f);
+    let started = Instant::now();
+    loop {
+        let g = f.clone();
+        if let Some(v) = tokio::task::spawn_blocking(move || g()).await.unwrap() {
+            return v;
+        }
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_ip_spreads_moves_rejects_and_hairpins() {
+    let env = start(2).await;
+    let c = &env.c;
+    let (n1, n2) = (env.node_name(0), env.node_name(1));
+    let b1 = c.add_pod(0, "b1").await;
+    let b2 = c.add_pod(0, "b2").await;
+    let b3 = c.add_pod(1, "b3").await;
+    let client = c.add_pod(1, "cl").await;
+    let _servers = [
+        name_server(&b1.ns, "b1"),
+        name_server(&b2.ns, "b2"),
+        name_server(&b3.ns, "b3"),
+    ];
+    let web = env
+        .service(
+            "web",
+            json!({"selector": {"app": "web"},
+                   "ports": [{"name": "http", "port": 80, "targetPort": PORT}]}),
+        )
+        .await;
+    env.slice("web", "http", &[(&b1, &n1), (&b2, &n1), (&b3, &n2)])
+        .await;
+    let vip = SocketAddr::from((cluster_ip(&web), 80));
+
+    // 1. Each of 3 backends gets its share over 300 connections.
+    let ns = client.ns.clone();
+    poll("the service answers", Duration::from_secs(20), move || {
+        ask_one(&ns, vip).ok()
+    })
+    .await;
+    let ns = client.ns.clone();
+    let answers = tokio::task::spawn_blocking(move || ask(&ns, vip, 300))
+        .await
+        .unwrap();
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for a in answers {
+        *counts
+            .entry(a.expect("every connection answered"))
+            .or_default() += 1;
+    }
+    eprintln!("300 connections through {vip}: {counts:?}");
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    // A third each, within 15 percentage points (a binomial count's sd is 8.2 here; ±15 %
+    // relative would fail by chance in about one run in six).
+    for (b, n) in &counts {
+        assert!((55..=145).contains(n), "{b} got {n} of 300: {counts:?}");
+    }
+
+    // 2. Delete a backend (its server keeps answering: only the rules keep it out): within
+    // 1 s of the API's answer no new connection reaches it.
+    env.replace_endpoints("web", "http", &[(&b1, &n1), (&b2, &n1)])
+        .await;
+    let removed_at = Instant::now();
+    let ns = client.ns.clone();
+    let last_hit = tokio::task::spawn_blocking(move || {
+        let mut last_hit = None;
+        let mut clean = 0;
+        while clean < 100 {
+            assert!(
+                removed_at.elapsed() < Duration::from_secs(10),
+                "b3 still reached after 10 s"
+            );
+            match ask_one(&ns, vip).as_deref() {
+                Ok("b3") => {
+                    last_hit = Some(removed_at.elapsed());
+                    clean = 0;
+                }
+                Ok(_) => clean += 1,
+                Err(e) => panic!("connection failed while moving: {e}"),
+            }
+        }
+        last_hit
+    })
+    .await
+    .unwrap();
+    eprintln!("last connection to the removed backend: {last_hit:?} after the update");
+    if let Some(t) = last_hit {
+        assert!(
+            t < Duration::from_secs(1),
+            "b3 was still reached {t:?} after its removal"
+        );
+    }
+
+    // 3. A Service without endpoints is refused at once, not black-holed.
+    let empty = env
+        .service(
+            "empty",
+            json!({"selector": {"app": "nothing"}, "ports": [{"name": "http", "port": 80}]}),
+        )
+        .await;
+    let empty_vip = SocketAddr::from((cluster_ip(&empty), 80));
+    let ns = client.ns.clone();
+    poll(
+        "the empty service is refused",
+        Duration::from_secs(20),
+        move || match ask_one(&ns, empty_vip) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Some(()),
+            _ => None,
+        },
+    )
+    .await;
+    let ns = client.ns.clone();
+    let took = tokio::task::spawn_blocking(move || {
+        let t = Instant::now();
+        let r = ask_one(&ns, empty_vip);
+        (t.elapsed(), r.map_err(|e| e.kind()))
+    })
+    .await
+    .unwrap();
+    assert_eq!(took.1, Err(std::io::ErrorKind::ConnectionRefused));
+    assert!(
+        took.0 < Duration::from_millis(100),
+        "refusal took {:?}",
+        took.0
+    );
+
+    // 4. Bad input: the slice serves a port of another name: the service port has no
+    // endpoints, is refused, and the proxy keeps syncing (no error loop).
+    let odd = env
+        .service(
+            "odd",
+            json!({"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80}]}),
+        )
+        .await;
+    env.slice("odd", "metrics", &[(&b1, &n1)]).await;
+    let odd_vip = SocketAddr::from((cluster_ip(&odd), 80));
+    let ns = client.ns.clone();
+    poll(
+        "the mismatched port is refused",
+        Duration::from_secs(20),
+        move || match ask_one(&ns, odd_vip) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Some(()),
+            _ => None,
+        },
+    )
+    .await;
+
+    // 5. Hairpin: a pod reaches itself through its own Service.
+    let me = env
+        .service(
+            "me",
+            json!({"selector": {"app": "me"}, "ports": [{"name": "http", "port": 80, "targetPort": PORT}]}),
+        )
+        .await;
+    env.slice("me", "http", &[(&b3, &n2)]).await;
+    let me_vip = SocketAddr::from((cluster_ip(&me), 80));
+    let ns = b3.ns.clone();
+    let answer = poll("b3 reaches itself", Duration::from_secs(20), move || {
+        ask_one(&ns, me_vip).ok()
+    })
+    .await;
+    assert_eq!(answer, "b3");
+
+    // The proxies are alive, synced a bounded number of times (no error loop) and report
+    // their sync latency.
+    env.assert_proxies_alive();
+    for w in &c.workers {
+        let ns = w.node.ns.clone();
+        let (code, body) = tokio::task::spawn_blocking(move || {
+            http_get(&ns, SocketAddr::from(([127, 0, 0, 1], 10256)), "/metrics")
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(code, 200);
+        assert!(
+            body.contains("trellis_proxy_sync_duration_seconds_count"),
+            "{body}"
+        );
+        assert!(!body.contains("result=\"error\""), "{body}");
+        let syncs: f64 = body
+            .lines()
+            .find(|l| l.starts_with("trellis_proxy_syncs_total{result=\"ok\"}"))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse().ok())
+            .unwrap();
+        assert!(syncs < 50.0, "{syncs} syncs for a handful of changes");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_ports_from_other_nodes_and_outside_and_local_policy_keeps_the_client() {
+    let env = start(2).await;
+    let c = &env.c;
+    let (n1, n2) = (env.node_name(0), env.node_name(1));
+    let outside = c.tb.add_node("out", 9).await.unwrap();
+    let b1 = c.add_pod(0, "b1").await;
+    let b2 = c.add_pod(1, "b2").await;
+    let _servers = [name_server(&b1.ns, "b1"), name_server(&b2.ns, "b2")];
+    let np = env
+        .service(
+            "np",
+            json!({"type": "NodePort", "selector": {"app": "np"},
+                   "ports": [{"name": "http", "port": 80, "targetPort": PORT}]}),
+        )
+        .await;
+    env.slice("np", "http", &[(&b1, &n1), (&b2, &n2)]).await;
+    let node_port = np.spec.as_ref().unwrap().ports.as_ref().unwrap()[0]
+        .node_port
+        .unwrap() as u16;
+    assert!((30000..=32767).contains(&node_port));
+    let n1_addr = SocketAddr::from((c.workers[0].node.ip, node_port));
+
+    // From another node's namespace and from an outside client: both backends answer.
+    for (who, ns) in [
+        ("node n2", c.workers[1].node.ns.clone()),
+        ("outside", outside.ns.clone()),
+    ] {
+        let ns2 = ns.clone();
+        poll(
+            "the node port answers",
+            Duration::from_secs(20),
+            move || ask_one(&ns2, n1_addr).ok(),
+        )
+        .await;
+        let answers = tokio::task::spawn_blocking(move || ask(&ns, n1_addr, 60))
+            .await
+            .unwrap();
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        for a in answers {
+            *seen
+                .entry(a.unwrap_or_else(|e| panic!("{who}: {e}")))
+                .or_default() += 1;
+        }
+        assert_eq!(seen.len(), 2, "{who} reached {seen:?}");
+    }
+
+    // externalTrafficPolicy: the echo server in b1 reports the peer address it saw.
+    let echo_port = 9000;
+    let _echo = echo_peer_server(&b1.ns, Ipv4Addr::UNSPECIFIED, echo_port).unwrap();
+    let mk = |name: &str, policy: &str| {
+        json!({"type": "NodePort", "externalTrafficPolicy": policy, "selector": {"app": name},
+               "ports": [{"name": "echo", "port": 90, "targetPort": echo_port}]})
+    };
+    let local = env.service("local", mk("local", "Local")).await;
+    let cluster = env.service("cluster", mk("cluster", "Cluster")).await;
+    for svc in ["local", "cluster"] {
+        let body: EndpointSlice = serde_json::from_value(json!({
+            "metadata": {"name": format!("{svc}-1"), "namespace": "default",
+                         "labels": {"kubernetes.io/service-name": svc}},
+            "addressType": "IPv4",
+            "ports": [{"name": "echo", "port": echo_port, "protocol": "TCP"}],
+            "endpoints": [{"addresses": [b1.ip.to_string()], "nodeName": n1}],
+        }))
+        .unwrap();
+        env.slices
+            .create(&PostParams::default(), &body)
+            .await
+            .unwrap();
+    }
+    let port_of = |s: &Service| {
+        s.spec.as_ref().unwrap().ports.as_ref().unwrap()[0]
+            .node_port
+            .unwrap() as u16
+    };
+    let client_ip = outside.ip.to_string();
+    let ns = outside.ns.clone();
+    let to = SocketAddr::from((c.workers[0].node.ip, port_of(&local)));
+    let seen = poll(
+        "the Local node port answers",
+        Duration::from_secs(20),
+        move || who_am_i(&ns, to).ok(),
+    )
+    .await;
+    assert_eq!(
+        seen, client_ip,
+        "externalTrafficPolicy Local keeps the client's address"
+    );
+    // Negative control: the same path with policy Cluster is masqueraded.
+    let ns = outside.ns.clone();
+    let to = SocketAddr::from((c.workers[0].node.ip, port_of(&cluster)));
+    let seen = poll(
+        "the Cluster node port answers",
+        Duration::from_secs(20),
+        move || who_am_i(&ns, to).ok(),
+    )
+    .await;
+    assert_ne!(seen, client_ip, "policy Cluster masquerades");
+    stop_echo(&b1.ns, SocketAddr::from((b1.ip, echo_port)));
+    env.assert_proxies_alive();
+}
