@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 mod bgp;
+mod dns;
 mod ipam;
 mod overlay;
 mod policy;
@@ -43,6 +44,8 @@ enum Command {
     Policy(policy::Args),
     /// The service proxy of a node: Services and EndpointSlices into iptables NAT rules.
     Proxy(proxy::Args),
+    /// Cluster DNS: Services, endpoints and pods by name; other names forwarded with a cache.
+    Dns(dns::Args),
 }
 
 #[derive(clap::Args)]
@@ -108,6 +111,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Bgp(args) => bgp::run(args).await,
         Command::Policy(args) => policy::run(args).await,
         Command::Proxy(args) => proxy::run(args).await,
+        Command::Dns(args) => dns::run(args).await,
     }
 }
 
