@@ -530,3 +530,304 @@ async fn node_ports_from_other_nodes_and_outside_and_local_policy_keeps_the_clie
     stop_echo(&b1.ns, SocketAddr::from((b1.ip, echo_port)));
     env.assert_proxies_alive();
 }
+
+mod dns {
+    use super::*;
+    use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+    use hickory_proto::rr::rdata::A;
+    use hickory_proto::rr::{Name, RData, Record, RecordType};
+    use std::net::UdpSocket;
+
+    /// One UDP exchange from `ns`: the raw answer (None: no answer within 2 s).
+    fn exchange(ns: &Netns, server: SocketAddr, bytes: &[u8]) -> Option<Vec<u8>> {
+        ns.run(|| {
+            let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+            s.send_to(bytes, server).ok()?;
+            let mut buf = [0u8; 4096];
+            let n = s.recv(&mut buf).ok()?;
+            Some(buf[..n].to_vec())
+        })
+        .unwrap()
+    }
+
+    pub fn query(ns: &Netns, server: SocketAddr, name: &str, t: RecordType) -> Option<Message> {
+        let mut m = Message::new(0x2a2a, MessageType::Query, OpCode::Query);
+        m.metadata.recursion_desired = true;
+        m.add_query(Query::query(Name::from_ascii(name).unwrap(), t));
+        let b = exchange(ns, server, &m.to_vec().unwrap())?;
+        Message::from_vec(&b).ok()
+    }
+
+    /// The addresses of the A records of an answer, sorted.
+    pub fn addresses(m: &Message) -> Vec<Ipv4Addr> {
+        let mut v: Vec<Ipv4Addr> = m
+            .answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::A(a) => Some(a.0),
+                _ => None,
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// A resolver of the test's own in `ns`: every A query gets 203.0.113.9 (an address that
+    /// is only data); runs until 200 queries or 10 min.
+    fn tiny_resolver(ns: &Netns, at: SocketAddr) {
+        let sock = ns.run(|| UdpSocket::bind(at)).unwrap().unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(600);
+            let mut buf = [0u8; 512];
+            let mut served = 0;
+            while served < 200 && Instant::now() < deadline {
+                let Ok((n, peer)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
+                let Ok(q) = Message::from_vec(&buf[..n]) else {
+                    continue;
+                };
+                let mut m = Message::response(q.metadata.id, OpCode::Query);
+                m.add_queries(q.queries.iter().cloned());
+                if let Some(first) = q.queries.first() {
+                    m.add_answer(Record::from_rdata(
+                        first.name().clone(),
+                        60,
+                        RData::A(A("203.0.113.9".parse().unwrap())),
+                    ));
+                }
+                let _ = sock.send_to(&m.to_vec().unwrap(), peer);
+                served += 1;
+            }
+        });
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dns_answers_the_cluster_zone_follows_changes_and_forwards_the_rest() {
+        let env = start(2).await;
+        let c = &env.c;
+        let (n1, n2) = (env.node_name(0), env.node_name(1));
+        let up = c.tb.add_node("up", 9).await.unwrap();
+        let upstream = SocketAddr::from((up.ip, 53));
+        tiny_resolver(&up.ns, upstream);
+        // DNS runs on n1 (host network), behind the Service at 10.96.0.10.
+        let trellis = bin_path("trellis");
+        let pid =
+            c.tb.spawn(
+                &c.workers[0].node.ns,
+                &[
+                    trellis.to_str().unwrap(),
+                    "dns",
+                    "--kubeconfig",
+                    c.cp.kubeconfig.to_str().unwrap(),
+                    "--listen",
+                    "0.0.0.0:53",
+                    "--upstream",
+                    &upstream.to_string(),
+                    "--metrics-listen",
+                    "127.0.0.1:9153",
+                ],
+                Duration::from_secs(600),
+            )
+            .unwrap();
+        let kube_system: Api<Service> = Api::namespaced(c.client.clone(), "kube-system");
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": {"name": "kube-dns", "namespace": "kube-system"},
+            "spec": {"clusterIP": "10.96.0.10", "selector": {"k8s-app": "kube-dns"},
+                     "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}]}
+        }))
+        .unwrap();
+        kube_system
+            .create(&PostParams::default(), &svc)
+            .await
+            .unwrap();
+        let slice: EndpointSlice = serde_json::from_value(json!({
+            "metadata": {"name": "kube-dns-1", "namespace": "kube-system",
+                         "labels": {"kubernetes.io/service-name": "kube-dns"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}],
+            "endpoints": [{"addresses": [c.workers[0].node.ip.to_string()], "nodeName": n1}],
+        }))
+        .unwrap();
+        Api::<EndpointSlice>::namespaced(c.client.clone(), "kube-system")
+            .create(&PostParams::default(), &slice)
+            .await
+            .unwrap();
+        let client = c.add_pod(1, "cl").await;
+        let p1 = c.add_pod(0, "p1").await;
+        let p2 = c.add_pod(1, "p2").await;
+        let dns = SocketAddr::from(([10, 96, 0, 10], 53));
+
+        // Records of every kind, each awaited with the 1 s the zone has to follow a change.
+        let web = env
+            .service(
+                "web",
+                json!({"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80}]}),
+            )
+            .await;
+        let ns = client.ns.clone();
+        poll(
+            "DNS through the Service answers",
+            Duration::from_secs(30),
+            move || {
+                query(
+                    &ns,
+                    dns,
+                    "kubernetes.default.svc.cluster.local.",
+                    RecordType::A,
+                )
+            },
+        )
+        .await;
+        let ip = cluster_ip(&web);
+        let ns = client.ns.clone();
+        let m = poll("web's A record", Duration::from_secs(1), move || {
+            query(&ns, dns, "web.default.svc.cluster.local.", RecordType::A)
+                .filter(|m| !m.answers.is_empty())
+        })
+        .await;
+        assert_eq!(addresses(&m), vec![ip]);
+        let m = query(
+            &client.ns,
+            dns,
+            "_http._tcp.web.default.svc.cluster.local.",
+            RecordType::SRV,
+        )
+        .unwrap();
+        assert!(
+            matches!(&m.answers[0].data, RData::SRV(s) if s.port == 80),
+            "{m:?}"
+        );
+        let o = ip.octets();
+        let rev = format!("{}.{}.{}.{}.in-addr.arpa.", o[3], o[2], o[1], o[0]);
+        let m = query(&client.ns, dns, &rev, RecordType::PTR).unwrap();
+        assert!(
+            matches!(&m.answers[0].data, RData::PTR(p) if p.0.to_ascii() == "web.default.svc.cluster.local."),
+            "{m:?}"
+        );
+
+        // Headless: ready endpoints and their hostnames; a removed endpoint leaves within 1 s.
+        env.service("hl", json!({"clusterIP": "None", "selector": {"app": "hl"}, "ports": [{"name": "http", "port": 80}]}))
+            .await;
+        let body: EndpointSlice = serde_json::from_value(json!({
+            "metadata": {"name": "hl-1", "namespace": "default",
+                         "labels": {"kubernetes.io/service-name": "hl"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 80, "protocol": "TCP"}],
+            "endpoints": [
+                {"addresses": [p1.ip.to_string()], "hostname": "hl-0", "nodeName": n1},
+                {"addresses": [p2.ip.to_string()], "hostname": "hl-1", "nodeName": n2},
+            ],
+        }))
+        .unwrap();
+        env.slices
+            .create(&PostParams::default(), &body)
+            .await
+            .unwrap();
+        let ns = client.ns.clone();
+        let mut both = vec![p1.ip, p2.ip];
+        both.sort();
+        let want = both.clone();
+        poll(
+            "the headless Service's endpoints",
+            Duration::from_secs(1),
+            move || {
+                query(&ns, dns, "hl.default.svc.cluster.local.", RecordType::A)
+                    .filter(|m| addresses(m) == want)
+            },
+        )
+        .await;
+        let m = query(
+            &client.ns,
+            dns,
+            "hl-1.hl.default.svc.cluster.local.",
+            RecordType::A,
+        )
+        .unwrap();
+        assert_eq!(addresses(&m), vec![p2.ip]);
+        env.slices
+            .patch(
+                "hl-1",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"endpoints": [
+                    {"addresses": [p1.ip.to_string()], "hostname": "hl-0", "nodeName": n1}]})),
+            )
+            .await
+            .unwrap();
+        let ns = client.ns.clone();
+        let want = vec![p1.ip];
+        poll(
+            "the removed endpoint leaves DNS",
+            Duration::from_secs(1),
+            move || {
+                query(&ns, dns, "hl.default.svc.cluster.local.", RecordType::A)
+                    .filter(|m| addresses(m) == want)
+            },
+        )
+        .await;
+
+        // ExternalName, pod names, unknown names.
+        env.service(
+            "ext",
+            json!({"type": "ExternalName", "externalName": "db.example.test"}),
+        )
+        .await;
+        let ns = client.ns.clone();
+        let m = poll("the ExternalName", Duration::from_secs(1), move || {
+            query(&ns, dns, "ext.default.svc.cluster.local.", RecordType::A)
+                .filter(|m| !m.answers.is_empty())
+        })
+        .await;
+        assert!(
+            matches!(&m.answers[0].data, RData::CNAME(n) if n.0.to_ascii() == "db.example.test."),
+            "{m:?}"
+        );
+        let dashed = p2.ip.to_string().replace('.', "-");
+        let m = query(
+            &client.ns,
+            dns,
+            &format!("{dashed}.default.pod.cluster.local."),
+            RecordType::A,
+        )
+        .unwrap();
+        assert_eq!(addresses(&m), vec![p2.ip]);
+        let m = query(
+            &client.ns,
+            dns,
+            "nothing.default.svc.cluster.local.",
+            RecordType::A,
+        )
+        .unwrap();
+        assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+
+        // Other names go to the upstream the test runs.
+        let m = query(&client.ns, dns, "www.example.test.", RecordType::A).unwrap();
+        assert_eq!(
+            addresses(&m),
+            vec!["203.0.113.9".parse::<Ipv4Addr>().unwrap()]
+        );
+
+        // Malformed input: FORMERR, and the server keeps answering.
+        let garbage = [
+            0x12, 0x34, 0x01, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x3f, b'x',
+        ];
+        let b = exchange(&client.ns, dns, &garbage).expect("an answer to garbage");
+        let m = Message::from_vec(&b).unwrap();
+        assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
+        assert_eq!(m.metadata.id, 0x1234);
+        assert!(
+            query(
+                &client.ns,
+                dns,
+                "web.default.svc.cluster.local.",
+                RecordType::A
+            )
+            .is_some()
+        );
+        assert!(c.tb.running(pid), "dns exited:\n{}", c.tb.log_of(pid));
+        env.assert_proxies_alive();
+    }
+}
