@@ -19,8 +19,8 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
-use netns_testbed::bin_path;
 use netns_testbed::probe::{echo_peer_server, http_get, stop_echo, who_am_i};
+use netns_testbed::{bin_path, wait_for};
 use serde_json::json;
 use trellis_net::Netns;
 
@@ -84,6 +84,41 @@ fn ask_one(ns: &Netns, to: SocketAddr) -> std::io::Result<String> {
     ask(ns, to, 1).pop().unwrap()
 }
 
+fn spawn_proxy(c: &Cluster, w: &overlay_cluster::Worker, trellis: &std::path::Path) -> i32 {
+    c.tb.spawn(
+        &w.node.ns,
+        &[
+            trellis.to_str().unwrap(),
+            "proxy",
+            "--node",
+            &w.node.name,
+            "--kubeconfig",
+            c.cp.kubeconfig.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:10256",
+        ],
+        Duration::from_secs(600),
+    )
+    .unwrap()
+}
+
+async fn wait_proxy_ready(c: &Cluster, w: &overlay_cluster::Worker, pid: i32) {
+    for _ in 0..300 {
+        let ns = w.node.ns.clone();
+        let answer = tokio::task::spawn_blocking(move || {
+            http_get(&ns, SocketAddr::from(([127, 0, 0, 1], 10256)), "/readyz")
+        })
+        .await
+        .unwrap();
+        if matches!(answer, Ok((200, _))) {
+            return;
+        }
+        assert!(c.tb.running(pid), "proxy exited:\n{}", c.tb.log_of(pid));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("proxy never ready:\n{}", c.tb.log_of(pid));
+}
+
 struct Env {
     c: Cluster,
     proxies: Vec<i32>,
@@ -102,41 +137,10 @@ async fn start(nodes: usize) -> Env {
             &["ip", "route", "add", "10.96.0.0/12", "dev", "eth0"],
         )
         .await;
-        let pid =
-            c.tb.spawn(
-                &w.node.ns,
-                &[
-                    trellis.to_str().unwrap(),
-                    "proxy",
-                    "--node",
-                    &w.node.name,
-                    "--kubeconfig",
-                    c.cp.kubeconfig.to_str().unwrap(),
-                    "--listen",
-                    "127.0.0.1:10256",
-                ],
-                Duration::from_secs(600),
-            )
-            .unwrap();
-        proxies.push(pid);
+        proxies.push(spawn_proxy(&c, w, &trellis));
     }
     for (w, pid) in c.workers.iter().zip(&proxies) {
-        let mut ready = false;
-        for _ in 0..300 {
-            let ns = w.node.ns.clone();
-            let answer = tokio::task::spawn_blocking(move || {
-                http_get(&ns, SocketAddr::from(([127, 0, 0, 1], 10256)), "/readyz")
-            })
-            .await
-            .unwrap();
-            if matches!(answer, Ok((200, _))) {
-                ready = true;
-                break;
-            }
-            assert!(c.tb.running(*pid), "proxy exited:\n{}", c.tb.log_of(*pid));
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert!(ready, "proxy never ready:\n{}", c.tb.log_of(*pid));
+        wait_proxy_ready(&c, w, *pid).await;
     }
     let services = Api::namespaced(c.client.clone(), "default");
     let slices = Api::namespaced(c.client.clone(), "default");
@@ -528,6 +532,103 @@ async fn node_ports_from_other_nodes_and_outside_and_local_policy_keeps_the_clie
     .await;
     assert_ne!(seen, client_ip, "policy Cluster masquerades");
     stop_echo(&b1.ns, SocketAddr::from((b1.ip, echo_port)));
+    env.assert_proxies_alive();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_keeps_rules_until_the_new_state_swaps_in_and_touches_only_our_chains() {
+    let mut env = start(1).await;
+    let n1 = env.node_name(0);
+    let node_ns = env.c.workers[0].node.ns.clone();
+    // A chain of another component, which must survive.
+    env.c
+        .exec(
+            &node_ns,
+            &["iptables", "-w", "-t", "nat", "-N", "TRELLIS-POL-PROBE"],
+        )
+        .await;
+    env.c
+        .exec(
+            &node_ns,
+            &[
+                "iptables",
+                "-w",
+                "-t",
+                "nat",
+                "-A",
+                "TRELLIS-POL-PROBE",
+                "-j",
+                "RETURN",
+            ],
+        )
+        .await;
+    let b1 = env.c.add_pod(0, "b1").await;
+    let client = env.c.add_pod(0, "cl").await;
+    let _s = name_server(&b1.ns, "b1");
+    let keep = env
+        .service("keep", json!({"selector": {"app": "k"}, "ports": [{"name": "http", "port": 80, "targetPort": PORT}]}))
+        .await;
+    env.slice("keep", "http", &[(&b1, &n1)]).await;
+    let gone = env
+        .service("gone", json!({"selector": {"app": "g"}, "ports": [{"name": "http", "port": 80, "targetPort": PORT}]}))
+        .await;
+    env.slice("gone", "http", &[(&b1, &n1)]).await;
+    let (keep_vip, gone_vip) = (
+        SocketAddr::from((cluster_ip(&keep), 80)),
+        SocketAddr::from((cluster_ip(&gone), 80)),
+    );
+    for vip in [keep_vip, gone_vip] {
+        let ns = client.ns.clone();
+        poll("the service answers", Duration::from_secs(20), move || {
+            ask_one(&ns, vip).ok()
+        })
+        .await;
+    }
+
+    // Stop the proxy: its rules stay and keep serving.
+    let old = env.proxies[0];
+    env.c.tb.signal(old, nix::sys::signal::Signal::SIGTERM);
+    wait_for("the proxy stops", Duration::from_secs(10), || {
+        !env.c.tb.running(old)
+    })
+    .await;
+    assert_eq!(ask_one(&client.ns, keep_vip).unwrap(), "b1");
+    // A change while it is down: only the new proxy can apply it.
+    env.services
+        .delete("gone", &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        ask_one(&client.ns, gone_vip).unwrap(),
+        "b1",
+        "the old rules serve on"
+    );
+
+    let trellis = bin_path("trellis");
+    let new = spawn_proxy(&env.c, &env.c.workers[0], &trellis);
+    wait_proxy_ready(&env.c, &env.c.workers[0], new).await;
+    env.proxies[0] = new;
+    assert_eq!(ask_one(&client.ns, keep_vip).unwrap(), "b1");
+    assert!(
+        ask_one(&client.ns, gone_vip).is_err(),
+        "the removed Service's rules are gone"
+    );
+    let nat = env
+        .c
+        .exec(&node_ns, &["iptables-save", "-t", "nat"])
+        .await
+        .stdout;
+    assert!(nat.contains("-A TRELLIS-POL-PROBE -j RETURN"), "{nat}");
+    assert!(
+        nat.contains("-A TRELLIS-POSTRTG"),
+        "the overlay's chain is kept:\n{nat}"
+    );
+    let jumps = nat
+        .lines()
+        .filter(|l| l.starts_with("-A PREROUTING") && l.contains("TRELLIS-SVC-SERVICES"))
+        .count();
+    assert_eq!(jumps, 1, "one jump after a restart:\n{nat}");
+    assert!(!nat.contains(&format!("{}/32", gone_vip.ip())), "{nat}");
     env.assert_proxies_alive();
 }
 
