@@ -406,6 +406,59 @@ async fn cluster_ip_spreads_moves_rejects_and_hairpins() {
     .await;
     assert_eq!(answer, "b3");
 
+    // 6. Session affinity ClientIP: one client always reaches the same backend (the plain
+    // Service above spread the same client over all three).
+    let sticky = env
+        .service(
+            "sticky",
+            json!({"selector": {"app": "web"}, "sessionAffinity": "ClientIP",
+                   "ports": [{"name": "http", "port": 80, "targetPort": PORT}]}),
+        )
+        .await;
+    env.slice("sticky", "http", &[(&b1, &n1), (&b2, &n1), (&b3, &n2)])
+        .await;
+    let sticky_vip = SocketAddr::from((cluster_ip(&sticky), 80));
+    let ns = client.ns.clone();
+    poll(
+        "the sticky service answers",
+        Duration::from_secs(20),
+        move || ask_one(&ns, sticky_vip).ok(),
+    )
+    .await;
+    let ns = client.ns.clone();
+    let answers = tokio::task::spawn_blocking(move || ask(&ns, sticky_vip, 30))
+        .await
+        .unwrap();
+    let seen: std::collections::BTreeSet<String> =
+        answers.into_iter().map(|a| a.unwrap()).collect();
+    assert_eq!(seen.len(), 1, "affinity: {seen:?}");
+
+    // 7. internalTrafficPolicy Local: the client on n2 reaches only n2's backend.
+    let itp = env
+        .service(
+            "itp",
+            json!({"selector": {"app": "web"}, "internalTrafficPolicy": "Local",
+                   "ports": [{"name": "http", "port": 80, "targetPort": PORT}]}),
+        )
+        .await;
+    env.slice("itp", "http", &[(&b1, &n1), (&b2, &n1), (&b3, &n2)])
+        .await;
+    let itp_vip = SocketAddr::from((cluster_ip(&itp), 80));
+    let ns = client.ns.clone();
+    poll(
+        "the local-only service answers",
+        Duration::from_secs(20),
+        move || ask_one(&ns, itp_vip).ok(),
+    )
+    .await;
+    let ns = client.ns.clone();
+    let answers = tokio::task::spawn_blocking(move || ask(&ns, itp_vip, 30))
+        .await
+        .unwrap();
+    let seen: std::collections::BTreeSet<String> =
+        answers.into_iter().map(|a| a.unwrap()).collect();
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), vec!["b3".to_string()]);
+
     // The proxies are alive, synced a bounded number of times (no error loop) and report
     // their sync latency.
     env.assert_proxies_alive();
