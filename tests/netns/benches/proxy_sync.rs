@@ -9,16 +9,18 @@
 //! run. The same rules are used, so the only difference is how much is written. Printed side
 //! by side with the ratio baseline/ours.
 //!
-//!     cargo bench -p netns-testbed --bench proxy-sync [-- --sizes 1000,5000,10000 --rounds 5]
+//!     cargo bench -p netns-testbed --bench proxy-sync [-- --sizes 1000,5000,10000 --rounds 3]
+//!         [--backend nft|legacy]
 //!
-//! Needs root and iptables (the host's default backend, as the proxy detects it).
+//! Needs root and iptables (default: the host's backend, as the proxy detects it). Each
+//! restore is bounded by the tool runner's 60 s.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
 
 use netns_testbed::{Testbed, require_root, require_tool};
-use trellis_net::iptables::{IpFamily, Iptables, Table};
+use trellis_net::iptables::{Backend, IpFamily, Iptables, Table};
 use trellis_proxy::model::{Endpoint, PortName, Protocol, ServicePort};
 use trellis_proxy::rules::{self, Chains, NodeRules};
 use trellis_proxy::sync::Syncer;
@@ -89,7 +91,7 @@ async fn main() {
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
-    let rounds: usize = arg("--rounds").and_then(|r| r.parse().ok()).unwrap_or(5);
+    let rounds: usize = arg("--rounds").and_then(|r| r.parse().ok()).unwrap_or(3);
     let node = NodeRules {
         cluster_cidr: Some("10.244.0.0/16".parse().unwrap()),
         node_addresses: vec![],
@@ -109,7 +111,12 @@ async fn main() {
     );
     for n in sizes {
         let ns = tb.add_ns(&format!("ps{n}")).await.unwrap();
-        let ipt = Iptables::detect(Some(&ns), IpFamily::V4).await.unwrap();
+        let mut ipt = Iptables::detect(Some(&ns), IpFamily::V4).await.unwrap();
+        match arg("--backend").as_deref() {
+            Some("legacy") => ipt.backend = Backend::Legacy,
+            Some("nft") => ipt.backend = Backend::Nft,
+            _ => {}
+        }
         backend = Some(ipt.backend);
         let mut ports = services(n);
         let desired = rules::compile(&ports, &node);
