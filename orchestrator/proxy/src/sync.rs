@@ -111,16 +111,41 @@ impl Syncer {
         } else {
             Vec::new()
         };
+        if full {
+            // The jumps go in before the state is written: each -C/-I reads the whole table,
+            // cheap while it is still empty on a first start. Chains they target that do not
+            // exist yet are created empty first (an existing one is never flushed here, so a
+            // restarted proxy's old rules keep serving until the restore below).
+            let mut nat = Table::new("nat");
+            let mut filter = Table::new("filter");
+            for (table, _, rule) in jumps() {
+                let Some(target) = rule.last() else { continue };
+                let key = (table, target.to_string());
+                if existing.contains(&key) {
+                    continue;
+                }
+                let t = if table == "nat" {
+                    &mut nat
+                } else {
+                    &mut filter
+                };
+                if !t.chains.iter().any(|(c, _)| c == target) {
+                    t.chains.push((target.to_string(), Vec::new()));
+                }
+            }
+            let create: Vec<Table> = [nat, filter]
+                .into_iter()
+                .filter(|t| !t.chains.is_empty())
+                .collect();
+            self.ipt.restore_all(&create).await?;
+            for (table, chain, rule) in jumps() {
+                self.ipt.ensure_rule(table, chain, &rule).await?;
+            }
+        }
         let (tables, stats) = plan(self.applied.as_ref(), &existing, &desired);
         if let Err(e) = self.ipt.restore_all(&tables).await {
             self.applied = None;
             return Err(e.into());
-        }
-        if full {
-            // The chains exist now; the jumps into them go in only once (checked with -C).
-            for (table, chain, rule) in jumps() {
-                self.ipt.ensure_rule(table, chain, &rule).await?;
-            }
         }
         self.applied = Some(desired);
         Ok(stats)
