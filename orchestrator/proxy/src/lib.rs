@@ -166,6 +166,7 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
     let mut last_full = Instant::now();
     let mut last_sync: Option<Instant> = None;
     let mut first = true;
+    let mut failures: u32 = 0;
     loop {
         if !first {
             let resync_in = config.resync.saturating_sub(last_full.elapsed());
@@ -178,7 +179,15 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
             }
             // Rate limit: batch whatever arrives until min_sync_period after the last sync.
             if let Some(t) = last_sync {
-                let wait = config.min_sync_period.saturating_sub(t.elapsed());
+                // After failures, back off exponentially (at most 30 s): no tight error loop.
+                let period = if failures == 0 {
+                    config.min_sync_period
+                } else {
+                    (config.min_sync_period.max(Duration::from_millis(100))
+                        * 2u32.saturating_pow(failures.min(10)))
+                    .min(Duration::from_secs(30))
+                };
+                let wait = period.saturating_sub(t.elapsed());
                 tokio::select! {
                     _ = &mut stop => break,
                     _ = tokio::time::sleep(wait) => {}
@@ -234,6 +243,7 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
                     stats.chains_written as f64,
                 );
                 tracing::debug!(?stats, secs, "synced");
+                failures = 0;
                 health.set_ready();
             }
             Err(e) => {
@@ -243,7 +253,8 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
                     &[("result", "error")],
                     1.0,
                 );
-                tracing::error!(error = %e, "sync failed; the next one rewrites everything");
+                failures = failures.saturating_add(1);
+                tracing::error!(error = %e, failures, "sync failed; the next one rewrites everything");
                 // Retry after the rate limit even without a new event.
                 changed.notify_one();
             }

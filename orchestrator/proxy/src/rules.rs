@@ -142,8 +142,17 @@ pub fn endpoint_chain(sp: &ServicePort, ep: &Endpoint) -> String {
     )
 }
 
+/// The service port's name as a rule comment; anything but name characters is dropped, so an
+/// odd name from the API can never break the restore input.
 fn comment(sp: &ServicePort) -> String {
-    format!("-m comment --comment \"{}\"", sp.name)
+    let name: String = sp
+        .name
+        .to_string()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '/' | ':' | '_'))
+        .take(200)
+        .collect();
+    format!("-m comment --comment \"{name}\"")
 }
 
 /// The statistic-mode spread: rule i of n matches with probability 1/(n-i), the last always,
@@ -430,6 +439,20 @@ mod tests {
             !x.iter()
                 .any(|r| r.ends_with(&format!("-j {MARK_MASQ}")) && !r.contains("LOCAL"))
         );
+    }
+
+    #[test]
+    fn odd_names_cannot_break_the_restore_input() {
+        let mut s = sp(vec![ep("10.244.1.2", true, false)]);
+        s.name.port = "a\" -j ACCEPT\n-A x".into();
+        let chains = compile(std::slice::from_ref(&s), &node());
+        for rules in chains.values() {
+            for r in rules {
+                assert!(!r.contains('\n'), "{r}");
+                assert_eq!(r.matches('"').count() % 2, 0, "{r}");
+                assert!(!r.contains("-j ACCEPT"), "{r}");
+            }
+        }
     }
 
     #[test]
