@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod bgp;
 mod certs;
+mod dns;
 mod ipam;
 mod kubelet;
 mod overlay;
@@ -16,6 +17,7 @@ mod policy;
 mod policy_explain;
 mod policy_gate;
 mod policyd;
+mod proxy;
 
 #[derive(Parser)]
 #[command(
@@ -50,6 +52,10 @@ enum Command {
     Kubelet(kubelet::Args),
     /// Credentials from the cluster CA: `certs kubeconfig --user … --group …`.
     Certs(certs::Args),
+    /// The service proxy of a node: Services and EndpointSlices into iptables NAT rules.
+    Proxy(proxy::Args),
+    /// Cluster DNS: Services, endpoints and pods by name; other names forwarded with a cache.
+    Dns(dns::Args),
 }
 
 #[derive(clap::Args)]
@@ -72,6 +78,22 @@ struct ApiserverArgs {
     /// The range ClusterIPs are allocated from.
     #[arg(long, default_value = "10.96.0.0/12")]
     service_cidr: ipnet::Ipv4Net,
+    /// The range node ports are allocated from, `FIRST-LAST`.
+    #[arg(long, default_value = "30000-32767", value_parser = parse_port_range)]
+    service_node_port_range: (u16, u16),
+}
+
+/// `30000-32767` → (30000, 32767).
+fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?} is not FIRST-LAST"))?;
+    let a: u16 = a.trim().parse().map_err(|e| format!("{a:?}: {e}"))?;
+    let b: u16 = b.trim().parse().map_err(|e| format!("{b:?}: {e}"))?;
+    if a == 0 || a > b {
+        return Err(format!("{s:?} is not a range of ports"));
+    }
+    Ok((a, b))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -114,6 +136,8 @@ async fn async_main() -> anyhow::Result<()> {
         Command::Policy(args) => policy::run(args).await,
         Command::Kubelet(args) => kubelet::run(args).await,
         Command::Certs(args) => certs::run(args),
+        Command::Proxy(args) => proxy::run(args).await,
+        Command::Dns(args) => dns::run(args).await,
     }
 }
 
@@ -123,6 +147,7 @@ async fn apiserver(args: ApiserverArgs) -> anyhow::Result<()> {
     config.sans = args.sans;
     config.insecure_listen = args.insecure_listen;
     config.service_cidr = args.service_cidr;
+    config.node_ports = args.service_node_port_range;
     let running = trellis_apiserver::start(config)
         .await
         .context("starting the API server")?;

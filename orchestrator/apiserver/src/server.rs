@@ -86,6 +86,8 @@ pub struct Config {
     /// A plain-HTTP listener, loopback only, with admin rights (only when asked for).
     pub insecure_listen: Option<SocketAddr>,
     pub service_cidr: ipnet::Ipv4Net,
+    /// The node port range, inclusive (`--service-node-port-range`).
+    pub node_ports: (u16, u16),
 }
 
 impl Config {
@@ -97,6 +99,7 @@ impl Config {
             sans: Vec::new(),
             insecure_listen: None,
             service_cidr: "10.96.0.0/12".parse().expect("a valid default"),
+            node_ports: (30000, 32767),
         }
     }
 }
@@ -219,7 +222,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let registry = Arc::new(Registry::default());
     let alloc = crate::alloc::Allocator {
         service_cidr: config.service_cidr,
-        ..Default::default()
+        node_ports: config.node_ports,
     };
     let api = Arc::new(Api::new(Storage::new(store), registry, alloc));
     refresh_crds(&api).await?;

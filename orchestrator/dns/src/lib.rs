@@ -1,0 +1,442 @@
+//! Cluster DNS (`trellis dns`): answers the cluster zone from a watch of Services and
+//! EndpointSlices (the zone is rebuilt within 100 ms of a change) and forwards every other
+//! name to upstream resolvers, caching their answers. UDP only for now.
+
+pub mod answer;
+pub mod zone;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use hickory_proto::op::{Message, OpCode, ResponseCode};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Api;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio::net::UdpSocket;
+use tokio::sync::Notify;
+use trellis_daemon::{Health, Metrics};
+
+pub use answer::{Outcome, respond};
+pub use zone::Zone;
+
+/// How the server runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub kubeconfig: Option<PathBuf>,
+    /// The cluster domain.
+    pub domain: String,
+    /// Where queries are answered (UDP).
+    pub listen: SocketAddr,
+    /// Resolvers other names go to, tried in order.
+    pub upstreams: Vec<SocketAddr>,
+    /// Health and metrics.
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// Errors that stop the server.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kube client: {0}")]
+    Client(String),
+    #[error("bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Forwarded answers by (lower-case name, type, class): the bytes and when they expire.
+#[derive(Default)]
+struct Cache {
+    entries: HashMap<(String, u16, u16), (Vec<u8>, Instant)>,
+}
+
+const CACHE_MAX: usize = 10_000;
+/// No forwarded answer is kept longer, whatever its TTL (CoreDNS' `cache 30`).
+const CACHE_TTL_MAX: u32 = 30;
+
+fn cache_key(q: &Message) -> Option<(String, u16, u16)> {
+    let q = q.queries.first()?;
+    Some((
+        q.name().to_ascii().to_ascii_lowercase(),
+        u16::from(q.query_type()),
+        u16::from(q.query_class()),
+    ))
+}
+
+impl Cache {
+    fn get(&self, key: &(String, u16, u16), id: u16) -> Option<Vec<u8>> {
+        let (bytes, until) = self.entries.get(key)?;
+        if Instant::now() >= *until {
+            return None;
+        }
+        let mut b = bytes.clone();
+        b.get_mut(..2)?.copy_from_slice(&id.to_be_bytes());
+        Some(b)
+    }
+
+    fn put(&mut self, key: (String, u16, u16), bytes: &[u8]) {
+        let Ok(m) = Message::from_vec(bytes) else {
+            return;
+        };
+        let ttl = match m.metadata.response_code {
+            ResponseCode::NoError | ResponseCode::NXDomain => m
+                .answers
+                .iter()
+                .chain(&m.authorities)
+                .map(|r| r.ttl)
+                .min()
+                .unwrap_or(5),
+            _ => return,
+        }
+        .min(CACHE_TTL_MAX);
+        if ttl == 0 {
+            return;
+        }
+        if self.entries.len() >= CACHE_MAX {
+            let now = Instant::now();
+            self.entries.retain(|_, (_, until)| *until > now);
+            if self.entries.len() >= CACHE_MAX {
+                self.entries.clear();
+            }
+        }
+        self.entries.insert(
+            key,
+            (
+                bytes.to_vec(),
+                Instant::now() + Duration::from_secs(u64::from(ttl)),
+            ),
+        );
+    }
+}
+
+/// Asks the upstreams in turn (2 s each); their answer bytes.
+async fn forward(query: &[u8], upstreams: &[SocketAddr]) -> Option<Vec<u8>> {
+    let id = query.get(..2)?;
+    for up in upstreams {
+        let bind: SocketAddr = if up.is_ipv4() {
+            "0.0.0.0:0".parse().ok()?
+        } else {
+            "[::]:0".parse().ok()?
+        };
+        let Ok(sock) = UdpSocket::bind(bind).await else {
+            continue;
+        };
+        if sock.connect(up).await.is_err() || sock.send(query).await.is_err() {
+            continue;
+        }
+        let mut buf = vec![0u8; 4096];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, sock.recv(&mut buf)).await {
+            if buf.get(..2) == Some(id) {
+                buf.truncate(n);
+                return Some(buf);
+            }
+        }
+    }
+    None
+}
+
+/// The shared state of the server.
+pub struct Server {
+    zone: RwLock<Arc<Zone>>,
+    cache: Mutex<Cache>,
+    upstreams: Vec<SocketAddr>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Server {
+    pub fn new(zone: Zone, upstreams: Vec<SocketAddr>) -> Server {
+        Server {
+            zone: RwLock::new(Arc::new(zone)),
+            cache: Mutex::default(),
+            upstreams,
+            metrics: Arc::new(Metrics::default()),
+        }
+    }
+
+    pub fn set_zone(&self, zone: Zone) {
+        *self.zone.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(zone);
+    }
+
+    fn zone(&self) -> Arc<Zone> {
+        self.zone.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The answer to one datagram (None: send nothing).
+    pub async fn handle(&self, bytes: &[u8]) -> Option<Vec<u8>> {
+        let started = Instant::now();
+        let zone = self.zone();
+        let (reply, source) = match respond(bytes, &zone) {
+            Outcome::Drop => (None, "dropped"),
+            Outcome::Reply(b) => (Some(b), "cluster"),
+            Outcome::Forward(q) => {
+                let id = q.metadata.id;
+                let key = cache_key(&q);
+                let cached = key.as_ref().and_then(|k| {
+                    self.cache
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get(k, id)
+                });
+                if let Some(b) = cached {
+                    self.metrics.inc(
+                        "trellis_dns_cache_hits_total",
+                        "Forwarded names answered from the cache.",
+                        &[],
+                        1.0,
+                    );
+                    (Some(b), "cache")
+                } else {
+                    self.metrics.inc(
+                        "trellis_dns_cache_misses_total",
+                        "Forwarded names not in the cache.",
+                        &[],
+                        1.0,
+                    );
+                    match forward(bytes, &self.upstreams).await {
+                        Some(b) => {
+                            if let Some(k) = key {
+                                self.cache
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .put(k, &b);
+                            }
+                            (Some(b), "upstream")
+                        }
+                        None => {
+                            let mut m =
+                                Message::error_msg(id, OpCode::Query, ResponseCode::ServFail);
+                            m.add_queries(q.queries.iter().cloned());
+                            (m.to_vec().ok(), "upstream")
+                        }
+                    }
+                }
+            }
+        };
+        let rcode = reply
+            .as_deref()
+            .and_then(|b| b.get(3))
+            .map(|b| answer::rcode_label(ResponseCode::from_low(b & 0x0f)))
+            .unwrap_or("none");
+        self.metrics.inc(
+            "trellis_dns_queries_total",
+            "Queries, by where the answer came from and its response code.",
+            &[("source", source), ("rcode", rcode)],
+            1.0,
+        );
+        self.metrics.observe(
+            "trellis_dns_query_duration_seconds",
+            "Time to answer a query.",
+            &[("source", source)],
+            started.elapsed().as_secs_f64(),
+        );
+        reply
+    }
+}
+
+/// Serves UDP on `sock` until `stop`; one task per query, so a slow upstream holds up no one.
+pub async fn serve_udp(
+    server: Arc<Server>,
+    sock: Arc<UdpSocket>,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(stop);
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let (n, peer) = tokio::select! {
+            _ = &mut stop => return,
+            r = sock.recv_from(&mut buf) => match r {
+                Ok(x) => x,
+                Err(e) => { tracing::warn!(error = %e, "recv"); continue; }
+            },
+        };
+        let bytes = buf[..n].to_vec();
+        let (server, sock) = (server.clone(), sock.clone());
+        tokio::spawn(async move {
+            if let Some(reply) = server.handle(&bytes).await {
+                let _ = sock.send_to(&reply, peer).await;
+            }
+        });
+    }
+}
+
+fn watch<K>(api: Api<K>, changed: Arc<Notify>) -> Store<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream =
+        reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
+    tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(_) => changed.notify_one(),
+                Err(e) => tracing::warn!(error = %e, "watch error; retrying"),
+            }
+        }
+    });
+    reader
+}
+
+/// Runs the server until `stop` resolves.
+pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> Result<(), Error> {
+    let kube = trellis_api::cluster::client(config.kubeconfig.as_deref())
+        .await
+        .map_err(|e| Error::Client(e.to_string()))?;
+    let server = Arc::new(Server::new(Zone::default(), config.upstreams.clone()));
+    let health = Arc::new(Health::default());
+    health.set_not_ready("waiting for the first list");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    if let Some(addr) = config.metrics_listen {
+        trellis_daemon::serve(addr, health.clone(), server.metrics.clone(), stopped())
+            .await
+            .map_err(|source| Error::Bind { addr, source })?;
+    }
+    let sock = Arc::new(
+        UdpSocket::bind(config.listen)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: config.listen,
+                source,
+            })?,
+    );
+    tracing::info!(listen = %config.listen, upstreams = ?config.upstreams, "serving DNS");
+    let changed = Arc::new(Notify::new());
+    let services = watch(Api::<Service>::all(kube.clone()), changed.clone());
+    let slices = watch(Api::<EndpointSlice>::all(kube), changed.clone());
+    let udp = tokio::spawn(serve_udp(server.clone(), sock, stopped()));
+    tokio::pin!(stop);
+    let ready = async { tokio::join!(services.wait_until_ready(), slices.wait_until_ready()) };
+    tokio::select! {
+        _ = &mut stop => { let _ = stop_tx.send(true); let _ = udp.await; return Ok(()); }
+        _ = ready => {}
+    }
+    loop {
+        let svc = services.state();
+        let eps = slices.state();
+        let zone = Zone::build(
+            &config.domain,
+            svc.iter().map(|s| s.as_ref()),
+            eps.iter().map(|s| s.as_ref()),
+        );
+        server.metrics.set(
+            "trellis_dns_zone_names",
+            "Names in the cluster zone.",
+            &[],
+            zone.names() as f64,
+        );
+        server.set_zone(zone);
+        health.set_ready();
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = changed.notified() => {}
+        }
+        // Batch a burst of events (a rollout) into one rebuild.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tracing::info!("stopping");
+    let _ = stop_tx.send(true);
+    let _ = udp.await;
+    Ok(())
+}
+
+/// The `nameserver` lines of a resolv.conf, as upstreams on port 53.
+pub fn resolv_conf_upstreams(text: &str) -> Vec<SocketAddr> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|a| a.trim().parse::<std::net::IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use hickory_proto::op::{MessageType, Query};
+    use hickory_proto::rr::rdata::A;
+    use hickory_proto::rr::{Name, RData, Record, RecordType};
+
+    /// A resolver on loopback that answers every A query with 203.0.113.7 (a documentation
+    /// address: only data, never contacted).
+    async fn tiny_upstream() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = sock.local_addr().unwrap();
+        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let c = count.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            for _ in 0..100 {
+                let Ok((n, peer)) = sock.recv_from(&mut buf).await else {
+                    return;
+                };
+                c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let q = Message::from_vec(&buf[..n]).unwrap();
+                let mut m = Message::response(q.metadata.id, OpCode::Query);
+                m.add_queries(q.queries.iter().cloned());
+                m.add_answer(Record::from_rdata(
+                    q.queries[0].name().clone(),
+                    60,
+                    RData::A(A("203.0.113.7".parse().unwrap())),
+                ));
+                sock.send_to(&m.to_vec().unwrap(), peer).await.unwrap();
+            }
+        });
+        (addr, count)
+    }
+
+    fn query(id: u16, name: &str) -> Vec<u8> {
+        let mut m = Message::new(id, MessageType::Query, OpCode::Query);
+        m.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+        m.to_vec().unwrap()
+    }
+
+    #[tokio::test]
+    async fn other_names_are_forwarded_once_then_cached() {
+        let (up, count) = tiny_upstream().await;
+        let server = Server::new(Zone::default(), vec![up]);
+        for id in [7u16, 8] {
+            let b = server.handle(&query(id, "example.org.")).await.unwrap();
+            let m = Message::from_vec(&b).unwrap();
+            assert_eq!(m.metadata.id, id);
+            assert_eq!(
+                m.answers[0].data,
+                RData::A(A("203.0.113.7".parse().unwrap()))
+            );
+        }
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(
+            server.metrics.value("trellis_dns_cache_hits_total", &[]),
+            Some(1.0)
+        );
+    }
+
+    #[test]
+    fn resolv_conf_nameservers_become_upstreams() {
+        let u = resolv_conf_upstreams("search x\nnameserver 10.0.0.2\nnameserver ::1\n");
+        assert_eq!(
+            u,
+            vec!["10.0.0.2:53".parse().unwrap(), "[::1]:53".parse().unwrap()]
+        );
+    }
+}

@@ -1,0 +1,278 @@
+//! The service proxy (`trellis proxy`): on every node, Services and EndpointSlices from the
+//! API become iptables NAT rules (ClusterIP, NodePort, the traffic policies, session
+//! affinity, hairpin), and service ports without endpoints are rejected.
+//!
+//! Syncs are batched and rate-limited: a burst of changes waits `min_sync_period` after the
+//! previous sync and then goes to the kernel as one `iptables-restore --noflush` of only the
+//! chains that changed. Every `resync` the whole state is written again, which repairs rules
+//! someone else removed.
+//!
+//! UDP and conntrack: these kernels have no conntrack netlink, so the proxy cannot delete the
+//! conntrack entries of an endpoint that went away (kube-proxy runs `conntrack -D`). A UDP flow
+//! already NATed to a removed endpoint keeps going there until its entry expires: 30 s after
+//! its last packet (`nf_conntrack_udp_timeout`), 120 s for a flow seen both ways
+//! (`nf_conntrack_udp_timeout_stream`), refreshed by every packet. A client that keeps sending
+//! to the service with the same source port therefore keeps talking to the gone endpoint; new
+//! flows (a new source port) reach the new endpoints at once. TCP is unaffected: a removed
+//! endpoint answers with a reset or the flow times out, and the client reconnects.
+
+pub mod model;
+pub mod rules;
+pub mod sync;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use ipnet::Ipv4Net;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Api;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio::sync::Notify;
+use trellis_daemon::{Health, Metrics};
+use trellis_net::iptables::{IpFamily, Iptables};
+
+pub use rules::NodeRules;
+pub use sync::Syncer;
+
+/// How the proxy runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This node's name: endpoints with this nodeName are local.
+    pub node: String,
+    pub kubeconfig: Option<PathBuf>,
+    pub cluster_cidr: Option<Ipv4Net>,
+    /// Addresses node ports answer on (empty: every local address).
+    pub node_addresses: Vec<Ipv4Addr>,
+    /// The least time between two syncs (changes in between are batched).
+    pub min_sync_period: Duration,
+    /// Full rewrite period.
+    pub resync: Duration,
+    pub listen: Option<SocketAddr>,
+}
+
+impl Config {
+    pub fn new(node: impl Into<String>) -> Config {
+        Config {
+            node: node.into(),
+            kubeconfig: None,
+            cluster_cidr: Some("10.244.0.0/16".parse().expect("a valid default")),
+            node_addresses: Vec::new(),
+            min_sync_period: Duration::from_millis(100),
+            resync: Duration::from_secs(60),
+            listen: None,
+        }
+    }
+}
+
+/// Errors that stop the proxy.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kube client: {0}")]
+    Client(String),
+    #[error("iptables: {0}")]
+    Iptables(#[from] trellis_net::Error),
+    #[error("sync: {0}")]
+    Sync(#[from] sync::SyncError),
+    #[error("listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Keeps a store of `K` filled from a watch and pokes `changed` on every event.
+fn watch<K>(api: Api<K>, changed: Arc<Notify>) -> Store<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream =
+        reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
+    tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(_) => changed.notify_one(),
+                Err(e) => tracing::warn!(error = %e, "watch error; retrying"),
+            }
+        }
+    });
+    reader
+}
+
+/// Enables `bridge-nf-call-iptables` where the kernel has it per namespace: replies of a
+/// backend to a client on the same bridge must pass conntrack to be un-NATed.
+fn bridge_netfilter() {
+    let path = "/proc/sys/net/bridge/bridge-nf-call-iptables";
+    if std::path::Path::new(path).exists()
+        && let Err(e) = std::fs::write(path, "1")
+    {
+        tracing::warn!(error = %e, "could not enable bridge-nf-call-iptables");
+    }
+}
+
+/// Runs the proxy until `stop` resolves. The rules stay in place on shutdown, so traffic
+/// keeps flowing while the proxy restarts.
+pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> Result<(), Error> {
+    let kube = trellis_api::cluster::client(config.kubeconfig.as_deref())
+        .await
+        .map_err(|e| Error::Client(e.to_string()))?;
+    let health = Arc::new(Health::default());
+    health.set_not_ready("waiting for the first sync");
+    let metrics = Arc::new(Metrics::default());
+    let (stop_http_tx, stop_http_rx) = tokio::sync::oneshot::channel::<()>();
+    if let Some(addr) = config.listen {
+        let bound = trellis_daemon::serve(addr, health.clone(), metrics.clone(), async move {
+            let _ = stop_http_rx.await;
+        })
+        .await
+        .map_err(|source| Error::Listen { addr, source })?;
+        tracing::info!(%bound, "health and metrics");
+    }
+    bridge_netfilter();
+    let ipt = Iptables::detect(None, IpFamily::V4).await?;
+    tracing::info!(backend = ?ipt.backend, "iptables");
+    let mut syncer = Syncer::new(ipt);
+    let node = NodeRules {
+        cluster_cidr: config.cluster_cidr,
+        node_addresses: config.node_addresses.clone(),
+    };
+
+    let changed = Arc::new(Notify::new());
+    let services = watch(Api::<Service>::all(kube.clone()), changed.clone());
+    let slices = watch(Api::<EndpointSlice>::all(kube), changed.clone());
+
+    tokio::pin!(stop);
+    // The first sync waits for both lists: syncing an empty view would drop every rule.
+    tokio::select! {
+        _ = &mut stop => { let _ = stop_http_tx.send(()); return Ok(()); }
+        r = async { tokio::join!(services.wait_until_ready(), slices.wait_until_ready()) } => {
+            if r.0.is_err() || r.1.is_err() {
+                return Err(Error::Client("watch ended before its first list".into()));
+            }
+        }
+    }
+    let mut last_full = Instant::now();
+    let mut last_sync: Option<Instant> = None;
+    let mut first = true;
+    let mut failures: u32 = 0;
+    loop {
+        if !first {
+            let resync_in = config.resync.saturating_sub(last_full.elapsed());
+            tokio::select! {
+                _ = &mut stop => break,
+                _ = changed.notified() => {}
+                _ = tokio::time::sleep(resync_in) => {
+                    syncer.invalidate();
+                }
+            }
+            // Rate limit: batch whatever arrives until min_sync_period after the last sync.
+            if let Some(t) = last_sync {
+                // After failures, back off exponentially (at most 30 s): no tight error loop.
+                let period = if failures == 0 {
+                    config.min_sync_period
+                } else {
+                    (config.min_sync_period.max(Duration::from_millis(100))
+                        * 2u32.saturating_pow(failures.min(10)))
+                    .min(Duration::from_secs(30))
+                };
+                let wait = period.saturating_sub(t.elapsed());
+                tokio::select! {
+                    _ = &mut stop => break,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+        first = false;
+        let started = Instant::now();
+        let svc = services.state();
+        let eps = slices.state();
+        let ports = model::service_ports(
+            svc.iter().map(|s| s.as_ref()),
+            eps.iter().map(|s| s.as_ref()),
+            &config.node,
+        );
+        let desired = rules::compile(&ports, &node);
+        let full = syncer_is_full(&last_full, config.resync);
+        if full {
+            syncer.invalidate();
+            last_full = Instant::now();
+        }
+        match syncer.sync(desired).await {
+            Ok(stats) => {
+                let secs = started.elapsed().as_secs_f64();
+                metrics.observe(
+                    "trellis_proxy_sync_duration_seconds",
+                    "Time from reading the state to the restore's end, per sync.",
+                    &[],
+                    secs,
+                );
+                metrics.inc(
+                    "trellis_proxy_syncs_total",
+                    "Syncs, by result.",
+                    &[("result", "ok")],
+                    1.0,
+                );
+                metrics.set(
+                    "trellis_proxy_rules",
+                    "Rules in the proxy's chains.",
+                    &[],
+                    stats.rules_total as f64,
+                );
+                metrics.set(
+                    "trellis_proxy_service_ports",
+                    "Service ports the proxy serves.",
+                    &[],
+                    ports.len() as f64,
+                );
+                metrics.inc(
+                    "trellis_proxy_chains_written_total",
+                    "Chains written by restores (only changed ones).",
+                    &[],
+                    stats.chains_written as f64,
+                );
+                tracing::debug!(?stats, secs, "synced");
+                failures = 0;
+                health.set_ready();
+            }
+            Err(e) => {
+                metrics.inc(
+                    "trellis_proxy_syncs_total",
+                    "Syncs, by result.",
+                    &[("result", "error")],
+                    1.0,
+                );
+                failures = failures.saturating_add(1);
+                tracing::error!(error = %e, failures, "sync failed; the next one rewrites everything");
+                // Retry after the rate limit even without a new event.
+                changed.notify_one();
+            }
+        }
+        last_sync = Some(Instant::now());
+    }
+    tracing::info!("stopping; the rules stay in place");
+    let _ = stop_http_tx.send(());
+    Ok(())
+}
+
+fn syncer_is_full(last_full: &Instant, resync: Duration) -> bool {
+    last_full.elapsed() >= resync
+}
+
+/// Removes everything the proxy wrote (`trellis proxy --cleanup`).
+pub async fn cleanup() -> Result<(), Error> {
+    let ipt = Iptables::detect(None, IpFamily::V4).await?;
+    Syncer::new(ipt).cleanup().await?;
+    Ok(())
+}

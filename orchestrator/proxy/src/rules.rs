@@ -1,0 +1,471 @@
+//! Service ports → our iptables chains, as kube-proxy's iptables mode lays them out, under our
+//! own names: every chain starts with `TRELLIS-SVC`, `TRELLIS-SEP` or `TRELLIS-NODEPORTS`, so
+//! the proxy can find (and remove) exactly what it owns and nothing of the overlay's
+//! (`TRELLIS-FWD`, `TRELLIS-POSTRTG`) or policyd's (`TRELLIS-POL*`, `TRELLIS-PI-*`,
+//! `TRELLIS-PE-*`).
+//!
+//! nat: `PREROUTING`/`OUTPUT` → `TRELLIS-SVC-SERVICES` → per service port `TRELLIS-SVC-C-*`
+//! (statistic-mode spread over endpoints) → `TRELLIS-SEP-*` (DNAT). Node ports go through
+//! `TRELLIS-NODEPORTS` → `TRELLIS-SVC-X-*` (external: masquerade or, for
+//! externalTrafficPolicy Local, `TRELLIS-SVC-L-*` with local endpoints and the client address
+//! kept). What must be masqueraded is marked 0x4000 and masqueraded in `TRELLIS-SVC-POSTRTG`
+//! (the overlay agent's masquerade chain returns early for that mark).
+//!
+//! filter: `INPUT`/`FORWARD`/`OUTPUT` → `TRELLIS-SVC-REJECT`: service ports with no endpoint
+//! are refused at once (ICMP port unreachable), not black-holed.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+
+use crate::model::{Endpoint, ServicePort};
+
+pub const SERVICES: &str = "TRELLIS-SVC-SERVICES";
+pub const NODEPORTS: &str = "TRELLIS-NODEPORTS";
+pub const MARK_MASQ: &str = "TRELLIS-SVC-MARK-MASQ";
+pub const POSTROUTING: &str = "TRELLIS-SVC-POSTRTG";
+pub const REJECT: &str = "TRELLIS-SVC-REJECT";
+/// The mark a packet carries when it must be masqueraded (kube-proxy's, which the overlay
+/// agent's masquerade chain honours).
+pub const MASQ_MARK: &str = "0x4000";
+
+/// The prefixes of every chain the proxy owns.
+pub const OWNED_PREFIXES: [&str; 3] = ["TRELLIS-SVC", "TRELLIS-SEP", "TRELLIS-NODEPORTS"];
+
+/// The jumps from built-in chains into ours: (table, built-in chain, rule).
+pub fn jumps() -> Vec<(&'static str, &'static str, Vec<&'static str>)> {
+    let c = |s: &'static str| -> Vec<&'static str> {
+        let mut v = vec![
+            "-m",
+            "comment",
+            "--comment",
+            "trellis service portals",
+            "-j",
+        ];
+        v.push(s);
+        v
+    };
+    let rej = || -> Vec<&'static str> {
+        vec![
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "NEW",
+            "-m",
+            "comment",
+            "--comment",
+            "trellis services without endpoints",
+            "-j",
+            REJECT,
+        ]
+    };
+    vec![
+        ("nat", "PREROUTING", c(SERVICES)),
+        ("nat", "OUTPUT", c(SERVICES)),
+        (
+            "nat",
+            "POSTROUTING",
+            vec![
+                "-m",
+                "comment",
+                "--comment",
+                "trellis service masquerade",
+                "-j",
+                POSTROUTING,
+            ],
+        ),
+        ("filter", "INPUT", rej()),
+        ("filter", "FORWARD", rej()),
+        ("filter", "OUTPUT", rej()),
+    ]
+}
+
+/// What the proxy needs to know about its node.
+#[derive(Debug, Clone)]
+pub struct NodeRules {
+    /// The pod network: traffic from outside it to a cluster IP is masqueraded. None: never
+    /// (kube-proxy without `--cluster-cidr`).
+    pub cluster_cidr: Option<Ipv4Net>,
+    /// The node's own addresses node ports answer on. Empty: every local address
+    /// (`-m addrtype --dst-type LOCAL`).
+    pub node_addresses: Vec<Ipv4Addr>,
+}
+
+/// The desired chains: (table, chain) → rules in order.
+pub type Chains = BTreeMap<(&'static str, String), Vec<String>>;
+
+/// 13 characters of base32 of a 64-bit FNV-1a hash: unique enough for chain names
+/// (collisions need ~2^32 service ports), stable across restarts and versions.
+pub fn short_hash(parts: &[&str]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for b in p.bytes().chain([0u8]) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    (0..13)
+        .map(|i| ALPHABET[((h >> (i * 5)) & 31) as usize] as char)
+        .collect()
+}
+
+fn port_key(sp: &ServicePort) -> String {
+    short_hash(&[&sp.name.to_string(), sp.protocol.iptables()])
+}
+
+/// `TRELLIS-SVC-C-…`: a service port's endpoints for traffic from inside the cluster.
+pub fn cluster_chain(sp: &ServicePort) -> String {
+    format!("TRELLIS-SVC-C-{}", port_key(sp))
+}
+
+/// `TRELLIS-SVC-X-…`: node-port traffic (before the traffic policy is applied).
+pub fn external_chain(sp: &ServicePort) -> String {
+    format!("TRELLIS-SVC-X-{}", port_key(sp))
+}
+
+/// `TRELLIS-SVC-L-…`: this node's endpoints only (externalTrafficPolicy Local).
+pub fn local_chain(sp: &ServicePort) -> String {
+    format!("TRELLIS-SVC-L-{}", port_key(sp))
+}
+
+/// `TRELLIS-SEP-…`: one endpoint of one service port.
+pub fn endpoint_chain(sp: &ServicePort, ep: &Endpoint) -> String {
+    format!(
+        "TRELLIS-SEP-{}",
+        short_hash(&[
+            &sp.name.to_string(),
+            sp.protocol.iptables(),
+            &format!("{}:{}", ep.ip, ep.port)
+        ])
+    )
+}
+
+/// The service port's name as a rule comment; anything but name characters is dropped, so an
+/// odd name from the API can never break the restore input.
+fn comment(sp: &ServicePort) -> String {
+    let name: String = sp
+        .name
+        .to_string()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '/' | ':' | '_'))
+        .take(200)
+        .collect();
+    format!("-m comment --comment \"{name}\"")
+}
+
+/// The statistic-mode spread: rule i of n matches with probability 1/(n-i), the last always,
+/// so every endpoint gets 1/n. Affinity first sends a client it has seen back to the same one.
+fn spread(sp: &ServicePort, eps: &[&Endpoint], out: &mut Vec<String>) {
+    let c = comment(sp);
+    if let Some(secs) = sp.affinity {
+        for ep in eps {
+            let sep = endpoint_chain(sp, ep);
+            out.push(format!(
+                "{c} -m recent --name {sep} --mask 255.255.255.255 --rsource --rcheck --seconds {secs} --reap -j {sep}"
+            ));
+        }
+    }
+    let n = eps.len();
+    for (i, ep) in eps.iter().enumerate() {
+        let sep = endpoint_chain(sp, ep);
+        if i + 1 < n {
+            out.push(format!(
+                "{c} -m statistic --mode random --probability {:.10} -j {sep}",
+                1.0 / (n - i) as f64
+            ));
+        } else {
+            out.push(format!("{c} -j {sep}"));
+        }
+    }
+}
+
+fn reject_rule(sp: &ServicePort, dst: &str, port: u16) -> String {
+    format!(
+        "{} {dst} -p {} --dport {port} -j REJECT --reject-with icmp-port-unreachable",
+        comment(sp),
+        sp.protocol.iptables()
+    )
+}
+
+/// All our chains for these service ports.
+pub fn compile(ports: &[ServicePort], node: &NodeRules) -> Chains {
+    let mut chains = Chains::new();
+    chains.insert(
+        ("nat", MARK_MASQ.into()),
+        vec![format!("-j MARK --or-mark {MASQ_MARK}")],
+    );
+    chains.insert(
+        ("nat", POSTROUTING.into()),
+        vec![
+            format!("-m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN"),
+            // Cleared so that a packet that is NATed again elsewhere is not masqueraded twice.
+            format!("-j MARK --xor-mark {MASQ_MARK}"),
+            "-m comment --comment \"trellis service traffic requiring SNAT\" -j MASQUERADE --random-fully".into(),
+        ],
+    );
+    let mut services = Vec::new();
+    let mut nodeports = Vec::new();
+    let mut reject = Vec::new();
+    let node_dsts: Vec<String> = if node.node_addresses.is_empty() {
+        vec!["-m addrtype --dst-type LOCAL".into()]
+    } else {
+        node.node_addresses
+            .iter()
+            .map(|a| format!("-d {a}/32"))
+            .collect()
+    };
+
+    for sp in ports {
+        let proto = sp.protocol.iptables();
+        let vip = format!("-d {}/32", sp.cluster_ip);
+        let c = comment(sp);
+        let internal = sp.usable(sp.internal_local);
+        let all = sp.usable(false);
+        // Every endpoint any chain may use gets its DNAT chain.
+        let mut used: Vec<&Endpoint> = internal.clone();
+        for e in all.iter().chain(sp.usable(true).iter()) {
+            if !used.iter().any(|u| (u.ip, u.port) == (e.ip, e.port)) {
+                used.push(e);
+            }
+        }
+        for ep in &used {
+            let sep = endpoint_chain(sp, ep);
+            let mut rules = vec![format!("{c} -s {}/32 -j {MARK_MASQ}", ep.ip)];
+            if sp.affinity.is_some() {
+                rules.push(format!(
+                    "{c} -p {proto} -m recent --name {sep} --mask 255.255.255.255 --rsource --set -j DNAT --to-destination {}:{}",
+                    ep.ip, ep.port
+                ));
+            } else {
+                rules.push(format!(
+                    "{c} -p {proto} -j DNAT --to-destination {}:{}",
+                    ep.ip, ep.port
+                ));
+            }
+            chains.insert(("nat", sep), rules);
+        }
+
+        if internal.is_empty() {
+            reject.push(reject_rule(sp, &vip, sp.port));
+        } else {
+            let chain = cluster_chain(sp);
+            let mut rules = Vec::new();
+            if let Some(cidr) = node.cluster_cidr {
+                rules.push(format!(
+                    "{c} ! -s {cidr} {vip} -p {proto} --dport {} -j {MARK_MASQ}",
+                    sp.port
+                ));
+            }
+            spread(sp, &internal, &mut rules);
+            chains.insert(("nat", chain.clone()), rules);
+            services.push(format!(
+                "{c} {vip} -p {proto} --dport {} -j {chain}",
+                sp.port
+            ));
+        }
+
+        let Some(np) = sp.node_port else { continue };
+        let external = sp.usable(sp.external_local);
+        if external.is_empty() && (!sp.external_local || all.is_empty()) {
+            for d in &node_dsts {
+                reject.push(reject_rule(sp, d, np));
+            }
+            continue;
+        }
+        let xchain = external_chain(sp);
+        let mut x = Vec::new();
+        if sp.external_local {
+            // Pods and the node itself reach the service as through its cluster IP.
+            if !all.is_empty() {
+                let cchain = if sp.internal_local {
+                    None
+                } else {
+                    Some(cluster_chain(sp))
+                };
+                if let Some(cchain) = cchain {
+                    if let Some(cidr) = node.cluster_cidr {
+                        x.push(format!("{c} -s {cidr} -j {cchain}"));
+                    }
+                    x.push(format!("{c} -m addrtype --src-type LOCAL -j {MARK_MASQ}"));
+                    x.push(format!("{c} -m addrtype --src-type LOCAL -j {cchain}"));
+                }
+            }
+            let lchain = local_chain(sp);
+            let mut l = Vec::new();
+            if external.is_empty() {
+                // No endpoint here: the packet leaves nat untouched and the filter chain drops
+                // it (as kube-proxy does; a load balancer's health check steers clients away).
+                for d in &node_dsts {
+                    reject.push(format!(
+                        "{c} -m comment --comment \"no local endpoints\" {d} -p {proto} --dport {np} -j DROP"
+                    ));
+                }
+            } else {
+                spread(sp, &external, &mut l);
+            }
+            chains.insert(("nat", lchain.clone()), l);
+            x.push(format!("{c} -j {lchain}"));
+        } else {
+            x.push(format!("{c} -j {MARK_MASQ}"));
+            spread(sp, &external, &mut x);
+        }
+        chains.insert(("nat", xchain.clone()), x);
+        nodeports.push(format!("{c} -p {proto} --dport {np} -j {xchain}"));
+    }
+    if !nodeports.is_empty() {
+        for d in &node_dsts {
+            services.push(format!(
+                "-m comment --comment \"trellis service nodeports\" {d} -j {NODEPORTS}"
+            ));
+        }
+    }
+    chains.insert(("nat", SERVICES.into()), services);
+    chains.insert(("nat", NODEPORTS.into()), nodeports);
+    chains.insert(("filter", REJECT.into()), reject);
+    chains
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::model::{PortName, Protocol};
+
+    fn ep(ip: &str, ready: bool, local: bool) -> Endpoint {
+        Endpoint {
+            ip: ip.parse().unwrap(),
+            port: 8080,
+            ready,
+            serving: ready,
+            terminating: false,
+            local,
+        }
+    }
+
+    fn sp(eps: Vec<Endpoint>) -> ServicePort {
+        ServicePort {
+            name: PortName {
+                namespace: "default".into(),
+                service: "web".into(),
+                port: "http".into(),
+            },
+            protocol: Protocol::Tcp,
+            cluster_ip: "10.96.0.20".parse().unwrap(),
+            port: 80,
+            node_port: None,
+            external_local: false,
+            internal_local: false,
+            affinity: None,
+            endpoints: eps,
+        }
+    }
+
+    fn node() -> NodeRules {
+        NodeRules {
+            cluster_cidr: Some("10.244.0.0/16".parse().unwrap()),
+            node_addresses: vec![],
+        }
+    }
+
+    #[test]
+    fn chain_names_fit_iptables_and_are_ours() {
+        let s = sp(vec![ep("10.244.1.2", true, false)]);
+        for name in [
+            cluster_chain(&s),
+            external_chain(&s),
+            local_chain(&s),
+            endpoint_chain(&s, &s.endpoints[0]),
+        ] {
+            assert!(name.len() <= 28, "{name}");
+            assert!(OWNED_PREFIXES.iter().any(|p| name.starts_with(p)));
+        }
+    }
+
+    #[test]
+    fn three_endpoints_get_a_third_each() {
+        let s = sp(vec![
+            ep("10.244.1.2", true, false),
+            ep("10.244.1.3", true, false),
+            ep("10.244.1.4", true, false),
+        ]);
+        let chains = compile(std::slice::from_ref(&s), &node());
+        let c = &chains[&("nat", cluster_chain(&s))];
+        assert!(c[0].contains("! -s 10.244.0.0/16"));
+        assert!(c[1].contains("--probability 0.3333333333"));
+        assert!(c[2].contains("--probability 0.5000000000"));
+        assert!(!c[3].contains("statistic"));
+        assert!(
+            chains[&("nat", SERVICES.into())][0].contains("-d 10.96.0.20/32 -p tcp --dport 80")
+        );
+        assert!(chains[&("filter", REJECT.into())].is_empty());
+    }
+
+    #[test]
+    fn no_endpoints_is_rejected_not_dnated() {
+        let s = sp(vec![ep("10.244.1.2", false, false)]);
+        let chains = compile(std::slice::from_ref(&s), &node());
+        assert!(chains[&("nat", SERVICES.into())].is_empty());
+        let r = &chains[&("filter", REJECT.into())];
+        assert_eq!(r.len(), 1);
+        assert!(r[0].contains("-d 10.96.0.20/32 -p tcp --dport 80 -j REJECT"));
+    }
+
+    #[test]
+    fn hairpin_marks_the_endpoint_talking_to_itself() {
+        let s = sp(vec![ep("10.244.1.2", true, false)]);
+        let chains = compile(std::slice::from_ref(&s), &node());
+        let sep = &chains[&("nat", endpoint_chain(&s, &s.endpoints[0]))];
+        assert!(sep[0].contains("-s 10.244.1.2/32 -j TRELLIS-SVC-MARK-MASQ"));
+        assert!(sep[1].ends_with("DNAT --to-destination 10.244.1.2:8080"));
+    }
+
+    #[test]
+    fn external_local_uses_only_local_endpoints_without_masquerade() {
+        let mut s = sp(vec![
+            ep("10.244.1.2", true, true),
+            ep("10.244.2.2", true, false),
+        ]);
+        s.node_port = Some(30080);
+        s.external_local = true;
+        let chains = compile(std::slice::from_ref(&s), &node());
+        let l = &chains[&("nat", local_chain(&s))];
+        assert_eq!(l.len(), 1);
+        assert!(l[0].contains(&endpoint_chain(&s, &s.endpoints[0])));
+        let x = &chains[&("nat", external_chain(&s))];
+        assert!(x.last().unwrap().ends_with(&local_chain(&s)));
+        assert!(
+            !x.iter()
+                .any(|r| r.ends_with(&format!("-j {MARK_MASQ}")) && !r.contains("LOCAL"))
+        );
+    }
+
+    #[test]
+    fn odd_names_cannot_break_the_restore_input() {
+        let mut s = sp(vec![ep("10.244.1.2", true, false)]);
+        s.name.port = "a\" -j ACCEPT\n-A x".into();
+        let chains = compile(std::slice::from_ref(&s), &node());
+        for rules in chains.values() {
+            for r in rules {
+                assert!(!r.contains('\n'), "{r}");
+                assert_eq!(r.matches('"').count() % 2, 0, "{r}");
+                assert!(!r.contains("-j ACCEPT"), "{r}");
+            }
+        }
+    }
+
+    #[test]
+    fn affinity_checks_recent_before_the_spread() {
+        let mut s = sp(vec![
+            ep("10.244.1.2", true, false),
+            ep("10.244.1.3", true, false),
+        ]);
+        s.affinity = Some(10800);
+        let chains = compile(std::slice::from_ref(&s), &node());
+        let c = &chains[&("nat", cluster_chain(&s))];
+        assert!(c[1].contains("--rcheck --seconds 10800"));
+        assert!(c[2].contains("--rcheck"));
+        assert!(c[3].contains("statistic"));
+    }
+}

@@ -1,0 +1,173 @@
+//! Service proxy sync time (issue 16, benchmark): N Services × 10 endpoints compiled by
+//! trellis-proxy and written into the nat and filter tables of a fresh namespace.
+//!
+//! - full: the first sync (every chain written, in one `iptables-restore --noflush`);
+//! - incremental: one endpoint of one Service replaced, then a sync (only the changed chains).
+//!
+//! The baseline is what kube-proxy's legacy iptables mode does on every change (before 1.26's
+//! partial syncs): the whole table — every chain declared, every rule written — restored in one
+//! run. The same rules are used, so the only difference is how much is written. Printed side
+//! by side with the ratio baseline/ours.
+//!
+//!     cargo bench -p netns-testbed --bench proxy-sync [-- --sizes 1000,5000,10000 --rounds 3]
+//!         [--backend nft|legacy]
+//!
+//! Needs root and iptables (default: the host's backend, as the proxy detects it). Each
+//! restore is bounded by the tool runner's 60 s.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use netns_testbed::{Testbed, require_root, require_tool};
+use trellis_net::iptables::{Backend, IpFamily, Iptables, Table};
+use trellis_proxy::model::{Endpoint, PortName, Protocol, ServicePort};
+use trellis_proxy::rules::{self, Chains, NodeRules};
+use trellis_proxy::sync::Syncer;
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+fn services(n: usize) -> Vec<ServicePort> {
+    (0..n)
+        .map(|i| ServicePort {
+            name: PortName {
+                namespace: "bench".into(),
+                service: format!("svc-{i}"),
+                port: "http".into(),
+            },
+            protocol: Protocol::Tcp,
+            cluster_ip: std::net::Ipv4Addr::from(0x0a60_0000u32 + i as u32 + 1),
+            port: 80,
+            node_port: None,
+            external_local: false,
+            internal_local: false,
+            affinity: None,
+            endpoints: (0..10)
+                .map(|e| Endpoint {
+                    ip: std::net::Ipv4Addr::from(0x0af4_0000u32 + (i * 10 + e) as u32),
+                    port: 8080,
+                    ready: true,
+                    serving: true,
+                    terminating: false,
+                    local: false,
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// The whole nat and filter state as one restore, as kube-proxy's legacy mode writes it.
+fn full_tables(chains: &Chains) -> Vec<Table> {
+    let mut nat = Table::new("nat");
+    let mut filter = Table::new("filter");
+    for ((t, c), r) in chains {
+        let table = if *t == "nat" { &mut nat } else { &mut filter };
+        table.chains.push((c.clone(), r.clone()));
+    }
+    vec![nat, filter]
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    require_root();
+    require_tool("iptables-restore", "iptables");
+    let sizes: Vec<usize> = arg("--sizes")
+        .unwrap_or_else(|| "1000,5000,10000".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let rounds: usize = arg("--rounds").and_then(|r| r.parse().ok()).unwrap_or(3);
+    let node = NodeRules {
+        cluster_cidr: Some("10.244.0.0/16".parse().unwrap()),
+        node_addresses: vec![],
+    };
+    let tb = Testbed::new().unwrap();
+    let mut backend = None;
+    println!(
+        "{:>8} {:>9} | {:>12} {:>12} {:>7} | {:>14} {:>12} {:>7}",
+        "services",
+        "rules",
+        "full ours",
+        "full base",
+        "ratio",
+        "1 change ours",
+        "1 change base",
+        "ratio"
+    );
+    for n in sizes {
+        let ns = tb.add_ns(&format!("ps{n}")).await.unwrap();
+        let mut ipt = Iptables::detect(Some(&ns), IpFamily::V4).await.unwrap();
+        match arg("--backend").as_deref() {
+            Some("legacy") => ipt.backend = Backend::Legacy,
+            Some("nft") => ipt.backend = Backend::Nft,
+            _ => {}
+        }
+        backend = Some(ipt.backend);
+        let mut ports = services(n);
+        let desired = rules::compile(&ports, &node);
+        let total: usize = desired.values().map(Vec::len).sum();
+
+        // Ours, full: compile + diff + restore into the empty namespace.
+        let mut syncer = Syncer::new(ipt.clone());
+        let t = Instant::now();
+        syncer.sync(rules::compile(&ports, &node)).await.unwrap();
+        let full_ours = t.elapsed();
+
+        // Baseline, full: the whole table in one restore (into the same, now filled, tables:
+        // what every later full sync costs).
+        let mut base_full = Vec::new();
+        for _ in 0..rounds {
+            let tables = full_tables(&rules::compile(&ports, &node));
+            let t = Instant::now();
+            ipt.restore_all(&tables).await.unwrap();
+            base_full.push(t.elapsed());
+        }
+
+        // One endpoint change at a time: ours writes the changed chains, the baseline all.
+        let mut inc_ours = Vec::new();
+        let mut inc_base = Vec::new();
+        for r in 0..rounds {
+            let sp = &mut ports[r % n];
+            sp.endpoints[0].ip = std::net::Ipv4Addr::from(0x0af5_0000u32 + r as u32);
+            let t = Instant::now();
+            let stats = syncer.sync(rules::compile(&ports, &node)).await.unwrap();
+            inc_ours.push(t.elapsed());
+            assert!(stats.chains_written <= 3, "{stats:?}");
+            let t = Instant::now();
+            let tables = full_tables(&rules::compile(&ports, &node));
+            ipt.restore_all(&tables).await.unwrap();
+            inc_base.push(t.elapsed());
+        }
+        let (bf, io, ib) = (median(base_full), median(inc_ours), median(inc_base));
+        println!(
+            "{:>8} {:>9} | {:>12} {:>12} {:>6.2}x | {:>14} {:>12} {:>6.1}x",
+            n,
+            total,
+            ms(full_ours),
+            ms(bf),
+            bf.as_secs_f64() / full_ours.as_secs_f64(),
+            ms(io),
+            ms(ib),
+            ib.as_secs_f64() / io.as_secs_f64()
+        );
+        tb.delete_ns(&ns).unwrap();
+    }
+    println!(
+        "backend: {backend:?}; medians of {rounds} rounds (full ours: one run); ratio = baseline / ours"
+    );
+}

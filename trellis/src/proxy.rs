@@ -1,0 +1,60 @@
+//! `trellis proxy`: the service proxy of a node (Services → iptables NAT rules).
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// This node's name: endpoints whose nodeName it is are local.
+    #[arg(long, env = "NODE_NAME")]
+    node: Option<String>,
+    /// The kubeconfig to reach the API server with (default: in-cluster, then ~/.kube/config).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// The pod network: traffic from outside it to a ClusterIP is masqueraded.
+    #[arg(long, default_value = "10.244.0.0/16")]
+    cluster_cidr: ipnet::Ipv4Net,
+    /// Never masquerade ClusterIP traffic by source (no `--cluster-cidr` rule).
+    #[arg(long)]
+    no_cluster_cidr: bool,
+    /// An address node ports answer on (repeat; default: every local address).
+    #[arg(long = "node-port-address")]
+    node_port_addresses: Vec<Ipv4Addr>,
+    /// The least milliseconds between two syncs; changes in between are batched.
+    #[arg(long, default_value_t = 100)]
+    min_sync_period_ms: u64,
+    /// Seconds between full rewrites of the proxy's chains.
+    #[arg(long, default_value_t = 60)]
+    resync: u64,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served.
+    #[arg(long, default_value = "127.0.0.1:10256")]
+    listen: SocketAddr,
+    /// Remove every chain and jump the proxy owns, then exit.
+    #[arg(long)]
+    cleanup: bool,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    if args.cleanup {
+        return trellis_proxy::cleanup()
+            .await
+            .context("removing the proxy's rules");
+    }
+    let node = match args.node {
+        Some(n) => n,
+        None => crate::hostname()?,
+    };
+    let mut config = trellis_proxy::Config::new(node);
+    config.kubeconfig = args.kubeconfig;
+    config.cluster_cidr = (!args.no_cluster_cidr).then_some(args.cluster_cidr);
+    config.node_addresses = args.node_port_addresses;
+    config.min_sync_period = Duration::from_millis(args.min_sync_period_ms);
+    config.resync = Duration::from_secs(args.resync.max(1));
+    config.listen = Some(args.listen);
+    trellis_proxy::run(config, trellis_daemon::shutdown_signal())
+        .await
+        .context("the service proxy failed")
+}
