@@ -16,9 +16,13 @@
 //!   ratio are printed.
 //! - Memory: policyd's VmRSS and VmHWM at that scale.
 //!
-//!     cargo build --release -p trellis -p trellis-overlay -p trellis-routed -p trellis-ipam
-//!     cargo bench -p netns-testbed --bench policy-scale [-- --rounds 3 --seconds 5]
-//!         [--quick] [--mode routed|overlay] [--samples 100] [--parallel 4]
+//! Run it with:
+//!
+//! ```text
+//! cargo build --release -p trellis -p trellis-overlay -p trellis-routed -p trellis-ipam
+//! cargo bench -p netns-testbed --bench policy-scale [-- --rounds 3 --seconds 5]
+//!     [--quick] [--mode routed|overlay] [--samples 100] [--parallel 4]
+//! ```
 //!
 //! `--quick`: 100 policies, 500 pods, 10 wired, 20 samples (a smoke run). Needs root,
 //! iptables, ipset and the release binaries.
