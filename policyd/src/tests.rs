@@ -707,7 +707,10 @@ fn the_scale_cluster_compiles_the_same_program_every_time() {
         pending_deny: true,
     };
     let first = compile(&c, &on("n0"));
-    assert!(first.rule_count() > 0 && first.member_count() > 0, "{first:?}");
+    assert!(
+        first.rule_count() > 0 && first.member_count() > 0,
+        "{first:?}"
+    );
     assert_eq!(compile(&c, &on("n0")), first);
     assert_ne!(compile(&c, &on("n1")), first);
 }

@@ -15,25 +15,34 @@ pub struct Args {
     /// The node's InternalIP.
     #[arg(long)]
     node_ip: Option<IpAddr>,
+    /// The kubeconfig to reach the API server with, as `system:node:<name>` (`trellis certs kubeconfig`).
     #[arg(long)]
     kubeconfig: PathBuf,
+    /// Where pods' state, container logs and exit codes are kept.
     #[arg(long, default_value = "/var/lib/trellis/kubelet")]
     root_dir: PathBuf,
+    /// Where pod network namespaces are bind-mounted.
     #[arg(long, default_value = trellis_net::netns::DEFAULT_RUN_DIR)]
     netns_dir: PathBuf,
     /// Pod namespaces are named <prefix><uid>.
     #[arg(long, default_value = "trellis-pod-")]
     netns_prefix: String,
+    /// Where the network agent writes the CNI configuration (the first list by name is used).
     #[arg(long, default_value = "/etc/cni/net.d")]
     cni_conf_dir: PathBuf,
+    /// Where CNI plugins are looked up (repeat for several directories).
     #[arg(long = "cni-bin-dir", default_value = "/opt/cni/bin")]
     cni_bin_dirs: Vec<PathBuf>,
+    /// The CNI results cache (libcni's layout).
     #[arg(long, default_value = "/var/lib/cni")]
     cni_cache_dir: PathBuf,
+    /// The nameserver written into pods' resolv.conf.
     #[arg(long, default_value = "10.96.0.10")]
     cluster_dns: IpAddr,
+    /// The cluster domain of pods' DNS search path.
     #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
+    /// Pods this node takes (capacity and allocatable `pods`).
     #[arg(long, default_value_t = 110)]
     max_pods: u32,
     /// The longest one CNI plugin run may take, in seconds.
