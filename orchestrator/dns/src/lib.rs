@@ -11,15 +11,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use hickory_proto::op::{Message, OpCode, ResponseCode};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
 use tokio::net::UdpSocket;
 use tokio::sync::Notify;
+use trellis_api::cluster::reflect;
 use trellis_daemon::{Health, Metrics};
 
 pub use answer::{Outcome, respond};
@@ -267,31 +265,6 @@ pub async fn serve_udp(
     }
 }
 
-fn watch<K>(api: Api<K>, changed: Arc<Notify>) -> Store<K>
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let (reader, writer) = reflector::store();
-    let stream =
-        reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
-    tokio::spawn(async move {
-        futures::pin_mut!(stream);
-        while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(_) => changed.notify_one(),
-                Err(e) => tracing::warn!(error = %e, "watch error; retrying"),
-            }
-        }
-    });
-    reader
-}
-
 /// Runs the server until `stop` resolves.
 pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> Result<(), Error> {
     let kube = trellis_api::cluster::client(config.kubeconfig.as_deref())
@@ -322,8 +295,8 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
     );
     tracing::info!(listen = %config.listen, upstreams = ?config.upstreams, "serving DNS");
     let changed = Arc::new(Notify::new());
-    let services = watch(Api::<Service>::all(kube.clone()), changed.clone());
-    let slices = watch(Api::<EndpointSlice>::all(kube), changed.clone());
+    let services = reflect(Api::<Service>::all(kube.clone()), changed.clone());
+    let slices = reflect(Api::<EndpointSlice>::all(kube), changed.clone());
     let udp = tokio::spawn(serve_udp(server.clone(), sock, stopped()));
     tokio::pin!(stop);
     let ready = async { tokio::join!(services.wait_until_ready(), slices.wait_until_ready()) };

@@ -25,14 +25,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::Notify;
+use trellis_api::cluster::reflect;
 use trellis_daemon::{Health, Metrics};
 use trellis_net::iptables::{IpFamily, Iptables};
 
@@ -85,32 +83,6 @@ pub enum Error {
     },
 }
 
-/// Keeps a store of `K` filled from a watch and pokes `changed` on every event.
-fn watch<K>(api: Api<K>, changed: Arc<Notify>) -> Store<K>
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let (reader, writer) = reflector::store();
-    let stream =
-        reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
-    tokio::spawn(async move {
-        futures::pin_mut!(stream);
-        while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(_) => changed.notify_one(),
-                Err(e) => tracing::warn!(error = %e, "watch error; retrying"),
-            }
-        }
-    });
-    reader
-}
-
 /// Enables `bridge-nf-call-iptables` where the kernel has it per namespace: replies of a
 /// backend to a client on the same bridge must pass conntrack to be un-NATed.
 fn bridge_netfilter() {
@@ -150,8 +122,8 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
     };
 
     let changed = Arc::new(Notify::new());
-    let services = watch(Api::<Service>::all(kube.clone()), changed.clone());
-    let slices = watch(Api::<EndpointSlice>::all(kube), changed.clone());
+    let services = reflect(Api::<Service>::all(kube.clone()), changed.clone());
+    let slices = reflect(Api::<EndpointSlice>::all(kube), changed.clone());
 
     tokio::pin!(stop);
     // The first sync waits for both lists: syncing an empty view would drop every rule.
