@@ -132,17 +132,9 @@ pub fn decide(
         for r in cnp.rules(d) {
             if r.matches(cluster, peer, proto, port, dst_pod) {
                 match r.action {
-                    Action::Accept => {
+                    Action::Accept | Action::Deny => {
                         return done(
-                            true,
-                            Tier::Admin,
-                            Some(cnp.name.clone()),
-                            Some(r.label.clone()),
-                        );
-                    }
-                    Action::Deny => {
-                        return done(
-                            false,
+                            r.action == Action::Accept,
                             Tier::Admin,
                             Some(cnp.name.clone()),
                             Some(r.label.clone()),
@@ -182,17 +174,9 @@ pub fn decide(
         for r in cnp.rules(d) {
             if r.matches(cluster, peer, proto, port, dst_pod) {
                 match r.action {
-                    Action::Accept => {
+                    Action::Accept | Action::Deny => {
                         return done(
-                            true,
-                            Tier::Baseline,
-                            Some(cnp.name.clone()),
-                            Some(r.label.clone()),
-                        );
-                    }
-                    Action::Deny => {
-                        return done(
-                            false,
+                            r.action == Action::Accept,
                             Tier::Baseline,
                             Some(cnp.name.clone()),
                             Some(r.label.clone()),
