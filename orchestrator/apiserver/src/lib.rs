@@ -10,7 +10,7 @@
 //! - [`storage`]: objects in the store, resourceVersion = the key's revision.
 //! - [`discovery`], [`openapi`], [`table`] (with [`jsonpath`]): what kubectl needs to find,
 //!   validate and print.
-//! - [`auth`], [`pki`]: who may do what; the cluster CA and certificates.
+//! - [`auth`], [`rbac`], [`pki`]: who may do what; the cluster CA and certificates.
 
 // ApiError carries a Status (message, causes): every handler returns it, and boxing it would
 // only add noise at each `?`.
@@ -29,6 +29,7 @@ pub mod netpol;
 pub mod openapi;
 pub mod pki;
 pub mod protobuf;
+pub mod rbac;
 pub mod registry;
 pub mod request;
 pub mod schema;

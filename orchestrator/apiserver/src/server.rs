@@ -227,6 +227,8 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let api = Arc::new(Api::new(Storage::new(store), registry, alloc));
     refresh_crds(&api).await?;
     bootstrap(&api).await?;
+    crate::rbac::bootstrap::ensure(&api).await?;
+    crate::rbac::reload(&api).await?;
 
     let mut sans = config.sans.clone();
     if !config.listen.ip().is_unspecified() {
@@ -295,6 +297,10 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         stop_rx.clone(),
     )));
     tasks.push(tokio::spawn(follow_crds(api.clone(), stop_rx.clone())));
+    tasks.push(tokio::spawn(crate::rbac::follow(
+        api.clone(),
+        stop_rx.clone(),
+    )));
     tracing::info!(%addr, kubeconfig = %kubeconfig.display(), "API server listening");
     let store = api.storage.store().clone();
     Ok(Running {
@@ -441,7 +447,7 @@ async fn accept_tls(
                     .verify_client_cert(end, rest, UnixTime::now())
                     .ok()?;
                 let (name, groups) = pki::identity(end.as_ref())?;
-                Some(User { name, groups })
+                Some(User::authenticated(name, groups))
             });
             serve_connection(TokioIo::new(tls), shared, user).await;
         });
@@ -555,7 +561,18 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, user: Option<User>)
                 }
             };
             let user = user.unwrap_or_else(User::loopback_admin);
-            match dispatch(&shared, route, &query, &accept, &content_type, &body, &user).await {
+            let method = parts.method.as_str().to_lowercase();
+            let authorized = match &route {
+                Route::Resource(_) => Ok(()),
+                _ => crate::auth::authorize_path(&user, &method, &path, &shared.api),
+            };
+            let reply = match authorized {
+                Ok(()) => {
+                    dispatch(&shared, route, &query, &accept, &content_type, &body, &user).await
+                }
+                Err(e) => Err(e),
+            };
+            match reply {
                 Ok(Reply::Json {
                     code,
                     body,
@@ -638,16 +655,11 @@ async fn dispatch(
     let registry = &shared.api.registry;
     match route {
         Route::Version => Ok(Reply::ok(crate::discovery::version())),
-        Route::Metrics => {
-            if !user.is_admin() {
-                return Err(ApiError::forbidden(&user.name, "get", "/metrics"));
-            }
-            Ok(Reply::Raw {
-                code: 200,
-                body: shared.metrics.render().into_bytes(),
-                content_type: "text/plain; version=0.0.4",
-            })
-        }
+        Route::Metrics => Ok(Reply::Raw {
+            code: 200,
+            body: shared.metrics.render().into_bytes(),
+            content_type: "text/plain; version=0.0.4",
+        }),
         Route::CoreVersions => Ok(Reply::ok(crate::discovery::core_versions(
             &shared.server_address,
         ))),

@@ -96,6 +96,8 @@ pub struct Api {
     pub alloc: crate::alloc::Allocator,
     /// Wakes the namespace finalizer when a namespace starts terminating.
     pub namespace_deleted: tokio::sync::Notify,
+    /// The RBAC roles and bindings, as the authorizer reads them.
+    pub rbac: crate::rbac::RuleCache,
 }
 
 impl Api {
@@ -105,6 +107,7 @@ impl Api {
             registry,
             alloc,
             namespace_deleted: tokio::sync::Notify::new(),
+            rbac: Default::default(),
         }
     }
 
@@ -131,19 +134,36 @@ impl Api {
                 return Err(ApiError::no_route(&format!("{}/{s}", info.plural)));
             }
         }
+        let reply = self.serve(&info, &call).await;
+        // A change of a role or binding applies to the next request, not only once the watch
+        // that feeds the cache brings it.
+        if info.group == crate::rbac::GROUP && !r.verb.is_read() && reply.is_ok() && !call.dry_run()
+        {
+            crate::rbac::reload(self).await?;
+        }
+        reply
+    }
+
+    async fn serve(&self, info: &ResourceInfo, call: &Call<'_>) -> Result<Reply, ApiError> {
+        let r = &call.req;
+        let sub = r.subresource.as_deref();
+        if info.group == "authorization.k8s.io" {
+            return match (r.verb, sub) {
+                (Verb::Create, None) => crate::rbac::review::create(self, info, call),
+                _ => Err(ApiError::method_not_allowed(r.verb.as_str(), &info.plural)),
+            };
+        }
         match (r.verb, sub) {
-            (Verb::Get, None | Some("status")) => self.get(&info, &call).await,
-            (Verb::List, None) => self.list(&info, &call).await,
-            (Verb::Watch, None) => self.watch(&info, &call).await,
-            (Verb::Create, None) => self.create(&info, &call).await,
-            (Verb::Update, None | Some("status")) => self.update(&info, &call).await,
-            (Verb::Patch, None | Some("status")) => self.patch(&info, &call).await,
-            (Verb::Delete, None) => self.delete(&info, &call).await,
-            (Verb::DeleteCollection, None) => self.delete_collection(&info, &call).await,
-            (Verb::Get | Verb::Update | Verb::Patch, Some("scale")) => {
-                self.scale(&info, &call).await
-            }
-            (Verb::Create, Some("binding")) => self.binding(&info, &call).await,
+            (Verb::Get, None | Some("status")) => self.get(info, call).await,
+            (Verb::List, None) => self.list(info, call).await,
+            (Verb::Watch, None) => self.watch(info, call).await,
+            (Verb::Create, None) => self.create(info, call).await,
+            (Verb::Update, None | Some("status")) => self.update(info, call).await,
+            (Verb::Patch, None | Some("status")) => self.patch(info, call).await,
+            (Verb::Delete, None) => self.delete(info, call).await,
+            (Verb::DeleteCollection, None) => self.delete_collection(info, call).await,
+            (Verb::Get | Verb::Update | Verb::Patch, Some("scale")) => self.scale(info, call).await,
+            (Verb::Create, Some("binding")) => self.binding(info, call).await,
             (Verb::Get, Some("log")) => Err(ApiError::unavailable(
                 "pods/log is not served yet: logs come from the kubelet, which this cluster does not run yet",
             )),
