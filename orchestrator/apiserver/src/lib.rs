@@ -10,7 +10,8 @@
 //! - [`storage`]: objects in the store, resourceVersion = the key's revision.
 //! - [`discovery`], [`openapi`], [`table`] (with [`jsonpath`]): what kubectl needs to find,
 //!   validate and print.
-//! - [`auth`], [`rbac`], [`pki`]: who may do what; the cluster CA and certificates.
+//! - [`auth`], [`rbac`], [`token`], [`pki`]: who may do what; service-account tokens; the
+//!   cluster CA and certificates.
 
 // ApiError carries a Status (message, causes): every handler returns it, and boxing it would
 // only add noise at each `?`.
@@ -37,5 +38,6 @@ pub mod server;
 pub mod status;
 pub mod storage;
 pub mod table;
+pub mod token;
 
 pub use server::{Config, Running, StoreSpec, start};

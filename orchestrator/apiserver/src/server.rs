@@ -48,6 +48,8 @@ pub enum ServerError {
     },
     #[error("{0}")]
     Api(#[from] ApiError),
+    #[error(transparent)]
+    Key(#[from] crate::token::KeyError),
 }
 
 /// Where the state is kept.
@@ -235,6 +237,8 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         sans.push(config.listen.ip().to_string());
     }
     let pki = Pki::ensure(&config.data_dir, &sans)?;
+    let signer = crate::token::Signer::ensure(&pki.dir)?;
+    let _ = api.tokens.set(signer);
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| ServerError::Io {
@@ -543,6 +547,14 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, user: Option<User>)
         header(hyper::header::CONTENT_TYPE),
     );
     let route = request::route(parts.method.as_str(), &path, watch);
+    // A client certificate wins; otherwise a bearer token (a service account's).
+    let user = match user {
+        Some(u) => Some(u),
+        None => match header(hyper::header::AUTHORIZATION).strip_prefix("Bearer ") {
+            Some(token) => crate::token::authenticate(&shared.api, token.trim()).await,
+            None => None,
+        },
+    };
     let (verb, resource) = match &route {
         Ok(Route::Resource(r)) => (r.verb.as_str().to_string(), r.resource.clone()),
         _ => (parts.method.as_str().to_lowercase(), path.clone()),

@@ -469,3 +469,180 @@ async fn the_default_policy_is_created_once_and_kept_across_restarts() {
     );
     running.shutdown().await;
 }
+
+/// Waits (bounded) until `kubectl` gets 401.
+async fn until_unauthorized(k: &Kubectl, args: &[&str]) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let run = k.run(args).await;
+        if !run.ok && run.stderr.contains("You must be logged in to the server") {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still not 401 after 30 s: ok={} {}",
+            run.ok,
+            tail(&run.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_bound_service_account_token_does_what_its_role_allows_until_the_pod_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(&dir.path().join("server")).await;
+    let admin = Kubectl::new(
+        kubectl_current(),
+        &running.kubeconfig,
+        &dir.path().join("admin"),
+    );
+    admin.ok(&["create", "namespace", "team"]).await;
+    admin
+        .ok(&["create", "serviceaccount", "bot", "-n", "team"])
+        .await;
+    admin
+        .ok(&[
+            "create",
+            "configmap",
+            "settings",
+            "-n",
+            "team",
+            "--from-literal=a=b",
+        ])
+        .await;
+    admin
+        .ok(&[
+            "run",
+            "holder",
+            "--image=busybox",
+            "--restart=Never",
+            "-n",
+            "team",
+        ])
+        .await;
+    admin
+        .ok(&[
+            "create",
+            "role",
+            "cm-reader",
+            "--verb=get,list",
+            "--resource=configmaps",
+            "-n",
+            "team",
+        ])
+        .await;
+    admin
+        .ok(&[
+            "create",
+            "rolebinding",
+            "bot-reads",
+            "--role=cm-reader",
+            "--serviceaccount=team:bot",
+            "-n",
+            "team",
+        ])
+        .await;
+    // A TokenRequest bound to the pod (kubectl's typed client: protobuf), and one bound to
+    // nothing, the control that shows the pod's deletion is what revokes the first.
+    let bound = admin
+        .ok(&[
+            "create",
+            "token",
+            "bot",
+            "-n",
+            "team",
+            "--bound-object-kind=Pod",
+            "--bound-object-name=holder",
+            "--duration=1h",
+        ])
+        .await
+        .stdout
+        .trim()
+        .to_string();
+    let unbound = admin
+        .ok(&["create", "token", "bot", "-n", "team"])
+        .await
+        .stdout
+        .trim()
+        .to_string();
+    assert_eq!(bound.split('.').count(), 3, "not a JWT: {bound}");
+    let as_bot = |name: &str, token: &str| {
+        Kubectl::new(
+            kubectl_current(),
+            &kubeconfig_with_token(&running, dir.path(), name, Some(token)),
+            &dir.path().join(name),
+        )
+    };
+    let bot = as_bot("bot-bound", &bound);
+    let control = as_bot("bot-unbound", &unbound);
+
+    // What the Role allows, over TLS without a client certificate...
+    let listed = bot.get(&["configmaps", "-n", "team"]).await;
+    assert_eq!(listed["items"][0]["metadata"]["name"], "settings");
+    bot.ok(&["get", "configmap", "settings", "-n", "team"])
+        .await;
+    let yes = bot
+        .run(&["auth", "can-i", "list", "configmaps", "-n", "team"])
+        .await;
+    assert_eq!(yes.stdout.trim(), "yes", "{}", tail(&yes.stderr));
+    // ...and nothing more.
+    assert_refused(
+        &bot.run(&["delete", "configmap", "settings", "-n", "team"])
+            .await,
+        r#"configmaps "settings" is forbidden: User "system:serviceaccount:team:bot" cannot delete resource "configmaps" in API group "" in the namespace "team""#,
+    );
+    assert_refused(
+        &bot.run(&["get", "configmaps", "-n", "default"]).await,
+        r#"configmaps is forbidden: User "system:serviceaccount:team:bot" cannot list resource "configmaps" in API group "" in the namespace "default""#,
+    );
+    assert_refused(
+        &bot.run(&["get", "pods", "-n", "team"]).await,
+        r#"pods is forbidden: User "system:serviceaccount:team:bot" cannot list resource "pods" in API group "" in the namespace "team""#,
+    );
+    let no = bot
+        .run(&[
+            "auth",
+            "can-i",
+            "create",
+            "serviceaccounts/token",
+            "-n",
+            "team",
+        ])
+        .await;
+    assert_eq!(no.stdout.trim(), "no");
+
+    // The pod goes: the token bound to it stops working; the unbound one does not.
+    admin
+        .ok(&[
+            "delete",
+            "pod",
+            "holder",
+            "-n",
+            "team",
+            "--grace-period=0",
+            "--force",
+        ])
+        .await;
+    until_unauthorized(&bot, &["get", "configmaps", "-n", "team"]).await;
+    control.ok(&["get", "configmaps", "-n", "team"]).await;
+    // A pod of the same name again is another pod (another uid): still revoked.
+    admin
+        .ok(&[
+            "run",
+            "holder",
+            "--image=busybox",
+            "--restart=Never",
+            "-n",
+            "team",
+        ])
+        .await;
+    admin.ok(&["get", "pod", "holder", "-n", "team"]).await;
+    until_unauthorized(&bot, &["get", "configmaps", "-n", "team"]).await;
+    // And the account going revokes every token of it.
+    admin
+        .ok(&["delete", "serviceaccount", "bot", "-n", "team"])
+        .await;
+    until_unauthorized(&control, &["get", "configmaps", "-n", "team"]).await;
+    running.shutdown().await;
+}

@@ -98,6 +98,8 @@ pub struct Api {
     pub namespace_deleted: tokio::sync::Notify,
     /// The RBAC roles and bindings, as the authorizer reads them.
     pub rbac: crate::rbac::RuleCache,
+    /// The service-account token key (set at start, once the PKI is loaded).
+    pub tokens: std::sync::OnceLock<crate::token::Signer>,
 }
 
 impl Api {
@@ -108,6 +110,7 @@ impl Api {
             alloc,
             namespace_deleted: tokio::sync::Notify::new(),
             rbac: Default::default(),
+            tokens: std::sync::OnceLock::new(),
         }
     }
 
@@ -164,6 +167,15 @@ impl Api {
             (Verb::DeleteCollection, None) => self.delete_collection(info, call).await,
             (Verb::Get | Verb::Update | Verb::Patch, Some("scale")) => self.scale(info, call).await,
             (Verb::Create, Some("binding")) => self.binding(info, call).await,
+            (Verb::Create, Some("token")) => {
+                let (ns, name) = (
+                    r.namespace.as_deref().unwrap_or("default"),
+                    r.name.as_deref().unwrap_or(""),
+                );
+                crate::token::request(self, ns, name, call.content_type, call.body)
+                    .await
+                    .map(Reply::created)
+            }
             (Verb::Get, Some("log")) => Err(ApiError::unavailable(
                 "pods/log is not served yet: logs come from the kubelet, which this cluster does not run yet",
             )),
