@@ -167,6 +167,18 @@ impl Snapshot {
         None
     }
 
+    /// The rules of a Role.
+    pub fn role_rules(&self, namespace: &str, name: &str) -> Option<Vec<PolicyRule>> {
+        self.roles
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned()
+    }
+
+    /// The rules of a ClusterRole (aggregated).
+    pub fn cluster_role_rules(&self, name: &str) -> Option<Vec<PolicyRule>> {
+        self.cluster_roles.get(name).cloned()
+    }
+
     /// The rules that apply to `user` in `namespace` (SelfSubjectRulesReview-like; for tests
     /// and diagnostics).
     pub fn rules_for(&self, user: &User, namespace: Option<&str>) -> Vec<PolicyRule> {

@@ -3,12 +3,14 @@
 //! - [`rule`]: one PolicyRule and whether it allows a request.
 //! - [`authorizer`]: the bindings and roles in memory, and the decision.
 //! - [`aggregate`]: ClusterRoles filled from the ClusterRoles their labels select.
+//! - [`escalation`]: no granting of rights one does not hold.
 //! - [`bootstrap`]: the default roles and bindings, created at start-up.
 //! - [`review`]: SelfSubjectAccessReview and SubjectAccessReview (`kubectl auth can-i`).
 
 pub mod aggregate;
 pub mod authorizer;
 pub mod bootstrap;
+pub mod escalation;
 pub mod review;
 pub mod rule;
 
