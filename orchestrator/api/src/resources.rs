@@ -233,6 +233,17 @@ const BUILTIN: &[Builtin] = &[
         all: false,
         subs: &[],
     },
+    // The same objects as core/v1 events, under the names of events.k8s.io.
+    Builtin {
+        group: "events.k8s.io",
+        version: "v1",
+        kind: "Event",
+        plural: "events",
+        namespaced: true,
+        short: &["ev"],
+        all: false,
+        subs: &[],
+    },
     Builtin {
         group: "apps",
         version: "v1",

@@ -20,6 +20,7 @@
 pub mod alloc;
 pub mod auth;
 pub mod discovery;
+pub mod events;
 pub mod handlers;
 pub mod jsonpath;
 pub mod kinds;

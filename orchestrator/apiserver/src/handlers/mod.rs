@@ -137,6 +137,9 @@ impl Api {
                 return Err(ApiError::no_route(&format!("{}/{s}", info.plural)));
             }
         }
+        if info.group == "events.k8s.io" {
+            return self.events_v1(call).await;
+        }
         let reply = self.serve(&info, &call).await;
         // A change of a role or binding applies to the next request, not only once the watch
         // that feeds the cache brings it.
@@ -145,6 +148,53 @@ impl Api {
             crate::rbac::reload(self).await?;
         }
         reply
+    }
+
+    /// events.k8s.io/v1, served by the core/v1 machinery over the same objects
+    /// ([`crate::events`]).
+    async fn events_v1(&self, call: Call<'_>) -> Result<Reply, ApiError> {
+        let core = self
+            .registry
+            .find("", "v1", "events")
+            .ok_or_else(|| ApiError::internal("events are not served"))?;
+        let mut req = call.req.clone();
+        req.group = String::new();
+        req.version = "v1".into();
+        let (body, content_type) = match req.verb {
+            Verb::Create | Verb::Update => {
+                let mut obj = parse_body(call.content_type, call.body)?;
+                crate::events::to_core(&mut obj);
+                (
+                    serde_json::to_vec(&obj).unwrap_or_default(),
+                    "application/json",
+                )
+            }
+            Verb::Patch => {
+                let mut patch: Value = serde_json::from_slice(call.body)
+                    .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
+                if call.content_type.starts_with("application/json-patch+json") {
+                    crate::events::json_patch_to_core(&mut patch);
+                } else {
+                    crate::events::to_core(&mut patch);
+                }
+                (
+                    serde_json::to_vec(&patch).unwrap_or_default(),
+                    call.content_type,
+                )
+            }
+            _ => (call.body.to_vec(), call.content_type),
+        };
+        let core_call = Call {
+            req,
+            query: call.query,
+            accept: call.accept,
+            content_type,
+            body: &body,
+            user: call.user,
+        };
+        self.serve(&core, &core_call)
+            .await
+            .map(crate::events::reply_from_core)
     }
 
     async fn serve(&self, info: &ResourceInfo, call: &Call<'_>) -> Result<Reply, ApiError> {
