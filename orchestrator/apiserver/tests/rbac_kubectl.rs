@@ -191,6 +191,19 @@ async fn a_view_user_lists_but_cannot_delete_and_strangers_get_401() {
         "401 Unauthorized",
     );
 
+    // An admin asks about someone else with a SubjectAccessReview; the viewer may not.
+    let sar = admin.manifest(
+        "sar.yaml",
+        "apiVersion: authorization.k8s.io/v1\nkind: SubjectAccessReview\nspec:\n  user: viewer\n  resourceAttributes: {verb: list, resource: configmaps, namespace: team}\n",
+    );
+    let answer = admin.ok(&["create", "-f", &sar, "-o", "json"]).await;
+    let answer: serde_json::Value = serde_json::from_str(&answer.stdout).unwrap();
+    assert_eq!(answer["status"]["allowed"], true, "{answer}");
+    assert_refused(
+        &viewer.run(&["create", "-f", &sar, "-o", "json"]).await,
+        r#"subjectaccessreviews.authorization.k8s.io is forbidden: User "viewer" cannot create resource "subjectaccessreviews" in API group "authorization.k8s.io" at the cluster scope"#,
+    );
+
     // kubectl auth can-i, with both kubectl releases.
     for (bin, name) in [(kubectl_current(), "v133"), (kubectl_1_20(), "v120")] {
         let k = Kubectl::new(
@@ -234,8 +247,6 @@ async fn a_view_user_lists_but_cannot_delete_and_strangers_get_401() {
             yes.stdout,
             tail(&yes.stderr)
         );
-        // An admin asks about someone else (SubjectAccessReview, through impersonation of the
-        // question: --as is not used, the review names the user).
     }
     running.shutdown().await;
 }
@@ -420,6 +431,101 @@ async fn the_default_policy_is_created_once_and_kept_across_restarts() {
         .await;
     assert_eq!(binding["subjects"][0]["name"], "system:kube-scheduler");
     assert_eq!(binding["subjects"][0]["kind"], "User");
+    // Each component's own certificate gets what it uses, and not more.
+    for (user, verb, what, ns, answer) in [
+        (
+            "system:kube-scheduler",
+            "create",
+            "pods --subresource=binding",
+            "default",
+            "yes",
+        ),
+        (
+            "system:kube-scheduler",
+            "patch",
+            "pods --subresource=status",
+            "default",
+            "yes",
+        ),
+        ("system:kube-scheduler", "watch", "nodes", "", "yes"),
+        ("system:kube-scheduler", "create", "pods", "default", "no"),
+        (
+            "system:kube-scheduler",
+            "update",
+            "leases.coordination.k8s.io/kube-scheduler",
+            "kube-system",
+            "yes",
+        ),
+        (
+            "system:kube-scheduler",
+            "update",
+            "leases.coordination.k8s.io/kube-controller-manager",
+            "kube-system",
+            "no",
+        ),
+        (
+            "system:kube-controller-manager",
+            "create",
+            "pods",
+            "default",
+            "yes",
+        ),
+        (
+            "system:kube-controller-manager",
+            "update",
+            "replicasets.apps",
+            "default",
+            "yes",
+        ),
+        (
+            "system:kube-controller-manager",
+            "create",
+            "endpointslices.discovery.k8s.io",
+            "default",
+            "yes",
+        ),
+        (
+            "system:kube-controller-manager",
+            "create",
+            "clusterrolebindings.rbac.authorization.k8s.io",
+            "",
+            "no",
+        ),
+        (
+            "system:kube-controller-manager",
+            "update",
+            "clusterroles.rbac.authorization.k8s.io",
+            "",
+            "no",
+        ),
+        (
+            "system:kube-proxy",
+            "watch",
+            "endpointslices.discovery.k8s.io",
+            "default",
+            "yes",
+        ),
+        ("system:kube-proxy", "list", "secrets", "default", "no"),
+    ] {
+        let k = Kubectl::new(
+            kubectl_current(),
+            &kubeconfig_as(&running, dir.path(), user, &[]),
+            &dir.path().join(user.replace(':', "_")),
+        );
+        let mut args = vec!["auth", "can-i", verb];
+        args.extend(what.split(' '));
+        if !ns.is_empty() {
+            args.extend(["-n", ns]);
+        }
+        let run = k.run(&args).await;
+        assert_eq!(
+            run.stdout.trim(),
+            answer,
+            "{user} {verb} {what}: {}",
+            tail(&run.stderr)
+        );
+    }
+
     // An administrator's change kept by autoupdate=false, and one put back without it.
     admin
         .ok(&[
