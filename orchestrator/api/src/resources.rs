@@ -415,6 +415,16 @@ const BUILTIN: &[Builtin] = &[
         subs: &[],
     },
     Builtin {
+        group: "authorization.k8s.io",
+        version: "v1",
+        kind: "SelfSubjectRulesReview",
+        plural: "selfsubjectrulesreviews",
+        namespaced: false,
+        short: &[],
+        all: false,
+        subs: &[],
+    },
+    Builtin {
         group: "apiextensions.k8s.io",
         version: "v1",
         kind: "CustomResourceDefinition",

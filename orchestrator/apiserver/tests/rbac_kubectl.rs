@@ -233,6 +233,17 @@ async fn a_view_user_lists_but_cannot_delete_and_strangers_get_401() {
             .run(&["auth", "can-i", "list", "pods", "-n", "default"])
             .await;
         assert!(!no.ok && no.stdout.trim() == "no", "{name}: {}", no.stdout);
+        let list = k.run(&["auth", "can-i", "--list", "-n", "team"]).await;
+        assert!(list.ok, "{name}: {}", tail(&list.stderr));
+        let configmaps = list
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("configmaps "))
+            .unwrap_or_else(|| panic!("{name}: no configmaps line:\n{}", list.stdout));
+        assert!(
+            configmaps.contains("[get list watch]"),
+            "{name}: {configmaps}"
+        );
         let no = k.run(&["auth", "can-i", "get", "/logs/x"]).await;
         assert!(!no.ok && no.stdout.trim() == "no", "{name}: {}", no.stdout);
         let a = Kubectl::new(

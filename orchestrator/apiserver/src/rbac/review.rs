@@ -1,6 +1,7 @@
 //! authorization.k8s.io/v1 access reviews: the question "may this user do that", answered and
 //! not stored. `kubectl auth can-i` asks with a SelfSubjectAccessReview (about the caller); a
-//! SubjectAccessReview asks about anyone, and needs the right to create one.
+//! SubjectAccessReview asks about anyone, and needs the right to create one; a
+//! SelfSubjectRulesReview lists the caller's rules (`kubectl auth can-i --list`).
 
 use serde_json::{Value, json};
 use trellis_api::ResourceInfo;
@@ -42,9 +43,36 @@ fn attributes(spec: &Value) -> Result<Attributes, ApiError> {
     }
 }
 
+/// `kubectl auth can-i --list`: the rules that apply to the caller in a namespace.
+fn rules_review(api: &Api, info: &ResourceInfo, call: &Call<'_>, mut review: Value) -> Reply {
+    let ns = review["spec"]["namespace"]
+        .as_str()
+        .filter(|s| !s.is_empty());
+    let rules = api.rbac.current().rules_for(call.user, ns);
+    let (mut resource, mut non_resource) = (Vec::new(), Vec::new());
+    for r in rules {
+        if r.non_resource_urls.is_empty() {
+            resource.push(json!({"verbs": r.verbs, "apiGroups": r.api_groups,
+                                 "resources": r.resources, "resourceNames": r.resource_names}));
+        } else {
+            non_resource.push(json!({"verbs": r.verbs, "nonResourceURLs": r.non_resource_urls}));
+        }
+    }
+    // system:masters and the node authorizer are not rules; say so as upstream does.
+    let incomplete = call.user.is_admin() || call.user.node().is_some();
+    review["status"] = json!({"resourceRules": resource, "nonResourceRules": non_resource,
+                              "incomplete": incomplete});
+    review["apiVersion"] = json!(info.api_version());
+    review["kind"] = json!(info.kind);
+    Reply::created(review)
+}
+
 /// Answers a review.
 pub fn create(api: &Api, info: &ResourceInfo, call: &Call<'_>) -> Result<Reply, ApiError> {
     let mut review = crate::handlers::parse_body(call.content_type, call.body)?;
+    if info.kind == "SelfSubjectRulesReview" {
+        return Ok(rules_review(api, info, call, review));
+    }
     let spec = review["spec"].clone();
     let attrs = attributes(&spec)?;
     let subject = if info.kind == "SelfSubjectAccessReview" {

@@ -22,7 +22,10 @@ use apps::{CONTROLLER_REVISION, DEPLOYMENT};
 use autoscaling::{AS1_SCALE, AS2_HORIZONTAL_POD_AUTOSCALER};
 use batch::{CRON_JOB, JOB};
 use meta::DELETE_OPTIONS;
-use rbac::{CLUSTER_ROLE, ROLE, ROLE_BINDING, SELF_SUBJECT_ACCESS_REVIEW, SUBJECT_ACCESS_REVIEW};
+use rbac::{
+    CLUSTER_ROLE, ROLE, ROLE_BINDING, SELF_SUBJECT_ACCESS_REVIEW, SELF_SUBJECT_RULES_REVIEW,
+    SUBJECT_ACCESS_REVIEW,
+};
 use small_groups::{EVICTION, LEASE, TOKEN_REQUEST};
 
 /// The type of a field's value.
@@ -179,6 +182,11 @@ static KINDS: &[(&str, &str, &Msg)] = &[
         "authorization.k8s.io/v1",
         "SubjectAccessReview",
         &SUBJECT_ACCESS_REVIEW,
+    ),
+    (
+        "authorization.k8s.io/v1",
+        "SelfSubjectRulesReview",
+        &SELF_SUBJECT_RULES_REVIEW,
     ),
 ];
 

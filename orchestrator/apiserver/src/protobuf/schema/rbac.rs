@@ -128,3 +128,42 @@ pub(super) static SUBJECT_ACCESS_REVIEW: Msg = Msg::new(
         f(3, "status", M(&SUBJECT_ACCESS_REVIEW_STATUS)),
     ],
 );
+
+pub(super) static SELF_SUBJECT_RULES_REVIEW_SPEC: Msg = Msg::new(
+    "authorization/v1 SelfSubjectRulesReviewSpec",
+    &[f(1, "namespace", Str)],
+);
+
+pub(super) static RESOURCE_RULE: Msg = Msg::new(
+    "authorization/v1 ResourceRule",
+    &[
+        rep(1, "verbs", Str),
+        rep(2, "apiGroups", Str),
+        rep(3, "resources", Str),
+        rep(4, "resourceNames", Str),
+    ],
+);
+
+pub(super) static NON_RESOURCE_RULE: Msg = Msg::new(
+    "authorization/v1 NonResourceRule",
+    &[rep(1, "verbs", Str), rep(2, "nonResourceURLs", Str)],
+);
+
+pub(super) static SUBJECT_RULES_REVIEW_STATUS: Msg = Msg::new(
+    "authorization/v1 SubjectRulesReviewStatus",
+    &[
+        rep(1, "resourceRules", M(&RESOURCE_RULE)),
+        rep(2, "nonResourceRules", M(&NON_RESOURCE_RULE)),
+        f(3, "incomplete", Bool),
+        f(4, "evaluationError", Str),
+    ],
+);
+
+pub(super) static SELF_SUBJECT_RULES_REVIEW: Msg = Msg::new(
+    "authorization/v1 SelfSubjectRulesReview",
+    &[
+        f(1, "metadata", M(&OBJECT_META)),
+        f(2, "spec", M(&SELF_SUBJECT_RULES_REVIEW_SPEC)),
+        f(3, "status", M(&SUBJECT_RULES_REVIEW_STATUS)),
+    ],
+);
