@@ -143,9 +143,14 @@ impl Api {
         let reply = self.serve(&info, &call).await;
         // A change of a role or binding applies to the next request, not only once the watch
         // that feeds the cache brings it.
-        if info.group == crate::rbac::GROUP && !r.verb.is_read() && reply.is_ok() && !call.dry_run()
+        if info.group == crate::rbac::GROUP
+            && !r.verb.is_read()
+            && reply.is_ok()
+            && !call.dry_run()
+            && let Err(e) = crate::rbac::reload(self).await
         {
-            crate::rbac::reload(self).await?;
+            // The write stands; the watch that feeds the cache retries.
+            tracing::warn!(error = %e, "reloading RBAC rules after a write");
         }
         reply
     }
