@@ -15,6 +15,8 @@ pub enum Subresource {
     Binding,
     /// `pods/log`: the kubelet streams container logs.
     Log,
+    /// `serviceaccounts/token`: a TokenRequest mints a bound token for the account.
+    Token,
 }
 
 impl Subresource {
@@ -24,6 +26,7 @@ impl Subresource {
             Subresource::Scale => "scale",
             Subresource::Binding => "binding",
             Subresource::Log => "log",
+            Subresource::Token => "token",
         }
     }
 
@@ -33,6 +36,7 @@ impl Subresource {
             "scale" => Subresource::Scale,
             "binding" => Subresource::Binding,
             "log" => Subresource::Log,
+            "token" => Subresource::Token,
             _ => return None,
         })
     }
@@ -69,6 +73,16 @@ impl ResourceInfo {
     /// `PodList`.
     pub fn list_kind(&self) -> String {
         format!("{}List", self.kind)
+    }
+
+    /// The verbs the resource supports: all of [`VERBS`], except the reviews, which are only
+    /// created (answered, never stored).
+    pub fn verbs(&self) -> &'static [&'static str] {
+        if self.group == "authorization.k8s.io" {
+            &["create"]
+        } else {
+            VERBS
+        }
     }
 
     pub fn has(&self, sub: Subresource) -> bool {
@@ -126,7 +140,7 @@ struct Builtin {
     subs: &'static [Subresource],
 }
 
-use Subresource::{Binding, Log, Scale, Status};
+use Subresource::{Binding, Log, Scale, Status, Token};
 
 const BUILTIN: &[Builtin] = &[
     Builtin {
@@ -207,10 +221,21 @@ const BUILTIN: &[Builtin] = &[
         namespaced: true,
         short: &["sa"],
         all: false,
-        subs: &[],
+        subs: &[Token],
     },
     Builtin {
         group: "",
+        version: "v1",
+        kind: "Event",
+        plural: "events",
+        namespaced: true,
+        short: &["ev"],
+        all: false,
+        subs: &[],
+    },
+    // The same objects as core/v1 events, under the names of events.k8s.io.
+    Builtin {
+        group: "events.k8s.io",
         version: "v1",
         kind: "Event",
         plural: "events",
@@ -330,6 +355,76 @@ const BUILTIN: &[Builtin] = &[
         subs: &[],
     },
     Builtin {
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        kind: "Role",
+        plural: "roles",
+        namespaced: true,
+        short: &[],
+        all: false,
+        subs: &[],
+    },
+    Builtin {
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        kind: "ClusterRole",
+        plural: "clusterroles",
+        namespaced: false,
+        short: &[],
+        all: false,
+        subs: &[],
+    },
+    Builtin {
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        kind: "RoleBinding",
+        plural: "rolebindings",
+        namespaced: true,
+        short: &[],
+        all: false,
+        subs: &[],
+    },
+    Builtin {
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        kind: "ClusterRoleBinding",
+        plural: "clusterrolebindings",
+        namespaced: false,
+        short: &[],
+        all: false,
+        subs: &[],
+    },
+    Builtin {
+        group: "authorization.k8s.io",
+        version: "v1",
+        kind: "SelfSubjectAccessReview",
+        plural: "selfsubjectaccessreviews",
+        namespaced: false,
+        short: &[],
+        all: false,
+        subs: &[],
+    },
+    Builtin {
+        group: "authorization.k8s.io",
+        version: "v1",
+        kind: "SubjectAccessReview",
+        plural: "subjectaccessreviews",
+        namespaced: false,
+        short: &[],
+        all: false,
+        subs: &[],
+    },
+    Builtin {
+        group: "authorization.k8s.io",
+        version: "v1",
+        kind: "SelfSubjectRulesReview",
+        plural: "selfsubjectrulesreviews",
+        namespaced: false,
+        short: &[],
+        all: false,
+        subs: &[],
+    },
+    Builtin {
         group: "apiextensions.k8s.io",
         version: "v1",
         kind: "CustomResourceDefinition",
@@ -400,6 +495,12 @@ mod tests {
             "endpointslices",
             "leases",
             "customresourcedefinitions",
+            "roles",
+            "clusterroles",
+            "rolebindings",
+            "clusterrolebindings",
+            "selfsubjectaccessreviews",
+            "subjectaccessreviews",
         ] {
             assert!(all.iter().any(|r| r.plural == plural), "{plural}");
         }

@@ -1,14 +1,23 @@
-//! Who is asking, and may they. Client certificates authenticate (CN = user, O = groups);
-//! `system:masters` may do anything; a node (`system:node:<name>` in `system:nodes`) may read,
-//! and write only its own Node, its own Lease, the pods bound to it, and events.
+//! Who is asking, and may they. Client certificates (CN = user, O = groups) and service-account
+//! bearer tokens authenticate; every authenticated user is also in `system:authenticated`.
+//!
+//! Authorizers, in order, the first that allows wins:
+//! 1. `system:masters` may do anything;
+//! 2. the node authorizer: a node (`system:node:<name>` in `system:nodes`) may read, and write
+//!    only its own Node, its own Lease, the pods bound to it, and events;
+//! 3. RBAC ([`crate::rbac`]);
+//! 4. otherwise 403, worded as upstream's.
 
 use serde_json::Value;
 use trellis_api::ResourceInfo;
 
 use crate::handlers::Api;
 use crate::meta;
+use crate::rbac::Attributes;
 use crate::request::{ResourceRequest, Verb};
 use crate::status::ApiError;
+
+pub const AUTHENTICATED: &str = "system:authenticated";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
@@ -21,8 +30,16 @@ impl User {
     pub fn loopback_admin() -> User {
         User {
             name: "system:apiserver".into(),
-            groups: vec!["system:masters".into()],
+            groups: vec!["system:masters".into(), AUTHENTICATED.into()],
         }
+    }
+
+    /// An authenticated user: its own groups, and `system:authenticated`.
+    pub fn authenticated(name: String, mut groups: Vec<String>) -> User {
+        if !groups.iter().any(|g| g == AUTHENTICATED) {
+            groups.push(AUTHENTICATED.into());
+        }
+        User { name, groups }
     }
 
     pub fn is_admin(&self) -> bool {
@@ -37,14 +54,81 @@ impl User {
     }
 }
 
-fn forbidden(user: &User, req: &ResourceRequest, info: &ResourceInfo) -> ApiError {
-    let what = match (&req.namespace, &req.name) {
-        (Some(ns), Some(n)) => format!("{} \"{n}\" in namespace \"{ns}\"", info.plural),
-        (None, Some(n)) => format!("{} \"{n}\"", info.plural),
-        (Some(ns), None) => format!("{} in namespace \"{ns}\"", info.plural),
-        (None, None) => info.plural.clone(),
-    };
-    ApiError::forbidden(&user.name, req.verb.as_str(), &what)
+/// Upstream's 403 for a resource request (`responsewriters.Forbidden`): `pods "web" is
+/// forbidden: User "u" cannot delete resource "pods" in API group "" in the namespace "ns"`.
+pub fn forbidden(user: &User, attrs: &Attributes) -> ApiError {
+    match attrs {
+        Attributes::Resource {
+            verb,
+            group,
+            resource,
+            subresource,
+            namespace,
+            name,
+        } => {
+            let res = match subresource {
+                Some(s) => format!("{resource}/{s}"),
+                None => resource.clone(),
+            };
+            let scope = match namespace {
+                Some(ns) => format!("in the namespace \"{ns}\""),
+                None => "at the cluster scope".into(),
+            };
+            let why = format!(
+                "User \"{}\" cannot {verb} resource \"{res}\" in API group \"{group}\" {scope}",
+                user.name
+            );
+            let qualified = if group.is_empty() {
+                resource.clone()
+            } else {
+                format!("{resource}.{group}")
+            };
+            let message = match name {
+                Some(n) => format!("{qualified} \"{n}\" is forbidden: {why}"),
+                None => format!("{qualified} is forbidden: {why}"),
+            };
+            ApiError::forbidden_about(message, group, resource, name.as_deref())
+        }
+        Attributes::NonResource { verb, path } => ApiError::forbidden_about(
+            format!(
+                "forbidden: User \"{}\" cannot {verb} path \"{path}\"",
+                user.name
+            ),
+            "",
+            "",
+            None,
+        ),
+    }
+}
+
+/// The attributes of a resource request.
+pub fn attributes(req: &ResourceRequest) -> Attributes {
+    Attributes::Resource {
+        verb: req.verb.as_str().into(),
+        group: req.group.clone(),
+        resource: req.resource.clone(),
+        subresource: req.subresource.clone(),
+        namespace: req.namespace.clone(),
+        name: req.name.clone(),
+    }
+}
+
+/// Whether `user` may do what `attrs` say, by `system:masters` or RBAC (for the access
+/// reviews, which have no request body for the node authorizer to look at).
+pub fn allowed(user: &User, attrs: &Attributes, api: &Api) -> Option<String> {
+    if user.is_admin() {
+        return Some("allowed as a member of system:masters".into());
+    }
+    api.rbac.current().allowed_by(user, attrs)
+}
+
+/// Decides a request for a plain path (discovery, version, OpenAPI, metrics).
+pub fn authorize_path(user: &User, verb: &str, path: &str, api: &Api) -> Result<(), ApiError> {
+    let attrs = Attributes::path(verb, path);
+    match allowed(user, &attrs, api) {
+        Some(_) => Ok(()),
+        None => Err(forbidden(user, &attrs)),
+    }
 }
 
 /// Decides a resource request.
@@ -59,11 +143,30 @@ pub async fn authorize(
     if user.is_admin() {
         return Ok(());
     }
+    if user.node().is_some() && node_allows(user, req, info, api, content_type, body).await? {
+        return Ok(());
+    }
+    let attrs = attributes(req);
+    match api.rbac.current().allowed_by(user, &attrs) {
+        Some(_) => Ok(()),
+        None => Err(forbidden(user, &attrs)),
+    }
+}
+
+/// The node authorizer: what a kubelet may do without any RBAC binding.
+async fn node_allows(
+    user: &User,
+    req: &ResourceRequest,
+    info: &ResourceInfo,
+    api: &Api,
+    content_type: &str,
+    body: &[u8],
+) -> Result<bool, ApiError> {
     let Some(node) = user.node() else {
-        return Err(forbidden(user, req, info));
+        return Ok(false);
     };
     if req.verb.is_read() && req.subresource.as_deref() != Some("log") {
-        return Ok(());
+        return Ok(true);
     }
     let body_name = || {
         crate::handlers::parse_body(content_type, body)
@@ -100,9 +203,5 @@ pub async fn authorize(
         },
         _ => false,
     };
-    if allowed {
-        Ok(())
-    } else {
-        Err(forbidden(user, req, info))
-    }
+    Ok(allowed)
 }

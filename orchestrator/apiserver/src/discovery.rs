@@ -3,7 +3,7 @@
 //! `*/scale` as `autoscaling/v1 Scale`, which `kubectl scale` looks for).
 
 use serde_json::{Value, json};
-use trellis_api::resources::{Subresource, VERBS};
+use trellis_api::resources::Subresource;
 
 use crate::registry::Registry;
 
@@ -74,7 +74,7 @@ pub fn resources(registry: &Registry, group: &str, version: &str) -> Option<Valu
             "singularName": r.singular,
             "namespaced": r.namespaced,
             "kind": r.kind,
-            "verbs": VERBS,
+            "verbs": r.verbs(),
         });
         if !r.short_names.is_empty() {
             entry["shortNames"] = json!(r.short_names);
@@ -93,6 +93,11 @@ pub fn resources(registry: &Registry, group: &str, version: &str) -> Option<Valu
                 ),
                 Subresource::Binding => ("Binding", &["create"], None),
                 Subresource::Log => ("Pod", &["get"], None),
+                Subresource::Token => (
+                    "TokenRequest",
+                    &["create"],
+                    Some(("authentication.k8s.io", "v1")),
+                ),
             };
             let mut s = json!({
                 "name": format!("{}/{}", r.plural, sub.name()),

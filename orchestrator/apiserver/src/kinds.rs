@@ -574,6 +574,7 @@ pub fn validate(info: &ResourceInfo, obj: &Value, old: Option<&Value>) -> Vec<Ca
             );
         }
         ("apiextensions.k8s.io", "CustomResourceDefinition") => validate_crd(obj, old, &mut causes),
+        ("rbac.authorization.k8s.io", kind) => validate_rbac(kind, obj, old, &mut causes),
         ("networking.k8s.io", "NetworkPolicy") => causes.extend(crate::netpol::validate(obj)),
         ("", "Node") => {
             if let Some(old) = old {
@@ -702,6 +703,122 @@ fn validate_crd(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
     }
 }
 
+/// Roles and bindings as upstream's `pkg/apis/rbac/validation`.
+fn validate_rbac(kind: &str, obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
+    let len = |v: &Value| v.as_array().map_or(0, Vec::len);
+    let required = |field: String, why: &str| Cause {
+        reason: "FieldValueRequired",
+        field,
+        message: format!("Required value: {why}"),
+    };
+    match kind {
+        "Role" | "ClusterRole" => {
+            for (i, rule) in obj["rules"].as_array().into_iter().flatten().enumerate() {
+                let at = |f: &str| format!("rules[{i}].{f}");
+                if len(&rule["verbs"]) == 0 {
+                    causes.push(required(
+                        at("verbs"),
+                        "verbs must contain at least one value",
+                    ));
+                }
+                if len(&rule["nonResourceURLs"]) > 0 {
+                    if kind == "Role" {
+                        causes.push(Cause::invalid(
+                            at("nonResourceURLs"),
+                            &rule["nonResourceURLs"],
+                            "namespaced rules cannot apply to non-resource URLs",
+                        ));
+                    }
+                    if len(&rule["apiGroups"])
+                        + len(&rule["resources"])
+                        + len(&rule["resourceNames"])
+                        > 0
+                    {
+                        causes.push(Cause::invalid(
+                            at("nonResourceURLs"),
+                            &rule["nonResourceURLs"],
+                            "rules cannot apply to both regular resources and non-resource URLs",
+                        ));
+                    }
+                    continue;
+                }
+                if len(&rule["apiGroups"]) == 0 {
+                    causes.push(required(
+                        at("apiGroups"),
+                        "resource rules must supply at least one api group",
+                    ));
+                }
+                if len(&rule["resources"]) == 0 {
+                    causes.push(required(
+                        at("resources"),
+                        "resource rules must supply at least one resource",
+                    ));
+                }
+            }
+        }
+        "RoleBinding" | "ClusterRoleBinding" => {
+            let role_ref = &obj["roleRef"];
+            if role_ref["apiGroup"].as_str() != Some("rbac.authorization.k8s.io") {
+                causes.push(Cause {
+                    reason: "FieldValueNotSupported",
+                    field: "roleRef.apiGroup".into(),
+                    message: format!(
+                        "Unsupported value: {:?}: supported values: \"rbac.authorization.k8s.io\"",
+                        role_ref["apiGroup"].as_str().unwrap_or("")
+                    ),
+                });
+            }
+            let kinds: &[&str] = if kind == "RoleBinding" {
+                &["Role", "ClusterRole"]
+            } else {
+                &["ClusterRole"]
+            };
+            let ref_kind = role_ref["kind"].as_str().unwrap_or("");
+            if !kinds.contains(&ref_kind) {
+                causes.push(Cause {
+                    reason: "FieldValueNotSupported",
+                    field: "roleRef.kind".into(),
+                    message: format!(
+                        "Unsupported value: {ref_kind:?}: supported values: {kinds:?}"
+                    ),
+                });
+            }
+            if role_ref["name"].as_str().unwrap_or("").is_empty() {
+                causes.push(Cause::required("roleRef.name"));
+            }
+            if let Some(old) = old
+                && old["roleRef"] != obj["roleRef"]
+            {
+                causes.push(Cause::invalid("roleRef", role_ref, "cannot change roleRef"));
+            }
+            for (i, subject) in obj["subjects"].as_array().into_iter().flatten().enumerate() {
+                let at = |f: &str| format!("subjects[{i}].{f}");
+                if subject["name"].as_str().unwrap_or("").is_empty() {
+                    causes.push(Cause::required(at("name")));
+                }
+                match subject["kind"].as_str().unwrap_or("") {
+                    "User" | "Group" => {}
+                    "ServiceAccount" => {
+                        if kind == "ClusterRoleBinding"
+                            && subject["namespace"].as_str().unwrap_or("").is_empty()
+                        {
+                            causes.push(Cause::required(at("namespace")));
+                        }
+                    }
+                    other => causes.push(Cause {
+                        reason: "FieldValueNotSupported",
+                        field: at("kind"),
+                        message: format!(
+                            "Unsupported value: {other:?}: supported values: \"ServiceAccount\", \"User\", \"Group\""
+                        ),
+                    }),
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Checks the object against its Kubernetes type (k8s-openapi): wrong types are a 400, and the
 /// fields the type does not know are returned (an error under `fieldValidation=Strict`).
 pub fn typecheck(info: &ResourceInfo, obj: &mut Value, prune: bool) -> Result<Vec<String>, String> {
@@ -712,7 +829,9 @@ pub fn typecheck(info: &ResourceInfo, obj: &mut Value, prune: bool) -> Result<Ve
             Ok(unknown_fields(obj, &back, "", prune))
         }};
     }
-    use k8s_openapi::api::{apps, autoscaling, batch, coordination, core, discovery, networking};
+    use k8s_openapi::api::{
+        apps, autoscaling, batch, coordination, core, discovery, networking, rbac,
+    };
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiext;
     match (info.group.as_str(), info.kind.as_str()) {
         ("", "Namespace") => check!(core::v1::Namespace),
@@ -737,6 +856,12 @@ pub fn typecheck(info: &ResourceInfo, obj: &mut Value, prune: bool) -> Result<Ve
         ("networking.k8s.io", "NetworkPolicy") => check!(networking::v1::NetworkPolicy),
         ("discovery.k8s.io", "EndpointSlice") => check!(discovery::v1::EndpointSlice),
         ("coordination.k8s.io", "Lease") => check!(coordination::v1::Lease),
+        ("rbac.authorization.k8s.io", "Role") => check!(rbac::v1::Role),
+        ("rbac.authorization.k8s.io", "ClusterRole") => check!(rbac::v1::ClusterRole),
+        ("rbac.authorization.k8s.io", "RoleBinding") => check!(rbac::v1::RoleBinding),
+        ("rbac.authorization.k8s.io", "ClusterRoleBinding") => {
+            check!(rbac::v1::ClusterRoleBinding)
+        }
         ("apiextensions.k8s.io", "CustomResourceDefinition") => {
             check!(apiext::CustomResourceDefinition)
         }

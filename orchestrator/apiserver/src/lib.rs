@@ -10,7 +10,8 @@
 //! - [`storage`]: objects in the store, resourceVersion = the key's revision.
 //! - [`discovery`], [`openapi`], [`table`] (with [`jsonpath`]): what kubectl needs to find,
 //!   validate and print.
-//! - [`auth`], [`pki`]: who may do what; the cluster CA and certificates.
+//! - [`auth`], [`rbac`], [`token`], [`pki`]: who may do what; service-account tokens; the
+//!   cluster CA and certificates.
 
 // ApiError carries a Status (message, causes): every handler returns it, and boxing it would
 // only add noise at each `?`.
@@ -19,6 +20,7 @@
 pub mod alloc;
 pub mod auth;
 pub mod discovery;
+pub mod events;
 pub mod handlers;
 pub mod jsonpath;
 pub mod kinds;
@@ -29,6 +31,7 @@ pub mod netpol;
 pub mod openapi;
 pub mod pki;
 pub mod protobuf;
+pub mod rbac;
 pub mod registry;
 pub mod request;
 pub mod schema;
@@ -36,5 +39,6 @@ pub mod server;
 pub mod status;
 pub mod storage;
 pub mod table;
+pub mod token;
 
 pub use server::{Config, Running, StoreSpec, start};

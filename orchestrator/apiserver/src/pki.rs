@@ -232,6 +232,11 @@ pub fn kubeconfig(server: &str, ca: &CertPair, user: &str, cert: &CertPair) -> S
     )
 }
 
+/// Writes a private key file (mode 0600).
+pub fn write_private(path: &Path, text: &str) -> Result<(), PkiError> {
+    write(path, text, true)
+}
+
 /// Writes a kubeconfig file (mode 0600).
 pub fn write_kubeconfig(path: &Path, text: &str) -> Result<(), PkiError> {
     write(path, text, true)

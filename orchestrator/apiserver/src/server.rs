@@ -48,6 +48,8 @@ pub enum ServerError {
     },
     #[error("{0}")]
     Api(#[from] ApiError),
+    #[error(transparent)]
+    Key(#[from] crate::token::KeyError),
 }
 
 /// Where the state is kept.
@@ -227,12 +229,16 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let api = Arc::new(Api::new(Storage::new(store), registry, alloc));
     refresh_crds(&api).await?;
     bootstrap(&api).await?;
+    crate::rbac::bootstrap::ensure(&api).await?;
+    crate::rbac::reload(&api).await?;
 
     let mut sans = config.sans.clone();
     if !config.listen.ip().is_unspecified() {
         sans.push(config.listen.ip().to_string());
     }
     let pki = Pki::ensure(&config.data_dir, &sans)?;
+    let signer = crate::token::Signer::ensure(&pki.dir)?;
+    let _ = api.tokens.set(signer);
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| ServerError::Io {
@@ -295,6 +301,10 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         stop_rx.clone(),
     )));
     tasks.push(tokio::spawn(follow_crds(api.clone(), stop_rx.clone())));
+    tasks.push(tokio::spawn(crate::rbac::follow(
+        api.clone(),
+        stop_rx.clone(),
+    )));
     tracing::info!(%addr, kubeconfig = %kubeconfig.display(), "API server listening");
     let store = api.storage.store().clone();
     Ok(Running {
@@ -441,7 +451,7 @@ async fn accept_tls(
                     .verify_client_cert(end, rest, UnixTime::now())
                     .ok()?;
                 let (name, groups) = pki::identity(end.as_ref())?;
-                Some(User { name, groups })
+                Some(User::authenticated(name, groups))
             });
             serve_connection(TokioIo::new(tls), shared, user).await;
         });
@@ -537,6 +547,14 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, user: Option<User>)
         header(hyper::header::CONTENT_TYPE),
     );
     let route = request::route(parts.method.as_str(), &path, watch);
+    // A client certificate wins; otherwise a bearer token (a service account's).
+    let user = match user {
+        Some(u) => Some(u),
+        None => match header(hyper::header::AUTHORIZATION).strip_prefix("Bearer ") {
+            Some(token) => crate::token::authenticate(&shared.api, token.trim()).await,
+            None => None,
+        },
+    };
     let (verb, resource) = match &route {
         Ok(Route::Resource(r)) => (r.verb.as_str().to_string(), r.resource.clone()),
         _ => (parts.method.as_str().to_lowercase(), path.clone()),
@@ -555,7 +573,18 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, user: Option<User>)
                 }
             };
             let user = user.unwrap_or_else(User::loopback_admin);
-            match dispatch(&shared, route, &query, &accept, &content_type, &body, &user).await {
+            let method = parts.method.as_str().to_lowercase();
+            let authorized = match &route {
+                Route::Resource(_) => Ok(()),
+                _ => crate::auth::authorize_path(&user, &method, &path, &shared.api),
+            };
+            let reply = match authorized {
+                Ok(()) => {
+                    dispatch(&shared, route, &query, &accept, &content_type, &body, &user).await
+                }
+                Err(e) => Err(e),
+            };
+            match reply {
                 Ok(Reply::Json {
                     code,
                     body,
@@ -638,16 +667,11 @@ async fn dispatch(
     let registry = &shared.api.registry;
     match route {
         Route::Version => Ok(Reply::ok(crate::discovery::version())),
-        Route::Metrics => {
-            if !user.is_admin() {
-                return Err(ApiError::forbidden(&user.name, "get", "/metrics"));
-            }
-            Ok(Reply::Raw {
-                code: 200,
-                body: shared.metrics.render().into_bytes(),
-                content_type: "text/plain; version=0.0.4",
-            })
-        }
+        Route::Metrics => Ok(Reply::Raw {
+            code: 200,
+            body: shared.metrics.render().into_bytes(),
+            content_type: "text/plain; version=0.0.4",
+        }),
         Route::CoreVersions => Ok(Reply::ok(crate::discovery::core_versions(
             &shared.server_address,
         ))),

@@ -110,6 +110,23 @@ impl ApiError {
         )
     }
 
+    /// A 403 with its message as given, and the resource in the details (as upstream's
+    /// `NewForbidden`).
+    pub fn forbidden_about(
+        message: String,
+        group: &str,
+        resource: &str,
+        name: Option<&str>,
+    ) -> ApiError {
+        let mut e = ApiError::new(403, "Forbidden", message);
+        if !resource.is_empty() {
+            e.group = Some(group.to_string());
+            e.kind = Some(resource.to_string());
+            e.name = name.map(String::from);
+        }
+        e
+    }
+
     /// `pods "web" not found`.
     pub fn not_found(group: &str, resource: &str, name: &str) -> ApiError {
         let what = qualified(group, resource);

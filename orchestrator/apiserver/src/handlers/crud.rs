@@ -416,6 +416,9 @@ impl Api {
         if !causes.is_empty() {
             return Err(ApiError::invalid(&info.group, &info.kind, &name, causes));
         }
+        if info.group == crate::rbac::GROUP && !info.custom {
+            crate::rbac::escalation::check(&self.rbac.current(), call.user, &info.kind, obj, old)?;
+        }
         Ok(warnings)
     }
 

@@ -96,6 +96,10 @@ pub struct Api {
     pub alloc: crate::alloc::Allocator,
     /// Wakes the namespace finalizer when a namespace starts terminating.
     pub namespace_deleted: tokio::sync::Notify,
+    /// The RBAC roles and bindings, as the authorizer reads them.
+    pub rbac: crate::rbac::RuleCache,
+    /// The service-account token key (set at start, once the PKI is loaded).
+    pub tokens: std::sync::OnceLock<crate::token::Signer>,
 }
 
 impl Api {
@@ -105,6 +109,8 @@ impl Api {
             registry,
             alloc,
             namespace_deleted: tokio::sync::Notify::new(),
+            rbac: Default::default(),
+            tokens: std::sync::OnceLock::new(),
         }
     }
 
@@ -131,19 +137,100 @@ impl Api {
                 return Err(ApiError::no_route(&format!("{}/{s}", info.plural)));
             }
         }
-        match (r.verb, sub) {
-            (Verb::Get, None | Some("status")) => self.get(&info, &call).await,
-            (Verb::List, None) => self.list(&info, &call).await,
-            (Verb::Watch, None) => self.watch(&info, &call).await,
-            (Verb::Create, None) => self.create(&info, &call).await,
-            (Verb::Update, None | Some("status")) => self.update(&info, &call).await,
-            (Verb::Patch, None | Some("status")) => self.patch(&info, &call).await,
-            (Verb::Delete, None) => self.delete(&info, &call).await,
-            (Verb::DeleteCollection, None) => self.delete_collection(&info, &call).await,
-            (Verb::Get | Verb::Update | Verb::Patch, Some("scale")) => {
-                self.scale(&info, &call).await
+        if info.group == "events.k8s.io" {
+            return self.events_v1(call).await;
+        }
+        let reply = self.serve(&info, &call).await;
+        // A change of a role or binding applies to the next request, not only once the watch
+        // that feeds the cache brings it.
+        if info.group == crate::rbac::GROUP
+            && !r.verb.is_read()
+            && reply.is_ok()
+            && !call.dry_run()
+            && let Err(e) = crate::rbac::reload(self).await
+        {
+            // The write stands; the watch that feeds the cache retries.
+            tracing::warn!(error = %e, "reloading RBAC rules after a write");
+        }
+        reply
+    }
+
+    /// events.k8s.io/v1, served by the core/v1 machinery over the same objects
+    /// ([`crate::events`]).
+    async fn events_v1(&self, call: Call<'_>) -> Result<Reply, ApiError> {
+        let core = self
+            .registry
+            .find("", "v1", "events")
+            .ok_or_else(|| ApiError::internal("events are not served"))?;
+        let mut req = call.req.clone();
+        req.group = String::new();
+        req.version = "v1".into();
+        let (body, content_type) = match req.verb {
+            Verb::Create | Verb::Update => {
+                let mut obj = parse_body(call.content_type, call.body)?;
+                crate::events::to_core(&mut obj);
+                (
+                    serde_json::to_vec(&obj).unwrap_or_default(),
+                    "application/json",
+                )
             }
-            (Verb::Create, Some("binding")) => self.binding(&info, &call).await,
+            Verb::Patch => {
+                let mut patch: Value = serde_json::from_slice(call.body)
+                    .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
+                if call.content_type.starts_with("application/json-patch+json") {
+                    crate::events::json_patch_to_core(&mut patch);
+                } else {
+                    crate::events::to_core(&mut patch);
+                }
+                (
+                    serde_json::to_vec(&patch).unwrap_or_default(),
+                    call.content_type,
+                )
+            }
+            _ => (call.body.to_vec(), call.content_type),
+        };
+        let core_call = Call {
+            req,
+            query: call.query,
+            accept: call.accept,
+            content_type,
+            body: &body,
+            user: call.user,
+        };
+        self.serve(&core, &core_call)
+            .await
+            .map(crate::events::reply_from_core)
+    }
+
+    async fn serve(&self, info: &ResourceInfo, call: &Call<'_>) -> Result<Reply, ApiError> {
+        let r = &call.req;
+        let sub = r.subresource.as_deref();
+        if info.group == "authorization.k8s.io" {
+            return match (r.verb, sub) {
+                (Verb::Create, None) => crate::rbac::review::create(self, info, call),
+                _ => Err(ApiError::method_not_allowed(r.verb.as_str(), &info.plural)),
+            };
+        }
+        match (r.verb, sub) {
+            (Verb::Get, None | Some("status")) => self.get(info, call).await,
+            (Verb::List, None) => self.list(info, call).await,
+            (Verb::Watch, None) => self.watch(info, call).await,
+            (Verb::Create, None) => self.create(info, call).await,
+            (Verb::Update, None | Some("status")) => self.update(info, call).await,
+            (Verb::Patch, None | Some("status")) => self.patch(info, call).await,
+            (Verb::Delete, None) => self.delete(info, call).await,
+            (Verb::DeleteCollection, None) => self.delete_collection(info, call).await,
+            (Verb::Get | Verb::Update | Verb::Patch, Some("scale")) => self.scale(info, call).await,
+            (Verb::Create, Some("binding")) => self.binding(info, call).await,
+            (Verb::Create, Some("token")) => {
+                let (ns, name) = (
+                    r.namespace.as_deref().unwrap_or("default"),
+                    r.name.as_deref().unwrap_or(""),
+                );
+                crate::token::request(self, ns, name, call.content_type, call.body)
+                    .await
+                    .map(Reply::created)
+            }
             (Verb::Get, Some("log")) => Err(ApiError::unavailable(
                 "pods/log is not served yet: logs come from the kubelet, which this cluster does not run yet",
             )),

@@ -513,6 +513,8 @@ impl Document {
                 }
                 // Streams text, not an API object; nothing kubectl looks up.
                 Subresource::Log => {}
+                // kubectl create token posts through its typed client, without OpenAPI.
+                Subresource::Token => {}
             }
         }
 

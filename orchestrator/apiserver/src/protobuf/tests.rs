@@ -499,13 +499,74 @@ fn what_the_table_does_not_know_is_refused_not_dropped() {
     );
 
     // A kind the table does not cover, an encoding, an embedded object that is not JSON.
-    let msg = unsupported(&envelope("rbac.authorization.k8s.io/v1", "Role", &[]));
-    assert!(msg.contains("rbac.authorization.k8s.io/v1 Role"), "{msg}");
+    let msg = unsupported(&envelope("storage.k8s.io/v1", "StorageClass", &[]));
+    assert!(msg.contains("storage.k8s.io/v1 StorageClass"), "{msg}");
     let mut gz = envelope("v1", "Namespace", &[]);
     gz.extend(s(3, "gzip"));
     unsupported(&gz);
     let revision = envelope("apps/v1", "ControllerRevision", &[m(2, &[s(1, "\u{1}x")])]);
     unsupported(&revision);
+}
+
+#[test]
+fn role_bindings_and_access_reviews_decode_as_kubectl_sends_them() {
+    use serde_json::json;
+    // kubectl create rolebinding viewers --clusterrole=view --user=viewer -n team
+    let binding = envelope(
+        "rbac.authorization.k8s.io/v1",
+        "RoleBinding",
+        &[
+            m(1, &[s(1, "viewers"), s(3, "team")]),
+            m(
+                2,
+                &[
+                    s(1, "User"),
+                    s(2, "rbac.authorization.k8s.io"),
+                    s(3, "viewer"),
+                ],
+            ),
+            m(
+                3,
+                &[
+                    s(1, "rbac.authorization.k8s.io"),
+                    s(2, "ClusterRole"),
+                    s(3, "view"),
+                ],
+            ),
+        ],
+    );
+    let v = decode(&binding).unwrap();
+    assert_eq!(
+        v["subjects"],
+        json!([{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": "viewer"}])
+    );
+    assert_eq!(
+        v["roleRef"],
+        json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"})
+    );
+    // kubectl create role pod-reader --verb=get,list --resource=pods
+    let role = envelope(
+        "rbac.authorization.k8s.io/v1",
+        "Role",
+        &[
+            m(1, &[s(1, "pod-reader")]),
+            m(2, &[s(1, "get"), s(1, "list"), s(2, ""), s(3, "pods")]),
+        ],
+    );
+    assert_eq!(
+        decode(&role).unwrap()["rules"],
+        json!([{"verbs": ["get", "list"], "apiGroups": [""], "resources": ["pods"]}])
+    );
+    // kubectl auth can-i delete pods -n team
+    let review = envelope(
+        "authorization.k8s.io/v1",
+        "SelfSubjectAccessReview",
+        &[m(2, &[m(1, &[s(1, "team"), s(2, "delete"), s(5, "pods")])])],
+    );
+    assert_eq!(
+        decode(&review).unwrap()["spec"],
+        json!({"resourceAttributes": {"namespace": "team", "verb": "delete", "resource": "pods"}})
+    );
 }
 
 #[test]

@@ -5,13 +5,14 @@
 //! the comments), so it is reported, not dropped.
 //!
 //! One file per API group: `meta`, `core`, `apps`, `batch`, `autoscaling`, and `small_groups`
-//! (authentication, policy, coordination).
+//! (authentication, policy, coordination), `rbac` (with authorization).
 
 mod apps;
 mod autoscaling;
 mod batch;
 mod core;
 mod meta;
+mod rbac;
 mod small_groups;
 
 use self::core::{
@@ -21,6 +22,10 @@ use apps::{CONTROLLER_REVISION, DEPLOYMENT};
 use autoscaling::{AS1_SCALE, AS2_HORIZONTAL_POD_AUTOSCALER};
 use batch::{CRON_JOB, JOB};
 use meta::DELETE_OPTIONS;
+use rbac::{
+    CLUSTER_ROLE, ROLE, ROLE_BINDING, SELF_SUBJECT_ACCESS_REVIEW, SELF_SUBJECT_RULES_REVIEW,
+    SUBJECT_ACCESS_REVIEW,
+};
 use small_groups::{EVICTION, LEASE, TOKEN_REQUEST};
 
 /// The type of a field's value.
@@ -160,6 +165,29 @@ static KINDS: &[(&str, &str, &Msg)] = &[
     ("authentication.k8s.io/v1", "TokenRequest", &TOKEN_REQUEST),
     ("policy/v1", "Eviction", &EVICTION),
     ("coordination.k8s.io/v1", "Lease", &LEASE),
+    ("rbac.authorization.k8s.io/v1", "Role", &ROLE),
+    ("rbac.authorization.k8s.io/v1", "ClusterRole", &CLUSTER_ROLE),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding", &ROLE_BINDING),
+    (
+        "rbac.authorization.k8s.io/v1",
+        "ClusterRoleBinding",
+        &ROLE_BINDING,
+    ),
+    (
+        "authorization.k8s.io/v1",
+        "SelfSubjectAccessReview",
+        &SELF_SUBJECT_ACCESS_REVIEW,
+    ),
+    (
+        "authorization.k8s.io/v1",
+        "SubjectAccessReview",
+        &SUBJECT_ACCESS_REVIEW,
+    ),
+    (
+        "authorization.k8s.io/v1",
+        "SelfSubjectRulesReview",
+        &SELF_SUBJECT_RULES_REVIEW,
+    ),
 ];
 
 /// The message of a top-level kind, if the table has it.
