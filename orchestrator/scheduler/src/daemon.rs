@@ -49,6 +49,14 @@ pub fn ours(pod: &Pod) -> bool {
         .is_none_or(|n| n.is_empty() || n == SCHEDULER_NAME)
 }
 
+/// A pod with scheduling gates waits until they are all removed (upstream's SchedulingGates).
+fn gated(pod: &Pod) -> bool {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.scheduling_gates.as_ref())
+        .is_some_and(|g| !g.is_empty())
+}
+
 fn finished(pod: &Pod) -> bool {
     matches!(
         pod.status.as_ref().and_then(|s| s.phase.as_deref()),
@@ -72,7 +80,7 @@ impl State {
         } else if bound(&pod) {
             self.queue.remove(&k);
             self.cache.set_bound_pod(pod);
-        } else if ours(&pod) && pod.metadata.deletion_timestamp.is_none() {
+        } else if ours(&pod) && pod.metadata.deletion_timestamp.is_none() && !gated(&pod) {
             // While its binding is in flight the pod is assumed: the watch still shows it
             // unbound, and it must not go back into the queue.
             if !self.cache.is_assumed(&k) {
@@ -441,5 +449,102 @@ pub async fn lead(l: Loop) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::filter::tests::{node, pod};
+    use serde_json::json;
+
+    #[test]
+    fn only_our_ungated_unbound_pods_are_queued() {
+        let mut s = State::default();
+        s.apply_pod(pod("mine", json!({})));
+        s.apply_pod(pod(
+            "named",
+            json!({"spec": {"schedulerName": "default-scheduler"}}),
+        ));
+        s.apply_pod(pod("theirs", json!({"spec": {"schedulerName": "other"}})));
+        s.apply_pod(pod(
+            "gated",
+            json!({"spec": {"schedulingGates": [{"name": "wait"}]}}),
+        ));
+        s.apply_pod(pod("done", json!({"status": {"phase": "Succeeded"}})));
+        assert!(s.queue.contains("default/mine") && s.queue.contains("default/named"));
+        assert!(!s.queue.contains("default/theirs") && !s.queue.contains("default/gated"));
+        assert!(!s.queue.contains("default/done"));
+        // The gate removed: queued.
+        s.apply_pod(pod("gated", json!({})));
+        assert!(s.queue.contains("default/gated"));
+    }
+
+    #[test]
+    fn an_assumed_pod_is_not_requeued_and_its_binding_confirms_it() {
+        let mut s = State::default();
+        s.apply_node(node("n1", json!({})));
+        let p = pod("p", json!({}));
+        s.apply_pod(p.clone());
+        let a = s.queue.pop().unwrap();
+        s.cache.assume(&a.pod, "n1");
+        s.apply_pod(p.clone()); // an unrelated update while the binding is in flight
+        assert_eq!(s.queue.lengths(), (0, 0, 0));
+        assert!(s.queue.contains("default/p"), "still in flight");
+        s.apply_pod(pod("p", json!({"spec": {"nodeName": "n1"}})));
+        assert!(!s.queue.contains("default/p") && !s.cache.is_assumed("default/p"));
+    }
+
+    #[test]
+    fn a_deleted_bound_pod_and_a_new_node_wake_unschedulable_pods() {
+        let mut s = State::default();
+        s.apply_node(node("n1", json!({})));
+        s.apply_pod(pod("old", json!({"spec": {"nodeName": "n1"}})));
+        s.apply_pod(pod("p", json!({})));
+        let a = s.queue.pop().unwrap();
+        s.queue.unschedulable("default/p", a.cycle);
+        // A node update that changes nothing scheduling reads leaves it waiting.
+        s.apply_node(node("n1", json!({})));
+        assert_eq!(s.queue.lengths(), (0, 0, 1));
+        s.delete_pod("default/old");
+        assert_eq!(s.queue.lengths().2, 0);
+        let a = s.queue.pop().or_else(|| {
+            std::thread::sleep(crate::queue::INITIAL_BACKOFF);
+            s.queue.pop()
+        });
+        let a = a.unwrap();
+        s.queue.unschedulable("default/p", a.cycle);
+        s.apply_node(node("n2", json!({})));
+        assert_eq!(s.queue.lengths().2, 0);
+    }
+
+    #[test]
+    fn decide_picks_a_feasible_node_or_says_why_none() {
+        let mut s = State::default();
+        s.apply_node(node(
+            "small",
+            json!({"status": {"allocatable": {"cpu": "1", "memory": "1Gi", "pods": "110"}}}),
+        ));
+        s.apply_node(node("big", json!({})));
+        let p = pod(
+            "p",
+            json!({"spec": {"containers": [{"name": "c", "resources": {"requests": {"cpu": "2"}}}]}}),
+        );
+        for seed in 0..20 {
+            assert!(matches!(decide(&p, &s.cache, seed), Decision::Node(n) if n == "big"));
+        }
+        let huge = pod(
+            "h",
+            json!({"spec": {"containers": [{"name": "c", "resources": {"requests": {"cpu": "64"}}}]}}),
+        );
+        let Decision::Unschedulable(d) = decide(&huge, &s.cache, 1) else {
+            panic!("fits nowhere")
+        };
+        assert!(
+            d.message()
+                .starts_with("0/2 nodes are available: 2 Insufficient cpu."),
+            "{}",
+            d.message()
+        );
     }
 }
