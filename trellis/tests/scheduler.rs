@@ -415,7 +415,6 @@ async fn holder(c: &Cluster) -> Option<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs trellis_api::cluster::leader (lands on main next)"]
 async fn killing_the_leader_hands_over_to_the_standby_and_no_pod_is_bound_twice() {
     let mut c = Cluster::start().await;
     for i in 0..4 {

@@ -121,17 +121,34 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
     result
 }
 
-/// Runs the loop, under leader election when asked.
+/// Runs the loop, under leader election when asked: only while this candidate holds the Lease
+/// `kube-system/kube-scheduler`. Every write the loop makes lives in its future, which the
+/// election drops when a renewal misses the renew deadline (before the lease can pass on).
 async fn leading(
     config: &Config,
-    _client: kube::Client,
+    client: kube::Client,
     stop: impl std::future::Future<Output = ()>,
     lp: daemon::Loop,
 ) -> Result<(), Error> {
-    let _ = (config.leader_elect, &config.identity);
-    tokio::select! {
-        _ = stop => {}
-        _ = daemon::lead(lp) => {}
+    if !config.leader_elect {
+        tokio::select! {
+            _ = stop => {}
+            _ = daemon::lead(lp) => {}
+        }
+        return Ok(());
     }
-    Ok(())
+    let identity = config
+        .identity
+        .clone()
+        .unwrap_or_else(trellis_api::cluster::leader::default_identity);
+    let mut election =
+        trellis_api::cluster::leader::LeaderElection::new("kube-scheduler", &identity);
+    election.lease_duration = config.lease_duration;
+    election.renew_deadline = config.renew_deadline;
+    election.retry_period = config.retry_period;
+    tracing::info!(%identity, "waiting to lead (Lease kube-system/kube-scheduler)");
+    election
+        .run(client, stop, move || daemon::lead(lp))
+        .await
+        .map_err(|e| Error::Leader(e.to_string()))
 }
