@@ -55,6 +55,9 @@ pub struct Queue {
     next_seq: u64,
     /// Bumped by every cluster change that moves unschedulable pods.
     move_cycle: u64,
+    /// When unschedulable pods were last checked for waiting too long (once a second at most:
+    /// the check walks every pending pod).
+    last_stale_scan: Option<Instant>,
 }
 
 fn priority(pod: &Pod) -> i32 {
@@ -183,6 +186,13 @@ impl Queue {
                 self.make_active(&k);
             }
         }
+        if self
+            .last_stale_scan
+            .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.last_stale_scan = Some(now);
         let stale: Vec<String> = self
             .entries
             .iter()
