@@ -70,8 +70,23 @@ async fn api_metrics(client: &kube::Client) -> BTreeMap<(String, String), (f64, 
     out
 }
 
+/// User + system CPU seconds a process has used so far.
+fn cpu_secs(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at ") ".
+    let rest = s.rsplit_once(") ").map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name and state.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn child() {
     let kubeconfig = std::env::var(CHILD).unwrap();
+    let parallelism = std::env::var("TRELLIS_SCHED_BENCH_PARALLELISM")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(16);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -80,6 +95,7 @@ fn child() {
         let config = trellis_scheduler::Config {
             kubeconfig: Some(kubeconfig.into()),
             leader_elect: false,
+            parallelism,
             ..Default::default()
         };
         trellis_scheduler::run(config, std::future::pending())
@@ -93,12 +109,13 @@ fn main() {
         return child();
     }
     let nodes = arg("--nodes", 100);
+    let parallelism = arg("--parallelism", 16);
     let pods = arg("--pods", 5000);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(run(nodes, pods));
+    rt.block_on(run(nodes, pods, parallelism));
 }
 
 fn pod(name: &str) -> Pod {
@@ -126,7 +143,7 @@ async fn create_pods(client: &kube::Client, ns: &str, prefix: &str, n: usize) {
         .await;
 }
 
-async fn run(n_nodes: usize, n_pods: usize) {
+async fn run(n_nodes: usize, n_pods: usize, parallelism: usize) {
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
     let server = trellis_apiserver::start(trellis_apiserver::Config::new(
         dir.path().join("server"),
@@ -181,10 +198,12 @@ async fn run(n_nodes: usize, n_pods: usize) {
     let started = Instant::now();
     let mut sched = std::process::Command::new(std::env::current_exe().unwrap())
         .env(CHILD, &server.kubeconfig)
+        .env("TRELLIS_SCHED_BENCH_PARALLELISM", parallelism.to_string())
         .env("RUST_LOG", "warn")
         .spawn()
         .unwrap();
     let pid = sched.id();
+    let server_cpu0 = cpu_secs(std::process::id());
     let mut bound = 0usize;
     let mut first: Option<Duration> = None;
     let deadline = started + Duration::from_secs(280);
@@ -218,6 +237,8 @@ async fn run(n_nodes: usize, n_pods: usize) {
     let rss = rss_kib(pid, "VmRSS:");
     let hwm = rss_kib(pid, "VmHWM:");
     let server_rss = rss_kib(std::process::id(), "VmRSS:");
+    let sched_cpu = cpu_secs(pid);
+    let server_cpu = cpu_secs(std::process::id()) - server_cpu0;
     let after = api_metrics(&client).await;
     // Let the scheduler's background events finish before it is stopped.
     let _ = sched.kill();
@@ -249,6 +270,10 @@ async fn run(n_nodes: usize, n_pods: usize) {
         hwm / 1024,
         server_rss / 1024
     );
+    println!(
+        "  CPU used during the run: scheduler {sched_cpu:.1} s, this process (API server + watch) {server_cpu:.1} s, over {:.1} s wall ({parallelism} bindings in flight)",
+        total.as_secs_f64()
+    );
     println!("  API server requests during the run (count, mean latency):");
     for ((verb, res), (count, sum)) in &after {
         let (c0, s0) = before
@@ -264,28 +289,47 @@ async fn run(n_nodes: usize, n_pods: usize) {
         }
     }
 
-    // The API server alone: the same bindings with no scheduler, 16 in flight.
-    create_pods(&client, "kube-public", "raw", n_pods.min(2000)).await;
-    let raw_api: Api<Pod> = Api::namespaced(client.clone(), "kube-public");
+    // The API server alone: the same bindings with no scheduler, 16 in flight; then again with
+    // one watch of those pods open (what the scheduler's watch costs the server).
     let n_raw = n_pods.min(2000);
-    let t = Instant::now();
-    futures::stream::iter(0..n_raw)
-        .map(|i| {
+    for (ns, watched) in [("kube-public", false), ("kube-node-lease", true)] {
+        create_pods(&client, ns, "raw", n_raw).await;
+        let raw_api: Api<Pod> = Api::namespaced(client.clone(), ns);
+        let watcher = watched.then(|| {
             let api = raw_api.clone();
-            async move {
-                let name = format!("raw-{i}");
-                let b = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name},
-                    "target": {"apiVersion": "v1", "kind": "Node", "name": format!("kwok-{:03}", i % n_nodes)}});
-                api.create_subresource::<_, serde_json::Value>("binding", &name, &PostParams::default(), &b).await.unwrap();
-            }
-        })
-        .buffer_unordered(16)
-        .collect::<Vec<_>>()
-        .await;
-    let raw = t.elapsed();
-    println!(
-        "  API server alone, {n_raw} bindings 16 in flight, no scheduler: {raw:?} → {:.0} bindings/s",
-        n_raw as f64 / raw.as_secs_f64()
-    );
+            tokio::spawn(async move {
+                let s = kube::runtime::watcher(api, Default::default());
+                futures::pin_mut!(s);
+                while s.next().await.is_some() {}
+            })
+        });
+        let t = Instant::now();
+        futures::stream::iter(0..n_raw)
+            .map(|i| {
+                let api = raw_api.clone();
+                async move {
+                    let name = format!("raw-{i}");
+                    let b = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name},
+                        "target": {"apiVersion": "v1", "kind": "Node", "name": format!("kwok-{:03}", i % n_nodes)}});
+                    api.create_subresource::<_, serde_json::Value>("binding", &name, &PostParams::default(), &b).await.unwrap();
+                }
+            })
+            .buffer_unordered(16)
+            .collect::<Vec<_>>()
+            .await;
+        let raw = t.elapsed();
+        if let Some(w) = watcher {
+            w.abort();
+        }
+        println!(
+            "  API server alone, {n_raw} bindings 16 in flight, no scheduler{}: {raw:?} → {:.0} bindings/s",
+            if watched {
+                ", one watch of the pods open"
+            } else {
+                ""
+            },
+            n_raw as f64 / raw.as_secs_f64()
+        );
+    }
     server.shutdown().await;
 }
