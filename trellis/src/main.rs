@@ -18,6 +18,7 @@ mod policy_explain;
 mod policy_gate;
 mod policyd;
 mod proxy;
+mod scheduler;
 
 #[derive(Parser)]
 #[command(
@@ -56,6 +57,8 @@ enum Command {
     Proxy(proxy::Args),
     /// Cluster DNS: Services, endpoints and pods by name; other names forwarded with a cache.
     Dns(dns::Args),
+    /// The scheduler: pending pods filtered and scored onto nodes, bound through pods/binding.
+    Scheduler(scheduler::Args),
 }
 
 #[derive(clap::Args)]
@@ -137,6 +140,7 @@ async fn async_main() -> anyhow::Result<()> {
         Command::Kubelet(args) => kubelet::run(args).await,
         Command::Certs(args) => certs::run(args),
         Command::Proxy(args) => proxy::run(args).await,
+        Command::Scheduler(args) => scheduler::run(args).await,
         Command::Dns(args) => dns::run(args).await,
     }
 }

@@ -37,12 +37,24 @@ fn row_to_kv(r: &rusqlite::Row<'_>) -> rusqlite::Result<KeyValue> {
     })
 }
 
+/// The upper bound of a key range as SQL on parameter ?2. Written out only when there is one:
+/// SQLite cannot bound an index search by `(?2 IS NULL OR key < ?2)`, so every read — a get of
+/// one key too — scanned from its key to the end of the table.
+fn upper(column: &str, bounded: bool) -> String {
+    if bounded {
+        format!("{column} < ?2")
+    } else {
+        "?2 IS NULL".to_string()
+    }
+}
+
 /// Current keys of a range (for a transaction's delete, inside the write transaction).
 pub(crate) fn current_range(conn: &Connection, range: &KeyRange) -> Result<Vec<KeyValue>> {
     let (start, end) = range.bounds();
-    let mut stmt = conn.prepare_cached(
-        "SELECT key, value, create_rev, mod_rev, version FROM kv WHERE key >= ?1 AND (?2 IS NULL OR key < ?2) ORDER BY key",
-    )?;
+    let below = upper("key", end.is_some());
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT key, value, create_rev, mod_rev, version FROM kv WHERE key >= ?1 AND {below} ORDER BY key"
+    ))?;
     let rows = stmt.query_map(params![start, end], row_to_kv)?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
@@ -71,24 +83,26 @@ pub(crate) fn range(conn: &Connection, req: &RangeRequest) -> Result<RangeRespon
         req.limit as i64 + 1
     };
     let value = if req.keys_only { "x''" } else { "value" };
+    let below = upper("key", end.is_some());
+    let below_l = upper("l.key", end.is_some());
     let (rows_sql, count_sql) = if at == current {
         (
             format!(
                 "SELECT key, {value}, create_rev, mod_rev, version FROM kv
-                 WHERE key >= ?1 AND (?2 IS NULL OR key < ?2) ORDER BY key LIMIT ?3"
+                 WHERE key >= ?1 AND {below} ORDER BY key LIMIT ?3"
             ),
-            "SELECT count(*) FROM kv WHERE key >= ?1 AND (?2 IS NULL OR key < ?2)".to_string(),
+            format!("SELECT count(*) FROM kv WHERE key >= ?1 AND {below}"),
         )
     } else {
         let latest = "l.rev = (SELECT max(rev) FROM log m WHERE m.key = l.key AND m.rev <= ?4) AND l.deleted = 0";
         (
             format!(
                 "SELECT l.key, l.{value}, l.create_rev, l.rev, l.version FROM log l
-                 WHERE l.key >= ?1 AND (?2 IS NULL OR l.key < ?2) AND l.rev <= ?4 AND {latest}
+                 WHERE l.key >= ?1 AND {below_l} AND l.rev <= ?4 AND {latest}
                  ORDER BY l.key LIMIT ?3"
             ),
             format!(
-                "SELECT count(*) FROM log l WHERE l.key >= ?1 AND (?2 IS NULL OR l.key < ?2) AND l.rev <= ?4 AND {latest}"
+                "SELECT count(*) FROM log l WHERE l.key >= ?1 AND {below_l} AND l.rev <= ?4 AND {latest}"
             ),
         )
     };
@@ -133,7 +147,7 @@ pub(crate) fn changes(
     let (start, end) = range.bounds();
     let mut stmt = conn.prepare_cached(
         "SELECT rev, key, deleted, value, create_rev, version FROM log
-         WHERE rev >= ?1 AND rev <= ?2 AND key >= ?3 AND (?4 IS NULL OR key < ?4) ORDER BY rev, seq",
+         WHERE rev >= ?1 AND rev <= ?2 AND +key >= ?3 AND (?4 IS NULL OR +key < ?4) ORDER BY rev, seq",
     )?;
     let rows = stmt.query_map(params![from, to, start, end], |r| {
         Ok((
