@@ -386,3 +386,7 @@ pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
 }
+
+/// kubectl runs, shared with the API server's tests.
+#[path = "../../../apiserver/tests/support/kubectl.rs"]
+pub mod kubectl;
