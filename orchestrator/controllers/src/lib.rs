@@ -58,9 +58,11 @@ pub struct Config {
     pub node_monitor_grace_period: Duration,
     /// How often node health is checked.
     pub node_monitor_period: Duration,
-    /// The API server's address for the `kubernetes` Service's endpoints (None: the
+    /// The API servers' addresses: the `kubernetes` Service's endpoints (empty: the
     /// `kubernetes-service` controller does nothing).
-    pub apiserver_address: Option<SocketAddr>,
+    pub apiserver_addresses: Vec<SocketAddr>,
+    /// The `kubernetes` Service's cluster IP (the service range's first address).
+    pub kubernetes_service_ip: std::net::Ipv4Addr,
     /// Run only while holding the `kube-controller-manager` Lease.
     pub leader_elect: bool,
     /// This candidate's identity in the Lease.
@@ -78,7 +80,8 @@ impl Default for Config {
             workers: 5,
             node_monitor_grace_period: Duration::from_secs(50),
             node_monitor_period: Duration::from_secs(5),
-            apiserver_address: None,
+            apiserver_addresses: Vec::new(),
+            kubernetes_service_ip: std::net::Ipv4Addr::new(10, 96, 0, 1),
             leader_elect: true,
             identity: None,
             leader_timers: (

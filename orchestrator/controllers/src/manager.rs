@@ -3,13 +3,14 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{Pod, ReplicationController};
+use k8s_openapi::api::core::v1::{Pod, ReplicationController, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use tokio::sync::watch;
 use trellis_daemon::{Health, Metrics};
 
 use crate::informer::Informer;
-use crate::{ALL, Config, Ctx, Error, deployment, replicaset, spawn_workers};
+use crate::{ALL, Config, Ctx, Error, deployment, endpointslice, replicaset, spawn_workers};
 
 /// Runs the controllers `config` names until `stop` resolves (no leader election: the
 /// caller decides when this instance may act).
@@ -34,6 +35,10 @@ pub async fn run_controllers(
     let rss: Informer<ReplicaSet> = Informer::new();
     let rcs: Informer<ReplicationController> = Informer::new();
     let deps: Informer<Deployment> = Informer::new();
+    let services: Informer<Service> = Informer::new();
+    let slices: Informer<EndpointSlice> = Informer::new();
+    let mut svc_handlers = Vec::new();
+    let mut slice_handlers = Vec::new();
     let mut pod_handlers = Vec::new();
     let mut rs_handlers = Vec::new();
     let mut rc_handlers = Vec::new();
@@ -99,7 +104,47 @@ pub async fn run_controllers(
         ));
     }
 
+    if config.runs("endpointslice") || config.runs("endpoints") {
+        let mut c = endpointslice::Controller::new(
+            ctx.clone(),
+            services.clone(),
+            pods.clone(),
+            slices.clone(),
+        );
+        c.slices_on = config.runs("endpointslice");
+        c.endpoints_on = config.runs("endpoints");
+        svc_handlers.push(c.service_handler());
+        slice_handlers.push(c.slice_handler());
+        pod_handlers.push(c.pod_handler());
+        queues.push(c.queue.clone());
+        let cc = c.clone();
+        tasks.extend(spawn_workers(
+            "endpointslice",
+            c.queue.clone(),
+            w,
+            metrics.clone(),
+            move |k| {
+                let cc = cc.clone();
+                async move { cc.sync(&k).await }
+            },
+        ));
+    }
+    if config.runs("kubernetes-service") && !config.apiserver_addresses.is_empty() {
+        tasks.push(tokio::spawn(endpointslice::kubernetes_service(
+            ctx.clone(),
+            config.apiserver_addresses.clone(),
+            config.kubernetes_service_ip,
+            std::time::Duration::from_secs(10),
+        )));
+    }
+
     // Start the watches that someone reads.
+    if !svc_handlers.is_empty() {
+        services.start(Api::all(client.clone()), svc_handlers, stop_rx.clone());
+    }
+    if !slice_handlers.is_empty() {
+        slices.start(Api::all(client.clone()), slice_handlers, stop_rx.clone());
+    }
     if !pod_handlers.is_empty() {
         pods.start(Api::all(client.clone()), pod_handlers, stop_rx.clone());
     }
