@@ -44,6 +44,19 @@ pub const ALL: &[&str] = &[
     "kubernetes-service",
 ];
 
+/// The controllers run unless `--controllers` says otherwise: all but
+/// ReplicationController, which our API server does not serve (the controller works against
+/// servers that do).
+pub const DEFAULT: &[&str] = &[
+    "replicaset",
+    "deployment",
+    "endpointslice",
+    "endpoints",
+    "garbagecollector",
+    "nodelifecycle",
+    "kubernetes-service",
+];
+
 /// How the controller-manager runs.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -76,7 +89,7 @@ impl Default for Config {
         Config {
             kubeconfig: None,
             listen: None,
-            controllers: ALL.iter().map(|s| s.to_string()).collect(),
+            controllers: DEFAULT.iter().map(|s| s.to_string()).collect(),
             workers: 5,
             node_monitor_grace_period: Duration::from_secs(50),
             node_monitor_period: Duration::from_secs(5),

@@ -138,6 +138,10 @@ pub async fn run_controllers(
         )));
     }
 
+    if config.runs("garbagecollector") {
+        tasks.push(tokio::spawn(crate::gc::run(ctx.clone(), stop_rx.clone())));
+    }
+
     // Start the watches that someone reads.
     if !svc_handlers.is_empty() {
         services.start(Api::all(client.clone()), svc_handlers, stop_rx.clone());
