@@ -150,6 +150,7 @@ pub async fn run(ctx: Ctx, mut stop: watch::Receiver<bool>) {
     let changed = Arc::new(Notify::new());
     let mut stores: Vec<Store<DynamicObject>> = Vec::new();
     let mut synced: Vec<watch::Receiver<bool>> = Vec::new();
+    let mut watches = AbortOnDrop(Vec::new());
     for i in 0..KINDS.len() {
         let (ar, _) = resource(i);
         let writer = reflector::store::Writer::new(ar.clone());
@@ -161,7 +162,7 @@ pub async fn run(ctx: Ctx, mut stop: watch::Receiver<bool>) {
             .default_backoff();
         let changed = changed.clone();
         let mut stop = stop.clone();
-        tokio::spawn(async move {
+        watches.0.push(tokio::spawn(async move {
             futures::pin_mut!(stream);
             loop {
                 let ev = tokio::select! {
@@ -178,7 +179,7 @@ pub async fn run(ctx: Ctx, mut stop: watch::Receiver<bool>) {
                     None => break,
                 }
             }
-        });
+        }));
     }
     // Every kind listed once (bounded: a kind the server does not serve must not stop us;
     // owners missing from the caches are looked up live anyway).
@@ -215,6 +216,17 @@ pub async fn run(ctx: Ctx, mut stop: watch::Receiver<bool>) {
         tokio::select! {
             _ = stop.wait_for(|s| *s) => break,
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+}
+
+/// Watch tasks that end with the collector (dropped when leadership is lost).
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
         }
     }
 }

@@ -82,18 +82,20 @@ where
 
     /// Starts the watch (once); `handlers` see every change after the cache has it. The
     /// task ends when `stop` turns true.
-    pub fn start(&self, api: Api<K>, handlers: Vec<Handler<K>>, mut stop: watch::Receiver<bool>) {
-        let Some((writer, tx)) = self
+    pub fn start(
+        &self,
+        api: Api<K>,
+        handlers: Vec<Handler<K>>,
+        mut stop: watch::Receiver<bool>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let (writer, tx) = self
             .pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .take()
-        else {
-            return;
-        };
+            .take()?;
         let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
             .default_backoff();
-        tokio::spawn(async move {
+        Some(tokio::spawn(async move {
             futures::pin_mut!(stream);
             loop {
                 let ev = tokio::select! {
@@ -127,7 +129,7 @@ where
                     }
                 }
             }
-        });
+        }))
     }
 
     /// Waits for the first complete list.

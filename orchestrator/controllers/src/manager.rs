@@ -3,10 +3,12 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{Pod, ReplicationController, Service};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Pod, ReplicationController, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use tokio::sync::watch;
+use trellis_api::cluster::leader::LeaderElection;
 use trellis_daemon::{Health, Metrics};
 
 use crate::informer::Informer;
@@ -138,42 +140,83 @@ pub async fn run_controllers(
         )));
     }
 
+    if config.runs("nodelifecycle") {
+        let nodes: Informer<Node> = Informer::new();
+        let leases: Informer<Lease> = Informer::new();
+        tasks.extend(nodes.start(Api::all(client.clone()), Vec::new(), stop_rx.clone()));
+        tasks.extend(leases.start(
+            Api::namespaced(client.clone(), "kube-node-lease"),
+            Vec::new(),
+            stop_rx.clone(),
+        ));
+        // The pod cache is needed for evictions even when no other controller reads it.
+        pod_handlers.push(crate::informer::handler(|_| {}));
+        tasks.push(tokio::spawn(crate::nodelifecycle::run(
+            ctx.clone(),
+            nodes,
+            leases,
+            pods.clone(),
+            crate::nodelifecycle::Settings {
+                grace: config.node_monitor_grace_period,
+                period: config.node_monitor_period,
+            },
+            stop_rx.clone(),
+        )));
+    }
     if config.runs("garbagecollector") {
         tasks.push(tokio::spawn(crate::gc::run(ctx.clone(), stop_rx.clone())));
     }
 
     // Start the watches that someone reads.
     if !svc_handlers.is_empty() {
-        services.start(Api::all(client.clone()), svc_handlers, stop_rx.clone());
+        tasks.extend(services.start(Api::all(client.clone()), svc_handlers, stop_rx.clone()));
     }
     if !slice_handlers.is_empty() {
-        slices.start(Api::all(client.clone()), slice_handlers, stop_rx.clone());
+        tasks.extend(slices.start(Api::all(client.clone()), slice_handlers, stop_rx.clone()));
     }
     if !pod_handlers.is_empty() {
-        pods.start(Api::all(client.clone()), pod_handlers, stop_rx.clone());
+        tasks.extend(pods.start(Api::all(client.clone()), pod_handlers, stop_rx.clone()));
     }
     if !rs_handlers.is_empty() {
-        rss.start(Api::all(client.clone()), rs_handlers, stop_rx.clone());
+        tasks.extend(rss.start(Api::all(client.clone()), rs_handlers, stop_rx.clone()));
     }
     if !rc_handlers.is_empty() {
-        rcs.start(Api::all(client.clone()), rc_handlers, stop_rx.clone());
+        tasks.extend(rcs.start(Api::all(client.clone()), rc_handlers, stop_rx.clone()));
     }
     if !dep_handlers.is_empty() {
-        deps.start(Api::all(client.clone()), dep_handlers, stop_rx.clone());
+        tasks.extend(deps.start(Api::all(client.clone()), dep_handlers, stop_rx.clone()));
     }
+    // From here on, dropping this future (leadership lost) stops every task at once.
+    let guard = Running {
+        tasks,
+        queues,
+        stop: stop_tx,
+    };
     health.set_ready();
     tracing::info!(controllers = ?config.controllers, "controllers running");
     stop.await;
     tracing::info!("stopping controllers");
-    let _ = stop_tx.send(true);
-    for q in queues {
-        q.shut_down();
-    }
-    for t in tasks {
-        t.abort();
-        let _ = t.await;
-    }
+    drop(guard);
     Ok(())
+}
+
+/// The controllers' tasks: stopped when this is dropped, however that happens.
+struct Running {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    queues: Vec<crate::WorkQueue>,
+    stop: watch::Sender<bool>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        for q in &self.queues {
+            q.shut_down();
+        }
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
 }
 
 /// Runs the controller-manager until `stop` resolves: health and metrics, then the
@@ -194,7 +237,45 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
         .map_err(|source| Error::Listen { addr, source })?;
         tracing::info!(%bound, "health and metrics");
     }
-    let r = run_controllers(&config, client, metrics, health, stop).await;
+    let r = if config.leader_elect {
+        let identity = config
+            .identity
+            .clone()
+            .unwrap_or_else(trellis_api::cluster::leader::default_identity);
+        let mut le = LeaderElection::new("kube-controller-manager", &identity);
+        (le.lease_duration, le.renew_deadline, le.retry_period) = config.leader_timers;
+        let leading = metrics.clone();
+        let result = le
+            .run(client.clone(), stop, || async move {
+                leading.set(
+                    "trellis_controller_manager_leader",
+                    "1 while this instance leads (holds the kube-controller-manager Lease).",
+                    &[],
+                    1.0,
+                );
+                let r = run_controllers(
+                    &config,
+                    client,
+                    leading.clone(),
+                    health,
+                    std::future::pending::<()>(),
+                )
+                .await;
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "the controllers stopped");
+                }
+            })
+            .await;
+        metrics.set(
+            "trellis_controller_manager_leader",
+            "1 while this instance leads (holds the kube-controller-manager Lease).",
+            &[],
+            0.0,
+        );
+        result.map_err(|e| Error::Leader(e.to_string()))
+    } else {
+        run_controllers(&config, client, metrics, health, stop).await
+    };
     let _ = stop_http_tx.send(());
     r
 }

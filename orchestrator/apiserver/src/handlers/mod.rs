@@ -96,6 +96,9 @@ pub struct Api {
     pub alloc: crate::alloc::Allocator,
     /// Wakes the namespace finalizer when a namespace starts terminating.
     pub namespace_deleted: tokio::sync::Notify,
+    /// tolerationSeconds of the not-ready and unreachable NoExecute tolerations new pods get
+    /// (upstream's DefaultTolerationSeconds admission plugin; 300 s each by default).
+    pub default_toleration_seconds: (i64, i64),
 }
 
 impl Api {
@@ -105,6 +108,7 @@ impl Api {
             registry,
             alloc,
             namespace_deleted: tokio::sync::Notify::new(),
+            default_toleration_seconds: (300, 300),
         }
     }
 

@@ -26,8 +26,13 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start() -> TestServer {
+        TestServer::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
-        let config = Config::new(dir.path(), "127.0.0.1:0".parse().unwrap());
+        let mut config = Config::new(dir.path(), "127.0.0.1:0".parse().unwrap());
+        adjust(&mut config);
         let running = trellis_apiserver::start(config)
             .await
             .expect("the API server starts");
@@ -60,6 +65,11 @@ impl Manager {
         client: kube::Client,
         adjust: impl FnOnce(&mut trellis_controllers::Config),
     ) -> Manager {
+        // RUST_LOG=info shows the controllers' logs in a failing test's output.
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .try_init();
         let mut config = trellis_controllers::Config {
             leader_elect: false,
             workers: 2,
@@ -131,6 +141,12 @@ impl FakeNodes {
             .unwrap();
             node_api
                 .create(&PostParams::default(), &node)
+                .await
+                .unwrap();
+            // The status as a kubelet posts it (create drops status).
+            let status = json!({"status": node.status});
+            node_api
+                .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
                 .await
                 .unwrap();
         }
