@@ -242,6 +242,12 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
             .identity
             .clone()
             .unwrap_or_else(trellis_api::cluster::leader::default_identity);
+        metrics.set(
+            "trellis_controller_manager_leader",
+            "1 while this instance leads (holds the kube-controller-manager Lease).",
+            &[],
+            0.0,
+        );
         let mut le = LeaderElection::new("kube-controller-manager", &identity);
         (le.lease_duration, le.renew_deadline, le.retry_period) = config.leader_timers;
         let leading = metrics.clone();
