@@ -274,6 +274,9 @@ impl Controller {
     }
 
     pub async fn sync(&self, key: &str) -> Result<Option<Duration>, SyncError> {
+        // Only from complete caches (a missing ReplicaSet would be created again).
+        self.deployments.wait_synced().await;
+        self.sets.wait_synced().await;
         let Some(d) = self.deployments.get(key) else {
             return Ok(None);
         };

@@ -349,6 +349,10 @@ impl Controller {
     }
 
     pub async fn sync(&self, key: &str) -> Result<Option<Duration>, SyncError> {
+        // Only from complete caches (a missing slice would be created again).
+        self.services.wait_synced().await;
+        self.pods.wait_synced().await;
+        self.slices.wait_synced().await;
         let (Some(ns), name) = owner::split_key(key) else {
             return Ok(None);
         };

@@ -206,7 +206,10 @@ pub async fn run(ctx: Ctx, mut stop: watch::Receiver<bool>) {
         acted: HashMap::new(),
     };
     loop {
-        gc.scan(&stores).await;
+        // An owner's finalizer goes only when every kind's cache is complete: a dependent
+        // not listed yet must not look absent.
+        let complete = synced.iter().all(|rx| *rx.borrow());
+        gc.scan(&stores, complete).await;
         tokio::select! {
             _ = stop.wait_for(|s| *s) => break,
             _ = changed.notified() => {}
@@ -256,7 +259,7 @@ impl Collector {
         self.acted.insert(uid.to_string(), Instant::now());
     }
 
-    async fn scan(&mut self, stores: &[Store<DynamicObject>]) {
+    async fn scan(&mut self, stores: &[Store<DynamicObject>], complete: bool) {
         self.acted
             .retain(|_, t| t.elapsed() < Duration::from_secs(60));
         let mut by_uid: HashMap<String, Obj> = HashMap::new();
@@ -287,6 +290,9 @@ impl Collector {
             let Some(o) = by_uid.get(&uid) else { continue };
             let fins = o.obj.finalizers().to_vec();
             let deps = dependents.get(&uid).cloned().unwrap_or_default();
+            if !complete {
+                continue;
+            }
             if fins.iter().any(|f| f == ORPHAN) && !self.recently(&format!("orphan/{uid}")) {
                 self.orphan(&by_uid, o, &deps).await;
                 self.mark(&format!("orphan/{uid}"));

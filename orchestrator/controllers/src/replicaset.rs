@@ -212,6 +212,10 @@ impl<K: PodSet> Controller<K> {
 
     /// One sync of the set `key`; returns when to look again (minReadySeconds).
     pub async fn sync(&self, key: &str) -> Result<Option<Duration>, SyncError> {
+        // Never decide from a cache that is still filling: an empty pod cache would make a
+        // new leader create every replica again.
+        self.sets.wait_synced().await;
+        self.pods.wait_synced().await;
         let Some(set) = self.sets.get(key) else {
             self.expectations.forget(key);
             return Ok(None);
