@@ -10,6 +10,7 @@
 //! expect to see ([`expectations`]) and do not act again until they have seen it, so a slow
 //! watch never makes them create or delete twice.
 
+pub mod daemonset;
 pub mod deployment;
 pub mod endpointslice;
 pub mod expectations;
@@ -37,6 +38,7 @@ pub const ALL: &[&str] = &[
     "replicaset",
     "replicationcontroller",
     "deployment",
+    "daemonset",
     "endpointslice",
     "endpoints",
     "garbagecollector",
@@ -50,6 +52,7 @@ pub const ALL: &[&str] = &[
 pub const DEFAULT: &[&str] = &[
     "replicaset",
     "deployment",
+    "daemonset",
     "endpointslice",
     "endpoints",
     "garbagecollector",

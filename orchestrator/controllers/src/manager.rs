@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod, ReplicationController, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -140,10 +140,38 @@ pub async fn run_controllers(
         )));
     }
 
+    let nodes: Informer<Node> = Informer::new();
+    let mut node_handlers = Vec::new();
+    if config.runs("daemonset") {
+        let dss: Informer<DaemonSet> = Informer::new();
+        let c = crate::daemonset::Controller::new(
+            ctx.clone(),
+            dss.clone(),
+            nodes.clone(),
+            pods.clone(),
+        );
+        node_handlers.push(c.node_handler());
+        pod_handlers.push(c.pod_handler());
+        queues.push(c.queue.clone());
+        tasks.extend(dss.start(
+            Api::all(client.clone()),
+            vec![c.set_handler()],
+            stop_rx.clone(),
+        ));
+        let cc = c.clone();
+        tasks.extend(spawn_workers(
+            "daemonset",
+            c.queue.clone(),
+            w,
+            metrics.clone(),
+            move |k| {
+                let cc = cc.clone();
+                async move { cc.sync(&k).await }
+            },
+        ));
+    }
     if config.runs("nodelifecycle") {
-        let nodes: Informer<Node> = Informer::new();
         let leases: Informer<Lease> = Informer::new();
-        tasks.extend(nodes.start(Api::all(client.clone()), Vec::new(), stop_rx.clone()));
         tasks.extend(leases.start(
             Api::namespaced(client.clone(), "kube-node-lease"),
             Vec::new(),
@@ -153,7 +181,7 @@ pub async fn run_controllers(
         pod_handlers.push(crate::informer::handler(|_| {}));
         tasks.push(tokio::spawn(crate::nodelifecycle::run(
             ctx.clone(),
-            nodes,
+            nodes.clone(),
             leases,
             pods.clone(),
             crate::nodelifecycle::Settings {
@@ -165,6 +193,10 @@ pub async fn run_controllers(
     }
     if config.runs("garbagecollector") {
         tasks.push(tokio::spawn(crate::gc::run(ctx.clone(), stop_rx.clone())));
+    }
+
+    if config.runs("nodelifecycle") || config.runs("daemonset") {
+        tasks.extend(nodes.start(Api::all(client.clone()), node_handlers, stop_rx.clone()));
     }
 
     // Start the watches that someone reads.

@@ -118,7 +118,8 @@ impl Drop for Manager {
 /// each healthy node's Lease. A node marked down gets nothing of that: its lease ages, its
 /// pods stay as they are.
 pub struct FakeNodes {
-    pub nodes: Vec<String>,
+    pub nodes: Arc<Mutex<Vec<String>>>,
+    client: kube::Client,
     down: Arc<Mutex<BTreeSet<String>>>,
     pub fail: Arc<Mutex<Vec<String>>>,
     /// Whether new pods become Ready (off: they stay Running, not ready).
@@ -128,33 +129,16 @@ pub struct FakeNodes {
 
 impl FakeNodes {
     pub async fn start(client: kube::Client, n: usize) -> FakeNodes {
-        let nodes: Vec<String> = (0..n).map(|i| format!("fake-{i}")).collect();
-        let node_api: Api<Node> = Api::all(client.clone());
-        for name in &nodes {
-            let node: Node = serde_json::from_value(json!({
-                "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
-                "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
-                    "message": "kubelet is posting ready status",
-                    "lastHeartbeatTime": jiff::Timestamp::now().to_string(),
-                    "lastTransitionTime": jiff::Timestamp::now().to_string()}]},
-            }))
-            .unwrap();
-            node_api
-                .create(&PostParams::default(), &node)
-                .await
-                .unwrap();
-            // The status as a kubelet posts it (create drops status).
-            let status = json!({"status": node.status});
-            node_api
-                .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
-                .await
-                .unwrap();
+        let names: Vec<String> = (0..n).map(|i| format!("fake-{i}")).collect();
+        for name in &names {
+            Self::register(&client, name).await;
         }
+        let nodes = Arc::new(Mutex::new(names));
         let down = Arc::new(Mutex::new(BTreeSet::new()));
         let fail = Arc::new(Mutex::new(Vec::new()));
         let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let task = tokio::spawn(Self::run(
-            client,
+            client.clone(),
             nodes.clone(),
             down.clone(),
             fail.clone(),
@@ -162,11 +146,40 @@ impl FakeNodes {
         ));
         FakeNodes {
             nodes,
+            client,
             down,
             fail,
             ready,
             task,
         }
+    }
+
+    /// A node joins (registered, Ready, its lease renewed from now on).
+    pub async fn add_node(&self, name: &str) {
+        Self::register(&self.client, name).await;
+        self.nodes.lock().unwrap().push(name.to_string());
+    }
+
+    async fn register(client: &kube::Client, name: &str) {
+        let node_api: Api<Node> = Api::all(client.clone());
+        let node: Node = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+            "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                "message": "kubelet is posting ready status",
+                "lastHeartbeatTime": jiff::Timestamp::now().to_string(),
+                "lastTransitionTime": jiff::Timestamp::now().to_string()}]},
+        }))
+        .unwrap();
+        node_api
+            .create(&PostParams::default(), &node)
+            .await
+            .unwrap();
+        // The status as a kubelet posts it (create drops status).
+        let status = json!({"status": node.status});
+        node_api
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .unwrap();
     }
 
     /// The node's "kubelet" stops: no lease renewals, no pod updates there.
@@ -176,7 +189,7 @@ impl FakeNodes {
 
     async fn run(
         client: kube::Client,
-        nodes: Vec<String>,
+        all_nodes: Arc<Mutex<Vec<String>>>,
         down: Arc<Mutex<BTreeSet<String>>>,
         fail: Arc<Mutex<Vec<String>>>,
         ready: Arc<std::sync::atomic::AtomicBool>,
@@ -187,6 +200,7 @@ impl FakeNodes {
         let mut last_lease = std::time::Instant::now() - Duration::from_secs(60);
         let mut ip = 0u32;
         loop {
+            let nodes = all_nodes.lock().unwrap().clone();
             let down_now = down.lock().unwrap().clone();
             if last_lease.elapsed() >= Duration::from_secs(1) {
                 last_lease = std::time::Instant::now();
@@ -241,11 +255,17 @@ impl FakeNodes {
                     continue;
                 }
                 let Some(node) = node else {
-                    if healthy.is_empty() {
-                        continue;
-                    }
-                    let target = healthy[next % healthy.len()].clone();
-                    next += 1;
+                    // A pod pinned to a node by a required affinity on metadata.name (a
+                    // DaemonSet's) goes there; others round-robin.
+                    let target = match pinned_node(&p) {
+                        Some(n) if healthy.iter().any(|h| **h == n) => n,
+                        Some(_) => continue,
+                        None if healthy.is_empty() => continue,
+                        None => {
+                            next += 1;
+                            healthy[(next - 1) % healthy.len()].clone()
+                        }
+                    };
                     let binding = json!({"apiVersion": "v1", "kind": "Binding",
                         "metadata": {"name": name}, "target": {"apiVersion": "v1", "kind": "Node", "name": target}});
                     let _ = api
@@ -294,6 +314,26 @@ impl FakeNodes {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+fn pinned_node(p: &Pod) -> Option<String> {
+    let terms = &p
+        .spec
+        .as_ref()?
+        .affinity
+        .as_ref()?
+        .node_affinity
+        .as_ref()?
+        .required_during_scheduling_ignored_during_execution
+        .as_ref()?
+        .node_selector_terms;
+    terms.iter().find_map(|t| {
+        t.match_fields
+            .iter()
+            .flatten()
+            .find(|f| f.key == "metadata.name" && f.operator == "In")
+            .and_then(|f| f.values.as_ref()?.first().cloned())
+    })
 }
 
 impl Drop for FakeNodes {
