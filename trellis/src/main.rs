@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod bgp;
 mod certs;
+mod controller_manager;
 mod dns;
 mod ipam;
 mod kubelet;
@@ -59,6 +60,9 @@ enum Command {
     Dns(dns::Args),
     /// The scheduler: pending pods filtered and scored onto nodes, bound through pods/binding.
     Scheduler(scheduler::Args),
+    /// The controllers: ReplicaSets, Deployments, endpoints, garbage collection, node
+    /// lifecycle; one active instance per cluster through a Lease.
+    ControllerManager(controller_manager::Args),
 }
 
 #[derive(clap::Args)]
@@ -84,6 +88,14 @@ struct ApiserverArgs {
     /// The range node ports are allocated from, `FIRST-LAST`.
     #[arg(long, default_value = "30000-32767", value_parser = parse_port_range)]
     service_node_port_range: (u16, u16),
+    /// tolerationSeconds of the not-ready NoExecute toleration every new pod gets unless it
+    /// has its own.
+    #[arg(long, default_value_t = 300)]
+    default_not_ready_toleration_seconds: i64,
+    /// tolerationSeconds of the unreachable NoExecute toleration every new pod gets unless it
+    /// has its own.
+    #[arg(long, default_value_t = 300)]
+    default_unreachable_toleration_seconds: i64,
 }
 
 /// `30000-32767` → (30000, 32767).
@@ -142,6 +154,7 @@ async fn async_main() -> anyhow::Result<()> {
         Command::Proxy(args) => proxy::run(args).await,
         Command::Scheduler(args) => scheduler::run(args).await,
         Command::Dns(args) => dns::run(args).await,
+        Command::ControllerManager(args) => controller_manager::run(args).await,
     }
 }
 
@@ -152,6 +165,10 @@ async fn apiserver(args: ApiserverArgs) -> anyhow::Result<()> {
     config.insecure_listen = args.insecure_listen;
     config.service_cidr = args.service_cidr;
     config.node_ports = args.service_node_port_range;
+    config.default_toleration_seconds = (
+        args.default_not_ready_toleration_seconds,
+        args.default_unreachable_toleration_seconds,
+    );
     let running = trellis_apiserver::start(config)
         .await
         .context("starting the API server")?;

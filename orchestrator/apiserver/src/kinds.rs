@@ -197,6 +197,42 @@ pub fn create_defaults(info: &ResourceInfo, obj: &mut Value) {
     }
 }
 
+/// Upstream's DefaultTolerationSeconds admission: a pod that does not tolerate the
+/// not-ready or unreachable NoExecute taint gets a toleration for it with a limit (300 s by
+/// default), so the node lifecycle controller evicts it that long after its node fails.
+pub fn default_tolerations(obj: &mut Value, (not_ready, unreachable): (i64, i64)) {
+    let tolerations: Vec<Value> = at(obj, &["spec", "tolerations"])
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let covers = |key: &str| {
+        tolerations.iter().any(|t| {
+            let effect = t.get("effect").and_then(Value::as_str).unwrap_or("");
+            let tkey = t.get("key").and_then(Value::as_str).unwrap_or("");
+            let exists = t.get("operator").and_then(Value::as_str) == Some("Exists");
+            (effect.is_empty() || effect == "NoExecute")
+                && (tkey == key || (exists && tkey.is_empty()))
+        })
+    };
+    let mut add = Vec::new();
+    for (key, secs) in [
+        ("node.kubernetes.io/not-ready", not_ready),
+        ("node.kubernetes.io/unreachable", unreachable),
+    ] {
+        if !covers(key) {
+            add.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": secs}));
+        }
+    }
+    if add.is_empty() {
+        return;
+    }
+    if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
+        let mut all = tolerations;
+        all.extend(add);
+        spec.insert("tolerations".into(), Value::Array(all));
+    }
+}
+
 fn obj_versions(spec: Option<&Value>) -> Vec<Value> {
     spec.and_then(|s| s.get("versions"))
         .and_then(Value::as_array)
@@ -1024,6 +1060,28 @@ mod tests {
         );
         let wrong_type = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}, "data": {"a": 1}});
         assert!(typecheck(&info, &mut wrong_type.clone(), true).is_err());
+    }
+
+    #[test]
+    fn pods_get_the_default_not_ready_and_unreachable_tolerations_unless_they_have_their_own() {
+        let mut pod = json!({"spec": {"containers": []}});
+        default_tolerations(&mut pod, (300, 120));
+        let t = pod["spec"]["tolerations"].as_array().unwrap();
+        assert_eq!(t.len(), 2);
+        assert_eq!(t[0]["key"], "node.kubernetes.io/not-ready");
+        assert_eq!(t[0]["tolerationSeconds"], 300);
+        assert_eq!(t[1]["key"], "node.kubernetes.io/unreachable");
+        assert_eq!(t[1]["tolerationSeconds"], 120);
+        // A pod that tolerates everything (a DaemonSet's, say) gets nothing added.
+        let mut all = json!({"spec": {"tolerations": [{"operator": "Exists"}]}});
+        default_tolerations(&mut all, (300, 300));
+        assert_eq!(all["spec"]["tolerations"].as_array().unwrap().len(), 1);
+        // Its own unreachable toleration stays as it is; only not-ready is added.
+        let mut own = json!({"spec": {"tolerations": [{"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 5}]}});
+        default_tolerations(&mut own, (300, 300));
+        let t = own["spec"]["tolerations"].as_array().unwrap();
+        assert_eq!(t.len(), 2);
+        assert_eq!(t[0]["tolerationSeconds"], 5);
     }
 
     #[test]

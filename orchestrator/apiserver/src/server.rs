@@ -90,6 +90,9 @@ pub struct Config {
     pub service_cidr: ipnet::Ipv4Net,
     /// The node port range, inclusive (`--service-node-port-range`).
     pub node_ports: (u16, u16),
+    /// tolerationSeconds of the default not-ready and unreachable tolerations of new pods
+    /// (`--default-not-ready-toleration-seconds`, `--default-unreachable-toleration-seconds`).
+    pub default_toleration_seconds: (i64, i64),
 }
 
 impl Config {
@@ -102,6 +105,7 @@ impl Config {
             insecure_listen: None,
             service_cidr: "10.96.0.0/12".parse().expect("a valid default"),
             node_ports: (30000, 32767),
+            default_toleration_seconds: (300, 300),
         }
     }
 }
@@ -226,7 +230,9 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         service_cidr: config.service_cidr,
         node_ports: config.node_ports,
     };
-    let api = Arc::new(Api::new(Storage::new(store), registry, alloc));
+    let mut api = Api::new(Storage::new(store), registry, alloc);
+    api.default_toleration_seconds = config.default_toleration_seconds;
+    let api = Arc::new(api);
     refresh_crds(&api).await?;
     bootstrap(&api).await?;
     crate::rbac::bootstrap::ensure(&api).await?;

@@ -175,6 +175,9 @@ impl Api {
             m.remove("status");
         }
         kinds::create_defaults(info, &mut obj);
+        if !info.custom && info.group.is_empty() && info.kind == "Pod" {
+            kinds::default_tolerations(&mut obj, self.default_toleration_seconds);
+        }
         let warnings = self.admit(info, &mut obj, None, call)?;
         if call.dry_run() {
             return Ok(Reply::Json {

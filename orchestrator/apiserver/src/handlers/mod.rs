@@ -100,6 +100,9 @@ pub struct Api {
     pub rbac: crate::rbac::RuleCache,
     /// The service-account token key (set at start, once the PKI is loaded).
     pub tokens: std::sync::OnceLock<crate::token::Signer>,
+    /// tolerationSeconds of the not-ready and unreachable NoExecute tolerations new pods get
+    /// (upstream's DefaultTolerationSeconds admission plugin; 300 s each by default).
+    pub default_toleration_seconds: (i64, i64),
 }
 
 impl Api {
@@ -111,6 +114,7 @@ impl Api {
             namespace_deleted: tokio::sync::Notify::new(),
             rbac: Default::default(),
             tokens: std::sync::OnceLock::new(),
+            default_toleration_seconds: (300, 300),
         }
     }
 

@@ -1,0 +1,746 @@
+//! EndpointSlices (discovery.k8s.io/v1) and Endpoints for Services with a selector: one
+//! endpoint per selected pod that has an address, with the ready, serving and terminating
+//! conditions, its target ports resolved per pod (a named targetPort is looked up in the
+//! pod's container ports, so pods with different numbers land in different slices). Also
+//! the `kubernetes` Service in `default`, whose endpoints are the API servers.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{
+    EndpointAddress, EndpointPort as CorePort, EndpointSubset, Endpoints, ObjectReference, Pod,
+    Service,
+};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::Api;
+use kube::api::{DeleteParams, PostParams};
+use serde_json::json;
+
+use crate::informer::{Change, Handler, Informer, handler};
+use crate::owner;
+use crate::pods;
+use crate::workqueue::WorkQueue;
+use crate::{Ctx, SyncError};
+
+pub const SERVICE_NAME: &str = "kubernetes.io/service-name";
+pub const MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
+pub const CONTROLLER_NAME: &str = "endpointslice-controller.k8s.io";
+/// Endpoints per slice (upstream's `--max-endpoints-per-slice` default).
+pub const MAX_PER_SLICE: usize = 100;
+
+/// The conditions of a pod's endpoint: ready = ready and not terminating; serving = ready
+/// regardless of termination; terminating = being deleted. `publishNotReadyAddresses` makes
+/// every endpoint ready and serving.
+pub fn conditions(p: &Pod, publish_not_ready: bool) -> EndpointConditions {
+    let terminating = p.metadata.deletion_timestamp.is_some();
+    let ready = pods::is_ready(p);
+    EndpointConditions {
+        ready: Some(publish_not_ready || (ready && !terminating)),
+        serving: Some(publish_not_ready || ready),
+        terminating: Some(terminating),
+    }
+}
+
+/// The port a service port reaches on `p`: a number as is, a name through the pod's
+/// container ports (None when the pod has no port of that name and protocol).
+pub fn target_port(svc_port: &k8s_openapi::api::core::v1::ServicePort, p: &Pod) -> Option<i32> {
+    let protocol = svc_port.protocol.as_deref().unwrap_or("TCP");
+    match &svc_port.target_port {
+        None => Some(svc_port.port),
+        Some(IntOrString::Int(0)) => Some(svc_port.port),
+        Some(IntOrString::Int(n)) => Some(*n),
+        Some(IntOrString::String(name)) => p
+            .spec
+            .as_ref()?
+            .containers
+            .iter()
+            .flat_map(|c| c.ports.iter().flatten())
+            .find(|cp| {
+                cp.name.as_deref() == Some(name.as_str())
+                    && cp.protocol.as_deref().unwrap_or("TCP") == protocol
+            })
+            .map(|cp| cp.container_port),
+    }
+}
+
+/// Whether a pod gets an endpoint at all: selected, with an address, not finished.
+fn eligible(p: &Pod) -> Option<String> {
+    if matches!(pods::phase(p), "Succeeded" | "Failed") {
+        return None;
+    }
+    p.status
+        .as_ref()?
+        .pod_ip
+        .clone()
+        .filter(|ip| !ip.is_empty() && ip.parse::<std::net::Ipv4Addr>().is_ok())
+}
+
+/// The endpoints of a service grouped by their resolved ports (sorted, so the result is
+/// stable).
+pub fn desired(svc: &Service, candidates: &[Arc<Pod>]) -> BTreeMap<Vec<PortKey>, Vec<Endpoint>> {
+    let spec = svc.spec.clone().unwrap_or_default();
+    let publish = spec.publish_not_ready_addresses == Some(true);
+    let mut out: BTreeMap<Vec<PortKey>, Vec<Endpoint>> = BTreeMap::new();
+    for p in candidates {
+        let Some(ip) = eligible(p) else { continue };
+        let ports: Vec<PortKey> = spec
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|sp| {
+                target_port(sp, p).map(|port| PortKey {
+                    name: sp.name.clone().unwrap_or_default(),
+                    protocol: sp.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                    port,
+                    app_protocol: sp.app_protocol.clone(),
+                })
+            })
+            .collect();
+        let ep = Endpoint {
+            addresses: vec![ip],
+            conditions: Some(conditions(p, publish)),
+            node_name: pods::node_name(p).map(String::from),
+            target_ref: Some(ObjectReference {
+                kind: Some("Pod".into()),
+                namespace: p.metadata.namespace.clone(),
+                name: p.metadata.name.clone(),
+                uid: p.metadata.uid.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        out.entry(ports).or_default().push(ep);
+    }
+    for eps in out.values_mut() {
+        eps.sort_by(|a, b| a.addresses.cmp(&b.addresses));
+    }
+    out
+}
+
+/// One resolved service port.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PortKey {
+    pub name: String,
+    pub protocol: String,
+    pub port: i32,
+    pub app_protocol: Option<String>,
+}
+
+impl PortKey {
+    fn slice_port(&self) -> EndpointPort {
+        EndpointPort {
+            name: Some(self.name.clone()),
+            protocol: Some(self.protocol.clone()),
+            port: Some(self.port),
+            app_protocol: self.app_protocol.clone(),
+        }
+    }
+}
+
+/// What of an endpoint this controller decides, for comparing with what is stored (the
+/// API server may fill in fields we leave out; comparing those would update forever).
+type Comparable = (
+    Vec<String>,
+    Option<bool>,
+    Option<bool>,
+    Option<bool>,
+    Option<String>,
+    Option<String>,
+);
+
+fn comparable(eps: &[Endpoint]) -> Vec<Comparable> {
+    eps.iter()
+        .map(|e| {
+            let c = e.conditions.clone().unwrap_or_default();
+            (
+                e.addresses.clone(),
+                c.ready,
+                c.serving,
+                c.terminating,
+                e.node_name.clone(),
+                e.target_ref.as_ref().and_then(|r| r.uid.clone()),
+            )
+        })
+        .collect()
+}
+
+fn slice_ports_key(s: &EndpointSlice) -> Vec<PortKey> {
+    let mut v: Vec<PortKey> = s
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| PortKey {
+            name: p.name.clone().unwrap_or_default(),
+            protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+            port: p.port.unwrap_or(0),
+            app_protocol: p.app_protocol.clone(),
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// The Endpoints object for the same endpoints: ready ones as addresses, not-ready ones as
+/// notReadyAddresses, terminating ones left out (unless published anyway).
+pub fn endpoints_subsets(
+    groups: &BTreeMap<Vec<PortKey>, Vec<Endpoint>>,
+    publish: bool,
+) -> Vec<EndpointSubset> {
+    let mut subsets = Vec::new();
+    for (ports, eps) in groups {
+        let mut ready = Vec::new();
+        let mut not_ready = Vec::new();
+        for e in eps {
+            let c = e.conditions.clone().unwrap_or_default();
+            if c.terminating == Some(true) && !publish {
+                continue;
+            }
+            let a = EndpointAddress {
+                ip: e.addresses[0].clone(),
+                node_name: e.node_name.clone(),
+                target_ref: e.target_ref.clone(),
+                ..Default::default()
+            };
+            if c.ready == Some(true) {
+                ready.push(a);
+            } else {
+                not_ready.push(a);
+            }
+        }
+        if ready.is_empty() && not_ready.is_empty() {
+            continue;
+        }
+        subsets.push(EndpointSubset {
+            addresses: (!ready.is_empty()).then_some(ready),
+            not_ready_addresses: (!not_ready.is_empty()).then_some(not_ready),
+            ports: Some(
+                ports
+                    .iter()
+                    .map(|p| CorePort {
+                        name: Some(p.name.clone()),
+                        port: p.port,
+                        protocol: Some(p.protocol.clone()),
+                        app_protocol: p.app_protocol.clone(),
+                    })
+                    .collect(),
+            ),
+        });
+    }
+    subsets
+}
+
+/// The EndpointSlice and Endpoints controllers (one queue of Services; each half can be
+/// switched off).
+#[derive(Clone)]
+pub struct Controller {
+    pub services: Informer<Service>,
+    pub pods: Informer<Pod>,
+    pub slices: Informer<EndpointSlice>,
+    pub queue: WorkQueue,
+    ctx: Ctx,
+    pub slices_on: bool,
+    pub endpoints_on: bool,
+    /// The services each pod was last selected by, so a pod that stops matching still
+    /// updates the service it left.
+    selected_by: Arc<Mutex<HashMap<String, BTreeSet<String>>>>,
+}
+
+impl Controller {
+    pub fn new(
+        ctx: Ctx,
+        services: Informer<Service>,
+        pods: Informer<Pod>,
+        slices: Informer<EndpointSlice>,
+    ) -> Controller {
+        Controller {
+            services,
+            pods,
+            slices,
+            queue: WorkQueue::new(),
+            ctx,
+            slices_on: true,
+            endpoints_on: true,
+            selected_by: Arc::default(),
+        }
+    }
+
+    pub fn service_handler(&self) -> Handler<Service> {
+        let c = self.clone();
+        handler(move |ch: Change<'_, Service>| match ch {
+            Change::Applied(s) | Change::Deleted(s) => c.queue.add(owner::key(&s.metadata)),
+            Change::Synced => {
+                for s in c.services.state() {
+                    c.queue.add(owner::key(&s.metadata));
+                }
+            }
+        })
+    }
+
+    pub fn slice_handler(&self) -> Handler<EndpointSlice> {
+        let c = self.clone();
+        handler(move |ch: Change<'_, EndpointSlice>| {
+            let (Change::Applied(s) | Change::Deleted(s)) = ch else {
+                return;
+            };
+            let l = owner::labels(&s.metadata);
+            if l.get(MANAGED_BY).map(String::as_str) == Some(CONTROLLER_NAME)
+                && let (Some(ns), Some(svc)) = (&s.metadata.namespace, l.get(SERVICE_NAME))
+            {
+                c.queue.add(format!("{ns}/{svc}"));
+            }
+        })
+    }
+
+    pub fn pod_handler(&self) -> Handler<Pod> {
+        let c = self.clone();
+        handler(move |ch: Change<'_, Pod>| {
+            let (p, deleted) = match ch {
+                Change::Applied(p) => (p, false),
+                Change::Deleted(p) => (p, true),
+                Change::Synced => return,
+            };
+            let pk = owner::key(&p.metadata);
+            let ns = p.metadata.namespace.clone().unwrap_or_default();
+            let labels = owner::labels(&p.metadata);
+            let mut now = BTreeSet::new();
+            for s in c.services.state() {
+                if s.metadata.namespace.as_deref() != Some(&ns) {
+                    continue;
+                }
+                let Some(sel) = s.spec.as_ref().and_then(|x| x.selector.as_ref()) else {
+                    continue;
+                };
+                if !sel.is_empty() && sel.iter().all(|(k, v)| labels.get(k) == Some(v)) {
+                    now.insert(owner::key(&s.metadata));
+                }
+            }
+            let mut map = c.selected_by.lock().unwrap_or_else(|e| e.into_inner());
+            let before = if deleted {
+                map.remove(&pk)
+            } else {
+                map.insert(pk, now.clone())
+            };
+            drop(map);
+            for k in now.iter().chain(before.iter().flatten()) {
+                c.queue.add(k.clone());
+            }
+        })
+    }
+
+    fn selected(&self, svc: &Service) -> Vec<Arc<Pod>> {
+        let Some(sel) = svc.spec.as_ref().and_then(|s| s.selector.as_ref()) else {
+            return Vec::new();
+        };
+        let ns = svc.metadata.namespace.as_deref();
+        self.pods
+            .state()
+            .into_iter()
+            .filter(|p| {
+                p.metadata.namespace.as_deref() == ns && {
+                    let l = owner::labels(&p.metadata);
+                    sel.iter().all(|(k, v)| l.get(k) == Some(v))
+                }
+            })
+            .collect()
+    }
+
+    pub async fn sync(&self, key: &str) -> Result<Option<Duration>, SyncError> {
+        // Only from complete caches (a missing slice would be created again).
+        self.services.wait_synced().await;
+        self.pods.wait_synced().await;
+        self.slices.wait_synced().await;
+        let (Some(ns), name) = owner::split_key(key) else {
+            return Ok(None);
+        };
+        let svc = self.services.get(key);
+        let with_selector = svc.as_ref().filter(|s| {
+            s.spec
+                .as_ref()
+                .and_then(|x| x.selector.as_ref())
+                .is_some_and(|sel| !sel.is_empty())
+        });
+        let existing: Vec<Arc<EndpointSlice>> = self
+            .slices
+            .state()
+            .into_iter()
+            .filter(|s| {
+                let l = owner::labels(&s.metadata);
+                s.metadata.namespace.as_deref() == Some(ns)
+                    && l.get(SERVICE_NAME).map(String::as_str) == Some(name)
+                    && l.get(MANAGED_BY).map(String::as_str) == Some(CONTROLLER_NAME)
+            })
+            .collect();
+        let slice_api: Api<EndpointSlice> = Api::namespaced(self.ctx.client.clone(), ns);
+        let ep_api: Api<Endpoints> = Api::namespaced(self.ctx.client.clone(), ns);
+        let Some(svc) = with_selector else {
+            // Gone, or no selector (someone else manages its endpoints): remove ours.
+            for s in existing {
+                if let Some(n) = &s.metadata.name {
+                    match slice_api.delete(n, &DeleteParams::default()).await {
+                        Ok(_) => {}
+                        Err(e) if owner::is_not_found(&e) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+            if svc.is_none() && self.endpoints_on {
+                match ep_api.get_opt(name).await? {
+                    Some(e)
+                        if owner::labels(&e.metadata)
+                            .contains_key("endpointslice.kubernetes.io/skip-mirror") =>
+                    {
+                        match ep_api.delete(name, &DeleteParams::default()).await {
+                            Ok(_) => {}
+                            Err(e) if owner::is_not_found(&e) => {}
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            return Ok(None);
+        };
+        let groups = desired(svc, &self.selected(svc));
+        if self.slices_on {
+            self.sync_slices(svc, &groups, existing, &slice_api).await?;
+        }
+        if self.endpoints_on {
+            let publish = svc
+                .spec
+                .as_ref()
+                .and_then(|s| s.publish_not_ready_addresses)
+                == Some(true);
+            self.sync_endpoints(svc, endpoints_subsets(&groups, publish), &ep_api)
+                .await?;
+        }
+        Ok(None)
+    }
+
+    async fn sync_slices(
+        &self,
+        svc: &Service,
+        groups: &BTreeMap<Vec<PortKey>, Vec<Endpoint>>,
+        existing: Vec<Arc<EndpointSlice>>,
+        api: &Api<EndpointSlice>,
+    ) -> Result<(), SyncError> {
+        let name = svc.metadata.name.clone().unwrap_or_default();
+        let mut by_ports: BTreeMap<Vec<PortKey>, Vec<Arc<EndpointSlice>>> = BTreeMap::new();
+        for s in existing {
+            by_ports.entry(slice_ports_key(&s)).or_default().push(s);
+        }
+        for v in by_ports.values_mut() {
+            v.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        }
+        // A service with no endpoints keeps one empty slice (upstream's placeholder).
+        let mut wanted: Vec<(Vec<PortKey>, Vec<Endpoint>)> = Vec::new();
+        for (ports, eps) in groups {
+            for chunk in eps.chunks(MAX_PER_SLICE) {
+                wanted.push((ports.clone(), chunk.to_vec()));
+            }
+        }
+        if wanted.is_empty() {
+            wanted.push((Vec::new(), Vec::new()));
+        }
+        let mut labels = svc.metadata.labels.clone().unwrap_or_default();
+        labels.insert(SERVICE_NAME.into(), name.clone());
+        labels.insert(MANAGED_BY.into(), CONTROLLER_NAME.into());
+        for (ports, eps) in wanted {
+            let mut sorted_ports = ports.clone();
+            sorted_ports.sort();
+            let reuse = by_ports
+                .get_mut(&sorted_ports)
+                .and_then(|v| (!v.is_empty()).then(|| v.remove(0)));
+            let slice_ports: Vec<EndpointPort> = ports.iter().map(PortKey::slice_port).collect();
+            match reuse {
+                Some(cur) => {
+                    let same = comparable(&cur.endpoints) == comparable(&eps)
+                        && cur.metadata.labels.as_ref() == Some(&labels)
+                        && cur.ports.clone().unwrap_or_default() == slice_ports;
+                    if !same {
+                        let mut next = (*cur).clone();
+                        next.endpoints = eps;
+                        next.ports = Some(slice_ports);
+                        next.metadata.labels = Some(labels.clone());
+                        let n = cur.metadata.name.clone().unwrap_or_default();
+                        api.replace(&n, &PostParams::default(), &next).await?;
+                    }
+                }
+                None => {
+                    let s = EndpointSlice {
+                        metadata: ObjectMeta {
+                            generate_name: Some(format!("{name}-")),
+                            namespace: svc.metadata.namespace.clone(),
+                            labels: Some(labels.clone()),
+                            owner_references: Some(vec![owner::controller_ref(svc)]),
+                            ..Default::default()
+                        },
+                        address_type: "IPv4".into(),
+                        endpoints: eps,
+                        ports: Some(slice_ports),
+                    };
+                    api.create(&PostParams::default(), &s).await?;
+                }
+            }
+        }
+        for s in by_ports.into_values().flatten() {
+            if let Some(n) = &s.metadata.name {
+                match api.delete(n, &DeleteParams::default()).await {
+                    Ok(_) => {}
+                    Err(e) if owner::is_not_found(&e) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn sync_endpoints(
+        &self,
+        svc: &Service,
+        subsets: Vec<EndpointSubset>,
+        api: &Api<Endpoints>,
+    ) -> Result<(), SyncError> {
+        let name = svc.metadata.name.clone().unwrap_or_default();
+        let mut labels = svc.metadata.labels.clone().unwrap_or_default();
+        labels.insert(
+            "endpointslice.kubernetes.io/skip-mirror".into(),
+            "true".into(),
+        );
+        let cur = api.get_opt(&name).await?;
+        let subsets = (!subsets.is_empty()).then_some(subsets);
+        match cur {
+            Some(cur) => {
+                if cur.subsets.clone().filter(|s| !s.is_empty()) == subsets
+                    && cur.metadata.labels.as_ref() == Some(&labels)
+                {
+                    return Ok(());
+                }
+                let mut next = cur.clone();
+                next.subsets = subsets;
+                next.metadata.labels = Some(labels);
+                api.replace(&name, &PostParams::default(), &next).await?;
+            }
+            None => {
+                let e = Endpoints {
+                    metadata: ObjectMeta {
+                        name: Some(name),
+                        namespace: svc.metadata.namespace.clone(),
+                        labels: Some(labels),
+                        ..Default::default()
+                    },
+                    subsets,
+                };
+                api.create(&PostParams::default(), &e).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Keeps `default/kubernetes` (Service, Endpoints, EndpointSlice) pointing at the API
+/// servers in `addresses`, checking every `period`.
+pub async fn kubernetes_service(
+    ctx: Ctx,
+    addresses: Vec<SocketAddr>,
+    cluster_ip: std::net::Ipv4Addr,
+    period: Duration,
+) {
+    loop {
+        if let Err(e) = ensure_kubernetes(&ctx, &addresses, cluster_ip).await {
+            tracing::warn!(error = %e, "the kubernetes Service");
+        }
+        tokio::time::sleep(period).await;
+    }
+}
+
+async fn ensure_kubernetes(
+    ctx: &Ctx,
+    addresses: &[SocketAddr],
+    cluster_ip: std::net::Ipv4Addr,
+) -> Result<(), SyncError> {
+    let Some(first) = addresses.first() else {
+        return Ok(());
+    };
+    let port = i32::from(first.port());
+    let svc_api: Api<Service> = Api::namespaced(ctx.client.clone(), "default");
+    if svc_api.get_opt("kubernetes").await?.is_none() {
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": {"name": "kubernetes", "namespace": "default",
+                         "labels": {"component": "apiserver", "provider": "kubernetes"}},
+            "spec": {"type": "ClusterIP", "clusterIP": cluster_ip.to_string(), "sessionAffinity": "None",
+                     "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]},
+        }))
+        .map_err(|e| SyncError::Other(e.to_string()))?;
+        match svc_api.create(&PostParams::default(), &svc).await {
+            Ok(_) => {}
+            Err(e) if owner::is_conflict(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let ips: Vec<String> = addresses.iter().map(|a| a.ip().to_string()).collect();
+    let ep: Endpoints = serde_json::from_value(json!({
+        "metadata": {"name": "kubernetes", "namespace": "default",
+                     "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+        "subsets": [{"addresses": ips.iter().map(|ip| json!({"ip": ip})).collect::<Vec<_>>(),
+                     "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}],
+    }))
+    .map_err(|e| SyncError::Other(e.to_string()))?;
+    let slice: EndpointSlice = serde_json::from_value(json!({
+        "metadata": {"name": "kubernetes", "namespace": "default",
+                     "labels": {SERVICE_NAME: "kubernetes"}},
+        "addressType": "IPv4",
+        "endpoints": ips.iter().map(|ip| json!({"addresses": [ip], "conditions": {"ready": true}})).collect::<Vec<_>>(),
+        "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+    }))
+    .map_err(|e| SyncError::Other(e.to_string()))?;
+    let ep_api: Api<Endpoints> = Api::namespaced(ctx.client.clone(), "default");
+    match ep_api.get_opt("kubernetes").await? {
+        Some(cur) if cur.subsets == ep.subsets => {}
+        Some(cur) => {
+            let mut next = ep.clone();
+            next.metadata.resource_version = cur.metadata.resource_version;
+            ep_api
+                .replace("kubernetes", &PostParams::default(), &next)
+                .await?;
+        }
+        None => {
+            ep_api.create(&PostParams::default(), &ep).await?;
+        }
+    }
+    let slice_api: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), "default");
+    match slice_api.get_opt("kubernetes").await? {
+        Some(cur) if cur.endpoints == slice.endpoints && cur.ports == slice.ports => {}
+        Some(cur) => {
+            let mut next = slice.clone();
+            next.metadata.resource_version = cur.metadata.resource_version;
+            slice_api
+                .replace("kubernetes", &PostParams::default(), &next)
+                .await?;
+        }
+        None => {
+            slice_api.create(&PostParams::default(), &slice).await?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(name: &str, ip: Option<&str>, ready: bool, deleting: bool) -> Arc<Pod> {
+        let mut v = json!({
+            "metadata": {"name": name, "namespace": "ns", "labels": {"app": "web"}},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c", "ports": [{"name": "http", "containerPort": 8080}]}]},
+            "status": {"phase": "Running",
+                       "conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"}}]},
+        });
+        if let Some(ip) = ip {
+            v["status"]["podIP"] = json!(ip);
+        }
+        if deleting {
+            v["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+        }
+        Arc::new(serde_json::from_value(v).unwrap())
+    }
+
+    fn svc(target: serde_json::Value, publish: bool) -> Service {
+        serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "ns"},
+            "spec": {"selector": {"app": "web"}, "publishNotReadyAddresses": publish,
+                     "ports": [{"name": "web", "port": 80, "targetPort": target}]},
+        }))
+        .unwrap()
+    }
+
+    fn cond(c: &EndpointConditions) -> (bool, bool, bool) {
+        (c.ready.unwrap(), c.serving.unwrap(), c.terminating.unwrap())
+    }
+
+    #[test]
+    fn conditions_say_ready_serving_and_terminating_as_the_spec_defines_them() {
+        // (ready, serving, terminating)
+        assert_eq!(
+            cond(&conditions(&pod("a", None, true, false), false)),
+            (true, true, false)
+        );
+        assert_eq!(
+            cond(&conditions(&pod("a", None, false, false), false)),
+            (false, false, false)
+        );
+        // A terminating pod still passing readiness serves but is not ready.
+        assert_eq!(
+            cond(&conditions(&pod("a", None, true, true), false)),
+            (false, true, true)
+        );
+        assert_eq!(
+            cond(&conditions(&pod("a", None, false, true), false)),
+            (false, false, true)
+        );
+        // publishNotReadyAddresses: ready and serving regardless.
+        assert_eq!(
+            cond(&conditions(&pod("a", None, false, false), true)),
+            (true, true, false)
+        );
+    }
+
+    #[test]
+    fn a_named_target_port_is_resolved_per_pod_and_pods_without_it_get_no_such_port() {
+        let s = svc(json!("http"), false);
+        let mut other = (*pod("b", Some("10.0.0.2"), true, false)).clone();
+        other.spec.as_mut().unwrap().containers[0].ports = None;
+        let groups = desired(
+            &s,
+            &[pod("a", Some("10.0.0.1"), true, false), Arc::new(other)],
+        );
+        assert_eq!(groups.len(), 2, "{groups:?}");
+        let with: Vec<_> = groups.iter().filter(|(k, _)| !k.is_empty()).collect();
+        assert_eq!(with.len(), 1);
+        assert_eq!(with[0].0[0].port, 8080);
+        assert_eq!(with[0].1[0].addresses, ["10.0.0.1"]);
+    }
+
+    #[test]
+    fn pods_without_an_address_get_no_endpoint_and_a_numeric_target_port_is_used_as_is() {
+        let s = svc(json!(9000), false);
+        let groups = desired(
+            &s,
+            &[
+                pod("a", None, true, false),
+                pod("b", Some("10.0.0.2"), true, false),
+            ],
+        );
+        let (ports, eps) = groups.iter().next().unwrap();
+        assert_eq!(ports[0].port, 9000);
+        assert_eq!(eps.len(), 1);
+        assert_eq!(eps[0].node_name.as_deref(), Some("n1"));
+        assert_eq!(
+            eps[0].target_ref.as_ref().unwrap().name.as_deref(),
+            Some("b")
+        );
+    }
+
+    #[test]
+    fn endpoints_list_ready_addresses_and_not_ready_ones_apart_and_leave_out_terminating() {
+        let s = svc(json!(80), false);
+        let groups = desired(
+            &s,
+            &[
+                pod("a", Some("10.0.0.1"), true, false),
+                pod("b", Some("10.0.0.2"), false, false),
+                pod("c", Some("10.0.0.3"), true, true),
+            ],
+        );
+        let subsets = endpoints_subsets(&groups, false);
+        assert_eq!(subsets.len(), 1);
+        let ips = |v: &Option<Vec<EndpointAddress>>| {
+            v.iter().flatten().map(|a| a.ip.clone()).collect::<Vec<_>>()
+        };
+        assert_eq!(ips(&subsets[0].addresses), ["10.0.0.1"]);
+        assert_eq!(ips(&subsets[0].not_ready_addresses), ["10.0.0.2"]);
+    }
+}

@@ -1,0 +1,204 @@
+//! The controller-manager (`trellis controller-manager`): the controllers that turn what users
+//! ask for into pods and endpoints, the way kube-controller-manager does — ReplicaSets and
+//! ReplicationControllers ([`replicaset`]), Deployments ([`deployment`]), EndpointSlices and
+//! Endpoints ([`endpointslice`]), the garbage collector ([`gc`]) and node lifecycle
+//! ([`nodelifecycle`]).
+//!
+//! Every controller is level-triggered: watch events only put keys on its queue
+//! ([`workqueue`]), and a sync reads the whole current state from the caches, so a restart or
+//! a missed event converges to the same result. Controllers that create pods record what they
+//! expect to see ([`expectations`]) and do not act again until they have seen it, so a slow
+//! watch never makes them create or delete twice.
+
+pub mod daemonset;
+pub mod deployment;
+pub mod endpointslice;
+pub mod expectations;
+pub mod gc;
+pub mod informer;
+pub mod nodelifecycle;
+pub mod owner;
+pub mod pods;
+pub mod replicaset;
+pub mod workqueue;
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use trellis_daemon::Metrics;
+
+pub use workqueue::WorkQueue;
+
+/// The controllers this manager knows, by their upstream names.
+pub const ALL: &[&str] = &[
+    "replicaset",
+    "replicationcontroller",
+    "deployment",
+    "daemonset",
+    "endpointslice",
+    "endpoints",
+    "garbagecollector",
+    "nodelifecycle",
+    "kubernetes-service",
+];
+
+/// The controllers run unless `--controllers` says otherwise: all but
+/// ReplicationController, which our API server does not serve (the controller works against
+/// servers that do).
+pub const DEFAULT: &[&str] = &[
+    "replicaset",
+    "deployment",
+    "daemonset",
+    "endpointslice",
+    "endpoints",
+    "garbagecollector",
+    "nodelifecycle",
+    "kubernetes-service",
+];
+
+/// How the controller-manager runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub kubeconfig: Option<PathBuf>,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served.
+    pub listen: Option<SocketAddr>,
+    /// The controllers to run (names from [`ALL`]).
+    pub controllers: BTreeSet<String>,
+    /// Workers per controller queue.
+    pub workers: usize,
+    /// A node whose Lease was not renewed for this long is Unknown and tainted unreachable.
+    pub node_monitor_grace_period: Duration,
+    /// How often node health is checked.
+    pub node_monitor_period: Duration,
+    /// The API servers' addresses: the `kubernetes` Service's endpoints (empty: the
+    /// `kubernetes-service` controller does nothing).
+    pub apiserver_addresses: Vec<SocketAddr>,
+    /// The `kubernetes` Service's cluster IP (the service range's first address).
+    pub kubernetes_service_ip: std::net::Ipv4Addr,
+    /// Run only while holding the `kube-controller-manager` Lease.
+    pub leader_elect: bool,
+    /// This candidate's identity in the Lease.
+    pub identity: Option<String>,
+    /// Leader election timers: lease duration, renew deadline, retry period.
+    pub leader_timers: (Duration, Duration, Duration),
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            kubeconfig: None,
+            listen: None,
+            controllers: DEFAULT.iter().map(|s| s.to_string()).collect(),
+            workers: 5,
+            node_monitor_grace_period: Duration::from_secs(50),
+            node_monitor_period: Duration::from_secs(5),
+            apiserver_addresses: Vec::new(),
+            kubernetes_service_ip: std::net::Ipv4Addr::new(10, 96, 0, 1),
+            leader_elect: true,
+            identity: None,
+            leader_timers: (
+                Duration::from_secs(15),
+                Duration::from_secs(10),
+                Duration::from_secs(2),
+            ),
+        }
+    }
+}
+
+impl Config {
+    pub fn runs(&self, name: &str) -> bool {
+        self.controllers.contains(name)
+    }
+}
+
+/// Errors that stop the controller-manager.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kube client: {0}")]
+    Client(String),
+    #[error("listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("unknown controller {0:?} (known: {known})", known = ALL.join(", "))]
+    UnknownController(String),
+    #[error("leader election: {0}")]
+    Leader(String),
+}
+
+/// Why one sync failed (it is retried with back-off).
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("api: {0}")]
+    Api(#[from] kube::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What every controller shares.
+#[derive(Clone)]
+pub struct Ctx {
+    pub client: kube::Client,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Runs `workers` workers on `queue` until it is shut down. `sync` says when to look at the
+/// key again (Ok(Some)), that it is done (Ok(None)), or fails (retried with back-off).
+pub fn spawn_workers<F, Fut>(
+    name: &'static str,
+    queue: WorkQueue,
+    workers: usize,
+    metrics: Arc<Metrics>,
+    sync: F,
+) -> Vec<tokio::task::JoinHandle<()>>
+where
+    F: Fn(String) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Option<Duration>, SyncError>> + Send + 'static,
+{
+    (0..workers.max(1))
+        .map(|_| {
+            let queue = queue.clone();
+            let sync = sync.clone();
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                while let Some(key) = queue.get().await {
+                    let started = std::time::Instant::now();
+                    let r = sync(key.clone()).await;
+                    metrics.observe(
+                        "trellis_controller_sync_duration_seconds",
+                        "Time one sync of one key took, by controller.",
+                        &[("controller", name)],
+                        started.elapsed().as_secs_f64(),
+                    );
+                    match r {
+                        Ok(again) => {
+                            queue.forget(&key);
+                            if let Some(d) = again {
+                                queue.add_after(key.clone(), d);
+                            }
+                        }
+                        Err(e) => {
+                            metrics.inc(
+                                "trellis_controller_sync_errors_total",
+                                "Syncs that failed and were retried, by controller.",
+                                &[("controller", name)],
+                                1.0,
+                            );
+                            tracing::warn!(controller = name, %key, error = %e, "sync failed; retrying");
+                            queue.add_rate_limited(&key);
+                        }
+                    }
+                    queue.done(&key);
+                }
+            })
+        })
+        .collect()
+}
+
+mod manager;
+pub use manager::{run, run_controllers};

@@ -1,0 +1,81 @@
+//! `trellis controller-manager`: ReplicaSets, Deployments, endpoints, garbage collection and
+//! node lifecycle, with one active instance elected through a Lease.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The kubeconfig to reach the API server with (default: in-cluster, then ~/.kube/config).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Controllers to run, comma-separated (default: all but replicationcontroller, which our
+    /// API server does not serve). Known: replicaset, replicationcontroller, deployment,
+    /// endpointslice, endpoints, garbagecollector, nodelifecycle, kubernetes-service.
+    #[arg(long, value_delimiter = ',')]
+    controllers: Vec<String>,
+    /// Workers per controller.
+    #[arg(long, default_value_t = 5)]
+    concurrent_syncs: usize,
+    /// Seconds without a renewed node Lease before the node is Unknown and tainted
+    /// unreachable (upstream's default since 1.32).
+    #[arg(long, default_value_t = 50)]
+    node_monitor_grace_period: u64,
+    /// Milliseconds between node health checks.
+    #[arg(long, default_value_t = 5000)]
+    node_monitor_period_ms: u64,
+    /// An API server address for the `kubernetes` Service's endpoints (repeat for each API
+    /// server; none: the `kubernetes` Service is left alone).
+    #[arg(long = "apiserver-address")]
+    apiserver_addresses: Vec<SocketAddr>,
+    /// The `kubernetes` Service's cluster IP (the service range's first address).
+    #[arg(long, default_value = "10.96.0.1")]
+    kubernetes_service_ip: Ipv4Addr,
+    /// Act only while holding the kube-system/kube-controller-manager Lease.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// This candidate's identity in the Lease (default: `<hostname>_<random>`).
+    #[arg(long)]
+    leader_elect_identity: Option<String>,
+    /// Seconds a standby waits for an unchanged Lease before taking over.
+    #[arg(long, default_value_t = 15)]
+    leader_elect_lease_duration: u64,
+    /// Seconds the leader keeps acting without a successful renewal.
+    #[arg(long, default_value_t = 10)]
+    leader_elect_renew_deadline: u64,
+    /// Seconds between acquire and renew attempts.
+    #[arg(long, default_value_t = 2)]
+    leader_elect_retry_period: u64,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served.
+    #[arg(long, default_value = "127.0.0.1:10257")]
+    listen: SocketAddr,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let mut config = trellis_controllers::Config {
+        kubeconfig: args.kubeconfig,
+        listen: Some(args.listen),
+        workers: args.concurrent_syncs.max(1),
+        node_monitor_grace_period: Duration::from_secs(args.node_monitor_grace_period),
+        node_monitor_period: Duration::from_millis(args.node_monitor_period_ms.max(100)),
+        apiserver_addresses: args.apiserver_addresses,
+        kubernetes_service_ip: args.kubernetes_service_ip,
+        leader_elect: args.leader_elect,
+        identity: args.leader_elect_identity,
+        leader_timers: (
+            Duration::from_secs(args.leader_elect_lease_duration),
+            Duration::from_secs(args.leader_elect_renew_deadline),
+            Duration::from_secs(args.leader_elect_retry_period),
+        ),
+        ..Default::default()
+    };
+    if !args.controllers.is_empty() {
+        config.controllers = args.controllers.into_iter().collect();
+    }
+    trellis_controllers::run(config, trellis_daemon::shutdown_signal())
+        .await
+        .context("the controller-manager failed")
+}
