@@ -69,6 +69,7 @@ fn learned(b: &BestRoute) -> Option<Route> {
 #[derive(Debug, Default)]
 pub struct Installed {
     failures: u64,
+    fenced: u64,
 }
 
 impl Installed {
@@ -77,8 +78,27 @@ impl Installed {
         self.failures
     }
 
-    /// Applies one Loc-RIB change.
-    pub async fn apply(&mut self, host: &Handle, change: &LocRibChange) {
+    /// Best routes not installed because they were no longer best when their turn came.
+    pub fn fenced(&self) -> u64 {
+        self.fenced
+    }
+
+    /// Applies one Loc-RIB change. `current` says whether a best route still is: one that is
+    /// not (its session ended while changes queued behind it) is skipped, so a session that
+    /// has ended installs nothing more; its withdrawal follows in the stream.
+    pub async fn apply(
+        &mut self,
+        host: &Handle,
+        change: &LocRibChange,
+        current: impl Fn(&BestRoute) -> bool,
+    ) {
+        if let LocRibChange::Best(b) = change
+            && !b.is_local()
+            && !current(b)
+        {
+            self.fenced += 1;
+            return;
+        }
         let result = match change {
             LocRibChange::Best(b) => match learned(b) {
                 Some(r) => host.replace_route(&r).await,

@@ -25,6 +25,11 @@ impl PeerTask {
             // Idle refuses connections unless an automatic restart is pending, in which case
             // the peer's connection is the restart (RFC 4271 §8.1.1 passive automatic start).
             State::Idle if self.timers.idle_hold.is_none() => {}
+            // Held down after a max-prefix breach: refused, with the reason.
+            State::Idle if self.held_down.is_some() => {
+                info!(peer = %self.address(), "connection refused: the session is held down after a max-prefix breach");
+                tokio::spawn(reject(stream, CeaseSubcode::ConnectionRejected));
+            }
             State::Idle => {
                 self.timers.idle_hold = None;
                 self.step(Event::AutomaticStartPassive).await;

@@ -63,7 +63,7 @@ use tokio::time::{Instant, timeout};
 use tracing::info;
 
 use crate::fsm::State;
-use crate::rib::{self, LocRibChange, PeerInfo, Rib, RibConfig};
+use crate::rib::{self, LocRibChange, PeerInfo, Rib, RibConfig, RoutePolicy};
 use listener::{accept_loop, bind};
 use peer::{PeerMsg, PeerTask};
 
@@ -140,6 +140,22 @@ pub struct PeerConfig {
     pub rr_client: bool,
     /// Source address for our connections (and so the next hop we give eBGP peers).
     pub local_address: Option<IpAddr>,
+    /// A limit on the prefixes the peer may send (RFC 4486).
+    pub max_prefixes: Option<MaxPrefixes>,
+    /// Import and export filters.
+    pub policy: RoutePolicy,
+}
+
+/// The most prefixes a peer may have in its Adj-RIB-In, all families together. One more
+/// closes the session with a Cease "maximum number of prefixes reached" (6/1, carrying the
+/// family and the limit, RFC 4486 §4), its routes are withdrawn, and the session is held down
+/// (the peer's connections refused) for `restart` before it starts again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxPrefixes {
+    /// The limit.
+    pub limit: u32,
+    /// How long the session stays down after a breach.
+    pub restart: Duration,
 }
 
 impl PeerConfig {
@@ -153,6 +169,8 @@ impl PeerConfig {
             passive: false,
             rr_client: false,
             local_address: None,
+            max_prefixes: None,
+            policy: RoutePolicy::default(),
         }
     }
 }
@@ -176,6 +194,25 @@ pub struct PeerStatus {
     pub prefixes_received: usize,
     /// Routes in its Adj-RIB-Out.
     pub prefixes_sent: usize,
+    /// UPDATE messages received in this session (0 while no session is up).
+    pub updates_received: u64,
+    /// UPDATE messages sent in this session.
+    pub updates_sent: u64,
+    /// All messages received in this session.
+    pub messages_received: u64,
+    /// All messages sent in this session.
+    pub messages_sent: u64,
+    /// The same counts over the peer's whole life (every session, this one included).
+    pub total: MessageCounts,
+    /// Times the session reached Established.
+    pub established_transitions: u64,
+    /// The last NOTIFICATION sent or received, or the last malformed-UPDATE handling.
+    pub last_error: Option<String>,
+}
+
+/// Messages counted over a peer's lifetime.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MessageCounts {
     /// UPDATE messages received.
     pub updates_received: u64,
     /// UPDATE messages sent.
@@ -184,13 +221,37 @@ pub struct PeerStatus {
     pub messages_received: u64,
     /// All messages sent.
     pub messages_sent: u64,
-    /// Times the session reached Established.
-    pub established_transitions: u64,
-    /// The last NOTIFICATION sent or received, or the last malformed-UPDATE handling.
-    pub last_error: Option<String>,
 }
 
 impl PeerStatus {
+    /// Counts one message received (an UPDATE when `update`).
+    pub(crate) fn count_received(&mut self, update: bool) {
+        self.messages_received += 1;
+        self.total.messages_received += 1;
+        if update {
+            self.updates_received += 1;
+            self.total.updates_received += 1;
+        }
+    }
+
+    /// Counts one message sent.
+    pub(crate) fn count_sent(&mut self, update: bool) {
+        self.messages_sent += 1;
+        self.total.messages_sent += 1;
+        if update {
+            self.updates_sent += 1;
+            self.total.updates_sent += 1;
+        }
+    }
+
+    /// A new session (or none): the per-session counts start again.
+    pub(crate) fn reset_session_counts(&mut self) {
+        self.updates_received = 0;
+        self.updates_sent = 0;
+        self.messages_received = 0;
+        self.messages_sent = 0;
+    }
+
     fn new(config: &PeerConfig) -> Self {
         Self {
             address: config.address,
@@ -205,6 +266,7 @@ impl PeerStatus {
             updates_sent: 0,
             messages_received: 0,
             messages_sent: 0,
+            total: MessageCounts::default(),
             established_transitions: 0,
             last_error: None,
         }
@@ -383,6 +445,7 @@ impl Speaker {
             address: peer.address,
             asn: peer.remote_asn,
             rr_client: peer.rr_client,
+            policy: peer.policy.clone(),
         });
         let (tx, rx) = mpsc::channel(PEER_QUEUE);
         let (stop, stopped) = oneshot::channel();
@@ -475,6 +538,19 @@ impl Speaker {
     /// The Loc-RIB now.
     pub fn routes(&self) -> Vec<rib::BestRoute> {
         self.shared.core().rib.loc_rib().cloned().collect()
+    }
+
+    /// Whether `route` is still the best route of its prefix. The agent programs the kernel
+    /// one change at a time, behind the RIB: a route announced by a session that has ended
+    /// since (its withdrawal queued behind) must not be installed meanwhile, so each install is
+    /// fenced by this check.
+    pub fn is_current(&self, route: &rib::BestRoute) -> bool {
+        let core = self.shared.core();
+        core.rib.best(&route.prefix).is_some_and(|best| {
+            best.source == route.source
+                && best.next_hop == route.next_hop
+                && best.stale == route.stale
+        })
     }
 
     /// Every peer's status, by address.
