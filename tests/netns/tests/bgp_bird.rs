@@ -1008,3 +1008,121 @@ async fn a_bird_over_the_max_prefix_limit_is_ceased_held_down_and_let_back_withi
     assert_eq!(p["state"], "Established", "{p}");
     assert_eq!(p["prefixes_received"], 3, "{p}");
 }
+
+fn has_route(routes: &[netns_testbed::bird::BirdRoute], prefix: &str, from: &str) -> bool {
+    routes
+        .iter()
+        .any(|r| r.prefix.to_string() == prefix && r.source == from)
+}
+
+/// Issue 18: prefix filters hold against a BIRD that announces what it must not — a default
+/// route, a foreign prefix, a block split too fine — and the agent exports only its own
+/// prefixes (minus one a rule rejects) to a second BIRD. The negative control restarts the
+/// agent without the import rules and with an export rule for the learned block: the very
+/// same announcements then reach the kernel and the second BIRD.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_hold_against_a_bird_that_announces_what_it_must_not() {
+    require_root();
+    let tb = Testbed::new().unwrap();
+    let n = nodes(&tb, 3).await;
+    let (me, rogue_node, other_node) = (&n[0], &n[1], &n[2]);
+    let mut rogue = BirdConfig::new(rogue_node, 64513).peer(BirdPeer::new("agent", me.ip, 64512));
+    for p in ["0.0.0.0/0", "172.20.0.0/24", "10.33.1.0/24", "10.33.2.0/28"] {
+        rogue = rogue.announce(net(p));
+    }
+    let _rogue = Bird::start(&tb, rogue_node, rogue, LIFETIME).await.unwrap();
+    let other = Bird::start(
+        &tb,
+        other_node,
+        BirdConfig::new(other_node, 64515).peer(BirdPeer::new("agent", me.ip, 64512)),
+        LIFETIME,
+    )
+    .await
+    .unwrap();
+    let base = AgentSpec::new(64512)
+        .peer(rogue_node.ip, 64513)
+        .peer(other_node.ip, 64515)
+        .announce(net("10.34.1.0/24"))
+        .announce(net("10.34.2.0/24"));
+    let mut spec = base.clone();
+    spec.status_port = 9933;
+    spec.extra = [
+        "--import-filter",
+        "reject 0.0.0.0/0",
+        "--import-filter",
+        "accept 10.33.0.0/16 le 24",
+        "--import-filter",
+        "reject 0.0.0.0/0 le 32",
+        "--export-filter",
+        "reject 10.34.2.0/24",
+    ]
+    .map(String::from)
+    .into();
+    let mut agent = Agent::start(&tb, me, spec, LIFETIME).await.unwrap();
+    agent
+        .wait_established(rogue_node.ip, SESSION)
+        .await
+        .unwrap();
+    agent
+        .wait_established(other_node.ip, SESSION)
+        .await
+        .unwrap();
+
+    // Import: only the block inside 10.33.0.0/16 at /24 or shorter.
+    expect_route(
+        me,
+        "10.33.1.0/24",
+        rogue_node,
+        PROTO_TRELLIS,
+        "the accepted block",
+    )
+    .await;
+    let p = agent.peer_status(rogue_node.ip).await.unwrap().unwrap();
+    assert_eq!(p["prefixes_received"], 1, "{p}");
+    let routes = kernel_routes(&me.ns).await.unwrap();
+    for refused in ["0.0.0.0/0", "172.20.0.0/24", "10.33.2.0/28"] {
+        assert!(
+            !kernel_has(&routes, net(refused), Want::Proto(PROTO_TRELLIS)),
+            "{refused} reached the kernel: {routes:?}"
+        );
+    }
+
+    // Export: our own block, not the one a rule rejects, and nothing learned.
+    let start = Instant::now();
+    loop {
+        let r = other.routes().await.unwrap();
+        if has_route(&r, "10.34.1.0/24", "agent") {
+            assert!(!has_route(&r, "10.34.2.0/24", "agent"), "{r:?}");
+            assert!(!has_route(&r, "10.33.1.0/24", "agent"), "{r:?}");
+            break;
+        }
+        assert!(start.elapsed() < PROPAGATE, "the other BIRD: {r:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let p = agent.peer_status(other_node.ip).await.unwrap().unwrap();
+    assert_eq!(p["prefixes_sent"], 1, "{p}");
+
+    // Negative control: no import rules, the learned block exported by a rule.
+    let mut spec = base;
+    spec.status_port = 9933;
+    spec.extra = ["--export-filter", "accept 10.33.0.0/16 le 32"]
+        .map(String::from)
+        .into();
+    agent.restart(spec).await.unwrap();
+    agent
+        .wait_established(rogue_node.ip, SESSION)
+        .await
+        .unwrap();
+    for p in ["0.0.0.0/0", "172.20.0.0/24", "10.33.2.0/28"] {
+        expect_route(me, p, rogue_node, PROTO_TRELLIS, "unfiltered, it arrives").await;
+    }
+    let start = Instant::now();
+    loop {
+        let r = other.routes().await.unwrap();
+        if has_route(&r, "10.33.1.0/24", "agent") && has_route(&r, "10.34.2.0/24", "agent") {
+            break;
+        }
+        assert!(start.elapsed() < SESSION, "the other BIRD: {r:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
