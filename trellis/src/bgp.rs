@@ -45,6 +45,13 @@ pub struct AgentArgs {
     /// A neighbour, ADDRESS:ASN (repeatable).
     #[arg(long = "peer")]
     peers: Vec<Neighbour>,
+    /// A file holding the TCP MD5 password (RFC 2385) of every --peer (one trailing newline is
+    /// not part of it). A peer with another password, or none, never gets a session.
+    #[arg(long)]
+    peer_password_file: Option<PathBuf>,
+    /// The namespace of the Secrets BGPPeers name for their passwords (spec.password.secretKeyRef).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "kube-system")]
+    secrets_namespace: String,
     /// A prefix to announce (repeatable); gets a blackhole route.
     #[arg(long = "announce")]
     announce: Vec<IpNet>,
@@ -113,6 +120,18 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     c.listen = args.listen;
     c.mesh = !args.no_mesh;
     c.peers = args.peers;
+    if let Some(path) = &args.peer_password_file {
+        let text = std::fs::read(path)
+            .with_context(|| format!("reading the peer password file {}", path.display()))?;
+        let text = text.strip_suffix(b"\n").unwrap_or(&text);
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
+        let key = trellis_bgp_agent::Md5Key::new(text.to_vec())
+            .with_context(|| format!("the peer password in {}", path.display()))?;
+        for p in &mut c.peers {
+            p.password = Some(key.clone());
+        }
+    }
+    c.secrets_namespace = args.secrets_namespace;
     c.announce = args.announce;
     c.announce_file = args.announce_file;
     // In a cluster the node's pods are this agent's business: ipamd and the runtime's CNI

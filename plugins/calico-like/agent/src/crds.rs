@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use trellis_api::cluster::CrdSpec;
 use trellis_bgp::{PrefixRule, Verdict};
 
-use crate::Neighbour;
+use crate::{Md5Key, Neighbour};
 
 pub const GROUP: &str = "bgp.trellis.dev";
 pub const VERSION: &str = "v1";
@@ -66,6 +66,49 @@ pub struct PeerSpec {
     /// `BGPFilter` names, in order: their rules come before the agent's flags.
     #[serde(default)]
     pub filters: Vec<String>,
+    /// TCP MD5 password from a Secret, as Calico's `password.secretKeyRef`.
+    #[serde(default)]
+    pub password: Option<PasswordSource>,
+}
+
+/// `spec.password`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PasswordSource {
+    pub secret_key_ref: SecretKeyRef,
+}
+
+/// A key of a Secret in the agent's `--secrets-namespace`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct SecretKeyRef {
+    pub name: String,
+    pub key: String,
+}
+
+/// The password a Secret holds under `r.key`, or why there is none.
+async fn password(
+    secrets: &Api<k8s_openapi::api::core::v1::Secret>,
+    r: &SecretKeyRef,
+) -> Result<Md5Key, String> {
+    let secret = secrets
+        .get_opt(&r.name)
+        .await
+        .map_err(|e| format!("reading Secret {}: {e}", r.name))?
+        .ok_or_else(|| format!("Secret {} does not exist", r.name))?;
+    let bytes = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(&r.key))
+        .map(|b| b.0.clone())
+        .or_else(|| {
+            secret
+                .string_data
+                .as_ref()
+                .and_then(|d| d.get(&r.key))
+                .map(|s| s.clone().into_bytes())
+        })
+        .ok_or_else(|| format!("Secret {} has no key {}", r.name, r.key))?;
+    Md5Key::new(bytes).map_err(|e| format!("Secret {} key {}: {e}", r.name, r.key))
 }
 
 /// `BGPFilter.spec`: import and export rules, each list in order (first match decides).
@@ -187,6 +230,12 @@ pub fn peer_crd() -> CrdSpec {
             "holdTime": {"type": "integer", "minimum": 0, "maximum": 65535},
             "maxPrefixes": {"type": "integer", "minimum": 1, "maximum": 4294967295u64},
             "filters": {"type": "array", "items": {"type": "string"}},
+            "password": {"type": "object", "required": ["secretKeyRef"], "properties": {
+                "secretKeyRef": {"type": "object", "required": ["name", "key"], "properties": {
+                    "name": {"type": "string"},
+                    "key": {"type": "string"},
+                }},
+            }},
         }}),
         columns: json!([
             {"name": "Peer", "type": "string", "jsonPath": ".spec.peerIP"},
@@ -260,13 +309,24 @@ pub struct Dynamic {
 }
 
 /// Streams [`Dynamic`] whenever a `BGPConfiguration` or `BGPPeer` changes.
-pub fn watch(client: kube::Client, node: String) -> mpsc::Receiver<Dynamic> {
+///
+/// Passwords are read from their Secrets whenever the peers change and every 30 s (a changed
+/// Secret takes effect then, with a new session). A peer whose password cannot be read is left
+/// out (and logged): it must never run unsigned.
+pub fn watch(
+    client: kube::Client,
+    node: String,
+    secrets_namespace: String,
+) -> mpsc::Receiver<Dynamic> {
     let (tx, rx) = mpsc::channel(16);
     let configs: Api<DynamicObject> =
         Api::all_with(client.clone(), &resource(CONFIG_KIND, CONFIG_PLURAL));
     let peers: Api<DynamicObject> =
         Api::all_with(client.clone(), &resource(PEER_KIND, PEER_PLURAL));
-    let filters: Api<DynamicObject> = Api::all_with(client, &resource(FILTER_KIND, FILTER_PLURAL));
+    let filters: Api<DynamicObject> =
+        Api::all_with(client.clone(), &resource(FILTER_KIND, FILTER_PLURAL));
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client, &secrets_namespace);
     tokio::spawn(async move {
         let mut config_events = watcher(configs, watcher::Config::default()).boxed();
         let mut peer_events = watcher(peers, watcher::Config::default()).boxed();
@@ -277,8 +337,10 @@ pub fn watch(client: kube::Client, node: String) -> mpsc::Receiver<Dynamic> {
         let mut peer_objs: BTreeMap<String, PeerSpec> = BTreeMap::new();
         let mut init: BTreeMap<String, PeerSpec> = BTreeMap::new();
         let mut last: Option<Dynamic> = None;
+        let mut reread = tokio::time::interval(Duration::from_secs(30));
         loop {
             tokio::select! {
+                _ = reread.tick() => {}
                 Some(ev) = config_events.next() => match ev {
                     Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o))
                         if o.metadata.name.as_deref() == Some(DEFAULT) => settings = spec(&o),
@@ -338,25 +400,34 @@ pub fn watch(client: kube::Client, node: String) -> mpsc::Receiver<Dynamic> {
                 else => return,
             }
             let mut problems = Vec::new();
+            let mut peers = Vec::new();
+            for p in peer_objs.values().filter(|p| p.applies_to(&node)) {
+                let (import, export, trouble) = resolve(&p.filters, &filter_objs);
+                problems.extend(trouble.into_iter().map(|t| (p.peer_ip, t)));
+                let password = match &p.password {
+                    None => None,
+                    Some(source) => match password(&secrets, &source.secret_key_ref).await {
+                        Ok(key) => Some(key),
+                        Err(e) => {
+                            problems.push((p.peer_ip, format!("peer left out: no password: {e}")));
+                            continue;
+                        }
+                    },
+                };
+                peers.push(Neighbour {
+                    address: p.peer_ip,
+                    asn: p.as_number,
+                    hold_time: p.hold_time,
+                    max_prefixes: p.max_prefixes,
+                    mesh: false,
+                    import,
+                    export,
+                    password,
+                });
+            }
             let now = Dynamic {
                 mesh: settings.as_ref().and_then(|s| s.node_to_node_mesh),
-                peers: peer_objs
-                    .values()
-                    .filter(|p| p.applies_to(&node))
-                    .map(|p| {
-                        let (import, export, trouble) = resolve(&p.filters, &filter_objs);
-                        problems.extend(trouble.into_iter().map(|t| (p.peer_ip, t)));
-                        Neighbour {
-                            address: p.peer_ip,
-                            asn: p.as_number,
-                            hold_time: p.hold_time,
-                            max_prefixes: p.max_prefixes,
-                            mesh: false,
-                            import,
-                            export,
-                        }
-                    })
-                    .collect(),
+                peers,
             };
             if last.as_ref() != Some(&now) {
                 for (peer, problem) in &problems {
@@ -425,10 +496,13 @@ mod tests {
         );
         // A BGPPeer names its filters.
         let p: PeerSpec = serde_json::from_value(
-            json!({"peerIP": "198.18.0.9", "asNumber": 65000, "filters": ["pods"]}),
+            json!({"peerIP": "198.18.0.9", "asNumber": 65000, "filters": ["pods"],
+                   "password": {"secretKeyRef": {"name": "bgp-secrets", "key": "tor1"}}}),
         )
         .unwrap();
         assert_eq!(p.filters, ["pods"]);
+        let r = &p.password.unwrap().secret_key_ref;
+        assert_eq!((r.name.as_str(), r.key.as_str()), ("bgp-secrets", "tor1"));
     }
 
     #[test]

@@ -22,9 +22,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
-pub use trellis_bgp::PrefixRule;
 use trellis_bgp::speaker::{PeerConfig, Speaker, SpeakerConfig};
 use trellis_bgp::{LocRibChange, PrefixFilter, RoutePolicy};
+pub use trellis_bgp::{Md5Key, PrefixRule};
 use trellis_daemon::{Health, Metrics};
 use trellis_net::Handle;
 use trellis_net::underlay::{self, Choice};
@@ -47,6 +47,8 @@ pub struct Neighbour {
     /// the agent's `--import-filter` and `--export-filter` rules.
     pub import: Vec<PrefixRule>,
     pub export: Vec<PrefixRule>,
+    /// TCP MD5 password (`--peer-password-file`, or the Secret its `BGPPeer` names).
+    pub password: Option<Md5Key>,
 }
 
 impl std::str::FromStr for Neighbour {
@@ -68,6 +70,7 @@ impl std::str::FromStr for Neighbour {
             mesh: false,
             import: Vec::new(),
             export: Vec::new(),
+            password: None,
         })
     }
 }
@@ -93,6 +96,8 @@ pub struct Config {
     /// ipamd's socket: the node's blocks are announced.
     pub ipamd: Option<PathBuf>,
     pub hold_time: u16,
+    /// Where the Secrets that `BGPPeer`s name for their passwords live.
+    pub secrets_namespace: String,
     /// Every peer's max-prefix limit unless its `BGPPeer` sets one (None: no limit).
     pub max_prefixes: Option<u32>,
     /// How long a session stays down after its peer broke the max-prefix limit.
@@ -131,6 +136,7 @@ impl Config {
             announce_file: None,
             ipamd: None,
             hold_time: 90,
+            secrets_namespace: "kube-system".into(),
             max_prefixes: None,
             max_prefix_restart: Duration::from_secs(30),
             import: Vec::new(),
@@ -290,9 +296,13 @@ pub async fn run(
         Some(c) => Some(mesh::watch(c.clone(), config.node.clone(), node_ip, config.asn).await?),
         None => None,
     };
-    let mut dynamic_rx = client
-        .as_ref()
-        .map(|c| crds::watch(c.clone(), config.node.clone()));
+    let mut dynamic_rx = client.as_ref().map(|c| {
+        crds::watch(
+            c.clone(),
+            config.node.clone(),
+            config.secrets_namespace.clone(),
+        )
+    });
     // The three sources of peers: flags, the mesh (when on), BGPPeer objects.
     let mut mesh_on = config.mesh;
     let mut mesh_peers: Vec<Neighbour> = Vec::new();
@@ -534,6 +544,7 @@ fn apply_peers(
                         restart: config.max_prefix_restart,
                     });
             pc.policy = policy(n, config);
+            pc.password = n.password.clone();
             speaker.add_peer(pc).map_err(AgentError::mode)?;
             have.insert(*addr, n.clone());
         }

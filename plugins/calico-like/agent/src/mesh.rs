@@ -98,6 +98,7 @@ pub async fn watch(
                         mesh: true,
                         import: Vec::new(),
                         export: Vec::new(),
+                        password: None,
                     })
                     .collect();
                 if tx.send(mesh).await.is_err() {

@@ -20,5 +20,5 @@ pub mod speaker;
 pub use filter::{PrefixFilter, PrefixRule, Verdict};
 pub use rib::{BestRoute, LocRibChange, RoutePolicy, Source};
 pub use speaker::{
-    MaxPrefixes, PeerConfig, PeerStatus, RouteChange, Speaker, SpeakerConfig, SpeakerError,
+    MaxPrefixes, Md5Key, PeerConfig, PeerStatus, RouteChange, Speaker, SpeakerConfig, SpeakerError,
 };

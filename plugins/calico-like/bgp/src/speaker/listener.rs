@@ -23,7 +23,7 @@ pub(super) fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Hands each accepted connection to its peer's task; strangers are closed at once.
-pub(super) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+pub(super) async fn accept_loop(listener: Arc<TcpListener>, shared: Arc<Shared>) {
     loop {
         let (stream, remote) = match listener.accept().await {
             Ok(accepted) => accepted,

@@ -49,7 +49,10 @@
 mod collision;
 mod export;
 mod listener;
+mod md5;
 mod peer;
+
+pub use md5::{KeyError, MAX_KEY_LEN, Md5Key};
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -144,6 +147,9 @@ pub struct PeerConfig {
     pub max_prefixes: Option<MaxPrefixes>,
     /// Import and export filters.
     pub policy: RoutePolicy,
+    /// TCP MD5 signatures (RFC 2385) with this password, on our connections and on the
+    /// listener for this peer's. A peer with another password, or none, never gets a session.
+    pub password: Option<Md5Key>,
 }
 
 /// The most prefixes a peer may have in its Adj-RIB-In, all families together. One more
@@ -171,6 +177,7 @@ impl PeerConfig {
             local_address: None,
             max_prefixes: None,
             policy: RoutePolicy::default(),
+            password: None,
         }
     }
 }
@@ -305,6 +312,15 @@ pub enum SpeakerError {
     /// The peer is not configured.
     #[error("peer {0} is not configured")]
     UnknownPeer(IpAddr),
+    /// The kernel refused the peer's MD5 key on the listening socket.
+    #[error("cannot set the TCP MD5 key for {peer} on the listener: {source}")]
+    Md5 {
+        /// The peer.
+        peer: IpAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// An IPv4 prefix with an IPv6 next hop (RFC 5549 is not supported).
     #[error("IPv4 prefix {prefix} cannot have the IPv6 next hop {next_hop}")]
     NextHopFamily {
@@ -322,6 +338,8 @@ pub enum SpeakerError {
 pub struct Speaker {
     shared: Arc<Shared>,
     listener: Option<JoinHandle<()>>,
+    /// The listening socket, for the peers' MD5 keys.
+    socket: Option<Arc<tokio::net::TcpListener>>,
     local_addr: Option<SocketAddr>,
 }
 
@@ -400,22 +418,24 @@ impl Speaker {
                 next_slot_id: 1,
             }),
         });
-        let (listener, local_addr) = match listen {
+        let (listener, socket, local_addr) = match listen {
             Some(address) => {
-                let listener =
-                    bind(address).map_err(|source| SpeakerError::Listen { address, source })?;
+                let listener = Arc::new(
+                    bind(address).map_err(|source| SpeakerError::Listen { address, source })?,
+                );
                 let local = listener
                     .local_addr()
                     .map_err(|source| SpeakerError::Listen { address, source })?;
-                let task = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
-                (Some(task), Some(local))
+                let task = tokio::spawn(accept_loop(Arc::clone(&listener), Arc::clone(&shared)));
+                (Some(task), Some(listener), Some(local))
             }
-            None => (None, None),
+            None => (None, None, None),
         };
         info!(asn = shared.config.asn, router_id = %shared.config.router_id, ?local_addr, "BGP speaker started");
         Ok(Self {
             shared,
             listener,
+            socket,
             local_addr,
         })
     }
@@ -440,6 +460,16 @@ impl Speaker {
         let mut core = self.shared.core();
         if core.peers.contains_key(&peer.address) {
             return Err(SpeakerError::DuplicatePeer(peer.address));
+        }
+        if let (Some(socket), Some(key)) = (&self.socket, &peer.password) {
+            let v6 = self.local_addr.is_some_and(|a| a.is_ipv6());
+            md5::set_key(socket.as_ref(), v6, peer.address, Some(key)).map_err(|source| {
+                SpeakerError::Md5 {
+                    peer: peer.address,
+                    source,
+                }
+            })?;
+            info!(peer = %peer.address, "TCP MD5 signatures on for this peer");
         }
         core.rib.add_peer(PeerInfo {
             address: peer.address,
@@ -484,6 +514,12 @@ impl Speaker {
             .remove(&address)
             .ok_or(SpeakerError::UnknownPeer(address))?;
         slot.stop();
+        if let Some(socket) = &self.socket {
+            let v6 = self.local_addr.is_some_and(|a| a.is_ipv6());
+            if let Err(e) = md5::set_key(socket.as_ref(), v6, address, None) {
+                tracing::warn!(peer = %address, error = %e, "cannot remove the peer's TCP MD5 key");
+            }
+        }
         let changes = core.rib.remove_peer(address);
         core.apply(changes);
         Ok(())

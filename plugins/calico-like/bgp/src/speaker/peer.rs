@@ -225,6 +225,16 @@ impl PeerTask {
                 },
                 _ = sleep_until(t.connect_retry.unwrap_or_else(never)), if t.connect_retry.is_some() => {
                     self.timers.connect_retry = None;
+                    if self.config.password.is_some() && self.fsm.state() == State::Connect {
+                        // The kernels drop segments with a wrong or missing signature without
+                        // a word: a connection that never completes is all there is to see.
+                        warn!(
+                            peer = %self.address(),
+                            "no session with TCP MD5 configured: the connection did not complete; \
+                             the peer may have another password or none (its segments and ours are \
+                             dropped silently)"
+                        );
+                    }
                     self.step(Event::ConnectRetryTimerExpires).await;
                 }
                 _ = sleep_until(t.hold.unwrap_or_else(never)), if t.hold.is_some() => {
@@ -509,12 +519,16 @@ impl PeerTask {
         let tx = self.tx.clone();
         let target = SocketAddr::new(self.config.address, self.config.port);
         let local = self.config.local_address;
+        let password = self.config.password.clone();
         self.connecting = Some(tokio::spawn(async move {
             let result = async {
                 let socket = match target {
                     SocketAddr::V4(_) => TcpSocket::new_v4()?,
                     SocketAddr::V6(_) => TcpSocket::new_v6()?,
                 };
+                if let Some(key) = &password {
+                    super::md5::set_key(&socket, target.is_ipv6(), target.ip(), Some(key))?;
+                }
                 if let Some(local) = local {
                     socket.bind(SocketAddr::new(local, 0))?;
                 }
