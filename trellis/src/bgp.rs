@@ -65,6 +65,10 @@ pub struct AgentArgs {
     /// Proposed hold time, seconds (0, or at least 3).
     #[arg(long, default_value_t = 90)]
     hold_time: u16,
+    /// At most this many next hops per learned prefix: equally good paths from several peers
+    /// become one multipath (ECMP) kernel route; 1 keeps the single best path.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    max_paths: u16,
     /// At most this many prefixes from each peer (a BGPPeer's maxPrefixes overrides it): one
     /// more closes the session with a Cease "maximum number of prefixes reached" (RFC 4486).
     #[arg(long)]
@@ -141,6 +145,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         .ipamd_socket
         .or_else(|| in_cluster.then(|| PathBuf::from(trellis_ipam::client::DEFAULT_SOCKET)));
     c.hold_time = args.hold_time;
+    c.max_paths = usize::from(args.max_paths);
     c.max_prefixes = args.max_prefixes;
     c.import = args.import_filter;
     c.export = args.export_filter;

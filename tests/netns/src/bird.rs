@@ -848,7 +848,9 @@ impl<'a> Agent<'a> {
                     self.log()
                 )));
             }
-            if self.get("/healthz").await.is_ok() {
+            // Up, and its status document published (a second at most after the start):
+            // callers read /bgp/status right away.
+            if self.get("/healthz").await.is_ok() && self.get("/bgp/status").await.is_ok() {
                 return Ok(());
             }
             if start.elapsed() > limit {

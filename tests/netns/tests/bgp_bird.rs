@@ -1216,3 +1216,90 @@ async fn an_md5_password_establishes_only_when_both_sides_have_the_same() {
     bird.wait_established("agent", SESSION).await.unwrap();
     assert!(!agent.log().contains(warning), "{}", agent.log());
 }
+
+/// The learned routes to `prefix` in `node`'s kernel (protocol ours): their gateways.
+async fn our_gateways(node: &Node, prefix: &str) -> Vec<Vec<IpAddr>> {
+    kernel_routes(&node.ns)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.dst == net(prefix).into() && r.protocol == PROTO_TRELLIS)
+        .map(|r| r.gateways())
+        .collect()
+}
+
+/// Waits (bounded) until the kernel of `node` holds exactly one route of ours to `prefix`,
+/// through exactly `want` (sorted).
+async fn expect_gateways(node: &Node, prefix: &str, mut want: Vec<IpAddr>, what: &str) {
+    want.sort();
+    let start = Instant::now();
+    loop {
+        let got = our_gateways(node, prefix).await;
+        if got == vec![want.clone()] {
+            return;
+        }
+        assert!(
+            start.elapsed() < SESSION,
+            "{what}: {prefix} in {}'s kernel: {got:?}, want one route via {want:?}",
+            node.name
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Issue 18: ECMP. Two BIRDs in different ASes announce the same block with equally good
+/// paths: the agent installs one kernel route with both as next hops; one BIRD's withdrawal
+/// removes only its next hop, and its return adds it back. The negative control
+/// (`--max-paths 1`) installs a single next hop for the same announcements.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn equally_good_paths_from_two_birds_become_one_multipath_route() {
+    require_root();
+    let tb = Testbed::new().unwrap();
+    let n = nodes(&tb, 3).await;
+    let (me, b2, b3) = (&n[0], &n[1], &n[2]);
+    let block = "10.36.0.0/24";
+    let config = |node: &Node, asn: u32| {
+        BirdConfig::new(node, asn)
+            .announce(net(block))
+            .peer(BirdPeer::new("agent", me.ip, 64512))
+    };
+    let _bird2 = Bird::start(&tb, b2, config(b2, 64513), LIFETIME)
+        .await
+        .unwrap();
+    let mut bird3 = Bird::start(&tb, b3, config(b3, 64514), LIFETIME)
+        .await
+        .unwrap();
+    let mut spec = AgentSpec::new(64512).peer(b2.ip, 64513).peer(b3.ip, 64514);
+    spec.status_port = 9935;
+    let mut agent = Agent::start(&tb, me, spec.clone(), LIFETIME).await.unwrap();
+    agent.wait_established(b2.ip, SESSION).await.unwrap();
+    agent.wait_established(b3.ip, SESSION).await.unwrap();
+    expect_gateways(me, block, vec![ip(b2), ip(b3)], "both paths").await;
+
+    // One withdraws: only its next hop goes.
+    let mut without = config(b3, 64514);
+    without.statics.clear();
+    bird3.reconfigure(without).await.unwrap();
+    expect_gateways(me, block, vec![ip(b2)], "after b3's withdrawal").await;
+    bird3.reconfigure(config(b3, 64514)).await.unwrap();
+    expect_gateways(me, block, vec![ip(b2), ip(b3)], "b3 back").await;
+
+    // Negative control: one path at most.
+    spec.extra = vec!["--max-paths".into(), "1".into()];
+    agent.restart(spec).await.unwrap();
+    agent.wait_established(b2.ip, SESSION).await.unwrap();
+    agent.wait_established(b3.ip, SESSION).await.unwrap();
+    let start = Instant::now();
+    loop {
+        let p2 = agent.peer_status(b2.ip).await.unwrap().unwrap();
+        let p3 = agent.peer_status(b3.ip).await.unwrap().unwrap();
+        if p2["prefixes_received"] == 1 && p3["prefixes_received"] == 1 {
+            break;
+        }
+        assert!(start.elapsed() < SESSION, "{p2} {p3}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Both paths are in the RIB; the kernel gets the best one only (the lower router id, b2),
+    // replacing the multipath route the killed agent left.
+    expect_gateways(me, block, vec![ip(b2)], "max paths 1").await;
+}

@@ -96,6 +96,8 @@ pub struct Config {
     /// ipamd's socket: the node's blocks are announced.
     pub ipamd: Option<PathBuf>,
     pub hold_time: u16,
+    /// At most this many next hops per learned prefix (ECMP); 1: the single best path.
+    pub max_paths: usize,
     /// Where the Secrets that `BGPPeer`s name for their passwords live.
     pub secrets_namespace: String,
     /// Every peer's max-prefix limit unless its `BGPPeer` sets one (None: no limit).
@@ -136,6 +138,7 @@ impl Config {
             announce_file: None,
             ipamd: None,
             hold_time: 90,
+            max_paths: 8,
             secrets_namespace: "kube-system".into(),
             max_prefixes: None,
             max_prefix_restart: Duration::from_secs(30),
@@ -266,6 +269,7 @@ pub async fn run(
     sc.hold_time = config.hold_time;
     sc.graceful_restart = config.graceful_restart;
     sc.cluster_id = config.cluster_id;
+    sc.max_paths = config.max_paths;
     let speaker = Speaker::start(sc).await.map_err(AgentError::mode)?;
     let mut changes = speaker.subscribe();
 

@@ -74,6 +74,9 @@ pub struct BestRoute {
     pub attrs: PathAttributes,
     /// A graceful-restart leftover from a peer that has not come back yet.
     pub stale: bool,
+    /// More next hops of equally good paths from other peers (ECMP, up to
+    /// [`RibConfig::max_paths`] with `next_hop`), sorted; empty without multipath.
+    pub multipath: Vec<IpAddr>,
 }
 
 impl BestRoute {
@@ -127,6 +130,8 @@ pub struct RibConfig {
     pub router_id: Ipv4Addr,
     /// Route-reflector cluster id; `Some` makes this speaker a route reflector.
     pub cluster_id: Option<Ipv4Addr>,
+    /// At most this many next hops per prefix (ECMP); 1 is the single best path.
+    pub max_paths: usize,
 }
 
 /// A configured peer as the RIB sees it.
@@ -517,6 +522,7 @@ impl Rib {
                 source: Source::Local,
                 attrs: path.attrs.clone(),
                 stale: false,
+                multipath: Vec::new(),
             });
         }
         let candidates: Vec<Candidate<'_>> = self
@@ -548,13 +554,26 @@ impl Rib {
                 })
             })
             .collect();
-        let best = select(candidates)?;
+        let good = equally_good(candidates);
+        let best = tie_break(good.clone())?;
+        // ECMP, as BIRD's `merge paths`: the paths the decision process could not tell apart
+        // before its tie-breakers, each adding its next hop (of the prefix's family).
+        let mut multipath: Vec<IpAddr> = good
+            .iter()
+            .filter(|c| c.address != best.address)
+            .map(|c| c.path.next_hop)
+            .filter(|nh| *nh != best.path.next_hop && nh.is_ipv4() == prefix.addr().is_ipv4())
+            .collect();
+        multipath.sort();
+        multipath.dedup();
+        multipath.truncate(self.config.max_paths.saturating_sub(1));
         Some(BestRoute {
             prefix: *prefix,
             next_hop: best.path.next_hop,
             source: Source::Peer(best.address),
             attrs: best.path.attrs.clone(),
             stale: best.path.stale,
+            multipath,
         })
     }
 
@@ -651,14 +670,16 @@ struct Candidate<'a> {
     bgp_id: Ipv4Addr,
 }
 
-/// RFC 4271 §9.1.2.2 as a sequence of eliminations, so that the MED rule (which only compares
-/// routes from the same neighbouring AS) stays well defined.
-fn select(mut c: Vec<Candidate<'_>>) -> Option<Candidate<'_>> {
-    fn keep_min<K: Ord + Copy>(c: &mut Vec<Candidate<'_>>, key: impl Fn(&Candidate<'_>) -> K) {
-        if let Some(min) = c.iter().map(&key).min() {
-            c.retain(|x| key(x) == min);
-        }
+fn keep_min<K: Ord + Copy>(c: &mut Vec<Candidate<'_>>, key: impl Fn(&Candidate<'_>) -> K) {
+    if let Some(min) = c.iter().map(&key).min() {
+        c.retain(|x| key(x) == min);
     }
+}
+
+/// RFC 4271 §9.1.2.2 as a sequence of eliminations, so that the MED rule (which only compares
+/// routes from the same neighbouring AS) stays well defined: steps a) to e) here — what is
+/// left is equally good for forwarding (ECMP) —, the tie-breakers in [`tie_break`].
+fn equally_good(mut c: Vec<Candidate<'_>>) -> Vec<Candidate<'_>> {
     // a) highest LOCAL_PREF.
     keep_min(&mut c, |x| std::cmp::Reverse(x.local_pref));
     // b) shortest AS_PATH.
@@ -686,6 +707,11 @@ fn select(mut c: Vec<Candidate<'_>>) -> Option<Candidate<'_>> {
     });
     // e) eBGP over iBGP.
     keep_min(&mut c, |x| x.ibgp);
+    c
+}
+
+/// Steps f) and g), and RFC 4456's CLUSTER_LIST length: one of the equally good.
+fn tie_break(mut c: Vec<Candidate<'_>>) -> Option<Candidate<'_>> {
     // f) lowest BGP identifier (ORIGINATOR_ID for reflected routes, RFC 4456 §9).
     keep_min(&mut c, |x| u32::from(x.bgp_id));
     // RFC 4456 §9: shortest CLUSTER_LIST.
@@ -714,6 +740,7 @@ mod tests {
             local_asn: ASN,
             router_id: Ipv4Addr::new(10, 0, 0, 1),
             cluster_id,
+            max_paths: 1,
         })
     }
 
@@ -855,6 +882,63 @@ mod tests {
         // Ours except the rejected one, and the learned route a rule accepts; never the
         // learned default route.
         assert_eq!(out, vec![net("10.244.0.0/26"), net("172.16.0.0/24")]);
+    }
+
+    #[test]
+    fn equally_good_paths_share_the_route_and_a_withdrawal_takes_only_its_next_hop() {
+        let mut rib = rib(None);
+        rib.config.max_paths = 8;
+        let a = peer(&mut rib, "10.0.0.2", 65001, false);
+        let b = peer(&mut rib, "10.0.0.3", 65002, false);
+        let c = peer(&mut rib, "10.0.0.4", 65003, false);
+        rib.update(
+            a,
+            vec![(net("10.50.0.0/24"), path(&[65001], "10.0.0.2"))],
+            vec![],
+        );
+        let changes = rib.update(
+            b,
+            vec![(net("10.50.0.0/24"), path(&[65002], "10.0.0.3"))],
+            vec![],
+        );
+        let best = rib.best(&net("10.50.0.0/24")).expect("best").clone();
+        assert_eq!(best.next_hop, v4("10.0.0.2"));
+        assert_eq!(best.multipath, vec![v4("10.0.0.3")]);
+        assert_eq!(
+            changes.loc_rib,
+            vec![LocRibChange::Best(best)],
+            "a new path is a change"
+        );
+        // A longer AS path is not equally good.
+        rib.update(
+            c,
+            vec![(net("10.50.0.0/24"), path(&[65003, 65009], "10.0.0.4"))],
+            vec![],
+        );
+        assert_eq!(
+            rib.best(&net("10.50.0.0/24")).expect("best").multipath,
+            vec![v4("10.0.0.3")]
+        );
+        // The best path's withdrawal leaves the other, alone.
+        rib.update(a, vec![], vec![net("10.50.0.0/24")]);
+        let best = rib.best(&net("10.50.0.0/24")).expect("best");
+        assert_eq!(
+            (best.next_hop, best.multipath.clone()),
+            (v4("10.0.0.3"), vec![])
+        );
+        // One path at most: no multipath.
+        rib.config.max_paths = 1;
+        rib.update(
+            a,
+            vec![(net("10.50.0.0/24"), path(&[65001], "10.0.0.2"))],
+            vec![],
+        );
+        assert!(
+            rib.best(&net("10.50.0.0/24"))
+                .expect("best")
+                .multipath
+                .is_empty()
+        );
     }
 
     #[test]

@@ -106,6 +106,9 @@ pub struct SpeakerConfig {
     pub restart_time: u16,
     /// Makes this speaker a route reflector with this cluster id (RFC 4456).
     pub cluster_id: Option<Ipv4Addr>,
+    /// At most this many next hops per learned prefix (ECMP over equally good paths); 1 keeps
+    /// the single best path.
+    pub max_paths: usize,
 }
 
 impl SpeakerConfig {
@@ -122,6 +125,7 @@ impl SpeakerConfig {
             graceful_restart: true,
             restart_time: 120,
             cluster_id: None,
+            max_paths: 1,
         }
     }
 }
@@ -406,6 +410,7 @@ impl Speaker {
             local_asn: config.asn,
             router_id: config.router_id,
             cluster_id: config.cluster_id,
+            max_paths: config.max_paths.max(1),
         });
         let listen = config.listen;
         let shared = Arc::new(Shared {
@@ -586,6 +591,7 @@ impl Speaker {
             best.source == route.source
                 && best.next_hop == route.next_hop
                 && best.stale == route.stale
+                && best.multipath == route.multipath
         })
     }
 
