@@ -1017,7 +1017,7 @@ fn has_route(routes: &[netns_testbed::bird::BirdRoute], prefix: &str, from: &str
 
 /// Issue 18: prefix filters hold against a BIRD that announces what it must not — a default
 /// route, a foreign prefix, a block split too fine — and the agent exports only its own
-/// prefixes (minus one a rule rejects) to a second BIRD. The negative control restarts the
+/// prefixes (minus one a rule rejects) to a second BIRD, an external peer. The negative control restarts the
 /// agent without the import rules and with an export rule for the learned block: the very
 /// same announcements then reach the kernel and the second BIRD.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

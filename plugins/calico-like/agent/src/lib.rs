@@ -108,7 +108,7 @@ pub struct Config {
     /// accept — but never a default route from a mesh node).
     pub import: Vec<PrefixRule>,
     /// Export rules for every peer, after the peer's own (first match decides; no match: our
-    /// own prefixes go, learned ones only when this node is a route reflector).
+    /// own prefixes go, and learned ones to iBGP peers only).
     pub export: Vec<PrefixRule>,
     pub graceful_restart: bool,
     pub cluster_id: Option<Ipv4Addr>,
@@ -511,13 +511,15 @@ fn announce_changes(
 }
 
 /// A neighbour's filters: its own rules, then the agent's; a mesh node never gives us a
-/// default route; learned routes go out only from a route reflector unless a rule sends them.
+/// default route; an external (eBGP) peer gets only our own prefixes unless a rule sends it
+/// more — the cluster is no transit between its routers — while iBGP peers get what BGP's
+/// own rules allow (a router's routes carried to the other nodes, reflection).
 fn policy(n: &Neighbour, config: &Config) -> RoutePolicy {
     RoutePolicy {
         import: PrefixFilter::new(n.import.iter().chain(&config.import).copied().collect()),
         export: PrefixFilter::new(n.export.iter().chain(&config.export).copied().collect()),
         refuse_default: n.mesh,
-        export_learned: config.cluster_id.is_some(),
+        export_learned: n.asn == config.asn,
     }
 }
 
