@@ -353,6 +353,10 @@ async fn bgp_peers_and_the_mesh_switch_come_from_custom_resources() {
     std::fs::create_dir_all(&dir).unwrap();
     let n1 = &c.workers[0];
     let peer = format!("{}:64512", n1.node.ip);
+    // The router signs its session with TCP MD5; n1 takes the password from the Secret the
+    // BGPPeer names (issue 18): without it the router's segments are dropped and no route comes.
+    let password_file = dir.join("password");
+    std::fs::write(&password_file, "tor-s3cret\n").unwrap();
     let _tor_agent =
         c.tb.spawn(
             &tor.ns,
@@ -370,6 +374,8 @@ async fn bgp_peers_and_the_mesh_switch_come_from_custom_resources() {
                 &peer,
                 "--announce",
                 "203.0.113.0/24",
+                "--peer-password-file",
+                password_file.to_str().unwrap(),
                 "--state-dir",
                 dir.to_str().unwrap(),
             ],
@@ -383,11 +389,23 @@ async fn bgp_peers_and_the_mesh_switch_come_from_custom_resources() {
             plural,
         )
     };
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client.clone(), "kube-system");
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "bgp-passwords"},
+        "stringData": {"tor": "tor-s3cret"},
+    }))
+    .unwrap();
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
     let peers: Api<DynamicObject> = Api::all_with(client.clone(), &ar("BGPPeer", "bgppeers"));
     let obj: DynamicObject = serde_json::from_value(serde_json::json!({
         "apiVersion": "bgp.trellis.dev/v1", "kind": "BGPPeer",
         "metadata": {"name": "tor"},
-        "spec": {"peerIP": tor.ip.to_string(), "asNumber": 65000, "node": "n1"},
+        "spec": {"peerIP": tor.ip.to_string(), "asNumber": 65000, "node": "n1",
+                 "password": {"secretKeyRef": {"name": "bgp-passwords", "key": "tor"}}},
     }))
     .unwrap();
     peers.create(&PostParams::default(), &obj).await.unwrap();
