@@ -1248,7 +1248,8 @@ async fn expect_gateways(node: &Node, prefix: &str, mut want: Vec<IpAddr>, what:
 }
 
 /// Issue 18: ECMP. Two BIRDs in different ASes announce the same block with equally good
-/// paths: the agent installs one kernel route with both as next hops; one BIRD's withdrawal
+/// paths: the agent installs one kernel route with both as next hops, and 64 flows (hashed on
+/// ports) arrive at both BIRDs' nodes, by their iptables counters; one BIRD's withdrawal
 /// removes only its next hop, and its return adds it back. The negative control
 /// (`--max-paths 1`) installs a single next hop for the same announcements.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1275,6 +1276,84 @@ async fn equally_good_paths_from_two_birds_become_one_multipath_route() {
     agent.wait_established(b2.ip, SESSION).await.unwrap();
     agent.wait_established(b3.ip, SESSION).await.unwrap();
     expect_gateways(me, block, vec![ip(b2), ip(b3)], "both paths").await;
+
+    // Traffic is spread over both: 64 UDP flows into the block, hashed on ports, counted where
+    // each BIRD's node receives them (its blackhole then drops them).
+    let iptables = require_tool("iptables", "iptables");
+    let iptables = iptables.to_str().unwrap();
+    let count_rule = [
+        "-t",
+        "mangle",
+        "-A",
+        "PREROUTING",
+        "-d",
+        block,
+        "-p",
+        "udp",
+        "--dport",
+        "9",
+    ];
+    for b in [b2, b3] {
+        let mut argv = vec![iptables, "-w"];
+        argv.extend(count_rule);
+        tb.exec_ok(&b.ns, &argv, Duration::from_secs(10))
+            .await
+            .unwrap();
+    }
+    trellis_net::sysctl::set(&me.ns, &[("net.ipv4.fib_multipath_hash_policy", "1")]).unwrap();
+    me.ns
+        .run(|| {
+            for _ in 0..64 {
+                let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+                s.send_to(b"ecmp", "10.36.0.1:9").unwrap();
+            }
+        })
+        .unwrap();
+    let counted = |b: &Node| {
+        let (tb, ns) = (&tb, b.ns.clone());
+        async move {
+            let out = tb
+                .exec_ok(
+                    &ns,
+                    &[
+                        iptables,
+                        "-w",
+                        "-t",
+                        "mangle",
+                        "-L",
+                        "PREROUTING",
+                        "-v",
+                        "-x",
+                        "-n",
+                    ],
+                    Duration::from_secs(10),
+                )
+                .await
+                .unwrap();
+            out.lines()
+                .find(|l| l.contains("udp dpt:9"))
+                .and_then(|l| l.split_whitespace().next())
+                .and_then(|p| p.parse::<u64>().ok())
+                .unwrap_or(0)
+        }
+    };
+    let start = Instant::now();
+    let (via2, via3) = loop {
+        let (via2, via3) = (counted(b2).await, counted(b3).await);
+        if via2 + via3 == 64 || start.elapsed() > PROPAGATE {
+            break (via2, via3);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        via2 + via3,
+        64,
+        "every flow arrives somewhere: {via2} + {via3}"
+    );
+    assert!(
+        via2 > 0 && via3 > 0,
+        "flows spread over both next hops: {via2} / {via3}"
+    );
 
     // One withdraws: only its next hop goes.
     let mut without = config(b3, 64514);
