@@ -1,6 +1,7 @@
-//! Limits on what a peer may send, and what a session that has ended leaves behind: the
-//! max-prefix limit (RFC 4486) with its hold-down, per-session counters beside lifetime
-//! totals, and the fence that keeps a late Loc-RIB change of an ended session out of the kernel.
+//! Limits on who and what a peer may send, and what a session that has ended leaves behind:
+//! the max-prefix limit (RFC 4486) with its hold-down, per-session counters beside lifetime
+//! totals, the fence that keeps a late Loc-RIB change of an ended session out of the kernel,
+//! and TCP MD5 passwords (RFC 2385) over loopback.
 
 mod common;
 
@@ -101,4 +102,44 @@ async fn a_best_route_of_an_ended_session_is_no_longer_current() {
     assert!(!a.is_current(&learned));
     let own = route_where(&a, "10.251.0.0/24", "own", |r| r.is_local()).await;
     assert!(a.is_current(&own));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn md5_signed_sessions_establish_with_the_same_password_only() {
+    use trellis_bgp::{Md5Key, PeerConfig};
+    let key = |s: &str| Some(Md5Key::new(s).expect("key"));
+    let a = speaker("127.0.0.41", ASN, |_| {}).await;
+    let b = speaker("127.0.0.42", ASN, |_| {}).await;
+    let mut pa = peer_of(&a, &b, false);
+    pa.password = key("same");
+    let mut pb = peer_of(&b, &a, true);
+    pb.password = key("same");
+    a.add_peer(pa).expect("add peer");
+    b.add_peer(pb).expect("add peer");
+    established(&a, addr(&b)).await;
+    // An IPv6 peer cannot reach this IPv4 listener: its key goes on our connections only.
+    let mut v6 = PeerConfig::new(ip("fd00::99"), ASN);
+    v6.password = key("other");
+    v6.passive = true;
+    a.add_peer(v6)
+        .expect("a v6 peer with a password on a v4 listener");
+    a.remove_peer(ip("fd00::99")).expect("remove");
+
+    // Different passwords: never Established, held through several connect retries (every
+    // 200 ms backing off to 1 s).
+    let c = speaker("127.0.0.43", ASN, |_| {}).await;
+    let d = speaker("127.0.0.44", ASN, |_| {}).await;
+    let mut pc = peer_of(&c, &d, false);
+    pc.password = key("one");
+    let mut pd = peer_of(&d, &c, false);
+    pd.password = key("two");
+    c.add_peer(pc).expect("add peer");
+    d.add_peer(pd).expect("add peer");
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        assert_ne!(state(&c, addr(&d)), Some(State::Established));
+        assert_ne!(state(&d, addr(&c)), Some(State::Established));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(c.peer(addr(&d)).expect("peer").established_transitions, 0);
 }

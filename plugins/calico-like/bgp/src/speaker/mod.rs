@@ -466,8 +466,11 @@ impl Speaker {
         if core.peers.contains_key(&peer.address) {
             return Err(SpeakerError::DuplicatePeer(peer.address));
         }
-        if let (Some(socket), Some(key)) = (&self.socket, &peer.password) {
-            let v6 = self.local_addr.is_some_and(|a| a.is_ipv6());
+        let v6_listener = self.local_addr.is_some_and(|a| a.is_ipv6());
+        // An IPv6 peer cannot reach an IPv4 listener: only our own connections carry its key.
+        let reachable = v6_listener || peer.address.is_ipv4();
+        if let (Some(socket), Some(key), true) = (&self.socket, &peer.password, reachable) {
+            let v6 = v6_listener;
             md5::set_key(socket.as_ref(), v6, peer.address, Some(key)).map_err(|source| {
                 SpeakerError::Md5 {
                     peer: peer.address,
@@ -519,11 +522,11 @@ impl Speaker {
             .remove(&address)
             .ok_or(SpeakerError::UnknownPeer(address))?;
         slot.stop();
-        if let Some(socket) = &self.socket {
-            let v6 = self.local_addr.is_some_and(|a| a.is_ipv6());
-            if let Err(e) = md5::set_key(socket.as_ref(), v6, address, None) {
-                tracing::warn!(peer = %address, error = %e, "cannot remove the peer's TCP MD5 key");
-            }
+        let v6 = self.local_addr.is_some_and(|a| a.is_ipv6());
+        if let Some(socket) = self.socket.as_ref().filter(|_| v6 || address.is_ipv4())
+            && let Err(e) = md5::set_key(socket.as_ref(), v6, address, None)
+        {
+            tracing::warn!(peer = %address, error = %e, "cannot remove the peer's TCP MD5 key");
         }
         let changes = core.rib.remove_peer(address);
         core.apply(changes);
