@@ -5,7 +5,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use futures::TryStreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteScope, RouteType,
+    RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteNextHop, RouteProtocol,
+    RouteScope, RouteType,
 };
 use rtnetlink::RouteMessageBuilder;
 
@@ -81,6 +82,9 @@ pub struct Route {
     pub kind: RouteKind,
     pub priority: Option<u32>,
     pub src: Option<IpAddr>,
+    /// A multipath route (ECMP): its next hops, each a gateway of equal weight, in place of
+    /// `gateway` (`ip route … nexthop via A nexthop via B`).
+    pub multipath: Vec<IpAddr>,
 }
 
 impl Route {
@@ -100,6 +104,7 @@ impl Route {
             kind: RouteKind::Unicast,
             priority: None,
             src: None,
+            multipath: Vec::new(),
         }
     }
 
@@ -130,6 +135,29 @@ impl Route {
         Route {
             kind: RouteKind::Blackhole,
             ..Route::base(dst)
+        }
+    }
+
+    /// `dst nexthop via A nexthop via B …`: one next hop makes a plain `via`, several a
+    /// multipath route (sorted, so equal routes compare equal).
+    pub fn via_all(dst: IpNet, gateways: &[IpAddr]) -> Route {
+        let mut hops = gateways.to_vec();
+        hops.sort();
+        hops.dedup();
+        match hops.as_slice() {
+            [one] => Route::via(dst, *one),
+            _ => Route {
+                multipath: hops,
+                ..Route::base(dst)
+            },
+        }
+    }
+
+    /// Every gateway: the one of a plain route, or each next hop of a multipath route.
+    pub fn gateways(&self) -> Vec<IpAddr> {
+        match self.gateway {
+            Some(gw) => vec![gw],
+            None => self.multipath.clone(),
         }
     }
 
@@ -180,6 +208,9 @@ impl Route {
         if let Some(gw) = self.gateway {
             s.push_str(&format!(" via {gw}"));
         }
+        for gw in &self.multipath {
+            s.push_str(&format!(" nexthop via {gw}"));
+        }
         if let Some(oif) = self.oif {
             s.push_str(&format!(" dev {oif}"));
         }
@@ -227,11 +258,28 @@ impl Route {
         } else {
             self.scope.to_netlink()
         };
-        Ok(b.table_id(self.table)
+        let mut msg = b
+            .table_id(self.table)
             .protocol(RouteProtocol::from(self.protocol))
             .scope(scope)
             .kind(kind)
-            .build())
+            .build();
+        if !self.multipath.is_empty() && !for_delete {
+            let hops = self
+                .multipath
+                .iter()
+                .map(|gw| {
+                    let mut hop = RouteNextHop::default();
+                    hop.attributes.push(RouteAttribute::Gateway(match gw {
+                        IpAddr::V4(v4) => RouteAddress::Inet(*v4),
+                        IpAddr::V6(v6) => RouteAddress::Inet6(*v6),
+                    }));
+                    hop
+                })
+                .collect();
+            msg.attributes.push(RouteAttribute::MultiPath(hops));
+        }
+        Ok(msg)
     }
 
     fn from_message(m: &RouteMessage) -> Option<Route> {
@@ -247,6 +295,17 @@ impl Route {
                 RouteAttribute::Table(t) => r.table = *t,
                 RouteAttribute::Priority(p) => r.priority = Some(*p),
                 RouteAttribute::PrefSource(s) => r.src = address(s),
+                RouteAttribute::MultiPath(hops) => {
+                    r.multipath = hops
+                        .iter()
+                        .flat_map(|h| &h.attributes)
+                        .filter_map(|a| match a {
+                            RouteAttribute::Gateway(g) => address(g),
+                            _ => None,
+                        })
+                        .collect();
+                    r.multipath.sort();
+                }
                 _ => {}
             }
         }

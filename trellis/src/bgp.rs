@@ -45,6 +45,13 @@ pub struct AgentArgs {
     /// A neighbour, ADDRESS:ASN (repeatable).
     #[arg(long = "peer")]
     peers: Vec<Neighbour>,
+    /// A file holding the TCP MD5 password (RFC 2385) of every --peer (one trailing newline is
+    /// not part of it). A peer with another password, or none, never gets a session.
+    #[arg(long)]
+    peer_password_file: Option<PathBuf>,
+    /// The namespace of the Secrets BGPPeers name for their passwords (spec.password.secretKeyRef).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "kube-system")]
+    secrets_namespace: String,
     /// A prefix to announce (repeatable); gets a blackhole route.
     #[arg(long = "announce")]
     announce: Vec<IpNet>,
@@ -58,6 +65,26 @@ pub struct AgentArgs {
     /// Proposed hold time, seconds (0, or at least 3).
     #[arg(long, default_value_t = 90)]
     hold_time: u16,
+    /// At most this many next hops per learned prefix: equally good paths from several peers
+    /// become one multipath (ECMP) kernel route; 1 keeps the single best path.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    max_paths: u16,
+    /// At most this many prefixes from each peer (a BGPPeer's maxPrefixes overrides it): one
+    /// more closes the session with a Cease "maximum number of prefixes reached" (RFC 4486).
+    #[arg(long)]
+    max_prefixes: Option<u32>,
+    /// Seconds a session stays down after its peer broke the max-prefix limit.
+    #[arg(long, default_value_t = 30)]
+    max_prefix_restart: u64,
+    /// An import rule for every peer, after its BGPFilters' (repeatable, in order; the first
+    /// match decides, no match accepts): `accept|reject PREFIX [ge N] [le N]`. A mesh node's
+    /// default route is refused whatever the rules say.
+    #[arg(long = "import-filter")]
+    import_filter: Vec<trellis_bgp_agent::PrefixRule>,
+    /// An export rule for every peer, after its BGPFilters' (repeatable, in order; no match:
+    /// our own prefixes go, learned routes only from a route reflector).
+    #[arg(long = "export-filter")]
+    export_filter: Vec<trellis_bgp_agent::PrefixRule>,
     /// Neither ask peers to keep our routes across a restart nor keep theirs.
     #[arg(long)]
     no_graceful_restart: bool,
@@ -97,6 +124,18 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     c.listen = args.listen;
     c.mesh = !args.no_mesh;
     c.peers = args.peers;
+    if let Some(path) = &args.peer_password_file {
+        let text = std::fs::read(path)
+            .with_context(|| format!("reading the peer password file {}", path.display()))?;
+        let text = text.strip_suffix(b"\n").unwrap_or(&text);
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
+        let key = trellis_bgp_agent::Md5Key::new(text.to_vec())
+            .with_context(|| format!("the peer password in {}", path.display()))?;
+        for p in &mut c.peers {
+            p.password = Some(key.clone());
+        }
+    }
+    c.secrets_namespace = args.secrets_namespace;
     c.announce = args.announce;
     c.announce_file = args.announce_file;
     // In a cluster the node's pods are this agent's business: ipamd and the runtime's CNI
@@ -106,6 +145,11 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         .ipamd_socket
         .or_else(|| in_cluster.then(|| PathBuf::from(trellis_ipam::client::DEFAULT_SOCKET)));
     c.hold_time = args.hold_time;
+    c.max_paths = usize::from(args.max_paths);
+    c.max_prefixes = args.max_prefixes;
+    c.import = args.import_filter;
+    c.export = args.export_filter;
+    c.max_prefix_restart = Duration::from_secs(args.max_prefix_restart.max(1));
     c.graceful_restart = !args.no_graceful_restart;
     c.cluster_id = args.cluster_id;
     c.state_dir = args.state_dir;
@@ -188,26 +232,44 @@ async fn get_within(agent: SocketAddr, path: &str, limit: Duration) -> anyhow::R
     String::from_utf8(body.to_vec()).context("the agent's answer is not UTF-8")
 }
 
+/// `trellis bgp status`: a row per peer (prefixes now; UPDATEs in this session and in all),
+/// and under it the last error, when there is one.
+fn status_table(peers: &[PeerRow]) -> String {
+    use std::fmt::Write;
+    let mut out = format!(
+        "{:<40} {:>10} {:<12} {:>10} {:>8} {:>8} {:>8} {:>17}\n",
+        "PEER", "AS", "STATE", "UPTIME", "RECV", "SENT", "SESSIONS", "UPDATES IN/OUT"
+    );
+    for p in peers {
+        let updates = format!(
+            "{}/{} ({}/{})",
+            p.updates_received, p.updates_sent, p.total.updates_received, p.total.updates_sent
+        );
+        let _ = writeln!(
+            out,
+            "{:<40} {:>10} {:<12} {:>9}s {:>8} {:>8} {:>8} {:>17}",
+            p.address,
+            p.remote_asn,
+            p.state,
+            p.uptime_seconds,
+            p.prefixes_received,
+            p.prefixes_sent,
+            p.sessions,
+            updates,
+        );
+        if let Some(e) = &p.last_error {
+            let _ = writeln!(out, "    last error: {e}");
+        }
+    }
+    out
+}
+
 pub async fn run(args: BgpArgs) -> anyhow::Result<()> {
     match args.command {
         BgpCommand::Status => {
             let peers: Vec<PeerRow> = serde_json::from_str(&get(args.agent, STATUS_PATH).await?)
                 .context("the agent's status")?;
-            println!(
-                "{:<40} {:>10} {:<12} {:>10} {:>8} {:>8}",
-                "PEER", "AS", "STATE", "UPTIME", "RECV", "SENT"
-            );
-            for p in peers {
-                println!(
-                    "{:<40} {:>10} {:<12} {:>9}s {:>8} {:>8}",
-                    p.address,
-                    p.remote_asn,
-                    p.state,
-                    p.uptime_seconds,
-                    p.prefixes_received,
-                    p.prefixes_sent
-                );
-            }
+            print!("{}", status_table(&peers));
         }
         BgpCommand::Routes => {
             let routes: Vec<RouteRow> = serde_json::from_str(&get(args.agent, ROUTES_PATH).await?)
@@ -255,6 +317,35 @@ mod tests {
             String::from_utf8(request).unwrap()
         });
         (addr, task)
+    }
+
+    #[test]
+    fn the_status_table_shows_the_last_error_under_its_peer() {
+        let row: PeerRow = serde_json::from_value(serde_json::json!({
+            "address": "198.18.0.2", "remote_asn": 65001, "state": "Idle", "uptime_seconds": 0,
+            "prefixes_received": 0, "prefixes_sent": 0, "updates_received": 0, "updates_sent": 0,
+            "sessions": 2,
+            "total": {"updates_received": 40, "updates_sent": 3, "messages_received": 50, "messages_sent": 9},
+            "last_error": "sent NOTIFICATION cease / maximum number of prefixes reached (6/1)"
+        }))
+        .unwrap();
+        let table = status_table(&[row]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 3, "{table}");
+        assert!(lines[0].contains("UPDATES IN/OUT"), "{table}");
+        assert!(lines[1].starts_with("198.18.0.2"), "{table}");
+        assert!(lines[1].contains("0/0 (40/3)"), "{table}");
+        assert_eq!(
+            lines[2],
+            "    last error: sent NOTIFICATION cease / maximum number of prefixes reached (6/1)"
+        );
+        // An older agent's answer, without the new fields, still reads.
+        let old: PeerRow = serde_json::from_value(serde_json::json!({
+            "address": "198.18.0.3", "remote_asn": 1, "state": "Established", "uptime_seconds": 5,
+            "prefixes_received": 1, "prefixes_sent": 1, "updates_received": 2, "updates_sent": 2
+        }))
+        .unwrap();
+        assert_eq!(status_table(&[old]).lines().count(), 2);
     }
 
     #[tokio::test]

@@ -46,6 +46,8 @@ pub struct BirdPeer {
     pub next_hop_self: bool,
     /// Overrides the config's hold time.
     pub hold_time: Option<u16>,
+    /// TCP MD5 password (`password "…"`).
+    pub password: Option<String>,
 }
 
 impl BirdPeer {
@@ -59,7 +61,14 @@ impl BirdPeer {
             rr_client: false,
             next_hop_self: true,
             hold_time: None,
+            password: None,
         }
+    }
+
+    /// Signs the session with TCP MD5 (RFC 2385).
+    pub fn password(mut self, password: &str) -> BirdPeer {
+        self.password = Some(password.to_string());
+        self
     }
 
     /// A route-reflector client: its routes are reflected with their next hop unchanged.
@@ -183,6 +192,9 @@ impl BirdConfig {
             }
             if p.passive {
                 let _ = writeln!(c, "  passive on;");
+            }
+            if let Some(password) = &p.password {
+                let _ = writeln!(c, "  password \"{password}\";");
             }
             if p.rr_client {
                 let _ = writeln!(c, "  rr client;");
@@ -836,7 +848,9 @@ impl<'a> Agent<'a> {
                     self.log()
                 )));
             }
-            if self.get("/healthz").await.is_ok() {
+            // Up, and its status document published (a second at most after the start):
+            // callers read /bgp/status right away.
+            if self.get("/healthz").await.is_ok() && self.get("/bgp/status").await.is_ok() {
                 return Ok(());
             }
             if start.elapsed() > limit {

@@ -353,6 +353,10 @@ async fn bgp_peers_and_the_mesh_switch_come_from_custom_resources() {
     std::fs::create_dir_all(&dir).unwrap();
     let n1 = &c.workers[0];
     let peer = format!("{}:64512", n1.node.ip);
+    // The router signs its session with TCP MD5; n1 takes the password from the Secret the
+    // BGPPeer names (issue 18): without it the router's segments are dropped and no route comes.
+    let password_file = dir.join("password");
+    std::fs::write(&password_file, "tor-s3cret\n").unwrap();
     let _tor_agent =
         c.tb.spawn(
             &tor.ns,
@@ -370,6 +374,8 @@ async fn bgp_peers_and_the_mesh_switch_come_from_custom_resources() {
                 &peer,
                 "--announce",
                 "203.0.113.0/24",
+                "--peer-password-file",
+                password_file.to_str().unwrap(),
                 "--state-dir",
                 dir.to_str().unwrap(),
             ],
@@ -383,11 +389,23 @@ async fn bgp_peers_and_the_mesh_switch_come_from_custom_resources() {
             plural,
         )
     };
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client.clone(), "kube-system");
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "bgp-passwords"},
+        "stringData": {"tor": "tor-s3cret"},
+    }))
+    .unwrap();
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
     let peers: Api<DynamicObject> = Api::all_with(client.clone(), &ar("BGPPeer", "bgppeers"));
     let obj: DynamicObject = serde_json::from_value(serde_json::json!({
         "apiVersion": "bgp.trellis.dev/v1", "kind": "BGPPeer",
         "metadata": {"name": "tor"},
-        "spec": {"peerIP": tor.ip.to_string(), "asNumber": 65000, "node": "n1"},
+        "spec": {"peerIP": tor.ip.to_string(), "asNumber": 65000, "node": "n1",
+                 "password": {"secretKeyRef": {"name": "bgp-passwords", "key": "tor"}}},
     }))
     .unwrap();
     peers.create(&PostParams::default(), &obj).await.unwrap();
@@ -397,7 +415,7 @@ async fn bgp_peers_and_the_mesh_switch_come_from_custom_resources() {
         .await;
 
     let configs: Api<DynamicObject> =
-        Api::all_with(client, &ar("BGPConfiguration", "bgpconfigurations"));
+        Api::all_with(client.clone(), &ar("BGPConfiguration", "bgpconfigurations"));
     let obj: DynamicObject = serde_json::from_value(serde_json::json!({
         "apiVersion": "bgp.trellis.dev/v1", "kind": "BGPConfiguration",
         "metadata": {"name": "default"},
@@ -433,5 +451,58 @@ async fn bgp_peers_and_the_mesh_switch_come_from_custom_resources() {
         .await
         .unwrap();
     c.wait_route(outside, Some(tor.ip), usize::MAX, Duration::from_secs(20))
+        .await;
+
+    // A BGPFilter the BGPPeer names keeps the router's block out of every node (issue 18).
+    let filters: Api<DynamicObject> = Api::all_with(client, &ar("BGPFilter", "bgpfilters"));
+    let obj: DynamicObject = serde_json::from_value(serde_json::json!({
+        "apiVersion": "bgp.trellis.dev/v1", "kind": "BGPFilter",
+        "metadata": {"name": "no-doc-nets"},
+        "spec": {"import": [
+            {"action": "Reject", "cidr": "203.0.113.0/24", "prefixLength": {"min": 24}},
+        ]},
+    }))
+    .unwrap();
+    filters.create(&PostParams::default(), &obj).await.unwrap();
+    peers
+        .patch(
+            "tor",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"filters": ["no-doc-nets"]}})),
+        )
+        .await
+        .unwrap();
+    // The changed peer gets a new session; once it is up again, with nothing received, the
+    // block is gone everywhere (and not just between two sessions).
+    let start = Instant::now();
+    loop {
+        let out =
+            c.tb.exec(
+                &n1.node.ns,
+                &[bin_path("trellis").to_str().unwrap(), "bgp", "status"],
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap()
+            .stdout;
+        let row: Vec<&str> = out
+            .lines()
+            .find(|l| l.starts_with(&tor.ip.to_string()))
+            .map(|l| l.split_whitespace().collect())
+            .unwrap_or_default();
+        // UPDATES IN/OUT of this session: the router's block and End-of-RIB came in at
+        // least, and left no prefix behind.
+        let updates_in: u64 = row
+            .get(7)
+            .and_then(|u| u.split('/').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        if row.get(2) == Some(&"Established") && row.get(4) == Some(&"0") && updates_in >= 2 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "n1: {out}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    c.wait_route(outside, None, 0, Duration::from_secs(20))
         .await;
 }

@@ -58,8 +58,15 @@ fn learned(b: &BestRoute) -> Option<Route> {
     if b.prefix.addr().is_ipv4() != b.next_hop.is_ipv4() {
         return None;
     }
+    // ECMP: every next hop of the equally good paths (of the prefix's family) in one route.
+    let mut hops = vec![b.next_hop];
+    hops.extend(
+        b.multipath
+            .iter()
+            .filter(|h| h.is_ipv4() == b.next_hop.is_ipv4()),
+    );
     Some(
-        Route::via(b.prefix, b.next_hop)
+        Route::via_all(b.prefix, &hops)
             .protocol(proto::BGP)
             .priority(METRIC),
     )
@@ -69,6 +76,7 @@ fn learned(b: &BestRoute) -> Option<Route> {
 #[derive(Debug, Default)]
 pub struct Installed {
     failures: u64,
+    fenced: u64,
 }
 
 impl Installed {
@@ -77,8 +85,27 @@ impl Installed {
         self.failures
     }
 
-    /// Applies one Loc-RIB change.
-    pub async fn apply(&mut self, host: &Handle, change: &LocRibChange) {
+    /// Best routes not installed because they were no longer best when their turn came.
+    pub fn fenced(&self) -> u64 {
+        self.fenced
+    }
+
+    /// Applies one Loc-RIB change. `current` says whether a best route still is: one that is
+    /// not (its session ended while changes queued behind it) is skipped, so a session that
+    /// has ended installs nothing more; its withdrawal follows in the stream.
+    pub async fn apply(
+        &mut self,
+        host: &Handle,
+        change: &LocRibChange,
+        current: impl Fn(&BestRoute) -> bool,
+    ) {
+        if let LocRibChange::Best(b) = change
+            && !b.is_local()
+            && !current(b)
+        {
+            self.fenced += 1;
+            return;
+        }
         let result = match change {
             LocRibChange::Best(b) => match learned(b) {
                 Some(r) => host.replace_route(&r).await,
@@ -114,9 +141,9 @@ impl Installed {
             .collect();
         let wanted: Vec<Route> = rib.iter().filter_map(learned).collect();
         for w in &wanted {
-            let present = existing
-                .iter()
-                .any(|r| r.dst == w.dst && r.gateway == w.gateway && r.priority == w.priority);
+            let present = existing.iter().any(|r| {
+                r.dst == w.dst && r.gateways() == w.gateways() && r.priority == w.priority
+            });
             if !present {
                 host.replace_route(w).await?;
             }
@@ -125,7 +152,7 @@ impl Installed {
             for r in &existing {
                 if !wanted
                     .iter()
-                    .any(|w| w.dst == r.dst && w.gateway == r.gateway)
+                    .any(|w| w.dst == r.dst && w.gateways() == r.gateways())
                 {
                     tracing::info!(prefix = %r.dst, "removing a stale learned route");
                     host.delete_route(r).await?;

@@ -22,8 +22,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use trellis_bgp::LocRibChange;
 use trellis_bgp::speaker::{PeerConfig, Speaker, SpeakerConfig};
+use trellis_bgp::{LocRibChange, PrefixFilter, RoutePolicy};
+pub use trellis_bgp::{Md5Key, PrefixRule};
 use trellis_daemon::{Health, Metrics};
 use trellis_net::Handle;
 use trellis_net::underlay::{self, Choice};
@@ -32,12 +33,22 @@ use trellis_plugin::ready::ReadyState;
 use trellis_routed::state::NodeState;
 
 /// A configured neighbour (`--peer ADDR:ASN`, or a node of the mesh).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Neighbour {
     pub address: IpAddr,
     pub asn: u32,
     /// Its own hold time (a `BGPPeer`'s); None: the agent's.
     pub hold_time: Option<u16>,
+    /// Its own max-prefix limit (a `BGPPeer`'s); None: the agent's `--max-prefixes`.
+    pub max_prefixes: Option<u32>,
+    /// A node of the iBGP mesh: never a default route from it.
+    pub mesh: bool,
+    /// Its own import and export rules (from the `BGPFilter`s its `BGPPeer` names), ahead of
+    /// the agent's `--import-filter` and `--export-filter` rules.
+    pub import: Vec<PrefixRule>,
+    pub export: Vec<PrefixRule>,
+    /// TCP MD5 password (`--peer-password-file`, or the Secret its `BGPPeer` names).
+    pub password: Option<Md5Key>,
 }
 
 impl std::str::FromStr for Neighbour {
@@ -55,6 +66,11 @@ impl std::str::FromStr for Neighbour {
                 .map_err(|e| format!("{s:?}: bad address: {e}"))?,
             asn: asn.parse().map_err(|e| format!("{s:?}: bad AS: {e}"))?,
             hold_time: None,
+            max_prefixes: None,
+            mesh: false,
+            import: Vec::new(),
+            export: Vec::new(),
+            password: None,
         })
     }
 }
@@ -80,6 +96,20 @@ pub struct Config {
     /// ipamd's socket: the node's blocks are announced.
     pub ipamd: Option<PathBuf>,
     pub hold_time: u16,
+    /// At most this many next hops per learned prefix (ECMP); 1: the single best path.
+    pub max_paths: usize,
+    /// Where the Secrets that `BGPPeer`s name for their passwords live.
+    pub secrets_namespace: String,
+    /// Every peer's max-prefix limit unless its `BGPPeer` sets one (None: no limit).
+    pub max_prefixes: Option<u32>,
+    /// How long a session stays down after its peer broke the max-prefix limit.
+    pub max_prefix_restart: Duration,
+    /// Import rules for every peer, after the peer's own (first match decides; no match:
+    /// accept — but never a default route from a mesh node).
+    pub import: Vec<PrefixRule>,
+    /// Export rules for every peer, after the peer's own (first match decides; no match: our
+    /// own prefixes go, and learned ones to iBGP peers only).
+    pub export: Vec<PrefixRule>,
     pub graceful_restart: bool,
     pub cluster_id: Option<Ipv4Addr>,
     pub state_dir: PathBuf,
@@ -108,6 +138,12 @@ impl Config {
             announce_file: None,
             ipamd: None,
             hold_time: 90,
+            max_paths: 8,
+            secrets_namespace: "kube-system".into(),
+            max_prefixes: None,
+            max_prefix_restart: Duration::from_secs(30),
+            import: Vec::new(),
+            export: Vec::new(),
             graceful_restart: true,
             cluster_id: None,
             state_dir: trellis_routed::state::DEFAULT_STATE_DIR.into(),
@@ -233,6 +269,7 @@ pub async fn run(
     sc.hold_time = config.hold_time;
     sc.graceful_restart = config.graceful_restart;
     sc.cluster_id = config.cluster_id;
+    sc.max_paths = config.max_paths;
     let speaker = Speaker::start(sc).await.map_err(AgentError::mode)?;
     let mut changes = speaker.subscribe();
 
@@ -263,22 +300,29 @@ pub async fn run(
         Some(c) => Some(mesh::watch(c.clone(), config.node.clone(), node_ip, config.asn).await?),
         None => None,
     };
-    let mut dynamic_rx = client
-        .as_ref()
-        .map(|c| crds::watch(c.clone(), config.node.clone()));
+    let mut dynamic_rx = client.as_ref().map(|c| {
+        crds::watch(
+            c.clone(),
+            config.node.clone(),
+            config.secrets_namespace.clone(),
+        )
+    });
     // The three sources of peers: flags, the mesh (when on), BGPPeer objects.
     let mut mesh_on = config.mesh;
     let mut mesh_peers: Vec<Neighbour> = Vec::new();
     let mut crd_peers: Vec<Neighbour> = Vec::new();
     let want = |mesh_on: bool, mesh_peers: &[Neighbour], crd_peers: &[Neighbour]| {
-        let mut w: BTreeMap<IpAddr, Neighbour> =
-            config.peers.iter().map(|n| (n.address, *n)).collect();
+        let mut w: BTreeMap<IpAddr, Neighbour> = config
+            .peers
+            .iter()
+            .map(|n| (n.address, n.clone()))
+            .collect();
         for n in crd_peers {
-            w.entry(n.address).or_insert(*n);
+            w.entry(n.address).or_insert_with(|| n.clone());
         }
         if mesh_on {
             for n in mesh_peers {
-                w.entry(n.address).or_insert(*n);
+                w.entry(n.address).or_insert_with(|| n.clone());
             }
         }
         w
@@ -334,13 +378,14 @@ pub async fn run(
             _ = &mut stop => break,
             change = changes.recv() => match change {
                 Some(c) => {
-                    routes.apply(&host, &c).await;
+                    let current = |b: &trellis_bgp::BestRoute| speaker.is_current(b);
+                    routes.apply(&host, &c, current).await;
                     if let LocRibChange::Best(b) = &c {
                         tracing::debug!(prefix = %b.prefix, next_hop = %b.next_hop, "best route");
                     }
                     // Take what queued behind it too, then go on.
                     while let Ok(c) = changes.try_recv() {
-                        routes.apply(&host, &c).await;
+                        routes.apply(&host, &c, current).await;
                     }
                     status::publish(&speaker, &health, &metrics);
                     metrics.set(
@@ -348,6 +393,12 @@ pub async fn run(
                         "Learned routes the kernel refused (retried at the next resync).",
                         &[],
                         routes.failures() as f64,
+                    );
+                    metrics.set(
+                        "bgp_route_installs_fenced",
+                        "Learned routes not installed because they were no longer best when their turn came (their session had ended).",
+                        &[],
+                        routes.fenced() as f64,
                     );
                 }
                 // The speaker dropped us for falling behind (see `Speaker::subscribe`): changes
@@ -459,6 +510,19 @@ fn announce_changes(
     Ok(())
 }
 
+/// A neighbour's filters: its own rules, then the agent's; a mesh node never gives us a
+/// default route; an external (eBGP) peer gets only our own prefixes unless a rule sends it
+/// more — the cluster is no transit between its routers — while iBGP peers get what BGP's
+/// own rules allow (a router's routes carried to the other nodes, reflection).
+fn policy(n: &Neighbour, config: &Config) -> RoutePolicy {
+    RoutePolicy {
+        import: PrefixFilter::new(n.import.iter().chain(&config.import).copied().collect()),
+        export: PrefixFilter::new(n.export.iter().chain(&config.export).copied().collect()),
+        refuse_default: n.mesh,
+        export_learned: n.asn == config.asn,
+    }
+}
+
 fn apply_peers(
     speaker: &Speaker,
     have: &mut BTreeMap<IpAddr, Neighbour>,
@@ -467,6 +531,7 @@ fn apply_peers(
 ) -> Result<(), AgentError> {
     for (addr, n) in have.clone() {
         if want.get(&addr) != Some(&n) {
+            // A changed neighbour (its AS, timers or filters) gets a new session.
             tracing::info!(peer = %addr, "removing peer");
             speaker.remove_peer(addr).map_err(AgentError::mode)?;
             have.remove(&addr);
@@ -477,8 +542,17 @@ fn apply_peers(
             tracing::info!(peer = %addr, asn = n.asn, "adding peer");
             let mut pc = PeerConfig::new(*addr, n.asn);
             pc.hold_time = Some(n.hold_time.unwrap_or(config.hold_time));
+            pc.max_prefixes =
+                n.max_prefixes
+                    .or(config.max_prefixes)
+                    .map(|limit| trellis_bgp::MaxPrefixes {
+                        limit,
+                        restart: config.max_prefix_restart,
+                    });
+            pc.policy = policy(n, config);
+            pc.password = n.password.clone();
             speaker.add_peer(pc).map_err(AgentError::mode)?;
-            have.insert(*addr, *n);
+            have.insert(*addr, n.clone());
         }
     }
     Ok(())

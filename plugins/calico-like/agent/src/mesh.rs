@@ -94,6 +94,11 @@ pub async fn watch(
                         address: *a,
                         asn,
                         hold_time: None,
+                        max_prefixes: None,
+                        mesh: true,
+                        import: Vec::new(),
+                        export: Vec::new(),
+                        password: None,
                     })
                     .collect();
                 if tx.send(mesh).await.is_err() {

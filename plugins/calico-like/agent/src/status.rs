@@ -17,10 +17,32 @@ pub struct PeerRow {
     pub uptime_seconds: u64,
     pub prefixes_received: usize,
     pub prefixes_sent: usize,
+    /// UPDATEs of the current session (0 while none is up).
     pub updates_received: u64,
     pub updates_sent: u64,
+    /// All messages of the current session.
+    #[serde(default)]
+    pub messages_received: u64,
+    #[serde(default)]
+    pub messages_sent: u64,
+    /// Times a session with this peer reached Established.
+    #[serde(default)]
+    pub sessions: u64,
+    /// Counts over every session since the agent started.
+    #[serde(default)]
+    pub total: Totals,
+    /// The last NOTIFICATION sent or received, or the last malformed UPDATE handled.
     #[serde(default)]
     pub last_error: Option<String>,
+}
+
+/// A peer's lifetime message counts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    pub updates_received: u64,
+    pub updates_sent: u64,
+    pub messages_received: u64,
+    pub messages_sent: u64,
 }
 
 /// One best route, as `/bgp/routes` lists it.
@@ -47,6 +69,15 @@ pub fn publish(speaker: &Speaker, health: &Health, metrics: &Metrics) {
             prefixes_sent: p.prefixes_sent,
             updates_received: p.updates_received,
             updates_sent: p.updates_sent,
+            messages_received: p.messages_received,
+            messages_sent: p.messages_sent,
+            sessions: p.established_transitions,
+            total: Totals {
+                updates_received: p.total.updates_received,
+                updates_sent: p.total.updates_sent,
+                messages_received: p.total.messages_received,
+                messages_sent: p.total.messages_sent,
+            },
             last_error: p.last_error,
         })
         .collect();
@@ -96,15 +127,15 @@ pub fn publish(speaker: &Speaker, health: &Health, metrics: &Metrics) {
         );
         metrics.set(
             "bgp_updates_received",
-            "UPDATE messages received from the peer.",
+            "UPDATE messages received from the peer, over every session.",
             &l,
-            p.updates_received as f64,
+            p.total.updates_received as f64,
         );
         metrics.set(
             "bgp_updates_sent",
-            "UPDATE messages sent to the peer.",
+            "UPDATE messages sent to the peer, over every session.",
             &l,
-            p.updates_sent as f64,
+            p.total.updates_sent as f64,
         );
     }
     metrics.set(

@@ -12,9 +12,13 @@
 //! the speaker's tests run real sessions over loopback TCP.
 
 pub mod codec;
+pub mod filter;
 pub mod fsm;
 pub mod rib;
 pub mod speaker;
 
-pub use rib::{BestRoute, LocRibChange, Source};
-pub use speaker::{PeerConfig, PeerStatus, RouteChange, Speaker, SpeakerConfig, SpeakerError};
+pub use filter::{PrefixFilter, PrefixRule, Verdict};
+pub use rib::{BestRoute, LocRibChange, RoutePolicy, Source};
+pub use speaker::{
+    MaxPrefixes, Md5Key, PeerConfig, PeerStatus, RouteChange, Speaker, SpeakerConfig, SpeakerError,
+};

@@ -13,6 +13,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnet::IpNet;
 
 use crate::codec::{AsPath, Family, Origin, PathAttributes};
+use crate::filter::{PrefixFilter, Verdict};
 
 /// LOCAL_PREF assumed when a route carries none (RFC 4271 §5.1.5 leaves it to policy; 100 is
 /// what every implementation uses).
@@ -73,6 +74,9 @@ pub struct BestRoute {
     pub attrs: PathAttributes,
     /// A graceful-restart leftover from a peer that has not come back yet.
     pub stale: bool,
+    /// More next hops of equally good paths from other peers (ECMP, up to
+    /// [`RibConfig::max_paths`] with `next_hop`), sorted; empty without multipath.
+    pub multipath: Vec<IpAddr>,
 }
 
 impl BestRoute {
@@ -126,6 +130,8 @@ pub struct RibConfig {
     pub router_id: Ipv4Addr,
     /// Route-reflector cluster id; `Some` makes this speaker a route reflector.
     pub cluster_id: Option<Ipv4Addr>,
+    /// At most this many next hops per prefix (ECMP); 1 is the single best path.
+    pub max_paths: usize,
 }
 
 /// A configured peer as the RIB sees it.
@@ -137,6 +143,54 @@ pub struct PeerInfo {
     pub asn: u32,
     /// A route-reflector client of ours.
     pub rr_client: bool,
+    /// What it may give us and what we give it.
+    pub policy: RoutePolicy,
+}
+
+/// A peer's import and export policy. The default takes and gives everything BGP's own
+/// rules allow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutePolicy {
+    /// Rules for the routes it sends (first match decides; no match: accept). A rejected
+    /// route is dropped as if withdrawn.
+    pub import: PrefixFilter,
+    /// Rules for the routes we send it (first match decides; no match: see `export_learned`).
+    pub export: PrefixFilter,
+    /// Refuse a default route from it, whatever the rules say (a mesh peer must never become
+    /// every node's way out).
+    pub refuse_default: bool,
+    /// When no export rule decides, send it routes learned from other peers too (transit, a
+    /// route reflector's job); off, only our own prefixes go out unless a rule accepts them.
+    pub export_learned: bool,
+}
+
+impl Default for RoutePolicy {
+    fn default() -> Self {
+        Self {
+            import: PrefixFilter::default(),
+            export: PrefixFilter::default(),
+            refuse_default: false,
+            export_learned: true,
+        }
+    }
+}
+
+impl RoutePolicy {
+    /// Whether a route for `prefix` from this peer may enter the RIB.
+    pub fn imports(&self, prefix: &IpNet) -> bool {
+        if self.refuse_default && crate::filter::is_default_route(prefix) {
+            return false;
+        }
+        self.import.decide(prefix) != Some(Verdict::Reject)
+    }
+
+    /// Whether our best route for `prefix` (`local`: one we originate) may go to this peer.
+    pub fn exports(&self, prefix: &IpNet, local: bool) -> bool {
+        match self.export.decide(prefix) {
+            Some(verdict) => verdict == Verdict::Accept,
+            None => local || self.export_learned,
+        }
+    }
 }
 
 /// What the RIB needs of an Established session.
@@ -296,7 +350,7 @@ impl Rib {
                     .as_ref()
                     .is_some_and(|p| p.contains(local_asn))
             };
-            if looped {
+            if looped || !peer.info.policy.imports(&prefix) {
                 if peer.adj_in.remove(&prefix).is_some() {
                     touched.push(prefix);
                 }
@@ -468,6 +522,7 @@ impl Rib {
                 source: Source::Local,
                 attrs: path.attrs.clone(),
                 stale: false,
+                multipath: Vec::new(),
             });
         }
         let candidates: Vec<Candidate<'_>> = self
@@ -499,13 +554,26 @@ impl Rib {
                 })
             })
             .collect();
-        let best = select(candidates)?;
+        let good = equally_good(candidates);
+        let best = tie_break(good.clone())?;
+        // ECMP, as BIRD's `merge paths`: the paths the decision process could not tell apart
+        // before its tie-breakers, each adding its next hop (of the prefix's family).
+        let mut multipath: Vec<IpAddr> = good
+            .iter()
+            .filter(|c| c.address != best.address)
+            .map(|c| c.path.next_hop)
+            .filter(|nh| *nh != best.path.next_hop && nh.is_ipv4() == prefix.addr().is_ipv4())
+            .collect();
+        multipath.sort();
+        multipath.dedup();
+        multipath.truncate(self.config.max_paths.saturating_sub(1));
         Some(BestRoute {
             prefix: *prefix,
             next_hop: best.path.next_hop,
             source: Source::Peer(best.address),
             attrs: best.path.attrs.clone(),
             stale: best.path.stale,
+            multipath,
         })
     }
 
@@ -525,6 +593,9 @@ impl Rib {
             Source::Peer(a) if a == address => return None,
             Source::Peer(a) => Some(self.peers.get(&a)?),
         };
+        if !to.info.policy.exports(prefix, from.is_none()) {
+            return None;
+        }
         let from_ibgp = from.is_some_and(|f| f.info.asn == local_asn);
         let mut attrs = best.attrs.clone();
         let mut next_hop = best.next_hop;
@@ -599,14 +670,16 @@ struct Candidate<'a> {
     bgp_id: Ipv4Addr,
 }
 
-/// RFC 4271 §9.1.2.2 as a sequence of eliminations, so that the MED rule (which only compares
-/// routes from the same neighbouring AS) stays well defined.
-fn select(mut c: Vec<Candidate<'_>>) -> Option<Candidate<'_>> {
-    fn keep_min<K: Ord + Copy>(c: &mut Vec<Candidate<'_>>, key: impl Fn(&Candidate<'_>) -> K) {
-        if let Some(min) = c.iter().map(&key).min() {
-            c.retain(|x| key(x) == min);
-        }
+fn keep_min<K: Ord + Copy>(c: &mut Vec<Candidate<'_>>, key: impl Fn(&Candidate<'_>) -> K) {
+    if let Some(min) = c.iter().map(&key).min() {
+        c.retain(|x| key(x) == min);
     }
+}
+
+/// RFC 4271 §9.1.2.2 as a sequence of eliminations, so that the MED rule (which only compares
+/// routes from the same neighbouring AS) stays well defined: steps a) to e) here — what is
+/// left is equally good for forwarding (ECMP) —, the tie-breakers in [`tie_break`].
+fn equally_good(mut c: Vec<Candidate<'_>>) -> Vec<Candidate<'_>> {
     // a) highest LOCAL_PREF.
     keep_min(&mut c, |x| std::cmp::Reverse(x.local_pref));
     // b) shortest AS_PATH.
@@ -634,6 +707,11 @@ fn select(mut c: Vec<Candidate<'_>>) -> Option<Candidate<'_>> {
     });
     // e) eBGP over iBGP.
     keep_min(&mut c, |x| x.ibgp);
+    c
+}
+
+/// Steps f) and g), and RFC 4456's CLUSTER_LIST length: one of the equally good.
+fn tie_break(mut c: Vec<Candidate<'_>>) -> Option<Candidate<'_>> {
     // f) lowest BGP identifier (ORIGINATOR_ID for reflected routes, RFC 4456 §9).
     keep_min(&mut c, |x| u32::from(x.bgp_id));
     // RFC 4456 §9: shortest CLUSTER_LIST.
@@ -662,6 +740,7 @@ mod tests {
             local_asn: ASN,
             router_id: Ipv4Addr::new(10, 0, 0, 1),
             cluster_id,
+            max_paths: 1,
         })
     }
 
@@ -672,6 +751,7 @@ mod tests {
             address,
             asn,
             rr_client,
+            policy: RoutePolicy::default(),
         });
         let IpAddr::V4(id) = address else {
             panic!("v4 only")
@@ -709,6 +789,156 @@ mod tests {
 
     fn sent(changes: &Changes, to: IpAddr) -> Vec<OutChange> {
         changes.out.get(&to).cloned().unwrap_or_default()
+    }
+
+    /// Adds and brings up a peer with `policy`.
+    fn peer_with(rib: &mut Rib, address: &str, asn: u32, policy: RoutePolicy) -> IpAddr {
+        let a = v4(address);
+        rib.add_peer(PeerInfo {
+            address: a,
+            asn,
+            rr_client: false,
+            policy,
+        });
+        let IpAddr::V4(id) = a else { panic!("v4 only") };
+        rib.session_up(
+            a,
+            SessionInfo {
+                router_id: id,
+                local_address: v4("10.0.0.1"),
+                families: vec![Family::IPV4_UNICAST, Family::IPV6_UNICAST],
+            },
+        );
+        a
+    }
+
+    fn rules(rules: &[&str]) -> PrefixFilter {
+        PrefixFilter::new(rules.iter().map(|r| r.parse().expect("rule")).collect())
+    }
+
+    #[test]
+    fn import_rules_and_the_default_route_guard_keep_routes_out() {
+        let mut rib = rib(None);
+        let mesh = peer_with(
+            &mut rib,
+            "10.0.0.2",
+            ASN,
+            RoutePolicy {
+                refuse_default: true,
+                // Even a rule accepting it does not let a mesh peer's default route in.
+                import: rules(&["accept 0.0.0.0/0", "reject 10.99.0.0/16 ge 16 le 32"]),
+                ..RoutePolicy::default()
+            },
+        );
+        let c = rib.update(
+            mesh,
+            vec![
+                (net("0.0.0.0/0"), path(&[], "10.0.0.2")),
+                (net("10.99.1.0/24"), path(&[], "10.0.0.2")),
+                (net("10.244.1.0/26"), path(&[], "10.0.0.2")),
+            ],
+            vec![],
+        );
+        assert_eq!(c.loc_rib.len(), 1, "{c:?}");
+        assert_eq!(best_from(&rib, "10.244.1.0/26"), Some(Source::Peer(mesh)));
+        assert_eq!(best_from(&rib, "0.0.0.0/0"), None);
+        assert_eq!(best_from(&rib, "10.99.1.0/24"), None);
+        assert_eq!(rib.counts(mesh).0, 1, "rejected routes are not held either");
+        // A peer without the guard may give a default route.
+        let tor = peer(&mut rib, "10.0.0.3", 65000, false);
+        rib.update(
+            tor,
+            vec![(net("0.0.0.0/0"), path(&[65000], "10.0.0.3"))],
+            vec![],
+        );
+        assert_eq!(best_from(&rib, "0.0.0.0/0"), Some(Source::Peer(tor)));
+    }
+
+    #[test]
+    fn export_sends_only_our_own_prefixes_unless_a_rule_says_otherwise() {
+        let mut rib = rib(None);
+        rib.announce_local(net("10.244.0.0/26"), v4("10.0.0.1"));
+        rib.announce_local(net("10.244.0.64/26"), v4("10.0.0.1"));
+        let tor = peer(&mut rib, "10.0.0.3", 65000, false);
+        rib.update(
+            tor,
+            vec![
+                (net("0.0.0.0/0"), path(&[65000], "10.0.0.3")),
+                (net("172.16.0.0/24"), path(&[65000], "10.0.0.3")),
+            ],
+            vec![],
+        );
+        let other = peer_with(
+            &mut rib,
+            "10.0.0.4",
+            65001,
+            RoutePolicy {
+                export_learned: false,
+                export: rules(&["reject 10.244.0.64/26", "accept 172.16.0.0/16 le 24"]),
+                ..RoutePolicy::default()
+            },
+        );
+        let out: Vec<IpNet> = rib.adj_out(other).into_iter().map(|(p, _)| p).collect();
+        // Ours except the rejected one, and the learned route a rule accepts; never the
+        // learned default route.
+        assert_eq!(out, vec![net("10.244.0.0/26"), net("172.16.0.0/24")]);
+    }
+
+    #[test]
+    fn equally_good_paths_share_the_route_and_a_withdrawal_takes_only_its_next_hop() {
+        let mut rib = rib(None);
+        rib.config.max_paths = 8;
+        let a = peer(&mut rib, "10.0.0.2", 65001, false);
+        let b = peer(&mut rib, "10.0.0.3", 65002, false);
+        let c = peer(&mut rib, "10.0.0.4", 65003, false);
+        rib.update(
+            a,
+            vec![(net("10.50.0.0/24"), path(&[65001], "10.0.0.2"))],
+            vec![],
+        );
+        let changes = rib.update(
+            b,
+            vec![(net("10.50.0.0/24"), path(&[65002], "10.0.0.3"))],
+            vec![],
+        );
+        let best = rib.best(&net("10.50.0.0/24")).expect("best").clone();
+        assert_eq!(best.next_hop, v4("10.0.0.2"));
+        assert_eq!(best.multipath, vec![v4("10.0.0.3")]);
+        assert_eq!(
+            changes.loc_rib,
+            vec![LocRibChange::Best(best)],
+            "a new path is a change"
+        );
+        // A longer AS path is not equally good.
+        rib.update(
+            c,
+            vec![(net("10.50.0.0/24"), path(&[65003, 65009], "10.0.0.4"))],
+            vec![],
+        );
+        assert_eq!(
+            rib.best(&net("10.50.0.0/24")).expect("best").multipath,
+            vec![v4("10.0.0.3")]
+        );
+        // The best path's withdrawal leaves the other, alone.
+        rib.update(a, vec![], vec![net("10.50.0.0/24")]);
+        let best = rib.best(&net("10.50.0.0/24")).expect("best");
+        assert_eq!(
+            (best.next_hop, best.multipath.clone()),
+            (v4("10.0.0.3"), vec![])
+        );
+        // One path at most: no multipath.
+        rib.config.max_paths = 1;
+        rib.update(
+            a,
+            vec![(net("10.50.0.0/24"), path(&[65001], "10.0.0.2"))],
+            vec![],
+        );
+        assert!(
+            rib.best(&net("10.50.0.0/24"))
+                .expect("best")
+                .multipath
+                .is_empty()
+        );
     }
 
     #[test]
@@ -1116,6 +1346,7 @@ mod tests {
             address: a,
             asn: ASN,
             rr_client: false,
+            policy: RoutePolicy::default(),
         });
         let out = rib.session_up(
             a,

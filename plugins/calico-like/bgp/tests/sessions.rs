@@ -447,7 +447,7 @@ async fn a_peer_that_falls_behind_is_reset_and_then_gets_the_whole_table() {
             ipnet::Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 | (i << 8)), 24).expect("prefix");
         a.announce(prefix.into(), addr(&a)).expect("announce");
     }
-    let cease = "cease (6/8)";
+    let cease = "cease / out of resources (6/8)";
     wait_for("a resets the session", || {
         a.peer(addr(&b))
             .and_then(|p| p.last_error)

@@ -192,7 +192,7 @@ pub enum ErrorAction {
 /// One error in an UPDATE, with the RFC 4271 subcode and data a NOTIFICATION would carry and the
 /// RFC 7606 approach that applies to it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("UPDATE message error {subcode:?} ({action:?})")]
+#[error("{} ({}){}", subcode.name(), action.name(), describe_data(data))]
 pub struct UpdateError {
     /// The RFC 4271 §6.3 subcode.
     pub subcode: UpdateSubcode,
@@ -200,6 +200,34 @@ pub struct UpdateError {
     pub data: Vec<u8>,
     /// What RFC 7606 says to do about it.
     pub action: ErrorAction,
+}
+
+fn describe_data(data: &[u8]) -> String {
+    if data.is_empty() {
+        String::new()
+    } else {
+        format!(", data {}", notification::hex(data))
+    }
+}
+
+/// Several errors in words, `; ` between them (for logs and `last_error`).
+pub fn describe_errors(errors: &[UpdateError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl ErrorAction {
+    /// What it does, in words.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::AttributeDiscard => "attribute discarded",
+            Self::TreatAsWithdraw => "treated as withdraw",
+            Self::SessionReset => "session reset",
+        }
+    }
 }
 
 impl UpdateError {

@@ -209,9 +209,10 @@ impl Notification {
     }
 }
 
-impl std::fmt::Display for Notification {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let name = match self.code {
+impl Notification {
+    /// The error code's name (RFC 4271 §4.5, RFC 7313).
+    pub fn code_name(&self) -> &'static str {
+        match self.code {
             code::MESSAGE_HEADER => "message header error",
             code::OPEN_MESSAGE => "OPEN message error",
             code::UPDATE_MESSAGE => "UPDATE message error",
@@ -219,9 +220,115 @@ impl std::fmt::Display for Notification {
             code::FSM => "finite state machine error",
             code::CEASE => "cease",
             code::ROUTE_REFRESH => "ROUTE-REFRESH message error",
-            _ => "unknown error",
-        };
-        write!(f, "{name} ({}/{})", self.code, self.subcode)
+            _ => "unknown error code",
+        }
+    }
+
+    /// The subcode's name under its code (RFC 4271 §6, RFC 4486, RFC 6608, RFC 8538), or
+    /// "unspecific" for 0.
+    pub fn subcode_name(&self) -> &'static str {
+        match (self.code, self.subcode) {
+            (code::MESSAGE_HEADER, 1) => "connection not synchronized",
+            (code::MESSAGE_HEADER, 2) => "bad message length",
+            (code::MESSAGE_HEADER, 3) => "bad message type",
+            (code::OPEN_MESSAGE, 1) => "unsupported version number",
+            (code::OPEN_MESSAGE, 2) => "bad peer AS",
+            (code::OPEN_MESSAGE, 3) => "bad BGP identifier",
+            (code::OPEN_MESSAGE, 4) => "unsupported optional parameter",
+            (code::OPEN_MESSAGE, 6) => "unacceptable hold time",
+            (code::OPEN_MESSAGE, 7) => "unsupported capability",
+            (code::OPEN_MESSAGE, 11) => "role mismatch",
+            (code::UPDATE_MESSAGE, s) => {
+                UpdateSubcode::from_u8(s).map_or("unknown subcode", UpdateSubcode::name)
+            }
+            (code::FSM, 1) => "unexpected message in OpenSent",
+            (code::FSM, 2) => "unexpected message in OpenConfirm",
+            (code::FSM, 3) => "unexpected message in Established",
+            (code::CEASE, 1) => "maximum number of prefixes reached",
+            (code::CEASE, 2) => "administrative shutdown",
+            (code::CEASE, 3) => "peer de-configured",
+            (code::CEASE, 4) => "administrative reset",
+            (code::CEASE, 5) => "connection rejected",
+            (code::CEASE, 6) => "other configuration change",
+            (code::CEASE, 7) => "connection collision resolution",
+            (code::CEASE, 8) => "out of resources",
+            (code::CEASE, 9) => "hard reset",
+            (code::CEASE, 10) => "BFD down",
+            (code::ROUTE_REFRESH, 1) => "invalid message length",
+            (_, 0) => "unspecific",
+            _ => "unknown subcode",
+        }
+    }
+}
+
+impl UpdateSubcode {
+    /// The subcode with this number.
+    pub fn from_u8(subcode: u8) -> Option<Self> {
+        Some(match subcode {
+            1 => Self::MalformedAttributeList,
+            2 => Self::UnrecognizedWellKnownAttribute,
+            3 => Self::MissingWellKnownAttribute,
+            4 => Self::AttributeFlagsError,
+            5 => Self::AttributeLengthError,
+            6 => Self::InvalidOrigin,
+            8 => Self::InvalidNextHop,
+            9 => Self::OptionalAttributeError,
+            10 => Self::InvalidNetworkField,
+            11 => Self::MalformedAsPath,
+            _ => return None,
+        })
+    }
+
+    /// Its name in words (RFC 4271 §6.3).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::MalformedAttributeList => "malformed attribute list",
+            Self::UnrecognizedWellKnownAttribute => "unrecognized well-known attribute",
+            Self::MissingWellKnownAttribute => "missing well-known attribute",
+            Self::AttributeFlagsError => "attribute flags error",
+            Self::AttributeLengthError => "attribute length error",
+            Self::InvalidOrigin => "invalid ORIGIN attribute",
+            Self::InvalidNextHop => "invalid NEXT_HOP attribute",
+            Self::OptionalAttributeError => "optional attribute error",
+            Self::InvalidNetworkField => "invalid network field",
+            Self::MalformedAsPath => "malformed AS_PATH",
+        }
+    }
+}
+
+/// Octets as hex pairs, `40 01 01 07`, at most 32 of them.
+pub fn hex(data: &[u8]) -> String {
+    let mut out: Vec<String> = data.iter().take(32).map(|b| format!("{b:02x}")).collect();
+    if data.len() > 32 {
+        out.push(format!("… ({} octets)", data.len()));
+    }
+    out.join(" ")
+}
+
+/// `UPDATE message error / invalid ORIGIN attribute (3/6), data 40 01 01 07`.
+impl std::fmt::Display for Notification {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} / {} ({}/{})",
+            self.code_name(),
+            self.subcode_name(),
+            self.code,
+            self.subcode
+        )?;
+        match (self.code, self.subcode, self.data.as_slice()) {
+            // RFC 4486 §4: AFI, SAFI and the limit.
+            (code::CEASE, 1, &[a0, a1, safi, l0, l1, l2, l3]) => {
+                let family = super::Family {
+                    afi: u16::from_be_bytes([a0, a1]),
+                    safi,
+                };
+                let limit = u32::from_be_bytes([l0, l1, l2, l3]);
+                write!(f, ", {family}, limit {limit}")
+            }
+            (_, _, []) => Ok(()),
+            (_, _, data) => write!(f, ", data {}", hex(data)),
+        }
     }
 }
 
@@ -242,6 +349,32 @@ mod tests {
                 .expect("decodes")
                 .into_message(),
             Some(Message::Notification(n))
+        );
+    }
+
+    #[test]
+    fn notifications_read_in_words() {
+        let n = Notification::update(UpdateSubcode::InvalidOrigin, vec![0x40, 1, 1, 7]);
+        assert_eq!(
+            n.to_string(),
+            "UPDATE message error / invalid ORIGIN attribute (3/6), data 40 01 01 07"
+        );
+        let n = Notification::new(code::CEASE, 1, vec![0, 1, 1, 0, 0, 0, 10]);
+        assert_eq!(
+            n.to_string(),
+            "cease / maximum number of prefixes reached (6/1), ipv4-unicast, limit 10"
+        );
+        assert_eq!(
+            Notification::open(OpenSubcode::BadPeerAs, vec![0xfd, 0xe8]).to_string(),
+            "OPEN message error / bad peer AS (2/2), data fd e8"
+        );
+        assert_eq!(
+            Notification::hold_timer_expired().to_string(),
+            "hold timer expired / unspecific (4/0)"
+        );
+        assert_eq!(
+            Notification::new(99, 3, vec![]).to_string(),
+            "unknown error code / unknown subcode (99/3)"
         );
     }
 

@@ -25,6 +25,15 @@ impl PeerTask {
             // Idle refuses connections unless an automatic restart is pending, in which case
             // the peer's connection is the restart (RFC 4271 §8.1.1 passive automatic start).
             State::Idle if self.timers.idle_hold.is_none() => {}
+            // Held down after a max-prefix breach: refused, with the reason.
+            State::Idle if self.held_down.is_some() => {
+                info!(peer = %self.address(), "connection refused: the session is held down after a max-prefix breach");
+                tokio::spawn(reject(
+                    stream,
+                    self.address(),
+                    CeaseSubcode::ConnectionRejected,
+                ));
+            }
             State::Idle => {
                 self.timers.idle_hold = None;
                 self.step(Event::AutomaticStartPassive).await;
@@ -103,7 +112,11 @@ impl PeerTask {
                 if current_outgoing && keep_local =>
             {
                 debug!(peer = %self.address(), "collision: keeping our connection");
-                tokio::spawn(reject(stream, CeaseSubcode::ConnectionCollisionResolution));
+                tokio::spawn(reject(
+                    stream,
+                    self.address(),
+                    CeaseSubcode::ConnectionCollisionResolution,
+                ));
                 return;
             }
             // RFC 4724 §4.2: a peer that can restart gracefully and opens a new session has
@@ -114,7 +127,11 @@ impl PeerTask {
             }
             // RFC 4271 §6.8: otherwise an Established session wins.
             State::Established => {
-                tokio::spawn(reject(stream, CeaseSubcode::ConnectionCollisionResolution));
+                tokio::spawn(reject(
+                    stream,
+                    self.address(),
+                    CeaseSubcode::ConnectionCollisionResolution,
+                ));
                 return;
             }
             State::OpenSent | State::OpenConfirm => {
@@ -141,8 +158,16 @@ impl PeerTask {
 }
 
 /// Closes a connection we will not use, telling the peer why.
-async fn reject(mut stream: TcpStream, subcode: CeaseSubcode) {
-    let message = Message::Notification(Notification::cease(subcode));
+async fn reject(mut stream: TcpStream, peer: std::net::IpAddr, subcode: CeaseSubcode) {
+    let n = Notification::cease(subcode);
+    info!(
+        %peer,
+        code = n.code_name(),
+        subcode = n.subcode_name(),
+        notification = %n,
+        "sending NOTIFICATION on a second connection that is not kept"
+    );
+    let message = Message::Notification(n);
     if let Ok(bytes) = codec::encode(&message, &Context::default()) {
         let _ = timeout(Duration::from_secs(1), stream.write_all(&bytes)).await;
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::mpsc::error::TrySendError;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::peer::PeerMsg;
 use super::{Shared, canonical};
@@ -23,7 +23,7 @@ pub(super) fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Hands each accepted connection to its peer's task; strangers are closed at once.
-pub(super) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+pub(super) async fn accept_loop(listener: Arc<TcpListener>, shared: Arc<Shared>) {
     loop {
         let (stream, remote) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -43,7 +43,9 @@ pub(super) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                     debug!(%remote, "connection closed: the peer's task is busy");
                 }
             }
-            None => debug!(%remote, "connection from an unconfigured address closed"),
+            None => {
+                info!(%remote, "connection from an address that is not a configured peer closed")
+            }
         }
     }
 }

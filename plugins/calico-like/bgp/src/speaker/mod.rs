@@ -49,7 +49,10 @@
 mod collision;
 mod export;
 mod listener;
+mod md5;
 mod peer;
+
+pub use md5::{KeyError, MAX_KEY_LEN, Md5Key};
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -63,7 +66,7 @@ use tokio::time::{Instant, timeout};
 use tracing::info;
 
 use crate::fsm::State;
-use crate::rib::{self, LocRibChange, PeerInfo, Rib, RibConfig};
+use crate::rib::{self, LocRibChange, PeerInfo, Rib, RibConfig, RoutePolicy};
 use listener::{accept_loop, bind};
 use peer::{PeerMsg, PeerTask};
 
@@ -103,6 +106,9 @@ pub struct SpeakerConfig {
     pub restart_time: u16,
     /// Makes this speaker a route reflector with this cluster id (RFC 4456).
     pub cluster_id: Option<Ipv4Addr>,
+    /// At most this many next hops per learned prefix (ECMP over equally good paths); 1 keeps
+    /// the single best path.
+    pub max_paths: usize,
 }
 
 impl SpeakerConfig {
@@ -119,6 +125,7 @@ impl SpeakerConfig {
             graceful_restart: true,
             restart_time: 120,
             cluster_id: None,
+            max_paths: 1,
         }
     }
 }
@@ -140,6 +147,25 @@ pub struct PeerConfig {
     pub rr_client: bool,
     /// Source address for our connections (and so the next hop we give eBGP peers).
     pub local_address: Option<IpAddr>,
+    /// A limit on the prefixes the peer may send (RFC 4486).
+    pub max_prefixes: Option<MaxPrefixes>,
+    /// Import and export filters.
+    pub policy: RoutePolicy,
+    /// TCP MD5 signatures (RFC 2385) with this password, on our connections and on the
+    /// listener for this peer's. A peer with another password, or none, never gets a session.
+    pub password: Option<Md5Key>,
+}
+
+/// The most prefixes a peer may have in its Adj-RIB-In, all families together. One more
+/// closes the session with a Cease "maximum number of prefixes reached" (6/1, carrying the
+/// family and the limit, RFC 4486 §4), its routes are withdrawn, and the session is held down
+/// (the peer's connections refused) for `restart` before it starts again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxPrefixes {
+    /// The limit.
+    pub limit: u32,
+    /// How long the session stays down after a breach.
+    pub restart: Duration,
 }
 
 impl PeerConfig {
@@ -153,6 +179,9 @@ impl PeerConfig {
             passive: false,
             rr_client: false,
             local_address: None,
+            max_prefixes: None,
+            policy: RoutePolicy::default(),
+            password: None,
         }
     }
 }
@@ -176,6 +205,25 @@ pub struct PeerStatus {
     pub prefixes_received: usize,
     /// Routes in its Adj-RIB-Out.
     pub prefixes_sent: usize,
+    /// UPDATE messages received in this session (0 while no session is up).
+    pub updates_received: u64,
+    /// UPDATE messages sent in this session.
+    pub updates_sent: u64,
+    /// All messages received in this session.
+    pub messages_received: u64,
+    /// All messages sent in this session.
+    pub messages_sent: u64,
+    /// The same counts over the peer's whole life (every session, this one included).
+    pub total: MessageCounts,
+    /// Times the session reached Established.
+    pub established_transitions: u64,
+    /// The last NOTIFICATION sent or received, or the last malformed-UPDATE handling.
+    pub last_error: Option<String>,
+}
+
+/// Messages counted over a peer's lifetime.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MessageCounts {
     /// UPDATE messages received.
     pub updates_received: u64,
     /// UPDATE messages sent.
@@ -184,13 +232,37 @@ pub struct PeerStatus {
     pub messages_received: u64,
     /// All messages sent.
     pub messages_sent: u64,
-    /// Times the session reached Established.
-    pub established_transitions: u64,
-    /// The last NOTIFICATION sent or received, or the last malformed-UPDATE handling.
-    pub last_error: Option<String>,
 }
 
 impl PeerStatus {
+    /// Counts one message received (an UPDATE when `update`).
+    pub(crate) fn count_received(&mut self, update: bool) {
+        self.messages_received += 1;
+        self.total.messages_received += 1;
+        if update {
+            self.updates_received += 1;
+            self.total.updates_received += 1;
+        }
+    }
+
+    /// Counts one message sent.
+    pub(crate) fn count_sent(&mut self, update: bool) {
+        self.messages_sent += 1;
+        self.total.messages_sent += 1;
+        if update {
+            self.updates_sent += 1;
+            self.total.updates_sent += 1;
+        }
+    }
+
+    /// A new session (or none): the per-session counts start again.
+    pub(crate) fn reset_session_counts(&mut self) {
+        self.updates_received = 0;
+        self.updates_sent = 0;
+        self.messages_received = 0;
+        self.messages_sent = 0;
+    }
+
     fn new(config: &PeerConfig) -> Self {
         Self {
             address: config.address,
@@ -205,6 +277,7 @@ impl PeerStatus {
             updates_sent: 0,
             messages_received: 0,
             messages_sent: 0,
+            total: MessageCounts::default(),
             established_transitions: 0,
             last_error: None,
         }
@@ -243,6 +316,15 @@ pub enum SpeakerError {
     /// The peer is not configured.
     #[error("peer {0} is not configured")]
     UnknownPeer(IpAddr),
+    /// The kernel refused the peer's MD5 key on the listening socket.
+    #[error("cannot set the TCP MD5 key for {peer} on the listener: {source}")]
+    Md5 {
+        /// The peer.
+        peer: IpAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// An IPv4 prefix with an IPv6 next hop (RFC 5549 is not supported).
     #[error("IPv4 prefix {prefix} cannot have the IPv6 next hop {next_hop}")]
     NextHopFamily {
@@ -260,6 +342,8 @@ pub enum SpeakerError {
 pub struct Speaker {
     shared: Arc<Shared>,
     listener: Option<JoinHandle<()>>,
+    /// The listening socket, for the peers' MD5 keys.
+    socket: Option<Arc<tokio::net::TcpListener>>,
     local_addr: Option<SocketAddr>,
 }
 
@@ -326,6 +410,7 @@ impl Speaker {
             local_asn: config.asn,
             router_id: config.router_id,
             cluster_id: config.cluster_id,
+            max_paths: config.max_paths.max(1),
         });
         let listen = config.listen;
         let shared = Arc::new(Shared {
@@ -338,22 +423,24 @@ impl Speaker {
                 next_slot_id: 1,
             }),
         });
-        let (listener, local_addr) = match listen {
+        let (listener, socket, local_addr) = match listen {
             Some(address) => {
-                let listener =
-                    bind(address).map_err(|source| SpeakerError::Listen { address, source })?;
+                let listener = Arc::new(
+                    bind(address).map_err(|source| SpeakerError::Listen { address, source })?,
+                );
                 let local = listener
                     .local_addr()
                     .map_err(|source| SpeakerError::Listen { address, source })?;
-                let task = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
-                (Some(task), Some(local))
+                let task = tokio::spawn(accept_loop(Arc::clone(&listener), Arc::clone(&shared)));
+                (Some(task), Some(listener), Some(local))
             }
-            None => (None, None),
+            None => (None, None, None),
         };
         info!(asn = shared.config.asn, router_id = %shared.config.router_id, ?local_addr, "BGP speaker started");
         Ok(Self {
             shared,
             listener,
+            socket,
             local_addr,
         })
     }
@@ -379,10 +466,24 @@ impl Speaker {
         if core.peers.contains_key(&peer.address) {
             return Err(SpeakerError::DuplicatePeer(peer.address));
         }
+        let v6_listener = self.local_addr.is_some_and(|a| a.is_ipv6());
+        // An IPv6 peer cannot reach an IPv4 listener: only our own connections carry its key.
+        let reachable = v6_listener || peer.address.is_ipv4();
+        if let (Some(socket), Some(key), true) = (&self.socket, &peer.password, reachable) {
+            let v6 = v6_listener;
+            md5::set_key(socket.as_ref(), v6, peer.address, Some(key)).map_err(|source| {
+                SpeakerError::Md5 {
+                    peer: peer.address,
+                    source,
+                }
+            })?;
+            info!(peer = %peer.address, "TCP MD5 signatures on for this peer");
+        }
         core.rib.add_peer(PeerInfo {
             address: peer.address,
             asn: peer.remote_asn,
             rr_client: peer.rr_client,
+            policy: peer.policy.clone(),
         });
         let (tx, rx) = mpsc::channel(PEER_QUEUE);
         let (stop, stopped) = oneshot::channel();
@@ -421,6 +522,12 @@ impl Speaker {
             .remove(&address)
             .ok_or(SpeakerError::UnknownPeer(address))?;
         slot.stop();
+        let v6 = self.local_addr.is_some_and(|a| a.is_ipv6());
+        if let Some(socket) = self.socket.as_ref().filter(|_| v6 || address.is_ipv4())
+            && let Err(e) = md5::set_key(socket.as_ref(), v6, address, None)
+        {
+            tracing::warn!(peer = %address, error = %e, "cannot remove the peer's TCP MD5 key");
+        }
         let changes = core.rib.remove_peer(address);
         core.apply(changes);
         Ok(())
@@ -475,6 +582,20 @@ impl Speaker {
     /// The Loc-RIB now.
     pub fn routes(&self) -> Vec<rib::BestRoute> {
         self.shared.core().rib.loc_rib().cloned().collect()
+    }
+
+    /// Whether `route` is still the best route of its prefix. The agent programs the kernel
+    /// one change at a time, behind the RIB: a route announced by a session that has ended
+    /// since (its withdrawal queued behind) must not be installed meanwhile, so each install is
+    /// fenced by this check.
+    pub fn is_current(&self, route: &rib::BestRoute) -> bool {
+        let core = self.shared.core();
+        core.rib.best(&route.prefix).is_some_and(|best| {
+            best.source == route.source
+                && best.next_hop == route.next_hop
+                && best.stale == route.stale
+                && best.multipath == route.multipath
+        })
     }
 
     /// Every peer's status, by address.

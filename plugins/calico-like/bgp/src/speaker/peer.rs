@@ -13,10 +13,10 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until, timeout};
 use tracing::{debug, info, warn};
 
-use super::{Core, PeerConfig, PeerStatus, Shared, canonical};
+use super::{Core, MaxPrefixes, PeerConfig, PeerStatus, Shared, canonical};
 use crate::codec::{
-    self, Capability, Context, DecodeError, Decoded, Family, GrFamily, GracefulRestartCap, Message,
-    Open, Update,
+    self, Capability, CeaseSubcode, Context, DecodeError, Decoded, Family, GrFamily,
+    GracefulRestartCap, Message, Notification, Open, Update,
 };
 use crate::fsm::{Action, Event, Fsm, FsmConfig, State, Timer};
 use crate::rib::{OutChange, Path, SessionInfo};
@@ -130,6 +130,10 @@ pub(super) struct PeerTask {
     pub(super) broken: bool,
     pub(super) status: PeerStatus,
     pub(super) stopping: bool,
+    /// Set after a max-prefix breach: until then the peer's connections are refused.
+    pub(super) held_down: Option<Instant>,
+    /// Why the session is ending: the NOTIFICATION sent or received since it was Established.
+    pub(super) cause: Option<String>,
 }
 
 impl PeerTask {
@@ -171,6 +175,8 @@ impl PeerTask {
             broken: false,
             status,
             stopping: false,
+            cause: None,
+            held_down: None,
         }
     }
 
@@ -219,6 +225,16 @@ impl PeerTask {
                 },
                 _ = sleep_until(t.connect_retry.unwrap_or_else(never)), if t.connect_retry.is_some() => {
                     self.timers.connect_retry = None;
+                    if self.config.password.is_some() && self.fsm.state() == State::Connect {
+                        // The kernels drop segments with a wrong or missing signature without
+                        // a word: a connection that never completes is all there is to see.
+                        warn!(
+                            peer = %self.address(),
+                            "no session with TCP MD5 configured: the connection did not complete; \
+                             the peer may have another password or none (its segments and ours are \
+                             dropped silently)"
+                        );
+                    }
                     self.step(Event::ConnectRetryTimerExpires).await;
                 }
                 _ = sleep_until(t.hold.unwrap_or_else(never)), if t.hold.is_some() => {
@@ -232,6 +248,9 @@ impl PeerTask {
                 }
                 _ = sleep_until(t.idle_hold.unwrap_or_else(never)), if t.idle_hold.is_some() => {
                     self.timers.idle_hold = None;
+                    if self.held_down.take().is_some() {
+                        info!(peer = %self.address(), "max-prefix hold-down over: the session starts again");
+                    }
                     self.step(Event::AutomaticStart).await;
                 }
                 _ = sleep_until(t.stale.unwrap_or_else(never)), if t.stale.is_some() => {
@@ -319,6 +338,7 @@ impl PeerTask {
         });
         self.cx = Context::default();
         self.remote_open = None;
+        self.status.reset_session_counts();
     }
 
     pub(super) fn cancel_connect(&mut self) {
@@ -344,7 +364,8 @@ impl PeerTask {
                 Ok(_) => return,
             };
             let frame: Vec<u8> = conn.buf.drain(..len).collect();
-            self.status.messages_received += 1;
+            // Byte 18 is the message type; 2 is UPDATE.
+            self.status.count_received(frame.get(18) == Some(&2));
             self.on_frame(&frame).await;
         }
     }
@@ -369,7 +390,15 @@ impl PeerTask {
         match decoded {
             Decoded::Message(Message::Open(open)) => self.receive_open(open).await,
             Decoded::Message(Message::Notification(n)) => {
+                warn!(
+                    peer = %self.address(),
+                    code = n.code_name(),
+                    subcode = n.subcode_name(),
+                    notification = %n,
+                    "received NOTIFICATION: the peer closes the session"
+                );
                 self.note_error(format!("received NOTIFICATION {n}"));
+                self.cause = Some(format!("received NOTIFICATION {n}"));
                 let event = if n.is_version_error() {
                     Event::NotifMsgVerErr(n)
                 } else {
@@ -391,16 +420,23 @@ impl PeerTask {
                 }
             }
             Decoded::AttributeDiscard { update, errors } => {
-                self.note_error(format!("UPDATE attributes discarded: {errors:?}"));
+                let errors = codec::describe_errors(&errors);
+                warn!(peer = %self.address(), %errors, "malformed UPDATE attributes discarded, the routes kept");
+                self.note_error(format!("UPDATE attributes discarded: {errors}"));
                 if self.step(Event::UpdateMsg).await {
                     self.receive_update(update).await;
                 }
             }
             Decoded::TreatAsWithdraw { withdrawn, errors } => {
-                warn!(peer = %self.address(), ?errors, "malformed UPDATE treated as withdraw");
-                self.note_error(format!("UPDATE treated as withdraw: {errors:?}"));
+                let errors = codec::describe_errors(&errors);
+                warn!(
+                    peer = %self.address(),
+                    prefixes = withdrawn.len(),
+                    %errors,
+                    "malformed UPDATE treated as withdraw: its prefixes are withdrawn, the session stays up"
+                );
+                self.note_error(format!("UPDATE treated as withdraw: {errors}"));
                 if self.step(Event::UpdateMsg).await {
-                    self.status.updates_received += 1;
                     let address = self.address();
                     if let Some(mut core) = owned(&self.shared, address, self.slot_id) {
                         let changes = core.rib.update(address, Vec::new(), withdrawn);
@@ -444,7 +480,20 @@ impl PeerTask {
                     self.send(&Message::Keepalive).await;
                 }
                 Action::SendNotification(n) => {
+                    let what = if n.code == codec::notification::code::OPEN_MESSAGE {
+                        "refused the peer's OPEN: sending NOTIFICATION"
+                    } else {
+                        "sending NOTIFICATION: closing the session"
+                    };
+                    warn!(
+                        peer = %self.address(),
+                        code = n.code_name(),
+                        subcode = n.subcode_name(),
+                        notification = %n,
+                        "{what}"
+                    );
                     self.note_error(format!("sent NOTIFICATION {n}"));
+                    self.cause = Some(format!("sent NOTIFICATION {n}"));
                     self.send(&Message::Notification(n)).await;
                 }
                 Action::StartTimer(timer, after) => {
@@ -470,12 +519,16 @@ impl PeerTask {
         let tx = self.tx.clone();
         let target = SocketAddr::new(self.config.address, self.config.port);
         let local = self.config.local_address;
+        let password = self.config.password.clone();
         self.connecting = Some(tokio::spawn(async move {
             let result = async {
                 let socket = match target {
                     SocketAddr::V4(_) => TcpSocket::new_v4()?,
                     SocketAddr::V6(_) => TcpSocket::new_v6()?,
                 };
+                if let Some(key) = &password {
+                    super::md5::set_key(&socket, target.is_ipv6(), target.ip(), Some(key))?;
+                }
                 if let Some(local) = local {
                     socket.bind(SocketAddr::new(local, 0))?;
                 }
@@ -540,10 +593,8 @@ impl PeerTask {
         let limit = Duration::from_secs(u64::from(self.fsm.negotiated_hold_time().max(10)));
         match timeout(limit, conn.stream.write_all(&bytes)).await {
             Ok(Ok(())) => {
-                self.status.messages_sent += 1;
-                if matches!(message, Message::Update(_)) {
-                    self.status.updates_sent += 1;
-                }
+                self.status
+                    .count_sent(matches!(message, Message::Update(_)));
                 true
             }
             _ => {
@@ -574,6 +625,7 @@ impl PeerTask {
         let address = self.address();
         let now = Instant::now();
         self.status.established_at = Some(now);
+        self.cause = None;
         self.status.established_transitions += 1;
         self.status.hold_time = self.fsm.negotiated_hold_time();
         let (initial, stale) = {
@@ -624,8 +676,13 @@ impl PeerTask {
     fn session_down(&mut self, graceful: bool) {
         let address = self.address();
         let keep = graceful && self.peer_gr.is_some();
-        info!(peer = %address, graceful_restart = keep, "session down");
+        let reason = self
+            .cause
+            .take()
+            .unwrap_or_else(|| "the connection closed".into());
+        warn!(peer = %address, graceful_restart = keep, %reason, "session down");
         self.generation = 0;
+        self.status.reset_session_counts();
         self.status.established_at = None;
         self.status.hold_time = 0;
         let Some(mut core) = owned(&self.shared, address, self.slot_id) else {
@@ -655,7 +712,6 @@ impl PeerTask {
     }
 
     async fn receive_update(&mut self, update: Update) {
-        self.status.updates_received += 1;
         let address = self.address();
         if let Some(family) = update.is_end_of_rib() {
             debug!(peer = %address, %family, "End-of-RIB");
@@ -701,11 +757,48 @@ impl PeerTask {
             }
             None => {}
         }
-        let Some(mut core) = owned(&self.shared, address, self.slot_id) else {
-            return;
+        let family = announced
+            .first()
+            .map_or(Family::IPV4_UNICAST, |(p, _)| crate::rib::family_of(p));
+        let received = {
+            let Some(mut core) = owned(&self.shared, address, self.slot_id) else {
+                return;
+            };
+            let changes = core.rib.update(address, announced, withdrawn);
+            core.apply(changes);
+            core.rib.counts(address).0
         };
-        let changes = core.rib.update(address, announced, withdrawn);
-        core.apply(changes);
+        if let Some(max) = self.config.max_prefixes
+            && received > max.limit as usize
+        {
+            self.max_prefixes_reached(max, family, received).await;
+        }
+    }
+
+    /// RFC 4486: too many prefixes. Cease/1 with the family and the limit, the routes gone
+    /// with the session, and no new session (ours or the peer's) until `max.restart` is over.
+    async fn max_prefixes_reached(&mut self, max: MaxPrefixes, family: Family, received: usize) {
+        warn!(
+            peer = %self.address(),
+            limit = max.limit,
+            received,
+            %family,
+            hold_down_seconds = max.restart.as_secs(),
+            "the peer sent more prefixes than its limit: closing the session"
+        );
+        let mut data = Vec::with_capacity(7);
+        data.extend_from_slice(&family.afi.to_be_bytes());
+        data.push(family.safi);
+        data.extend_from_slice(&max.limit.to_be_bytes());
+        let n = Notification::new(
+            codec::notification::code::CEASE,
+            CeaseSubcode::MaximumPrefixesReached as u8,
+            data,
+        );
+        self.step(Event::AutomaticStop(n)).await;
+        let until = Instant::now() + max.restart;
+        self.timers.idle_hold = Some(until);
+        self.held_down = Some(until);
     }
 }
 
