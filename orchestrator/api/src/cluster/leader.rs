@@ -125,9 +125,16 @@ impl LeaderElection {
                     break;
                 },
             }
+            // Retry on the jittered period, but wake exactly when the holder's record would
+            // expire: a standby then takes over a dead leader's lease after the lease duration,
+            // not up to one more retry period later.
+            let expires = self
+                .lease_duration
+                .saturating_sub(seen.unchanged_for())
+                .max(Duration::from_millis(10));
             tokio::select! {
                 () = &mut shutdown => return Ok(()),
-                () = tokio::time::sleep(self.jittered_retry()) => {}
+                () = tokio::time::sleep(self.jittered_retry().min(expires)) => {}
             }
         }
         tracing::info!(lease = %format!("{}/{}", self.namespace, self.name),
