@@ -380,6 +380,42 @@ mod tests {
     }
 
     #[test]
+    fn replicas_of_a_controller_spread_over_hosts_without_constraints_of_their_own() {
+        let replica = |n: &str| {
+            pod(
+                n,
+                json!({"metadata": {"labels": {"app": "web"}, "ownerReferences": [
+                    {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-1", "uid": "u1", "controller": true}]}}),
+            )
+        };
+        let host = |n: &str| {
+            node(
+                n,
+                json!({"metadata": {"labels": {"kubernetes.io/hostname": n}}}),
+            )
+        };
+        let c = cache(
+            vec![host("a"), host("b")],
+            vec![on("a", replica("w1")), on("a", replica("w2"))],
+        );
+        let w3 = replica("w3");
+        let soft = spreads(&w3, &c, "ScheduleAnyway");
+        assert_eq!(soft.len(), 1, "hosts only: no node has a zone");
+        assert_eq!(soft[0].constraint.max_skew, 3);
+        let raw: Vec<_> = c.nodes().map(|n| spread_raw(&soft, n)).collect();
+        let scores = normalize_spread(&raw);
+        assert!(
+            scores[0] < scores[1],
+            "b, with none of its replicas, wins: {scores:?}"
+        );
+        let bare = pod("bare", json!({"metadata": {"labels": {"app": "web"}}}));
+        assert!(
+            spreads(&bare, &c, "ScheduleAnyway").is_empty(),
+            "a pod no controller owns gets no default"
+        );
+    }
+
+    #[test]
     fn preferred_node_affinity_scores_by_weight() {
         let c = cache(
             vec![

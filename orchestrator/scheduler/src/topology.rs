@@ -231,11 +231,59 @@ pub fn constraints(pod: &Pod) -> &[TopologySpreadConstraint] {
         .unwrap_or_default()
 }
 
-/// Counts for each of the pod's spread constraints with the given `whenUnsatisfiable`.
+/// Upstream's system default spreading (PodTopologySpread `defaultingType: System`): a pod with
+/// no constraints of its own that a controller owns is spread over hosts (maxSkew 3) and zones
+/// (maxSkew 5), ScheduleAnyway, among the pods that carry its labels. Without it, replicas
+/// landed where the resource scores tied, two on one node and none on another. The zone
+/// constraint counts only when every node has a zone.
+pub fn system_defaults(pod: &Pod, cache: &Cache) -> Vec<TopologySpreadConstraint> {
+    let owned = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.controller == Some(true));
+    let Some(labels) = pod.metadata.labels.clone().filter(|l| !l.is_empty()) else {
+        return Vec::new();
+    };
+    if !owned || !constraints(pod).is_empty() {
+        return Vec::new();
+    }
+    let constraint = |key: &str, skew: i32| TopologySpreadConstraint {
+        max_skew: skew,
+        topology_key: key.into(),
+        when_unsatisfiable: "ScheduleAnyway".into(),
+        label_selector: Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+                match_labels: Some(labels.clone()),
+                ..Default::default()
+            },
+        ),
+        ..Default::default()
+    };
+    let mut out = vec![constraint(HOSTNAME, 3)];
+    let mut nodes = cache.nodes().peekable();
+    if nodes.peek().is_some() && nodes.all(|n| domain(n, ZONE).is_some()) {
+        out.push(constraint(ZONE, 5));
+    }
+    out
+}
+
+const HOSTNAME: &str = "kubernetes.io/hostname";
+const ZONE: &str = "topology.kubernetes.io/zone";
+
+/// Counts for each of the pod's spread constraints with the given `whenUnsatisfiable` (with
+/// the system defaults when the pod has none of its own).
 pub fn spreads(pod: &Pod, cache: &Cache, when: &str) -> Vec<Spread> {
     let ns = namespace(pod);
+    let defaults = if when == "ScheduleAnyway" {
+        system_defaults(pod, cache)
+    } else {
+        Vec::new()
+    };
     constraints(pod)
         .iter()
+        .chain(defaults.iter())
         .filter(|c| c.when_unsatisfiable == when)
         .map(|c| {
             let mut counts: HashMap<String, usize> = HashMap::new();
