@@ -172,6 +172,8 @@ fn available(rs: &ReplicaSet) -> i32 {
 pub struct Controller {
     pub deployments: Informer<Deployment>,
     pub sets: Informer<ReplicaSet>,
+    /// Pods, for availability: a ReplicaSet's status lags behind its pods.
+    pub pods: Informer<Pod>,
     pub queue: WorkQueue,
     ctx: Ctx,
     /// ReplicaSets as this controller last wrote them, until the watch catches up (upstream's
@@ -187,10 +189,16 @@ fn rv(o: &ObjectMeta) -> u64 {
 }
 
 impl Controller {
-    pub fn new(ctx: Ctx, deployments: Informer<Deployment>, sets: Informer<ReplicaSet>) -> Self {
+    pub fn new(
+        ctx: Ctx,
+        deployments: Informer<Deployment>,
+        sets: Informer<ReplicaSet>,
+        pods: Informer<Pod>,
+    ) -> Self {
         Controller {
             deployments,
             sets,
+            pods,
             queue: WorkQueue::new(),
             ctx,
             written: Arc::default(),
@@ -277,6 +285,7 @@ impl Controller {
         // Only from complete caches (a missing ReplicaSet would be created again).
         self.deployments.wait_synced().await;
         self.sets.wait_synced().await;
+        self.pods.wait_synced().await;
         let Some(d) = self.deployments.get(key) else {
             return Ok(None);
         };
@@ -505,7 +514,7 @@ impl Controller {
             max_unavailable,
             all_spec,
             spec_replicas(new),
-            available(new),
+            self.available_now(new),
         );
         if budget <= 0 {
             return Ok(false);
@@ -517,7 +526,7 @@ impl Controller {
             if budget <= 0 {
                 break;
             }
-            let unhealthy = sizes[i] - available(o);
+            let unhealthy = sizes[i] - self.available_now(o);
             if sizes[i] == 0 || unhealthy <= 0 {
                 continue;
             }
@@ -532,9 +541,9 @@ impl Controller {
         let available_now: i32 = olds
             .iter()
             .enumerate()
-            .map(|(i, o)| available(o).min(sizes[i]))
+            .map(|(i, o)| self.available_now(o).min(sizes[i]))
             .sum::<i32>()
-            + available(new);
+            + self.available_now(new);
         let mut more = (available_now - min_available).min(budget);
         for (i, _) in olds.iter().enumerate() {
             if more <= 0 {
@@ -544,6 +553,15 @@ impl Controller {
             sizes[i] -= n;
             more -= n;
         }
+        tracing::debug!(
+            new_spec = spec_replicas(new),
+            new_available = self.available_now(new),
+            old_spec,
+            available_now,
+            min_available,
+            ?sizes,
+            "old replica sets: scale-down decision"
+        );
         for (i, o) in olds.iter().enumerate() {
             if sizes[i] != spec_replicas(o) {
                 self.scale(d, o, sizes[i], surge).await?;
@@ -551,6 +569,33 @@ impl Controller {
             }
         }
         Ok(changed)
+    }
+
+    /// The pods of `rs` available now as the pod cache shows them, never more than its spec.
+    /// Its status is written by the ReplicaSet controller a moment after its pods change; a
+    /// rollout deciding from that stale count deleted ready pods while the new ones were still
+    /// starting, taking availability below desired − maxUnavailable.
+    fn available_now(&self, rs: &ReplicaSet) -> i32 {
+        let uid = rs.metadata.uid.as_deref().unwrap_or_default();
+        let min_ready = rs
+            .spec
+            .as_ref()
+            .and_then(|s| s.min_ready_seconds)
+            .unwrap_or(0)
+            .max(0);
+        let min_ready = Duration::from_secs(u64::try_from(min_ready).unwrap_or(0));
+        let now = jiff::Timestamp::now();
+        let n = self
+            .pods
+            .state()
+            .iter()
+            .filter(|p| {
+                p.metadata.deletion_timestamp.is_none()
+                    && owner::controller_of(&p.metadata).is_some_and(|r| r.uid == uid)
+                    && crate::pods::is_available(p, min_ready, now)
+            })
+            .count();
+        i32::try_from(n).unwrap_or(i32::MAX).min(spec_replicas(rs))
     }
 
     async fn scale(

@@ -88,7 +88,7 @@ pub async fn run_controllers(
         ));
     }
     if config.runs("deployment") {
-        let c = deployment::Controller::new(ctx.clone(), deps.clone(), rss.clone());
+        let c = deployment::Controller::new(ctx.clone(), deps.clone(), rss.clone(), pods.clone());
         dep_handlers.push(c.deployment_handler());
         rs_handlers.push(c.set_handler());
         pod_handlers.push(c.pod_handler());
