@@ -16,6 +16,7 @@ pub mod endpointslice;
 pub mod expectations;
 pub mod gc;
 pub mod informer;
+pub mod job;
 pub mod nodelifecycle;
 pub mod owner;
 pub mod pods;
@@ -39,6 +40,7 @@ pub const ALL: &[&str] = &[
     "replicationcontroller",
     "deployment",
     "daemonset",
+    "job",
     "endpointslice",
     "endpoints",
     "garbagecollector",
@@ -53,6 +55,7 @@ pub const DEFAULT: &[&str] = &[
     "replicaset",
     "deployment",
     "daemonset",
+    "job",
     "endpointslice",
     "endpoints",
     "garbagecollector",
@@ -79,6 +82,8 @@ pub struct Config {
     pub apiserver_addresses: Vec<SocketAddr>,
     /// The `kubernetes` Service's cluster IP (the service range's first address).
     pub kubernetes_service_ip: std::net::Ipv4Addr,
+    /// The first back-off of a Job's pods after a failure (upstream: 10 s, doubling).
+    pub job_backoff_base: Duration,
     /// Run only while holding the `kube-controller-manager` Lease.
     pub leader_elect: bool,
     /// This candidate's identity in the Lease.
@@ -98,6 +103,7 @@ impl Default for Config {
             node_monitor_period: Duration::from_secs(5),
             apiserver_addresses: Vec::new(),
             kubernetes_service_ip: std::net::Ipv4Addr::new(10, 96, 0, 1),
+            job_backoff_base: Duration::from_secs(10),
             leader_elect: true,
             identity: None,
             leader_timers: (

@@ -170,6 +170,33 @@ pub async fn run_controllers(
             },
         ));
     }
+    if config.runs("job") {
+        let jobs: Informer<k8s_openapi::api::batch::v1::Job> = Informer::new();
+        let c = crate::job::Controller::new(
+            ctx.clone(),
+            jobs.clone(),
+            pods.clone(),
+            config.job_backoff_base,
+        );
+        pod_handlers.push(c.pod_handler());
+        queues.push(c.queue.clone());
+        tasks.extend(jobs.start(
+            Api::all(client.clone()),
+            vec![c.job_handler()],
+            stop_rx.clone(),
+        ));
+        let cc = c.clone();
+        tasks.extend(spawn_workers(
+            "job",
+            c.queue.clone(),
+            w,
+            metrics.clone(),
+            move |k| {
+                let cc = cc.clone();
+                async move { cc.sync(&k).await }
+            },
+        ));
+    }
     if config.runs("nodelifecycle") {
         let leases: Informer<Lease> = Informer::new();
         tasks.extend(leases.start(
