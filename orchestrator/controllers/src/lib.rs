@@ -21,6 +21,7 @@ pub mod nodelifecycle;
 pub mod owner;
 pub mod pods;
 pub mod replicaset;
+pub mod serviceaccount;
 pub mod workqueue;
 
 use std::collections::BTreeSet;
@@ -41,6 +42,7 @@ pub const ALL: &[&str] = &[
     "deployment",
     "daemonset",
     "job",
+    "serviceaccount",
     "endpointslice",
     "endpoints",
     "garbagecollector",
@@ -56,6 +58,7 @@ pub const DEFAULT: &[&str] = &[
     "deployment",
     "daemonset",
     "job",
+    "serviceaccount",
     "endpointslice",
     "endpoints",
     "garbagecollector",
