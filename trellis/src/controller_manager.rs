@@ -1,5 +1,5 @@
-//! `trellis controller-manager`: ReplicaSets, Deployments, endpoints, garbage collection and
-//! node lifecycle, with one active instance elected through a Lease.
+//! `trellis controller-manager`: ReplicaSets, Deployments, DaemonSets, Jobs, ServiceAccounts,
+//! endpoints, garbage collection and node lifecycle, with one active instance elected through a Lease.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -14,7 +14,8 @@ pub struct Args {
     kubeconfig: Option<PathBuf>,
     /// Controllers to run, comma-separated (default: all but replicationcontroller, which our
     /// API server does not serve). Known: replicaset, replicationcontroller, deployment,
-    /// endpointslice, endpoints, garbagecollector, nodelifecycle, kubernetes-service.
+    /// daemonset, job, serviceaccount, endpointslice, endpoints, garbagecollector,
+    /// nodelifecycle, kubernetes-service.
     #[arg(long, value_delimiter = ',')]
     controllers: Vec<String>,
     /// Workers per controller.

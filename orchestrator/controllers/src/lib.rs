@@ -16,10 +16,12 @@ pub mod endpointslice;
 pub mod expectations;
 pub mod gc;
 pub mod informer;
+pub mod job;
 pub mod nodelifecycle;
 pub mod owner;
 pub mod pods;
 pub mod replicaset;
+pub mod serviceaccount;
 pub mod workqueue;
 
 use std::collections::BTreeSet;
@@ -39,6 +41,8 @@ pub const ALL: &[&str] = &[
     "replicationcontroller",
     "deployment",
     "daemonset",
+    "job",
+    "serviceaccount",
     "endpointslice",
     "endpoints",
     "garbagecollector",
@@ -53,6 +57,8 @@ pub const DEFAULT: &[&str] = &[
     "replicaset",
     "deployment",
     "daemonset",
+    "job",
+    "serviceaccount",
     "endpointslice",
     "endpoints",
     "garbagecollector",
@@ -79,6 +85,8 @@ pub struct Config {
     pub apiserver_addresses: Vec<SocketAddr>,
     /// The `kubernetes` Service's cluster IP (the service range's first address).
     pub kubernetes_service_ip: std::net::Ipv4Addr,
+    /// The first back-off of a Job's pods after a failure (upstream: 10 s, doubling).
+    pub job_backoff_base: Duration,
     /// Run only while holding the `kube-controller-manager` Lease.
     pub leader_elect: bool,
     /// This candidate's identity in the Lease.
@@ -98,6 +106,7 @@ impl Default for Config {
             node_monitor_period: Duration::from_secs(5),
             apiserver_addresses: Vec::new(),
             kubernetes_service_ip: std::net::Ipv4Addr::new(10, 96, 0, 1),
+            job_backoff_base: Duration::from_secs(10),
             leader_elect: true,
             identity: None,
             leader_timers: (

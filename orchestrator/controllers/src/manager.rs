@@ -170,6 +170,64 @@ pub async fn run_controllers(
             },
         ));
     }
+    if config.runs("serviceaccount") {
+        let namespaces: Informer<k8s_openapi::api::core::v1::Namespace> = Informer::new();
+        let accounts: Informer<k8s_openapi::api::core::v1::ServiceAccount> = Informer::new();
+        let c = crate::serviceaccount::Controller::new(
+            ctx.clone(),
+            namespaces.clone(),
+            accounts.clone(),
+        );
+        queues.push(c.queue.clone());
+        tasks.extend(namespaces.start(
+            Api::all(client.clone()),
+            vec![c.namespace_handler()],
+            stop_rx.clone(),
+        ));
+        tasks.extend(accounts.start(
+            Api::all(client.clone()),
+            vec![c.account_handler()],
+            stop_rx.clone(),
+        ));
+        let cc = c.clone();
+        tasks.extend(spawn_workers(
+            "serviceaccount",
+            c.queue.clone(),
+            w,
+            metrics.clone(),
+            move |k| {
+                let cc = cc.clone();
+                async move { cc.sync(&k).await }
+            },
+        ));
+    }
+    if config.runs("job") {
+        let jobs: Informer<k8s_openapi::api::batch::v1::Job> = Informer::new();
+        let c = crate::job::Controller::new(
+            ctx.clone(),
+            jobs.clone(),
+            pods.clone(),
+            config.job_backoff_base,
+        );
+        pod_handlers.push(c.pod_handler());
+        queues.push(c.queue.clone());
+        tasks.extend(jobs.start(
+            Api::all(client.clone()),
+            vec![c.job_handler()],
+            stop_rx.clone(),
+        ));
+        let cc = c.clone();
+        tasks.extend(spawn_workers(
+            "job",
+            c.queue.clone(),
+            w,
+            metrics.clone(),
+            move |k| {
+                let cc = cc.clone();
+                async move { cc.sync(&k).await }
+            },
+        ));
+    }
     if config.runs("nodelifecycle") {
         let leases: Informer<Lease> = Informer::new();
         tasks.extend(leases.start(

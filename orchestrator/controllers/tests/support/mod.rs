@@ -122,6 +122,8 @@ pub struct FakeNodes {
     client: kube::Client,
     down: Arc<Mutex<BTreeSet<String>>>,
     pub fail: Arc<Mutex<Vec<String>>>,
+    /// Pods whose name starts with one of these run to completion (Succeeded).
+    pub succeed: Arc<Mutex<Vec<String>>>,
     /// Whether new pods become Ready (off: they stay Running, not ready).
     pub ready: Arc<std::sync::atomic::AtomicBool>,
     task: tokio::task::JoinHandle<()>,
@@ -136,12 +138,14 @@ impl FakeNodes {
         let nodes = Arc::new(Mutex::new(names));
         let down = Arc::new(Mutex::new(BTreeSet::new()));
         let fail = Arc::new(Mutex::new(Vec::new()));
+        let succeed = Arc::new(Mutex::new(Vec::new()));
         let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let task = tokio::spawn(Self::run(
             client.clone(),
             nodes.clone(),
             down.clone(),
             fail.clone(),
+            succeed.clone(),
             ready.clone(),
         ));
         FakeNodes {
@@ -149,6 +153,7 @@ impl FakeNodes {
             client,
             down,
             fail,
+            succeed,
             ready,
             task,
         }
@@ -192,6 +197,7 @@ impl FakeNodes {
         all_nodes: Arc<Mutex<Vec<String>>>,
         down: Arc<Mutex<BTreeSet<String>>>,
         fail: Arc<Mutex<Vec<String>>>,
+        succeed: Arc<Mutex<Vec<String>>>,
         ready: Arc<std::sync::atomic::AtomicBool>,
     ) {
         let pods: Api<Pod> = Api::all(client.clone());
@@ -293,8 +299,15 @@ impl FakeNodes {
                     let now = jiff::Timestamp::now().to_string();
                     let node_idx = nodes.iter().position(|n| *n == node).unwrap_or(0);
                     let pod_ip = format!("10.244.{}.{}", node_idx, ip % 250 + 2);
+                    let succeeds = succeed
+                        .lock()
+                        .unwrap()
+                        .iter()
+                        .any(|f| name.starts_with(f.as_str()));
                     let status = if fails {
                         json!({"phase": "Failed", "podIP": pod_ip})
+                    } else if succeeds {
+                        json!({"phase": "Succeeded", "podIP": pod_ip})
                     } else {
                         let is_ready = ready.load(std::sync::atomic::Ordering::SeqCst);
                         json!({"phase": "Running", "podIP": pod_ip, "podIPs": [{"ip": pod_ip}], "startTime": now,
