@@ -1,7 +1,9 @@
 //! `/healthz`, `/readyz` and `/metrics` on a small HTTP listener.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -73,11 +75,39 @@ fn reply(code: StatusCode, content_type: &'static str, body: String) -> Response
     r
 }
 
-fn route(
-    req: &Request<hyper::body::Incoming>,
+/// What a daemon's own route answers: a status code, a content type and a body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+/// A daemon's routes beyond health and metrics (policyd's `/explain`): given the path and the
+/// query string, an answer, or `None` when the path is not its own.
+pub type Routes =
+    Arc<dyn Fn(&str, &str) -> Option<Pin<Box<dyn Future<Output = Reply> + Send>>> + Send + Sync>;
+
+async fn route(
+    req: Request<hyper::body::Incoming>,
     health: &Health,
     metrics: &Metrics,
+    routes: Option<&Routes>,
 ) -> Response<Full<Bytes>> {
+    let own = routes.and_then(|r| r(req.uri().path(), req.uri().query().unwrap_or("")));
+    if let Some(answer) = own {
+        let a = answer.await;
+        let mut r = reply(
+            StatusCode::from_u16(a.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            "text/plain",
+            a.body,
+        );
+        r.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static(a.content_type),
+        );
+        return r;
+    }
     match req.uri().path() {
         "/healthz" | "/livez" => reply(StatusCode::OK, "text/plain", "ok".into()),
         "/readyz" if health.is_ready() => reply(StatusCode::OK, "text/plain", "ok".into()),
@@ -103,7 +133,18 @@ pub async fn serve(
     addr: SocketAddr,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
-    stop: impl std::future::Future<Output = ()> + Send + 'static,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<SocketAddr> {
+    serve_with(addr, health, metrics, None, stop).await
+}
+
+/// [`serve`], plus the daemon's own `routes`, asked first.
+pub async fn serve_with(
+    addr: SocketAddr,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    routes: Option<Routes>,
+    stop: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
@@ -114,11 +155,14 @@ pub async fn serve(
                 r = listener.accept() => match r { Ok(c) => c, Err(_) => continue },
                 _ = &mut stop => return,
             };
-            let (health, metrics) = (health.clone(), metrics.clone());
+            let (health, metrics, routes) = (health.clone(), metrics.clone(), routes.clone());
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {
-                    let r = route(&req, &health, &metrics);
-                    async move { Ok::<_, Infallible>(r) }
+                    let (health, metrics, routes) =
+                        (health.clone(), metrics.clone(), routes.clone());
+                    async move {
+                        Ok::<_, Infallible>(route(req, &health, &metrics, routes.as_ref()).await)
+                    }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(tcp), svc)
@@ -175,6 +219,42 @@ mod tests {
         assert!(get(addr, "/peers").await.starts_with("HTTP/1.1 404"));
         health.publish("/peers", "[1]".into());
         assert!(get(addr, "/peers").await.ends_with("[1]"));
+        let _ = tx.send(());
+    }
+
+    #[tokio::test]
+    async fn a_daemons_own_routes_are_asked_first_and_the_rest_still_answer() {
+        let routes: Routes = Arc::new(|path: &str, query: &str| {
+            let query = query.to_string();
+            (path == "/explain").then(|| {
+                Box::pin(async move {
+                    Reply {
+                        status: if query.is_empty() { 400 } else { 200 },
+                        content_type: "application/json",
+                        body: format!("{{\"q\":\"{query}\"}}"),
+                    }
+                }) as Pin<Box<dyn Future<Output = Reply> + Send>>
+            })
+        });
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let addr = serve_with(
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::new(Health::default()),
+            Arc::new(Metrics::default()),
+            Some(routes),
+            async move {
+                let _ = rx.await;
+            },
+        )
+        .await
+        .unwrap();
+        let r = get(addr, "/explain?from=a").await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        assert!(r.contains("content-type: application/json"), "{r}");
+        assert!(r.ends_with("{\"q\":\"from=a\"}"), "{r}");
+        assert!(get(addr, "/explain").await.starts_with("HTTP/1.1 400"));
+        assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
+        assert!(get(addr, "/nothing").await.starts_with("HTTP/1.1 404"));
         let _ = tx.send(());
     }
 }

@@ -5,7 +5,7 @@
 pub mod health;
 pub mod metrics;
 
-pub use health::{Health, serve};
+pub use health::{Health, Reply, Routes, serve, serve_with};
 pub use metrics::Metrics;
 
 /// Resolves on SIGTERM or SIGINT: the daemon then stops gracefully.

@@ -388,11 +388,11 @@ pub async fn run(
             let _ = rx.wait_for(|s| *s).await;
         }
     };
-    let addr = crate::http::serve(
+    let addr = trellis_daemon::serve_with(
         config.listen,
         health.clone(),
         metrics.clone(),
-        shared,
+        Some(crate::http::routes(shared)),
         stopped(),
     )
     .await
