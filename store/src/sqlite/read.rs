@@ -48,6 +48,14 @@ fn upper(column: &str, bounded: bool) -> String {
     }
 }
 
+/// The current values in [?1, ?2), at most ?3 of them.
+fn current_rows_sql(value: &str, below: &str) -> String {
+    format!(
+        "SELECT key, {value}, create_rev, mod_rev, version FROM kv
+         WHERE key >= ?1 AND {below} ORDER BY key LIMIT ?3"
+    )
+}
+
 /// Current keys of a range (for a transaction's delete, inside the write transaction).
 pub(crate) fn current_range(conn: &Connection, range: &KeyRange) -> Result<Vec<KeyValue>> {
     let (start, end) = range.bounds();
@@ -87,10 +95,7 @@ pub(crate) fn range(conn: &Connection, req: &RangeRequest) -> Result<RangeRespon
     let below_l = upper("l.key", end.is_some());
     let (rows_sql, count_sql) = if at == current {
         (
-            format!(
-                "SELECT key, {value}, create_rev, mod_rev, version FROM kv
-                 WHERE key >= ?1 AND {below} ORDER BY key LIMIT ?3"
-            ),
+            current_rows_sql(value, &below),
             format!("SELECT count(*) FROM kv WHERE key >= ?1 AND {below}"),
         )
     } else {
@@ -218,4 +223,33 @@ pub(crate) fn changes(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The query plan's details, one line per step.
+    fn plan(conn: &Connection, sql: &str) -> String {
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let args = params![b"/a".to_vec(), b"/a\0".to_vec(), -1];
+        let rows = stmt.query_map(args, |r| r.get::<_, String>(3)).unwrap();
+        rows.map(|r| r.unwrap()).collect::<Vec<_>>().join("\n")
+    }
+
+    #[test]
+    fn a_bounded_range_is_searched_between_both_bounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = super::super::schema::open_writer(&dir.path().join("s.db")).unwrap();
+        // A get is the range [key, key+\0): the search must stop at the upper bound, not scan
+        // to the end of the table.
+        let bounded = plan(&conn, &current_rows_sql("value", &upper("key", true)));
+        assert!(bounded.contains("key>? AND key<?"), "{bounded}");
+        // Negative control: the condition this replaced bounds the search below only.
+        let old = plan(
+            &conn,
+            &current_rows_sql("value", "(?2 IS NULL OR key < ?2)"),
+        );
+        assert!(old.contains("key>?") && !old.contains("key<?"), "{old}");
+    }
 }
