@@ -1382,3 +1382,63 @@ async fn equally_good_paths_from_two_birds_become_one_multipath_route() {
     // replacing the multipath route the killed agent left.
     expect_gateways(me, block, vec![ip(b2)], "max paths 1").await;
 }
+
+/// Issue 18: a session reset in the middle of a burst of 2,000 UPDATEs installs nothing more.
+/// The agent programs the kernel behind the speaker's RIB. The hand-written peer's last UPDATE
+/// is malformed: the NOTIFICATION it draws is sent just before the session is taken down. From
+/// then on the number of its routes in the kernel only falls, to 0 — give or take the few the
+/// agent installs in the instant between the NOTIFICATION and the session's end (`SLACK`).
+/// Without the fence it kept growing for a while (495 → 955 in the issue's run; with the
+/// fence switched off by hand here, 257 → 675 and 730 → 1259, against +2 at most with it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_reset_in_the_middle_of_a_burst_installs_nothing_more() {
+    const SLACK: usize = 50;
+    require_root();
+    let tb = Testbed::new().unwrap();
+    let n = nodes(&tb, 2).await;
+    let (me, raw_node) = (&n[0], &n[1]);
+    let mut spec = AgentSpec::new(64512).peer(raw_node.ip, 64514);
+    spec.status_port = 9936;
+    let agent = Agent::start(&tb, me, spec, LIFETIME).await.unwrap();
+    let mut raw = RawPeer::establish(raw_node, me.ip, 64514).await;
+    agent.wait_established(raw_node.ip, SESSION).await.unwrap();
+
+    // 2,000 UPDATEs of one /32 each, then one with a /33: all in one write.
+    let attrs = ebgp_attrs(0, 64514, raw_node.ip);
+    let mut burst = Vec::new();
+    for i in 0..2000u32 {
+        let [_, _, hi, lo] = i.to_be_bytes();
+        burst.extend(raw_update(&attrs, &[32, 10, 40, hi, lo]));
+    }
+    burst.extend(raw_update(&attrs, &[33, 10, 40, 255, 255, 0]));
+    raw.send(&burst).await;
+    assert_eq!(raw.notification().await, (3, 10));
+    let count = || async {
+        kernel_routes(&me.ns)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|r| r.protocol == PROTO_TRELLIS && r.gateway == Some(ip(raw_node)))
+            .count()
+    };
+    let first = count().await;
+    let (mut low, mut high) = (first, first);
+    let start = Instant::now();
+    loop {
+        let now = count().await;
+        low = low.min(now);
+        high = high.max(now);
+        assert!(
+            high <= first + SLACK,
+            "the ended session's routes grew in the kernel: {first} → {high}"
+        );
+        if now == 0 {
+            break;
+        }
+        assert!(start.elapsed() < SESSION, "{now} routes left");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!(
+        "the ended session's routes in the kernel: {first} at its NOTIFICATION, {high} at most after"
+    );
+}
