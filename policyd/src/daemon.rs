@@ -1,7 +1,8 @@
 //! `trellis policyd`: the watches feed the model; whenever it changed (or a plugin registered a
 //! pod at the gate), every change already queued is taken in (coalescing), the node's program
-//! is compiled and committed; the verifier runs every verify period. One task owns the model
-//! and the kernel writes, so commits never interleave.
+//! is compiled and committed — or, when only pods changed, their change set is planned against
+//! the committed program and only that is committed; the verifier runs every verify period.
+//! One task owns the model and the kernel writes, so commits never interleave.
 //!
 //! Nothing is committed until all four watches have listed: committing a half-listed cluster
 //! after a restart would open (or close) a window. The rules stay in the kernel when policyd

@@ -144,7 +144,6 @@ impl XRule {
 
     /// The rule as `iptables-restore` takes it (after `-A CHAIN `): matches, the tagged comment,
     /// the target.
-
     pub fn render(&self) -> String {
         let body = self.body();
         let (m, t) = match body.rfind(" -j ").or_else(|| body.rfind(" -g ")) {
