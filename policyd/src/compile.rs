@@ -31,7 +31,7 @@
 //! side (where the port differs per destination pod). Ingress named ports are resolved
 //! against the pod itself, in its own chain. So pod churn changes set members, not rules.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use crate::cnp::CnpTier;
@@ -49,8 +49,59 @@ pub struct Options {
     pub pending_deny: bool,
 }
 
+/// What a set holds, so a pod event can recompute only that pod's memberships.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SetSource {
+    /// The addresses of the pods a pod peer names.
+    Pods {
+        ns: NsMatch,
+        pods: crate::rules::SelectorKey,
+    },
+    /// (address, port) of the named container port on the pods `scope` names (every policy
+    /// pod when None).
+    Named {
+        scope: Option<(NsMatch, crate::rules::SelectorKey)>,
+        proto: Proto,
+        port: String,
+    },
+    /// An ipBlock: fixed, no pod changes it.
+    Block,
+}
+
+impl SetSource {
+    /// The members `pod` contributes to this set.
+    pub fn members_of(&self, cluster: &Cluster, pod: &Pod) -> Vec<Member> {
+        match self {
+            SetSource::Pods { ns, pods } if cluster.peer_has_pod(ns, pods, pod) => {
+                pod.ips.iter().map(|ip| Member::Ip(*ip)).collect()
+            }
+            SetSource::Named { scope, proto, port } => {
+                let selected = match scope {
+                    Some((ns, pods)) => cluster.peer_has_pod(ns, pods, pod),
+                    None => pod.is_policy_pod(),
+                };
+                match pod.named_port(*proto, port).filter(|_| selected) {
+                    Some(n) => pod
+                        .ips
+                        .iter()
+                        .map(|ip| Member::IpPort {
+                            ip: *ip,
+                            proto: *proto,
+                            port: n,
+                        })
+                        .collect(),
+                    None => Vec::new(),
+                }
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
 struct Builder<'a> {
     cluster: &'a Cluster,
+    /// Sets already committed: referenced by name, their members not recomputed.
+    known: Option<&'a BTreeMap<String, SetDef>>,
     prog: Program,
 }
 
@@ -74,9 +125,13 @@ fn net_members(net: ipnet::Ipv4Net) -> Vec<ipnet::Ipv4Net> {
 }
 
 impl Builder<'_> {
+    fn has_set(&self, name: &str) -> bool {
+        self.prog.sets.contains_key(name) || self.known.is_some_and(|k| k.contains_key(name))
+    }
+
     fn pod_set(&mut self, ns: &NsMatch, pods: &crate::rules::SelectorKey) -> String {
         let name = names::set('p', &format!("pods|{}|{}", ns_key(ns), pods.canonical));
-        if !self.prog.sets.contains_key(&name) {
+        if !self.has_set(&name) {
             let members = self
                 .cluster
                 .peer_pods(ns, pods)
@@ -87,6 +142,13 @@ impl Builder<'_> {
                 SetDef {
                     kind: SetKind::HashIp,
                     members,
+                },
+            );
+            self.prog.sources.insert(
+                name.clone(),
+                SetSource::Pods {
+                    ns: ns.clone(),
+                    pods: pods.clone(),
                 },
             );
         }
@@ -108,6 +170,9 @@ impl Builder<'_> {
         }
         let seed = format!("block|{cidr}|{except:?}");
         let name = names::set('n', &seed);
+        if self.has_set(&name) {
+            return Some(name);
+        }
         let members = positive
             .into_iter()
             .map(|net| Member::Net {
@@ -127,6 +192,7 @@ impl Builder<'_> {
                 members,
             },
         );
+        self.prog.sources.insert(name.clone(), SetSource::Block);
         Some(name)
     }
 
@@ -138,7 +204,7 @@ impl Builder<'_> {
             _ => "all".to_string(),
         };
         let name = names::set('q', &format!("named|{scope}|{proto}|{port_name}"));
-        if !self.prog.sets.contains_key(&name) {
+        if !self.has_set(&name) {
             let cluster = self.cluster;
             let pods: Vec<&Pod> = match peer {
                 Some(Peer::Pods { ns, pods }) => cluster.peer_pods(ns, pods).collect(),
@@ -164,6 +230,18 @@ impl Builder<'_> {
                 SetDef {
                     kind: SetKind::HashIpPort,
                     members,
+                },
+            );
+            let scope = match peer {
+                Some(Peer::Pods { ns, pods }) => Some((ns.clone(), pods.clone())),
+                _ => None,
+            };
+            self.prog.sources.insert(
+                name.clone(),
+                SetSource::Named {
+                    scope,
+                    proto,
+                    port: port_name.to_string(),
                 },
             );
         }
@@ -338,15 +416,39 @@ fn established() -> XRule {
 pub fn compile(cluster: &Cluster, opts: &Options) -> Program {
     let mut b = Builder {
         cluster,
+        known: None,
         prog: Program::default(),
     };
     let local: Vec<&Pod> = cluster.local_pods(&opts.node).collect();
-    let mut egr = Vec::new();
-    let mut ing = Vec::new();
-    let mut out = vec![established()];
     for pod in &local {
         b.pod_chains(pod, Direction::Ingress);
         b.pod_chains(pod, Direction::Egress);
+    }
+    b.prog.chains.extend(frame(&local, opts));
+    // A set made for a rule that came to nothing (an ingress named port the pod lacks) is
+    // referenced by no rule: not kept, so a pod event's change set can tell the same.
+    let referenced = referenced_sets(b.prog.chains.values());
+    b.prog.sets.retain(|n, _| referenced.contains(n.as_str()));
+    b.prog
+        .sources
+        .retain(|n, _| referenced.contains(n.as_str()));
+    b.prog
+}
+
+/// The sets the rules of `chains` name.
+fn referenced_sets<'a>(chains: impl Iterator<Item = &'a Vec<XRule>>) -> BTreeSet<&'a str> {
+    chains
+        .flat_map(|rules| rules.iter().flat_map(XRule::sets))
+        .collect()
+}
+
+/// The chains that do not belong to one pod: the dispatch of the local pods' addresses and
+/// interfaces to their chains, and the entry chains.
+fn frame(local: &[&Pod], opts: &Options) -> Vec<(String, Vec<XRule>)> {
+    let mut egr = Vec::new();
+    let mut ing = Vec::new();
+    let mut out = vec![established()];
+    for pod in local {
         let pe = names::egress_chain(&pod.key());
         let pi = names::ingress_chain(&pod.key());
         let desc = format!("dispatch|{}|", pod.key());
@@ -413,37 +515,206 @@ pub fn compile(cluster: &Cluster, opts: &Options) -> Program {
             pending,
         ));
     }
-    b.prog.chains.insert(names::EGRESS.into(), egr);
-    b.prog.chains.insert(names::INGRESS.into(), ing);
-    b.prog.chains.insert(names::OUT.into(), out);
-    b.prog.chains.insert(
-        names::FWD.into(),
-        vec![
-            established(),
-            XRule::new(
-                vec![],
-                Target::Jump(names::EGRESS.into()),
-                "egress of local pods",
-            ),
-            XRule::new(
-                vec![],
-                Target::Jump(names::INGRESS.into()),
-                "ingress of local pods",
-            ),
-        ],
-    );
-    b.prog.chains.insert(
-        names::IN.into(),
-        vec![
-            established(),
-            XRule::new(
-                vec![],
-                Target::Jump(names::EGRESS.into()),
-                "local pods to the node",
-            ),
-        ],
-    );
-    b.prog
+    vec![
+        (names::EGRESS.into(), egr),
+        (names::INGRESS.into(), ing),
+        (names::OUT.into(), out),
+        (
+            names::FWD.into(),
+            vec![
+                established(),
+                XRule::new(
+                    vec![],
+                    Target::Jump(names::EGRESS.into()),
+                    "egress of local pods",
+                ),
+                XRule::new(
+                    vec![],
+                    Target::Jump(names::INGRESS.into()),
+                    "ingress of local pods",
+                ),
+            ],
+        ),
+        (
+            names::IN.into(),
+            vec![
+                established(),
+                XRule::new(
+                    vec![],
+                    Target::Jump(names::EGRESS.into()),
+                    "local pods to the node",
+                ),
+            ],
+        ),
+    ]
+}
+
+/// What one batch of pod events changes, as the kernel must be told it: set members, and — only
+/// when a local pod is among them — that pod's chains, the dispatch chains, and the sets they
+/// newly need or no longer need. Applied to the program it was planned from, it gives exactly
+/// what [`compile`] gives for the cluster now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Sets a chain newly needs, whole.
+    pub new_sets: BTreeMap<String, (SetDef, SetSource)>,
+    /// Members to add to and delete from committed sets.
+    pub add: Vec<(String, Member)>,
+    pub del: Vec<(String, Member)>,
+    /// Chains (re)declared, with their rules.
+    pub chains: BTreeMap<String, Vec<XRule>>,
+    /// Chains removed.
+    pub delete: Vec<String>,
+    /// Sets no rule references any more.
+    pub destroy: Vec<String>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.new_sets.is_empty()
+            && self.add.is_empty()
+            && self.del.is_empty()
+            && self.chains.is_empty()
+            && self.delete.is_empty()
+            && self.destroy.is_empty()
+    }
+
+    /// Brings `prog` (the program it was planned from) to where the plan leads.
+    pub fn apply_to(&self, prog: &mut Program) {
+        for (n, (def, src)) in &self.new_sets {
+            prog.sets.insert(n.clone(), def.clone());
+            prog.sources.insert(n.clone(), src.clone());
+        }
+        for (n, m) in &self.add {
+            if let Some(s) = prog.sets.get_mut(n) {
+                s.members.insert(*m);
+            }
+        }
+        for (n, m) in &self.del {
+            if let Some(s) = prog.sets.get_mut(n) {
+                s.members.remove(m);
+            }
+        }
+        for (n, rules) in &self.chains {
+            prog.chains.insert(n.clone(), rules.clone());
+        }
+        for n in &self.delete {
+            prog.chains.remove(n);
+        }
+        for n in &self.destroy {
+            prog.sets.remove(n);
+            prog.sources.remove(n);
+        }
+    }
+}
+
+/// The change set of pod events: `changed` holds, for every pod that changed since `prev` was
+/// compiled, what it was then (None: it did not exist); the cluster holds what it is now. Only
+/// pod changes may be planned this way: a namespace or policy change needs [`compile`].
+pub fn plan_pods(
+    prev: &Program,
+    cluster: &Cluster,
+    opts: &Options,
+    changed: &BTreeMap<String, Option<Pod>>,
+) -> Plan {
+    let mut plan = Plan::default();
+    let is_local = |p: &Pod| p.node.as_deref() == Some(opts.node.as_str()) && p.is_policy_pod();
+    let local_changed: Vec<&String> = changed
+        .iter()
+        .filter(|(k, old)| {
+            old.as_ref().is_some_and(is_local) || cluster.pods.get(*k).is_some_and(is_local)
+        })
+        .map(|(k, _)| k)
+        .collect();
+    if !local_changed.is_empty() {
+        // That pod's chains (and the dispatch) anew; every other chain stays as it is: a pod's
+        // chains depend on its own labels, ports and namespace, never on other pods.
+        let mut b = Builder {
+            cluster,
+            known: Some(&prev.sets),
+            prog: Program::default(),
+        };
+        for k in &local_changed {
+            if let Some(p) = cluster.pods.get(*k).filter(|p| is_local(p)) {
+                b.pod_chains(p, Direction::Ingress);
+                b.pod_chains(p, Direction::Egress);
+            }
+        }
+        let local: Vec<&Pod> = cluster.local_pods(&opts.node).collect();
+        b.prog.chains.extend(frame(&local, opts));
+        for k in &local_changed {
+            let (pi, pe) = (names::ingress_chain(k), names::egress_chain(k));
+            for c in [names::after_admin(&pi), pi, names::after_admin(&pe), pe] {
+                if prev.chains.contains_key(&c) && !b.prog.chains.contains_key(&c) {
+                    plan.delete.push(c);
+                }
+            }
+        }
+        for (name, rules) in std::mem::take(&mut b.prog.chains) {
+            if prev.chains.get(&name) != Some(&rules) {
+                plan.chains.insert(name, rules);
+            }
+        }
+        let kept = prev
+            .chains
+            .iter()
+            .filter(|(n, _)| !plan.chains.contains_key(*n) && !plan.delete.contains(n))
+            .map(|(_, r)| r);
+        let referenced = referenced_sets(kept.chain(plan.chains.values()));
+        for (name, def) in std::mem::take(&mut b.prog.sets) {
+            if referenced.contains(name.as_str())
+                && let Some(src) = b.prog.sources.remove(&name)
+            {
+                plan.new_sets.insert(name, (def, src));
+            }
+        }
+        plan.destroy = prev
+            .sets
+            .keys()
+            .filter(|n| !referenced.contains(n.as_str()))
+            .cloned()
+            .collect();
+    }
+    // Members: what the changed pods contributed then and contribute now, each checked against
+    // every pod holding that address (two pods may share one for a moment).
+    let sources: Vec<(&String, &SetSource)> = prev
+        .sources
+        .iter()
+        .filter(|(n, s)| {
+            !matches!(s, SetSource::Block)
+                && prev.sets.contains_key(*n)
+                && !plan.destroy.contains(n)
+        })
+        .collect();
+    let mut candidates: BTreeSet<(usize, Member)> = BTreeSet::new();
+    for (k, old) in changed {
+        for p in old.iter().chain(cluster.pods.get(k)) {
+            for (i, (_, src)) in sources.iter().enumerate() {
+                candidates.extend(src.members_of(cluster, p).into_iter().map(|m| (i, m)));
+            }
+        }
+    }
+    if candidates.is_empty() {
+        return plan;
+    }
+    let addrs: BTreeSet<Ipv4Addr> = candidates.iter().filter_map(|(_, m)| m.addr()).collect();
+    let holders: Vec<&Pod> = cluster
+        .pods
+        .values()
+        .filter(|p| p.ips.iter().any(|ip| addrs.contains(ip)))
+        .collect();
+    for (i, m) in candidates {
+        let (name, src) = sources[i];
+        let want = holders
+            .iter()
+            .any(|p| src.members_of(cluster, p).contains(&m));
+        let has = prev.sets.get(name).is_some_and(|s| s.members.contains(&m));
+        match (want, has) {
+            (true, false) => plan.add.push((name.clone(), m)),
+            (false, true) => plan.del.push((name.clone(), m)),
+            _ => {}
+        }
+    }
+    plan
 }
 
 /// The addresses a program dispatches (its committed local pods).

@@ -1,7 +1,8 @@
 //! `trellis policyd`: the watches feed the model; whenever it changed (or a plugin registered a
 //! pod at the gate), every change already queued is taken in (coalescing), the node's program
-//! is compiled and committed; the verifier runs every verify period. One task owns the model
-//! and the kernel writes, so commits never interleave.
+//! is compiled and committed — or, when only pods changed, their change set is planned against
+//! the committed program and only that is committed; the verifier runs every verify period.
+//! One task owns the model and the kernel writes, so commits never interleave.
 //!
 //! Nothing is committed until all four watches have listed: committing a half-listed cluster
 //! after a restart would open (or close) a window. The rules stay in the kernel when policyd
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use trellis_daemon::{Health, Metrics};
 
-use crate::compile::{Options, compile, dispatched};
+use crate::compile::{self, Options, compile, dispatched};
 use crate::gate::{Gate, GateReply, Registration};
 use crate::kernel::Kernel;
 use crate::model::{Cluster, Pod};
@@ -35,6 +36,9 @@ pub struct Config {
     pub verify_period: Duration,
     pub ready_file: Option<PathBuf>,
     pub pending_deny: bool,
+    /// Pod events commit change sets (set members, and a local pod's own chains); false
+    /// compiles the whole program on every event (kept for comparison).
+    pub incremental: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,9 +84,21 @@ struct State {
     events: Option<kube::Client>,
     /// Policies with a direction that fails closed.
     failed_closed: usize,
+    /// Pods changed since the last commit, with what they were then; None when something else
+    /// changed (or nothing is committed yet): then the whole program is compiled.
+    changed: Option<BTreeMap<String, Option<Pod>>>,
 }
 
 impl State {
+    /// Remembers what pod `key` was at the last commit, before it first changes.
+    fn touch(&mut self, c: &Cluster, key: &str) {
+        if let Some(changed) = self.changed.as_mut()
+            && !changed.contains_key(key)
+        {
+            changed.insert(key.to_string(), c.pods.get(key).cloned());
+        }
+    }
+
     /// A pod as enforced: a gate-registered one is local with the gate's addresses and
     /// interface; another local one gets the interface recovered or named by the rule.
     fn decorate(&self, mut pod: Pod) -> Pod {
@@ -142,12 +158,17 @@ impl State {
             Change::Pod(d) => {
                 self.synced[0] |= matches!(d, Delta::Replace(_));
                 let d = match d {
-                    Delta::Upsert(p) => Delta::Upsert(self.decorate(p)),
+                    Delta::Upsert(p) => {
+                        self.touch(&c, &p.key());
+                        Delta::Upsert(self.decorate(p))
+                    }
                     Delta::Remove(k) => {
+                        self.touch(&c, &k);
                         self.gate.remove(&k);
                         Delta::Remove(k)
                     }
                     Delta::Replace(list) => {
+                        self.changed = None;
                         let mut list: Vec<Pod> =
                             list.into_iter().map(|p| self.decorate(p)).collect();
                         // A pod registered at the gate moments ago may not be listed yet.
@@ -183,6 +204,7 @@ impl State {
                 let changed = apply_map(&mut map, d, |(n, _)| n.clone());
                 if changed {
                     c.namespaces = map.into_values().collect();
+                    self.changed = None;
                 }
                 changed
             }
@@ -200,6 +222,9 @@ impl State {
                     Delta::Remove(_) => {}
                 }
                 let changed = apply_map(&mut c.netpols, d, crate::netpol::NetPol::key);
+                if changed {
+                    self.changed = None;
+                }
                 let failed = c
                     .netpols
                     .values()
@@ -224,6 +249,9 @@ impl State {
                     Delta::Remove(_) => {}
                 }
                 let changed = apply_map(&mut c.cnps, d, |p| p.name.clone());
+                if changed {
+                    self.changed = None;
+                }
                 let failed = c
                     .netpols
                     .values()
@@ -268,6 +296,7 @@ impl State {
             .or_else(|| reg.fetched.clone());
         match base {
             Some(p) => {
+                self.touch(&c, &reg.key);
                 let p = self.decorate(p);
                 c.pods.insert(p.key(), p);
                 true
@@ -275,6 +304,14 @@ impl State {
             None => false,
         }
     }
+}
+
+/// What one commit does.
+enum Work {
+    /// The whole program (first commit, or a namespace or policy changed).
+    Full(Program),
+    /// Pod events only: the change set.
+    Delta(compile::Plan),
 }
 
 /// Posts a core/v1 Event about a policy that fails closed (best effort).
@@ -438,6 +475,7 @@ pub async fn run(
         reported: BTreeMap::new(),
         events: Some(client.clone()),
         failed_closed: 0,
+        changed: None,
     };
     let mut changes = crate::watch::start(&client);
     let opts = Options {
@@ -447,6 +485,8 @@ pub async fn run(
     let mut syncer = Syncer::default();
     let mut waiters: Vec<Registration> = Vec::new();
     let mut dirty_since: Option<Instant> = None;
+    // The longest a change of the next commit waited in the watch channel.
+    let mut queued = Duration::ZERO;
     let mut retry_at: Option<tokio::time::Instant> = None;
     let mut verify_tick =
         tokio::time::interval(config.verify_period.max(Duration::from_millis(50)));
@@ -465,9 +505,10 @@ pub async fn run(
             biased;
             _ = &mut shutdown => break,
             change = changes.recv() => {
-                let Some(change) = change else { break };
+                let Some((at, change)) = change else { break };
                 if state.apply(change) {
                     dirty_since.get_or_insert_with(Instant::now);
+                    queued = queued.max(at.elapsed());
                 }
             }
             reg = gate_rx.recv(), if gate_open => {
@@ -505,8 +546,10 @@ pub async fn run(
             continue;
         }
         // Take in everything already queued, then commit once.
-        while let Ok(change) = changes.try_recv() {
-            state.apply(change);
+        while let Ok((at, change)) = changes.try_recv() {
+            if state.apply(change) {
+                queued = queued.max(at.elapsed());
+            }
         }
         while let Ok(reg) = gate_rx.try_recv() {
             if state.register(&reg) {
@@ -518,17 +561,66 @@ pub async fn run(
             }
         }
         let started = dirty_since.unwrap_or_else(Instant::now);
-        let new = {
+        let compiling = Instant::now();
+        // A batch of pod events is planned as a change set against what is committed; anything
+        // else (and the first commit) compiles the whole program.
+        let work = {
             let c = cluster.read().unwrap_or_else(|p| p.into_inner());
-            compile(&c, &opts)
+            match (&state.changed, &syncer.committed) {
+                (Some(changed), Some(prev)) if config.incremental => {
+                    Work::Delta(compile::plan_pods(prev, &c, &opts, changed))
+                }
+                _ => Work::Full(compile(&c, &opts)),
+            }
         };
-        match syncer.commit(kernel.as_ref(), &new).await {
+        let compiled = compiling.elapsed();
+        let result = match &work {
+            Work::Full(new) => syncer.commit(kernel.as_ref(), new).await,
+            Work::Delta(plan) => syncer.apply(kernel.as_ref(), plan).await,
+        };
+        match result {
             Ok(stats) => {
-                let local = dispatched(&new);
-                metrics::committed(&metrics, &new, started.elapsed().as_secs_f64(), local.len());
+                let publishing = Instant::now();
+                let local = syncer
+                    .committed
+                    .as_ref()
+                    .map(dispatched)
+                    .unwrap_or_default();
+                let latency = started.elapsed();
                 metrics::failed_closed(&metrics, state.failed_closed);
-                tracing::debug!(?stats, "committed");
-                *program.write().unwrap_or_else(|p| p.into_inner()) = new;
+                let incremental = matches!(work, Work::Delta(_));
+                {
+                    let mut served = program.write().unwrap_or_else(|p| p.into_inner());
+                    match work {
+                        Work::Full(new) => *served = new,
+                        Work::Delta(plan) => plan.apply_to(&mut served),
+                    }
+                    metrics::committed(&metrics, &served, latency.as_secs_f64(), local.len());
+                }
+                state.changed = Some(BTreeMap::new());
+                let t = stats.timings;
+                let published = publishing.elapsed();
+                for (phase, d) in [
+                    ("queued", queued),
+                    ("compile", compiled),
+                    ("diff", t.diff),
+                    ("ipset", t.ipset),
+                    ("iptables", t.iptables),
+                    ("cleanup", t.cleanup),
+                    ("publish", published),
+                ] {
+                    metrics::phase(&metrics, phase, d.as_secs_f64());
+                }
+                tracing::debug!(
+                    ?stats,
+                    incremental,
+                    ?compiled,
+                    ?published,
+                    ?queued,
+                    ?latency,
+                    "committed"
+                );
+                queued = Duration::ZERO;
                 dirty_since = None;
                 let (done, pending): (Vec<_>, Vec<_>) = waiters
                     .drain(..)
@@ -553,8 +645,9 @@ pub async fn run(
             Err(e) => {
                 tracing::warn!(error = %e, "commit failed; retrying");
                 metrics::sync_error(&metrics, "commit");
-                // Start over from the kernel's state next time.
+                // Start over from the kernel's state next time, with a whole program.
                 syncer.committed = None;
+                state.changed = None;
                 retry_at = Some(tokio::time::Instant::now() + Duration::from_millis(500));
             }
         }
@@ -606,6 +699,7 @@ mod tests {
             reported: BTreeMap::new(),
             events: None,
             failed_closed: 0,
+            changed: Some(BTreeMap::new()),
         }
     }
 

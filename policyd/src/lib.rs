@@ -6,8 +6,9 @@
 //! - [`model`]: the cluster as policyd sees it; [`eval`]: the semantics (explain answers from
 //!   it; the compiler is tested against it).
 //! - [`compile`]: model → one node's [`xt::Program`] (chains and sets, deterministic names:
-//!   [`names`]); [`sync`]: commits a program with one `iptables-restore` of the changed chains;
-//!   [`verify`]: puts back what someone else removed.
+//!   [`names`]), or for pod events only a [`compile::Plan`] (the set members they change, and a
+//!   local pod's own chains); [`sync`]: commits a program with one `iptables-restore` of the
+//!   changed chains, or a plan; [`verify`]: puts back what someone else removed.
 //! - [`daemon`]: watches, the gate, /healthz /readyz /metrics /explain.
 
 pub mod cnp;

@@ -17,6 +17,19 @@ pub const GATE: &str = "trellis_policyd_gate_requests_total";
 pub const GATE_WAIT: &str = "trellis_policyd_gate_wait_seconds";
 pub const FAILED_CLOSED: &str = "trellis_policyd_policies_failed_closed";
 pub const LOCAL_PODS: &str = "trellis_policyd_local_pods";
+pub const COMMIT_PHASE: &str = "trellis_policyd_commit_phase_seconds";
+
+/// Where a commit's time went, by phase: `queued` (longest a change of it waited between its
+/// watch and the daemon's loop; not part of the commit latency), `compile` (model → program or
+/// change set), `diff`, `ipset`, `iptables`, `cleanup`, `publish` (the program served, gauges).
+pub fn phase(m: &Metrics, phase: &str, seconds: f64) {
+    m.observe(
+        COMMIT_PHASE,
+        "Seconds of a commit spent per phase (queued: a change's wait before the daemon took it in).",
+        &[("phase", phase)],
+        seconds,
+    );
+}
 
 /// After a successful commit.
 pub fn committed(m: &Metrics, p: &Program, latency: f64, local_pods: usize) {

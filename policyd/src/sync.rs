@@ -10,7 +10,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::time::{Duration, Instant};
 
+use crate::compile::Plan;
 use crate::names;
 use crate::xt::{Member, Program, SetDef, XRule};
 
@@ -87,6 +89,20 @@ pub struct CommitStats {
     pub members_removed: usize,
     pub sets_destroyed: usize,
     pub jumps_fixed: usize,
+    pub timings: Timings,
+}
+
+/// Where one commit's time went (the daemon adds its own phases: queueing, compile, publish).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timings {
+    /// Comparing with what is committed (and, after a restart, reading the kernel's chains).
+    pub diff: Duration,
+    /// `ipset restore`: new sets and member changes.
+    pub ipset: Duration,
+    /// The one `iptables-restore --noflush`.
+    pub iptables: Duration,
+    /// Jumps (first commit), unreferenced sets destroyed, the committed copy kept.
+    pub cleanup: Duration,
 }
 
 /// Commits programs one after the other, remembering what is committed.
@@ -111,6 +127,13 @@ impl Syncer {
     /// Brings the kernel to `new`.
     pub async fn commit<D: Dataplane>(&mut self, dp: &D, new: &Program) -> Result<CommitStats> {
         let mut stats = CommitStats::default();
+        let mut clock = Instant::now();
+        let mut lap = || {
+            let now = Instant::now();
+            let d = now - clock;
+            clock = now;
+            d
+        };
         // Sets: whole for new ones (and all on the first commit), by member otherwise.
         let mut whole = Vec::new();
         let (mut add, mut del) = (Vec::new(), Vec::new());
@@ -130,12 +153,14 @@ impl Syncer {
         stats.sets_synced = whole.len();
         stats.members_added = add.len();
         stats.members_removed = del.len();
+        stats.timings.diff += lap();
         if !whole.is_empty() {
             dp.sync_sets(whole).await?;
         }
         if !add.is_empty() || !del.is_empty() {
             dp.apply_sets(add, del).await?;
         }
+        stats.timings.ipset += lap();
         // Chains: the changed ones declared, the unwanted ones deleted, in one restore. After a
         // restart the kernel's chains are compared by their rules' tags: a chain left exactly
         // as this run would write it is not rewritten (its counters survive).
@@ -190,7 +215,11 @@ impl Syncer {
                     (n, rules)
                 })
                 .collect();
+            stats.timings.diff += lap();
             dp.restore(declare, delete).await?;
+            stats.timings.iptables += lap();
+        } else {
+            stats.timings.diff += lap();
         }
         if self.committed.is_none() {
             stats.jumps_fixed = ensure_jumps(dp).await?;
@@ -214,6 +243,65 @@ impl Syncer {
             dp.destroy_sets(gone).await?;
         }
         self.committed = Some(new.clone());
+        stats.timings.cleanup += lap();
+        Ok(stats)
+    }
+}
+
+impl Syncer {
+    /// Commits a pod event's change set to the kernel holding `self.committed` (from which
+    /// it was planned): new sets whole, member changes in one `ipset restore`, the changed
+    /// chains (if any) in one `iptables-restore --noflush`, then the sets no longer needed.
+    pub async fn apply<D: Dataplane>(&mut self, dp: &D, plan: &Plan) -> Result<CommitStats> {
+        if self.committed.is_none() {
+            return Err(DataplaneError(
+                "a change set needs a committed program to apply to".into(),
+            ));
+        }
+        let mut stats = CommitStats {
+            chains_written: plan.chains.len(),
+            chains_deleted: plan.delete.len(),
+            sets_synced: plan.new_sets.len(),
+            members_added: plan.add.len(),
+            members_removed: plan.del.len(),
+            sets_destroyed: plan.destroy.len(),
+            ..CommitStats::default()
+        };
+        let mut clock = Instant::now();
+        if !plan.new_sets.is_empty() {
+            let whole = plan
+                .new_sets
+                .iter()
+                .map(|(n, (def, _))| (n.clone(), def.clone()))
+                .collect();
+            dp.sync_sets(whole).await?;
+        }
+        if !plan.add.is_empty() || !plan.del.is_empty() {
+            dp.apply_sets(plan.add.clone(), plan.del.clone()).await?;
+        }
+        stats.timings.ipset = clock.elapsed();
+        clock = Instant::now();
+        if !plan.chains.is_empty() || !plan.delete.is_empty() {
+            let mut names: Vec<String> = plan.chains.keys().cloned().collect();
+            declare_order(&mut names);
+            let declare = names
+                .into_iter()
+                .map(|n| {
+                    let rules = render(&plan.chains[&n]);
+                    (n, rules)
+                })
+                .collect();
+            dp.restore(declare, plan.delete.clone()).await?;
+        }
+        stats.timings.iptables = clock.elapsed();
+        clock = Instant::now();
+        if !plan.destroy.is_empty() {
+            dp.destroy_sets(plan.destroy.clone()).await?;
+        }
+        if let Some(c) = self.committed.as_mut() {
+            plan.apply_to(c);
+        }
+        stats.timings.cleanup = clock.elapsed();
         Ok(stats)
     }
 }

@@ -714,3 +714,267 @@ fn the_scale_cluster_compiles_the_same_program_every_time() {
     assert_eq!(compile(&c, &on("n0")), first);
     assert_ne!(compile(&c, &on("n1")), first);
 }
+
+// ---- pod events: a change set, not a recompile ----
+
+use crate::compile::{Plan, plan_pods};
+use crate::xt::Program;
+
+fn on(node: &str) -> Options {
+    Options {
+        node: node.into(),
+        pending_deny: true,
+    }
+}
+
+/// Plans the change from `before` to `after` (pods only), checks that applied to the program
+/// of `before` it gives exactly the program of `after`, and returns it.
+fn planned(before: &Cluster, after: &Cluster, node: &str) -> Plan {
+    let opts = on(node);
+    let mut prog = compile(before, &opts);
+    let keys: std::collections::BTreeSet<&String> =
+        before.pods.keys().chain(after.pods.keys()).collect();
+    let changed: BTreeMap<String, Option<Pod>> = keys
+        .into_iter()
+        .filter(|k| before.pods.get(*k) != after.pods.get(*k))
+        .map(|k| (k.clone(), before.pods.get(k).cloned()))
+        .collect();
+    let plan = plan_pods(&prog, after, &opts, &changed);
+    plan.apply_to(&mut prog);
+    assert_eq!(
+        prog,
+        compile(after, &opts),
+        "the change set does not lead to the whole program"
+    );
+    plan
+}
+
+/// The (set, member) pairs `pod` brings to the program's sets.
+fn memberships(
+    prog: &Program,
+    c: &Cluster,
+    pod: &Pod,
+) -> std::collections::BTreeSet<(String, crate::xt::Member)> {
+    prog.sources
+        .iter()
+        .flat_map(|(n, src)| {
+            src.members_of(c, pod)
+                .into_iter()
+                .map(move |m| (n.clone(), m))
+        })
+        .collect()
+}
+
+fn far_pod(ns: &str, name: &str, app: &str, ip: &str) -> Pod {
+    Pod {
+        namespace: ns.into(),
+        name: name.into(),
+        labels: BTreeMap::from([("app".into(), app.into())]),
+        node: Some("n77".into()),
+        host_network: false,
+        ips: vec![ip.parse().unwrap()],
+        ports: vec![ContainerPort {
+            name: "http".into(),
+            proto: Proto::Tcp,
+            port: 8080,
+        }],
+        iface: None,
+    }
+}
+
+#[test]
+fn an_unrelated_pods_arrival_touches_no_rule_only_its_set_members() {
+    let before = scale_cluster();
+    let mut after = before.clone();
+    // ns1 is team t1; app a2 is the peer of the policies selecting a1 there.
+    let new = far_pod("ns1", "new", "a2", "10.250.0.1");
+    after.pods.insert(new.key(), new.clone());
+    let plan = planned(&before, &after, "n0");
+    assert!(plan.chains.is_empty() && plan.delete.is_empty(), "{plan:?}");
+    assert!(plan.new_sets.is_empty() && plan.destroy.is_empty() && plan.del.is_empty());
+    let prog = compile(&before, &on("n0"));
+    let want = memberships(&prog, &after, &new);
+    assert!(
+        !want.is_empty(),
+        "the new pod is a peer of some local pod's policy"
+    );
+    let added: std::collections::BTreeSet<_> = plan.add.iter().cloned().collect();
+    assert_eq!(added, want);
+    assert!(
+        plan.add
+            .iter()
+            .all(|(_, m)| m.addr() == Some("10.250.0.1".parse().unwrap()))
+    );
+}
+
+#[test]
+fn a_relabelled_or_removed_pod_moves_between_sets_and_touches_no_rule() {
+    let before = scale_cluster();
+    // p100 (ns0, app a0) on a far node becomes app a1 — the peer of np0, which selects the
+    // local p0 — and back; then it is deleted.
+    let key = "ns0/p100".to_string();
+    let mut after = before.clone();
+    after
+        .pods
+        .get_mut(&key)
+        .unwrap()
+        .labels
+        .insert("app".into(), "a1".into());
+    let plan = planned(&before, &after, "n0");
+    assert!(plan.chains.is_empty() && plan.delete.is_empty() && plan.destroy.is_empty());
+    assert!(!plan.add.is_empty() && plan.del.is_empty(), "{plan:?}");
+    let back = planned(&after, &before, "n0");
+    assert!(back.chains.is_empty() && back.add.is_empty() && !back.del.is_empty());
+    let (mut a, mut d) = (plan.add.clone(), back.del.clone());
+    a.sort();
+    d.sort();
+    assert_eq!(a, d);
+    let mut gone = before.clone();
+    gone.pods.remove(&key);
+    let plan = planned(&before, &gone, "n0");
+    assert!(plan.chains.is_empty() && plan.add.is_empty() && !plan.del.is_empty());
+    let prog = compile(&before, &on("n0"));
+    let removed: std::collections::BTreeSet<_> = plan.del.iter().cloned().collect();
+    assert_eq!(removed, memberships(&prog, &before, &before.pods[&key]));
+}
+
+#[test]
+fn a_shared_address_stays_while_another_pod_still_holds_it() {
+    let before = scale_cluster();
+    // A second pod with p100's address and labels (an address reused before the old Pod is
+    // gone): removing one of them must not take the address out of the sets.
+    let mut twin = before.pods["ns0/p100"].clone();
+    twin.name = "twin".into();
+    let mut both = before.clone();
+    both.pods.insert(twin.key(), twin);
+    let plan = planned(&before, &both, "n0");
+    assert!(plan.is_empty(), "{plan:?}");
+    let mut one = both.clone();
+    one.pods.remove("ns0/p100");
+    assert!(planned(&both, &one, "n0").is_empty());
+}
+
+#[test]
+fn a_local_pods_arrival_writes_only_its_chains_and_the_dispatch() {
+    let before = scale_cluster();
+    let mut after = before.clone();
+    let mut new = far_pod("ns1", "local", "a1", "10.250.0.3");
+    new.node = Some("n0".into());
+    new.iface = Some("trlocal".into());
+    after.pods.insert(new.key(), new.clone());
+    let plan = planned(&before, &after, "n0");
+    let key = new.key();
+    let allowed: Vec<String> = vec![
+        names::ingress_chain(&key),
+        names::egress_chain(&key),
+        names::EGRESS.into(),
+        names::INGRESS.into(),
+        names::OUT.into(),
+    ];
+    assert!(
+        plan.chains.keys().all(|c| allowed.contains(c)),
+        "{:?}",
+        plan.chains.keys()
+    );
+    assert!(plan.chains.contains_key(&names::ingress_chain(&key)));
+    // And it leaves: its chains go, the dispatch shrinks.
+    let plan = planned(&after, &before, "n0");
+    assert!(plan.delete.contains(&names::ingress_chain(&key)));
+    assert!(plan.chains.keys().all(|c| allowed.contains(c)));
+}
+
+fn pod_event() -> impl Strategy<Value = (usize, u8, u8, u8, bool)> {
+    // (which pod of 12 — the 9 of `cluster()` and 3 more, label, node, address, host network)
+    (
+        0usize..12,
+        0u8..4,
+        0u8..3,
+        0u8..3,
+        proptest::bool::weighted(0.1),
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Any sequence of pod events (arrivals, departures, relabels, moves between nodes, new
+    /// addresses, address clashes), planned as change sets one after the other, keeps the
+    /// program exactly what a whole compile gives.
+    #[test]
+    fn pod_event_change_sets_equal_a_whole_compile(
+        nps in proptest::collection::vec(np_strategy(), 0..4),
+        cnps in proptest::collection::vec(cnp_strategy(), 0..3),
+        events in proptest::collection::vec(pod_event(), 1..12),
+    ) {
+        let mut c = cluster();
+        for (i, (ns, spec)) in nps.into_iter().enumerate() {
+            c = with_np(c, &ns, &format!("np{i}"), spec);
+        }
+        for (i, spec) in cnps.into_iter().enumerate() {
+            c = with_cnp(c, &format!("cnp{i}"), spec);
+        }
+        let keys: Vec<String> = c.pods.keys().cloned().chain(["x/d", "y/d", "z/d"].map(String::from)).collect();
+        let opts = on("n1");
+        let template = c.pods["x/a"].clone();
+        let mut prog = compile(&c, &opts);
+        for (which, label, node, addr, host) in events {
+            let key = &keys[which];
+            let before = c.pods.get(key).cloned();
+            if label == 3 {
+                c.pods.remove(key);
+            } else {
+                let (ns, name) = key.split_once('/').unwrap();
+                let mut p = before.clone().unwrap_or_else(|| {
+                    let mut p = template.clone();
+                    p.namespace = ns.into();
+                    p.name = name.into();
+                    p
+                });
+                p.labels.insert("pod".into(), ["a", "b", "c"][label as usize].into());
+                p.node = Some(["n1", "n2", "n3"][node as usize].into());
+                p.iface = Some(format!("tr{ns}{name}"));
+                // Address 0 is the pod's own; 1 and 2 clash with x/a's and y/c's.
+                p.ips = vec![match addr {
+                    0 => Ipv4Addr::new(10, 244, 9, which as u8),
+                    1 => "10.244.1.1".parse().unwrap(),
+                    _ => "10.244.2.3".parse().unwrap(),
+                }];
+                p.host_network = host;
+                c.pods.insert(key.clone(), p);
+            }
+            let changed = BTreeMap::from([(key.clone(), before)]);
+            let plan = plan_pods(&prog, &c, &opts, &changed);
+            plan.apply_to(&mut prog);
+            prop_assert_eq!(&prog, &compile(&c, &opts));
+        }
+    }
+}
+
+/// Committed through the dataplane, a far pod's arrival is one set-member change: no
+/// iptables-restore at all, and the kernel's sets end up as a whole commit would leave them.
+#[tokio::test]
+async fn a_far_pods_arrival_commits_without_iptables_restore() {
+    use crate::sync::{Syncer, fake::Fake};
+    let before = scale_cluster();
+    let mut after = before.clone();
+    let new = far_pod("ns1", "new", "a2", "10.250.0.1");
+    after.pods.insert(new.key(), new);
+    let opts = on("n0");
+    let dp = Fake::default();
+    let mut syncer = Syncer::default();
+    syncer.commit(&dp, &compile(&before, &opts)).await.unwrap();
+    let restores = dp.restores.lock().unwrap().len();
+    let changed = BTreeMap::from([("ns1/new".to_string(), None)]);
+    let plan = plan_pods(syncer.committed.as_ref().unwrap(), &after, &opts, &changed);
+    let stats = syncer.apply(&dp, &plan).await.unwrap();
+    assert_eq!(
+        dp.restores.lock().unwrap().len(),
+        restores,
+        "no iptables-restore"
+    );
+    assert_eq!((stats.chains_written, stats.chains_deleted), (0, 0));
+    assert!(stats.members_added > 0);
+    let whole = compile(&after, &opts);
+    assert_eq!(syncer.committed.as_ref(), Some(&whole));
+    assert_eq!(*dp.sets.lock().unwrap(), whole.sets);
+}

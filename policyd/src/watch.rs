@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
+use std::time::Instant;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod as KubePod};
@@ -99,7 +100,7 @@ fn key_of<K: Resource>(o: &K) -> String {
 async fn run<K, T>(
     api: Api<K>,
     what: &'static str,
-    tx: mpsc::UnboundedSender<Change>,
+    tx: mpsc::UnboundedSender<Stamped>,
     convert: impl Fn(&K) -> Option<T> + Send,
     wrap: impl Fn(Delta<T>) -> Change + Send,
     absent_is_empty: bool,
@@ -134,7 +135,10 @@ async fn run<K, T>(
                 if absent_is_empty && !said_empty && text.contains("404") {
                     said_empty = true;
                     tracing::info!(what, "not served by the API: none");
-                    if tx.send(wrap(Delta::Replace(Vec::new()))).is_err() {
+                    if tx
+                        .send((Instant::now(), wrap(Delta::Replace(Vec::new()))))
+                        .is_err()
+                    {
                         return;
                     }
                 } else if !text.contains("404") {
@@ -147,14 +151,17 @@ async fn run<K, T>(
                 continue;
             }
         };
-        if tx.send(wrap(change)).is_err() {
+        if tx.send((Instant::now(), wrap(change))).is_err() {
             return;
         }
     }
 }
 
+/// A change and when its watch received it (the daemon reports how long changes queue).
+pub type Stamped = (Instant, Change);
+
 /// Starts the four watches; their changes arrive on the returned channel.
-pub fn start(client: &Client) -> mpsc::UnboundedReceiver<Change> {
+pub fn start(client: &Client) -> mpsc::UnboundedReceiver<Stamped> {
     let (tx, rx) = mpsc::unbounded_channel();
     let pods: Api<KubePod> = Api::all(client.clone());
     tokio::spawn(run(
@@ -196,7 +203,7 @@ pub fn start(client: &Client) -> mpsc::UnboundedReceiver<Change> {
         move |o: &DynamicObject| match cnp::parse(&o.name_any(), &o.data["spec"]) {
             Ok(c) => Some(c),
             Err(why) => {
-                let _ = unreadable.send(Change::CnpUnreadable(o.name_any(), why));
+                let _ = unreadable.send((Instant::now(), Change::CnpUnreadable(o.name_any(), why)));
                 None
             }
         },

@@ -134,6 +134,14 @@ impl XRule {
         )
     }
 
+    /// The sets this rule names.
+    pub fn sets(&self) -> impl Iterator<Item = &str> {
+        self.matches.iter().filter_map(|m| match m {
+            Match::SrcSet(s) | Match::DstSet(s) | Match::DstPortSet(s) => Some(s.as_str()),
+            _ => None,
+        })
+    }
+
     /// The rule as `iptables-restore` takes it (after `-A CHAIN `): matches, the tagged comment,
     /// the target.
     pub fn render(&self) -> String {
@@ -188,6 +196,16 @@ pub enum Member {
     },
 }
 
+impl Member {
+    /// The single address of an address member (None for a network).
+    pub fn addr(&self) -> Option<Ipv4Addr> {
+        match self {
+            Member::Ip(ip) | Member::IpPort { ip, .. } => Some(*ip),
+            Member::Net { .. } => None,
+        }
+    }
+}
+
 /// One ipset: its type and members.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SetDef {
@@ -222,6 +240,8 @@ impl SetDef {
 pub struct Program {
     pub chains: BTreeMap<String, Vec<XRule>>,
     pub sets: BTreeMap<String, SetDef>,
+    /// What each set holds (the compiler's; sets without one are only ever replaced whole).
+    pub sources: BTreeMap<String, crate::compile::SetSource>,
 }
 
 impl Program {

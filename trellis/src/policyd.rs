@@ -32,6 +32,10 @@ pub struct Args {
     /// For negative controls only: do NOT default-deny pods whose rules are not committed yet.
     #[arg(long)]
     no_pending_deny: bool,
+    /// For comparison only: compile and diff the whole program on every event, pod events
+    /// included (by default a pod event commits only the set members and chains it changes).
+    #[arg(long)]
+    full_compile: bool,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -43,6 +47,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         verify_period: Duration::from_millis(args.verify_period_ms.max(1)),
         ready_file: args.ready_file,
         pending_deny: !args.no_pending_deny,
+        incremental: !args.full_compile,
     };
     trellis_policyd::daemon::run(config, trellis_daemon::shutdown_signal())
         .await

@@ -21,8 +21,11 @@
 //! ```text
 //! cargo build --release -p trellis -p trellis-overlay -p trellis-routed -p trellis-ipam
 //! cargo bench -p netns-testbed --bench policy-scale [-- --rounds 3 --seconds 5]
-//!     [--quick] [--mode routed|overlay] [--samples 100] [--parallel 4]
+//!     [--quick] [--mode routed|overlay] [--samples 100] [--parallel 4] [--full-compile]
 //! ```
+//!
+//! `--full-compile` runs policyd with `--full-compile` (every event compiles and diffs the
+//! whole program, as before pod events became change sets), for before/after figures.
 //!
 //! `--quick`: 100 policies, 500 pods, 10 wired, 20 samples (a smoke run). Needs root,
 //! iptables, ipset and the release binaries.
@@ -67,6 +70,12 @@ const SAMPLE_LIMIT: Duration = Duration::from_secs(30);
 
 const COMMIT_LATENCY: &str = "trellis_policyd_commit_latency_seconds";
 const GATE_WAIT: &str = "trellis_policyd_gate_wait_seconds";
+const COMMIT_PHASE: &str = "trellis_policyd_commit_phase_seconds";
+/// policyd's commit phases (`queued` is the wait before its loop took the change in, outside
+/// the commit latency; the others add up to nearly all of it).
+const PHASES: [&str; 7] = [
+    "queued", "compile", "diff", "ipset", "iptables", "cleanup", "publish",
+];
 
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
@@ -216,20 +225,43 @@ async fn metrics(c: &PolicyCluster, i: usize) -> String {
     }
 }
 
+/// The sums of policyd's commit phase histograms, in [`PHASES`] order.
+fn phase_sums(text: &str) -> [f64; PHASES.len()] {
+    PHASES.map(|p| {
+        let name = format!("{COMMIT_PHASE}_sum{{phase=\"{p}\"}}");
+        text.lines()
+            .find_map(|l| {
+                let (k, v) = l.rsplit_once(' ')?;
+                (k == name).then(|| v.trim().parse().ok()).flatten()
+            })
+            .unwrap_or(0.0)
+    })
+}
+
 /// One event's figures: policyd's own event → commit, and API write → commit seen.
 struct Sample {
     policyd: Duration,
     seen: Duration,
     /// Commits the sample took (1 unless something else changed meanwhile).
     commits: f64,
+    /// Its commit's time by phase ([`PHASES`]).
+    phases: [Duration; PHASES.len()],
 }
 
 /// Runs `write` (an API write), then polls node `MEASURED`'s /metrics until a commit after it
-/// shows up, bounded.
-async fn timed_commit<F: std::future::Future<Output = ()>>(c: &PolicyCluster, write: F) -> Sample {
+/// shows up — with `until`, the first commit after which that gauge differs from before the
+/// write (a Pod is created without an address and gets it by a status write: the commit that
+/// puts its address into the sets is the second) — bounded.
+async fn timed_commit<F: std::future::Future<Output = ()>>(
+    c: &PolicyCluster,
+    write: F,
+    until: Option<&str>,
+) -> Sample {
     // Start from a quiet policyd: no commit for 100 ms (a previous event's follow-up commit
     // would otherwise count as this one's).
-    let (mut n0, mut s0) = histogram(&metrics(c, MEASURED).await, COMMIT_LATENCY);
+    let text = metrics(c, MEASURED).await;
+    let (mut n0, mut s0) = histogram(&text, COMMIT_LATENCY);
+    let mut p0 = phase_sums(&text);
     let (quiet, mut since) = (Instant::now(), Instant::now());
     while since.elapsed() < Duration::from_millis(100) {
         assert!(
@@ -238,23 +270,37 @@ async fn timed_commit<F: std::future::Future<Output = ()>>(c: &PolicyCluster, wr
             c.logs_tail()
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
-        let (n, s) = histogram(&metrics(c, MEASURED).await, COMMIT_LATENCY);
+        let text = metrics(c, MEASURED).await;
+        let (n, s) = histogram(&text, COMMIT_LATENCY);
         if n != n0 {
             (n0, s0, since) = (n, s, Instant::now());
+            p0 = phase_sums(&text);
         }
     }
+    let gauge0 = until.map(|g| metric(&text, g));
     let t0 = Instant::now();
     write.await;
     loop {
-        let (n, s) = histogram(&metrics(c, MEASURED).await, COMMIT_LATENCY);
+        let text = metrics(c, MEASURED).await;
+        let (n, s) = histogram(&text, COMMIT_LATENCY);
         if n > n0 {
             let seen = t0.elapsed();
-            // The first commit after the write; should two land between polls, their mean.
-            return Sample {
-                policyd: Duration::from_secs_f64(((s - s0) / (n - n0)).max(0.0)),
-                seen,
-                commits: n - n0,
+            let p1 = phase_sums(&text);
+            let done = match (until, gauge0) {
+                (Some(g), Some(before)) => metric(&text, g) != before,
+                _ => true,
             };
+            if done {
+                let per = |d: f64| Duration::from_secs_f64((d / (n - n0)).max(0.0));
+                // The commit sought; should two land between polls, their mean.
+                return Sample {
+                    policyd: per(s - s0),
+                    seen,
+                    commits: n - n0,
+                    phases: std::array::from_fn(|i| per(p1[i] - p0[i])),
+                };
+            }
+            (n0, s0, p0) = (n, s, p1);
         }
         assert!(
             t0.elapsed() < SAMPLE_LIMIT,
@@ -616,6 +662,9 @@ async fn run() {
     let rounds = num("--rounds", 3).max(1);
     let seconds = num("--seconds", 5).max(1) as u64;
     let parallel = num("--parallel", 4).max(1);
+    // policyd as it was before pod events became change sets: every event compiles and
+    // diffs the whole program (for before/after figures from one build).
+    let full_compile = std::env::args().any(|a| a == "--full-compile");
     let mode = match arg("--mode").as_deref() {
         None | Some("routed") => Mode::Routed,
         Some("overlay") => Mode::Overlay,
@@ -632,6 +681,11 @@ async fn run() {
         Opts {
             pods: false,
             policyd: false,
+            policyd_extra: if full_compile {
+                vec!["--full-compile".into()]
+            } else {
+                Vec::new()
+            },
             ..Opts::default()
         },
     )
@@ -756,13 +810,21 @@ async fn run() {
             Some(far_ip(60_000 + s)),
         );
         let client = client.clone();
-        pod_added.push(timed_commit(&c, async move { create_pod(&client, obj).await }).await);
+        pod_added.push(
+            timed_commit(
+                &c,
+                async move { create_pod(&client, obj).await },
+                Some("trellis_policyd_ipset_members"),
+            )
+            .await,
+        );
     }
     let mut policy_changed = Vec::new();
     for s in 0..scale.samples {
         let obj = policy(1, 9000 + s as u16);
         let client = client.clone();
-        policy_changed.push(timed_commit(&c, async move { put_policy(&client, obj).await }).await);
+        policy_changed
+            .push(timed_commit(&c, async move { put_policy(&client, obj).await }, None).await);
     }
     let text = metrics(&c, MEASURED).await;
     let gauges: Vec<(String, f64)> = [
@@ -846,7 +908,12 @@ async fn run() {
     // The table.
     let pods_total = far + scale.wired + CLIENT_PODS + scale.samples;
     println!(
-        "policy-scale ({mode:?} mode): {} NetworkPolicies, {pods_total} pods in the API ({} wired on the measured node), {} build",
+        "policy-scale ({mode:?} mode{}): {} NetworkPolicies, {pods_total} pods in the API ({} wired on the measured node), {} build",
+        if full_compile {
+            ", policyd --full-compile"
+        } else {
+            ""
+        },
         scale.policies,
         scale.wired,
         if cfg!(debug_assertions) {
@@ -888,7 +955,7 @@ async fn run() {
     println!(
         "{}",
         latency_row(
-            "pod added (other node), event → committed",
+            "pod added (other node), event → members committed",
             &pol(&pod_added),
             "p99 ≤ 20 ms"
         )
@@ -938,6 +1005,37 @@ async fn run() {
         .sum();
     if extra > 0.0 {
         println!("  ({extra} extra commits fell between two polls: those samples show the mean)");
+    }
+    for (what, v) in [
+        ("pod added", &pod_added),
+        ("policy changed", &policy_changed),
+    ] {
+        println!("{what}: policyd's commit phases (ms, p50 / p99 / max over the samples)");
+        let row: Vec<String> = PHASES
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let l = Latency::of(&v.iter().map(|s| s.phases[i]).collect::<Vec<_>>())
+                    .expect("samples");
+                format!("{p} {} / {} / {}", ms(l.p50), ms(l.p99), ms(l.max))
+            })
+            .collect();
+        println!("  {}", row.join("; "));
+        let mut slow: Vec<&Sample> = v.iter().collect();
+        slow.sort_by_key(|s| std::cmp::Reverse(s.policyd));
+        for s in slow.iter().take(3) {
+            let parts: Vec<String> = PHASES
+                .iter()
+                .zip(s.phases)
+                .map(|(p, d)| format!("{p} {}", ms(d)))
+                .collect();
+            println!(
+                "  slow sample: event → committed {} (API write → seen {}): {}",
+                ms(s.policyd),
+                ms(s.seen),
+                parts.join(", ")
+            );
+        }
     }
     let (w, wo) = (median(with.clone()), median(without.clone()));
     println!(
