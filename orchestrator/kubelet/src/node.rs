@@ -6,6 +6,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 
 use crate::{Config, Error};
 
@@ -90,24 +91,63 @@ pub fn status(cfg: &Config, network_ready: Result<(), String>) -> Value {
     })
 }
 
-/// Creates the Node if it does not exist (a pre-created Node is kept, with its spec).
+/// The labels every kubelet puts on its Node (upstream's default labels).
+fn default_labels(cfg: &Config) -> BTreeMap<String, String> {
+    [
+        ("kubernetes.io/hostname", cfg.node_name.clone()),
+        ("kubernetes.io/os", "linux".to_string()),
+        (
+            "kubernetes.io/arch",
+            std::env::consts::ARCH.replace("x86_64", "amd64"),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// The default labels a Node lacks or has with another value (what registration must patch).
+fn missing_labels(
+    have: Option<&BTreeMap<String, String>>,
+    want: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    want.iter()
+        .filter(|(k, v)| have.and_then(|h| h.get(*k)) != Some(*v))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// Creates the Node if it does not exist. A pre-created Node keeps its spec and other labels
+/// but gets the default labels, as upstream's kubelet reconciles them: the scheduler's
+/// topology spreading and `kubernetes.io/hostname` selectors rely on them.
 pub async fn register(client: &kube::Client, cfg: &Config) -> Result<(), Error> {
     let nodes: Api<Node> = Api::all(client.clone());
-    if nodes.get_opt(&cfg.node_name).await?.is_some() {
-        return Ok(());
+    let want = default_labels(cfg);
+    let existing = match nodes.get_opt(&cfg.node_name).await? {
+        Some(node) => node,
+        None => {
+            let node: Node = serde_json::from_value(json!({
+                "metadata": {"name": cfg.node_name, "labels": want},
+            }))?;
+            match nodes.create(&PostParams::default(), &node).await {
+                Ok(_) => return Ok(()),
+                // Created meanwhile by someone else: label it like a pre-created one.
+                Err(kube::Error::Api(e)) if e.code == 409 => nodes.get(&cfg.node_name).await?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+    let patch = missing_labels(existing.metadata.labels.as_ref(), &want);
+    if !patch.is_empty() {
+        nodes
+            .patch(
+                &cfg.node_name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": patch}})),
+            )
+            .await?;
     }
-    let node: Node = serde_json::from_value(json!({
-        "metadata": {"name": cfg.node_name, "labels": {
-            "kubernetes.io/hostname": cfg.node_name,
-            "kubernetes.io/os": "linux",
-            "kubernetes.io/arch": std::env::consts::ARCH.replace("x86_64", "amd64"),
-        }},
-    }))?;
-    match nodes.create(&PostParams::default(), &node).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    Ok(())
 }
 
 /// Writes the status, keeping conditions other components own and the transition times of
@@ -170,4 +210,35 @@ pub async fn renew_lease(client: &kube::Client, name: &str) -> Result<(), Error>
     }))?;
     leases.create(&PostParams::default(), &lease).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_pre_created_node_gets_only_the_default_labels_it_lacks_or_has_wrong() {
+        let want = labels(&[
+            ("kubernetes.io/hostname", "n1"),
+            ("kubernetes.io/os", "linux"),
+        ]);
+        let have = labels(&[
+            ("kubernetes.io/hostname", "old-name"),
+            ("kubernetes.io/os", "linux"),
+            ("zone", "a"),
+        ]);
+        assert_eq!(
+            missing_labels(Some(&have), &want),
+            labels(&[("kubernetes.io/hostname", "n1")])
+        );
+        assert_eq!(missing_labels(None, &want), want);
+        assert!(missing_labels(Some(&want), &want).is_empty());
+    }
 }
