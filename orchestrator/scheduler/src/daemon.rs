@@ -222,7 +222,10 @@ pub fn decide(pod: &Pod, cache: &Cache, seed: u64) -> Decision {
     for node in cache.nodes() {
         match filter::run(&p, node) {
             Ok(()) => feasible.push(node),
-            Err(reasons) => diagnosis.add(&reasons),
+            Err(reasons) => {
+                tracing::debug!(pod = %key(pod), node = node.name(), ?reasons, "filtered out");
+                diagnosis.add(&reasons)
+            }
         }
     }
     if feasible.is_empty() {
@@ -246,6 +249,12 @@ pub fn decide(pod: &Pod, cache: &Cache, seed: u64) -> Decision {
             }
         }
     }
+    tracing::debug!(
+        pod = %key(pod),
+        scores = ?feasible.iter().map(|n| n.name()).zip(scores.iter()).collect::<Vec<_>>(),
+        chosen = feasible[best].name(),
+        "scored"
+    );
     Decision::Node(feasible[best].name().to_string())
 }
 

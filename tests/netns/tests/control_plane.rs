@@ -546,7 +546,7 @@ async fn a_dead_nodes_replicaset_pods_come_back_elsewhere_and_its_bare_pod_does_
         wait_node_ready(client, &w.node.name).await;
     }
     // The kubelet renews its Lease every 10 s: a 15 s grace period never flaps.
-    start_component(
+    let sched = start_component(
         tb,
         cp,
         "scheduler",
@@ -583,7 +583,18 @@ async fn a_dead_nodes_replicaset_pods_come_back_elsewhere_and_its_bare_pod_does_
         .filter(|p| p.spec.as_ref().unwrap().node_name.as_deref() == Some("n3"))
         .map(|p| p.metadata.name.clone().unwrap())
         .collect();
-    assert_eq!(on_n3.len(), 1, "one replica per node");
+    assert_eq!(
+        on_n3.len(),
+        1,
+        "one replica per node: {:?}\nscheduler log:\n{}",
+        pods.iter()
+            .map(|p| (
+                p.metadata.name.clone(),
+                p.spec.as_ref().and_then(|s| s.node_name.clone())
+            ))
+            .collect::<Vec<_>>(),
+        tb.log_of(sched.pid)
+    );
     let pod_api: Api<Pod> = Api::namespaced(client.clone(), "default");
     let bare: Pod = serde_json::from_value(json!({"metadata": {"name": "bare", "labels": {"app": "bare"}},
         "spec": {"nodeName": "n3", "terminationGracePeriodSeconds": 2, "tolerations": short_tolerations(),
