@@ -105,10 +105,10 @@ async fn wait_holder(
 ) -> (String, Duration) {
     let start = Instant::now();
     loop {
-        if let Some(h) = holder(client, name).await {
-            if Some(h.as_str()) != not {
-                return (h, start.elapsed());
-            }
+        if let Some(h) = holder(client, name).await
+            && Some(h.as_str()) != not
+        {
+            return (h, start.elapsed());
         }
         assert!(
             start.elapsed() < limit,
