@@ -226,6 +226,16 @@ async fn range_pagination_and_past_revisions(s: &dyn Store, p: &str) {
         "a list at a past revision sees the keys of then"
     );
     assert_eq!(listed_then.kvs[0].value, b"v0");
+    // A page of a list at a past revision (a continue token after later writes) counts the
+    // whole range of then.
+    let page_then = s
+        .range(RangeRequest::new(all.clone()).limit(10).at(rev))
+        .await
+        .unwrap();
+    assert_eq!(
+        (page_then.kvs.len(), page_then.more, page_then.count),
+        (10, true, 25)
+    );
     let earlier = s
         .range(RangeRequest::new(all.clone()).at(before))
         .await

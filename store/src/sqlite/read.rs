@@ -128,7 +128,8 @@ pub(crate) fn range(conn: &Connection, req: &RangeRequest) -> Result<RangeRespon
         if at == current {
             conn.query_row(&count_sql, params![start, end], |r| r.get(0))?
         } else {
-            conn.query_row(&count_sql, params![start, end, at], |r| r.get(0))?
+            // The count has no LIMIT but binds the revision as ?4, like the rows query.
+            conn.query_row(&count_sql, params![start, end, fetch, at], |r| r.get(0))?
         }
     } else {
         kvs.len() as i64
