@@ -1,11 +1,22 @@
-//! `trellis overlay-agent`: the flannel-like VXLAN overlay's node agent.
+//! `trellis overlay-agent`: the flannel-like VXLAN overlay's node agent (and, with `--mode
+//! canal`, the canal-like combined mode's).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use trellis_overlay_agent::{BlockSource, Config, cniconf::Ipam, underlay::Choice};
+use trellis_overlay_agent::{BlockSource, Config, Mode, cniconf::Ipam, underlay::Choice};
+
+/// Which plugin the node's pods are wired by.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModeArg {
+    /// `trellis-overlay`: pods on the node's bridge (`10-trellis-overlay.conflist`).
+    Overlay,
+    /// `trellis-canal`: pods on routed veths with policy, VXLAN between nodes
+    /// (`10-trellis-canal.conflist`).
+    Canal,
+}
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -54,9 +65,14 @@ pub struct Args {
     /// Where the CNI configuration is written.
     #[arg(long, default_value = "/etc/cni/net.d")]
     cni_conf_dir: PathBuf,
-    /// Where the plugin reads the node's state.
-    #[arg(long, default_value = trellis_overlay::state::DEFAULT_STATE_DIR)]
-    state_dir: PathBuf,
+    /// Where the plugin reads the node's state (default: /run/trellis/overlay, or
+    /// /run/trellis/canal with `--mode canal`).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// The plugin the agent writes the CNI configuration for: the overlay's own bridge, or the
+    /// canal mode's routed veths (same VXLAN between nodes).
+    #[arg(long, value_enum, default_value = "overlay")]
+    mode: ModeArg,
     /// Seconds between full reconciles of the data path.
     #[arg(long, default_value_t = 10)]
     resync: u64,
@@ -100,7 +116,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     config.vni = args.vni;
     config.port = args.port;
     config.cni_conf_dir = args.cni_conf_dir;
-    config.state_dir = args.state_dir;
+    config.mode = match args.mode {
+        ModeArg::Overlay => Mode::Overlay,
+        ModeArg::Canal => Mode::Canal,
+    };
+    config.state_dir = args.state_dir.unwrap_or_else(|| {
+        PathBuf::from(match config.mode {
+            Mode::Overlay => trellis_overlay::state::DEFAULT_STATE_DIR,
+            Mode::Canal => trellis_canal::state::DEFAULT_STATE_DIR,
+        })
+    });
     config.resync = Duration::from_secs(args.resync.max(1));
     config.masquerade = !args.no_masquerade;
     config.listen = Some(args.listen);

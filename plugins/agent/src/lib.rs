@@ -2,6 +2,12 @@
 //! own, not part of trellis-plugin, because it speaks Kubernetes (kube-rs) and the CNI plugins
 //! link trellis-plugin but never a kube client; not part of trellis-api either, which is a leaf
 //! library that depends on no trellis crate, while an agent's errors are also trellis-net's.
+//!
+//! - [`AgentError`]: why an agent stopped.
+//! - [`blocks`]: the node's IPAM blocks, followed live through ipamd (the BGP agent announces
+//!   them; the overlay agent routes them over VXLAN).
+
+pub mod blocks;
 
 /// Why an agent stopped: one type for both agents, so they fail, log and exit alike.
 #[derive(Debug, thiserror::Error)]

@@ -1,9 +1,10 @@
-//! The `trellis-routed` CNI plugin: each pod on a veth pair of its own, no bridge. The pod end
+//! The `trellis-routed` CNI plugin (the wiring is `trellis_plugin::routed`, which the canal mode
+//! shares): each pod on a veth pair of its own, no bridge. The pod end
 //! (`CNI_IFNAME`) holds the pod's address as a /32 (/128) and routes everything through a
 //! link-local gateway that exists nowhere — `169.254.1.1` (IPv6: `fe80::1`) — whose neighbour
 //! entry is the host end's MAC, so the kernel sends every packet to the host. The host end
 //! (`tr` + 11 hex digits of a hash of the pod's namespace/name, or of the container id) answers
-//! ARP by proxy and forwards; the host routes the pod's /32 to it (protocol [`proto::POD`]).
+//! ARP by proxy and forwards; the host routes the pod's /32 to it (protocol `trellis_net::proto::POD`).
 //! The BGP agent announces the node's blocks; the kernel does the rest. No encapsulation, so the
 //! pod MTU is the underlay's.
 //!
@@ -17,522 +18,25 @@
 //! <container id>/<ifname>`, see `trellis_plugin::veth`): a late DEL of an earlier sandbox of
 //! the same pod, whose host end has the same name, leaves the new sandbox's veth alone.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::path::Path;
-
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use trellis_cni::Error;
-use trellis_cni::result::{CniResult, IpConfig, Route as CniRoute};
-use trellis_cni::skel::{Attachment, GcRequest, NetConf, Plugin};
-use trellis_net::{Family, Handle, Link, Netns, Route, Scope, proto};
-use trellis_plugin::attach::{self, Add, Checked, Sides};
-use trellis_plugin::host::{net_err, open_netns, runtime};
-use trellis_plugin::{PluginConf, ipam, veth};
+use trellis_plugin::routed::RoutedVeth;
 
 use crate::state::{DEFAULT_STATE_DIR, NodeState};
 
-/// The pods' IPv4 gateway: answered by the host end, held by no interface.
-pub const GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
-/// The pods' IPv6 gateway (as Calico's): resolved through a permanent neighbour entry.
-pub const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
 /// The plugin's type, and the prefix of the owner label on its host ends.
 pub const TYPE: &str = "trellis-routed";
 
-fn read_conf(conf: &NetConf) -> Result<PluginConf, Error> {
-    PluginConf::read(conf, DEFAULT_STATE_DIR)
-}
-
-pub struct Routed;
-
-/// The gateway pods of `family` use.
-pub fn gateway(family: Family) -> IpAddr {
-    match family {
-        Family::V4 => IpAddr::V4(GATEWAY_V4),
-        Family::V6 => IpAddr::V6(GATEWAY_V6),
-    }
-}
-
-fn default_route(family: Family) -> IpNet {
-    match family {
-        Family::V4 => IpNet::V4(Ipv4Net::new_assert(Ipv4Addr::UNSPECIFIED, 0)),
-        Family::V6 => IpNet::V6(Ipv6Net::new_assert(Ipv6Addr::UNSPECIFIED, 0)),
-    }
-}
-
-/// `ip`'s host prefix: `/32` or `/128`.
-pub fn host_prefix(ip: IpAddr) -> IpNet {
-    IpNet::from(ip)
-}
-
-/// The pod's addresses: each IPAM address narrowed to a host prefix (IPAM reports the block's
-/// prefix; a routed pod has no on-link neighbours), without duplicates, in IPAM's order.
-pub fn pod_addresses(result: &CniResult) -> Vec<IpNet> {
-    let mut out: Vec<IpNet> = Vec::new();
-    for ip in &result.ips {
-        let a = host_prefix(ip.address.addr());
-        if !out.contains(&a) {
-            out.push(a);
-        }
-    }
-    out
-}
-
-/// The families of `addresses`, IPv4 first.
-fn families(addresses: &[IpNet]) -> Vec<Family> {
-    [Family::V4, Family::V6]
-        .into_iter()
-        .filter(|f| addresses.iter().any(|a| Family::of(&a.addr()) == *f))
-        .collect()
-}
-
-/// The extra routes the IPAM plugin asked for (its `routes`), each through the gateway of its
-/// family; the default route is ours already, and a family the pod has no address of is
-/// skipped.
-pub fn extra_routes(result: &CniResult, families: &[Family]) -> Vec<IpNet> {
-    let mut out: Vec<IpNet> = Vec::new();
-    for r in &result.routes {
-        let dst = r.dst.trunc();
-        if dst.prefix_len() == 0 || !families.contains(&Family::of(&dst.addr())) {
-            continue;
-        }
-        if !out.contains(&dst) {
-            out.push(dst);
-        }
-    }
-    out
-}
-
-/// Everything ADD wires, decided before anything is touched.
-struct Plan<'a> {
-    ifname: &'a str,
-    host_name: &'a str,
-    owner: &'a str,
-    mtu: u32,
-    addresses: &'a [IpNet],
-    families: &'a [Family],
-    extra_routes: &'a [IpNet],
-}
-
-/// Makes the veth pair and wires both ends; on any failure the pair goes (and with it the
-/// addresses, routes and neighbour entries on it), so a failed ADD leaves nothing behind.
-async fn wire(p: &Plan<'_>, sides: &Sides) -> Result<(Link, Link), Error> {
-    let Sides { netns, host, pod } = sides;
-    sides
-        .veth(p.host_name, p.ifname, p.mtu, async |host_link| {
-            configure(p, host, host_link, netns, pod).await
-        })
-        .await
-}
-
-async fn configure(
-    p: &Plan<'_>,
-    host: &Handle,
-    host_link: &Link,
-    netns: &Netns,
-    pod: &Handle,
-) -> Result<Link, Error> {
-    let host_mac = host_link.mac.ok_or_else(|| {
-        Error::internal(
-            "the host end of the veth has no MAC",
-            p.host_name.to_string(),
-        )
-    })?;
-    host.set_alias(host_link.index, p.owner)
-        .await
-        .map_err(net_err)?;
-    // The host end: answers ARP for the gateway at once, forwards; for IPv6 no duplicate
-    // address detection (its link-local address must be usable at once to resolve the pod)
-    // and no router advertisements taken from a pod.
-    let h = p.host_name;
-    let mut settings = vec![
-        (format!("net/ipv4/conf/{h}/proxy_arp"), "1"),
-        (format!("net/ipv4/neigh/{h}/proxy_delay"), "0"),
-        (format!("net/ipv4/conf/{h}/forwarding"), "1"),
-    ];
-    let v6 = p.families.contains(&Family::V6);
-    if v6 {
-        settings.extend([
-            (format!("net/ipv6/conf/{h}/accept_dad"), "0"),
-            (format!("net/ipv6/conf/{h}/accept_ra"), "0"),
-            (format!("net/ipv6/conf/{h}/forwarding"), "1"),
-        ]);
-    }
-    let settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-    let here = Netns::current().map_err(net_err)?;
-    trellis_net::sysctl::set(&here, &settings).map_err(net_err)?;
-    host.set_up(host_link.index).await.map_err(net_err)?;
-
-    // The pod end: its addresses, then the gateway's link route, its neighbour entry and the
-    // default route through it (a route needs its device up).
-    let pod_link = pod.require_link(p.ifname).await.map_err(net_err)?;
-    if v6 {
-        // The /128 is usable at once, not "tentative" for a second.
-        trellis_net::sysctl::set(
-            netns,
-            &[(&format!("net/ipv6/conf/{}/accept_dad", p.ifname), "0")],
-        )
-        .map_err(net_err)?;
-    }
-    pod.set_up(pod_link.index).await.map_err(net_err)?;
-    for a in p.addresses {
-        pod.ensure_address(pod_link.index, *a)
-            .await
-            .map_err(net_err)?;
-    }
-    for &family in p.families {
-        let gw = gateway(family);
-        if family == Family::V4 {
-            pod.replace_route(&Route::dev(host_prefix(gw), pod_link.index))
-                .await
-                .map_err(net_err)?;
-        }
-        // Proxy ARP answers for the gateway only when the node has a route to it through
-        // another interface; a permanent entry needs nothing of the node.
-        pod.ensure_neighbour(pod_link.index, gw, host_mac)
-            .await
-            .map_err(net_err)?;
-        pod.replace_route(&Route::via(default_route(family), gw).oif(pod_link.index))
-            .await
-            .map_err(net_err)?;
-        for dst in p
-            .extra_routes
-            .iter()
-            .filter(|d| Family::of(&d.addr()) == family)
-        {
-            pod.replace_route(&Route::via(*dst, gw).oif(pod_link.index))
-                .await
-                .map_err(net_err)?;
-        }
-    }
-
-    // The host route to each address. `add`, not `replace`: a route to the address through
-    // another live interface means the address is in use twice, and taking it over would cut
-    // the other pod off.
-    for a in p.addresses {
-        let mut route = Route::dev(*a, host_link.index).protocol(proto::POD);
-        if a.addr().is_ipv6() {
-            // IPv6 routes have no scope: the kernel reports them all as universe.
-            route = route.scope(Scope::Universe);
-        }
-        if let Err(e) = host.add_route(&route).await {
-            if e.is_exists() {
-                return Err(Error::internal(
-                    format!("the host already routes {a} to another interface"),
-                    "the address is in use by another pod; refusing to take its route over",
-                ));
-            }
-            return Err(net_err(e));
-        }
-    }
-    pod.require_link(p.ifname).await.map_err(net_err)
-}
-
-/// What CHECK compares with the kernel.
-struct Expect<'a> {
-    ifname: &'a str,
-    host_name: &'a str,
-    owner: &'a str,
-    mac: &'a str,
-    addresses: &'a [IpNet],
-}
-
-async fn verify(netns_path: &Path, e: &Expect<'_>) -> Result<(), Error> {
-    let netns = open_netns(netns_path)?;
-    let pod = netns.connect().map_err(net_err)?;
-    let host = Handle::current().map_err(net_err)?;
-    let missing = |what: String| Error::internal(what, netns_path.display().to_string());
-
-    // The interface, its MAC and its addresses.
-    let link = attach::pod_interface(&pod, netns_path, e.ifname, e.mac, e.addresses).await?;
-    if !link.admin_up {
-        return Err(missing(format!("{} is down", e.ifname)));
-    }
-
-    // Both pod routes of each family.
-    for family in families(e.addresses) {
-        let gw = gateway(family);
-        let routes = pod
-            .routes(family, Some(Route::TABLE_MAIN))
-            .await
-            .map_err(net_err)?;
-        if family == Family::V4
-            && !routes.iter().any(|r| {
-                r.dst == host_prefix(gw)
-                    && r.gateway.is_none()
-                    && r.oif == Some(link.index)
-                    && r.scope == Scope::Link
-            })
-        {
-            return Err(missing(format!(
-                "the container has no route {gw} dev {} scope link",
-                e.ifname
-            )));
-        }
-        if !routes
-            .iter()
-            .any(|r| r.dst.prefix_len() == 0 && r.gateway == Some(gw) && r.oif == Some(link.index))
-        {
-            return Err(missing(format!(
-                "the container has no default route via {gw} dev {}",
-                e.ifname
-            )));
-        }
-    }
-
-    // The host end: ours, the pod end's peer, up, and routing each address.
-    let veth = host
-        .link(e.host_name)
-        .await
-        .map_err(net_err)?
-        .ok_or_else(|| {
-            Error::internal(
-                "the host end of the veth is missing",
-                e.host_name.to_string(),
-            )
-        })?;
-    veth::require_owner(&veth, e.owner)?;
-    if veth.kind.as_deref() != Some("veth")
-        || veth.peer_index != Some(link.index)
-        || link.peer_index != Some(veth.index)
-    {
-        return Err(Error::internal(
-            "the host end is not the peer of the container's interface",
-            format!(
-                "{} and {} in {}",
-                e.host_name,
-                e.ifname,
-                netns_path.display()
-            ),
-        ));
-    }
-    if !veth.admin_up {
-        return Err(Error::internal(
-            "the host end of the veth is down",
-            e.host_name.to_string(),
-        ));
-    }
-    for family in families(e.addresses) {
-        let routes = host
-            .routes(family, Some(Route::TABLE_MAIN))
-            .await
-            .map_err(net_err)?;
-        for a in e
-            .addresses
-            .iter()
-            .filter(|a| Family::of(&a.addr()) == family)
-        {
-            if !routes
-                .iter()
-                .any(|r| r.dst == *a && r.gateway.is_none() && r.oif == Some(veth.index))
-            {
-                return Err(Error::internal(
-                    format!("the host has no route {a} dev {}", e.host_name),
-                    "the pod is unreachable",
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-impl Plugin for Routed {
-    fn add(&self, req: &Attachment) -> Result<CniResult, Error> {
-        let add = Add::<NodeState>::prepare(req, DEFAULT_STATE_DIR, |s| s.mtu)?;
-        let (conf, mtu, netns_path) = (&add.conf, add.mtu, &add.netns_path);
-        let ifname = req.ifname.as_str();
-        runtime()?.block_on(async {
-            let sides = Sides::open(netns_path, ifname).await?;
-            let lease = ipam::add(req).await?;
-            let addresses = pod_addresses(lease.result());
-            let families = families(&addresses);
-            let extra = extra_routes(lease.result(), &families);
-            let host_name = veth::host_veth(req);
-            let owner = veth::owner(TYPE, req);
-            let plan = Plan {
-                ifname,
-                host_name: &host_name,
-                owner: &owner,
-                mtu,
-                addresses: &addresses,
-                families: &families,
-                extra_routes: &extra,
-            };
-            let (host_link, pod_link) = match wire(&plan, &sides).await {
-                Ok(links) => links,
-                Err(e) => {
-                    lease.release().await;
-                    return Err(e);
-                }
-            };
-            // Everything is in place: with policy on, the pod may not start before its rules.
-            let ips: Vec<IpAddr> = addresses.iter().map(IpNet::addr).collect();
-            trellis_plugin::policy::admit(
-                TYPE,
-                req,
-                conf.policy.as_ref(),
-                &ips,
-                &host_link.name,
-                lease,
-            )
-            .await?;
-            Ok(result(
-                req, netns_path, mtu, &host_link, &pod_link, &addresses, &families, &extra,
-            ))
-        })
-    }
-
-    fn del(&self, req: &Attachment) -> Result<(), Error> {
-        veth::del_attachment(TYPE, req)
-    }
-
-    fn check(&self, req: &Attachment) -> Result<(), Error> {
-        read_conf(&req.conf)?;
-        let checked = Checked::of(req)?;
-        let ifname = checked.ifname;
-        let addresses: Vec<IpNet> = checked
-            .ips()
-            .map(|ip| host_prefix(ip.address.addr()))
-            .collect();
-        if addresses.is_empty() {
-            return Err(Error::invalid_config(
-                "prevResult gives the interface no address",
-                ifname.to_string(),
-            ));
-        }
-        let host_name = veth::host_veth(req);
-        let owner = veth::owner(TYPE, req);
-        let expect = Expect {
-            ifname,
-            host_name: &host_name,
-            owner: &owner,
-            mac: checked.mac(),
-            addresses: &addresses,
-        };
-        runtime()?.block_on(async {
-            verify(&checked.netns_path, &expect).await?;
-            ipam::check(req).await
-        })
-    }
-
-    fn gc(&self, req: &GcRequest) -> Result<(), Error> {
-        attach::gc(req)
-    }
-
-    fn status(&self, conf: &NetConf) -> Result<(), Error> {
-        attach::status::<NodeState>(conf, DEFAULT_STATE_DIR)
-    }
-}
-
-/// The ADD result: host end, pod end (in the sandbox), the /32s with their family's gateway.
-#[allow(clippy::too_many_arguments)]
-fn result(
-    req: &Attachment,
-    netns_path: &Path,
-    mtu: u32,
-    host_link: &Link,
-    pod_link: &Link,
-    addresses: &[IpNet],
-    families: &[Family],
-    extra: &[IpNet],
-) -> CniResult {
-    let mut routes = Vec::new();
-    for &family in families {
-        let gw = gateway(family);
-        routes.push(CniRoute::new(default_route(family), Some(gw)));
-        routes.extend(
-            extra
-                .iter()
-                .filter(|d| Family::of(&d.addr()) == family)
-                .map(|d| CniRoute::new(*d, Some(gw))),
-        );
-    }
-    CniResult {
-        interfaces: vec![
-            attach::interface(host_link, Some(mtu), None),
-            attach::interface(pod_link, Some(mtu), Some(netns_path)),
-        ],
-        ips: addresses
-            .iter()
-            .map(|a| IpConfig {
-                interface: Some(1),
-                address: *a,
-                gateway: Some(gateway(Family::of(&a.addr()))),
-            })
-            .collect(),
-        routes,
-        dns: req.conf.config.dns.clone().unwrap_or_default(),
-    }
-}
+/// The plugin the binary runs: routed veths, the BGP agent's state.
+pub const PLUGIN: RoutedVeth<NodeState> = RoutedVeth::new(TYPE, DEFAULT_STATE_DIR);
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::{Value, json};
-    use std::collections::HashMap;
-    use trellis_cni::skel::{Invocation, Outcome, run};
+    use std::path::Path;
     use trellis_plugin::ready::ReadyState;
 
-    fn result(v: Value) -> CniResult {
-        CniResult::from_value(v, None).unwrap().1
-    }
-
-    #[test]
-    fn ipam_prefixes_are_narrowed_to_host_prefixes() {
-        let r = result(json!({"cniVersion": "1.0.0", "ips": [
-            {"address": "10.244.3.17/26", "gateway": "10.244.3.1"},
-            {"address": "10.244.3.17/32"},
-            {"address": "fd00:10:244::11/122"},
-        ]}));
-        let got: Vec<String> = pod_addresses(&r).iter().map(|a| a.to_string()).collect();
-        assert_eq!(got, ["10.244.3.17/32", "fd00:10:244::11/128"]);
-        assert_eq!(families(&pod_addresses(&r)), [Family::V4, Family::V6]);
-    }
-
-    #[test]
-    fn ipam_routes_go_through_the_gateway_of_their_family() {
-        let r = result(json!({"cniVersion": "1.0.0",
-            "ips": [{"address": "10.244.3.17/26"}],
-            "routes": [{"dst": "0.0.0.0/0"}, {"dst": "10.96.0.0/12", "gw": "10.244.3.1"},
-                       {"dst": "10.96.0.0/12"}, {"dst": "fd00::/8"}]}));
-        let got: Vec<String> = extra_routes(&r, &[Family::V4])
-            .iter()
-            .map(|a| a.to_string())
-            .collect();
-        assert_eq!(got, ["10.96.0.0/12"]);
-        assert_eq!(gateway(Family::V4).to_string(), "169.254.1.1");
-        assert_eq!(gateway(Family::V6).to_string(), "fe80::1");
-        assert_eq!(
-            host_prefix(gateway(Family::V4)).to_string(),
-            "169.254.1.1/32"
-        );
-    }
-
-    fn invoke(command: &str, conf: Value) -> Outcome {
-        let env: HashMap<String, String> = [
-            ("CNI_COMMAND", command),
-            ("CNI_CONTAINERID", "c1"),
-            ("CNI_IFNAME", "eth0"),
-            ("CNI_NETNS", "/proc/self/ns/net"),
-            ("CNI_NETNS_OVERRIDE", "1"),
-            ("CNI_PATH", "/nonexistent"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        run(
-            &Routed,
-            Invocation {
-                env,
-                stdin: conf.to_string().into_bytes(),
-            },
-        )
-    }
-
-    fn code(o: &Outcome) -> u64 {
-        assert_ne!(o.exit_code, 0, "{}", String::from_utf8_lossy(&o.stdout));
-        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-        assert!(!v["msg"].as_str().unwrap_or_default().is_empty(), "{v}");
-        v["code"].as_u64().unwrap()
+    fn code(command: &str, conf: Value) -> u64 {
+        trellis_plugin::testing::error_code(&PLUGIN, command, &conf)
     }
 
     fn conf(state_dir: &Path) -> Value {
@@ -544,13 +48,13 @@ mod tests {
     fn before_the_agent_is_ready_add_waits_and_status_is_unavailable() {
         let dir = tempfile::tempdir().unwrap();
         // Refused before IPAM is asked: no address is taken while the node is not ready.
-        assert_eq!(code(&invoke("ADD", conf(dir.path()))), 11);
-        assert_eq!(code(&invoke("STATUS", conf(dir.path()))), 50);
+        assert_eq!(code("ADD", conf(dir.path())), 11);
+        assert_eq!(code("STATUS", conf(dir.path())), 50);
         std::fs::write(NodeState::path(dir.path()), "not json").unwrap();
-        assert_eq!(code(&invoke("STATUS", conf(dir.path()))), 50);
+        assert_eq!(code("STATUS", conf(dir.path())), 50);
         // Once ready, STATUS asks the IPAM plugin (missing here: an invalid configuration).
         NodeState { mtu: 1500 }.write(dir.path()).unwrap();
-        assert_eq!(code(&invoke("STATUS", conf(dir.path()))), 7);
+        assert_eq!(code("STATUS", conf(dir.path())), 7);
     }
 
     #[test]
@@ -560,10 +64,10 @@ mod tests {
         let mut c = conf(dir.path());
         c["ipam"] = json!({"type": "trellis-ipam", "socket": dir.path().join("none.sock")});
         // No trellis-ipam in CNI_PATH (that would be 7): the linked plugin finds ipamd down.
-        assert_eq!(code(&invoke("STATUS", c.clone())), 50);
+        assert_eq!(code("STATUS", c.clone()), 50);
         // And refuses what its binary refuses.
         c["ipam"]["subnet"] = json!("10.0.0.0/8");
-        assert_eq!(code(&invoke("STATUS", c)), 2);
+        assert_eq!(code("STATUS", c), 2);
     }
 
     #[test]
@@ -572,14 +76,14 @@ mod tests {
         NodeState { mtu: 1500 }.write(dir.path()).unwrap();
         let mut c = conf(dir.path());
         c["mtu"] = json!(20);
-        assert_eq!(code(&invoke("ADD", c.clone())), 7);
+        assert_eq!(code("ADD", c.clone()), 7);
         c["mtu"] = json!("big");
-        assert_eq!(code(&invoke("ADD", c)), 7);
+        assert_eq!(code("ADD", c), 7);
     }
 
     #[test]
     fn check_needs_the_add_result() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(code(&invoke("CHECK", conf(dir.path()))), 7);
+        assert_eq!(code("CHECK", conf(dir.path())), 7);
     }
 }

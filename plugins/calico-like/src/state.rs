@@ -8,6 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 use trellis_plugin::ready::{self, ReadyState};
+use trellis_plugin::routed::RoutedState;
 
 /// The default place of the state file.
 pub const DEFAULT_STATE_DIR: &str = "/run/trellis/routed";
@@ -22,6 +23,12 @@ pub struct NodeState {
 
 impl ReadyState for NodeState {
     const AGENT: &'static str = "routed agent";
+}
+
+impl RoutedState for NodeState {
+    fn mtu(&self) -> u32 {
+        self.mtu
+    }
 }
 
 #[cfg(test)]

@@ -13,6 +13,8 @@
 //!   IPAM plugin executed from CNI_PATH, with a lease that is released unless kept.
 //! - [`host`]: the plugin's async runtime and host-networking errors as CNI errors.
 //! - [`policy`]: the ADD gate — wait for policyd to commit the new pod's rules, or undo ADD.
+//! - [`routed`]: the routed veth (a /32, the 169.254.1.1 gateway, proxy ARP, a host route) and
+//!   the whole plugin of a mode built on it: trellis-routed and trellis-canal.
 
 pub mod attach;
 pub mod conf;
@@ -21,6 +23,7 @@ pub mod host;
 pub mod ipam;
 pub mod policy;
 pub mod ready;
+pub mod routed;
 #[doc(hidden)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 pub mod testing;

@@ -81,3 +81,41 @@ pub fn check_before_ready(binary: &Path, plugin: &str) {
         "{plugin}: nothing is written before the agent is ready"
     );
 }
+
+/// The error code `plugin` answers `command` with, `conf` on stdin and the test's own namespace
+/// as CNI_NETNS; fails the test if the plugin succeeds or prints no CNI error object.
+pub fn error_code(
+    plugin: &dyn trellis_cni::skel::Plugin,
+    command: &str,
+    conf: &serde_json::Value,
+) -> u64 {
+    let env = [
+        ("CNI_COMMAND", command),
+        ("CNI_CONTAINERID", "c1"),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_NETNS", "/proc/self/ns/net"),
+        ("CNI_NETNS_OVERRIDE", "1"),
+        ("CNI_PATH", "/nonexistent"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let out = trellis_cni::skel::run(
+        plugin,
+        trellis_cni::skel::Invocation {
+            env,
+            stdin: conf.to_string().into_bytes(),
+        },
+    );
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_ne!(out.exit_code, 0, "{command} succeeded: {said}");
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{said}: {e}"));
+    assert!(
+        !v["msg"].as_str().unwrap_or_default().is_empty(),
+        "an error without msg: {v}"
+    );
+    v["code"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("an error without code: {v}"))
+}

@@ -253,6 +253,63 @@ impl StandaloneIpamd {
     }
 }
 
+/// The conformance kit against our plugin `plugin` at every CNI version, with no deviation
+/// allowed: trellis-ipam through a standalone ipamd whose pool is made with `pool_args`, and the
+/// readiness state `ready` its agent would have written (in `<kit state>/agent/ready.json`,
+/// which the configuration's `stateDir` names). An error with the kit's verdict, or when ipamd
+/// still holds an address afterwards (every ADD had its DEL) or its store is inconsistent.
+pub async fn kit_with_trellis_ipam(
+    plugin: &str,
+    ready: serde_json::Value,
+    pool_args: &[&str],
+) -> Result<()> {
+    use crate::cni_kit::{self, PluginUnderTest};
+    // The plugin under test must be built (nextest builds only this package's targets).
+    let dir = crate::bin_path(plugin)
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let tb = Testbed::new()?;
+    let ipamd = StandaloneIpamd::start(&tb, "kit", pool_args).await?;
+    let sock = ipamd.socket.display().to_string();
+    let kind = plugin.to_string();
+    let put = PluginUnderTest {
+        label: format!("{plugin} + trellis-ipam"),
+        plugin: plugin.into(),
+        cni_path: vec![dir],
+        versions: trellis_cni::Version::ALL.into_iter().collect(),
+        config: Box::new(move |ctx, v| {
+            let state = ctx.state_dir.join("agent");
+            let file = state.join("ready.json");
+            if !file.is_file() {
+                let _ = std::fs::create_dir_all(&state);
+                let _ = std::fs::write(&file, ready.to_string());
+            }
+            serde_json::json!({
+                "cniVersion": v.as_str(),
+                "name": "kitnet",
+                "type": kind,
+                "stateDir": state,
+                "ipam": {"type": "trellis-ipam", "socket": sock},
+            })
+        }),
+        allocations: Some(ipamd.allocations(&tb)),
+        deviations: Vec::new(),
+    };
+    let report = cni_kit::run(&put).await?;
+    for f in &report.findings {
+        eprintln!("[{} {}] {}", f.version, f.rule, f.problem);
+    }
+    if report.checks <= 50 {
+        return Err(Error::Other(format!(
+            "the kit did not run ({} checks)",
+            report.checks
+        )));
+    }
+    report.verdict(&put).map_err(Error::Other)?;
+    ipamd.assert_released(&tb, "kitnet").await
+}
+
 /// The addresses in `trellis ipam blocks --allocations` output: the first word of each
 /// indented allocation line (`    10.97.0.1    kitnet.cid.eth0 …`).
 pub fn held_addresses(listing: &str) -> std::collections::BTreeSet<std::net::IpAddr> {

@@ -332,6 +332,17 @@ pub fn start_client(tb: &Testbed, ns: &Netns, to: Ipv4Addr, secs: u32, rate: &st
 }
 
 /// The median (the upper one for an even count); 0 for none.
+/// A data-path benchmark's `main`: fails without root or iperf3, then runs `bench` to its end
+/// or to Ctrl-C, which drops the run — and with it every namespace and process it made.
+pub async fn bench_main(bench: impl std::future::Future<Output = ()>) {
+    crate::require_root();
+    crate::require_tool("iperf3", "iperf3");
+    tokio::select! {
+        () = bench => {}
+        _ = tokio::signal::ctrl_c() => eprintln!("interrupted; cleaned up"),
+    }
+}
+
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(0.0)

@@ -54,6 +54,51 @@ pub fn stop_echo(ns: &Netns, at: SocketAddr) {
     }
 }
 
+/// A pod as [`pairs_talk_without_nat`] sees it: its namespace, its address and its node's
+/// index (for the messages).
+pub type PodAt<'a> = (&'a Netns, Ipv4Addr, usize);
+
+/// Every ordered pair of `pods`, same node and across nodes: a ping, and a TCP exchange in
+/// which the server sees the client's own address (no NAT between pods). The first failure is
+/// the error.
+pub async fn pairs_talk_without_nat(tb: &crate::Testbed, pods: &[PodAt<'_>]) -> Result<()> {
+    let mut servers = Vec::new();
+    for (ns, ip, _) in pods {
+        servers.push(echo_peer_server(ns, *ip, 7000)?);
+    }
+    let mut verdict = Ok(());
+    'pairs: for &(a_ns, a_ip, a_on) in pods {
+        for &(_, b_ip, b_on) in pods.iter().filter(|b| b.1 != a_ip) {
+            let (from, to) = (
+                format!("{a_ip} (node {a_on})"),
+                format!("{b_ip} (node {b_on})"),
+            );
+            let target = b_ip.to_string();
+            let ping = ["ping", "-c", "1", "-W", "2", target.as_str()];
+            let out = tb.exec(a_ns, &ping, Duration::from_secs(10)).await?;
+            if !out.success() {
+                verdict = Err(Error::Other(format!(
+                    "{from} cannot ping {to}: {}",
+                    out.stdout
+                )));
+                break 'pairs;
+            }
+            let seen = who_am_i(a_ns, SocketAddr::new(b_ip.into(), 7000))?;
+            if seen != a_ip.to_string() {
+                verdict = Err(Error::Other(format!(
+                    "{from} → {to} was NATed: the server saw {seen}"
+                )));
+                break 'pairs;
+            }
+        }
+    }
+    for ((ns, ip, _), s) in pods.iter().zip(servers) {
+        stop_echo(ns, SocketAddr::new((*ip).into(), 7000));
+        let _ = s.join();
+    }
+    verdict
+}
+
 /// `GET path` from inside `ns` to `addr` (a daemon's health or status listener on the
 /// namespace's own loopback, say): the status code and the body.
 pub fn http_get(ns: &Netns, addr: SocketAddr, path: &str) -> Result<(u16, String)> {

@@ -18,7 +18,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use netns_testbed::cluster::StandaloneIpamd;
+use netns_testbed::cluster::{StandaloneIpamd, kit_with_trellis_ipam};
 use netns_testbed::cni_kit::{self, PluginUnderTest};
 use netns_testbed::{REFERENCE_PLUGIN_DIR, Testbed, bin_dir, bin_path, require_root, require_tool};
 use serde_json::{Value, json};
@@ -39,43 +39,13 @@ fn ready_state(dir: &std::path::Path) -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trellis_routed_passes_the_kit_with_trellis_ipam_at_every_version() {
     require_root();
-    // The plugin under test must be built (nextest builds only this package's targets).
-    bin_path("trellis-routed");
-    // ipamd runs in a namespace of its own; its unix socket is reachable from every namespace.
-    let tb = Testbed::new().unwrap();
-    let ipamd = StandaloneIpamd::start(
-        &tb,
-        "kit",
+    kit_with_trellis_ipam(
+        "trellis-routed",
+        json!({"mtu": 1500}),
         &["--cidr", "10.97.0.0/24", "--block-size", "26"],
     )
     .await
     .unwrap();
-    let sock = ipamd.socket.display().to_string();
-    let put = PluginUnderTest {
-        label: "trellis-routed + trellis-ipam".into(),
-        plugin: "trellis-routed".into(),
-        cni_path: vec![bin_dir()],
-        versions: Version::ALL.into_iter().collect(),
-        config: Box::new(move |ctx, v| {
-            json!({
-                "cniVersion": v.as_str(),
-                "name": "kitnet",
-                "type": "trellis-routed",
-                "stateDir": ready_state(&ctx.state_dir),
-                "ipam": {"type": "trellis-ipam", "socket": sock},
-            })
-        }),
-        allocations: Some(ipamd.allocations(&tb)),
-        deviations: Vec::new(),
-    };
-    let report = cni_kit::run(&put).await.unwrap();
-    for f in &report.findings {
-        eprintln!("[{} {}] {}", f.version, f.rule, f.problem);
-    }
-    assert!(report.checks > 50, "the kit ran ({} checks)", report.checks);
-    report.assert_conformant(&put);
-    // Every ADD was followed by its DEL: ipamd holds nothing, and its store is consistent.
-    ipamd.assert_released(&tb, "kitnet").await.unwrap();
 }
 
 /// The kit against `trellis-routed` behind `support/kit-broken-plugin.sh` in `mode`, at 1.1.0

@@ -13,7 +13,7 @@ use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Node as KubeNode;
 use kube::Api;
 use kube::api::DeleteParams;
-use netns_testbed::probe::{echo_peer_server, stop_echo, who_am_i};
+use netns_testbed::probe::{echo_peer_server, who_am_i};
 use netns_testbed::require_tool;
 use netns_testbed::{iperf, wait_for};
 use trellis_net::{Family, Route};
@@ -38,40 +38,7 @@ async fn pods_on_three_nodes_talk_without_nat_and_leave_with_masquerade() {
     }
     // Every ordered pair: ping, and a TCP exchange in which the server sees the client's own
     // address (no NAT between pods), same node and across nodes.
-    let servers: Vec<_> = pods
-        .iter()
-        .map(|p| echo_peer_server(&p.ns, p.ip, 7000).unwrap())
-        .collect();
-    for a in &pods {
-        for b in &pods {
-            if a.ip == b.ip {
-                continue;
-            }
-            let out = c
-                .exec(&a.ns, &["ping", "-c", "1", "-W", "2", &b.ip.to_string()])
-                .await;
-            assert!(
-                out.success(),
-                "{} (node {}) cannot ping {} (node {}): {}",
-                a.ip,
-                a.on,
-                b.ip,
-                b.on,
-                out.stdout
-            );
-            assert_eq!(
-                who_am_i(&a.ns, SocketAddr::new(b.ip.into(), 7000)).unwrap(),
-                a.ip.to_string(),
-                "{} → {} was NATed",
-                a.ip,
-                b.ip
-            );
-        }
-    }
-    for (p, s) in pods.iter().zip(servers) {
-        stop_echo(&p.ns, SocketAddr::new(p.ip.into(), 7000));
-        let _ = s.join();
-    }
+    c.assert_pairs_talk_without_nat(&pods).await;
     // A pod reaches another node's address.
     let out = c
         .exec(

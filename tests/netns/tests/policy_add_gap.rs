@@ -248,7 +248,8 @@ async fn control_without_gate(mode: Mode) {
 /// and the addresses held.
 async fn held(c: &PolicyCluster, on: usize) -> String {
     match c.mode {
-        Mode::Overlay => {
+        // host-local's files (the canal cluster's nodes use host-local on their podCIDR too).
+        Mode::Overlay | Mode::Canal => {
             let files = snapshot::files(&c.nodes[on].dirs.join("ipam"));
             let mut held: Vec<String> = files.keys().map(|p| p.display().to_string()).collect();
             held.retain(|p| !p.ends_with("lock"));
@@ -346,4 +347,14 @@ async fn add_fails_with_code_11_and_leaves_nothing_when_policyd_hangs_overlay() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn add_fails_with_code_11_and_leaves_nothing_when_policyd_hangs_routed() {
     gate_timeout(Mode::Routed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_forbidden_connection_right_after_add_canal() {
+    no_gap(Mode::Canal).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn add_fails_with_code_11_and_leaves_nothing_when_policyd_hangs_canal() {
+    gate_timeout(Mode::Canal).await;
 }

@@ -257,3 +257,8 @@ async fn network_policy_conformance_overlay() {
 async fn network_policy_conformance_routed() {
     conformance(Mode::Routed).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn network_policy_conformance_canal() {
+    conformance(Mode::Canal).await;
+}

@@ -6,11 +6,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use netns_testbed::bin_path;
-use netns_testbed::probe::{echo_peer_server, stop_echo, who_am_i};
+use netns_testbed::probe::{PodAt, pairs_talk_without_nat};
 use netns_testbed::{iperf, wait_for};
 use trellis_net::{Family, Route};
 
@@ -69,45 +68,9 @@ async fn a_full_mesh_of_three_nodes_routes_every_pod_pair_without_nat() {
         c.wait_route(block, Some(w.node.ip), i, Duration::from_secs(20))
             .await;
     }
-    let servers: Vec<_> = pods
-        .iter()
-        .map(|p| echo_peer_server(&p.ns, p.ip, 7000).unwrap())
-        .collect();
-    for a in &pods {
-        for b in &pods {
-            if a.ip == b.ip {
-                continue;
-            }
-            let out =
-                c.tb.exec(
-                    &a.ns,
-                    &["ping", "-c", "1", "-W", "2", &b.ip.to_string()],
-                    Duration::from_secs(10),
-                )
-                .await
-                .unwrap();
-            assert!(
-                out.success(),
-                "{} (node {}) cannot ping {} (node {}): {}",
-                a.ip,
-                a.on,
-                b.ip,
-                b.on,
-                out.stdout
-            );
-            assert_eq!(
-                who_am_i(&a.ns, SocketAddr::new(b.ip.into(), 7000)).unwrap(),
-                a.ip.to_string(),
-                "{} → {} was NATed",
-                a.ip,
-                b.ip
-            );
-        }
-    }
-    for (p, s) in pods.iter().zip(servers) {
-        stop_echo(&p.ns, SocketAddr::new(p.ip.into(), 7000));
-        let _ = s.join();
-    }
+    // Every ordered pair, sources preserved.
+    let at: Vec<PodAt<'_>> = pods.iter().map(|p| (&*p.ns, p.ip, p.on)).collect();
+    pairs_talk_without_nat(&c.tb, &at).await.unwrap();
     // `trellis bgp status` shows two Established peers on each node.
     let out =
         c.tb.exec(

@@ -8,7 +8,6 @@
 //! `--standalone` only the latter. Blocks: the node's blocks from ipamd, plus `--announce` and
 //! the lines of `--announce-file` (re-read every resync and at once on SIGHUP).
 
-pub mod blocks;
 pub mod cniconf;
 pub mod crds;
 pub mod kernel;
@@ -276,7 +275,7 @@ pub async fn run(
     // The node's IPAM blocks, followed live: a block is announced as soon as ipamd has claimed
     // it, not at the next resync. The first set is awaited briefly, so a restarted agent
     // announces what it had at once.
-    let mut ipamd_rx = config.ipamd.clone().map(blocks::follow);
+    let mut ipamd_rx = config.ipamd.clone().map(trellis_agent::blocks::follow);
     let mut ipamd_blocks: BTreeSet<IpNet> = BTreeSet::new();
     if let Some(rx) = ipamd_rx.as_mut()
         && let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(2), rx.changed()).await

@@ -1,6 +1,7 @@
-//! The CNI configuration the agent writes for its node: `10-trellis-overlay.conflist`, with the
-//! MTU and block, chaining the IPAM plugin. Written only once the node is ready, so a runtime
-//! that finds it can use it.
+//! The CNI configuration the agent writes for its node: `10-trellis-overlay.conflist` (the
+//! `trellis-overlay` plugin on the node's bridge) or, in canal mode, `10-trellis-canal.conflist`
+//! (the `trellis-canal` plugin's routed veths), with the MTU, chaining the IPAM plugin. Written
+//! only once the node is ready, so a runtime that finds it can use it.
 
 use std::path::{Path, PathBuf};
 
@@ -11,6 +12,37 @@ use trellis_plugin::policy::PolicyGate;
 
 pub const FILE_NAME: &str = "10-trellis-overlay.conflist";
 pub const NETWORK: &str = "trellis-overlay";
+pub const CANAL_FILE_NAME: &str = "10-trellis-canal.conflist";
+pub const CANAL_NETWORK: &str = "trellis-canal";
+
+/// Which plugin the agent's node runs: the overlay's own, or canal's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// `trellis-overlay`: pods on the node's bridge, on the block's subnet.
+    #[default]
+    Overlay,
+    /// `trellis-canal`: pods on routed veths (a /32 each), no bridge; the VXLAN between nodes
+    /// is the same.
+    Canal,
+}
+
+impl Mode {
+    /// The conflist's file name.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Mode::Overlay => FILE_NAME,
+            Mode::Canal => CANAL_FILE_NAME,
+        }
+    }
+
+    /// The network's name, and the plugin's type.
+    pub fn network(self) -> &'static str {
+        match self {
+            Mode::Overlay => NETWORK,
+            Mode::Canal => CANAL_NETWORK,
+        }
+    }
+}
 
 /// Which IPAM plugin hands out the pods' addresses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +58,7 @@ pub enum Ipam {
 
 /// The configuration list; with `policy`, the plugin waits for policyd at the end of ADD.
 pub fn conflist(
+    mode: Mode,
     state_dir: &Path,
     mtu: u32,
     block: Ipv4Net,
@@ -56,21 +89,23 @@ pub fn conflist(
         }
     };
     let mut plugin = json!({
-        "type": "trellis-overlay",
+        "type": mode.network(),
         "stateDir": state_dir,
         "mtu": mtu,
-        "block": block.to_string(),
         "ipam": ipam,
     });
+    if mode == Mode::Overlay {
+        plugin["block"] = json!(block.to_string());
+    }
     if let Some(p) = policy {
         plugin["policy"] = p.to_json();
     }
-    trellis_plugin::conflist::conflist(NETWORK, vec![plugin], max)
+    trellis_plugin::conflist::conflist(mode.network(), vec![plugin], max)
 }
 
-/// Writes it atomically into `dir`; returns the path.
-pub fn write(dir: &Path, conflist: &Value) -> std::io::Result<PathBuf> {
-    trellis_plugin::conflist::write(dir, FILE_NAME, conflist)
+/// Writes it atomically into `dir` under `mode`'s file name; returns the path.
+pub fn write(dir: &Path, mode: Mode, conflist: &Value) -> std::io::Result<PathBuf> {
+    trellis_plugin::conflist::write(dir, mode.file_name(), conflist)
 }
 
 #[cfg(test)]
@@ -80,6 +115,7 @@ mod tests {
     #[test]
     fn host_local_keeps_the_vtep_gateway_and_broadcast_addresses() {
         let c = conflist(
+            Mode::Overlay,
             Path::new("/run/x"),
             1450,
             "10.244.7.0/24".parse().unwrap(),
@@ -109,6 +145,7 @@ mod tests {
             "host-local answers up to 1.0.0"
         );
         let t = conflist(
+            Mode::Overlay,
             Path::new("/run/x"),
             1450,
             "10.244.7.0/24".parse().unwrap(),
@@ -138,5 +175,23 @@ mod tests {
             Version::V1_1_0,
             "runtimes that read cniVersions get 1.1.0"
         );
+    }
+
+    #[test]
+    fn canal_mode_writes_the_canal_plugin_without_a_bridge_block() {
+        let ipam = Ipam::Trellis {
+            socket: "/run/s".into(),
+            pool: None,
+        };
+        let dir = Path::new("/run/trellis/canal");
+        let gate = PolicyGate::default();
+        let c = conflist(Mode::Canal, dir, 1450, "10.244.7.0/24".parse().unwrap(), &ipam, Some(&gate));
+        let plugin = &c["plugins"][0];
+        assert_eq!(plugin["type"], "trellis-canal");
+        assert_eq!(c["name"], "trellis-canal");
+        assert_eq!(plugin["stateDir"], "/run/trellis/canal");
+        assert!(plugin.get("block").is_none(), "{c}");
+        assert!(plugin.get("policy").is_some(), "the ADD gate");
+        assert_eq!(Mode::Canal.file_name(), "10-trellis-canal.conflist");
     }
 }

@@ -6,6 +6,13 @@
 //! resync period, and at once when the kernel reports one of its entries deleted. Once routes,
 //! masquerade and the CNI configuration are in place it writes the readiness state the plugin
 //! reads and reports ready on `/readyz`. Stopping it leaves the data path in place.
+//!
+//! In canal mode ([`cniconf::Mode::Canal`]) the VXLAN data path is the same, but the node's pods
+//! are `trellis-canal`'s routed veths: the agent writes the canal conflist and the canal
+//! plugin's state instead of its own, and holds only the VTEP's address in ipamd. With blocks
+//! from ipamd it follows every block ipamd gives the node (a node whose first block fills up
+//! gets another), publishes them all (`trellis.dev/pod-cidrs`), and routes every block of every
+//! other node through that node's VTEP.
 
 pub mod addresses;
 pub mod cniconf;
@@ -14,7 +21,7 @@ pub mod nodes;
 pub mod peers;
 pub use trellis_net::underlay;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,6 +35,7 @@ use kube::runtime::watcher;
 use trellis_daemon::{Health, Metrics};
 use trellis_net::{Handle, Link, Mac, Netns, VxlanSpec};
 
+pub use cniconf::Mode;
 use peers::Peer;
 use trellis_overlay::state::NodeState;
 use trellis_plugin::ready::ReadyState;
@@ -70,6 +78,8 @@ pub struct Config {
     pub listen: Option<SocketAddr>,
     /// The ADD gate written into the conflist (None: policy off, ADD does not wait).
     pub policy: Option<trellis_plugin::policy::PolicyGate>,
+    /// Which plugin the node runs: the overlay's bridge, or canal's routed veths.
+    pub mode: Mode,
 }
 
 impl Config {
@@ -95,6 +105,7 @@ impl Config {
             masquerade: true,
             listen: None,
             policy: None,
+            mode: Mode::Overlay,
         }
     }
 }
@@ -106,9 +117,24 @@ struct Agent {
     config: Config,
     host: Handle,
     vtep_spec: VxlanSpec,
+    /// The first block: the VTEP's address is its network address.
     block: Ipv4Net,
     ipt: Option<trellis_net::iptables::Iptables>,
     metrics: Arc<Metrics>,
+}
+
+/// The node's blocks: the first, then those ipamd gave it since (IPv4, in the cluster CIDR).
+fn own_blocks(first: Ipv4Net, cluster: Ipv4Net, ipamd: &BTreeSet<IpNet>) -> Vec<Ipv4Net> {
+    let mut out = vec![first];
+    for b in ipamd {
+        if let IpNet::V4(v4) = b
+            && cluster.contains(v4)
+            && !out.contains(v4)
+        {
+            out.push(*v4);
+        }
+    }
+    out
 }
 
 impl Agent {
@@ -116,6 +142,7 @@ impl Agent {
     async fn reconcile(
         &self,
         peers: &BTreeMap<String, Peer>,
+        blocks: &[Ipv4Net],
     ) -> Result<(Link, peers::Changes), AgentError> {
         let vtep = self.host.ensure_vxlan(&self.vtep_spec).await?;
         let vtep_addr = IpNet::V4(Ipv4Net::new(self.block.network(), 32).map_err(|e| {
@@ -127,7 +154,7 @@ impl Agent {
         self.host.set_addresses(vtep.index, &[vtep_addr]).await?;
         let changes = peers::reconcile(&self.host, &vtep, peers).await?;
         if let Some(ipt) = &self.ipt {
-            masq::apply(ipt, self.config.cluster_cidr, self.block).await?;
+            masq::apply(ipt, self.config.cluster_cidr, blocks).await?;
         }
         Ok((vtep, changes))
     }
@@ -199,7 +226,8 @@ pub async fn run(
     // handles of their own, so no pod is ever given one, whatever the pool reserves.
     if let cniconf::Ipam::Trellis { socket, .. } = &config.ipam {
         loop {
-            match addresses::hold(socket, &config.node, block).await {
+            let bridge = config.mode == Mode::Overlay;
+            match addresses::hold(socket, &config.node, block, bridge).await {
                 Ok(()) => break,
                 Err(e) => {
                     health.set_not_ready(format!("holding the node's own addresses: {e}"));
@@ -246,8 +274,20 @@ pub async fn run(
         metrics: metrics.clone(),
     };
 
+    // Every block ipamd gives the node, followed live: a block claimed when the first filled up
+    // is published (and so routed by the other nodes) as soon as ipamd has stored it.
+    let mut ipamd_rx = match &config.block {
+        BlockSource::Ipamd { socket, .. } => Some(trellis_agent::blocks::follow(socket.clone())),
+        _ => None,
+    };
+    let mut blocks = vec![block];
+    if let Some(rx) = ipamd_rx.as_mut()
+        && let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(2), rx.changed()).await
+    {
+        blocks = own_blocks(block, config.cluster_cidr, &rx.borrow_and_update());
+    }
     loop {
-        match nodes::publish(&nodes, &config.node, mac, underlay.ip, block).await {
+        match nodes::publish(&nodes, &config.node, mac, underlay.ip, block, &blocks).await {
             Ok(()) => break,
             Err(e) => {
                 health.set_not_ready(format!("publishing on the Node: {e}"));
@@ -269,6 +309,7 @@ pub async fn run(
     let mut synced = false;
     let mut ready = false;
     let mut dirty = true;
+    let mut unpublished = false;
     loop {
         tokio::select! {
             ev = events.next() => match ev {
@@ -308,15 +349,42 @@ pub async fn run(
                     dirty = true;
                 }
             }
+            changed = async {
+                match ipamd_rx.as_mut() {
+                    Some(rx) => rx.changed().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                match (changed, ipamd_rx.as_mut()) {
+                    (Ok(()), Some(rx)) => {
+                        let now = own_blocks(block, config.cluster_cidr, &rx.borrow_and_update());
+                        if now != blocks {
+                            tracing::info!(blocks = ?now, "the node's blocks changed");
+                            blocks = now;
+                            unpublished = true;
+                            dirty = true;
+                        }
+                    }
+                    // The follower ended (it never does while we hold the receiver).
+                    _ => ipamd_rx = None,
+                }
+            }
             _ = ticker.tick() => dirty = true,
             _ = &mut stop => break,
+        }
+        if unpublished {
+            match nodes::publish(&nodes, &config.node, mac, underlay.ip, block, &blocks).await {
+                Ok(()) => unpublished = false,
+                // Tried again at the next event or tick.
+                Err(e) => tracing::warn!(error = %e, "publishing the node's blocks"),
+            }
         }
         if !dirty || !synced {
             continue;
         }
         dirty = false;
         let started = Instant::now();
-        match agent.reconcile(&peers).await {
+        match agent.reconcile(&peers, &blocks).await {
             Ok((_, changes)) => {
                 metrics.inc(
                     "overlay_reconciles_total",
@@ -384,25 +452,36 @@ pub async fn run(
 /// Writes the CNI configuration and the plugin's state, and marks the Node's network ready.
 async fn make_ready(agent: &Agent, nodes: &Api<Node>, mtu: u32) -> bool {
     let c = &agent.config;
-    let list = cniconf::conflist(&c.state_dir, mtu, agent.block, &c.ipam, c.policy.as_ref());
-    if let Err(e) = cniconf::write(&c.cni_conf_dir, &list) {
+    let list = cniconf::conflist(
+        c.mode,
+        &c.state_dir,
+        mtu,
+        agent.block,
+        &c.ipam,
+        c.policy.as_ref(),
+    );
+    if let Err(e) = cniconf::write(&c.cni_conf_dir, c.mode, &list) {
         tracing::warn!(error = %e, dir = %c.cni_conf_dir.display(), "writing the CNI configuration");
         return false;
     }
-    let state = NodeState {
-        block: agent.block,
-        cluster_cidr: c.cluster_cidr,
-        mtu,
-        bridge: c.bridge.clone(),
+    let written = match c.mode {
+        Mode::Overlay => NodeState {
+            block: agent.block,
+            cluster_cidr: c.cluster_cidr,
+            mtu,
+            bridge: c.bridge.clone(),
+        }
+        .write(&c.state_dir),
+        Mode::Canal => trellis_canal::state::NodeState { mtu }.write(&c.state_dir),
     };
-    if let Err(e) = state.write(&c.state_dir) {
+    if let Err(e) = written {
         tracing::warn!(error = %e, dir = %c.state_dir.display(), "writing the node state");
         return false;
     }
     if let Err(e) = nodes::mark_network_ready(nodes, &c.node).await {
         tracing::warn!(error = %e, "marking the node's network ready");
     }
-    tracing::info!(block = %agent.block, mtu, "node ready");
+    tracing::info!(block = %agent.block, mtu, mode = ?c.mode, "node ready");
     true
 }
 

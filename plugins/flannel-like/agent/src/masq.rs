@@ -8,19 +8,24 @@ pub const NAT_CHAIN: &str = "TRELLIS-POSTRTG";
 pub const FWD_CHAIN: &str = "TRELLIS-FWD";
 
 /// The nat chain: RETURN for anything between pods (and for what kube-proxy marked for its own
-/// masquerade), MASQUERADE for pods talking to the outside and for nodes talking to pods.
-pub fn nat(cluster: Ipv4Net, block: Ipv4Net) -> Table {
-    Table::new("nat").chain(
-        NAT_CHAIN,
-        vec![
-            "-m comment --comment \"kube-proxy masquerades what it marked\" -m mark --mark 0x4000/0x4000 -j RETURN".into(),
+/// masquerade), MASQUERADE for pods talking to the outside and for nodes talking to pods. The
+/// node's own pods are those of every block it holds (`blocks`, the first one first).
+pub fn nat(cluster: Ipv4Net, blocks: &[Ipv4Net]) -> Table {
+    let mut rules: Vec<String> = vec![
+        "-m comment --comment \"kube-proxy masquerades what it marked\" -m mark --mark 0x4000/0x4000 -j RETURN".into(),
+    ];
+    for block in blocks {
+        rules.extend([
             format!("-s {block} -d {cluster} -m comment --comment \"pod to pod: no NAT\" -j RETURN"),
             format!("-s {cluster} -d {block} -m comment --comment \"pod to pod: no NAT\" -j RETURN"),
             format!("! -s {cluster} -d {block} -m comment --comment \"to local pods: no NAT\" -j RETURN"),
-            format!("-s {cluster} ! -d 224.0.0.0/4 -m comment --comment \"pods leaving the cluster\" -j MASQUERADE --random-fully"),
-            format!("! -s {cluster} -d {cluster} -m comment --comment \"nodes to remote pods\" -j MASQUERADE --random-fully"),
-        ],
-    )
+        ]);
+    }
+    rules.extend([
+        format!("-s {cluster} ! -d 224.0.0.0/4 -m comment --comment \"pods leaving the cluster\" -j MASQUERADE --random-fully"),
+        format!("! -s {cluster} -d {cluster} -m comment --comment \"nodes to remote pods\" -j MASQUERADE --random-fully"),
+    ]);
+    Table::new("nat").chain(NAT_CHAIN, rules)
 }
 
 /// The filter chain: forward whatever comes from or goes to the cluster.
@@ -35,8 +40,12 @@ pub fn forward(cluster: Ipv4Net) -> Table {
 }
 
 /// Installs both chains and the jumps to them (idempotent).
-pub async fn apply(ipt: &Iptables, cluster: Ipv4Net, block: Ipv4Net) -> trellis_net::Result<()> {
-    ipt.restore(&nat(cluster, block)).await?;
+pub async fn apply(
+    ipt: &Iptables,
+    cluster: Ipv4Net,
+    blocks: &[Ipv4Net],
+) -> trellis_net::Result<()> {
+    ipt.restore(&nat(cluster, blocks)).await?;
     ipt.restore(&forward(cluster)).await?;
     ipt.ensure_rule(
         "nat",
@@ -75,12 +84,17 @@ mod tests {
     fn pod_to_pod_returns_before_any_masquerade() {
         let t = nat(
             "10.244.0.0/16".parse().unwrap(),
-            "10.244.3.0/24".parse().unwrap(),
+            &[
+                "10.244.3.0/24".parse().unwrap(),
+                "10.244.9.0/24".parse().unwrap(),
+            ],
         )
         .render();
         let first_masq = t.find("MASQUERADE").unwrap();
-        let pod_to_pod = t.find("-s 10.244.3.0/24 -d 10.244.0.0/16").unwrap();
-        assert!(pod_to_pod < first_masq, "{t}");
+        for block in ["10.244.3.0/24", "10.244.9.0/24"] {
+            let pod_to_pod = t.find(&format!("-s {block} -d 10.244.0.0/16")).unwrap();
+            assert!(pod_to_pod < first_masq, "{block}: {t}");
+        }
         assert!(t.starts_with("*nat\n:TRELLIS-POSTRTG - [0:0]\n"), "{t}");
     }
 }

@@ -4,7 +4,9 @@
 //! block's network address) with its VTEP MAC, an FDB entry sending that MAC to its node
 //! address, then the route `<block> via <vtep addr> dev trellis.1 onlink` — added in that order
 //! (a route first would make the kernel ARP for the gateway), removed in the reverse. The VTEP
-//! is ours alone, so any entry on it that no node asks for is stale and goes.
+//! is ours alone, so any entry on it that no node asks for is stale and goes. A node holding more
+//! than one block (canal mode, when its first fills up) gets one route per block, all through the
+//! VTEP address of its first.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -17,7 +19,10 @@ use trellis_net::{Family, Handle, Link, Mac, Route, RouteKind};
 pub struct Peer {
     pub vtep_mac: Mac,
     pub node_ip: Ipv4Addr,
+    /// Its first block: its VTEP's address is this block's network address.
     pub block: Ipv4Net,
+    /// The blocks it took after the first, routed the same way.
+    pub extra_blocks: Vec<Ipv4Net>,
 }
 
 impl Peer {
@@ -26,11 +31,18 @@ impl Peer {
         self.block.network()
     }
 
-    fn route(&self, vtep: u32) -> Route {
-        Route::via(IpNet::V4(self.block), IpAddr::V4(self.vtep_addr()))
-            .oif(vtep)
-            .onlink()
-            .protocol(trellis_net::proto::OVERLAY)
+    /// Every block it routes to its pods, the first one first.
+    pub fn blocks(&self) -> impl Iterator<Item = Ipv4Net> + '_ {
+        std::iter::once(self.block).chain(self.extra_blocks.iter().copied())
+    }
+
+    fn routes(&self, vtep: u32) -> impl Iterator<Item = Route> + '_ {
+        self.blocks().map(move |b| {
+            Route::via(IpNet::V4(b), IpAddr::V4(self.vtep_addr()))
+                .oif(vtep)
+                .onlink()
+                .protocol(trellis_net::proto::OVERLAY)
+        })
     }
 }
 
@@ -79,18 +91,23 @@ pub async fn reconcile(
             h.ensure_fdb(vtep.index, peer.vtep_mac, node_ip).await?;
             changes.added += 1;
         }
-        let want = peer.route(vtep.index);
-        if !routes
-            .iter()
-            .any(|r| r.dst == want.dst && r.gateway == want.gateway && r.onlink)
-        {
-            h.replace_route(&want).await?;
-            changes.added += 1;
+        for want in peer.routes(vtep.index) {
+            if !routes
+                .iter()
+                .any(|r| r.dst == want.dst && r.gateway == want.gateway && r.onlink)
+            {
+                h.replace_route(&want).await?;
+                changes.added += 1;
+            }
         }
     }
 
     // Stale entries, in the reverse order: route, FDB, neighbour.
-    let blocks: Vec<IpNet> = peers.values().map(|p| IpNet::V4(p.block)).collect();
+    let blocks: Vec<IpNet> = peers
+        .values()
+        .flat_map(Peer::blocks)
+        .map(IpNet::V4)
+        .collect();
     for r in routes.iter().filter(|r| !blocks.contains(&r.dst)) {
         if h.delete_route(r).await? {
             changes.removed += 1;

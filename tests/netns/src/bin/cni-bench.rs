@@ -56,6 +56,10 @@ struct Args {
     /// would have written (to `@STATE@/routed`): the underlay's, whole.
     #[arg(long, default_value_t = 1500)]
     routed_mtu: u32,
+    /// For a configuration of `trellis-canal`: the MTU in the readiness state the overlay agent
+    /// in canal mode would have written (to `@STATE@/canal`): the underlay's less VXLAN's 50.
+    #[arg(long, default_value_t = 1450)]
+    canal_mtu: u32,
     /// Also print how ADD latency grows: the p50 of the first N ADDs against the last N.
     #[arg(long, default_value_t = 0)]
     scale_window: usize,
@@ -127,7 +131,7 @@ async fn main() -> anyhow::Result<()> {
 /// for each of our plugins that waits for its agent, the file under `@STATE@` (which the
 /// configuration's `stateDir` names) and its content.
 fn agent_states(config: &str, args: &Args) -> Vec<(PathBuf, String)> {
-    let agents: [(&str, &str, String); 2] = [
+    let agents: [(&str, &str, String); 3] = [
         (
             "trellis-overlay",
             "overlay/ready.json",
@@ -137,6 +141,11 @@ fn agent_states(config: &str, args: &Args) -> Vec<(PathBuf, String)> {
             "trellis-routed",
             "routed/ready.json",
             serde_json::json!({"mtu": args.routed_mtu}).to_string(),
+        ),
+        (
+            "trellis-canal",
+            "canal/ready.json",
+            serde_json::json!({"mtu": args.canal_mtu}).to_string(),
         ),
     ];
     agents

@@ -1,6 +1,7 @@
-//! A cluster for the overlay's tests and benchmarks: an API server in a control-plane
-//! namespace on the underlay, nodes each running `trellis overlay-agent`, pods wired by running
-//! the node's CNI configuration as a runtime does.
+//! A cluster for the overlay's (and the canal mode's) tests and benchmarks: an API server in a
+//! control-plane namespace on the underlay, nodes each running `trellis overlay-agent` (with
+//! `--mode canal` for [`Plugin::Canal`]), pods wired by running the node's CNI configuration as
+//! a runtime does.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
@@ -14,6 +15,7 @@ use k8s_openapi::api::core::v1::Node as KubeNode;
 use kube::Api;
 use kube::api::PostParams;
 use netns_testbed::cluster::{ControlPlane, create_pool, start_ipamd, wait_path};
+use netns_testbed::probe::{PodAt, pairs_talk_without_nat};
 use netns_testbed::{
     Node, REFERENCE_PLUGIN_DIR, Testbed, bin_dir, bin_path, require_root, require_tool,
 };
@@ -39,6 +41,33 @@ pub struct Cluster {
     pub cp: ControlPlane,
     pub client: kube::Client,
     pub workers: Vec<Worker>,
+    pub plugin: Plugin,
+}
+
+/// The plugin the agents write their nodes' CNI configuration for.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Plugin {
+    /// `trellis-overlay` on the node's bridge.
+    Overlay,
+    /// `trellis-canal`'s routed veths (`overlay-agent --mode canal`).
+    Canal,
+}
+
+impl Plugin {
+    /// The node's conflist, under its directory.
+    pub fn conflist(self) -> &'static str {
+        match self {
+            Plugin::Overlay => "net.d/10-trellis-overlay.conflist",
+            Plugin::Canal => "net.d/10-trellis-canal.conflist",
+        }
+    }
+
+    fn agent_args(self) -> &'static [&'static str] {
+        match self {
+            Plugin::Overlay => &[],
+            Plugin::Canal => &["--mode", "canal"],
+        }
+    }
 }
 
 pub async fn kube_client(kubeconfig: &str) -> kube::Client {
@@ -62,6 +91,9 @@ pub enum Blocks {
     /// The same with the pool README shows: nothing reserved in its blocks, so the agent must
     /// hold the node's own addresses (VTEP, gateway, broadcast) itself.
     IpamdUnreserved,
+    /// An unreserved pool of blocks of this prefix length (small, so that a node's first block
+    /// fills up and it takes another).
+    IpamdBlockSize(u8),
 }
 
 impl Cluster {
@@ -87,6 +119,16 @@ impl Cluster {
         blocks: Blocks,
         agent_extra: impl Fn(&std::path::Path) -> Vec<String>,
     ) -> Cluster {
+        Cluster::start_plugin(n, blocks, Plugin::Overlay, agent_extra).await
+    }
+
+    /// As [`Cluster::start_full`], the agents serving `plugin`.
+    pub async fn start_plugin(
+        n: usize,
+        blocks: Blocks,
+        plugin: Plugin,
+        agent_extra: impl Fn(&std::path::Path) -> Vec<String>,
+    ) -> Cluster {
         require_root();
         for (tool, pkg) in [
             ("ping", "iputils-ping"),
@@ -107,6 +149,14 @@ impl Cluster {
                 .await
                 .unwrap(),
             Blocks::IpamdUnreserved => create_pool(&tb, &cp, "overlay", &args).await.unwrap(),
+            Blocks::IpamdBlockSize(size) => create_pool(
+                &tb,
+                &cp,
+                "overlay",
+                &["--cidr", "10.244.0.0/16", "--block-size", &size.to_string()],
+            )
+            .await
+            .unwrap(),
         }
         let mut workers = Vec::new();
         for i in 0..n {
@@ -115,7 +165,7 @@ impl Cluster {
             let mut block: Ipv4Net = format!("10.244.{}.0/24", i + 1).parse().unwrap();
             let spec = match blocks {
                 Blocks::PodCidr => serde_json::json!({"podCIDR": block.to_string()}),
-                Blocks::Ipamd | Blocks::IpamdUnreserved => serde_json::json!({}),
+                _ => serde_json::json!({}),
             };
             let obj: KubeNode = serde_json::from_value(
                 serde_json::json!({"metadata": {"name": name}, "spec": spec}),
@@ -124,20 +174,25 @@ impl Cluster {
             nodes.create(&PostParams::default(), &obj).await.unwrap();
             let dirs = tb.state_dir().join(&name);
             let extra = agent_extra(&dirs);
-            let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+            let extra: Vec<&str> = plugin
+                .agent_args()
+                .iter()
+                .copied()
+                .chain(extra.iter().map(String::as_str))
+                .collect();
             let agent = match blocks {
                 Blocks::PodCidr => start_agent_args(&tb, &cp, &node, &dirs, blocks, &extra),
-                Blocks::Ipamd | Blocks::IpamdUnreserved => {
+                _ => {
                     let ipamd = start_ipamd(&tb, &cp, &node, &dirs).unwrap();
                     let agent = start_agent_args(&tb, &cp, &node, &dirs, blocks, &extra);
                     wait_path(&tb, &[agent, ipamd], &dirs.join("state/ready.json"))
                         .await
                         .unwrap();
-                    let state: serde_json::Value = serde_json::from_slice(
-                        &std::fs::read(dirs.join("state/ready.json")).unwrap(),
-                    )
-                    .unwrap();
-                    block = state["block"].as_str().unwrap().parse().unwrap();
+                    // The node's first block, as its agent published it.
+                    let published = nodes.get(&name).await.unwrap();
+                    block = published.metadata.annotations.unwrap()["trellis.dev/pod-cidr"]
+                        .parse()
+                        .unwrap();
                     agent
                 }
             };
@@ -153,6 +208,7 @@ impl Cluster {
             cp,
             client,
             workers,
+            plugin,
         };
         for w in &c.workers {
             c.wait_ready(w).await;
@@ -193,7 +249,7 @@ impl Cluster {
         let readyz = SocketAddr::from(([127, 0, 0, 1], 9910));
         for _ in 0..300 {
             if w.dirs.join("state/ready.json").is_file()
-                && w.dirs.join("net.d/10-trellis-overlay.conflist").is_file()
+                && w.dirs.join(self.plugin.conflist()).is_file()
             {
                 let ns = w.node.ns.clone();
                 let answer = tokio::task::spawn_blocking(move || {
@@ -226,7 +282,7 @@ impl Cluster {
         let w = &self.workers[on];
         let ns = self.tb.add_ns(name).await.unwrap();
         let list = NetworkConfigList::from_slice(
-            &std::fs::read(w.dirs.join("net.d/10-trellis-overlay.conflist")).unwrap(),
+            &std::fs::read(w.dirs.join(self.plugin.conflist())).unwrap(),
         )
         .unwrap();
         let cni = CniConfig::new(
@@ -249,13 +305,24 @@ impl Cluster {
             ipnet::IpNet::V4(v4) => v4.addr(),
             other => panic!("{other}"),
         };
+        // A canal node whose first block filled up gives addresses of its next one.
+        let range = match self.plugin {
+            Plugin::Overlay => w.block,
+            Plugin::Canal => "10.244.0.0/16".parse().unwrap(),
+        };
         assert!(
-            w.block.contains(&ip),
-            "{ip} is in {}'s block {}",
+            range.contains(&ip),
+            "{ip} is in {}'s {range}",
             w.node.name,
-            w.block
         );
         Pod { ns, ip, on }
+    }
+
+    /// Every ordered pair of `pods`: a ping, and a TCP exchange in which the server sees the
+    /// client's own address (no NAT between pods).
+    pub async fn assert_pairs_talk_without_nat(&self, pods: &[Pod]) {
+        let at: Vec<PodAt<'_>> = pods.iter().map(|p| (&*p.ns, p.ip, p.on)).collect();
+        pairs_talk_without_nat(&self.tb, &at).await.unwrap();
     }
 
     pub async fn exec(&self, ns: &Netns, argv: &[&str]) -> netns_testbed::Output {
@@ -299,7 +366,7 @@ pub fn start_agent_args(
             "--host-local-dir".into(),
             d("ipam"),
         ],
-        Blocks::Ipamd | Blocks::IpamdUnreserved => [
+        _ => [
             "--ipam".into(),
             "trellis-ipam".into(),
             "--ipam-socket".into(),

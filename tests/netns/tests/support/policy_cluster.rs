@@ -43,6 +43,8 @@ use crate::{overlay_cluster, routed_cluster};
 pub enum Mode {
     Overlay,
     Routed,
+    /// The overlay agent in canal mode: `trellis-canal`'s routed veths over the VXLAN.
+    Canal,
 }
 
 impl Mode {
@@ -50,6 +52,7 @@ impl Mode {
         match self {
             Mode::Overlay => "net.d/10-trellis-overlay.conflist",
             Mode::Routed => "net.d/10-trellis-routed.conflist",
+            Mode::Canal => "net.d/10-trellis-canal.conflist",
         }
     }
 }
@@ -184,6 +187,15 @@ impl PolicyCluster {
             Mode::Overlay => Inner::Overlay(
                 overlay_cluster::Cluster::start_full(2, overlay_cluster::Blocks::PodCidr, extra)
                     .await,
+            ),
+            Mode::Canal => Inner::Overlay(
+                overlay_cluster::Cluster::start_plugin(
+                    2,
+                    overlay_cluster::Blocks::PodCidr,
+                    overlay_cluster::Plugin::Canal,
+                    extra,
+                )
+                .await,
             ),
             Mode::Routed => {
                 let c = routed_cluster::Cluster::start_full(2, false, 1, extra).await;

@@ -1,0 +1,5 @@
+//! The `trellis-canal` CNI plugin binary (runtimes find it in /opt/cni/bin).
+
+fn main() {
+    trellis_cni::skel::main(&trellis_canal::PLUGIN)
+}
