@@ -36,7 +36,11 @@ mod tests {
         let mut c = json!({"cniVersion": "1.1.0", "name": "canal", "type": TYPE,
             "stateDir": dir.path(),
             "ipam": {"type": "trellis-ipam", "socket": dir.path().join("none.sock")}});
-        assert_eq!(error_code(&PLUGIN, "ADD", &c), 11, "no agent yet: try again later");
+        assert_eq!(
+            error_code(&PLUGIN, "ADD", &c),
+            11,
+            "no agent yet: try again later"
+        );
         assert_eq!(error_code(&PLUGIN, "STATUS", &c), 50);
         // What the agent writes; keys the plugin does not know are ignored.
         std::fs::write(

@@ -475,7 +475,6 @@ fn result(
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -44,7 +44,8 @@ async fn run() {
     let rounds = arg("--rounds", 3).max(1);
     let pods = arg("--pods", 100).max(1) as usize;
 
-    let canal = Cluster::start_plugin(2, Blocks::IpamdUnreserved, Plugin::Canal, |_| Vec::new()).await;
+    let canal =
+        Cluster::start_plugin(2, Blocks::IpamdUnreserved, Plugin::Canal, |_| Vec::new()).await;
     let overlay =
         Cluster::start_plugin(2, Blocks::IpamdUnreserved, Plugin::Overlay, |_| Vec::new()).await;
 
@@ -59,7 +60,11 @@ async fn run() {
     for round in 1..=rounds {
         eprintln!("iperf3 round {round}/{rounds}…");
         c_gbps.push(iperf(&canal.tb, &cb.ns, cb.ip, &ca.ns, secs).await.unwrap());
-        o_gbps.push(iperf(&overlay.tb, &ob.ns, ob.ip, &oa.ns, secs).await.unwrap());
+        o_gbps.push(
+            iperf(&overlay.tb, &ob.ns, ob.ip, &oa.ns, secs)
+                .await
+                .unwrap(),
+        );
     }
     let (c, o) = (median(c_gbps), median(o_gbps));
 

@@ -24,7 +24,11 @@ async fn assert_routed_veth(pod: &Pod) {
     let h = pod.ns.connect().unwrap();
     let eth0 = h.require_link("eth0").await.unwrap();
     let held = h.addresses(Some(eth0.index)).await.unwrap();
-    let v4: Vec<IpNet> = held.iter().map(|a| a.address).filter(|a| a.addr().is_ipv4()).collect();
+    let v4: Vec<IpNet> = held
+        .iter()
+        .map(|a| a.address)
+        .filter(|a| a.addr().is_ipv4())
+        .collect();
     assert_eq!(
         v4,
         [IpNet::from(std::net::IpAddr::V4(pod.ip))],
@@ -54,11 +58,7 @@ async fn assert_node_routes_its_pods(c: &Cluster, on: usize, pods: &[&Pod]) {
             .iter()
             .find(|r| r.dst == IpNet::from(std::net::IpAddr::V4(p.ip)))
             .unwrap_or_else(|| panic!("{} routes no /32 to {}", w.node.name, p.ip));
-        let veth = h
-            .link_by_index(route.oif.unwrap())
-            .await
-            .unwrap()
-            .unwrap();
+        let veth = h.link_by_index(route.oif.unwrap()).await.unwrap().unwrap();
         assert!(veth.name.starts_with("tr"), "{}", veth.name);
         // /proc/sys shows the reading thread's namespace: read it inside the node.
         let name = veth.name.clone();
@@ -100,9 +100,22 @@ async fn pods_on_three_nodes_talk_over_routed_veths_without_nat() {
     // The VXLAN MTU reaches the pods: the largest DF packet fits across nodes.
     let size = (1500 - 50 - 28).to_string();
     let target = pods[4].ip.to_string();
-    let df = ["ping", "-c1", "-W2", "-Mdo", "-s", size.as_str(), target.as_str()];
+    let df = [
+        "ping",
+        "-c1",
+        "-W2",
+        "-Mdo",
+        "-s",
+        size.as_str(),
+        target.as_str(),
+    ];
     let out = c.exec(&pods[0].ns, &df).await;
-    assert!(out.success(), "{size} bytes with DF: {}{}", out.stdout, out.stderr);
+    assert!(
+        out.success(),
+        "{size} bytes with DF: {}{}",
+        out.stdout,
+        out.stderr
+    );
 }
 
 /// The blocks `node` publishes, first block first.
@@ -121,13 +134,8 @@ async fn published_blocks(c: &Cluster, node: &str) -> Vec<Ipv4Net> {
 async fn a_node_whose_first_block_fills_up_routes_the_next() {
     // /29 blocks: the node holds the first block's network address (its VTEP's), so seven pods
     // fill it and the eighth comes from a second block.
-    let c = Cluster::start_plugin(
-        2,
-        Blocks::IpamdBlockSize(29),
-        Plugin::Canal,
-        |_| Vec::new(),
-    )
-    .await;
+    let c =
+        Cluster::start_plugin(2, Blocks::IpamdBlockSize(29), Plugin::Canal, |_| Vec::new()).await;
     let first = c.workers[0].block;
     assert_eq!(first.prefix_len(), 29);
     let mut on_n1 = Vec::new();
@@ -154,7 +162,10 @@ async fn a_node_whose_first_block_fills_up_routes_the_next() {
     let vtep = n2.require_link("trellis.1").await.unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let routes = n2.routes(Family::V4, Some(Route::TABLE_MAIN)).await.unwrap();
+        let routes = n2
+            .routes(Family::V4, Some(Route::TABLE_MAIN))
+            .await
+            .unwrap();
         let via_vtep = |b: Ipv4Net| {
             routes.iter().any(|r| {
                 r.dst == IpNet::V4(b)

@@ -185,7 +185,14 @@ mod tests {
         };
         let dir = Path::new("/run/trellis/canal");
         let gate = PolicyGate::default();
-        let c = conflist(Mode::Canal, dir, 1450, "10.244.7.0/24".parse().unwrap(), &ipam, Some(&gate));
+        let c = conflist(
+            Mode::Canal,
+            dir,
+            1450,
+            "10.244.7.0/24".parse().unwrap(),
+            &ipam,
+            Some(&gate),
+        );
         let plugin = &c["plugins"][0];
         assert_eq!(plugin["type"], "trellis-canal");
         assert_eq!(c["name"], "trellis-canal");

@@ -16,9 +16,15 @@ pub fn nat(cluster: Ipv4Net, blocks: &[Ipv4Net]) -> Table {
     ];
     for block in blocks {
         rules.extend([
-            format!("-s {block} -d {cluster} -m comment --comment \"pod to pod: no NAT\" -j RETURN"),
-            format!("-s {cluster} -d {block} -m comment --comment \"pod to pod: no NAT\" -j RETURN"),
-            format!("! -s {cluster} -d {block} -m comment --comment \"to local pods: no NAT\" -j RETURN"),
+            format!(
+                "-s {block} -d {cluster} -m comment --comment \"pod to pod: no NAT\" -j RETURN"
+            ),
+            format!(
+                "-s {cluster} -d {block} -m comment --comment \"pod to pod: no NAT\" -j RETURN"
+            ),
+            format!(
+                "! -s {cluster} -d {block} -m comment --comment \"to local pods: no NAT\" -j RETURN"
+            ),
         ]);
     }
     rules.extend([

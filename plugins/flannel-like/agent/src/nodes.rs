@@ -100,13 +100,19 @@ mod tests {
         );
         let p = peer_of(&full).unwrap();
         assert_eq!(p.vtep_addr().to_string(), "10.244.2.0");
-        assert!(p.extra_blocks.is_empty(), "an agent before pod-cidrs: one block");
+        assert!(
+            p.extra_blocks.is_empty(),
+            "an agent before pod-cidrs: one block"
+        );
         let more = node(
             json!({VTEP_MAC: "02:00:00:00:00:01", NODE_IP: "198.18.0.12", BLOCK: "10.244.2.0/24",
                    BLOCKS: "10.244.2.0/24,10.244.9.0/24,bad,10.244.9.0/24", BACKEND: "vxlan"}),
         );
         let p = peer_of(&more).unwrap();
-        assert_eq!(p.extra_blocks, ["10.244.9.0/24".parse::<Ipv4Net>().unwrap()]);
+        assert_eq!(
+            p.extra_blocks,
+            ["10.244.9.0/24".parse::<Ipv4Net>().unwrap()]
+        );
         assert_eq!(p.vtep_addr().to_string(), "10.244.2.0", "the first block's");
         assert!(
             peer_of(&node(

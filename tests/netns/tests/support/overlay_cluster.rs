@@ -310,11 +310,7 @@ impl Cluster {
             Plugin::Overlay => w.block,
             Plugin::Canal => "10.244.0.0/16".parse().unwrap(),
         };
-        assert!(
-            range.contains(&ip),
-            "{ip} is in {}'s {range}",
-            w.node.name,
-        );
+        assert!(range.contains(&ip), "{ip} is in {}'s {range}", w.node.name,);
         Pod { ns, ip, on }
     }
 
