@@ -355,6 +355,11 @@ async fn no_forbidden_connection_right_after_add_canal() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn control_gate_off_and_no_pending_deny_lets_the_forbidden_through_canal() {
+    control_without_gate(Mode::Canal).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn add_fails_with_code_11_and_leaves_nothing_when_policyd_hangs_canal() {
     gate_timeout(Mode::Canal).await;
 }
