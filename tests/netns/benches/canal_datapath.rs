@@ -3,7 +3,8 @@
 //! canal` + `trellis-canal` (each node with its ipamd, the same pool, no policy gate), then
 //!
 //! - ADD/DEL latency (p50, p99) of each node's own conflist — the agent's real state and ipamd —
-//!   over `--pods` pods each, the plugins run from a throwaway host namespace as cni-bench does;
+//!   over `--pods` pods each (in two halves, canal overlay overlay canal), the plugins run from
+//!   a throwaway host namespace as cni-bench does;
 //! - iperf3 TCP throughput pod to pod across the two nodes, rounds alternating between the two
 //!   clusters so a busy machine hurts them alike, the median round reported.
 //!
@@ -49,9 +50,16 @@ async fn run() {
     let overlay =
         Cluster::start_plugin(2, Blocks::IpamdUnreserved, Plugin::Overlay, |_| Vec::new()).await;
 
+    // ADD/DEL in the order canal, overlay, overlay, canal (half the pods each time): a load
+    // that rises or falls during the run weighs on both alike.
+    let half = pods.div_ceil(2);
+    let c1 = latency(&canal, "trellis-canal", half).await;
+    let o1 = latency(&overlay, "trellis-overlay", half).await;
+    let o2 = latency(&overlay, "trellis-overlay", half).await;
+    let c2 = latency(&canal, "trellis-canal", half).await;
     let figures = [
-        latency(&canal, "trellis-canal", pods).await,
-        latency(&overlay, "trellis-overlay", pods).await,
+        bench::Figures::combine(&[c1, c2]).unwrap(),
+        bench::Figures::combine(&[o1, o2]).unwrap(),
     ];
 
     let (ca, cb) = (canal.add_pod(0, "a").await, canal.add_pod(1, "b").await);

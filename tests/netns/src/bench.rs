@@ -46,6 +46,27 @@ pub struct Figures {
     pub del: Latency,
     /// Every ADD's latency in the order the pods were added (for scaling figures).
     pub add_samples: Vec<Duration>,
+    /// Every DEL's latency, in order.
+    pub del_samples: Vec<Duration>,
+}
+
+impl Figures {
+    /// The figures of several runs of one configuration as one (their samples together, in
+    /// order): a benchmark that alternates two configurations (A B B A) so that a machine
+    /// whose load changes during the run hurts both alike.
+    pub fn combine(parts: &[Figures]) -> Option<Figures> {
+        let first = parts.first()?;
+        let add_samples: Vec<Duration> = parts.iter().flat_map(|f| f.add_samples.clone()).collect();
+        let del_samples: Vec<Duration> = parts.iter().flat_map(|f| f.del_samples.clone()).collect();
+        Some(Figures {
+            label: first.label.clone(),
+            pods: parts.iter().map(|f| f.pods).sum(),
+            add: Latency::of(&add_samples)?,
+            del: Latency::of(&del_samples)?,
+            add_samples,
+            del_samples,
+        })
+    }
 }
 
 /// One configuration to measure.
@@ -99,6 +120,7 @@ pub async fn measure(subject: &Subject, pods: usize) -> Result<Figures> {
         add: Latency::of(&timings.0).ok_or_else(|| Error::Other("no samples".into()))?,
         del: Latency::of(&timings.1).ok_or_else(|| Error::Other("no samples".into()))?,
         add_samples: timings.0,
+        del_samples: timings.1,
     })
 }
 
@@ -248,6 +270,7 @@ mod tests {
             add: l(ms),
             del: l(ms),
             add_samples: Vec::new(),
+            del_samples: Vec::new(),
         };
         let t = table(&[f("ours", 5), f("reference", 20)]);
         assert!(t.contains("ratio 1st/2nd"), "{t}");
@@ -262,6 +285,7 @@ mod tests {
             add: Latency::of(&[Duration::from_millis(1)]).unwrap(),
             del: Latency::of(&[Duration::from_millis(1)]).unwrap(),
             add_samples: (1..=40).map(Duration::from_millis).collect(),
+            del_samples: Vec::new(),
         };
         let s = scaling(std::slice::from_ref(&f), 10);
         assert!(s.contains("pods 1-10"), "{s}");
@@ -276,5 +300,27 @@ mod tests {
             scaling(&[f], 10).is_empty(),
             "too few samples for two windows"
         );
+    }
+
+    #[test]
+    fn combined_runs_are_the_samples_of_both() {
+        let ms = |v: &[u64]| {
+            v.iter()
+                .map(|m| Duration::from_millis(*m))
+                .collect::<Vec<_>>()
+        };
+        let run = |add: &[u64], del: &[u64]| Figures {
+            label: "a".into(),
+            pods: add.len(),
+            add: Latency::of(&ms(add)).unwrap(),
+            del: Latency::of(&ms(del)).unwrap(),
+            add_samples: ms(add),
+            del_samples: ms(del),
+        };
+        let both = Figures::combine(&[run(&[1, 2], &[10, 20]), run(&[3, 4], &[30, 40])]).unwrap();
+        assert_eq!(both.pods, 4);
+        assert_eq!(both.add_samples, ms(&[1, 2, 3, 4]));
+        assert_eq!((both.add.p50, both.del.max), (ms(&[2])[0], ms(&[40])[0]));
+        assert!(Figures::combine(&[]).is_none());
     }
 }
