@@ -68,7 +68,7 @@ impl Clock {
     }
 
     /// How long to really wait for `d` to pass on this clock.
-    pub fn real(&self, d: jiff::SignedDuration) -> Duration {
+    pub fn real_wait(&self, d: jiff::SignedDuration) -> Duration {
         Duration::from_secs_f64((d.as_secs_f64() / self.speedup).max(0.0))
     }
 }
@@ -314,8 +314,9 @@ impl Controller {
                 }
                 if let Some(n) = next {
                     // Wake just after the next run is due.
-                    again =
-                        Some(self.clock.real(n.duration_since(now)) + Duration::from_millis(20));
+                    again = Some(
+                        self.clock.real_wait(n.duration_since(now)) + Duration::from_millis(20),
+                    );
                 }
                 let too_late = |t: Timestamp| {
                     spec.starting_deadline_seconds.is_some_and(|d| {
@@ -535,7 +536,7 @@ mod tests {
         let passed = c.now().duration_since(a).as_secs_f64();
         assert!(passed >= 6.0, "100 ms at 60x is at least 6 s, got {passed}");
         assert_eq!(
-            c.real(jiff::SignedDuration::from_secs(60)),
+            c.real_wait(jiff::SignedDuration::from_secs(60)),
             Duration::from_secs(1)
         );
     }

@@ -98,7 +98,7 @@ pub fn identity_pod(
     if let Some(svc) = set
         .spec
         .as_ref()
-        .map(|s| s.service_name.clone())
+        .and_then(|s| s.service_name.clone())
         .filter(|s| !s.is_empty())
     {
         spec.subdomain = Some(svc);
@@ -508,7 +508,7 @@ impl Controller {
                     match pod_api.create(&PostParams::default(), &pod).await {
                         Ok(_) => self.ctx.metrics.inc(
                             "trellis_controller_pods_created_total",
-                            "Pods created by the controllers, by owner kind.",
+                            "Pods created by a controller, by kind.",
                             &[("kind", "StatefulSet")],
                             1.0,
                         ),
@@ -614,8 +614,13 @@ impl Controller {
                 Err(e) => return Err(e.into()),
             }
         }
-        self.truncate_history(&set, &revisions, &mine, &[&current_revision, &update_name])
-            .await?;
+        self.truncate_history(
+            &set,
+            &revisions,
+            &mine,
+            &[current_revision.as_str(), update_name.as_str()],
+        )
+        .await?;
         // Pods becoming available after minReadySeconds change nothing in the watch.
         if !min_ready.is_zero()
             && let Some(d) = mine
