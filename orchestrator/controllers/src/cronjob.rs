@@ -324,7 +324,16 @@ impl Controller {
                             .is_ok_and(|end| end < now)
                     })
                 };
-                if let Some(t) = recent.filter(|t| !too_late(*t)) {
+                // A run whose Job exists was started by an earlier sync whose status write
+                // the cache has not shown yet (upstream: "already processed").
+                let started = |t: Timestamp| {
+                    let jn = job_name(&name, t);
+                    mine.iter().any(|j| j.metadata.name.as_deref() == Some(&jn))
+                        || active.iter().any(|a| a.name.as_deref() == Some(&jn))
+                };
+                if let Some(t) = recent.filter(|t| started(*t)) {
+                    last_schedule = Some(t);
+                } else if let Some(t) = recent.filter(|t| !too_late(*t)) {
                     let policy = spec.concurrency_policy.as_deref().unwrap_or("Allow");
                     let run = match policy {
                         "Forbid" if !active.is_empty() => {
