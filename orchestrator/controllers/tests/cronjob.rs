@@ -60,7 +60,11 @@ impl JobLedger {
                 }
             }
         });
-        let _ = rx.await;
+        // Bounded: a watch that never lists fails the test instead of hanging it.
+        tokio::time::timeout(std::time::Duration::from_secs(30), rx)
+            .await
+            .expect("the watch lists within 30 s")
+            .expect("the watch task runs");
         JobLedger { names, task }
     }
 
