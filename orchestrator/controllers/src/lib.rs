@@ -1,8 +1,9 @@
 //! The controller-manager (`trellis controller-manager`): the controllers that turn what users
 //! ask for into pods and endpoints, the way kube-controller-manager does — ReplicaSets and
-//! ReplicationControllers ([`replicaset`]), Deployments ([`deployment`]), EndpointSlices and
-//! Endpoints ([`endpointslice`]), the garbage collector ([`gc`]) and node lifecycle
-//! ([`nodelifecycle`]).
+//! ReplicationControllers ([`replicaset`]), Deployments ([`deployment`]), DaemonSets
+//! ([`daemonset`]), StatefulSets ([`statefulset`]), Jobs ([`job`]) and CronJobs
+//! ([`cronjob`]), EndpointSlices and Endpoints ([`endpointslice`]), the garbage collector
+//! ([`gc`]) and node lifecycle ([`nodelifecycle`]).
 //!
 //! Every controller is level-triggered: watch events only put keys on its queue
 //! ([`workqueue`]), and a sync reads the whole current state from the caches, so a restart or
@@ -10,6 +11,8 @@
 //! expect to see ([`expectations`]) and do not act again until they have seen it, so a slow
 //! watch never makes them create or delete twice.
 
+pub mod cron;
+pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpointslice;
@@ -22,6 +25,7 @@ pub mod owner;
 pub mod pods;
 pub mod replicaset;
 pub mod serviceaccount;
+pub mod statefulset;
 pub mod workqueue;
 
 use std::collections::BTreeSet;
@@ -41,7 +45,9 @@ pub const ALL: &[&str] = &[
     "replicationcontroller",
     "deployment",
     "daemonset",
+    "statefulset",
     "job",
+    "cronjob",
     "serviceaccount",
     "endpointslice",
     "endpoints",
@@ -57,7 +63,9 @@ pub const DEFAULT: &[&str] = &[
     "replicaset",
     "deployment",
     "daemonset",
+    "statefulset",
     "job",
+    "cronjob",
     "serviceaccount",
     "endpointslice",
     "endpoints",
@@ -93,6 +101,8 @@ pub struct Config {
     pub identity: Option<String>,
     /// Leader election timers: lease duration, renew deadline, retry period.
     pub leader_timers: (Duration, Duration, Duration),
+    /// The CronJob controller's clock (tests run it faster).
+    pub cronjob_clock: cronjob::Clock,
 }
 
 impl Default for Config {
@@ -114,6 +124,7 @@ impl Default for Config {
                 Duration::from_secs(10),
                 Duration::from_secs(2),
             ),
+            cronjob_clock: cronjob::Clock::real(),
         }
     }
 }

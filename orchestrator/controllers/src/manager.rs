@@ -228,6 +228,67 @@ pub async fn run_controllers(
             },
         ));
     }
+    if config.runs("statefulset") {
+        let sets: Informer<k8s_openapi::api::apps::v1::StatefulSet> = Informer::new();
+        let revisions: Informer<k8s_openapi::api::apps::v1::ControllerRevision> = Informer::new();
+        let c = crate::statefulset::Controller::new(
+            ctx.clone(),
+            sets.clone(),
+            pods.clone(),
+            revisions.clone(),
+        );
+        pod_handlers.push(c.pod_handler());
+        queues.push(c.queue.clone());
+        tasks.extend(sets.start(
+            Api::all(client.clone()),
+            vec![c.set_handler()],
+            stop_rx.clone(),
+        ));
+        tasks.extend(revisions.start(Api::all(client.clone()), Vec::new(), stop_rx.clone()));
+        let cc = c.clone();
+        tasks.extend(spawn_workers(
+            "statefulset",
+            c.queue.clone(),
+            w,
+            metrics.clone(),
+            move |k| {
+                let cc = cc.clone();
+                async move { cc.sync(&k).await }
+            },
+        ));
+    }
+    if config.runs("cronjob") {
+        let cronjobs: Informer<k8s_openapi::api::batch::v1::CronJob> = Informer::new();
+        let jobs: Informer<k8s_openapi::api::batch::v1::Job> = Informer::new();
+        let c = crate::cronjob::Controller::new(
+            ctx.clone(),
+            cronjobs.clone(),
+            jobs.clone(),
+            config.cronjob_clock,
+        );
+        queues.push(c.queue.clone());
+        tasks.extend(cronjobs.start(
+            Api::all(client.clone()),
+            vec![c.cronjob_handler()],
+            stop_rx.clone(),
+        ));
+        tasks.extend(jobs.start(
+            Api::all(client.clone()),
+            vec![c.job_handler()],
+            stop_rx.clone(),
+        ));
+        let cc = c.clone();
+        tasks.extend(spawn_workers(
+            "cronjob",
+            c.queue.clone(),
+            w,
+            metrics.clone(),
+            move |k| {
+                let cc = cc.clone();
+                async move { cc.sync(&k).await }
+            },
+        ));
+    }
     if config.runs("nodelifecycle") {
         let leases: Informer<Lease> = Informer::new();
         tasks.extend(leases.start(
