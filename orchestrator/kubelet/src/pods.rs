@@ -834,6 +834,16 @@ impl Pods {
             workdir: c.working_dir.clone().map(PathBuf::from),
         };
         self.rt.start(sb, &run)?;
+        // Give the shim a moment to start the process (or fail to), so this pass already
+        // reports what happened; until then the container is ContainerCreating, never Ready.
+        for _ in 0..50 {
+            match self.rt.state(sb, &c.name, attempt) {
+                Some(RunState::Running { pid: None, .. }) | None => {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                Some(_) => break,
+            }
+        }
         self.metrics.inc(
             "kubelet_container_starts_total",
             "Container processes started",
@@ -978,6 +988,12 @@ impl Pods {
                     0,
                     json!({"waiting": {"reason": if init { "PodInitializing" } else { "ContainerCreating" }}}),
                 ),
+                // The shim runs but has not started the process yet (it may still fail to):
+                // the container is still being created, never running, started or ready.
+                Some((n, RunState::Running { pid: None, .. })) => (
+                    *n,
+                    json!({"waiting": {"reason": if init { "PodInitializing" } else { "ContainerCreating" }}}),
+                ),
                 Some((n, RunState::Running { started, .. })) => {
                     (*n, json!({"running": {"startedAt": rfc3339(*started)}}))
                 }
@@ -1005,7 +1021,7 @@ impl Pods {
             } else {
                 json!({})
             };
-            let running = matches!(latest, Some((_, RunState::Running { .. })));
+            let running = matches!(latest, Some((_, RunState::Running { pid: Some(_), .. })));
             let verdict = |kind: Kind| {
                 probe::probe_of(c, kind).is_none()
                     || local
@@ -1041,7 +1057,7 @@ impl Pods {
         let all_ready = !apps.is_empty() && apps.iter().all(|(v, _)| v["ready"] == json!(true));
         let any_running = apps
             .iter()
-            .any(|(_, s)| matches!(s, Some(RunState::Running { .. })));
+            .any(|(_, s)| matches!(s, Some(RunState::Running { pid: Some(_), .. })));
         let all_exited = apps
             .iter()
             .all(|(_, s)| matches!(s, Some(RunState::Exited { .. })));
@@ -1214,6 +1230,110 @@ fn name_of(pod: &Pod) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn config(root: &std::path::Path) -> Config {
+        Config {
+            node_name: "n1".into(),
+            node_ip: None,
+            root_dir: root.to_path_buf(),
+            netns_dir: root.join("netns"),
+            netns_prefix: "t-".into(),
+            cni_conf_dir: root.join("net.d"),
+            cni_bin_dirs: Vec::new(),
+            cni_cache_dir: root.join("cache"),
+            cni_timeout: Duration::from_secs(1),
+            cluster_dns: "10.96.0.10".parse().unwrap(),
+            cluster_domain: "cluster.local".into(),
+            max_pods: 110,
+            port: 10250,
+            sync_period: Duration::from_secs(1),
+            backoff_base: Duration::from_secs(10),
+            backoff_max: Duration::from_secs(300),
+            shim: "/nonexistent".into(),
+            api_endpoint: None,
+            cluster_ca: None,
+        }
+    }
+
+    /// Issue 14's flap: right after the kubelet started a container's shim, the run had no
+    /// process yet, was read as running, and a container without a readiness probe was
+    /// reported Ready — then the start failed. A run is running only once its process exists.
+    #[tokio::test]
+    async fn a_container_is_ready_only_once_its_process_started() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = config(d.path());
+        // status() never calls the API; the client only has to exist.
+        let client =
+            kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap()))
+                .unwrap();
+        let net = Network::new(&cfg);
+        let mut pods = Pods::new(cfg, client, net, Arc::new(Metrics::default()));
+        let dir = d.path().join("pods").join("u1");
+        let rec = SandboxRecord {
+            namespace: "ns".into(),
+            name: "p".into(),
+            uid: "u1".into(),
+            sandbox_id: "s1".into(),
+            netns: None,
+            hostname: "p".into(),
+            ips: Vec::new(),
+            ready: true,
+            created: now_rfc3339(),
+        };
+        pods.local.insert("u1".into(), Local::new(rec, dir.clone()));
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u1"},
+            "spec": {"containers": [{"name": "c", "image": "x", "command": ["/nonexistent"]}]}}))
+        .unwrap();
+        let ready = |st: &Value| {
+            let cond = st["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["type"] == "Ready")
+                .unwrap()["status"]
+                .clone();
+            (
+                st["phase"].as_str().unwrap().to_string(),
+                cond.as_str().unwrap().to_string(),
+                st["containerStatuses"][0]["ready"].as_bool().unwrap(),
+                st["containerStatuses"][0]["started"].as_bool().unwrap(),
+            )
+        };
+        // The shim runs (this test's own pid stands for a live shim) but has not started the
+        // container's process yet.
+        let run = dir.join("containers").join("c").join("0");
+        std::fs::create_dir_all(&run).unwrap();
+        let me = std::process::id().to_string();
+        crate::shim::write_atomic(&run, crate::shim::SHIM_PID_FILE, &me).unwrap();
+        let st = pods.status(&pod, "u1");
+        assert_eq!(
+            ready(&st),
+            ("Pending".into(), "False".into(), false, false),
+            "{st:#}"
+        );
+        assert_eq!(
+            st["containerStatuses"][0]["state"]["waiting"]["reason"],
+            "ContainerCreating"
+        );
+        // The start fails: never ready on the way.
+        crate::shim::write_atomic(&run, crate::shim::START_ERROR_FILE, "no such file").unwrap();
+        crate::shim::write_atomic(&run, crate::shim::EXIT_FILE, "128").unwrap();
+        let st = pods.status(&pod, "u1");
+        assert_eq!(ready(&st).1, "False");
+        assert_eq!(st["containerStatuses"][0]["ready"], false);
+        // Another run whose process did start is running, started and ready.
+        let run = dir.join("containers").join("c").join("1");
+        std::fs::create_dir_all(&run).unwrap();
+        crate::shim::write_atomic(&run, crate::shim::SHIM_PID_FILE, &me).unwrap();
+        crate::shim::write_atomic(&run, crate::shim::PID_FILE, &me).unwrap();
+        let st = pods.status(&pod, "u1");
+        assert_eq!(
+            ready(&st),
+            ("Running".into(), "True".into(), true, true),
+            "{st:#}"
+        );
+    }
 
     #[test]
     fn backoff_doubles_from_ten_seconds_to_five_minutes() {
