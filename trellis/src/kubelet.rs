@@ -70,6 +70,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
         .await
         .context("loading the kubeconfig")?;
+    // What pods are told about the API server: where the kubelet reaches it, and its CA.
+    let api_endpoint = config.cluster_url.host().map(|h| {
+        let port = config.cluster_url.port_u16().unwrap_or(443);
+        (
+            h.trim_start_matches('[').trim_end_matches(']').to_string(),
+            port,
+        )
+    });
+    let cluster_ca = config.root_cert.as_ref().map(|certs| {
+        certs
+            .iter()
+            .map(|der| pem_certificate(der))
+            .collect::<String>()
+    });
     let client = kube::Client::try_from(config).context("building the API client")?;
     let cfg = trellis_kubelet::Config {
         node_name,
@@ -89,6 +103,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         backoff_base: Duration::from_secs(args.backoff_secs.max(1)),
         backoff_max: Duration::from_secs(300),
         shim: std::env::current_exe().context("finding the trellis binary")?,
+        api_endpoint,
+        cluster_ca,
     };
     let health = Arc::new(trellis_daemon::Health::default());
     health.set_not_ready("starting");
@@ -110,4 +126,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .context("kubelet")?;
     Ok(())
+}
+
+/// A DER certificate as PEM.
+fn pem_certificate(der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
 }

@@ -4,7 +4,8 @@
 //! Authorizers, in order, the first that allows wins:
 //! 1. `system:masters` may do anything;
 //! 2. the node authorizer: a node (`system:node:<name>` in `system:nodes`) may read, and write
-//!    only its own Node, its own Lease, the pods bound to it, and events;
+//!    only its own Node, its own Lease, the pods bound to it, and events; and it may request
+//!    a token for a pod's ServiceAccount only bound to that pod, when the pod is bound to it;
 //! 3. RBAC ([`crate::rbac`]);
 //! 4. otherwise 403, worded as upstream's.
 
@@ -153,6 +154,36 @@ pub async fn authorize(
     }
 }
 
+/// Whether a node's TokenRequest is bound to a pod on that node that runs as the account.
+async fn token_for_own_pod(
+    node: &str,
+    req: &ResourceRequest,
+    api: &Api,
+    content_type: &str,
+    body: &[u8],
+) -> Result<bool, ApiError> {
+    let Ok(tr) = crate::handlers::parse_body(content_type, body) else {
+        return Ok(false);
+    };
+    let bound = &tr["spec"]["boundObjectRef"];
+    let (Some("Pod"), Some(pod_name)) = (bound["kind"].as_str(), bound["name"].as_str()) else {
+        return Ok(false);
+    };
+    let Some(pods) = api.registry.find("", "v1", "pods") else {
+        return Ok(false);
+    };
+    let Some(stored) = api
+        .storage
+        .get(&pods, req.namespace.as_deref(), pod_name)
+        .await?
+    else {
+        return Ok(false);
+    };
+    let spec = |f: &str| meta::at(&stored.obj, &["spec", f]).and_then(Value::as_str);
+    let account = spec("serviceAccountName").unwrap_or("default");
+    Ok(spec("nodeName") == Some(node) && req.name.as_deref() == Some(account))
+}
+
 /// The node authorizer: what a kubelet may do without any RBAC binding.
 async fn node_allows(
     user: &User,
@@ -201,6 +232,14 @@ async fn node_allows(
                 }),
             _ => false,
         },
+        // TokenRequest for the projected service-account token: only for a pod bound to this
+        // node, naming that pod in boundObjectRef and running as this ServiceAccount (upstream's
+        // node authorizer and NodeRestriction together).
+        (false, "", "serviceaccounts") => {
+            req.verb == Verb::Create
+                && req.subresource.as_deref() == Some("token")
+                && token_for_own_pod(node, req, api, content_type, body).await?
+        }
         _ => false,
     };
     Ok(allowed)

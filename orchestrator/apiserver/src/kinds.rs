@@ -16,7 +16,15 @@ pub fn defaults(info: &ResourceInfo, obj: &mut Value) {
         crate::netpol::defaults(obj);
     }
     match (info.group.as_str(), info.kind.as_str()) {
-        ("", "Pod") => pod_spec_defaults(obj, &["spec"]),
+        ("", "Pod") => {
+            pod_spec_defaults(obj, &["spec"]);
+            // The ServiceAccount admission plugin's default (pods only, not templates), and
+            // the deprecated alias the v1 API mirrors it into.
+            default_at(obj, &["spec", "serviceAccountName"], json!("default"));
+            if let Some(sa) = at(obj, &["spec", "serviceAccountName"]).cloned() {
+                default_at(obj, &["spec", "serviceAccount"], sa);
+            }
+        }
         ("", "Service") => service_defaults(obj),
         ("", "Namespace") => {
             default_at(obj, &["spec", "finalizers"], json!(["kubernetes"]));

@@ -10,6 +10,7 @@ pub mod node;
 pub mod pods;
 pub mod probe;
 pub mod runtime;
+pub mod serviceaccount;
 pub mod shim;
 
 use std::net::IpAddr;
@@ -46,6 +47,11 @@ pub struct Config {
     pub backoff_max: Duration,
     /// The binary with the `container-shim` subcommand.
     pub shim: PathBuf,
+    /// The API server as the kubelet reaches it (its kubeconfig's server): pods get it in
+    /// `KUBERNETES_SERVICE_HOST`/`PORT` when there is no `kubernetes` Service in `default`.
+    pub api_endpoint: Option<(String, u16)>,
+    /// The cluster CA (PEM), projected into pods as `ca.crt`.
+    pub cluster_ca: Option<String>,
 }
 
 /// An error of the kubelet, naming what it was doing.

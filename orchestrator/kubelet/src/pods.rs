@@ -8,7 +8,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Event, Pod, Secret};
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, Event, Pod, Secret, Service, ServiceAccount,
+};
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use nix::sys::signal::Signal;
@@ -19,6 +22,7 @@ use trellis_daemon::Metrics;
 use crate::network::{Network, PodRef};
 use crate::probe::{self, Kind, Tracker};
 use crate::runtime::{self, ContainerRun, ProcessRuntime, RunState, Runtime, Sandbox};
+use crate::serviceaccount;
 use crate::{Config, Error};
 
 pub(crate) const DEFAULT_PATH: &str =
@@ -49,6 +53,21 @@ struct Local {
     reported: HashMap<String, u32>,
     /// Probe results per (container, attempt, probe).
     probes: HashMap<(String, u32, Kind), Tracker>,
+    /// The projected service-account token.
+    token: Token,
+    /// A token failure already reported with an Event.
+    token_reported: bool,
+}
+
+/// Where a pod's projected token stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Token {
+    /// Not decided yet (a new pod, or one adopted after a restart: its token is renewed).
+    Unknown,
+    /// The pod gets none (automountServiceAccountToken false, or no such account).
+    Off,
+    /// Written; replaced at this instant.
+    RefreshAt(Instant),
 }
 
 /// Sandbox failures waiting for their back-off.
@@ -302,6 +321,9 @@ impl Pods {
                 }
             }
         }
+        if !self.project_service_account(pod, uid).await {
+            return Ok(());
+        }
         self.run_containers(pod, uid).await?;
         self.run_probes(pod, uid).await;
         let status = self.status(pod, uid);
@@ -468,11 +490,150 @@ impl Pods {
     }
 
     fn sandbox(local: &Local) -> Sandbox {
+        let sa = local.dir.join(serviceaccount::DIR);
         Sandbox {
             dir: local.dir.clone(),
             netns: local.rec.netns.clone(),
             hostname: local.rec.hostname.clone(),
+            service_account: (local.token != Token::Off && sa.join("token").is_file())
+                .then_some(sa),
         }
+    }
+
+    /// Projects (or renews) the pod's service-account token before its containers start.
+    /// False while a pod that should have a token has none yet (its containers wait).
+    async fn project_service_account(&mut self, pod: &Pod, uid: &str) -> bool {
+        let Some(local) = self.local.get(uid) else {
+            return false;
+        };
+        let dir = local.dir.join(serviceaccount::DIR);
+        let has_token = dir.join("token").is_file();
+        match local.token {
+            Token::Off => return true,
+            // A valid token until then, or a failed first request waiting for its retry.
+            Token::RefreshAt(t) if Instant::now() < t => return has_token,
+            _ => {}
+        }
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let name = serviceaccount::account_name(pod);
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &ns);
+        let pod_says = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.automount_service_account_token);
+        let account = if pod_says == Some(false) {
+            None
+        } else {
+            match accounts.get_opt(&name).await {
+                Ok(Some(a)) => Some(a),
+                Ok(None) => {
+                    // Upstream's admission refuses such a pod; ours admits it (the account
+                    // controller may not run), so it runs without a token.
+                    let msg = format!(
+                        "serviceaccount {ns}/{name} not found: the pod runs without a service-account token"
+                    );
+                    self.event(pod, "Warning", "FailedMount", &msg).await;
+                    self.set_token(uid, Token::Off);
+                    return true;
+                }
+                Err(e) => return self.token_failed(pod, uid, has_token, &e.to_string()).await,
+            }
+        };
+        if !serviceaccount::automount(pod, account.as_ref()) {
+            let _ = std::fs::remove_dir_all(&dir);
+            self.set_token(uid, Token::Off);
+            return true;
+        }
+        let req = TokenRequest {
+            spec: TokenRequestSpec {
+                audiences: Vec::new(),
+                expiration_seconds: Some(serviceaccount::EXPIRATION_SECONDS),
+                bound_object_ref: Some(BoundObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("Pod".into()),
+                    name: pod.metadata.name.clone(),
+                    uid: Some(uid.to_string()),
+                }),
+            },
+            ..Default::default()
+        };
+        let asked = Instant::now();
+        let got = match accounts
+            .create_token_request(&name, &PostParams::default(), &req)
+            .await
+        {
+            Ok(t) => t,
+            Err(e) => return self.token_failed(pod, uid, has_token, &e.to_string()).await,
+        };
+        let Some(status) = got.status else {
+            return self
+                .token_failed(pod, uid, has_token, "the TokenRequest has no status")
+                .await;
+        };
+        let ttl = status
+            .expiration_timestamp
+            .0
+            .duration_since(jiff::Timestamp::now())
+            .try_into()
+            .unwrap_or(Duration::from_secs(600));
+        if let Err(e) =
+            serviceaccount::write(&dir, &status.token, self.cfg.cluster_ca.as_deref(), &ns)
+        {
+            return self
+                .token_failed(pod, uid, has_token, &format!("writing the token: {e}"))
+                .await;
+        }
+        tracing::debug!(pod = %name_of(pod), account = %name, "service-account token projected");
+        self.set_token(
+            uid,
+            Token::RefreshAt(asked + serviceaccount::refresh_after(ttl)),
+        );
+        true
+    }
+
+    fn set_token(&mut self, uid: &str, t: Token) {
+        if let Some(l) = self.local.get_mut(uid) {
+            l.token = t;
+            l.token_reported = false;
+        }
+    }
+
+    /// A TokenRequest that failed: a running pod keeps its current token and tries again in
+    /// 10 s; a new one waits for its first token (asked again every 2 s), with one Event.
+    async fn token_failed(&mut self, pod: &Pod, uid: &str, has_token: bool, why: &str) -> bool {
+        tracing::warn!(pod = %name_of(pod), error = %why, "service-account token");
+        let Some(l) = self.local.get_mut(uid) else {
+            return false;
+        };
+        let report = !l.token_reported;
+        l.token_reported = true;
+        let retry = Duration::from_secs(if has_token { 10 } else { 2 });
+        l.token = Token::RefreshAt(Instant::now() + retry);
+        if report {
+            let msg = format!(
+                "MountVolume.SetUp failed for volume \"kube-api-access\": failed to fetch token: {why}"
+            );
+            self.event(pod, "Warning", "FailedMount", &msg).await;
+        }
+        has_token
+    }
+
+    /// Where pods reach the API server: the `kubernetes` Service in `default` (its ClusterIP
+    /// and https port, as upstream), else the address the kubelet itself uses.
+    async fn api_endpoint(&self) -> Option<(String, u16)> {
+        let svcs: Api<Service> = Api::namespaced(self.client.clone(), "default");
+        if let Ok(Some(s)) = svcs.get_opt("kubernetes").await
+            && let Some(spec) = s.spec
+            && let Some(ip) = spec.cluster_ip.filter(|ip| !ip.is_empty() && ip != "None")
+            && let Some(port) = spec.ports.iter().flatten().find_map(|p| {
+                (p.name.as_deref() == Some("https") || p.port == 443)
+                    .then_some(p.port)
+                    .and_then(|p| u16::try_from(p).ok())
+            })
+        {
+            return Some((ip, port));
+        }
+        self.cfg.api_endpoint.clone()
     }
 
     /// Init containers in order, then the app containers; restarts after their back-off.
@@ -673,6 +834,16 @@ impl Pods {
             workdir: c.working_dir.clone().map(PathBuf::from),
         };
         self.rt.start(sb, &run)?;
+        // Give the shim a moment to start the process (or fail to), so this pass already
+        // reports what happened; until then the container is ContainerCreating, never Ready.
+        for _ in 0..50 {
+            match self.rt.state(sb, &c.name, attempt) {
+                Some(RunState::Running { pid: None, .. }) | None => {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                Some(_) => break,
+            }
+        }
         self.metrics.inc(
             "kubelet_container_starts_total",
             "Container processes started",
@@ -702,6 +873,9 @@ impl Pods {
                     .unwrap_or_default(),
             ),
         ];
+        if let Some((host, port)) = self.api_endpoint().await {
+            out.extend(serviceaccount::env(&host, port));
+        }
         let mut set = |k: String, v: String| {
             out.retain(|(o, _)| *o != k);
             out.push((k, v));
@@ -814,6 +988,12 @@ impl Pods {
                     0,
                     json!({"waiting": {"reason": if init { "PodInitializing" } else { "ContainerCreating" }}}),
                 ),
+                // The shim runs but has not started the process yet (it may still fail to):
+                // the container is still being created, never running, started or ready.
+                Some((n, RunState::Running { pid: None, .. })) => (
+                    *n,
+                    json!({"waiting": {"reason": if init { "PodInitializing" } else { "ContainerCreating" }}}),
+                ),
                 Some((n, RunState::Running { started, .. })) => {
                     (*n, json!({"running": {"startedAt": rfc3339(*started)}}))
                 }
@@ -841,7 +1021,7 @@ impl Pods {
             } else {
                 json!({})
             };
-            let running = matches!(latest, Some((_, RunState::Running { .. })));
+            let running = matches!(latest, Some((_, RunState::Running { pid: Some(_), .. })));
             let verdict = |kind: Kind| {
                 probe::probe_of(c, kind).is_none()
                     || local
@@ -877,7 +1057,7 @@ impl Pods {
         let all_ready = !apps.is_empty() && apps.iter().all(|(v, _)| v["ready"] == json!(true));
         let any_running = apps
             .iter()
-            .any(|(_, s)| matches!(s, Some(RunState::Running { .. })));
+            .any(|(_, s)| matches!(s, Some(RunState::Running { pid: Some(_), .. })));
         let all_exited = apps
             .iter()
             .all(|(_, s)| matches!(s, Some(RunState::Exited { .. })));
@@ -1033,6 +1213,8 @@ impl Local {
             last_status: None,
             reported: HashMap::new(),
             probes: HashMap::new(),
+            token: Token::Unknown,
+            token_reported: false,
         }
     }
 }
@@ -1048,6 +1230,110 @@ fn name_of(pod: &Pod) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn config(root: &std::path::Path) -> Config {
+        Config {
+            node_name: "n1".into(),
+            node_ip: None,
+            root_dir: root.to_path_buf(),
+            netns_dir: root.join("netns"),
+            netns_prefix: "t-".into(),
+            cni_conf_dir: root.join("net.d"),
+            cni_bin_dirs: Vec::new(),
+            cni_cache_dir: root.join("cache"),
+            cni_timeout: Duration::from_secs(1),
+            cluster_dns: "10.96.0.10".parse().unwrap(),
+            cluster_domain: "cluster.local".into(),
+            max_pods: 110,
+            port: 10250,
+            sync_period: Duration::from_secs(1),
+            backoff_base: Duration::from_secs(10),
+            backoff_max: Duration::from_secs(300),
+            shim: "/nonexistent".into(),
+            api_endpoint: None,
+            cluster_ca: None,
+        }
+    }
+
+    /// Issue 14's flap: right after the kubelet started a container's shim, the run had no
+    /// process yet, was read as running, and a container without a readiness probe was
+    /// reported Ready — then the start failed. A run is running only once its process exists.
+    #[tokio::test]
+    async fn a_container_is_ready_only_once_its_process_started() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = config(d.path());
+        // status() never calls the API; the client only has to exist.
+        let client =
+            kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap()))
+                .unwrap();
+        let net = Network::new(&cfg);
+        let mut pods = Pods::new(cfg, client, net, Arc::new(Metrics::default()));
+        let dir = d.path().join("pods").join("u1");
+        let rec = SandboxRecord {
+            namespace: "ns".into(),
+            name: "p".into(),
+            uid: "u1".into(),
+            sandbox_id: "s1".into(),
+            netns: None,
+            hostname: "p".into(),
+            ips: Vec::new(),
+            ready: true,
+            created: now_rfc3339(),
+        };
+        pods.local.insert("u1".into(), Local::new(rec, dir.clone()));
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u1"},
+            "spec": {"containers": [{"name": "c", "image": "x", "command": ["/nonexistent"]}]}}))
+        .unwrap();
+        let ready = |st: &Value| {
+            let cond = st["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["type"] == "Ready")
+                .unwrap()["status"]
+                .clone();
+            (
+                st["phase"].as_str().unwrap().to_string(),
+                cond.as_str().unwrap().to_string(),
+                st["containerStatuses"][0]["ready"].as_bool().unwrap(),
+                st["containerStatuses"][0]["started"].as_bool().unwrap(),
+            )
+        };
+        // The shim runs (this test's own pid stands for a live shim) but has not started the
+        // container's process yet.
+        let run = dir.join("containers").join("c").join("0");
+        std::fs::create_dir_all(&run).unwrap();
+        let me = std::process::id().to_string();
+        crate::shim::write_atomic(&run, crate::shim::SHIM_PID_FILE, &me).unwrap();
+        let st = pods.status(&pod, "u1");
+        assert_eq!(
+            ready(&st),
+            ("Pending".into(), "False".into(), false, false),
+            "{st:#}"
+        );
+        assert_eq!(
+            st["containerStatuses"][0]["state"]["waiting"]["reason"],
+            "ContainerCreating"
+        );
+        // The start fails: never ready on the way.
+        crate::shim::write_atomic(&run, crate::shim::START_ERROR_FILE, "no such file").unwrap();
+        crate::shim::write_atomic(&run, crate::shim::EXIT_FILE, "128").unwrap();
+        let st = pods.status(&pod, "u1");
+        assert_eq!(ready(&st).1, "False");
+        assert_eq!(st["containerStatuses"][0]["ready"], false);
+        // Another run whose process did start is running, started and ready.
+        let run = dir.join("containers").join("c").join("1");
+        std::fs::create_dir_all(&run).unwrap();
+        crate::shim::write_atomic(&run, crate::shim::SHIM_PID_FILE, &me).unwrap();
+        crate::shim::write_atomic(&run, crate::shim::PID_FILE, &me).unwrap();
+        let st = pods.status(&pod, "u1");
+        assert_eq!(
+            ready(&st),
+            ("Running".into(), "True".into(), true, true),
+            "{st:#}"
+        );
+    }
 
     #[test]
     fn backoff_doubles_from_ten_seconds_to_five_minutes() {

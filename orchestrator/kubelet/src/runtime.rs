@@ -20,6 +20,9 @@ pub struct Sandbox {
     /// None for hostNetwork pods (the node's namespace).
     pub netns: Option<PathBuf>,
     pub hostname: String,
+    /// The pod's projected service-account directory, bind-mounted at
+    /// [`crate::serviceaccount::MOUNT_PATH`]; None when the pod has no token.
+    pub service_account: Option<PathBuf>,
 }
 
 /// One run of one container.
@@ -147,6 +150,7 @@ impl Runtime for ProcessRuntime {
             resolv: Some(sandbox.dir.join("resolv.conf")),
             workdir: run.workdir.clone(),
             log: Some(log),
+            service_account: sandbox.service_account.clone(),
             argv: run.argv.clone(),
         };
         let mut cmd = std::process::Command::new(&self.shim);

@@ -32,6 +32,10 @@ pub struct ShimArgs {
     pub resolv: Option<PathBuf>,
     pub workdir: Option<PathBuf>,
     pub log: Option<PathBuf>,
+    /// The pod's service-account directory (token, ca.crt, namespace), bind-mounted read-only
+    /// at upstream's path; without it that path is covered with an empty read-only tmpfs, so no
+    /// container sees a token that is not its own.
+    pub service_account: Option<PathBuf>,
     pub argv: Vec<OsString>,
 }
 
@@ -55,6 +59,10 @@ impl ShimArgs {
         opt("--resolv", self.resolv.clone().map(Into::into));
         opt("--workdir", self.workdir.clone().map(Into::into));
         opt("--log", self.log.clone().map(Into::into));
+        opt(
+            "--service-account",
+            self.service_account.clone().map(Into::into),
+        );
         out.push("--".into());
         out.extend(self.argv.iter().cloned());
         out
@@ -81,6 +89,7 @@ impl ShimArgs {
                 Some("--resolv") => a.resolv = Some(value.into()),
                 Some("--workdir") => a.workdir = Some(value.into()),
                 Some("--log") => a.log = Some(value.into()),
+                Some("--service-account") => a.service_account = Some(value.into()),
                 _ => return Err(format!("unknown flag {}", flag.to_string_lossy())),
             }
         }
@@ -186,10 +195,50 @@ fn enter(a: &ShimArgs) -> Result<(), String> {
             .map_err(|e| format!("bind {} on {dst}: {e}", src.display()))?;
         }
     }
+    service_account(a.service_account.as_deref())?;
     if let Some(h) = &a.hostname {
         nix::unistd::sethostname(h).map_err(|e| format!("sethostname {h}: {e}"))?;
     }
     Ok(())
+}
+
+/// The projected service-account directory at upstream's path, read-only; or, for a pod
+/// without a token, an empty read-only tmpfs over that path when the host has it. A host
+/// executable sees the host's file system, so the mount point is made on the host when it is
+/// missing (an empty directory under `/run`).
+fn service_account(dir: Option<&Path>) -> Result<(), String> {
+    let target = Path::new(crate::serviceaccount::MOUNT_PATH);
+    match dir {
+        Some(src) => {
+            std::fs::create_dir_all(target)
+                .map_err(|e| format!("create {}: {e}", target.display()))?;
+            nix::mount::mount(
+                Some(src),
+                target,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(|e| format!("bind {} on {}: {e}", src.display(), target.display()))?;
+            nix::mount::mount(
+                None::<&str>,
+                target,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                None::<&str>,
+            )
+            .map_err(|e| format!("make {} read-only: {e}", target.display()))
+        }
+        None if target.is_dir() => nix::mount::mount(
+            Some("tmpfs"),
+            target,
+            Some("tmpfs"),
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some("size=4k"),
+        )
+        .map_err(|e| format!("cover {}: {e}", target.display())),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -206,6 +255,7 @@ mod tests {
             resolv: Some("/r".into()),
             workdir: None,
             log: Some("/l".into()),
+            service_account: Some("/sa".into()),
             argv: vec!["/bin/sh".into(), "-c".into(), "--".into()],
         };
         let args = a.to_args();

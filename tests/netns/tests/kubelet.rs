@@ -557,3 +557,172 @@ exit 0
     }
     assert!(gone, "a pod that never got a sandbox is deleted at once");
 }
+
+/// Issue 15: a pod's ServiceAccount token, projected by the kubelet, works from inside the pod
+/// for exactly what its Role allows (get/list pods in its namespace): listing succeeds, deleting
+/// a pod and listing in another namespace are refused with 403 and upstream's message. A pod
+/// with `automountServiceAccountToken: false` has no token.
+#[tokio::test(flavor = "multi_thread")]
+async fn service_account_token_in_a_pod_does_what_its_role_allows() {
+    netns_testbed::require_tool("busybox", "busybox-static");
+    netns_testbed::require_tool("curl", "curl");
+    let c = overlay_cluster::Cluster::start(1).await;
+    let (tb, client) = (&c.tb, &c.client);
+    let w = &c.workers[0];
+    let mut k = Kubelets::new(tb);
+    let kubelet = k.start(tb, &c.cp, &w.node, &w.dirs, "net.d");
+    wait_node_ready(client, &w.node.name).await;
+    async fn create<K>(client: &kube::Client, body: serde_json::Value)
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + std::fmt::Debug
+            + serde::de::DeserializeOwned
+            + serde::Serialize,
+        K::DynamicType: Default,
+    {
+        let api: Api<K> = Api::namespaced(client.clone(), "default");
+        let obj: K = serde_json::from_value(body).unwrap();
+        api.create(&Default::default(), &obj).await.unwrap();
+    }
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    create::<ServiceAccount>(client, json!({"metadata": {"name": "reader"}})).await;
+    create::<Role>(
+        client,
+        json!({"metadata": {"name": "pod-reader"},
+            "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}]}),
+    )
+    .await;
+    create::<RoleBinding>(
+        client,
+        json!({"metadata": {"name": "reader-reads"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pod-reader"},
+            "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": "default"}]}),
+    )
+    .await;
+
+    // The pod without a token (the account allows it; the pod says no).
+    let quiet = create_pod(
+        client,
+        json!({"metadata": {"name": "no-token"}, "spec": {"nodeName": "n1",
+            "serviceAccountName": "reader", "automountServiceAccountToken": false,
+            "containers": [{"name": "c", "image": "busybox", "command": ["/bin/busybox", "sh", "-c",
+            "if [ -e /var/run/secrets/kubernetes.io/serviceaccount/token ]; then echo has-token; else echo no-token; fi; echo done; exec busybox sleep 3600"]}]}}),
+    )
+    .await;
+    let script = r#"SA=/var/run/secrets/kubernetes.io/serviceaccount
+T=$(cat $SA/token)
+API=https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT
+call() { curl -sS --max-time 10 --cacert $SA/ca.crt -H "Authorization: Bearer $T" "$@"; }
+echo "namespace=$(cat $SA/namespace)"
+echo "list=$(call -o /dev/null -w '%{http_code}' $API/api/v1/namespaces/default/pods)"
+echo "names=$(call $API/api/v1/namespaces/default/pods | grep -o '"name":"no-token"' | head -1)"
+echo "other=$(call -o /dev/null -w '%{http_code}' $API/api/v1/namespaces/kube-system/pods)"
+echo "delete=$(call -o /dev/null -w '%{http_code}' -X DELETE $API/api/v1/namespaces/default/pods/no-token)"
+echo "message=$(call -X DELETE $API/api/v1/namespaces/default/pods/no-token | tr -d '\n')"
+echo "anonymous=$(curl -sS --max-time 10 --cacert $SA/ca.crt -o /dev/null -w '%{http_code}' $API/api/v1/namespaces/default/pods)"
+if touch $SA/token 2>/dev/null; then echo writable; fi
+echo done
+exec busybox sleep 3600"#;
+    let reader = create_pod(
+        client,
+        json!({"metadata": {"name": "reader"}, "spec": {"nodeName": "n1",
+            "serviceAccountName": "reader",
+            "containers": [{"name": "c", "image": "busybox",
+                "command": ["/bin/busybox", "sh", "-c", script]}]}}),
+    )
+    .await;
+    let log = |p: &Pod| {
+        k.pod_dir(0, p.metadata.uid.as_deref().unwrap())
+            .join("logs/c/0.log")
+    };
+    let (reader_log, quiet_log) = (log(&reader), log(&quiet));
+    let finished = |l: &std::path::Path| {
+        std::fs::read_to_string(l).is_ok_and(|t| t.lines().any(|l| l == "done"))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while !(finished(&reader_log) && finished(&quiet_log)) {
+        if std::time::Instant::now() > deadline {
+            let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+            let statuses: Vec<String> = pods
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .iter()
+                .map(|p| serde_json::to_string(&p.status).unwrap())
+                .collect();
+            panic!(
+                "the pods' scripts did not finish within 90 s\nreader: {:?}\nno-token: {:?}\nstatuses: {statuses:#?}\nkubelet:\n{}",
+                std::fs::read_to_string(&reader_log),
+                std::fs::read_to_string(&quiet_log),
+                tb.log_of(kubelet)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = std::fs::read_to_string(&reader_log).unwrap();
+    let line = |key: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("no {key} in:\n{out}"))
+            .to_string()
+    };
+    assert_eq!(line("namespace"), "default", "{out}");
+    assert_eq!(line("list"), "200", "its Role lets it list pods:\n{out}");
+    assert_eq!(line("names"), r#""name":"no-token""#, "{out}");
+    assert_eq!(line("other"), "403", "not in another namespace:\n{out}");
+    assert_eq!(line("delete"), "403", "nor delete:\n{out}");
+    let message = line("message");
+    assert!(
+        message.contains(r#""reason":"Forbidden""#)
+            && message.contains(r#""code":403"#)
+            && message.contains(r#""message":"pods \"no-token\" is forbidden: User \"system:serviceaccount:default:reader\" cannot delete resource \"pods\" in API group \"\" in the namespace \"default\"""#),
+        "upstream's Status and message:\n{out}"
+    );
+    assert_eq!(line("anonymous"), "401", "{out}");
+    assert!(!out.contains("writable"), "the token is read-only:\n{out}");
+    let quiet_out = std::fs::read_to_string(&quiet_log).unwrap();
+    assert!(quiet_out.starts_with("no-token"), "{quiet_out}");
+    assert!(
+        !k.pod_dir(0, quiet.metadata.uid.as_deref().unwrap())
+            .join("serviceaccount")
+            .exists()
+    );
+    // The token is bound to its pod, and the account defaulted where none was named.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let token = std::fs::read_to_string(
+        k.pod_dir(0, reader.metadata.uid.as_deref().unwrap())
+            .join("serviceaccount/token"),
+    )
+    .unwrap();
+    let claims = token.split('.').nth(1).unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, claims).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["kubernetes.io"]["pod"]["name"], "reader");
+    assert_eq!(claims["kubernetes.io"]["serviceaccount"]["name"], "reader");
+    let ttl = claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap();
+    assert_eq!(ttl, 3607, "upstream's projected lifetime");
+    let plain = create_pod(
+        client,
+        json!({"metadata": {"name": "plain"}, "spec": {"nodeName": "n1",
+            "containers": [{"name": "c", "image": "busybox", "command": ["/bin/busybox", "sleep", "3600"]}]}}),
+    )
+    .await;
+    assert_eq!(
+        plain.spec.unwrap().service_account_name.as_deref(),
+        Some("default")
+    );
+    for name in ["reader", "no-token", "plain"] {
+        pods.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    netns_testbed::wait_for("the pods to go", Duration::from_secs(60), || {
+        k.roots
+            .iter()
+            .all(|r| std::fs::read_dir(r.join("pods")).map_or(true, |d| d.count() == 0))
+    })
+    .await;
+}
