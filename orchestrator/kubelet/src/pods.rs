@@ -774,7 +774,11 @@ impl Pods {
             };
             if let Some(v) = value {
                 // A literal value may name variables defined before it.
-                let v = if e.value.is_some() { expand(&v, &out) } else { v };
+                let v = if e.value.is_some() {
+                    expand(&v, &out)
+                } else {
+                    v
+                };
                 out.retain(|(o, _)| *o != e.name);
                 out.push((e.name.clone(), v));
             }
@@ -1109,7 +1113,10 @@ mod tests {
         assert_eq!(expand("--node=$(NODE_NAME)", &vars), "--node=n1");
         assert_eq!(expand("$(ROOT)/etc/$(NODE_NAME)", &vars), "/x/n1/etc/n1");
         assert_eq!(expand("$(UNSET) stays", &vars), "$(UNSET) stays");
-        assert_eq!(expand("$$(NODE_NAME) escaped", &vars), "$(NODE_NAME) escaped");
+        assert_eq!(
+            expand("$$(NODE_NAME) escaped", &vars),
+            "$(NODE_NAME) escaped"
+        );
         assert_eq!(expand("cost $5 and $(", &vars), "cost $5 and $(");
         assert_eq!(expand("", &vars), "");
     }

@@ -80,7 +80,10 @@ impl Fixture {
             }
         }
         for r in h
-            .routes(trellis_net::Family::V4, Some(trellis_net::Route::TABLE_MAIN))
+            .routes(
+                trellis_net::Family::V4,
+                Some(trellis_net::Route::TABLE_MAIN),
+            )
             .await
             .unwrap()
         {
@@ -109,9 +112,10 @@ impl Fixture {
     async fn client(&self) -> kube::Client {
         let api = SocketAddr::from(([198, 18, 0, 2], 6443));
         let relay = self.tb.forward(&self.host, api).await.unwrap();
-        let text = std::fs::read_to_string(self.cluster_dir().join("cp/apiserver/admin.kubeconfig"))
-            .unwrap()
-            .replace(&format!("https://{api}"), &format!("https://{relay}"));
+        let text =
+            std::fs::read_to_string(self.cluster_dir().join("cp/apiserver/admin.kubeconfig"))
+                .unwrap()
+                .replace(&format!("https://{api}"), &format!("https://{relay}"));
         let kc = kube::config::Kubeconfig::from_yaml(&text).unwrap();
         kube::Client::try_from(
             kube::Config::from_custom_kubeconfig(kc, &Default::default())
@@ -177,16 +181,29 @@ fn rss_table(tag: &str) -> String {
     for (what, kb) in &rows {
         out.push_str(&format!("  {what:<48} {:>8.1} MiB\n", *kb as f64 / 1024.0));
     }
-    out.push_str(&format!("  {:<48} {:>8.1} MiB ({} processes)\n", "total", total as f64 / 1024.0, rows.len()));
+    out.push_str(&format!(
+        "  {:<48} {:>8.1} MiB ({} processes)\n",
+        "total",
+        total as f64 / 1024.0,
+        rows.len()
+    ));
     out
 }
 
 fn show(o: &Output) -> String {
-    format!("status {}\n--- stdout\n{}\n--- stderr\n{}", o.status, o.stdout, o.stderr)
+    format!(
+        "status {}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status, o.stdout, o.stderr
+    )
 }
 
 /// Runs a pod in `demo` that exits when its command does; returns its exit code.
-async fn run_pod(client: &kube::Client, name: &str, labels: serde_json::Value, script: &str) -> i32 {
+async fn run_pod(
+    client: &kube::Client,
+    name: &str,
+    labels: serde_json::Value,
+    script: &str,
+) -> i32 {
     let pods: Api<Pod> = Api::namespaced(client.clone(), "demo");
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": name, "labels": labels},
@@ -226,45 +243,81 @@ async fn three_overlay_nodes_come_up_serve_the_demo_keep_strangers_out_and_go_do
     f.assert_clean("before up").await;
 
     let t = Instant::now();
-    let out = f.trellis(&["up", "--nodes", "3", "--mode", "overlay"], Duration::from_secs(240)).await;
+    let out = f
+        .trellis(
+            &["up", "--nodes", "3", "--mode", "overlay"],
+            Duration::from_secs(240),
+        )
+        .await;
     let took = t.elapsed();
     assert!(out.success(), "up failed:\n{}", show(&out));
-    println!("{}\ntrellis up (3 nodes, overlay) took {took:?}", out.stdout);
+    println!(
+        "{}\ntrellis up (3 nodes, overlay) took {took:?}",
+        out.stdout
+    );
     assert!(out.stdout.contains("3 nodes Ready"), "{}", out.stdout);
     let access = std::fs::read_to_string(f.cluster_dir().join("access.txt")).unwrap();
     assert!(access.contains("kubeconfig:"), "{access}");
 
     // kubectl from the namespace up ran in, with the kubeconfig it printed.
     let kc = f.cluster_dir().join("cp/apiserver/admin.kubeconfig");
-    let got = f
-        .tb
-        .exec(
+    let got =
+        f.tb.exec(
             &f.host,
-            &[kubectl.to_str().unwrap(), "--kubeconfig", kc.to_str().unwrap(), "get", "nodes,pods", "-A"],
+            &[
+                kubectl.to_str().unwrap(),
+                "--kubeconfig",
+                kc.to_str().unwrap(),
+                "get",
+                "nodes,pods",
+                "-A",
+            ],
             Duration::from_secs(30),
         )
         .await
         .unwrap();
     assert!(got.success(), "kubectl: {}", show(&got));
-    for want in ["n1", "n2", "n3", "trellis-overlay-agent-", "trellis-policyd-", "trellis-dns-", "web-"] {
-        assert!(got.stdout.contains(want), "kubectl get nodes,pods -A lacks {want}:\n{}", got.stdout);
+    for want in [
+        "n1",
+        "n2",
+        "n3",
+        "trellis-overlay-agent-",
+        "trellis-policyd-",
+        "trellis-dns-",
+        "web-",
+    ] {
+        assert!(
+            got.stdout.contains(want),
+            "kubectl get nodes,pods -A lacks {want}:\n{}",
+            got.stdout
+        );
     }
     println!("{}", got.stdout);
 
     // The demo by address from the namespace up ran in: every web pod.
     let client = f.client().await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "demo");
-    let web = pods.list(&ListParams::default().labels("app=web")).await.unwrap();
+    let web = pods
+        .list(&ListParams::default().labels("app=web"))
+        .await
+        .unwrap();
     assert_eq!(web.items.len(), 2);
     for p in &web.items {
         let ip = p.status.as_ref().unwrap().pod_ip.clone().unwrap();
         let url = format!("http://{ip}/");
-        let got = f
-            .tb
-            .exec(&f.host, &[curl.to_str().unwrap(), "-sf", "-m", "5", &url], Duration::from_secs(10))
+        let got =
+            f.tb.exec(
+                &f.host,
+                &[curl.to_str().unwrap(), "-sf", "-m", "5", &url],
+                Duration::from_secs(10),
+            )
             .await
             .unwrap();
-        assert!(got.success() && got.stdout.contains("Hello"), "{url}: {}", show(&got));
+        assert!(
+            got.success() && got.stdout.contains("Hello"),
+            "{url}: {}",
+            show(&got)
+        );
     }
 
     // By Service name from a pod: a client gets in; a stranger resolves the same name but
@@ -285,7 +338,10 @@ async fn three_overlay_nodes_come_up_serve_the_demo_keep_strangers_out_and_go_do
         &format!("getent hosts web.demo.svc.cluster.local || exit 3; {curl_s} -sf -m 3 http://web/ && exit 0; exit 7"),
     )
     .await;
-    assert_eq!(stranger_code, 7, "a pod without role=client resolves web but is kept out");
+    assert_eq!(
+        stranger_code, 7,
+        "a pod without role=client resolves web but is kept out"
+    );
 
     println!("{}", rss_table(f.tb.prefix()));
 
@@ -294,7 +350,11 @@ async fn three_overlay_nodes_come_up_serve_the_demo_keep_strangers_out_and_go_do
     assert!(!again.success(), "{}", show(&again));
     assert!(again.stderr.contains("already up"), "{}", show(&again));
     let st = f.trellis(&["status"], Duration::from_secs(30)).await;
-    assert!(st.success() && st.stdout.contains("healthy"), "{}", show(&st));
+    assert!(
+        st.success() && st.stdout.contains("healthy"),
+        "{}",
+        show(&st)
+    );
 
     let t = Instant::now();
     let down = f.trellis(&["down"], Duration::from_secs(60)).await;
@@ -303,7 +363,9 @@ async fn three_overlay_nodes_come_up_serve_the_demo_keep_strangers_out_and_go_do
     f.assert_clean("after down").await;
 
     // A second up after down works the same, and goes down as clean.
-    let out = f.trellis(&["up", "--nodes", "3"], Duration::from_secs(240)).await;
+    let out = f
+        .trellis(&["up", "--nodes", "3"], Duration::from_secs(240))
+        .await;
     assert!(out.success(), "second up failed:\n{}", show(&out));
     let down = f.trellis(&["down"], Duration::from_secs(60)).await;
     assert!(down.success(), "{}", show(&down));
@@ -317,18 +379,36 @@ async fn bad_input_is_refused_with_the_reason_and_builds_nothing() {
         (&["up", "--mode", "mesh"][..], "invalid value 'mesh'"),
         (&["up", "--nodes", "0"][..], "1 to 64"),
         (&["up", "--nodes", "100"][..], "1 to 64"),
-        (&["up", "--control-plane", "3"][..], "not built into trellis up yet"),
-        (&["up", "--runtime", "containerd"][..], "invalid value 'containerd'"),
+        (
+            &["up", "--control-plane", "3"][..],
+            "not built into trellis up yet",
+        ),
+        (
+            &["up", "--runtime", "containerd"][..],
+            "invalid value 'containerd'",
+        ),
     ] {
         let out = f.trellis(args, Duration::from_secs(30)).await;
         assert!(!out.success(), "{args:?} was accepted:\n{}", show(&out));
-        assert!(out.stderr.contains(reason), "{args:?}: the error does not say {reason:?}:\n{}", show(&out));
+        assert!(
+            out.stderr.contains(reason),
+            "{args:?}: the error does not say {reason:?}:\n{}",
+            show(&out)
+        );
         f.assert_clean(&format!("after {args:?}")).await;
     }
     let status = f.trellis(&["status"], Duration::from_secs(30)).await;
-    assert!(!status.success() && status.stderr.contains("no cluster"), "{}", show(&status));
+    assert!(
+        !status.success() && status.stderr.contains("no cluster"),
+        "{}",
+        show(&status)
+    );
     let down = f.trellis(&["down"], Duration::from_secs(30)).await;
-    assert!(down.success() && down.stdout.contains("no cluster"), "{}", show(&down));
+    assert!(
+        down.success() && down.stdout.contains("no cluster"),
+        "{}",
+        show(&down)
+    );
 }
 
 /// The bench (not run by CI): `up` to Ready + demo answering and `down`, for
@@ -339,7 +419,9 @@ async fn bench_up_and_down() {
     let nodes = std::env::var("TRELLIS_UP_BENCH_NODES").unwrap_or_else(|_| "10".into());
     let f = Fixture::new().await;
     let t = Instant::now();
-    let out = f.trellis(&["up", "--nodes", &nodes], Duration::from_secs(600)).await;
+    let out = f
+        .trellis(&["up", "--nodes", &nodes], Duration::from_secs(600))
+        .await;
     let up = t.elapsed();
     assert!(out.success(), "up failed:\n{}", show(&out));
     println!("{}", out.stdout);
@@ -347,6 +429,9 @@ async fn bench_up_and_down() {
     let t = Instant::now();
     let down = f.trellis(&["down"], Duration::from_secs(120)).await;
     assert!(down.success(), "{}", show(&down));
-    println!("{nodes} nodes: up (to Ready and the demo answering) {up:.2?}, down {:.2?}", t.elapsed());
+    println!(
+        "{nodes} nodes: up (to Ready and the demo answering) {up:.2?}, down {:.2?}",
+        t.elapsed()
+    );
     f.assert_clean("after down").await;
 }

@@ -176,10 +176,16 @@ mod tests {
             let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap();
             docs.into_iter().filter(|d| !d.is_null()).collect()
         };
-        let common = ["ipam/deploy/crds.yaml", "policyd/deploy/clusternetworkpolicy.yaml"];
+        let common = [
+            "ipam/deploy/crds.yaml",
+            "policyd/deploy/clusternetworkpolicy.yaml",
+        ];
         for (mode, extra) in [
             (Mode::Overlay, None),
-            (Mode::Routed, Some("plugins/calico-like/deploy/bgp-crds.yaml")),
+            (
+                Mode::Routed,
+                Some("plugins/calico-like/deploy/bgp-crds.yaml"),
+            ),
         ] {
             let docs: Vec<Value> = serde_saphyr::from_multiple(mode.manifest()).unwrap();
             for file in common.iter().copied().chain(extra) {

@@ -201,7 +201,10 @@ fn preflight(args: &UpArgs, exe_dir: &Path) -> anyhow::Result<PathBuf> {
         }
     }
     if !missing.is_empty() {
-        bail!("trellis up cannot start; missing:\n  - {}", missing.join("\n  - "));
+        bail!(
+            "trellis up cannot start; missing:\n  - {}",
+            missing.join("\n  - ")
+        );
     }
     which("busybox").context("busybox")
 }
@@ -257,7 +260,10 @@ fn state_dir_flag(at: &Where) -> String {
 pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let _ = (args.control_plane, args.runtime);
     let exe = std::env::current_exe().context("finding the trellis binary")?;
-    let exe_dir = exe.parent().context("the binary's directory")?.to_path_buf();
+    let exe_dir = exe
+        .parent()
+        .context("the binary's directory")?
+        .to_path_buf();
     let run_dir = PathBuf::from(trellis_net::netns::DEFAULT_RUN_DIR);
     let busybox = preflight(&args, &exe_dir)?;
     not_up_already(&args.at, &run_dir).await?;
@@ -283,7 +289,10 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         }
         Err(e) => {
             // The logs outlive the cluster, beside its state directory.
-            let kept = args.at.state_dir.join(format!("{}-failed-logs", args.at.name));
+            let kept = args
+                .at
+                .state_dir
+                .join(format!("{}-failed-logs", args.at.name));
             let _ = std::fs::remove_dir_all(&kept);
             let kept_ok = std::fs::rename(dir.join("logs"), &kept).is_ok();
             eprintln!(
@@ -457,7 +466,10 @@ async fn build(args: &UpArgs, state: &mut State, exe: &Path, busybox: &Path) -> 
             bail!("the API server exited: see {}", p.log.display());
         }
         if Instant::now() > deadline {
-            bail!("the API server did not answer within 30 s: see {}", p.log.display());
+            bail!(
+                "the API server did not answer within 30 s: see {}",
+                p.log.display()
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -471,7 +483,11 @@ async fn build(args: &UpArgs, state: &mut State, exe: &Path, busybox: &Path) -> 
     let cpdir = dir.join("cp");
     for (what, user, port) in [
         ("scheduler", "system:kube-scheduler", "10259"),
-        ("controller-manager", "system:kube-controller-manager", "10257"),
+        (
+            "controller-manager",
+            "system:kube-controller-manager",
+            "10257",
+        ),
     ] {
         let file = cpdir.join(format!("{what}.kubeconfig"));
         kc(user, &[], &file)?;
@@ -531,7 +547,10 @@ async fn build(args: &UpArgs, state: &mut State, exe: &Path, busybox: &Path) -> 
         let node_kc = d.join("etc/trellis/node.kubeconfig");
         kc(
             "system:serviceaccount:kube-system:trellis-node",
-            &["system:serviceaccounts", "system:serviceaccounts:kube-system"],
+            &[
+                "system:serviceaccounts",
+                "system:serviceaccounts:kube-system",
+            ],
             &node_kc,
         )?;
         let kubelet_kc = d.join("etc/trellis/kubelet.kubeconfig");
@@ -590,7 +609,13 @@ async fn build(args: &UpArgs, state: &mut State, exe: &Path, busybox: &Path) -> 
         if refs.is_dir() {
             kubelet.extend(["--cni-bin-dir".into(), s(refs)]);
         }
-        let p = state::spawn(ns, n, "kubelet", &kubelet, &logs.join(format!("{n}-kubelet.log")))?;
+        let p = state::spawn(
+            ns,
+            n,
+            "kubelet",
+            &kubelet,
+            &logs.join(format!("{n}-kubelet.log")),
+        )?;
         state.processes.push(p);
         let p = state::spawn(
             ns,
@@ -613,13 +638,19 @@ async fn build(args: &UpArgs, state: &mut State, exe: &Path, busybox: &Path) -> 
         state.processes.push(p);
     }
     state.save()?;
-    steps.done(state, &format!("ipamd, kubelet, proxy on {} nodes", args.nodes));
+    steps.done(
+        state,
+        &format!("ipamd, kubelet, proxy on {} nodes", args.nodes),
+    );
 
     // DNS and the demo.
     let dns_kc = cpdir.join("dns.kubeconfig");
     kc(
         "system:serviceaccount:kube-system:trellis-dns",
-        &["system:serviceaccounts", "system:serviceaccounts:kube-system"],
+        &[
+            "system:serviceaccounts",
+            "system:serviceaccounts:kube-system",
+        ],
         &dns_kc,
     )?;
     let no_upstream = cpdir.join("dns-upstreams.conf");
@@ -630,10 +661,7 @@ async fn build(args: &UpArgs, state: &mut State, exe: &Path, busybox: &Path) -> 
     manifest::apply(&client, &dns_docs(exe, &dns_kc, &no_upstream)).await?;
     let www = dir.join("demo/www");
     std::fs::create_dir_all(&www)?;
-    std::fs::write(
-        www.join("index.html"),
-        "Hello from the trellis up demo\n",
-    )?;
+    std::fs::write(www.join("index.html"), "Hello from the trellis up demo\n")?;
     manifest::apply(&client, &demo_docs(busybox, &www)).await?;
     steps.done(state, "DNS and the demo applied");
 
@@ -649,7 +677,15 @@ async fn build(args: &UpArgs, state: &mut State, exe: &Path, busybox: &Path) -> 
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
     wait_nodes_ready(&client, args.nodes, deadline, state).await?;
     steps.done(state, &format!("{} nodes Ready", args.nodes));
-    wait_pods_ready(&client, "kube-system", "k8s-app=kube-dns", 1, deadline, state).await?;
+    wait_pods_ready(
+        &client,
+        "kube-system",
+        "k8s-app=kube-dns",
+        1,
+        deadline,
+        state,
+    )
+    .await?;
     let web = wait_pods_ready(&client, "demo", "app=web", 2, deadline, state).await?;
     steps.done(state, "DNS and demo pods Ready");
     let ip = web.first().context("no demo pod")?;
@@ -674,7 +710,11 @@ fn log_tails(state: &State) -> String {
             let log = std::fs::read_to_string(&p.log).unwrap_or_default();
             let lines: Vec<&str> = log.lines().collect();
             let tail = lines[lines.len().saturating_sub(10)..].join("\n    ");
-            let _ = write!(out, "\n  {} on {} exited; its log ends:\n    {tail}", p.what, p.on);
+            let _ = write!(
+                out,
+                "\n  {} on {} exited; its log ends:\n    {tail}",
+                p.what, p.on
+            );
         }
     }
     out
@@ -827,13 +867,34 @@ fn demo_docs(busybox: &Path, www: &Path) -> Vec<Value> {
 /// The summary table and the access notes (also written to `<state>/access.txt`).
 async fn summary(state: &State, total: Duration) {
     let mut out = String::new();
-    let _ = writeln!(out, "\ncluster {:?} is up in {:.2}s (mode {})", state.name, total.as_secs_f64(), state.mode);
-    let _ = writeln!(out, "\n  {:<6} {:<12} {:<14} {}", "NODE", "ADDRESS", "ROLE", "NAMESPACE");
-    let _ = writeln!(out, "  {:<6} {:<12} {:<14} {}-cp", "cp", CP_IP, "control plane", state.name);
+    let _ = writeln!(
+        out,
+        "\ncluster {:?} is up in {:.2}s (mode {})",
+        state.name,
+        total.as_secs_f64(),
+        state.mode
+    );
+    let _ = writeln!(
+        out,
+        "\n  {:<6} {:<12} {:<14} {}",
+        "NODE", "ADDRESS", "ROLE", "NAMESPACE"
+    );
+    let _ = writeln!(
+        out,
+        "  {:<6} {:<12} {:<14} {}-cp",
+        "cp", CP_IP, "control plane", state.name
+    );
     for n in &state.nodes {
-        let _ = writeln!(out, "  {:<6} {:<12} {:<14} {}-{}", n.name, n.ip, "worker", state.name, n.name);
+        let _ = writeln!(
+            out,
+            "  {:<6} {:<12} {:<14} {}-{}",
+            n.name, n.ip, "worker", state.name, n.name
+        );
     }
-    let _ = writeln!(out, "\n  pods {POD_CIDR}, services {SERVICE_CIDR}, DNS {DNS_IP}, underlay {UNDERLAY} (this namespace: {HOST_IP})");
+    let _ = writeln!(
+        out,
+        "\n  pods {POD_CIDR}, services {SERVICE_CIDR}, DNS {DNS_IP}, underlay {UNDERLAY} (this namespace: {HOST_IP})"
+    );
     let _ = writeln!(out, "\n  {:<64} {:>8}", "STEP", "SECONDS");
     for (what, secs) in &state.timings {
         let _ = writeln!(out, "  {what:<64} {secs:>8.2}");
@@ -860,7 +921,10 @@ async fn summary(state: &State, total: Duration) {
         name = state.name,
     );
     let _ = std::fs::write(state.dir.join("access.txt"), &access);
-    println!("{out}\n{access}(also in {})", state.dir.join("access.txt").display());
+    println!(
+        "{out}\n{access}(also in {})",
+        state.dir.join("access.txt").display()
+    );
 }
 
 pub async fn down(args: DownArgs) -> anyhow::Result<()> {
@@ -871,7 +935,10 @@ pub async fn down(args: DownArgs) -> anyhow::Result<()> {
         None => {
             // No state: remove by name whatever a crashed `up` may have left.
             let run_dir = PathBuf::from(trellis_net::netns::DEFAULT_RUN_DIR);
-            let mut namespaces = vec![format!("{}-ul", args.at.name), format!("{}-cp", args.at.name)];
+            let mut namespaces = vec![
+                format!("{}-ul", args.at.name),
+                format!("{}-cp", args.at.name),
+            ];
             namespaces.extend((1..=MAX_NODES).map(|i| format!("{}-n{i}", args.at.name)));
             let present: Vec<String> = namespaces
                 .into_iter()
@@ -880,7 +947,11 @@ pub async fn down(args: DownArgs) -> anyhow::Result<()> {
             let link = format!("{}-host", args.at.name);
             let has_link = Handle::current()?.link(&link).await?.is_some();
             if present.is_empty() && !has_link {
-                println!("no cluster named {:?} is up (no {})", args.at.name, State::path(&dir).display());
+                println!(
+                    "no cluster named {:?} is up (no {})",
+                    args.at.name,
+                    State::path(&dir).display()
+                );
                 return Ok(());
             }
             State {
@@ -912,16 +983,35 @@ pub async fn down(args: DownArgs) -> anyhow::Result<()> {
 pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     let dir = args.at.dir();
     let Some(state) = State::load(&dir)? else {
-        bail!("no cluster named {:?} is up (no {})", args.at.name, State::path(&dir).display());
+        bail!(
+            "no cluster named {:?} is up (no {})",
+            args.at.name,
+            State::path(&dir).display()
+        );
     };
     let mut healthy = state.complete;
-    println!("cluster {:?}, mode {}, API {}{}", state.name, state.mode, state.api,
-        if state.complete { "" } else { " (up did not finish)" });
+    println!(
+        "cluster {:?}, mode {}, API {}{}",
+        state.name,
+        state.mode,
+        state.api,
+        if state.complete {
+            ""
+        } else {
+            " (up did not finish)"
+        }
+    );
     println!("\n  {:<20} {:<4} {:>8}  STATE", "PROCESS", "ON", "PID");
     for p in &state.processes {
         let alive = p.alive();
         healthy &= alive;
-        println!("  {:<20} {:<4} {:>8}  {}", p.what, p.on, p.pid, if alive { "running" } else { "GONE" });
+        println!(
+            "  {:<20} {:<4} {:>8}  {}",
+            p.what,
+            p.on,
+            p.pid,
+            if alive { "running" } else { "GONE" }
+        );
     }
     match trellis_api::cluster::client(Some(&state.kubeconfig)).await {
         Ok(client) => {

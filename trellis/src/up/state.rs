@@ -173,7 +173,10 @@ pub async fn teardown(state: &State) -> Vec<String> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for p in state.processes.iter().filter(|p| p.alive()) {
-        problems.push(format!("process {} ({} on {}) survived SIGKILL", p.pid, p.what, p.on));
+        problems.push(format!(
+            "process {} ({} on {}) survived SIGKILL",
+            p.pid, p.what, p.on
+        ));
     }
     // Pod namespaces the kubelets made, then ours in reverse order of creation.
     if !state.pod_prefix.is_empty()
