@@ -155,11 +155,18 @@ fn rss_table(tag: &str) -> String {
         let cmd = std::fs::read_to_string(path.join("cmdline")).unwrap_or_default();
         let argv: Vec<&str> = cmd.split('\0').filter(|a| !a.is_empty()).collect();
         let what = match argv.as_slice() {
+            [exe, sub, ..] if exe.ends_with("/trellis") && *sub == "container-shim" => {
+                "trellis container-shim".to_string()
+            }
             [exe, sub, ..] if exe.ends_with("/trellis") => {
                 let node = argv
-                    .windows(2)
-                    .find(|w| w[0] == "--node" || w[0].starts_with("--node="))
-                    .map(|w| w[1].to_string())
+                    .iter()
+                    .position(|a| *a == "--node")
+                    .and_then(|i| argv.get(i + 1).map(|n| n.to_string()))
+                    .or_else(|| {
+                        argv.iter()
+                            .find_map(|a| a.strip_prefix("--node=").map(str::to_string))
+                    })
                     .unwrap_or_default();
                 format!("trellis {sub} {node}")
             }
