@@ -900,8 +900,8 @@ async fn summary(state: &State, total: Duration) {
     );
     let _ = writeln!(
         out,
-        "\n  {:<6} {:<12} {:<14} {}",
-        "NODE", "ADDRESS", "ROLE", "NAMESPACE"
+        "\n  {:<6} {:<12} {:<14} NAMESPACE",
+        "NODE", "ADDRESS", "ROLE"
     );
     let _ = writeln!(
         out,
