@@ -244,6 +244,15 @@ async fn run_pod(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_overlay_nodes_come_up_serve_the_demo_keep_strangers_out_and_go_down_clean() {
+    scenario("overlay", "trellis-overlay-agent-").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_routed_nodes_come_up_serve_the_demo_keep_strangers_out_and_go_down_clean() {
+    scenario("routed", "trellis-bgp-agent-").await;
+}
+
+async fn scenario(mode: &str, agent: &str) {
     let curl = require_tool("curl", "curl");
     let kubectl = require_tool("kubectl", "kubectl (the image's own)");
     let f = Fixture::new().await;
@@ -252,16 +261,13 @@ async fn three_overlay_nodes_come_up_serve_the_demo_keep_strangers_out_and_go_do
     let t = Instant::now();
     let out = f
         .trellis(
-            &["up", "--nodes", "3", "--mode", "overlay"],
+            &["up", "--nodes", "3", "--mode", mode],
             Duration::from_secs(240),
         )
         .await;
     let took = t.elapsed();
     assert!(out.success(), "up failed:\n{}", show(&out));
-    println!(
-        "{}\ntrellis up (3 nodes, overlay) took {took:?}",
-        out.stdout
-    );
+    println!("{}\ntrellis up (3 nodes, {mode}) took {took:?}", out.stdout);
     assert!(out.stdout.contains("3 nodes Ready"), "{}", out.stdout);
     let access = std::fs::read_to_string(f.cluster_dir().join("access.txt")).unwrap();
     assert!(access.contains("kubeconfig:"), "{access}");
@@ -288,7 +294,7 @@ async fn three_overlay_nodes_come_up_serve_the_demo_keep_strangers_out_and_go_do
         "n1",
         "n2",
         "n3",
-        "trellis-overlay-agent-",
+        agent,
         "trellis-policyd-",
         "trellis-dns-",
         "web-",
@@ -371,7 +377,10 @@ async fn three_overlay_nodes_come_up_serve_the_demo_keep_strangers_out_and_go_do
 
     // A second up after down works the same, and goes down as clean.
     let out = f
-        .trellis(&["up", "--nodes", "3"], Duration::from_secs(240))
+        .trellis(
+            &["up", "--nodes", "3", "--mode", mode],
+            Duration::from_secs(240),
+        )
         .await;
     assert!(out.success(), "second up failed:\n{}", show(&out));
     let down = f.trellis(&["down"], Duration::from_secs(60)).await;

@@ -36,6 +36,8 @@ const UNDERLAY: &str = "198.18.0.0/15";
 const HOST_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const CP_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 const MAX_NODES: u8 = 64;
+/// Node nI is 198.18.1.I; n1 forwards the host's and the control plane's pod traffic.
+const FIRST_NODE: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
 
 /// Where a cluster lives: its name (the prefix of everything it makes) and state directory.
 #[derive(clap::Args, Clone, Debug)]
@@ -391,6 +393,12 @@ async fn build(args: &UpArgs, state: &mut State, exe: &Path, busybox: &Path) -> 
     h.set_up(link.index).await?;
     let cp = add_ns(state, "cp").await?;
     plug(&ul, &cp, "cp", CP_IP).await?;
+    // Pods that talk to the API server (DNS) are not masqueraded in the routed mode: its
+    // answers go back through the first node, which routes every block.
+    let ch = cp.connect()?;
+    ch.replace_route(&Route::via(POD_CIDR.parse()?, IpAddr::V4(FIRST_NODE)))
+        .await
+        .context("routing the pod range from the control plane")?;
     let mut nodes = Vec::new();
     for i in 1..=args.nodes {
         let name = format!("n{i}");
@@ -666,7 +674,7 @@ async fn build(args: &UpArgs, state: &mut State, exe: &Path, busybox: &Path) -> 
     steps.done(state, "DNS and the demo applied");
 
     // Routes for the pod and service ranges, through the underlay only (via the first node).
-    let via = IpAddr::V4(Ipv4Addr::new(198, 18, 1, 1));
+    let via = IpAddr::V4(FIRST_NODE);
     for cidr in [POD_CIDR, SERVICE_CIDR] {
         h.replace_route(&Route::via(cidr.parse()?, via).oif(link.index))
             .await
