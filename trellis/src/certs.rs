@@ -40,23 +40,35 @@ struct KubeconfigArgs {
 pub fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
         Cmd::Kubeconfig(a) => {
-            let pki = a.data_dir.join("pki");
-            let read = |name: &str| {
-                std::fs::read_to_string(pki.join(name))
-                    .with_context(|| format!("reading {}", pki.join(name).display()))
-            };
-            let ca = trellis_apiserver::pki::CertPair {
-                cert_pem: read("ca.crt")?,
-                key_pem: read("ca.key")?,
-            };
             let groups: Vec<&str> = a.groups.iter().map(String::as_str).collect();
-            let cert = trellis_apiserver::pki::issue(&ca, &a.user, &groups, &[])
-                .context("issuing the client certificate")?;
-            let text = trellis_apiserver::pki::kubeconfig(&a.server, &ca, &a.user, &cert);
-            trellis_apiserver::pki::write_kubeconfig(&a.out, &text)
-                .with_context(|| format!("writing {}", a.out.display()))?;
+            kubeconfig(&a.data_dir, &a.user, &groups, &a.server, &a.out)?;
             println!("{}", a.out.display());
             Ok(())
         }
     }
+}
+
+/// Issues a client certificate for `user` in `groups` from the CA under `data_dir` and writes
+/// a kubeconfig for `server` with it to `out` (mode 0600).
+pub fn kubeconfig(
+    data_dir: &std::path::Path,
+    user: &str,
+    groups: &[&str],
+    server: &str,
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
+    let pki = data_dir.join("pki");
+    let read = |name: &str| {
+        std::fs::read_to_string(pki.join(name))
+            .with_context(|| format!("reading {}", pki.join(name).display()))
+    };
+    let ca = trellis_apiserver::pki::CertPair {
+        cert_pem: read("ca.crt")?,
+        key_pem: read("ca.key")?,
+    };
+    let cert = trellis_apiserver::pki::issue(&ca, user, groups, &[])
+        .context("issuing the client certificate")?;
+    let text = trellis_apiserver::pki::kubeconfig(server, &ca, user, &cert);
+    trellis_apiserver::pki::write_kubeconfig(out, &text)
+        .with_context(|| format!("writing {}", out.display()))
 }

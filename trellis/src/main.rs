@@ -20,6 +20,7 @@ mod policy_gate;
 mod policyd;
 mod proxy;
 mod scheduler;
+mod up;
 
 #[derive(Parser)]
 #[command(
@@ -63,6 +64,13 @@ enum Command {
     /// The controllers: ReplicaSets, Deployments, endpoints, garbage collection, node
     /// lifecycle; one active instance per cluster through a Lease.
     ControllerManager(controller_manager::Args),
+    /// A whole cluster on this machine in network namespaces: control plane, nodes, the
+    /// network mode's agents, DNS and a demo; prints a kubeconfig.
+    Up(up::UpArgs),
+    /// Removes everything `trellis up` made: processes, namespaces, links, routes, state.
+    Down(up::DownArgs),
+    /// The health of a cluster `trellis up` made: its processes, nodes and pods.
+    Status(up::StatusArgs),
 }
 
 #[derive(clap::Args)]
@@ -130,7 +138,13 @@ async fn async_main() -> anyhow::Result<()> {
     // Daemons log what they do; a tool prints its answer and logs only what went wrong.
     // RUST_LOG overrides either. Colour only on a terminal, never in a log file.
     let level = match cli.command {
-        Command::Ipam(_) | Command::Bgp(_) | Command::Policy(_) | Command::Certs(_) => "warn",
+        Command::Ipam(_)
+        | Command::Bgp(_)
+        | Command::Policy(_)
+        | Command::Certs(_)
+        | Command::Up(_)
+        | Command::Down(_)
+        | Command::Status(_) => "warn",
         _ => "info",
     };
     tracing_subscriber::fmt()
@@ -155,6 +169,9 @@ async fn async_main() -> anyhow::Result<()> {
         Command::Scheduler(args) => scheduler::run(args).await,
         Command::Dns(args) => dns::run(args).await,
         Command::ControllerManager(args) => controller_manager::run(args).await,
+        Command::Up(args) => up::up(args).await,
+        Command::Down(args) => up::down(args).await,
+        Command::Status(args) => up::status(args).await,
     }
 }
 

@@ -127,8 +127,10 @@ pub async fn run(
                 }
             }
             _ = sync.tick() => {
-                // Until the network is ready only hostNetwork pods can run.
-                if last_ready.is_none() {
+                // Until the network is ready only hostNetwork pods can run; the moment it is
+                // (the agent wrote its configuration), the node posts Ready rather than at the
+                // next heartbeat, up to 10 s later.
+                if !matches!(last_ready, Some(Ok(()))) {
                     let ready = net.ready().await;
                     if ready.is_ok() {
                         heartbeat.reset_immediately();

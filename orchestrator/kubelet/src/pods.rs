@@ -815,10 +815,16 @@ impl Pods {
         c: &Container,
         attempt: u32,
     ) -> Result<(), Error> {
-        let mut argv: Vec<OsString> = Vec::new();
-        argv.extend(c.command.iter().flatten().map(OsString::from));
-        argv.extend(c.args.iter().flatten().map(OsString::from));
         let env = self.env(pod, uid, c).await;
+        // `$(VAR)` in command and args takes the container's environment, as upstream's.
+        let mut argv: Vec<OsString> = Vec::new();
+        argv.extend(
+            c.command
+                .iter()
+                .flatten()
+                .chain(c.args.iter().flatten())
+                .map(|a| OsString::from(expand(a, &env))),
+        );
         if argv.is_empty() {
             // The process runtime has no image entrypoint to fall back on.
             argv.push(OsString::from(format!(
@@ -941,7 +947,14 @@ impl Pods {
                 None
             };
             if let Some(v) = value {
-                set(e.name.clone(), v);
+                // A literal value may name variables defined before it.
+                let v = if e.value.is_some() {
+                    expand(&v, &out)
+                } else {
+                    v
+                };
+                out.retain(|(o, _)| *o != e.name);
+                out.push((e.name.clone(), v));
             }
         }
         out
@@ -1227,6 +1240,40 @@ fn name_of(pod: &Pod) -> String {
     )
 }
 
+/// Upstream's variable expansion of container commands, args and env values: `$(NAME)`
+/// becomes NAME's value when `vars` defines it and stays as written otherwise; `$$` is a
+/// literal `$` (so `$$(NAME)` is never expanded).
+pub(crate) fn expand(s: &str, vars: &[(String, String)]) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(inner) = after.strip_prefix('(')
+            && let Some(end) = inner.find(')')
+        {
+            let name = &inner[..end];
+            match vars.iter().rev().find(|(k, _)| k == name) {
+                Some((_, v)) => out.push_str(v),
+                None => {
+                    out.push_str("$(");
+                    out.push_str(name);
+                    out.push(')');
+                }
+            }
+            rest = &inner[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1341,5 +1388,22 @@ mod tests {
         let got: Vec<u64> = (1..=7).map(|n| backoff(b, m, n).as_secs()).collect();
         assert_eq!(got, [10, 20, 40, 80, 160, 300, 300]);
         assert_eq!(backoff(b, m, 100).as_secs(), 300);
+    }
+
+    #[test]
+    fn variables_expand_in_commands_as_upstream() {
+        let vars = vec![
+            ("NODE_NAME".to_string(), "n1".to_string()),
+            ("ROOT".to_string(), "/x/n1".to_string()),
+        ];
+        assert_eq!(expand("--node=$(NODE_NAME)", &vars), "--node=n1");
+        assert_eq!(expand("$(ROOT)/etc/$(NODE_NAME)", &vars), "/x/n1/etc/n1");
+        assert_eq!(expand("$(UNSET) stays", &vars), "$(UNSET) stays");
+        assert_eq!(
+            expand("$$(NODE_NAME) escaped", &vars),
+            "$(NODE_NAME) escaped"
+        );
+        assert_eq!(expand("cost $5 and $(", &vars), "cost $5 and $(");
+        assert_eq!(expand("", &vars), "");
     }
 }

@@ -1,0 +1,453 @@
+//! `trellis up`, `status` and `down` (issue 17), run as a user runs them — the `trellis`
+//! binary — but inside a throwaway network namespace of the test's, under a unique cluster name
+//! and state directory, so runs can be parallel and the root namespace is never touched. A
+//! 3-node overlay cluster reaches Ready; the demo answers by address from the namespace `up`
+//! ran in and by Service name from a pod; its NetworkPolicy keeps an unlabelled pod out; `up`
+//! over a running cluster is refused; `down` leaves nothing (checked before and after), and a
+//! second `up` works. Bad input is refused with the reason and builds nothing.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::{ListParams, PostParams};
+use netns_testbed::{Output, Testbed, bin_path, leak, require_root, require_tool};
+use serde_json::json;
+use trellis_net::Netns;
+
+/// A cluster name and state directory in a throwaway namespace; `down` on drop.
+struct Fixture {
+    host: Arc<Netns>,
+    name: String,
+    state: PathBuf,
+    // Dropped last: its namespace holds the one `up` runs in.
+    tb: Testbed,
+}
+
+impl Fixture {
+    async fn new() -> Fixture {
+        require_root();
+        require_tool("ipset", "ipset");
+        require_tool("iptables-restore", "iptables");
+        require_tool("busybox", "busybox-static");
+        let tb = Testbed::new().unwrap();
+        let host = tb.add_ns("host").await.unwrap();
+        // The cluster's names start with the testbed's prefix plus `u`, so the testbed's own
+        // `host` namespace is not taken for a leftover of the cluster.
+        let name = format!("{}u", tb.prefix());
+        let state = tb.state_dir().join("up");
+        Fixture {
+            host,
+            name,
+            state,
+            tb,
+        }
+    }
+
+    /// `trellis <args> --name … --state-dir …` in the throwaway namespace.
+    async fn trellis(&self, args: &[&str], limit: Duration) -> Output {
+        let trellis = bin_path("trellis");
+        let state = self.state.display().to_string();
+        let mut argv = vec![trellis.to_str().unwrap()];
+        argv.extend_from_slice(args);
+        argv.extend_from_slice(&["--name", &self.name, "--state-dir", &state]);
+        self.tb.exec(&self.host, &argv, limit).await.unwrap()
+    }
+
+    fn cluster_dir(&self) -> PathBuf {
+        self.state.join(&self.name)
+    }
+
+    /// Everything of the cluster still present: namespaces, links and ipsets named for it,
+    /// processes the test started (the testbed's tag), and any link or route in the
+    /// throwaway namespace beyond its loopback.
+    async fn leftovers(&self) -> Vec<String> {
+        let mut left = leak::leftovers(&self.name, self.tb.run_dir());
+        left.extend(
+            leak::leftovers(self.tb.prefix(), self.tb.run_dir())
+                .into_iter()
+                .filter(|l| l.starts_with("process")),
+        );
+        let h = self.host.connect().unwrap();
+        for l in h.links().await.unwrap() {
+            if l.name != "lo" {
+                left.push(format!("link {} in the namespace up ran in", l.name));
+            }
+        }
+        for r in h
+            .routes(
+                trellis_net::Family::V4,
+                Some(trellis_net::Route::TABLE_MAIN),
+            )
+            .await
+            .unwrap()
+        {
+            left.push(format!("route {} in the namespace up ran in", r.dst));
+        }
+        if self.cluster_dir().exists() {
+            left.push(format!("state {}", self.cluster_dir().display()));
+        }
+        left
+    }
+
+    async fn assert_clean(&self, when: &str) {
+        let mut left = self.leftovers().await;
+        for _ in 0..100 {
+            if left.is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            left = self.leftovers().await;
+        }
+        panic!("{when}: left behind {left:#?}");
+    }
+
+    /// An admin client through a relay into the throwaway namespace (the test's own
+    /// namespace has no route into the cluster).
+    async fn client(&self) -> kube::Client {
+        let api = SocketAddr::from(([198, 18, 0, 2], 6443));
+        let relay = self.tb.forward(&self.host, api).await.unwrap();
+        let text =
+            std::fs::read_to_string(self.cluster_dir().join("cp/apiserver/admin.kubeconfig"))
+                .unwrap()
+                .replace(&format!("https://{api}"), &format!("https://{relay}"));
+        let kc = kube::config::Kubeconfig::from_yaml(&text).unwrap();
+        kube::Client::try_from(
+            kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .unwrap(),
+        )
+        .unwrap()
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        // Whatever happened, take the cluster down (a no-op when the test already did).
+        let trellis = bin_path("trellis");
+        if let Ok(mut cmd) = self.host.command(&trellis) {
+            let _ = cmd
+                .args(["down", "--name", &self.name, "--state-dir"])
+                .arg(&self.state)
+                .output();
+        }
+    }
+}
+
+/// RSS of every process the test started (the testbed's tag), by what it runs: the daemons
+/// `up` started, the DaemonSet and Deployment pods' processes, and their shims.
+fn rss_table(tag: &str) -> String {
+    let mut rows: Vec<(String, u64)> = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let path = e.path();
+        let Ok(environ) = std::fs::read(path.join("environ")) else {
+            continue;
+        };
+        let want = format!("TRELLIS_TESTBED={tag}");
+        if !environ.split(|b| *b == 0).any(|v| v == want.as_bytes()) {
+            continue;
+        }
+        let cmd = std::fs::read_to_string(path.join("cmdline")).unwrap_or_default();
+        let argv: Vec<&str> = cmd.split('\0').filter(|a| !a.is_empty()).collect();
+        let what = match argv.as_slice() {
+            [exe, sub, ..] if exe.ends_with("/trellis") && *sub == "container-shim" => {
+                "trellis container-shim".to_string()
+            }
+            [exe, sub, ..] if exe.ends_with("/trellis") => {
+                let node = argv
+                    .iter()
+                    .position(|a| *a == "--node")
+                    .and_then(|i| argv.get(i + 1).map(|n| n.to_string()))
+                    .or_else(|| {
+                        argv.iter()
+                            .find_map(|a| a.strip_prefix("--node=").map(str::to_string))
+                    })
+                    .unwrap_or_default();
+                format!("trellis {sub} {node}")
+            }
+            [exe, sub, ..] => format!("{} {sub}", exe.rsplit('/').next().unwrap_or(exe)),
+            [exe] => exe.to_string(),
+            [] => continue,
+        };
+        let status = std::fs::read_to_string(path.join("status")).unwrap_or_default();
+        let kb = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0);
+        rows.push((what, kb));
+    }
+    rows.sort();
+    let total: u64 = rows.iter().map(|r| r.1).sum();
+    let mut out = String::from("RSS of every process of the cluster:\n");
+    for (what, kb) in &rows {
+        out.push_str(&format!("  {what:<48} {:>8.1} MiB\n", *kb as f64 / 1024.0));
+    }
+    out.push_str(&format!(
+        "  {:<48} {:>8.1} MiB ({} processes)\n",
+        "total",
+        total as f64 / 1024.0,
+        rows.len()
+    ));
+    out
+}
+
+fn show(o: &Output) -> String {
+    format!(
+        "status {}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status, o.stdout, o.stderr
+    )
+}
+
+/// Runs a pod in `demo` that exits when its command does; returns its exit code.
+async fn run_pod(
+    client: &kube::Client,
+    name: &str,
+    labels: serde_json::Value,
+    script: &str,
+) -> i32 {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "demo");
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
+                 "containers": [{"name": "c", "image": "busybox:stable",
+                                 "command": ["/bin/sh", "-c", script]}]}}))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let p = pods.get(name).await.unwrap();
+        let code = p
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|cs| cs.first())
+            .and_then(|c| c.state.as_ref())
+            .and_then(|s| s.terminated.as_ref())
+            .map(|t| t.exit_code);
+        if let Some(code) = code {
+            return code;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pod {name} did not finish within 60 s: {:?}",
+            p.status
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_overlay_nodes_come_up_serve_the_demo_keep_strangers_out_and_go_down_clean() {
+    scenario("overlay", "trellis-overlay-agent-").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_routed_nodes_come_up_serve_the_demo_keep_strangers_out_and_go_down_clean() {
+    scenario("routed", "trellis-bgp-agent-").await;
+}
+
+async fn scenario(mode: &str, agent: &str) {
+    let curl = require_tool("curl", "curl");
+    let kubectl = require_tool("kubectl", "kubectl (the image's own)");
+    let f = Fixture::new().await;
+    f.assert_clean("before up").await;
+
+    let t = Instant::now();
+    let out = f
+        .trellis(
+            &["up", "--nodes", "3", "--mode", mode],
+            Duration::from_secs(240),
+        )
+        .await;
+    let took = t.elapsed();
+    assert!(out.success(), "up failed:\n{}", show(&out));
+    println!("{}\ntrellis up (3 nodes, {mode}) took {took:?}", out.stdout);
+    assert!(out.stdout.contains("3 nodes Ready"), "{}", out.stdout);
+    let access = std::fs::read_to_string(f.cluster_dir().join("access.txt")).unwrap();
+    assert!(access.contains("kubeconfig:"), "{access}");
+
+    // kubectl from the namespace up ran in, with the kubeconfig it printed.
+    let kc = f.cluster_dir().join("cp/apiserver/admin.kubeconfig");
+    let got =
+        f.tb.exec(
+            &f.host,
+            &[
+                kubectl.to_str().unwrap(),
+                "--kubeconfig",
+                kc.to_str().unwrap(),
+                "get",
+                "nodes,pods",
+                "-A",
+            ],
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    assert!(got.success(), "kubectl: {}", show(&got));
+    for want in [
+        "n1",
+        "n2",
+        "n3",
+        agent,
+        "trellis-policyd-",
+        "trellis-dns-",
+        "web-",
+    ] {
+        assert!(
+            got.stdout.contains(want),
+            "kubectl get nodes,pods -A lacks {want}:\n{}",
+            got.stdout
+        );
+    }
+    println!("{}", got.stdout);
+
+    // The demo by address from the namespace up ran in: every web pod.
+    let client = f.client().await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "demo");
+    let web = pods
+        .list(&ListParams::default().labels("app=web"))
+        .await
+        .unwrap();
+    assert_eq!(web.items.len(), 2);
+    for p in &web.items {
+        let ip = p.status.as_ref().unwrap().pod_ip.clone().unwrap();
+        let url = format!("http://{ip}/");
+        let got =
+            f.tb.exec(
+                &f.host,
+                &[curl.to_str().unwrap(), "-sf", "-m", "5", &url],
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        assert!(
+            got.success() && got.stdout.contains("Hello"),
+            "{url}: {}",
+            show(&got)
+        );
+    }
+
+    // By Service name from a pod: a client gets in; a stranger resolves the same name but
+    // the NetworkPolicy keeps it out (exit 7 = resolved, not let in).
+    let curl_s = curl.display().to_string();
+    let client_code = run_pod(
+        &client,
+        "client",
+        json!({"role": "client"}),
+        &format!("{curl_s} -sf -m 5 http://web/ | grep -q Hello"),
+    )
+    .await;
+    assert_eq!(client_code, 0, "a role=client pod reaches http://web/");
+    let stranger_code = run_pod(
+        &client,
+        "stranger",
+        json!({"role": "other"}),
+        &format!("getent hosts web.demo.svc.cluster.local || exit 3; {curl_s} -sf -m 3 http://web/ && exit 0; exit 7"),
+    )
+    .await;
+    assert_eq!(
+        stranger_code, 7,
+        "a pod without role=client resolves web but is kept out"
+    );
+
+    println!("{}", rss_table(f.tb.prefix()));
+
+    // up over a running cluster is refused, and the cluster keeps running.
+    let again = f.trellis(&["up"], Duration::from_secs(30)).await;
+    assert!(!again.success(), "{}", show(&again));
+    assert!(again.stderr.contains("already up"), "{}", show(&again));
+    let st = f.trellis(&["status"], Duration::from_secs(30)).await;
+    assert!(
+        st.success() && st.stdout.contains("healthy"),
+        "{}",
+        show(&st)
+    );
+
+    let t = Instant::now();
+    let down = f.trellis(&["down"], Duration::from_secs(60)).await;
+    assert!(down.success(), "{}", show(&down));
+    println!("{}trellis down took {:?}", down.stdout, t.elapsed());
+    f.assert_clean("after down").await;
+
+    // A second up after down works the same, and goes down as clean.
+    let out = f
+        .trellis(
+            &["up", "--nodes", "3", "--mode", mode],
+            Duration::from_secs(240),
+        )
+        .await;
+    assert!(out.success(), "second up failed:\n{}", show(&out));
+    let down = f.trellis(&["down"], Duration::from_secs(60)).await;
+    assert!(down.success(), "{}", show(&down));
+    f.assert_clean("after the second down").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_with_the_reason_and_builds_nothing() {
+    let f = Fixture::new().await;
+    for (args, reason) in [
+        (&["up", "--mode", "mesh"][..], "invalid value 'mesh'"),
+        (&["up", "--nodes", "0"][..], "1 to 64"),
+        (&["up", "--nodes", "100"][..], "1 to 64"),
+        (
+            &["up", "--control-plane", "3"][..],
+            "not built into trellis up yet",
+        ),
+        (
+            &["up", "--runtime", "containerd"][..],
+            "invalid value 'containerd'",
+        ),
+    ] {
+        let out = f.trellis(args, Duration::from_secs(30)).await;
+        assert!(!out.success(), "{args:?} was accepted:\n{}", show(&out));
+        assert!(
+            out.stderr.contains(reason),
+            "{args:?}: the error does not say {reason:?}:\n{}",
+            show(&out)
+        );
+        f.assert_clean(&format!("after {args:?}")).await;
+    }
+    let status = f.trellis(&["status"], Duration::from_secs(30)).await;
+    assert!(
+        !status.success() && status.stderr.contains("no cluster"),
+        "{}",
+        show(&status)
+    );
+    let down = f.trellis(&["down"], Duration::from_secs(30)).await;
+    assert!(
+        down.success() && down.stdout.contains("no cluster"),
+        "{}",
+        show(&down)
+    );
+}
+
+/// The bench (not run by CI): `up` to Ready + demo answering and `down`, for
+/// `TRELLIS_UP_BENCH_NODES` nodes (default 10), with the RSS of every process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: cargo nextest run -p netns-testbed --test up --run-ignored only --no-capture"]
+async fn bench_up_and_down() {
+    let nodes = std::env::var("TRELLIS_UP_BENCH_NODES").unwrap_or_else(|_| "10".into());
+    let f = Fixture::new().await;
+    let t = Instant::now();
+    let out = f
+        .trellis(&["up", "--nodes", &nodes], Duration::from_secs(600))
+        .await;
+    let up = t.elapsed();
+    assert!(out.success(), "up failed:\n{}", show(&out));
+    println!("{}", out.stdout);
+    println!("{}", rss_table(f.tb.prefix()));
+    let t = Instant::now();
+    let down = f.trellis(&["down"], Duration::from_secs(120)).await;
+    assert!(down.success(), "{}", show(&down));
+    println!(
+        "{nodes} nodes: up (to Ready and the demo answering) {up:.2?}, down {:.2?}",
+        t.elapsed()
+    );
+    f.assert_clean("after down").await;
+}

@@ -1,0 +1,1114 @@
+//! `trellis up`, `trellis down`, `trellis status`: a whole cluster on this machine, in network
+//! namespaces, with nothing leaving it. An underlay bridge in a namespace of its own; a
+//! control-plane namespace (API server on the embedded store, scheduler, controller-manager,
+//! each with its own identity from the cluster CA); one namespace per node with ipamd, the
+//! kubelet (process runtime) and the service proxy; the network mode's agents and policyd as
+//! DaemonSets of hostNetwork pods from `deploy/<mode>.yaml`; cluster DNS as a Deployment; and
+//! a demo. The namespace `up` runs in gets one veth onto the underlay and routes for the pod
+//! and service ranges through it — nothing else.
+
+mod manifest;
+mod state;
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use ipnet::{IpNet, Ipv4Net};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::Api;
+use kube::api::ListParams;
+use serde_json::{Value, json};
+use trellis_net::{Handle, Netns, Route, VethSpec};
+
+pub use manifest::Mode;
+use state::{NodeRec, State};
+
+/// The pod network every mode uses.
+pub const POD_CIDR: &str = "10.244.0.0/16";
+/// The service range (the API server's default).
+pub const SERVICE_CIDR: &str = "10.96.0.0/12";
+const DNS_IP: &str = "10.96.0.10";
+/// The underlay: the benchmarking range, never the machine's own network.
+const UNDERLAY: &str = "198.18.0.0/15";
+const HOST_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const CP_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+const MAX_NODES: u8 = 64;
+/// Node nI is 198.18.1.I; n1 forwards the host's and the control plane's pod traffic.
+const FIRST_NODE: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
+
+/// Where a cluster lives: its name (the prefix of everything it makes) and state directory.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Where {
+    /// The cluster's name: every namespace and link it makes starts with it (1–10 characters,
+    /// a-z, 0-9 and `-`).
+    #[arg(long, default_value = "trup", value_parser = parse_name)]
+    name: String,
+    /// The parent of the cluster's state directory (`<state-dir>/<name>`: state, logs,
+    /// kubeconfigs, each node's files).
+    #[arg(long, default_value = "/var/lib/trellis/up")]
+    state_dir: PathBuf,
+}
+
+impl Where {
+    fn dir(&self) -> PathBuf {
+        self.state_dir.join(&self.name)
+    }
+}
+
+/// How pods run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Runtime {
+    /// Each container a process in the pod's namespaces (the kubelet's built-in runtime).
+    Process,
+}
+
+#[derive(clap::Args)]
+pub struct UpArgs {
+    /// Worker nodes, 1–64.
+    #[arg(long, default_value_t = 3, value_parser = parse_nodes)]
+    nodes: u8,
+    /// The network mode (canal comes with its plugin).
+    #[arg(long, value_enum, default_value_t = Mode::Overlay)]
+    mode: Mode,
+    /// Control-plane members: 1 (one API server on the embedded store).
+    #[arg(long, default_value_t = 1, value_parser = parse_control_plane)]
+    control_plane: u8,
+    /// The container runtime of every kubelet.
+    #[arg(long, value_enum, default_value_t = Runtime::Process)]
+    runtime: Runtime,
+    /// Seconds to wait for every node Ready and the demo answering.
+    #[arg(long, default_value_t = 180)]
+    timeout: u64,
+    #[command(flatten)]
+    at: Where,
+}
+
+#[derive(clap::Args)]
+pub struct DownArgs {
+    #[command(flatten)]
+    at: Where,
+}
+
+#[derive(clap::Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    at: Where,
+}
+
+fn parse_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 10
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-');
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?}: a cluster name is 1–10 characters of a-z, 0-9 and `-` (it prefixes link names, which the kernel limits to 15)"
+        ))
+    }
+}
+
+fn parse_nodes(s: &str) -> Result<u8, String> {
+    let n: u32 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of nodes"))?;
+    if n == 0 || n > u32::from(MAX_NODES) {
+        return Err(format!(
+            "{n} nodes: trellis up builds 1 to {MAX_NODES} nodes on one machine"
+        ));
+    }
+    u8::try_from(n).map_err(|e| e.to_string())
+}
+
+fn parse_control_plane(s: &str) -> Result<u8, String> {
+    match s {
+        "1" => Ok(1),
+        "3" => Err(
+            "3 control-plane members (three API servers on a 3-member etcd) are not built into trellis up yet: use --control-plane 1"
+                .into(),
+        ),
+        other => Err(format!("{other:?}: the control plane has 1 member (3 comes later)")),
+    }
+}
+
+/// Progress: one line per step with its time, kept for the summary.
+struct Steps {
+    start: Instant,
+    last: Instant,
+}
+
+impl Steps {
+    fn new() -> Steps {
+        let now = Instant::now();
+        Steps {
+            start: now,
+            last: now,
+        }
+    }
+
+    fn done(&mut self, state: &mut State, what: &str) {
+        let now = Instant::now();
+        let took = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
+        println!(
+            "[{:6.2}s] {what} ({:.2}s)",
+            now.duration_since(self.start).as_secs_f64(),
+            took
+        );
+        state.timings.push((what.to_string(), took));
+        let _ = state.save();
+    }
+}
+
+/// The path of a tool, or None.
+fn which(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+}
+
+/// What `up` needs from this machine; each problem names what to do.
+fn preflight(args: &UpArgs, exe_dir: &Path) -> anyhow::Result<PathBuf> {
+    let mut missing = Vec::new();
+    if !nix::unistd::geteuid().is_root() {
+        missing.push(
+            "root: trellis up creates network namespaces, links and iptables rules (run it with sudo)"
+                .to_string(),
+        );
+    }
+    for (tool, package) in [
+        ("iptables-restore", "iptables"),
+        ("ipset", "ipset"),
+        ("busybox", "busybox-static"),
+    ] {
+        if which(tool).is_none() {
+            missing.push(format!(
+                "`{tool}`: install the Debian package {package} (apt-get install {package})"
+            ));
+        }
+    }
+    for plugin in args.mode.plugins() {
+        if !exe_dir.join(plugin).is_file() {
+            missing.push(format!(
+                "the CNI plugin {plugin} beside {}: build it with `cargo build --release --workspace`",
+                exe_dir.join("trellis").display()
+            ));
+        }
+    }
+    if !missing.is_empty() {
+        bail!(
+            "trellis up cannot start; missing:\n  - {}",
+            missing.join("\n  - ")
+        );
+    }
+    which("busybox").context("busybox")
+}
+
+/// Refuses to build over a cluster that is up (or its leftovers).
+async fn not_up_already(at: &Where, run_dir: &Path) -> anyhow::Result<()> {
+    let dir = at.dir();
+    if State::path(&dir).exists() {
+        bail!(
+            "a cluster named {:?} is already up (state in {}): `trellis down --name {}{}` first",
+            at.name,
+            dir.display(),
+            at.name,
+            state_dir_flag(at)
+        );
+    }
+    let prefix = format!("{}-", at.name);
+    if let Ok(entries) = std::fs::read_dir(run_dir) {
+        for e in entries.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with(&prefix) {
+                bail!(
+                    "network namespace {n} exists: a cluster named {:?} (or its leftovers) is up; `trellis down --name {}` removes it, or choose another --name",
+                    at.name,
+                    at.name
+                );
+            }
+        }
+    }
+    let h = Handle::current()?;
+    let underlay: Ipv4Net = UNDERLAY.parse()?;
+    for a in h.addresses(None).await? {
+        if let IpNet::V4(v4) = a.address
+            && (underlay.contains(&v4.addr()) || v4.contains(&underlay.network()))
+        {
+            bail!(
+                "this network namespace already has {} in the underlay range {UNDERLAY}: another trellis up cluster is up here (`trellis status`), one per namespace",
+                a.address
+            );
+        }
+    }
+    Ok(())
+}
+
+fn state_dir_flag(at: &Where) -> String {
+    if at.state_dir == Path::new("/var/lib/trellis/up") {
+        String::new()
+    } else {
+        format!(" --state-dir {}", at.state_dir.display())
+    }
+}
+
+pub async fn up(args: UpArgs) -> anyhow::Result<()> {
+    let _ = (args.control_plane, args.runtime);
+    let exe = std::env::current_exe().context("finding the trellis binary")?;
+    let exe_dir = exe
+        .parent()
+        .context("the binary's directory")?
+        .to_path_buf();
+    let run_dir = PathBuf::from(trellis_net::netns::DEFAULT_RUN_DIR);
+    let busybox = preflight(&args, &exe_dir)?;
+    not_up_already(&args.at, &run_dir).await?;
+    let dir = args.at.dir();
+    std::fs::create_dir_all(dir.join("logs"))
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let mut state = State {
+        name: args.at.name.clone(),
+        mode: args.mode.name().into(),
+        dir: dir.clone(),
+        run_dir,
+        pod_prefix: format!("{}-pod-", args.at.name),
+        ..Default::default()
+    };
+    state.save()?;
+    let started = Instant::now();
+    match build(&args, &mut state, &exe, &busybox).await {
+        Ok(()) => {
+            state.complete = true;
+            state.save()?;
+            summary(&state, started.elapsed()).await;
+            Ok(())
+        }
+        Err(e) => {
+            // The logs outlive the cluster, beside its state directory.
+            let kept = args
+                .at
+                .state_dir
+                .join(format!("{}-failed-logs", args.at.name));
+            let _ = std::fs::remove_dir_all(&kept);
+            let kept_ok = std::fs::rename(dir.join("logs"), &kept).is_ok();
+            eprintln!(
+                "trellis up failed: {e:#}\nremoving what it made …{}",
+                if kept_ok {
+                    format!(" (the daemons' logs are kept in {})", kept.display())
+                } else {
+                    String::new()
+                }
+            );
+            let problems = state::teardown(&state).await;
+            if !problems.is_empty() {
+                eprintln!("could not remove: {}", problems.join("; "));
+            }
+            Err(e)
+        }
+    }
+}
+
+/// A namespace of the cluster with `lo` up.
+async fn add_ns(state: &mut State, short: &str) -> anyhow::Result<Netns> {
+    let name = format!("{}-{short}", state.name);
+    let ns = Netns::create(&state.run_dir, &name)
+        .with_context(|| format!("creating network namespace {name}"))?;
+    state.namespaces.push(name);
+    state.save()?;
+    let h = ns.connect()?;
+    let lo = h.require_link("lo").await?;
+    h.set_up(lo.index).await?;
+    Ok(ns)
+}
+
+/// Plugs `ns` into the underlay bridge as `eth0` with `ip`/15, forwarding on.
+async fn plug(ul: &Netns, ns: &Netns, short: &str, ip: Ipv4Addr) -> anyhow::Result<()> {
+    let u = ul.connect()?;
+    let port = format!("v-{short}");
+    let link = u
+        .add_veth(&VethSpec {
+            name: &port,
+            peer_name: "eth0",
+            peer_ns: Some(ns),
+            mtu: None,
+            mac: None,
+            peer_mac: None,
+        })
+        .await?;
+    let br = u.require_link("br0").await?;
+    u.set_controller(link.index, Some(br.index)).await?;
+    u.set_up(link.index).await?;
+    let h = ns.connect()?;
+    let eth0 = h.require_link("eth0").await?;
+    h.ensure_address(eth0.index, IpNet::V4(Ipv4Net::new(ip, 15)?))
+        .await?;
+    h.set_up(eth0.index).await?;
+    trellis_net::sysctl::set(ns, &[("net.ipv4.ip_forward", "1")])?;
+    Ok(())
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+async fn build(args: &UpArgs, state: &mut State, exe: &Path, busybox: &Path) -> anyhow::Result<()> {
+    let mut steps = Steps::new();
+    let dir = state.dir.clone();
+    let trellis = s(exe);
+    // Underlay bridge, the host's link onto it, the control plane's and nodes' namespaces.
+    let ul = add_ns(state, "ul").await?;
+    ul.connect()?.ensure_bridge("br0", None).await?;
+    let host_link = format!("{}-host", state.name);
+    let h = Handle::current()?;
+    let link = h
+        .add_veth(&VethSpec {
+            name: &host_link,
+            peer_name: "v-host",
+            peer_ns: Some(&ul),
+            mtu: None,
+            mac: None,
+            peer_mac: None,
+        })
+        .await
+        .with_context(|| format!("creating link {host_link}"))?;
+    state.host_link = Some(host_link.clone());
+    state.save()?;
+    {
+        let u = ul.connect()?;
+        let port = u.require_link("v-host").await?;
+        let br = u.require_link("br0").await?;
+        u.set_controller(port.index, Some(br.index)).await?;
+        u.set_up(port.index).await?;
+        let br_link = u.require_link("br0").await?;
+        u.set_up(br_link.index).await?;
+    }
+    h.ensure_address(link.index, IpNet::V4(Ipv4Net::new(HOST_IP, 15)?))
+        .await?;
+    h.set_up(link.index).await?;
+    let cp = add_ns(state, "cp").await?;
+    plug(&ul, &cp, "cp", CP_IP).await?;
+    // Pods that talk to the API server (DNS) are not masqueraded in the routed mode: its
+    // answers go back through the first node, which routes every block.
+    let ch = cp.connect()?;
+    ch.replace_route(&Route::via(POD_CIDR.parse()?, IpAddr::V4(FIRST_NODE)))
+        .await
+        .context("routing the pod range from the control plane")?;
+    let mut nodes = Vec::new();
+    for i in 1..=args.nodes {
+        let name = format!("n{i}");
+        let ns = add_ns(state, &name).await?;
+        let ip = Ipv4Addr::new(198, 18, 1, i);
+        plug(&ul, &ns, &name, ip).await?;
+        // The service range leaves through the underlay, so the proxy's rules see it.
+        let nh = ns.connect()?;
+        let eth0 = nh.require_link("eth0").await?;
+        nh.replace_route(&Route::dev(SERVICE_CIDR.parse()?, eth0.index))
+            .await?;
+        let ndir = dir.join("nodes").join(&name);
+        for sub in [
+            "etc/cni/net.d",
+            "etc/trellis",
+            "run/trellis",
+            "var/lib/cni",
+            "var/lib/trellis/kubelet",
+        ] {
+            std::fs::create_dir_all(ndir.join(sub))?;
+        }
+        state.nodes.push(NodeRec {
+            name: name.clone(),
+            ip: ip.to_string(),
+            dir: ndir,
+        });
+        nodes.push(ns);
+    }
+    state.save()?;
+    steps.done(
+        state,
+        &format!("underlay bridge, host link, {} namespaces", args.nodes + 2),
+    );
+
+    // The API server.
+    let api_dir = dir.join("cp/apiserver");
+    std::fs::create_dir_all(&api_dir)?;
+    let api = SocketAddr::new(IpAddr::V4(CP_IP), 6443);
+    let server = format!("https://{api}");
+    let logs = dir.join("logs");
+    let p = state::spawn(
+        &cp,
+        "cp",
+        "apiserver",
+        &[
+            trellis.clone(),
+            "apiserver".into(),
+            "--data-dir".into(),
+            s(&api_dir),
+            "--listen".into(),
+            api.to_string(),
+            "--san".into(),
+            "127.0.0.1".into(),
+            "--service-cidr".into(),
+            SERVICE_CIDR.into(),
+        ],
+        &logs.join("apiserver.log"),
+    )?;
+    state.processes.push(p.clone());
+    let admin = api_dir.join("admin.kubeconfig");
+    state.kubeconfig = admin.clone();
+    state.api = server.clone();
+    state.save()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if admin.is_file()
+            && tokio::net::TcpStream::connect(api).await.is_ok()
+            && api_dir.join("pki/ca.key").is_file()
+        {
+            break;
+        }
+        if !p.alive() {
+            bail!("the API server exited: see {}", p.log.display());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the API server did not answer within 30 s: see {}",
+                p.log.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let client = trellis_api::cluster::client(Some(&admin)).await?;
+    steps.done(state, &format!("API server at {server}"));
+
+    // Identities from the cluster CA, then the scheduler and controller-manager.
+    let kc = |user: &str, groups: &[&str], out: &Path| {
+        crate::certs::kubeconfig(&api_dir, user, groups, &server, out)
+    };
+    let cpdir = dir.join("cp");
+    for (what, user, port) in [
+        ("scheduler", "system:kube-scheduler", "10259"),
+        (
+            "controller-manager",
+            "system:kube-controller-manager",
+            "10257",
+        ),
+    ] {
+        let file = cpdir.join(format!("{what}.kubeconfig"));
+        kc(user, &[], &file)?;
+        let p = state::spawn(
+            &cp,
+            "cp",
+            what,
+            &[
+                trellis.clone(),
+                what.into(),
+                "--kubeconfig".into(),
+                s(&file),
+                "--listen".into(),
+                format!("127.0.0.1:{port}"),
+                "--leader-elect-identity".into(),
+                format!("{}-cp", state.name),
+            ],
+            &logs.join(format!("{what}.log")),
+        )?;
+        state.processes.push(p);
+    }
+    state.save()?;
+    let out = tokio::process::Command::new(exe)
+        .args(["ipam", "--kubeconfig"])
+        .arg(&admin)
+        .args(["pool", "create", args.mode.name()])
+        .args(args.mode.pool_args())
+        .output()
+        .await
+        .context("running trellis ipam pool create")?;
+    if !out.status.success() {
+        bail!(
+            "creating the IPAM pool: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    steps.done(state, "scheduler, controller-manager, IPAM pool");
+
+    // The mode's manifest first: the nodes' identity gets its rights before any node
+    // daemon asks, and the DaemonSets wait for the nodes.
+    let docs = manifest::for_up(args.mode, exe, &dir.join("nodes"))?;
+    manifest::apply(&client, &docs).await?;
+    steps.done(
+        state,
+        &format!(
+            "applied deploy/{}.yaml (agents and policyd as DaemonSets)",
+            args.mode.name()
+        ),
+    );
+
+    // Each node: ipamd, the kubelet and the proxy, each with its identity.
+    let refs = Path::new("/usr/lib/cni");
+    let exe_dir = exe.parent().context("the binary's directory")?;
+    for (rec, ns) in state.nodes.clone().iter().zip(&nodes) {
+        let d = &rec.dir;
+        let n = &rec.name;
+        let node_kc = d.join("etc/trellis/node.kubeconfig");
+        kc(
+            "system:serviceaccount:kube-system:trellis-node",
+            &[
+                "system:serviceaccounts",
+                "system:serviceaccounts:kube-system",
+            ],
+            &node_kc,
+        )?;
+        let kubelet_kc = d.join("etc/trellis/kubelet.kubeconfig");
+        kc(&format!("system:node:{n}"), &["system:nodes"], &kubelet_kc)?;
+        let proxy_kc = d.join("etc/trellis/proxy.kubeconfig");
+        kc("system:kube-proxy", &[], &proxy_kc)?;
+        let ipamd = state::spawn(
+            ns,
+            n,
+            "ipamd",
+            &[
+                trellis.clone(),
+                "ipamd".into(),
+                "--node".into(),
+                n.clone(),
+                "--kubeconfig".into(),
+                s(&node_kc),
+                "--socket".into(),
+                s(&d.join("run/trellis/ipamd.sock")),
+                "--cni-cache-dir".into(),
+                s(&d.join("var/lib/cni")),
+            ],
+            &logs.join(format!("{n}-ipamd.log")),
+        )?;
+        state.processes.push(ipamd);
+        let mut kubelet = vec![
+            trellis.clone(),
+            "kubelet".into(),
+            "--node".into(),
+            n.clone(),
+            "--node-ip".into(),
+            rec.ip.clone(),
+            "--kubeconfig".into(),
+            s(&kubelet_kc),
+            "--root-dir".into(),
+            s(&d.join("var/lib/trellis/kubelet")),
+            "--netns-dir".into(),
+            s(&state.run_dir),
+            "--netns-prefix".into(),
+            state.pod_prefix.clone(),
+            "--cni-conf-dir".into(),
+            s(&d.join("etc/cni/net.d")),
+            "--cni-bin-dir".into(),
+            s(exe_dir),
+            "--cni-cache-dir".into(),
+            s(&d.join("var/lib/cni")),
+            "--cluster-dns".into(),
+            DNS_IP.into(),
+            "--sync-ms".into(),
+            "300".into(),
+            "--backoff-secs".into(),
+            "1".into(),
+            "--listen".into(),
+            "127.0.0.1:10248".into(),
+        ];
+        if refs.is_dir() {
+            kubelet.extend(["--cni-bin-dir".into(), s(refs)]);
+        }
+        let p = state::spawn(
+            ns,
+            n,
+            "kubelet",
+            &kubelet,
+            &logs.join(format!("{n}-kubelet.log")),
+        )?;
+        state.processes.push(p);
+        let p = state::spawn(
+            ns,
+            n,
+            "proxy",
+            &[
+                trellis.clone(),
+                "proxy".into(),
+                "--node".into(),
+                n.clone(),
+                "--kubeconfig".into(),
+                s(&proxy_kc),
+                "--cluster-cidr".into(),
+                POD_CIDR.into(),
+                "--listen".into(),
+                "127.0.0.1:10256".into(),
+            ],
+            &logs.join(format!("{n}-proxy.log")),
+        )?;
+        state.processes.push(p);
+    }
+    state.save()?;
+    steps.done(
+        state,
+        &format!("ipamd, kubelet, proxy on {} nodes", args.nodes),
+    );
+
+    // DNS and the demo.
+    let dns_kc = cpdir.join("dns.kubeconfig");
+    kc(
+        "system:serviceaccount:kube-system:trellis-dns",
+        &[
+            "system:serviceaccounts",
+            "system:serviceaccounts:kube-system",
+        ],
+        &dns_kc,
+    )?;
+    let no_upstream = cpdir.join("dns-upstreams.conf");
+    std::fs::write(
+        &no_upstream,
+        "# trellis up: cluster DNS forwards nothing, so no query leaves the machine\n",
+    )?;
+    manifest::apply(&client, &dns_docs(exe, &dns_kc, &no_upstream)).await?;
+    let www = dir.join("demo/www");
+    std::fs::create_dir_all(&www)?;
+    std::fs::write(www.join("index.html"), "Hello from the trellis up demo\n")?;
+    manifest::apply(&client, &demo_docs(busybox, &www)).await?;
+    steps.done(state, "DNS and the demo applied");
+
+    // Routes for the pod and service ranges, through the underlay only (via the first node).
+    let via = IpAddr::V4(FIRST_NODE);
+    for cidr in [POD_CIDR, SERVICE_CIDR] {
+        h.replace_route(&Route::via(cidr.parse()?, via).oif(link.index))
+            .await
+            .with_context(|| format!("adding the route {cidr} via {via}"))?;
+    }
+
+    // Ready: every node, DNS and the demo; the demo answers from here by address.
+    let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    wait_nodes_ready(&client, args.nodes, deadline, state).await?;
+    // A route per node block straight to its node: traffic from here then enters the
+    // node that holds the pod with its own source address (forwarded over VXLAN by another
+    // node, the overlay would masquerade it, and NetworkPolicy ipBlocks could not see it).
+    let nodes_api: Api<Node> = Api::all(client.clone());
+    for n in nodes_api.list(&ListParams::default()).await?.items {
+        let block = n
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("trellis.dev/pod-cidr"))
+            .and_then(|c| c.parse::<IpNet>().ok());
+        let node_ip = n
+            .status
+            .as_ref()
+            .and_then(|s| s.addresses.as_ref())
+            .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
+            .and_then(|a| a.address.parse::<IpAddr>().ok());
+        if let (Some(block), Some(node_ip)) = (block, node_ip) {
+            h.replace_route(&Route::via(block, node_ip).oif(link.index))
+                .await
+                .with_context(|| format!("adding the route {block} via {node_ip}"))?;
+        }
+    }
+    steps.done(state, &format!("{} nodes Ready", args.nodes));
+    wait_pods_ready(
+        &client,
+        "kube-system",
+        "k8s-app=kube-dns",
+        1,
+        deadline,
+        state,
+    )
+    .await?;
+    let web = wait_pods_ready(&client, "demo", "app=web", 2, deadline, state).await?;
+    steps.done(state, "DNS and demo pods Ready");
+    for ip in &web {
+        loop {
+            match http_get(SocketAddr::new(*ip, 80)).await {
+                Ok(body) if body.contains("Hello") => break,
+                _ if Instant::now() > deadline => {
+                    bail!("the demo at http://{ip}/ did not answer from here in time")
+                }
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+    steps.done(state, "the demo answers here on every web pod's address");
+    Ok(())
+}
+
+/// The processes' logs' last lines, for an error.
+fn log_tails(state: &State) -> String {
+    let mut out = String::new();
+    for p in &state.processes {
+        if !p.alive() {
+            let log = std::fs::read_to_string(&p.log).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(10)..].join("\n    ");
+            let _ = write!(
+                out,
+                "\n  {} on {} exited; its log ends:\n    {tail}",
+                p.what, p.on
+            );
+        }
+    }
+    out
+}
+
+async fn wait_nodes_ready(
+    client: &kube::Client,
+    n: u8,
+    deadline: Instant,
+    state: &State,
+) -> anyhow::Result<()> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    loop {
+        let list = nodes.list(&ListParams::default()).await?;
+        let ready = list.items.iter().filter(|n| node_ready(n)).count();
+        if ready >= usize::from(n) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{ready} of {n} nodes Ready in time (logs in {}){}",
+                state.dir.join("logs").display(),
+                log_tails(state)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn node_ready(n: &Node) -> bool {
+    n.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn pod_ready(p: &Pod) -> bool {
+    p.metadata.deletion_timestamp.is_none()
+        && p.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Waits for `n` Ready pods matching `selector`; returns their addresses.
+async fn wait_pods_ready(
+    client: &kube::Client,
+    namespace: &str,
+    selector: &str,
+    n: usize,
+    deadline: Instant,
+    state: &State,
+) -> anyhow::Result<Vec<IpAddr>> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    loop {
+        let list = pods.list(&ListParams::default().labels(selector)).await?;
+        let ready: Vec<IpAddr> = list
+            .items
+            .iter()
+            .filter(|p| pod_ready(p))
+            .filter_map(|p| p.status.as_ref()?.pod_ip.as_ref()?.parse().ok())
+            .collect();
+        if ready.len() >= n {
+            return Ok(ready);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{} of {n} pods {selector} in {namespace} Ready in time (logs in {}){}",
+                ready.len(),
+                state.dir.join("logs").display(),
+                log_tails(state)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One plain HTTP GET of `/`, bounded.
+async fn http_get(to: SocketAddr) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fut = async {
+        let mut s = tokio::net::TcpStream::connect(to).await?;
+        s.write_all(format!("GET / HTTP/1.0\r\nHost: {to}\r\n\r\n").as_bytes())
+            .await?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await?;
+        Ok::<_, std::io::Error>(out)
+    };
+    Ok(tokio::time::timeout(Duration::from_secs(2), fut).await??)
+}
+
+/// Cluster DNS: its identity's rights, the Deployment, the Service at 10.96.0.10.
+fn dns_docs(exe: &Path, kubeconfig: &Path, resolv: &Path) -> Vec<Value> {
+    vec![
+        json!({"apiVersion": "v1", "kind": "ServiceAccount",
+               "metadata": {"name": "trellis-dns", "namespace": "kube-system"}}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+               "metadata": {"name": "trellis-dns"},
+               "rules": [
+                 {"apiGroups": [""], "resources": ["services", "endpoints", "namespaces", "pods"],
+                  "verbs": ["get", "list", "watch"]},
+                 {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
+                  "verbs": ["get", "list", "watch"]}]}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+               "metadata": {"name": "trellis-dns"},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "trellis-dns"},
+               "subjects": [{"kind": "ServiceAccount", "name": "trellis-dns", "namespace": "kube-system"}]}),
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+               "metadata": {"name": "trellis-dns", "namespace": "kube-system", "labels": {"k8s-app": "kube-dns"}},
+               "spec": {"replicas": 1, "selector": {"matchLabels": {"k8s-app": "kube-dns"}},
+                 "template": {"metadata": {"labels": {"k8s-app": "kube-dns"}},
+                   "spec": {"serviceAccountName": "trellis-dns", "terminationGracePeriodSeconds": 2,
+                     "containers": [{"name": "dns", "image": "trellis:latest",
+                       "command": [s(exe), "dns", "--kubeconfig", s(kubeconfig), "--listen", "0.0.0.0:53",
+                                   "--resolv-conf", s(resolv), "--metrics-listen", "127.0.0.1:9153"],
+                       "ports": [{"name": "dns", "containerPort": 53, "protocol": "UDP"}]}]}}}}),
+        json!({"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": "kube-dns", "namespace": "kube-system", "labels": {"k8s-app": "kube-dns"}},
+               "spec": {"clusterIP": DNS_IP, "selector": {"k8s-app": "kube-dns"},
+                        "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}]}}),
+    ]
+}
+
+/// The demo: namespace `demo`, a web Deployment of 2 behind Service `web`, and a
+/// NetworkPolicy that lets in only pods labelled `role=client` and the underlay (the nodes and
+/// the namespace `up` ran in).
+fn demo_docs(busybox: &Path, www: &Path) -> Vec<Value> {
+    vec![
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "demo"}}),
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+               "metadata": {"name": "web", "namespace": "demo"},
+               "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web"}},
+                   "spec": {"terminationGracePeriodSeconds": 2,
+                     "containers": [{"name": "httpd", "image": "busybox:stable",
+                       "command": [s(busybox), "httpd", "-f", "-p", "80", "-h", s(www)],
+                       "ports": [{"name": "http", "containerPort": 80}]}]}}}}),
+        json!({"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": "web", "namespace": "demo"},
+               "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": 80}]}}),
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+               "metadata": {"name": "web-clients-only", "namespace": "demo"},
+               "spec": {"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Ingress"],
+                 "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "client"}}},
+                                       {"ipBlock": {"cidr": UNDERLAY}}],
+                              "ports": [{"protocol": "TCP", "port": 80}]}]}}),
+    ]
+}
+
+/// The summary table and the access notes (also written to `<state>/access.txt`).
+async fn summary(state: &State, total: Duration) {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\ncluster {:?} is up in {:.2}s (mode {})",
+        state.name,
+        total.as_secs_f64(),
+        state.mode
+    );
+    let _ = writeln!(
+        out,
+        "\n  {:<6} {:<12} {:<14} NAMESPACE",
+        "NODE", "ADDRESS", "ROLE"
+    );
+    let _ = writeln!(
+        out,
+        "  {:<6} {:<12} {:<14} {}-cp",
+        "cp", CP_IP, "control plane", state.name
+    );
+    for n in &state.nodes {
+        let _ = writeln!(
+            out,
+            "  {:<6} {:<12} {:<14} {}-{}",
+            n.name, n.ip, "worker", state.name, n.name
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n  pods {POD_CIDR}, services {SERVICE_CIDR}, DNS {DNS_IP}, underlay {UNDERLAY} (this namespace: {HOST_IP})"
+    );
+    let _ = writeln!(out, "\n  {:<64} {:>8}", "STEP", "SECONDS");
+    for (what, secs) in &state.timings {
+        let _ = writeln!(out, "  {what:<64} {secs:>8.2}");
+    }
+    let _ = writeln!(out, "  {:<64} {:>8.2}", "total", total.as_secs_f64());
+    let mut web = String::new();
+    if let Ok(client) = trellis_api::cluster::client(Some(&state.kubeconfig)).await {
+        let pods: Api<Pod> = Api::namespaced(client.clone(), "demo");
+        if let Ok(list) = pods.list(&ListParams::default().labels("app=web")).await {
+            for p in list.items {
+                if let Some(ip) = p.status.and_then(|s| s.pod_ip) {
+                    let _ = write!(web, " http://{ip}/");
+                }
+            }
+        }
+    }
+    let access = format!(
+        "kubeconfig: {kc}\n  kubectl --kubeconfig {kc} get nodes,pods -A\n\
+         demo from this namespace (pod addresses, routed through the underlay):{web}\n  curl{web}\n\
+         demo from a pod: http://web.demo (only pods labelled role=client get in: NetworkPolicy demo/web-clients-only)\n\
+         status: trellis status --name {name}\n\
+         tear down: trellis down --name {name}\n",
+        kc = state.kubeconfig.display(),
+        name = state.name,
+    );
+    let _ = std::fs::write(state.dir.join("access.txt"), &access);
+    println!(
+        "{out}\n{access}(also in {})",
+        state.dir.join("access.txt").display()
+    );
+}
+
+pub async fn down(args: DownArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let dir = args.at.dir();
+    let state = match State::load(&dir)? {
+        Some(s) => s,
+        None => {
+            // No state: remove by name whatever a crashed `up` may have left.
+            let run_dir = PathBuf::from(trellis_net::netns::DEFAULT_RUN_DIR);
+            let mut namespaces = vec![
+                format!("{}-ul", args.at.name),
+                format!("{}-cp", args.at.name),
+            ];
+            namespaces.extend((1..=MAX_NODES).map(|i| format!("{}-n{i}", args.at.name)));
+            let present: Vec<String> = namespaces
+                .into_iter()
+                .filter(|n| run_dir.join(n).exists())
+                .collect();
+            let link = format!("{}-host", args.at.name);
+            let has_link = Handle::current()?.link(&link).await?.is_some();
+            if present.is_empty() && !has_link {
+                println!(
+                    "no cluster named {:?} is up (no {})",
+                    args.at.name,
+                    State::path(&dir).display()
+                );
+                return Ok(());
+            }
+            State {
+                name: args.at.name.clone(),
+                dir: dir.clone(),
+                run_dir,
+                namespaces: present,
+                pod_prefix: format!("{}-pod-", args.at.name),
+                host_link: has_link.then_some(link),
+                ..Default::default()
+            }
+        }
+    };
+    let problems = state::teardown(&state).await;
+    if !problems.is_empty() {
+        bail!("trellis down left: {}", problems.join("; "));
+    }
+    println!(
+        "cluster {:?} removed in {:.2}s: {} processes, {} namespaces and their pods, link {}",
+        state.name,
+        started.elapsed().as_secs_f64(),
+        state.processes.len(),
+        state.namespaces.len(),
+        state.host_link.as_deref().unwrap_or("-")
+    );
+    Ok(())
+}
+
+pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let dir = args.at.dir();
+    let Some(state) = State::load(&dir)? else {
+        bail!(
+            "no cluster named {:?} is up (no {})",
+            args.at.name,
+            State::path(&dir).display()
+        );
+    };
+    let mut healthy = state.complete;
+    println!(
+        "cluster {:?}, mode {}, API {}{}",
+        state.name,
+        state.mode,
+        state.api,
+        if state.complete {
+            ""
+        } else {
+            " (up did not finish)"
+        }
+    );
+    println!("\n  {:<20} {:<4} {:>8}  STATE", "PROCESS", "ON", "PID");
+    for p in &state.processes {
+        let alive = p.alive();
+        healthy &= alive;
+        println!(
+            "  {:<20} {:<4} {:>8}  {}",
+            p.what,
+            p.on,
+            p.pid,
+            if alive { "running" } else { "GONE" }
+        );
+    }
+    match trellis_api::cluster::client(Some(&state.kubeconfig)).await {
+        Ok(client) => {
+            let nodes: Api<Node> = Api::all(client.clone());
+            match nodes.list(&ListParams::default()).await {
+                Ok(list) => {
+                    println!("\n  {:<6} READY", "NODE");
+                    for n in &list.items {
+                        let r = node_ready(n);
+                        healthy &= r;
+                        println!("  {:<6} {}", n.metadata.name.as_deref().unwrap_or(""), r);
+                    }
+                }
+                Err(e) => {
+                    healthy = false;
+                    println!("\n  the API server does not answer: {e}");
+                }
+            }
+            let pods: Api<Pod> = Api::all(client);
+            if let Ok(list) = pods.list(&ListParams::default()).await {
+                let ready = list.items.iter().filter(|p| pod_ready(p)).count();
+                println!("\n  pods: {ready} of {} Ready", list.items.len());
+                for p in list.items.iter().filter(|p| !pod_ready(p)) {
+                    println!(
+                        "    not ready: {}/{}",
+                        p.metadata.namespace.as_deref().unwrap_or(""),
+                        p.metadata.name.as_deref().unwrap_or("")
+                    );
+                }
+            }
+        }
+        Err(e) => {
+            healthy = false;
+            println!("\n  no client: {e}");
+        }
+    }
+    if healthy {
+        println!("\nhealthy");
+        Ok(())
+    } else {
+        bail!("cluster {:?} is not healthy", state.name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_sizes_and_names_are_refused_with_the_reason() {
+        assert!(parse_nodes("0").unwrap_err().contains("1 to 64"));
+        assert!(parse_nodes("100").unwrap_err().contains("1 to 64"));
+        assert_eq!(parse_nodes("64"), Ok(64));
+        assert!(parse_control_plane("3").unwrap_err().contains("not built"));
+        assert!(parse_name("Bad_Name").is_err());
+        assert!(parse_name("elevenchars").is_err());
+        assert_eq!(parse_name("tb1-u"), Ok("tb1-u".into()));
+    }
+
+    #[test]
+    fn the_demo_policy_admits_clients_and_the_underlay_only() {
+        let docs = demo_docs(Path::new("/bin/busybox"), Path::new("/w"));
+        let np = docs.iter().find(|d| d["kind"] == "NetworkPolicy").unwrap();
+        let from = &np["spec"]["ingress"][0]["from"];
+        assert_eq!(from[0]["podSelector"]["matchLabels"]["role"], "client");
+        assert_eq!(from[1]["ipBlock"]["cidr"], UNDERLAY);
+    }
+}
