@@ -252,6 +252,11 @@ async fn three_routed_nodes_come_up_serve_the_demo_keep_strangers_out_and_go_dow
     scenario("routed", "trellis-bgp-agent-").await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_canal_nodes_come_up_serve_the_demo_keep_strangers_out_and_go_down_clean() {
+    scenario("canal", "trellis-overlay-agent-").await;
+}
+
 async fn scenario(mode: &str, agent: &str) {
     let curl = require_tool("curl", "curl");
     let kubectl = require_tool("kubectl", "kubectl (the image's own)");

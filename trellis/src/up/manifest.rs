@@ -15,6 +15,8 @@ pub enum Mode {
     Overlay,
     /// calico-like: /32 pods on routed veths, BGP between nodes (`deploy/routed.yaml`).
     Routed,
+    /// canal-like: /32 pods on routed veths, VXLAN between nodes (`deploy/canal.yaml`).
+    Canal,
 }
 
 impl Mode {
@@ -22,6 +24,7 @@ impl Mode {
         match self {
             Mode::Overlay => "overlay",
             Mode::Routed => "routed",
+            Mode::Canal => "canal",
         }
     }
 
@@ -30,6 +33,7 @@ impl Mode {
         match self {
             Mode::Overlay => include_str!("../../../deploy/overlay.yaml"),
             Mode::Routed => include_str!("../../../deploy/routed.yaml"),
+            Mode::Canal => include_str!("../../../deploy/canal.yaml"),
         }
     }
 
@@ -38,6 +42,7 @@ impl Mode {
         match self {
             Mode::Overlay => &["trellis-overlay", "trellis-ipam"],
             Mode::Routed => &["trellis-routed", "trellis-ipam"],
+            Mode::Canal => &["trellis-canal", "trellis-ipam"],
         }
     }
 
@@ -45,7 +50,7 @@ impl Mode {
     pub fn pool_args(self) -> &'static [&'static str] {
         match self {
             Mode::Overlay => &["--cidr", super::POD_CIDR, "--block-size", "24"],
-            Mode::Routed => &["--cidr", super::POD_CIDR, "--block-size", "26"],
+            Mode::Routed | Mode::Canal => &["--cidr", super::POD_CIDR, "--block-size", "26"],
         }
     }
 }
@@ -142,7 +147,7 @@ mod tests {
     /// rewrites exactly the binary and the node root.
     #[test]
     fn every_mode_manifest_is_rewritten_for_up() {
-        for mode in [Mode::Overlay, Mode::Routed] {
+        for mode in [Mode::Overlay, Mode::Routed, Mode::Canal] {
             let docs = for_up(mode, Path::new("/x/trellis"), Path::new("/s/nodes")).unwrap();
             let sets: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "DaemonSet").collect();
             assert_eq!(sets.len(), 2, "{mode:?}: the agent and policyd");
@@ -182,6 +187,7 @@ mod tests {
         ];
         for (mode, extra) in [
             (Mode::Overlay, None),
+            (Mode::Canal, None),
             (
                 Mode::Routed,
                 Some("plugins/calico-like/deploy/bgp-crds.yaml"),

@@ -70,8 +70,8 @@ pub struct UpArgs {
     /// Worker nodes, 1–64.
     #[arg(long, default_value_t = 3, value_parser = parse_nodes)]
     nodes: u8,
-    /// The network mode (canal comes with its plugin).
-    #[arg(long, value_enum, default_value_t = Mode::Overlay)]
+    /// The network mode: canal (routed /32 pods, VXLAN between nodes), overlay or routed.
+    #[arg(long, value_enum, default_value_t = Mode::Canal)]
     mode: Mode,
     /// Control-plane members: 1 (one API server on the embedded store).
     #[arg(long, default_value_t = 1, value_parser = parse_control_plane)]
