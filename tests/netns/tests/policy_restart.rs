@@ -17,7 +17,7 @@ mod policy_cluster;
 mod routed_cluster;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use netns_testbed::matrix::{self, Cell};
@@ -31,6 +31,8 @@ const RESTARTS: usize = 20;
 const PROBE: Duration = Duration::from_millis(1000);
 /// Probe time-out of the forbidden cells: each dropped probe costs all of it.
 const FORBIDDEN_PROBE: Duration = Duration::from_millis(300);
+/// Bound on the wait, after each restart, for both probing loops to finish two more rounds.
+const ROUND_WAIT: Duration = Duration::from_secs(10);
 
 /// x accepts only namespace y: z → x is forbidden (on both nodes), y → x allowed.
 async fn setup(mode: Mode) -> PolicyCluster {
@@ -74,7 +76,9 @@ async fn restarts(mode: Mode) {
     // milliseconds; a dropped SYN only costs the time-out), so they are probed several times a
     // second; the allowed cells with a generous one, so a slow machine is not taken for a closed
     // window.
-    let prober = |cells: Vec<Cell>, timeout: Duration| {
+    // Each loop counts its finished rounds, so that every restart can wait until both loops
+    // have probed the window after it (restarts take ~75 ms, a forbidden round ≥ 300 ms).
+    let prober = |cells: Vec<Cell>, timeout: Duration, done: Arc<AtomicU64>| {
         let (stop, pods, expected) = (stop.clone(), pods.clone(), expected.clone());
         tokio::spawn(async move {
             let (mut rounds, mut wrong) = (0u64, Vec::new());
@@ -82,6 +86,7 @@ async fn restarts(mode: Mode) {
             while !stop.load(Ordering::Relaxed) {
                 let got = matrix::probe_cells(&pods, &cells, timeout).await.unwrap();
                 rounds += 1;
+                done.store(rounds, Ordering::Relaxed);
                 // Continuous, not a busy loop that starves the daemon being restarted.
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 wrong.extend(
@@ -93,8 +98,9 @@ async fn restarts(mode: Mode) {
             (rounds, wrong)
         })
     };
-    let forbidden_prober = prober(forbidden.clone(), FORBIDDEN_PROBE);
-    let allowed_prober = prober(allowed.clone(), PROBE);
+    let (f_done, a_done) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let forbidden_prober = prober(forbidden.clone(), FORBIDDEN_PROBE, f_done.clone());
+    let allowed_prober = prober(allowed.clone(), PROBE, a_done.clone());
     let t = Instant::now();
     for k in 0..RESTARTS {
         let node = k % 2;
@@ -104,12 +110,26 @@ async fn restarts(mode: Mode) {
             Signal::SIGKILL
         };
         let r = Instant::now();
+        let (f0, a0) = (
+            f_done.load(Ordering::Relaxed),
+            a_done.load(Ordering::Relaxed),
+        );
         c.stop_policyd(node, signal).await;
         c.start_policyd(node).await;
+        let ready = r.elapsed();
+        // Two more finished rounds: the second began after the stop, so it probed the gap.
+        let deadline = Instant::now() + ROUND_WAIT;
+        while f_done.load(Ordering::Relaxed) < f0 + 2 || a_done.load(Ordering::Relaxed) < a0 + 2 {
+            assert!(
+                Instant::now() < deadline,
+                "the probing loops did not finish two rounds within {ROUND_WAIT:?} of restart {}",
+                k + 1
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         eprintln!(
-            "[{mode:?}] restart {}/{RESTARTS} of policyd on node {node} ({signal}): ready again after {:?}",
+            "[{mode:?}] restart {}/{RESTARTS} of policyd on node {node} ({signal}): ready again after {ready:?}",
             k + 1,
-            r.elapsed()
         );
     }
     stop.store(true, Ordering::Relaxed);
@@ -130,7 +150,7 @@ async fn restarts(mode: Mode) {
         blocked.len()
     );
     assert!(
-        f_rounds >= 10 && a_rounds >= 10,
+        f_rounds >= 2 * RESTARTS as u64 && a_rounds >= 2 * RESTARTS as u64,
         "probing ran through the restarts ({f_rounds}, {a_rounds} rounds)"
     );
     assert!(
