@@ -20,6 +20,7 @@ pub mod link;
 pub mod monitor;
 pub mod neigh;
 pub mod netns;
+pub mod nft;
 pub mod route;
 pub mod sysctl;
 pub mod underlay;

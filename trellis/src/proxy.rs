@@ -1,4 +1,4 @@
-//! `trellis proxy`: the service proxy of a node (Services → iptables NAT rules).
+//! `trellis proxy`: the service proxy of a node (Services → iptables or nftables NAT rules).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -6,8 +6,20 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+/// The kernel interface the proxy writes its rules through.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Backend {
+    /// iptables chains, as kube-proxy's iptables mode lays them out.
+    Iptables,
+    /// One nftables table with verdict maps: a change costs what changed, at any size.
+    Nftables,
+}
+
 #[derive(clap::Args)]
 pub struct Args {
+    /// Where the rules go: `iptables` or `nftables` (starting one removes the other's rules).
+    #[arg(long, value_enum, default_value = "iptables")]
+    backend: Backend,
     /// This node's name: endpoints whose nodeName it is are local.
     #[arg(long, env = "NODE_NAME")]
     node: Option<String>,
@@ -32,7 +44,7 @@ pub struct Args {
     /// Where `/healthz`, `/readyz` and `/metrics` are served.
     #[arg(long, default_value = "127.0.0.1:10256")]
     listen: SocketAddr,
-    /// Remove every chain and jump the proxy owns, then exit.
+    /// Remove every chain, jump and table the proxy owns (both backends), then exit.
     #[arg(long)]
     cleanup: bool,
 }
@@ -48,6 +60,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         None => crate::hostname()?,
     };
     let mut config = trellis_proxy::Config::new(node);
+    config.backend = match args.backend {
+        Backend::Iptables => trellis_proxy::Backend::Iptables,
+        Backend::Nftables => trellis_proxy::Backend::Nftables,
+    };
     config.kubeconfig = args.kubeconfig;
     config.cluster_cidr = (!args.no_cluster_cidr).then_some(args.cluster_cidr);
     config.node_addresses = args.node_port_addresses;

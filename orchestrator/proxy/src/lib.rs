@@ -1,11 +1,13 @@
 //! The service proxy (`trellis proxy`): on every node, Services and EndpointSlices from the
-//! API become iptables NAT rules (ClusterIP, NodePort, the traffic policies, session
-//! affinity, hairpin), and service ports without endpoints are rejected.
+//! API become NAT rules (ClusterIP, NodePort, the traffic policies, session affinity,
+//! hairpin), and service ports without endpoints are rejected. Two backends: iptables
+//! ([`rules`], [`sync`]; kube-proxy's layout) and nftables ([`nft`]; verdict maps, so a change
+//! costs the kernel what changed, not the whole table).
 //!
 //! Syncs are batched and rate-limited: a burst of changes waits `min_sync_period` after the
-//! previous sync and then goes to the kernel as one `iptables-restore --noflush` of only the
-//! chains that changed. Every `resync` the whole state is written again, which repairs rules
-//! someone else removed.
+//! previous sync and then goes to the kernel as one transaction of only what changed (one
+//! `iptables-restore --noflush`, or one `nft -f`). Every `resync` the whole state is written
+//! again, which repairs rules someone else removed.
 //!
 //! UDP and conntrack: these kernels have no conntrack netlink, so the proxy cannot delete the
 //! conntrack entries of an endpoint that went away (kube-proxy runs `conntrack -D`). A UDP flow
@@ -17,6 +19,7 @@
 //! endpoint answers with a reset or the flow times out, and the client reconnects.
 
 pub mod model;
+pub mod nft;
 pub mod rules;
 pub mod sync;
 
@@ -37,9 +40,20 @@ use trellis_net::iptables::{IpFamily, Iptables};
 pub use rules::NodeRules;
 pub use sync::Syncer;
 
+/// Which kernel interface the rules go through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// iptables chains (legacy or nf_tables, as the host uses).
+    #[default]
+    Iptables,
+    /// One nftables table with verdict maps.
+    Nftables,
+}
+
 /// How the proxy runs.
 #[derive(Debug, Clone)]
 pub struct Config {
+    pub backend: Backend,
     /// This node's name: endpoints with this nodeName are local.
     pub node: String,
     pub kubeconfig: Option<PathBuf>,
@@ -56,6 +70,7 @@ pub struct Config {
 impl Config {
     pub fn new(node: impl Into<String>) -> Config {
         Config {
+            backend: Backend::Iptables,
             node: node.into(),
             kubeconfig: None,
             cluster_cidr: Some("10.244.0.0/16".parse().expect("a valid default")),
@@ -76,6 +91,8 @@ pub enum Error {
     Iptables(#[from] trellis_net::Error),
     #[error("sync: {0}")]
     Sync(#[from] sync::SyncError),
+    #[error("sync: {0}")]
+    NftSync(#[from] nft::SyncError),
     #[error("listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -113,13 +130,11 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
         tracing::info!(%bound, "health and metrics");
     }
     bridge_netfilter();
-    let ipt = Iptables::detect(None, IpFamily::V4).await?;
-    tracing::info!(backend = ?ipt.backend, "iptables");
-    let mut syncer = Syncer::new(ipt);
     let node = NodeRules {
         cluster_cidr: config.cluster_cidr,
         node_addresses: config.node_addresses.clone(),
     };
+    let mut dataplane = Dataplane::start(config.backend).await?;
 
     let changed = Arc::new(Notify::new());
     let services = reflect(Api::<Service>::all(kube.clone()), changed.clone());
@@ -146,7 +161,7 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
                 _ = &mut stop => break,
                 _ = changed.notified() => {}
                 _ = tokio::time::sleep(resync_in) => {
-                    syncer.invalidate();
+                    dataplane.invalidate();
                 }
             }
             // Rate limit: batch whatever arrives until min_sync_period after the last sync.
@@ -175,13 +190,12 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
             eps.iter().map(|s| s.as_ref()),
             &config.node,
         );
-        let desired = rules::compile(&ports, &node);
         let full = syncer_is_full(&last_full, config.resync);
         if full {
-            syncer.invalidate();
+            dataplane.invalidate();
             last_full = Instant::now();
         }
-        match syncer.sync(desired).await {
+        match dataplane.sync(&ports, &node).await {
             Ok(stats) => {
                 let secs = started.elapsed().as_secs_f64();
                 metrics.observe(
@@ -242,8 +256,67 @@ fn syncer_is_full(last_full: &Instant, resync: Duration) -> bool {
     last_full.elapsed() >= resync
 }
 
-/// Removes everything the proxy wrote (`trellis proxy --cleanup`).
+/// The syncer of the chosen backend.
+enum Dataplane {
+    Iptables(Syncer),
+    Nftables(nft::Syncer),
+}
+
+impl Dataplane {
+    /// Starts the backend, after removing what the other backend left (both are ours; two
+    /// sets of service rules would fight over every packet).
+    async fn start(backend: Backend) -> Result<Dataplane, Error> {
+        let nft = trellis_net::nft::Nft::new(None);
+        match backend {
+            Backend::Iptables => {
+                if nft.has_table("ip", nft::TABLE).await.unwrap_or(false) {
+                    tracing::info!(table = nft::TABLE, "removing the nftables backend's table");
+                    nft::Syncer::new(nft).cleanup().await?;
+                }
+                let ipt = Iptables::detect(None, IpFamily::V4).await?;
+                tracing::info!(backend = ?ipt.backend, "iptables");
+                Ok(Dataplane::Iptables(Syncer::new(ipt)))
+            }
+            Backend::Nftables => {
+                match Iptables::detect(None, IpFamily::V4).await {
+                    Ok(ipt) => {
+                        if let Err(e) = Syncer::new(ipt).cleanup().await {
+                            tracing::warn!(error = %e, "could not remove the iptables backend's chains");
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "no iptables to clean up"),
+                }
+                tracing::info!(table = nft::TABLE, "nftables");
+                Ok(Dataplane::Nftables(nft::Syncer::new(nft)))
+            }
+        }
+    }
+
+    fn invalidate(&mut self) {
+        match self {
+            Dataplane::Iptables(s) => s.invalidate(),
+            Dataplane::Nftables(s) => s.invalidate(),
+        }
+    }
+
+    async fn sync(
+        &mut self,
+        ports: &[model::ServicePort],
+        node: &NodeRules,
+    ) -> Result<sync::SyncStats, Error> {
+        Ok(match self {
+            Dataplane::Iptables(s) => s.sync(rules::compile(ports, node)).await?,
+            Dataplane::Nftables(s) => s.sync(nft::compile(ports, node)).await?,
+        })
+    }
+}
+
+/// Removes everything the proxy wrote, with either backend (`trellis proxy --cleanup`).
 pub async fn cleanup() -> Result<(), Error> {
+    let nft = trellis_net::nft::Nft::new(None);
+    if nft.has_table("ip", nft::TABLE).await.unwrap_or(false) {
+        nft::Syncer::new(nft).cleanup().await?;
+    }
     let ipt = Iptables::detect(None, IpFamily::V4).await?;
     Syncer::new(ipt).cleanup().await?;
     Ok(())

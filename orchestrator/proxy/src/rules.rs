@@ -111,7 +111,7 @@ pub fn short_hash(parts: &[&str]) -> String {
         .collect()
 }
 
-fn port_key(sp: &ServicePort) -> String {
+pub(crate) fn port_key(sp: &ServicePort) -> String {
     short_hash(&[&sp.name.to_string(), sp.protocol.iptables()])
 }
 

@@ -12,6 +12,9 @@
 mod cluster;
 use cluster::{Cluster, Pod};
 
+/// The proxy backend these tests run.
+const PROXY_BACKEND: &str = "iptables";
+
 include!("support/proxy_common.rs");
 
 use netns_testbed::wait_for;

@@ -9,4 +9,7 @@
 mod cluster;
 use cluster::{Cluster, Pod};
 
+/// The proxy backend these tests run.
+const PROXY_BACKEND: &str = "iptables";
+
 include!("support/proxy_common.rs");

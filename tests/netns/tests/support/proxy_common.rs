@@ -80,6 +80,8 @@ fn spawn_proxy(c: &Cluster, w: &cluster::Worker, trellis: &std::path::Path) -> i
         &[
             trellis.to_str().unwrap(),
             "proxy",
+            "--backend",
+            PROXY_BACKEND,
             "--node",
             &w.node.name,
             "--kubeconfig",
@@ -109,6 +111,35 @@ async fn wait_proxy_ready(c: &Cluster, w: &cluster::Worker, pid: i32) {
     panic!("proxy never ready:\n{}", c.tb.log_of(pid));
 }
 
+/// The node's rules are where `PROXY_BACKEND` puts them, and only there: the tests below prove
+/// that backend, not the other.
+async fn assert_backend(c: &Cluster, w: &cluster::Worker) {
+    let limit = Duration::from_secs(10);
+    let table = c
+        .tb
+        .exec(&w.node.ns, &["nft", "list", "table", "ip", "trellis-proxy"], limit)
+        .await
+        .unwrap();
+    let nat = c
+        .tb
+        .exec_ok(&w.node.ns, &["iptables", "-w", "-t", "nat", "-S"], limit)
+        .await
+        .unwrap();
+    let chains = nat.contains("TRELLIS-SVC-SERVICES");
+    match PROXY_BACKEND {
+        "nftables" => assert!(
+            table.success() && !chains,
+            "want the nftables table and no iptables chains:\n{}\n{nat}",
+            table.stdout
+        ),
+        _ => assert!(
+            !table.success() && chains,
+            "want iptables chains and no nftables table:\n{}\n{nat}",
+            table.stdout
+        ),
+    }
+}
+
 struct Env {
     c: Cluster,
     client: kube::Client,
@@ -134,6 +165,7 @@ async fn start(nodes: usize) -> Env {
     }
     for (w, pid) in c.workers.iter().zip(&proxies) {
         wait_proxy_ready(&c, w, *pid).await;
+        assert_backend(&c, w).await;
     }
     let client = cluster::kube_client(&c.cp.local_kubeconfig).await;
     let services = Api::namespaced(client.clone(), "default");
