@@ -10,7 +10,11 @@
 //! by side with the ratio baseline/ours.
 //!
 //!     cargo bench -p netns-testbed --bench proxy-sync [-- --sizes 1000,5000,10000 --rounds 3]
-//!         [--backend nft|legacy]
+//!         [--backend nft|legacy] [--proxy-backend iptables|nftables]
+//!
+//! `--proxy-backend nftables` measures the proxy's nftables backend (one `nft -f` transaction
+//! per sync; "full ours" is then the median of as many whole-table replacements) against the
+//! same baseline.
 //!
 //! Needs root and iptables (default: the host's backend, as the proxy detects it). Each
 //! restore is bounded by the tool runner's 60 s.
@@ -22,6 +26,7 @@ use std::time::{Duration, Instant};
 use netns_testbed::{Testbed, require_root, require_tool};
 use trellis_net::iptables::{Backend, IpFamily, Iptables, Table};
 use trellis_proxy::model::{Endpoint, PortName, Protocol, ServicePort};
+use trellis_proxy::nft;
 use trellis_proxy::rules::{self, Chains, NodeRules};
 use trellis_proxy::sync::Syncer;
 
@@ -96,6 +101,10 @@ async fn main() {
         cluster_cidr: Some("10.244.0.0/16".parse().unwrap()),
         node_addresses: vec![],
     };
+    let nft_mode = arg("--proxy-backend").as_deref() == Some("nftables");
+    if nft_mode {
+        require_tool("nft", "nftables");
+    }
     let tb = Testbed::new().unwrap();
     let mut backend = None;
     println!(
@@ -120,13 +129,32 @@ async fn main() {
         backend = Some(ipt.backend);
         let mut ports = services(n);
         let desired = rules::compile(&ports, &node);
-        let total: usize = desired.values().map(Vec::len).sum();
+        let mut total: usize = desired.values().map(Vec::len).sum();
+        if nft_mode {
+            total = nft::compile(&ports, &node)
+                .chains
+                .values()
+                .map(Vec::len)
+                .sum();
+        }
+        let mut nft_syncer = nft::Syncer::new(trellis_net::nft::Nft::new(Some(&ns)));
 
         // Ours, full: compile + diff + restore into the empty namespace.
         let mut syncer = Syncer::new(ipt.clone());
-        let t = Instant::now();
-        syncer.sync(rules::compile(&ports, &node)).await.unwrap();
-        let full_ours = t.elapsed();
+        let full_ours = if nft_mode {
+            let mut runs = Vec::new();
+            for _ in 0..rounds {
+                nft_syncer.invalidate();
+                let t = Instant::now();
+                nft_syncer.sync(nft::compile(&ports, &node)).await.unwrap();
+                runs.push(t.elapsed());
+            }
+            median(runs)
+        } else {
+            let t = Instant::now();
+            syncer.sync(rules::compile(&ports, &node)).await.unwrap();
+            t.elapsed()
+        };
 
         // Baseline, full: the whole table in one restore (into the same, now filled, tables:
         // what every later full sync costs).
@@ -145,7 +173,11 @@ async fn main() {
             let sp = &mut ports[r % n];
             sp.endpoints[0].ip = std::net::Ipv4Addr::from(0x0af5_0000u32 + r as u32);
             let t = Instant::now();
-            let stats = syncer.sync(rules::compile(&ports, &node)).await.unwrap();
+            let stats = if nft_mode {
+                nft_syncer.sync(nft::compile(&ports, &node)).await.unwrap()
+            } else {
+                syncer.sync(rules::compile(&ports, &node)).await.unwrap()
+            };
             inc_ours.push(t.elapsed());
             assert!(stats.chains_written <= 3, "{stats:?}");
             let t = Instant::now();
@@ -168,6 +200,12 @@ async fn main() {
         tb.delete_ns(&ns).unwrap();
     }
     println!(
-        "backend: {backend:?}; medians of {rounds} rounds (full ours: one run); ratio = baseline / ours"
+        "ours: {} backend; baseline: iptables {backend:?}; medians of {rounds} rounds{}; ratio = baseline / ours",
+        if nft_mode { "nftables" } else { "iptables" },
+        if nft_mode {
+            ""
+        } else {
+            " (full ours: one run)"
+        }
     );
 }
