@@ -118,6 +118,64 @@ async fn one_of_three_leads_and_a_clean_stop_hands_over_at_once() {
     s.stop().await;
 }
 
+/// The Lease's renewTime now.
+async fn renew_time(s: &TestServer) -> String {
+    let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+        kube::Api::namespaced(s.client().await, "kube-system");
+    let lease = leases.get("test-component").await.unwrap();
+    let spec = lease.spec.unwrap_or_default();
+    serde_json::to_string(&spec.renew_time).unwrap()
+}
+
+/// Reads of the Lease so far (the server's request counters) that no renewal explains: the
+/// leader reads and writes once per renewal, a standby only reads. `own` reads were the test's.
+/// While a renewal is between its read and its write this counts one too many.
+async fn standby_reads(s: &TestServer, own: u64) -> u64 {
+    let text = s
+        .client()
+        .await
+        .request_text(http::Request::get("/metrics").body(Vec::new()).unwrap())
+        .await
+        .unwrap();
+    let count = |verb: &str| {
+        let series =
+            format!("apiserver_request_total{{verb=\"{verb}\",resource=\"leases\",code=\"200\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .map(|n| n.trim().parse::<u64>().unwrap())
+            .unwrap_or(0)
+    };
+    count("get").saturating_sub(count("update") + own)
+}
+
+/// Waits (at most `within`) until the leader has renewed the Lease after the standby started
+/// and the standby has read the Lease twice since (three more uncounted reads, as one may be a
+/// renewal's): a standby's read is counted before it sends the next, so its second read began
+/// after the renewal was written, and the standby has seen that renewal.
+async fn standby_saw_a_renewal(s: &TestServer, within: Duration) {
+    let deadline = Instant::now() + within;
+    let mut own = 0;
+    let first = renew_time(s).await;
+    own += 1;
+    loop {
+        let now = renew_time(s).await;
+        own += 1;
+        if now != first {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no renewal within {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let reads = standby_reads(s, own).await;
+    while standby_reads(s, own).await < reads + 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the standby did not read the Lease within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_leader_is_replaced_after_the_lease_duration_and_not_before() {
     let s = TestServer::start().await;
@@ -125,8 +183,8 @@ async fn a_crashed_leader_is_replaced_after_the_lease_duration_and_not_before() 
     let (a, _a_stop) = candidate(&s, &acting, "a").await;
     wait_leaders(&acting, 1, Duration::from_secs(10)).await;
     let (b, b_stop) = candidate(&s, &acting, "b").await;
-    // Let b observe a's renewals, then crash a: no release, like kill -9.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Let b observe one of a's renewals, then crash a: no release, like kill -9.
+    standby_saw_a_renewal(&s, Duration::from_secs(10)).await;
     a.abort();
     let crashed = Instant::now();
     wait_leaders(&acting, 2, Duration::from_secs(15)).await;

@@ -19,8 +19,10 @@ use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy};
 use serde_json::json;
 
+use crate::controller::{OnDelete, Reconciler, Target, owner_handler};
 use crate::cron::{self, Schedule};
-use crate::informer::{Change, Handler, Informer, handler};
+use crate::informer::{Change, Handler, Informer, Synced, handler};
+use crate::manager::Watches;
 use crate::owner;
 use crate::workqueue::WorkQueue;
 use crate::{Ctx, SyncError};
@@ -192,20 +194,7 @@ impl Controller {
         }
     }
 
-    pub fn cronjob_handler(&self) -> Handler<CronJob> {
-        let c = self.clone();
-        handler(move |ch: Change<'_, CronJob>| match ch {
-            Change::Applied(j) => c.queue.add(owner::key(&j.metadata)),
-            Change::Deleted(_) => {}
-            Change::Synced => {
-                for j in c.cronjobs.state() {
-                    c.queue.add(owner::key(&j.metadata));
-                }
-            }
-        })
-    }
-
-    pub fn job_handler(&self) -> Handler<Job> {
+    fn job_handler(&self) -> Handler<Job> {
         let c = self.clone();
         handler(move |ch: Change<'_, Job>| {
             let j = match ch {
@@ -218,24 +207,42 @@ impl Controller {
             }
         })
     }
+}
 
-    pub async fn sync(&self, key: &str) -> Result<Option<Duration>, SyncError> {
-        self.cronjobs.wait_synced().await;
-        self.jobs.wait_synced().await;
-        let Some(cj) = self.cronjobs.get(key) else {
-            return Ok(None);
-        };
-        let (Some(ns), Some(name)) = (cj.metadata.namespace.clone(), cj.metadata.name.clone())
+impl Reconciler for Controller {
+    fn name(&self) -> &'static str {
+        "cronjob"
+    }
+
+    fn queue(&self) -> &WorkQueue {
+        &self.queue
+    }
+
+    fn caches(&self) -> Vec<Synced> {
+        vec![self.cronjobs.synced(), self.jobs.synced()]
+    }
+
+    fn handlers(&self, watches: &mut Watches) {
+        watches.on(owner_handler(&self.queue, &self.cronjobs, OnDelete::Ignore));
+        watches.on(self.job_handler());
+    }
+
+    async fn sync(&self, key: &str) -> Result<Option<Duration>, SyncError> {
+        // One being deleted starts nothing.
+        let Some(Target {
+            obj: cj,
+            ns,
+            name,
+            uid,
+            deleting: false,
+            ..
+        }) = Target::get(&self.cronjobs, None, key)
         else {
             return Ok(None);
         };
         let Some(spec) = cj.spec.clone() else {
             return Ok(None);
         };
-        if cj.metadata.deletion_timestamp.is_some() {
-            return Ok(None);
-        }
-        let uid = cj.metadata.uid.clone().unwrap_or_default();
         let job_api: Api<Job> = Api::namespaced(self.ctx.client.clone(), &ns);
         let now = self.clock.now();
         let status = cj.status.clone().unwrap_or_default();
@@ -442,7 +449,9 @@ impl Controller {
         }
         Ok(again)
     }
+}
 
+impl Controller {
     async fn prune(
         &self,
         api: &Api<Job>,

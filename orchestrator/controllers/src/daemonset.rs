@@ -4,8 +4,8 @@
 //! unreachable without a limit, the pressure and unschedulable taints). RollingUpdate
 //! replaces old pods at most maxUnavailable at a time.
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
@@ -16,9 +16,11 @@ use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
+use crate::controller::{OnDelete, Reconciler, Target, owner_handler, pod_owner_handler};
 use crate::deployment::{scaled_value, template_hash};
 use crate::expectations::Expectations;
-use crate::informer::{Change, Handler, Informer, handler};
+use crate::informer::{Change, Informer, Synced, handler};
+use crate::manager::Watches;
 use crate::nodelifecycle::tolerates;
 use crate::owner::{self, Claim};
 use crate::pods;
@@ -124,7 +126,6 @@ pub struct Controller {
     pub queue: WorkQueue,
     pub expectations: Expectations,
     ctx: Ctx,
-    seen: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Controller {
@@ -141,87 +142,57 @@ impl Controller {
             queue: WorkQueue::new(),
             expectations: Expectations::new(),
             ctx,
-            seen: Arc::default(),
         }
     }
+}
 
-    fn enqueue_all(&self) {
-        for s in self.sets.state() {
-            self.queue.add(owner::key(&s.metadata));
-        }
+impl Reconciler for Controller {
+    fn name(&self) -> &'static str {
+        "daemonset"
     }
 
-    pub fn set_handler(&self) -> Handler<DaemonSet> {
-        let c = self.clone();
-        handler(move |ch: Change<'_, DaemonSet>| match ch {
-            Change::Applied(s) => c.queue.add(owner::key(&s.metadata)),
-            Change::Deleted(s) => c.expectations.forget(&owner::key(&s.metadata)),
-            Change::Synced => c.enqueue_all(),
-        })
+    fn queue(&self) -> &WorkQueue {
+        &self.queue
     }
 
-    /// Any node change may change eligibility anywhere.
-    pub fn node_handler(&self) -> Handler<Node> {
-        let c = self.clone();
-        handler(move |_ch: Change<'_, Node>| c.enqueue_all())
+    fn caches(&self) -> Vec<Synced> {
+        vec![self.sets.synced(), self.nodes.synced(), self.pods.synced()]
     }
 
-    pub fn pod_handler(&self) -> Handler<Pod> {
-        let c = self.clone();
-        handler(move |ch: Change<'_, Pod>| {
-            let (p, deleted) = match ch {
-                Change::Applied(p) => (p, false),
-                Change::Deleted(p) => (p, true),
-                Change::Synced => return,
-            };
-            let Some(r) = owner::controller_of(&p.metadata).filter(|r| r.kind == "DaemonSet")
-            else {
-                return;
-            };
-            let uid = p.metadata.uid.clone().unwrap_or_default();
-            let first = {
-                let mut seen = c.seen.lock().unwrap_or_else(|e| e.into_inner());
-                if deleted {
-                    seen.remove(&uid);
-                    false
-                } else {
-                    seen.insert(uid.clone())
-                }
-            };
-            let key = format!(
-                "{}/{}",
-                p.metadata.namespace.clone().unwrap_or_default(),
-                r.name
-            );
-            if first {
-                c.expectations.creation_observed(&key);
+    fn handlers(&self, watches: &mut Watches) {
+        let forget = OnDelete::Forget(self.expectations.clone());
+        watches.on(owner_handler(&self.queue, &self.sets, forget));
+        // Any node change may change eligibility anywhere.
+        let (queue, sets) = (self.queue.clone(), self.sets.clone());
+        watches.on(handler(move |_: Change<'_, Node>| {
+            for s in sets.state() {
+                queue.add(owner::key(&s.metadata));
             }
-            if deleted || p.metadata.deletion_timestamp.is_some() {
-                c.expectations.deletion_observed(&key, &uid);
-            }
-            c.queue.add(key);
-        })
+        }));
+        watches.on(pod_owner_handler::<DaemonSet>(
+            &self.queue,
+            &self.expectations,
+            None,
+        ));
     }
 
-    pub async fn sync(&self, key: &str) -> Result<Option<Duration>, SyncError> {
-        self.sets.wait_synced().await;
-        self.nodes.wait_synced().await;
-        self.pods.wait_synced().await;
-        let Some(ds) = self.sets.get(key) else {
-            self.expectations.forget(key);
-            return Ok(None);
-        };
-        let (Some(ns), Some(name)) = (ds.metadata.namespace.clone(), ds.metadata.name.clone())
+    async fn sync(&self, key: &str) -> Result<Option<Duration>, SyncError> {
+        let Some(Target {
+            obj: ds,
+            ns,
+            name,
+            uid,
+            deleting,
+            ..
+        }) = Target::get(&self.sets, Some(&self.expectations), key)
         else {
             return Ok(None);
         };
         let Some(spec) = ds.spec.clone() else {
             return Ok(None);
         };
-        let uid = ds.metadata.uid.clone().unwrap_or_default();
         let sel = owner::selector(Some(&spec.selector));
         let pod_api: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &ns);
-        let deleting = ds.metadata.deletion_timestamp.is_some();
         let mut mine: Vec<Arc<Pod>> = Vec::new();
         for p in self.pods.state() {
             if p.metadata.namespace.as_deref() != Some(&ns)

@@ -19,7 +19,9 @@ use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
-use crate::informer::{Change, Handler, Informer, handler};
+use crate::controller::{OnDelete, Reconciler, Target, owner_handler};
+use crate::informer::{Change, Handler, Informer, Synced, handler};
+use crate::manager::Watches;
 use crate::owner::{self, Claim};
 use crate::replicaset::PodSet;
 use crate::workqueue::WorkQueue;
@@ -205,19 +207,7 @@ impl Controller {
         }
     }
 
-    pub fn deployment_handler(&self) -> Handler<Deployment> {
-        let c = self.clone();
-        handler(move |ch: Change<'_, Deployment>| match ch {
-            Change::Applied(d) | Change::Deleted(d) => c.queue.add(owner::key(&d.metadata)),
-            Change::Synced => {
-                for d in c.deployments.state() {
-                    c.queue.add(owner::key(&d.metadata));
-                }
-            }
-        })
-    }
-
-    pub fn set_handler(&self) -> Handler<ReplicaSet> {
+    fn set_handler(&self) -> Handler<ReplicaSet> {
         let c = self.clone();
         handler(move |ch: Change<'_, ReplicaSet>| {
             let (Change::Applied(rs) | Change::Deleted(rs)) = ch else {
@@ -228,7 +218,7 @@ impl Controller {
     }
 
     /// Pods matter to Recreate (old pods must be gone before new ones start).
-    pub fn pod_handler(&self) -> Handler<Pod> {
+    fn pod_handler(&self) -> Handler<Pod> {
         let c = self.clone();
         handler(move |ch: Change<'_, Pod>| {
             let Change::Deleted(p) = ch else { return };
@@ -280,19 +270,48 @@ impl Controller {
             .unwrap_or_else(|e| e.into_inner())
             .insert(uid, rs);
     }
+}
 
-    pub async fn sync(&self, key: &str) -> Result<Option<Duration>, SyncError> {
+impl Reconciler for Controller {
+    fn name(&self) -> &'static str {
+        "deployment"
+    }
+
+    fn queue(&self) -> &WorkQueue {
+        &self.queue
+    }
+
+    fn caches(&self) -> Vec<Synced> {
         // Only from complete caches (a missing ReplicaSet would be created again).
-        self.deployments.wait_synced().await;
-        self.sets.wait_synced().await;
-        self.pods.wait_synced().await;
-        let Some(d) = self.deployments.get(key) else {
+        vec![
+            self.deployments.synced(),
+            self.sets.synced(),
+            self.pods.synced(),
+        ]
+    }
+
+    fn handlers(&self, watches: &mut Watches) {
+        watches.on(owner_handler(
+            &self.queue,
+            &self.deployments,
+            OnDelete::Sync,
+        ));
+        watches.on(self.set_handler());
+        watches.on(self.pod_handler());
+    }
+
+    async fn sync(&self, key: &str) -> Result<Option<Duration>, SyncError> {
+        let Some(Target {
+            obj: d,
+            ns,
+            uid,
+            deleting,
+            ..
+        }) = Target::get(&self.deployments, None, key)
+        else {
             return Ok(None);
         };
         let d = (*d).clone();
-        let (Some(ns), Some(_)) = (d.metadata.namespace.clone(), d.metadata.name.clone()) else {
-            return Ok(None);
-        };
         let Some(spec) = d.spec.clone() else {
             return Ok(None);
         };
@@ -302,8 +321,6 @@ impl Controller {
             return Ok(None);
         }
         let rs_api: Api<ReplicaSet> = Api::namespaced(self.ctx.client.clone(), &ns);
-        let uid = d.metadata.uid.clone().unwrap_or_default();
-        let deleting = d.metadata.deletion_timestamp.is_some();
         // Claim ReplicaSets as the ReplicaSet controller claims pods.
         let mut all: Vec<ReplicaSet> = Vec::new();
         for rs in self.sets.state() {
@@ -488,7 +505,9 @@ impl Controller {
         self.write_status(&d, Some(&new), &all, Some((surge, unavailable)))
             .await
     }
+}
 
+impl Controller {
     fn pods_of(&self, _ns: &str, _rs_uids: &[&str]) -> bool {
         // The old ReplicaSets' status.replicas already counts their pods; a pod still
         // terminating keeps it above zero.

@@ -20,7 +20,9 @@ use kube::Api;
 use kube::api::{DeleteParams, PostParams};
 use serde_json::json;
 
-use crate::informer::{Change, Handler, Informer, handler};
+use crate::controller::{OnDelete, Reconciler, owner_handler};
+use crate::informer::{Change, Handler, Informer, Synced, handler};
+use crate::manager::Watches;
 use crate::owner;
 use crate::pods;
 use crate::workqueue::WorkQueue;
@@ -268,19 +270,7 @@ impl Controller {
         }
     }
 
-    pub fn service_handler(&self) -> Handler<Service> {
-        let c = self.clone();
-        handler(move |ch: Change<'_, Service>| match ch {
-            Change::Applied(s) | Change::Deleted(s) => c.queue.add(owner::key(&s.metadata)),
-            Change::Synced => {
-                for s in c.services.state() {
-                    c.queue.add(owner::key(&s.metadata));
-                }
-            }
-        })
-    }
-
-    pub fn slice_handler(&self) -> Handler<EndpointSlice> {
+    fn slice_handler(&self) -> Handler<EndpointSlice> {
         let c = self.clone();
         handler(move |ch: Change<'_, EndpointSlice>| {
             let (Change::Applied(s) | Change::Deleted(s)) = ch else {
@@ -295,7 +285,7 @@ impl Controller {
         })
     }
 
-    pub fn pod_handler(&self) -> Handler<Pod> {
+    fn pod_handler(&self) -> Handler<Pod> {
         let c = self.clone();
         handler(move |ch: Change<'_, Pod>| {
             let (p, deleted) = match ch {
@@ -347,12 +337,33 @@ impl Controller {
             })
             .collect()
     }
+}
 
-    pub async fn sync(&self, key: &str) -> Result<Option<Duration>, SyncError> {
+impl Reconciler for Controller {
+    fn name(&self) -> &'static str {
+        "endpointslice"
+    }
+
+    fn queue(&self) -> &WorkQueue {
+        &self.queue
+    }
+
+    fn caches(&self) -> Vec<Synced> {
         // Only from complete caches (a missing slice would be created again).
-        self.services.wait_synced().await;
-        self.pods.wait_synced().await;
-        self.slices.wait_synced().await;
+        vec![
+            self.services.synced(),
+            self.pods.synced(),
+            self.slices.synced(),
+        ]
+    }
+
+    fn handlers(&self, watches: &mut Watches) {
+        watches.on(owner_handler(&self.queue, &self.services, OnDelete::Sync));
+        watches.on(self.slice_handler());
+        watches.on(self.pod_handler());
+    }
+
+    async fn sync(&self, key: &str) -> Result<Option<Duration>, SyncError> {
         let (Some(ns), name) = owner::split_key(key) else {
             return Ok(None);
         };
@@ -419,7 +430,9 @@ impl Controller {
         }
         Ok(None)
     }
+}
 
+impl Controller {
     async fn sync_slices(
         &self,
         svc: &Service,

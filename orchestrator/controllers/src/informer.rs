@@ -9,6 +9,29 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::watch;
 
+/// A kind an informer can cache: an API object that can be listed and watched.
+pub trait Kind:
+    kube::Resource<DynamicType = ()>
+    + Clone
+    + std::fmt::Debug
+    + serde::de::DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Kind for K where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// What the handler is told.
 pub enum Change<'a, K> {
     /// Created or updated (also every object of a (re)list).
@@ -43,31 +66,13 @@ pub type Handler<K> = Arc<dyn Fn(Change<'_, K>) + Send + Sync>;
 
 type Pending<K> = Arc<std::sync::Mutex<Option<(reflector::store::Writer<K>, watch::Sender<bool>)>>>;
 
-impl<K> Default for Informer<K>
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
+impl<K: Kind> Default for Informer<K> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<K> Informer<K>
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
+impl<K: Kind> Informer<K> {
     /// An empty cache; [`Informer::start`] fills it. Controllers get the cache before the
     /// watch starts, so the handlers can refer to the controllers.
     pub fn new() -> Informer<K> {
@@ -134,8 +139,12 @@ where
 
     /// Waits for the first complete list.
     pub async fn wait_synced(&self) {
-        let mut rx = self.synced.clone();
-        let _ = rx.wait_for(|s| *s).await;
+        self.synced().wait().await
+    }
+
+    /// A handle on the flag that turns true after the first complete list.
+    pub fn synced(&self) -> Synced {
+        Synced(self.synced.clone())
     }
 
     pub fn state(&self) -> Vec<Arc<K>> {
@@ -150,6 +159,18 @@ where
             r = r.within(ns);
         }
         self.store.get(&r)
+    }
+}
+
+/// Says when a cache first held a complete list (cheap to clone, whatever the kind).
+#[derive(Clone)]
+pub struct Synced(watch::Receiver<bool>);
+
+impl Synced {
+    /// Waits for the first complete list (at once if it was already there).
+    pub async fn wait(&self) {
+        let mut rx = self.0.clone();
+        let _ = rx.wait_for(|s| *s).await;
     }
 }
 

@@ -4,7 +4,7 @@
 //! stops its pods; a finished Job with `ttlSecondsAfterFinished` is deleted that long after
 //! it finished (its pods go with it through the garbage collector).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,8 +16,10 @@ use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy};
 use serde_json::json;
 
+use crate::controller::{OnDelete, Reconciler, Target, owner_handler, pod_owner_handler};
 use crate::expectations::Expectations;
-use crate::informer::{Change, Handler, Informer, handler};
+use crate::informer::{Informer, Synced};
+use crate::manager::Watches;
 use crate::owner;
 use crate::pods;
 use crate::replicaset::pod_from_template;
@@ -51,7 +53,6 @@ pub struct Controller {
     pub expectations: Expectations,
     ctx: Ctx,
     base_backoff: Duration,
-    seen: Arc<Mutex<HashSet<String>>>,
     /// Per job uid: the failures counted so far and when the count last grew.
     failures: Arc<Mutex<HashMap<String, (i32, Instant)>>>,
 }
@@ -65,75 +66,48 @@ impl Controller {
             expectations: Expectations::new(),
             ctx,
             base_backoff,
-            seen: Arc::default(),
             failures: Arc::default(),
         }
     }
+}
 
-    pub fn job_handler(&self) -> Handler<Job> {
-        let c = self.clone();
-        handler(move |ch: Change<'_, Job>| match ch {
-            Change::Applied(j) => c.queue.add(owner::key(&j.metadata)),
-            Change::Deleted(j) => c.expectations.forget(&owner::key(&j.metadata)),
-            Change::Synced => {
-                for j in c.jobs.state() {
-                    c.queue.add(owner::key(&j.metadata));
-                }
-            }
-        })
+impl Reconciler for Controller {
+    fn name(&self) -> &'static str {
+        "job"
     }
 
-    pub fn pod_handler(&self) -> Handler<Pod> {
-        let c = self.clone();
-        handler(move |ch: Change<'_, Pod>| {
-            let (p, deleted) = match ch {
-                Change::Applied(p) => (p, false),
-                Change::Deleted(p) => (p, true),
-                Change::Synced => return,
-            };
-            let Some(r) = owner::controller_of(&p.metadata).filter(|r| r.kind == "Job") else {
-                return;
-            };
-            let uid = p.metadata.uid.clone().unwrap_or_default();
-            let first = {
-                let mut seen = c.seen.lock().unwrap_or_else(|e| e.into_inner());
-                if deleted {
-                    seen.remove(&uid);
-                    false
-                } else {
-                    seen.insert(uid.clone())
-                }
-            };
-            let key = format!(
-                "{}/{}",
-                p.metadata.namespace.clone().unwrap_or_default(),
-                r.name
-            );
-            if first {
-                c.expectations.creation_observed(&key);
-            }
-            if deleted || p.metadata.deletion_timestamp.is_some() {
-                c.expectations.deletion_observed(&key, &uid);
-            }
-            c.queue.add(key);
-        })
+    fn queue(&self) -> &WorkQueue {
+        &self.queue
     }
 
-    pub async fn sync(&self, key: &str) -> Result<Option<Duration>, SyncError> {
-        self.jobs.wait_synced().await;
-        self.pods.wait_synced().await;
-        let Some(job) = self.jobs.get(key) else {
-            self.expectations.forget(key);
-            return Ok(None);
-        };
-        let (Some(ns), Some(name)) = (job.metadata.namespace.clone(), job.metadata.name.clone())
+    fn caches(&self) -> Vec<Synced> {
+        vec![self.jobs.synced(), self.pods.synced()]
+    }
+
+    fn handlers(&self, watches: &mut Watches) {
+        let forget = OnDelete::Forget(self.expectations.clone());
+        watches.on(owner_handler(&self.queue, &self.jobs, forget));
+        watches.on(pod_owner_handler::<Job>(
+            &self.queue,
+            &self.expectations,
+            None,
+        ));
+    }
+
+    async fn sync(&self, key: &str) -> Result<Option<Duration>, SyncError> {
+        let Some(Target {
+            obj: job,
+            ns,
+            name,
+            uid,
+            ..
+        }) = Target::get(&self.jobs, Some(&self.expectations), key)
         else {
             return Ok(None);
         };
         let Some(spec) = job.spec.clone() else {
             return Ok(None);
         };
-        let uid = job.metadata.uid.clone().unwrap_or_default();
         let job_api: Api<Job> = Api::namespaced(self.ctx.client.clone(), &ns);
         let pod_api: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &ns);
         let now = jiff::Timestamp::now();

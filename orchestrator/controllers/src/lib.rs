@@ -11,6 +11,7 @@
 //! expect to see ([`expectations`]) and do not act again until they have seen it, so a slow
 //! watch never makes them create or delete twice.
 
+pub mod controller;
 pub mod cron;
 pub mod cronjob;
 pub mod daemonset;
@@ -220,5 +221,5 @@ where
         .collect()
 }
 
-mod manager;
-pub use manager::{run, run_controllers};
+pub mod manager;
+pub use manager::{Manager, run, run_controllers};

@@ -1,18 +1,173 @@
 //! Wiring: one watch per kind, shared by the controllers that read it, and the workers.
 
+use std::any::{Any, TypeId};
 use std::sync::Arc;
 
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, Pod, ReplicationController, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::core::v1::ReplicationController;
 use kube::Api;
 use tokio::sync::watch;
 use trellis_api::cluster::leader::LeaderElection;
 use trellis_daemon::{Health, Metrics};
 
-use crate::informer::Informer;
-use crate::{ALL, Config, Ctx, Error, deployment, endpointslice, replicaset, spawn_workers};
+use crate::controller::Reconciler;
+use crate::informer::{Handler, Informer, Kind};
+use crate::{
+    ALL, Config, Ctx, Error, cronjob, daemonset, deployment, endpointslice, job, replicaset,
+    serviceaccount, spawn_workers, statefulset,
+};
+
+/// The watches of one manager: one cache per kind, however many controllers read it, and the
+/// handlers each controller adds. A watch starts (in [`Manager::start`]) when someone asked for
+/// its cache or added a handler to it.
+pub struct Watches {
+    client: kube::Client,
+    kinds: Vec<(TypeId, Box<dyn PendingWatch>)>,
+}
+
+/// A watch not started yet, whatever its kind.
+trait PendingWatch: Send {
+    fn as_any(&mut self) -> &mut dyn Any;
+    fn start(self: Box<Self>, stop: watch::Receiver<bool>) -> Option<tokio::task::JoinHandle<()>>;
+}
+
+struct Pending<K: Kind> {
+    cache: Informer<K>,
+    api: Api<K>,
+    handlers: Vec<Handler<K>>,
+}
+
+impl<K: Kind> PendingWatch for Pending<K> {
+    fn as_any(&mut self) -> &mut dyn Any {
+        self
+    }
+
+    fn start(self: Box<Self>, stop: watch::Receiver<bool>) -> Option<tokio::task::JoinHandle<()>> {
+        self.cache.start(self.api, self.handlers, stop)
+    }
+}
+
+impl Watches {
+    fn pending<K: Kind>(&mut self, api: impl FnOnce() -> Api<K>) -> &mut Pending<K> {
+        let id = TypeId::of::<K>();
+        let at = match self.kinds.iter().position(|(k, _)| *k == id) {
+            Some(at) => at,
+            None => {
+                let p: Pending<K> = Pending {
+                    cache: Informer::new(),
+                    api: api(),
+                    handlers: Vec::new(),
+                };
+                self.kinds.push((id, Box::new(p)));
+                self.kinds.len() - 1
+            }
+        };
+        self.kinds[at]
+            .1
+            .as_any()
+            .downcast_mut::<Pending<K>>()
+            .expect("a watch is filed under its own kind")
+    }
+
+    /// The shared cache of `K` across the cluster.
+    pub fn cache<K: Kind>(&mut self) -> Informer<K> {
+        let client = self.client.clone();
+        self.pending(|| Api::all(client)).cache.clone()
+    }
+
+    /// The shared cache of `K` watched through `api` (a namespace's), if nobody asked for `K`
+    /// before.
+    pub fn cache_of<K: Kind>(&mut self, api: Api<K>) -> Informer<K> {
+        self.pending(|| api).cache.clone()
+    }
+
+    /// Adds a handler to the watch of `K`.
+    pub fn on<K: Kind>(&mut self, handler: Handler<K>) {
+        let client = self.client.clone();
+        self.pending(|| Api::all(client)).handlers.push(handler);
+    }
+}
+
+/// Builds the running controllers: the shared watches, the controllers registered on them and
+/// their workers, the other tasks.
+pub struct Manager {
+    pub ctx: Ctx,
+    pub watches: Watches,
+    workers: usize,
+    stop: watch::Receiver<bool>,
+    queues: Vec<crate::WorkQueue>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Manager {
+    pub fn new(ctx: Ctx, workers: usize, stop: watch::Receiver<bool>) -> Manager {
+        Manager {
+            watches: Watches {
+                client: ctx.client.clone(),
+                kinds: Vec::new(),
+            },
+            ctx,
+            workers,
+            stop,
+            queues: Vec::new(),
+            tasks: Vec::new(),
+        }
+    }
+
+    /// The shared cache of `K` (see [`Watches::cache`]).
+    pub fn cache<K: Kind>(&mut self) -> Informer<K> {
+        self.watches.cache()
+    }
+
+    /// Runs `c`: its handlers on the shared watches, its workers on its queue (each sync only
+    /// once the caches it reads are complete), its queue shut down with the rest.
+    pub fn register<C: Reconciler>(&mut self, c: C) {
+        c.handlers(&mut self.watches);
+        let queue = c.queue().clone();
+        self.queues.push(queue.clone());
+        let caches = c.caches();
+        let name = c.name();
+        self.tasks.extend(spawn_workers(
+            name,
+            queue,
+            self.workers,
+            self.ctx.metrics.clone(),
+            move |key| {
+                let (c, caches) = (c.clone(), caches.clone());
+                async move {
+                    for cache in &caches {
+                        cache.wait().await;
+                    }
+                    c.sync(&key).await
+                }
+            },
+        ));
+    }
+
+    /// Runs a task that is no queue-driven controller; it is aborted with the rest.
+    pub fn spawn(&mut self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.tasks.push(tokio::spawn(task));
+    }
+
+    /// Turns true when the controllers stop (for tasks that end cleanly).
+    pub fn stop_signal(&self) -> watch::Receiver<bool> {
+        self.stop.clone()
+    }
+
+    /// Starts every watch someone reads; the result stops everything when dropped.
+    fn start(self, stop: watch::Sender<bool>) -> Running {
+        let mut tasks = self.tasks;
+        for (_, w) in self.watches.kinds {
+            tasks.extend(w.start(self.stop.clone()));
+        }
+        Running {
+            tasks,
+            queues: self.queues,
+            stop,
+        }
+    }
+}
 
 /// Runs the controllers `config` names until `stop` resolves (no leader election: the
 /// caller decides when this instance may act).
@@ -28,321 +183,82 @@ pub async fn run_controllers(
             return Err(Error::UnknownController(c.clone()));
         }
     }
-    let ctx = Ctx {
-        client: client.clone(),
-        metrics: metrics.clone(),
-    };
+    let ctx = Ctx { client, metrics };
     let (stop_tx, stop_rx) = watch::channel(false);
-    let pods: Informer<Pod> = Informer::new();
-    let rss: Informer<ReplicaSet> = Informer::new();
-    let rcs: Informer<ReplicationController> = Informer::new();
-    let deps: Informer<Deployment> = Informer::new();
-    let services: Informer<Service> = Informer::new();
-    let slices: Informer<EndpointSlice> = Informer::new();
-    let mut svc_handlers = Vec::new();
-    let mut slice_handlers = Vec::new();
-    let mut pod_handlers = Vec::new();
-    let mut rs_handlers = Vec::new();
-    let mut rc_handlers = Vec::new();
-    let mut dep_handlers = Vec::new();
-    let mut queues = Vec::new();
-    let mut tasks = Vec::new();
-    let w = config.workers;
+    let mut m = Manager::new(ctx.clone(), config.workers, stop_rx);
 
     if config.runs("replicaset") {
-        let c = replicaset::Controller::<ReplicaSet>::new(ctx.clone(), rss.clone(), pods.clone());
-        pod_handlers.push(c.pod_handler());
-        rs_handlers.push(crate::informer::handler(c.set_handler()));
-        queues.push(c.queue.clone());
-        let cc = c.clone();
-        tasks.extend(spawn_workers(
-            "replicaset",
-            c.queue.clone(),
-            w,
-            metrics.clone(),
-            move |k| {
-                let cc = cc.clone();
-                async move { cc.sync(&k).await }
-            },
-        ));
+        let c = replicaset::Controller::<ReplicaSet>::new(ctx.clone(), m.cache(), m.cache());
+        m.register(c);
     }
     if config.runs("replicationcontroller") {
-        let c = replicaset::Controller::<ReplicationController>::new(
-            ctx.clone(),
-            rcs.clone(),
-            pods.clone(),
-        );
-        pod_handlers.push(c.pod_handler());
-        rc_handlers.push(crate::informer::handler(c.set_handler()));
-        queues.push(c.queue.clone());
-        let cc = c.clone();
-        tasks.extend(spawn_workers(
-            "replicationcontroller",
-            c.queue.clone(),
-            w,
-            metrics.clone(),
-            move |k| {
-                let cc = cc.clone();
-                async move { cc.sync(&k).await }
-            },
-        ));
+        let c =
+            replicaset::Controller::<ReplicationController>::new(ctx.clone(), m.cache(), m.cache());
+        m.register(c);
     }
     if config.runs("deployment") {
-        let c = deployment::Controller::new(ctx.clone(), deps.clone(), rss.clone(), pods.clone());
-        dep_handlers.push(c.deployment_handler());
-        rs_handlers.push(c.set_handler());
-        pod_handlers.push(c.pod_handler());
-        queues.push(c.queue.clone());
-        let cc = c.clone();
-        tasks.extend(spawn_workers(
-            "deployment",
-            c.queue.clone(),
-            w,
-            metrics.clone(),
-            move |k| {
-                let cc = cc.clone();
-                async move { cc.sync(&k).await }
-            },
-        ));
+        let c = deployment::Controller::new(ctx.clone(), m.cache(), m.cache(), m.cache());
+        m.register(c);
     }
-
     if config.runs("endpointslice") || config.runs("endpoints") {
-        let mut c = endpointslice::Controller::new(
-            ctx.clone(),
-            services.clone(),
-            pods.clone(),
-            slices.clone(),
-        );
+        let mut c = endpointslice::Controller::new(ctx.clone(), m.cache(), m.cache(), m.cache());
         c.slices_on = config.runs("endpointslice");
         c.endpoints_on = config.runs("endpoints");
-        svc_handlers.push(c.service_handler());
-        slice_handlers.push(c.slice_handler());
-        pod_handlers.push(c.pod_handler());
-        queues.push(c.queue.clone());
-        let cc = c.clone();
-        tasks.extend(spawn_workers(
-            "endpointslice",
-            c.queue.clone(),
-            w,
-            metrics.clone(),
-            move |k| {
-                let cc = cc.clone();
-                async move { cc.sync(&k).await }
-            },
-        ));
+        m.register(c);
+    }
+    if config.runs("daemonset") {
+        let c = daemonset::Controller::new(ctx.clone(), m.cache(), m.cache(), m.cache());
+        m.register(c);
+    }
+    if config.runs("serviceaccount") {
+        let c = serviceaccount::Controller::new(ctx.clone(), m.cache(), m.cache());
+        m.register(c);
+    }
+    if config.runs("job") {
+        let c = job::Controller::new(ctx.clone(), m.cache(), m.cache(), config.job_backoff_base);
+        m.register(c);
+    }
+    if config.runs("statefulset") {
+        let c = statefulset::Controller::new(ctx.clone(), m.cache(), m.cache(), m.cache());
+        m.register(c);
+    }
+    if config.runs("cronjob") {
+        let c = cronjob::Controller::new(ctx.clone(), m.cache(), m.cache(), config.cronjob_clock);
+        m.register(c);
     }
     if config.runs("kubernetes-service") && !config.apiserver_addresses.is_empty() {
-        tasks.push(tokio::spawn(endpointslice::kubernetes_service(
+        m.spawn(endpointslice::kubernetes_service(
             ctx.clone(),
             config.apiserver_addresses.clone(),
             config.kubernetes_service_ip,
             std::time::Duration::from_secs(10),
-        )));
-    }
-
-    let nodes: Informer<Node> = Informer::new();
-    let mut node_handlers = Vec::new();
-    if config.runs("daemonset") {
-        let dss: Informer<DaemonSet> = Informer::new();
-        let c = crate::daemonset::Controller::new(
-            ctx.clone(),
-            dss.clone(),
-            nodes.clone(),
-            pods.clone(),
-        );
-        node_handlers.push(c.node_handler());
-        pod_handlers.push(c.pod_handler());
-        queues.push(c.queue.clone());
-        tasks.extend(dss.start(
-            Api::all(client.clone()),
-            vec![c.set_handler()],
-            stop_rx.clone(),
-        ));
-        let cc = c.clone();
-        tasks.extend(spawn_workers(
-            "daemonset",
-            c.queue.clone(),
-            w,
-            metrics.clone(),
-            move |k| {
-                let cc = cc.clone();
-                async move { cc.sync(&k).await }
-            },
-        ));
-    }
-    if config.runs("serviceaccount") {
-        let namespaces: Informer<k8s_openapi::api::core::v1::Namespace> = Informer::new();
-        let accounts: Informer<k8s_openapi::api::core::v1::ServiceAccount> = Informer::new();
-        let c = crate::serviceaccount::Controller::new(
-            ctx.clone(),
-            namespaces.clone(),
-            accounts.clone(),
-        );
-        queues.push(c.queue.clone());
-        tasks.extend(namespaces.start(
-            Api::all(client.clone()),
-            vec![c.namespace_handler()],
-            stop_rx.clone(),
-        ));
-        tasks.extend(accounts.start(
-            Api::all(client.clone()),
-            vec![c.account_handler()],
-            stop_rx.clone(),
-        ));
-        let cc = c.clone();
-        tasks.extend(spawn_workers(
-            "serviceaccount",
-            c.queue.clone(),
-            w,
-            metrics.clone(),
-            move |k| {
-                let cc = cc.clone();
-                async move { cc.sync(&k).await }
-            },
-        ));
-    }
-    if config.runs("job") {
-        let jobs: Informer<k8s_openapi::api::batch::v1::Job> = Informer::new();
-        let c = crate::job::Controller::new(
-            ctx.clone(),
-            jobs.clone(),
-            pods.clone(),
-            config.job_backoff_base,
-        );
-        pod_handlers.push(c.pod_handler());
-        queues.push(c.queue.clone());
-        tasks.extend(jobs.start(
-            Api::all(client.clone()),
-            vec![c.job_handler()],
-            stop_rx.clone(),
-        ));
-        let cc = c.clone();
-        tasks.extend(spawn_workers(
-            "job",
-            c.queue.clone(),
-            w,
-            metrics.clone(),
-            move |k| {
-                let cc = cc.clone();
-                async move { cc.sync(&k).await }
-            },
-        ));
-    }
-    if config.runs("statefulset") {
-        let sets: Informer<k8s_openapi::api::apps::v1::StatefulSet> = Informer::new();
-        let revisions: Informer<k8s_openapi::api::apps::v1::ControllerRevision> = Informer::new();
-        let c = crate::statefulset::Controller::new(
-            ctx.clone(),
-            sets.clone(),
-            pods.clone(),
-            revisions.clone(),
-        );
-        pod_handlers.push(c.pod_handler());
-        queues.push(c.queue.clone());
-        tasks.extend(sets.start(
-            Api::all(client.clone()),
-            vec![c.set_handler()],
-            stop_rx.clone(),
-        ));
-        tasks.extend(revisions.start(Api::all(client.clone()), Vec::new(), stop_rx.clone()));
-        let cc = c.clone();
-        tasks.extend(spawn_workers(
-            "statefulset",
-            c.queue.clone(),
-            w,
-            metrics.clone(),
-            move |k| {
-                let cc = cc.clone();
-                async move { cc.sync(&k).await }
-            },
-        ));
-    }
-    if config.runs("cronjob") {
-        let cronjobs: Informer<k8s_openapi::api::batch::v1::CronJob> = Informer::new();
-        let jobs: Informer<k8s_openapi::api::batch::v1::Job> = Informer::new();
-        let c = crate::cronjob::Controller::new(
-            ctx.clone(),
-            cronjobs.clone(),
-            jobs.clone(),
-            config.cronjob_clock,
-        );
-        queues.push(c.queue.clone());
-        tasks.extend(cronjobs.start(
-            Api::all(client.clone()),
-            vec![c.cronjob_handler()],
-            stop_rx.clone(),
-        ));
-        tasks.extend(jobs.start(
-            Api::all(client.clone()),
-            vec![c.job_handler()],
-            stop_rx.clone(),
-        ));
-        let cc = c.clone();
-        tasks.extend(spawn_workers(
-            "cronjob",
-            c.queue.clone(),
-            w,
-            metrics.clone(),
-            move |k| {
-                let cc = cc.clone();
-                async move { cc.sync(&k).await }
-            },
         ));
     }
     if config.runs("nodelifecycle") {
-        let leases: Informer<Lease> = Informer::new();
-        tasks.extend(leases.start(
-            Api::namespaced(client.clone(), "kube-node-lease"),
-            Vec::new(),
-            stop_rx.clone(),
-        ));
-        // The pod cache is needed for evictions even when no other controller reads it.
-        pod_handlers.push(crate::informer::handler(|_| {}));
-        tasks.push(tokio::spawn(crate::nodelifecycle::run(
+        let leases: Informer<Lease> = m
+            .watches
+            .cache_of(Api::namespaced(ctx.client.clone(), "kube-node-lease"));
+        let (nodes, pods) = (m.cache(), m.cache());
+        let stop = m.stop_signal();
+        m.spawn(crate::nodelifecycle::run(
             ctx.clone(),
-            nodes.clone(),
+            nodes,
             leases,
-            pods.clone(),
+            pods,
             crate::nodelifecycle::Settings {
                 grace: config.node_monitor_grace_period,
                 period: config.node_monitor_period,
             },
-            stop_rx.clone(),
-        )));
+            stop,
+        ));
     }
     if config.runs("garbagecollector") {
-        tasks.push(tokio::spawn(crate::gc::run(ctx.clone(), stop_rx.clone())));
+        let stop = m.stop_signal();
+        m.spawn(crate::gc::run(ctx.clone(), stop));
     }
 
-    if config.runs("nodelifecycle") || config.runs("daemonset") {
-        tasks.extend(nodes.start(Api::all(client.clone()), node_handlers, stop_rx.clone()));
-    }
-
-    // Start the watches that someone reads.
-    if !svc_handlers.is_empty() {
-        tasks.extend(services.start(Api::all(client.clone()), svc_handlers, stop_rx.clone()));
-    }
-    if !slice_handlers.is_empty() {
-        tasks.extend(slices.start(Api::all(client.clone()), slice_handlers, stop_rx.clone()));
-    }
-    if !pod_handlers.is_empty() {
-        tasks.extend(pods.start(Api::all(client.clone()), pod_handlers, stop_rx.clone()));
-    }
-    if !rs_handlers.is_empty() {
-        tasks.extend(rss.start(Api::all(client.clone()), rs_handlers, stop_rx.clone()));
-    }
-    if !rc_handlers.is_empty() {
-        tasks.extend(rcs.start(Api::all(client.clone()), rc_handlers, stop_rx.clone()));
-    }
-    if !dep_handlers.is_empty() {
-        tasks.extend(deps.start(Api::all(client.clone()), dep_handlers, stop_rx.clone()));
-    }
     // From here on, dropping this future (leadership lost) stops every task at once.
-    let guard = Running {
-        tasks,
-        queues,
-        stop: stop_tx,
-    };
+    let guard = m.start(stop_tx);
     health.set_ready();
     tracing::info!(controllers = ?config.controllers, "controllers running");
     stop.await;

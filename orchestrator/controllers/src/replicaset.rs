@@ -3,8 +3,8 @@
 //! available. One code path serves both kinds ([`PodSet`]); they differ only in how the
 //! selector is written.
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::ReplicaSet;
@@ -16,8 +16,10 @@ use kube::{Api, Resource};
 use serde_json::json;
 use trellis_api::LabelSelector;
 
+use crate::controller::{Adopters, OnDelete, Reconciler, Target, owner_handler, pod_owner_handler};
 use crate::expectations::Expectations;
-use crate::informer::{Change, Informer, handler};
+use crate::informer::{Informer, Synced};
+use crate::manager::Watches;
 use crate::owner::{self, Claim};
 use crate::pods;
 use crate::workqueue::WorkQueue;
@@ -37,6 +39,8 @@ pub trait PodSet:
     + Sync
     + 'static
 {
+    /// The controller's upstream name.
+    const CONTROLLER: &'static str;
     fn selector(&self) -> LabelSelector;
     fn replicas(&self) -> i32;
     fn min_ready_seconds(&self) -> i32;
@@ -46,6 +50,7 @@ pub trait PodSet:
 }
 
 impl PodSet for ReplicaSet {
+    const CONTROLLER: &'static str = "replicaset";
     fn selector(&self) -> LabelSelector {
         owner::selector(self.spec.as_ref().map(|s| &s.selector))
     }
@@ -75,6 +80,7 @@ impl PodSet for ReplicaSet {
 }
 
 impl PodSet for ReplicationController {
+    const CONTROLLER: &'static str = "replicationcontroller";
     fn selector(&self) -> LabelSelector {
         // An RC without selector selects by its template's labels (defaulted upstream).
         let spec = self.spec.as_ref();
@@ -117,8 +123,6 @@ pub struct Controller<K: PodSet> {
     pub expectations: Expectations,
     pods: Informer<Pod>,
     ctx: Ctx,
-    /// Pods already seen, so a creation is counted once however often the pod changes.
-    seen: Arc<Mutex<HashSet<String>>>,
 }
 
 impl<K: PodSet> Clone for Controller<K> {
@@ -129,7 +133,6 @@ impl<K: PodSet> Clone for Controller<K> {
             expectations: self.expectations.clone(),
             pods: self.pods.clone(),
             ctx: self.ctx.clone(),
-            seen: self.seen.clone(),
         }
     }
 }
@@ -142,146 +145,7 @@ impl<K: PodSet> Controller<K> {
             expectations: Expectations::new(),
             pods,
             ctx,
-            seen: Arc::default(),
         }
-    }
-
-    pub fn set_handler(&self) -> impl Fn(Change<'_, K>) + Send + Sync + 'static {
-        let c = self.clone();
-        move |ch| match ch {
-            Change::Applied(s) => c.queue.add(owner::key(s.meta())),
-            Change::Deleted(s) => {
-                let k = owner::key(s.meta());
-                c.expectations.forget(&k);
-            }
-            Change::Synced => c.enqueue_all(),
-        }
-    }
-
-    pub fn pod_handler(&self) -> crate::informer::Handler<Pod> {
-        let c = self.clone();
-        handler(move |ch| match ch {
-            Change::Applied(p) => c.pod_changed(p, false),
-            Change::Deleted(p) => c.pod_changed(p, true),
-            Change::Synced => {}
-        })
-    }
-
-    fn enqueue_all(&self) {
-        for s in self.sets.state() {
-            self.queue.add(owner::key(s.meta()));
-        }
-    }
-
-    fn pod_changed(&self, p: &Pod, deleted: bool) {
-        let uid = p.metadata.uid.clone().unwrap_or_default();
-        let first = {
-            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-            if deleted {
-                seen.remove(&uid);
-                false
-            } else {
-                seen.insert(uid.clone())
-            }
-        };
-        let ns = p.metadata.namespace.clone().unwrap_or_default();
-        match owner::controller_of(&p.metadata) {
-            Some(r) if r.kind == K::kind(&()) => {
-                let key = format!("{ns}/{}", r.name);
-                if first {
-                    self.expectations.creation_observed(&key);
-                }
-                if deleted || p.metadata.deletion_timestamp.is_some() {
-                    self.expectations.deletion_observed(&key, &uid);
-                }
-                self.queue.add(key);
-            }
-            Some(_) => {}
-            None if !deleted => {
-                // An orphan: every set that selects it may adopt it.
-                let labels = owner::labels(&p.metadata);
-                for s in self.sets.state() {
-                    if s.meta().namespace.as_deref() == Some(&ns) && s.selector().matches(&labels) {
-                        self.queue.add(owner::key(s.meta()));
-                    }
-                }
-            }
-            None => {}
-        }
-    }
-
-    /// One sync of the set `key`; returns when to look again (minReadySeconds).
-    pub async fn sync(&self, key: &str) -> Result<Option<Duration>, SyncError> {
-        // Never decide from a cache that is still filling: an empty pod cache would make a
-        // new leader create every replica again.
-        self.sets.wait_synced().await;
-        self.pods.wait_synced().await;
-        let Some(set) = self.sets.get(key) else {
-            self.expectations.forget(key);
-            return Ok(None);
-        };
-        let (Some(ns), Some(name)) = (set.meta().namespace.clone(), set.meta().name.clone()) else {
-            return Ok(None);
-        };
-        let uid = set.meta().uid.clone().unwrap_or_default();
-        let sel = set.selector();
-        let pod_api: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &ns);
-        let deleting = set.meta().deletion_timestamp.is_some();
-        // Claim: our pods, adopt orphans that match, release ours that no longer match.
-        let mut mine: Vec<Arc<Pod>> = Vec::new();
-        for p in self.pods.state() {
-            if p.metadata.namespace.as_deref() != Some(&ns) || !pods::is_active(&p) {
-                continue;
-            }
-            match owner::claim(&uid, &sel, &p.metadata) {
-                Claim::Owned => mine.push(p),
-                Claim::Adopt if !deleting => {
-                    match owner::adopt(&pod_api, &p.metadata, owner::controller_ref(&*set)).await {
-                        Ok(()) => mine.push(p),
-                        Err(e) if owner::is_not_found(&e) => {}
-                        Err(e) => return Err(SyncError::Api(e)),
-                    }
-                }
-                Claim::Release => match owner::release(&pod_api, &p.metadata, &uid).await {
-                    Ok(()) => {}
-                    Err(e) if owner::is_not_found(&e) => {}
-                    Err(e) => return Err(SyncError::Api(e)),
-                },
-                _ => {}
-            }
-        }
-        let mut result = Ok(());
-        if self.expectations.satisfied(key) && !deleting {
-            result = self.manage(key, &set, &ns, &name, &mine, &pod_api).await;
-        }
-        let now = jiff::Timestamp::now();
-        let min_ready = Duration::from_secs(set.min_ready_seconds().max(0) as u64);
-        let status = status_of(&*set, &mine, min_ready, now);
-        if set.status_tuple() != Some(status) {
-            let api: Api<K> = Api::namespaced(self.ctx.client.clone(), &ns);
-            let patch = json!({"status": {
-                "replicas": status[0],
-                "fullyLabeledReplicas": status[1],
-                "readyReplicas": status[2],
-                "availableReplicas": status[3],
-                "observedGeneration": status[4],
-            }});
-            match api
-                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-            {
-                Ok(_) => {}
-                Err(e) if owner::is_not_found(&e) => return Ok(None),
-                Err(e) => return Err(SyncError::Api(e)),
-            }
-        }
-        result?;
-        // A ready pod becomes available after minReadySeconds: look again then.
-        let next = mine
-            .iter()
-            .filter_map(|p| pods::until_available(p, min_ready, now))
-            .min();
-        Ok(next.map(|d| d + Duration::from_millis(50)))
     }
 
     async fn manage(
@@ -377,6 +241,107 @@ impl<K: PodSet> Controller<K> {
             }
         }
         Ok(())
+    }
+}
+
+impl<K: PodSet> Reconciler for Controller<K> {
+    fn name(&self) -> &'static str {
+        K::CONTROLLER
+    }
+
+    fn queue(&self) -> &WorkQueue {
+        &self.queue
+    }
+
+    fn caches(&self) -> Vec<Synced> {
+        vec![self.sets.synced(), self.pods.synced()]
+    }
+
+    fn handlers(&self, watches: &mut Watches) {
+        let forget = OnDelete::Forget(self.expectations.clone());
+        watches.on(owner_handler(&self.queue, &self.sets, forget));
+        // An orphan: every set that selects it may adopt it.
+        let adopters = Adopters {
+            cache: self.sets.clone(),
+            selector: K::selector,
+        };
+        watches.on(pod_owner_handler(
+            &self.queue,
+            &self.expectations,
+            Some(adopters),
+        ));
+    }
+
+    /// One sync of the set `key`; returns when to look again (minReadySeconds).
+    async fn sync(&self, key: &str) -> Result<Option<Duration>, SyncError> {
+        let Some(Target {
+            obj: set,
+            ns,
+            name,
+            uid,
+            deleting,
+            ..
+        }) = Target::get(&self.sets, Some(&self.expectations), key)
+        else {
+            return Ok(None);
+        };
+        let sel = set.selector();
+        let pod_api: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &ns);
+        // Claim: our pods, adopt orphans that match, release ours that no longer match.
+        let mut mine: Vec<Arc<Pod>> = Vec::new();
+        for p in self.pods.state() {
+            if p.metadata.namespace.as_deref() != Some(&ns) || !pods::is_active(&p) {
+                continue;
+            }
+            match owner::claim(&uid, &sel, &p.metadata) {
+                Claim::Owned => mine.push(p),
+                Claim::Adopt if !deleting => {
+                    match owner::adopt(&pod_api, &p.metadata, owner::controller_ref(&*set)).await {
+                        Ok(()) => mine.push(p),
+                        Err(e) if owner::is_not_found(&e) => {}
+                        Err(e) => return Err(SyncError::Api(e)),
+                    }
+                }
+                Claim::Release => match owner::release(&pod_api, &p.metadata, &uid).await {
+                    Ok(()) => {}
+                    Err(e) if owner::is_not_found(&e) => {}
+                    Err(e) => return Err(SyncError::Api(e)),
+                },
+                _ => {}
+            }
+        }
+        let mut result = Ok(());
+        if self.expectations.satisfied(key) && !deleting {
+            result = self.manage(key, &set, &ns, &name, &mine, &pod_api).await;
+        }
+        let now = jiff::Timestamp::now();
+        let min_ready = Duration::from_secs(set.min_ready_seconds().max(0) as u64);
+        let status = status_of(&*set, &mine, min_ready, now);
+        if set.status_tuple() != Some(status) {
+            let api: Api<K> = Api::namespaced(self.ctx.client.clone(), &ns);
+            let patch = json!({"status": {
+                "replicas": status[0],
+                "fullyLabeledReplicas": status[1],
+                "readyReplicas": status[2],
+                "availableReplicas": status[3],
+                "observedGeneration": status[4],
+            }});
+            match api
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if owner::is_not_found(&e) => return Ok(None),
+                Err(e) => return Err(SyncError::Api(e)),
+            }
+        }
+        result?;
+        // A ready pod becomes available after minReadySeconds: look again then.
+        let next = mine
+            .iter()
+            .filter_map(|p| pods::until_available(p, min_ready, now))
+            .min();
+        Ok(next.map(|d| d + Duration::from_millis(50)))
     }
 }
 

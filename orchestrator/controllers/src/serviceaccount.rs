@@ -7,7 +7,9 @@ use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::Api;
 use kube::api::PostParams;
 
-use crate::informer::{Change, Handler, Informer, handler};
+use crate::controller::{OnDelete, Reconciler, owner_handler};
+use crate::informer::{Change, Handler, Informer, Synced, handler};
+use crate::manager::Watches;
 use crate::workqueue::WorkQueue;
 use crate::{Ctx, SyncError, owner};
 
@@ -33,20 +35,7 @@ impl Controller {
         }
     }
 
-    pub fn namespace_handler(&self) -> Handler<Namespace> {
-        let c = self.clone();
-        handler(move |ch: Change<'_, Namespace>| match ch {
-            Change::Applied(n) => c.queue.add(n.metadata.name.clone().unwrap_or_default()),
-            Change::Deleted(_) => {}
-            Change::Synced => {
-                for n in c.namespaces.state() {
-                    c.queue.add(n.metadata.name.clone().unwrap_or_default());
-                }
-            }
-        })
-    }
-
-    pub fn account_handler(&self) -> Handler<ServiceAccount> {
+    fn account_handler(&self) -> Handler<ServiceAccount> {
         let c = self.clone();
         handler(move |ch: Change<'_, ServiceAccount>| {
             if let Change::Deleted(a) = ch
@@ -57,10 +46,31 @@ impl Controller {
             }
         })
     }
+}
 
-    pub async fn sync(&self, ns: &str) -> Result<Option<Duration>, SyncError> {
-        self.namespaces.wait_synced().await;
-        self.accounts.wait_synced().await;
+impl Reconciler for Controller {
+    fn name(&self) -> &'static str {
+        "serviceaccount"
+    }
+
+    fn queue(&self) -> &WorkQueue {
+        &self.queue
+    }
+
+    fn caches(&self) -> Vec<Synced> {
+        vec![self.namespaces.synced(), self.accounts.synced()]
+    }
+
+    fn handlers(&self, watches: &mut Watches) {
+        watches.on(owner_handler(
+            &self.queue,
+            &self.namespaces,
+            OnDelete::Ignore,
+        ));
+        watches.on(self.account_handler());
+    }
+
+    async fn sync(&self, ns: &str) -> Result<Option<Duration>, SyncError> {
         let Some(n) = self.namespaces.get(ns) else {
             return Ok(None);
         };

@@ -8,7 +8,7 @@
 //! upstream's `defaultStatefulSetControl`.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet};
@@ -19,10 +19,12 @@ use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
+use crate::controller::{Adopters, OnDelete, Reconciler, Target, owner_handler, pod_owner_handler};
 use crate::daemonset::REVISION_HASH;
 use crate::deployment::template_hash;
 use crate::expectations::Expectations;
-use crate::informer::{Change, Handler, Informer, handler};
+use crate::informer::{Informer, Synced};
+use crate::manager::Watches;
 use crate::owner::{self, Claim};
 use crate::pods;
 use crate::replicaset::pod_from_template;
@@ -215,7 +217,6 @@ pub struct Controller {
     pub queue: WorkQueue,
     pub expectations: Expectations,
     ctx: Ctx,
-    seen: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Controller {
@@ -232,68 +233,7 @@ impl Controller {
             queue: WorkQueue::new(),
             expectations: Expectations::new(),
             ctx,
-            seen: Arc::default(),
         }
-    }
-
-    pub fn set_handler(&self) -> Handler<StatefulSet> {
-        let c = self.clone();
-        handler(move |ch: Change<'_, StatefulSet>| match ch {
-            Change::Applied(s) => c.queue.add(owner::key(&s.metadata)),
-            Change::Deleted(s) => c.expectations.forget(&owner::key(&s.metadata)),
-            Change::Synced => {
-                for s in c.sets.state() {
-                    c.queue.add(owner::key(&s.metadata));
-                }
-            }
-        })
-    }
-
-    pub fn pod_handler(&self) -> Handler<Pod> {
-        let c = self.clone();
-        handler(move |ch: Change<'_, Pod>| {
-            let (p, deleted) = match ch {
-                Change::Applied(p) => (p, false),
-                Change::Deleted(p) => (p, true),
-                Change::Synced => return,
-            };
-            let ns = p.metadata.namespace.clone().unwrap_or_default();
-            let Some(r) = owner::controller_of(&p.metadata) else {
-                // An orphan may be adopted by a set whose selector matches.
-                if !deleted {
-                    let l = owner::labels(&p.metadata);
-                    for s in c.sets.state() {
-                        if s.metadata.namespace.as_deref() == Some(&ns)
-                            && owner::selector(s.spec.as_ref().map(|s| &s.selector)).matches(&l)
-                        {
-                            c.queue.add(owner::key(&s.metadata));
-                        }
-                    }
-                }
-                return;
-            };
-            if r.kind != "StatefulSet" {
-                return;
-            }
-            let uid = p.metadata.uid.clone().unwrap_or_default();
-            let first = {
-                let mut seen = c.seen.lock().unwrap_or_else(|e| e.into_inner());
-                if deleted {
-                    seen.remove(&uid);
-                    false
-                } else {
-                    seen.insert(uid.clone())
-                }
-            };
-            let key = format!("{ns}/{}", r.name);
-            if first {
-                c.expectations.creation_observed(&key);
-            }
-            if deleted || p.metadata.deletion_timestamp.is_some() {
-                c.expectations.deletion_observed(&key, &uid);
-            }
-            c.queue.add(key);
-        })
     }
 
     /// The revision for the current template: an equal one already recorded (given the
@@ -383,26 +323,57 @@ impl Controller {
             Err(e) => Err(e.into()),
         }
     }
+}
 
-    pub async fn sync(&self, key: &str) -> Result<Option<Duration>, SyncError> {
-        self.sets.wait_synced().await;
-        self.pods.wait_synced().await;
-        self.revisions.wait_synced().await;
-        let Some(set) = self.sets.get(key) else {
-            self.expectations.forget(key);
-            return Ok(None);
+impl Reconciler for Controller {
+    fn name(&self) -> &'static str {
+        "statefulset"
+    }
+
+    fn queue(&self) -> &WorkQueue {
+        &self.queue
+    }
+
+    fn caches(&self) -> Vec<Synced> {
+        vec![
+            self.sets.synced(),
+            self.pods.synced(),
+            self.revisions.synced(),
+        ]
+    }
+
+    fn handlers(&self, watches: &mut Watches) {
+        let forget = OnDelete::Forget(self.expectations.clone());
+        watches.on(owner_handler(&self.queue, &self.sets, forget));
+        // An orphan may be adopted by a set whose selector matches.
+        let adopters = Adopters {
+            cache: self.sets.clone(),
+            selector: |s: &StatefulSet| owner::selector(s.spec.as_ref().map(|s| &s.selector)),
         };
-        let (Some(ns), Some(name)) = (set.metadata.namespace.clone(), set.metadata.name.clone())
+        watches.on(pod_owner_handler(
+            &self.queue,
+            &self.expectations,
+            Some(adopters),
+        ));
+    }
+
+    async fn sync(&self, key: &str) -> Result<Option<Duration>, SyncError> {
+        let Some(Target {
+            obj: set,
+            ns,
+            name,
+            uid,
+            deleting,
+            ..
+        }) = Target::get(&self.sets, Some(&self.expectations), key)
         else {
             return Ok(None);
         };
         let Some(spec) = set.spec.clone() else {
             return Ok(None);
         };
-        let uid = set.metadata.uid.clone().unwrap_or_default();
         let sel = owner::selector(Some(&spec.selector));
         let pod_api: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &ns);
-        let deleting = set.metadata.deletion_timestamp.is_some();
         let now = jiff::Timestamp::now();
         let min_ready = Duration::from_secs(spec.min_ready_seconds.unwrap_or(0).max(0) as u64);
 
@@ -633,7 +604,9 @@ impl Controller {
         }
         Ok(again)
     }
+}
 
+impl Controller {
     /// Deletes the oldest revisions beyond revisionHistoryLimit that no pod uses and that
     /// are neither current nor update.
     async fn truncate_history(

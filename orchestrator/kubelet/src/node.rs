@@ -86,20 +86,24 @@ pub fn status(cfg: &Config, network_ready: Result<(), String>) -> Value {
             "kubeletVersion": "v1.33.0-trellis",
             "kubeProxyVersion": "",
             "operatingSystem": "linux",
-            "architecture": std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"),
+            "architecture": arch(),
         },
     })
 }
 
+/// The node's architecture as Kubernetes names it (`GOARCH`).
+fn arch() -> String {
+    std::env::consts::ARCH
+        .replace("x86_64", "amd64")
+        .replace("aarch64", "arm64")
+}
+
 /// The labels every kubelet puts on its Node (upstream's default labels).
-fn default_labels(cfg: &Config) -> BTreeMap<String, String> {
+fn default_labels(node_name: &str) -> BTreeMap<String, String> {
     [
-        ("kubernetes.io/hostname", cfg.node_name.clone()),
+        ("kubernetes.io/hostname", node_name.to_string()),
         ("kubernetes.io/os", "linux".to_string()),
-        (
-            "kubernetes.io/arch",
-            std::env::consts::ARCH.replace("x86_64", "amd64"),
-        ),
+        ("kubernetes.io/arch", arch()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -117,31 +121,42 @@ fn missing_labels(
         .collect()
 }
 
-/// Creates the Node if it does not exist. A pre-created Node keeps its spec and other labels
-/// but gets the default labels, as upstream's kubelet reconciles them: the scheduler's
-/// topology spreading and `kubernetes.io/hostname` selectors rely on them.
+/// Registers the Node: creates it with the default labels if it does not exist, and gives a
+/// pre-created one the default labels it lacks ([`reconcile_labels`]).
 pub async fn register(client: &kube::Client, cfg: &Config) -> Result<(), Error> {
+    let node = create_if_absent(client, &cfg.node_name).await?;
+    reconcile_labels(client, &node).await
+}
+
+/// The Node `name`: the one that exists (pre-created, or a previous run's, as it is), or a new
+/// one with the default labels.
+pub async fn create_if_absent(client: &kube::Client, name: &str) -> Result<Node, Error> {
     let nodes: Api<Node> = Api::all(client.clone());
-    let want = default_labels(cfg);
-    let existing = match nodes.get_opt(&cfg.node_name).await? {
-        Some(node) => node,
-        None => {
-            let node: Node = serde_json::from_value(json!({
-                "metadata": {"name": cfg.node_name, "labels": want},
-            }))?;
-            match nodes.create(&PostParams::default(), &node).await {
-                Ok(_) => return Ok(()),
-                // Created meanwhile by someone else: label it like a pre-created one.
-                Err(kube::Error::Api(e)) if e.code == 409 => nodes.get(&cfg.node_name).await?,
-                Err(e) => return Err(e.into()),
-            }
-        }
-    };
-    let patch = missing_labels(existing.metadata.labels.as_ref(), &want);
+    if let Some(node) = nodes.get_opt(name).await? {
+        return Ok(node);
+    }
+    let node: Node = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": default_labels(name)},
+    }))?;
+    match nodes.create(&PostParams::default(), &node).await {
+        Ok(made) => Ok(made),
+        // Created meanwhile by someone else: treat it like a pre-created one.
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(nodes.get(name).await?),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Gives `node` the default labels it lacks or has with another value, keeping its spec and
+/// other labels, as upstream's kubelet reconciles them: the scheduler's topology spreading and
+/// `kubernetes.io/hostname` selectors rely on them.
+pub async fn reconcile_labels(client: &kube::Client, node: &Node) -> Result<(), Error> {
+    let name = node.metadata.name.as_deref().unwrap_or_default();
+    let patch = missing_labels(node.metadata.labels.as_ref(), &default_labels(name));
     if !patch.is_empty() {
+        let nodes: Api<Node> = Api::all(client.clone());
         nodes
             .patch(
-                &cfg.node_name,
+                name,
                 &PatchParams::default(),
                 &Patch::Merge(json!({"metadata": {"labels": patch}})),
             )
