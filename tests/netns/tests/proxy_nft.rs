@@ -13,3 +13,8 @@ use cluster::{Cluster, Pod};
 const PROXY_BACKEND: &str = "nftables";
 
 include!("support/proxy_common.rs");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_keeps_rules_until_the_new_state_swaps_in_and_touches_only_our_chains() {
+    restart_keeps_rules().await;
+}
