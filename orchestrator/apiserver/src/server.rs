@@ -93,6 +93,13 @@ pub struct Config {
     /// tolerationSeconds of the default not-ready and unreachable tolerations of new pods
     /// (`--default-not-ready-toleration-seconds`, `--default-unreachable-toleration-seconds`).
     pub default_toleration_seconds: (i64, i64),
+    /// The client certificate and key (PEM files) the API server presents to kubelets
+    /// (`--kubelet-client-certificate`/`--kubelet-client-key`); None: `<data-dir>/pki/
+    /// apiserver-kubelet-client.{crt,key}`, issued from the cluster CA.
+    pub kubelet_client: Option<(PathBuf, PathBuf)>,
+    /// The CA kubelets' serving certificates are checked against
+    /// (`--kubelet-certificate-authority`); None: not checked, as upstream.
+    pub kubelet_ca: Option<PathBuf>,
 }
 
 impl Config {
@@ -106,6 +113,8 @@ impl Config {
             service_cidr: "10.96.0.0/12".parse().expect("a valid default"),
             node_ports: (30000, 32767),
             default_toleration_seconds: (300, 300),
+            kubelet_client: None,
+            kubelet_ca: None,
         }
     }
 }
@@ -245,6 +254,23 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let pki = Pki::ensure(&config.data_dir, &sans)?;
     let signer = crate::token::Signer::ensure(&pki.dir)?;
     let _ = api.tokens.set(signer);
+    let read = |p: &PathBuf| {
+        std::fs::read_to_string(p).map_err(|e| ServerError::Io {
+            what: format!("read {}", p.display()),
+            source: e,
+        })
+    };
+    let kubelet_cert = match &config.kubelet_client {
+        Some((cert, key)) => pki::CertPair {
+            cert_pem: read(cert)?,
+            key_pem: read(key)?,
+        },
+        None => pki.kubelet_client.clone(),
+    };
+    let kubelet_ca = config.kubelet_ca.as_ref().map(read).transpose()?;
+    let kubelet = crate::kubelet::KubeletClient::new(&kubelet_cert, kubelet_ca.as_deref())
+        .map_err(|e| ServerError::Tls(format!("the kubelet client certificate: {e}")))?;
+    let _ = api.kubelet.set(kubelet);
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| ServerError::Io {
@@ -621,6 +647,21 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, user: Option<User>)
                     resp.headers_mut().insert(
                         hyper::header::CONTENT_TYPE,
                         hyper::header::HeaderValue::from_static("application/json"),
+                    );
+                    resp
+                }
+                Ok(Reply::Bytes {
+                    content_type,
+                    body: mut rx,
+                }) => {
+                    let stream = futures::stream::poll_fn(move |cx| {
+                        rx.poll_recv(cx)
+                            .map(|o| o.map(|b| Ok::<_, Infallible>(Frame::data(b))))
+                    });
+                    let mut resp = Response::new(StreamBody::new(stream).boxed());
+                    resp.headers_mut().insert(
+                        hyper::header::CONTENT_TYPE,
+                        hyper::header::HeaderValue::from_static(content_type),
                     );
                     resp
                 }
