@@ -173,10 +173,7 @@ async fn send(tx: &mpsc::Sender<Bytes>, mut chunk: Vec<u8>, budget: &mut u64) ->
 /// is appended until the run ends, the limit is reached, or the reader goes.
 pub async fn stream(file: PathBuf, run: PathBuf, q: LogQuery, tx: mpsc::Sender<Bytes>) {
     let mut budget = q.limit_bytes.unwrap_or(u64::MAX);
-    let mut f = match std::fs::File::open(&file) {
-        Ok(f) => Some(f),
-        Err(_) => None,
-    };
+    let mut f = std::fs::File::open(&file).ok();
     let mut offset = 0u64;
     if let Some(f) = f.as_mut() {
         let mut all = Vec::new();
