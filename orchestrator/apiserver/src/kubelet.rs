@@ -182,6 +182,86 @@ impl KubeletClient {
     }
 }
 
+/// The WebSocket handshake headers passed between client and kubelet, both ways.
+pub const UPGRADE_HEADERS: &[&str] = &[
+    "upgrade",
+    "connection",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-protocol",
+    "sec-websocket-accept",
+    "sec-websocket-extensions",
+];
+
+impl KubeletClient {
+    /// Opens `path_and_query` on the kubelet with an upgrade request carrying `headers`;
+    /// the kubelet's 101 answer and its upgraded stream, or its error.
+    pub async fn upgrade(
+        &self,
+        host: &str,
+        port: u16,
+        path_and_query: &str,
+        headers: &hyper::HeaderMap,
+    ) -> Result<(hyper::HeaderMap, hyper::upgrade::Upgraded), ApiError> {
+        let unreachable = |e: &dyn std::fmt::Display| {
+            ApiError::internal(format!(
+                "error dialing backend https://{host}:{port}{path_and_query}: {e}"
+            ))
+        };
+        let tcp = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            tokio::net::TcpStream::connect((host, port)),
+        )
+        .await
+        .map_err(|_| unreachable(&"dial timeout"))?
+        .map_err(|e| unreachable(&e))?;
+        let _ = tcp.set_nodelay(true);
+        let name = ServerName::try_from(host.to_string()).map_err(|e| unreachable(&e))?;
+        let tls = self
+            .tls
+            .connect(name, tcp)
+            .await
+            .map_err(|e| unreachable(&e))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .map_err(|e| unreachable(&e))?;
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        let mut req = hyper::Request::get(path_and_query)
+            .header(hyper::header::HOST, format!("{host}:{port}"))
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| unreachable(&e))?;
+        for (k, v) in headers {
+            if UPGRADE_HEADERS.contains(&k.as_str()) {
+                req.headers_mut().append(k.clone(), v.clone());
+            }
+        }
+        let mut resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| unreachable(&e))?;
+        if resp.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
+            let code = resp.status().as_u16();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            return Err(ApiError::from_backend(
+                code,
+                String::from_utf8_lossy(&body).trim().to_string(),
+            ));
+        }
+        let upgraded = hyper::upgrade::on(&mut resp)
+            .await
+            .map_err(|e| unreachable(&e))?;
+        Ok((resp.headers().clone(), upgraded))
+    }
+}
+
 /// Where the kubelet of node `name` listens: its preferred address and port.
 async fn kubelet_of(api: &Api, node: &str) -> Result<(String, u16), ApiError> {
     let nodes = api
@@ -295,6 +375,92 @@ fn encode(v: &str) -> String {
         .collect()
 }
 
+/// The kubelet's exec query from the API's (`command` repeated, `stdin`→`input`,
+/// `stdout`→`output`, `stderr`→`error`, `tty`), values passed as encoded.
+pub fn exec_query(raw: Option<&str>) -> String {
+    raw.unwrap_or("")
+        .split('&')
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let k = match k {
+                "command" => "command",
+                "stdin" => "input",
+                "stdout" => "output",
+                "stderr" => "error",
+                "tty" => "tty",
+                _ => return None,
+            };
+            Some(format!("{k}={v}"))
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// pods/exec: authorizes `create pods/exec` (also for the WebSocket GET, as upstream's
+/// AuthorizePodWebsocketUpgradeCreatePermission), picks the container, and opens the exec on
+/// the pod's kubelet. The caller relays the two upgraded streams.
+pub async fn exec(
+    api: &Api,
+    req: &crate::request::ResourceRequest,
+    user: &crate::auth::User,
+    raw_query: Option<&str>,
+    headers: &hyper::HeaderMap,
+) -> Result<(hyper::HeaderMap, hyper::upgrade::Upgraded), ApiError> {
+    let pods = api
+        .registry
+        .find("", "v1", "pods")
+        .ok_or_else(|| ApiError::internal("pods are not served"))?;
+    let mut create = req.clone();
+    create.verb = crate::request::Verb::Create;
+    crate::auth::authorize(user, &create, &pods, api, "", &[]).await?;
+    let websocket = headers
+        .get(hyper::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if !websocket {
+        return Err(ApiError::bad_request(
+            "exec is served over WebSocket (v5.channel.k8s.io, v4.channel.k8s.io) only; SPDY/3.1 is not served",
+        ));
+    }
+    let (ns, name) = (
+        req.namespace.as_deref().unwrap_or("default"),
+        req.name.as_deref().unwrap_or(""),
+    );
+    let pod = api
+        .storage
+        .get(&pods, Some(ns), name)
+        .await?
+        .ok_or_else(|| ApiError::not_found("", "pods", name))?
+        .obj;
+    let asked = crate::request::query(raw_query).get("container").cloned();
+    let container = log_container(&pod, asked.as_deref().filter(|c| !c.is_empty()))?;
+    let node = pod["spec"]["nodeName"]
+        .as_str()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| {
+            ApiError::bad_request(format!("pod {name} does not have a host assigned"))
+        })?;
+    if pod["status"]["phase"] == "Succeeded" || pod["status"]["phase"] == "Failed" {
+        return Err(ApiError::bad_request(
+            "cannot exec into a container in a completed pod; current phase is ".to_string()
+                + pod["status"]["phase"].as_str().unwrap_or(""),
+        ));
+    }
+    let path = format!(
+        "/exec/{}/{}/{}?{}",
+        encode(ns),
+        encode(name),
+        encode(&container),
+        exec_query(raw_query)
+    );
+    let client = api
+        .kubelet
+        .get()
+        .ok_or_else(|| ApiError::unavailable("no kubelet client certificate is configured"))?;
+    let (host, port) = kubelet_of(api, node).await?;
+    client.upgrade(&host, port, &path, headers).await
+}
+
 /// GET pods/log: the pod's container log from its node's kubelet, streamed as it answers.
 pub async fn logs(api: &Api, call: &Call<'_>) -> Result<Reply, ApiError> {
     let r = &call.req;
@@ -382,6 +548,16 @@ pub async fn logs(api: &Api, call: &Call<'_>) -> Result<Reply, ApiError> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn exec_parameters_take_the_kubelets_names() {
+        assert_eq!(
+            exec_query(Some(
+                "command=sh&command=-c&command=echo%20hi&container=c&stdout=true&stderr=true"
+            )),
+            "command=sh&command=-c&command=echo%20hi&output=true&error=true"
+        );
+    }
 
     #[test]
     fn the_only_container_is_the_default_and_several_need_a_name() {

@@ -519,7 +519,7 @@ where
         async move { Ok::<_, Infallible>(handle(shared, req, user).await) }
     });
     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-        .serve_connection(io, svc)
+        .serve_connection_with_upgrades(io, svc)
         .await;
 }
 
@@ -595,6 +595,15 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, user: Option<User>)
         Ok(Route::Health(which)) => health(&shared, &which).await,
         Err(e) => error_response(&e),
         Ok(_) if user.is_none() => error_response(&ApiError::unauthorized()),
+        Ok(Route::Resource(r))
+            if r.group.is_empty()
+                && r.resource == "pods"
+                && r.subresource.as_deref() == Some("exec") =>
+        {
+            let user = user.unwrap_or_else(User::loopback_admin);
+            let client_req = Request::from_parts(parts, body);
+            exec(&shared, &r, &user, client_req).await
+        }
         Ok(route) => {
             let body = match Limited::new(body, MAX_BODY).collect().await {
                 Ok(b) => b.to_bytes(),
@@ -675,6 +684,37 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, user: Option<User>)
         resp.status().as_u16(),
         started.elapsed().as_secs_f64(),
     );
+    resp
+}
+
+/// pods/exec: the client's WebSocket upgrade answered with the kubelet's, then the two
+/// upgraded streams relayed both ways until either side closes.
+async fn exec(
+    shared: &Shared,
+    r: &request::ResourceRequest,
+    user: &User,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
+    let opened = crate::kubelet::exec(&shared.api, r, user, req.uri().query(), req.headers()).await;
+    let (headers, kubelet) = match opened {
+        Ok(x) => x,
+        Err(e) => return error_response(&e),
+    };
+    let client = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        if let Ok(client) = client.await {
+            let mut client = TokioIo::new(client);
+            let mut kubelet = TokioIo::new(kubelet);
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut kubelet).await;
+        }
+    });
+    let mut resp = Response::new(Full::new(Bytes::new()).boxed());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    for (k, v) in &headers {
+        if crate::kubelet::UPGRADE_HEADERS.contains(&k.as_str()) {
+            resp.headers_mut().append(k.clone(), v.clone());
+        }
+    }
     resp
 }
 

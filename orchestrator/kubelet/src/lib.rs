@@ -5,6 +5,7 @@
 //! Every pod's state lives on disk under `<root>/pods/<uid>/`, so a restarted kubelet adopts
 //! running pods instead of starting them again, and removes what no pod claims.
 
+pub mod exec;
 pub mod logs;
 pub mod network;
 pub mod node;

@@ -1,5 +1,5 @@
-//! The kubelet's HTTPS API on its port (10250): `/containerLogs/{ns}/{pod}/{container}` and
-//! `/stats/summary`, what the API server and metrics readers call.
+//! The kubelet's HTTPS API on its port (10250): `/containerLogs/{ns}/{pod}/{container}`,
+//! `/exec/{ns}/{pod}/{container}` (WebSocket, [`crate::exec`]) and `/stats/summary`, what the API server and metrics readers call.
 //!
 //! Callers authenticate with a client certificate from the cluster CA; what they may do is
 //! asked of the API server with a SubjectAccessReview (upstream's `--authorization-mode=
@@ -28,6 +28,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::ClientCertVerifier;
 use tokio::sync::mpsc;
 
+use crate::exec::{self, ExecRequest};
 use crate::logs::{self, LogQuery};
 use crate::stats::Stats;
 use crate::{Config, Error};
@@ -197,7 +198,7 @@ pub async fn start(
                     async move { Ok::<_, Infallible>(handle(&shared, req, caller).await) }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tls), svc)
+                    .serve_connection_with_upgrades(TokioIo::new(tls), svc)
                     .await;
             });
         }
@@ -365,6 +366,73 @@ async fn handle(shared: &Shared, req: Request<Incoming>, caller: Option<Caller>)
                 hyper::header::CONTENT_TYPE,
                 hyper::header::HeaderValue::from_static("application/json"),
             );
+            r
+        }
+        ["exec", ns, pod, container] => {
+            if let Err(r) = authorize(shared, &caller, verb, "proxy").await {
+                return r;
+            }
+            let exec_req = match ExecRequest::parse(&query(req.uri().query())) {
+                Ok(r) => r,
+                Err(e) => return text(400, e),
+            };
+            let header = |name: &str| {
+                req.headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string()
+            };
+            if !header("upgrade").eq_ignore_ascii_case("websocket") {
+                return text(
+                    400,
+                    "this kubelet serves exec over WebSocket (v5.channel.k8s.io, v4.channel.k8s.io) only, not SPDY".into(),
+                );
+            }
+            let Some(protocol) = exec::choose_protocol(&header("sec-websocket-protocol")) else {
+                return text(
+                    400,
+                    format!(
+                        "no served WebSocket subprotocol offered; served: {}",
+                        exec::PROTOCOLS.join(", ")
+                    ),
+                );
+            };
+            let key = header("sec-websocket-key");
+            if key.is_empty() {
+                return text(400, "missing Sec-WebSocket-Key".into());
+            }
+            let Some(dir) = logs::find_pod(&shared.cfg.root_dir, ns, pod) else {
+                return text(404, format!("pod {pod:?} does not exist"));
+            };
+            let Some(pid) = exec::container_pid(&dir, container) else {
+                return text(
+                    400,
+                    format!("container {container:?} in pod {pod:?} is not running"),
+                );
+            };
+            tokio::spawn(async move {
+                if let Ok(up) = hyper::upgrade::on(req).await {
+                    exec::run(TokioIo::new(up), pid, exec_req).await;
+                }
+            });
+            let mut r = Response::new(Full::new(Bytes::new()).boxed());
+            *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            let h = r.headers_mut();
+            let v = |s: &str| hyper::header::HeaderValue::from_str(s).ok();
+            for (name, value) in [
+                (hyper::header::UPGRADE, v("websocket")),
+                (hyper::header::CONNECTION, v("Upgrade")),
+                (
+                    hyper::header::SEC_WEBSOCKET_ACCEPT,
+                    v(&exec::accept_key(&key)),
+                ),
+                (hyper::header::SEC_WEBSOCKET_PROTOCOL, v(protocol)),
+            ] {
+                if let Some(value) = value {
+                    h.insert(name, value);
+                }
+            }
             r
         }
         _ => text(404, "404 page not found".into()),

@@ -81,6 +81,54 @@ async fn follow(bin: &Path, kc: &Path, go: &Path, want: &str) {
     assert_eq!(&seen[..3], ["line-1", "line-2", "line-3"], "{seen:?}");
 }
 
+/// jane may get and list pods in default.
+const POD_GETTER: &str = r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: pod-getter, namespace: default}
+rules: [{apiGroups: [""], resources: ["pods"], verbs: ["get", "list"]}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: jane-gets-pods, namespace: default}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: pod-getter}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: jane}]
+"#;
+
+/// A kubeconfig for user `jane` (no groups) from the cluster CA, through the test's relay.
+fn jane_kubeconfig(
+    tb: &netns_testbed::Testbed,
+    cp: &netns_testbed::cluster::ControlPlane,
+) -> PathBuf {
+    let relay = cp
+        .local_kubeconfig
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: "))
+        .unwrap()
+        .to_string();
+    let jane = tb.state_dir().join("jane.kubeconfig");
+    let out = std::process::Command::new(netns_testbed::bin_path("trellis"))
+        .args(["certs", "kubeconfig", "--data-dir"])
+        .arg(&cp.dir)
+        .args(["--user", "jane", "--server", &relay, "--out"])
+        .arg(&jane)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    jane
+}
+
+/// `kubectl apply` of `yaml` as the admin.
+async fn apply(tb: &netns_testbed::Testbed, bin: &Path, kc: &Path, name: &str, yaml: &str) {
+    let f = tb.state_dir().join(name);
+    std::fs::write(&f, yaml).unwrap();
+    let (code, _, err) = kubectl(bin, kc, &["apply", "-f", f.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "apply {name}: {err}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn kubectl_logs_through_the_api_server_with_both_kubectls() {
     netns_testbed::require_tool("busybox", "busybox-static");
@@ -205,53 +253,10 @@ async fn kubectl_logs_through_the_api_server_with_both_kubectls() {
         "1.20 without -c: {err}"
     );
 
-    // Negative control: jane may not read logs (403, upstream's words) until a Role lets her.
-    let relay = cp
-        .local_kubeconfig
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("server: "))
-        .unwrap()
-        .to_string();
-    let jane = tb.state_dir().join("jane.kubeconfig");
-    let out = std::process::Command::new(netns_testbed::bin_path("trellis"))
-        .args(["certs", "kubeconfig", "--data-dir"])
-        .arg(&cp.dir)
-        .args(["--user", "jane", "--server", &relay, "--out"])
-        .arg(&jane)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // She may read pods (kubectl reads the pod first), not their logs.
-    let apply = |name: &str, text: &str| {
-        let f = tb.state_dir().join(name);
-        std::fs::write(&f, text).unwrap();
-        f
-    };
-    let getter = apply(
-        "pod-getter.yaml",
-        r#"apiVersion: rbac.authorization.k8s.io/v1
-kind: Role
-metadata: {name: pod-getter, namespace: default}
-rules: [{apiGroups: [""], resources: ["pods"], verbs: ["get", "list"]}]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata: {name: jane-gets-pods, namespace: default}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: pod-getter}
-subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: jane}]
-"#,
-    );
-    let (code, _, err) = kubectl(
-        &kubectl_new,
-        &kc,
-        &["apply", "-f", getter.to_str().unwrap()],
-    )
-    .await;
-    assert_eq!(code, 0, "{err}");
+    // Negative control: jane may read pods (kubectl reads the pod first) but not their logs:
+    // 403, upstream's words, until a Role lets her.
+    let jane = jane_kubeconfig(tb, cp);
+    apply(tb, &kubectl_new, &kc, "pod-getter.yaml", POD_GETTER).await;
     for bin in [&kubectl_new, &kubectl_old] {
         let (code, out, err) = kubectl(bin, &jane, &["logs", "chatty"]).await;
         assert_ne!(code, 0, "{out}");
@@ -261,9 +266,11 @@ subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: jane}]
             bin.display()
         );
     }
-    let role = tb.state_dir().join("log-reader.yaml");
-    std::fs::write(
-        &role,
+    apply(
+        tb,
+        &kubectl_new,
+        &kc,
+        "log-reader.yaml",
         r#"apiVersion: rbac.authorization.k8s.io/v1
 kind: Role
 metadata: {name: log-reader, namespace: default}
@@ -276,9 +283,7 @@ roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: log-reader}
 subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: jane}]
 "#,
     )
-    .unwrap();
-    let (code, _, err) = kubectl(&kubectl_new, &kc, &["apply", "-f", role.to_str().unwrap()]).await;
-    assert_eq!(code, 0, "{err}");
+    .await;
     let (code, out, err) = kubectl(&kubectl_new, &jane, &["logs", "pair", "-c", "a"]).await;
     assert_eq!(
         (code, out.as_str()),
@@ -305,6 +310,45 @@ subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: jane}]
         .await
         .unwrap();
     assert_eq!(out.stdout.trim(), "401", "{out:?}");
+    // jane's certificate is the cluster's, but the API server's SubjectAccessReview says no.
+    let kc_text = std::fs::read_to_string(&jane).unwrap();
+    let field = |key: &str| {
+        let b64 = kc_text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(key))
+            .unwrap()
+            .trim();
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64).unwrap()
+    };
+    let (jane_crt, jane_key) = (
+        tb.state_dir().join("jane.crt"),
+        tb.state_dir().join("jane.key"),
+    );
+    std::fs::write(&jane_crt, field("client-certificate-data:")).unwrap();
+    std::fs::write(&jane_key, field("client-key-data:")).unwrap();
+    let out = tb
+        .exec(
+            &cp.node.ns,
+            &[
+                curl.to_str().unwrap(),
+                "-sk",
+                "-w",
+                " %{http_code}",
+                "--cert",
+                jane_crt.to_str().unwrap(),
+                "--key",
+                jane_key.to_str().unwrap(),
+                &format!("{kubelet_url}/containerLogs/default/chatty/talk"),
+            ],
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        out.stdout.trim(),
+        "Forbidden (user=jane, verb=get, resource=nodes, subresource=proxy) 403",
+        "{out:?}"
+    );
 
     // /stats/summary: a busy pod's CPU time rises between two reads, and it uses about a core.
     create_pod(
@@ -382,6 +426,128 @@ subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: jane}]
     assert!(
         chatty["cpu"]["usageNanoCores"].as_u64().unwrap() < cores,
         "{chatty:#}"
+    );
+    assert!(tb.running(kubelet_pid), "{}", tb.log_of(kubelet_pid));
+}
+
+/// `kubectl exec` (the image's kubectl, WebSocket v5) runs in the pod's namespaces: it sees the
+/// pod's hostname and address, passes stdout, stderr and stdin, and returns the command's exit
+/// code. kubectl 1.20 speaks only SPDY, which is not served: it gets a clear 400. A user
+/// without `create pods/exec` gets upstream's 403.
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_exec_runs_in_the_pod_and_returns_its_exit_code() {
+    netns_testbed::require_tool("busybox", "busybox-static");
+    netns_testbed::require_tool("nsenter", "util-linux");
+    let kubectl_new = netns_testbed::require_tool("kubectl", "kubectl (the image's own)");
+    let kubectl_old = PathBuf::from(KUBECTL_1_20);
+    assert!(kubectl_old.is_file(), "{KUBECTL_1_20} is missing");
+    let c = overlay_cluster::Cluster::start(1).await;
+    let (tb, cp, client) = (&c.tb, &c.cp, &c.client);
+    let w = &c.workers[0];
+    let mut k = Kubelets::new(tb);
+    let kubelet_pid = k.start(tb, cp, &w.node, &w.dirs, "net.d");
+    wait_node_ready(client, &w.node.name).await;
+    let kc = tb.state_dir().join("admin-local.kubeconfig");
+    std::fs::write(&kc, &cp.local_kubeconfig).unwrap();
+    create_pod(
+        client,
+        json!({"metadata": {"name": "box"}, "spec": {"nodeName": "n1",
+            "containers": [{"name": "c", "image": "busybox",
+                "env": [{"name": "GREETING", "value": "hello-from-env"}],
+                "command": ["/bin/busybox", "sleep", "3600"]}]}}),
+    )
+    .await;
+    let p = wait_pod(client, "box", Duration::from_secs(60), "Running", running).await;
+    let ip = p["status"]["podIP"].as_str().unwrap().to_string();
+
+    let (code, out, err) = kubectl(
+        &kubectl_new,
+        &kc,
+        &[
+            "exec",
+            "box",
+            "--",
+            "/bin/busybox",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; hostname; echo $GREETING; busybox ip -4 addr show eth0 | busybox grep -o 'inet [0-9.]*'; exit 3",
+        ],
+    )
+    .await;
+    assert_eq!(code, 3, "the command's exit code: {out}{err}");
+    assert_eq!(
+        out,
+        format!("out\nbox\nhello-from-env\ninet {ip}\n"),
+        "stdout, in the pod's UTS and network namespaces, with its env; stderr: {err}"
+    );
+    assert!(err.starts_with("err\n"), "{err}");
+    assert!(
+        err.contains("command terminated with exit code 3"),
+        "kubectl reports the code: {err}"
+    );
+    // stdin, to its end.
+    let mut child = tokio::process::Command::new(&kubectl_new)
+        .arg("--kubeconfig")
+        .arg(&kc)
+        .args([
+            "exec",
+            "-i",
+            "box",
+            "--",
+            "/bin/busybox",
+            "sh",
+            "-c",
+            "busybox wc -l; echo done",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"a\nb\nc\n").await.unwrap();
+    }
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("exec -i ends once stdin does")
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["3", "done"]
+    );
+
+    // kubectl 1.20: SPDY only, refused in plain words.
+    let (code, _, err) = kubectl(
+        &kubectl_old,
+        &kc,
+        &["exec", "box", "--", "/bin/busybox", "true"],
+    )
+    .await;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("Error from server (BadRequest): exec is served over WebSocket (v5.channel.k8s.io, v4.channel.k8s.io) only; SPDY/3.1 is not served"),
+        "1.20: {err}"
+    );
+
+    // Negative control: a user who may read pods but not create pods/exec gets upstream's 403.
+    let jane = jane_kubeconfig(tb, cp);
+    apply(tb, &kubectl_new, &kc, "pod-getter.yaml", POD_GETTER).await;
+    let (code, _, err) = kubectl(
+        &kubectl_new,
+        &jane,
+        &["exec", "box", "--", "/bin/busybox", "true"],
+    )
+    .await;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(r#"pods "box" is forbidden: User "jane" cannot create resource "pods/exec" in API group "" in the namespace "default""#),
+        "{err}"
     );
     assert!(tb.running(kubelet_pid), "{}", tb.log_of(kubelet_pid));
 }
