@@ -137,11 +137,13 @@ impl KubeletClient {
         .map_err(|e| unreachable(&e))?;
         let _ = tcp.set_nodelay(true);
         let name = ServerName::try_from(host.to_string()).map_err(|e| unreachable(&e))?;
-        let tls = self
-            .tls
-            .connect(name, tcp)
-            .await
-            .map_err(|e| unreachable(&e))?;
+        let tls = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            self.tls.connect(name, tcp),
+        )
+        .await
+        .map_err(|_| unreachable(&"TLS handshake timeout"))?
+        .map_err(|e| unreachable(&e))?;
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
                 .await
@@ -217,11 +219,13 @@ impl KubeletClient {
         .map_err(|e| unreachable(&e))?;
         let _ = tcp.set_nodelay(true);
         let name = ServerName::try_from(host.to_string()).map_err(|e| unreachable(&e))?;
-        let tls = self
-            .tls
-            .connect(name, tcp)
-            .await
-            .map_err(|e| unreachable(&e))?;
+        let tls = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            self.tls.connect(name, tcp),
+        )
+        .await
+        .map_err(|_| unreachable(&"TLS handshake timeout"))?
+        .map_err(|e| unreachable(&e))?;
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
                 .await

@@ -176,13 +176,23 @@ pub async fn start(
     tokio::spawn(async move {
         loop {
             let tcp = tokio::select! {
-                r = listener.accept() => match r { Ok((t, _)) => t, Err(_) => continue },
+                r = listener.accept() => match r {
+                    Ok((t, _)) => t,
+                    Err(e) => {
+                        // Out of descriptors, say: not a hot loop.
+                        tracing::warn!(error = %e, "kubelet API accept");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
                 _ = stop.changed() => return,
             };
             let _ = tcp.set_nodelay(true);
             let (acceptor, shared) = (acceptor.clone(), shared.clone());
             tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
+                let Ok(Ok(tls)) =
+                    tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+                else {
                     return;
                 };
                 let caller = tls.get_ref().1.peer_certificates().and_then(|chain| {
