@@ -57,6 +57,22 @@ pub struct Args {
     /// First restart back-off in seconds (doubles up to 300).
     #[arg(long, default_value_t = 10)]
     backoff_secs: u64,
+    /// The HTTPS port of the kubelet's API (container logs, stats), published on the Node.
+    #[arg(long, default_value_t = 10250)]
+    port: u16,
+    /// The address the HTTPS API listens on (default: --node-ip, else all addresses).
+    #[arg(long)]
+    address: Option<IpAddr>,
+    /// The serving certificate (PEM) of the HTTPS API; without it a self-signed one is made.
+    #[arg(long, requires = "tls_private_key_file")]
+    tls_cert_file: Option<PathBuf>,
+    /// The key of --tls-cert-file.
+    #[arg(long, requires = "tls_cert_file")]
+    tls_private_key_file: Option<PathBuf>,
+    /// The CA (PEM) callers' client certificates are checked against (default: the
+    /// kubeconfig's CA).
+    #[arg(long)]
+    client_ca_file: Option<PathBuf>,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -84,6 +100,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .map(|der| pem_certificate(der))
             .collect::<String>()
     });
+    let client_ca = match &args.client_ca_file {
+        Some(p) => {
+            Some(std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
+        }
+        None => None,
+    };
     let client = kube::Client::try_from(config).context("building the API client")?;
     let cfg = trellis_kubelet::Config {
         node_name,
@@ -98,13 +120,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         cluster_dns: args.cluster_dns,
         cluster_domain: args.cluster_domain,
         max_pods: args.max_pods,
-        port: 10250,
+        port: args.port,
         sync_period: Duration::from_millis(args.sync_ms.max(100)),
         backoff_base: Duration::from_secs(args.backoff_secs.max(1)),
         backoff_max: Duration::from_secs(300),
         shim: std::env::current_exe().context("finding the trellis binary")?,
         api_endpoint,
         cluster_ca,
+        address: args.address,
+        tls: args.tls_cert_file.zip(args.tls_private_key_file),
+        client_ca,
     };
     let health = Arc::new(trellis_daemon::Health::default());
     health.set_not_ready("starting");

@@ -104,6 +104,17 @@ struct ApiserverArgs {
     /// has its own.
     #[arg(long, default_value_t = 300)]
     default_unreachable_toleration_seconds: i64,
+    /// The client certificate (PEM) presented to kubelets for logs; default: one issued from
+    /// the cluster CA under `<data-dir>/pki/apiserver-kubelet-client.crt`.
+    #[arg(long, requires = "kubelet_client_key")]
+    kubelet_client_certificate: Option<PathBuf>,
+    /// The key of `--kubelet-client-certificate`.
+    #[arg(long, requires = "kubelet_client_certificate")]
+    kubelet_client_key: Option<PathBuf>,
+    /// The CA (PEM) kubelets' serving certificates are checked against; without it they are
+    /// not checked, as upstream.
+    #[arg(long)]
+    kubelet_certificate_authority: Option<PathBuf>,
 }
 
 /// `30000-32767` → (30000, 32767).
@@ -182,6 +193,8 @@ async fn apiserver(args: ApiserverArgs) -> anyhow::Result<()> {
     config.insecure_listen = args.insecure_listen;
     config.service_cidr = args.service_cidr;
     config.node_ports = args.service_node_port_range;
+    config.kubelet_client = args.kubelet_client_certificate.zip(args.kubelet_client_key);
+    config.kubelet_ca = args.kubelet_certificate_authority;
     config.default_toleration_seconds = (
         args.default_not_ready_toleration_seconds,
         args.default_unreachable_toleration_seconds,

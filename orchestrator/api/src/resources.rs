@@ -17,6 +17,8 @@ pub enum Subresource {
     Log,
     /// `serviceaccounts/token`: a TokenRequest mints a bound token for the account.
     Token,
+    /// `pods/exec`: a command in a container, streamed over a WebSocket by the kubelet.
+    Exec,
 }
 
 impl Subresource {
@@ -27,6 +29,7 @@ impl Subresource {
             Subresource::Binding => "binding",
             Subresource::Log => "log",
             Subresource::Token => "token",
+            Subresource::Exec => "exec",
         }
     }
 
@@ -37,6 +40,7 @@ impl Subresource {
             "binding" => Subresource::Binding,
             "log" => Subresource::Log,
             "token" => Subresource::Token,
+            "exec" => Subresource::Exec,
             _ => return None,
         })
     }
@@ -140,7 +144,7 @@ struct Builtin {
     subs: &'static [Subresource],
 }
 
-use Subresource::{Binding, Log, Scale, Status, Token};
+use Subresource::{Binding, Exec, Log, Scale, Status, Token};
 
 const BUILTIN: &[Builtin] = &[
     Builtin {
@@ -171,7 +175,7 @@ const BUILTIN: &[Builtin] = &[
         namespaced: true,
         short: &["po"],
         all: true,
-        subs: &[Status, Binding, Log],
+        subs: &[Status, Binding, Log, Exec],
     },
     Builtin {
         group: "",

@@ -213,6 +213,9 @@ async fn node_allows(
         (false, "coordination.k8s.io", "leases") => {
             req.namespace.as_deref() == Some("kube-node-lease") && own_name
         }
+        // A kubelet asks whether a caller of its own API may do what it asks (upstream's
+        // webhook authorization mode of the kubelet).
+        (false, "authorization.k8s.io", "subjectaccessreviews") => req.verb == Verb::Create,
         (false, "", "events") => matches!(req.verb, Verb::Create | Verb::Patch | Verb::Update),
         (false, "", "pods") => match (req.verb, &req.name) {
             (Verb::Update | Verb::Patch | Verb::Delete, Some(name)) => {

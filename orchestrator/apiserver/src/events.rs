@@ -115,7 +115,7 @@ pub fn reply_from_core(reply: Reply) -> Reply {
             });
             Reply::Stream(out)
         }
-        raw @ Reply::Raw { .. } => raw,
+        other @ (Reply::Raw { .. } | Reply::Bytes { .. }) => other,
     }
 }
 

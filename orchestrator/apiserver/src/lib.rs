@@ -5,6 +5,7 @@
 //! - [`handlers`]: one generic REST machinery for every resource (get, list, watch, create,
 //!   update, patch, delete, deletecollection) and the subresources (status, scale, binding).
 //! - [`kinds`]: what differs per kind — defaults, validation, immutable fields.
+//! - [`kubelet`]: pods/log proxied to the kubelet of the pod's node.
 //! - [`netpol`]: NetworkPolicy validation as upstream's.
 //! - [`schema`]: custom resources pruned, defaulted and validated by their CRD's schema.
 //! - [`storage`]: objects in the store, resourceVersion = the key's revision.
@@ -24,6 +25,7 @@ pub mod events;
 pub mod handlers;
 pub mod jsonpath;
 pub mod kinds;
+pub mod kubelet;
 pub mod meta;
 pub mod metrics;
 pub mod namespaces;

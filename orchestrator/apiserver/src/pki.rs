@@ -40,7 +40,14 @@ pub struct Pki {
     pub ca: CertPair,
     pub serving: CertPair,
     pub admin: CertPair,
+    /// The API server's client certificate towards kubelets (logs, exec, stats), as kubeadm's
+    /// `apiserver-kubelet-client`: CN=kube-apiserver-kubelet-client, bound by RBAC to
+    /// `system:kubelet-api-admin`.
+    pub kubelet_client: CertPair,
 }
+
+/// The user name of the API server when it calls a kubelet.
+pub const KUBELET_CLIENT_USER: &str = "kube-apiserver-kubelet-client";
 
 fn read(path: &Path) -> Result<Option<String>, PkiError> {
     match std::fs::read_to_string(path) {
@@ -212,11 +219,24 @@ impl Pki {
                 a
             }
         };
+        let kubelet_client = match (
+            read(&p("apiserver-kubelet-client.crt"))?,
+            read(&p("apiserver-kubelet-client.key"))?,
+        ) {
+            (Some(cert_pem), Some(key_pem)) => CertPair { cert_pem, key_pem },
+            _ => {
+                let c = issue(&ca, KUBELET_CLIENT_USER, &[], &[])?;
+                write(&p("apiserver-kubelet-client.key"), &c.key_pem, true)?;
+                write(&p("apiserver-kubelet-client.crt"), &c.cert_pem, false)?;
+                c
+            }
+        };
         Ok(Pki {
             dir,
             ca,
             serving,
             admin,
+            kubelet_client,
         })
     }
 }

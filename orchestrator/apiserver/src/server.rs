@@ -93,6 +93,13 @@ pub struct Config {
     /// tolerationSeconds of the default not-ready and unreachable tolerations of new pods
     /// (`--default-not-ready-toleration-seconds`, `--default-unreachable-toleration-seconds`).
     pub default_toleration_seconds: (i64, i64),
+    /// The client certificate and key (PEM files) the API server presents to kubelets
+    /// (`--kubelet-client-certificate`/`--kubelet-client-key`); None: `<data-dir>/pki/
+    /// apiserver-kubelet-client.{crt,key}`, issued from the cluster CA.
+    pub kubelet_client: Option<(PathBuf, PathBuf)>,
+    /// The CA kubelets' serving certificates are checked against
+    /// (`--kubelet-certificate-authority`); None: not checked, as upstream.
+    pub kubelet_ca: Option<PathBuf>,
 }
 
 impl Config {
@@ -106,6 +113,8 @@ impl Config {
             service_cidr: "10.96.0.0/12".parse().expect("a valid default"),
             node_ports: (30000, 32767),
             default_toleration_seconds: (300, 300),
+            kubelet_client: None,
+            kubelet_ca: None,
         }
     }
 }
@@ -245,6 +254,23 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let pki = Pki::ensure(&config.data_dir, &sans)?;
     let signer = crate::token::Signer::ensure(&pki.dir)?;
     let _ = api.tokens.set(signer);
+    let read = |p: &PathBuf| {
+        std::fs::read_to_string(p).map_err(|e| ServerError::Io {
+            what: format!("read {}", p.display()),
+            source: e,
+        })
+    };
+    let kubelet_cert = match &config.kubelet_client {
+        Some((cert, key)) => pki::CertPair {
+            cert_pem: read(cert)?,
+            key_pem: read(key)?,
+        },
+        None => pki.kubelet_client.clone(),
+    };
+    let kubelet_ca = config.kubelet_ca.as_ref().map(read).transpose()?;
+    let kubelet = crate::kubelet::KubeletClient::new(&kubelet_cert, kubelet_ca.as_deref())
+        .map_err(|e| ServerError::Tls(format!("the kubelet client certificate: {e}")))?;
+    let _ = api.kubelet.set(kubelet);
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| ServerError::Io {
@@ -493,7 +519,7 @@ where
         async move { Ok::<_, Infallible>(handle(shared, req, user).await) }
     });
     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-        .serve_connection(io, svc)
+        .serve_connection_with_upgrades(io, svc)
         .await;
 }
 
@@ -569,6 +595,15 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, user: Option<User>)
         Ok(Route::Health(which)) => health(&shared, &which).await,
         Err(e) => error_response(&e),
         Ok(_) if user.is_none() => error_response(&ApiError::unauthorized()),
+        Ok(Route::Resource(r))
+            if r.group.is_empty()
+                && r.resource == "pods"
+                && r.subresource.as_deref() == Some("exec") =>
+        {
+            let user = user.unwrap_or_else(User::loopback_admin);
+            let client_req = Request::from_parts(parts, body);
+            exec(&shared, &r, &user, client_req).await
+        }
         Ok(route) => {
             let body = match Limited::new(body, MAX_BODY).collect().await {
                 Ok(b) => b.to_bytes(),
@@ -624,6 +659,21 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, user: Option<User>)
                     );
                     resp
                 }
+                Ok(Reply::Bytes {
+                    content_type,
+                    body: mut rx,
+                }) => {
+                    let stream = futures::stream::poll_fn(move |cx| {
+                        rx.poll_recv(cx)
+                            .map(|o| o.map(|b| Ok::<_, Infallible>(Frame::data(b))))
+                    });
+                    let mut resp = Response::new(StreamBody::new(stream).boxed());
+                    resp.headers_mut().insert(
+                        hyper::header::CONTENT_TYPE,
+                        hyper::header::HeaderValue::from_static(content_type),
+                    );
+                    resp
+                }
                 Err(e) => error_response(&e),
             }
         }
@@ -634,6 +684,37 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, user: Option<User>)
         resp.status().as_u16(),
         started.elapsed().as_secs_f64(),
     );
+    resp
+}
+
+/// pods/exec: the client's WebSocket upgrade answered with the kubelet's, then the two
+/// upgraded streams relayed both ways until either side closes.
+async fn exec(
+    shared: &Shared,
+    r: &request::ResourceRequest,
+    user: &User,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
+    let opened = crate::kubelet::exec(&shared.api, r, user, req.uri().query(), req.headers()).await;
+    let (headers, kubelet) = match opened {
+        Ok(x) => x,
+        Err(e) => return error_response(&e),
+    };
+    let client = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        if let Ok(client) = client.await {
+            let mut client = TokioIo::new(client);
+            let mut kubelet = TokioIo::new(kubelet);
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut kubelet).await;
+        }
+    });
+    let mut resp = Response::new(Full::new(Bytes::new()).boxed());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    for (k, v) in &headers {
+        if crate::kubelet::UPGRADE_HEADERS.contains(&k.as_str()) {
+            resp.headers_mut().append(k.clone(), v.clone());
+        }
+    }
     resp
 }
 

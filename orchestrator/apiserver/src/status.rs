@@ -226,6 +226,23 @@ impl ApiError {
         ApiError::new(503, "ServiceUnavailable", message)
     }
 
+    /// An error a backend (a kubelet) answered with `code`: its text becomes the message, the
+    /// reason follows the code (upstream's `NewGenericServerResponse`).
+    pub fn from_backend(code: u16, message: impl Into<String>) -> ApiError {
+        let reason = match code {
+            400 => "BadRequest",
+            401 => "Unauthorized",
+            403 => "Forbidden",
+            404 => "NotFound",
+            409 => "Conflict",
+            500 => "InternalError",
+            503 => "ServiceUnavailable",
+            504 => "Timeout",
+            _ => "Unknown",
+        };
+        ApiError::new(code, reason, message)
+    }
+
     pub fn timeout(message: impl Into<String>) -> ApiError {
         ApiError::new(504, "Timeout", message)
     }

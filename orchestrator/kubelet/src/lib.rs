@@ -5,13 +5,17 @@
 //! Every pod's state lives on disk under `<root>/pods/<uid>/`, so a restarted kubelet adopts
 //! running pods instead of starting them again, and removes what no pod claims.
 
+pub mod exec;
+pub mod logs;
 pub mod network;
 pub mod node;
 pub mod pods;
 pub mod probe;
 pub mod runtime;
+pub mod server;
 pub mod serviceaccount;
 pub mod shim;
+pub mod stats;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -52,6 +56,12 @@ pub struct Config {
     pub api_endpoint: Option<(String, u16)>,
     /// The cluster CA (PEM), projected into pods as `ca.crt`.
     pub cluster_ca: Option<String>,
+    /// Where the HTTPS API listens (logs, stats); None: the node IP, else all addresses.
+    pub address: Option<IpAddr>,
+    /// The serving certificate and key files; None: self-signed at start.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// The CA (PEM) client certificates are checked against; None: the cluster CA.
+    pub client_ca: Option<String>,
 }
 
 /// An error of the kubelet, naming what it was doing.
@@ -95,6 +105,9 @@ pub async fn run(
 ) -> Result<(), Error> {
     std::fs::create_dir_all(cfg.root_dir.join("pods"))
         .map_err(|e| Error::io("create the root directory", e))?;
+    let (server_stop, server_rx) = tokio::sync::watch::channel(false);
+    let bound = server::start(cfg.clone(), client.clone(), server_rx).await?;
+    tracing::info!(%bound, "kubelet API listening");
     node::register(&client, &cfg).await?;
     let net = network::Network::new(&cfg);
     let mut pods = pods::Pods::new(cfg.clone(), client.clone(), net.clone(), metrics.clone());
@@ -140,6 +153,7 @@ pub async fn run(
             }
         }
     }
+    let _ = server_stop.send(true);
     tracing::info!("kubelet stopping; pods keep running");
     Ok(())
 }

@@ -1299,6 +1299,9 @@ mod tests {
             shim: "/nonexistent".into(),
             api_endpoint: None,
             cluster_ca: None,
+            address: None,
+            tls: None,
+            client_ca: None,
         }
     }
 

@@ -36,6 +36,11 @@ pub enum Reply {
     },
     /// A stream of newline-separated JSON frames (watch).
     Stream(mpsc::Receiver<Bytes>),
+    /// A stream of bytes of another type (a container log from the kubelet).
+    Bytes {
+        content_type: &'static str,
+        body: mpsc::Receiver<Bytes>,
+    },
 }
 
 impl Reply {
@@ -103,6 +108,8 @@ pub struct Api {
     /// tolerationSeconds of the not-ready and unreachable NoExecute tolerations new pods get
     /// (upstream's DefaultTolerationSeconds admission plugin; 300 s each by default).
     pub default_toleration_seconds: (i64, i64),
+    /// HTTPS to kubelets, for pods/log (set at start from the kubelet client certificate).
+    pub kubelet: std::sync::OnceLock<crate::kubelet::KubeletClient>,
 }
 
 impl Api {
@@ -115,6 +122,7 @@ impl Api {
             rbac: Default::default(),
             tokens: std::sync::OnceLock::new(),
             default_toleration_seconds: (300, 300),
+            kubelet: std::sync::OnceLock::new(),
         }
     }
 
@@ -235,9 +243,7 @@ impl Api {
                     .await
                     .map(Reply::created)
             }
-            (Verb::Get, Some("log")) => Err(ApiError::unavailable(
-                "pods/log is not served yet: logs come from the kubelet, which this cluster does not run yet",
-            )),
+            (Verb::Get, Some("log")) => crate::kubelet::logs(self, call).await,
             _ => Err(ApiError::method_not_allowed(
                 r.verb.as_str(),
                 &format!("{}/{}", info.plural, sub.unwrap_or("")),

@@ -390,6 +390,26 @@ pub fn cluster_roles() -> Vec<Value> {
         cluster_role("system:kube-scheduler", &[], scheduler),
         cluster_role("system:kube-controller-manager", &[], controller_manager),
         cluster_role("system:node-proxier", &[], proxier),
+        // What the API server needs of kubelets (logs, exec, stats), upstream's
+        // `system:kubelet-api-admin`.
+        cluster_role(
+            "system:kubelet-api-admin",
+            &[],
+            vec![
+                rule(&["get", "list", "watch", "proxy"], &[""], &["nodes"]),
+                rule(
+                    &["*"],
+                    &[""],
+                    &[
+                        "nodes/proxy",
+                        "nodes/log",
+                        "nodes/stats",
+                        "nodes/metrics",
+                        "nodes/spec",
+                    ],
+                ),
+            ],
+        ),
         cluster_role(
             "system:kube-dns",
             &[],
@@ -427,6 +447,10 @@ pub fn cluster_role_bindings() -> Vec<Value> {
             &[("User", "system:kube-controller-manager")],
         ),
         binding("system:node-proxier", &[("User", "system:kube-proxy")]),
+        binding(
+            "system:kubelet-api-admin",
+            &[("User", crate::pki::KUBELET_CLIENT_USER)],
+        ),
         binding(
             "system:kube-dns",
             &[("ServiceAccount", "kube-system/kube-dns")],

@@ -1,0 +1,365 @@
+//! `kubectl exec` on the kubelet: `/exec/{ns}/{pod}/{container}` over a WebSocket with the
+//! `v5.channel.k8s.io` (or `v4`) protocol. Each binary message is a channel byte and data:
+//! 0 stdin, 1 stdout, 2 stderr, 3 the final status (a JSON `metav1.Status`), 4 resize, and in
+//! v5 255 to half-close a channel (`[255, 0]` ends stdin).
+//!
+//! The command runs in the container's namespaces (network, mount, UTS, as the shim made
+//! them) through `nsenter -t <container pid>`, with the container's environment. The process
+//! runtime has no terminal support: a `tty` request runs without one.
+
+use std::process::Stdio;
+
+use base64::Engine;
+use serde_json::json;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+/// The protocols served, most preferred first.
+pub const PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
+
+/// What an exec request asks for.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ExecRequest {
+    pub command: Vec<String>,
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+    pub tty: bool,
+}
+
+fn truthy(v: &str) -> bool {
+    matches!(v, "1" | "true" | "True" | "TRUE")
+}
+
+impl ExecRequest {
+    /// The kubelet's parameters (`command` repeated, `input`, `output`, `error`, `tty`), or
+    /// the API's names (`stdin`, `stdout`, `stderr`).
+    pub fn parse(pairs: &[(String, String)]) -> Result<ExecRequest, String> {
+        let mut r = ExecRequest::default();
+        for (k, v) in pairs {
+            match k.as_str() {
+                "command" => r.command.push(v.clone()),
+                "input" | "stdin" => r.stdin = truthy(v),
+                "output" | "stdout" => r.stdout = truthy(v),
+                "error" | "stderr" => r.stderr = truthy(v),
+                "tty" => r.tty = truthy(v),
+                _ => {}
+            }
+        }
+        if r.command.is_empty() {
+            return Err("you must specify at least one command for the container".into());
+        }
+        if !(r.stdin || r.stdout || r.stderr) {
+            return Err("you must specify at least 1 of stdin, stdout, stderr".into());
+        }
+        Ok(r)
+    }
+}
+
+/// The subprotocol to answer with: the first the client offers that is served.
+pub fn choose_protocol(offered: &str) -> Option<&'static str> {
+    offered
+        .split(',')
+        .map(str::trim)
+        .find_map(|p| PROTOCOLS.iter().find(|s| **s == p).copied())
+}
+
+/// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key` (RFC 6455 §4.2.2).
+pub fn accept_key(key: &str) -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    ctx.update(key.trim().as_bytes());
+    ctx.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(ctx.finish().as_ref())
+}
+
+const OP_CONT: u8 = 0x0;
+const OP_TEXT: u8 = 0x1;
+const OP_BINARY: u8 = 0x2;
+const OP_CLOSE: u8 = 0x8;
+const OP_PING: u8 = 0x9;
+const OP_PONG: u8 = 0xA;
+/// Messages larger than this end the connection.
+const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+
+/// Writes one unmasked frame (server to client).
+async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, op: u8, data: &[u8]) -> std::io::Result<()> {
+    let mut head = vec![0x80 | op];
+    match data.len() {
+        n if n < 126 => head.push(n as u8),
+        n if n <= 0xFFFF => {
+            head.push(126);
+            head.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            head.push(127);
+            head.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    w.write_all(&head).await?;
+    w.write_all(data).await?;
+    w.flush().await
+}
+
+/// Reads one message (control frames come back on their own); None at the end.
+async fn read_message<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Option<(u8, Vec<u8>)>> {
+    let mut message: Option<(u8, Vec<u8>)> = None;
+    loop {
+        let mut h = [0u8; 2];
+        match r.read_exact(&mut h).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        let (fin, op) = (h[0] & 0x80 != 0, h[0] & 0x0F);
+        let masked = h[1] & 0x80 != 0;
+        let len = match h[1] & 0x7F {
+            126 => u64::from(r.read_u16().await?),
+            127 => r.read_u64().await?,
+            n => u64::from(n),
+        };
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|l| *l <= MAX_MESSAGE)
+            .ok_or_else(|| std::io::Error::other("a WebSocket frame too large"))?;
+        let mut mask = [0u8; 4];
+        if masked {
+            r.read_exact(&mut mask).await?;
+        }
+        let mut data = vec![0u8; len];
+        r.read_exact(&mut data).await?;
+        if masked {
+            for (i, b) in data.iter_mut().enumerate() {
+                *b ^= mask[i % 4];
+            }
+        }
+        if op >= 0x8 {
+            return Ok(Some((op, data)));
+        }
+        match (&mut message, op) {
+            (None, OP_TEXT | OP_BINARY) => message = Some((op, data)),
+            (Some((_, m)), OP_CONT) => {
+                m.extend_from_slice(&data);
+                if m.len() > MAX_MESSAGE {
+                    return Err(std::io::Error::other("a WebSocket message too large"));
+                }
+            }
+            _ => return Err(std::io::Error::other("an unexpected WebSocket frame")),
+        }
+        if fin {
+            return Ok(message);
+        }
+    }
+}
+
+/// The live main process of container `name`'s newest run in a pod directory.
+pub fn container_pid(pod_dir: &std::path::Path, name: &str) -> Option<i32> {
+    let dir = pod_dir.join("containers").join(name);
+    let attempt = std::fs::read_dir(&dir)
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .max()?;
+    let pid: i32 =
+        std::fs::read_to_string(dir.join(attempt.to_string()).join(crate::shim::PID_FILE))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+    (pid > 1 && crate::runtime::alive(pid)).then_some(pid)
+}
+
+/// The environment of process `pid` (the container's), as `/proc/<pid>/environ` holds it.
+fn environ(pid: i32) -> Vec<(String, String)> {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .unwrap_or_default()
+        .split(|b| *b == 0)
+        .filter_map(|kv| {
+            let kv = String::from_utf8_lossy(kv);
+            let (k, v) = kv.split_once('=')?;
+            Some((k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+/// The status sent on channel 3 when the command ends.
+pub fn status(command: &[String], code: Option<i32>) -> serde_json::Value {
+    match code {
+        Some(0) => json!({"metadata": {}, "status": "Success"}),
+        Some(c) => json!({"metadata": {}, "status": "Failure",
+            "message": format!("command terminated with non-zero exit code: error executing command [{}], exit code {c}", command.join(" ")),
+            "reason": "NonZeroExitCode",
+            "details": {"causes": [{"reason": "ExitCode", "message": c.to_string()}]}}),
+        None => json!({"metadata": {}, "status": "Failure",
+            "message": format!("error executing command [{}]: killed", command.join(" ")),
+            "reason": "InternalError"}),
+    }
+}
+
+/// Copies a child's output to channel `ch`.
+async fn pump(mut from: impl AsyncRead + Unpin, ch: u8, tx: mpsc::Sender<(u8, Vec<u8>)>) {
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                let mut m = Vec::with_capacity(n + 1);
+                m.push(ch);
+                m.extend_from_slice(&buf[..n]);
+                if tx.send((OP_BINARY, m)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Runs `req` in the namespaces of process `pid` and streams it over the upgraded `io`.
+pub async fn run<IO>(io: IO, pid: i32, req: ExecRequest)
+where
+    IO: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut rd, mut wr) = tokio::io::split(io);
+    let (tx, mut rx) = mpsc::channel::<(u8, Vec<u8>)>(32);
+    let writer = tokio::spawn(async move {
+        while let Some((op, data)) = rx.recv().await {
+            if write_frame(&mut wr, op, &data).await.is_err() || op == OP_CLOSE {
+                break;
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    let pipe = |on: bool| if on { Stdio::piped() } else { Stdio::null() };
+    let pid_s = pid.to_string();
+    let mut cmd = tokio::process::Command::new("nsenter");
+    cmd.args(["-t", &pid_s, "-n", "-m", "-u", "-w", "--"])
+        .args(&req.command)
+        .env_clear()
+        .envs(environ(pid))
+        .stdin(pipe(req.stdin))
+        .stdout(pipe(req.stdout))
+        .stderr(pipe(req.stderr && !req.tty))
+        .kill_on_drop(true);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let st = json!({"metadata": {}, "status": "Failure", "reason": "InternalError",
+                "message": format!("cannot start nsenter for {:?}: {e}", req.command)});
+            let mut m = vec![3u8];
+            m.extend_from_slice(st.to_string().as_bytes());
+            let _ = tx.send((OP_BINARY, m)).await;
+            let _ = tx.send((OP_CLOSE, vec![0x03, 0xE8])).await;
+            drop(tx);
+            let _ = writer.await;
+            return;
+        }
+    };
+    let mut pumps = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        pumps.push(tokio::spawn(pump(out, 1, tx.clone())));
+    }
+    if let Some(err) = child.stderr.take() {
+        pumps.push(tokio::spawn(pump(err, 2, tx.clone())));
+    }
+    let mut stdin = child.stdin.take();
+    let control = tx.clone();
+    // The client's messages: stdin data, its half-close, pings, the close.
+    let reader = tokio::spawn(async move {
+        loop {
+            match read_message(&mut rd).await {
+                Ok(Some((OP_BINARY | OP_TEXT, m))) => match m.split_first() {
+                    Some((0, data)) => {
+                        if let Some(s) = stdin.as_mut()
+                            && s.write_all(data).await.is_err()
+                        {
+                            stdin = None;
+                        }
+                    }
+                    Some((255, [0, ..])) => stdin = None,
+                    _ => {}
+                },
+                Ok(Some((OP_PING, data))) => {
+                    let _ = control.send((OP_PONG, data)).await;
+                }
+                Ok(Some((OP_CLOSE, _))) | Ok(None) | Err(_) => return false,
+                Ok(Some(_)) => {}
+            }
+        }
+    });
+    let reader_abort = reader.abort_handle();
+    let code = tokio::select! {
+        st = child.wait() => st.ok().and_then(|s| {
+            use std::os::unix::process::ExitStatusExt;
+            s.code().or_else(|| s.signal().map(|x| 128 + x))
+        }),
+        _ = reader => {
+            // The client went: the command goes too.
+            let _ = child.kill().await;
+            None
+        }
+    };
+    for p in pumps {
+        let _ = p.await;
+    }
+    reader_abort.abort();
+    let mut m = vec![3u8];
+    m.extend_from_slice(status(&req.command, code).to_string().as_bytes());
+    let _ = tx.send((OP_BINARY, m)).await;
+    let _ = tx.send((OP_CLOSE, vec![0x03, 0xE8])).await;
+    drop(tx);
+    let _ = writer.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_accept_key_is_rfc_6455s() {
+        assert_eq!(
+            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    #[test]
+    fn v5_is_preferred_and_unknown_protocols_are_not_served() {
+        assert_eq!(
+            choose_protocol("v5.channel.k8s.io, v4.channel.k8s.io"),
+            Some("v5.channel.k8s.io")
+        );
+        assert_eq!(
+            choose_protocol("channel.k8s.io,v4.channel.k8s.io"),
+            Some("v4.channel.k8s.io")
+        );
+        assert_eq!(choose_protocol("base64.channel.k8s.io"), None);
+    }
+
+    #[test]
+    fn a_non_zero_exit_is_upstreams_status() {
+        let st = status(&["sh".into(), "-c".into(), "exit 3".into()], Some(3));
+        assert_eq!(st["reason"], "NonZeroExitCode");
+        assert_eq!(st["details"]["causes"][0]["message"], "3");
+        assert_eq!(status(&[], Some(0))["status"], "Success");
+    }
+
+    #[tokio::test]
+    async fn frames_round_trip_through_masking_and_fragments() {
+        // A masked client frame in two fragments: "ab" + "c".
+        let mask = [1u8, 2, 3, 4];
+        let mut wire = vec![0x02, 0x82];
+        wire.extend_from_slice(&mask);
+        wire.extend([b'a' ^ 1, b'b' ^ 2]);
+        wire.extend([0x80, 0x81]);
+        wire.extend_from_slice(&mask);
+        wire.push(b'c' ^ 1);
+        let mut r = &wire[..];
+        assert_eq!(
+            read_message(&mut r).await.unwrap(),
+            Some((OP_BINARY, b"abc".to_vec()))
+        );
+        assert_eq!(read_message(&mut r).await.unwrap(), None);
+        let mut out = Vec::new();
+        write_frame(&mut out, OP_BINARY, &[7u8; 300]).await.unwrap();
+        assert_eq!(&out[..4], &[0x82, 126, 1, 44]);
+    }
+}

@@ -1,0 +1,554 @@
+//! Issue 14, logs and stats as kubectl and metrics readers see them: `kubectl logs` (plain,
+//! `--tail`, `-f` seeing a new line, `-c`, container defaulting) through the API server's
+//! pods/log proxy to the kubelet's HTTPS API, with the image's kubectl and kubectl 1.20; a user
+//! without `get pods/log` gets upstream's 403 and, once a Role grants it, the log; a caller
+//! without a client certificate gets 401 from the kubelet; `/stats/summary` shows a busy pod's
+//! CPU rising.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "support/kubelet.rs"]
+mod kubelet;
+#[path = "support/overlay_cluster.rs"]
+mod overlay_cluster;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::io::AsyncBufReadExt;
+
+use kubelet::{Kubelets, create_pod, wait_node_ready, wait_pod};
+
+const KUBECTL_1_20: &str = "/opt/trellis/kubectl-1.20/usr/bin/kubectl";
+
+fn running(p: &serde_json::Value) -> bool {
+    p["status"]["phase"] == "Running"
+}
+
+/// Runs kubectl (bounded), returning (exit code, stdout, stderr).
+async fn kubectl(bin: &Path, kc: &Path, args: &[&str]) -> (i32, String, String) {
+    let mut cmd = tokio::process::Command::new(bin);
+    cmd.arg("--kubeconfig")
+        .arg(kc)
+        .args(args)
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("kubectl {args:?} did not finish within 60 s"))
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `kubectl logs -f`: the lines so far, then the line that `touch <go>` makes the pod print.
+async fn follow(bin: &Path, kc: &Path, go: &Path, want: &str) {
+    let mut child = tokio::process::Command::new(bin)
+        .arg("--kubeconfig")
+        .arg(kc)
+        .args(["logs", "-f", "chatty"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let read = async {
+        while let Some(l) = lines.next_line().await.unwrap() {
+            let done = l == want;
+            if l == "line-3" {
+                std::fs::write(go, "").unwrap();
+            }
+            seen.push(l);
+            if done {
+                return;
+            }
+        }
+    };
+    let ok = tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .is_ok();
+    let _ = child.kill().await;
+    assert!(
+        ok,
+        "{}: logs -f shows {want} after it is printed; saw {seen:?}",
+        bin.display()
+    );
+    assert_eq!(&seen[..3], ["line-1", "line-2", "line-3"], "{seen:?}");
+}
+
+/// jane may get and list pods in default.
+const POD_GETTER: &str = r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: pod-getter, namespace: default}
+rules: [{apiGroups: [""], resources: ["pods"], verbs: ["get", "list"]}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: jane-gets-pods, namespace: default}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: pod-getter}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: jane}]
+"#;
+
+/// A kubeconfig for user `jane` (no groups) from the cluster CA, through the test's relay.
+fn jane_kubeconfig(
+    tb: &netns_testbed::Testbed,
+    cp: &netns_testbed::cluster::ControlPlane,
+) -> PathBuf {
+    let relay = cp
+        .local_kubeconfig
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: "))
+        .unwrap()
+        .to_string();
+    let jane = tb.state_dir().join("jane.kubeconfig");
+    let out = std::process::Command::new(netns_testbed::bin_path("trellis"))
+        .args(["certs", "kubeconfig", "--data-dir"])
+        .arg(&cp.dir)
+        .args(["--user", "jane", "--server", &relay, "--out"])
+        .arg(&jane)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    jane
+}
+
+/// `kubectl apply` of `yaml` as the admin.
+async fn apply(tb: &netns_testbed::Testbed, bin: &Path, kc: &Path, name: &str, yaml: &str) {
+    let f = tb.state_dir().join(name);
+    std::fs::write(&f, yaml).unwrap();
+    let (code, _, err) = kubectl(bin, kc, &["apply", "-f", f.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "apply {name}: {err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_logs_through_the_api_server_with_both_kubectls() {
+    netns_testbed::require_tool("busybox", "busybox-static");
+    let curl = netns_testbed::require_tool("curl", "curl");
+    let kubectl_new = netns_testbed::require_tool("kubectl", "kubectl (the image's own)");
+    let kubectl_old = PathBuf::from(KUBECTL_1_20);
+    assert!(
+        kubectl_old.is_file(),
+        "{KUBECTL_1_20} is missing (Debian's kubernetes-client 1.20, unpacked there)"
+    );
+    let c = overlay_cluster::Cluster::start(1).await;
+    let (tb, cp, client) = (&c.tb, &c.cp, &c.client);
+    let w = &c.workers[0];
+    let mut k = Kubelets::new(tb);
+    let kubelet_pid = k.start(tb, cp, &w.node, &w.dirs, "net.d");
+    wait_node_ready(client, &w.node.name).await;
+    let kc = tb.state_dir().join("admin-local.kubeconfig");
+    std::fs::write(&kc, &cp.local_kubeconfig).unwrap();
+
+    let marks = tb.state_dir().join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    let script = format!(
+        "echo line-1; echo line-2; echo line-3; n=4; while true; do if [ -e {m}/go-$n ]; then echo line-$n; n=$((n+1)); fi; busybox sleep 0.1; done",
+        m = marks.display()
+    );
+    create_pod(
+        client,
+        json!({"metadata": {"name": "chatty"}, "spec": {"nodeName": "n1",
+            "containers": [{"name": "talk", "image": "busybox",
+                "command": ["/bin/busybox", "sh", "-c", script]}]}}),
+    )
+    .await;
+    create_pod(
+        client,
+        json!({"metadata": {"name": "pair"}, "spec": {"nodeName": "n1",
+            "containers": [
+                {"name": "a", "image": "busybox", "command": ["/bin/busybox", "sh", "-c", "echo from-a; exec busybox sleep 3600"]},
+                {"name": "b", "image": "busybox", "command": ["/bin/busybox", "sh", "-c", "echo from-b; exec busybox sleep 3600"]}]}}),
+    )
+    .await;
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(client.clone(), "default");
+    for name in ["chatty", "pair"] {
+        let mut up = false;
+        for _ in 0..600 {
+            if let Ok(p) = pods.get(name).await
+                && running(&serde_json::to_value(&p).unwrap())
+            {
+                up = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            up,
+            "{name} not Running in 60 s; kubelet:\n{}",
+            tb.log_of(kubelet_pid)
+        );
+    }
+
+    for bin in [&kubectl_new, &kubectl_old] {
+        let name = bin.display();
+        // The first lines are there once the container printed them.
+        let mut last = (0, String::new(), String::new());
+        for _ in 0..100 {
+            last = kubectl(bin, &kc, &["logs", "chatty"]).await;
+            if last.1.starts_with("line-1\nline-2\nline-3\n") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(last.0, 0, "{name}: logs: {last:?}");
+        assert!(
+            last.1.starts_with("line-1\nline-2\nline-3\n"),
+            "{name}: {last:?}"
+        );
+        let (code, out, err) = kubectl(bin, &kc, &["logs", "chatty", "--tail=1"]).await;
+        assert_eq!(
+            (code, out.lines().count()),
+            (0, 1),
+            "{name}: --tail=1: {out}{err}"
+        );
+        assert!(out.starts_with("line-"), "{name}: {out}");
+        let (code, out, err) = kubectl(bin, &kc, &["logs", "chatty", "--limit-bytes=8"]).await;
+        assert_eq!(
+            (code, out.as_str()),
+            (0, "line-1\nl"),
+            "{name}: --limit-bytes: {err}"
+        );
+        let (code, out, err) = kubectl(bin, &kc, &["logs", "pair", "-c", "b"]).await;
+        assert_eq!((code, out.as_str()), (0, "from-b\n"), "{name}: -c b: {err}");
+        let (code, out, err) = kubectl(bin, &kc, &["logs", "chatty", "--previous"]).await;
+        assert_ne!(code, 0, "{name}: no previous run: {out}");
+        assert!(
+            err.contains(r#"previous terminated container "talk" in pod "chatty" not found"#),
+            "{name}: {err}"
+        );
+    }
+    follow(&kubectl_new, &kc, &marks.join("go-4"), "line-4").await;
+    // kubectl 1.20 sees everything so far and then line-5.
+    follow(&kubectl_old, &kc, &marks.join("go-5"), "line-5").await;
+
+    // Several containers: the new kubectl picks the first and says so; the API server itself
+    // asks for a name, listing them, as upstream's.
+    let (code, out, err) = kubectl(&kubectl_new, &kc, &["logs", "pair"]).await;
+    assert_eq!((code, out.as_str()), (0, "from-a\n"), "{err}");
+    let (code, _, err) = kubectl(
+        &kubectl_new,
+        &kc,
+        &["get", "--raw", "/api/v1/namespaces/default/pods/pair/log"],
+    )
+    .await;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("a container name must be specified for pod pair, choose one of: [a b]"),
+        "{err}"
+    );
+    let (code, _, err) = kubectl(&kubectl_old, &kc, &["logs", "pair"]).await;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("choose one of: [a b]"),
+        "1.20 without -c: {err}"
+    );
+
+    // Negative control: jane may read pods (kubectl reads the pod first) but not their logs:
+    // 403, upstream's words, until a Role lets her.
+    let jane = jane_kubeconfig(tb, cp);
+    apply(tb, &kubectl_new, &kc, "pod-getter.yaml", POD_GETTER).await;
+    for bin in [&kubectl_new, &kubectl_old] {
+        let (code, out, err) = kubectl(bin, &jane, &["logs", "chatty"]).await;
+        assert_ne!(code, 0, "{out}");
+        assert!(
+            err.contains(r#"pods "chatty" is forbidden: User "jane" cannot get resource "pods/log" in API group "" in the namespace "default""#),
+            "{}: {err}",
+            bin.display()
+        );
+    }
+    apply(
+        tb,
+        &kubectl_new,
+        &kc,
+        "log-reader.yaml",
+        r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: log-reader, namespace: default}
+rules: [{apiGroups: [""], resources: ["pods/log"], verbs: ["get"]}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: jane-reads-logs, namespace: default}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: log-reader}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: jane}]
+"#,
+    )
+    .await;
+    let (code, out, err) = kubectl(&kubectl_new, &jane, &["logs", "pair", "-c", "a"]).await;
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "from-a\n"),
+        "with the Role: {err}"
+    );
+
+    // The kubelet's own door: no client certificate, 401; the admin's, the summary.
+    let kubelet_url = format!("https://{}:10250", w.node.ip);
+    let out = tb
+        .exec(
+            &cp.node.ns,
+            &[
+                curl.to_str().unwrap(),
+                "-sk",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                &format!("{kubelet_url}/containerLogs/default/chatty/talk"),
+            ],
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.stdout.trim(), "401", "{out:?}");
+    // jane's certificate is the cluster's, but the API server's SubjectAccessReview says no.
+    let kc_text = std::fs::read_to_string(&jane).unwrap();
+    let field = |key: &str| {
+        let b64 = kc_text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(key))
+            .unwrap()
+            .trim();
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64).unwrap()
+    };
+    let (jane_crt, jane_key) = (
+        tb.state_dir().join("jane.crt"),
+        tb.state_dir().join("jane.key"),
+    );
+    std::fs::write(&jane_crt, field("client-certificate-data:")).unwrap();
+    std::fs::write(&jane_key, field("client-key-data:")).unwrap();
+    let out = tb
+        .exec(
+            &cp.node.ns,
+            &[
+                curl.to_str().unwrap(),
+                "-sk",
+                "-w",
+                " %{http_code}",
+                "--cert",
+                jane_crt.to_str().unwrap(),
+                "--key",
+                jane_key.to_str().unwrap(),
+                &format!("{kubelet_url}/containerLogs/default/chatty/talk"),
+            ],
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        out.stdout.trim(),
+        "Forbidden (user=jane, verb=get, resource=nodes, subresource=proxy) 403",
+        "{out:?}"
+    );
+
+    // /stats/summary: a busy pod's CPU time rises between two reads; it uses more than a
+    // mostly sleeping one.
+    create_pod(
+        client,
+        json!({"metadata": {"name": "busy"}, "spec": {"nodeName": "n1",
+            "containers": [{"name": "spin", "image": "busybox",
+                "command": ["/bin/busybox", "sh", "-c", "while :; do :; done"]}]}}),
+    )
+    .await;
+    wait_pod(client, "busy", Duration::from_secs(60), "Running", running).await;
+    let pki = cp.dir.join("pki");
+    let summary = || async {
+        let out = tb
+            .exec_ok(
+                &cp.node.ns,
+                &[
+                    curl.to_str().unwrap(),
+                    "-sSk",
+                    "--max-time",
+                    "10",
+                    "--cert",
+                    pki.join("admin.crt").to_str().unwrap(),
+                    "--key",
+                    pki.join("admin.key").to_str().unwrap(),
+                    &format!("{kubelet_url}/stats/summary"),
+                ],
+                Duration::from_secs(20),
+            )
+            .await
+            .unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+        let pod = v["pods"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["podRef"]["name"] == "busy").cloned())
+            .unwrap_or_else(|| panic!("busy in {v:#}"));
+        (v, pod)
+    };
+    let (first, pod1) = summary().await;
+    assert_eq!(first["node"]["nodeName"], "n1");
+    assert!(
+        first["node"]["cpu"]["usageCoreNanoSeconds"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    assert!(first["node"]["memory"]["workingSetBytes"].as_u64().unwrap() > 0);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, pod2) = summary().await;
+    let (t1, t2) = (
+        pod1["cpu"]["usageCoreNanoSeconds"].as_u64().unwrap(),
+        pod2["cpu"]["usageCoreNanoSeconds"].as_u64().unwrap(),
+    );
+    assert!(
+        t2 > t1 + 20_000_000,
+        "busy used >20 ms of CPU in the ≥0.5 s between two reads: {t1} → {t2}"
+    );
+    let cores = pod2["cpu"]["usageNanoCores"].as_u64().unwrap();
+    assert!(
+        cores > 50_000_000,
+        "a spinning shell uses a good part of a core (>50m even on a loaded machine): {pod2:#}"
+    );
+    assert!(
+        pod2["memory"]["workingSetBytes"].as_u64().unwrap() > 0,
+        "{pod2:#}"
+    );
+    assert_eq!(pod2["containers"][0]["name"], "spin");
+    let chatty = &first["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["podRef"]["name"] == "chatty")
+        .cloned()
+        .unwrap();
+    assert!(
+        chatty["cpu"]["usageNanoCores"].as_u64().unwrap() < cores,
+        "{chatty:#}"
+    );
+    assert!(tb.running(kubelet_pid), "{}", tb.log_of(kubelet_pid));
+}
+
+/// `kubectl exec` (the image's kubectl, WebSocket v5) runs in the pod's namespaces: it sees the
+/// pod's hostname and address, passes stdout, stderr and stdin, and returns the command's exit
+/// code. kubectl 1.20 speaks only SPDY, which is not served: it gets a clear 400. A user
+/// without `create pods/exec` gets upstream's 403.
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_exec_runs_in_the_pod_and_returns_its_exit_code() {
+    netns_testbed::require_tool("busybox", "busybox-static");
+    netns_testbed::require_tool("nsenter", "util-linux");
+    let kubectl_new = netns_testbed::require_tool("kubectl", "kubectl (the image's own)");
+    let kubectl_old = PathBuf::from(KUBECTL_1_20);
+    assert!(kubectl_old.is_file(), "{KUBECTL_1_20} is missing");
+    let c = overlay_cluster::Cluster::start(1).await;
+    let (tb, cp, client) = (&c.tb, &c.cp, &c.client);
+    let w = &c.workers[0];
+    let mut k = Kubelets::new(tb);
+    let kubelet_pid = k.start(tb, cp, &w.node, &w.dirs, "net.d");
+    wait_node_ready(client, &w.node.name).await;
+    let kc = tb.state_dir().join("admin-local.kubeconfig");
+    std::fs::write(&kc, &cp.local_kubeconfig).unwrap();
+    create_pod(
+        client,
+        json!({"metadata": {"name": "box"}, "spec": {"nodeName": "n1",
+            "containers": [{"name": "c", "image": "busybox",
+                "env": [{"name": "GREETING", "value": "hello-from-env"}],
+                "command": ["/bin/busybox", "sleep", "3600"]}]}}),
+    )
+    .await;
+    let p = wait_pod(client, "box", Duration::from_secs(60), "Running", running).await;
+    let ip = p["status"]["podIP"].as_str().unwrap().to_string();
+
+    let (code, out, err) = kubectl(
+        &kubectl_new,
+        &kc,
+        &[
+            "exec",
+            "box",
+            "--",
+            "/bin/busybox",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; hostname; echo $GREETING; busybox ip -4 addr show eth0 | busybox grep -o 'inet [0-9.]*'; exit 3",
+        ],
+    )
+    .await;
+    assert_eq!(code, 3, "the command's exit code: {out}{err}");
+    assert_eq!(
+        out,
+        format!("out\nbox\nhello-from-env\ninet {ip}\n"),
+        "stdout, in the pod's UTS and network namespaces, with its env; stderr: {err}"
+    );
+    assert!(err.starts_with("err\n"), "{err}");
+    assert!(
+        err.contains("command terminated with exit code 3"),
+        "kubectl reports the code: {err}"
+    );
+    // stdin, to its end.
+    let mut child = tokio::process::Command::new(&kubectl_new)
+        .arg("--kubeconfig")
+        .arg(&kc)
+        .args([
+            "exec",
+            "-i",
+            "box",
+            "--",
+            "/bin/busybox",
+            "sh",
+            "-c",
+            "busybox wc -l; echo done",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"a\nb\nc\n").await.unwrap();
+    }
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("exec -i ends once stdin does")
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["3", "done"]
+    );
+
+    // kubectl 1.20: SPDY only, refused in plain words.
+    let (code, _, err) = kubectl(
+        &kubectl_old,
+        &kc,
+        &["exec", "box", "--", "/bin/busybox", "true"],
+    )
+    .await;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("Error from server (BadRequest): exec is served over WebSocket (v5.channel.k8s.io, v4.channel.k8s.io) only; SPDY/3.1 is not served"),
+        "1.20: {err}"
+    );
+
+    // Negative control: a user who may read pods but not create pods/exec gets upstream's 403.
+    let jane = jane_kubeconfig(tb, cp);
+    apply(tb, &kubectl_new, &kc, "pod-getter.yaml", POD_GETTER).await;
+    let (code, _, err) = kubectl(
+        &kubectl_new,
+        &jane,
+        &["exec", "box", "--", "/bin/busybox", "true"],
+    )
+    .await;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(r#"pods "box" is forbidden: User "jane" cannot create resource "pods/exec" in API group "" in the namespace "default""#),
+        "{err}"
+    );
+    assert!(tb.running(kubelet_pid), "{}", tb.log_of(kubelet_pid));
+}
