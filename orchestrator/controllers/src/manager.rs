@@ -131,6 +131,24 @@ pub async fn run_controllers(
             },
         ));
     }
+    if config.runs("service-lb")
+        && let Some(cidr) = config.load_balancer_pool
+    {
+        let c = crate::loadbalancer::Controller::new(ctx.clone(), services.clone(), cidr);
+        svc_handlers.push(c.service_handler());
+        queues.push(c.queue.clone());
+        let cc = c.clone();
+        tasks.extend(spawn_workers(
+            "service-lb",
+            c.queue.clone(),
+            w,
+            metrics.clone(),
+            move |k| {
+                let cc = cc.clone();
+                async move { cc.sync(&k).await }
+            },
+        ));
+    }
     if config.runs("kubernetes-service") && !config.apiserver_addresses.is_empty() {
         tasks.push(tokio::spawn(endpointslice::kubernetes_service(
             ctx.clone(),
