@@ -313,9 +313,7 @@ async fn an_external_peer_learns_the_load_balancer_address_and_reaches_the_servi
     eprintln!("route to {host} at the router after {:?}", t.elapsed());
     let learned = bird.routes().await.unwrap();
     assert!(
-        learned
-            .iter()
-            .any(|r| r.prefix == IpNet::V4(host).to_string()),
+        learned.iter().any(|r| r.prefix == IpNet::V4(host)),
         "{learned:?}"
     );
 
