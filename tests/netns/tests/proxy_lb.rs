@@ -1,7 +1,8 @@
 //! LoadBalancer Services in the routed mode (issue 16): the controller-manager hands out an
 //! address from `--load-balancer-pool`, the BGP agents announce it to an external peer (BIRD
 //! in its own namespace, peered through a `BGPPeer`), a client behind that router reaches
-//! the Service through the address, and deleting the Service withdraws the route. And the
+//! the Service through the address, and deleting the Service withdraws the route; with
+//! externalTrafficPolicy Local only the node with the endpoint announces it. And the
 //! health-check node port of an externalTrafficPolicy Local Service: 200 on the node with a
 //! local endpoint, 503 on the node without.
 //!
@@ -311,33 +312,11 @@ async fn an_external_peer_learns_the_load_balancer_address_and_reaches_the_servi
     .await
     .unwrap_or_else(|e| panic!("the router never learned {host}: {e}"));
     eprintln!("route to {host} at the router after {:?}", t.elapsed());
-    let learned = bird.routes().await.unwrap();
-    assert!(
-        learned.iter().any(|r| r.prefix == IpNet::V4(host)),
-        "{learned:?}"
-    );
+    // Every node announces it (the proxy on each DNATs it).
+    wait_sources(&bird, host, &["n1", "n2"]).await;
 
     // The client reaches the Service through the address: both backends answer in turn.
-    let to = SocketAddr::new(IpAddr::V4(lb), 80);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut seen = std::collections::BTreeSet::new();
-    let mut last = None;
-    while seen.len() < 2 {
-        let ns = client.clone();
-        match tokio::task::spawn_blocking(move || ask(&ns, to))
-            .await
-            .unwrap()
-        {
-            Ok(name) => {
-                seen.insert(name);
-            }
-            Err(e) => last = Some(e),
-        }
-        assert!(
-            Instant::now() < deadline,
-            "through {to}: saw {seen:?}, last error {last:?}"
-        );
-    }
+    reach(&client, lb, &["b1", "b2"]).await;
 
     // Deleting the Service withdraws the route.
     env.services
@@ -349,6 +328,87 @@ async fn an_external_peer_learns_the_load_balancer_address_and_reaches_the_servi
         .await
         .unwrap_or_else(|e| panic!("{host} not withdrawn: {e}"));
     eprintln!("{host} withdrawn after {:?}", t.elapsed());
+
+    // externalTrafficPolicy Local: only the node with the endpoint announces the address, and
+    // when the endpoint moves, so does the announcement.
+    env.service(
+        "local",
+        json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local",
+               "loadBalancerIP": "203.0.113.5", "selector": {"app": "local"},
+               "ports": [{"name": "http", "port": 80, "targetPort": PORT}]}),
+    )
+    .await;
+    env.slice("local", &[(&b2, "n2")]).await;
+    let lb = env.wait_address("local").await;
+    assert_eq!(
+        lb,
+        Ipv4Addr::new(203, 0, 113, 5),
+        "spec.loadBalancerIP is honoured"
+    );
+    let host = Ipv4Net::new(lb, 32).unwrap();
+    wait_sources(&bird, host, &["n2"]).await;
+    reach(&client, lb, &["b2"]).await;
+    env.slices
+        .delete("local-1", &DeleteParams::default())
+        .await
+        .unwrap();
+    env.slice("local", &[(&b1, "n1")]).await;
+    wait_sources(&bird, host, &["n1"]).await;
+    reach(&client, lb, &["b1"]).await;
+}
+
+/// Connects from `client` to `lb`:80 until exactly the backends `names` have answered
+/// (bounded; the router's kernel route and the proxies' rules may lag the announcement).
+async fn reach(client: &Arc<Netns>, lb: Ipv4Addr, names: &[&str]) {
+    let to = SocketAddr::new(IpAddr::V4(lb), 80);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = std::collections::BTreeSet::new();
+    let mut last = None;
+    while seen.len() < names.len() {
+        let ns = client.clone();
+        match tokio::task::spawn_blocking(move || ask(&ns, to))
+            .await
+            .unwrap()
+        {
+            Ok(name) => {
+                assert!(
+                    names.contains(&name.as_str()),
+                    "{name} answered through {to}"
+                );
+                seen.insert(name);
+            }
+            Err(e) => {
+                last = Some(e);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "through {to}: saw {seen:?}, last error {last:?}"
+        );
+    }
+}
+
+/// Waits until BIRD's routes to `prefix` come from exactly the peers `from`.
+async fn wait_sources(bird: &Bird<'_>, prefix: Ipv4Net, from: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let routes = bird.routes().await.unwrap();
+        let mut got: Vec<String> = routes
+            .iter()
+            .filter(|r| r.prefix == IpNet::V4(prefix))
+            .map(|r| r.source.clone())
+            .collect();
+        got.sort();
+        if got == from {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{prefix} at the router from {got:?}, not {from:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -299,7 +299,9 @@ pub async fn run(
     // Service addresses: announced, never blackholed.
     let mut service_prefixes: BTreeSet<IpNet> = config.announce_service_cidr.into_iter().collect();
     let mut lb_rx = match &client {
-        Some(c) if config.announce_load_balancers => Some(services::watch(c.clone())),
+        Some(c) if config.announce_load_balancers => {
+            Some(services::watch(c.clone(), config.node.clone()))
+        }
         _ => None,
     };
     let with_services = |blocks: &BTreeSet<IpNet>, services: &BTreeSet<IpNet>| {
