@@ -2,7 +2,8 @@
 //! address from `--load-balancer-pool`, the BGP agents announce it to an external peer (BIRD
 //! in its own namespace, peered through a `BGPPeer`), a client behind that router reaches
 //! the Service through the address, and deleting the Service withdraws the route; with
-//! externalTrafficPolicy Local only the node with the endpoint announces it. And the
+//! externalTrafficPolicy Local only the node with the endpoint announces it; the agents'
+//! `--announce-service-cidr` range reaches the router too. And the
 //! health-check node port of an externalTrafficPolicy Local Service: 200 on the node with a
 //! local endpoint, 503 on the node without.
 //!
@@ -89,10 +90,10 @@ struct Env {
     client: kube::Client,
 }
 
-/// Two routed nodes, each with `trellis proxy`; the controller-manager running only the
-/// `service-lb` controller with the pool.
+/// Two routed nodes, each with `trellis proxy` and its agent announcing the service range
+/// too; the controller-manager running only the `service-lb` controller with the pool.
 async fn start() -> Env {
-    let c = Cluster::start(2).await;
+    let c = Cluster::start_args(2, false, 1, &["--announce-service-cidr", "10.96.0.0/12"]).await;
     let trellis = bin_path("trellis");
     let cm =
         c.tb.spawn(
@@ -312,8 +313,9 @@ async fn an_external_peer_learns_the_load_balancer_address_and_reaches_the_servi
     .await
     .unwrap_or_else(|e| panic!("the router never learned {host}: {e}"));
     eprintln!("route to {host} at the router after {:?}", t.elapsed());
-    // Every node announces it (the proxy on each DNATs it).
+    // Every node announces it (the proxy on each DNATs it), and the service range.
     wait_sources(&bird, host, &["n1", "n2"]).await;
+    wait_sources(&bird, "10.96.0.0/12".parse().unwrap(), &["n1", "n2"]).await;
 
     // The client reaches the Service through the address: both backends answer in turn.
     reach(&client, lb, &["b1", "b2"]).await;
