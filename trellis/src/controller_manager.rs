@@ -42,6 +42,10 @@ pub struct Args {
     /// nodes (their addresses serve).
     #[arg(long)]
     load_balancer_pool: Option<ipnet::Ipv4Net>,
+    /// Without --load-balancer-pool: give every LoadBalancer Service the nodes' InternalIPs
+    /// as its ingress, as k3s' ServiceLB does (the overlay mode: node addresses serve).
+    #[arg(long)]
+    load_balancer_node_addresses: bool,
     /// Act only while holding the kube-system/kube-controller-manager Lease.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     leader_elect: bool,
@@ -76,6 +80,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         apiserver_addresses: args.apiserver_addresses,
         kubernetes_service_ip: args.kubernetes_service_ip,
         load_balancer_pool: args.load_balancer_pool,
+        load_balancer_node_addresses: args.load_balancer_node_addresses,
         leader_elect: args.leader_elect,
         identity: args.leader_elect_identity,
         leader_timers: (

@@ -100,6 +100,9 @@ pub struct Config {
     /// Where LoadBalancer Services' addresses come from (None: the `service-lb` controller
     /// does nothing, and such Services stay pending as without a cloud provider).
     pub load_balancer_pool: Option<ipnet::Ipv4Net>,
+    /// Without a pool: LoadBalancer Services' ingress is the nodes' InternalIPs (k3s'
+    /// ServiceLB).
+    pub load_balancer_node_addresses: bool,
     /// The first back-off of a Job's pods after a failure (upstream: 10 s, doubling).
     pub job_backoff_base: Duration,
     /// Run only while holding the `kube-controller-manager` Lease.
@@ -124,6 +127,7 @@ impl Default for Config {
             apiserver_addresses: Vec::new(),
             kubernetes_service_ip: std::net::Ipv4Addr::new(10, 96, 0, 1),
             load_balancer_pool: None,
+            load_balancer_node_addresses: false,
             job_backoff_base: Duration::from_secs(10),
             leader_elect: true,
             identity: None,

@@ -8,7 +8,9 @@
 //! released when the Service goes or stops being a LoadBalancer; `spec.loadBalancerIP` is
 //! honoured when it is in the pool and free; an exhausted pool is reported with a Warning
 //! Event on the Service and retried when an address comes free. Services with a
-//! `loadBalancerClass` belong to another implementation and are left alone.
+//! `loadBalancerClass` belong to another implementation and are left alone. Without a pool,
+//! `--load-balancer-node-addresses` writes the nodes' addresses instead, as k3s' ServiceLB
+//! does (the overlay mode: the proxy serves the port on them, nothing is announced).
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -172,23 +174,41 @@ fn requested(svc: &Service) -> Result<Option<Ipv4Addr>, String> {
     }
 }
 
+/// Where the addresses come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// `--load-balancer-pool`: one address per Service (MetalLB, kube-router).
+    Pool(Ipv4Net),
+    /// `--load-balancer-node-addresses`: every Service's ingress is the nodes' InternalIPs,
+    /// as k3s' ServiceLB writes them (the overlay mode: the node addresses serve).
+    NodeAddresses,
+}
+
 #[derive(Clone)]
 pub struct Controller {
     pub services: Informer<Service>,
     pub queue: WorkQueue,
     pool: Arc<Mutex<Option<Pool>>>,
-    cidr: Ipv4Net,
+    source: Source,
     ctx: Ctx,
 }
 
 impl Controller {
-    pub fn new(ctx: Ctx, services: Informer<Service>, cidr: Ipv4Net) -> Self {
+    pub fn new(ctx: Ctx, services: Informer<Service>, source: Source) -> Self {
         Controller {
             services,
             queue: WorkQueue::new(),
             pool: Arc::new(Mutex::new(None)),
-            cidr,
+            source,
             ctx,
+        }
+    }
+
+    fn cidr(&self) -> Ipv4Net {
+        match self.source {
+            Source::Pool(c) => c,
+            // Never used in this mode; an empty range.
+            Source::NodeAddresses => Ipv4Net::default(),
         }
     }
 
@@ -209,7 +229,7 @@ impl Controller {
     fn with_pool<T>(&self, f: impl FnOnce(&mut Pool) -> T) -> T {
         let mut guard = self.pool.lock().unwrap_or_else(|p| p.into_inner());
         let pool = guard.get_or_insert_with(|| {
-            let mut pool = Pool::new(self.cidr);
+            let mut pool = Pool::new(self.cidr());
             let mut services = self.services.state();
             services.sort_by(|a, b| {
                 (
@@ -237,6 +257,9 @@ impl Controller {
 
     pub async fn sync(&self, key: &str) -> Result<Option<Duration>, SyncError> {
         self.services.wait_synced().await;
+        if self.source == Source::NodeAddresses {
+            return self.sync_node_addresses(key).await;
+        }
         let svc = self.services.get(key);
         let Some(svc) = svc.filter(|s| wants_address(s)) else {
             if self.with_pool(|p| p.release(key)) {
@@ -249,9 +272,9 @@ impl Controller {
                 && s.spec
                     .as_ref()
                     .is_some_and(|sp| sp.load_balancer_class.is_none())
-                && ingress_ips(&s).iter().any(|ip| self.cidr.contains(ip))
+                && ingress_ips(&s).iter().any(|ip| self.cidr().contains(ip))
             {
-                self.write_status(&s, None).await?;
+                self.write_status(&s, &[]).await?;
             }
             return Ok(None);
         };
@@ -264,7 +287,7 @@ impl Controller {
         match ip {
             Ok(ip) => {
                 if ingress_ips(&svc) != [ip] {
-                    self.write_status(&svc, Some(ip)).await?;
+                    self.write_status(&svc, &[ip]).await?;
                     tracing::info!(service = %key, %ip, "load-balancer address");
                 }
                 Ok(None)
@@ -287,17 +310,60 @@ impl Controller {
         }
     }
 
-    async fn write_status(&self, svc: &Service, ip: Option<Ipv4Addr>) -> Result<(), SyncError> {
+    /// k3s' ServiceLB: the ingress is every node's InternalIP, looked at again every 30 s
+    /// (nodes come and go without touching the Service).
+    async fn sync_node_addresses(&self, key: &str) -> Result<Option<Duration>, SyncError> {
+        let Some(svc) = self.services.get(key) else {
+            return Ok(None);
+        };
+        if !wants_address(&svc) {
+            if svc.metadata.deletion_timestamp.is_none()
+                && svc
+                    .spec
+                    .as_ref()
+                    .is_some_and(|sp| sp.load_balancer_class.is_none())
+                && !ingress_ips(&svc).is_empty()
+            {
+                self.write_status(&svc, &[]).await?;
+            }
+            return Ok(None);
+        }
+        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.ctx.client.clone());
+        let mut ips: Vec<Ipv4Addr> = nodes
+            .list(&Default::default())
+            .await?
+            .items
+            .iter()
+            .filter_map(|n| {
+                n.status
+                    .as_ref()?
+                    .addresses
+                    .as_ref()?
+                    .iter()
+                    .find(|a| a.type_ == "InternalIP")?
+                    .address
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        ips.sort();
+        ips.dedup();
+        if ingress_ips(&svc) != ips {
+            self.write_status(&svc, &ips).await?;
+            tracing::info!(service = %key, ?ips, "load-balancer addresses: the nodes'");
+        }
+        Ok(Some(Duration::from_secs(30)))
+    }
+
+    async fn write_status(&self, svc: &Service, ips: &[Ipv4Addr]) -> Result<(), SyncError> {
         let (Some(ns), Some(name)) = (
             svc.metadata.namespace.as_deref(),
             svc.metadata.name.as_deref(),
         ) else {
             return Ok(());
         };
-        let ingress = match ip {
-            Some(ip) => json!([{"ip": ip.to_string()}]),
-            None => json!([]),
-        };
+        let ingress: Vec<serde_json::Value> =
+            ips.iter().map(|ip| json!({"ip": ip.to_string()})).collect();
         let api: Api<Service> = Api::namespaced(self.ctx.client.clone(), ns);
         match api
             .patch_status(

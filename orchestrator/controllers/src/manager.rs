@@ -131,10 +131,16 @@ pub async fn run_controllers(
             },
         ));
     }
+    let lb_source = match config.load_balancer_pool {
+        Some(cidr) => Some(crate::loadbalancer::Source::Pool(cidr)),
+        None => config
+            .load_balancer_node_addresses
+            .then_some(crate::loadbalancer::Source::NodeAddresses),
+    };
     if config.runs("service-lb")
-        && let Some(cidr) = config.load_balancer_pool
+        && let Some(source) = lb_source
     {
-        let c = crate::loadbalancer::Controller::new(ctx.clone(), services.clone(), cidr);
+        let c = crate::loadbalancer::Controller::new(ctx.clone(), services.clone(), source);
         svc_handlers.push(c.service_handler());
         queues.push(c.queue.clone());
         let cc = c.clone();

@@ -187,3 +187,52 @@ async fn local_traffic_policy_gets_a_health_check_node_port() {
     assert_eq!(again.spec.unwrap().health_check_node_port, Some(hc));
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_pool_the_node_addresses_serve_as_in_k3s() {
+    let s = TestServer::start().await;
+    let client = s.client().await;
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    for (name, ip) in [("n1", "198.18.0.12"), ("n2", "198.18.0.11")] {
+        let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "status": {"addresses": [{"type": "InternalIP", "address": ip}]},
+        }))
+        .unwrap();
+        nodes.create(&PostParams::default(), &node).await.unwrap();
+        nodes
+            .patch_status(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(
+                    json!({"status": {"addresses": [{"type": "InternalIP", "address": ip}]}}),
+                ),
+            )
+            .await
+            .unwrap();
+    }
+    let m = Manager::start(client.clone(), |c| {
+        c.controllers = ["service-lb".to_string()].into();
+        c.load_balancer_node_addresses = true;
+    })
+    .await;
+    let api: Api<Service> = Api::namespaced(client.clone(), "default");
+    api.create(&PostParams::default(), &lb("web", json!({})))
+        .await
+        .unwrap();
+    let ips = wait_for("the nodes' addresses", 30, || async {
+        let s = api.get("web").await.unwrap();
+        let ips: Vec<String> = s
+            .status?
+            .load_balancer?
+            .ingress?
+            .into_iter()
+            .filter_map(|i| i.ip)
+            .collect();
+        (!ips.is_empty()).then_some(ips)
+    })
+    .await;
+    assert_eq!(ips, ["198.18.0.11", "198.18.0.12"]);
+    m.stop().await;
+    s.stop().await;
+}
