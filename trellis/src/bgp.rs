@@ -58,6 +58,15 @@ pub struct AgentArgs {
     /// A file of prefixes to announce, one per line; re-read every resync and on SIGHUP.
     #[arg(long)]
     announce_file: Option<PathBuf>,
+    /// Do not announce LoadBalancer Services' addresses (by default, in a cluster, every
+    /// address in a LoadBalancer Service's status.loadBalancer.ingress is announced as a /32
+    /// to every peer, external ones included, as kube-router and MetalLB do).
+    #[arg(long)]
+    no_announce_load_balancers: bool,
+    /// Announce this cluster IP range too (e.g. 10.96.0.0/12), so external peers reach
+    /// ClusterIPs through the nodes.
+    #[arg(long)]
+    announce_service_cidr: Option<IpNet>,
     /// ipamd's socket: announce the node's IPAM blocks (in a cluster: default
     /// /run/trellis/ipamd.sock; standalone: none unless given).
     #[arg(long)]
@@ -138,6 +147,8 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     c.secrets_namespace = args.secrets_namespace;
     c.announce = args.announce;
     c.announce_file = args.announce_file;
+    c.announce_load_balancers = !args.no_announce_load_balancers;
+    c.announce_service_cidr = args.announce_service_cidr;
     // In a cluster the node's pods are this agent's business: ipamd and the runtime's CNI
     // directory by default, as the overlay agent has them. Standalone, only what is asked.
     let in_cluster = !args.standalone;

@@ -1,6 +1,6 @@
 //! `trellis controller-manager`: ReplicaSets, Deployments, DaemonSets, StatefulSets, Jobs,
 //! CronJobs, ServiceAccounts,
-//! endpoints, garbage collection and node lifecycle, with one active instance elected through a Lease.
+//! endpoints, LoadBalancer addresses, garbage collection and node lifecycle, with one active instance elected through a Lease.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -16,7 +16,7 @@ pub struct Args {
     /// Controllers to run, comma-separated (default: all but replicationcontroller, which our
     /// API server does not serve). Known: replicaset, replicationcontroller, deployment,
     /// daemonset, statefulset, job, cronjob, serviceaccount, endpointslice, endpoints,
-    /// garbagecollector, nodelifecycle, kubernetes-service.
+    /// garbagecollector, nodelifecycle, kubernetes-service, service-lb.
     #[arg(long, value_delimiter = ',')]
     controllers: Vec<String>,
     /// Workers per controller.
@@ -36,6 +36,16 @@ pub struct Args {
     /// The `kubernetes` Service's cluster IP (the service range's first address).
     #[arg(long, default_value = "10.96.0.1")]
     kubernetes_service_ip: Ipv4Addr,
+    /// The address pool LoadBalancer Services get their `status.loadBalancer.ingress` from
+    /// (a CIDR; none: they stay pending, as without a cloud provider). In the routed mode the
+    /// BGP agents announce the addresses; in the overlay mode make the pool routable to the
+    /// nodes (their addresses serve).
+    #[arg(long)]
+    load_balancer_pool: Option<ipnet::Ipv4Net>,
+    /// Without --load-balancer-pool: give every LoadBalancer Service the nodes' InternalIPs
+    /// as its ingress, as k3s' ServiceLB does (the overlay mode: node addresses serve).
+    #[arg(long)]
+    load_balancer_node_addresses: bool,
     /// Act only while holding the kube-system/kube-controller-manager Lease.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     leader_elect: bool,
@@ -69,6 +79,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         node_monitor_period: Duration::from_millis(args.node_monitor_period_ms.max(100)),
         apiserver_addresses: args.apiserver_addresses,
         kubernetes_service_ip: args.kubernetes_service_ip,
+        load_balancer_pool: args.load_balancer_pool,
+        load_balancer_node_addresses: args.load_balancer_node_addresses,
         leader_elect: args.leader_elect,
         identity: args.leader_elect_identity,
         leader_timers: (

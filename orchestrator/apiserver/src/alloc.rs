@@ -151,6 +151,45 @@ impl Allocator {
                 out.push(p);
             }
             obj["spec"]["ports"] = Value::Array(out);
+            // A LoadBalancer with externalTrafficPolicy Local gets a health-check node port
+            // from the same range, as upstream's defaulting gives it.
+            let local = meta::at(obj, &["spec", "externalTrafficPolicy"]).and_then(Value::as_str)
+                == Some("Local");
+            if ty == "LoadBalancer" && local {
+                let port = match meta::at(obj, &["spec", "healthCheckNodePort"])
+                    .and_then(Value::as_u64)
+                    .filter(|n| *n > 0)
+                {
+                    Some(n) => {
+                        let ok = u16::try_from(n)
+                            .ok()
+                            .filter(|n| *n >= self.node_ports.0 && *n <= self.node_ports.1);
+                        let Some(n16) = ok else {
+                            return Err(invalid(
+                                "spec.healthCheckNodePort",
+                                &n.to_string(),
+                                &format!(
+                                    "provided port is not in the valid range. The range of valid ports is {}-{}",
+                                    self.node_ports.0, self.node_ports.1
+                                ),
+                            ));
+                        };
+                        if taken.contains(&n16) {
+                            return Err(invalid(
+                                "spec.healthCheckNodePort",
+                                &n.to_string(),
+                                "provided port is already allocated",
+                            ));
+                        }
+                        n16
+                    }
+                    None => (self.node_ports.0..=self.node_ports.1)
+                        .find(|n| !taken.contains(n))
+                        .ok_or_else(|| ApiError::internal("no node ports are free"))?,
+                };
+                obj["spec"]["healthCheckNodePort"] = json!(port);
+                claims.push((format!("{PORT_PREFIX}{port}"), owner.clone()));
+            }
         }
         Ok(claims)
     }
@@ -166,6 +205,11 @@ impl Allocator {
             .and_then(|s| s.parse::<IpAddr>().ok())
         {
             keys.push(format!("{IP_PREFIX}{ip}"));
+        }
+        if let Some(n) = meta::at(obj, &["spec", "healthCheckNodePort"]).and_then(Value::as_u64)
+            && n > 0
+        {
+            keys.push(format!("{PORT_PREFIX}{n}"));
         }
         for p in meta::at(obj, &["spec", "ports"])
             .and_then(Value::as_array)

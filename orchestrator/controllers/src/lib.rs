@@ -3,7 +3,8 @@
 //! ReplicationControllers ([`replicaset`]), Deployments ([`deployment`]), DaemonSets
 //! ([`daemonset`]), StatefulSets ([`statefulset`]), Jobs ([`job`]) and CronJobs
 //! ([`cronjob`]), EndpointSlices and Endpoints ([`endpointslice`]), the garbage collector
-//! ([`gc`]) and node lifecycle ([`nodelifecycle`]).
+//! ([`gc`]), node lifecycle ([`nodelifecycle`]) and LoadBalancer addresses from a pool
+//! ([`loadbalancer`]).
 //!
 //! Every controller is level-triggered: watch events only put keys on its queue
 //! ([`workqueue`]), and a sync reads the whole current state from the caches, so a restart or
@@ -21,6 +22,7 @@ pub mod expectations;
 pub mod gc;
 pub mod informer;
 pub mod job;
+pub mod loadbalancer;
 pub mod nodelifecycle;
 pub mod owner;
 pub mod pods;
@@ -55,6 +57,7 @@ pub const ALL: &[&str] = &[
     "garbagecollector",
     "nodelifecycle",
     "kubernetes-service",
+    "service-lb",
 ];
 
 /// The controllers run unless `--controllers` says otherwise: all but
@@ -73,6 +76,7 @@ pub const DEFAULT: &[&str] = &[
     "garbagecollector",
     "nodelifecycle",
     "kubernetes-service",
+    "service-lb",
 ];
 
 /// How the controller-manager runs.
@@ -94,6 +98,12 @@ pub struct Config {
     pub apiserver_addresses: Vec<SocketAddr>,
     /// The `kubernetes` Service's cluster IP (the service range's first address).
     pub kubernetes_service_ip: std::net::Ipv4Addr,
+    /// Where LoadBalancer Services' addresses come from (None: the `service-lb` controller
+    /// does nothing, and such Services stay pending as without a cloud provider).
+    pub load_balancer_pool: Option<ipnet::Ipv4Net>,
+    /// Without a pool: LoadBalancer Services' ingress is the nodes' InternalIPs (k3s'
+    /// ServiceLB).
+    pub load_balancer_node_addresses: bool,
     /// The first back-off of a Job's pods after a failure (upstream: 10 s, doubling).
     pub job_backoff_base: Duration,
     /// Run only while holding the `kube-controller-manager` Lease.
@@ -117,6 +127,8 @@ impl Default for Config {
             node_monitor_period: Duration::from_secs(5),
             apiserver_addresses: Vec::new(),
             kubernetes_service_ip: std::net::Ipv4Addr::new(10, 96, 0, 1),
+            load_balancer_pool: None,
+            load_balancer_node_addresses: false,
             job_backoff_base: Duration::from_secs(10),
             leader_elect: true,
             identity: None,

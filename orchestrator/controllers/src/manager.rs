@@ -226,6 +226,30 @@ pub async fn run_controllers(
         let c = cronjob::Controller::new(ctx.clone(), m.cache(), m.cache(), config.cronjob_clock);
         m.register(c);
     }
+    let lb_source = match config.load_balancer_pool {
+        Some(cidr) => Some(crate::loadbalancer::Source::Pool(cidr)),
+        None => config
+            .load_balancer_node_addresses
+            .then_some(crate::loadbalancer::Source::NodeAddresses),
+    };
+    if config.runs("service-lb")
+        && let Some(source) = lb_source
+    {
+        let c = crate::loadbalancer::Controller::new(ctx.clone(), services.clone(), source);
+        svc_handlers.push(c.service_handler());
+        queues.push(c.queue.clone());
+        let cc = c.clone();
+        tasks.extend(spawn_workers(
+            "service-lb",
+            c.queue.clone(),
+            w,
+            metrics.clone(),
+            move |k| {
+                let cc = cc.clone();
+                async move { cc.sync(&k).await }
+            },
+        ));
+    }
     if config.runs("kubernetes-service") && !config.apiserver_addresses.is_empty() {
         m.spawn(endpointslice::kubernetes_service(
             ctx.clone(),

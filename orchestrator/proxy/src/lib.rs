@@ -1,8 +1,9 @@
 //! The service proxy (`trellis proxy`): on every node, Services and EndpointSlices from the
 //! API become NAT rules (ClusterIP, NodePort, the traffic policies, session affinity,
-//! hairpin), and service ports without endpoints are rejected. Two backends: iptables
-//! ([`rules`], [`sync`]; kube-proxy's layout) and nftables ([`nft`]; verdict maps, so a change
-//! costs the kernel what changed, not the whole table).
+//! hairpin, LoadBalancer addresses), and service ports without endpoints are rejected. Two
+//! backends: iptables ([`rules`], [`sync`]; kube-proxy's layout) and nftables ([`nft`]; verdict
+//! maps, so a change costs the kernel what changed, not the whole table). LoadBalancer Services
+//! with externalTrafficPolicy Local get their health-check node port served ([`healthcheck`]).
 //!
 //! Syncs are batched and rate-limited: a burst of changes waits `min_sync_period` after the
 //! previous sync and then goes to the kernel as one transaction of only what changed (one
@@ -18,6 +19,7 @@
 //! flows (a new source port) reach the new endpoints at once. TCP is unaffected: a removed
 //! endpoint answers with a reset or the flow times out, and the client reconnects.
 
+pub mod healthcheck;
 pub mod model;
 pub mod nft;
 pub mod rules;
@@ -154,6 +156,7 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
     let mut last_sync: Option<Instant> = None;
     let mut first = true;
     let mut failures: u32 = 0;
+    let mut health_checks = healthcheck::HealthChecks::default();
     loop {
         if !first {
             let resync_in = config.resync.saturating_sub(last_full.elapsed());
@@ -190,6 +193,7 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
             eps.iter().map(|s| s.as_ref()),
             &config.node,
         );
+        health_checks.update(healthcheck::wanted(&ports)).await;
         let full = syncer_is_full(&last_full, config.resync);
         if full {
             dataplane.invalidate();

@@ -74,6 +74,11 @@ pub struct ServicePort {
     pub cluster_ip: Ipv4Addr,
     pub port: u16,
     pub node_port: Option<u16>,
+    /// A LoadBalancer Service's addresses (`status.loadBalancer.ingress[].ip`): served on
+    /// `port` like a node port, with the external traffic policy.
+    pub load_balancer_ips: Vec<Ipv4Addr>,
+    /// A LoadBalancer Service's `spec.healthCheckNodePort` (externalTrafficPolicy Local).
+    pub health_check_node_port: Option<u16>,
     /// externalTrafficPolicy: Local.
     pub external_local: bool,
     /// internalTrafficPolicy: Local.
@@ -148,6 +153,28 @@ pub fn service_ports<'a>(
             continue;
         };
         let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
+        let load_balancer = spec.type_.as_deref() == Some("LoadBalancer");
+        let load_balancer_ips: Vec<Ipv4Addr> = if load_balancer {
+            let mut ips: Vec<Ipv4Addr> = svc
+                .status
+                .as_ref()
+                .and_then(|s| s.load_balancer.as_ref())
+                .and_then(|l| l.ingress.as_ref())
+                .into_iter()
+                .flatten()
+                .filter_map(|i| i.ip.as_deref()?.parse().ok())
+                .collect();
+            ips.sort();
+            ips.dedup();
+            ips
+        } else {
+            Vec::new()
+        };
+        let health_check_node_port = spec
+            .health_check_node_port
+            .filter(|_| load_balancer && external_local)
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p > 0);
         let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
         let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
             spec.session_affinity_config
@@ -223,6 +250,8 @@ pub fn service_ports<'a>(
                 cluster_ip,
                 port,
                 node_port,
+                load_balancer_ips: load_balancer_ips.clone(),
+                health_check_node_port,
                 external_local,
                 internal_local,
                 affinity,

@@ -12,8 +12,10 @@
 //! port gets a chain and a dynamic timeout set (`aff-…`) per endpoint, as kube-proxy's nftables
 //! mode does.
 //!
+//! LoadBalancer addresses are keys of `service-ips` too, leading to the node port's chain.
 //! Services without endpoints are rejected through the sets `no-endpoint-services` and
-//! `no-endpoint-nodeports`; hairpin traffic (a pod reaching itself through its Service) is
+//! `no-endpoint-nodeports` (dropped, for externalTrafficPolicy Local without a local endpoint,
+//! through `no-local-endpoint-*`); hairpin traffic (a pod reaching itself through its Service) is
 //! masqueraded by the set `hairpin` of endpoint address pairs; everything else that must be
 //! masqueraded carries the mark 0x4000, which the overlay agent's masquerade chain honours.
 //!
@@ -34,7 +36,7 @@ use crate::sync::SyncStats;
 pub const TABLE: &str = "trellis-proxy";
 
 /// The named sets and maps, with their declarations.
-const SETS: [(&str, &str); 6] = [
+const SETS: [(&str, &str); 7] = [
     (
         "service-ips",
         "map service-ips { type ipv4_addr . inet_proto . inet_service : verdict; }",
@@ -50,6 +52,10 @@ const SETS: [(&str, &str); 6] = [
     (
         "no-endpoint-nodeports",
         "set no-endpoint-nodeports { type inet_proto . inet_service; }",
+    ),
+    (
+        "no-local-endpoint-services",
+        "set no-local-endpoint-services { type ipv4_addr . inet_proto . inet_service; }",
     ),
     (
         "no-local-endpoint-nodeports",
@@ -180,8 +186,10 @@ pub fn compile(ports: &[ServicePort], node: &NodeRules) -> Ruleset {
         for ep in all.iter().chain(sp.usable(true).iter()) {
             hairpin.insert(format!("{0} . {0}", ep.ip));
         }
-        let set = |rs: &mut Ruleset, name: &'static str, e: String| {
-            rs.elements.entry(name).or_default().insert(e);
+        let set = |rs: &mut Ruleset, name: &str, e: String| {
+            if let Some((known, _)) = SETS.iter().find(|(n, _)| *n == name) {
+                rs.elements.entry(known).or_default().insert(e);
+            }
         };
         if internal.is_empty() {
             set(
@@ -210,10 +218,24 @@ pub fn compile(ports: &[ServicePort], node: &NodeRules) -> Ruleset {
             );
         }
 
-        let Some(np) = sp.node_port else { continue };
+        // Where outside traffic comes in: the node port on the node's addresses (keyed
+        // protocol . port), the service port on the load-balancer addresses (keyed address .
+        // protocol . port, in the same maps as cluster IPs).
+        let mut entries: Vec<(&'static str, String)> = Vec::new();
+        if let Some(np) = sp.node_port {
+            entries.push(("nodeports", format!("{proto} . {np}")));
+        }
+        for ip in &sp.load_balancer_ips {
+            entries.push(("services", format!("{ip} . {proto} . {}", sp.port)));
+        }
+        if entries.is_empty() {
+            continue;
+        }
         let external = sp.usable(sp.external_local);
         if external.is_empty() && (!sp.external_local || all.is_empty()) {
-            set(&mut rs, "no-endpoint-nodeports", format!("{proto} . {np}"));
+            for (kind, key) in entries {
+                set(&mut rs, &format!("no-endpoint-{kind}"), key);
+            }
             continue;
         }
         let mut x = Vec::new();
@@ -233,11 +255,9 @@ pub fn compile(ports: &[ServicePort], node: &NodeRules) -> Ruleset {
             if external.is_empty() {
                 // No endpoint here: dropped (a load balancer's health check steers clients
                 // away), as kube-proxy does.
-                set(
-                    &mut rs,
-                    "no-local-endpoint-nodeports",
-                    format!("{proto} . {np}"),
-                );
+                for (kind, key) in &entries {
+                    set(&mut rs, &format!("no-local-endpoint-{kind}"), key.clone());
+                }
             } else {
                 spread(sp, &external, &mut rs, &mut l);
             }
@@ -248,11 +268,14 @@ pub fn compile(ports: &[ServicePort], node: &NodeRules) -> Ruleset {
             spread(sp, &external, &mut rs, &mut x);
         }
         rs.chains.insert(ext_chain(sp), x);
-        set(
-            &mut rs,
-            "service-nodeports",
-            format!("{proto} . {np} : goto {}", ext_chain(sp)),
-        );
+        for (kind, key) in entries {
+            let map = if kind == "nodeports" {
+                "service-nodeports"
+            } else {
+                "service-ips"
+            };
+            set(&mut rs, map, format!("{key} : goto {}", ext_chain(sp)));
+        }
     }
     rs.elements.insert("hairpin", hairpin);
 
@@ -263,8 +286,10 @@ pub fn compile(ports: &[ServicePort], node: &NodeRules) -> Ruleset {
         vec![format!("ip daddr {{ {} }}", list.join(", "))]
     };
     let mut services = vec!["ip daddr . meta l4proto . th dport vmap @service-ips".to_string()];
-    let mut reject =
-        vec!["ip daddr . meta l4proto . th dport @no-endpoint-services reject".to_string()];
+    let mut reject = vec![
+        "ip daddr . meta l4proto . th dport @no-endpoint-services reject".to_string(),
+        "ip daddr . meta l4proto . th dport @no-local-endpoint-services drop".to_string(),
+    ];
     for d in &node_dsts {
         services.push(format!(
             "{d} meta l4proto . th dport vmap @service-nodeports"
@@ -500,6 +525,8 @@ mod tests {
             cluster_ip: "10.96.0.20".parse().unwrap(),
             port: 80,
             node_port: None,
+            load_balancer_ips: vec![],
+            health_check_node_port: None,
             external_local: false,
             internal_local: false,
             affinity: None,
@@ -578,6 +605,28 @@ mod tests {
                 .any(|r| r == &format!("ip saddr 10.244.0.0/16 jump {}", svc_chain(&s)))
         );
         assert!(rs.chains[&local_chain(&s)].is_empty());
+    }
+
+    #[test]
+    fn load_balancer_addresses_go_where_the_node_port_goes() {
+        let mut s = sp(vec![ep("10.244.1.2", true, false)]);
+        s.node_port = Some(30080);
+        s.load_balancer_ips = vec!["203.0.113.1".parse().unwrap()];
+        let rs = compile(std::slice::from_ref(&s), &node());
+        let x = ext_chain(&s);
+        assert!(rs.elements["service-ips"].contains(&format!("203.0.113.1 . tcp . 80 : goto {x}")));
+        assert!(rs.elements["service-nodeports"].contains(&format!("tcp . 30080 : goto {x}")));
+        // Without endpoints the address is refused, not black-holed.
+        s.endpoints.clear();
+        let rs = compile(std::slice::from_ref(&s), &node());
+        assert!(rs.elements["no-endpoint-services"].contains("203.0.113.1 . tcp . 80"));
+        assert!(rs.elements["no-endpoint-nodeports"].contains("tcp . 30080"));
+        // Local policy, no endpoint on this node: dropped here (the health check steers away).
+        let mut s = sp(vec![ep("10.244.1.2", true, false)]);
+        s.load_balancer_ips = vec!["203.0.113.1".parse().unwrap()];
+        s.external_local = true;
+        let rs = compile(std::slice::from_ref(&s), &node());
+        assert!(rs.elements["no-local-endpoint-services"].contains("203.0.113.1 . tcp . 80"));
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! (statistic-mode spread over endpoints) → `TRELLIS-SEP-*` (DNAT). Node ports go through
 //! `TRELLIS-NODEPORTS` → `TRELLIS-SVC-X-*` (external: masquerade or, for
 //! externalTrafficPolicy Local, `TRELLIS-SVC-L-*` with local endpoints and the client address
-//! kept). What must be masqueraded is marked 0x4000 and masqueraded in `TRELLIS-SVC-POSTRTG`
+//! kept). A LoadBalancer address (`-d <ingress ip> --dport <port>` in `TRELLIS-SVC-SERVICES`)
+//! goes to the same `TRELLIS-SVC-X-*` chain as the node port. What must be masqueraded is marked 0x4000 and masqueraded in `TRELLIS-SVC-POSTRTG`
 //! (the overlay agent's masquerade chain returns early for that mark).
 //!
 //! filter: `INPUT`/`FORWARD`/`OUTPUT` → `TRELLIS-SVC-REJECT`: service ports with no endpoint
@@ -266,11 +267,24 @@ pub fn compile(ports: &[ServicePort], node: &NodeRules) -> Chains {
             ));
         }
 
-        let Some(np) = sp.node_port else { continue };
+        // Where outside traffic comes in: the node port on the node's addresses, the
+        // service port on the load-balancer addresses.
+        let mut entries: Vec<(String, u16)> = Vec::new();
+        if let Some(np) = sp.node_port {
+            entries.extend(node_dsts.iter().map(|d| (d.clone(), np)));
+        }
+        entries.extend(
+            sp.load_balancer_ips
+                .iter()
+                .map(|ip| (format!("-d {ip}/32"), sp.port)),
+        );
+        if entries.is_empty() {
+            continue;
+        }
         let external = sp.usable(sp.external_local);
         if external.is_empty() && (!sp.external_local || all.is_empty()) {
-            for d in &node_dsts {
-                reject.push(reject_rule(sp, d, np));
+            for (d, port) in &entries {
+                reject.push(reject_rule(sp, d, *port));
             }
             continue;
         }
@@ -297,9 +311,9 @@ pub fn compile(ports: &[ServicePort], node: &NodeRules) -> Chains {
             if external.is_empty() {
                 // No endpoint here: the packet leaves nat untouched and the filter chain drops
                 // it (as kube-proxy does; a load balancer's health check steers clients away).
-                for d in &node_dsts {
+                for (d, port) in &entries {
                     reject.push(format!(
-                        "{c} -m comment --comment \"no local endpoints\" {d} -p {proto} --dport {np} -j DROP"
+                        "{c} -m comment --comment \"no local endpoints\" {d} -p {proto} --dport {port} -j DROP"
                     ));
                 }
             } else {
@@ -312,7 +326,15 @@ pub fn compile(ports: &[ServicePort], node: &NodeRules) -> Chains {
             spread(sp, &external, &mut x);
         }
         chains.insert(("nat", xchain.clone()), x);
-        nodeports.push(format!("{c} -p {proto} --dport {np} -j {xchain}"));
+        if let Some(np) = sp.node_port {
+            nodeports.push(format!("{c} -p {proto} --dport {np} -j {xchain}"));
+        }
+        for ip in &sp.load_balancer_ips {
+            services.push(format!(
+                "{c} -d {ip}/32 -p {proto} --dport {} -j {xchain}",
+                sp.port
+            ));
+        }
     }
     if !nodeports.is_empty() {
         for d in &node_dsts {
@@ -355,6 +377,8 @@ mod tests {
             cluster_ip: "10.96.0.20".parse().unwrap(),
             port: 80,
             node_port: None,
+            load_balancer_ips: vec![],
+            health_check_node_port: None,
             external_local: false,
             internal_local: false,
             affinity: None,
@@ -438,6 +462,56 @@ mod tests {
         assert!(
             !x.iter()
                 .any(|r| r.ends_with(&format!("-j {MARK_MASQ}")) && !r.contains("LOCAL"))
+        );
+    }
+
+    #[test]
+    fn load_balancer_addresses_go_where_the_node_port_goes() {
+        let mut s = sp(vec![ep("10.244.1.2", true, false)]);
+        s.node_port = Some(30080);
+        s.load_balancer_ips = vec!["203.0.113.1".parse().unwrap()];
+        let chains = compile(std::slice::from_ref(&s), &node());
+        let services = &chains[&("nat", SERVICES.into())];
+        assert!(
+            services
+                .iter()
+                .any(|r| r.contains("-d 203.0.113.1/32 -p tcp --dport 80 -j")
+                    && r.ends_with(&external_chain(&s)))
+        );
+        let x = &chains[&("nat", external_chain(&s))];
+        assert!(
+            x[0].ends_with(&format!("-j {MARK_MASQ}")),
+            "cluster policy masquerades"
+        );
+        // Without endpoints the address is refused, not black-holed.
+        s.endpoints.clear();
+        let chains = compile(std::slice::from_ref(&s), &node());
+        assert!(
+            chains[&("filter", REJECT.into())]
+                .iter()
+                .any(|r| r.contains("-d 203.0.113.1/32 -p tcp --dport 80 -j REJECT"))
+        );
+    }
+
+    #[test]
+    fn a_load_balancer_without_a_node_port_still_gets_its_address_served() {
+        let mut s = sp(vec![ep("10.244.1.2", true, true)]);
+        s.load_balancer_ips = vec!["203.0.113.1".parse().unwrap()];
+        s.external_local = true;
+        let chains = compile(std::slice::from_ref(&s), &node());
+        assert!(chains[&("nat", NODEPORTS.into())].is_empty());
+        assert!(
+            chains[&("nat", SERVICES.into())]
+                .iter()
+                .any(|r| r.contains("-d 203.0.113.1/32"))
+        );
+        // Local policy, no endpoint on this node: dropped here (the health check steers away).
+        s.endpoints[0].local = false;
+        let chains = compile(std::slice::from_ref(&s), &node());
+        assert!(
+            chains[&("filter", REJECT.into())]
+                .iter()
+                .any(|r| r.contains("-d 203.0.113.1/32 -p tcp --dport 80 -j DROP"))
         );
     }
 

@@ -50,6 +50,8 @@ fn services(n: usize) -> Vec<ServicePort> {
             cluster_ip: std::net::Ipv4Addr::from(0x0a60_0000u32 + i as u32 + 1),
             port: 80,
             node_port: None,
+            load_balancer_ips: Vec::new(),
+            health_check_node_port: None,
             external_local: false,
             internal_local: false,
             affinity: None,

@@ -6,12 +6,14 @@
 //! Peers: by default an iBGP full mesh of every node in the cluster (their addresses from the
 //! Node objects), plus `--peer` neighbours (a top-of-rack router, a route reflector); with
 //! `--standalone` only the latter. Blocks: the node's blocks from ipamd, plus `--announce` and
-//! the lines of `--announce-file` (re-read every resync and at once on SIGHUP).
+//! the lines of `--announce-file` (re-read every resync and at once on SIGHUP). In a cluster,
+//! LoadBalancer Services' addresses too, and optionally the cluster IP range ([`services`]).
 
 pub mod cniconf;
 pub mod crds;
 pub mod kernel;
 pub mod mesh;
+pub mod services;
 pub mod status;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -116,6 +118,11 @@ pub struct Config {
     pub cni_conf_dir: Option<PathBuf>,
     pub resync: Duration,
     pub status_listen: Option<SocketAddr>,
+    /// Announce every LoadBalancer Service's addresses (/32) (in a cluster).
+    pub announce_load_balancers: bool,
+    /// Announce the cluster IP range too (kube-router's `--advertise-cluster-ip`, as one
+    /// prefix).
+    pub announce_service_cidr: Option<IpNet>,
     /// The ADD gate written into the conflist (None: policy off, ADD does not wait).
     pub policy: Option<trellis_plugin::policy::PolicyGate>,
 }
@@ -149,6 +156,8 @@ impl Config {
             cni_conf_dir: None,
             resync: Duration::from_secs(5),
             status_listen: None,
+            announce_load_balancers: true,
+            announce_service_cidr: None,
             policy: None,
         }
     }
@@ -287,6 +296,18 @@ pub async fn run(
     let mut announced: BTreeSet<IpNet> = BTreeSet::new();
     let wanted = wanted_prefixes(&config, &ipamd_blocks);
     kernel::sync_blackholes(&host, &wanted).await?;
+    // Service addresses: announced, never blackholed.
+    let mut service_prefixes: BTreeSet<IpNet> = config.announce_service_cidr.into_iter().collect();
+    let mut lb_rx = match &client {
+        Some(c) if config.announce_load_balancers => {
+            Some(services::watch(c.clone(), config.node.clone()))
+        }
+        _ => None,
+    };
+    let with_services = |blocks: &BTreeSet<IpNet>, services: &BTreeSet<IpNet>| {
+        blocks.union(services).copied().collect::<BTreeSet<IpNet>>()
+    };
+    let wanted = with_services(&wanted, &service_prefixes);
     for p in &wanted {
         speaker
             .announce(*p, IpAddr::V4(node_ip))
@@ -367,11 +388,26 @@ pub async fn run(
                 if let Some(rx) = ipamd_rx.as_mut() {
                     ipamd_blocks = rx.borrow_and_update().clone();
                 }
-                let wanted = wanted_prefixes(&config, &ipamd_blocks);
+                let blocks = wanted_prefixes(&config, &ipamd_blocks);
+                let wanted = with_services(&blocks, &service_prefixes);
                 announce_changes(&speaker, &announced, &wanted, node_ip)?;
-                if let Err(e) = kernel::sync_blackholes(&host, &wanted).await {
+                if let Err(e) = kernel::sync_blackholes(&host, &blocks).await {
                     tracing::warn!(error = %e, "blackhole routes");
                 }
+                announced = wanted;
+            }
+            Ok(()) = async {
+                match lb_rx.as_mut() {
+                    Some(rx) => rx.changed().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Some(rx) = lb_rx.as_mut() {
+                    service_prefixes = rx.borrow_and_update().clone();
+                    service_prefixes.extend(config.announce_service_cidr);
+                }
+                let wanted = with_services(&wanted_prefixes(&config, &ipamd_blocks), &service_prefixes);
+                announce_changes(&speaker, &announced, &wanted, node_ip)?;
                 announced = wanted;
             }
             _ = &mut stop => break,
@@ -439,10 +475,11 @@ pub async fn run(
             }
         }
         if refresh {
-            let wanted = wanted_prefixes(&config, &ipamd_blocks);
+            let blocks = wanted_prefixes(&config, &ipamd_blocks);
+            let wanted = with_services(&blocks, &service_prefixes);
             // Peers first (convergence is what the cluster waits for), then our blackholes.
             announce_changes(&speaker, &announced, &wanted, node_ip)?;
-            if let Err(e) = kernel::sync_blackholes(&host, &wanted).await {
+            if let Err(e) = kernel::sync_blackholes(&host, &blocks).await {
                 tracing::warn!(error = %e, "blackhole routes");
             }
             announced = wanted;
