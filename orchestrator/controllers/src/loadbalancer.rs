@@ -24,7 +24,9 @@ use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::json;
 
-use crate::informer::{Change, Handler, Informer, handler};
+use crate::controller::{OnDelete, Reconciler, owner_handler};
+use crate::informer::{Informer, Synced};
+use crate::manager::Watches;
 use crate::workqueue::WorkQueue;
 use crate::{Ctx, SyncError, owner};
 
@@ -184,6 +186,29 @@ pub enum Source {
     NodeAddresses,
 }
 
+impl Reconciler for Controller {
+    fn name(&self) -> &'static str {
+        "service-lb"
+    }
+
+    fn queue(&self) -> &WorkQueue {
+        &self.queue
+    }
+
+    fn caches(&self) -> Vec<Synced> {
+        vec![self.services.synced()]
+    }
+
+    fn handlers(&self, watches: &mut Watches) {
+        // A deleted Service is synced once more: its address goes back to the pool.
+        watches.on(owner_handler(&self.queue, &self.services, OnDelete::Sync));
+    }
+
+    async fn sync(&self, key: &str) -> Result<Option<Duration>, SyncError> {
+        self.reconcile(key).await
+    }
+}
+
 #[derive(Clone)]
 pub struct Controller {
     pub services: Informer<Service>,
@@ -210,18 +235,6 @@ impl Controller {
             // Never used in this mode; an empty range.
             Source::NodeAddresses => Ipv4Net::default(),
         }
-    }
-
-    pub fn service_handler(&self) -> Handler<Service> {
-        let c = self.clone();
-        handler(move |ch: Change<'_, Service>| match ch {
-            Change::Applied(s) | Change::Deleted(s) => c.queue.add(owner::key(&s.metadata)),
-            Change::Synced => {
-                for s in c.services.state() {
-                    c.queue.add(owner::key(&s.metadata));
-                }
-            }
-        })
     }
 
     /// The pool, rebuilt from the statuses the first time (oldest Service first, so of two
@@ -255,7 +268,7 @@ impl Controller {
         f(pool)
     }
 
-    pub async fn sync(&self, key: &str) -> Result<Option<Duration>, SyncError> {
+    async fn reconcile(&self, key: &str) -> Result<Option<Duration>, SyncError> {
         self.services.wait_synced().await;
         if self.source == Source::NodeAddresses {
             return self.sync_node_addresses(key).await;

@@ -235,20 +235,8 @@ pub async fn run_controllers(
     if config.runs("service-lb")
         && let Some(source) = lb_source
     {
-        let c = crate::loadbalancer::Controller::new(ctx.clone(), services.clone(), source);
-        svc_handlers.push(c.service_handler());
-        queues.push(c.queue.clone());
-        let cc = c.clone();
-        tasks.extend(spawn_workers(
-            "service-lb",
-            c.queue.clone(),
-            w,
-            metrics.clone(),
-            move |k| {
-                let cc = cc.clone();
-                async move { cc.sync(&k).await }
-            },
-        ));
+        let c = crate::loadbalancer::Controller::new(ctx.clone(), m.cache(), source);
+        m.register(c);
     }
     if config.runs("kubernetes-service") && !config.apiserver_addresses.is_empty() {
         m.spawn(endpointslice::kubernetes_service(
