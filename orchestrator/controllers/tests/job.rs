@@ -61,7 +61,11 @@ async fn a_job_of_five_completions_two_at_a_time_finishes() {
     let st = j.status.unwrap();
     assert_eq!((st.succeeded, st.failed.unwrap_or(0)), (Some(5), 0));
     assert!(st.completion_time.is_some() && st.start_time.is_some());
-    assert_eq!(ledger.count(), 5, "exactly five pods for five completions");
+    assert_eq!(
+        ledger.count_once_at_least(5).await,
+        5,
+        "exactly five pods for five completions"
+    );
     m.stop().await;
     s.stop().await;
 }
@@ -93,7 +97,11 @@ async fn a_failing_job_stops_at_its_backoff_limit() {
         Some(3),
         "backoffLimit 2: the third failure fails the job"
     );
-    assert_eq!(ledger.count(), 3, "no pod after the limit");
+    assert_eq!(
+        ledger.count_once_at_least(3).await,
+        3,
+        "no pod after the limit"
+    );
     m.stop().await;
     s.stop().await;
 }

@@ -98,7 +98,7 @@ async fn a_standby_takes_over_from_a_dead_leader_without_scaling_twice() {
     })
     .await;
     assert_eq!(
-        ledger.count(),
+        ledger.count_once_at_least(6).await,
         6,
         "pods created: 4 by the first leader, 2 by the second, no more"
     );

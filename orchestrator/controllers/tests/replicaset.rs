@@ -76,7 +76,7 @@ async fn a_replica_set_scales_up_and_down_exactly_once_per_change() {
             (Some(true), Some(true))
         );
     }
-    assert_eq!(ledger.count(), 5);
+    assert_eq!(ledger.count_once_at_least(5).await, 5);
 
     api.patch(
         "web",
@@ -113,7 +113,11 @@ async fn a_replica_set_scales_up_and_down_exactly_once_per_change() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
-    assert_eq!(ledger.count(), 8, "5 + 3 pods were created, no more");
+    assert_eq!(
+        ledger.count_once_at_least(8).await,
+        8,
+        "5 + 3 pods were created, no more"
+    );
     m.stop().await;
     s.stop().await;
 }

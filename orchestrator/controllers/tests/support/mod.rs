@@ -406,6 +406,17 @@ impl PodLedger {
     pub fn count(&self) -> usize {
         self.created.lock().unwrap().len()
     }
+
+    /// The count once the ledger's watch has caught up with at least `n` pods (bounded at
+    /// 10 s): the object the test read may be ahead of the ledger's own watch, so a bare
+    /// `count()` right after it could miss the last pod.
+    pub async fn count_once_at_least(&self, n: usize) -> usize {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.count() < n && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.count()
+    }
 }
 
 impl Drop for PodLedger {
