@@ -486,10 +486,18 @@ async fn killing_the_leader_hands_over_to_the_standby_and_no_pod_is_bound_twice(
             .unwrap_or(0.0),
         0.0
     );
-    let before_kill = scheds[leader]
-        .metric("trellis_scheduler_pods_scheduled_total")
-        .await
-        .unwrap();
+    // The counter moves just after the bind's answer, so it may trail the bindings briefly.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let before_kill = loop {
+        let n = scheds[leader]
+            .metric("trellis_scheduler_pods_scheduled_total")
+            .await
+            .unwrap_or(0.0);
+        if n >= 100.0 || Instant::now() >= deadline {
+            break n;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(before_kill, 100.0);
 
     // Kill the leader with pods pending, then keep creating.

@@ -623,15 +623,21 @@ mod dns {
     use hickory_proto::rr::{Name, RData, Record, RecordType};
     use std::net::UdpSocket;
 
-    /// One UDP exchange from `ns`: the raw answer (None: no answer within 2 s).
+    /// One UDP exchange from `ns`: the raw answer (None: none within three tries of 700 ms).
+    /// Resent like a stub resolver does, so one lost datagram costs 700 ms, not the caller's
+    /// whole time bound.
     fn exchange(ns: &Netns, server: SocketAddr, bytes: &[u8]) -> Option<Vec<u8>> {
         ns.run(|| {
             let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok()?;
-            s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-            s.send_to(bytes, server).ok()?;
+            s.set_read_timeout(Some(Duration::from_millis(700))).ok()?;
             let mut buf = [0u8; 4096];
-            let n = s.recv(&mut buf).ok()?;
-            Some(buf[..n].to_vec())
+            for _ in 0..3 {
+                s.send_to(bytes, server).ok()?;
+                if let Ok(n) = s.recv(&mut buf) {
+                    return Some(buf[..n].to_vec());
+                }
+            }
+            None
         })
         .unwrap()
     }
