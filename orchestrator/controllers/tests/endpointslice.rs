@@ -166,9 +166,29 @@ async fn endpoint_slices_follow_readiness_and_termination() {
     })
     .await;
     assert!(ready.len() == 3);
-    // Settled: the slice is not rewritten over and over.
+    // Settled: the slice is not rewritten over and over. A trailing write of the change just
+    // observed may still land, so "before" is taken once two reads 300 ms apart agree.
     let rv = |s: &EndpointSlice| s.metadata.resource_version.clone();
-    let before = slices
+    let versions = || async {
+        slices
+            .list(&ListParams::default().labels("kubernetes.io/service-name=web"))
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .map(rv)
+            .collect::<Vec<_>>()
+    };
+    let mut before = versions().await;
+    for _ in 0..20 {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let now = versions().await;
+        if now == before {
+            break;
+        }
+        before = now;
+    }
+    let before: Vec<EndpointSlice> = slices
         .list(&ListParams::default().labels("kubernetes.io/service-name=web"))
         .await
         .unwrap()

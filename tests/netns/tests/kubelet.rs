@@ -243,7 +243,7 @@ async fn scenario(
         "containers": [
             {"name": "srv", "image": "busybox",
              "command": ["/bin/busybox", "nc", "-ll", "-p", "8080", "-e", "/bin/busybox", "hostname"],
-             "livenessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1, "failureThreshold": 2},
+             "livenessProbe": {"tcpSocket": {"port": 8080}, "initialDelaySeconds": 2, "periodSeconds": 1, "failureThreshold": 2},
              "readinessProbe": {"exec": {"command": ["/bin/busybox", "test", "-e", flag_s]},
                                 "periodSeconds": 1, "failureThreshold": 1}},
             {"name": "live", "image": "busybox", "command": ["/bin/busybox", "sleep", "3600"],
