@@ -1077,6 +1077,14 @@ impl Pods {
         let all_zero = apps
             .iter()
             .all(|(_, s)| matches!(s, Some(RunState::Exited { code: 0, .. })));
+        // A container being started again after a run counts as stopped, not as never started
+        // (upstream's getPhase: waiting with a last termination): a crash-looping pod of policy
+        // Always stays Running while its shim starts the next run.
+        let all_stopped = apps.iter().all(|(v, s)| match s {
+            Some(RunState::Exited { .. }) => true,
+            Some(RunState::Running { pid: None, .. }) => v["restartCount"].as_u64() > Some(0),
+            _ => false,
+        });
         let phase = if init_failed {
             "Failed"
         } else if !initialized {
@@ -1085,7 +1093,7 @@ impl Pods {
             if all_zero { "Succeeded" } else { "Failed" }
         } else if all_exited && policy == "OnFailure" && all_zero {
             "Succeeded"
-        } else if any_running || all_exited {
+        } else if any_running || all_exited || all_stopped {
             "Running"
         } else {
             "Pending"
