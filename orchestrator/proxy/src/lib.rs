@@ -19,6 +19,8 @@
 //! flows (a new source port) reach the new endpoints at once. TCP is unaffected: a removed
 //! endpoint answers with a reset or the flow times out, and the client reconnects.
 
+#[cfg(test)]
+mod fixtures;
 pub mod healthcheck;
 pub mod model;
 pub mod nft;

@@ -353,45 +353,7 @@ pub fn compile(ports: &[ServicePort], node: &NodeRules) -> Chains {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::model::{PortName, Protocol};
-
-    fn ep(ip: &str, ready: bool, local: bool) -> Endpoint {
-        Endpoint {
-            ip: ip.parse().unwrap(),
-            port: 8080,
-            ready,
-            serving: ready,
-            terminating: false,
-            local,
-        }
-    }
-
-    fn sp(eps: Vec<Endpoint>) -> ServicePort {
-        ServicePort {
-            name: PortName {
-                namespace: "default".into(),
-                service: "web".into(),
-                port: "http".into(),
-            },
-            protocol: Protocol::Tcp,
-            cluster_ip: "10.96.0.20".parse().unwrap(),
-            port: 80,
-            node_port: None,
-            load_balancer_ips: vec![],
-            health_check_node_port: None,
-            external_local: false,
-            internal_local: false,
-            affinity: None,
-            endpoints: eps,
-        }
-    }
-
-    fn node() -> NodeRules {
-        NodeRules {
-            cluster_cidr: Some("10.244.0.0/16".parse().unwrap()),
-            node_addresses: vec![],
-        }
-    }
+    use crate::fixtures::{ep, node, sp};
 
     #[test]
     fn chain_names_fit_iptables_and_are_ours() {
