@@ -125,3 +125,57 @@ pub fn http_get(ns: &Netns, addr: SocketAddr, path: &str) -> Result<(u16, String
         .ok_or_else(|| Error::Other(format!("{what}: no status in {head:?}")))?;
     Ok((code, body.to_string()))
 }
+
+/// A pod's "container" in the service tests: answers every connection on `port` with its name,
+/// until dropped or its lifetime runs out.
+pub struct NameServer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for NameServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl NameServer {
+    /// Starts answering on `0.0.0.0:port` in `ns`.
+    pub fn start(ns: &Netns, port: u16, name: &str, lifetime: Duration) -> Result<NameServer> {
+        let listener = ns
+            .run(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)))?
+            .map_err(|e| Error::io("bind the name server", e))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| Error::io("set the name server non-blocking", e))?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, name) = (stop.clone(), name.to_string());
+        std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + lifetime;
+            while !flag.load(std::sync::atomic::Ordering::SeqCst)
+                && std::time::Instant::now() < deadline
+            {
+                match listener.accept() {
+                    Ok((mut s, _)) => {
+                        let _ = s.set_nonblocking(false);
+                        let _ = s.write_all(name.as_bytes());
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        Ok(NameServer { stop })
+    }
+}
+
+/// Connects from `ns` to `to` and reads the whole answer (a [`NameServer`]'s name); 2 s bounds
+/// the connect and the read.
+pub fn ask_name(ns: &Netns, to: SocketAddr) -> std::io::Result<String> {
+    ns.run(|| {
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })
+    .map_err(std::io::Error::other)?
+}

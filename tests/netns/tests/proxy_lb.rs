@@ -15,10 +15,8 @@
 #[path = "support/routed_cluster.rs"]
 mod cluster;
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use cluster::{Cluster, Pod};
@@ -31,6 +29,7 @@ use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use netns_testbed::bin_path;
 use netns_testbed::bird::{Bird, BirdConfig, BirdPeer, PROTO_BIRD, Want, wait_kernel_route};
 use netns_testbed::probe::http_get;
+use netns_testbed::probe::{NameServer, ask_name};
 use serde_json::json;
 use trellis_net::{Netns, VethSpec};
 
@@ -39,48 +38,12 @@ const POOL: &str = "203.0.113.0/28";
 const LIFETIME: Duration = Duration::from_secs(300);
 
 /// A pod's "container": answers every connection with its name, until dropped.
-struct NameServer {
-    stop: Arc<AtomicBool>,
-}
-
-impl Drop for NameServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-    }
-}
-
 fn name_server(ns: &Netns, name: &str) -> NameServer {
-    let listener = ns
-        .run(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, PORT)))
-        .unwrap()
-        .unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let (flag, name) = (stop.clone(), name.to_string());
-    std::thread::spawn(move || {
-        let deadline = Instant::now() + LIFETIME;
-        while !flag.load(Ordering::SeqCst) && Instant::now() < deadline {
-            match listener.accept() {
-                Ok((mut s, _)) => {
-                    let _ = s.set_nonblocking(false);
-                    let _ = s.write_all(name.as_bytes());
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(2)),
-            }
-        }
-    });
-    NameServer { stop }
+    NameServer::start(ns, PORT, name, LIFETIME).unwrap()
 }
 
 fn ask(ns: &Netns, to: SocketAddr) -> std::io::Result<String> {
-    ns.run(|| {
-        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
-        s.set_read_timeout(Some(Duration::from_secs(2)))?;
-        let mut out = String::new();
-        s.read_to_string(&mut out)?;
-        Ok(out)
-    })
-    .unwrap()
+    ask_name(ns, to)
 }
 
 struct Env {

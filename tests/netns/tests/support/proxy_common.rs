@@ -2,10 +2,9 @@
 // proxy_routed.rs (routed), each with its own `cluster` module.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Service;
@@ -13,44 +12,15 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use netns_testbed::bin_path;
-use netns_testbed::probe::{echo_peer_server, http_get, stop_echo, who_am_i};
+use netns_testbed::probe::{NameServer, echo_peer_server, http_get, stop_echo, who_am_i};
 use serde_json::json;
 use trellis_net::Netns;
 
 const PORT: u16 = 8080;
 
-/// A pod's "container": answers every connection with its name, until dropped (or 10 min).
-struct NameServer {
-    stop: Arc<AtomicBool>,
-}
-
-impl Drop for NameServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-    }
-}
-
+/// A pod's "container": answers every connection with its name, until dropped.
 fn name_server(ns: &Netns, name: &str) -> NameServer {
-    let listener = ns
-        .run(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, PORT)))
-        .unwrap()
-        .unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let (flag, name) = (stop.clone(), name.to_string());
-    std::thread::spawn(move || {
-        let deadline = Instant::now() + Duration::from_secs(600);
-        while !flag.load(Ordering::SeqCst) && Instant::now() < deadline {
-            match listener.accept() {
-                Ok((mut s, _)) => {
-                    let _ = s.set_nonblocking(false);
-                    let _ = s.write_all(name.as_bytes());
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(2)),
-            }
-        }
-    });
-    NameServer { stop }
+    NameServer::start(ns, PORT, name, Duration::from_secs(600)).unwrap()
 }
 
 /// Connects from `ns` to `to` `n` times; each answer (the backend's name) or error.
