@@ -148,8 +148,15 @@ struct Scheduler {
     metrics: SocketAddr,
 }
 
+/// A free port on a loopback address of this process's own (127.x.y.1, from the pid and a
+/// counter): between probing the port and the scheduler binding it, no other test's connection
+/// can take it as its source port, as one to 127.0.0.1 could.
 fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    static NEXT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+    let pid = std::process::id();
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let ip = std::net::Ipv4Addr::new(127, 64 + (pid % 128) as u8, n, 1);
+    let l = std::net::TcpListener::bind((ip, 0)).unwrap();
     l.local_addr().unwrap()
 }
 
