@@ -247,3 +247,54 @@ async fn node_allows(
     };
     Ok(allowed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user() -> User {
+        User::authenticated("jane".into(), vec![])
+    }
+
+    #[test]
+    fn forbidden_messages_read_as_upstream_writes_them() {
+        let cm = Attributes::resource("delete", "", "configmaps")
+            .in_ns("team")
+            .named("settings");
+        let e = forbidden(&user(), &cm);
+        assert_eq!((e.code, e.reason), (403, "Forbidden"));
+        assert_eq!(
+            e.message,
+            r#"configmaps "settings" is forbidden: User "jane" cannot delete resource "configmaps" in API group "" in the namespace "team""#
+        );
+        assert_eq!(e.kind.as_deref(), Some("configmaps"));
+        assert_eq!(e.name.as_deref(), Some("settings"));
+        let deployments = Attributes::resource("list", "apps", "deployments");
+        assert_eq!(
+            forbidden(&user(), &deployments).message,
+            r#"deployments.apps is forbidden: User "jane" cannot list resource "deployments" in API group "apps" at the cluster scope"#
+        );
+        let binding = Attributes::resource("create", "", "pods")
+            .subresource("binding")
+            .in_ns("default")
+            .named("web");
+        assert_eq!(
+            forbidden(&user(), &binding).message,
+            r#"pods "web" is forbidden: User "jane" cannot create resource "pods/binding" in API group "" in the namespace "default""#
+        );
+        assert_eq!(
+            forbidden(&user(), &Attributes::path("get", "/metrics")).message,
+            r#"forbidden: User "jane" cannot get path "/metrics""#
+        );
+    }
+
+    #[test]
+    fn every_authenticated_user_is_in_system_authenticated_once() {
+        let u = User::authenticated("a".into(), vec!["system:authenticated".into(), "x".into()]);
+        assert_eq!(u.groups, ["system:authenticated", "x"]);
+        assert_eq!(
+            User::authenticated("b".into(), vec![]).groups,
+            [AUTHENTICATED]
+        );
+    }
+}
