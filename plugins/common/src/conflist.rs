@@ -34,7 +34,17 @@ pub fn conflist(name: &str, plugins: Vec<Value>, max: Version) -> Value {
     })
 }
 
-/// Writes `list` as `dir/file_name`, atomically (a runtime reads the old file or the new one).
+/// The file names Trellis' node agents write, one per network mode (overlay, canal, routed).
+pub const TRELLIS_FILES: [&str; 3] = [
+    "10-trellis-overlay.conflist",
+    "10-trellis-canal.conflist",
+    "10-trellis-routed.conflist",
+];
+
+/// Writes `list` as `dir/file_name`, atomically (a runtime reads the old file or the new one),
+/// then removes the other modes' Trellis lists from `dir`: a node switched from one mode to
+/// another has one Trellis network, not a stale one that a runtime might still pick (the
+/// runtime takes the first file by name). Files of other networks are not ours and stay.
 pub fn write(dir: &Path, file_name: &str, list: &Value) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     let path = dir.join(file_name);
@@ -44,6 +54,13 @@ pub fn write(dir: &Path, file_name: &str, list: &Value) -> std::io::Result<PathB
         serde_json::to_vec_pretty(list).map_err(std::io::Error::other)?,
     )?;
     std::fs::rename(tmp, &path)?;
+    for other in TRELLIS_FILES.iter().filter(|f| **f != file_name) {
+        match std::fs::remove_file(dir.join(other)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
     Ok(path)
 }
 
@@ -51,6 +68,22 @@ pub fn write(dir: &Path, file_name: &str, list: &Value) -> std::io::Result<PathB
 mod tests {
     use super::*;
     use trellis_cni::NetworkConfigList;
+
+    #[test]
+    fn writing_one_mode_removes_the_other_modes_lists_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let list = conflist("net", vec![json!({"type": "x"})], Version::V1_1_0);
+        write(dir.path(), "10-trellis-overlay.conflist", &list).unwrap();
+        std::fs::write(dir.path().join("05-other.conflist"), "{}").unwrap();
+        std::fs::write(dir.path().join("10-trellis-routed.conflist"), "{}").unwrap();
+        write(dir.path(), "10-trellis-canal.conflist", &list).unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["05-other.conflist", "10-trellis-canal.conflist"]);
+    }
 
     /// What libcni 1.1 (containerd 1.6/1.7) accepts as a list's `cniVersion`.
     const OLD_LIBCNI: [&str; 6] = ["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0"];

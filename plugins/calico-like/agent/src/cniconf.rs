@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use trellis_cni::Version;
 use trellis_plugin::policy::PolicyGate;
 
-pub const FILE_NAME: &str = "10-trellis-routed.conflist";
+pub const FILE_NAME: &str = trellis_plugin::conflist::TRELLIS_FILES[2];
 pub const NETWORK: &str = "trellis-routed";
 
 /// The configuration list; with `policy`, the plugin waits for policyd at the end of ADD.

@@ -10,9 +10,9 @@ use serde_json::{Value, json};
 use trellis_cni::Version;
 use trellis_plugin::policy::PolicyGate;
 
-pub const FILE_NAME: &str = "10-trellis-overlay.conflist";
+pub const FILE_NAME: &str = trellis_plugin::conflist::TRELLIS_FILES[0];
 pub const NETWORK: &str = "trellis-overlay";
-pub const CANAL_FILE_NAME: &str = "10-trellis-canal.conflist";
+pub const CANAL_FILE_NAME: &str = trellis_plugin::conflist::TRELLIS_FILES[1];
 pub const CANAL_NETWORK: &str = "trellis-canal";
 
 /// Which plugin the agent's node runs: the overlay's own, or canal's.
