@@ -145,7 +145,10 @@ fn spread(sp: &ServicePort, eps: &[&Endpoint], ruleset: &mut Ruleset, out: &mut 
     for ep in eps {
         if let Some(secs) = sp.affinity {
             let key = endpoint_key(sp, ep);
-            let (set, chain) = (format!("aff-{key}"), format!("ep-{key}"));
+            // The timeout is part of the set's name: a set cannot be redeclared with another
+            // timeout, nor deleted while rules refer to it, so a new timeout is a new set that
+            // the rewritten chains refer to, and the old one goes after them.
+            let (set, chain) = (format!("aff-{key}-{secs}"), format!("ep-{key}"));
             ruleset.affinity_sets.insert(set.clone(), secs);
             ruleset.chains.insert(
                 chain.clone(),
@@ -385,12 +388,8 @@ pub fn delta_script(prev: &Ruleset, next: &Ruleset) -> (String, SyncStats) {
         ..Default::default()
     };
     for (name, secs) in &next.affinity_sets {
-        if prev.affinity_sets.get(name) != Some(secs) {
-            if prev.affinity_sets.contains_key(name) {
-                // A new timeout: the set is recreated (its clients are forgotten).
-                let _ = writeln!(s, "flush set ip {TABLE} {name}");
-                let _ = writeln!(s, "delete set ip {TABLE} {name}");
-            }
+        // Named by endpoint and timeout (see `spread`): a set never changes, it is new or gone.
+        if !prev.affinity_sets.contains_key(name) {
             let _ = writeln!(
                 s,
                 "add {}",
@@ -633,6 +632,36 @@ mod tests {
             .find(&format!("delete chain ip {TABLE} {}", svc_chain(&a)))
             .unwrap();
         assert!(del_elem < del_chain, "{script}");
+    }
+
+    #[test]
+    fn a_new_affinity_timeout_is_a_new_set_and_the_old_one_goes_after_its_rules() {
+        let mut s = sp(vec![ep("10.244.1.2", true, false)]);
+        s.affinity = Some(60);
+        let before = compile(std::slice::from_ref(&s), &node());
+        s.affinity = Some(90);
+        let after = compile(std::slice::from_ref(&s), &node());
+        let (old, new) = (
+            before.affinity_sets.keys().next().unwrap().clone(),
+            after.affinity_sets.keys().next().unwrap().clone(),
+        );
+        assert_ne!(old, new);
+        let (script, _) = delta_script(&before, &after);
+        let at = |needle: &str| {
+            script
+                .find(needle)
+                .unwrap_or_else(|| panic!("{needle:?} not in {script}"))
+        };
+        let added = at(&format!("add set ip {TABLE} {new} "));
+        let rewritten = at(&format!(
+            "add rule ip {TABLE} {} ip saddr @{new}",
+            svc_chain(&s)
+        ));
+        let deleted = at(&format!("delete set ip {TABLE} {old}"));
+        assert!(added < rewritten && rewritten < deleted, "{script}");
+        // The kernel refuses to delete a set that rules still refer to (EBUSY): the old
+        // set must never be flushed or deleted before the chains stop naming it.
+        assert_eq!(script.matches(&old).count(), 1, "{script}");
     }
 
     #[test]

@@ -233,6 +233,18 @@ fn cluster_ip(svc: &Service) -> Ipv4Addr {
 }
 
 /// Polls `f` in a blocking thread every 50 ms until it returns Some, at most `limit`.
+/// A proxy's syncs so far, ok or not (`trellis_proxy_syncs_total`), from its node's /metrics.
+fn proxy_syncs(node: &Netns) -> Option<f64> {
+    let (code, body) =
+        http_get(node, SocketAddr::from(([127, 0, 0, 1], 10256)), "/metrics").ok()?;
+    (code == 200).then(|| {
+        body.lines()
+            .filter(|l| l.starts_with("trellis_proxy_syncs_total{"))
+            .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+            .sum()
+    })
+}
+
 async fn poll<T: Send + 'static>(
     what: &str,
     limit: Duration,
@@ -430,6 +442,44 @@ async fn cluster_ip_spreads_moves_rejects_and_hairpins() {
     let seen: std::collections::BTreeSet<String> =
         answers.into_iter().map(|a| a.unwrap()).collect();
     assert_eq!(seen.len(), 1, "affinity: {seen:?}");
+    // A new affinity timeout is applied by the next sync without an error (nftables refuses
+    // to delete a set that rules still name, so redeclaring it in place failed the sync; the
+    // no-error check at the end of this test is the control) and clients stay sticky.
+    let nodes: Vec<_> = c.workers.iter().map(|w| w.node.ns.clone()).collect();
+    let before: Vec<f64> = {
+        let nodes = nodes.clone();
+        tokio::task::spawn_blocking(move || nodes.iter().map(|n| proxy_syncs(n).unwrap()).collect())
+            .await
+            .unwrap()
+    };
+    env.services
+        .patch(
+            "sticky",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"sessionAffinityConfig":
+                {"clientIP": {"timeoutSeconds": 90}}}})),
+        )
+        .await
+        .unwrap();
+    poll(
+        "every proxy synced the new timeout",
+        Duration::from_secs(20),
+        move || {
+            let now: Vec<f64> = nodes
+                .iter()
+                .map(|n| proxy_syncs(n))
+                .collect::<Option<_>>()?;
+            now.iter().zip(&before).all(|(n, b)| n > b).then_some(())
+        },
+    )
+    .await;
+    let ns = client.ns.clone();
+    let answers = tokio::task::spawn_blocking(move || ask(&ns, sticky_vip, 30))
+        .await
+        .unwrap();
+    let seen: std::collections::BTreeSet<String> =
+        answers.into_iter().map(|a| a.unwrap()).collect();
+    assert_eq!(seen.len(), 1, "affinity after the new timeout: {seen:?}");
 
     // 7. internalTrafficPolicy Local: the client on n2 reaches only n2's backend.
     let itp = env
