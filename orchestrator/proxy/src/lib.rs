@@ -312,7 +312,7 @@ impl Dataplane {
     ) -> Result<sync::SyncStats, Error> {
         Ok(match self {
             Dataplane::Iptables(s) => s.sync(rules::compile(ports, node)).await?,
-            Dataplane::Nftables(s) => s.sync(nft::compile(ports, node)).await?,
+            Dataplane::Nftables(s) => s.sync(ports, node).await?,
         })
     }
 }

@@ -23,12 +23,12 @@
 //! until the new ones are in; later syncs send only the chains and elements that changed, also
 //! as one transaction.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 
 use trellis_net::nft::Nft;
 
-use crate::model::{Endpoint, ServicePort};
+use crate::model::{Endpoint, PortName, ServicePort};
 use crate::rules::{MASQ_MARK, NodeRules, port_key};
 use crate::sync::SyncStats;
 
@@ -113,6 +113,24 @@ impl Ruleset {
     fn rules_total(&self) -> usize {
         self.chains.values().map(Vec::len).sum()
     }
+
+    /// Adds `other`'s chains, elements and sets to these.
+    fn merge(&mut self, other: Ruleset) {
+        self.chains.extend(other.chains);
+        for (set, elements) in other.elements {
+            self.elements.entry(set).or_default().extend(elements);
+        }
+        self.affinity_sets.extend(other.affinity_sets);
+    }
+
+    /// A ruleset with every named set present (empty), so that a diff sees each set's removals.
+    fn with_every_set() -> Ruleset {
+        let mut rs = Ruleset::default();
+        for (name, _) in SETS {
+            rs.elements.insert(name, BTreeSet::new());
+        }
+        rs
+    }
 }
 
 fn svc_chain(sp: &ServicePort) -> String {
@@ -177,111 +195,126 @@ fn spread(sp: &ServicePort, eps: &[&Endpoint], ruleset: &mut Ruleset, out: &mut 
 
 /// The whole desired state for these service ports.
 pub fn compile(ports: &[ServicePort], node: &NodeRules) -> Ruleset {
+    let mut rs = fixed(node);
+    for sp in ports {
+        rs.merge(compile_port(sp, node));
+    }
+    rs
+}
+
+/// One service port's share of the table: its chains, elements and affinity sets. The share of
+/// every port is independent of the others' (names and keys are the port's own; only hairpin
+/// pairs can be shared, which [`Syncer`] counts), so a sync compiles only the ports that
+/// changed.
+pub fn compile_port(sp: &ServicePort, node: &NodeRules) -> Ruleset {
+    let mut rs = Ruleset::default();
+    let proto = sp.protocol.iptables();
+    let internal = sp.usable(sp.internal_local);
+    let all = sp.usable(false);
+    let hairpin = rs.elements.entry("hairpin").or_default();
+    for ep in all.iter().chain(sp.usable(true).iter()) {
+        hairpin.insert(format!("{0} . {0}", ep.ip));
+    }
+    let set = |rs: &mut Ruleset, name: &str, e: String| {
+        if let Some((known, _)) = SETS.iter().find(|(n, _)| *n == name) {
+            rs.elements.entry(known).or_default().insert(e);
+        }
+    };
+    if internal.is_empty() {
+        set(
+            &mut rs,
+            "no-endpoint-services",
+            format!("{} . {proto} . {}", sp.cluster_ip, sp.port),
+        );
+    } else {
+        let mut rules = Vec::new();
+        if let Some(cidr) = node.cluster_cidr {
+            rules.push(format!(
+                "ip saddr != {cidr} meta mark set meta mark | {MASQ_MARK}"
+            ));
+        }
+        spread(sp, &internal, &mut rs, &mut rules);
+        rs.chains.insert(svc_chain(sp), rules);
+        set(
+            &mut rs,
+            "service-ips",
+            format!(
+                "{} . {proto} . {} : goto {}",
+                sp.cluster_ip,
+                sp.port,
+                svc_chain(sp)
+            ),
+        );
+    }
+
+    // Where outside traffic comes in: the node port on the node's addresses (keyed
+    // protocol . port), the service port on the load-balancer addresses (keyed address .
+    // protocol . port, in the same maps as cluster IPs).
+    let mut entries: Vec<(&'static str, String)> = Vec::new();
+    if let Some(np) = sp.node_port {
+        entries.push(("nodeports", format!("{proto} . {np}")));
+    }
+    for ip in &sp.load_balancer_ips {
+        entries.push(("services", format!("{ip} . {proto} . {}", sp.port)));
+    }
+    if entries.is_empty() {
+        return rs;
+    }
+    let external = sp.usable(sp.external_local);
+    if external.is_empty() && (!sp.external_local || all.is_empty()) {
+        for (kind, key) in entries {
+            set(&mut rs, &format!("no-endpoint-{kind}"), key);
+        }
+        return rs;
+    }
+    let mut x = Vec::new();
+    if sp.external_local {
+        // Pods and the node itself reach the service as through its cluster IP.
+        if !all.is_empty() && !sp.internal_local && !internal.is_empty() {
+            let cchain = svc_chain(sp);
+            if let Some(cidr) = node.cluster_cidr {
+                x.push(format!("ip saddr {cidr} jump {cchain}"));
+            }
+            x.push(format!(
+                "fib saddr type local meta mark set meta mark | {MASQ_MARK}"
+            ));
+            x.push(format!("fib saddr type local jump {cchain}"));
+        }
+        let mut l = Vec::new();
+        if external.is_empty() {
+            // No endpoint here: dropped (a load balancer's health check steers clients
+            // away), as kube-proxy does.
+            for (kind, key) in &entries {
+                set(&mut rs, &format!("no-local-endpoint-{kind}"), key.clone());
+            }
+        } else {
+            spread(sp, &external, &mut rs, &mut l);
+        }
+        rs.chains.insert(local_chain(sp), l);
+        x.push(format!("jump {}", local_chain(sp)));
+    } else {
+        x.push(format!("meta mark set meta mark | {MASQ_MARK}"));
+        spread(sp, &external, &mut rs, &mut x);
+    }
+    rs.chains.insert(ext_chain(sp), x);
+    for (kind, key) in entries {
+        let map = if kind == "nodeports" {
+            "service-nodeports"
+        } else {
+            "service-ips"
+        };
+        set(&mut rs, map, format!("{key} : goto {}", ext_chain(sp)));
+    }
+    rs
+}
+
+/// What does not depend on the service ports: the dispatch, reject and masquerade chains, and
+/// every named set (empty).
+fn fixed(node: &NodeRules) -> Ruleset {
     let mut rs = Ruleset::default();
     for (name, _) in SETS {
         rs.elements.insert(name, BTreeSet::new());
     }
-    let mut hairpin = BTreeSet::new();
-    for sp in ports {
-        let proto = sp.protocol.iptables();
-        let internal = sp.usable(sp.internal_local);
-        let all = sp.usable(false);
-        for ep in all.iter().chain(sp.usable(true).iter()) {
-            hairpin.insert(format!("{0} . {0}", ep.ip));
-        }
-        let set = |rs: &mut Ruleset, name: &str, e: String| {
-            if let Some((known, _)) = SETS.iter().find(|(n, _)| *n == name) {
-                rs.elements.entry(known).or_default().insert(e);
-            }
-        };
-        if internal.is_empty() {
-            set(
-                &mut rs,
-                "no-endpoint-services",
-                format!("{} . {proto} . {}", sp.cluster_ip, sp.port),
-            );
-        } else {
-            let mut rules = Vec::new();
-            if let Some(cidr) = node.cluster_cidr {
-                rules.push(format!(
-                    "ip saddr != {cidr} meta mark set meta mark | {MASQ_MARK}"
-                ));
-            }
-            spread(sp, &internal, &mut rs, &mut rules);
-            rs.chains.insert(svc_chain(sp), rules);
-            set(
-                &mut rs,
-                "service-ips",
-                format!(
-                    "{} . {proto} . {} : goto {}",
-                    sp.cluster_ip,
-                    sp.port,
-                    svc_chain(sp)
-                ),
-            );
-        }
-
-        // Where outside traffic comes in: the node port on the node's addresses (keyed
-        // protocol . port), the service port on the load-balancer addresses (keyed address .
-        // protocol . port, in the same maps as cluster IPs).
-        let mut entries: Vec<(&'static str, String)> = Vec::new();
-        if let Some(np) = sp.node_port {
-            entries.push(("nodeports", format!("{proto} . {np}")));
-        }
-        for ip in &sp.load_balancer_ips {
-            entries.push(("services", format!("{ip} . {proto} . {}", sp.port)));
-        }
-        if entries.is_empty() {
-            continue;
-        }
-        let external = sp.usable(sp.external_local);
-        if external.is_empty() && (!sp.external_local || all.is_empty()) {
-            for (kind, key) in entries {
-                set(&mut rs, &format!("no-endpoint-{kind}"), key);
-            }
-            continue;
-        }
-        let mut x = Vec::new();
-        if sp.external_local {
-            // Pods and the node itself reach the service as through its cluster IP.
-            if !all.is_empty() && !sp.internal_local && !internal.is_empty() {
-                let cchain = svc_chain(sp);
-                if let Some(cidr) = node.cluster_cidr {
-                    x.push(format!("ip saddr {cidr} jump {cchain}"));
-                }
-                x.push(format!(
-                    "fib saddr type local meta mark set meta mark | {MASQ_MARK}"
-                ));
-                x.push(format!("fib saddr type local jump {cchain}"));
-            }
-            let mut l = Vec::new();
-            if external.is_empty() {
-                // No endpoint here: dropped (a load balancer's health check steers clients
-                // away), as kube-proxy does.
-                for (kind, key) in &entries {
-                    set(&mut rs, &format!("no-local-endpoint-{kind}"), key.clone());
-                }
-            } else {
-                spread(sp, &external, &mut rs, &mut l);
-            }
-            rs.chains.insert(local_chain(sp), l);
-            x.push(format!("jump {}", local_chain(sp)));
-        } else {
-            x.push(format!("meta mark set meta mark | {MASQ_MARK}"));
-            spread(sp, &external, &mut rs, &mut x);
-        }
-        rs.chains.insert(ext_chain(sp), x);
-        for (kind, key) in entries {
-            let map = if kind == "nodeports" {
-                "service-nodeports"
-            } else {
-                "service-ips"
-            };
-            set(&mut rs, map, format!("{key} : goto {}", ext_chain(sp)));
-        }
-    }
-    rs.elements.insert("hairpin", hairpin);
-
     let node_dsts: Vec<String> = if node.node_addresses.is_empty() {
         vec!["fib daddr type local".into()]
     } else {
@@ -441,6 +474,103 @@ pub fn delta_script(prev: &Ruleset, next: &Ruleset) -> (String, SyncStats) {
     (s, stats)
 }
 
+/// The whole table from scratch: the script that replaces it, and its per-port record.
+fn plan_full(ports: &[ServicePort], node: &NodeRules) -> (String, SyncStats, Applied) {
+    let mut applied = Applied {
+        node: node.clone(),
+        ports: HashMap::with_capacity(ports.len()),
+        elements: HashMap::new(),
+        rules_total: 0,
+    };
+    let mut desired = fixed(node);
+    let mut ignored = (Ruleset::default(), Ruleset::default());
+    for sp in ports {
+        let share = compile_port(sp, node);
+        applied.count(&share, true, &mut ignored.0, &mut ignored.1);
+        desired.merge(share.clone());
+        applied.ports.insert(sp.name.clone(), (sp.clone(), share));
+    }
+    applied.rules_total = desired.rules_total();
+    let stats = SyncStats {
+        chains_written: desired.chains.len() + BASE_CHAINS.len(),
+        chains_deleted: 0,
+        rules_written: applied.rules_total,
+        rules_total: applied.rules_total,
+    };
+    (full_script(&desired), stats, applied)
+}
+
+/// Only the ports that changed since `applied`: their old shares against their new ones (the
+/// same script a diff of the two whole tables gives).
+fn plan_changes(
+    mut applied: Applied,
+    ports: &[ServicePort],
+    node: &NodeRules,
+) -> (String, SyncStats, Applied) {
+    let (mut before, mut after) = (Ruleset::with_every_set(), Ruleset::with_every_set());
+    let mut seen: HashSet<&PortName> = HashSet::with_capacity(ports.len());
+    let mut changed: Vec<(ServicePort, Option<Ruleset>, Ruleset)> = Vec::new();
+    for sp in ports {
+        if !seen.insert(&sp.name) {
+            // Two ports of one name: the per-port record cannot hold them; start over.
+            return plan_full(ports, node);
+        }
+        if applied
+            .ports
+            .get(&sp.name)
+            .is_some_and(|(old, _)| old == sp)
+        {
+            continue;
+        }
+        let old_share = applied.ports.remove(&sp.name).map(|(_, share)| share);
+        changed.push((sp.clone(), old_share, compile_port(sp, node)));
+    }
+    let gone: Vec<PortName> = applied
+        .ports
+        .keys()
+        .filter(|name| !seen.contains(name))
+        .cloned()
+        .collect();
+    // Elements: counted out for every old share first, then in for every new one, so that a
+    // pair moving from one port to another is neither deleted nor added.
+    let (mut vanished, mut appeared) = (Ruleset::default(), Ruleset::default());
+    let mut old_shares = Vec::new();
+    for name in gone {
+        if let Some((_, share)) = applied.ports.remove(&name) {
+            old_shares.push(share);
+        }
+    }
+    for (_, old, _) in &mut changed {
+        if let Some(share) = old.take() {
+            old_shares.push(share);
+        }
+    }
+    for share in &old_shares {
+        applied.count(share, false, &mut appeared, &mut vanished);
+        applied.rules_total = applied.rules_total.saturating_sub(share.rules_total());
+        before.chains.extend(share.chains.clone());
+        before.affinity_sets.extend(share.affinity_sets.clone());
+    }
+    for (sp, _, share) in changed {
+        applied.count(&share, true, &mut appeared, &mut vanished);
+        applied.rules_total += share.rules_total();
+        after.chains.extend(share.chains.clone());
+        after.affinity_sets.extend(share.affinity_sets.clone());
+        applied.ports.insert(sp.name.clone(), (sp, share));
+    }
+    // An element that vanished and appeared again (it moved between ports) is in both and
+    // so in neither of the diff's lists.
+    for (set, elements) in vanished.elements {
+        before.elements.entry(set).or_default().extend(elements);
+    }
+    for (set, elements) in appeared.elements {
+        after.elements.entry(set).or_default().extend(elements);
+    }
+    let (script, mut stats) = delta_script(&before, &after);
+    stats.rules_total = applied.rules_total;
+    (script, stats, applied)
+}
+
 /// Errors of an nftables sync.
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -448,10 +578,45 @@ pub enum SyncError {
     Nft(#[from] trellis_net::Error),
 }
 
-/// Keeps what was last written, to send only changes.
+/// What is in the kernel, per service port: each port's own share as it was compiled, and how
+/// many shares hold each element (hairpin pairs may be shared).
+struct Applied {
+    node: NodeRules,
+    ports: HashMap<PortName, (ServicePort, Ruleset)>,
+    elements: HashMap<(&'static str, String), usize>,
+    rules_total: usize,
+}
+
+impl Applied {
+    /// Counts `share`'s elements in (`+1`) or out (`-1`); the elements whose presence in the
+    /// table changed go to `appeared` or `vanished`.
+    fn count(&mut self, share: &Ruleset, up: bool, appeared: &mut Ruleset, vanished: &mut Ruleset) {
+        for (set, elements) in &share.elements {
+            for e in elements {
+                let n = self.elements.entry((set, e.clone())).or_default();
+                if up {
+                    *n += 1;
+                    if *n == 1 {
+                        appeared.elements.entry(set).or_default().insert(e.clone());
+                    }
+                } else {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        self.elements.remove(&(*set, e.clone()));
+                        vanished.elements.entry(set).or_default().insert(e.clone());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Keeps what was last written, to send only changes, and compiles only the service ports
+/// that changed: a sync costs what changed, not the table (10,000 Services compile in about a
+/// second in a debug build).
 pub struct Syncer {
     nft: Nft,
-    applied: Option<Ruleset>,
+    applied: Option<Applied>,
 }
 
 impl Syncer {
@@ -464,27 +629,25 @@ impl Syncer {
         self.applied = None;
     }
 
-    /// Brings the kernel to `desired`.
-    pub async fn sync(&mut self, desired: Ruleset) -> Result<SyncStats, SyncError> {
-        let (script, stats) = match &self.applied {
-            None => (
-                full_script(&desired),
-                SyncStats {
-                    chains_written: desired.chains.len() + BASE_CHAINS.len(),
-                    chains_deleted: 0,
-                    rules_written: desired.rules_total(),
-                    rules_total: desired.rules_total(),
-                },
-            ),
-            Some(prev) => delta_script(prev, &desired),
+    /// Brings the kernel to what `ports` need on `node`.
+    pub async fn sync(
+        &mut self,
+        ports: &[ServicePort],
+        node: &NodeRules,
+    ) -> Result<SyncStats, SyncError> {
+        let (script, stats, applied) = match self.applied.take() {
+            Some(applied) if applied.node == *node => plan_changes(applied, ports, node),
+            _ => plan_full(ports, node),
         };
         if !script.is_empty()
             && let Err(e) = self.nft.apply(&script).await
         {
-            self.applied = None;
+            // What the kernel holds is unknown now: the next sync replaces the table.
             return Err(e.into());
         }
-        self.applied = Some(desired);
+        // Two ports of one name (the model should not make them) cannot be recorded per port:
+        // then every sync writes the whole table.
+        self.applied = (applied.ports.len() == ports.len()).then_some(applied);
         Ok(stats)
     }
 
@@ -662,6 +825,104 @@ mod tests {
         // The kernel refuses to delete a set that rules still refer to (EBUSY): the old
         // set must never be flushed or deleted before the chains stop naming it.
         assert_eq!(script.matches(&old).count(), 1, "{script}");
+    }
+
+    /// A port `i` of the test's changing model, with endpoints drawn from a small pool of
+    /// addresses so that hairpin pairs are shared between ports.
+    fn numbered_port(i: u32, seed: u64) -> ServicePort {
+        let mut s = sp(vec![]);
+        s.name.service = format!("svc{i}");
+        s.cluster_ip = std::net::Ipv4Addr::new(10, 96, 1, i as u8);
+        let n = seed % 4;
+        for k in 0..n {
+            let last = ((seed >> (4 + k * 3)) % 6) as u8 + 2;
+            s.endpoints.push(ep(
+                &format!("10.244.1.{last}"),
+                !(seed >> (20 + k)).is_multiple_of(5),
+                (seed >> (30 + k)).is_multiple_of(2),
+            ));
+        }
+        s.endpoints.dedup_by(|a, b| a.ip == b.ip);
+        if (seed >> 40).is_multiple_of(3) {
+            s.node_port = Some(30000 + i as u16);
+        }
+        if (seed >> 42).is_multiple_of(5) {
+            s.load_balancer_ips = vec![std::net::Ipv4Addr::new(10, 0, 0, i as u8)];
+        }
+        s.external_local = (seed >> 44).is_multiple_of(2);
+        s.internal_local = (seed >> 45).is_multiple_of(4);
+        s.affinity = match (seed >> 46) % 4 {
+            0 => Some(60),
+            1 => Some(90),
+            _ => None,
+        };
+        s
+    }
+
+    #[test]
+    fn a_sync_of_changes_writes_what_a_diff_of_the_whole_tables_writes() {
+        let node = node();
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut ports: Vec<ServicePort> = (0..12).map(|i| numbered_port(i, next())).collect();
+        let (_, _, mut applied) = plan_full(&ports, &node);
+        for step in 0..500 {
+            let prev = ports.clone();
+            // Change one to three ports, add or remove one now and then.
+            for _ in 0..(next() % 3 + 1) {
+                let r = next();
+                match r % 10 {
+                    0 if ports.len() > 1 => {
+                        ports.remove((r >> 8) as usize % ports.len());
+                    }
+                    1 => {
+                        let i = (r >> 8) as u32 % 40;
+                        if !ports.iter().any(|p| p.name.service == format!("svc{i}")) {
+                            ports.push(numbered_port(i, next()));
+                        }
+                    }
+                    _ => {
+                        let at = (r >> 8) as usize % ports.len();
+                        let i: u32 = ports[at].name.service[3..].parse().unwrap();
+                        ports[at] = numbered_port(i, next());
+                    }
+                }
+            }
+            let (script, stats, now) = plan_changes(applied, &ports, &node);
+            let (want, want_stats) = delta_script(&compile(&prev, &node), &compile(&ports, &node));
+            assert_eq!(script, want, "step {step}");
+            assert_eq!(stats.rules_total, want_stats.rules_total, "step {step}");
+            assert_eq!(
+                stats.chains_written, want_stats.chains_written,
+                "step {step}"
+            );
+            assert_eq!(
+                stats.chains_deleted, want_stats.chains_deleted,
+                "step {step}"
+            );
+            applied = now;
+        }
+        // And the record still adds up to the whole table.
+        let mut whole = fixed(&node);
+        for (_, share) in applied.ports.values() {
+            whole.merge(share.clone());
+        }
+        assert_eq!(whole, compile(&ports, &node));
+    }
+
+    #[test]
+    fn a_sync_without_changes_writes_nothing() {
+        let ports = vec![sp(vec![ep("10.244.1.2", true, false)])];
+        let (full, _, applied) = plan_full(&ports, &node());
+        assert!(full.starts_with("table ip trellis-proxy\ndelete table"));
+        let (script, stats, _) = plan_changes(applied, &ports, &node());
+        assert!(script.is_empty(), "{script}");
+        assert_eq!(stats.rules_total, compile(&ports, &node()).rules_total());
     }
 
     #[test]

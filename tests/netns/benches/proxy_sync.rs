@@ -148,7 +148,7 @@ async fn main() {
             for _ in 0..rounds {
                 nft_syncer.invalidate();
                 let t = Instant::now();
-                nft_syncer.sync(nft::compile(&ports, &node)).await.unwrap();
+                nft_syncer.sync(&ports, &node).await.unwrap();
                 runs.push(t.elapsed());
             }
             median(runs)
@@ -176,7 +176,7 @@ async fn main() {
             sp.endpoints[0].ip = std::net::Ipv4Addr::from(0x0af5_0000u32 + r as u32);
             let t = Instant::now();
             let stats = if nft_mode {
-                nft_syncer.sync(nft::compile(&ports, &node)).await.unwrap()
+                nft_syncer.sync(&ports, &node).await.unwrap()
             } else {
                 syncer.sync(rules::compile(&ports, &node)).await.unwrap()
             };
