@@ -148,6 +148,9 @@ pub fn cluster_roles() -> Vec<Value> {
         ],
     ));
     view_rules.push(rule(READ, &["events.k8s.io"], &["events"]));
+    // What metrics-server's `system:aggregated-metrics-reader` adds to view (and so to edit
+    // and admin): `kubectl top`.
+    view_rules.push(rule(READ, &["metrics.k8s.io"], &["pods", "nodes"]));
     let mut edit_rules: Vec<Value> = workloads()
         .iter()
         .map(|(g, rs)| rule(WRITE, &[g], rs))
