@@ -37,8 +37,8 @@ use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use serde_json::{Value, json};
 use trellis_api::LabelSelector;
 
-use crate::controller::{OnDelete, Reconciler, Target, owner_handler};
-use crate::informer::{Informer, Synced};
+use crate::controller::{Reconciler, Target};
+use crate::informer::{Change, Informer, Synced, handler};
 use crate::manager::Watches;
 use crate::owner;
 use crate::workqueue::WorkQueue;
@@ -448,7 +448,18 @@ impl Controller {
         }
     }
 
-    async fn patch_status(&self, ns: &str, name: &str, status: Value) -> Result<(), SyncError> {
+    /// Merges `status` into the HPA's, with `observedGeneration` (so the handler knows this
+    /// write for the controller's own).
+    async fn patch_status(
+        &self,
+        hpa: &HorizontalPodAutoscaler,
+        ns: &str,
+        name: &str,
+        mut status: Value,
+    ) -> Result<(), SyncError> {
+        if let Some(g) = hpa.metadata.generation {
+            status["observedGeneration"] = json!(g);
+        }
         let api: Api<HorizontalPodAutoscaler> = Api::namespaced(self.ctx.client.clone(), ns);
         match api
             .patch_status(
@@ -597,7 +608,26 @@ impl Reconciler for Controller {
     }
 
     fn handlers(&self, watches: &mut Watches) {
-        watches.on(owner_handler(&self.queue, &self.hpas, OnDelete::Sync));
+        // A change of the spec (or a new HPA) is evaluated at once; the controller's own status
+        // writes are not (each HPA comes back every sync period anyway), or every status
+        // write would start the next evaluation.
+        let (queue, cache) = (self.queue.clone(), self.hpas.clone());
+        watches.on(handler(
+            move |ch: Change<'_, HorizontalPodAutoscaler>| match ch {
+                Change::Applied(h) => {
+                    let observed = h.status.as_ref().and_then(|s| s.observed_generation);
+                    if h.status.is_none() || observed != h.metadata.generation {
+                        queue.add(owner::key(&h.metadata));
+                    }
+                }
+                Change::Deleted(h) => queue.add(owner::key(&h.metadata)),
+                Change::Synced => {
+                    for h in cache.state() {
+                        queue.add(owner::key(&h.metadata));
+                    }
+                }
+            },
+        ));
     }
 
     async fn sync(&self, key: &str) -> Result<Option<Duration>, SyncError> {
@@ -635,7 +665,7 @@ impl Reconciler for Controller {
                         &now,
                     )],
                 );
-                self.patch_status(&ns, &name, json!({"conditions": conds}))
+                self.patch_status(&hpa, &ns, &name, json!({"conditions": conds}))
                     .await?;
                 return Ok(again);
             }
@@ -664,6 +694,7 @@ impl Reconciler for Controller {
                 ],
             );
             self.patch_status(
+                &hpa,
                 &ns,
                 &name,
                 json!({"currentReplicas": 0, "desiredReplicas": 0, "conditions": conds}),
@@ -737,6 +768,7 @@ impl Reconciler for Controller {
                 ],
             );
             self.patch_status(
+                &hpa,
                 &ns,
                 &name,
                 json!({"currentReplicas": current, "desiredReplicas": current, "conditions": conds}),
@@ -807,9 +839,6 @@ impl Reconciler for Controller {
             "desiredReplicas": desired,
             "currentMetrics": statuses,
         });
-        if let Some(g) = hpa.metadata.generation {
-            status["observedGeneration"] = json!(g);
-        }
         let mut able = able;
         if desired != current {
             let direction = if desired > current { "above" } else { "below" };
@@ -858,7 +887,7 @@ impl Reconciler for Controller {
             }
         }
         status["conditions"] = Controller::conditions(&hpa, vec![able, active, limited]);
-        self.patch_status(&ns, &name, status).await?;
+        self.patch_status(&hpa, &ns, &name, status).await?;
         Ok(again)
     }
 }

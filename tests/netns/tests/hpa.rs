@@ -324,12 +324,30 @@ spec:
     drop(switch);
     let removed = Instant::now();
     let mut slow_stabilized = false;
+    let mut last_seen = None;
     loop {
         let (f, s) = (
             spec_replicas(client, "fast").await,
             spec_replicas(client, "slow").await,
         );
         assert_eq!(s, 3, "slow scaled down within its 1 h window");
+        let seen = hpa(client, "fast").await.status.map(|st| {
+            (
+                st.desired_replicas,
+                st.current_metrics
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|m| m.resource?.current.average_utilization)
+                    .collect::<Vec<_>>(),
+            )
+        });
+        if seen != last_seen {
+            eprintln!(
+                "{:?} after the load went: fast {f} {seen:?}",
+                removed.elapsed()
+            );
+            last_seen = seen;
+        }
         if !slow_stabilized {
             slow_stabilized = condition_reason(&hpa(client, "slow").await, "AbleToScale")
                 == "ScaleDownStabilized";
