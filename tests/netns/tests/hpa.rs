@@ -319,6 +319,11 @@ spec:
     let (code, out, err) = kubectl(&kubectl_bin, &kc, &["get", "hpa"]).await;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("fast") && out.contains("slow"), "{out}");
+    // TARGETS as upstream prints them: `cpu: <current>%/50%`, a current value known.
+    assert!(
+        out.contains("cpu: ") && out.contains("%/50%") && !out.contains("<unknown>"),
+        "{out}"
+    );
 
     // The load goes: fast scales down after its 15 s window, slow (1 h) does not.
     drop(switch);
