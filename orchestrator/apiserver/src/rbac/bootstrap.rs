@@ -611,6 +611,29 @@ mod tests {
     }
 
     #[test]
+    fn viewers_and_the_controller_manager_read_resource_metrics_and_nobody_writes_them() {
+        let roles = aggregate::apply(&cluster_roles());
+        let mut bindings = cluster_role_bindings();
+        bindings.push(json!({"apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding", "metadata": {"name": "viewer"},
+            "roleRef": {"apiGroup": GROUP, "kind": "ClusterRole", "name": "view"},
+            "subjects": [{"apiGroup": GROUP, "kind": "User", "name": "viewer"}]}));
+        let s = Snapshot::new(&[], &roles, &[], &bindings);
+        let viewer = user("viewer", &["system:authenticated"]);
+        let cm = user("system:kube-controller-manager", &["system:authenticated"]);
+        let pods = |verb: &str| Attributes::resource(verb, "metrics.k8s.io", "pods").in_ns("web");
+        let nodes = |verb: &str| Attributes::resource(verb, "metrics.k8s.io", "nodes");
+        for verb in ["get", "list"] {
+            assert!(s.allowed_by(&viewer, &pods(verb)).is_some(), "{verb}");
+            assert!(s.allowed_by(&viewer, &nodes(verb)).is_some(), "{verb}");
+            assert!(s.allowed_by(&cm, &pods(verb)).is_some(), "{verb}");
+        }
+        assert!(s.allowed_by(&viewer, &pods("create")).is_none());
+        let nobody = user("someone", &["system:authenticated"]);
+        assert!(s.allowed_by(&nobody, &pods("list")).is_none());
+    }
+
+    #[test]
     fn masters_may_do_anything_and_everyone_authenticated_may_discover() {
         let s = defaults();
         let admin = user("admin", &["system:masters"]);
