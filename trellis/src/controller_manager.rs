@@ -1,5 +1,5 @@
 //! `trellis controller-manager`: ReplicaSets, Deployments, DaemonSets, StatefulSets, Jobs,
-//! CronJobs, ServiceAccounts,
+//! CronJobs, HorizontalPodAutoscalers, ServiceAccounts,
 //! endpoints, LoadBalancer addresses, garbage collection and node lifecycle, with one active instance elected through a Lease.
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -15,7 +15,8 @@ pub struct Args {
     kubeconfig: Option<PathBuf>,
     /// Controllers to run, comma-separated (default: all but replicationcontroller, which our
     /// API server does not serve). Known: replicaset, replicationcontroller, deployment,
-    /// daemonset, statefulset, job, cronjob, serviceaccount, endpointslice, endpoints,
+    /// daemonset, statefulset, job, cronjob, horizontalpodautoscaling, serviceaccount,
+    /// endpointslice, endpoints,
     /// garbagecollector, nodelifecycle, kubernetes-service, service-lb.
     #[arg(long, value_delimiter = ',')]
     controllers: Vec<String>,
@@ -68,6 +69,17 @@ pub struct Args {
     /// start (1: real time; tests use 60 to make a minute pass in a second).
     #[arg(long, default_value_t = 1.0)]
     cronjob_clock_speedup: f64,
+    /// Seconds between two evaluations of each HorizontalPodAutoscaler.
+    #[arg(long, default_value_t = 15.0)]
+    horizontal_pod_autoscaler_sync_period: f64,
+    /// Seconds of recommendations a scale-down looks back over: the HPA scales down only to
+    /// the highest recommendation of that window (an HPA's
+    /// spec.behavior.scaleDown.stabilizationWindowSeconds overrides it).
+    #[arg(long, default_value_t = 300)]
+    horizontal_pod_autoscaler_downscale_stabilization: u64,
+    /// A usage ratio within this of 1.0 leaves an HPA's target as it is.
+    #[arg(long, default_value_t = 0.1)]
+    horizontal_pod_autoscaler_tolerance: f64,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -89,6 +101,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             Duration::from_secs(args.leader_elect_retry_period),
         ),
         cronjob_clock: trellis_controllers::cronjob::Clock::scaled(args.cronjob_clock_speedup),
+        hpa: trellis_controllers::hpa::Settings {
+            sync_period: Duration::from_secs_f64(
+                Some(args.horizontal_pod_autoscaler_sync_period)
+                    .filter(|s| s.is_finite())
+                    .map_or(15.0, |s| s.clamp(0.1, 86_400.0)),
+            ),
+            downscale_stabilization: Duration::from_secs(
+                args.horizontal_pod_autoscaler_downscale_stabilization,
+            ),
+            tolerance: Some(args.horizontal_pod_autoscaler_tolerance)
+                .filter(|t| t.is_finite() && *t >= 0.0)
+                .unwrap_or(0.1),
+        },
         ..Default::default()
     };
     if !args.controllers.is_empty() {

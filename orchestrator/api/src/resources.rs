@@ -80,12 +80,13 @@ impl ResourceInfo {
     }
 
     /// The verbs the resource supports: all of [`VERBS`], except the reviews, which are only
-    /// created (answered, never stored).
+    /// created (answered, never stored), and the resource metrics, which are only read
+    /// (computed from the kubelets when asked).
     pub fn verbs(&self) -> &'static [&'static str] {
-        if self.group == "authorization.k8s.io" {
-            &["create"]
-        } else {
-            VERBS
+        match self.group.as_str() {
+            "authorization.k8s.io" => &["create"],
+            "metrics.k8s.io" => &["get", "list"],
+            _ => VERBS,
         }
     }
 
@@ -424,6 +425,27 @@ const BUILTIN: &[Builtin] = &[
         kind: "SelfSubjectRulesReview",
         plural: "selfsubjectrulesreviews",
         namespaced: false,
+        short: &[],
+        all: false,
+        subs: &[],
+    },
+    // Computed from the kubelets' stats when read, never stored (`kubectl top`, the HPA).
+    Builtin {
+        group: "metrics.k8s.io",
+        version: "v1beta1",
+        kind: "NodeMetrics",
+        plural: "nodes",
+        namespaced: false,
+        short: &[],
+        all: false,
+        subs: &[],
+    },
+    Builtin {
+        group: "metrics.k8s.io",
+        version: "v1beta1",
+        kind: "PodMetrics",
+        plural: "pods",
+        namespaced: true,
         short: &[],
         all: false,
         subs: &[],

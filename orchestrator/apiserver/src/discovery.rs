@@ -157,6 +157,26 @@ mod tests {
     }
 
     #[test]
+    fn resource_metrics_are_listed_read_only() {
+        let doc = resources(&Registry::default(), "metrics.k8s.io", "v1beta1").unwrap();
+        let list = doc["resources"].as_array().unwrap();
+        let entry = |name: &str| list.iter().find(|e| e["name"] == name).unwrap();
+        assert_eq!(entry("nodes")["kind"], "NodeMetrics");
+        assert_eq!(entry("nodes")["namespaced"], false);
+        assert_eq!(entry("pods")["kind"], "PodMetrics");
+        assert_eq!(entry("pods")["namespaced"], true);
+        assert_eq!(entry("pods")["verbs"], json!(["get", "list"]));
+        let groups = groups(&Registry::default());
+        assert!(
+            groups["groups"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|g| g["preferredVersion"]["groupVersion"] == "metrics.k8s.io/v1beta1")
+        );
+    }
+
+    #[test]
     fn groups_list_every_served_group() {
         let doc = groups(&Registry::default());
         let names: Vec<&str> = doc["groups"]

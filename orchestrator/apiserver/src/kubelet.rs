@@ -277,7 +277,15 @@ async fn kubelet_of(api: &Api, node: &str) -> Result<(String, u16), ApiError> {
         .get(&nodes, None, node)
         .await?
         .ok_or_else(|| ApiError::not_found("", "nodes", node))?;
-    let status = &stored.obj["status"];
+    kubelet_endpoint(&stored.obj).ok_or_else(|| {
+        ApiError::bad_request(format!("no preferred addresses found for node {node}"))
+    })
+}
+
+/// Where the kubelet of this Node object listens: its preferred address (InternalIP, then
+/// Hostname, then ExternalIP) and its `daemonEndpoints` port (10250 when unset).
+pub fn kubelet_endpoint(node: &Value) -> Option<(String, u16)> {
+    let status = &node["status"];
     let addresses = status["addresses"].as_array().cloned().unwrap_or_default();
     let host = ["InternalIP", "Hostname", "ExternalIP"]
         .iter()
@@ -286,9 +294,6 @@ async fn kubelet_of(api: &Api, node: &str) -> Result<(String, u16), ApiError> {
                 .iter()
                 .find(|a| a["type"] == *t)
                 .and_then(|a| a["address"].as_str())
-        })
-        .ok_or_else(|| {
-            ApiError::bad_request(format!("no preferred addresses found for node {node}"))
         })?
         .to_string();
     let port = status["daemonEndpoints"]["kubeletEndpoint"]["Port"]
@@ -296,7 +301,7 @@ async fn kubelet_of(api: &Api, node: &str) -> Result<(String, u16), ApiError> {
         .and_then(|p| u16::try_from(p).ok())
         .filter(|p| *p != 0)
         .unwrap_or(10250);
-    Ok((host, port))
+    Some((host, port))
 }
 
 fn names(list: &Value) -> Vec<String> {

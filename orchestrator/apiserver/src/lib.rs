@@ -6,6 +6,7 @@
 //!   update, patch, delete, deletecollection) and the subresources (status, scale, binding).
 //! - [`kinds`]: what differs per kind — defaults, validation, immutable fields.
 //! - [`kubelet`]: pods/log proxied to the kubelet of the pod's node.
+//! - [`resource_metrics`]: `metrics.k8s.io` (NodeMetrics, PodMetrics) from the kubelets' stats.
 //! - [`netpol`]: NetworkPolicy validation as upstream's.
 //! - [`schema`]: custom resources pruned, defaulted and validated by their CRD's schema.
 //! - [`storage`]: objects in the store, resourceVersion = the key's revision.
@@ -36,6 +37,7 @@ pub mod protobuf;
 pub mod rbac;
 pub mod registry;
 pub mod request;
+pub mod resource_metrics;
 pub mod schema;
 pub mod server;
 pub mod status;

@@ -2,7 +2,7 @@
 //! ask for into pods and endpoints, the way kube-controller-manager does — ReplicaSets and
 //! ReplicationControllers ([`replicaset`]), Deployments ([`deployment`]), DaemonSets
 //! ([`daemonset`]), StatefulSets ([`statefulset`]), Jobs ([`job`]) and CronJobs
-//! ([`cronjob`]), EndpointSlices and Endpoints ([`endpointslice`]), the garbage collector
+//! ([`cronjob`]), HorizontalPodAutoscalers ([`hpa`]), EndpointSlices and Endpoints ([`endpointslice`]), the garbage collector
 //! ([`gc`]), node lifecycle ([`nodelifecycle`]) and LoadBalancer addresses from a pool
 //! ([`loadbalancer`]).
 //!
@@ -20,6 +20,7 @@ pub mod deployment;
 pub mod endpointslice;
 pub mod expectations;
 pub mod gc;
+pub mod hpa;
 pub mod informer;
 pub mod job;
 pub mod loadbalancer;
@@ -51,6 +52,7 @@ pub const ALL: &[&str] = &[
     "statefulset",
     "job",
     "cronjob",
+    "horizontalpodautoscaling",
     "serviceaccount",
     "endpointslice",
     "endpoints",
@@ -70,6 +72,7 @@ pub const DEFAULT: &[&str] = &[
     "statefulset",
     "job",
     "cronjob",
+    "horizontalpodautoscaling",
     "serviceaccount",
     "endpointslice",
     "endpoints",
@@ -114,6 +117,8 @@ pub struct Config {
     pub leader_timers: (Duration, Duration, Duration),
     /// The CronJob controller's clock (tests run it faster).
     pub cronjob_clock: cronjob::Clock,
+    /// The HPA controller's sync period, default downscale stabilization and tolerance.
+    pub hpa: hpa::Settings,
 }
 
 impl Default for Config {
@@ -138,6 +143,7 @@ impl Default for Config {
                 Duration::from_secs(2),
             ),
             cronjob_clock: cronjob::Clock::real(),
+            hpa: hpa::Settings::default(),
         }
     }
 }

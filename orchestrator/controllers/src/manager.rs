@@ -226,6 +226,10 @@ pub async fn run_controllers(
         let c = cronjob::Controller::new(ctx.clone(), m.cache(), m.cache(), config.cronjob_clock);
         m.register(c);
     }
+    if config.runs("horizontalpodautoscaling") {
+        let c = crate::hpa::Controller::new(ctx.clone(), m.cache(), m.cache(), config.hpa);
+        m.register(c);
+    }
     let lb_source = match config.load_balancer_pool {
         Some(cidr) => Some(crate::loadbalancer::Source::Pool(cidr)),
         None => config

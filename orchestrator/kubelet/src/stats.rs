@@ -4,10 +4,14 @@
 //! The process runtime has no per-pod cgroup yet, so a container's usage is that of its
 //! process tree as `/proc` shows it: CPU time is user + system time of the live processes plus
 //! what their reaped children used (`cutime`/`cstime`); the working set is their resident
-//! memory. `usageNanoCores` is the rate between this sample and the previous one (kept from
-//! the last request; a first request samples twice, 200 ms apart).
+//! memory. `usageNanoCores` is the rate over about [`RATE_WINDOW`]: between this sample and the
+//! newest earlier one at least that old (the samples of recent requests are kept), or the
+//! oldest one kept when none is that old yet; a first request samples twice, 200 ms apart.
+//! A window that long keeps the rate steady however often readers ask (the API server for
+//! `kubectl top`, once per HPA): CPU time comes in clock ticks, and one 10 ms tick in a
+//! 200 ms window would read as 50m.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -192,18 +196,38 @@ fn sample(root: &Path) -> Sample {
     s
 }
 
-/// Keeps the previous sample, for rates.
+/// The window CPU rates are computed over (cAdvisor's housekeeping and metrics-server's
+/// resolution are about as long).
+pub const RATE_WINDOW: Duration = Duration::from_secs(10);
+
+/// Samples older than this are never used.
+const MAX_AGE: Duration = Duration::from_secs(120);
+
+/// At most this many samples are kept.
+const MAX_SAMPLES: usize = 64;
+
+/// Keeps the recent samples, for rates.
 #[derive(Default)]
 pub struct Stats {
-    last: Mutex<Option<Sample>>,
+    samples: Mutex<VecDeque<Sample>>,
 }
 
-fn usage(now: &Sample, before: Option<&Sample>, key: &str, time: &str) -> Value {
+/// Which of `ages` (oldest first) a rate is taken against: the newest at least `window` old,
+/// else the oldest at least 100 ms old.
+fn base_index(ages: &[Duration], window: Duration) -> Option<usize> {
+    let usable = |a: &Duration| *a >= Duration::from_millis(100) && *a < MAX_AGE;
+    ages.iter()
+        .rposition(|a| usable(a) && *a >= window)
+        .or_else(|| ages.iter().position(usable))
+}
+
+/// CPU of `key` in `now`, its rate against the first of `before` (the window's base, then
+/// newer samples: a container started since the base has its rate from the first sample
+/// that saw it).
+fn usage(now: &Sample, before: &[&Sample], key: &str, time: &str) -> Value {
     let total = now.cpu.get(key).copied().unwrap_or(0);
     let mut cpu = json!({"time": time, "usageCoreNanoSeconds": total});
-    if let Some(b) = before
-        && let Some(prev) = b.cpu.get(key)
-    {
+    if let Some((b, prev)) = before.iter().find_map(|b| Some((b, b.cpu.get(key)?))) {
         let wall = now.at.duration_since(b.at).as_nanos().max(1);
         let rate = u128::from(total.saturating_sub(*prev)) * 1_000_000_000 / wall;
         cpu["usageNanoCores"] = json!(u64::try_from(rate).unwrap_or(u64::MAX));
@@ -214,21 +238,33 @@ fn usage(now: &Sample, before: Option<&Sample>, key: &str, time: &str) -> Value 
 impl Stats {
     /// The summary for node `node`, its pods' state under `root`.
     pub async fn summary(&self, node: &str, root: &Path) -> Value {
-        let before = self.last.lock().ok().and_then(|mut l| l.take());
-        let before = match before {
-            Some(b)
-                if b.at.elapsed() >= Duration::from_millis(100)
-                    && b.at.elapsed() < Duration::from_secs(120) =>
-            {
-                b
-            }
-            _ => {
-                let first = sample(root);
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                first
-            }
+        let kept = {
+            let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+            samples.retain(|s| s.at.elapsed() < MAX_AGE);
+            let ages: Vec<Duration> = samples.iter().map(|s| s.at.elapsed()).collect();
+            base_index(&ages, RATE_WINDOW).is_some()
         };
+        if !kept {
+            let first = sample(root);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            self.samples
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push_back(first);
+        }
         let now = sample(root);
+        let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        let ages: Vec<Duration> = samples.iter().map(|s| s.at.elapsed()).collect();
+        let Some(base) = base_index(&ages, RATE_WINDOW) else {
+            return json!({"node": {"nodeName": node}, "pods": []});
+        };
+        let before: Vec<&Sample> = samples
+            .iter()
+            .zip(&ages)
+            .skip(base)
+            .filter(|(_, a)| **a >= Duration::from_millis(100))
+            .map(|(s, _)| s)
+            .collect();
         let time = jiff::Timestamp::now().to_string();
         let (total, available) = node_memory();
         let working = total.saturating_sub(available);
@@ -241,25 +277,26 @@ impl Stats {
                     .map(|c| {
                         let key = format!("{uid}/{c}");
                         json!({"name": c, "startTime": created,
-                               "cpu": usage(&now, Some(&before), &key, &time),
+                               "cpu": usage(&now, &before, &key, &time),
                                "memory": {"time": time, "workingSetBytes": now.mem.get(&key).copied().unwrap_or(0)}})
                     })
                     .collect();
                 json!({"podRef": {"name": name, "namespace": ns, "uid": uid},
                        "startTime": created, "containers": containers,
-                       "cpu": usage(&now, Some(&before), uid, &time),
+                       "cpu": usage(&now, &before, uid, &time),
                        "memory": {"time": time, "workingSetBytes": now.mem.get(uid).copied().unwrap_or(0)}})
             })
             .collect();
         let summary = json!({
             "node": {"nodeName": node,
-                     "cpu": usage(&now, Some(&before), "node", &time),
+                     "cpu": usage(&now, &before, "node", &time),
                      "memory": {"time": time, "workingSetBytes": working, "availableBytes": available,
                                 "usageBytes": working}},
             "pods": pods,
         });
-        if let Ok(mut l) = self.last.lock() {
-            *l = Some(now);
+        samples.push_back(now);
+        while samples.len() > MAX_SAMPLES {
+            samples.pop_front();
         }
         summary
     }
@@ -268,6 +305,18 @@ impl Stats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rates_are_taken_over_the_window_when_a_sample_is_that_old() {
+        let s = Duration::from_secs;
+        // Oldest first: 30 s, 12 s, 9 s, 1 s → the 12 s one (the newest ≥ 10 s).
+        assert_eq!(base_index(&[s(30), s(12), s(9), s(1)], s(10)), Some(1));
+        // None that old yet: the oldest usable.
+        assert_eq!(base_index(&[s(3), s(1)], s(10)), Some(0));
+        // Too fresh (under 100 ms) or too old: none.
+        assert_eq!(base_index(&[Duration::from_millis(50)], s(10)), None);
+        assert_eq!(base_index(&[s(500)], s(10)), None);
+    }
 
     #[test]
     fn this_process_has_cpu_time_and_resident_memory() {

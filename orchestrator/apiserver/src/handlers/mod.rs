@@ -217,6 +217,9 @@ impl Api {
     async fn serve(&self, info: &ResourceInfo, call: &Call<'_>) -> Result<Reply, ApiError> {
         let r = &call.req;
         let sub = r.subresource.as_deref();
+        if info.group == crate::resource_metrics::GROUP {
+            return crate::resource_metrics::serve(self, info, call).await;
+        }
         if info.group == "authorization.k8s.io" {
             return match (r.verb, sub) {
                 (Verb::Create, None) => crate::rbac::review::create(self, info, call),

@@ -148,6 +148,9 @@ pub fn cluster_roles() -> Vec<Value> {
         ],
     ));
     view_rules.push(rule(READ, &["events.k8s.io"], &["events"]));
+    // What metrics-server's `system:aggregated-metrics-reader` adds to view (and so to edit
+    // and admin): `kubectl top`.
+    view_rules.push(rule(READ, &["metrics.k8s.io"], &["pods", "nodes"]));
     let mut edit_rules: Vec<Value> = workloads()
         .iter()
         .map(|(g, rs)| rule(WRITE, &[g], rs))
@@ -605,6 +608,29 @@ mod tests {
                 assert!(s.allowed_by(&cm, &a).is_none(), "{verb} {res}");
             }
         }
+    }
+
+    #[test]
+    fn viewers_and_the_controller_manager_read_resource_metrics_and_nobody_writes_them() {
+        let roles = aggregate::apply(&cluster_roles());
+        let mut bindings = cluster_role_bindings();
+        bindings.push(json!({"apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding", "metadata": {"name": "viewer"},
+            "roleRef": {"apiGroup": GROUP, "kind": "ClusterRole", "name": "view"},
+            "subjects": [{"apiGroup": GROUP, "kind": "User", "name": "viewer"}]}));
+        let s = Snapshot::new(&[], &roles, &[], &bindings);
+        let viewer = user("viewer", &["system:authenticated"]);
+        let cm = user("system:kube-controller-manager", &["system:authenticated"]);
+        let pods = |verb: &str| Attributes::resource(verb, "metrics.k8s.io", "pods").in_ns("web");
+        let nodes = |verb: &str| Attributes::resource(verb, "metrics.k8s.io", "nodes");
+        for verb in ["get", "list"] {
+            assert!(s.allowed_by(&viewer, &pods(verb)).is_some(), "{verb}");
+            assert!(s.allowed_by(&viewer, &nodes(verb)).is_some(), "{verb}");
+            assert!(s.allowed_by(&cm, &pods(verb)).is_some(), "{verb}");
+        }
+        assert!(s.allowed_by(&viewer, &pods("create")).is_none());
+        let nobody = user("someone", &["system:authenticated"]);
+        assert!(s.allowed_by(&nobody, &pods("list")).is_none());
     }
 
     #[test]

@@ -1,0 +1,1078 @@
+//! HorizontalPodAutoscaler (autoscaling/v2): every resync period, each HPA's target is scaled
+//! (through its `scale` subresource: Deployments, ReplicaSets, StatefulSets) to what its
+//! Resource metrics (cpu, memory; target `Utilization` of the pods' requests or
+//! `AverageValue`) ask for, with upstream's algorithm (`pkg/controller/podautoscaler`):
+//!
+//! - per metric, `desired = ceil(ratio × ready pods)` where `ratio = usage / target`, unless
+//!   the ratio is within the 0.1 tolerance of 1 (then nothing changes);
+//! - pods being deleted or Failed are ignored; pods not Ready (or Pending) count as using 0 on
+//!   a scale-up and are left out otherwise; pods without metrics count as using the target
+//!   (100 % at least) on a scale-down and 0 on a scale-up; the result never reverses the
+//!   direction the raw ratio pointed in (`replica_calculator.go`, without the CPU
+//!   initialization period);
+//! - the largest proposal of all metrics wins;
+//! - stabilization: the highest recommendation of the scale-down window (default 300 s, the
+//!   controller-manager's `--horizontal-pod-autoscaler-downscale-stabilization`, or
+//!   `spec.behavior.scaleDown.stabilizationWindowSeconds`) and the lowest of the scale-up
+//!   window (default 0) bound the result, which is then clamped to `[minReplicas,
+//!   maxReplicas]`. The scaling policies (rate limits per period) are not applied.
+//!
+//! Metrics are read through the API server's `metrics.k8s.io` (PodMetrics of the target's
+//! selector), as upstream's controller does. Status carries currentReplicas, desiredReplicas,
+//! currentMetrics, lastScaleTime and the AbleToScale, ScalingActive and ScalingLimited
+//! conditions; a rescale records a `SuccessfulRescale` Event.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::autoscaling::v2::{HorizontalPodAutoscaler, MetricSpec};
+use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
+use k8s_openapi::jiff;
+use kube::Api;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+use serde_json::{Value, json};
+use trellis_api::LabelSelector;
+
+use crate::controller::{Reconciler, Target};
+use crate::informer::{Change, Informer, Synced, handler};
+use crate::manager::Watches;
+use crate::owner;
+use crate::workqueue::WorkQueue;
+use crate::{Ctx, SyncError};
+
+/// Upstream's tolerance: a usage ratio within 10 % of 1 changes nothing.
+pub const TOLERANCE: f64 = 0.1;
+
+/// How the controller runs (the controller-manager's flags).
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// How often each HPA is evaluated (`--horizontal-pod-autoscaler-sync-period`, 15 s).
+    pub sync_period: Duration,
+    /// The default scale-down stabilization window
+    /// (`--horizontal-pod-autoscaler-downscale-stabilization`, 300 s).
+    pub downscale_stabilization: Duration,
+    /// The tolerance (`--horizontal-pod-autoscaler-tolerance`, 0.1).
+    pub tolerance: f64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            sync_period: Duration::from_secs(15),
+            downscale_stabilization: Duration::from_secs(300),
+            tolerance: TOLERANCE,
+        }
+    }
+}
+
+/// One pod as the replica calculation sees it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PodSample {
+    /// Being deleted, or Failed: left out entirely.
+    pub ignored: bool,
+    /// Pending or not Ready.
+    pub unready: bool,
+    /// Its usage (millicores or bytes), if the metrics API had it.
+    pub usage: Option<f64>,
+    /// The sum of its containers' requests for the resource (0: none set).
+    pub request: f64,
+}
+
+/// What a metric's target is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Goal {
+    /// Percent of the pods' requests.
+    Utilization(f64),
+    /// Usage per pod (millicores or bytes).
+    AverageValue(f64),
+}
+
+/// The result of one metric's calculation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Proposal {
+    pub replicas: i32,
+    /// Average utilization of the measured pods, in percent of their requests (Utilization).
+    pub utilization: Option<i32>,
+    /// Average usage per measured pod.
+    pub average: f64,
+}
+
+/// Why a metric gave no proposal.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CalcError {
+    NoMetrics,
+    MissingRequest,
+}
+
+impl std::fmt::Display for CalcError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CalcError::NoMetrics => {
+                write!(
+                    f,
+                    "did not receive metrics for targeted pods (pods might be unready)"
+                )
+            }
+            CalcError::MissingRequest => write!(f, "missing request for the resource"),
+        }
+    }
+}
+
+/// The usage ratio of `metrics` (pod → usage) against the goal.
+fn ratio(metrics: &BTreeMap<usize, f64>, pods: &[PodSample], goal: Goal) -> f64 {
+    let usage: f64 = metrics.values().sum();
+    match goal {
+        Goal::Utilization(target) => {
+            let requests: f64 = metrics.keys().map(|i| pods[*i].request).sum();
+            if requests <= 0.0 || target <= 0.0 {
+                return 0.0;
+            }
+            (usage * 100.0 / requests) / target
+        }
+        Goal::AverageValue(target) => {
+            if target <= 0.0 || metrics.is_empty() {
+                return 0.0;
+            }
+            usage / (target * metrics.len() as f64)
+        }
+    }
+}
+
+/// Upstream's replica calculation for one Resource metric (`GetResourceReplicas`,
+/// `GetRawResourceReplicas`) over the target's pods.
+pub fn replicas_for(
+    current: i32,
+    pods: &[PodSample],
+    goal: Goal,
+    tolerance: f64,
+) -> Result<Proposal, CalcError> {
+    let mut metrics: BTreeMap<usize, f64> = BTreeMap::new();
+    let (mut unready, mut missing) = (Vec::new(), Vec::new());
+    for (i, p) in pods.iter().enumerate() {
+        if p.ignored {
+            continue;
+        }
+        match p.usage {
+            None => missing.push(i),
+            Some(_) if p.unready => unready.push(i),
+            Some(u) => {
+                metrics.insert(i, u);
+            }
+        }
+    }
+    if metrics.is_empty() {
+        return Err(CalcError::NoMetrics);
+    }
+    if matches!(goal, Goal::Utilization(_)) && metrics.keys().any(|i| pods[*i].request <= 0.0) {
+        return Err(CalcError::MissingRequest);
+    }
+    let ready = metrics.len();
+    let r = ratio(&metrics, pods, goal);
+    let usage: f64 = metrics.values().sum();
+    let requests: f64 = metrics.keys().map(|i| pods[*i].request).sum();
+    let utilization = matches!(goal, Goal::Utilization(_))
+        .then(|| (usage * 100.0 / requests.max(f64::MIN_POSITIVE)) as i32);
+    let proposal = |replicas: i32| Proposal {
+        replicas,
+        utilization,
+        average: usage / ready as f64,
+    };
+    let scale_up_with_unready = !unready.is_empty() && r > 1.0;
+    if !scale_up_with_unready && missing.is_empty() {
+        if (1.0 - r).abs() <= tolerance {
+            return Ok(proposal(current));
+        }
+        return Ok(proposal((r * ready as f64).ceil() as i32));
+    }
+    if !missing.is_empty() {
+        for i in &missing {
+            let fallback = if r < 1.0 {
+                match goal {
+                    Goal::Utilization(t) => pods[*i].request * t.max(100.0) / 100.0,
+                    Goal::AverageValue(t) => t,
+                }
+            } else {
+                0.0
+            };
+            if r != 1.0 {
+                metrics.insert(*i, fallback);
+            }
+        }
+    }
+    if scale_up_with_unready {
+        for i in &unready {
+            metrics.insert(*i, 0.0);
+        }
+    }
+    let new = ratio(&metrics, pods, goal);
+    if (1.0 - new).abs() <= tolerance || (r < 1.0 && new > 1.0) || (r > 1.0 && new < 1.0) {
+        return Ok(proposal(current));
+    }
+    let replicas = (new * metrics.len() as f64).ceil() as i32;
+    if (new < 1.0 && replicas > current) || (new > 1.0 && replicas < current) {
+        return Ok(proposal(current));
+    }
+    Ok(proposal(replicas))
+}
+
+/// Past recommendations of one HPA: (when, replicas).
+pub type Recommendations = Vec<(Instant, i32)>;
+
+/// Upstream's `stabilizeRecommendationWithBehaviors`: the result is at least the lowest
+/// recommendation of the scale-up window and at most the highest of the scale-down window
+/// (both including `desired`), starting from `current`; `desired` is recorded and entries older
+/// than both windows dropped.
+pub fn stabilize(
+    recs: &mut Recommendations,
+    now: Instant,
+    current: i32,
+    desired: i32,
+    up_window: Duration,
+    down_window: Duration,
+) -> i32 {
+    let (mut up, mut down) = (desired, desired);
+    for (at, r) in recs.iter() {
+        let age = now.saturating_duration_since(*at);
+        if age < up_window {
+            up = up.min(*r);
+        }
+        if age < down_window {
+            down = down.max(*r);
+        }
+    }
+    let keep = up_window.max(down_window);
+    recs.retain(|(at, _)| now.saturating_duration_since(*at) < keep);
+    recs.push((now, desired));
+    current.max(up).min(down)
+}
+
+/// CPU in millicores, or anything else in its base unit, from a quantity string.
+pub fn parse_quantity(q: &str, milli: bool) -> Option<f64> {
+    let q = q.trim();
+    let idx = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
+        .unwrap_or(q.len());
+    let (num, suffix) = q.split_at(idx);
+    let n: f64 = num.parse().ok()?;
+    let mult = match suffix {
+        "" => 1.0,
+        "n" => 1e-9,
+        "u" => 1e-6,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0,
+        "Ti" => 1024.0f64.powi(4),
+        s if s.starts_with(['e', 'E']) => 10f64.powi(s[1..].parse().ok()?),
+        _ => return None,
+    };
+    let v = n * mult * if milli { 1000.0 } else { 1.0 };
+    v.is_finite().then_some(v)
+}
+
+fn pod_ready(p: &Pod) -> bool {
+    let status = p.status.as_ref();
+    status.and_then(|s| s.phase.as_deref()) == Some("Running")
+        && status
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// The sum of `p`'s containers' requests for `resource`.
+fn pod_request(p: &Pod, resource: &str) -> f64 {
+    let milli = resource == "cpu";
+    p.spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .filter_map(|c| c.resources.as_ref()?.requests.as_ref()?.get(resource))
+        .filter_map(|q| parse_quantity(&q.0, milli))
+        .sum()
+}
+
+/// The PodMetrics resource, read through the API server.
+fn pod_metrics_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("metrics.k8s.io", "v1beta1", "PodMetrics"),
+        "pods",
+    )
+}
+
+/// Pod name → (cpu millicores, memory bytes) summed over its containers.
+fn usage_by_pod(list: &[DynamicObject]) -> HashMap<String, (f64, f64)> {
+    list.iter()
+        .filter_map(|m| {
+            let name = m.metadata.name.clone()?;
+            let (mut cpu, mut mem) = (0.0, 0.0);
+            for c in m.data["containers"].as_array()? {
+                cpu += c["usage"]["cpu"]
+                    .as_str()
+                    .and_then(|q| parse_quantity(q, true))?;
+                mem += c["usage"]["memory"]
+                    .as_str()
+                    .and_then(|q| parse_quantity(q, false))?;
+            }
+            Some((name, (cpu, mem)))
+        })
+        .collect()
+}
+
+/// The target's scale: (spec replicas, status selector).
+#[derive(Debug)]
+struct Scale {
+    replicas: i32,
+    selector: String,
+}
+
+/// Runs the HPAs.
+#[derive(Clone)]
+pub struct Controller {
+    pub hpas: Informer<HorizontalPodAutoscaler>,
+    pub pods: Informer<Pod>,
+    pub queue: WorkQueue,
+    ctx: Ctx,
+    settings: Settings,
+    recommendations: Arc<Mutex<HashMap<String, Recommendations>>>,
+}
+
+/// A condition for the status.
+fn condition(type_: &str, status: bool, reason: &str, message: &str, now: &str) -> Value {
+    json!({"type": type_, "status": if status { "True" } else { "False" },
+           "reason": reason, "message": message, "lastTransitionTime": now})
+}
+
+impl Controller {
+    pub fn new(
+        ctx: Ctx,
+        hpas: Informer<HorizontalPodAutoscaler>,
+        pods: Informer<Pod>,
+        settings: Settings,
+    ) -> Controller {
+        Controller {
+            hpas,
+            pods,
+            queue: WorkQueue::new(),
+            ctx,
+            settings,
+            recommendations: Arc::default(),
+        }
+    }
+
+    async fn get_scale(&self, ns: &str, kind: &str, name: &str) -> Result<Scale, String> {
+        let c = self.ctx.client.clone();
+        let s = match kind {
+            "Deployment" => Api::<Deployment>::namespaced(c, ns).get_scale(name).await,
+            "ReplicaSet" => Api::<ReplicaSet>::namespaced(c, ns).get_scale(name).await,
+            "StatefulSet" => Api::<StatefulSet>::namespaced(c, ns).get_scale(name).await,
+            other => return Err(format!("the HPA controller cannot scale a {other}")),
+        }
+        .map_err(|e| e.to_string())?;
+        Ok(Scale {
+            replicas: s.spec.and_then(|s| s.replicas).unwrap_or(0),
+            selector: s.status.and_then(|s| s.selector).unwrap_or_default(),
+        })
+    }
+
+    async fn set_scale(&self, ns: &str, kind: &str, name: &str, n: i32) -> Result<(), String> {
+        let c = self.ctx.client.clone();
+        let p = Patch::Merge(json!({"spec": {"replicas": n}}));
+        let pp = PatchParams::default();
+        match kind {
+            "Deployment" => Api::<Deployment>::namespaced(c, ns)
+                .patch_scale(name, &pp, &p)
+                .await
+                .map(|_| ()),
+            "ReplicaSet" => Api::<ReplicaSet>::namespaced(c, ns)
+                .patch_scale(name, &pp, &p)
+                .await
+                .map(|_| ()),
+            "StatefulSet" => Api::<StatefulSet>::namespaced(c, ns)
+                .patch_scale(name, &pp, &p)
+                .await
+                .map(|_| ()),
+            other => return Err(format!("the HPA controller cannot scale a {other}")),
+        }
+        .map_err(|e| e.to_string())
+    }
+
+    async fn event(&self, hpa: &HorizontalPodAutoscaler, type_: &str, reason: &str, msg: &str) {
+        let (Some(ns), Some(name)) = (
+            hpa.metadata.namespace.as_deref(),
+            hpa.metadata.name.as_deref(),
+        ) else {
+            return;
+        };
+        let now = jiff::Timestamp::now();
+        let ev = Event {
+            metadata: kube::api::ObjectMeta {
+                name: Some(format!("{name}.{:x}", now.as_nanosecond())),
+                namespace: Some(ns.to_string()),
+                ..Default::default()
+            },
+            involved_object: ObjectReference {
+                api_version: Some("autoscaling/v2".into()),
+                kind: Some("HorizontalPodAutoscaler".into()),
+                name: Some(name.to_string()),
+                namespace: Some(ns.to_string()),
+                uid: hpa.metadata.uid.clone(),
+                resource_version: hpa.metadata.resource_version.clone(),
+                ..Default::default()
+            },
+            type_: Some(type_.into()),
+            reason: Some(reason.into()),
+            message: Some(msg.into()),
+            source: Some(EventSource {
+                component: Some("horizontal-pod-autoscaler".into()),
+                host: None,
+            }),
+            reporting_component: Some("horizontal-pod-autoscaler".into()),
+            reporting_instance: Some("horizontal-pod-autoscaler".into()),
+            first_timestamp: Some(Time(now)),
+            last_timestamp: Some(Time(now)),
+            event_time: Some(MicroTime(now)),
+            count: Some(1),
+            ..Default::default()
+        };
+        if let Err(e) = Api::<Event>::namespaced(self.ctx.client.clone(), ns)
+            .create(&PostParams::default(), &ev)
+            .await
+        {
+            tracing::warn!(error = %e, "recording an HPA event");
+        }
+    }
+
+    /// Merges `status` into the HPA's, with `observedGeneration` (so the handler knows this
+    /// write for the controller's own).
+    async fn patch_status(
+        &self,
+        hpa: &HorizontalPodAutoscaler,
+        ns: &str,
+        name: &str,
+        mut status: Value,
+    ) -> Result<(), SyncError> {
+        if let Some(g) = hpa.metadata.generation {
+            status["observedGeneration"] = json!(g);
+        }
+        let api: Api<HorizontalPodAutoscaler> = Api::namespaced(self.ctx.client.clone(), ns);
+        match api
+            .patch_status(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "status": status })),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if owner::is_not_found(&e) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The conditions of `hpa`'s status with `new` applied, keeping a condition's
+    /// lastTransitionTime while its status does not change.
+    fn conditions(hpa: &HorizontalPodAutoscaler, new: Vec<Value>) -> Value {
+        let old = hpa
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.clone())
+            .unwrap_or_default();
+        Value::Array(
+            new.into_iter()
+                .map(|mut c| {
+                    if let Some(o) = old.iter().find(|o| c["type"] == o.type_.as_str())
+                        && c["status"] == o.status.as_str()
+                        && let Some(t) = &o.last_transition_time
+                    {
+                        c["lastTransitionTime"] = json!(t.0.to_string());
+                    }
+                    c
+                })
+                .collect(),
+        )
+    }
+
+    fn windows(&self, hpa: &HorizontalPodAutoscaler) -> (Duration, Duration) {
+        let behavior = hpa.spec.as_ref().and_then(|s| s.behavior.as_ref());
+        let secs = |w: Option<i32>, default: Duration| {
+            w.map_or(default, |s| {
+                Duration::from_secs(u64::try_from(s).unwrap_or(0))
+            })
+        };
+        let up = secs(
+            behavior
+                .and_then(|b| b.scale_up.as_ref())
+                .and_then(|r| r.stabilization_window_seconds),
+            Duration::ZERO,
+        );
+        let down = secs(
+            behavior
+                .and_then(|b| b.scale_down.as_ref())
+                .and_then(|r| r.stabilization_window_seconds),
+            self.settings.downscale_stabilization,
+        );
+        (up, down)
+    }
+}
+
+/// A metric's proposal and its status entry.
+struct Measured {
+    replicas: i32,
+    status: Value,
+    reason: String,
+}
+
+/// One Resource metric over the pods: the proposal, or why there is none.
+fn measure(
+    m: &MetricSpec,
+    current: i32,
+    pods: &[&Pod],
+    usage: &HashMap<String, (f64, f64)>,
+    tolerance: f64,
+) -> Result<Measured, String> {
+    let Some(res) = m.resource.as_ref().filter(|_| m.type_ == "Resource") else {
+        return Err(format!(
+            "metrics of type {} are not supported (Resource only)",
+            m.type_
+        ));
+    };
+    let name = res.name.as_str();
+    let cpu = match name {
+        "cpu" => true,
+        "memory" => false,
+        other => return Err(format!("resource {other} is not measured (cpu, memory)")),
+    };
+    let goal = match (
+        res.target.type_.as_str(),
+        res.target.average_utilization,
+        res.target.average_value.as_ref(),
+    ) {
+        ("Utilization", Some(u), _) => Goal::Utilization(f64::from(u)),
+        ("AverageValue", _, Some(q)) => Goal::AverageValue(
+            parse_quantity(&q.0, cpu).ok_or_else(|| format!("invalid averageValue {}", q.0))?,
+        ),
+        (t, _, _) => return Err(format!("invalid target type {t} for resource {name}")),
+    };
+    let samples: Vec<PodSample> = pods
+        .iter()
+        .map(|p| {
+            let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+            let pname = p.metadata.name.as_deref().unwrap_or("");
+            PodSample {
+                ignored: p.metadata.deletion_timestamp.is_some() || phase == Some("Failed"),
+                unready: !pod_ready(p),
+                usage: usage.get(pname).map(|(c, mem)| if cpu { *c } else { *mem }),
+                request: pod_request(p, name),
+            }
+        })
+        .collect();
+    let p = replicas_for(current, &samples, goal, tolerance)
+        .map_err(|e| format!("failed to get {name} utilization: {e}"))?;
+    let avg = if cpu {
+        format!("{}m", p.average.round() as i64)
+    } else {
+        format!("{}", p.average.round() as i64)
+    };
+    let mut cur = json!({"averageValue": avg});
+    if let Some(u) = p.utilization {
+        cur["averageUtilization"] = json!(u);
+    }
+    let reason = match goal {
+        Goal::Utilization(_) => format!("{name} resource utilization (percentage of request)"),
+        Goal::AverageValue(_) => format!("{name} resource"),
+    };
+    Ok(Measured {
+        replicas: p.replicas,
+        status: json!({"type": "Resource", "resource": {"name": name, "current": cur}}),
+        reason,
+    })
+}
+
+impl Reconciler for Controller {
+    fn name(&self) -> &'static str {
+        "horizontalpodautoscaling"
+    }
+
+    fn queue(&self) -> &WorkQueue {
+        &self.queue
+    }
+
+    fn caches(&self) -> Vec<Synced> {
+        vec![self.hpas.synced(), self.pods.synced()]
+    }
+
+    fn handlers(&self, watches: &mut Watches) {
+        // A change of the spec (or a new HPA) is evaluated at once; the controller's own status
+        // writes are not (each HPA comes back every sync period anyway), or every status
+        // write would start the next evaluation.
+        let (queue, cache) = (self.queue.clone(), self.hpas.clone());
+        watches.on(handler(
+            move |ch: Change<'_, HorizontalPodAutoscaler>| match ch {
+                Change::Applied(h) => {
+                    let observed = h.status.as_ref().and_then(|s| s.observed_generation);
+                    if h.status.is_none() || observed != h.metadata.generation {
+                        queue.add(owner::key(&h.metadata));
+                    }
+                }
+                Change::Deleted(h) => queue.add(owner::key(&h.metadata)),
+                Change::Synced => {
+                    for h in cache.state() {
+                        queue.add(owner::key(&h.metadata));
+                    }
+                }
+            },
+        ));
+    }
+
+    async fn sync(&self, key: &str) -> Result<Option<Duration>, SyncError> {
+        let again = Some(self.settings.sync_period);
+        let Some(Target {
+            obj: hpa,
+            ns,
+            name,
+            deleting: false,
+            ..
+        }) = Target::get(&self.hpas, None, key)
+        else {
+            if let Ok(mut r) = self.recommendations.lock() {
+                r.remove(key);
+            }
+            return Ok(None);
+        };
+        let Some(spec) = hpa.spec.clone() else {
+            return Ok(None);
+        };
+        let now = jiff::Timestamp::now().to_string();
+        let target = &spec.scale_target_ref;
+        let scale = match self.get_scale(&ns, &target.kind, &target.name).await {
+            Ok(s) => s,
+            Err(e) => {
+                let msg =
+                    format!("the HPA controller was unable to get the target's current scale: {e}");
+                let conds = Controller::conditions(
+                    &hpa,
+                    vec![condition(
+                        "AbleToScale",
+                        false,
+                        "FailedGetScale",
+                        &msg,
+                        &now,
+                    )],
+                );
+                self.patch_status(&hpa, &ns, &name, json!({"conditions": conds}))
+                    .await?;
+                return Ok(again);
+            }
+        };
+        let current = scale.replicas;
+        let min = spec.min_replicas.unwrap_or(1);
+        let max = spec.max_replicas;
+        if current == 0 && min != 0 {
+            let conds = Controller::conditions(
+                &hpa,
+                vec![
+                    condition(
+                        "AbleToScale",
+                        true,
+                        "SucceededGetScale",
+                        "the HPA controller was able to get the target's current scale",
+                        &now,
+                    ),
+                    condition(
+                        "ScalingActive",
+                        false,
+                        "ScalingDisabled",
+                        "scaling is disabled since the replica count of the target is zero",
+                        &now,
+                    ),
+                ],
+            );
+            self.patch_status(
+                &hpa,
+                &ns,
+                &name,
+                json!({"currentReplicas": 0, "desiredReplicas": 0, "conditions": conds}),
+            )
+            .await?;
+            return Ok(again);
+        }
+        let selector =
+            LabelSelector::parse(&scale.selector).unwrap_or_else(|_| LabelSelector::nothing());
+        let pods_arc = self.pods.state();
+        let pods: Vec<&Pod> = pods_arc
+            .iter()
+            .map(Arc::as_ref)
+            .filter(|p| {
+                p.metadata.namespace.as_deref() == Some(ns.as_str())
+                    && selector.matches(&owner::labels(&p.metadata))
+            })
+            .collect();
+        let metrics_api: Api<DynamicObject> =
+            Api::namespaced_with(self.ctx.client.clone(), &ns, &pod_metrics_resource());
+        let usage = match metrics_api
+            .list(&ListParams::default().labels(&scale.selector))
+            .await
+        {
+            Ok(l) => usage_by_pod(&l.items),
+            Err(e) => {
+                tracing::debug!(hpa = key, error = %e, "reading pod metrics");
+                HashMap::new()
+            }
+        };
+        let metric_specs = spec.metrics.clone().unwrap_or_else(|| {
+            // autoscaling/v1's default: 80 % CPU.
+            serde_json::from_value(json!([{"type": "Resource", "resource": {"name": "cpu",
+                "target": {"type": "Utilization", "averageUtilization": 80}}}]))
+            .unwrap_or_default()
+        });
+        let mut best: Option<Measured> = None;
+        let mut statuses = Vec::new();
+        let mut errors = Vec::new();
+        for m in &metric_specs {
+            match measure(m, current, &pods, &usage, self.settings.tolerance) {
+                Ok(x) => {
+                    statuses.push(x.status.clone());
+                    if best.as_ref().is_none_or(|b| x.replicas > b.replicas) {
+                        best = Some(x);
+                    }
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        let able = condition(
+            "AbleToScale",
+            true,
+            "SucceededGetScale",
+            "the HPA controller was able to get the target's current scale",
+            &now,
+        );
+        let Some(best) = best else {
+            let msg = errors.join("; ");
+            let conds = Controller::conditions(
+                &hpa,
+                vec![
+                    able,
+                    condition(
+                        "ScalingActive",
+                        false,
+                        "FailedGetResourceMetric",
+                        &format!("the HPA was unable to compute the replica count: {msg}"),
+                        &now,
+                    ),
+                ],
+            );
+            self.patch_status(
+                &hpa,
+                &ns,
+                &name,
+                json!({"currentReplicas": current, "desiredReplicas": current, "conditions": conds}),
+            )
+            .await?;
+            self.event(&hpa, "Warning", "FailedGetResourceMetric", &msg)
+                .await;
+            return Ok(again);
+        };
+        let (up, down) = self.windows(&hpa);
+        let stabilized = {
+            let mut all = self
+                .recommendations
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let recs = all.entry(key.to_string()).or_default();
+            stabilize(recs, Instant::now(), current, best.replicas, up, down)
+        };
+        let desired = stabilized.clamp(min.min(max), max);
+        let limited = if stabilized > max {
+            condition(
+                "ScalingLimited",
+                true,
+                "TooManyReplicas",
+                "the desired replica count is more than the maximum replica count",
+                &now,
+            )
+        } else if stabilized < min {
+            condition(
+                "ScalingLimited",
+                true,
+                "TooFewReplicas",
+                "the desired replica count is less than the minimum replica count",
+                &now,
+            )
+        } else {
+            condition(
+                "ScalingLimited",
+                false,
+                "DesiredWithinRange",
+                "the desired count is within the acceptable range",
+                &now,
+            )
+        };
+        let able = if stabilized != best.replicas && desired == current {
+            condition(
+                "AbleToScale",
+                true,
+                "ScaleDownStabilized",
+                "recent recommendations were higher than current one, applying the highest recent recommendation",
+                &now,
+            )
+        } else {
+            able
+        };
+        let active = condition(
+            "ScalingActive",
+            true,
+            "ValidMetricFound",
+            &format!(
+                "the HPA was able to successfully calculate a replica count from {}",
+                best.reason
+            ),
+            &now,
+        );
+        let mut status = json!({
+            "currentReplicas": current,
+            "desiredReplicas": desired,
+            "currentMetrics": statuses,
+        });
+        let mut able = able;
+        if desired != current {
+            let direction = if desired > current { "above" } else { "below" };
+            let why = format!("{} {direction} target", best.reason);
+            match self
+                .set_scale(&ns, &target.kind, &target.name, desired)
+                .await
+            {
+                Ok(()) => {
+                    tracing::info!(hpa = key, from = current, to = desired, "rescaled");
+                    self.event(
+                        &hpa,
+                        "Normal",
+                        "SuccessfulRescale",
+                        &format!("New size: {desired}; reason: {why}"),
+                    )
+                    .await;
+                    status["lastScaleTime"] = json!(now);
+                    able = condition(
+                        "AbleToScale",
+                        true,
+                        "SucceededRescale",
+                        &format!(
+                            "the HPA controller was able to update the target scale to {desired}"
+                        ),
+                        &now,
+                    );
+                }
+                Err(e) => {
+                    self.event(
+                        &hpa,
+                        "Warning",
+                        "FailedRescale",
+                        &format!("New size: {desired}; reason: {why}; error: {e}"),
+                    )
+                    .await;
+                    able = condition(
+                        "AbleToScale",
+                        false,
+                        "FailedUpdateScale",
+                        &format!("the HPA controller was unable to update the target scale: {e}"),
+                        &now,
+                    );
+                    status["desiredReplicas"] = json!(current);
+                }
+            }
+        }
+        status["conditions"] = Controller::conditions(&hpa, vec![able, active, limited]);
+        self.patch_status(&hpa, &ns, &name, status).await?;
+        Ok(again)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn ready(usage: f64, request: f64) -> PodSample {
+        PodSample {
+            ignored: false,
+            unready: false,
+            usage: Some(usage),
+            request,
+        }
+    }
+
+    fn calc(current: i32, pods: &[PodSample], goal: Goal) -> i32 {
+        replicas_for(current, pods, goal, TOLERANCE)
+            .unwrap()
+            .replicas
+    }
+
+    // Cases from upstream's replica_calculator_test.go.
+    #[test]
+    fn utilization_scales_by_the_ratio_of_usage_to_target() {
+        // testReplicaCalcScaleUp: 3 pods at 300, 500, 700 of 1000m requests, target 30 %.
+        let pods = [
+            ready(300.0, 1000.0),
+            ready(500.0, 1000.0),
+            ready(700.0, 1000.0),
+        ];
+        let p = replicas_for(3, &pods, Goal::Utilization(30.0), TOLERANCE).unwrap();
+        assert_eq!((p.replicas, p.utilization), (5, Some(50)));
+        // testReplicaCalcScaleDown: 5 pods, 100..300 of 1000m, target 50 % → 3.
+        let pods: Vec<_> = [100.0, 300.0, 500.0, 250.0, 250.0]
+            .iter()
+            .map(|u| ready(*u, 1000.0))
+            .collect();
+        assert_eq!(calc(5, &pods, Goal::Utilization(50.0)), 3);
+    }
+
+    #[test]
+    fn a_ratio_within_the_tolerance_changes_nothing() {
+        // testReplicaCalcTolerance: 1010, 1030, 1020 of 1000 (+ overhead), target 100 %.
+        let pods = [
+            ready(1010.0, 1000.0),
+            ready(1030.0, 1000.0),
+            ready(1020.0, 1000.0),
+        ];
+        assert_eq!(calc(3, &pods, Goal::Utilization(100.0)), 3);
+        // Just outside: 115 % → ceil(1.15 × 3) = 4.
+        let pods = [ready(1150.0, 1000.0); 3];
+        assert_eq!(calc(3, &pods, Goal::Utilization(100.0)), 4);
+    }
+
+    #[test]
+    fn unready_pods_count_as_idle_on_a_scale_up() {
+        // testReplicaCalcScaleUpUnreadyLessScale: usage 300, 500, 700 with the first unready,
+        // target 30 % → 4 (ratio (0+500+700)/3000 / 0.3 = 1.33 × 3).
+        let mut pods = [
+            ready(300.0, 1000.0),
+            ready(500.0, 1000.0),
+            ready(700.0, 1000.0),
+        ];
+        pods[0].unready = true;
+        assert_eq!(calc(3, &pods, Goal::Utilization(30.0)), 4);
+        // testReplicaCalcScaleUpUnreadyNoScale: 400, 500, 700 with the first and last
+        // unready: ratio with them at 0 is within tolerance-ish → stays at 3.
+        let mut pods = [
+            ready(400.0, 1000.0),
+            ready(500.0, 1000.0),
+            ready(700.0, 1000.0),
+        ];
+        pods[0].unready = true;
+        pods[2].unready = true;
+        assert_eq!(calc(3, &pods, Goal::Utilization(30.0)), 3);
+    }
+
+    #[test]
+    fn missing_metrics_count_as_target_on_a_scale_down_and_zero_on_a_scale_up() {
+        // testReplicaCalcMissingMetricsNoChangeGt: 4 pods, one without metrics, 1900, 600,
+        // 500 of 1000 (+missing), target 100 %: raw ratio 1.0 → no change.
+        let mut pods = [
+            ready(1900.0, 1000.0),
+            ready(600.0, 1000.0),
+            ready(500.0, 1000.0),
+            ready(0.0, 1000.0),
+        ];
+        pods[3].usage = None;
+        assert_eq!(calc(4, &pods, Goal::Utilization(100.0)), 4);
+        // testReplicaCalcMissingMetricsScaleUp: 2000 and 500 of 1000, one missing, target
+        // 100 %: ratio 1.25 → missing as 0 → (2500)/3000 = 0.83 reverses direction → no change.
+        let mut pods = [
+            ready(2000.0, 1000.0),
+            ready(500.0, 1000.0),
+            ready(0.0, 1000.0),
+        ];
+        pods[2].usage = None;
+        assert_eq!(calc(3, &pods, Goal::Utilization(100.0)), 3);
+        // A scale-down with one pod missing: 100 each of 1000, target 50 %: ratio 0.2; the
+        // missing pod counts as 100 % of its request → 1300/4000/0.5 = 0.65 → ceil(2.6) = 3.
+        let mut pods = [
+            ready(100.0, 1000.0),
+            ready(100.0, 1000.0),
+            ready(100.0, 1000.0),
+            ready(0.0, 1000.0),
+        ];
+        pods[3].usage = None;
+        assert_eq!(calc(4, &pods, Goal::Utilization(50.0)), 3);
+    }
+
+    #[test]
+    fn deleted_and_failed_pods_are_ignored_and_no_metrics_is_an_error() {
+        let mut pods = [ready(500.0, 100.0), ready(5000.0, 100.0)];
+        pods[1].ignored = true;
+        // Only the first counts: 500 % of a 50 % target → 10 × 1.
+        assert_eq!(calc(2, &pods, Goal::Utilization(50.0)), 10);
+        let mut none = [ready(1.0, 100.0)];
+        none[0].usage = None;
+        assert_eq!(
+            replicas_for(1, &none, Goal::Utilization(50.0), TOLERANCE),
+            Err(CalcError::NoMetrics)
+        );
+        let no_request = [ready(1.0, 0.0)];
+        assert_eq!(
+            replicas_for(1, &no_request, Goal::Utilization(50.0), TOLERANCE),
+            Err(CalcError::MissingRequest)
+        );
+    }
+
+    #[test]
+    fn average_value_divides_total_usage_by_the_per_pod_target() {
+        // testReplicaCalcScaleUpCMAverageValue-like: 3 pods using 4000m in all, 500m each
+        // wanted → 8.
+        let pods = [ready(1000.0, 0.0), ready(1500.0, 0.0), ready(1500.0, 0.0)];
+        let p = replicas_for(3, &pods, Goal::AverageValue(500.0), TOLERANCE).unwrap();
+        assert_eq!((p.replicas, p.utilization), (8, None));
+        assert_eq!(calc(3, &pods, Goal::AverageValue(4000.0 / 3.0)), 3);
+    }
+
+    #[test]
+    fn stabilization_keeps_the_highest_recent_recommendation_before_scaling_down() {
+        let t0 = Instant::now();
+        let mut recs = Recommendations::new();
+        let (up, down) = (Duration::ZERO, Duration::from_secs(300));
+        assert_eq!(stabilize(&mut recs, t0, 1, 3, up, down), 3);
+        // The load is gone: the recommendation is 1, but 3 was recommended 15 s ago.
+        let t1 = t0 + Duration::from_secs(15);
+        assert_eq!(stabilize(&mut recs, t1, 3, 1, up, down), 3);
+        // After the window, the highest recent one is 1.
+        let t2 = t0 + Duration::from_secs(316);
+        assert_eq!(stabilize(&mut recs, t2, 3, 1, up, down), 1);
+        // A scale-up is not delayed without an up window.
+        assert_eq!(stabilize(&mut recs, t2, 1, 4, up, down), 4);
+        // With one, the lowest recent recommendation holds it back.
+        let mut recs = vec![(t2, 1)];
+        assert_eq!(
+            stabilize(
+                &mut recs,
+                t2 + Duration::from_secs(5),
+                1,
+                4,
+                Duration::from_secs(60),
+                down
+            ),
+            1
+        );
+        // Entries older than both windows are dropped.
+        let mut recs = vec![(t0, 9)];
+        stabilize(&mut recs, t0 + Duration::from_secs(400), 1, 1, up, down);
+        assert_eq!(recs.len(), 1);
+    }
+
+    #[test]
+    fn quantities_in_millicores_and_bytes() {
+        assert_eq!(parse_quantity("250m", true), Some(250.0));
+        assert_eq!(parse_quantity("1", true), Some(1000.0));
+        assert_eq!(
+            parse_quantity("12345678n", true).map(f64::round),
+            Some(12.0)
+        );
+        assert_eq!(parse_quantity("4Ki", false), Some(4096.0));
+        assert_eq!(parse_quantity("1Mi", false), Some(1_048_576.0));
+        assert_eq!(parse_quantity("x", false), None);
+    }
+}
