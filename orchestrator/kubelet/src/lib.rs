@@ -15,6 +15,7 @@ pub mod runtime;
 pub mod server;
 pub mod serviceaccount;
 pub mod shim;
+pub mod spdy;
 pub mod stats;
 
 use std::net::IpAddr;
