@@ -546,6 +546,7 @@ async fn handle(shared: &Shared, req: Request<Incoming>, caller: Option<Caller>)
                     Ok(p) => p,
                     Err(r) => return *r,
                 };
+                tracing::info!(pod = %name, over = "SPDY/3.1", "port-forward");
                 tokio::spawn(async move {
                     if let Ok(up) = hyper::upgrade::on(req).await {
                         portforward::serve(TokioIo::new(up), name, netns).await;
@@ -567,6 +568,7 @@ async fn handle(shared: &Shared, req: Request<Incoming>, caller: Option<Caller>)
                     ),
                 );
             }
+            tracing::info!(pod = %name, over = "a WebSocket tunnel", "port-forward");
             tokio::spawn(async move {
                 if let Ok(up) = hyper::upgrade::on(req).await {
                     portforward::serve(exec::tunnel(TokioIo::new(up)), name, netns).await;

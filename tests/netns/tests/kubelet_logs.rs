@@ -702,6 +702,7 @@ async fn kubectl_port_forward_reaches_the_pods_localhost() {
         (&kubectl_old, &[], "kubectl 1.20 (SPDY)"),
     ];
     for (bin, env, what) in variants {
+        let tunnels = tb.log_of(kubelet_pid).matches("a WebSocket tunnel").count();
         let (mut child, port) = port_forward(bin, &kc, env).await;
         for i in 0..2 {
             let mut answer = String::new();
@@ -720,6 +721,9 @@ async fn kubectl_port_forward_reaches_the_pods_localhost() {
             );
         }
         let _ = child.kill().await;
+        // The image's kubectl takes the tunnel unless told not to; the others speak SPDY.
+        let tunnelled = tb.log_of(kubelet_pid).matches("a WebSocket tunnel").count() > tunnels;
+        assert_eq!(tunnelled, env.is_empty() && *bin == kubectl_new, "{what}");
     }
 
     // Negative control: jane may get pods (kubectl reads the pod first) but not forward.
