@@ -7,8 +7,9 @@
 //! serves `v4.channel.k8s.io` down to `channel.k8s.io` on one stream per channel.
 //!
 //! The command runs in the container's namespaces (network, mount, UTS, as the shim made
-//! them) through `nsenter -t <container pid>`, with the container's environment. The process
-//! runtime has no terminal support: a `tty` request runs without one.
+//! them) through `nsenter -t <container pid>`, with the container's environment. Over the
+//! WebSocket a `tty` request gets a pseudo-terminal (`setsid -c`, resize on channel 4); over
+//! SPDY it runs without one.
 
 use std::process::Stdio;
 
@@ -286,6 +287,79 @@ fn command(pid: i32, req: &ExecRequest) -> tokio::process::Command {
     cmd
 }
 
+/// A pseudo-terminal for a `tty` exec: the master side, and the slave the command gets as
+/// stdin, stdout and stderr.
+struct Pty {
+    master: std::fs::File,
+    slave: std::fs::File,
+}
+
+fn open_pty() -> std::io::Result<Pty> {
+    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::OpenOptionsExt;
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY)?;
+    grantpt(&master)?;
+    unlockpt(&master)?;
+    let name = ptsname(&master, Vec::new())?;
+    let slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        // Never the kubelet's own controlling terminal.
+        .custom_flags(rustix::fs::OFlags::NOCTTY.bits() as i32)
+        .open(std::path::Path::new(std::ffi::OsStr::from_bytes(
+            name.as_bytes(),
+        )))?;
+    Ok(Pty {
+        master: std::fs::File::from(master),
+        slave,
+    })
+}
+
+/// Sets the terminal's size from a resize message, `{"Width":w,"Height":h}`.
+fn resize(master: &std::fs::File, message: &[u8]) {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(message) else {
+        return;
+    };
+    let dim = |k: &str| v[k].as_u64().and_then(|n| u16::try_from(n).ok());
+    if let (Some(w), Some(h)) = (dim("Width"), dim("Height")) {
+        let _ = rustix::termios::tcsetwinsize(
+            master,
+            rustix::termios::Winsize {
+                ws_row: h,
+                ws_col: w,
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            },
+        );
+    }
+}
+
+/// `req`'s command on terminal `slave`: `setsid -c` makes it a session leader whose
+/// controlling terminal is the slave (stdin), then `nsenter` enters the namespaces.
+fn tty_command(
+    pid: i32,
+    req: &ExecRequest,
+    slave: &std::fs::File,
+) -> std::io::Result<tokio::process::Command> {
+    let pid_s = pid.to_string();
+    let mut env = environ(pid);
+    if !env.iter().any(|(k, _)| k == "TERM") {
+        // As container runtimes do for a tty.
+        env.push(("TERM".into(), "xterm".into()));
+    }
+    let mut cmd = tokio::process::Command::new("setsid");
+    cmd.args(["-c", "nsenter", "-t", &pid_s, "-n", "-m", "-u", "-w", "--"])
+        .args(&req.command)
+        .env_clear()
+        .envs(env)
+        .stdin(slave.try_clone()?)
+        .stdout(slave.try_clone()?)
+        .stderr(slave.try_clone()?)
+        .kill_on_drop(true);
+    Ok(cmd)
+}
+
 /// The exit code of a finished child (128 + the signal when killed).
 fn exit_code(st: std::process::ExitStatus) -> Option<i32> {
     use std::os::unix::process::ExitStatusExt;
@@ -307,7 +381,16 @@ where
         }
         let _ = wr.shutdown().await;
     });
-    let mut child = match command(pid, &req).spawn() {
+    // With a tty the command gets a terminal (stdout and stderr are one stream, channel 1);
+    // resize messages set its size.
+    let pty = if req.tty { Some(open_pty()) } else { None };
+    let spawned = match &pty {
+        None => command(pid, &req).spawn(),
+        Some(Ok(p)) => tty_command(pid, &req, &p.slave).and_then(|mut c| c.spawn()),
+        Some(Err(e)) => Err(std::io::Error::new(e.kind(), format!("a terminal: {e}"))),
+    };
+    let master = pty.and_then(|p| p.ok()).map(|p| p.master);
+    let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
             let st = json!({"metadata": {}, "status": "Failure", "reason": "InternalError",
@@ -328,7 +411,24 @@ where
     if let Some(err) = child.stderr.take() {
         pumps.push(tokio::spawn(pump(err, 2, tx.clone())));
     }
-    let mut stdin = child.stdin.take();
+    let mut stdin: Option<Box<dyn AsyncWrite + Unpin + Send>> =
+        child.stdin.take().map(|s| Box::new(s) as _);
+    let mut sizer = None;
+    if let Some(m) = &master {
+        if let Ok(r) = m.try_clone() {
+            pumps.push(tokio::spawn(pump(
+                tokio::fs::File::from_std(r),
+                1,
+                tx.clone(),
+            )));
+        }
+        if req.stdin
+            && let Ok(w) = m.try_clone()
+        {
+            stdin = Some(Box::new(tokio::fs::File::from_std(w)));
+        }
+        sizer = m.try_clone().ok();
+    }
     let control = tx.clone();
     // The client's messages: stdin data, its half-close, pings, the close.
     let reader = tokio::spawn(async move {
@@ -343,6 +443,11 @@ where
                         }
                     }
                     Some((255, [0, ..])) => stdin = None,
+                    Some((4, size)) => {
+                        if let Some(m) = &sizer {
+                            resize(m, size);
+                        }
+                    }
                     _ => {}
                 },
                 Ok(Some((OP_PING, data))) => {
@@ -363,7 +468,10 @@ where
         }
     };
     for p in pumps {
-        let _ = p.await;
+        // A terminal's reader ends when the last holder of the slave closes it; one left
+        // open by a background process must not hold the exec.
+        let limit = if master.is_some() { 2 } else { 3600 };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(limit), p).await;
     }
     reader_abort.abort();
     let mut m = vec![3u8];
@@ -582,6 +690,19 @@ mod tests {
             choose_spdy_protocol(["v5.channel.k8s.io"], SPDY_PROTOCOLS),
             None
         );
+    }
+
+    #[test]
+    fn a_resize_message_sets_the_terminals_size() {
+        let pty = open_pty().unwrap();
+        resize(&pty.master, br#"{"Width":100,"Height":40}"#);
+        let size = rustix::termios::tcgetwinsize(&pty.slave).unwrap();
+        assert_eq!((size.ws_col, size.ws_row), (100, 40));
+        // Nonsense is ignored.
+        resize(&pty.master, b"{\"Width\":-1}");
+        resize(&pty.master, b"not json");
+        let size = rustix::termios::tcgetwinsize(&pty.slave).unwrap();
+        assert_eq!((size.ws_col, size.ws_row), (100, 40));
     }
 
     #[test]
