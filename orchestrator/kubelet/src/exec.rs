@@ -7,9 +7,8 @@
 //! serves `v4.channel.k8s.io` down to `channel.k8s.io` on one stream per channel.
 //!
 //! The command runs in the container's namespaces (network, mount, UTS, as the shim made
-//! them) through `nsenter -t <container pid>`, with the container's environment. Over the
-//! WebSocket a `tty` request gets a pseudo-terminal (`setsid -c`, resize on channel 4); over
-//! SPDY it runs without one.
+//! them) through `nsenter -t <container pid>`, with the container's environment. A `tty`
+//! request gets a pseudo-terminal (`setsid -c`; resizes on channel 4 or the resize stream).
 
 use std::process::Stdio;
 
@@ -590,7 +589,16 @@ where
         .iter()
         .filter_map(|s| s.as_ref().map(|s| s.id))
         .collect();
-    let result = match command(pid, &req).spawn() {
+    // With a tty, a terminal as over the WebSocket: its output on the stdout stream, resize
+    // messages (JSON objects, one after another) set its size.
+    let pty = if req.tty { Some(open_pty()) } else { None };
+    let spawned = match &pty {
+        None => command(pid, &req).spawn(),
+        Some(Ok(p)) => tty_command(pid, &req, &p.slave).and_then(|mut c| c.spawn()),
+        Some(Err(e)) => Err(std::io::Error::new(e.kind(), format!("a terminal: {e}"))),
+    };
+    let master = pty.and_then(|p| p.ok()).map(|p| p.master);
+    let result = match spawned {
         Err(e) => report(
             None,
             Some(format!("cannot start nsenter for {:?}: {e}", req.command)),
@@ -603,8 +611,22 @@ where
             if let (Some(e), Some(s)) = (child.stderr.take(), &stderr) {
                 pumps.push(tokio::spawn(pump_spdy(e, s.id, out.clone())));
             }
+            let mut to: Option<Box<dyn AsyncWrite + Unpin + Send>> =
+                child.stdin.take().map(|s| Box::new(s) as _);
+            if let Some(m) = &master {
+                if let (Ok(r), Some(s)) = (m.try_clone(), &stdout) {
+                    let r = tokio::fs::File::from_std(r);
+                    pumps.push(tokio::spawn(pump_spdy(r, s.id, out.clone())));
+                }
+                if req.stdin {
+                    to = m
+                        .try_clone()
+                        .ok()
+                        .map(|w| Box::new(tokio::fs::File::from_std(w)) as _);
+                }
+            }
+            let sizer = master.as_ref().and_then(|m| m.try_clone().ok());
             let feeder = stdin.take().map(|mut s| {
-                let mut to = child.stdin.take();
                 tokio::spawn(async move {
                     while let Some(data) = s.data.recv().await {
                         if let Some(w) = to.as_mut()
@@ -615,10 +637,25 @@ where
                     }
                 })
             });
-            // Resizes mean nothing without a terminal; they are read and dropped.
-            let drain = resize
-                .take()
-                .map(|mut s| tokio::spawn(async move { while s.data.recv().await.is_some() {} }));
+            let drain = resize.take().map(|mut s| {
+                tokio::spawn(async move {
+                    let mut pending = Vec::new();
+                    while let Some(data) = s.data.recv().await {
+                        pending.extend_from_slice(&data);
+                        // Each whole JSON object is one resize.
+                        let mut it = serde_json::Deserializer::from_slice(&pending)
+                            .into_iter::<serde_json::Value>();
+                        let mut used = 0;
+                        while let Some(Ok(v)) = it.next() {
+                            used = it.byte_offset();
+                            if let Some(m) = &sizer {
+                                self::resize(m, v.to_string().as_bytes());
+                            }
+                        }
+                        pending.drain(..used);
+                    }
+                })
+            });
             let mut gone = conn.gone.clone();
             let code = tokio::select! {
                 st = child.wait() => st.ok().and_then(exit_code),
@@ -629,7 +666,8 @@ where
                 }
             };
             for p in pumps {
-                let _ = p.await;
+                let limit = if master.is_some() { 2 } else { 3600 };
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(limit), p).await;
             }
             for t in feeder.into_iter().chain(drain) {
                 t.abort();

@@ -552,34 +552,37 @@ async fn kubectl_exec_runs_in_the_pod_and_returns_its_exit_code() {
             "{name}"
         );
     }
-    // exec -it: the image's kubectl wants a terminal of its own (script's) and the command gets
-    // one in the pod (a pseudo-terminal from the kubelet).
+    // exec -it: kubectl wants a terminal of its own (script's) and the command gets one in the
+    // pod (a pseudo-terminal from the kubelet), over the WebSocket (1.32) and SPDY (1.20).
     let script = netns_testbed::require_tool("script", "bsdutils (util-linux's script)");
-    let inner = format!(
-        "{} --kubeconfig {} exec -it box -- /bin/busybox sh -c '[ -t 0 ] && [ -t 1 ] && echo both-terminals; tty'",
-        kubectl_new.display(),
-        kc.display()
-    );
-    let mut child = tokio::process::Command::new(&script)
-        .args(["-qec", &inner, "/dev/null"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    // Open until the command is done: its end is script's stdin ending.
-    let held = child.stdin.take();
-    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-        .await
-        .expect("exec -it ends with its command")
-        .unwrap();
-    drop(held);
-    let shown = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && shown.contains("both-terminals") && shown.contains("/dev/pts/"),
-        "exec -it: {out:?}"
-    );
+    for bin in [&kubectl_new, &kubectl_old] {
+        let inner = format!(
+            "{} --kubeconfig {} exec -it box -- /bin/busybox sh -c '[ -t 0 ] && [ -t 1 ] && echo both-terminals; tty'",
+            bin.display(),
+            kc.display()
+        );
+        let mut child = tokio::process::Command::new(&script)
+            .args(["-qec", &inner, "/dev/null"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        // Open until the command is done: its end is script's stdin ending.
+        let held = child.stdin.take();
+        let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+            .await
+            .expect("exec -it ends with its command")
+            .unwrap();
+        drop(held);
+        let shown = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && shown.contains("both-terminals") && shown.contains("/dev/pts/"),
+            "{}: exec -it: {out:?}",
+            bin.display()
+        );
+    }
 
     // The image's kubectl over SPDY too, as it falls back when a WebSocket is refused.
     let mut cmd = tokio::process::Command::new(&kubectl_new);
