@@ -19,6 +19,8 @@ pub enum Subresource {
     Token,
     /// `pods/exec`: a command in a container, streamed over a WebSocket by the kubelet.
     Exec,
+    /// `pods/portforward`: TCP connections to the pod's ports, over SPDY/3.1 from the kubelet.
+    PortForward,
 }
 
 impl Subresource {
@@ -30,6 +32,7 @@ impl Subresource {
             Subresource::Log => "log",
             Subresource::Token => "token",
             Subresource::Exec => "exec",
+            Subresource::PortForward => "portforward",
         }
     }
 
@@ -41,6 +44,7 @@ impl Subresource {
             "log" => Subresource::Log,
             "token" => Subresource::Token,
             "exec" => Subresource::Exec,
+            "portforward" => Subresource::PortForward,
             _ => return None,
         })
     }
@@ -145,7 +149,7 @@ struct Builtin {
     subs: &'static [Subresource],
 }
 
-use Subresource::{Binding, Exec, Log, Scale, Status, Token};
+use Subresource::{Binding, Exec, Log, PortForward, Scale, Status, Token};
 
 const BUILTIN: &[Builtin] = &[
     Builtin {
@@ -176,7 +180,7 @@ const BUILTIN: &[Builtin] = &[
         namespaced: true,
         short: &["po"],
         all: true,
-        subs: &[Status, Binding, Log, Exec],
+        subs: &[Status, Binding, Log, Exec, PortForward],
     },
     Builtin {
         group: "",

@@ -94,6 +94,7 @@ pub fn resources(registry: &Registry, group: &str, version: &str) -> Option<Valu
                 Subresource::Binding => ("Binding", &["create"], None),
                 Subresource::Log => ("Pod", &["get"], None),
                 Subresource::Exec => ("PodExecOptions", &["create", "get"], None),
+                Subresource::PortForward => ("PodPortForwardOptions", &["create", "get"], None),
                 Subresource::Token => (
                     "TokenRequest",
                     &["create"],

@@ -184,10 +184,13 @@ impl KubeletClient {
     }
 }
 
-/// The WebSocket handshake headers passed between client and kubelet, both ways.
+/// The upgrade handshake headers (WebSocket, and SPDY/3.1's protocol versions) passed between
+/// client and kubelet, both ways.
 pub const UPGRADE_HEADERS: &[&str] = &[
     "upgrade",
     "connection",
+    "x-stream-protocol-version",
+    "x-accepted-stream-protocol-versions",
     "sec-websocket-key",
     "sec-websocket-version",
     "sec-websocket-protocol",
@@ -196,10 +199,12 @@ pub const UPGRADE_HEADERS: &[&str] = &[
 ];
 
 impl KubeletClient {
-    /// Opens `path_and_query` on the kubelet with an upgrade request carrying `headers`;
-    /// the kubelet's 101 answer and its upgraded stream, or its error.
+    /// Opens `path_and_query` on the kubelet with an upgrade request (`method`: GET for a
+    /// WebSocket, POST for SPDY) carrying `headers`; the kubelet's 101 answer and its upgraded
+    /// stream, or its error.
     pub async fn upgrade(
         &self,
+        method: hyper::Method,
         host: &str,
         port: u16,
         path_and_query: &str,
@@ -233,7 +238,9 @@ impl KubeletClient {
         tokio::spawn(async move {
             let _ = conn.with_upgrades().await;
         });
-        let mut req = hyper::Request::get(path_and_query)
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(path_and_query)
             .header(hyper::header::HOST, format!("{host}:{port}"))
             .body(Empty::<Bytes>::new())
             .map_err(|e| unreachable(&e))?;
@@ -405,9 +412,24 @@ pub fn exec_query(raw: Option<&str>) -> String {
         .join("&")
 }
 
-/// pods/exec: authorizes `create pods/exec` (also for the WebSocket GET, as upstream's
-/// AuthorizePodWebsocketUpgradeCreatePermission), picks the container, and opens the exec on
-/// the pod's kubelet. The caller relays the two upgraded streams.
+/// The kubelet's port-forward query from the API's: `ports` becomes `port`.
+pub fn portforward_query(raw: Option<&str>) -> String {
+    raw.unwrap_or("")
+        .split('&')
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            (k == "ports" || k == "port").then(|| format!("port={v}"))
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// pods/exec and pods/portforward: authorizes `create pods/exec` (also for the WebSocket GET, as upstream's
+/// AuthorizePodWebsocketUpgradeCreatePermission; `create pods/portforward` likewise), picks
+/// the container (exec) or checks the pod runs (port-forward), and opens the stream on the
+/// pod's kubelet with the client's upgrade (a WebSocket, or SPDY/3.1 as kubectl ≤1.29
+/// asks). The caller relays the two upgraded streams byte for byte, as upstream's
+/// UpgradeAwareHandler does.
 pub async fn exec(
     api: &Api,
     req: &crate::request::ResourceRequest,
@@ -422,15 +444,20 @@ pub async fn exec(
     let mut create = req.clone();
     create.verb = crate::request::Verb::Create;
     crate::auth::authorize(user, &create, &pods, api, "", &[]).await?;
-    let websocket = headers
+    let sub = req.subresource.as_deref().unwrap_or("exec");
+    let upgrade = headers
         .get(hyper::header::UPGRADE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    if !websocket {
-        return Err(ApiError::bad_request(
-            "exec is served over WebSocket (v5.channel.k8s.io, v4.channel.k8s.io) only; SPDY/3.1 is not served",
-        ));
-    }
+        .unwrap_or("");
+    let method = if upgrade.eq_ignore_ascii_case("websocket") {
+        hyper::Method::GET
+    } else if upgrade.eq_ignore_ascii_case("SPDY/3.1") {
+        hyper::Method::POST
+    } else {
+        return Err(ApiError::bad_request(format!(
+            "Upgrade request required: {sub} is streamed over SPDY/3.1 or a WebSocket"
+        )));
+    };
     let (ns, name) = (
         req.namespace.as_deref().unwrap_or("default"),
         req.name.as_deref().unwrap_or(""),
@@ -441,33 +468,48 @@ pub async fn exec(
         .await?
         .ok_or_else(|| ApiError::not_found("", "pods", name))?
         .obj;
-    let asked = crate::request::query(raw_query).get("container").cloned();
-    let container = log_container(&pod, asked.as_deref().filter(|c| !c.is_empty()))?;
     let node = pod["spec"]["nodeName"]
         .as_str()
         .filter(|n| !n.is_empty())
         .ok_or_else(|| {
             ApiError::bad_request(format!("pod {name} does not have a host assigned"))
         })?;
-    if pod["status"]["phase"] == "Succeeded" || pod["status"]["phase"] == "Failed" {
-        return Err(ApiError::bad_request(
-            "cannot exec into a container in a completed pod; current phase is ".to_string()
-                + pod["status"]["phase"].as_str().unwrap_or(""),
-        ));
-    }
-    let path = format!(
-        "/exec/{}/{}/{}?{}",
-        encode(ns),
-        encode(name),
-        encode(&container),
-        exec_query(raw_query)
-    );
+    let path = if sub == "portforward" {
+        if pod["status"]["phase"] != "Running" {
+            return Err(ApiError::bad_request(format!(
+                "pod {name} is not running: phase {}",
+                pod["status"]["phase"].as_str().unwrap_or("Pending")
+            )));
+        }
+        format!(
+            "/portForward/{}/{}?{}",
+            encode(ns),
+            encode(name),
+            portforward_query(raw_query)
+        )
+    } else {
+        let asked = crate::request::query(raw_query).get("container").cloned();
+        let container = log_container(&pod, asked.as_deref().filter(|c| !c.is_empty()))?;
+        if pod["status"]["phase"] == "Succeeded" || pod["status"]["phase"] == "Failed" {
+            return Err(ApiError::bad_request(
+                "cannot exec into a container in a completed pod; current phase is ".to_string()
+                    + pod["status"]["phase"].as_str().unwrap_or(""),
+            ));
+        }
+        format!(
+            "/exec/{}/{}/{}?{}",
+            encode(ns),
+            encode(name),
+            encode(&container),
+            exec_query(raw_query)
+        )
+    };
     let client = api
         .kubelet
         .get()
         .ok_or_else(|| ApiError::unavailable("no kubelet client certificate is configured"))?;
     let (host, port) = kubelet_of(api, node).await?;
-    client.upgrade(&host, port, &path, headers).await
+    client.upgrade(method, &host, port, &path, headers).await
 }
 
 /// GET pods/log: the pod's container log from its node's kubelet, streamed as it answers.

@@ -3,9 +3,12 @@
 //! 0 stdin, 1 stdout, 2 stderr, 3 the final status (a JSON `metav1.Status`), 4 resize, and in
 //! v5 255 to half-close a channel (`[255, 0]` ends stdin).
 //!
+//! Over SPDY/3.1 (kubectl ≤1.29, and ≥1.30 when the WebSocket is refused), [`run_spdy`]
+//! serves `v4.channel.k8s.io` down to `channel.k8s.io` on one stream per channel.
+//!
 //! The command runs in the container's namespaces (network, mount, UTS, as the shim made
-//! them) through `nsenter -t <container pid>`, with the container's environment. The process
-//! runtime has no terminal support: a `tty` request runs without one.
+//! them) through `nsenter -t <container pid>`, with the container's environment. A `tty`
+//! request gets a pseudo-terminal (`setsid -c`; resizes on channel 4 or the resize stream).
 
 use std::process::Stdio;
 
@@ -151,6 +154,60 @@ async fn read_message<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Option
     }
 }
 
+/// A byte stream carried in binary WebSocket messages over `io`: kubectl ≥1.31's
+/// port-forward tunnel, SPDY inside (`SPDY/3.1+portforward.k8s.io`). Pings are answered;
+/// the close frame ends the stream, and its end sends one.
+pub fn tunnel<IO>(io: IO) -> tokio::io::DuplexStream
+where
+    IO: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (near, far) = tokio::io::duplex(256 * 1024);
+    let (mut rd, mut wr) = tokio::io::split(io);
+    let (mut far_rd, mut far_wr) = tokio::io::split(far);
+    let (tx, mut rx) = mpsc::channel::<(u8, Vec<u8>)>(32);
+    tokio::spawn(async move {
+        while let Some((op, data)) = rx.recv().await {
+            if write_frame(&mut wr, op, &data).await.is_err() || op == OP_CLOSE {
+                break;
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    let out = tx.clone();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match far_rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if out.send((OP_BINARY, buf[..n].to_vec())).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = out.send((OP_CLOSE, vec![0x03, 0xE8])).await;
+    });
+    tokio::spawn(async move {
+        loop {
+            match read_message(&mut rd).await {
+                Ok(Some((OP_BINARY, m))) => {
+                    if far_wr.write_all(&m).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(Some((OP_PING, data))) => {
+                    let _ = tx.send((OP_PONG, data)).await;
+                }
+                Ok(Some((OP_CLOSE, _))) | Ok(None) | Err(_) => break,
+                Ok(Some(_)) => {}
+            }
+        }
+        let _ = far_wr.shutdown().await;
+    });
+    near
+}
+
 /// The live main process of container `name`'s newest run in a pod directory.
 pub fn container_pid(pod_dir: &std::path::Path, name: &str) -> Option<i32> {
     let dir = pod_dir.join("containers").join(name);
@@ -213,6 +270,101 @@ async fn pump(mut from: impl AsyncRead + Unpin, ch: u8, tx: mpsc::Sender<(u8, Ve
     }
 }
 
+/// `req`'s command in the namespaces of process `pid`, with its environment.
+fn command(pid: i32, req: &ExecRequest) -> tokio::process::Command {
+    let pipe = |on: bool| if on { Stdio::piped() } else { Stdio::null() };
+    let pid_s = pid.to_string();
+    let mut cmd = tokio::process::Command::new("nsenter");
+    cmd.args(["-t", &pid_s, "-n", "-m", "-u", "-w", "--"])
+        .args(&req.command)
+        .env_clear()
+        .envs(environ(pid))
+        .stdin(pipe(req.stdin))
+        .stdout(pipe(req.stdout))
+        .stderr(pipe(req.stderr && !req.tty))
+        .kill_on_drop(true);
+    cmd
+}
+
+/// A pseudo-terminal for a `tty` exec: the master side, and the slave the command gets as
+/// stdin, stdout and stderr.
+struct Pty {
+    master: std::fs::File,
+    slave: std::fs::File,
+}
+
+fn open_pty() -> std::io::Result<Pty> {
+    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::OpenOptionsExt;
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY)?;
+    grantpt(&master)?;
+    unlockpt(&master)?;
+    let name = ptsname(&master, Vec::new())?;
+    let slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        // Never the kubelet's own controlling terminal.
+        .custom_flags(rustix::fs::OFlags::NOCTTY.bits() as i32)
+        .open(std::path::Path::new(std::ffi::OsStr::from_bytes(
+            name.as_bytes(),
+        )))?;
+    Ok(Pty {
+        master: std::fs::File::from(master),
+        slave,
+    })
+}
+
+/// Sets the terminal's size from a resize message, `{"Width":w,"Height":h}`.
+fn resize(master: &std::fs::File, message: &[u8]) {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(message) else {
+        return;
+    };
+    let dim = |k: &str| v[k].as_u64().and_then(|n| u16::try_from(n).ok());
+    if let (Some(w), Some(h)) = (dim("Width"), dim("Height")) {
+        let _ = rustix::termios::tcsetwinsize(
+            master,
+            rustix::termios::Winsize {
+                ws_row: h,
+                ws_col: w,
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            },
+        );
+    }
+}
+
+/// `req`'s command on terminal `slave`: `setsid -c` makes it a session leader whose
+/// controlling terminal is the slave (stdin), then `nsenter` enters the namespaces.
+fn tty_command(
+    pid: i32,
+    req: &ExecRequest,
+    slave: &std::fs::File,
+) -> std::io::Result<tokio::process::Command> {
+    let pid_s = pid.to_string();
+    let mut env = environ(pid);
+    if !env.iter().any(|(k, _)| k == "TERM") {
+        // As container runtimes do for a tty.
+        env.push(("TERM".into(), "xterm".into()));
+    }
+    let mut cmd = tokio::process::Command::new("setsid");
+    cmd.args(["-c", "nsenter", "-t", &pid_s, "-n", "-m", "-u", "-w", "--"])
+        .args(&req.command)
+        .env_clear()
+        .envs(env)
+        .stdin(slave.try_clone()?)
+        .stdout(slave.try_clone()?)
+        .stderr(slave.try_clone()?)
+        .kill_on_drop(true);
+    Ok(cmd)
+}
+
+/// The exit code of a finished child (128 + the signal when killed).
+fn exit_code(st: std::process::ExitStatus) -> Option<i32> {
+    use std::os::unix::process::ExitStatusExt;
+    st.code().or_else(|| st.signal().map(|x| 128 + x))
+}
+
 /// Runs `req` in the namespaces of process `pid` and streams it over the upgraded `io`.
 pub async fn run<IO>(io: IO, pid: i32, req: ExecRequest)
 where
@@ -228,18 +380,16 @@ where
         }
         let _ = wr.shutdown().await;
     });
-    let pipe = |on: bool| if on { Stdio::piped() } else { Stdio::null() };
-    let pid_s = pid.to_string();
-    let mut cmd = tokio::process::Command::new("nsenter");
-    cmd.args(["-t", &pid_s, "-n", "-m", "-u", "-w", "--"])
-        .args(&req.command)
-        .env_clear()
-        .envs(environ(pid))
-        .stdin(pipe(req.stdin))
-        .stdout(pipe(req.stdout))
-        .stderr(pipe(req.stderr && !req.tty))
-        .kill_on_drop(true);
-    let mut child = match cmd.spawn() {
+    // With a tty the command gets a terminal (stdout and stderr are one stream, channel 1);
+    // resize messages set its size.
+    let pty = if req.tty { Some(open_pty()) } else { None };
+    let spawned = match &pty {
+        None => command(pid, &req).spawn(),
+        Some(Ok(p)) => tty_command(pid, &req, &p.slave).and_then(|mut c| c.spawn()),
+        Some(Err(e)) => Err(std::io::Error::new(e.kind(), format!("a terminal: {e}"))),
+    };
+    let master = pty.and_then(|p| p.ok()).map(|p| p.master);
+    let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
             let st = json!({"metadata": {}, "status": "Failure", "reason": "InternalError",
@@ -260,7 +410,24 @@ where
     if let Some(err) = child.stderr.take() {
         pumps.push(tokio::spawn(pump(err, 2, tx.clone())));
     }
-    let mut stdin = child.stdin.take();
+    let mut stdin: Option<Box<dyn AsyncWrite + Unpin + Send>> =
+        child.stdin.take().map(|s| Box::new(s) as _);
+    let mut sizer = None;
+    if let Some(m) = &master {
+        if let Ok(r) = m.try_clone() {
+            pumps.push(tokio::spawn(pump(
+                tokio::fs::File::from_std(r),
+                1,
+                tx.clone(),
+            )));
+        }
+        if req.stdin
+            && let Ok(w) = m.try_clone()
+        {
+            stdin = Some(Box::new(tokio::fs::File::from_std(w)));
+        }
+        sizer = m.try_clone().ok();
+    }
     let control = tx.clone();
     // The client's messages: stdin data, its half-close, pings, the close.
     let reader = tokio::spawn(async move {
@@ -275,6 +442,11 @@ where
                         }
                     }
                     Some((255, [0, ..])) => stdin = None,
+                    Some((4, size)) => {
+                        if let Some(m) = &sizer {
+                            resize(m, size);
+                        }
+                    }
                     _ => {}
                 },
                 Ok(Some((OP_PING, data))) => {
@@ -287,10 +459,7 @@ where
     });
     let reader_abort = reader.abort_handle();
     let code = tokio::select! {
-        st = child.wait() => st.ok().and_then(|s| {
-            use std::os::unix::process::ExitStatusExt;
-            s.code().or_else(|| s.signal().map(|x| 128 + x))
-        }),
+        st = child.wait() => st.ok().and_then(exit_code),
         _ = reader => {
             // The client went: the command goes too.
             let _ = child.kill().await;
@@ -298,7 +467,10 @@ where
         }
     };
     for p in pumps {
-        let _ = p.await;
+        // A terminal's reader ends when the last holder of the slave closes it; one left
+        // open by a background process must not hold the exec.
+        let limit = if master.is_some() { 2 } else { 3600 };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(limit), p).await;
     }
     reader_abort.abort();
     let mut m = vec![3u8];
@@ -307,6 +479,210 @@ where
     let _ = tx.send((OP_CLOSE, vec![0x03, 0xE8])).await;
     drop(tx);
     let _ = writer.await;
+}
+
+/// The exec protocols served over SPDY/3.1 (`X-Stream-Protocol-Version`): v4 reports the exit
+/// status as a JSON `Status`; v1–v3 (kubectl before 1.5) only a failure's message, as text.
+pub const SPDY_PROTOCOLS: &[&str] = &[
+    "v4.channel.k8s.io",
+    "v3.channel.k8s.io",
+    "v2.channel.k8s.io",
+    "channel.k8s.io",
+];
+
+/// The first of the client's `X-Stream-Protocol-Version`s (each header may list several) that
+/// `served` holds, as upstream's `httpstream.Handshake` picks.
+pub fn choose_spdy_protocol<'a>(
+    offered: impl IntoIterator<Item = &'a str>,
+    served: &[&'static str],
+) -> Option<&'static str> {
+    offered
+        .into_iter()
+        .flat_map(|h| h.split(','))
+        .map(str::trim)
+        .find_map(|p| served.iter().find(|s| **s == p).copied())
+}
+
+/// Copies a child's output to SPDY stream `id`.
+async fn pump_spdy(mut from: impl AsyncRead + Unpin, id: u32, out: crate::spdy_conn::Sender) {
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if !out.data(id, &buf[..n]).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Runs `req` in the namespaces of process `pid` over an upgraded SPDY/3.1 connection: the
+/// client opens an `error` stream and one per requested stdio (`streamType` header; `resize`
+/// with a tty), within 30 s as upstream allows; stdout and stderr are sent as they come, stdin's
+/// FIN closes the command's stdin, and the exit status ends on the error stream before every
+/// stream is half-closed and the connection goes away.
+pub async fn run_spdy<IO>(io: IO, pid: i32, req: ExecRequest, protocol: &'static str)
+where
+    IO: AsyncRead + AsyncWrite + Send + 'static,
+{
+    use crate::spdy_conn::Stream;
+    let mut conn = crate::spdy_conn::serve(io);
+    let resize_stream = req.tty && !matches!(protocol, "channel.k8s.io" | "v2.channel.k8s.io");
+    let (mut error, mut stdin, mut stdout, mut stderr, mut resize) =
+        (None::<Stream>, None::<Stream>, None, None, None);
+    let complete = |e: &Option<Stream>,
+                    i: &Option<Stream>,
+                    o: &Option<Stream>,
+                    r: &Option<Stream>,
+                    z: &Option<Stream>| {
+        e.is_some()
+            && i.is_some() == req.stdin
+            && o.is_some() == req.stdout
+            && r.is_some() == (req.stderr && !req.tty)
+            && (z.is_some() || !resize_stream)
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut last = 0;
+    while !complete(&error, &stdin, &stdout, &stderr, &resize) {
+        let s = match tokio::time::timeout_at(deadline, conn.streams.recv()).await {
+            Ok(Some(s)) => s,
+            // The client went, or did not open its streams in time.
+            _ => {
+                conn.finish(last, std::time::Duration::from_secs(1)).await;
+                return;
+            }
+        };
+        last = last.max(s.id);
+        let slot = match s.header("streamType") {
+            Some("error") => &mut error,
+            Some("stdin") => &mut stdin,
+            Some("stdout") => &mut stdout,
+            Some("stderr") => &mut stderr,
+            Some("resize") => &mut resize,
+            _ => {
+                conn.out.reset(s.id, crate::spdy::rst::PROTOCOL_ERROR).await;
+                continue;
+            }
+        };
+        *slot = Some(s);
+    }
+    let Some(error) = error else { return };
+    let out = conn.out.clone();
+    let report = |code: Option<i32>, message: Option<String>| {
+        let st = match message {
+            Some(m) => {
+                json!({"metadata": {}, "status": "Failure", "reason": "InternalError", "message": m})
+            }
+            None => status(&req.command, code),
+        };
+        if protocol == "v4.channel.k8s.io" {
+            Some(st.to_string())
+        } else if st["status"] == "Success" {
+            None
+        } else {
+            st["message"].as_str().map(String::from)
+        }
+    };
+    let ids: Vec<u32> = [&stdin, &stdout, &stderr]
+        .iter()
+        .filter_map(|s| s.as_ref().map(|s| s.id))
+        .collect();
+    // With a tty, a terminal as over the WebSocket: its output on the stdout stream, resize
+    // messages (JSON objects, one after another) set its size.
+    let pty = if req.tty { Some(open_pty()) } else { None };
+    let spawned = match &pty {
+        None => command(pid, &req).spawn(),
+        Some(Ok(p)) => tty_command(pid, &req, &p.slave).and_then(|mut c| c.spawn()),
+        Some(Err(e)) => Err(std::io::Error::new(e.kind(), format!("a terminal: {e}"))),
+    };
+    let master = pty.and_then(|p| p.ok()).map(|p| p.master);
+    let result = match spawned {
+        Err(e) => report(
+            None,
+            Some(format!("cannot start nsenter for {:?}: {e}", req.command)),
+        ),
+        Ok(mut child) => {
+            let mut pumps = Vec::new();
+            if let (Some(o), Some(s)) = (child.stdout.take(), &stdout) {
+                pumps.push(tokio::spawn(pump_spdy(o, s.id, out.clone())));
+            }
+            if let (Some(e), Some(s)) = (child.stderr.take(), &stderr) {
+                pumps.push(tokio::spawn(pump_spdy(e, s.id, out.clone())));
+            }
+            let mut to: Option<Box<dyn AsyncWrite + Unpin + Send>> =
+                child.stdin.take().map(|s| Box::new(s) as _);
+            if let Some(m) = &master {
+                if let (Ok(r), Some(s)) = (m.try_clone(), &stdout) {
+                    let r = tokio::fs::File::from_std(r);
+                    pumps.push(tokio::spawn(pump_spdy(r, s.id, out.clone())));
+                }
+                if req.stdin {
+                    to = m
+                        .try_clone()
+                        .ok()
+                        .map(|w| Box::new(tokio::fs::File::from_std(w)) as _);
+                }
+            }
+            let sizer = master.as_ref().and_then(|m| m.try_clone().ok());
+            let feeder = stdin.take().map(|mut s| {
+                tokio::spawn(async move {
+                    while let Some(data) = s.data.recv().await {
+                        if let Some(w) = to.as_mut()
+                            && w.write_all(&data).await.is_err()
+                        {
+                            to = None;
+                        }
+                    }
+                })
+            });
+            let drain = resize.take().map(|mut s| {
+                tokio::spawn(async move {
+                    let mut pending = Vec::new();
+                    while let Some(data) = s.data.recv().await {
+                        pending.extend_from_slice(&data);
+                        // Each whole JSON object is one resize.
+                        let mut it = serde_json::Deserializer::from_slice(&pending)
+                            .into_iter::<serde_json::Value>();
+                        let mut used = 0;
+                        while let Some(Ok(v)) = it.next() {
+                            used = it.byte_offset();
+                            if let Some(m) = &sizer {
+                                self::resize(m, v.to_string().as_bytes());
+                            }
+                        }
+                        pending.drain(..used);
+                    }
+                })
+            });
+            let mut gone = conn.gone.clone();
+            let code = tokio::select! {
+                st = child.wait() => st.ok().and_then(exit_code),
+                _ = async { drop(gone.wait_for(|g| *g).await) } => {
+                    // The client went: the command goes too.
+                    let _ = child.kill().await;
+                    None
+                }
+            };
+            for p in pumps {
+                let limit = if master.is_some() { 2 } else { 3600 };
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(limit), p).await;
+            }
+            for t in feeder.into_iter().chain(drain) {
+                t.abort();
+            }
+            report(code, None)
+        }
+    };
+    if let Some(text) = result {
+        out.data(error.id, text.as_bytes()).await;
+    }
+    out.fin(error.id).await;
+    for id in ids {
+        out.fin(id).await;
+    }
+    conn.finish(last, std::time::Duration::from_secs(5)).await;
 }
 
 #[cfg(test)]
@@ -332,6 +708,39 @@ mod tests {
             Some("v4.channel.k8s.io")
         );
         assert_eq!(choose_protocol("base64.channel.k8s.io"), None);
+    }
+
+    #[test]
+    fn spdy_takes_the_clients_first_served_version() {
+        // kubectl 1.20 sends one header per version, newest first.
+        assert_eq!(
+            choose_spdy_protocol(
+                ["v4.channel.k8s.io", "v3.channel.k8s.io", "channel.k8s.io"],
+                SPDY_PROTOCOLS
+            ),
+            Some("v4.channel.k8s.io")
+        );
+        assert_eq!(
+            choose_spdy_protocol(["v9.channel.k8s.io, channel.k8s.io"], SPDY_PROTOCOLS),
+            Some("channel.k8s.io")
+        );
+        assert_eq!(
+            choose_spdy_protocol(["v5.channel.k8s.io"], SPDY_PROTOCOLS),
+            None
+        );
+    }
+
+    #[test]
+    fn a_resize_message_sets_the_terminals_size() {
+        let pty = open_pty().unwrap();
+        resize(&pty.master, br#"{"Width":100,"Height":40}"#);
+        let size = rustix::termios::tcgetwinsize(&pty.slave).unwrap();
+        assert_eq!((size.ws_col, size.ws_row), (100, 40));
+        // Nonsense is ignored.
+        resize(&pty.master, b"{\"Width\":-1}");
+        resize(&pty.master, b"not json");
+        let size = rustix::termios::tcgetwinsize(&pty.slave).unwrap();
+        assert_eq!((size.ws_col, size.ws_row), (100, 40));
     }
 
     #[test]

@@ -10,11 +10,14 @@ pub mod logs;
 pub mod network;
 pub mod node;
 pub mod pods;
+pub mod portforward;
 pub mod probe;
 pub mod runtime;
 pub mod server;
 pub mod serviceaccount;
 pub mod shim;
+pub mod spdy;
+pub mod spdy_conn;
 pub mod stats;
 
 use std::net::IpAddr;

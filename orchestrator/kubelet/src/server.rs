@@ -1,5 +1,6 @@
 //! The kubelet's HTTPS API on its port (10250): `/containerLogs/{ns}/{pod}/{container}`,
-//! `/exec/{ns}/{pod}/{container}` (WebSocket, [`crate::exec`]) and `/stats/summary`, what the API server and metrics readers call.
+//! `/exec/{ns}/{pod}/{container}` (WebSocket or SPDY/3.1, [`crate::exec`]),
+//! `/portForward/{ns}/{pod}` (SPDY/3.1, or tunnelled in a WebSocket, [`crate::portforward`]) and `/stats/summary`, what the API server and metrics readers call.
 //!
 //! Callers authenticate with a client certificate from the cluster CA; what they may do is
 //! asked of the API server with a SubjectAccessReview (upstream's `--authorization-mode=
@@ -30,6 +31,7 @@ use tokio::sync::mpsc;
 
 use crate::exec::{self, ExecRequest};
 use crate::logs::{self, LogQuery};
+use crate::portforward;
 use crate::stats::Stats;
 use crate::{Config, Error};
 
@@ -274,6 +276,59 @@ async fn authorize(
     }
 }
 
+/// The `X-Stream-Protocol-Version` to answer a SPDY upgrade with (upstream's
+/// `httpstream.Handshake`): none offered, 400; none served, 403 listing what is.
+fn spdy_protocol<B>(
+    req: &Request<B>,
+    served: &[&'static str],
+) -> Result<&'static str, Box<Response<Body>>> {
+    let offered: Vec<&str> = req
+        .headers()
+        .get_all("x-stream-protocol-version")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    if offered.is_empty() {
+        return Err(Box::new(text(
+            400,
+            "unable to upgrade: X-Stream-Protocol-Version is required".into(),
+        )));
+    }
+    exec::choose_spdy_protocol(offered.iter().copied(), served).ok_or_else(|| {
+        let mut r = text(
+            403,
+            format!(
+                "unable to upgrade: unable to negotiate protocol: client supports {offered:?}, server accepts {served:?}"
+            ),
+        );
+        if let Ok(v) = hyper::header::HeaderValue::from_str(&served.join(", ")) {
+            r.headers_mut()
+                .insert("x-accepted-stream-protocol-versions", v);
+        }
+        Box::new(r)
+    })
+}
+
+/// The 101 that switches a connection to SPDY/3.1 with `protocol`.
+fn spdy_switch(protocol: &'static str) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::new()).boxed());
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(
+        hyper::header::CONNECTION,
+        hyper::header::HeaderValue::from_static("Upgrade"),
+    );
+    h.insert(
+        hyper::header::UPGRADE,
+        hyper::header::HeaderValue::from_static("SPDY/3.1"),
+    );
+    h.insert(
+        "x-stream-protocol-version",
+        hyper::header::HeaderValue::from_static(protocol),
+    );
+    r
+}
+
 fn query(q: Option<&str>) -> Vec<(String, String)> {
     q.unwrap_or("")
         .split('&')
@@ -393,10 +448,31 @@ async fn handle(shared: &Shared, req: Request<Incoming>, caller: Option<Caller>)
                     .unwrap_or("")
                     .to_string()
             };
+            if header("upgrade").eq_ignore_ascii_case("SPDY/3.1") {
+                let protocol = match spdy_protocol(&req, exec::SPDY_PROTOCOLS) {
+                    Ok(p) => p,
+                    Err(r) => return *r,
+                };
+                let Some(dir) = logs::find_pod(&shared.cfg.root_dir, ns, pod) else {
+                    return text(404, format!("pod {pod:?} does not exist"));
+                };
+                let Some(pid) = exec::container_pid(&dir, container) else {
+                    return text(
+                        400,
+                        format!("container {container:?} in pod {pod:?} is not running"),
+                    );
+                };
+                tokio::spawn(async move {
+                    if let Ok(up) = hyper::upgrade::on(req).await {
+                        exec::run_spdy(TokioIo::new(up), pid, exec_req, protocol).await;
+                    }
+                });
+                return spdy_switch(protocol);
+            }
             if !header("upgrade").eq_ignore_ascii_case("websocket") {
                 return text(
                     400,
-                    "this kubelet serves exec over WebSocket (v5.channel.k8s.io, v4.channel.k8s.io) only, not SPDY".into(),
+                    "exec needs an upgrade to SPDY/3.1 or a WebSocket".into(),
                 );
             }
             let Some(protocol) = exec::choose_protocol(&header("sec-websocket-protocol")) else {
@@ -438,6 +514,81 @@ async fn handle(shared: &Shared, req: Request<Incoming>, caller: Option<Caller>)
                     v(&exec::accept_key(&key)),
                 ),
                 (hyper::header::SEC_WEBSOCKET_PROTOCOL, v(protocol)),
+            ] {
+                if let Some(value) = value {
+                    h.insert(name, value);
+                }
+            }
+            r
+        }
+        ["portForward", ns, pod] => {
+            if let Err(r) = authorize(shared, &caller, verb, "proxy").await {
+                return r;
+            }
+            let header = |name: &str| {
+                req.headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string()
+            };
+            let Some(dir) = logs::find_pod(&shared.cfg.root_dir, ns, pod) else {
+                return text(404, format!("pod {pod:?} does not exist"));
+            };
+            let netns = match portforward::pod_netns(&dir) {
+                Ok(n) => n,
+                Err(e) => return text(500, e),
+            };
+            let name = format!("{ns}/{pod}");
+            let upgrade = header("upgrade");
+            if upgrade.eq_ignore_ascii_case("SPDY/3.1") {
+                let protocol = match spdy_protocol(&req, &[portforward::PROTOCOL]) {
+                    Ok(p) => p,
+                    Err(r) => return *r,
+                };
+                tracing::info!(pod = %name, over = "SPDY/3.1", "port-forward");
+                tokio::spawn(async move {
+                    if let Ok(up) = hyper::upgrade::on(req).await {
+                        portforward::serve(TokioIo::new(up), name, netns).await;
+                    }
+                });
+                return spdy_switch(protocol);
+            }
+            let tunnel = header("sec-websocket-protocol")
+                .split(',')
+                .any(|p| p.trim() == portforward::TUNNEL_PROTOCOL);
+            let key = header("sec-websocket-key");
+            if !upgrade.eq_ignore_ascii_case("websocket") || !tunnel || key.is_empty() {
+                return text(
+                    400,
+                    format!(
+                        "port-forward needs an upgrade to SPDY/3.1 ({}) or a WebSocket ({})",
+                        portforward::PROTOCOL,
+                        portforward::TUNNEL_PROTOCOL
+                    ),
+                );
+            }
+            tracing::info!(pod = %name, over = "a WebSocket tunnel", "port-forward");
+            tokio::spawn(async move {
+                if let Ok(up) = hyper::upgrade::on(req).await {
+                    portforward::serve(exec::tunnel(TokioIo::new(up)), name, netns).await;
+                }
+            });
+            let mut r = Response::new(Full::new(Bytes::new()).boxed());
+            *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            let h = r.headers_mut();
+            let v = |s: &str| hyper::header::HeaderValue::from_str(s).ok();
+            for (name, value) in [
+                (hyper::header::UPGRADE, v("websocket")),
+                (hyper::header::CONNECTION, v("Upgrade")),
+                (
+                    hyper::header::SEC_WEBSOCKET_ACCEPT,
+                    v(&exec::accept_key(&key)),
+                ),
+                (
+                    hyper::header::SEC_WEBSOCKET_PROTOCOL,
+                    v(portforward::TUNNEL_PROTOCOL),
+                ),
             ] {
                 if let Some(value) = value {
                     h.insert(name, value);

@@ -26,6 +26,32 @@ fn running(p: &serde_json::Value) -> bool {
     p["status"]["phase"] == "Running"
 }
 
+/// Waits ≤60 s for pod `name` to run; the kubelet's log if it does not.
+async fn wait_running(
+    tb: &netns_testbed::Testbed,
+    client: &kube::Client,
+    name: &str,
+    kubelet_pid: i32,
+) -> serde_json::Value {
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(client.clone(), "default");
+    let mut last = serde_json::Value::Null;
+    for _ in 0..600 {
+        if let Ok(p) = pods.get(name).await {
+            last = serde_json::to_value(&p).unwrap();
+            if running(&last) {
+                return last;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "{name} not Running in 60 s: {:#}; kubelet:\n{}",
+        last["status"],
+        tb.log_of(kubelet_pid)
+    );
+}
+
 /// Runs kubectl (bounded), returning (exit code, stdout, stderr).
 async fn kubectl(bin: &Path, kc: &Path, args: &[&str]) -> (i32, String, String) {
     let mut cmd = tokio::process::Command::new(bin);
@@ -431,10 +457,10 @@ subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: jane}]
     assert!(tb.running(kubelet_pid), "{}", tb.log_of(kubelet_pid));
 }
 
-/// `kubectl exec` (the image's kubectl, WebSocket v5) runs in the pod's namespaces: it sees the
-/// pod's hostname and address, passes stdout, stderr and stdin, and returns the command's exit
-/// code. kubectl 1.20 speaks only SPDY, which is not served: it gets a clear 400. A user
-/// without `create pods/exec` gets upstream's 403.
+/// `kubectl exec` runs in the pod's namespaces: it sees the pod's hostname and address, passes
+/// stdout, stderr and stdin, and returns the command's exit code, with the image's kubectl
+/// (WebSocket v5, and SPDY/3.1 when told not to use WebSockets) and kubectl 1.20 (SPDY/3.1,
+/// `v4.channel.k8s.io`). A user without `create pods/exec` gets upstream's 403.
 #[tokio::test(flavor = "multi_thread")]
 async fn kubectl_exec_runs_in_the_pod_and_returns_its_exit_code() {
     netns_testbed::require_tool("busybox", "busybox-static");
@@ -458,97 +484,302 @@ async fn kubectl_exec_runs_in_the_pod_and_returns_its_exit_code() {
                 "command": ["/bin/busybox", "sleep", "3600"]}]}}),
     )
     .await;
-    let p = wait_pod(client, "box", Duration::from_secs(60), "Running", running).await;
+    let p = wait_running(tb, client, "box", kubelet_pid).await;
     let ip = p["status"]["podIP"].as_str().unwrap().to_string();
 
-    let (code, out, err) = kubectl(
-        &kubectl_new,
-        &kc,
-        &[
-            "exec",
-            "box",
-            "--",
-            "/bin/busybox",
-            "sh",
-            "-c",
-            "echo out; echo err >&2; hostname; echo $GREETING; busybox ip -4 addr show eth0 | busybox grep -o 'inet [0-9.]*'; exit 3",
-        ],
-    )
-    .await;
-    assert_eq!(code, 3, "the command's exit code: {out}{err}");
-    assert_eq!(
-        out,
-        format!("out\nbox\nhello-from-env\ninet {ip}\n"),
-        "stdout, in the pod's UTS and network namespaces, with its env; stderr: {err}"
-    );
-    assert!(err.starts_with("err\n"), "{err}");
-    assert!(
-        err.contains("command terminated with exit code 3"),
-        "kubectl reports the code: {err}"
-    );
-    // stdin, to its end.
-    let mut child = tokio::process::Command::new(&kubectl_new)
+    for bin in [&kubectl_new, &kubectl_old] {
+        let name = bin.display();
+        let (code, out, err) = kubectl(
+            bin,
+            &kc,
+            &[
+                "exec",
+                "box",
+                "--",
+                "/bin/busybox",
+                "sh",
+                "-c",
+                "echo out; echo err >&2; hostname; echo $GREETING; busybox ip -4 addr show eth0 | busybox grep -o 'inet [0-9.]*'; exit 3",
+            ],
+        )
+        .await;
+        assert_eq!(code, 3, "{name}: the command's exit code: {out}{err}");
+        assert_eq!(
+            out,
+            format!("out\nbox\nhello-from-env\ninet {ip}\n"),
+            "{name}: stdout, in the pod's UTS and network namespaces, with its env; stderr: {err}"
+        );
+        assert!(err.starts_with("err\n"), "{name}: {err}");
+        assert!(
+            err.contains("command terminated with exit code 3"),
+            "{name}: kubectl reports the code: {err}"
+        );
+        // stdin, to its end.
+        let mut child = tokio::process::Command::new(bin)
+            .arg("--kubeconfig")
+            .arg(&kc)
+            .args([
+                "exec",
+                "-i",
+                "box",
+                "--",
+                "/bin/busybox",
+                "sh",
+                "-c",
+                "busybox wc -l; echo done",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        {
+            use tokio::io::AsyncWriteExt;
+            let mut stdin = child.stdin.take().unwrap();
+            stdin.write_all(b"a\nb\nc\n").await.unwrap();
+        }
+        let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+            .await
+            .expect("exec -i ends once stdin does")
+            .unwrap();
+        assert!(out.status.success(), "{name}: {out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .collect::<Vec<_>>(),
+            ["3", "done"],
+            "{name}"
+        );
+    }
+    // exec -it: kubectl wants a terminal of its own (script's) and the command gets one in the
+    // pod (a pseudo-terminal from the kubelet), over the WebSocket (1.32) and SPDY (1.20).
+    let script = netns_testbed::require_tool("script", "bsdutils (util-linux's script)");
+    for bin in [&kubectl_new, &kubectl_old] {
+        let inner = format!(
+            "{} --kubeconfig {} exec -it box -- /bin/busybox sh -c '[ -t 0 ] && [ -t 1 ] && echo both-terminals; tty'",
+            bin.display(),
+            kc.display()
+        );
+        let mut child = tokio::process::Command::new(&script)
+            .args(["-qec", &inner, "/dev/null"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        // Open until the command is done: its end is script's stdin ending.
+        let held = child.stdin.take();
+        let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+            .await
+            .expect("exec -it ends with its command")
+            .unwrap();
+        drop(held);
+        let shown = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && shown.contains("both-terminals") && shown.contains("/dev/pts/"),
+            "{}: exec -it: {out:?}",
+            bin.display()
+        );
+    }
+
+    // The image's kubectl over SPDY too, as it falls back when a WebSocket is refused.
+    let mut cmd = tokio::process::Command::new(&kubectl_new);
+    cmd.env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")
         .arg("--kubeconfig")
         .arg(&kc)
         .args([
             "exec",
-            "-i",
             "box",
             "--",
             "/bin/busybox",
             "sh",
             "-c",
-            "busybox wc -l; echo done",
+            "echo spdy; exit 4",
         ])
-        .stdin(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .expect("exec over SPDY ends")
+        .unwrap();
+    assert_eq!(
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).as_ref()
+        ),
+        (Some(4), "spdy\n"),
+        "{out:?}"
+    );
+
+    // Negative control: a user who may read pods but not create pods/exec gets upstream's 403,
+    // over either protocol.
+    let jane = jane_kubeconfig(tb, cp);
+    apply(tb, &kubectl_new, &kc, "pod-getter.yaml", POD_GETTER).await;
+    for bin in [&kubectl_new, &kubectl_old] {
+        let (code, _, err) =
+            kubectl(bin, &jane, &["exec", "box", "--", "/bin/busybox", "true"]).await;
+        assert_ne!(code, 0);
+        assert!(
+            err.contains(r#"pods "box" is forbidden: User "jane" cannot create resource "pods/exec" in API group "" in the namespace "default""#),
+            "{}: {err}",
+            bin.display()
+        );
+    }
+    assert!(tb.running(kubelet_pid), "{}", tb.log_of(kubelet_pid));
+}
+
+/// A free port on 127.0.0.1 of the test's own namespace (bound and released).
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// One HTTP/1.0 GET through `127.0.0.1:port`: the whole answer.
+async fn fetch(port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let get = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").await?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&out).into_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(20), get)
+        .await
+        .expect("a fetch through the forward ends")
+        .unwrap()
+}
+
+/// Starts `kubectl port-forward pod/web LOCAL:80` on 127.0.0.1 and waits for its "Forwarding
+/// from" line; the child is killed on drop.
+async fn port_forward(bin: &Path, kc: &Path, env: &[(&str, &str)]) -> (tokio::process::Child, u16) {
+    let port = free_port();
+    let mut child = tokio::process::Command::new(bin)
+        .envs(env.iter().copied())
+        .arg("--kubeconfig")
+        .arg(kc)
+        .args(["port-forward", "--address", "127.0.0.1", "pod/web"])
+        .arg(format!("{port}:80"))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    {
-        use tokio::io::AsyncWriteExt;
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(b"a\nb\nc\n").await.unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let want = format!("Forwarding from 127.0.0.1:{port} -> 80");
+    let ready = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(l) = lines.next_line().await.unwrap() {
+            if l == want {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    if !ready {
+        let _ = child.kill().await;
+        let out = child.wait_with_output().await.unwrap();
+        panic!(
+            "{}: port-forward did not start: {}",
+            bin.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-        .await
-        .expect("exec -i ends once stdin does")
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .collect::<Vec<_>>(),
-        ["3", "done"]
-    );
+    // Keep reading its output so that it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, port)
+}
 
-    // kubectl 1.20: SPDY only, refused in plain words.
-    let (code, _, err) = kubectl(
-        &kubectl_old,
-        &kc,
-        &["exec", "box", "--", "/bin/busybox", "true"],
+/// `kubectl port-forward` reaches an HTTP server on the pod's 127.0.0.1:80, twice (two
+/// connections, two stream pairs), with the image's kubectl (the SPDY-in-WebSocket tunnel, and
+/// plain SPDY/3.1 with the tunnel turned off) and kubectl 1.20 (SPDY/3.1). A user who may get
+/// pods but not create pods/portforward gets upstream's 403.
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_port_forward_reaches_the_pods_localhost() {
+    netns_testbed::require_tool("busybox", "busybox-static");
+    let kubectl_new = netns_testbed::require_tool("kubectl", "kubectl (the image's own)");
+    let kubectl_old = PathBuf::from(KUBECTL_1_20);
+    assert!(kubectl_old.is_file(), "{KUBECTL_1_20} is missing");
+    let c = overlay_cluster::Cluster::start(1).await;
+    let (tb, cp, client) = (&c.tb, &c.cp, &c.client);
+    let w = &c.workers[0];
+    let mut k = Kubelets::new(tb);
+    let kubelet_pid = k.start(tb, cp, &w.node, &w.dirs, "net.d");
+    wait_node_ready(client, &w.node.name).await;
+    let kc = tb.state_dir().join("admin-local.kubeconfig");
+    std::fs::write(&kc, &cp.local_kubeconfig).unwrap();
+    let site = tb.state_dir().join("site");
+    std::fs::create_dir_all(&site).unwrap();
+    std::fs::write(site.join("index.html"), "hello from the pod\n").unwrap();
+    // busybox httpd on the pod's 127.0.0.1 only: nothing else could answer there.
+    create_pod(
+        client,
+        json!({"metadata": {"name": "web"}, "spec": {"nodeName": "n1",
+            "containers": [{"name": "srv", "image": "busybox",
+                "command": ["/bin/busybox", "httpd", "-f", "-p", "127.0.0.1:80", "-h", site.to_str().unwrap()]}]}}),
     )
     .await;
-    assert_ne!(code, 0);
-    assert!(
-        err.contains("Error from server (BadRequest): exec is served over WebSocket (v5.channel.k8s.io, v4.channel.k8s.io) only; SPDY/3.1 is not served"),
-        "1.20: {err}"
-    );
+    wait_running(tb, client, "web", kubelet_pid).await;
 
-    // Negative control: a user who may read pods but not create pods/exec gets upstream's 403.
+    type Variant<'a> = (&'a Path, &'a [(&'a str, &'a str)], &'a str);
+    let variants: [Variant<'_>; 3] = [
+        (&kubectl_new, &[], "the image's kubectl (WebSocket tunnel)"),
+        (
+            &kubectl_new,
+            &[("KUBECTL_PORT_FORWARD_WEBSOCKETS", "false")],
+            "the image's kubectl (SPDY)",
+        ),
+        (&kubectl_old, &[], "kubectl 1.20 (SPDY)"),
+    ];
+    for (bin, env, what) in variants {
+        let tunnels = tb.log_of(kubelet_pid).matches("a WebSocket tunnel").count();
+        let (mut child, port) = port_forward(bin, &kc, env).await;
+        for i in 0..2 {
+            let mut answer = String::new();
+            // The server may take a moment to listen after the pod reads Running.
+            for _ in 0..50 {
+                answer = fetch(port).await;
+                if answer.contains("hello from the pod") {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            assert!(
+                answer.starts_with("HTTP/1.") && answer.contains("hello from the pod"),
+                "{what}: fetch {i}: {answer:?}; kubelet:\n{}",
+                tb.log_of(kubelet_pid)
+            );
+        }
+        let _ = child.kill().await;
+        // The image's kubectl takes the tunnel unless told not to; the others speak SPDY.
+        let tunnelled = tb.log_of(kubelet_pid).matches("a WebSocket tunnel").count() > tunnels;
+        assert_eq!(tunnelled, env.is_empty() && *bin == kubectl_new, "{what}");
+    }
+
+    // Negative control: jane may get pods (kubectl reads the pod first) but not forward.
     let jane = jane_kubeconfig(tb, cp);
     apply(tb, &kubectl_new, &kc, "pod-getter.yaml", POD_GETTER).await;
-    let (code, _, err) = kubectl(
-        &kubectl_new,
-        &jane,
-        &["exec", "box", "--", "/bin/busybox", "true"],
-    )
-    .await;
-    assert_ne!(code, 0);
-    assert!(
-        err.contains(r#"pods "box" is forbidden: User "jane" cannot create resource "pods/exec" in API group "" in the namespace "default""#),
-        "{err}"
-    );
+    for bin in [&kubectl_new, &kubectl_old] {
+        let (code, _, err) = kubectl(
+            bin,
+            &jane,
+            &[
+                "port-forward",
+                "--address",
+                "127.0.0.1",
+                "pod/web",
+                &format!("{}:80", free_port()),
+            ],
+        )
+        .await;
+        assert_ne!(code, 0, "{}: {err}", bin.display());
+        assert!(
+            err.contains(r#"pods "web" is forbidden: User "jane" cannot create resource "pods/portforward" in API group "" in the namespace "default""#),
+            "{}: {err}",
+            bin.display()
+        );
+    }
     assert!(tb.running(kubelet_pid), "{}", tb.log_of(kubelet_pid));
 }

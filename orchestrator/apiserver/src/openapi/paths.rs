@@ -512,7 +512,7 @@ impl Document {
                     });
                 }
                 // Streams text, not an API object; nothing kubectl looks up.
-                Subresource::Log | Subresource::Exec => {}
+                Subresource::Log | Subresource::Exec | Subresource::PortForward => {}
                 // kubectl create token posts through its typed client, without OpenAPI.
                 Subresource::Token => {}
             }
