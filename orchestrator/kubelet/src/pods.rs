@@ -411,6 +411,21 @@ impl Pods {
         write(&rec)?;
         let mut local = Local::new(rec.clone(), dir.clone());
         if !host_network {
+            // A namespace of this name is this pod's, left by an earlier start whose ADD and
+            // DEL both failed (teardown keeps it then). It goes, with whatever is in it (CNI GC
+            // frees an address it held), so that this start reports its own error rather than
+            // "create netns: File exists" on every retry.
+            match trellis_net::Netns::delete(&self.cfg.netns_dir, &netns_name) {
+                Ok(true) => tracing::warn!(
+                    pod = %name,
+                    netns = %netns_name,
+                    "removed the namespace an earlier failed start left"
+                ),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(netns = %netns_name, error = %e, "removing a stale pod namespace")
+                }
+            }
             if let Err(e) = Self::new_netns(&self.cfg.netns_dir, &netns_name).await {
                 self.teardown(&local).await;
                 return Err(e);
@@ -1311,6 +1326,51 @@ mod tests {
             tls: None,
             client_ca: None,
         }
+    }
+
+    /// A start whose CNI ADD and DEL both fail (here: no network configuration at all) keeps
+    /// its namespace; the next start of that pod must fail with the ADD's error again, not with
+    /// "create netns: File exists". Needs root (network namespaces), as CI runs it.
+    #[tokio::test]
+    async fn a_retried_start_after_add_and_del_failed_reports_the_add_error() {
+        let d = tempfile::tempdir().unwrap();
+        let mut cfg = config(d.path());
+        cfg.netns_prefix = format!("tk{}-", std::process::id() % 100_000);
+        /// Removes what the failed starts kept, also when the test fails: the namespaces, and
+        /// the shared bind mount of their directory that making them set up.
+        struct Cleanup(std::path::PathBuf);
+        impl Drop for Cleanup {
+            fn drop(&mut self) {
+                for e in std::fs::read_dir(&self.0).into_iter().flatten().flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let _ = trellis_net::Netns::delete(&self.0, &name);
+                }
+                let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+        let _cleanup = Cleanup(cfg.netns_dir.clone());
+        let client =
+            kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap()))
+                .unwrap();
+        let net = Network::new(&cfg);
+        let pods = Pods::new(cfg, client, net, Arc::new(Metrics::default()));
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "ns", "uid": "0a1b2c3d-0000-0000-0000-000000000001"},
+            "spec": {"containers": [{"name": "c", "image": "x", "command": ["/nonexistent"]}]}}))
+        .unwrap();
+        let uid = "0a1b2c3d-0000-0000-0000-000000000001";
+        let first = pods
+            .make_sandbox(&pod, uid)
+            .await
+            .err()
+            .expect("no network: ADD fails");
+        let second = pods
+            .make_sandbox(&pod, uid)
+            .await
+            .err()
+            .expect("still no network");
+        assert!(!first.to_string().contains("create netns"), "{first}");
+        assert_eq!(second.to_string(), first.to_string());
     }
 
     /// Issue 14's flap: right after the kubelet started a container's shim, the run had no
