@@ -10,9 +10,16 @@ pub struct Args {
     /// The kubeconfig to reach the API server with (default: in-cluster, then ~/.kube/config).
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
-    /// Where queries are answered (UDP).
+    /// Where queries are answered (UDP and TCP).
     #[arg(long, default_value = "0.0.0.0:53")]
     listen: SocketAddr,
+    /// TCP connections open at once; a connection beyond them is closed at once.
+    #[arg(long, default_value_t = 256)]
+    tcp_max_connections: usize,
+    /// Seconds a TCP connection may send no complete query (or leave an answer unread)
+    /// before it is closed.
+    #[arg(long, default_value_t = 10)]
+    tcp_idle_timeout: u64,
     /// The cluster domain.
     #[arg(long, default_value = "cluster.local")]
     domain: String,
@@ -49,6 +56,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         kubeconfig: args.kubeconfig,
         domain: args.domain,
         listen: args.listen,
+        tcp: trellis_dns::TcpLimits {
+            max_connections: args.tcp_max_connections.max(1),
+            idle_timeout: std::time::Duration::from_secs(args.tcp_idle_timeout.max(1)),
+        },
         upstreams,
         metrics_listen: Some(args.metrics_listen),
     };

@@ -194,6 +194,165 @@ impl Allocator {
         Ok(claims)
     }
 
+    /// What an update of a Service claims and releases. Node ports (and the health-check node
+    /// port) follow the new object, as upstream's update does: a Service that becomes NodePort
+    /// or LoadBalancer gets node ports, keeping those its ports already had (matched by port
+    /// and protocol) and allocating the rest; one that becomes ClusterIP loses them; the
+    /// health-check node port exists only for LoadBalancer with externalTrafficPolicy Local.
+    /// Returns the new keys to claim and the old keys to release, in the update's transaction.
+    pub async fn update_claims(
+        &self,
+        info: &ResourceInfo,
+        storage: &Storage,
+        old: &Value,
+        new: &mut Value,
+    ) -> Result<(Vec<(String, Vec<u8>)>, Vec<String>), ApiError> {
+        if !is_service(info) {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let name = meta::name(new).unwrap_or_default().to_string();
+        let owner = format!("{}/{}", meta::namespace(new).unwrap_or_default(), name).into_bytes();
+        let invalid = |field: &str, value: &str, why: &str| {
+            ApiError::invalid(
+                "",
+                "Service",
+                &name,
+                vec![Cause::invalid(field, value, why)],
+            )
+        };
+        let before = node_ports_of(old);
+        let ty = meta::at(new, &["spec", "type"])
+            .and_then(Value::as_str)
+            .unwrap_or("ClusterIP")
+            .to_string();
+        let needs_ports = ty == "NodePort" || ty == "LoadBalancer";
+        let needs_health = ty == "LoadBalancer"
+            && meta::at(new, &["spec", "externalTrafficPolicy"]).and_then(Value::as_str)
+                == Some("Local");
+        // Ports this Service holds may be asked for again; others' may not.
+        let mut taken: Vec<u16> = if needs_ports || needs_health {
+            self.used_ports(storage)
+                .await?
+                .into_iter()
+                .filter(|p| !before.contains(p))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let check = |field: &str, n: u64, taken: &[u16]| -> Result<u16, ApiError> {
+            let n16 = u16::try_from(n)
+                .ok()
+                .filter(|n| *n >= self.node_ports.0 && *n <= self.node_ports.1)
+                .ok_or_else(|| {
+                    invalid(
+                        field,
+                        &n.to_string(),
+                        &format!(
+                            "provided port is not in the valid range. The range of valid ports is {}-{}",
+                            self.node_ports.0, self.node_ports.1
+                        ),
+                    )
+                })?;
+            if taken.contains(&n16) {
+                return Err(invalid(
+                    field,
+                    &n.to_string(),
+                    "provided port is already allocated",
+                ));
+            }
+            Ok(n16)
+        };
+        let old_ports: Vec<Value> = meta::at(old, &["spec", "ports"])
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let port_key = |p: &Value| {
+            (
+                p.get("port").and_then(Value::as_u64),
+                p.get("protocol")
+                    .and_then(Value::as_str)
+                    .unwrap_or("TCP")
+                    .to_string(),
+            )
+        };
+        let mut ports = meta::at_mut(new, &["spec", "ports"])
+            .and_then(Value::as_array_mut)
+            .map(std::mem::take)
+            .unwrap_or_default();
+        // Which ports want one allocated, after those asked for and those kept are taken.
+        let mut missing = Vec::new();
+        for (i, p) in ports.iter_mut().enumerate() {
+            let asked = p.get("nodePort").and_then(Value::as_u64).filter(|n| *n > 0);
+            if !needs_ports {
+                if let Some(m) = p.as_object_mut() {
+                    m.remove("nodePort");
+                }
+                continue;
+            }
+            let kept = asked.or_else(|| {
+                old_ports
+                    .iter()
+                    .find(|o| port_key(o) == port_key(p))
+                    .and_then(|o| o.get("nodePort").and_then(Value::as_u64))
+                    .filter(|n| *n > 0)
+            });
+            match kept {
+                Some(n) => {
+                    let n = check("spec.ports.nodePort", n, &taken)?;
+                    taken.push(n);
+                    p["nodePort"] = json!(n);
+                }
+                None => missing.push(i),
+            }
+        }
+        for i in missing {
+            let n = (self.node_ports.0..=self.node_ports.1)
+                .find(|n| !taken.contains(n))
+                .ok_or_else(|| ApiError::internal("no node ports are free"))?;
+            taken.push(n);
+            if let Some(p) = ports.get_mut(i) {
+                p["nodePort"] = json!(n);
+            }
+        }
+        if let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) {
+            if !ports.is_empty() || spec.contains_key("ports") {
+                spec.insert("ports".into(), Value::Array(ports));
+            }
+            if needs_health {
+                let asked = spec
+                    .get("healthCheckNodePort")
+                    .and_then(Value::as_u64)
+                    .filter(|n| *n > 0)
+                    .or_else(|| {
+                        meta::at(old, &["spec", "healthCheckNodePort"])
+                            .and_then(Value::as_u64)
+                            .filter(|n| *n > 0)
+                    });
+                let n = match asked {
+                    Some(n) => check("spec.healthCheckNodePort", n, &taken)?,
+                    None => (self.node_ports.0..=self.node_ports.1)
+                        .find(|n| !taken.contains(n))
+                        .ok_or_else(|| ApiError::internal("no node ports are free"))?,
+                };
+                spec.insert("healthCheckNodePort".into(), json!(n));
+            } else {
+                spec.remove("healthCheckNodePort");
+            }
+        }
+        let after = node_ports_of(new);
+        let claims = after
+            .iter()
+            .filter(|p| !before.contains(p))
+            .map(|p| (format!("{PORT_PREFIX}{p}"), owner.clone()))
+            .collect();
+        let releases = before
+            .iter()
+            .filter(|p| !after.contains(p))
+            .map(|p| format!("{PORT_PREFIX}{p}"))
+            .collect();
+        Ok((claims, releases))
+    }
+
     /// The keys an object's deletion releases.
     pub fn releases(&self, info: &ResourceInfo, obj: &Value) -> Vec<String> {
         if !is_service(info) {
@@ -287,4 +446,20 @@ impl Allocator {
             })
             .collect())
     }
+}
+
+/// The node ports a Service object holds: its ports' and its health-check node port.
+fn node_ports_of(obj: &Value) -> Vec<u16> {
+    let mut out: Vec<u16> = meta::at(obj, &["spec", "ports"])
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.get("nodePort").and_then(Value::as_u64))
+        .chain(meta::at(obj, &["spec", "healthCheckNodePort"]).and_then(Value::as_u64))
+        .filter_map(|n| u16::try_from(n).ok())
+        .filter(|n| *n > 0)
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
 }

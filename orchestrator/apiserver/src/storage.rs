@@ -271,14 +271,41 @@ impl Storage {
         revision: i64,
         obj: &Value,
     ) -> Result<Option<Stored>, ApiError> {
+        self.update_with(info, ns, name, revision, obj, Vec::new(), Vec::new())
+            .await
+    }
+
+    /// As [`Storage::update`], with allocations claimed (their keys must not exist) and
+    /// released (deleted) in the same transaction; None as well when a claim was taken
+    /// meanwhile (the caller reads again and retries).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn update_with(
+        &self,
+        info: &ResourceInfo,
+        ns: Option<&str>,
+        name: &str,
+        revision: i64,
+        obj: &Value,
+        claims: Vec<(String, Vec<u8>)>,
+        releases: Vec<String>,
+    ) -> Result<Option<Stored>, ApiError> {
         let key = info.storage_key(ns, name);
-        let txn = Txn::new()
-            .when([Compare::mod_revision(
-                key.clone(),
-                CompareOp::Equal,
-                revision,
-            )])
-            .and_then([Op::put(key, encode(obj)?)]);
+        let mut compares = vec![Compare::mod_revision(
+            key.clone(),
+            CompareOp::Equal,
+            revision,
+        )];
+        let mut ops = vec![Op::put(key, encode(obj)?)];
+        for (k, v) in claims {
+            compares.push(Compare::create_revision(k.clone(), CompareOp::Equal, 0));
+            ops.push(Op::put(k, v));
+        }
+        ops.extend(
+            releases
+                .into_iter()
+                .map(|k| Op::delete(KeyRange::Key(k.into_bytes()))),
+        );
+        let txn = Txn::new().when(compares).and_then(ops);
         let resp = self.store.txn(txn).await?;
         if !resp.succeeded {
             return Ok(None);

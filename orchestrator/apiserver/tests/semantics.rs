@@ -267,3 +267,109 @@ async fn health_and_metrics() {
     config.insecure_listen = Some("0.0.0.0:0".parse().unwrap());
     assert!(trellis_apiserver::start(config).await.is_err());
 }
+
+/// A Service's node ports follow its type on update, as upstream's: ClusterIP → NodePort
+/// allocates them, → LoadBalancer with externalTrafficPolicy Local keeps them and adds a
+/// health-check node port, back to ClusterIP releases both (another Service can then take
+/// them), and a port held by another Service is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_ports_are_allocated_and_released_when_a_service_changes_type() {
+    use k8s_openapi::api::core::v1::Service;
+    let s = TestServer::start().await;
+    let api: Api<Service> = Api::namespaced(s.client().await, "default");
+    let svc = |name: &str, spec: serde_json::Value| -> Service {
+        serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).unwrap()
+    };
+    let node_port =
+        |s: &Service| -> Option<i32> { s.spec.as_ref()?.ports.as_ref()?.first()?.node_port };
+    let health = |s: &Service| s.spec.as_ref().and_then(|s| s.health_check_node_port);
+    let patch = |spec: serde_json::Value| Patch::Merge(json!({"spec": spec}));
+    let pp = PatchParams::default();
+    api.create(
+        &PostParams::default(),
+        &svc("a", json!({"ports": [{"port": 80}]})),
+    )
+    .await
+    .unwrap();
+
+    let a = api
+        .patch("a", &pp, &patch(json!({"type": "NodePort"})))
+        .await
+        .unwrap();
+    let np = node_port(&a).expect("a node port on becoming NodePort");
+    assert!((30000..=32767).contains(&np), "{np}");
+    // Another Service cannot take it.
+    let taken = api
+        .create(
+            &PostParams::default(),
+            &svc(
+                "b",
+                json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": np}]}),
+            ),
+        )
+        .await;
+    assert!(
+        matches!(&taken, Err(kube::Error::Api(e)) if e.code == 422),
+        "{taken:?}"
+    );
+
+    let a = api
+        .patch(
+            "a",
+            &pp,
+            &patch(json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(node_port(&a), Some(np), "the node port is kept");
+    let hc = health(&a).expect("a health-check node port");
+    assert_ne!(hc, np);
+    // Cluster policy: the health-check port goes (and is free again).
+    let a = api
+        .patch(
+            "a",
+            &pp,
+            &patch(json!({"externalTrafficPolicy": "Cluster"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(health(&a), None);
+    api.create(
+        &PostParams::default(),
+        &svc(
+            "c",
+            json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": hc}]}),
+        ),
+    )
+    .await
+    .expect("the released health-check port is free");
+
+    let a = api
+        .patch("a", &pp, &patch(json!({"type": "ClusterIP"})))
+        .await
+        .unwrap();
+    assert_eq!(node_port(&a), None, "ClusterIP has no node ports");
+    let b = api
+        .create(
+            &PostParams::default(),
+            &svc(
+                "b",
+                json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": np}]}),
+            ),
+        )
+        .await
+        .expect("the released node port is free");
+    assert_eq!(node_port(&b), Some(np));
+    // Asking for a port another Service holds on update is refused too.
+    let refused = api
+        .patch(
+            "a",
+            &pp,
+            &patch(json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": np}]})),
+        )
+        .await;
+    assert!(
+        matches!(&refused, Err(kube::Error::Api(e)) if e.code == 422),
+        "{refused:?}"
+    );
+}

@@ -1,8 +1,10 @@
 //! Cluster DNS (`trellis dns`): answers the cluster zone from a watch of Services and
 //! EndpointSlices (the zone is rebuilt within 100 ms of a change) and forwards every other
-//! name to upstream resolvers, caching their answers. UDP only for now.
+//! name to upstream resolvers, caching their answers. UDP and TCP on the same address; a UDP
+//! answer too large for the query is truncated so that the client asks again over TCP.
 
 pub mod answer;
+pub mod tcp;
 pub mod zone;
 
 use std::collections::HashMap;
@@ -15,12 +17,14 @@ use hickory_proto::op::{Message, OpCode, ResponseCode};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
-use tokio::net::UdpSocket;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Notify;
 use trellis_api::cluster::reflect;
 use trellis_daemon::{Health, Metrics};
 
-pub use answer::{Outcome, respond};
+pub use answer::{Outcome, Transport, respond};
+pub use tcp::TcpLimits;
 pub use zone::Zone;
 
 /// How the server runs.
@@ -29,8 +33,10 @@ pub struct Config {
     pub kubeconfig: Option<PathBuf>,
     /// The cluster domain.
     pub domain: String,
-    /// Where queries are answered (UDP).
+    /// Where queries are answered (UDP and TCP).
     pub listen: SocketAddr,
+    /// How many TCP connections at once, and how long an idle one stays.
+    pub tcp: TcpLimits,
     /// Resolvers other names go to, tried in order.
     pub upstreams: Vec<SocketAddr>,
     /// Health and metrics.
@@ -114,28 +120,71 @@ impl Cache {
     }
 }
 
-/// Asks the upstreams in turn (2 s each); their answer bytes.
+/// How long one upstream has to answer, per transport.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Whether a message has the TC bit.
+fn truncated(bytes: &[u8]) -> bool {
+    bytes.get(2).is_some_and(|f| f & 0x02 != 0)
+}
+
+/// Asks the upstreams in turn (2 s each); their answer bytes. An upstream's truncated UDP
+/// answer is asked again over TCP (and kept as it is if that fails).
 async fn forward(query: &[u8], upstreams: &[SocketAddr]) -> Option<Vec<u8>> {
-    let id = query.get(..2)?;
     for up in upstreams {
-        let bind: SocketAddr = if up.is_ipv4() {
-            "0.0.0.0:0".parse().ok()?
-        } else {
-            "[::]:0".parse().ok()?
-        };
-        let Ok(sock) = UdpSocket::bind(bind).await else {
-            continue;
-        };
-        if sock.connect(up).await.is_err() || sock.send(query).await.is_err() {
-            continue;
-        }
-        let mut buf = vec![0u8; 4096];
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-        while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, sock.recv(&mut buf)).await {
-            if buf.get(..2) == Some(id) {
-                buf.truncate(n);
-                return Some(buf);
+        if let Some(b) = forward_udp(query, *up).await {
+            if truncated(&b) {
+                return Some(forward_tcp(query, *up).await.unwrap_or(b));
             }
+            return Some(b);
+        }
+    }
+    None
+}
+
+/// One question to one upstream over TCP.
+async fn forward_tcp(query: &[u8], up: SocketAddr) -> Option<Vec<u8>> {
+    let id = query.get(..2)?;
+    let len = u16::try_from(query.len()).ok()?;
+    let exchange = async {
+        let mut s = TcpStream::connect(up).await.ok()?;
+        let mut frame = Vec::with_capacity(query.len() + 2);
+        frame.extend_from_slice(&len.to_be_bytes());
+        frame.extend_from_slice(query);
+        s.write_all(&frame).await.ok()?;
+        loop {
+            let n = s.read_u16().await.ok()?;
+            let mut b = vec![0u8; usize::from(n)];
+            s.read_exact(&mut b).await.ok()?;
+            if b.get(..2) == Some(id) {
+                return Some(b);
+            }
+        }
+    };
+    tokio::time::timeout(UPSTREAM_TIMEOUT, exchange)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// One question to one upstream over UDP.
+async fn forward_udp(query: &[u8], up: SocketAddr) -> Option<Vec<u8>> {
+    let id = query.get(..2)?;
+    let bind: SocketAddr = if up.is_ipv4() {
+        "0.0.0.0:0".parse().ok()?
+    } else {
+        "[::]:0".parse().ok()?
+    };
+    let sock = UdpSocket::bind(bind).await.ok()?;
+    if sock.connect(up).await.is_err() || sock.send(query).await.is_err() {
+        return None;
+    }
+    let mut buf = vec![0u8; 65535];
+    let deadline = tokio::time::Instant::now() + UPSTREAM_TIMEOUT;
+    while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, sock.recv(&mut buf)).await {
+        if buf.get(..2) == Some(id) {
+            buf.truncate(n);
+            return Some(buf);
         }
     }
     None
@@ -167,15 +216,17 @@ impl Server {
         self.zone.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// The answer to one datagram (None: send nothing).
-    pub async fn handle(&self, bytes: &[u8]) -> Option<Vec<u8>> {
+    /// The answer to one message that came over `transport` (None: send nothing), cut to
+    /// what the transport carries.
+    pub async fn handle(&self, bytes: &[u8], transport: Transport) -> Option<Vec<u8>> {
         let started = Instant::now();
         let zone = self.zone();
-        let (reply, source) = match respond(bytes, &zone) {
+        let (reply, source) = match respond(bytes, &zone, transport) {
             Outcome::Drop => (None, "dropped"),
             Outcome::Reply(b) => (Some(b), "cluster"),
             Outcome::Forward(q) => {
                 let id = q.metadata.id;
+                let limit = transport.limit(q.edns.as_ref());
                 let key = cache_key(&q);
                 let cached = key.as_ref().and_then(|k| {
                     self.cache
@@ -190,7 +241,7 @@ impl Server {
                         &[],
                         1.0,
                     );
-                    (Some(b), "cache")
+                    (Some(answer::fit(b, limit)), "cache")
                 } else {
                     self.metrics.inc(
                         "trellis_dns_cache_misses_total",
@@ -200,13 +251,15 @@ impl Server {
                     );
                     match forward(bytes, &self.upstreams).await {
                         Some(b) => {
-                            if let Some(k) = key {
+                            // A truncated answer is passed on but never cached: the client
+                            // asks again over TCP, and so do we.
+                            if let Some(k) = key.filter(|_| !truncated(&b)) {
                                 self.cache
                                     .lock()
                                     .unwrap_or_else(|p| p.into_inner())
                                     .put(k, &b);
                             }
-                            (Some(b), "upstream")
+                            (Some(answer::fit(b, limit)), "upstream")
                         }
                         None => {
                             let mut m =
@@ -218,6 +271,14 @@ impl Server {
                 }
             }
         };
+        if reply.as_deref().is_some_and(truncated) {
+            self.metrics.inc(
+                "trellis_dns_truncated_total",
+                "UDP answers cut to the header and question with TC set (the client retries over TCP).",
+                &[],
+                1.0,
+            );
+        }
         let rcode = reply
             .as_deref()
             .and_then(|b| b.get(3))
@@ -246,7 +307,7 @@ pub async fn serve_udp(
     stop: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(stop);
-    let mut buf = vec![0u8; 4096];
+    let mut buf = vec![0u8; 65535];
     loop {
         let (n, peer) = tokio::select! {
             _ = &mut stop => return,
@@ -258,7 +319,7 @@ pub async fn serve_udp(
         let bytes = buf[..n].to_vec();
         let (server, sock) = (server.clone(), sock.clone());
         tokio::spawn(async move {
-            if let Some(reply) = server.handle(&bytes).await {
+            if let Some(reply) = server.handle(&bytes, Transport::Udp).await {
                 let _ = sock.send_to(&reply, peer).await;
             }
         });
@@ -293,15 +354,26 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
                 source,
             })?,
     );
-    tracing::info!(listen = %config.listen, upstreams = ?config.upstreams, "serving DNS");
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    tracing::info!(listen = %config.listen, upstreams = ?config.upstreams, "serving DNS (UDP and TCP)");
     let changed = Arc::new(Notify::new());
     let services = reflect(Api::<Service>::all(kube.clone()), changed.clone());
     let slices = reflect(Api::<EndpointSlice>::all(kube), changed.clone());
     let udp = tokio::spawn(serve_udp(server.clone(), sock, stopped()));
+    let tcp = tokio::spawn(tcp::serve(server.clone(), listener, config.tcp, stopped()));
     tokio::pin!(stop);
     let ready = async { tokio::join!(services.wait_until_ready(), slices.wait_until_ready()) };
     tokio::select! {
-        _ = &mut stop => { let _ = stop_tx.send(true); let _ = udp.await; return Ok(()); }
+        _ = &mut stop => {
+            let _ = stop_tx.send(true);
+            let _ = tokio::join!(udp, tcp);
+            return Ok(());
+        }
         _ = ready => {}
     }
     loop {
@@ -329,7 +401,7 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
     }
     tracing::info!("stopping");
     let _ = stop_tx.send(true);
-    let _ = udp.await;
+    let _ = tokio::join!(udp, tcp);
     Ok(())
 }
 
@@ -389,7 +461,10 @@ mod tests {
         let (up, count) = tiny_upstream().await;
         let server = Server::new(Zone::default(), vec![up]);
         for id in [7u16, 8] {
-            let b = server.handle(&query(id, "example.org.")).await.unwrap();
+            let b = server
+                .handle(&query(id, "example.org."), Transport::Udp)
+                .await
+                .unwrap();
             let m = Message::from_vec(&b).unwrap();
             assert_eq!(m.metadata.id, id);
             assert_eq!(
@@ -402,6 +477,82 @@ mod tests {
             server.metrics.value("trellis_dns_cache_hits_total", &[]),
             Some(1.0)
         );
+    }
+
+    /// An upstream on loopback whose UDP answers are truncated (TC, no records) and whose TCP
+    /// answers carry 60 A records; counts its TCP questions.
+    async fn truncating_upstream() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = udp.local_addr().unwrap();
+        let tcp = TcpListener::bind(addr).await.unwrap();
+        let tcp_count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        fn full(q: &Message) -> Vec<u8> {
+            let mut m = Message::response(q.metadata.id, OpCode::Query);
+            m.add_queries(q.queries.iter().cloned());
+            for i in 0..60u8 {
+                m.add_answer(Record::from_rdata(
+                    q.queries[0].name().clone(),
+                    60,
+                    RData::A(A(std::net::Ipv4Addr::new(203, 0, 113, i))),
+                ));
+            }
+            m.to_vec().unwrap()
+        }
+        tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            for _ in 0..100 {
+                let Ok((n, peer)) = udp.recv_from(&mut buf).await else {
+                    return;
+                };
+                let q = Message::from_vec(&buf[..n]).unwrap();
+                let t = answer::fit(full(&q), 512);
+                udp.send_to(&t, peer).await.unwrap();
+            }
+        });
+        let c = tcp_count.clone();
+        tokio::spawn(async move {
+            for _ in 0..100 {
+                let Ok((mut s, _)) = tcp.accept().await else {
+                    return;
+                };
+                c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let n = s.read_u16().await.unwrap();
+                let mut b = vec![0u8; usize::from(n)];
+                s.read_exact(&mut b).await.unwrap();
+                let a = full(&Message::from_vec(&b).unwrap());
+                s.write_all(&(a.len() as u16).to_be_bytes()).await.unwrap();
+                s.write_all(&a).await.unwrap();
+            }
+        });
+        (addr, tcp_count)
+    }
+
+    #[tokio::test]
+    async fn a_truncated_upstream_answer_is_asked_again_over_tcp_and_cut_per_client_transport() {
+        let (up, tcp_count) = truncating_upstream().await;
+        let server = Server::new(Zone::default(), vec![up]);
+        // Over TCP the client gets all 60.
+        let b = server
+            .handle(&query(1, "many.example.org."), Transport::Tcp)
+            .await
+            .unwrap();
+        let m = Message::from_vec(&b).unwrap();
+        assert!(!m.metadata.truncation);
+        assert_eq!(m.answers.len(), 60);
+        assert_eq!(tcp_count.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // Over UDP, from the cache, cut again to 512 bytes with TC.
+        let b = server
+            .handle(&query(2, "many.example.org."), Transport::Udp)
+            .await
+            .unwrap();
+        let m = Message::from_vec(&b).unwrap();
+        assert!(b.len() <= 512 && m.metadata.truncation && m.answers.is_empty());
+        assert_eq!(m.metadata.id, 2);
+        assert_eq!(
+            server.metrics.value("trellis_dns_truncated_total", &[]),
+            Some(1.0)
+        );
+        assert_eq!(tcp_count.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     #[test]

@@ -322,6 +322,14 @@ impl Api {
             }
             let changed = change(&cur)?;
             let mut new = carry_over(info, &cur.obj, changed, sub)?;
+            // A Service's node ports follow its type (a status write leaves the spec alone).
+            let (claims, releases) = if sub.is_none() {
+                self.alloc
+                    .update_claims(info, &self.storage, &cur.obj, &mut new)
+                    .await?
+            } else {
+                (Vec::new(), Vec::new())
+            };
             let warnings = self.admit(info, &mut new, Some(&cur.obj), call)?;
             bump_generation(info, &cur.obj, &mut new);
             if strip_rv(&new) == strip_rv(&cur.obj) {
@@ -355,7 +363,7 @@ impl Api {
             }
             match self
                 .storage
-                .update(info, ns, name, cur.revision, &new)
+                .update_with(info, ns, name, cur.revision, &new, claims, releases)
                 .await?
             {
                 Some(stored) => {
