@@ -1,12 +1,15 @@
 //! The real [`Dataplane`]: trellis-net's iptables (one restore of several chains and deletes,
 //! chains and counters read back) and ipsets (sync by swap, incremental apply), in the
-//! namespace policyd runs in (the node's).
+//! namespace policyd runs in (the node's). Restores go through one long-lived
+//! `iptables-restore` on nf_tables ([`RestoreSession`]): a process per commit made every
+//! commit that replaced rules wait for an RCU grace period at the tool's exit.
 
 use std::net::IpAddr;
 use std::process::Stdio;
+use std::sync::Arc;
 
 use trellis_net::ipset::{self, IpSet, Ipset, SetMember};
-use trellis_net::iptables::{Backend, IpFamily, Iptables, Table};
+use trellis_net::iptables::{Backend, IpFamily, Iptables, RestoreSession, Table};
 
 use crate::rules::Proto;
 use crate::sync::{ChainRead, Dataplane, DataplaneError, Result};
@@ -17,6 +20,8 @@ use crate::xt::{Member, SetDef, SetKind};
 pub struct Kernel {
     pub iptables: Iptables,
     pub ipset: Ipset,
+    /// Where commits go (the same iptables).
+    restorer: Arc<RestoreSession>,
 }
 
 fn err(e: impl std::fmt::Display) -> DataplaneError {
@@ -26,8 +31,10 @@ fn err(e: impl std::fmt::Display) -> DataplaneError {
 impl Kernel {
     /// The host's iptables backend, here.
     pub async fn detect() -> Result<Kernel> {
+        let iptables = Iptables::detect(None, IpFamily::V4).await.map_err(err)?;
         Ok(Kernel {
-            iptables: Iptables::detect(None, IpFamily::V4).await.map_err(err)?,
+            restorer: Arc::new(RestoreSession::new(iptables.clone())),
+            iptables,
             ipset: Ipset::new(None),
         })
     }
@@ -102,7 +109,7 @@ impl Dataplane for Kernel {
         for name in delete {
             t = t.delete(&name);
         }
-        self.iptables.restore_all(&[t]).await.map_err(err)
+        self.restorer.restore_all(&[t]).await.map_err(err)
     }
 
     async fn sync_sets(&self, sets: Vec<(String, SetDef)>) -> Result<()> {
@@ -149,6 +156,28 @@ impl Dataplane for Kernel {
                 rules: c.rules.into_iter().map(|r| (r.spec, r.packets)).collect(),
             })
             .collect())
+    }
+
+    async fn read_with_jumps(
+        &self,
+    ) -> Result<(
+        Vec<ChainRead>,
+        std::collections::BTreeMap<String, Vec<String>>,
+    )> {
+        let all = self.iptables.read_chains("filter", "").await.map_err(err)?;
+        let mut ours = Vec::new();
+        let mut builtins = std::collections::BTreeMap::new();
+        for c in all {
+            if crate::names::is_owned_chain(&c.name) {
+                ours.push(ChainRead {
+                    name: c.name,
+                    rules: c.rules.into_iter().map(|r| (r.spec, r.packets)).collect(),
+                });
+            } else if crate::sync::JUMPS.iter().any(|(b, _)| *b == c.name) {
+                builtins.insert(c.name, c.rules.into_iter().map(|r| r.spec).collect());
+            }
+        }
+        Ok((ours, builtins))
     }
 
     async fn builtin_rules(&self, chain: &str) -> Result<Vec<String>> {
