@@ -1,15 +1,16 @@
 //! The real [`Dataplane`]: trellis-net's iptables (one restore of several chains and deletes,
 //! chains and counters read back) and ipsets (sync by swap, incremental apply), in the
-//! namespace policyd runs in (the node's). Restores go through one long-lived
-//! `iptables-restore` on nf_tables ([`RestoreSession`]): a process per commit made every
-//! commit that replaced rules wait for an RCU grace period at the tool's exit.
+//! namespace policyd runs in (the node's). One `iptables-restore` process per commit: trellis-net's
+//! long-lived [`trellis_net::iptables::RestoreSession`] would save the RCU grace period each
+//! such process waits for at its exit, but in the policy-scale bench policyd then stalled on a
+//! policy change (the tool waiting for input, its acknowledgement never echoed); not used until
+//! that is understood.
 
 use std::net::IpAddr;
 use std::process::Stdio;
-use std::sync::Arc;
 
 use trellis_net::ipset::{self, IpSet, Ipset, SetMember};
-use trellis_net::iptables::{Backend, IpFamily, Iptables, RestoreSession, Table};
+use trellis_net::iptables::{Backend, IpFamily, Iptables, Table};
 
 use crate::rules::Proto;
 use crate::sync::{ChainRead, Dataplane, DataplaneError, Result};
@@ -20,8 +21,6 @@ use crate::xt::{Member, SetDef, SetKind};
 pub struct Kernel {
     pub iptables: Iptables,
     pub ipset: Ipset,
-    /// Where commits go (the same iptables).
-    restorer: Arc<RestoreSession>,
 }
 
 fn err(e: impl std::fmt::Display) -> DataplaneError {
@@ -31,10 +30,8 @@ fn err(e: impl std::fmt::Display) -> DataplaneError {
 impl Kernel {
     /// The host's iptables backend, here.
     pub async fn detect() -> Result<Kernel> {
-        let iptables = Iptables::detect(None, IpFamily::V4).await.map_err(err)?;
         Ok(Kernel {
-            restorer: Arc::new(RestoreSession::new(iptables.clone())),
-            iptables,
+            iptables: Iptables::detect(None, IpFamily::V4).await.map_err(err)?,
             ipset: Ipset::new(None),
         })
     }
@@ -109,7 +106,7 @@ impl Dataplane for Kernel {
         for name in delete {
             t = t.delete(&name);
         }
-        self.restorer.restore_all(&[t]).await.map_err(err)
+        self.iptables.restore_all(&[t]).await.map_err(err)
     }
 
     async fn sync_sets(&self, sets: Vec<(String, SetDef)>) -> Result<()> {
