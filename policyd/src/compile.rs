@@ -725,8 +725,9 @@ pub fn plan_pods(
 /// the chains that differ, the chains and sets no longer wanted, and the new sets; applied to
 /// `prev` it gives exactly what [`compile`] gives for the cluster now.
 ///
-/// Not used by the daemon yet: in the policy-scale bench one plan took 4.4 s (and in two runs
-/// more than 30 s) where a whole compile takes 15–40 ms; why is not understood yet.
+/// Not used by the daemon yet: it was tried together with a verifier moved off the daemon's
+/// loop, and those runs of the policy-scale bench stalled (that change alone stalled too); it
+/// has not been measured on its own.
 pub fn plan_policies(prev: &Program, cluster: &Cluster, opts: &Options) -> Plan {
     let mut plan = Plan::default();
     let mut b = Builder {

@@ -1,8 +1,7 @@
 //! `trellis policyd`: the watches feed the model; whenever it changed (or a plugin registered a
 //! pod at the gate), every change already queued is taken in (coalescing), the node's program
 //! is compiled and committed — or, when only pods changed, their change set is planned against
-//! the committed program and only that is committed; the verifier reads the kernel every verify
-//! period, off the loop, and the loop repairs what it found.
+//! the committed program and only that is committed; the verifier runs every verify period.
 //! One task owns the model and the kernel writes, so commits never interleave.
 //!
 //! Nothing is committed until all four watches have listed: committing a half-listed cluster
@@ -88,8 +87,6 @@ struct State {
     /// Pods changed since the last commit, with what they were then; None when something else
     /// changed (or nothing is committed yet): then the whole program is compiled.
     changed: Option<BTreeMap<String, Option<Pod>>>,
-    /// A NetworkPolicy or ClusterNetworkPolicy changed since the last commit: a whole compile.
-    policies: bool,
 }
 
 impl State {
@@ -225,7 +222,9 @@ impl State {
                     Delta::Remove(_) => {}
                 }
                 let changed = apply_map(&mut c.netpols, d, crate::netpol::NetPol::key);
-                self.policies |= changed;
+                if changed {
+                    self.changed = None;
+                }
                 let failed = c
                     .netpols
                     .values()
@@ -250,7 +249,9 @@ impl State {
                     Delta::Remove(_) => {}
                 }
                 let changed = apply_map(&mut c.cnps, d, |p| p.name.clone());
-                self.policies |= changed;
+                if changed {
+                    self.changed = None;
+                }
                 let failed = c
                     .netpols
                     .values()
@@ -475,7 +476,6 @@ pub async fn run(
         events: Some(client.clone()),
         failed_closed: 0,
         changed: None,
-        policies: false,
     };
     let mut changes = crate::watch::start(&client);
     let opts = Options {
@@ -493,12 +493,6 @@ pub async fn run(
     verify_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ready = false;
     let mut gate_open = true;
-    // The verifier reads the kernel in a task of its own (a read under load must not hold up a
-    // change) and the loop repairs from what it read, unless a commit came in between: the
-    // read is tagged with the count of commits made when it started.
-    let (seen_tx, mut seen_rx) = mpsc::channel::<(u64, crate::sync::Result<verify::Observed>)>(1);
-    let mut reading = false;
-    let mut commits: u64 = 0;
     tokio::pin!(shutdown);
     loop {
         let retry_wait = async {
@@ -531,37 +525,17 @@ pub async fn run(
             }
             _ = retry_wait => retry_at = None,
             _ = verify_tick.tick() => {
-                if !reading && dirty_since.is_none() && syncer.committed.is_some() {
-                    reading = true;
-                    let (kernel, tx, at) = (kernel.clone(), seen_tx.clone(), commits);
-                    tokio::spawn(async move {
-                        let seen = verify::observe(kernel.as_ref()).await;
-                        let _ = tx.send((at, seen)).await;
-                    });
-                }
-            }
-            Some((at, seen)) = seen_rx.recv() => {
-                reading = false;
-                // A commit since the read began: what was read may predate it; read again
-                // next period.
-                if at == commits
-                    && dirty_since.is_none()
+                if dirty_since.is_none()
                     && let Some(p) = &syncer.committed
                 {
-                    match seen {
-                        Ok(seen) => match verify::repair(kernel.as_ref(), p, &seen).await {
-                            Ok(r) if r.total() > 0 => {
-                                tracing::warn!(chains = ?r.chains, jumps = r.jumps, sets = ?r.sets, "verifier put back what was changed");
-                                metrics::repaired(&metrics, &r);
-                            }
-                            Ok(_) => {}
-                            Err(e) => {
-                                tracing::warn!(error = %e, "verifier failed");
-                                metrics::sync_error(&metrics, "verify");
-                            }
-                        },
+                    match verify::verify(kernel.as_ref(), p).await {
+                        Ok(r) if r.total() > 0 => {
+                            tracing::warn!(chains = ?r.chains, jumps = r.jumps, sets = ?r.sets, "verifier put back what was changed");
+                            metrics::repaired(&metrics, &r);
+                        }
+                        Ok(_) => {}
                         Err(e) => {
-                            tracing::warn!(error = %e, "verifier could not read the kernel");
+                            tracing::warn!(error = %e, "verifier failed");
                             metrics::sync_error(&metrics, "verify");
                         }
                     }
@@ -589,13 +563,11 @@ pub async fn run(
         let started = dirty_since.unwrap_or_else(Instant::now);
         let compiling = Instant::now();
         // A batch of pod events is planned as a change set against what is committed; anything
-        // else (a policy or namespace change, the first commit) compiles the whole program.
-        // (`compile::plan_policies` is not used here yet: at the bench's scale one plan took
-        // seconds in some runs, not understood yet.)
+        // else (and the first commit) compiles the whole program.
         let work = {
             let c = cluster.read().unwrap_or_else(|p| p.into_inner());
             match (&state.changed, &syncer.committed) {
-                (Some(changed), Some(prev)) if config.incremental && !state.policies => {
+                (Some(changed), Some(prev)) if config.incremental => {
                     Work::Delta(compile::plan_pods(prev, &c, &opts, changed))
                 }
                 _ => Work::Full(compile(&c, &opts)),
@@ -606,7 +578,6 @@ pub async fn run(
             Work::Full(new) => syncer.commit(kernel.as_ref(), new).await,
             Work::Delta(plan) => syncer.apply(kernel.as_ref(), plan).await,
         };
-        commits += 1;
         match result {
             Ok(stats) => {
                 let publishing = Instant::now();
@@ -627,7 +598,6 @@ pub async fn run(
                     metrics::committed(&metrics, &served, latency.as_secs_f64(), local.len());
                 }
                 state.changed = Some(BTreeMap::new());
-                state.policies = false;
                 let t = stats.timings;
                 let published = publishing.elapsed();
                 for (phase, d) in [
@@ -678,7 +648,6 @@ pub async fn run(
                 // Start over from the kernel's state next time, with a whole program.
                 syncer.committed = None;
                 state.changed = None;
-                state.policies = false;
                 retry_at = Some(tokio::time::Instant::now() + Duration::from_millis(500));
             }
         }
@@ -731,7 +700,6 @@ mod tests {
             events: None,
             failed_closed: 0,
             changed: Some(BTreeMap::new()),
-            policies: false,
         }
     }
 

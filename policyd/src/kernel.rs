@@ -1,10 +1,6 @@
 //! The real [`Dataplane`]: trellis-net's iptables (one restore of several chains and deletes,
 //! chains and counters read back) and ipsets (sync by swap, incremental apply), in the
-//! namespace policyd runs in (the node's). One `iptables-restore` process per commit: trellis-net's
-//! long-lived [`trellis_net::iptables::RestoreSession`] would save the RCU grace period each
-//! such process waits for at its exit, but in the policy-scale bench policyd then stalled on a
-//! policy change (the tool waiting for input, its acknowledgement never echoed); not used until
-//! that is understood.
+//! namespace policyd runs in (the node's).
 
 use std::net::IpAddr;
 use std::process::Stdio;
@@ -153,28 +149,6 @@ impl Dataplane for Kernel {
                 rules: c.rules.into_iter().map(|r| (r.spec, r.packets)).collect(),
             })
             .collect())
-    }
-
-    async fn read_with_jumps(
-        &self,
-    ) -> Result<(
-        Vec<ChainRead>,
-        std::collections::BTreeMap<String, Vec<String>>,
-    )> {
-        let all = self.iptables.read_chains("filter", "").await.map_err(err)?;
-        let mut ours = Vec::new();
-        let mut builtins = std::collections::BTreeMap::new();
-        for c in all {
-            if crate::names::is_owned_chain(&c.name) {
-                ours.push(ChainRead {
-                    name: c.name,
-                    rules: c.rules.into_iter().map(|r| (r.spec, r.packets)).collect(),
-                });
-            } else if crate::sync::JUMPS.iter().any(|(b, _)| *b == c.name) {
-                builtins.insert(c.name, c.rules.into_iter().map(|r| r.spec).collect());
-            }
-        }
-        Ok((ours, builtins))
     }
 
     async fn builtin_rules(&self, chain: &str) -> Result<Vec<String>> {

@@ -55,20 +55,6 @@ pub trait Dataplane: Send + Sync {
     fn read_chains(&self) -> impl Future<Output = Result<Vec<ChainRead>>> + Send;
     /// The rules of a built-in chain, in order (`-A CHAIN …` text).
     fn builtin_rules(&self, chain: &str) -> impl Future<Output = Result<Vec<String>>> + Send;
-    /// Our chains, and the rules of the built-in chains our jumps live in ([`JUMPS`]) by name:
-    /// what the verifier compares. The real dataplane reads both from one `iptables-save`.
-    fn read_with_jumps(
-        &self,
-    ) -> impl Future<Output = Result<(Vec<ChainRead>, BTreeMap<String, Vec<String>>)>> + Send {
-        async move {
-            let chains = self.read_chains().await?;
-            let mut builtins = BTreeMap::new();
-            for (builtin, _) in JUMPS {
-                builtins.insert(builtin.to_string(), self.builtin_rules(builtin).await?);
-            }
-            Ok((chains, builtins))
-        }
-    }
     /// Inserts `spec` at position 1 of a built-in chain.
     fn insert_first(&self, chain: &str, spec: &[&str]) -> impl Future<Output = Result<()>> + Send;
     /// Deletes rule number `n` (1-based) of a built-in chain.
@@ -320,36 +306,6 @@ impl Syncer {
     }
 }
 
-fn jumps_to(rule: &str, chain: &str) -> bool {
-    rule.split_whitespace()
-        .collect::<Vec<_>>()
-        .windows(2)
-        .any(|w| (w[0] == "-j" || w[0] == "-g") && w[1] == chain)
-}
-
-/// Positions of the rules of a built-in chain that jump to `ours`, and whether that is
-/// exactly one jump ahead of the overlay agent's `-j TRELLIS-FWD`.
-fn our_jumps(rules: &[String], ours: &str) -> (Vec<usize>, bool) {
-    let mine: Vec<usize> = rules
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| jumps_to(r, ours))
-        .map(|(i, _)| i)
-        .collect();
-    let overlay = rules.iter().position(|r| jumps_to(r, names::OVERLAY_FWD));
-    let good = mine.len() == 1 && overlay.is_none_or(|o| mine[0] < o);
-    (mine, good)
-}
-
-/// Whether each built-in chain (as read) has our jump exactly once, in front of the overlay's.
-pub fn jumps_in_place(builtins: &BTreeMap<String, Vec<String>>) -> bool {
-    JUMPS.iter().all(|(builtin, ours)| {
-        builtins
-            .get(*builtin)
-            .is_some_and(|rules| our_jumps(rules, ours).1)
-    })
-}
-
 /// Puts each jump into its built-in chain exactly once, ahead of the overlay agent's
 /// `-j TRELLIS-FWD` (a new copy goes in at the top before the old one is removed, so the jump
 /// is never missing). Returns how many it had to fix.
@@ -357,7 +313,20 @@ pub async fn ensure_jumps<D: Dataplane>(dp: &D) -> Result<usize> {
     let mut fixed = 0;
     for (builtin, ours) in JUMPS {
         let rules = dp.builtin_rules(builtin).await?;
-        let (mine, good) = our_jumps(&rules, ours);
+        let jumps_to = |r: &String, chain: &str| {
+            r.split_whitespace()
+                .collect::<Vec<_>>()
+                .windows(2)
+                .any(|w| (w[0] == "-j" || w[0] == "-g") && w[1] == chain)
+        };
+        let mine: Vec<usize> = rules
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| jumps_to(r, ours))
+            .map(|(i, _)| i)
+            .collect();
+        let overlay = rules.iter().position(|r| jumps_to(r, names::OVERLAY_FWD));
+        let good = mine.len() == 1 && overlay.is_none_or(|o| mine[0] < o);
         if good {
             continue;
         }

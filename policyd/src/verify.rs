@@ -2,14 +2,10 @@
 //! verify period it reads our chains back and compares their rules' tags with what we wrote,
 //! checks our jumps are there and in front of the overlay's accept, and that our sets exist;
 //! whatever differs is put back (one restore for all the damaged chains) and counted.
-//!
-//! Reading ([`observe`]: one `iptables-save`, one `ipset list`) is apart from repairing
-//! ([`repair`]) so the daemon can read off its loop: a read that takes a while under load must
-//! not hold up the next policy change (it did: the loop ran the whole pass inline).
 
 use std::collections::BTreeMap;
 
-use crate::sync::{Dataplane, Result, ensure_jumps, jumps_in_place};
+use crate::sync::{Dataplane, Result, ensure_jumps};
 use crate::xt::{Program, XRule, tag_of};
 
 /// What one pass found and repaired.
@@ -26,21 +22,11 @@ impl Repairs {
     }
 }
 
-/// What the kernel holds of ours, as one pass reads it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Observed {
-    /// Our chains: their rules' tags, in order.
-    pub chains: BTreeMap<String, Vec<String>>,
-    /// Our sets that exist.
-    pub sets: Vec<String>,
-    /// Whether every jump into our chains is in place.
-    pub jumps_ok: bool,
-}
-
-/// Reads what the kernel holds of ours (nothing is changed).
-pub async fn observe<D: Dataplane>(dp: &D) -> Result<Observed> {
-    let (read, builtins) = dp.read_with_jumps().await?;
-    let chains = read
+/// Checks the kernel against `committed` and repairs it.
+pub async fn verify<D: Dataplane>(dp: &D, committed: &Program) -> Result<Repairs> {
+    let read: BTreeMap<String, Vec<String>> = dp
+        .read_chains()
+        .await?
         .into_iter()
         .map(|c| {
             let tags = c
@@ -51,27 +37,19 @@ pub async fn observe<D: Dataplane>(dp: &D) -> Result<Observed> {
             (c.name, tags)
         })
         .collect();
-    Ok(Observed {
-        chains,
-        sets: dp.list_sets(crate::names::SET_PREFIX).await?,
-        jumps_ok: jumps_in_place(&builtins),
-    })
-}
-
-/// Puts back what `seen` (read while `committed` was what the kernel should hold) lacks.
-pub async fn repair<D: Dataplane>(dp: &D, committed: &Program, seen: &Observed) -> Result<Repairs> {
     let mut repairs = Repairs::default();
     for (name, rules) in &committed.chains {
         let want: Vec<String> = rules.iter().map(XRule::tag).collect();
-        if seen.chains.get(name) != Some(&want) {
+        if read.get(name) != Some(&want) {
             repairs.chains.push(name.clone());
         }
     }
     // Sets first: a re-declared chain may reference a set that was destroyed.
+    let present = dp.list_sets(crate::names::SET_PREFIX).await?;
     let missing: Vec<_> = committed
         .sets
         .iter()
-        .filter(|(n, _)| !seen.sets.contains(n))
+        .filter(|(n, _)| !present.contains(n))
         .map(|(n, s)| (n.clone(), s.clone()))
         .collect();
     repairs.sets = missing.iter().map(|(n, _)| n.clone()).collect();
@@ -91,17 +69,8 @@ pub async fn repair<D: Dataplane>(dp: &D, committed: &Program, seen: &Observed) 
             .collect();
         dp.restore(declare, Vec::new()).await?;
     }
-    if !seen.jumps_ok {
-        // Read again right before fixing: positions are what the fix works with.
-        repairs.jumps = ensure_jumps(dp).await?;
-    }
+    repairs.jumps = ensure_jumps(dp).await?;
     Ok(repairs)
-}
-
-/// One whole pass: [`observe`], then [`repair`].
-pub async fn verify<D: Dataplane>(dp: &D, committed: &Program) -> Result<Repairs> {
-    let seen = observe(dp).await?;
-    repair(dp, committed, &seen).await
 }
 
 #[cfg(test)]
