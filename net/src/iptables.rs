@@ -8,11 +8,10 @@
 
 use std::fmt::Write as _;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-
 use crate::error::{Error, Result};
 use crate::exec;
 use crate::netns::Netns;
+pub use crate::restore_session::{Delivery, RestoreSession};
 
 /// Which iptables implementation the host uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,12 +85,12 @@ pub struct Iptables {
     pub backend: Backend,
     pub family: IpFamily,
     /// Where to run (None: the caller's namespace).
-    netns: Option<std::path::PathBuf>,
+    pub(crate) netns: Option<std::path::PathBuf>,
 }
 
 impl Iptables {
     /// `iptables-nft`, `ip6tables-legacy-restore`, …: always the backend's own binary.
-    fn tool(&self, suffix: &str) -> String {
+    pub(crate) fn tool(&self, suffix: &str) -> String {
         let base = match self.family {
             IpFamily::V4 => "iptables",
             IpFamily::V6 => "ip6tables",
@@ -240,153 +239,6 @@ impl Iptables {
         let mut del = vec!["-w", "-t", table, "-D", chain];
         del.extend_from_slice(spec);
         Ok(self.run(&tool, &del, None).await.is_ok())
-    }
-}
-
-/// The marker line written after each commit block of a [`RestoreSession`]; the tool echoes
-/// comment lines in `--verbose` mode, in order, once everything before them is processed.
-fn commit_marker(n: u64) -> String {
-    format!("# trellis-restore-done {n}")
-}
-
-/// One `iptables-nft-restore --noflush --verbose` kept running and fed through stdin: each
-/// table block is committed when its `COMMIT` line is read (one nf_tables batch, applied in
-/// the kernel before the tool reads on), and a comment line after it comes back on stdout
-/// once it is applied — the acknowledgement.
-///
-/// Why: a fresh `iptables-restore` per change pays a process start, and on nf_tables its exit
-/// waits for an RCU grace period whenever the commit freed rules (closing a netfilter netlink
-/// socket flushes nf_tables' pending destroy work, which calls `synchronize_rcu()`): 15–45 ms
-/// on an idle 2-vCPU VM and over 100 ms under load, after the rules were already live. A
-/// session never closes its socket, so a commit costs one write and one line read.
-///
-/// Only for the nf_tables backend: `iptables-legacy-restore` holds the xtables lock for as
-/// long as it runs, which would lock every other iptables user out. A session that fails
-/// (the tool exits on the first bad line, or stops answering) is dropped and the same input
-/// is applied with a one-shot [`Iptables::restore_all`], whose error is the one returned; the
-/// next call starts a new session. Declaring chains and deleting declared ones is idempotent,
-/// so applying a block twice does no harm.
-///
-/// policyd does not use it yet: it was measured there (policy-scale bench, `--full-compile`:
-/// the iptables phase of a policy change 3.2 ms p50 / 6.7 ms p99, from 16.3 / 23.8 ms) but
-/// shipped together with another change that stalled the daemon, and was taken out with it.
-#[derive(Debug)]
-pub struct RestoreSession {
-    iptables: Iptables,
-    live: tokio::sync::Mutex<Option<LiveRestore>>,
-}
-
-#[derive(Debug)]
-struct LiveRestore {
-    /// Kept so dropping the session kills the tool (`kill_on_drop`).
-    _child: tokio::process::Child,
-    stdin: tokio::process::ChildStdin,
-    stdout: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
-    sent: u64,
-}
-
-impl RestoreSession {
-    pub fn new(iptables: Iptables) -> RestoreSession {
-        RestoreSession {
-            iptables,
-            live: tokio::sync::Mutex::new(None),
-        }
-    }
-
-    pub fn iptables(&self) -> &Iptables {
-        &self.iptables
-    }
-
-    /// Whether commits go through a long-lived tool (nf_tables) rather than one process each.
-    pub fn streams(&self) -> bool {
-        self.iptables.backend == Backend::Nft
-    }
-
-    /// Like [`Iptables::restore_all`] (each table block commits atomically, other chains are
-    /// left alone), through the running tool when the backend allows it.
-    pub async fn restore_all(&self, tables: &[Table]) -> Result<()> {
-        if tables.is_empty() {
-            return Ok(());
-        }
-        if !self.streams() {
-            return self.iptables.restore_all(tables).await;
-        }
-        let input: String = tables.iter().map(Table::render).collect();
-        let mut live = self.live.lock().await;
-        if live.is_none() {
-            *live = self.spawn().ok();
-        }
-        if let Some(session) = live.as_mut() {
-            match session.commit(&input).await {
-                Ok(()) => return Ok(()),
-                Err(_) => *live = None,
-            }
-        }
-        // The session failed (or could not start): the same input once more in a process of
-        // its own, whose error names the failing line.
-        self.iptables.restore_all(tables).await
-    }
-
-    fn spawn(&self) -> Result<LiveRestore> {
-        let program = self.iptables.tool("-restore");
-        let what = format!("{program} --noflush --verbose");
-        let std_cmd = match self.iptables.netns.as_deref() {
-            Some(path) => Netns::open(path)?.command(&program)?,
-            None => std::process::Command::new(&program),
-        };
-        let mut cmd = tokio::process::Command::from(std_cmd);
-        cmd.args(["--noflush", "--verbose"])
-            .kill_on_drop(true)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null());
-        let mut child = cmd.spawn().map_err(|e| Error::os("run", &what, e))?;
-        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-            return Err(Error::invalid("run", &what, "no stdin or stdout pipe"));
-        };
-        Ok(LiveRestore {
-            _child: child,
-            stdin,
-            stdout: tokio::io::BufReader::new(stdout).lines(),
-            sent: 0,
-        })
-    }
-}
-
-impl LiveRestore {
-    /// Writes `input` and a marker, and waits (bounded) for the marker to come back.
-    async fn commit(&mut self, input: &str) -> Result<()> {
-        self.sent += 1;
-        let marker = commit_marker(self.sent);
-        let text = format!("{input}{marker}\n");
-        let what = "iptables-restore session";
-        let exchange = async {
-            self.stdin
-                .write_all(text.as_bytes())
-                .await
-                .map_err(|e| Error::os("write to", what, e))?;
-            self.stdin
-                .flush()
-                .await
-                .map_err(|e| Error::os("write to", what, e))?;
-            loop {
-                match self.stdout.next_line().await {
-                    Ok(Some(line)) if line.trim_end() == marker => return Ok(()),
-                    Ok(Some(_)) => continue,
-                    Ok(None) => return Err(Error::invalid("read", what, "the tool exited")),
-                    Err(e) => return Err(Error::os("read from", what, e)),
-                }
-            }
-        };
-        tokio::time::timeout(exec::TOOL_TIMEOUT, exchange)
-            .await
-            .map_err(|_| {
-                Error::invalid(
-                    "run",
-                    what,
-                    format!("no answer within {} s", exec::TOOL_TIMEOUT.as_secs()),
-                )
-            })?
     }
 }
 

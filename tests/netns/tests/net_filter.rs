@@ -525,6 +525,129 @@ async fn a_restore_session_commits_each_block_before_it_returns() {
     }
 }
 
+/// A restore session whose tool dies between two blocks (killed by its process id) or stops
+/// answering (SIGSTOP) costs one restore through a process of its own: that block still lands,
+/// whole, and the one after it goes through a new session. The stopped tool is reaped before
+/// the fallback runs, so it cannot apply anything later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_session_that_dies_or_hangs_is_replaced_and_no_block_is_lost() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    use trellis_net::iptables::Delivery;
+
+    require_root();
+    require_tool("iptables-nft", "iptables");
+    let tb = Testbed::new().unwrap();
+    let ns = tb.add_ns("sessdie").await.unwrap();
+    let mut ipt = Iptables::detect(Some(&ns), IpFamily::V4).await.unwrap();
+    ipt.backend = Backend::Nft;
+    let session = RestoreSession::new(ipt.clone()).answer_within(Duration::from_millis(1500));
+    let chain = |ipt: &Iptables| {
+        let ipt = ipt.clone();
+        async move {
+            ipt.read_chains("filter", "TRELLIS-T-K")
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|c| {
+                    (
+                        c.name,
+                        c.rules.into_iter().map(|r| r.spec).collect::<Vec<_>>(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    // Two chains per block, the dispatch jumping to the other: a block is whole or absent.
+    let block = |n: u8| {
+        Table::new("filter")
+            .chain("TRELLIS-T-KP", vec![format!("-d 127.0.0.{n}/32 -j RETURN")])
+            .chain(
+                "TRELLIS-T-KD",
+                vec![format!("-s 127.0.1.{n}/32 -j TRELLIS-T-KP")],
+            )
+    };
+    let want = |n: u8| {
+        vec![
+            (
+                "TRELLIS-T-KD".to_string(),
+                vec![format!("-s 127.0.1.{n}/32 -j TRELLIS-T-KP")],
+            ),
+            (
+                "TRELLIS-T-KP".to_string(),
+                vec![format!("-d 127.0.0.{n}/32 -j RETURN")],
+            ),
+        ]
+    };
+    let by_name = |mut v: Vec<(String, Vec<String>)>| {
+        v.sort();
+        v
+    };
+    assert_eq!(
+        session.restore_all(&[block(1)]).await.unwrap(),
+        Delivery::Session
+    );
+    assert_eq!(by_name(chain(&ipt).await), want(1));
+    let first = session.pid().await.expect("a session runs");
+
+    // Killed between two blocks.
+    kill(Pid::from_raw(first as i32), Signal::SIGKILL).unwrap();
+    let d = session.restore_all(&[block(2)]).await.unwrap();
+    assert!(
+        matches!(
+            d,
+            Delivery::OneShot {
+                session_error: Some(_)
+            }
+        ),
+        "the dead session is noticed: {d:?}"
+    );
+    assert_eq!(
+        by_name(chain(&ipt).await),
+        want(2),
+        "the block landed anyway"
+    );
+    assert_eq!(
+        session.restore_all(&[block(3)]).await.unwrap(),
+        Delivery::Session
+    );
+    assert_eq!(by_name(chain(&ipt).await), want(3));
+    let second = session.pid().await.expect("a new session runs");
+    assert_ne!(first, second);
+
+    // Stopped: no acknowledgement within the bound; killed, reaped, the block one-shot.
+    kill(Pid::from_raw(second as i32), Signal::SIGSTOP).unwrap();
+    let t = std::time::Instant::now();
+    let d = session.restore_all(&[block(4)]).await.unwrap();
+    let Delivery::OneShot {
+        session_error: Some(e),
+    } = d
+    else {
+        panic!("the silent session is noticed: {d:?}")
+    };
+    assert!(e.contains("not acknowledged"), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    assert!(
+        !std::path::Path::new(&format!("/proc/{second}")).exists(),
+        "the stopped tool is reaped before the fallback"
+    );
+    assert_eq!(by_name(chain(&ipt).await), want(4));
+    assert_eq!(
+        session.restore_all(&[block(5)]).await.unwrap(),
+        Delivery::Session
+    );
+    assert_eq!(by_name(chain(&ipt).await), want(5));
+    assert_eq!((session.sessions_started(), session.fallbacks()), (3, 2));
+
+    session
+        .restore_all(&[Table::new("filter")
+            .delete("TRELLIS-T-KD")
+            .delete("TRELLIS-T-KP")])
+        .await
+        .unwrap();
+    assert!(chain(&ipt).await.is_empty());
+}
+
 /// The namespace snapshot the plugin and daemon tests compare includes ipsets: a set left
 /// behind (or a member changed) shows up in the diff.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
