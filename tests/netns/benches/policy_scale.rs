@@ -841,6 +841,7 @@ async fn run() {
         "trellis_policyd_ipsets",
         "trellis_policyd_ipset_members",
         "trellis_policyd_local_pods",
+        "trellis_policyd_restore_fallbacks_total",
     ]
     .iter()
     .map(|n| (n.to_string(), metric(&text, n).unwrap_or(f64::NAN)))
