@@ -11,6 +11,7 @@ use std::fmt::Write as _;
 use crate::error::{Error, Result};
 use crate::exec;
 use crate::netns::Netns;
+pub use crate::restore_session::{Delivery, RestoreSession};
 
 /// Which iptables implementation the host uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,12 +85,12 @@ pub struct Iptables {
     pub backend: Backend,
     pub family: IpFamily,
     /// Where to run (None: the caller's namespace).
-    netns: Option<std::path::PathBuf>,
+    pub(crate) netns: Option<std::path::PathBuf>,
 }
 
 impl Iptables {
     /// `iptables-nft`, `ip6tables-legacy-restore`, …: always the backend's own binary.
-    fn tool(&self, suffix: &str) -> String {
+    pub(crate) fn tool(&self, suffix: &str) -> String {
         let base = match self.family {
             IpFamily::V4 => "iptables",
             IpFamily::V6 => "ip6tables",

@@ -717,6 +717,58 @@ pub fn plan_pods(
     plan
 }
 
+/// The change set of policy events (NetworkPolicies and ClusterNetworkPolicies changed, no pod
+/// and no namespace since `prev` was compiled): every local pod's chains and the dispatch are
+/// built again — cheap, a node has few pods — but the sets `prev` already has are named, not
+/// recomputed: a set's name is a hash of what selects its members, and pods and namespaces are
+/// unchanged, so its members are too. Only sets a rule newly names are computed. The plan holds
+/// the chains that differ, the chains and sets no longer wanted, and the new sets; applied to
+/// `prev` it gives exactly what [`compile`] gives for the cluster now.
+///
+/// Not used by the daemon yet: it was tried together with a verifier moved off the daemon's
+/// loop, and those runs of the policy-scale bench stalled (that change alone stalled too); it
+/// has not been measured on its own.
+pub fn plan_policies(prev: &Program, cluster: &Cluster, opts: &Options) -> Plan {
+    let mut plan = Plan::default();
+    let mut b = Builder {
+        cluster,
+        known: Some(&prev.sets),
+        prog: Program::default(),
+    };
+    let local: Vec<&Pod> = cluster.local_pods(&opts.node).collect();
+    for pod in &local {
+        b.pod_chains(pod, Direction::Ingress);
+        b.pod_chains(pod, Direction::Egress);
+    }
+    b.prog.chains.extend(frame(&local, opts));
+    let chains = std::mem::take(&mut b.prog.chains);
+    let referenced = referenced_sets(chains.values());
+    for (name, def) in std::mem::take(&mut b.prog.sets) {
+        if referenced.contains(name.as_str())
+            && let Some(src) = b.prog.sources.remove(&name)
+        {
+            plan.new_sets.insert(name, (def, src));
+        }
+    }
+    plan.destroy = prev
+        .sets
+        .keys()
+        .filter(|n| !referenced.contains(n.as_str()))
+        .cloned()
+        .collect();
+    plan.delete = prev
+        .chains
+        .keys()
+        .filter(|n| !chains.contains_key(*n))
+        .cloned()
+        .collect();
+    plan.chains = chains
+        .into_iter()
+        .filter(|(name, rules)| prev.chains.get(name) != Some(rules))
+        .collect();
+    plan
+}
+
 /// The addresses a program dispatches (its committed local pods).
 pub fn dispatched(prog: &Program) -> BTreeSet<Ipv4Addr> {
     prog.chains

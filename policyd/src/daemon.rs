@@ -39,6 +39,9 @@ pub struct Config {
     /// Pod events commit change sets (set members, and a local pod's own chains); false
     /// compiles the whole program on every event (kept for comparison).
     pub incremental: bool,
+    /// Restores go through one long-lived `iptables-nft-restore` (nf_tables only); false
+    /// starts a process per restore (kept for comparison).
+    pub restore_session: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -405,12 +408,13 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), DaemonError> {
     let client = trellis_api::cluster::client(config.kubeconfig.as_deref()).await?;
-    let kernel = Arc::new(Kernel::detect().await?);
+    let metrics = Arc::new(Metrics::default());
+    let kernel = Arc::new(Kernel::detect(Some(metrics.clone()), config.restore_session).await?);
     enable_bridge_netfilter();
     let health = Arc::new(Health::default());
     health.set_not_ready("the first program is not committed yet");
-    let metrics = Arc::new(Metrics::default());
     metrics::repaired(&metrics, &verify::Repairs::default());
+    metrics::restore_fallbacks(&metrics, 0);
     let cluster = Arc::new(RwLock::new(Cluster::default()));
     let program = Arc::new(RwLock::new(Program::default()));
     let shared = Shared {

@@ -1,12 +1,18 @@
 //! The real [`Dataplane`]: trellis-net's iptables (one restore of several chains and deletes,
 //! chains and counters read back) and ipsets (sync by swap, incremental apply), in the
-//! namespace policyd runs in (the node's).
+//! namespace policyd runs in (the node's). On nf_tables, restores go through one long-lived
+//! `iptables-nft-restore` ([`RestoreSession`]): a process per commit made every commit that
+//! replaced rules wait for an RCU grace period at the tool's exit. A session that fails is
+//! reaped, the restore applied one-shot, counted and logged; the next restore starts a new one.
 
 use std::net::IpAddr;
 use std::process::Stdio;
+use std::sync::Arc;
+
+use trellis_daemon::Metrics;
 
 use trellis_net::ipset::{self, IpSet, Ipset, SetMember};
-use trellis_net::iptables::{Backend, IpFamily, Iptables, Table};
+use trellis_net::iptables::{Backend, Delivery, IpFamily, Iptables, RestoreSession, Table};
 
 use crate::rules::Proto;
 use crate::sync::{ChainRead, Dataplane, DataplaneError, Result};
@@ -17,6 +23,10 @@ use crate::xt::{Member, SetDef, SetKind};
 pub struct Kernel {
     pub iptables: Iptables,
     pub ipset: Ipset,
+    /// Where restores go (the same iptables); None: a process per restore.
+    pub restorer: Option<Arc<RestoreSession>>,
+    /// For counting restores the session could not deliver.
+    metrics: Option<Arc<Metrics>>,
 }
 
 fn err(e: impl std::fmt::Display) -> DataplaneError {
@@ -24,11 +34,15 @@ fn err(e: impl std::fmt::Display) -> DataplaneError {
 }
 
 impl Kernel {
-    /// The host's iptables backend, here.
-    pub async fn detect() -> Result<Kernel> {
+    /// The host's iptables backend, here; restores through a session when `session` (on
+    /// nf_tables), its fallbacks counted in `metrics`.
+    pub async fn detect(metrics: Option<Arc<Metrics>>, session: bool) -> Result<Kernel> {
+        let iptables = Iptables::detect(None, IpFamily::V4).await.map_err(err)?;
         Ok(Kernel {
-            iptables: Iptables::detect(None, IpFamily::V4).await.map_err(err)?,
+            restorer: session.then(|| Arc::new(RestoreSession::new(iptables.clone()))),
+            iptables,
             ipset: Ipset::new(None),
+            metrics,
         })
     }
 
@@ -102,7 +116,21 @@ impl Dataplane for Kernel {
         for name in delete {
             t = t.delete(&name);
         }
-        self.iptables.restore_all(&[t]).await.map_err(err)
+        let Some(restorer) = &self.restorer else {
+            return self.iptables.restore_all(&[t]).await.map_err(err);
+        };
+        match restorer.restore_all(&[t]).await.map_err(err)? {
+            Delivery::OneShot {
+                session_error: Some(e),
+            } => {
+                tracing::warn!(error = %e, "iptables-restore session failed; the restore was applied by a process of its own, the next one starts a new session");
+                if let Some(m) = &self.metrics {
+                    crate::metrics::restore_fallbacks(m, 1);
+                }
+            }
+            Delivery::Session | Delivery::OneShot { .. } => {}
+        }
+        Ok(())
     }
 
     async fn sync_sets(&self, sets: Vec<(String, SetDef)>) -> Result<()> {

@@ -18,6 +18,7 @@ pub const GATE_WAIT: &str = "trellis_policyd_gate_wait_seconds";
 pub const FAILED_CLOSED: &str = "trellis_policyd_policies_failed_closed";
 pub const LOCAL_PODS: &str = "trellis_policyd_local_pods";
 pub const COMMIT_PHASE: &str = "trellis_policyd_commit_phase_seconds";
+pub const RESTORE_FALLBACKS: &str = "trellis_policyd_restore_fallbacks_total";
 
 /// Where a commit's time went, by phase: `queued` (longest a change of it waited between its
 /// watch and the daemon's loop; not part of the commit latency), `compile` (model → program or
@@ -102,6 +103,18 @@ pub fn failed_closed(m: &Metrics, n: usize) {
     m.set(
         FAILED_CLOSED,
         "Policies with a direction that fails closed (unknown or unsupported fields).",
+        &[],
+        n as f64,
+    );
+}
+
+/// A restore the long-lived `iptables-restore` session did not deliver (it failed, died or
+/// stopped answering), applied by a one-shot process instead (`n` = 0 at start, so the
+/// counter shows up before the first).
+pub fn restore_fallbacks(m: &Metrics, n: u64) {
+    m.inc(
+        RESTORE_FALLBACKS,
+        "Restores applied one-shot because the iptables-restore session failed.",
         &[],
         n as f64,
     );

@@ -978,3 +978,79 @@ async fn a_far_pods_arrival_commits_without_iptables_restore() {
     assert_eq!(syncer.committed.as_ref(), Some(&whole));
     assert_eq!(*dp.sets.lock().unwrap(), whole.sets);
 }
+
+// ---- policy events: a change set of the local pods' chains, sets not recomputed ----
+
+use crate::compile::plan_policies;
+
+/// The cluster of `cluster()` with these policies (names by position, as the generators give).
+fn with_policies(nps: &[(String, Value)], cnps: &[Value]) -> Cluster {
+    let mut c = cluster();
+    for (i, (ns, spec)) in nps.iter().enumerate() {
+        c = with_np(c, ns, &format!("np{i}"), spec.clone());
+    }
+    for (i, spec) in cnps.iter().enumerate() {
+        c = with_cnp(c, &format!("cnp{i}"), spec.clone());
+    }
+    c
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Any sequence of policy changes (NetworkPolicies and ClusterNetworkPolicies added,
+    /// changed, removed), planned as change sets one after the other against what is
+    /// committed, keeps the program exactly what a whole compile gives.
+    #[test]
+    fn policy_event_change_sets_equal_a_whole_compile(
+        steps in proptest::collection::vec(
+            (
+                proptest::collection::vec(np_strategy(), 0..4),
+                proptest::collection::vec(cnp_strategy(), 0..3),
+            ),
+            1..5,
+        ),
+    ) {
+        let opts = on("n1");
+        let mut prog = compile(&cluster(), &opts);
+        for (nps, cnps) in steps {
+            let c = with_policies(&nps, &cnps);
+            let plan = plan_policies(&prog, &c, &opts);
+            plan.apply_to(&mut prog);
+            prop_assert_eq!(&prog, &compile(&c, &opts));
+        }
+    }
+}
+
+#[test]
+fn a_policy_change_rewrites_only_the_chains_of_the_pods_it_selects() {
+    let before = scale_cluster();
+    // np0 selects app a0 in ns0; its ports change.
+    let spec = json!({"podSelector": {"matchLabels": {"app": "a0"}},
+        "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "a1"}}},
+                               {"namespaceSelector": {"matchLabels": {"team": "t0"}}}],
+                     "ports": [{"port": 9090}, {"port": "http"}]}],
+        "egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.0.0.0/16"]}}]}]});
+    let after = with_np(before.clone(), "ns0", "np0", spec);
+    let opts = on("n0");
+    let mut prog = compile(&before, &opts);
+    let plan = plan_policies(&prog, &after, &opts);
+    let selected: Vec<String> = after
+        .local_pods("n0")
+        .filter(|p| p.namespace == "ns0" && p.labels.get("app").map(String::as_str) == Some("a0"))
+        .map(|p| names::ingress_chain(&p.key()))
+        .collect();
+    assert!(!selected.is_empty(), "np0 selects a local pod");
+    assert_eq!(
+        plan.chains.keys().cloned().collect::<Vec<_>>(),
+        selected,
+        "only the selected pods' ingress chains"
+    );
+    assert!(plan.delete.is_empty() && plan.new_sets.is_empty() && plan.destroy.is_empty());
+    assert!(
+        plan.add.is_empty() && plan.del.is_empty(),
+        "no set member changes"
+    );
+    plan.apply_to(&mut prog);
+    assert_eq!(prog, compile(&after, &opts));
+}

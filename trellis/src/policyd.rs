@@ -36,6 +36,10 @@ pub struct Args {
     /// included (by default a pod event commits only the set members and chains it changes).
     #[arg(long)]
     full_compile: bool,
+    /// For comparison only: every iptables restore a process of its own (by default, on
+    /// nf_tables, restores go through one long-lived `iptables-nft-restore`).
+    #[arg(long)]
+    restore_per_commit: bool,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -48,6 +52,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ready_file: args.ready_file,
         pending_deny: !args.no_pending_deny,
         incremental: !args.full_compile,
+        restore_session: !args.restore_per_commit,
     };
     trellis_policyd::daemon::run(config, trellis_daemon::shutdown_signal())
         .await

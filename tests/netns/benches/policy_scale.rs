@@ -22,10 +22,13 @@
 //! cargo build --release -p trellis -p trellis-overlay -p trellis-routed -p trellis-ipam
 //! cargo bench -p netns-testbed --bench policy-scale [-- --rounds 3 --seconds 5]
 //!     [--quick] [--mode routed|overlay] [--samples 100] [--parallel 4] [--full-compile]
+//!     [--restore-per-commit]
 //! ```
 //!
 //! `--full-compile` runs policyd with `--full-compile` (every event compiles and diffs the
-//! whole program, as before pod events became change sets), for before/after figures.
+//! whole program, as before pod events became change sets), for before/after figures;
+//! `--restore-per-commit` likewise runs it with an `iptables-restore` process per commit (as
+//! before its restore session).
 //!
 //! `--quick`: 100 policies, 500 pods, 10 wired, 20 samples (a smoke run). Needs root,
 //! iptables, ipset and the release binaries.
@@ -665,6 +668,8 @@ async fn run() {
     // policyd as it was before pod events became change sets: every event compiles and
     // diffs the whole program (for before/after figures from one build).
     let full_compile = std::env::args().any(|a| a == "--full-compile");
+    // policyd as it was before its restore session: an iptables-restore process per commit.
+    let per_commit = std::env::args().any(|a| a == "--restore-per-commit");
     let mode = match arg("--mode").as_deref() {
         None | Some("routed") => Mode::Routed,
         Some("overlay") => Mode::Overlay,
@@ -681,11 +686,14 @@ async fn run() {
         Opts {
             pods: false,
             policyd: false,
-            policyd_extra: if full_compile {
-                vec!["--full-compile".into()]
-            } else {
-                Vec::new()
-            },
+            policyd_extra: [
+                (full_compile, "--full-compile"),
+                (per_commit, "--restore-per-commit"),
+            ]
+            .into_iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, flag)| flag.to_string())
+            .collect(),
             ..Opts::default()
         },
     )
@@ -833,6 +841,7 @@ async fn run() {
         "trellis_policyd_ipsets",
         "trellis_policyd_ipset_members",
         "trellis_policyd_local_pods",
+        "trellis_policyd_restore_fallbacks_total",
     ]
     .iter()
     .map(|n| (n.to_string(), metric(&text, n).unwrap_or(f64::NAN)))
@@ -909,10 +918,11 @@ async fn run() {
     let pods_total = far + scale.wired + CLIENT_PODS + scale.samples;
     println!(
         "policy-scale ({mode:?} mode{}): {} NetworkPolicies, {pods_total} pods in the API ({} wired on the measured node), {} build",
-        if full_compile {
-            ", policyd --full-compile"
-        } else {
-            ""
+        match (full_compile, per_commit) {
+            (false, false) => "",
+            (true, false) => ", policyd --full-compile",
+            (false, true) => ", policyd --restore-per-commit",
+            (true, true) => ", policyd --full-compile --restore-per-commit",
         },
         scale.policies,
         scale.wired,

@@ -13,7 +13,7 @@ use netns_testbed::snapshot::NsState;
 use netns_testbed::{Testbed, require_root, require_tool};
 use trellis_net::Error;
 use trellis_net::ipset::{IpSet, Ipset, Proto, SetKind, SetMember};
-use trellis_net::iptables::{Backend, IpFamily, Iptables, Table};
+use trellis_net::iptables::{Backend, IpFamily, Iptables, RestoreSession, Table};
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -401,6 +401,251 @@ async fn iptables_restore_all_delete_counters_and_positions() {
         );
         assert!(sets.list_names("").await.unwrap().is_empty());
     }
+}
+
+/// A restore session (one `iptables-nft-restore` fed block after block): each call returns
+/// once its block is live, chains others changed in between are handled, a bad block fails
+/// with the tool's own error and the session after it works; on legacy it is one process per
+/// restore. Dropping the session ends its tool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_session_commits_each_block_before_it_returns() {
+    require_root();
+    require_tool("iptables-nft", "iptables");
+    require_tool("iptables-legacy", "iptables");
+    let tb = Testbed::new().unwrap();
+    for backend in [Backend::Nft, Backend::Legacy] {
+        let ns = tb.add_ns(&format!("sess{backend:?}")).await.unwrap();
+        let mut ipt = Iptables::detect(Some(&ns), IpFamily::V4).await.unwrap();
+        ipt.backend = backend;
+        let session = RestoreSession::new(ipt.clone());
+        assert_eq!(session.streams(), backend == Backend::Nft);
+        let rules = |ipt: &Iptables, chain: &'static str| {
+            let ipt = ipt.clone();
+            async move {
+                ipt.read_chains("filter", chain)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .find(|c| c.name == chain)
+                    .map(|c| c.rules.into_iter().map(|r| r.spec).collect::<Vec<_>>())
+            }
+        };
+        // The restore tools running in this namespace.
+        let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(ns.path()).unwrap());
+        let tools = move || {
+            std::fs::read_dir("/proc")
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .filter(|e| {
+                    let pid = e.path();
+                    let comm = std::fs::read_to_string(pid.join("comm")).unwrap_or_default();
+                    let net = std::fs::read_link(pid.join("ns/net")).unwrap_or_default();
+                    comm.starts_with("iptables-") && net.to_string_lossy() == format!("net:[{ino}]")
+                })
+                .count()
+        };
+        // Block after block, each in place when the call returns.
+        for i in 0..20 {
+            let spec = format!("-d 127.0.0.{}/32 -j RETURN", i + 1);
+            session
+                .restore_all(&[Table::new("filter").chain("TRELLIS-T-S", vec![spec.clone()])])
+                .await
+                .unwrap();
+            assert_eq!(
+                rules(&ipt, "TRELLIS-T-S").await,
+                Some(vec![spec]),
+                "{backend:?}: block {i}"
+            );
+        }
+        // One tool for all of them (nf_tables), none left running (legacy).
+        assert_eq!(tools(), usize::from(backend == Backend::Nft), "{backend:?}");
+        // Someone else removes our chain and adds one of theirs between two blocks.
+        ipt.restore(&Table::new("filter").delete("TRELLIS-T-S"))
+            .await
+            .unwrap();
+        ipt.restore(&Table::new("filter").chain("TRELLIS-T-THEIRS", vec!["-j RETURN".into()]))
+            .await
+            .unwrap();
+        session
+            .restore_all(&[Table::new("filter")
+                .chain("TRELLIS-T-S", vec!["-j TRELLIS-T-THEIRS".into()])
+                .delete("TRELLIS-T-GONE")])
+            .await
+            .unwrap();
+        assert_eq!(
+            rules(&ipt, "TRELLIS-T-S").await,
+            Some(vec!["-j TRELLIS-T-THEIRS".to_string()]),
+            "{backend:?}"
+        );
+        // A bad block: the tool's error (its line), nothing of the block applied.
+        let bad = session
+            .restore_all(&[Table::new("filter").chain(
+                "TRELLIS-T-S",
+                vec!["-j RETURN".into(), "-j TRELLIS-T-MISSING".into()],
+            )])
+            .await
+            .unwrap_err();
+        assert!(bad.to_string().contains("line"), "{backend:?}: {bad}");
+        assert_eq!(
+            rules(&ipt, "TRELLIS-T-S").await,
+            Some(vec!["-j TRELLIS-T-THEIRS".to_string()]),
+            "{backend:?}: a failed block changes nothing"
+        );
+        // And the next block goes through (a new session).
+        session
+            .restore_all(&[Table::new("filter")
+                .chain("TRELLIS-T-S", vec!["-j RETURN".into()])
+                .delete("TRELLIS-T-THEIRS")])
+            .await
+            .unwrap();
+        assert_eq!(
+            rules(&ipt, "TRELLIS-T-S").await,
+            Some(vec!["-j RETURN".to_string()])
+        );
+        assert_eq!(rules(&ipt, "TRELLIS-T-THEIRS").await, None);
+        session
+            .restore_all(&[Table::new("filter").delete("TRELLIS-T-S")])
+            .await
+            .unwrap();
+        drop(session);
+        let gone = std::time::Instant::now();
+        while tools() > 0 {
+            assert!(
+                gone.elapsed() < Duration::from_secs(10),
+                "the session's tool outlived it"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            ipt.read_chains("filter", "TRELLIS-")
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+}
+
+/// A restore session whose tool dies between two blocks (killed by its process id) or stops
+/// answering (SIGSTOP) costs one restore through a process of its own: that block still lands,
+/// whole, and the one after it goes through a new session. The stopped tool is reaped before
+/// the fallback runs, so it cannot apply anything later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_session_that_dies_or_hangs_is_replaced_and_no_block_is_lost() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    use trellis_net::iptables::Delivery;
+
+    require_root();
+    require_tool("iptables-nft", "iptables");
+    let tb = Testbed::new().unwrap();
+    let ns = tb.add_ns("sessdie").await.unwrap();
+    let mut ipt = Iptables::detect(Some(&ns), IpFamily::V4).await.unwrap();
+    ipt.backend = Backend::Nft;
+    let session = RestoreSession::new(ipt.clone()).answer_within(Duration::from_millis(1500));
+    let chain = |ipt: &Iptables| {
+        let ipt = ipt.clone();
+        async move {
+            ipt.read_chains("filter", "TRELLIS-T-K")
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|c| {
+                    (
+                        c.name,
+                        c.rules.into_iter().map(|r| r.spec).collect::<Vec<_>>(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    // Two chains per block, the dispatch jumping to the other: a block is whole or absent.
+    let block = |n: u8| {
+        Table::new("filter")
+            .chain("TRELLIS-T-KP", vec![format!("-d 127.0.0.{n}/32 -j RETURN")])
+            .chain(
+                "TRELLIS-T-KD",
+                vec![format!("-s 127.0.1.{n}/32 -j TRELLIS-T-KP")],
+            )
+    };
+    let want = |n: u8| {
+        vec![
+            (
+                "TRELLIS-T-KD".to_string(),
+                vec![format!("-s 127.0.1.{n}/32 -j TRELLIS-T-KP")],
+            ),
+            (
+                "TRELLIS-T-KP".to_string(),
+                vec![format!("-d 127.0.0.{n}/32 -j RETURN")],
+            ),
+        ]
+    };
+    let by_name = |mut v: Vec<(String, Vec<String>)>| {
+        v.sort();
+        v
+    };
+    assert_eq!(
+        session.restore_all(&[block(1)]).await.unwrap(),
+        Delivery::Session
+    );
+    assert_eq!(by_name(chain(&ipt).await), want(1));
+    let first = session.pid().await.expect("a session runs");
+
+    // Killed between two blocks.
+    kill(Pid::from_raw(first as i32), Signal::SIGKILL).unwrap();
+    let d = session.restore_all(&[block(2)]).await.unwrap();
+    assert!(
+        matches!(
+            d,
+            Delivery::OneShot {
+                session_error: Some(_)
+            }
+        ),
+        "the dead session is noticed: {d:?}"
+    );
+    assert_eq!(
+        by_name(chain(&ipt).await),
+        want(2),
+        "the block landed anyway"
+    );
+    assert_eq!(
+        session.restore_all(&[block(3)]).await.unwrap(),
+        Delivery::Session
+    );
+    assert_eq!(by_name(chain(&ipt).await), want(3));
+    let second = session.pid().await.expect("a new session runs");
+    assert_ne!(first, second);
+
+    // Stopped: no acknowledgement within the bound; killed, reaped, the block one-shot.
+    kill(Pid::from_raw(second as i32), Signal::SIGSTOP).unwrap();
+    let t = std::time::Instant::now();
+    let d = session.restore_all(&[block(4)]).await.unwrap();
+    let Delivery::OneShot {
+        session_error: Some(e),
+    } = d
+    else {
+        panic!("the silent session is noticed: {d:?}")
+    };
+    assert!(e.contains("not acknowledged"), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    assert!(
+        !std::path::Path::new(&format!("/proc/{second}")).exists(),
+        "the stopped tool is reaped before the fallback"
+    );
+    assert_eq!(by_name(chain(&ipt).await), want(4));
+    assert_eq!(
+        session.restore_all(&[block(5)]).await.unwrap(),
+        Delivery::Session
+    );
+    assert_eq!(by_name(chain(&ipt).await), want(5));
+    assert_eq!((session.sessions_started(), session.fallbacks()), (3, 2));
+
+    session
+        .restore_all(&[Table::new("filter")
+            .delete("TRELLIS-T-KD")
+            .delete("TRELLIS-T-KP")])
+        .await
+        .unwrap();
+    assert!(chain(&ipt).await.is_empty());
 }
 
 /// The namespace snapshot the plugin and daemon tests compare includes ipsets: a set left

@@ -6,8 +6,12 @@
 //! The flip is timed from the command's exit to the first probing round in which every cell the
 //! command changes has its new verdict, probing those cells only (short probe time-out, so a
 //! loaded machine's matrix-wide probing does not count against the daemon); the whole matrix is
-//! then checked against the model as everywhere else. These tests run alone (nextest group
-//! `timing`, all test threads) so their bound holds on a two-core machine.
+//! then checked against the model as everywhere else. A round takes up to one probe time-out, so
+//! one changed TCP cell is also probed on its own every 50 ms from the command's exit (each
+//! probe a task of its own, started on a fixed beat): its flip time — the start of the first
+//! probe after the last one that still saw the old verdict — is known to about 50 ms and held
+//! to the same 1 s bound. These tests run alone (nextest group `timing`, all test threads) so
+//! their bound holds on a two-core machine.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -18,9 +22,12 @@ mod policy_cluster;
 #[path = "support/routed_cluster.rs"]
 mod routed_cluster;
 
+use std::net::SocketAddrV4;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use netns_testbed::matrix::{self, Cell, Proto};
+use netns_testbed::matrix::{self, Cell, Endpoint, Proto};
 use netns_testbed::policy_model::{
     Action, Cnp, CnpPort, CnpRule, CnpSel, NetworkPolicy, NpPeer, NpRule, Selector, Tier,
 };
@@ -31,6 +38,51 @@ const CONVERGE: Duration = Duration::from_secs(15);
 const FLIP: Duration = Duration::from_secs(1);
 /// Probe time-out while timing a flip: allowed connections here answer within milliseconds.
 const FLIP_PROBE: Duration = Duration::from_millis(300);
+/// The beat of the single-cell probes that time a flip finely.
+const SENTINEL_EVERY: Duration = Duration::from_millis(50);
+
+/// Probes `cell` every [`SENTINEL_EVERY`] from `since` until `stop` (10 s at most), each probe
+/// a task of its own so a slow one does not shift the beat: (start offset, answered) of each.
+fn sentinel(
+    pods: &[Endpoint],
+    cell: Cell,
+    since: Instant,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<(Duration, bool)>> {
+    let from = pods[cell.from].ns.clone();
+    let to = SocketAddrV4::new(pods[cell.to].ip, cell.port);
+    tokio::spawn(async move {
+        let mut started = Vec::new();
+        let mut beat = tokio::time::interval(SENTINEL_EVERY);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        while !stop.load(Ordering::Relaxed) && since.elapsed() < Duration::from_secs(10) {
+            beat.tick().await;
+            let at = since.elapsed();
+            let from = from.clone();
+            started.push((
+                at,
+                tokio::spawn(
+                    async move { matrix::probe_once(&from, to, cell.proto, FLIP_PROBE).await },
+                ),
+            ));
+        }
+        let mut seen = Vec::new();
+        for (at, probe) in started {
+            seen.push((at, probe.await.unwrap().unwrap()));
+        }
+        seen
+    })
+}
+
+/// When the sentinel's cell took its `new` verdict: the start of the first probe after the
+/// last one that saw the old verdict (None: no probe saw the new verdict after it).
+fn flip_time(seen: &[(Duration, bool)], new: bool) -> Option<Duration> {
+    let after_last_old = seen
+        .iter()
+        .rposition(|(_, v)| *v != new)
+        .map_or(0, |i| i + 1);
+    seen.get(after_last_old).map(|(at, _)| *at)
+}
 
 fn deny_from_y(tier: Tier, action: Action, name: &str, priority: u16) -> Cnp {
     Cnp {
@@ -136,6 +188,12 @@ async fn timed_flip(
     );
     let exited = Instant::now();
     let pods = c.endpoints();
+    let watched = *cells
+        .iter()
+        .find(|cell| cell.proto == Proto::Tcp)
+        .expect("a TCP cell among the changed ones");
+    let stop = Arc::new(AtomicBool::new(false));
+    let fine = sentinel(&pods, watched, exited, stop.clone());
     let mut rounds = 0;
     let took = loop {
         let round = exited.elapsed();
@@ -157,8 +215,16 @@ async fn timed_flip(
             c.logs_tail()
         );
     };
+    // A few more beats with the new verdict, then the sentinel's own reading.
+    tokio::time::sleep(SENTINEL_EVERY * 4).await;
+    stop.store(true, Ordering::Relaxed);
+    let seen = fine.await.unwrap();
+    let new = after.cells[&watched];
+    let fine_took = flip_time(&seen, new).unwrap_or_else(|| {
+        panic!("`trellis {argv:?}`: the watched cell {watched:?} never settled on {new}: {seen:?}")
+    });
     eprintln!(
-        "[{:?}] `trellis policy {}` (ran {ran:?}): {} cells flipped {took:?} after it exited ({rounds} probing rounds)",
+        "[{:?}] `trellis policy {}` (ran {ran:?}): {} cells flipped {took:?} after it exited ({rounds} probing rounds); one cell, probed every {SENTINEL_EVERY:?}: {fine_took:?}",
         c.mode,
         args.join(" "),
         cells.len()
@@ -173,7 +239,12 @@ async fn timed_flip(
         "`trellis policy {}` took {took:?} (> {FLIP:?}) to take effect",
         args.join(" ")
     );
-    took
+    assert!(
+        fine_took <= FLIP,
+        "`trellis policy {}`: cell {watched:?} took {fine_took:?} (> {FLIP:?}) to flip: {seen:?}",
+        args.join(" ")
+    );
+    took.max(fine_took)
 }
 
 async fn isolate_and_open(mode: Mode) {
