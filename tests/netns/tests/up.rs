@@ -551,6 +551,8 @@ async fn three_control_plane_members_keep_serving_when_the_leading_one_is_killed
         assert!(got.stdout.contains(want), "no {want}:\n{}", got.stdout);
     }
 
+    println!("{}", rss_table(f.tb.prefix()));
+
     // Who leads: the Leases name the member (`<cluster>-cpN`).
     let client = f.client().await;
     let (sched, cm) = leaders(&client).await;
