@@ -6,6 +6,10 @@
 //! Over SPDY/3.1 (kubectl ≤1.29, and ≥1.30 when the WebSocket is refused), [`run_spdy`]
 //! serves `v4.channel.k8s.io` down to `channel.k8s.io` on one stream per channel.
 //!
+//! `kubectl attach` (`/attach/{ns}/{pod}/{container}`) is served by the same code with a
+//! different process behind the streams: [`Target::Attach`] runs `trellis container-attach`
+//! on the container's run instead of a command.
+//!
 //! The command runs in the container's namespaces (network, mount, UTS, as the shim made
 //! them) through `nsenter -t <container pid>`, with the container's environment. A `tty`
 //! request gets a pseudo-terminal (`setsid -c`; resizes on channel 4 or the resize stream).
