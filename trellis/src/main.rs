@@ -141,6 +141,9 @@ fn main() -> anyhow::Result<()> {
     if args.get(1).is_some_and(|a| a == "container-shim") {
         std::process::exit(trellis_kubelet::shim::main(&args[2..]));
     }
+    if args.get(1).is_some_and(|a| a == "container-attach") {
+        std::process::exit(trellis_kubelet::attach::main(&args[2..]));
+    }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
