@@ -368,7 +368,12 @@ pub(crate) mod fake {
     impl Fake {
         /// Moves the generation on, as any nf_tables commit does.
         pub fn bump(&self) {
-            if let Some(g) = self.generation.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            if let Some(g) = self
+                .generation
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_mut()
+            {
                 *g = g.wrapping_add(1);
             }
         }

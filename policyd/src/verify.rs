@@ -195,7 +195,11 @@ mod tests {
             let pass = v.pass(&dp, &p).await.unwrap();
             assert_eq!(pass, Pass::Unchanged(Repairs::default()));
         }
-        assert_eq!(*dp.reads.lock().unwrap(), reads, "read back with nothing committed");
+        assert_eq!(
+            *dp.reads.lock().unwrap(),
+            reads,
+            "read back with nothing committed"
+        );
         // Someone flushes our chain: that is an nf_tables commit, the generation moves.
         dp.chains
             .lock()

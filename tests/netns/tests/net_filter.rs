@@ -722,12 +722,20 @@ async fn the_nf_tables_generation_moves_with_every_commit_and_only_then() {
     assert_eq!(gen_in(&ns), g0, "a read moved the generation");
     let g_other = gen_in(&other);
     let limit = Duration::from_secs(10);
-    tb.exec_ok(&ns, &["iptables-nft", "-t", "filter", "-N", "TRELLIS-G"], limit)
-        .await
-        .unwrap();
+    tb.exec_ok(
+        &ns,
+        &["iptables-nft", "-t", "filter", "-N", "TRELLIS-G"],
+        limit,
+    )
+    .await
+    .unwrap();
     let g1 = gen_in(&ns);
     assert_ne!(g1, g0, "creating a chain did not move the generation");
-    assert_eq!(gen_in(&other), g_other, "another namespace's commit moved this one");
+    assert_eq!(
+        gen_in(&other),
+        g_other,
+        "another namespace's commit moved this one"
+    );
     tb.exec_ok(&ns, &["nft", "add", "table", "ip", "trellis-g"], limit)
         .await
         .unwrap();
@@ -741,6 +749,9 @@ async fn the_nf_tables_generation_moves_with_every_commit_and_only_then() {
         .await
         .unwrap();
     let g3 = gen_in(&ns);
-    assert_ne!(g3, g2, "a restore session's commit did not move the generation");
+    assert_ne!(
+        g3, g2,
+        "a restore session's commit did not move the generation"
+    );
     assert_eq!(gen_in(&ns), g3);
 }
