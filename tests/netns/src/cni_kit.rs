@@ -538,6 +538,7 @@ impl Kit<'_> {
     async fn lifecycle(&mut self, v: Version, report: &mut Report) -> Result<()> {
         if self.pods == 0 {
             let warm = self.pod().await?;
+            let pre = self.host_state().await?;
             let conf = self.config(v).to_string();
             let add = self
                 .invoke(&self.env("ADD", "kit-warmup", &warm), conf.as_bytes())
@@ -549,6 +550,15 @@ impl Kit<'_> {
                 )
                 .await?;
             self.tb.delete_ns(&warm)?;
+            drop(warm);
+            // A pair DEL retired goes with the namespace, asynchronously: wait for it, so that
+            // "the host before ADD" below does not hold it.
+            let deadline = tokio::time::Instant::now() + RECLAIM_BOUND;
+            while !pre.retired_links(&self.host_state().await?).is_empty()
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
             if let Err(e) = add.ok().and_then(|_| del.ok()) {
                 let failed = if add.exit == 0 { &del } else { &add };
                 report.record(
