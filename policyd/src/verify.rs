@@ -59,9 +59,10 @@ impl Verifier {
     pub async fn pass<D: Dataplane>(&mut self, dp: &D, committed: &Program) -> Result<Pass> {
         let before = dp.generation().await;
         if before.is_some() && before == self.clean_at {
-            let mut repairs = Repairs::default();
-            repairs.sets = verify_sets(dp, committed).await?;
-            return Ok(Pass::Unchanged(repairs));
+            return Ok(Pass::Unchanged(Repairs {
+                sets: verify_sets(dp, committed).await?,
+                ..Repairs::default()
+            }));
         }
         self.clean_at = None;
         let repairs = verify(dp, committed).await?;
