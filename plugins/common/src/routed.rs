@@ -431,7 +431,7 @@ impl<S: RoutedState> Plugin for RoutedVeth<S> {
     }
 
     fn gc(&self, req: &GcRequest) -> Result<(), Error> {
-        attach::gc(self.plugin, req)
+        attach::gc(req)
     }
 
     fn status(&self, conf: &NetConf) -> Result<(), Error> {

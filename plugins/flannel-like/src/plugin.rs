@@ -263,7 +263,7 @@ impl Plugin for Overlay {
     }
 
     fn gc(&self, req: &GcRequest) -> Result<(), Error> {
-        attach::gc(TYPE, req)
+        attach::gc(req)
     }
 
     fn status(&self, conf: &NetConf) -> Result<(), Error> {
