@@ -20,22 +20,30 @@ fn path_of(key: &str) -> Result<String> {
 
 /// Sets each `(key, value)` inside `ns`, in order.
 pub fn set(ns: &Netns, settings: &[(&str, &str)]) -> Result<()> {
-    let paths: Vec<(String, &str, &str)> = settings
+    let paths = paths_of(settings)?;
+    ns.run(|| write_all(&paths, &ns.path().display().to_string()))?
+}
+
+/// Sets each `(key, value)` in the calling thread's own namespace, in order, from this thread:
+/// no thread of its own and no namespace entry (for a caller that knows where it is — a CNI
+/// plugin's thread is in the host's namespace).
+pub fn set_here(settings: &[(&str, &str)]) -> Result<()> {
+    write_all(&paths_of(settings)?, "the current netns")
+}
+
+fn paths_of<'a>(settings: &[(&'a str, &'a str)]) -> Result<Vec<(String, &'a str, &'a str)>> {
+    settings
         .iter()
         .map(|(k, v)| Ok((path_of(k)?, *k, *v)))
-        .collect::<Result<_>>()?;
-    ns.run(|| {
-        for (path, key, value) in &paths {
-            std::fs::write(path, value).map_err(|e| {
-                Error::os(
-                    "set sysctl",
-                    format!("{key}={value} in {}", ns.path().display()),
-                    e,
-                )
-            })?;
-        }
-        Ok(())
-    })?
+        .collect()
+}
+
+fn write_all(paths: &[(String, &str, &str)], ns: &str) -> Result<()> {
+    for (path, key, value) in paths {
+        std::fs::write(path, value)
+            .map_err(|e| Error::os("set sysctl", format!("{key}={value} in {ns}"), e))?;
+    }
+    Ok(())
 }
 
 /// Reads one sysctl inside `ns`.

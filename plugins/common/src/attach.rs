@@ -73,9 +73,6 @@ impl Sides {
     /// Makes the veth pair (`host_name` on the host, `ifname` in the container) and runs
     /// `configure` on the host end; if that fails the pair goes (and with it every address,
     /// route and neighbour entry on it), so a failed ADD leaves nothing behind.
-    ///
-    /// A host end of the same name is left from an earlier sandbox of this pod (or a failed ADD
-    /// of this one) whose DEL never came: the name is the pod's, so it goes first.
     pub async fn veth<T>(
         &self,
         host_name: &str,
@@ -83,6 +80,22 @@ impl Sides {
         mtu: u32,
         configure: impl AsyncFnOnce(&Link) -> Result<T, Error>,
     ) -> Result<(Link, T), Error> {
+        let host_link = self.make_veth(host_name, ifname, mtu).await?;
+        match configure(&host_link).await {
+            Ok(t) => Ok((host_link, t)),
+            Err(e) => {
+                self.remove_veth(host_name).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Makes the veth pair (`host_name` on the host, `ifname` in the container) and returns
+    /// its host end. The caller removes it with [`Sides::remove_veth`] if the ADD fails later.
+    ///
+    /// A host end of the same name is left from an earlier sandbox of this pod (or a failed ADD
+    /// of this one) whose DEL never came: the name is the pod's, so it goes first.
+    pub async fn make_veth(&self, host_name: &str, ifname: &str, mtu: u32) -> Result<Link, Error> {
         self.host.delete_link(host_name).await.map_err(net_err)?;
         let spec = VethSpec {
             name: host_name,
@@ -92,14 +105,13 @@ impl Sides {
             mac: None,
             peer_mac: None,
         };
-        let host_link = self.host.add_veth(&spec).await.map_err(net_err)?;
-        match configure(&host_link).await {
-            Ok(t) => Ok((host_link, t)),
-            Err(e) => {
-                let _ = self.host.delete_link(host_name).await;
-                Err(e)
-            }
-        }
+        self.host.add_veth(&spec).await.map_err(net_err)
+    }
+
+    /// Removes a pair [`Sides::make_veth`] made (with every address, route and neighbour entry
+    /// on it), on a failed ADD's way out; a failure here is not the error the runtime must see.
+    pub async fn remove_veth(&self, host_name: &str) {
+        let _ = self.host.delete_link(host_name).await;
     }
 }
 

@@ -128,69 +128,86 @@ pub fn extra_routes(result: &CniResult, families: &[Family]) -> Vec<IpNet> {
     out
 }
 
-/// Everything ADD wires, decided before anything is touched.
+/// Everything ADD wires once IPAM has answered.
 struct Plan<'a> {
     ifname: &'a str,
     host_name: &'a str,
-    owner: &'a str,
-    mtu: u32,
     addresses: &'a [IpNet],
     families: &'a [Family],
     extra_routes: &'a [IpNet],
 }
 
-/// Makes the veth pair and wires both ends; on any failure the pair goes (and with it the
-/// addresses, routes and neighbour entries on it), so a failed ADD leaves nothing behind.
-async fn wire(p: &Plan<'_>, sides: &Sides) -> Result<(Link, Link), Error> {
-    let Sides { netns, host, pod } = sides;
-    sides
-        .veth(p.host_name, p.ifname, p.mtu, async |host_link| {
-            configure(p, host, host_link, netns, pod).await
-        })
-        .await
+/// The IPv4 settings of the host end: answers ARP for the gateway at once, forwards. Written
+/// whatever the pod's families (as they always were), so they need nothing of IPAM.
+fn host_v4_settings(h: &str) -> [(String, &'static str); 3] {
+    [
+        (format!("net/ipv4/conf/{h}/proxy_arp"), "1"),
+        (format!("net/ipv4/neigh/{h}/proxy_delay"), "0"),
+        (format!("net/ipv4/conf/{h}/forwarding"), "1"),
+    ]
 }
 
-async fn configure(
-    p: &Plan<'_>,
-    host: &Handle,
-    host_link: &Link,
-    netns: &Netns,
-    pod: &Handle,
+/// What ADD can do before IPAM answers, and does while ipamd stores the allocation: the veth
+/// pair, the host end's owner label and its IPv4 settings. The host end stays down (IPv6's
+/// settings come first, once the families are known). On failure the pair is gone again.
+async fn make_pair(
+    sides: &Sides,
+    host_name: &str,
+    owner: &str,
+    ifname: &str,
+    mtu: u32,
 ) -> Result<Link, Error> {
+    let (host_link, ()) = sides
+        .veth(host_name, ifname, mtu, async |host_link| {
+            sides
+                .host
+                .set_alias(host_link.index, owner)
+                .await
+                .map_err(net_err)?;
+            let settings = host_v4_settings(host_name);
+            let settings: Vec<(&str, &str)> =
+                settings.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+            // The plugin's thread is in the host's namespace: no thread of its own needed.
+            trellis_net::sysctl::set_here(&settings).map_err(net_err)
+        })
+        .await?;
+    Ok(host_link)
+}
+
+/// Wires both ends of the pair [`make_pair`] made, with IPAM's addresses. The caller removes
+/// the pair if this fails (and with it the addresses, routes and neighbour entries on it), so
+/// a failed ADD leaves nothing behind.
+async fn configure(p: &Plan<'_>, sides: &Sides, host_link: &Link) -> Result<Link, Error> {
+    let Sides { netns, host, pod } = sides;
     let host_mac = host_link.mac.ok_or_else(|| {
         Error::internal(
             "the host end of the veth has no MAC",
             p.host_name.to_string(),
         )
     })?;
-    host.set_alias(host_link.index, p.owner)
-        .await
-        .map_err(net_err)?;
-    // The host end: answers ARP for the gateway at once, forwards; for IPv6 no duplicate
-    // address detection (its link-local address must be usable at once to resolve the pod)
-    // and no router advertisements taken from a pod.
+    // For IPv6 the host end does no duplicate address detection (its link-local address must
+    // be usable at once to resolve the pod) and takes no router advertisements from a pod;
+    // set before the link comes up.
     let h = p.host_name;
-    let mut settings = vec![
-        (format!("net/ipv4/conf/{h}/proxy_arp"), "1"),
-        (format!("net/ipv4/neigh/{h}/proxy_delay"), "0"),
-        (format!("net/ipv4/conf/{h}/forwarding"), "1"),
-    ];
     let v6 = p.families.contains(&Family::V6);
     if v6 {
-        settings.extend([
+        let settings = [
             (format!("net/ipv6/conf/{h}/accept_dad"), "0"),
             (format!("net/ipv6/conf/{h}/accept_ra"), "0"),
             (format!("net/ipv6/conf/{h}/forwarding"), "1"),
-        ]);
+        ];
+        let settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        trellis_net::sysctl::set_here(&settings).map_err(net_err)?;
     }
-    let settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-    let here = Netns::current().map_err(net_err)?;
-    trellis_net::sysctl::set(&here, &settings).map_err(net_err)?;
     host.set_up(host_link.index).await.map_err(net_err)?;
 
     // The pod end: its addresses, then the gateway's link route, its neighbour entry and the
-    // default route through it (a route needs its device up).
-    let pod_link = pod.require_link(p.ifname).await.map_err(net_err)?;
+    // default route through it (a route needs its device up). A veth's host end names its
+    // peer's index in the peer's namespace.
+    let pod_index = match host_link.peer_index {
+        Some(i) => i,
+        None => pod.require_link(p.ifname).await.map_err(net_err)?.index,
+    };
     if v6 {
         // The /128 is usable at once, not "tentative" for a second.
         trellis_net::sysctl::set(
@@ -199,29 +216,27 @@ async fn configure(
         )
         .map_err(net_err)?;
     }
-    pod.set_up(pod_link.index).await.map_err(net_err)?;
+    pod.set_up(pod_index).await.map_err(net_err)?;
     for a in p.addresses {
-        pod.ensure_address(pod_link.index, *a)
-            .await
-            .map_err(net_err)?;
+        pod.ensure_address(pod_index, *a).await.map_err(net_err)?;
     }
     for &family in p.families {
         let gw = gateway(family);
         if family == Family::V4 {
-            pod.replace_route(&Route::dev(host_prefix(gw), pod_link.index))
+            pod.replace_route(&Route::dev(host_prefix(gw), pod_index))
                 .await
                 .map_err(net_err)?;
         }
         // Proxy ARP answers for the gateway only when the node has a route to it through
         // another interface; a permanent entry needs nothing of the node.
-        pod.ensure_neighbour(pod_link.index, gw, host_mac)
+        pod.ensure_neighbour(pod_index, gw, host_mac)
             .await
             .map_err(net_err)?;
-        pod.replace_route(&Route::via(default_route(family), gw).oif(pod_link.index))
+        pod.replace_route(&Route::via(default_route(family), gw).oif(pod_index))
             .await
             .map_err(net_err)?;
         for dst in of_family(p.extra_routes, family) {
-            pod.replace_route(&Route::via(*dst, gw).oif(pod_link.index))
+            pod.replace_route(&Route::via(*dst, gw).oif(pod_index))
                 .await
                 .map_err(net_err)?;
         }
@@ -246,7 +261,17 @@ async fn configure(
             return Err(net_err(e));
         }
     }
-    pod.require_link(p.ifname).await.map_err(net_err)
+    let pod_link = pod.require_link(p.ifname).await.map_err(net_err)?;
+    if pod_link.index != pod_index {
+        return Err(Error::internal(
+            format!("{} in the container is not the veth just made", p.ifname),
+            format!(
+                "index {} where the pair's peer is {pod_index}",
+                pod_link.index
+            ),
+        ));
+    }
+    Ok(pod_link)
 }
 
 /// What CHECK compares with the kernel.
@@ -360,23 +385,40 @@ impl<S: RoutedState> Plugin for RoutedVeth<S> {
         let ifname = req.ifname.as_str();
         runtime()?.block_on(async {
             let sides = Sides::open(netns_path, ifname).await?;
-            let lease = ipam::add(req).await?;
+            let (host_name, owner) = self.host_end(req);
+            // IPAM and the veth pair need nothing of each other: the pair is made while ipamd
+            // stores the allocation. IPAM's error is the one reported when both fail (each
+            // cleans up after itself), and each undoes the other when only one does.
+            let (lease, pair) = tokio::join!(
+                ipam::add(req),
+                make_pair(&sides, &host_name, &owner, ifname, mtu)
+            );
+            let (lease, host_link) = match (lease, pair) {
+                (Ok(lease), Ok(host_link)) => (lease, host_link),
+                (Ok(lease), Err(e)) => {
+                    lease.release().await;
+                    return Err(e);
+                }
+                (Err(e), Ok(_)) => {
+                    sides.remove_veth(&host_name).await;
+                    return Err(e);
+                }
+                (Err(e), Err(_)) => return Err(e),
+            };
             let addresses = pod_addresses(lease.result());
             let families = families(&addresses);
             let extra = extra_routes(lease.result(), &families);
-            let (host_name, owner) = self.host_end(req);
             let plan = Plan {
                 ifname,
                 host_name: &host_name,
-                owner: &owner,
-                mtu,
                 addresses: &addresses,
                 families: &families,
                 extra_routes: &extra,
             };
-            let (host_link, pod_link) = match wire(&plan, &sides).await {
-                Ok(links) => links,
+            let pod_link = match configure(&plan, &sides, &host_link).await {
+                Ok(link) => link,
                 Err(e) => {
+                    sides.remove_veth(&host_name).await;
                     lease.release().await;
                     return Err(e);
                 }
