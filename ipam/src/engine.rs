@@ -38,6 +38,9 @@ const GATHER_MAX: Duration = Duration::from_millis(4);
 const GATHER_GAP: Duration = Duration::from_millis(1);
 /// Pools and node labels are re-read at most this often (and whenever they seem to lack room).
 const POOLS_TTL: Duration = Duration::from_secs(5);
+/// Every this many rounds of one steady size, a round waits for two rounds' worth again (see
+/// [`Wave`]).
+const PROBE_EVERY: u32 = 16;
 
 /// What an ADD asks for.
 #[derive(Debug, Clone, Default)]
@@ -393,7 +396,7 @@ enum Batched {
 
 impl Actor {
     async fn run(mut self, mut rx: mpsc::Receiver<Job>, mut stop: watch::Receiver<bool>) {
-        let (mut last_round, mut prev_round) = (1, 1);
+        let mut wave = Wave::default();
         loop {
             let first = tokio::select! {
                 biased;
@@ -405,16 +408,7 @@ impl Actor {
             };
             let mut jobs = vec![first];
             drain(&mut rx, &mut jobs);
-            // Under load, the requests answered by a round come back as a wave spread over a
-            // millisecond or so, while the requests that queued during its write are taken at
-            // once: left alone, the clients split into two halves served by alternate rounds.
-            // So when the last rounds were busy, wait (briefly, bounded) for both halves, and one
-            // write serves them together. A lone request never waits.
-            let target = if last_round > 1 {
-                last_round + prev_round
-            } else {
-                1
-            };
+            let target = wave.target();
             if jobs.len() < target {
                 let until = tokio::time::Instant::now() + GATHER_MAX;
                 while jobs.len() < target && tokio::time::Instant::now() < until {
@@ -427,8 +421,7 @@ impl Actor {
                     }
                 }
             }
-            prev_round = last_round;
-            last_round = jobs.len();
+            wave.served(jobs.len());
             let mut batch = Vec::new();
             for job in jobs {
                 match job {
@@ -1160,6 +1153,59 @@ impl Actor {
     }
 }
 
+/// How many requests a round waits for (briefly, bounded by [`GATHER_MAX`] and
+/// [`GATHER_GAP`]) before it starts.
+///
+/// Under load, the requests answered by a round come back as a wave spread over a millisecond
+/// or so, while the requests that queued during its write are taken at once: left alone, the
+/// clients split into two halves served by alternate rounds. So a round after two rounds of
+/// different sizes waits for both halves, and one write serves them together. Once the rounds
+/// are of one steady size the clients come back as one wave: a round waits for that many, not
+/// for twice as many that never come (which cost a whole [`GATHER_GAP`] of silence per round).
+/// Two equal halves look steady too, so every [`PROBE_EVERY`] steady rounds one round waits
+/// for two rounds' worth again, and merges them. A lone request never waits.
+#[derive(Debug)]
+struct Wave {
+    last: usize,
+    prev: usize,
+    /// Rounds of the current steady size since the last probe.
+    steady: u32,
+}
+
+impl Default for Wave {
+    fn default() -> Wave {
+        Wave {
+            last: 1,
+            prev: 1,
+            steady: 0,
+        }
+    }
+}
+
+impl Wave {
+    fn target(&self) -> usize {
+        if self.last <= 1 {
+            1
+        } else if self.last == self.prev && self.steady < PROBE_EVERY {
+            self.last
+        } else {
+            self.last + self.prev
+        }
+    }
+
+    /// A round served `n` requests.
+    fn served(&mut self, n: usize) {
+        let probed = self.target() > self.last;
+        self.steady = if probed || n != self.last {
+            0
+        } else {
+            self.steady + 1
+        };
+        self.prev = self.last;
+        self.last = n;
+    }
+}
+
 /// Takes every queued job, up to a round's worth.
 fn drain(rx: &mut mpsc::Receiver<Job>, jobs: &mut Vec<Job>) {
     while jobs.len() < MAX_BATCH {
@@ -1187,5 +1233,63 @@ fn rewire(job: Batched, answer: Answer) -> Batched {
         (Batched::ReleaseExact(x, _), Answer::Exact(tx, _)) => Batched::ReleaseExact(x, tx),
         // Jobs and answers are built in pairs of one kind.
         (job, _) => job,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `rounds` round sizes and returns the target before each.
+    fn targets(rounds: &[usize]) -> Vec<usize> {
+        let mut w = Wave::default();
+        rounds
+            .iter()
+            .map(|&n| {
+                let t = w.target();
+                w.served(n);
+                t
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_lone_request_never_waits() {
+        assert_eq!(targets(&[1, 1, 1]), [1, 1, 1]);
+    }
+
+    #[test]
+    fn two_halves_of_different_sizes_are_merged_at_once() {
+        // 1 request, then the 63 that queued behind it: the next round waits for all 64.
+        assert_eq!(targets(&[1, 63, 64]), [1, 1, 64]);
+    }
+
+    #[test]
+    fn a_steady_wave_is_not_waited_for_twice_over() {
+        let mut sizes = vec![1, 63];
+        sizes.extend([64; 20]);
+        let t = targets(&sizes);
+        // After the merge (and one round still waiting for both sizes), rounds wait for the 64
+        // that come back, and every PROBE_EVERY steady rounds for twice as many.
+        assert_eq!(t[2], 64, "{t:?}");
+        assert_eq!(t[3], 64 + 63, "{t:?}");
+        let probes = t[4..].iter().filter(|&&x| x == 128).count();
+        assert_eq!(probes, 1, "{t:?}");
+        assert!(t[4..].iter().all(|&x| x == 64 || x == 128), "{t:?}");
+    }
+
+    #[test]
+    fn two_equal_halves_are_merged_by_a_probe() {
+        let sizes = vec![32; PROBE_EVERY as usize + 4];
+        let t = targets(&sizes);
+        assert!(t.contains(&64), "no round waited for both halves: {t:?}");
+    }
+
+    #[test]
+    fn a_shrinking_wave_settles_on_its_new_size() {
+        let mut sizes = vec![64, 64, 64];
+        sizes.extend([40; 4]);
+        let t = targets(&sizes);
+        assert_eq!(t.last(), Some(&40), "{t:?}");
     }
 }
