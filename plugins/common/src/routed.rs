@@ -22,7 +22,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use trellis_cni::Error;
 use trellis_cni::result::{CniResult, IpConfig, Route as CniRoute};
 use trellis_cni::skel::{Attachment, GcRequest, NetConf, Plugin};
-use trellis_net::{Family, Handle, Link, Netns, Route, Scope, proto};
+use trellis_net::{Family, Handle, Link, Route, Scope, proto};
 
 use crate::attach::{self, Add, Checked, Sides};
 use crate::host::{net_err, open_netns, runtime};
