@@ -775,7 +775,7 @@ async fn an_nft_session_commits_each_transaction_and_survives_a_dead_nft() {
     // A refused transaction: nft's error, and nothing of it applied (the flush before the bad
     // rule neither).
     let bad = session
-        .apply("flush chain ip trellis-t-sess c\nadd rule ip trellis-t-sess missing counter\n")
+        .apply("flush chain ip trellis-t-sess c\nadd rule ip trellis-t-sess nosuchchain counter\n")
         .await
         .unwrap_err();
     assert!(
