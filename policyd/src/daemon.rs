@@ -495,6 +495,7 @@ pub async fn run(
     let mut verify_tick =
         tokio::time::interval(config.verify_period.max(Duration::from_millis(50)));
     verify_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut verifier = verify::Verifier::default();
     let mut ready = false;
     let mut gate_open = true;
     tokio::pin!(shutdown);
@@ -532,12 +533,15 @@ pub async fn run(
                 if dirty_since.is_none()
                     && let Some(p) = &syncer.committed
                 {
-                    match verify::verify(kernel.as_ref(), p).await {
-                        Ok(r) if r.total() > 0 => {
-                            tracing::warn!(chains = ?r.chains, jumps = r.jumps, sets = ?r.sets, "verifier put back what was changed");
-                            metrics::repaired(&metrics, &r);
+                    match verifier.pass(kernel.as_ref(), p).await {
+                        Ok(pass) => {
+                            metrics::verifier_pass(&metrics, &pass);
+                            let r = pass.repairs();
+                            if r.total() > 0 {
+                                tracing::warn!(chains = ?r.chains, jumps = r.jumps, sets = ?r.sets, "verifier put back what was changed");
+                                metrics::repaired(&metrics, r);
+                            }
                         }
-                        Ok(_) => {}
                         Err(e) => {
                             tracing::warn!(error = %e, "verifier failed");
                             metrics::sync_error(&metrics, "verify");

@@ -193,4 +193,19 @@ impl Dataplane for Kernel {
         let n = n.to_string();
         self.xtables(&["-t", "filter", "-D", chain, &n]).await
     }
+
+    async fn generation(&self) -> Option<u32> {
+        if self.iptables.backend != Backend::Nft {
+            return None;
+        }
+        // One netlink round trip in this thread's namespace (policyd's, the node's); the
+        // kernel answers before the send returns.
+        match trellis_net::nft::generation() {
+            Ok(g) => Some(g),
+            Err(e) => {
+                tracing::debug!(error = %e, "nf_tables generation unreadable; the verifier reads everything");
+                None
+            }
+        }
+    }
 }

@@ -2,7 +2,7 @@
 
 use trellis_daemon::Metrics;
 
-use crate::verify::Repairs;
+use crate::verify::{Pass, Repairs};
 use crate::xt::Program;
 
 pub const COMMIT_LATENCY: &str = "trellis_policyd_commit_latency_seconds";
@@ -19,6 +19,7 @@ pub const FAILED_CLOSED: &str = "trellis_policyd_policies_failed_closed";
 pub const LOCAL_PODS: &str = "trellis_policyd_local_pods";
 pub const COMMIT_PHASE: &str = "trellis_policyd_commit_phase_seconds";
 pub const RESTORE_FALLBACKS: &str = "trellis_policyd_restore_fallbacks_total";
+pub const VERIFIER_PASSES: &str = "trellis_policyd_verifier_passes_total";
 
 /// Where a commit's time went, by phase: `queued` (longest a change of it waited between its
 /// watch and the daemon's loop; not part of the commit latency), `compile` (model → program or
@@ -82,6 +83,21 @@ pub fn repaired(m: &Metrics, r: &Repairs) {
         // Every kind shows up, zero until a repair.
         m.inc(REPAIRS, help, &[("kind", kind)], n as f64);
     }
+}
+
+/// Counts a verifier pass by what it read: `unchanged` (nf_tables committed nothing since the
+/// last whole pass: only the sets were listed) or `checked` (everything read back).
+pub fn verifier_pass(m: &Metrics, pass: &Pass) {
+    let result = match pass {
+        Pass::Unchanged(_) => "unchanged",
+        Pass::Checked(_) => "checked",
+    };
+    m.inc(
+        VERIFIER_PASSES,
+        "Verifier passes, by whether the rules had to be read back.",
+        &[("result", result)],
+        1.0,
+    );
 }
 
 pub fn gate(m: &Metrics, result: &str, seconds: f64) {

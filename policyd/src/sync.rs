@@ -59,6 +59,10 @@ pub trait Dataplane: Send + Sync {
     fn insert_first(&self, chain: &str, spec: &[&str]) -> impl Future<Output = Result<()>> + Send;
     /// Deletes rule number `n` (1-based) of a built-in chain.
     fn delete_at(&self, chain: &str, n: usize) -> impl Future<Output = Result<()>> + Send;
+    /// A number that moves whenever anything in the iptables ruleset may have changed, by
+    /// anyone (the nf_tables generation); None where there is no such number (legacy iptables)
+    /// or it could not be read — then every verifier pass reads everything back.
+    fn generation(&self) -> impl Future<Output = Option<u32>> + Send;
 }
 
 /// The three jumps from built-in chains into ours.
@@ -354,6 +358,25 @@ pub(crate) mod fake {
         pub builtins: Mutex<BTreeMap<String, Vec<String>>>,
         pub sets: Mutex<BTreeMap<String, SetDef>>,
         pub restores: Mutex<Vec<(Vec<String>, Vec<String>)>>,
+        /// Like nf_tables' generation: None (no such number) until a test sets it; then every
+        /// change made through the fake moves it, and a test tampering by hand moves it too.
+        pub generation: Mutex<Option<u32>>,
+        /// How many times the chains were read back.
+        pub reads: Mutex<usize>,
+    }
+
+    impl Fake {
+        /// Moves the generation on, as any nf_tables commit does.
+        pub fn bump(&self) {
+            if let Some(g) = self
+                .generation
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_mut()
+            {
+                *g = g.wrapping_add(1);
+            }
+        }
     }
 
     impl Dataplane for Fake {
@@ -376,6 +399,7 @@ pub(crate) mod fake {
             for n in delete {
                 chains.remove(&n);
             }
+            self.bump();
             Ok(())
         }
         async fn sync_sets(&self, sets: Vec<(String, SetDef)>) -> Result<()> {
@@ -423,6 +447,7 @@ pub(crate) mod fake {
             Ok(())
         }
         async fn read_chains(&self) -> Result<Vec<ChainRead>> {
+            *self.reads.lock().unwrap_or_else(|p| p.into_inner()) += 1;
             Ok(self
                 .chains
                 .lock()
@@ -450,6 +475,7 @@ pub(crate) mod fake {
                 .entry(chain.to_string())
                 .or_default()
                 .insert(0, format!("-A {chain} {}", spec.join(" ")));
+            self.bump();
             Ok(())
         }
         async fn delete_at(&self, chain: &str, n: usize) -> Result<()> {
@@ -459,7 +485,11 @@ pub(crate) mod fake {
                 return Err(DataplaneError(format!("no rule {n} in {chain}")));
             }
             rules.remove(n - 1);
+            self.bump();
             Ok(())
+        }
+        async fn generation(&self) -> Option<u32> {
+            *self.generation.lock().unwrap_or_else(|p| p.into_inner())
         }
     }
 }

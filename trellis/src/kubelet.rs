@@ -73,6 +73,12 @@ pub struct Args {
     /// kubeconfig's CA).
     #[arg(long)]
     client_ca_file: Option<PathBuf>,
+    /// The size at which a container's log file is rotated (a quantity: 10Mi, 512Ki, 1G).
+    #[arg(long, default_value = "10Mi")]
+    container_log_max_size: String,
+    /// The most log files kept per container run, the current one included (at least 2).
+    #[arg(long, default_value_t = trellis_kubelet::logfile::DEFAULT_MAX_FILES)]
+    container_log_max_files: u32,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -106,6 +112,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let log_rotation = trellis_kubelet::logfile::parse_size(&args.container_log_max_size)
+        .and_then(|size| {
+            trellis_kubelet::logfile::Rotation::new(size, args.container_log_max_files)
+        })
+        .map_err(|e| anyhow::anyhow!("--container-log-max-size/--container-log-max-files: {e}"))?;
     let client = kube::Client::try_from(config).context("building the API client")?;
     let cfg = trellis_kubelet::Config {
         node_name,
@@ -130,6 +141,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         address: args.address,
         tls: args.tls_cert_file.zip(args.tls_private_key_file),
         client_ca,
+        log_rotation,
     };
     let health = Arc::new(trellis_daemon::Health::default());
     health.set_not_ready("starting");

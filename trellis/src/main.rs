@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+mod apiserver_proxy;
 mod bgp;
 mod certs;
 mod controller_manager;
@@ -37,6 +38,9 @@ struct Cli {
 enum Command {
     /// The Kubernetes-compatible API server.
     Apiserver(ApiserverArgs),
+    /// A TCP failover proxy in front of several API servers (TLS passes through): each
+    /// connection goes to the first that accepts it, so clients survive an API server's loss.
+    ApiserverProxy(apiserver_proxy::Args),
     /// The VXLAN overlay's node agent (flannel-like mode).
     OverlayAgent(overlay::Args),
     /// The IPAM daemon of a node: allocations over gRPC on a unix socket.
@@ -137,6 +141,9 @@ fn main() -> anyhow::Result<()> {
     if args.get(1).is_some_and(|a| a == "container-shim") {
         std::process::exit(trellis_kubelet::shim::main(&args[2..]));
     }
+    if args.get(1).is_some_and(|a| a == "container-attach") {
+        std::process::exit(trellis_kubelet::attach::main(&args[2..]));
+    }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -167,6 +174,7 @@ async fn async_main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Command::Apiserver(args) => apiserver(args).await,
+        Command::ApiserverProxy(args) => apiserver_proxy::run(args).await,
         Command::OverlayAgent(args) => overlay::run(args).await,
         Command::Ipamd(args) => ipam::ipamd(args).await,
         Command::Ipam(args) => ipam::run(args).await,

@@ -21,6 +21,8 @@ pub enum Subresource {
     Exec,
     /// `pods/portforward`: TCP connections to the pod's ports, over SPDY/3.1 from the kubelet.
     PortForward,
+    /// `pods/attach`: the stdio of a container's main process, streamed by the kubelet as exec.
+    Attach,
 }
 
 impl Subresource {
@@ -33,6 +35,7 @@ impl Subresource {
             Subresource::Token => "token",
             Subresource::Exec => "exec",
             Subresource::PortForward => "portforward",
+            Subresource::Attach => "attach",
         }
     }
 
@@ -45,6 +48,7 @@ impl Subresource {
             "token" => Subresource::Token,
             "exec" => Subresource::Exec,
             "portforward" => Subresource::PortForward,
+            "attach" => Subresource::Attach,
             _ => return None,
         })
     }
@@ -149,7 +153,7 @@ struct Builtin {
     subs: &'static [Subresource],
 }
 
-use Subresource::{Binding, Exec, Log, PortForward, Scale, Status, Token};
+use Subresource::{Attach, Binding, Exec, Log, PortForward, Scale, Status, Token};
 
 const BUILTIN: &[Builtin] = &[
     Builtin {
@@ -180,7 +184,7 @@ const BUILTIN: &[Builtin] = &[
         namespaced: true,
         short: &["po"],
         all: true,
-        subs: &[Status, Binding, Log, Exec, PortForward],
+        subs: &[Status, Binding, Log, Exec, Attach, PortForward],
     },
     Builtin {
         group: "",

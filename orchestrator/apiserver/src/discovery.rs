@@ -95,6 +95,7 @@ pub fn resources(registry: &Registry, group: &str, version: &str) -> Option<Valu
                 Subresource::Log => ("Pod", &["get"], None),
                 Subresource::Exec => ("PodExecOptions", &["create", "get"], None),
                 Subresource::PortForward => ("PodPortForwardOptions", &["create", "get"], None),
+                Subresource::Attach => ("PodAttachOptions", &["create", "get"], None),
                 Subresource::Token => (
                     "TokenRequest",
                     &["create"],

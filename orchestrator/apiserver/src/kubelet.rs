@@ -1,4 +1,4 @@
-//! The API server as a client of kubelets: `pods/log` goes to the kubelet of the pod's node, on
+//! The API server as a client of kubelets: `pods/log` (and exec, attach, port-forward) goes to the kubelet of the pod's node, on
 //! the address and port its Node reports (InternalIP, then Hostname;
 //! `status.daemonEndpoints.kubeletEndpoint.Port`), over HTTPS with the API server's kubelet
 //! client certificate (upstream's `--kubelet-client-certificate`). The kubelet's serving
@@ -424,8 +424,9 @@ pub fn portforward_query(raw: Option<&str>) -> String {
         .join("&")
 }
 
-/// pods/exec and pods/portforward: authorizes `create pods/exec` (also for the WebSocket GET, as upstream's
-/// AuthorizePodWebsocketUpgradeCreatePermission; `create pods/portforward` likewise), picks
+/// pods/exec, pods/attach and pods/portforward: authorizes `create pods/exec` (also for the
+/// WebSocket GET, as upstream's AuthorizePodWebsocketUpgradeCreatePermission; `create
+/// pods/attach` and `create pods/portforward` likewise), picks
 /// the container (exec) or checks the pod runs (port-forward), and opens the stream on the
 /// pod's kubelet with the client's upgrade (a WebSocket, or SPDY/3.1 as kubectl ≤1.29
 /// asks). The caller relays the two upgraded streams byte for byte, as upstream's
@@ -491,13 +492,19 @@ pub async fn exec(
         let asked = crate::request::query(raw_query).get("container").cloned();
         let container = log_container(&pod, asked.as_deref().filter(|c| !c.is_empty()))?;
         if pod["status"]["phase"] == "Succeeded" || pod["status"]["phase"] == "Failed" {
+            let what = if sub == "attach" {
+                "cannot attach to a container in a completed pod; current phase is "
+            } else {
+                "cannot exec into a container in a completed pod; current phase is "
+            };
             return Err(ApiError::bad_request(
-                "cannot exec into a container in a completed pod; current phase is ".to_string()
-                    + pod["status"]["phase"].as_str().unwrap_or(""),
+                what.to_string() + pod["status"]["phase"].as_str().unwrap_or(""),
             ));
         }
+        // Attach takes the same streams as exec, and no command.
         format!(
-            "/exec/{}/{}/{}?{}",
+            "/{}/{}/{}/{}?{}",
+            if sub == "attach" { "attach" } else { "exec" },
             encode(ns),
             encode(name),
             encode(&container),
@@ -551,6 +558,11 @@ pub async fn logs(api: &Api, call: &Call<'_>) -> Result<Reply, ApiError> {
                 }
             )));
         }
+    }
+    if call.q("sinceSeconds").is_some() && call.q("sinceTime").is_some() {
+        return Err(ApiError::bad_request(
+            "at most one of `sinceTime` or `sinceSeconds` may be specified",
+        ));
     }
     let query: Vec<String> = LOG_PARAMS
         .iter()

@@ -598,7 +598,10 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, user: Option<User>)
         Ok(Route::Resource(r))
             if r.group.is_empty()
                 && r.resource == "pods"
-                && matches!(r.subresource.as_deref(), Some("exec" | "portforward")) =>
+                && matches!(
+                    r.subresource.as_deref(),
+                    Some("exec" | "attach" | "portforward")
+                ) =>
         {
             let user = user.unwrap_or_else(User::loopback_admin);
             let client_req = Request::from_parts(parts, body);
@@ -687,7 +690,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, user: Option<User>)
     resp
 }
 
-/// pods/exec: the client's upgrade (WebSocket or SPDY/3.1) answered with the kubelet's, then the two
+/// pods/exec, pods/attach and pods/portforward: the client's upgrade (WebSocket or SPDY/3.1) answered with the kubelet's, then the two
 /// upgraded streams relayed both ways until either side closes.
 async fn exec(
     shared: &Shared,

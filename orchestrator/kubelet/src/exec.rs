@@ -6,6 +6,10 @@
 //! Over SPDY/3.1 (kubectl ≤1.29, and ≥1.30 when the WebSocket is refused), [`run_spdy`]
 //! serves `v4.channel.k8s.io` down to `channel.k8s.io` on one stream per channel.
 //!
+//! `kubectl attach` (`/attach/{ns}/{pod}/{container}`) is served by the same code with a
+//! different process behind the streams: [`Target::Attach`] runs `trellis container-attach`
+//! on the container's run instead of a command.
+//!
 //! The command runs in the container's namespaces (network, mount, UTS, as the shim made
 //! them) through `nsenter -t <container pid>`, with the container's environment. A `tty`
 //! request gets a pseudo-terminal (`setsid -c`; resizes on channel 4 or the resize stream).
@@ -38,6 +42,15 @@ impl ExecRequest {
     /// The kubelet's parameters (`command` repeated, `input`, `output`, `error`, `tty`), or
     /// the API's names (`stdin`, `stdout`, `stderr`).
     pub fn parse(pairs: &[(String, String)]) -> Result<ExecRequest, String> {
+        Self::parse_for(pairs, false)
+    }
+
+    /// An attach request: the same streams, no command.
+    pub fn parse_attach(pairs: &[(String, String)]) -> Result<ExecRequest, String> {
+        Self::parse_for(pairs, true)
+    }
+
+    fn parse_for(pairs: &[(String, String)], attach: bool) -> Result<ExecRequest, String> {
         let mut r = ExecRequest::default();
         for (k, v) in pairs {
             match k.as_str() {
@@ -49,7 +62,7 @@ impl ExecRequest {
                 _ => {}
             }
         }
-        if r.command.is_empty() {
+        if r.command.is_empty() && !attach {
             return Err("you must specify at least one command for the container".into());
         }
         if !(r.stdin || r.stdout || r.stderr) {
@@ -225,6 +238,37 @@ pub fn container_pid(pod_dir: &std::path::Path, name: &str) -> Option<i32> {
     (pid > 1 && crate::runtime::alive(pid)).then_some(pid)
 }
 
+/// What a session on container `name` runs: for exec, a command beside its live main
+/// process; for attach, the helper `trellis container-attach` (`helper`) on its newest run's
+/// directory and log. None when the container does not run.
+pub fn target(
+    pod_dir: &std::path::Path,
+    name: &str,
+    attach: bool,
+    helper: &std::path::Path,
+) -> Option<Target> {
+    let pid = container_pid(pod_dir, name)?;
+    if !attach {
+        return Some(Target::Exec { pid });
+    }
+    let attempt = std::fs::read_dir(pod_dir.join("containers").join(name))
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .max()?;
+    Some(Target::Attach {
+        helper: helper.to_path_buf(),
+        run: pod_dir
+            .join("containers")
+            .join(name)
+            .join(attempt.to_string()),
+        log: pod_dir
+            .join("logs")
+            .join(name)
+            .join(format!("{attempt}.log")),
+    })
+}
+
 /// The environment of process `pid` (the container's), as `/proc/<pid>/environ` holds it.
 fn environ(pid: i32) -> Vec<(String, String)> {
     std::fs::read(format!("/proc/{pid}/environ"))
@@ -288,12 +332,12 @@ fn command(pid: i32, req: &ExecRequest) -> tokio::process::Command {
 
 /// A pseudo-terminal for a `tty` exec: the master side, and the slave the command gets as
 /// stdin, stdout and stderr.
-struct Pty {
-    master: std::fs::File,
-    slave: std::fs::File,
+pub(crate) struct Pty {
+    pub(crate) master: std::fs::File,
+    pub(crate) slave: std::fs::File,
 }
 
-fn open_pty() -> std::io::Result<Pty> {
+pub(crate) fn open_pty() -> std::io::Result<Pty> {
     use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::OpenOptionsExt;
@@ -316,7 +360,7 @@ fn open_pty() -> std::io::Result<Pty> {
 }
 
 /// Sets the terminal's size from a resize message, `{"Width":w,"Height":h}`.
-fn resize(master: &std::fs::File, message: &[u8]) {
+pub(crate) fn resize(master: &std::fs::File, message: &[u8]) {
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(message) else {
         return;
     };
@@ -359,6 +403,109 @@ fn tty_command(
     Ok(cmd)
 }
 
+/// What a streamed session runs.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// `exec`: a command in the namespaces of the container's main process.
+    Exec { pid: i32 },
+    /// `attach`: `trellis container-attach` ([`crate::attach`]), which passes on what the
+    /// container's run writes to its log from now on and feeds its stdin FIFO, until the run
+    /// ends. The terminal (`tty: true`) is the container's own, made by its shim; resizes go
+    /// to the shim's FIFO.
+    Attach {
+        helper: std::path::PathBuf,
+        run: std::path::PathBuf,
+        log: std::path::PathBuf,
+    },
+}
+
+impl Target {
+    /// The FIFO that sets an attached container's terminal size.
+    fn resize_fifo(&self) -> Option<std::path::PathBuf> {
+        match self {
+            Target::Exec { .. } => None,
+            Target::Attach { run, .. } => {
+                Some(run.join(crate::shim::RESIZE_FIFO)).filter(|p| p.exists())
+            }
+        }
+    }
+}
+
+/// Where resize messages go: an exec's own terminal, or an attached container's shim.
+enum Sizer {
+    Pty(std::fs::File),
+    Fifo(std::path::PathBuf),
+}
+
+impl Sizer {
+    fn apply(&self, message: &[u8]) {
+        match self {
+            Sizer::Pty(m) => resize(m, message),
+            Sizer::Fifo(p) => {
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                // Never blocks: without the shim reading, the size is dropped.
+                let opened = std::fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+                    .open(p);
+                if let Ok(mut f) = opened {
+                    let mut line = message.to_vec();
+                    line.push(b'\n');
+                    let _ = f.write_all(&line);
+                }
+            }
+        }
+    }
+}
+
+/// Starts a session's process, and for an exec with a tty the terminal's master: the
+/// command with a terminal, or with pipes; for attach, the helper with pipes.
+fn spawn(
+    target: &Target,
+    req: &ExecRequest,
+) -> (
+    std::io::Result<tokio::process::Child>,
+    Option<std::fs::File>,
+) {
+    match target {
+        Target::Attach { helper, run, log } => {
+            let pipe = |on: bool| if on { Stdio::piped() } else { Stdio::null() };
+            let mut cmd = tokio::process::Command::new(helper);
+            cmd.arg("container-attach")
+                .arg("--dir")
+                .arg(run)
+                .arg("--log")
+                .arg(log);
+            for (on, flag) in [
+                (req.stdin, "--stdin"),
+                (req.stdout, "--stdout"),
+                (req.stderr && !req.tty, "--stderr"),
+            ] {
+                if on {
+                    cmd.arg(flag);
+                }
+            }
+            cmd.stdin(pipe(req.stdin))
+                .stdout(pipe(req.stdout))
+                .stderr(pipe(req.stderr && !req.tty))
+                .kill_on_drop(true);
+            (cmd.spawn(), None)
+        }
+        Target::Exec { pid } if !req.tty => (command(*pid, req).spawn(), None),
+        Target::Exec { pid } => match open_pty() {
+            Ok(p) => (
+                tty_command(*pid, req, &p.slave).and_then(|mut c| c.spawn()),
+                Some(p.master),
+            ),
+            Err(e) => (
+                Err(std::io::Error::new(e.kind(), format!("a terminal: {e}"))),
+                None,
+            ),
+        },
+    }
+}
+
 /// The exit code of a finished child (128 + the signal when killed).
 fn exit_code(st: std::process::ExitStatus) -> Option<i32> {
     use std::os::unix::process::ExitStatusExt;
@@ -366,7 +513,7 @@ fn exit_code(st: std::process::ExitStatus) -> Option<i32> {
 }
 
 /// Runs `req` in the namespaces of process `pid` and streams it over the upgraded `io`.
-pub async fn run<IO>(io: IO, pid: i32, req: ExecRequest)
+pub async fn run<IO>(io: IO, target: Target, req: ExecRequest)
 where
     IO: AsyncRead + AsyncWrite + Send + 'static,
 {
@@ -382,13 +529,7 @@ where
     });
     // With a tty the command gets a terminal (stdout and stderr are one stream, channel 1);
     // resize messages set its size.
-    let pty = if req.tty { Some(open_pty()) } else { None };
-    let spawned = match &pty {
-        None => command(pid, &req).spawn(),
-        Some(Ok(p)) => tty_command(pid, &req, &p.slave).and_then(|mut c| c.spawn()),
-        Some(Err(e)) => Err(std::io::Error::new(e.kind(), format!("a terminal: {e}"))),
-    };
-    let master = pty.and_then(|p| p.ok()).map(|p| p.master);
+    let (spawned, master) = spawn(&target, &req);
     let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
@@ -412,7 +553,7 @@ where
     }
     let mut stdin: Option<Box<dyn AsyncWrite + Unpin + Send>> =
         child.stdin.take().map(|s| Box::new(s) as _);
-    let mut sizer = None;
+    let mut sizer = target.resize_fifo().map(Sizer::Fifo);
     if let Some(m) = &master {
         if let Ok(r) = m.try_clone() {
             pumps.push(tokio::spawn(pump(
@@ -426,7 +567,7 @@ where
         {
             stdin = Some(Box::new(tokio::fs::File::from_std(w)));
         }
-        sizer = m.try_clone().ok();
+        sizer = m.try_clone().ok().map(Sizer::Pty);
     }
     let control = tx.clone();
     // The client's messages: stdin data, its half-close, pings, the close.
@@ -444,7 +585,7 @@ where
                     Some((255, [0, ..])) => stdin = None,
                     Some((4, size)) => {
                         if let Some(m) = &sizer {
-                            resize(m, size);
+                            m.apply(size);
                         }
                     }
                     _ => {}
@@ -523,7 +664,7 @@ async fn pump_spdy(mut from: impl AsyncRead + Unpin, id: u32, out: crate::spdy_c
 /// with a tty), within 30 s as upstream allows; stdout and stderr are sent as they come, stdin's
 /// FIN closes the command's stdin, and the exit status ends on the error stream before every
 /// stream is half-closed and the connection goes away.
-pub async fn run_spdy<IO>(io: IO, pid: i32, req: ExecRequest, protocol: &'static str)
+pub async fn run_spdy<IO>(io: IO, target: Target, req: ExecRequest, protocol: &'static str)
 where
     IO: AsyncRead + AsyncWrite + Send + 'static,
 {
@@ -591,13 +732,7 @@ where
         .collect();
     // With a tty, a terminal as over the WebSocket: its output on the stdout stream, resize
     // messages (JSON objects, one after another) set its size.
-    let pty = if req.tty { Some(open_pty()) } else { None };
-    let spawned = match &pty {
-        None => command(pid, &req).spawn(),
-        Some(Ok(p)) => tty_command(pid, &req, &p.slave).and_then(|mut c| c.spawn()),
-        Some(Err(e)) => Err(std::io::Error::new(e.kind(), format!("a terminal: {e}"))),
-    };
-    let master = pty.and_then(|p| p.ok()).map(|p| p.master);
+    let (spawned, master) = spawn(&target, &req);
     let result = match spawned {
         Err(e) => report(
             None,
@@ -625,7 +760,10 @@ where
                         .map(|w| Box::new(tokio::fs::File::from_std(w)) as _);
                 }
             }
-            let sizer = master.as_ref().and_then(|m| m.try_clone().ok());
+            let sizer = match master.as_ref().and_then(|m| m.try_clone().ok()) {
+                Some(m) => Some(Sizer::Pty(m)),
+                None => target.resize_fifo().map(Sizer::Fifo),
+            };
             let feeder = stdin.take().map(|mut s| {
                 tokio::spawn(async move {
                     while let Some(data) = s.data.recv().await {
@@ -649,7 +787,7 @@ where
                         while let Some(Ok(v)) = it.next() {
                             used = it.byte_offset();
                             if let Some(m) = &sizer {
-                                self::resize(m, v.to_string().as_bytes());
+                                m.apply(v.to_string().as_bytes());
                             }
                         }
                         pending.drain(..used);

@@ -5,7 +5,9 @@
 //! Every pod's state lives on disk under `<root>/pods/<uid>/`, so a restarted kubelet adopts
 //! running pods instead of starting them again, and removes what no pod claims.
 
+pub mod attach;
 pub mod exec;
+pub mod logfile;
 pub mod logs;
 pub mod network;
 pub mod node;
@@ -65,6 +67,8 @@ pub struct Config {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// The CA (PEM) client certificates are checked against; None: the cluster CA.
     pub client_ca: Option<String>,
+    /// How containers' logs are rotated (`--container-log-max-size`, `--container-log-max-files`).
+    pub log_rotation: logfile::Rotation,
 }
 
 /// An error of the kubelet, naming what it was doing.

@@ -1,16 +1,21 @@
 //! Container logs as the kubelet serves them at `/containerLogs/{ns}/{pod}/{container}`: the
-//! current run's output, or the previous run's (`previous`), its last lines (`tailLines`), cut
-//! at `limitBytes`, and followed (`follow`) until the run ends. A run's log is
-//! `<pod dir>/logs/<container>/<attempt>.log`, the attempt being its restartCount, so the
-//! previous run's is the one before.
+//! current run's output, or the previous run's (`previous`), each line with the time it was
+//! written (`timestamps`), from a time on (`sinceSeconds`, `sinceTime`), its last lines
+//! (`tailLines`), cut at `limitBytes`, and followed (`follow`) until the run ends. A run's log
+//! is `<pod dir>/logs/<container>/<attempt>.log` in the CRI format ([`crate::logfile`]) with
+//! its rotated files beside it, the attempt being its restartCount, so the previous run's is
+//! the one before. A log is read across its rotated files, oldest first.
 
-use std::io::{Read, Seek, SeekFrom};
+use std::collections::VecDeque;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use crate::logfile::{self, Follower};
 use crate::shim::EXIT_FILE;
 
 /// The query of a log request.
@@ -18,6 +23,9 @@ use crate::shim::EXIT_FILE;
 pub struct LogQuery {
     pub follow: bool,
     pub previous: bool,
+    pub timestamps: bool,
+    /// Only entries written at or after this time (`sinceSeconds` ago, or `sinceTime`).
+    pub since: Option<jiff::Timestamp>,
     pub tail_lines: Option<u64>,
     pub limit_bytes: Option<u64>,
 }
@@ -38,11 +46,12 @@ fn truthy(v: &str) -> bool {
 }
 
 impl LogQuery {
-    /// Parses the query parameters kubectl sends. Timestamps and `since` need per-line times,
-    /// which the process runtime does not record: asking for them is refused plainly rather
-    /// than answered wrongly.
-    pub fn parse(pairs: &[(String, String)]) -> Result<LogQuery, LogError> {
+    /// Parses the query parameters kubectl sends (through the API server); `now` resolves
+    /// `sinceSeconds`.
+    pub fn parse(pairs: &[(String, String)], now: jiff::Timestamp) -> Result<LogQuery, LogError> {
         let mut q = LogQuery::default();
+        let mut since_seconds = None;
+        let mut since_time = None;
         for (k, v) in pairs {
             let number = || {
                 v.parse::<u64>()
@@ -51,25 +60,34 @@ impl LogQuery {
             match k.as_str() {
                 "follow" => q.follow = truthy(v),
                 "previous" => q.previous = truthy(v),
+                "timestamps" => q.timestamps = truthy(v),
                 "tailLines" => q.tail_lines = Some(number()?),
                 "limitBytes" => q.limit_bytes = Some(number()?),
-                "timestamps" if truthy(v) => {
-                    return Err(bad(
-                        400,
-                        "timestamps are not recorded by this kubelet's process runtime".into(),
-                    ));
-                }
-                "sinceSeconds" | "sinceTime" => {
-                    return Err(bad(
-                        400,
-                        format!(
-                            "{k}: line times are not recorded by this kubelet's process runtime"
-                        ),
-                    ));
+                "sinceSeconds" => since_seconds = Some(number()?),
+                "sinceTime" => {
+                    since_time = Some(v.parse::<jiff::Timestamp>().map_err(|e| {
+                        bad(400, format!("sinceTime: {v:?} is not an RFC3339 time: {e}"))
+                    })?);
                 }
                 _ => {}
             }
         }
+        q.since = match (since_seconds, since_time) {
+            (Some(_), Some(_)) => {
+                return Err(bad(
+                    400,
+                    "at most one of `sinceTime` or `sinceSeconds` may be specified".into(),
+                ));
+            }
+            (Some(s), None) => {
+                let s = i64::try_from(s).unwrap_or(i64::MAX);
+                Some(
+                    now.checked_sub(jiff::SignedDuration::from_secs(s))
+                        .unwrap_or(jiff::Timestamp::MIN),
+                )
+            }
+            (None, t) => t,
+        };
         Ok(q)
     }
 }
@@ -99,24 +117,6 @@ fn attempts(pod_dir: &Path, name: &str) -> Vec<u32> {
         .unwrap_or_default();
     v.sort_unstable();
     v
-}
-
-/// The last `n` lines of `text` (a final line without newline counts as one).
-pub fn tail(text: &[u8], n: u64) -> &[u8] {
-    if n == 0 {
-        return &[];
-    }
-    let body = text.strip_suffix(b"\n").unwrap_or(text);
-    let mut seen = 0;
-    for (i, b) in body.iter().enumerate().rev() {
-        if *b == b'\n' {
-            seen += 1;
-            if seen == n {
-                return &text[i + 1..];
-            }
-        }
-    }
-    text
 }
 
 /// Opens the log a request is about: the file, the run directory (to see the run end), and
@@ -160,141 +160,353 @@ pub fn open(
     Ok((file, run))
 }
 
-/// Sends `chunk`, cut to what `budget` (limitBytes) leaves; false once the reader is gone.
-async fn send(tx: &mpsc::Sender<Bytes>, mut chunk: Vec<u8>, budget: &mut u64) -> bool {
-    if chunk.len() as u64 > *budget {
-        chunk.truncate(usize::try_from(*budget).unwrap_or(usize::MAX));
-    }
-    *budget -= chunk.len() as u64;
-    chunk.is_empty() || tx.send(Bytes::from(chunk)).await.is_ok()
+/// Turns log lines into what the client asked for: each entry's content (its time first
+/// with `timestamps`), entries before `since` left out, lines not in the CRI format passed
+/// as they are.
+struct Render<'q> {
+    q: &'q LogQuery,
 }
 
-/// Streams a log into `tx`: what is there (tail and limit applied), then, when following, what
-/// is appended until the run ends, the limit is reached, or the reader goes.
-pub async fn stream(file: PathBuf, run: PathBuf, q: LogQuery, tx: mpsc::Sender<Bytes>) {
-    let mut budget = q.limit_bytes.unwrap_or(u64::MAX);
-    let mut f = std::fs::File::open(&file).ok();
-    let mut offset = 0u64;
-    if let Some(f) = f.as_mut() {
-        let mut all = Vec::new();
-        if f.read_to_end(&mut all).is_err() {
-            return;
-        }
-        offset = all.len() as u64;
-        let start = match q.tail_lines {
-            Some(n) => all.len() - tail(&all, n).len(),
-            None => 0,
+impl Render<'_> {
+    /// Renders one line of a log file (without its newline); None when `since` leaves it out.
+    fn line(&self, line: &[u8]) -> Option<Vec<u8>> {
+        let Some(e) = logfile::parse(line) else {
+            let mut v = line.to_vec();
+            v.push(b'\n');
+            return Some(v);
         };
-        if !send(&tx, all.split_off(start), &mut budget).await {
-            return;
+        if let Some(since) = self.q.since
+            && e.timestamp().is_some_and(|t| t < since)
+        {
+            return None;
+        }
+        let mut v = Vec::with_capacity(e.content.len() + 32);
+        if self.q.timestamps {
+            v.extend_from_slice(e.time.as_bytes());
+            v.push(b' ');
+        }
+        v.extend_from_slice(e.content);
+        if !e.partial {
+            v.push(b'\n');
+        }
+        Some(v)
+    }
+}
+
+/// Where rendered output goes: cut at `limitBytes`, sent in chunks of up to 64 KiB.
+struct Out {
+    tx: mpsc::Sender<Bytes>,
+    budget: u64,
+    buf: Vec<u8>,
+}
+
+impl Out {
+    /// Adds `bytes`; false once the limit is reached or the reader went.
+    fn push(&mut self, bytes: &[u8]) -> bool {
+        let take = bytes
+            .len()
+            .min(usize::try_from(self.budget).unwrap_or(usize::MAX));
+        self.buf.extend_from_slice(&bytes[..take]);
+        self.budget -= take as u64;
+        if self.buf.len() >= 64 * 1024 && !self.flush() {
+            return false;
+        }
+        self.budget > 0
+    }
+
+    fn flush(&mut self) -> bool {
+        if self.buf.is_empty() {
+            return !self.tx.is_closed();
+        }
+        let chunk = Bytes::from(std::mem::take(&mut self.buf));
+        self.tx.blocking_send(chunk).is_ok()
+    }
+}
+
+/// Streams a log into `tx` (blocking: run it on a blocking thread): the rotated files and the
+/// current one in order (since, tail and limit applied), then, when following, what is
+/// appended until the run ends, the limit is reached, or the reader goes.
+pub fn stream(file: PathBuf, run: PathBuf, q: LogQuery, tx: mpsc::Sender<Bytes>) {
+    let render = Render { q: &q };
+    let mut out = Out {
+        tx,
+        budget: q.limit_bytes.unwrap_or(u64::MAX),
+        buf: Vec::new(),
+    };
+    // The current file first, so that a rotation from here on is seen by the follower; when
+    // the file opened was rotated meanwhile, the rotated files from it on are the follower's.
+    let mut follower = Follower::new(&file);
+    let open = follower.ino();
+    let mut history: Vec<u8> = Vec::new();
+    for f in logfile::rotated(&file) {
+        let Ok(mut fh) = std::fs::File::open(&f) else {
+            continue;
+        };
+        if fh.metadata().ok().map(|m| m.ino()) == open {
+            break;
+        }
+        let _ = fh.read_to_end(&mut history);
+        if history.last().is_some_and(|b| *b != b'\n') {
+            history.push(b'\n');
         }
     }
-    if !q.follow || q.previous {
+    follower.poll(&mut history);
+    let lines = history
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| render.line(l));
+    let mut open_ended = true;
+    match q.tail_lines {
+        Some(n) => {
+            let cap = usize::try_from(n).unwrap_or(usize::MAX);
+            let mut last: VecDeque<Vec<u8>> = VecDeque::new();
+            if cap > 0 {
+                for l in lines {
+                    if last.len() == cap {
+                        last.pop_front();
+                    }
+                    last.push_back(l);
+                }
+            }
+            for l in &last {
+                if !out.push(l) {
+                    open_ended = false;
+                    break;
+                }
+            }
+        }
+        None => {
+            for l in lines {
+                if !out.push(&l) {
+                    open_ended = false;
+                    break;
+                }
+            }
+        }
+    }
+    if !out.flush() || !open_ended || !q.follow || q.previous {
         return;
     }
     // Follow: poll for growth; end once the run has ended and everything it wrote is sent.
-    let mut idle = tokio::time::interval(Duration::from_millis(100));
     loop {
-        if budget == 0 || tx.is_closed() {
-            return;
-        }
         let ended = run.join(EXIT_FILE).exists() || !run.exists();
-        if f.is_none() {
-            f = std::fs::File::open(&file).ok();
-        }
         let mut grown = Vec::new();
-        if let Some(f) = f.as_mut()
-            && f.seek(SeekFrom::Start(offset)).is_ok()
-            && f.read_to_end(&mut grown).is_ok()
-        {
-            offset += grown.len() as u64;
-        }
+        follower.poll(&mut grown);
         let had = !grown.is_empty();
-        if had && !send(&tx, grown, &mut budget).await {
+        for l in grown
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .filter_map(|l| render.line(l))
+        {
+            if !out.push(&l) {
+                let _ = out.flush();
+                return;
+            }
+        }
+        if !out.flush() || (ended && !had) {
             return;
         }
-        if ended && !had {
-            return;
-        }
-        idle.tick().await;
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::logfile::{Rotation, Stream, Writer};
 
-    #[test]
-    fn tail_counts_lines_from_the_end() {
-        assert_eq!(tail(b"a\nb\nc\n", 1), b"c\n");
-        assert_eq!(tail(b"a\nb\nc\n", 2), b"b\nc\n");
-        assert_eq!(tail(b"a\nb\nc", 1), b"c");
-        assert_eq!(tail(b"a\nb\nc\n", 10), b"a\nb\nc\n");
-        assert_eq!(tail(b"a\n", 0), b"");
+    fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    fn at(s: &str) -> jiff::Timestamp {
+        s.parse().unwrap()
     }
 
     #[test]
     fn the_query_kubectl_sends_is_understood() {
-        let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
-            v.iter()
-                .map(|(a, b)| (a.to_string(), b.to_string()))
-                .collect()
-        };
-        let q = LogQuery::parse(&pairs(&[
-            ("follow", "true"),
-            ("tailLines", "5"),
-            ("limitBytes", "10"),
-        ]));
+        let now = at("2026-12-05T01:00:00Z");
+        let q = LogQuery::parse(
+            &pairs(&[
+                ("follow", "true"),
+                ("tailLines", "5"),
+                ("limitBytes", "10"),
+                ("timestamps", "true"),
+                ("sinceSeconds", "60"),
+            ]),
+            now,
+        );
         assert_eq!(
             q,
             Ok(LogQuery {
                 follow: true,
                 previous: false,
+                timestamps: true,
+                since: Some(at("2026-12-05T00:59:00Z")),
                 tail_lines: Some(5),
                 limit_bytes: Some(10)
             })
         );
+        let q = LogQuery::parse(&pairs(&[("sinceTime", "2026-12-05T02:00:00+01:00")]), now);
+        assert_eq!(q.map(|q| q.since), Ok(Some(at("2026-12-05T01:00:00Z"))));
+        let code = |v: &[(&str, &str)]| LogQuery::parse(&pairs(v), now).map_err(|e| e.code);
+        assert_eq!(code(&[("tailLines", "-1")]), Err(400));
+        assert_eq!(code(&[("sinceTime", "yesterday")]), Err(400));
         assert_eq!(
-            LogQuery::parse(&pairs(&[("tailLines", "-1")])).map_err(|e| e.code),
+            code(&[("sinceTime", "2026-12-05T00:00:00Z"), ("sinceSeconds", "5")]),
             Err(400)
         );
-        assert!(LogQuery::parse(&pairs(&[("timestamps", "false")])).is_ok());
+        assert_eq!(code(&[("timestamps", "false")]).map(|_| ()), Ok(()));
+    }
+
+    /// Writes `lines` as run `attempt` of container `c`, each a second after `start`.
+    fn write_run(pod: &Path, attempt: u32, lines: &[&str], start: &str, rotation: Rotation) {
+        std::fs::create_dir_all(pod.join(format!("containers/c/{attempt}"))).unwrap();
+        std::fs::create_dir_all(pod.join("logs/c")).unwrap();
+        let mut w = Writer::open(&pod.join(format!("logs/c/{attempt}.log")), rotation).unwrap();
+        for (i, l) in lines.iter().enumerate() {
+            let t = at(start)
+                .checked_add(jiff::SignedDuration::from_secs(i as i64))
+                .unwrap();
+            let stream = if l.starts_with("err") {
+                Stream::Stderr
+            } else {
+                Stream::Stdout
+            };
+            w.write(stream, t, format!("{l}\n").as_bytes()).unwrap();
+        }
+    }
+
+    async fn collect(pod: &Path, q: LogQuery) -> String {
+        let (file, run) = open(pod, "p", "c", &q).unwrap();
+        let (tx, mut rx) = mpsc::channel(4);
+        let task = tokio::task::spawn_blocking(move || stream(file, run, q, tx));
+        let mut out = Vec::new();
+        while let Some(b) = rx.recv().await {
+            out.extend_from_slice(&b);
+        }
+        task.await.unwrap();
+        String::from_utf8(out).unwrap()
     }
 
     #[tokio::test]
-    async fn previous_is_the_run_before_and_follow_ends_with_the_run() {
+    async fn timestamps_since_tail_and_limit_apply_to_the_entries() {
         let dir = tempfile::tempdir().unwrap();
         let pod = dir.path();
-        for a in [0, 1] {
-            std::fs::create_dir_all(pod.join(format!("containers/c/{a}"))).unwrap();
-        }
-        std::fs::create_dir_all(pod.join("logs/c")).unwrap();
-        std::fs::write(pod.join("logs/c/0.log"), "first\n").unwrap();
-        std::fs::write(pod.join("logs/c/1.log"), "second\n").unwrap();
+        write_run(
+            pod,
+            0,
+            &["one", "err-two", "three", "four"],
+            "2026-12-05T01:00:00Z",
+            Rotation::default(),
+        );
+        std::fs::write(pod.join("containers/c/0").join(EXIT_FILE), "0").unwrap();
+        assert_eq!(
+            collect(pod, LogQuery::default()).await,
+            "one\nerr-two\nthree\nfour\n"
+        );
+        let q = LogQuery {
+            timestamps: true,
+            tail_lines: Some(2),
+            ..Default::default()
+        };
+        assert_eq!(
+            collect(pod, q).await,
+            "2026-12-05T01:00:02.000000000Z three\n2026-12-05T01:00:03.000000000Z four\n"
+        );
+        let q = LogQuery {
+            since: Some(at("2026-12-05T01:00:01Z")),
+            ..Default::default()
+        };
+        assert_eq!(collect(pod, q).await, "err-two\nthree\nfour\n");
+        let q = LogQuery {
+            since: Some(at("2026-12-05T01:00:01Z")),
+            tail_lines: Some(1),
+            limit_bytes: Some(3),
+            ..Default::default()
+        };
+        assert_eq!(collect(pod, q).await, "fou");
+        // Following an ended run gives what it wrote and ends.
+        let q = LogQuery {
+            follow: true,
+            ..Default::default()
+        };
+        assert_eq!(collect(pod, q).await, "one\nerr-two\nthree\nfour\n");
+        // A file written before this format is passed as it is.
+        std::fs::write(pod.join("logs/c/0.log"), "raw line\n").unwrap();
+        assert_eq!(collect(pod, LogQuery::default()).await, "raw line\n");
+    }
+
+    #[tokio::test]
+    async fn a_log_is_read_across_its_rotated_files_and_previous_is_the_run_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let pod = dir.path();
+        let rotation = Rotation::new(200, 4).unwrap();
+        let first: Vec<String> = (0..30).map(|i| format!("first-{i:02}")).collect();
+        let first: Vec<&str> = first.iter().map(String::as_str).collect();
+        write_run(pod, 0, &first, "2026-12-05T01:00:00Z", rotation);
+        std::fs::write(pod.join("containers/c/0").join(EXIT_FILE), "1").unwrap();
+        write_run(pod, 1, &["second"], "2026-12-05T01:01:00Z", rotation);
+        assert!(
+            logfile::rotated(&pod.join("logs/c/0.log")).len() >= 2,
+            "the first run's log was rotated"
+        );
         let q = LogQuery {
             previous: true,
             ..Default::default()
         };
-        let (file, run) = open(pod, "p", "c", &q).unwrap();
-        assert!(file.ends_with("logs/c/0.log"));
-        let (tx, mut rx) = mpsc::channel(4);
-        stream(file, run, q, tx).await;
-        assert_eq!(rx.recv().await.as_deref(), Some(&b"first\n"[..]));
+        let text = collect(pod, q).await;
+        let lines: Vec<&str> = text.lines().collect();
+        // 4 files of at most 200 bytes (about 4 entries each) keep the newest entries.
+        assert_eq!(lines.last(), Some(&"first-29"), "{text}");
+        let start = first.iter().position(|l| *l == lines[0]).unwrap();
+        assert_eq!(lines, first[start..], "in order, none twice");
+        assert!(start > 0, "the oldest entries were rotated away: {text}");
+        assert!(lines.len() > 4, "more than one file's worth: {text}");
+        assert_eq!(collect(pod, LogQuery::default()).await, "second\n");
+        let none = open(pod, "p", "d", &LogQuery::default());
+        assert_eq!(none.map_err(|e| e.code), Err(400));
+    }
 
+    #[tokio::test]
+    async fn follow_sees_new_lines_across_a_rotation_and_ends_with_the_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let pod = dir.path();
+        // Two entries a file; the ten lines below rotate it four times between two polls of
+        // the follower, which reads the rotated files after the one it had open, in order.
+        let rotation = Rotation::new(100, 20).unwrap();
+        write_run(pod, 0, &["a"], "2026-12-05T01:00:00Z", rotation);
         let q = LogQuery {
             follow: true,
             ..Default::default()
         };
         let (file, run) = open(pod, "p", "c", &q).unwrap();
         let (tx, mut rx) = mpsc::channel(4);
-        let task = tokio::spawn(stream(file.clone(), run.clone(), q, tx));
-        assert_eq!(rx.recv().await.as_deref(), Some(&b"second\n"[..]));
-        std::fs::write(&file, "second\nthird\n").unwrap();
-        assert_eq!(rx.recv().await.as_deref(), Some(&b"third\n"[..]));
-        std::fs::write(run.join(EXIT_FILE), "0").unwrap();
-        assert_eq!(rx.recv().await, None, "the stream ends with the run");
+        let task = tokio::task::spawn_blocking(move || stream(file, run, q, tx));
+        assert_eq!(rx.recv().await.as_deref(), Some(&b"a\n"[..]));
+        let mut w = Writer::open(&pod.join("logs/c/0.log"), rotation).unwrap();
+        let mut want = String::new();
+        for i in 0..10 {
+            let l = format!("line-{i}\n");
+            w.write(Stream::Stdout, jiff::Timestamp::now(), l.as_bytes())
+                .unwrap();
+            want.push_str(&l);
+        }
+        assert!(logfile::rotated(&pod.join("logs/c/0.log")).len() >= 4);
+        let mut got = String::new();
+        while got.len() < want.len() {
+            let b = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            got.push_str(std::str::from_utf8(&b).unwrap());
+        }
+        assert_eq!(got, want);
+        std::fs::write(pod.join("containers/c/0").join(EXIT_FILE), "0").unwrap();
+        let end = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await;
+        assert_eq!(end.unwrap(), None, "the stream ends with the run");
         task.await.unwrap();
-        let none = open(pod, "p", "d", &LogQuery::default());
-        assert_eq!(none.map_err(|e| e.code), Err(400));
     }
 }

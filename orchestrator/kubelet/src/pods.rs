@@ -112,6 +112,7 @@ impl Pods {
         let rt: Arc<dyn Runtime> = Arc::new(ProcessRuntime {
             shim: cfg.shim.clone(),
             passthrough_env,
+            rotation: cfg.log_rotation,
         });
         Pods {
             cfg,
@@ -853,6 +854,14 @@ impl Pods {
             argv,
             env,
             workdir: c.working_dir.clone().map(PathBuf::from),
+            stdin: c.stdin.unwrap_or(false).then(|| {
+                if c.stdin_once.unwrap_or(false) {
+                    crate::shim::StdinMode::Once
+                } else {
+                    crate::shim::StdinMode::Open
+                }
+            }),
+            tty: c.tty.unwrap_or(false),
         };
         self.rt.start(sb, &run)?;
         // Give the shim a moment to start the process (or fail to), so this pass already
@@ -1325,6 +1334,7 @@ mod tests {
             address: None,
             tls: None,
             client_ca: None,
+            log_rotation: Default::default(),
         }
     }
 

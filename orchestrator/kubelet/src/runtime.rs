@@ -33,6 +33,10 @@ pub struct ContainerRun {
     pub argv: Vec<OsString>,
     pub env: Vec<(String, String)>,
     pub workdir: Option<PathBuf>,
+    /// `stdin: true` (with how it is kept: `stdinOnce`); attach writes to it.
+    pub stdin: Option<shim::StdinMode>,
+    /// `tty: true`: the container gets a terminal.
+    pub tty: bool,
 }
 
 /// What a run is doing.
@@ -71,6 +75,8 @@ pub struct ProcessRuntime {
     pub shim: PathBuf,
     /// Extra environment every shim and container inherits (the testbed's tag).
     pub passthrough_env: Vec<(String, String)>,
+    /// How each run's log is rotated.
+    pub rotation: crate::logfile::Rotation,
 }
 
 fn run_dir(sandbox: &Sandbox, name: &str, attempt: u32) -> PathBuf {
@@ -142,6 +148,7 @@ impl Runtime for ProcessRuntime {
             std::fs::create_dir_all(parent)
                 .map_err(|e| Error::io(format!("create {}", parent.display()), e))?;
         }
+        prune_logs(&log, run.attempt);
         let args = ShimArgs {
             dir: dir.clone(),
             netns: sandbox.netns.clone(),
@@ -151,6 +158,9 @@ impl Runtime for ProcessRuntime {
             workdir: run.workdir.clone(),
             log: Some(log),
             service_account: sandbox.service_account.clone(),
+            rotation: self.rotation,
+            stdin: run.stdin,
+            tty: run.tty,
             argv: run.argv.clone(),
         };
         let mut cmd = std::process::Command::new(&self.shim);
@@ -205,6 +215,26 @@ impl Runtime for ProcessRuntime {
             .join("logs")
             .join(name)
             .join(format!("{attempt}.log"))
+    }
+}
+
+/// Removes the logs of runs before the previous one (`<attempt>.log` and its rotated files
+/// for attempts below `attempt - 1`): `--previous` needs only the run before, and a
+/// crash-looping container must not fill the disk.
+fn prune_logs(log: &Path, attempt: u32) {
+    let Some(dir) = log.parent() else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let run = name
+            .to_str()
+            .and_then(|n| n.split_once(".log"))
+            .and_then(|(a, _)| a.parse::<u32>().ok());
+        if run.is_some_and(|r| r.saturating_add(1) < attempt) {
+            let _ = std::fs::remove_file(e.path());
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! The kubelet's HTTPS API on its port (10250): `/containerLogs/{ns}/{pod}/{container}`,
-//! `/exec/{ns}/{pod}/{container}` (WebSocket or SPDY/3.1, [`crate::exec`]),
+//! `/exec/{ns}/{pod}/{container}` and `/attach/{ns}/{pod}/{container}` (WebSocket or SPDY/3.1,
+//! [`crate::exec`], [`crate::attach`]),
 //! `/portForward/{ns}/{pod}` (SPDY/3.1, or tunnelled in a WebSocket, [`crate::portforward`]) and `/stats/summary`, what the API server and metrics readers call.
 //!
 //! Callers authenticate with a client certificate from the cluster CA; what they may do is
@@ -403,7 +404,7 @@ async fn handle(shared: &Shared, req: Request<Incoming>, caller: Option<Caller>)
             if verb != "get" {
                 return text(405, "method not allowed".into());
             }
-            let q = match LogQuery::parse(&query(req.uri().query())) {
+            let q = match LogQuery::parse(&query(req.uri().query()), jiff::Timestamp::now()) {
                 Ok(q) => q,
                 Err(e) => return text(e.code, e.message),
             };
@@ -415,7 +416,7 @@ async fn handle(shared: &Shared, req: Request<Incoming>, caller: Option<Caller>)
                 Err(e) => return text(e.code, e.message),
             };
             let (tx, rx) = mpsc::channel(16);
-            tokio::spawn(logs::stream(file, run, q, tx));
+            tokio::task::spawn_blocking(move || logs::stream(file, run, q, tx));
             streamed(rx, "text/plain")
         }
         ["stats", "summary"] => {
@@ -433,11 +434,18 @@ async fn handle(shared: &Shared, req: Request<Incoming>, caller: Option<Caller>)
             );
             r
         }
-        ["exec", ns, pod, container] => {
+        [kind @ ("exec" | "attach"), ns, pod, container] => {
             if let Err(r) = authorize(shared, &caller, verb, "proxy").await {
                 return r;
             }
-            let exec_req = match ExecRequest::parse(&query(req.uri().query())) {
+            let attach = *kind == "attach";
+            let pairs = query(req.uri().query());
+            let parsed = if attach {
+                ExecRequest::parse_attach(&pairs)
+            } else {
+                ExecRequest::parse(&pairs)
+            };
+            let exec_req = match parsed {
                 Ok(r) => r,
                 Err(e) => return text(400, e),
             };
@@ -456,7 +464,7 @@ async fn handle(shared: &Shared, req: Request<Incoming>, caller: Option<Caller>)
                 let Some(dir) = logs::find_pod(&shared.cfg.root_dir, ns, pod) else {
                     return text(404, format!("pod {pod:?} does not exist"));
                 };
-                let Some(pid) = exec::container_pid(&dir, container) else {
+                let Some(target) = exec::target(&dir, container, attach, &shared.cfg.shim) else {
                     return text(
                         400,
                         format!("container {container:?} in pod {pod:?} is not running"),
@@ -464,7 +472,7 @@ async fn handle(shared: &Shared, req: Request<Incoming>, caller: Option<Caller>)
                 };
                 tokio::spawn(async move {
                     if let Ok(up) = hyper::upgrade::on(req).await {
-                        exec::run_spdy(TokioIo::new(up), pid, exec_req, protocol).await;
+                        exec::run_spdy(TokioIo::new(up), target, exec_req, protocol).await;
                     }
                 });
                 return spdy_switch(protocol);
@@ -472,7 +480,7 @@ async fn handle(shared: &Shared, req: Request<Incoming>, caller: Option<Caller>)
             if !header("upgrade").eq_ignore_ascii_case("websocket") {
                 return text(
                     400,
-                    "exec needs an upgrade to SPDY/3.1 or a WebSocket".into(),
+                    format!("{kind} needs an upgrade to SPDY/3.1 or a WebSocket"),
                 );
             }
             let Some(protocol) = exec::choose_protocol(&header("sec-websocket-protocol")) else {
@@ -491,7 +499,7 @@ async fn handle(shared: &Shared, req: Request<Incoming>, caller: Option<Caller>)
             let Some(dir) = logs::find_pod(&shared.cfg.root_dir, ns, pod) else {
                 return text(404, format!("pod {pod:?} does not exist"));
             };
-            let Some(pid) = exec::container_pid(&dir, container) else {
+            let Some(target) = exec::target(&dir, container, attach, &shared.cfg.shim) else {
                 return text(
                     400,
                     format!("container {container:?} in pod {pod:?} is not running"),
@@ -499,7 +507,7 @@ async fn handle(shared: &Shared, req: Request<Incoming>, caller: Option<Caller>)
             };
             tokio::spawn(async move {
                 if let Ok(up) = hyper::upgrade::on(req).await {
-                    exec::run(TokioIo::new(up), pid, exec_req).await;
+                    exec::run(TokioIo::new(up), target, exec_req).await;
                 }
             });
             let mut r = Response::new(Full::new(Bytes::new()).boxed());

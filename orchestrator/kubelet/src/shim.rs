@@ -4,16 +4,26 @@
 //! waits for it, then writes the exit code. The kubelet reads everything back from the run
 //! directory, so containers outlive a kubelet restart and their exits are still known.
 //!
+//! The shim also owns the container's stdio, as containerd's shim does: it writes stdout and
+//! stderr to the run's log in the CRI format with a time per entry, rotating it by size
+//! ([`crate::logfile`]); with `stdin: true` it feeds the container's stdin from the FIFO
+//! `stdin` in the run directory, which `kubectl attach -i` writes to; with `tty: true` the
+//! container gets a pseudo-terminal whose size the FIFO `resize` sets.
+//!
 //! It must run before any other thread exists (unshare of the mount namespace needs a
 //! single-threaded process): `trellis` calls [`main`] before starting its async runtime.
 
 use std::ffi::OsString;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use nix::mount::MsFlags;
 use nix::sched::CloneFlags;
+
+use crate::logfile::{self, Rotation, Stream};
 
 /// Files the shim writes into its run directory.
 pub const PID_FILE: &str = "pid";
@@ -21,6 +31,18 @@ pub const EXIT_FILE: &str = "exit";
 pub const SHIM_PID_FILE: &str = "shim.pid";
 /// Why the process could not start (the container's waiting reason is StartError / RunContainerError).
 pub const START_ERROR_FILE: &str = "start-error";
+/// The FIFO a container with `stdin: true` reads its stdin from (attach writes to it).
+pub const STDIN_FIFO: &str = "stdin";
+/// The FIFO of a `tty: true` container's terminal size (JSON `{"Width":w,"Height":h}`).
+pub const RESIZE_FIFO: &str = "resize";
+
+/// How a container's stdin (`stdin: true`) is kept: open across attaches, or closed when the
+/// first attach ends (`stdinOnce: true`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StdinMode {
+    Open,
+    Once,
+}
 
 /// What the shim is told to do (argv after `container-shim`).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -36,6 +58,12 @@ pub struct ShimArgs {
     /// at upstream's path; without it that path is covered with an empty read-only tmpfs, so no
     /// container sees a token that is not its own.
     pub service_account: Option<PathBuf>,
+    /// How the log is rotated.
+    pub rotation: Rotation,
+    /// Whether the container has a stdin, and how it is kept.
+    pub stdin: Option<StdinMode>,
+    /// Whether the container gets a terminal.
+    pub tty: bool,
     pub argv: Vec<OsString>,
 }
 
@@ -63,6 +91,26 @@ impl ShimArgs {
             "--service-account",
             self.service_account.clone().map(Into::into),
         );
+        if self.rotation != Rotation::default() {
+            opt(
+                "--log-max-size",
+                Some(self.rotation.max_size().to_string().into()),
+            );
+            opt(
+                "--log-max-files",
+                Some(self.rotation.max_files().to_string().into()),
+            );
+        }
+        opt(
+            "--stdin",
+            self.stdin.map(|m| {
+                OsString::from(match m {
+                    StdinMode::Open => "open",
+                    StdinMode::Once => "once",
+                })
+            }),
+        );
+        opt("--tty", self.tty.then(|| "true".into()));
         out.push("--".into());
         out.extend(self.argv.iter().cloned());
         out
@@ -71,6 +119,7 @@ impl ShimArgs {
     /// Parses what [`ShimArgs::to_args`] wrote (without the leading `container-shim`).
     pub fn parse(args: &[OsString]) -> Result<ShimArgs, String> {
         let mut a = ShimArgs::default();
+        let (mut max_size, mut max_files) = (None, None);
         let mut it = args.iter();
         while let Some(flag) = it.next() {
             if flag == "--" {
@@ -90,8 +139,39 @@ impl ShimArgs {
                 Some("--workdir") => a.workdir = Some(value.into()),
                 Some("--log") => a.log = Some(value.into()),
                 Some("--service-account") => a.service_account = Some(value.into()),
+                Some("--log-max-size") => {
+                    max_size = Some(
+                        value
+                            .to_str()
+                            .and_then(|v| v.parse::<u64>().ok())
+                            .ok_or("--log-max-size takes a number of bytes")?,
+                    );
+                }
+                Some("--log-max-files") => {
+                    max_files = Some(
+                        value
+                            .to_str()
+                            .and_then(|v| v.parse::<u32>().ok())
+                            .ok_or("--log-max-files takes a number")?,
+                    );
+                }
+                Some("--stdin") => {
+                    a.stdin = Some(match value.to_str() {
+                        Some("open") => StdinMode::Open,
+                        Some("once") => StdinMode::Once,
+                        _ => return Err("--stdin takes open or once".into()),
+                    });
+                }
+                Some("--tty") => a.tty = value == "true",
                 _ => return Err(format!("unknown flag {}", flag.to_string_lossy())),
             }
+        }
+        if max_size.is_some() || max_files.is_some() {
+            let d = Rotation::default();
+            a.rotation = Rotation::new(
+                max_size.unwrap_or(d.max_size()),
+                max_files.unwrap_or(d.max_files()),
+            )?;
         }
         if a.dir.as_os_str().is_empty() || a.argv.is_empty() {
             return Err("usage: container-shim --dir D [...] -- COMMAND [ARGS...]".into());
@@ -127,24 +207,68 @@ pub fn main(args: &[OsString]) -> i32 {
     if let Err(e) = enter(&a) {
         return fail(e);
     }
+    let writer = match &a.log {
+        Some(log) => match logfile::Writer::open(log, a.rotation) {
+            Ok(w) => Some(Arc::new(Mutex::new(w))),
+            Err(e) => return fail(format!("cannot open log {}: {e}", log.display())),
+        },
+        None => None,
+    };
+    let fifo = |name: &str| {
+        let p = a.dir.join(name);
+        let _ = std::fs::remove_file(&p);
+        nix::unistd::mkfifo(
+            &p,
+            nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+        )
+        .map(|()| p)
+        .map_err(|e| format!("cannot make the FIFO {name}: {e}"))
+    };
+    let stdin_fifo = match a.stdin.map(|_| fifo(STDIN_FIFO)).transpose() {
+        Ok(f) => f,
+        Err(e) => return fail(e),
+    };
+    let pty = match a.tty.then(crate::exec::open_pty).transpose() {
+        Ok(p) => p,
+        Err(e) => return fail(format!("cannot open a terminal: {e}")),
+    };
+    let resize_fifo = match pty.as_ref().map(|_| fifo(RESIZE_FIFO)).transpose() {
+        Ok(f) => f,
+        Err(e) => return fail(e),
+    };
     let mut cmd = std::process::Command::new(&a.argv[0]);
-    cmd.args(&a.argv[1..]).stdin(std::process::Stdio::null());
+    cmd.args(&a.argv[1..]);
     if let Some(w) = &a.workdir {
         cmd.current_dir(w);
     }
-    if let Some(log) = &a.log {
-        let opened = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log);
-        match opened.and_then(|f| Ok((f.try_clone()?, f))) {
-            Ok((out, err)) => {
-                cmd.stdout(out).stderr(err);
-            }
-            Err(e) => return fail(format!("cannot open log {}: {e}", log.display())),
+    let piped = |on: bool| {
+        if on {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
         }
-    }
-    let mut child = match cmd.spawn() {
+    };
+    let master = match pty {
+        Some(p) => {
+            let ends = (|| Ok::<_, std::io::Error>((p.slave.try_clone()?, p.slave.try_clone()?)))();
+            let Ok((out, err)) = ends else {
+                return fail("cannot share the terminal".into());
+            };
+            cmd.stdin(p.slave).stdout(out).stderr(err);
+            controlling_terminal(&mut cmd);
+            Some(p.master)
+        }
+        None => {
+            cmd.stdin(piped(a.stdin.is_some()))
+                .stdout(piped(writer.is_some()))
+                .stderr(piped(writer.is_some()));
+            None
+        }
+    };
+    let spawned = cmd.spawn();
+    // The terminal's slave is the container's alone now: its end is the reader's EOF.
+    drop(cmd);
+    let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
             return fail(format!(
@@ -154,6 +278,44 @@ pub fn main(args: &[OsString]) -> i32 {
         }
     };
     let _ = write_atomic(&a.dir, PID_FILE, &child.id().to_string());
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let mut pumps = 0;
+    let outputs: Vec<(Box<dyn Read + Send>, Stream)> = [
+        child
+            .stdout
+            .take()
+            .map(|o| (Box::new(o) as Box<dyn Read + Send>, Stream::Stdout)),
+        child
+            .stderr
+            .take()
+            .map(|e| (Box::new(e) as Box<dyn Read + Send>, Stream::Stderr)),
+        master
+            .as_ref()
+            .and_then(|m| m.try_clone().ok())
+            .map(|m| (Box::new(m) as Box<dyn Read + Send>, Stream::Stdout)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    for (from, stream) in outputs {
+        let (writer, done) = (writer.clone(), done_tx.clone());
+        std::thread::spawn(move || pump(from, stream, writer, done));
+        pumps += 1;
+    }
+    if let (Some(mode), Some(fifo)) = (a.stdin, stdin_fifo) {
+        let sink: Option<Box<dyn Write + Send>> = match &master {
+            Some(m) => m.try_clone().ok().map(|m| Box::new(m) as _),
+            None => child.stdin.take().map(|s| Box::new(s) as _),
+        };
+        if let Some(sink) = sink {
+            std::thread::spawn(move || feed_stdin(&fifo, sink, mode));
+        }
+    }
+    if let (Some(m), Some(fifo)) = (&master, resize_fifo)
+        && let Ok(m) = m.try_clone()
+    {
+        std::thread::spawn(move || resizes(&fifo, &m));
+    }
     let code = match child.wait() {
         Ok(st) => st
             .code()
@@ -161,8 +323,104 @@ pub fn main(args: &[OsString]) -> i32 {
             .unwrap_or(255),
         Err(_) => 255,
     };
+    // What the container wrote last is logged before its exit is: a reader that sees the exit
+    // has the whole log. A background process still holding the output does not hold the exit.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    for _ in 0..pumps {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if done_rx.recv_timeout(left).is_err() {
+            break;
+        }
+    }
     let _ = write_atomic(&a.dir, EXIT_FILE, &code.to_string());
     0
+}
+
+/// Copies one output of the container into its log, an entry per line with the time it was
+/// read (taken under the lock, so the file's times never go back).
+fn pump(
+    mut from: Box<dyn Read + Send>,
+    stream: Stream,
+    writer: Option<Arc<Mutex<logfile::Writer>>>,
+    done: std::sync::mpsc::Sender<()>,
+) {
+    let mut buf = vec![0u8; logfile::MAX_ENTRY];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if let Some(w) = &writer
+                    && let Ok(mut w) = w.lock()
+                {
+                    let _ = w.write(stream, jiff::Timestamp::now(), &buf[..n]);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            // A terminal's master reads EIO once the slave's last holder closed it.
+            Err(_) => break,
+        }
+    }
+    let _ = done.send(());
+}
+
+/// Feeds the container's stdin from the FIFO: each attach that opens it for writing, until
+/// it closes it; with `stdinOnce`, only the first (then the container's stdin closes).
+fn feed_stdin(fifo: &Path, mut sink: Box<dyn Write + Send>, mode: StdinMode) {
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        // Blocks until a writer opens it.
+        let Ok(mut r) = std::fs::File::open(fifo) else {
+            return;
+        };
+        loop {
+            match r.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if sink
+                        .write_all(&buf[..n])
+                        .and_then(|()| sink.flush())
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        if mode == StdinMode::Once {
+            return;
+        }
+    }
+}
+
+/// Sets the terminal's size from each JSON object written to the resize FIFO.
+fn resizes(fifo: &Path, master: &std::fs::File) {
+    loop {
+        let Ok(r) = std::fs::File::open(fifo) else {
+            return;
+        };
+        for v in serde_json::Deserializer::from_reader(r).into_iter::<serde_json::Value>() {
+            let Ok(v) = v else { break };
+            crate::exec::resize(master, v.to_string().as_bytes());
+        }
+    }
+}
+
+/// Makes the container a session leader whose controlling terminal is its stdin (the pty's
+/// slave), as a runtime does for `tty: true`.
+#[allow(unsafe_code)]
+fn controlling_terminal(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs between fork and exec and makes only two syscalls, setsid and
+    // the TIOCSCTTY ioctl, which std has no safe way to ask for; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            rustix::process::setsid()?;
+            rustix::process::ioctl_tiocsctty(std::os::fd::BorrowedFd::borrow_raw(0))?;
+            Ok(())
+        });
+    }
 }
 
 /// Enters the pod's network namespace and makes the container's own mount and UTS namespaces.
@@ -256,6 +514,9 @@ mod tests {
             workdir: None,
             log: Some("/l".into()),
             service_account: Some("/sa".into()),
+            rotation: Rotation::new(2048, 3).unwrap(),
+            stdin: Some(StdinMode::Once),
+            tty: true,
             argv: vec!["/bin/sh".into(), "-c".into(), "--".into()],
         };
         let args = a.to_args();

@@ -331,6 +331,21 @@ fn memory_kb(pid: i32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// CPU seconds policyd and its reaped children (the iptables and ipset tools it runs) have used.
+fn cpu_seconds(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/stat: {e}"));
+    // Fields after the command name (which may hold spaces): state is field 3, utime 14.
+    let rest = &stat[stat.rfind(')').expect("a stat line") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[11..15]
+        .iter()
+        .map(|f| f.parse::<u64>().expect("a tick count"))
+        .sum();
+    // /proc counts in USER_HZ, 100 on every Linux architecture we build for.
+    ticks as f64 / 100.0
+}
+
 /// Starts policyd on `i` and times it to /readyz 200 (60 s bound); the commit latency of its
 /// first commit from its histogram.
 async fn cold_start(c: &mut PolicyCluster, i: usize) -> (Duration, Duration) {
@@ -870,6 +885,7 @@ async fn run() {
     let (mut failures_with, mut failures_without) = (0, 0);
     let (mut full_ready, mut full_commit) = (Vec::new(), Vec::new());
     let mut memory = vec![(rss, hwm)];
+    let mut policyd_cpu = Vec::new();
     for r in 1..=rounds {
         // With: policyd's rules in place, proven live (8081 is not allowed).
         assert!(c.has_fwd_jump(MEASURED).await, "no policy jump on n1");
@@ -882,8 +898,16 @@ async fn run() {
             !reaches(&clients, denied).await,
             "a client reaches port {DENIED}, which no policy allows: the rules are not live"
         );
+        let cpu_before = cpu_seconds(c.policyd_pid(MEASURED));
+        let round_start = Instant::now();
         let (rate, failed) = connection_rate(&clients, allowed, parallel, seconds).await;
-        eprintln!("  round {r}/{rounds}: with policy {rate:.0} conn/s ({failed} failed)");
+        let cpu = (cpu_seconds(c.policyd_pid(MEASURED)) - cpu_before)
+            / round_start.elapsed().as_secs_f64();
+        policyd_cpu.push(cpu);
+        eprintln!(
+            "  round {r}/{rounds}: with policy {rate:.0} conn/s ({failed} failed); policyd CPU {:.1} % of a core",
+            cpu * 100.0
+        );
         with.push(rate);
         failures_with += failed;
         memory.push(memory_kb(c.policyd_pid(MEASURED)));
@@ -1054,6 +1078,14 @@ async fn run() {
     println!(
         "  with policy {w:.0} ({with:.0?}; {failures_with} failed)  vs  no policy, conntrack only {wo:.0} ({without:.0?}; {failures_without} failed)  ratio {:.2}x  (aim ≥ 0.9x)",
         w / wo.max(1e-9)
+    );
+    println!(
+        "  policyd's CPU during the with-policy rounds (itself and the tools it ran): {:.1} % of a core (median; {:?})",
+        median(policyd_cpu.clone()) * 100.0,
+        policyd_cpu
+            .iter()
+            .map(|c| format!("{:.1} %", c * 100.0))
+            .collect::<Vec<_>>()
     );
     let (rss_max, hwm_max) = memory
         .iter()

@@ -142,10 +142,10 @@ async fn scenario(
     netns_testbed::wait_for(
         "the side container's answer",
         Duration::from_secs(20),
-        || std::fs::read_to_string(&log).is_ok_and(|l| l.lines().any(|x| x == "web-1")),
+        || kubelet::read_log(&log).is_ok_and(|l| l.lines().any(|x| x == "web-1")),
     )
     .await;
-    let text = std::fs::read_to_string(&log).unwrap();
+    let text = kubelet::read_log(&log).unwrap();
     assert!(
         text.contains("nameserver 10.96.0.10")
             && text.contains("options ndots:5")
@@ -638,9 +638,8 @@ exec busybox sleep 3600"#;
             .join("logs/c/0.log")
     };
     let (reader_log, quiet_log) = (log(&reader), log(&quiet));
-    let finished = |l: &std::path::Path| {
-        std::fs::read_to_string(l).is_ok_and(|t| t.lines().any(|l| l == "done"))
-    };
+    let finished =
+        |l: &std::path::Path| kubelet::read_log(l).is_ok_and(|t| t.lines().any(|l| l == "done"));
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     while !(finished(&reader_log) && finished(&quiet_log)) {
         if std::time::Instant::now() > deadline {
@@ -655,14 +654,14 @@ exec busybox sleep 3600"#;
                 .collect();
             panic!(
                 "the pods' scripts did not finish within 90 s\nreader: {:?}\nno-token: {:?}\nstatuses: {statuses:#?}\nkubelet:\n{}",
-                std::fs::read_to_string(&reader_log),
-                std::fs::read_to_string(&quiet_log),
+                kubelet::read_log(&reader_log),
+                kubelet::read_log(&quiet_log),
                 tb.log_of(kubelet)
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let out = std::fs::read_to_string(&reader_log).unwrap();
+    let out = kubelet::read_log(&reader_log).unwrap();
     let line = |key: &str| {
         out.lines()
             .find_map(|l| l.strip_prefix(&format!("{key}=")))
@@ -683,7 +682,7 @@ exec busybox sleep 3600"#;
     );
     assert_eq!(line("anonymous"), "401", "{out}");
     assert!(!out.contains("writable"), "the token is read-only:\n{out}");
-    let quiet_out = std::fs::read_to_string(&quiet_log).unwrap();
+    let quiet_out = kubelet::read_log(&quiet_log).unwrap();
     assert!(quiet_out.starts_with("no-token"), "{quiet_out}");
     assert!(
         !k.pod_dir(0, quiet.metadata.uid.as_deref().unwrap())

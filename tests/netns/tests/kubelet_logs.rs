@@ -783,3 +783,453 @@ async fn kubectl_port_forward_reaches_the_pods_localhost() {
     }
     assert!(tb.running(kubelet_pid), "{}", tb.log_of(kubelet_pid));
 }
+
+/// Polls `kubectl logs <args>` (≤30 s) until `done` holds of its stdout; returns it.
+async fn logs_until(
+    bin: &Path,
+    kc: &Path,
+    args: &[&str],
+    what: &str,
+    done: impl Fn(&str) -> bool,
+) -> String {
+    let mut all = vec!["logs"];
+    all.extend_from_slice(args);
+    let mut last = (0, String::new(), String::new());
+    for _ in 0..150 {
+        last = kubectl(bin, kc, &all).await;
+        if last.0 == 0 && done(&last.1) {
+            return last.1;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("{}: {what}: kubectl {all:?} gave {last:?}", bin.display());
+}
+
+/// The kubelet's time prefix: RFC3339 in UTC with exactly 9 fraction digits.
+fn stamp_of(line: &str) -> jiff::Timestamp {
+    let (t, _) = line.split_once(' ').unwrap_or_else(|| panic!("{line:?}"));
+    assert!(
+        t.len() == 30 && t.ends_with('Z') && t.as_bytes()[19] == b'.',
+        "fixed 9-digit RFC3339Nano: {line:?}"
+    );
+    t.parse().unwrap_or_else(|e| panic!("{line:?}: {e}"))
+}
+
+/// `run-<n> line-<i> …` lines: the numbers `i`, checked to be run `n`'s.
+fn line_numbers(text: &str, run: u32) -> Vec<u32> {
+    text.lines()
+        .map(|l| {
+            let rest = l
+                .strip_prefix(&format!("run-{run} line-"))
+                .unwrap_or_else(|| panic!("not run {run}'s: {l:?}"));
+            rest.split(' ').next().unwrap().parse().unwrap()
+        })
+        .collect()
+}
+
+/// A contiguous run of numbers ending at `last` and not starting at 0 (the oldest rotated
+/// away), each once.
+fn assert_newest_in_order(numbers: &[u32], last: u32, what: &str) {
+    assert_eq!(numbers.last(), Some(&last), "{what}: {numbers:?}");
+    assert!(
+        numbers[0] > 0,
+        "{what}: the oldest were rotated away: {numbers:?}"
+    );
+    assert!(
+        numbers.windows(2).all(|w| w[1] == w[0] + 1),
+        "{what}: in order, none twice or missing: {numbers:?}"
+    );
+}
+
+/// Issue 14, the rest of `kubectl logs`: `--timestamps` (the kubelet's 9-digit RFC3339 time
+/// per line), `--since-time` and `--since`, `--limit-bytes` and `--tail` over logs the
+/// kubelet rotates at a small `--container-log-max-size` (2Ki, 3 files): a run's log reads
+/// across its rotated files in order, and after a restart `--previous` is the first run's,
+/// rotated too. With the image's kubectl and kubectl 1.20.
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_logs_timestamps_since_and_rotation_with_both_kubectls() {
+    netns_testbed::require_tool("busybox", "busybox-static");
+    let kubectl_new = netns_testbed::require_tool("kubectl", "kubectl (the image's own)");
+    let kubectl_old = PathBuf::from(KUBECTL_1_20);
+    assert!(kubectl_old.is_file(), "{KUBECTL_1_20} is missing");
+    let c = overlay_cluster::Cluster::start(1).await;
+    let (tb, cp, client) = (&c.tb, &c.cp, &c.client);
+    let w = &c.workers[0];
+    let mut k = Kubelets::new(tb);
+    let kubelet_pid = k.start_with(
+        tb,
+        cp,
+        &w.node,
+        &w.dirs,
+        "net.d",
+        &[
+            "--container-log-max-size",
+            "2Ki",
+            "--container-log-max-files",
+            "3",
+        ],
+    );
+    wait_node_ready(client, &w.node.name).await;
+    let kc = tb.state_dir().join("admin-local.kubeconfig");
+    std::fs::write(&kc, &cp.local_kubeconfig).unwrap();
+    let marks = tb.state_dir().join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    let m = marks.display();
+    create_pod(
+        client,
+        json!({"metadata": {"name": "stamp"}, "spec": {"nodeName": "n1",
+            "containers": [{"name": "c", "image": "busybox",
+                "command": ["/bin/busybox", "sh", "-c", format!(
+                    "echo early; while [ ! -e {m}/late ]; do busybox sleep 0.1; done; echo late; exec busybox sleep 3600")]}]}}),
+    )
+    .await;
+    // 150 lines of about 80 bytes a run: 6 files of 2Ki, of which 3 are kept. The first run
+    // exits 1, the second stays.
+    let roll = format!(
+        r#"n=0; [ -e {m}/runs ] && read n < {m}/runs; n=$((n+1)); echo $n > {m}/runs
+i=0; while [ $i -lt 150 ]; do echo "run-$n line-$i padding-padding-padding"; i=$((i+1)); done
+[ $n -ge 2 ] && exec busybox sleep 3600; exit 1"#
+    );
+    let rolled = create_pod(
+        client,
+        json!({"metadata": {"name": "roll"}, "spec": {"nodeName": "n1",
+            "containers": [{"name": "c", "image": "busybox",
+                "command": ["/bin/busybox", "sh", "-c", roll]}]}}),
+    )
+    .await;
+    wait_running(tb, client, "stamp", kubelet_pid).await;
+
+    // --timestamps and --since-time: "late" is printed in a later second than "early" (kubectl
+    // sends sinceTime with whole seconds), so since-time = late's second gives late alone.
+    let text = logs_until(
+        &kubectl_new,
+        &kc,
+        &["stamp", "--timestamps"],
+        "early",
+        |t| t.lines().count() == 1,
+    )
+    .await;
+    let early = stamp_of(text.lines().next().unwrap());
+    assert!(text.ends_with(" early\n"), "{text}");
+    for _ in 0..100 {
+        if jiff::Timestamp::now().as_second() > early.as_second() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    std::fs::write(marks.join("late"), "").unwrap();
+    let text = logs_until(&kubectl_new, &kc, &["stamp", "--timestamps"], "late", |t| {
+        t.lines().count() == 2
+    })
+    .await;
+    let late = stamp_of(text.lines().nth(1).unwrap());
+    assert!(late.as_second() > early.as_second(), "{text}");
+    let since_time = jiff::Timestamp::from_second(late.as_second())
+        .unwrap()
+        .to_string();
+    for bin in [&kubectl_new, &kubectl_old] {
+        let name = bin.display();
+        let (code, out, err) = kubectl(bin, &kc, &["logs", "stamp", "--timestamps"]).await;
+        assert_eq!((code, &out), (0, &text), "{name}: --timestamps: {err}");
+        let (code, out, err) = kubectl(
+            bin,
+            &kc,
+            &["logs", "stamp", &format!("--since-time={since_time}")],
+        )
+        .await;
+        assert_eq!(
+            (code, out.as_str()),
+            (0, "late\n"),
+            "{name}: --since-time={since_time}: {err}"
+        );
+        let (code, out, err) = kubectl(bin, &kc, &["logs", "stamp", "--since=1h"]).await;
+        assert_eq!((code, out.as_str()), (0, "early\nlate\n"), "{name}: {err}");
+        let (code, out, err) = kubectl(
+            bin,
+            &kc,
+            &["logs", "stamp", "--timestamps", "--limit-bytes=35"],
+        )
+        .await;
+        assert_eq!(
+            (code, out.as_str()),
+            (0, &text[..35]),
+            "{name}: --limit-bytes with timestamps: {err}"
+        );
+    }
+    // --since=1s leaves everything out once the last line is over a second old.
+    for bin in [&kubectl_new, &kubectl_old] {
+        logs_until(
+            bin,
+            &kc,
+            &["stamp", "--since=1s"],
+            "--since=1s empty",
+            str::is_empty,
+        )
+        .await;
+    }
+    // The API server's check: both since forms at once are refused.
+    let (code, _, err) = kubectl(
+        &kubectl_new,
+        &kc,
+        &[
+            "get",
+            "--raw",
+            &format!(
+                "/api/v1/namespaces/default/pods/stamp/log?sinceSeconds=5&sinceTime={since_time}"
+            ),
+        ],
+    )
+    .await;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("at most one of `sinceTime` or `sinceSeconds`"),
+        "{err}"
+    );
+
+    // Rotation: the second run is up once its last line is logged.
+    logs_until(
+        &kubectl_new,
+        &kc,
+        &["roll"],
+        "the second run's last line",
+        |t| t.ends_with("run-2 line-149 padding-padding-padding\n"),
+    )
+    .await;
+    let uid = rolled.metadata.uid.as_deref().unwrap();
+    let logs_dir = k.pod_dir(0, uid).join("logs/c");
+    for run in ["0.log", "1.log"] {
+        let current = logs_dir.join(run);
+        let rotated = trellis_kubelet::logfile::rotated(&current);
+        assert_eq!(rotated.len(), 2, "{run}: 3 files kept in all: {rotated:?}");
+        for f in rotated.iter().chain([&current]) {
+            let size = std::fs::metadata(f).unwrap().len();
+            assert!(size <= 2048, "{}: {size} bytes > 2Ki", f.display());
+        }
+    }
+    let in_current = kubelet::read_log(&logs_dir.join("1.log"))
+        .unwrap()
+        .lines()
+        .count();
+    for bin in [&kubectl_new, &kubectl_old] {
+        let name = format!("{}", bin.display());
+        let (code, out, err) = kubectl(bin, &kc, &["logs", "roll"]).await;
+        assert_eq!(code, 0, "{name}: {err}");
+        let numbers = line_numbers(&out, 2);
+        assert_newest_in_order(&numbers, 149, &name);
+        assert!(
+            numbers.len() > in_current,
+            "{name}: read across the rotated files, not only the current one ({in_current} lines): {out}"
+        );
+        let (code, prev, err) = kubectl(bin, &kc, &["logs", "roll", "--previous"]).await;
+        assert_eq!(code, 0, "{name}: --previous: {err}");
+        assert_newest_in_order(&line_numbers(&prev, 1), 149, &format!("{name} --previous"));
+        let (code, tail, err) = kubectl(bin, &kc, &["logs", "roll", "--tail=5"]).await;
+        assert_eq!(code, 0, "{name}: {err}");
+        assert_eq!(line_numbers(&tail, 2), [145, 146, 147, 148, 149], "{name}");
+        let (code, stamped, err) = kubectl(bin, &kc, &["logs", "roll", "--timestamps"]).await;
+        assert_eq!(code, 0, "{name}: {err}");
+        let times: Vec<jiff::Timestamp> = stamped.lines().map(stamp_of).collect();
+        assert_eq!(times.len(), numbers.len(), "{name}");
+        assert!(
+            times.windows(2).all(|w| w[0] <= w[1]),
+            "{name}: times in order across files: {stamped}"
+        );
+        let (code, cut, err) = kubectl(bin, &kc, &["logs", "roll", "--limit-bytes=50"]).await;
+        assert_eq!((code, cut.as_str()), (0, &out[..50]), "{name}: {err}");
+    }
+    assert!(tb.running(kubelet_pid), "{}", tb.log_of(kubelet_pid));
+}
+
+/// Spawns `kubectl attach` (args after `attach`) with piped stdio; killed on drop.
+fn attach(bin: &Path, kc: &Path, env: &[(&str, &str)], args: &[&str]) -> tokio::process::Child {
+    tokio::process::Command::new(bin)
+        .envs(env.iter().copied())
+        .arg("--kubeconfig")
+        .arg(kc)
+        .arg("attach")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// Reads `from` (≤30 s) until `want` was seen; everything read.
+async fn read_until(
+    from: &mut (impl tokio::io::AsyncRead + Unpin),
+    want: &str,
+    what: &str,
+) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = from.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                return false;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            if String::from_utf8_lossy(&seen).contains(want) {
+                return true;
+            }
+        }
+    };
+    let ok = tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .unwrap_or(false);
+    let text = String::from_utf8_lossy(&seen).into_owned();
+    assert!(ok, "{what}: {want:?} not seen; got {text:?}");
+    text
+}
+
+/// `kubectl attach` joins a container's main process (`stdin: true`): what is typed reaches
+/// its stdin, its stdout and stderr come back, over the image's kubectl's WebSocket, its SPDY,
+/// and kubectl 1.20's SPDY; the stdin stays open from one attach to the next, but with
+/// `stdinOnce` the container sees its end when the first attach goes (the negative control
+/// of keeping it open). `attach -it` to a `tty: true` shell runs a command on its terminal,
+/// and the attach ends with the shell. A user who may get pods but not create pods/attach
+/// gets upstream's 403.
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_attach_joins_the_main_process_with_both_kubectls() {
+    use tokio::io::AsyncWriteExt;
+    netns_testbed::require_tool("busybox", "busybox-static");
+    let kubectl_new = netns_testbed::require_tool("kubectl", "kubectl (the image's own)");
+    let script = netns_testbed::require_tool("script", "bsdutils (util-linux's script)");
+    let kubectl_old = PathBuf::from(KUBECTL_1_20);
+    assert!(kubectl_old.is_file(), "{KUBECTL_1_20} is missing");
+    let c = overlay_cluster::Cluster::start(1).await;
+    let (tb, cp, client) = (&c.tb, &c.cp, &c.client);
+    let w = &c.workers[0];
+    let mut k = Kubelets::new(tb);
+    let kubelet_pid = k.start(tb, cp, &w.node, &w.dirs, "net.d");
+    wait_node_ready(client, &w.node.name).await;
+    let kc = tb.state_dir().join("admin-local.kubeconfig");
+    std::fs::write(&kc, &cp.local_kubeconfig).unwrap();
+    let echo = r#"while read l; do echo "got $l"; echo "err $l" >&2; done; echo stdin-closed; exec busybox sleep 3600"#;
+    for (name, once) in [("echo", false), ("once", true)] {
+        create_pod(
+            client,
+            json!({"metadata": {"name": name}, "spec": {"nodeName": "n1",
+                "containers": [{"name": "c", "image": "busybox", "stdin": true, "stdinOnce": once,
+                    "command": ["/bin/busybox", "sh", "-c", echo]}]}}),
+        )
+        .await;
+    }
+    create_pod(
+        client,
+        json!({"metadata": {"name": "term"}, "spec": {"nodeName": "n1",
+            "containers": [{"name": "c", "image": "busybox", "stdin": true, "tty": true,
+                "command": ["/bin/busybox", "sh"]}]}}),
+    )
+    .await;
+    for name in ["echo", "once", "term"] {
+        wait_running(tb, client, name, kubelet_pid).await;
+    }
+
+    type Variant<'a> = (&'a Path, &'a [(&'a str, &'a str)], &'a str);
+    let variants: [Variant<'_>; 3] = [
+        (&kubectl_new, &[], "the image's kubectl (WebSocket)"),
+        (
+            &kubectl_new,
+            &[("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")],
+            "the image's kubectl (SPDY)",
+        ),
+        (&kubectl_old, &[], "kubectl 1.20 (SPDY)"),
+    ];
+    for (i, (bin, env, what)) in variants.into_iter().enumerate() {
+        let mut child = attach(bin, &kc, env, &["-i", "echo"]);
+        let mut stdin = child.stdin.take().unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let mut stderr = child.stderr.take().unwrap();
+        // Typed until the container answers: what is typed before the stream is up may
+        // arrive once it is.
+        let word = format!("word-{i}");
+        stdin
+            .write_all(format!("{word}\n").as_bytes())
+            .await
+            .unwrap();
+        read_until(&mut stdout, &format!("got {word}\n"), what).await;
+        read_until(&mut stderr, &format!("err {word}\n"), what).await;
+        drop(stdin);
+        let _ = child.kill().await;
+    }
+    // The stdin outlived all three attaches.
+    let (code, out, err) = kubectl(&kubectl_new, &kc, &["logs", "echo"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("stdin-closed"), "{out}");
+
+    // stdinOnce: the first attach's end is the container's stdin's.
+    let mut child = attach(&kubectl_new, &kc, &[], &["-i", "once"]);
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    stdin.write_all(b"only\n").await.unwrap();
+    read_until(&mut stdout, "got only\n", "stdinOnce").await;
+    drop(stdin);
+    read_until(
+        &mut stdout,
+        "stdin-closed\n",
+        "stdinOnce: stdin ends with the attach",
+    )
+    .await;
+    let _ = child.kill().await;
+
+    // attach -it: kubectl wants a terminal (script's); the shell runs on the container's own,
+    // and the attach ends when the shell does (it then restarts for the next kubectl).
+    for (n, bin) in [&kubectl_new, &kubectl_old].into_iter().enumerate() {
+        wait_pod(
+            client,
+            "term",
+            Duration::from_secs(60),
+            "the shell runs",
+            |p| {
+                let s = &p["status"]["containerStatuses"][0];
+                s["restartCount"].as_u64() >= Some(n as u64) && s["state"]["running"].is_object()
+            },
+        )
+        .await;
+        let what = format!("{}: attach -it", bin.display());
+        let inner = format!(
+            "{} --kubeconfig {} attach -it term",
+            bin.display(),
+            kc.display()
+        );
+        let mut child = tokio::process::Command::new(&script)
+            .args(["-qec", &inner, "/dev/null"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        stdin
+            .write_all(b"[ -t 0 ] && echo on-a-terminal-$((40+2))\n")
+            .await
+            .unwrap();
+        read_until(&mut stdout, "on-a-terminal-42", &what).await;
+        stdin.write_all(b"exit\n").await.unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{what}: the attach ends with the shell"))
+            .unwrap();
+        assert!(status.success(), "{what}: {status:?}");
+    }
+
+    // Negative control: jane may get pods but not create pods/attach.
+    let jane = jane_kubeconfig(tb, cp);
+    apply(tb, &kubectl_new, &kc, "pod-getter.yaml", POD_GETTER).await;
+    for bin in [&kubectl_new, &kubectl_old] {
+        let (code, _, err) = kubectl(bin, &jane, &["attach", "echo"]).await;
+        assert_ne!(code, 0);
+        assert!(
+            err.contains(r#"pods "echo" is forbidden: User "jane" cannot create resource "pods/attach" in API group "" in the namespace "default""#),
+            "{}: {err}",
+            bin.display()
+        );
+    }
+    assert!(tb.running(kubelet_pid), "{}", tb.log_of(kubelet_pid));
+}

@@ -838,3 +838,60 @@ async fn an_nft_session_commits_each_transaction_and_survives_a_dead_nft() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The nf_tables generation is the namespace's own, stays put while nothing is committed, and
+/// moves with every commit — by iptables-nft, by nft, by a restore session — so policyd's
+/// verifier may skip reading the rules back while it has not moved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nf_tables_generation_moves_with_every_commit_and_only_then() {
+    require_root();
+    require_tool("iptables-nft", "iptables");
+    require_tool("nft", "nftables");
+    let tb = Testbed::new().unwrap();
+    let ns = tb.add_ns("gen").await.unwrap();
+    let other = tb.add_ns("gen2").await.unwrap();
+    let gen_in = |ns: &trellis_net::Netns| ns.run(trellis_net::nft::generation).unwrap().unwrap();
+    let g0 = gen_in(&ns);
+    // Reading, listing and saving commit nothing.
+    tb.exec_ok(&ns, &["iptables-nft-save"], Duration::from_secs(10))
+        .await
+        .unwrap();
+    tb.exec_ok(&ns, &["nft", "list", "ruleset"], Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(gen_in(&ns), g0, "a read moved the generation");
+    let g_other = gen_in(&other);
+    let limit = Duration::from_secs(10);
+    tb.exec_ok(
+        &ns,
+        &["iptables-nft", "-t", "filter", "-N", "TRELLIS-G"],
+        limit,
+    )
+    .await
+    .unwrap();
+    let g1 = gen_in(&ns);
+    assert_ne!(g1, g0, "creating a chain did not move the generation");
+    assert_eq!(
+        gen_in(&other),
+        g_other,
+        "another namespace's commit moved this one"
+    );
+    tb.exec_ok(&ns, &["nft", "add", "table", "ip", "trellis-g"], limit)
+        .await
+        .unwrap();
+    let g2 = gen_in(&ns);
+    assert_ne!(g2, g1, "an nft commit did not move the generation");
+    let mut ipt = Iptables::detect(Some(&ns), IpFamily::V4).await.unwrap();
+    ipt.backend = Backend::Nft;
+    let session = RestoreSession::new(ipt);
+    session
+        .restore_all(&[Table::new("filter").chain("TRELLIS-G", vec!["-j RETURN".into()])])
+        .await
+        .unwrap();
+    let g3 = gen_in(&ns);
+    assert_ne!(
+        g3, g2,
+        "a restore session's commit did not move the generation"
+    );
+    assert_eq!(gen_in(&ns), g3);
+}

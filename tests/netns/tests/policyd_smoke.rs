@@ -442,6 +442,35 @@ async fn a_deny_policy_blocks_a_connection_until_it_is_deleted() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Quiet again, the verifier stops reading the rules back (iptables-nft: the ruleset's
+    // generation has not moved since a pass found it whole), while the repair above was a pass
+    // that read everything.
+    let passes = |metrics: &str, result: &str| -> f64 {
+        let key = format!("trellis_policyd_verifier_passes_total{{result=\"{result}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ns = w.node.ns.clone();
+        let m = tokio::task::spawn_blocking(move || http_get(&ns, readyz, "/metrics"))
+            .await
+            .unwrap()
+            .unwrap()
+            .1;
+        if passes(&m, "unchanged") >= 2.0 {
+            assert!(passes(&m, "checked") >= 1.0, "{m}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no verifier pass skipped the read-back within 20 s of quiet:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     stop_echo(&b_ns, b);
     let _ = server.join();

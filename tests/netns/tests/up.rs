@@ -5,15 +5,21 @@
 //! ran in and by Service name from a pod; its NetworkPolicy keeps an unlabelled pod out; `up`
 //! over a running cluster is refused; `down` leaves nothing (checked before and after), and a
 //! second `up` works. Bad input is refused with the reason and builds nothing.
+//!
+//! `--control-plane 3`: three members on a 3-member etcd; killing every process of the member
+//! whose scheduler and controller-manager lead (its API server and etcd member with them)
+//! leaves a cluster that still takes writes through kubectl's address, still schedules and
+//! runs a new Deployment (the standbys took over), and still goes down clean.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
 use kube::api::{ListParams, PostParams};
 use netns_testbed::{Output, Testbed, bin_path, leak, require_root, require_tool};
@@ -107,15 +113,24 @@ impl Fixture {
         panic!("{when}: left behind {left:#?}");
     }
 
+    /// The kubeconfig `up` printed (the `kubeconfig:` line of `access.txt`).
+    fn kubeconfig(&self) -> PathBuf {
+        let access = std::fs::read_to_string(self.cluster_dir().join("access.txt")).unwrap();
+        let line = access
+            .lines()
+            .find_map(|l| l.strip_prefix("kubeconfig: "))
+            .unwrap_or_else(|| panic!("access.txt names no kubeconfig:\n{access}"));
+        PathBuf::from(line.trim())
+    }
+
     /// An admin client through a relay into the throwaway namespace (the test's own
-    /// namespace has no route into the cluster).
+    /// namespace has no route into the cluster), to the API's address 198.18.0.2.
     async fn client(&self) -> kube::Client {
         let api = SocketAddr::from(([198, 18, 0, 2], 6443));
         let relay = self.tb.forward(&self.host, api).await.unwrap();
-        let text =
-            std::fs::read_to_string(self.cluster_dir().join("cp/apiserver/admin.kubeconfig"))
-                .unwrap()
-                .replace(&format!("https://{api}"), &format!("https://{relay}"));
+        let text = std::fs::read_to_string(self.kubeconfig())
+            .unwrap()
+            .replace(&format!("https://{api}"), &format!("https://{relay}"));
         let kc = kube::config::Kubeconfig::from_yaml(&text).unwrap();
         kube::Client::try_from(
             kube::Config::from_custom_kubeconfig(kc, &Default::default())
@@ -274,11 +289,9 @@ async fn scenario(mode: &str, agent: &str) {
     assert!(out.success(), "up failed:\n{}", show(&out));
     println!("{}\ntrellis up (3 nodes, {mode}) took {took:?}", out.stdout);
     assert!(out.stdout.contains("3 nodes Ready"), "{}", out.stdout);
-    let access = std::fs::read_to_string(f.cluster_dir().join("access.txt")).unwrap();
-    assert!(access.contains("kubeconfig:"), "{access}");
-
     // kubectl from the namespace up ran in, with the kubeconfig it printed.
-    let kc = f.cluster_dir().join("cp/apiserver/admin.kubeconfig");
+    let kc = f.kubeconfig();
+    assert_eq!(kc, f.cluster_dir().join("cp/apiserver/admin.kubeconfig"));
     let got =
         f.tb.exec(
             &f.host,
@@ -400,10 +413,8 @@ async fn bad_input_is_refused_with_the_reason_and_builds_nothing() {
         (&["up", "--mode", "mesh"][..], "invalid value 'mesh'"),
         (&["up", "--nodes", "0"][..], "1 to 64"),
         (&["up", "--nodes", "100"][..], "1 to 64"),
-        (
-            &["up", "--control-plane", "3"][..],
-            "not built into trellis up yet",
-        ),
+        (&["up", "--control-plane", "2"][..], "majority"),
+        (&["up", "--control-plane", "0"][..], "1 member"),
         (
             &["up", "--runtime", "containerd"][..],
             "invalid value 'containerd'",
@@ -430,6 +441,259 @@ async fn bad_input_is_refused_with_the_reason_and_builds_nothing() {
         "{}",
         show(&down)
     );
+}
+
+/// A process's start time in clock ticks since boot (None when it is gone or a zombie).
+fn start_ticks(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    if fields.first() == Some(&"Z") {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+/// SIGKILLs the process groups `up` recorded (in its state file) on the namespace `on` —
+/// only `what` when given — each checked against its recorded start time; returns what was
+/// killed, and its PID.
+fn kill_on(state_file: &Path, on: &str, what: Option<&str>) -> Vec<(String, i32)> {
+    let st: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state_file).unwrap()).unwrap();
+    let mut killed = Vec::new();
+    for p in st["processes"].as_array().unwrap() {
+        let name = p["what"].as_str().unwrap();
+        if p["on"] != on || what.is_some_and(|w| w != name) {
+            continue;
+        }
+        let pid = i32::try_from(p["pid"].as_i64().unwrap()).unwrap();
+        assert_eq!(
+            start_ticks(pid),
+            p["start_ticks"].as_u64(),
+            "{name} on {on} (pid {pid}) is not running as up started it"
+        );
+        nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        killed.push((name.to_string(), pid));
+    }
+    killed
+}
+
+/// The holders of the scheduler's and the controller-manager's Leases.
+async fn leaders(client: &kube::Client) -> (Option<String>, Option<String>) {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-system");
+    let holder = async |name: &str| {
+        leases
+            .get_opt(name)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|l| l.spec?.holder_identity)
+    };
+    (
+        holder("kube-scheduler").await,
+        holder("kube-controller-manager").await,
+    )
+}
+
+async fn kubectl(f: &Fixture, kubectl: &Path, kc: &Path, args: &[&str]) -> Output {
+    let mut argv = vec![
+        kubectl.to_str().unwrap(),
+        "--kubeconfig",
+        kc.to_str().unwrap(),
+    ];
+    argv.extend_from_slice(args);
+    f.tb.exec(&f.host, &argv, Duration::from_secs(30))
+        .await
+        .unwrap()
+}
+
+fn node_ready(n: &Node) -> bool {
+    n.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Issue 17's `--control-plane 3` acceptance: kill the leading member's processes, and the
+/// cluster keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_control_plane_members_keep_serving_when_the_leading_one_is_killed() {
+    let kubectl_bin = require_tool("kubectl", "kubectl (the image's own)");
+    let busybox = require_tool("busybox", "busybox-static");
+    require_tool("etcd", "etcd-server");
+    let f = Fixture::new().await;
+    f.assert_clean("before up").await;
+
+    let t = Instant::now();
+    let out = f
+        .trellis(
+            &["up", "--nodes", "2", "--control-plane", "3"],
+            Duration::from_secs(300),
+        )
+        .await;
+    let took = t.elapsed();
+    assert!(out.success(), "up failed:\n{}", show(&out));
+    println!(
+        "{}\ntrellis up (2 nodes, --control-plane 3) took {took:?}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("2 nodes Ready"), "{}", out.stdout);
+    let kc = f.kubeconfig();
+    assert_eq!(kc, f.cluster_dir().join("admin.kubeconfig"));
+    let k = async |args: &[&str]| kubectl(&f, &kubectl_bin, &kc, args).await;
+    let got = k(&["get", "nodes,pods", "-A"]).await;
+    assert!(got.success(), "kubectl: {}", show(&got));
+    for want in ["n1", "n2", "trellis-dns-", "web-"] {
+        assert!(got.stdout.contains(want), "no {want}:\n{}", got.stdout);
+    }
+
+    println!("{}", rss_table(f.tb.prefix()));
+
+    // Who leads: the Leases name the member (`<cluster>-cpN`).
+    let client = f.client().await;
+    let (sched, cm) = leaders(&client).await;
+    let member = |holder: &Option<String>| {
+        holder
+            .as_deref()
+            .and_then(|h| h.strip_prefix(&format!("{}-", f.name)))
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("a Lease holder that is no member: {holder:?}"))
+    };
+    let leader = member(&cm);
+    assert!(["cp1", "cp2", "cp3"].contains(&leader.as_str()), "{leader}");
+    println!("leaders before: scheduler {sched:?}, controller-manager {cm:?}");
+
+    // An acknowledged write before the loss, which must outlive it.
+    let w = k(&[
+        "create",
+        "configmap",
+        "ha-before",
+        "--from-literal=k=before",
+    ])
+    .await;
+    assert!(w.success(), "{}", show(&w));
+
+    // Every process of the leading member: etcd member, API server, scheduler,
+    // controller-manager.
+    let state_file = f.cluster_dir().join("state.json");
+    let mut killed = kill_on(&state_file, &leader, None);
+    let whats: Vec<&str> = killed.iter().map(|(w, _)| w.as_str()).collect();
+    for want in ["etcd", "apiserver", "scheduler", "controller-manager"] {
+        assert!(whats.contains(&want), "{leader} ran no {want}: {killed:?}");
+    }
+    // `up` makes one member lead both; should the scheduler lead elsewhere by now, stop it
+    // too, so that its failover is shown all the same.
+    let sched_member = member(&sched);
+    if sched_member != leader {
+        killed.extend(kill_on(&state_file, &sched_member, Some("scheduler")));
+    }
+    let killed_at = Instant::now();
+    println!("killed on {leader}: {killed:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while killed.iter().any(|(_, pid)| start_ticks(*pid).is_some()) {
+        assert!(Instant::now() < deadline, "still running: {killed:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // kubectl, with the same kubeconfig and address, writes and reads.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let w = k(&["create", "configmap", "ha-after", "--from-literal=k=after"]).await;
+        if w.success() || w.stderr.contains("AlreadyExists") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no write through kubectl within 60 s of the loss: {}",
+            show(&w)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let first_write = killed_at.elapsed();
+    for (name, want) in [("ha-before", "before"), ("ha-after", "after")] {
+        let r = k(&["get", "configmap", name, "-o", "jsonpath={.data.k}"]).await;
+        assert!(r.success() && r.stdout == want, "{name}: {}", show(&r));
+    }
+
+    // A new Deployment's pods are scheduled and run: a standby scheduler and
+    // controller-manager took over.
+    let busybox_s = busybox.to_str().unwrap();
+    let d = k(&[
+        "create",
+        "deployment",
+        "ha-web",
+        "--image=busybox:stable",
+        "--replicas=2",
+        "--",
+        busybox_s,
+        "sleep",
+        "3600",
+    ])
+    .await;
+    assert!(d.success(), "{}", show(&d));
+    let created_at = Instant::now();
+    let client = f.client().await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let running = match pods.list(&ListParams::default().labels("app=ha-web")).await {
+            Ok(l) => l
+                .items
+                .iter()
+                .filter(|p| {
+                    p.spec.as_ref().is_some_and(|s| s.node_name.is_some())
+                        && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                })
+                .count(),
+            Err(_) => 0,
+        };
+        if running == 2 {
+            break;
+        }
+        if Instant::now() > deadline {
+            let all = k(&["get", "pods,leases", "-A", "-o", "wide"]).await;
+            panic!(
+                "{running} of 2 ha-web pods running within 120 s of their Deployment:\n{}",
+                all.stdout
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let running_after = created_at.elapsed();
+    let (sched, cm) = leaders(&client).await;
+    println!("leaders after: scheduler {sched:?}, controller-manager {cm:?}");
+    for (what, holder) in [("scheduler", &sched), ("controller-manager", &cm)] {
+        let m = member(holder);
+        assert!(
+            m != leader && m != sched_member,
+            "the {what} Lease is still {holder:?}"
+        );
+    }
+    // The kubelets kept renewing through their nodes' proxies: both nodes stay Ready.
+    let nodes: Api<Node> = Api::all(client.clone());
+    let ready = nodes
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter(|n| node_ready(n))
+        .count();
+    assert_eq!(ready, 2, "every node Ready after the loss");
+    println!(
+        "after the loss of {leader}: first write through kubectl {first_write:.2?} after the kill; ha-web's 2 pods running {running_after:.2?} after its creation ({:.2?} after the kill)",
+        killed_at.elapsed()
+    );
+
+    let t = Instant::now();
+    let down = f.trellis(&["down"], Duration::from_secs(60)).await;
+    assert!(down.success(), "{}", show(&down));
+    println!("{}trellis down took {:?}", down.stdout, t.elapsed());
+    f.assert_clean("after down").await;
 }
 
 /// The bench (not run by CI): `up` to Ready + demo answering and `down`, for

@@ -1,11 +1,15 @@
 //! `trellis up`, `trellis down`, `trellis status`: a whole cluster on this machine, in network
-//! namespaces, with nothing leaving it. An underlay bridge in a namespace of its own; a
-//! control-plane namespace (API server on the embedded store, scheduler, controller-manager,
-//! each with its own identity from the cluster CA); one namespace per node with ipamd, the
-//! kubelet (process runtime) and the service proxy; the network mode's agents and policyd as
-//! DaemonSets of hostNetwork pods from `deploy/<mode>.yaml`; cluster DNS as a Deployment; and
-//! a demo. The namespace `up` runs in gets one veth onto the underlay and routes for the pod
-//! and service ranges through it — nothing else.
+//! namespaces, with nothing leaving it. An underlay bridge in a namespace of its own; the
+//! control plane (API server, scheduler, controller-manager, each with its own identity from
+//! the cluster CA) in one namespace on the embedded store, or — `--control-plane 3` — in three
+//! member namespaces on a 3-member etcd, behind a front-door failover proxy in a namespace of
+//! its own and a failover proxy on every node (see [`ha`]); one namespace per node with ipamd,
+//! the kubelet (process runtime) and the service proxy; the network mode's agents and policyd
+//! as DaemonSets of hostNetwork pods from `deploy/<mode>.yaml`; cluster DNS as a Deployment;
+//! and a demo. The namespace `up` runs in gets one veth onto the underlay and routes for the
+//! pod and service ranges through it — nothing else.
+
+mod ha;
 
 mod manifest;
 mod state;
@@ -24,7 +28,7 @@ use serde_json::{Value, json};
 use trellis_net::{Handle, Netns, Route, VethSpec};
 
 pub use manifest::Mode;
-use state::{NodeRec, State};
+use state::{CpRec, NodeRec, State};
 
 /// The pod network every mode uses.
 pub const POD_CIDR: &str = "10.244.0.0/16";
@@ -34,7 +38,10 @@ const DNS_IP: &str = "10.96.0.10";
 /// The underlay: the benchmarking range, never the machine's own network.
 const UNDERLAY: &str = "198.18.0.0/15";
 const HOST_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+/// The API's address, whatever the control plane: its one API server, or the front door of
+/// three.
 const CP_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+const API_PORT: u16 = 6443;
 const MAX_NODES: u8 = 64;
 /// Node nI is 198.18.1.I; n1 forwards the host's and the control plane's pod traffic.
 const FIRST_NODE: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
@@ -73,9 +80,12 @@ pub struct UpArgs {
     /// The network mode: canal (routed /32 pods, VXLAN between nodes), overlay or routed.
     #[arg(long, value_enum, default_value_t = Mode::Canal)]
     mode: Mode,
-    /// Control-plane members: 1 (one API server on the embedded store).
-    #[arg(long, default_value_t = 1, value_parser = parse_control_plane)]
-    control_plane: u8,
+    /// Control-plane members: 1 (an API server, scheduler and controller-manager on the
+    /// embedded store) or 3 (three of each on a 3-member etcd, which keeps serving when a
+    /// member is lost; kubectl reaches them through a failover proxy at 198.18.0.2:6443,
+    /// every node through one of its own).
+    #[arg(long, default_value = "1", value_parser = parse_control_plane)]
+    control_plane: ControlPlane,
     /// The container runtime of every kubelet.
     #[arg(long, value_enum, default_value_t = Runtime::Process)]
     runtime: Runtime,
@@ -125,14 +135,27 @@ fn parse_nodes(s: &str) -> Result<u8, String> {
     u8::try_from(n).map_err(|e| e.to_string())
 }
 
-fn parse_control_plane(s: &str) -> Result<u8, String> {
+/// The control plane's size: the two that make sense on one machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ControlPlane {
+    /// One API server on the embedded store, one scheduler, one controller-manager.
+    One,
+    /// Three members, each an etcd member, an API server, a scheduler and a
+    /// controller-manager; clients reach them through failover proxies.
+    Three,
+}
+
+fn parse_control_plane(s: &str) -> Result<ControlPlane, String> {
     match s {
-        "1" => Ok(1),
-        "3" => Err(
-            "3 control-plane members (three API servers on a 3-member etcd) are not built into trellis up yet: use --control-plane 1"
+        "1" => Ok(ControlPlane::One),
+        "3" => Ok(ControlPlane::Three),
+        "2" => Err(
+            "2 control-plane members: etcd needs a majority, and 2 members stop when either is lost (no better than 1); use 1, or 3 to survive the loss of a member"
                 .into(),
         ),
-        other => Err(format!("{other:?}: the control plane has 1 member (3 comes later)")),
+        other => Err(format!(
+            "{other:?}: the control plane has 1 member (the embedded store) or 3 (a 3-member etcd that survives the loss of one)"
+        )),
     }
 }
 
@@ -193,6 +216,12 @@ fn preflight(args: &UpArgs, exe_dir: &Path) -> anyhow::Result<PathBuf> {
                 "`{tool}`: install the Debian package {package} (apt-get install {package})"
             ));
         }
+    }
+    if args.control_plane == ControlPlane::Three && which("etcd").is_none() {
+        missing.push(
+            "`etcd` (--control-plane 3 runs a 3-member etcd): install the Debian package etcd-server (apt-get install etcd-server)"
+                .to_string(),
+        );
     }
     for plugin in args.mode.plugins() {
         if !exe_dir.join(plugin).is_file() {
@@ -260,7 +289,7 @@ fn state_dir_flag(at: &Where) -> String {
 }
 
 pub async fn up(args: UpArgs) -> anyhow::Result<()> {
-    let _ = (args.control_plane, args.runtime);
+    let _ = args.runtime;
     let exe = std::env::current_exe().context("finding the trellis binary")?;
     let exe_dir = exe
         .parent()
@@ -357,6 +386,144 @@ fn s(p: &Path) -> String {
     p.display().to_string()
 }
 
+/// The control plane's namespaces: (short name, address, role).
+fn control_plane_layout(cp: ControlPlane) -> Vec<(&'static str, Ipv4Addr, &'static str)> {
+    match cp {
+        ControlPlane::One => vec![("cp", CP_IP, "control plane")],
+        ControlPlane::Three => {
+            let mut v = vec![("api", CP_IP, "API front door")];
+            for (short, ip) in ha::MEMBERS {
+                v.push((short, ip, "control plane"));
+            }
+            v
+        }
+    }
+}
+
+/// How clients reach the control plane, and where the CA that signs their identities is.
+struct Access {
+    /// The API server data directory whose `pki/` holds the cluster CA.
+    ca_dir: PathBuf,
+    /// The API's URL for kubectl and DNS: the one API server, or the front door.
+    front: String,
+    nodes: NodeAccess,
+}
+
+/// How a node's daemons reach the API.
+enum NodeAccess {
+    /// Through [`Access::front`], the one API server.
+    Direct,
+    /// Through a failover proxy of the node's own to these API servers.
+    Proxy(Vec<SocketAddr>),
+}
+
+/// Starts the scheduler and the controller-manager in `ns` (`on`), each with its identity
+/// from the CA under `ca_dir`, talking to `server`; their Lease identity is
+/// `<cluster>-<on>`.
+fn spawn_scheduling(
+    state: &mut State,
+    ns: &Netns,
+    on: &str,
+    ca_dir: &Path,
+    server: &str,
+    trellis: &str,
+) -> anyhow::Result<()> {
+    let files = state.dir.join(on);
+    std::fs::create_dir_all(&files)?;
+    for (what, user, port) in [
+        ("scheduler", "system:kube-scheduler", "10259"),
+        (
+            "controller-manager",
+            "system:kube-controller-manager",
+            "10257",
+        ),
+    ] {
+        let file = files.join(format!("{what}.kubeconfig"));
+        crate::certs::kubeconfig(ca_dir, user, &[], server, &file)?;
+        let p = state::spawn(
+            ns,
+            on,
+            what,
+            &[
+                trellis.to_string(),
+                what.into(),
+                "--kubeconfig".into(),
+                s(&file),
+                "--listen".into(),
+                format!("127.0.0.1:{port}"),
+                "--leader-elect-identity".into(),
+                format!("{}-{on}", state.name),
+            ],
+            &state.dir.join("logs").join(format!("{on}-{what}.log")),
+        )?;
+        state.processes.push(p);
+    }
+    state.save()
+}
+
+/// One API server on the embedded store in `cp`, with a scheduler and a controller-manager.
+async fn single_control_plane(
+    state: &mut State,
+    steps: &mut Steps,
+    cp: &Netns,
+    trellis: &str,
+) -> anyhow::Result<Access> {
+    let api_dir = state.dir.join("cp/apiserver");
+    std::fs::create_dir_all(&api_dir)?;
+    let api = SocketAddr::new(IpAddr::V4(CP_IP), API_PORT);
+    let server = format!("https://{api}");
+    let p = state::spawn(
+        cp,
+        "cp",
+        "apiserver",
+        &[
+            trellis.to_string(),
+            "apiserver".into(),
+            "--data-dir".into(),
+            s(&api_dir),
+            "--listen".into(),
+            api.to_string(),
+            "--san".into(),
+            "127.0.0.1".into(),
+            "--service-cidr".into(),
+            SERVICE_CIDR.into(),
+        ],
+        &state.dir.join("logs/cp-apiserver.log"),
+    )?;
+    state.processes.push(p.clone());
+    let admin = api_dir.join("admin.kubeconfig");
+    state.kubeconfig = admin.clone();
+    state.api = server.clone();
+    state.save()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if admin.is_file()
+            && tokio::net::TcpStream::connect(api).await.is_ok()
+            && api_dir.join("pki/ca.key").is_file()
+        {
+            break;
+        }
+        if !p.alive() {
+            bail!("the API server exited: see {}", p.log.display());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the API server did not answer within 30 s: see {}",
+                p.log.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    steps.done(state, &format!("API server at {server}"));
+    spawn_scheduling(state, cp, "cp", &api_dir, &server, trellis)?;
+    steps.done(state, "scheduler, controller-manager");
+    Ok(Access {
+        ca_dir: api_dir,
+        front: server,
+        nodes: NodeAccess::Direct,
+    })
+}
+
 async fn build(args: &UpArgs, state: &mut State, exe: &Path, busybox: &Path) -> anyhow::Result<()> {
     let mut steps = Steps::new();
     let dir = state.dir.clone();
@@ -391,14 +558,24 @@ async fn build(args: &UpArgs, state: &mut State, exe: &Path, busybox: &Path) -> 
     h.ensure_address(link.index, IpNet::V4(Ipv4Net::new(HOST_IP, 15)?))
         .await?;
     h.set_up(link.index).await?;
-    let cp = add_ns(state, "cp").await?;
-    plug(&ul, &cp, "cp", CP_IP).await?;
-    // Pods that talk to the API server (DNS) are not masqueraded in the routed mode: its
-    // answers go back through the first node, which routes every block.
-    let ch = cp.connect()?;
-    ch.replace_route(&Route::via(POD_CIDR.parse()?, IpAddr::V4(FIRST_NODE)))
-        .await
-        .context("routing the pod range from the control plane")?;
+    // The control plane's namespaces: each gets the pod range routed through the first node
+    // (pods that talk to the API server, DNS, are not masqueraded in the routed mode: the
+    // answers go back through the first node, which routes every block).
+    let mut cps = Vec::new();
+    for (short, ip, role) in control_plane_layout(args.control_plane) {
+        state.control_plane.push(CpRec {
+            name: short.into(),
+            ip: ip.to_string(),
+            role: role.into(),
+        });
+        let ns = add_ns(state, short).await?;
+        plug(&ul, &ns, short, ip).await?;
+        ns.connect()?
+            .replace_route(&Route::via(POD_CIDR.parse()?, IpAddr::V4(FIRST_NODE)))
+            .await
+            .with_context(|| format!("routing the pod range from {short}"))?;
+        cps.push(ns);
+    }
     let mut nodes = Vec::new();
     for i in 1..=args.nodes {
         let name = format!("n{i}");
@@ -430,97 +607,28 @@ async fn build(args: &UpArgs, state: &mut State, exe: &Path, busybox: &Path) -> 
     state.save()?;
     steps.done(
         state,
-        &format!("underlay bridge, host link, {} namespaces", args.nodes + 2),
+        &format!(
+            "underlay bridge, host link, {} namespaces",
+            usize::from(args.nodes) + 1 + cps.len()
+        ),
     );
 
-    // The API server.
-    let api_dir = dir.join("cp/apiserver");
-    std::fs::create_dir_all(&api_dir)?;
-    let api = SocketAddr::new(IpAddr::V4(CP_IP), 6443);
-    let server = format!("https://{api}");
+    // The control plane: where clients reach it, and the CA their identities come from.
     let logs = dir.join("logs");
-    let p = state::spawn(
-        &cp,
-        "cp",
-        "apiserver",
-        &[
-            trellis.clone(),
-            "apiserver".into(),
-            "--data-dir".into(),
-            s(&api_dir),
-            "--listen".into(),
-            api.to_string(),
-            "--san".into(),
-            "127.0.0.1".into(),
-            "--service-cidr".into(),
-            SERVICE_CIDR.into(),
-        ],
-        &logs.join("apiserver.log"),
-    )?;
-    state.processes.push(p.clone());
-    let admin = api_dir.join("admin.kubeconfig");
-    state.kubeconfig = admin.clone();
-    state.api = server.clone();
-    state.save()?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if admin.is_file()
-            && tokio::net::TcpStream::connect(api).await.is_ok()
-            && api_dir.join("pki/ca.key").is_file()
-        {
-            break;
+    let access = match args.control_plane {
+        ControlPlane::One => single_control_plane(state, &mut steps, &cps[0], &trellis).await?,
+        ControlPlane::Three => {
+            let etcd = which("etcd").context("etcd")?;
+            ha::control_plane(state, &mut steps, &cps, &trellis, &etcd).await?
         }
-        if !p.alive() {
-            bail!("the API server exited: see {}", p.log.display());
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "the API server did not answer within 30 s: see {}",
-                p.log.display()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let client = trellis_api::cluster::client(Some(&admin)).await?;
-    steps.done(state, &format!("API server at {server}"));
-
-    // Identities from the cluster CA, then the scheduler and controller-manager.
-    let kc = |user: &str, groups: &[&str], out: &Path| {
-        crate::certs::kubeconfig(&api_dir, user, groups, &server, out)
     };
-    let cpdir = dir.join("cp");
-    for (what, user, port) in [
-        ("scheduler", "system:kube-scheduler", "10259"),
-        (
-            "controller-manager",
-            "system:kube-controller-manager",
-            "10257",
-        ),
-    ] {
-        let file = cpdir.join(format!("{what}.kubeconfig"));
-        kc(user, &[], &file)?;
-        let p = state::spawn(
-            &cp,
-            "cp",
-            what,
-            &[
-                trellis.clone(),
-                what.into(),
-                "--kubeconfig".into(),
-                s(&file),
-                "--listen".into(),
-                format!("127.0.0.1:{port}"),
-                "--leader-elect-identity".into(),
-                format!("{}-cp", state.name),
-            ],
-            &logs.join(format!("{what}.log")),
-        )?;
-        state.processes.push(p);
-    }
-    state.save()?;
+    let client = trellis_api::cluster::client(Some(&state.kubeconfig)).await?;
+    let kc = |user: &str, groups: &[&str], server: &str, out: &Path| {
+        crate::certs::kubeconfig(&access.ca_dir, user, groups, server, out)
+    };
     let out = tokio::process::Command::new(exe)
         .args(["ipam", "--kubeconfig"])
-        .arg(&admin)
+        .arg(&state.kubeconfig)
         .args(["pool", "create", args.mode.name()])
         .args(args.mode.pool_args())
         .output()
@@ -532,7 +640,7 @@ async fn build(args: &UpArgs, state: &mut State, exe: &Path, busybox: &Path) -> 
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    steps.done(state, "scheduler, controller-manager, IPAM pool");
+    steps.done(state, "IPAM pool");
 
     // The mode's manifest first: the nodes' identity gets its rights before any node
     // daemon asks, and the DaemonSets wait for the nodes.
@@ -546,12 +654,21 @@ async fn build(args: &UpArgs, state: &mut State, exe: &Path, busybox: &Path) -> 
         ),
     );
 
-    // Each node: ipamd, the kubelet and the proxy, each with its identity.
+    // Each node: (with three members) its API server failover proxy, then ipamd, the kubelet
+    // and the service proxy, each with its identity.
     let refs = Path::new("/usr/lib/cni");
     let exe_dir = exe.parent().context("the binary's directory")?;
-    for (rec, ns) in state.nodes.clone().iter().zip(&nodes) {
+    for (i, (rec, ns)) in state.nodes.clone().iter().zip(&nodes).enumerate() {
         let d = &rec.dir;
         let n = &rec.name;
+        let server = match &access.nodes {
+            NodeAccess::Direct => access.front.clone(),
+            NodeAccess::Proxy(members) => {
+                let p = ha::spawn_node_proxy(ns, n, members, i, &trellis, &logs)?;
+                state.processes.push(p);
+                format!("https://{}", ha::NODE_PROXY)
+            }
+        };
         let node_kc = d.join("etc/trellis/node.kubeconfig");
         kc(
             "system:serviceaccount:kube-system:trellis-node",
@@ -559,12 +676,18 @@ async fn build(args: &UpArgs, state: &mut State, exe: &Path, busybox: &Path) -> 
                 "system:serviceaccounts",
                 "system:serviceaccounts:kube-system",
             ],
+            &server,
             &node_kc,
         )?;
         let kubelet_kc = d.join("etc/trellis/kubelet.kubeconfig");
-        kc(&format!("system:node:{n}"), &["system:nodes"], &kubelet_kc)?;
+        kc(
+            &format!("system:node:{n}"),
+            &["system:nodes"],
+            &server,
+            &kubelet_kc,
+        )?;
         let proxy_kc = d.join("etc/trellis/proxy.kubeconfig");
-        kc("system:kube-proxy", &[], &proxy_kc)?;
+        kc("system:kube-proxy", &[], &server, &proxy_kc)?;
         let ipamd = state::spawn(
             ns,
             n,
@@ -651,17 +774,20 @@ async fn build(args: &UpArgs, state: &mut State, exe: &Path, busybox: &Path) -> 
         &format!("ipamd, kubelet, proxy on {} nodes", args.nodes),
     );
 
-    // DNS and the demo.
-    let dns_kc = cpdir.join("dns.kubeconfig");
+    // DNS (through the API's address, which survives a member's loss) and the demo.
+    let addons = dir.join("addons");
+    std::fs::create_dir_all(&addons)?;
+    let dns_kc = addons.join("dns.kubeconfig");
     kc(
         "system:serviceaccount:kube-system:trellis-dns",
         &[
             "system:serviceaccounts",
             "system:serviceaccounts:kube-system",
         ],
+        &access.front,
         &dns_kc,
     )?;
-    let no_upstream = cpdir.join("dns-upstreams.conf");
+    let no_upstream = addons.join("dns-upstreams.conf");
     std::fs::write(
         &no_upstream,
         "# trellis up: cluster DNS forwards nothing, so no query leaves the machine\n",
@@ -911,11 +1037,13 @@ async fn summary(state: &State, total: Duration) {
         "\n  {:<6} {:<12} {:<14} NAMESPACE",
         "NODE", "ADDRESS", "ROLE"
     );
-    let _ = writeln!(
-        out,
-        "  {:<6} {:<12} {:<14} {}-cp",
-        "cp", CP_IP, "control plane", state.name
-    );
+    for c in &state.control_plane {
+        let _ = writeln!(
+            out,
+            "  {:<6} {:<12} {:<14} {}-{}",
+            c.name, c.ip, c.role, state.name, c.name
+        );
+    }
     for n in &state.nodes {
         let _ = writeln!(
             out,
@@ -943,8 +1071,23 @@ async fn summary(state: &State, total: Duration) {
             }
         }
     }
+    let ha = if state.control_plane.len() > 1 {
+        format!(
+            "  (the server {} is the front door: a failover proxy to the API servers of {}, so kubectl keeps working when a member is lost)\n",
+            state.api,
+            state
+                .control_plane
+                .iter()
+                .filter(|c| c.name != "api")
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    } else {
+        String::new()
+    };
     let access = format!(
-        "kubeconfig: {kc}\n  kubectl --kubeconfig {kc} get nodes,pods -A\n\
+        "kubeconfig: {kc}\n{ha}  kubectl --kubeconfig {kc} get nodes,pods -A\n\
          demo from this namespace (pod addresses, routed through the underlay):{web}\n  curl{web}\n\
          demo from a pod: http://web.demo (only pods labelled role=client get in: NetworkPolicy demo/web-clients-only)\n\
          status: trellis status --name {name}\n\
@@ -967,10 +1110,10 @@ pub async fn down(args: DownArgs) -> anyhow::Result<()> {
         None => {
             // No state: remove by name whatever a crashed `up` may have left.
             let run_dir = PathBuf::from(trellis_net::netns::DEFAULT_RUN_DIR);
-            let mut namespaces = vec![
-                format!("{}-ul", args.at.name),
-                format!("{}-cp", args.at.name),
-            ];
+            let mut namespaces: Vec<String> = ["ul", "cp", "api", "cp1", "cp2", "cp3"]
+                .iter()
+                .map(|short| format!("{}-{short}", args.at.name))
+                .collect();
             namespaces.extend((1..=MAX_NODES).map(|i| format!("{}-n{i}", args.at.name)));
             let present: Vec<String> = namespaces
                 .into_iter()
@@ -1097,7 +1240,10 @@ mod tests {
         assert!(parse_nodes("0").unwrap_err().contains("1 to 64"));
         assert!(parse_nodes("100").unwrap_err().contains("1 to 64"));
         assert_eq!(parse_nodes("64"), Ok(64));
-        assert!(parse_control_plane("3").unwrap_err().contains("not built"));
+        assert_eq!(parse_control_plane("1"), Ok(ControlPlane::One));
+        assert_eq!(parse_control_plane("3"), Ok(ControlPlane::Three));
+        assert!(parse_control_plane("2").unwrap_err().contains("majority"));
+        assert!(parse_control_plane("5").unwrap_err().contains("1 member"));
         assert!(parse_name("Bad_Name").is_err());
         assert!(parse_name("elevenchars").is_err());
         assert_eq!(parse_name("tb1-u"), Ok("tb1-u".into()));

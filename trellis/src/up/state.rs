@@ -31,6 +31,15 @@ pub struct NodeRec {
     pub dir: PathBuf,
 }
 
+/// A namespace of the control plane: a member, or the front door of three.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CpRec {
+    /// Short name: `cp`, `cp1`…`cp3`, `api`.
+    pub name: String,
+    pub ip: String,
+    pub role: String,
+}
+
 /// Everything `up` made.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct State {
@@ -45,6 +54,9 @@ pub struct State {
     /// The veth end in the namespace `up` ran in.
     pub host_link: Option<String>,
     pub nodes: Vec<NodeRec>,
+    /// The control plane's namespaces.
+    #[serde(default)]
+    pub control_plane: Vec<CpRec>,
     pub processes: Vec<Proc>,
     pub kubeconfig: PathBuf,
     pub api: String,

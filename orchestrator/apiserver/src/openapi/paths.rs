@@ -512,7 +512,10 @@ impl Document {
                     });
                 }
                 // Streams text, not an API object; nothing kubectl looks up.
-                Subresource::Log | Subresource::Exec | Subresource::PortForward => {}
+                Subresource::Log
+                | Subresource::Exec
+                | Subresource::Attach
+                | Subresource::PortForward => {}
                 // kubectl create token posts through its typed client, without OpenAPI.
                 Subresource::Token => {}
             }

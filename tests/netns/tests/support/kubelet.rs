@@ -12,6 +12,28 @@ use kube::api::PostParams;
 use netns_testbed::cluster::ControlPlane;
 use netns_testbed::{Node, REFERENCE_PLUGIN_DIR, Testbed, bin_dir, bin_path};
 
+/// What a container wrote to the log file `path` (the kubelet's CRI format: a time, the
+/// stream and a tag before each entry), as the container wrote it.
+pub fn read_log(path: &std::path::Path) -> std::io::Result<String> {
+    let raw = std::fs::read(path)?;
+    let mut out = Vec::new();
+    for line in raw.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        match trellis_kubelet::logfile::parse(line) {
+            Some(e) => {
+                out.extend_from_slice(e.content);
+                if !e.partial {
+                    out.push(b'\n');
+                }
+            }
+            None => {
+                out.extend_from_slice(line);
+                out.push(b'\n');
+            }
+        }
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
 /// The kubelets of a test; their pods are killed and namespaces removed on drop.
 pub struct Kubelets {
     pub roots: Vec<PathBuf>,

@@ -1,0 +1,382 @@
+//! `--control-plane 3`: three members, each a namespace on the underlay with an etcd member,
+//! an API server on it, a scheduler and a controller-manager — kubeadm's stacked topology.
+//!
+//! - **etcd.** Debian's `etcd`: peers on the members' underlay addresses (port 2380),
+//!   clients on each member's loopback only, so nothing but that member's API server talks to
+//!   it. Two of three members keep a majority.
+//! - **API servers.** One cluster CA and service-account key, made by `up` and copied to each
+//!   member (kubeadm shares them the same way), and one serving certificate that names every
+//!   address a client may use: the members', the front door's and 127.0.0.1.
+//! - **Scheduler and controller-manager.** Each member runs both, against its own API server,
+//!   with the Lease identity `<cluster>-cpN`; `up` starts cp1's first and waits until they hold
+//!   the Leases, so cp1 leads when `up` ends. The others stand by and take over within the
+//!   lease duration (15 s) when the leader stops renewing.
+//! - **Clients.** Our clients (kube-rs) and kubectl take one server, so every client talks to
+//!   a `trellis apiserver-proxy`, a TCP failover proxy (TLS passes through): on each node at
+//!   127.0.0.1:6443, first choice rotating so the nodes spread over the members, and — for
+//!   kubectl in the namespace `up` ran in, and for cluster DNS — a front door at
+//!   198.18.0.2:6443 in a namespace of its own, not a member, as the load balancer kubeadm's HA
+//!   guide puts in front of the control plane.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Api;
+use trellis_net::Netns;
+
+use super::state::{self, Proc, State};
+use super::{API_PORT, Access, CP_IP, NodeAccess, SERVICE_CIDR, Steps, s};
+
+/// The members: short name and underlay address.
+pub const MEMBERS: [(&str, Ipv4Addr); 3] = [
+    ("cp1", Ipv4Addr::new(198, 18, 0, 11)),
+    ("cp2", Ipv4Addr::new(198, 18, 0, 12)),
+    ("cp3", Ipv4Addr::new(198, 18, 0, 13)),
+];
+
+/// Where a node's daemons reach the API: the node's own failover proxy.
+pub const NODE_PROXY: &str = "127.0.0.1:6443";
+/// A proxy's `/healthz`, `/readyz` and `/metrics`.
+const PROXY_HEALTH: &str = "127.0.0.1:6444";
+/// Each member's etcd, for its own API server only.
+const ETCD_CLIENT: &str = "http://127.0.0.1:2379";
+const ETCD_PEER_PORT: u16 = 2380;
+/// How long the first API server may take, etcd's first election included.
+const FIRST_API_LIMIT: Duration = Duration::from_secs(60);
+const API_LIMIT: Duration = Duration::from_secs(30);
+
+fn api_addr(ip: Ipv4Addr) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(ip), API_PORT)
+}
+
+/// Builds the three members in `members` and the front door in `front`.
+pub async fn control_plane(
+    state: &mut State,
+    steps: &mut Steps,
+    namespaces: &[Netns],
+    trellis: &str,
+    etcd: &Path,
+) -> anyhow::Result<Access> {
+    let [front_ns, m1, m2, m3] = namespaces else {
+        bail!("the HA control plane needs the front door's and three members' namespaces");
+    };
+    let members = [m1, m2, m3];
+    let dir = state.dir.clone();
+    let logs = dir.join("logs");
+    let apis: Vec<SocketAddr> = MEMBERS.iter().map(|(_, ip)| api_addr(*ip)).collect();
+    let front = api_addr(CP_IP);
+    let server = format!("https://{front}");
+
+    // One CA, service-account key and serving certificate for all, copied to each member.
+    let sans: Vec<String> = std::iter::once(CP_IP)
+        .chain(MEMBERS.iter().map(|(_, ip)| *ip))
+        .map(|ip| ip.to_string())
+        .collect();
+    let api_dir = |short: &str| dir.join(short).join("apiserver");
+    let ca_dir = api_dir(MEMBERS[0].0);
+    let pki = trellis_apiserver::pki::Pki::ensure(&ca_dir, &sans)
+        .context("making the cluster CA and the API servers' certificate")?;
+    trellis_apiserver::token::Signer::ensure(&pki.dir)
+        .context("making the service-account signing key")?;
+    for (short, _) in &MEMBERS[1..] {
+        copy_dir(&pki.dir, &api_dir(short).join("pki"))?;
+    }
+    state.kubeconfig = dir.join("admin.kubeconfig");
+    state.api = server.clone();
+    crate::certs::kubeconfig(
+        &ca_dir,
+        "admin",
+        &["system:masters"],
+        &server,
+        &state.kubeconfig,
+    )?;
+    state.save()?;
+
+    // etcd on every member at once: the first needs a majority to answer.
+    let initial = MEMBERS
+        .iter()
+        .map(|(short, ip)| format!("{short}=http://{ip}:{ETCD_PEER_PORT}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut etcds = Vec::new();
+    for ((short, ip), ns) in MEMBERS.iter().zip(members) {
+        let peer = format!("http://{ip}:{ETCD_PEER_PORT}");
+        let p = state::spawn(
+            ns,
+            short,
+            "etcd",
+            &[
+                s(etcd),
+                "--name".into(),
+                short.to_string(),
+                "--data-dir".into(),
+                s(&dir.join(short).join("etcd")),
+                "--listen-client-urls".into(),
+                ETCD_CLIENT.into(),
+                "--advertise-client-urls".into(),
+                ETCD_CLIENT.into(),
+                "--listen-peer-urls".into(),
+                peer.clone(),
+                "--initial-advertise-peer-urls".into(),
+                peer,
+                "--initial-cluster".into(),
+                initial.clone(),
+                "--initial-cluster-state".into(),
+                "new".into(),
+                "--initial-cluster-token".into(),
+                state.name.clone(),
+                "--logger".into(),
+                "zap".into(),
+                "--log-outputs".into(),
+                "stderr".into(),
+            ],
+            &logs.join(format!("{short}-etcd.log")),
+        )?;
+        state.processes.push(p.clone());
+        etcds.push(p);
+    }
+    state.save()?;
+
+    let spawn_apiserver = |state: &mut State, k: usize| -> anyhow::Result<Proc> {
+        let (short, ip) = MEMBERS[k];
+        let mut argv = vec![
+            trellis.to_string(),
+            "apiserver".into(),
+            "--data-dir".into(),
+            s(&api_dir(short)),
+            "--listen".into(),
+            api_addr(ip).to_string(),
+            "--store".into(),
+            format!("etcd:{ETCD_CLIENT}"),
+            "--service-cidr".into(),
+            SERVICE_CIDR.into(),
+        ];
+        for san in &sans {
+            argv.extend(["--san".into(), san.clone()]);
+        }
+        let p = state::spawn(
+            members[k],
+            short,
+            "apiserver",
+            &argv,
+            &logs.join(format!("{short}-apiserver.log")),
+        )?;
+        state.processes.push(p.clone());
+        state.save()?;
+        Ok(p)
+    };
+    // The first API server alone: it bootstraps the namespaces and roles the others find.
+    let first = spawn_apiserver(state, 0)?;
+    let mut fargv = vec![
+        trellis.to_string(),
+        "apiserver-proxy".into(),
+        "--listen".into(),
+        front.to_string(),
+        "--metrics-listen".into(),
+        PROXY_HEALTH.into(),
+    ];
+    for a in &apis {
+        fargv.extend(["--backend".into(), a.to_string()]);
+    }
+    let p = state::spawn(
+        front_ns,
+        "api",
+        "apiserver-proxy",
+        &fargv,
+        &logs.join("api-apiserver-proxy.log"),
+    )?;
+    state.processes.push(p);
+    state.save()?;
+    wait_listening(apis[0], &first, &etcds, FIRST_API_LIMIT).await?;
+    steps.done(
+        state,
+        &format!("etcd on cp1–cp3, API server on cp1, front door at {server}"),
+    );
+
+    // cp1's scheduler and controller-manager first, so they lead; meanwhile the other API
+    // servers start.
+    spawn_scheduling_on(state, members[0], 0, &ca_dir, trellis)?;
+    let others = [spawn_apiserver(state, 1)?, spawn_apiserver(state, 2)?];
+    for (k, p) in others.iter().enumerate() {
+        wait_listening(apis[k + 1], p, &etcds, API_LIMIT).await?;
+    }
+    steps.done(state, "API servers on cp2 and cp3");
+    let client = trellis_api::cluster::client(Some(&state.kubeconfig)).await?;
+    let leader = format!("{}-{}", state.name, MEMBERS[0].0);
+    wait_leaders(&client, &leader, Instant::now() + API_LIMIT, state).await?;
+    for (k, ns) in members.iter().enumerate().skip(1) {
+        spawn_scheduling_on(state, ns, k, &ca_dir, trellis)?;
+    }
+    steps.done(
+        state,
+        "schedulers and controller-managers on cp1–cp3 (cp1's lead)",
+    );
+    Ok(Access {
+        ca_dir,
+        front: server,
+        nodes: NodeAccess::Proxy(apis),
+    })
+}
+
+fn spawn_scheduling_on(
+    state: &mut State,
+    ns: &Netns,
+    k: usize,
+    ca_dir: &Path,
+    trellis: &str,
+) -> anyhow::Result<()> {
+    let (short, ip) = MEMBERS[k];
+    let server = format!("https://{}", api_addr(ip));
+    super::spawn_scheduling(state, ns, short, ca_dir, &server, trellis)
+}
+
+/// Starts node `node`'s (the `index`th node's) failover proxy at [`NODE_PROXY`]; its first
+/// choice is member `index mod 3`, so the nodes spread over the members.
+pub fn spawn_node_proxy(
+    ns: &Netns,
+    node: &str,
+    members: &[SocketAddr],
+    index: usize,
+    trellis: &str,
+    logs: &Path,
+) -> anyhow::Result<Proc> {
+    let mut argv = vec![
+        trellis.to_string(),
+        "apiserver-proxy".into(),
+        "--listen".into(),
+        NODE_PROXY.into(),
+        "--metrics-listen".into(),
+        PROXY_HEALTH.into(),
+    ];
+    for a in &proxy_order(members, index) {
+        argv.extend(["--backend".into(), a.to_string()]);
+    }
+    state::spawn(
+        ns,
+        node,
+        "apiserver-proxy",
+        &argv,
+        &logs.join(format!("{node}-apiserver-proxy.log")),
+    )
+}
+
+/// The `index`th node's order of preference: the members rotated by `index`.
+fn proxy_order(members: &[SocketAddr], index: usize) -> Vec<SocketAddr> {
+    let mut order = members.to_vec();
+    if !order.is_empty() {
+        let len = order.len();
+        order.rotate_left(index % len);
+    }
+    order
+}
+
+/// Copies the files of `from` into `to` (made), keeping their modes (keys stay 0600).
+fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    for e in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let e = e?;
+        if e.file_type()?.is_file() {
+            std::fs::copy(e.path(), to.join(e.file_name()))
+                .with_context(|| format!("copying {}", e.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// The last lines of a process's log.
+fn tail(p: &Proc) -> String {
+    let log = std::fs::read_to_string(&p.log).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(10)..].join("\n    ")
+}
+
+/// Waits until `api` accepts connections (an API server binds once its store answered and
+/// it bootstrapped); fails early, with the log's end, when it or an etcd member exits.
+async fn wait_listening(
+    api: SocketAddr,
+    p: &Proc,
+    etcds: &[Proc],
+    limit: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let attempt =
+            tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(api));
+        if let Ok(Ok(_)) = attempt.await {
+            return Ok(());
+        }
+        for q in std::iter::once(p).chain(etcds) {
+            if !q.alive() {
+                bail!(
+                    "{} on {} exited ({}); its log ends:\n    {}",
+                    q.what,
+                    q.on,
+                    q.log.display(),
+                    tail(q)
+                );
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the API server on {} did not answer at {api} within {} s ({}); its log ends:\n    {}",
+                p.on,
+                limit.as_secs(),
+                p.log.display(),
+                tail(p)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until `identity` holds both the scheduler's and the controller-manager's Lease.
+async fn wait_leaders(
+    client: &kube::Client,
+    identity: &str,
+    deadline: Instant,
+    state: &State,
+) -> anyhow::Result<()> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-system");
+    loop {
+        let mut held = Vec::new();
+        for name in ["kube-scheduler", "kube-controller-manager"] {
+            let holder = leases
+                .get_opt(name)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|l| l.spec?.holder_identity);
+            held.push((name, holder));
+        }
+        if held.iter().all(|(_, h)| h.as_deref() == Some(identity)) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{identity}'s scheduler and controller-manager did not take their Leases in time: {held:?}{}",
+                super::log_tails(state)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_nodes_first_choices_spread_over_the_members() {
+        let members: Vec<SocketAddr> = MEMBERS.iter().map(|(_, ip)| api_addr(*ip)).collect();
+        let firsts: Vec<SocketAddr> = (0..6).map(|i| proxy_order(&members, i)[0]).collect();
+        assert_eq!(firsts[..3], members[..]);
+        assert_eq!(firsts[3..], members[..]);
+        // Every node can still reach every member.
+        let mut all = proxy_order(&members, 4);
+        all.sort();
+        assert_eq!(all, members);
+    }
+}
