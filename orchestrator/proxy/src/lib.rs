@@ -273,10 +273,11 @@ fn syncer_is_full(last_full: &Instant, resync: Duration) -> bool {
     last_full.elapsed() >= resync
 }
 
-/// The syncer of the chosen backend.
+/// The syncer of the chosen backend (the nftables one boxed: it carries its shards' state and
+/// a writer session, and lives once per daemon).
 enum Dataplane {
     Iptables(Syncer),
-    Nftables(nft::Syncer),
+    Nftables(Box<nft::Syncer>),
 }
 
 impl Dataplane {
@@ -304,7 +305,7 @@ impl Dataplane {
                     Err(e) => tracing::debug!(error = %e, "no iptables to clean up"),
                 }
                 tracing::info!(table = nft::TABLE, "nftables");
-                Ok(Dataplane::Nftables(nft::Syncer::new(nft)))
+                Ok(Dataplane::Nftables(Box::new(nft::Syncer::new(nft))))
             }
         }
     }
