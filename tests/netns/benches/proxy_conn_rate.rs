@@ -5,9 +5,10 @@
 //! rules for N Services × 10 endpoints (written by trellis-proxy's own syncer, as the daemon
 //! does), and a server pod with ten addresses — the ten endpoints of one of those Services,
 //! each answering a connection with one byte. Client threads open connections (connect, read
-//! the byte, reset) for `--seconds`, alternately to the Service's ClusterIP and to the first
-//! endpoint's address; the direct connections cross the same node and the same nat hooks (they
-//! only miss every lookup). One run prints both medians and the ratio ClusterIP / direct.
+//! the byte, reset) for `--seconds`, alternately to the Service's ClusterIP and directly to
+//! its ten endpoint addresses in turn; the direct connections cross the same node and the same nat hooks (they
+//! only miss every lookup). One run prints both medians and their ratio ClusterIP / direct,
+//! and the median of each round's own ratio (the two runs of a round are back to back).
 //!
 //!     cargo bench -p netns-testbed --bench proxy-conn-rate [-- --services 10000 --rounds 3
 //!         --seconds 5 --parallel 4] [--proxy-backend nftables|iptables]
@@ -161,11 +162,11 @@ fn one_connection(to: &SocketAddr, timeout: Duration) -> bool {
     ok
 }
 
-/// New connections per second from `parallel` threads in `client` to `to` for `seconds`, and
-/// how many failed.
+/// New connections per second from `parallel` threads in `client` to the addresses `to` in
+/// turn for `seconds`, and how many failed.
 async fn connection_rate(
     client: &Arc<Netns>,
-    to: SocketAddr,
+    to: Vec<SocketAddr>,
     parallel: usize,
     seconds: u64,
 ) -> (f64, u64) {
@@ -175,13 +176,15 @@ async fn connection_rate(
         let until = Instant::now() + Duration::from_secs(seconds);
         let start = Instant::now();
         std::thread::scope(|s| {
-            for _ in 0..parallel {
+            for k in 0..parallel {
                 let ns = client.clone();
-                let (done, failed) = (&done, &failed);
+                let (done, failed, to) = (&done, &failed, &to);
                 s.spawn(move || {
                     ns.run(|| {
+                        let mut next = k;
                         while Instant::now() < until {
-                            if one_connection(&to, Duration::from_secs(2)) {
+                            next = (next + 1) % to.len();
+                            if one_connection(&to[next], Duration::from_secs(2)) {
                                 done.fetch_add(1, Ordering::Relaxed);
                             } else {
                                 failed.fetch_add(1, Ordering::Relaxed);
@@ -315,9 +318,13 @@ async fn main() {
 
     let _srv = Server::start(&server, 4);
     let vip = SocketAddr::new(IpAddr::V4(ports[target].cluster_ip), 80);
-    let direct = SocketAddr::new(IpAddr::V4(server_ip(0)), SERVER_PORT);
+    // Directly: the same ten endpoints in turn, as the ClusterIP spreads over them.
+    let direct: Vec<SocketAddr> = server_ips
+        .iter()
+        .map(|ip| SocketAddr::new(IpAddr::V4(*ip), SERVER_PORT))
+        .collect();
     // Both paths work before anything is measured (bounded: 10 s each).
-    for to in [vip, direct] {
+    for to in std::iter::once(vip).chain(direct.iter().copied()) {
         let c = client.clone();
         let deadline = Instant::now() + Duration::from_secs(10);
         let ok = tokio::task::spawn_blocking(move || {
@@ -341,9 +348,9 @@ async fn main() {
     for r in 0..rounds {
         // Alternate which goes first, so drift in the machine's load hits both alike.
         let order = if r % 2 == 0 {
-            [(vip, true), (direct, false)]
+            [(vec![vip], true), (direct.clone(), false)]
         } else {
-            [(direct, false), (vip, true)]
+            [(direct.clone(), false), (vec![vip], true)]
         };
         for (to, is_vip) in order {
             let (rate, f) = connection_rate(&client, to, parallel, seconds).await;
@@ -356,13 +363,16 @@ async fn main() {
             if is_vip { &mut via } else { &mut dir }.push(rate);
         }
     }
+    // Each round's pair taken back to back: their ratio sees the same load, so the median of
+    // the rounds' ratios is steadier on a busy machine than the ratio of the medians.
+    let paired = median(via.iter().zip(&dir).map(|(v, d)| v / d).collect());
     let (v, d) = (median(via), median(dir));
     println!(
-        "{:>8} {:>9} {:>9} | {:>14} {:>14} {:>7}",
-        "services", "rules", "backend", "ClusterIP /s", "pod IP /s", "ratio"
+        "{:>8} {:>9} {:>9} | {:>14} {:>14} {:>7} {:>13}",
+        "services", "rules", "backend", "ClusterIP /s", "pod IP /s", "ratio", "paired ratio"
     );
     println!(
-        "{n:>8} {rule_count:>9} {backend:>9} | {v:>14.0} {d:>14.0} {:>6.2}x",
+        "{n:>8} {rule_count:>9} {backend:>9} | {v:>14.0} {d:>14.0} {:>6.2}x {paired:>12.2}x",
         v / d
     );
     println!(
