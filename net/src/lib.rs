@@ -21,6 +21,7 @@ pub mod monitor;
 pub mod neigh;
 pub mod netns;
 pub mod nft;
+mod nft_session;
 mod restore_session;
 pub mod route;
 pub mod sysctl;

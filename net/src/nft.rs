@@ -1,12 +1,17 @@
 //! nftables through `nft -f -`: a whole script is one kernel transaction, so a change of many
 //! chains and map elements is applied atomically or not at all (the ruleset in between is never
-//! seen by a packet). Tables live in a network namespace like links do.
+//! seen by a packet). Tables live in a network namespace like links do. [`NftSession`] keeps
+//! one `nft` running for a stream of small transactions.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::error::Result;
 use crate::exec;
 use crate::netns::Netns;
+
+pub use crate::nft_session::{
+    ANSWER_WITHIN, Delivery, GIVE_UP_AFTER, NftSession, RECYCLE_AFTER, SESSION_MAX_SCRIPT,
+};
 
 /// `nft` in one network namespace (None: the caller's).
 #[derive(Debug, Clone, Default)]
@@ -19,6 +24,11 @@ impl Nft {
         Nft {
             netns: netns.map(|n| n.path().to_path_buf()),
         }
+    }
+
+    /// The namespace it works in (None: the caller's).
+    pub fn netns(&self) -> Option<&Path> {
+        self.netns.as_deref()
     }
 
     /// Applies `script` (the `nft -f` language) as one transaction.

@@ -28,16 +28,16 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::{HorizontalPodAutoscaler, MetricSpec};
-use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff;
 use kube::Api;
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use serde_json::{Value, json};
-use trellis_api::LabelSelector;
+use trellis_api::{LabelSelector, ParsedQuantity, QuantityError};
 
 use crate::controller::{Reconciler, Target};
+use crate::events::{self, EventType, What};
 use crate::informer::{Change, Informer, Synced, handler};
 use crate::manager::Watches;
 use crate::owner;
@@ -251,31 +251,9 @@ pub fn stabilize(
 }
 
 /// CPU in millicores, or anything else in its base unit, from a quantity string.
-pub fn parse_quantity(q: &str, milli: bool) -> Option<f64> {
-    let q = q.trim();
-    let idx = q
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
-        .unwrap_or(q.len());
-    let (num, suffix) = q.split_at(idx);
-    let n: f64 = num.parse().ok()?;
-    let mult = match suffix {
-        "" => 1.0,
-        "n" => 1e-9,
-        "u" => 1e-6,
-        "m" => 1e-3,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "Ki" => 1024.0,
-        "Mi" => 1024.0 * 1024.0,
-        "Gi" => 1024.0 * 1024.0 * 1024.0,
-        "Ti" => 1024.0f64.powi(4),
-        s if s.starts_with(['e', 'E']) => 10f64.powi(s[1..].parse().ok()?),
-        _ => return None,
-    };
-    let v = n * mult * if milli { 1000.0 } else { 1.0 };
-    v.is_finite().then_some(v)
+fn amount(q: &str, cpu: bool) -> Result<f64, QuantityError> {
+    let q = ParsedQuantity::parse(q)?;
+    Ok(if cpu { q.milli() } else { q.value() })
 }
 
 fn pod_ready(p: &Pod) -> bool {
@@ -293,7 +271,7 @@ fn pod_request(p: &Pod, resource: &str) -> f64 {
         .iter()
         .flat_map(|s| s.containers.iter())
         .filter_map(|c| c.resources.as_ref()?.requests.as_ref()?.get(resource))
-        .filter_map(|q| parse_quantity(&q.0, milli))
+        .filter_map(|q| amount(&q.0, milli).ok())
         .sum()
 }
 
@@ -314,10 +292,10 @@ fn usage_by_pod(list: &[DynamicObject]) -> HashMap<String, (f64, f64)> {
             for c in m.data["containers"].as_array()? {
                 cpu += c["usage"]["cpu"]
                     .as_str()
-                    .and_then(|q| parse_quantity(q, true))?;
+                    .and_then(|q| amount(q, true).ok())?;
                 mem += c["usage"]["memory"]
                     .as_str()
-                    .and_then(|q| parse_quantity(q, false))?;
+                    .and_then(|q| amount(q, false).ok())?;
             }
             Some((name, (cpu, mem)))
         })
@@ -329,6 +307,24 @@ fn usage_by_pod(list: &[DynamicObject]) -> HashMap<String, (f64, f64)> {
 struct Scale {
     replicas: i32,
     selector: String,
+}
+
+/// The `scale` subresource of `name`, after a merge patch of its replicas to `set` if given.
+async fn scale_of<K>(
+    api: Api<K>,
+    name: &str,
+    set: Option<i32>,
+) -> kube::Result<k8s_openapi::api::autoscaling::v1::Scale>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match set {
+        None => api.get_scale(name).await,
+        Some(n) => {
+            let p = Patch::Merge(json!({"spec": {"replicas": n}}));
+            api.patch_scale(name, &PatchParams::default(), &p).await
+        }
+    }
 }
 
 /// Runs the HPAs.
@@ -365,12 +361,20 @@ impl Controller {
         }
     }
 
-    async fn get_scale(&self, ns: &str, kind: &str, name: &str) -> Result<Scale, String> {
+    /// Reads the target's scale, or sets its replicas to `set` first: one dispatch on the kinds
+    /// the controller scales.
+    async fn scale(
+        &self,
+        ns: &str,
+        kind: &str,
+        name: &str,
+        set: Option<i32>,
+    ) -> Result<Scale, String> {
         let c = self.ctx.client.clone();
         let s = match kind {
-            "Deployment" => Api::<Deployment>::namespaced(c, ns).get_scale(name).await,
-            "ReplicaSet" => Api::<ReplicaSet>::namespaced(c, ns).get_scale(name).await,
-            "StatefulSet" => Api::<StatefulSet>::namespaced(c, ns).get_scale(name).await,
+            "Deployment" => scale_of(Api::<Deployment>::namespaced(c, ns), name, set).await,
+            "ReplicaSet" => scale_of(Api::<ReplicaSet>::namespaced(c, ns), name, set).await,
+            "StatefulSet" => scale_of(Api::<StatefulSet>::namespaced(c, ns), name, set).await,
             other => return Err(format!("the HPA controller cannot scale a {other}")),
         }
         .map_err(|e| e.to_string())?;
@@ -380,72 +384,28 @@ impl Controller {
         })
     }
 
-    async fn set_scale(&self, ns: &str, kind: &str, name: &str, n: i32) -> Result<(), String> {
-        let c = self.ctx.client.clone();
-        let p = Patch::Merge(json!({"spec": {"replicas": n}}));
-        let pp = PatchParams::default();
-        match kind {
-            "Deployment" => Api::<Deployment>::namespaced(c, ns)
-                .patch_scale(name, &pp, &p)
-                .await
-                .map(|_| ()),
-            "ReplicaSet" => Api::<ReplicaSet>::namespaced(c, ns)
-                .patch_scale(name, &pp, &p)
-                .await
-                .map(|_| ()),
-            "StatefulSet" => Api::<StatefulSet>::namespaced(c, ns)
-                .patch_scale(name, &pp, &p)
-                .await
-                .map(|_| ()),
-            other => return Err(format!("the HPA controller cannot scale a {other}")),
-        }
-        .map_err(|e| e.to_string())
+    async fn get_scale(&self, ns: &str, kind: &str, name: &str) -> Result<Scale, String> {
+        self.scale(ns, kind, name, None).await
     }
 
-    async fn event(&self, hpa: &HorizontalPodAutoscaler, type_: &str, reason: &str, msg: &str) {
-        let (Some(ns), Some(name)) = (
-            hpa.metadata.namespace.as_deref(),
-            hpa.metadata.name.as_deref(),
-        ) else {
-            return;
+    async fn set_scale(&self, ns: &str, kind: &str, name: &str, n: i32) -> Result<(), String> {
+        self.scale(ns, kind, name, Some(n)).await.map(|_| ())
+    }
+
+    async fn event(
+        &self,
+        hpa: &HorizontalPodAutoscaler,
+        type_: EventType,
+        reason: &str,
+        msg: &str,
+    ) {
+        let what = What {
+            type_,
+            reason,
+            message: msg,
+            action: None,
         };
-        let now = jiff::Timestamp::now();
-        let ev = Event {
-            metadata: kube::api::ObjectMeta {
-                name: Some(format!("{name}.{:x}", now.as_nanosecond())),
-                namespace: Some(ns.to_string()),
-                ..Default::default()
-            },
-            involved_object: ObjectReference {
-                api_version: Some("autoscaling/v2".into()),
-                kind: Some("HorizontalPodAutoscaler".into()),
-                name: Some(name.to_string()),
-                namespace: Some(ns.to_string()),
-                uid: hpa.metadata.uid.clone(),
-                resource_version: hpa.metadata.resource_version.clone(),
-                ..Default::default()
-            },
-            type_: Some(type_.into()),
-            reason: Some(reason.into()),
-            message: Some(msg.into()),
-            source: Some(EventSource {
-                component: Some("horizontal-pod-autoscaler".into()),
-                host: None,
-            }),
-            reporting_component: Some("horizontal-pod-autoscaler".into()),
-            reporting_instance: Some("horizontal-pod-autoscaler".into()),
-            first_timestamp: Some(Time(now)),
-            last_timestamp: Some(Time(now)),
-            event_time: Some(MicroTime(now)),
-            count: Some(1),
-            ..Default::default()
-        };
-        if let Err(e) = Api::<Event>::namespaced(self.ctx.client.clone(), ns)
-            .create(&PostParams::default(), &ev)
-            .await
-        {
-            tracing::warn!(error = %e, "recording an HPA event");
-        }
+        events::record(&self.ctx.client, "horizontal-pod-autoscaler", hpa, what).await;
     }
 
     /// Merges `status` into the HPA's, with `observedGeneration` (so the handler knows this
@@ -554,9 +514,9 @@ fn measure(
         res.target.average_value.as_ref(),
     ) {
         ("Utilization", Some(u), _) => Goal::Utilization(f64::from(u)),
-        ("AverageValue", _, Some(q)) => Goal::AverageValue(
-            parse_quantity(&q.0, cpu).ok_or_else(|| format!("invalid averageValue {}", q.0))?,
-        ),
+        ("AverageValue", _, Some(q)) => {
+            Goal::AverageValue(amount(&q.0, cpu).map_err(|e| format!("invalid averageValue: {e}"))?)
+        }
         (t, _, _) => return Err(format!("invalid target type {t} for resource {name}")),
     };
     let samples: Vec<PodSample> = pods
@@ -774,7 +734,7 @@ impl Reconciler for Controller {
                 json!({"currentReplicas": current, "desiredReplicas": current, "conditions": conds}),
             )
             .await?;
-            self.event(&hpa, "Warning", "FailedGetResourceMetric", &msg)
+            self.event(&hpa, EventType::Warning, "FailedGetResourceMetric", &msg)
                 .await;
             return Ok(again);
         };
@@ -851,7 +811,7 @@ impl Reconciler for Controller {
                     tracing::info!(hpa = key, from = current, to = desired, "rescaled");
                     self.event(
                         &hpa,
-                        "Normal",
+                        EventType::Normal,
                         "SuccessfulRescale",
                         &format!("New size: {desired}; reason: {why}"),
                     )
@@ -870,7 +830,7 @@ impl Reconciler for Controller {
                 Err(e) => {
                     self.event(
                         &hpa,
-                        "Warning",
+                        EventType::Warning,
                         "FailedRescale",
                         &format!("New size: {desired}; reason: {why}; error: {e}"),
                     )
@@ -1064,15 +1024,14 @@ mod tests {
     }
 
     #[test]
-    fn quantities_in_millicores_and_bytes() {
-        assert_eq!(parse_quantity("250m", true), Some(250.0));
-        assert_eq!(parse_quantity("1", true), Some(1000.0));
-        assert_eq!(
-            parse_quantity("12345678n", true).map(f64::round),
-            Some(12.0)
-        );
-        assert_eq!(parse_quantity("4Ki", false), Some(4096.0));
-        assert_eq!(parse_quantity("1Mi", false), Some(1_048_576.0));
-        assert_eq!(parse_quantity("x", false), None);
+    fn cpu_counts_in_millicores_and_the_rest_in_base_units() {
+        // The parsing itself is trellis-api's (and tested there).
+        assert_eq!(amount("250m", true), Ok(250.0));
+        assert_eq!(amount("1", true), Ok(1000.0));
+        assert_eq!(amount("12345678n", true).map(f64::round), Ok(12.0));
+        assert_eq!(amount("4Ki", false), Ok(4096.0));
+        assert_eq!(amount("1Mi", false), Ok(1_048_576.0));
+        assert_eq!(amount("1Pi", false), Ok(1024f64.powi(5)));
+        assert!(amount("x", false).is_err());
     }
 }

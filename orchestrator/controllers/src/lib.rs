@@ -18,6 +18,7 @@ pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpointslice;
+pub mod events;
 pub mod expectations;
 pub mod gc;
 pub mod hpa;

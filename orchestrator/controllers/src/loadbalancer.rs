@@ -18,13 +18,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
-use k8s_openapi::api::core::v1::{Event, ObjectReference, Service};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
+use k8s_openapi::api::core::v1::Service;
 use kube::Api;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams};
 use serde_json::json;
 
 use crate::controller::{OnDelete, Reconciler, owner_handler};
+use crate::events::{self, EventType, What};
 use crate::informer::{Informer, Synced};
 use crate::manager::Watches;
 use crate::workqueue::WorkQueue;
@@ -393,50 +393,13 @@ impl Controller {
     }
 
     async fn event(&self, svc: &Service, reason: &str, message: &str) {
-        let (Some(ns), Some(name)) = (
-            svc.metadata.namespace.as_deref(),
-            svc.metadata.name.as_deref(),
-        ) else {
-            return;
+        let what = What {
+            type_: EventType::Warning,
+            reason,
+            message,
+            action: Some("Allocating"),
         };
-        let now = jiff::Timestamp::now();
-        let ev = Event {
-            metadata: kube::api::ObjectMeta {
-                name: Some(format!("{name}.{:x}", now.as_nanosecond())),
-                namespace: Some(ns.to_string()),
-                ..Default::default()
-            },
-            involved_object: ObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("Service".into()),
-                name: Some(name.to_string()),
-                namespace: Some(ns.to_string()),
-                uid: svc.metadata.uid.clone(),
-                resource_version: svc.metadata.resource_version.clone(),
-                ..Default::default()
-            },
-            type_: Some("Warning".into()),
-            reason: Some(reason.into()),
-            message: Some(message.into()),
-            action: Some("Allocating".into()),
-            source: Some(k8s_openapi::api::core::v1::EventSource {
-                component: Some("service-lb-controller".into()),
-                host: None,
-            }),
-            reporting_component: Some("service-lb-controller".into()),
-            reporting_instance: Some("service-lb-controller".into()),
-            first_timestamp: Some(Time(now)),
-            last_timestamp: Some(Time(now)),
-            event_time: Some(MicroTime(now)),
-            count: Some(1),
-            ..Default::default()
-        };
-        if let Err(e) = Api::<Event>::namespaced(self.ctx.client.clone(), ns)
-            .create(&PostParams::default(), &ev)
-            .await
-        {
-            tracing::warn!(error = %e, "recording an event");
-        }
+        events::record(&self.ctx.client, "service-lb-controller", svc, what).await;
     }
 }
 

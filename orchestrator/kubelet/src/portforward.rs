@@ -175,9 +175,9 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spdy::{Codec, FLAG_FIN, Frame};
+    use crate::spdy::{Codec, FLAG_FIN, Frame, FrameReader};
 
-    async fn send(c: &mut Codec, io: &mut tokio::io::DuplexStream, f: Frame) {
+    async fn send<W: AsyncWrite + Unpin>(c: &mut Codec, io: &mut W, f: Frame) {
         let mut b = Vec::new();
         c.encode(&f, &mut b).unwrap();
         io.write_all(&b).await.unwrap();
@@ -208,9 +208,11 @@ mod tests {
             s.read_exact(&mut b).await.unwrap();
             s.write_all(&b.to_ascii_uppercase()).await.unwrap();
         });
-        let (a, mut b) = tokio::io::duplex(1 << 16);
+        let (a, b) = tokio::io::duplex(1 << 16);
         tokio::spawn(serve(a, "p".into(), None));
-        let (mut tx, mut rx) = (Codec::new().unwrap(), Codec::new().unwrap());
+        let (rd, mut b) = tokio::io::split(b);
+        let mut rx = FrameReader::new(rd).unwrap();
+        let mut tx = Codec::new().unwrap();
         send(&mut tx, &mut b, syn(1, "error", port)).await;
         send(&mut tx, &mut b, syn(3, "data", port)).await;
         send(
@@ -223,34 +225,30 @@ mod tests {
             },
         )
         .await;
-        let mut buf = Vec::new();
         let mut got = Vec::new();
         let mut fins = 0;
         while fins < 2 {
-            if let Some((f, used)) = rx.decode(&buf).unwrap() {
-                buf.drain(..used);
-                match f {
-                    Frame::Data {
-                        stream,
-                        flags,
-                        data,
-                    } => {
-                        if stream == 3 {
-                            got.extend(data);
-                        }
-                        if flags & FLAG_FIN != 0 && (stream == 1 || stream == 3) {
-                            fins += 1;
-                        }
+            let f = rx
+                .next()
+                .await
+                .unwrap()
+                .expect("the connection ended early");
+            match f {
+                Frame::Data {
+                    stream,
+                    flags,
+                    data,
+                } => {
+                    if stream == 3 {
+                        got.extend(data);
                     }
-                    Frame::SynReply { .. } => {}
-                    other => panic!("{other:?}"),
+                    if flags & FLAG_FIN != 0 && (stream == 1 || stream == 3) {
+                        fins += 1;
+                    }
                 }
-                continue;
+                Frame::SynReply { .. } => {}
+                other => panic!("{other:?}"),
             }
-            let mut c = [0u8; 4096];
-            let n = b.read(&mut c).await.unwrap();
-            assert!(n > 0, "the connection ended early");
-            buf.extend_from_slice(&c[..n]);
         }
         assert_eq!(got, b"HELLO");
 
@@ -270,25 +268,22 @@ mod tests {
         send(&mut tx, &mut b, dat).await;
         let mut message = Vec::new();
         loop {
-            if let Some((f, used)) = rx.decode(&buf).unwrap() {
-                buf.drain(..used);
-                if let Frame::Data {
-                    stream: 5,
-                    flags,
-                    data,
-                } = f
-                {
-                    message.extend(data);
-                    if flags & FLAG_FIN != 0 {
-                        break;
-                    }
+            let f = rx
+                .next()
+                .await
+                .unwrap()
+                .expect("the connection ended early");
+            if let Frame::Data {
+                stream: 5,
+                flags,
+                data,
+            } = f
+            {
+                message.extend(data);
+                if flags & FLAG_FIN != 0 {
+                    break;
                 }
-                continue;
             }
-            let mut c = [0u8; 4096];
-            let n = b.read(&mut c).await.unwrap();
-            assert!(n > 0);
-            buf.extend_from_slice(&c[..n]);
         }
         let message = String::from_utf8(message).unwrap();
         assert!(

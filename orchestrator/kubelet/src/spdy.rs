@@ -3,7 +3,8 @@
 //! GOAWAY, HEADERS, WINDOW_UPDATE) and DATA frames. Name/value header blocks are compressed
 //! with zlib primed with SPDY/3's fixed dictionary, one compression context per direction for
 //! the whole connection (each block ends with a sync flush), so a [`Codec`] lives as long as
-//! its connection and frames go through it in wire order.
+//! its connection and frames go through it in wire order; a [`FrameReader`] does that for
+//! the frames coming off one direction of a connection.
 //!
 //! Clients (Go's spdystream) send no WINDOW_UPDATE and ignore ours, so flow control is not
 //! enforced either way; SETTINGS and WINDOW_UPDATE are decoded and left to the caller.
@@ -430,6 +431,60 @@ fn parse_block(b: &[u8]) -> Result<Headers, SpdyError> {
     Ok(headers)
 }
 
+/// Why [`FrameReader::next`] stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The peer sent bytes that are no frame: answer with a GOAWAY.
+    #[error(transparent)]
+    Spdy(#[from] SpdyError),
+    #[error("reading the connection: {0}")]
+    Io(#[from] std::io::Error),
+    /// More than a whole frame buffered without one decoding.
+    #[error("more than {MAX_FRAME} bytes buffered without a whole frame")]
+    Overflow,
+}
+
+/// Frames from one direction of a connection, in wire order, through the codec whose inflate
+/// context that direction's header blocks share. The server's read loop and the tests'
+/// clients read with it.
+pub struct FrameReader<R> {
+    rd: R,
+    codec: Codec,
+    buf: Vec<u8>,
+    chunk: Vec<u8>,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> FrameReader<R> {
+    pub fn new(rd: R) -> Result<FrameReader<R>, SpdyError> {
+        Ok(FrameReader {
+            rd,
+            codec: Codec::new()?,
+            buf: Vec::with_capacity(64 * 1024),
+            chunk: vec![0u8; 64 * 1024],
+        })
+    }
+
+    /// The next frame; None once the peer has closed its side (or the read fails, as
+    /// [`ReadError::Io`]).
+    pub async fn next(&mut self) -> Result<Option<Frame>, ReadError> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if let Some((frame, used)) = self.codec.decode(&self.buf)? {
+                self.buf.drain(..used);
+                return Ok(Some(frame));
+            }
+            let n = self.rd.read(&mut self.chunk).await?;
+            if n == 0 {
+                return Ok(None);
+            }
+            self.buf.extend_from_slice(&self.chunk[..n]);
+            if self.buf.len() > MAX_FRAME + 8 {
+                return Err(ReadError::Overflow);
+            }
+        }
+    }
+}
+
 /// The value of header `name` (case-insensitive), its first value if several.
 pub fn header<'a>(headers: &'a Headers, name: &str) -> Option<&'a str> {
     headers
@@ -611,6 +666,52 @@ mod tests {
             parse_block(&[0xff, 0xff, 0xff, 0xff]),
             Err(SpdyError::HeaderBlock("truncated"))
         );
+    }
+
+    #[tokio::test]
+    async fn the_reader_joins_split_frames_and_ends_at_eof_or_bad_bytes() {
+        use tokio::io::AsyncWriteExt;
+        let frames = [
+            Frame::SynStream {
+                stream: 1,
+                associated: 0,
+                priority: 0,
+                flags: 0,
+                headers: h(&[("streamtype", "data")]),
+            },
+            Frame::Data {
+                stream: 1,
+                flags: FLAG_FIN,
+                data: b"hello".to_vec(),
+            },
+        ];
+        let mut wire = Vec::new();
+        let mut tx = Codec::new().unwrap();
+        for f in &frames {
+            tx.encode(f, &mut wire).unwrap();
+        }
+        let (mut w, r) = tokio::io::duplex(1 << 16);
+        let mut reader = FrameReader::new(r).unwrap();
+        // Split inside the first frame: it is read in two pieces.
+        w.write_all(&wire[..5]).await.unwrap();
+        let rest = wire[5..].to_vec();
+        let writer = tokio::spawn(async move {
+            w.write_all(&rest).await.unwrap();
+            w
+        });
+        for f in &frames {
+            assert_eq!(reader.next().await.unwrap().as_ref(), Some(f));
+        }
+        drop(writer.await.unwrap());
+        assert!(matches!(reader.next().await, Ok(None)), "EOF ends it");
+
+        let (mut w, r) = tokio::io::duplex(1 << 16);
+        let mut reader = FrameReader::new(r).unwrap();
+        w.write_all(&[0x80, 2, 0, 1, 0, 0, 0, 0]).await.unwrap();
+        assert!(matches!(
+            reader.next().await,
+            Err(ReadError::Spdy(SpdyError::Version(2)))
+        ));
     }
 
     proptest! {

@@ -7,10 +7,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
-use crate::spdy::{self, Codec, FLAG_FIN, Frame, Headers};
+use crate::spdy::{self, Codec, FLAG_FIN, Frame, FrameReader, Headers, ReadError};
 
 /// DATA frames carry at most this much (spdystream reads any size; smaller keeps latency low).
 const CHUNK: usize = 32 * 1024;
@@ -153,106 +153,92 @@ where
 }
 
 async fn read_loop<R: AsyncRead + Unpin>(
-    mut rd: R,
+    rd: R,
     out: Sender,
     streams: mpsc::Sender<Stream>,
     gone: watch::Sender<bool>,
 ) {
-    let mut codec = match Codec::new() {
-        Ok(c) => c,
-        Err(_) => {
-            let _ = gone.send(true);
-            return;
-        }
+    let Ok(mut frames) = FrameReader::new(rd) else {
+        let _ = gone.send(true);
+        return;
     };
     let mut open: HashMap<u32, mpsc::Sender<Vec<u8>>> = HashMap::new();
-    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
-    let mut chunk = vec![0u8; 64 * 1024];
-    'conn: loop {
-        loop {
-            let (frame, used) = match codec.decode(&buf) {
-                Ok(Some(x)) => x,
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::debug!(error = %e, "SPDY: bad frame from the client");
-                    let _ = out
-                        .tx
-                        .send(Out::Frame(Frame::GoAway {
-                            last_good: 0,
-                            status: 1,
-                        }))
-                        .await;
-                    break 'conn;
-                }
-            };
-            buf.drain(..used);
-            match frame {
-                Frame::SynStream {
-                    stream,
-                    flags,
-                    headers,
-                    ..
-                } => {
-                    if stream == 0 || stream % 2 == 0 || open.contains_key(&stream) {
-                        out.reset(stream, spdy::rst::PROTOCOL_ERROR).await;
-                        continue;
-                    }
-                    let reply = Frame::SynReply {
-                        stream,
-                        flags: 0,
-                        headers: Vec::new(),
-                    };
-                    if out.tx.send(Out::Frame(reply)).await.is_err() {
-                        break 'conn;
-                    }
-                    let (dtx, data) = mpsc::channel(16);
-                    if flags & FLAG_FIN == 0 {
-                        open.insert(stream, dtx);
-                    }
-                    let s = Stream {
-                        id: stream,
-                        headers,
-                        data,
-                    };
-                    if streams.send(s).await.is_err() {
-                        out.reset(stream, spdy::rst::REFUSED_STREAM).await;
-                    }
-                }
-                Frame::Data {
-                    stream,
-                    flags,
-                    data,
-                } => {
-                    if !data.is_empty()
-                        && let Some(tx) = open.get(&stream)
-                        && tx.send(data).await.is_err()
-                    {
-                        open.remove(&stream);
-                    }
-                    if flags & FLAG_FIN != 0 {
-                        open.remove(&stream);
-                    }
-                }
-                Frame::Headers { stream, flags, .. } if flags & FLAG_FIN != 0 => {
-                    open.remove(&stream);
-                }
-                Frame::RstStream { stream, .. } => {
-                    open.remove(&stream);
-                }
-                Frame::Ping { id } if id % 2 == 1 => {
-                    let _ = out.tx.send(Out::Frame(Frame::Ping { id })).await;
-                }
-                // Replies to our pings (we send none), SETTINGS, WINDOW_UPDATE (spdystream
-                // enforces no flow control), GOAWAY (the client closes next), unknown types.
-                _ => {}
+    loop {
+        let frame = match frames.next().await {
+            Ok(Some(f)) => f,
+            // The client closed its side, the read failed, or it sent more than a frame.
+            Ok(None) | Err(ReadError::Io(_) | ReadError::Overflow) => break,
+            Err(ReadError::Spdy(e)) => {
+                tracing::debug!(error = %e, "SPDY: bad frame from the client");
+                let _ = out
+                    .tx
+                    .send(Out::Frame(Frame::GoAway {
+                        last_good: 0,
+                        status: 1,
+                    }))
+                    .await;
+                break;
             }
-        }
-        match rd.read(&mut chunk).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-        if buf.len() > spdy::MAX_FRAME + 8 {
-            break;
+        };
+        match frame {
+            Frame::SynStream {
+                stream,
+                flags,
+                headers,
+                ..
+            } => {
+                if stream == 0 || stream % 2 == 0 || open.contains_key(&stream) {
+                    out.reset(stream, spdy::rst::PROTOCOL_ERROR).await;
+                    continue;
+                }
+                let reply = Frame::SynReply {
+                    stream,
+                    flags: 0,
+                    headers: Vec::new(),
+                };
+                if out.tx.send(Out::Frame(reply)).await.is_err() {
+                    break;
+                }
+                let (dtx, data) = mpsc::channel(16);
+                if flags & FLAG_FIN == 0 {
+                    open.insert(stream, dtx);
+                }
+                let s = Stream {
+                    id: stream,
+                    headers,
+                    data,
+                };
+                if streams.send(s).await.is_err() {
+                    out.reset(stream, spdy::rst::REFUSED_STREAM).await;
+                }
+            }
+            Frame::Data {
+                stream,
+                flags,
+                data,
+            } => {
+                if !data.is_empty()
+                    && let Some(tx) = open.get(&stream)
+                    && tx.send(data).await.is_err()
+                {
+                    open.remove(&stream);
+                }
+                if flags & FLAG_FIN != 0 {
+                    open.remove(&stream);
+                }
+            }
+            Frame::Headers { stream, flags, .. } if flags & FLAG_FIN != 0 => {
+                open.remove(&stream);
+            }
+            Frame::RstStream { stream, .. } => {
+                open.remove(&stream);
+            }
+            Frame::Ping { id } if id % 2 == 1 => {
+                let _ = out.tx.send(Out::Frame(Frame::Ping { id })).await;
+            }
+            // Replies to our pings (we send none), SETTINGS, WINDOW_UPDATE (spdystream
+            // enforces no flow control), GOAWAY (the client closes next), unknown types.
+            _ => {}
         }
     }
     drop(open);
@@ -266,29 +252,26 @@ mod tests {
     /// A client's side of the wire, for tests.
     struct Client {
         codec: Codec,
-        io: tokio::io::DuplexStream,
-        buf: Vec<u8>,
+        wr: tokio::io::WriteHalf<tokio::io::DuplexStream>,
+        frames: FrameReader<tokio::io::ReadHalf<tokio::io::DuplexStream>>,
     }
 
     impl Client {
+        fn new(io: tokio::io::DuplexStream) -> Client {
+            let (rd, wr) = tokio::io::split(io);
+            Client {
+                codec: Codec::new().unwrap(),
+                wr,
+                frames: FrameReader::new(rd).unwrap(),
+            }
+        }
         async fn send(&mut self, f: Frame) {
             let mut b = Vec::new();
             self.codec.encode(&f, &mut b).unwrap();
-            self.io.write_all(&b).await.unwrap();
+            self.wr.write_all(&b).await.unwrap();
         }
         async fn recv(&mut self) -> Option<Frame> {
-            loop {
-                if let Some((f, used)) = self.codec.decode(&self.buf).unwrap() {
-                    self.buf.drain(..used);
-                    return Some(f);
-                }
-                let mut c = [0u8; 4096];
-                let n = self.io.read(&mut c).await.unwrap();
-                if n == 0 {
-                    return None;
-                }
-                self.buf.extend_from_slice(&c[..n]);
-            }
+            self.frames.next().await.unwrap()
         }
     }
 
@@ -296,11 +279,7 @@ mod tests {
     async fn streams_are_replied_to_and_carry_data_both_ways() {
         let (a, b) = tokio::io::duplex(1 << 16);
         let mut conn = serve(a);
-        let mut c = Client {
-            codec: Codec::new().unwrap(),
-            io: b,
-            buf: Vec::new(),
-        };
+        let mut c = Client::new(b);
         c.send(Frame::SynStream {
             stream: 1,
             associated: 0,

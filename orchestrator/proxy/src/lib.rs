@@ -7,8 +7,8 @@
 //!
 //! Syncs are batched and rate-limited: a burst of changes waits `min_sync_period` after the
 //! previous sync and then goes to the kernel as one transaction of only what changed (one
-//! `iptables-restore --noflush`, or one `nft -f`). Every `resync` the whole state is written
-//! again, which repairs rules someone else removed.
+//! `iptables-restore --noflush`, or one batch through a long-lived `nft -i`). Every `resync`
+//! the whole state is written again, which repairs rules someone else removed.
 //!
 //! UDP and conntrack: these kernels have no conntrack netlink, so the proxy cannot delete the
 //! conntrack entries of an endpoint that went away (kube-proxy runs `conntrack -D`). A UDP flow
@@ -159,6 +159,7 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
     let mut first = true;
     let mut failures: u32 = 0;
     let mut health_checks = healthcheck::HealthChecks::default();
+    let mut fallbacks_seen: u64 = 0;
     loop {
         if !first {
             let resync_in = config.resync.saturating_sub(last_full.elapsed());
@@ -201,7 +202,17 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
             dataplane.invalidate();
             last_full = Instant::now();
         }
-        match dataplane.sync(&ports, &node).await {
+        let result = dataplane.sync(&ports, &node).await;
+        if let Some(n) = dataplane.nft_fallbacks() {
+            metrics.inc(
+                "trellis_proxy_nft_fallbacks_total",
+                "Changes written by a one-shot nft because the long-lived one broke.",
+                &[],
+                n.saturating_sub(fallbacks_seen) as f64,
+            );
+            fallbacks_seen = n;
+        }
+        match result {
             Ok(stats) => {
                 let secs = started.elapsed().as_secs_f64();
                 metrics.observe(
@@ -262,10 +273,11 @@ fn syncer_is_full(last_full: &Instant, resync: Duration) -> bool {
     last_full.elapsed() >= resync
 }
 
-/// The syncer of the chosen backend.
+/// The syncer of the chosen backend (the nftables one boxed: it carries its shards' state and
+/// a writer session, and lives once per daemon).
 enum Dataplane {
     Iptables(Syncer),
-    Nftables(nft::Syncer),
+    Nftables(Box<nft::Syncer>),
 }
 
 impl Dataplane {
@@ -293,8 +305,16 @@ impl Dataplane {
                     Err(e) => tracing::debug!(error = %e, "no iptables to clean up"),
                 }
                 tracing::info!(table = nft::TABLE, "nftables");
-                Ok(Dataplane::Nftables(nft::Syncer::new(nft)))
+                Ok(Dataplane::Nftables(Box::new(nft::Syncer::new(nft))))
             }
+        }
+    }
+
+    /// The nftables backend's one-shot fallbacks so far (None with iptables).
+    fn nft_fallbacks(&self) -> Option<u64> {
+        match self {
+            Dataplane::Iptables(_) => None,
+            Dataplane::Nftables(s) => Some(s.fallbacks()),
         }
     }
 

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use trellis_api::ParsedQuantity;
 
 /// A CPU request without a value counts this much for scoring (upstream `DefaultMilliCPURequest`).
 pub const DEFAULT_MILLI_CPU: i64 = 100;
@@ -128,47 +129,19 @@ impl PodRequests {
     }
 }
 
-/// Splits `"1500m"` into the number and its suffix, and the suffix's multiplier.
-fn split(q: &str) -> Option<(f64, f64)> {
-    let q = q.trim();
-    let idx = q
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
-        .unwrap_or(q.len());
-    let (num, suffix) = q.split_at(idx);
-    let n: f64 = num.parse().ok()?;
-    let mult = match suffix {
-        "" => 1.0,
-        "n" => 1e-9,
-        "u" => 1e-6,
-        "m" => 1e-3,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        "E" => 1e18,
-        "Ki" => 1024.0,
-        "Mi" => 1024.0 * 1024.0,
-        "Gi" => 1024.0 * 1024.0 * 1024.0,
-        "Ti" => 1024.0f64.powi(4),
-        "Pi" => 1024.0f64.powi(5),
-        "Ei" => 1024.0f64.powi(6),
-        s if s.starts_with(['e', 'E']) => 10f64.powi(s[1..].parse().ok()?),
-        _ => return None,
-    };
-    (n.is_finite() && n >= 0.0).then_some((n, mult))
+/// A quantity the scheduler counts: parsed by trellis-api, and not negative.
+fn quantity(q: &str) -> Option<ParsedQuantity> {
+    ParsedQuantity::parse(q).ok().filter(|p| !p.is_negative())
 }
 
 /// A CPU quantity in millicores, rounded up (`"1"` → 1000, `"250m"` → 250).
 pub fn parse_milli(q: &str) -> Option<i64> {
-    let (n, m) = split(q)?;
-    Some((n * m * 1000.0).ceil() as i64)
+    Some(quantity(q)?.milli().ceil() as i64)
 }
 
 /// A quantity as a whole number (bytes, or a count), rounded up (`"1Gi"`, `"110"`).
 pub fn parse_bytes(q: &str) -> Option<i64> {
-    let (n, m) = split(q)?;
-    Some((n * m).ceil() as i64)
+    Some(quantity(q)?.value().ceil() as i64)
 }
 
 #[cfg(test)]
@@ -187,8 +160,11 @@ mod tests {
         assert_eq!(parse_bytes("129e6"), Some(129_000_000));
         assert_eq!(parse_bytes("1M"), Some(1_000_000));
         assert_eq!(parse_bytes("110"), Some(110));
+        assert_eq!(parse_bytes("2Pi"), Some(2 << 50));
+        assert_eq!(parse_bytes("1E"), Some(1_000_000_000_000_000_000));
         assert_eq!(parse_bytes("lots"), None);
         assert_eq!(parse_bytes("-1"), None);
+        assert_eq!(parse_milli("-250m"), None);
     }
 
     #[test]

@@ -10,11 +10,15 @@
 //! by side with the ratio baseline/ours.
 //!
 //!     cargo bench -p netns-testbed --bench proxy-sync [-- --sizes 1000,5000,10000 --rounds 3]
-//!         [--backend nft|legacy] [--proxy-backend iptables|nftables]
+//!         [--backend nft|legacy] [--proxy-backend iptables|nftables [--nft-oneshot]] [--no-baseline]
 //!
-//! `--proxy-backend nftables` measures the proxy's nftables backend (one `nft -f` transaction
-//! per sync; "full ours" is then the median of as many whole-table replacements) against the
-//! same baseline.
+//! `--proxy-backend nftables` measures the proxy's nftables backend (one transaction per sync:
+//! whole tables through `nft -f`, changes through its long-lived `nft -i`; "full ours" is then
+//! the median of as many whole-table replacements) against the same baseline. It also prints
+//! how many changes fell back to a one-shot `nft` (want 0). `--nft-oneshot`: every change
+//! through an `nft -f` process of its own instead, to compare. `--no-baseline`: ours only (the
+//! baseline's whole-table iptables restore of 10,000 Services can exceed the tool runner's
+//! 60 s on a busy machine); its columns then read 0.
 //!
 //! Needs root and iptables (default: the host's backend, as the proxy detects it). Each
 //! restore is bounded by the tool runner's 60 s.
@@ -139,7 +143,12 @@ async fn main() {
                 .map(Vec::len)
                 .sum();
         }
-        let mut nft_syncer = nft::Syncer::new(trellis_net::nft::Nft::new(Some(&ns)));
+        let nft_handle = trellis_net::nft::Nft::new(Some(&ns));
+        let mut nft_syncer = if std::env::args().any(|a| a == "--nft-oneshot") {
+            nft::Syncer::with_session(trellis_net::nft::NftSession::one_shot(nft_handle))
+        } else {
+            nft::Syncer::new(nft_handle)
+        };
 
         // Ours, full: compile + diff + restore into the empty namespace.
         let mut syncer = Syncer::new(ipt.clone());
@@ -160,8 +169,13 @@ async fn main() {
 
         // Baseline, full: the whole table in one restore (into the same, now filled, tables:
         // what every later full sync costs).
+        let no_baseline = std::env::args().any(|a| a == "--no-baseline");
         let mut base_full = Vec::new();
         for _ in 0..rounds {
+            if no_baseline {
+                base_full.push(Duration::ZERO);
+                continue;
+            }
             let tables = full_tables(&rules::compile(&ports, &node));
             let t = Instant::now();
             ipt.restore_all(&tables).await.unwrap();
@@ -182,6 +196,10 @@ async fn main() {
             };
             inc_ours.push(t.elapsed());
             assert!(stats.chains_written <= 3, "{stats:?}");
+            if no_baseline {
+                inc_base.push(Duration::ZERO);
+                continue;
+            }
             let t = Instant::now();
             let tables = full_tables(&rules::compile(&ports, &node));
             ipt.restore_all(&tables).await.unwrap();
@@ -199,6 +217,15 @@ async fn main() {
             ms(ib),
             ib.as_secs_f64() / io.as_secs_f64()
         );
+        if nft_mode {
+            println!(
+                "{:>8} nft sessions started {}, one-shot fallbacks {}",
+                "",
+                nft_syncer.sessions_started(),
+                nft_syncer.fallbacks()
+            );
+        }
+        drop(nft_syncer);
         tb.delete_ns(&ns).unwrap();
     }
     println!(

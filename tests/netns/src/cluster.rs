@@ -76,6 +76,117 @@ impl ControlPlane {
     }
 }
 
+impl ControlPlane {
+    /// The loopback relay's URL (`https://127.0.0.1:<port>`), as the local kubeconfig names it.
+    pub fn relay_server(&self) -> Result<String> {
+        self.local_kubeconfig
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("server: "))
+            .map(str::to_string)
+            .ok_or_else(|| Error::Other("the local kubeconfig names no server".into()))
+    }
+
+    /// Issues a kubeconfig for `user` in `groups` from the cluster CA (`trellis certs
+    /// kubeconfig`) at `out`, for `server`: [`ControlPlane::addr`]'s URL for processes in the
+    /// testbed, [`ControlPlane::relay_server`] for the test's own namespace.
+    pub fn issue_kubeconfig(
+        &self,
+        user: &str,
+        groups: &[&str],
+        server: &str,
+        out: &Path,
+    ) -> Result<()> {
+        let mut cmd = std::process::Command::new(bin_path("trellis"));
+        cmd.args(["certs", "kubeconfig", "--data-dir"])
+            .arg(&self.dir)
+            .args(["--user", user]);
+        for g in groups {
+            cmd.args(["--group", g]);
+        }
+        let o = cmd
+            .args(["--server", server, "--out"])
+            .arg(out)
+            .output()
+            .map_err(|e| Error::io("run trellis certs kubeconfig", e))?;
+        if !o.status.success() {
+            return Err(Error::Failed {
+                what: format!("certs kubeconfig for {user}"),
+                status: o.status.to_string(),
+                stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The underlay URL nodes and components use (`https://<addr>`).
+    pub fn server(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// Writes the admin kubeconfig for the test's own namespace to
+    /// `<state>/admin-local.kubeconfig` (for kubectl run by the test) and returns its path.
+    pub fn write_local_kubeconfig(&self, tb: &Testbed) -> Result<PathBuf> {
+        let kc = tb.state_dir().join("admin-local.kubeconfig");
+        std::fs::write(&kc, &self.local_kubeconfig)
+            .map_err(|e| Error::io("write the local admin kubeconfig", e))?;
+        Ok(kc)
+    }
+
+    /// Starts `trellis <command>` (scheduler, controller-manager) in the control plane's
+    /// namespace as `user`, with a kubeconfig of its own from the cluster CA, serving
+    /// `/healthz` and `/metrics` on `127.0.0.1:<port>`; leader election under `identity`
+    /// when given. Returns its PID.
+    pub fn start_component(
+        &self,
+        tb: &Testbed,
+        command: &str,
+        user: &str,
+        identity: Option<&str>,
+        port: u16,
+        extra: &[&str],
+    ) -> Result<i32> {
+        let kc = tb
+            .state_dir()
+            .join(format!("{}.kubeconfig", identity.unwrap_or(command)));
+        self.issue_kubeconfig(user, &[], &self.server(), &kc)?;
+        let trellis = bin_path("trellis");
+        let listen = format!("127.0.0.1:{port}");
+        let mut argv = vec![
+            trellis.to_str().unwrap_or("trellis"),
+            command,
+            "--kubeconfig",
+            kc.to_str().unwrap_or_default(),
+            "--listen",
+            &listen,
+        ];
+        if let Some(id) = identity {
+            argv.extend_from_slice(&["--leader-elect-identity", id]);
+        }
+        argv.extend_from_slice(extra);
+        tb.spawn(&self.node.ns, &argv, Duration::from_secs(900))
+    }
+}
+
+/// Runs `kubectl` (the binary `bin`) from the test's own namespace with `kubeconfig`, for at
+/// most 60 s: (exit code, stdout, stderr). A kubectl that cannot start or does not finish
+/// fails the test.
+pub async fn kubectl(bin: &Path, kubeconfig: &Path, args: &[&str]) -> (i32, String, String) {
+    let mut cmd = tokio::process::Command::new(bin);
+    cmd.arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("kubectl {args:?} did not finish within 60 s"))
+        .unwrap_or_else(|e| panic!("kubectl {args:?} did not start: {e}"));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// `trellis ipamd` for `node` against the control plane, its socket `<dirs>/ipamd.sock` and
 /// CNI cache `<dirs>/cache`, the leak pass off (tests run it when they mean to).
 pub fn start_ipamd(tb: &Testbed, cp: &ControlPlane, node: &Node, dirs: &Path) -> Result<i32> {

@@ -24,30 +24,13 @@ use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 use kubelet::{Kubelets, wait_node_ready};
+use netns_testbed::Testbed;
 use netns_testbed::cluster::ControlPlane;
-use netns_testbed::{Testbed, bin_path};
 
 /// A control-plane component the test runs, by name and identity.
 struct Component {
     pid: i32,
     identity: String,
-}
-
-/// A kubeconfig for a control-plane identity, issued from the cluster CA.
-fn kubeconfig_for(cp: &ControlPlane, user: &str, out: &std::path::Path) {
-    let o = std::process::Command::new(bin_path("trellis"))
-        .args(["certs", "kubeconfig", "--data-dir"])
-        .arg(&cp.dir)
-        .args(["--user", user])
-        .args(["--server", &format!("https://{}", cp.addr), "--out"])
-        .arg(out)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "certs kubeconfig: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
 }
 
 /// Starts `trellis <command>` in the control plane's namespace as `user`, leader election on.
@@ -60,23 +43,8 @@ fn start_component(
     port: u16,
     extra: &[&str],
 ) -> Component {
-    let kc = tb.state_dir().join(format!("{identity}.kubeconfig"));
-    kubeconfig_for(cp, user, &kc);
-    let trellis = bin_path("trellis");
-    let listen = format!("127.0.0.1:{port}");
-    let mut argv = vec![
-        trellis.to_str().unwrap(),
-        command,
-        "--kubeconfig",
-        kc.to_str().unwrap(),
-        "--listen",
-        &listen,
-        "--leader-elect-identity",
-        identity,
-    ];
-    argv.extend_from_slice(extra);
-    let pid = tb
-        .spawn(&cp.node.ns, &argv, Duration::from_secs(900))
+    let pid = cp
+        .start_component(tb, command, user, Some(identity), port, extra)
         .unwrap();
     Component {
         pid,
@@ -559,8 +527,7 @@ async fn a_deployment_spreads_survives_its_leaders_kill_rolls_out_and_undoes() {
     assert_eq!(witness.count(), 14, "seven new pods, no more");
 
     // kubectl rollout undo: back to busybox:1.
-    let kc = tb.state_dir().join("admin-local.kubeconfig");
-    std::fs::write(&kc, &cp.local_kubeconfig).unwrap();
+    let kc = cp.write_local_kubeconfig(tb).unwrap();
     let out = std::process::Command::new(&kubectl)
         .arg("--kubeconfig")
         .arg(&kc)

@@ -27,60 +27,7 @@ use kube::api::{ListParams, PostParams};
 use serde_json::json;
 
 use kubelet::{Kubelets, wait_node_ready};
-use netns_testbed::cluster::ControlPlane;
-use netns_testbed::{Testbed, bin_path};
-
-/// Runs kubectl (bounded), returning (exit code, stdout, stderr).
-async fn kubectl(bin: &Path, kc: &Path, args: &[&str]) -> (i32, String, String) {
-    let mut cmd = tokio::process::Command::new(bin);
-    cmd.arg("--kubeconfig")
-        .arg(kc)
-        .args(args)
-        .kill_on_drop(true);
-    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
-        .await
-        .unwrap_or_else(|_| panic!("kubectl {args:?} did not finish within 60 s"))
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// Starts `trellis <command>` in the control plane's namespace as `user`.
-fn start_component(
-    tb: &Testbed,
-    cp: &ControlPlane,
-    command: &str,
-    user: &str,
-    port: u16,
-    extra: &[&str],
-) -> i32 {
-    let kc = tb.state_dir().join(format!("{command}.kubeconfig"));
-    let o = std::process::Command::new(bin_path("trellis"))
-        .args(["certs", "kubeconfig", "--data-dir"])
-        .arg(&cp.dir)
-        .args(["--user", user])
-        .args(["--server", &format!("https://{}", cp.addr), "--out"])
-        .arg(&kc)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let trellis = bin_path("trellis");
-    let listen = format!("127.0.0.1:{port}");
-    let mut argv = vec![
-        trellis.to_str().unwrap(),
-        command,
-        "--kubeconfig",
-        kc.to_str().unwrap(),
-        "--listen",
-        &listen,
-    ];
-    argv.extend_from_slice(extra);
-    tb.spawn(&cp.node.ns, &argv, Duration::from_secs(900))
-        .unwrap()
-}
+use netns_testbed::cluster::kubectl;
 
 /// A Deployment of one pod requesting 20m CPU that burns about 1/8 of a core (50 ms of every
 /// 400 ms) while `switch` exists and otherwise sleeps.
@@ -152,22 +99,24 @@ async fn cpu_load_scales_a_deployment_up_and_its_removal_down_after_the_window()
     for w in &c.workers {
         wait_node_ready(client, &w.node.name).await;
     }
-    start_component(tb, cp, "scheduler", "system:kube-scheduler", 10259, &[]);
-    let cm = start_component(
-        tb,
-        cp,
-        "controller-manager",
-        "system:kube-controller-manager",
-        10257,
-        &[
-            "--horizontal-pod-autoscaler-sync-period",
-            "2",
-            "--horizontal-pod-autoscaler-downscale-stabilization",
-            "3600",
-        ],
-    );
-    let kc = tb.state_dir().join("admin-local.kubeconfig");
-    std::fs::write(&kc, &cp.local_kubeconfig).unwrap();
+    cp.start_component(tb, "scheduler", "system:kube-scheduler", None, 10259, &[])
+        .unwrap();
+    let cm = cp
+        .start_component(
+            tb,
+            "controller-manager",
+            "system:kube-controller-manager",
+            None,
+            10257,
+            &[
+                "--horizontal-pod-autoscaler-sync-period",
+                "2",
+                "--horizontal-pod-autoscaler-downscale-stabilization",
+                "3600",
+            ],
+        )
+        .unwrap();
+    let kc = cp.write_local_kubeconfig(tb).unwrap();
 
     let switch_path = tb.state_dir().join("load-on");
     std::fs::write(&switch_path, "").unwrap();

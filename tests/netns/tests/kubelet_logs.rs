@@ -19,6 +19,7 @@ use serde_json::json;
 use tokio::io::AsyncBufReadExt;
 
 use kubelet::{Kubelets, create_pod, wait_node_ready, wait_pod};
+use netns_testbed::cluster::kubectl;
 
 const KUBECTL_1_20: &str = "/opt/trellis/kubectl-1.20/usr/bin/kubectl";
 
@@ -50,24 +51,6 @@ async fn wait_running(
         last["status"],
         tb.log_of(kubelet_pid)
     );
-}
-
-/// Runs kubectl (bounded), returning (exit code, stdout, stderr).
-async fn kubectl(bin: &Path, kc: &Path, args: &[&str]) -> (i32, String, String) {
-    let mut cmd = tokio::process::Command::new(bin);
-    cmd.arg("--kubeconfig")
-        .arg(kc)
-        .args(args)
-        .kill_on_drop(true);
-    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
-        .await
-        .unwrap_or_else(|_| panic!("kubectl {args:?} did not finish within 60 s"))
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// `kubectl logs -f`: the lines so far, then the line that `touch <go>` makes the pod print.
@@ -125,26 +108,46 @@ fn jane_kubeconfig(
     tb: &netns_testbed::Testbed,
     cp: &netns_testbed::cluster::ControlPlane,
 ) -> PathBuf {
-    let relay = cp
-        .local_kubeconfig
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("server: "))
-        .unwrap()
-        .to_string();
     let jane = tb.state_dir().join("jane.kubeconfig");
-    let out = std::process::Command::new(netns_testbed::bin_path("trellis"))
-        .args(["certs", "kubeconfig", "--data-dir"])
-        .arg(&cp.dir)
-        .args(["--user", "jane", "--server", &relay, "--out"])
-        .arg(&jane)
-        .output()
+    cp.issue_kubeconfig("jane", &[], &cp.relay_server().unwrap(), &jane)
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     jane
+}
+
+/// kubectl 1.20 (Debian's kubernetes-client 1.20, unpacked at [`KUBECTL_1_20`]); the test
+/// fails without it.
+fn kubectl_1_20() -> PathBuf {
+    let bin = PathBuf::from(KUBECTL_1_20);
+    assert!(
+        bin.is_file(),
+        "{KUBECTL_1_20} is missing (Debian's kubernetes-client 1.20, unpacked there)"
+    );
+    bin
+}
+
+/// One overlay node with a kubelet (started with `extra` flags) and Ready, and the admin
+/// kubeconfig for the test's own namespace: what every test here starts from.
+struct OneNode {
+    // Dropped first: the pods' processes and namespaces go before the cluster.
+    k: Kubelets,
+    kubelet_pid: i32,
+    kc: PathBuf,
+    c: overlay_cluster::Cluster,
+}
+
+async fn one_node(extra: &[&str]) -> OneNode {
+    let c = overlay_cluster::Cluster::start(1).await;
+    let w = &c.workers[0];
+    let mut k = Kubelets::new(&c.tb);
+    let kubelet_pid = k.start_with(&c.tb, &c.cp, &w.node, &w.dirs, "net.d", extra);
+    wait_node_ready(&c.client, &w.node.name).await;
+    let kc = c.cp.write_local_kubeconfig(&c.tb).unwrap();
+    OneNode {
+        k,
+        kubelet_pid,
+        kc,
+        c,
+    }
 }
 
 /// `kubectl apply` of `yaml` as the admin.
@@ -160,19 +163,11 @@ async fn kubectl_logs_through_the_api_server_with_both_kubectls() {
     netns_testbed::require_tool("busybox", "busybox-static");
     let curl = netns_testbed::require_tool("curl", "curl");
     let kubectl_new = netns_testbed::require_tool("kubectl", "kubectl (the image's own)");
-    let kubectl_old = PathBuf::from(KUBECTL_1_20);
-    assert!(
-        kubectl_old.is_file(),
-        "{KUBECTL_1_20} is missing (Debian's kubernetes-client 1.20, unpacked there)"
-    );
-    let c = overlay_cluster::Cluster::start(1).await;
-    let (tb, cp, client) = (&c.tb, &c.cp, &c.client);
-    let w = &c.workers[0];
-    let mut k = Kubelets::new(tb);
-    let kubelet_pid = k.start(tb, cp, &w.node, &w.dirs, "net.d");
-    wait_node_ready(client, &w.node.name).await;
-    let kc = tb.state_dir().join("admin-local.kubeconfig");
-    std::fs::write(&kc, &cp.local_kubeconfig).unwrap();
+    let kubectl_old = kubectl_1_20();
+    let n = one_node(&[]).await;
+    let (tb, cp, client) = (&n.c.tb, &n.c.cp, &n.c.client);
+    let w = &n.c.workers[0];
+    let (kubelet_pid, kc) = (n.kubelet_pid, &n.kc);
 
     let marks = tb.state_dir().join("marks");
     std::fs::create_dir_all(&marks).unwrap();
@@ -220,7 +215,7 @@ async fn kubectl_logs_through_the_api_server_with_both_kubectls() {
         // The first lines are there once the container printed them.
         let mut last = (0, String::new(), String::new());
         for _ in 0..100 {
-            last = kubectl(bin, &kc, &["logs", "chatty"]).await;
+            last = kubectl(bin, kc, &["logs", "chatty"]).await;
             if last.1.starts_with("line-1\nline-2\nline-3\n") {
                 break;
             }
@@ -231,39 +226,39 @@ async fn kubectl_logs_through_the_api_server_with_both_kubectls() {
             last.1.starts_with("line-1\nline-2\nline-3\n"),
             "{name}: {last:?}"
         );
-        let (code, out, err) = kubectl(bin, &kc, &["logs", "chatty", "--tail=1"]).await;
+        let (code, out, err) = kubectl(bin, kc, &["logs", "chatty", "--tail=1"]).await;
         assert_eq!(
             (code, out.lines().count()),
             (0, 1),
             "{name}: --tail=1: {out}{err}"
         );
         assert!(out.starts_with("line-"), "{name}: {out}");
-        let (code, out, err) = kubectl(bin, &kc, &["logs", "chatty", "--limit-bytes=8"]).await;
+        let (code, out, err) = kubectl(bin, kc, &["logs", "chatty", "--limit-bytes=8"]).await;
         assert_eq!(
             (code, out.as_str()),
             (0, "line-1\nl"),
             "{name}: --limit-bytes: {err}"
         );
-        let (code, out, err) = kubectl(bin, &kc, &["logs", "pair", "-c", "b"]).await;
+        let (code, out, err) = kubectl(bin, kc, &["logs", "pair", "-c", "b"]).await;
         assert_eq!((code, out.as_str()), (0, "from-b\n"), "{name}: -c b: {err}");
-        let (code, out, err) = kubectl(bin, &kc, &["logs", "chatty", "--previous"]).await;
+        let (code, out, err) = kubectl(bin, kc, &["logs", "chatty", "--previous"]).await;
         assert_ne!(code, 0, "{name}: no previous run: {out}");
         assert!(
             err.contains(r#"previous terminated container "talk" in pod "chatty" not found"#),
             "{name}: {err}"
         );
     }
-    follow(&kubectl_new, &kc, &marks.join("go-4"), "line-4").await;
+    follow(&kubectl_new, kc, &marks.join("go-4"), "line-4").await;
     // kubectl 1.20 sees everything so far and then line-5.
-    follow(&kubectl_old, &kc, &marks.join("go-5"), "line-5").await;
+    follow(&kubectl_old, kc, &marks.join("go-5"), "line-5").await;
 
     // Several containers: the new kubectl picks the first and says so; the API server itself
     // asks for a name, listing them, as upstream's.
-    let (code, out, err) = kubectl(&kubectl_new, &kc, &["logs", "pair"]).await;
+    let (code, out, err) = kubectl(&kubectl_new, kc, &["logs", "pair"]).await;
     assert_eq!((code, out.as_str()), (0, "from-a\n"), "{err}");
     let (code, _, err) = kubectl(
         &kubectl_new,
-        &kc,
+        kc,
         &["get", "--raw", "/api/v1/namespaces/default/pods/pair/log"],
     )
     .await;
@@ -272,7 +267,7 @@ async fn kubectl_logs_through_the_api_server_with_both_kubectls() {
         err.contains("a container name must be specified for pod pair, choose one of: [a b]"),
         "{err}"
     );
-    let (code, _, err) = kubectl(&kubectl_old, &kc, &["logs", "pair"]).await;
+    let (code, _, err) = kubectl(&kubectl_old, kc, &["logs", "pair"]).await;
     assert_ne!(code, 0);
     assert!(
         err.contains("choose one of: [a b]"),
@@ -282,7 +277,7 @@ async fn kubectl_logs_through_the_api_server_with_both_kubectls() {
     // Negative control: jane may read pods (kubectl reads the pod first) but not their logs:
     // 403, upstream's words, until a Role lets her.
     let jane = jane_kubeconfig(tb, cp);
-    apply(tb, &kubectl_new, &kc, "pod-getter.yaml", POD_GETTER).await;
+    apply(tb, &kubectl_new, kc, "pod-getter.yaml", POD_GETTER).await;
     for bin in [&kubectl_new, &kubectl_old] {
         let (code, out, err) = kubectl(bin, &jane, &["logs", "chatty"]).await;
         assert_ne!(code, 0, "{out}");
@@ -295,7 +290,7 @@ async fn kubectl_logs_through_the_api_server_with_both_kubectls() {
     apply(
         tb,
         &kubectl_new,
-        &kc,
+        kc,
         "log-reader.yaml",
         r#"apiVersion: rbac.authorization.k8s.io/v1
 kind: Role
@@ -466,16 +461,10 @@ async fn kubectl_exec_runs_in_the_pod_and_returns_its_exit_code() {
     netns_testbed::require_tool("busybox", "busybox-static");
     netns_testbed::require_tool("nsenter", "util-linux");
     let kubectl_new = netns_testbed::require_tool("kubectl", "kubectl (the image's own)");
-    let kubectl_old = PathBuf::from(KUBECTL_1_20);
-    assert!(kubectl_old.is_file(), "{KUBECTL_1_20} is missing");
-    let c = overlay_cluster::Cluster::start(1).await;
-    let (tb, cp, client) = (&c.tb, &c.cp, &c.client);
-    let w = &c.workers[0];
-    let mut k = Kubelets::new(tb);
-    let kubelet_pid = k.start(tb, cp, &w.node, &w.dirs, "net.d");
-    wait_node_ready(client, &w.node.name).await;
-    let kc = tb.state_dir().join("admin-local.kubeconfig");
-    std::fs::write(&kc, &cp.local_kubeconfig).unwrap();
+    let kubectl_old = kubectl_1_20();
+    let n = one_node(&[]).await;
+    let (tb, cp, client) = (&n.c.tb, &n.c.cp, &n.c.client);
+    let (kubelet_pid, kc) = (n.kubelet_pid, &n.kc);
     create_pod(
         client,
         json!({"metadata": {"name": "box"}, "spec": {"nodeName": "n1",
@@ -491,7 +480,7 @@ async fn kubectl_exec_runs_in_the_pod_and_returns_its_exit_code() {
         let name = bin.display();
         let (code, out, err) = kubectl(
             bin,
-            &kc,
+            kc,
             &[
                 "exec",
                 "box",
@@ -517,7 +506,7 @@ async fn kubectl_exec_runs_in_the_pod_and_returns_its_exit_code() {
         // stdin, to its end.
         let mut child = tokio::process::Command::new(bin)
             .arg("--kubeconfig")
-            .arg(&kc)
+            .arg(kc)
             .args([
                 "exec",
                 "-i",
@@ -588,7 +577,7 @@ async fn kubectl_exec_runs_in_the_pod_and_returns_its_exit_code() {
     let mut cmd = tokio::process::Command::new(&kubectl_new);
     cmd.env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")
         .arg("--kubeconfig")
-        .arg(&kc)
+        .arg(kc)
         .args([
             "exec",
             "box",
@@ -615,7 +604,7 @@ async fn kubectl_exec_runs_in_the_pod_and_returns_its_exit_code() {
     // Negative control: a user who may read pods but not create pods/exec gets upstream's 403,
     // over either protocol.
     let jane = jane_kubeconfig(tb, cp);
-    apply(tb, &kubectl_new, &kc, "pod-getter.yaml", POD_GETTER).await;
+    apply(tb, &kubectl_new, kc, "pod-getter.yaml", POD_GETTER).await;
     for bin in [&kubectl_new, &kubectl_old] {
         let (code, _, err) =
             kubectl(bin, &jane, &["exec", "box", "--", "/bin/busybox", "true"]).await;
@@ -700,16 +689,10 @@ async fn port_forward(bin: &Path, kc: &Path, env: &[(&str, &str)]) -> (tokio::pr
 async fn kubectl_port_forward_reaches_the_pods_localhost() {
     netns_testbed::require_tool("busybox", "busybox-static");
     let kubectl_new = netns_testbed::require_tool("kubectl", "kubectl (the image's own)");
-    let kubectl_old = PathBuf::from(KUBECTL_1_20);
-    assert!(kubectl_old.is_file(), "{KUBECTL_1_20} is missing");
-    let c = overlay_cluster::Cluster::start(1).await;
-    let (tb, cp, client) = (&c.tb, &c.cp, &c.client);
-    let w = &c.workers[0];
-    let mut k = Kubelets::new(tb);
-    let kubelet_pid = k.start(tb, cp, &w.node, &w.dirs, "net.d");
-    wait_node_ready(client, &w.node.name).await;
-    let kc = tb.state_dir().join("admin-local.kubeconfig");
-    std::fs::write(&kc, &cp.local_kubeconfig).unwrap();
+    let kubectl_old = kubectl_1_20();
+    let n = one_node(&[]).await;
+    let (tb, cp, client) = (&n.c.tb, &n.c.cp, &n.c.client);
+    let (kubelet_pid, kc) = (n.kubelet_pid, &n.kc);
     let site = tb.state_dir().join("site");
     std::fs::create_dir_all(&site).unwrap();
     std::fs::write(site.join("index.html"), "hello from the pod\n").unwrap();
@@ -735,7 +718,7 @@ async fn kubectl_port_forward_reaches_the_pods_localhost() {
     ];
     for (bin, env, what) in variants {
         let tunnels = tb.log_of(kubelet_pid).matches("a WebSocket tunnel").count();
-        let (mut child, port) = port_forward(bin, &kc, env).await;
+        let (mut child, port) = port_forward(bin, kc, env).await;
         for i in 0..2 {
             let mut answer = String::new();
             // The server may take a moment to listen after the pod reads Running.
@@ -760,7 +743,7 @@ async fn kubectl_port_forward_reaches_the_pods_localhost() {
 
     // Negative control: jane may get pods (kubectl reads the pod first) but not forward.
     let jane = jane_kubeconfig(tb, cp);
-    apply(tb, &kubectl_new, &kc, "pod-getter.yaml", POD_GETTER).await;
+    apply(tb, &kubectl_new, kc, "pod-getter.yaml", POD_GETTER).await;
     for bin in [&kubectl_new, &kubectl_old] {
         let (code, _, err) = kubectl(
             bin,
@@ -850,28 +833,16 @@ fn assert_newest_in_order(numbers: &[u32], last: u32, what: &str) {
 async fn kubectl_logs_timestamps_since_and_rotation_with_both_kubectls() {
     netns_testbed::require_tool("busybox", "busybox-static");
     let kubectl_new = netns_testbed::require_tool("kubectl", "kubectl (the image's own)");
-    let kubectl_old = PathBuf::from(KUBECTL_1_20);
-    assert!(kubectl_old.is_file(), "{KUBECTL_1_20} is missing");
-    let c = overlay_cluster::Cluster::start(1).await;
-    let (tb, cp, client) = (&c.tb, &c.cp, &c.client);
-    let w = &c.workers[0];
-    let mut k = Kubelets::new(tb);
-    let kubelet_pid = k.start_with(
-        tb,
-        cp,
-        &w.node,
-        &w.dirs,
-        "net.d",
-        &[
-            "--container-log-max-size",
-            "2Ki",
-            "--container-log-max-files",
-            "3",
-        ],
-    );
-    wait_node_ready(client, &w.node.name).await;
-    let kc = tb.state_dir().join("admin-local.kubeconfig");
-    std::fs::write(&kc, &cp.local_kubeconfig).unwrap();
+    let kubectl_old = kubectl_1_20();
+    let n = one_node(&[
+        "--container-log-max-size",
+        "2Ki",
+        "--container-log-max-files",
+        "3",
+    ])
+    .await;
+    let (tb, client) = (&n.c.tb, &n.c.client);
+    let (kubelet_pid, kc, k) = (n.kubelet_pid, &n.kc, &n.k);
     let marks = tb.state_dir().join("marks");
     std::fs::create_dir_all(&marks).unwrap();
     let m = marks.display();
@@ -901,13 +872,9 @@ i=0; while [ $i -lt 150 ]; do echo "run-$n line-$i padding-padding-padding"; i=$
 
     // --timestamps and --since-time: "late" is printed in a later second than "early" (kubectl
     // sends sinceTime with whole seconds), so since-time = late's second gives late alone.
-    let text = logs_until(
-        &kubectl_new,
-        &kc,
-        &["stamp", "--timestamps"],
-        "early",
-        |t| t.lines().count() == 1,
-    )
+    let text = logs_until(&kubectl_new, kc, &["stamp", "--timestamps"], "early", |t| {
+        t.lines().count() == 1
+    })
     .await;
     let early = stamp_of(text.lines().next().unwrap());
     assert!(text.ends_with(" early\n"), "{text}");
@@ -918,7 +885,7 @@ i=0; while [ $i -lt 150 ]; do echo "run-$n line-$i padding-padding-padding"; i=$
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     std::fs::write(marks.join("late"), "").unwrap();
-    let text = logs_until(&kubectl_new, &kc, &["stamp", "--timestamps"], "late", |t| {
+    let text = logs_until(&kubectl_new, kc, &["stamp", "--timestamps"], "late", |t| {
         t.lines().count() == 2
     })
     .await;
@@ -929,11 +896,11 @@ i=0; while [ $i -lt 150 ]; do echo "run-$n line-$i padding-padding-padding"; i=$
         .to_string();
     for bin in [&kubectl_new, &kubectl_old] {
         let name = bin.display();
-        let (code, out, err) = kubectl(bin, &kc, &["logs", "stamp", "--timestamps"]).await;
+        let (code, out, err) = kubectl(bin, kc, &["logs", "stamp", "--timestamps"]).await;
         assert_eq!((code, &out), (0, &text), "{name}: --timestamps: {err}");
         let (code, out, err) = kubectl(
             bin,
-            &kc,
+            kc,
             &["logs", "stamp", &format!("--since-time={since_time}")],
         )
         .await;
@@ -942,11 +909,11 @@ i=0; while [ $i -lt 150 ]; do echo "run-$n line-$i padding-padding-padding"; i=$
             (0, "late\n"),
             "{name}: --since-time={since_time}: {err}"
         );
-        let (code, out, err) = kubectl(bin, &kc, &["logs", "stamp", "--since=1h"]).await;
+        let (code, out, err) = kubectl(bin, kc, &["logs", "stamp", "--since=1h"]).await;
         assert_eq!((code, out.as_str()), (0, "early\nlate\n"), "{name}: {err}");
         let (code, out, err) = kubectl(
             bin,
-            &kc,
+            kc,
             &["logs", "stamp", "--timestamps", "--limit-bytes=35"],
         )
         .await;
@@ -960,7 +927,7 @@ i=0; while [ $i -lt 150 ]; do echo "run-$n line-$i padding-padding-padding"; i=$
     for bin in [&kubectl_new, &kubectl_old] {
         logs_until(
             bin,
-            &kc,
+            kc,
             &["stamp", "--since=1s"],
             "--since=1s empty",
             str::is_empty,
@@ -970,7 +937,7 @@ i=0; while [ $i -lt 150 ]; do echo "run-$n line-$i padding-padding-padding"; i=$
     // The API server's check: both since forms at once are refused.
     let (code, _, err) = kubectl(
         &kubectl_new,
-        &kc,
+        kc,
         &[
             "get",
             "--raw",
@@ -989,7 +956,7 @@ i=0; while [ $i -lt 150 ]; do echo "run-$n line-$i padding-padding-padding"; i=$
     // Rotation: the second run is up once its last line is logged.
     logs_until(
         &kubectl_new,
-        &kc,
+        kc,
         &["roll"],
         "the second run's last line",
         |t| t.ends_with("run-2 line-149 padding-padding-padding\n"),
@@ -1012,7 +979,7 @@ i=0; while [ $i -lt 150 ]; do echo "run-$n line-$i padding-padding-padding"; i=$
         .count();
     for bin in [&kubectl_new, &kubectl_old] {
         let name = format!("{}", bin.display());
-        let (code, out, err) = kubectl(bin, &kc, &["logs", "roll"]).await;
+        let (code, out, err) = kubectl(bin, kc, &["logs", "roll"]).await;
         assert_eq!(code, 0, "{name}: {err}");
         let numbers = line_numbers(&out, 2);
         assert_newest_in_order(&numbers, 149, &name);
@@ -1020,13 +987,13 @@ i=0; while [ $i -lt 150 ]; do echo "run-$n line-$i padding-padding-padding"; i=$
             numbers.len() > in_current,
             "{name}: read across the rotated files, not only the current one ({in_current} lines): {out}"
         );
-        let (code, prev, err) = kubectl(bin, &kc, &["logs", "roll", "--previous"]).await;
+        let (code, prev, err) = kubectl(bin, kc, &["logs", "roll", "--previous"]).await;
         assert_eq!(code, 0, "{name}: --previous: {err}");
         assert_newest_in_order(&line_numbers(&prev, 1), 149, &format!("{name} --previous"));
-        let (code, tail, err) = kubectl(bin, &kc, &["logs", "roll", "--tail=5"]).await;
+        let (code, tail, err) = kubectl(bin, kc, &["logs", "roll", "--tail=5"]).await;
         assert_eq!(code, 0, "{name}: {err}");
         assert_eq!(line_numbers(&tail, 2), [145, 146, 147, 148, 149], "{name}");
-        let (code, stamped, err) = kubectl(bin, &kc, &["logs", "roll", "--timestamps"]).await;
+        let (code, stamped, err) = kubectl(bin, kc, &["logs", "roll", "--timestamps"]).await;
         assert_eq!(code, 0, "{name}: {err}");
         let times: Vec<jiff::Timestamp> = stamped.lines().map(stamp_of).collect();
         assert_eq!(times.len(), numbers.len(), "{name}");
@@ -1034,7 +1001,7 @@ i=0; while [ $i -lt 150 ]; do echo "run-$n line-$i padding-padding-padding"; i=$
             times.windows(2).all(|w| w[0] <= w[1]),
             "{name}: times in order across files: {stamped}"
         );
-        let (code, cut, err) = kubectl(bin, &kc, &["logs", "roll", "--limit-bytes=50"]).await;
+        let (code, cut, err) = kubectl(bin, kc, &["logs", "roll", "--limit-bytes=50"]).await;
         assert_eq!((code, cut.as_str()), (0, &out[..50]), "{name}: {err}");
     }
     assert!(tb.running(kubelet_pid), "{}", tb.log_of(kubelet_pid));
@@ -1098,16 +1065,10 @@ async fn kubectl_attach_joins_the_main_process_with_both_kubectls() {
     netns_testbed::require_tool("busybox", "busybox-static");
     let kubectl_new = netns_testbed::require_tool("kubectl", "kubectl (the image's own)");
     let script = netns_testbed::require_tool("script", "bsdutils (util-linux's script)");
-    let kubectl_old = PathBuf::from(KUBECTL_1_20);
-    assert!(kubectl_old.is_file(), "{KUBECTL_1_20} is missing");
-    let c = overlay_cluster::Cluster::start(1).await;
-    let (tb, cp, client) = (&c.tb, &c.cp, &c.client);
-    let w = &c.workers[0];
-    let mut k = Kubelets::new(tb);
-    let kubelet_pid = k.start(tb, cp, &w.node, &w.dirs, "net.d");
-    wait_node_ready(client, &w.node.name).await;
-    let kc = tb.state_dir().join("admin-local.kubeconfig");
-    std::fs::write(&kc, &cp.local_kubeconfig).unwrap();
+    let kubectl_old = kubectl_1_20();
+    let n = one_node(&[]).await;
+    let (tb, cp, client) = (&n.c.tb, &n.c.cp, &n.c.client);
+    let (kubelet_pid, kc) = (n.kubelet_pid, &n.kc);
     let echo = r#"while read l; do echo "got $l"; echo "err $l" >&2; done; echo stdin-closed; exec busybox sleep 3600"#;
     for (name, once) in [("echo", false), ("once", true)] {
         create_pod(
@@ -1140,7 +1101,7 @@ async fn kubectl_attach_joins_the_main_process_with_both_kubectls() {
         (&kubectl_old, &[], "kubectl 1.20 (SPDY)"),
     ];
     for (i, (bin, env, what)) in variants.into_iter().enumerate() {
-        let mut child = attach(bin, &kc, env, &["-i", "echo"]);
+        let mut child = attach(bin, kc, env, &["-i", "echo"]);
         let mut stdin = child.stdin.take().unwrap();
         let mut stdout = child.stdout.take().unwrap();
         let mut stderr = child.stderr.take().unwrap();
@@ -1157,12 +1118,12 @@ async fn kubectl_attach_joins_the_main_process_with_both_kubectls() {
         let _ = child.kill().await;
     }
     // The stdin outlived all three attaches.
-    let (code, out, err) = kubectl(&kubectl_new, &kc, &["logs", "echo"]).await;
+    let (code, out, err) = kubectl(&kubectl_new, kc, &["logs", "echo"]).await;
     assert_eq!(code, 0, "{err}");
     assert!(!out.contains("stdin-closed"), "{out}");
 
     // stdinOnce: the first attach's end is the container's stdin's.
-    let mut child = attach(&kubectl_new, &kc, &[], &["-i", "once"]);
+    let mut child = attach(&kubectl_new, kc, &[], &["-i", "once"]);
     let mut stdin = child.stdin.take().unwrap();
     let mut stdout = child.stdout.take().unwrap();
     stdin.write_all(b"only\n").await.unwrap();
@@ -1221,7 +1182,7 @@ async fn kubectl_attach_joins_the_main_process_with_both_kubectls() {
 
     // Negative control: jane may get pods but not create pods/attach.
     let jane = jane_kubeconfig(tb, cp);
-    apply(tb, &kubectl_new, &kc, "pod-getter.yaml", POD_GETTER).await;
+    apply(tb, &kubectl_new, kc, "pod-getter.yaml", POD_GETTER).await;
     for bin in [&kubectl_new, &kubectl_old] {
         let (code, _, err) = kubectl(bin, &jane, &["attach", "echo"]).await;
         assert_ne!(code, 0);

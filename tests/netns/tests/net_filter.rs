@@ -699,6 +699,146 @@ async fn the_snapshot_catches_a_set_left_behind() {
     assert!(before.diff(&end).is_empty(), "{:?}", before.diff(&end));
 }
 
+/// An nft session (one `nft -i` fed transaction after transaction, issue 16's proxy writer)
+/// against the real nft and kernel: each call returns once its transaction is live; a refused
+/// one is reported with nft's error, changes nothing (not even its commands before the bad
+/// one) and the session goes on in the same process; an nft killed between two transactions
+/// costs one `nft -f` of its own, through which that transaction still lands whole, and the
+/// next goes through a new session; dropping the session ends its nft.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_nft_session_commits_each_transaction_and_survives_a_dead_nft() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    use trellis_net::nft::{Delivery, Nft, NftSession};
+
+    require_root();
+    require_tool("nft", "nftables");
+    let tb = Testbed::new().unwrap();
+    let ns = tb.add_ns("nftsess").await.unwrap();
+    let session = NftSession::new(Nft::new(Some(&ns)));
+    let limit = Duration::from_secs(10);
+    let chain = || {
+        let tb = &tb;
+        let ns = &ns;
+        async move {
+            tb.exec_ok(
+                ns,
+                &["nft", "list", "chain", "ip", "trellis-t-sess", "c"],
+                limit,
+            )
+            .await
+            .unwrap()
+        }
+    };
+    // The nft processes running in this namespace.
+    let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(ns.path()).unwrap());
+    let nfts = move || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                let pid = e.path();
+                let comm = std::fs::read_to_string(pid.join("comm")).unwrap_or_default();
+                let net = std::fs::read_link(pid.join("ns/net")).unwrap_or_default();
+                comm.trim() == "nft" && net.to_string_lossy() == format!("net:[{ino}]")
+            })
+            .count()
+    };
+    let d = session
+        .apply("add table ip trellis-t-sess\nadd chain ip trellis-t-sess c\n")
+        .await
+        .unwrap();
+    assert_eq!(d, Delivery::Session);
+    // Transaction after transaction, each in place when the call returns.
+    let rule = |i: u32| format!("ip daddr 127.0.0.{i} counter");
+    for i in 1..=20 {
+        let d = session
+            .apply(&format!(
+                "flush chain ip trellis-t-sess c\nadd rule ip trellis-t-sess c {}\n",
+                rule(i)
+            ))
+            .await
+            .unwrap();
+        assert_eq!(d, Delivery::Session, "transaction {i}");
+        let now = chain().await;
+        assert!(
+            now.contains(&format!("ip daddr 127.0.0.{i} ")),
+            "{i}: {now}"
+        );
+        assert!(
+            !now.contains(&format!("ip daddr 127.0.0.{} ", i - 1)),
+            "{i}: {now}"
+        );
+    }
+    assert_eq!(nfts(), 1, "one nft for all of them");
+    let pid = session.pid().await.unwrap();
+    // A refused transaction: nft's error, and nothing of it applied (the flush before the bad
+    // rule neither).
+    let bad = session
+        .apply("flush chain ip trellis-t-sess c\nadd rule ip trellis-t-sess nosuchchain counter\n")
+        .await
+        .unwrap_err();
+    assert!(
+        bad.to_string().contains("No such file or directory"),
+        "{bad}"
+    );
+    assert!(chain().await.contains("ip daddr 127.0.0.20 "));
+    assert_eq!(session.pid().await, Some(pid), "the same nft goes on");
+    session
+        .apply(&format!(
+            "flush chain ip trellis-t-sess c\nadd rule ip trellis-t-sess c {}\n",
+            rule(21)
+        ))
+        .await
+        .unwrap();
+    assert!(chain().await.contains("ip daddr 127.0.0.21 "));
+    // The nft dies between two transactions: the next lands through a one-shot nft.
+    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    let d = session
+        .apply(&format!(
+            "flush chain ip trellis-t-sess c\nadd rule ip trellis-t-sess c {}\n",
+            rule(22)
+        ))
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            d,
+            Delivery::OneShot {
+                session_error: Some(_)
+            }
+        ),
+        "{d:?}"
+    );
+    let now = chain().await;
+    assert!(
+        now.contains("ip daddr 127.0.0.22 ") && !now.contains("127.0.0.21 "),
+        "{now}"
+    );
+    assert_eq!((session.fallbacks(), session.sessions_started()), (1, 1));
+    // And the one after goes through a new session.
+    let d = session
+        .apply(&format!(
+            "flush chain ip trellis-t-sess c\nadd rule ip trellis-t-sess c {}\n",
+            rule(23)
+        ))
+        .await
+        .unwrap();
+    assert_eq!(d, Delivery::Session);
+    assert_ne!(session.pid().await, Some(pid));
+    assert!(chain().await.contains("ip daddr 127.0.0.23 "));
+    session
+        .apply("delete table ip trellis-t-sess\n")
+        .await
+        .unwrap();
+    drop(session);
+    let gone = std::time::Instant::now();
+    while nfts() > 0 {
+        assert!(gone.elapsed() < limit, "the session's nft outlived it");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The nf_tables generation is the namespace's own, stays put while nothing is committed, and
 /// moves with every commit — by iptables-nft, by nft, by a restore session — so policyd's
 /// verifier may skip reading the rules back while it has not moved.

@@ -23,8 +23,8 @@ mod policy_cluster;
 mod routed_cluster;
 
 use std::net::SocketAddrV4;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use netns_testbed::matrix::{self, Cell, Endpoint, Proto};
@@ -41,13 +41,19 @@ const FLIP_PROBE: Duration = Duration::from_millis(300);
 /// The beat of the single-cell probes that time a flip finely.
 const SENTINEL_EVERY: Duration = Duration::from_millis(50);
 
+/// What the sentinel has seen so far: (start offset, answered) of each finished probe, in the
+/// order they finished.
+type Seen = Arc<Mutex<Vec<(Duration, bool)>>>;
+
 /// Probes `cell` every [`SENTINEL_EVERY`] from `since` until `stop` (10 s at most), each probe
-/// a task of its own so a slow one does not shift the beat: (start offset, answered) of each.
+/// a task of its own so a slow one does not shift the beat. Each result goes into `seen` as it
+/// comes; the handle returns them all, by start offset, once every probe has finished.
 fn sentinel(
     pods: &[Endpoint],
     cell: Cell,
     since: Instant,
     stop: Arc<AtomicBool>,
+    seen: Seen,
 ) -> tokio::task::JoinHandle<Vec<(Duration, bool)>> {
     let from = pods[cell.from].ns.clone();
     let to = SocketAddrV4::new(pods[cell.to].ip, cell.port);
@@ -58,19 +64,21 @@ fn sentinel(
         while !stop.load(Ordering::Relaxed) && since.elapsed() < Duration::from_secs(10) {
             beat.tick().await;
             let at = since.elapsed();
-            let from = from.clone();
-            started.push((
-                at,
-                tokio::spawn(
-                    async move { matrix::probe_once(&from, to, cell.proto, FLIP_PROBE).await },
-                ),
-            ));
+            let (from, seen) = (from.clone(), seen.clone());
+            started.push(tokio::spawn(async move {
+                let answered = matrix::probe_once(&from, to, cell.proto, FLIP_PROBE).await;
+                if let Ok(v) = answered {
+                    seen.lock().unwrap().push((at, v));
+                }
+                answered
+            }));
         }
-        let mut seen = Vec::new();
-        for (at, probe) in started {
-            seen.push((at, probe.await.unwrap().unwrap()));
+        for probe in started {
+            probe.await.unwrap().unwrap();
         }
-        seen
+        let mut all = seen.lock().unwrap().clone();
+        all.sort_by_key(|(at, _)| *at);
+        all
     })
 }
 
@@ -193,7 +201,8 @@ async fn timed_flip(
         .find(|cell| cell.proto == Proto::Tcp)
         .expect("a TCP cell among the changed ones");
     let stop = Arc::new(AtomicBool::new(false));
-    let fine = sentinel(&pods, watched, exited, stop.clone());
+    let seen = Seen::default();
+    let fine = sentinel(&pods, watched, exited, stop.clone(), seen.clone());
     let mut rounds = 0;
     let took = loop {
         let round = exited.elapsed();
@@ -215,11 +224,30 @@ async fn timed_flip(
             c.logs_tail()
         );
     };
-    // A few more beats with the new verdict, then the sentinel's own reading.
-    tokio::time::sleep(SENTINEL_EVERY * 4).await;
+    // The sentinel goes on until two of its probes started after that round have answered
+    // with the new verdict (bounded), then its own reading.
+    let new = after.cells[&watched];
+    let settled = exited.elapsed();
+    let enough = Instant::now() + Duration::from_secs(5);
+    loop {
+        let confirming = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(at, v)| *at >= settled && *v == new)
+            .count();
+        if confirming >= 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < enough,
+            "`trellis {argv:?}`: the sentinel on {watched:?} did not see {new} twice within 5 s of the round that did: {:?}",
+            seen.lock().unwrap()
+        );
+        tokio::time::sleep(SENTINEL_EVERY / 5).await;
+    }
     stop.store(true, Ordering::Relaxed);
     let seen = fine.await.unwrap();
-    let new = after.cells[&watched];
     let fine_took = flip_time(&seen, new).unwrap_or_else(|| {
         panic!("`trellis {argv:?}`: the watched cell {watched:?} never settled on {new}: {seen:?}")
     });

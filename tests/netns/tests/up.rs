@@ -9,7 +9,9 @@
 //! `--control-plane 3`: three members on a 3-member etcd; killing every process of the member
 //! whose scheduler and controller-manager lead (its API server and etcd member with them)
 //! leaves a cluster that still takes writes through kubectl's address, still schedules and
-//! runs a new Deployment (the standbys took over), and still goes down clean.
+//! runs a new Deployment (the standbys took over), and still goes down clean. Its negative
+//! control: with `--control-plane 1`, killing the one member's processes stops the API
+//! answering kubectl.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -693,6 +695,83 @@ async fn three_control_plane_members_keep_serving_when_the_leading_one_is_killed
     let down = f.trellis(&["down"], Duration::from_secs(60)).await;
     assert!(down.success(), "{}", show(&down));
     println!("{}trellis down took {:?}", down.stdout, t.elapsed());
+    f.assert_clean("after down").await;
+}
+
+/// The negative control of the test above: with a single member, SIGKILLing its processes
+/// (API server, scheduler, controller-manager) stops the cluster serving — kubectl's reads and
+/// writes fail (a bounded wait for the first refusal) — so the 3-member cluster's survival is
+/// the other members' doing, not something the kill leaves running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_control_plane_member_killed_stops_the_cluster_serving() {
+    let kubectl_bin = require_tool("kubectl", "kubectl (the image's own)");
+    let f = Fixture::new().await;
+    f.assert_clean("before up").await;
+    let out = f
+        .trellis(
+            &["up", "--nodes", "1", "--control-plane", "1"],
+            Duration::from_secs(300),
+        )
+        .await;
+    assert!(out.success(), "up failed:\n{}", show(&out));
+    assert!(out.stdout.contains("1 nodes Ready"), "{}", out.stdout);
+    let kc = f.kubeconfig();
+    let k = async |args: &[&str]| kubectl(&f, &kubectl_bin, &kc, args).await;
+    let w = k(&[
+        "create",
+        "configmap",
+        "solo-before",
+        "--from-literal=k=before",
+    ])
+    .await;
+    assert!(w.success(), "a write before the loss: {}", show(&w));
+
+    // Every process `up` started on the one member.
+    let state_file = f.cluster_dir().join("state.json");
+    let killed = kill_on(&state_file, "cp", None);
+    let whats: Vec<&str> = killed.iter().map(|(w, _)| w.as_str()).collect();
+    for want in ["apiserver", "scheduler", "controller-manager"] {
+        assert!(
+            whats.contains(&want),
+            "the member ran no {want}: {killed:?}"
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while killed.iter().any(|(_, pid)| start_ticks(*pid).is_some()) {
+        assert!(Instant::now() < deadline, "still running: {killed:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The API stops answering: kubectl's read, with the same kubeconfig and address, fails.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = k(&["get", "--raw", "/healthz", "--request-timeout=5s"]).await;
+        if !r.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the API still answers 30 s after its only member was killed: {}",
+            show(&r)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let w = k(&[
+        "create",
+        "configmap",
+        "solo-after",
+        "--from-literal=k=after",
+        "--request-timeout=5s",
+    ])
+    .await;
+    assert!(
+        !w.success(),
+        "a write succeeded with the only member dead: {}",
+        show(&w)
+    );
+
+    let down = f.trellis(&["down"], Duration::from_secs(60)).await;
+    assert!(down.success(), "{}", show(&down));
     f.assert_clean("after down").await;
 }
 

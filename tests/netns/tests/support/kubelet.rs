@@ -80,24 +80,13 @@ impl Kubelets {
         // The kubelet's own identity from the cluster CA, never the admin's.
         std::fs::create_dir_all(dirs).unwrap();
         let kubeconfig = dirs.join("kubelet.kubeconfig");
-        let out = std::process::Command::new(&trellis)
-            .args(["certs", "kubeconfig", "--data-dir"])
-            .arg(&cp.dir)
-            .args([
-                "--user",
-                &format!("system:node:{}", node.name),
-                "--group",
-                "system:nodes",
-            ])
-            .args(["--server", &format!("https://{}", cp.addr), "--out"])
-            .arg(&kubeconfig)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "certs kubeconfig: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        cp.issue_kubeconfig(
+            &format!("system:node:{}", node.name),
+            &["system:nodes"],
+            &cp.server(),
+            &kubeconfig,
+        )
+        .unwrap();
         let d = |s: &str| dirs.join(s).display().to_string();
         let (root_s, net_d, cache, bins, refs, ip) = (
             root.display().to_string(),

@@ -1048,17 +1048,26 @@ async fn restart_keeps_rules() {
     );
     let gone_ip = gone_vip.ip().to_string();
     if PROXY_BACKEND == "nftables" {
+        // The main table and the shards that hold the service chains and maps.
         let table = env
             .c
             .tb
             .exec(
                 &node_ns,
-                &["nft", "list", "table", "ip", "trellis-proxy"],
+                &[
+                    "sh",
+                    "-c",
+                    "for t in $(nft list tables | awk '$3 ~ /^trellis-proxy/ {print $3}'); do nft list table ip $t; done",
+                ],
                 Duration::from_secs(10),
             )
             .await
             .unwrap()
             .stdout;
+        assert!(
+            table.contains("table ip trellis-proxy-svc-00 {"),
+            "the shard tables are there:\n{table}"
+        );
         assert!(!table.contains(&gone_ip), "{table}");
         assert!(table.contains(&keep_vip.ip().to_string()), "{table}");
         assert!(
