@@ -718,7 +718,6 @@ fn the_scale_cluster_compiles_the_same_program_every_time() {
 // ---- pod events: a change set, not a recompile ----
 
 use crate::compile::{Plan, plan_pods};
-use crate::xt::Program;
 
 fn on(node: &str) -> Options {
     Options {
