@@ -12,8 +12,11 @@
 //! - New-connection rate: client pods on node n2 open and reset TCP connections to a server pod
 //!   on n1 (in a loop, several threads, `--seconds` each), with policyd's rules in place (the
 //!   server selected by 10 policies that allow the clients) and with none (policyd stopped, its
-//!   chains, jumps and sets removed: conntrack only). Rounds alternate the two; medians and the
-//!   ratio are printed.
+//!   chains, jumps and sets removed: conntrack only — a table of the bench's own keeps conntrack
+//!   tracking n1's packets in both conditions, with no rule on the forwarded path; without it a
+//!   routed node has no rule that needs conntrack and tracks nothing). Rounds alternate the
+//!   two, then a third, for reference only: no netfilter at all (that table removed too);
+//!   medians and the ratio are printed.
 //! - Memory: policyd's VmRSS and VmHWM at that scale.
 //!
 //! Run it with:
