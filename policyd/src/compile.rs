@@ -3,8 +3,11 @@
 //! Layout (filter table):
 //!
 //! ```text
-//! FORWARD → TRELLIS-POL-FWD: ESTABLISHED,RELATED accept; -j TRELLIS-POL-EGR; -j TRELLIS-POL-ING
-//! INPUT   → TRELLIS-POL-IN:  ESTABLISHED,RELATED accept; -j TRELLIS-POL-EGR   (pods to the node)
+//! FORWARD → TRELLIS-POL-FWD: ESTABLISHED,RELATED accept; [-i tr+] -j TRELLIS-POL-EGR;
+//!                            -j TRELLIS-POL-ING
+//! INPUT   → TRELLIS-POL-IN:  ESTABLISHED,RELATED accept; [-i tr+] -j TRELLIS-POL-EGR
+//!                            (pods to the node; `-i tr+` when every local pod's interface is
+//!                            known, so other nodes' packets skip the egress dispatch)
 //! OUTPUT  → TRELLIS-POL-OUT: ESTABLISHED,RELATED accept; committed pods return; pending deny
 //! TRELLIS-POL-EGR: per local pod  -s IP -i IFACE -g TRELLIS-PE-<id>   (routed veth)
 //!                                 -s IP -m physdev --physdev-in IFACE -g TRELLIS-PE-<id> (bridged)
@@ -515,6 +518,21 @@ fn frame(local: &[&Pod], opts: &Options) -> Vec<(String, Vec<XRule>)> {
             pending,
         ));
     }
+    // Every rule of the egress dispatch matches a pod interface (`tr…`) when every local pod's
+    // interface is known: a packet from anywhere else (another node, the underlay) would walk
+    // two rules per local pod to fall through, so it skips the chain — the first packet of every
+    // connection into a pod pays one rule instead of a hundred at 50 pods. A pod whose
+    // interface is unknown is dispatched by address alone, on any interface: then every packet
+    // walks the chain as before.
+    let tr = names::POD_IFACE_WILDCARD.trim_end_matches('+');
+    let from_pods = if local
+        .iter()
+        .all(|p| p.iface.as_deref().is_some_and(|i| i.starts_with(tr)))
+    {
+        vec![Match::InIface(names::POD_IFACE_WILDCARD.into())]
+    } else {
+        Vec::new()
+    };
     vec![
         (names::EGRESS.into(), egr),
         (names::INGRESS.into(), ing),
@@ -524,7 +542,7 @@ fn frame(local: &[&Pod], opts: &Options) -> Vec<(String, Vec<XRule>)> {
             vec![
                 established(),
                 XRule::new(
-                    vec![],
+                    from_pods.clone(),
                     Target::Jump(names::EGRESS.into()),
                     "egress of local pods",
                 ),
@@ -540,7 +558,7 @@ fn frame(local: &[&Pod], opts: &Options) -> Vec<(String, Vec<XRule>)> {
             vec![
                 established(),
                 XRule::new(
-                    vec![],
+                    from_pods,
                     Target::Jump(names::EGRESS.into()),
                     "local pods to the node",
                 ),

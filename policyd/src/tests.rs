@@ -14,7 +14,7 @@ use crate::compile::{Options, compile};
 use crate::eval::{Flow, evaluate};
 use crate::model::{Cluster, ContainerPort, Pod};
 use crate::rules::{Proto, Tier};
-use crate::xt::Packet;
+use crate::xt::{Match, Packet, Program, Target};
 use crate::{cnp, names, netpol};
 
 /// x, y, z with pods a, b, c each (a and b on n1, c on n2), serving 80/TCP "serve-80", 81/UDP
@@ -718,7 +718,6 @@ fn the_scale_cluster_compiles_the_same_program_every_time() {
 // ---- pod events: a change set, not a recompile ----
 
 use crate::compile::{Plan, plan_pods};
-use crate::xt::Program;
 
 fn on(node: &str) -> Options {
     Options {
@@ -1053,4 +1052,59 @@ fn a_policy_change_rewrites_only_the_chains_of_the_pods_it_selects() {
     );
     plan.apply_to(&mut prog);
     assert_eq!(prog, compile(&after, &opts));
+}
+
+/// Other nodes' packets skip the egress dispatch when every local pod's interface is known (two
+/// rules per local pod saved on every new connection into the node), and walk it as before when
+/// a pod is dispatched by address alone.
+#[test]
+fn only_pod_interfaces_enter_the_egress_dispatch_when_every_interface_is_known() {
+    let c = with_np(
+        cluster(),
+        "x",
+        "deny-egress",
+        json!({"podSelector": {"matchLabels": {"pod": "a"}}, "policyTypes": ["Egress"]}),
+    );
+    let opts = Options {
+        node: "n1".into(),
+        pending_deny: true,
+    };
+    let jump_match = |prog: &Program, chain: &str| {
+        prog.chains[chain]
+            .iter()
+            .find(|r| r.target == Target::Jump(names::EGRESS.into()))
+            .map(|r| r.matches.clone())
+            .expect("a jump to the egress dispatch")
+    };
+    let prog = compile(&c, &opts);
+    let from_pods = vec![Match::InIface(names::POD_IFACE_WILDCARD.into())];
+    assert_eq!(jump_match(&prog, names::FWD), from_pods);
+    assert_eq!(jump_match(&prog, names::IN), from_pods);
+    // x/a's egress is denied from its own interface, whatever the path.
+    let from_xa = Packet {
+        src: ip(&c, "x/a"),
+        dst: ip(&c, "y/c"),
+        proto: TCP,
+        port: 80,
+        in_iface: "trxa".into(),
+        out_iface: "eth0".into(),
+        phys_in: None,
+        established: false,
+    };
+    assert_eq!(prog.traverse(names::FWD, &from_xa), Some(false));
+
+    // x/a's interface unknown: dispatched by its address on any interface, so every packet
+    // enters the chain (here one from the underlay carrying x/a's address gets x/a's egress).
+    let mut c2 = c.clone();
+    if let Some(p) = c2.pods.get_mut("x/a") {
+        p.iface = None;
+    }
+    let prog = compile(&c2, &opts);
+    assert!(jump_match(&prog, names::FWD).is_empty());
+    assert!(jump_match(&prog, names::IN).is_empty());
+    let via_underlay = Packet {
+        in_iface: "eth0".into(),
+        ..from_xa
+    };
+    assert_eq!(prog.traverse(names::FWD, &via_underlay), Some(false));
 }

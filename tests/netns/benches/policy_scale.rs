@@ -12,8 +12,11 @@
 //! - New-connection rate: client pods on node n2 open and reset TCP connections to a server pod
 //!   on n1 (in a loop, several threads, `--seconds` each), with policyd's rules in place (the
 //!   server selected by 10 policies that allow the clients) and with none (policyd stopped, its
-//!   chains, jumps and sets removed: conntrack only). Rounds alternate the two; medians and the
-//!   ratio are printed.
+//!   chains, jumps and sets removed: conntrack only — a table of the bench's own keeps conntrack
+//!   tracking n1's packets in both conditions, with no rule on the forwarded path; without it a
+//!   routed node has no rule that needs conntrack and tracks nothing). Rounds alternate the
+//!   two, then a third, for reference only: no netfilter at all (that table removed too);
+//!   medians and the ratio are printed.
 //! - Memory: policyd's VmRSS and VmHWM at that scale.
 //!
 //! Run it with:
@@ -497,6 +500,56 @@ async fn strip_policy(c: &PolicyCluster, i: usize) {
     );
 }
 
+/// The table that keeps conntrack on in a node with no policy: nf_conntrack tracks a
+/// namespace's packets only while some rule there needs it, and without policyd's rules a
+/// routed node has none, so "no policy" would also be "no conntrack" (the issue's baseline is
+/// the node "with no policy and only conntrack"). One rule with a `ct` expression on the OUTPUT
+/// hook turns tracking on for the whole namespace, and no forwarded packet ever meets it (its
+/// counter stays 0). Kept in both conditions, so the nodes differ only in policyd's rules.
+const CT_TABLE: &str = "trellis-bench-ct";
+
+/// Turns node `i`'s conntrack-only table on or off.
+async fn conntrack_table(c: &PolicyCluster, i: usize, on: bool) {
+    let ns = c.nodes[i].node.ns.clone();
+    let script = if on {
+        format!(
+            "add table ip {CT_TABLE}\n\
+             add chain ip {CT_TABLE} out {{ type filter hook output priority 0; }}\n\
+             add rule ip {CT_TABLE} out ct state invalid counter\n"
+        )
+    } else {
+        format!("delete table ip {CT_TABLE}\n")
+    };
+    let out = c
+        .tb()
+        .exec_stdin(
+            &ns,
+            &["nft", "-f", "-"],
+            script.as_bytes(),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    assert!(out.success(), "nft {script}: {}", out.stderr);
+}
+
+/// Node `i`'s conntrack entries (0 while nothing there needs conntrack).
+async fn conntrack_count(c: &PolicyCluster, i: usize) -> u64 {
+    let ns = c.nodes[i].node.ns.clone();
+    let out = c
+        .tb()
+        .exec_ok(
+            &ns,
+            &["cat", "/proc/sys/net/netfilter/nf_conntrack_count"],
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    out.trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("nf_conntrack_count {out:?}: {e}"))
+}
+
 /// A server in the server pod: every connection gets one byte, then is closed. Stops (and
 /// its threads end) when dropped.
 struct Server {
@@ -659,6 +712,7 @@ async fn main() {
         ("iptables-save", "iptables"),
         ("iptables-restore", "iptables"),
         ("ipset", "ipset"),
+        ("nft", "nftables"),
     ] {
         require_tool(tool, pkg);
     }
@@ -881,8 +935,10 @@ async fn run() {
     let server = Server::start(&server_ns, server_ip, &[ALLOWED, DENIED], 2);
     let allowed = SocketAddr::from((server_ip, ALLOWED));
     let denied = SocketAddr::from((server_ip, DENIED));
-    let (mut with, mut without) = (Vec::new(), Vec::new());
-    let (mut failures_with, mut failures_without) = (0, 0);
+    let (mut with, mut without, mut bare) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut failures_with, mut failures_without, mut failures_bare) = (0, 0, 0);
+    let mut tracked = Vec::new();
+    conntrack_table(&c, MEASURED, true).await;
     let (mut full_ready, mut full_commit) = (Vec::new(), Vec::new());
     let mut memory = vec![(rss, hwm)];
     let mut policyd_cpu = Vec::new();
@@ -912,7 +968,7 @@ async fn run() {
         failures_with += failed;
         memory.push(memory_kb(c.policyd_pid(MEASURED)));
 
-        // Without: policyd stopped, everything it owns removed.
+        // Without: policyd stopped, everything it owns removed; conntrack still on.
         c.stop_policyd(MEASURED, nix::sys::signal::Signal::SIGTERM)
             .await;
         strip_policy(&c, MEASURED).await;
@@ -920,10 +976,30 @@ async fn run() {
             reaches(&clients, denied).await,
             "without policy port {DENIED} must be open"
         );
+        let ct0 = conntrack_count(&c, MEASURED).await;
         let (rate, failed) = connection_rate(&clients, allowed, parallel, seconds).await;
-        eprintln!("  round {r}/{rounds}: no policy   {rate:.0} conn/s ({failed} failed)");
+        let ct1 = conntrack_count(&c, MEASURED).await;
+        eprintln!(
+            "  round {r}/{rounds}: no policy, conntrack only {rate:.0} conn/s ({failed} failed; conntrack entries {ct0} → {ct1})"
+        );
+        // The baseline must track: at least the connections made in the last second of the
+        // round are still there (a reset connection stays 10 s, CLOSE).
+        assert!(
+            ct1 as f64 >= rate.min(1000.0) / 2.0,
+            "conntrack is not tracking on n1 in the conntrack-only rounds ({ct1} entries)"
+        );
+        tracked.push(ct1);
         without.push(rate);
         failures_without += failed;
+
+        // Nothing at all: conntrack off too (what these rounds measured before as "no
+        // policy"; printed for reference, not the issue's baseline).
+        conntrack_table(&c, MEASURED, false).await;
+        let (rate, failed) = connection_rate(&clients, allowed, parallel, seconds).await;
+        eprintln!("  round {r}/{rounds}: no netfilter {rate:.0} conn/s ({failed} failed)");
+        bare.push(rate);
+        failures_bare += failed;
+        conntrack_table(&c, MEASURED, true).await;
 
         // Cold full programming at full scale (all pods, all policies, the wired pods).
         let (ready, commit) = cold_start(&mut c, MEASURED).await;
@@ -937,6 +1013,7 @@ async fn run() {
         memory.push(memory_kb(c.policyd_pid(MEASURED)));
     }
     drop(server);
+    conntrack_table(&c, MEASURED, false).await;
 
     // The table.
     let pods_total = far + scale.wired + CLIENT_PODS + scale.samples;
@@ -1078,6 +1155,12 @@ async fn run() {
     println!(
         "  with policy {w:.0} ({with:.0?}; {failures_with} failed)  vs  no policy, conntrack only {wo:.0} ({without:.0?}; {failures_without} failed)  ratio {:.2}x  (aim ≥ 0.9x)",
         w / wo.max(1e-9)
+    );
+    let b = median(bare.clone());
+    println!(
+        "  for reference, no netfilter at all (conntrack off) {b:.0} ({bare:.0?}; {failures_bare} failed): with policy {:.2}x, conntrack only {:.2}x; conntrack entries on n1 after the conntrack-only rounds {tracked:?}",
+        w / b.max(1e-9),
+        wo / b.max(1e-9)
     );
     println!(
         "  policyd's CPU during the with-policy rounds (itself and the tools it ran): {:.1} % of a core (median; {:?})",
