@@ -603,7 +603,7 @@ pub async fn run(
                         Work::Full(new) => *served = new,
                         Work::Delta(plan) => plan.apply_to(&mut served),
                     }
-                    metrics::committed(&metrics, &served, latency.as_secs_f64(), local.len());
+                    metrics::committed(&metrics, &served, local.len());
                 }
                 state.changed = Some(BTreeMap::new());
                 let t = stats.timings;
@@ -619,6 +619,7 @@ pub async fn run(
                 ] {
                     metrics::phase(&metrics, phase, d.as_secs_f64());
                 }
+                metrics::commit_latency(&metrics, latency.as_secs_f64());
                 tracing::debug!(
                     ?stats,
                     incremental,

@@ -33,15 +33,12 @@ pub fn phase(m: &Metrics, phase: &str, seconds: f64) {
     );
 }
 
-/// After a successful commit.
-pub fn committed(m: &Metrics, p: &Program, latency: f64, local_pods: usize) {
-    m.observe(
-        COMMIT_LATENCY,
-        "Seconds from the first model change (or gate request) to its rules being committed.",
-        &[],
-        latency,
-    );
-    m.inc(COMMITS, "Commits to iptables and ipset.", &[], 1.0);
+/// After a successful commit: the served program's gauges.
+///
+/// A scrape may land between any two of these updates, so the commit's latency, which readers
+/// take as the sign that a commit happened, and the commit count are recorded last, by
+/// [`commit_latency`], once the gauges and phases are in place.
+pub fn committed(m: &Metrics, p: &Program, local_pods: usize) {
     m.set(CHAINS, "Chains policyd owns.", &[], p.chains.len() as f64);
     m.set(
         RULES,
@@ -61,6 +58,17 @@ pub fn committed(m: &Metrics, p: &Program, latency: f64, local_pods: usize) {
         "Local pods with committed rules.",
         &[],
         local_pods as f64,
+    );
+}
+
+/// The last figure of a successful commit (see [`committed`]).
+pub fn commit_latency(m: &Metrics, latency: f64) {
+    m.inc(COMMITS, "Commits to iptables and ipset.", &[], 1.0);
+    m.observe(
+        COMMIT_LATENCY,
+        "Seconds from the first model change (or gate request) to its rules being committed.",
+        &[],
+        latency,
     );
 }
 
@@ -134,4 +142,31 @@ pub fn restore_fallbacks(m: &Metrics, n: u64) {
         &[],
         n as f64,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A scrape between the two calls must not see a commit whose gauges are not yet in place:
+    /// readers take the count and the latency as the sign that a commit happened.
+    #[test]
+    fn a_commit_is_counted_only_after_its_gauges_are_set() {
+        let m = Metrics::default();
+        committed(&m, &Program::default(), 3);
+        let between = m.render();
+        assert!(
+            between.contains("trellis_policyd_local_pods 3"),
+            "{between}"
+        );
+        assert!(!between.contains(COMMITS), "{between}");
+        assert!(!between.contains(COMMIT_LATENCY), "{between}");
+        commit_latency(&m, 0.01);
+        let after = m.render();
+        assert!(after.contains(&format!("{COMMITS} 1")), "{after}");
+        assert!(
+            after.contains(&format!("{COMMIT_LATENCY}_count 1")),
+            "{after}"
+        );
+    }
 }

@@ -265,7 +265,7 @@ async fn timed_commit<F: std::future::Future<Output = ()>>(
 ) -> Sample {
     // Start from a quiet policyd: no commit for 100 ms (a previous event's follow-up commit
     // would otherwise count as this one's).
-    let text = metrics(c, MEASURED).await;
+    let mut text = metrics(c, MEASURED).await;
     let (mut n0, mut s0) = histogram(&text, COMMIT_LATENCY);
     let mut p0 = phase_sums(&text);
     let (quiet, mut since) = (Instant::now(), Instant::now());
@@ -276,14 +276,17 @@ async fn timed_commit<F: std::future::Future<Output = ()>>(
             c.logs_tail()
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
-        let text = metrics(c, MEASURED).await;
+        text = metrics(c, MEASURED).await;
         let (n, s) = histogram(&text, COMMIT_LATENCY);
         if n != n0 {
             (n0, s0, since) = (n, s, Instant::now());
             p0 = phase_sums(&text);
         }
     }
+    // The gauge as the quiet policyd left it (the last read, not the first: a commit during
+    // the quiet wait may have moved it).
     let gauge0 = until.map(|g| metric(&text, g));
+    let n_write = n0;
     let t0 = Instant::now();
     write.await;
     loop {
@@ -306,11 +309,17 @@ async fn timed_commit<F: std::future::Future<Output = ()>>(
                     phases: std::array::from_fn(|i| per(p1[i] - p0[i])),
                 };
             }
+            // A commit without the write's effect (the pod's create, before its address): the
+            // next one is measured from here. policyd records a commit's count and latency
+            // after its gauges, so a commit counted here has its gauges in this read too.
             (n0, s0, p0) = (n, s, p1);
         }
         assert!(
             t0.elapsed() < SAMPLE_LIMIT,
-            "no commit within {SAMPLE_LIMIT:?} of an API write\n{}",
+            "no commit within {SAMPLE_LIMIT:?} of an API write ({} commits since the write; \
+             gauge before: {gauge0:?}, now: {:?})\n{}",
+            n - n_write,
+            until.map(|g| metric(&text, g)),
             c.logs_tail()
         );
         tokio::time::sleep(Duration::from_millis(1)).await;
