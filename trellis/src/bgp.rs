@@ -97,6 +97,20 @@ pub struct AgentArgs {
     /// Neither ask peers to keep our routes across a restart nor keep theirs.
     #[arg(long)]
     no_graceful_restart: bool,
+    /// Run BFD (RFC 5880/5881, single-hop, UDP 3784) with every peer — mesh nodes and
+    /// --peer neighbours; a BGPPeer's `bfd` overrides it. A BFD Down ends the BGP session at
+    /// once and withdraws its routes (no graceful-restart stale period); the peer's AdminDown
+    /// (e.g. its agent stopping) is no failure.
+    #[arg(long)]
+    bfd: bool,
+    /// BFD's Desired Min TX and Required Min RX, milliseconds (a BGPPeer's
+    /// `bfd.minTxMs`/`minRxMs` override it). While a session is not Up it sends once a second.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    bfd_interval_ms: u64,
+    /// BFD's Detect Mult: the peer is declared down after this many intervals without a packet
+    /// (a BGPPeer's `bfd.multiplier` overrides it).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..))]
+    bfd_multiplier: u8,
     /// Act as a route reflector with this cluster id.
     #[arg(long)]
     cluster_id: Option<Ipv4Addr>,
@@ -162,6 +176,9 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     c.export = args.export_filter;
     c.max_prefix_restart = Duration::from_secs(args.max_prefix_restart.max(1));
     c.graceful_restart = !args.no_graceful_restart;
+    c.bfd = args.bfd;
+    c.bfd_interval = Duration::from_millis(args.bfd_interval_ms);
+    c.bfd_multiplier = args.bfd_multiplier;
     c.cluster_id = args.cluster_id;
     c.state_dir = args.state_dir;
     c.cni_conf_dir = args
@@ -244,7 +261,7 @@ async fn get_within(agent: SocketAddr, path: &str, limit: Duration) -> anyhow::R
 }
 
 /// `trellis bgp status`: a row per peer (prefixes now; UPDATEs in this session and in all),
-/// and under it the last error, when there is one.
+/// and under it its BFD session and the last error, when there are.
 fn status_table(peers: &[PeerRow]) -> String {
     use std::fmt::Write;
     let mut out = format!(
@@ -268,6 +285,17 @@ fn status_table(peers: &[PeerRow]) -> String {
             p.sessions,
             updates,
         );
+        if let Some(b) = &p.bfd {
+            let _ = write!(
+                out,
+                "    bfd: {} (peer {}), {} ms x {}, detection {} ms, {} downs",
+                b.state, b.remote_state, b.min_tx_ms, b.multiplier, b.detection_ms, b.downs
+            );
+            if b.diag != "no diagnostic" {
+                let _ = write!(out, ", last: {}", b.diag);
+            }
+            out.push('\n');
+        }
         if let Some(e) = &p.last_error {
             let _ = writeln!(out, "    last error: {e}");
         }
@@ -357,6 +385,30 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(status_table(&[old]).lines().count(), 2);
+    }
+
+    #[test]
+    fn the_status_table_shows_bfd_under_its_peer() {
+        let row: PeerRow = serde_json::from_value(serde_json::json!({
+            "address": "198.18.0.2", "remote_asn": 64512, "state": "Idle", "uptime_seconds": 0,
+            "prefixes_received": 0, "prefixes_sent": 0, "updates_received": 0, "updates_sent": 0,
+            "last_error": "BFD down: control detection time expired",
+            "bfd": {"state": "Down", "remote_state": "Down", "diag": "control detection time expired",
+                    "remote_diag": "no diagnostic", "min_tx_ms": 300, "min_rx_ms": 300,
+                    "multiplier": 3, "detection_ms": 0, "uptime_seconds": 0, "downs": 1,
+                    "packets_sent": 40, "packets_received": 38}
+        }))
+        .unwrap();
+        let table = status_table(&[row]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(
+            lines[2],
+            "    bfd: Down (peer Down), 300 ms x 3, detection 0 ms, 1 downs, last: control detection time expired"
+        );
+        assert_eq!(
+            lines[3],
+            "    last error: BFD down: control detection time expired"
+        );
     }
 
     #[tokio::test]

@@ -1,8 +1,8 @@
 //! BGP configuration as custom resources, in the manner of Calico's: `BGPConfiguration` (the
 //! object named `default` holds the cluster-wide settings: AS number, node-to-node mesh on or
 //! off, route-reflector cluster id, hold time) and `BGPPeer` (a neighbour: address, AS, which
-//! node peers with it — one node by name, or every node — its hold time and its
-//! max-prefix limit), both
+//! node peers with it — one node by name, or every node — its hold time, its max-prefix
+//! limit, its filters, its password and its BFD), both
 //! cluster-scoped in `bgp.trellis.dev/v1`. `deploy/bgp-crds.yaml` is the same two definitions
 //! for `kubectl apply -f` (a test keeps them equal).
 
@@ -69,6 +69,25 @@ pub struct PeerSpec {
     /// TCP MD5 password from a Secret, as Calico's `password.secretKeyRef`.
     #[serde(default)]
     pub password: Option<PasswordSource>,
+    /// BFD for this peer (absent: the agent's `--bfd` setting).
+    #[serde(default)]
+    pub bfd: Option<BfdSpec>,
+}
+
+/// `spec.bfd`: `{enabled, minRxMs, minTxMs, multiplier}`. A field left out takes the agent's
+/// flag (`--bfd`, `--bfd-interval-ms`, `--bfd-multiplier`); `enabled: false` switches BFD off
+/// for this peer even when `--bfd` is on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BfdSpec {
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    #[serde(default)]
+    pub min_rx_ms: Option<u32>,
+    #[serde(default)]
+    pub min_tx_ms: Option<u32>,
+    #[serde(default)]
+    pub multiplier: Option<u8>,
 }
 
 /// `spec.password`.
@@ -235,6 +254,12 @@ pub fn peer_crd() -> CrdSpec {
                     "name": {"type": "string"},
                     "key": {"type": "string"},
                 }},
+            }},
+            "bfd": {"type": "object", "properties": {
+                "enabled": {"type": "boolean"},
+                "minRxMs": {"type": "integer", "minimum": 1, "maximum": 60000},
+                "minTxMs": {"type": "integer", "minimum": 1, "maximum": 60000},
+                "multiplier": {"type": "integer", "minimum": 1, "maximum": 255},
             }},
         }}),
         columns: json!([
@@ -423,6 +448,7 @@ pub fn watch(
                     import,
                     export,
                     password,
+                    bfd: p.bfd,
                 });
             }
             let now = Dynamic {
@@ -503,6 +529,20 @@ mod tests {
         assert_eq!(p.filters, ["pods"]);
         let r = &p.password.unwrap().secret_key_ref;
         assert_eq!((r.name.as_str(), r.key.as_str()), ("bgp-secrets", "tor1"));
+        assert_eq!(p.bfd, None);
+        // And its BFD, field by field.
+        let p: PeerSpec = serde_json::from_value(json!({"peerIP": "198.18.0.9", "asNumber": 65000,
+            "bfd": {"enabled": true, "minRxMs": 100, "multiplier": 5}}))
+        .unwrap();
+        assert_eq!(
+            p.bfd,
+            Some(BfdSpec {
+                enabled: Some(true),
+                min_rx_ms: Some(100),
+                min_tx_ms: None,
+                multiplier: Some(5)
+            })
+        );
     }
 
     #[test]

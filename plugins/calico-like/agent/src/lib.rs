@@ -23,6 +23,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use trellis_bfd::Bfd;
+use trellis_bfd::driver::{BfdConfig, PeerSpec as BfdPeer};
 use trellis_bgp::speaker::{PeerConfig, Speaker, SpeakerConfig};
 use trellis_bgp::{LocRibChange, PrefixFilter, RoutePolicy};
 pub use trellis_bgp::{Md5Key, PrefixRule};
@@ -50,6 +52,8 @@ pub struct Neighbour {
     pub export: Vec<PrefixRule>,
     /// TCP MD5 password (`--peer-password-file`, or the Secret its `BGPPeer` names).
     pub password: Option<Md5Key>,
+    /// Its `BGPPeer`'s BFD settings; None (and any field left out): the agent's flags.
+    pub bfd: Option<crds::BfdSpec>,
 }
 
 impl std::str::FromStr for Neighbour {
@@ -72,6 +76,7 @@ impl std::str::FromStr for Neighbour {
             import: Vec::new(),
             export: Vec::new(),
             password: None,
+            bfd: None,
         })
     }
 }
@@ -112,6 +117,13 @@ pub struct Config {
     /// own prefixes go, and learned ones to iBGP peers only).
     pub export: Vec<PrefixRule>,
     pub graceful_restart: bool,
+    /// BFD (RFC 5880/5881) with every peer unless its `BGPPeer` says otherwise: a BFD Down
+    /// ends the BGP session at once.
+    pub bfd: bool,
+    /// BFD's Desired Min TX and Required Min RX for peers that do not set their own.
+    pub bfd_interval: Duration,
+    /// BFD's Detect Mult for peers that do not set their own.
+    pub bfd_multiplier: u8,
     pub cluster_id: Option<Ipv4Addr>,
     pub state_dir: PathBuf,
     /// Where the CNI configuration is written (None: not written).
@@ -151,6 +163,9 @@ impl Config {
             import: Vec::new(),
             export: Vec::new(),
             graceful_restart: true,
+            bfd: false,
+            bfd_interval: Duration::from_millis(300),
+            bfd_multiplier: 3,
             cluster_id: None,
             state_dir: trellis_routed::state::DEFAULT_STATE_DIR.into(),
             cni_conf_dir: None,
@@ -347,12 +362,16 @@ pub async fn run(
         }
         w
     };
-    apply_peers(
-        &speaker,
-        &mut peers,
-        &want(mesh_on, &mesh_peers, &crd_peers),
-        &config,
-    )?;
+    // BFD starts with the first peer that wants it (port 3784 stays free otherwise).
+    let mut bfd: Option<Bfd> = None;
+    let mut sessions = Sessions {
+        speaker: &speaker,
+        bfd: &mut bfd,
+        node_ip,
+    };
+    sessions
+        .apply(&mut peers, &want(mesh_on, &mesh_peers, &crd_peers), &config)
+        .await?;
 
     let mut routes = kernel::Installed::default();
     // Routes of our protocol that the RIB does not hold go once the sessions had time to
@@ -422,7 +441,7 @@ pub async fn run(
                     while let Ok(c) = changes.try_recv() {
                         routes.apply(&host, &c, current).await;
                     }
-                    status::publish(&speaker, &health, &metrics);
+                    status::publish(&speaker, sessions.bfd.as_ref(), &health, &metrics);
                     metrics.set(
                         "bgp_route_programming_failures",
                         "Learned routes the kernel refused (retried at the next resync).",
@@ -456,7 +475,7 @@ pub async fn run(
                 }
             } => {
                 mesh_peers = latest;
-                apply_peers(&speaker, &mut peers, &want(mesh_on, &mesh_peers, &crd_peers), &config)?;
+                sessions.apply(&mut peers, &want(mesh_on, &mesh_peers, &crd_peers), &config).await?;
             }
             Some(d) = async {
                 match dynamic_rx.as_mut() {
@@ -466,12 +485,12 @@ pub async fn run(
             } => {
                 mesh_on = d.mesh.unwrap_or(config.mesh);
                 crd_peers = d.peers;
-                apply_peers(&speaker, &mut peers, &want(mesh_on, &mesh_peers, &crd_peers), &config)?;
+                sessions.apply(&mut peers, &want(mesh_on, &mesh_peers, &crd_peers), &config).await?;
             }
             _ = tick.tick() => refresh = true,
             _ = hup.recv() => refresh = true,
             _ = publish.tick() => {
-                status::publish(&speaker, &health, &metrics);
+                status::publish(&speaker, sessions.bfd.as_ref(), &health, &metrics);
             }
         }
         if refresh {
@@ -497,7 +516,7 @@ pub async fn run(
                 tracing::warn!(error = %e, "reconciling kernel routes");
             }
             swept |= sweep;
-            status::publish(&speaker, &health, &metrics);
+            status::publish(&speaker, sessions.bfd.as_ref(), &health, &metrics);
             if !ready {
                 NodeState {
                     mtu: under.link.mtu,
@@ -522,6 +541,11 @@ pub async fn run(
     }
     let _ = http_stop.send(());
     tracing::info!("stopping; routes stay in place");
+    // BFD says AdminDown first: peers take that as no failure (RFC 5882 §3.2), so a restart
+    // is left to graceful restart instead of BFD tearing the sessions down.
+    if let Some(b) = bfd.take() {
+        b.shutdown().await;
+    }
     drop(speaker);
     Ok(())
 }
@@ -559,44 +583,155 @@ fn policy(n: &Neighbour, config: &Config) -> RoutePolicy {
     }
 }
 
-fn apply_peers(
-    speaker: &Speaker,
-    have: &mut BTreeMap<IpAddr, Neighbour>,
-    want: &BTreeMap<IpAddr, Neighbour>,
-    config: &Config,
-) -> Result<(), AgentError> {
-    for (addr, n) in have.clone() {
-        if want.get(&addr) != Some(&n) {
-            // A changed neighbour (its AS, timers or filters) gets a new session.
-            tracing::info!(peer = %addr, "removing peer");
-            speaker.remove_peer(addr).map_err(AgentError::mode)?;
-            have.remove(&addr);
-        }
+/// A neighbour's BFD intervals, None when BFD is off for it: its `BGPPeer`'s `bfd` fields,
+/// else the agent's flags.
+fn bfd_intervals(n: &Neighbour, config: &Config) -> Option<trellis_bfd::Intervals> {
+    let spec = n.bfd.unwrap_or_default();
+    if !spec.enabled.unwrap_or(config.bfd) {
+        return None;
     }
-    for (addr, n) in want {
-        if !have.contains_key(addr) {
-            tracing::info!(peer = %addr, asn = n.asn, "adding peer");
-            let mut pc = PeerConfig::new(*addr, n.asn);
-            pc.hold_time = Some(n.hold_time.unwrap_or(config.hold_time));
-            pc.max_prefixes =
-                n.max_prefixes
-                    .or(config.max_prefixes)
-                    .map(|limit| trellis_bgp::MaxPrefixes {
-                        limit,
-                        restart: config.max_prefix_restart,
-                    });
-            pc.policy = policy(n, config);
-            pc.password = n.password.clone();
-            speaker.add_peer(pc).map_err(AgentError::mode)?;
-            have.insert(*addr, n.clone());
+    let ms =
+        |v: Option<u32>| v.map_or(config.bfd_interval, |v| Duration::from_millis(u64::from(v)));
+    Some(trellis_bfd::Intervals {
+        desired_min_tx: ms(spec.min_tx_ms),
+        required_min_rx: ms(spec.min_rx_ms),
+        multiplier: spec.multiplier.unwrap_or(config.bfd_multiplier),
+    })
+}
+
+/// The sessions the agent runs: BGP with every neighbour, and BFD with those that want it.
+struct Sessions<'a> {
+    speaker: &'a Speaker,
+    bfd: &'a mut Option<Bfd>,
+    node_ip: Ipv4Addr,
+}
+
+impl Sessions<'_> {
+    /// The BFD driver, started on first use. A path BFD declares failed ends the neighbour's
+    /// BGP session at once, from BFD's own task (the agent's loop may be busy programming
+    /// routes).
+    async fn bfd(&mut self) -> Result<&Bfd, AgentError> {
+        if self.bfd.is_none() {
+            let failures = self.speaker.failures();
+            let started = Bfd::start(BfdConfig::default(), move |e| {
+                if e.transition.is_failure() {
+                    failures.session_failed(e.peer, e.reason());
+                }
+            })
+            .await
+            .map_err(AgentError::mode)?;
+            tracing::info!("BFD started (UDP 3784)");
+            *self.bfd = Some(started);
         }
+        self.bfd
+            .as_ref()
+            .ok_or_else(|| AgentError::mode(trellis_bfd::BfdError::Stopped))
     }
-    Ok(())
+
+    async fn apply(
+        &mut self,
+        have: &mut BTreeMap<IpAddr, Neighbour>,
+        want: &BTreeMap<IpAddr, Neighbour>,
+        config: &Config,
+    ) -> Result<(), AgentError> {
+        for (addr, n) in have.clone() {
+            if want.get(&addr) != Some(&n) {
+                // A changed neighbour (its AS, timers or filters) gets a new session.
+                tracing::info!(peer = %addr, "removing peer");
+                self.speaker.remove_peer(addr).map_err(AgentError::mode)?;
+                if let Some(b) = self.bfd.as_ref()
+                    && b.session(addr).is_some()
+                    && let Err(e) = b.remove(addr).await
+                {
+                    tracing::warn!(peer = %addr, error = %e, "removing the BFD session");
+                }
+                have.remove(&addr);
+            }
+        }
+        for (addr, n) in want {
+            if !have.contains_key(addr) {
+                tracing::info!(peer = %addr, asn = n.asn, "adding peer");
+                let mut pc = PeerConfig::new(*addr, n.asn);
+                pc.hold_time = Some(n.hold_time.unwrap_or(config.hold_time));
+                pc.max_prefixes =
+                    n.max_prefixes
+                        .or(config.max_prefixes)
+                        .map(|limit| trellis_bgp::MaxPrefixes {
+                            limit,
+                            restart: config.max_prefix_restart,
+                        });
+                pc.policy = policy(n, config);
+                pc.password = n.password.clone();
+                self.speaker.add_peer(pc).map_err(AgentError::mode)?;
+                if let Some(intervals) = bfd_intervals(n, config) {
+                    let local = match addr {
+                        IpAddr::V4(_) if !config.listen.ip().is_unspecified() => {
+                            Some(config.listen.ip())
+                        }
+                        IpAddr::V4(_) => Some(IpAddr::V4(self.node_ip)),
+                        IpAddr::V6(_) => None,
+                    };
+                    let spec = BfdPeer {
+                        local,
+                        intervals,
+                        ..BfdPeer::new(*addr)
+                    };
+                    // A BGP session without its BFD still runs (on its hold timer): say so.
+                    let added = match self.bfd().await {
+                        Ok(b) => b.add(spec).await.map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    if let Err(e) = added {
+                        tracing::warn!(peer = %addr, error = %e, "no BFD for this peer; failures are detected by the hold timer only");
+                    }
+                }
+                have.insert(*addr, n.clone());
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bfd_follows_the_peer_then_the_flags() {
+        let mut config = Config::new("n1");
+        let mut n: Neighbour = "198.18.0.12:65001".parse().unwrap();
+        assert_eq!(bfd_intervals(&n, &config), None, "off by default");
+        config.bfd = true;
+        assert_eq!(
+            bfd_intervals(&n, &config),
+            Some(trellis_bfd::Intervals::default()),
+            "--bfd: 300 ms x 3"
+        );
+        n.bfd = Some(crds::BfdSpec {
+            enabled: Some(false),
+            ..Default::default()
+        });
+        assert_eq!(
+            bfd_intervals(&n, &config),
+            None,
+            "a BGPPeer switches it off"
+        );
+        config.bfd = false;
+        n.bfd = Some(crds::BfdSpec {
+            enabled: Some(true),
+            min_rx_ms: Some(100),
+            min_tx_ms: None,
+            multiplier: Some(5),
+        });
+        assert_eq!(
+            bfd_intervals(&n, &config),
+            Some(trellis_bfd::Intervals {
+                desired_min_tx: Duration::from_millis(300),
+                required_min_rx: Duration::from_millis(100),
+                multiplier: 5,
+            })
+        );
+    }
 
     #[test]
     fn neighbours_read_like_flags() {

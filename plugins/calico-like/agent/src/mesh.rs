@@ -99,6 +99,7 @@ pub async fn watch(
                         import: Vec::new(),
                         export: Vec::new(),
                         password: None,
+                        bfd: None,
                     })
                     .collect();
                 if tx.send(mesh).await.is_err() {

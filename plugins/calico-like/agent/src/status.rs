@@ -2,6 +2,7 @@
 //! `trellis bgp routes`) and the Prometheus metrics, refreshed every second.
 
 use serde::{Deserialize, Serialize};
+use trellis_bfd::Bfd;
 use trellis_bgp::{Source, Speaker};
 use trellis_daemon::{Health, Metrics};
 
@@ -34,6 +35,32 @@ pub struct PeerRow {
     /// The last NOTIFICATION sent or received, or the last malformed UPDATE handled.
     #[serde(default)]
     pub last_error: Option<String>,
+    /// The peer's BFD session, when BFD is on for it.
+    #[serde(default)]
+    pub bfd: Option<BfdRow>,
+}
+
+/// A peer's BFD session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BfdRow {
+    /// `AdminDown`, `Down`, `Init` or `Up`.
+    pub state: String,
+    pub remote_state: String,
+    /// Why the session last left Up, in words (`no diagnostic` if it never did).
+    pub diag: String,
+    /// What the peer last said about its side.
+    pub remote_diag: String,
+    /// Configured Desired Min TX, Required Min RX (ms) and Detect Mult.
+    pub min_tx_ms: u64,
+    pub min_rx_ms: u64,
+    pub multiplier: u8,
+    /// The agreed detection time (0 until the peer was heard).
+    pub detection_ms: u64,
+    pub uptime_seconds: u64,
+    /// Times it went from Up to Down.
+    pub downs: u64,
+    pub packets_sent: u64,
+    pub packets_received: u64,
 }
 
 /// A peer's lifetime message counts.
@@ -56,7 +83,27 @@ pub struct RouteRow {
     pub stale: bool,
 }
 
-pub fn publish(speaker: &Speaker, health: &Health, metrics: &Metrics) {
+fn bfd_row(s: &trellis_bfd::SessionStatus) -> BfdRow {
+    BfdRow {
+        state: s.state.to_string(),
+        remote_state: s.remote_state.to_string(),
+        diag: s.diag.to_string(),
+        remote_diag: s.remote_diag.to_string(),
+        min_tx_ms: s.intervals.desired_min_tx.as_millis() as u64,
+        min_rx_ms: s.intervals.required_min_rx.as_millis() as u64,
+        multiplier: s.intervals.multiplier,
+        detection_ms: s.detection_time.as_millis() as u64,
+        uptime_seconds: s.up_since.map_or(0, |t| t.elapsed().as_secs()),
+        downs: s.downs,
+        packets_sent: s.packets_sent,
+        packets_received: s.packets_received,
+    }
+}
+
+pub fn publish(speaker: &Speaker, bfd: Option<&Bfd>, health: &Health, metrics: &Metrics) {
+    let bfd_sessions: std::collections::BTreeMap<std::net::IpAddr, BfdRow> = bfd
+        .map(|b| b.sessions().iter().map(|s| (s.peer, bfd_row(s))).collect())
+        .unwrap_or_default();
     let peers: Vec<PeerRow> = speaker
         .peers()
         .into_iter()
@@ -79,6 +126,7 @@ pub fn publish(speaker: &Speaker, health: &Health, metrics: &Metrics) {
                 messages_sent: p.total.messages_sent,
             },
             last_error: p.last_error,
+            bfd: bfd_sessions.get(&p.address).cloned(),
         })
         .collect();
     let routes: Vec<RouteRow> = speaker
@@ -105,6 +153,54 @@ pub fn publish(speaker: &Speaker, health: &Health, metrics: &Metrics) {
     metrics.clear("bgp_prefixes_sent");
     metrics.clear("bgp_updates_received");
     metrics.clear("bgp_updates_sent");
+    metrics.clear("bgp_bfd_session_up");
+    metrics.clear("bgp_bfd_session_downs");
+    metrics.clear("bgp_bfd_packets_sent");
+    metrics.clear("bgp_bfd_packets_received");
+    for p in &peers {
+        if let Some(b) = &p.bfd {
+            let l = [("peer", p.address.as_str())];
+            metrics.set(
+                "bgp_bfd_session_up",
+                "1 while the peer's BFD session is Up.",
+                &l,
+                if b.state == "Up" { 1.0 } else { 0.0 },
+            );
+            metrics.set(
+                "bgp_bfd_session_downs",
+                "Times the peer's BFD session went from Up to Down (each one ended the BGP session unless the peer said AdminDown).",
+                &l,
+                b.downs as f64,
+            );
+            metrics.set(
+                "bgp_bfd_packets_sent",
+                "BFD control packets sent to the peer.",
+                &l,
+                b.packets_sent as f64,
+            );
+            metrics.set(
+                "bgp_bfd_packets_received",
+                "BFD control packets accepted from the peer.",
+                &l,
+                b.packets_received as f64,
+            );
+        }
+    }
+    if let Some(b) = bfd {
+        let d = b.discards();
+        for (reason, n) in [
+            ("ttl", d.ttl),
+            ("malformed", d.malformed),
+            ("no_session", d.no_session),
+        ] {
+            metrics.set(
+                "bgp_bfd_packets_discarded",
+                "BFD packets thrown away: ttl (not 255, RFC 5881 §5), malformed (RFC 5880 §6.8.6), no_session (no session matches).",
+                &[("reason", reason)],
+                n as f64,
+            );
+        }
+    }
     for p in &peers {
         let l = [("peer", p.address.as_str())];
         metrics.set(

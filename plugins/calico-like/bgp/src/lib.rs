@@ -20,5 +20,6 @@ pub mod speaker;
 pub use filter::{PrefixFilter, PrefixRule, Verdict};
 pub use rib::{BestRoute, LocRibChange, RoutePolicy, Source};
 pub use speaker::{
-    MaxPrefixes, Md5Key, PeerConfig, PeerStatus, RouteChange, Speaker, SpeakerConfig, SpeakerError,
+    FailureHandle, MaxPrefixes, Md5Key, PeerConfig, PeerStatus, RouteChange, Speaker,
+    SpeakerConfig, SpeakerError,
 };

@@ -266,6 +266,42 @@ async fn without_graceful_restart_a_lost_session_withdraws_at_once() {
     no_route(&a, "10.244.2.0/26").await;
 }
 
+/// BFD's verdict (`session_failed`): the session ends at once and its routes are withdrawn,
+/// never kept stale, although both sides have graceful restart (the negative control, a
+/// session lost with graceful restart keeping its routes stale, is
+/// `graceful_restart_keeps_routes_stale_then_refreshes_them`).
+#[tokio::test]
+async fn a_path_failure_ends_the_session_and_withdraws_without_graceful_restart() {
+    let a = speaker("127.0.0.1", ASN, |_| {}).await;
+    let b = speaker("127.0.0.2", ASN, |_| {}).await;
+    b.announce(net("10.244.2.0/26"), ip("127.0.0.2"))
+        .expect("announce");
+    link(&a, &b);
+    route_where(&a, "10.244.2.0/26", "learned", |r| !r.stale).await;
+    let mut changes = a.subscribe();
+    while changes.try_recv().is_ok() {}
+    assert!(a.session_failed(ip("127.0.0.2"), "control detection time expired"));
+    assert!(!a.session_failed(ip("127.0.0.9"), "no such peer"));
+    let first = bounded("a Loc-RIB change", changes.recv())
+        .await
+        .expect("stream");
+    assert_eq!(
+        first,
+        LocRibChange::Withdrawn(net("10.244.2.0/26")),
+        "withdrawn, not kept stale"
+    );
+    let status = a.peer(ip("127.0.0.2")).expect("peer");
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("BFD down: control detection time expired")),
+        "{status:?}"
+    );
+    // The session starts again by itself (BFD's state is the agent's business).
+    route_where(&a, "10.244.2.0/26", "learned again", |r| !r.stale).await;
+}
+
 #[tokio::test]
 async fn a_polite_shutdown_withdraws_routes_even_with_graceful_restart() {
     let a = speaker("127.0.0.1", ASN, |_| {}).await;

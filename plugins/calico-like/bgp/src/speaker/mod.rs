@@ -379,11 +379,41 @@ struct Slot {
     stop: Option<oneshot::Sender<()>>,
     /// Wakes the task when an export could not be queued (see [`PEER_QUEUE`]).
     overflow: Arc<Notify>,
+    /// Takes the session down at once (see [`Speaker::session_failed`]).
+    failed: Arc<Failure>,
     task: Option<JoinHandle<()>>,
     status: PeerStatus,
     /// The Established session's generation, 0 when down or when its exports overflowed:
     /// exports of an older session are dropped by the task.
     generation: u64,
+}
+
+/// Reports path failures to the speaker's sessions (see [`Speaker::session_failed`]); cheap to
+/// clone, and usable from any task or thread.
+#[derive(Debug, Clone)]
+pub struct FailureHandle {
+    shared: Arc<Shared>,
+}
+
+impl FailureHandle {
+    /// See [`Speaker::session_failed`].
+    pub fn session_failed(&self, address: IpAddr, reason: impl Into<String>) -> bool {
+        let address = canonical(address);
+        let core = self.shared.core();
+        let Some(slot) = core.peers.get(&address) else {
+            return false;
+        };
+        *slot.failed.reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.into());
+        slot.failed.notify.notify_one();
+        true
+    }
+}
+
+/// A failure reported from outside the session (BFD), waiting for the peer's task.
+#[derive(Debug, Default)]
+pub(crate) struct Failure {
+    pub(crate) reason: Mutex<Option<String>>,
+    pub(crate) notify: Notify,
 }
 
 impl Slot {
@@ -488,6 +518,7 @@ impl Speaker {
         let (tx, rx) = mpsc::channel(PEER_QUEUE);
         let (stop, stopped) = oneshot::channel();
         let overflow = Arc::new(Notify::new());
+        let failed = Arc::new(Failure::default());
         let id = core.next_slot_id;
         core.next_slot_id += 1;
         let task = PeerTask::new(
@@ -496,6 +527,7 @@ impl Speaker {
             id,
             tx.clone(),
             Arc::clone(&overflow),
+            Arc::clone(&failed),
         );
         let handle = tokio::spawn(task.run(rx, stopped));
         core.peers.insert(
@@ -505,12 +537,29 @@ impl Speaker {
                 tx,
                 stop: Some(stop),
                 overflow,
+                failed,
                 task: Some(handle),
                 status: PeerStatus::new(&peer),
                 generation: 0,
             },
         );
         Ok(())
+    }
+
+    /// The path to `address` failed (BFD said so): an Established session ends at once with a
+    /// Cease, and its routes are withdrawn without graceful restart's stale period — the peer
+    /// is unreachable, so its routes cannot be used (RFC 5882 §3.2 and §4.3.2; BIRD does the
+    /// same unless told `bfd graceful`). The session then starts again as after any error.
+    /// Outside Established nothing happens. Returns whether the peer is configured.
+    pub fn session_failed(&self, address: IpAddr, reason: impl Into<String>) -> bool {
+        self.failures().session_failed(address, reason)
+    }
+
+    /// A handle that reports path failures from another task (BFD's), without the speaker.
+    pub fn failures(&self) -> FailureHandle {
+        FailureHandle {
+            shared: Arc::clone(&self.shared),
+        }
     }
 
     /// Removes a peer: its session is closed with a Cease and its routes are withdrawn.

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until, timeout};
 use tracing::{debug, info, warn};
 
-use super::{Core, MaxPrefixes, PeerConfig, PeerStatus, Shared, canonical};
+use super::{Core, Failure, MaxPrefixes, PeerConfig, PeerStatus, Shared, canonical};
 use crate::codec::{
     self, Capability, CeaseSubcode, Context, DecodeError, Decoded, Family, GrFamily,
     GracefulRestartCap, Message, Notification, Open, Update,
@@ -112,6 +112,8 @@ pub(super) struct PeerTask {
     pub(super) tx: mpsc::Sender<PeerMsg>,
     /// Notified when an export could not be queued (see [`PEER_QUEUE`](super::PEER_QUEUE)).
     pub(super) overflow: Arc<Notify>,
+    /// Set with its reason when BFD reports the path down.
+    pub(super) failed: Arc<Failure>,
     pub(super) conn: Option<Conn>,
     pub(super) attempt: u64,
     pub(super) connecting: Option<JoinHandle<()>>,
@@ -143,6 +145,7 @@ impl PeerTask {
         slot_id: u64,
         tx: mpsc::Sender<PeerMsg>,
         overflow: Arc<Notify>,
+        failed: Arc<Failure>,
     ) -> Self {
         let fsm = Fsm::new(FsmConfig {
             local_asn: shared.config.asn,
@@ -161,6 +164,7 @@ impl PeerTask {
             fsm,
             tx,
             overflow,
+            failed,
             conn: None,
             attempt: 0,
             connecting: None,
@@ -191,6 +195,7 @@ impl PeerTask {
         mut stopped: oneshot::Receiver<()>,
     ) {
         let overflow = Arc::clone(&self.overflow);
+        let failed = Arc::clone(&self.failed);
         self.step(Event::ManualStart).await;
         self.publish();
         while !self.stopping {
@@ -216,6 +221,12 @@ impl PeerTask {
                     None => break,
                 },
                 _ = overflow.notified() => self.on_overflow().await,
+                _ = failed.notify.notified() => {
+                    let reason = failed.reason.lock().unwrap_or_else(|e| e.into_inner()).take();
+                    if let Some(reason) = reason {
+                        self.path_failed(reason).await;
+                    }
+                }
                 read = read => match read {
                     Ok(0) | Err(_) => {
                         debug!(peer = %self.address(), "connection closed by peer");
@@ -493,7 +504,10 @@ impl PeerTask {
                         "{what}"
                     );
                     self.note_error(format!("sent NOTIFICATION {n}"));
-                    self.cause = Some(format!("sent NOTIFICATION {n}"));
+                    // A cause already given (a BFD down) is the better reason.
+                    if self.cause.is_none() {
+                        self.cause = Some(format!("sent NOTIFICATION {n}"));
+                    }
                     self.send(&Message::Notification(n)).await;
                 }
                 Action::StartTimer(timer, after) => {
@@ -773,6 +787,23 @@ impl PeerTask {
         {
             self.max_prefixes_reached(max, family, received).await;
         }
+    }
+
+    /// The path to the peer failed (BFD): end an Established session now, with a Cease, and
+    /// no graceful restart for its routes (the FSM's automatic stop is never graceful).
+    async fn path_failed(&mut self, reason: String) {
+        if self.fsm.state() != State::Established {
+            debug!(peer = %self.address(), %reason, "path down while no session is up");
+            return;
+        }
+        warn!(peer = %self.address(), %reason, "BFD down: closing the session and withdrawing its routes");
+        let what = format!("BFD down: {reason}");
+        self.cause = Some(what.clone());
+        // Cease without subcode, as BIRD sends on a BFD down; over a dead path it is lost
+        // anyway, and the peer's own BFD takes its side down.
+        let n = Notification::new(codec::notification::code::CEASE, 0, Vec::new());
+        self.step(Event::AutomaticStop(n)).await;
+        self.note_error(what);
     }
 
     /// RFC 4486: too many prefixes. Cease/1 with the family and the limit, the routes gone
