@@ -48,6 +48,8 @@ pub struct BirdPeer {
     pub hold_time: Option<u16>,
     /// TCP MD5 password (`password "…"`).
     pub password: Option<String>,
+    /// `bfd on`: the session follows a BFD session (needs [`BirdConfig::bfd`]).
+    pub bfd: bool,
 }
 
 impl BirdPeer {
@@ -62,7 +64,14 @@ impl BirdPeer {
             next_hop_self: true,
             hold_time: None,
             password: None,
+            bfd: false,
         }
+    }
+
+    /// `bfd on`: a BFD Down takes the session down.
+    pub fn bfd(mut self) -> BirdPeer {
+        self.bfd = true;
+        self
     }
 
     /// Signs the session with TCP MD5 (RFC 2385).
@@ -105,6 +114,9 @@ pub struct BirdConfig {
     pub rr_cluster_id: Option<Ipv4Addr>,
     /// `graceful restart` on BIRD's sessions (BIRD's default is `aware`).
     pub graceful_restart: bool,
+    /// `protocol bfd` with this interval (min rx and min tx) and multiplier on every
+    /// interface.
+    pub bfd: Option<(Duration, u8)>,
 }
 
 impl BirdConfig {
@@ -122,7 +134,14 @@ impl BirdConfig {
             peers: Vec::new(),
             rr_cluster_id: None,
             graceful_restart: true,
+            bfd: None,
         }
+    }
+
+    /// Runs `protocol bfd` with `interval` (min rx and min tx) and `multiplier`.
+    pub fn bfd(mut self, interval: Duration, multiplier: u8) -> BirdConfig {
+        self.bfd = Some((interval, multiplier));
+        self
     }
 
     pub fn peer(mut self, peer: BirdPeer) -> BirdConfig {
@@ -166,6 +185,16 @@ impl BirdConfig {
             let _ = writeln!(c, "  scan time 10;");
             let _ = writeln!(c, "}}");
         }
+        if let Some((interval, multiplier)) = self.bfd {
+            let ms = interval.as_millis();
+            let _ = writeln!(c, "protocol bfd bfd1 {{");
+            let _ = writeln!(c, "  interface \"*\" {{");
+            let _ = writeln!(c, "    min rx interval {ms} ms;");
+            let _ = writeln!(c, "    min tx interval {ms} ms;");
+            let _ = writeln!(c, "    multiplier {multiplier};");
+            let _ = writeln!(c, "  }};");
+            let _ = writeln!(c, "}}");
+        }
         let _ = writeln!(c, "protocol static announce4 {{");
         let _ = writeln!(c, "  ipv4;");
         for prefix in &self.statics {
@@ -195,6 +224,9 @@ impl BirdConfig {
             }
             if let Some(password) = &p.password {
                 let _ = writeln!(c, "  password \"{password}\";");
+            }
+            if p.bfd {
+                let _ = writeln!(c, "  bfd on;");
             }
             if p.rr_client {
                 let _ = writeln!(c, "  rr client;");

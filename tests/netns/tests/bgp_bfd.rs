@@ -1,0 +1,289 @@
+//! BFD for the routed mode's BGP sessions (issue 18's acceptance): `trellis bgp-agent
+//! --standalone --bfd` with BIRD 2 (`protocol bfd`, `bfd on`) and with another agent, each in a
+//! node namespace of one testbed underlay.
+//!
+//! The link is cut by setting the *peer's* `eth0` down inside the peer's namespace (netlink,
+//! so the moment of the cut is known to the millisecond). Our node's own link stays up, so the
+//! kernel keeps the learnt routes through it: only BGP can take them away. With BFD (300 ms ×
+//! 3, the default) they must be gone within 1 s; without it (the negative control) they stay
+//! until the hold timer (6 s here; 90 s by default) ends the session.
+//!
+//! Every wait is bounded; the testbed removes every namespace and process when dropped.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+use ipnet::Ipv4Net;
+use netns_testbed::bird::{
+    Agent, AgentSpec, Bird, BirdConfig, BirdPeer, TEST_HOLD_TIME, Want, kernel_has, kernel_routes,
+    wait_kernel_route,
+};
+use netns_testbed::{Node, Testbed, require_root};
+use trellis_net::proto::BGP as PROTO_TRELLIS;
+
+const LIFETIME: Duration = Duration::from_secs(180);
+const SESSION: Duration = Duration::from_secs(20);
+const PROPAGATE: Duration = Duration::from_secs(10);
+/// The issue's bound: link cut to the last route withdrawn.
+const WITHIN: Duration = Duration::from_secs(1);
+const BFD_INTERVAL: Duration = Duration::from_millis(300);
+
+fn net(s: &str) -> Ipv4Net {
+    s.parse().unwrap()
+}
+
+async fn nodes(tb: &Testbed, n: u8) -> Vec<Node> {
+    let mut v = Vec::new();
+    for i in 1..=n {
+        v.push(tb.add_node(&format!("n{i}"), i).await.unwrap());
+    }
+    v
+}
+
+/// Sets `node`'s `eth0` down from inside its namespace; returns the moment just before.
+async fn cut(node: &Node) -> Instant {
+    let h = node.ns.connect().unwrap();
+    let eth0 = h.require_link("eth0").await.unwrap();
+    let at = Instant::now();
+    h.set_down(eth0.index).await.unwrap();
+    at
+}
+
+/// Waits (bounded) until the agent's BFD session with `peer` is Up with the agreed 900 ms
+/// detection time.
+async fn agent_bfd_up(agent: &Agent<'_>, peer: Ipv4Addr) -> serde_json::Value {
+    let deadline = Instant::now() + SESSION;
+    loop {
+        let p = agent.peer_status(peer).await.unwrap();
+        if let Some(b) = p.as_ref().map(|p| &p["bfd"])
+            && b["state"] == "Up"
+            && b["remote_state"] == "Up"
+            && b["detection_ms"] == 900
+        {
+            return b.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "BFD with {peer} not Up on {}: {p:?}\n{}",
+            agent.node.name,
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits (bounded) until `birdc show bfd sessions` lists `peer` Up; returns the line.
+async fn bird_bfd_up(bird: &Bird<'_>, peer: Ipv4Addr) -> String {
+    let deadline = Instant::now() + SESSION;
+    loop {
+        let out = bird.birdc(&["show", "bfd", "sessions"]).await.unwrap();
+        if let Some(line) = out
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(&peer.to_string()))
+            && line.split_whitespace().any(|w| w == "Up")
+        {
+            return line.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "BIRD's BFD with {peer} not Up:\n{out}\n{}",
+            bird.log_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn learnt(node: &Node, prefix: &str, via: &Node) {
+    wait_kernel_route(
+        &node.ns,
+        net(prefix),
+        Want::Via(IpAddr::V4(via.ip), PROTO_TRELLIS),
+        PROPAGATE,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{prefix} learnt on {}: {e}", node.name));
+}
+
+/// The time from `cut_at` until no route to `prefix` is left in `node`'s kernel.
+async fn withdrawn_after(node: &Node, prefix: &str, cut_at: Instant, limit: Duration) -> Duration {
+    wait_kernel_route(&node.ns, net(prefix), Want::Absent, limit)
+        .await
+        .unwrap_or_else(|e| panic!("{prefix} withdrawn on {}: {e}", node.name));
+    cut_at.elapsed()
+}
+
+fn agent_spec(peer: &Node, block: &str, bfd: bool) -> AgentSpec {
+    let mut spec = AgentSpec::new(64512)
+        .peer(peer.ip, 64512)
+        .announce(net(block));
+    if bfd {
+        spec.extra.push("--bfd".into());
+    }
+    spec
+}
+
+fn bird_config(bird: &Node, agent: &Node, bfd: bool) -> BirdConfig {
+    let peer = BirdPeer::new("n1", agent.ip, 64512);
+    let c = BirdConfig::new(bird, 64512)
+        .announce(net("10.244.2.0/26"))
+        .announce(net("10.244.3.0/26"));
+    if bfd {
+        c.bfd(BFD_INTERVAL, 3).peer(peer.bfd())
+    } else {
+        c.peer(peer)
+    }
+}
+
+/// Acceptance: BIRD with `bfd on` as the peer. BFD comes Up on both sides (ours in
+/// `/bgp/status`, BIRD's in `show bfd sessions`); the link is cut; the session is down and
+/// BIRD's routes are gone from our kernel within 1 s, although both sides have graceful
+/// restart (a BFD Down withdraws at once, it keeps nothing stale).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_bird_a_cut_link_withdraws_the_routes_within_1s() {
+    require_root();
+    let tb = Testbed::new().unwrap();
+    let n = nodes(&tb, 2).await;
+    let agent = Agent::start(
+        &tb,
+        &n[0],
+        agent_spec(&n[1], "10.244.1.0/26", true),
+        LIFETIME,
+    )
+    .await
+    .unwrap();
+    let bird = Bird::start(&tb, &n[1], bird_config(&n[1], &n[0], true), LIFETIME)
+        .await
+        .unwrap();
+    bird.wait_established("n1", SESSION).await.unwrap();
+    agent.wait_established(n[1].ip, SESSION).await.unwrap();
+    learnt(&n[0], "10.244.2.0/26", &n[1]).await;
+    learnt(&n[0], "10.244.3.0/26", &n[1]).await;
+    let ours = agent_bfd_up(&agent, n[1].ip).await;
+    assert_eq!(
+        (ours["min_tx_ms"].as_u64(), ours["multiplier"].as_u64()),
+        (Some(300), Some(3))
+    );
+    let theirs = bird_bfd_up(&bird, n[0].ip).await;
+    assert!(theirs.contains("eth0"), "single-hop on the link: {theirs}");
+
+    let cut_at = cut(&n[1]).await;
+    let first = withdrawn_after(&n[0], "10.244.2.0/26", cut_at, PROPAGATE).await;
+    let last = withdrawn_after(&n[0], "10.244.3.0/26", cut_at, PROPAGATE).await;
+    eprintln!("link cut → routes withdrawn: first {first:?}, last {last:?}");
+    assert!(
+        last <= WITHIN,
+        "the last route left {last:?} after the cut (bound {WITHIN:?})\n{}",
+        agent.log()
+    );
+    let p = agent.peer_status(n[1].ip).await.unwrap().unwrap();
+    assert_ne!(p["state"], "Established", "{p}");
+    assert!(
+        p["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("BFD down: control detection time expired")),
+        "{p}"
+    );
+    assert_eq!(p["bfd"]["state"], "Down", "{p}");
+    assert_eq!(p["bfd"]["downs"], 1, "{p}");
+    let log = agent.log();
+    assert!(log.contains("BFD session down"), "{log}");
+}
+
+/// The negative control: the same cut without BFD. The routes are still in our kernel a second
+/// later, held by the session until the hold timer (6 s) ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_bfd_a_cut_link_keeps_the_routes_until_the_hold_timer() {
+    require_root();
+    let tb = Testbed::new().unwrap();
+    let n = nodes(&tb, 2).await;
+    let agent = Agent::start(
+        &tb,
+        &n[0],
+        agent_spec(&n[1], "10.244.1.0/26", false),
+        LIFETIME,
+    )
+    .await
+    .unwrap();
+    let bird = Bird::start(&tb, &n[1], bird_config(&n[1], &n[0], false), LIFETIME)
+        .await
+        .unwrap();
+    bird.wait_established("n1", SESSION).await.unwrap();
+    agent.wait_established(n[1].ip, SESSION).await.unwrap();
+    learnt(&n[0], "10.244.3.0/26", &n[1]).await;
+    let p = agent.peer_status(n[1].ip).await.unwrap().unwrap();
+    assert!(p["bfd"].is_null(), "no BFD without --bfd: {p}");
+
+    let cut_at = cut(&n[1]).await;
+    // Throughout the second after the cut, and a margin, the routes stay.
+    while cut_at.elapsed() < WITHIN + Duration::from_millis(500) {
+        let routes = kernel_routes(&n[0].ns).await.unwrap();
+        assert!(
+            kernel_has(
+                &routes,
+                net("10.244.3.0/26"),
+                Want::Via(IpAddr::V4(n[1].ip), PROTO_TRELLIS)
+            ),
+            "without BFD the route left {:?} after the cut",
+            cut_at.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let p = agent.peer_status(n[1].ip).await.unwrap().unwrap();
+    assert_eq!(p["state"], "Established", "{p}");
+    // Then the hold timer takes it.
+    let hold = Duration::from_secs(u64::from(TEST_HOLD_TIME));
+    let last = withdrawn_after(&n[0], "10.244.3.0/26", cut_at, hold + PROPAGATE).await;
+    eprintln!("without BFD: link cut → last route withdrawn after {last:?}");
+    assert!(
+        last >= hold - Duration::from_secs(2),
+        "withdrawn after {last:?}, before the hold timer could have expired"
+    );
+}
+
+/// Two agents with `--bfd`: the same detection between our own speakers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_agents_with_bfd_withdraw_within_1s_of_a_cut() {
+    require_root();
+    let tb = Testbed::new().unwrap();
+    let n = nodes(&tb, 2).await;
+    let a1 = Agent::start(
+        &tb,
+        &n[0],
+        agent_spec(&n[1], "10.244.1.0/26", true),
+        LIFETIME,
+    )
+    .await
+    .unwrap();
+    let a2 = Agent::start(
+        &tb,
+        &n[1],
+        agent_spec(&n[0], "10.244.2.0/26", true),
+        LIFETIME,
+    )
+    .await
+    .unwrap();
+    a1.wait_established(n[1].ip, SESSION).await.unwrap();
+    a2.wait_established(n[0].ip, SESSION).await.unwrap();
+    learnt(&n[0], "10.244.2.0/26", &n[1]).await;
+    learnt(&n[1], "10.244.1.0/26", &n[0]).await;
+    agent_bfd_up(&a1, n[1].ip).await;
+    agent_bfd_up(&a2, n[0].ip).await;
+
+    let cut_at = cut(&n[1]).await;
+    let last = withdrawn_after(&n[0], "10.244.2.0/26", cut_at, PROPAGATE).await;
+    eprintln!("two agents: link cut → route withdrawn after {last:?}");
+    assert!(
+        last <= WITHIN,
+        "the route left {last:?} after the cut (bound {WITHIN:?})\n{}",
+        a1.log()
+    );
+    let p = a1.peer_status(n[1].ip).await.unwrap().unwrap();
+    assert!(
+        p["last_error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("BFD down")),
+        "{p}"
+    );
+}
