@@ -19,7 +19,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ipnet::{IpNet, Ipv4Net};
@@ -102,7 +102,7 @@ fn present(routes: &[Route], prefixes: &[Ipv4Net], gw: IpAddr, proto: u8) -> usi
 }
 
 /// One round: ms from the cut until the first and the last prefix left n1's kernel.
-async fn round(receiver: Receiver, n_prefixes: usize, trellis: &PathBuf) -> (f64, f64) {
+async fn round(receiver: Receiver, n_prefixes: usize, trellis: &Path) -> (f64, f64) {
     let tb = Testbed::new().unwrap();
     let n1: Node = tb.add_node("n1", 1).await.unwrap();
     let n2: Node = tb.add_node("n2", 2).await.unwrap();

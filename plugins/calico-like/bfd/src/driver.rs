@@ -636,10 +636,10 @@ fn note(running: &mut Running, t: Transition, on_change: &(dyn Fn(&SessionEvent)
 }
 
 fn transmit_due(running: &mut Running, now: Instant) {
-    if let Some(p) = running.session.transmit(now) {
-        if send(running, &p) {
-            running.status.packets_sent += 1;
-        }
+    if let Some(p) = running.session.transmit(now)
+        && send(running, &p)
+    {
+        running.status.packets_sent += 1;
     }
 }
 

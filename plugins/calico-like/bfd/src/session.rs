@@ -520,7 +520,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_remote_down_is_a_failure_and_a_remote_admin_down_is_not() {
         let t0 = Instant::now();
-        let (mut a, mut b) = up_pair(t0);
+        let (mut a, b) = up_pair(t0);
         let mut down = b.packet_now();
         down.state = State::Down;
         let t = a.receive(&down, t0).expect("Down");
@@ -611,7 +611,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_remote_that_wants_no_packets_gets_none_but_finals() {
         let t0 = Instant::now();
-        let (mut a, mut b) = up_pair(t0);
+        let (mut a, b) = up_pair(t0);
         let mut p = b.packet_now();
         p.required_min_rx_us = 0;
         p.poll = true;
