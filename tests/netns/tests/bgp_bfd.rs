@@ -287,3 +287,94 @@ async fn two_agents_with_bfd_withdraw_within_1s_of_a_cut() {
         "{p}"
     );
 }
+
+/// RFC 5882 §3.2: an agent that stops (SIGTERM) tells its BFD peers AdminDown, which is no
+/// path failure, so the other agent leaves the BGP session to graceful restart and keeps the
+/// stopped agent's routes (stale) well past BFD's detection time. The negative control kills
+/// the agent (SIGKILL, no AdminDown): the other agent's BFD declares the path down and the
+/// routes go at once, graceful restart or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_agent_says_admin_down_and_its_peer_keeps_the_routes_for_graceful_restart() {
+    require_root();
+    for polite in [true, false] {
+        let tb = Testbed::new().unwrap();
+        let n = nodes(&tb, 2).await;
+        let a1 = Agent::start(
+            &tb,
+            &n[0],
+            agent_spec(&n[1], "10.244.1.0/26", true),
+            LIFETIME,
+        )
+        .await
+        .unwrap();
+        let mut a2 = Agent::start(
+            &tb,
+            &n[1],
+            agent_spec(&n[0], "10.244.2.0/26", true),
+            LIFETIME,
+        )
+        .await
+        .unwrap();
+        a1.wait_established(n[1].ip, SESSION).await.unwrap();
+        learnt(&n[0], "10.244.2.0/26", &n[1]).await;
+        agent_bfd_up(&a1, n[1].ip).await;
+        agent_bfd_up(&a2, n[0].ip).await;
+
+        let stopped = Instant::now();
+        if polite {
+            a2.signal(nix::sys::signal::Signal::SIGTERM).unwrap();
+            while a2.running() {
+                assert!(
+                    stopped.elapsed() < Duration::from_secs(10),
+                    "a2 did not stop on SIGTERM"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert!(
+                a2.log().contains("BFD session removed (AdminDown sent)"),
+                "{}",
+                a2.log()
+            );
+            // Three times BFD's detection time: the route stays (stale, for graceful restart).
+            while stopped.elapsed() < Duration::from_millis(2700) {
+                let routes = kernel_routes(&n[0].ns).await.unwrap();
+                assert!(
+                    kernel_has(
+                        &routes,
+                        net("10.244.2.0/26"),
+                        Want::Via(IpAddr::V4(n[1].ip), PROTO_TRELLIS)
+                    ),
+                    "a1 dropped a2's route {:?} after a2's AdminDown\n{}",
+                    stopped.elapsed(),
+                    a1.log()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let p = a1.peer_status(n[1].ip).await.unwrap().unwrap();
+            assert_eq!(p["bfd"]["remote_state"], "AdminDown", "{p}");
+            assert_eq!(p["bfd"]["downs"], 1, "{p}");
+        } else {
+            // The agent process alone, at once (the testbed's stop waits for the group).
+            a2.signal(nix::sys::signal::Signal::SIGKILL).unwrap();
+            let gone = withdrawn_after(&n[0], "10.244.2.0/26", stopped, PROPAGATE).await;
+            eprintln!("SIGKILL: a1 withdrew a2's route after {gone:?}");
+            let log = a1.log();
+            let lines: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("BFD") || l.contains("session") || l.contains("stale"))
+                .collect();
+            assert!(
+                gone <= WITHIN + Duration::from_millis(500),
+                "{gone:?}\n{}",
+                lines.join("\n")
+            );
+            let p = a1.peer_status(n[1].ip).await.unwrap().unwrap();
+            assert!(
+                p["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.starts_with("BFD down")),
+                "{p}"
+            );
+        }
+    }
+}

@@ -318,15 +318,30 @@ fn seed() -> u32 {
 /// The receiving socket of one family, reporting each packet's TTL.
 fn receiver(address: SocketAddr) -> Result<UdpSocket, BfdError> {
     let err = |source| BfdError::Socket { address, source };
-    let std = std::net::UdpSocket::bind(address).map_err(err)?;
-    std.set_nonblocking(true).map_err(err)?;
     let io = |e: nix::Error| err(std::io::Error::from(e));
-    if address.is_ipv4() {
-        socket::setsockopt(&std, sockopt::Ipv4RecvTtl, &true).map_err(io)?;
-    } else {
-        socket::setsockopt(&std, sockopt::Ipv6V6Only, &true).map_err(io)?;
-        socket::setsockopt(&std, sockopt::Ipv6RecvHopLimit, &true).map_err(io)?;
-    }
+    let std = match address {
+        SocketAddr::V4(_) => {
+            let std = std::net::UdpSocket::bind(address).map_err(err)?;
+            socket::setsockopt(&std, sockopt::Ipv4RecvTtl, &true).map_err(io)?;
+            std
+        }
+        SocketAddr::V6(v6) => {
+            // IPv6 only, set before bind: a dual-stack [::]:3784 would clash with the IPv4
+            // socket on the same port.
+            let fd = socket::socket(
+                socket::AddressFamily::Inet6,
+                socket::SockType::Datagram,
+                socket::SockFlag::SOCK_CLOEXEC,
+                None,
+            )
+            .map_err(io)?;
+            socket::setsockopt(&fd, sockopt::Ipv6V6Only, &true).map_err(io)?;
+            socket::bind(fd.as_raw_fd(), &socket::SockaddrIn6::from(v6)).map_err(io)?;
+            socket::setsockopt(&fd, sockopt::Ipv6RecvHopLimit, &true).map_err(io)?;
+            std::net::UdpSocket::from(fd)
+        }
+    };
+    std.set_nonblocking(true).map_err(err)?;
     UdpSocket::from_std(std).map_err(err)
 }
 
@@ -805,6 +820,19 @@ mod tests {
         // The forged Down with TTL 64 did not touch the session.
         let s = a.session(IpAddr::from([127, 0, 0, 2])).expect("session");
         assert_eq!((s.state, s.downs), (State::Up, 0));
+    }
+
+    /// The default configuration's two sockets share port 3784 (IPv6 only on the IPv6 one):
+    /// tried on ephemeral ports of loopback.
+    #[tokio::test]
+    async fn ipv4_and_ipv6_receivers_share_a_port() {
+        let v4 = receiver(SocketAddr::from(([127, 0, 0, 1], 0))).expect("v4");
+        let port = v4.local_addr().expect("addr").port();
+        let v6 = receiver(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)));
+        // A kernel without IPv6 has no [::]; any other failure is ours.
+        if let Err(BfdError::Socket { source, .. }) = &v6 {
+            assert_ne!(source.kind(), std::io::ErrorKind::AddrInUse, "{v6:?}");
+        }
     }
 
     #[tokio::test]

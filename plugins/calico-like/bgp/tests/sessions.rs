@@ -302,6 +302,30 @@ async fn a_path_failure_ends_the_session_and_withdraws_without_graceful_restart(
     route_where(&a, "10.244.2.0/26", "learned again", |r| !r.stale).await;
 }
 
+/// A peer that crashed (its connection closed, routes kept stale by graceful restart), then
+/// BFD's verdict: the stale routes go at once, not at the end of the restart time.
+#[tokio::test]
+async fn a_path_failure_after_the_connection_purges_graceful_restarts_stale_routes() {
+    let a = speaker("127.0.0.1", ASN, |_| {}).await;
+    let b = speaker("127.0.0.2", ASN, |_| {}).await;
+    b.announce(net("10.244.2.0/26"), ip("127.0.0.2"))
+        .expect("announce");
+    link(&a, &b);
+    route_where(&a, "10.244.2.0/26", "learned", |r| !r.stale).await;
+    drop(b);
+    route_where(&a, "10.244.2.0/26", "kept stale", |r| r.stale).await;
+    assert!(a.session_failed(ip("127.0.0.2"), "control detection time expired"));
+    no_route(&a, "10.244.2.0/26").await;
+    let status = a.peer(ip("127.0.0.2")).expect("peer");
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("stale routes withdrawn")),
+        "{status:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_polite_shutdown_withdraws_routes_even_with_graceful_restart() {
     let a = speaker("127.0.0.1", ASN, |_| {}).await;

@@ -550,7 +550,8 @@ impl Speaker {
     /// Cease, and its routes are withdrawn without graceful restart's stale period — the peer
     /// is unreachable, so its routes cannot be used (RFC 5882 §3.2 and §4.3.2; BIRD does the
     /// same unless told `bfd graceful`). The session then starts again as after any error.
-    /// Outside Established nothing happens. Returns whether the peer is configured.
+    /// A session already lost whose routes graceful restart keeps stale (the connection broke
+    /// first) has them withdrawn now. Returns whether the peer is configured.
     pub fn session_failed(&self, address: IpAddr, reason: impl Into<String>) -> bool {
         self.failures().session_failed(address, reason)
     }

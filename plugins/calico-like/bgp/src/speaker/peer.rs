@@ -793,7 +793,25 @@ impl PeerTask {
     /// no graceful restart for its routes (the FSM's automatic stop is never graceful).
     async fn path_failed(&mut self, reason: String) {
         if self.fsm.state() != State::Established {
-            debug!(peer = %self.address(), %reason, "path down while no session is up");
+            // The connection went first (a crashed peer): graceful restart may be holding its
+            // routes stale. The path is gone too, so nothing will forward them: purge now
+            // instead of at the end of the restart time (RFC 5882 §4.3.2; BIRD does the same).
+            let address = self.address();
+            let purged = owned(&self.shared, address, self.slot_id).is_some_and(|mut core| {
+                if !core.rib.has_stale(address) {
+                    return false;
+                }
+                let changes = core.rib.purge_stale(address);
+                core.apply(changes);
+                true
+            });
+            if purged {
+                self.timers.stale = None;
+                warn!(peer = %address, %reason, "BFD down during graceful restart: the peer's stale routes are withdrawn");
+                self.note_error(format!("BFD down: {reason} (stale routes withdrawn)"));
+            } else {
+                debug!(peer = %address, %reason, "path down while no session is up");
+            }
             return;
         }
         warn!(peer = %self.address(), %reason, "BFD down: closing the session and withdrawing its routes");
