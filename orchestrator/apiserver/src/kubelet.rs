@@ -698,8 +698,7 @@ mod tests {
         let err = checked
             .get("127.0.0.1", port, "/containerLogs/default/p/c")
             .await
-            .err()
-            .expect("a self-signed kubelet is refused");
+            .expect_err("a self-signed kubelet is refused");
         let text = format!("{err:?}");
         assert!(
             text.contains("x509: certificate signed by unknown authority"),
@@ -720,7 +719,7 @@ mod tests {
         let other: std::net::IpAddr = "127.0.0.2".parse().unwrap();
         let elsewhere = crate::pki::kubelet_serving(&pki.ca, "n2", &[other], &[]).unwrap();
         let port = kubelet_serving(&elsewhere).await;
-        let err = checked.get("127.0.0.1", port, "/x").await.err().unwrap();
+        let err = checked.get("127.0.0.1", port, "/x").await.unwrap_err();
         assert!(format!("{err:?}").contains("not valid for"), "{err:?}");
     }
     use serde_json::json;
