@@ -1,7 +1,7 @@
 //! hostPort through the reference portmap plugin, in the overlay, canal and routed modes: the
 //! kubelet passes a pod's hostPorts as the `portMappings` capability, the agent's conflist
 //! chains `portmap`, and the pod is reached at its node's address:8080 from another node's
-//! namespace and from the node itself. A port declared without hostPort is not mapped (the
+//! namespace and from the node itself (its address and 127.0.0.1). A port declared without hostPort is not mapped (the
 //! negative control). After the pod's deletion the port is closed and no rule of the pod is
 //! left in the node's iptables (only portmap's shared top-level chains, which it never removes).
 
@@ -166,6 +166,8 @@ async fn scenario(
     assert_eq!(fetch(tb, &n2.ns, &n1_ip, "8080").await, "hp");
     // From the node itself (portmap's OUTPUT rule), at its own address.
     assert_eq!(fetch(tb, &n1.ns, &n1_ip, "8080").await, "hp");
+    // And at 127.0.0.1 (portmap's `snat` masquerades it and routes localnet to the pod).
+    assert_eq!(fetch(tb, &n1.ns, "127.0.0.1", "8080").await, "hp");
     // The negative control: the plain pod listens (its own address answers), but a port
     // without hostPort is not mapped to the node.
     assert_eq!(fetch(tb, &n2.ns, &plain_ip, "81").await, "plain");
