@@ -24,8 +24,10 @@ use serde_json::json;
 
 use kubelet::{Kubelets, create_pod, wait_node_ready, wait_pod};
 use netns_testbed::cluster::ControlPlane;
-use netns_testbed::{Node, Testbed};
+use netns_testbed::{Node, REFERENCE_PLUGIN_DIR, Testbed, bin_dir};
 use overlay_cluster::{Blocks, Plugin};
+use trellis_cni::NetworkConfigList;
+use trellis_cni::invoke::{CniConfig, RuntimeConf};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn overlay_host_port_reaches_the_pod_from_another_node() {
@@ -66,6 +68,67 @@ async fn routed_host_port_reaches_the_pod_from_another_node() {
         .map(|w| (&w.node, w.dirs.as_path()))
         .collect();
     scenario(&c.tb, &c.cp, &client, nodes).await;
+}
+
+/// Why the kubelet keeps a pod's port mappings for DEL: portmap removes its per-pod rules only
+/// when DEL carries the mappings. The negative control: DEL without them, from an invoker whose
+/// cache lost the ADD (a runtime that forgot them), leaves the pod's `CNI-DN-*` chain and its
+/// DNAT behind; DEL without them from the invoker that cached the ADD (which gives DEL the
+/// values ADD had) removes them.
+#[tokio::test(flavor = "multi_thread")]
+async fn portmap_keeps_its_rules_when_del_lacks_the_port_mappings() {
+    let c = overlay_cluster::Cluster::start(1).await;
+    let w = &c.workers[0];
+    let ns = c.tb.add_ns("pm").await.unwrap();
+    let list =
+        NetworkConfigList::from_slice(&std::fs::read(w.dirs.join(c.plugin.conflist())).unwrap())
+            .unwrap();
+    assert_eq!(list.plugins.last().unwrap().plugin_type, "portmap");
+    let dirs = vec![bin_dir(), std::path::PathBuf::from(REFERENCE_PLUGIN_DIR)];
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "portMappings".into(),
+        json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]),
+    );
+    let rt = RuntimeConf {
+        container_id: "pm".into(),
+        netns: ns.path().to_path_buf(),
+        ifname: "eth0".into(),
+        capability_args: caps,
+        ..Default::default()
+    };
+    let cni = CniConfig::new(dirs.clone(), w.dirs.join("pm-cache"));
+    w.node.ns.run(|| cni.add(&list, &rt)).unwrap().unwrap();
+    let pod_rules = |rules: &BTreeSet<String>| {
+        rules
+            .iter()
+            .filter(|l| l.contains("CNI-DN-"))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let added = pod_rules(&iptables(&c.tb, &w.node).await);
+    assert!(
+        added.iter().any(|l| l.contains("--dport 8080")),
+        "{added:#?}"
+    );
+    let bare = RuntimeConf {
+        capability_args: serde_json::Map::new(),
+        ..rt.clone()
+    };
+    let forgetful = CniConfig::new(dirs, w.dirs.join("empty-cache"));
+    w.node
+        .ns
+        .run(|| forgetful.del(&list, &bare))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        pod_rules(&iptables(&c.tb, &w.node).await),
+        added,
+        "DEL without the mappings leaves portmap's rules"
+    );
+    w.node.ns.run(|| cni.del(&list, &bare)).unwrap().unwrap();
+    let left = pod_rules(&iptables(&c.tb, &w.node).await);
+    assert!(left.is_empty(), "DEL with the cached mappings: {left:#?}");
 }
 
 fn running(p: &serde_json::Value) -> bool {
