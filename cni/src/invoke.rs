@@ -2,9 +2,11 @@
 //! run a chain of plugins for an attachment, and keep each ADD's result in a cache so DEL and
 //! CHECK can hand it back as `prevResult`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -24,7 +26,14 @@ pub struct CniConfig {
     pub cache_dir: PathBuf,
     /// The longest one plugin run may take; it is killed after that (None: no bound).
     pub timeout: Option<std::time::Duration>,
+    /// What each plugin binary answered to VERSION, while the file stays the same.
+    versions: VersionCache,
 }
+
+/// The versions plugin binaries said they speak, by path; an entry holds while the binary's
+/// modification time and size are those it was asked with. None: the plugin gave no usable
+/// answer.
+type VersionCache = Arc<Mutex<HashMap<PathBuf, (Option<SystemTime>, u64, Option<Vec<Version>>)>>>;
 
 /// One attachment the results cache holds, as [`CniConfig::cached_attachments`] lists them.
 #[derive(Debug, Clone, PartialEq)]
@@ -76,6 +85,7 @@ impl CniConfig {
             plugin_dirs,
             cache_dir: cache_dir.into(),
             timeout: None,
+            versions: VersionCache::default(),
         }
     }
 
@@ -115,11 +125,12 @@ impl CniConfig {
         let version = list.version()?;
         let mut prev: Option<CniResult> = None;
         for plugin in &list.plugins {
-            let stdin = request(list, plugin, version, rt, prev.as_ref(), Command::Add)?;
+            let speak = self.version_for(plugin, version);
+            let stdin = request(list, plugin, speak, rt, prev.as_ref(), Command::Add)?;
             let outcome = self
                 .run(plugin, self.env(Command::Add, rt), &stdin)
                 .and_then(|out| {
-                    CniResult::from_slice(&out, Some(version)).map_err(|e| {
+                    CniResult::from_slice(&out, Some(speak)).map_err(|e| {
                         Error::decode(
                             format!("cannot decode the result of {}", plugin.plugin_type),
                             e,
@@ -142,10 +153,28 @@ impl CniConfig {
     }
 
     /// DEL: runs the chain in reverse with the cached result, then forgets it. Works without a
-    /// cached result too (after a failed ADD, or a lost cache).
+    /// cached result too (after a failed ADD, or a lost cache). A runtime that passes no
+    /// capability values (it lost them: a restart, a pod gone from the API) gets those ADD
+    /// cached, as libcni's cached runtime config keeps them: portmap removes its rules only
+    /// when told the port mappings again.
     pub fn del(&self, list: &NetworkConfigList, rt: &RuntimeConf) -> Result<(), Error> {
         let version = list.version()?;
-        let cached = self.cached_result(list, rt)?;
+        let entry = self.cached_entry(list, rt)?;
+        let cached = match &entry {
+            Some(e) => Some(self.entry_result(list, e.result.clone())?),
+            None => None,
+        };
+        let with_cached_caps;
+        let rt = match &entry {
+            Some(e) if rt.capability_args.is_empty() && !e.capability_args.is_empty() => {
+                with_cached_caps = RuntimeConf {
+                    capability_args: e.capability_args.clone(),
+                    ..rt.clone()
+                };
+                &with_cached_caps
+            }
+            _ => rt,
+        };
         self.del_chain(list, rt, version, cached.as_ref())?;
         match fs::remove_file(self.cache_path(list, rt)) {
             Ok(()) => Ok(()),
@@ -161,13 +190,10 @@ impl CniConfig {
         version: Version,
         prev: Option<&CniResult>,
     ) -> Result<(), Error> {
-        let prev = if version.has_prev_result_on_del() {
-            prev
-        } else {
-            None
-        };
         for plugin in list.plugins.iter().rev() {
-            let stdin = request(list, plugin, version, rt, prev, Command::Del)?;
+            let speak = self.version_for(plugin, version);
+            let prev = prev.filter(|_| speak.has_prev_result_on_del());
+            let stdin = request(list, plugin, speak, rt, prev, Command::Del)?;
             self.run(plugin, self.env(Command::Del, rt), &stdin)?;
         }
         Ok(())
@@ -192,7 +218,11 @@ impl CniConfig {
             )
         })?;
         for plugin in &list.plugins {
-            let stdin = request(list, plugin, version, rt, Some(&cached), Command::Check)?;
+            let speak = self.version_for(plugin, version);
+            if !speak.has_check() {
+                continue;
+            }
+            let stdin = request(list, plugin, speak, rt, Some(&cached), Command::Check)?;
             self.run(plugin, self.env(Command::Check, rt), &stdin)?;
         }
         Ok(())
@@ -208,6 +238,10 @@ impl CniConfig {
         }
         let mut failures = Vec::new();
         for plugin in &list.plugins {
+            // A plugin older than GC has nothing to collect through it.
+            if !self.version_for(plugin, version).has_gc_and_status() {
+                continue;
+            }
             let mut conf = base_request(list, plugin, version);
             let attachments = serde_json::to_value(valid).unwrap_or(Value::Array(Vec::new()));
             conf.extra
@@ -245,6 +279,10 @@ impl CniConfig {
             return Ok(());
         }
         for plugin in &list.plugins {
+            // A plugin older than STATUS cannot answer it; the others speak for the network.
+            if !self.version_for(plugin, version).has_gc_and_status() {
+                continue;
+            }
             let stdin = serde_json::to_vec(&base_request(list, plugin, version))
                 .map_err(|e| Error::internal("cannot encode STATUS request", e.to_string()))?;
             self.run(
@@ -274,18 +312,89 @@ impl CniConfig {
         list: &NetworkConfigList,
         rt: &RuntimeConf,
     ) -> Result<Option<CniResult>, Error> {
+        match self.cached_entry(list, rt)? {
+            Some(entry) => self.entry_result(list, entry.result).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn cached_entry(
+        &self,
+        list: &NetworkConfigList,
+        rt: &RuntimeConf,
+    ) -> Result<Option<CacheEntry>, Error> {
         let path = self.cache_path(list, rt);
         let bytes = match fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io(format!("cannot read {}", path.display()), e)),
         };
-        let entry: CacheEntry = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::decode(format!("corrupt cache file {}", path.display()), e))?;
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::decode(format!("corrupt cache file {}", path.display()), e))
+    }
+
+    fn entry_result(&self, list: &NetworkConfigList, result: Value) -> Result<CniResult, Error> {
         let version = list.version()?;
-        let (_, result) = CniResult::from_value(entry.result, Some(version))
-            .map_err(|e| Error::decode(format!("corrupt cached result {}", path.display()), e))?;
-        Ok(Some(result))
+        CniResult::from_value(result, Some(version))
+            .map(|(_, r)| r)
+            .map_err(|e| Error::decode(format!("corrupt cached result of {}", list.name), e))
+    }
+
+    /// The version `plugin` is spoken to in when the list's is `list_version`. The list's, as
+    /// libcni does it, except for 1.1.0 with a plugin that does not speak it (Debian's
+    /// reference plugins, 1.1.1, stop at 1.0.0; so does every plugin built before CNI 1.1):
+    /// that one gets the highest version below it that it names in its VERSION answer (asked
+    /// once per binary), its result read in that version and carried on in the list's. Without
+    /// a usable answer it gets the list's version, and its own error.
+    fn version_for(&self, plugin: &PluginConf, list_version: Version) -> Version {
+        if list_version < Version::V1_1_0 {
+            return list_version;
+        }
+        let Ok(binary) = exec::find_in_path(&plugin.plugin_type, &self.plugin_dirs) else {
+            return list_version;
+        };
+        let supported = self.supported_versions(&binary);
+        match supported {
+            Some(vs) if !vs.contains(&list_version) => vs
+                .into_iter()
+                .filter(|v| *v < list_version)
+                .max()
+                .unwrap_or(list_version),
+            _ => list_version,
+        }
+    }
+
+    /// What `binary` answers to VERSION, cached while the file is unchanged.
+    fn supported_versions(&self, binary: &Path) -> Option<Vec<Version>> {
+        let stamp = fs::metadata(binary)
+            .map(|m| (m.modified().ok(), m.len()))
+            .unwrap_or((None, 0));
+        if let Ok(cache) = self.versions.lock()
+            && let Some((mtime, len, vs)) = cache.get(binary)
+            && (*mtime, *len) == stamp
+        {
+            return vs.clone();
+        }
+        let asked = exec::exec_with_timeout(
+            binary,
+            &CniEnv::new(Command::Version, self.plugin_dirs.clone()),
+            br#"{"cniVersion":"1.1.0"}"#,
+            self.timeout,
+        )
+        .ok()
+        .and_then(|out| serde_json::from_slice::<VersionInfo>(&out.stdout).ok())
+        .map(|info| {
+            info.supported_versions
+                .iter()
+                .filter_map(|v| v.parse().ok())
+                .collect::<Vec<Version>>()
+        })
+        .filter(|vs| !vs.is_empty());
+        if let Ok(mut cache) = self.versions.lock() {
+            cache.insert(binary.to_path_buf(), (stamp.0, stamp.1, asked.clone()));
+        }
+        asked
     }
 
     fn cache_path(&self, list: &NetworkConfigList, rt: &RuntimeConf) -> PathBuf {
@@ -532,12 +641,125 @@ mod tests {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
 
+    /// As [`plugin`], answering VERSION with `versions` (before 1.1.0: no GC, no STATUS).
+    fn plugin_speaking(dir: &Path, name: &str, versions: &[&str]) {
+        let answer = serde_json::json!({"cniVersion": "1.0.0", "supportedVersions": versions});
+        let result = serde_json::json!({"cniVersion": "1.0.0", "interfaces": [{"name": name}],
+            "ips": [{"address": "10.0.0.2/24"}]});
+        let script = format!(
+            "#!/bin/sh\nin=$(cat)\necho \"{name} $CNI_COMMAND $in\" >> {log}\n\
+             if [ $CNI_COMMAND = VERSION ]; then echo '{answer}'; fi\n\
+             if [ $CNI_COMMAND = ADD ]; then echo '{result}'; fi\n",
+            log = dir.join("log").display()
+        );
+        let p = dir.join(name);
+        std::fs::write(&p, script).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    /// The plugin runs logged, VERSION questions left out.
     fn log(dir: &Path) -> Vec<String> {
+        all_log(dir)
+            .into_iter()
+            .filter(|l| l.split(' ').nth(1) != Some("VERSION"))
+            .collect()
+    }
+
+    fn all_log(dir: &Path) -> Vec<String> {
         std::fs::read_to_string(dir.join("log"))
             .unwrap_or_default()
             .lines()
             .map(String::from)
             .collect()
+    }
+
+    fn request_of(line: &str) -> Value {
+        let json = line.splitn(3, ' ').nth(2).unwrap();
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn a_plugin_older_than_1_1_0_is_spoken_to_in_its_highest_and_left_out_of_status_and_gc() {
+        let dir = tempfile::tempdir().unwrap();
+        plugin_speaking(dir.path(), "new", &["0.4.0", "1.0.0", "1.1.0"]);
+        plugin_speaking(dir.path(), "old", &["0.3.1", "0.4.0", "1.0.0"]);
+        let cni = CniConfig::new(vec![dir.path().to_path_buf()], dir.path().join("cache"));
+        let l = list(r#"[{"type":"new"},{"type":"old","capabilities":{"portMappings":true}}]"#);
+        let result = cni.add(&l, &rt()).unwrap();
+        assert_eq!(result.interfaces[0].name, "old");
+        cni.status(&l).unwrap();
+        cni.gc(&l, &[]).unwrap();
+        let other = RuntimeConf {
+            container_id: "second".into(),
+            ..rt()
+        };
+        cni.add(&l, &other).unwrap();
+        let lines = log(dir.path());
+        let of = |who: &str, cmd: &str| -> Vec<Value> {
+            lines
+                .iter()
+                .filter(|l| l.starts_with(&format!("{who} {cmd} ")))
+                .map(|l| request_of(l))
+                .collect()
+        };
+        assert_eq!(of("new", "ADD")[0]["cniVersion"], "1.1.0");
+        let old_add = &of("old", "ADD")[0];
+        assert_eq!(old_add["cniVersion"], "1.0.0", "its highest below 1.1.0");
+        assert_eq!(
+            old_add["prevResult"]["cniVersion"], "1.0.0",
+            "prevResult in the plugin's version"
+        );
+        assert_eq!(
+            old_add["runtimeConfig"]["portMappings"][0]["hostPort"], 8080,
+            "{old_add}"
+        );
+        assert_eq!(of("new", "STATUS").len(), 1);
+        assert!(
+            of("old", "STATUS").is_empty(),
+            "no STATUS to a 1.0.0 plugin"
+        );
+        assert_eq!(of("new", "GC").len(), 1);
+        assert!(of("old", "GC").is_empty(), "no GC to a 1.0.0 plugin");
+        let asked = all_log(dir.path())
+            .iter()
+            .filter(|l| l.starts_with("old VERSION"))
+            .count();
+        assert_eq!(asked, 1, "VERSION asked once per binary");
+        // The negative control: a plugin that does not answer VERSION gets the list's version.
+        plugin(dir.path(), "quiet", false);
+        let q = list(r#"[{"type":"quiet"}]"#);
+        cni.add(&q, &rt()).unwrap();
+        let quiet = log(dir.path())
+            .into_iter()
+            .find(|l| l.starts_with("quiet ADD "))
+            .unwrap();
+        assert_eq!(request_of(&quiet)["cniVersion"], "1.1.0");
+    }
+
+    #[test]
+    fn del_without_capability_values_uses_those_add_cached() {
+        let dir = tempfile::tempdir().unwrap();
+        plugin(dir.path(), "pm", false);
+        let cni = CniConfig::new(vec![dir.path().to_path_buf()], dir.path().join("cache"));
+        let l = list(r#"[{"type":"pm","capabilities":{"portMappings":true}}]"#);
+        cni.add(&l, &rt()).unwrap();
+        let bare = RuntimeConf {
+            capability_args: Map::new(),
+            ..rt()
+        };
+        cni.del(&l, &bare).unwrap();
+        let del = log(dir.path())
+            .into_iter()
+            .find(|l| l.starts_with("pm DEL "))
+            .unwrap();
+        assert_eq!(
+            request_of(&del)["runtimeConfig"]["portMappings"],
+            serde_json::json!([{"hostPort": 8080, "containerPort": 80}])
+        );
+        // Without a cached entry there is nothing to fall back on: DEL still runs, bare.
+        cni.del(&l, &bare).unwrap();
+        let last = log(dir.path()).pop().unwrap();
+        assert!(request_of(&last).get("runtimeConfig").is_none(), "{last}");
     }
 
     fn list(plugins: &str) -> NetworkConfigList {

@@ -121,6 +121,11 @@ pub struct AgentArgs {
     /// /etc/cni/net.d; standalone: not written unless given).
     #[arg(long)]
     cni_conf_dir: Option<PathBuf>,
+    /// Leave the reference `portmap` plugin out of the CNI configuration (pods' hostPorts are
+    /// then not mapped). By default it is chained after the network's plugin, as flannel's and
+    /// Calico's lists do; the runtime must find it in its CNI plugin directories.
+    #[arg(long)]
+    no_portmap: bool,
     /// Seconds between full reconciles.
     #[arg(long, default_value_t = 5)]
     resync: u64,
@@ -187,6 +192,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     c.resync = Duration::from_secs(args.resync.max(1));
     c.status_listen = Some(args.status_listen);
     c.policy = args.policy.gate()?;
+    c.portmap = !args.no_portmap;
     trellis_bgp_agent::run(c, trellis_daemon::shutdown_signal())
         .await
         .context("the BGP agent failed")

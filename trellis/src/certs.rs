@@ -1,7 +1,8 @@
 //! `trellis certs`: credentials from the cluster CA, so no component but admin tools uses the
-//! admin kubeconfig.
+//! admin kubeconfig, and kubelets' serving certificates the API server can check.
 
-use std::path::PathBuf;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
@@ -16,6 +17,33 @@ enum Cmd {
     /// Issues a client certificate from the cluster CA and writes a kubeconfig with it, e.g.
     /// `--user system:node:n1 --group system:nodes` for a kubelet.
     Kubeconfig(KubeconfigArgs),
+    /// Issues a kubelet's serving certificate from the cluster CA (CN `system:node:<node>`, O
+    /// `system:nodes`, SANs: the node's name, every --dns and every --ip), for the kubelet's
+    /// `--tls-cert-file`/`--tls-private-key-file`; an API server started with
+    /// `--kubelet-certificate-authority <data-dir>/pki/ca.crt` then checks it.
+    Serving(ServingArgs),
+}
+
+#[derive(clap::Args)]
+struct ServingArgs {
+    /// The API server's data directory (the CA is `<data-dir>/pki/ca.{crt,key}`).
+    #[arg(long, default_value = "/var/lib/trellis/apiserver")]
+    data_dir: PathBuf,
+    /// The node's name (its Node object).
+    #[arg(long)]
+    node: String,
+    /// An address the API server reaches the kubelet at (the Node's InternalIP), repeatable.
+    #[arg(long = "ip", required = true)]
+    ips: Vec<IpAddr>,
+    /// A further DNS name of the node, repeatable.
+    #[arg(long = "dns")]
+    dns: Vec<String>,
+    /// Where to write the certificate (PEM, mode 0644).
+    #[arg(long)]
+    cert_out: PathBuf,
+    /// Where to write its private key (PEM, mode 0600).
+    #[arg(long)]
+    key_out: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -45,7 +73,56 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             println!("{}", a.out.display());
             Ok(())
         }
+        Cmd::Serving(a) => {
+            serving(
+                &a.data_dir,
+                &a.node,
+                &a.ips,
+                &a.dns,
+                &a.cert_out,
+                &a.key_out,
+            )?;
+            println!("{}", a.cert_out.display());
+            Ok(())
+        }
     }
+}
+
+/// The cluster CA under `data_dir`.
+fn cluster_ca(data_dir: &Path) -> anyhow::Result<trellis_apiserver::pki::CertPair> {
+    let pki = data_dir.join("pki");
+    let read = |name: &str| {
+        std::fs::read_to_string(pki.join(name))
+            .with_context(|| format!("reading {}", pki.join(name).display()))
+    };
+    Ok(trellis_apiserver::pki::CertPair {
+        cert_pem: read("ca.crt")?,
+        key_pem: read("ca.key")?,
+    })
+}
+
+/// Issues the serving certificate of `node`'s kubelet (SANs: `node`, `dns`, `ips`) from the CA
+/// under `data_dir`, and writes it to `cert_out` and its key to `key_out` (mode 0600).
+pub fn serving(
+    data_dir: &Path,
+    node: &str,
+    ips: &[IpAddr],
+    dns: &[String],
+    cert_out: &Path,
+    key_out: &Path,
+) -> anyhow::Result<()> {
+    let ca = cluster_ca(data_dir)?;
+    let cert = trellis_apiserver::pki::kubelet_serving(&ca, node, ips, dns)
+        .context("issuing the kubelet serving certificate")?;
+    for out in [cert_out, key_out] {
+        if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+    }
+    trellis_apiserver::pki::write_private(key_out, &cert.key_pem)
+        .with_context(|| format!("writing {}", key_out.display()))?;
+    trellis_apiserver::pki::write_public(cert_out, &cert.cert_pem)
+        .with_context(|| format!("writing {}", cert_out.display()))
 }
 
 /// Issues a client certificate for `user` in `groups` from the CA under `data_dir` and writes
@@ -57,15 +134,7 @@ pub fn kubeconfig(
     server: &str,
     out: &std::path::Path,
 ) -> anyhow::Result<()> {
-    let pki = data_dir.join("pki");
-    let read = |name: &str| {
-        std::fs::read_to_string(pki.join(name))
-            .with_context(|| format!("reading {}", pki.join(name).display()))
-    };
-    let ca = trellis_apiserver::pki::CertPair {
-        cert_pem: read("ca.crt")?,
-        key_pem: read("ca.key")?,
-    };
+    let ca = cluster_ca(data_dir)?;
     let cert = trellis_apiserver::pki::issue(&ca, user, groups, &[])
         .context("issuing the client certificate")?;
     let text = trellis_apiserver::pki::kubeconfig(server, &ca, user, &cert);

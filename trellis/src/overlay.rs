@@ -73,6 +73,11 @@ pub struct Args {
     /// canal mode's routed veths (same VXLAN between nodes).
     #[arg(long, value_enum, default_value = "overlay")]
     mode: ModeArg,
+    /// Leave the reference `portmap` plugin out of the CNI configuration (pods' hostPorts are
+    /// then not mapped). By default it is chained after the network's plugin, as flannel's and
+    /// Calico's lists do; the runtime must find it in its CNI plugin directories.
+    #[arg(long)]
+    no_portmap: bool,
     /// Seconds between full reconciles of the data path.
     #[arg(long, default_value_t = 10)]
     resync: u64,
@@ -130,6 +135,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     config.masquerade = !args.no_masquerade;
     config.listen = Some(args.listen);
     config.policy = args.policy.gate()?;
+    config.portmap = !args.no_portmap;
     trellis_overlay_agent::run(config, trellis_daemon::shutdown_signal())
         .await
         .context("the overlay agent failed")

@@ -143,7 +143,7 @@ impl KubeletClient {
         )
         .await
         .map_err(|_| unreachable(&"TLS handshake timeout"))?
-        .map_err(|e| unreachable(&e))?;
+        .map_err(|e| unreachable(&handshake_failure(&e)))?;
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
                 .await
@@ -181,6 +181,35 @@ impl KubeletClient {
             }
         });
         Ok((code, content_type, rx))
+    }
+}
+
+/// Why the TLS handshake with a kubelet failed, in the words of upstream's API server (Go's
+/// `x509` errors) where the kubelet's certificate was refused, so that `kubectl logs` says
+/// what is wrong: its certificate is not from `--kubelet-certificate-authority`, or does not
+/// name the address the Node reports.
+fn handshake_failure(e: &std::io::Error) -> String {
+    use rustls::CertificateError as C;
+    let refused = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    match refused {
+        Some(rustls::Error::InvalidCertificate(why)) => {
+            let x509 = match why {
+                C::UnknownIssuer => "certificate signed by unknown authority".to_string(),
+                C::NotValidForName | C::NotValidForNameContext { .. } => {
+                    "certificate is not valid for the kubelet's address".to_string()
+                }
+                C::Expired | C::ExpiredContext { .. } => {
+                    "certificate has expired or is not yet valid".to_string()
+                }
+                other => format!("{other:?}"),
+            };
+            format!(
+                "tls: failed to verify certificate: x509: {x509} (the kubelet's serving certificate, checked against --kubelet-certificate-authority)"
+            )
+        }
+        _ => e.to_string(),
     }
 }
 
@@ -230,7 +259,7 @@ impl KubeletClient {
         )
         .await
         .map_err(|_| unreachable(&"TLS handshake timeout"))?
-        .map_err(|e| unreachable(&e))?;
+        .map_err(|e| unreachable(&handshake_failure(&e)))?;
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
                 .await
@@ -610,6 +639,89 @@ pub async fn logs(api: &Api, call: &Call<'_>) -> Result<Reply, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rcgen::KeyPair;
+
+    /// A one-shot HTTPS "kubelet" on 127.0.0.1 serving `cert`; answers `ok` to one request.
+    async fn kubelet_serving(cert: &CertPair) -> u16 {
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(cert.cert_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .unwrap();
+        let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let Ok(mut tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let mut buf = [0u8; 4096];
+            let _ = tls.read(&mut buf).await;
+            let _ = tls
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+                .await;
+            let _ = tls.shutdown().await;
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn with_a_ca_a_self_signed_kubelet_is_refused_and_one_from_the_ca_is_not() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().unwrap();
+        let pki = crate::pki::Pki::ensure(dir.path(), &[]).unwrap();
+        let ip: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        let checked = KubeletClient::new(&pki.kubelet_client, Some(&pki.ca.cert_pem)).unwrap();
+        // A kubelet's own certificate (what it makes without --tls-cert-file).
+        let key = KeyPair::generate().unwrap();
+        let own = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let own = CertPair {
+            cert_pem: own.pem(),
+            key_pem: key.serialize_pem(),
+        };
+        let port = kubelet_serving(&own).await;
+        let err = checked
+            .get("127.0.0.1", port, "/containerLogs/default/p/c")
+            .await
+            .expect_err("a self-signed kubelet is refused");
+        let text = format!("{err:?}");
+        assert!(
+            text.contains("x509: certificate signed by unknown authority"),
+            "{text}"
+        );
+        // The negative control: without a CA (upstream's default) the same kubelet is used.
+        let unchecked = KubeletClient::new(&pki.kubelet_client, None).unwrap();
+        let port = kubelet_serving(&own).await;
+        let (code, _, _) = unchecked.get("127.0.0.1", port, "/x").await.unwrap();
+        assert_eq!(code, 200);
+        // One from the cluster CA naming the address: accepted.
+        let issued = crate::pki::kubelet_serving(&pki.ca, "n1", &[ip], &[]).unwrap();
+        let port = kubelet_serving(&issued).await;
+        let (code, _, mut body) = checked.get("127.0.0.1", port, "/x").await.unwrap();
+        assert_eq!(code, 200);
+        assert_eq!(body.recv().await.as_deref(), Some(&b"ok"[..]));
+        // From the CA but for another address: refused too.
+        let other: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+        let elsewhere = crate::pki::kubelet_serving(&pki.ca, "n2", &[other], &[]).unwrap();
+        let port = kubelet_serving(&elsewhere).await;
+        let err = checked.get("127.0.0.1", port, "/x").await.unwrap_err();
+        assert!(format!("{err:?}").contains("not valid for"), "{err:?}");
+    }
     use serde_json::json;
 
     #[test]

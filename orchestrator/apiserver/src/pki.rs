@@ -162,6 +162,31 @@ pub fn issue(
     })
 }
 
+/// A kubelet's serving certificate, as upstream's `kubernetes.io/kubelet-serving` signer
+/// issues it: CN `system:node:<node>`, O `system:nodes`, the node's name and `dns` names and
+/// its addresses as SANs — what an API server started with `--kubelet-certificate-authority`
+/// checks when it calls the kubelet at the Node's InternalIP.
+pub fn kubelet_serving(
+    ca: &CertPair,
+    node: &str,
+    ips: &[IpAddr],
+    dns: &[String],
+) -> Result<CertPair, PkiError> {
+    let mut sans: Vec<String> = vec![node.to_string()];
+    for name in dns {
+        if !sans.contains(name) {
+            sans.push(name.clone());
+        }
+    }
+    for ip in ips {
+        let ip = ip.to_string();
+        if !sans.contains(&ip) {
+            sans.push(ip);
+        }
+    }
+    issue(ca, &format!("system:node:{node}"), &["system:nodes"], &sans)
+}
+
 impl Pki {
     /// Loads the certificates under `<data_dir>/pki`, making what is missing.
     pub fn ensure(data_dir: &Path, sans: &[String]) -> Result<Pki, PkiError> {
@@ -257,6 +282,11 @@ pub fn write_private(path: &Path, text: &str) -> Result<(), PkiError> {
     write(path, text, true)
 }
 
+/// Writes a certificate file (mode 0644).
+pub fn write_public(path: &Path, text: &str) -> Result<(), PkiError> {
+    write(path, text, false)
+}
+
 /// Writes a kubeconfig file (mode 0600).
 pub fn write_kubeconfig(path: &Path, text: &str) -> Result<(), PkiError> {
     write(path, text, true)
@@ -302,6 +332,42 @@ mod tests {
             "new SANs, new serving certificate"
         );
         assert_eq!(moved.ca.cert_pem, pki.ca.cert_pem, "the CA stays");
+    }
+
+    #[test]
+    fn a_kubelet_serving_certificate_names_the_node_and_its_addresses() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::ensure(dir.path(), &[]).unwrap();
+        let ip: IpAddr = "198.18.0.3".parse().unwrap();
+        let c = kubelet_serving(&pki.ca, "n1", &[ip], &["n1.example".into()]).unwrap();
+        let der = rustls_pemfile_first(&c.cert_pem);
+        assert_eq!(
+            identity(&der),
+            Some(("system:node:n1".into(), vec!["system:nodes".into()]))
+        );
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let sans = cert.subject_alternative_name().unwrap().unwrap();
+        let names: Vec<String> = sans
+            .value
+            .general_names
+            .iter()
+            .map(|n| match n {
+                x509_parser::extensions::GeneralName::DNSName(d) => d.to_string(),
+                x509_parser::extensions::GeneralName::IPAddress(b) => {
+                    let b: [u8; 4] = (*b).try_into().unwrap();
+                    std::net::Ipv4Addr::from(b).to_string()
+                }
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(names, ["n1", "n1.example", "198.18.0.3"]);
+        let server_auth = cert
+            .extended_key_usage()
+            .unwrap()
+            .unwrap()
+            .value
+            .server_auth;
+        assert!(server_auth, "a serving certificate");
     }
 
     fn rustls_pemfile_first(pem: &str) -> Vec<u8> {

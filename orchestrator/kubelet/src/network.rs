@@ -1,19 +1,23 @@
 //! The node's pod network: the default conflist of the CNI configuration directory (the first
 //! by file name, as libcni picks it), its STATUS for node readiness, and ADD/DEL/GC through
-//! trellis-cni's invoker. Plugins run on a blocking thread, never on the async workers.
+//! trellis-cni's invoker. Plugins run on a blocking thread, never on the async workers. The
+//! pod's hostPorts go to the plugins as the `portMappings` capability (the reference `portmap`
+//! plugin, chained by the network agents' conflists, turns them into DNAT rules).
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use k8s_openapi::api::core::v1::PodSpec;
+use serde::{Deserialize, Serialize};
 use trellis_cni::NetworkConfigList;
 use trellis_cni::invoke::{CniConfig, RuntimeConf};
 use trellis_cni::skel::AttachmentId;
 
 use crate::{Config, Error};
 
-/// The pod's identity as CNI_ARGS carry it.
-#[derive(Debug, Clone)]
+/// The pod's identity as CNI_ARGS carry it, and its hostPorts.
+#[derive(Debug, Clone, Default)]
 pub struct PodRef {
     pub namespace: String,
     pub name: String,
@@ -21,6 +25,84 @@ pub struct PodRef {
     /// The sandbox id: the CNI container id.
     pub sandbox_id: String,
     pub netns: PathBuf,
+    /// The `portMappings` capability's value (empty: none passed).
+    pub port_mappings: Vec<PortMapping>,
+}
+
+/// One hostPort, in the shape of CNI's `portMappings` capability (CONVENTIONS.md), as
+/// containerd's CRI plugin passes it: the protocol in lower case, `hostIP` only when set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortMapping {
+    #[serde(rename = "hostPort")]
+    pub host_port: u16,
+    #[serde(rename = "containerPort")]
+    pub container_port: u16,
+    pub protocol: Protocol,
+    #[serde(rename = "hostIP", default, skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<IpAddr>,
+}
+
+/// The protocols a container port can have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+/// The port mappings of a pod: every port of its (app) containers with a `hostPort`, as the
+/// kubelet passes them to the runtime (init containers' ports are not mapped, as upstream).
+/// A port the API should have refused (out of range, unknown protocol, a host IP that is not
+/// an address) is left out and named in the error list.
+pub fn port_mappings(spec: &PodSpec) -> (Vec<PortMapping>, Vec<String>) {
+    let mut out = Vec::new();
+    let mut bad = Vec::new();
+    for c in &spec.containers {
+        for p in c.ports.iter().flatten() {
+            let Some(host_port) = p.host_port.filter(|h| *h != 0) else {
+                continue;
+            };
+            let what = format!("container {} port {}", c.name, p.container_port);
+            let (Ok(host_port), Ok(container_port)) =
+                (u16::try_from(host_port), u16::try_from(p.container_port))
+            else {
+                bad.push(format!("{what}: port out of range"));
+                continue;
+            };
+            if host_port == 0 || container_port == 0 {
+                bad.push(format!("{what}: port out of range"));
+                continue;
+            }
+            let protocol = match p.protocol.as_deref().unwrap_or("TCP") {
+                "TCP" => Protocol::Tcp,
+                "UDP" => Protocol::Udp,
+                "SCTP" => Protocol::Sctp,
+                other => {
+                    bad.push(format!("{what}: unknown protocol {other:?}"));
+                    continue;
+                }
+            };
+            let host_ip = match p.host_ip.as_deref().filter(|s| !s.is_empty()) {
+                None => None,
+                Some(s) => match s.parse::<IpAddr>() {
+                    Ok(ip) if ip.is_unspecified() => None,
+                    Ok(ip) => Some(ip),
+                    Err(_) => {
+                        bad.push(format!("{what}: hostIP {s:?} is not an address"));
+                        continue;
+                    }
+                },
+            };
+            out.push(PortMapping {
+                host_port,
+                container_port,
+                protocol,
+                host_ip,
+            });
+        }
+    }
+    (out, bad)
 }
 
 #[derive(Clone)]
@@ -64,6 +146,12 @@ impl Network {
     }
 
     fn rt(pod: &PodRef) -> RuntimeConf {
+        let mut capability_args = serde_json::Map::new();
+        if !pod.port_mappings.is_empty()
+            && let Ok(v) = serde_json::to_value(&pod.port_mappings)
+        {
+            capability_args.insert("portMappings".into(), v);
+        }
         RuntimeConf {
             container_id: pod.sandbox_id.clone(),
             netns: pod.netns.clone(),
@@ -75,7 +163,7 @@ impl Network {
                 ("K8S_POD_INFRA_CONTAINER_ID".into(), pod.sandbox_id.clone()),
                 ("K8S_POD_UID".into(), pod.uid.clone()),
             ],
-            capability_args: Default::default(),
+            capability_args,
         }
     }
 
@@ -120,5 +208,48 @@ impl Network {
         })
         .await
         .map_err(|e| Error::Other(e.to_string()))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(v: serde_json::Value) -> PodSpec {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn host_ports_become_port_mappings_as_the_cri_passes_them() {
+        let s = spec(serde_json::json!({"containers": [
+            {"name": "a", "ports": [
+                {"containerPort": 80, "hostPort": 8080},
+                {"containerPort": 53, "hostPort": 5353, "protocol": "UDP", "hostIP": "198.18.0.2"},
+                {"containerPort": 9000},
+                {"containerPort": 9001, "hostPort": 0},
+                {"containerPort": 9002, "hostPort": 9002, "hostIP": "0.0.0.0"}]},
+            {"name": "b", "ports": [{"containerPort": 70000, "hostPort": 7000},
+                {"containerPort": 1, "hostPort": 2, "protocol": "ICMP"}]}],
+            "initContainers": [{"name": "i", "ports": [{"containerPort": 1, "hostPort": 1}]}]}));
+        let (maps, bad) = port_mappings(&s);
+        assert_eq!(
+            serde_json::to_value(&maps).unwrap(),
+            serde_json::json!([
+                {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
+                {"hostPort": 5353, "containerPort": 53, "protocol": "udp", "hostIP": "198.18.0.2"},
+                {"hostPort": 9002, "containerPort": 9002, "protocol": "tcp"}])
+        );
+        assert_eq!(bad.len(), 2, "{bad:?}");
+        let pod = PodRef {
+            port_mappings: maps,
+            ..Default::default()
+        };
+        let rt = Network::rt(&pod);
+        assert_eq!(rt.capability_args["portMappings"][0]["hostPort"], 8080);
+        let none = Network::rt(&PodRef::default());
+        assert!(
+            none.capability_args.is_empty(),
+            "no hostPort: no portMappings key"
+        );
     }
 }

@@ -41,6 +41,10 @@ struct SandboxRecord {
     /// Set once CNI ADD succeeded (or for hostNetwork pods).
     ready: bool,
     created: String,
+    /// The hostPorts ADD was given, given again to DEL (portmap removes its rules only then),
+    /// also once the pod is gone from the API.
+    #[serde(default)]
+    port_mappings: Vec<crate::network::PortMapping>,
 }
 
 struct Local {
@@ -394,6 +398,15 @@ impl Pods {
         let dir = self.pods_dir().join(uid);
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("create the pod directory", e))?;
         let hostname = spec.hostname.clone().unwrap_or_else(|| name.clone());
+        let port_mappings = if host_network {
+            Vec::new()
+        } else {
+            let (maps, bad) = crate::network::port_mappings(&spec);
+            for why in bad {
+                tracing::warn!(pod = %name, %why, "a hostPort left out");
+            }
+            maps
+        };
         let mut rec = SandboxRecord {
             namespace: namespace.clone(),
             name: name.clone(),
@@ -404,6 +417,7 @@ impl Pods {
             ips: Vec::new(),
             ready: false,
             created: now_rfc3339(),
+            port_mappings: port_mappings.clone(),
         };
         let write = |rec: &SandboxRecord| -> Result<(), Error> {
             crate::shim::write_atomic(&dir, "sandbox.json", &serde_json::to_string(rec)?)
@@ -437,6 +451,7 @@ impl Pods {
                 uid: uid.to_string(),
                 sandbox_id: sandbox_id.clone(),
                 netns: self.cfg.netns_dir.join(&netns_name),
+                port_mappings,
             };
             match self.net.add(podref).await {
                 Ok(ips) => rec.ips = ips,
@@ -490,6 +505,7 @@ impl Pods {
                 uid: local.rec.uid.clone(),
                 sandbox_id: local.rec.sandbox_id.clone(),
                 netns: netns.clone(),
+                port_mappings: local.rec.port_mappings.clone(),
             };
             if let Err(e) = self.net.del(podref).await {
                 tracing::warn!(pod = %local.rec.name, error = %e, "CNI DEL");
@@ -1407,6 +1423,7 @@ mod tests {
             ips: Vec::new(),
             ready: true,
             created: now_rfc3339(),
+            port_mappings: Vec::new(),
         };
         pods.local.insert("u1".into(), Local::new(rec, dir.clone()));
         let pod: Pod = serde_json::from_value(json!({

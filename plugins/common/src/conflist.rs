@@ -34,6 +34,15 @@ pub fn conflist(name: &str, plugins: Vec<Value>, max: Version) -> Value {
     })
 }
 
+/// The reference `portmap` plugin as flannel's and canal's lists chain it (last, after the
+/// network's own plugin): the runtime's `portMappings` (pods' hostPorts) become DNAT rules on
+/// the node, `snat` masquerading what reaches a hostPort from the node itself (127.0.0.1) or
+/// hairpins from a pod. It answers CNI up to 1.0.0 in Debian's build (1.1.1): trellis-cni's
+/// invoker speaks 1.0.0 to it and leaves it out of STATUS and GC; upstream's ≥1.5 speaks 1.1.0.
+pub fn portmap() -> Value {
+    json!({"type": "portmap", "snat": true, "capabilities": {"portMappings": true}})
+}
+
 /// The file names Trellis' node agents write, one per network mode (overlay, canal, routed).
 pub const TRELLIS_FILES: [&str; 3] = [
     "10-trellis-overlay.conflist",

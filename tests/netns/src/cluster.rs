@@ -23,7 +23,10 @@ pub struct ControlPlane {
 
 impl ControlPlane {
     /// Starts `trellis apiserver` on a new underlay host `short` (address 198.18.0.`10+n`),
-    /// with the embedded store, and waits until it answers.
+    /// with the embedded store, and waits until it answers. As `trellis up` does, it checks
+    /// kubelets' serving certificates against the cluster CA
+    /// (`--kubelet-certificate-authority`): kubelets need one from
+    /// [`ControlPlane::issue_serving`].
     pub async fn start(tb: &Testbed, short: &str, n: u8) -> Result<ControlPlane> {
         let node = tb.add_node(short, n).await?;
         let dir = tb.state_dir().join(format!("{short}-apiserver"));
@@ -42,6 +45,8 @@ impl ControlPlane {
                 &addr.to_string(),
                 "--san",
                 &Ipv4Addr::LOCALHOST.to_string(),
+                "--kubelet-certificate-authority",
+                dir.join("pki/ca.crt").to_str().unwrap_or_default(),
             ],
             Duration::from_secs(600),
         )?;
@@ -111,6 +116,28 @@ impl ControlPlane {
         if !o.status.success() {
             return Err(Error::Failed {
                 what: format!("certs kubeconfig for {user}"),
+                status: o.status.to_string(),
+                stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Issues the serving certificate of `node`'s kubelet from the cluster CA (`trellis certs
+    /// serving`, SANs the node's name and `ip`) to `cert` and `key`.
+    pub fn issue_serving(&self, node: &str, ip: Ipv4Addr, cert: &Path, key: &Path) -> Result<()> {
+        let o = std::process::Command::new(bin_path("trellis"))
+            .args(["certs", "serving", "--data-dir"])
+            .arg(&self.dir)
+            .args(["--node", node, "--ip", &ip.to_string(), "--cert-out"])
+            .arg(cert)
+            .arg("--key-out")
+            .arg(key)
+            .output()
+            .map_err(|e| Error::io("run trellis certs serving", e))?;
+        if !o.status.success() {
+            return Err(Error::Failed {
+                what: format!("certs serving for {node}"),
                 status: o.status.to_string(),
                 stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
             });

@@ -177,7 +177,11 @@ async fn a_1_1_0_list_is_refused(
     );
     // Clean up what the refused ADD left, as a DEL does.
     let list = NetworkConfigList::from_slice(&std::fs::read(&node.conflist).unwrap()).unwrap();
-    let cni = CniConfig::new(vec![bin_dir()], dirs.join("neg-cache"));
+    // The agents' lists chain the reference portmap too.
+    let cni = CniConfig::new(
+        vec![bin_dir(), PathBuf::from(REFERENCE_PLUGIN_DIR)],
+        dirs.join("neg-cache"),
+    );
     let rt = RuntimeConf {
         container_id: ctrd.cni_container_id("old"),
         ifname: "eth0".into(),

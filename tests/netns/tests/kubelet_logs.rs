@@ -1194,3 +1194,81 @@ async fn kubectl_attach_joins_the_main_process_with_both_kubectls() {
     }
     assert!(tb.running(kubelet_pid), "{}", tb.log_of(kubelet_pid));
 }
+
+/// The API server started with `--kubelet-certificate-authority` (the cluster CA, as `trellis
+/// up` and the test control plane run it) refuses a kubelet whose serving certificate is its
+/// own self-signed one — `kubectl logs` and `kubectl exec` fail and say why — and proxies both
+/// to the same kubelet once it serves a certificate the cluster CA issued (`trellis certs
+/// serving`), the pod adopted across the restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_server_checks_the_kubelets_serving_certificate_against_the_cluster_ca() {
+    netns_testbed::require_tool("busybox", "busybox-static");
+    let kubectl_new = netns_testbed::require_tool("kubectl", "kubectl (the image's own)");
+    let c = overlay_cluster::Cluster::start(1).await;
+    let (tb, cp, client) = (&c.tb, &c.cp, &c.client);
+    let w = &c.workers[0];
+    let mut k = Kubelets::new(tb);
+    k.serving_from_ca = false;
+    let self_signed = k.start(tb, cp, &w.node, &w.dirs, "net.d");
+    wait_node_ready(client, &w.node.name).await;
+    let kc = cp.write_local_kubeconfig(tb).unwrap();
+    create_pod(
+        client,
+        json!({"metadata": {"name": "talk"}, "spec": {"nodeName": w.node.name,
+            "containers": [{"name": "c", "image": "busybox",
+                "command": ["/bin/busybox", "sh", "-c", "echo hello-from-talk; exec busybox sleep 3600"]}]}}),
+    )
+    .await;
+    wait_running(tb, client, "talk", self_signed).await;
+    // Self-signed: refused, with Go's x509 words in what kubectl prints.
+    let (code, out, err) = kubectl(&kubectl_new, &kc, &["logs", "talk"]).await;
+    assert_ne!(code, 0, "logs from a self-signed kubelet: {out}");
+    assert!(
+        err.contains("x509: certificate signed by unknown authority"),
+        "kubectl says why: {err}"
+    );
+    let (code, out, err) = kubectl(
+        &kubectl_new,
+        &kc,
+        &["exec", "talk", "--", "/bin/busybox", "echo", "exec-ok"],
+    )
+    .await;
+    assert_ne!(code, 0, "exec in a self-signed kubelet's pod: {out}");
+    assert!(err.contains("unknown authority"), "kubectl says why: {err}");
+
+    // The same kubelet with a certificate from the cluster CA: logs and exec go through.
+    tb.kill(self_signed);
+    k.serving_from_ca = true;
+    let from_ca = k.start(tb, cp, &w.node, &w.dirs, "net.d");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut last;
+    loop {
+        last = kubectl(&kubectl_new, &kc, &["logs", "talk"]).await;
+        if last.0 == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "logs never came from the CA-certified kubelet: {last:?}\n{}",
+            tb.log_of(from_ca)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(last.1, "hello-from-talk\n");
+    let (code, out, err) = kubectl(
+        &kubectl_new,
+        &kc,
+        &["exec", "talk", "--", "/bin/busybox", "echo", "exec-ok"],
+    )
+    .await;
+    assert_eq!((code, out.as_str()), (0, "exec-ok\n"), "{err}");
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(client.clone(), "default");
+    pods.delete("talk", &Default::default()).await.unwrap();
+    netns_testbed::wait_for("the pod to go", Duration::from_secs(60), || {
+        k.roots
+            .iter()
+            .all(|r| std::fs::read_dir(r.join("pods")).map_or(true, |d| d.count() == 0))
+    })
+    .await;
+}

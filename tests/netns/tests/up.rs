@@ -335,6 +335,40 @@ async fn scenario(mode: &str, agent: &str) {
         .await
         .unwrap();
     assert_eq!(web.items.len(), 2);
+    // kubectl exec and logs reach a pod's kubelet through the API server, which checks the
+    // kubelet's serving certificate against the cluster CA (up issues it from there).
+    let web0 = web.items[0].metadata.name.clone().unwrap();
+    for (args, want) in [
+        (
+            vec![
+                "exec",
+                web0.as_str(),
+                "--",
+                "/bin/busybox",
+                "echo",
+                "exec-ok",
+            ],
+            Some("exec-ok"),
+        ),
+        (vec!["logs", web0.as_str()], None),
+    ] {
+        let mut argv = vec![
+            kubectl.to_str().unwrap(),
+            "--kubeconfig",
+            kc.to_str().unwrap(),
+            "-n",
+            "demo",
+        ];
+        argv.extend_from_slice(&args);
+        let got =
+            f.tb.exec(&f.host, &argv, Duration::from_secs(30))
+                .await
+                .unwrap();
+        assert!(got.success(), "kubectl {args:?}: {}", show(&got));
+        if let Some(want) = want {
+            assert_eq!(got.stdout.trim(), want, "{}", show(&got));
+        }
+    }
     for p in &web.items {
         let ip = p.status.as_ref().unwrap().pod_ip.clone().unwrap();
         let url = format!("http://{ip}/");

@@ -153,6 +153,8 @@ pub async fn control_plane(
             format!("etcd:{ETCD_CLIENT}"),
             "--service-cidr".into(),
             SERVICE_CIDR.into(),
+            "--kubelet-certificate-authority".into(),
+            s(&api_dir(short).join("pki/ca.crt")),
         ];
         for san in &sans {
             argv.extend(["--san".into(), san.clone()]);

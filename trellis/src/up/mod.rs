@@ -35,6 +35,8 @@ pub const POD_CIDR: &str = "10.244.0.0/16";
 /// The service range (the API server's default).
 pub const SERVICE_CIDR: &str = "10.96.0.0/12";
 const DNS_IP: &str = "10.96.0.10";
+/// Where Debian's containernetworking-plugins puts the reference plugins (portmap, host-local).
+const REFERENCE_CNI_DIR: &str = "/usr/lib/cni";
 /// The underlay: the benchmarking range, never the machine's own network.
 const UNDERLAY: &str = "198.18.0.0/15";
 const HOST_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
@@ -230,6 +232,13 @@ fn preflight(args: &UpArgs, exe_dir: &Path) -> anyhow::Result<PathBuf> {
                 exe_dir.join("trellis").display()
             ));
         }
+    }
+    // The agents' conflists chain the reference portmap plugin (hostPorts); the kubelets find
+    // it in Debian's directory.
+    if !Path::new(REFERENCE_CNI_DIR).join("portmap").is_file() {
+        missing.push(format!(
+            "the reference CNI plugin portmap in {REFERENCE_CNI_DIR} (hostPorts): install the Debian package containernetworking-plugins (apt-get install containernetworking-plugins)"
+        ));
     }
     if !missing.is_empty() {
         bail!(
@@ -487,6 +496,9 @@ async fn single_control_plane(
             "127.0.0.1".into(),
             "--service-cidr".into(),
             SERVICE_CIDR.into(),
+            // Kubelets' serving certificates come from the cluster CA (made at first start).
+            "--kubelet-certificate-authority".into(),
+            s(&api_dir.join("pki/ca.crt")),
         ],
         &state.dir.join("logs/cp-apiserver.log"),
     )?;
@@ -656,7 +668,7 @@ async fn build(args: &UpArgs, state: &mut State, exe: &Path, busybox: &Path) -> 
 
     // Each node: (with three members) its API server failover proxy, then ipamd, the kubelet
     // and the service proxy, each with its identity.
-    let refs = Path::new("/usr/lib/cni");
+    let refs = Path::new(REFERENCE_CNI_DIR);
     let exe_dir = exe.parent().context("the binary's directory")?;
     for (i, (rec, ns)) in state.nodes.clone().iter().zip(&nodes).enumerate() {
         let d = &rec.dir;
@@ -688,6 +700,21 @@ async fn build(args: &UpArgs, state: &mut State, exe: &Path, busybox: &Path) -> 
         )?;
         let proxy_kc = d.join("etc/trellis/proxy.kubeconfig");
         kc("system:kube-proxy", &[], &server, &proxy_kc)?;
+        // The kubelet's HTTPS port serves a certificate from the cluster CA, which the API
+        // servers check (`--kubelet-certificate-authority`) when they proxy logs and exec.
+        let (serving_crt, serving_key) = (
+            d.join("etc/trellis/kubelet-serving.crt"),
+            d.join("etc/trellis/kubelet-serving.key"),
+        );
+        let node_ip: IpAddr = rec.ip.parse().context("the node's address")?;
+        crate::certs::serving(
+            &access.ca_dir,
+            n,
+            &[node_ip],
+            &[],
+            &serving_crt,
+            &serving_key,
+        )?;
         let ipamd = state::spawn(
             ns,
             n,
@@ -736,6 +763,10 @@ async fn build(args: &UpArgs, state: &mut State, exe: &Path, busybox: &Path) -> 
             "1".into(),
             "--listen".into(),
             "127.0.0.1:10248".into(),
+            "--tls-cert-file".into(),
+            s(&serving_crt),
+            "--tls-private-key-file".into(),
+            s(&serving_key),
         ];
         if refs.is_dir() {
             kubelet.extend(["--cni-bin-dir".into(), s(refs)]);

@@ -11,12 +11,14 @@ use trellis_plugin::policy::PolicyGate;
 pub const FILE_NAME: &str = trellis_plugin::conflist::TRELLIS_FILES[2];
 pub const NETWORK: &str = "trellis-routed";
 
-/// The configuration list; with `policy`, the plugin waits for policyd at the end of ADD.
+/// The configuration list; with `policy`, the plugin waits for policyd at the end of ADD; with
+/// `portmap`, the reference portmap plugin is chained after it (hostPorts), as Calico's list.
 pub fn conflist(
     state_dir: &Path,
     mtu: u32,
     ipamd: Option<&Path>,
     policy: Option<&PolicyGate>,
+    portmap: bool,
 ) -> Value {
     let socket = ipamd.map_or_else(
         || trellis_ipam::client::DEFAULT_SOCKET.to_string(),
@@ -31,7 +33,11 @@ pub fn conflist(
     if let Some(p) = policy {
         plugin["policy"] = p.to_json();
     }
-    trellis_plugin::conflist::conflist(NETWORK, vec![plugin], Version::V1_1_0)
+    let mut plugins = vec![plugin];
+    if portmap {
+        plugins.push(trellis_plugin::conflist::portmap());
+    }
+    trellis_plugin::conflist::conflist(NETWORK, plugins, Version::V1_1_0)
 }
 
 /// Writes it atomically into `dir`; returns the path.
@@ -50,6 +56,7 @@ mod tests {
             1500,
             Some(Path::new("/run/i.sock")),
             None,
+            false,
         );
         assert!(c["plugins"][0].get("policy").is_none(), "policy off");
         let gated = conflist(
@@ -60,6 +67,7 @@ mod tests {
                 socket: "/run/p.sock".into(),
                 timeout: std::time::Duration::from_millis(2500),
             }),
+            true,
         );
         assert_eq!(
             gated["plugins"][0]["policy"],
@@ -73,5 +81,14 @@ mod tests {
         );
         assert_eq!(c["plugins"][0]["ipam"]["socket"], "/run/i.sock");
         assert_eq!(c["plugins"][0]["mtu"], 1500);
+        assert_eq!(
+            c["plugins"].as_array().map(Vec::len),
+            Some(1),
+            "portmap off"
+        );
+        assert_eq!(
+            gated["plugins"][1],
+            json!({"type": "portmap", "snat": true, "capabilities": {"portMappings": true}})
+        );
     }
 }

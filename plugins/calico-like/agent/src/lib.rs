@@ -137,6 +137,8 @@ pub struct Config {
     pub announce_service_cidr: Option<IpNet>,
     /// The ADD gate written into the conflist (None: policy off, ADD does not wait).
     pub policy: Option<trellis_plugin::policy::PolicyGate>,
+    /// Chain the reference `portmap` plugin in the conflist (pods' hostPorts).
+    pub portmap: bool,
 }
 
 impl Config {
@@ -174,6 +176,7 @@ impl Config {
             announce_load_balancers: true,
             announce_service_cidr: None,
             policy: None,
+            portmap: true,
         }
     }
 }
@@ -529,6 +532,7 @@ pub async fn run(
                         under.link.mtu,
                         config.ipamd.as_deref(),
                         config.policy.as_ref(),
+                        config.portmap,
                     );
                     cniconf::write(dir, &list)
                         .map_err(io(format!("write the CNI config in {}", dir.display())))?;

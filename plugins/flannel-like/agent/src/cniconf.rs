@@ -56,7 +56,8 @@ pub enum Ipam {
     HostLocal { data_dir: PathBuf },
 }
 
-/// The configuration list; with `policy`, the plugin waits for policyd at the end of ADD.
+/// The configuration list; with `policy`, the plugin waits for policyd at the end of ADD; with
+/// `portmap`, the reference portmap plugin is chained after it (hostPorts).
 pub fn conflist(
     mode: Mode,
     state_dir: &Path,
@@ -64,6 +65,7 @@ pub fn conflist(
     block: Ipv4Net,
     ipam: &Ipam,
     policy: Option<&PolicyGate>,
+    portmap: bool,
 ) -> Value {
     let first = u32::from(block.network());
     let host = |n: u32| std::net::Ipv4Addr::from(first + n).to_string();
@@ -100,7 +102,11 @@ pub fn conflist(
     if let Some(p) = policy {
         plugin["policy"] = p.to_json();
     }
-    trellis_plugin::conflist::conflist(mode.network(), vec![plugin], max)
+    let mut plugins = vec![plugin];
+    if portmap {
+        plugins.push(trellis_plugin::conflist::portmap());
+    }
+    trellis_plugin::conflist::conflist(mode.network(), plugins, max)
 }
 
 /// Writes it atomically into `dir` under `mode`'s file name; returns the path.
@@ -123,6 +129,7 @@ mod tests {
                 data_dir: "/var/lib/x".into(),
             },
             None,
+            false,
         );
         assert!(
             c["plugins"][0].get("policy").is_none(),
@@ -157,12 +164,23 @@ mod tests {
                 socket: "/run/p.sock".into(),
                 timeout: std::time::Duration::from_millis(5000),
             }),
+            true,
         );
         assert_eq!(
             t["plugins"][0]["policy"],
             serde_json::json!({"socket": "/run/p.sock", "timeoutMs": 5000})
         );
         assert_eq!(t["plugins"][0]["ipam"]["pool"], "overlay");
+        assert_eq!(
+            t["plugins"][1],
+            json!({"type": "portmap", "snat": true, "capabilities": {"portMappings": true}}),
+            "hostPorts through the reference portmap, chained last"
+        );
+        assert_eq!(
+            c["plugins"].as_array().map(Vec::len),
+            Some(1),
+            "portmap off"
+        );
         assert_eq!(
             t["cniVersion"], "1.0.0",
             "containerd 1.6/1.7 refuse a 1.1.0 list"
@@ -192,6 +210,7 @@ mod tests {
             "10.244.7.0/24".parse().unwrap(),
             &ipam,
             Some(&gate),
+            true,
         );
         let plugin = &c["plugins"][0];
         assert_eq!(plugin["type"], "trellis-canal");
@@ -200,5 +219,6 @@ mod tests {
         assert!(plugin.get("block").is_none(), "{c}");
         assert!(plugin.get("policy").is_some(), "the ADD gate");
         assert_eq!(Mode::Canal.file_name(), "10-trellis-canal.conflist");
+        assert_eq!(c["plugins"][1]["type"], "portmap");
     }
 }

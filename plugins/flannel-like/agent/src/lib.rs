@@ -80,6 +80,8 @@ pub struct Config {
     pub policy: Option<trellis_plugin::policy::PolicyGate>,
     /// Which plugin the node runs: the overlay's bridge, or canal's routed veths.
     pub mode: Mode,
+    /// Chain the reference `portmap` plugin in the conflist (pods' hostPorts).
+    pub portmap: bool,
 }
 
 impl Config {
@@ -106,6 +108,7 @@ impl Config {
             listen: None,
             policy: None,
             mode: Mode::Overlay,
+            portmap: true,
         }
     }
 }
@@ -459,6 +462,7 @@ async fn make_ready(agent: &Agent, nodes: &Api<Node>, mtu: u32) -> bool {
         agent.block,
         &c.ipam,
         c.policy.as_ref(),
+        c.portmap,
     );
     if let Err(e) = cniconf::write(&c.cni_conf_dir, c.mode, &list) {
         tracing::warn!(error = %e, dir = %c.cni_conf_dir.display(), "writing the CNI configuration");

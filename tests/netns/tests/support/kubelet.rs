@@ -39,6 +39,9 @@ pub struct Kubelets {
     pub roots: Vec<PathBuf>,
     pub prefix: String,
     pub run_dir: PathBuf,
+    /// Kubelets get a serving certificate from the cluster CA (`trellis certs serving`), which
+    /// the test API server checks; false: the kubelet's own self-signed one.
+    pub serving_from_ca: bool,
 }
 
 impl Kubelets {
@@ -47,6 +50,7 @@ impl Kubelets {
             roots: Vec::new(),
             prefix: format!("{}-p", tb.prefix()),
             run_dir: tb.run_dir().to_path_buf(),
+            serving_from_ca: true,
         }
     }
 
@@ -126,6 +130,19 @@ impl Kubelets {
             "--listen",
             "127.0.0.1:10248",
         ];
+        let (crt, key) = (
+            dirs.join("kubelet-serving.crt"),
+            dirs.join("kubelet-serving.key"),
+        );
+        if self.serving_from_ca && !extra.contains(&"--tls-cert-file") {
+            cp.issue_serving(&node.name, node.ip, &crt, &key).unwrap();
+            argv.extend_from_slice(&[
+                "--tls-cert-file",
+                crt.to_str().unwrap(),
+                "--tls-private-key-file",
+                key.to_str().unwrap(),
+            ]);
+        }
         argv.extend_from_slice(extra);
         tb.spawn(&node.ns, &argv, Duration::from_secs(600)).unwrap()
     }
