@@ -433,6 +433,49 @@ async fn cgroups_limit_account_oom_kill_adopt_and_go_with_their_pods() {
     assert!(tb.running(kubelet), "{}", tb.log_of(kubelet));
 }
 
+/// The negative control of the memory limit: without cgroups (`--cgroups-per-qos=false`) the
+/// same allocation over its 16Mi limit succeeds, and the kubelet makes no cgroup at all.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_cgroups_the_memory_limit_is_not_enforced() {
+    netns_testbed::require_tool("busybox", "busybox-static");
+    let c = overlay_cluster::Cluster::start(1).await;
+    let w = &c.workers[0];
+    let mut k = Kubelets::new(&c.tb);
+    k.start_with(
+        &c.tb,
+        &c.cp,
+        &w.node,
+        &w.dirs,
+        "net.d",
+        &["--cgroups-per-qos=false"],
+    );
+    wait_node_ready(&c.client, &w.node.name).await;
+    create_pod(
+        &c.client,
+        json!({"metadata": {"name": "hog"}, "spec": {"nodeName": "n1",
+        "restartPolicy": "Never",
+        "containers": [{"name": "c", "image": "busybox",
+            "command": ["/bin/busybox", "dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
+            "resources": {"limits": {"memory": "16Mi"}}}]}}),
+    )
+    .await;
+    let p = wait_pod(
+        &c.client,
+        "hog",
+        Duration::from_secs(60),
+        "Succeeded",
+        |p| p["status"]["phase"] == "Succeeded" || p["status"]["phase"] == "Failed",
+    )
+    .await;
+    assert_eq!(
+        status_of(&p, "c")["state"]["terminated"]["reason"],
+        "Completed",
+        "{p:#}"
+    );
+    assert!(!k.cgroup(&w.node.name).exists(), "no cgroup was made");
+    delete_and_wait(&c.client, &["hog"]).await;
+}
+
 /// The gRPC probe scenario on one node of any network mode.
 async fn grpc_probes(
     tb: &Testbed,
