@@ -102,6 +102,25 @@ pub struct Resources {
     /// The CFS quota per [`CPU_PERIOD_US`], in µs.
     pub cpu_quota_us: Option<u64>,
     pub memory_limit: Option<u64>,
+    /// The container process's `oom_score_adj` (as CRI's `LinuxContainerResources` carries
+    /// it); not a cgroup file.
+    pub oom_score_adj: Option<i32>,
+}
+
+/// Upstream's `GetContainerOOMScoreAdjust` (k/k `pkg/kubelet/qos/policy.go`): Guaranteed
+/// −997, BestEffort 1000, Burstable `1000 − 1000·memory request / node memory` within
+/// [3, 999], so the OOM killer takes BestEffort first and Guaranteed last.
+pub fn oom_score_adj(spec: &PodSpec, c: &Container, node_memory: u64) -> Result<i32, Error> {
+    Ok(match qos_class(spec)? {
+        QosClass::Guaranteed => -997,
+        QosClass::BestEffort => 1000,
+        QosClass::Burstable => {
+            let request = u128::from(asks(c)?.memory_request.unwrap_or(0));
+            let capacity = u128::from(node_memory.max(1));
+            let adj = 1000i128 - (1000 * request / capacity) as i128;
+            adj.clamp(3, 999) as i32
+        }
+    })
 }
 
 /// Upstream's `MilliCPUToShares`.
@@ -252,6 +271,7 @@ pub fn container_resources(c: &Container) -> Result<Resources, Error> {
         cpu_shares: Some(shares(a.cpu_request.unwrap_or(0))),
         cpu_quota_us: a.cpu_limit.map(quota),
         memory_limit: a.memory_limit,
+        oom_score_adj: None,
     })
 }
 
@@ -289,6 +309,7 @@ pub fn pod_resources(spec: &PodSpec) -> Result<Resources, Error> {
         cpu_shares: Some(shares(cpu_req)),
         cpu_quota_us: all_cpu.then(|| quota(cpu_lim)),
         memory_limit: all_mem.then_some(mem_lim),
+        oom_score_adj: None,
     })
 }
 
@@ -739,6 +760,28 @@ mod tests {
     }
 
     #[test]
+    fn oom_score_adj_as_upstream() {
+        let gi = 1u64 << 30;
+        let g =
+            spec(json!({"containers": [c("a", json!({"limits": {"cpu": "1", "memory": "1Gi"}}))]}));
+        assert_eq!(oom_score_adj(&g, &g.containers[0], 4 * gi).unwrap(), -997);
+        let be = spec(json!({"containers": [c("a", json!({}))]}));
+        assert_eq!(oom_score_adj(&be, &be.containers[0], 4 * gi).unwrap(), 1000);
+        let b = spec(json!({"containers": [c("a", json!({"requests": {"memory": "1Gi"}}))]}));
+        assert_eq!(oom_score_adj(&b, &b.containers[0], 4 * gi).unwrap(), 750);
+        let tiny = spec(json!({"containers": [c("a", json!({"requests": {"cpu": "1m"}}))]}));
+        assert_eq!(
+            oom_score_adj(&tiny, &tiny.containers[0], 4 * gi).unwrap(),
+            999
+        );
+        let huge = spec(json!({"containers": [c("a", json!({"requests": {"memory": "8Gi"}}))]}));
+        assert_eq!(
+            oom_score_adj(&huge, &huge.containers[0], 4 * gi).unwrap(),
+            3
+        );
+    }
+
+    #[test]
     fn cpu_formulas_as_upstream() {
         assert_eq!(shares(0), 2);
         assert_eq!(shares(1), 2);
@@ -766,7 +809,8 @@ mod tests {
             Resources {
                 cpu_shares: Some(256),
                 cpu_quota_us: Some(50_000),
-                memory_limit: Some(64 << 20)
+                memory_limit: Some(64 << 20),
+                oom_score_adj: None,
             }
         );
         let none = serde_json::from_value::<Container>(c("n", json!({}))).unwrap();
@@ -786,7 +830,8 @@ mod tests {
             Resources {
                 cpu_shares: Some(shares(600)),
                 cpu_quota_us: None,
-                memory_limit: None
+                memory_limit: None,
+                oom_score_adj: None,
             }
         );
         let g = spec(json!({"containers": [
@@ -798,7 +843,8 @@ mod tests {
             Resources {
                 cpu_shares: Some(shares(2000)),
                 cpu_quota_us: Some(200_000),
-                memory_limit: Some(128 << 20)
+                memory_limit: Some(128 << 20),
+                oom_score_adj: None,
             }
         );
         let be = spec(json!({"containers": [c("a", json!({}))]}));
@@ -900,6 +946,7 @@ mod tests {
             cpu_shares: Some(1024),
             cpu_quota_us: Some(50_000),
             memory_limit: Some(64 << 20),
+            oom_score_adj: None,
         })
         .unwrap();
         let f = |p: &str| std::fs::read_to_string(d.path().join(p)).unwrap();
@@ -956,6 +1003,7 @@ mod tests {
             cpu_shares: Some(512),
             cpu_quota_us: Some(20_000),
             memory_limit: Some(1 << 20),
+            oom_score_adj: None,
         })
         .unwrap();
         let f = |c: &str, file: &str| {

@@ -911,7 +911,14 @@ impl Pods {
         {
             return Ok(());
         }
-        let resources = match crate::cgroup::container_resources(c) {
+        let spec = pod.spec.clone().unwrap_or_default();
+        let resources = match crate::cgroup::container_resources(c).and_then(|r| {
+            let adj = crate::cgroup::oom_score_adj(&spec, c, crate::node::capacity().1)?;
+            Ok(crate::cgroup::Resources {
+                oom_score_adj: Some(adj),
+                ..r
+            })
+        }) {
             Ok(r) => r,
             Err(e) => return self.create_failed(pod, uid, &c.name, e.to_string()).await,
         };

@@ -181,6 +181,7 @@ impl Runtime for ProcessRuntime {
             stdin: run.stdin,
             tty: run.tty,
             cgroups: cgroup,
+            oom_score_adj: run.resources.oom_score_adj,
             argv: run.argv.clone(),
         };
         let mut cmd = std::process::Command::new(&self.shim);

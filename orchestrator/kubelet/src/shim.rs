@@ -33,6 +33,8 @@ pub const SHIM_PID_FILE: &str = "shim.pid";
 pub const START_ERROR_FILE: &str = "start-error";
 /// Present when the kernel's OOM killer killed a process of the container's cgroup during the run.
 pub const OOM_FILE: &str = "oom";
+/// This process's OOM score adjustment.
+const OOM_SCORE_ADJ: &str = "/proc/self/oom_score_adj";
 /// The FIFO a container with `stdin: true` reads its stdin from (attach writes to it).
 pub const STDIN_FIFO: &str = "stdin";
 /// The FIFO of a `tty: true` container's terminal size (JSON `{"Width":w,"Height":h}`).
@@ -69,6 +71,8 @@ pub struct ShimArgs {
     /// The container's cgroup directories (one per hierarchy): its process joins them before
     /// it execs.
     pub cgroups: Vec<PathBuf>,
+    /// The container process's `oom_score_adj` (its QoS class's).
+    pub oom_score_adj: Option<i32>,
     pub argv: Vec<OsString>,
 }
 
@@ -116,6 +120,10 @@ impl ShimArgs {
             }),
         );
         opt("--tty", self.tty.then(|| "true".into()));
+        opt(
+            "--oom-score-adj",
+            self.oom_score_adj.map(|v| v.to_string().into()),
+        );
         for c in &self.cgroups {
             opt("--cgroup", Some(c.clone().into()));
         }
@@ -172,6 +180,15 @@ impl ShimArgs {
                 }
                 Some("--tty") => a.tty = value == "true",
                 Some("--cgroup") => a.cgroups.push(value.into()),
+                Some("--oom-score-adj") => {
+                    a.oom_score_adj = Some(
+                        value
+                            .to_str()
+                            .and_then(|v| v.parse::<i32>().ok())
+                            .filter(|v| (-1000..=1000).contains(v))
+                            .ok_or("--oom-score-adj takes -1000..1000")?,
+                    );
+                }
                 _ => return Err(format!("unknown flag {}", flag.to_string_lossy())),
             }
         }
@@ -278,7 +295,16 @@ pub fn main(args: &[OsString]) -> i32 {
             None
         }
     };
+    // The container inherits the shim's oom_score_adj at fork: set it for the spawn only.
+    let own_adj = a.oom_score_adj.and_then(|adj| {
+        let was = std::fs::read_to_string(OOM_SCORE_ADJ).ok()?;
+        std::fs::write(OOM_SCORE_ADJ, adj.to_string()).ok()?;
+        Some(was)
+    });
     let spawned = cmd.spawn();
+    if let Some(was) = own_adj {
+        let _ = std::fs::write(OOM_SCORE_ADJ, was.trim());
+    }
     // The terminal's slave is the container's alone now: its end is the reader's EOF.
     drop(cmd);
     let mut child = match spawned {
@@ -572,6 +598,7 @@ mod tests {
                 "/sys/fs/cgroup/memory/k/p/c".into(),
                 "/sys/fs/cgroup/cpu/k/p/c".into(),
             ],
+            oom_score_adj: Some(-997),
             argv: vec!["/bin/sh".into(), "-c".into(), "--".into()],
         };
         let args = a.to_args();

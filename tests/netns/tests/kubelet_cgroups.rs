@@ -232,7 +232,16 @@ async fn cgroups_limit_account_oom_kill_adopt_and_go_with_their_pods() {
         burn.pids().contains(&burn_pid),
         "the container's process is in its cgroup"
     );
-
+    // The OOM killer's order: Guaranteed −997 (where the kernel lets the kubelet lower a
+    // score: this sandbox reads a negative one back as 0), BestEffort 1000 (below).
+    let adj = |pid: &str| {
+        std::fs::read_to_string(format!("/proc/{}/oom_score_adj", pid.trim()))
+            .unwrap()
+            .trim()
+            .parse::<i32>()
+            .unwrap()
+    };
+    assert!(adj(&burn_pid.to_string()) <= 0);
     // Usage from the cgroups reaches metrics.k8s.io: the burning container uses CPU, more
     // than the idle one, and no more than its 200m limit lets it (with slack for the window).
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -415,6 +424,12 @@ async fn cgroups_limit_account_oom_kill_adopt_and_go_with_their_pods() {
     assert_eq!(p["status"]["qosClass"], "BestEffort");
     let after_uid = p["metadata"]["uid"].as_str().unwrap().to_string();
     assert!(root.child(&format!("besteffort/pod{after_uid}")).exists());
+    let after_pid =
+        std::fs::read_to_string(k.pod_dir(0, &after_uid).join("containers/c/0/pid")).unwrap();
+    assert_eq!(adj(&after_pid), 1000, "BestEffort is killed first");
+    let shim =
+        std::fs::read_to_string(k.pod_dir(0, &after_uid).join("containers/c/0/shim.pid")).unwrap();
+    assert_eq!(adj(&shim), adj("self"), "the shim's own score is restored");
     assert!(!k.pod_dir(0, &uid).join("containers/burn/1").exists());
     assert!(
         burn.pids().contains(&burn_pid),
