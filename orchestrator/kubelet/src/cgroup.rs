@@ -717,10 +717,9 @@ fn remove_tree(dir: &Path, depth: usize) -> Result<(), Error> {
 
 /// Whether `dir` is on a cgroup file system (v1 or v2).
 fn is_cgroupfs(dir: &Path) -> bool {
-    const CGROUP_SUPER_MAGIC: i64 = 0x0027_e0eb;
-    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    use nix::sys::statfs::{CGROUP_SUPER_MAGIC, CGROUP2_SUPER_MAGIC};
     nix::sys::statfs::statfs(dir).is_ok_and(|s| {
-        let t = s.filesystem_type().0 as i64;
+        let t = s.filesystem_type();
         t == CGROUP_SUPER_MAGIC || t == CGROUP2_SUPER_MAGIC
     })
 }

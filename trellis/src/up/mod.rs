@@ -738,7 +738,7 @@ async fn build(args: &UpArgs, state: &mut State, exe: &Path, busybox: &Path) -> 
             "127.0.0.1:10248".into(),
             // Relative: under the cgroup `trellis up` runs in, where `trellis down` finds it.
             "--cgroup-root".into(),
-            format!("{}/{n}", state::cgroup_base(&state.name)).into(),
+            format!("{}/{n}", state::cgroup_base(&state.name)),
         ];
         if refs.is_dir() {
             kubelet.extend(["--cni-bin-dir".into(), s(refs)]);
