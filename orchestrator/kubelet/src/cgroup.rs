@@ -313,6 +313,29 @@ pub fn pod_resources(spec: &PodSpec) -> Result<Resources, Error> {
     })
 }
 
+/// The burstable tier's CPU shares (upstream's `setCPUCgroupConfig`): from the CPU requests
+/// of all Burstable pods (each pod's: its apps' sum or its largest init container); the
+/// besteffort tier always has [`MIN_SHARES`]. Pods whose resources cannot be read count nothing.
+pub fn burstable_tier_shares<'a>(specs: impl IntoIterator<Item = &'a PodSpec>) -> u64 {
+    let mut total = 0u64;
+    for spec in specs {
+        if !matches!(qos_class(spec), Ok(QosClass::Burstable)) {
+            continue;
+        }
+        let req = |c: &Container| asks(c).ok().and_then(|a| a.cpu_request).unwrap_or(0);
+        let apps: u64 = spec.containers.iter().map(req).fold(0, u64::saturating_add);
+        let init = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .map(req)
+            .max()
+            .unwrap_or(0);
+        total = total.saturating_add(apps.max(init));
+    }
+    shares(total)
+}
+
 /// CPU time and memory of a cgroup (and everything below it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Usage {
@@ -778,6 +801,19 @@ mod tests {
             oom_score_adj(&huge, &huge.containers[0], 4 * gi).unwrap(),
             3
         );
+    }
+
+    #[test]
+    fn the_burstable_tier_has_its_pods_requests() {
+        let b1 = spec(json!({"containers": [c("a", json!({"requests": {"cpu": "250m"}}))]}));
+        let b2 = spec(
+            json!({"containers": [c("a", json!({"requests": {"cpu": "750m", "memory": "1Mi"}}))]}),
+        );
+        let g =
+            spec(json!({"containers": [c("a", json!({"limits": {"cpu": "4", "memory": "1Gi"}}))]}));
+        let be = spec(json!({"containers": [c("a", json!({}))]}));
+        assert_eq!(burstable_tier_shares([&b1, &b2, &g, &be]), 1024);
+        assert_eq!(burstable_tier_shares([&g, &be]), MIN_SHARES);
     }
 
     #[test]

@@ -101,6 +101,8 @@ pub struct Pods {
     local: BTreeMap<String, Local>,
     retry: HashMap<String, Retry>,
     gc_done: bool,
+    /// The burstable tier's CPU shares as last written.
+    tier_shares: Option<u64>,
 }
 
 fn now_rfc3339() -> String {
@@ -139,6 +141,7 @@ impl Pods {
             local: BTreeMap::new(),
             retry: HashMap::new(),
             gc_done: false,
+            tier_shares: None,
         }
     }
 
@@ -220,6 +223,32 @@ impl Pods {
         }
     }
 
+    /// The QoS tiers' CPU shares, as upstream's QoS container manager keeps them: besteffort
+    /// the minimum, burstable the sum of its pods' CPU requests (written when it changes).
+    fn set_tier_shares(&mut self, pods: &[Pod]) {
+        let Some(root) = &self.cfg.cgroups else {
+            return;
+        };
+        let want =
+            crate::cgroup::burstable_tier_shares(pods.iter().filter_map(|p| p.spec.as_ref()));
+        if self.tier_shares == Some(want) {
+            return;
+        }
+        let set = |tier: &str, shares: u64| {
+            let cg = root.child(tier);
+            cg.create().and_then(|()| {
+                cg.apply(&crate::cgroup::Resources {
+                    cpu_shares: Some(shares),
+                    ..Default::default()
+                })
+            })
+        };
+        match set("besteffort", crate::cgroup::MIN_SHARES).and_then(|()| set("burstable", want)) {
+            Ok(()) => self.tier_shares = Some(want),
+            Err(e) => tracing::warn!(error = %e, "setting the QoS tiers' CPU shares"),
+        }
+    }
+
     /// One pass over the node's pods.
     pub async fn sync(&mut self) {
         let api: Api<Pod> = Api::all(self.client.clone());
@@ -238,6 +267,7 @@ impl Pods {
                     == Some(self.cfg.node_name.as_str())
             })
             .collect();
+        self.set_tier_shares(&pods);
         let mut seen = Vec::new();
         for pod in &pods {
             let Some(uid) = pod.metadata.uid.clone() else {

@@ -310,6 +310,12 @@ async fn cgroups_limit_account_oom_kill_adopt_and_go_with_their_pods() {
     );
     let hog_cg = root.child(&format!("burstable/pod{hog_uid}"));
     assert_eq!(limits(&hog_cg.child("c")).1, (16u64 << 20).to_string());
+    // The QoS tiers: besteffort the minimum shares, burstable its pods' CPU requests (none).
+    let v1 = matches!(root, Cgroup::V1 { .. });
+    if v1 {
+        assert_eq!(shares(&root.child("besteffort")), "2");
+        assert_eq!(shares(&root.child("burstable")), "2");
+    }
 
     // A limit the kernel refuses (a CFS quota of 200 million cores): CreateContainerError
     // with the kernel's reason, an Event per attempt, attempts only after the back-off. The
@@ -336,6 +342,10 @@ async fn cgroups_limit_account_oom_kill_adopt_and_go_with_their_pods() {
         },
     )
     .await;
+    if v1 {
+        // toobig's request (its limit, 200M cores) is the burstable tier's, at the maximum.
+        assert_eq!(shares(&root.child("burstable")), "262144");
+    }
     let msg = status_of(&p, "c")["state"]["waiting"]["message"]
         .as_str()
         .unwrap()
