@@ -79,6 +79,17 @@ pub struct Args {
     /// The most log files kept per container run, the current one included (at least 2).
     #[arg(long, default_value_t = trellis_kubelet::logfile::DEFAULT_MAX_FILES)]
     container_log_max_files: u32,
+    /// The cgroup pods' cgroups go under (default /trellis/<node>): Guaranteed pods at
+    /// pod<uid>, the others at burstable/pod<uid> or besteffort/pod<uid>, each container
+    /// below its pod. An absolute path starts at each hierarchy's root; a relative one under
+    /// the kubelet's own cgroup (a kubelet in a container keeps its pods within its limits).
+    /// cgroup v1 (cpu, cpuacct, memory, pids) or v2, whichever the host has.
+    #[arg(long)]
+    cgroup_root: Option<String>,
+    /// Whether pods get cgroups (limits enforced, usage read from them); false: no cgroups,
+    /// usage read from the processes in /proc.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    cgroups_per_qos: bool,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -118,6 +129,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         })
         .map_err(|e| anyhow::anyhow!("--container-log-max-size/--container-log-max-files: {e}"))?;
     let client = kube::Client::try_from(config).context("building the API client")?;
+    let cgroups = if args.cgroups_per_qos {
+        let root = args
+            .cgroup_root
+            .clone()
+            .unwrap_or_else(|| format!("/trellis/{node_name}"));
+        let cg = trellis_kubelet::cgroup::Cgroup::resolve(&root)
+            .with_context(|| format!("--cgroup-root {root}"))?;
+        cg.create()
+            .with_context(|| format!("creating the cgroup root {root}"))?;
+        tracing::info!(root = %root, cgroup = ?cg, "pods' cgroups");
+        Some(cg)
+    } else {
+        None
+    };
     let cfg = trellis_kubelet::Config {
         node_name,
         node_ip: args.node_ip,
@@ -142,6 +167,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         tls: args.tls_cert_file.zip(args.tls_private_key_file),
         client_ca,
         log_rotation,
+        cgroups,
     };
     let health = Arc::new(trellis_daemon::Health::default());
     health.set_not_ready("starting");

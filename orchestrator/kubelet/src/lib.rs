@@ -6,6 +6,7 @@
 //! running pods instead of starting them again, and removes what no pod claims.
 
 pub mod attach;
+pub mod cgroup;
 pub mod exec;
 pub mod logfile;
 pub mod logs;
@@ -69,6 +70,9 @@ pub struct Config {
     pub client_ca: Option<String>,
     /// How containers' logs are rotated (`--container-log-max-size`, `--container-log-max-files`).
     pub log_rotation: logfile::Rotation,
+    /// The kubelet's root cgroup (`--cgroup-root`), pods' cgroups below it; None: no cgroups
+    /// (`--cgroups-per-qos=false`), limits not enforced and usage read from `/proc`.
+    pub cgroups: Option<cgroup::Cgroup>,
 }
 
 /// An error of the kubelet, naming what it was doing.
@@ -88,6 +92,8 @@ pub enum Error {
     Net(#[from] trellis_net::Error),
     #[error("CNI: {0}")]
     Cni(#[from] trellis_cni::Error),
+    #[error("cgroup: {0}")]
+    Cgroup(#[from] cgroup::Error),
     #[error("{0}")]
     Other(String),
 }

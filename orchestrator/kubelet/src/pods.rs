@@ -45,6 +45,10 @@ struct SandboxRecord {
     /// also once the pod is gone from the API.
     #[serde(default)]
     port_mappings: Vec<crate::network::PortMapping>,
+    /// The pod cgroup below the kubelet's cgroup root (`burstable/pod<uid>`); None without
+    /// cgroups.
+    #[serde(default)]
+    cgroup: Option<String>,
 }
 
 struct Local {
@@ -61,6 +65,18 @@ struct Local {
     token: Token,
     /// A token failure already reported with an Event.
     token_reported: bool,
+    /// The pod cgroup (resolved from `rec.cgroup` under the kubelet's root).
+    cgroup: Option<crate::cgroup::Cgroup>,
+    /// Containers whose creation failed (CreateContainerError), waiting for their back-off.
+    create_failures: HashMap<String, CreateFailure>,
+}
+
+/// A container that could not be created (its cgroup or limits refused, the runtime failed):
+/// retried after the back-off, shown as `waiting: CreateContainerError` meanwhile.
+struct CreateFailure {
+    failures: u32,
+    next: Instant,
+    message: String,
 }
 
 /// Where a pod's projected token stands.
@@ -89,6 +105,8 @@ pub struct Pods {
     local: BTreeMap<String, Local>,
     retry: HashMap<String, Retry>,
     gc_done: bool,
+    /// The burstable tier's CPU shares as last written.
+    tier_shares: Option<u64>,
 }
 
 fn now_rfc3339() -> String {
@@ -127,6 +145,7 @@ impl Pods {
             local: BTreeMap::new(),
             retry: HashMap::new(),
             gc_done: false,
+            tier_shares: None,
         }
     }
 
@@ -148,10 +167,11 @@ impl Pods {
             match rec {
                 Some(rec) if rec.ready => {
                     tracing::info!(pod = %format!("{}/{}", rec.namespace, rec.name), "adopting a running pod");
-                    self.local.insert(rec.uid.clone(), Local::new(rec, dir));
+                    let local = Local::new(rec, dir).with_cgroup(self.cfg.cgroups.as_ref());
+                    self.local.insert(local.rec.uid.clone(), local);
                 }
                 Some(rec) => {
-                    let local = Local::new(rec, dir);
+                    let local = Local::new(rec, dir).with_cgroup(self.cfg.cgroups.as_ref());
                     self.teardown(&local).await;
                 }
                 None => {
@@ -181,12 +201,56 @@ impl Pods {
                 }
             }
         }
+        self.remove_orphan_cgroups().await;
         self.metrics.set(
             "kubelet_running_pods",
             "Pods with a sandbox on this node",
             &[],
             self.local.len() as f64,
         );
+    }
+
+    /// Removes the pod cgroups under the kubelet's root that no pod of this kubelet claims
+    /// (left by a kubelet killed while it deleted a pod), with any process still in them.
+    async fn remove_orphan_cgroups(&self) {
+        let Some(root) = &self.cfg.cgroups else {
+            return;
+        };
+        for (rel, uid) in root.pod_cgroups() {
+            if self.local.contains_key(&uid) {
+                continue;
+            }
+            tracing::info!(cgroup = %rel, "removing an orphan pod cgroup");
+            if let Err(e) = remove_cgroup(&root.child(&rel)).await {
+                tracing::warn!(cgroup = %rel, error = %e, "removing an orphan pod cgroup");
+            }
+        }
+    }
+
+    /// The QoS tiers' CPU shares, as upstream's QoS container manager keeps them: besteffort
+    /// the minimum, burstable the sum of its pods' CPU requests (written when it changes).
+    fn set_tier_shares(&mut self, pods: &[Pod]) {
+        let Some(root) = &self.cfg.cgroups else {
+            return;
+        };
+        let want =
+            crate::cgroup::burstable_tier_shares(pods.iter().filter_map(|p| p.spec.as_ref()));
+        if self.tier_shares == Some(want) {
+            return;
+        }
+        let set = |tier: &str, shares: u64| {
+            let cg = root.child(tier);
+            cg.create().and_then(|()| {
+                cg.apply(&crate::cgroup::Resources {
+                    cpu_shares: Some(shares),
+                    ..Default::default()
+                })
+            })
+        };
+        match set("besteffort", crate::cgroup::MIN_SHARES).and_then(|()| set("burstable", want)) {
+            Ok(()) => self.tier_shares = Some(want),
+            Err(e) => tracing::warn!(error = %e, "setting the QoS tiers' CPU shares"),
+        }
     }
 
     /// One pass over the node's pods.
@@ -207,6 +271,7 @@ impl Pods {
                     == Some(self.cfg.node_name.as_str())
             })
             .collect();
+        self.set_tier_shares(&pods);
         let mut seen = Vec::new();
         for pod in &pods {
             let Some(uid) = pod.metadata.uid.clone() else {
@@ -308,18 +373,29 @@ impl Pods {
                         &[],
                         1.0,
                     );
-                    let msg = format!(
-                        "Failed to create pod sandbox: {e}; retrying in {}s",
-                        delay.as_secs()
-                    );
-                    self.event(pod, "Warning", "FailedCreatePodSandBox", &msg)
-                        .await;
+                    let (reason, msg) = match &e {
+                        Error::Cgroup(e) => (
+                            "FailedCreatePodContainer",
+                            format!(
+                                "unable to ensure pod container exists: {e}; retrying in {}s",
+                                delay.as_secs()
+                            ),
+                        ),
+                        e => (
+                            "FailedCreatePodSandBox",
+                            format!(
+                                "Failed to create pod sandbox: {e}; retrying in {}s",
+                                delay.as_secs()
+                            ),
+                        ),
+                    };
+                    self.event(pod, "Warning", reason, &msg).await;
                     self.patch_status(
                         pod,
                         json!({"phase": "Pending", "conditions": [
                             {"type": "PodScheduled", "status": "True"},
                             {"type": "PodReadyToStartContainers", "status": "False",
-                             "reason": "FailedCreatePodSandBox", "message": msg}]}),
+                             "reason": reason, "message": msg}]}),
                     )
                     .await;
                     return Ok(());
@@ -396,6 +472,23 @@ impl Pods {
         let sandbox_id = format!("trellis-{}", uid.replace('-', ""));
         let netns_name = format!("{}{}", self.cfg.netns_prefix, short);
         let dir = self.pods_dir().join(uid);
+        // The pod cgroup and its limits before anything else: a limit the kernel refuses
+        // leaves nothing behind to undo.
+        let cgroup = match &self.cfg.cgroups {
+            Some(root) => {
+                let qos = crate::cgroup::qos_class(&spec)?;
+                let rel = qos.pod_path(uid);
+                let cg = root.child(&rel);
+                let made = crate::cgroup::pod_resources(&spec)
+                    .and_then(|r| cg.create().and_then(|()| cg.apply(&r)));
+                if let Err(e) = made {
+                    let _ = cg.remove();
+                    return Err(e.into());
+                }
+                Some(rel)
+            }
+            None => None,
+        };
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("create the pod directory", e))?;
         let hostname = spec.hostname.clone().unwrap_or_else(|| name.clone());
         let port_mappings = if host_network {
@@ -418,13 +511,14 @@ impl Pods {
             ready: false,
             created: now_rfc3339(),
             port_mappings: port_mappings.clone(),
+            cgroup,
         };
         let write = |rec: &SandboxRecord| -> Result<(), Error> {
             crate::shim::write_atomic(&dir, "sandbox.json", &serde_json::to_string(rec)?)
                 .map_err(|e| Error::io("write sandbox.json", e))
         };
         write(&rec)?;
-        let mut local = Local::new(rec.clone(), dir.clone());
+        let mut local = Local::new(rec.clone(), dir.clone()).with_cgroup(self.cfg.cgroups.as_ref());
         if !host_network {
             // A namespace of this name is this pod's, left by an earlier start whose ADD and
             // DEL both failed (teardown keeps it then). It goes, with whatever is in it (CNI GC
@@ -517,6 +611,13 @@ impl Pods {
                 tracing::warn!(netns = %name, error = %e, "removing the pod namespace");
             }
         }
+        if let Some(cg) = &local.cgroup
+            && let Err(e) = remove_cgroup(cg).await
+        {
+            // Kept, with the pod directory, for the next pass.
+            tracing::warn!(pod = %local.rec.name, error = %e, "removing the pod cgroup");
+            return false;
+        }
         let _ = std::fs::remove_dir_all(&local.dir);
         true
     }
@@ -529,6 +630,7 @@ impl Pods {
             hostname: local.rec.hostname.clone(),
             service_account: (local.token != Token::Off && sa.join("token").is_file())
                 .then_some(sa),
+            cgroup: local.cgroup.clone(),
         }
     }
 
@@ -847,6 +949,25 @@ impl Pods {
         c: &Container,
         attempt: u32,
     ) -> Result<(), Error> {
+        if let Some(f) = self
+            .local
+            .get(uid)
+            .and_then(|l| l.create_failures.get(&c.name))
+            && Instant::now() < f.next
+        {
+            return Ok(());
+        }
+        let spec = pod.spec.clone().unwrap_or_default();
+        let resources = match crate::cgroup::container_resources(c).and_then(|r| {
+            let adj = crate::cgroup::oom_score_adj(&spec, c, crate::node::capacity().1)?;
+            Ok(crate::cgroup::Resources {
+                oom_score_adj: Some(adj),
+                ..r
+            })
+        }) {
+            Ok(r) => r,
+            Err(e) => return self.create_failed(pod, uid, &c.name, e.to_string()).await,
+        };
         let env = self.env(pod, uid, c).await;
         // `$(VAR)` in command and args takes the container's environment, as upstream's.
         let mut argv: Vec<OsString> = Vec::new();
@@ -878,8 +999,14 @@ impl Pods {
                 }
             }),
             tty: c.tty.unwrap_or(false),
+            resources,
         };
-        self.rt.start(sb, &run)?;
+        if let Err(e) = self.rt.start(sb, &run) {
+            return self.create_failed(pod, uid, &c.name, e.to_string()).await;
+        }
+        if let Some(l) = self.local.get_mut(uid) {
+            l.create_failures.remove(&c.name);
+        }
         // Give the shim a moment to start the process (or fail to), so this pass already
         // reports what happened; until then the container is ContainerCreating, never Ready.
         for _ in 0..50 {
@@ -897,6 +1024,42 @@ impl Pods {
             1.0,
         );
         tracing::info!(pod = %name_of(pod), container = %c.name, attempt, "container started");
+        Ok(())
+    }
+
+    /// A container that could not be created: an Event each attempt, CreateContainerError in
+    /// its status, and the next attempt only after the back-off (never a hot loop).
+    async fn create_failed(
+        &mut self,
+        pod: &Pod,
+        uid: &str,
+        name: &str,
+        why: String,
+    ) -> Result<(), Error> {
+        let (base, max) = (self.cfg.backoff_base, self.cfg.backoff_max);
+        let Some(l) = self.local.get_mut(uid) else {
+            return Ok(());
+        };
+        let f = l
+            .create_failures
+            .entry(name.to_string())
+            .or_insert_with(|| CreateFailure {
+                failures: 0,
+                next: Instant::now(),
+                message: String::new(),
+            });
+        f.failures += 1;
+        f.next = Instant::now() + backoff(base, max, f.failures);
+        f.message = why.clone();
+        self.metrics.inc(
+            "kubelet_container_create_failures_total",
+            "Containers the runtime could not create (CreateContainerError)",
+            &[],
+            1.0,
+        );
+        tracing::warn!(pod = %name_of(pod), container = %name, error = %why, "creating a container");
+        self.event(pod, "Warning", "Failed", &format!("Error: {why}"))
+            .await;
         Ok(())
     }
 
@@ -1018,10 +1181,12 @@ impl Pods {
                 started,
                 finished,
                 start_error,
+                oom_killed,
             } => {
                 let reason = match (start_error, code) {
                     (Some(_), _) => "StartError",
                     (None, 0) => "Completed",
+                    (None, _) if *oom_killed => "OOMKilled",
                     (None, _) => "Error",
                 };
                 let mut t = json!({"exitCode": code, "reason": reason,
@@ -1065,6 +1230,14 @@ impl Pods {
                         (*n, terminated(&c.name, *n, st).unwrap_or_else(|| json!({})))
                     }
                 }
+            };
+            // A creation that failed (and waits for its back-off) is what the container is
+            // doing unless a run of it is alive.
+            let state = match local.create_failures.get(&c.name) {
+                Some(f) if !matches!(latest, Some((_, RunState::Running { .. }))) => {
+                    json!({"waiting": {"reason": "CreateContainerError", "message": f.message}})
+                }
+                _ => state,
             };
             let last = if n > 0 {
                 self.rt
@@ -1156,7 +1329,9 @@ impl Pods {
             ],
             "startTime": local.rec.created,
             "containerStatuses": apps.into_iter().map(|a| a.0).collect::<Vec<_>>(),
-            "qosClass": "BestEffort",
+            "qosClass": crate::cgroup::qos_class(&spec)
+                .map_or(crate::cgroup::QosClass::BestEffort, |q| q)
+                .as_str(),
         });
         if !inits.is_empty() {
             st["initContainerStatuses"] = json!(inits.into_iter().map(|a| a.0).collect::<Vec<_>>());
@@ -1276,6 +1451,30 @@ impl Local {
             probes: HashMap::new(),
             token: Token::Unknown,
             token_reported: false,
+            cgroup: None,
+            create_failures: HashMap::new(),
+        }
+    }
+
+    /// With its pod cgroup resolved under the kubelet's root `root`.
+    fn with_cgroup(mut self, root: Option<&crate::cgroup::Cgroup>) -> Local {
+        self.cgroup = root
+            .zip(self.rec.cgroup.as_deref())
+            .map(|(r, rel)| r.child(rel));
+        self
+    }
+}
+
+/// Kills what is left in a pod cgroup, waits (2 s at most) for the kernel to let the
+/// processes go, and removes it.
+async fn remove_cgroup(cg: &crate::cgroup::Cgroup) -> Result<(), crate::cgroup::Error> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        cg.kill_all();
+        match cg.remove() {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     }
 }
@@ -1351,6 +1550,7 @@ mod tests {
             tls: None,
             client_ca: None,
             log_rotation: Default::default(),
+            cgroups: None,
         }
     }
 
@@ -1424,6 +1624,7 @@ mod tests {
             ready: true,
             created: now_rfc3339(),
             port_mappings: Vec::new(),
+            cgroup: None,
         };
         pods.local.insert("u1".into(), Local::new(rec, dir.clone()));
         let pod: Pod = serde_json::from_value(json!({

@@ -1,5 +1,10 @@
-//! Probes: exec (in the pod's network namespace), tcpSocket and httpGet (from the node, to the
-//! pod's address, as the kubelet does). Thresholds and periods as upstream defaults them.
+//! Probes: exec (in the pod's network namespace), tcpSocket, httpGet and grpc (from the node, to
+//! the pod's address, as the kubelet does). Thresholds and periods as upstream defaults them.
+//!
+//! gRPC probes call `grpc.health.v1.Health/Check` (plaintext, the numeric port) with the
+//! probe's `service` (default ""): `SERVING` is success; any other status, an RPC error, a
+//! refused connection or the timeout is a failure, worded as upstream's
+//! `pkg/probe/grpc/grpc.go` words it.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -89,6 +94,16 @@ pub async fn run(
     netns: Option<PathBuf>,
 ) -> Result<(), String> {
     let timeout = secs(p.timeout_seconds, 1).max(Duration::from_secs(1));
+    if let Some(g) = &p.grpc {
+        let ip = pod_ip.ok_or("the pod has no address")?;
+        let port = u16::try_from(g.port).map_err(|_| format!("invalid port {}", g.port))?;
+        return grpc(
+            SocketAddr::new(ip, port),
+            g.service.clone().unwrap_or_default(),
+            timeout,
+        )
+        .await;
+    }
     let work = async {
         if let Some(t) = &p.tcp_socket {
             let ip = t
@@ -157,11 +172,133 @@ pub async fn run(
                 Err(format!("command {argv:?} exited with {st}"))
             }
         } else {
-            Err("probe has no handler (grpc is not supported yet)".into())
+            Err("probe has no handler".into())
         }
     };
     match tokio::time::timeout(timeout, work).await {
         Ok(r) => r,
         Err(_) => Err(format!("probe timed out after {timeout:?}")),
+    }
+}
+
+/// An error with its causes, as Go's `%+v` shows a wrapped one.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    let mut n = 0;
+    while let Some(c) = cur {
+        n += 1;
+        if n > 8 {
+            break;
+        }
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cur = c.source();
+    }
+    out
+}
+
+/// Go's rendering of a whole-second timeout (`1s`).
+fn go_duration(d: Duration) -> String {
+    format!("{}s", d.as_secs())
+}
+
+/// One `grpc.health.v1.Health/Check` of `service` at `addr`, within `timeout` in all.
+pub async fn grpc(addr: SocketAddr, service: String, timeout: Duration) -> Result<(), String> {
+    use tonic_health::ServingStatus;
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let started = Instant::now();
+    let within = go_duration(timeout);
+    let failed_connect = |why: String| {
+        format!("timeout: failed to connect service \"{addr}\" within {within}: {why}")
+    };
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| failed_connect(chain(&e)))?
+        .connect_timeout(timeout);
+    let channel = match tokio::time::timeout(timeout, endpoint.connect()).await {
+        Err(_) => return Err(failed_connect("context deadline exceeded".into())),
+        Ok(Err(e)) => return Err(failed_connect(chain(&e))),
+        Ok(Ok(c)) => c,
+    };
+    let mut client = HealthClient::new(channel);
+    let left = timeout.saturating_sub(started.elapsed());
+    let rpc_timeout = || format!("timeout: health rpc did not complete within {within}");
+    let resp = match tokio::time::timeout(left, client.check(HealthCheckRequest { service })).await
+    {
+        Err(_) => return Err(rpc_timeout()),
+        Ok(Err(st)) if st.code() == tonic::Code::DeadlineExceeded => return Err(rpc_timeout()),
+        Ok(Err(st)) => {
+            return Err(format!(
+                "error: health rpc probe failed: rpc error: code = {:?} desc = {}",
+                st.code(),
+                st.message()
+            ));
+        }
+        Ok(Ok(r)) => r.into_inner(),
+    };
+    let status = tonic_health::pb::health_check_response::ServingStatus::try_from(resp.status)
+        .map(|s| s.as_str_name().to_string())
+        .unwrap_or_else(|_| resp.status.to_string());
+    if resp.status == ServingStatus::Serving as i32 || status == "SERVING" {
+        Ok(())
+    } else {
+        Err(format!("service unhealthy (responded with \"{status}\")"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use tonic_health::ServingStatus;
+
+    /// A grpc.health.v1 server on a loopback port: "" serving, "down" not serving.
+    async fn server() -> SocketAddr {
+        let (reporter, svc) = tonic_health::server::health_reporter();
+        reporter
+            .set_service_status("", ServingStatus::Serving)
+            .await;
+        reporter
+            .set_service_status("down", ServingStatus::NotServing)
+            .await;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let _keep = reporter;
+            let _ = tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l))
+                .await;
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn grpc_probes_judge_the_health_status_with_upstreams_words() {
+        let addr = server().await;
+        let t = Duration::from_secs(5);
+        assert_eq!(grpc(addr, String::new(), t).await, Ok(()));
+        assert_eq!(
+            grpc(addr, "down".into(), t).await,
+            Err("service unhealthy (responded with \"NOT_SERVING\")".into())
+        );
+        let unknown = grpc(addr, "nope".into(), t).await.unwrap_err();
+        assert!(
+            unknown.starts_with("error: health rpc probe failed: rpc error: code = NotFound"),
+            "{unknown}"
+        );
+        // A port nothing listens on (the listener is dropped at once).
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let refused = grpc(closed, String::new(), t).await.unwrap_err();
+        assert!(
+            refused.starts_with(&format!(
+                "timeout: failed to connect service \"{closed}\" within 5s: "
+            )),
+            "{refused}"
+        );
     }
 }

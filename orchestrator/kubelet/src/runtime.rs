@@ -11,7 +11,7 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 use crate::Error;
-use crate::shim::{self, EXIT_FILE, PID_FILE, SHIM_PID_FILE, START_ERROR_FILE, ShimArgs};
+use crate::shim::{self, EXIT_FILE, OOM_FILE, PID_FILE, SHIM_PID_FILE, START_ERROR_FILE, ShimArgs};
 
 /// Where a pod's containers run: its directory and network namespace.
 #[derive(Debug, Clone)]
@@ -23,6 +23,8 @@ pub struct Sandbox {
     /// The pod's projected service-account directory, bind-mounted at
     /// [`crate::serviceaccount::MOUNT_PATH`]; None when the pod has no token.
     pub service_account: Option<PathBuf>,
+    /// The pod's cgroup, under which each container gets its own; None without cgroups.
+    pub cgroup: Option<crate::cgroup::Cgroup>,
 }
 
 /// One run of one container.
@@ -37,6 +39,8 @@ pub struct ContainerRun {
     pub stdin: Option<shim::StdinMode>,
     /// `tty: true`: the container gets a terminal.
     pub tty: bool,
+    /// The container cgroup's limits (from its resources).
+    pub resources: crate::cgroup::Resources,
 }
 
 /// What a run is doing.
@@ -53,6 +57,8 @@ pub enum RunState {
         finished: SystemTime,
         /// Set when the process never started (a missing executable, a namespace failure).
         start_error: Option<String>,
+        /// The kernel's OOM killer killed a process of the container during the run.
+        oom_killed: bool,
     },
 }
 
@@ -115,6 +121,7 @@ impl ProcessRuntime {
                 started: mtime(&dir.join(PID_FILE)).unwrap_or(started),
                 finished: mtime(&dir.join(EXIT_FILE)).unwrap_or(started),
                 start_error: std::fs::read_to_string(dir.join(START_ERROR_FILE)).ok(),
+                oom_killed: dir.join(OOM_FILE).exists(),
             });
         }
         let shim = read_i32(&dir.join(SHIM_PID_FILE));
@@ -128,6 +135,7 @@ impl ProcessRuntime {
                     started,
                     finished: SystemTime::now(),
                     start_error: None,
+                    oom_killed: false,
                 });
             }
         }
@@ -140,6 +148,17 @@ impl ProcessRuntime {
 
 impl Runtime for ProcessRuntime {
     fn start(&self, sandbox: &Sandbox, run: &ContainerRun) -> Result<(), Error> {
+        // The container's cgroup and limits first: a limit the kernel refuses leaves no run
+        // behind (the container was never created).
+        let cgroup = match &sandbox.cgroup {
+            Some(pod) => {
+                let c = pod.child(&run.name);
+                c.create()?;
+                c.apply(&run.resources)?;
+                c.dirs()
+            }
+            None => Vec::new(),
+        };
         let dir = run_dir(sandbox, &run.name, run.attempt);
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
@@ -161,6 +180,8 @@ impl Runtime for ProcessRuntime {
             rotation: self.rotation,
             stdin: run.stdin,
             tty: run.tty,
+            cgroups: cgroup,
+            oom_score_adj: run.resources.oom_score_adj,
             argv: run.argv.clone(),
         };
         let mut cmd = std::process::Command::new(&self.shim);

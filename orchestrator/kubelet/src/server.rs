@@ -425,7 +425,11 @@ async fn handle(shared: &Shared, req: Request<Incoming>, caller: Option<Caller>)
             }
             let summary = shared
                 .stats
-                .summary(&shared.cfg.node_name, &shared.cfg.root_dir)
+                .summary(
+                    &shared.cfg.node_name,
+                    &shared.cfg.root_dir,
+                    shared.cfg.cgroups.as_ref(),
+                )
                 .await;
             let mut r = text(200, summary.to_string());
             r.headers_mut().insert(

@@ -31,6 +31,10 @@ pub const EXIT_FILE: &str = "exit";
 pub const SHIM_PID_FILE: &str = "shim.pid";
 /// Why the process could not start (the container's waiting reason is StartError / RunContainerError).
 pub const START_ERROR_FILE: &str = "start-error";
+/// Present when the kernel's OOM killer killed a process of the container's cgroup during the run.
+pub const OOM_FILE: &str = "oom";
+/// This process's OOM score adjustment.
+const OOM_SCORE_ADJ: &str = "/proc/self/oom_score_adj";
 /// The FIFO a container with `stdin: true` reads its stdin from (attach writes to it).
 pub const STDIN_FIFO: &str = "stdin";
 /// The FIFO of a `tty: true` container's terminal size (JSON `{"Width":w,"Height":h}`).
@@ -64,6 +68,11 @@ pub struct ShimArgs {
     pub stdin: Option<StdinMode>,
     /// Whether the container gets a terminal.
     pub tty: bool,
+    /// The container's cgroup directories (one per hierarchy): its process joins them before
+    /// it execs.
+    pub cgroups: Vec<PathBuf>,
+    /// The container process's `oom_score_adj` (its QoS class's).
+    pub oom_score_adj: Option<i32>,
     pub argv: Vec<OsString>,
 }
 
@@ -111,6 +120,13 @@ impl ShimArgs {
             }),
         );
         opt("--tty", self.tty.then(|| "true".into()));
+        opt(
+            "--oom-score-adj",
+            self.oom_score_adj.map(|v| v.to_string().into()),
+        );
+        for c in &self.cgroups {
+            opt("--cgroup", Some(c.clone().into()));
+        }
         out.push("--".into());
         out.extend(self.argv.iter().cloned());
         out
@@ -163,6 +179,16 @@ impl ShimArgs {
                     });
                 }
                 Some("--tty") => a.tty = value == "true",
+                Some("--cgroup") => a.cgroups.push(value.into()),
+                Some("--oom-score-adj") => {
+                    a.oom_score_adj = Some(
+                        value
+                            .to_str()
+                            .and_then(|v| v.parse::<i32>().ok())
+                            .filter(|v| (-1000..=1000).contains(v))
+                            .ok_or("--oom-score-adj takes -1000..1000")?,
+                    );
+                }
                 _ => return Err(format!("unknown flag {}", flag.to_string_lossy())),
             }
         }
@@ -238,6 +264,10 @@ pub fn main(args: &[OsString]) -> i32 {
     };
     let mut cmd = std::process::Command::new(&a.argv[0]);
     cmd.args(&a.argv[1..]);
+    let ooms_before = crate::cgroup::oom_kills(&a.cgroups);
+    if let Err(e) = join_cgroups(&mut cmd, &a.cgroups) {
+        return fail(e);
+    }
     if let Some(w) = &a.workdir {
         cmd.current_dir(w);
     }
@@ -265,7 +295,16 @@ pub fn main(args: &[OsString]) -> i32 {
             None
         }
     };
+    // The container inherits the shim's oom_score_adj at fork: set it for the spawn only.
+    let own_adj = a.oom_score_adj.and_then(|adj| {
+        let was = std::fs::read_to_string(OOM_SCORE_ADJ).ok()?;
+        std::fs::write(OOM_SCORE_ADJ, adj.to_string()).ok()?;
+        Some(was)
+    });
     let spawned = cmd.spawn();
+    if let Some(was) = own_adj {
+        let _ = std::fs::write(OOM_SCORE_ADJ, was.trim());
+    }
     // The terminal's slave is the container's alone now: its end is the reader's EOF.
     drop(cmd);
     let mut child = match spawned {
@@ -323,6 +362,14 @@ pub fn main(args: &[OsString]) -> i32 {
             .unwrap_or(255),
         Err(_) => 255,
     };
+    // OOM evidence: the cgroup's kill count grew while the container ran (containerd reports
+    // OOMKilled on its TaskOOM event the same way).
+    if code != 0
+        && let (Some(before), Some(after)) = (ooms_before, crate::cgroup::oom_kills(&a.cgroups))
+        && after > before
+    {
+        let _ = write_atomic(&a.dir, OOM_FILE, &after.to_string());
+    }
     // What the container wrote last is logged before its exit is: a reader that sees the exit
     // has the whole log. A background process still holding the output does not hold the exit.
     let deadline = Instant::now() + Duration::from_secs(2);
@@ -405,6 +452,36 @@ fn resizes(fifo: &Path, master: &std::fs::File) {
             crate::exec::resize(master, v.to_string().as_bytes());
         }
     }
+}
+
+/// Makes the container's process join its cgroups between fork and exec: each
+/// `cgroup.procs` is opened here, and the child writes `0` (itself) to it.
+#[allow(unsafe_code)]
+fn join_cgroups(cmd: &mut std::process::Command, dirs: &[PathBuf]) -> Result<(), String> {
+    use std::os::unix::process::CommandExt;
+    let mut files = Vec::new();
+    for d in dirs {
+        let p = d.join("cgroup.procs");
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .map_err(|e| format!("open {}: {e}", p.display()))?;
+        files.push(f);
+    }
+    if files.is_empty() {
+        return Ok(());
+    }
+    // SAFETY: the closure runs between fork and exec and only makes write syscalls on files
+    // opened before the fork; it allocates nothing (an OS error carries no allocation).
+    unsafe {
+        cmd.pre_exec(move || {
+            for f in &files {
+                (&*f).write_all(b"0")?;
+            }
+            Ok(())
+        });
+    }
+    Ok(())
 }
 
 /// Makes the container a session leader whose controlling terminal is its stdin (the pty's
@@ -517,6 +594,11 @@ mod tests {
             rotation: Rotation::new(2048, 3).unwrap(),
             stdin: Some(StdinMode::Once),
             tty: true,
+            cgroups: vec![
+                "/sys/fs/cgroup/memory/k/p/c".into(),
+                "/sys/fs/cgroup/cpu/k/p/c".into(),
+            ],
+            oom_score_adj: Some(-997),
             argv: vec!["/bin/sh".into(), "-c".into(), "--".into()],
         };
         let args = a.to_args();

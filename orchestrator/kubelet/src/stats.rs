@@ -1,10 +1,12 @@
 //! `/stats/summary`: CPU and memory of the node and of each pod and container, in the shape
 //! of upstream's Summary API (`stats/v1alpha1`), for metrics-server, `kubectl top` and the HPA.
 //!
-//! The process runtime has no per-pod cgroup yet, so a container's usage is that of its
-//! process tree as `/proc` shows it: CPU time is user + system time of the live processes plus
-//! what their reaped children used (`cutime`/`cstime`); the working set is their resident
-//! memory. `usageNanoCores` is the rate over about [`RATE_WINDOW`]: between this sample and the
+//! With cgroups (the default), a pod's and a container's usage are those of their cgroups
+//! ([`crate::cgroup::Cgroup::usage`]): CPU time in ns, and the working set (usage minus
+//! inactive file pages) as cAdvisor computes it. Without them (`--cgroups-per-qos=false`, or a
+//! pod whose cgroup is gone) a container's usage is that of its process tree as `/proc` shows
+//! it: CPU time is user + system time of the live processes plus what their reaped children
+//! used (`cutime`/`cstime`); the working set is their resident memory. `usageNanoCores` is the rate over about [`RATE_WINDOW`]: between this sample and the
 //! newest earlier one at least that old (the samples of recent requests are kept), or the
 //! oldest one kept when none is that old yet; a first request samples twice, 200 ms apart.
 //! A window that long keeps the rate steady however often readers ask (the API server for
@@ -18,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::cgroup::Cgroup;
 use crate::runtime::alive;
 use crate::shim::PID_FILE;
 
@@ -126,7 +129,7 @@ struct Sample {
     pods: Vec<(String, String, String, String, Vec<String>)>,
 }
 
-fn sample(root: &Path) -> Sample {
+fn sample(root: &Path, cgroups: Option<&Cgroup>) -> Sample {
     let tick_ns = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()
@@ -158,6 +161,9 @@ fn sample(root: &Path) -> Sample {
         };
         let text = |k: &str| rec[k].as_str().unwrap_or("").to_string();
         let uid = text("uid");
+        let pod_cgroup = cgroups
+            .zip(rec["cgroup"].as_str())
+            .map(|(r, rel)| r.child(rel));
         let mut names = Vec::new();
         let (mut pod_cpu, mut pod_mem) = (0, 0);
         let containers = std::fs::read_dir(dir.join("containers"))
@@ -180,7 +186,10 @@ fn sample(root: &Path) -> Sample {
             let Some(pid) = pid.filter(|p| *p > 1 && alive(*p)) else {
                 continue;
             };
-            let (cpu, mem) = tree_usage(&procs, pid, tick_ns, page);
+            let (cpu, mem) = match pod_cgroup.as_ref().and_then(|p| p.child(&name).usage()) {
+                Some(u) => (u.cpu_ns, u.working_set),
+                None => tree_usage(&procs, pid, tick_ns, page),
+            };
             pod_cpu += cpu;
             pod_mem += mem;
             s.cpu.insert(format!("{uid}/{name}"), cpu);
@@ -188,6 +197,11 @@ fn sample(root: &Path) -> Sample {
             names.push(name);
         }
         names.sort();
+        // The pod cgroup counts everything of the pod, the exited runs' CPU time too.
+        if let Some(u) = pod_cgroup.as_ref().and_then(Cgroup::usage) {
+            pod_cpu = u.cpu_ns;
+            pod_mem = u.working_set;
+        }
         s.cpu.insert(uid.clone(), pod_cpu);
         s.mem.insert(uid.clone(), pod_mem);
         s.pods
@@ -237,7 +251,7 @@ fn usage(now: &Sample, before: &[&Sample], key: &str, time: &str) -> Value {
 
 impl Stats {
     /// The summary for node `node`, its pods' state under `root`.
-    pub async fn summary(&self, node: &str, root: &Path) -> Value {
+    pub async fn summary(&self, node: &str, root: &Path, cgroups: Option<&Cgroup>) -> Value {
         let kept = {
             let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
             samples.retain(|s| s.at.elapsed() < MAX_AGE);
@@ -245,14 +259,14 @@ impl Stats {
             base_index(&ages, RATE_WINDOW).is_some()
         };
         if !kept {
-            let first = sample(root);
+            let first = sample(root, cgroups);
             tokio::time::sleep(Duration::from_millis(200)).await;
             self.samples
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .push_back(first);
         }
-        let now = sample(root);
+        let now = sample(root, cgroups);
         let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
         let ages: Vec<Duration> = samples.iter().map(|s| s.at.elapsed()).collect();
         let Some(base) = base_index(&ages, RATE_WINDOW) else {

@@ -4,7 +4,10 @@
 //! by the bench (netns + CNI ADD through the same conflist + fork/exec of the same command, one
 //! pod after another), since no other kubelet can run here.
 //!
-//!     cargo bench -p netns-testbed --bench kubelet-pods [-- --pods 100]
+//!     cargo bench -p netns-testbed --bench kubelet-pods [-- --pods 100] [--no-cgroups]
+//!
+//! `--no-cgroups` runs the kubelet with `--cgroups-per-qos=false` (no pod and container
+//! cgroups), to see what the cgroups cost.
 //!
 //! Needs root and busybox-static.
 
@@ -67,7 +70,21 @@ async fn run() {
     }
 
     let mut k = kubelet::Kubelets::new(&c.tb);
-    let pid = k.start(&c.tb, &c.cp, &w.node, &w.dirs, "net.d");
+    let cgroups = !std::env::args().any(|a| a == "--no-cgroups");
+    println!(
+        "kubelet cgroups: {}",
+        if cgroups {
+            "on"
+        } else {
+            "off (--cgroups-per-qos=false)"
+        }
+    );
+    let off: &[&str] = if cgroups {
+        &[]
+    } else {
+        &["--cgroups-per-qos=false"]
+    };
+    let pid = k.start_with(&c.tb, &c.cp, &w.node, &w.dirs, "net.d", off);
     kubelet::wait_node_ready(&c.client, &w.node.name).await;
     let api: Api<Pod> = Api::namespaced(c.client.clone(), "default");
     let t0 = Instant::now();

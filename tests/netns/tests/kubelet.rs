@@ -348,6 +348,14 @@ async fn scenario(
         std::fs::read_to_string(k.pod_dir(0, &pods[0].0).join("containers/srv/0/pid")).unwrap(),
         srv_pid
     );
+    // Its cgroup was adopted with it: the same process still in it.
+    let srv_cg = k
+        .cgroup(&nodes[0].0.name)
+        .child(&format!("besteffort/pod{}/srv", pods[0].0));
+    assert!(
+        srv_cg.pids().contains(&srv_pid.trim().parse().unwrap()),
+        "srv is in its cgroup after the restart"
+    );
     let out = fetch(tb, &ns1, &pods[1].1.to_string()).await;
     assert_eq!(out.trim(), "web-2", "the adopted pod still has its network");
     drop(ns1);
@@ -397,6 +405,14 @@ async fn scenario(
         .filter(|n| n.starts_with(&k.prefix))
         .collect();
     assert!(left.is_empty(), "pod namespaces left: {left:?}");
+    for (node, _, _) in &nodes {
+        let root = k.cgroup(&node.name);
+        assert_eq!(
+            root.pod_cgroups(),
+            Vec::<(String, String)>::new(),
+            "pod cgroups left under {root:?}"
+        );
+    }
     for root in &k.roots {
         let n = std::fs::read_dir(root.join("pods"))
             .map(|d| d.count())

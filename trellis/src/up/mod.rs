@@ -767,6 +767,9 @@ async fn build(args: &UpArgs, state: &mut State, exe: &Path, busybox: &Path) -> 
             s(&serving_crt),
             "--tls-private-key-file".into(),
             s(&serving_key),
+            // Relative: under the cgroup `trellis up` runs in, where `trellis down` finds it.
+            "--cgroup-root".into(),
+            format!("{}/{n}", state::cgroup_base(&state.name)),
         ];
         if refs.is_dir() {
             kubelet.extend(["--cni-bin-dir".into(), s(refs)]);

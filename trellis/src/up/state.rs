@@ -154,6 +154,12 @@ pub fn spawn(
     })
 }
 
+/// The kubelets' cgroup roots are `<this>/<node>`, relative to the cgroup `trellis up` (and
+/// `trellis down`) run in.
+pub fn cgroup_base(cluster: &str) -> String {
+    format!("trellis-up-{cluster}")
+}
+
 /// Removes everything `state` records, whatever is already gone. Returns what could not be
 /// removed.
 pub async fn teardown(state: &State) -> Vec<String> {
@@ -189,6 +195,21 @@ pub async fn teardown(state: &State) -> Vec<String> {
             "process {} ({} on {}) survived SIGKILL",
             p.pid, p.what, p.on
         ));
+    }
+    // The kubelets' cgroups, with whatever still runs in them.
+    if let Ok(base) = trellis_kubelet::cgroup::Cgroup::resolve(&cgroup_base(&state.name)) {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            base.kill_all();
+            match base.remove() {
+                Ok(()) => break,
+                Err(e) if Instant::now() >= deadline => {
+                    problems.push(format!("removing the kubelets' cgroups: {e}"));
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
     }
     // Pod namespaces the kubelets made, then ours in reverse order of creation.
     if !state.pod_prefix.is_empty()

@@ -1,5 +1,5 @@
-//! Kubelets on a cluster's nodes: started, restarted and, on drop, every pod process and
-//! namespace they made removed (also when the test fails).
+//! Kubelets on a cluster's nodes: started, restarted and, on drop, every pod process,
+//! namespace and cgroup they made removed (also when the test fails).
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
@@ -42,6 +42,9 @@ pub struct Kubelets {
     /// Kubelets get a serving certificate from the cluster CA (`trellis certs serving`), which
     /// the test API server checks; false: the kubelet's own self-signed one.
     pub serving_from_ca: bool,
+    /// The kubelets' cgroup roots are `<cgroup_base>/<node>`, relative (under this test's own
+    /// cgroup in each hierarchy), unique to the test.
+    pub cgroup_base: String,
 }
 
 impl Kubelets {
@@ -51,7 +54,14 @@ impl Kubelets {
             prefix: format!("{}-p", tb.prefix()),
             run_dir: tb.run_dir().to_path_buf(),
             serving_from_ca: true,
+            cgroup_base: format!("{}-cg", tb.prefix()),
         }
+    }
+
+    /// The cgroup root of the kubelet of node `node`.
+    pub fn cgroup(&self, node: &str) -> trellis_kubelet::cgroup::Cgroup {
+        trellis_kubelet::cgroup::Cgroup::resolve(&format!("{}/{node}", self.cgroup_base))
+            .expect("a cgroup hierarchy")
     }
 
     /// Starts `trellis kubelet` on `node`, its CNI configuration in `<dirs>/<conf_dir>`.
@@ -143,6 +153,8 @@ impl Kubelets {
                 key.to_str().unwrap(),
             ]);
         }
+        let cgroup_root = format!("{}/{}", self.cgroup_base, node.name);
+        argv.extend_from_slice(&["--cgroup-root", &cgroup_root]);
         argv.extend_from_slice(extra);
         tb.spawn(&node.ns, &argv, Duration::from_secs(600)).unwrap()
     }
@@ -173,6 +185,22 @@ impl Drop for Kubelets {
                 let name = e.file_name().to_string_lossy().into_owned();
                 if name.starts_with(&self.prefix) {
                     let _ = trellis_net::Netns::delete(&self.run_dir, &name);
+                }
+            }
+        }
+        // The kubelets' cgroups: whatever is left in them is killed, then they go (the kernel
+        // lets a cgroup go once its killed processes are reaped: 5 s at most).
+        if let Ok(base) = trellis_kubelet::cgroup::Cgroup::resolve(&self.cgroup_base) {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            loop {
+                base.kill_all();
+                match base.remove() {
+                    Ok(()) => break,
+                    Err(e) if std::time::Instant::now() > deadline => {
+                        eprintln!("cgroups of {} left: {e}", self.cgroup_base);
+                        break;
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
                 }
             }
         }
