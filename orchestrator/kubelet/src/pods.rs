@@ -57,6 +57,17 @@ struct Local {
     token: Token,
     /// A token failure already reported with an Event.
     token_reported: bool,
+    /// Containers whose image could not be had, by name: not started again before `next`.
+    pulls: HashMap<String, PullFailure>,
+}
+
+/// An image that could not be pulled, waiting for its back-off.
+struct PullFailure {
+    failures: u32,
+    at: Instant,
+    next: Instant,
+    image: String,
+    message: String,
 }
 
 /// Where a pod's projected token stands.
@@ -124,6 +135,11 @@ impl Pods {
             retry: HashMap::new(),
             gc_done: false,
         }
+    }
+
+    /// Runs the containers with `rt` instead of the process runtime (before [`Pods::adopt`]).
+    pub fn set_runtime(&mut self, rt: Arc<dyn Runtime>) {
+        self.rt = rt;
     }
 
     fn pods_dir(&self) -> PathBuf {
@@ -831,8 +847,18 @@ impl Pods {
         c: &Container,
         attempt: u32,
     ) -> Result<(), Error> {
+        if let Some(p) = self.local.get(uid).and_then(|l| l.pulls.get(&c.name))
+            && Instant::now() < p.next
+        {
+            return Ok(());
+        }
         let env = self.env(pod, uid, c).await;
         // `$(VAR)` in command and args takes the container's environment, as upstream's.
+        let expanded = |v: &Option<Vec<String>>| {
+            v.as_ref()
+                .map(|v| v.iter().map(|a| OsString::from(expand(a, &env))).collect())
+        };
+        let (command, args) = (expanded(&c.command), expanded(&c.args));
         let mut argv: Vec<OsString> = Vec::new();
         argv.extend(
             c.command
@@ -862,8 +888,54 @@ impl Pods {
                 }
             }),
             tty: c.tty.unwrap_or(false),
+            image: c.image.clone(),
+            command,
+            args,
         };
-        self.rt.start(sb, &run)?;
+        match self.rt.start(sb, &run) {
+            Ok(()) => {
+                if let Some(l) = self.local.get_mut(uid) {
+                    l.pulls.remove(&c.name);
+                }
+            }
+            Err(Error::ImagePull { image, message }) => {
+                // No run is made: the container waits (ErrImagePull, then ImagePullBackOff)
+                // and the next try comes after the back-off, 10 s doubling to 5 min.
+                let failures = self
+                    .local
+                    .get(uid)
+                    .and_then(|l| l.pulls.get(&c.name))
+                    .map_or(0, |p| p.failures)
+                    + 1;
+                let delay = backoff(self.cfg.backoff_base, self.cfg.backoff_max, failures);
+                let now = Instant::now();
+                if let Some(l) = self.local.get_mut(uid) {
+                    l.pulls.insert(
+                        c.name.clone(),
+                        PullFailure {
+                            failures,
+                            at: now,
+                            next: now + delay,
+                            image: image.clone(),
+                            message: message.clone(),
+                        },
+                    );
+                }
+                self.metrics.inc(
+                    "kubelet_image_pull_failures_total",
+                    "Container starts that failed for their image",
+                    &[],
+                    1.0,
+                );
+                let msg = format!(
+                    "Failed to pull image {image:?}: {message}; back-off {}s",
+                    delay.as_secs()
+                );
+                self.event(pod, "Warning", "Failed", &msg).await;
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
         // Give the shim a moment to start the process (or fail to), so this pass already
         // reports what happened; until then the container is ContainerCreating, never Ready.
         for _ in 0..50 {
@@ -995,7 +1067,8 @@ impl Pods {
             .restart_policy
             .clone()
             .unwrap_or_else(|| "Always".into());
-        let cid = |name: &str, n: u32| format!("process://{}-{name}-{n}", local.rec.sandbox_id);
+        let scheme = self.rt.scheme();
+        let cid = |name: &str, n: u32| format!("{scheme}://{}-{name}-{n}", local.rec.sandbox_id);
         let terminated = |name: &str, n: u32, st: &RunState| match st {
             RunState::Exited {
                 code,
@@ -1020,21 +1093,40 @@ impl Pods {
         };
         let one = |c: &Container, init: bool| -> (Value, Option<RunState>) {
             let latest = self.rt.latest(&sb, &c.name);
-            let (n, state) = match &latest {
-                None => (
+            let pull = local.pulls.get(&c.name);
+            let (n, state) = match (&latest, pull) {
+                // The image could not be had: no run yet, or the last one has ended.
+                (None | Some((_, RunState::Exited { .. })), Some(p)) => {
+                    // Just failed (within two sync periods): ErrImagePull; then the back-off.
+                    let reason = if p.at.elapsed() < self.cfg.sync_period * 2 {
+                        "ErrImagePull"
+                    } else {
+                        "ImagePullBackOff"
+                    };
+                    let message = if reason == "ErrImagePull" {
+                        p.message.clone()
+                    } else {
+                        format!("Back-off pulling image {:?}", p.image)
+                    };
+                    (
+                        latest.as_ref().map_or(0, |l| l.0),
+                        json!({"waiting": {"reason": reason, "message": message}}),
+                    )
+                }
+                (None, _) => (
                     0,
                     json!({"waiting": {"reason": if init { "PodInitializing" } else { "ContainerCreating" }}}),
                 ),
                 // The shim runs but has not started the process yet (it may still fail to):
                 // the container is still being created, never running, started or ready.
-                Some((n, RunState::Running { pid: None, .. })) => (
+                (Some((n, RunState::Running { pid: None, .. })), _) => (
                     *n,
                     json!({"waiting": {"reason": if init { "PodInitializing" } else { "ContainerCreating" }}}),
                 ),
-                Some((n, RunState::Running { started, .. })) => {
+                (Some((n, RunState::Running { started, .. })), _) => {
                     (*n, json!({"running": {"startedAt": rfc3339(*started)}}))
                 }
-                Some((n, st @ RunState::Exited { code, .. })) => {
+                (Some((n, st @ RunState::Exited { code, .. })), None) => {
                     let restart =
                         (policy == "Always" && !init) || (policy != "Never" && *code != 0);
                     if restart {
@@ -1260,6 +1352,7 @@ impl Local {
             probes: HashMap::new(),
             token: Token::Unknown,
             token_reported: false,
+            pulls: HashMap::new(),
         }
     }
 }
@@ -1335,6 +1428,7 @@ mod tests {
             tls: None,
             client_ca: None,
             log_rotation: Default::default(),
+            runtime: Default::default(),
         }
     }
 
