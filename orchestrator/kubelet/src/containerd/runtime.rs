@@ -287,7 +287,7 @@ pub fn spec(
             "env": env,
             "cwd": cwd,
             "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1_048_576u64, "soft": 1_048_576u64}],
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024u64, "soft": 1024u64}],
             "noNewPrivileges": true
         },
         "root": {"path": "rootfs"},
@@ -712,7 +712,19 @@ impl Inner {
             let mut s = s.into_inner();
             let mut keys = Vec::new();
             while let Ok(Some(m)) = s.message().await {
-                keys.extend(m.info.into_iter().map(|i| i.name));
+                // Only active snapshots labelled as this node's (whatever the server does
+                // with the filter): never an image's layers.
+                keys.extend(
+                    m.info
+                        .into_iter()
+                        .filter(|i| {
+                            i.labels.get(LABEL_NODE) == Some(&self.s.node)
+                                && i.kind
+                                    == containerd_client::services::v1::snapshots::Kind::Active
+                                        as i32
+                        })
+                        .map(|i| i.name),
+                );
             }
             for k in keys {
                 if !known.contains(&k) && !self.is_busy(&k) {
