@@ -517,7 +517,14 @@ impl Pods {
                 tracing::warn!(netns = %name, error = %e, "removing the pod namespace");
             }
         }
-        let _ = std::fs::remove_dir_all(&local.dir);
+        // A runtime may still write a run's exit code as the directory goes (the containerd
+        // runtime's waiter does, from its own thread): removal is retried, bounded.
+        for _ in 0..10 {
+            if std::fs::remove_dir_all(&local.dir).is_ok() || !local.dir.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         true
     }
 

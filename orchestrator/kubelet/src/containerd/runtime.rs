@@ -603,9 +603,13 @@ impl Inner {
         };
         if dir.is_dir() && !dir.join(EXIT_FILE).exists() {
             // The logging binary gets the last output when the task's pipes close; give it a
-            // moment so a reader that sees the exit has the whole log.
+            // moment so a reader that sees the exit has the whole log. A pod being removed
+            // takes its directory meanwhile: nothing is written then (the kubelet's removal
+            // retries should this write land in the middle of it).
             tokio::time::sleep(Duration::from_millis(50)).await;
-            let _ = write_atomic(&dir, EXIT_FILE, &code.to_string());
+            if dir.join(RUN_FILE).is_file() {
+                let _ = write_atomic(&dir, EXIT_FILE, &code.to_string());
+            }
         }
         self.remove(&id, false).await;
         self.set_busy(&id, false);
