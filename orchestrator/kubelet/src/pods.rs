@@ -1564,6 +1564,61 @@ mod tests {
         );
     }
 
+    /// A container whose image could not be had has no run: it waits with ErrImagePull right
+    /// after the try, then ImagePullBackOff, and the pod stays Pending.
+    #[tokio::test]
+    async fn a_missing_image_is_err_image_pull_then_image_pull_backoff() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = config(d.path());
+        let client =
+            kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap()))
+                .unwrap();
+        let net = Network::new(&cfg);
+        let mut pods = Pods::new(cfg, client, net, Arc::new(Metrics::default()));
+        let rec = SandboxRecord {
+            namespace: "ns".into(),
+            name: "p".into(),
+            uid: "u1".into(),
+            sandbox_id: "s1".into(),
+            netns: None,
+            hostname: "p".into(),
+            ips: Vec::new(),
+            ready: true,
+            created: now_rfc3339(),
+        };
+        let mut local = Local::new(rec, d.path().join("pods").join("u1"));
+        let now = Instant::now();
+        local.pulls.insert(
+            "c".into(),
+            PullFailure {
+                failures: 1,
+                at: now,
+                next: now + Duration::from_secs(10),
+                image: "x:1".into(),
+                message: "not present".into(),
+            },
+        );
+        pods.local.insert("u1".into(), local);
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u1"},
+            "spec": {"containers": [{"name": "c", "image": "x:1"}]}}))
+        .unwrap();
+        let st = pods.status(&pod, "u1");
+        assert_eq!(st["phase"], "Pending");
+        let w = &st["containerStatuses"][0]["state"]["waiting"];
+        assert_eq!(w["reason"], "ErrImagePull", "{st:#}");
+        assert_eq!(w["message"], "not present");
+        assert_eq!(st["containerStatuses"][0]["restartCount"], 0);
+        // Two sync periods later, still waiting for the retry: the back-off.
+        if let Some(p) = pods.local.get_mut("u1").and_then(|l| l.pulls.get_mut("c")) {
+            p.at = now - Duration::from_secs(3);
+        }
+        let st = pods.status(&pod, "u1");
+        let w = &st["containerStatuses"][0]["state"]["waiting"];
+        assert_eq!(w["reason"], "ImagePullBackOff", "{st:#}");
+        assert_eq!(w["message"], "Back-off pulling image \"x:1\"");
+    }
+
     #[test]
     fn backoff_doubles_from_ten_seconds_to_five_minutes() {
         let (b, m) = (Duration::from_secs(10), Duration::from_secs(300));
