@@ -90,6 +90,29 @@ pub struct Args {
     /// usage read from the processes in /proc.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     cgroups_per_qos: bool,
+    /// What runs containers: `process` (host executables, nothing to install) or `containerd`
+    /// (OCI images through containerd's API; images come from `trellis image import`).
+    #[arg(long, value_enum, default_value_t = RuntimeKind::Process)]
+    runtime: RuntimeKind,
+    /// containerd's socket (`--runtime containerd`).
+    #[arg(long, default_value = trellis_kubelet::containerd::DEFAULT_ADDRESS)]
+    containerd_address: PathBuf,
+    /// The containerd namespace of the node's images and containers (`--runtime containerd`;
+    /// not CRI's `k8s.io`).
+    #[arg(long, default_value = trellis_kubelet::containerd::DEFAULT_NAMESPACE)]
+    containerd_namespace: String,
+    /// The snapshotter containers' root file systems come from (`--runtime containerd`).
+    #[arg(long, default_value = trellis_kubelet::containerd::DEFAULT_SNAPSHOTTER)]
+    containerd_snapshotter: String,
+}
+
+/// The container runtimes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RuntimeKind {
+    /// Each container a host process in the pod's namespaces.
+    Process,
+    /// Each container an OCI image run by containerd (its own API, not CRI).
+    Containerd,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -168,6 +191,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         client_ca,
         log_rotation,
         cgroups,
+        runtime: match args.runtime {
+            RuntimeKind::Process => trellis_kubelet::RuntimeChoice::Process,
+            RuntimeKind::Containerd => trellis_kubelet::RuntimeChoice::Containerd {
+                address: args.containerd_address,
+                namespace: args.containerd_namespace,
+                snapshotter: args.containerd_snapshotter,
+            },
+        },
     };
     let health = Arc::new(trellis_daemon::Health::default());
     health.set_not_ready("starting");

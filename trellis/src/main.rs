@@ -12,6 +12,7 @@ mod bgp;
 mod certs;
 mod controller_manager;
 mod dns;
+mod image;
 mod ipam;
 mod kubelet;
 mod overlay;
@@ -57,6 +58,8 @@ enum Command {
     Policy(policy::Args),
     /// The node agent: registers the Node and runs its pods with a network through CNI.
     Kubelet(kubelet::Args),
+    /// OCI images in containerd (the kubelet's containerd runtime): `image import <oci-layout.tar>`.
+    Image(image::Args),
     /// Credentials from the cluster CA: `certs kubeconfig --user … --group …`.
     Certs(certs::Args),
     /// The service proxy of a node: Services and EndpointSlices into iptables or nftables NAT rules.
@@ -144,6 +147,13 @@ fn main() -> anyhow::Result<()> {
     if args.get(1).is_some_and(|a| a == "container-attach") {
         std::process::exit(trellis_kubelet::attach::main(&args[2..]));
     }
+    // The logging binary containerd's shim starts for a container of the containerd runtime
+    // (`binary://…?container-log=<spec>`): its arguments are the URI's query.
+    if args.get(1).is_some_and(|a| a == "container-log") {
+        std::process::exit(trellis_kubelet::containerd::runtime::logger_main(
+            &args[2..],
+        ));
+    }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -160,6 +170,7 @@ async fn async_main() -> anyhow::Result<()> {
         | Command::Bgp(_)
         | Command::Policy(_)
         | Command::Certs(_)
+        | Command::Image(_)
         | Command::Up(_)
         | Command::Down(_)
         | Command::Status(_) => "warn",
@@ -184,6 +195,7 @@ async fn async_main() -> anyhow::Result<()> {
         Command::Policy(args) => policy::run(args).await,
         Command::Kubelet(args) => kubelet::run(args).await,
         Command::Certs(args) => certs::run(args),
+        Command::Image(args) => image::run(args).await,
         Command::Proxy(args) => proxy::run(args).await,
         Command::Scheduler(args) => scheduler::run(args).await,
         Command::Dns(args) => dns::run(args).await,

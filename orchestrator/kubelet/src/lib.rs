@@ -7,6 +7,7 @@
 
 pub mod attach;
 pub mod cgroup;
+pub mod containerd;
 pub mod exec;
 pub mod logfile;
 pub mod logs;
@@ -73,6 +74,22 @@ pub struct Config {
     /// The kubelet's root cgroup (`--cgroup-root`), pods' cgroups below it; None: no cgroups
     /// (`--cgroups-per-qos=false`), limits not enforced and usage read from `/proc`.
     pub cgroups: Option<cgroup::Cgroup>,
+    /// What runs the containers.
+    pub runtime: RuntimeChoice,
+}
+
+/// The container runtime of a kubelet.
+#[derive(Debug, Clone, Default)]
+pub enum RuntimeChoice {
+    /// Host executables as processes ([`runtime::ProcessRuntime`]).
+    #[default]
+    Process,
+    /// OCI images through containerd's API ([`containerd::runtime::ContainerdRuntime`]).
+    Containerd {
+        address: PathBuf,
+        namespace: String,
+        snapshotter: String,
+    },
 }
 
 /// An error of the kubelet, naming what it was doing.
@@ -94,6 +111,10 @@ pub enum Error {
     Cni(#[from] trellis_cni::Error),
     #[error("cgroup: {0}")]
     Cgroup(#[from] cgroup::Error),
+    /// A container's image could not be had (missing, unreadable): the pod shows
+    /// `ErrImagePull`/`ImagePullBackOff`, and the start is retried with back-off.
+    #[error("failed to pull image {image:?}: {message}")]
+    ImagePull { image: String, message: String },
     #[error("{0}")]
     Other(String),
 }
@@ -124,6 +145,25 @@ pub async fn run(
     node::register(&client, &cfg).await?;
     let net = network::Network::new(&cfg);
     let mut pods = pods::Pods::new(cfg.clone(), client.clone(), net.clone(), metrics.clone());
+    if let RuntimeChoice::Containerd {
+        address,
+        namespace,
+        snapshotter,
+    } = &cfg.runtime
+    {
+        let rt = containerd::runtime::ContainerdRuntime::start(containerd::runtime::Settings {
+            address: address.clone(),
+            namespace: namespace.clone(),
+            snapshotter: snapshotter.clone(),
+            node: cfg.node_name.clone(),
+            pods_dir: cfg.root_dir.join("pods"),
+            logger: cfg.shim.clone(),
+            rotation: cfg.log_rotation,
+        })
+        .await?;
+        tracing::info!(address = %address.display(), namespace, "containerd runtime connected");
+        pods.set_runtime(Arc::new(rt));
+    }
     pods.adopt().await;
     let mut heartbeat = tokio::time::interval(Duration::from_secs(10));
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -69,6 +69,8 @@ struct Local {
     cgroup: Option<crate::cgroup::Cgroup>,
     /// Containers whose creation failed (CreateContainerError), waiting for their back-off.
     create_failures: HashMap<String, CreateFailure>,
+    /// Containers whose image could not be had, by name: not started again before `next`.
+    pulls: HashMap<String, PullFailure>,
 }
 
 /// A container that could not be created (its cgroup or limits refused, the runtime failed):
@@ -76,6 +78,15 @@ struct Local {
 struct CreateFailure {
     failures: u32,
     next: Instant,
+    message: String,
+}
+
+/// An image that could not be pulled, waiting for its back-off.
+struct PullFailure {
+    failures: u32,
+    at: Instant,
+    next: Instant,
+    image: String,
     message: String,
 }
 
@@ -147,6 +158,11 @@ impl Pods {
             gc_done: false,
             tier_shares: None,
         }
+    }
+
+    /// Runs the containers with `rt` instead of the process runtime (before [`Pods::adopt`]).
+    pub fn set_runtime(&mut self, rt: Arc<dyn Runtime>) {
+        self.rt = rt;
     }
 
     fn pods_dir(&self) -> PathBuf {
@@ -618,7 +634,14 @@ impl Pods {
             tracing::warn!(pod = %local.rec.name, error = %e, "removing the pod cgroup");
             return false;
         }
-        let _ = std::fs::remove_dir_all(&local.dir);
+        // A runtime may still write a run's exit code as the directory goes (the containerd
+        // runtime's waiter does, from its own thread): removal is retried, bounded.
+        for _ in 0..10 {
+            if std::fs::remove_dir_all(&local.dir).is_ok() || !local.dir.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         true
     }
 
@@ -957,6 +980,11 @@ impl Pods {
         {
             return Ok(());
         }
+        if let Some(p) = self.local.get(uid).and_then(|l| l.pulls.get(&c.name))
+            && Instant::now() < p.next
+        {
+            return Ok(());
+        }
         let spec = pod.spec.clone().unwrap_or_default();
         let resources = match crate::cgroup::container_resources(c).and_then(|r| {
             let adj = crate::cgroup::oom_score_adj(&spec, c, crate::node::capacity().1)?;
@@ -970,6 +998,11 @@ impl Pods {
         };
         let env = self.env(pod, uid, c).await;
         // `$(VAR)` in command and args takes the container's environment, as upstream's.
+        let expanded = |v: &Option<Vec<String>>| {
+            v.as_ref()
+                .map(|v| v.iter().map(|a| OsString::from(expand(a, &env))).collect())
+        };
+        let (command, args) = (expanded(&c.command), expanded(&c.args));
         let mut argv: Vec<OsString> = Vec::new();
         argv.extend(
             c.command
@@ -1000,12 +1033,54 @@ impl Pods {
             }),
             tty: c.tty.unwrap_or(false),
             resources,
+            image: c.image.clone(),
+            command,
+            args,
         };
-        if let Err(e) = self.rt.start(sb, &run) {
-            return self.create_failed(pod, uid, &c.name, e.to_string()).await;
-        }
-        if let Some(l) = self.local.get_mut(uid) {
-            l.create_failures.remove(&c.name);
+        match self.rt.start(sb, &run) {
+            Ok(()) => {
+                if let Some(l) = self.local.get_mut(uid) {
+                    l.pulls.remove(&c.name);
+                    l.create_failures.remove(&c.name);
+                }
+            }
+            Err(Error::ImagePull { image, message }) => {
+                // No run is made: the container waits (ErrImagePull, then ImagePullBackOff)
+                // and the next try comes after the back-off, 10 s doubling to 5 min.
+                let failures = self
+                    .local
+                    .get(uid)
+                    .and_then(|l| l.pulls.get(&c.name))
+                    .map_or(0, |p| p.failures)
+                    + 1;
+                let delay = backoff(self.cfg.backoff_base, self.cfg.backoff_max, failures);
+                let now = Instant::now();
+                if let Some(l) = self.local.get_mut(uid) {
+                    l.pulls.insert(
+                        c.name.clone(),
+                        PullFailure {
+                            failures,
+                            at: now,
+                            next: now + delay,
+                            image: image.clone(),
+                            message: message.clone(),
+                        },
+                    );
+                }
+                self.metrics.inc(
+                    "kubelet_image_pull_failures_total",
+                    "Container starts that failed for their image",
+                    &[],
+                    1.0,
+                );
+                let msg = format!(
+                    "Failed to pull image {image:?}: {message}; back-off {}s",
+                    delay.as_secs()
+                );
+                self.event(pod, "Warning", "Failed", &msg).await;
+                return Ok(());
+            }
+            Err(e) => return self.create_failed(pod, uid, &c.name, e.to_string()).await,
         }
         // Give the shim a moment to start the process (or fail to), so this pass already
         // reports what happened; until then the container is ContainerCreating, never Ready.
@@ -1174,7 +1249,8 @@ impl Pods {
             .restart_policy
             .clone()
             .unwrap_or_else(|| "Always".into());
-        let cid = |name: &str, n: u32| format!("process://{}-{name}-{n}", local.rec.sandbox_id);
+        let scheme = self.rt.scheme();
+        let cid = |name: &str, n: u32| format!("{scheme}://{}-{name}-{n}", local.rec.sandbox_id);
         let terminated = |name: &str, n: u32, st: &RunState| match st {
             RunState::Exited {
                 code,
@@ -1201,21 +1277,40 @@ impl Pods {
         };
         let one = |c: &Container, init: bool| -> (Value, Option<RunState>) {
             let latest = self.rt.latest(&sb, &c.name);
-            let (n, state) = match &latest {
-                None => (
+            let pull = local.pulls.get(&c.name);
+            let (n, state) = match (&latest, pull) {
+                // The image could not be had: no run yet, or the last one has ended.
+                (None | Some((_, RunState::Exited { .. })), Some(p)) => {
+                    // Just failed (within two sync periods): ErrImagePull; then the back-off.
+                    let reason = if p.at.elapsed() < self.cfg.sync_period * 2 {
+                        "ErrImagePull"
+                    } else {
+                        "ImagePullBackOff"
+                    };
+                    let message = if reason == "ErrImagePull" {
+                        p.message.clone()
+                    } else {
+                        format!("Back-off pulling image {:?}", p.image)
+                    };
+                    (
+                        latest.as_ref().map_or(0, |l| l.0),
+                        json!({"waiting": {"reason": reason, "message": message}}),
+                    )
+                }
+                (None, _) => (
                     0,
                     json!({"waiting": {"reason": if init { "PodInitializing" } else { "ContainerCreating" }}}),
                 ),
                 // The shim runs but has not started the process yet (it may still fail to):
                 // the container is still being created, never running, started or ready.
-                Some((n, RunState::Running { pid: None, .. })) => (
+                (Some((n, RunState::Running { pid: None, .. })), _) => (
                     *n,
                     json!({"waiting": {"reason": if init { "PodInitializing" } else { "ContainerCreating" }}}),
                 ),
-                Some((n, RunState::Running { started, .. })) => {
+                (Some((n, RunState::Running { started, .. })), _) => {
                     (*n, json!({"running": {"startedAt": rfc3339(*started)}}))
                 }
-                Some((n, st @ RunState::Exited { code, .. })) => {
+                (Some((n, st @ RunState::Exited { code, .. })), None) => {
                     let restart =
                         (policy == "Always" && !init) || (policy != "Never" && *code != 0);
                     if restart {
@@ -1453,6 +1548,7 @@ impl Local {
             token_reported: false,
             cgroup: None,
             create_failures: HashMap::new(),
+            pulls: HashMap::new(),
         }
     }
 
@@ -1551,6 +1647,7 @@ mod tests {
             client_ca: None,
             log_rotation: Default::default(),
             cgroups: None,
+            runtime: Default::default(),
         }
     }
 
@@ -1679,6 +1776,63 @@ mod tests {
             ("Running".into(), "True".into(), true, true),
             "{st:#}"
         );
+    }
+
+    /// A container whose image could not be had has no run: it waits with ErrImagePull right
+    /// after the try, then ImagePullBackOff, and the pod stays Pending.
+    #[tokio::test]
+    async fn a_missing_image_is_err_image_pull_then_image_pull_backoff() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = config(d.path());
+        let client =
+            kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap()))
+                .unwrap();
+        let net = Network::new(&cfg);
+        let mut pods = Pods::new(cfg, client, net, Arc::new(Metrics::default()));
+        let rec = SandboxRecord {
+            namespace: "ns".into(),
+            name: "p".into(),
+            uid: "u1".into(),
+            sandbox_id: "s1".into(),
+            netns: None,
+            hostname: "p".into(),
+            ips: Vec::new(),
+            ready: true,
+            created: now_rfc3339(),
+            port_mappings: Vec::new(),
+            cgroup: None,
+        };
+        let mut local = Local::new(rec, d.path().join("pods").join("u1"));
+        let now = Instant::now();
+        local.pulls.insert(
+            "c".into(),
+            PullFailure {
+                failures: 1,
+                at: now,
+                next: now + Duration::from_secs(10),
+                image: "x:1".into(),
+                message: "not present".into(),
+            },
+        );
+        pods.local.insert("u1".into(), local);
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u1"},
+            "spec": {"containers": [{"name": "c", "image": "x:1"}]}}))
+        .unwrap();
+        let st = pods.status(&pod, "u1");
+        assert_eq!(st["phase"], "Pending");
+        let w = &st["containerStatuses"][0]["state"]["waiting"];
+        assert_eq!(w["reason"], "ErrImagePull", "{st:#}");
+        assert_eq!(w["message"], "not present");
+        assert_eq!(st["containerStatuses"][0]["restartCount"], 0);
+        // Two sync periods later, still waiting for the retry: the back-off.
+        if let Some(p) = pods.local.get_mut("u1").and_then(|l| l.pulls.get_mut("c")) {
+            p.at = now - Duration::from_secs(3);
+        }
+        let st = pods.status(&pod, "u1");
+        let w = &st["containerStatuses"][0]["state"]["waiting"];
+        assert_eq!(w["reason"], "ImagePullBackOff", "{st:#}");
+        assert_eq!(w["message"], "Back-off pulling image \"x:1\"");
     }
 
     #[test]

@@ -41,6 +41,12 @@ pub struct ContainerRun {
     pub tty: bool,
     /// The container cgroup's limits (from its resources).
     pub resources: crate::cgroup::Resources,
+    /// The pod spec's `image` (the process runtime records it; containerd runs it).
+    pub image: Option<String>,
+    /// The pod spec's `command` and `args`, expanded, apart: an image runtime combines them
+    /// with the image's entrypoint and cmd (`argv` is both, for the process runtime).
+    pub command: Option<Vec<OsString>>,
+    pub args: Option<Vec<OsString>>,
 }
 
 /// What a run is doing.
@@ -73,6 +79,10 @@ pub trait Runtime: Send + Sync {
     fn signal(&self, sandbox: &Sandbox, name: &str, signal: Signal);
     /// Where a run writes its output.
     fn log_path(&self, sandbox: &Sandbox, name: &str, attempt: u32) -> PathBuf;
+    /// The runtime's name in `containerID` (`<scheme>://<id>`).
+    fn scheme(&self) -> &'static str {
+        "process"
+    }
 }
 
 /// The built-in runtime: host executables as processes.
@@ -242,7 +252,7 @@ impl Runtime for ProcessRuntime {
 /// Removes the logs of runs before the previous one (`<attempt>.log` and its rotated files
 /// for attempts below `attempt - 1`): `--previous` needs only the run before, and a
 /// crash-looping container must not fill the disk.
-fn prune_logs(log: &Path, attempt: u32) {
+pub(crate) fn prune_logs(log: &Path, attempt: u32) {
     let Some(dir) = log.parent() else { return };
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;

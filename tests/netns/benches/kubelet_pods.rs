@@ -1,10 +1,11 @@
-//! Pod start-up latency of `trellis kubelet` (process runtime) on one overlay node: N pods
+//! Pod start-up latency of `trellis kubelet` (process runtime, or `--containerd`: the
+//! containerd runtime on a private containerd 1.6 with the busybox OCI image) on one overlay node: N pods
 //! created at once, create → Running and create → Ready (a tcpSocket readiness probe) p50/p99,
 //! and the kubelet's RSS with N pods. Beside it, the raw cost of the same work done directly
 //! by the bench (netns + CNI ADD through the same conflist + fork/exec of the same command, one
 //! pod after another), since no other kubelet can run here.
 //!
-//!     cargo bench -p netns-testbed --bench kubelet-pods [-- --pods 100] [--no-cgroups]
+//!     cargo bench -p netns-testbed --bench kubelet-pods [-- --pods 100] [--no-cgroups] [--containerd]
 //!
 //! `--no-cgroups` runs the kubelet with `--cgroups-per-qos=false` (no pod and container
 //! cgroups), to see what the cgroups cost.
@@ -27,6 +28,9 @@ use serde_json::json;
 mod kubelet;
 #[path = "../tests/support/overlay_cluster.rs"]
 mod overlay_cluster;
+
+/// The image the containerd run imports and its pods run.
+const IMAGE: &str = "trellis.test/busybox:1";
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
@@ -69,6 +73,41 @@ async fn run() {
         raw.push(t0.elapsed());
     }
 
+    let containerd = std::env::args().any(|a| a == "--containerd");
+    // Dropped before the cluster (declared after it): its containers go while it runs.
+    let ctrd = if containerd {
+        Some(
+            netns_testbed::containerd::Containerd::start(&c.tb)
+                .await
+                .unwrap(),
+        )
+    } else {
+        None
+    };
+    let mut extra: Vec<String> = Vec::new();
+    if let Some(ctrd) = &ctrd {
+        let image = ctrd.busybox_image(IMAGE).unwrap();
+        let sock = ctrd.socket().display().to_string();
+        let trellis = netns_testbed::bin_path("trellis");
+        c.tb.exec_ok(
+            &w.node.ns,
+            &[
+                trellis.to_str().unwrap(),
+                "image",
+                "import",
+                image.to_str().unwrap(),
+                "--address",
+                &sock,
+            ],
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+        extra = ["--runtime", "containerd", "--containerd-address", &sock]
+            .map(String::from)
+            .to_vec();
+    }
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
     let mut k = kubelet::Kubelets::new(&c.tb);
     let cgroups = !std::env::args().any(|a| a == "--no-cgroups");
     println!(
@@ -79,12 +118,11 @@ async fn run() {
             "off (--cgroups-per-qos=false)"
         }
     );
-    let off: &[&str] = if cgroups {
-        &[]
-    } else {
-        &["--cgroups-per-qos=false"]
-    };
-    let pid = k.start_with(&c.tb, &c.cp, &w.node, &w.dirs, "net.d", off);
+    let mut extra = extra;
+    if !cgroups {
+        extra.push("--cgroups-per-qos=false");
+    }
+    let pid = k.start_with(&c.tb, &c.cp, &w.node, &w.dirs, "net.d", &extra);
     kubelet::wait_node_ready(&c.client, &w.node.name).await;
     let api: Api<Pod> = Api::namespaced(c.client.clone(), "default");
     let t0 = Instant::now();
@@ -92,7 +130,7 @@ async fn run() {
     for i in 0..n {
         let name = format!("p{i}");
         kubelet::create_pod(&c.client, json!({"metadata": {"name": name}, "spec": {"nodeName": w.node.name,
-            "containers": [{"name": "c", "image": "busybox",
+            "containers": [{"name": "c", "image": if containerd { IMAGE } else { "busybox" },
                 "command": ["/bin/busybox", "nc", "-ll", "-p", "8080", "-e", "/bin/busybox", "hostname"],
                 "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}}]}})).await;
         created.insert(name, t0.elapsed());
@@ -135,7 +173,10 @@ async fn run() {
             .map(|(k, t)| t.saturating_sub(created[k]))
             .collect()
     };
-    println!("{n} pods on one node (process runtime, overlay)");
+    println!(
+        "{n} pods on one node ({} runtime, overlay)",
+        if containerd { "containerd" } else { "process" }
+    );
     show("raw netns+ADD+exec (baseline)", Latency::of(&raw));
     show("kubelet create → Running", Latency::of(&lat(&running)));
     show("kubelet create → Ready", Latency::of(&lat(&ready)));

@@ -126,7 +126,8 @@ impl Containerd {
         std::fs::create_dir_all(rootfs.join("bin")).map_err(io("create the rootfs"))?;
         std::fs::copy(&busybox, rootfs.join("bin/busybox")).map_err(io("copy busybox"))?;
         for applet in [
-            "sh", "sleep", "ip", "ping", "nc", "cat", "wget", "httpd", "echo",
+            "sh", "sleep", "ip", "ping", "nc", "cat", "wget", "httpd", "echo", "hostname", "env",
+            "touch", "grep", "ls",
         ] {
             std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet))
                 .map_err(io("link a busybox applet"))?;
@@ -181,6 +182,117 @@ impl Containerd {
     /// containerd's process group in the testbed.
     pub fn pid(&self) -> i32 {
         self.pid
+    }
+
+    /// containerd's socket (a kubelet's `--containerd-address`).
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// An OCI image layout tarball of a busybox image built from Debian's busybox-static: one
+    /// uncompressed layer (`/bin/busybox` and its applets as links), `Cmd` `/bin/sh`, named
+    /// `name` by the `io.containerd.image.name` annotation. Returns the tarball's path.
+    pub fn busybox_image(&self, name: &str) -> Result<PathBuf> {
+        let io = |what: &str| {
+            let what = what.to_string();
+            move |e| Error::io(what, e)
+        };
+        let n = self.runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = self.dir.join(format!("image-{n}"));
+        let blobs = dir.join("layout/blobs/sha256");
+        std::fs::create_dir_all(&blobs).map_err(io("create the layout"))?;
+        let tar = |args: &[&str]| -> Result<()> {
+            let out = std::process::Command::new("tar")
+                .args(args)
+                .output()
+                .map_err(|e| Error::io("run tar", e))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(Error::Failed {
+                    what: format!("tar {}", args.join(" ")),
+                    status: out.status.to_string(),
+                    stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+                })
+            }
+        };
+        let layer = dir.join("layer.tar");
+        let s = |p: &Path| p.to_str().unwrap_or_default().to_string();
+        tar(&[
+            "--numeric-owner",
+            "-C",
+            &s(&self.rootfs),
+            "-cf",
+            &s(&layer),
+            ".",
+        ])?;
+        // Writes a blob; returns its descriptor's digest and size.
+        let put = |data: &[u8]| -> Result<(String, usize)> {
+            let tmp = blobs.join("tmp");
+            std::fs::write(&tmp, data).map_err(io("write a blob"))?;
+            let out = std::process::Command::new("sha256sum")
+                .arg(&tmp)
+                .output()
+                .map_err(|e| Error::io("run sha256sum", e))?;
+            let hex = String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            if !out.status.success() || hex.len() != 64 {
+                return Err(Error::Other(format!("sha256sum of a blob: {out:?}")));
+            }
+            std::fs::rename(&tmp, blobs.join(&hex)).map_err(io("name a blob"))?;
+            Ok((format!("sha256:{hex}"), data.len()))
+        };
+        let (layer_digest, layer_size) =
+            put(&std::fs::read(&layer).map_err(io("read the layer"))?)?;
+        let arch = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            a => a,
+        };
+        let config = serde_json::json!({
+            "architecture": arch, "os": "linux",
+            "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]},
+            "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
+        });
+        let (config_digest, config_size) = put(config.to_string().as_bytes())?;
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": config_digest, "size": config_size},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                "digest": layer_digest, "size": layer_size}],
+        });
+        let (manifest_digest, manifest_size) = put(manifest.to_string().as_bytes())?;
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": manifest_digest, "size": manifest_size,
+                "annotations": {"io.containerd.image.name": name,
+                    "org.opencontainers.image.ref.name": "latest"}}],
+        });
+        let layout = dir.join("layout");
+        std::fs::write(layout.join("index.json"), index.to_string())
+            .map_err(io("write index.json"))?;
+        std::fs::write(
+            layout.join("oci-layout"),
+            r#"{"imageLayoutVersion":"1.0.0"}"#,
+        )
+        .map_err(io("write oci-layout"))?;
+        let out = dir.join("busybox-oci.tar");
+        tar(&[
+            "-C",
+            &s(&layout),
+            "-cf",
+            &s(&out),
+            "oci-layout",
+            "index.json",
+            "blobs",
+        ])?;
+        Ok(out)
     }
 
     /// `ctr -a <socket> args…`, from the test's own process (it only talks to the socket).
@@ -333,13 +445,19 @@ impl Containerd {
                 .args(args)
                 .output()
         };
-        let Ok(list) = ctr(&["containers", "ls", "-q"]) else {
-            return;
-        };
-        for id in String::from_utf8_lossy(&list.stdout).lines() {
-            let _ = ctr(&["tasks", "kill", "-s", "SIGKILL", id]);
-            let _ = ctr(&["tasks", "delete", "-f", id]);
-            let _ = ctr(&["containers", "delete", id]);
+        // Every namespace: a kubelet's containerd runtime uses its own.
+        let namespaces = ctr(&["namespaces", "ls", "-q"])
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for ns in namespaces.lines().chain(std::iter::once("default")) {
+            let Ok(list) = ctr(&["-n", ns, "containers", "ls", "-q"]) else {
+                continue;
+            };
+            for id in String::from_utf8_lossy(&list.stdout).lines() {
+                let _ = ctr(&["-n", ns, "tasks", "kill", "-a", "-s", "SIGKILL", id]);
+                let _ = ctr(&["-n", ns, "tasks", "delete", "-f", id]);
+                let _ = ctr(&["-n", ns, "containers", "delete", id]);
+            }
         }
     }
 }

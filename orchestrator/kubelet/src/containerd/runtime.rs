@@ -1,0 +1,1045 @@
+//! The `containerd` runtime: each container run is a containerd container (and task) made from
+//! an OCI image, in the network namespace the kubelet created and wired through CNI — the
+//! shape of nerdctl's `--network ns:<path>`.
+//!
+//! A run keeps the process runtime's run directory `<pod dir>/containers/<name>/<attempt>/`
+//! (`pid`, `exit`, `start-error`, plus `containerd.json`), so the kubelet's state machine,
+//! `kubectl exec` (nsenter into the main process) and the orphan sweeps read it the same way.
+//! Each run's output goes to its CRI-format log through a logging binary that containerd's shim
+//! starts (`binary://…/trellis?container-log=…`): the log survives a kubelet restart.
+//!
+//! The containers carry labels (`io.trellis.node`, `io.trellis.run`): a restarted kubelet finds
+//! its runs again, waits on those that still run, and removes the containers, tasks and
+//! snapshots whose run directory is gone (the pod was removed) or finished.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use containerd_client::services::v1::container::Runtime as CtrRuntime;
+use containerd_client::services::v1::containers_client::ContainersClient;
+use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
+use containerd_client::services::v1::snapshots::{
+    ListSnapshotsRequest, PrepareSnapshotRequest, RemoveSnapshotRequest,
+};
+use containerd_client::services::v1::tasks_client::TasksClient;
+use containerd_client::services::v1::{
+    Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
+    DeleteTaskRequest, KillRequest, ListContainersRequest, StartRequest, WaitRequest,
+};
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use serde_json::{Value, json};
+
+use super::image::{self, Resolved};
+use super::{Conn, CtrdError};
+use crate::Error;
+use crate::logfile::Rotation;
+use crate::runtime::{ContainerRun, RunState, Runtime, Sandbox, alive};
+use crate::shim::{EXIT_FILE, PID_FILE, START_ERROR_FILE, write_atomic};
+
+/// The label with the node a container belongs to (several kubelets may share a containerd).
+pub const LABEL_NODE: &str = "io.trellis.node";
+/// The label with the run directory of a container (and of its snapshot).
+pub const LABEL_RUN: &str = "io.trellis.run";
+/// What a run directory of this runtime holds besides the process runtime's files.
+pub const RUN_FILE: &str = "containerd.json";
+/// How often the runtime reconciles containerd with the run directories.
+const RECONCILE: Duration = Duration::from_secs(10);
+
+/// Where containerd is and how containers are made.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub address: PathBuf,
+    pub namespace: String,
+    pub snapshotter: String,
+    /// The node's name, labelled on every container.
+    pub node: String,
+    /// `<root>/pods`: where run directories live.
+    pub pods_dir: PathBuf,
+    /// The `trellis` binary (its `container-log` subcommand writes the logs).
+    pub logger: PathBuf,
+    pub rotation: Rotation,
+}
+
+struct Inner {
+    conn: Conn,
+    s: Settings,
+    /// Containers being created or waited on by this process.
+    busy: Mutex<HashSet<String>>,
+    /// Resolved images by name and target digest.
+    images: Mutex<HashMap<String, Resolved>>,
+}
+
+/// The containerd runtime. Its calls run on a thread of its own (the [`Runtime`] trait is
+/// synchronous); waits on tasks and the reconcile loop run there too.
+pub struct ContainerdRuntime {
+    inner: Arc<Inner>,
+    handle: tokio::runtime::Handle,
+}
+
+/// What `containerd.json` records of a run.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct RunRecord {
+    id: String,
+    image: String,
+}
+
+fn run_dir(sandbox: &Sandbox, name: &str, attempt: u32) -> PathBuf {
+    sandbox
+        .dir
+        .join("containers")
+        .join(name)
+        .join(attempt.to_string())
+}
+
+/// The containerd ID of a run: `trellis-<pod uid>-<container>-<attempt>`, shortened with a
+/// digest where it would pass containerd's 76 characters.
+pub fn container_id(pod_uid: &str, name: &str, attempt: u32) -> String {
+    let uid: String = pod_uid.chars().filter(|c| *c != '-').collect();
+    let id = format!("trellis-{uid}-{name}-{attempt}");
+    if id.len() <= 76 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        return id;
+    }
+    let d = image::digest_of(name.as_bytes());
+    let short: String = uid.chars().take(32).collect();
+    format!("trellis-{short}-{}-{attempt}", &d[7..23])
+}
+
+fn read_i32(p: &Path) -> Option<i32> {
+    std::fs::read_to_string(p).ok()?.trim().parse().ok()
+}
+
+fn mtime(p: &Path) -> Option<SystemTime> {
+    std::fs::metadata(p).ok()?.modified().ok()
+}
+
+fn read_state(dir: &Path) -> Option<RunState> {
+    let created = mtime(&dir.join(RUN_FILE)).or_else(|| mtime(dir))?;
+    let started = mtime(&dir.join(PID_FILE)).unwrap_or(created);
+    if let Some(code) = read_i32(&dir.join(EXIT_FILE)) {
+        return Some(RunState::Exited {
+            code,
+            started,
+            finished: mtime(&dir.join(EXIT_FILE)).unwrap_or(started),
+            start_error: std::fs::read_to_string(dir.join(START_ERROR_FILE)).ok(),
+            // containerd's `/tasks/oom` event is not watched yet: an OOM kill shows as 137.
+            oom_killed: dir.join(crate::shim::OOM_FILE).exists(),
+        });
+    }
+    Some(RunState::Running {
+        pid: read_i32(&dir.join(PID_FILE)),
+        started,
+    })
+}
+
+/// Percent-encoding of a URI query value.
+fn query_escape(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"/-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The stdout/stderr URI of a run: containerd's shim starts `trellis container-log <spec>`
+/// with the container's output on fds 3 and 4.
+fn log_uri(logger: &Path, log: &Path, rotation: Rotation) -> String {
+    let spec = format!(
+        "{}:{}:{}",
+        rotation.max_size(),
+        rotation.max_files(),
+        log.display()
+    );
+    format!(
+        "binary://{}?container-log={}",
+        query_escape(&logger.to_string_lossy()),
+        query_escape(&spec)
+    )
+}
+
+/// The docker default capabilities, as containerd's default spec has them.
+const CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+/// What the container runs: upstream's rule for `command`/`args` against the image's
+/// `Entrypoint`/`Cmd` (a command replaces both; args alone replace `Cmd`).
+pub fn process_args(
+    command: Option<&[OsString]>,
+    args: Option<&[OsString]>,
+    img: &image::RunConfig,
+) -> Vec<String> {
+    let s = |v: &[OsString]| -> Vec<String> {
+        v.iter().map(|a| a.to_string_lossy().into_owned()).collect()
+    };
+    let command = command.filter(|c| !c.is_empty());
+    let args = args.filter(|a| !a.is_empty());
+    match (command, args) {
+        (Some(c), Some(a)) => [s(c), s(a)].concat(),
+        (Some(c), None) => s(c),
+        (None, Some(a)) => [img.entrypoint.clone().unwrap_or_default(), s(a)].concat(),
+        (None, None) => [
+            img.entrypoint.clone().unwrap_or_default(),
+            img.cmd.clone().unwrap_or_default(),
+        ]
+        .concat(),
+    }
+}
+
+/// The container's environment: the image's, then the pod's (the kubelet's default PATH does
+/// not replace an image's own).
+pub fn process_env(run_env: &[(String, String)], img: &image::RunConfig) -> Vec<String> {
+    let mut env: Vec<(String, String)> = img
+        .env
+        .iter()
+        .flatten()
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            Some((k.to_string(), v.to_string()))
+        })
+        .collect();
+    let image_path = env.iter().any(|(k, _)| k == "PATH");
+    for (k, v) in run_env {
+        if k == "PATH" && image_path && v == crate::pods::DEFAULT_PATH {
+            continue;
+        }
+        env.retain(|(o, _)| o != k);
+        env.push((k.clone(), v.clone()));
+    }
+    env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+/// uid and gid of an image's `User` (numeric, or root).
+fn user(u: Option<&str>) -> Result<(u32, u32), String> {
+    let u = u.unwrap_or("").trim();
+    if u.is_empty() || u == "root" {
+        return Ok((0, 0));
+    }
+    let (a, b) = u.split_once(':').unwrap_or((u, ""));
+    let uid: u32 = a
+        .parse()
+        .map_err(|_| format!("image user {u:?}: only numeric users are supported"))?;
+    let gid: u32 = if b.is_empty() {
+        uid
+    } else {
+        b.parse()
+            .map_err(|_| format!("image user {u:?}: only numeric groups are supported"))?
+    };
+    Ok((uid, gid))
+}
+
+/// The OCI runtime spec of one run.
+#[allow(clippy::too_many_arguments)]
+pub fn spec(
+    id: &str,
+    namespace: &str,
+    sandbox: &Sandbox,
+    netns: &Path,
+    args: Vec<String>,
+    env: Vec<String>,
+    cwd: &str,
+    uid_gid: (u32, u32),
+) -> Value {
+    let bind = |dest: &str, src: &Path, ro: bool| {
+        json!({"destination": dest, "type": "bind", "source": src,
+            "options": ["rbind", "rprivate", if ro { "ro" } else { "rw" }]})
+    };
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
+        bind("/etc/hosts", &sandbox.dir.join("etc-hosts"), false),
+        bind("/etc/resolv.conf", &sandbox.dir.join("resolv.conf"), false),
+        bind("/etc/hostname", &sandbox.dir.join("hostname"), false),
+    ];
+    if let Some(sa) = &sandbox.service_account {
+        mounts.push(bind(crate::serviceaccount::MOUNT_PATH, sa, true));
+    }
+    let caps: Vec<&str> = CAPS.to_vec();
+    json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": uid_gid.0, "gid": uid_gid.1},
+            "args": args,
+            "env": env,
+            "cwd": cwd,
+            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024u64, "soft": 1024u64}],
+            "noNewPrivileges": true
+        },
+        "root": {"path": "rootfs"},
+        "hostname": sandbox.hostname,
+        "mounts": mounts,
+        "linux": {
+            "namespaces": [
+                {"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"},
+                {"type": "network", "path": netns}
+            ],
+            "cgroupsPath": format!("/{namespace}/{id}"),
+            "resources": {"devices": [{"allow": false, "access": "rwm"}]},
+            "maskedPaths": ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys",
+                "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",
+                "/proc/sched_debug", "/sys/firmware", "/proc/scsi"],
+            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys",
+                "/proc/sysrq-trigger"]
+        }
+    })
+}
+
+impl ContainerdRuntime {
+    /// Starts the runtime's thread, connects to containerd (it must answer), and starts the
+    /// reconcile loop that adopts running containers and removes orphans.
+    pub async fn start(s: Settings) -> Result<ContainerdRuntime, Error> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("containerd".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = tx.send(Ok(rt.handle().clone()));
+                rt.block_on(std::future::pending::<()>());
+            })
+            .map_err(|e| Error::io("start the containerd thread", e))?;
+        let handle = rx
+            .recv()
+            .map_err(|_| Error::Other("the containerd thread ended".into()))?
+            .map_err(|e| Error::io("start the containerd thread's runtime", e))?;
+        let (address, namespace) = (s.address.clone(), s.namespace.clone());
+        let conn = handle
+            .spawn(async move { Conn::connect(&address, &namespace).await })
+            .await
+            .map_err(|e| Error::Other(format!("connecting to containerd: {e}")))?
+            .map_err(|e| Error::Other(e.to_string()))?;
+        let inner = Arc::new(Inner {
+            conn,
+            s,
+            busy: Mutex::new(HashSet::new()),
+            images: Mutex::new(HashMap::new()),
+        });
+        let i = inner.clone();
+        handle.spawn(async move {
+            loop {
+                i.reconcile().await;
+                tokio::time::sleep(RECONCILE).await;
+            }
+        });
+        Ok(ContainerdRuntime { inner, handle })
+    }
+
+    /// Runs `fut` on the runtime's thread and waits for it (bounded).
+    fn block<T: Send + 'static>(&self, fut: impl Future<Output = T> + Send + 'static) -> Option<T> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.handle.spawn(async move {
+            let _ = tx.send(fut.await);
+        });
+        let wait = move || rx.recv_timeout(Duration::from_secs(120)).ok();
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(wait)
+            }
+            _ => wait(),
+        }
+    }
+}
+
+/// A failed start: recorded as a run that exited 128 with its reason (as the process runtime
+/// records a missing executable).
+fn record_start_error(dir: &Path, why: &str) {
+    let _ = write_atomic(dir, START_ERROR_FILE, why);
+    let _ = write_atomic(dir, EXIT_FILE, "128");
+}
+
+impl Inner {
+    fn req<T>(&self, msg: T) -> tonic::Request<T> {
+        self.conn.request(msg)
+    }
+
+    fn is_busy(&self, id: &str) -> bool {
+        self.busy.lock().is_ok_and(|b| b.contains(id))
+    }
+
+    fn set_busy(&self, id: &str, on: bool) -> bool {
+        match self.busy.lock() {
+            Ok(mut b) if on => b.insert(id.to_string()),
+            Ok(mut b) => b.remove(id),
+            Err(_) => false,
+        }
+    }
+
+    async fn resolve(&self, reference: &str) -> Result<Resolved, CtrdError> {
+        let key = image::normalize(reference);
+        if let Some(r) = self.images.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            // Still the same image? (a re-import moves the name)
+            let now = containerd_client::services::v1::images_client::ImagesClient::new(
+                self.conn.channel.clone(),
+            )
+            .get(self.req(containerd_client::services::v1::GetImageRequest { name: key.clone() }))
+            .await;
+            if let Ok(now) = now
+                && now
+                    .into_inner()
+                    .image
+                    .and_then(|i| i.target)
+                    .is_some_and(|t| t.digest == r.digest)
+            {
+                return Ok(r);
+            }
+        }
+        let r = image::resolve(&self.conn, reference, &self.s.snapshotter).await?;
+        if let Ok(mut m) = self.images.lock() {
+            m.insert(key, r.clone());
+        }
+        Ok(r)
+    }
+
+    /// Creates and starts one run. Errors before the task starts are the caller's to record.
+    async fn create(
+        self: &Arc<Self>,
+        sandbox: &Sandbox,
+        run: &ContainerRun,
+        id: &str,
+        dir: &Path,
+        log: &Path,
+    ) -> Result<u32, StartFailure> {
+        let reference = run.image.clone().unwrap_or_default();
+        if reference.trim().is_empty() {
+            return Err(StartFailure::Other(
+                "the container has no image".to_string(),
+            ));
+        }
+        let img = match self.resolve(&reference).await {
+            Ok(i) => i,
+            Err(e @ CtrdError::ImageNotFound { .. }) => {
+                return Err(StartFailure::Pull(e.to_string()));
+            }
+            Err(e) => return Err(StartFailure::Pull(e.to_string())),
+        };
+        let args = process_args(run.command.as_deref(), run.args.as_deref(), &img.config);
+        if args.is_empty() {
+            return Err(StartFailure::Other(format!(
+                "no command specified: the pod gives none and image {reference:?} has no entrypoint or cmd"
+            )));
+        }
+        let uid_gid = user(img.config.user.as_deref()).map_err(StartFailure::Other)?;
+        let cwd = run
+            .workdir
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned())
+            .or_else(|| img.config.working_dir.clone().filter(|w| !w.is_empty()))
+            .unwrap_or_else(|| "/".into());
+        let netns = sandbox
+            .netns
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("/proc/{}/ns/net", std::process::id())));
+        let _ = std::fs::write(
+            sandbox.dir.join("hostname"),
+            format!("{}\n", sandbox.hostname),
+        );
+        let spec = spec(
+            id,
+            &self.conn.namespace,
+            sandbox,
+            &netns,
+            args,
+            process_env(&run.env, &img.config),
+            &cwd,
+            uid_gid,
+        );
+        let labels = HashMap::from([
+            (LABEL_NODE.to_string(), self.s.node.clone()),
+            (LABEL_RUN.to_string(), dir.to_string_lossy().into_owned()),
+        ]);
+        let other = |e: CtrdError| StartFailure::Other(e.to_string());
+        let lease = self.conn.lease("container").await.map_err(other)?;
+        let made = self.make(id, &img, spec, labels, &lease, log).await;
+        self.conn.release(&lease).await;
+        let pid = made?;
+        Ok(pid)
+    }
+
+    async fn make(
+        self: &Arc<Self>,
+        id: &str,
+        img: &Resolved,
+        spec: Value,
+        labels: HashMap<String, String>,
+        lease: &str,
+        log: &Path,
+    ) -> Result<u32, StartFailure> {
+        let other = |what: &str, s: tonic::Status| {
+            StartFailure::Other(CtrdError::rpc(what.to_string(), s).to_string())
+        };
+        let mounts = SnapshotsClient::new(self.conn.channel.clone())
+            .prepare(self.conn.request_leased(
+                PrepareSnapshotRequest {
+                    snapshotter: self.s.snapshotter.clone(),
+                    key: id.to_string(),
+                    parent: img.chain_id.clone(),
+                    labels: labels.clone(),
+                },
+                Some(lease),
+            ))
+            .await
+            .map_err(|s| {
+                if let Ok(mut m) = self.images.lock() {
+                    m.clear();
+                }
+                other("prepare the container's snapshot", s)
+            })?
+            .into_inner()
+            .mounts;
+        let spec = prost_types::Any {
+            type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec".into(),
+            value: serde_json::to_vec(&spec).unwrap_or_default(),
+        };
+        let container = Container {
+            id: id.to_string(),
+            labels,
+            image: img.name.clone(),
+            runtime: Some(CtrRuntime {
+                name: "io.containerd.runc.v2".into(),
+                options: None,
+            }),
+            spec: Some(spec),
+            snapshotter: self.s.snapshotter.clone(),
+            snapshot_key: id.to_string(),
+            ..Default::default()
+        };
+        ContainersClient::new(self.conn.channel.clone())
+            .create(self.conn.request_leased(
+                CreateContainerRequest {
+                    container: Some(container),
+                },
+                Some(lease),
+            ))
+            .await
+            .map_err(|s| other("create the container", s))?;
+        let uri = log_uri(&self.s.logger, log, self.s.rotation);
+        let mut tasks = TasksClient::new(self.conn.channel.clone());
+        tasks
+            .create(self.conn.request_leased(
+                CreateTaskRequest {
+                    container_id: id.to_string(),
+                    rootfs: mounts,
+                    stdin: String::new(),
+                    stdout: uri.clone(),
+                    stderr: uri,
+                    terminal: false,
+                    ..Default::default()
+                },
+                Some(lease),
+            ))
+            .await
+            .map_err(|s| other("create the task", s))?;
+        let started = tasks
+            .start(self.req(StartRequest {
+                container_id: id.to_string(),
+                exec_id: String::new(),
+            }))
+            .await
+            .map_err(|s| other("start the task", s))?;
+        Ok(started.into_inner().pid)
+    }
+
+    /// Waits for a run's task to end, records its exit code, then removes its task, container
+    /// and snapshot.
+    async fn wait(self: Arc<Self>, id: String, dir: PathBuf) {
+        let mut tasks = TasksClient::new(self.conn.channel.clone());
+        let mut tries = 0u32;
+        let code: i32 = loop {
+            let r = tasks
+                .wait(self.req(WaitRequest {
+                    container_id: id.clone(),
+                    exec_id: String::new(),
+                }))
+                .await;
+            match r {
+                Ok(w) => break w.into_inner().exit_status as i32,
+                // The task is gone (containerd lost it): as upstream's ContainerStatusUnknown.
+                Err(s) if s.code() == tonic::Code::NotFound => break 137,
+                Err(s) => {
+                    // containerd restarting: try again, bounded (the reconcile loop takes
+                    // over after).
+                    tries += 1;
+                    tracing::warn!(container = %id, error = %s.message(), "waiting on a containerd task");
+                    if tries > 60 {
+                        self.set_busy(&id, false);
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        };
+        if dir.is_dir() && !dir.join(EXIT_FILE).exists() {
+            // The logging binary gets the last output when the task's pipes close; give it a
+            // moment so a reader that sees the exit has the whole log. A pod being removed
+            // takes its directory meanwhile: nothing is written then (the kubelet's removal
+            // retries should this write land in the middle of it).
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if dir.join(RUN_FILE).is_file() {
+                let _ = write_atomic(&dir, EXIT_FILE, &code.to_string());
+            }
+        }
+        self.remove(&id, false).await;
+        self.set_busy(&id, false);
+    }
+
+    /// Removes a container: its task (killed first when `kill`), the container, its snapshot.
+    async fn remove(&self, id: &str, kill: bool) {
+        let mut tasks = TasksClient::new(self.conn.channel.clone());
+        if kill {
+            let _ = tasks
+                .kill(self.req(KillRequest {
+                    container_id: id.to_string(),
+                    exec_id: String::new(),
+                    signal: Signal::SIGKILL as u32,
+                    all: true,
+                }))
+                .await;
+            let _ = tokio::time::timeout(
+                Duration::from_secs(10),
+                tasks.wait(self.req(WaitRequest {
+                    container_id: id.to_string(),
+                    exec_id: String::new(),
+                })),
+            )
+            .await;
+        }
+        if let Err(s) = tasks
+            .delete(self.req(DeleteTaskRequest {
+                container_id: id.to_string(),
+            }))
+            .await
+            && s.code() != tonic::Code::NotFound
+        {
+            tracing::warn!(container = %id, error = %s.message(), "deleting a containerd task");
+        }
+        if let Err(s) = ContainersClient::new(self.conn.channel.clone())
+            .delete(self.req(DeleteContainerRequest { id: id.to_string() }))
+            .await
+            && s.code() != tonic::Code::NotFound
+        {
+            tracing::warn!(container = %id, error = %s.message(), "deleting a containerd container");
+        }
+        self.remove_snapshot(id).await;
+    }
+
+    async fn remove_snapshot(&self, key: &str) {
+        if let Err(s) = SnapshotsClient::new(self.conn.channel.clone())
+            .remove(self.req(RemoveSnapshotRequest {
+                snapshotter: self.s.snapshotter.clone(),
+                key: key.to_string(),
+            }))
+            .await
+            && s.code() != tonic::Code::NotFound
+        {
+            tracing::warn!(snapshot = %key, error = %s.message(), "removing a containerd snapshot");
+        }
+    }
+
+    /// One pass: waits on this node's running containers nobody waits on (adoption after a
+    /// restart), removes those whose run is gone or finished, their leftover snapshots, and
+    /// ends runs whose container vanished.
+    async fn reconcile(self: &Arc<Self>) {
+        let filter = format!("labels.\"{LABEL_NODE}\"=={}", self.s.node);
+        let listed = ContainersClient::new(self.conn.channel.clone())
+            .list(self.req(ListContainersRequest {
+                filters: vec![filter.clone()],
+            }))
+            .await;
+        let containers = match listed {
+            Ok(l) => l.into_inner().containers,
+            Err(s) => {
+                tracing::warn!(error = %s.message(), "listing containerd containers");
+                return;
+            }
+        };
+        let mut known = HashSet::new();
+        for c in containers {
+            known.insert(c.id.clone());
+            if self.is_busy(&c.id) {
+                continue;
+            }
+            let Some(dir) = c.labels.get(LABEL_RUN).map(PathBuf::from) else {
+                continue;
+            };
+            if !dir.is_dir() || dir.join(EXIT_FILE).exists() {
+                tracing::info!(container = %c.id, "removing a container whose run is over");
+                if self.set_busy(&c.id, true) {
+                    self.remove(&c.id, true).await;
+                    self.set_busy(&c.id, false);
+                }
+            } else if self.set_busy(&c.id, true) {
+                tracing::info!(container = %c.id, "adopting a running container");
+                tokio::spawn(self.clone().wait(c.id.clone(), dir));
+            }
+        }
+        // Snapshots of ours with no container (a start interrupted between the two).
+        let snaps = SnapshotsClient::new(self.conn.channel.clone())
+            .list(self.req(ListSnapshotsRequest {
+                snapshotter: self.s.snapshotter.clone(),
+                filters: vec![filter],
+            }))
+            .await;
+        if let Ok(s) = snaps {
+            let mut s = s.into_inner();
+            let mut keys = Vec::new();
+            while let Ok(Some(m)) = s.message().await {
+                // Only active snapshots labelled as this node's (whatever the server does
+                // with the filter): never an image's layers.
+                keys.extend(
+                    m.info
+                        .into_iter()
+                        .filter(|i| {
+                            i.labels.get(LABEL_NODE) == Some(&self.s.node)
+                                && i.kind
+                                    == containerd_client::services::v1::snapshots::Kind::Active
+                                        as i32
+                        })
+                        .map(|i| i.name),
+                );
+            }
+            for k in keys {
+                if !known.contains(&k) && !self.is_busy(&k) {
+                    tracing::info!(snapshot = %k, "removing an orphan snapshot");
+                    self.remove_snapshot(&k).await;
+                }
+            }
+        }
+        // Runs whose container is gone (containerd lost it, or the kubelet died creating it).
+        for dir in self.run_dirs() {
+            if dir.join(EXIT_FILE).exists() {
+                continue;
+            }
+            let Some(rec) = std::fs::read(dir.join(RUN_FILE))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<RunRecord>(&b).ok())
+            else {
+                continue;
+            };
+            if known.contains(&rec.id) || self.is_busy(&rec.id) {
+                continue;
+            }
+            if dir.join(PID_FILE).exists() {
+                let _ = write_atomic(&dir, EXIT_FILE, "137");
+            } else {
+                record_start_error(&dir, "the kubelet stopped while creating the container");
+            }
+        }
+    }
+
+    /// Every run directory of this runtime under the pods directory.
+    fn run_dirs(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let list = |p: &Path| -> Vec<PathBuf> {
+            std::fs::read_dir(p)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .collect()
+        };
+        for pod in list(&self.s.pods_dir) {
+            for c in list(&pod.join("containers")) {
+                for r in list(&c) {
+                    if r.join(RUN_FILE).is_file() {
+                        out.push(r);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Why a start failed.
+enum StartFailure {
+    /// The image is missing or cannot be read: the kubelet reports ErrImagePull.
+    Pull(String),
+    Other(String),
+}
+
+impl Runtime for ContainerdRuntime {
+    fn start(&self, sandbox: &Sandbox, run: &ContainerRun) -> Result<(), Error> {
+        let uid = sandbox
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let id = container_id(&uid, &run.name, run.attempt);
+        let dir = run_dir(sandbox, &run.name, run.attempt);
+        let log = self.log_path(sandbox, &run.name, run.attempt);
+        let image = run.image.clone().unwrap_or_default();
+        if !self.inner.set_busy(&id, true) {
+            return Err(Error::Other(format!(
+                "container {id} is being started already"
+            )));
+        }
+        let inner = self.inner.clone();
+        let (sb, r, d, l) = (sandbox.clone(), run.clone(), dir.clone(), log.clone());
+        let idc = id.clone();
+        let result = self.block(async move {
+            // The image first: a missing one makes no run at all (the kubelet backs off).
+            if let Err(e) = inner.resolve(&image).await {
+                return Err(StartFailure::Pull(e.to_string()));
+            }
+            std::fs::create_dir_all(&d)
+                .map_err(|e| StartFailure::Other(format!("create {}: {e}", d.display())))?;
+            if let Some(parent) = l.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| {
+                    StartFailure::Other(format!("create {}: {e}", parent.display()))
+                })?;
+            }
+            crate::runtime::prune_logs(&l, r.attempt);
+            let rec = RunRecord {
+                id: idc.clone(),
+                image: image.clone(),
+            };
+            write_atomic(
+                &d,
+                RUN_FILE,
+                &serde_json::to_string(&rec).unwrap_or_default(),
+            )
+            .map_err(|e| StartFailure::Other(format!("write {RUN_FILE}: {e}")))?;
+            match inner.create(&sb, &r, &idc, &d, &l).await {
+                Ok(pid) => {
+                    let _ = write_atomic(&d, PID_FILE, &pid.to_string());
+                    tokio::spawn(inner.clone().wait(idc, d));
+                    Ok(())
+                }
+                Err(f) => {
+                    inner.remove(&idc, true).await;
+                    let why = match &f {
+                        StartFailure::Pull(m) | StartFailure::Other(m) => m.clone(),
+                    };
+                    record_start_error(&d, &why);
+                    inner.set_busy(&idc, false);
+                    // Recorded as a failed run: the kubelet reports it and backs off.
+                    Ok(())
+                }
+            }
+        });
+        match result {
+            Some(Ok(())) => Ok(()),
+            Some(Err(f)) => {
+                self.inner.set_busy(&id, false);
+                match f {
+                    StartFailure::Pull(message) => Err(Error::ImagePull {
+                        image: run.image.clone().unwrap_or_default(),
+                        message,
+                    }),
+                    StartFailure::Other(m) => Err(Error::Other(m)),
+                }
+            }
+            None => Err(Error::Other(format!(
+                "containerd did not start container {id} within 120 s"
+            ))),
+        }
+    }
+
+    fn latest(&self, sandbox: &Sandbox, name: &str) -> Option<(u32, RunState)> {
+        let dir = sandbox.dir.join("containers").join(name);
+        let attempt = std::fs::read_dir(&dir)
+            .ok()?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .max()?;
+        Some((attempt, read_state(&dir.join(attempt.to_string()))?))
+    }
+
+    fn state(&self, sandbox: &Sandbox, name: &str, attempt: u32) -> Option<RunState> {
+        read_state(&run_dir(sandbox, name, attempt))
+    }
+
+    fn signal(&self, sandbox: &Sandbox, name: &str, signal: Signal) {
+        if let Some((attempt, RunState::Running { pid, .. })) = self.latest(sandbox, name) {
+            let pid = pid.or_else(|| read_i32(&run_dir(sandbox, name, attempt).join(PID_FILE)));
+            if let Some(pid) = pid.filter(|p| *p > 1 && alive(*p)) {
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), signal);
+            }
+        }
+    }
+
+    fn log_path(&self, sandbox: &Sandbox, name: &str, attempt: u32) -> PathBuf {
+        sandbox
+            .dir
+            .join("logs")
+            .join(name)
+            .join(format!("{attempt}.log"))
+    }
+
+    fn scheme(&self) -> &'static str {
+        "containerd"
+    }
+}
+
+/// `trellis container-log <max size>:<max files>:<path>`: the logging binary containerd's shim
+/// starts for a run (`binary://` stdio). It copies the container's stdout (fd 3) and stderr
+/// (fd 4) into the CRI-format log, rotating it, and closes fd 5 once the log is open (the shim
+/// waits for that). Returns the exit code.
+pub fn logger_main(args: &[OsString]) -> i32 {
+    let Some(spec) = args.first().and_then(|a| a.to_str()) else {
+        eprintln!("container-log: usage: container-log <max size>:<max files>:<path>");
+        return 2;
+    };
+    let mut parts = spec.splitn(3, ':');
+    let (Some(size), Some(files), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
+        eprintln!("container-log: bad spec {spec:?}");
+        return 2;
+    };
+    let rotation = match (size.parse::<u64>(), files.parse::<u32>()) {
+        (Ok(s), Ok(f)) => Rotation::new(s, f).unwrap_or_default(),
+        _ => Rotation::default(),
+    };
+    let writer = match crate::logfile::Writer::open(Path::new(path), rotation) {
+        Ok(w) => Arc::new(Mutex::new(w)),
+        Err(e) => {
+            eprintln!("container-log: cannot open {path}: {e}");
+            return 1;
+        }
+    };
+    // The shim passes the container's stdout and stderr as fds 3 and 4 and waits for fd 5 to
+    // close. The pipes are reopened through /proc (no unsafe ownership of raw descriptors),
+    // then the inherited descriptors are closed.
+    let open = |fd: i32| std::fs::File::open(format!("/proc/self/fd/{fd}"));
+    let (out, err) = match (open(3), open(4)) {
+        (Ok(o), Ok(e)) => (o, e),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("container-log: the container's output (fds 3 and 4): {e}");
+            return 1;
+        }
+    };
+    for fd in [3, 4, 5] {
+        let _ = nix::unistd::close(fd);
+    }
+    let pump = |mut from: std::fs::File, stream: crate::logfile::Stream| {
+        let w = writer.clone();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = vec![0u8; crate::logfile::MAX_ENTRY];
+            loop {
+                match from.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if let Ok(mut w) = w.lock() {
+                            let _ = w.write(stream, jiff::Timestamp::now(), &buf[..n]);
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+        })
+    };
+    let a = pump(out, crate::logfile::Stream::Stdout);
+    let b = pump(err, crate::logfile::Stream::Stderr);
+    let _ = a.join();
+    let _ = b.join();
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(v: &[&str]) -> Vec<OsString> {
+        v.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn command_and_args_combine_with_the_image_as_upstream() {
+        let img = image::RunConfig {
+            entrypoint: Some(vec!["/ep".into()]),
+            cmd: Some(vec!["c1".into()]),
+            ..Default::default()
+        };
+        assert_eq!(process_args(None, None, &img), ["/ep", "c1"]);
+        assert_eq!(process_args(None, Some(&os(&["a"])), &img), ["/ep", "a"]);
+        assert_eq!(process_args(Some(&os(&["/x"])), None, &img), ["/x"]);
+        assert_eq!(
+            process_args(Some(&os(&["/x"])), Some(&os(&["a"])), &img),
+            ["/x", "a"]
+        );
+        assert!(process_args(None, None, &image::RunConfig::default()).is_empty());
+    }
+
+    #[test]
+    fn the_pods_env_overrides_the_images_but_not_its_path() {
+        let img = image::RunConfig {
+            env: Some(vec!["PATH=/img/bin".into(), "A=1".into()]),
+            ..Default::default()
+        };
+        let run = vec![
+            ("PATH".to_string(), crate::pods::DEFAULT_PATH.to_string()),
+            ("A".to_string(), "2".to_string()),
+            ("B".to_string(), "3".to_string()),
+        ];
+        assert_eq!(process_env(&run, &img), ["PATH=/img/bin", "A=2", "B=3"]);
+    }
+
+    #[test]
+    fn ids_fit_containerd_and_stay_unique() {
+        let id = container_id("0a1b2c3d-0000-0000-0000-000000000001", "web", 3);
+        assert_eq!(id, "trellis-0a1b2c3d000000000000000000000001-web-3");
+        let long = "x".repeat(63);
+        let a = container_id("0a1b2c3d-0000-0000-0000-000000000001", &long, 0);
+        let b = container_id("0a1b2c3d-0000-0000-0000-000000000001", &"y".repeat(63), 0);
+        assert!(a.len() <= 76 && b.len() <= 76 && a != b, "{a} {b}");
+    }
+
+    #[test]
+    fn the_log_uri_escapes_its_spec() {
+        let u = log_uri(
+            Path::new("/usr/bin/trellis"),
+            Path::new("/var/lib/k/pods/u/logs/c c/0.log"),
+            Rotation::default(),
+        );
+        assert!(
+            u.starts_with("binary:///usr/bin/trellis?container-log="),
+            "{u}"
+        );
+        assert!(u.contains("%3A") && u.contains("c%20c"), "{u}");
+    }
+
+    #[test]
+    fn users_are_numeric_or_root() {
+        assert_eq!(user(None), Ok((0, 0)));
+        assert_eq!(user(Some("root")), Ok((0, 0)));
+        assert_eq!(user(Some("1000")), Ok((1000, 1000)));
+        assert_eq!(user(Some("1000:5")), Ok((1000, 5)));
+        assert!(user(Some("nobody")).is_err());
+    }
+}
