@@ -996,6 +996,14 @@ impl Pods {
             Ok(r) => r,
             Err(e) => return self.create_failed(pod, uid, &c.name, e.to_string()).await,
         };
+        let host_mounts = if self.rt.mounts_host_paths() {
+            match crate::volumes::host_mounts(&spec, c) {
+                Ok(m) => m,
+                Err(e) => return self.create_failed(pod, uid, &c.name, e.to_string()).await,
+            }
+        } else {
+            Vec::new()
+        };
         let env = self.env(pod, uid, c).await;
         // `$(VAR)` in command and args takes the container's environment, as upstream's.
         let expanded = |v: &Option<Vec<String>>| {
@@ -1036,6 +1044,12 @@ impl Pods {
             image: c.image.clone(),
             command,
             args,
+            privileged: c
+                .security_context
+                .as_ref()
+                .and_then(|s| s.privileged)
+                .unwrap_or(false),
+            host_mounts,
         };
         match self.rt.start(sb, &run) {
             Ok(()) => {

@@ -311,6 +311,110 @@ pub fn spec(
     })
 }
 
+/// Every capability, in the kernel's numbering (`CAP_CHECKPOINT_RESTORE` is 40).
+const ALL_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+/// The capabilities this kernel has (`/proc/sys/kernel/cap_last_cap`; all we know of if it
+/// cannot be read): a privileged container gets each.
+pub fn cap_names() -> Vec<&'static str> {
+    let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .unwrap_or(ALL_CAPS.len() - 1);
+    ALL_CAPS.iter().take(last + 1).copied().collect()
+}
+
+/// `securityContext.privileged: true`, as containerd's CRI plugin makes it: every capability
+/// in `caps`, no `noNewPrivileges`, every device allowed and the node's `/dev` in place of the
+/// private one, nothing masked or read-only in /proc, /sys writable. The deploy/ agents need it
+/// (iptables, ipset and nft over netlink want CAP_NET_ADMIN; sysctls want a writable /proc/sys).
+pub fn make_privileged(spec: &mut Value, caps: &[&str]) {
+    let caps: Vec<Value> = caps.iter().map(|c| json!(c)).collect();
+    spec["process"]["capabilities"] = json!({
+        "bounding": caps, "effective": caps, "permitted": caps,
+    });
+    spec["process"]["noNewPrivileges"] = json!(false);
+    spec["linux"]["maskedPaths"] = json!([]);
+    spec["linux"]["readonlyPaths"] = json!([]);
+    spec["linux"]["resources"]["devices"] = json!([{"allow": true, "access": "rwm"}]);
+    if let Some(mounts) = spec["mounts"].as_array_mut() {
+        for m in mounts.iter_mut() {
+            match m["destination"].as_str() {
+                Some("/sys") => {
+                    if let Some(opts) = m["options"].as_array_mut() {
+                        opts.retain(|o| o != "ro");
+                        opts.push(json!("rw"));
+                    }
+                }
+                // The node's devices (runc then makes none of its own).
+                Some("/dev") => {
+                    *m = json!({"destination": "/dev", "type": "bind", "source": "/dev",
+                        "options": ["rbind", "rprivate", "rw"]});
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The container's hostPath volumes as bind mounts (one at a destination the runtime mounts
+/// already, such as /etc/hosts, replaces it).
+pub fn add_host_mounts(spec: &mut Value, host: &[crate::volumes::HostMount]) {
+    let Some(mounts) = spec["mounts"].as_array_mut() else {
+        return;
+    };
+    for h in host {
+        let dest = h.container.to_string_lossy().into_owned();
+        mounts.retain(|m| m["destination"].as_str() != Some(dest.as_str()));
+        mounts.push(
+            json!({"destination": dest, "type": "bind", "source": h.host,
+            "options": ["rbind", "rprivate", if h.read_only { "ro" } else { "rw" }]}),
+        );
+    }
+}
+
 impl ContainerdRuntime {
     /// Starts the runtime's thread, connects to containerd (it must answer), and starts the
     /// reconcile loop that adopts running containers and removes orphans.
@@ -468,7 +572,7 @@ impl Inner {
             sandbox.dir.join("hostname"),
             format!("{}\n", sandbox.hostname),
         );
-        let spec = spec(
+        let mut spec = spec(
             id,
             &self.conn.namespace,
             sandbox,
@@ -478,6 +582,10 @@ impl Inner {
             &cwd,
             uid_gid,
         );
+        if run.privileged {
+            make_privileged(&mut spec, &cap_names());
+        }
+        add_host_mounts(&mut spec, &run.host_mounts);
         let labels = HashMap::from([
             (LABEL_NODE.to_string(), self.s.node.clone()),
             (LABEL_RUN.to_string(), dir.to_string_lossy().into_owned()),
@@ -904,6 +1012,10 @@ impl Runtime for ContainerdRuntime {
     fn scheme(&self) -> &'static str {
         "containerd"
     }
+
+    fn mounts_host_paths(&self) -> bool {
+        true
+    }
 }
 
 /// `trellis container-log <max size>:<max files>:<path>`: the logging binary containerd's shim
@@ -1032,6 +1144,93 @@ mod tests {
             "{u}"
         );
         assert!(u.contains("%3A") && u.contains("c%20c"), "{u}");
+    }
+
+    fn sample_spec() -> Value {
+        let sb = Sandbox {
+            dir: PathBuf::from("/var/lib/k/pods/u"),
+            netns: None,
+            hostname: "h".into(),
+            service_account: None,
+            cgroup: None,
+        };
+        spec(
+            "id",
+            "trellis",
+            &sb,
+            Path::new("/proc/1/ns/net"),
+            vec!["/bin/true".into()],
+            Vec::new(),
+            "/",
+            (0, 0),
+        )
+    }
+
+    #[test]
+    fn privileged_gets_every_capability_and_device_and_nothing_masked() {
+        let plain = sample_spec();
+        let caps = plain["process"]["capabilities"]["bounding"].to_string();
+        assert!(!caps.contains("CAP_NET_ADMIN"), "negative control: {caps}");
+        assert_ne!(plain["linux"]["maskedPaths"], json!([]));
+        let mut s = sample_spec();
+        make_privileged(&mut s, &cap_names());
+        let caps = s["process"]["capabilities"]["effective"].to_string();
+        assert!(
+            caps.contains("CAP_NET_ADMIN") && caps.contains("CAP_SYS_ADMIN"),
+            "{caps}"
+        );
+        assert_eq!(s["process"]["noNewPrivileges"], false);
+        assert_eq!(s["linux"]["maskedPaths"], json!([]));
+        assert_eq!(s["linux"]["readonlyPaths"], json!([]));
+        assert_eq!(
+            s["linux"]["resources"]["devices"],
+            json!([{"allow": true, "access": "rwm"}])
+        );
+        let mounts = s["mounts"].as_array().unwrap();
+        let at = |d: &str| mounts.iter().find(|m| m["destination"] == d).unwrap();
+        assert_eq!(at("/dev")["source"], "/dev");
+        let sys = at("/sys")["options"].to_string();
+        assert!(sys.contains("rw") && !sys.contains("\"ro\""), "{sys}");
+        assert_eq!(cap_names()[0], "CAP_CHOWN");
+    }
+
+    #[test]
+    fn host_paths_become_bind_mounts() {
+        let mut s = sample_spec();
+        let n = s["mounts"].as_array().unwrap().len();
+        add_host_mounts(
+            &mut s,
+            &[
+                crate::volumes::HostMount {
+                    host: "/run/trellis".into(),
+                    container: "/run/trellis".into(),
+                    read_only: false,
+                },
+                crate::volumes::HostMount {
+                    host: "/node/hosts".into(),
+                    container: "/etc/hosts".into(),
+                    read_only: true,
+                },
+            ],
+        );
+        let mounts = s["mounts"].as_array().unwrap();
+        assert_eq!(
+            mounts.len(),
+            n + 1,
+            "/etc/hosts replaced, /run/trellis added"
+        );
+        let m = mounts
+            .iter()
+            .find(|m| m["destination"] == "/run/trellis")
+            .unwrap();
+        assert_eq!(m["type"], "bind");
+        assert_eq!(m["options"], json!(["rbind", "rprivate", "rw"]));
+        let h = mounts
+            .iter()
+            .find(|m| m["destination"] == "/etc/hosts")
+            .unwrap();
+        assert_eq!(h["source"], "/node/hosts");
+        assert_eq!(h["options"][2], "ro");
     }
 
     #[test]
