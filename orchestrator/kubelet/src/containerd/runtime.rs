@@ -356,18 +356,32 @@ const ALL_CAPS: &[&str] = &[
     "CAP_CHECKPOINT_RESTORE",
 ];
 
-/// The capabilities this kernel has (`/proc/sys/kernel/cap_last_cap`; all we know of if it
-/// cannot be read): a privileged container gets each.
+/// The capabilities a privileged container gets: those of the kubelet's own bounding set
+/// (`CapBnd` of /proc/self/status), as containerd's CRI plugin takes its own — runc cannot
+/// give more ("unable to apply caps"), and in a sandbox that is less than the kernel has.
 pub fn cap_names() -> Vec<&'static str> {
-    let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse::<usize>().ok())
-        .unwrap_or(ALL_CAPS.len() - 1);
-    ALL_CAPS.iter().take(last + 1).copied().collect()
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    caps_of(&status)
+}
+
+/// The capabilities named by the `CapBnd:` line of a /proc status text (every one we know of
+/// when it has none).
+fn caps_of(status: &str) -> Vec<&'static str> {
+    let mask = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+        .unwrap_or(u64::MAX);
+    ALL_CAPS
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| mask & (1u64 << i) != 0)
+        .map(|(_, c)| *c)
+        .collect()
 }
 
 /// `securityContext.privileged: true`, as containerd's CRI plugin makes it: every capability
-/// in `caps`, no `noNewPrivileges`, every device allowed and the node's `/dev` in place of the
+/// in `caps` (all the kubelet has: [`cap_names`]), no `noNewPrivileges`, every device allowed and the node's `/dev` in place of the
 /// private one, nothing masked or read-only in /proc, /sys writable. The deploy/ agents need it
 /// (iptables, ipset and nft over netlink want CAP_NET_ADMIN; sysctls want a writable /proc/sys).
 pub fn make_privileged(spec: &mut Value, caps: &[&str]) {
@@ -1192,6 +1206,11 @@ mod tests {
         let sys = at("/sys")["options"].to_string();
         assert!(sys.contains("rw") && !sys.contains("\"ro\""), "{sys}");
         assert_eq!(cap_names()[0], "CAP_CHOWN");
+        // A bounding set without CAP_SYS_MODULE (16) and CAP_SYS_BOOT (22): neither is given.
+        let bnd = caps_of("Name:\tx\nCapBnd:\t000001ffffbeffff\n");
+        assert!(!bnd.contains(&"CAP_SYS_MODULE") && !bnd.contains(&"CAP_SYS_BOOT"));
+        assert!(bnd.contains(&"CAP_NET_ADMIN") && bnd.contains(&"CAP_CHECKPOINT_RESTORE"));
+        assert_eq!(caps_of("").len(), ALL_CAPS.len());
     }
 
     #[test]
