@@ -3,8 +3,9 @@
 //! digest), `trellis image import` loads it into a private containerd 1.6, and a real kubelet
 //! (containerd runtime) runs hostNetwork pods from it as the agents' DaemonSets do: `trellis
 //! --version`, then, privileged with hostPath volumes, iptables (legacy and nft), ipset, nft and
-//! ip in the node's namespace — with the negative control that the same iptables call without
-//! `privileged` is refused (no CAP_NET_ADMIN).
+//! ip in the node's namespace — with the negative controls that the same iptables call without
+//! `privileged` is refused (no CAP_NET_ADMIN) and that `ip` finds no file where no hostPath
+//! volume is mounted.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -200,11 +201,18 @@ async fn the_image_builds_reproducibly_and_runs_the_agents_tools_under_the_kubel
     k.start_with(tb, &c.cp, &w.node, &w.dirs, "net.d", &extra);
     wait_node_ready(&c.client, &w.node.name).await;
 
+    let host_dir = dir.join("host");
+    std::fs::create_dir_all(&host_dir).unwrap();
+    std::fs::write(host_dir.join("ip-commands"), "link show lo\n").unwrap();
     create_pod(
         &c.client,
         json!({"metadata": {"name": "version"}, "spec": {"nodeName": w.node.name,
-            "hostNetwork": true, "restartPolicy": "Never",
-            "containers": [{"name": "trellis", "image": IMAGE, "command": ["trellis", "--version"]}]}}),
+        "hostNetwork": true, "restartPolicy": "Never",
+        "containers": [
+            {"name": "trellis", "image": IMAGE, "command": ["trellis", "--version"]},
+            // Negative control for the hostPath mount below: without it, no such file.
+            {"name": "ip", "image": IMAGE, "command": ["ip", "-batch", "/host/ip-commands"]},
+        ]}}),
     )
     .await;
     let p = wait_pod(
@@ -218,11 +226,10 @@ async fn the_image_builds_reproducibly_and_runs_the_agents_tools_under_the_kubel
     let (code, log) = result_of(&k, &p, "trellis");
     assert_eq!(code, 0, "trellis --version: {log}");
     assert!(log.starts_with("trellis "), "{log}");
+    let (code, log) = result_of(&k, &p, "ip");
+    assert_ne!(code, 0, "no hostPath volume, no file: {log}");
 
     // The agents' tools, privileged, with hostPath volumes; and without privileged.
-    let host_dir = dir.join("host");
-    std::fs::create_dir_all(&host_dir).unwrap();
-    std::fs::write(host_dir.join("ip-commands"), "link show lo\n").unwrap();
     let lock = dir.join("lock/xtables.lock");
     create_pod(
         &c.client,
