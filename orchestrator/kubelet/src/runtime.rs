@@ -48,7 +48,7 @@ pub struct ContainerRun {
     pub command: Option<Vec<OsString>>,
     pub args: Option<Vec<OsString>>,
     /// `securityContext.privileged`: an image runtime gives the container every capability
-    /// and device and leaves /proc and /sys unmasked (the process runtime's processes are the
+    /// the kubelet holds and every device, and leaves /proc and /sys unmasked (the process runtime's processes are the
     /// kubelet's own children, root on the node, already).
     pub privileged: bool,
     /// The container's hostPath volume mounts, for an image runtime (the process runtime's
