@@ -706,13 +706,14 @@ impl Cgroup {
     }
 }
 
-/// The cgroup (v1) hierarchies mounted on this host, from `/proc/self/mountinfo` text: their
-/// mount points, named ones (`name=systemd`) included — runc makes a container's cgroup in each.
-fn v1_mounts(mountinfo: &str) -> Vec<PathBuf> {
+/// The cgroup hierarchies mounted on this host, from `/proc/self/mountinfo` text: their mount
+/// points, v1's named ones (`name=systemd`) and a hybrid host's v2 one (`unified`) included —
+/// on a v1 host runc makes a container's cgroup in each.
+fn mounts(mountinfo: &str) -> Vec<PathBuf> {
     mountinfo
         .lines()
         .filter_map(mount_fields)
-        .filter(|(fstype, ..)| *fstype == "cgroup")
+        .filter(|(fstype, ..)| *fstype == "cgroup" || *fstype == "cgroup2")
         .map(|(_, _, point, _)| PathBuf::from(point))
         .collect()
 }
@@ -804,19 +805,20 @@ impl Cgroup {
             Cgroup::V1 { cpu, .. } => cpu,
             Cgroup::V2 { dir, .. } => dir,
         };
-        below_mount(cpu, &v1_mounts(mountinfo))
+        below_mount(cpu, &mounts(mountinfo))
             .ok_or_else(|| Error::NotFound(format!("{} is in no cgroup hierarchy", cpu.display())))
     }
 
-    /// The cgroups runc made for containers of this cgroup in the v1 hierarchies that are not
-    /// its own (runc makes `linux.cgroupsPath` in every mounted hierarchy, devices, freezer
-    /// and the others, and removes only a container's own directory when it goes): the same
-    /// path as [`Cgroup::oci_path`] under each other mount point.
+    /// The cgroups runc made for containers of this cgroup in the hierarchies that are not its
+    /// own (on a v1 host runc makes `linux.cgroupsPath` in every mounted hierarchy — devices,
+    /// freezer, the others and a hybrid host's `unified` — and removes only a container's own
+    /// directory when it goes): the same path as [`Cgroup::oci_path`] under each other mount
+    /// point.
     fn runc_dirs(&self, mountinfo: &str) -> Vec<PathBuf> {
         let Cgroup::V1 { cpu, .. } = self else {
             return Vec::new();
         };
-        let mounts = v1_mounts(mountinfo);
+        let mounts = mounts(mountinfo);
         let Some(rel) = below_mount(cpu, &mounts) else {
             return Vec::new();
         };
@@ -1091,9 +1093,10 @@ mod tests {
         let runc = ctr.runc_dirs(&mi);
         assert_eq!(
             runc,
-            vec![PathBuf::from(
-                "/sys/fs/cgroup/devices/trellis/n1/burstable/podu1/app"
-            )]
+            vec![
+                PathBuf::from("/sys/fs/cgroup/unified/trellis/n1/burstable/podu1/app"),
+                PathBuf::from("/sys/fs/cgroup/devices/trellis/n1/burstable/podu1/app")
+            ]
         );
         // Relative, under a kubelet whose memory cgroup is /sandbox/abc: the CPU path; the
         // memory directory runc makes at that path is not ours, so it goes on removal.

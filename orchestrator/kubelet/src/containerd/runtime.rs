@@ -98,6 +98,27 @@ struct RunRecord {
     ooms_before: Option<u64>,
 }
 
+/// CAP_SYS_RESOURCE's bit in a capability set.
+const CAP_SYS_RESOURCE: u64 = 1 << 24;
+
+/// `adj` as runc's init can set it. The kernel refuses an `oom_score_adj` below the inherited
+/// minimum without CAP_SYS_RESOURCE, and runc then fails the container; a kubelet without that
+/// capability (a sandbox that drops it) gives its containers no less than its own score —
+/// the process runtime's shim, whose write the kernel refuses, leaves them at it too.
+fn settable_oom_score_adj(adj: i32) -> i32 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let capable = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|caps| caps & CAP_SYS_RESOURCE != 0);
+    if capable {
+        return adj;
+    }
+    let own = read_i32(Path::new("/proc/self/oom_score_adj")).unwrap_or(0);
+    adj.max(own)
+}
+
 /// Where a run's container goes among the cgroups, and its limits.
 #[derive(Debug, Clone)]
 pub struct Placement {
@@ -125,7 +146,7 @@ impl Placement {
         Ok(Placement {
             path: cgroup.oci_path()?,
             resources: resources.oci(cgroup.accounts_swap(), v2),
-            oom_score_adj: resources.oom_score_adj,
+            oom_score_adj: resources.oom_score_adj.map(settable_oom_score_adj),
             join: cgroup.procs_files(),
         })
     }
