@@ -49,6 +49,9 @@ pub const LABEL_RUN: &str = "io.trellis.run";
 pub const RUN_FILE: &str = "containerd.json";
 /// How often the runtime reconciles containerd with the run directories.
 const RECONCILE: Duration = Duration::from_secs(10);
+/// How long deleting a finished task may take: the shim waits up to 12 s for the logging
+/// binary to drain the container's output.
+const TASK_DELETE: Duration = Duration::from_secs(30);
 
 /// Where containerd is and how containers are made.
 #[derive(Debug, Clone)]
@@ -86,6 +89,78 @@ pub struct ContainerdRuntime {
 struct RunRecord {
     id: String,
     image: String,
+    /// The container's cgroup directories (empty without pod cgroups).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    cgroup: Vec<PathBuf>,
+    /// Its OOM kill count before the run started: a count above it when the run ended with a
+    /// failure is an OOM kill, as the process runtime's shim decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ooms_before: Option<u64>,
+}
+
+/// CAP_SYS_RESOURCE's bit in a capability set.
+const CAP_SYS_RESOURCE: u64 = 1 << 24;
+
+/// `adj` as runc's init can set it. The kernel refuses an `oom_score_adj` below the inherited
+/// minimum without CAP_SYS_RESOURCE, and runc then fails the container; a kubelet without that
+/// capability (a sandbox that drops it) gives its containers no less than its own score —
+/// the process runtime's shim, whose write the kernel refuses, leaves them at it too.
+fn settable_oom_score_adj(adj: i32) -> i32 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let capable = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|caps| caps & CAP_SYS_RESOURCE != 0);
+    if capable {
+        return adj;
+    }
+    let own = read_i32(Path::new("/proc/self/oom_score_adj")).unwrap_or(0);
+    adj.max(own)
+}
+
+/// Where a run's container goes among the cgroups, and its limits.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    /// `linux.cgroupsPath`.
+    pub path: String,
+    /// `linux.resources`.
+    pub resources: Value,
+    /// `process.oomScoreAdj`.
+    pub oom_score_adj: Option<i32>,
+    /// The `cgroup.procs` files the container's process is written to between create and
+    /// start: the container's cgroup in each hierarchy (where runc put it already, a no-op;
+    /// where `path` names another cgroup, the move that puts it under its pod).
+    pub join: Vec<PathBuf>,
+}
+
+impl Placement {
+    /// The container's place under its pod cgroup, `<pod cgroup>/<container name>` as the
+    /// process runtime has it (so `/stats/summary` reads it the same way), with the limits
+    /// of `resources`.
+    pub fn under_pod(
+        cgroup: &crate::cgroup::Cgroup,
+        resources: &crate::cgroup::Resources,
+    ) -> Result<Placement, crate::cgroup::Error> {
+        let v2 = matches!(cgroup, crate::cgroup::Cgroup::V2 { .. });
+        Ok(Placement {
+            path: cgroup.oci_path()?,
+            resources: resources.oci(cgroup.accounts_swap(), v2),
+            oom_score_adj: resources.oom_score_adj.map(settable_oom_score_adj),
+            join: cgroup.procs_files(),
+        })
+    }
+
+    /// Without pod cgroups (`--cgroups-per-qos=false`): runc's own cgroup
+    /// `/<namespace>/<id>`, no limits (as the process runtime enforces none then).
+    pub fn unmanaged(namespace: &str, id: &str) -> Placement {
+        Placement {
+            path: format!("/{namespace}/{id}"),
+            resources: json!({"devices": [{"allow": false, "access": "rwm"}]}),
+            oom_score_adj: None,
+            join: Vec::new(),
+        }
+    }
 }
 
 fn run_dir(sandbox: &Sandbox, name: &str, attempt: u32) -> PathBuf {
@@ -126,7 +201,7 @@ fn read_state(dir: &Path) -> Option<RunState> {
             started,
             finished: mtime(&dir.join(EXIT_FILE)).unwrap_or(started),
             start_error: std::fs::read_to_string(dir.join(START_ERROR_FILE)).ok(),
-            // containerd's `/tasks/oom` event is not watched yet: an OOM kill shows as 137.
+            // Written by the waiter from the container cgroup's OOM kill count.
             oom_killed: dir.join(crate::shim::OOM_FILE).exists(),
         });
     }
@@ -252,8 +327,7 @@ fn user(u: Option<&str>) -> Result<(u32, u32), String> {
 /// The OCI runtime spec of one run.
 #[allow(clippy::too_many_arguments)]
 pub fn spec(
-    id: &str,
-    namespace: &str,
+    placement: &Placement,
     sandbox: &Sandbox,
     netns: &Path,
     args: Vec<String>,
@@ -280,7 +354,7 @@ pub fn spec(
         mounts.push(bind(crate::serviceaccount::MOUNT_PATH, sa, true));
     }
     let caps: Vec<&str> = CAPS.to_vec();
-    json!({
+    let mut spec = json!({
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
@@ -300,15 +374,19 @@ pub fn spec(
                 {"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"},
                 {"type": "network", "path": netns}
             ],
-            "cgroupsPath": format!("/{namespace}/{id}"),
-            "resources": {"devices": [{"allow": false, "access": "rwm"}]},
+            "cgroupsPath": placement.path,
+            "resources": placement.resources,
             "maskedPaths": ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys",
                 "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",
                 "/proc/sched_debug", "/sys/firmware", "/proc/scsi"],
             "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys",
                 "/proc/sysrq-trigger"]
         }
-    })
+    });
+    if let Some(adj) = placement.oom_score_adj {
+        spec["process"]["oomScoreAdj"] = adj.into();
+    }
+    spec
 }
 
 /// Every capability, in the kernel's numbering (`CAP_CHECKPOINT_RESTORE` is 40).
@@ -548,6 +626,7 @@ impl Inner {
         self: &Arc<Self>,
         sandbox: &Sandbox,
         run: &ContainerRun,
+        placement: &Placement,
         id: &str,
         dir: &Path,
         log: &Path,
@@ -587,8 +666,7 @@ impl Inner {
             format!("{}\n", sandbox.hostname),
         );
         let mut spec = spec(
-            id,
-            &self.conn.namespace,
+            placement,
             sandbox,
             &netns,
             args,
@@ -606,12 +684,15 @@ impl Inner {
         ]);
         let other = |e: CtrdError| StartFailure::Other(e.to_string());
         let lease = self.conn.lease("container").await.map_err(other)?;
-        let made = self.make(id, &img, spec, labels, &lease, log).await;
+        let made = self
+            .make(id, &img, spec, labels, &lease, log, &placement.join)
+            .await;
         self.conn.release(&lease).await;
         let pid = made?;
         Ok(pid)
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn make(
         self: &Arc<Self>,
         id: &str,
@@ -620,6 +701,7 @@ impl Inner {
         labels: HashMap<String, String>,
         lease: &str,
         log: &Path,
+        join: &[PathBuf],
     ) -> Result<u32, StartFailure> {
         let other = |what: &str, s: tonic::Status| {
             StartFailure::Other(CtrdError::rpc(what.to_string(), s).to_string())
@@ -671,7 +753,7 @@ impl Inner {
             .map_err(|s| other("create the container", s))?;
         let uri = log_uri(&self.s.logger, log, self.s.rotation);
         let mut tasks = TasksClient::new(self.conn.channel.clone());
-        tasks
+        let created = tasks
             .create(self.conn.request_leased(
                 CreateTaskRequest {
                     container_id: id.to_string(),
@@ -685,7 +767,19 @@ impl Inner {
                 Some(lease),
             ))
             .await
-            .map_err(|s| other("create the task", s))?;
+            .map_err(|s| other("create the task", s))?
+            .into_inner();
+        // runc's init waits for the start: its cgroups are settled before anything of the
+        // image runs (memory charged from the first page to the cgroup that limits it).
+        for procs in join {
+            std::fs::write(procs, created.pid.to_string()).map_err(|e| {
+                StartFailure::Other(format!(
+                    "move the container's process {} into {}: {e}",
+                    created.pid,
+                    procs.display()
+                ))
+            })?;
+        }
         let started = tasks
             .start(self.req(StartRequest {
                 container_id: id.to_string(),
@@ -725,15 +819,44 @@ impl Inner {
                 }
             }
         };
-        if dir.is_dir() && !dir.join(EXIT_FILE).exists() {
-            // The logging binary gets the last output when the task's pipes close; give it a
-            // moment so a reader that sees the exit has the whole log. A pod being removed
-            // takes its directory meanwhile: nothing is written then (the kubelet's removal
-            // retries should this write land in the middle of it).
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            if dir.join(RUN_FILE).is_file() {
-                let _ = write_atomic(&dir, EXIT_FILE, &code.to_string());
+        // An OOM kill: the container cgroup's count grew during a run that failed (read
+        // before the task goes: runc removes the cgroup it made with it).
+        let rec = std::fs::read(dir.join(RUN_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<RunRecord>(&b).ok());
+        let oom = rec.as_ref().and_then(|r| {
+            let after = crate::cgroup::oom_kills(&r.cgroup)?;
+            (code != 0 && after > r.ooms_before?).then_some(after)
+        });
+        // The task goes before the exit is written: deleting it closes the shim's end of the
+        // container's output, the logging binary reads what is left to the end and exits, and
+        // the shim waits for that (12 s at most) before it answers — a reader that sees the
+        // exit has the whole log. runc removes the container's cgroups meanwhile, so a restart
+        // never meets the previous run's. Bounded: a hung shim does not hold the exit.
+        let deleted = tokio::time::timeout(
+            TASK_DELETE,
+            tasks.delete(self.req(DeleteTaskRequest {
+                container_id: id.clone(),
+            })),
+        )
+        .await;
+        match deleted {
+            Ok(Ok(_)) => {}
+            Ok(Err(s)) if s.code() == tonic::Code::NotFound => {}
+            Ok(Err(s)) => {
+                tracing::warn!(container = %id, error = %s.message(), "deleting a finished containerd task");
             }
+            Err(_) => {
+                tracing::warn!(container = %id, "deleting a finished containerd task: no answer within {TASK_DELETE:?}");
+            }
+        }
+        // A pod being removed takes its directory meanwhile: nothing is written then (the
+        // kubelet's removal retries should this write land in the middle of it).
+        if dir.is_dir() && !dir.join(EXIT_FILE).exists() && dir.join(RUN_FILE).is_file() {
+            if let Some(n) = oom {
+                let _ = write_atomic(&dir, crate::shim::OOM_FILE, &n.to_string());
+            }
+            let _ = write_atomic(&dir, EXIT_FILE, &code.to_string());
         }
         self.remove(&id, false).await;
         self.set_busy(&id, false);
@@ -925,6 +1048,24 @@ impl Runtime for ContainerdRuntime {
         let dir = run_dir(sandbox, &run.name, run.attempt);
         let log = self.log_path(sandbox, &run.name, run.attempt);
         let image = run.image.clone().unwrap_or_default();
+        // The container's cgroup under its pod's and its limits first, as the process runtime
+        // makes them: a limit the kernel refuses leaves no run behind. runc writes the same
+        // limits again from the spec.
+        let (placement, cgroup_dirs, ooms_before) = match &sandbox.cgroup {
+            Some(pod) => {
+                let c = pod.child(&run.name);
+                c.create()?;
+                c.apply(&run.resources)?;
+                let dirs = c.dirs();
+                let before = crate::cgroup::oom_kills(&dirs);
+                (Placement::under_pod(&c, &run.resources)?, dirs, before)
+            }
+            None => (
+                Placement::unmanaged(&self.inner.conn.namespace, &id),
+                Vec::new(),
+                None,
+            ),
+        };
         if !self.inner.set_busy(&id, true) {
             return Err(Error::Other(format!(
                 "container {id} is being started already"
@@ -949,6 +1090,8 @@ impl Runtime for ContainerdRuntime {
             let rec = RunRecord {
                 id: idc.clone(),
                 image: image.clone(),
+                cgroup: cgroup_dirs,
+                ooms_before,
             };
             write_atomic(
                 &d,
@@ -956,7 +1099,7 @@ impl Runtime for ContainerdRuntime {
                 &serde_json::to_string(&rec).unwrap_or_default(),
             )
             .map_err(|e| StartFailure::Other(format!("write {RUN_FILE}: {e}")))?;
-            match inner.create(&sb, &r, &idc, &d, &l).await {
+            match inner.create(&sb, &r, &placement, &idc, &d, &l).await {
                 Ok(pid) => {
                     let _ = write_atomic(&d, PID_FILE, &pid.to_string());
                     tokio::spawn(inner.clone().wait(idc, d));
@@ -1068,6 +1211,16 @@ pub fn logger_main(args: &[OsString]) -> i32 {
             return 1;
         }
     };
+    // Deleting the task closes the shim's end of the pipes and sends SIGTERM at once; the
+    // shim then waits (12 s) for this process to exit. SIGTERM is held pending, never acted
+    // on: what is still in the pipes is read to their end first, and the shim's answer to the
+    // delete follows the log's last line. Blocked before the readers start (they inherit it)
+    // and before fd 5 closes (the shim may delete the task any time after).
+    let mut term = nix::sys::signal::SigSet::empty();
+    term.add(Signal::SIGTERM);
+    if let Err(e) = term.thread_block() {
+        eprintln!("container-log: blocking SIGTERM: {e}");
+    }
     for fd in [3, 4, 5] {
         let _ = nix::unistd::close(fd);
     }
@@ -1169,8 +1322,7 @@ mod tests {
             cgroup: None,
         };
         spec(
-            "id",
-            "trellis",
+            &Placement::unmanaged("trellis", "id"),
             &sb,
             Path::new("/proc/1/ns/net"),
             vec!["/bin/true".into()],
@@ -1250,6 +1402,62 @@ mod tests {
             .unwrap();
         assert_eq!(h["source"], "/node/hosts");
         assert_eq!(h["options"][2], "ro");
+    }
+
+    /// The spec puts the container at its placement: under the pod cgroup, with the limits and
+    /// the OOM score the process runtime gives its containers; without pod cgroups runc's own
+    /// `/<namespace>/<id>` and no limits.
+    #[test]
+    fn the_spec_carries_the_cgroup_path_limits_and_oom_score() {
+        let sandbox = Sandbox {
+            dir: PathBuf::from("/var/lib/k/pods/u1"),
+            netns: None,
+            hostname: "h".into(),
+            service_account: None,
+            cgroup: None,
+        };
+        let pod = crate::cgroup::Cgroup::V2 {
+            mount: "/sys/fs/cgroup".into(),
+            dir: "/sys/fs/cgroup/trellis/n1/burstable/podu1".into(),
+        };
+        let r = crate::cgroup::Resources {
+            cpu_shares: Some(102),
+            cpu_quota_us: Some(20_000),
+            memory_limit: Some(16 << 20),
+            oom_score_adj: Some(999),
+        };
+        let p = Placement::under_pod(&pod.child("c"), &r).unwrap();
+        assert_eq!(
+            p.join,
+            [PathBuf::from(
+                "/sys/fs/cgroup/trellis/n1/burstable/podu1/c/cgroup.procs"
+            )]
+        );
+        let s = spec(
+            &p,
+            &sandbox,
+            Path::new("/run/netns/x"),
+            vec!["/bin/sh".into()],
+            Vec::new(),
+            "/",
+            (0, 0),
+        );
+        assert_eq!(s["linux"]["cgroupsPath"], "/trellis/n1/burstable/podu1/c");
+        assert_eq!(s["linux"]["resources"]["memory"]["limit"], 16u64 << 20);
+        assert_eq!(s["linux"]["resources"]["cpu"]["quota"], 20_000);
+        assert_eq!(s["process"]["oomScoreAdj"], 999);
+        let s = spec(
+            &Placement::unmanaged("trellis", "trellis-u1-c-0"),
+            &sandbox,
+            Path::new("/run/netns/x"),
+            vec!["/bin/sh".into()],
+            Vec::new(),
+            "/",
+            (0, 0),
+        );
+        assert_eq!(s["linux"]["cgroupsPath"], "/trellis/trellis-u1-c-0");
+        assert!(s["linux"]["resources"].get("memory").is_none());
+        assert!(s["process"].get("oomScoreAdj").is_none());
     }
 
     #[test]
