@@ -68,11 +68,17 @@ pub fn ensure_key(pki_dir: &Path) -> Result<Signer, KeyError> {
 /// The claims of a bound (TokenRequest) token this key signed, if it is in its lifetime and
 /// from our issuer; `None` for anything else.
 pub fn verify_bound(signer: &Signer, token: &str, now: i64) -> Option<Value> {
-    let claims = signer.verify(token)?;
-    let exp = claims["exp"].as_i64()?;
+    signer.verify(token).filter(|c| bound_and_current(c, now))
+}
+
+/// Whether verified claims are a bound token's from our issuer, in its lifetime.
+fn bound_and_current(claims: &Value, now: i64) -> bool {
+    let Some(exp) = claims["exp"].as_i64() else {
+        return false;
+    };
     let nbf = claims["nbf"].as_i64().unwrap_or(0);
     // A minute of clock skew, as upstream allows.
-    (now < exp && now + 60 >= nbf && claims["iss"] == ISSUER).then_some(claims)
+    now < exp && now + 60 >= nbf && claims["iss"] == ISSUER
 }
 
 fn unix_now() -> i64 {
@@ -111,7 +117,9 @@ pub async fn check(api: &Api, token: &str, audiences: &[String]) -> Result<Authe
     if claims["iss"] == LEGACY_ISSUER {
         return legacy(api, token, &claims, &wanted).await;
     }
-    let claims = verify_bound(signer, token, unix_now()).ok_or_else(|| INVALID.to_string())?;
+    if !bound_and_current(&claims, unix_now()) {
+        return Err(INVALID.into());
+    }
     let token_audiences: Vec<&str> = match &claims["aud"] {
         Value::String(s) => vec![s.as_str()],
         Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
