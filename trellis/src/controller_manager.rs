@@ -1,6 +1,6 @@
 //! `trellis controller-manager`: ReplicaSets, Deployments, DaemonSets, StatefulSets, Jobs,
-//! CronJobs, HorizontalPodAutoscalers, ServiceAccounts,
-//! endpoints, LoadBalancer addresses, garbage collection and node lifecycle, with one active instance elected through a Lease.
+//! CronJobs, HorizontalPodAutoscalers, ServiceAccounts, legacy token Secrets, the
+//! `kube-root-ca.crt` ConfigMaps, endpoints, LoadBalancer addresses, garbage collection and node lifecycle, with one active instance elected through a Lease.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -16,7 +16,7 @@ pub struct Args {
     /// Controllers to run, comma-separated (default: all but replicationcontroller, which our
     /// API server does not serve). Known: replicaset, replicationcontroller, deployment,
     /// daemonset, statefulset, job, cronjob, horizontalpodautoscaling, serviceaccount,
-    /// endpointslice, endpoints,
+    /// serviceaccount-token, root-ca-cert-publisher, endpointslice, endpoints,
     /// garbagecollector, nodelifecycle, kubernetes-service, service-lb.
     #[arg(long, value_delimiter = ',')]
     controllers: Vec<String>,
@@ -62,6 +62,15 @@ pub struct Args {
     /// Seconds between acquire and renew attempts.
     #[arg(long, default_value_t = 2)]
     leader_elect_retry_period: u64,
+    /// The cluster CA bundle (PEM) published as the `kube-root-ca.crt` ConfigMap in every
+    /// namespace and written as `ca.crt` into token Secrets (default: the kubeconfig's CA).
+    #[arg(long)]
+    root_ca_file: Option<PathBuf>,
+    /// The API server's service-account signing key (PKCS#8 ECDSA P-256 PEM, the API server's
+    /// `DIR/pki/sa.key`): the serviceaccount-token controller signs the tokens of legacy token
+    /// Secrets with it (none: that controller does not run).
+    #[arg(long)]
+    service_account_private_key_file: Option<PathBuf>,
     /// Where `/healthz`, `/readyz` and `/metrics` are served.
     #[arg(long, default_value = "127.0.0.1:10257")]
     listen: SocketAddr,
@@ -82,7 +91,49 @@ pub struct Args {
     horizontal_pod_autoscaler_tolerance: f64,
 }
 
+/// The CA bundle the kubeconfig (or the in-cluster configuration) trusts, as PEM.
+async fn kubeconfig_ca(path: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
+    let config = match path {
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            let kc =
+                kube::config::Kubeconfig::from_yaml(&text).context("parsing the kubeconfig")?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .context("loading the kubeconfig")?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("finding a kubeconfig")?,
+    };
+    Ok(config.root_cert.map(|certs| {
+        certs
+            .iter()
+            .map(|der| crate::kubelet::pem_certificate(der))
+            .collect()
+    }))
+}
+
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    let root_ca = match &args.root_ca_file {
+        Some(p) => {
+            Some(std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
+        }
+        None => kubeconfig_ca(args.kubeconfig.as_deref()).await?,
+    };
+    let service_account_key = match &args.service_account_private_key_file {
+        Some(p) => {
+            let pem =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            let signer = trellis_api::jwt::Signer::from_pem(&pem)
+                .with_context(|| format!("loading {}", p.display()))?;
+            Some(trellis_controllers::tokens::SigningKey(
+                std::sync::Arc::new(signer),
+            ))
+        }
+        None => None,
+    };
     let mut config = trellis_controllers::Config {
         kubeconfig: args.kubeconfig,
         listen: Some(args.listen),
@@ -114,6 +165,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 .filter(|t| t.is_finite() && *t >= 0.0)
                 .unwrap_or(0.1),
         },
+        root_ca,
+        service_account_key,
         ..Default::default()
     };
     if !args.controllers.is_empty() {

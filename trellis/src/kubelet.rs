@@ -223,7 +223,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// A DER certificate as PEM.
-fn pem_certificate(der: &[u8]) -> String {
+pub(crate) fn pem_certificate(der: &[u8]) -> String {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD.encode(der);
     let mut out = String::from("-----BEGIN CERTIFICATE-----\n");

@@ -87,12 +87,12 @@ impl ResourceInfo {
         format!("{}List", self.kind)
     }
 
-    /// The verbs the resource supports: all of [`VERBS`], except the reviews, which are only
-    /// created (answered, never stored), and the resource metrics, which are only read
+    /// The verbs the resource supports: all of [`VERBS`], except the reviews (access and
+    /// token reviews), which are only created (answered, never stored), and the resource metrics, which are only read
     /// (computed from the kubelets when asked).
     pub fn verbs(&self) -> &'static [&'static str] {
         match self.group.as_str() {
-            "authorization.k8s.io" => &["create"],
+            "authorization.k8s.io" | "authentication.k8s.io" => &["create"],
             "metrics.k8s.io" => &["get", "list"],
             _ => VERBS,
         }
@@ -432,6 +432,16 @@ const BUILTIN: &[Builtin] = &[
         version: "v1",
         kind: "SelfSubjectRulesReview",
         plural: "selfsubjectrulesreviews",
+        namespaced: false,
+        short: &[],
+        all: false,
+        subs: &[],
+    },
+    Builtin {
+        group: "authentication.k8s.io",
+        version: "v1",
+        kind: "TokenReview",
+        plural: "tokenreviews",
         namespaced: false,
         short: &[],
         all: false,

@@ -20,10 +20,14 @@ use crate::status::ApiError;
 
 pub const AUTHENTICATED: &str = "system:authenticated";
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct User {
     pub name: String,
     pub groups: Vec<String>,
+    /// A unique id of the user, when the authenticator knows one (a service account's uid).
+    pub uid: String,
+    /// What else the authenticator says (a bound token's pod), upstream's `user.Info.Extra`.
+    pub extra: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl User {
@@ -32,6 +36,7 @@ impl User {
         User {
             name: "system:apiserver".into(),
             groups: vec!["system:masters".into(), AUTHENTICATED.into()],
+            ..Default::default()
         }
     }
 
@@ -40,7 +45,11 @@ impl User {
         if !groups.iter().any(|g| g == AUTHENTICATED) {
             groups.push(AUTHENTICATED.into());
         }
-        User { name, groups }
+        User {
+            name,
+            groups,
+            ..Default::default()
+        }
     }
 
     pub fn is_admin(&self) -> bool {

@@ -36,7 +36,10 @@ pub fn defaults(info: &ResourceInfo, obj: &mut Value) {
                 );
             }
         }
-        ("", "Secret") => default_at(obj, &["type"], json!("Opaque")),
+        ("", "Secret") => {
+            default_at(obj, &["type"], json!("Opaque"));
+            merge_string_data(obj);
+        }
         ("apps", "Deployment") => {
             default_at(obj, &["spec", "replicas"], json!(1));
             default_at(obj, &["spec", "strategy", "type"], json!("RollingUpdate"));
@@ -208,6 +211,24 @@ pub fn create_defaults(info: &ResourceInfo, obj: &mut Value) {
 /// Upstream's DefaultTolerationSeconds admission: a pod that does not tolerate the
 /// not-ready or unreachable NoExecute taint gets a toleration for it with a limit (300 s by
 /// default), so the node lifecycle controller evicts it that long after its node fails.
+/// A Secret's write-only `stringData` goes into `data` (base64), winning over a key of the
+/// same name there, and is never stored — as upstream's v1 conversion does.
+fn merge_string_data(obj: &mut Value) {
+    use base64::Engine;
+    let Some(Value::Object(strings)) = obj.as_object_mut().and_then(|o| o.remove("stringData"))
+    else {
+        return;
+    };
+    if !obj["data"].is_object() {
+        obj["data"] = json!({});
+    }
+    for (k, v) in strings {
+        if let Some(text) = v.as_str() {
+            obj["data"][k] = json!(base64::engine::general_purpose::STANDARD.encode(text));
+        }
+    }
+}
+
 pub fn default_tolerations(obj: &mut Value, (not_ready, unreachable): (i64, i64)) {
     let tolerations: Vec<Value> = at(obj, &["spec", "tolerations"])
         .and_then(Value::as_array)
@@ -954,6 +975,20 @@ fn unknown_fields(input: &mut Value, typed: &Value, path: &str, prune: bool) -> 
 mod tests {
     use super::*;
     use trellis_api::resources::builtin_kind;
+
+    #[test]
+    fn a_secrets_string_data_is_stored_as_data() {
+        let mut s = json!({"metadata": {"name": "s"}, "data": {"a": "b2xk", "keep": "eA=="},
+                           "stringData": {"a": "new", "token": "t"}});
+        merge_string_data(&mut s);
+        assert_eq!(
+            s,
+            json!({"metadata": {"name": "s"}, "data": {"a": "bmV3", "keep": "eA==", "token": "dA=="}})
+        );
+        let mut plain = json!({"data": {"a": "eA=="}});
+        merge_string_data(&mut plain);
+        assert_eq!(plain, json!({"data": {"a": "eA=="}}));
+    }
 
     #[test]
     fn deployments_get_the_kubernetes_defaults() {

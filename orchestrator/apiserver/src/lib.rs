@@ -12,8 +12,8 @@
 //! - [`storage`]: objects in the store, resourceVersion = the key's revision.
 //! - [`discovery`], [`openapi`], [`table`] (with [`jsonpath`]): what kubectl needs to find,
 //!   validate and print.
-//! - [`auth`], [`rbac`], [`token`], [`pki`]: who may do what; service-account tokens; the
-//!   cluster CA and certificates.
+//! - [`auth`], [`rbac`], [`impersonate`], [`token`], [`pki`]: who may do what, and act as
+//!   whom; service-account tokens and TokenReview; the cluster CA and certificates.
 
 // ApiError carries a Status (message, causes): every handler returns it, and boxing it would
 // only add noise at each `?`.
@@ -24,6 +24,7 @@ pub mod auth;
 pub mod discovery;
 pub mod events;
 pub mod handlers;
+pub mod impersonate;
 pub mod jsonpath;
 pub mod kinds;
 pub mod kubelet;

@@ -252,7 +252,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         sans.push(config.listen.ip().to_string());
     }
     let pki = Pki::ensure(&config.data_dir, &sans)?;
-    let signer = crate::token::Signer::ensure(&pki.dir)?;
+    let signer = crate::token::ensure_key(&pki.dir)?;
     let _ = api.tokens.set(signer);
     let read = |p: &PathBuf| {
         std::fs::read_to_string(p).map_err(|e| ServerError::Io {
@@ -587,6 +587,15 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, user: Option<User>)
             None => None,
         },
     };
+    // Then the user it asks to act as (`kubectl --as`), each part authorized for the user
+    // authenticated above.
+    let (user, refused) = match user {
+        Some(u) => match crate::impersonate::apply(u, &parts.headers, &shared.api) {
+            Ok(u) => (Some(u), None),
+            Err(e) => (None, Some(e)),
+        },
+        None => (None, None),
+    };
     let (verb, resource) = match &route {
         Ok(Route::Resource(r)) => (r.verb.as_str().to_string(), r.resource.clone()),
         _ => (parts.method.as_str().to_lowercase(), path.clone()),
@@ -594,6 +603,9 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, user: Option<User>)
     let resp = match route {
         Ok(Route::Health(which)) => health(&shared, &which).await,
         Err(e) => error_response(&e),
+        Ok(_) if refused.is_some() => {
+            error_response(&refused.unwrap_or_else(ApiError::unauthorized))
+        }
         Ok(_) if user.is_none() => error_response(&ApiError::unauthorized()),
         Ok(Route::Resource(r))
             if r.group.is_empty()

@@ -3,8 +3,9 @@
 //! ReplicationControllers ([`replicaset`]), Deployments ([`deployment`]), DaemonSets
 //! ([`daemonset`]), StatefulSets ([`statefulset`]), Jobs ([`job`]) and CronJobs
 //! ([`cronjob`]), HorizontalPodAutoscalers ([`hpa`]), EndpointSlices and Endpoints ([`endpointslice`]), the garbage collector
-//! ([`gc`]), node lifecycle ([`nodelifecycle`]) and LoadBalancer addresses from a pool
-//! ([`loadbalancer`]).
+//! ([`gc`]), node lifecycle ([`nodelifecycle`]), LoadBalancer addresses from a pool
+//! ([`loadbalancer`]), ServiceAccounts ([`serviceaccount`]), legacy token Secrets ([`tokens`])
+//! and the `kube-root-ca.crt` ConfigMaps ([`rootca`]).
 //!
 //! Every controller is level-triggered: watch events only put keys on its queue
 //! ([`workqueue`]), and a sync reads the whole current state from the caches, so a restart or
@@ -29,8 +30,10 @@ pub mod nodelifecycle;
 pub mod owner;
 pub mod pods;
 pub mod replicaset;
+pub mod rootca;
 pub mod serviceaccount;
 pub mod statefulset;
+pub mod tokens;
 pub mod workqueue;
 
 use std::collections::BTreeSet;
@@ -55,6 +58,8 @@ pub const ALL: &[&str] = &[
     "cronjob",
     "horizontalpodautoscaling",
     "serviceaccount",
+    "serviceaccount-token",
+    "root-ca-cert-publisher",
     "endpointslice",
     "endpoints",
     "garbagecollector",
@@ -75,6 +80,8 @@ pub const DEFAULT: &[&str] = &[
     "cronjob",
     "horizontalpodautoscaling",
     "serviceaccount",
+    "serviceaccount-token",
+    "root-ca-cert-publisher",
     "endpointslice",
     "endpoints",
     "garbagecollector",
@@ -120,6 +127,11 @@ pub struct Config {
     pub cronjob_clock: cronjob::Clock,
     /// The HPA controller's sync period, default downscale stabilization and tolerance.
     pub hpa: hpa::Settings,
+    /// The cluster CA bundle (PEM): published as `kube-root-ca.crt` in every namespace and
+    /// written into token Secrets (none: the root CA publisher does not run).
+    pub root_ca: Option<String>,
+    /// The service-account signing key (none: the token controller does not run).
+    pub service_account_key: Option<tokens::SigningKey>,
 }
 
 impl Default for Config {
@@ -145,6 +157,8 @@ impl Default for Config {
             ),
             cronjob_clock: cronjob::Clock::real(),
             hpa: hpa::Settings::default(),
+            root_ca: None,
+            service_account_key: None,
         }
     }
 }

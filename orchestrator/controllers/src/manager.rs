@@ -214,6 +214,35 @@ pub async fn run_controllers(
         let c = serviceaccount::Controller::new(ctx.clone(), m.cache(), m.cache());
         m.register(c);
     }
+    if config.runs("serviceaccount-token") {
+        match &config.service_account_key {
+            Some(key) => {
+                let c = crate::tokens::Controller::new(
+                    ctx.clone(),
+                    m.cache(),
+                    m.cache(),
+                    key.clone(),
+                    config.root_ca.clone(),
+                );
+                m.register(c);
+            }
+            None => tracing::warn!(
+                "no --service-account-private-key-file: the serviceaccount-token controller does not run"
+            ),
+        }
+    }
+    if config.runs("root-ca-cert-publisher") {
+        match &config.root_ca {
+            Some(ca) => {
+                let c =
+                    crate::rootca::Controller::new(ctx.clone(), m.cache(), m.cache(), ca.clone());
+                m.register(c);
+            }
+            None => tracing::warn!(
+                "no cluster CA (--root-ca-file, or the kubeconfig's): the root-ca-cert-publisher does not run"
+            ),
+        }
+    }
     if config.runs("job") {
         let c = job::Controller::new(ctx.clone(), m.cache(), m.cache(), config.job_backoff_base);
         m.register(c);

@@ -733,9 +733,18 @@ impl Pods {
             .duration_since(jiff::Timestamp::now())
             .try_into()
             .unwrap_or(Duration::from_secs(600));
-        if let Err(e) =
-            serviceaccount::write(&dir, &status.token, self.cfg.cluster_ca.as_deref(), &ns)
-        {
+        // ca.crt from the namespace's kube-root-ca.crt, as upstream's projected
+        // kube-api-access volume sources it; the kubeconfig's CA where there is none.
+        let configmaps: Api<ConfigMap> = Api::namespaced(self.client.clone(), &ns);
+        let published = match configmaps.get_opt(serviceaccount::ROOT_CA_CONFIGMAP).await {
+            Ok(cm) => cm.as_ref().and_then(serviceaccount::published_ca),
+            Err(e) => {
+                tracing::debug!(namespace = %ns, error = %e, "reading kube-root-ca.crt");
+                None
+            }
+        };
+        let ca = published.or_else(|| self.cfg.cluster_ca.clone());
+        if let Err(e) = serviceaccount::write(&dir, &status.token, ca.as_deref(), &ns) {
             return self
                 .token_failed(pod, uid, has_token, &format!("writing the token: {e}"))
                 .await;

@@ -1,5 +1,7 @@
 //! The projected service-account volume, as upstream's kubelet fills `kube-api-access-*`: a
-//! token from TokenRequest bound to the pod, the cluster CA and the pod's namespace, at
+//! token from TokenRequest bound to the pod, the cluster CA (`ca.crt` of the namespace's
+//! `kube-root-ca.crt` ConfigMap, which the controller-manager publishes; the kubeconfig's CA
+//! when there is none) and the pod's namespace, at
 //! `/var/run/secrets/kubernetes.io/serviceaccount`, and the `KUBERNETES_SERVICE_*` variables
 //! that tell a client where the API server is.
 //!
@@ -10,7 +12,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, ServiceAccount};
 
 /// Where containers find the files (upstream's path).
 pub const MOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
@@ -18,6 +20,18 @@ pub const MOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 pub const DIR: &str = "serviceaccount";
 /// The lifetime the kubelet asks for (upstream's projected default, 1 h + 7 s).
 pub const EXPIRATION_SECONDS: i64 = 3607;
+
+/// The ConfigMap the controller-manager publishes the cluster CA in, in every namespace.
+pub const ROOT_CA_CONFIGMAP: &str = "kube-root-ca.crt";
+
+/// The CA bundle a `kube-root-ca.crt` ConfigMap publishes (its `ca.crt`), if any.
+pub fn published_ca(cm: &ConfigMap) -> Option<String> {
+    cm.data
+        .as_ref()?
+        .get("ca.crt")
+        .filter(|c| !c.trim().is_empty())
+        .cloned()
+}
 
 /// The account a pod runs as: `serviceAccountName`, the deprecated `serviceAccount`, or
 /// `default` (what admission would have set).
@@ -82,6 +96,21 @@ mod tests {
 
     fn pod(spec: serde_json::Value) -> Pod {
         serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": spec})).unwrap()
+    }
+
+    #[test]
+    fn the_published_ca_is_the_config_maps_ca_crt_when_it_has_one() {
+        let cm = |data: serde_json::Value| -> ConfigMap {
+            serde_json::from_value(json!({"metadata": {"name": ROOT_CA_CONFIGMAP}, "data": data}))
+                .unwrap()
+        };
+        assert_eq!(
+            published_ca(&cm(json!({"ca.crt": "PEM"}))).as_deref(),
+            Some("PEM")
+        );
+        assert_eq!(published_ca(&cm(json!({"ca.crt": " "}))), None);
+        assert_eq!(published_ca(&cm(json!({"other": "x"}))), None);
+        assert_eq!(published_ca(&ConfigMap::default()), None);
     }
 
     #[test]

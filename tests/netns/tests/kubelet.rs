@@ -577,7 +577,8 @@ exit 0
 /// Issue 15: a pod's ServiceAccount token, projected by the kubelet, works from inside the pod
 /// for exactly what its Role allows (get/list pods in its namespace): listing succeeds, deleting
 /// a pod and listing in another namespace are refused with 403 and upstream's message. A pod
-/// with `automountServiceAccountToken: false` has no token.
+/// with `automountServiceAccountToken: false` has no token. Its `ca.crt` is the namespace's
+/// `kube-root-ca.crt`.
 #[tokio::test(flavor = "multi_thread")]
 async fn service_account_token_in_a_pod_does_what_its_role_allows() {
     netns_testbed::require_tool("busybox", "busybox-static");
@@ -615,6 +616,19 @@ async fn service_account_token_in_a_pod_does_what_its_role_allows() {
         json!({"metadata": {"name": "reader-reads"},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pod-reader"},
             "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": "default"}]}),
+    )
+    .await;
+
+    // The CA pods get is their namespace's kube-root-ca.crt (upstream's projected
+    // kube-api-access volume sources it there), not the kubelet's own: here a bundle the
+    // kubelet's kubeconfig does not hold (the cluster CA after a comment), which still
+    // verifies the API server.
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let ca = std::fs::read_to_string(c.cp.dir.join("pki/ca.crt")).unwrap();
+    let published = format!("# kube-root-ca.crt of this test\n{ca}");
+    create::<ConfigMap>(
+        client,
+        json!({"metadata": {"name": "kube-root-ca.crt"}, "data": {"ca.crt": published}}),
     )
     .await;
 
@@ -705,6 +719,12 @@ exec busybox sleep 3600"#;
             .join("serviceaccount")
             .exists()
     );
+    let projected_ca = std::fs::read_to_string(
+        k.pod_dir(0, reader.metadata.uid.as_deref().unwrap())
+            .join("serviceaccount/ca.crt"),
+    )
+    .unwrap();
+    assert_eq!(projected_ca, published, "ca.crt from kube-root-ca.crt");
     // The token is bound to its pod, and the account defaulted where none was named.
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let token = std::fs::read_to_string(

@@ -79,7 +79,7 @@ pub async fn control_plane(
     let ca_dir = api_dir(MEMBERS[0].0);
     let pki = trellis_apiserver::pki::Pki::ensure(&ca_dir, &sans)
         .context("making the cluster CA and the API servers' certificate")?;
-    trellis_apiserver::token::Signer::ensure(&pki.dir)
+    trellis_apiserver::token::ensure_key(&pki.dir)
         .context("making the service-account signing key")?;
     for (short, _) in &MEMBERS[1..] {
         copy_dir(&pki.dir, &api_dir(short).join("pki"))?;

@@ -449,20 +449,26 @@ fn spawn_scheduling(
     ] {
         let file = files.join(format!("{what}.kubeconfig"));
         crate::certs::kubeconfig(ca_dir, user, &[], server, &file)?;
+        let mut args = vec![
+            trellis.to_string(),
+            what.into(),
+            "--kubeconfig".into(),
+            s(&file),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--leader-elect-identity".into(),
+            format!("{}-{on}", state.name),
+        ];
+        // The token controller signs legacy token Secrets with the API servers' key.
+        let sa_key = ca_dir.join("pki/sa.key");
+        if what == "controller-manager" && sa_key.is_file() {
+            args.extend(["--service-account-private-key-file".into(), s(&sa_key)]);
+        }
         let p = state::spawn(
             ns,
             on,
             what,
-            &[
-                trellis.to_string(),
-                what.into(),
-                "--kubeconfig".into(),
-                s(&file),
-                "--listen".into(),
-                format!("127.0.0.1:{port}"),
-                "--leader-elect-identity".into(),
-                format!("{}-{on}", state.name),
-            ],
+            &args,
             &state.dir.join("logs").join(format!("{on}-{what}.log")),
         )?;
         state.processes.push(p);

@@ -220,6 +220,14 @@ impl Api {
         if info.group == crate::resource_metrics::GROUP {
             return crate::resource_metrics::serve(self, info, call).await;
         }
+        if info.group == "authentication.k8s.io" {
+            return match (r.verb, sub) {
+                (Verb::Create, None) => crate::token::review(self, call.content_type, call.body)
+                    .await
+                    .map(Reply::created),
+                _ => Err(ApiError::method_not_allowed(r.verb.as_str(), &info.plural)),
+            };
+        }
         if info.group == "authorization.k8s.io" {
             return match (r.verb, sub) {
                 (Verb::Create, None) => crate::rbac::review::create(self, info, call),

@@ -550,6 +550,7 @@ mod tests {
         User {
             name: name.into(),
             groups: groups.iter().map(|g| g.to_string()).collect(),
+            ..Default::default()
         }
     }
 
@@ -593,6 +594,11 @@ mod tests {
             ("update", "apps", "replicasets"),
             ("create", "discovery.k8s.io", "endpointslices"),
             ("list", "", "nodes"),
+            // The token controller and the root CA publisher.
+            ("update", "", "secrets"),
+            ("delete", "", "secrets"),
+            ("create", "", "configmaps"),
+            ("update", "", "configmaps"),
         ] {
             let a = Attributes::resource(verb, group, res).in_ns("default");
             assert!(s.allowed_by(&cm, &a).is_some(), "{verb} {group}/{res}");

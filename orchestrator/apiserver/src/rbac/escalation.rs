@@ -213,6 +213,7 @@ mod tests {
         User {
             name: name.into(),
             groups: vec![],
+            ..Default::default()
         }
     }
 
@@ -276,6 +277,7 @@ mod tests {
         let admin = User {
             name: "root".into(),
             groups: vec!["system:masters".into()],
+            ..Default::default()
         };
         assert!(
             check(

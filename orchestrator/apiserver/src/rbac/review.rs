@@ -97,7 +97,12 @@ pub fn create(api: &Api, info: &ResourceInfo, call: &Call<'_>) -> Result<Reply, 
                 )],
             ));
         }
-        User { name: user, groups }
+        User {
+            name: user,
+            groups,
+            uid: text(&spec, "uid"),
+            ..Default::default()
+        }
     };
     let status = match crate::auth::allowed(&subject, &attrs, api) {
         Some(reason) => json!({"allowed": true, "reason": reason}),
