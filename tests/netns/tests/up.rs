@@ -886,6 +886,7 @@ fn containerd_leftovers(f: &Fixture) -> Vec<String> {
 async fn two_canal_nodes_on_containerd_run_the_agents_from_the_image_and_go_down_clean() {
     let curl = require_tool("curl", "curl");
     let ctr = require_tool("ctr", "containerd");
+    let kubectl = require_tool("kubectl", "kubectl (the image's own)");
     require_tool("containerd", "containerd");
     require_tool("runc", "runc");
     let f = Fixture::new().await;
@@ -1016,26 +1017,66 @@ async fn two_canal_nodes_on_containerd_run_the_agents_from_the_image_and_go_down
             show(&got)
         );
     }
+    // kubectl exec reaches a container of the image through the API server and kubelet.
+    let kc = f.kubeconfig();
+    let web0 = web.items[0].metadata.name.clone().unwrap();
+    let got =
+        f.tb.exec(
+            &f.host,
+            &[
+                kubectl.to_str().unwrap(),
+                "--kubeconfig",
+                kc.to_str().unwrap(),
+                "-n",
+                "demo",
+                "exec",
+                &web0,
+                "--",
+                "busybox",
+                "echo",
+                "exec-ok",
+            ],
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    assert!(
+        got.success() && got.stdout.trim() == "exec-ok",
+        "kubectl exec: {}",
+        show(&got)
+    );
+
     // By Service name from pods of the image: a client gets in, a stranger resolves the name
-    // but is kept out by the NetworkPolicy (exit 7).
+    // but is kept out by the NetworkPolicy (exit 7). (busybox-static's wget crashes in a
+    // static glibc's name service, so the name is resolved by nslookup and the page
+    // fetched with nc.)
     let shell = ["busybox", "sh"];
+    let resolve = "ip=$(busybox nslookup web.demo.svc.cluster.local | busybox awk '/^Address: /{print $2}' | busybox tail -n 1); [ -n \"$ip\" ] || exit 3";
+    let get = |secs: u32| {
+        format!(
+            "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox nc -w {secs} $ip 80 | busybox grep -q Hello"
+        )
+    };
     let client_code = run_pod_from(
         &client,
         "client",
         json!({"role": "client"}),
         "trellis:latest",
         &shell,
-        "busybox wget -q -T 5 -O - http://web/ | busybox grep -q Hello",
+        &format!("{resolve}; {}", get(5)),
     )
     .await;
-    assert_eq!(client_code, 0, "a role=client pod reaches http://web/");
+    assert_eq!(
+        client_code, 0,
+        "a role=client pod reaches web.demo.svc.cluster.local"
+    );
     let stranger_code = run_pod_from(
         &client,
         "stranger",
         json!({"role": "other"}),
         "trellis:latest",
         &shell,
-        "busybox nslookup web.demo.svc.cluster.local || exit 3; busybox wget -q -T 3 -O - http://web/ && exit 0; exit 7",
+        &format!("{resolve}; {} && exit 0; exit 7", get(3)),
     )
     .await;
     assert_eq!(
