@@ -47,7 +47,12 @@ impl Ctrd {
 
 /// What `--runtime containerd` needs from the machine, each with where to get it.
 pub fn preflight(cluster_dir: &Path, missing: &mut Vec<String>) {
-    for (tool, package) in [("containerd", "containerd"), ("runc", "runc")] {
+    // `ctr` (in the containerd package) is how `down` deletes the containers.
+    for (tool, package) in [
+        ("containerd", "containerd"),
+        ("ctr", "containerd"),
+        ("runc", "runc"),
+    ] {
         if super::which(tool).is_none() {
             missing.push(format!(
                 "`{tool}` (--runtime containerd): install the Debian package {package} (apt-get install {package})"

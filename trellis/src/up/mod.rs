@@ -1287,9 +1287,14 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     };
     let mut healthy = state.complete;
     println!(
-        "cluster {:?}, mode {}, API {}{}",
+        "cluster {:?}, mode {}, runtime {}, API {}{}",
         state.name,
         state.mode,
+        if state.runtime.is_empty() {
+            "process"
+        } else {
+            &state.runtime
+        },
         state.api,
         if state.complete {
             ""
