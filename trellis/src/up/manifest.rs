@@ -55,11 +55,25 @@ impl Mode {
     }
 }
 
-/// The mode's manifest as `trellis up` applies it: every container command `trellis …` runs
-/// `exe` (the process runtime has no image: it runs the command on the host), and
-/// `TRELLIS_ROOT` — empty on a real node — is `<nodes_dir>/$(NODE_NAME)`, the node's own
-/// directory, since `up`'s nodes share one file system.
-pub fn for_up(mode: Mode, exe: &Path, nodes_dir: &Path) -> anyhow::Result<Vec<Value>> {
+/// The node paths the manifests mount as hostPath volumes (`/etc/cni/net.d`, `/run/trellis`)
+/// and reach as `$(TRELLIS_ROOT)<path>`: `up`'s nodes keep them under their own directory.
+const NODE_PATHS: &[&str] = &["/etc/cni/net.d", "/run/trellis"];
+
+/// The mode's manifest as `trellis up` applies it. `TRELLIS_ROOT` — empty on a real node — is
+/// `<nodes_dir>/$(NODE_NAME)`, the node's own directory, since `up`'s nodes share one file
+/// system. With the process runtime (`image` None: no image, the command runs on the host)
+/// every container command `trellis …` runs `exe`. With an image runtime the command stays
+/// (the image has `trellis` on its PATH) and the containers see the node directories at the
+/// same paths as the host does (a hostPath volume of `nodes_dir`), so the paths an agent writes
+/// into the CNI configuration (its sockets, its state) mean the same to the plugins the
+/// kubelet runs on the host; the manifest's own volumes of node paths (the machine's
+/// `/etc/cni/net.d`, `/run/trellis`, which `up`'s nodes do not use) are left out.
+pub fn for_up(
+    mode: Mode,
+    exe: &Path,
+    nodes_dir: &Path,
+    image: Option<&str>,
+) -> anyhow::Result<Vec<Value>> {
     let docs: Vec<Value> = serde_saphyr::from_multiple(mode.manifest())
         .with_context(|| format!("parsing deploy/{}.yaml", mode.name()))?;
     let root = format!("{}/$(NODE_NAME)", nodes_dir.display());
@@ -74,6 +88,7 @@ pub fn for_up(mode: Mode, exe: &Path, nodes_dir: &Path) -> anyhow::Result<Vec<Va
         for c in containers.into_iter().flatten() {
             if let Some(first) = c.pointer_mut("/command/0")
                 && *first == "trellis"
+                && image.is_none()
             {
                 *first = json!(exe.display().to_string());
             }
@@ -88,9 +103,75 @@ pub fn for_up(mode: Mode, exe: &Path, nodes_dir: &Path) -> anyhow::Result<Vec<Va
                 }
             }
         }
+        if let Some(image) = image
+            && doc.pointer("/spec/template/spec").is_some()
+        {
+            drop_node_path_volumes(&mut doc);
+            share_host_dir(&mut doc, "trellis-up-nodes", nodes_dir, image);
+        }
         out.push(doc);
     }
     Ok(out)
+}
+
+/// Removes the pod template's hostPath volumes of [`NODE_PATHS`] and their mounts.
+fn drop_node_path_volumes(doc: &mut Value) {
+    let Some(spec) = doc.pointer_mut("/spec/template/spec") else {
+        return;
+    };
+    let mut dropped = Vec::new();
+    if let Some(vols) = spec.get_mut("volumes").and_then(Value::as_array_mut) {
+        vols.retain(|v| {
+            let node_path = v["hostPath"]["path"]
+                .as_str()
+                .is_some_and(|p| NODE_PATHS.contains(&p));
+            if node_path {
+                dropped.push(v["name"].clone());
+            }
+            !node_path
+        });
+    }
+    for c in spec
+        .get_mut("containers")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(mounts) = c.get_mut("volumeMounts").and_then(Value::as_array_mut) {
+            mounts.retain(|m| !dropped.contains(&m["name"]));
+        }
+    }
+}
+
+/// Gives every container of `doc`'s pod template (a Deployment's or DaemonSet's) the host
+/// directory `dir` at the same path, as hostPath volume `name`, and runs them from `image`:
+/// what an image runtime needs to see the files `up` keeps for it (node directories,
+/// kubeconfigs, the demo's pages).
+pub fn share_host_dir(doc: &mut Value, name: &str, dir: &Path, image: &str) {
+    let Some(spec) = doc.pointer_mut("/spec/template/spec") else {
+        return;
+    };
+    let path = dir.display().to_string();
+    if !spec["volumes"].is_array() {
+        spec["volumes"] = json!([]);
+    }
+    if let Some(vols) = spec["volumes"].as_array_mut() {
+        vols.push(json!({"name": name, "hostPath": {"path": path, "type": "Directory"}}));
+    }
+    for c in spec
+        .get_mut("containers")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
+        c["image"] = json!(image);
+        if !c["volumeMounts"].is_array() {
+            c["volumeMounts"] = json!([]);
+        }
+        if let Some(mounts) = c["volumeMounts"].as_array_mut() {
+            mounts.push(json!({"name": name, "mountPath": path}));
+        }
+    }
 }
 
 /// The API resource of a manifest object's kind (the kinds `up` applies), and whether it
@@ -148,7 +229,7 @@ mod tests {
     #[test]
     fn every_mode_manifest_is_rewritten_for_up() {
         for mode in [Mode::Overlay, Mode::Routed, Mode::Canal] {
-            let docs = for_up(mode, Path::new("/x/trellis"), Path::new("/s/nodes")).unwrap();
+            let docs = for_up(mode, Path::new("/x/trellis"), Path::new("/s/nodes"), None).unwrap();
             let sets: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "DaemonSet").collect();
             assert_eq!(sets.len(), 2, "{mode:?}: the agent and policyd");
             for ds in sets {
@@ -169,6 +250,54 @@ mod tests {
             }
             // The shipped file itself still says `trellis` and an empty root.
             assert!(mode.manifest().contains("- trellis\n"));
+        }
+    }
+
+    /// With an image runtime the command stays `trellis` (the image's), the node directories
+    /// are shared at their own path, and the machine's node paths are not mounted.
+    #[test]
+    fn with_an_image_the_containers_see_the_node_directories_at_the_hosts_paths() {
+        for mode in [Mode::Overlay, Mode::Routed, Mode::Canal] {
+            let docs = for_up(
+                mode,
+                Path::new("/x/trellis"),
+                Path::new("/s/nodes"),
+                Some("trellis:latest"),
+            )
+            .unwrap();
+            for ds in docs.iter().filter(|d| d["kind"] == "DaemonSet") {
+                let spec = &ds["spec"]["template"]["spec"];
+                let vols = spec["volumes"].as_array().unwrap();
+                let nodes = vols
+                    .iter()
+                    .find(|v| v["name"] == "trellis-up-nodes")
+                    .unwrap();
+                assert_eq!(nodes["hostPath"]["path"], "/s/nodes");
+                assert!(
+                    vols.iter()
+                        .all(|v| !NODE_PATHS.contains(&v["hostPath"]["path"].as_str().unwrap())),
+                    "{mode:?}: {vols:?}"
+                );
+                assert!(
+                    vols.iter()
+                        .any(|v| v["hostPath"]["path"] == "/run/xtables.lock"),
+                    "the machine's xtables lock stays shared"
+                );
+                let c = &spec["containers"][0];
+                assert_eq!(c["command"][0], "trellis");
+                assert_eq!(c["image"], "trellis:latest");
+                let mounts = c["volumeMounts"].as_array().unwrap();
+                assert!(
+                    mounts
+                        .iter()
+                        .all(|m| vols.iter().any(|v| v["name"] == m["name"]))
+                );
+                assert!(
+                    mounts
+                        .iter()
+                        .any(|m| m["name"] == "trellis-up-nodes" && m["mountPath"] == "/s/nodes")
+                );
+            }
         }
     }
 

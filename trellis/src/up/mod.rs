@@ -4,11 +4,13 @@
 //! the cluster CA) in one namespace on the embedded store, or — `--control-plane 3` — in three
 //! member namespaces on a 3-member etcd, behind a front-door failover proxy in a namespace of
 //! its own and a failover proxy on every node (see [`ha`]); one namespace per node with ipamd,
-//! the kubelet (process runtime) and the service proxy; the network mode's agents and policyd
+//! the kubelet (process runtime, or `--runtime containerd`: a containerd of the cluster's own
+//! running the image built from this binary, see [`containerd`]) and the service proxy; the network mode's agents and policyd
 //! as DaemonSets of hostNetwork pods from `deploy/<mode>.yaml`; cluster DNS as a Deployment;
 //! and a demo. The namespace `up` runs in gets one veth onto the underlay and routes for the
 //! pod and service ranges through it — nothing else.
 
+mod containerd;
 mod ha;
 
 mod manifest;
@@ -72,6 +74,19 @@ impl Where {
 pub enum Runtime {
     /// Each container a process in the pod's namespaces (the kubelet's built-in runtime).
     Process,
+    /// Each container an OCI image run by a containerd of the cluster's own: the agents,
+    /// policyd, DNS and the demo run the image `trellis image build` makes from this binary,
+    /// imported as trellis:latest.
+    Containerd,
+}
+
+impl Runtime {
+    fn name(self) -> &'static str {
+        match self {
+            Runtime::Process => "process",
+            Runtime::Containerd => "containerd",
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -88,7 +103,10 @@ pub struct UpArgs {
     /// every node through one of its own).
     #[arg(long, default_value = "1", value_parser = parse_control_plane)]
     control_plane: ControlPlane,
-    /// The container runtime of every kubelet.
+    /// The container runtime of every kubelet: process (host processes in the pods'
+    /// namespaces) or containerd (a containerd of the cluster's own, under its state
+    /// directory, running the image built from this binary; needs the Debian packages
+    /// containerd and runc).
     #[arg(long, value_enum, default_value_t = Runtime::Process)]
     runtime: Runtime,
     /// Seconds to wait for every node Ready and the demo answering.
@@ -240,6 +258,9 @@ fn preflight(args: &UpArgs, exe_dir: &Path) -> anyhow::Result<PathBuf> {
             "the reference CNI plugin portmap in {REFERENCE_CNI_DIR} (hostPorts): install the Debian package containernetworking-plugins (apt-get install containernetworking-plugins)"
         ));
     }
+    if args.runtime == Runtime::Containerd {
+        containerd::preflight(&args.at.dir(), &mut missing);
+    }
     if !missing.is_empty() {
         bail!(
             "trellis up cannot start; missing:\n  - {}",
@@ -298,7 +319,6 @@ fn state_dir_flag(at: &Where) -> String {
 }
 
 pub async fn up(args: UpArgs) -> anyhow::Result<()> {
-    let _ = args.runtime;
     let exe = std::env::current_exe().context("finding the trellis binary")?;
     let exe_dir = exe
         .parent()
@@ -313,6 +333,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let mut state = State {
         name: args.at.name.clone(),
         mode: args.mode.name().into(),
+        runtime: args.runtime.name().into(),
         dir: dir.clone(),
         run_dir,
         pod_prefix: format!("{}-pod-", args.at.name),
@@ -631,8 +652,25 @@ async fn build(args: &UpArgs, state: &mut State, exe: &Path, busybox: &Path) -> 
         ),
     );
 
-    // The control plane: where clients reach it, and the CA their identities come from.
+    // With containerd: the cluster's own, started now, and the image built from this binary
+    // meanwhile; both are needed once the kubelets start.
     let logs = dir.join("logs");
+    let mut image_build = None;
+    if args.runtime == Runtime::Containerd {
+        let c = containerd::Ctrd::new(&dir, &state.name);
+        let ns = add_ns(state, "ctrd").await?;
+        let p = containerd::spawn(&c, &ns, &logs)?;
+        state.processes.push(p);
+        state.containerd = Some(c.clone());
+        state.save()?;
+        let exe = exe.to_path_buf();
+        image_build = Some(tokio::spawn(async move {
+            containerd::build_image(&c, &exe).await
+        }));
+        steps.done(state, "containerd started, the trellis image building");
+    }
+
+    // The control plane: where clients reach it, and the CA their identities come from.
     let access = match args.control_plane {
         ControlPlane::One => single_control_plane(state, &mut steps, &cps[0], &trellis).await?,
         ControlPlane::Three => {
@@ -662,7 +700,8 @@ async fn build(args: &UpArgs, state: &mut State, exe: &Path, busybox: &Path) -> 
 
     // The mode's manifest first: the nodes' identity gets its rights before any node
     // daemon asks, and the DaemonSets wait for the nodes.
-    let docs = manifest::for_up(args.mode, exe, &dir.join("nodes"))?;
+    let image = (args.runtime == Runtime::Containerd).then_some(containerd::IMAGE);
+    let docs = manifest::for_up(args.mode, exe, &dir.join("nodes"), image)?;
     manifest::apply(&client, &docs).await?;
     steps.done(
         state,
@@ -671,6 +710,36 @@ async fn build(args: &UpArgs, state: &mut State, exe: &Path, busybox: &Path) -> 
             args.mode.name()
         ),
     );
+
+    // The image in containerd before any kubelet asks for it.
+    let mut runtime_flags: Vec<String> = Vec::new();
+    if let (Some(c), Some(build)) = (state.containerd.clone(), image_build) {
+        let p = state
+            .processes
+            .iter()
+            .find(|p| p.what == "containerd")
+            .cloned()
+            .context("containerd's process")?;
+        let conn = containerd::wait_ready(&c, &p, Instant::now() + Duration::from_secs(30)).await?;
+        let archive = build.await.context("the image build stopped")??;
+        let digest = containerd::import(&conn, &archive).await?;
+        steps.done(
+            state,
+            &format!(
+                "image {} {} in containerd",
+                containerd::IMAGE,
+                &digest[..digest.len().min(19)]
+            ),
+        );
+        runtime_flags = vec![
+            "--runtime".into(),
+            "containerd".into(),
+            "--containerd-address".into(),
+            s(&c.socket),
+            "--containerd-namespace".into(),
+            c.namespace.clone(),
+        ];
+    }
 
     // Each node: (with three members) its API server failover proxy, then ipamd, the kubelet
     // and the service proxy, each with its identity.
@@ -780,6 +849,7 @@ async fn build(args: &UpArgs, state: &mut State, exe: &Path, busybox: &Path) -> 
         if refs.is_dir() {
             kubelet.extend(["--cni-bin-dir".into(), s(refs)]);
         }
+        kubelet.extend(runtime_flags.iter().cloned());
         let p = state::spawn(
             ns,
             n,
@@ -832,11 +902,27 @@ async fn build(args: &UpArgs, state: &mut State, exe: &Path, busybox: &Path) -> 
         &no_upstream,
         "# trellis up: cluster DNS forwards nothing, so no query leaves the machine\n",
     )?;
-    manifest::apply(&client, &dns_docs(exe, &dns_kc, &no_upstream)).await?;
+    let mut dns = dns_docs(exe, &dns_kc, &no_upstream);
     let www = dir.join("demo/www");
     std::fs::create_dir_all(&www)?;
     std::fs::write(www.join("index.html"), "Hello from the trellis up demo\n")?;
-    manifest::apply(&client, &demo_docs(busybox, &www)).await?;
+    let mut demo = demo_docs(busybox, &www);
+    if let Some(image) = image {
+        // The image's own programs, and the files up keeps for them at the host's paths.
+        for (docs, program, shared) in [
+            (&mut dns, "trellis", &addons),
+            (&mut demo, "busybox", &dir.join("demo")),
+        ] {
+            for d in docs.iter_mut().filter(|d| d["kind"] == "Deployment") {
+                if let Some(first) = d.pointer_mut("/spec/template/spec/containers/0/command/0") {
+                    *first = json!(program);
+                }
+                manifest::share_host_dir(d, "trellis-up-files", shared, image);
+            }
+        }
+    }
+    manifest::apply(&client, &dns).await?;
+    manifest::apply(&client, &demo).await?;
     steps.done(state, "DNS and the demo applied");
 
     // Routes for the pod and service ranges, through the underlay only (via the first node).
@@ -1067,10 +1153,11 @@ async fn summary(state: &State, total: Duration) {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\ncluster {:?} is up in {:.2}s (mode {})",
+        "\ncluster {:?} is up in {:.2}s (mode {}, runtime {})",
         state.name,
         total.as_secs_f64(),
-        state.mode
+        state.mode,
+        state.runtime
     );
     let _ = writeln!(
         out,
@@ -1150,7 +1237,7 @@ pub async fn down(args: DownArgs) -> anyhow::Result<()> {
         None => {
             // No state: remove by name whatever a crashed `up` may have left.
             let run_dir = PathBuf::from(trellis_net::netns::DEFAULT_RUN_DIR);
-            let mut namespaces: Vec<String> = ["ul", "cp", "api", "cp1", "cp2", "cp3"]
+            let mut namespaces: Vec<String> = ["ul", "ctrd", "cp", "api", "cp1", "cp2", "cp3"]
                 .iter()
                 .map(|short| format!("{}-{short}", args.at.name))
                 .collect();
@@ -1206,9 +1293,14 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     };
     let mut healthy = state.complete;
     println!(
-        "cluster {:?}, mode {}, API {}{}",
+        "cluster {:?}, mode {}, runtime {}, API {}{}",
         state.name,
         state.mode,
+        if state.runtime.is_empty() {
+            "process"
+        } else {
+            &state.runtime
+        },
         state.api,
         if state.complete {
             ""

@@ -45,6 +45,9 @@ pub struct CpRec {
 pub struct State {
     pub name: String,
     pub mode: String,
+    /// The kubelets' container runtime (`process`, `containerd`).
+    #[serde(default)]
+    pub runtime: String,
     pub dir: PathBuf,
     pub run_dir: PathBuf,
     /// Full names of the namespaces made, in creation order.
@@ -58,6 +61,9 @@ pub struct State {
     #[serde(default)]
     pub control_plane: Vec<CpRec>,
     pub processes: Vec<Proc>,
+    /// The cluster's containerd (`--runtime containerd`).
+    #[serde(default)]
+    pub containerd: Option<super::containerd::Ctrd>,
     pub kubeconfig: PathBuf,
     pub api: String,
     /// (step, seconds) in order.
@@ -168,6 +174,10 @@ pub async fn teardown(state: &State) -> Vec<String> {
     for p in state.processes.iter().filter(|p| p.what == "kubelet") {
         p.signal(Signal::SIGKILL);
     }
+    // containerd's containers while it still runs: their shims exit and unmount them.
+    if let Some(c) = &state.containerd {
+        super::containerd::remove_containers(state, c, &mut problems).await;
+    }
     for node in &state.nodes {
         let pods = node.dir.join("var/lib/trellis/kubelet/pods");
         if let Ok(entries) = std::fs::read_dir(&pods) {
@@ -195,6 +205,9 @@ pub async fn teardown(state: &State) -> Vec<String> {
             "process {} ({} on {}) survived SIGKILL",
             p.pid, p.what, p.on
         ));
+    }
+    if let Some(c) = &state.containerd {
+        super::containerd::remove_leftovers(c, &mut problems).await;
     }
     // The kubelets' cgroups, with whatever still runs in them.
     if let Ok(base) = trellis_kubelet::cgroup::Cgroup::resolve(&cgroup_base(&state.name)) {
