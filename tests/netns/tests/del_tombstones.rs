@@ -1,0 +1,413 @@
+//! DEL below the kernel's veth floor: DEL of trellis-overlay, trellis-routed and trellis-canal
+//! retires the veth pair (down, off the bridge, both ends renamed to `trz…` tombstones, the
+//! container end's addresses removed) instead of deleting it, and leaves the deletion to the
+//! namespace's teardown. For each plugin, on a node namespace with a real `trellis ipamd`:
+//!
+//! 1. right after DEL the host end still exists, as a down tombstone out of any bridge, and
+//!    the container's end too (the negative control: DEL did not take the kernel's slow path);
+//!    nothing of the attachment is up, addressed or routed; CHECK of the deleted attachment
+//!    fails;
+//! 2. while the namespace stays, ADD again with `eth0` into it works and traffic flows;
+//! 3. GC deletes the tombstone of a DEL whose namespace survived, and leaves the live
+//!    attachments working;
+//! 4. DEL and then the namespace's deletion leave no link, route, address, tombstone or
+//!    allocation behind.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use netns_testbed::cluster::StandaloneIpamd;
+use netns_testbed::{Testbed, bin_dir, bin_path, require_root, require_tool};
+use serde_json::{Value, json};
+use trellis_net::link::is_tombstone;
+use trellis_net::{Family, Handle, Link, Netns};
+
+/// How long the kernel may take to free a pair once its namespace is deleted (asynchronous).
+const RECLAIM: Duration = Duration::from_secs(10);
+
+/// One plugin under test: its type, the readiness state its agent would write, and ipamd's
+/// pool.
+struct Mode {
+    plugin: &'static str,
+    ready: Value,
+    pool: &'static [&'static str],
+    /// The overlay's bridge, which the host end is a port of until DEL.
+    bridge: Option<&'static str>,
+}
+
+/// One plugin run in the node namespace, as a runtime makes it.
+async fn cni(
+    tb: &Testbed,
+    node: &Netns,
+    m: &Mode,
+    cmd: &str,
+    cid: &str,
+    pod: Option<&Netns>,
+    conf: &Value,
+) -> (bool, Value, String) {
+    let plugin = bin_path(m.plugin);
+    let mut argv: Vec<String> = vec![
+        "env".into(),
+        format!("CNI_PATH={}", bin_dir().display()),
+        format!("CNI_COMMAND={cmd}"),
+        format!("CNI_CONTAINERID={cid}"),
+        "CNI_IFNAME=eth0".into(),
+        format!(
+            "CNI_NETNS={}",
+            pod.map(|p| p.path().display().to_string())
+                .unwrap_or_default()
+        ),
+        // The pod is named by the container id's first letter: a1 and a2 are two sandboxes of
+        // pod a, whose host ends have the same name.
+        format!(
+            "CNI_ARGS=IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={}",
+            &cid[..1]
+        ),
+    ];
+    argv.push(plugin.display().to_string());
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let out = tb
+        .exec_stdin(
+            node,
+            &argv,
+            conf.to_string().as_bytes(),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    let value = serde_json::from_str(out.stdout.trim()).unwrap_or(Value::Null);
+    (out.success(), value, out.stderr)
+}
+
+fn with_prev(conf: &Value, result: &Value) -> Value {
+    let mut c = conf.clone();
+    c["prevResult"] = result.clone();
+    c
+}
+
+/// The pod's first IPv4 address in an ADD result, without its prefix.
+fn ipv4(result: &Value) -> String {
+    result["ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["address"].as_str())
+        .find(|a| !a.contains(':'))
+        .and_then(|a| a.split('/').next())
+        .unwrap()
+        .to_string()
+}
+
+async fn ping(tb: &Testbed, from: &Netns, to: &str) {
+    let out = tb
+        .exec(
+            from,
+            &["ping", "-c", "1", "-W", "2", to],
+            Duration::from_secs(8),
+        )
+        .await
+        .unwrap();
+    assert!(out.success(), "ping {to}: {}{}", out.stdout, out.stderr);
+}
+
+async fn tombstones(h: &Handle) -> Vec<Link> {
+    h.links()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|l| is_tombstone(&l.name))
+        .collect()
+}
+
+/// Asserts `link` is a retired end: a veth, down, in no bridge, holding no address but the
+/// kernel's IPv6 link-local one, and no route goes through it.
+async fn assert_retired(h: &Handle, link: &Link, where_: &str) {
+    assert_eq!(link.kind.as_deref(), Some("veth"), "{where_}: {link:?}");
+    assert!(!link.admin_up, "{where_}: still up: {link:?}");
+    assert_eq!(
+        link.controller, None,
+        "{where_}: still in a bridge: {link:?}"
+    );
+    let held: Vec<_> = h
+        .addresses(Some(link.index))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|a| !matches!(a.address.addr(), std::net::IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80))
+        .collect();
+    assert!(
+        held.is_empty(),
+        "{where_}: {} still holds {held:?}",
+        link.name
+    );
+    for family in [Family::V4, Family::V6] {
+        let through: Vec<_> = h
+            .routes(family, None)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.oif == Some(link.index))
+            .collect();
+        assert!(
+            through.is_empty(),
+            "{where_}: routes through {}: {through:?}",
+            link.name
+        );
+    }
+}
+
+async fn scenario(m: Mode) {
+    require_root();
+    require_tool("ping", "iputils-ping");
+    let tb = Testbed::new().unwrap();
+    let ipamd = StandaloneIpamd::start(&tb, "del", m.pool).await.unwrap();
+    let node = tb.add_ns("node").await.unwrap();
+    trellis_net::sysctl::set(&node, &[("net.ipv4.ip_forward", "1")]).unwrap();
+    let state: PathBuf = tb.state_dir().join("agent");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("ready.json"), m.ready.to_string()).unwrap();
+    let conf = json!({
+        "cniVersion": "1.1.0",
+        "name": "delnet",
+        "type": m.plugin,
+        "stateDir": state,
+        "ipam": {"type": "trellis-ipam", "socket": ipamd.socket},
+    });
+    let host = node.connect().unwrap();
+    let links_before: Vec<String> = host
+        .links()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.name)
+        .collect();
+    let pod_a = tb.add_ns("pa").await.unwrap();
+    let pod_b = tb.add_ns("pb").await.unwrap();
+
+    let (ok, a1, err) = cni(&tb, &node, &m, "ADD", "a1", Some(&pod_a), &conf).await;
+    assert!(ok, "ADD a1: {a1} {err}");
+    let (ok, b1, err) = cni(&tb, &node, &m, "ADD", "b1", Some(&pod_b), &conf).await;
+    assert!(ok, "ADD b1: {b1} {err}");
+    ping(&tb, &pod_a, &ipv4(&b1)).await;
+
+    // (1) DEL: the pair retired, not deleted.
+    let host_name = a1["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| {
+            i["sandbox"].as_str().unwrap_or_default().is_empty()
+                && i["name"] != json!(m.bridge.unwrap_or(""))
+        })
+        .and_then(|i| i["name"].as_str())
+        .unwrap()
+        .to_string();
+    let host_index = host.require_link(&host_name).await.unwrap().index;
+    let (ok, out, err) = cni(
+        &tb,
+        &node,
+        &m,
+        "DEL",
+        "a1",
+        Some(&pod_a),
+        &with_prev(&conf, &a1),
+    )
+    .await;
+    assert!(ok, "DEL a1: {out} {err}");
+    assert!(
+        host.link(&host_name).await.unwrap().is_none(),
+        "the host end kept its name"
+    );
+    let host_tomb = host
+        .link_by_index(host_index)
+        .await
+        .unwrap()
+        .expect("the negative control: DEL deleted the host end instead of retiring it");
+    assert!(is_tombstone(&host_tomb.name), "{host_tomb:?}");
+    assert_eq!(
+        host_tomb.alias.as_deref(),
+        Some(format!("{} a1/eth0", m.plugin).as_str()),
+        "a tombstone keeps its owner label"
+    );
+    assert_retired(&host, &host_tomb, "host").await;
+    let pod_h = pod_a.connect().unwrap();
+    assert!(
+        pod_h.link("eth0").await.unwrap().is_none(),
+        "eth0 kept its name"
+    );
+    let pod_tombs = tombstones(&pod_h).await;
+    assert_eq!(pod_tombs.len(), 1, "{pod_tombs:?}");
+    assert_retired(&pod_h, &pod_tombs[0], "pod").await;
+    // CHECK tells the truth about a deleted attachment; a second DEL is still a success.
+    let (ok, out, _) = cni(
+        &tb,
+        &node,
+        &m,
+        "CHECK",
+        "a1",
+        Some(&pod_a),
+        &with_prev(&conf, &a1),
+    )
+    .await;
+    assert!(
+        !ok && out["code"].as_u64().is_some(),
+        "CHECK after DEL: {out}"
+    );
+    let (ok, out, err) = cni(
+        &tb,
+        &node,
+        &m,
+        "DEL",
+        "a1",
+        Some(&pod_a),
+        &with_prev(&conf, &a1),
+    )
+    .await;
+    assert!(ok, "DEL again: {out} {err}");
+
+    // (2) The namespace stays: ADD again with eth0 into it works, and traffic flows.
+    let (ok, a2, err) = cni(&tb, &node, &m, "ADD", "a2", Some(&pod_a), &conf).await;
+    assert!(ok, "ADD a2 into the same netns: {a2} {err}");
+    ping(&tb, &pod_a, &ipv4(&b1)).await;
+    ping(&tb, &pod_b, &ipv4(&a2)).await;
+    let (ok, out, err) = cni(
+        &tb,
+        &node,
+        &m,
+        "CHECK",
+        "a2",
+        Some(&pod_a),
+        &with_prev(&conf, &a2),
+    )
+    .await;
+    assert!(ok, "CHECK a2: {out} {err}");
+
+    // (3) GC deletes the tombstone the namespace kept, and nothing live.
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([
+        {"containerID": "a2", "ifname": "eth0"},
+        {"containerID": "b1", "ifname": "eth0"},
+    ]);
+    let gc_argv = [
+        "env".to_string(),
+        format!("CNI_PATH={}", bin_dir().display()),
+        "CNI_COMMAND=GC".to_string(),
+        bin_path(m.plugin).display().to_string(),
+    ];
+    let gc_argv: Vec<&str> = gc_argv.iter().map(String::as_str).collect();
+    let out = tb
+        .exec_stdin(
+            &node,
+            &gc_argv,
+            gc.to_string().as_bytes(),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    assert!(out.success(), "GC: {}{}", out.stdout, out.stderr);
+    assert!(
+        tombstones(&host).await.is_empty(),
+        "GC left a tombstone on the host"
+    );
+    assert!(
+        tombstones(&pod_h).await.is_empty(),
+        "GC left the pod's tombstone"
+    );
+    ping(&tb, &pod_a, &ipv4(&b1)).await;
+    ping(&tb, &pod_b, &ipv4(&a2)).await;
+    let (ok, out, err) = cni(
+        &tb,
+        &node,
+        &m,
+        "CHECK",
+        "a2",
+        Some(&pod_a),
+        &with_prev(&conf, &a2),
+    )
+    .await;
+    assert!(ok, "CHECK a2 after GC: {out} {err}");
+
+    // (4) DEL, then the runtime deletes the namespaces: nothing is left.
+    for (cid, pod, r) in [("a2", &pod_a, &a2), ("b1", &pod_b, &b1)] {
+        let (ok, out, err) = cni(&tb, &node, &m, "DEL", cid, Some(pod), &with_prev(&conf, r)).await;
+        assert!(ok, "DEL {cid}: {out} {err}");
+    }
+    assert_eq!(tombstones(&host).await.len(), 2, "both pairs retired");
+    drop(pod_h);
+    tb.delete_ns(&pod_a).unwrap();
+    tb.delete_ns(&pod_b).unwrap();
+    drop((pod_a, pod_b));
+    let deadline = tokio::time::Instant::now() + RECLAIM;
+    let left = loop {
+        let mut names: Vec<String> = host
+            .links()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| l.name)
+            .filter(|n| !links_before.contains(n) && Some(n.as_str()) != m.bridge)
+            .collect();
+        names.sort();
+        if names.is_empty() || tokio::time::Instant::now() >= deadline {
+            break names;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(left.is_empty(), "left after the namespaces went: {left:?}");
+    for family in [Family::V4, Family::V6] {
+        let ours: Vec<_> = host
+            .routes(family, None)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.protocol == trellis_net::proto::POD)
+            .collect();
+        assert!(ours.is_empty(), "{ours:?}");
+    }
+    ipamd.assert_released(&tb, "delnet").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routed_del_retires_the_pair_and_the_namespace_or_gc_frees_it() {
+    scenario(Mode {
+        plugin: "trellis-routed",
+        ready: json!({"mtu": 1500}),
+        pool: &["--cidr", "10.93.0.0/24", "--block-size", "26"],
+        bridge: None,
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canal_del_retires_the_pair_and_the_namespace_or_gc_frees_it() {
+    scenario(Mode {
+        plugin: "trellis-canal",
+        ready: json!({"mtu": 1450}),
+        pool: &["--cidr", "10.92.0.0/24", "--block-size", "26"],
+        bridge: None,
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlay_del_retires_the_pair_and_the_namespace_or_gc_frees_it() {
+    scenario(Mode {
+        plugin: "trellis-overlay",
+        ready: json!({"block": "10.91.0.0/24", "cluster_cidr": "10.91.0.0/16", "mtu": 1450, "bridge": "deltr0"}),
+        pool: &[
+            "--cidr",
+            "10.91.0.0/24",
+            "--block-size",
+            "24",
+            "--reserve-head",
+            "2",
+            "--reserve-tail",
+            "1",
+            "--gateway",
+        ],
+        bridge: Some("deltr0"),
+    })
+    .await;
+}
