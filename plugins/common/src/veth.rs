@@ -134,7 +134,13 @@ pub async fn retire_attachment(
             alias: alias.clone(),
         });
     }
-    host.set_down_detached(link.index).await.map_err(net_err)?;
+    match host.set_down_detached(link.index).await {
+        Ok(()) => {}
+        // The pair went with its namespace between the lookup and now (a namespace deleted
+        // before DEL frees its veths asynchronously): nothing is left to retire.
+        Err(e) if e.is_not_found() => return Ok(Retired::Nothing),
+        Err(e) => return Err(net_err(e)),
+    }
     let pod_tomb = match pod.netns {
         Some(path) => match retire_pod_end(&link, path, pod.ifname).await {
             Ok(t) => t,
@@ -154,6 +160,8 @@ pub async fn retire_attachment(
             host: host_tomb,
             pod: pod_tomb,
         }),
+        // Gone meanwhile with its namespace, as above.
+        Err(e) if e.is_not_found() => Ok(Retired::Nothing),
         // A name in our tombstone space taken by someone else: the slow path, still correct.
         Err(e) => {
             eprintln!("{plugin}: cannot retire {name} ({e}): deleting it");
