@@ -90,10 +90,14 @@ impl Drop for Sweeper {
     }
 }
 
-/// Starts sweeping the tombstones of `plugins` in the namespace of `host` every
-/// [`SWEEP_PERIOD`], on the current runtime, until the returned [`Sweeper`] is dropped.
-pub fn spawn(host: Handle, plugins: &'static [&'static str]) -> Sweeper {
-    Sweeper(tokio::spawn(sweep_forever(host, plugins)))
+/// Starts sweeping the tombstones of `plugins` in the calling thread's namespace (the agent's)
+/// every [`SWEEP_PERIOD`], on the current runtime, until the returned [`Sweeper`] is dropped.
+/// The sweep has a netlink connection of its own: the kernel runs one dump at a time per
+/// socket and refuses a second with EBUSY, so sharing the agent's would fail whichever of the
+/// two dumps (the sweep's links, the agent's addresses) came second.
+pub fn spawn(plugins: &'static [&'static str]) -> Result<Sweeper, trellis_net::Error> {
+    let host = Handle::current()?;
+    Ok(Sweeper(tokio::spawn(sweep_forever(host, plugins))))
 }
 
 /// Sweeps the tombstones of `plugins` every [`SWEEP_PERIOD`], forever.

@@ -254,8 +254,7 @@ pub async fn run(
     tokio::pin!(stop);
     let host = Handle::current()?;
     // Pairs CNI DEL retired whose namespace outlived it: deleted here, off the pods' path.
-    let _tombstones =
-        trellis_agent::tombstones::spawn(host.clone(), &[trellis_routed::plugin::TYPE]);
+    let _tombstones = trellis_agent::tombstones::spawn(&[trellis_routed::plugin::TYPE])?;
     let under = pick_underlay(&host, &config).await?;
     let node_ip = under.ip;
     let router_id = config.router_id.unwrap_or(node_ip);

@@ -192,13 +192,10 @@ pub async fn run(
     }
     let host = Handle::current()?;
     // Pairs CNI DEL retired whose namespace outlived it: deleted here, off the pods' path.
-    let _tombstones = trellis_agent::tombstones::spawn(
-        host.clone(),
-        match config.mode {
-            Mode::Overlay => &[trellis_overlay::plugin::TYPE],
-            Mode::Canal => &[trellis_canal::TYPE],
-        },
-    );
+    let _tombstones = trellis_agent::tombstones::spawn(match config.mode {
+        Mode::Overlay => &[trellis_overlay::plugin::TYPE],
+        Mode::Canal => &[trellis_canal::TYPE],
+    })?;
     let underlay = underlay::pick(&host, &config.underlay).await?;
     tracing::info!(iface = %underlay.link.name, ip = %underlay.ip, mtu = underlay.link.mtu, "underlay");
 
