@@ -572,15 +572,33 @@ impl Handle {
         .await
     }
 
-    /// Retires the link instead of deleting it: down, out of any bridge, renamed to its
-    /// [`tombstone_name`]. Whoever owns the link's namespace frees it later (a veth pair goes
-    /// when either end's namespace goes); a tombstone sweep deletes it otherwise. Two requests
-    /// (a link is renamed only when down), each far below a deletion's RCU wait. The new name.
+    /// Retires the link instead of deleting it: down, out of any bridge and renamed to its
+    /// [`tombstone_name`], in one request where the kernel renames a link that is up (Linux
+    /// 6.x), else (EBUSY) in two: down first, then the name. Whoever owns the link's namespace
+    /// frees it later (a veth pair goes when either end's namespace goes); a tombstone sweep
+    /// deletes it otherwise. Far below a deletion's RCU wait either way. The new name.
     pub async fn retire(&self, index: u32) -> Result<String> {
-        self.set_down_detached(index).await?;
         let name = tombstone_name(index);
-        self.rename(index, &name).await?;
-        Ok(name)
+        let at_once = self
+            .change(
+                "retire",
+                index,
+                LinkUnspec::new_with_index(index)
+                    .down()
+                    .nocontroller()
+                    .name(name.clone())
+                    .build(),
+            )
+            .await;
+        match at_once {
+            Ok(()) => Ok(name),
+            Err(e) if e.errno() == Some(nix::libc::EBUSY) => {
+                self.set_down_detached(index).await?;
+                self.rename(index, &name).await?;
+                Ok(name)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Deletes the link with `index`; false when there was none.

@@ -92,29 +92,36 @@ pub enum Retired {
     /// The pair is down and renamed: the host end to `host`, the container's end (when it was
     /// found in the netns, as the host end's peer) to `pod`.
     Tombstoned { host: String, pod: Option<String> },
-    /// An end could not be renamed, and the pair was deleted instead (the slow path).
+    /// The pair was deleted instead (the slow path): DEL had no CNI_NETNS, or an end could
+    /// not be retired.
     Deleted,
 }
 
 /// DEL's removal of an attachment's veth pair without the kernel's slow path: deleting a veth
-/// waits for an RCU grace period (~12–25 ms here), while setting a link down, taking it off a
-/// bridge or renaming it takes a fraction of a millisecond. So DEL retires both ends instead:
+/// waits for an RCU grace period (~12–25 ms here), while removing an address, setting a link
+/// down, taking it off a bridge or renaming it takes a fraction of a millisecond. So DEL
+/// retires both ends instead:
 ///
-/// 1. the host end down and off any bridge — the kernel drops every route and neighbour entry
-///    through it, so nothing of the attachment is reachable from here on;
-/// 2. the container's end (CNI_IFNAME in CNI_NETNS, when it is the host end's peer) down, its
-///    addresses removed, renamed to a tombstone, so a later ADD into the same namespace with
-///    the same name finds it free;
-/// 3. the host end renamed to a tombstone (last, so that a DEL cut short and repeated still
-///    finds the host end by its name), so a new sandbox of the pod finds its name free.
+/// 1. the container's end (CNI_IFNAME in CNI_NETNS, when it is the host end's peer): its
+///    addresses removed, then down and renamed to a tombstone in one request, so a later ADD
+///    into the same namespace with the same name finds it free and no address of the
+///    attachment is held anywhere once IPAM releases it;
+/// 2. the host end down, off any bridge and renamed to a tombstone in one request — the kernel
+///    drops every route and neighbour entry through it, and a new sandbox of the pod finds its
+///    name free. Last, so that a DEL cut short and repeated still finds the host end by its
+///    name and does the rest.
 ///
 /// The runtime deletes the pod's namespace right after DEL (containerd, CRI-O, our kubelet),
 /// and the kernel then frees the pair asynchronously, off the DEL path. A namespace that
 /// outlives DEL leaves a tombstone — down, unaddressed, unrouted — which the plugin's GC and
 /// the node agent's sweep delete ([`sweep_tombstones`]).
 ///
-/// A host end whose alias names another attachment of `plugin` (a newer sandbox of the same
-/// pod, which has the same host name) is left alone.
+/// Without CNI_NETNS the container's end is out of reach: it would keep its name and addresses
+/// should its namespace live on, so the pair is deleted (the slow path). The same when an end
+/// cannot be retired. A host end whose alias names another attachment of `plugin` (a newer
+/// sandbox of the same pod, which has the same host name) is left alone. Every step acts on the
+/// host end's index, not its name: a pair freed meanwhile with its namespace, or replaced by a
+/// newer sandbox's ADD, is never mistaken for another link, and its absence means done.
 pub async fn retire_attachment(
     host: &Handle,
     plugin: &str,
@@ -134,45 +141,49 @@ pub async fn retire_attachment(
             alias: alias.clone(),
         });
     }
-    match host.set_down_detached(link.index).await {
-        Ok(()) => {}
-        // The pair went with its namespace between the lookup and now (a namespace deleted
-        // before DEL frees its veths asynchronously): nothing is left to retire.
-        Err(e) if e.is_not_found() => return Ok(Retired::Nothing),
-        Err(e) => return Err(net_err(e)),
-    }
-    let pod_tomb = match pod.netns {
-        Some(path) => match retire_pod_end(&link, path, pod.ifname).await {
-            Ok(t) => t,
-            // The container's end keeps its name: only deleting the pair frees it.
-            Err(e) => {
-                eprintln!(
-                    "{plugin}: cannot retire the container's end of {name} ({e}): deleting the pair"
-                );
-                host.delete_link_index(link.index).await.map_err(net_err)?;
-                return Ok(Retired::Deleted);
-            }
-        },
-        None => None,
+    let Some(path) = pod.netns else {
+        return delete_pair(host, link.index).await;
+    };
+    let pod_tomb = match retire_pod_end(&link, path, pod.ifname).await {
+        Ok(t) => t,
+        // The container's end keeps its name: only deleting the pair frees it.
+        Err(e) => {
+            eprintln!(
+                "{plugin}: cannot retire the container's end of {name} ({e}): deleting the pair"
+            );
+            return delete_pair(host, link.index).await;
+        }
     };
     match host.retire(link.index).await {
         Ok(host_tomb) => Ok(Retired::Tombstoned {
             host: host_tomb,
             pod: pod_tomb,
         }),
-        // Gone meanwhile with its namespace, as above.
+        // The pair went with its namespace between the lookup and now (a namespace deleted
+        // before DEL frees its veths asynchronously), or a newer sandbox's ADD replaced the
+        // host end: nothing is left to retire.
         Err(e) if e.is_not_found() => Ok(Retired::Nothing),
         // A name in our tombstone space taken by someone else: the slow path, still correct.
         Err(e) => {
             eprintln!("{plugin}: cannot retire {name} ({e}): deleting it");
-            host.delete_link_index(link.index).await.map_err(net_err)?;
-            Ok(Retired::Deleted)
+            delete_pair(host, link.index).await
         }
     }
 }
 
-/// Retires `ifname` in the namespace at `path` if it is `host_end`'s peer; its tombstone name.
-/// A namespace that cannot be opened is gone, and the pair with it.
+/// The slow path: the pair deleted by its host end's index (nothing when it is gone already).
+async fn delete_pair(host: &Handle, index: u32) -> Result<Retired, Error> {
+    Ok(
+        match host.delete_link_index(index).await.map_err(net_err)? {
+            true => Retired::Deleted,
+            false => Retired::Nothing,
+        },
+    )
+}
+
+/// Retires `ifname` in the namespace at `path` if it is `host_end`'s peer: its addresses
+/// removed, then down and renamed; its tombstone name. A namespace that cannot be opened is
+/// gone, and the pair with it; one that is open stays (and the pair with it) while we work.
 async fn retire_pod_end(
     host_end: &trellis_net::Link,
     path: &Path,
@@ -188,8 +199,10 @@ async fn retire_pod_end(
     if host_end.peer_index != Some(end.index) || end.peer_index != Some(host_end.index) {
         return Ok(None);
     }
-    let tomb = pod.retire(end.index).await.map_err(net_err)?;
+    // The addresses first, while the end keeps its name: a DEL cut short here and repeated
+    // finds it and does it all again.
     pod.flush_addresses(end.index).await.map_err(net_err)?;
+    let tomb = pod.retire(end.index).await.map_err(net_err)?;
     Ok(Some(tomb))
 }
 
