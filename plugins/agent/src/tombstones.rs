@@ -1,35 +1,35 @@
 //! The agent's sweep of tombstones: veth pairs that CNI DEL retired (down, renamed `trz…`, see
 //! `trellis_plugin::veth::retire_attachment`) instead of deleting them, because a deletion waits
 //! ~25 ms for the kernel. The runtime deletes the pod's namespace right after DEL, and with it
-//! the pair; a tombstone still here a sweep period after it was first seen belongs to a
-//! namespace that outlived DEL, and the agent deletes it (and its peer with it), off any pod's
-//! path. Bound: a tombstone lives at most two [`SWEEP_PERIOD`]s (plus the deletion itself).
+//! the pair; a tombstone still here at the next look belongs to a namespace that outlived DEL,
+//! and the agent deletes it (and its peer with it), off any pod's path. Bound: a tombstone
+//! lives at most two sweep periods (plus the deletion itself).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::Instant;
 use trellis_net::{Handle, Link};
 
-/// How often the agent looks for tombstones; one seen in two looks in a row goes.
+/// How often the agent looks for tombstones by default; one seen at two looks in a row goes.
 pub const SWEEP_PERIOD: Duration = Duration::from_secs(10);
 
-/// Which tombstones are due: those of the agent's plugins seen at least `grace` ago.
+/// Which tombstones are due: those of the agent's plugins that were there at the previous look.
+/// By looks, not by time, so that a late look never spares a tombstone it should take, and a
+/// tombstone made just before a look always survives that look.
 #[derive(Debug)]
 pub struct Reaper {
     /// The plugin types whose tombstones this agent owns (the prefix of their alias).
     plugins: Vec<String>,
-    grace: Duration,
-    /// Tombstones by index, with the time each was first seen.
-    seen: HashMap<u32, Instant>,
+    /// Our tombstones (by index) present at the previous look.
+    previous: HashSet<u32>,
 }
 
 impl Reaper {
-    pub fn new(plugins: &[&str], grace: Duration) -> Reaper {
+    pub fn new(plugins: &[&str]) -> Reaper {
         Reaper {
             plugins: plugins.iter().map(|p| p.to_string()).collect(),
-            grace,
-            seen: HashMap::new(),
+            previous: HashSet::new(),
         }
     }
 
@@ -44,39 +44,87 @@ impl Reaper {
             })
     }
 
-    /// Takes the namespace's links as they are `now`: remembers new tombstones, forgets gone
-    /// ones, and returns the indexes of those first seen `grace` or more ago.
-    pub fn due(&mut self, links: &[Link], now: Instant) -> Vec<u32> {
+    /// Takes one look at the namespace's links: the indexes of our tombstones that were there at
+    /// the previous look too (due), in order. The others are remembered for the next look; gone
+    /// ones are forgotten.
+    pub fn look(&mut self, links: &[Link]) -> Vec<u32> {
         let present: HashSet<u32> = links
             .iter()
             .filter(|l| self.ours(l))
             .map(|l| l.index)
             .collect();
-        self.seen.retain(|i, _| present.contains(i));
-        for i in &present {
-            self.seen.entry(*i).or_insert(now);
-        }
-        let mut due: Vec<u32> = self
-            .seen
-            .iter()
-            .filter(|(_, first)| now.saturating_duration_since(**first) >= self.grace)
-            .map(|(i, _)| *i)
-            .collect();
+        let mut due: Vec<u32> = present.intersection(&self.previous).copied().collect();
         due.sort_unstable();
+        self.previous = present.difference(&self.previous).copied().collect();
         due
     }
+}
 
-    /// One look: deletes the due tombstones; how many went.
-    pub async fn sweep(&mut self, host: &Handle) -> Result<usize, trellis_net::Error> {
-        let links = host.links().await?;
-        let mut deleted = 0;
-        for index in self.due(&links, Instant::now()) {
-            if host.delete_link_index(index).await? {
-                deleted += 1;
-            }
-            self.seen.remove(&index);
+/// What a look did, for the agent's metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Look {
+    /// The look has listed the links (and is about to delete the due tombstones): told before
+    /// any deletion, so that a count of looks read after a tombstone vanished includes the
+    /// look that deleted it.
+    Listed,
+    /// This many tombstones deleted (those that vanished meanwhile with their namespace are
+    /// not counted).
+    Deleted(usize),
+    /// The links could not be listed (logged); the next look tries again.
+    Failed,
+}
+
+/// One look: lists the links, deletes the due tombstones.
+pub async fn sweep_once(reaper: &mut Reaper, host: &Handle, on_look: &impl Fn(&Look)) {
+    let links = match host.links().await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "listing links for the tombstone sweep");
+            on_look(&Look::Failed);
+            return;
         }
-        Ok(deleted)
+    };
+    let due = reaper.look(&links);
+    on_look(&Look::Listed);
+    let mut deleted = 0;
+    for index in due {
+        match host.delete_link_index(index).await {
+            Ok(true) => deleted += 1,
+            Ok(false) => {}
+            // Left for a later look (the reaper sees it as new again).
+            Err(e) => tracing::warn!(error = %e, index, "deleting a tombstone"),
+        }
+    }
+    if deleted > 0 {
+        tracing::info!(
+            deleted,
+            "deleted tombstones of pods whose namespace outlived CNI DEL"
+        );
+        on_look(&Look::Deleted(deleted));
+    }
+}
+
+/// The `on_look` of [`spawn`] that counts the looks and the deletions in the agent's metrics:
+/// `agent_tombstone_looks_total{result="ok"|"error"}` and `agent_tombstones_deleted_total`.
+pub fn count_in(metrics: Arc<trellis_daemon::Metrics>) -> impl Fn(&Look) + Send + Sync + 'static {
+    move |look| {
+        match look {
+        Look::Listed | Look::Failed => metrics.inc(
+            "agent_tombstone_looks_total",
+            "Looks for tombstones (veth pairs CNI DEL retired whose namespace outlived it), by result",
+            &[(
+                "result",
+                if *look == Look::Failed { "error" } else { "ok" },
+            )],
+            1.0,
+        ),
+        Look::Deleted(n) => metrics.inc(
+            "agent_tombstones_deleted_total",
+            "Tombstones deleted by the sweep",
+            &[],
+            f64::from(u32::try_from(*n).unwrap_or(u32::MAX)),
+        ),
+    }
     }
 }
 
@@ -91,30 +139,35 @@ impl Drop for Sweeper {
 }
 
 /// Starts sweeping the tombstones of `plugins` in the calling thread's namespace (the agent's)
-/// every [`SWEEP_PERIOD`], on the current runtime, until the returned [`Sweeper`] is dropped.
-/// The sweep has a netlink connection of its own: the kernel runs one dump at a time per
-/// socket and refuses a second with EBUSY, so sharing the agent's would fail whichever of the
-/// two dumps (the sweep's links, the agent's addresses) came second.
-pub fn spawn(plugins: &'static [&'static str]) -> Result<Sweeper, trellis_net::Error> {
+/// every `period` (the first look at once), on the current runtime, until the returned
+/// [`Sweeper`] is dropped; `on_look` hears of every look. The sweep has a netlink connection
+/// of its own: the kernel runs one dump at a time per socket and refuses a second with EBUSY,
+/// so sharing the agent's would fail whichever of the two dumps (the sweep's links, the agent's
+/// addresses) came second.
+pub fn spawn(
+    plugins: &'static [&'static str],
+    period: Duration,
+    on_look: impl Fn(&Look) + Send + Sync + 'static,
+) -> Result<Sweeper, trellis_net::Error> {
     let host = Handle::current()?;
-    Ok(Sweeper(tokio::spawn(sweep_forever(host, plugins))))
+    Ok(Sweeper(tokio::spawn(sweep_forever(
+        host, plugins, period, on_look,
+    ))))
 }
 
-/// Sweeps the tombstones of `plugins` every [`SWEEP_PERIOD`], forever.
-pub async fn sweep_forever(host: Handle, plugins: &'static [&'static str]) {
-    let mut reaper = Reaper::new(plugins, SWEEP_PERIOD);
-    let mut tick = tokio::time::interval(SWEEP_PERIOD);
+/// Sweeps the tombstones of `plugins` every `period`, forever.
+pub async fn sweep_forever(
+    host: Handle,
+    plugins: &'static [&'static str],
+    period: Duration,
+    on_look: impl Fn(&Look),
+) {
+    let mut reaper = Reaper::new(plugins);
+    let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        match reaper.sweep(&host).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(
-                deleted = n,
-                "deleted tombstones of pods whose namespace outlived CNI DEL"
-            ),
-            Err(e) => tracing::warn!(error = %e, "sweeping tombstones"),
-        }
+        sweep_once(&mut reaper, &host, &on_look).await;
     }
 }
 
@@ -140,10 +193,8 @@ mod tests {
     }
 
     #[test]
-    fn only_our_tombstones_seen_for_the_grace_period_are_due() {
-        let grace = Duration::from_secs(10);
-        let mut r = Reaper::new(&["trellis-routed"], grace);
-        let t0 = Instant::now();
+    fn only_our_tombstones_seen_at_the_previous_look_are_due() {
+        let mut r = Reaper::new(&["trellis-routed"]);
         let links = vec![
             link(5, "trz5", Some("trellis-routed c1/eth0")),
             link(6, "trz6", Some("trellis-overlay c2/eth0")),
@@ -151,16 +202,20 @@ mod tests {
             link(8, "trz8", None),
             link(9, "trz9", Some("trellis-routedx c4/eth0")),
         ];
-        assert!(r.due(&links, t0).is_empty(), "first seen now");
-        assert!(r.due(&links, t0 + grace / 2).is_empty());
+        assert!(r.look(&links).is_empty(), "first seen now");
         let later = vec![
             link(5, "trz5", Some("trellis-routed c1/eth0")),
+            link(6, "trz6", Some("trellis-overlay c2/eth0")),
             link(11, "trzb", Some("trellis-routed c5/eth0")),
         ];
-        assert_eq!(r.due(&later, t0 + grace), vec![5], "5 is old, 11 new");
-        // 5 went with its namespace meanwhile: forgotten, never deleted.
-        let only_new = vec![link(11, "trzb", Some("trellis-routed c5/eth0"))];
-        assert!(r.due(&only_new, t0 + grace + grace / 2).is_empty());
-        assert_eq!(r.due(&only_new, t0 + 2 * grace), vec![11]);
+        assert_eq!(r.look(&later), vec![5], "5 is old, 11 new, 6 not ours");
+        // 11 went with its namespace meanwhile: forgotten, never deleted; 12 is new.
+        let next = vec![link(12, "trzc", Some("trellis-routed c6/eth0"))];
+        assert!(r.look(&next).is_empty());
+        assert_eq!(r.look(&next), vec![12]);
+        // A due tombstone is not remembered again (it was deleted; should it still be there,
+        // say the deletion failed, the look after next takes it).
+        assert!(r.look(&next).is_empty());
+        assert_eq!(r.look(&next), vec![12]);
     }
 }

@@ -12,20 +12,27 @@
 //!    attachments working;
 //! 4. DEL and then the namespace's deletion leave no link, route, address, tombstone or
 //!    allocation behind.
+//!
+//! And the node agent's sweep (`trellis bgp-agent` in a node namespace, its look period
+//! shortened by `--tombstone-sweep-ms`): a tombstone of its plugin seen at the previous look is
+//! deleted with its peer, while another plugin's tombstone and a fresh one (not yet seen at a
+//! look) stay. The agent's look counter (`/metrics`) orders the test's observations against the
+//! looks, so nothing depends on how fast the machine is.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use netns_testbed::bird::{Agent, AgentSpec};
 use netns_testbed::cluster::StandaloneIpamd;
 use netns_testbed::{Testbed, bin_dir, bin_path, require_root, require_tool};
 use serde_json::{Value, json};
 use trellis_net::link::is_tombstone;
-use trellis_net::{Family, Handle, Link, Netns};
+use trellis_net::{Family, Handle, Link, Netns, VethSpec};
 
 /// How long the kernel may take to free a pair once its namespace is deleted (asynchronous).
-const RECLAIM: Duration = Duration::from_secs(10);
+const RECLAIM: Duration = Duration::from_secs(30);
 
 /// One plugin under test: its type, the readiness state its agent would write, and ipamd's
 /// pool.
@@ -410,4 +417,169 @@ async fn overlay_del_retires_the_pair_and_the_namespace_or_gc_frees_it() {
         bridge: Some("deltr0"),
     })
     .await;
+}
+
+/// The agent's look period in the sweep test: long beside the test's few netlink requests
+/// between two reads of the look counter, so a look rarely falls in between (when one does,
+/// that round proves nothing and is taken again).
+const SWEEP_MS: u64 = 500;
+/// How long the sweep test waits for a look or a deletion (a handful of periods, loaded).
+const SWEEP_BOUND: Duration = Duration::from_secs(30);
+
+/// A tombstone as DEL leaves it when the namespace outlives DEL: a veth pair with its host end
+/// in `host` renamed `trz…` and labelled `alias`, its other end in `pod` retired too.
+async fn make_tombstone(host: &Handle, pod: &Netns, tmp: &str, alias: &str) -> Link {
+    let peer = format!("{tmp}p");
+    let link = host
+        .add_veth(&VethSpec {
+            name: tmp,
+            peer_name: &peer,
+            peer_ns: Some(pod),
+            mtu: None,
+            mac: None,
+            peer_mac: None,
+        })
+        .await
+        .unwrap();
+    host.set_alias(link.index, alias).await.unwrap();
+    let pod_h = pod.connect().unwrap();
+    let pod_end = pod_h.require_link(&peer).await.unwrap();
+    pod_h.retire(pod_end.index).await.unwrap();
+    host.retire(link.index).await.unwrap();
+    host.link_by_index(link.index).await.unwrap().unwrap()
+}
+
+/// The agent's count of looks that listed the links (`agent_tombstone_looks_total`).
+async fn looks(agent: &Agent<'_>) -> u64 {
+    let body = agent.get("/metrics").await.unwrap();
+    body.lines()
+        .find_map(|l| l.strip_prefix("agent_tombstone_looks_total{result=\"ok\"} "))
+        .map_or(0, |v| v.trim().parse::<f64>().unwrap() as u64)
+}
+
+async fn present(h: &Handle, l: &Link) -> bool {
+    h.link_by_index(l.index).await.unwrap().is_some()
+}
+
+/// Waits (bounded) until the agent has listed the links `n` times or more; the count.
+async fn wait_looks(agent: &Agent<'_>, n: u64) -> u64 {
+    let deadline = tokio::time::Instant::now() + SWEEP_BOUND;
+    loop {
+        let now = looks(agent).await;
+        if now >= n {
+            return now;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the agent looked {now} times, not {n}, within {SWEEP_BOUND:?}\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_sweeps_its_plugins_tombstones_seen_at_the_previous_look() {
+    require_root();
+    let tb = Testbed::new().unwrap();
+    let node = tb.add_node("sw", 1).await.unwrap();
+    // The namespace that outlived DEL: it keeps the tombstones' other ends.
+    let pod = tb.add_ns("swp").await.unwrap();
+    let host = node.ns.connect().unwrap();
+    let pod_h = pod.connect().unwrap();
+    let mut spec = AgentSpec::new(64512);
+    spec.extra = vec!["--tombstone-sweep-ms".into(), SWEEP_MS.to_string()];
+    let agent = Agent::start(&tb, &node, spec, Duration::from_secs(240))
+        .await
+        .unwrap();
+
+    // (1) A tombstone of the agent's plugin goes, with its other end; another plugin's stays.
+    let old = make_tombstone(&host, &pod, "swold", "trellis-routed old/eth0").await;
+    let other = make_tombstone(&host, &pod, "swoth", "trellis-overlay other/eth0").await;
+    assert!(is_tombstone(&old.name) && is_tombstone(&other.name));
+    let deadline = tokio::time::Instant::now() + SWEEP_BOUND;
+    while present(&host, &old).await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the agent's tombstone {} still there after {SWEEP_BOUND:?}\n{}",
+            old.name,
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let gone_at = looks(&agent).await;
+    // Two more looks, each of which saw the other plugin's tombstone at the previous one.
+    wait_looks(&agent, gone_at + 2).await;
+    assert!(
+        present(&host, &other).await,
+        "the sweep took another plugin's tombstone"
+    );
+    let pod_links: Vec<String> = pod_h
+        .links()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.name)
+        .collect();
+    assert_eq!(
+        pod_links.len(),
+        2,
+        "lo and the other plugin's end only: {pod_links:?}"
+    );
+    let metrics = agent.get("/metrics").await.unwrap();
+    assert!(
+        metrics.contains("agent_tombstones_deleted_total 1"),
+        "{metrics}"
+    );
+
+    // (2) A fresh tombstone survives the first look that sees it, and goes at the next. A
+    // round in which a look falls between the two reads of the counter around the tombstone's
+    // making (so which look first saw it is unknown), or between the reads around the check,
+    // proves nothing and is taken again.
+    let mut proven = false;
+    for round in 0..5 {
+        let before = looks(&agent).await;
+        let fresh = make_tombstone(
+            &host,
+            &pod,
+            &format!("swnew{round}"),
+            &format!("trellis-routed new{round}/eth0"),
+        )
+        .await;
+        let made_at = looks(&agent).await;
+        if made_at == before {
+            // Look before+1 is the first to see it; only look before+2 may delete it.
+            wait_looks(&agent, before + 1).await;
+            let there = present(&host, &fresh).await;
+            if looks(&agent).await == before + 1 {
+                assert!(
+                    there,
+                    "the sweep deleted a tombstone at the first look that saw it"
+                );
+                proven = true;
+            }
+        }
+        let deadline = tokio::time::Instant::now() + SWEEP_BOUND;
+        while present(&host, &fresh).await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "fresh tombstone {} still there after {SWEEP_BOUND:?}\n{}",
+                fresh.name,
+                agent.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The look that deleted it was counted before it deleted, and was at least the second
+        // to see it (look before+1 is the first that can).
+        let gone_at = looks(&agent).await;
+        assert!(
+            gone_at >= before + 2,
+            "deleted by look {gone_at} or earlier, made after look {before}"
+        );
+        if proven {
+            break;
+        }
+    }
+    assert!(proven, "no round without a look in its middle in 5");
+    assert!(present(&host, &other).await);
 }
