@@ -132,6 +132,20 @@ pub async fn retire_attachment(
     let Some(link) = host.link(name).await.map_err(net_err)? else {
         return Ok(Retired::Nothing);
     };
+    retire_found(host, plugin, &link, owner, pod).await
+}
+
+/// [`retire_attachment`] once the host end has been looked up: `link` may be gone by now (its
+/// namespace's teardown freed the pair, or a newer sandbox's ADD replaced the host end), which
+/// is done, not an error.
+pub async fn retire_found(
+    host: &Handle,
+    plugin: &str,
+    link: &trellis_net::Link,
+    owner: &str,
+    pod: &PodEnd<'_>,
+) -> Result<Retired, Error> {
+    let name = &link.name;
     if let Some(alias) = &link.alias
         && alias.starts_with(&format!("{plugin} "))
         && alias != owner
@@ -144,7 +158,7 @@ pub async fn retire_attachment(
     let Some(path) = pod.netns else {
         return delete_pair(host, link.index).await;
     };
-    let pod_tomb = match retire_pod_end(&link, path, pod.ifname).await {
+    let pod_tomb = match retire_pod_end(link, path, pod.ifname).await {
         Ok(t) => t,
         // The container's end keeps its name: only deleting the pair frees it.
         Err(e) => {
@@ -202,8 +216,12 @@ async fn retire_pod_end(
     // The addresses first, while the end keeps its name: a DEL cut short here and repeated
     // finds it and does it all again.
     pod.flush_addresses(end.index).await.map_err(net_err)?;
-    let tomb = pod.retire(end.index).await.map_err(net_err)?;
-    Ok(Some(tomb))
+    match pod.retire(end.index).await {
+        Ok(tomb) => Ok(Some(tomb)),
+        // The pair went meanwhile (a newer sandbox's ADD replaced the host end).
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(net_err(e)),
+    }
 }
 
 /// Whether `link` is a tombstone that an attachment of `plugin` left (its name, and the owner

@@ -13,6 +13,13 @@
 //! 4. DEL and then the namespace's deletion leave no link, route, address, tombstone or
 //!    allocation behind.
 //!
+//! DEL racing what frees or replaces the pair between its lookup of the host end and its
+//! retirement (driven deterministically through `retire_found` with the stale lookup): the
+//! namespace's teardown (the pair is gone: done, not ENODEV — the negative control shows the
+//! kernel's ENODEV for the same request), and a newer sandbox's ADD of the same pod (its host
+//! end, of the same name, is left alone); and DEL without CNI_NETNS while the namespace lives
+//! on, which deletes the pair (the container's end is out of reach).
+//!
 //! And the node agent's sweep (`trellis bgp-agent` in a node namespace, its look period
 //! shortened by `--tombstone-sweep-ms`): a tombstone of its plugin seen at the previous look is
 //! deleted with its peer, while another plugin's tombstone and a fresh one (not yet seen at a
@@ -582,4 +589,165 @@ async fn the_agent_sweeps_its_plugins_tombstones_seen_at_the_previous_look() {
     }
     assert!(proven, "no round without a look in its middle in 5");
     assert!(present(&host, &other).await);
+}
+
+/// DEL's lookup of the host end, then what frees or replaces the pair before DEL acts on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn del_racing_the_namespaces_teardown_or_a_newer_sandbox_is_done_and_harmless() {
+    use trellis_plugin::veth::{PodEnd, Retired, retire_found};
+    require_root();
+    require_tool("ping", "iputils-ping");
+    let m = Mode {
+        plugin: "trellis-routed",
+        ready: json!({"mtu": 1500}),
+        pool: &["--cidr", "10.94.0.0/24", "--block-size", "26"],
+        bridge: None,
+    };
+    let tb = Testbed::new().unwrap();
+    let ipamd = StandaloneIpamd::start(&tb, "race", m.pool).await.unwrap();
+    let node = tb.add_ns("node").await.unwrap();
+    trellis_net::sysctl::set(&node, &[("net.ipv4.ip_forward", "1")]).unwrap();
+    let state: PathBuf = tb.state_dir().join("agent");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("ready.json"), m.ready.to_string()).unwrap();
+    let conf = json!({
+        "cniVersion": "1.1.0",
+        "name": "racenet",
+        "type": m.plugin,
+        "stateDir": state,
+        "ipam": {"type": "trellis-ipam", "socket": ipamd.socket},
+    });
+    let host = node.connect().unwrap();
+    let host_end = |r: &Value| -> String {
+        r["interfaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["sandbox"].as_str().unwrap_or_default().is_empty())
+            .and_then(|i| i["name"].as_str())
+            .unwrap()
+            .to_string()
+    };
+
+    // (1) The namespace's teardown frees the pair between DEL's lookup and its first request.
+    let pod_a = tb.add_ns("ra").await.unwrap();
+    let pod_a_path = pod_a.path().to_path_buf();
+    let (ok, a1, err) = cni(&tb, &node, &m, "ADD", "a1", Some(&pod_a), &conf).await;
+    assert!(ok, "ADD a1: {a1} {err}");
+    let looked_up = host.require_link(&host_end(&a1)).await.unwrap();
+    tb.delete_ns(&pod_a).unwrap();
+    drop(pod_a);
+    let deadline = tokio::time::Instant::now() + RECLAIM;
+    while host.link_by_index(looked_up.index).await.unwrap().is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the pair outlived its namespace by {RECLAIM:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The negative control: the request DEL makes first, on the stale index, is the kernel's
+    // ENODEV (the error DEL answered with, code 999, before it took that for done).
+    let stale = host.retire(looked_up.index).await.unwrap_err();
+    assert!(stale.is_not_found(), "{stale}");
+    let owner = trellis_plugin::veth::owner_alias(m.plugin, "a1", "eth0");
+    let pod_end = PodEnd {
+        netns: Some(&pod_a_path),
+        ifname: "eth0",
+    };
+    let done = retire_found(&host, m.plugin, &looked_up, &owner, &pod_end)
+        .await
+        .unwrap();
+    assert_eq!(done, Retired::Nothing);
+    // The plugin's own DEL (the address released) succeeds too.
+    let (ok, out, err) = cni(&tb, &node, &m, "DEL", "a1", None, &with_prev(&conf, &a1)).await;
+    assert!(ok, "DEL a1 after its namespace went: {out} {err}");
+
+    // (2) A newer sandbox of the same pod replaces the host end (same name) between the
+    // earlier sandbox's DEL lookup and its requests: the newer one is left as it is.
+    let pod_b1 = tb.add_ns("rb1").await.unwrap();
+    let pod_b2 = tb.add_ns("rb2").await.unwrap();
+    let pod_c = tb.add_ns("rc").await.unwrap();
+    let (ok, b1, err) = cni(&tb, &node, &m, "ADD", "b1", Some(&pod_b1), &conf).await;
+    assert!(ok, "ADD b1: {b1} {err}");
+    let (ok, c1, err) = cni(&tb, &node, &m, "ADD", "c1", Some(&pod_c), &conf).await;
+    assert!(ok, "ADD c1: {c1} {err}");
+    let looked_up = host.require_link(&host_end(&b1)).await.unwrap();
+    let (ok, b2, err) = cni(&tb, &node, &m, "ADD", "b2", Some(&pod_b2), &conf).await;
+    assert!(ok, "ADD b2: {b2} {err}");
+    assert_eq!(host_end(&b2), looked_up.name, "one pod, one host end name");
+    let owner = trellis_plugin::veth::owner_alias(m.plugin, "b1", "eth0");
+    let pod_b1_path = pod_b1.path().to_path_buf();
+    let pod_end = PodEnd {
+        netns: Some(&pod_b1_path),
+        ifname: "eth0",
+    };
+    let done = retire_found(&host, m.plugin, &looked_up, &owner, &pod_end)
+        .await
+        .unwrap();
+    assert_eq!(done, Retired::Nothing);
+    let newer = host.require_link(&looked_up.name).await.unwrap();
+    assert!(newer.admin_up, "{newer:?}");
+    assert_eq!(
+        newer.alias.as_deref(),
+        Some(format!("{} b2/eth0", m.plugin).as_str())
+    );
+    // The earlier sandbox's real DEL now finds the newer host end by name, and leaves it.
+    let (ok, out, err) = cni(
+        &tb,
+        &node,
+        &m,
+        "DEL",
+        "b1",
+        Some(&pod_b1),
+        &with_prev(&conf, &b1),
+    )
+    .await;
+    assert!(ok, "DEL b1: {out} {err}");
+    let (ok, out, err) = cni(
+        &tb,
+        &node,
+        &m,
+        "CHECK",
+        "b2",
+        Some(&pod_b2),
+        &with_prev(&conf, &b2),
+    )
+    .await;
+    assert!(ok, "CHECK b2 after b1's DEL: {out} {err}");
+    ping(&tb, &pod_b2, &ipv4(&c1)).await;
+    ping(&tb, &pod_c, &ipv4(&b2)).await;
+    assert!(tombstones(&host).await.is_empty());
+
+    // (3) DEL without CNI_NETNS while the namespace lives on: the container's end is out of
+    // DEL's reach, so the pair is deleted (a retired host end would leave eth0 addressed in
+    // there), and a later ADD into that namespace with eth0 works.
+    let pod_d = tb.add_ns("rd").await.unwrap();
+    let (ok, d1, err) = cni(&tb, &node, &m, "ADD", "d1", Some(&pod_d), &conf).await;
+    assert!(ok, "ADD d1: {d1} {err}");
+    let (ok, out, err) = cni(&tb, &node, &m, "DEL", "d1", None, &with_prev(&conf, &d1)).await;
+    assert!(ok, "DEL d1 without CNI_NETNS: {out} {err}");
+    let left: Vec<String> = pod_d
+        .connect()
+        .unwrap()
+        .links()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.name)
+        .collect();
+    assert_eq!(left, ["lo"], "the pair is deleted");
+    assert!(tombstones(&host).await.is_empty());
+    let (ok, d2, err) = cni(&tb, &node, &m, "ADD", "d2", Some(&pod_d), &conf).await;
+    assert!(ok, "ADD d2 into the same netns: {d2} {err}");
+    ping(&tb, &pod_d, &ipv4(&c1)).await;
+
+    for (cid, pod, r) in [
+        ("b2", &pod_b2, &b2),
+        ("c1", &pod_c, &c1),
+        ("d2", &pod_d, &d2),
+    ] {
+        let (ok, out, err) = cni(&tb, &node, &m, "DEL", cid, Some(pod), &with_prev(&conf, r)).await;
+        assert!(ok, "DEL {cid}: {out} {err}");
+    }
+    ipamd.assert_released(&tb, "racenet").await.unwrap();
 }
