@@ -122,6 +122,45 @@ impl Handle {
         }
     }
 
+    /// Removes every address of the link (the kernel's IPv6 link-local one too); the number
+    /// removed. One dump, then one request per address.
+    pub async fn flush_addresses(&self, index: u32) -> Result<usize> {
+        let msgs: Vec<AddressMessage> = self
+            .inner
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| {
+                Error::netlink(
+                    "list addresses",
+                    format!("of link {index} in {}", self.ns),
+                    e,
+                )
+            })?;
+        let mut removed = 0;
+        for msg in msgs.into_iter().filter(|m| m.header.index == index) {
+            match self.inner.address().del(msg).execute().await {
+                Ok(()) => removed += 1,
+                Err(e)
+                    if matches!(
+                        errno_of(&e),
+                        Some(nix::libc::EADDRNOTAVAIL | nix::libc::ENODEV)
+                    ) => {}
+                Err(e) => {
+                    return Err(Error::netlink(
+                        "delete address",
+                        format!("from link {index} in {}", self.ns),
+                        e,
+                    ));
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     /// Leaves exactly `wanted` among the link's addresses of the families `wanted` uses (and the
     /// IPv6 link-local address, which the kernel owns): a stale address is removed, not kept
     /// beside the right one.

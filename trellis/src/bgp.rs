@@ -129,6 +129,10 @@ pub struct AgentArgs {
     /// Seconds between full reconciles.
     #[arg(long, default_value_t = 5)]
     resync: u64,
+    /// Milliseconds between looks for tombstones: veth pairs CNI DEL retired (`trz…`) whose
+    /// namespace outlived DEL. One seen at two looks in a row is deleted.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(10..))]
+    tombstone_sweep_ms: u64,
     /// `/healthz`, `/readyz`, `/metrics`, `/bgp/status`, `/bgp/routes` (what `trellis bgp`
     /// reads).
     #[arg(long, default_value = "127.0.0.1:9912")]
@@ -193,6 +197,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     c.status_listen = Some(args.status_listen);
     c.policy = args.policy.gate()?;
     c.portmap = !args.no_portmap;
+    c.tombstone_sweep = Duration::from_millis(args.tombstone_sweep_ms);
     trellis_bgp_agent::run(c, trellis_daemon::shutdown_signal())
         .await
         .context("the BGP agent failed")

@@ -81,6 +81,10 @@ pub struct Args {
     /// Seconds between full reconciles of the data path.
     #[arg(long, default_value_t = 10)]
     resync: u64,
+    /// Milliseconds between looks for tombstones: veth pairs CNI DEL retired (`trz…`) whose
+    /// namespace outlived DEL. One seen at two looks in a row is deleted.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(10..))]
+    tombstone_sweep_ms: u64,
     /// Leave masquerade to someone else.
     #[arg(long)]
     no_masquerade: bool,
@@ -136,6 +140,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     config.listen = Some(args.listen);
     config.policy = args.policy.gate()?;
     config.portmap = !args.no_portmap;
+    config.tombstone_sweep = Duration::from_millis(args.tombstone_sweep_ms);
     trellis_overlay_agent::run(config, trellis_daemon::shutdown_signal())
         .await
         .context("the overlay agent failed")

@@ -6,8 +6,10 @@
 //! - [`AgentError`]: why an agent stopped.
 //! - [`blocks`]: the node's IPAM blocks, followed live through ipamd (the BGP agent announces
 //!   them; the overlay agent routes them over VXLAN).
+//! - [`tombstones`]: the sweep of veth pairs CNI DEL retired whose namespace outlived DEL.
 
 pub mod blocks;
+pub mod tombstones;
 
 /// Why an agent stopped: one type for both agents, so they fail, log and exit alike.
 #[derive(Debug, thiserror::Error)]

@@ -209,9 +209,18 @@ pub fn interface(link: &Link, mtu: Option<u32>, sandbox: Option<&Path>) -> Inter
     }
 }
 
-/// GC: the IPAM plugin's (no attachment state of the plugin's own outlives DEL).
-pub fn gc(req: &GcRequest) -> Result<(), Error> {
-    runtime()?.block_on(crate::ipam::gc(req))
+/// GC: the tombstones `plugin`'s DELs left in the host's namespace (pairs whose namespace
+/// outlived DEL) deleted, then the IPAM plugin's GC. A tombstone's attachment was deleted
+/// whatever the runtime lists, so all go.
+pub fn gc(plugin: &str, req: &GcRequest) -> Result<(), Error> {
+    runtime()?.block_on(async {
+        let host = Handle::current().map_err(net_err)?;
+        let swept = crate::veth::sweep_tombstones(&host, plugin).await?;
+        if swept > 0 {
+            eprintln!("{plugin}: GC deleted {swept} tombstone(s) of deleted attachments");
+        }
+        crate::ipam::gc(req).await
+    })
 }
 
 /// STATUS: "not available" (50) until the agent has written `S`, then the IPAM plugin's.

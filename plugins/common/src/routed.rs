@@ -473,7 +473,7 @@ impl<S: RoutedState> Plugin for RoutedVeth<S> {
     }
 
     fn gc(&self, req: &GcRequest) -> Result<(), Error> {
-        attach::gc(req)
+        attach::gc(self.plugin, req)
     }
 
     fn status(&self, conf: &NetConf) -> Result<(), Error> {

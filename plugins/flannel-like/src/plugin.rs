@@ -263,7 +263,7 @@ impl Plugin for Overlay {
     }
 
     fn gc(&self, req: &GcRequest) -> Result<(), Error> {
-        attach::gc(req)
+        attach::gc(TYPE, req)
     }
 
     fn status(&self, conf: &NetConf) -> Result<(), Error> {

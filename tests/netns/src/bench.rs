@@ -48,6 +48,20 @@ pub struct Figures {
     pub add_samples: Vec<Duration>,
     /// Every DEL's latency, in order.
     pub del_samples: Vec<Duration>,
+    /// With [`Teardown::AfterEachDel`]: every pod namespace's deletion right after its DEL (as
+    /// the runtime does it), in order; empty otherwise.
+    pub teardown_samples: Vec<Duration>,
+}
+
+/// What happens to a pod's namespace after its DEL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Teardown {
+    /// All namespaces stay until the end of the run (every DEL runs with its netns present).
+    #[default]
+    AtTheEnd,
+    /// Each namespace is deleted right after its DEL, as containerd, CRI-O and our kubelet do:
+    /// the kernel's asynchronous cleanup of what DEL left runs during the next DELs.
+    AfterEachDel,
 }
 
 impl Figures {
@@ -58,6 +72,10 @@ impl Figures {
         let first = parts.first()?;
         let add_samples: Vec<Duration> = parts.iter().flat_map(|f| f.add_samples.clone()).collect();
         let del_samples: Vec<Duration> = parts.iter().flat_map(|f| f.del_samples.clone()).collect();
+        let teardown_samples: Vec<Duration> = parts
+            .iter()
+            .flat_map(|f| f.teardown_samples.clone())
+            .collect();
         Some(Figures {
             label: first.label.clone(),
             pods: parts.iter().map(|f| f.pods).sum(),
@@ -65,6 +83,7 @@ impl Figures {
             del: Latency::of(&del_samples)?,
             add_samples,
             del_samples,
+            teardown_samples,
         })
     }
 }
@@ -82,8 +101,15 @@ pub struct Subject {
     pub files: Vec<(PathBuf, String)>,
 }
 
-/// Measures `subject` over `pods` pods in a testbed of its own.
+/// Measures `subject` over `pods` pods in a testbed of its own, every namespace kept until the
+/// end.
 pub async fn measure(subject: &Subject, pods: usize) -> Result<Figures> {
+    measure_with(subject, pods, Teardown::AtTheEnd).await
+}
+
+/// Measures `subject` over `pods` pods in a testbed of its own, the pods' namespaces deleted as
+/// `teardown` says.
+pub async fn measure_with(subject: &Subject, pods: usize, teardown: Teardown) -> Result<Figures> {
     let tb = Testbed::new()?;
     let state = tb.state_dir().join("state");
     std::fs::create_dir_all(&state).map_err(|e| Error::io("create bench state dir", e))?;
@@ -111,9 +137,10 @@ pub async fn measure(subject: &Subject, pods: usize) -> Result<Figures> {
     }
     let cni = CniConfig::new(subject.plugin_dirs.clone(), tb.state_dir().join("cache"));
     let label = subject.label.clone();
+    let run_dir = (teardown == Teardown::AfterEachDel).then(|| tb.run_dir().to_path_buf());
     // The invoker forks plugins from the calling thread, which must be in the host namespace:
     // one dedicated thread does the whole run there.
-    let timings = host.run(move || run_all(&cni, &list, &pod_ns, &label))??;
+    let timings = host.run(move || run_all(&cni, &list, pod_ns, &label, run_dir.as_deref()))??;
     Ok(Figures {
         label: subject.label.clone(),
         pods,
@@ -121,16 +148,21 @@ pub async fn measure(subject: &Subject, pods: usize) -> Result<Figures> {
         del: Latency::of(&timings.1).ok_or_else(|| Error::Other("no samples".into()))?,
         add_samples: timings.0,
         del_samples: timings.1,
+        teardown_samples: timings.2,
     })
 }
 
-type Samples = (Vec<Duration>, Vec<Duration>);
+/// ADD, DEL and namespace-deletion latencies.
+type Samples = (Vec<Duration>, Vec<Duration>, Vec<Duration>);
 
+/// With `teardown_in` (the testbed's run directory), each pod's namespace is deleted right
+/// after its DEL, and our handle on it closed, so the kernel frees it at once.
 fn run_all(
     cni: &CniConfig,
     list: &NetworkConfigList,
-    pods: &[Arc<Netns>],
+    pods: Vec<Arc<Netns>>,
     label: &str,
+    teardown_in: Option<&Path>,
 ) -> Result<Samples> {
     let rt = |i: usize, ns: &Netns| RuntimeConf {
         container_id: format!("bench-{i}"),
@@ -147,13 +179,20 @@ fn run_all(
         adds.push(t.elapsed());
     }
     let mut dels = Vec::with_capacity(pods.len());
-    for (i, ns) in pods.iter().enumerate() {
+    let mut teardowns = Vec::new();
+    for (i, ns) in pods.into_iter().enumerate() {
         let t = Instant::now();
-        cni.del(list, &rt(i, ns))
+        cni.del(list, &rt(i, &ns))
             .map_err(|e| Error::Other(format!("{label}: DEL of pod {i}: {e}")))?;
         dels.push(t.elapsed());
+        if let Some(run_dir) = teardown_in {
+            let t = Instant::now();
+            Netns::delete(run_dir, &ns.name())?;
+            drop(ns);
+            teardowns.push(t.elapsed());
+        }
     }
-    Ok((adds, dels))
+    Ok((adds, dels, teardowns))
 }
 
 fn ms(d: Duration) -> String {
@@ -193,6 +232,20 @@ pub fn table(figures: &[Figures]) -> String {
         let r = |x: Duration, y: Duration| {
             format!("{:.2}x", x.as_secs_f64() / y.as_secs_f64().max(1e-9))
         };
+        if let (Some(ta), Some(tb)) = (
+            Latency::of(&a.teardown_samples),
+            Latency::of(&b.teardown_samples),
+        ) {
+            out.push_str(&format!(
+                "netns deletion right after each DEL, p50 / p99: {} {} / {}, {} {} / {}\n",
+                a.label,
+                ms(ta.p50),
+                ms(ta.p99),
+                b.label,
+                ms(tb.p50),
+                ms(tb.p99)
+            ));
+        }
         out.push_str(&format!(
             "{:width$}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}\n",
             "ratio 1st/2nd",
@@ -271,6 +324,7 @@ mod tests {
             del: l(ms),
             add_samples: Vec::new(),
             del_samples: Vec::new(),
+            teardown_samples: Vec::new(),
         };
         let t = table(&[f("ours", 5), f("reference", 20)]);
         assert!(t.contains("ratio 1st/2nd"), "{t}");
@@ -286,6 +340,7 @@ mod tests {
             del: Latency::of(&[Duration::from_millis(1)]).unwrap(),
             add_samples: (1..=40).map(Duration::from_millis).collect(),
             del_samples: Vec::new(),
+            teardown_samples: Vec::new(),
         };
         let s = scaling(std::slice::from_ref(&f), 10);
         assert!(s.contains("pods 1-10"), "{s}");
@@ -316,6 +371,7 @@ mod tests {
             del: Latency::of(&ms(del)).unwrap(),
             add_samples: ms(add),
             del_samples: ms(del),
+            teardown_samples: Vec::new(),
         };
         let both = Figures::combine(&[run(&[1, 2], &[10, 20]), run(&[3, 4], &[30, 40])]).unwrap();
         assert_eq!(both.pods, 4);

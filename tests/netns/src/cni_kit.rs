@@ -3,7 +3,8 @@
 //!
 //! For each version: ADD gives a result of that version's shape and the interface it names
 //! exists in the pod with the result's MAC and addresses; CHECK passes; DEL removes it and
-//! leaves the host as it was; a second DEL succeeds; DEL after the netns is gone succeeds;
+//! leaves the host as it was (a veth pair it retired rather than deleted — down, in no bridge,
+//! unaddressed — must be gone once the pod's netns is deleted); a second DEL succeeds; DEL after the netns is gone succeeds;
 //! VERSION lists the version; STATUS answers and GC keeps the attachments the runtime lists while
 //! it releases the others' addresses and state (1.1.0). Every bad input is refused with the right
 //! error object and changes nothing — links, addresses, routes, iptables, state files.
@@ -39,7 +40,10 @@ pub enum Rule {
     InterfaceMatchesResult,
     /// CHECK after ADD succeeds (0.4.0 and later).
     Check,
-    /// DEL succeeds, removes the interface, and leaves the host as before ADD.
+    /// DEL succeeds, and nothing of the attachment is up, addressed or routed: eth0 is gone
+    /// from the pod (deleted or renamed away), every other pod link is down and unaddressed,
+    /// and the host is as before ADD but for links that are down and in no bridge (a pair
+    /// retired rather than deleted), which must be gone once the pod's netns is deleted.
     Del,
     /// A second DEL succeeds.
     DelAgain,
@@ -534,6 +538,7 @@ impl Kit<'_> {
     async fn lifecycle(&mut self, v: Version, report: &mut Report) -> Result<()> {
         if self.pods == 0 {
             let warm = self.pod().await?;
+            let pre = self.host_state().await?;
             let conf = self.config(v).to_string();
             let add = self
                 .invoke(&self.env("ADD", "kit-warmup", &warm), conf.as_bytes())
@@ -545,6 +550,15 @@ impl Kit<'_> {
                 )
                 .await?;
             self.tb.delete_ns(&warm)?;
+            drop(warm);
+            // A pair DEL retired goes with the namespace, asynchronously: wait for it, so that
+            // "the host before ADD" below does not hold it.
+            let deadline = tokio::time::Instant::now() + RECLAIM_BOUND;
+            while !pre.retired_links(&self.host_state().await?).is_empty()
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
             if let Err(e) = add.ok().and_then(|_| del.ok()) {
                 let failed = if add.exit == 0 { &del } else { &add };
                 report.record(
@@ -596,13 +610,14 @@ impl Kit<'_> {
             .await?;
         let mut del_outcome = del.ok();
         let mut del_changed = None;
+        // Links DEL retired (down, in no bridge) instead of deleting: they must go with the
+        // pod's namespace.
+        let mut retired = Vec::new();
         if del_outcome.is_ok() {
-            let left = pod.connect()?.link("eth0").await?;
-            let mut problems: Vec<String> = left
-                .map(|l| format!("eth0 still in the pod: {l:?}"))
-                .into_iter()
-                .collect();
-            problems.extend(before.diff(&self.host_state().await?));
+            let mut problems = pod_after_del(&pod).await?;
+            let after = self.host_state().await?;
+            retired = before.retired_links(&after);
+            problems.extend(before.diff_except(&after, &retired));
             problems.extend(snapshot::files_diff(
                 &files_before,
                 &snapshot::files(&self.ctx.state_dir),
@@ -613,12 +628,33 @@ impl Kit<'_> {
                 del_outcome = Err(problems.join("; "));
             }
         }
-        report.record(Rule::Del, v, del_outcome, vec![del.behaviour(del_changed)]);
         let again = self
             .invoke(&self.env("DEL", &cid, &pod), &del_stdin)
             .await?;
         report.record(Rule::DelAgain, v, again.ok(), vec![again.behaviour(None)]);
         self.tb.delete_ns(&pod)?;
+        // Our own handle would keep the namespace (and the retired pair) alive.
+        drop(pod);
+        if del_outcome.is_ok() && !retired.is_empty() {
+            // The runtime's teardown of the namespace frees a retired pair, asynchronously.
+            let deadline = tokio::time::Instant::now() + RECLAIM_BOUND;
+            let left = loop {
+                let left = before.diff(&self.host_state().await?);
+                if left.is_empty() || tokio::time::Instant::now() >= deadline {
+                    break left;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            if !left.is_empty() {
+                del_changed = Some(true);
+                del_outcome = Err(format!(
+                    "left by DEL after the netns was deleted ({} s): {}",
+                    RECLAIM_BOUND.as_secs(),
+                    left.join("; ")
+                ));
+            }
+        }
+        report.record(Rule::Del, v, del_outcome, vec![del.behaviour(del_changed)]);
         Ok(())
     }
 
@@ -655,7 +691,8 @@ impl Kit<'_> {
         if outcome.is_ok() {
             // The pod's veth died with its namespace; what ADD took on the host must be gone too.
             let mut problems = Vec::new();
-            for _ in 0..50 {
+            let deadline = tokio::time::Instant::now() + RECLAIM_BOUND;
+            while tokio::time::Instant::now() < deadline {
                 problems = before.diff(&self.host_state().await?);
                 problems.extend(snapshot::files_diff(
                     &files_before,
@@ -872,7 +909,8 @@ impl Kit<'_> {
             }
             let mut left = Vec::new();
             // The pods' veths die with their namespaces, asynchronously.
-            for _ in 0..50 {
+            let deadline = tokio::time::Instant::now() + RECLAIM_BOUND;
+            while tokio::time::Instant::now() < deadline {
                 left = host_before.diff(&self.host_state().await?);
                 left.extend(snapshot::files_diff(
                     &files_before,
@@ -1028,6 +1066,38 @@ impl Kit<'_> {
         self.tb.delete_ns(&pod)?;
         Ok(())
     }
+}
+
+/// How long the kernel may take to free a retired veth pair once its namespace is deleted (it
+/// does so asynchronously, in one work queue for every namespace of the machine: well under a
+/// second on an idle machine, longer while other tests delete many namespaces).
+const RECLAIM_BOUND: Duration = Duration::from_secs(30);
+
+/// What DEL left in the pod: eth0 must be gone (deleted, or renamed away so a later ADD can use
+/// the name); any other link but `lo` must be down and hold no address.
+async fn pod_after_del(pod: &Netns) -> Result<Vec<String>> {
+    let mut problems = Vec::new();
+    let h = pod.connect()?;
+    if let Some(l) = h.link("eth0").await? {
+        problems.push(format!("eth0 still in the pod: {l:?}"));
+    }
+    for l in h.links().await? {
+        if l.name != "lo" && l.admin_up {
+            problems.push(format!("pod link still up after DEL: {l:?}"));
+        }
+    }
+    let lo = h.link("lo").await?.map(|l| l.index);
+    for a in h.addresses(None).await? {
+        let link_local =
+            matches!(a.address.addr(), IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80);
+        if Some(a.index) != lo && !link_local {
+            problems.push(format!(
+                "pod address still held after DEL: {} dev {}",
+                a.address, a.index
+            ));
+        }
+    }
+    Ok(problems)
 }
 
 /// Whether a state file belongs to container `cid`: its name or its contents name it.

@@ -105,6 +105,33 @@ impl NsState {
     }
 }
 
+impl NsState {
+    /// The names of links in `after` and not in `self` that are down and in no bridge: what a
+    /// plugin that retires a veth pair on DEL instead of deleting it (a tombstone, freed with
+    /// the pod's namespace) leaves behind for a while.
+    pub fn retired_links(&self, after: &NsState) -> Vec<String> {
+        after
+            .links
+            .iter()
+            .filter(|l| !self.links.contains(l))
+            .filter(|l| l.contains(" up=false master=None"))
+            .filter_map(|l| l.split(' ').next().map(str::to_string))
+            .collect()
+    }
+
+    /// [`NsState::diff`] without the added links named in `retired`.
+    pub fn diff_except(&self, after: &NsState, retired: &[String]) -> Vec<String> {
+        self.diff(after)
+            .into_iter()
+            .filter(|d| {
+                !d.strip_prefix("link added: ")
+                    .and_then(|l| l.split(' ').next())
+                    .is_some_and(|name| retired.iter().any(|r| r == name))
+            })
+            .collect()
+    }
+}
+
 const KERNEL: u8 = 2;
 
 /// IPv6 link-local addresses and their routes come and go with links on the kernel's own
@@ -182,6 +209,26 @@ mod tests {
             strip_counters("-A FORWARD -j ACCEPT"),
             "-A FORWARD -j ACCEPT"
         );
+    }
+
+    #[test]
+    fn only_down_unbridged_added_links_count_as_retired() {
+        let before = NsState {
+            links: vec!["lo kind=None mac=None mtu=65536 up=true master=None".into()],
+            ..Default::default()
+        };
+        let mut after = before.clone();
+        after.links.extend([
+            "trz1f kind=Some(\"veth\") mac=None mtu=1500 up=false master=None".to_string(),
+            "kl1 kind=Some(\"veth\") mac=None mtu=1500 up=true master=None".to_string(),
+            "kl2 kind=Some(\"veth\") mac=None mtu=1500 up=false master=Some(3)".to_string(),
+        ]);
+        after.routes.push("a route".into());
+        let retired = before.retired_links(&after);
+        assert_eq!(retired, ["trz1f"]);
+        let left = before.diff_except(&after, &retired);
+        assert_eq!(left.len(), 3, "{left:?}");
+        assert!(left.iter().all(|d| !d.contains("trz1f")), "{left:?}");
     }
 
     #[test]

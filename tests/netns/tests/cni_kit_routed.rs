@@ -11,7 +11,7 @@
 //! IPv4 and IPv6: ADD waits for the agent's readiness; two pods reach each other in both
 //! families through the host (proxy ARP, the permanent gateway entry, the host routes) with the
 //! agent's MTU; CHECK notices a missing host route; a late DEL of an earlier sandbox of the same
-//! pod leaves the current one alone; DEL removes everything.
+//! pod leaves the current one alone; DEL removes every route and address and retires the pairs.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -365,7 +365,15 @@ async fn routed_pods_reach_each_other_in_both_families_and_del_is_owned() {
         }
         assert!(ns.connect().unwrap().link("eth0").await.unwrap().is_none());
     }
-    assert_eq!(host_h.links().await.unwrap().len(), links_before);
+    // DEL retires the pairs (down tombstones, freed with the pods' namespaces): nothing else
+    // is left, and nothing of them is up.
+    let links = host_h.links().await.unwrap();
+    let (tombs, live): (Vec<_>, Vec<_>) = links
+        .into_iter()
+        .partition(|l| trellis_net::link::is_tombstone(&l.name));
+    assert_eq!(live.len(), links_before, "{live:?}");
+    assert_eq!(tombs.len(), 2, "{tombs:?}");
+    assert!(tombs.iter().all(|l| !l.admin_up), "{tombs:?}");
     for family in [Family::V4, Family::V6] {
         let ours: Vec<_> = host_h
             .routes(family, None)

@@ -139,6 +139,9 @@ pub struct Config {
     pub policy: Option<trellis_plugin::policy::PolicyGate>,
     /// Chain the reference `portmap` plugin in the conflist (pods' hostPorts).
     pub portmap: bool,
+    /// How often `trellis-routed`'s tombstones are looked for (one seen at two looks in a row
+    /// is deleted).
+    pub tombstone_sweep: Duration,
 }
 
 impl Config {
@@ -177,6 +180,7 @@ impl Config {
             announce_service_cidr: None,
             policy: None,
             portmap: true,
+            tombstone_sweep: trellis_agent::tombstones::SWEEP_PERIOD,
         }
     }
 }
@@ -253,6 +257,12 @@ pub async fn run(
     }
     tokio::pin!(stop);
     let host = Handle::current()?;
+    // Pairs CNI DEL retired whose namespace outlived it: deleted here, off the pods' path.
+    let _tombstones = trellis_agent::tombstones::spawn(
+        &[trellis_routed::plugin::TYPE],
+        config.tombstone_sweep,
+        trellis_agent::tombstones::count_in(metrics.clone()),
+    )?;
     let under = pick_underlay(&host, &config).await?;
     let node_ip = under.ip;
     let router_id = config.router_id.unwrap_or(node_ip);

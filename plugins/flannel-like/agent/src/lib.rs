@@ -82,6 +82,9 @@ pub struct Config {
     pub mode: Mode,
     /// Chain the reference `portmap` plugin in the conflist (pods' hostPorts).
     pub portmap: bool,
+    /// How often the tombstones of the mode's plugin are looked for (one seen at two looks in
+    /// a row is deleted).
+    pub tombstone_sweep: Duration,
 }
 
 impl Config {
@@ -109,6 +112,7 @@ impl Config {
             policy: None,
             mode: Mode::Overlay,
             portmap: true,
+            tombstone_sweep: trellis_agent::tombstones::SWEEP_PERIOD,
         }
     }
 }
@@ -191,6 +195,15 @@ pub async fn run(
         return Err(AgentError::Stopped);
     }
     let host = Handle::current()?;
+    // Pairs CNI DEL retired whose namespace outlived it: deleted here, off the pods' path.
+    let _tombstones = trellis_agent::tombstones::spawn(
+        match config.mode {
+            Mode::Overlay => &[trellis_overlay::plugin::TYPE],
+            Mode::Canal => &[trellis_canal::TYPE],
+        },
+        config.tombstone_sweep,
+        trellis_agent::tombstones::count_in(metrics.clone()),
+    )?;
     let underlay = underlay::pick(&host, &config.underlay).await?;
     tracing::info!(iface = %underlay.link.name, ip = %underlay.ip, mtu = underlay.link.mtu, "underlay");
 

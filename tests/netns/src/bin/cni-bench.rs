@@ -63,6 +63,11 @@ struct Args {
     /// Also print how ADD latency grows: the p50 of the first N ADDs against the last N.
     #[arg(long, default_value_t = 0)]
     scale_window: usize,
+    /// Delete each pod's namespace right after its DEL, as the runtime does (containerd, CRI-O,
+    /// our kubelet), and print how long that took; by default every namespace stays until the
+    /// end of the run.
+    #[arg(long)]
+    teardown: bool,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -87,6 +92,11 @@ async fn main() -> anyhow::Result<()> {
             )?)
         }
         None => None,
+    };
+    let teardown = if args.teardown {
+        bench::Teardown::AfterEachDel
+    } else {
+        bench::Teardown::AtTheEnd
     };
     let mut figures = Vec::new();
     for (i, path) in args.configs.iter().enumerate() {
@@ -114,7 +124,7 @@ async fn main() -> anyhow::Result<()> {
         };
         eprintln!("measuring {} over {} pods…", subject.label, args.pods);
         figures.push(
-            bench::measure(&subject, args.pods)
+            bench::measure_with(&subject, args.pods, teardown)
                 .await
                 .with_context(|| format!("benchmark of {}", path.display()))?,
         );
