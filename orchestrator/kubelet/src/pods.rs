@@ -919,9 +919,7 @@ impl PodSync {
     /// first probe runs as soon as the container's process runs (after initialDelaySeconds),
     /// then every period. Returns how soon the next probe falls due.
     async fn run_probes(&mut self, pod: &Pod) -> Option<Duration> {
-        let Some(local) = self.local.as_ref() else {
-            return None;
-        };
+        let local = self.local.as_ref()?;
         let sb = Self::sandbox(local);
         let pod_ip = local.rec.ips.first().copied();
         let netns = local.rec.netns.clone();
@@ -1746,7 +1744,6 @@ mod tests {
             "metadata": {"name": "p", "namespace": "ns", "uid": "0a1b2c3d-0000-0000-0000-000000000001"},
             "spec": {"containers": [{"name": "c", "image": "x", "command": ["/nonexistent"]}]}}))
         .unwrap();
-        let uid = "0a1b2c3d-0000-0000-0000-000000000001";
         let first = pods
             .make_sandbox(&pod)
             .await
