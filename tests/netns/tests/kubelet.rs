@@ -170,6 +170,15 @@ async fn scenario(
     assert_eq!(cs["lastState"]["terminated"]["exitCode"], 3, "{cs:#}");
     assert_eq!(p["status"]["phase"], "Running");
     let crash_uid = p["metadata"]["uid"].as_str().unwrap().to_string();
+    // restartCount counts a run as soon as it is created; its shim records itself a moment
+    // later (no pass waits for it).
+    let shim_pid = k.pod_dir(0, &crash_uid).join("containers/c/2/shim.pid");
+    netns_testbed::wait_for(
+        "the second restart's shim to record itself",
+        Duration::from_secs(20),
+        || shim_pid.exists(),
+    )
+    .await;
     let started = |n: u32| {
         std::fs::metadata(
             k.pod_dir(0, &crash_uid)
