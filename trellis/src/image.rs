@@ -1,5 +1,6 @@
 //! `trellis image`: OCI images in containerd for the kubelet's containerd runtime, through
-//! containerd's own API (no Transfer service needed: containerd 1.6 works).
+//! containerd's own API (no Transfer service needed: containerd 1.6 works), and the image the
+//! `deploy/` manifests run, built from a trellis binary with no registry (`image build`).
 
 use std::path::PathBuf;
 
@@ -16,6 +17,30 @@ enum Command {
     /// Loads an OCI image layout tarball (`oci-layout`, `index.json`, `blobs/sha256/…`) into
     /// containerd and unpacks it, so pods can run it without a registry.
     Import(ImportArgs),
+    /// Builds the image the deploy/ manifests run (`trellis:latest`) as an OCI image layout
+    /// tarball, with no registry, docker or buildah: the trellis binary at
+    /// /usr/local/bin/trellis, this machine's iptables (legacy and nft), ip6tables, ipset, nft
+    /// and ip with their shared libraries and iptables' modules, a minimal /etc, /tmp and /run.
+    /// The same inputs give the same digest. Load it with `trellis image import` or
+    /// `ctr images import`.
+    Build(BuildArgs),
+}
+
+#[derive(clap::Args)]
+struct BuildArgs {
+    /// The trellis binary to put in the image (default: this one, e.g. target/release/trellis).
+    #[arg(long)]
+    binary: Option<PathBuf>,
+    /// Where the OCI image layout tarball is written.
+    #[arg(long, default_value = "trellis.tar")]
+    out: PathBuf,
+    /// The image's name, recorded in index.json (`trellis:latest`, which the manifests run, is
+    /// stored as `docker.io/library/trellis:latest`).
+    #[arg(long, default_value = "trellis:latest")]
+    tag: String,
+    /// How the layer is stored: gzip, or none (an uncompressed tar: faster, larger).
+    #[arg(long, value_enum, default_value = "gzip")]
+    compression: crate::image_build::Compression,
 }
 
 #[derive(clap::Args)]
@@ -61,6 +86,30 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     if i.layers == 1 { "" } else { "s" }
                 );
             }
+            Ok(())
+        }
+        Command::Build(a) => {
+            let binary = match a.binary {
+                Some(b) => b,
+                None => std::env::current_exe().context("finding this trellis binary")?,
+            };
+            let opts = crate::image_build::Options::standard(binary, a.tag, a.compression);
+            let b = tokio::task::spawn_blocking(move || {
+                crate::image_build::build(&opts, &a.out).map(|b| (b, a.out))
+            })
+            .await
+            .context("the image build stopped")??;
+            let (b, out) = b;
+            let mib = |n: u64| n as f64 / (1024.0 * 1024.0);
+            println!("{} {}", b.name, b.digest);
+            println!(
+                "{}: {} entries, {:.1} MiB unpacked, layer {:.1} MiB, archive {:.1} MiB",
+                out.display(),
+                b.entries,
+                mib(b.unpacked_size),
+                mib(b.layer_size),
+                mib(b.archive_size)
+            );
             Ok(())
         }
     }

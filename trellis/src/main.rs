@@ -13,6 +13,7 @@ mod certs;
 mod controller_manager;
 mod dns;
 mod image;
+mod image_build;
 mod ipam;
 mod kubelet;
 mod overlay;
@@ -58,7 +59,8 @@ enum Command {
     Policy(policy::Args),
     /// The node agent: registers the Node and runs its pods with a network through CNI.
     Kubelet(kubelet::Args),
-    /// OCI images in containerd (the kubelet's containerd runtime): `image import <oci-layout.tar>`.
+    /// OCI images: `image build` (the image deploy/ runs, from this binary) and `image import
+    /// <oci-layout.tar>` into containerd (the kubelet's containerd runtime).
     Image(image::Args),
     /// Credentials from the cluster CA: `certs kubeconfig --user … --group …`.
     Certs(certs::Args),

@@ -668,9 +668,16 @@ impl Cgroup {
 
     /// Removes it and everything below it, deepest first, in every hierarchy (missing
     /// directories are fine). Fails with the kernel's EBUSY while a process is still in it.
+    /// On v1 the directories runc made for its containers in the other hierarchies go too.
     pub fn remove(&self) -> Result<(), Error> {
         for d in self.dirs() {
             remove_tree(&d, 0)?;
+        }
+        if matches!(self, Cgroup::V1 { .. }) {
+            let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+            for d in self.runc_dirs(&mountinfo) {
+                remove_tree(&d, 0)?;
+            }
         }
         Ok(())
     }
@@ -696,6 +703,131 @@ impl Cgroup {
             }
         }
         out
+    }
+}
+
+/// The cgroup hierarchies mounted on this host, from `/proc/self/mountinfo` text: their mount
+/// points, v1's named ones (`name=systemd`) and a hybrid host's v2 one (`unified`) included —
+/// on a v1 host runc makes a container's cgroup in each.
+fn mounts(mountinfo: &str) -> Vec<PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(mount_fields)
+        .filter(|(fstype, ..)| *fstype == "cgroup" || *fstype == "cgroup2")
+        .map(|(_, _, point, _)| PathBuf::from(point))
+        .collect()
+}
+
+/// `dir`'s path below the mount point of the hierarchy it is in (the longest of `mounts` it
+/// is under), as runc's cgroupfs driver reads `linux.cgroupsPath`: absolute, from the mount
+/// point, whatever the mount's own root is.
+fn below_mount(dir: &Path, mounts: &[PathBuf]) -> Option<String> {
+    let point = mounts
+        .iter()
+        .filter(|m| dir.starts_with(m))
+        .max_by_key(|m| m.as_os_str().len())?;
+    let rel = dir.strip_prefix(point).ok()?;
+    Some(format!("/{}", rel.to_string_lossy()))
+}
+
+impl Resources {
+    /// The OCI runtime spec's `linux.resources` for these limits, the values [`Cgroup::apply`]
+    /// writes: runc's cgroupfs driver writes them into the container's cgroup. `swap`: the
+    /// host accounts swap (memory+swap is then held at the memory limit, as `apply` does); `v2`:
+    /// the unified hierarchy, where `cpu.weight` is given as [`weight`] computes it (runc 1.1's
+    /// own conversion of shares is the older linear one).
+    pub fn oci(&self, swap: bool, v2: bool) -> serde_json::Value {
+        let mut r = serde_json::json!({"devices": [{"allow": false, "access": "rwm"}]});
+        let mut cpu = serde_json::Map::new();
+        if let Some(s) = self.cpu_shares {
+            cpu.insert("shares".into(), s.into());
+            if v2 {
+                r["unified"] = serde_json::json!({"cpu.weight": weight(s).to_string()});
+            }
+        }
+        if let Some(q) = self.cpu_quota_us {
+            cpu.insert("quota".into(), q.into());
+            cpu.insert("period".into(), CPU_PERIOD_US.into());
+        }
+        if !cpu.is_empty() {
+            r["cpu"] = cpu.into();
+        }
+        if let Some(m) = self.memory_limit {
+            r["memory"] = if swap {
+                serde_json::json!({"limit": m, "swap": m})
+            } else {
+                serde_json::json!({"limit": m})
+            };
+        }
+        r
+    }
+}
+
+impl Cgroup {
+    /// Whether the host accounts swap in this cgroup's memory controller (v1:
+    /// `memory.memsw.*` exists; v2 always has `memory.swap.max` where swap is on, and runc
+    /// lets a 0 go where it is not).
+    pub fn accounts_swap(&self) -> bool {
+        match self {
+            Cgroup::V1 { memory, .. } => memory.join("memory.memsw.limit_in_bytes").exists(),
+            Cgroup::V2 { .. } => true,
+        }
+    }
+
+    /// `linux.cgroupsPath` for a container whose cgroup this is, for runc's cgroupfs driver:
+    /// the path below each hierarchy's mount point. On v1 one path names a cgroup in every
+    /// hierarchy; where this cgroup's differ (a relative root under a kubelet whose own
+    /// cgroups differ per controller), it is the CPU hierarchy's, and the container's process
+    /// is to be moved into the others ([`Cgroup::procs_files`]) before it runs.
+    pub fn oci_path(&self) -> Result<String, Error> {
+        match self {
+            Cgroup::V2 { mount, dir } => {
+                let rel = dir.strip_prefix(mount).map_err(|_| {
+                    Error::Invalid(format!(
+                        "{} is not below {}",
+                        dir.display(),
+                        mount.display()
+                    ))
+                })?;
+                Ok(format!("/{}", rel.to_string_lossy()))
+            }
+            Cgroup::V1 { .. } => {
+                let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+                    .map_err(|e| io("read", Path::new("/proc/self/mountinfo"), e))?;
+                self.oci_path_from(&mountinfo)
+            }
+        }
+    }
+
+    /// [`Cgroup::oci_path`] of a v1 cgroup from the mountinfo text.
+    pub fn oci_path_from(&self, mountinfo: &str) -> Result<String, Error> {
+        let cpu = match self {
+            Cgroup::V1 { cpu, .. } => cpu,
+            Cgroup::V2 { dir, .. } => dir,
+        };
+        below_mount(cpu, &mounts(mountinfo))
+            .ok_or_else(|| Error::NotFound(format!("{} is in no cgroup hierarchy", cpu.display())))
+    }
+
+    /// The cgroups runc made for containers of this cgroup in the hierarchies that are not its
+    /// own (on a v1 host runc makes `linux.cgroupsPath` in every mounted hierarchy — devices,
+    /// freezer, the others and a hybrid host's `unified` — and removes only a container's own
+    /// directory when it goes): the same path as [`Cgroup::oci_path`] under each other mount
+    /// point.
+    fn runc_dirs(&self, mountinfo: &str) -> Vec<PathBuf> {
+        let Cgroup::V1 { cpu, .. } = self else {
+            return Vec::new();
+        };
+        let mounts = mounts(mountinfo);
+        let Some(rel) = below_mount(cpu, &mounts) else {
+            return Vec::new();
+        };
+        let ours = self.dirs();
+        mounts
+            .iter()
+            .map(|m| m.join(rel.trim_start_matches('/')))
+            .filter(|d| !ours.contains(d))
+            .collect()
     }
 }
 
@@ -942,6 +1074,83 @@ mod tests {
 35 31 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
         let g = Cgroup::resolve_from(co, "3:cpu,cpuacct:/\n2:memory:/\n", "/k").unwrap();
         assert_eq!(g.dirs().len(), 2);
+    }
+
+    /// runc's `linux.cgroupsPath` is the path below each mount point: the CPU hierarchy's
+    /// when a relative root puts this cgroup at different paths per hierarchy; the directories
+    /// runc makes in the other hierarchies are found for removal, never our own.
+    #[test]
+    fn oci_paths_as_runcs_cgroupfs_driver_reads_them() {
+        let mi = format!(
+            "{MOUNTINFO_V1}42 31 0:39 / /sys/fs/cgroup/devices rw - cgroup cgroup rw,devices\n"
+        );
+        let abs = Cgroup::resolve_from(&mi, OWN_V1, "/trellis/n1").unwrap();
+        let ctr = abs.child("burstable/podu1/app");
+        assert_eq!(
+            ctr.oci_path_from(&mi).unwrap(),
+            "/trellis/n1/burstable/podu1/app"
+        );
+        let runc = ctr.runc_dirs(&mi);
+        assert_eq!(
+            runc,
+            vec![
+                PathBuf::from("/sys/fs/cgroup/unified/trellis/n1/burstable/podu1/app"),
+                PathBuf::from("/sys/fs/cgroup/devices/trellis/n1/burstable/podu1/app")
+            ]
+        );
+        // Relative, under a kubelet whose memory cgroup is /sandbox/abc: the CPU path; the
+        // memory directory runc makes at that path is not ours, so it goes on removal.
+        let rel = Cgroup::resolve_from(&mi, OWN_V1, "t1/n1").unwrap();
+        let ctr = rel.child("podu2/app");
+        assert_eq!(ctr.oci_path_from(&mi).unwrap(), "/t1/n1/podu2/app");
+        let runc = ctr.runc_dirs(&mi);
+        assert!(runc.contains(&PathBuf::from("/sys/fs/cgroup/memory/t1/n1/podu2/app")));
+        assert!(!runc.contains(&PathBuf::from("/sys/fs/cgroup/cpu/t1/n1/podu2/app")));
+        assert!(ctr.procs_files().contains(&PathBuf::from(
+            "/sys/fs/cgroup/memory/sandbox/abc/t1/n1/podu2/app/cgroup.procs"
+        )));
+        // A directory outside every hierarchy has no runc path.
+        let fake = Cgroup::V1 {
+            cpu: "/tmp/x/cpu".into(),
+            cpuacct: "/tmp/x/cpuacct".into(),
+            memory: "/tmp/x/memory".into(),
+            pids: None,
+        };
+        assert!(fake.oci_path_from(&mi).is_err());
+        assert!(fake.runc_dirs(&mi).is_empty());
+        let v2 = Cgroup::V2 {
+            mount: "/sys/fs/cgroup".into(),
+            dir: "/sys/fs/cgroup/k/podu3/app".into(),
+        };
+        assert_eq!(v2.oci_path().unwrap(), "/k/podu3/app");
+    }
+
+    /// `linux.resources` carries what `apply` writes: shares, quota and period, the memory
+    /// limit (and memory+swap at it where swap is accounted), v2's weight as ours.
+    #[test]
+    fn oci_resources_match_the_cgroup_files() {
+        let r = Resources {
+            cpu_shares: Some(256),
+            cpu_quota_us: Some(50_000),
+            memory_limit: Some(64 << 20),
+            oom_score_adj: Some(-997),
+        };
+        assert_eq!(
+            r.oci(true, false),
+            json!({"devices": [{"allow": false, "access": "rwm"}],
+                "cpu": {"shares": 256, "quota": 50_000, "period": 100_000},
+                "memory": {"limit": 64u64 << 20, "swap": 64u64 << 20}})
+        );
+        let v2 = r.oci(false, true);
+        assert_eq!(v2["unified"]["cpu.weight"], weight(256).to_string());
+        assert!(v2["memory"].get("swap").is_none());
+        let none = Resources {
+            cpu_shares: Some(2),
+            ..Default::default()
+        }
+        .oci(true, false);
+        assert_eq!(none["cpu"], json!({"shares": 2}));
+        assert!(none.get("memory").is_none());
     }
 
     #[test]

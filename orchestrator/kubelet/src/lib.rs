@@ -24,6 +24,7 @@ pub mod shim;
 pub mod spdy;
 pub mod spdy_conn;
 pub mod stats;
+pub mod volumes;
 
 use std::net::IpAddr;
 use std::path::PathBuf;

@@ -1059,6 +1059,14 @@ impl PodSync {
             Ok(r) => r,
             Err(e) => return self.create_failed(pod, &c.name, e.to_string()).await,
         };
+        let host_mounts = if self.ctx.rt.mounts_host_paths() {
+            match crate::volumes::host_mounts(&spec, c) {
+                Ok(m) => m,
+                Err(e) => return self.create_failed(pod, &c.name, e.to_string()).await,
+            }
+        } else {
+            Vec::new()
+        };
         let env = self.env(pod, c).await;
         // `$(VAR)` in command and args takes the container's environment, as upstream's.
         let expanded = |v: &Option<Vec<String>>| {
@@ -1099,6 +1107,12 @@ impl PodSync {
             image: c.image.clone(),
             command,
             args,
+            privileged: c
+                .security_context
+                .as_ref()
+                .and_then(|s| s.privileged)
+                .unwrap_or(false),
+            host_mounts,
         };
         match self.ctx.rt.start(sb, &run) {
             Ok(()) => {

@@ -47,6 +47,13 @@ pub struct ContainerRun {
     /// with the image's entrypoint and cmd (`argv` is both, for the process runtime).
     pub command: Option<Vec<OsString>>,
     pub args: Option<Vec<OsString>>,
+    /// `securityContext.privileged`: an image runtime gives the container every capability
+    /// the kubelet holds and every device, and leaves /proc and /sys unmasked (the process runtime's processes are the
+    /// kubelet's own children, root on the node, already).
+    pub privileged: bool,
+    /// The container's hostPath volume mounts, for an image runtime (the process runtime's
+    /// processes see the node's files).
+    pub host_mounts: Vec<crate::volumes::HostMount>,
 }
 
 /// What a run is doing.
@@ -82,6 +89,11 @@ pub trait Runtime: Send + Sync {
     /// The runtime's name in `containerID` (`<scheme>://<id>`).
     fn scheme(&self) -> &'static str {
         "process"
+    }
+    /// Whether containers get their hostPath volumes from the runtime (an image runtime's
+    /// root file system is not the node's): the kubelet then checks and prepares them.
+    fn mounts_host_paths(&self) -> bool {
+        false
     }
 }
 

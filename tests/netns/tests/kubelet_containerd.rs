@@ -7,6 +7,14 @@
 //! ErrImagePull/ImagePullBackOff and an Event and no hot loop, a kill -9 of the kubelet adopts
 //! the running containers (none started twice, none duplicated), and deleting the pods removes
 //! their tasks, containers, snapshots, namespaces and addresses.
+//!
+//! Cgroups (one network mode: they have no network side): a containerd pod's container runs in
+//! its own cgroup under the pod's (the kubelet's `--cgroup-root`, here relative to the test's
+//! own cgroups, which differ per hierarchy) with the pod's limits; `/stats/summary` reads its
+//! memory and CPU there; over its memory limit the kernel's OOM killer ends it, 137 and
+//! OOMKilled, restarted with back-off — and without the limit the same program completes (the
+//! negative control); deleting the pods removes their cgroups, runc's in the other
+//! hierarchies too.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -29,6 +37,7 @@ use kubelet::{Kubelets, create_pod, wait_node_ready, wait_pod};
 use netns_testbed::cluster::{ControlPlane, kubectl};
 use netns_testbed::containerd::Containerd;
 use netns_testbed::{Node, Testbed, bin_path};
+use trellis_kubelet::cgroup::Cgroup;
 
 /// The containerd namespace of the test's kubelets.
 const NS: &str = "trellis";
@@ -442,6 +451,264 @@ async fn scenario(
     }
     // The image stays (the kubelet never removes images).
     assert!(ctr(&ctrd, &["images", "ls", "-q"]).await.contains(IMAGE));
+    drop(k);
+    drop(ctrd);
+}
+
+fn status_of<'a>(p: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    p["status"]["containerStatuses"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["name"] == name))
+        .unwrap_or(&serde_json::Value::Null)
+}
+
+/// A cgroup file: v1 from the hierarchy's directory (`cpu` or `memory`), v2 from the one.
+fn cg_file(cg: &Cgroup, hierarchy: &str, file: &str) -> String {
+    let dir = match cg {
+        Cgroup::V1 { cpu, memory, .. } if hierarchy == "cpu" => cpu.clone(),
+        Cgroup::V1 { memory, .. } => memory.clone(),
+        Cgroup::V2 { dir, .. } => dir.clone(),
+    };
+    std::fs::read_to_string(dir.join(file))
+        .unwrap_or_else(|e| panic!("{}/{file}: {e}", dir.display()))
+        .trim()
+        .to_string()
+}
+
+/// The mount points of the host's cgroup hierarchies, v1 and v2.
+fn hierarchies() -> Vec<std::path::PathBuf> {
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    mi.lines()
+        .filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            ["cgroup", "cgroup2"]
+                .contains(&post.split_whitespace().next()?)
+                .then(|| pre.split_whitespace().nth(4).map(std::path::PathBuf::from))?
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn containerd_pods_get_cgroups_limits_oom_kills_and_stats() {
+    netns_testbed::require_tool("busybox", "busybox-static");
+    let curl = netns_testbed::require_tool("curl", "curl");
+    let c = overlay_cluster::Cluster::start(1).await;
+    let (tb, cp, client) = (&c.tb, &c.cp, &c.client);
+    let w = &c.workers[0];
+    // Dropped before the testbed: containers killed and deleted while containerd runs.
+    let ctrd = Containerd::start(tb).await.unwrap();
+    let sock = ctrd.socket().display().to_string();
+    let image = ctrd.busybox_image(IMAGE).unwrap();
+    let out = import(
+        tb,
+        &w.node,
+        &[
+            image.to_str().unwrap(),
+            "--address",
+            &sock,
+            "--namespace",
+            NS,
+        ],
+    )
+    .await;
+    assert!(out.success(), "{out:?}");
+    let mut k = Kubelets::new(tb);
+    let extra = [
+        "--runtime",
+        "containerd",
+        "--containerd-address",
+        &sock,
+        "--containerd-namespace",
+        NS,
+    ];
+    k.start_with(tb, cp, &w.node, &w.dirs, "net.d", &extra);
+    wait_node_ready(client, &w.node.name).await;
+    let root = k.cgroup(&w.node.name);
+
+    // A Guaranteed pod: its container's process is in <pod cgroup>/app in every hierarchy,
+    // with the pod's limits (250m: 25 ms per 100 ms, 256 shares; 64Mi).
+    create_pod(client, json!({"metadata": {"name": "limited"}, "spec": {"nodeName": w.node.name,
+        "terminationGracePeriodSeconds": 1,
+        "containers": [{"name": "app", "image": IMAGE,
+            "command": ["/bin/sh", "-c",
+                "x=$(/bin/busybox head -c 8000000 /dev/zero | /bin/busybox tr '\\000' x); echo held ${#x}; sleep 3600; echo ${#x}"],
+            "resources": {"limits": {"cpu": "250m", "memory": "64Mi"}}}]}}))
+    .await;
+    let p = wait_pod(
+        client,
+        "limited",
+        Duration::from_secs(90),
+        "Running",
+        running,
+    )
+    .await;
+    assert_eq!(p["status"]["qosClass"], "Guaranteed");
+    let uid = p["metadata"]["uid"].as_str().unwrap().to_string();
+    let pod_cg = root.child(&format!("pod{uid}"));
+    let app = pod_cg.child("app");
+    let pid: i32 = std::fs::read_to_string(k.pod_dir(0, &uid).join("containers/app/0/pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    for procs in app.procs_files() {
+        let listed = std::fs::read_to_string(&procs).unwrap();
+        assert!(
+            listed.lines().any(|l| l.trim() == pid.to_string()),
+            "the container's process {pid} is in {}: {listed:?}",
+            procs.display()
+        );
+    }
+    match &app {
+        Cgroup::V1 { .. } => {
+            assert_eq!(
+                cg_file(&app, "memory", "memory.limit_in_bytes"),
+                (64u64 << 20).to_string()
+            );
+            assert_eq!(cg_file(&app, "cpu", "cpu.cfs_quota_us"), "25000");
+            assert_eq!(cg_file(&app, "cpu", "cpu.shares"), "256");
+        }
+        Cgroup::V2 { .. } => {
+            assert_eq!(
+                cg_file(&app, "memory", "memory.max"),
+                (64u64 << 20).to_string()
+            );
+            assert_eq!(cg_file(&app, "cpu", "cpu.max"), "25000 100000");
+        }
+    }
+
+    // /stats/summary reads the pod's and the container's cgroups: the 8 MB the shell holds.
+    let kc = cp.write_local_kubeconfig(tb).unwrap();
+    let kubectl_bin = netns_testbed::require_tool("kubectl", "kubectl (the image's own)");
+    let mut logs = (0, String::new(), String::new());
+    for _ in 0..150 {
+        logs = kubectl(&kubectl_bin, &kc, &["logs", "limited"]).await;
+        if logs.1.contains("held 8000000") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        logs.1.contains("held 8000000"),
+        "kubectl logs limited: {logs:?}"
+    );
+    let pki = cp.dir.join("pki");
+    let url = format!("https://{}:10250/stats/summary", w.node.ip);
+    let out = tb
+        .exec_ok(
+            &cp.node.ns,
+            &[
+                curl.to_str().unwrap(),
+                "-sSk",
+                "--max-time",
+                "10",
+                "--cert",
+                pki.join("admin.crt").to_str().unwrap(),
+                "--key",
+                pki.join("admin.key").to_str().unwrap(),
+                &url,
+            ],
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let pod = v["pods"]
+        .as_array()
+        .and_then(|ps| {
+            ps.iter()
+                .find(|p| p["podRef"]["name"] == "limited")
+                .cloned()
+        })
+        .unwrap_or_else(|| panic!("limited in {v:#}"));
+    let ctr = &pod["containers"][0];
+    assert_eq!(ctr["name"], "app", "{pod:#}");
+    for (what, m) in [("pod", &pod["memory"]), ("container", &ctr["memory"])] {
+        assert!(
+            m["workingSetBytes"].as_u64().unwrap_or(0) >= 8_000_000,
+            "the {what}'s working set holds the shell's 8 MB: {pod:#}"
+        );
+    }
+    assert!(
+        ctr["cpu"]["usageCoreNanoSeconds"].as_u64().unwrap_or(0) > 0,
+        "{pod:#}"
+    );
+
+    // Over its 16Mi limit the kernel kills the container: 137, OOMKilled, restarted after
+    // its back-off (2 s in this test's kubelet).
+    create_pod(
+        client,
+        json!({"metadata": {"name": "hog"}, "spec": {"nodeName": w.node.name,
+        "terminationGracePeriodSeconds": 1,
+        "containers": [{"name": "c", "image": IMAGE,
+            "command": ["/bin/busybox", "dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
+            "resources": {"limits": {"memory": "16Mi"}}}]}}),
+    )
+    .await;
+    let p = wait_pod(
+        client,
+        "hog",
+        Duration::from_secs(90),
+        "two OOM restarts",
+        |p| status_of(p, "c")["restartCount"].as_u64() >= Some(2),
+    )
+    .await;
+    let cs = status_of(&p, "c");
+    assert_eq!(
+        cs["lastState"]["terminated"]["reason"], "OOMKilled",
+        "{cs:#}"
+    );
+    assert_eq!(cs["lastState"]["terminated"]["exitCode"], 137, "{cs:#}");
+    let hog_uid = p["metadata"]["uid"].as_str().unwrap().to_string();
+    let run = |n: u32, f: &str| k.pod_dir(0, &hog_uid).join(format!("containers/c/{n}/{f}"));
+    let mtime = |p: std::path::PathBuf| std::fs::metadata(&p).unwrap().modified().unwrap();
+    assert!(
+        mtime(run(1, "containerd.json"))
+            .duration_since(mtime(run(0, "exit")))
+            .unwrap()
+            >= Duration::from_secs(2),
+        "first restart after ≥ 2 s"
+    );
+    assert!(run(0, "oom").exists() && run(1, "oom").exists());
+
+    // The negative control: the same program without a limit completes.
+    create_pod(client, json!({"metadata": {"name": "free"}, "spec": {"nodeName": w.node.name,
+        "restartPolicy": "Never",
+        "containers": [{"name": "c", "image": IMAGE,
+            "command": ["/bin/busybox", "dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"]}]}}))
+    .await;
+    let p = wait_pod(client, "free", Duration::from_secs(90), "Succeeded", |p| {
+        p["status"]["phase"] == "Succeeded"
+    })
+    .await;
+    let cs = status_of(&p, "c");
+    assert_eq!(cs["state"]["terminated"]["exitCode"], 0, "{cs:#}");
+    assert_eq!(cs["state"]["terminated"]["reason"], "Completed", "{cs:#}");
+
+    // Deleting the pods removes their cgroups, and the directories runc made for their
+    // containers in the other hierarchies.
+    let rel = pod_cg.oci_path().unwrap();
+    let api: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let names = ["limited", "hog", "free"];
+    for name in names {
+        api.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    for name in names {
+        let mut gone = false;
+        for _ in 0..400 {
+            if api.get_opt(name).await.unwrap().is_none() {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(gone, "{name} was never finished by its kubelet");
+    }
+    assert!(!pod_cg.exists(), "{pod_cg:?}");
+    for h in hierarchies() {
+        let d = h.join(rel.trim_start_matches('/'));
+        assert!(!d.exists(), "{} left", d.display());
+    }
     drop(k);
     drop(ctrd);
 }

@@ -49,6 +49,9 @@ pub const LABEL_RUN: &str = "io.trellis.run";
 pub const RUN_FILE: &str = "containerd.json";
 /// How often the runtime reconciles containerd with the run directories.
 const RECONCILE: Duration = Duration::from_secs(10);
+/// How long deleting a finished task may take: the shim waits up to 12 s for the logging
+/// binary to drain the container's output.
+const TASK_DELETE: Duration = Duration::from_secs(30);
 
 /// Where containerd is and how containers are made.
 #[derive(Debug, Clone)]
@@ -86,6 +89,78 @@ pub struct ContainerdRuntime {
 struct RunRecord {
     id: String,
     image: String,
+    /// The container's cgroup directories (empty without pod cgroups).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    cgroup: Vec<PathBuf>,
+    /// Its OOM kill count before the run started: a count above it when the run ended with a
+    /// failure is an OOM kill, as the process runtime's shim decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ooms_before: Option<u64>,
+}
+
+/// CAP_SYS_RESOURCE's bit in a capability set.
+const CAP_SYS_RESOURCE: u64 = 1 << 24;
+
+/// `adj` as runc's init can set it. The kernel refuses an `oom_score_adj` below the inherited
+/// minimum without CAP_SYS_RESOURCE, and runc then fails the container; a kubelet without that
+/// capability (a sandbox that drops it) gives its containers no less than its own score —
+/// the process runtime's shim, whose write the kernel refuses, leaves them at it too.
+fn settable_oom_score_adj(adj: i32) -> i32 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let capable = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|caps| caps & CAP_SYS_RESOURCE != 0);
+    if capable {
+        return adj;
+    }
+    let own = read_i32(Path::new("/proc/self/oom_score_adj")).unwrap_or(0);
+    adj.max(own)
+}
+
+/// Where a run's container goes among the cgroups, and its limits.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    /// `linux.cgroupsPath`.
+    pub path: String,
+    /// `linux.resources`.
+    pub resources: Value,
+    /// `process.oomScoreAdj`.
+    pub oom_score_adj: Option<i32>,
+    /// The `cgroup.procs` files the container's process is written to between create and
+    /// start: the container's cgroup in each hierarchy (where runc put it already, a no-op;
+    /// where `path` names another cgroup, the move that puts it under its pod).
+    pub join: Vec<PathBuf>,
+}
+
+impl Placement {
+    /// The container's place under its pod cgroup, `<pod cgroup>/<container name>` as the
+    /// process runtime has it (so `/stats/summary` reads it the same way), with the limits
+    /// of `resources`.
+    pub fn under_pod(
+        cgroup: &crate::cgroup::Cgroup,
+        resources: &crate::cgroup::Resources,
+    ) -> Result<Placement, crate::cgroup::Error> {
+        let v2 = matches!(cgroup, crate::cgroup::Cgroup::V2 { .. });
+        Ok(Placement {
+            path: cgroup.oci_path()?,
+            resources: resources.oci(cgroup.accounts_swap(), v2),
+            oom_score_adj: resources.oom_score_adj.map(settable_oom_score_adj),
+            join: cgroup.procs_files(),
+        })
+    }
+
+    /// Without pod cgroups (`--cgroups-per-qos=false`): runc's own cgroup
+    /// `/<namespace>/<id>`, no limits (as the process runtime enforces none then).
+    pub fn unmanaged(namespace: &str, id: &str) -> Placement {
+        Placement {
+            path: format!("/{namespace}/{id}"),
+            resources: json!({"devices": [{"allow": false, "access": "rwm"}]}),
+            oom_score_adj: None,
+            join: Vec::new(),
+        }
+    }
 }
 
 fn run_dir(sandbox: &Sandbox, name: &str, attempt: u32) -> PathBuf {
@@ -126,7 +201,7 @@ fn read_state(dir: &Path) -> Option<RunState> {
             started,
             finished: mtime(&dir.join(EXIT_FILE)).unwrap_or(started),
             start_error: std::fs::read_to_string(dir.join(START_ERROR_FILE)).ok(),
-            // containerd's `/tasks/oom` event is not watched yet: an OOM kill shows as 137.
+            // Written by the waiter from the container cgroup's OOM kill count.
             oom_killed: dir.join(crate::shim::OOM_FILE).exists(),
         });
     }
@@ -252,8 +327,7 @@ fn user(u: Option<&str>) -> Result<(u32, u32), String> {
 /// The OCI runtime spec of one run.
 #[allow(clippy::too_many_arguments)]
 pub fn spec(
-    id: &str,
-    namespace: &str,
+    placement: &Placement,
     sandbox: &Sandbox,
     netns: &Path,
     args: Vec<String>,
@@ -280,7 +354,7 @@ pub fn spec(
         mounts.push(bind(crate::serviceaccount::MOUNT_PATH, sa, true));
     }
     let caps: Vec<&str> = CAPS.to_vec();
-    json!({
+    let mut spec = json!({
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
@@ -300,15 +374,137 @@ pub fn spec(
                 {"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"},
                 {"type": "network", "path": netns}
             ],
-            "cgroupsPath": format!("/{namespace}/{id}"),
-            "resources": {"devices": [{"allow": false, "access": "rwm"}]},
+            "cgroupsPath": placement.path,
+            "resources": placement.resources,
             "maskedPaths": ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys",
                 "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",
                 "/proc/sched_debug", "/sys/firmware", "/proc/scsi"],
             "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys",
                 "/proc/sysrq-trigger"]
         }
-    })
+    });
+    if let Some(adj) = placement.oom_score_adj {
+        spec["process"]["oomScoreAdj"] = adj.into();
+    }
+    spec
+}
+
+/// Every capability, in the kernel's numbering (`CAP_CHECKPOINT_RESTORE` is 40).
+const ALL_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+/// The capabilities a privileged container gets: those of the kubelet's own bounding set
+/// (`CapBnd` of /proc/self/status), as containerd's CRI plugin takes its own — runc cannot
+/// give more ("unable to apply caps"), and in a sandbox that is less than the kernel has.
+pub fn cap_names() -> Vec<&'static str> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    caps_of(&status)
+}
+
+/// The capabilities named by the `CapBnd:` line of a /proc status text (every one we know of
+/// when it has none).
+fn caps_of(status: &str) -> Vec<&'static str> {
+    let mask = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+        .unwrap_or(u64::MAX);
+    ALL_CAPS
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| mask & (1u64 << i) != 0)
+        .map(|(_, c)| *c)
+        .collect()
+}
+
+/// `securityContext.privileged: true`, as containerd's CRI plugin makes it: every capability
+/// in `caps` (all the kubelet has: [`cap_names`]), no `noNewPrivileges`, every device allowed and the node's `/dev` in place of the
+/// private one, nothing masked or read-only in /proc, /sys writable. The deploy/ agents need it
+/// (iptables, ipset and nft over netlink want CAP_NET_ADMIN; sysctls want a writable /proc/sys).
+pub fn make_privileged(spec: &mut Value, caps: &[&str]) {
+    let caps: Vec<Value> = caps.iter().map(|c| json!(c)).collect();
+    spec["process"]["capabilities"] = json!({
+        "bounding": caps, "effective": caps, "permitted": caps,
+    });
+    spec["process"]["noNewPrivileges"] = json!(false);
+    spec["linux"]["maskedPaths"] = json!([]);
+    spec["linux"]["readonlyPaths"] = json!([]);
+    spec["linux"]["resources"]["devices"] = json!([{"allow": true, "access": "rwm"}]);
+    if let Some(mounts) = spec["mounts"].as_array_mut() {
+        for m in mounts.iter_mut() {
+            match m["destination"].as_str() {
+                Some("/sys") => {
+                    if let Some(opts) = m["options"].as_array_mut() {
+                        opts.retain(|o| o != "ro");
+                        opts.push(json!("rw"));
+                    }
+                }
+                // The node's devices (runc then makes none of its own).
+                Some("/dev") => {
+                    *m = json!({"destination": "/dev", "type": "bind", "source": "/dev",
+                        "options": ["rbind", "rprivate", "rw"]});
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The container's hostPath volumes as bind mounts (one at a destination the runtime mounts
+/// already, such as /etc/hosts, replaces it).
+pub fn add_host_mounts(spec: &mut Value, host: &[crate::volumes::HostMount]) {
+    let Some(mounts) = spec["mounts"].as_array_mut() else {
+        return;
+    };
+    for h in host {
+        let dest = h.container.to_string_lossy().into_owned();
+        mounts.retain(|m| m["destination"].as_str() != Some(dest.as_str()));
+        mounts.push(
+            json!({"destination": dest, "type": "bind", "source": h.host,
+            "options": ["rbind", "rprivate", if h.read_only { "ro" } else { "rw" }]}),
+        );
+    }
 }
 
 impl ContainerdRuntime {
@@ -430,6 +626,7 @@ impl Inner {
         self: &Arc<Self>,
         sandbox: &Sandbox,
         run: &ContainerRun,
+        placement: &Placement,
         id: &str,
         dir: &Path,
         log: &Path,
@@ -468,9 +665,8 @@ impl Inner {
             sandbox.dir.join("hostname"),
             format!("{}\n", sandbox.hostname),
         );
-        let spec = spec(
-            id,
-            &self.conn.namespace,
+        let mut spec = spec(
+            placement,
             sandbox,
             &netns,
             args,
@@ -478,18 +674,25 @@ impl Inner {
             &cwd,
             uid_gid,
         );
+        if run.privileged {
+            make_privileged(&mut spec, &cap_names());
+        }
+        add_host_mounts(&mut spec, &run.host_mounts);
         let labels = HashMap::from([
             (LABEL_NODE.to_string(), self.s.node.clone()),
             (LABEL_RUN.to_string(), dir.to_string_lossy().into_owned()),
         ]);
         let other = |e: CtrdError| StartFailure::Other(e.to_string());
         let lease = self.conn.lease("container").await.map_err(other)?;
-        let made = self.make(id, &img, spec, labels, &lease, log).await;
+        let made = self
+            .make(id, &img, spec, labels, &lease, log, &placement.join)
+            .await;
         self.conn.release(&lease).await;
         let pid = made?;
         Ok(pid)
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn make(
         self: &Arc<Self>,
         id: &str,
@@ -498,6 +701,7 @@ impl Inner {
         labels: HashMap<String, String>,
         lease: &str,
         log: &Path,
+        join: &[PathBuf],
     ) -> Result<u32, StartFailure> {
         let other = |what: &str, s: tonic::Status| {
             StartFailure::Other(CtrdError::rpc(what.to_string(), s).to_string())
@@ -549,7 +753,7 @@ impl Inner {
             .map_err(|s| other("create the container", s))?;
         let uri = log_uri(&self.s.logger, log, self.s.rotation);
         let mut tasks = TasksClient::new(self.conn.channel.clone());
-        tasks
+        let created = tasks
             .create(self.conn.request_leased(
                 CreateTaskRequest {
                     container_id: id.to_string(),
@@ -563,7 +767,19 @@ impl Inner {
                 Some(lease),
             ))
             .await
-            .map_err(|s| other("create the task", s))?;
+            .map_err(|s| other("create the task", s))?
+            .into_inner();
+        // runc's init waits for the start: its cgroups are settled before anything of the
+        // image runs (memory charged from the first page to the cgroup that limits it).
+        for procs in join {
+            std::fs::write(procs, created.pid.to_string()).map_err(|e| {
+                StartFailure::Other(format!(
+                    "move the container's process {} into {}: {e}",
+                    created.pid,
+                    procs.display()
+                ))
+            })?;
+        }
         let started = tasks
             .start(self.req(StartRequest {
                 container_id: id.to_string(),
@@ -603,15 +819,44 @@ impl Inner {
                 }
             }
         };
-        if dir.is_dir() && !dir.join(EXIT_FILE).exists() {
-            // The logging binary gets the last output when the task's pipes close; give it a
-            // moment so a reader that sees the exit has the whole log. A pod being removed
-            // takes its directory meanwhile: nothing is written then (the kubelet's removal
-            // retries should this write land in the middle of it).
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            if dir.join(RUN_FILE).is_file() {
-                let _ = write_atomic(&dir, EXIT_FILE, &code.to_string());
+        // An OOM kill: the container cgroup's count grew during a run that failed (read
+        // before the task goes: runc removes the cgroup it made with it).
+        let rec = std::fs::read(dir.join(RUN_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<RunRecord>(&b).ok());
+        let oom = rec.as_ref().and_then(|r| {
+            let after = crate::cgroup::oom_kills(&r.cgroup)?;
+            (code != 0 && after > r.ooms_before?).then_some(after)
+        });
+        // The task goes before the exit is written: deleting it closes the shim's end of the
+        // container's output, the logging binary reads what is left to the end and exits, and
+        // the shim waits for that (12 s at most) before it answers — a reader that sees the
+        // exit has the whole log. runc removes the container's cgroups meanwhile, so a restart
+        // never meets the previous run's. Bounded: a hung shim does not hold the exit.
+        let deleted = tokio::time::timeout(
+            TASK_DELETE,
+            tasks.delete(self.req(DeleteTaskRequest {
+                container_id: id.clone(),
+            })),
+        )
+        .await;
+        match deleted {
+            Ok(Ok(_)) => {}
+            Ok(Err(s)) if s.code() == tonic::Code::NotFound => {}
+            Ok(Err(s)) => {
+                tracing::warn!(container = %id, error = %s.message(), "deleting a finished containerd task");
             }
+            Err(_) => {
+                tracing::warn!(container = %id, "deleting a finished containerd task: no answer within {TASK_DELETE:?}");
+            }
+        }
+        // A pod being removed takes its directory meanwhile: nothing is written then (the
+        // kubelet's removal retries should this write land in the middle of it).
+        if dir.is_dir() && !dir.join(EXIT_FILE).exists() && dir.join(RUN_FILE).is_file() {
+            if let Some(n) = oom {
+                let _ = write_atomic(&dir, crate::shim::OOM_FILE, &n.to_string());
+            }
+            let _ = write_atomic(&dir, EXIT_FILE, &code.to_string());
         }
         self.remove(&id, false).await;
         self.set_busy(&id, false);
@@ -803,6 +1048,24 @@ impl Runtime for ContainerdRuntime {
         let dir = run_dir(sandbox, &run.name, run.attempt);
         let log = self.log_path(sandbox, &run.name, run.attempt);
         let image = run.image.clone().unwrap_or_default();
+        // The container's cgroup under its pod's and its limits first, as the process runtime
+        // makes them: a limit the kernel refuses leaves no run behind. runc writes the same
+        // limits again from the spec.
+        let (placement, cgroup_dirs, ooms_before) = match &sandbox.cgroup {
+            Some(pod) => {
+                let c = pod.child(&run.name);
+                c.create()?;
+                c.apply(&run.resources)?;
+                let dirs = c.dirs();
+                let before = crate::cgroup::oom_kills(&dirs);
+                (Placement::under_pod(&c, &run.resources)?, dirs, before)
+            }
+            None => (
+                Placement::unmanaged(&self.inner.conn.namespace, &id),
+                Vec::new(),
+                None,
+            ),
+        };
         if !self.inner.set_busy(&id, true) {
             return Err(Error::Other(format!(
                 "container {id} is being started already"
@@ -827,6 +1090,8 @@ impl Runtime for ContainerdRuntime {
             let rec = RunRecord {
                 id: idc.clone(),
                 image: image.clone(),
+                cgroup: cgroup_dirs,
+                ooms_before,
             };
             write_atomic(
                 &d,
@@ -834,7 +1099,7 @@ impl Runtime for ContainerdRuntime {
                 &serde_json::to_string(&rec).unwrap_or_default(),
             )
             .map_err(|e| StartFailure::Other(format!("write {RUN_FILE}: {e}")))?;
-            match inner.create(&sb, &r, &idc, &d, &l).await {
+            match inner.create(&sb, &r, &placement, &idc, &d, &l).await {
                 Ok(pid) => {
                     let _ = write_atomic(&d, PID_FILE, &pid.to_string());
                     tokio::spawn(inner.clone().wait(idc, d));
@@ -904,6 +1169,10 @@ impl Runtime for ContainerdRuntime {
     fn scheme(&self) -> &'static str {
         "containerd"
     }
+
+    fn mounts_host_paths(&self) -> bool {
+        true
+    }
 }
 
 /// `trellis container-log <max size>:<max files>:<path>`: the logging binary containerd's shim
@@ -942,6 +1211,16 @@ pub fn logger_main(args: &[OsString]) -> i32 {
             return 1;
         }
     };
+    // Deleting the task closes the shim's end of the pipes and sends SIGTERM at once; the
+    // shim then waits (12 s) for this process to exit. SIGTERM is held pending, never acted
+    // on: what is still in the pipes is read to their end first, and the shim's answer to the
+    // delete follows the log's last line. Blocked before the readers start (they inherit it)
+    // and before fd 5 closes (the shim may delete the task any time after).
+    let mut term = nix::sys::signal::SigSet::empty();
+    term.add(Signal::SIGTERM);
+    if let Err(e) = term.thread_block() {
+        eprintln!("container-log: blocking SIGTERM: {e}");
+    }
     for fd in [3, 4, 5] {
         let _ = nix::unistd::close(fd);
     }
@@ -1032,6 +1311,153 @@ mod tests {
             "{u}"
         );
         assert!(u.contains("%3A") && u.contains("c%20c"), "{u}");
+    }
+
+    fn sample_spec() -> Value {
+        let sb = Sandbox {
+            dir: PathBuf::from("/var/lib/k/pods/u"),
+            netns: None,
+            hostname: "h".into(),
+            service_account: None,
+            cgroup: None,
+        };
+        spec(
+            &Placement::unmanaged("trellis", "id"),
+            &sb,
+            Path::new("/proc/1/ns/net"),
+            vec!["/bin/true".into()],
+            Vec::new(),
+            "/",
+            (0, 0),
+        )
+    }
+
+    #[test]
+    fn privileged_gets_every_capability_and_device_and_nothing_masked() {
+        let plain = sample_spec();
+        let caps = plain["process"]["capabilities"]["bounding"].to_string();
+        assert!(!caps.contains("CAP_NET_ADMIN"), "negative control: {caps}");
+        assert_ne!(plain["linux"]["maskedPaths"], json!([]));
+        let mut s = sample_spec();
+        make_privileged(&mut s, &cap_names());
+        let caps = s["process"]["capabilities"]["effective"].to_string();
+        assert!(
+            caps.contains("CAP_NET_ADMIN") && caps.contains("CAP_SYS_ADMIN"),
+            "{caps}"
+        );
+        assert_eq!(s["process"]["noNewPrivileges"], false);
+        assert_eq!(s["linux"]["maskedPaths"], json!([]));
+        assert_eq!(s["linux"]["readonlyPaths"], json!([]));
+        assert_eq!(
+            s["linux"]["resources"]["devices"],
+            json!([{"allow": true, "access": "rwm"}])
+        );
+        let mounts = s["mounts"].as_array().unwrap();
+        let at = |d: &str| mounts.iter().find(|m| m["destination"] == d).unwrap();
+        assert_eq!(at("/dev")["source"], "/dev");
+        let sys = at("/sys")["options"].to_string();
+        assert!(sys.contains("rw") && !sys.contains("\"ro\""), "{sys}");
+        assert_eq!(cap_names()[0], "CAP_CHOWN");
+        // A bounding set without CAP_SYS_MODULE (16) and CAP_SYS_BOOT (22): neither is given.
+        let bnd = caps_of("Name:\tx\nCapBnd:\t000001ffffbeffff\n");
+        assert!(!bnd.contains(&"CAP_SYS_MODULE") && !bnd.contains(&"CAP_SYS_BOOT"));
+        assert!(bnd.contains(&"CAP_NET_ADMIN") && bnd.contains(&"CAP_CHECKPOINT_RESTORE"));
+        assert_eq!(caps_of("").len(), ALL_CAPS.len());
+    }
+
+    #[test]
+    fn host_paths_become_bind_mounts() {
+        let mut s = sample_spec();
+        let n = s["mounts"].as_array().unwrap().len();
+        add_host_mounts(
+            &mut s,
+            &[
+                crate::volumes::HostMount {
+                    host: "/run/trellis".into(),
+                    container: "/run/trellis".into(),
+                    read_only: false,
+                },
+                crate::volumes::HostMount {
+                    host: "/node/hosts".into(),
+                    container: "/etc/hosts".into(),
+                    read_only: true,
+                },
+            ],
+        );
+        let mounts = s["mounts"].as_array().unwrap();
+        assert_eq!(
+            mounts.len(),
+            n + 1,
+            "/etc/hosts replaced, /run/trellis added"
+        );
+        let m = mounts
+            .iter()
+            .find(|m| m["destination"] == "/run/trellis")
+            .unwrap();
+        assert_eq!(m["type"], "bind");
+        assert_eq!(m["options"], json!(["rbind", "rprivate", "rw"]));
+        let h = mounts
+            .iter()
+            .find(|m| m["destination"] == "/etc/hosts")
+            .unwrap();
+        assert_eq!(h["source"], "/node/hosts");
+        assert_eq!(h["options"][2], "ro");
+    }
+
+    /// The spec puts the container at its placement: under the pod cgroup, with the limits and
+    /// the OOM score the process runtime gives its containers; without pod cgroups runc's own
+    /// `/<namespace>/<id>` and no limits.
+    #[test]
+    fn the_spec_carries_the_cgroup_path_limits_and_oom_score() {
+        let sandbox = Sandbox {
+            dir: PathBuf::from("/var/lib/k/pods/u1"),
+            netns: None,
+            hostname: "h".into(),
+            service_account: None,
+            cgroup: None,
+        };
+        let pod = crate::cgroup::Cgroup::V2 {
+            mount: "/sys/fs/cgroup".into(),
+            dir: "/sys/fs/cgroup/trellis/n1/burstable/podu1".into(),
+        };
+        let r = crate::cgroup::Resources {
+            cpu_shares: Some(102),
+            cpu_quota_us: Some(20_000),
+            memory_limit: Some(16 << 20),
+            oom_score_adj: Some(999),
+        };
+        let p = Placement::under_pod(&pod.child("c"), &r).unwrap();
+        assert_eq!(
+            p.join,
+            [PathBuf::from(
+                "/sys/fs/cgroup/trellis/n1/burstable/podu1/c/cgroup.procs"
+            )]
+        );
+        let s = spec(
+            &p,
+            &sandbox,
+            Path::new("/run/netns/x"),
+            vec!["/bin/sh".into()],
+            Vec::new(),
+            "/",
+            (0, 0),
+        );
+        assert_eq!(s["linux"]["cgroupsPath"], "/trellis/n1/burstable/podu1/c");
+        assert_eq!(s["linux"]["resources"]["memory"]["limit"], 16u64 << 20);
+        assert_eq!(s["linux"]["resources"]["cpu"]["quota"], 20_000);
+        assert_eq!(s["process"]["oomScoreAdj"], 999);
+        let s = spec(
+            &Placement::unmanaged("trellis", "trellis-u1-c-0"),
+            &sandbox,
+            Path::new("/run/netns/x"),
+            vec!["/bin/sh".into()],
+            Vec::new(),
+            "/",
+            (0, 0),
+        );
+        assert_eq!(s["linux"]["cgroupsPath"], "/trellis/trellis-u1-c-0");
+        assert!(s["linux"]["resources"].get("memory").is_none());
+        assert!(s["process"].get("oomScoreAdj").is_none());
     }
 
     #[test]
