@@ -51,9 +51,14 @@ pub struct Args {
     /// /healthz, /readyz and /metrics.
     #[arg(long, default_value = "127.0.0.1:10248")]
     listen: SocketAddr,
-    /// How often pods are synced, in milliseconds.
+    /// How often each pod is synced at the latest, in milliseconds (a pod is also synced at
+    /// once when it changes, while a container is being created and when a probe is due).
     #[arg(long, default_value_t = 1000)]
     sync_ms: u64,
+    /// How many pods are synced at once (sandbox and CNI ADD, container starts, probes,
+    /// status); a pod's own syncs never overlap.
+    #[arg(long, default_value_t = 16)]
+    max_parallel_pod_syncs: usize,
     /// First restart back-off in seconds (doubles up to 300).
     #[arg(long, default_value_t = 10)]
     backoff_secs: u64,
@@ -181,6 +186,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         max_pods: args.max_pods,
         port: args.port,
         sync_period: Duration::from_millis(args.sync_ms.max(100)),
+        max_parallel_syncs: args.max_parallel_pod_syncs.max(1),
         backoff_base: Duration::from_secs(args.backoff_secs.max(1)),
         backoff_max: Duration::from_secs(300),
         shim: std::env::current_exe().context("finding the trellis binary")?,

@@ -13,6 +13,7 @@ pub mod logfile;
 pub mod logs;
 pub mod network;
 pub mod node;
+pub mod pod_workers;
 pub mod pods;
 pub mod portforward;
 pub mod probe;
@@ -30,6 +31,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::runtime::{WatchStreamExt, watcher};
 use trellis_daemon::{Health, Metrics};
 
 /// What a kubelet needs to know.
@@ -52,8 +57,11 @@ pub struct Config {
     pub max_pods: u32,
     /// The port published as daemonEndpoints.kubeletEndpoint.
     pub port: u16,
-    /// How often pods are synced (the loop also wakes on watch events).
+    /// How often each pod is synced at the latest (its worker also wakes on the pod's watch
+    /// events, when a container is being created and when a probe is due).
     pub sync_period: Duration,
+    /// Pod passes (sandbox, containers, probes, status) running at once, over all pods.
+    pub max_parallel_syncs: usize,
     /// First restart delay; doubles per restart up to `backoff_max`.
     pub backoff_base: Duration,
     pub backoff_max: Duration,
@@ -145,14 +153,14 @@ pub async fn run(
     tracing::info!(%bound, "kubelet API listening");
     node::register(&client, &cfg).await?;
     let net = network::Network::new(&cfg);
-    let mut pods = pods::Pods::new(cfg.clone(), client.clone(), net.clone(), metrics.clone());
+    let mut rt: Option<Arc<dyn runtime::Runtime>> = None;
     if let RuntimeChoice::Containerd {
         address,
         namespace,
         snapshotter,
     } = &cfg.runtime
     {
-        let rt = containerd::runtime::ContainerdRuntime::start(containerd::runtime::Settings {
+        let ctrd = containerd::runtime::ContainerdRuntime::start(containerd::runtime::Settings {
             address: address.clone(),
             namespace: namespace.clone(),
             snapshotter: snapshotter.clone(),
@@ -163,9 +171,24 @@ pub async fn run(
         })
         .await?;
         tracing::info!(address = %address.display(), namespace, "containerd runtime connected");
-        pods.set_runtime(Arc::new(rt));
+        rt = Some(Arc::new(ctrd));
     }
+    let ctx = Arc::new(pods::Ctx::new(
+        cfg.clone(),
+        client.clone(),
+        net.clone(),
+        metrics.clone(),
+        rt,
+    ));
+    let mut pods = pod_workers::PodWorkers::new(ctx, cfg.max_parallel_syncs);
     pods.adopt().await;
+    // The node's pods: each event reaches the pod's worker at once.
+    let pod_events = watcher(
+        Api::<Pod>::all(client.clone()),
+        watcher::Config::default().fields(&format!("spec.nodeName={}", cfg.node_name)),
+    )
+    .default_backoff();
+    tokio::pin!(pod_events);
     let mut heartbeat = tokio::time::interval(Duration::from_secs(10));
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sync = tokio::time::interval(cfg.sync_period);
@@ -203,10 +226,15 @@ pub async fn run(
                         heartbeat.reset_immediately();
                     }
                 }
-                pods.sync().await;
+                pods.tick().await;
             }
+            Some(ev) = pod_events.next() => match ev {
+                Ok(ev) => pods.handle(ev).await,
+                Err(e) => tracing::warn!(error = %e, "watching the node's pods; retrying"),
+            },
         }
     }
+    pods.shutdown().await;
     let _ = server_stop.send(true);
     tracing::info!("kubelet stopping; pods keep running");
     Ok(())

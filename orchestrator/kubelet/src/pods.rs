@@ -1,7 +1,7 @@
 //! The pods of this node: sandbox (netns + CNI), containers in order with restart back-off,
 //! status as the API shows it, ordered deletion, adoption after a restart, orphan removal.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, Container, Event, Pod, Secret, Service, ServiceAccount,
 };
 use kube::Api;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -107,18 +107,39 @@ struct Retry {
     next: Instant,
 }
 
-pub struct Pods {
-    cfg: Config,
-    client: kube::Client,
-    net: Network,
-    metrics: Arc<Metrics>,
-    rt: Arc<dyn Runtime>,
-    local: BTreeMap<String, Local>,
-    retry: HashMap<String, Retry>,
-    gc_done: bool,
-    /// The burstable tier's CPU shares as last written.
-    tier_shares: Option<u64>,
+/// What every pod's sync shares: the node's configuration, the API client, the network and
+/// the container runtime.
+pub(crate) struct Ctx {
+    pub(crate) cfg: Config,
+    pub(crate) client: kube::Client,
+    pub(crate) net: Network,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) rt: Arc<dyn Runtime>,
 }
+
+/// One pod's sync: what the kubelet keeps of it between passes. Each pod has exactly one,
+/// owned by its worker task ([`crate::pod_workers`]), so no two passes of a pod ever run at
+/// once while passes of different pods do.
+pub(crate) struct PodSync {
+    ctx: Arc<Ctx>,
+    uid: String,
+    /// The sandbox, once made (or adopted).
+    local: Option<Local>,
+    /// A failed sandbox waiting for its back-off.
+    retry: Option<Retry>,
+    /// How soon to look again while a container's shim has not started its process yet:
+    /// 10 ms, doubling up to the sync period (instead of waiting for it inside the pass).
+    quick: Duration,
+}
+
+/// The first look again after a container start.
+const QUICK_FIRST: Duration = Duration::from_millis(10);
+
+/// The shortest time between two passes over one pod.
+const MIN_PASS_GAP: Duration = Duration::from_millis(5);
+
+/// How often a terminating pod is looked at (its processes gone, its grace period over).
+const TERMINATING_POLL: Duration = Duration::from_millis(200);
 
 fn now_rfc3339() -> String {
     jiff::Timestamp::now().to_string()
@@ -136,71 +157,79 @@ pub fn backoff(base: Duration, max: Duration, n: u32) -> Duration {
     base.checked_mul(factor).unwrap_or(max).min(max)
 }
 
-impl Pods {
-    pub fn new(cfg: Config, client: kube::Client, net: Network, metrics: Arc<Metrics>) -> Pods {
-        let mut passthrough_env = Vec::new();
-        if let Ok(tag) = std::env::var("TRELLIS_TESTBED") {
-            passthrough_env.push(("TRELLIS_TESTBED".to_string(), tag));
-        }
-        let rt: Arc<dyn Runtime> = Arc::new(ProcessRuntime {
-            shim: cfg.shim.clone(),
-            passthrough_env,
-            rotation: cfg.log_rotation,
+/// The CNI container id of pod `uid`'s sandbox.
+pub(crate) fn sandbox_id(uid: &str) -> String {
+    format!("trellis-{}", uid.replace('-', ""))
+}
+
+impl Ctx {
+    pub(crate) fn new(
+        cfg: Config,
+        client: kube::Client,
+        net: Network,
+        metrics: Arc<Metrics>,
+        rt: Option<Arc<dyn Runtime>>,
+    ) -> Ctx {
+        let rt = rt.unwrap_or_else(|| {
+            let mut passthrough_env = Vec::new();
+            if let Ok(tag) = std::env::var("TRELLIS_TESTBED") {
+                passthrough_env.push(("TRELLIS_TESTBED".to_string(), tag));
+            }
+            Arc::new(ProcessRuntime {
+                shim: cfg.shim.clone(),
+                passthrough_env,
+                rotation: cfg.log_rotation,
+            })
         });
-        Pods {
+        Ctx {
             cfg,
             client,
             net,
             metrics,
             rt,
-            local: BTreeMap::new(),
-            retry: HashMap::new(),
-            gc_done: false,
-            tier_shares: None,
         }
-    }
-
-    /// Runs the containers with `rt` instead of the process runtime (before [`Pods::adopt`]).
-    pub fn set_runtime(&mut self, rt: Arc<dyn Runtime>) {
-        self.rt = rt;
     }
 
     fn pods_dir(&self) -> PathBuf {
         self.cfg.root_dir.join("pods")
     }
 
-    /// Reads the sandboxes left by an earlier run: complete ones are adopted as they are,
-    /// half-made ones are torn down; namespaces with our prefix that no sandbox owns are removed.
-    pub async fn adopt(&mut self) {
-        let Ok(entries) = std::fs::read_dir(self.pods_dir()) else {
-            return;
-        };
-        for e in entries.flatten() {
-            let dir = e.path();
-            let rec: Option<SandboxRecord> = std::fs::read(dir.join("sandbox.json"))
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok());
-            match rec {
-                Some(rec) if rec.ready => {
-                    tracing::info!(pod = %format!("{}/{}", rec.namespace, rec.name), "adopting a running pod");
-                    let local = Local::new(rec, dir).with_cgroup(self.cfg.cgroups.as_ref());
-                    self.local.insert(local.rec.uid.clone(), local);
-                }
-                Some(rec) => {
-                    let local = Local::new(rec, dir).with_cgroup(self.cfg.cgroups.as_ref());
-                    self.teardown(&local).await;
-                }
-                None => {
-                    runtime::kill_all(&dir);
-                    let _ = std::fs::remove_dir_all(&dir);
+    /// Reads the sandboxes left by an earlier run: complete ones are adopted as they are
+    /// (returned, one sync each), half-made ones are torn down; namespaces with our prefix and
+    /// pod cgroups that no sandbox owns are removed.
+    pub(crate) async fn adopt(self: &Arc<Self>) -> Vec<PodSync> {
+        let mut adopted: Vec<PodSync> = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(self.pods_dir()) {
+            for e in entries.flatten() {
+                let dir = e.path();
+                let rec: Option<SandboxRecord> = std::fs::read(dir.join("sandbox.json"))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok());
+                match rec {
+                    Some(rec) if rec.ready => {
+                        tracing::info!(pod = %format!("{}/{}", rec.namespace, rec.name), "adopting a running pod");
+                        let local = Local::new(rec, dir).with_cgroup(self.cfg.cgroups.as_ref());
+                        let mut sync = PodSync::new(self.clone(), &local.rec.uid.clone());
+                        sync.local = Some(local);
+                        adopted.push(sync);
+                    }
+                    Some(rec) => {
+                        let local = Local::new(rec, dir).with_cgroup(self.cfg.cgroups.as_ref());
+                        self.teardown(&local).await;
+                    }
+                    None => {
+                        runtime::kill_all(&dir);
+                        let _ = std::fs::remove_dir_all(&dir);
+                    }
                 }
             }
         }
-        let owned: Vec<String> = self
-            .local
-            .values()
-            .filter_map(|l| {
-                l.rec
+        let owned: Vec<String> = adopted
+            .iter()
+            .filter_map(|s| {
+                s.local
+                    .as_ref()?
+                    .rec
                     .netns
                     .as_ref()?
                     .file_name()?
@@ -217,23 +246,19 @@ impl Pods {
                 }
             }
         }
-        self.remove_orphan_cgroups().await;
-        self.metrics.set(
-            "kubelet_running_pods",
-            "Pods with a sandbox on this node",
-            &[],
-            self.local.len() as f64,
-        );
+        let uids: Vec<&str> = adopted.iter().map(|s| s.uid.as_str()).collect();
+        self.remove_orphan_cgroups(&uids).await;
+        adopted
     }
 
     /// Removes the pod cgroups under the kubelet's root that no pod of this kubelet claims
     /// (left by a kubelet killed while it deleted a pod), with any process still in them.
-    async fn remove_orphan_cgroups(&self) {
+    async fn remove_orphan_cgroups(&self, claimed: &[&str]) {
         let Some(root) = &self.cfg.cgroups else {
             return;
         };
         for (rel, uid) in root.pod_cgroups() {
-            if self.local.contains_key(&uid) {
+            if claimed.contains(&uid.as_str()) {
                 continue;
             }
             tracing::info!(cgroup = %rel, "removing an orphan pod cgroup");
@@ -241,368 +266,6 @@ impl Pods {
                 tracing::warn!(cgroup = %rel, error = %e, "removing an orphan pod cgroup");
             }
         }
-    }
-
-    /// The QoS tiers' CPU shares, as upstream's QoS container manager keeps them: besteffort
-    /// the minimum, burstable the sum of its pods' CPU requests (written when it changes).
-    fn set_tier_shares(&mut self, pods: &[Pod]) {
-        let Some(root) = &self.cfg.cgroups else {
-            return;
-        };
-        let want =
-            crate::cgroup::burstable_tier_shares(pods.iter().filter_map(|p| p.spec.as_ref()));
-        if self.tier_shares == Some(want) {
-            return;
-        }
-        let set = |tier: &str, shares: u64| {
-            let cg = root.child(tier);
-            cg.create().and_then(|()| {
-                cg.apply(&crate::cgroup::Resources {
-                    cpu_shares: Some(shares),
-                    ..Default::default()
-                })
-            })
-        };
-        match set("besteffort", crate::cgroup::MIN_SHARES).and_then(|()| set("burstable", want)) {
-            Ok(()) => self.tier_shares = Some(want),
-            Err(e) => tracing::warn!(error = %e, "setting the QoS tiers' CPU shares"),
-        }
-    }
-
-    /// One pass over the node's pods.
-    pub async fn sync(&mut self) {
-        let api: Api<Pod> = Api::all(self.client.clone());
-        let lp = ListParams::default().fields(&format!("spec.nodeName={}", self.cfg.node_name));
-        let pods = match api.list(&lp).await {
-            Ok(l) => l.items,
-            Err(e) => {
-                tracing::warn!(error = %e, "listing the node's pods");
-                return;
-            }
-        };
-        let pods: Vec<Pod> = pods
-            .into_iter()
-            .filter(|p| {
-                p.spec.as_ref().and_then(|s| s.node_name.as_deref())
-                    == Some(self.cfg.node_name.as_str())
-            })
-            .collect();
-        self.set_tier_shares(&pods);
-        let mut seen = Vec::new();
-        for pod in &pods {
-            let Some(uid) = pod.metadata.uid.clone() else {
-                continue;
-            };
-            seen.push(uid.clone());
-            let r = if pod.metadata.deletion_timestamp.is_some() {
-                self.terminate(pod, &uid).await
-            } else {
-                self.ensure(pod, &uid).await
-            };
-            if let Err(e) = r {
-                tracing::warn!(pod = %name_of(pod), error = %e, "syncing pod");
-            }
-        }
-        let orphans: Vec<String> = self
-            .local
-            .keys()
-            .filter(|u| !seen.contains(u))
-            .cloned()
-            .collect();
-        for uid in orphans {
-            if let Some(local) = self.local.remove(&uid) {
-                tracing::info!(pod = %format!("{}/{}", local.rec.namespace, local.rec.name), "pod is gone from the API: removing it");
-                runtime::kill_all(&local.dir);
-                self.teardown(&local).await;
-            }
-        }
-        self.retry.retain(|uid, _| seen.contains(uid));
-        if !self.gc_done {
-            let valid = self
-                .local
-                .values()
-                .map(|l| l.rec.sandbox_id.clone())
-                .collect();
-            match self.net.gc(valid).await {
-                Ok(()) => self.gc_done = true,
-                Err(e) => tracing::debug!(error = %e, "CNI GC"),
-            }
-        }
-        self.metrics.set(
-            "kubelet_running_pods",
-            "Pods with a sandbox on this node",
-            &[],
-            self.local.len() as f64,
-        );
-    }
-
-    async fn event(&self, pod: &Pod, kind: &str, reason: &str, message: &str) {
-        let ns = pod
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into());
-        let name = pod.metadata.name.clone().unwrap_or_default();
-        let ev: Result<Event, _> = serde_json::from_value(json!({
-            "metadata": {"generateName": format!("{name}."), "namespace": ns},
-            "involvedObject": {"kind": "Pod", "namespace": ns, "name": name,
-                "uid": pod.metadata.uid, "apiVersion": "v1"},
-            "reason": reason, "message": message, "type": kind,
-            "source": {"component": "kubelet", "host": self.cfg.node_name},
-            "firstTimestamp": now_rfc3339(), "lastTimestamp": now_rfc3339(), "count": 1,
-        }));
-        if let Ok(ev) = ev {
-            let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
-            if let Err(e) = api.create(&PostParams::default(), &ev).await {
-                tracing::warn!(error = %e, "posting an event");
-            }
-        }
-        tracing::info!(pod = %name_of(pod), reason, message, "event");
-    }
-
-    /// Makes the pod's sandbox, then its containers, then writes its status.
-    async fn ensure(&mut self, pod: &Pod, uid: &str) -> Result<(), Error> {
-        if !self.local.contains_key(uid) {
-            if let Some(r) = self.retry.get(uid)
-                && Instant::now() < r.next
-            {
-                return Ok(());
-            }
-            match self.make_sandbox(pod, uid).await {
-                Ok(local) => {
-                    self.retry.remove(uid);
-                    self.local.insert(uid.to_string(), local);
-                }
-                Err(e) => {
-                    let failures = self.retry.get(uid).map_or(0, |r| r.failures) + 1;
-                    let delay = backoff(self.cfg.backoff_base, self.cfg.backoff_max, failures);
-                    self.retry.insert(
-                        uid.to_string(),
-                        Retry {
-                            failures,
-                            next: Instant::now() + delay,
-                        },
-                    );
-                    self.metrics.inc(
-                        "kubelet_sandbox_failures_total",
-                        "Pod sandboxes (netns + CNI ADD) that failed",
-                        &[],
-                        1.0,
-                    );
-                    let (reason, msg) = match &e {
-                        Error::Cgroup(e) => (
-                            "FailedCreatePodContainer",
-                            format!(
-                                "unable to ensure pod container exists: {e}; retrying in {}s",
-                                delay.as_secs()
-                            ),
-                        ),
-                        e => (
-                            "FailedCreatePodSandBox",
-                            format!(
-                                "Failed to create pod sandbox: {e}; retrying in {}s",
-                                delay.as_secs()
-                            ),
-                        ),
-                    };
-                    self.event(pod, "Warning", reason, &msg).await;
-                    self.patch_status(
-                        pod,
-                        json!({"phase": "Pending", "conditions": [
-                            {"type": "PodScheduled", "status": "True"},
-                            {"type": "PodReadyToStartContainers", "status": "False",
-                             "reason": reason, "message": msg}]}),
-                    )
-                    .await;
-                    return Ok(());
-                }
-            }
-        }
-        if !self.project_service_account(pod, uid).await {
-            return Ok(());
-        }
-        self.run_containers(pod, uid).await?;
-        self.run_probes(pod, uid).await;
-        let status = self.status(pod, uid);
-        let changed = self
-            .local
-            .get(uid)
-            .is_some_and(|l| l.last_status.as_ref() != Some(&status));
-        if changed {
-            let mut st = status.clone();
-            let when = now_rfc3339();
-            let prev = self.local.get(uid).and_then(|l| l.last_status.clone());
-            if let Some(conds) = st["conditions"].as_array_mut() {
-                for c in conds {
-                    let before = prev.as_ref().and_then(|p| {
-                        p["conditions"]
-                            .as_array()?
-                            .iter()
-                            .find(|o| o["type"] == c["type"])
-                            .cloned()
-                    });
-                    if before.is_none_or(|b| b["status"] != c["status"]) {
-                        c["lastTransitionTime"] = json!(when);
-                    }
-                }
-            }
-            if self.patch_status(pod, st).await
-                && let Some(l) = self.local.get_mut(uid)
-            {
-                l.last_status = Some(status);
-            }
-        }
-        Ok(())
-    }
-
-    async fn patch_status(&self, pod: &Pod, status: Value) -> bool {
-        let ns = pod.metadata.namespace.clone().unwrap_or_default();
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
-        let name = pod.metadata.name.clone().unwrap_or_default();
-        match api
-            .patch_status(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": status})),
-            )
-            .await
-        {
-            Ok(_) => true,
-            Err(e) => {
-                tracing::warn!(pod = %name_of(pod), error = %e, "patching pod status");
-                false
-            }
-        }
-    }
-
-    async fn make_sandbox(&self, pod: &Pod, uid: &str) -> Result<Local, Error> {
-        let spec = pod.spec.clone().unwrap_or_default();
-        let host_network = spec.host_network.unwrap_or(false);
-        let namespace = pod
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into());
-        let name = pod.metadata.name.clone().unwrap_or_default();
-        let short: String = uid.chars().filter(|c| *c != '-').take(16).collect();
-        let sandbox_id = format!("trellis-{}", uid.replace('-', ""));
-        let netns_name = format!("{}{}", self.cfg.netns_prefix, short);
-        let dir = self.pods_dir().join(uid);
-        // The pod cgroup and its limits before anything else: a limit the kernel refuses
-        // leaves nothing behind to undo.
-        let cgroup = match &self.cfg.cgroups {
-            Some(root) => {
-                let qos = crate::cgroup::qos_class(&spec)?;
-                let rel = qos.pod_path(uid);
-                let cg = root.child(&rel);
-                let made = crate::cgroup::pod_resources(&spec)
-                    .and_then(|r| cg.create().and_then(|()| cg.apply(&r)));
-                if let Err(e) = made {
-                    let _ = cg.remove();
-                    return Err(e.into());
-                }
-                Some(rel)
-            }
-            None => None,
-        };
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create the pod directory", e))?;
-        let hostname = spec.hostname.clone().unwrap_or_else(|| name.clone());
-        let port_mappings = if host_network {
-            Vec::new()
-        } else {
-            let (maps, bad) = crate::network::port_mappings(&spec);
-            for why in bad {
-                tracing::warn!(pod = %name, %why, "a hostPort left out");
-            }
-            maps
-        };
-        let mut rec = SandboxRecord {
-            namespace: namespace.clone(),
-            name: name.clone(),
-            uid: uid.to_string(),
-            sandbox_id: sandbox_id.clone(),
-            netns: (!host_network).then(|| self.cfg.netns_dir.join(&netns_name)),
-            hostname: hostname.clone(),
-            ips: Vec::new(),
-            ready: false,
-            created: now_rfc3339(),
-            port_mappings: port_mappings.clone(),
-            cgroup,
-        };
-        let write = |rec: &SandboxRecord| -> Result<(), Error> {
-            crate::shim::write_atomic(&dir, "sandbox.json", &serde_json::to_string(rec)?)
-                .map_err(|e| Error::io("write sandbox.json", e))
-        };
-        write(&rec)?;
-        let mut local = Local::new(rec.clone(), dir.clone()).with_cgroup(self.cfg.cgroups.as_ref());
-        if !host_network {
-            // A namespace of this name is this pod's, left by an earlier start whose ADD and
-            // DEL both failed (teardown keeps it then). It goes, with whatever is in it (CNI GC
-            // frees an address it held), so that this start reports its own error rather than
-            // "create netns: File exists" on every retry.
-            match trellis_net::Netns::delete(&self.cfg.netns_dir, &netns_name) {
-                Ok(true) => tracing::warn!(
-                    pod = %name,
-                    netns = %netns_name,
-                    "removed the namespace an earlier failed start left"
-                ),
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!(netns = %netns_name, error = %e, "removing a stale pod namespace")
-                }
-            }
-            if let Err(e) = Self::new_netns(&self.cfg.netns_dir, &netns_name).await {
-                self.teardown(&local).await;
-                return Err(e);
-            }
-            let podref = PodRef {
-                namespace: namespace.clone(),
-                name: name.clone(),
-                uid: uid.to_string(),
-                sandbox_id: sandbox_id.clone(),
-                netns: self.cfg.netns_dir.join(&netns_name),
-                port_mappings,
-            };
-            match self.net.add(podref).await {
-                Ok(ips) => rec.ips = ips,
-                Err(e) => {
-                    // A failed ADD is followed by DEL; then the namespace goes.
-                    self.teardown(&local).await;
-                    return Err(e);
-                }
-            }
-        } else if let Some(ip) = self.cfg.node_ip {
-            rec.ips = vec![ip];
-        }
-        // The pod's /etc/hosts and resolv.conf, bind-mounted into every container.
-        let ip = rec
-            .ips
-            .first()
-            .map_or("127.0.0.1".to_string(), |i| i.to_string());
-        let hosts = format!(
-            "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{hostname}\n"
-        );
-        let d = &self.cfg.cluster_domain;
-        let resolv = format!(
-            "search {namespace}.svc.{d} svc.{d} {d}\nnameserver {}\noptions ndots:5\n",
-            self.cfg.cluster_dns
-        );
-        std::fs::write(dir.join("etc-hosts"), hosts)
-            .and_then(|_| std::fs::write(dir.join("resolv.conf"), resolv))
-            .map_err(|e| Error::io("write the pod's hosts and resolv.conf", e))?;
-        rec.ready = true;
-        write(&rec)?;
-        local.rec = rec;
-        Ok(local)
-    }
-
-    /// A pod namespace with its loopback up (as the runtime, not the plugin, does it).
-    async fn new_netns(dir: &std::path::Path, name: &str) -> Result<(), Error> {
-        let ns = trellis_net::Netns::create(dir, name)?;
-        let h = ns.connect()?;
-        let lo = h.require_link("lo").await?;
-        h.set_up(lo.index).await?;
-        Ok(())
     }
 
     /// CNI DEL, the namespace, the directory — in that order; a failing DEL keeps the rest for
@@ -645,6 +308,396 @@ impl Pods {
         true
     }
 
+    /// The QoS tiers' CPU shares, as upstream's QoS container manager keeps them: besteffort
+    /// the minimum, burstable the sum of its pods' CPU requests (written when it changes;
+    /// `written` is what was last written).
+    pub(crate) fn set_tier_shares<'a>(
+        &self,
+        pods: impl Iterator<Item = &'a Pod>,
+        written: &mut Option<u64>,
+    ) {
+        let Some(root) = &self.cfg.cgroups else {
+            return;
+        };
+        let want = crate::cgroup::burstable_tier_shares(pods.filter_map(|p| p.spec.as_ref()));
+        if *written == Some(want) {
+            return;
+        }
+        let set = |tier: &str, shares: u64| {
+            let cg = root.child(tier);
+            cg.create().and_then(|()| {
+                cg.apply(&crate::cgroup::Resources {
+                    cpu_shares: Some(shares),
+                    ..Default::default()
+                })
+            })
+        };
+        match set("besteffort", crate::cgroup::MIN_SHARES).and_then(|()| set("burstable", want)) {
+            Ok(()) => *written = Some(want),
+            Err(e) => tracing::warn!(error = %e, "setting the QoS tiers' CPU shares"),
+        }
+    }
+}
+
+impl PodSync {
+    pub(crate) fn new(ctx: Arc<Ctx>, uid: &str) -> PodSync {
+        PodSync {
+            ctx,
+            uid: uid.to_string(),
+            local: None,
+            retry: None,
+            quick: QUICK_FIRST,
+        }
+    }
+
+    pub(crate) fn uid(&self) -> &str {
+        &self.uid
+    }
+
+    /// Whether the pod has a sandbox on this node.
+    pub(crate) fn has_sandbox(&self) -> bool {
+        self.local.is_some()
+    }
+
+    /// One pass over the pod: its sandbox, containers, probes and status, or its deletion.
+    /// Returns how soon the pod wants its next pass (at most the sync period): sooner while a
+    /// container is being created, when a probe falls due, while it terminates.
+    pub(crate) async fn sync(&mut self, pod: &Pod) -> Duration {
+        let period = self.ctx.cfg.sync_period;
+        let r = if pod.metadata.deletion_timestamp.is_some() {
+            self.terminate(pod)
+                .await
+                .map(|()| period.min(TERMINATING_POLL))
+        } else {
+            self.ensure(pod).await
+        };
+        match r {
+            // Never a hot loop, whatever a pass asked for.
+            Ok(next) => next.clamp(MIN_PASS_GAP, period.max(MIN_PASS_GAP)),
+            Err(e) => {
+                tracing::warn!(pod = %name_of(pod), error = %e, "syncing pod");
+                period
+            }
+        }
+    }
+
+    /// The pod is gone from the API (deleted without this kubelet, or never known): whatever
+    /// of it runs here is killed and removed, without grace.
+    pub(crate) async fn remove(&mut self) {
+        if let Some(local) = self.local.take() {
+            tracing::info!(pod = %format!("{}/{}", local.rec.namespace, local.rec.name), "pod is gone from the API: removing it");
+            runtime::kill_all(&local.dir);
+            self.ctx.teardown(&local).await;
+        }
+    }
+
+    async fn event(&self, pod: &Pod, kind: &str, reason: &str, message: &str) {
+        let ns = pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let ev: Result<Event, _> = serde_json::from_value(json!({
+            "metadata": {"generateName": format!("{name}."), "namespace": ns},
+            "involvedObject": {"kind": "Pod", "namespace": ns, "name": name,
+                "uid": pod.metadata.uid, "apiVersion": "v1"},
+            "reason": reason, "message": message, "type": kind,
+            "source": {"component": "kubelet", "host": self.ctx.cfg.node_name},
+            "firstTimestamp": now_rfc3339(), "lastTimestamp": now_rfc3339(), "count": 1,
+        }));
+        if let Ok(ev) = ev {
+            let api: Api<Event> = Api::namespaced(self.ctx.client.clone(), &ns);
+            if let Err(e) = api.create(&PostParams::default(), &ev).await {
+                tracing::warn!(error = %e, "posting an event");
+            }
+        }
+        tracing::info!(pod = %name_of(pod), reason, message, "event");
+    }
+
+    /// Makes the pod's sandbox, then its containers, then writes its status.
+    /// Returns how soon the pod wants its next pass.
+    async fn ensure(&mut self, pod: &Pod) -> Result<Duration, Error> {
+        let period = self.ctx.cfg.sync_period;
+        if self.local.is_none() {
+            let now = Instant::now();
+            if let Some(r) = &self.retry
+                && now < r.next
+            {
+                return Ok(r.next - now);
+            }
+            match self.make_sandbox(pod).await {
+                Ok(local) => {
+                    self.retry = None;
+                    self.local = Some(local);
+                }
+                Err(e) => {
+                    let failures = self.retry.as_ref().map_or(0, |r| r.failures) + 1;
+                    let delay = backoff(
+                        self.ctx.cfg.backoff_base,
+                        self.ctx.cfg.backoff_max,
+                        failures,
+                    );
+                    self.retry = Some(Retry {
+                        failures,
+                        next: Instant::now() + delay,
+                    });
+                    self.ctx.metrics.inc(
+                        "kubelet_sandbox_failures_total",
+                        "Pod sandboxes (netns + CNI ADD) that failed",
+                        &[],
+                        1.0,
+                    );
+                    let (reason, msg) = match &e {
+                        Error::Cgroup(e) => (
+                            "FailedCreatePodContainer",
+                            format!(
+                                "unable to ensure pod container exists: {e}; retrying in {}s",
+                                delay.as_secs()
+                            ),
+                        ),
+                        e => (
+                            "FailedCreatePodSandBox",
+                            format!(
+                                "Failed to create pod sandbox: {e}; retrying in {}s",
+                                delay.as_secs()
+                            ),
+                        ),
+                    };
+                    self.event(pod, "Warning", reason, &msg).await;
+                    self.patch_status(
+                        pod,
+                        json!({"phase": "Pending", "conditions": [
+                            {"type": "PodScheduled", "status": "True"},
+                            {"type": "PodReadyToStartContainers", "status": "False",
+                             "reason": reason, "message": msg}]}),
+                    )
+                    .await;
+                    return Ok(delay);
+                }
+            }
+        }
+        if !self.project_service_account(pod).await {
+            return Ok(period);
+        }
+        self.run_containers(pod).await?;
+        let probe_due = self.run_probes(pod).await;
+        // A container whose shim has not started its process yet is looked at again soon
+        // (10 ms, doubling), rather than waited for here: other work of this pass (the status)
+        // and other pods go on meanwhile.
+        let next = if self.creating(pod) {
+            let q = self.quick;
+            self.quick = (q * 2).min(period);
+            q
+        } else {
+            self.quick = QUICK_FIRST;
+            period
+        };
+        let next = probe_due.map_or(next, |p| p.min(next));
+        let status = self.status(pod);
+        let changed = self
+            .local
+            .as_ref()
+            .is_some_and(|l| l.last_status.as_ref() != Some(&status));
+        if changed {
+            let mut st = status.clone();
+            let when = now_rfc3339();
+            let prev = self.local.as_ref().and_then(|l| l.last_status.clone());
+            if let Some(conds) = st["conditions"].as_array_mut() {
+                for c in conds {
+                    let before = prev.as_ref().and_then(|p| {
+                        p["conditions"]
+                            .as_array()?
+                            .iter()
+                            .find(|o| o["type"] == c["type"])
+                            .cloned()
+                    });
+                    if before.is_none_or(|b| b["status"] != c["status"]) {
+                        c["lastTransitionTime"] = json!(when);
+                    }
+                }
+            }
+            if self.patch_status(pod, st).await
+                && let Some(l) = self.local.as_mut()
+            {
+                l.last_status = Some(status);
+            }
+        }
+        Ok(next)
+    }
+
+    /// Whether a container of the pod has a run whose process has not started yet.
+    fn creating(&self, pod: &Pod) -> bool {
+        let Some(local) = &self.local else {
+            return false;
+        };
+        let sb = Self::sandbox(local);
+        pod.spec.iter().any(|s| {
+            s.init_containers
+                .iter()
+                .flatten()
+                .chain(s.containers.iter())
+                .any(|c| {
+                    matches!(
+                        self.ctx.rt.latest(&sb, &c.name),
+                        Some((_, RunState::Running { pid: None, .. }))
+                    )
+                })
+        })
+    }
+
+    async fn patch_status(&self, pod: &Pod, status: Value) -> bool {
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let api: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &ns);
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        match api
+            .patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": status})),
+            )
+            .await
+        {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(pod = %name_of(pod), error = %e, "patching pod status");
+                false
+            }
+        }
+    }
+
+    async fn make_sandbox(&self, pod: &Pod) -> Result<Local, Error> {
+        let uid = self.uid.as_str();
+        let spec = pod.spec.clone().unwrap_or_default();
+        let host_network = spec.host_network.unwrap_or(false);
+        let namespace = pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let short: String = uid.chars().filter(|c| *c != '-').take(16).collect();
+        let sandbox_id = sandbox_id(uid);
+        let netns_name = format!("{}{}", self.ctx.cfg.netns_prefix, short);
+        let dir = self.ctx.pods_dir().join(uid);
+        // The pod cgroup and its limits before anything else: a limit the kernel refuses
+        // leaves nothing behind to undo.
+        let cgroup = match &self.ctx.cfg.cgroups {
+            Some(root) => {
+                let qos = crate::cgroup::qos_class(&spec)?;
+                let rel = qos.pod_path(uid);
+                let cg = root.child(&rel);
+                let made = crate::cgroup::pod_resources(&spec)
+                    .and_then(|r| cg.create().and_then(|()| cg.apply(&r)));
+                if let Err(e) = made {
+                    let _ = cg.remove();
+                    return Err(e.into());
+                }
+                Some(rel)
+            }
+            None => None,
+        };
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create the pod directory", e))?;
+        let hostname = spec.hostname.clone().unwrap_or_else(|| name.clone());
+        let port_mappings = if host_network {
+            Vec::new()
+        } else {
+            let (maps, bad) = crate::network::port_mappings(&spec);
+            for why in bad {
+                tracing::warn!(pod = %name, %why, "a hostPort left out");
+            }
+            maps
+        };
+        let mut rec = SandboxRecord {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            uid: uid.to_string(),
+            sandbox_id: sandbox_id.clone(),
+            netns: (!host_network).then(|| self.ctx.cfg.netns_dir.join(&netns_name)),
+            hostname: hostname.clone(),
+            ips: Vec::new(),
+            ready: false,
+            created: now_rfc3339(),
+            port_mappings: port_mappings.clone(),
+            cgroup,
+        };
+        let write = |rec: &SandboxRecord| -> Result<(), Error> {
+            crate::shim::write_atomic(&dir, "sandbox.json", &serde_json::to_string(rec)?)
+                .map_err(|e| Error::io("write sandbox.json", e))
+        };
+        write(&rec)?;
+        let mut local =
+            Local::new(rec.clone(), dir.clone()).with_cgroup(self.ctx.cfg.cgroups.as_ref());
+        if !host_network {
+            // A namespace of this name is this pod's, left by an earlier start whose ADD and
+            // DEL both failed (teardown keeps it then). It goes, with whatever is in it (CNI GC
+            // frees an address it held), so that this start reports its own error rather than
+            // "create netns: File exists" on every retry.
+            match trellis_net::Netns::delete(&self.ctx.cfg.netns_dir, &netns_name) {
+                Ok(true) => tracing::warn!(
+                    pod = %name,
+                    netns = %netns_name,
+                    "removed the namespace an earlier failed start left"
+                ),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(netns = %netns_name, error = %e, "removing a stale pod namespace")
+                }
+            }
+            if let Err(e) = Self::new_netns(&self.ctx.cfg.netns_dir, &netns_name).await {
+                self.ctx.teardown(&local).await;
+                return Err(e);
+            }
+            let podref = PodRef {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                uid: uid.to_string(),
+                sandbox_id: sandbox_id.clone(),
+                netns: self.ctx.cfg.netns_dir.join(&netns_name),
+                port_mappings,
+            };
+            match self.ctx.net.add(podref).await {
+                Ok(ips) => rec.ips = ips,
+                Err(e) => {
+                    // A failed ADD is followed by DEL; then the namespace goes.
+                    self.ctx.teardown(&local).await;
+                    return Err(e);
+                }
+            }
+        } else if let Some(ip) = self.ctx.cfg.node_ip {
+            rec.ips = vec![ip];
+        }
+        // The pod's /etc/hosts and resolv.conf, bind-mounted into every container.
+        let ip = rec
+            .ips
+            .first()
+            .map_or("127.0.0.1".to_string(), |i| i.to_string());
+        let hosts = format!(
+            "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{hostname}\n"
+        );
+        let d = &self.ctx.cfg.cluster_domain;
+        let resolv = format!(
+            "search {namespace}.svc.{d} svc.{d} {d}\nnameserver {}\noptions ndots:5\n",
+            self.ctx.cfg.cluster_dns
+        );
+        std::fs::write(dir.join("etc-hosts"), hosts)
+            .and_then(|_| std::fs::write(dir.join("resolv.conf"), resolv))
+            .map_err(|e| Error::io("write the pod's hosts and resolv.conf", e))?;
+        rec.ready = true;
+        write(&rec)?;
+        local.rec = rec;
+        Ok(local)
+    }
+
+    /// A pod namespace with its loopback up (as the runtime, not the plugin, does it).
+    async fn new_netns(dir: &std::path::Path, name: &str) -> Result<(), Error> {
+        let ns = trellis_net::Netns::create(dir, name)?;
+        let h = ns.connect()?;
+        let lo = h.require_link("lo").await?;
+        h.set_up(lo.index).await?;
+        Ok(())
+    }
+
     fn sandbox(local: &Local) -> Sandbox {
         let sa = local.dir.join(serviceaccount::DIR);
         Sandbox {
@@ -659,8 +712,9 @@ impl Pods {
 
     /// Projects (or renews) the pod's service-account token before its containers start.
     /// False while a pod that should have a token has none yet (its containers wait).
-    async fn project_service_account(&mut self, pod: &Pod, uid: &str) -> bool {
-        let Some(local) = self.local.get(uid) else {
+    async fn project_service_account(&mut self, pod: &Pod) -> bool {
+        let uid = self.uid.clone();
+        let Some(local) = self.local.as_ref() else {
             return false;
         };
         let dir = local.dir.join(serviceaccount::DIR);
@@ -673,7 +727,7 @@ impl Pods {
         }
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let name = serviceaccount::account_name(pod);
-        let accounts: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &ns);
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.ctx.client.clone(), &ns);
         let pod_says = pod
             .spec
             .as_ref()
@@ -690,15 +744,15 @@ impl Pods {
                         "serviceaccount {ns}/{name} not found: the pod runs without a service-account token"
                     );
                     self.event(pod, "Warning", "FailedMount", &msg).await;
-                    self.set_token(uid, Token::Off);
+                    self.set_token(Token::Off);
                     return true;
                 }
-                Err(e) => return self.token_failed(pod, uid, has_token, &e.to_string()).await,
+                Err(e) => return self.token_failed(pod, has_token, &e.to_string()).await,
             }
         };
         if !serviceaccount::automount(pod, account.as_ref()) {
             let _ = std::fs::remove_dir_all(&dir);
-            self.set_token(uid, Token::Off);
+            self.set_token(Token::Off);
             return true;
         }
         let req = TokenRequest {
@@ -709,7 +763,7 @@ impl Pods {
                     api_version: Some("v1".into()),
                     kind: Some("Pod".into()),
                     name: pod.metadata.name.clone(),
-                    uid: Some(uid.to_string()),
+                    uid: Some(uid),
                 }),
             },
             ..Default::default()
@@ -720,11 +774,11 @@ impl Pods {
             .await
         {
             Ok(t) => t,
-            Err(e) => return self.token_failed(pod, uid, has_token, &e.to_string()).await,
+            Err(e) => return self.token_failed(pod, has_token, &e.to_string()).await,
         };
         let Some(status) = got.status else {
             return self
-                .token_failed(pod, uid, has_token, "the TokenRequest has no status")
+                .token_failed(pod, has_token, "the TokenRequest has no status")
                 .await;
         };
         let ttl = status
@@ -735,7 +789,7 @@ impl Pods {
             .unwrap_or(Duration::from_secs(600));
         // ca.crt from the namespace's kube-root-ca.crt, as upstream's projected
         // kube-api-access volume sources it; the kubeconfig's CA where there is none.
-        let configmaps: Api<ConfigMap> = Api::namespaced(self.client.clone(), &ns);
+        let configmaps: Api<ConfigMap> = Api::namespaced(self.ctx.client.clone(), &ns);
         let published = match configmaps.get_opt(serviceaccount::ROOT_CA_CONFIGMAP).await {
             Ok(cm) => cm.as_ref().and_then(serviceaccount::published_ca),
             Err(e) => {
@@ -743,22 +797,19 @@ impl Pods {
                 None
             }
         };
-        let ca = published.or_else(|| self.cfg.cluster_ca.clone());
+        let ca = published.or_else(|| self.ctx.cfg.cluster_ca.clone());
         if let Err(e) = serviceaccount::write(&dir, &status.token, ca.as_deref(), &ns) {
             return self
-                .token_failed(pod, uid, has_token, &format!("writing the token: {e}"))
+                .token_failed(pod, has_token, &format!("writing the token: {e}"))
                 .await;
         }
         tracing::debug!(pod = %name_of(pod), account = %name, "service-account token projected");
-        self.set_token(
-            uid,
-            Token::RefreshAt(asked + serviceaccount::refresh_after(ttl)),
-        );
+        self.set_token(Token::RefreshAt(asked + serviceaccount::refresh_after(ttl)));
         true
     }
 
-    fn set_token(&mut self, uid: &str, t: Token) {
-        if let Some(l) = self.local.get_mut(uid) {
+    fn set_token(&mut self, t: Token) {
+        if let Some(l) = self.local.as_mut() {
             l.token = t;
             l.token_reported = false;
         }
@@ -766,9 +817,9 @@ impl Pods {
 
     /// A TokenRequest that failed: a running pod keeps its current token and tries again in
     /// 10 s; a new one waits for its first token (asked again every 2 s), with one Event.
-    async fn token_failed(&mut self, pod: &Pod, uid: &str, has_token: bool, why: &str) -> bool {
+    async fn token_failed(&mut self, pod: &Pod, has_token: bool, why: &str) -> bool {
         tracing::warn!(pod = %name_of(pod), error = %why, "service-account token");
-        let Some(l) = self.local.get_mut(uid) else {
+        let Some(l) = self.local.as_mut() else {
             return false;
         };
         let report = !l.token_reported;
@@ -787,7 +838,7 @@ impl Pods {
     /// Where pods reach the API server: the `kubernetes` Service in `default` (its ClusterIP
     /// and https port, as upstream), else the address the kubelet itself uses.
     async fn api_endpoint(&self) -> Option<(String, u16)> {
-        let svcs: Api<Service> = Api::namespaced(self.client.clone(), "default");
+        let svcs: Api<Service> = Api::namespaced(self.ctx.client.clone(), "default");
         if let Ok(Some(s)) = svcs.get_opt("kubernetes").await
             && let Some(spec) = s.spec
             && let Some(ip) = spec.cluster_ip.filter(|ip| !ip.is_empty() && ip != "None")
@@ -799,12 +850,12 @@ impl Pods {
         {
             return Some((ip, port));
         }
-        self.cfg.api_endpoint.clone()
+        self.ctx.cfg.api_endpoint.clone()
     }
 
     /// Init containers in order, then the app containers; restarts after their back-off.
-    async fn run_containers(&mut self, pod: &Pod, uid: &str) -> Result<(), Error> {
-        let Some(local) = self.local.get(uid) else {
+    async fn run_containers(&mut self, pod: &Pod) -> Result<(), Error> {
+        let Some(local) = self.local.as_ref() else {
             return Ok(());
         };
         let sb = Self::sandbox(local);
@@ -814,8 +865,8 @@ impl Pods {
             .clone()
             .unwrap_or_else(|| "Always".into());
         for c in spec.init_containers.iter().flatten() {
-            match self.rt.latest(&sb, &c.name) {
-                None => return self.start(pod, uid, &sb, c, 0).await,
+            match self.ctx.rt.latest(&sb, &c.name) {
+                None => return self.start(pod, &sb, c, 0).await,
                 Some((_, RunState::Running { .. })) => return Ok(()),
                 Some((_, RunState::Exited { code: 0, .. })) => continue,
                 Some((n, RunState::Exited { finished, .. })) => {
@@ -823,15 +874,15 @@ impl Pods {
                         return Ok(());
                     }
                     if self.due(finished, n + 1) {
-                        return self.start(pod, uid, &sb, c, n + 1).await;
+                        return self.start(pod, &sb, c, n + 1).await;
                     }
                     return Ok(());
                 }
             }
         }
         for c in &spec.containers {
-            match self.rt.latest(&sb, &c.name) {
-                None => self.start(pod, uid, &sb, c, 0).await?,
+            match self.ctx.rt.latest(&sb, &c.name) {
+                None => self.start(pod, &sb, c, 0).await?,
                 Some((_, RunState::Running { .. })) => {}
                 Some((
                     n,
@@ -844,7 +895,7 @@ impl Pods {
                 )) => {
                     let restart = policy == "Always" || (policy == "OnFailure" && code != 0);
                     if code != 0 || start_error.is_some() {
-                        let reported = self.local.get(uid).and_then(|l| l.reported.get(&c.name));
+                        let reported = self.local.as_ref().and_then(|l| l.reported.get(&c.name));
                         if reported != Some(&n) {
                             let msg = match &start_error {
                                 Some(e) => {
@@ -858,13 +909,13 @@ impl Pods {
                                 "BackOff"
                             };
                             self.event(pod, "Warning", reason, &msg).await;
-                            if let Some(l) = self.local.get_mut(uid) {
+                            if let Some(l) = self.local.as_mut() {
                                 l.reported.insert(c.name.clone(), n);
                             }
                         }
                     }
                     if restart && self.due(finished, n + 1) {
-                        self.start(pod, uid, &sb, c, n + 1).await?;
+                        self.start(pod, &sb, c, n + 1).await?;
                     }
                 }
             }
@@ -873,27 +924,34 @@ impl Pods {
     }
 
     /// Startup, then liveness and readiness, for every running app container; a failed
-    /// startup or liveness probe kills the container (it restarts after its back-off).
-    async fn run_probes(&mut self, pod: &Pod, uid: &str) {
-        let Some(local) = self.local.get(uid) else {
-            return;
-        };
+    /// startup or liveness probe kills the container (it restarts after its back-off). The
+    /// first probe runs as soon as the container's process runs (after initialDelaySeconds),
+    /// then every period. Returns how soon the next probe falls due.
+    async fn run_probes(&mut self, pod: &Pod) -> Option<Duration> {
+        let local = self.local.as_ref()?;
         let sb = Self::sandbox(local);
         let pod_ip = local.rec.ips.first().copied();
         let netns = local.rec.netns.clone();
         let spec = pod.spec.clone().unwrap_or_default();
+        let mut soonest: Option<Duration> = None;
         for c in &spec.containers {
-            let Some((n, RunState::Running { started, .. })) = self.rt.latest(&sb, &c.name) else {
+            let Some((n, RunState::Running { started, pid })) = self.ctx.rt.latest(&sb, &c.name)
+            else {
                 continue;
             };
+            // Not before the process runs: a probe of a container still being created would
+            // only fail.
+            if pid.is_none() {
+                continue;
+            }
             let running_for = started.elapsed().unwrap_or_default();
             for kind in [Kind::Startup, Kind::Liveness, Kind::Readiness] {
                 let Some(p) = probe::probe_of(c, kind) else {
                     continue;
                 };
                 let key = (c.name.clone(), n, kind);
-                let Some(local) = self.local.get_mut(uid) else {
-                    return;
+                let Some(local) = self.local.as_mut() else {
+                    return soonest;
                 };
                 let started_ok = c.startup_probe.is_none()
                     || local
@@ -907,12 +965,16 @@ impl Pods {
                     ok: kind == Kind::Liveness,
                     ..Default::default()
                 });
-                if (kind == Kind::Startup && t.ok) || !probe::due(p, t, running_for) {
+                if kind == Kind::Startup && t.ok {
+                    continue;
+                }
+                if !probe::due(p, t, running_for) {
+                    soonest = sooner(soonest, probe::until_due(p, t, running_for));
                     continue;
                 }
                 let result = probe::run(p, c, pod_ip, netns.clone()).await;
-                let Some(t) = self.local.get_mut(uid).and_then(|l| l.probes.get_mut(&key)) else {
-                    return;
+                let Some(t) = self.local.as_mut().and_then(|l| l.probes.get_mut(&key)) else {
+                    return soonest;
                 };
                 let failed_before = t.failures;
                 let verdict = probe::record(
@@ -921,6 +983,7 @@ impl Pods {
                     result.is_ok(),
                     result.clone().err().unwrap_or_default(),
                 );
+                soonest = sooner(soonest, probe::until_due(p, t, running_for));
                 let threshold = p.failure_threshold.unwrap_or(3).max(1) as u32;
                 let fatal = kind != Kind::Readiness
                     && !verdict
@@ -951,45 +1014,45 @@ impl Pods {
                         }
                     );
                     self.event(pod, "Normal", "Killing", &msg).await;
-                    self.rt.signal(&sb, &c.name, Signal::SIGKILL);
+                    self.ctx.rt.signal(&sb, &c.name, Signal::SIGKILL);
                 }
             }
         }
-        if let Some(local) = self.local.get_mut(uid) {
+        if let Some(local) = self.local.as_mut() {
             // Trackers of earlier runs are no longer needed.
             let latest: HashMap<String, u32> = spec
                 .containers
                 .iter()
-                .filter_map(|c| Some((c.name.clone(), self.rt.latest(&sb, &c.name)?.0)))
+                .filter_map(|c| Some((c.name.clone(), self.ctx.rt.latest(&sb, &c.name)?.0)))
                 .collect();
             local
                 .probes
                 .retain(|(name, n, _), _| latest.get(name) == Some(n));
         }
+        soonest
     }
 
     fn due(&self, finished: SystemTime, restart: u32) -> bool {
-        let wait = backoff(self.cfg.backoff_base, self.cfg.backoff_max, restart);
+        let wait = backoff(self.ctx.cfg.backoff_base, self.ctx.cfg.backoff_max, restart);
         finished.elapsed().map(|e| e >= wait).unwrap_or(true)
     }
 
     async fn start(
         &mut self,
         pod: &Pod,
-        uid: &str,
         sb: &Sandbox,
         c: &Container,
         attempt: u32,
     ) -> Result<(), Error> {
         if let Some(f) = self
             .local
-            .get(uid)
+            .as_ref()
             .and_then(|l| l.create_failures.get(&c.name))
             && Instant::now() < f.next
         {
             return Ok(());
         }
-        if let Some(p) = self.local.get(uid).and_then(|l| l.pulls.get(&c.name))
+        if let Some(p) = self.local.as_ref().and_then(|l| l.pulls.get(&c.name))
             && Instant::now() < p.next
         {
             return Ok(());
@@ -1003,17 +1066,17 @@ impl Pods {
             })
         }) {
             Ok(r) => r,
-            Err(e) => return self.create_failed(pod, uid, &c.name, e.to_string()).await,
+            Err(e) => return self.create_failed(pod, &c.name, e.to_string()).await,
         };
-        let host_mounts = if self.rt.mounts_host_paths() {
+        let host_mounts = if self.ctx.rt.mounts_host_paths() {
             match crate::volumes::host_mounts(&spec, c) {
                 Ok(m) => m,
-                Err(e) => return self.create_failed(pod, uid, &c.name, e.to_string()).await,
+                Err(e) => return self.create_failed(pod, &c.name, e.to_string()).await,
             }
         } else {
             Vec::new()
         };
-        let env = self.env(pod, uid, c).await;
+        let env = self.env(pod, c).await;
         // `$(VAR)` in command and args takes the container's environment, as upstream's.
         let expanded = |v: &Option<Vec<String>>| {
             v.as_ref()
@@ -1060,9 +1123,9 @@ impl Pods {
                 .unwrap_or(false),
             host_mounts,
         };
-        match self.rt.start(sb, &run) {
+        match self.ctx.rt.start(sb, &run) {
             Ok(()) => {
-                if let Some(l) = self.local.get_mut(uid) {
+                if let Some(l) = self.local.as_mut() {
                     l.pulls.remove(&c.name);
                     l.create_failures.remove(&c.name);
                 }
@@ -1072,13 +1135,17 @@ impl Pods {
                 // and the next try comes after the back-off, 10 s doubling to 5 min.
                 let failures = self
                     .local
-                    .get(uid)
+                    .as_ref()
                     .and_then(|l| l.pulls.get(&c.name))
                     .map_or(0, |p| p.failures)
                     + 1;
-                let delay = backoff(self.cfg.backoff_base, self.cfg.backoff_max, failures);
+                let delay = backoff(
+                    self.ctx.cfg.backoff_base,
+                    self.ctx.cfg.backoff_max,
+                    failures,
+                );
                 let now = Instant::now();
-                if let Some(l) = self.local.get_mut(uid) {
+                if let Some(l) = self.local.as_mut() {
                     l.pulls.insert(
                         c.name.clone(),
                         PullFailure {
@@ -1090,7 +1157,7 @@ impl Pods {
                         },
                     );
                 }
-                self.metrics.inc(
+                self.ctx.metrics.inc(
                     "kubelet_image_pull_failures_total",
                     "Container starts that failed for their image",
                     &[],
@@ -1103,19 +1170,12 @@ impl Pods {
                 self.event(pod, "Warning", "Failed", &msg).await;
                 return Ok(());
             }
-            Err(e) => return self.create_failed(pod, uid, &c.name, e.to_string()).await,
+            Err(e) => return self.create_failed(pod, &c.name, e.to_string()).await,
         }
-        // Give the shim a moment to start the process (or fail to), so this pass already
-        // reports what happened; until then the container is ContainerCreating, never Ready.
-        for _ in 0..50 {
-            match self.rt.state(sb, &c.name, attempt) {
-                Some(RunState::Running { pid: None, .. }) | None => {
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-                Some(_) => break,
-            }
-        }
-        self.metrics.inc(
+        // Not waited for here: until the shim has started the process (or failed to) the
+        // container is ContainerCreating, never Ready, and the pod's next pass comes soon (see
+        // `ensure`).
+        self.ctx.metrics.inc(
             "kubelet_container_starts_total",
             "Container processes started",
             &[],
@@ -1127,15 +1187,9 @@ impl Pods {
 
     /// A container that could not be created: an Event each attempt, CreateContainerError in
     /// its status, and the next attempt only after the back-off (never a hot loop).
-    async fn create_failed(
-        &mut self,
-        pod: &Pod,
-        uid: &str,
-        name: &str,
-        why: String,
-    ) -> Result<(), Error> {
-        let (base, max) = (self.cfg.backoff_base, self.cfg.backoff_max);
-        let Some(l) = self.local.get_mut(uid) else {
+    async fn create_failed(&mut self, pod: &Pod, name: &str, why: String) -> Result<(), Error> {
+        let (base, max) = (self.ctx.cfg.backoff_base, self.ctx.cfg.backoff_max);
+        let Some(l) = self.local.as_mut() else {
             return Ok(());
         };
         let f = l
@@ -1149,7 +1203,7 @@ impl Pods {
         f.failures += 1;
         f.next = Instant::now() + backoff(base, max, f.failures);
         f.message = why.clone();
-        self.metrics.inc(
+        self.ctx.metrics.inc(
             "kubelet_container_create_failures_total",
             "Containers the runtime could not create (CreateContainerError)",
             &[],
@@ -1163,11 +1217,11 @@ impl Pods {
 
     /// The container's environment: PATH by default, `env` with values, field references,
     /// ConfigMap and Secret keys; `envFrom` ConfigMaps and Secrets.
-    async fn env(&self, pod: &Pod, uid: &str, c: &Container) -> Vec<(String, String)> {
+    async fn env(&self, pod: &Pod, c: &Container) -> Vec<(String, String)> {
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let ip = self
             .local
-            .get(uid)
+            .as_ref()
             .and_then(|l| l.rec.ips.first().map(|i| i.to_string()))
             .unwrap_or_default();
         let mut out: Vec<(String, String)> = vec![
@@ -1175,7 +1229,7 @@ impl Pods {
             (
                 "HOSTNAME".into(),
                 self.local
-                    .get(uid)
+                    .as_ref()
                     .map(|l| l.rec.hostname.clone())
                     .unwrap_or_default(),
             ),
@@ -1187,8 +1241,8 @@ impl Pods {
             out.retain(|(o, _)| *o != k);
             out.push((k, v));
         };
-        let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), &ns);
-        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
+        let cms: Api<ConfigMap> = Api::namespaced(self.ctx.client.clone(), &ns);
+        let secrets: Api<Secret> = Api::namespaced(self.ctx.client.clone(), &ns);
         for from in c.env_from.iter().flatten() {
             let prefix = from.prefix.clone().unwrap_or_default();
             if let Some(r) = &from.config_map_ref
@@ -1218,13 +1272,13 @@ impl Pods {
                         "metadata.name" => pod.metadata.name.clone(),
                         "metadata.namespace" => pod.metadata.namespace.clone(),
                         "metadata.uid" => pod.metadata.uid.clone(),
-                        "spec.nodeName" => Some(self.cfg.node_name.clone()),
+                        "spec.nodeName" => Some(self.ctx.cfg.node_name.clone()),
                         "spec.serviceAccountName" => pod
                             .spec
                             .as_ref()
                             .and_then(|s| s.service_account_name.clone()),
                         "status.podIP" => Some(ip.clone()),
-                        "status.hostIP" => self.cfg.node_ip.map(|i| i.to_string()),
+                        "status.hostIP" => self.ctx.cfg.node_ip.map(|i| i.to_string()),
                         p => p
                             .strip_prefix("metadata.labels['")
                             .and_then(|k| k.strip_suffix("']"))
@@ -1262,8 +1316,8 @@ impl Pods {
     }
 
     /// The pod's status from its containers' runs.
-    fn status(&self, pod: &Pod, uid: &str) -> Value {
-        let Some(local) = self.local.get(uid) else {
+    fn status(&self, pod: &Pod) -> Value {
+        let Some(local) = self.local.as_ref() else {
             return json!({});
         };
         let sb = Self::sandbox(local);
@@ -1272,7 +1326,7 @@ impl Pods {
             .restart_policy
             .clone()
             .unwrap_or_else(|| "Always".into());
-        let scheme = self.rt.scheme();
+        let scheme = self.ctx.rt.scheme();
         let cid = |name: &str, n: u32| format!("{scheme}://{}-{name}-{n}", local.rec.sandbox_id);
         let terminated = |name: &str, n: u32, st: &RunState| match st {
             RunState::Exited {
@@ -1299,13 +1353,13 @@ impl Pods {
             RunState::Running { .. } => None,
         };
         let one = |c: &Container, init: bool| -> (Value, Option<RunState>) {
-            let latest = self.rt.latest(&sb, &c.name);
+            let latest = self.ctx.rt.latest(&sb, &c.name);
             let pull = local.pulls.get(&c.name);
             let (n, state) = match (&latest, pull) {
                 // The image could not be had: no run yet, or the last one has ended.
                 (None | Some((_, RunState::Exited { .. })), Some(p)) => {
                     // Just failed (within two sync periods): ErrImagePull; then the back-off.
-                    let reason = if p.at.elapsed() < self.cfg.sync_period * 2 {
+                    let reason = if p.at.elapsed() < self.ctx.cfg.sync_period * 2 {
                         "ErrImagePull"
                     } else {
                         "ImagePullBackOff"
@@ -1337,7 +1391,8 @@ impl Pods {
                     let restart =
                         (policy == "Always" && !init) || (policy != "Never" && *code != 0);
                     if restart {
-                        let wait = backoff(self.cfg.backoff_base, self.cfg.backoff_max, n + 1);
+                        let wait =
+                            backoff(self.ctx.cfg.backoff_base, self.ctx.cfg.backoff_max, n + 1);
                         (
                             *n,
                             json!({"waiting": {"reason": "CrashLoopBackOff",
@@ -1358,7 +1413,8 @@ impl Pods {
                 _ => state,
             };
             let last = if n > 0 {
-                self.rt
+                self.ctx
+                    .rt
                     .state(&sb, &c.name, n - 1)
                     .and_then(|s| terminated(&c.name, n - 1, &s))
                     .unwrap_or_else(|| json!({}))
@@ -1458,7 +1514,7 @@ impl Pods {
             st["podIP"] = ip["ip"].clone();
             st["podIPs"] = json!(ips);
         }
-        if let Some(h) = self.cfg.node_ip {
+        if let Some(h) = self.ctx.cfg.node_ip {
             st["hostIP"] = json!(h.to_string());
             st["hostIPs"] = json!([{"ip": h.to_string()}]);
         }
@@ -1467,14 +1523,14 @@ impl Pods {
 
     /// Deletion in order: SIGTERM, the grace period, SIGKILL, then CNI DEL and the namespace,
     /// then the API object is deleted for good.
-    async fn terminate(&mut self, pod: &Pod, uid: &str) -> Result<(), Error> {
+    async fn terminate(&mut self, pod: &Pod) -> Result<(), Error> {
         let grace = Duration::from_secs(
             pod.metadata
                 .deletion_grace_period_seconds
                 .unwrap_or(30)
                 .max(0) as u64,
         );
-        if let Some(local) = self.local.get_mut(uid) {
+        if let Some(local) = self.local.as_mut() {
             let sb = Self::sandbox(local);
             let names: Vec<String> = pod
                 .spec
@@ -1512,12 +1568,12 @@ impl Pods {
                     }
                 }
             }
-            let Some(local) = self.local.get_mut(uid) else {
+            let Some(local) = self.local.as_mut() else {
                 return Ok(());
             };
             let since = *local.terminating_since.get_or_insert_with(|| {
                 for n in &names {
-                    self.rt.signal(&sb, n, Signal::SIGTERM);
+                    self.ctx.rt.signal(&sb, n, Signal::SIGTERM);
                 }
                 Instant::now()
             });
@@ -1528,20 +1584,20 @@ impl Pods {
                 }
                 return Ok(());
             }
-            let Some(local) = self.local.remove(uid) else {
+            let Some(local) = self.local.take() else {
                 return Ok(());
             };
-            if !self.teardown(&local).await {
-                self.local.insert(uid.to_string(), local);
+            if !self.ctx.teardown(&local).await {
+                self.local = Some(local);
                 return Ok(());
             }
         }
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+        let api: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &ns);
         let dp = DeleteParams {
             grace_period_seconds: Some(0),
             preconditions: Some(Preconditions {
-                uid: Some(uid.to_string()),
+                uid: Some(self.uid.clone()),
                 resource_version: None,
             }),
             ..Default::default()
@@ -1596,6 +1652,11 @@ async fn remove_cgroup(cg: &crate::cgroup::Cgroup) -> Result<(), crate::cgroup::
             Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     }
+}
+
+/// The sooner of a time to come and `d`.
+fn sooner(a: Option<Duration>, d: Duration) -> Option<Duration> {
+    Some(a.map_or(d, |a| a.min(d)))
 }
 
 fn name_of(pod: &Pod) -> String {
@@ -1660,6 +1721,7 @@ mod tests {
             max_pods: 110,
             port: 10250,
             sync_period: Duration::from_secs(1),
+            max_parallel_syncs: 16,
             backoff_base: Duration::from_secs(10),
             backoff_max: Duration::from_secs(300),
             shim: "/nonexistent".into(),
@@ -1699,19 +1761,19 @@ mod tests {
             kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap()))
                 .unwrap();
         let net = Network::new(&cfg);
-        let pods = Pods::new(cfg, client, net, Arc::new(Metrics::default()));
+        let ctx = Ctx::new(cfg, client, net, Arc::new(Metrics::default()), None);
+        let pods = PodSync::new(Arc::new(ctx), "0a1b2c3d-0000-0000-0000-000000000001");
         let pod: Pod = serde_json::from_value(json!({
             "metadata": {"name": "p", "namespace": "ns", "uid": "0a1b2c3d-0000-0000-0000-000000000001"},
             "spec": {"containers": [{"name": "c", "image": "x", "command": ["/nonexistent"]}]}}))
         .unwrap();
-        let uid = "0a1b2c3d-0000-0000-0000-000000000001";
         let first = pods
-            .make_sandbox(&pod, uid)
+            .make_sandbox(&pod)
             .await
             .err()
             .expect("no network: ADD fails");
         let second = pods
-            .make_sandbox(&pod, uid)
+            .make_sandbox(&pod)
             .await
             .err()
             .expect("still no network");
@@ -1731,7 +1793,8 @@ mod tests {
             kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap()))
                 .unwrap();
         let net = Network::new(&cfg);
-        let mut pods = Pods::new(cfg, client, net, Arc::new(Metrics::default()));
+        let ctx = Ctx::new(cfg, client, net, Arc::new(Metrics::default()), None);
+        let mut pods = PodSync::new(Arc::new(ctx), "u1");
         let dir = d.path().join("pods").join("u1");
         let rec = SandboxRecord {
             namespace: "ns".into(),
@@ -1746,7 +1809,7 @@ mod tests {
             port_mappings: Vec::new(),
             cgroup: None,
         };
-        pods.local.insert("u1".into(), Local::new(rec, dir.clone()));
+        pods.local = Some(Local::new(rec, dir.clone()));
         let pod: Pod = serde_json::from_value(json!({
             "metadata": {"name": "p", "namespace": "ns", "uid": "u1"},
             "spec": {"containers": [{"name": "c", "image": "x", "command": ["/nonexistent"]}]}}))
@@ -1772,7 +1835,7 @@ mod tests {
         std::fs::create_dir_all(&run).unwrap();
         let me = std::process::id().to_string();
         crate::shim::write_atomic(&run, crate::shim::SHIM_PID_FILE, &me).unwrap();
-        let st = pods.status(&pod, "u1");
+        let st = pods.status(&pod);
         assert_eq!(
             ready(&st),
             ("Pending".into(), "False".into(), false, false),
@@ -1785,7 +1848,7 @@ mod tests {
         // The start fails: never ready on the way.
         crate::shim::write_atomic(&run, crate::shim::START_ERROR_FILE, "no such file").unwrap();
         crate::shim::write_atomic(&run, crate::shim::EXIT_FILE, "128").unwrap();
-        let st = pods.status(&pod, "u1");
+        let st = pods.status(&pod);
         assert_eq!(ready(&st).1, "False");
         assert_eq!(st["containerStatuses"][0]["ready"], false);
         // Another run whose process did start is running, started and ready.
@@ -1793,12 +1856,62 @@ mod tests {
         std::fs::create_dir_all(&run).unwrap();
         crate::shim::write_atomic(&run, crate::shim::SHIM_PID_FILE, &me).unwrap();
         crate::shim::write_atomic(&run, crate::shim::PID_FILE, &me).unwrap();
-        let st = pods.status(&pod, "u1");
+        let st = pods.status(&pod);
         assert_eq!(
             ready(&st),
             ("Running".into(), "True".into(), true, true),
             "{st:#}"
         );
+    }
+
+    /// Issue 14: a pass does not wait for a container's shim to start its process; it asks
+    /// for the next pass soon instead (10 ms, doubling), and for the sync period once the
+    /// process runs and nothing else is due.
+    #[tokio::test]
+    async fn a_container_being_created_brings_the_next_pass_soon() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = config(d.path());
+        // No API server answers: the status PATCH fails, which the pass survives.
+        let client =
+            kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap()))
+                .unwrap();
+        let net = Network::new(&cfg);
+        let ctx = Ctx::new(cfg, client, net, Arc::new(Metrics::default()), None);
+        let mut pods = PodSync::new(Arc::new(ctx), "u1");
+        let dir = d.path().join("pods").join("u1");
+        let rec = SandboxRecord {
+            namespace: "ns".into(),
+            name: "p".into(),
+            uid: "u1".into(),
+            sandbox_id: "s1".into(),
+            netns: None,
+            hostname: "p".into(),
+            ips: Vec::new(),
+            ready: true,
+            created: now_rfc3339(),
+            port_mappings: Vec::new(),
+            cgroup: None,
+        };
+        pods.local = Some(Local::new(rec, dir.clone()));
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u1"},
+            "spec": {"automountServiceAccountToken": false,
+                "containers": [{"name": "c", "image": "x", "command": ["/nonexistent"]}]}}))
+        .unwrap();
+        // The shim runs (this test's own pid stands for it); the process has not started.
+        let run = dir.join("containers").join("c").join("0");
+        std::fs::create_dir_all(&run).unwrap();
+        let me = std::process::id().to_string();
+        crate::shim::write_atomic(&run, crate::shim::SHIM_PID_FILE, &me).unwrap();
+        let first = pods.sync(&pod).await;
+        let second = pods.sync(&pod).await;
+        assert_eq!(
+            (first, second),
+            (Duration::from_millis(10), Duration::from_millis(20))
+        );
+        // The process runs: the next pass after the period (no probe to run).
+        crate::shim::write_atomic(&run, crate::shim::PID_FILE, &me).unwrap();
+        assert_eq!(pods.sync(&pod).await, Duration::from_secs(1));
     }
 
     /// A container whose image could not be had has no run: it waits with ErrImagePull right
@@ -1811,7 +1924,8 @@ mod tests {
             kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap()))
                 .unwrap();
         let net = Network::new(&cfg);
-        let mut pods = Pods::new(cfg, client, net, Arc::new(Metrics::default()));
+        let ctx = Ctx::new(cfg, client, net, Arc::new(Metrics::default()), None);
+        let mut pods = PodSync::new(Arc::new(ctx), "u1");
         let rec = SandboxRecord {
             namespace: "ns".into(),
             name: "p".into(),
@@ -1837,22 +1951,22 @@ mod tests {
                 message: "not present".into(),
             },
         );
-        pods.local.insert("u1".into(), local);
+        pods.local = Some(local);
         let pod: Pod = serde_json::from_value(json!({
             "metadata": {"name": "p", "namespace": "ns", "uid": "u1"},
             "spec": {"containers": [{"name": "c", "image": "x:1"}]}}))
         .unwrap();
-        let st = pods.status(&pod, "u1");
+        let st = pods.status(&pod);
         assert_eq!(st["phase"], "Pending");
         let w = &st["containerStatuses"][0]["state"]["waiting"];
         assert_eq!(w["reason"], "ErrImagePull", "{st:#}");
         assert_eq!(w["message"], "not present");
         assert_eq!(st["containerStatuses"][0]["restartCount"], 0);
         // Two sync periods later, still waiting for the retry: the back-off.
-        if let Some(p) = pods.local.get_mut("u1").and_then(|l| l.pulls.get_mut("c")) {
+        if let Some(p) = pods.local.as_mut().and_then(|l| l.pulls.get_mut("c")) {
             p.at = now - Duration::from_secs(3);
         }
-        let st = pods.status(&pod, "u1");
+        let st = pods.status(&pod);
         let w = &st["containerStatuses"][0]["state"]["waiting"];
         assert_eq!(w["reason"], "ImagePullBackOff", "{st:#}");
         assert_eq!(w["message"], "Back-off pulling image \"x:1\"");

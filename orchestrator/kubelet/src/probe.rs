@@ -54,6 +54,18 @@ pub fn due(p: &Probe, t: &Tracker, running_for: Duration) -> bool {
         .is_none_or(|l| l.elapsed() >= secs(p.period_seconds, 10).max(Duration::from_secs(1)))
 }
 
+/// How long until the probe is due, for a container running since `running_for`: its
+/// initialDelaySeconds first, then a period after the last result (zero: due now).
+pub fn until_due(p: &Probe, t: &Tracker, running_for: Duration) -> Duration {
+    let initial = secs(p.initial_delay_seconds, 0);
+    if running_for < initial {
+        return initial - running_for;
+    }
+    let period = secs(p.period_seconds, 10).max(Duration::from_secs(1));
+    t.last
+        .map_or(Duration::ZERO, |l| period.saturating_sub(l.elapsed()))
+}
+
 /// Records a result; returns the new verdict.
 pub fn record(p: &Probe, t: &mut Tracker, ok: bool, message: String) -> bool {
     t.last = Some(Instant::now());
@@ -252,6 +264,29 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use tonic_health::ServingStatus;
+
+    /// The first probe is due as soon as the container runs (after initialDelaySeconds), the
+    /// next a period after the last result.
+    #[test]
+    fn a_probe_is_due_after_its_initial_delay_then_every_period() {
+        let p = Probe {
+            initial_delay_seconds: Some(2),
+            period_seconds: Some(5),
+            ..Default::default()
+        };
+        let mut t = Tracker::default();
+        let s = Duration::from_secs;
+        assert_eq!(until_due(&p, &t, s(0)), s(2));
+        assert!(!due(&p, &t, s(1)));
+        assert_eq!(until_due(&p, &t, s(2)), Duration::ZERO);
+        assert!(due(&p, &t, s(2)));
+        record(&p, &mut t, false, String::new());
+        let left = until_due(&p, &t, s(3));
+        assert!(left > s(4) && left <= s(5), "{left:?}");
+        assert!(!due(&p, &t, s(3)));
+        let none = Probe::default();
+        assert_eq!(until_due(&none, &Tracker::default(), s(0)), Duration::ZERO);
+    }
 
     /// A grpc.health.v1 server on a loopback port: "" serving, "down" not serving.
     async fn server() -> SocketAddr {

@@ -216,13 +216,24 @@ impl Runtime for ProcessRuntime {
             .stderr(std::process::Stdio::null());
         // Its own process group: a signal to the kubelet's group never reaches containers.
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| Error::io(format!("start the shim {}", self.shim.display()), e))?;
-        // Reap the shim when it ends (it writes its result to disk first).
-        std::thread::spawn(move || {
-            let _ = child.wait();
-        });
+        let failed = |e| Error::io(format!("start the shim {}", self.shim.display()), e);
+        // Reap the shim when it ends (it writes its result to disk first): on the kubelet's
+        // runtime a task waits for it, not a thread per container (100 pods were 100 idle
+        // threads, each with its stack); outside a runtime, a thread.
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                let mut child = tokio::process::Command::from(cmd).spawn().map_err(failed)?;
+                rt.spawn(async move {
+                    let _ = child.wait().await;
+                });
+            }
+            Err(_) => {
+                let mut child = cmd.spawn().map_err(failed)?;
+                std::thread::spawn(move || {
+                    let _ = child.wait();
+                });
+            }
+        }
         // The shim records itself at once; wait briefly so a state read right after sees the run.
         let _ = shim::write_atomic(&dir, ".started", "");
         Ok(())

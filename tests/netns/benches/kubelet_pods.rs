@@ -160,14 +160,33 @@ async fn run() {
         .ok()
         .and_then(|s| s.split_whitespace().next().map(String::from))
         .unwrap_or_else(|| pid.to_string());
-    let rss = std::fs::read_to_string(format!("/proc/{kubelet_pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string())
-        })
-        .unwrap_or_default();
+    // VmRSS and what it is made of: anonymous memory (heap, stacks), file pages (the
+    // binary's text), and the kubelet's threads.
+    let status = std::fs::read_to_string(format!("/proc/{kubelet_pid}/status")).unwrap_or_default();
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0)
+    };
+    let rss = field("VmRSS:").to_string();
+    // PSS: file pages shared with the other trellis processes (the same binary) count
+    // for their share.
+    let rollup =
+        std::fs::read_to_string(format!("/proc/{kubelet_pid}/smaps_rollup")).unwrap_or_default();
+    let pss: u64 = rollup
+        .lines()
+        .find(|l| l.starts_with("Pss:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0);
+    let breakdown = format!(
+        "anon {} MiB, file {} MiB, PSS {} MiB, {} threads",
+        field("RssAnon:") / 1024,
+        field("RssFile:") / 1024,
+        pss / 1024,
+        field("Threads:")
+    );
     let lat = |m: &HashMap<String, Duration>| -> Vec<Duration> {
         m.iter()
             .map(|(k, t)| t.saturating_sub(created[k]))
@@ -181,7 +200,7 @@ async fn run() {
     show("kubelet create → Running", Latency::of(&lat(&running)));
     show("kubelet create → Ready", Latency::of(&lat(&ready)));
     println!(
-        "kubelet RSS with {} pods: {} MiB",
+        "kubelet RSS with {} pods: {} MiB ({breakdown})",
         running.len(),
         rss.parse::<u64>().unwrap_or(0) / 1024
     );

@@ -1,7 +1,8 @@
 //! `trellis kubelet` on the overlay: nodes register and turn Ready, pods on three nodes get
 //! addresses and talk across nodes, containers of one pod talk over 127.0.0.1, a crashing
 //! container restarts with back-off, a missing executable gets an Event and no hot loop, a
-//! killed kubelet adopts its pods, and deleting a pod removes its namespace and directory.
+//! killed kubelet adopts its pods, deleting a pod removes its namespace and directory, and a
+//! pod whose CNI ADD blocks holds back no other pod (pods are synced in parallel).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -169,6 +170,15 @@ async fn scenario(
     assert_eq!(cs["lastState"]["terminated"]["exitCode"], 3, "{cs:#}");
     assert_eq!(p["status"]["phase"], "Running");
     let crash_uid = p["metadata"]["uid"].as_str().unwrap().to_string();
+    // restartCount counts a run as soon as it is created; its shim records itself a moment
+    // later (no pass waits for it).
+    let shim_pid = k.pod_dir(0, &crash_uid).join("containers/c/2/shim.pid");
+    netns_testbed::wait_for(
+        "the second restart's shim to record itself",
+        Duration::from_secs(20),
+        || shim_pid.exists(),
+    )
+    .await;
     let started = |n: u32| {
         std::fs::metadata(
             k.pod_dir(0, &crash_uid)
@@ -572,6 +582,144 @@ exit 0
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(gone, "a pod that never got a sandbox is deleted at once");
+}
+
+/// Issue 14: pods are synced in parallel. A pod whose CNI ADD blocks (a test plugin that waits
+/// for a file) does not hold back another pod: that one's ADD runs and its container starts
+/// while the first ADD still waits.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_blocked_cni_add_does_not_hold_back_another_pod() {
+    blocked_add(false).await;
+}
+
+/// The negative control of the test above: with one pod sync at a time
+/// (`--max-parallel-pod-syncs 1`) the blocked ADD holds the other pod back, until it is let go.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_one_sync_at_a_time_a_blocked_cni_add_holds_back_another_pod() {
+    blocked_add(true).await;
+}
+
+async fn blocked_add(serial: bool) {
+    netns_testbed::require_root();
+    netns_testbed::require_tool("busybox", "busybox-static");
+    let tb = Testbed::new().unwrap();
+    let cp = ControlPlane::start(&tb, "cp", 1).await.unwrap();
+    let client = overlay_cluster::kube_client(&cp.local_kubeconfig).await;
+    let node = tb.add_node("n1", 2).await.unwrap();
+    let dirs = tb.state_dir().join("n1");
+    let (bin, conf) = (dirs.join("bin"), dirs.join("net.d"));
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::create_dir_all(&conf).unwrap();
+    let calls = dirs.join("calls");
+    let release = dirs.join("release");
+    /// Lets a blocked ADD go also when the test fails (the plugin gives up after 120 s anyway).
+    struct Release(std::path::PathBuf);
+    impl Drop for Release {
+        fn drop(&mut self) {
+            let _ = std::fs::write(&self.0, "");
+        }
+    }
+    let _release = Release(release.clone());
+    // ADD of the pod named `slow` waits for the release file; every other ADD answers at once
+    // (a result without addresses: the pods need none here).
+    let plugin = bin.join("block-add");
+    std::fs::write(
+        &plugin,
+        format!(
+            r#"#!/bin/sh
+cat >/dev/null
+pod=$(echo "$CNI_ARGS" | tr ';' '\n' | sed -n 's/^K8S_POD_NAME=//p')
+echo "$CNI_COMMAND $pod" >> {calls}
+case "$CNI_COMMAND" in
+ADD)
+  if [ "$pod" = slow ]; then
+    i=0
+    while [ ! -e {release} ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done
+  fi
+  echo "ADDED $pod" >> {calls}
+  echo '{{"cniVersion":"1.1.0"}}' ;;
+VERSION) echo '{{"cniVersion":"1.1.0","supportedVersions":["1.0.0","1.1.0"]}}' ;;
+esac
+exit 0
+"#,
+            calls = calls.display(),
+            release = release.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&plugin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(
+        conf.join("10-block.conflist"),
+        r#"{"cniVersion":"1.1.0","name":"blocknet","plugins":[{"type":"block-add"}]}"#,
+    )
+    .unwrap();
+    let mut k = Kubelets::new(&tb);
+    let bin_s = bin.display().to_string();
+    let mut extra = vec!["--cni-bin-dir", bin_s.as_str()];
+    if serial {
+        extra.extend(["--max-parallel-pod-syncs", "1"]);
+    }
+    k.start_with(&tb, &cp, &node, &dirs, "net.d", &extra);
+    wait_node_ready(&client, "n1").await;
+    let pod = |name: &str| {
+        json!({"metadata": {"name": name}, "spec": {"nodeName": "n1",
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "c", "image": "busybox",
+                "command": ["/bin/busybox", "sleep", "3600"]}]}})
+    };
+    let log = || std::fs::read_to_string(&calls).unwrap_or_default();
+    let has = |line: &str| log().lines().any(|l| l == line);
+    create_pod(&client, pod("slow")).await;
+    netns_testbed::wait_for(
+        "the slow pod's ADD to start",
+        Duration::from_secs(60),
+        || has("ADD slow"),
+    )
+    .await;
+    create_pod(&client, pod("fast")).await;
+    let is_running = |p: &serde_json::Value| {
+        p["status"]["phase"] == "Running" && p["status"]["containerStatuses"][0]["ready"] == true
+    };
+    if serial {
+        // The one sync slot is the blocked pass's: the other pod gets no pass at all. Watched
+        // for ten sync periods (an observation window: its end, not its length, is judged).
+        let api: Api<Pod> = Api::namespaced(client.clone(), "default");
+        for _ in 0..30 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let fast = serde_json::to_value(api.get("fast").await.unwrap()).unwrap();
+            assert!(
+                !has("ADD fast") && !is_running(&fast),
+                "a second pass ran beside the blocked one: {}\n{fast:#}",
+                log()
+            );
+        }
+        assert!(!has("ADDED slow"), "the slow ADD still waits: {}", log());
+    } else {
+        wait_pod(
+            &client,
+            "fast",
+            Duration::from_secs(60),
+            "Running while the other pod's ADD blocks",
+            is_running,
+        )
+        .await;
+        assert!(
+            has("ADDED fast") && !has("ADDED slow"),
+            "the fast pod's ADD ended while the slow one's still waits: {}",
+            log()
+        );
+    }
+    std::fs::write(&release, "").unwrap();
+    for name in ["slow", "fast"] {
+        wait_pod(
+            &client,
+            name,
+            Duration::from_secs(60),
+            "Running once the ADD is let go",
+            is_running,
+        )
+        .await;
+    }
 }
 
 /// Issue 15: a pod's ServiceAccount token, projected by the kubelet, works from inside the pod

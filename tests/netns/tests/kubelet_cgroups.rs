@@ -294,6 +294,14 @@ async fn cgroups_limit_account_oom_kill_adopt_and_go_with_their_pods() {
     assert_eq!(p["status"]["qosClass"], "Burstable");
     let hog_uid = p["metadata"]["uid"].as_str().unwrap().to_string();
     let run = |n: u32, f: &str| k.pod_dir(0, &hog_uid).join(format!("containers/c/{n}/{f}"));
+    // restartCount counts a run as soon as it is created; its shim records itself a moment
+    // later (no pass waits for it).
+    netns_testbed::wait_for(
+        "the second restart's shim to record itself",
+        Duration::from_secs(20),
+        || run(2, "shim.pid").exists(),
+    )
+    .await;
     assert!(
         mtime(&run(1, "shim.pid"))
             .duration_since(mtime(&run(0, "exit")))
