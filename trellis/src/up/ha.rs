@@ -265,6 +265,40 @@ pub fn spawn_node_proxy(
     )
 }
 
+/// Waits until node `ns`'s failover proxy `p` accepts connections at [`NODE_PROXY`]. The
+/// node's daemons connect to it as soon as they start, and ipamd and the kubelet end on a
+/// refused first connection; a proxy still starting on a loaded machine lost a node that way.
+pub async fn wait_node_proxy(ns: &Netns, p: &Proc) -> anyhow::Result<()> {
+    let addr: SocketAddr = NODE_PROXY.parse().context("the node proxy's address")?;
+    let deadline = Instant::now() + API_LIMIT;
+    loop {
+        let listening = ns.run(|| {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
+        })?;
+        if listening {
+            return Ok(());
+        }
+        if !p.alive() {
+            bail!(
+                "the API proxy on {} exited ({}); its log ends:\n    {}",
+                p.on,
+                p.log.display(),
+                tail(p)
+            );
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the API proxy on {} did not listen at {NODE_PROXY} within {} s ({}); its log ends:\n    {}",
+                p.on,
+                API_LIMIT.as_secs(),
+                p.log.display(),
+                tail(p)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The `index`th node's order of preference: the members rotated by `index`.
 fn proxy_order(members: &[SocketAddr], index: usize) -> Vec<SocketAddr> {
     let mut order = members.to_vec();

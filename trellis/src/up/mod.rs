@@ -752,7 +752,9 @@ async fn build(args: &UpArgs, state: &mut State, exe: &Path, busybox: &Path) -> 
             NodeAccess::Direct => access.front.clone(),
             NodeAccess::Proxy(members) => {
                 let p = ha::spawn_node_proxy(ns, n, members, i, &trellis, &logs)?;
-                state.processes.push(p);
+                state.processes.push(p.clone());
+                state.save()?;
+                ha::wait_node_proxy(ns, &p).await?;
                 format!("https://{}", ha::NODE_PROXY)
             }
         };
