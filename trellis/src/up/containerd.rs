@@ -288,8 +288,9 @@ fn remove_cgroup_tree(dir: &Path) -> std::io::Result<()> {
 }
 
 /// After every process of the cluster is gone: shims containerd left (a shim outlives a
-/// killed containerd), the containers' cgroups (`/<namespace>/<id>` in every hierarchy, as
-/// the kubelet asks runc), mounts under containerd's directory, and runc's state directory of
+/// killed containerd), runc's `/<namespace>` cgroups in every hierarchy (the kubelet puts
+/// containers in their pod cgroups, which `down` removes with the node's; runc's own place is
+/// left only by `--cgroups-per-qos=false` or an older kubelet), mounts under containerd's directory, and runc's state directory of
 /// the namespace.
 pub async fn remove_leftovers(c: &Ctrd, problems: &mut Vec<String>) {
     let socket = c.socket.display().to_string();
