@@ -262,6 +262,25 @@ async fn poll<T: Send + 'static>(
     }
 }
 
+/// Waits until `from` reaches every named backend directly (pod IP, no Service): the pod
+/// network has converged. In the routed mode a new pod's block reaches the other node over BGP
+/// some time after its ADD; the Service checks below measure the proxy, not that delay.
+async fn wait_reachable(from: &Arc<Netns>, backends: &[(&Pod, &str)]) {
+    for (pod, name) in backends {
+        let (ns, to, name) = (
+            from.clone(),
+            SocketAddr::from((pod.ip, PORT)),
+            name.to_string(),
+        );
+        poll(
+            "the pod network reaches the backend",
+            Duration::from_secs(20),
+            move || (ask_one(&ns, to).ok()? == name).then_some(()),
+        )
+        .await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_ip_spreads_moves_rejects_and_hairpins() {
     let env = start(2).await;
@@ -276,6 +295,7 @@ async fn cluster_ip_spreads_moves_rejects_and_hairpins() {
         name_server(&b2.ns, "b2"),
         name_server(&b3.ns, "b3"),
     ];
+    wait_reachable(&client.ns, &[(&b1, "b1"), (&b2, "b2"), (&b3, "b3")]).await;
     let web = env
         .service(
             "web",
@@ -543,6 +563,9 @@ async fn node_ports_from_other_nodes_and_outside_and_local_policy_keeps_the_clie
     let b1 = c.add_pod(0, "b1").await;
     let b2 = c.add_pod(1, "b2").await;
     let _servers = [name_server(&b1.ns, "b1"), name_server(&b2.ns, "b2")];
+    for w in &c.workers {
+        wait_reachable(&w.node.ns, &[(&b1, "b1"), (&b2, "b2")]).await;
+    }
     let np = env
         .service(
             "np",
