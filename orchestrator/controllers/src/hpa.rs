@@ -14,8 +14,15 @@
 //! - stabilization: the highest recommendation of the scale-down window (default 300 s, the
 //!   controller-manager's `--horizontal-pod-autoscaler-downscale-stabilization`, or
 //!   `spec.behavior.scaleDown.stabilizationWindowSeconds`) and the lowest of the scale-up
-//!   window (default 0) bound the result, which is then clamped to `[minReplicas,
-//!   maxReplicas]`. The scaling policies (rate limits per period) are not applied.
+//!   window (default 0) bound the result;
+//! - scaling policies (`spec.behavior.scaleUp|scaleDown.policies`, `selectPolicy`): each
+//!   policy allows `value` pods or percent on top of (below) the count at the start of its
+//!   period, which the controller's own rescales within the period tell; `Max` takes the
+//!   policy allowing the largest change, `Min` the smallest, `Disabled` none. Without a
+//!   behavior, upstream's defaults apply (up: 4 pods or 100 % per 15 s, whichever is more;
+//!   down: 100 % per 15 s). The result stays within `[minReplicas, maxReplicas]`, and the
+//!   ScalingLimited condition says which limit held it (`ScaleUpLimit`, `ScaleDownLimit`,
+//!   `TooManyReplicas`, `TooFewReplicas`).
 //!
 //! Metrics are read through the API server's `metrics.k8s.io` (PodMetrics of the target's
 //! selector), as upstream's controller does. Status carries currentReplicas, desiredReplicas,
@@ -27,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
-use k8s_openapi::api::autoscaling::v2::{HorizontalPodAutoscaler, MetricSpec};
+use k8s_openapi::api::autoscaling::v2::{HPAScalingRules, HorizontalPodAutoscaler, MetricSpec};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff;
 use kube::Api;
@@ -250,6 +257,294 @@ pub fn stabilize(
     current.max(up).min(down)
 }
 
+/// How fast one direction may change the replica count: `spec.behavior.scaleUp` or
+/// `scaleDown`, with upstream's defaults filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rules {
+    pub select: Select,
+    pub policies: Vec<Policy>,
+}
+
+/// `selectPolicy`: which policy's limit applies when several are given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Select {
+    /// The policy allowing the largest change (the default).
+    Max,
+    /// The policy allowing the smallest change.
+    Min,
+    /// No change in this direction at all.
+    Disabled,
+}
+
+/// One `HPAScalingPolicy`: at most `value` pods, or `value` percent of the replicas at the
+/// start of the period, per `period`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    pub kind: PolicyKind,
+    pub value: i32,
+    pub period: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyKind {
+    Pods,
+    Percent,
+}
+
+impl Rules {
+    /// Upstream's scale-up default: 4 pods or 100 % per 15 s, whichever allows more.
+    pub fn default_up() -> Rules {
+        Rules {
+            select: Select::Max,
+            policies: vec![
+                Policy {
+                    kind: PolicyKind::Pods,
+                    value: 4,
+                    period: Duration::from_secs(15),
+                },
+                Policy {
+                    kind: PolicyKind::Percent,
+                    value: 100,
+                    period: Duration::from_secs(15),
+                },
+            ],
+        }
+    }
+
+    /// Upstream's scale-down default: 100 % per 15 s.
+    pub fn default_down() -> Rules {
+        Rules {
+            select: Select::Max,
+            policies: vec![Policy {
+                kind: PolicyKind::Percent,
+                value: 100,
+                period: Duration::from_secs(15),
+            }],
+        }
+    }
+
+    /// The rules of `spec`, each part that is not given (or not understood) from `default`,
+    /// as upstream's defaulting fills them.
+    pub fn from_spec(spec: Option<&HPAScalingRules>, default: Rules) -> Rules {
+        let Some(spec) = spec else {
+            return default;
+        };
+        let select = match spec.select_policy.as_deref() {
+            Some("Min") => Select::Min,
+            Some("Disabled") => Select::Disabled,
+            Some("Max") => Select::Max,
+            _ => default.select,
+        };
+        let policies: Vec<Policy> = spec
+            .policies
+            .iter()
+            .flatten()
+            .filter_map(|p| {
+                let kind = match p.type_.as_str() {
+                    "Pods" => PolicyKind::Pods,
+                    "Percent" => PolicyKind::Percent,
+                    _ => return None,
+                };
+                let secs = u64::try_from(p.period_seconds).ok().filter(|s| *s > 0)?;
+                Some(Policy {
+                    kind,
+                    value: p.value,
+                    period: Duration::from_secs(secs),
+                })
+            })
+            .collect();
+        Rules {
+            select,
+            policies: if policies.is_empty() {
+                default.policies
+            } else {
+                policies
+            },
+        }
+    }
+
+    fn longest_period(&self) -> Duration {
+        self.policies
+            .iter()
+            .map(|p| p.period)
+            .max()
+            .unwrap_or_default()
+    }
+}
+
+/// A rescale this controller made: when, and how many replicas it added or removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScaleEvent {
+    pub at: Instant,
+    pub change: i32,
+}
+
+/// One HPA's recent rescales, in each direction (upstream's `scaleUpEvents` and
+/// `scaleDownEvents`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScaleEvents {
+    pub up: Vec<ScaleEvent>,
+    pub down: Vec<ScaleEvent>,
+}
+
+impl ScaleEvents {
+    /// Records a rescale from `from` to `to`, forgetting what is older than `keep` (the longest
+    /// policy period: no policy looks further back).
+    pub fn record(&mut self, now: Instant, from: i32, to: i32, keep: Duration) {
+        for events in [&mut self.up, &mut self.down] {
+            events.retain(|e| now.saturating_duration_since(e.at) < keep);
+        }
+        match to.cmp(&from) {
+            std::cmp::Ordering::Greater => self.up.push(ScaleEvent {
+                at: now,
+                change: to - from,
+            }),
+            std::cmp::Ordering::Less => self.down.push(ScaleEvent {
+                at: now,
+                change: from - to,
+            }),
+            std::cmp::Ordering::Equal => {}
+        }
+    }
+}
+
+/// Replicas changed within the last `period` (upstream's `getReplicasChangePerPeriod`).
+fn change_in_period(events: &[ScaleEvent], period: Duration, now: Instant) -> i32 {
+    events
+        .iter()
+        .filter(|e| now.saturating_duration_since(e.at) < period)
+        .map(|e| e.change)
+        .sum()
+}
+
+/// The replica count at the start of `period`: what the rescales within it changed, undone.
+fn period_start(current: i32, events: &ScaleEvents, period: Duration, now: Instant) -> i32 {
+    current - change_in_period(&events.up, period, now)
+        + change_in_period(&events.down, period, now)
+}
+
+/// The most replicas the rules allow now (upstream's `calculateScaleUpLimitWithScalingRules`):
+/// each policy allows its pods or percent on top of the count at the start of its period.
+pub fn scale_up_limit(current: i32, events: &ScaleEvents, rules: &Rules, now: Instant) -> i32 {
+    let proposals = rules.policies.iter().map(|p| {
+        let start = period_start(current, events, p.period, now);
+        match p.kind {
+            PolicyKind::Pods => start.saturating_add(p.value),
+            PolicyKind::Percent => {
+                // Rounded up, or a small target could never grow.
+                (f64::from(start) * (1.0 + f64::from(p.value) / 100.0)).ceil() as i32
+            }
+        }
+    });
+    match rules.select {
+        Select::Disabled => current,
+        Select::Max => proposals.max().unwrap_or(current),
+        Select::Min => proposals.min().unwrap_or(current),
+    }
+}
+
+/// The fewest replicas the rules allow now (upstream's `calculateScaleDownLimitWithBehaviors`).
+pub fn scale_down_limit(current: i32, events: &ScaleEvents, rules: &Rules, now: Instant) -> i32 {
+    let proposals = rules.policies.iter().map(|p| {
+        let start = period_start(current, events, p.period, now);
+        match p.kind {
+            PolicyKind::Pods => start.saturating_sub(p.value),
+            // Rounded down (towards the smaller count), as upstream's int32 conversion does.
+            PolicyKind::Percent => (f64::from(start) * (1.0 - f64::from(p.value) / 100.0)) as i32,
+        }
+    });
+    match rules.select {
+        Select::Disabled => current,
+        // The largest change downwards is the smallest count.
+        Select::Max => proposals.min().unwrap_or(current),
+        Select::Min => proposals.max().unwrap_or(current),
+    }
+}
+
+/// Why the result of [`limit_rate`] is what it is: the ScalingLimited condition's reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limited {
+    DesiredWithinRange,
+    TooManyReplicas,
+    TooFewReplicas,
+    ScaleUpLimit,
+    ScaleDownLimit,
+}
+
+impl Limited {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Limited::DesiredWithinRange => "DesiredWithinRange",
+            Limited::TooManyReplicas => "TooManyReplicas",
+            Limited::TooFewReplicas => "TooFewReplicas",
+            Limited::ScaleUpLimit => "ScaleUpLimit",
+            Limited::ScaleDownLimit => "ScaleDownLimit",
+        }
+    }
+
+    pub fn message(self) -> &'static str {
+        match self {
+            Limited::DesiredWithinRange => "the desired count is within the acceptable range",
+            Limited::TooManyReplicas => {
+                "the desired replica count is more than the maximum replica count"
+            }
+            Limited::TooFewReplicas => {
+                "the desired replica count is less than the minimum replica count"
+            }
+            Limited::ScaleUpLimit => {
+                "the desired replica count is increasing faster than the maximum scale rate"
+            }
+            Limited::ScaleDownLimit => {
+                "the desired replica count is decreasing faster than the maximum scale rate"
+            }
+        }
+    }
+}
+
+/// The limits of one evaluation: the HPA's bounds and its rules in both directions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bounds {
+    pub min: i32,
+    pub max: i32,
+    pub up: Rules,
+    pub down: Rules,
+}
+
+/// Upstream's `convertDesiredReplicasWithBehaviorRate`: the stabilized recommendation
+/// `desired`, held within `[min, max]` and within the rate the scaling policies allow given
+/// the rescales of their periods; with the reason that applied.
+pub fn limit_rate(
+    current: i32,
+    desired: i32,
+    bounds: &Bounds,
+    events: &ScaleEvents,
+    now: Instant,
+) -> (i32, Limited) {
+    if desired > current {
+        // Never below the current count: a limit under it waits for old events to age out.
+        let limit = scale_up_limit(current, events, &bounds.up, now).max(current);
+        let (allowed, why) = if bounds.max > limit {
+            (limit, Limited::ScaleUpLimit)
+        } else {
+            (bounds.max, Limited::TooManyReplicas)
+        };
+        if desired > allowed {
+            return (allowed, why);
+        }
+    } else if desired < current {
+        let limit = scale_down_limit(current, events, &bounds.down, now).min(current);
+        let (allowed, why) = if bounds.min < limit {
+            (limit, Limited::ScaleDownLimit)
+        } else {
+            (bounds.min, Limited::TooFewReplicas)
+        };
+        if desired < allowed {
+            return (allowed, why);
+        }
+    }
+    (desired, Limited::DesiredWithinRange)
+}
+
 /// CPU in millicores, or anything else in its base unit, from a quantity string.
 fn amount(q: &str, cpu: bool) -> Result<f64, QuantityError> {
     let q = ParsedQuantity::parse(q)?;
@@ -336,6 +631,8 @@ pub struct Controller {
     ctx: Ctx,
     settings: Settings,
     recommendations: Arc<Mutex<HashMap<String, Recommendations>>>,
+    /// Each HPA's recent rescales, which its scaling policies limit.
+    scale_events: Arc<Mutex<HashMap<String, ScaleEvents>>>,
 }
 
 /// A condition for the status.
@@ -358,6 +655,7 @@ impl Controller {
             ctx,
             settings,
             recommendations: Arc::default(),
+            scale_events: Arc::default(),
         }
     }
 
@@ -456,6 +754,24 @@ impl Controller {
                 })
                 .collect(),
         )
+    }
+
+    /// The HPA's replica bounds and scaling policies (`spec.behavior`, upstream's defaults
+    /// where it says nothing).
+    fn bounds(hpa: &HorizontalPodAutoscaler, min: i32, max: i32) -> Bounds {
+        let behavior = hpa.spec.as_ref().and_then(|s| s.behavior.as_ref());
+        Bounds {
+            min,
+            max,
+            up: Rules::from_spec(
+                behavior.and_then(|b| b.scale_up.as_ref()),
+                Rules::default_up(),
+            ),
+            down: Rules::from_spec(
+                behavior.and_then(|b| b.scale_down.as_ref()),
+                Rules::default_down(),
+            ),
+        }
     }
 
     fn windows(&self, hpa: &HorizontalPodAutoscaler) -> (Duration, Duration) {
@@ -603,6 +919,9 @@ impl Reconciler for Controller {
             if let Ok(mut r) = self.recommendations.lock() {
                 r.remove(key);
             }
+            if let Ok(mut e) = self.scale_events.lock() {
+                e.remove(key);
+            }
             return Ok(None);
         };
         let Some(spec) = hpa.spec.clone() else {
@@ -747,40 +1066,40 @@ impl Reconciler for Controller {
             let recs = all.entry(key.to_string()).or_default();
             stabilize(recs, Instant::now(), current, best.replicas, up, down)
         };
-        let desired = stabilized.clamp(min.min(max), max);
-        let limited = if stabilized > max {
-            condition(
-                "ScalingLimited",
-                true,
-                "TooManyReplicas",
-                "the desired replica count is more than the maximum replica count",
-                &now,
-            )
-        } else if stabilized < min {
-            condition(
-                "ScalingLimited",
-                true,
-                "TooFewReplicas",
-                "the desired replica count is less than the minimum replica count",
-                &now,
-            )
-        } else {
-            condition(
-                "ScalingLimited",
-                false,
-                "DesiredWithinRange",
-                "the desired count is within the acceptable range",
-                &now,
-            )
+        let bounds = Controller::bounds(&hpa, min, max);
+        let now_instant = Instant::now();
+        let (limited_to, why) = {
+            let all = self.scale_events.lock().unwrap_or_else(|e| e.into_inner());
+            let events = all.get(key).cloned().unwrap_or_default();
+            limit_rate(current, stabilized, &bounds, &events, now_instant)
         };
+        // A current count outside [min, max] is brought back within them.
+        let desired = limited_to.clamp(min.min(max), max);
+        let limited = condition(
+            "ScalingLimited",
+            limited_to != stabilized,
+            why.reason(),
+            why.message(),
+            &now,
+        );
         let able = if stabilized != best.replicas && desired == current {
-            condition(
-                "AbleToScale",
-                true,
-                "ScaleDownStabilized",
-                "recent recommendations were higher than current one, applying the highest recent recommendation",
-                &now,
-            )
+            if best.replicas > stabilized {
+                condition(
+                    "AbleToScale",
+                    true,
+                    "ScaleUpStabilized",
+                    "recent recommendations were lower than current one, applying the lowest recent recommendation",
+                    &now,
+                )
+            } else {
+                condition(
+                    "AbleToScale",
+                    true,
+                    "ScaleDownStabilized",
+                    "recent recommendations were higher than current one, applying the highest recent recommendation",
+                    &now,
+                )
+            }
         } else {
             able
         };
@@ -809,6 +1128,13 @@ impl Reconciler for Controller {
             {
                 Ok(()) => {
                     tracing::info!(hpa = key, from = current, to = desired, "rescaled");
+                    let keep = bounds.up.longest_period().max(bounds.down.longest_period());
+                    self.scale_events
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .entry(key.to_string())
+                        .or_default()
+                        .record(now_instant, current, desired, keep);
                     self.event(
                         &hpa,
                         EventType::Normal,
@@ -1021,6 +1347,242 @@ mod tests {
         let mut recs = vec![(t0, 9)];
         stabilize(&mut recs, t0 + Duration::from_secs(400), 1, 1, up, down);
         assert_eq!(recs.len(), 1);
+    }
+
+    fn pods(value: i32, secs: u64) -> Policy {
+        Policy {
+            kind: PolicyKind::Pods,
+            value,
+            period: Duration::from_secs(secs),
+        }
+    }
+
+    fn percent(value: i32, secs: u64) -> Policy {
+        Policy {
+            kind: PolicyKind::Percent,
+            value,
+            period: Duration::from_secs(secs),
+        }
+    }
+
+    fn rules(select: Select, policies: &[Policy]) -> Rules {
+        Rules {
+            select,
+            policies: policies.to_vec(),
+        }
+    }
+
+    fn bounds(min: i32, max: i32, up: Rules, down: Rules) -> Bounds {
+        Bounds { min, max, up, down }
+    }
+
+    // Cases in the manner of upstream's TestConvertDesiredReplicasWithBehaviorRate and
+    // TestScalingWithRules (horizontal_test.go).
+    #[test]
+    fn the_default_rules_allow_four_pods_or_doubling_per_period() {
+        let now = Instant::now();
+        let none = ScaleEvents::default();
+        let up = Rules::default_up();
+        // 1 replica: max(1 + 4, 2 × 1) = 5; 10 replicas: max(14, 20) = 20.
+        assert_eq!(scale_up_limit(1, &none, &up, now), 5);
+        assert_eq!(scale_up_limit(10, &none, &up, now), 20);
+        // Scaling down: 100 % per 15 s, so down to minReplicas at once.
+        let b = bounds(1, 10, Rules::default_up(), Rules::default_down());
+        assert_eq!(
+            limit_rate(8, 1, &b, &none, now),
+            (1, Limited::DesiredWithinRange)
+        );
+        assert_eq!(
+            limit_rate(8, 0, &b, &none, now),
+            (1, Limited::TooFewReplicas)
+        );
+        // 1 → 4 within maxReplicas 4 is not limited: the negative control of the rate tests.
+        let b = bounds(1, 4, Rules::default_up(), Rules::default_down());
+        assert_eq!(
+            limit_rate(1, 4, &b, &none, now),
+            (4, Limited::DesiredWithinRange)
+        );
+        assert_eq!(
+            limit_rate(1, 9, &b, &none, now),
+            (4, Limited::TooManyReplicas)
+        );
+    }
+
+    #[test]
+    fn a_pods_policy_limits_each_period_from_the_count_at_its_start() {
+        let t0 = Instant::now();
+        let b = bounds(
+            1,
+            10,
+            rules(Select::Max, &[pods(3, 60)]),
+            Rules::default_down(),
+        );
+        // "scaleUpPoliciesPods 3 per 60 s": from 5 wanting 10 → 8, ScaleUpLimit.
+        let mut events = ScaleEvents::default();
+        assert_eq!(
+            limit_rate(5, 10, &b, &events, t0),
+            (8, Limited::ScaleUpLimit)
+        );
+        events.record(t0, 5, 8, Duration::from_secs(60));
+        // 30 s later the period still started at 5: no more than 8.
+        let t1 = t0 + Duration::from_secs(30);
+        assert_eq!(
+            limit_rate(8, 10, &b, &events, t1),
+            (8, Limited::ScaleUpLimit)
+        );
+        // Once the event is older than the period, 3 more.
+        let t2 = t0 + Duration::from_secs(61);
+        assert_eq!(
+            limit_rate(8, 10, &b, &events, t2),
+            (10, Limited::DesiredWithinRange)
+        );
+        // One pod per period, from 1 towards 4: 2, then nothing until the period is over.
+        let one = bounds(
+            1,
+            4,
+            rules(Select::Max, &[pods(1, 15)]),
+            Rules::default_down(),
+        );
+        let mut events = ScaleEvents::default();
+        assert_eq!(
+            limit_rate(1, 4, &one, &events, t0),
+            (2, Limited::ScaleUpLimit)
+        );
+        events.record(t0, 1, 2, Duration::from_secs(15));
+        assert_eq!(
+            limit_rate(2, 4, &one, &events, t0 + Duration::from_secs(14)),
+            (2, Limited::ScaleUpLimit)
+        );
+        assert_eq!(
+            limit_rate(2, 4, &one, &events, t0 + Duration::from_secs(15)),
+            (3, Limited::ScaleUpLimit)
+        );
+    }
+
+    #[test]
+    fn percent_policies_round_up_when_growing_and_down_when_shrinking() {
+        let now = Instant::now();
+        let none = ScaleEvents::default();
+        // "scaleUpPoliciesPercent 25": 10 → ceil(12.5) = 13.
+        let b = bounds(
+            1,
+            100,
+            rules(Select::Max, &[percent(25, 60)]),
+            rules(Select::Max, &[percent(50, 60)]),
+        );
+        assert_eq!(
+            limit_rate(10, 20, &b, &none, now),
+            (13, Limited::ScaleUpLimit)
+        );
+        // 1 replica at 25 %: ceil(1.25) = 2, so a small target still grows.
+        assert_eq!(
+            limit_rate(1, 20, &b, &none, now),
+            (2, Limited::ScaleUpLimit)
+        );
+        // 5 at 50 % down: floor(2.5) = 2.
+        assert_eq!(
+            limit_rate(5, 1, &b, &none, now),
+            (2, Limited::ScaleDownLimit)
+        );
+    }
+
+    #[test]
+    fn select_policy_picks_the_largest_or_smallest_change_or_none() {
+        let now = Instant::now();
+        let none = ScaleEvents::default();
+        let both = [pods(4, 60), percent(100, 60)];
+        // 10 replicas: Pods allows 14, Percent 20.
+        assert_eq!(
+            scale_up_limit(10, &none, &rules(Select::Max, &both), now),
+            20
+        );
+        assert_eq!(
+            scale_up_limit(10, &none, &rules(Select::Min, &both), now),
+            14
+        );
+        assert_eq!(
+            scale_up_limit(10, &none, &rules(Select::Disabled, &both), now),
+            10
+        );
+        // Down from 10: Pods 4 allows 6, Percent 50 allows 5.
+        let down = [pods(4, 60), percent(50, 60)];
+        assert_eq!(
+            scale_down_limit(10, &none, &rules(Select::Max, &down), now),
+            5
+        );
+        assert_eq!(
+            scale_down_limit(10, &none, &rules(Select::Min, &down), now),
+            6
+        );
+        // Disabled holds the count, with the rate as the reason.
+        let b = bounds(
+            1,
+            20,
+            rules(Select::Disabled, &both),
+            rules(Select::Disabled, &down),
+        );
+        assert_eq!(
+            limit_rate(10, 15, &b, &none, now),
+            (10, Limited::ScaleUpLimit)
+        );
+        assert_eq!(
+            limit_rate(10, 2, &b, &none, now),
+            (10, Limited::ScaleDownLimit)
+        );
+    }
+
+    #[test]
+    fn scale_downs_in_the_period_count_against_scale_downs_and_for_scale_ups() {
+        let t0 = Instant::now();
+        let keep = Duration::from_secs(60);
+        let mut events = ScaleEvents::default();
+        // Down 10 → 8 with Pods 2 per 60 s: no further down in the period.
+        events.record(t0, 10, 8, keep);
+        let b = bounds(
+            1,
+            20,
+            rules(Select::Max, &[pods(2, 60)]),
+            rules(Select::Max, &[pods(2, 60)]),
+        );
+        let t1 = t0 + Duration::from_secs(10);
+        assert_eq!(
+            limit_rate(8, 3, &b, &events, t1),
+            (8, Limited::ScaleDownLimit)
+        );
+        // A scale-up in the same period starts from 10: up to 12.
+        assert_eq!(
+            limit_rate(8, 15, &b, &events, t1),
+            (12, Limited::ScaleUpLimit)
+        );
+        // Recording forgets events older than the longest period.
+        events.record(t0 + Duration::from_secs(61), 8, 9, keep);
+        assert!(events.down.is_empty());
+        assert_eq!(events.up.len(), 1);
+    }
+
+    #[test]
+    fn rules_take_upstreams_defaults_for_what_the_spec_leaves_out() {
+        assert_eq!(
+            Rules::from_spec(None, Rules::default_up()),
+            Rules::default_up()
+        );
+        let only_select = HPAScalingRules {
+            select_policy: Some("Min".into()),
+            ..Default::default()
+        };
+        let r = Rules::from_spec(Some(&only_select), Rules::default_up());
+        assert_eq!(r.select, Select::Min);
+        assert_eq!(r.policies, Rules::default_up().policies);
+        let one = HPAScalingRules {
+            policies: Some(vec![k8s_openapi::api::autoscaling::v2::HPAScalingPolicy {
+                type_: "Pods".into(),
+                value: 1,
+                period_seconds: 30,
+            }]),
+            ..Default::default()
+        };
+        let r = Rules::from_spec(Some(&one), Rules::default_down());
+        assert_eq!((r.select, r.policies), (Select::Max, vec![pods(1, 30)]));
     }
 
     #[test]
