@@ -337,6 +337,18 @@ const BUILTIN: &[Builtin] = &[
         all: true,
         subs: &[Status],
     },
+    // The same objects as autoscaling/v2 (stored once), in v1's shape; v2 is the preferred
+    // version, listed first.
+    Builtin {
+        group: "autoscaling",
+        version: "v1",
+        kind: "HorizontalPodAutoscaler",
+        plural: "horizontalpodautoscalers",
+        namespaced: true,
+        short: &["hpa"],
+        all: true,
+        subs: &[Status],
+    },
     Builtin {
         group: "networking.k8s.io",
         version: "v1",

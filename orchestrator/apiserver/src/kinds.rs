@@ -146,6 +146,40 @@ pub fn defaults(info: &ResourceInfo, obj: &mut Value) {
                 );
             }
             default_at(obj, &["spec", "minReplicas"], json!(1));
+            // Stored as v2: the v1 round-trip annotations are never kept (upstream's v2
+            // conversion drops them).
+            crate::hpa_v1::drop_round_trip_annotations(obj);
+            // A behavior given in part is completed with upstream's defaults
+            // (SetDefaults_HorizontalPodAutoscalerBehavior); none given stays none.
+            if at(obj, &["spec", "behavior"]).is_some_and(Value::is_object) {
+                default_at(
+                    obj,
+                    &["spec", "behavior", "scaleUp", "stabilizationWindowSeconds"],
+                    json!(0),
+                );
+                default_at(
+                    obj,
+                    &["spec", "behavior", "scaleUp", "selectPolicy"],
+                    json!("Max"),
+                );
+                default_at(
+                    obj,
+                    &["spec", "behavior", "scaleUp", "policies"],
+                    json!([{"type": "Pods", "value": 4, "periodSeconds": 15},
+                           {"type": "Percent", "value": 100, "periodSeconds": 15}]),
+                );
+                // No stabilization window by default: the controller's flag decides.
+                default_at(
+                    obj,
+                    &["spec", "behavior", "scaleDown", "selectPolicy"],
+                    json!("Max"),
+                );
+                default_at(
+                    obj,
+                    &["spec", "behavior", "scaleDown", "policies"],
+                    json!([{"type": "Percent", "value": 100, "periodSeconds": 15}]),
+                );
+            }
         }
         _ => {}
     }
@@ -622,6 +656,13 @@ pub fn validate(info: &ResourceInfo, obj: &Value, old: Option<&Value>) -> Vec<Ca
                 }
             }
         }
+        ("autoscaling", "HorizontalPodAutoscaler") => {
+            for dir in ["scaleUp", "scaleDown"] {
+                if let Some(rules) = at(obj, &["spec", "behavior", dir]).filter(|r| r.is_object()) {
+                    validate_scaling_rules(rules, &format!("spec.behavior.{dir}"), &mut causes);
+                }
+            }
+        }
         ("batch", "CronJob") => {
             match at(obj, &["spec", "schedule"]).and_then(Value::as_str) {
                 None | Some("") => causes.push(Cause::required("spec.schedule")),
@@ -932,6 +973,90 @@ pub fn typecheck(info: &ResourceInfo, obj: &mut Value, prune: bool) -> Result<Ve
         }
         _ => Ok(Vec::new()),
     }
+}
+
+/// Upstream's `validateScalingRules`: a window of 0–3600 s, a known selectPolicy, and at least
+/// one policy, each of a known type with a positive value and a period of 1–1800 s.
+fn validate_scaling_rules(rules: &Value, path: &str, causes: &mut Vec<Cause>) {
+    if let Some(w) = rules["stabilizationWindowSeconds"].as_i64() {
+        if w < 0 {
+            causes.push(Cause::invalid(
+                format!("{path}.stabilizationWindowSeconds"),
+                w,
+                "must be greater than or equal to zero",
+            ));
+        } else if w > 3600 {
+            causes.push(Cause::invalid(
+                format!("{path}.stabilizationWindowSeconds"),
+                w,
+                "must be less than or equal to 3600",
+            ));
+        }
+    }
+    if let Some(sel) = rules["selectPolicy"].as_str()
+        && !["Max", "Min", "Disabled"].contains(&sel)
+    {
+        causes.push(Cause::invalid(
+            format!("{path}.selectPolicy"),
+            sel,
+            "supported values: \"Disabled\", \"Max\", \"Min\"",
+        ));
+    }
+    let policies = rules["policies"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    if policies.is_empty() {
+        causes.push(Cause {
+            message: "Required value: must specify at least one Policy".into(),
+            ..Cause::required(format!("{path}.policies"))
+        });
+    }
+    for (i, p) in policies.iter().enumerate() {
+        let here = format!("{path}.policies[{i}]");
+        if let Some(t) = p["type"]
+            .as_str()
+            .filter(|t| !["Pods", "Percent"].contains(t))
+        {
+            causes.push(Cause::invalid(
+                format!("{here}.type"),
+                t,
+                "supported values: \"Percent\", \"Pods\"",
+            ));
+        }
+        let value = p["value"].as_i64().unwrap_or(0);
+        if value <= 0 {
+            causes.push(Cause::invalid(
+                format!("{here}.value"),
+                value,
+                "must be greater than zero",
+            ));
+        }
+        let period = p["periodSeconds"].as_i64().unwrap_or(0);
+        if period <= 0 {
+            causes.push(Cause::invalid(
+                format!("{here}.periodSeconds"),
+                period,
+                "must be greater than zero",
+            ));
+        } else if period > 1800 {
+            causes.push(Cause::invalid(
+                format!("{here}.periodSeconds"),
+                period,
+                "must be less than or equal to 1800",
+            ));
+        }
+    }
+}
+
+/// [`typecheck`] of an autoscaling/v1 HorizontalPodAutoscaler (served over the v2 objects,
+/// see [`crate::hpa_v1`]).
+pub fn typecheck_hpa_v1(obj: &mut Value, prune: bool) -> Result<Vec<String>, String> {
+    use k8s_openapi::api::autoscaling::v1::HorizontalPodAutoscaler;
+    let typed: HorizontalPodAutoscaler =
+        serde_json::from_value(obj.clone()).map_err(|e| e.to_string())?;
+    let back = serde_json::to_value(&typed).map_err(|e| e.to_string())?;
+    Ok(unknown_fields(obj, &back, "", prune))
 }
 
 /// Paths present (and not null) in `input` but absent from `typed` (its typed round trip).

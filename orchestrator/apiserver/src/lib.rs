@@ -5,6 +5,7 @@
 //! - [`handlers`]: one generic REST machinery for every resource (get, list, watch, create,
 //!   update, patch, delete, deletecollection) and the subresources (status, scale, binding).
 //! - [`kinds`]: what differs per kind — defaults, validation, immutable fields.
+//! - [`events`], [`hpa_v1`]: a second version of a kind served over the stored one, converted.
 //! - [`kubelet`]: pods/log proxied to the kubelet of the pod's node.
 //! - [`resource_metrics`]: `metrics.k8s.io` (NodeMetrics, PodMetrics) from the kubelets' stats.
 //! - [`netpol`]: NetworkPolicy validation as upstream's.
@@ -24,6 +25,7 @@ pub mod auth;
 pub mod discovery;
 pub mod events;
 pub mod handlers;
+pub mod hpa_v1;
 pub mod impersonate;
 pub mod jsonpath;
 pub mod kinds;

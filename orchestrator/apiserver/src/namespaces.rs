@@ -43,7 +43,13 @@ pub async fn pass(api: &Api) -> Result<(), ApiError> {
             continue;
         };
         let mut remaining = 0;
-        for info in api.registry.all().into_iter().filter(|r| r.namespaced) {
+        // autoscaling/v1 is a view of the v2 objects: visiting them once is enough.
+        for info in api
+            .registry
+            .all()
+            .into_iter()
+            .filter(|r| r.namespaced && !crate::hpa_v1::is_v1(r))
+        {
             let page = api
                 .storage
                 .list(&info, Some(&name), ListAt::Latest, 0, None, &|_: &Value| {

@@ -24,6 +24,14 @@ pub struct DeleteOptions {
     pub resource_version: Option<String>,
 }
 
+/// A second version of a resource served over the stored one: how a stored object looks in
+/// it, and how an object of it is stored.
+#[derive(Clone, Copy)]
+pub(super) struct View {
+    pub to_client: fn(&Value) -> Value,
+    pub to_storage: fn(&Value) -> Result<Value, ApiError>,
+}
+
 impl Api {
     pub(super) async fn get(
         &self,
@@ -245,6 +253,17 @@ impl Api {
         info: &ResourceInfo,
         call: &Call<'_>,
     ) -> Result<Reply, ApiError> {
+        self.patch_in(info, call, None).await
+    }
+
+    /// A PATCH, applied to the stored object as `view` shows it when given (the patch is
+    /// written against the version the client speaks), the result converted back.
+    pub(super) async fn patch_in(
+        &self,
+        info: &ResourceInfo,
+        call: &Call<'_>,
+        view: Option<View>,
+    ) -> Result<Reply, ApiError> {
         let ct = call
             .content_type
             .split(';')
@@ -266,7 +285,10 @@ impl Api {
             .transpose()?;
         let sub = call.req.subresource.clone();
         let apply = |cur: &Stored| -> Result<Value, ApiError> {
-            let base = cur.obj.clone();
+            let base = match view {
+                Some(v) => (v.to_client)(&cur.obj),
+                None => cur.obj.clone(),
+            };
             let patched = match ct.as_str() {
                 "application/json-patch+json" => trellis_api::patch::json_patch(&base, &patch),
                 "application/merge-patch+json" => trellis_api::patch::merge_patch(&base, &patch),
@@ -280,14 +302,18 @@ impl Api {
                 }
                 other => return Err(ApiError::unsupported_media_type(other)),
             };
-            patched.map_err(|e| {
+            let patched = patched.map_err(|e| {
                 ApiError::invalid(
                     &info.group,
                     &info.kind,
                     meta::name(&cur.obj).unwrap_or(""),
                     vec![Cause::invalid("patch", "", e.to_string())],
                 )
-            })
+            })?;
+            match view {
+                Some(v) => (v.to_storage)(&patched),
+                None => Ok(patched),
+            }
         };
         let (obj, warnings) = self
             .write(info, call, precondition, sub.as_deref(), apply)

@@ -3,6 +3,7 @@
 
 mod crud;
 pub use crud::DeleteOptions;
+use crud::View;
 mod subresources;
 mod watch;
 
@@ -152,6 +153,9 @@ impl Api {
         if info.group == "events.k8s.io" {
             return self.events_v1(call).await;
         }
+        if crate::hpa_v1::is_v1(&info) {
+            return self.hpa_v1(call).await;
+        }
         let reply = self.serve(&info, &call).await;
         // A change of a role or binding applies to the next request, not only once the watch
         // that feeds the cache brings it.
@@ -212,6 +216,98 @@ impl Api {
         self.serve(&core, &core_call)
             .await
             .map(crate::events::reply_from_core)
+    }
+
+    /// autoscaling/v1 HorizontalPodAutoscalers, served by the v2 machinery over the same
+    /// objects ([`crate::hpa_v1`]).
+    async fn hpa_v1(&self, call: Call<'_>) -> Result<Reply, ApiError> {
+        let v2 = self
+            .registry
+            .find("autoscaling", "v2", "horizontalpodautoscalers")
+            .ok_or_else(|| ApiError::internal("autoscaling/v2 is not served"))?;
+        let mut req = call.req.clone();
+        req.version = "v2".into();
+        let mut warnings = Vec::new();
+        let body = match req.verb {
+            Verb::Create | Verb::Update => {
+                let mut obj = parse_body(call.content_type, call.body)?;
+                if let Some(v) = obj.get("apiVersion").and_then(Value::as_str)
+                    && v != crate::hpa_v1::API_VERSION
+                {
+                    return Err(ApiError::bad_request(format!(
+                        "the API version in the data ({v}) does not match the expected API version ({})",
+                        crate::hpa_v1::API_VERSION
+                    )));
+                }
+                // Fields autoscaling/v1 does not know are dropped (warned about) or refused
+                // here: the conversion would lose them silently.
+                let strict = call.q("fieldValidation") == Some("Strict");
+                let unknown = crate::kinds::typecheck_hpa_v1(&mut obj, !strict).map_err(|e| {
+                    ApiError::bad_request(format!(
+                        "HorizontalPodAutoscaler in version \"v1\" cannot be handled as a HorizontalPodAutoscaler: {e}"
+                    ))
+                })?;
+                let listed: Vec<String> = unknown
+                    .iter()
+                    .map(|f| format!("unknown field \"{f}\""))
+                    .collect();
+                match call.q("fieldValidation") {
+                    _ if listed.is_empty() => {}
+                    Some("Strict") => {
+                        return Err(ApiError::bad_request(format!(
+                            "strict decoding error: {}",
+                            listed.join(", ")
+                        )));
+                    }
+                    Some("Ignore") => {}
+                    _ => warnings = listed,
+                }
+                let v2obj =
+                    crate::hpa_v1::to_v2(&obj).map_err(|e| ApiError::bad_request(e.to_string()))?;
+                Some(serde_json::to_vec(&v2obj).unwrap_or_default())
+            }
+            _ => None,
+        };
+        let v2_call = Call {
+            req,
+            query: call.query,
+            accept: call.accept,
+            content_type: if body.is_some() {
+                "application/json"
+            } else {
+                call.content_type
+            },
+            body: body.as_deref().unwrap_or(call.body),
+            user: call.user,
+        };
+        let reply = if v2_call.req.verb == Verb::Patch
+            && matches!(v2_call.req.subresource.as_deref(), None | Some("status"))
+        {
+            let view = View {
+                to_client: crate::hpa_v1::from_v2,
+                to_storage: |v1| {
+                    crate::hpa_v1::to_v2(v1).map_err(|e| ApiError::bad_request(e.to_string()))
+                },
+            };
+            self.patch_in(&v2, &v2_call, Some(view)).await
+        } else {
+            self.serve(&v2, &v2_call).await
+        };
+        reply.map(crate::hpa_v1::reply_from_v2).map(|r| match r {
+            Reply::Json {
+                code,
+                body,
+                warnings: mut w,
+            } => {
+                w.extend(warnings);
+                Reply::Json {
+                    code,
+                    body,
+                    warnings: w,
+                }
+            }
+            other => other,
+        })
     }
 
     async fn serve(&self, info: &ResourceInfo, call: &Call<'_>) -> Result<Reply, ApiError> {

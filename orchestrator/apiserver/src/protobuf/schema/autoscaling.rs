@@ -154,6 +154,36 @@ pub(super) static AS2_HORIZONTAL_POD_AUTOSCALER_CONDITION: Msg = Msg::new(
     ],
 );
 
+pub(super) static AS1_HORIZONTAL_POD_AUTOSCALER: Msg = Msg::new(
+    "autoscaling/v1 HorizontalPodAutoscaler",
+    &[
+        f(1, "metadata", M(&OBJECT_META)),
+        f(2, "spec", M(&AS1_HORIZONTAL_POD_AUTOSCALER_SPEC)),
+        f(3, "status", M(&AS1_HORIZONTAL_POD_AUTOSCALER_STATUS)),
+    ],
+);
+
+pub(super) static AS1_HORIZONTAL_POD_AUTOSCALER_SPEC: Msg = Msg::new(
+    "autoscaling/v1 HorizontalPodAutoscalerSpec",
+    &[
+        f(1, "scaleTargetRef", M(&AS2_CROSS_VERSION_OBJECT_REFERENCE)),
+        keep(2, "minReplicas", I32),
+        keep(3, "maxReplicas", I32),
+        keep(4, "targetCPUUtilizationPercentage", I32),
+    ],
+);
+
+pub(super) static AS1_HORIZONTAL_POD_AUTOSCALER_STATUS: Msg = Msg::new(
+    "autoscaling/v1 HorizontalPodAutoscalerStatus",
+    &[
+        keep(1, "observedGeneration", I64),
+        f(2, "lastScaleTime", Time),
+        keep(3, "currentReplicas", I32),
+        keep(4, "desiredReplicas", I32),
+        keep(5, "currentCPUUtilizationPercentage", I32),
+    ],
+);
+
 pub(super) static AS1_SCALE: Msg = Msg::new(
     "autoscaling/v1 Scale",
     &[

@@ -19,7 +19,7 @@ use self::core::{
     BINDING, CONFIG_MAP, NAMESPACE, POD, RESOURCE_QUOTA, SECRET, SERVICE, SERVICE_ACCOUNT,
 };
 use apps::{CONTROLLER_REVISION, DEPLOYMENT};
-use autoscaling::{AS1_SCALE, AS2_HORIZONTAL_POD_AUTOSCALER};
+use autoscaling::{AS1_HORIZONTAL_POD_AUTOSCALER, AS1_SCALE, AS2_HORIZONTAL_POD_AUTOSCALER};
 use batch::{CRON_JOB, JOB};
 use meta::DELETE_OPTIONS;
 use rbac::{
@@ -160,6 +160,11 @@ static KINDS: &[(&str, &str, &Msg)] = &[
         "autoscaling/v2",
         "HorizontalPodAutoscaler",
         &AS2_HORIZONTAL_POD_AUTOSCALER,
+    ),
+    (
+        "autoscaling/v1",
+        "HorizontalPodAutoscaler",
+        &AS1_HORIZONTAL_POD_AUTOSCALER,
     ),
     ("autoscaling/v1", "Scale", &AS1_SCALE),
     ("authentication.k8s.io/v1", "TokenRequest", &TOKEN_REQUEST),
