@@ -458,7 +458,8 @@ pub fn from_v2(v2: &Value) -> Value {
     let others: Vec<Value> = metrics
         .iter()
         .filter(|m| {
-            !(is_cpu_resource(m) && !m["resource"]["target"]["averageUtilization"].is_null())
+            // Every metric but a CPU utilization target, which is the v1 field.
+            !is_cpu_resource(m) || m["resource"]["target"]["averageUtilization"].is_null()
         })
         .map(metric_spec_to_v1)
         .collect();
