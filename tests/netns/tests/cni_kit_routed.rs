@@ -269,6 +269,23 @@ async fn routed_pods_reach_each_other_in_both_families_and_del_is_owned() {
     let bare = |a: String| a.split('/').next().unwrap().to_string();
     let (a4, b4) = (bare(ip(&results[0], false)), bare(ip(&results[1], false)));
     let (a6, b6) = (bare(ip(&results[0], true)), bare(ip(&results[1], true)));
+    // The IPv6 gateway is the host end's own address: it answers.
+    for pod in [&pod_a, &pod_b] {
+        let out = tb
+            .exec(
+                pod,
+                &["ping", "-6", "-c", "1", "-W", "2", "fe80::1%eth0"],
+                Duration::from_secs(8),
+            )
+            .await
+            .unwrap();
+        assert!(
+            out.success(),
+            "ping6 the gateway: {}{}",
+            out.stdout,
+            out.stderr
+        );
+    }
     for (from, to) in [(&pod_a, &b4), (&pod_b, &a4), (&pod_a, &b6), (&pod_b, &a6)] {
         let out = tb
             .exec(
