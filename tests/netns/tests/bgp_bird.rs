@@ -1536,24 +1536,34 @@ async fn ipv6_blocks_travel_both_ways_with_bird_over_one_ipv4_session() {
         "the agent's IPv6 block in BIRD's kernel",
     )
     .await;
-    // Only the learned route leads into BIRD's block.
+    // Only the learned route leads into BIRD's block. The kernel makes the new address usable
+    // a moment after adding it (its local route comes with the end of IPv6's address set-up,
+    // run from a work queue): until then n1 answers "no route", so the ping is retried within
+    // a bound.
     let h = n[0].ns.connect().unwrap();
     let lo = h.require_link("lo").await.unwrap();
     h.ensure_address(lo.index, "fd00:10:245::1/128".parse().unwrap())
         .await
         .unwrap();
-    let out = tb
-        .exec(
-            &n[1].ns,
-            &["ping", "-6", "-c", "1", "-W", "2", "fd00:10:245::1"],
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
-    assert!(
-        out.success(),
-        "ping6 into BIRD's block: {}{}",
-        out.stdout,
-        out.stderr
-    );
+    let deadline = Instant::now() + PROPAGATE;
+    loop {
+        let out = tb
+            .exec(
+                &n[1].ns,
+                &["ping", "-6", "-c", "1", "-W", "2", "fd00:10:245::1"],
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        if out.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ping6 into BIRD's block: {}{}",
+            out.stdout,
+            out.stderr
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

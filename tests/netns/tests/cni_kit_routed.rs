@@ -269,22 +269,31 @@ async fn routed_pods_reach_each_other_in_both_families_and_del_is_owned() {
     let bare = |a: String| a.split('/').next().unwrap().to_string();
     let (a4, b4) = (bare(ip(&results[0], false)), bare(ip(&results[1], false)));
     let (a6, b6) = (bare(ip(&results[0], true)), bare(ip(&results[1], true)));
-    // The IPv6 gateway is the host end's own address: it answers.
+    // The IPv6 gateway is the host end's own address: it answers (once the kernel has finished
+    // setting the address up, which it does from a work queue a moment after ADD added it:
+    // retried within a bound).
     for pod in [&pod_a, &pod_b] {
-        let out = tb
-            .exec(
-                pod,
-                &["ping", "-6", "-c", "1", "-W", "2", "fe80::1%eth0"],
-                Duration::from_secs(8),
-            )
-            .await
-            .unwrap();
-        assert!(
-            out.success(),
-            "ping6 the gateway: {}{}",
-            out.stdout,
-            out.stderr
-        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = tb
+                .exec(
+                    pod,
+                    &["ping", "-6", "-c", "1", "-W", "1", "fe80::1%eth0"],
+                    Duration::from_secs(8),
+                )
+                .await
+                .unwrap();
+            if out.success() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "ping6 the gateway: {}{}",
+                out.stdout,
+                out.stderr
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
     for (from, to) in [(&pod_a, &b4), (&pod_b, &a4), (&pod_a, &b6), (&pod_b, &a6)] {
         let out = tb
