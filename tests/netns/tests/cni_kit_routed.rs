@@ -18,7 +18,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use netns_testbed::cluster::{StandaloneIpamd, kit_with_trellis_ipam};
+use netns_testbed::cluster::{StandaloneIpamd, kit_with_trellis_ipam, kit_with_trellis_ipam_dual};
 use netns_testbed::cni_kit::{self, PluginUnderTest};
 use netns_testbed::{REFERENCE_PLUGIN_DIR, Testbed, bin_dir, bin_path, require_root, require_tool};
 use serde_json::{Value, json};
@@ -43,6 +43,21 @@ async fn trellis_routed_passes_the_kit_with_trellis_ipam_at_every_version() {
         "trellis-routed",
         json!({"mtu": 1500}),
         &["--cidr", "10.97.0.0/24", "--block-size", "26"],
+    )
+    .await
+    .unwrap();
+}
+
+/// Dual-stack: every attachment gets an IPv4 /32 and an IPv6 /128 from two pools; the kit's
+/// rules hold for both (DEL releases both, CHECK and GC see both).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trellis_routed_passes_the_kit_dual_stack() {
+    require_root();
+    kit_with_trellis_ipam_dual(
+        "trellis-routed",
+        json!({"mtu": 1500}),
+        &["--cidr", "10.97.0.0/24", "--block-size", "26"],
+        &["--cidr", "fd00:97::/112", "--block-size", "122"],
     )
     .await
     .unwrap();
