@@ -1502,9 +1502,11 @@ async fn ipv6_blocks_travel_both_ways_with_bird_over_one_ipv4_session() {
     let mut spec = AgentSpec::new(64512)
         .peer(n[0].ip, 64512)
         .announce(net("10.244.2.0/26"));
-    spec.extra = ["--dual-stack", "--announce", "fd00:10:244::/122"]
-        .map(String::from)
-        .to_vec();
+    // Our IPv6 block from the announce file (re-read on SIGHUP), so it can be withdrawn live.
+    let announce = tb.state_dir().join("announce6");
+    std::fs::write(&announce, "fd00:10:244::/122\n").unwrap();
+    spec.announce_file = Some(announce.clone());
+    spec.extra = vec!["--dual-stack".to_string()];
     let agent = Agent::start(&tb, &n[1], spec, LIFETIME).await.unwrap();
     bird.wait_established("agent", SESSION)
         .await
@@ -1566,4 +1568,45 @@ async fn ipv6_blocks_travel_both_ways_with_bird_over_one_ipv4_session() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Our own IPv6 block has its blackhole, as IPv4 blocks do.
+    let own6 = routes6(&n[1], "fd00:10:244::/122").await;
+    assert!(
+        own6.iter()
+            .any(|r| r.kind == RouteKind::Blackhole && r.protocol == PROTO_TRELLIS),
+        "no blackhole for our IPv6 block: {own6:?}"
+    );
+
+    // Withdrawn (MP_UNREACH_NLRI): it leaves BIRD's kernel, and our blackhole goes.
+    std::fs::write(&announce, "").unwrap();
+    agent.signal(nix::sys::signal::Signal::SIGHUP).unwrap();
+    let deadline = Instant::now() + PROPAGATE;
+    loop {
+        let bird_side = routes6(&n[0], "fd00:10:244::/122").await;
+        let ours = routes6(&n[1], "fd00:10:244::/122").await;
+        if bird_side.is_empty() && ours.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the withdrawn IPv6 block is still routed: BIRD's kernel {bird_side:?}, ours {ours:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `node`'s IPv6 main-table routes to `prefix`.
+async fn routes6(node: &Node, prefix: &str) -> Vec<trellis_net::Route> {
+    let dst: ipnet::IpNet = prefix.parse().unwrap();
+    node.ns
+        .connect()
+        .unwrap()
+        .routes(
+            trellis_net::Family::V6,
+            Some(trellis_net::Route::TABLE_MAIN),
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.dst == dst)
+        .collect()
 }
