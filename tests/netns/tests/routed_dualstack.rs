@@ -57,6 +57,25 @@ async fn dual_stack_pods_talk_over_ipv4_and_ipv6_across_three_nodes() {
         c.wait_route(block_of(p.ip), Some(c.workers[i].node.ip), i, CONVERGE)
             .await;
     }
+    // Each node covers its own IPv6 block with a blackhole of the agent's protocol, as IPv4.
+    for (i, p) in pods.iter().enumerate() {
+        let block = block_of6(p.ip6.unwrap());
+        let own = c.workers[i]
+            .node
+            .ns
+            .connect()
+            .unwrap()
+            .routes(Family::V6, Some(trellis_net::Route::TABLE_MAIN))
+            .await
+            .unwrap();
+        assert!(
+            own.iter().any(|r| r.dst == block
+                && r.kind == trellis_net::RouteKind::Blackhole
+                && r.protocol == trellis_net::proto::BGP),
+            "n{}: no blackhole for {block}: {own:?}",
+            i + 1
+        );
+    }
     // Every ordered pair, in both families, sources preserved.
     pairs_talk_without_nat_ip(&c.tb, &both_families(&pods))
         .await
