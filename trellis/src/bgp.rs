@@ -36,6 +36,16 @@ pub struct AgentArgs {
     /// The BGP identifier (default: the node's underlay address).
     #[arg(long)]
     router_id: Option<Ipv4Addr>,
+    /// Dual-stack pods: trellis-ipam hands each pod an IPv4 and an IPv6 address (ipamd needs
+    /// an IPv6 pool too), IPv6 forwarding is turned on, IPv6 unicast is negotiated with the
+    /// peers (over the same sessions as IPv4) and the node's IPv6 blocks are announced with
+    /// its IPv6 address as next hop. Without it IPv6 unicast is not offered to peers.
+    #[arg(long)]
+    dual_stack: bool,
+    /// With --dual-stack: the node's IPv6 address, the next hop of its IPv6 blocks (default:
+    /// the first global IPv6 address of the --iface interface).
+    #[arg(long, requires = "dual_stack")]
+    ipv6_address: Option<std::net::Ipv6Addr>,
     /// Where sessions are accepted.
     #[arg(long, default_value = "0.0.0.0:179")]
     listen: SocketAddr,
@@ -153,6 +163,8 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     c.underlay = args.iface.map_or(Choice::DefaultRoute, Choice::Iface);
     c.asn = args.asn;
     c.router_id = args.router_id;
+    c.dual_stack = args.dual_stack;
+    c.ipv6_address = args.ipv6_address;
     c.listen = args.listen;
     c.mesh = !args.no_mesh;
     c.peers = args.peers;

@@ -1,8 +1,9 @@
 //! The `trellis-routed` CNI plugin (the wiring is `trellis_plugin::routed`, which the canal mode
 //! shares): each pod on a veth pair of its own, no bridge. The pod end
 //! (`CNI_IFNAME`) holds the pod's address as a /32 (/128) and routes everything through a
-//! link-local gateway that exists nowhere — `169.254.1.1` (IPv6: `fe80::1`) — whose neighbour
-//! entry is the host end's MAC, so the kernel sends every packet to the host. The host end
+//! link-local gateway — `169.254.1.1`, which exists nowhere, and for IPv6 `fe80::1`, which the
+//! host end holds — whose permanent neighbour entry is the host end's MAC, so the kernel sends
+//! every packet to the host. The host end
 //! (`tr` + 11 hex digits of a hash of the pod's namespace/name, or of the container id) answers
 //! ARP by proxy and forwards; the host routes the pod's /32 to it (protocol `trellis_net::proto::POD`).
 //! The BGP agent announces the node's blocks; the kernel does the rest. No encapsulation, so the

@@ -1,8 +1,9 @@
 //! A pod on a routed veth, as the routed (calico-like) and canal modes wire it: a veth pair
 //! with no bridge. The pod end (`CNI_IFNAME`) holds the pod's address as a /32 (/128) and
-//! routes everything through a link-local gateway that exists nowhere — `169.254.1.1` (IPv6:
-//! `fe80::1`) — whose neighbour entry is the host end's MAC, so the kernel sends every packet to
-//! the host. The host end (named by [`crate::veth`]) answers ARP by proxy and forwards; the
+//! routes everything through a link-local gateway — `169.254.1.1`, which exists nowhere, and
+//! for IPv6 `fe80::1`, the host end's own second link-local address (as Calico routes via the
+//! host end's link-local) — whose permanent neighbour entry is the host end's MAC, so the
+//! kernel sends every packet to the host without resolving anything. The host end (named by [`crate::veth`]) answers ARP by proxy and forwards; the
 //! host routes the pod's /32 to it (protocol [`proto::POD`]). How the node reaches the other
 //! nodes' pods is the mode's business (BGP routes, or the VXLAN overlay's).
 //!
@@ -68,7 +69,8 @@ fn of_family(nets: &[IpNet], family: Family) -> impl Iterator<Item = &IpNet> {
 
 /// The pods' IPv4 gateway: answered by the host end, held by no interface.
 pub const GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
-/// The pods' IPv6 gateway (as Calico's): resolved through a permanent neighbour entry.
+/// The pods' IPv6 gateway: the host end's own (second) link-local address, reached through a
+/// permanent neighbour entry.
 pub const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
 /// The gateway pods of `family` use.
 pub fn gateway(family: Family) -> IpAddr {
@@ -200,6 +202,14 @@ async fn configure(p: &Plan<'_>, sides: &Sides, host_link: &Link) -> Result<Link
         trellis_net::sysctl::set_here(&settings).map_err(net_err)?;
     }
     host.set_up(host_link.index).await.map_err(net_err)?;
+    if v6 {
+        // The IPv6 gateway is the host end's: it answers the pod's ping6 and NDP (no proxy
+        // NDP needed), and DAD is off on it, so it is usable at once.
+        let gw = IpNet::V6(Ipv6Net::new_assert(GATEWAY_V6, 64));
+        host.ensure_address(host_link.index, gw)
+            .await
+            .map_err(net_err)?;
+    }
 
     // The pod end: its addresses, then the gateway's link route, its neighbour entry and the
     // default route through it (a route needs its device up). A veth's host end names its

@@ -1,13 +1,13 @@
 //! A testbed: one underlay bridge in its own namespace, nodes and hosts plugged into it, pods as
 //! bare namespaces; all names under one prefix, all removed when the testbed is dropped.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use trellis_net::{Handle, Netns, VethSpec};
 
 use crate::process::{self, Background, Output};
@@ -15,6 +15,10 @@ use crate::{Error, Result};
 
 /// The underlay every node sits on: the benchmarking range, never the machine's own network.
 pub const UNDERLAY: &str = "198.18.0.0/15";
+
+/// The IPv6 underlay of dual-stack tests ([`Testbed::add_ipv6`]): a ULA /64 that exists only
+/// on the test's own underlay bridge, as 198.18.0.0/15 does.
+pub const UNDERLAY_V6: &str = "fd00:198:18::/64";
 
 /// A machine on the underlay: a namespace whose `eth0` is plugged into the underlay bridge.
 #[derive(Debug, Clone)]
@@ -116,6 +120,19 @@ impl Testbed {
             Ipv4Net::new(ip, 15).map_err(|e| Error::Other(e.to_string()))?,
         )
         .await
+    }
+
+    /// Gives `node` (made by [`Testbed::add_node`] with this `n`) an IPv6 address on `eth0`
+    /// too: `fd00:198:18::<10+n>/64`, usable at once (no duplicate address detection). The
+    /// connected /64 is the only IPv6 route it gets.
+    pub async fn add_ipv6(&self, node: &Node, n: u8) -> Result<Ipv6Addr> {
+        let ip = node_ipv6(n);
+        trellis_net::sysctl::set(&node.ns, &[("net/ipv6/conf/eth0/accept_dad", "0")])?;
+        let h = node.ns.connect()?;
+        let eth0 = h.require_link("eth0").await?;
+        let net = Ipv6Net::new(ip, 64).map_err(|e| Error::Other(e.to_string()))?;
+        h.ensure_address(eth0.index, IpNet::V6(net)).await?;
+        Ok(ip)
     }
 
     /// A machine on the underlay with address `net` on `eth0` (e.g. an "outside" host in
@@ -305,4 +322,23 @@ impl Drop for Testbed {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding the lock must not stop cleanup.
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The IPv6 address [`Testbed::add_ipv6`] gives node `n`: `fd00:198:18::<10+n>` (the same
+/// last number as its IPv4 address, in hex digits that read alike: n=2 → `…::12`).
+pub fn node_ipv6(n: u8) -> Ipv6Addr {
+    let last = 10u16.saturating_add(u16::from(n));
+    // 12 decimal reads as 0x12: the digits of the IPv4 address's last octet.
+    let hexlike = (last / 100) * 0x100 + ((last / 10) % 10) * 0x10 + last % 10;
+    Ipv6Addr::new(0xfd00, 0x198, 0x18, 0, 0, 0, 0, hexlike)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn node_ipv6_addresses_read_like_their_ipv4_ones() {
+        assert_eq!(super::node_ipv6(2).to_string(), "fd00:198:18::12");
+        assert_eq!(super::node_ipv6(4).to_string(), "fd00:198:18::14");
+        assert_eq!(super::node_ipv6(95).to_string(), "fd00:198:18::105");
+    }
 }

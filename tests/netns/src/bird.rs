@@ -14,12 +14,12 @@
 //! Everything stays inside the testbed's namespaces and its underlay (198.18.0.0/15).
 
 use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use trellis_net::{Family, Netns, Route};
 
 use crate::bed::{Node, Testbed};
@@ -117,6 +117,12 @@ pub struct BirdConfig {
     /// `protocol bfd` with this interval (min rx and min tx) and multiplier on every
     /// interface.
     pub bfd: Option<(Duration, u8)>,
+    /// IPv6 unicast too, with this node address as the next hop of what BIRD announces: an
+    /// `ipv6` channel on every session (the sessions stay over IPv4), `kernel6` exporting
+    /// learned IPv6 routes, `announce6` for [`BirdConfig::announce6`]'s prefixes.
+    pub ipv6: Option<Ipv6Addr>,
+    /// IPv6 prefixes announced from `protocol static announce6` as blackhole routes.
+    pub statics6: Vec<Ipv6Net>,
 }
 
 impl BirdConfig {
@@ -135,7 +141,21 @@ impl BirdConfig {
             rr_cluster_id: None,
             graceful_restart: true,
             bfd: None,
+            ipv6: None,
+            statics6: Vec::new(),
         }
+    }
+
+    /// Carries IPv6 unicast too, announcing with `next_hop` (the node's IPv6 address).
+    pub fn ipv6(mut self, next_hop: Ipv6Addr) -> BirdConfig {
+        self.ipv6 = Some(next_hop);
+        self
+    }
+
+    /// Announces an IPv6 prefix (needs [`BirdConfig::ipv6`]).
+    pub fn announce6(mut self, prefix: Ipv6Net) -> BirdConfig {
+        self.statics6.push(prefix.trunc());
+        self
     }
 
     /// Runs `protocol bfd` with `interval` (min rx and min tx) and `multiplier`.
@@ -184,6 +204,12 @@ impl BirdConfig {
             let _ = writeln!(c, "  ipv4 {{ import none; export where {sources}; }};");
             let _ = writeln!(c, "  scan time 10;");
             let _ = writeln!(c, "}}");
+            if self.ipv6.is_some() {
+                let _ = writeln!(c, "protocol kernel kernel6 {{");
+                let _ = writeln!(c, "  ipv6 {{ import none; export where {sources}; }};");
+                let _ = writeln!(c, "  scan time 10;");
+                let _ = writeln!(c, "}}");
+            }
         }
         if let Some((interval, multiplier)) = self.bfd {
             let ms = interval.as_millis();
@@ -201,6 +227,14 @@ impl BirdConfig {
             let _ = writeln!(c, "  route {prefix} blackhole;");
         }
         let _ = writeln!(c, "}}");
+        if self.ipv6.is_some() {
+            let _ = writeln!(c, "protocol static announce6 {{");
+            let _ = writeln!(c, "  ipv6;");
+            for prefix in &self.statics6 {
+                let _ = writeln!(c, "  route {prefix} blackhole;");
+            }
+            let _ = writeln!(c, "}}");
+        }
         for p in &self.peers {
             let ibgp = p.asn == self.asn;
             let hold = p.hold_time.unwrap_or(self.hold_time);
@@ -244,6 +278,13 @@ impl BirdConfig {
                 c,
                 "  ipv4 {{{nh} import all; export where source ~ [RTS_STATIC, RTS_BGP]; }};"
             );
+            if let Some(v6) = self.ipv6 {
+                // An IPv6 channel over an IPv4 session: BIRD must be told its IPv6 next hop.
+                let _ = writeln!(
+                    c,
+                    "  ipv6 {{ next hop address {v6}; import all; export where source ~ [RTS_STATIC, RTS_BGP]; }};"
+                );
+            }
             let _ = writeln!(c, "}}");
         }
         c

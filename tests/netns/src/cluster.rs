@@ -401,6 +401,27 @@ pub async fn kit_with_trellis_ipam(
     ready: serde_json::Value,
     pool_args: &[&str],
 ) -> Result<()> {
+    kit_with_trellis_ipam_families(plugin, ready, pool_args, None).await
+}
+
+/// As [`kit_with_trellis_ipam`], dual-stack: a second (IPv6) pool made with `pool6_args`, and
+/// trellis-ipam asked for `"families": ["ipv4", "ipv6"]`, so every attachment has an address
+/// of each family.
+pub async fn kit_with_trellis_ipam_dual(
+    plugin: &str,
+    ready: serde_json::Value,
+    pool_args: &[&str],
+    pool6_args: &[&str],
+) -> Result<()> {
+    kit_with_trellis_ipam_families(plugin, ready, pool_args, Some(pool6_args)).await
+}
+
+async fn kit_with_trellis_ipam_families(
+    plugin: &str,
+    ready: serde_json::Value,
+    pool_args: &[&str],
+    pool6_args: Option<&[&str]>,
+) -> Result<()> {
     use crate::cni_kit::{self, PluginUnderTest};
     // The plugin under test must be built (nextest builds only this package's targets).
     let dir = crate::bin_path(plugin)
@@ -409,6 +430,12 @@ pub async fn kit_with_trellis_ipam(
         .unwrap_or_default();
     let tb = Testbed::new()?;
     let ipamd = StandaloneIpamd::start(&tb, "kit", pool_args).await?;
+    if let Some(args) = pool6_args {
+        let mut create = vec!["pool", "create", "kit6"];
+        create.extend_from_slice(args);
+        ipamd.ipam(&tb, &create).await?;
+    }
+    let dual = pool6_args.is_some();
     let sock = ipamd.socket.display().to_string();
     let kind = plugin.to_string();
     let put = PluginUnderTest {
@@ -423,13 +450,17 @@ pub async fn kit_with_trellis_ipam(
                 let _ = std::fs::create_dir_all(&state);
                 let _ = std::fs::write(&file, ready.to_string());
             }
-            serde_json::json!({
+            let mut conf = serde_json::json!({
                 "cniVersion": v.as_str(),
                 "name": "kitnet",
                 "type": kind,
                 "stateDir": state,
                 "ipam": {"type": "trellis-ipam", "socket": sock},
-            })
+            });
+            if dual {
+                conf["ipam"]["families"] = serde_json::json!(["ipv4", "ipv6"]);
+            }
+            conf
         }),
         allocations: Some(ipamd.allocations(&tb)),
         deviations: Vec::new(),

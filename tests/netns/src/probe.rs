@@ -3,7 +3,7 @@
 //! plain HTTP GET from inside a namespace, for daemons' health and status endpoints.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -13,7 +13,8 @@ use crate::{Error, Result};
 
 /// Serves up to 16 connections on `ip:port` in `ns`, answering each with the peer address it
 /// saw; a connection that sends `quit` ends it.
-pub fn echo_peer_server(ns: &Netns, ip: Ipv4Addr, port: u16) -> Result<JoinHandle<()>> {
+pub fn echo_peer_server(ns: &Netns, ip: impl Into<IpAddr>, port: u16) -> Result<JoinHandle<()>> {
+    let ip: IpAddr = ip.into();
     let listener = ns
         .run(|| TcpListener::bind((ip, port)))?
         .map_err(|e| Error::io("bind the echo server", e))?;
@@ -62,19 +63,36 @@ pub type PodAt<'a> = (&'a Netns, Ipv4Addr, usize);
 /// which the server sees the client's own address (no NAT between pods). The first failure is
 /// the error.
 pub async fn pairs_talk_without_nat(tb: &crate::Testbed, pods: &[PodAt<'_>]) -> Result<()> {
+    let pods: Vec<PodAtIp<'_>> = pods
+        .iter()
+        .map(|&(ns, ip, on)| (ns, IpAddr::V4(ip), on))
+        .collect();
+    pairs_talk_without_nat_ip(tb, &pods).await
+}
+
+/// A pod's address of either family, as [`pairs_talk_without_nat_ip`] sees it.
+pub type PodAtIp<'a> = (&'a Netns, IpAddr, usize);
+
+/// As [`pairs_talk_without_nat`], for addresses of either family (IPv6 pings with `ping -6`).
+/// Pairs are formed within one family: give a dual-stack pod once per address.
+pub async fn pairs_talk_without_nat_ip(tb: &crate::Testbed, pods: &[PodAtIp<'_>]) -> Result<()> {
     let mut servers = Vec::new();
     for (ns, ip, _) in pods {
         servers.push(echo_peer_server(ns, *ip, 7000)?);
     }
     let mut verdict = Ok(());
     'pairs: for &(a_ns, a_ip, a_on) in pods {
-        for &(_, b_ip, b_on) in pods.iter().filter(|b| b.1 != a_ip) {
+        for &(_, b_ip, b_on) in pods
+            .iter()
+            .filter(|b| b.1 != a_ip && b.1.is_ipv4() == a_ip.is_ipv4())
+        {
             let (from, to) = (
                 format!("{a_ip} (node {a_on})"),
                 format!("{b_ip} (node {b_on})"),
             );
             let target = b_ip.to_string();
-            let ping = ["ping", "-c", "1", "-W", "2", target.as_str()];
+            let family = if b_ip.is_ipv4() { "-4" } else { "-6" };
+            let ping = ["ping", family, "-c", "1", "-W", "2", target.as_str()];
             let out = tb.exec(a_ns, &ping, Duration::from_secs(10)).await?;
             if !out.success() {
                 verdict = Err(Error::Other(format!(
@@ -83,7 +101,7 @@ pub async fn pairs_talk_without_nat(tb: &crate::Testbed, pods: &[PodAt<'_>]) -> 
                 )));
                 break 'pairs;
             }
-            let seen = who_am_i(a_ns, SocketAddr::new(b_ip.into(), 7000))?;
+            let seen = who_am_i(a_ns, SocketAddr::new(b_ip, 7000))?;
             if seen != a_ip.to_string() {
                 verdict = Err(Error::Other(format!(
                     "{from} → {to} was NATed: the server saw {seen}"
@@ -93,7 +111,7 @@ pub async fn pairs_talk_without_nat(tb: &crate::Testbed, pods: &[PodAt<'_>]) -> 
         }
     }
     for ((ns, ip, _), s) in pods.iter().zip(servers) {
-        stop_echo(ns, SocketAddr::new((*ip).into(), 7000));
+        stop_echo(ns, SocketAddr::new(*ip, 7000));
         let _ = s.join();
     }
     verdict

@@ -2,8 +2,9 @@
 //! each in a node namespace of one testbed underlay, over eBGP and iBGP; routes in both
 //! directions reach both kernels; the session outlives 3× the hold time; a BIRD restart is
 //! survived and its routes re-learnt; withdrawals propagate both ways; BIRD as a route
-//! reflector carries one agent's routes to another's kernel. A first test checks the harness
-//! itself with two BIRDs.
+//! reflector carries one agent's routes to another's kernel; with `--dual-stack`, IPv6 blocks
+//! travel both ways over the same IPv4 session. A first test checks the harness itself with
+//! two BIRDs.
 //!
 //! Every wait is bounded; the testbed removes every namespace and process when dropped.
 
@@ -1441,4 +1442,171 @@ async fn a_session_reset_in_the_middle_of_a_burst_installs_nothing_more() {
     eprintln!(
         "the ended session's routes in the kernel: {first} at its NOTIFICATION, {high} at most after"
     );
+}
+
+/// Waits (bounded) until `node`'s kernel routes the IPv6 `prefix` via `gw` with protocol
+/// `proto`.
+async fn expect_route6(node: &Node, prefix: &str, gw: std::net::Ipv6Addr, proto: u8, what: &str) {
+    let h = node.ns.connect().unwrap();
+    let dst: ipnet::IpNet = prefix.parse().unwrap();
+    let deadline = Instant::now() + PROPAGATE;
+    loop {
+        let routes = h
+            .routes(
+                trellis_net::Family::V6,
+                Some(trellis_net::Route::TABLE_MAIN),
+            )
+            .await
+            .unwrap();
+        if routes
+            .iter()
+            .any(|r| r.dst == dst && r.gateway == Some(IpAddr::V6(gw)) && r.protocol == proto)
+        {
+            return;
+        }
+        let found: Vec<_> = routes.iter().filter(|r| r.dst == dst).collect();
+        assert!(
+            Instant::now() < deadline,
+            "{what}: no route {prefix} via {gw} proto {proto} within {PROPAGATE:?}; found {found:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Dual-stack with BIRD (iBGP, as a Calico node's BIRD): one session over IPv4 carries IPv4
+/// and IPv6 unicast. BIRD's IPv6 block reaches our kernel via BIRD's IPv6 address, ours
+/// reaches BIRD's kernel via our `--dual-stack` next hop (the node's IPv6 address), and an
+/// address inside BIRD's block answers ping6 through the learned route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_blocks_travel_both_ways_with_bird_over_one_ipv4_session() {
+    require_root();
+    require_tool("ping", "iputils-ping");
+    let tb = Testbed::new().unwrap();
+    let n = nodes(&tb, 2).await;
+    let v6 = [
+        tb.add_ipv6(&n[0], 1).await.unwrap(),
+        tb.add_ipv6(&n[1], 2).await.unwrap(),
+    ];
+    let bird = Bird::start(
+        &tb,
+        &n[0],
+        BirdConfig::new(&n[0], 64512)
+            .announce(net("10.244.1.0/26"))
+            .ipv6(v6[0])
+            .announce6("fd00:10:245::/122".parse().unwrap())
+            .peer(BirdPeer::new("agent", n[1].ip, 64512)),
+        LIFETIME,
+    )
+    .await
+    .unwrap();
+    let mut spec = AgentSpec::new(64512)
+        .peer(n[0].ip, 64512)
+        .announce(net("10.244.2.0/26"));
+    // Our IPv6 block from the announce file (re-read on SIGHUP), so it can be withdrawn live.
+    let announce = tb.state_dir().join("announce6");
+    std::fs::write(&announce, "fd00:10:244::/122\n").unwrap();
+    spec.announce_file = Some(announce.clone());
+    spec.extra = vec!["--dual-stack".to_string()];
+    let agent = Agent::start(&tb, &n[1], spec, LIFETIME).await.unwrap();
+    bird.wait_established("agent", SESSION)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", agent.log()));
+    agent.wait_established(n[0].ip, SESSION).await.unwrap();
+
+    // Both families on the one session.
+    expect_route(
+        &n[1],
+        "10.244.1.0/26",
+        &n[0],
+        PROTO_TRELLIS,
+        "BIRD's IPv4 block",
+    )
+    .await;
+    expect_route6(
+        &n[1],
+        "fd00:10:245::/122",
+        v6[0],
+        PROTO_TRELLIS,
+        "BIRD's IPv6 block in the agent's kernel",
+    )
+    .await;
+    expect_route6(
+        &n[0],
+        "fd00:10:244::/122",
+        v6[1],
+        PROTO_BIRD,
+        "the agent's IPv6 block in BIRD's kernel",
+    )
+    .await;
+    // Only the learned route leads into BIRD's block. The kernel makes the new address usable
+    // a moment after adding it (its local route comes with the end of IPv6's address set-up,
+    // run from a work queue): until then n1 answers "no route", so the ping is retried within
+    // a bound.
+    let h = n[0].ns.connect().unwrap();
+    let lo = h.require_link("lo").await.unwrap();
+    h.ensure_address(lo.index, "fd00:10:245::1/128".parse().unwrap())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + PROPAGATE;
+    loop {
+        let out = tb
+            .exec(
+                &n[1].ns,
+                &["ping", "-6", "-c", "1", "-W", "2", "fd00:10:245::1"],
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        if out.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ping6 into BIRD's block: {}{}",
+            out.stdout,
+            out.stderr
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Our own IPv6 block has its blackhole, as IPv4 blocks do.
+    let own6 = routes6(&n[1], "fd00:10:244::/122").await;
+    assert!(
+        own6.iter()
+            .any(|r| r.kind == RouteKind::Blackhole && r.protocol == PROTO_TRELLIS),
+        "no blackhole for our IPv6 block: {own6:?}"
+    );
+
+    // Withdrawn (MP_UNREACH_NLRI): it leaves BIRD's kernel, and our blackhole goes.
+    std::fs::write(&announce, "").unwrap();
+    agent.signal(nix::sys::signal::Signal::SIGHUP).unwrap();
+    let deadline = Instant::now() + PROPAGATE;
+    loop {
+        let bird_side = routes6(&n[0], "fd00:10:244::/122").await;
+        let ours = routes6(&n[1], "fd00:10:244::/122").await;
+        if bird_side.is_empty() && ours.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the withdrawn IPv6 block is still routed: BIRD's kernel {bird_side:?}, ours {ours:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `node`'s IPv6 main-table routes to `prefix`.
+async fn routes6(node: &Node, prefix: &str) -> Vec<trellis_net::Route> {
+    let dst: ipnet::IpNet = prefix.parse().unwrap();
+    node.ns
+        .connect()
+        .unwrap()
+        .routes(
+            trellis_net::Family::V6,
+            Some(trellis_net::Route::TABLE_MAIN),
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.dst == dst)
+        .collect()
 }

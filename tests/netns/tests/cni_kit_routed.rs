@@ -18,7 +18,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use netns_testbed::cluster::{StandaloneIpamd, kit_with_trellis_ipam};
+use netns_testbed::cluster::{StandaloneIpamd, kit_with_trellis_ipam, kit_with_trellis_ipam_dual};
 use netns_testbed::cni_kit::{self, PluginUnderTest};
 use netns_testbed::{REFERENCE_PLUGIN_DIR, Testbed, bin_dir, bin_path, require_root, require_tool};
 use serde_json::{Value, json};
@@ -43,6 +43,21 @@ async fn trellis_routed_passes_the_kit_with_trellis_ipam_at_every_version() {
         "trellis-routed",
         json!({"mtu": 1500}),
         &["--cidr", "10.97.0.0/24", "--block-size", "26"],
+    )
+    .await
+    .unwrap();
+}
+
+/// Dual-stack: every attachment gets an IPv4 /32 and an IPv6 /128 from two pools; the kit's
+/// rules hold for both (DEL releases both, CHECK and GC see both).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trellis_routed_passes_the_kit_dual_stack() {
+    require_root();
+    kit_with_trellis_ipam_dual(
+        "trellis-routed",
+        json!({"mtu": 1500}),
+        &["--cidr", "10.97.0.0/24", "--block-size", "26"],
+        &["--cidr", "fd00:97::/112", "--block-size", "122"],
     )
     .await
     .unwrap();
@@ -269,6 +284,32 @@ async fn routed_pods_reach_each_other_in_both_families_and_del_is_owned() {
     let bare = |a: String| a.split('/').next().unwrap().to_string();
     let (a4, b4) = (bare(ip(&results[0], false)), bare(ip(&results[1], false)));
     let (a6, b6) = (bare(ip(&results[0], true)), bare(ip(&results[1], true)));
+    // The IPv6 gateway is the host end's own address: it answers (once the kernel has finished
+    // setting the address up, which it does from a work queue a moment after ADD added it:
+    // retried within a bound).
+    for pod in [&pod_a, &pod_b] {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = tb
+                .exec(
+                    pod,
+                    &["ping", "-6", "-c", "1", "-W", "1", "fe80::1%eth0"],
+                    Duration::from_secs(8),
+                )
+                .await
+                .unwrap();
+            if out.success() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "ping6 the gateway: {}{}",
+                out.stdout,
+                out.stderr
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     for (from, to) in [(&pod_a, &b4), (&pod_b, &a4), (&pod_a, &b6), (&pod_b, &a6)] {
         let out = tb
             .exec(

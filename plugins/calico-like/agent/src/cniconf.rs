@@ -12,13 +12,15 @@ pub const FILE_NAME: &str = trellis_plugin::conflist::TRELLIS_FILES[2];
 pub const NETWORK: &str = "trellis-routed";
 
 /// The configuration list; with `policy`, the plugin waits for policyd at the end of ADD; with
-/// `portmap`, the reference portmap plugin is chained after it (hostPorts), as Calico's list.
+/// `portmap`, the reference portmap plugin is chained after it (hostPorts), as Calico's list;
+/// with `dual_stack`, trellis-ipam hands out an IPv4 and an IPv6 address.
 pub fn conflist(
     state_dir: &Path,
     mtu: u32,
     ipamd: Option<&Path>,
     policy: Option<&PolicyGate>,
     portmap: bool,
+    dual_stack: bool,
 ) -> Value {
     let socket = ipamd.map_or_else(
         || trellis_ipam::client::DEFAULT_SOCKET.to_string(),
@@ -30,6 +32,9 @@ pub fn conflist(
         "mtu": mtu,
         "ipam": {"type": "trellis-ipam", "socket": socket},
     });
+    if dual_stack {
+        plugin["ipam"]["families"] = json!(["ipv4", "ipv6"]);
+    }
     if let Some(p) = policy {
         plugin["policy"] = p.to_json();
     }
@@ -57,8 +62,18 @@ mod tests {
             Some(Path::new("/run/i.sock")),
             None,
             false,
+            false,
         );
         assert!(c["plugins"][0].get("policy").is_none(), "policy off");
+        assert!(
+            c["plugins"][0]["ipam"].get("families").is_none(),
+            "IPv4 only"
+        );
+        let dual = conflist(Path::new("/run/r"), 1500, None, None, false, true);
+        assert_eq!(
+            dual["plugins"][0]["ipam"]["families"],
+            json!(["ipv4", "ipv6"])
+        );
         let gated = conflist(
             Path::new("/run/r"),
             1500,
@@ -68,6 +83,7 @@ mod tests {
                 timeout: std::time::Duration::from_millis(2500),
             }),
             true,
+            false,
         );
         assert_eq!(
             gated["plugins"][0]["policy"],

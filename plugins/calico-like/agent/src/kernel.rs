@@ -2,8 +2,15 @@
 //! every best path learned from a peer. All carry our BGP route protocol number, and learned
 //! routes a metric of their own, so a replace never touches a route someone else made (a
 //! connected route of the underlay, a pod's host route).
+//!
+//! IPv6 routes go like IPv4 ones. A next hop the speaker took from a peer's link-local
+//! address (RFC 2545: the peer sent no usable global one) is installed `via fe80::… dev
+//! <underlay>`, the interface the sessions run over; such a route carries that one next hop
+//! (no multipath). An IPv4-mapped next hop (a peer without an IPv6 address) is not installable
+//! and is left out.
 
 use std::collections::BTreeSet;
+use std::net::IpAddr;
 
 use ipnet::IpNet;
 use trellis_bgp::{BestRoute, LocRibChange};
@@ -50,20 +57,38 @@ pub async fn sync_blackholes(host: &Handle, wanted: &BTreeSet<IpNet>) -> trellis
     Ok(())
 }
 
-fn learned(b: &BestRoute) -> Option<Route> {
-    if b.is_local() {
+/// Whether the kernel can forward `prefix` via `hop` as it is: same family, and no
+/// IPv4-mapped IPv6 address (what a peer without IPv6 sends for an IPv6 route).
+fn installable(prefix: &IpNet, hop: &IpAddr) -> bool {
+    match hop {
+        IpAddr::V4(_) => prefix.addr().is_ipv4(),
+        IpAddr::V6(v6) => prefix.addr().is_ipv6() && v6.to_ipv4_mapped().is_none(),
+    }
+}
+
+fn is_link_local(hop: &IpAddr) -> bool {
+    matches!(hop, IpAddr::V6(v6) if v6.is_unicast_link_local())
+}
+
+/// The kernel route of a learned best route; link-local next hops leave through `link_oif`.
+fn learned(b: &BestRoute, link_oif: u32) -> Option<Route> {
+    if b.is_local() || !installable(&b.prefix, &b.next_hop) {
         return None;
     }
-    // A next hop of the other family (IPv4-mapped IPv6, say) cannot be installed as is.
-    if b.prefix.addr().is_ipv4() != b.next_hop.is_ipv4() {
-        return None;
+    if is_link_local(&b.next_hop) {
+        return Some(
+            Route::via(b.prefix, b.next_hop)
+                .oif(link_oif)
+                .protocol(proto::BGP)
+                .priority(METRIC),
+        );
     }
     // ECMP: every next hop of the equally good paths (of the prefix's family) in one route.
     let mut hops = vec![b.next_hop];
     hops.extend(
         b.multipath
             .iter()
-            .filter(|h| h.is_ipv4() == b.next_hop.is_ipv4()),
+            .filter(|h| installable(&b.prefix, h) && !is_link_local(h)),
     );
     Some(
         Route::via_all(b.prefix, &hops)
@@ -73,13 +98,24 @@ fn learned(b: &BestRoute) -> Option<Route> {
 }
 
 /// Learned routes in the kernel, kept in step with the Loc-RIB.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Installed {
+    /// The interface link-local next hops are on (the underlay's).
+    link_oif: u32,
     failures: u64,
     fenced: u64,
 }
 
 impl Installed {
+    /// Nothing installed yet; link-local next hops are reached through interface `link_oif`.
+    pub fn new(link_oif: u32) -> Installed {
+        Installed {
+            link_oif,
+            failures: 0,
+            fenced: 0,
+        }
+    }
+
     /// Learned routes the kernel refused so far (a metric: the next resync retries them).
     pub fn failures(&self) -> u64 {
         self.failures
@@ -107,7 +143,7 @@ impl Installed {
             return;
         }
         let result = match change {
-            LocRibChange::Best(b) => match learned(b) {
+            LocRibChange::Best(b) => match learned(b, self.link_oif) {
                 Some(r) => host.replace_route(&r).await,
                 // Our own prefix is best now: a learned route for it must go.
                 None => host
@@ -139,7 +175,10 @@ impl Installed {
             .into_iter()
             .filter(|r| r.kind == RouteKind::Unicast)
             .collect();
-        let wanted: Vec<Route> = rib.iter().filter_map(learned).collect();
+        let wanted: Vec<Route> = rib
+            .iter()
+            .filter_map(|b| learned(b, self.link_oif))
+            .collect();
         for w in &wanted {
             let present = existing.iter().any(|r| {
                 r.dst == w.dst && r.gateways() == w.gateways() && r.priority == w.priority
@@ -160,5 +199,57 @@ impl Installed {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trellis_bgp::Source;
+    use trellis_bgp::codec::PathAttributes;
+
+    fn best(prefix: &str, next_hop: &str, multipath: &[&str]) -> BestRoute {
+        BestRoute {
+            prefix: prefix.parse().unwrap(),
+            next_hop: next_hop.parse().unwrap(),
+            source: Source::Peer("198.18.0.13".parse().unwrap()),
+            attrs: PathAttributes::default(),
+            stale: false,
+            multipath: multipath.iter().map(|h| h.parse().unwrap()).collect(),
+        }
+    }
+
+    #[test]
+    fn ipv6_routes_install_via_global_or_link_local_next_hops() {
+        let r = learned(&best("fd00:10:244::/122", "fd00:198:18::13", &[]), 7).unwrap();
+        assert_eq!(
+            r.gateways(),
+            vec!["fd00:198:18::13".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(r.oif, None);
+        assert_eq!(r.protocol, proto::BGP);
+        let r = learned(&best("fd00:10:244::/122", "fe80::13", &["fe80::14"]), 7).unwrap();
+        assert_eq!(r.gateways(), vec!["fe80::13".parse::<IpAddr>().unwrap()]);
+        assert_eq!(r.oif, Some(7), "a link-local next hop names its interface");
+        let r = learned(
+            &best("fd00:10:244::/122", "fd00::13", &["fe80::14", "fd00::15"]),
+            7,
+        )
+        .unwrap();
+        assert_eq!(
+            r.gateways().len(),
+            2,
+            "link-local hops stay out of multipath"
+        );
+    }
+
+    #[test]
+    fn mismatched_or_mapped_next_hops_are_not_installed() {
+        assert!(learned(&best("fd00:10:244::/122", "::ffff:198.18.0.13", &[]), 7).is_none());
+        assert!(learned(&best("10.244.1.0/26", "fd00::13", &[]), 7).is_none());
+        assert!(learned(&best("fd00:10:244::/122", "198.18.0.13", &[]), 7).is_none());
+        let mut own = best("10.244.1.0/26", "198.18.0.12", &[]);
+        own.source = Source::Local;
+        assert!(learned(&own, 7).is_none());
     }
 }

@@ -17,7 +17,7 @@ pub mod services;
 pub mod status;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,6 +92,13 @@ pub struct Config {
     pub asn: u32,
     /// Default: the underlay address.
     pub router_id: Option<Ipv4Addr>,
+    /// Dual-stack: pods get an IPv6 address beside the IPv4 one, IPv6 unicast is negotiated
+    /// with the peers, the node's IPv6 blocks are announced with `ipv6_address` as next hop
+    /// and IPv6 forwarding is on. Off: IPv4 only (IPv6 unicast is not even offered).
+    pub dual_stack: bool,
+    /// The next hop of our IPv6 announcements; None: the first global IPv6 address of the
+    /// underlay interface.
+    pub ipv6_address: Option<Ipv6Addr>,
     /// Where the speaker accepts sessions; port 179 by default.
     pub listen: SocketAddr,
     /// iBGP full mesh among the cluster's nodes.
@@ -154,6 +161,8 @@ impl Config {
             underlay: Choice::DefaultRoute,
             asn: 64512,
             router_id: None,
+            dual_stack: false,
+            ipv6_address: None,
             listen: SocketAddr::from(([0, 0, 0, 0], trellis_bgp::speaker::BGP_PORT)),
             mesh: true,
             peers: Vec::new(),
@@ -204,6 +213,59 @@ async fn pick_underlay(host: &Handle, config: &Config) -> Result<underlay::Under
         }
     }
     Ok(first?)
+}
+
+/// The next hops of our own announcements, one per family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct NextHops {
+    v4: Ipv4Addr,
+    /// Dual-stack only.
+    v6: Option<Ipv6Addr>,
+}
+
+impl NextHops {
+    /// The next hop `prefix` is announced with: the node's address of its family (an IPv6
+    /// prefix of a node without IPv6 goes IPv4-mapped, as the speaker sends it — only to
+    /// peers that negotiated IPv6, which a node without dual-stack has none of).
+    fn of(&self, prefix: &IpNet) -> IpAddr {
+        match (prefix, self.v6) {
+            (IpNet::V6(_), Some(v6)) => IpAddr::V6(v6),
+            _ => IpAddr::V4(self.v4),
+        }
+    }
+}
+
+/// The node's IPv6 address for dual-stack: `--ipv6-address`, else the first global IPv6
+/// address of the underlay interface (the one other nodes reach it by).
+async fn node_ipv6(
+    host: &Handle,
+    config: &Config,
+    under: &underlay::Underlay,
+) -> Result<Ipv6Addr, AgentError> {
+    if let Some(a) = config.ipv6_address {
+        return Ok(a);
+    }
+    let found = host
+        .addresses(Some(under.link.index))
+        .await?
+        .into_iter()
+        .filter_map(|a| match a.address.addr() {
+            IpAddr::V6(v6) => Some(v6),
+            IpAddr::V4(_) => None,
+        })
+        .find(|v6| is_global_v6(*v6));
+    found.ok_or_else(|| {
+        AgentError::Config(format!(
+            "dual-stack needs an IPv6 address for the next hop of the node's IPv6 blocks: {} has \
+             no global IPv6 address; give one with --ipv6-address",
+            under.link.name
+        ))
+    })
+}
+
+/// An address other nodes can route to: not link-local, loopback, unspecified or multicast.
+fn is_global_v6(a: Ipv6Addr) -> bool {
+    !(a.is_unicast_link_local() || a.is_loopback() || a.is_unspecified() || a.is_multicast())
 }
 
 /// The prefixes this node announces now: flags, the announce file, ipamd's blocks.
@@ -271,6 +333,22 @@ pub async fn run(
         &trellis_net::Netns::current()?,
         &[("net.ipv4.ip_forward", "1")],
     )?;
+    let next_hops = NextHops {
+        v4: node_ip,
+        v6: if config.dual_stack {
+            let v6 = node_ipv6(&host, &config, &under).await?;
+            // IPv6 forwards only with `all.forwarding` (the per-interface switch of the host
+            // ends does not route between interfaces).
+            trellis_net::sysctl::set(
+                &trellis_net::Netns::current()?,
+                &[("net/ipv6/conf/all/forwarding", "1")],
+            )?;
+            tracing::info!(ip = %v6, "dual-stack: the next hop of the node's IPv6 blocks");
+            Some(v6)
+        } else {
+            None
+        },
+    };
 
     // In a cluster, `BGPConfiguration/default` overrides the flags' AS, mesh switch, route
     // reflector cluster id and hold time (read at start; a change needs an agent restart,
@@ -306,6 +384,7 @@ pub async fn run(
     sc.graceful_restart = config.graceful_restart;
     sc.cluster_id = config.cluster_id;
     sc.max_paths = config.max_paths;
+    sc.ipv6_unicast = config.dual_stack;
     let speaker = Speaker::start(sc).await.map_err(AgentError::mode)?;
     let mut changes = speaker.subscribe();
 
@@ -338,7 +417,7 @@ pub async fn run(
     let wanted = with_services(&wanted, &service_prefixes);
     for p in &wanted {
         speaker
-            .announce(*p, IpAddr::V4(node_ip))
+            .announce(*p, next_hops.of(p))
             .map_err(AgentError::mode)?;
     }
     announced.extend(wanted);
@@ -386,7 +465,8 @@ pub async fn run(
         .apply(&mut peers, &want(mesh_on, &mesh_peers, &crd_peers), &config)
         .await?;
 
-    let mut routes = kernel::Installed::default();
+    // A learned IPv6 route whose next hop is link-local leaves through the underlay.
+    let mut routes = kernel::Installed::new(under.link.index);
     // Routes of our protocol that the RIB does not hold go once the sessions had time to
     // bring theirs back (after the first hold period, or at the first resync with every peer
     // established).
@@ -422,7 +502,7 @@ pub async fn run(
                 }
                 let blocks = wanted_prefixes(&config, &ipamd_blocks);
                 let wanted = with_services(&blocks, &service_prefixes);
-                announce_changes(&speaker, &announced, &wanted, node_ip)?;
+                announce_changes(&speaker, &announced, &wanted, &next_hops)?;
                 if let Err(e) = kernel::sync_blackholes(&host, &blocks).await {
                     tracing::warn!(error = %e, "blackhole routes");
                 }
@@ -439,7 +519,7 @@ pub async fn run(
                     service_prefixes.extend(config.announce_service_cidr);
                 }
                 let wanted = with_services(&wanted_prefixes(&config, &ipamd_blocks), &service_prefixes);
-                announce_changes(&speaker, &announced, &wanted, node_ip)?;
+                announce_changes(&speaker, &announced, &wanted, &next_hops)?;
                 announced = wanted;
             }
             _ = &mut stop => break,
@@ -510,7 +590,7 @@ pub async fn run(
             let blocks = wanted_prefixes(&config, &ipamd_blocks);
             let wanted = with_services(&blocks, &service_prefixes);
             // Peers first (convergence is what the cluster waits for), then our blackholes.
-            announce_changes(&speaker, &announced, &wanted, node_ip)?;
+            announce_changes(&speaker, &announced, &wanted, &next_hops)?;
             if let Err(e) = kernel::sync_blackholes(&host, &blocks).await {
                 tracing::warn!(error = %e, "blackhole routes");
             }
@@ -543,6 +623,7 @@ pub async fn run(
                         config.ipamd.as_deref(),
                         config.policy.as_ref(),
                         config.portmap,
+                        config.dual_stack,
                     );
                     cniconf::write(dir, &list)
                         .map_err(io(format!("write the CNI config in {}", dir.display())))?;
@@ -569,12 +650,12 @@ fn announce_changes(
     speaker: &Speaker,
     announced: &BTreeSet<IpNet>,
     wanted: &BTreeSet<IpNet>,
-    node_ip: Ipv4Addr,
+    next_hops: &NextHops,
 ) -> Result<(), AgentError> {
     for p in wanted.difference(announced) {
         tracing::info!(prefix = %p, "announcing");
         speaker
-            .announce(*p, IpAddr::V4(node_ip))
+            .announce(*p, next_hops.of(p))
             .map_err(AgentError::mode)?;
     }
     for p in announced.difference(wanted) {
@@ -745,6 +826,22 @@ mod tests {
                 multiplier: 5,
             })
         );
+    }
+
+    #[test]
+    fn own_prefixes_go_with_the_next_hop_of_their_family() {
+        let v4: Ipv4Addr = "198.18.0.12".parse().unwrap();
+        let v6: Ipv6Addr = "fd00:198:18::12".parse().unwrap();
+        let p4: IpNet = "10.244.1.0/26".parse().unwrap();
+        let p6: IpNet = "fd00:10:244::/122".parse().unwrap();
+        let dual = NextHops { v4, v6: Some(v6) };
+        assert_eq!(dual.of(&p4), IpAddr::V4(v4));
+        assert_eq!(dual.of(&p6), IpAddr::V6(v6));
+        let single = NextHops { v4, v6: None };
+        assert_eq!(single.of(&p6), IpAddr::V4(v4));
+        assert!(is_global_v6(v6));
+        assert!(!is_global_v6("fe80::1".parse().unwrap()));
+        assert!(!is_global_v6(Ipv6Addr::LOCALHOST));
     }
 
     #[test]

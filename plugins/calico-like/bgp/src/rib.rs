@@ -660,6 +660,19 @@ pub fn ipv6_next_hop(next_hop: IpAddr) -> Ipv6Addr {
     }
 }
 
+/// The next hop to use for IPv6 routes received with `global` and, optionally, `link_local`
+/// (RFC 2545 §3): the global address, unless it is no usable global address (a link-local
+/// address or `::`, as speakers on an unnumbered link send) and a link-local one came with it.
+/// A link-local next hop only means something on the link the session runs over: whoever
+/// installs it names that interface.
+pub fn received_ipv6_next_hop(global: Ipv6Addr, link_local: Option<Ipv6Addr>) -> Ipv6Addr {
+    let usable = !global.is_unspecified() && !global.is_unicast_link_local();
+    match link_local {
+        Some(ll) if !usable && !ll.is_unspecified() => ll,
+        _ => global,
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Candidate<'a> {
     address: IpAddr,
@@ -1358,6 +1371,18 @@ mod tests {
         );
         assert_eq!(out.len(), 1);
         assert_eq!(rib.counts(a), (0, 1));
+    }
+
+    #[test]
+    fn a_received_ipv6_next_hop_falls_back_to_the_link_local_one_only_when_needed() {
+        let v6 = |s: &str| s.parse::<Ipv6Addr>().expect("address");
+        let ll = Some(v6("fe80::5"));
+        assert_eq!(received_ipv6_next_hop(v6("fd00::5"), ll), v6("fd00::5"));
+        assert_eq!(received_ipv6_next_hop(v6("fd00::5"), None), v6("fd00::5"));
+        assert_eq!(received_ipv6_next_hop(v6("::"), ll), v6("fe80::5"));
+        assert_eq!(received_ipv6_next_hop(v6("fe80::9"), ll), v6("fe80::5"));
+        assert_eq!(received_ipv6_next_hop(v6("fe80::9"), None), v6("fe80::9"));
+        assert_eq!(received_ipv6_next_hop(v6("::"), Some(v6("::"))), v6("::"));
     }
 
     #[test]

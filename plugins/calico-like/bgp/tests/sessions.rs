@@ -523,3 +523,79 @@ async fn a_peer_that_falls_behind_is_reset_and_then_gets_the_whole_table() {
         Some(format!("received NOTIFICATION {cease}"))
     );
 }
+
+/// A speaker with IPv6 unicast off advertises IPv4 only: the session carries IPv4 routes both
+/// ways and no IPv6 route either way, although both sides originate some.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_routes_travel_only_when_both_sides_negotiated_ipv6_unicast() {
+    let a = speaker("127.0.0.1", ASN, |c| c.ipv6_unicast = false).await;
+    let b = speaker("127.0.0.2", ASN, |_| {}).await;
+    a.announce(net("10.244.1.0/26"), ip("127.0.0.1"))
+        .expect("announce");
+    a.announce(net("fd00:244:1::/122"), ip("fd00::1"))
+        .expect("announce");
+    b.announce(net("10.244.2.0/26"), ip("127.0.0.2"))
+        .expect("announce");
+    b.announce(net("fd00:244:2::/122"), ip("fd00::2"))
+        .expect("announce");
+    link(&a, &b);
+    established(&a, addr(&b)).await;
+    established(&b, addr(&a)).await;
+    route_where(&a, "10.244.2.0/26", "IPv4 from b", |_| true).await;
+    route_where(&b, "10.244.1.0/26", "IPv4 from a", |_| true).await;
+    // Each side's Adj-RIB-Out toward the other holds its IPv4 block only (decided when the
+    // session came up), so no IPv6 route can be on its way.
+    assert_eq!(b.peer(addr(&a)).expect("peer").prefixes_sent, 1);
+    assert_eq!(a.peer(addr(&b)).expect("peer").prefixes_sent, 1);
+    assert!(route(&a, "fd00:244:2::/122").is_none());
+    assert!(route(&b, "fd00:244:1::/122").is_none());
+}
+
+/// RFC 2545: a peer on the same link that sends no usable global next hop (`::`) but a
+/// link-local one gets its routes installed via the link-local address; with a global next hop
+/// the global one is used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipv6_route_with_only_a_link_local_next_hop_uses_it() {
+    let s = speaker("127.0.0.1", ASN, |_| {}).await;
+    let mut raw = trellis_bgp::PeerConfig::new(ip("127.0.0.5"), ASN);
+    raw.passive = true;
+    s.add_peer(raw).expect("add raw peer");
+    let mut raw =
+        RawPeer::establish(ip("127.0.0.5"), s.local_addr().expect("listens"), ASN, 90).await;
+    established(&s, ip("127.0.0.5")).await;
+    let attrs = trellis_bgp::codec::PathAttributes {
+        origin: Some(trellis_bgp::codec::Origin::Igp),
+        as_path: Some(AsPath::default()),
+        local_pref: Some(100),
+        ..Default::default()
+    };
+    let cx = trellis_bgp::codec::Context::default();
+    let p = |s: &str| s.parse::<ipnet::Ipv6Net>().expect("prefix");
+    let ll: std::net::Ipv6Addr = "fe80::5".parse().expect("address");
+    for u in trellis_bgp::codec::update::announce_v6(
+        &attrs,
+        std::net::Ipv6Addr::UNSPECIFIED,
+        Some(ll),
+        &[p("fd00:244:5::/122")],
+        &cx,
+    )
+    .expect("encode")
+    {
+        raw.send(&Message::Update(u)).await;
+    }
+    for u in trellis_bgp::codec::update::announce_v6(
+        &attrs,
+        "fd00::5".parse().expect("address"),
+        Some(ll),
+        &[p("fd00:244:6::/122")],
+        &cx,
+    )
+    .expect("encode")
+    {
+        raw.send(&Message::Update(u)).await;
+    }
+    let r = route_where(&s, "fd00:244:5::/122", "link-local only", |_| true).await;
+    assert_eq!(r.next_hop, ip("fe80::5"));
+    let r = route_where(&s, "fd00:244:6::/122", "global and link-local", |_| true).await;
+    assert_eq!(r.next_hop, ip("fd00::5"));
+}

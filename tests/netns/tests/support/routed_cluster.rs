@@ -4,7 +4,7 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,8 +33,13 @@ pub struct Worker {
 pub struct Pod {
     pub ns: Arc<Netns>,
     pub ip: Ipv4Addr,
+    /// Its IPv6 address (a /128), when the node's network is dual-stack.
+    pub ip6: Option<Ipv6Addr>,
     pub on: usize,
 }
+
+/// The IPv6 pool of dual-stack clusters ([`Cluster::start_dual`]): /122 blocks, as Calico's.
+pub const POOL_V6: &str = "fd00:10:244::/112";
 
 pub struct Cluster {
     pub tb: Testbed,
@@ -158,6 +163,29 @@ impl Cluster {
         resync: u64,
         agent_extra: impl Fn(&Path) -> Vec<String>,
     ) -> Cluster {
+        Cluster::start_setup(n, graceful_restart, resync, false, |_, dirs| {
+            agent_extra(dirs)
+        })
+        .await
+    }
+
+    /// A dual-stack cluster: an IPv6 pool ([`POOL_V6`]) beside the IPv4 one, every node with
+    /// an IPv6 underlay address too ([`Testbed::add_ipv6`]), each agent started with
+    /// `agent_extra(<node index>, <its state dirs>)` flags (`--dual-stack` where wanted).
+    pub async fn start_dual(
+        n: usize,
+        agent_extra: impl Fn(usize, &Path) -> Vec<String>,
+    ) -> Cluster {
+        Cluster::start_setup(n, false, 1, true, agent_extra).await
+    }
+
+    async fn start_setup(
+        n: usize,
+        graceful_restart: bool,
+        resync: u64,
+        dual_stack: bool,
+        agent_extra: impl Fn(usize, &Path) -> Vec<String>,
+    ) -> Cluster {
         require_root();
         require_tool("ping", "iputils-ping");
         let tb = Testbed::new().unwrap();
@@ -165,11 +193,18 @@ impl Cluster {
         let client = kube_client(&cp.local_kubeconfig).await;
         let pool = ["--cidr", "10.244.0.0/16", "--block-size", "26"];
         create_pool(&tb, &cp, "routed", &pool).await.unwrap();
+        if dual_stack {
+            let pool6 = ["--cidr", POOL_V6, "--block-size", "122"];
+            create_pool(&tb, &cp, "routed6", &pool6).await.unwrap();
+        }
         let nodes: Api<KubeNode> = Api::all(client);
         let mut workers = Vec::new();
         for i in 0..n {
             let name = format!("n{}", i + 1);
             let node = tb.add_node(&name, (i + 2) as u8).await.unwrap();
+            if dual_stack {
+                tb.add_ipv6(&node, (i + 2) as u8).await.unwrap();
+            }
             let obj: KubeNode = serde_json::from_value(serde_json::json!({
                 "metadata": {"name": name},
                 "status": {"addresses": [{"type": "InternalIP", "address": node.ip.to_string()}]},
@@ -182,7 +217,7 @@ impl Cluster {
             wait_path(&tb, &[ipamd], &dirs.join("ipamd.sock"))
                 .await
                 .unwrap();
-            let extra = agent_extra(&dirs);
+            let extra = agent_extra(i, &dirs);
             let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
             let agent = start_agent_args(&tb, &cp, &node, &dirs, graceful_restart, resync, &extra);
             workers.push(Worker { node, dirs, agent });
@@ -200,12 +235,22 @@ impl Cluster {
     }
 
     pub async fn add_pod(&self, on: usize, name: &str) -> Pod {
-        let w = &self.workers[on];
-        let ns = self.tb.add_ns(name).await.unwrap();
-        let list = NetworkConfigList::from_slice(
-            &std::fs::read(w.dirs.join("net.d/10-trellis-routed.conflist")).unwrap(),
+        let list = NetworkConfigList::from_slice(&self.conflist(on)).unwrap();
+        self.add_pod_with(on, name, &list).await
+    }
+
+    /// Node `on`'s CNI configuration list, as its agent wrote it.
+    pub fn conflist(&self, on: usize) -> Vec<u8> {
+        std::fs::read(
+            self.workers[on]
+                .dirs
+                .join("net.d/10-trellis-routed.conflist"),
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    fn cni(&self, on: usize, name: &str, ns: &Netns) -> (CniConfig, RuntimeConf) {
+        let w = &self.workers[on];
         let cni = CniConfig::new(
             vec![bin_dir(), PathBuf::from(REFERENCE_PLUGIN_DIR)],
             w.dirs.join("cache"),
@@ -216,6 +261,15 @@ impl Cluster {
             ifname: "eth0".into(),
             ..Default::default()
         };
+        (cni, rt)
+    }
+
+    /// As [`Cluster::add_pod`], with this configuration list.
+    pub async fn add_pod_with(&self, on: usize, name: &str, list: &NetworkConfigList) -> Pod {
+        let w = &self.workers[on];
+        let ns = self.tb.add_ns(name).await.unwrap();
+        let (cni, rt) = self.cni(on, name, &ns);
+        let list = list.clone();
         let result = w
             .node
             .ns
@@ -229,13 +283,37 @@ impl Cluster {
             }
             other => panic!("{other}"),
         };
-        Pod { ns, ip, on }
+        let ip6 = result.ips.iter().find_map(|i| match i.address {
+            IpNet::V6(v6) => {
+                assert_eq!(v6.prefix_len(), 128, "a routed pod has a /128");
+                Some(v6.addr())
+            }
+            IpNet::V4(_) => None,
+        });
+        Pod { ns, ip, ip6, on }
+    }
+
+    /// CNI DEL of `pod` (added as `name` on its node with its agent's list).
+    pub async fn del_pod(&self, pod: &Pod, name: &str) {
+        let list = NetworkConfigList::from_slice(&self.conflist(pod.on)).unwrap();
+        let (cni, rt) = self.cni(pod.on, name, &pod.ns);
+        self.workers[pod.on]
+            .node
+            .ns
+            .run(|| cni.del(&list, &rt))
+            .unwrap()
+            .unwrap_or_else(|e| panic!("DEL of {name}: {e}"));
     }
 
     /// The /26 blocks each node's kernel routes to another node over BGP.
     pub async fn learned(&self, on: usize) -> Vec<(IpNet, Option<IpAddr>)> {
+        self.learned_of(on, Family::V4).await
+    }
+
+    /// The blocks of `family` node `on`'s kernel routes to another node over BGP.
+    pub async fn learned_of(&self, on: usize, family: Family) -> Vec<(IpNet, Option<IpAddr>)> {
         let h = self.workers[on].node.ns.connect().unwrap();
-        h.routes(Family::V4, Some(Route::TABLE_MAIN))
+        h.routes(family, Some(Route::TABLE_MAIN))
             .await
             .unwrap()
             .into_iter()
@@ -270,17 +348,30 @@ impl Cluster {
         except: usize,
         limit: Duration,
     ) {
+        self.wait_route_ip(block, via.map(IpAddr::V4), except, limit)
+            .await
+    }
+
+    /// As [`Cluster::wait_route`], for a block and next hop of either family.
+    pub async fn wait_route_ip(
+        &self,
+        block: IpNet,
+        via: Option<IpAddr>,
+        except: usize,
+        limit: Duration,
+    ) {
+        let family = Family::of(&block.addr());
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let mut wrong = Vec::new();
             for i in (0..self.workers.len()).filter(|i| *i != except) {
                 let have = self
-                    .learned(i)
+                    .learned_of(i, family)
                     .await
                     .into_iter()
                     .find(|(d, _)| *d == block)
                     .and_then(|(_, g)| g);
-                if have != via.map(IpAddr::V4) {
+                if have != via {
                     wrong.push(format!("{}: {have:?}", self.workers[i].node.name));
                 }
             }
@@ -339,4 +430,9 @@ pub struct BgpRoute {
 
 pub fn block_of(ip: Ipv4Addr) -> IpNet {
     IpNet::V4(ipnet::Ipv4Net::new(ip, 26).unwrap().trunc())
+}
+
+/// The /122 IPv6 block of [`POOL_V6`] holding `ip`.
+pub fn block_of6(ip: Ipv6Addr) -> IpNet {
+    IpNet::V6(ipnet::Ipv6Net::new(ip, 122).unwrap().trunc())
 }

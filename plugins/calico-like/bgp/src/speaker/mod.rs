@@ -109,6 +109,9 @@ pub struct SpeakerConfig {
     /// At most this many next hops per learned prefix (ECMP over equally good paths); 1 keeps
     /// the single best path.
     pub max_paths: usize,
+    /// Advertise IPv6 unicast (RFC 4760) beside IPv4 unicast. Off, sessions carry IPv4 only:
+    /// IPv6 routes are neither sent nor taken.
+    pub ipv6_unicast: bool,
 }
 
 impl SpeakerConfig {
@@ -126,6 +129,7 @@ impl SpeakerConfig {
             restart_time: 120,
             cluster_id: None,
             max_paths: 1,
+            ipv6_unicast: true,
         }
     }
 }

@@ -563,15 +563,19 @@ impl PeerTask {
 
     pub(super) fn our_open(&self) -> Open {
         let config = &self.shared.config;
-        let mut capabilities = vec![
-            Capability::Multiprotocol(Family::IPV4_UNICAST),
-            Capability::Multiprotocol(Family::IPV6_UNICAST),
+        let ours = our_families(config);
+        let mut capabilities: Vec<Capability> = ours
+            .iter()
+            .copied()
+            .map(Capability::Multiprotocol)
+            .collect();
+        capabilities.extend([
             Capability::RouteRefresh,
             Capability::FourOctetAs(config.asn),
-        ];
+        ]);
         if config.graceful_restart {
             // The agent keeps kernel routes across its own restart: forwarding is preserved.
-            let families = [Family::IPV4_UNICAST, Family::IPV6_UNICAST]
+            let families = ours
                 .into_iter()
                 .map(|family| GrFamily {
                     family,
@@ -626,10 +630,12 @@ impl PeerTask {
         let Some(local) = self.conn.as_ref().map(|c| canonical(c.local.ip())) else {
             return;
         };
+        // Negotiated: what both sides advertised (RFC 4760 §8).
+        let ours = our_families(&self.shared.config);
         self.families = open
             .families()
             .into_iter()
-            .filter(|f| f.is_supported())
+            .filter(|f| f.is_supported() && ours.contains(f))
             .collect();
         self.peer_gr = if self.shared.config.graceful_restart {
             open.graceful_restart().cloned()
@@ -761,16 +767,23 @@ impl PeerTask {
                     ));
                 }
             }
-            Some(codec::MpReach::Ipv6 { next_hop, nlri, .. }) => {
+            Some(codec::MpReach::Ipv6 {
+                next_hop,
+                link_local,
+                nlri,
+            }) => {
+                let next_hop = crate::rib::received_ipv6_next_hop(*next_hop, *link_local);
                 for prefix in nlri {
                     announced.push((
                         IpNet::V6(*prefix),
-                        Path::new(update.attributes.clone(), IpAddr::V6(*next_hop)),
+                        Path::new(update.attributes.clone(), IpAddr::V6(next_hop)),
                     ));
                 }
             }
             None => {}
         }
+        // A family the session did not negotiate (we did not advertise it) is not taken.
+        announced.retain(|(prefix, _)| self.families.contains(&crate::rib::family_of(prefix)));
         let family = announced
             .first()
             .map_or(Family::IPV4_UNICAST, |(p, _)| crate::rib::family_of(p));
@@ -861,4 +874,13 @@ impl Drop for PeerTask {
             task.abort();
         }
     }
+}
+
+/// The families we advertise: IPv4 unicast, and IPv6 unicast unless switched off.
+fn our_families(config: &super::SpeakerConfig) -> Vec<Family> {
+    let mut out = vec![Family::IPV4_UNICAST];
+    if config.ipv6_unicast {
+        out.push(Family::IPV6_UNICAST);
+    }
+    out
 }
