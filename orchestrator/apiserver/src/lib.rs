@@ -22,6 +22,7 @@
 pub mod alloc;
 pub mod auth;
 pub mod discovery;
+pub mod endpoints;
 pub mod events;
 pub mod handlers;
 pub mod impersonate;
