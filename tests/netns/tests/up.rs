@@ -1133,7 +1133,7 @@ async fn assert_the_demo_serves_from_the_image(
         )
     };
     let client_code = run_pod_from(
-        &client,
+        client,
         "client",
         json!({"role": "client"}),
         "trellis:latest",
@@ -1146,7 +1146,7 @@ async fn assert_the_demo_serves_from_the_image(
         "a role=client pod reaches web.demo.svc.cluster.local"
     );
     let stranger_code = run_pod_from(
-        &client,
+        client,
         "stranger",
         json!({"role": "other"}),
         "trellis:latest",
