@@ -928,16 +928,19 @@ async fn a_single_control_plane_member_killed_stops_the_cluster_serving() {
 }
 
 /// The bench (not run by CI): `up` to Ready + demo answering and `down`, for
-/// `TRELLIS_UP_BENCH_NODES` nodes (default 10), with the RSS of every process.
+/// `TRELLIS_UP_BENCH_NODES` nodes (default 10) and `up`'s further arguments in
+/// `TRELLIS_UP_BENCH_ARGS` (split at spaces, e.g. `--mode routed --control-plane 3`), with
+/// the RSS of every process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a benchmark: cargo nextest run -p netns-testbed --test up --run-ignored only --no-capture"]
 async fn bench_up_and_down() {
     let nodes = std::env::var("TRELLIS_UP_BENCH_NODES").unwrap_or_else(|_| "10".into());
+    let extra = std::env::var("TRELLIS_UP_BENCH_ARGS").unwrap_or_default();
+    let mut args = vec!["up", "--nodes", &nodes];
+    args.extend(extra.split_whitespace());
     let f = Fixture::new().await;
     let t = Instant::now();
-    let out = f
-        .trellis(&["up", "--nodes", &nodes], Duration::from_secs(600))
-        .await;
+    let out = f.trellis(&args, Duration::from_secs(600)).await;
     let up = t.elapsed();
     assert!(out.success(), "up failed:\n{}", show(&out));
     println!("{}", out.stdout);
@@ -946,7 +949,7 @@ async fn bench_up_and_down() {
     let down = f.trellis(&["down"], Duration::from_secs(120)).await;
     assert!(down.success(), "{}", show(&down));
     println!(
-        "{nodes} nodes: up (to Ready and the demo answering) {up:.2?}, down {:.2?}",
+        "{nodes} nodes {extra}: up (to Ready and the demo answering) {up:.2?}, down {:.2?}",
         t.elapsed()
     );
     f.assert_clean("after down").await;
