@@ -460,6 +460,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_peer_certificate_names_the_peers_cn_and_only_the_members_address() {
+        use base64::Engine as _;
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let pki = trellis_apiserver::pki::Pki::ensure(dir.path(), &[]).unwrap();
+        let out = dir.path().join("etcd-pki");
+        let tls = peer_certificates(&pki.ca, &out, "cp2", MEMBERS[1].1).unwrap();
+        let mode = std::fs::metadata(&tls.key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the key is the member's only");
+        assert_eq!(
+            std::fs::read_to_string(&tls.ca).unwrap(),
+            pki.ca.cert_pem,
+            "peers are checked against the cluster CA"
+        );
+        let pem = std::fs::read_to_string(&tls.cert).unwrap();
+        let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
+        let (cn, orgs) = trellis_apiserver::pki::identity(&der).unwrap();
+        assert_eq!(cn, ETCD_PEER_CN);
+        assert!(orgs.is_empty());
+        // The address, and no DNS name (etcd would look it up).
+        assert!(
+            der.windows(4).any(|w| w == [198, 18, 0, 12]),
+            "the member's address"
+        );
+        let text = String::from_utf8_lossy(&der);
+        assert!(!text.contains("cp2"), "a DNS SAN cp2");
+    }
+
+    #[test]
     fn the_nodes_first_choices_spread_over_the_members() {
         let members: Vec<SocketAddr> = MEMBERS.iter().map(|(_, ip)| api_addr(*ip)).collect();
         let firsts: Vec<SocketAddr> = (0..6).map(|i| proxy_order(&members, i)[0]).collect();
