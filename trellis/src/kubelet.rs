@@ -109,6 +109,11 @@ pub struct Args {
     /// The snapshotter containers' root file systems come from (`--runtime containerd`).
     #[arg(long, default_value = trellis_kubelet::containerd::DEFAULT_SNAPSHOTTER)]
     containerd_snapshotter: String,
+    /// runc's state directory for the node's containers (`--runtime containerd`; passed to
+    /// the shim in each container's runtime options, runc adds the namespace). Default: the
+    /// shim's, the machine-wide /run/containerd/runc.
+    #[arg(long)]
+    containerd_runc_root: Option<PathBuf>,
 }
 
 /// The container runtimes.
@@ -203,6 +208,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 address: args.containerd_address,
                 namespace: args.containerd_namespace,
                 snapshotter: args.containerd_snapshotter,
+                runc_root: args.containerd_runc_root,
             },
         },
     };

@@ -124,6 +124,25 @@ struct ApiserverArgs {
     /// not checked, as upstream.
     #[arg(long)]
     kubelet_certificate_authority: Option<PathBuf>,
+    /// How the `kubernetes` Service's endpoints are kept: `lease` (upstream's reconciler:
+    /// each API server renews a 15 s lease of --advertise-address every 10 s and writes
+    /// default/kubernetes — Service, Endpoints, EndpointSlice — with every live API server)
+    /// or `none` (the Service is left alone).
+    #[arg(long, value_enum, default_value_t = EndpointReconciler::None)]
+    endpoint_reconciler_type: EndpointReconciler,
+    /// The address this API server advertises in the `kubernetes` endpoints (default: the
+    /// --listen address, which then must not be unspecified).
+    #[arg(long)]
+    advertise_address: Option<std::net::IpAddr>,
+}
+
+/// The `kubernetes` Service's endpoint reconcilers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum EndpointReconciler {
+    /// Every API server renews a lease of its address; the endpoints list the live ones.
+    Lease,
+    /// The `kubernetes` Service is not managed by the API server.
+    None,
 }
 
 /// `30000-32767` → (30000, 32767).
@@ -217,6 +236,23 @@ async fn apiserver(args: ApiserverArgs) -> anyhow::Result<()> {
     config.node_ports = args.service_node_port_range;
     config.kubelet_client = args.kubelet_client_certificate.zip(args.kubelet_client_key);
     config.kubelet_ca = args.kubelet_certificate_authority;
+    if args.endpoint_reconciler_type == EndpointReconciler::Lease {
+        let ip = match args.advertise_address {
+            Some(ip) => ip,
+            None if !args.listen.ip().is_unspecified() => args.listen.ip(),
+            None => anyhow::bail!(
+                "--endpoint-reconciler-type lease needs --advertise-address when --listen is {}",
+                args.listen
+            ),
+        };
+        let first = u32::from(args.service_cidr.network()).saturating_add(1);
+        config.endpoint_reconciler = Some(trellis_apiserver::endpoints::Settings {
+            advertise: SocketAddr::new(ip, args.listen.port()),
+            cluster_ip: std::net::IpAddr::V4(first.into()),
+            ttl: std::time::Duration::from_secs(15),
+            interval: std::time::Duration::from_secs(10),
+        });
+    }
     config.default_toleration_seconds = (
         args.default_not_ready_toleration_seconds,
         args.default_unreachable_toleration_seconds,

@@ -100,6 +100,9 @@ pub struct Config {
     /// The CA kubelets' serving certificates are checked against
     /// (`--kubelet-certificate-authority`); None: not checked, as upstream.
     pub kubelet_ca: Option<PathBuf>,
+    /// The `kubernetes` Service's endpoint reconciler (`--endpoint-reconciler-type lease`):
+    /// None, the Service is left alone.
+    pub endpoint_reconciler: Option<crate::endpoints::Settings>,
 }
 
 impl Config {
@@ -115,6 +118,7 @@ impl Config {
             default_toleration_seconds: (300, 300),
             kubelet_client: None,
             kubelet_ca: None,
+            endpoint_reconciler: None,
         }
     }
 }
@@ -138,6 +142,8 @@ pub struct Running {
     store: Arc<dyn Store>,
     stop: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The endpoint reconciler, which removes this API server's address when stopped.
+    endpoints: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
@@ -159,6 +165,15 @@ impl Running {
     /// Stops accepting, ends the background tasks, and waits for them.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
+        if let Some(mut t) = self.endpoints {
+            // Its last round takes this API server out of the `kubernetes` endpoints.
+            if tokio::time::timeout(std::time::Duration::from_secs(3), &mut t)
+                .await
+                .is_err()
+            {
+                t.abort();
+            }
+        }
         for t in self.tasks {
             t.abort();
             let _ = t.await;
@@ -337,6 +352,9 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         api.clone(),
         stop_rx.clone(),
     )));
+    let endpoints = config
+        .endpoint_reconciler
+        .map(|s| tokio::spawn(crate::endpoints::run(api.clone(), s, stop_rx.clone())));
     tracing::info!(%addr, kubeconfig = %kubeconfig.display(), "API server listening");
     let store = api.storage.store().clone();
     Ok(Running {
@@ -349,6 +367,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         store,
         stop,
         tasks,
+        endpoints,
     })
 }
 

@@ -98,6 +98,9 @@ pub enum RuntimeChoice {
         address: PathBuf,
         namespace: String,
         snapshotter: String,
+        /// runc's state directory (`runc --root`; runc adds the namespace); None: the shim's
+        /// default, the machine-wide `/run/containerd/runc`.
+        runc_root: Option<PathBuf>,
     },
 }
 
@@ -158,12 +161,14 @@ pub async fn run(
         address,
         namespace,
         snapshotter,
+        runc_root,
     } = &cfg.runtime
     {
         let ctrd = containerd::runtime::ContainerdRuntime::start(containerd::runtime::Settings {
             address: address.clone(),
             namespace: namespace.clone(),
             snapshotter: snapshotter.clone(),
+            runc_root: runc_root.clone(),
             node: cfg.node_name.clone(),
             pods_dir: cfg.root_dir.join("pods"),
             logger: cfg.shim.clone(),

@@ -5,7 +5,12 @@
 //! containerd namespace every kubelet uses (named for the cluster; the kubelets keep to their
 //! own containers by label) — and its removal: containers, tasks and snapshots through
 //! containerd, then containerd, any shim it left, the containers' cgroups, mounts under its
-//! directory and runc's state directory of the namespace.
+//! directory and runc's state directory.
+//!
+//! runc keeps its state under the cluster's directory too (`<dir>/runc/<namespace>`, the
+//! kubelets' `--containerd-runc-root`, which they pass in each container's runtime options),
+//! not in the machine-wide `/run/containerd/runc/<namespace>`: two clusters, or a crashed
+//! `up` and the next one, never share it, and `down` removes it with the directory.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -17,9 +22,10 @@ use super::state::{self, Proc, State};
 
 /// The image the manifests, DNS and (with `up`) the demo run.
 pub const IMAGE: &str = "trellis:latest";
-/// Where runc keeps its state when the client gives no root (the kubelet gives none): one
-/// directory per containerd namespace.
-const RUNC_ROOT: &str = "/run/containerd/runc";
+/// Where runc keeps its state when the client gives no root: one directory per containerd
+/// namespace. `up` gives one ([`Ctrd::runc_root`]); `down` still clears the namespace's
+/// directory here, which a cluster of an older `up` used.
+const DEFAULT_RUNC_ROOT: &str = "/run/containerd/runc";
 /// The longest path a unix socket may have (`sun_path`, with its NUL).
 const MAX_SOCKET_PATH: usize = 107;
 
@@ -42,6 +48,11 @@ impl Ctrd {
             dir,
             namespace: name.to_string(),
         }
+    }
+
+    /// runc's state directory (`runc --root`; runc adds the namespace), under [`Ctrd::dir`].
+    pub fn runc_root(&self) -> PathBuf {
+        self.dir.join("runc")
     }
 }
 
@@ -290,8 +301,9 @@ fn remove_cgroup_tree(dir: &Path) -> std::io::Result<()> {
 /// After every process of the cluster is gone: shims containerd left (a shim outlives a
 /// killed containerd), runc's `/<namespace>` cgroups in every hierarchy (the kubelet puts
 /// containers in their pod cgroups, which `down` removes with the node's; runc's own place is
-/// left only by `--cgroups-per-qos=false` or an older kubelet), mounts under containerd's directory, and runc's state directory of
-/// the namespace.
+/// left only by `--cgroups-per-qos=false` or an older kubelet), mounts under containerd's
+/// directory, and runc's state directories: the cluster's own, and the namespace's in the
+/// machine-wide default (an older `up`'s).
 pub async fn remove_leftovers(c: &Ctrd, problems: &mut Vec<String>) {
     let socket = c.socket.display().to_string();
     let deadline = Instant::now() + Duration::from_secs(3);
@@ -325,11 +337,15 @@ pub async fn remove_leftovers(c: &Ctrd, problems: &mut Vec<String>) {
             problems.push(format!("unmounting {}: {e}", m.display()));
         }
     }
-    let runc = Path::new(RUNC_ROOT).join(&c.namespace);
-    if let Err(e) = std::fs::remove_dir_all(&runc)
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        problems.push(format!("removing {}: {e}", runc.display()));
+    for runc in [
+        c.runc_root(),
+        Path::new(DEFAULT_RUNC_ROOT).join(&c.namespace),
+    ] {
+        if let Err(e) = std::fs::remove_dir_all(&runc)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            problems.push(format!("removing {}: {e}", runc.display()));
+        }
     }
 }
 
@@ -341,6 +357,7 @@ mod tests {
     fn everything_lives_under_the_cluster_directory() {
         let c = Ctrd::new(Path::new("/var/lib/trellis/up/trup"), "trup");
         assert!(c.socket.starts_with(&c.dir));
+        assert!(c.runc_root().starts_with(&c.dir));
         assert!(c.dir.starts_with("/var/lib/trellis/up/trup"));
         assert_eq!(c.namespace, "trup");
         let mut missing = Vec::new();

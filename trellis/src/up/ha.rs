@@ -1,9 +1,14 @@
 //! `--control-plane 3`: three members, each a namespace on the underlay with an etcd member,
 //! an API server on it, a scheduler and a controller-manager — kubeadm's stacked topology.
 //!
-//! - **etcd.** Debian's `etcd`: peers on the members' underlay addresses (port 2380),
+//! - **etcd.** Debian's `etcd`: peers on the members' underlay addresses (port 2380) over
+//!   TLS both ways, as kubeadm sets them up — each member a peer certificate from the cluster
+//!   CA for its address, peers required to present one (`--peer-client-cert-auth`) with the
+//!   peers' common name (`--peer-cert-allowed-cn`, so no other certificate of the CA gets in),
+//!   from the address it names (etcd's own check);
 //!   clients on each member's loopback only, so nothing but that member's API server talks to
-//!   it. Two of three members keep a majority.
+//!   it (plain: the API server's etcd client speaks no TLS). Two of three members keep a
+//!   majority.
 //! - **API servers.** One cluster CA and service-account key, made by `up` and copied to each
 //!   member (kubeadm shares them the same way), and one serving certificate that names every
 //!   address a client may use: the members', the front door's and 127.0.0.1.
@@ -43,7 +48,9 @@ pub const NODE_PROXY: &str = "127.0.0.1:6443";
 const PROXY_HEALTH: &str = "127.0.0.1:6444";
 /// Each member's etcd, for its own API server only.
 const ETCD_CLIENT: &str = "http://127.0.0.1:2379";
-const ETCD_PEER_PORT: u16 = 2380;
+pub const ETCD_PEER_PORT: u16 = 2380;
+/// The common name of every member's peer certificate, the only one peers accept.
+const ETCD_PEER_CN: &str = "trellis-etcd-peer";
 /// How long the first API server may take, etcd's first election included.
 const FIRST_API_LIMIT: Duration = Duration::from_secs(60);
 const API_LIMIT: Duration = Duration::from_secs(30);
@@ -98,12 +105,13 @@ pub async fn control_plane(
     // etcd on every member at once: the first needs a majority to answer.
     let initial = MEMBERS
         .iter()
-        .map(|(short, ip)| format!("{short}=http://{ip}:{ETCD_PEER_PORT}"))
+        .map(|(short, ip)| format!("{short}=https://{ip}:{ETCD_PEER_PORT}"))
         .collect::<Vec<_>>()
         .join(",");
     let mut etcds = Vec::new();
     for ((short, ip), ns) in MEMBERS.iter().zip(members) {
-        let peer = format!("http://{ip}:{ETCD_PEER_PORT}");
+        let peer = format!("https://{ip}:{ETCD_PEER_PORT}");
+        let tls = peer_certificates(&pki.ca, &dir.join(short).join("etcd-pki"), short, *ip)?;
         let p = state::spawn(
             ns,
             short,
@@ -128,6 +136,15 @@ pub async fn control_plane(
                 "new".into(),
                 "--initial-cluster-token".into(),
                 state.name.clone(),
+                "--peer-cert-file".into(),
+                s(&tls.cert),
+                "--peer-key-file".into(),
+                s(&tls.key),
+                "--peer-trusted-ca-file".into(),
+                s(&tls.ca),
+                "--peer-client-cert-auth".into(),
+                "--peer-cert-allowed-cn".into(),
+                ETCD_PEER_CN.into(),
                 "--logger".into(),
                 "zap".into(),
                 "--log-outputs".into(),
@@ -155,6 +172,9 @@ pub async fn control_plane(
             SERVICE_CIDR.into(),
             "--kubelet-certificate-authority".into(),
             s(&api_dir(short).join("pki/ca.crt")),
+            // default/kubernetes lists every live member (their leases in etcd).
+            "--endpoint-reconciler-type".into(),
+            "lease".into(),
         ];
         for san in &sans {
             argv.extend(["--san".into(), san.clone()]);
@@ -221,6 +241,41 @@ pub async fn control_plane(
         front: server,
         nodes: NodeAccess::Proxy(apis),
     })
+}
+
+/// A member's peer certificate, key and the CA that checks its peers.
+struct PeerTls {
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    ca: std::path::PathBuf,
+}
+
+/// Issues member `short`'s etcd peer certificate from the cluster CA — CN [`ETCD_PEER_CN`],
+/// its underlay address as the only SAN, for serving and as a client (a member dials its
+/// peers with it; etcd checks that a peer connects from an address of its certificate, and
+/// would look a DNS name up, which nothing here could answer) — and writes it, its key
+/// (0600) and the CA into `dir`.
+fn peer_certificates(
+    ca: &trellis_apiserver::pki::CertPair,
+    dir: &Path,
+    short: &str,
+    ip: Ipv4Addr,
+) -> anyhow::Result<PeerTls> {
+    use trellis_apiserver::pki;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let pair = pki::issue(ca, ETCD_PEER_CN, &[], &[ip.to_string()])
+        .with_context(|| format!("issuing {short}'s etcd peer certificate"))?;
+    let out = PeerTls {
+        cert: dir.join("peer.crt"),
+        key: dir.join("peer.key"),
+        ca: dir.join("ca.crt"),
+    };
+    pki::write_private(&out.key, &pair.key_pem)
+        .with_context(|| format!("writing {}", out.key.display()))?;
+    for (path, pem) in [(&out.cert, &pair.cert_pem), (&out.ca, &ca.cert_pem)] {
+        pki::write_public(path, pem).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(out)
 }
 
 fn spawn_scheduling_on(
@@ -403,6 +458,38 @@ async fn wait_leaders(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_peer_certificate_names_the_peers_cn_and_only_the_members_address() {
+        use base64::Engine as _;
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let pki = trellis_apiserver::pki::Pki::ensure(dir.path(), &[]).unwrap();
+        let out = dir.path().join("etcd-pki");
+        let tls = peer_certificates(&pki.ca, &out, "cp2", MEMBERS[1].1).unwrap();
+        let mode = std::fs::metadata(&tls.key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the key is the member's only");
+        assert_eq!(
+            std::fs::read_to_string(&tls.ca).unwrap(),
+            pki.ca.cert_pem,
+            "peers are checked against the cluster CA"
+        );
+        let pem = std::fs::read_to_string(&tls.cert).unwrap();
+        let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
+        let (cn, orgs) = trellis_apiserver::pki::identity(&der).unwrap();
+        assert_eq!(cn, ETCD_PEER_CN);
+        assert!(orgs.is_empty());
+        // The address, and no DNS name (etcd would look it up).
+        assert!(
+            der.windows(4).any(|w| w == [198, 18, 0, 12]),
+            "the member's address"
+        );
+        let text = String::from_utf8_lossy(&der);
+        assert!(!text.contains("cp2"), "a DNS SAN cp2");
+    }
 
     #[test]
     fn the_nodes_first_choices_spread_over_the_members() {

@@ -526,6 +526,9 @@ async fn single_control_plane(
             // Kubelets' serving certificates come from the cluster CA (made at first start).
             "--kubelet-certificate-authority".into(),
             s(&api_dir.join("pki/ca.crt")),
+            // default/kubernetes: the API server's address, as upstream keeps it.
+            "--endpoint-reconciler-type".into(),
+            "lease".into(),
         ],
         &state.dir.join("logs/cp-apiserver.log"),
     )?;
@@ -738,6 +741,8 @@ async fn build(args: &UpArgs, state: &mut State, exe: &Path, busybox: &Path) -> 
             s(&c.socket),
             "--containerd-namespace".into(),
             c.namespace.clone(),
+            "--containerd-runc-root".into(),
+            s(&c.runc_root()),
         ];
     }
 

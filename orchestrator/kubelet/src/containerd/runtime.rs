@@ -59,6 +59,9 @@ pub struct Settings {
     pub address: PathBuf,
     pub namespace: String,
     pub snapshotter: String,
+    /// runc's state directory (`runc --root`, under which runc adds the namespace); None:
+    /// the shim's default, `/run/containerd/runc`.
+    pub runc_root: Option<PathBuf>,
     /// The node's name, labelled on every container.
     pub node: String,
     /// `<root>/pods`: where run directories live.
@@ -96,6 +99,28 @@ struct RunRecord {
     /// failure is an OOM kill, as the process runtime's shim decides.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     ooms_before: Option<u64>,
+}
+
+/// The runc shim's options (`containerd.runc.v1.Options`) with only `root` (field 7) set:
+/// where runc keeps its state, instead of the machine-wide default.
+fn runc_options(root: &Path) -> prost_types::Any {
+    let root = root.as_os_str().as_encoded_bytes();
+    let mut value = vec![7 << 3 | 2];
+    let mut len = root.len();
+    loop {
+        let byte = (len & 0x7f) as u8;
+        len >>= 7;
+        if len == 0 {
+            value.push(byte);
+            break;
+        }
+        value.push(byte | 0x80);
+    }
+    value.extend_from_slice(root);
+    prost_types::Any {
+        type_url: "containerd.runc.v1.Options".into(),
+        value,
+    }
 }
 
 /// CAP_SYS_RESOURCE's bit in a capability set.
@@ -735,7 +760,7 @@ impl Inner {
             image: img.name.clone(),
             runtime: Some(CtrRuntime {
                 name: "io.containerd.runc.v2".into(),
-                options: None,
+                options: self.s.runc_root.as_deref().map(runc_options),
             }),
             spec: Some(spec),
             snapshotter: self.s.snapshotter.clone(),
@@ -1256,6 +1281,18 @@ mod tests {
 
     fn os(v: &[&str]) -> Vec<OsString> {
         v.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn runc_options_carry_the_root_as_field_7() {
+        let short = runc_options(Path::new("/r"));
+        assert_eq!(short.type_url, "containerd.runc.v1.Options");
+        assert_eq!(short.value, [0x3a, 2, b'/', b'r']);
+        // A length over 127 takes a two-byte varint.
+        let long = format!("/{}", "x".repeat(199));
+        let any = runc_options(Path::new(&long));
+        assert_eq!(any.value[..3], [0x3a, 0xc8, 0x01]);
+        assert_eq!(&any.value[3..], long.as_bytes());
     }
 
     #[test]
