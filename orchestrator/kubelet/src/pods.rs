@@ -426,8 +426,10 @@ impl PodSync {
             {
                 return Ok(r.next - now);
             }
+            let began = Instant::now();
             match self.make_sandbox(pod).await {
                 Ok(local) => {
+                    tracing::debug!(pod = %name_of(pod), ms = began.elapsed().as_millis() as u64, "sandbox ready");
                     self.retry = None;
                     self.local = Some(local);
                 }
