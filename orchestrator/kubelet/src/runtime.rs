@@ -312,9 +312,7 @@ pub fn kill_all(pod_dir: &Path) {
     }
 }
 
-/// Whether any process of the pod directory still runs, or is still being created by the
-/// containerd runtime (a run with its record but neither a process nor an exit yet: it gets
-/// one or the other within the runtime's bound).
+/// Whether any process of the pod directory still runs.
 pub fn any_alive(pod_dir: &Path) -> bool {
     let Ok(containers) = std::fs::read_dir(pod_dir.join("containers")) else {
         return false;
@@ -322,13 +320,9 @@ pub fn any_alive(pod_dir: &Path) -> bool {
     containers.flatten().any(|c| {
         std::fs::read_dir(c.path()).is_ok_and(|runs| {
             runs.flatten().any(|r| {
-                let r = r.path();
                 [PID_FILE, SHIM_PID_FILE]
                     .iter()
-                    .any(|f| read_i32(&r.join(f)).is_some_and(alive))
-                    || (r.join(crate::containerd::runtime::RUN_FILE).is_file()
-                        && !r.join(PID_FILE).exists()
-                        && !r.join(EXIT_FILE).exists())
+                    .any(|f| read_i32(&r.path().join(f)).is_some_and(alive))
             })
         })
     })

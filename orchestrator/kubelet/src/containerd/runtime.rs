@@ -49,11 +49,9 @@ pub const LABEL_RUN: &str = "io.trellis.run";
 pub const RUN_FILE: &str = "containerd.json";
 /// How often the runtime reconciles containerd with the run directories.
 const RECONCILE: Duration = Duration::from_secs(10);
-/// How many containers are created at once (snapshot, container, task, start). More only
-/// share containerd's and runc's CPU among more starts: each one takes longer, none sooner.
-const CREATES_AT_ONCE: usize = 8;
-/// How long creating and starting one container may take before it counts as failed.
-const CREATE_LIMIT: Duration = Duration::from_secs(120);
+/// How long one lease serves container starts: well within its hour, so a start that takes
+/// one never outlives it.
+const LEASE_TURN: Duration = Duration::from_secs(15 * 60);
 /// How long deleting a finished task may take: the shim waits up to 12 s for the logging
 /// binary to drain the container's output.
 const TASK_DELETE: Duration = Duration::from_secs(30);
@@ -78,11 +76,10 @@ struct Inner {
     s: Settings,
     /// Containers being created or waited on by this process.
     busy: Mutex<HashSet<String>>,
-    /// Container creations in flight at once (first come, first served): the starts queue
-    /// here, not in the kubelet's pod passes, and the first pods created start first.
-    creating: tokio::sync::Semaphore,
     /// Resolved images by name and target digest.
     images: Mutex<HashMap<String, Resolved>>,
+    /// The lease containers are made under, and when it was taken (see [`Inner::lease`]).
+    lease: tokio::sync::Mutex<Option<(String, std::time::Instant)>>,
 }
 
 /// The containerd runtime. Its calls run on a thread of its own (the [`Runtime`] trait is
@@ -552,7 +549,7 @@ impl ContainerdRuntime {
             s,
             busy: Mutex::new(HashSet::new()),
             images: Mutex::new(HashMap::new()),
-            creating: tokio::sync::Semaphore::new(CREATES_AT_ONCE),
+            lease: tokio::sync::Mutex::new(None),
         });
         let i = inner.clone();
         handle.spawn(async move {
@@ -590,6 +587,23 @@ fn record_start_error(dir: &Path, why: &str) {
 impl Inner {
     fn req<T>(&self, msg: T) -> tonic::Request<T> {
         self.conn.request(msg)
+    }
+
+    /// The lease a container's snapshot is prepared under, safe from containerd's GC until
+    /// the container references it. One lease serves every start for [`LEASE_TURN`], then a
+    /// new one is taken; an old one is never deleted but expires by itself an hour after it
+    /// was made ([`Conn::lease`]). A lease per start cost two writes of containerd's database
+    /// (each an fsync) and a garbage collection per delete, on every container's start path.
+    async fn lease(&self) -> Result<String, CtrdError> {
+        let mut held = self.lease.lock().await;
+        if let Some((id, at)) = held.as_ref()
+            && at.elapsed() < LEASE_TURN
+        {
+            return Ok(id.clone());
+        }
+        let id = self.conn.lease("containers").await?;
+        *held = Some((id.clone(), std::time::Instant::now()));
+        Ok(id)
     }
 
     fn is_busy(&self, id: &str) -> bool {
@@ -685,17 +699,10 @@ impl Inner {
         ]);
         let other = |e: CtrdError| StartFailure(e.to_string());
         steps.mark("spec");
-        let lease = self.conn.lease("container").await.map_err(other)?;
+        let lease = self.lease().await.map_err(other)?;
         steps.mark("lease");
-        let made = self
-            .make(id, img, spec, labels, &lease, log, &placement.join, steps)
-            .await;
-        // Released behind the start: what the lease protected is referenced by the container
-        // now (or removed with it).
-        let conn = self.conn.clone();
-        tokio::spawn(async move { conn.release(&lease).await });
-        let pid = made?;
-        Ok(pid)
+        self.make(id, img, spec, labels, &lease, log, &placement.join, steps)
+            .await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1165,42 +1172,39 @@ impl Runtime for ContainerdRuntime {
             return Err(e);
         }
         steps.mark("rundir");
-        // Created and started on the runtime's thread, not waited for here: one pod's start
-        // (the shim, runc) holds back no other pod's pass.
+        // Created and started on the runtime's thread, waited for here: the pod's pass ends
+        // with its container running (or failed), and pods that came first finish first
+        // (creating them all at once behind their passes only shares containerd's and runc's
+        // CPU among more starts: each takes longer, and the p50 moves to the p99).
         let inner = self.inner.clone();
-        let (sb, r) = (sandbox.clone(), run.clone());
-        self.handle.spawn(async move {
-            let Ok(_turn) = inner.creating.acquire().await else {
-                return;
-            };
+        let (sb, r, d) = (sandbox.clone(), run.clone(), dir.clone());
+        let idc = id.clone();
+        let made = self.block(async move {
             steps.mark("queue");
-            let made = tokio::time::timeout(
-                CREATE_LIMIT,
-                inner.create(&sb, &r, &img, &placement, &id, &dir, &log, &mut steps),
-            )
-            .await;
-            let why = match made {
-                Ok(Ok(pid)) if dir.is_dir() => {
-                    let _ = write_atomic(&dir, PID_FILE, &pid.to_string());
-                    tracing::debug!(container = %id, steps = %steps, "containerd start");
-                    tokio::spawn(inner.clone().wait(id, dir));
-                    return;
+            let made = inner
+                .create(&sb, &r, &img, &placement, &idc, &d, &log, &mut steps)
+                .await;
+            match made {
+                Ok(pid) => {
+                    let _ = write_atomic(&d, PID_FILE, &pid.to_string());
+                    tracing::debug!(container = %idc, steps = %steps, "containerd start");
+                    tokio::spawn(inner.clone().wait(idc, d));
                 }
-                // The pod was removed while its container was made: it goes at once.
-                Ok(Ok(_)) => None,
-                Ok(Err(StartFailure(m))) => Some(m),
-                Err(_) => Some(format!(
-                    "containerd did not start the container within {CREATE_LIMIT:?}"
-                )),
-            };
-            inner.remove(&id, true).await;
-            if let Some(why) = why {
-                tracing::debug!(container = %id, error = %why, "containerd start failed");
-                // Recorded as a failed run: the kubelet reports it and backs off.
-                record_start_error(&dir, &why);
+                Err(StartFailure(why)) => {
+                    inner.remove(&idc, true).await;
+                    // Recorded as a failed run: the kubelet reports it and backs off.
+                    record_start_error(&d, &why);
+                    inner.set_busy(&idc, false);
+                }
             }
-            inner.set_busy(&id, false);
         });
+        if made.is_none() {
+            // Still being made on the runtime's thread: the run stays "being created" until
+            // that ends (the reconcile loop ends it should the kubelet stop meanwhile).
+            return Err(Error::Other(format!(
+                "containerd did not start container {id} within 120 s"
+            )));
+        }
         Ok(())
     }
 
