@@ -88,7 +88,7 @@ fn where_the_time_went(log: &str, created: &HashMap<String, jiff::Timestamp>) {
         } else if line.contains("pod status written")
             && let (Some(pod), Some(d)) = (field(line, "pod"), since(line))
         {
-            if field(line, "phase") == Some("Running") {
+            if field(line, "phase").map(|p| p.trim_matches('"')) == Some("Running") {
                 running.entry(pod.to_string()).or_insert(d);
             }
             if field(line, "ready") == Some("true") {
