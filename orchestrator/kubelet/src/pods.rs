@@ -426,8 +426,10 @@ impl PodSync {
             {
                 return Ok(r.next - now);
             }
+            let began = Instant::now();
             match self.make_sandbox(pod).await {
                 Ok(local) => {
+                    tracing::debug!(pod = %name_of(pod), ms = began.elapsed().as_millis() as u64, "sandbox ready");
                     self.retry = None;
                     self.local = Some(local);
                 }
@@ -520,6 +522,11 @@ impl PodSync {
             if self.patch_status(pod, st).await
                 && let Some(l) = self.local.as_mut()
             {
+                let ready = status["conditions"].as_array().is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                });
+                tracing::debug!(pod = %name_of(pod), phase = status["phase"].as_str().unwrap_or_default(), ready, "pod status written");
                 l.last_status = Some(status);
             }
         }

@@ -54,8 +54,83 @@ fn show(what: &str, l: Option<Latency>) {
     }
 }
 
+/// The time of a kubelet log line (its leading RFC 3339 timestamp).
+fn line_time(line: &str) -> Option<jiff::Timestamp> {
+    line.split_whitespace().next()?.parse().ok()
+}
+
+/// The value of `key=` in a log line.
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// Where a pod's start-up time goes, from the kubelet's own log: create → container started
+/// per pod; with `RUST_LOG=info,trellis_kubelet=debug` also create → sandbox ready (netns, CNI
+/// ADD), create → the kubelet's status write with Running and with Ready (what the API then
+/// shows; the bench's own figures add the time its list of the pods takes), and each step of
+/// the containerd runtime's starts (`containerd start`).
+fn where_the_time_went(log: &str, created: &HashMap<String, jiff::Timestamp>) {
+    let since = |line: &str| -> Option<Duration> {
+        let pod = field(line, "pod")?;
+        let t = line_time(line)?;
+        let c = created.get(pod)?;
+        Some(Duration::try_from(t.duration_since(*c)).unwrap_or_default())
+    };
+    let (mut sandbox, mut started) = (Vec::new(), Vec::new());
+    let (mut running, mut ready) = (HashMap::new(), HashMap::new());
+    let mut steps: Vec<(String, Vec<Duration>)> = Vec::new();
+    for line in log.lines() {
+        if line.contains("sandbox ready") {
+            sandbox.extend(since(line));
+        } else if line.contains("container started") {
+            started.extend(since(line));
+        } else if line.contains("pod status written")
+            && let (Some(pod), Some(d)) = (field(line, "pod"), since(line))
+        {
+            if field(line, "phase").map(|p| p.trim_matches('"')) == Some("Running") {
+                running.entry(pod.to_string()).or_insert(d);
+            }
+            if field(line, "ready") == Some("true") {
+                ready.entry(pod.to_string()).or_insert(d);
+            }
+        } else if line.contains("containerd start")
+            && let Some((_, rest)) = line.split_once("steps=")
+        {
+            for kv in rest.split_whitespace() {
+                let Some((k, v)) = kv.split_once('=') else {
+                    continue;
+                };
+                let Ok(ms) = v.parse::<f64>() else { continue };
+                let d = Duration::from_secs_f64(ms.max(0.0) / 1e3);
+                match steps.iter_mut().find(|(name, _)| name == k) {
+                    Some((_, v)) => v.push(d),
+                    None => steps.push((k.to_string(), vec![d])),
+                }
+            }
+        }
+    }
+    show("  create → sandbox ready", Latency::of(&sandbox));
+    show("  create → container started", Latency::of(&started));
+    let values = |m: &HashMap<String, Duration>| m.values().copied().collect::<Vec<_>>();
+    show("  create → Running written", Latency::of(&values(&running)));
+    show("  create → Ready written", Latency::of(&values(&ready)));
+    if steps.is_empty() {
+        println!("  (containerd steps: run with RUST_LOG=info,trellis_kubelet=debug)");
+    }
+    for (name, v) in &steps {
+        show(&format!("  containerd start: {name}"), Latency::of(v));
+    }
+}
+
 async fn run() {
     let n = arg("--pods", 100) as usize;
+    println!(
+        "load average at the start: {}",
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+    );
     let c = overlay_cluster::Cluster::start(1).await;
     let w = &c.workers[0];
 
@@ -127,12 +202,14 @@ async fn run() {
     let api: Api<Pod> = Api::namespaced(c.client.clone(), "default");
     let t0 = Instant::now();
     let mut created = HashMap::new();
+    let mut created_wall = HashMap::new();
     for i in 0..n {
         let name = format!("p{i}");
         kubelet::create_pod(&c.client, json!({"metadata": {"name": name}, "spec": {"nodeName": w.node.name,
             "containers": [{"name": "c", "image": if containerd { IMAGE } else { "busybox" },
                 "command": ["/bin/busybox", "nc", "-ll", "-p", "8080", "-e", "/bin/busybox", "hostname"],
                 "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}}]}})).await;
+        created_wall.insert(format!("default/{name}"), jiff::Timestamp::now());
         created.insert(name, t0.elapsed());
     }
     let (mut running, mut ready) = (HashMap::new(), HashMap::new());
@@ -193,6 +270,12 @@ async fn run() {
             .collect()
     };
     println!(
+        "load average at the end: {}",
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+    );
+    println!(
         "{n} pods on one node ({} runtime, overlay)",
         if containerd { "containerd" } else { "process" }
     );
@@ -207,6 +290,7 @@ async fn run() {
     if ready.len() < n {
         println!("only {} of {n} pods became Ready within 600 s", ready.len());
     }
+    where_the_time_went(&c.tb.log_of(pid), &created_wall);
     // Delete them through the kubelet so it tears down their networks.
     for i in 0..n {
         let _ = api

@@ -49,6 +49,9 @@ pub const LABEL_RUN: &str = "io.trellis.run";
 pub const RUN_FILE: &str = "containerd.json";
 /// How often the runtime reconciles containerd with the run directories.
 const RECONCILE: Duration = Duration::from_secs(10);
+/// How long one lease serves container starts: well within its hour, so a start that takes
+/// one never outlives it.
+const LEASE_TURN: Duration = Duration::from_secs(15 * 60);
 /// How long deleting a finished task may take: the shim waits up to 12 s for the logging
 /// binary to drain the container's output.
 const TASK_DELETE: Duration = Duration::from_secs(30);
@@ -78,6 +81,8 @@ struct Inner {
     busy: Mutex<HashSet<String>>,
     /// Resolved images by name and target digest.
     images: Mutex<HashMap<String, Resolved>>,
+    /// The lease containers are made under, and when it was taken (see [`Inner::lease`]).
+    lease: tokio::sync::Mutex<Option<(String, std::time::Instant)>>,
 }
 
 /// The containerd runtime. Its calls run on a thread of its own (the [`Runtime`] trait is
@@ -569,6 +574,7 @@ impl ContainerdRuntime {
             s,
             busy: Mutex::new(HashSet::new()),
             images: Mutex::new(HashMap::new()),
+            lease: tokio::sync::Mutex::new(None),
         });
         let i = inner.clone();
         handle.spawn(async move {
@@ -606,6 +612,23 @@ fn record_start_error(dir: &Path, why: &str) {
 impl Inner {
     fn req<T>(&self, msg: T) -> tonic::Request<T> {
         self.conn.request(msg)
+    }
+
+    /// The lease a container's snapshot is prepared under, safe from containerd's GC until
+    /// the container references it. One lease serves every start for [`LEASE_TURN`], then a
+    /// new one is taken; an old one is never deleted but expires by itself an hour after it
+    /// was made ([`Conn::lease`]). A lease per start cost two writes of containerd's database
+    /// (each an fsync) and a garbage collection per delete, on every container's start path.
+    async fn lease(&self) -> Result<String, CtrdError> {
+        let mut held = self.lease.lock().await;
+        if let Some((id, at)) = held.as_ref()
+            && at.elapsed() < LEASE_TURN
+        {
+            return Ok(id.clone());
+        }
+        let id = self.conn.lease("containers").await?;
+        *held = Some((id.clone(), std::time::Instant::now()));
+        Ok(id)
     }
 
     fn is_busy(&self, id: &str) -> bool {
@@ -646,36 +669,28 @@ impl Inner {
         Ok(r)
     }
 
-    /// Creates and starts one run. Errors before the task starts are the caller's to record.
+    /// Creates and starts one run from its resolved image. Errors before the task starts are
+    /// the caller's to record.
+    #[allow(clippy::too_many_arguments)]
     async fn create(
         self: &Arc<Self>,
         sandbox: &Sandbox,
         run: &ContainerRun,
+        img: &Resolved,
         placement: &Placement,
         id: &str,
         dir: &Path,
         log: &Path,
+        steps: &mut Steps,
     ) -> Result<u32, StartFailure> {
         let reference = run.image.clone().unwrap_or_default();
-        if reference.trim().is_empty() {
-            return Err(StartFailure::Other(
-                "the container has no image".to_string(),
-            ));
-        }
-        let img = match self.resolve(&reference).await {
-            Ok(i) => i,
-            Err(e @ CtrdError::ImageNotFound { .. }) => {
-                return Err(StartFailure::Pull(e.to_string()));
-            }
-            Err(e) => return Err(StartFailure::Pull(e.to_string())),
-        };
         let args = process_args(run.command.as_deref(), run.args.as_deref(), &img.config);
         if args.is_empty() {
-            return Err(StartFailure::Other(format!(
+            return Err(StartFailure(format!(
                 "no command specified: the pod gives none and image {reference:?} has no entrypoint or cmd"
             )));
         }
-        let uid_gid = user(img.config.user.as_deref()).map_err(StartFailure::Other)?;
+        let uid_gid = user(img.config.user.as_deref()).map_err(StartFailure)?;
         let cwd = run
             .workdir
             .as_ref()
@@ -707,14 +722,12 @@ impl Inner {
             (LABEL_NODE.to_string(), self.s.node.clone()),
             (LABEL_RUN.to_string(), dir.to_string_lossy().into_owned()),
         ]);
-        let other = |e: CtrdError| StartFailure::Other(e.to_string());
-        let lease = self.conn.lease("container").await.map_err(other)?;
-        let made = self
-            .make(id, &img, spec, labels, &lease, log, &placement.join)
-            .await;
-        self.conn.release(&lease).await;
-        let pid = made?;
-        Ok(pid)
+        let other = |e: CtrdError| StartFailure(e.to_string());
+        steps.mark("spec");
+        let lease = self.lease().await.map_err(other)?;
+        steps.mark("lease");
+        self.make(id, img, spec, labels, &lease, log, &placement.join, steps)
+            .await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -727,9 +740,10 @@ impl Inner {
         lease: &str,
         log: &Path,
         join: &[PathBuf],
+        steps: &mut Steps,
     ) -> Result<u32, StartFailure> {
         let other = |what: &str, s: tonic::Status| {
-            StartFailure::Other(CtrdError::rpc(what.to_string(), s).to_string())
+            StartFailure(CtrdError::rpc(what.to_string(), s).to_string())
         };
         let mounts = SnapshotsClient::new(self.conn.channel.clone())
             .prepare(self.conn.request_leased(
@@ -750,6 +764,7 @@ impl Inner {
             })?
             .into_inner()
             .mounts;
+        steps.mark("snapshot");
         let spec = prost_types::Any {
             type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec".into(),
             value: serde_json::to_vec(&spec).unwrap_or_default(),
@@ -776,6 +791,7 @@ impl Inner {
             ))
             .await
             .map_err(|s| other("create the container", s))?;
+        steps.mark("container");
         let uri = log_uri(&self.s.logger, log, self.s.rotation);
         let mut tasks = TasksClient::new(self.conn.channel.clone());
         let created = tasks
@@ -794,17 +810,19 @@ impl Inner {
             .await
             .map_err(|s| other("create the task", s))?
             .into_inner();
+        steps.mark("task_create");
         // runc's init waits for the start: its cgroups are settled before anything of the
         // image runs (memory charged from the first page to the cgroup that limits it).
         for procs in join {
             std::fs::write(procs, created.pid.to_string()).map_err(|e| {
-                StartFailure::Other(format!(
+                StartFailure(format!(
                     "move the container's process {} into {}: {e}",
                     created.pid,
                     procs.display()
                 ))
             })?;
         }
+        steps.mark("cgroup_join");
         let started = tasks
             .start(self.req(StartRequest {
                 container_id: id.to_string(),
@@ -812,6 +830,7 @@ impl Inner {
             }))
             .await
             .map_err(|s| other("start the task", s))?;
+        steps.mark("task_start");
         Ok(started.into_inner().pid)
     }
 
@@ -1055,12 +1074,44 @@ impl Inner {
     }
 }
 
-/// Why a start failed.
-enum StartFailure {
-    /// The image is missing or cannot be read: the kubelet reports ErrImagePull.
-    Pull(String),
-    Other(String),
+/// How long each step of one container start took, logged (debug, `containerd start`) so a
+/// slow start shows where its time went: the wait for the runtime's thread, the image, the
+/// lease, the snapshot, Containers Create, Tasks Create (the shim and `runc create`), the
+/// cgroup moves, Tasks Start.
+struct Steps {
+    last: std::time::Instant,
+    done: Vec<(&'static str, Duration)>,
 }
+
+impl Steps {
+    fn new(since: std::time::Instant) -> Steps {
+        Steps {
+            last: since,
+            done: Vec::with_capacity(10),
+        }
+    }
+
+    /// Ends step `name` now.
+    fn mark(&mut self, name: &'static str) {
+        let now = std::time::Instant::now();
+        self.done
+            .push((name, now.saturating_duration_since(self.last)));
+        self.last = now;
+    }
+}
+
+impl std::fmt::Display for Steps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let total: Duration = self.done.iter().map(|(_, d)| *d).sum();
+        for (name, d) in &self.done {
+            write!(f, "{name}={:.1} ", d.as_secs_f64() * 1e3)?;
+        }
+        write!(f, "total={:.1}", total.as_secs_f64() * 1e3)
+    }
+}
+
+/// Why a start failed after its run was recorded (a missing image fails before, with no run).
+struct StartFailure(String);
 
 impl Runtime for ContainerdRuntime {
     fn start(&self, sandbox: &Sandbox, run: &ContainerRun) -> Result<(), Error> {
@@ -1073,6 +1124,7 @@ impl Runtime for ContainerdRuntime {
         let dir = run_dir(sandbox, &run.name, run.attempt);
         let log = self.log_path(sandbox, &run.name, run.attempt);
         let image = run.image.clone().unwrap_or_default();
+        let mut steps = Steps::new(std::time::Instant::now());
         // The container's cgroup under its pod's and its limits first, as the process runtime
         // makes them: a limit the kernel refuses leaves no run behind. runc writes the same
         // limits again from the spec.
@@ -1091,73 +1143,94 @@ impl Runtime for ContainerdRuntime {
                 None,
             ),
         };
+        steps.mark("cgroup");
         if !self.inner.set_busy(&id, true) {
             return Err(Error::Other(format!(
                 "container {id} is being started already"
             )));
         }
+        // The image first: a missing one makes no run at all (the kubelet backs off).
         let inner = self.inner.clone();
-        let (sb, r, d, l) = (sandbox.clone(), run.clone(), dir.clone(), log.clone());
-        let idc = id.clone();
-        let result = self.block(async move {
-            // The image first: a missing one makes no run at all (the kubelet backs off).
-            if let Err(e) = inner.resolve(&image).await {
-                return Err(StartFailure::Pull(e.to_string()));
+        let img = match self.block(async move { inner.resolve(&image).await }) {
+            Some(Ok(img)) => img,
+            Some(Err(e)) => {
+                self.inner.set_busy(&id, false);
+                return Err(Error::ImagePull {
+                    image: run.image.clone().unwrap_or_default(),
+                    message: e.to_string(),
+                });
             }
-            std::fs::create_dir_all(&d)
-                .map_err(|e| StartFailure::Other(format!("create {}: {e}", d.display())))?;
-            if let Some(parent) = l.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| {
-                    StartFailure::Other(format!("create {}: {e}", parent.display()))
-                })?;
+            None => {
+                self.inner.set_busy(&id, false);
+                return Err(Error::Other(format!(
+                    "containerd did not answer for image {:?} within 120 s",
+                    run.image.clone().unwrap_or_default()
+                )));
             }
-            crate::runtime::prune_logs(&l, r.attempt);
+        };
+        steps.mark("image");
+        // The run exists from here on: until its process has started (`pid`) or failed
+        // (`exit`), the kubelet sees it being created, as the process runtime's shim runs.
+        let record = || -> Result<(), Error> {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+            if let Some(parent) = log.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| Error::io(format!("create {}", parent.display()), e))?;
+            }
+            crate::runtime::prune_logs(&log, run.attempt);
             let rec = RunRecord {
-                id: idc.clone(),
-                image: image.clone(),
+                id: id.clone(),
+                image: run.image.clone().unwrap_or_default(),
                 cgroup: cgroup_dirs,
                 ooms_before,
             };
             write_atomic(
-                &d,
+                &dir,
                 RUN_FILE,
                 &serde_json::to_string(&rec).unwrap_or_default(),
             )
-            .map_err(|e| StartFailure::Other(format!("write {RUN_FILE}: {e}")))?;
-            match inner.create(&sb, &r, &placement, &idc, &d, &l).await {
+            .map_err(|e| Error::io(format!("write {RUN_FILE}"), e))
+        };
+        if let Err(e) = record() {
+            self.inner.set_busy(&id, false);
+            return Err(e);
+        }
+        steps.mark("rundir");
+        // Created and started on the runtime's thread, waited for here: the pod's pass ends
+        // with its container running (or failed), and pods that came first finish first
+        // (creating them all at once behind their passes only shares containerd's and runc's
+        // CPU among more starts: each takes longer, and the p50 moves to the p99).
+        let inner = self.inner.clone();
+        let (sb, r, d) = (sandbox.clone(), run.clone(), dir.clone());
+        let idc = id.clone();
+        let made = self.block(async move {
+            steps.mark("queue");
+            let made = inner
+                .create(&sb, &r, &img, &placement, &idc, &d, &log, &mut steps)
+                .await;
+            match made {
                 Ok(pid) => {
                     let _ = write_atomic(&d, PID_FILE, &pid.to_string());
+                    tracing::debug!(container = %idc, steps = %steps, "containerd start");
                     tokio::spawn(inner.clone().wait(idc, d));
-                    Ok(())
                 }
-                Err(f) => {
+                Err(StartFailure(why)) => {
                     inner.remove(&idc, true).await;
-                    let why = match &f {
-                        StartFailure::Pull(m) | StartFailure::Other(m) => m.clone(),
-                    };
+                    // Recorded as a failed run: the kubelet reports it and backs off.
                     record_start_error(&d, &why);
                     inner.set_busy(&idc, false);
-                    // Recorded as a failed run: the kubelet reports it and backs off.
-                    Ok(())
                 }
             }
         });
-        match result {
-            Some(Ok(())) => Ok(()),
-            Some(Err(f)) => {
-                self.inner.set_busy(&id, false);
-                match f {
-                    StartFailure::Pull(message) => Err(Error::ImagePull {
-                        image: run.image.clone().unwrap_or_default(),
-                        message,
-                    }),
-                    StartFailure::Other(m) => Err(Error::Other(m)),
-                }
-            }
-            None => Err(Error::Other(format!(
+        if made.is_none() {
+            // Still being made on the runtime's thread: the run stays "being created" until
+            // that ends (the reconcile loop ends it should the kubelet stop meanwhile).
+            return Err(Error::Other(format!(
                 "containerd did not start container {id} within 120 s"
-            ))),
+            )));
         }
+        Ok(())
     }
 
     fn latest(&self, sandbox: &Sandbox, name: &str) -> Option<(u32, RunState)> {
