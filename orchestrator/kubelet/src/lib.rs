@@ -220,7 +220,7 @@ pub async fn run(
         Api::<Pod>::all(client.clone()),
         watcher::Config::default().fields(&format!("spec.nodeName={}", cfg.node_name)),
     )
-    .default_backoff();
+    .backoff(trellis_api::cluster::WatchBackoff::default());
     tokio::pin!(pod_events);
     let mut heartbeat = tokio::time::interval(Duration::from_secs(10));
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

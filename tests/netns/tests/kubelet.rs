@@ -1024,6 +1024,11 @@ async fn daemons_wait_for_an_api_server_that_is_not_there_yet() {
         ("overlay agent", agent),
         ("kubelet", kubelet),
     ];
+    // The scheduler (a watch-based daemon, waiting to lead): its watches and leader election
+    // retry too.
+    let scheduler = cp
+        .start_component(&tb, "scheduler", "system:kube-scheduler", None, 10259, &[])
+        .unwrap();
     netns_testbed::wait_for(
         "three failed attempts of each daemon",
         Duration::from_secs(60),
@@ -1039,6 +1044,13 @@ async fn daemons_wait_for_an_api_server_that_is_not_there_yet() {
         },
     )
     .await;
+    netns_testbed::wait_for("the scheduler's retries", Duration::from_secs(60), || {
+        let log = tb.log_of(scheduler);
+        assert!(tb.running(scheduler), "the scheduler ended:\n{log}");
+        log.lines().filter(|l| l.contains("retrying")).count() >= 3
+    })
+    .await;
+    assert_eq!(health_of(&cp.node.ns, 10259, "/readyz").await.0, 503);
     // Alive, not ready, and saying why.
     let (code, body) = health_of(&n1.ns, 10248, "/readyz").await;
     assert_eq!(code, 503, "{body}");
@@ -1101,6 +1113,15 @@ async fn daemons_wait_for_an_api_server_that_is_not_there_yet() {
     );
     let (code, body) = health_of(&n1.ns, 9612, "/healthz").await;
     assert_eq!(code, 200, "{body}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while health_of(&cp.node.ns, 10259, "/readyz").await.0 != 200 {
+        assert!(
+            std::time::Instant::now() < deadline && tb.running(scheduler),
+            "the scheduler never became ready:\n{}",
+            tb.log_of(scheduler)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     create_pod(
         &client,
         json!({"metadata": {"name": "late"}, "spec": {"nodeName": "n1",

@@ -17,4 +17,4 @@ pub use crd::{CrdError, CrdSpec, resource};
 pub use leader::{LeaderElection, LeaderError};
 pub use node::wait_for_node;
 pub use reflect::reflect;
-pub use wait::{ApiWait, WaitError};
+pub use wait::{ApiWait, WaitError, WatchBackoff};

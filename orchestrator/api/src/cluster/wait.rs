@@ -52,6 +52,38 @@ impl ApiWait {
     }
 }
 
+/// The back-off of a watch whose list or watch request fails (for kube-runtime's
+/// `WatchStreamExt::backoff`): [`ApiWait`]'s pauses, 200 ms doubling to 5 s. The count starts
+/// over once no failure came for twice the longest pause, not on `reset()`: kube-runtime's
+/// watcher yields an `Init` event before each list request, which resets a back-off on every
+/// attempt (its default then retries about once a second for ever).
+#[derive(Debug, Clone, Default)]
+pub struct WatchBackoff {
+    wait: ApiWait,
+    failures: u32,
+    last: Option<std::time::Instant>,
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let now = std::time::Instant::now();
+        let quiet = self.wait.max.saturating_mul(2);
+        if self.last.is_some_and(|t| now.duration_since(t) > quiet) {
+            self.failures = 0;
+        }
+        self.last = Some(now);
+        self.failures = self.failures.saturating_add(1);
+        Some(self.wait.delay(self.failures))
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    /// Nothing: see the type's description.
+    fn reset(&mut self) {}
+}
+
 /// Why [`retry`] returned without a value.
 #[derive(Debug, thiserror::Error)]
 pub enum WaitError<E> {
@@ -329,6 +361,22 @@ mod tests {
         .await;
         assert!(matches!(r, Ok(Err(WaitError::Stopped))), "{r:?}");
         assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn a_watch_backs_off_like_the_start_through_the_watchers_init_events() {
+        use kube::runtime::utils::Backoff;
+        let mut b = WatchBackoff::default();
+        let mut pauses = Vec::new();
+        for _ in 0..7 {
+            pauses.push(b.next().unwrap().as_millis() as u64);
+            // The watcher's `Init` before its next list request.
+            b.reset();
+        }
+        assert_eq!(pauses, [200, 400, 800, 1600, 3200, 5000, 5000]);
+        // Quiet for longer than twice the longest pause: from the start again.
+        b.last = Some(std::time::Instant::now() - Duration::from_secs(11));
+        assert_eq!(b.next(), Some(Duration::from_millis(200)));
     }
 
     #[test]
