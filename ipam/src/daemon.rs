@@ -44,6 +44,9 @@ pub struct DaemonConfig {
     pub gc_interval: Option<Duration>,
     pub gc_grace: Duration,
     pub cni_cache_dir: PathBuf,
+    /// How long and how often the datastore is retried at start when it does not answer (the
+    /// API server not there yet); `/healthz` and `/readyz` say so meanwhile.
+    pub api_wait: trellis_api::cluster::ApiWait,
 }
 
 impl DaemonConfig {
@@ -56,6 +59,7 @@ impl DaemonConfig {
             gc_interval: Some(Duration::from_secs(60)),
             gc_grace: Duration::from_secs(300),
             cni_cache_dir: PathBuf::from("/var/lib/cni"),
+            api_wait: Default::default(),
         }
     }
 }
@@ -70,6 +74,22 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    /// The kubeconfig cannot be read or used (waiting would not help).
+    #[error("{0}")]
+    Kubeconfig(String),
+    /// The datastore did not answer within the wait's timeout.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Stopped while it waited for the datastore.
+    #[error("stopped while waiting for the datastore")]
+    Stopped,
+}
+
+impl DaemonError {
+    /// Whether the datastore being away explains it (retried at start).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, DaemonError::Ipam(crate::error::Error::Backend(b)) if b.is_transient())
+    }
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
@@ -95,17 +115,20 @@ pub async fn open_backend(spec: &BackendSpec) -> Result<Arc<dyn Backend>, Daemon
             Arc::new(LocalBackend::open(path).map_err(|e| DaemonError::Ipam(e.into()))?)
         }
         BackendSpec::Kube { kubeconfig } => {
+            // Building the client reads the kubeconfig and connects nowhere: its errors are
+            // permanent.
             let client = trellis_api::cluster::client(Some(kubeconfig))
                 .await
-                .map_err(|e| {
-                    DaemonError::Ipam(
-                        crate::backend::BackendError::Unavailable(e.to_string()).into(),
-                    )
-                })?;
-            if let Err(e) = crate::crds::install_crds(&client).await {
+                .map_err(|e| DaemonError::Kubeconfig(e.to_string()))?;
+            match crate::crds::install_crds(&client).await {
+                Ok(()) => {}
+                // The API server is not answering: the caller may wait for it.
+                Err(e) if e.is_transient() => return Err(DaemonError::Ipam(e.into())),
                 // A node's ipamd may lack the right to create CRDs; an admin applies
-                // ipam/deploy/crds.yaml instead.
-                tracing::warn!(error = %e, "could not install the IPAM CRDs; assuming they are applied");
+                // ipam/deploy/crds.yaml instead (if not, reading the blocks fails with 404).
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not install the IPAM CRDs; assuming they are applied")
+                }
             }
             Arc::new(KubeBackend::new(client))
         }
@@ -114,9 +137,60 @@ pub async fn open_backend(spec: &BackendSpec) -> Result<Arc<dyn Backend>, Daemon
 
 /// Starts ipamd: opens the backend, loads the node's blocks, listens on the socket.
 pub async fn start(config: DaemonConfig) -> Result<Daemon, DaemonError> {
-    let backend = open_backend(&config.backend).await?;
+    start_until(config, std::future::pending()).await
+}
+
+/// [`start`], waiting for a datastore that does not answer yet (the API server not there yet)
+/// as `config.api_wait` says, with `/healthz` and `/readyz` answering 503 and the reason
+/// meanwhile (the gRPC socket is bound only once the node's blocks are loaded); ends with
+/// [`DaemonError::Stopped`] if `stop` resolves first.
+pub async fn start_until(
+    config: DaemonConfig,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<Daemon, DaemonError> {
+    let http = match config.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(io(format!("listen on {addr}")))?,
+        ),
+        None => None,
+    };
+    let metrics_addr = http.as_ref().and_then(|l| l.local_addr().ok());
+    let (why, why_rx) = watch::channel("starting".to_string());
+    let (waited, waited_rx) = tokio::sync::oneshot::channel::<()>();
+    let waiting = http.map(|l| tokio::spawn(serve_waiting(l, why_rx, waited_rx)));
     let metrics = Arc::new(Metrics::default());
-    let (engine, engine_task) = Engine::start(backend, &config.node, metrics).await?;
+    let started = trellis_api::cluster::wait::retry(
+        "loading the node's blocks",
+        &config.api_wait,
+        DaemonError::is_transient,
+        |e| {
+            let _ = why.send(format!("waiting for the datastore: {e}"));
+        },
+        stop,
+        || async {
+            let backend = open_backend(&config.backend).await?;
+            Ok::<_, DaemonError>(Engine::start(backend, &config.node, metrics.clone()).await?)
+        },
+    )
+    .await;
+    let _ = waited.send(());
+    let http = match waiting {
+        Some(task) => Some(task.await.map_err(|e| DaemonError::Io {
+            what: "the health listener".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?),
+        None => None,
+    };
+    let (engine, engine_task) = match started {
+        Ok(v) => v,
+        Err(trellis_api::cluster::WaitError::Stopped) => return Err(DaemonError::Stopped),
+        Err(trellis_api::cluster::WaitError::Permanent(e)) => return Err(e),
+        Err(e @ trellis_api::cluster::WaitError::TimedOut { .. }) => {
+            return Err(DaemonError::Unavailable(e.to_string()));
+        }
+    };
     let service = IpamService::new(
         engine.clone(),
         GcSettings {
@@ -143,12 +217,7 @@ pub async fn start(config: DaemonConfig) -> Result<Daemon, DaemonError> {
         }
     }));
 
-    let mut metrics_addr = None;
-    if let Some(addr) = config.metrics_listen {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(io(format!("listen on {addr}")))?;
-        metrics_addr = listener.local_addr().ok();
+    if let Some(listener) = http {
         tasks.push(tokio::spawn(serve_http(
             listener,
             service.clone(),
@@ -268,6 +337,41 @@ async fn serve_http(
                     async move {
                         Ok::<_, std::convert::Infallible>(http_answer(&svc, req.uri().path()).await)
                     }
+                });
+            let _ =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), handler)
+                    .await;
+        });
+    }
+}
+
+/// The health listener while ipamd waits for its datastore: alive (`/livez`), not ready
+/// (`/healthz`, `/readyz`: 503 and why); hands the listener back when `done` fires.
+async fn serve_waiting(
+    listener: tokio::net::TcpListener,
+    why: watch::Receiver<String>,
+    mut done: tokio::sync::oneshot::Receiver<()>,
+) -> tokio::net::TcpListener {
+    loop {
+        let conn = tokio::select! {
+            _ = &mut done => return listener,
+            c = listener.accept() => c,
+        };
+        let Ok((stream, _)) = conn else { continue };
+        let why = why.borrow().clone();
+        tokio::spawn(async move {
+            let handler =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let (code, body) = match req.uri().path() {
+                        "/livez" => (200, "ok\n".to_string()),
+                        "/healthz" | "/readyz" | "/metrics" => (503, format!("{why}\n")),
+                        _ => (404, "not found\n".to_string()),
+                    };
+                    let mut resp = hyper::Response::new(Full::new(Bytes::from(body)));
+                    *resp.status_mut() =
+                        hyper::StatusCode::from_u16(code).unwrap_or(hyper::StatusCode::OK);
+                    async move { Ok::<_, std::convert::Infallible>(resp) }
                 });
             let _ =
                 hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())

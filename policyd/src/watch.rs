@@ -111,7 +111,15 @@ async fn run<K, T>(
     let mut stream = watcher(api, watcher::Config::default()).boxed();
     let mut listing: Option<Vec<T>> = None;
     let mut said_empty = false;
+    // Failures in a row other than 404 (the API server away): backed off as every daemon's
+    // start is (200 ms doubling to 5 s), not retried four times a second each.
+    let mut failures: u32 = 0;
+    let backoff = trellis_api::cluster::ApiWait::default();
     while let Some(event) = stream.next().await {
+        // Not on `Init`: the watcher yields it before each list request, failing or not.
+        if matches!(&event, Ok(e) if !matches!(e, watcher::Event::Init)) {
+            failures = 0;
+        }
         let change = match event {
             Ok(watcher::Event::Init) => {
                 listing = Some(Vec::new());
@@ -141,13 +149,18 @@ async fn run<K, T>(
                     {
                         return;
                     }
-                } else if !text.contains("404") {
-                    tracing::warn!(what, error = %e, "watch error (retrying)");
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                } else if text.contains("404") {
+                    // A short fixed pause, not an exponential backoff: a ClusterNetworkPolicy
+                    // definition installed later (by `trellis policy isolate`) must be picked
+                    // up within the second the isolation promises.
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                } else {
+                    failures = failures.saturating_add(1);
+                    let pause = backoff.delay(failures);
+                    tracing::warn!(what, error = %e, retry_in = ?pause, "watch error (retrying)");
+                    tokio::time::sleep(pause).await;
                 }
-                // A short fixed pause, not an exponential backoff: a ClusterNetworkPolicy
-                // definition installed later (by `trellis policy isolate`) must be picked up
-                // within the second the isolation promises.
-                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
                 continue;
             }
         };

@@ -45,6 +45,13 @@ pub struct IpamdArgs {
     /// attachment).
     #[arg(long, default_value = "/var/lib/cni")]
     cni_cache_dir: PathBuf,
+    /// How long to keep retrying when the datastore (the API server) does not answer at
+    /// start, in seconds; it is retried with back-off from 200 ms doubling to 5 s, /healthz
+    /// answering 503 meanwhile and the socket not yet bound. Unset: forever; 0: give up at the
+    /// first failure. 401/403, missing CRDs it may not create and a bad kubeconfig end it at
+    /// once.
+    #[arg(long)]
+    api_wait_timeout: Option<u64>,
 }
 
 #[derive(Args)]
@@ -172,7 +179,15 @@ pub async fn ipamd(args: IpamdArgs) -> anyhow::Result<()> {
     config.gc_interval = Some(args.gc_interval).filter(|d| !d.is_zero());
     config.gc_grace = args.gc_grace;
     config.cni_cache_dir = args.cni_cache_dir;
-    let running = daemon::start(config).await.context("starting ipamd")?;
+    config.api_wait = trellis_api::cluster::ApiWait::with_timeout_secs(args.api_wait_timeout);
+    let running = match daemon::start_until(config, crate::shutdown_signal()).await {
+        Ok(r) => r,
+        Err(daemon::DaemonError::Stopped) => {
+            tracing::info!("stopped before the datastore answered");
+            return Ok(());
+        }
+        Err(e) => return Err(e).context("starting ipamd"),
+    };
     eprintln!(
         "trellis ipamd: node {} serving on {}{}",
         args.node,

@@ -114,6 +114,17 @@ pub struct Args {
     /// shim's, the machine-wide /run/containerd/runc.
     #[arg(long)]
     containerd_runc_root: Option<PathBuf>,
+    /// The most processes (threads included) each pod may have: `pids.max` of the pod's cgroup
+    /// and its containers' (containerd: the OCI spec's `linux.resources.pids.limit`); a fork
+    /// beyond it fails with EAGAIN. -1: unlimited. Needs cgroups (`--cgroups-per-qos`).
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+    pod_max_pids: i64,
+    /// How long to keep retrying when the API server does not answer at start (registering the
+    /// Node), in seconds; it is retried with back-off from 200 ms doubling to 5 s, the kubelet
+    /// not ready meanwhile. Unset: forever (upstream's kubelet); 0: give up at the first
+    /// failure. 401/403 and untrusted certificates end it at once.
+    #[arg(long)]
+    api_wait_timeout: Option<u64>,
 }
 
 /// The container runtimes.
@@ -176,6 +187,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     } else {
         None
     };
+    let pod_max_pids = match args.pod_max_pids {
+        -1 => None,
+        n if n >= 1 => Some(n.unsigned_abs()),
+        n => anyhow::bail!(
+            "--pod-max-pids {n}: give a number of processes (1 or more), or -1 for no limit"
+        ),
+    };
+    if pod_max_pids.is_some() && !args.cgroups_per_qos {
+        anyhow::bail!("--pod-max-pids needs pod cgroups: drop --cgroups-per-qos=false");
+    }
+    if let (Some(n), Some(cg)) = (pod_max_pids, &cgroups)
+        && !cg.limits_pids()
+    {
+        anyhow::bail!("--pod-max-pids {n}: the host has no pids cgroup controller");
+    }
     let cfg = trellis_kubelet::Config {
         node_name,
         node_ip: args.node_ip,
@@ -211,6 +237,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 runc_root: args.containerd_runc_root,
             },
         },
+        pod_max_pids,
+        api_wait: trellis_api::cluster::ApiWait::with_timeout_secs(args.api_wait_timeout),
     };
     let health = Arc::new(trellis_daemon::Health::default());
     health.set_not_ready("starting");

@@ -197,6 +197,10 @@ async fn async_main() -> anyhow::Result<()> {
         | Command::Status(_) => "warn",
         _ => "info",
     };
+    // kube-rs logs every failed request at error level on its own (`failed with error client
+    // error (Connect)`) before returning it; the caller logs it once with what it was doing,
+    // so an API server that is away yields one line per attempt, not two.
+    let level = format!("{level},kube_client::client::builder=off");
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into()),

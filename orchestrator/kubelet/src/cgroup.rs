@@ -102,6 +102,8 @@ pub struct Resources {
     /// The CFS quota per [`CPU_PERIOD_US`], in µs.
     pub cpu_quota_us: Option<u64>,
     pub memory_limit: Option<u64>,
+    /// `pids.max`: the most processes and threads (`--pod-max-pids`).
+    pub pids_limit: Option<u64>,
     /// The container process's `oom_score_adj` (as CRI's `LinuxContainerResources` carries
     /// it); not a cgroup file.
     pub oom_score_adj: Option<i32>,
@@ -271,6 +273,7 @@ pub fn container_resources(c: &Container) -> Result<Resources, Error> {
         cpu_shares: Some(shares(a.cpu_request.unwrap_or(0))),
         cpu_quota_us: a.cpu_limit.map(quota),
         memory_limit: a.memory_limit,
+        pids_limit: None,
         oom_score_adj: None,
     })
 }
@@ -309,6 +312,7 @@ pub fn pod_resources(spec: &PodSpec) -> Result<Resources, Error> {
         cpu_shares: Some(shares(cpu_req)),
         cpu_quota_us: all_cpu.then(|| quota(cpu_lim)),
         memory_limit: all_mem.then_some(mem_lim),
+        pids_limit: None,
         oom_score_adj: None,
     })
 }
@@ -553,7 +557,17 @@ impl Cgroup {
     /// Writes its limits (each that is set; an unset one is left as it is).
     pub fn apply(&self, r: &Resources) -> Result<(), Error> {
         match self {
-            Cgroup::V1 { cpu, memory, .. } => {
+            Cgroup::V1 {
+                cpu, memory, pids, ..
+            } => {
+                if let Some(n) = r.pids_limit {
+                    let Some(pids) = pids else {
+                        return Err(Error::Invalid(
+                            "a pids limit needs the pids controller, which is not mounted".into(),
+                        ));
+                    };
+                    write(pids, "pids.max", &n.to_string())?;
+                }
                 if let Some(s) = r.cpu_shares {
                     write(cpu, "cpu.shares", &s.to_string())?;
                 }
@@ -570,6 +584,9 @@ impl Cgroup {
                 }
             }
             Cgroup::V2 { dir, .. } => {
+                if let Some(n) = r.pids_limit {
+                    write(dir, "pids.max", &n.to_string())?;
+                }
                 if let Some(s) = r.cpu_shares {
                     write(dir, "cpu.weight", &weight(s).to_string())?;
                 }
@@ -752,6 +769,9 @@ impl Resources {
         if !cpu.is_empty() {
             r["cpu"] = cpu.into();
         }
+        if let Some(n) = self.pids_limit {
+            r["pids"] = serde_json::json!({"limit": n});
+        }
         if let Some(m) = self.memory_limit {
             r["memory"] = if swap {
                 serde_json::json!({"limit": m, "swap": m})
@@ -764,6 +784,14 @@ impl Resources {
 }
 
 impl Cgroup {
+    /// Whether a pids limit can be set: v2, or v1 with the pids controller mounted.
+    pub fn limits_pids(&self) -> bool {
+        match self {
+            Cgroup::V1 { pids, .. } => pids.is_some(),
+            Cgroup::V2 { .. } => true,
+        }
+    }
+
     /// Whether the host accounts swap in this cgroup's memory controller (v1:
     /// `memory.memsw.*` exists; v2 always has `memory.swap.max` where swap is on, and runc
     /// lets a 0 go where it is not).
@@ -977,6 +1005,7 @@ mod tests {
                 cpu_shares: Some(256),
                 cpu_quota_us: Some(50_000),
                 memory_limit: Some(64 << 20),
+                pids_limit: None,
                 oom_score_adj: None,
             }
         );
@@ -998,6 +1027,7 @@ mod tests {
                 cpu_shares: Some(shares(600)),
                 cpu_quota_us: None,
                 memory_limit: None,
+                pids_limit: None,
                 oom_score_adj: None,
             }
         );
@@ -1011,6 +1041,7 @@ mod tests {
                 cpu_shares: Some(shares(2000)),
                 cpu_quota_us: Some(200_000),
                 memory_limit: Some(128 << 20),
+                pids_limit: None,
                 oom_score_adj: None,
             }
         );
@@ -1133,12 +1164,14 @@ mod tests {
             cpu_shares: Some(256),
             cpu_quota_us: Some(50_000),
             memory_limit: Some(64 << 20),
+            pids_limit: Some(32),
             oom_score_adj: Some(-997),
         };
         assert_eq!(
             r.oci(true, false),
             json!({"devices": [{"allow": false, "access": "rwm"}],
                 "cpu": {"shares": 256, "quota": 50_000, "period": 100_000},
+                "pids": {"limit": 32},
                 "memory": {"limit": 64u64 << 20, "swap": 64u64 << 20}})
         );
         let v2 = r.oci(false, true);
@@ -1190,6 +1223,7 @@ mod tests {
             cpu_shares: Some(1024),
             cpu_quota_us: Some(50_000),
             memory_limit: Some(64 << 20),
+            pids_limit: Some(64),
             oom_score_adj: None,
         })
         .unwrap();
@@ -1204,6 +1238,7 @@ mod tests {
         assert_eq!(f(&format!("{app}memory.max")), (64u64 << 20).to_string());
         assert_eq!(f(&format!("{app}memory.swap.max")), "0");
         assert_eq!(f(&format!("{app}cpu.weight")), weight(1024).to_string());
+        assert_eq!(f(&format!("{app}pids.max")), "64");
         let p = d.path().join(app);
         std::fs::write(p.join("cpu.stat"), "usage_usec 1500\nuser_usec 1000\n").unwrap();
         std::fs::write(p.join("memory.current"), "1000000\n").unwrap();
@@ -1247,6 +1282,7 @@ mod tests {
             cpu_shares: Some(512),
             cpu_quota_us: Some(20_000),
             memory_limit: Some(1 << 20),
+            pids_limit: None,
             oom_score_adj: None,
         })
         .unwrap();
@@ -1258,6 +1294,33 @@ mod tests {
         assert_eq!(f("cpu", "cpu.cfs_period_us"), "100000");
         assert_eq!(f("memory", "memory.limit_in_bytes"), "1048576");
         assert_eq!(f("memory", "memory.memsw.limit_in_bytes"), "1048576");
+        // No pids hierarchy: a pids limit is refused, not silently dropped.
+        assert!(!ctr.limits_pids());
+        let e = ctr
+            .apply(&Resources {
+                pids_limit: Some(8),
+                ..Default::default()
+            })
+            .unwrap_err();
+        assert!(e.to_string().contains("pids"), "{e}");
+        let with_pids = Cgroup::V1 {
+            cpu: h("cpu"),
+            cpuacct: h("cpuacct"),
+            memory: h("memory"),
+            pids: Some(h("pids")),
+        }
+        .child("podu2");
+        with_pids.create().unwrap();
+        with_pids
+            .apply(&Resources {
+                pids_limit: Some(8),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(h("pids").join("podu2/pids.max")).unwrap(),
+            "8"
+        );
         std::fs::write(
             h("memory").join("podu2/app/memory.oom_control"),
             "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n",

@@ -85,6 +85,12 @@ pub struct Config {
     pub cgroups: Option<cgroup::Cgroup>,
     /// What runs the containers.
     pub runtime: RuntimeChoice,
+    /// The most processes (threads included) a pod may have, written to `pids.max` of its pod
+    /// cgroup and each container's (`--pod-max-pids`); None: unlimited.
+    pub pod_max_pids: Option<u64>,
+    /// How the kubelet waits for an API server that does not answer at start
+    /// (`--api-wait-timeout`).
+    pub api_wait: trellis_api::cluster::ApiWait,
 }
 
 /// The container runtime of a kubelet.
@@ -127,6 +133,10 @@ pub enum Error {
     /// `ErrImagePull`/`ImagePullBackOff`, and the start is retried with back-off.
     #[error("failed to pull image {image:?}: {message}")]
     ImagePull { image: String, message: String },
+    /// The API server could not be reached at start: a permanent error, or no answer within
+    /// `--api-wait-timeout`.
+    #[error("the API server: {0}")]
+    Api(trellis_api::cluster::WaitError<String>),
     #[error("{0}")]
     Other(String),
 }
@@ -154,7 +164,30 @@ pub async fn run(
     let (server_stop, server_rx) = tokio::sync::watch::channel(false);
     let bound = server::start(cfg.clone(), client.clone(), server_rx).await?;
     tracing::info!(%bound, "kubelet API listening");
-    node::register(&client, &cfg).await?;
+    tokio::pin!(stop);
+    // The API server may be away when the node boots: registration is retried with back-off
+    // (upstream's kubelet does the same), the kubelet not ready meanwhile and still stoppable.
+    let registered = trellis_api::cluster::wait::retry(
+        "registering the Node",
+        &cfg.api_wait,
+        |e: &Error| matches!(e, Error::Kube(k) if trellis_api::cluster::wait::is_transient(k)),
+        |e| health.set_not_ready(format!("waiting for the API server: {e}")),
+        &mut stop,
+        || node::register(&client, &cfg),
+    )
+    .await;
+    match registered {
+        Ok(()) => health.set_not_ready("starting"),
+        Err(trellis_api::cluster::WaitError::Stopped) => {
+            let _ = server_stop.send(true);
+            tracing::info!("kubelet stopping before the Node was registered");
+            return Ok(());
+        }
+        Err(e) => {
+            let _ = server_stop.send(true);
+            return Err(Error::Api(e.map(|k| k.to_string())));
+        }
+    }
     let net = network::Network::new(&cfg);
     let mut rt: Option<Arc<dyn runtime::Runtime>> = None;
     if let RuntimeChoice::Containerd {
@@ -192,14 +225,13 @@ pub async fn run(
         Api::<Pod>::all(client.clone()),
         watcher::Config::default().fields(&format!("spec.nodeName={}", cfg.node_name)),
     )
-    .default_backoff();
+    .backoff(trellis_api::cluster::WatchBackoff::default());
     tokio::pin!(pod_events);
     let mut heartbeat = tokio::time::interval(Duration::from_secs(10));
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sync = tokio::time::interval(cfg.sync_period);
     sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_ready: Option<Result<(), String>> = None;
-    tokio::pin!(stop);
     loop {
         tokio::select! {
             _ = &mut stop => break,

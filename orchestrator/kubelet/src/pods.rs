@@ -297,13 +297,10 @@ impl Ctx {
             tracing::warn!(pod = %local.rec.name, error = %e, "removing the pod cgroup");
             return false;
         }
-        // A runtime may still write a run's exit code as the directory goes (the containerd
-        // runtime's waiter does, from its own thread): removal is retried, bounded.
-        for _ in 0..10 {
-            if std::fs::remove_dir_all(&local.dir).is_ok() || !local.dir.exists() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        if let Err(e) = remove_pod_dir(&local.dir, |d| std::fs::remove_dir_all(d)).await {
+            // Kept, as a cgroup that would not go is, for the next pass.
+            tracing::warn!(pod = %local.rec.name, dir = %local.dir.display(), error = %e, "removing the pod directory");
+            return false;
         }
         true
     }
@@ -594,8 +591,11 @@ impl PodSync {
                 let qos = crate::cgroup::qos_class(&spec)?;
                 let rel = qos.pod_path(uid);
                 let cg = root.child(&rel);
-                let made = crate::cgroup::pod_resources(&spec)
-                    .and_then(|r| cg.create().and_then(|()| cg.apply(&r)));
+                let pids_limit = self.ctx.cfg.pod_max_pids;
+                let made = crate::cgroup::pod_resources(&spec).and_then(|r| {
+                    let r = crate::cgroup::Resources { pids_limit, ..r };
+                    cg.create().and_then(|()| cg.apply(&r))
+                });
                 if let Err(e) = made {
                     let _ = cg.remove();
                     return Err(e.into());
@@ -1069,6 +1069,9 @@ impl PodSync {
             let adj = crate::cgroup::oom_score_adj(&spec, c, crate::node::capacity().1)?;
             Ok(crate::cgroup::Resources {
                 oom_score_adj: Some(adj),
+                // Also each container's (containerd: the OCI spec's pids limit); the pod's
+                // cgroup holds them all together.
+                pids_limit: self.ctx.cfg.pod_max_pids,
                 ..r
             })
         }) {
@@ -1661,6 +1664,28 @@ async fn remove_cgroup(cg: &crate::cgroup::Cgroup) -> Result<(), crate::cgroup::
     }
 }
 
+/// Removes a pod's directory with `remove` (`remove_dir_all`). A runtime may still write a
+/// run's exit code as the directory goes (the containerd runtime's waiter does, from its own
+/// thread), so a failure is retried, 10 times 20 ms apart; the last error if the directory is
+/// still there then.
+async fn remove_pod_dir(
+    dir: &std::path::Path,
+    remove: impl Fn(&std::path::Path) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let mut last = None;
+    for attempt in 0..10 {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        match remove(dir) {
+            Ok(()) => return Ok(()),
+            Err(_) if !dir.exists() => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("the directory survived its removal")))
+}
+
 /// The sooner of a time to come and `d`.
 fn sooner(a: Option<Duration>, d: Duration) -> Option<Duration> {
     Some(a.map_or(d, |a| a.min(d)))
@@ -1740,7 +1765,43 @@ mod tests {
             log_rotation: Default::default(),
             cgroups: None,
             runtime: Default::default(),
+            pod_max_pids: None,
+            api_wait: Default::default(),
         }
+    }
+
+    /// The pod directory's removal: a transient failure (a waiter writing an exit file as the
+    /// directory goes) is retried; a directory that survives every attempt is an error, so the
+    /// teardown keeps the pod for the next pass instead of calling it gone.
+    #[tokio::test]
+    async fn a_pod_directory_that_survives_its_removal_is_an_error() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("pod");
+        std::fs::create_dir_all(dir.join("containers/c/0")).unwrap();
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let busy = |_: &std::path::Path| {
+            calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Err(std::io::Error::from(std::io::ErrorKind::DirectoryNotEmpty))
+        };
+        let e = remove_pod_dir(&dir, busy).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::DirectoryNotEmpty);
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 10);
+        assert!(dir.exists());
+        // Failing twice (an exit file written meanwhile), then going: success.
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let flaky = |p: &std::path::Path| {
+            if calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 2 {
+                Err(std::io::Error::from(std::io::ErrorKind::DirectoryNotEmpty))
+            } else {
+                std::fs::remove_dir_all(p)
+            }
+        };
+        remove_pod_dir(&dir, flaky).await.unwrap();
+        assert!(!dir.exists());
+        // Already gone (removed by someone else): success.
+        remove_pod_dir(&dir, |p: &std::path::Path| std::fs::remove_dir_all(p))
+            .await
+            .unwrap();
     }
 
     /// A start whose CNI ADD and DEL both fail (here: no network configuration at all) keeps

@@ -129,7 +129,7 @@ pub fn watch(client: kube::Client, state: Shared, wake: Arc<Notify>) -> JoinSet<
     let mut tasks = JoinSet::new();
     let (s, w) = (state.clone(), wake.clone());
     let pods = watcher::watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
-        .default_backoff();
+        .backoff(trellis_api::cluster::WatchBackoff::default());
     tasks.spawn(async move {
         futures::pin_mut!(pods);
         let mut seen: HashSet<String> = HashSet::new();
@@ -155,8 +155,8 @@ pub fn watch(client: kube::Client, state: Shared, wake: Arc<Notify>) -> JoinSet<
             w.notify_one();
         }
     });
-    let nodes =
-        watcher::watcher(Api::<Node>::all(client), watcher::Config::default()).default_backoff();
+    let nodes = watcher::watcher(Api::<Node>::all(client), watcher::Config::default())
+        .backoff(trellis_api::cluster::WatchBackoff::default());
     tasks.spawn(async move {
         futures::pin_mut!(nodes);
         let mut seen: HashSet<String> = HashSet::new();

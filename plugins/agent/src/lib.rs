@@ -45,6 +45,17 @@ impl AgentError {
     }
 }
 
+/// Waiting for the API server or the Node at start: stopped, or ended by an error waiting would
+/// not cure.
+impl From<trellis_api::cluster::WaitError<kube::Error>> for AgentError {
+    fn from(e: trellis_api::cluster::WaitError<kube::Error>) -> AgentError {
+        match e {
+            trellis_api::cluster::WaitError::Stopped => AgentError::Stopped,
+            other => AgentError::Mode(Box::new(other)),
+        }
+    }
+}
+
 /// For `map_err`: an I/O error with what was being done.
 pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError {
     let what = what.into();

@@ -33,23 +33,7 @@ impl ControlPlane {
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::io("create the API server's directory", e))?;
         let addr = SocketAddr::new(node.ip.into(), 6443);
-        let trellis = bin_path("trellis");
-        let pid = tb.spawn(
-            &node.ns,
-            &[
-                trellis.to_str().unwrap_or("trellis"),
-                "apiserver",
-                "--data-dir",
-                dir.to_str().unwrap_or_default(),
-                "--listen",
-                &addr.to_string(),
-                "--san",
-                &Ipv4Addr::LOCALHOST.to_string(),
-                "--kubelet-certificate-authority",
-                dir.join("pki/ca.crt").to_str().unwrap_or_default(),
-            ],
-            Duration::from_secs(600),
-        )?;
+        let pid = spawn_apiserver(tb, &node, &dir, addr)?;
         let kubeconfig = dir.join("admin.kubeconfig");
         let relay = tb.forward(&node.ns, addr).await?;
         for _ in 0..300 {
@@ -81,7 +65,79 @@ impl ControlPlane {
     }
 }
 
+/// `trellis apiserver` in `node`'s namespace on `addr`, its data (store, PKI) in `dir`.
+fn spawn_apiserver(tb: &Testbed, node: &Node, dir: &Path, addr: SocketAddr) -> Result<i32> {
+    let trellis = bin_path("trellis");
+    tb.spawn(
+        &node.ns,
+        &[
+            trellis.to_str().unwrap_or("trellis"),
+            "apiserver",
+            "--data-dir",
+            dir.to_str().unwrap_or_default(),
+            "--listen",
+            &addr.to_string(),
+            "--san",
+            &Ipv4Addr::LOCALHOST.to_string(),
+            "--kubelet-certificate-authority",
+            dir.join("pki/ca.crt").to_str().unwrap_or_default(),
+        ],
+        Duration::from_secs(600),
+    )
+}
+
 impl ControlPlane {
+    /// Stops the API server (SIGKILL) and waits until nothing listens on [`ControlPlane::addr`]
+    /// any more: components started now find no API server there. Its data and CA stay, so
+    /// kubeconfigs can still be issued and [`ControlPlane::restart`] brings it back.
+    pub async fn stop(&self, tb: &Testbed) -> Result<()> {
+        tb.kill(self.pid);
+        for _ in 0..300 {
+            if !self.listening()? {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(Error::Timeout {
+            what: "the API server to stop listening".into(),
+            secs: 30.0,
+        })
+    }
+
+    /// Starts the API server again, on the same address with the same data and CA, and waits
+    /// until it accepts connections.
+    pub async fn restart(&mut self, tb: &Testbed) -> Result<()> {
+        self.pid = spawn_apiserver(tb, &self.node, &self.dir, self.addr)?;
+        for _ in 0..300 {
+            if self.listening()? {
+                return Ok(());
+            }
+            if !tb.running(self.pid) {
+                return Err(Error::Other(format!(
+                    "the restarted API server exited: {}",
+                    tb.log_of(self.pid)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(Error::Timeout {
+            what: "the API server to restart".into(),
+            secs: 30.0,
+        })
+    }
+
+    /// Whether something accepts TCP connections on [`ControlPlane::addr`], seen from the
+    /// control plane's namespace.
+    fn listening(&self) -> Result<bool> {
+        let addr = self.addr;
+        self.node
+            .ns
+            .run(move || {
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
+            })
+            .map_err(Error::from)
+    }
+
     /// The loopback relay's URL (`https://127.0.0.1:<port>`), as the local kubeconfig names it.
     pub fn relay_server(&self) -> Result<String> {
         self.local_kubeconfig

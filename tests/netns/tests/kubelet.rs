@@ -2,7 +2,10 @@
 //! addresses and talk across nodes, containers of one pod talk over 127.0.0.1, a crashing
 //! container restarts with back-off, a missing executable gets an Event and no hot loop, a
 //! killed kubelet adopts its pods, deleting a pod removes its namespace and directory, and a
-//! pod whose CNI ADD blocks holds back no other pod (pods are synced in parallel).
+//! pod whose CNI ADD blocks holds back no other pod (pods are synced in parallel). Daemons
+//! started while the API server is away (kubelet, ipamd, overlay agent) wait for it with
+//! back-off, not ready and stoppable, and go on when it comes; with `--api-wait-timeout 0`
+//! they give up at once (the negative control).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -906,6 +909,241 @@ exec busybox sleep 3600"#;
         k.roots
             .iter()
             .all(|r| std::fs::read_dir(r.join("pods")).map_or(true, |d| d.count() == 0))
+    })
+    .await;
+}
+
+/// Lines of a daemon's log that report a failed attempt to reach the API server.
+fn api_retries(log: &str) -> usize {
+    log.lines()
+        .filter(|l| l.contains("the API server is not answering; retrying"))
+        .count()
+}
+
+/// `/readyz`-style answer of a daemon's health listener inside `ns`.
+async fn health_of(
+    ns: &std::sync::Arc<trellis_net::Netns>,
+    port: u16,
+    path: &'static str,
+) -> (u16, String) {
+    let ns = ns.clone();
+    tokio::task::spawn_blocking(move || {
+        netns_testbed::probe::http_get(
+            &ns,
+            std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            path,
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap_or((0, String::new()))
+}
+
+/// `trellis ipamd` for `node` against `cp` with `extra` flags, its socket `<dirs>/ipamd.sock`.
+fn spawn_ipamd(
+    tb: &Testbed,
+    cp: &ControlPlane,
+    node: &Node,
+    dirs: &std::path::Path,
+    extra: &[&str],
+) -> i32 {
+    std::fs::create_dir_all(dirs).unwrap();
+    let trellis = netns_testbed::bin_path("trellis");
+    let (sock, cache) = (dirs.join("ipamd.sock"), dirs.join("cache"));
+    let mut argv = vec![
+        trellis.to_str().unwrap(),
+        "ipamd",
+        "--node",
+        &node.name,
+        "--kubeconfig",
+        cp.kubeconfig.to_str().unwrap(),
+        "--socket",
+        sock.to_str().unwrap(),
+        "--cni-cache-dir",
+        cache.to_str().unwrap(),
+        "--gc-interval",
+        "0s",
+    ];
+    argv.extend_from_slice(extra);
+    tb.spawn(&node.ns, &argv, Duration::from_secs(600)).unwrap()
+}
+
+/// Waits (bounded) until background process `pid` has exited; its log.
+async fn wait_exited(tb: &Testbed, pid: i32, what: &str) -> String {
+    netns_testbed::wait_for(what, Duration::from_secs(30), || !tb.running(pid)).await;
+    tb.log_of(pid)
+}
+
+/// A node whose API server is not there yet when its daemons start (it boots first, or the
+/// control plane is being restarted): the kubelet, ipamd and the overlay agent keep retrying
+/// with back-off, alive and not ready, and stoppable by SIGTERM meanwhile; once the API
+/// server is back the Node registers and turns Ready and a pod gets its address from ipamd.
+/// Negative control: with `--api-wait-timeout 0` the kubelet and ipamd give up at the first
+/// refused connection (what both did before, and how `up --control-plane 3` lost a node).
+#[tokio::test(flavor = "multi_thread")]
+async fn daemons_wait_for_an_api_server_that_is_not_there_yet() {
+    netns_testbed::require_root();
+    netns_testbed::require_tool("busybox", "busybox-static");
+    netns_testbed::require_tool("iptables-restore", "iptables");
+    let tb = Testbed::new().unwrap();
+    let mut cp = ControlPlane::start(&tb, "cp", 1).await.unwrap();
+    let client = overlay_cluster::kube_client(&cp.local_kubeconfig).await;
+    // The pool (and the IPAM CRDs) exist from an earlier life of the cluster.
+    netns_testbed::cluster::create_pool(
+        &tb,
+        &cp,
+        "overlay",
+        &[
+            "--cidr",
+            "10.244.0.0/16",
+            "--block-size",
+            "24",
+            "--reserve-head",
+            "2",
+            "--reserve-tail",
+            "1",
+            "--gateway",
+        ],
+    )
+    .await
+    .unwrap();
+    let n1 = tb.add_node("n1", 2).await.unwrap();
+    let n2 = tb.add_node("n2", 3).await.unwrap();
+    let (d1, d2) = (tb.state_dir().join("n1"), tb.state_dir().join("n2"));
+    cp.stop(&tb).await.unwrap();
+
+    // n1: ipamd, the overlay agent and the kubelet start with nothing listening at the API
+    // server's address.
+    let ipamd = spawn_ipamd(&tb, &cp, &n1, &d1, &["--metrics-listen", "127.0.0.1:9612"]);
+    let agent =
+        overlay_cluster::start_agent_args(&tb, &cp, &n1, &d1, overlay_cluster::Blocks::Ipamd, &[]);
+    let mut k = Kubelets::new(&tb);
+    let kubelet = k.start(&tb, &cp, &n1, &d1, "net.d");
+    let daemons = [
+        ("ipamd", ipamd),
+        ("overlay agent", agent),
+        ("kubelet", kubelet),
+    ];
+    // The scheduler (a watch-based daemon, waiting to lead): its watches and leader election
+    // retry too.
+    let scheduler = cp
+        .start_component(&tb, "scheduler", "system:kube-scheduler", None, 10259, &[])
+        .unwrap();
+    netns_testbed::wait_for(
+        "three failed attempts of each daemon",
+        Duration::from_secs(60),
+        || {
+            daemons.iter().all(|(what, pid)| {
+                let log = tb.log_of(*pid);
+                assert!(
+                    tb.running(*pid),
+                    "the {what} ended while the API server was away:\n{log}"
+                );
+                api_retries(&log) >= 3
+            })
+        },
+    )
+    .await;
+    netns_testbed::wait_for("the scheduler's retries", Duration::from_secs(60), || {
+        let log = tb.log_of(scheduler);
+        assert!(tb.running(scheduler), "the scheduler ended:\n{log}");
+        log.lines().filter(|l| l.contains("retrying")).count() >= 3
+    })
+    .await;
+    assert_eq!(health_of(&cp.node.ns, 10259, "/readyz").await.0, 503);
+    // Alive, not ready, and saying why.
+    let (code, body) = health_of(&n1.ns, 10248, "/readyz").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("waiting for the API server"), "{body}");
+    assert_eq!(health_of(&n1.ns, 10248, "/healthz").await.0, 200);
+    let (code, body) = health_of(&n1.ns, 9612, "/healthz").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("waiting for the datastore"), "{body}");
+    assert_eq!(health_of(&n1.ns, 9612, "/livez").await.0, 200);
+    assert_eq!(health_of(&n1.ns, 9910, "/readyz").await.0, 503);
+    assert!(
+        !d1.join("ipamd.sock").exists(),
+        "no socket before the blocks are loaded"
+    );
+
+    // n2: SIGTERM ends a waiting kubelet and a waiting ipamd cleanly.
+    let waiting_ipamd = spawn_ipamd(&tb, &cp, &n2, &d2, &[]);
+    let waiting_kubelet = k.start(&tb, &cp, &n2, &d2, "net.d");
+    netns_testbed::wait_for("n2's daemons to retry", Duration::from_secs(60), || {
+        [waiting_ipamd, waiting_kubelet]
+            .iter()
+            .all(|p| api_retries(&tb.log_of(*p)) >= 2)
+    })
+    .await;
+    for pid in [waiting_ipamd, waiting_kubelet] {
+        tb.signal(pid, nix::sys::signal::Signal::SIGTERM);
+    }
+    let log = wait_exited(&tb, waiting_ipamd, "ipamd to stop on SIGTERM").await;
+    assert!(
+        log.contains("stopped before the datastore answered"),
+        "{log}"
+    );
+    let log = wait_exited(&tb, waiting_kubelet, "the kubelet to stop on SIGTERM").await;
+    assert!(
+        log.contains("stopping before the Node was registered"),
+        "{log}"
+    );
+
+    // The negative control: no waiting (--api-wait-timeout 0), and both end at once.
+    let quitter_ipamd = spawn_ipamd(&tb, &cp, &n2, &d2, &["--api-wait-timeout", "0"]);
+    let quitter_kubelet = k.start_with(&tb, &cp, &n2, &d2, "net.d", &["--api-wait-timeout", "0"]);
+    for (what, pid) in [("ipamd", quitter_ipamd), ("kubelet", quitter_kubelet)] {
+        let log = wait_exited(&tb, pid, &format!("the {what} without waiting to give up")).await;
+        assert!(log.contains("did not answer within"), "{what}:\n{log}");
+    }
+
+    // The API server comes (back): the Node registers and turns Ready, the agent claims its
+    // block through ipamd, and a pod gets an address from it.
+    cp.restart(&tb).await.unwrap();
+    wait_node_ready(&client, "n1").await;
+    for (what, pid) in daemons {
+        let log = tb.log_of(pid);
+        assert!(tb.running(pid), "the {what} ended:\n{log}");
+    }
+    assert!(
+        tb.log_of(kubelet)
+            .contains("the API server answered; going on"),
+        "{}",
+        tb.log_of(kubelet)
+    );
+    let (code, body) = health_of(&n1.ns, 9612, "/healthz").await;
+    assert_eq!(code, 200, "{body}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while health_of(&cp.node.ns, 10259, "/readyz").await.0 != 200 {
+        assert!(
+            std::time::Instant::now() < deadline && tb.running(scheduler),
+            "the scheduler never became ready:\n{}",
+            tb.log_of(scheduler)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    create_pod(
+        &client,
+        json!({"metadata": {"name": "late"}, "spec": {"nodeName": "n1",
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "c", "image": "busybox", "command": ["/bin/busybox", "sleep", "3600"]}]}}),
+    )
+    .await;
+    let p = wait_pod(
+        &client,
+        "late",
+        Duration::from_secs(60),
+        "Running with an address",
+        running,
+    )
+    .await;
+    let ip: std::net::Ipv4Addr = p["status"]["podIP"].as_str().unwrap().parse().unwrap();
+    let pool: Ipv4Net = "10.244.0.0/16".parse().unwrap();
+    assert!(pool.contains(&ip), "{ip} comes from the pool");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    pods.delete("late", &DeleteParams::default()).await.unwrap();
+    netns_testbed::wait_for("the pod to go", Duration::from_secs(60), || {
+        std::fs::read_dir(k.roots[0].join("pods")).map_or(true, |d| d.count() == 0)
     })
     .await;
 }

@@ -5,7 +5,9 @@
 //! a container allocating over its memory limit is OOMKilled (137) and restarted with back-off;
 //! a limit the kernel refuses gives CreateContainerError, an Event and back-off, not a hot
 //! loop; kill -9 and a restart of the kubelet adopt the running pod's cgroups and remove an
-//! orphan one (with its process); deleting the pods removes their cgroups.
+//! orphan one (with its process); deleting the pods removes their cgroups. `--pod-max-pids`
+//! (given at that restart) writes `pids.max` of new pods' cgroups, and a shell forking beyond it
+//! gets EAGAIN; before it (the negative control) the same shell forks all its children.
 //!
 //! gRPC probes (overlay and routed): a `grpc.health.v1` server in a pod (tonic-health's, the
 //! `grpc-health` binary) whose status follows a file; readiness flips with it, liveness
@@ -152,6 +154,37 @@ async fn events_for(client: &kube::Client, pod: &str) -> Vec<Event> {
         .into_iter()
         .filter(|e| e.involved_object.name.as_deref() == Some(pod))
         .collect()
+}
+
+/// Runs pod `name` on n1, whose shell forks 12 sleeping children, saying `forked <n>` after
+/// each and `all forked` at the end (a fork that fails ends the shell), and returns what it
+/// printed once it has ended.
+async fn forker(client: &kube::Client, name: &str) -> String {
+    create_pod(
+        client,
+        json!({"metadata": {"name": name}, "spec": {"nodeName": "n1",
+        "restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
+        "containers": [{"name": "c", "image": "busybox", "command": ["/bin/busybox", "sh", "-c",
+            "i=0; while [ $i -lt 12 ]; do /bin/busybox sleep 60 & i=$((i+1)); echo forked $i; done; echo all forked"]}]}}),
+    )
+    .await;
+    let p = wait_pod(client, name, Duration::from_secs(60), "terminated", |p| {
+        status_of(p, "c")["state"]["terminated"].is_object()
+    })
+    .await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    pods.logs(name, &Default::default())
+        .await
+        .unwrap_or_else(|e| panic!("logs of {name}: {e}; {p:#}"))
+}
+
+/// The last `forked <n>` of a [`forker`]'s output.
+fn forked(log: &str) -> u32 {
+    log.lines()
+        .filter_map(|l| l.strip_prefix("forked "))
+        .filter_map(|n| n.trim().parse().ok())
+        .max()
+        .unwrap_or(0)
 }
 
 fn mtime(p: &Path) -> std::time::SystemTime {
@@ -391,6 +424,12 @@ async fn cgroups_limit_account_oom_kill_adopt_and_go_with_their_pods() {
         "a container never created has no run"
     );
 
+    // The negative control of --pod-max-pids: this kubelet has none, so a shell forks all
+    // of its 12 children.
+    let forks = forker(client, "forks").await;
+    assert!(forks.contains("all forked"), "{forks}");
+    assert_eq!(forked(&forks), 12, "{forks}");
+
     // kill -9 the kubelet; meanwhile a pod cgroup nobody owns appears (with a process in it);
     // the restarted kubelet adopts the running pods' cgroups and removes the orphan.
     tb.kill(kubelet);
@@ -410,7 +449,15 @@ async fn cgroups_limit_account_oom_kill_adopt_and_go_with_their_pods() {
         || orphan.pids().contains(&sleeper_pid),
     )
     .await;
-    kubelet = k.start(tb, &c.cp, &w.node, &w.dirs, "net.d");
+    // Restarted with --pod-max-pids: new pods' cgroups hold that many processes at most.
+    kubelet = k.start_with(
+        tb,
+        &c.cp,
+        &w.node,
+        &w.dirs,
+        "net.d",
+        &["--pod-max-pids", "8"],
+    );
     let waited = tokio::task::spawn_blocking(move || sleeper.wait());
     netns_testbed::wait_for("the orphan cgroup to go", Duration::from_secs(30), || {
         !orphan.exists()
@@ -455,8 +502,55 @@ async fn cgroups_limit_account_oom_kill_adopt_and_go_with_their_pods() {
     );
     assert_eq!(limits(&burn).0, "20000");
 
+    // --pod-max-pids 8: pids.max of the pod's cgroup and its container's; the shell's
+    // fork beyond it fails with EAGAIN and it ends there.
+    let uid_of = |p: &Value| p["metadata"]["uid"].as_str().unwrap().to_string();
+    let limited_log = forker(client, "forks-limited").await;
+    let limited_uid = uid_of(
+        &wait_pod(
+            client,
+            "forks-limited",
+            Duration::from_secs(10),
+            "seen",
+            |_| true,
+        )
+        .await,
+    );
+    let forks_cg = root.child(&format!("besteffort/pod{limited_uid}"));
+    assert_eq!(read(&forks_cg, "pids", "pids.max"), "8");
+    assert_eq!(read(&forks_cg.child("c"), "pids", "pids.max"), "8");
+    assert!(
+        limited_log.contains("Resource temporarily unavailable"),
+        "EAGAIN: {limited_log}"
+    );
+    assert!(!limited_log.contains("all forked"), "{limited_log}");
+    let n = forked(&limited_log);
+    assert!(
+        (1..8).contains(&n),
+        "{n} children under a limit of 8: {limited_log}"
+    );
+    assert_eq!(
+        read(
+            &root.child(&format!("besteffort/pod{after_uid}")),
+            "pids",
+            "pids.max"
+        ),
+        "8"
+    );
+
     // Deleting the pods removes their cgroups; nothing is left under the kubelet's root.
-    delete_and_wait(client, &["limited", "hog", "toobig", "after"]).await;
+    delete_and_wait(
+        client,
+        &[
+            "limited",
+            "hog",
+            "toobig",
+            "after",
+            "forks",
+            "forks-limited",
+        ],
+    )
+    .await;
     for cg in [&pod_cg, &hog_cg] {
         for d in cg.dirs() {
             assert!(!d.exists(), "{} is gone", d.display());

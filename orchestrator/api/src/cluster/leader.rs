@@ -192,7 +192,9 @@ impl LeaderElection {
         let current = match api.get_opt(&self.name).await {
             Ok(c) => c,
             Err(e) => {
-                tracing::debug!(lease = %self.name, "read lease: {e}");
+                // Each failed attempt once, at the retry period (not backed off: a standby's
+                // takeover time depends on it, as upstream's leader election's does).
+                tracing::warn!(lease = %self.name, error = %e, "reading the lease; retrying");
                 return false;
             }
         };

@@ -9,27 +9,40 @@ use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 use kube::runtime::watcher;
 
-/// How often the API is asked again when a watch cannot be opened.
+use super::wait::{self, ApiWait, WaitError};
+
+/// How long to pause when the watch for the Node fails.
 const RETRY: Duration = Duration::from_secs(2);
 
-/// Returns the Node called `name` once it exists; `None` if `stop` resolves first. Logs one
-/// line while it waits, and one when the Node appears.
+/// Returns the Node called `name` once it exists. Logs one line while it waits, and one when
+/// the Node appears; an API server that does not answer is retried as [`super::wait::retry`]
+/// does (200 ms doubling to 5 s, each failure logged), a permanent error (401/403) ends the wait.
+/// [`WaitError::Stopped`] if `stop` resolves first.
 pub async fn wait_for_node(
     nodes: &Api<Node>,
     name: &str,
     stop: impl std::future::Future<Output = ()>,
-) -> Option<Node> {
+) -> Result<Node, WaitError<kube::Error>> {
     tokio::pin!(stop);
     let mut told = false;
     loop {
-        match nodes.get_opt(name).await {
-            Ok(Some(node)) => {
+        let found = wait::retry(
+            "reading the Node",
+            &ApiWait::default(),
+            wait::is_transient,
+            |_| {},
+            &mut stop,
+            || nodes.get_opt(name),
+        )
+        .await?;
+        match found {
+            Some(node) => {
                 if told {
                     tracing::info!(node = name, "the Node is registered; going on");
                 }
-                return Some(node);
+                return Ok(node);
             }
-            Ok(None) => {
+            None => {
                 if !told {
                     tracing::info!(
                         node = name,
@@ -47,20 +60,16 @@ pub async fn wait_for_node(
                             Some(Ok(_)) => {}
                             Some(Err(e)) => {
                                 tracing::debug!(error = %e, "watching for the Node");
-                                tokio::time::sleep(RETRY).await;
+                                tokio::select! {
+                                    _ = tokio::time::sleep(RETRY) => {}
+                                    _ = &mut stop => return Err(WaitError::Stopped),
+                                }
                                 break;
                             }
                             None => break,
                         },
-                        _ = &mut stop => return None,
+                        _ = &mut stop => return Err(WaitError::Stopped),
                     }
-                }
-            }
-            Err(e) => {
-                tracing::warn!(node = name, error = %e, "reading the Node; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(RETRY) => {}
-                    _ = &mut stop => return None,
                 }
             }
         }

@@ -1534,6 +1534,7 @@ mod tests {
             cpu_shares: Some(102),
             cpu_quota_us: Some(20_000),
             memory_limit: Some(16 << 20),
+            pids_limit: None,
             oom_score_adj: Some(999),
         };
         let p = Placement::under_pod(&pod.child("c"), &r).unwrap();

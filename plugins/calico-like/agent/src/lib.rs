@@ -359,12 +359,7 @@ pub async fn run(
         let c = trellis_api::cluster::client(config.kubeconfig.as_deref()).await?;
         // Deployed before its kubelet registers the Node: wait for it, saying so once.
         let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(c.clone());
-        if trellis_api::cluster::wait_for_node(&nodes, &config.node, &mut stop)
-            .await
-            .is_none()
-        {
-            return Err(AgentError::Stopped);
-        }
+        trellis_api::cluster::wait_for_node(&nodes, &config.node, &mut stop).await?;
         Some(c)
     };
     let mut config = config;

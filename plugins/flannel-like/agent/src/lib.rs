@@ -188,12 +188,7 @@ pub async fn run(
     let kube = trellis_api::cluster::client(config.kubeconfig.as_deref()).await?;
     let nodes: Api<Node> = Api::all(kube);
     // Deployed before its kubelet registers the Node: wait for it, saying so once.
-    if trellis_api::cluster::wait_for_node(&nodes, &config.node, &mut stop)
-        .await
-        .is_none()
-    {
-        return Err(AgentError::Stopped);
-    }
+    trellis_api::cluster::wait_for_node(&nodes, &config.node, &mut stop).await?;
     let host = Handle::current()?;
     // Pairs CNI DEL retired whose namespace outlived it: deleted here, off the pods' path.
     let _tombstones = trellis_agent::tombstones::spawn(
