@@ -1770,6 +1770,34 @@ mod tests {
         }
     }
 
+    /// A pod worker for `uid` whose API client points where nothing listens: status() never
+    /// calls the API, and a pass's status PATCH fails, which the pass survives.
+    fn pod_sync(cfg: Config, uid: &str) -> PodSync {
+        let client =
+            kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap()))
+                .unwrap();
+        let net = Network::new(&cfg);
+        let ctx = Ctx::new(cfg, client, net, Arc::new(Metrics::default()), None);
+        PodSync::new(Arc::new(ctx), uid)
+    }
+
+    /// The record of pod ns/p's sandbox `s1`, ready, without a namespace or addresses.
+    fn sandbox_record(uid: &str) -> SandboxRecord {
+        SandboxRecord {
+            namespace: "ns".into(),
+            name: "p".into(),
+            uid: uid.into(),
+            sandbox_id: "s1".into(),
+            netns: None,
+            hostname: "p".into(),
+            ips: Vec::new(),
+            ready: true,
+            created: now_rfc3339(),
+            port_mappings: Vec::new(),
+            cgroup: None,
+        }
+    }
+
     /// The pod directory's removal: a transient failure (a waiter writing an exit file as the
     /// directory goes) is retried; a directory that survives every attempt is an error, so the
     /// teardown keeps the pod for the next pass instead of calling it gone.
@@ -1825,12 +1853,7 @@ mod tests {
             }
         }
         let _cleanup = Cleanup(cfg.netns_dir.clone());
-        let client =
-            kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap()))
-                .unwrap();
-        let net = Network::new(&cfg);
-        let ctx = Ctx::new(cfg, client, net, Arc::new(Metrics::default()), None);
-        let pods = PodSync::new(Arc::new(ctx), "0a1b2c3d-0000-0000-0000-000000000001");
+        let pods = pod_sync(cfg, "0a1b2c3d-0000-0000-0000-000000000001");
         let pod: Pod = serde_json::from_value(json!({
             "metadata": {"name": "p", "namespace": "ns", "uid": "0a1b2c3d-0000-0000-0000-000000000001"},
             "spec": {"containers": [{"name": "c", "image": "x", "command": ["/nonexistent"]}]}}))
@@ -1856,27 +1879,9 @@ mod tests {
     async fn a_container_is_ready_only_once_its_process_started() {
         let d = tempfile::tempdir().unwrap();
         let cfg = config(d.path());
-        // status() never calls the API; the client only has to exist.
-        let client =
-            kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap()))
-                .unwrap();
-        let net = Network::new(&cfg);
-        let ctx = Ctx::new(cfg, client, net, Arc::new(Metrics::default()), None);
-        let mut pods = PodSync::new(Arc::new(ctx), "u1");
+        let mut pods = pod_sync(cfg, "u1");
         let dir = d.path().join("pods").join("u1");
-        let rec = SandboxRecord {
-            namespace: "ns".into(),
-            name: "p".into(),
-            uid: "u1".into(),
-            sandbox_id: "s1".into(),
-            netns: None,
-            hostname: "p".into(),
-            ips: Vec::new(),
-            ready: true,
-            created: now_rfc3339(),
-            port_mappings: Vec::new(),
-            cgroup: None,
-        };
+        let rec = sandbox_record("u1");
         pods.local = Some(Local::new(rec, dir.clone()));
         let pod: Pod = serde_json::from_value(json!({
             "metadata": {"name": "p", "namespace": "ns", "uid": "u1"},
@@ -1939,27 +1944,10 @@ mod tests {
     async fn a_container_being_created_brings_the_next_pass_soon() {
         let d = tempfile::tempdir().unwrap();
         let cfg = config(d.path());
-        // No API server answers: the status PATCH fails, which the pass survives.
-        let client =
-            kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap()))
-                .unwrap();
-        let net = Network::new(&cfg);
-        let ctx = Ctx::new(cfg, client, net, Arc::new(Metrics::default()), None);
-        let mut pods = PodSync::new(Arc::new(ctx), "u1");
+        // No API server answers (see pod_sync): the status PATCH fails, which the pass survives.
+        let mut pods = pod_sync(cfg, "u1");
         let dir = d.path().join("pods").join("u1");
-        let rec = SandboxRecord {
-            namespace: "ns".into(),
-            name: "p".into(),
-            uid: "u1".into(),
-            sandbox_id: "s1".into(),
-            netns: None,
-            hostname: "p".into(),
-            ips: Vec::new(),
-            ready: true,
-            created: now_rfc3339(),
-            port_mappings: Vec::new(),
-            cgroup: None,
-        };
+        let rec = sandbox_record("u1");
         pods.local = Some(Local::new(rec, dir.clone()));
         let pod: Pod = serde_json::from_value(json!({
             "metadata": {"name": "p", "namespace": "ns", "uid": "u1"},
@@ -1988,25 +1976,8 @@ mod tests {
     async fn a_missing_image_is_err_image_pull_then_image_pull_backoff() {
         let d = tempfile::tempdir().unwrap();
         let cfg = config(d.path());
-        let client =
-            kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap()))
-                .unwrap();
-        let net = Network::new(&cfg);
-        let ctx = Ctx::new(cfg, client, net, Arc::new(Metrics::default()), None);
-        let mut pods = PodSync::new(Arc::new(ctx), "u1");
-        let rec = SandboxRecord {
-            namespace: "ns".into(),
-            name: "p".into(),
-            uid: "u1".into(),
-            sandbox_id: "s1".into(),
-            netns: None,
-            hostname: "p".into(),
-            ips: Vec::new(),
-            ready: true,
-            created: now_rfc3339(),
-            port_mappings: Vec::new(),
-            cgroup: None,
-        };
+        let mut pods = pod_sync(cfg, "u1");
+        let rec = sandbox_record("u1");
         let mut local = Local::new(rec, d.path().join("pods").join("u1"));
         let now = Instant::now();
         local.pulls.insert(
