@@ -31,8 +31,7 @@ pub fn backoff(base: Duration, failures: i32) -> Duration {
     if failures <= 0 {
         return Duration::ZERO;
     }
-    let exp = (failures - 1).min(20) as u32;
-    (base * 2u32.saturating_pow(exp)).min(Duration::from_secs(360))
+    trellis_api::cluster::wait::doubling(base, Duration::from_secs(360), failures.unsigned_abs())
 }
 
 /// How many pods should be running: at most parallelism, and no more than completions left.

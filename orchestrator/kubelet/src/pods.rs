@@ -153,8 +153,7 @@ fn rfc3339(t: SystemTime) -> String {
 
 /// 10 s, 20 s, 40 s, … up to the maximum: the delay before restart number `n` (1-based).
 pub fn backoff(base: Duration, max: Duration, n: u32) -> Duration {
-    let factor = 1u32.checked_shl(n.saturating_sub(1)).unwrap_or(u32::MAX);
-    base.checked_mul(factor).unwrap_or(max).min(max)
+    trellis_api::cluster::wait::doubling(base, max, n)
 }
 
 /// The CNI container id of pod `uid`'s sandbox.

@@ -44,12 +44,16 @@ impl ApiWait {
 
     /// The pause before attempt `n + 1` after `n` failures (`n` ≥ 1).
     pub fn delay(&self, failures: u32) -> Duration {
-        let doublings = failures.saturating_sub(1).min(30);
-        self.first
-            .saturating_mul(1u32 << doublings)
-            .min(self.max)
-            .max(Duration::from_millis(1))
+        doubling(self.first, self.max, failures).max(Duration::from_millis(1))
     }
+}
+
+/// `first`, doubled after each further failure, at most `max`: the pause after failure `n`
+/// (1-based; 0 counts as 1). The one exponential back-off the daemons share: the API wait
+/// here, the kubelet's restart back-off, the Job controller's.
+pub fn doubling(first: Duration, max: Duration, n: u32) -> Duration {
+    let factor = 1u32.checked_shl(n.saturating_sub(1)).unwrap_or(u32::MAX);
+    first.checked_mul(factor).unwrap_or(max).min(max)
 }
 
 /// The back-off of a watch whose list or watch request fails (for kube-runtime's
