@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use futures::TryStreamExt;
 use ipnet::IpNet;
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 
 use crate::error::{Error, Result, errno_of};
 use crate::handle::Handle;
@@ -14,6 +14,21 @@ use crate::handle::Handle;
 pub struct Address {
     pub index: u32,
     pub address: IpNet,
+    /// An IPv6 address still under duplicate address detection (or whose DAD failed): the
+    /// kernel neither sends from it nor accepts packets for it yet.
+    pub tentative: bool,
+}
+
+/// The address's flags: `IFA_FLAGS` when the kernel sent it (all 32 bits), else the header's
+/// first eight.
+fn flags(m: &AddressMessage) -> AddressFlags {
+    m.attributes
+        .iter()
+        .find_map(|a| match a {
+            AddressAttribute::Flags(f) => Some(*f),
+            _ => None,
+        })
+        .unwrap_or_else(|| AddressFlags::from_bits_retain(u32::from(m.header.flags.bits())))
 }
 
 fn parse(m: &AddressMessage) -> Option<Address> {
@@ -29,9 +44,11 @@ fn parse(m: &AddressMessage) -> Option<Address> {
         })
     })?;
     let address = IpNet::new(addr, m.header.prefix_len).ok()?;
+    let f = flags(m);
     Some(Address {
         index: m.header.index,
         address,
+        tentative: f.intersects(AddressFlags::Tentative | AddressFlags::Dadfailed),
     })
 }
 
@@ -64,13 +81,31 @@ impl Handle {
     /// Adds `address` to the link; false when it was there already. One request whatever the
     /// number of links, where listing addresses costs a dump of every address in the namespace.
     pub async fn add_address(&self, index: u32, address: IpNet) -> Result<bool> {
-        match self
+        self.add_address_flagged(index, address, false).await
+    }
+
+    /// Adds an IPv6 `address` with `IFA_F_NODAD` (`ip addr add … nodad`): no duplicate address
+    /// detection, so it is never "tentative". For an address whose uniqueness is known by
+    /// construction (handed out by an allocator, or a link-local one only its link uses); the
+    /// kernel still installs its local route a moment later, from a work queue (see
+    /// [`Handle::is_local`]). False when it was there already. An IPv4 address is added as
+    /// [`Handle::add_address`] does (IPv4 has no DAD).
+    pub async fn add_address_nodad(&self, index: u32, address: IpNet) -> Result<bool> {
+        self.add_address_flagged(index, address, address.addr().is_ipv6())
+            .await
+    }
+
+    async fn add_address_flagged(&self, index: u32, address: IpNet, nodad: bool) -> Result<bool> {
+        let mut req = self
             .inner
             .address()
-            .add(index, address.addr(), address.prefix_len())
-            .execute()
-            .await
-        {
+            .add(index, address.addr(), address.prefix_len());
+        if nodad {
+            req.message_mut()
+                .attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        match req.execute().await {
             Ok(()) => Ok(true),
             Err(e) if errno_of(&e) == Some(nix::libc::EEXIST) => Ok(false),
             Err(e) => Err(Error::netlink(

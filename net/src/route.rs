@@ -360,6 +360,44 @@ impl Handle {
             .collect())
     }
 
+    /// Whether the kernel delivers packets for `ip` locally now (`ip route get <ip> [oif …]`
+    /// answers a `local` route): the address is on an interface of this namespace, out of
+    /// duplicate address detection, and its local route is in. For an IPv6 link-local address
+    /// pass its link as `oif`. An address the kernel routes elsewhere, or not at all, is false.
+    pub async fn is_local(&self, ip: IpAddr, oif: Option<u32>) -> Result<bool> {
+        let b = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(ip, if ip.is_ipv4() { 32 } else { 128 })
+            .map_err(|e| Error::invalid("look up route", ip.to_string(), e.to_string()))?;
+        let msg = match oif {
+            Some(i) => b.output_interface(i).build(),
+            None => b.build(),
+        };
+        // With a destination the request is a lookup, not a dump: one answer.
+        let mut answers = self.inner.route().get(msg).execute();
+        match answers.try_next().await {
+            Ok(Some(m)) => Ok(m.header.kind == RouteType::Local),
+            Ok(None) => Ok(false),
+            Err(e)
+                if matches!(
+                    errno_of(&e),
+                    Some(
+                        nix::libc::ENETUNREACH
+                            | nix::libc::EHOSTUNREACH
+                            | nix::libc::EADDRNOTAVAIL
+                            | nix::libc::ENODEV
+                    )
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(Error::netlink(
+                "look up route",
+                format!("{ip} in {}", self.ns),
+                e,
+            )),
+        }
+    }
+
     /// `ip route replace`: installs the route, replacing one to the same destination.
     pub async fn replace_route(&self, route: &Route) -> Result<()> {
         let msg = route.to_message(false)?;

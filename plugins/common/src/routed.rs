@@ -18,12 +18,13 @@
 use std::marker::PhantomData;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use trellis_cni::Error;
 use trellis_cni::result::{CniResult, IpConfig, Route as CniRoute};
 use trellis_cni::skel::{Attachment, GcRequest, NetConf, Plugin};
-use trellis_net::{Family, Handle, Link, Route, Scope, proto};
+use trellis_net::{Family, Handle, Link, OperState, Route, Scope, proto};
 
 use crate::attach::{self, Add, Checked, Sides};
 use crate::host::{net_err, open_netns, runtime};
@@ -204,9 +205,10 @@ async fn configure(p: &Plan<'_>, sides: &Sides, host_link: &Link) -> Result<Link
     host.set_up(host_link.index).await.map_err(net_err)?;
     if v6 {
         // The IPv6 gateway is the host end's: it answers the pod's ping6 and NDP (no proxy
-        // NDP needed), and DAD is off on it, so it is usable at once.
+        // NDP needed). Added without DAD: every host end holds the same fe80::1, each on a
+        // link of its own with one pod on the other side, which never claims it.
         let gw = IpNet::V6(Ipv6Net::new_assert(GATEWAY_V6, 64));
-        host.ensure_address(host_link.index, gw)
+        host.add_address_nodad(host_link.index, gw)
             .await
             .map_err(net_err)?;
     }
@@ -219,7 +221,8 @@ async fn configure(p: &Plan<'_>, sides: &Sides, host_link: &Link) -> Result<Link
         None => pod.require_link(p.ifname).await.map_err(net_err)?.index,
     };
     if v6 {
-        // The /128 is usable at once, not "tentative" for a second.
+        // No DAD on the pod end either, for the kernel's own link-local address (ours are
+        // added with IFA_F_NODAD below, whatever the namespace's `all.accept_dad`).
         trellis_net::sysctl::set(
             netns,
             &[(&format!("net/ipv6/conf/{}/accept_dad", p.ifname), "0")],
@@ -228,7 +231,12 @@ async fn configure(p: &Plan<'_>, sides: &Sides, host_link: &Link) -> Result<Link
     }
     pod.set_up(pod_index).await.map_err(net_err)?;
     for a in p.addresses {
-        pod.ensure_address(pod_index, *a).await.map_err(net_err)?;
+        // IPv6 without DAD (IFA_F_NODAD, as other runtimes add theirs): IPAM hands each address
+        // to one attachment only, so it is unique by construction, and DAD would keep it
+        // "tentative" — neither a source nor a destination — for a second or two after ADD.
+        pod.add_address_nodad(pod_index, *a)
+            .await
+            .map_err(net_err)?;
     }
     for &family in p.families {
         let gw = gateway(family);
@@ -281,7 +289,105 @@ async fn configure(p: &Plan<'_>, sides: &Sides, host_link: &Link) -> Result<Link
             ),
         ));
     }
+    let ends = Ends {
+        host,
+        host_index: host_link.index,
+        pod,
+        pod_index,
+        addresses: p.addresses,
+    };
+    await_usable(&ends, USABLE_WITHIN).await?;
     Ok(pod_link)
+}
+
+/// How long ADD waits for the kernel to finish making a pod's interfaces usable
+/// ([`await_usable`]) before it undoes the ADD and answers "try again later" (11). Here it takes
+/// well under a millisecond; the bound is for a kernel whose work queues are starved.
+pub const USABLE_WITHIN: Duration = Duration::from_secs(2);
+
+/// Both ends of a pod's routed veth, as [`await_usable`] looks at them.
+pub struct Ends<'a> {
+    pub host: &'a Handle,
+    pub host_index: u32,
+    pub pod: &'a Handle,
+    pub pod_index: u32,
+    /// The pod's addresses (only the IPv6 ones need waiting for).
+    pub addresses: &'a [IpNet],
+}
+
+/// What the kernel has not finished yet for the pod's first packet to go out and come back, in
+/// words; empty once it has. Some of it the kernel does after the netlink request that asked
+/// for it has returned:
+///
+/// - each end of the veth operationally up: the link watcher (a work queue) turns the carrier
+///   on and gives the end its queue; until then packets sent through it are dropped;
+/// - each IPv6 address usable — the pod's, and the gateway `fe80::1` on the host end: out of
+///   duplicate address detection (never in it, with `IFA_F_NODAD`) *and* with its local
+///   route in, which the kernel installs from its address work queue even for a NODAD
+///   address. "The kernel routes it `local`" says both at once ([`Handle::is_local`]).
+pub async fn not_yet_usable(e: &Ends<'_>) -> Result<Vec<String>, Error> {
+    let mut missing = Vec::new();
+    for (side, handle, index) in [("host", e.host, e.host_index), ("pod", e.pod, e.pod_index)] {
+        match handle.link_by_index(index).await.map_err(net_err)? {
+            Some(l) if l.oper_state == OperState::Up => {}
+            Some(l) => missing.push(format!(
+                "the {side} end {} is {:?}, not up",
+                l.name, l.oper_state
+            )),
+            None => missing.push(format!("the {side} end (index {index}) is gone")),
+        }
+    }
+    let v6: Vec<IpAddr> = e
+        .addresses
+        .iter()
+        .map(IpNet::addr)
+        .filter(IpAddr::is_ipv6)
+        .collect();
+    if v6.is_empty() {
+        return Ok(missing);
+    }
+    if !e
+        .host
+        .is_local(IpAddr::V6(GATEWAY_V6), Some(e.host_index))
+        .await
+        .map_err(net_err)?
+    {
+        missing.push(format!(
+            "the gateway {GATEWAY_V6} on the host end is not usable yet"
+        ));
+    }
+    for a in v6 {
+        if !e.pod.is_local(a, None).await.map_err(net_err)? {
+            missing.push(format!("the pod's {a} is not usable yet"));
+        }
+    }
+    Ok(missing)
+}
+
+/// Waits, at most `within`, until [`not_yet_usable`] finds nothing missing, so that the pod's
+/// first packet — IPv6 included — works the moment ADD returns. Past `within`: "try again
+/// later" (11), saying what the kernel had not finished; the caller undoes the ADD.
+pub async fn await_usable(e: &Ends<'_>, within: Duration) -> Result<(), Error> {
+    let deadline = Instant::now() + within;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        let missing = not_yet_usable(e).await?;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(Error::try_again_later(
+                format!(
+                    "the kernel did not make the pod's interface usable within {} ms",
+                    within.as_millis()
+                ),
+                missing.join("; "),
+            ));
+        }
+        tokio::time::sleep(pause.min(deadline - now)).await;
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
 }
 
 /// What CHECK compares with the kernel.

@@ -8,8 +8,9 @@
 //! exit codes.
 //!
 //! Beside the kit, the plugin's own promises on a node namespace with host-local handing out
-//! IPv4 and IPv6: ADD waits for the agent's readiness; two pods reach each other in both
-//! families through the host (proxy ARP, the permanent gateway entry, the host routes) with the
+//! IPv4 and IPv6: ADD waits for the agent's readiness; each pod's first ping6, right after its
+//! ADD, reaches its gateway (no retry: ADD returns once IPv6 is usable); two pods reach each
+//! other in both families through the host (proxy ARP, the permanent gateway entry, the host routes) with the
 //! agent's MTU; CHECK notices a missing host route; a late DEL of an earlier sandbox of the same
 //! pod leaves the current one alone; DEL removes every route and address and retires the pairs.
 
@@ -228,11 +229,27 @@ async fn routed_pods_reach_each_other_in_both_families_and_del_is_owned() {
     std::fs::create_dir_all(&state_dir).unwrap();
     std::fs::write(state_dir.join("ready.json"), r#"{"mtu": 1400}"#).unwrap();
 
-    // Two pods.
+    // Two pods. IPv6 is usable the moment ADD returns: the first ping6 of each pod, to its
+    // gateway (the host end's own fe80::1), is sent right after its ADD and must succeed —
+    // no retry (without IFA_F_NODAD and the wait for the kernel's work queues it fails).
     let mut results = Vec::new();
     for (cid, pod, ns) in [("ca", "a", &pod_a), ("cb", "b", &pod_b)] {
         let (ok, result, stderr) = run(env("ADD", cid, pod, ns), conf.clone()).await;
         assert!(ok, "ADD {pod}: {result} {stderr}");
+        let out = tb
+            .exec(
+                ns,
+                &["ping", "-6", "-c", "1", "-W", "2", "fe80::1%eth0"],
+                Duration::from_secs(8),
+            )
+            .await
+            .unwrap();
+        assert!(
+            out.success(),
+            "the first ping6 of {pod} to its gateway right after ADD: {}{}",
+            out.stdout,
+            out.stderr
+        );
         results.push(result);
     }
     let ip = |r: &Value, v6: bool| -> String {
@@ -284,33 +301,7 @@ async fn routed_pods_reach_each_other_in_both_families_and_del_is_owned() {
     let bare = |a: String| a.split('/').next().unwrap().to_string();
     let (a4, b4) = (bare(ip(&results[0], false)), bare(ip(&results[1], false)));
     let (a6, b6) = (bare(ip(&results[0], true)), bare(ip(&results[1], true)));
-    // The IPv6 gateway is the host end's own address: it answers (once the kernel has finished
-    // setting the address up, which it does from a work queue a moment after ADD added it:
-    // retried within a bound).
-    for pod in [&pod_a, &pod_b] {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let out = tb
-                .exec(
-                    pod,
-                    &["ping", "-6", "-c", "1", "-W", "1", "fe80::1%eth0"],
-                    Duration::from_secs(8),
-                )
-                .await
-                .unwrap();
-            if out.success() {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "ping6 the gateway: {}{}",
-                out.stdout,
-                out.stderr
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    for (from, to) in [(&pod_a, &b4), (&pod_b, &a4), (&pod_a, &b6), (&pod_b, &a6)] {
+    for (from, to) in [(&pod_b, &a6), (&pod_a, &b6), (&pod_a, &b4), (&pod_b, &a4)] {
         let out = tb
             .exec(
                 from,
