@@ -1,7 +1,7 @@
 //! A testbed: one underlay bridge in its own namespace, nodes and hosts plugged into it, pods as
 //! bare namespaces; all names under one prefix, all removed when the testbed is dropped.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -123,15 +123,26 @@ impl Testbed {
     }
 
     /// Gives `node` (made by [`Testbed::add_node`] with this `n`) an IPv6 address on `eth0`
-    /// too: `fd00:198:18::<10+n>/64`, usable at once (no duplicate address detection). The
-    /// connected /64 is the only IPv6 route it gets.
+    /// too: `fd00:198:18::<10+n>/64`, usable when this returns (added without duplicate
+    /// address detection, then waited for — at most 2 s — until the kernel routes it `local`,
+    /// which it does from a work queue). The connected /64 is the only IPv6 route it gets.
     pub async fn add_ipv6(&self, node: &Node, n: u8) -> Result<Ipv6Addr> {
         let ip = node_ipv6(n);
         trellis_net::sysctl::set(&node.ns, &[("net/ipv6/conf/eth0/accept_dad", "0")])?;
         let h = node.ns.connect()?;
         let eth0 = h.require_link("eth0").await?;
         let net = Ipv6Net::new(ip, 64).map_err(|e| Error::Other(e.to_string()))?;
-        h.ensure_address(eth0.index, IpNet::V6(net)).await?;
+        h.add_address_nodad(eth0.index, IpNet::V6(net)).await?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while !h.is_local(IpAddr::V6(ip), None).await? {
+            if std::time::Instant::now() > deadline {
+                return Err(Error::Other(format!(
+                    "{ip} on {} is not usable within 2 s",
+                    node.name
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         Ok(ip)
     }
 

@@ -36,7 +36,9 @@ pub const TEST_HOLD_TIME: u16 = 6;
 pub struct BirdPeer {
     /// The protocol's name in BIRD (`show protocols`): letters, digits, `_`.
     pub name: String,
-    pub address: Ipv4Addr,
+    /// The neighbour's address: an IPv6 one makes the session run over IPv6 (from
+    /// [`BirdConfig::ipv6`]).
+    pub address: IpAddr,
     pub asn: u32,
     /// Wait for the peer to connect.
     pub passive: bool,
@@ -54,10 +56,10 @@ pub struct BirdPeer {
 
 impl BirdPeer {
     /// An active peer with `next hop self` (what a Calico node's BIRD does).
-    pub fn new(name: &str, address: Ipv4Addr, asn: u32) -> BirdPeer {
+    pub fn new(name: &str, address: impl Into<IpAddr>, asn: u32) -> BirdPeer {
         BirdPeer {
             name: name.to_string(),
-            address,
+            address: address.into(),
             asn,
             passive: false,
             rr_client: false,
@@ -118,8 +120,9 @@ pub struct BirdConfig {
     /// interface.
     pub bfd: Option<(Duration, u8)>,
     /// IPv6 unicast too, with this node address as the next hop of what BIRD announces: an
-    /// `ipv6` channel on every session (the sessions stay over IPv4), `kernel6` exporting
-    /// learned IPv6 routes, `announce6` for [`BirdConfig::announce6`]'s prefixes.
+    /// `ipv6` channel on every session, `kernel6` exporting learned IPv6 routes, `announce6`
+    /// for [`BirdConfig::announce6`]'s prefixes. Also the source of the sessions to IPv6
+    /// neighbours.
     pub ipv6: Option<Ipv6Addr>,
     /// IPv6 prefixes announced from `protocol static announce6` as blackhole routes.
     pub statics6: Vec<Ipv6Net>,
@@ -239,7 +242,14 @@ impl BirdConfig {
             let ibgp = p.asn == self.asn;
             let hold = p.hold_time.unwrap_or(self.hold_time);
             let _ = writeln!(c, "protocol bgp {} {{", p.name);
-            let _ = writeln!(c, "  local {} as {};", self.local_address, self.asn);
+            // A session over IPv6 runs from the node's IPv6 address; it is then the next hop of
+            // the IPv6 routes BIRD announces, and IPv4 ones need theirs named.
+            let over_v6 = p.address.is_ipv6();
+            let local: IpAddr = match (over_v6, self.ipv6) {
+                (true, Some(v6)) => v6.into(),
+                _ => self.local_address.into(),
+            };
+            let _ = writeln!(c, "  local {local} as {};", self.asn);
             let _ = writeln!(c, "  neighbor {} as {};", p.address, p.asn);
             if ibgp {
                 // iBGP is multihop by default in BIRD; the peers share the underlay link.
@@ -274,15 +284,25 @@ impl BirdConfig {
                 ""
             };
             // RFC 8212: eBGP needs explicit filters in BIRD 2.
+            let nh4 = if over_v6 {
+                format!(" next hop address {};", self.local_address)
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 c,
-                "  ipv4 {{{nh} import all; export where source ~ [RTS_STATIC, RTS_BGP]; }};"
+                "  ipv4 {{{nh}{nh4} import all; export where source ~ [RTS_STATIC, RTS_BGP]; }};"
             );
             if let Some(v6) = self.ipv6 {
                 // An IPv6 channel over an IPv4 session: BIRD must be told its IPv6 next hop.
+                let nh6 = if over_v6 {
+                    String::new()
+                } else {
+                    format!(" next hop address {v6};")
+                };
                 let _ = writeln!(
                     c,
-                    "  ipv6 {{ next hop address {v6}; import all; export where source ~ [RTS_STATIC, RTS_BGP]; }};"
+                    "  ipv6 {{{nh6} import all; export where source ~ [RTS_STATIC, RTS_BGP]; }};"
                 );
             }
             let _ = writeln!(c, "}}");
@@ -752,8 +772,8 @@ pub async fn wait_kernel_route(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentSpec {
     pub asn: u32,
-    /// Peers as `ADDR:ASN`.
-    pub peers: Vec<(Ipv4Addr, u32)>,
+    /// Peers as `ADDR:ASN` (`[ADDR]:ASN` for IPv6).
+    pub peers: Vec<(IpAddr, u32)>,
     pub announce: Vec<Ipv4Net>,
     pub hold_time: u16,
     pub graceful_restart: bool,
@@ -787,8 +807,8 @@ impl AgentSpec {
         }
     }
 
-    pub fn peer(mut self, address: Ipv4Addr, asn: u32) -> AgentSpec {
-        self.peers.push((address, asn));
+    pub fn peer(mut self, address: impl Into<IpAddr>, asn: u32) -> AgentSpec {
+        self.peers.push((address.into(), asn));
         self
     }
 
@@ -881,7 +901,10 @@ impl<'a> Agent<'a> {
         }
         for (addr, asn) in &s.peers {
             v.push("--peer".into());
-            v.push(format!("{addr}:{asn}"));
+            v.push(match addr {
+                IpAddr::V4(a) => format!("{a}:{asn}"),
+                IpAddr::V6(a) => format!("[{a}]:{asn}"),
+            });
         }
         for prefix in &s.announce {
             v.push("--announce".into());
@@ -1015,8 +1038,11 @@ impl<'a> Agent<'a> {
     }
 
     /// The status of the peer at `address`.
-    pub async fn peer_status(&self, address: Ipv4Addr) -> Result<Option<serde_json::Value>> {
-        let want = address.to_string();
+    pub async fn peer_status(
+        &self,
+        address: impl Into<IpAddr>,
+    ) -> Result<Option<serde_json::Value>> {
+        let want = address.into().to_string();
         Ok(self.status().await?.into_iter().find(|p| {
             p["address"]
                 .as_str()
@@ -1025,7 +1051,12 @@ impl<'a> Agent<'a> {
     }
 
     /// Waits (bounded) until the session to `address` is Established; returns how long it took.
-    pub async fn wait_established(&self, address: Ipv4Addr, limit: Duration) -> Result<Duration> {
+    pub async fn wait_established(
+        &self,
+        address: impl Into<IpAddr>,
+        limit: Duration,
+    ) -> Result<Duration> {
+        let address = address.into();
         let start = Instant::now();
         let mut last = None;
         loop {

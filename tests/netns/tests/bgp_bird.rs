@@ -1479,6 +1479,29 @@ async fn expect_route6(node: &Node, prefix: &str, gw: std::net::Ipv6Addr, proto:
 /// address inside BIRD's block answers ping6 through the learned route.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ipv6_blocks_travel_both_ways_with_bird_over_one_ipv4_session() {
+    dual_stack_with_bird(Session::OverIpv4).await;
+}
+
+/// The same over a session to BIRD's IPv6 address (`--peer [fd00:198:18::11]:64512`, BIRD's
+/// `neighbor` our node's IPv6 address): a TCP session over IPv6 carrying IPv6 unicast with
+/// global next hops (each side's session address), and IPv4 unicast beside it with IPv4 next
+/// hops (BIRD told `next hop address` for its `ipv4` channel; ours the node's IPv4 address).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_blocks_travel_both_ways_with_bird_over_an_ipv6_session() {
+    dual_stack_with_bird(Session::OverIpv6).await;
+}
+
+/// Which address family the BGP session between BIRD and the agent runs over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Session {
+    OverIpv4,
+    OverIpv6,
+}
+
+/// BIRD on n1 and `trellis bgp-agent --dual-stack` on n2, one iBGP session over `session`;
+/// both families travel both ways, ping6 follows the learned route, our withdrawal leaves
+/// BIRD's kernel.
+async fn dual_stack_with_bird(session: Session) {
     require_root();
     require_tool("ping", "iputils-ping");
     let tb = Testbed::new().unwrap();
@@ -1487,6 +1510,11 @@ async fn ipv6_blocks_travel_both_ways_with_bird_over_one_ipv4_session() {
         tb.add_ipv6(&n[0], 1).await.unwrap(),
         tb.add_ipv6(&n[1], 2).await.unwrap(),
     ];
+    // Each side's address of the session.
+    let (bird_at, agent_at): (IpAddr, IpAddr) = match session {
+        Session::OverIpv4 => (n[0].ip.into(), n[1].ip.into()),
+        Session::OverIpv6 => (v6[0].into(), v6[1].into()),
+    };
     let bird = Bird::start(
         &tb,
         &n[0],
@@ -1494,13 +1522,13 @@ async fn ipv6_blocks_travel_both_ways_with_bird_over_one_ipv4_session() {
             .announce(net("10.244.1.0/26"))
             .ipv6(v6[0])
             .announce6("fd00:10:245::/122".parse().unwrap())
-            .peer(BirdPeer::new("agent", n[1].ip, 64512)),
+            .peer(BirdPeer::new("agent", agent_at, 64512)),
         LIFETIME,
     )
     .await
     .unwrap();
     let mut spec = AgentSpec::new(64512)
-        .peer(n[0].ip, 64512)
+        .peer(bird_at, 64512)
         .announce(net("10.244.2.0/26"));
     // Our IPv6 block from the announce file (re-read on SIGHUP), so it can be withdrawn live.
     let announce = tb.state_dir().join("announce6");
@@ -1511,7 +1539,7 @@ async fn ipv6_blocks_travel_both_ways_with_bird_over_one_ipv4_session() {
     bird.wait_established("agent", SESSION)
         .await
         .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", agent.log()));
-    agent.wait_established(n[0].ip, SESSION).await.unwrap();
+    agent.wait_established(bird_at, SESSION).await.unwrap();
 
     // Both families on the one session.
     expect_route(
@@ -1538,36 +1566,33 @@ async fn ipv6_blocks_travel_both_ways_with_bird_over_one_ipv4_session() {
         "the agent's IPv6 block in BIRD's kernel",
     )
     .await;
-    // Only the learned route leads into BIRD's block. The kernel makes the new address usable
-    // a moment after adding it (its local route comes with the end of IPv6's address set-up,
-    // run from a work queue): until then n1 answers "no route", so the ping is retried within
-    // a bound.
+    // Only the learned route leads into BIRD's block. The address is made usable first (no
+    // DAD, and its local route in), so the first ping6 must go through.
     let h = n[0].ns.connect().unwrap();
     let lo = h.require_link("lo").await.unwrap();
-    h.ensure_address(lo.index, "fd00:10:245::1/128".parse().unwrap())
+    let target: IpAddr = "fd00:10:245::1".parse().unwrap();
+    h.add_address_nodad(lo.index, "fd00:10:245::1/128".parse().unwrap())
         .await
         .unwrap();
     let deadline = Instant::now() + PROPAGATE;
-    loop {
-        let out = tb
-            .exec(
-                &n[1].ns,
-                &["ping", "-6", "-c", "1", "-W", "2", "fd00:10:245::1"],
-                Duration::from_secs(10),
-            )
-            .await
-            .unwrap();
-        if out.success() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "ping6 into BIRD's block: {}{}",
-            out.stdout,
-            out.stderr
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    while !h.is_local(target, None).await.unwrap() {
+        assert!(Instant::now() < deadline, "{target} never became local");
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    let out = tb
+        .exec(
+            &n[1].ns,
+            &["ping", "-6", "-c", "1", "-W", "2", "fd00:10:245::1"],
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert!(
+        out.success(),
+        "ping6 into BIRD's block: {}{}",
+        out.stdout,
+        out.stderr
+    );
     // Our own IPv6 block has its blackhole, as IPv4 blocks do.
     let own6 = routes6(&n[1], "fd00:10:244::/122").await;
     assert!(
