@@ -530,6 +530,11 @@ mod tests {
         let r = &p.password.unwrap().secret_key_ref;
         assert_eq!((r.name.as_str(), r.key.as_str()), ("bgp-secrets", "tor1"));
         assert_eq!(p.bfd, None);
+        // An IPv6 peer address (a session over IPv6).
+        let p: PeerSpec =
+            serde_json::from_value(json!({"peerIP": "fd00:198:18::11", "asNumber": 64512}))
+                .unwrap();
+        assert_eq!(p.peer_ip, "fd00:198:18::11".parse::<IpAddr>().unwrap());
         // And its BFD, field by field.
         let p: PeerSpec = serde_json::from_value(json!({"peerIP": "198.18.0.9", "asNumber": 65000,
             "bfd": {"enabled": true, "minRxMs": 100, "multiplier": 5}}))

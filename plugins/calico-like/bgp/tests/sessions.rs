@@ -599,3 +599,58 @@ async fn an_ipv6_route_with_only_a_link_local_next_hop_uses_it() {
     let r = route_where(&s, "fd00:244:6::/122", "global and link-local", |_| true).await;
     assert_eq!(r.next_hop, ip("fd00::5"));
 }
+
+/// A speaker listening on `listen` (port 0: an ephemeral one) with router id `id`.
+async fn speaker_on(listen: &str, id: Ipv4Addr) -> trellis_bgp::Speaker {
+    let mut config = trellis_bgp::SpeakerConfig::new(ASN, id);
+    config.listen = Some(std::net::SocketAddr::new(ip(listen), 0));
+    config.hold_time = 9;
+    config.connect_retry = Duration::from_millis(200);
+    config.connect_retry_max = Duration::from_secs(1);
+    trellis_bgp::Speaker::start(config)
+        .await
+        .expect("speaker starts")
+}
+
+/// A session between IPv6 addresses (both speakers on `::1`, each its own port): IPv6
+/// unicast travels with its global next hop, and IPv4 unicast beside it with its IPv4 one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_over_ipv6_carries_both_families_with_their_next_hops() {
+    let a = speaker_on("::1", Ipv4Addr::new(10, 255, 0, 1)).await;
+    let b = speaker_on("::1", Ipv4Addr::new(10, 255, 0, 2)).await;
+    a.announce(net("fd00:244:1::/122"), ip("fd00:198:18::11"))
+        .expect("announce");
+    a.announce(net("10.244.1.0/26"), ip("198.18.0.11"))
+        .expect("announce");
+    link(&a, &b);
+    established(&a, ip("::1")).await;
+    established(&b, ip("::1")).await;
+    let r = route_where(&b, "fd00:244:1::/122", "IPv6 over IPv6", |_| true).await;
+    assert_eq!(r.next_hop, ip("fd00:198:18::11"));
+    let r = route_where(&b, "10.244.1.0/26", "IPv4 over IPv6", |_| true).await;
+    assert_eq!(r.next_hop, ip("198.18.0.11"));
+}
+
+/// An IPv6 listener (what `--listen [::]:179` makes) takes an IPv4 peer's connection too: the
+/// kernel hands it over as an IPv4-mapped address, which is the configured IPv4 peer. (Bound to
+/// `::ffff:127.0.0.1` rather than `[::]`, so the test listens on loopback only.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipv6_listener_accepts_an_ipv4_peer() {
+    let a = speaker_on("::ffff:127.0.0.1", Ipv4Addr::new(10, 255, 0, 1)).await;
+    let b = speaker("127.0.0.2", ASN, |_| {}).await;
+    let port = a.local_addr().expect("listens").port();
+    // a waits; b connects to a's port on 127.0.0.1.
+    let mut to_a = trellis_bgp::PeerConfig::new(ip("127.0.0.1"), ASN);
+    to_a.port = port;
+    to_a.local_address = Some(ip("127.0.0.2"));
+    b.add_peer(to_a).expect("add peer");
+    let mut to_b = trellis_bgp::PeerConfig::new(ip("127.0.0.2"), ASN);
+    to_b.passive = true;
+    a.add_peer(to_b).expect("add peer");
+    established(&a, ip("127.0.0.2")).await;
+    established(&b, ip("127.0.0.1")).await;
+    b.announce(net("10.244.2.0/26"), ip("127.0.0.2"))
+        .expect("announce");
+    let r = route_where(&a, "10.244.2.0/26", "through the IPv6 listener", |_| true).await;
+    assert_eq!(r.next_hop, ip("127.0.0.2"));
+}
