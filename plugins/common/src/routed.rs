@@ -368,7 +368,10 @@ pub async fn not_yet_usable(e: &Ends<'_>) -> Result<Vec<String>, Error> {
 /// first packet — IPv6 included — works the moment ADD returns. Past `within`: "try again
 /// later" (11), saying what the kernel had not finished; the caller undoes the ADD.
 pub async fn await_usable(e: &Ends<'_>, within: Duration) -> Result<(), Error> {
-    let deadline = Instant::now() + within;
+    let start = Instant::now();
+    let deadline = start + within;
+    // Every millisecond at first (the kernel usually finishes within a few, and a doubling
+    // pause would overshoot by as much again), then backing off to 50 ms.
     let mut pause = Duration::from_millis(1);
     loop {
         let missing = not_yet_usable(e).await?;
@@ -386,7 +389,9 @@ pub async fn await_usable(e: &Ends<'_>, within: Duration) -> Result<(), Error> {
             ));
         }
         tokio::time::sleep(pause.min(deadline - now)).await;
-        pause = (pause * 2).min(Duration::from_millis(50));
+        if now - start > Duration::from_millis(100) {
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
     }
 }
 
