@@ -217,3 +217,51 @@ impl Handle {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netlink_packet_route::AddressFamily;
+    use netlink_packet_route::address::AddressHeaderFlags;
+
+    fn message(flags_attr: Option<AddressFlags>, header: AddressHeaderFlags) -> AddressMessage {
+        let mut m = AddressMessage::default();
+        m.header.family = AddressFamily::Inet6;
+        m.header.prefix_len = 128;
+        m.header.index = 7;
+        m.header.flags = header;
+        m.attributes
+            .push(AddressAttribute::Address("fd00::5".parse().unwrap()));
+        if let Some(f) = flags_attr {
+            m.attributes.push(AddressAttribute::Flags(f));
+        }
+        m
+    }
+
+    #[test]
+    fn tentative_and_dad_failed_addresses_are_tentative_whichever_field_says_so() {
+        let a = parse(&message(
+            Some(AddressFlags::Tentative),
+            AddressHeaderFlags::empty(),
+        ))
+        .unwrap();
+        assert!(a.tentative);
+        assert_eq!(a.address.to_string(), "fd00::5/128");
+        let a = parse(&message(
+            Some(AddressFlags::Dadfailed),
+            AddressHeaderFlags::empty(),
+        ))
+        .unwrap();
+        assert!(a.tentative);
+        // Without IFA_FLAGS the header's byte is read.
+        let a = parse(&message(None, AddressHeaderFlags::Tentative)).unwrap();
+        assert!(a.tentative);
+        // NODAD, permanent: usable.
+        let a = parse(&message(
+            Some(AddressFlags::Nodad | AddressFlags::Permanent),
+            AddressHeaderFlags::Tentative,
+        ))
+        .unwrap();
+        assert!(!a.tentative, "IFA_FLAGS wins over the header");
+    }
+}
