@@ -24,7 +24,7 @@ use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -259,6 +259,9 @@ pub struct FlowUse {
 /// Every UDP flow this process probed within the quarantine, with its uses.
 static UDP_FLOWS: Mutex<BTreeMap<UdpFlow, Vec<FlowUse>>> = Mutex::new(BTreeMap::new());
 
+/// The log's size at which it is next pruned of flows older than the quarantine.
+static PRUNE_AT: AtomicUsize = AtomicUsize::new(4096);
+
 /// Whether a quarantined flow is refused ([`udp_flow_reuse`] switches it off for a control).
 static QUARANTINE: AtomicBool = AtomicBool::new(true);
 
@@ -311,12 +314,14 @@ fn fresh_udp_flow(
             refused.push(u);
             continue;
         }
-        // Forget what no longer matters, now and then (bounded memory over a long test).
-        if log.len() > 4096 {
+        // Forget what no longer matters whenever the log doubled (bounded memory and work over
+        // a long test).
+        if log.len() > PRUNE_AT.load(Ordering::Relaxed) {
             log.retain(|_, uses| {
                 uses.retain(|u| now.duration_since(u.at) < UDP_FLOW_QUARANTINE);
                 !uses.is_empty()
             });
+            PRUNE_AT.store((2 * log.len()).max(4096), Ordering::Relaxed);
         }
         log.entry(flow.clone()).or_default().push(FlowUse {
             at: now,
