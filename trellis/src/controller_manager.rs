@@ -89,6 +89,27 @@ pub struct Args {
     /// A usage ratio within this of 1.0 leaves an HPA's target as it is.
     #[arg(long, default_value_t = 0.1)]
     horizontal_pod_autoscaler_tolerance: f64,
+    /// For this long after a pod starts, its CPU sample counts only once the pod is Ready and
+    /// the sample covers a whole metrics window since then (a Go duration such as 5m0s, or
+    /// seconds); other pods count as unready: 0 on a scale-up, left out otherwise.
+    #[arg(long, default_value = "5m0s", value_parser = duration_flag)]
+    horizontal_pod_autoscaler_cpu_initialization_period: Duration,
+    /// After the CPU initialization period, a pod that is not Ready counts as unready if its
+    /// Ready condition last changed within this of its start, i.e. it has never been Ready (a
+    /// Go duration such as 30s, or seconds).
+    #[arg(long, default_value = "30s", value_parser = duration_flag)]
+    horizontal_pod_autoscaler_initial_readiness_delay: Duration,
+}
+
+/// A flag's duration: a Go duration (`30s`, `5m0s`, `1m30s`) as upstream's flags take, or
+/// plain seconds.
+fn duration_flag(s: &str) -> Result<Duration, String> {
+    if let Ok(secs) = s.trim().parse::<f64>() {
+        return Duration::try_from_secs_f64(secs)
+            .map_err(|e| format!("{s:?}: not a duration: {e}"));
+    }
+    trellis_controllers::hpa::parse_go_duration(s)
+        .ok_or_else(|| format!("{s:?} is not a duration like 30s, 5m0s or 1m30s"))
 }
 
 /// The CA bundle the kubeconfig (or the in-cluster configuration) trusts, as PEM.
@@ -164,6 +185,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             tolerance: Some(args.horizontal_pod_autoscaler_tolerance)
                 .filter(|t| t.is_finite() && *t >= 0.0)
                 .unwrap_or(0.1),
+            cpu_initialization_period: args.horizontal_pod_autoscaler_cpu_initialization_period,
+            initial_readiness_delay: args.horizontal_pod_autoscaler_initial_readiness_delay,
         },
         root_ca,
         service_account_key,

@@ -5,11 +5,16 @@
 //!
 //! - per metric, `desired = ceil(ratio × ready pods)` where `ratio = usage / target`, unless
 //!   the ratio is within the 0.1 tolerance of 1 (then nothing changes);
-//! - pods being deleted or Failed are ignored; pods not Ready (or Pending) count as using 0 on
-//!   a scale-up and are left out otherwise; pods without metrics count as using the target
-//!   (100 % at least) on a scale-down and 0 on a scale-up; the result never reverses the
-//!   direction the raw ratio pointed in (`replica_calculator.go`, without the CPU
-//!   initialization period);
+//! - pods being deleted or Failed are ignored; unready pods count as using 0 on a scale-up and
+//!   are left out otherwise; pods without metrics count as using the target (100 % at least) on
+//!   a scale-down and 0 on a scale-up; the result never reverses the direction the raw ratio
+//!   pointed in (`replica_calculator.go`);
+//! - which pods are unready is upstream's `groupPods` ([`sample`]): Pending pods always; for
+//!   CPU also a pod with no Ready condition or start time, a pod within the CPU
+//!   initialization period (5 min) of its start that is not Ready or whose sample does not
+//!   cover a whole metrics window since it became Ready (the start-up burst), and after that
+//!   period a pod that is not Ready and never was (its Ready condition last changed within the
+//!   initial readiness delay, 30 s, of its start). Memory samples of started pods all count;
 //! - the largest proposal of all metrics wins;
 //! - stabilization: the highest recommendation of the scale-down window (default 300 s, the
 //!   controller-manager's `--horizontal-pod-autoscaler-downscale-stabilization`, or
@@ -64,7 +69,20 @@ pub struct Settings {
     pub downscale_stabilization: Duration,
     /// The tolerance (`--horizontal-pod-autoscaler-tolerance`, 0.1).
     pub tolerance: f64,
+    /// How long after its start a pod's CPU sample counts only if the pod is Ready and the
+    /// sample covers a whole window since it became Ready
+    /// (`--horizontal-pod-autoscaler-cpu-initialization-period`, 5 min).
+    pub cpu_initialization_period: Duration,
+    /// After the initialization period, an unready pod's CPU sample is left out when its Ready
+    /// condition last changed within this of its start: it has never been Ready
+    /// (`--horizontal-pod-autoscaler-initial-readiness-delay`, 30 s).
+    pub initial_readiness_delay: Duration,
 }
+
+/// Upstream's default CPU initialization period.
+pub const CPU_INITIALIZATION_PERIOD: Duration = Duration::from_secs(300);
+/// Upstream's default initial readiness delay.
+pub const INITIAL_READINESS_DELAY: Duration = Duration::from_secs(30);
 
 impl Default for Settings {
     fn default() -> Self {
@@ -72,8 +90,48 @@ impl Default for Settings {
             sync_period: Duration::from_secs(15),
             downscale_stabilization: Duration::from_secs(300),
             tolerance: TOLERANCE,
+            cpu_initialization_period: CPU_INITIALIZATION_PERIOD,
+            initial_readiness_delay: INITIAL_READINESS_DELAY,
         }
     }
+}
+
+/// A Go duration (`300ms`, `1.5s`, `5m0s`, `1h2m3s`: decimal numbers, each with one of the
+/// units ns, us, µs, ms, s, m, h; or `0`), as metrics.k8s.io writes a window and upstream's
+/// flags take them. None for anything else, or a negative one.
+pub fn parse_go_duration(text: &str) -> Option<Duration> {
+    let s = text.trim();
+    if s == "0" {
+        return Some(Duration::ZERO);
+    }
+    let mut rest = s.strip_prefix('+').unwrap_or(s);
+    if rest.is_empty() {
+        return None;
+    }
+    let mut nanos: f64 = 0.0;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let (num, tail) = rest.split_at(num_len);
+        let value: f64 = num.parse().ok()?;
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let scale = match unit {
+            "ns" => 1.0,
+            "us" | "µs" | "μs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return None,
+        };
+        nanos += value * scale;
+        rest = tail;
+    }
+    (nanos.is_finite() && nanos < u64::MAX as f64).then(|| Duration::from_nanos(nanos as u64))
 }
 
 /// One pod as the replica calculation sees it.
@@ -81,12 +139,104 @@ impl Default for Settings {
 pub struct PodSample {
     /// Being deleted, or Failed: left out entirely.
     pub ignored: bool,
-    /// Pending or not Ready.
+    /// Unready as [`sample`] groups it: counts as 0 on a scale-up, left out otherwise.
     pub unready: bool,
     /// Its usage (millicores or bytes), if the metrics API had it.
     pub usage: Option<f64>,
     /// The sum of its containers' requests for the resource (0: none set).
     pub request: f64,
+}
+
+/// A pod's Ready condition as the grouping reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadyCondition {
+    /// Its status is `False` (`Unknown` is not: as upstream, only an explicit False counts).
+    pub is_false: bool,
+    /// Its lastTransitionTime (None: not given, which upstream reads as the zero time).
+    pub since: Option<jiff::Timestamp>,
+}
+
+/// What the grouping needs of one pod (its status and requests).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PodFacts {
+    /// Has a deletionTimestamp.
+    pub deleting: bool,
+    /// status.phase.
+    pub phase: Option<String>,
+    /// status.startTime.
+    pub started: Option<jiff::Timestamp>,
+    /// The Ready condition, if the pod has one.
+    pub ready: Option<ReadyCondition>,
+    /// The sum of its containers' requests for the resource (0: none set).
+    pub request: f64,
+}
+
+/// A pod's usage as the metrics API reported it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Usage {
+    /// Millicores or bytes.
+    pub value: f64,
+    /// When the sample was taken (None: not given, the zero time to upstream).
+    pub timestamp: Option<jiff::Timestamp>,
+    /// The window the sample averages over.
+    pub window: Duration,
+}
+
+/// Go's zero time (0001-01-01T00:00:00Z) in milliseconds since the epoch: what upstream
+/// compares with when a time is not set.
+const GO_ZERO_MS: i64 = -62_135_596_800_000;
+
+fn ms(t: Option<jiff::Timestamp>) -> i64 {
+    t.map_or(GO_ZERO_MS, |t| t.as_millisecond())
+}
+
+fn dur_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// One pod for the replica calculation, grouped as upstream's `groupPods` does: ignored
+/// (being deleted, or Failed), unready (Pending; and for CPU see the module doc), missing (no
+/// sample), or counted with its sample.
+pub fn sample(
+    pod: &PodFacts,
+    usage: Option<&Usage>,
+    cpu: bool,
+    now: jiff::Timestamp,
+    settings: &Settings,
+) -> PodSample {
+    let mut out = PodSample {
+        ignored: false,
+        unready: false,
+        usage: usage.map(|u| u.value),
+        request: pod.request,
+    };
+    match pod.phase.as_deref() {
+        _ if pod.deleting => out.ignored = true,
+        Some("Failed") => out.ignored = true,
+        Some("Pending") => out.unready = true,
+        _ => {}
+    }
+    let Some(u) = usage.filter(|_| cpu && !out.ignored && !out.unready) else {
+        return out;
+    };
+    out.unready = match (pod.ready, pod.started) {
+        (Some(ready), Some(started)) => {
+            let start = started.as_millisecond();
+            let since = ms(ready.since);
+            if start.saturating_add(dur_ms(settings.cpu_initialization_period))
+                > now.as_millisecond()
+            {
+                // Still starting: only a Ready pod whose sample began after it became Ready.
+                ready.is_false || ms(u.timestamp) < since.saturating_add(dur_ms(u.window))
+            } else {
+                // Not Ready and never was: its condition changed only right after its start.
+                ready.is_false
+                    && start.saturating_add(dur_ms(settings.initial_readiness_delay)) > since
+            }
+        }
+        _ => true,
+    };
+    out
 }
 
 /// What a metric's target is.
@@ -163,9 +313,12 @@ pub fn replicas_for(
         if p.ignored {
             continue;
         }
+        if p.unready {
+            unready.push(i);
+            continue;
+        }
         match p.usage {
             None => missing.push(i),
-            Some(_) if p.unready => unready.push(i),
             Some(u) => {
                 metrics.insert(i, u);
             }
@@ -551,12 +704,22 @@ fn amount(q: &str, cpu: bool) -> Result<f64, QuantityError> {
     Ok(if cpu { q.milli() } else { q.value() })
 }
 
-fn pod_ready(p: &Pod) -> bool {
+/// What the grouping needs of `p`, with its requests for `resource`.
+fn pod_facts(p: &Pod, resource: &str) -> PodFacts {
     let status = p.status.as_ref();
-    status.and_then(|s| s.phase.as_deref()) == Some("Running")
-        && status
+    PodFacts {
+        deleting: p.metadata.deletion_timestamp.is_some(),
+        phase: status.and_then(|s| s.phase.clone()),
+        started: status.and_then(|s| s.start_time.as_ref()).map(|t| t.0),
+        ready: status
             .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
+            .map(|c| ReadyCondition {
+                is_false: c.status == "False",
+                since: c.last_transition_time.as_ref().map(|t| t.0),
+            }),
+        request: pod_request(p, resource),
+    }
 }
 
 /// The sum of `p`'s containers' requests for `resource`.
@@ -578,21 +741,56 @@ fn pod_metrics_resource() -> ApiResource {
     )
 }
 
-/// Pod name → (cpu millicores, memory bytes) summed over its containers.
-fn usage_by_pod(list: &[DynamicObject]) -> HashMap<String, (f64, f64)> {
+/// One pod's PodMetrics: cpu millicores and memory bytes summed over its containers, with the
+/// sample's time and window.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct PodUsage {
+    cpu: f64,
+    memory: f64,
+    timestamp: Option<jiff::Timestamp>,
+    window: Duration,
+}
+
+impl PodUsage {
+    fn of(&self, cpu: bool) -> Usage {
+        Usage {
+            value: if cpu { self.cpu } else { self.memory },
+            timestamp: self.timestamp,
+            window: self.window,
+        }
+    }
+}
+
+/// Pod name → its usage.
+fn usage_by_pod(list: &[DynamicObject]) -> HashMap<String, PodUsage> {
     list.iter()
         .filter_map(|m| {
             let name = m.metadata.name.clone()?;
-            let (mut cpu, mut mem) = (0.0, 0.0);
+            let (mut cpu, mut memory) = (0.0, 0.0);
             for c in m.data["containers"].as_array()? {
                 cpu += c["usage"]["cpu"]
                     .as_str()
                     .and_then(|q| amount(q, true).ok())?;
-                mem += c["usage"]["memory"]
+                memory += c["usage"]["memory"]
                     .as_str()
                     .and_then(|q| amount(q, false).ok())?;
             }
-            Some((name, (cpu, mem)))
+            let timestamp = m.data["timestamp"]
+                .as_str()
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok());
+            let window = m.data["window"]
+                .as_str()
+                .and_then(parse_go_duration)
+                .unwrap_or_default();
+            Some((
+                name,
+                PodUsage {
+                    cpu,
+                    memory,
+                    timestamp,
+                    window,
+                },
+            ))
         })
         .collect()
 }
@@ -809,8 +1007,9 @@ fn measure(
     m: &MetricSpec,
     current: i32,
     pods: &[&Pod],
-    usage: &HashMap<String, (f64, f64)>,
-    tolerance: f64,
+    usage: &HashMap<String, PodUsage>,
+    settings: &Settings,
+    now: jiff::Timestamp,
 ) -> Result<Measured, String> {
     let Some(res) = m.resource.as_ref().filter(|_| m.type_ == "Resource") else {
         return Err(format!(
@@ -838,17 +1037,12 @@ fn measure(
     let samples: Vec<PodSample> = pods
         .iter()
         .map(|p| {
-            let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
             let pname = p.metadata.name.as_deref().unwrap_or("");
-            PodSample {
-                ignored: p.metadata.deletion_timestamp.is_some() || phase == Some("Failed"),
-                unready: !pod_ready(p),
-                usage: usage.get(pname).map(|(c, mem)| if cpu { *c } else { *mem }),
-                request: pod_request(p, name),
-            }
+            let u = usage.get(pname).map(|u| u.of(cpu));
+            sample(&pod_facts(p, name), u.as_ref(), cpu, now, settings)
         })
         .collect();
-    let p = replicas_for(current, &samples, goal, tolerance)
+    let p = replicas_for(current, &samples, goal, settings.tolerance)
         .map_err(|e| format!("failed to get {name} utilization: {e}"))?;
     let avg = if cpu {
         format!("{}m", p.average.round() as i64)
@@ -1014,7 +1208,14 @@ impl Reconciler for Controller {
         let mut statuses = Vec::new();
         let mut errors = Vec::new();
         for m in &metric_specs {
-            match measure(m, current, &pods, &usage, self.settings.tolerance) {
+            match measure(
+                m,
+                current,
+                &pods,
+                &usage,
+                &self.settings,
+                jiff::Timestamp::now(),
+            ) {
                 Ok(x) => {
                     statuses.push(x.status.clone());
                     if best.as_ref().is_none_or(|b| x.replicas > b.replicas) {
@@ -1314,6 +1515,229 @@ mod tests {
         let p = replicas_for(3, &pods, Goal::AverageValue(500.0), TOLERANCE).unwrap();
         assert_eq!((p.replicas, p.utilization), (8, None));
         assert_eq!(calc(3, &pods, Goal::AverageValue(4000.0 / 3.0)), 3);
+    }
+
+    /// A fixed "now" and times before it, for the grouping.
+    const NOW_S: i64 = 1_800_000_000;
+
+    fn ago(secs: i64) -> jiff::Timestamp {
+        jiff::Timestamp::from_second(NOW_S - secs).unwrap()
+    }
+
+    fn now() -> jiff::Timestamp {
+        ago(0)
+    }
+
+    /// A Running pod started `started` s ago, Ready (or not) since `since` s ago.
+    fn running(started: i64, ready: bool, since: i64) -> PodFacts {
+        PodFacts {
+            phase: Some("Running".into()),
+            started: Some(ago(started)),
+            ready: Some(ReadyCondition {
+                is_false: !ready,
+                since: Some(ago(since)),
+            }),
+            request: 1000.0,
+            ..PodFacts::default()
+        }
+    }
+
+    /// A sample taken `taken` s ago over a `window` s window.
+    fn usage(value: f64, taken: i64, window: u64) -> Usage {
+        Usage {
+            value,
+            timestamp: Some(ago(taken)),
+            window: Duration::from_secs(window),
+        }
+    }
+
+    /// (ignored, unready, missing) of one pod's grouping for CPU.
+    fn group(pod: &PodFacts, u: Option<Usage>, cpu: bool) -> (bool, bool, bool) {
+        let s = sample(pod, u.as_ref(), cpu, now(), &Settings::default());
+        (
+            s.ignored,
+            s.unready,
+            !s.ignored && !s.unready && s.usage.is_none(),
+        )
+    }
+
+    // Cases after upstream's TestGroupPods, with upstream's default 5 min initialization
+    // period and 30 s readiness delay.
+    #[test]
+    fn grouping_follows_upstreams_readiness_rules_for_cpu() {
+        let fresh = Some(usage(1.0, 0, 30));
+        // Within the initialization period: Ready for 30 s and a 30 s window that began then.
+        assert_eq!(
+            group(&running(60, true, 30), fresh, true),
+            (false, false, false)
+        );
+        // The same with a 60 s window: the sample reaches back before Ready (start-up burst).
+        assert_eq!(
+            group(&running(60, true, 30), Some(usage(1.0, 0, 60)), true),
+            (false, true, false)
+        );
+        // Not Ready within the period.
+        assert_eq!(
+            group(&running(200, false, 190), fresh, true),
+            (false, true, false)
+        );
+        // After the period, Ready: counted, however old the sample.
+        assert_eq!(
+            group(&running(400, true, 400), Some(usage(1.0, 120, 60)), true),
+            (false, false, false)
+        );
+        // After the period, not Ready but it was (its condition changed 60 s after its start):
+        // counted.
+        assert_eq!(
+            group(&running(600, false, 540), fresh, true),
+            (false, false, false)
+        );
+        // After the period, never Ready (changed 10 s after its start, within the 30 s delay).
+        assert_eq!(
+            group(&running(600, false, 590), fresh, true),
+            (false, true, false)
+        );
+        // No Ready condition, or no start time: unready.
+        let mut no_cond = running(600, true, 600);
+        no_cond.ready = None;
+        assert_eq!(group(&no_cond, fresh, true), (false, true, false));
+        let mut no_start = running(600, true, 600);
+        no_start.started = None;
+        assert_eq!(group(&no_start, fresh, true), (false, true, false));
+        // No sample: missing, whatever its readiness.
+        assert_eq!(
+            group(&running(600, false, 590), None, true),
+            (false, false, true)
+        );
+        // Pending: unready with or without a sample; deleted or Failed: ignored.
+        let pending = PodFacts {
+            phase: Some("Pending".into()),
+            request: 1000.0,
+            ..PodFacts::default()
+        };
+        assert_eq!(group(&pending, None, true), (false, true, false));
+        assert_eq!(group(&pending, fresh, false), (false, true, false));
+        let mut deleting = running(600, true, 600);
+        deleting.deleting = true;
+        assert_eq!(group(&deleting, fresh, true), (true, false, false));
+        let mut failed = running(600, true, 600);
+        failed.phase = Some("Failed".into());
+        assert_eq!(group(&failed, fresh, true), (true, false, false));
+    }
+
+    #[test]
+    fn memory_samples_count_whatever_the_readiness() {
+        // Never Ready, or without a condition at all: a memory sample still counts.
+        let fresh = Some(usage(1.0, 0, 30));
+        assert_eq!(
+            group(&running(600, false, 590), fresh, false),
+            (false, false, false)
+        );
+        let bare = PodFacts {
+            phase: Some("Succeeded".into()),
+            ..PodFacts::default()
+        };
+        assert_eq!(group(&bare, fresh, false), (false, false, false));
+    }
+
+    #[test]
+    fn the_periods_come_from_the_settings() {
+        // A 1 min initialization period: a pod started 2 min ago, Ready for 10 s, with a
+        // sample reaching back before Ready, is past it and counts.
+        let settings = Settings {
+            cpu_initialization_period: Duration::from_secs(60),
+            ..Settings::default()
+        };
+        let pod = running(120, true, 10);
+        let u = usage(1.0, 0, 60);
+        assert!(sample(&pod, Some(&u), true, now(), &Settings::default()).unready);
+        assert!(!sample(&pod, Some(&u), true, now(), &settings).unready);
+        // A 5 s readiness delay: a pod whose condition changed 10 s after its start was Ready
+        // once, so its sample counts.
+        let settings = Settings {
+            initial_readiness_delay: Duration::from_secs(5),
+            ..Settings::default()
+        };
+        let pod = running(600, false, 590);
+        let u = usage(1.0, 0, 30);
+        assert!(sample(&pod, Some(&u), true, now(), &Settings::default()).unready);
+        assert!(!sample(&pod, Some(&u), true, now(), &settings).unready);
+    }
+
+    /// The replica count for `pods` (facts and samples) against a CPU utilization target.
+    fn cpu_calc(current: i32, pods: &[(PodFacts, Option<Usage>)], target: f64) -> i32 {
+        let samples: Vec<PodSample> = pods
+            .iter()
+            .map(|(p, u)| sample(p, u.as_ref(), true, now(), &Settings::default()))
+            .collect();
+        calc(current, &samples, Goal::Utilization(target))
+    }
+
+    // After upstream's TestReplicaCalcScaleUpHotCpuLessScale / ...HotCpuNoScale /
+    // ...MissingMetricsHotCpuScaleUp / ...MissingMetricsUnreadyScaleDown /
+    // ...DuringRollingUpdateWithMaxSurge: a "hot" pod started seconds ago, Ready moments
+    // ago, whose sample reaches back before it was Ready; "cool" ones started minutes ago.
+    #[test]
+    fn starting_pods_cpu_counts_as_zero_on_a_scale_up() {
+        let hot = || running(10, true, 5);
+        let cool = || running(600, true, 600);
+        let u = |v: f64| Some(usage(v, 0, 10));
+        // 300 (hot), 500, 700 of 1000m at a 30 % target: the hot pod as 0 → 4, not 5.
+        let pods = [(hot(), u(300.0)), (cool(), u(500.0)), (cool(), u(700.0))];
+        assert_eq!(cpu_calc(3, &pods, 30.0), 4);
+        let all_cool = [(cool(), u(300.0)), (cool(), u(500.0)), (cool(), u(700.0))];
+        assert_eq!(cpu_calc(3, &all_cool, 30.0), 5);
+        // 400 (hot), 500, 700 (hot): 500 alone asks to grow, but with the hot pods at 0 the
+        // ratio falls below 1: no change.
+        let pods = [(hot(), u(400.0)), (cool(), u(500.0)), (hot(), u(700.0))];
+        assert_eq!(cpu_calc(3, &pods, 30.0), 3);
+        // A hot unready pod, one at 2000, one without a sample, target 50 %: both count as 0
+        // on the scale-up → (2000)/3000/0.5 = 1.33 → 4.
+        let pods = [
+            (running(10, false, 5), u(100.0)),
+            (cool(), u(2000.0)),
+            (cool(), None),
+        ];
+        assert_eq!(cpu_calc(3, &pods, 50.0), 4);
+    }
+
+    #[test]
+    fn unready_pods_are_left_out_and_missing_ones_count_fully_on_a_scale_down() {
+        let cool = || running(600, true, 600);
+        let u = |v: f64| Some(usage(v, 0, 10));
+        // One never-Ready pod, two at 100, one without a sample, target 50 %: the unready one
+        // is left out, the missing one counts as 100 % → 1200/3000/0.5 = 0.8 → 3.
+        let pods = [
+            (running(600, false, 595), u(100.0)),
+            (cool(), u(100.0)),
+            (cool(), u(100.0)),
+            (cool(), None),
+        ];
+        assert_eq!(cpu_calc(4, &pods, 50.0), 3);
+        // During a rolling update with a surge pod not yet reporting: 2 wanted, 3 running, two
+        // at 100 of 1000m, target 50 %: the surge pod counts as 100 % → 0.8 × 3 = 3 would grow
+        // a scale-down, so it stays at 2.
+        let pods = [(cool(), u(100.0)), (cool(), u(100.0)), (cool(), None)];
+        assert_eq!(cpu_calc(2, &pods, 50.0), 2);
+    }
+
+    #[test]
+    fn go_durations_parse_as_upstream_writes_them() {
+        for (text, want) in [
+            ("10s", Duration::from_secs(10)),
+            ("5m0s", Duration::from_secs(300)),
+            ("1m30s", Duration::from_secs(90)),
+            ("1h2m3s", Duration::from_secs(3723)),
+            ("1.5s", Duration::from_millis(1500)),
+            ("300ms", Duration::from_millis(300)),
+            ("10.042s", Duration::from_millis(10_042)),
+            ("0", Duration::ZERO),
+        ] {
+            assert_eq!(parse_go_duration(text), Some(want), "{text}");
+        }
+        for bad in ["", "s", "10", "5 m", "-1s", "1d", "1.2.3s"] {
+            assert_eq!(parse_go_duration(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -4,8 +4,16 @@
 //!
 //! A probe says "allowed" only when the server answered: a TCP or SCTP connection that completes
 //! its handshake *and* delivers the server's greeting, a UDP datagram echoed back. Anything else
-//! (time-out, reset, ICMP error) is "denied". Every client socket has a fresh source port, so an
-//! earlier allowed flow's conntrack entry never lets a later probe through as "established".
+//! (time-out, reset, ICMP error) is "denied".
+//!
+//! A probe must be a new flow to the kernels between: an earlier allowed flow's conntrack entry
+//! (UDP: 30 s after its last packet, 120 s once it is a stream) lets a later datagram with the
+//! same 5-tuple through as ESTABLISHED, whatever the rules say now. The kernel picks a UDP
+//! socket's source port at random from ~28,000, so over thousands of probes a port repeats; every
+//! UDP probe's flow is therefore logged ([`udp_flow_history`]) and a port this process used
+//! towards the same destination within [`UDP_FLOW_QUARANTINE`] is never given out again. TCP
+//! needs no log: the kernel moves the source port on per destination, and a SYN meeting an old
+//! entry is a new connection to conntrack.
 //!
 //! Servers and probes run on the test's tokio runtime (the sockets are created inside the pod's
 //! namespace and keep it); servers end when their [`ProbeServers`] is dropped, and at the latest
@@ -15,8 +23,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::OwnedFd;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -222,19 +231,136 @@ pub struct Probe {
     pub proto: Proto,
 }
 
+/// How long a UDP flow stays out of use after a probe of it started: longer than conntrack
+/// keeps a UDP entry after its last packet (`nf_conntrack_udp_timeout` 30 s,
+/// `nf_conntrack_udp_timeout_stream` 120 s), with a margin for the probe's own length.
+pub const UDP_FLOW_QUARANTINE: Duration = Duration::from_secs(180);
+
+/// How many source ports a UDP probe tries before it gives up finding an unused flow (the kernel
+/// draws them at random from ~28,000; a test uses a few hundred per destination).
+const UDP_PORT_TRIES: usize = 64;
+
+/// A UDP probe's flow as conntrack keys it: the source namespace (whose address is the
+/// source), the source port the kernel gave the probe, the destination.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UdpFlow {
+    pub from: PathBuf,
+    pub src_port: u16,
+    pub to: SocketAddrV4,
+}
+
+/// One probe of a flow: when it started, and whether it was answered (None while it runs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowUse {
+    pub at: Instant,
+    pub answered: Option<bool>,
+}
+
+/// Every UDP flow this process probed within the quarantine, with its uses.
+static UDP_FLOWS: Mutex<BTreeMap<UdpFlow, Vec<FlowUse>>> = Mutex::new(BTreeMap::new());
+
+/// The log's size at which it is next pruned of flows older than the quarantine.
+static PRUNE_AT: AtomicUsize = AtomicUsize::new(4096);
+
+/// Whether a quarantined flow is refused ([`udp_flow_reuse`] switches it off for a control).
+static QUARANTINE: AtomicBool = AtomicBool::new(true);
+
+fn flows() -> std::sync::MutexGuard<'static, BTreeMap<UdpFlow, Vec<FlowUse>>> {
+    UDP_FLOWS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The probes of `flow` this process made within the quarantine, oldest first.
+pub fn udp_flow_history(flow: &UdpFlow) -> Vec<FlowUse> {
+    flows().get(flow).cloned().unwrap_or_default()
+}
+
+/// Every flow with its probes this process made within the quarantine (for diagnostics).
+pub fn udp_flow_log() -> Vec<(UdpFlow, Vec<FlowUse>)> {
+    flows()
+        .iter()
+        .map(|(f, u)| (f.clone(), u.clone()))
+        .collect()
+}
+
+/// Lets UDP probes reuse flows (`true`) or not (`false`, the default). Only for a negative
+/// control that shows what the quarantine prevents; process-wide.
+pub fn udp_flow_reuse(allow: bool) {
+    QUARANTINE.store(!allow, Ordering::SeqCst);
+}
+
+/// Binds UDP sockets with `bind` until one's source port gives a flow to `to` that this process
+/// has not probed within the quarantine; records the flow as in use. The sockets refused stay
+/// bound until the choice is made, so the kernel cannot hand their ports out again meanwhile.
+fn fresh_udp_flow(
+    from: &Path,
+    to: SocketAddrV4,
+    mut bind: impl FnMut() -> std::io::Result<std::net::UdpSocket>,
+) -> std::io::Result<(std::net::UdpSocket, UdpFlow, Instant)> {
+    let mut refused = Vec::new();
+    for _ in 0..UDP_PORT_TRIES {
+        let u = bind()?;
+        let flow = UdpFlow {
+            from: from.to_path_buf(),
+            src_port: u.local_addr()?.port(),
+            to,
+        };
+        let now = Instant::now();
+        let mut log = flows();
+        let recent = log.get(&flow).is_some_and(|uses| {
+            uses.iter()
+                .any(|u| now.duration_since(u.at) < UDP_FLOW_QUARANTINE)
+        });
+        if recent && QUARANTINE.load(Ordering::SeqCst) {
+            refused.push(u);
+            continue;
+        }
+        // Forget what no longer matters whenever the log doubled (bounded memory and work over
+        // a long test).
+        if log.len() > PRUNE_AT.load(Ordering::Relaxed) {
+            log.retain(|_, uses| {
+                uses.retain(|u| now.duration_since(u.at) < UDP_FLOW_QUARANTINE);
+                !uses.is_empty()
+            });
+            PRUNE_AT.store((2 * log.len()).max(4096), Ordering::Relaxed);
+        }
+        log.entry(flow.clone()).or_default().push(FlowUse {
+            at: now,
+            answered: None,
+        });
+        return Ok((u, flow, now));
+    }
+    Err(std::io::Error::other(format!(
+        "no UDP source port in {from:?} gave a flow to {to} unused for {UDP_FLOW_QUARANTINE:?} \
+         in {UDP_PORT_TRIES} tries"
+    )))
+}
+
+/// Records the outcome of the last use of `flow` that started at `at`.
+fn record_udp_outcome(flow: &UdpFlow, at: Instant, answered: bool) {
+    if let Some(u) = flows()
+        .get_mut(flow)
+        .and_then(|uses| uses.iter_mut().rev().find(|u| u.at == at))
+    {
+        u.answered = Some(answered);
+    }
+}
+
 /// A client socket made inside the source namespace, not yet connected.
 enum ClientSocket {
     Stream(tokio::net::TcpSocket),
-    Datagram(std::net::UdpSocket),
+    /// With its flow and when the flow was taken (for the flow log).
+    Datagram(std::net::UdpSocket, UdpFlow, Instant),
 }
 
-fn client_socket(proto: Proto) -> std::io::Result<ClientSocket> {
+fn client_socket(proto: Proto, from: &Path, to: SocketAddrV4) -> std::io::Result<ClientSocket> {
     Ok(match proto {
         Proto::Tcp => ClientSocket::Stream(tokio::net::TcpSocket::new_v4()?),
         Proto::Udp => {
-            let u = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+            let (u, flow, at) = fresh_udp_flow(from, to, || {
+                std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+            })?;
             u.set_nonblocking(true)?;
-            ClientSocket::Datagram(u)
+            ClientSocket::Datagram(u, flow, at)
         }
         Proto::Sctp => {
             let fd = sctp_socket()?;
@@ -245,6 +371,14 @@ fn client_socket(proto: Proto) -> std::io::Result<ClientSocket> {
     })
 }
 
+/// What one probe saw: whether the server answered, and for UDP the source port it used (the
+/// flow is in [`udp_flow_history`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    pub answered: bool,
+    pub src_port: Option<u16>,
+}
+
 /// Runs every probe, at most `concurrency` at once, each bounded by `timeout`; true where the
 /// server answered. Sockets are made with one namespace entry per source namespace, so a full
 /// matrix costs a handful of thread switches, not one per probe.
@@ -253,6 +387,19 @@ pub async fn probe_all(
     timeout: Duration,
     concurrency: usize,
 ) -> Result<Vec<bool>> {
+    Ok(probe_all_traced(probes, timeout, concurrency)
+        .await?
+        .into_iter()
+        .map(|o| o.answered)
+        .collect())
+}
+
+/// [`probe_all`], with each probe's [`Outcome`].
+pub async fn probe_all_traced(
+    probes: &[Probe],
+    timeout: Duration,
+    concurrency: usize,
+) -> Result<Vec<Outcome>> {
     // Group by source namespace (by path: the same Netns may be shared by several probes).
     let mut by_ns: BTreeMap<std::path::PathBuf, Vec<usize>> = BTreeMap::new();
     for (i, p) in probes.iter().enumerate() {
@@ -266,7 +413,7 @@ pub async fn probe_all(
         let ns = &probes[idx[0]].from;
         let made = ns.run(|| {
             idx.iter()
-                .map(|i| client_socket(probes[*i].proto))
+                .map(|i| client_socket(probes[*i].proto, ns.path(), probes[*i].to))
                 .collect::<std::io::Result<Vec<_>>>()
         })?;
         let made =
@@ -281,19 +428,39 @@ pub async fn probe_all(
         .zip(probes.iter().map(|p| p.to))
         .enumerate()
         .map(|(i, (s, to))| async move {
+            let flow = match &s {
+                Some(ClientSocket::Datagram(_, flow, at)) => Some((flow.clone(), *at)),
+                _ => None,
+            };
             let ok = match s {
                 Some(s) => tokio::time::timeout(timeout, answer(s, to))
                     .await
                     .unwrap_or(false),
                 None => false,
             };
-            (i, ok)
+            if let Some((flow, at)) = &flow {
+                record_udp_outcome(flow, *at, ok);
+            }
+            let src_port = flow.map(|(f, _)| f.src_port);
+            (
+                i,
+                Outcome {
+                    answered: ok,
+                    src_port,
+                },
+            )
         })
         .collect();
-    let mut out = vec![false; probes.len()];
+    let mut out = vec![
+        Outcome {
+            answered: false,
+            src_port: None
+        };
+        probes.len()
+    ];
     let mut results = futures::stream::iter(jobs).buffer_unordered(concurrency.max(1));
-    while let Some((i, ok)) = results.next().await {
-        out[i] = ok;
+    while let Some((i, o)) = results.next().await {
+        out[i] = o;
     }
     Ok(out)
 }
@@ -308,7 +475,7 @@ async fn answer(s: ClientSocket, to: SocketAddrV4) -> bool {
             let mut buf = [0u8; 3];
             c.read_exact(&mut buf).await.is_ok() && buf == GREETING
         }
-        ClientSocket::Datagram(u) => {
+        ClientSocket::Datagram(u, _, _) => {
             let Ok(u) = tokio::net::UdpSocket::from_std(u) else {
                 return false;
             };
@@ -471,6 +638,19 @@ pub async fn probe_cells(
     cells: &[Cell],
     timeout: Duration,
 ) -> Result<BTreeMap<Cell, bool>> {
+    Ok(probe_cells_traced(pods, cells, timeout)
+        .await?
+        .into_iter()
+        .map(|(c, o)| (c, o.answered))
+        .collect())
+}
+
+/// [`probe_cells`], with each probe's [`Outcome`].
+pub async fn probe_cells_traced(
+    pods: &[Endpoint],
+    cells: &[Cell],
+    timeout: Duration,
+) -> Result<BTreeMap<Cell, Outcome>> {
     let probes: Vec<Probe> = cells
         .iter()
         .map(|c| Probe {
@@ -479,7 +659,7 @@ pub async fn probe_cells(
             proto: c.proto,
         })
         .collect();
-    let got = probe_all(&probes, timeout, MATRIX_CONCURRENCY).await?;
+    let got = probe_all_traced(&probes, timeout, MATRIX_CONCURRENCY).await?;
     Ok(cells.iter().copied().zip(got).collect())
 }
 
@@ -524,6 +704,44 @@ pub async fn await_matrix(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_udp_flow_probed_within_the_quarantine_is_not_given_out_again() {
+        // Sockets on loopback ports the kernel picks; the "namespace" is a name of this test
+        // only, so no other test's flows mix in.
+        let from = Path::new("/test/a-udp-flow-probed-within-the-quarantine");
+        let to = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9);
+        let first = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let port = first.local_addr().unwrap().port();
+        drop(first);
+        // The kernel offers the same port twice, then another: the second offer is refused.
+        let mut offers = 0;
+        let mut bind = || {
+            offers += 1;
+            if offers <= 2 {
+                std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, port))
+            } else {
+                std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+            }
+        };
+        let (u1, f1, at) = fresh_udp_flow(from, to, &mut bind).unwrap();
+        assert_eq!(f1.src_port, port);
+        record_udp_outcome(&f1, at, true);
+        drop(u1);
+        let (_u2, f2, _) = fresh_udp_flow(from, to, &mut bind).unwrap();
+        assert_ne!(f2.src_port, port, "the port of a recent flow is refused");
+        assert_eq!(offers, 3);
+        let h = udp_flow_history(&f1);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h[0].answered, Some(true));
+        // The same port towards another destination is another flow: fine.
+        let other = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 10);
+        let (_u3, f3, _) = fresh_udp_flow(from, other, || {
+            std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, port))
+        })
+        .unwrap();
+        assert_eq!(f3.src_port, port);
+    }
 
     #[test]
     fn the_truth_table_marks_leaks_and_blocks() {

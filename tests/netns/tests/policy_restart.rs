@@ -2,6 +2,14 @@
 //! alternating nodes) under continuous probing of forbidden and allowed pairs; no forbidden
 //! connection may succeed, and the allowed ones keep working.
 //!
+//! A wrong probe fails the test with what tells a rule gap from a probe's fault: its UDP flow
+//! and that flow's earlier probes (a 5-tuple answered before the policy was in place is passed
+//! by conntrack as ESTABLISHED; the probes never reuse one — see `matrix`), the restarts around
+//! it, both kernels' rules, sets and conntrack entries of that flow read right after, and the
+//! last policyd runs' logs. Negative control: the same restart with policyd's FORWARD chain
+//! flushed before the start (a policyd that flushed and refilled), held until a forbidden probe
+//! got through: the probing sees such a gap and the test reports it.
+//!
 //! And the verifier, with a deterministic negative control: policyd is SIGSTOPped (so nothing
 //! can repair), its FORWARD jump deleted by hand, and a forbidden pair probed until it gets
 //! through (it must: the probe is able to see a gap); then SIGCONT, and the verifier must put
@@ -61,7 +69,36 @@ fn cells(c: &PolicyCluster, from_ns: &str, to_ns: &str) -> Vec<Cell> {
         .collect()
 }
 
-async fn restarts(mode: Mode) {
+/// A probe that did not see what the model expects: when (since the probing began), which
+/// cell, and the UDP source port it used.
+#[derive(Debug, Clone, Copy)]
+struct Wrong {
+    at: Duration,
+    cell: Cell,
+    src_port: Option<u16>,
+}
+
+/// One restart: which node, how, when policyd was signalled and when it was ready again (since
+/// the probing began).
+struct Restart {
+    node: usize,
+    signal: Signal,
+    stopped: Duration,
+    ready: Duration,
+}
+
+/// What happens to the rules while policyd is down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gap {
+    /// Nothing: the rules stay (the promise under test).
+    None,
+    /// The negative control: `TRELLIS-POL-FWD` is flushed before the start, as a policyd that
+    /// flushed its rules on start-up would leave it until its first commit, and left so until
+    /// a forbidden probe got through (or the round bound passed).
+    Flush,
+}
+
+async fn restarts(mode: Mode, gap: Gap) {
     let mut c = setup(mode).await;
     let expected = c.expected();
     let forbidden = cells(&c, "z", "x");
@@ -72,6 +109,9 @@ async fn restarts(mode: Mode) {
     );
     let pods = c.endpoints();
     let stop = Arc::new(AtomicBool::new(false));
+    let t0 = Instant::now();
+    // Leaks as they happen, so the kernel's state can be read while it still holds them.
+    let (leak_tx, mut leak_rx) = tokio::sync::mpsc::unbounded_channel::<Wrong>();
     // Two probing loops: the forbidden cells with a short time-out (a leak answers within
     // milliseconds; a dropped SYN only costs the time-out), so they are probed several times a
     // second; the allowed cells with a generous one, so a slow machine is not taken for a closed
@@ -79,21 +119,36 @@ async fn restarts(mode: Mode) {
     // Each loop counts its finished rounds, so that every restart can wait until both loops
     // have probed the window after it (restarts take ~75 ms, a forbidden round ≥ 300 ms).
     let prober = |cells: Vec<Cell>, timeout: Duration, done: Arc<AtomicU64>| {
-        let (stop, pods, expected) = (stop.clone(), pods.clone(), expected.clone());
+        let (stop, pods, expected, leak_tx) = (
+            stop.clone(),
+            pods.clone(),
+            expected.clone(),
+            leak_tx.clone(),
+        );
         tokio::spawn(async move {
             let (mut rounds, mut wrong) = (0u64, Vec::new());
-            let start = Instant::now();
             while !stop.load(Ordering::Relaxed) {
-                let got = matrix::probe_cells(&pods, &cells, timeout).await.unwrap();
+                let at = t0.elapsed();
+                let got = matrix::probe_cells_traced(&pods, &cells, timeout)
+                    .await
+                    .unwrap();
                 rounds += 1;
                 done.store(rounds, Ordering::Relaxed);
                 // Continuous, not a busy loop that starves the daemon being restarted.
                 tokio::time::sleep(Duration::from_millis(20)).await;
-                wrong.extend(
-                    got.into_iter()
-                        .filter(|(cell, ok)| expected.cells[cell] != *ok)
-                        .map(|(cell, _)| (start.elapsed(), cell)),
-                );
+                for (cell, o) in got {
+                    if expected.cells[&cell] != o.answered {
+                        let w = Wrong {
+                            at,
+                            cell,
+                            src_port: o.src_port,
+                        };
+                        if o.answered {
+                            let _ = leak_tx.send(w);
+                        }
+                        wrong.push(w);
+                    }
+                }
             }
             (rounds, wrong)
         })
@@ -101,7 +156,9 @@ async fn restarts(mode: Mode) {
     let (f_done, a_done) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let forbidden_prober = prober(forbidden.clone(), FORBIDDEN_PROBE, f_done.clone());
     let allowed_prober = prober(allowed.clone(), PROBE, a_done.clone());
-    let t = Instant::now();
+    let mut timeline: Vec<Restart> = Vec::new();
+    let mut snapshots: Vec<String> = Vec::new();
+    let mut leaked = 0usize;
     for k in 0..RESTARTS {
         let node = k % 2;
         let signal = if (k / 2) % 2 == 0 {
@@ -114,9 +171,30 @@ async fn restarts(mode: Mode) {
             f_done.load(Ordering::Relaxed),
             a_done.load(Ordering::Relaxed),
         );
+        let stopped = t0.elapsed();
         c.stop_policyd(node, signal).await;
+        if gap == Gap::Flush {
+            let out = c.iptables(node, &["-F", "TRELLIS-POL-FWD"]).await;
+            assert!(out.success(), "flush TRELLIS-POL-FWD: {}", out.stderr);
+            // Held open until a forbidden probe got through (bounded), so the control does not
+            // depend on how fast the new policyd refills.
+            let deadline = Instant::now() + ROUND_WAIT;
+            while leaked == 0 && Instant::now() < deadline {
+                match tokio::time::timeout(Duration::from_millis(50), leak_rx.recv()).await {
+                    Ok(Some(_)) => leaked += 1,
+                    Ok(None) => break,
+                    Err(_) => {}
+                }
+            }
+        }
         c.start_policyd(node).await;
         let ready = r.elapsed();
+        timeline.push(Restart {
+            node,
+            signal,
+            stopped,
+            ready: t0.elapsed(),
+        });
         // Two more finished rounds: the second began after the stop, so it probed the gap.
         let deadline = Instant::now() + ROUND_WAIT;
         while f_done.load(Ordering::Relaxed) < f0 + 2 || a_done.load(Ordering::Relaxed) < a0 + 2 {
@@ -127,46 +205,129 @@ async fn restarts(mode: Mode) {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        // A leak: read both kernels now, while the state that let it through is still there
+        // (conntrack entries, counters), for the failure message.
+        while let Ok(w) = leak_rx.try_recv() {
+            leaked += 1;
+            if gap == Gap::None && snapshots.len() < 2 {
+                let (src, dst) = (c.pods[w.cell.from].ip, c.pods[w.cell.to].ip);
+                let mut flow = vec![format!("src={src} dst={dst} ")];
+                if let Some(port) = w.src_port {
+                    flow.push(format!("sport={port} dport={} ", w.cell.port));
+                }
+                let mut snap = format!(
+                    "##### kernels {:?} after the probing began, just after the leak at {:?} ({})\n",
+                    t0.elapsed(),
+                    w.at,
+                    describe(&c, &pods, &w)
+                );
+                for i in 0..c.nodes.len() {
+                    snap.push_str(&c.snapshot(i, &flow).await);
+                }
+                snapshots.push(snap);
+            }
+        }
         eprintln!(
-            "[{mode:?}] restart {}/{RESTARTS} of policyd on node {node} ({signal}): ready again after {ready:?}",
+            "[{mode:?}] restart {}/{RESTARTS} of policyd on node {node} ({signal}, {gap:?}): ready again after {ready:?}",
             k + 1,
         );
+        if gap == Gap::Flush && leaked > 0 {
+            break;
+        }
     }
+    let done = timeline.len();
     stop.store(true, Ordering::Relaxed);
     let (f_rounds, leaks) = forbidden_prober.await.unwrap();
     let (a_rounds, blocked) = allowed_prober.await.unwrap();
-    let names = |(at, cell): &(Duration, Cell)| {
-        format!(
-            "{at:?}: {} → {} {}/{}",
-            c.pods[cell.from].key, c.pods[cell.to].key, cell.port, cell.proto
-        )
-    };
     eprintln!(
-        "[{mode:?}] {RESTARTS} restarts in {:?}; {f_rounds} rounds over {} forbidden cells: {} succeeded; {a_rounds} rounds over {} allowed cells: {} failed",
-        t.elapsed(),
+        "[{mode:?}] {done} restarts ({gap:?}) in {:?}; {f_rounds} rounds over {} forbidden cells: {} succeeded; {a_rounds} rounds over {} allowed cells: {} failed",
+        t0.elapsed(),
         forbidden.len(),
         leaks.len(),
         allowed.len(),
         blocked.len()
     );
     assert!(
-        f_rounds >= 2 * RESTARTS as u64 && a_rounds >= 2 * RESTARTS as u64,
+        f_rounds >= 2 * done as u64 && a_rounds >= 2 * done as u64,
         "probing ran through the restarts ({f_rounds}, {a_rounds} rounds)"
     );
+    if gap == Gap::Flush {
+        assert!(
+            !leaks.is_empty(),
+            "with TRELLIS-POL-FWD flushed before the start, no forbidden probe got through within {ROUND_WAIT:?}: the test cannot see a restart gap"
+        );
+        eprintln!(
+            "[{mode:?}] control: a flush before the start let {} forbidden probes through, first {}",
+            leaks.len(),
+            describe(&c, &pods, &leaks[0])
+        );
+        c.converge("after the flushed restarts", CONVERGE).await;
+        c.finish();
+        return;
+    }
+    // Everything a reader needs to tell a rule gap from a probe's fault: each wrong probe with
+    // its flow's earlier probes, the restarts around it, the kernels' state, every node's
+    // policyd runs.
+    let report = |wrong: &[Wrong]| {
+        let mut s = String::new();
+        for w in wrong {
+            s.push_str(&format!("{}\n", describe(&c, &pods, w)));
+            for r in timeline
+                .iter()
+                .filter(|r| r.stopped <= w.at + FORBIDDEN_PROBE + PROBE && w.at <= r.ready + PROBE)
+            {
+                s.push_str(&format!(
+                    "    near restart of node {} ({}): stopped at {:?}, ready at {:?}\n",
+                    r.node, r.signal, r.stopped, r.ready
+                ));
+            }
+        }
+        for snap in &snapshots {
+            s.push_str(snap);
+        }
+        for i in 0..c.nodes.len() {
+            s.push_str(&c.logs_of_runs(i, 4, 12));
+        }
+        s
+    };
     assert!(
         leaks.is_empty(),
-        "forbidden connections succeeded during restarts: {:#?}\n{}",
-        leaks.iter().map(names).collect::<Vec<_>>(),
-        c.logs_tail()
+        "forbidden connections succeeded during restarts:\n{}",
+        report(&leaks)
     );
     assert!(
         blocked.is_empty(),
-        "allowed connections failed during restarts (a closed window): {:#?}\n{}",
-        blocked.iter().map(names).collect::<Vec<_>>(),
-        c.logs_tail()
+        "allowed connections failed during restarts (a closed window):\n{}",
+        report(&blocked)
     );
     c.converge("after the restarts", CONVERGE).await;
     c.finish();
+}
+
+/// A wrong probe in words: when, the cell, its UDP flow and that flow's earlier probes by this
+/// process (an earlier answered one leaves a conntrack entry that passes the same 5-tuple).
+fn describe(c: &PolicyCluster, pods: &[matrix::Endpoint], w: &Wrong) -> String {
+    let cell = w.cell;
+    let mut s = format!(
+        "{:?}: {} → {} {}/{}",
+        w.at, c.pods[cell.from].key, c.pods[cell.to].key, cell.port, cell.proto
+    );
+    if let Some(port) = w.src_port {
+        let flow = matrix::UdpFlow {
+            from: pods[cell.from].ns.path().to_path_buf(),
+            src_port: port,
+            to: std::net::SocketAddrV4::new(pods[cell.to].ip, cell.port),
+        };
+        let uses: Vec<String> = matrix::udp_flow_history(&flow)
+            .iter()
+            .map(|u| format!("{:?} ago: answered {:?}", u.at.elapsed(), u.answered))
+            .collect();
+        s.push_str(&format!(
+            " from source port {port}; this flow's probes by this process: [{}]",
+            uses.join(", ")
+        ));
+    }
+    s
 }
 
 /// Deletes every `FORWARD → TRELLIS-POL-FWD` jump on node `i` by its exact spec.
@@ -288,12 +449,17 @@ async fn verifier(mode: Mode) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn twenty_restarts_open_no_gap_overlay() {
-    restarts(Mode::Overlay).await;
+    restarts(Mode::Overlay, Gap::None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn twenty_restarts_open_no_gap_routed() {
-    restarts(Mode::Routed).await;
+    restarts(Mode::Routed, Gap::None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restarts_that_flush_the_rules_are_caught_overlay() {
+    restarts(Mode::Overlay, Gap::Flush).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -96,6 +96,8 @@ pub struct PNode {
     pub dirs: PathBuf,
     pub agent: i32,
     pub policyd: Option<i32>,
+    /// Earlier policyd processes of this node, oldest first (their logs are kept).
+    pub past_policyd: Vec<i32>,
 }
 
 impl PNode {
@@ -213,6 +215,7 @@ impl PolicyCluster {
                         dirs: w.dirs.clone(),
                         agent: w.agent,
                         policyd: None,
+                        past_policyd: Vec::new(),
                     })
                     .collect(),
             ),
@@ -225,6 +228,7 @@ impl PolicyCluster {
                         dirs: w.dirs.clone(),
                         agent: w.agent,
                         policyd: None,
+                        past_policyd: Vec::new(),
                     })
                     .collect(),
             ),
@@ -416,6 +420,7 @@ impl PolicyCluster {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.tb().kill(pid);
+        self.nodes[i].past_policyd.push(pid);
     }
 
     /// The pid of policyd itself on node `i` (its process group leader is `timeout`).
@@ -654,6 +659,73 @@ impl PolicyCluster {
             }
         }
         s
+    }
+
+    /// The last `lines` lines of the logs of node `i`'s last `runs` policyd processes, oldest
+    /// first (for failure messages about restarts).
+    pub fn logs_of_runs(&self, i: usize, runs: usize, lines: usize) -> String {
+        let n = &self.nodes[i];
+        let pids: Vec<i32> = n.past_policyd.iter().copied().chain(n.policyd).collect();
+        let mut s = String::new();
+        for (k, pid) in pids
+            .iter()
+            .enumerate()
+            .skip(pids.len().saturating_sub(runs))
+        {
+            let log = self.tb().log_of(*pid);
+            let all: Vec<&str> = log.lines().collect();
+            let tail = all[all.len().saturating_sub(lines)..].join("\n");
+            s.push_str(&format!(
+                "--- policyd run {} of {} on {} (pid {pid}, last {lines} lines):\n{tail}\n",
+                k + 1,
+                pids.len(),
+                n.node.name
+            ));
+        }
+        s
+    }
+
+    /// What node `i`'s kernel holds for policy right now: the filter table's FORWARD and our
+    /// chains with counters, our sets, and the conntrack entries whose line holds every one of
+    /// `flow` (e.g. `src=A dst=B sport=P dport=Q`; with its state and time-out: an entry that
+    /// saw replies passes its packets as ESTABLISHED whatever the rules say), 40 at most.
+    pub async fn snapshot(&self, i: usize, flow: &[String]) -> String {
+        let ns = &self.nodes[i].node.ns;
+        let limit = Duration::from_secs(10);
+        let run = |argv: &'static [&'static str]| async move {
+            match self.tb().exec(ns, argv, limit).await {
+                Ok(o) => o.stdout + &o.stderr,
+                Err(e) => format!("{argv:?}: {e}"),
+            }
+        };
+        let rules: String = run(&["iptables-save", "-c", "-t", "filter"])
+            .await
+            .lines()
+            .filter(|l| {
+                l.starts_with('*')
+                    || l.contains("FORWARD")
+                    || l.contains("TRELLIS-P")
+                    || l.starts_with("COMMIT")
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let sets: String = run(&["ipset", "save"])
+            .await
+            .lines()
+            .filter(|l| l.contains("trellis-"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let conntrack: String = run(&["cat", "/proc/net/nf_conntrack"])
+            .await
+            .lines()
+            .filter(|l| flow.iter().all(|f| l.contains(f.as_str())))
+            .take(40)
+            .map(|l| format!("{l}\n"))
+            .collect();
+        format!(
+            "=== node {} ({}): filter table (ours and FORWARD, with counters)\n{rules}=== ipsets\n{sets}=== conntrack entries with {flow:?}\n{conntrack}",
+            i, self.nodes[i].node.name
+        )
     }
 
     /// Creates or replaces a NetworkPolicy, and records it in the model.
