@@ -90,9 +90,20 @@ struct ApiserverArgs {
     /// The HTTPS address.
     #[arg(long, default_value = "0.0.0.0:6443")]
     listen: SocketAddr,
-    /// `sqlite:<path>` (default: <data-dir>/state.db) or `etcd:<url>[,<url>...]`.
+    /// `sqlite:<path>` (default: <data-dir>/state.db) or `etcd:<url>[,<url>...]` (`https://`
+    /// URLs with --etcd-cafile).
     #[arg(long)]
     store: Option<trellis_apiserver::StoreSpec>,
+    /// The CA (PEM) etcd's serving certificate is checked against: TLS to etcd, whose
+    /// endpoints are then `https://` (kube-apiserver's flag).
+    #[arg(long)]
+    etcd_cafile: Option<PathBuf>,
+    /// The client certificate (PEM) presented to etcd, for its --client-cert-auth.
+    #[arg(long, requires_all = ["etcd_keyfile", "etcd_cafile"])]
+    etcd_certfile: Option<PathBuf>,
+    /// The key of --etcd-certfile.
+    #[arg(long, requires = "etcd_certfile")]
+    etcd_keyfile: Option<PathBuf>,
     /// More names or addresses for the serving certificate.
     #[arg(long = "san")]
     sans: Vec<String>,
@@ -235,6 +246,14 @@ async fn async_main() -> anyhow::Result<()> {
 async fn apiserver(args: ApiserverArgs) -> anyhow::Result<()> {
     let mut config = trellis_apiserver::Config::new(&args.data_dir, args.listen);
     config.store = args.store;
+    if let Some(ca) = &args.etcd_cafile {
+        let identity = args
+            .etcd_certfile
+            .as_deref()
+            .zip(args.etcd_keyfile.as_deref());
+        config.etcd_tls =
+            Some(trellis_store::EtcdTls::from_files(ca, identity).context("TLS to etcd")?);
+    }
     config.sans = args.sans;
     config.insecure_listen = args.insecure_listen;
     config.service_cidr = args.service_cidr;
