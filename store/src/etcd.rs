@@ -129,9 +129,10 @@ impl EtcdStore {
         match store.current_revision().await {
             Ok(_) => Ok(store),
             Err(Error::Tls(why)) => Err(Error::Tls(format!(
-                "connect to etcd at {endpoints:?}: {why} (check that --etcd-cafile signed \
-                 etcd's serving certificate, which must name the endpoint's address, and that \
-                 --etcd-certfile is signed by etcd's --trusted-ca-file)"
+                "connect to etcd at {endpoints:?}: {why} (etcd's serving certificate must be \
+                 signed by --etcd-cafile and name the address dialled; an etcd with \
+                 --client-cert-auth needs --etcd-certfile and --etcd-keyfile, signed by its \
+                 --trusted-ca-file)"
             ))),
             Err(e) => Err(e),
         }
@@ -388,8 +389,12 @@ fn classify(e: &etcd_client::Error) -> (Class, String) {
             let mut detail = status.message().to_string();
             let mut source = std::error::Error::source(status);
             while let Some(s) = source {
-                detail.push_str(": ");
-                detail.push_str(&s.to_string());
+                // Wrappers repeat their cause's words: each part once.
+                let part = s.to_string();
+                if !detail.contains(&part) {
+                    detail.push_str(": ");
+                    detail.push_str(&part);
+                }
                 source = s.source();
             }
             let class = classify_status(i32::from(status.code()), &detail);

@@ -2,7 +2,7 @@
 //! client certificate (`--client-cert-auth`): the store connects with the CA and a client
 //! certificate, reads, writes and watches; the negative controls — plain HTTP to that port, TLS
 //! without a client certificate, a CA that did not sign etcd's certificate — are refused, the
-//! last two at once with an error that says TLS.
+//! last at once with an error that names the cause and the flag.
 //!
 //! Fails — never skips — when `etcd` is missing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -146,8 +146,10 @@ async fn the_store_speaks_tls_with_a_client_certificate_and_nothing_else_gets_in
         "{e}"
     );
 
-    // Negative control 2: TLS without a client certificate is refused by etcd — at once, as a
-    // TLS error, not after the retry window.
+    // Negative control 2: TLS without a client certificate is refused by etcd. Usually at
+    // once, as a TLS error (etcd's BadCertificate alert); with TLS 1.3 the client may see
+    // only the connection closing (the alert comes after its side of the handshake), which is
+    // retried until the window ends. Refused either way.
     let no_cert = EtcdTls {
         identity: None,
         ..tls.clone()
@@ -157,7 +159,10 @@ async fn the_store_speaks_tls_with_a_client_certificate_and_nothing_else_gets_in
         .await
         .unwrap_err();
     println!("no client certificate: {e} ({:.2?})", started.elapsed());
-    assert!(matches!(e, Error::Tls(_)), "no client certificate: {e}");
+    assert!(
+        matches!(e, Error::Tls(_) | Error::Unavailable(_)),
+        "no client certificate: {e}"
+    );
 
     // Negative control 3: a CA that did not sign etcd's certificate: a clear error, at once.
     let other = ca("another-ca");
