@@ -23,6 +23,10 @@ pub enum Error {
     Sqlite(#[from] rusqlite::Error),
     #[error("etcd: {0}")]
     Etcd(String),
+    /// TLS to etcd misconfigured, or its handshake failed (an untrusted certificate, no or a
+    /// refused client certificate): retrying would not help.
+    #[error("etcd TLS: {0}")]
+    Tls(String),
     #[error("{what}: {source}")]
     Io {
         what: String,

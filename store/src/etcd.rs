@@ -24,8 +24,8 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use etcd_client::{
-    Client, ConnectOptions, DeleteOptions, EventType, GetOptions, KvClient, PutOptions, TxnOp,
-    TxnOpResponse, WatchClient, WatchOptions,
+    Certificate, Client, ConnectOptions, DeleteOptions, EventType, GetOptions, Identity, KvClient,
+    PutOptions, TlsOptions, TxnOp, TxnOpResponse, WatchClient, WatchOptions,
 };
 use tokio::sync::mpsc;
 
@@ -53,6 +53,8 @@ pub struct EtcdOptions {
     pub retry_window: Duration,
     /// Batches a watcher may have unread before the watch stops reading from etcd.
     pub watch_buffer: usize,
+    /// TLS to etcd (its endpoints are then `https://`); None speaks plain HTTP/2.
+    pub tls: Option<crate::EtcdTls>,
 }
 
 impl Default for EtcdOptions {
@@ -64,6 +66,7 @@ impl Default for EtcdOptions {
             keep_alive_timeout: Duration::from_secs(2),
             retry_window: Duration::from_secs(15),
             watch_buffer: 256,
+            tls: None,
         }
     }
 }
@@ -91,7 +94,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl EtcdStore {
     /// Connects to the cluster behind `endpoints` (`http://host:port`, or `host:port`) with the
-    /// default options, and checks that it answers.
+    /// default options (no TLS), and checks that it answers.
     pub async fn connect(endpoints: &[String]) -> Result<EtcdStore> {
         EtcdStore::connect_with(endpoints, EtcdOptions::default()).await
     }
@@ -101,7 +104,8 @@ impl EtcdStore {
         if endpoints.is_empty() {
             return Err(Error::Unavailable("no etcd endpoints given".into()));
         }
-        let connect = ConnectOptions::new()
+        check_schemes(endpoints, options.tls.is_some())?;
+        let mut connect = ConnectOptions::new()
             .with_connect_timeout(options.connect_timeout)
             .with_keep_alive(options.keep_alive_interval, options.keep_alive_timeout)
             .with_keep_alive_while_idle(true)
@@ -109,13 +113,29 @@ impl EtcdStore {
             // A member cut off from the leader refuses requests ("no leader") instead of
             // waiting, and cancels our watches, which then resume on another member.
             .with_require_leader(true);
+        if let Some(tls) = &options.tls {
+            // Only the given CA: the machine's roots are never trusted for etcd.
+            let mut config = TlsOptions::new().ca_certificate(Certificate::from_pem(&tls.ca_pem));
+            if let Some((cert, key)) = &tls.identity {
+                config = config.identity(Identity::from_pem(cert, key));
+            }
+            connect = connect.with_tls(config);
+        }
         let client = Client::connect(endpoints, Some(connect))
             .await
             .map_err(|e| Error::Unavailable(format!("connect to etcd at {endpoints:?}: {e}")))?;
         let store = EtcdStore { client, options };
         // The client connects lazily; make sure someone answers.
-        store.current_revision().await?;
-        Ok(store)
+        match store.current_revision().await {
+            Ok(_) => Ok(store),
+            Err(Error::Tls(why)) => Err(Error::Tls(format!(
+                "connect to etcd at {endpoints:?}: {why} (etcd's serving certificate must be \
+                 signed by --etcd-cafile and name the address dialled; an etcd with \
+                 --client-cert-auth needs --etcd-certfile and --etcd-keyfile, signed by its \
+                 --trusted-ca-file)"
+            ))),
+            Err(e) => Err(e),
+        }
     }
 
     /// The underlying etcd-client, for what the store trait does not cover (leases, locks).
@@ -369,11 +389,19 @@ fn classify(e: &etcd_client::Error) -> (Class, String) {
             let mut detail = status.message().to_string();
             let mut source = std::error::Error::source(status);
             while let Some(s) = source {
-                detail.push_str(": ");
-                detail.push_str(&s.to_string());
+                // Wrappers repeat their cause's words: each part once.
+                let part = s.to_string();
+                if !detail.contains(&part) {
+                    detail.push_str(": ");
+                    detail.push_str(&part);
+                }
                 source = s.source();
             }
-            classify_status(i32::from(status.code()), &detail)
+            let class = classify_status(i32::from(status.code()), &detail);
+            if matches!(class, Class::Fatal(Error::Tls(_))) {
+                return (class, detail);
+            }
+            class
         }
         // Failures to reach a member at all: nothing was sent.
         etcd_client::Error::TransportError(_) => Class::NotApplied,
@@ -385,10 +413,48 @@ fn classify(e: &etcd_client::Error) -> (Class, String) {
     (class, message)
 }
 
+/// TLS endpoints are `https://` (or bare `host:port`) and only TLS endpoints are: a mix
+/// would reach some members in the clear, or fail their handshakes for ever.
+fn check_schemes(endpoints: &[String], tls: bool) -> Result<()> {
+    let https: Vec<&String> = endpoints
+        .iter()
+        .filter(|e| e.starts_with("https://"))
+        .collect();
+    let http: Vec<&String> = endpoints
+        .iter()
+        .filter(|e| e.starts_with("http://"))
+        .collect();
+    if tls && !http.is_empty() {
+        return Err(Error::Tls(format!(
+            "TLS is configured but {http:?} are plain http:// endpoints: use https://"
+        )));
+    }
+    if !tls && !https.is_empty() {
+        return Err(Error::Tls(format!(
+            "{https:?} are https:// endpoints: give the CA that signed etcd's certificate \
+             (--etcd-cafile), and a client certificate and key if etcd asks for one \
+             (--etcd-certfile, --etcd-keyfile)"
+        )));
+    }
+    Ok(())
+}
+
 /// Classifies a gRPC status by code and message (etcd's `rpctypes` errors, and tonic's
 /// transport errors).
 fn classify_status(code: i32, message: &str) -> Class {
     let has = |s: &str| message.contains(s);
+    // A handshake that failed on a certificate (ours untrusted or missing, etcd's not signed
+    // by our CA or not naming its address) fails the same way every time.
+    let tls_refused = [
+        "invalid peer certificate",
+        "received fatal alert",
+        "InvalidCertificate",
+        "NoCertificatesPresented",
+        "tls handshake eof",
+    ];
+    if tls_refused.iter().any(|s| has(s)) {
+        return Class::Fatal(Error::Tls(message.to_string()));
+    }
     if has("required revision has been compacted") {
         return Class::Compacted;
     }

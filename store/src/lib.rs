@@ -10,6 +10,7 @@ pub mod error;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod sqlite;
+pub mod tls;
 pub mod types;
 pub mod watch;
 
@@ -17,6 +18,7 @@ pub use error::{Error, Result};
 #[cfg(feature = "etcd")]
 pub use etcd::EtcdStore;
 pub use sqlite::{SqliteOptions, SqliteStore};
+pub use tls::EtcdTls;
 pub use types::{
     Compare, CompareOp, Event, EventKind, KeyRange, KeyValue, Op, OpResponse, RangeRequest,
     RangeResponse, Target, Txn, TxnResponse, WatchBatch, WatchRequest,

@@ -17,7 +17,8 @@ pub struct Args {
     /// API server does not serve). Known: replicaset, replicationcontroller, deployment,
     /// daemonset, statefulset, job, cronjob, horizontalpodautoscaling, serviceaccount,
     /// serviceaccount-token, root-ca-cert-publisher, endpointslice, endpoints,
-    /// garbagecollector, nodelifecycle, kubernetes-service, service-lb.
+    /// garbagecollector, nodelifecycle, service-lb. (kubernetes-service was removed: the API
+    /// server keeps default/kubernetes.)
     #[arg(long, value_delimiter = ',')]
     controllers: Vec<String>,
     /// Workers per controller.
@@ -30,13 +31,15 @@ pub struct Args {
     /// Milliseconds between node health checks.
     #[arg(long, default_value_t = 5000)]
     node_monitor_period_ms: u64,
-    /// An API server address for the `kubernetes` Service's endpoints (repeat for each API
-    /// server; none: the `kubernetes` Service is left alone).
+    /// Removed, and an error if given: the API server writes default/kubernetes itself, as
+    /// upstream's does (`trellis apiserver --endpoint-reconciler-type lease`, the default, with
+    /// --advertise-address).
     #[arg(long = "apiserver-address")]
     apiserver_addresses: Vec<SocketAddr>,
-    /// The `kubernetes` Service's cluster IP (the service range's first address).
-    #[arg(long, default_value = "10.96.0.1")]
-    kubernetes_service_ip: Ipv4Addr,
+    /// Removed with --apiserver-address, and an error if given: the API server gives the
+    /// `kubernetes` Service its --service-cidr's first address.
+    #[arg(long)]
+    kubernetes_service_ip: Option<Ipv4Addr>,
     /// The address pool LoadBalancer Services get their `status.loadBalancer.ingress` from
     /// (a CIDR; none: they stay pending, as without a cloud provider). In the routed mode the
     /// BGP agents announce the addresses; in the overlay mode make the pool routable to the
@@ -136,7 +139,22 @@ async fn kubeconfig_ca(path: Option<&std::path::Path>) -> anyhow::Result<Option<
     }))
 }
 
+/// The flags of the controller-manager's old `kubernetes-service` controller: refused, saying
+/// what replaced them.
+fn refuse_removed_flags(args: &Args) -> anyhow::Result<()> {
+    if !args.apiserver_addresses.is_empty() || args.kubernetes_service_ip.is_some() {
+        anyhow::bail!(
+            "--apiserver-address and --kubernetes-service-ip were removed: the API server keeps \
+             default/kubernetes (Service, Endpoints, EndpointSlice) itself — run `trellis \
+             apiserver` with --endpoint-reconciler-type lease (the default) and \
+             --advertise-address, and drop these flags"
+        );
+    }
+    Ok(())
+}
+
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    refuse_removed_flags(&args)?;
     let root_ca = match &args.root_ca_file {
         Some(p) => {
             Some(std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
@@ -161,8 +179,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         workers: args.concurrent_syncs.max(1),
         node_monitor_grace_period: Duration::from_secs(args.node_monitor_grace_period),
         node_monitor_period: Duration::from_millis(args.node_monitor_period_ms.max(100)),
-        apiserver_addresses: args.apiserver_addresses,
-        kubernetes_service_ip: args.kubernetes_service_ip,
         load_balancer_pool: args.load_balancer_pool,
         load_balancer_node_addresses: args.load_balancer_node_addresses,
         leader_elect: args.leader_elect,
@@ -198,4 +214,36 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     trellis_controllers::run(config, trellis_daemon::shutdown_signal())
         .await
         .context("the controller-manager failed")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    #[test]
+    fn the_removed_kubernetes_service_flags_are_refused_with_what_replaced_them() {
+        let parse = |argv: &[&str]| {
+            Cli::try_parse_from(std::iter::once("controller-manager").chain(argv.iter().copied()))
+                .unwrap()
+                .args
+        };
+        assert!(refuse_removed_flags(&parse(&[])).is_ok());
+        for argv in [
+            &["--apiserver-address", "198.18.0.10:6443"][..],
+            &["--kubernetes-service-ip", "10.96.0.1"][..],
+        ] {
+            let e = refuse_removed_flags(&parse(argv)).unwrap_err().to_string();
+            assert!(
+                e.contains("--endpoint-reconciler-type lease"),
+                "{argv:?}: {e}"
+            );
+        }
+    }
 }

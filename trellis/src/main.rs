@@ -90,9 +90,20 @@ struct ApiserverArgs {
     /// The HTTPS address.
     #[arg(long, default_value = "0.0.0.0:6443")]
     listen: SocketAddr,
-    /// `sqlite:<path>` (default: <data-dir>/state.db) or `etcd:<url>[,<url>...]`.
+    /// `sqlite:<path>` (default: <data-dir>/state.db) or `etcd:<url>[,<url>...]` (`https://`
+    /// URLs with --etcd-cafile).
     #[arg(long)]
     store: Option<trellis_apiserver::StoreSpec>,
+    /// The CA (PEM) etcd's serving certificate is checked against: TLS to etcd, whose
+    /// endpoints are then `https://` (kube-apiserver's flag).
+    #[arg(long)]
+    etcd_cafile: Option<PathBuf>,
+    /// The client certificate (PEM) presented to etcd, for its --client-cert-auth.
+    #[arg(long, requires_all = ["etcd_keyfile", "etcd_cafile"])]
+    etcd_certfile: Option<PathBuf>,
+    /// The key of --etcd-certfile.
+    #[arg(long, requires = "etcd_certfile")]
+    etcd_keyfile: Option<PathBuf>,
     /// More names or addresses for the serving certificate.
     #[arg(long = "san")]
     sans: Vec<String>,
@@ -124,14 +135,15 @@ struct ApiserverArgs {
     /// not checked, as upstream.
     #[arg(long)]
     kubelet_certificate_authority: Option<PathBuf>,
-    /// How the `kubernetes` Service's endpoints are kept: `lease` (upstream's reconciler:
-    /// each API server renews a 15 s lease of --advertise-address every 10 s and writes
-    /// default/kubernetes — Service, Endpoints, EndpointSlice — with every live API server)
-    /// or `none` (the Service is left alone).
-    #[arg(long, value_enum, default_value_t = EndpointReconciler::None)]
+    /// How the `kubernetes` Service's endpoints are kept: `lease` (upstream's reconciler and
+    /// default: each API server renews a 15 s lease of --advertise-address every 10 s and
+    /// writes default/kubernetes — Service, Endpoints, EndpointSlice — with every live API
+    /// server; the only writer of default/kubernetes) or `none` (the Service is left alone).
+    #[arg(long, value_enum, default_value_t = EndpointReconciler::Lease)]
     endpoint_reconciler_type: EndpointReconciler,
-    /// The address this API server advertises in the `kubernetes` endpoints (default: the
-    /// --listen address, which then must not be unspecified).
+    /// The address this API server advertises in the `kubernetes` endpoints, one pods can
+    /// reach (default: the --listen address; when that is unspecified or loopback, the
+    /// address of the host's default-route interface, as upstream; never loopback).
     #[arg(long)]
     advertise_address: Option<std::net::IpAddr>,
 }
@@ -234,6 +246,14 @@ async fn async_main() -> anyhow::Result<()> {
 async fn apiserver(args: ApiserverArgs) -> anyhow::Result<()> {
     let mut config = trellis_apiserver::Config::new(&args.data_dir, args.listen);
     config.store = args.store;
+    if let Some(ca) = &args.etcd_cafile {
+        let identity = args
+            .etcd_certfile
+            .as_deref()
+            .zip(args.etcd_keyfile.as_deref());
+        config.etcd_tls =
+            Some(trellis_store::EtcdTls::from_files(ca, identity).context("TLS to etcd")?);
+    }
     config.sans = args.sans;
     config.insecure_listen = args.insecure_listen;
     config.service_cidr = args.service_cidr;
@@ -241,14 +261,13 @@ async fn apiserver(args: ApiserverArgs) -> anyhow::Result<()> {
     config.kubelet_client = args.kubelet_client_certificate.zip(args.kubelet_client_key);
     config.kubelet_ca = args.kubelet_certificate_authority;
     if args.endpoint_reconciler_type == EndpointReconciler::Lease {
-        let ip = match args.advertise_address {
-            Some(ip) => ip,
-            None if !args.listen.ip().is_unspecified() => args.listen.ip(),
-            None => anyhow::bail!(
-                "--endpoint-reconciler-type lease needs --advertise-address when --listen is {}",
-                args.listen
-            ),
-        };
+        let ip = trellis_apiserver::endpoints::advertise_address(
+            args.listen.ip(),
+            args.advertise_address,
+            default_route_address,
+        )
+        .map_err(anyhow::Error::msg)
+        .context("--endpoint-reconciler-type lease")?;
         let first = u32::from(args.service_cidr.network()).saturating_add(1);
         config.endpoint_reconciler = Some(trellis_apiserver::endpoints::Settings {
             advertise: SocketAddr::new(ip, args.listen.port()),
@@ -273,6 +292,27 @@ async fn apiserver(args: ApiserverArgs) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     running.shutdown().await;
     Ok(())
+}
+
+/// The IPv4 address of the interface the host's default route leaves by (from
+/// /proc/net/route), as upstream's kube-apiserver picks an address to advertise when it is
+/// bound to all or loopback addresses; None without a default route.
+fn default_route_address() -> Option<std::net::IpAddr> {
+    let routes = std::fs::read_to_string("/proc/net/route").ok()?;
+    // Iface Destination Gateway Flags RefCnt Use Metric Mask …; RTF_UP is 0x1.
+    let iface = routes.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let up = f
+            .get(3)
+            .and_then(|x| u32::from_str_radix(x, 16).ok())
+            .is_some_and(|flags| flags & 1 == 1);
+        (f.len() > 7 && f[1] == "00000000" && f[7] == "00000000" && up).then(|| f[0].to_string())
+    })?;
+    nix::ifaddrs::getifaddrs().ok()?.find_map(|a| {
+        let ip = a.address?.as_sockaddr_in()?.ip();
+        (a.interface_name == iface && !ip.is_loopback() && !ip.is_link_local())
+            .then_some(std::net::IpAddr::V4(ip))
+    })
 }
 
 /// This machine's host name.

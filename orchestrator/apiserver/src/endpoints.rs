@@ -34,6 +34,33 @@ pub struct Settings {
     pub interval: Duration,
 }
 
+/// The address an API server advertises in `default/kubernetes`, picked as upstream's
+/// kube-apiserver picks it: `advertise` (`--advertise-address`) when given; else the listen
+/// address, unless it is unspecified or loopback; else `host()`, the address of the host's
+/// default-route interface. Never an unspecified or loopback address: pods could not reach
+/// it, and upstream's Endpoints validation refuses one.
+pub fn advertise_address(
+    listen: IpAddr,
+    advertise: Option<IpAddr>,
+    host: impl FnOnce() -> Option<IpAddr>,
+) -> Result<IpAddr, String> {
+    let reachable = |ip: &IpAddr| !ip.is_unspecified() && !ip.is_loopback();
+    match advertise {
+        Some(ip) if reachable(&ip) => Ok(ip),
+        Some(ip) => Err(format!(
+            "--advertise-address {ip} is not an address pods can reach (unspecified or loopback)"
+        )),
+        None if reachable(&listen) => Ok(listen),
+        None => host().filter(reachable).ok_or_else(|| {
+            format!(
+                "the API server listens on {listen} and this host has no default route to take \
+                 an address from: give --advertise-address (the address pods reach this API \
+                 server at), or --endpoint-reconciler-type none to leave default/kubernetes alone"
+            )
+        }),
+    }
+}
+
 /// One API server's lease, as stored.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Lease {
@@ -264,6 +291,34 @@ async fn write(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_advertised_address_is_never_unspecified_or_loopback() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let host = || Some(ip("198.18.0.5"));
+        let none = || None;
+        // Given: taken as it is, unless pods could not reach it.
+        assert_eq!(
+            advertise_address(ip("0.0.0.0"), Some(ip("198.18.0.9")), none),
+            Ok(ip("198.18.0.9"))
+        );
+        for bad in ["127.0.0.1", "0.0.0.0", "::1"] {
+            assert!(advertise_address(ip("198.18.0.9"), Some(ip(bad)), host).is_err());
+        }
+        // Not given: the listen address, else the default-route interface's.
+        assert_eq!(
+            advertise_address(ip("198.18.0.9"), None, none),
+            Ok(ip("198.18.0.9"))
+        );
+        for listen in ["0.0.0.0", "127.0.0.1", "::"] {
+            assert_eq!(
+                advertise_address(ip(listen), None, host),
+                Ok(ip("198.18.0.5"))
+            );
+            let e = advertise_address(ip(listen), None, none).unwrap_err();
+            assert!(e.contains("--advertise-address"), "{e}");
+        }
+    }
 
     #[test]
     fn only_unexpired_leases_are_endpoints_in_address_order() {

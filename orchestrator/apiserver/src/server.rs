@@ -83,6 +83,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// None: `sqlite:<data-dir>/state.db`.
     pub store: Option<StoreSpec>,
+    /// TLS to etcd (`--etcd-cafile`, `--etcd-certfile`, `--etcd-keyfile`; its endpoints are
+    /// then `https://`); None: plain.
+    pub etcd_tls: Option<trellis_store::EtcdTls>,
     /// Extra names and addresses for the serving certificate.
     pub sans: Vec<String>,
     /// A plain-HTTP listener, loopback only, with admin rights (only when asked for).
@@ -111,6 +114,7 @@ impl Config {
             data_dir: data_dir.into(),
             listen,
             store: None,
+            etcd_tls: None,
             sans: Vec::new(),
             insecure_listen: None,
             service_cidr: "10.96.0.0/12".parse().expect("a valid default"),
@@ -206,7 +210,15 @@ async fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServerError> {
             Default::default(),
         )?)),
         #[cfg(feature = "etcd")]
-        StoreSpec::Etcd(urls) => Ok(Arc::new(trellis_store::EtcdStore::connect(&urls).await?)),
+        StoreSpec::Etcd(urls) => {
+            let options = trellis_store::etcd::EtcdOptions {
+                tls: config.etcd_tls.clone(),
+                ..Default::default()
+            };
+            Ok(Arc::new(
+                trellis_store::EtcdStore::connect_with(&urls, options).await?,
+            ))
+        }
         #[cfg(not(feature = "etcd"))]
         StoreSpec::Etcd(_) => Err(ServerError::Tls(
             "this build has no etcd support (feature `etcd`)".into(),

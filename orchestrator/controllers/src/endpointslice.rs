@@ -5,7 +5,6 @@
 //! the `kubernetes` Service in `default`, whose endpoints are the API servers.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,7 +17,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
-use serde_json::json;
 
 use crate::controller::{OnDelete, Reconciler, owner_handler};
 use crate::informer::{Change, Handler, Informer, Synced, handler};
@@ -554,96 +552,10 @@ impl Controller {
     }
 }
 
-/// Keeps `default/kubernetes` (Service, Endpoints, EndpointSlice) pointing at the API
-/// servers in `addresses`, checking every `period`.
-pub async fn kubernetes_service(
-    ctx: Ctx,
-    addresses: Vec<SocketAddr>,
-    cluster_ip: std::net::Ipv4Addr,
-    period: Duration,
-) {
-    loop {
-        if let Err(e) = ensure_kubernetes(&ctx, &addresses, cluster_ip).await {
-            tracing::warn!(error = %e, "the kubernetes Service");
-        }
-        tokio::time::sleep(period).await;
-    }
-}
-
-async fn ensure_kubernetes(
-    ctx: &Ctx,
-    addresses: &[SocketAddr],
-    cluster_ip: std::net::Ipv4Addr,
-) -> Result<(), SyncError> {
-    let Some(first) = addresses.first() else {
-        return Ok(());
-    };
-    let port = i32::from(first.port());
-    let svc_api: Api<Service> = Api::namespaced(ctx.client.clone(), "default");
-    if svc_api.get_opt("kubernetes").await?.is_none() {
-        let svc: Service = serde_json::from_value(json!({
-            "metadata": {"name": "kubernetes", "namespace": "default",
-                         "labels": {"component": "apiserver", "provider": "kubernetes"}},
-            "spec": {"type": "ClusterIP", "clusterIP": cluster_ip.to_string(), "sessionAffinity": "None",
-                     "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]},
-        }))
-        .map_err(|e| SyncError::Other(e.to_string()))?;
-        match svc_api.create(&PostParams::default(), &svc).await {
-            Ok(_) => {}
-            Err(e) if owner::is_conflict(&e) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    let ips: Vec<String> = addresses.iter().map(|a| a.ip().to_string()).collect();
-    let ep: Endpoints = serde_json::from_value(json!({
-        "metadata": {"name": "kubernetes", "namespace": "default",
-                     "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
-        "subsets": [{"addresses": ips.iter().map(|ip| json!({"ip": ip})).collect::<Vec<_>>(),
-                     "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}],
-    }))
-    .map_err(|e| SyncError::Other(e.to_string()))?;
-    let slice: EndpointSlice = serde_json::from_value(json!({
-        "metadata": {"name": "kubernetes", "namespace": "default",
-                     "labels": {SERVICE_NAME: "kubernetes"}},
-        "addressType": "IPv4",
-        "endpoints": ips.iter().map(|ip| json!({"addresses": [ip], "conditions": {"ready": true}})).collect::<Vec<_>>(),
-        "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
-    }))
-    .map_err(|e| SyncError::Other(e.to_string()))?;
-    let ep_api: Api<Endpoints> = Api::namespaced(ctx.client.clone(), "default");
-    match ep_api.get_opt("kubernetes").await? {
-        Some(cur) if cur.subsets == ep.subsets => {}
-        Some(cur) => {
-            let mut next = ep.clone();
-            next.metadata.resource_version = cur.metadata.resource_version;
-            ep_api
-                .replace("kubernetes", &PostParams::default(), &next)
-                .await?;
-        }
-        None => {
-            ep_api.create(&PostParams::default(), &ep).await?;
-        }
-    }
-    let slice_api: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), "default");
-    match slice_api.get_opt("kubernetes").await? {
-        Some(cur) if cur.endpoints == slice.endpoints && cur.ports == slice.ports => {}
-        Some(cur) => {
-            let mut next = slice.clone();
-            next.metadata.resource_version = cur.metadata.resource_version;
-            slice_api
-                .replace("kubernetes", &PostParams::default(), &next)
-                .await?;
-        }
-        None => {
-            slice_api.create(&PostParams::default(), &slice).await?;
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn pod(name: &str, ip: Option<&str>, ready: bool, deleting: bool) -> Arc<Pod> {
         let mut v = json!({

@@ -17,7 +17,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{DeleteParams, Patch, PatchParams, PropagationPolicy};
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use tokio::sync::{Notify, watch};
@@ -158,8 +158,11 @@ pub async fn run(ctx: Ctx, mut stop: watch::Receiver<bool>) {
         let (tx, rx) = watch::channel(false);
         synced.push(rx);
         let api: Api<DynamicObject> = Api::all_with(ctx.client.clone(), &ar);
-        let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
-            .default_backoff();
+        let stream = crate::informer::watch_stream(
+            writer,
+            api,
+            trellis_api::cluster::WatchBackoff::default(),
+        );
         let changed = changed.clone();
         let mut stop = stop.clone();
         watches.0.push(tokio::spawn(async move {

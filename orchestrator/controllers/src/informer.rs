@@ -32,6 +32,30 @@ impl<K> Kind for K where
 {
 }
 
+/// The watch behind a cache (an informer's, the garbage collector's): kube-runtime's watcher
+/// feeding `writer`, retrying a failed list or watch after `backoff`. The controller-manager
+/// passes [`trellis_api::cluster::WatchBackoff`], whose pauses grow while the API server is
+/// away (200 ms doubling to 5 s, as the other daemons'); kube-runtime's default back-off
+/// never grows, because the watcher's `Init` before every list resets it.
+pub fn watch_stream<K, B>(
+    writer: reflector::store::Writer<K>,
+    api: Api<K>,
+    backoff: B,
+) -> impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send
+where
+    K: kube::Resource
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+    B: kube::runtime::utils::Backoff + Send,
+{
+    reflector::reflector(writer, watcher(api, watcher::Config::default())).backoff(backoff)
+}
+
 /// What the handler is told.
 pub enum Change<'a, K> {
     /// Created or updated (also every object of a (re)list).
@@ -98,8 +122,7 @@ impl<K: Kind> Informer<K> {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take()?;
-        let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
-            .default_backoff();
+        let stream = watch_stream(writer, api, trellis_api::cluster::WatchBackoff::default());
         Some(tokio::spawn(async move {
             futures::pin_mut!(stream);
             loop {
@@ -177,4 +200,97 @@ impl Synced {
 /// A boxed handler.
 pub fn handler<K>(f: impl Fn(Change<'_, K>) + Send + Sync + 'static) -> Handler<K> {
     Arc::new(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An API server that cannot list: it answers every request 500 and reports when each
+    /// came. (Not 503: kube-rs's client retries a 503 itself, a few times within
+    /// milliseconds, which would blur one list attempt into several requests.)
+    async fn away() -> (kube::Client, tokio::sync::mpsc::UnboundedReceiver<Instant>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let _ = tx.send(Instant::now());
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                    )
+                    .await;
+            }
+        });
+        let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
+        (kube::Client::try_from(config).unwrap(), rx)
+    }
+
+    /// The pauses between the first `n` requests (bounded: 60 s in all).
+    async fn gaps(
+        rx: &mut tokio::sync::mpsc::UnboundedReceiver<Instant>,
+        n: usize,
+    ) -> Vec<Duration> {
+        let mut at = Vec::new();
+        while at.len() < n {
+            let t = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+                .await
+                .expect("the watch keeps retrying")
+                .unwrap();
+            at.push(t);
+        }
+        at.windows(2).map(|w| w[1] - w[0]).collect()
+    }
+
+    /// Issue 14's follow-up: the controller-manager's caches retry a failed list after pauses
+    /// that grow (200 ms doubling to 5 s) while the API server fails. Lower bounds only:
+    /// a sleep never ends early, however loaded the machine.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_informer_backs_off_longer_while_the_api_server_fails() {
+        let (client, mut rx) = away().await;
+        let informer: Informer<ConfigMap> = Informer::new();
+        let (stop_tx, stop) = watch::channel(false);
+        let task = informer.start(Api::all(client), Vec::new(), stop).unwrap();
+        let gaps = gaps(&mut rx, 7).await;
+        let _ = stop_tx.send(true);
+        let _ = task.await;
+        println!("pauses between list attempts: {gaps:?}");
+        let want = [200, 400, 800, 1600, 3200, 5000];
+        for (g, w) in gaps.iter().zip(want) {
+            assert!(
+                *g >= Duration::from_millis(w),
+                "{gaps:?}: a pause under {w} ms"
+            );
+        }
+    }
+
+    /// The negative control: the same watch with kube-runtime's default back-off never waits
+    /// long — its first pause (0.8–1.6 s) every time, as each `Init` resets it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn kube_runtimes_default_back_off_does_not_grow() {
+        let (client, mut rx) = away().await;
+        let (_reader, writer) = reflector::store::<ConfigMap>();
+        let stream = watch_stream(
+            writer,
+            Api::all(client),
+            kube::runtime::watcher::DefaultBackoff::default(),
+        );
+        let pump = tokio::spawn(async move {
+            futures::pin_mut!(stream);
+            while stream.next().await.is_some() {}
+        });
+        let gaps = gaps(&mut rx, 7).await;
+        pump.abort();
+        println!("pauses between list attempts: {gaps:?}");
+        assert!(
+            gaps.iter().all(|g| *g < Duration::from_secs(4)),
+            "{gaps:?}: the default grew to our 5 s"
+        );
+    }
 }

@@ -64,9 +64,16 @@ pub const ALL: &[&str] = &[
     "endpoints",
     "garbagecollector",
     "nodelifecycle",
-    "kubernetes-service",
     "service-lb",
 ];
+
+/// Controllers that were here once, and what does their work now: asking for one is an error
+/// that says so, not a silent no-op.
+pub const REMOVED: &[(&str, &str)] = &[(
+    "kubernetes-service",
+    "the API server keeps default/kubernetes itself (`trellis apiserver \
+     --endpoint-reconciler-type lease`, the default, with --advertise-address)",
+)];
 
 /// The controllers run unless `--controllers` says otherwise: all but
 /// ReplicationController, which our API server does not serve (the controller works against
@@ -86,7 +93,6 @@ pub const DEFAULT: &[&str] = &[
     "endpoints",
     "garbagecollector",
     "nodelifecycle",
-    "kubernetes-service",
     "service-lb",
 ];
 
@@ -104,11 +110,6 @@ pub struct Config {
     pub node_monitor_grace_period: Duration,
     /// How often node health is checked.
     pub node_monitor_period: Duration,
-    /// The API servers' addresses: the `kubernetes` Service's endpoints (empty: the
-    /// `kubernetes-service` controller does nothing).
-    pub apiserver_addresses: Vec<SocketAddr>,
-    /// The `kubernetes` Service's cluster IP (the service range's first address).
-    pub kubernetes_service_ip: std::net::Ipv4Addr,
     /// Where LoadBalancer Services' addresses come from (None: the `service-lb` controller
     /// does nothing, and such Services stay pending as without a cloud provider).
     pub load_balancer_pool: Option<ipnet::Ipv4Net>,
@@ -143,8 +144,6 @@ impl Default for Config {
             workers: 5,
             node_monitor_grace_period: Duration::from_secs(50),
             node_monitor_period: Duration::from_secs(5),
-            apiserver_addresses: Vec::new(),
-            kubernetes_service_ip: std::net::Ipv4Addr::new(10, 96, 0, 1),
             load_balancer_pool: None,
             load_balancer_node_addresses: false,
             job_backoff_base: Duration::from_secs(10),
@@ -167,6 +166,23 @@ impl Config {
     pub fn runs(&self, name: &str) -> bool {
         self.controllers.contains(name)
     }
+
+    /// Every controller asked for is one this manager runs; a removed one says what replaced
+    /// it.
+    pub fn check(&self) -> Result<(), Error> {
+        for c in &self.controllers {
+            if let Some((name, instead)) = REMOVED.iter().find(|(n, _)| *n == c.as_str()) {
+                return Err(Error::RemovedController {
+                    name: (*name).to_string(),
+                    instead,
+                });
+            }
+            if !ALL.contains(&c.as_str()) {
+                return Err(Error::UnknownController(c.clone()));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Errors that stop the controller-manager.
@@ -181,6 +197,9 @@ pub enum Error {
     },
     #[error("unknown controller {0:?} (known: {known})", known = ALL.join(", "))]
     UnknownController(String),
+    /// A controller this manager no longer runs, and what does its work now.
+    #[error("controller {name:?} was removed: {instead}")]
+    RemovedController { name: String, instead: &'static str },
     #[error("leader election: {0}")]
     Leader(String),
 }
@@ -256,3 +275,25 @@ where
 
 pub mod manager;
 pub use manager::{Manager, run, run_controllers};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_removed_controller_says_what_replaced_it_and_an_unknown_one_lists_the_known() {
+        let with = |names: &[&str]| Config {
+            controllers: names.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        assert!(with(DEFAULT).check().is_ok());
+        let e = with(&["replicaset", "kubernetes-service"])
+            .check()
+            .unwrap_err();
+        let text = e.to_string();
+        assert!(matches!(e, Error::RemovedController { .. }), "{text}");
+        assert!(text.contains("--endpoint-reconciler-type lease"), "{text}");
+        let e = with(&["replicaset", "nosuch"]).check().unwrap_err();
+        assert!(e.to_string().contains("known: replicaset"), "{e}");
+    }
+}

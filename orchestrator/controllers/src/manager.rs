@@ -14,7 +14,7 @@ use trellis_daemon::{Health, Metrics};
 use crate::controller::Reconciler;
 use crate::informer::{Handler, Informer, Kind};
 use crate::{
-    ALL, Config, Ctx, Error, cronjob, daemonset, deployment, endpointslice, job, replicaset,
+    Config, Ctx, Error, cronjob, daemonset, deployment, endpointslice, job, replicaset,
     serviceaccount, spawn_workers, statefulset,
 };
 
@@ -178,11 +178,7 @@ pub async fn run_controllers(
     health: Arc<Health>,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), Error> {
-    for c in &config.controllers {
-        if !ALL.contains(&c.as_str()) {
-            return Err(Error::UnknownController(c.clone()));
-        }
-    }
+    config.check()?;
     let ctx = Ctx { client, metrics };
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut m = Manager::new(ctx.clone(), config.workers, stop_rx);
@@ -271,14 +267,6 @@ pub async fn run_controllers(
         let c = crate::loadbalancer::Controller::new(ctx.clone(), m.cache(), source);
         m.register(c);
     }
-    if config.runs("kubernetes-service") && !config.apiserver_addresses.is_empty() {
-        m.spawn(endpointslice::kubernetes_service(
-            ctx.clone(),
-            config.apiserver_addresses.clone(),
-            config.kubernetes_service_ip,
-            std::time::Duration::from_secs(10),
-        ));
-    }
     if config.runs("nodelifecycle") {
         let leases: Informer<Lease> = m
             .watches
@@ -334,6 +322,8 @@ impl Drop for Running {
 /// Runs the controller-manager until `stop` resolves: health and metrics, then the
 /// controllers (inside leader election when configured).
 pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> Result<(), Error> {
+    // A wrong controller name fails at start, not once this instance leads.
+    config.check()?;
     let client = trellis_api::cluster::client(config.kubeconfig.as_deref())
         .await
         .map_err(|e| Error::Client(e.to_string()))?;

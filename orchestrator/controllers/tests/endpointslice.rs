@@ -1,6 +1,6 @@
 //! EndpointSlice and Endpoints controllers against the API server: endpoints follow pod
-//! readiness and termination, named target ports resolve per pod, and the `kubernetes`
-//! Service points at the API server.
+//! readiness and termination, and named target ports resolve per pod. (The `kubernetes`
+//! Service is the API server's own: orchestrator/apiserver/tests/kubernetes_service.rs.)
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -214,54 +214,6 @@ async fn endpoint_slices_follow_readiness_and_termination() {
             .await
             .unwrap();
     }
-    m.stop().await;
-    s.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_kubernetes_service_points_at_the_api_server() {
-    let s = TestServer::start().await;
-    let client = s.client().await;
-    let addr = s.running.addr;
-    let m = Manager::start(client.clone(), |c| {
-        c.controllers = ["kubernetes-service".to_string()].into();
-        c.apiserver_addresses = vec![addr];
-    })
-    .await;
-    let svc_api: Api<Service> = Api::namespaced(client.clone(), "default");
-    let svc = wait_for("the kubernetes Service", 30, || async {
-        svc_api.get_opt("kubernetes").await.unwrap()
-    })
-    .await;
-    let spec = svc.spec.unwrap();
-    assert_eq!(spec.cluster_ip.as_deref(), Some("10.96.0.1"));
-    let p = &spec.ports.unwrap()[0];
-    assert_eq!((p.name.as_deref(), p.port), (Some("https"), 443));
-    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
-    let slice = wait_for("its slice", 30, || async {
-        slices.get_opt("kubernetes").await.unwrap()
-    })
-    .await;
-    // What the service proxy matches on: the service-name label, the port by name.
-    assert_eq!(
-        slice.metadata.labels.unwrap()["kubernetes.io/service-name"],
-        "kubernetes"
-    );
-    let sp = &slice.ports.unwrap()[0];
-    assert_eq!(
-        (sp.name.as_deref(), sp.port),
-        (Some("https"), Some(i32::from(addr.port())))
-    );
-    assert_eq!(slice.endpoints[0].addresses, [addr.ip().to_string()]);
-    let eps: Api<Endpoints> = Api::namespaced(client.clone(), "default");
-    let e = wait_for("its Endpoints", 30, || async {
-        eps.get_opt("kubernetes").await.unwrap()
-    })
-    .await;
-    assert_eq!(
-        e.subsets.unwrap()[0].addresses.as_ref().unwrap()[0].ip,
-        addr.ip().to_string()
-    );
     m.stop().await;
     s.stop().await;
 }

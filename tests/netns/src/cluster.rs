@@ -81,6 +81,11 @@ fn spawn_apiserver(tb: &Testbed, node: &Node, dir: &Path, addr: SocketAddr) -> R
             &Ipv4Addr::LOCALHOST.to_string(),
             "--kubelet-certificate-authority",
             dir.join("pki/ca.crt").to_str().unwrap_or_default(),
+            // No default/kubernetes: these clusters run no service proxy, so pods reach the
+            // API server at the address their kubelet uses, not at a ClusterIP nothing
+            // translates (`trellis up` runs the default, `lease`, with its proxies).
+            "--endpoint-reconciler-type",
+            "none",
         ],
         Duration::from_secs(600),
     )

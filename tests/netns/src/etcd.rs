@@ -27,6 +27,21 @@ pub struct EtcdOptions {
     pub election_timeout: Duration,
     /// How long `start` waits for every member to report healthy.
     pub ready_timeout: Duration,
+    /// Serve clients over TLS only, requiring a client certificate; None: plain http.
+    pub tls: Option<ServerTls>,
+}
+
+/// etcd's client-side TLS (`--cert-file`, `--key-file`, `--client-cert-auth`,
+/// `--trusted-ca-file`). Health and metrics then come from a plain `--listen-metrics-urls`
+/// port of their own, and [`EtcdCluster::leader`] is not available (it asks the client port's
+/// gateway).
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// etcd's serving certificate (naming 127.0.0.1) and its key, PEM files.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The CA client certificates must be signed by.
+    pub client_ca: PathBuf,
 }
 
 impl Default for EtcdOptions {
@@ -36,6 +51,7 @@ impl Default for EtcdOptions {
             heartbeat: Duration::from_millis(50),
             election_timeout: Duration::from_millis(500),
             ready_timeout: Duration::from_secs(20),
+            tls: None,
         }
     }
 }
@@ -44,6 +60,8 @@ struct Member {
     name: String,
     client_port: u16,
     peer_port: u16,
+    /// The plain health and metrics port of a TLS member (the client port otherwise).
+    metrics_port: Option<u16>,
     data_dir: PathBuf,
     log: PathBuf,
     /// `timeout`, the leader of the member's process group; None once stopped.
@@ -126,7 +144,8 @@ impl EtcdCluster {
             .prefix(&format!("{prefix}-etcd-"))
             .tempdir()
             .map_err(|e| Error::io("create the etcd state dir", e))?;
-        let ports = free_ports(2 * members)?;
+        let per = if options.tls.is_some() { 3 } else { 2 };
+        let ports = free_ports(per * members)?;
         let mut list = Vec::with_capacity(members);
         for i in 0..members {
             let name = format!("m{i}");
@@ -134,8 +153,9 @@ impl EtcdCluster {
                 data_dir: state.path().join(&name),
                 log: state.path().join(format!("{name}.log")),
                 name,
-                client_port: ports[2 * i],
-                peer_port: ports[2 * i + 1],
+                client_port: ports[per * i],
+                peer_port: ports[per * i + 1],
+                metrics_port: (per == 3).then(|| ports[per * i + 2]),
                 child: None,
                 pgid: 0,
             });
@@ -172,8 +192,13 @@ impl EtcdCluster {
         let secs = format!("{:.1}", self.options.lifetime.as_secs_f64().max(1.0));
         let heartbeat = self.options.heartbeat.as_millis().max(1).to_string();
         let election = self.options.election_timeout.as_millis().max(1).to_string();
+        let scheme = if self.options.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let m = &mut self.members[i];
-        let client = format!("http://127.0.0.1:{}", m.client_port);
+        let client = format!("{scheme}://127.0.0.1:{}", m.client_port);
         let peer = format!("http://127.0.0.1:{}", m.peer_port);
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -198,8 +223,21 @@ impl EtcdCluster {
             .args(["--initial-cluster-token", &self.token])
             .args(["--heartbeat-interval", &heartbeat])
             .args(["--election-timeout", &election])
-            .args(["--logger", "zap", "--log-outputs", "stderr"])
-            .env(TAG_VAR, &self.prefix)
+            .args(["--logger", "zap", "--log-outputs", "stderr"]);
+        if let (Some(tls), Some(metrics)) = (&self.options.tls, m.metrics_port) {
+            cmd.arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.client_ca)
+                .arg("--client-cert-auth")
+                .args([
+                    "--listen-metrics-urls",
+                    &format!("http://127.0.0.1:{metrics}"),
+                ]);
+        }
+        cmd.env(TAG_VAR, &self.prefix)
             .process_group(0)
             .stdin(Stdio::null())
             .stdout(log)
@@ -216,7 +254,7 @@ impl EtcdCluster {
     /// Waits until member `i` answers `GET /health` with `"health":"true"`, or fails with the
     /// tail of its log (also when it exits early).
     fn wait_member_healthy(&mut self, i: usize, deadline: Instant) -> Result<()> {
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.members[i].client_port));
+        let addr = self.plain_addr(i);
         loop {
             if let Some(child) = self.members[i].child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
@@ -261,14 +299,20 @@ impl EtcdCluster {
         self.members.is_empty()
     }
 
-    /// Every member's client URL, `http://127.0.0.1:PORT`, in member order.
+    /// Every member's client URL, `http://127.0.0.1:PORT` (`https://` with TLS), in member
+    /// order.
     pub fn endpoints(&self) -> Vec<String> {
         (0..self.members.len()).map(|i| self.endpoint(i)).collect()
     }
 
     /// Member `i`'s client URL.
     pub fn endpoint(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.members[i].client_port)
+        let scheme = if self.options.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.members[i].client_port)
     }
 
     /// Whether member `i`'s process is still running.
@@ -281,8 +325,14 @@ impl EtcdCluster {
 
     /// Whether member `i` answers `GET /health` with `"health":"true"` right now.
     pub fn is_healthy(&self, i: usize) -> bool {
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.members[i].client_port));
-        health(addr, Duration::from_millis(500)).unwrap_or(false)
+        health(self.plain_addr(i), Duration::from_millis(500)).unwrap_or(false)
+    }
+
+    /// Where member `i` answers `/health` and `/metrics` in plain HTTP: its metrics port with
+    /// TLS, its client port without.
+    fn plain_addr(&self, i: usize) -> SocketAddr {
+        let m = &self.members[i];
+        SocketAddr::from((Ipv4Addr::LOCALHOST, m.metrics_port.unwrap_or(m.client_port)))
     }
 
     /// The index of the member that is the raft leader, as the live members report it
@@ -291,7 +341,7 @@ impl EtcdCluster {
         let mut ids = Vec::new();
         let mut leader = None;
         for (i, m) in self.members.iter().enumerate() {
-            if m.child.is_none() {
+            if m.child.is_none() || m.metrics_port.is_some() {
                 continue;
             }
             let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, m.client_port));
@@ -353,7 +403,7 @@ impl EtcdCluster {
     /// The value of an unlabelled Prometheus metric that member `i` serves on `GET /metrics`
     /// (e.g. `etcd_debugging_mvcc_watcher_total`, the number of watchers open on it).
     pub fn metric(&self, i: usize, name: &str) -> Option<f64> {
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.members[i].client_port));
+        let addr = self.plain_addr(i);
         let body = http(addr, "GET", "/metrics", "", Duration::from_secs(2)).ok()?;
         body.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
             let (n, v) = l.split_once(' ')?;

@@ -798,11 +798,14 @@ async fn the_cluster_keeps_serving_when_the_leading_member_is_killed(
 }
 
 /// Issue 17's `--control-plane 3` acceptance: kill the leading member's processes, and the
-/// cluster keeps serving.
+/// cluster keeps serving. etcd's client port (where the member's API server dials) speaks
+/// only TLS with a client certificate: the API server's gets `/health`; plain HTTP and TLS
+/// without a certificate get nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_control_plane_members_keep_serving_when_the_leading_one_is_killed() {
     let kubectl_bin = require_tool("kubectl", "kubectl (the image's own)");
     let busybox = require_tool("busybox", "busybox-static");
+    let curl = require_tool("curl", "curl");
     require_tool("etcd", "etcd-server");
     let f = Fixture::new().await;
     f.assert_clean("before up").await;
@@ -829,6 +832,42 @@ async fn three_control_plane_members_keep_serving_when_the_leading_one_is_killed
     for want in ["n1", "n2", "trellis-dns-", "web-"] {
         assert!(got.stdout.contains(want), "no {want}:\n{}", got.stdout);
     }
+
+    // etcd's client port, from cp1's namespace: the API server's client certificate (the
+    // positive control) gets /health; plain HTTP and TLS without a certificate do not.
+    let pki = f.cluster_dir().join("cp1/etcd-pki");
+    let file = |name: &str| pki.join(name).display().to_string();
+    let (ca, crt, key) = (
+        file("ca.crt"),
+        file("apiserver-etcd-client.crt"),
+        file("apiserver-etcd-client.key"),
+    );
+    let health = "https://127.0.0.1:2379/health";
+    let got = etcd_get(
+        &f,
+        "cp1",
+        &curl,
+        health,
+        &["--cacert", &ca, "--cert", &crt, "--key", &key],
+    )
+    .await;
+    assert!(
+        got.success() && got.stdout.replace(' ', "").contains("\"health\":\"true\""),
+        "the API server's etcd client certificate gets /health: {}",
+        show(&got)
+    );
+    let plain = etcd_get(&f, "cp1", &curl, "http://127.0.0.1:2379/health", &[]).await;
+    assert!(
+        plain.status.code() != Some(7) && !plain.stdout.contains("health"),
+        "plain HTTP to the client port: {}",
+        show(&plain)
+    );
+    let no_cert = etcd_get(&f, "cp1", &curl, health, &["--cacert", &ca]).await;
+    assert!(
+        !no_cert.success() && !no_cert.stdout.contains("health"),
+        "TLS without a client certificate: {}",
+        show(&no_cert)
+    );
 
     println!("{}", rss_table(f.tb.prefix()));
 
@@ -1255,8 +1294,7 @@ async fn two_canal_nodes_on_containerd_run_the_agents_from_the_image_and_go_down
 
 /// `url`'s `/members` (an etcd member's peer port) from member `from`'s namespace (etcd takes
 /// a peer certificate only from an address it names), with `curl` and `args` (its TLS
-/// options), HTTP/1.1 (etcd's peer server ends an HTTP/2 stream uncleanly, which curl reports
-/// as a partial transfer).
+/// options).
 async fn etcd_peer_members(
     f: &Fixture,
     from: &str,
@@ -1264,11 +1302,17 @@ async fn etcd_peer_members(
     url: &str,
     args: &[&str],
 ) -> Output {
+    etcd_get(f, from, curl, &format!("{url}/members"), args).await
+}
+
+/// `GET url` (an etcd member's peer or client port) from member `from`'s namespace, with
+/// `curl` and `args` (its TLS options), HTTP/1.1 (etcd's peer server ends an HTTP/2 stream
+/// uncleanly, which curl reports as a partial transfer).
+async fn etcd_get(f: &Fixture, from: &str, curl: &Path, url: &str, args: &[&str]) -> Output {
     let ns = Netns::open(f.tb.run_dir().join(format!("{}-{from}", f.name))).unwrap();
     let mut argv = vec![curl.to_str().unwrap(), "-sS", "-m", "5", "--http1.1"];
     argv.extend_from_slice(args);
-    let members = format!("{url}/members");
-    argv.push(&members);
+    argv.push(url);
     f.tb.exec(&ns, &argv, Duration::from_secs(15))
         .await
         .unwrap()

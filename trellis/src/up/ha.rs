@@ -7,8 +7,10 @@
 //!   peers' common name (`--peer-cert-allowed-cn`, so no other certificate of the CA gets in),
 //!   from the address it names (etcd's own check);
 //!   clients on each member's loopback only, so nothing but that member's API server talks to
-//!   it (plain: the API server's etcd client speaks no TLS). Two of three members keep a
-//!   majority.
+//!   it, over TLS with a client certificate (`--client-cert-auth`, a serving certificate for
+//!   127.0.0.1 and the API server's `kube-apiserver-etcd-client` certificate, both from the
+//!   cluster CA; kube-apiserver's `--etcd-cafile`/`--etcd-certfile`/`--etcd-keyfile`). Two of
+//!   three members keep a majority.
 //! - **API servers.** One cluster CA and service-account key, made by `up` and copied to each
 //!   member (kubeadm shares them the same way), and one serving certificate that names every
 //!   address a client may use: the members', the front door's and 127.0.0.1.
@@ -46,8 +48,10 @@ pub const MEMBERS: [(&str, Ipv4Addr); 3] = [
 pub const NODE_PROXY: &str = "127.0.0.1:6443";
 /// A proxy's `/healthz`, `/readyz` and `/metrics`.
 const PROXY_HEALTH: &str = "127.0.0.1:6444";
-/// Each member's etcd, for its own API server only.
-const ETCD_CLIENT: &str = "http://127.0.0.1:2379";
+/// Each member's etcd, for its own API server only (TLS, with a client certificate).
+pub const ETCD_CLIENT: &str = "https://127.0.0.1:2379";
+/// The common name of the API servers' etcd client certificate (kubeadm's).
+const ETCD_CLIENT_CN: &str = "kube-apiserver-etcd-client";
 pub const ETCD_PEER_PORT: u16 = 2380;
 /// The common name of every member's peer certificate, the only one peers accept.
 const ETCD_PEER_CN: &str = "trellis-etcd-peer";
@@ -111,7 +115,7 @@ pub async fn control_plane(
     let mut etcds = Vec::new();
     for ((short, ip), ns) in MEMBERS.iter().zip(members) {
         let peer = format!("https://{ip}:{ETCD_PEER_PORT}");
-        let tls = peer_certificates(&pki.ca, &dir.join(short).join("etcd-pki"), short, *ip)?;
+        let tls = etcd_certificates(&pki.ca, &dir.join(short).join("etcd-pki"), short, *ip)?;
         let p = state::spawn(
             ns,
             short,
@@ -145,6 +149,13 @@ pub async fn control_plane(
                 "--peer-client-cert-auth".into(),
                 "--peer-cert-allowed-cn".into(),
                 ETCD_PEER_CN.into(),
+                "--cert-file".into(),
+                s(&tls.server_cert),
+                "--key-file".into(),
+                s(&tls.server_key),
+                "--trusted-ca-file".into(),
+                s(&tls.ca),
+                "--client-cert-auth".into(),
                 "--logger".into(),
                 "zap".into(),
                 "--log-outputs".into(),
@@ -157,6 +168,7 @@ pub async fn control_plane(
     }
     state.save()?;
 
+    let etcd_pki = |short: &str| dir.join(short).join("etcd-pki");
     let spawn_apiserver = |state: &mut State, k: usize| -> anyhow::Result<Proc> {
         let (short, ip) = MEMBERS[k];
         let mut argv = vec![
@@ -168,6 +180,12 @@ pub async fn control_plane(
             api_addr(ip).to_string(),
             "--store".into(),
             format!("etcd:{ETCD_CLIENT}"),
+            "--etcd-cafile".into(),
+            s(&etcd_pki(short).join("ca.crt")),
+            "--etcd-certfile".into(),
+            s(&etcd_pki(short).join(ETCD_CLIENT_FILES.0)),
+            "--etcd-keyfile".into(),
+            s(&etcd_pki(short).join(ETCD_CLIENT_FILES.1)),
             "--service-cidr".into(),
             SERVICE_CIDR.into(),
             "--kubelet-certificate-authority".into(),
@@ -243,38 +261,67 @@ pub async fn control_plane(
     })
 }
 
-/// A member's peer certificate, key and the CA that checks its peers.
-struct PeerTls {
+/// Where the API server's etcd client certificate and key are, in a member's `etcd-pki`.
+pub const ETCD_CLIENT_FILES: (&str, &str) =
+    ("apiserver-etcd-client.crt", "apiserver-etcd-client.key");
+
+/// A member's etcd certificates and keys, and the CA that checks its peers and clients.
+struct EtcdTls {
     cert: std::path::PathBuf,
     key: std::path::PathBuf,
+    server_cert: std::path::PathBuf,
+    server_key: std::path::PathBuf,
     ca: std::path::PathBuf,
 }
 
-/// Issues member `short`'s etcd peer certificate from the cluster CA — CN [`ETCD_PEER_CN`],
-/// its underlay address as the only SAN, for serving and as a client (a member dials its
-/// peers with it; etcd checks that a peer connects from an address of its certificate, and
-/// would look a DNS name up, which nothing here could answer) — and writes it, its key
-/// (0600) and the CA into `dir`.
-fn peer_certificates(
+/// Issues member `short`'s etcd certificates from the cluster CA and writes them, their keys
+/// (0600) and the CA into `dir`:
+/// - the peer certificate — CN [`ETCD_PEER_CN`], its underlay address as the only SAN, for
+///   serving and as a client (a member dials its peers with it; etcd checks that a peer
+///   connects from an address of its certificate, and would look a DNS name up, which nothing
+///   here could answer);
+/// - the client port's serving certificate, for 127.0.0.1 (where its API server dials);
+/// - its API server's client certificate, CN [`ETCD_CLIENT_CN`] ([`ETCD_CLIENT_FILES`]).
+fn etcd_certificates(
     ca: &trellis_apiserver::pki::CertPair,
     dir: &Path,
     short: &str,
     ip: Ipv4Addr,
-) -> anyhow::Result<PeerTls> {
+) -> anyhow::Result<EtcdTls> {
     use trellis_apiserver::pki;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let pair = pki::issue(ca, ETCD_PEER_CN, &[], &[ip.to_string()])
-        .with_context(|| format!("issuing {short}'s etcd peer certificate"))?;
-    let out = PeerTls {
+    let out = EtcdTls {
         cert: dir.join("peer.crt"),
         key: dir.join("peer.key"),
+        server_cert: dir.join("server.crt"),
+        server_key: dir.join("server.key"),
         ca: dir.join("ca.crt"),
     };
-    pki::write_private(&out.key, &pair.key_pem)
-        .with_context(|| format!("writing {}", out.key.display()))?;
-    for (path, pem) in [(&out.cert, &pair.cert_pem), (&out.ca, &ca.cert_pem)] {
-        pki::write_public(path, pem).with_context(|| format!("writing {}", path.display()))?;
+    let issued = [
+        (ETCD_PEER_CN, vec![ip.to_string()], &out.cert, &out.key),
+        (
+            "trellis-etcd-server",
+            vec!["127.0.0.1".to_string()],
+            &out.server_cert,
+            &out.server_key,
+        ),
+        (
+            ETCD_CLIENT_CN,
+            Vec::new(),
+            &dir.join(ETCD_CLIENT_FILES.0),
+            &dir.join(ETCD_CLIENT_FILES.1),
+        ),
+    ];
+    for (cn, sans, cert, key) in issued {
+        let pair = pki::issue(ca, cn, &[], &sans)
+            .with_context(|| format!("issuing {short}'s etcd certificate {cn}"))?;
+        pki::write_private(key, &pair.key_pem)
+            .with_context(|| format!("writing {}", key.display()))?;
+        pki::write_public(cert, &pair.cert_pem)
+            .with_context(|| format!("writing {}", cert.display()))?;
     }
+    pki::write_public(&out.ca, &ca.cert_pem)
+        .with_context(|| format!("writing {}", out.ca.display()))?;
     Ok(out)
 }
 
@@ -466,7 +513,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pki = trellis_apiserver::pki::Pki::ensure(dir.path(), &[]).unwrap();
         let out = dir.path().join("etcd-pki");
-        let tls = peer_certificates(&pki.ca, &out, "cp2", MEMBERS[1].1).unwrap();
+        let tls = etcd_certificates(&pki.ca, &out, "cp2", MEMBERS[1].1).unwrap();
+        for key in [&tls.server_key, &out.join(ETCD_CLIENT_FILES.1)] {
+            let mode = std::fs::metadata(key).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{}", key.display());
+        }
+        for cert in [&tls.server_cert, &out.join(ETCD_CLIENT_FILES.0)] {
+            assert!(
+                std::fs::read_to_string(cert)
+                    .unwrap()
+                    .contains("BEGIN CERTIFICATE")
+            );
+        }
         let mode = std::fs::metadata(&tls.key).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "the key is the member's only");
         assert_eq!(

@@ -98,9 +98,10 @@ pub struct UpArgs {
     #[arg(long, value_enum, default_value_t = Mode::Canal)]
     mode: Mode,
     /// Control-plane members: 1 (an API server, scheduler and controller-manager on the
-    /// embedded store) or 3 (three of each on a 3-member etcd, which keeps serving when a
-    /// member is lost; kubectl reaches them through a failover proxy at 198.18.0.2:6443,
-    /// every node through one of its own).
+    /// embedded store) or 3 (three of each on a 3-member etcd — peers and clients on TLS with
+    /// certificates from the cluster CA — which keeps serving when a member is lost; kubectl
+    /// reaches them through a failover proxy at 198.18.0.2:6443, every node through one of its
+    /// own).
     #[arg(long, default_value = "1", value_parser = parse_control_plane)]
     control_plane: ControlPlane,
     /// The container runtime of every kubelet: process (host processes in the pods'
