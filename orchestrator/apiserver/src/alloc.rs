@@ -395,7 +395,7 @@ impl Allocator {
                             vec![Cause::invalid(&field, ip.to_string(), why)],
                         )
                     };
-                    if !range.contains(ip) || reserved(range, *ip) {
+                    if !range.contains(ip) || !assignable(range, *ip) {
                         return Err(invalid(format!(
                             "failed to allocate IP {ip}: provided IP is not in the valid range. The range of valid IPs is {range}"
                         )));
@@ -490,15 +490,25 @@ fn range_size(range: IpNet) -> u128 {
         .unwrap_or(u128::MAX)
 }
 
-/// Addresses of a range never allocated: the network address, the first host (the
-/// `kubernetes` Service), the 10th (cluster DNS, only by name), the IPv4 broadcast.
+/// Where `ip` lies in `range` (None: another family).
+fn offset(range: IpNet, ip: IpAddr) -> Option<u128> {
+    match (range.network(), ip) {
+        (IpAddr::V4(n), IpAddr::V4(a)) => Some(u128::from(u32::from(a).wrapping_sub(u32::from(n)))),
+        (IpAddr::V6(n), IpAddr::V6(a)) => Some(u128::from(a).wrapping_sub(u128::from(n))),
+        _ => None,
+    }
+}
+
+/// Whether `ip` of `range` may be a cluster IP at all: not the network address, not the
+/// IPv4 broadcast address.
+fn assignable(range: IpNet, ip: IpAddr) -> bool {
+    offset(range, ip).is_some_and(|o| o != 0 && !(ip.is_ipv4() && o + 1 == range_size(range)))
+}
+
+/// Addresses of a range never picked by the allocator: those not assignable, the first host
+/// (the `kubernetes` Service's) and the 10th (cluster DNS): those two only by name.
 fn reserved(range: IpNet, ip: IpAddr) -> bool {
-    let offset = match (range.network(), ip) {
-        (IpAddr::V4(n), IpAddr::V4(a)) => u128::from(u32::from(a).wrapping_sub(u32::from(n))),
-        (IpAddr::V6(n), IpAddr::V6(a)) => u128::from(a).wrapping_sub(u128::from(n)),
-        _ => return true,
-    };
-    offset == 0 || offset == 1 || offset == 10 || (ip.is_ipv4() && offset + 1 == range_size(range))
+    !assignable(range, ip) || matches!(offset(range, ip), Some(1 | 10))
 }
 
 /// The cluster IPs a Service object holds (`clusterIPs`, or `clusterIP` alone).
@@ -537,4 +547,30 @@ fn node_ports_of(obj: &Value) -> Vec<u16> {
     out.sort_unstable();
     out.dedup();
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_host_and_the_dns_address_are_kept_for_asking_and_the_edges_never_assigned() {
+        let v4: IpNet = "10.96.0.0/12".parse().unwrap();
+        let v6: IpNet = "fd00:96::/112".parse().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        for (range, first, tenth, network) in [
+            (v4, "10.96.0.1", "10.96.0.10", "10.96.0.0"),
+            (v6, "fd00:96::1", "fd00:96::a", "fd00:96::"),
+        ] {
+            assert!(assignable(range, ip(first)) && reserved(range, ip(first)));
+            assert!(assignable(range, ip(tenth)) && reserved(range, ip(tenth)));
+            assert!(!assignable(range, ip(network)));
+        }
+        assert!(!assignable(v4, ip("10.111.255.255")));
+        // IPv6 has no broadcast address.
+        assert!(assignable(v6, ip("fd00:96::ffff")) && !reserved(v6, ip("fd00:96::ffff")));
+        assert!(!assignable(v4, ip("fd00:96::5")));
+        assert_eq!(range_size(v6), 65536);
+        assert_eq!(range_size("::/0".parse().unwrap()), u128::MAX);
+    }
 }
