@@ -271,7 +271,10 @@ fn comparable(eps: &[Endpoint]) -> Vec<Comparable> {
         .collect()
 }
 
-fn slice_key(s: &EndpointSlice) -> Option<(AddressType, Vec<PortKey>)> {
+/// What a slice is for: its family and ports.
+type SliceKey = (AddressType, Vec<PortKey>);
+
+fn slice_key(s: &EndpointSlice) -> Option<SliceKey> {
     Some((AddressType::parse(&s.address_type)?, slice_ports_key(s)))
 }
 
@@ -552,8 +555,7 @@ impl Controller {
         let name = svc.metadata.name.clone().unwrap_or_default();
         // Existing slices by (family, ports); one of a type we do not write (FQDN) is
         // someone else's mistake under our label: removed with the leftovers.
-        let mut by_ports: BTreeMap<Option<(AddressType, Vec<PortKey>)>, Vec<Arc<EndpointSlice>>> =
-            BTreeMap::new();
+        let mut by_ports: BTreeMap<Option<SliceKey>, Vec<Arc<EndpointSlice>>> = BTreeMap::new();
         for s in existing {
             by_ports.entry(slice_key(&s)).or_default().push(s);
         }
