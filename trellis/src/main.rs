@@ -110,9 +110,15 @@ struct ApiserverArgs {
     /// A plain-HTTP listener with admin rights; loopback addresses only.
     #[arg(long)]
     insecure_listen: Option<SocketAddr>,
-    /// The range ClusterIPs are allocated from.
-    #[arg(long, default_value = "10.96.0.0/12")]
-    service_cidr: ipnet::Ipv4Net,
+    /// The ranges ClusterIPs are allocated from: one CIDR, or two of different families
+    /// (`10.96.0.0/12,fd00:96::/112`) for dual-stack Services; the first is the primary
+    /// family, which single-stack Services get.
+    #[arg(
+        long = "service-cluster-ip-range",
+        alias = "service-cidr",
+        default_value = "10.96.0.0/12"
+    )]
+    service_cidr: trellis_apiserver::dualstack::ServiceCidrs,
     /// The range node ports are allocated from, `FIRST-LAST`.
     #[arg(long, default_value = "30000-32767", value_parser = parse_port_range)]
     service_node_port_range: (u16, u16),
@@ -256,7 +262,7 @@ async fn apiserver(args: ApiserverArgs) -> anyhow::Result<()> {
     }
     config.sans = args.sans;
     config.insecure_listen = args.insecure_listen;
-    config.service_cidr = args.service_cidr;
+    config.service_cidrs = args.service_cidr;
     config.node_ports = args.service_node_port_range;
     config.kubelet_client = args.kubelet_client_certificate.zip(args.kubelet_client_key);
     config.kubelet_ca = args.kubelet_certificate_authority;
@@ -268,10 +274,9 @@ async fn apiserver(args: ApiserverArgs) -> anyhow::Result<()> {
         )
         .map_err(anyhow::Error::msg)
         .context("--endpoint-reconciler-type lease")?;
-        let first = u32::from(args.service_cidr.network()).saturating_add(1);
         config.endpoint_reconciler = Some(trellis_apiserver::endpoints::Settings {
             advertise: SocketAddr::new(ip, args.listen.port()),
-            cluster_ip: std::net::IpAddr::V4(first.into()),
+            cluster_ip: args.service_cidr.first_host(),
             ttl: std::time::Duration::from_secs(15),
             interval: std::time::Duration::from_secs(10),
         });

@@ -1,6 +1,6 @@
 //! `trellis proxy`: the service proxy of a node (Services → iptables or nftables NAT rules).
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -26,15 +26,17 @@ pub struct Args {
     /// The kubeconfig to reach the API server with (default: in-cluster, then ~/.kube/config).
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
-    /// The pod network: traffic from outside it to a ClusterIP is masqueraded.
-    #[arg(long, default_value = "10.244.0.0/16")]
-    cluster_cidr: ipnet::Ipv4Net,
+    /// The pod network, one CIDR per family (`10.244.0.0/16,fd00:244::/56` for dual-stack):
+    /// traffic from outside it to a ClusterIP of that family is masqueraded.
+    #[arg(long, default_value = "10.244.0.0/16", value_delimiter = ',')]
+    cluster_cidr: Vec<ipnet::IpNet>,
     /// Never masquerade ClusterIP traffic by source (no `--cluster-cidr` rule).
     #[arg(long)]
     no_cluster_cidr: bool,
-    /// An address node ports answer on (repeat; default: every local address).
+    /// An address node ports answer on, IPv4 or IPv6 (repeat; default: every local address
+    /// of each family).
     #[arg(long = "node-port-address")]
-    node_port_addresses: Vec<Ipv4Addr>,
+    node_port_addresses: Vec<IpAddr>,
     /// The least milliseconds between two syncs; changes in between are batched.
     #[arg(long, default_value_t = 100)]
     min_sync_period_ms: u64,
@@ -65,7 +67,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Backend::Nftables => trellis_proxy::Backend::Nftables,
     };
     config.kubeconfig = args.kubeconfig;
-    config.cluster_cidr = (!args.no_cluster_cidr).then_some(args.cluster_cidr);
+    config.cluster_cidrs = if args.no_cluster_cidr {
+        Vec::new()
+    } else {
+        args.cluster_cidr
+    };
     config.node_addresses = args.node_port_addresses;
     config.min_sync_period = Duration::from_millis(args.min_sync_period_ms);
     config.resync = Duration::from_secs(args.resync.max(1));

@@ -2,13 +2,15 @@
 //! transaction as the Service (which fails if the key exists): two API servers, or two creates,
 //! can never hand out the same address.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::collections::HashSet;
+use std::net::IpAddr;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde_json::{Value, json};
 use trellis_api::ResourceInfo;
 use trellis_store::{KeyRange, RangeRequest};
 
+use crate::dualstack::{self, Plan, ServiceCidrs};
 use crate::meta;
 use crate::status::{ApiError, Cause};
 use crate::storage::Storage;
@@ -18,14 +20,14 @@ const PORT_PREFIX: &str = "/registry/ranges/servicenodeports/";
 
 #[derive(Debug, Clone)]
 pub struct Allocator {
-    pub service_cidr: Ipv4Net,
+    pub service_cidrs: ServiceCidrs,
     pub node_ports: (u16, u16),
 }
 
 impl Default for Allocator {
     fn default() -> Self {
         Allocator {
-            service_cidr: "10.96.0.0/12".parse().expect("a valid default"),
+            service_cidrs: ServiceCidrs::single("10.96.0.0/12".parse().expect("a valid default")),
             node_ports: (30000, 32767),
         }
     }
@@ -61,54 +63,14 @@ impl Allocator {
             .and_then(Value::as_str)
             .unwrap_or("ClusterIP")
             .to_string();
-        if ty != "ExternalName" {
-            let asked = meta::at(obj, &["spec", "clusterIP"])
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string();
-            if asked != "None" {
-                let ip = if asked.is_empty() {
-                    self.free_ip(storage).await?
-                } else {
-                    let ip: Ipv4Addr = asked.parse().map_err(|_| {
-                        invalid("spec.clusterIP", &asked, "must be a valid IP address")
-                    })?;
-                    if !self.service_cidr.contains(&ip)
-                        || ip == self.service_cidr.network()
-                        || ip == self.service_cidr.broadcast()
-                    {
-                        return Err(invalid(
-                            "spec.clusterIP",
-                            &asked,
-                            &format!(
-                                "provided IP is not in the valid range. The range of valid IPs is {}",
-                                self.service_cidr
-                            ),
-                        ));
-                    }
-                    if storage
-                        .store()
-                        .get(format!("{IP_PREFIX}{ip}").as_bytes())
-                        .await?
-                        .is_some()
-                    {
-                        return Err(invalid(
-                            "spec.clusterIP",
-                            &asked,
-                            "provided IP is already allocated",
-                        ));
-                    }
-                    ip
-                };
-                obj["spec"]["clusterIP"] = json!(ip.to_string());
-                obj["spec"]["clusterIPs"] = json!([ip.to_string()]);
-                obj["spec"]["ipFamilies"] = json!(["IPv4"]);
-                meta::default_at(obj, &["spec", "ipFamilyPolicy"], json!("SingleStack"));
-                claims.push((format!("{IP_PREFIX}{ip}"), owner.clone()));
-            } else {
-                obj["spec"]["clusterIPs"] = json!(["None"]);
-            }
-        }
+        let plan = dualstack::resolve(&self.service_cidrs, None, obj)
+            .map_err(|causes| ApiError::invalid("", "Service", &name, causes))?;
+        let ips = self.allocate(storage, &plan, &[], &name).await?;
+        set_ips(obj, &ips);
+        claims.extend(
+            ips.iter()
+                .map(|ip| (format!("{IP_PREFIX}{ip}"), owner.clone())),
+        );
         if ty == "NodePort" || ty == "LoadBalancer" {
             let mut taken = self.used_ports(storage).await?;
             let ports = meta::at_mut(obj, &["spec", "ports"])
@@ -220,6 +182,23 @@ impl Allocator {
                 vec![Cause::invalid(field, value, why)],
             )
         };
+        // Cluster IPs: the families decide; a secondary added is allocated, one dropped (or
+        // all of them, on becoming ExternalName) released.
+        let old_ips: Vec<IpAddr> = ips_of(old);
+        let plan = dualstack::resolve(&self.service_cidrs, Some(old), new)
+            .map_err(|causes| ApiError::invalid("", "Service", &name, causes))?;
+        let new_ips = self.allocate(storage, &plan, &old_ips, &name).await?;
+        set_ips(new, &new_ips);
+        let mut ip_claims: Vec<(String, Vec<u8>)> = new_ips
+            .iter()
+            .filter(|ip| !old_ips.contains(ip))
+            .map(|ip| (format!("{IP_PREFIX}{ip}"), owner.clone()))
+            .collect();
+        let ip_releases: Vec<String> = old_ips
+            .iter()
+            .filter(|ip| !new_ips.contains(ip))
+            .map(|ip| format!("{IP_PREFIX}{ip}"))
+            .collect();
         let before = node_ports_of(old);
         let ty = meta::at(new, &["spec", "type"])
             .and_then(Value::as_str)
@@ -340,17 +319,22 @@ impl Allocator {
             }
         }
         let after = node_ports_of(new);
-        let claims = after
-            .iter()
-            .filter(|p| !before.contains(p))
-            .map(|p| (format!("{PORT_PREFIX}{p}"), owner.clone()))
+        ip_claims.extend(
+            after
+                .iter()
+                .filter(|p| !before.contains(p))
+                .map(|p| (format!("{PORT_PREFIX}{p}"), owner.clone())),
+        );
+        let releases = ip_releases
+            .into_iter()
+            .chain(
+                before
+                    .iter()
+                    .filter(|p| !after.contains(p))
+                    .map(|p| format!("{PORT_PREFIX}{p}")),
+            )
             .collect();
-        let releases = before
-            .iter()
-            .filter(|p| !after.contains(p))
-            .map(|p| format!("{PORT_PREFIX}{p}"))
-            .collect();
-        Ok((claims, releases))
+        Ok((ip_claims, releases))
     }
 
     /// The keys an object's deletion releases.
@@ -358,13 +342,10 @@ impl Allocator {
         if !is_service(info) {
             return Vec::new();
         }
-        let mut keys = Vec::new();
-        if let Some(ip) = meta::at(obj, &["spec", "clusterIP"])
-            .and_then(Value::as_str)
-            .and_then(|s| s.parse::<IpAddr>().ok())
-        {
-            keys.push(format!("{IP_PREFIX}{ip}"));
-        }
+        let mut keys: Vec<String> = ips_of(obj)
+            .iter()
+            .map(|ip| format!("{IP_PREFIX}{ip}"))
+            .collect();
         if let Some(n) = meta::at(obj, &["spec", "healthCheckNodePort"]).and_then(Value::as_u64)
             && n > 0
         {
@@ -382,10 +363,66 @@ impl Allocator {
         keys
     }
 
-    /// A free address: the network and broadcast addresses and the first host (reserved for
-    /// the `kubernetes` Service, 10.96.0.1) are never handed out here; the cluster DNS address
-    /// (10.96.0.10) only when asked for by name.
-    async fn free_ip(&self, storage: &Storage) -> Result<Ipv4Addr, ApiError> {
+    /// The addresses `plan` asks for: those given (checked against the family's range and
+    /// what others hold; `held` are this Service's own already) and free ones for the rest.
+    async fn allocate(
+        &self,
+        storage: &Storage,
+        plan: &Plan,
+        held: &[IpAddr],
+        name: &str,
+    ) -> Result<Vec<IpAddr>, ApiError> {
+        let Plan::Ips(wanted) = plan else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for (i, (family, asked)) in wanted.iter().enumerate() {
+            let Some(range) = self.service_cidrs.get(*family) else {
+                return Err(ApiError::internal(format!(
+                    "{} is not configured on this cluster",
+                    family.name()
+                )));
+            };
+            let ip = match asked {
+                Some(ip) if held.contains(ip) => *ip,
+                Some(ip) => {
+                    let field = format!("spec.clusterIPs[{i}]");
+                    let invalid = |why: String| {
+                        ApiError::invalid(
+                            "",
+                            "Service",
+                            name,
+                            vec![Cause::invalid(&field, ip.to_string(), why)],
+                        )
+                    };
+                    if !range.contains(ip) || !assignable(range, *ip) {
+                        return Err(invalid(format!(
+                            "failed to allocate IP {ip}: provided IP is not in the valid range. The range of valid IPs is {range}"
+                        )));
+                    }
+                    if storage
+                        .store()
+                        .get(format!("{IP_PREFIX}{ip}").as_bytes())
+                        .await?
+                        .is_some()
+                    {
+                        return Err(invalid(format!(
+                            "failed to allocate IP {ip}: provided IP is already allocated"
+                        )));
+                    }
+                    *ip
+                }
+                None => self.free_ip(storage, range).await?,
+            };
+            out.push(ip);
+        }
+        Ok(out)
+    }
+
+    /// A free address of `range`: the network address, the first host (reserved for the
+    /// `kubernetes` Service, 10.96.0.1) and, in IPv4, the broadcast address are never handed
+    /// out; the cluster DNS address (the 10th) only when asked for by name.
+    async fn free_ip(&self, storage: &Storage, range: IpNet) -> Result<IpAddr, ApiError> {
         let used = storage
             .store()
             .range(RangeRequest {
@@ -393,7 +430,7 @@ impl Allocator {
                 ..RangeRequest::new(KeyRange::prefix(IP_PREFIX))
             })
             .await?;
-        let used: std::collections::HashSet<Ipv4Addr> = used
+        let used: HashSet<IpAddr> = used
             .kvs
             .iter()
             .filter_map(|kv| {
@@ -402,28 +439,26 @@ impl Allocator {
                     .parse()
                     .ok()
             })
+            .filter(|ip| range.contains(ip))
             .collect();
-        let base = u32::from(self.service_cidr.network());
-        let size = 1u64 << (32 - self.service_cidr.prefix_len());
+        let size = range_size(range);
         // Start at a spot that depends on the time, so concurrent creates rarely pick the same.
         let offset = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos() as u64)
+            .map(|d| u128::from(d.subsec_nanos()))
             .unwrap_or(0)
             % size.max(1);
-        for i in 0..size {
-            let n = (offset + i) % size;
-            if n < 2 || n == 10 || n + 1 == size {
-                continue;
-            }
-            let ip = Ipv4Addr::from(base + n as u32);
-            if !used.contains(&ip) {
+        // At most used + 4 reserved addresses are taken: looking at that many + 1 finds a
+        // free one if there is any, without walking a huge IPv6 range.
+        let tries = size.min(used.len() as u128 + 16);
+        for i in 0..tries {
+            let ip = dualstack::nth(range, offset.wrapping_add(i) % size.max(1));
+            if !reserved(range, ip) && !used.contains(&ip) {
                 return Ok(ip);
             }
         }
         Err(ApiError::internal(format!(
-            "the service range {} is full",
-            self.service_cidr
+            "the service range {range} is full"
         )))
     }
 
@@ -448,6 +483,56 @@ impl Allocator {
     }
 }
 
+/// How many addresses `range` has (saturating for a /0 IPv6 range).
+fn range_size(range: IpNet) -> u128 {
+    1u128
+        .checked_shl(u32::from(range.max_prefix_len() - range.prefix_len()))
+        .unwrap_or(u128::MAX)
+}
+
+/// Where `ip` lies in `range` (None: another family).
+fn offset(range: IpNet, ip: IpAddr) -> Option<u128> {
+    match (range.network(), ip) {
+        (IpAddr::V4(n), IpAddr::V4(a)) => Some(u128::from(u32::from(a).wrapping_sub(u32::from(n)))),
+        (IpAddr::V6(n), IpAddr::V6(a)) => Some(u128::from(a).wrapping_sub(u128::from(n))),
+        _ => None,
+    }
+}
+
+/// Whether `ip` of `range` may be a cluster IP at all: not the network address, not the
+/// IPv4 broadcast address.
+fn assignable(range: IpNet, ip: IpAddr) -> bool {
+    offset(range, ip).is_some_and(|o| o != 0 && !(ip.is_ipv4() && o + 1 == range_size(range)))
+}
+
+/// Addresses of a range never picked by the allocator: those not assignable, the first host
+/// (the `kubernetes` Service's) and the 10th (cluster DNS): those two only by name.
+fn reserved(range: IpNet, ip: IpAddr) -> bool {
+    !assignable(range, ip) || matches!(offset(range, ip), Some(1 | 10))
+}
+
+/// The cluster IPs a Service object holds (`clusterIPs`, or `clusterIP` alone).
+fn ips_of(obj: &Value) -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = Vec::new();
+    for s in dualstack::cluster_ips(obj) {
+        if let Ok(ip) = s.parse::<IpAddr>()
+            && !out.contains(&ip)
+        {
+            out.push(ip);
+        }
+    }
+    out
+}
+
+/// Writes the allocated addresses into `clusterIP`/`clusterIPs` (headless and ExternalName
+/// Services have none: `resolve` set their fields).
+fn set_ips(obj: &mut Value, ips: &[IpAddr]) {
+    if let Some(first) = ips.first() {
+        obj["spec"]["clusterIP"] = json!(first.to_string());
+        obj["spec"]["clusterIPs"] = json!(ips.iter().map(IpAddr::to_string).collect::<Vec<_>>());
+    }
+}
+
 /// The node ports a Service object holds: its ports' and its health-check node port.
 fn node_ports_of(obj: &Value) -> Vec<u16> {
     let mut out: Vec<u16> = meta::at(obj, &["spec", "ports"])
@@ -462,4 +547,30 @@ fn node_ports_of(obj: &Value) -> Vec<u16> {
     out.sort_unstable();
     out.dedup();
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_host_and_the_dns_address_are_kept_for_asking_and_the_edges_never_assigned() {
+        let v4: IpNet = "10.96.0.0/12".parse().unwrap();
+        let v6: IpNet = "fd00:96::/112".parse().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        for (range, first, tenth, network) in [
+            (v4, "10.96.0.1", "10.96.0.10", "10.96.0.0"),
+            (v6, "fd00:96::1", "fd00:96::a", "fd00:96::"),
+        ] {
+            assert!(assignable(range, ip(first)) && reserved(range, ip(first)));
+            assert!(assignable(range, ip(tenth)) && reserved(range, ip(tenth)));
+            assert!(!assignable(range, ip(network)));
+        }
+        assert!(!assignable(v4, ip("10.111.255.255")));
+        // IPv6 has no broadcast address.
+        assert!(assignable(v6, ip("fd00:96::ffff")) && !reserved(v6, ip("fd00:96::ffff")));
+        assert!(!assignable(v4, ip("fd00:96::5")));
+        assert_eq!(range_size(v6), 65536);
+        assert_eq!(range_size("::/0".parse().unwrap()), u128::MAX);
+    }
 }

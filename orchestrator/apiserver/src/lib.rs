@@ -23,6 +23,7 @@
 pub mod alloc;
 pub mod auth;
 pub mod discovery;
+pub mod dualstack;
 pub mod endpoints;
 pub mod events;
 pub mod handlers;

@@ -90,7 +90,9 @@ pub struct Config {
     pub sans: Vec<String>,
     /// A plain-HTTP listener, loopback only, with admin rights (only when asked for).
     pub insecure_listen: Option<SocketAddr>,
-    pub service_cidr: ipnet::Ipv4Net,
+    /// The service ranges (`--service-cluster-ip-range`): one, or one per family for
+    /// dual-stack Services, the first the primary family.
+    pub service_cidrs: crate::dualstack::ServiceCidrs,
     /// The node port range, inclusive (`--service-node-port-range`).
     pub node_ports: (u16, u16),
     /// tolerationSeconds of the default not-ready and unreachable tolerations of new pods
@@ -117,7 +119,9 @@ impl Config {
             etcd_tls: None,
             sans: Vec::new(),
             insecure_listen: None,
-            service_cidr: "10.96.0.0/12".parse().expect("a valid default"),
+            service_cidrs: crate::dualstack::ServiceCidrs::single(
+                "10.96.0.0/12".parse().expect("a valid default"),
+            ),
             node_ports: (30000, 32767),
             default_toleration_seconds: (300, 300),
             kubelet_client: None,
@@ -263,7 +267,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let store = open_store(&config).await?;
     let registry = Arc::new(Registry::default());
     let alloc = crate::alloc::Allocator {
-        service_cidr: config.service_cidr,
+        service_cidrs: config.service_cidrs,
         node_ports: config.node_ports,
     };
     let mut api = Api::new(Storage::new(store), registry, alloc);

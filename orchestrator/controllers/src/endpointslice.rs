@@ -1,7 +1,9 @@
 //! EndpointSlices (discovery.k8s.io/v1) and Endpoints for Services with a selector: one
 //! endpoint per selected pod that has an address, with the ready, serving and terminating
 //! conditions, its target ports resolved per pod (a named targetPort is looked up in the
-//! pod's container ports, so pods with different numbers land in different slices). Also
+//! pod's container ports, so pods with different numbers land in different slices), one set
+//! of slices per address family of the Service (a dual-stack Service gets IPv4 and IPv6
+//! slices from its pods' `podIPs`; the Endpoints object has the primary family). Also
 //! the `kubernetes` Service in `default`, whose endpoints are the API servers.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -67,58 +69,157 @@ pub fn target_port(svc_port: &k8s_openapi::api::core::v1::ServicePort, p: &Pod) 
     }
 }
 
-/// Whether a pod gets an endpoint at all: selected, with an address, not finished.
-fn eligible(p: &Pod) -> Option<String> {
-    if matches!(pods::phase(p), "Succeeded" | "Failed") {
-        return None;
-    }
-    p.status
-        .as_ref()?
-        .pod_ip
-        .clone()
-        .filter(|ip| !ip.is_empty() && ip.parse::<std::net::Ipv4Addr>().is_ok())
+/// An EndpointSlice's `addressType`: the address family of its endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AddressType {
+    IPv4,
+    IPv6,
 }
 
-/// The endpoints of a service grouped by their resolved ports (sorted, so the result is
-/// stable).
-pub fn desired(svc: &Service, candidates: &[Arc<Pod>]) -> BTreeMap<Vec<PortKey>, Vec<Endpoint>> {
+impl AddressType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AddressType::IPv4 => "IPv4",
+            AddressType::IPv6 => "IPv6",
+        }
+    }
+
+    fn parse(s: &str) -> Option<AddressType> {
+        match s {
+            "IPv4" => Some(AddressType::IPv4),
+            "IPv6" => Some(AddressType::IPv6),
+            _ => None,
+        }
+    }
+
+    fn of(ip: std::net::IpAddr) -> AddressType {
+        if ip.is_ipv4() {
+            AddressType::IPv4
+        } else {
+            AddressType::IPv6
+        }
+    }
+}
+
+/// The families a Service has endpoints in, primary first: its `ipFamilies`, else the
+/// family of its cluster IP, else IPv4 (objects from before dual-stack).
+pub fn service_families(svc: &Service) -> Vec<AddressType> {
+    let spec = svc.spec.as_ref();
+    let mut out: Vec<AddressType> = spec
+        .and_then(|s| s.ip_families.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|f| AddressType::parse(f))
+        .collect();
+    out.dedup();
+    if out.is_empty() {
+        out.push(
+            spec.and_then(|s| s.cluster_ip.as_deref())
+                .and_then(|ip| ip.parse().ok())
+                .map(AddressType::of)
+                .unwrap_or(AddressType::IPv4),
+        );
+    }
+    out
+}
+
+/// A pod's addresses that may become endpoints (`status.podIPs`, else `status.podIP`), if
+/// the pod gets endpoints at all: not finished.
+fn eligible(p: &Pod) -> Vec<std::net::IpAddr> {
+    if matches!(pods::phase(p), "Succeeded" | "Failed") {
+        return Vec::new();
+    }
+    let Some(status) = p.status.as_ref() else {
+        return Vec::new();
+    };
+    let mut ips: Vec<std::net::IpAddr> = status
+        .pod_ips
+        .iter()
+        .flatten()
+        .filter_map(|a| a.ip.parse().ok())
+        .collect();
+    if ips.is_empty()
+        && let Some(ip) = status.pod_ip.as_deref().and_then(|ip| ip.parse().ok())
+    {
+        ips.push(ip);
+    }
+    ips
+}
+
+/// Endpoints grouped by address family and resolved ports.
+pub type Groups = BTreeMap<(AddressType, Vec<PortKey>), Vec<Endpoint>>;
+
+/// The endpoints of a service grouped by family (one per family the Service has, from the
+/// pods' address of that family) and resolved ports (sorted, so the result is stable).
+pub fn desired(svc: &Service, candidates: &[Arc<Pod>]) -> Groups {
     let spec = svc.spec.clone().unwrap_or_default();
     let publish = spec.publish_not_ready_addresses == Some(true);
-    let mut out: BTreeMap<Vec<PortKey>, Vec<Endpoint>> = BTreeMap::new();
+    let families = service_families(svc);
+    let mut out: Groups = BTreeMap::new();
     for p in candidates {
-        let Some(ip) = eligible(p) else { continue };
-        let ports: Vec<PortKey> = spec
-            .ports
-            .iter()
-            .flatten()
-            .filter_map(|sp| {
-                target_port(sp, p).map(|port| PortKey {
-                    name: sp.name.clone().unwrap_or_default(),
-                    protocol: sp.protocol.clone().unwrap_or_else(|| "TCP".into()),
-                    port,
-                    app_protocol: sp.app_protocol.clone(),
-                })
-            })
-            .collect();
-        let ep = Endpoint {
-            addresses: vec![ip],
-            conditions: Some(conditions(p, publish)),
-            node_name: pods::node_name(p).map(String::from),
-            target_ref: Some(ObjectReference {
-                kind: Some("Pod".into()),
-                namespace: p.metadata.namespace.clone(),
-                name: p.metadata.name.clone(),
-                uid: p.metadata.uid.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        out.entry(ports).or_default().push(ep);
+        for family in &families {
+            let Some(ip) = eligible(p)
+                .into_iter()
+                .find(|ip| AddressType::of(*ip) == *family)
+            else {
+                continue;
+            };
+            desire(&mut out, *family, &spec, p, ip.to_string(), publish);
+        }
     }
     for eps in out.values_mut() {
         eps.sort_by(|a, b| a.addresses.cmp(&b.addresses));
     }
     out
+}
+
+/// Adds pod `p`'s endpoint at `ip` to its group.
+fn desire(
+    out: &mut Groups,
+    family: AddressType,
+    spec: &k8s_openapi::api::core::v1::ServiceSpec,
+    p: &Pod,
+    ip: String,
+    publish: bool,
+) {
+    let ports: Vec<PortKey> = spec
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|sp| {
+            target_port(sp, p).map(|port| PortKey {
+                name: sp.name.clone().unwrap_or_default(),
+                protocol: sp.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                port,
+                app_protocol: sp.app_protocol.clone(),
+            })
+        })
+        .collect();
+    let ep = Endpoint {
+        addresses: vec![ip],
+        conditions: Some(conditions(p, publish)),
+        node_name: pods::node_name(p).map(String::from),
+        target_ref: Some(ObjectReference {
+            kind: Some("Pod".into()),
+            namespace: p.metadata.namespace.clone(),
+            name: p.metadata.name.clone(),
+            uid: p.metadata.uid.clone(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    out.entry((family, ports)).or_default().push(ep);
+}
+
+/// The groups of the Service's primary family: what the Endpoints object lists (upstream's
+/// Endpoints controller, too, uses one family).
+pub fn primary(svc: &Service, groups: &Groups) -> BTreeMap<Vec<PortKey>, Vec<Endpoint>> {
+    let first = service_families(svc)[0];
+    groups
+        .iter()
+        .filter(|((f, _), _)| *f == first)
+        .map(|((_, ports), eps)| (ports.clone(), eps.clone()))
+        .collect()
 }
 
 /// One resolved service port.
@@ -166,6 +267,13 @@ fn comparable(eps: &[Endpoint]) -> Vec<Comparable> {
             )
         })
         .collect()
+}
+
+/// What a slice is for: its family and ports.
+type SliceKey = (AddressType, Vec<PortKey>);
+
+fn slice_key(s: &EndpointSlice) -> Option<SliceKey> {
+    Some((AddressType::parse(&s.address_type)?, slice_ports_key(s)))
 }
 
 fn slice_ports_key(s: &EndpointSlice) -> Vec<PortKey> {
@@ -423,8 +531,12 @@ impl Reconciler for Controller {
                 .as_ref()
                 .and_then(|s| s.publish_not_ready_addresses)
                 == Some(true);
-            self.sync_endpoints(svc, endpoints_subsets(&groups, publish), &ep_api)
-                .await?;
+            self.sync_endpoints(
+                svc,
+                endpoints_subsets(&primary(svc, &groups), publish),
+                &ep_api,
+            )
+            .await?;
         }
         Ok(None)
     }
@@ -434,36 +546,45 @@ impl Controller {
     async fn sync_slices(
         &self,
         svc: &Service,
-        groups: &BTreeMap<Vec<PortKey>, Vec<Endpoint>>,
+        groups: &Groups,
         existing: Vec<Arc<EndpointSlice>>,
         api: &Api<EndpointSlice>,
     ) -> Result<(), SyncError> {
         let name = svc.metadata.name.clone().unwrap_or_default();
-        let mut by_ports: BTreeMap<Vec<PortKey>, Vec<Arc<EndpointSlice>>> = BTreeMap::new();
+        // Existing slices by (family, ports); one of a type we do not write (FQDN) is
+        // someone else's mistake under our label: removed with the leftovers.
+        let mut by_ports: BTreeMap<Option<SliceKey>, Vec<Arc<EndpointSlice>>> = BTreeMap::new();
         for s in existing {
-            by_ports.entry(slice_ports_key(&s)).or_default().push(s);
+            by_ports.entry(slice_key(&s)).or_default().push(s);
         }
         for v in by_ports.values_mut() {
             v.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
         }
-        // A service with no endpoints keeps one empty slice (upstream's placeholder).
-        let mut wanted: Vec<(Vec<PortKey>, Vec<Endpoint>)> = Vec::new();
-        for (ports, eps) in groups {
-            for chunk in eps.chunks(MAX_PER_SLICE) {
-                wanted.push((ports.clone(), chunk.to_vec()));
+        // A family with no endpoints keeps one empty slice (upstream's placeholder), so a
+        // Service of both families has at least one slice of each.
+        let mut wanted: Vec<(AddressType, Vec<PortKey>, Vec<Endpoint>)> = Vec::new();
+        for family in service_families(svc) {
+            let before = wanted.len();
+            for ((f, ports), eps) in groups {
+                if *f != family {
+                    continue;
+                }
+                for chunk in eps.chunks(MAX_PER_SLICE) {
+                    wanted.push((family, ports.clone(), chunk.to_vec()));
+                }
             }
-        }
-        if wanted.is_empty() {
-            wanted.push((Vec::new(), Vec::new()));
+            if wanted.len() == before {
+                wanted.push((family, Vec::new(), Vec::new()));
+            }
         }
         let mut labels = svc.metadata.labels.clone().unwrap_or_default();
         labels.insert(SERVICE_NAME.into(), name.clone());
         labels.insert(MANAGED_BY.into(), CONTROLLER_NAME.into());
-        for (ports, eps) in wanted {
+        for (family, ports, eps) in wanted {
             let mut sorted_ports = ports.clone();
             sorted_ports.sort();
             let reuse = by_ports
-                .get_mut(&sorted_ports)
+                .get_mut(&Some((family, sorted_ports)))
                 .and_then(|v| (!v.is_empty()).then(|| v.remove(0)));
             let slice_ports: Vec<EndpointPort> = ports.iter().map(PortKey::slice_port).collect();
             match reuse {
@@ -489,7 +610,7 @@ impl Controller {
                             owner_references: Some(vec![owner::controller_ref(svc)]),
                             ..Default::default()
                         },
-                        address_type: "IPv4".into(),
+                        address_type: family.as_str().into(),
                         endpoints: eps,
                         ports: Some(slice_ports),
                     };
@@ -623,9 +744,9 @@ mod tests {
             &[pod("a", Some("10.0.0.1"), true, false), Arc::new(other)],
         );
         assert_eq!(groups.len(), 2, "{groups:?}");
-        let with: Vec<_> = groups.iter().filter(|(k, _)| !k.is_empty()).collect();
+        let with: Vec<_> = groups.iter().filter(|((_, k), _)| !k.is_empty()).collect();
         assert_eq!(with.len(), 1);
-        assert_eq!(with[0].0[0].port, 8080);
+        assert_eq!(with[0].0.1[0].port, 8080);
         assert_eq!(with[0].1[0].addresses, ["10.0.0.1"]);
     }
 
@@ -639,7 +760,7 @@ mod tests {
                 pod("b", Some("10.0.0.2"), true, false),
             ],
         );
-        let (ports, eps) = groups.iter().next().unwrap();
+        let ((_, ports), eps) = groups.iter().next().unwrap();
         assert_eq!(ports[0].port, 9000);
         assert_eq!(eps.len(), 1);
         assert_eq!(eps[0].node_name.as_deref(), Some("n1"));
@@ -660,12 +781,82 @@ mod tests {
                 pod("c", Some("10.0.0.3"), true, true),
             ],
         );
-        let subsets = endpoints_subsets(&groups, false);
+        let subsets = endpoints_subsets(&primary(&s, &groups), false);
         assert_eq!(subsets.len(), 1);
         let ips = |v: &Option<Vec<EndpointAddress>>| {
             v.iter().flatten().map(|a| a.ip.clone()).collect::<Vec<_>>()
         };
         assert_eq!(ips(&subsets[0].addresses), ["10.0.0.1"]);
         assert_eq!(ips(&subsets[0].not_ready_addresses), ["10.0.0.2"]);
+    }
+
+    fn dual_pod(name: &str, v4: &str, v6: &str) -> Arc<Pod> {
+        let mut p = (*pod(name, Some(v4), true, false)).clone();
+        p.status.as_mut().unwrap().pod_ips = Some(vec![
+            k8s_openapi::api::core::v1::PodIP { ip: v4.into() },
+            k8s_openapi::api::core::v1::PodIP { ip: v6.into() },
+        ]);
+        Arc::new(p)
+    }
+
+    fn with_families(families: &[&str]) -> Service {
+        let mut s = svc(json!(8080), false);
+        s.spec.as_mut().unwrap().ip_families =
+            Some(families.iter().map(|f| f.to_string()).collect());
+        s
+    }
+
+    fn addresses(groups: &Groups, family: AddressType) -> Vec<String> {
+        groups
+            .iter()
+            .filter(|((f, _), _)| *f == family)
+            .flat_map(|(_, eps)| eps.iter().flat_map(|e| e.addresses.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn a_dual_stack_service_gets_endpoints_of_each_family_from_the_pods_ips() {
+        let pods = [
+            dual_pod("a", "10.0.0.1", "fd00::1"),
+            dual_pod("b", "10.0.0.2", "fd00::2"),
+            // Only IPv4: no IPv6 endpoint.
+            pod("c", Some("10.0.0.3"), true, false),
+        ];
+        let groups = desired(&with_families(&["IPv4", "IPv6"]), &pods);
+        assert_eq!(
+            addresses(&groups, AddressType::IPv4),
+            ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
+        );
+        assert_eq!(
+            addresses(&groups, AddressType::IPv6),
+            ["fd00::1", "fd00::2"]
+        );
+        // The Endpoints object lists the primary family only.
+        let s6 = with_families(&["IPv6", "IPv4"]);
+        let subsets = endpoints_subsets(&primary(&s6, &desired(&s6, &pods)), false);
+        let ips: Vec<String> = subsets
+            .iter()
+            .flat_map(|s| s.addresses.iter().flatten().map(|a| a.ip.clone()))
+            .collect();
+        assert_eq!(ips, ["fd00::1", "fd00::2"]);
+    }
+
+    #[test]
+    fn a_single_stack_service_gets_endpoints_of_its_family_only() {
+        let pods = [dual_pod("a", "10.0.0.1", "fd00::1")];
+        let v4 = desired(&with_families(&["IPv4"]), &pods);
+        assert_eq!(addresses(&v4, AddressType::IPv4), ["10.0.0.1"]);
+        assert!(addresses(&v4, AddressType::IPv6).is_empty());
+        let v6 = desired(&with_families(&["IPv6"]), &pods);
+        assert_eq!(addresses(&v6, AddressType::IPv6), ["fd00::1"]);
+        assert!(addresses(&v6, AddressType::IPv4).is_empty());
+        // No ipFamilies (an object from before dual-stack): the cluster IP's family.
+        let mut legacy = svc(json!(8080), false);
+        legacy.spec.as_mut().unwrap().cluster_ip = Some("fd00:96::5".into());
+        assert_eq!(service_families(&legacy), [AddressType::IPv6]);
+        assert_eq!(
+            service_families(&svc(json!(8080), false)),
+            [AddressType::IPv4]
+        );
     }
 }

@@ -401,4 +401,59 @@ mod tests {
             Lookup::NotOurs
         );
     }
+
+    #[test]
+    fn dual_stack_services_answer_a_and_aaaa_and_single_stack_ones_no_aaaa() {
+        let svcs: Vec<Service> = [
+            json!({"metadata": {"namespace": "default", "name": "dual"},
+                   "spec": {"clusterIP": "10.96.0.30", "clusterIPs": ["10.96.0.30", "fd00:96::30"],
+                            "ipFamilies": ["IPv4", "IPv6"], "ports": [{"name": "http", "port": 80}]}}),
+            json!({"metadata": {"namespace": "default", "name": "v4only"},
+                   "spec": {"clusterIP": "10.96.0.31", "clusterIPs": ["10.96.0.31"],
+                            "ipFamilies": ["IPv4"], "ports": [{"port": 80}]}}),
+            json!({"metadata": {"namespace": "default", "name": "h"},
+                   "spec": {"clusterIP": "None", "clusterIPs": ["None"],
+                            "ipFamilies": ["IPv4", "IPv6"], "ports": [{"port": 80}]}}),
+        ]
+        .into_iter()
+        .map(|v| serde_json::from_value(v).unwrap())
+        .collect();
+        let slices: Vec<EndpointSlice> = [
+            json!({"metadata": {"namespace": "default", "name": "h-4", "labels": {"kubernetes.io/service-name": "h"}},
+                   "addressType": "IPv4", "endpoints": [{"addresses": ["10.244.1.7"]}]}),
+            json!({"metadata": {"namespace": "default", "name": "h-6", "labels": {"kubernetes.io/service-name": "h"}},
+                   "addressType": "IPv6", "endpoints": [{"addresses": ["fd00:244::7"]}]}),
+        ]
+        .into_iter()
+        .map(|v| serde_json::from_value(v).unwrap())
+        .collect();
+        let z = Zone::build("cluster.local", &svcs, &slices);
+        assert_eq!(
+            z.lookup("dual.default.svc.cluster.local", Qtype::A),
+            Lookup::Answer(vec![ip("10.96.0.30")])
+        );
+        assert_eq!(
+            z.lookup("dual.default.svc.cluster.local", Qtype::Aaaa),
+            Lookup::Answer(vec![ip("fd00:96::30")])
+        );
+        assert_eq!(
+            z.lookup("v4only.default.svc.cluster.local", Qtype::Aaaa),
+            Lookup::Answer(vec![])
+        );
+        assert_eq!(
+            z.lookup("h.default.svc.cluster.local", Qtype::Aaaa),
+            Lookup::Answer(vec![ip("fd00:244::7")])
+        );
+        assert_eq!(
+            z.lookup("h.default.svc.cluster.local", Qtype::A),
+            Lookup::Answer(vec![ip("10.244.1.7")])
+        );
+        // PTR for the IPv6 cluster IP.
+        let rev = reverse_name("fd00:96::30".parse().unwrap());
+        assert!(rev.ends_with("6.9.0.0.0.0.d.f.ip6.arpa"), "{rev}");
+        assert_eq!(
+            z.lookup(&rev, Qtype::Ptr),
+            Lookup::Answer(vec![Rec::Ptr("dual.default.svc.cluster.local".into())])
+        );
+    }
 }

@@ -5,7 +5,7 @@
 //! `{"service":{"namespace":…,"name":…},"localEndpoints":N,"serviceProxyHealthy":true}`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,26 +42,33 @@ impl Status {
 /// The health-check ports these service ports ask for, each with its Service's local
 /// endpoint count (distinct addresses over all of the Service's ports).
 pub fn wanted(ports: &[ServicePort]) -> BTreeMap<u16, Status> {
-    let mut local: BTreeMap<u16, (String, String, BTreeSet<Ipv4Addr>)> = BTreeMap::new();
+    // (namespace, service, the family counted, local endpoint addresses): a dual-stack
+    // Service's pods are counted once, in the family seen first.
+    type Local = (String, String, crate::model::Family, BTreeSet<IpAddr>);
+    let mut local: BTreeMap<u16, Local> = BTreeMap::new();
     for sp in ports {
         let Some(hc) = sp.health_check_node_port else {
             continue;
         };
+        let family = crate::model::Family::of(sp.cluster_ip);
         let e = local.entry(hc).or_insert_with(|| {
             (
                 sp.name.namespace.clone(),
                 sp.name.service.clone(),
+                family,
                 BTreeSet::new(),
             )
         });
-        if (e.0.as_str(), e.1.as_str()) != (sp.name.namespace.as_str(), sp.name.service.as_str()) {
+        if (e.0.as_str(), e.1.as_str()) != (sp.name.namespace.as_str(), sp.name.service.as_str())
+            || e.2 != family
+        {
             continue; // two Services with one port: the API server never allows it
         }
-        e.2.extend(sp.usable(true).iter().map(|ep| ep.ip));
+        e.3.extend(sp.usable(true).iter().map(|ep| ep.ip));
     }
     local
         .into_iter()
-        .map(|(port, (namespace, service, ips))| {
+        .map(|(port, (namespace, service, _, ips))| {
             (
                 port,
                 Status {
@@ -101,7 +108,7 @@ impl HealthChecks {
                 *s.status.lock().unwrap_or_else(|p| p.into_inner()) = status;
                 continue;
             }
-            let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+            let addr = SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, port));
             let listener = match TcpListener::bind(addr).await {
                 Ok(l) => l,
                 Err(e) => {

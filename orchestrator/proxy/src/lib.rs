@@ -27,12 +27,12 @@ pub mod nft;
 pub mod rules;
 pub mod sync;
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
@@ -41,6 +41,7 @@ use trellis_api::cluster::reflect;
 use trellis_daemon::{Health, Metrics};
 use trellis_net::iptables::{IpFamily, Iptables};
 
+pub use model::Family;
 pub use rules::NodeRules;
 pub use sync::Syncer;
 
@@ -61,9 +62,12 @@ pub struct Config {
     /// This node's name: endpoints with this nodeName are local.
     pub node: String,
     pub kubeconfig: Option<PathBuf>,
-    pub cluster_cidr: Option<Ipv4Net>,
-    /// Addresses node ports answer on (empty: every local address).
-    pub node_addresses: Vec<Ipv4Addr>,
+    /// The pod networks, at most one per family: traffic from outside them to a cluster IP
+    /// is masqueraded (empty: never).
+    pub cluster_cidrs: Vec<IpNet>,
+    /// Addresses node ports answer on, of either family (empty: every local address of the
+    /// family).
+    pub node_addresses: Vec<IpAddr>,
     /// The least time between two syncs (changes in between are batched).
     pub min_sync_period: Duration,
     /// Full rewrite period.
@@ -77,7 +81,7 @@ impl Config {
             backend: Backend::Iptables,
             node: node.into(),
             kubeconfig: None,
-            cluster_cidr: Some("10.244.0.0/16".parse().expect("a valid default")),
+            cluster_cidrs: vec!["10.244.0.0/16".parse().expect("a valid default")],
             node_addresses: Vec::new(),
             min_sync_period: Duration::from_millis(100),
             resync: Duration::from_secs(60),
@@ -134,10 +138,8 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
         tracing::info!(%bound, "health and metrics");
     }
     bridge_netfilter();
-    let node = NodeRules {
-        cluster_cidr: config.cluster_cidr,
-        node_addresses: config.node_addresses.clone(),
-    };
+    let node_v4 = node_rules(&config, Family::V4);
+    let node_v6 = node_rules(&config, Family::V6);
     let mut dataplane = Dataplane::start(config.backend).await?;
 
     let changed = Arc::new(Notify::new());
@@ -195,14 +197,26 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
             svc.iter().map(|s| s.as_ref()),
             eps.iter().map(|s| s.as_ref()),
             &config.node,
+            Family::V4,
         );
-        health_checks.update(healthcheck::wanted(&ports)).await;
+        let ports_v6 = model::service_ports(
+            svc.iter().map(|s| s.as_ref()),
+            eps.iter().map(|s| s.as_ref()),
+            &config.node,
+            Family::V6,
+        );
+        // One health check per Service: its IPv4 ports' local endpoints, else its IPv6 ones'.
+        let mut checked = ports.clone();
+        checked.extend(ports_v6.iter().cloned());
+        health_checks.update(healthcheck::wanted(&checked)).await;
         let full = syncer_is_full(&last_full, config.resync);
         if full {
             dataplane.invalidate();
             last_full = Instant::now();
         }
-        let result = dataplane.sync(&ports, &node).await;
+        let result = dataplane
+            .sync((&ports, &node_v4), (&ports_v6, &node_v6))
+            .await;
         if let Some(n) = dataplane.nft_fallbacks() {
             metrics.inc(
                 "trellis_proxy_nft_fallbacks_total",
@@ -237,7 +251,7 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
                     "trellis_proxy_service_ports",
                     "Service ports the proxy serves.",
                     &[],
-                    ports.len() as f64,
+                    (ports.len() + ports_v6.len()) as f64,
                 );
                 metrics.inc(
                     "trellis_proxy_chains_written_total",
@@ -269,6 +283,23 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
     Ok(())
 }
 
+/// What the proxy knows about its node, for the rules of `family`.
+fn node_rules(config: &Config, family: Family) -> NodeRules {
+    NodeRules {
+        cluster_cidr: config
+            .cluster_cidrs
+            .iter()
+            .copied()
+            .find(|c| Family::of(c.network()) == family),
+        node_addresses: config
+            .node_addresses
+            .iter()
+            .copied()
+            .filter(|a| Family::of(*a) == family)
+            .collect(),
+    }
+}
+
 fn syncer_is_full(last_full: &Instant, resync: Duration) -> bool {
     last_full.elapsed() >= resync
 }
@@ -276,8 +307,12 @@ fn syncer_is_full(last_full: &Instant, resync: Duration) -> bool {
 /// The syncer of the chosen backend (the nftables one boxed: it carries its shards' state and
 /// a writer session, and lives once per daemon).
 enum Dataplane {
-    Iptables(Syncer),
-    Nftables(Box<nft::Syncer>),
+    /// iptables for IPv4, ip6tables for IPv6 (None: the host has no usable ip6tables, and
+    /// IPv6 service ports are not served; said in the log).
+    Iptables(Syncer, Option<Syncer>),
+    /// IPv4 only: IPv6 service ports are ignored with a warning (the table is of family
+    /// `ip`). The count of ignored ones is kept to warn again only when it changes.
+    Nftables(Box<nft::Syncer>, usize),
 }
 
 impl Dataplane {
@@ -293,7 +328,14 @@ impl Dataplane {
                 }
                 let ipt = Iptables::detect(None, IpFamily::V4).await?;
                 tracing::info!(backend = ?ipt.backend, "iptables");
-                Ok(Dataplane::Iptables(Syncer::new(ipt)))
+                let v6 = match Iptables::detect(None, IpFamily::V6).await {
+                    Ok(ip6t) => Some(Syncer::new(ip6t)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "no usable ip6tables: IPv6 service ports are not served");
+                        None
+                    }
+                };
+                Ok(Dataplane::Iptables(Syncer::new(ipt), v6))
             }
             Backend::Nftables => {
                 match Iptables::detect(None, IpFamily::V4).await {
@@ -305,7 +347,12 @@ impl Dataplane {
                     Err(e) => tracing::debug!(error = %e, "no iptables to clean up"),
                 }
                 tracing::info!(table = nft::TABLE, "nftables");
-                Ok(Dataplane::Nftables(Box::new(nft::Syncer::new(nft))))
+                if let Ok(ip6t) = Iptables::detect(None, IpFamily::V6).await
+                    && let Err(e) = Syncer::new(ip6t).cleanup().await
+                {
+                    tracing::warn!(error = %e, "could not remove the iptables backend's IPv6 chains");
+                }
+                Ok(Dataplane::Nftables(Box::new(nft::Syncer::new(nft)), 0))
             }
         }
     }
@@ -313,26 +360,59 @@ impl Dataplane {
     /// The nftables backend's one-shot fallbacks so far (None with iptables).
     fn nft_fallbacks(&self) -> Option<u64> {
         match self {
-            Dataplane::Iptables(_) => None,
-            Dataplane::Nftables(s) => Some(s.fallbacks()),
+            Dataplane::Iptables(..) => None,
+            Dataplane::Nftables(s, _) => Some(s.fallbacks()),
         }
     }
 
     fn invalidate(&mut self) {
         match self {
-            Dataplane::Iptables(s) => s.invalidate(),
-            Dataplane::Nftables(s) => s.invalidate(),
+            Dataplane::Iptables(s, v6) => {
+                s.invalidate();
+                if let Some(v6) = v6 {
+                    v6.invalidate();
+                }
+            }
+            Dataplane::Nftables(s, _) => s.invalidate(),
         }
     }
 
+    /// Writes the IPv4 service ports and, where the backend can, the IPv6 ones.
     async fn sync(
         &mut self,
-        ports: &[model::ServicePort],
-        node: &NodeRules,
+        (ports, node): (&[model::ServicePort], &NodeRules),
+        (ports_v6, node_v6): (&[model::ServicePort], &NodeRules),
     ) -> Result<sync::SyncStats, Error> {
         Ok(match self {
-            Dataplane::Iptables(s) => s.sync(rules::compile(ports, node)).await?,
-            Dataplane::Nftables(s) => s.sync(ports, node).await?,
+            Dataplane::Iptables(s, v6) => {
+                let mut stats = s.sync(rules::compile(ports, node)).await?;
+                if let Some(v6) = v6 {
+                    let six = v6.sync(rules::compile(ports_v6, node_v6)).await?;
+                    stats.chains_written += six.chains_written;
+                    stats.chains_deleted += six.chains_deleted;
+                    stats.rules_written += six.rules_written;
+                    stats.rules_total += six.rules_total;
+                }
+                stats
+            }
+            Dataplane::Nftables(s, ignored) => {
+                if ports_v6.len() != *ignored {
+                    *ignored = ports_v6.len();
+                    if !ports_v6.is_empty() {
+                        let some: Vec<String> = ports_v6
+                            .iter()
+                            .take(5)
+                            .map(|p| p.name.to_string())
+                            .collect();
+                        tracing::warn!(
+                            count = ports_v6.len(),
+                            examples = ?some,
+                            "the nftables backend serves IPv4 only: these IPv6 service ports are not served (use --proxy-backend iptables for dual-stack Services)"
+                        );
+                    }
+                }
+                s.sync(ports, node).await?
+            }
         })
     }
 }
@@ -345,5 +425,8 @@ pub async fn cleanup() -> Result<(), Error> {
     }
     let ipt = Iptables::detect(None, IpFamily::V4).await?;
     Syncer::new(ipt).cleanup().await?;
+    if let Ok(ip6t) = Iptables::detect(None, IpFamily::V6).await {
+        Syncer::new(ip6t).cleanup().await?;
+    }
     Ok(())
 }

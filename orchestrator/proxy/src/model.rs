@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -39,6 +39,27 @@ impl Protocol {
     }
 }
 
+/// An address family: the proxy writes each family's rules apart (iptables and ip6tables).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(ip: IpAddr) -> Family {
+        if ip.is_ipv4() { Family::V4 } else { Family::V6 }
+    }
+
+    /// An EndpointSlice's `addressType` / a Service's `ipFamilies` entry.
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        }
+    }
+}
+
 /// `namespace/service:port-name` — the identity of a service port, as kube-proxy names it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PortName {
@@ -57,7 +78,7 @@ impl fmt::Display for PortName {
 /// One backend of a service port.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Endpoint {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub port: u16,
     pub ready: bool,
     pub serving: bool,
@@ -71,12 +92,13 @@ pub struct Endpoint {
 pub struct ServicePort {
     pub name: PortName,
     pub protocol: Protocol,
-    pub cluster_ip: Ipv4Addr,
+    /// The Service's cluster IP of this port's family.
+    pub cluster_ip: IpAddr,
     pub port: u16,
     pub node_port: Option<u16>,
     /// A LoadBalancer Service's addresses (`status.loadBalancer.ingress[].ip`): served on
     /// `port` like a node port, with the external traffic policy.
-    pub load_balancer_ips: Vec<Ipv4Addr>,
+    pub load_balancer_ips: Vec<IpAddr>,
     /// A LoadBalancer Service's `spec.healthCheckNodePort` (externalTrafficPolicy Local).
     pub health_check_node_port: Option<u16>,
     /// externalTrafficPolicy: Local.
@@ -106,19 +128,21 @@ impl ServicePort {
     }
 }
 
-/// Service ports with their endpoints, for the node `node`. Services without a cluster IP
-/// (headless, ExternalName) and non-IPv4 slices are not the proxy's business. A slice port
-/// matches a service port by name and protocol; a service port no slice serves has no
-/// endpoints (and so is rejected).
+/// Service ports of `family` with their endpoints, for the node `node`: each Service with a
+/// cluster IP of that family (`clusterIPs`), with the endpoints of that family's slices.
+/// Services without a cluster IP (headless, ExternalName) are not the proxy's business. A
+/// slice port matches a service port by name and protocol; a service port no slice serves
+/// has no endpoints (and so is rejected).
 pub fn service_ports<'a>(
     services: impl IntoIterator<Item = &'a Service>,
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
     node: &str,
+    family: Family,
 ) -> Vec<ServicePort> {
     // (namespace, service) → slices
     let mut by_service: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
     for s in slices {
-        if s.address_type != "IPv4" {
+        if s.address_type != family.name() {
             continue;
         }
         let (Some(ns), Some(svc)) = (
@@ -146,16 +170,19 @@ pub fn service_ports<'a>(
             continue;
         }
         let Some(cluster_ip) = spec
-            .cluster_ip
-            .as_deref()
-            .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
+            .cluster_ips
+            .iter()
+            .flatten()
+            .chain(spec.cluster_ip.iter())
+            .filter_map(|ip| ip.parse::<IpAddr>().ok())
+            .find(|ip| Family::of(*ip) == family)
         else {
             continue;
         };
         let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
         let load_balancer = spec.type_.as_deref() == Some("LoadBalancer");
-        let load_balancer_ips: Vec<Ipv4Addr> = if load_balancer {
-            let mut ips: Vec<Ipv4Addr> = svc
+        let load_balancer_ips: Vec<IpAddr> = if load_balancer {
+            let mut ips: Vec<IpAddr> = svc
                 .status
                 .as_ref()
                 .and_then(|s| s.load_balancer.as_ref())
@@ -163,6 +190,7 @@ pub fn service_ports<'a>(
                 .into_iter()
                 .flatten()
                 .filter_map(|i| i.ip.as_deref()?.parse().ok())
+                .filter(|ip| Family::of(*ip) == family)
                 .collect();
             ips.sort();
             ips.dedup();
@@ -227,7 +255,9 @@ pub fn service_ports<'a>(
                     let terminating = cond.and_then(|c| c.terminating).unwrap_or(false);
                     let local = ep.node_name.as_deref() == Some(node);
                     for a in &ep.addresses {
-                        if let Ok(ip) = a.parse::<Ipv4Addr>() {
+                        if let Ok(ip) = a.parse::<IpAddr>()
+                            && Family::of(ip) == family
+                        {
                             endpoints.insert(Endpoint {
                                 ip,
                                 port: target,
@@ -307,13 +337,13 @@ mod tests {
             ]
         }));
         let svc = web();
-        let ports = service_ports([&svc], [&s], "n1");
+        let ports = service_ports([&svc], [&s], "n1", Family::V4);
         assert_eq!(ports.len(), 1);
         let p = &ports[0];
         assert_eq!(p.name.to_string(), "default/web:http");
         assert_eq!(p.endpoints.len(), 3);
         let usable: Vec<_> = p.usable(false).iter().map(|e| e.ip).collect();
-        assert_eq!(usable, vec!["10.244.1.2".parse::<Ipv4Addr>().unwrap()]);
+        assert_eq!(usable, vec!["10.244.1.2".parse::<IpAddr>().unwrap()]);
         assert!(p.usable(true)[0].local);
     }
 
@@ -330,9 +360,9 @@ mod tests {
             ]
         }));
         let svc = web();
-        let ports = service_ports([&svc], [&s], "n1");
+        let ports = service_ports([&svc], [&s], "n1", Family::V4);
         let usable: Vec<_> = ports[0].usable(false).iter().map(|e| e.ip).collect();
-        assert_eq!(usable, vec!["10.244.2.2".parse::<Ipv4Addr>().unwrap()]);
+        assert_eq!(usable, vec!["10.244.2.2".parse::<IpAddr>().unwrap()]);
     }
 
     #[test]
@@ -345,7 +375,7 @@ mod tests {
             "endpoints": [{"addresses": ["10.244.1.2"]}]
         }));
         let svc = web();
-        let ports = service_ports([&svc], [&s], "n1");
+        let ports = service_ports([&svc], [&s], "n1", Family::V4);
         assert!(ports[0].endpoints.is_empty());
     }
 
@@ -359,6 +389,41 @@ mod tests {
             "metadata": {"namespace": "default", "name": "e"},
             "spec": {"type": "ExternalName", "externalName": "example.org"}
         }));
-        assert!(service_ports([&headless, &ext], [], "n1").is_empty());
+        assert!(service_ports([&headless, &ext], [], "n1", Family::V4).is_empty());
+    }
+
+    #[test]
+    fn each_family_gets_its_cluster_ip_and_its_slices_endpoints() {
+        let svc = service(json!({
+            "metadata": {"namespace": "default", "name": "web"},
+            "spec": {"clusterIP": "10.96.0.20", "clusterIPs": ["10.96.0.20", "fd00:96::20"],
+                     "ipFamilies": ["IPv4", "IPv6"], "ipFamilyPolicy": "PreferDualStack",
+                     "selector": {"app": "web"},
+                     "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
+        }));
+        let s4 = slice(json!({
+            "metadata": {"namespace": "default", "name": "web-4",
+                         "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080}],
+            "endpoints": [{"addresses": ["10.244.1.2"]}]
+        }));
+        let s6 = slice(json!({
+            "metadata": {"namespace": "default", "name": "web-6",
+                         "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv6",
+            "ports": [{"name": "http", "port": 8080}],
+            "endpoints": [{"addresses": ["fd00:244::2"]}, {"addresses": ["fd00:244::3"]}]
+        }));
+        let v4 = service_ports([&svc], [&s4, &s6], "n1", Family::V4);
+        assert_eq!(v4[0].cluster_ip, "10.96.0.20".parse::<IpAddr>().unwrap());
+        assert_eq!(v4[0].endpoints.len(), 1);
+        let v6 = service_ports([&svc], [&s4, &s6], "n1", Family::V6);
+        assert_eq!(v6[0].cluster_ip, "fd00:96::20".parse::<IpAddr>().unwrap());
+        let ips: Vec<String> = v6[0].endpoints.iter().map(|e| e.ip.to_string()).collect();
+        assert_eq!(ips, ["fd00:244::2", "fd00:244::3"]);
+        // A single-stack IPv4 Service has no IPv6 service port.
+        let single = web();
+        assert!(service_ports([&single], [&s6], "n1", Family::V6).is_empty());
     }
 }

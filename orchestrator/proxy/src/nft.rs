@@ -1014,7 +1014,7 @@ mod tests {
     fn numbered_port(i: u32, seed: u64) -> ServicePort {
         let mut s = sp(vec![]);
         s.name.service = format!("svc{i}");
-        s.cluster_ip = std::net::Ipv4Addr::new(10, 96, 1, i as u8);
+        s.cluster_ip = std::net::Ipv4Addr::new(10, 96, 1, i as u8).into();
         let n = seed % 4;
         for k in 0..n {
             let last = ((seed >> (4 + k * 3)) % 6) as u8 + 2;
@@ -1029,7 +1029,7 @@ mod tests {
             s.node_port = Some(30000 + i as u16);
         }
         if (seed >> 42).is_multiple_of(5) {
-            s.load_balancer_ips = vec![std::net::Ipv4Addr::new(10, 0, 0, i as u8)];
+            s.load_balancer_ips = vec![std::net::Ipv4Addr::new(10, 0, 0, i as u8).into()];
         }
         s.external_local = (seed >> 44).is_multiple_of(2);
         s.internal_local = (seed >> 45).is_multiple_of(4);
@@ -1104,7 +1104,7 @@ mod tests {
             .map(|i| {
                 let mut s = sp(vec![ep("10.244.1.2", true, false)]);
                 s.name.service = format!("spread{i}");
-                s.cluster_ip = std::net::Ipv4Addr::from(0x0a60_1000 + i);
+                s.cluster_ip = std::net::Ipv4Addr::from(0x0a60_1000 + i).into();
                 s.node_port = (i % 2 == 0).then_some(30000 + i as u16);
                 s.affinity = (i % 3 == 0).then_some(60);
                 s

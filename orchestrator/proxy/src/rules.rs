@@ -16,9 +16,9 @@
 //! are refused at once (ICMP port unreachable), not black-holed.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use crate::model::{Endpoint, ServicePort};
 
@@ -87,10 +87,34 @@ pub fn jumps() -> Vec<(&'static str, &'static str, Vec<&'static str>)> {
 pub struct NodeRules {
     /// The pod network: traffic from outside it to a cluster IP is masqueraded. None: never
     /// (kube-proxy without `--cluster-cidr`).
-    pub cluster_cidr: Option<Ipv4Net>,
+    pub cluster_cidr: Option<IpNet>,
     /// The node's own addresses node ports answer on. Empty: every local address
     /// (`-m addrtype --dst-type LOCAL`).
-    pub node_addresses: Vec<Ipv4Addr>,
+    pub node_addresses: Vec<IpAddr>,
+}
+
+/// `ip` as a host match: `/32` or `/128`.
+fn host(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(a) => format!("{a}/32"),
+        IpAddr::V6(a) => format!("{a}/128"),
+    }
+}
+
+/// The whole-address mask `-m recent --mask` takes for `ip`'s family.
+fn full_mask(ip: IpAddr) -> &'static str {
+    match ip {
+        IpAddr::V4(_) => "255.255.255.255",
+        IpAddr::V6(_) => "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+    }
+}
+
+/// A DNAT destination: `a.b.c.d:port` or `[v6]:port`.
+fn dnat_to(ip: IpAddr, port: u16) -> String {
+    match ip {
+        IpAddr::V4(a) => format!("{a}:{port}"),
+        IpAddr::V6(a) => format!("[{a}]:{port}"),
+    }
 }
 
 /// The desired chains: (table, chain) → rules in order.
@@ -164,7 +188,8 @@ fn spread(sp: &ServicePort, eps: &[&Endpoint], out: &mut Vec<String>) {
         for ep in eps {
             let sep = endpoint_chain(sp, ep);
             out.push(format!(
-                "{c} -m recent --name {sep} --mask 255.255.255.255 --rsource --rcheck --seconds {secs} --reap -j {sep}"
+                "{c} -m recent --name {sep} --mask {} --rsource --rcheck --seconds {secs} --reap -j {sep}",
+                full_mask(ep.ip)
             ));
         }
     }
@@ -183,14 +208,19 @@ fn spread(sp: &ServicePort, eps: &[&Endpoint], out: &mut Vec<String>) {
 }
 
 fn reject_rule(sp: &ServicePort, dst: &str, port: u16) -> String {
+    let with = match sp.cluster_ip {
+        IpAddr::V4(_) => "icmp-port-unreachable",
+        IpAddr::V6(_) => "icmp6-port-unreachable",
+    };
     format!(
-        "{} {dst} -p {} --dport {port} -j REJECT --reject-with icmp-port-unreachable",
+        "{} {dst} -p {} --dport {port} -j REJECT --reject-with {with}",
         comment(sp),
         sp.protocol.iptables()
     )
 }
 
-/// All our chains for these service ports.
+/// All our chains for these service ports, all of one family (iptables and ip6tables each get
+/// their own set; the node's addresses and cluster CIDR of the other family are left out).
 pub fn compile(ports: &[ServicePort], node: &NodeRules) -> Chains {
     let mut chains = Chains::new();
     chains.insert(
@@ -214,13 +244,13 @@ pub fn compile(ports: &[ServicePort], node: &NodeRules) -> Chains {
     } else {
         node.node_addresses
             .iter()
-            .map(|a| format!("-d {a}/32"))
+            .map(|a| format!("-d {}", host(*a)))
             .collect()
     };
 
     for sp in ports {
         let proto = sp.protocol.iptables();
-        let vip = format!("-d {}/32", sp.cluster_ip);
+        let vip = format!("-d {}", host(sp.cluster_ip));
         let c = comment(sp);
         let internal = sp.usable(sp.internal_local);
         let all = sp.usable(false);
@@ -233,16 +263,17 @@ pub fn compile(ports: &[ServicePort], node: &NodeRules) -> Chains {
         }
         for ep in &used {
             let sep = endpoint_chain(sp, ep);
-            let mut rules = vec![format!("{c} -s {}/32 -j {MARK_MASQ}", ep.ip)];
+            let mut rules = vec![format!("{c} -s {} -j {MARK_MASQ}", host(ep.ip))];
             if sp.affinity.is_some() {
                 rules.push(format!(
-                    "{c} -p {proto} -m recent --name {sep} --mask 255.255.255.255 --rsource --set -j DNAT --to-destination {}:{}",
-                    ep.ip, ep.port
+                    "{c} -p {proto} -m recent --name {sep} --mask {} --rsource --set -j DNAT --to-destination {}",
+                    full_mask(ep.ip),
+                    dnat_to(ep.ip, ep.port)
                 ));
             } else {
                 rules.push(format!(
-                    "{c} -p {proto} -j DNAT --to-destination {}:{}",
-                    ep.ip, ep.port
+                    "{c} -p {proto} -j DNAT --to-destination {}",
+                    dnat_to(ep.ip, ep.port)
                 ));
             }
             chains.insert(("nat", sep), rules);
@@ -276,7 +307,7 @@ pub fn compile(ports: &[ServicePort], node: &NodeRules) -> Chains {
         entries.extend(
             sp.load_balancer_ips
                 .iter()
-                .map(|ip| (format!("-d {ip}/32"), sp.port)),
+                .map(|ip| (format!("-d {}", host(*ip)), sp.port)),
         );
         if entries.is_empty() {
             continue;
@@ -331,7 +362,8 @@ pub fn compile(ports: &[ServicePort], node: &NodeRules) -> Chains {
         }
         for ip in &sp.load_balancer_ips {
             services.push(format!(
-                "{c} -d {ip}/32 -p {proto} --dport {} -j {xchain}",
+                "{c} -d {} -p {proto} --dport {} -j {xchain}",
+                host(*ip),
                 sp.port
             ));
         }
@@ -503,5 +535,41 @@ mod tests {
         assert!(c[1].contains("--rcheck --seconds 10800"));
         assert!(c[2].contains("--rcheck"));
         assert!(c[3].contains("statistic"));
+    }
+
+    #[test]
+    fn ipv6_rules_use_ipv6_hosts_destinations_and_rejects() {
+        let mut s = sp(vec![ep("fd00:244::2", true, false)]);
+        s.cluster_ip = "fd00:96::20".parse().unwrap();
+        s.affinity = Some(60);
+        s.node_port = Some(30080);
+        let n = NodeRules {
+            cluster_cidr: Some("fd00:244::/64".parse().unwrap()),
+            node_addresses: vec!["fd00:198::1".parse().unwrap()],
+        };
+        let chains = compile(std::slice::from_ref(&s), &n);
+        let services = &chains[&("nat", SERVICES.into())];
+        assert!(
+            services[0].contains("-d fd00:96::20/128 -p tcp --dport 80"),
+            "{services:?}"
+        );
+        assert!(
+            services
+                .iter()
+                .any(|r| r.contains("-d fd00:198::1/128 -j TRELLIS-NODEPORTS"))
+        );
+        let c = &chains[&("nat", cluster_chain(&s))];
+        assert!(c[0].contains("! -s fd00:244::/64"));
+        assert!(c[1].contains("--mask ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"));
+        let sep = &chains[&("nat", endpoint_chain(&s, &s.endpoints[0]))];
+        assert!(sep[0].contains("-s fd00:244::2/128"));
+        assert!(
+            sep[1].ends_with("DNAT --to-destination [fd00:244::2]:8080"),
+            "{sep:?}"
+        );
+        s.endpoints.clear();
+        let chains = compile(std::slice::from_ref(&s), &n);
+        let r = &chains[&("filter", REJECT.into())];
+        assert!(r[0].contains("-d fd00:96::20/128 -p tcp --dport 80 -j REJECT --reject-with icmp6-port-unreachable"), "{r:?}");
     }
 }

@@ -62,7 +62,7 @@ fn services(n: usize, target: usize) -> Vec<ServicePort> {
                 port: "http".into(),
             },
             protocol: Protocol::Tcp,
-            cluster_ip: Ipv4Addr::from(0x0a60_0000u32 + i as u32 + 1),
+            cluster_ip: Ipv4Addr::from(0x0a60_0000u32 + i as u32 + 1).into(),
             port: 80,
             node_port: None,
             load_balancer_ips: Vec::new(),
@@ -73,9 +73,9 @@ fn services(n: usize, target: usize) -> Vec<ServicePort> {
             endpoints: (0..10)
                 .map(|e| Endpoint {
                     ip: if i == target {
-                        server_ip(e)
+                        server_ip(e).into()
                     } else {
-                        Ipv4Addr::from(0x0af4_0000u32 + (i * 10 + e) as u32)
+                        Ipv4Addr::from(0x0af4_0000u32 + (i * 10 + e) as u32).into()
                     },
                     port: SERVER_PORT,
                     ready: true,
@@ -317,7 +317,7 @@ async fn main() {
     );
 
     let _srv = Server::start(&server, 4);
-    let vip = SocketAddr::new(IpAddr::V4(ports[target].cluster_ip), 80);
+    let vip = SocketAddr::new(ports[target].cluster_ip, 80);
     // Directly: the same ten endpoints in turn, as the ClusterIP spreads over them.
     let direct: Vec<SocketAddr> = server_ips
         .iter()

@@ -51,7 +51,7 @@ fn services(n: usize) -> Vec<ServicePort> {
                 port: "http".into(),
             },
             protocol: Protocol::Tcp,
-            cluster_ip: std::net::Ipv4Addr::from(0x0a60_0000u32 + i as u32 + 1),
+            cluster_ip: std::net::Ipv4Addr::from(0x0a60_0000u32 + i as u32 + 1).into(),
             port: 80,
             node_port: None,
             load_balancer_ips: Vec::new(),
@@ -61,7 +61,7 @@ fn services(n: usize) -> Vec<ServicePort> {
             affinity: None,
             endpoints: (0..10)
                 .map(|e| Endpoint {
-                    ip: std::net::Ipv4Addr::from(0x0af4_0000u32 + (i * 10 + e) as u32),
+                    ip: std::net::Ipv4Addr::from(0x0af4_0000u32 + (i * 10 + e) as u32).into(),
                     port: 8080,
                     ready: true,
                     serving: true,
@@ -187,7 +187,7 @@ async fn main() {
         let mut inc_base = Vec::new();
         for r in 0..rounds {
             let sp = &mut ports[r % n];
-            sp.endpoints[0].ip = std::net::Ipv4Addr::from(0x0af5_0000u32 + r as u32);
+            sp.endpoints[0].ip = std::net::Ipv4Addr::from(0x0af5_0000u32 + r as u32).into();
             let t = Instant::now();
             let stats = if nft_mode {
                 nft_syncer.sync(&ports, &node).await.unwrap()

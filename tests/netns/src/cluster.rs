@@ -28,12 +28,23 @@ impl ControlPlane {
     /// (`--kubelet-certificate-authority`): kubelets need one from
     /// [`ControlPlane::issue_serving`].
     pub async fn start(tb: &Testbed, short: &str, n: u8) -> Result<ControlPlane> {
+        ControlPlane::start_args(tb, short, n, &[]).await
+    }
+
+    /// As [`ControlPlane::start`], the API server with `extra` flags too (a dual-stack
+    /// `--service-cluster-ip-range`); [`ControlPlane::restart`] starts it without them.
+    pub async fn start_args(
+        tb: &Testbed,
+        short: &str,
+        n: u8,
+        extra: &[&str],
+    ) -> Result<ControlPlane> {
         let node = tb.add_node(short, n).await?;
         let dir = tb.state_dir().join(format!("{short}-apiserver"));
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::io("create the API server's directory", e))?;
         let addr = SocketAddr::new(node.ip.into(), 6443);
-        let pid = spawn_apiserver(tb, &node, &dir, addr)?;
+        let pid = spawn_apiserver(tb, &node, &dir, addr, extra)?;
         let kubeconfig = dir.join("admin.kubeconfig");
         let relay = tb.forward(&node.ns, addr).await?;
         for _ in 0..300 {
@@ -66,29 +77,38 @@ impl ControlPlane {
 }
 
 /// `trellis apiserver` in `node`'s namespace on `addr`, its data (store, PKI) in `dir`.
-fn spawn_apiserver(tb: &Testbed, node: &Node, dir: &Path, addr: SocketAddr) -> Result<i32> {
+fn spawn_apiserver(
+    tb: &Testbed,
+    node: &Node,
+    dir: &Path,
+    addr: SocketAddr,
+    extra: &[&str],
+) -> Result<i32> {
     let trellis = bin_path("trellis");
-    tb.spawn(
-        &node.ns,
-        &[
-            trellis.to_str().unwrap_or("trellis"),
-            "apiserver",
-            "--data-dir",
-            dir.to_str().unwrap_or_default(),
-            "--listen",
-            &addr.to_string(),
-            "--san",
-            &Ipv4Addr::LOCALHOST.to_string(),
-            "--kubelet-certificate-authority",
-            dir.join("pki/ca.crt").to_str().unwrap_or_default(),
-            // No default/kubernetes: these clusters run no service proxy, so pods reach the
-            // API server at the address their kubelet uses, not at a ClusterIP nothing
-            // translates (`trellis up` runs the default, `lease`, with its proxies).
-            "--endpoint-reconciler-type",
-            "none",
-        ],
-        Duration::from_secs(600),
-    )
+    let (addr, lo, ca) = (
+        addr.to_string(),
+        Ipv4Addr::LOCALHOST.to_string(),
+        dir.join("pki/ca.crt"),
+    );
+    let mut argv = vec![
+        trellis.to_str().unwrap_or("trellis"),
+        "apiserver",
+        "--data-dir",
+        dir.to_str().unwrap_or_default(),
+        "--listen",
+        &addr,
+        "--san",
+        &lo,
+        "--kubelet-certificate-authority",
+        ca.to_str().unwrap_or_default(),
+        // No default/kubernetes: these clusters run no service proxy, so pods reach the
+        // API server at the address their kubelet uses, not at a ClusterIP nothing
+        // translates (`trellis up` runs the default, `lease`, with its proxies).
+        "--endpoint-reconciler-type",
+        "none",
+    ];
+    argv.extend_from_slice(extra);
+    tb.spawn(&node.ns, &argv, Duration::from_secs(600))
 }
 
 impl ControlPlane {
@@ -112,7 +132,7 @@ impl ControlPlane {
     /// Starts the API server again, on the same address with the same data and CA, and waits
     /// until it accepts connections.
     pub async fn restart(&mut self, tb: &Testbed) -> Result<()> {
-        self.pid = spawn_apiserver(tb, &self.node, &self.dir, self.addr)?;
+        self.pid = spawn_apiserver(tb, &self.node, &self.dir, self.addr, &[])?;
         for _ in 0..300 {
             if self.listening()? {
                 return Ok(());

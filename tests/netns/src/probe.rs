@@ -159,8 +159,19 @@ impl Drop for NameServer {
 impl NameServer {
     /// Starts answering on `0.0.0.0:port` in `ns`.
     pub fn start(ns: &Netns, port: u16, name: &str, lifetime: Duration) -> Result<NameServer> {
+        NameServer::start_at(ns, Ipv4Addr::UNSPECIFIED.into(), port, name, lifetime)
+    }
+
+    /// Starts answering on `ip:port` in `ns` (`::` takes both families: a dual-stack pod).
+    pub fn start_at(
+        ns: &Netns,
+        ip: std::net::IpAddr,
+        port: u16,
+        name: &str,
+        lifetime: Duration,
+    ) -> Result<NameServer> {
         let listener = ns
-            .run(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)))?
+            .run(|| TcpListener::bind((ip, port)))?
             .map_err(|e| Error::io("bind the name server", e))?;
         listener
             .set_nonblocking(true)

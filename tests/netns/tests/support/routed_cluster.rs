@@ -163,7 +163,7 @@ impl Cluster {
         resync: u64,
         agent_extra: impl Fn(&Path) -> Vec<String>,
     ) -> Cluster {
-        Cluster::start_setup(n, graceful_restart, resync, false, |_, dirs| {
+        Cluster::start_setup(n, graceful_restart, resync, false, &[], |_, dirs| {
             agent_extra(dirs)
         })
         .await
@@ -176,7 +176,17 @@ impl Cluster {
         n: usize,
         agent_extra: impl Fn(usize, &Path) -> Vec<String>,
     ) -> Cluster {
-        Cluster::start_setup(n, false, 1, true, agent_extra).await
+        Cluster::start_setup(n, false, 1, true, &[], agent_extra).await
+    }
+
+    /// As [`Cluster::start_dual`], the API server with `apiserver_extra` flags too (a
+    /// dual-stack `--service-cluster-ip-range`).
+    pub async fn start_dual_args(
+        n: usize,
+        apiserver_extra: &[&str],
+        agent_extra: impl Fn(usize, &Path) -> Vec<String>,
+    ) -> Cluster {
+        Cluster::start_setup(n, false, 1, true, apiserver_extra, agent_extra).await
     }
 
     async fn start_setup(
@@ -184,12 +194,15 @@ impl Cluster {
         graceful_restart: bool,
         resync: u64,
         dual_stack: bool,
+        apiserver_extra: &[&str],
         agent_extra: impl Fn(usize, &Path) -> Vec<String>,
     ) -> Cluster {
         require_root();
         require_tool("ping", "iputils-ping");
         let tb = Testbed::new().unwrap();
-        let cp = ControlPlane::start(&tb, "cp", 1).await.unwrap();
+        let cp = ControlPlane::start_args(&tb, "cp", 1, apiserver_extra)
+            .await
+            .unwrap();
         let client = kube_client(&cp.local_kubeconfig).await;
         let pool = ["--cidr", "10.244.0.0/16", "--block-size", "26"];
         create_pool(&tb, &cp, "routed", &pool).await.unwrap();
