@@ -218,6 +218,7 @@ pub async fn run(
             pods_dir: cfg.root_dir.join("pods"),
             logger: cfg.shim.clone(),
             rotation: cfg.log_rotation,
+            max_parallel_starts: cfg.max_parallel_syncs,
         })
         .await?;
         tracing::info!(address = %address.display(), namespace, "containerd runtime connected");

@@ -283,7 +283,16 @@ async fn work(
                 None => std::future::pending().await,
             }
         };
+        // A container start the runtime finishes in the background ends: at once.
+        let wake = sync.wake();
+        let woken = async {
+            match wake {
+                Some(w) => w.notified().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            () = woken => {}
             changed = rx.changed() => {
                 // The kubelet is stopping: the pod keeps running as it is.
                 if changed.is_err() {

@@ -71,6 +71,8 @@ struct Local {
     create_failures: HashMap<String, CreateFailure>,
     /// Containers whose image could not be had, by name: not started again before `next`.
     pulls: HashMap<String, PullFailure>,
+    /// Woken by the runtime when a container start it finishes in the background ends.
+    wake: Arc<tokio::sync::Notify>,
 }
 
 /// A container that could not be created (its cgroup or limits refused, the runtime failed):
@@ -363,6 +365,12 @@ impl PodSync {
         self.local.is_some()
     }
 
+    /// What the runtime wakes when a container start of this pod ends in the background (the
+    /// worker then passes over the pod at once); None without a sandbox.
+    pub(crate) fn wake(&self) -> Option<Arc<tokio::sync::Notify>> {
+        self.local.as_ref().map(|l| l.wake.clone())
+    }
+
     /// One pass over the pod: its sandbox, containers, probes and status, or its deletion.
     /// Returns how soon the pod wants its next pass (at most the sync period): sooner while a
     /// container is being created, when a probe falls due, while it terminates.
@@ -514,7 +522,11 @@ impl PodSync {
         // A container whose shim has not started its process yet is looked at again soon
         // (10 ms, doubling), rather than waited for here: other work of this pass (the status)
         // and other pods go on meanwhile.
-        let next = if self.creating(pod) {
+        let next = if self.creating(pod) && self.ctx.rt.wakes_on_start() {
+            // The runtime wakes the worker when the start ends (the sync period bounds a lost
+            // wake).
+            period
+        } else if self.creating(pod) {
             let q = self.quick;
             self.quick = (q * 2).min(period);
             q
@@ -744,6 +756,7 @@ impl PodSync {
             service_account: (local.token != Token::Off && sa.join("token").is_file())
                 .then_some(sa),
             cgroup: local.cgroup.clone(),
+            wake: Some(local.wake.clone()),
         }
     }
 
@@ -1617,8 +1630,15 @@ impl PodSync {
                 }
                 Instant::now()
             });
-            if runtime::any_alive(&local.dir) {
-                if since.elapsed() >= grace && !local.sigkilled {
+            // A container still being created (the containerd runtime's starts end in the
+            // background) is waited for: its process would otherwise appear after the
+            // teardown. Once it runs, the grace period's SIGKILL ends it.
+            let creating = self.creating(pod);
+            let Some(local) = self.local.as_mut() else {
+                return Ok(());
+            };
+            if creating || runtime::any_alive(&local.dir) {
+                if since.elapsed() >= grace && !creating && !local.sigkilled {
                     local.sigkilled = true;
                     runtime::kill_all(&local.dir);
                 }
@@ -1668,6 +1688,7 @@ impl Local {
             cgroup: None,
             create_failures: HashMap::new(),
             pulls: HashMap::new(),
+            wake: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
