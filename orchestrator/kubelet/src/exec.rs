@@ -569,7 +569,7 @@ enum Process {
     /// nsenter or the attach helper.
     Child(tokio::process::Child),
     /// An exec process of a containerd task.
-    Containerd(crate::containerd::exec::Session),
+    Containerd(Box<crate::containerd::exec::Session>),
 }
 
 impl Process {
@@ -633,7 +633,7 @@ async fn open(target: &Target, req: &ExecRequest) -> Result<Session, String> {
             stderr: s.stderr.take().map(|r| Box::new(r) as Reader),
             sizer: s.resize.take().map(Sizer::Containerd),
             tty: req.tty,
-            process: Process::Containerd(s),
+            process: Process::Containerd(Box::new(s)),
         });
     }
     let (spawned, master) = spawn(target, req);
