@@ -522,11 +522,12 @@ impl PodSync {
         // A container whose shim has not started its process yet is looked at again soon
         // (10 ms, doubling), rather than waited for here: other work of this pass (the status)
         // and other pods go on meanwhile.
-        let next = if self.creating(pod) && self.ctx.rt.wakes_on_start() {
+        let creating = self.creating(pod);
+        let next = if creating && self.ctx.rt.wakes_on_start() {
             // The runtime wakes the worker when the start ends (the sync period bounds a lost
             // wake).
             period
-        } else if self.creating(pod) {
+        } else if creating {
             let q = self.quick;
             self.quick = (q * 2).min(period);
             q
