@@ -10,9 +10,11 @@
 //! different process behind the streams: [`Target::Attach`] runs `trellis container-attach`
 //! on the container's run instead of a command.
 //!
-//! The command runs in the container's namespaces (network, mount, UTS, as the shim made
-//! them) through `nsenter -t <container pid>`, with the container's environment. A `tty`
-//! request gets a pseudo-terminal (`setsid -c`; resizes on channel 4 or the resize stream).
+//! With the process runtime the command runs in the container's namespaces (network, mount,
+//! UTS, as the shim made them) through `nsenter -t <container pid>`, with the container's
+//! environment; a `tty` request gets a pseudo-terminal (`setsid -c`; resizes on channel 4 or
+//! the resize stream). With containerd it is an exec process of the container's task
+//! ([`crate::containerd::exec`]): in its cgroup and PID namespace, with its process spec.
 
 use std::process::Stdio;
 
@@ -239,23 +241,41 @@ pub fn container_pid(pod_dir: &std::path::Path, name: &str) -> Option<i32> {
 }
 
 /// What a session on container `name` runs: for exec, a command beside its live main
-/// process; for attach, the helper `trellis container-attach` (`helper`) on its newest run's
-/// directory and log. None when the container does not run.
+/// process, or, for a containerd run when `containerd` (the socket and namespace) is given, an
+/// exec process of its task; for attach, the helper `trellis container-attach` (`helper`) on
+/// its newest run's directory and log. None when the container does not run.
 pub fn target(
     pod_dir: &std::path::Path,
     name: &str,
     attach: bool,
     helper: &std::path::Path,
+    containerd: Option<(&std::path::Path, &str)>,
 ) -> Option<Target> {
     let pid = container_pid(pod_dir, name)?;
-    if !attach {
-        return Some(Target::Exec { pid });
-    }
     let attempt = std::fs::read_dir(pod_dir.join("containers").join(name))
         .ok()?
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .max()?;
+    if !attach {
+        let run = pod_dir
+            .join("containers")
+            .join(name)
+            .join(attempt.to_string());
+        let id = std::fs::read(run.join(crate::containerd::runtime::RUN_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["id"].as_str().map(String::from));
+        return Some(match (id, containerd) {
+            (Some(id), Some((address, namespace))) => Target::Containerd {
+                address: address.to_path_buf(),
+                namespace: namespace.to_string(),
+                id,
+                fifos: pod_dir.join("exec"),
+            },
+            _ => Target::Exec { pid },
+        });
+    }
     Some(Target::Attach {
         helper: helper.to_path_buf(),
         run: pod_dir
@@ -359,13 +379,16 @@ pub(crate) fn open_pty() -> std::io::Result<Pty> {
     })
 }
 
+/// The (columns, rows) of a resize message, `{"Width":w,"Height":h}`.
+fn parse_size(message: &[u8]) -> Option<(u16, u16)> {
+    let v = serde_json::from_slice::<serde_json::Value>(message).ok()?;
+    let dim = |k: &str| v[k].as_u64().and_then(|n| u16::try_from(n).ok());
+    Some((dim("Width")?, dim("Height")?))
+}
+
 /// Sets the terminal's size from a resize message, `{"Width":w,"Height":h}`.
 pub(crate) fn resize(master: &std::fs::File, message: &[u8]) {
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(message) else {
-        return;
-    };
-    let dim = |k: &str| v[k].as_u64().and_then(|n| u16::try_from(n).ok());
-    if let (Some(w), Some(h)) = (dim("Width"), dim("Height")) {
+    if let Some((w, h)) = parse_size(message) {
         let _ = rustix::termios::tcsetwinsize(
             master,
             rustix::termios::Winsize {
@@ -408,6 +431,14 @@ fn tty_command(
 pub enum Target {
     /// `exec`: a command in the namespaces of the container's main process.
     Exec { pid: i32 },
+    /// `exec` into a containerd container: an exec process of task `id`, through the
+    /// containerd at `address` in `namespace`, its FIFOs under `fifos`.
+    Containerd {
+        address: std::path::PathBuf,
+        namespace: String,
+        id: String,
+        fifos: std::path::PathBuf,
+    },
     /// `attach`: `trellis container-attach` ([`crate::attach`]), which passes on what the
     /// container's run writes to its log from now on and feeds its stdin FIFO, until the run
     /// ends. The terminal (`tty: true`) is the container's own, made by its shim; resizes go
@@ -423,7 +454,7 @@ impl Target {
     /// The FIFO that sets an attached container's terminal size.
     fn resize_fifo(&self) -> Option<std::path::PathBuf> {
         match self {
-            Target::Exec { .. } => None,
+            Target::Exec { .. } | Target::Containerd { .. } => None,
             Target::Attach { run, .. } => {
                 Some(run.join(crate::shim::RESIZE_FIFO)).filter(|p| p.exists())
             }
@@ -431,16 +462,23 @@ impl Target {
     }
 }
 
-/// Where resize messages go: an exec's own terminal, or an attached container's shim.
+/// Where resize messages go: an exec's own terminal, an attached container's shim, or a
+/// containerd exec's ResizePty.
 enum Sizer {
     Pty(std::fs::File),
     Fifo(std::path::PathBuf),
+    Containerd(mpsc::UnboundedSender<(u16, u16)>),
 }
 
 impl Sizer {
     fn apply(&self, message: &[u8]) {
         match self {
             Sizer::Pty(m) => resize(m, message),
+            Sizer::Containerd(tx) => {
+                if let Some(size) = parse_size(message) {
+                    let _ = tx.send(size);
+                }
+            }
             Sizer::Fifo(p) => {
                 use std::io::Write;
                 use std::os::unix::fs::OpenOptionsExt;
@@ -503,7 +541,127 @@ fn spawn(
                 None,
             ),
         },
+        Target::Containerd { .. } => (
+            Err(std::io::Error::other(
+                "a containerd exec is no child process",
+            )),
+            None,
+        ),
     }
+}
+
+type Reader = Box<dyn AsyncRead + Unpin + Send>;
+type Writer = Box<dyn AsyncWrite + Unpin + Send>;
+
+/// A started session: its streams (taken by the pumps), where resizes go, and its process.
+struct Session {
+    stdin: Option<Writer>,
+    stdout: Option<Reader>,
+    stderr: Option<Reader>,
+    sizer: Option<Sizer>,
+    /// With a terminal the output's end may never come (a background process holding it).
+    tty: bool,
+    process: Process,
+}
+
+/// What runs a session.
+enum Process {
+    /// nsenter or the attach helper.
+    Child(tokio::process::Child),
+    /// An exec process of a containerd task.
+    Containerd(Box<crate::containerd::exec::Session>),
+}
+
+impl Process {
+    /// The exit code (128 + the signal when killed); None when it is unknown.
+    async fn wait(&mut self) -> Option<i32> {
+        match self {
+            Process::Child(c) => c.wait().await.ok().and_then(exit_code),
+            Process::Containerd(s) => match s.wait().await {
+                Ok(code) => Some(code),
+                Err(e) => {
+                    tracing::warn!(error = %e, "waiting for a containerd exec");
+                    None
+                }
+            },
+        }
+    }
+
+    /// The client went: the command goes too.
+    async fn kill(&mut self) {
+        match self {
+            Process::Child(c) => {
+                let _ = c.kill().await;
+            }
+            Process::Containerd(s) => s.kill().await,
+        }
+    }
+
+    /// After the end: a containerd exec process is deleted, with its FIFOs.
+    async fn finish(self) {
+        if let Process::Containerd(s) = self {
+            s.delete().await;
+        }
+    }
+}
+
+/// Starts the session of `req` on `target`; the message of the failure otherwise.
+async fn open(target: &Target, req: &ExecRequest) -> Result<Session, String> {
+    if let Target::Containerd {
+        address,
+        namespace,
+        id,
+        fifos,
+    } = target
+    {
+        let conn = crate::containerd::Conn::connect(address, namespace)
+            .await
+            .map_err(|e| format!("cannot exec {:?} in container {id}: {e}", req.command))?;
+        let creq = crate::containerd::exec::Request {
+            command: req.command.clone(),
+            stdin: req.stdin,
+            stdout: req.stdout,
+            stderr: req.stderr,
+            tty: req.tty,
+        };
+        let mut s = crate::containerd::exec::Session::start(conn, id, fifos, &creq)
+            .await
+            .map_err(|e| format!("cannot exec {:?} in container {id}: {e}", req.command))?;
+        return Ok(Session {
+            stdin: s.stdin.take().map(|w| Box::new(w) as Writer),
+            stdout: s.stdout.take().map(|r| Box::new(r) as Reader),
+            stderr: s.stderr.take().map(|r| Box::new(r) as Reader),
+            sizer: s.resize.take().map(Sizer::Containerd),
+            tty: req.tty,
+            process: Process::Containerd(Box::new(s)),
+        });
+    }
+    let (spawned, master) = spawn(target, req);
+    let mut child =
+        spawned.map_err(|e| format!("cannot start nsenter for {:?}: {e}", req.command))?;
+    let mut session = Session {
+        stdin: child.stdin.take().map(|w| Box::new(w) as Writer),
+        stdout: child.stdout.take().map(|r| Box::new(r) as Reader),
+        stderr: child.stderr.take().map(|r| Box::new(r) as Reader),
+        sizer: target.resize_fifo().map(Sizer::Fifo),
+        tty: master.is_some(),
+        process: Process::Child(child),
+    };
+    if let Some(m) = &master {
+        // The terminal: output from its master, stdin to it, resizes on it.
+        session.stdout = m
+            .try_clone()
+            .ok()
+            .map(|r| Box::new(tokio::fs::File::from_std(r)) as Reader);
+        if req.stdin {
+            session.stdin = m
+                .try_clone()
+                .ok()
+                .map(|w| Box::new(tokio::fs::File::from_std(w)) as Writer);
+        }
+        session.sizer = m.try_clone().ok().map(Sizer::Pty);
+    }
+    Ok(session)
 }
 
 /// The exit code of a finished child (128 + the signal when killed).
@@ -529,12 +687,11 @@ where
     });
     // With a tty the command gets a terminal (stdout and stderr are one stream, channel 1);
     // resize messages set its size.
-    let (spawned, master) = spawn(&target, &req);
-    let mut child = match spawned {
-        Ok(c) => c,
-        Err(e) => {
+    let mut session = match open(&target, &req).await {
+        Ok(s) => s,
+        Err(message) => {
             let st = json!({"metadata": {}, "status": "Failure", "reason": "InternalError",
-                "message": format!("cannot start nsenter for {:?}: {e}", req.command)});
+                "message": message});
             let mut m = vec![3u8];
             m.extend_from_slice(st.to_string().as_bytes());
             let _ = tx.send((OP_BINARY, m)).await;
@@ -545,30 +702,16 @@ where
         }
     };
     let mut pumps = Vec::new();
-    if let Some(out) = child.stdout.take() {
+    if let Some(out) = session.stdout.take() {
         pumps.push(tokio::spawn(pump(out, 1, tx.clone())));
     }
-    if let Some(err) = child.stderr.take() {
+    if let Some(err) = session.stderr.take() {
         pumps.push(tokio::spawn(pump(err, 2, tx.clone())));
     }
-    let mut stdin: Option<Box<dyn AsyncWrite + Unpin + Send>> =
-        child.stdin.take().map(|s| Box::new(s) as _);
-    let mut sizer = target.resize_fifo().map(Sizer::Fifo);
-    if let Some(m) = &master {
-        if let Ok(r) = m.try_clone() {
-            pumps.push(tokio::spawn(pump(
-                tokio::fs::File::from_std(r),
-                1,
-                tx.clone(),
-            )));
-        }
-        if req.stdin
-            && let Ok(w) = m.try_clone()
-        {
-            stdin = Some(Box::new(tokio::fs::File::from_std(w)));
-        }
-        sizer = m.try_clone().ok().map(Sizer::Pty);
-    }
+    let mut stdin = session.stdin.take();
+    let sizer = session.sizer.take();
+    let tty = session.tty;
+    let mut process = session.process;
     let control = tx.clone();
     // The client's messages: stdin data, its half-close, pings, the close.
     let reader = tokio::spawn(async move {
@@ -600,20 +743,21 @@ where
     });
     let reader_abort = reader.abort_handle();
     let code = tokio::select! {
-        st = child.wait() => st.ok().and_then(exit_code),
+        code = process.wait() => code,
         _ = reader => {
             // The client went: the command goes too.
-            let _ = child.kill().await;
+            process.kill().await;
             None
         }
     };
     for p in pumps {
         // A terminal's reader ends when the last holder of the slave closes it; one left
         // open by a background process must not hold the exec.
-        let limit = if master.is_some() { 2 } else { 3600 };
+        let limit = if tty { 2 } else { 3600 };
         let _ = tokio::time::timeout(std::time::Duration::from_secs(limit), p).await;
     }
     reader_abort.abort();
+    process.finish().await;
     let mut m = vec![3u8];
     m.extend_from_slice(status(&req.command, code).to_string().as_bytes());
     let _ = tx.send((OP_BINARY, m)).await;
@@ -732,38 +876,20 @@ where
         .collect();
     // With a tty, a terminal as over the WebSocket: its output on the stdout stream, resize
     // messages (JSON objects, one after another) set its size.
-    let (spawned, master) = spawn(&target, &req);
-    let result = match spawned {
-        Err(e) => report(
-            None,
-            Some(format!("cannot start nsenter for {:?}: {e}", req.command)),
-        ),
-        Ok(mut child) => {
+    let result = match open(&target, &req).await {
+        Err(message) => report(None, Some(message)),
+        Ok(mut session) => {
             let mut pumps = Vec::new();
-            if let (Some(o), Some(s)) = (child.stdout.take(), &stdout) {
+            if let (Some(o), Some(s)) = (session.stdout.take(), &stdout) {
                 pumps.push(tokio::spawn(pump_spdy(o, s.id, out.clone())));
             }
-            if let (Some(e), Some(s)) = (child.stderr.take(), &stderr) {
+            if let (Some(e), Some(s)) = (session.stderr.take(), &stderr) {
                 pumps.push(tokio::spawn(pump_spdy(e, s.id, out.clone())));
             }
-            let mut to: Option<Box<dyn AsyncWrite + Unpin + Send>> =
-                child.stdin.take().map(|s| Box::new(s) as _);
-            if let Some(m) = &master {
-                if let (Ok(r), Some(s)) = (m.try_clone(), &stdout) {
-                    let r = tokio::fs::File::from_std(r);
-                    pumps.push(tokio::spawn(pump_spdy(r, s.id, out.clone())));
-                }
-                if req.stdin {
-                    to = m
-                        .try_clone()
-                        .ok()
-                        .map(|w| Box::new(tokio::fs::File::from_std(w)) as _);
-                }
-            }
-            let sizer = match master.as_ref().and_then(|m| m.try_clone().ok()) {
-                Some(m) => Some(Sizer::Pty(m)),
-                None => target.resize_fifo().map(Sizer::Fifo),
-            };
+            let mut to = session.stdin.take();
+            let sizer = session.sizer.take();
+            let tty = session.tty;
+            let mut process = session.process;
             let feeder = stdin.take().map(|mut s| {
                 tokio::spawn(async move {
                     while let Some(data) = s.data.recv().await {
@@ -796,20 +922,21 @@ where
             });
             let mut gone = conn.gone.clone();
             let code = tokio::select! {
-                st = child.wait() => st.ok().and_then(exit_code),
+                code = process.wait() => code,
                 _ = async { drop(gone.wait_for(|g| *g).await) } => {
                     // The client went: the command goes too.
-                    let _ = child.kill().await;
+                    process.kill().await;
                     None
                 }
             };
             for p in pumps {
-                let limit = if master.is_some() { 2 } else { 3600 };
+                let limit = if tty { 2 } else { 3600 };
                 let _ = tokio::time::timeout(std::time::Duration::from_secs(limit), p).await;
             }
             for t in feeder.into_iter().chain(drain) {
                 t.abort();
             }
+            process.finish().await;
             report(code, None)
         }
     };

@@ -110,6 +110,18 @@ pub enum RuntimeChoice {
     },
 }
 
+impl RuntimeChoice {
+    /// containerd's socket and namespace, with the containerd runtime.
+    pub fn containerd(&self) -> Option<(&std::path::Path, &str)> {
+        match self {
+            RuntimeChoice::Process => None,
+            RuntimeChoice::Containerd {
+                address, namespace, ..
+            } => Some((address.as_path(), namespace.as_str())),
+        }
+    }
+}
+
 /// An error of the kubelet, naming what it was doing.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -206,6 +218,7 @@ pub async fn run(
             pods_dir: cfg.root_dir.join("pods"),
             logger: cfg.shim.clone(),
             rotation: cfg.log_rotation,
+            max_parallel_starts: cfg.max_parallel_syncs,
         })
         .await?;
         tracing::info!(address = %address.display(), namespace, "containerd runtime connected");

@@ -251,12 +251,21 @@ async fn work(
         let next = match desired {
             Desired::Unknown => None,
             Desired::Gone => {
-                let Ok(_permit) = limit.acquire().await else {
-                    return;
-                };
-                sync.remove().await;
-                has_sandbox.store(false, Ordering::Relaxed);
-                return;
+                // Until its teardown succeeds: a failed one (CNI DEL, a container that will
+                // not stop) keeps the sandbox and is tried again after a back-off.
+                loop {
+                    let retry = {
+                        let Ok(_permit) = limit.acquire().await else {
+                            return;
+                        };
+                        sync.remove().await
+                    };
+                    let Some(delay) = retry else {
+                        has_sandbox.store(false, Ordering::Relaxed);
+                        return;
+                    };
+                    tokio::time::sleep(delay).await;
+                }
             }
             Desired::Pod(pod) => {
                 let Ok(permit) = limit.acquire().await else {
@@ -274,7 +283,16 @@ async fn work(
                 None => std::future::pending().await,
             }
         };
+        // A container start the runtime finishes in the background ends: at once.
+        let wake = sync.wake();
+        let woken = async {
+            match wake {
+                Some(w) => w.notified().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            () = woken => {}
             changed = rx.changed() => {
                 // The kubelet is stopping: the pod keeps running as it is.
                 if changed.is_err() {

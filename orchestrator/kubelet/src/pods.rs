@@ -71,6 +71,8 @@ struct Local {
     create_failures: HashMap<String, CreateFailure>,
     /// Containers whose image could not be had, by name: not started again before `next`.
     pulls: HashMap<String, PullFailure>,
+    /// Woken by the runtime when a container start it finishes in the background ends.
+    wake: Arc<tokio::sync::Notify>,
 }
 
 /// A container that could not be created (its cgroup or limits refused, the runtime failed):
@@ -130,7 +132,14 @@ pub(crate) struct PodSync {
     /// How soon to look again while a container's shim has not started its process yet:
     /// 10 ms, doubling up to the sync period (instead of waiting for it inside the pass).
     quick: Duration,
+    /// Failed teardowns in a row of this pod once gone from the API ([`PodSync::remove`]).
+    teardown_failures: u32,
 }
+
+/// The first retry of a failed teardown of a pod gone from the API.
+pub(crate) const TEARDOWN_RETRY_FIRST: Duration = Duration::from_secs(1);
+/// The longest wait between two tries of such a teardown.
+pub(crate) const TEARDOWN_RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// The first look again after a container start.
 const QUICK_FIRST: Duration = Duration::from_millis(10);
@@ -343,6 +352,7 @@ impl PodSync {
             local: None,
             retry: None,
             quick: QUICK_FIRST,
+            teardown_failures: 0,
         }
     }
 
@@ -353,6 +363,12 @@ impl PodSync {
     /// Whether the pod has a sandbox on this node.
     pub(crate) fn has_sandbox(&self) -> bool {
         self.local.is_some()
+    }
+
+    /// What the runtime wakes when a container start of this pod ends in the background (the
+    /// worker then passes over the pod at once); None without a sandbox.
+    pub(crate) fn wake(&self) -> Option<Arc<tokio::sync::Notify>> {
+        self.local.as_ref().map(|l| l.wake.clone())
     }
 
     /// One pass over the pod: its sandbox, containers, probes and status, or its deletion.
@@ -378,13 +394,36 @@ impl PodSync {
     }
 
     /// The pod is gone from the API (deleted without this kubelet, or never known): whatever
-    /// of it runs here is killed and removed, without grace.
-    pub(crate) async fn remove(&mut self) {
-        if let Some(local) = self.local.take() {
-            tracing::info!(pod = %format!("{}/{}", local.rec.namespace, local.rec.name), "pod is gone from the API: removing it");
-            runtime::kill_all(&local.dir);
-            self.ctx.teardown(&local).await;
+    /// of it runs here is killed and removed, without grace. A teardown that fails (CNI DEL,
+    /// a cgroup or directory that will not go) keeps the sandbox, as the delete path does:
+    /// returns how long to wait before the next try (doubling from [`TEARDOWN_RETRY_FIRST`] to
+    /// [`TEARDOWN_RETRY_MAX`]), None once nothing is left.
+    pub(crate) async fn remove(&mut self) -> Option<Duration> {
+        let local = self.local.take()?;
+        let pod = format!("{}/{}", local.rec.namespace, local.rec.name);
+        if self.teardown_failures == 0 {
+            tracing::info!(pod = %pod, "pod is gone from the API: removing it");
         }
+        runtime::kill_all(&local.dir);
+        if self.ctx.teardown(&local).await {
+            self.teardown_failures = 0;
+            return None;
+        }
+        self.teardown_failures = self.teardown_failures.saturating_add(1);
+        let delay = backoff(
+            TEARDOWN_RETRY_FIRST,
+            TEARDOWN_RETRY_MAX,
+            self.teardown_failures,
+        );
+        tracing::warn!(pod = %pod, failures = self.teardown_failures, retry_in_ms = delay.as_millis() as u64, "removing a pod gone from the API failed: kept for another try");
+        self.ctx.metrics.inc(
+            "kubelet_teardown_failures_total",
+            "Teardowns of pods gone from the API that failed and wait for another try",
+            &[],
+            1.0,
+        );
+        self.local = Some(local);
+        Some(delay)
     }
 
     async fn event(&self, pod: &Pod, kind: &str, reason: &str, message: &str) {
@@ -483,7 +522,12 @@ impl PodSync {
         // A container whose shim has not started its process yet is looked at again soon
         // (10 ms, doubling), rather than waited for here: other work of this pass (the status)
         // and other pods go on meanwhile.
-        let next = if self.creating(pod) {
+        let creating = self.creating(pod);
+        let next = if creating && self.ctx.rt.wakes_on_start() {
+            // The runtime wakes the worker when the start ends (the sync period bounds a lost
+            // wake).
+            period
+        } else if creating {
             let q = self.quick;
             self.quick = (q * 2).min(period);
             q
@@ -713,6 +757,7 @@ impl PodSync {
             service_account: (local.token != Token::Off && sa.join("token").is_file())
                 .then_some(sa),
             cgroup: local.cgroup.clone(),
+            wake: Some(local.wake.clone()),
         }
     }
 
@@ -1586,8 +1631,15 @@ impl PodSync {
                 }
                 Instant::now()
             });
-            if runtime::any_alive(&local.dir) {
-                if since.elapsed() >= grace && !local.sigkilled {
+            // A container still being created (the containerd runtime's starts end in the
+            // background) is waited for: its process would otherwise appear after the
+            // teardown. Once it runs, the grace period's SIGKILL ends it.
+            let creating = self.creating(pod);
+            let Some(local) = self.local.as_mut() else {
+                return Ok(());
+            };
+            if creating || runtime::any_alive(&local.dir) {
+                if since.elapsed() >= grace && !creating && !local.sigkilled {
                     local.sigkilled = true;
                     runtime::kill_all(&local.dir);
                 }
@@ -1637,6 +1689,7 @@ impl Local {
             cgroup: None,
             create_failures: HashMap::new(),
             pulls: HashMap::new(),
+            wake: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -1869,6 +1922,43 @@ mod tests {
             .expect("still no network");
         assert!(!first.to_string().contains("create netns"), "{first}");
         assert_eq!(second.to_string(), first.to_string());
+    }
+
+    /// Issue 14: a pod gone from the API whose teardown fails (here CNI DEL: the node has no
+    /// network configuration) keeps its sandbox and asks for another try after a back-off that
+    /// doubles; once the teardown can succeed, the next try removes the pod directory and
+    /// nothing is left to retry. Before, the record was dropped and the leftovers leaked.
+    #[tokio::test]
+    async fn a_failed_teardown_of_a_gone_pod_is_kept_and_retried_with_back_off() {
+        let d = tempfile::tempdir().unwrap();
+        let uid = "0a1b2c3d-0000-0000-0000-000000000009";
+        let mut pods = pod_sync(config(d.path()), uid);
+        let dir = d.path().join("pods").join(uid);
+        std::fs::create_dir_all(dir.join("containers")).unwrap();
+        let mut rec = sandbox_record(uid);
+        rec.netns = Some(d.path().join("netns").join("t-gone"));
+        pods.local = Some(Local::new(rec, dir.clone()));
+        let first = pods.remove().await.expect("DEL fails: retried");
+        assert_eq!(first, TEARDOWN_RETRY_FIRST);
+        assert!(pods.has_sandbox(), "the sandbox is kept for the retry");
+        assert!(dir.exists(), "nothing removed after a failed DEL");
+        let second = pods.remove().await.expect("DEL fails again");
+        assert_eq!(second, TEARDOWN_RETRY_FIRST * 2, "the back-off doubles");
+        // The network is back (modelled as nothing left to DEL): the retry succeeds.
+        if let Some(l) = pods.local.as_mut() {
+            l.rec.netns = None;
+        }
+        assert_eq!(pods.remove().await, None);
+        assert!(!pods.has_sandbox());
+        assert!(!dir.exists(), "the pod directory is gone");
+        assert_eq!(pods.teardown_failures, 0);
+        // Nothing left: nothing to retry.
+        assert_eq!(pods.remove().await, None);
+        // The back-off is bounded.
+        assert_eq!(
+            backoff(TEARDOWN_RETRY_FIRST, TEARDOWN_RETRY_MAX, 30),
+            TEARDOWN_RETRY_MAX
+        );
     }
 
     /// Issue 14's flap: right after the kubelet started a container's shim, the run had no

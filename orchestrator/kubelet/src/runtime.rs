@@ -25,6 +25,10 @@ pub struct Sandbox {
     pub service_account: Option<PathBuf>,
     /// The pod's cgroup, under which each container gets its own; None without cgroups.
     pub cgroup: Option<crate::cgroup::Cgroup>,
+    /// Woken when a run started in the background has its process or its failure (the
+    /// containerd runtime's starts end after [`Runtime::start`] returned): the pod's worker
+    /// looks at the pod again at once.
+    pub wake: Option<std::sync::Arc<tokio::sync::Notify>>,
 }
 
 /// One run of one container.
@@ -89,6 +93,11 @@ pub trait Runtime: Send + Sync {
     /// The runtime's name in `containerID` (`<scheme>://<id>`).
     fn scheme(&self) -> &'static str {
         "process"
+    }
+    /// Whether a start ends in the background and wakes the pod ([`Sandbox::wake`]) when its
+    /// process exists or it failed: the kubelet then need not look again soon to see it.
+    fn wakes_on_start(&self) -> bool {
+        false
     }
     /// Whether containers get their hostPath volumes from the runtime (an image runtime's
     /// root file system is not the node's): the kubelet then checks and prepares them.

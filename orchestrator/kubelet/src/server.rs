@@ -468,7 +468,13 @@ async fn handle(shared: &Shared, req: Request<Incoming>, caller: Option<Caller>)
                 let Some(dir) = logs::find_pod(&shared.cfg.root_dir, ns, pod) else {
                     return text(404, format!("pod {pod:?} does not exist"));
                 };
-                let Some(target) = exec::target(&dir, container, attach, &shared.cfg.shim) else {
+                let Some(target) = exec::target(
+                    &dir,
+                    container,
+                    attach,
+                    &shared.cfg.shim,
+                    shared.cfg.runtime.containerd(),
+                ) else {
                     return text(
                         400,
                         format!("container {container:?} in pod {pod:?} is not running"),
@@ -503,7 +509,13 @@ async fn handle(shared: &Shared, req: Request<Incoming>, caller: Option<Caller>)
             let Some(dir) = logs::find_pod(&shared.cfg.root_dir, ns, pod) else {
                 return text(404, format!("pod {pod:?} does not exist"));
             };
-            let Some(target) = exec::target(&dir, container, attach, &shared.cfg.shim) else {
+            let Some(target) = exec::target(
+                &dir,
+                container,
+                attach,
+                &shared.cfg.shim,
+                shared.cfg.runtime.containerd(),
+            ) else {
                 return text(
                     400,
                     format!("container {container:?} in pod {pod:?} is not running"),

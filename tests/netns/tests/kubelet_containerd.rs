@@ -712,3 +712,354 @@ async fn containerd_pods_get_cgroups_limits_oom_kills_and_stats() {
     drop(k);
     drop(ctrd);
 }
+
+/// The pids listed in a cgroup's `cgroup.procs` files.
+fn cgroup_pids(cg: &Cgroup) -> std::collections::BTreeSet<i32> {
+    cg.procs_files()
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect()
+}
+
+/// A `/proc/<pid>/cgroup` text as `<hierarchy>:<controllers>:<last three path components>`
+/// per line (`besteffort/pod<uid>/<container>`): the path's start depends on who reads it (a
+/// hierarchy may show the reader's own cgroup namespace prefix).
+fn cgroup_tails(text: &str) -> String {
+    text.lines()
+        .map(|l| {
+            let (head, path) = l.rsplit_once(':').unwrap_or((l, ""));
+            let parts: Vec<&str> = path.rsplit('/').take(3).collect();
+            let tail: Vec<&str> = parts.into_iter().rev().collect();
+            format!("{head}:{}\n", tail.join("/"))
+        })
+        .collect()
+}
+
+/// A process's cgroups (`/proc/<pid>/cgroup`, see [`cgroup_tails`]) and PID namespace, as
+/// the host sees them.
+fn cgroup_and_pidns(pid: i32) -> (String, String) {
+    (
+        cgroup_tails(&std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap()),
+        std::fs::read_link(format!("/proc/{pid}/ns/pid"))
+            .unwrap()
+            .display()
+            .to_string(),
+    )
+}
+
+/// Issue 14: `kubectl exec` into a containerd container is an exec process of its task
+/// (containerd's Tasks Exec with the container's process spec), as with CRI: it runs in the
+/// container's cgroup and PID namespace, with its env and working directory; stdout, stderr,
+/// the exit code, stdin and a terminal work over the WebSocket and SPDY; a client that goes
+/// takes its command with it, and nothing of an exec is left. The negative control is the
+/// process runtime's path (`nsenter -t <pid> -n -m -u -w`, what exec did before for both):
+/// its process is in neither the container's cgroup nor its PID namespace.
+#[tokio::test(flavor = "multi_thread")]
+async fn containerd_exec_runs_in_the_containers_cgroup_and_pid_namespace() {
+    netns_testbed::require_tool("busybox", "busybox-static");
+    let kubectl_bin = netns_testbed::require_tool("kubectl", "kubectl (the image's own)");
+    let script = netns_testbed::require_tool("script", "bsdutils (util-linux's script)");
+    let nsenter = netns_testbed::require_tool("nsenter", "util-linux");
+    let c = overlay_cluster::Cluster::start(1).await;
+    let (tb, cp, client) = (&c.tb, &c.cp, &c.client);
+    let w = &c.workers[0];
+    // Dropped before the testbed: containers killed and deleted while containerd runs.
+    let ctrd = Containerd::start(tb).await.unwrap();
+    let sock = ctrd.socket().display().to_string();
+    let image = ctrd.busybox_image(IMAGE).unwrap();
+    let out = import(
+        tb,
+        &w.node,
+        &[
+            image.to_str().unwrap(),
+            "--address",
+            &sock,
+            "--namespace",
+            NS,
+        ],
+    )
+    .await;
+    assert!(out.success(), "{out:?}");
+    let mut k = Kubelets::new(tb);
+    let extra = [
+        "--runtime",
+        "containerd",
+        "--containerd-address",
+        &sock,
+        "--containerd-namespace",
+        NS,
+    ];
+    k.start_with(tb, cp, &w.node, &w.dirs, "net.d", &extra);
+    wait_node_ready(client, &w.node.name).await;
+    let root = k.cgroup(&w.node.name);
+
+    create_pod(
+        client,
+        json!({"metadata": {"name": "box"}, "spec": {"nodeName": w.node.name,
+        "terminationGracePeriodSeconds": 1,
+        "containers": [{"name": "box", "image": IMAGE, "workingDir": "/tmp",
+            "command": ["/bin/busybox", "sleep", "3600"],
+            "env": [{"name": "GREETING", "value": "hello-from-env"}]}]}}),
+    )
+    .await;
+    let p = wait_pod(client, "box", Duration::from_secs(90), "Running", running).await;
+    let uid = p["metadata"]["uid"].as_str().unwrap().to_string();
+    let pod_dir = k.pod_dir(0, &uid);
+    let main: i32 = std::fs::read_to_string(pod_dir.join("containers/box/0/pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let (main_cg, main_pidns) = cgroup_and_pidns(main);
+    // BestEffort: under the kubelet's besteffort tier, as sandbox.json records.
+    let sandbox: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(pod_dir.join("sandbox.json")).unwrap()).unwrap();
+    let container_cg = root
+        .child(sandbox["cgroup"].as_str().expect("a pod cgroup"))
+        .child("box");
+    assert_eq!(
+        cgroup_pids(&container_cg),
+        [main].into(),
+        "only the main process in the container's cgroup"
+    );
+    let kc = cp.write_local_kubeconfig(tb).unwrap();
+
+    // Non-interactive: stdout, stderr and the exit code, with the container's env and cwd;
+    // in its cgroup and PID namespace (read inside, compared with the main process's).
+    let (code, out, err) = kubectl(
+        &kubectl_bin,
+        &kc,
+        &[
+            "exec",
+            "box",
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo out; echo err >&2; echo $GREETING; pwd; exit 3",
+        ],
+    )
+    .await;
+    assert_eq!(code, 3, "the command's exit code: {out}{err}");
+    assert_eq!(out, "out\nhello-from-env\n/tmp\n", "stderr: {err}");
+    assert!(err.starts_with("err\n"), "{err}");
+    let (code, out, err) = kubectl(
+        &kubectl_bin,
+        &kc,
+        &[
+            "exec",
+            "box",
+            "--",
+            "/bin/sh",
+            "-c",
+            "cat /proc/self/cgroup; echo ---; readlink /proc/self/ns/pid",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    let (inside_cg, inside_pidns) = out.split_once("---\n").unwrap();
+    assert!(main_cg.contains(&format!("pod{uid}/box\n")), "{main_cg}");
+    assert_eq!(
+        cgroup_tails(inside_cg),
+        main_cg,
+        "the exec is in the container's cgroups"
+    );
+    assert_eq!(inside_pidns.trim(), main_pidns, "and in its PID namespace");
+
+    // A command that runs meanwhile is in the container's cgroup, seen from the host; the
+    // client going (kubectl killed) takes it with it.
+    let mut held = tokio::process::Command::new(&kubectl_bin)
+        .arg("--kubeconfig")
+        .arg(&kc)
+        .args(["exec", "box", "--", "/bin/busybox", "sleep", "1000"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut seen = Default::default();
+    for _ in 0..300 {
+        seen = cgroup_pids(&container_cg);
+        if seen.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        seen.len(),
+        2,
+        "the exec's sleep joins the main process: {seen:?}"
+    );
+    let sleeper = *seen.iter().find(|p| **p != main).unwrap();
+    assert_eq!(
+        cgroup_and_pidns(sleeper),
+        (main_cg.clone(), main_pidns.clone())
+    );
+    held.kill().await.unwrap();
+    let _ = held.wait().await;
+    let exec_dir = pod_dir.join("exec");
+    let mut left = (seen, 1);
+    for _ in 0..300 {
+        left = (
+            cgroup_pids(&container_cg),
+            std::fs::read_dir(&exec_dir).map_or(0, |d| d.count()),
+        );
+        if left == ([main].into(), 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        left,
+        ([main].into(), 0),
+        "the exec killed and deleted once its client went, its FIFOs removed"
+    );
+
+    // The negative control, the process runtime's path: nsenter into the main process's
+    // network, mount and UTS namespaces leaves the command in neither its cgroup nor its
+    // PID namespace.
+    let mut old = tokio::process::Command::new(&nsenter)
+        .args(["-t", &main.to_string(), "-n", "-m", "-u", "-w", "--"])
+        .args(["/bin/busybox", "sleep", "30"])
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let old_pid = old.id().unwrap() as i32;
+    let mut theirs = (String::new(), String::new());
+    for _ in 0..100 {
+        // nsenter execs the command once it entered the namespaces.
+        if std::fs::read_link(format!("/proc/{old_pid}/exe"))
+            .is_ok_and(|e| e.to_string_lossy().contains("busybox"))
+        {
+            theirs = cgroup_and_pidns(old_pid);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    old.kill().await.unwrap();
+    assert!(!theirs.0.is_empty(), "nsenter's command never ran");
+    assert_ne!(
+        theirs.0, main_cg,
+        "nsenter's command is outside the container's cgroups"
+    );
+    assert_ne!(theirs.1, main_pidns, "and outside its PID namespace");
+
+    // stdin, to its end (CloseIO).
+    let mut child = tokio::process::Command::new(&kubectl_bin)
+        .arg("--kubeconfig")
+        .arg(&kc)
+        .args([
+            "exec",
+            "-i",
+            "box",
+            "--",
+            "/bin/sh",
+            "-c",
+            "busybox wc -l; echo done",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"a\nb\nc\n").await.unwrap();
+    }
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("exec -i ends once stdin does")
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["3", "done"]
+    );
+
+    // A terminal (exec -it under script, which gives kubectl one), with TERM set.
+    let inner = format!(
+        "{} --kubeconfig {} exec -it box -- /bin/sh -c '[ -t 0 ] && [ -t 1 ] && echo both-terminals; tty; echo term=$TERM'",
+        kubectl_bin.display(),
+        kc.display()
+    );
+    let mut child = tokio::process::Command::new(&script)
+        .args(["-qec", &inner, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let held = child.stdin.take();
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("exec -it ends with its command")
+        .unwrap();
+    drop(held);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && shown.contains("both-terminals")
+            && shown.contains("/dev/pts/")
+            && shown.contains("term=xterm"),
+        "exec -it: {out:?}"
+    );
+
+    // Over SPDY too (kubectl's fallback when a WebSocket is refused).
+    let mut cmd = tokio::process::Command::new(&kubectl_bin);
+    cmd.env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")
+        .arg("--kubeconfig")
+        .arg(&kc)
+        .args([
+            "exec",
+            "box",
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo spdy; readlink /proc/self/ns/pid; exit 4",
+        ])
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .expect("exec over SPDY ends")
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("spdy\n{main_pidns}\n")
+    );
+    // Nothing of the execs is left: FIFO directories and exec processes.
+    let mut n = 1;
+    for _ in 0..100 {
+        n = std::fs::read_dir(&exec_dir).map_or(0, |d| d.count());
+        if n == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(n, 0, "exec FIFO directories left in {}", exec_dir.display());
+    assert_eq!(cgroup_pids(&container_cg), [main].into());
+
+    let api: Api<Pod> = Api::namespaced(client.clone(), "default");
+    api.delete("box", &DeleteParams::default()).await.unwrap();
+    let mut gone = false;
+    for _ in 0..400 {
+        if api.get_opt("box").await.unwrap().is_none() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "box was never finished by its kubelet");
+    drop(k);
+    drop(ctrd);
+}

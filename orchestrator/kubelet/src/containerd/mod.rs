@@ -6,6 +6,7 @@
 //! by blob through the Content service and unpacked with Snapshots and Diff, as containerd's own
 //! client does.
 
+pub mod exec;
 pub mod image;
 pub mod runtime;
 

@@ -72,6 +72,9 @@ pub struct Settings {
     /// The `trellis` binary (its `container-log` subcommand writes the logs).
     pub logger: PathBuf,
     pub rotation: Rotation,
+    /// How many containers are created and started at once (in the order their starts came):
+    /// the pod passes do not wait for them.
+    pub max_parallel_starts: usize,
 }
 
 struct Inner {
@@ -83,6 +86,8 @@ struct Inner {
     images: Mutex<HashMap<String, Resolved>>,
     /// The lease containers are made under, and when it was taken (see [`Inner::lease`]).
     lease: tokio::sync::Mutex<Option<(String, std::time::Instant)>>,
+    /// Container starts under way (`max_parallel_starts`; fair: first come, first started).
+    starts: tokio::sync::Semaphore,
 }
 
 /// The containerd runtime. Its calls run on a thread of its own (the [`Runtime`] trait is
@@ -569,11 +574,13 @@ impl ContainerdRuntime {
             .await
             .map_err(|e| Error::Other(format!("connecting to containerd: {e}")))?
             .map_err(|e| Error::Other(e.to_string()))?;
+        let starts = tokio::sync::Semaphore::new(s.max_parallel_starts.max(1));
         let inner = Arc::new(Inner {
             conn,
             s,
             busy: Mutex::new(HashSet::new()),
             images: Mutex::new(HashMap::new()),
+            starts,
             lease: tokio::sync::Mutex::new(None),
         });
         let i = inner.clone();
@@ -1197,39 +1204,41 @@ impl Runtime for ContainerdRuntime {
             return Err(e);
         }
         steps.mark("rundir");
-        // Created and started on the runtime's thread, waited for here: the pod's pass ends
-        // with its container running (or failed), and pods that came first finish first
-        // (creating them all at once behind their passes only shares containerd's and runc's
-        // CPU among more starts: each takes longer, and the p50 moves to the p99).
+        // Created and started on the runtime's thread, in the background: the pod's pass goes
+        // on (and gives up its permit) while containerd works, and the run reads as being
+        // created (no `pid`, not Ready) until its process exists; the pod's worker is woken
+        // then. At most `max_parallel_starts` at once, in the order the starts came, so pods
+        // that came first finish first (all at once would only share containerd's and runc's
+        // CPU among more starts, each taking longer). Starts used to run inside the pod's
+        // pass, holding one of the pass permits for a second or more each: sandboxes and
+        // status passes (the probes' Ready) of other pods queued behind them.
         let inner = self.inner.clone();
         let (sb, r, d) = (sandbox.clone(), run.clone(), dir.clone());
-        let idc = id.clone();
-        let made = self.block(async move {
+        let wake = sandbox.wake.clone();
+        self.handle.spawn(async move {
+            let turn = inner.starts.acquire().await;
             steps.mark("queue");
             let made = inner
-                .create(&sb, &r, &img, &placement, &idc, &d, &log, &mut steps)
+                .create(&sb, &r, &img, &placement, &id, &d, &log, &mut steps)
                 .await;
+            drop(turn);
             match made {
                 Ok(pid) => {
                     let _ = write_atomic(&d, PID_FILE, &pid.to_string());
-                    tracing::debug!(container = %idc, steps = %steps, "containerd start");
-                    tokio::spawn(inner.clone().wait(idc, d));
+                    tracing::debug!(container = %id, steps = %steps, "containerd start");
+                    tokio::spawn(inner.clone().wait(id, d));
                 }
                 Err(StartFailure(why)) => {
-                    inner.remove(&idc, true).await;
+                    inner.remove(&id, true).await;
                     // Recorded as a failed run: the kubelet reports it and backs off.
                     record_start_error(&d, &why);
-                    inner.set_busy(&idc, false);
+                    inner.set_busy(&id, false);
                 }
             }
+            if let Some(w) = wake {
+                w.notify_one();
+            }
         });
-        if made.is_none() {
-            // Still being made on the runtime's thread: the run stays "being created" until
-            // that ends (the reconcile loop ends it should the kubelet stop meanwhile).
-            return Err(Error::Other(format!(
-                "containerd did not start container {id} within 120 s"
-            )));
-        }
         Ok(())
     }
 
@@ -1269,6 +1278,10 @@ impl Runtime for ContainerdRuntime {
     }
 
     fn mounts_host_paths(&self) -> bool {
+        true
+    }
+
+    fn wakes_on_start(&self) -> bool {
         true
     }
 }
@@ -1430,6 +1443,7 @@ mod tests {
             hostname: "h".into(),
             service_account: None,
             cgroup: None,
+            wake: None,
         };
         spec(
             &Placement::unmanaged("trellis", "id"),
@@ -1525,6 +1539,7 @@ mod tests {
             hostname: "h".into(),
             service_account: None,
             cgroup: None,
+            wake: None,
         };
         let pod = crate::cgroup::Cgroup::V2 {
             mount: "/sys/fs/cgroup".into(),
