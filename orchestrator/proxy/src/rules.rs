@@ -13,14 +13,15 @@
 //! (the overlay agent's masquerade chain returns early for that mark).
 //!
 //! filter: `INPUT`/`FORWARD`/`OUTPUT` → `TRELLIS-SVC-REJECT`: service ports with no endpoint
-//! are refused at once (ICMP port unreachable), not black-holed.
+//! are refused at once (ICMP port unreachable; IPv6 TCP a reset, see [`reject_rule`]), not
+//! black-holed.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::model::{Endpoint, ServicePort};
+use crate::model::{Endpoint, Protocol, ServicePort};
 
 pub const SERVICES: &str = "TRELLIS-SVC-SERVICES";
 pub const NODEPORTS: &str = "TRELLIS-NODEPORTS";
@@ -207,10 +208,17 @@ fn spread(sp: &ServicePort, eps: &[&Endpoint], out: &mut Vec<String>) {
     }
 }
 
+/// The refusal of a service port without endpoints. IPv6 TCP gets a reset, not ICMPv6: a
+/// pod's SYN crosses its veth and comes back refused inside the client's own `connect()`,
+/// while the socket is still locked by it, and TCP keeps an ICMP error that arrives then only
+/// as a soft error (`TcpExtLockDroppedIcmps`), which an IPv6 client only sees after its SYN
+/// retransmission, 1 s later (IPv4's poll reports it at once). A reset waits in the socket's
+/// backlog instead and refuses the connection when `connect()` lets go of the socket.
 fn reject_rule(sp: &ServicePort, dst: &str, port: u16) -> String {
-    let with = match sp.cluster_ip {
-        IpAddr::V4(_) => "icmp-port-unreachable",
-        IpAddr::V6(_) => "icmp6-port-unreachable",
+    let with = match (sp.cluster_ip, sp.protocol) {
+        (IpAddr::V4(_), _) => "icmp-port-unreachable",
+        (IpAddr::V6(_), Protocol::Tcp) => "tcp-reset",
+        (IpAddr::V6(_), Protocol::Udp | Protocol::Sctp) => "icmp6-port-unreachable",
     };
     format!(
         "{} {dst} -p {} --dport {port} -j REJECT --reject-with {with}",
@@ -570,6 +578,17 @@ mod tests {
         s.endpoints.clear();
         let chains = compile(std::slice::from_ref(&s), &n);
         let r = &chains[&("filter", REJECT.into())];
-        assert!(r[0].contains("-d fd00:96::20/128 -p tcp --dport 80 -j REJECT --reject-with icmp6-port-unreachable"), "{r:?}");
+        assert!(
+            r[0].contains("-d fd00:96::20/128 -p tcp --dport 80 -j REJECT --reject-with tcp-reset"),
+            "{r:?}"
+        );
+        // UDP (and SCTP) have no reset: ICMPv6 port unreachable.
+        s.protocol = Protocol::Udp;
+        let chains = compile(std::slice::from_ref(&s), &n);
+        let r = &chains[&("filter", REJECT.into())];
+        assert!(
+            r[0].contains("-p udp --dport 80 -j REJECT --reject-with icmp6-port-unreachable"),
+            "{r:?}"
+        );
     }
 }
