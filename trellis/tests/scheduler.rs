@@ -533,10 +533,19 @@ async fn killing_the_leader_hands_over_to_the_standby_and_no_pod_is_bound_twice(
     );
     c.wait_bound(200).await;
 
-    let after = scheds[standby]
-        .metric("trellis_scheduler_pods_scheduled_total")
-        .await
-        .unwrap();
+    // Pods 150..200 came after the kill: the standby bound them. Its counter moves just after
+    // each bind's answer, so it may trail `wait_bound` briefly (as before the kill).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let after = loop {
+        let n = scheds[standby]
+            .metric("trellis_scheduler_pods_scheduled_total")
+            .await
+            .unwrap_or(0.0);
+        if n >= 50.0 || Instant::now() >= deadline {
+            break n;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let conflicts = scheds[standby]
         .metric("trellis_scheduler_bind_errors_total")
         .await
