@@ -56,6 +56,9 @@ struct Local {
     dir: PathBuf,
     terminating_since: Option<Instant>,
     sigkilled: bool,
+    /// Containers still being created when the pod's SIGTERM went out (no process to signal
+    /// yet): each gets its SIGTERM once its process exists, within the grace period.
+    term_pending: Vec<String>,
     last_status: Option<Value>,
     /// Restart failures already reported with an Event (container, attempt).
     reported: HashMap<String, u32>,
@@ -140,6 +143,9 @@ pub(crate) struct PodSync {
 pub(crate) const TEARDOWN_RETRY_FIRST: Duration = Duration::from_secs(1);
 /// The longest wait between two tries of such a teardown.
 pub(crate) const TEARDOWN_RETRY_MAX: Duration = Duration::from_secs(60);
+/// How soon a pod gone from the API is looked at again while one of its containerd starts is
+/// still under way.
+pub(crate) const STARTING_RECHECK: Duration = Duration::from_millis(100);
 
 /// The first look again after a container start.
 const QUICK_FIRST: Duration = Duration::from_millis(10);
@@ -403,6 +409,12 @@ impl PodSync {
         let pod = format!("{}/{}", local.rec.namespace, local.rec.name);
         if self.teardown_failures == 0 {
             tracing::info!(pod = %pod, "pod is gone from the API: removing it");
+        }
+        // A containerd start under way (bounded by its own timeout) is let finish first: its
+        // process would otherwise appear after the teardown, owned by nobody.
+        if crate::containerd::runtime::any_starting(&local.dir) {
+            self.local = Some(local);
+            return Some(STARTING_RECHECK);
         }
         runtime::kill_all(&local.dir);
         if self.ctx.teardown(&local).await {
@@ -1625,11 +1637,31 @@ impl PodSync {
             let Some(local) = self.local.as_mut() else {
                 return Ok(());
             };
-            let since = *local.terminating_since.get_or_insert_with(|| {
+            let rt = &self.ctx.rt;
+            let being_created = |n: &String| {
+                matches!(
+                    rt.latest(&sb, n),
+                    Some((_, RunState::Running { pid: None, .. }))
+                )
+            };
+            if local.terminating_since.is_none() {
+                // Those being created are noted before the signal goes out: one whose process
+                // appears in between is signalled twice rather than never.
+                local.term_pending = names.iter().filter(|n| being_created(n)).cloned().collect();
                 for n in &names {
-                    self.ctx.rt.signal(&sb, n, Signal::SIGTERM);
+                    rt.signal(&sb, n, Signal::SIGTERM);
                 }
-                Instant::now()
+                local.terminating_since = Some(Instant::now());
+            }
+            let since = local.terminating_since.unwrap_or_else(Instant::now);
+            // A container still being created when the SIGTERM went out gets it once its
+            // process exists (or not at all, if its start failed).
+            local.term_pending.retain(|n| {
+                if being_created(n) {
+                    return true;
+                }
+                rt.signal(&sb, n, Signal::SIGTERM);
+                false
             });
             // A container still being created (the containerd runtime's starts end in the
             // background) is waited for: its process would otherwise appear after the
@@ -1681,6 +1713,7 @@ impl Local {
             dir,
             terminating_since: None,
             sigkilled: false,
+            term_pending: Vec::new(),
             last_status: None,
             reported: HashMap::new(),
             probes: HashMap::new(),
@@ -1959,6 +1992,31 @@ mod tests {
             backoff(TEARDOWN_RETRY_FIRST, TEARDOWN_RETRY_MAX, 30),
             TEARDOWN_RETRY_MAX
         );
+    }
+
+    /// A pod gone from the API while one of its containerd starts is under way (run recorded,
+    /// no process, no end): its teardown waits for the start, which would otherwise leave a
+    /// process nobody owns; once the start ends, the pod goes.
+    #[tokio::test]
+    async fn a_gone_pod_waits_for_a_containerd_start_under_way() {
+        let d = tempfile::tempdir().unwrap();
+        let uid = "0a1b2c3d-0000-0000-0000-00000000000a";
+        let mut pods = pod_sync(config(d.path()), uid);
+        let dir = d.path().join("pods").join(uid);
+        let run = dir.join("containers").join("c").join("0");
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::write(run.join(crate::containerd::runtime::RUN_FILE), "{}").unwrap();
+        pods.local = Some(Local::new(sandbox_record(uid), dir.clone()));
+        assert_eq!(pods.remove().await, Some(STARTING_RECHECK));
+        assert!(
+            dir.exists() && pods.has_sandbox(),
+            "kept while the start runs"
+        );
+        assert_eq!(pods.teardown_failures, 0, "waiting is not a failure");
+        // The start ended (here: failed, as a start that timed out does).
+        std::fs::write(run.join(crate::shim::EXIT_FILE), "128").unwrap();
+        assert_eq!(pods.remove().await, None);
+        assert!(!dir.exists(), "the pod directory is gone");
     }
 
     /// Issue 14's flap: right after the kubelet started a container's shim, the run had no

@@ -55,6 +55,9 @@ const LEASE_TURN: Duration = Duration::from_secs(15 * 60);
 /// How long deleting a finished task may take: the shim waits up to 12 s for the logging
 /// binary to drain the container's output.
 const TASK_DELETE: Duration = Duration::from_secs(30);
+/// The longest a container's create and start may take in the background: a shim or a Tasks
+/// call that hangs must not hold a start turn, or the pod's teardown, for ever.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Where containerd is and how containers are made.
 #[derive(Debug, Clone)]
@@ -225,6 +228,25 @@ fn read_i32(p: &Path) -> Option<i32> {
 
 fn mtime(p: &Path) -> Option<SystemTime> {
     std::fs::metadata(p).ok()?.modified().ok()
+}
+
+/// Whether a containerd start of the pod directory's is still under way: a run recorded
+/// ([`RUN_FILE`]) with neither a process ([`PID_FILE`]) nor an end ([`EXIT_FILE`]) yet.
+/// Bounded: a start ends one way or the other within [`START_TIMEOUT`].
+pub fn any_starting(pod_dir: &Path) -> bool {
+    let Ok(containers) = std::fs::read_dir(pod_dir.join("containers")) else {
+        return false;
+    };
+    containers.flatten().any(|c| {
+        std::fs::read_dir(c.path()).is_ok_and(|runs| {
+            runs.flatten().any(|r| {
+                let d = r.path();
+                d.join(RUN_FILE).exists()
+                    && !d.join(PID_FILE).exists()
+                    && !d.join(EXIT_FILE).exists()
+            })
+        })
+    })
 }
 
 fn read_state(dir: &Path) -> Option<RunState> {
@@ -1218,16 +1240,32 @@ impl Runtime for ContainerdRuntime {
         self.handle.spawn(async move {
             let turn = inner.starts.acquire().await;
             steps.mark("queue");
-            let made = inner
-                .create(&sb, &r, &img, &placement, &id, &d, &log, &mut steps)
-                .await;
+            let made = tokio::time::timeout(
+                START_TIMEOUT,
+                inner.create(&sb, &r, &img, &placement, &id, &d, &log, &mut steps),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(StartFailure(format!(
+                    "containerd did not create and start the container within {} s",
+                    START_TIMEOUT.as_secs()
+                )))
+            });
             drop(turn);
             match made {
-                Ok(pid) => {
-                    let _ = write_atomic(&d, PID_FILE, &pid.to_string());
-                    tracing::debug!(container = %id, steps = %steps, "containerd start");
-                    tokio::spawn(inner.clone().wait(id, d));
-                }
+                Ok(pid) => match write_atomic(&d, PID_FILE, &pid.to_string()) {
+                    Ok(()) => {
+                        tracing::debug!(container = %id, steps = %steps, "containerd start");
+                        tokio::spawn(inner.clone().wait(id, d));
+                    }
+                    // The run directory went while the start was under way (the pod was torn
+                    // down): nobody would own the process, so it goes too.
+                    Err(e) => {
+                        tracing::warn!(container = %id, error = %e, "run directory gone during the start: removing the container");
+                        inner.remove(&id, true).await;
+                        inner.set_busy(&id, false);
+                    }
+                },
                 Err(StartFailure(why)) => {
                     inner.remove(&id, true).await;
                     // Recorded as a failed run: the kubelet reports it and backs off.
