@@ -450,8 +450,11 @@ fn classify_status(code: i32, message: &str) -> Class {
         "received fatal alert",
         "InvalidCertificate",
         "NoCertificatesPresented",
-        "tls handshake eof",
     ];
+    // Not "tls handshake eof": a member that is killed or restarting closes the connection
+    // mid-handshake the same way, so it is retried below like any unreachable member (a
+    // missing client certificate under TLS 1.3 can look the same: it ends as Unavailable
+    // when the retry window closes).
     if tls_refused.iter().any(|s| has(s)) {
         return Class::Fatal(Error::Tls(message.to_string()));
     }
@@ -467,6 +470,7 @@ fn classify_status(code: i32, message: &str) -> Class {
         "error trying to connect",
         "tcp connect error",
         "Connection refused",
+        "tls handshake eof",
         "dns error",
         "etcdserver: no leader",
         "etcdserver: not capable",
@@ -991,6 +995,22 @@ mod tests {
             resumed.iter().map(|b| b.revision).collect::<Vec<_>>(),
             vec![6, 8]
         );
+    }
+
+    #[test]
+    fn a_handshake_cut_short_is_retried_and_a_refused_certificate_is_not() {
+        // What tonic reports when a member closes the connection mid-handshake (killed,
+        // restarting): nothing was sent, so another member may be tried.
+        let eof = "transport error: error trying to connect: tls handshake eof";
+        assert!(matches!(
+            classify_status(code::UNAVAILABLE, eof),
+            Class::NotApplied
+        ));
+        let untrusted = "transport error: invalid peer certificate: UnknownIssuer";
+        assert!(matches!(
+            classify_status(code::UNAVAILABLE, untrusted),
+            Class::Fatal(Error::Tls(_))
+        ));
     }
 
     #[test]

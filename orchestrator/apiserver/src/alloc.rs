@@ -377,6 +377,15 @@ impl Allocator {
         };
         let mut out = Vec::new();
         for (i, (family, asked)) in wanted.iter().enumerate() {
+            // An address the Service already holds stays, even when its family's range was
+            // since removed from the cluster (a PreferDualStack Service is not downgraded by
+            // that): only a new address needs the range.
+            if let Some(ip) = asked
+                && held.contains(ip)
+            {
+                out.push(*ip);
+                continue;
+            }
             let Some(range) = self.service_cidrs.get(*family) else {
                 return Err(ApiError::internal(format!(
                     "{} is not configured on this cluster",
@@ -384,7 +393,6 @@ impl Allocator {
                 )));
             };
             let ip = match asked {
-                Some(ip) if held.contains(ip) => *ip,
                 Some(ip) => {
                     let field = format!("spec.clusterIPs[{i}]");
                     let invalid = |why: String| {

@@ -232,3 +232,43 @@ async fn kubectl_1_20_creates_a_dual_stack_service() {
     .await;
     s.stop().await;
 }
+
+/// A cluster that drops its second range keeps its PreferDualStack Services as they are
+/// (upstream neither upgrades nor downgrades them on a range change): a later write to such a
+/// Service, one that changes nothing of its addresses, still succeeds and keeps both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dual_stack_service_stays_writable_when_the_cluster_drops_its_second_range() {
+    let s = dual_server().await;
+    let api: Api<Service> = Api::namespaced(s.client().await, "default");
+    let dual = api
+        .create(
+            &PostParams::default(),
+            &svc("kept", json!({"ipFamilyPolicy": "PreferDualStack"})),
+        )
+        .await
+        .unwrap();
+    let before = ips(&dual);
+    assert_eq!(before.len(), 2);
+
+    // The same data directory, served again with the IPv4 range only.
+    let TestServer { running, dir } = s;
+    running.shutdown().await;
+    let mut config = trellis_apiserver::Config::new(dir.path(), "127.0.0.1:0".parse().unwrap());
+    config.service_cidrs = "10.96.0.0/12".parse().unwrap();
+    let running = trellis_apiserver::start(config)
+        .await
+        .expect("the API server starts again");
+    let s = TestServer { running, dir };
+    let api: Api<Service> = Api::namespaced(s.client().await, "default");
+    let patched = api
+        .patch(
+            "kept",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"tier": "web"}}, "spec": {"ports": [{"port": 8080}]}})),
+        )
+        .await
+        .expect("a write that keeps the addresses is accepted");
+    assert_eq!(ips(&patched), before, "both addresses kept");
+    assert_eq!(families(&patched), ["IPv4", "IPv6"]);
+    s.stop().await;
+}
