@@ -151,6 +151,53 @@ async fn events_of(client: &kube::Client, pod: &str) -> Vec<Event> {
         .collect()
 }
 
+/// The kubelet flags that put a node's pods on the test's containerd.
+fn containerd_flags(sock: &str) -> [&str; 6] {
+    [
+        "--runtime",
+        "containerd",
+        "--containerd-address",
+        sock,
+        "--containerd-namespace",
+        NS,
+    ]
+}
+
+/// The single-node containerd tests' set-up: containerd with the busybox image imported, and a
+/// Ready kubelet on the cluster's one worker running its pods there. Bind the containerd before
+/// anything the test drops later: it must go (its containers killed and deleted) before the
+/// testbed.
+async fn containerd_worker(c: &overlay_cluster::Cluster) -> (Containerd, Kubelets) {
+    let (tb, w) = (&c.tb, &c.workers[0]);
+    let ctrd = Containerd::start(tb).await.unwrap();
+    let sock = ctrd.socket().display().to_string();
+    let image = ctrd.busybox_image(IMAGE).unwrap();
+    let out = import(
+        tb,
+        &w.node,
+        &[
+            image.to_str().unwrap(),
+            "--address",
+            &sock,
+            "--namespace",
+            NS,
+        ],
+    )
+    .await;
+    assert!(out.success(), "{out:?}");
+    let mut k = Kubelets::new(tb);
+    k.start_with(
+        tb,
+        &c.cp,
+        &w.node,
+        &w.dirs,
+        "net.d",
+        &containerd_flags(&sock),
+    );
+    wait_node_ready(&c.client, &w.node.name).await;
+    (ctrd, k)
+}
+
 async fn scenario(
     tb: &Testbed,
     cp: &ControlPlane,
@@ -206,14 +253,7 @@ async fn scenario(
     assert!(ctr(&ctrd, &["images", "ls", "-q"]).await.contains(IMAGE));
 
     let mut k = Kubelets::new(tb);
-    let extra = [
-        "--runtime",
-        "containerd",
-        "--containerd-address",
-        &sock,
-        "--containerd-namespace",
-        NS,
-    ];
+    let extra = containerd_flags(&sock);
     let mut pids = Vec::new();
     for (node, dirs) in &nodes {
         pids.push(k.start_with(tb, cp, node, dirs, "net.d", &extra));
@@ -496,33 +536,7 @@ async fn containerd_pods_get_cgroups_limits_oom_kills_and_stats() {
     let (tb, cp, client) = (&c.tb, &c.cp, &c.client);
     let w = &c.workers[0];
     // Dropped before the testbed: containers killed and deleted while containerd runs.
-    let ctrd = Containerd::start(tb).await.unwrap();
-    let sock = ctrd.socket().display().to_string();
-    let image = ctrd.busybox_image(IMAGE).unwrap();
-    let out = import(
-        tb,
-        &w.node,
-        &[
-            image.to_str().unwrap(),
-            "--address",
-            &sock,
-            "--namespace",
-            NS,
-        ],
-    )
-    .await;
-    assert!(out.success(), "{out:?}");
-    let mut k = Kubelets::new(tb);
-    let extra = [
-        "--runtime",
-        "containerd",
-        "--containerd-address",
-        &sock,
-        "--containerd-namespace",
-        NS,
-    ];
-    k.start_with(tb, cp, &w.node, &w.dirs, "net.d", &extra);
-    wait_node_ready(client, &w.node.name).await;
+    let (ctrd, k) = containerd_worker(&c).await;
     let root = k.cgroup(&w.node.name);
 
     // A Guaranteed pod: its container's process is in <pod cgroup>/app in every hierarchy,
@@ -770,33 +784,7 @@ async fn containerd_exec_runs_in_the_containers_cgroup_and_pid_namespace() {
     let (tb, cp, client) = (&c.tb, &c.cp, &c.client);
     let w = &c.workers[0];
     // Dropped before the testbed: containers killed and deleted while containerd runs.
-    let ctrd = Containerd::start(tb).await.unwrap();
-    let sock = ctrd.socket().display().to_string();
-    let image = ctrd.busybox_image(IMAGE).unwrap();
-    let out = import(
-        tb,
-        &w.node,
-        &[
-            image.to_str().unwrap(),
-            "--address",
-            &sock,
-            "--namespace",
-            NS,
-        ],
-    )
-    .await;
-    assert!(out.success(), "{out:?}");
-    let mut k = Kubelets::new(tb);
-    let extra = [
-        "--runtime",
-        "containerd",
-        "--containerd-address",
-        &sock,
-        "--containerd-namespace",
-        NS,
-    ];
-    k.start_with(tb, cp, &w.node, &w.dirs, "net.d", &extra);
-    wait_node_ready(client, &w.node.name).await;
+    let (ctrd, k) = containerd_worker(&c).await;
     let root = k.cgroup(&w.node.name);
 
     create_pod(
