@@ -16,6 +16,7 @@ pub mod bench;
 pub mod bird;
 pub mod cluster;
 pub mod cni_kit;
+pub mod cni_run;
 pub mod containerd;
 pub mod etcd;
 pub mod handbuilt;

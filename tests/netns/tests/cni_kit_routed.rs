@@ -141,23 +141,20 @@ async fn cni(
     env: &[(&str, &str)],
     conf: &Value,
 ) -> (bool, Value, String) {
-    let plugin = bin_path("trellis-routed");
     let path = std::env::join_paths([bin_dir(), PathBuf::from(REFERENCE_PLUGIN_DIR)]).unwrap();
-    let mut argv: Vec<String> = vec!["env".into(), format!("CNI_PATH={}", path.to_string_lossy())];
-    argv.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
-    argv.push(plugin.display().to_string());
-    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    let out = tb
-        .exec_stdin(
+    let mut all = vec![("CNI_PATH", path.to_string_lossy().into_owned())];
+    all.extend(env.iter().map(|(k, v)| (*k, v.to_string())));
+    let run = tb
+        .run_plugin(
             ns,
-            &argv,
-            conf.to_string().as_bytes(),
+            &bin_path("trellis-routed"),
+            &all,
+            conf,
             Duration::from_secs(30),
         )
         .await
         .unwrap();
-    let value = serde_json::from_str(out.stdout.trim()).unwrap_or(Value::Null);
-    (out.success(), value, out.stderr)
+    (run.ok, run.out, run.stderr)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

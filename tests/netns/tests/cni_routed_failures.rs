@@ -162,30 +162,24 @@ impl Node {
         netns: &Path,
         conf: &Value,
     ) -> (bool, Value, String) {
-        let plugin = bin_path("trellis-routed");
-        let argv = [
-            "env".to_string(),
-            format!("CNI_PATH={}", bin_dir().display()),
-            format!("CNI_COMMAND={command}"),
-            format!("CNI_CONTAINERID={cid}"),
-            format!("CNI_NETNS={}", netns.display()),
-            "CNI_IFNAME=eth0".to_string(),
-            format!("CNI_ARGS=IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={cid}"),
-            plugin.display().to_string(),
+        let env = [
+            ("CNI_PATH", bin_dir().display().to_string()),
+            ("CNI_COMMAND", command.to_string()),
+            ("CNI_CONTAINERID", cid.to_string()),
+            ("CNI_NETNS", netns.display().to_string()),
+            ("CNI_IFNAME", "eth0".to_string()),
+            (
+                "CNI_ARGS",
+                format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={cid}"),
+            ),
         ];
-        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        let out = self
+        let plugin = bin_path("trellis-routed");
+        let run = self
             .tb
-            .exec_stdin(
-                &self.ns,
-                &argv,
-                conf.to_string().as_bytes(),
-                Duration::from_secs(30),
-            )
+            .run_plugin(&self.ns, &plugin, &env, conf, Duration::from_secs(30))
             .await
             .unwrap();
-        let value = serde_json::from_str(out.stdout.trim()).unwrap_or(Value::Null);
-        (out.success(), value, out.stderr)
+        (run.ok, run.out, run.stderr)
     }
 
     async fn held(&self) -> BTreeSet<IpAddr> {

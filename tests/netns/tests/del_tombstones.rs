@@ -61,38 +61,37 @@ async fn cni(
     pod: Option<&Netns>,
     conf: &Value,
 ) -> (bool, Value, String) {
-    let plugin = bin_path(m.plugin);
-    let mut argv: Vec<String> = vec![
-        "env".into(),
-        format!("CNI_PATH={}", bin_dir().display()),
-        format!("CNI_COMMAND={cmd}"),
-        format!("CNI_CONTAINERID={cid}"),
-        "CNI_IFNAME=eth0".into(),
-        format!(
-            "CNI_NETNS={}",
+    let env = [
+        ("CNI_PATH", bin_dir().display().to_string()),
+        ("CNI_COMMAND", cmd.to_string()),
+        ("CNI_CONTAINERID", cid.to_string()),
+        ("CNI_IFNAME", "eth0".to_string()),
+        (
+            "CNI_NETNS",
             pod.map(|p| p.path().display().to_string())
-                .unwrap_or_default()
+                .unwrap_or_default(),
         ),
         // The pod is named by the container id's first letter: a1 and a2 are two sandboxes of
         // pod a, whose host ends have the same name.
-        format!(
-            "CNI_ARGS=IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={}",
-            &cid[..1]
+        (
+            "CNI_ARGS",
+            format!(
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={}",
+                &cid[..1]
+            ),
         ),
     ];
-    argv.push(plugin.display().to_string());
-    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    let out = tb
-        .exec_stdin(
+    let run = tb
+        .run_plugin(
             node,
-            &argv,
-            conf.to_string().as_bytes(),
+            &bin_path(m.plugin),
+            &env,
+            conf,
             Duration::from_secs(30),
         )
         .await
         .unwrap();
-    let value = serde_json::from_str(out.stdout.trim()).unwrap_or(Value::Null);
-    (out.success(), value, out.stderr)
+    (run.ok, run.out, run.stderr)
 }
 
 fn with_prev(conf: &Value, result: &Value) -> Value {
@@ -304,23 +303,21 @@ async fn scenario(m: Mode) {
         {"containerID": "a2", "ifname": "eth0"},
         {"containerID": "b1", "ifname": "eth0"},
     ]);
-    let gc_argv = [
-        "env".to_string(),
-        format!("CNI_PATH={}", bin_dir().display()),
-        "CNI_COMMAND=GC".to_string(),
-        bin_path(m.plugin).display().to_string(),
+    let env = [
+        ("CNI_PATH", bin_dir().display().to_string()),
+        ("CNI_COMMAND", "GC".to_string()),
     ];
-    let gc_argv: Vec<&str> = gc_argv.iter().map(String::as_str).collect();
     let out = tb
-        .exec_stdin(
+        .run_plugin(
             &node,
-            &gc_argv,
-            gc.to_string().as_bytes(),
+            &bin_path(m.plugin),
+            &env,
+            &gc,
             Duration::from_secs(30),
         )
         .await
         .unwrap();
-    assert!(out.success(), "GC: {}{}", out.stdout, out.stderr);
+    assert!(out.ok, "GC: {}{}", out.out, out.stderr);
     assert!(
         tombstones(&host).await.is_empty(),
         "GC left a tombstone on the host"

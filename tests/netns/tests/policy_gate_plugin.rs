@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use netns_testbed::cluster::held_addresses;
+use netns_testbed::cni_run::PluginRun;
 use netns_testbed::{Node, REFERENCE_PLUGIN_DIR, Testbed, bin_dir, bin_path};
 use serde_json::Value;
 use trellis_net::Netns;
@@ -42,14 +43,6 @@ struct Site<'a> {
     plugin: &'static str,
 }
 
-/// A plugin run's outcome.
-struct Run {
-    ok: bool,
-    out: Value,
-    stderr: String,
-    took: Duration,
-}
-
 impl Site<'_> {
     /// The plugin's configuration as the agent wrote it, with the list's version and name.
     fn conf(&self) -> Value {
@@ -65,38 +58,31 @@ impl Site<'_> {
 
     /// ADD of pod `default/<pod>` (container id `cid-<pod>`) into a new namespace, run from the
     /// node's namespace with the CNI variables and `conf` on stdin.
-    async fn add(&self, pod: &str, conf: &Value) -> (Arc<Netns>, Run) {
+    async fn add(&self, pod: &str, conf: &Value) -> (Arc<Netns>, PluginRun) {
         let ns = self.tb.add_ns(&format!("p{pod}")).await.unwrap();
         let path = std::env::join_paths([bin_dir(), PathBuf::from(REFERENCE_PLUGIN_DIR)]).unwrap();
-        let argv: Vec<String> = vec![
-            "env".into(),
-            format!("CNI_PATH={}", path.to_string_lossy()),
-            "CNI_COMMAND=ADD".into(),
-            format!("CNI_CONTAINERID=cid-{pod}"),
-            format!("CNI_NETNS={}", ns.path().display()),
-            "CNI_IFNAME=eth0".into(),
-            format!("CNI_ARGS=IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod}"),
-            bin_path(self.plugin).display().to_string(),
+        let env = [
+            ("CNI_PATH", path.to_string_lossy().into_owned()),
+            ("CNI_COMMAND", "ADD".to_string()),
+            ("CNI_CONTAINERID", format!("cid-{pod}")),
+            ("CNI_NETNS", ns.path().display().to_string()),
+            ("CNI_IFNAME", "eth0".to_string()),
+            (
+                "CNI_ARGS",
+                format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod}"),
+            ),
         ];
-        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        let started = Instant::now();
-        let out = self
+        let run = self
             .tb
-            .exec_stdin(
+            .run_plugin(
                 &self.node.ns,
-                &argv,
-                conf.to_string().as_bytes(),
+                &bin_path(self.plugin),
+                &env,
+                conf,
                 Duration::from_secs(60),
             )
             .await
             .unwrap();
-        let took = started.elapsed();
-        let run = Run {
-            ok: out.success(),
-            out: serde_json::from_str(out.stdout.trim()).unwrap_or(Value::Null),
-            stderr: out.stderr,
-            took,
-        };
         (ns, run)
     }
 
