@@ -122,6 +122,13 @@ struct ApiserverArgs {
     /// The range node ports are allocated from, `FIRST-LAST`.
     #[arg(long, default_value = "30000-32767", value_parser = parse_port_range)]
     service_node_port_range: (u16, u16),
+    /// How often the Service address repair loop runs (also once at start): it restores the
+    /// allocation of a cluster IP or node port a Service holds without one, warns (Events
+    /// `ClusterIPAlreadyAllocated`, `ClusterIPOutOfRange`, `PortAlreadyAllocated`, ...) of
+    /// duplicate and out-of-range addresses, and releases an allocation no Service holds
+    /// once seen so in 3 rounds in a row. `0` turns it off.
+    #[arg(long, default_value = "3m", value_parser = ipam::parse_duration)]
+    service_repair_interval: std::time::Duration,
     /// tolerationSeconds of the not-ready NoExecute toleration every new pod gets unless it
     /// has its own.
     #[arg(long, default_value_t = 300)]
@@ -264,6 +271,7 @@ async fn apiserver(args: ApiserverArgs) -> anyhow::Result<()> {
     config.insecure_listen = args.insecure_listen;
     config.service_cidrs = args.service_cidr;
     config.node_ports = args.service_node_port_range;
+    config.service_repair_interval = Some(args.service_repair_interval).filter(|d| !d.is_zero());
     config.kubelet_client = args.kubelet_client_certificate.zip(args.kubelet_client_key);
     config.kubelet_ca = args.kubelet_certificate_authority;
     if args.endpoint_reconciler_type == EndpointReconciler::Lease {

@@ -15,8 +15,10 @@ use crate::meta;
 use crate::status::{ApiError, Cause};
 use crate::storage::Storage;
 
-const IP_PREFIX: &str = "/registry/ranges/serviceips/";
-const PORT_PREFIX: &str = "/registry/ranges/servicenodeports/";
+/// Where cluster IP allocations live: one key per address, its value the owner `namespace/name`.
+pub(crate) const IP_PREFIX: &str = "/registry/ranges/serviceips/";
+/// Where node port allocations live, as [`IP_PREFIX`].
+pub(crate) const PORT_PREFIX: &str = "/registry/ranges/servicenodeports/";
 
 #[derive(Debug, Clone)]
 pub struct Allocator {
@@ -182,6 +184,21 @@ impl Allocator {
                 vec![Cause::invalid(field, value, why)],
             )
         };
+        // Leaving ExternalName: its externalName goes too, unless the update changed it
+        // (upstream's dropTypeDependentFields).
+        let type_of = |v: &Value| {
+            meta::at(v, &["spec", "type"])
+                .and_then(Value::as_str)
+                .unwrap_or("ClusterIP")
+                .to_string()
+        };
+        if type_of(old) == "ExternalName"
+            && type_of(new) != "ExternalName"
+            && meta::at(old, &["spec", "externalName"]) == meta::at(new, &["spec", "externalName"])
+            && let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut)
+        {
+            spec.remove("externalName");
+        }
         // Cluster IPs: the families decide; a secondary added is allocated, one dropped (or
         // all of them, on becoming ExternalName) released.
         let old_ips: Vec<IpAddr> = ips_of(old);
@@ -509,7 +526,7 @@ fn offset(range: IpNet, ip: IpAddr) -> Option<u128> {
 
 /// Whether `ip` of `range` may be a cluster IP at all: not the network address, not the
 /// IPv4 broadcast address.
-fn assignable(range: IpNet, ip: IpAddr) -> bool {
+pub(crate) fn assignable(range: IpNet, ip: IpAddr) -> bool {
     offset(range, ip).is_some_and(|o| o != 0 && !(ip.is_ipv4() && o + 1 == range_size(range)))
 }
 

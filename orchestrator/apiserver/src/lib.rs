@@ -10,6 +10,7 @@
 //! - [`resource_metrics`]: `metrics.k8s.io` (NodeMetrics, PodMetrics) from the kubelets' stats.
 //! - [`netpol`]: NetworkPolicy validation as upstream's.
 //! - [`schema`]: custom resources pruned, defaulted and validated by their CRD's schema.
+//! - [`repair`]: the Service address repair loop (allocation keys against what Services hold).
 //! - [`storage`]: objects in the store, resourceVersion = the key's revision.
 //! - [`discovery`], [`openapi`], [`table`] (with [`jsonpath`]): what kubectl needs to find,
 //!   validate and print.
@@ -41,6 +42,7 @@ pub mod pki;
 pub mod protobuf;
 pub mod rbac;
 pub mod registry;
+pub mod repair;
 pub mod request;
 pub mod resource_metrics;
 pub mod schema;

@@ -1,5 +1,5 @@
-//! Prometheus metrics: request counts by verb, resource and code, and latency histograms by
-//! verb and resource, in the text exposition format.
+//! Prometheus metrics: request counts by verb, resource and code, latency histograms by verb
+//! and resource, and the Service address repair loop's findings, in the text exposition format.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -22,6 +22,7 @@ struct Inner {
     requests: BTreeMap<(String, String, u16), u64>,
     latency: BTreeMap<(String, String), Histogram>,
     watches: i64,
+    repairs: BTreeMap<String, u64>,
 }
 
 #[derive(Default)]
@@ -56,6 +57,11 @@ impl Metrics {
     /// A watch opened (+1) or closed (-1).
     pub fn watch(&self, delta: i64) {
         self.lock().watches += delta;
+    }
+
+    /// The repair loop acted on a finding of `kind` (its Event reason).
+    pub fn repaired(&self, kind: &str) {
+        *self.lock().repairs.entry(kind.to_string()).or_default() += 1;
     }
 
     pub fn render(&self) -> String {
@@ -105,6 +111,16 @@ impl Metrics {
             "# HELP apiserver_watches Open watches.\n# TYPE apiserver_watches gauge\napiserver_watches {}",
             m.watches
         );
+        let _ = writeln!(
+            out,
+            "# HELP apiserver_service_repairs_total Findings of the Service address repair loop, by kind (its Event reason; ClusterIPLeaked/PortLeaked: an allocation released).\n# TYPE apiserver_service_repairs_total counter"
+        );
+        for (kind, n) in &m.repairs {
+            let _ = writeln!(
+                out,
+                "apiserver_service_repairs_total{{kind=\"{kind}\"}} {n}"
+            );
+        }
         out
     }
 }
@@ -127,5 +143,11 @@ mod tests {
         assert!(text.contains(
             "apiserver_request_duration_seconds_count{verb=\"get\",resource=\"pods\"} 2"
         ));
+        m.repaired("ClusterIPNotAllocated");
+        m.repaired("ClusterIPNotAllocated");
+        assert!(
+            m.render()
+                .contains("apiserver_service_repairs_total{kind=\"ClusterIPNotAllocated\"} 2")
+        );
     }
 }

@@ -108,6 +108,9 @@ pub struct Config {
     /// The `kubernetes` Service's endpoint reconciler (`--endpoint-reconciler-type lease`):
     /// None, the Service is left alone.
     pub endpoint_reconciler: Option<crate::endpoints::Settings>,
+    /// How often the Service address repair loop runs (`--service-repair-interval`; it also
+    /// runs once at start, before the server serves); None: off.
+    pub service_repair_interval: Option<std::time::Duration>,
 }
 
 impl Config {
@@ -127,13 +130,14 @@ impl Config {
             kubelet_client: None,
             kubelet_ca: None,
             endpoint_reconciler: None,
+            service_repair_interval: Some(crate::repair::DEFAULT_INTERVAL),
         }
     }
 }
 
 struct Shared {
     api: Arc<Api>,
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
     verifier: Arc<dyn ClientCertVerifier>,
     server_address: String,
     ready: std::sync::atomic::AtomicBool,
@@ -152,6 +156,7 @@ pub struct Running {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// The endpoint reconciler, which removes this API server's address when stopped.
     endpoints: Option<tokio::task::JoinHandle<()>>,
+    repair: Arc<crate::repair::Repair>,
 }
 
 impl Running {
@@ -168,6 +173,12 @@ impl Running {
     /// The store this server keeps its state in (for tools and tests: compaction, inspection).
     pub fn store(&self) -> Arc<dyn Store> {
         self.store.clone()
+    }
+
+    /// The Service address repair loop's state: a round can be run by hand (tools, tests),
+    /// whether or not the loop runs on its own.
+    pub fn service_repair(&self) -> Arc<crate::repair::Repair> {
+        self.repair.clone()
     }
 
     /// Stops accepting, ends the background tasks, and waits for them.
@@ -323,10 +334,27 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         &pki::kubeconfig(&format!("https://{host}"), &pki.ca, "admin", &pki.admin),
     )?;
 
+    let metrics = Arc::new(Metrics::default());
+    let repair = Arc::new(crate::repair::Repair::new(api.clone(), metrics.clone()));
+    if config.service_repair_interval.is_some() {
+        // Once before serving, as upstream's post-start hook runs it; a failure is not fatal:
+        // the loop tries again.
+        match repair.round().await {
+            Ok(r) => tracing::info!(
+                claimed = r.claimed.len(),
+                warned = r.warned.len(),
+                suspects = r.suspects.len(),
+                "Service address repair: first round done"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e.message, "Service address repair: the first round failed")
+            }
+        }
+    }
     let (tls, verifier) = tls_config(&pki)?;
     let shared = Arc::new(Shared {
         api: api.clone(),
-        metrics: Metrics::default(),
+        metrics,
         verifier,
         server_address: host.to_string(),
         ready: std::sync::atomic::AtomicBool::new(true),
@@ -368,6 +396,9 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         api.clone(),
         stop_rx.clone(),
     )));
+    if let Some(interval) = config.service_repair_interval {
+        tasks.push(tokio::spawn(repair.clone().run(interval, stop_rx.clone())));
+    }
     let endpoints = config
         .endpoint_reconciler
         .map(|s| tokio::spawn(crate::endpoints::run(api.clone(), s, stop_rx.clone())));
@@ -384,6 +415,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         stop,
         tasks,
         endpoints,
+        repair,
     })
 }
 
