@@ -221,7 +221,7 @@ impl Cache {
                 let _ = std::fs::remove_file(&p);
             }
         }
-        archives.sort_by(|a, b| b.0.cmp(&a.0));
+        archives.sort_by_key(|a| std::cmp::Reverse(a.0));
         // `current` is kept, and the newest others with a record up to KEEP in all.
         let mut kept = 1;
         for (_, p) in archives {
