@@ -380,7 +380,7 @@ pub fn parse_ldd(text: &str) -> anyhow::Result<Vec<PathBuf>> {
 }
 
 /// `tool` on [`PATH_DIRS`].
-fn find_tool(tool: &str, package: &str) -> anyhow::Result<PathBuf> {
+pub fn find_tool(tool: &str, package: &str) -> anyhow::Result<PathBuf> {
     PATH_DIRS
         .iter()
         .map(|d| Path::new(d).join(tool))

@@ -14,6 +14,7 @@ mod controller_manager;
 mod dns;
 mod image;
 mod image_build;
+mod image_cache;
 mod ipam;
 mod kubelet;
 mod overlay;

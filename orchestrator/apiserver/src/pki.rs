@@ -99,12 +99,18 @@ fn validity(params: &mut CertificateParams, years: i16) {
 }
 
 fn new_ca() -> Result<CertPair, PkiError> {
+    new_ca_named("trellis-ca")
+}
+
+/// A new self-signed CA (10 years) with common name `common_name`: the cluster CA, or a CA of
+/// its own for another trust domain (`trellis up`'s etcd CA, as kubeadm's `etcd/ca.crt`).
+pub fn new_ca_named(common_name: &str) -> Result<CertPair, PkiError> {
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params
         .distinguished_name
-        .push(DnType::CommonName, "trellis-ca");
+        .push(DnType::CommonName, common_name);
     params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
         KeyUsagePurpose::CrlSign,

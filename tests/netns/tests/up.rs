@@ -12,12 +12,16 @@
 //! runs a new Deployment (the standbys took over), `default/kubernetes` drops the killed
 //! member's API server (it listed all three), and the cluster still goes down clean. Its
 //! negative control: with `--control-plane 1`, killing the one member's processes stops the
-//! API answering kubectl.
+//! API answering kubectl. etcd has a CA of its own: its client port takes the API server's
+//! etcd client certificate and refuses the cluster CA's (the admin's, and one with the API
+//! server's very CN).
 //!
 //! `--runtime containerd`: 2 canal nodes (which covers the overlay mode's agent), and 3 routed
 //! nodes with 3 members — the BGP agents as containerd tasks, runc's state under the
 //! cluster's directory, pods on every node reaching every other, etcd's peer port taking only
-//! TLS with a peer certificate, and the `--control-plane 3` checks above. The checks both
+//! TLS with a peer certificate, and the `--control-plane 3` checks above. Both take the image
+//! from one image cache beside the binaries (`--image-cache`), so a build of `trellis` builds
+//! the image once. The checks both
 //! share are functions of their own.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -868,6 +872,46 @@ async fn three_control_plane_members_keep_serving_when_the_leading_one_is_killed
         "TLS without a client certificate: {}",
         show(&no_cert)
     );
+    // etcd has a CA of its own: client certificates of the cluster CA — the admin's
+    // (system:masters, the kubeconfig's), and one with the API server's very CN — are refused.
+    // Before the etcd CA (etcd trusting the cluster CA), this same probe with the admin's
+    // certificate got {"health":"true"}: etcd 3.4 cannot restrict clients by CN. The positive
+    // control above is the same probe with the etcd CA's certificate.
+    let admin_pki = f.cluster_dir().join("cp1/apiserver/pki");
+    let same_cn = cluster_ca_client(&f, "kube-apiserver-etcd-client");
+    for (what, crt, key) in [
+        (
+            "the admin's",
+            admin_pki.join("admin.crt"),
+            admin_pki.join("admin.key"),
+        ),
+        ("the API server's CN", same_cn.0, same_cn.1),
+    ] {
+        let (crt, key) = (crt.display().to_string(), key.display().to_string());
+        let got = etcd_get(
+            &f,
+            "cp1",
+            &curl,
+            health,
+            &["--cacert", &ca, "--cert", &crt, "--key", &key],
+        )
+        .await;
+        assert!(
+            !got.success() && !got.stdout.contains("health"),
+            "a cluster-CA certificate ({what}) at etcd's client port: {}",
+            show(&got)
+        );
+    }
+    // The etcd CA is the cluster's own, apart from the cluster CA.
+    let etcd_ca = std::fs::read_to_string(&ca).unwrap();
+    assert_eq!(
+        etcd_ca,
+        std::fs::read_to_string(f.cluster_dir().join("etcd-ca/ca.crt")).unwrap()
+    );
+    assert_ne!(
+        etcd_ca,
+        std::fs::read_to_string(admin_pki.join("ca.crt")).unwrap()
+    );
 
     println!("{}", rss_table(f.tb.prefix()));
 
@@ -1228,6 +1272,8 @@ async fn two_canal_nodes_on_containerd_run_the_agents_from_the_image_and_go_down
                 "canal",
                 "--runtime",
                 "containerd",
+                "--image-cache",
+                &image_cache(),
             ],
             Duration::from_secs(280),
         )
@@ -1238,6 +1284,7 @@ async fn two_canal_nodes_on_containerd_run_the_agents_from_the_image_and_go_down
         "{}\ntrellis up (2 nodes, canal, containerd) took {took:?}",
         out.stdout
     );
+    assert_image_from_the_cache(&out.stdout);
     for want in [
         "2 nodes Ready",
         "runtime containerd",
@@ -1290,6 +1337,72 @@ async fn two_canal_nodes_on_containerd_run_the_agents_from_the_image_and_go_down
         left = containerd_leftovers(&f);
     }
     assert!(left.is_empty(), "after down: {left:#?}");
+}
+
+/// A client certificate and key for `user` from the cluster CA (cp1's copy), written beside
+/// the cluster's directory by `trellis certs kubeconfig` and taken out of its kubeconfig.
+fn cluster_ca_client(f: &Fixture, user: &str) -> (PathBuf, PathBuf) {
+    use base64::Engine as _;
+    let dir = f.state.join("certs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let kc = dir.join(format!("{user}.kubeconfig"));
+    let out = std::process::Command::new(bin_path("trellis"))
+        .args(["certs", "kubeconfig", "--data-dir"])
+        .arg(f.cluster_dir().join("cp1/apiserver"))
+        .args([
+            "--user",
+            user,
+            "--server",
+            "https://127.0.0.1:6443",
+            "--out",
+        ])
+        .arg(&kc)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "trellis certs kubeconfig: {out:?}");
+    let text = std::fs::read_to_string(&kc).unwrap();
+    let field = |name: &str| {
+        let b64 = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in {text}"));
+        base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .unwrap()
+    };
+    let (crt, key) = (
+        dir.join(format!("{user}.crt")),
+        dir.join(format!("{user}.key")),
+    );
+    std::fs::write(&crt, field("client-certificate-data:")).unwrap();
+    std::fs::write(&key, field("client-key-data:")).unwrap();
+    (crt, key)
+}
+
+/// The image cache every containerd test's `up` shares, beside the binaries: the image is
+/// built once per build of `trellis` (the cache's flock makes parallel `up`s build once).
+fn image_cache() -> String {
+    bin_path("trellis")
+        .parent()
+        .unwrap()
+        .join("up-image-cache")
+        .display()
+        .to_string()
+}
+
+/// The line of `up`'s output that says where the image came from: "cached build" (a hit) or
+/// "built in" — and the archive it names is in the shared cache.
+fn assert_image_from_the_cache(stdout: &str) {
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("image trellis:latest"))
+        .unwrap_or_else(|| panic!("no image line:\n{stdout}"));
+    assert!(
+        (line.contains("cached build") || line.contains("built in"))
+            && line.contains(&image_cache()),
+        "{line}"
+    );
+    println!("image: {line}");
 }
 
 /// `url`'s `/members` (an etcd member's peer port) from member `from`'s namespace (etcd takes
@@ -1353,6 +1466,8 @@ async fn three_routed_nodes_on_containerd_with_three_members_serve_survive_a_mem
                 "3",
                 "--runtime",
                 "containerd",
+                "--image-cache",
+                &image_cache(),
             ],
             Duration::from_secs(400),
         )
@@ -1363,6 +1478,7 @@ async fn three_routed_nodes_on_containerd_with_three_members_serve_survive_a_mem
         "{}\ntrellis up (3 nodes, routed, --control-plane 3, containerd) took {took:?}",
         out.stdout
     );
+    assert_image_from_the_cache(&out.stdout);
     for want in [
         "3 nodes Ready",
         "runtime containerd",
@@ -1498,12 +1614,17 @@ async fn three_routed_nodes_on_containerd_with_three_members_serve_survive_a_mem
         "plain HTTP to a peer port: {}",
         show(&plain)
     );
-    // TLS without a client certificate, and with another certificate of the cluster CA (the
-    // admin's: not the peers' common name), are refused.
+    // TLS without a client certificate, with a certificate of the cluster CA (the admin's:
+    // not etcd's CA), and with the etcd CA's API server client certificate (not the peers'
+    // common name) are refused.
     let admin = f.cluster_dir().join("cp1/apiserver/pki");
     let (admin_crt, admin_key) = (
         admin.join("admin.crt").display().to_string(),
         admin.join("admin.key").display().to_string(),
+    );
+    let (client_crt, client_key) = (
+        pki.join("apiserver-etcd-client.crt").display().to_string(),
+        pki.join("apiserver-etcd-client.key").display().to_string(),
     );
     for args in [
         vec!["--cacert", ca.as_str()],
@@ -1514,6 +1635,14 @@ async fn three_routed_nodes_on_containerd_with_three_members_serve_survive_a_mem
             admin_crt.as_str(),
             "--key",
             admin_key.as_str(),
+        ],
+        vec![
+            "--cacert",
+            ca.as_str(),
+            "--cert",
+            client_crt.as_str(),
+            "--key",
+            client_key.as_str(),
         ],
     ] {
         let got = etcd_peer_members(&f, "cp1", &curl, peer, &args).await;

@@ -1,7 +1,8 @@
 //! `trellis up --runtime containerd`: a containerd of the cluster's own (Debian's 1.6, its CRI
 //! plugin off; root, state and socket under the cluster's state directory, in a namespace of
 //! its own), the image the `deploy/` manifests run built from this very binary
-//! (`trellis image build`, plus busybox for the demo) and imported as `trellis:latest` into the
+//! (`trellis image build`, plus busybox for the demo; kept in the image cache, so the next
+//! `up` of the same binary imports it without building) and imported as `trellis:latest` into the
 //! containerd namespace every kubelet uses (named for the cluster; the kubelets keep to their
 //! own containers by label) — and its removal: containers, tasks and snapshots through
 //! containerd, then containerd, any shim it left, the containers' cgroups, mounts under its
@@ -139,23 +140,28 @@ pub async fn wait_ready(
     }
 }
 
-/// Builds [`IMAGE`] from `exe` (the image `trellis image build` makes, plus the machine's
-/// busybox at its own path, which the demo runs), uncompressed (it never leaves the machine).
-/// Returns the archive.
-pub async fn build_image(c: &Ctrd, exe: &Path) -> anyhow::Result<PathBuf> {
+/// [`IMAGE`] built from `exe` (the image `trellis image build` makes, plus the machine's
+/// busybox at its own path, which the demo runs), uncompressed (it never leaves the machine),
+/// from the image cache in `cache` when it holds this binary's (see [`crate::image_cache`]),
+/// else built now and kept there. Returns the archive (the cache's: not to be removed) and
+/// how long it took.
+pub async fn build_image(
+    cache: &Path,
+    exe: &Path,
+) -> anyhow::Result<(crate::image_cache::Cached, Duration)> {
     let mut opts = crate::image_build::Options::standard(
         exe.to_path_buf(),
         IMAGE.into(),
         crate::image_build::Compression::None,
     );
     opts.tools.push(("busybox".into(), "busybox-static".into()));
-    let out = c.dir.join("trellis-image.tar");
-    let to = out.clone();
-    tokio::task::spawn_blocking(move || crate::image_build::build(&opts, &to))
+    let cache = crate::image_cache::Cache::new(cache);
+    let started = Instant::now();
+    let got = tokio::task::spawn_blocking(move || cache.get_or_build(&opts))
         .await
         .context("the image build stopped")?
         .context("building the trellis image")?;
-    Ok(out)
+    Ok((got, started.elapsed()))
 }
 
 /// Imports the archive into the kubelets' namespace; returns the image's digest.
@@ -176,8 +182,6 @@ pub async fn import(
         .find(|i| i.name.ends_with(IMAGE))
         .map(|i| i.digest.clone())
         .with_context(|| format!("{} holds no {IMAGE}", archive.display()))?;
-    // The archive is in containerd's content store now.
-    let _ = std::fs::remove_file(archive);
     Ok(digest)
 }
 

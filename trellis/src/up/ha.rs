@@ -1,16 +1,21 @@
 //! `--control-plane 3`: three members, each a namespace on the underlay with an etcd member,
 //! an API server on it, a scheduler and a controller-manager — kubeadm's stacked topology.
 //!
-//! - **etcd.** Debian's `etcd`: peers on the members' underlay addresses (port 2380) over
-//!   TLS both ways, as kubeadm sets them up — each member a peer certificate from the cluster
-//!   CA for its address, peers required to present one (`--peer-client-cert-auth`) with the
-//!   peers' common name (`--peer-cert-allowed-cn`, so no other certificate of the CA gets in),
-//!   from the address it names (etcd's own check);
-//!   clients on each member's loopback only, so nothing but that member's API server talks to
-//!   it, over TLS with a client certificate (`--client-cert-auth`, a serving certificate for
-//!   127.0.0.1 and the API server's `kube-apiserver-etcd-client` certificate, both from the
-//!   cluster CA; kube-apiserver's `--etcd-cafile`/`--etcd-certfile`/`--etcd-keyfile`). Two of
-//!   three members keep a majority.
+//! - **etcd.** Debian's `etcd`, with a CA of its own (kubeadm's `etcd/ca.crt`): `up` makes
+//!   an etcd CA once per cluster (`<dir>/etcd-ca/`, the key 0600 and nowhere else) and issues
+//!   every etcd certificate from it; etcd trusts only it (`--trusted-ca-file`,
+//!   `--peer-trusted-ca-file`), never the cluster CA. etcd 3.4 cannot restrict clients by
+//!   common name, so with the cluster CA trusted any certificate that CA issues (a kubelet's,
+//!   the admin's) was a full read/write client of the store; with its own CA only the API
+//!   servers' certificate is. Peers on the members' underlay addresses (port 2380) over TLS
+//!   both ways — each member a peer certificate for its address, peers required to present one
+//!   (`--peer-client-cert-auth`) with the peers' common name (`--peer-cert-allowed-cn`, so the
+//!   API servers' etcd client certificate is no peer), from the address it names (etcd's own
+//!   check); clients on each member's loopback only, so nothing but that member's API server
+//!   talks to it, over TLS with a client certificate (`--client-cert-auth`, a serving
+//!   certificate for 127.0.0.1 and the API server's `kube-apiserver-etcd-client` certificate;
+//!   kube-apiserver's `--etcd-cafile` (the etcd CA)/`--etcd-certfile`/`--etcd-keyfile`). Two
+//!   of three members keep a majority.
 //! - **API servers.** One cluster CA and service-account key, made by `up` and copied to each
 //!   member (kubeadm shares them the same way), and one serving certificate that names every
 //!   address a client may use: the members', the front door's and 127.0.0.1.
@@ -112,10 +117,11 @@ pub async fn control_plane(
         .map(|(short, ip)| format!("{short}=https://{ip}:{ETCD_PEER_PORT}"))
         .collect::<Vec<_>>()
         .join(",");
+    let etcd_ca = etcd_ca(&dir.join(ETCD_CA_DIR))?;
     let mut etcds = Vec::new();
     for ((short, ip), ns) in MEMBERS.iter().zip(members) {
         let peer = format!("https://{ip}:{ETCD_PEER_PORT}");
-        let tls = etcd_certificates(&pki.ca, &dir.join(short).join("etcd-pki"), short, *ip)?;
+        let tls = etcd_certificates(&etcd_ca, &dir.join(short).join("etcd-pki"), short, *ip)?;
         let p = state::spawn(
             ns,
             short,
@@ -261,11 +267,40 @@ pub async fn control_plane(
     })
 }
 
+/// The etcd CA's directory in the cluster's: `ca.crt`, `ca.key` (0600).
+pub const ETCD_CA_DIR: &str = "etcd-ca";
+/// The etcd CA's common name (kubeadm's `etcd-ca`, with our prefix).
+const ETCD_CA_CN: &str = "trellis-etcd-ca";
+
+/// The cluster's etcd CA in `dir` (made once: kept if both files are there), apart from the
+/// cluster CA so that etcd trusts no certificate the cluster CA issues. Only `up` holds its
+/// key; the members get its certificate.
+fn etcd_ca(dir: &Path) -> anyhow::Result<trellis_apiserver::pki::CertPair> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    use trellis_apiserver::pki;
+    let (crt, key) = (dir.join("ca.crt"), dir.join("ca.key"));
+    if let (Ok(cert_pem), Ok(key_pem)) =
+        (std::fs::read_to_string(&crt), std::fs::read_to_string(&key))
+    {
+        return Ok(pki::CertPair { cert_pem, key_pem });
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let ca = pki::new_ca_named(ETCD_CA_CN).context("making the etcd CA")?;
+    pki::write_private(&key, &ca.key_pem).with_context(|| format!("writing {}", key.display()))?;
+    pki::write_public(&crt, &ca.cert_pem).with_context(|| format!("writing {}", crt.display()))?;
+    Ok(ca)
+}
+
 /// Where the API server's etcd client certificate and key are, in a member's `etcd-pki`.
 pub const ETCD_CLIENT_FILES: (&str, &str) =
     ("apiserver-etcd-client.crt", "apiserver-etcd-client.key");
 
-/// A member's etcd certificates and keys, and the CA that checks its peers and clients.
+/// A member's etcd certificates and keys, and the CA (the etcd CA) that checks its peers and
+/// clients.
 struct EtcdTls {
     cert: std::path::PathBuf,
     key: std::path::PathBuf,
@@ -274,8 +309,8 @@ struct EtcdTls {
     ca: std::path::PathBuf,
 }
 
-/// Issues member `short`'s etcd certificates from the cluster CA and writes them, their keys
-/// (0600) and the CA into `dir`:
+/// Issues member `short`'s etcd certificates from the etcd CA `ca` and writes them, their keys
+/// (0600) and the CA's certificate into `dir`:
 /// - the peer certificate — CN [`ETCD_PEER_CN`], its underlay address as the only SAN, for
 ///   serving and as a client (a member dials its peers with it; etcd checks that a peer
 ///   connects from an address of its certificate, and would look a DNS name up, which nothing
@@ -511,9 +546,9 @@ mod tests {
         use base64::Engine as _;
         use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().unwrap();
-        let pki = trellis_apiserver::pki::Pki::ensure(dir.path(), &[]).unwrap();
+        let ca = etcd_ca(&dir.path().join(ETCD_CA_DIR)).unwrap();
         let out = dir.path().join("etcd-pki");
-        let tls = etcd_certificates(&pki.ca, &out, "cp2", MEMBERS[1].1).unwrap();
+        let tls = etcd_certificates(&ca, &out, "cp2", MEMBERS[1].1).unwrap();
         for key in [&tls.server_key, &out.join(ETCD_CLIENT_FILES.1)] {
             let mode = std::fs::metadata(key).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600, "{}", key.display());
@@ -529,8 +564,8 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600, "the key is the member's only");
         assert_eq!(
             std::fs::read_to_string(&tls.ca).unwrap(),
-            pki.ca.cert_pem,
-            "peers are checked against the cluster CA"
+            ca.cert_pem,
+            "peers are checked against the etcd CA"
         );
         let pem = std::fs::read_to_string(&tls.cert).unwrap();
         let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
@@ -547,6 +582,91 @@ mod tests {
         );
         let text = String::from_utf8_lossy(&der);
         assert!(!text.contains("cp2"), "a DNS SAN cp2");
+    }
+
+    /// The DER of the first PEM block of `pem`.
+    fn der(pem: &str) -> Vec<u8> {
+        use base64::Engine as _;
+        let b64: String = pem
+            .lines()
+            .skip_while(|l| !l.starts_with("-----BEGIN"))
+            .skip(1)
+            .take_while(|l| !l.starts_with("-----END"))
+            .collect();
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap()
+    }
+
+    /// Whether a TLS server trusting only `ca_pem` for client certificates (etcd's
+    /// `--client-cert-auth --trusted-ca-file`) takes `cert_pem` as a client.
+    fn client_accepted(ca_pem: &str, cert_pem: &str) -> bool {
+        use rustls::pki_types::{CertificateDer, UnixTime};
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from(der(ca_pem))).unwrap();
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            std::sync::Arc::new(roots),
+            std::sync::Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .unwrap();
+        verifier
+            .verify_client_cert(&CertificateDer::from(der(cert_pem)), &[], UnixTime::now())
+            .is_ok()
+    }
+
+    #[test]
+    fn etcd_trusts_its_own_ca_and_no_certificate_of_the_cluster_ca() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let cluster =
+            trellis_apiserver::pki::Pki::ensure(&dir.path().join("apiserver"), &[]).unwrap();
+        let ca_dir = dir.path().join(ETCD_CA_DIR);
+        let ca = etcd_ca(&ca_dir).unwrap();
+        assert_ne!(ca.cert_pem, cluster.ca.cert_pem, "a CA of its own");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&ca_dir.join("ca.key")), 0o600);
+        assert_eq!(mode(&ca_dir), 0o700);
+        // Made once per cluster: a second call (every member) gets the same CA.
+        assert_eq!(etcd_ca(&ca_dir).unwrap().cert_pem, ca.cert_pem);
+
+        let out = dir.path().join("etcd-pki");
+        let tls = etcd_certificates(&ca, &out, "cp1", MEMBERS[0].1).unwrap();
+        let trusted = std::fs::read_to_string(&tls.ca).unwrap();
+        assert_eq!(
+            trusted, ca.cert_pem,
+            "etcd's --trusted-ca-file is the etcd CA"
+        );
+        let client = std::fs::read_to_string(out.join(ETCD_CLIENT_FILES.0)).unwrap();
+        assert!(
+            client_accepted(&trusted, &client),
+            "the API server's etcd client certificate is taken"
+        );
+        assert!(
+            client_accepted(&trusted, &std::fs::read_to_string(&tls.cert).unwrap()),
+            "a member's peer certificate is taken"
+        );
+        // The cluster CA's certificates — the admin's (system:masters), a kubelet's, and one
+        // with the API server's very CN — are refused: the CA decides, not the name.
+        let kubelet =
+            trellis_apiserver::pki::issue(&cluster.ca, "system:node:n1", &["system:nodes"], &[])
+                .unwrap();
+        let same_cn = trellis_apiserver::pki::issue(&cluster.ca, ETCD_CLIENT_CN, &[], &[]).unwrap();
+        for (what, cert) in [
+            ("admin", &cluster.admin.cert_pem),
+            ("kubelet", &kubelet.cert_pem),
+            ("same CN", &same_cn.cert_pem),
+        ] {
+            assert!(
+                !client_accepted(&trusted, cert),
+                "{what} is refused by etcd"
+            );
+            // Negative control: trusting the cluster CA (what etcd did before) takes each.
+            assert!(
+                client_accepted(&cluster.ca.cert_pem, cert),
+                "{what} was taken with the cluster CA trusted"
+            );
+        }
     }
 
     #[test]

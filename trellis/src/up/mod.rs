@@ -99,7 +99,7 @@ pub struct UpArgs {
     mode: Mode,
     /// Control-plane members: 1 (an API server, scheduler and controller-manager on the
     /// embedded store) or 3 (three of each on a 3-member etcd — peers and clients on TLS with
-    /// certificates from the cluster CA — which keeps serving when a member is lost; kubectl
+    /// certificates from an etcd CA of its own — which keeps serving when a member is lost; kubectl
     /// reaches them through a failover proxy at 198.18.0.2:6443, every node through one of its
     /// own).
     #[arg(long, default_value = "1", value_parser = parse_control_plane)]
@@ -110,6 +110,12 @@ pub struct UpArgs {
     /// containerd and runc).
     #[arg(long, value_enum, default_value_t = Runtime::Process)]
     runtime: Runtime,
+    /// Where `--runtime containerd` keeps the image it builds from this binary, keyed by the
+    /// binary's identity and the tools': a later `up` of the same binary imports it without
+    /// building. `down` keeps it (as kind keeps node images); the newest 2 builds stay;
+    /// `rm -rf` the directory to clear it.
+    #[arg(long, default_value = "/var/lib/trellis/image-cache")]
+    image_cache: PathBuf,
     /// Seconds to wait for every node Ready and the demo answering.
     #[arg(long, default_value_t = 180)]
     timeout: u64,
@@ -668,8 +674,9 @@ async fn build(args: &UpArgs, state: &mut State, exe: &Path, busybox: &Path) -> 
         state.containerd = Some(c.clone());
         state.save()?;
         let exe = exe.to_path_buf();
+        let cache = args.image_cache.clone();
         image_build = Some(tokio::spawn(async move {
-            containerd::build_image(&c, &exe).await
+            containerd::build_image(&cache, &exe).await
         }));
         steps.done(state, "containerd started, the trellis image building");
     }
@@ -725,14 +732,21 @@ async fn build(args: &UpArgs, state: &mut State, exe: &Path, busybox: &Path) -> 
             .cloned()
             .context("containerd's process")?;
         let conn = containerd::wait_ready(&c, &p, Instant::now() + Duration::from_secs(30)).await?;
-        let archive = build.await.context("the image build stopped")??;
-        let digest = containerd::import(&conn, &archive).await?;
+        let (cached, took) = build.await.context("the image build stopped")??;
+        let digest = containerd::import(&conn, &cached.archive).await?;
         steps.done(
             state,
             &format!(
-                "image {} {} in containerd",
+                "image {} {} in containerd ({} {:.1}s, {})",
                 containerd::IMAGE,
-                &digest[..digest.len().min(19)]
+                &digest[..digest.len().min(19)],
+                if cached.hit {
+                    "cached build, checked in"
+                } else {
+                    "built in"
+                },
+                took.as_secs_f64(),
+                cached.archive.display()
             ),
         );
         runtime_flags = vec![
