@@ -302,7 +302,7 @@ async fn restart_under_stream(mode: Restart) -> RestartUnderStream {
         || arrived() >= killed_at + 3,
     )
     .await;
-    let extra = vec![
+    let extra = [
         "--announce-file".to_string(),
         announce(&n2.dirs).display().to_string(),
     ];
