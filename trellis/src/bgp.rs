@@ -107,6 +107,17 @@ pub struct AgentArgs {
     /// Neither ask peers to keep our routes across a restart nor keep theirs.
     #[arg(long)]
     no_graceful_restart: bool,
+    /// Graceful restart without its restarting side: an agent that finds learned routes of an
+    /// earlier run in the kernel removes them at start (a cold start), and its OPENs carry
+    /// neither the R bit nor F bits. By default it keeps them, sends R and F, and defers
+    /// route selection until End-of-RIB from every peer (or --graceful-restart-deferral).
+    #[arg(long)]
+    no_restart_recovery: bool,
+    /// Seconds route selection may be deferred after a restart (the Selection_Deferral_Timer,
+    /// RFC 4724 §4.1): the kernel and our UPDATEs wait this long at most for the peers'
+    /// End-of-RIB. Keep it below the 120 s our peers keep our routes for.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    graceful_restart_deferral: u64,
     /// Run BFD (RFC 5880/5881, single-hop, UDP 3784) with every peer — mesh nodes and
     /// --peer neighbours; a BGPPeer's `bfd` overrides it. A BFD Down ends the BGP session at
     /// once and withdraws its routes (no graceful-restart stale period); the peer's AdminDown
@@ -197,6 +208,8 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     c.export = args.export_filter;
     c.max_prefix_restart = Duration::from_secs(args.max_prefix_restart.max(1));
     c.graceful_restart = !args.no_graceful_restart;
+    c.restart_recovery = !args.no_restart_recovery;
+    c.restart_deferral = Duration::from_secs(args.graceful_restart_deferral);
     c.bfd = args.bfd;
     c.bfd_interval = Duration::from_millis(args.bfd_interval_ms);
     c.bfd_multiplier = args.bfd_multiplier;
@@ -318,6 +331,19 @@ fn status_table(peers: &[PeerRow]) -> String {
                 let _ = write!(out, ", last: {}", b.diag);
             }
             out.push('\n');
+        }
+        if p.awaiting_end_of_rib {
+            let _ = writeln!(
+                out,
+                "    graceful restart: our route selection waits for its End-of-RIB"
+            );
+        }
+        if p.peer_restarted {
+            let _ = writeln!(
+                out,
+                "    graceful restart: it restarted (R bit; {} times)",
+                p.peer_restarts
+            );
         }
         if let Some(e) = &p.last_error {
             let _ = writeln!(out, "    last error: {e}");

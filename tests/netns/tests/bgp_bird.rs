@@ -453,6 +453,190 @@ async fn ibgp_bird_restart_relearn_and_withdrawals() {
     .await;
 }
 
+/// A metric's value in a Prometheus text page.
+fn metric(page: &str, name: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// The route deletions of `prefix` that `ip monitor route` printed.
+fn deletions(monitor: &str, prefix: &str) -> usize {
+    monitor
+        .lines()
+        .filter(|l| l.starts_with("Deleted") && l.split_whitespace().nth(1) == Some(prefix))
+        .count()
+}
+
+/// Graceful restart with BIRD as the receiving side: our agent is killed and starts again
+/// with its kernel routes in place, so it sends the R bit. BIRD keeps our block through the
+/// restart (its kernel route never goes) and refreshes it; it sends its own routes at once,
+/// without waiting for our End-of-RIB — our deferral ends on BIRD's End-of-RIB, long before
+/// its timer — and the route BIRD withdrew while we were away is swept from our kernel,
+/// while the one it still announces never left it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_restart_with_the_r_bit_bird_keeps_our_routes_and_does_not_wait_for_us() {
+    require_root();
+    require_tool("ip", "iproute2");
+    let tb = Testbed::new().unwrap();
+    let n = nodes(&tb, 2).await;
+    let config = BirdConfig::new(&n[0], 64512)
+        .announce(net("10.244.1.0/26"))
+        .announce(net("10.244.5.0/26"))
+        .peer(BirdPeer::new("agent", n[1].ip, 64512));
+    let mut bird = Bird::start(&tb, &n[0], config.clone(), LIFETIME)
+        .await
+        .unwrap();
+    let mut spec = AgentSpec::new(64512)
+        .peer(n[0].ip, 64512)
+        .announce(net("10.244.2.0/26"));
+    // Far above what the test waits: only BIRD's End-of-RIB can end the deferral in time.
+    spec.extra = vec!["--graceful-restart-deferral".into(), "90".into()];
+    let mut agent = Agent::start(&tb, &n[1], spec.clone(), LIFETIME)
+        .await
+        .unwrap();
+    bird.wait_established("agent", SESSION)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", agent.log()));
+    for p in ["10.244.1.0/26", "10.244.5.0/26"] {
+        expect_route(&n[1], p, &n[0], PROTO_TRELLIS, "BIRD's block in our kernel").await;
+    }
+    expect_route(
+        &n[0],
+        "10.244.2.0/26",
+        &n[1],
+        PROTO_BIRD,
+        "our block in BIRD's kernel",
+    )
+    .await;
+    let fresh = metric(
+        &agent.get("/metrics").await.unwrap(),
+        "bgp_graceful_restart_deferrals_total",
+    );
+    assert_eq!(fresh, Some(0.0), "a first start defers nothing");
+    let monitor = |node: &Node| {
+        tb.spawn(
+            &node.ns,
+            &["ip", "monitor", "route"],
+            Duration::from_secs(120),
+        )
+        .unwrap()
+    };
+    let (bird_monitor, our_monitor) = (monitor(&n[0]), monitor(&n[1]));
+
+    // SIGKILL: no NOTIFICATION; BIRD keeps our block (stale) in its kernel.
+    agent.stop();
+    let deadline = Instant::now() + SESSION;
+    while bird
+        .protocol("agent")
+        .await
+        .unwrap()
+        .is_some_and(|p| p.established())
+    {
+        assert!(Instant::now() < deadline, "BIRD never saw our session end");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let kernel = kernel_routes(&n[0].ns).await.unwrap();
+    assert!(
+        kernel_has(
+            &kernel,
+            net("10.244.2.0/26"),
+            Want::Via(ip(&n[1]), PROTO_BIRD)
+        ),
+        "BIRD dropped our block while we were away: {kernel:?}"
+    );
+    // BIRD withdraws one of its blocks while we are away.
+    let mut fewer = config.clone();
+    fewer.statics.retain(|p| *p != net("10.244.5.0/26"));
+    bird.reconfigure(fewer).await.unwrap();
+    let restarted = Instant::now();
+    agent.restart(spec.clone()).await.unwrap();
+    bird.wait_established("agent", SESSION)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", agent.log()));
+    // The deferral ends on BIRD's End-of-RIB: BIRD did not wait for ours.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let page = agent.get("/metrics").await.unwrap_or_default();
+        if metric(&page, "bgp_graceful_restart_deferring") == Some(0.0) {
+            assert_eq!(
+                metric(&page, "bgp_graceful_restart_deferrals_total"),
+                Some(1.0),
+                "{page}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "our deferral did not end on BIRD's End-of-RIB:\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let took = restarted.elapsed();
+    assert!(
+        agent.log().contains("End-of-RIB from every peer"),
+        "the deferral ended otherwise:\n{}",
+        agent.log()
+    );
+    eprintln!("restart → deferral over (BIRD's End-of-RIB): {took:?}");
+    // Swept: what BIRD withdrew meanwhile; kept: what it still announces.
+    expect_no_route(&n[1], "10.244.5.0/26", PROPAGATE, "the stale route swept").await;
+    expect_route(
+        &n[1],
+        "10.244.1.0/26",
+        &n[0],
+        PROTO_TRELLIS,
+        "BIRD's block kept",
+    )
+    .await;
+    // BIRD has our block from the new session (refreshed by our UPDATE and End-of-RIB).
+    let deadline = Instant::now() + PROPAGATE;
+    loop {
+        let routes = bird.routes().await.unwrap();
+        let ours = routes
+            .iter()
+            .any(|r| r.prefix.to_string() == "10.244.2.0/26" && r.source == "agent");
+        let stale = bird
+            .birdc(&["show", "route", "10.244.2.0/26", "all"])
+            .await
+            .unwrap_or_default();
+        if ours && !stale.to_lowercase().contains("stale") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "BIRD did not refresh our block: {routes:?}\n{stale}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    expect_route(
+        &n[0],
+        "10.244.2.0/26",
+        &n[1],
+        PROTO_BIRD,
+        "our block in BIRD's kernel after our restart",
+    )
+    .await;
+    tb.kill(bird_monitor);
+    tb.kill(our_monitor);
+    let (theirs, ours) = (tb.log_of(bird_monitor), tb.log_of(our_monitor));
+    assert_eq!(
+        deletions(&theirs, "10.244.2.0/26"),
+        0,
+        "BIRD's kernel lost our block during our restart:\n{theirs}"
+    );
+    assert_eq!(
+        deletions(&ours, "10.244.1.0/26"),
+        0,
+        "our kernel route to BIRD's block flapped:\n{ours}"
+    );
+    assert_eq!(
+        deletions(&ours, "10.244.5.0/26"),
+        1,
+        "the route BIRD withdrew was not swept:\n{ours}"
+    );
+}
+
 /// BIRD on n1 is a route reflector; our agents on n2 and n3 are its clients and peer with no
 /// one else: each one's block must reach the other's kernel through BIRD.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

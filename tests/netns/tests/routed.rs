@@ -6,7 +6,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
 
 use netns_testbed::bin_path;
 use netns_testbed::probe::{PodAt, pairs_talk_without_nat};
@@ -15,7 +18,7 @@ use trellis_net::{Family, Route};
 
 #[path = "support/routed_cluster.rs"]
 mod routed_cluster;
-use routed_cluster::{Cluster, HOLD, block_of, start_agent, start_agent_with};
+use routed_cluster::{Cluster, HOLD, block_of, start_agent, start_agent_args};
 
 /// A node's first pod makes ipamd claim a block; the agent follows ipamd's block stream and
 /// announces it at once — not at its next resync, here 30 s away — so the other nodes route to
@@ -159,6 +162,35 @@ async fn a_killed_agent_is_withdrawn_within_the_hold_time_and_restored_on_return
         .await;
 }
 
+/// A peer's row of an agent's `/bgp/status` (the fields these tests read).
+#[derive(Debug, serde::Deserialize)]
+struct PeerRow {
+    address: String,
+    #[serde(default)]
+    peer_restarted: bool,
+    #[serde(default)]
+    peer_restarts: u64,
+}
+
+/// How the restarted agent and its peers deal with the restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Restart {
+    /// Graceful restart on both sides: n1 keeps n2's routes stale while n2's agent is away;
+    /// n2's new agent keeps its kernel routes, sends the R bit and defers until n1's
+    /// End-of-RIB, then sweeps what n1 no longer announces.
+    Graceful,
+    /// Graceful restart on, but n2's new agent without its restarting side
+    /// (`--no-restart-recovery`): a cold start that removes the routes it held.
+    NoRecovery,
+    /// No graceful restart on any agent.
+    Off,
+}
+
+/// A prefix n1 announces through the whole restart (from its announce file).
+const KEPT: &str = "10.99.1.0/24";
+/// A prefix n1 withdraws while n2's agent is away: n2's kernel route for it must be swept.
+const GONE: &str = "10.99.2.0/24";
+
 /// What a restart of n2's agent under a TCP stream from a pod on n1 to a pod on n2 did.
 struct RestartUnderStream {
     /// The client's JSON report (what it sent, per interval).
@@ -167,29 +199,65 @@ struct RestartUnderStream {
     server: String,
     /// n1 kept n2's block (stale) while n2's agent was away.
     kept_while_away: bool,
+    /// `ip monitor route` in n2's namespace from before the kill to the end.
+    monitor: String,
+    /// n1's `/bgp/status` row for n2 after the restart.
+    seen_by_n1: PeerRow,
+    /// n2's metrics after the restart.
+    metrics: String,
+    /// n1's pod block (n2 holds its route: the stream's return path).
+    held: IpNet,
+}
+
+impl RestartUnderStream {
+    /// The kernel route deletions of `prefix` that `ip monitor` saw in n2's namespace.
+    fn deletions(&self, prefix: &str) -> usize {
+        self.monitor
+            .lines()
+            .filter(|l| l.starts_with("Deleted") && l.split_whitespace().nth(1) == Some(prefix))
+            .count()
+    }
 }
 
 /// Kills n2's agent two intervals into a 12 s stream from pod a (n1) to pod b (n2), waits until
-/// n1 has noticed, keeps the agent away for three intervals, starts it again, and waits until n1
-/// has learnt n2's block afresh from the new agent — all while the stream runs (asserted), so
-/// the stream's intervals before, during and after the restart are judged. Every agent runs
-/// with or without graceful restart.
-async fn restart_under_stream(graceful_restart: bool) -> RestartUnderStream {
+/// n1 has noticed, has n1 withdraw [`GONE`], keeps the agent away for three intervals, starts
+/// it again, and waits until n1 has learnt n2's block afresh from the new agent — all while
+/// the stream runs (asserted), so the stream's intervals before, during and after the restart
+/// are judged. The stream crosses both kinds of routes n2's agent has: the ones it holds (n1's
+/// block, for the ACKs back to a) and the one it announces (b's block).
+async fn restart_under_stream(mode: Restart) -> RestartUnderStream {
     netns_testbed::require_tool("iperf3", "iperf3");
-    let c = Cluster::start_with(2, graceful_restart).await;
+    netns_testbed::require_tool("ip", "iproute2");
+    let graceful_restart = mode != Restart::Off;
+    let announce = |dirs: &std::path::Path| dirs.join("announce");
+    let c = Cluster::start_full(2, graceful_restart, 1, |dirs| {
+        vec![
+            "--announce-file".into(),
+            announce(dirs).display().to_string(),
+        ]
+    })
+    .await;
+    let (n1, n2) = (&c.workers[0], &c.workers[1]);
+    let (kept, gone): (IpNet, IpNet) = (KEPT.parse().unwrap(), GONE.parse().unwrap());
+    std::fs::write(announce(&n1.dirs), format!("{KEPT}\n{GONE}\n")).unwrap();
     let a = c.add_pod(0, "a").await;
     let b = c.add_pod(1, "b").await;
-    let n2 = &c.workers[1];
     let block = block_of(b.ip);
+    let held = block_of(a.ip);
     c.wait_route(block, Some(n2.node.ip), 1, Duration::from_secs(20))
         .await;
-    c.wait_route(
-        block_of(a.ip),
-        Some(c.workers[0].node.ip),
-        0,
-        Duration::from_secs(20),
-    )
-    .await;
+    for p in [held, kept, gone] {
+        c.wait_route(p, Some(n1.node.ip), 0, Duration::from_secs(20))
+            .await;
+    }
+    // Every route change in n2's kernel from here on (bounded by the test's length).
+    let monitor =
+        c.tb.spawn(
+            &n2.node.ns,
+            &["ip", "monitor", "route"],
+            Duration::from_secs(120),
+        )
+        .unwrap();
     let server = iperf::start_server(&c.tb, &b.ns, b.ip).await.unwrap();
     let client = iperf::start_client(&c.tb, &a.ns, b.ip, 12, "200M").unwrap();
     // Two intervals arrive before the restart: the stream runs and has a baseline.
@@ -216,6 +284,14 @@ async fn restart_under_stream(graceful_restart: bool) -> RestartUnderStream {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    // Meanwhile n1 stops announcing GONE (its announce file is re-read at SIGHUP).
+    std::fs::write(announce(&n1.dirs), format!("{KEPT}\n")).unwrap();
+    c.tb.signal(n1.agent, nix::sys::signal::Signal::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.bgp_route(0, gone).await.is_some() {
+        assert!(Instant::now() < deadline, "n1 never withdrew {GONE}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // The agent stays away for three of the stream's intervals (the server prints one each
     // second, with or without data): a restart takes that long when the agent is upgraded or
     // its node is busy, and a restart faster than TCP's retransmission timer would prove
@@ -226,7 +302,23 @@ async fn restart_under_stream(graceful_restart: bool) -> RestartUnderStream {
         || arrived() >= killed_at + 3,
     )
     .await;
-    let again = start_agent_with(&c.tb, &c.cp, &n2.node, &n2.dirs, graceful_restart);
+    let extra = [
+        "--announce-file".to_string(),
+        announce(&n2.dirs).display().to_string(),
+    ];
+    let mut extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    if mode == Restart::NoRecovery {
+        extra.push("--no-restart-recovery");
+    }
+    let again = start_agent_args(
+        &c.tb,
+        &c.cp,
+        &n2.node,
+        &n2.dirs,
+        graceful_restart,
+        1,
+        &extra,
+    );
     // Back in the mesh while the stream still runs: n1 has n2's block from the new agent.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -248,6 +340,20 @@ async fn restart_under_stream(graceful_restart: bool) -> RestartUnderStream {
         c.tb.running(client) && arrived <= 10,
         "the agent came back after {arrived} of the stream's 12 intervals: too late to judge it"
     );
+    // n2's kernel: what n1 withdrew meanwhile is swept; what it still announces is there.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let learned = c.learned(1).await;
+        let via_n1 = |p: IpNet| learned.contains(&(p, Some(n1.node.ip.into())));
+        if via_n1(held) && via_n1(kept) && learned.iter().all(|(d, _)| *d != gone) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "n2's kernel does not follow n1's routes: {learned:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     wait_for("iperf3 to finish", Duration::from_secs(30), || {
         !c.tb.running(client)
     })
@@ -258,11 +364,43 @@ async fn restart_under_stream(graceful_restart: bool) -> RestartUnderStream {
         || !c.tb.running(server),
     )
     .await;
+    let status = SocketAddr::from(([127, 0, 0, 1], 9912));
+    let rows = http(&n1.node.ns, status, "/bgp/status").await;
+    let rows: Vec<PeerRow> = serde_json::from_str(&rows).unwrap();
+    let seen_by_n1 = rows
+        .into_iter()
+        .find(|r| r.address == n2.node.ip.to_string())
+        .expect("n1 has n2 as a peer");
+    let metrics = http(&n2.node.ns, status, "/metrics").await;
+    c.tb.kill(monitor);
     RestartUnderStream {
         client: c.tb.log_of(client),
         server: c.tb.log_of(server),
         kept_while_away,
+        monitor: c.tb.log_of(monitor),
+        seen_by_n1,
+        metrics,
+        held,
     }
+}
+
+/// The body of a 200 answer from `addr` inside `ns`.
+async fn http(ns: &std::sync::Arc<trellis_net::Netns>, addr: SocketAddr, path: &str) -> String {
+    let ns = ns.clone();
+    let path = path.to_string();
+    let (code, body) =
+        tokio::task::spawn_blocking(move || netns_testbed::probe::http_get(&ns, addr, &path))
+            .await
+            .unwrap()
+            .unwrap();
+    assert_eq!(code, 200, "{body}");
+    body
+}
+
+/// A metric's value in a Prometheus text page.
+fn metric(page: &str, name: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 /// Every interval of the stream, at both ends, carried at least half of the stream's median.
@@ -270,11 +408,13 @@ fn judge(r: &RestartUnderStream) -> Result<(), iperf::StreamVerdict> {
     iperf::judge_stream(&r.client, &r.server, 0.5)
 }
 
-/// With graceful restart, the peers keep a restarting agent's routes (stale) until it is back,
-/// and the agent leaves its kernel routes in place: a TCP stream across it never dips.
+/// Both sides of graceful restart meet: n1 keeps the restarting agent's routes (stale) until
+/// it is back; n2's agent keeps its kernel routes, comes back with the R bit, defers until
+/// n1's End-of-RIB, then sweeps the route n1 withdrew meanwhile — a TCP stream across both
+/// kinds of its routes never dips, and the routes it held never flap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_graceful_restart_an_agent_restart_drops_no_traffic() {
-    let r = restart_under_stream(true).await;
+    let r = restart_under_stream(Restart::Graceful).await;
     assert!(
         r.kept_while_away,
         "n1 dropped n2's block while n2's agent restarted"
@@ -282,13 +422,64 @@ async fn with_graceful_restart_an_agent_restart_drops_no_traffic() {
     if let Err(e) = judge(&r) {
         panic!("{e}\nclient:\n{}\nserver:\n{}", r.client, r.server);
     }
+    assert!(
+        r.seen_by_n1.peer_restarted && r.seen_by_n1.peer_restarts == 1,
+        "n1 did not see the R bit: {:?}",
+        r.seen_by_n1
+    );
+    // The routes n2 held stayed in its kernel through the restart: never deleted.
+    for p in [r.held.to_string().as_str(), KEPT] {
+        assert_eq!(r.deletions(p), 0, "{p} flapped:\n{}", r.monitor);
+    }
+    assert_eq!(r.deletions(GONE), 1, "{GONE} not swept:\n{}", r.monitor);
+    assert_eq!(
+        metric(&r.metrics, "bgp_graceful_restart_deferrals_total"),
+        Some(1.0),
+        "{}",
+        r.metrics
+    );
+    assert_eq!(
+        metric(&r.metrics, "bgp_graceful_restart_stale_routes_swept_total"),
+        Some(1.0),
+        "{}",
+        r.metrics
+    );
+}
+
+/// The negative control of the restarting side: graceful restart on, but n2's new agent
+/// without restart recovery (a cold start). It removes the routes its predecessor left — n1's
+/// block, the stream's return path, among them — and installs them again once n1's UPDATEs
+/// come: they flap. (The stream may or may not drop an interval over that gap; the flap is
+/// what the restarting side prevents, and the test above shows that it does.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_restart_recovery_a_restarted_agent_flaps_the_routes_it_held() {
+    let r = restart_under_stream(Restart::NoRecovery).await;
+    assert!(r.kept_while_away, "n1 is still the receiving side");
+    assert!(
+        !r.seen_by_n1.peer_restarted,
+        "a cold start sends no R bit: {:?}",
+        r.seen_by_n1
+    );
+    let held = r.held.to_string();
+    assert!(
+        r.deletions(&held) >= 1 && r.deletions(KEPT) >= 1,
+        "without restart recovery the routes n2 held must be removed and installed again:\n{}",
+        r.monitor
+    );
+    assert_eq!(
+        metric(&r.metrics, "bgp_graceful_restart_deferrals_total"),
+        Some(0.0),
+        "{}",
+        r.metrics
+    );
+    eprintln!("without restart recovery: {:?}", judge(&r));
 }
 
 /// The negative control: the same restart with graceful restart off on every agent. The peer
 /// withdraws the block at once and the stream stalls, which proves the test above can fail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_graceful_restart_an_agent_restart_stalls_the_stream() {
-    let r = restart_under_stream(false).await;
+    let r = restart_under_stream(Restart::Off).await;
     assert!(
         !r.kept_while_away,
         "n1 kept n2's block although graceful restart was off"

@@ -36,6 +36,53 @@ async fn ours(host: &Handle) -> trellis_net::Result<Vec<Route>> {
     Ok(out)
 }
 
+/// What an earlier run of the agent left in the kernel: its routes (blackholes and learned
+/// ones) stay when it stops or crashes, so their presence at start is how the agent knows it
+/// restarted with its forwarding state kept (a reboot, which loses the pods too, leaves none).
+#[derive(Debug, Default)]
+pub struct Kept {
+    /// Learned routes (a peer's next hop), to be swept unless the RIB refreshes them.
+    pub learned: Vec<Route>,
+    /// Blackholes of the node's own blocks.
+    pub blackholes: usize,
+    /// The families with any of them: their forwarding state was kept (graceful restart's F
+    /// bit).
+    pub families: BTreeSet<trellis_bgp::codec::Family>,
+}
+
+impl Kept {
+    /// Nothing kept: a fresh start.
+    pub fn is_empty(&self) -> bool {
+        self.learned.is_empty() && self.blackholes == 0
+    }
+}
+
+/// The routes of ours in the kernel now.
+pub async fn kept(host: &Handle) -> trellis_net::Result<Kept> {
+    let mut out = Kept::default();
+    for r in ours(host).await? {
+        match r.kind {
+            RouteKind::Blackhole => out.blackholes += 1,
+            RouteKind::Unicast => out.learned.push(r.clone()),
+            _ => continue,
+        }
+        out.families.insert(match r.dst {
+            IpNet::V4(_) => trellis_bgp::codec::Family::IPV4_UNICAST,
+            IpNet::V6(_) => trellis_bgp::codec::Family::IPV6_UNICAST,
+        });
+    }
+    Ok(out)
+}
+
+/// A cold start: the learned routes an earlier run left are removed at once (graceful
+/// restart's restarting side off). Returns how many.
+pub async fn flush_learned(host: &Handle, kept: &Kept) -> trellis_net::Result<usize> {
+    for r in &kept.learned {
+        host.delete_route(r).await?;
+    }
+    Ok(kept.learned.len())
+}
+
 /// Blackholes exactly for `wanted`: missing ones added, ours for prefixes no longer announced
 /// removed.
 pub async fn sync_blackholes(host: &Handle, wanted: &BTreeSet<IpNet>) -> trellis_net::Result<()> {
@@ -162,14 +209,15 @@ impl Installed {
         }
     }
 
-    /// Every best path installed as it should be; with `sweep`, learned routes of ours that the
-    /// RIB does not hold (left by an earlier run) removed.
+    /// Every best path installed as it should be (a route already in place as wanted is not
+    /// touched: no flap); with `sweep`, learned routes of ours that the RIB does not hold (left
+    /// by an earlier run) removed. Returns how many were swept.
     pub async fn reconcile(
         &mut self,
         host: &Handle,
         rib: &[BestRoute],
         sweep: bool,
-    ) -> trellis_net::Result<()> {
+    ) -> trellis_net::Result<usize> {
         let existing: Vec<Route> = ours(host)
             .await?
             .into_iter()
@@ -187,6 +235,7 @@ impl Installed {
                 host.replace_route(w).await?;
             }
         }
+        let mut swept = 0;
         if sweep {
             for r in &existing {
                 if !wanted
@@ -195,10 +244,11 @@ impl Installed {
                 {
                     tracing::info!(prefix = %r.dst, "removing a stale learned route");
                     host.delete_route(r).await?;
+                    swept += 1;
                 }
             }
         }
-        Ok(())
+        Ok(swept)
     }
 }
 

@@ -124,6 +124,14 @@ pub struct Config {
     /// own prefixes go, and learned ones to iBGP peers only).
     pub export: Vec<PrefixRule>,
     pub graceful_restart: bool,
+    /// Graceful restart's restarting side (RFC 4724 §4.1): an agent that finds routes of an
+    /// earlier run in the kernel keeps them, sends the R bit and the F bit of their families,
+    /// and defers route selection — the kernel and its UPDATEs wait — until End-of-RIB from
+    /// every peer or `restart_deferral`, then sweeps what was not refreshed. Off (a cold
+    /// start): the earlier run's learned routes are removed at start and R and F stay clear.
+    pub restart_recovery: bool,
+    /// The Selection_Deferral_Timer: the longest route selection waits after a restart.
+    pub restart_deferral: Duration,
     /// BFD (RFC 5880/5881) with every peer unless its `BGPPeer` says otherwise: a BFD Down
     /// ends the BGP session at once.
     pub bfd: bool,
@@ -151,6 +159,12 @@ pub struct Config {
     pub tombstone_sweep: Duration,
 }
 
+/// The longest route selection is deferred after a restart. BIRD waits up to 240 s
+/// (`graceful restart wait`), FRR 360 s (`select-defer-time`); ours ends well before the 120 s
+/// restart time our peers keep our routes for, so they still hold them stale when our UPDATEs
+/// come (a peer that never comes up must not cost us our routes everywhere else).
+pub const DEFAULT_RESTART_DEFERRAL: Duration = Duration::from_secs(60);
+
 impl Config {
     /// Calico's defaults: AS 64512, full mesh, port 179.
     pub fn new(node: impl Into<String>) -> Config {
@@ -177,6 +191,8 @@ impl Config {
             import: Vec::new(),
             export: Vec::new(),
             graceful_restart: true,
+            restart_recovery: true,
+            restart_deferral: DEFAULT_RESTART_DEFERRAL,
             bfd: false,
             bfd_interval: Duration::from_millis(300),
             bfd_multiplier: 3,
@@ -373,7 +389,41 @@ pub async fn run(
             config.hold_time = s.hold_time.unwrap_or(config.hold_time);
         }
     }
+    // Graceful restart's restarting side: what an earlier run left in the kernel says whether
+    // this is a restart with the forwarding state kept (see `kernel::Kept`).
+    let kept = kernel::kept(&host).await?;
+    let recovery =
+        (config.graceful_restart && config.restart_recovery && !kept.is_empty()).then(|| {
+            trellis_bgp::Recovery {
+                preserved: kept.families.iter().copied().collect(),
+                deferral: config.restart_deferral,
+            }
+        });
+    if recovery.is_some() {
+        let mut from: Vec<String> = config.peers.iter().map(|n| n.address.to_string()).collect();
+        if config.mesh && !config.standalone {
+            from.push("the mesh's nodes".into());
+        }
+        tracing::info!(
+            learned = kept.learned.len(),
+            blackholes = kept.blackholes,
+            families = ?kept.families,
+            deferral_seconds = config.restart_deferral.as_secs(),
+            "restarting: kept {} kernel routes, deferring until EoR from {} (at most {} s)",
+            kept.learned.len() + kept.blackholes,
+            if from.is_empty() { "every peer".to_string() } else { from.join(", ") },
+            config.restart_deferral.as_secs(),
+        );
+    } else if !kept.learned.is_empty() && config.graceful_restart {
+        // Restart recovery off: a cold start, as if the node had rebooted.
+        let n = kernel::flush_learned(&host, &kept).await?;
+        tracing::info!(
+            removed = n,
+            "cold start (restart recovery off): removed the learned routes of an earlier run"
+        );
+    }
     let mut sc = SpeakerConfig::new(config.asn, router_id);
+    sc.recovery = recovery.clone();
     sc.listen = Some(config.listen);
     sc.hold_time = config.hold_time;
     sc.graceful_restart = config.graceful_restart;
@@ -473,6 +523,30 @@ pub async fn run(
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(io("SIGHUP handler"))?;
     let mut ready = false;
+    // Route selection deferred after a restart: the kernel stays as the last run left it.
+    let mut deferring = speaker.deferring();
+    let mut deferred = *deferring.borrow_and_update();
+    let restart_metrics = |deferring: bool, swept: usize| {
+        metrics.set(
+            "bgp_graceful_restart_deferrals_total",
+            "Restarts of this agent (since it started: 0 or 1) that kept the kernel's routes and deferred route selection until End-of-RIB or the deferral timer.",
+            &[],
+            if recovery.is_some() { 1.0 } else { 0.0 },
+        );
+        metrics.set(
+            "bgp_graceful_restart_deferring",
+            "1 while route selection is deferred after a restart.",
+            &[],
+            if deferring { 1.0 } else { 0.0 },
+        );
+        metrics.set(
+            "bgp_graceful_restart_stale_routes_swept_total",
+            "Learned kernel routes of an earlier run that the Loc-RIB did not refresh, removed when the deferral ended.",
+            &[],
+            swept as f64,
+        );
+    };
+    restart_metrics(deferred, 0);
     let mut resyncs = 0u64;
     let count_resyncs = |n: u64| {
         metrics.set(
@@ -518,7 +592,35 @@ pub async fn run(
                 announced = wanted;
             }
             _ = &mut stop => break,
+            Ok(()) = deferring.changed(), if deferred => {
+                if !*deferring.borrow_and_update() {
+                    deferred = false;
+                    // Program the Loc-RIB (routes already in place as wanted are not touched)
+                    // and sweep the earlier run's routes that were not refreshed.
+                    let rib = speaker.routes();
+                    let swept_now = match routes.reconcile(&host, &rib, true).await {
+                        Ok(n) => n,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "reconciling kernel routes after the deferral");
+                            0
+                        }
+                    };
+                    swept = true;
+                    let how = match speaker.recovery() {
+                        Some(trellis_bgp::RecoveryStatus::Done(end)) => end.to_string(),
+                        _ => "the deferral's end".into(),
+                    };
+                    tracing::info!(swept = swept_now, best_routes = rib.len(), "restart recovery over ({how}): the kernel follows the Loc-RIB; {swept_now} stale routes swept");
+                    restart_metrics(false, swept_now);
+                    status::publish(&speaker, sessions.bfd.as_ref(), &health, &metrics);
+                }
+            }
             change = changes.recv() => match change {
+                Some(c) if deferred => {
+                    // Deferred: the kernel waits; the reconcile at the deferral's end catches up.
+                    drop(c);
+                    while changes.try_recv().is_ok() {}
+                }
                 Some(c) => {
                     let current = |b: &trellis_bgp::BestRoute| speaker.is_current(b);
                     routes.apply(&host, &c, current).await;
@@ -600,10 +702,13 @@ pub async fn run(
                 && (all_up
                     || started.elapsed()
                         >= Duration::from_secs(u64::from(config.hold_time.max(3))));
-            if let Err(e) = routes.reconcile(&host, &rib, sweep || swept).await {
-                tracing::warn!(error = %e, "reconciling kernel routes");
+            // While selection is deferred after a restart, the kernel is left alone.
+            if !deferred {
+                if let Err(e) = routes.reconcile(&host, &rib, sweep || swept).await {
+                    tracing::warn!(error = %e, "reconciling kernel routes");
+                }
+                swept |= sweep;
             }
-            swept |= sweep;
             status::publish(&speaker, sessions.bfd.as_ref(), &health, &metrics);
             if !ready {
                 NodeState {

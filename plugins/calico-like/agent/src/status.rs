@@ -38,6 +38,15 @@ pub struct PeerRow {
     /// The peer's BFD session, when BFD is on for it.
     #[serde(default)]
     pub bfd: Option<BfdRow>,
+    /// Graceful restart: the peer's last OPEN carried the R bit (it had restarted).
+    #[serde(default)]
+    pub peer_restarted: bool,
+    /// Sessions in which the peer's OPEN carried the R bit.
+    #[serde(default)]
+    pub peer_restarts: u64,
+    /// Our own restart's deferral still waits for this peer (its session or End-of-RIB).
+    #[serde(default)]
+    pub awaiting_end_of_rib: bool,
 }
 
 /// A peer's BFD session.
@@ -127,6 +136,9 @@ pub fn publish(speaker: &Speaker, bfd: Option<&Bfd>, health: &Health, metrics: &
             },
             last_error: p.last_error,
             bfd: bfd_sessions.get(&p.address).cloned(),
+            peer_restarted: p.peer_restarted,
+            peer_restarts: p.peer_restarts,
+            awaiting_end_of_rib: p.awaiting_end_of_rib,
         })
         .collect();
     let routes: Vec<RouteRow> = speaker

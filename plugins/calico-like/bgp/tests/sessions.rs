@@ -10,7 +10,7 @@ use common::*;
 use trellis_bgp::codec::{AsPath, Capability, Family, GrFamily, GracefulRestartCap, Message};
 use trellis_bgp::fsm::State;
 use trellis_bgp::speaker::PEER_QUEUE;
-use trellis_bgp::{LocRibChange, Source};
+use trellis_bgp::{DeferralEnd, LocRibChange, Recovery, RecoveryStatus, Source};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_ibgp_speakers_exchange_replace_and_withdraw_routes() {
@@ -224,19 +224,118 @@ async fn graceful_restart_keeps_routes_stale_then_refreshes_them() {
     route_where(&a, "10.244.2.0/26", "kept stale", |r| r.stale).await;
     assert!(route(&a, "10.244.3.0/26").is_some_and(|r| r.stale));
 
-    // b comes back on the same address and port, now announcing only one of the two.
-    let b = speaker("127.0.0.2", ASN, |c| c.listen = Some(b_listen)).await;
+    // b comes back on the same address and port, having kept its forwarding state (R bit,
+    // F bit for IPv4), now announcing only one of the two.
+    let b = speaker("127.0.0.2", ASN, |c| {
+        c.listen = Some(b_listen);
+        c.recovery = Some(recovery(Duration::from_secs(30)));
+    })
+    .await;
     b.announce(net("10.244.2.0/26"), ip("127.0.0.2"))
         .expect("announce");
     b.add_peer(peer_of(&b, &a, false)).expect("add peer");
     route_where(&a, "10.244.2.0/26", "refreshed", |r| !r.stale).await;
     // End-of-RIB purges what b did not send again.
     no_route(&a, "10.244.3.0/26").await;
+    // a saw the R bit; b's deferral ended on a's End-of-RIB, long before its timer.
+    let seen = a.peer(addr(&b)).expect("peer");
+    assert!(seen.peer_restarted, "{seen:?}");
+    assert_eq!(seen.peer_restarts, 1);
+    assert_eq!(
+        b.recovery(),
+        Some(RecoveryStatus::Done(DeferralEnd::EndOfRib))
+    );
+    assert!(!*b.deferring().borrow());
 
     // The refreshed route was never withdrawn from a's Loc-RIB during the restart.
     while let Ok(change) = a_changes.try_recv() {
         assert_ne!(change, LocRibChange::Withdrawn(net("10.244.2.0/26")));
     }
+}
+
+/// The restarting side's recovery: IPv4 kept.
+fn recovery(deferral: Duration) -> Recovery {
+    Recovery {
+        preserved: vec![Family::IPV4_UNICAST],
+        deferral,
+    }
+}
+
+/// The negative control of the restarting side: b comes back without recovery (a cold start,
+/// F bit clear), so a drops b's stale routes as soon as the new session is up (RFC 4724
+/// §4.2) — a withdrawal in a's Loc-RIB that the recovery above never shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_restart_without_forwarding_state_has_the_peer_drop_the_stale_routes() {
+    let a = speaker("127.0.0.1", ASN, |_| {}).await;
+    let b = speaker("127.0.0.2", ASN, |_| {}).await;
+    let b_listen = b.local_addr().expect("listens");
+    b.announce(net("10.244.2.0/26"), ip("127.0.0.2"))
+        .expect("announce");
+    a.add_peer(peer_of(&a, &b, true)).expect("add peer");
+    b.add_peer(peer_of(&b, &a, false)).expect("add peer");
+    route_where(&a, "10.244.2.0/26", "learned", |r| !r.stale).await;
+    drop(b);
+    route_where(&a, "10.244.2.0/26", "kept stale", |r| r.stale).await;
+    let mut a_changes = a.subscribe();
+    let b = speaker("127.0.0.2", ASN, |c| c.listen = Some(b_listen)).await;
+    // b announces nothing yet: a's stale copy is gone once the session is up.
+    b.add_peer(peer_of(&b, &a, false)).expect("add peer");
+    established(&a, addr(&b)).await;
+    no_route(&a, "10.244.2.0/26").await;
+    assert!(!a.peer(addr(&b)).expect("peer").peer_restarted);
+    assert_eq!(b.recovery(), None);
+    let mut withdrawn = false;
+    while let Ok(change) = a_changes.try_recv() {
+        withdrawn |= change == LocRibChange::Withdrawn(net("10.244.2.0/26"));
+    }
+    assert!(withdrawn);
+}
+
+/// A restarting speaker holds its UPDATEs while a peer's End-of-RIB is due; a peer that never
+/// comes up holds them until the selection deferral timer runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarting_speaker_holds_its_routes_until_the_deferral_timer_when_a_peer_never_comes() {
+    let a = speaker("127.0.0.1", ASN, |_| {}).await;
+    let deferral = Duration::from_secs(8);
+    let b = speaker("127.0.0.2", ASN, |c| c.recovery = Some(recovery(deferral))).await;
+    let started = std::time::Instant::now();
+    b.announce(net("10.244.2.0/26"), ip("127.0.0.2"))
+        .expect("announce");
+    a.announce(net("10.244.1.0/26"), ip("127.0.0.1"))
+        .expect("announce");
+    // A second peer of b's that never answers (nothing listens there).
+    let mut ghost = trellis_bgp::PeerConfig::new(ip("127.0.0.9"), ASN);
+    ghost.port = 9;
+    b.add_peer(ghost).expect("add peer");
+    link(&a, &b);
+    established(&b, addr(&a)).await;
+    // b has a's routes (a never waits for a restarting peer), a has nothing from b yet.
+    route_where(
+        &b,
+        "10.244.1.0/26",
+        "learned by the restarting side",
+        |_| true,
+    )
+    .await;
+    match b.recovery() {
+        Some(RecoveryStatus::Deferring { waiting_for, .. }) => {
+            assert_eq!(waiting_for, vec![ip("127.0.0.9")])
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(b.peer(ip("127.0.0.9")).expect("ghost").awaiting_end_of_rib);
+    assert!(!b.peer(addr(&a)).expect("a").awaiting_end_of_rib);
+    assert!(
+        route(&a, "10.244.2.0/26").is_none(),
+        "held during the deferral"
+    );
+    route_where(&a, "10.244.2.0/26", "sent after the timer", |_| true).await;
+    assert!(
+        started.elapsed() >= deferral - Duration::from_millis(100),
+        "sent after {:?}, before the deferral timer",
+        started.elapsed()
+    );
+    assert_eq!(b.recovery(), Some(RecoveryStatus::Done(DeferralEnd::Timer)));
 }
 
 #[tokio::test]

@@ -33,7 +33,14 @@ impl Core {
                     Err(TrySendError::Closed(_)) => false,
                 });
         }
-        for (address, out) in changes.out {
+        // Deferred after a restart: nothing goes out; each session gets its whole Adj-RIB-Out
+        // when the deferral ends.
+        let out = if self.deferring() {
+            Default::default()
+        } else {
+            changes.out
+        };
+        for (address, out) in out {
             if let Some(slot) = self.peers.get_mut(&address)
                 && slot.generation != 0
             {

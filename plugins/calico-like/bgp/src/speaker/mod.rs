@@ -47,11 +47,13 @@
 //! peers' tasks and packs them into UPDATEs.
 
 mod collision;
+mod deferral;
 mod export;
 mod listener;
 mod md5;
 mod peer;
 
+pub use deferral::DeferralEnd;
 pub use md5::{KeyError, MAX_KEY_LEN, Md5Key};
 
 use std::collections::HashMap;
@@ -60,13 +62,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use ipnet::IpNet;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout};
 use tracing::info;
 
+use crate::codec::Family;
 use crate::fsm::State;
 use crate::rib::{self, LocRibChange, PeerInfo, Rib, RibConfig, RoutePolicy};
+use deferral::Deferral;
 use listener::{accept_loop, bind};
 use peer::{PeerMsg, PeerTask};
 
@@ -112,6 +116,36 @@ pub struct SpeakerConfig {
     /// Advertise IPv6 unicast (RFC 4760) beside IPv4 unicast. Off, sessions carry IPv4 only:
     /// IPv6 routes are neither sent nor taken.
     pub ipv6_unicast: bool,
+    /// This speaker restarted and kept its forwarding state (graceful restart's restarting
+    /// side, RFC 4724 §4.1). None: a fresh start (R bit clear, no F bits, no deferral).
+    pub recovery: Option<Recovery>,
+}
+
+/// A restart that kept the forwarding state: our OPENs carry the R bit and the F bit of each
+/// family in `preserved`, and route selection is deferred — our UPDATEs to the peers are held,
+/// and [`Speaker::deferring`] says so to the agent, which holds its kernel programming — until
+/// every peer has sent End-of-RIB or `deferral` has passed (see [`DeferralEnd`]). Then each
+/// session gets the whole Adj-RIB-Out and End-of-RIB.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    /// Families whose forwarding state survived the restart (their F bit is set).
+    pub preserved: Vec<Family>,
+    /// The Selection_Deferral_Timer: the longest the deferral lasts.
+    pub deferral: Duration,
+}
+
+/// The restarting side's state, as the status shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecoveryStatus {
+    /// Selection deferred: these peers' End-of-RIB (or session) is still awaited.
+    Deferring {
+        /// The peers waited for.
+        waiting_for: Vec<IpAddr>,
+        /// Time left on the deferral timer.
+        remaining: Duration,
+    },
+    /// The deferral is over.
+    Done(DeferralEnd),
 }
 
 impl SpeakerConfig {
@@ -130,6 +164,7 @@ impl SpeakerConfig {
             cluster_id: None,
             max_paths: 1,
             ipv6_unicast: true,
+            recovery: None,
         }
     }
 }
@@ -223,6 +258,13 @@ pub struct PeerStatus {
     pub established_transitions: u64,
     /// The last NOTIFICATION sent or received, or the last malformed-UPDATE handling.
     pub last_error: Option<String>,
+    /// The peer's OPEN of the current (or last) session carried graceful restart's R bit:
+    /// it had restarted.
+    pub peer_restarted: bool,
+    /// Sessions in which the peer's OPEN carried the R bit.
+    pub peer_restarts: u64,
+    /// Our restart's deferral still waits for this peer (its session, or its End-of-RIB).
+    pub awaiting_end_of_rib: bool,
 }
 
 /// Messages counted over a peer's lifetime.
@@ -284,6 +326,9 @@ impl PeerStatus {
             total: MessageCounts::default(),
             established_transitions: 0,
             last_error: None,
+            peer_restarted: false,
+            peer_restarts: 0,
+            awaiting_end_of_rib: false,
         }
     }
 
@@ -346,6 +391,8 @@ pub enum SpeakerError {
 pub struct Speaker {
     shared: Arc<Shared>,
     listener: Option<JoinHandle<()>>,
+    /// Ends the restart's deferral when its timer runs out.
+    deferral_timer: Option<JoinHandle<()>>,
     /// The listening socket, for the peers' MD5 keys.
     socket: Option<Arc<tokio::net::TcpListener>>,
     local_addr: Option<SocketAddr>,
@@ -371,6 +418,40 @@ struct Core {
     subscribers: Vec<mpsc::Sender<RouteChange>>,
     next_generation: u64,
     next_slot_id: u64,
+    /// The restart's deferral (None after a fresh start).
+    deferral: Option<Deferral>,
+    /// True while selection is deferred.
+    deferring: watch::Sender<bool>,
+}
+
+impl Core {
+    /// Whether route selection is deferred now (our UPDATEs held).
+    pub(super) fn deferring(&self) -> bool {
+        self.deferral.as_ref().is_some_and(Deferral::is_deferring)
+    }
+
+    /// Ends the deferral if every peer is done or its timer ran out: each Established session
+    /// is told to send its whole Adj-RIB-Out and End-of-RIB, and the agent may program the
+    /// kernel.
+    pub(super) fn poll_deferral(&mut self) {
+        let Some(end) = self.deferral.as_mut().and_then(|d| d.poll(Instant::now())) else {
+            return;
+        };
+        info!(reason = %end, "graceful restart: route selection no longer deferred; sending our routes");
+        for slot in self.peers.values_mut() {
+            if slot.generation != 0 {
+                let release = PeerMsg::Release {
+                    generation: slot.generation,
+                };
+                if slot.tx.try_send(release).is_err() {
+                    // A queue that full is reset anyway: the next session is not held.
+                    slot.generation = 0;
+                    slot.overflow.notify_one();
+                }
+            }
+        }
+        self.deferring.send_replace(false);
+    }
 }
 
 #[derive(Debug)]
@@ -447,6 +528,13 @@ impl Speaker {
             max_paths: config.max_paths.max(1),
         });
         let listen = config.listen;
+        let deferral = config
+            .recovery
+            .as_ref()
+            .filter(|_| config.graceful_restart)
+            .map(|r| Deferral::new(Instant::now() + r.deferral));
+        let (deferring, _) = watch::channel(deferral.is_some());
+        let deadline = deferral.as_ref().map(Deferral::deadline);
         let shared = Arc::new(Shared {
             config,
             core: Mutex::new(Core {
@@ -455,7 +543,18 @@ impl Speaker {
                 subscribers: Vec::new(),
                 next_generation: 1,
                 next_slot_id: 1,
+                deferral,
+                deferring,
             }),
+        });
+        let deferral_timer = deadline.map(|deadline| {
+            let weak = Arc::downgrade(&shared);
+            tokio::spawn(async move {
+                tokio::time::sleep_until(deadline).await;
+                if let Some(shared) = weak.upgrade() {
+                    shared.core().poll_deferral();
+                }
+            })
         });
         let (listener, socket, local_addr) = match listen {
             Some(address) => {
@@ -474,6 +573,7 @@ impl Speaker {
         Ok(Self {
             shared,
             listener,
+            deferral_timer,
             socket,
             local_addr,
         })
@@ -512,6 +612,9 @@ impl Speaker {
                 }
             })?;
             info!(peer = %peer.address, "TCP MD5 signatures on for this peer");
+        }
+        if let Some(d) = core.deferral.as_mut().filter(|d| d.is_deferring()) {
+            d.add_peer(peer.address);
         }
         core.rib.add_peer(PeerInfo {
             address: peer.address,
@@ -584,6 +687,10 @@ impl Speaker {
         }
         let changes = core.rib.remove_peer(address);
         core.apply(changes);
+        if let Some(d) = core.deferral.as_mut() {
+            d.remove_peer(address);
+        }
+        core.poll_deferral();
         Ok(())
     }
 
@@ -652,6 +759,26 @@ impl Speaker {
         })
     }
 
+    /// True while route selection is deferred after a restart (see [`Recovery`]): the agent
+    /// leaves the kernel as the last run left it until this turns false, then programs the
+    /// Loc-RIB and sweeps what it no longer holds. Always false after a fresh start.
+    pub fn deferring(&self) -> watch::Receiver<bool> {
+        self.shared.core().deferring.subscribe()
+    }
+
+    /// The restarting side's state; None after a fresh start.
+    pub fn recovery(&self) -> Option<RecoveryStatus> {
+        let core = self.shared.core();
+        let d = core.deferral.as_ref()?;
+        Some(match d.ended() {
+            Some(end) => RecoveryStatus::Done(end),
+            None => RecoveryStatus::Deferring {
+                waiting_for: d.waiting_for(),
+                remaining: d.deadline().saturating_duration_since(Instant::now()),
+            },
+        })
+    }
+
     /// Every peer's status, by address.
     pub fn peers(&self) -> Vec<PeerStatus> {
         let core = self.shared.core();
@@ -661,6 +788,10 @@ impl Speaker {
             .map(|(address, slot)| {
                 let mut status = slot.status.clone();
                 (status.prefixes_received, status.prefixes_sent) = core.rib.counts(*address);
+                status.awaiting_end_of_rib = core
+                    .deferral
+                    .as_ref()
+                    .is_some_and(|d| d.is_waiting_for(*address));
                 status
             })
             .collect();
@@ -694,8 +825,11 @@ impl Speaker {
 
 impl Drop for Speaker {
     fn drop(&mut self) {
-        if let Some(listener) = self.listener.take() {
-            listener.abort();
+        for task in [self.listener.take(), self.deferral_timer.take()]
+            .into_iter()
+            .flatten()
+        {
+            task.abort();
         }
         let mut core = self.shared.core();
         for slot in core.peers.values_mut() {

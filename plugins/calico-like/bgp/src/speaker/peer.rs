@@ -36,6 +36,9 @@ pub(super) enum PeerMsg {
         attempt: u64,
         result: std::io::Result<TcpStream>,
     },
+    /// Our restart's deferral is over: the session of this generation sends its whole
+    /// Adj-RIB-Out and End-of-RIB, if it held them.
+    Release { generation: u64 },
     /// A colliding connection finished its OPEN exchange.
     Candidate {
         stream: TcpStream,
@@ -136,6 +139,9 @@ pub(super) struct PeerTask {
     pub(super) held_down: Option<Instant>,
     /// Why the session is ending: the NOTIFICATION sent or received since it was Established.
     pub(super) cause: Option<String>,
+    /// The session came up while our restart deferred selection: its Adj-RIB-Out and
+    /// End-of-RIB wait for [`PeerMsg::Release`].
+    pub(super) held: bool,
 }
 
 impl PeerTask {
@@ -181,6 +187,7 @@ impl PeerTask {
             stopping: false,
             cause: None,
             held_down: None,
+            held: false,
         }
     }
 
@@ -325,6 +332,15 @@ impl PeerTask {
                         debug!(peer = %self.address(), error = %e, "connect failed");
                         self.step(Event::TcpConnectionFails).await;
                     }
+                }
+            }
+            PeerMsg::Release { generation } => {
+                if generation == self.generation
+                    && self.held
+                    && self.fsm.state() == State::Established
+                {
+                    self.held = false;
+                    self.send_all().await;
                 }
             }
             PeerMsg::Candidate { stream, open, rest } => {
@@ -574,16 +590,25 @@ impl PeerTask {
             Capability::FourOctetAs(config.asn),
         ]);
         if config.graceful_restart {
-            // The agent keeps kernel routes across its own restart: forwarding is preserved.
+            // R and F bits: set after a restart that kept the forwarding state of the family
+            // (RFC 4724 §3; clear on a fresh start, when nothing was kept). The R bit stays on
+            // every OPEN until the deferral is over, so a session that resets meanwhile still
+            // tells the peer not to wait for our End-of-RIB.
+            let restarting = config.recovery.is_some()
+                && owned(&self.shared, self.config.address, self.slot_id)
+                    .is_some_and(|core| core.deferring());
             let families = ours
                 .into_iter()
                 .map(|family| GrFamily {
                     family,
-                    forwarding_preserved: true,
+                    forwarding_preserved: config
+                        .recovery
+                        .as_ref()
+                        .is_some_and(|r| r.preserved.contains(&family)),
                 })
                 .collect();
             capabilities.push(Capability::GracefulRestart(GracefulRestartCap::new(
-                false,
+                restarting,
                 config.restart_time,
                 families,
             )));
@@ -642,6 +667,11 @@ impl PeerTask {
         } else {
             None
         };
+        self.status.peer_restarted = open.graceful_restart().is_some_and(|g| g.restart_state);
+        if self.status.peer_restarted {
+            self.status.peer_restarts += 1;
+            info!(peer = %self.address(), "the peer restarted (R bit): our routes go to it at once, without waiting for its End-of-RIB");
+        }
         let address = self.address();
         let now = Instant::now();
         self.status.established_at = Some(now);
@@ -679,18 +709,47 @@ impl PeerTask {
                     core.apply(changes);
                 }
             }
+            // Our own restart: this peer's End-of-RIB is awaited (or not, RFC 4724 §4.1), and
+            // while selection is deferred our routes wait.
+            if let Some(d) = core.deferral.as_mut().filter(|d| d.is_deferring()) {
+                d.established(address, &self.families, self.peer_gr.as_ref());
+            }
+            core.poll_deferral();
+            self.held = core.deferring();
             (initial, core.rib.has_stale(address))
         };
         if stale {
             let wait = self.peer_gr.as_ref().map_or(0, |g| g.restart_time());
             self.timers.stale = Some(now + Duration::from_secs(u64::from(wait.max(1))));
         }
-        info!(peer = %address, families = ?self.families, "session established");
+        info!(peer = %address, families = ?self.families, held = self.held, "session established");
+        if self.held {
+            return;
+        }
         self.send_out(initial).await;
+        self.send_end_of_rib().await;
+    }
+
+    /// End-of-RIB for every family of the session.
+    async fn send_end_of_rib(&mut self) {
         for family in self.families.clone() {
             self.send(&Message::Update(Update::end_of_rib(family)))
                 .await;
         }
+    }
+
+    /// The whole Adj-RIB-Out, then End-of-RIB (the deferral after our restart is over).
+    async fn send_all(&mut self) {
+        let routes = match owned(&self.shared, self.config.address, self.slot_id) {
+            Some(core) => core.rib.adj_out(self.config.address),
+            None => return,
+        };
+        let changes = routes
+            .into_iter()
+            .map(|(prefix, path)| OutChange::Announce(prefix, path))
+            .collect();
+        self.send_out(changes).await;
+        self.send_end_of_rib().await;
     }
 
     fn session_down(&mut self, graceful: bool) {
@@ -702,6 +761,7 @@ impl PeerTask {
             .unwrap_or_else(|| "the connection closed".into());
         warn!(peer = %address, graceful_restart = keep, %reason, "session down");
         self.generation = 0;
+        self.held = false;
         self.status.reset_session_counts();
         self.status.established_at = None;
         self.status.hold_time = 0;
@@ -743,6 +803,10 @@ impl PeerTask {
             if !core.rib.has_stale(address) {
                 self.timers.stale = None;
             }
+            if let Some(d) = core.deferral.as_mut() {
+                d.end_of_rib(address, family);
+            }
+            core.poll_deferral();
             return;
         }
         let mut withdrawn: Vec<IpNet> = update.withdrawn.iter().copied().map(IpNet::V4).collect();
