@@ -1214,7 +1214,10 @@ mod tests {
         assert_eq!(
             causes(json!([{"containerPort": 0}, {"containerPort": -1}])),
             [
-                (format!("{f}[0].containerPort"), "Required value".to_string()),
+                (
+                    format!("{f}[0].containerPort"),
+                    "Required value".to_string()
+                ),
                 (
                     format!("{f}[1].containerPort"),
                     "Invalid value: -1: must be between 1 and 65535, inclusive".to_string()

@@ -95,9 +95,10 @@ pub fn port_mappings(spec: &PodSpec) -> (Vec<PortMapping>, Vec<String>) {
                     }
                 },
             };
-            if out.iter().any(|m| {
-                (m.host_port, m.protocol, m.host_ip) == (host_port, protocol, host_ip)
-            }) {
+            if out
+                .iter()
+                .any(|m| (m.host_port, m.protocol, m.host_ip) == (host_port, protocol, host_ip))
+            {
                 bad.push(format!(
                     "{what}: hostPort {host_port}/{} is taken by another port of the pod",
                     protocol.as_str()
@@ -333,7 +334,9 @@ mod tests {
         let bad = foreign_host_ips(&[map("198.51.100.7")]);
         assert_eq!(bad.len(), 1, "{bad:?}");
         assert!(
-            bad[0].starts_with("hostPort 8080/TCP: hostIP 198.51.100.7 is not an address of this node"),
+            bad[0].starts_with(
+                "hostPort 8080/TCP: hostIP 198.51.100.7 is not an address of this node"
+            ),
             "{bad:?}"
         );
     }

@@ -176,7 +176,14 @@ async fn ask_udp(tb: &Testbed, ns: &trellis_net::Netns, ip: &str, port: &str) ->
     let out = tb
         .exec(
             ns,
-            &["/usr/bin/perl", "-MIO::Socket::INET", "-e", script, ip, port],
+            &[
+                "/usr/bin/perl",
+                "-MIO::Socket::INET",
+                "-e",
+                script,
+                ip,
+                port,
+            ],
             Duration::from_secs(10),
         )
         .await

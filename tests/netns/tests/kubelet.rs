@@ -812,7 +812,10 @@ async fn bad_host_ports_are_refused_or_become_events_with_back_off() {
         ),
     ] {
         let (code, out, err) = apply(pod("refused", ports)).await;
-        assert!(code != 0 && err.contains(says), "kubectl create: {out}{err}");
+        assert!(
+            code != 0 && err.contains(says),
+            "kubectl create: {out}{err}"
+        );
     }
     // The same hostPort for UDP too, on an address that is not the node's.
     let (code, out, err) = apply(pod(
@@ -870,14 +873,19 @@ async fn bad_host_ports_are_refused_or_become_events_with_back_off() {
                 && e.reason.as_deref() == Some("FailedCreatePodSandBox")
         })
         .count();
-    assert!((1..=5).contains(&tries), "{tries} sandbox tries: no hot loop");
+    assert!(
+        (1..=5).contains(&tries),
+        "{tries} sandbox tries: no hot loop"
+    );
     assert!(
         !cni.has("ADD elsewhere"),
         "no ADD for a pod whose hostPorts cannot be: {}",
         cni.log()
     );
     let api: Api<Pod> = Api::namespaced(client.clone(), "default");
-    api.delete("elsewhere", &DeleteParams::default()).await.unwrap();
+    api.delete("elsewhere", &DeleteParams::default())
+        .await
+        .unwrap();
     let mut gone = false;
     for _ in 0..300 {
         if api.get_opt("elsewhere").await.unwrap().is_none() {
@@ -968,7 +976,10 @@ async fn late_start(fixed: bool) {
         || marks.join("anchor-ready").exists() && run.join("shim.pid").exists(),
     )
     .await;
-    assert!(!run.join("pid").exists(), "late's process must not exist yet");
+    assert!(
+        !run.join("pid").exists(),
+        "late's process must not exist yet"
+    );
     api.delete("late", &DeleteParams::default()).await.unwrap();
     netns_testbed::wait_for(
         "anchor's SIGTERM (the kubelet's SIGTERM pass)",
@@ -989,16 +1000,23 @@ async fn late_start(fixed: bool) {
         Ok::<_, std::io::Error>(text)
     });
     let bound = Duration::from_secs(grace / 2);
-    let log = tokio::time::timeout(if fixed { bound } else { Duration::from_secs(120) }, reader)
-        .await
-        .unwrap_or_else(|_| {
-            panic!(
-                "late still runs {} s after its pod's deletion: it never got SIGTERM",
-                bound.as_secs()
-            )
-        })
-        .unwrap()
-        .unwrap();
+    let log = tokio::time::timeout(
+        if fixed {
+            bound
+        } else {
+            Duration::from_secs(120)
+        },
+        reader,
+    )
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "late still runs {} s after its pod's deletion: it never got SIGTERM",
+            bound.as_secs()
+        )
+    })
+    .unwrap()
+    .unwrap();
     let ended = deleted.elapsed();
     if fixed {
         // Ended by its SIGTERM, long before the SIGKILL. A SIGTERM that comes before the shell
@@ -1014,11 +1032,9 @@ async fn late_start(fixed: bool) {
             "late had its trap and never got SIGTERM ({ended:?} after the deletion): {log}"
         );
     }
-    netns_testbed::wait_for(
-        "the pod to be finished",
-        Duration::from_secs(60),
-        || !dir.exists(),
-    )
+    netns_testbed::wait_for("the pod to be finished", Duration::from_secs(60), || {
+        !dir.exists()
+    })
     .await;
 }
 
