@@ -936,7 +936,7 @@ async fn late_start(fixed: bool) {
         extra.push("--late-start-sigterm=false".into());
     }
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-    k.start_with(&tb, &cp, &node, &dirs, "net.d", &extra);
+    let kubelet = k.start_with(&tb, &cp, &node, &dirs, "net.d", &extra);
     wait_node_ready(&client, "n1").await;
     // Long enough that an end by SIGTERM and one by the grace period's SIGKILL are far apart
     // (the SIGKILL waits for the held start: it cannot come before `late` runs).
@@ -981,12 +981,17 @@ async fn late_start(fixed: bool) {
         "late's process must not exist yet"
     );
     api.delete("late", &DeleteParams::default()).await.unwrap();
-    netns_testbed::wait_for(
-        "anchor's SIGTERM (the kubelet's SIGTERM pass)",
-        Duration::from_secs(60),
-        || marks.join("anchor-term").exists(),
-    )
-    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !marks.join("anchor-term").exists() {
+        let log = tb.log_of(kubelet);
+        let tail: Vec<&str> = log.lines().rev().take(60).collect();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "anchor never got its SIGTERM (the kubelet's SIGTERM pass); the kubelet's log ends:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(
         !run.join("pid").exists(),
         "late was still being created when the SIGTERM went out"
