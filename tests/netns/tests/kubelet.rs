@@ -980,6 +980,25 @@ async fn late_start(fixed: bool) {
         !run.join("pid").exists(),
         "late's process must not exist yet"
     );
+    // The kubelet has reported it so: anchor running, late being created.
+    wait_pod(
+        &client,
+        "late",
+        Duration::from_secs(60),
+        "anchor running, late ContainerCreating",
+        |p| {
+            let state = |n: &str| {
+                p["status"]["containerStatuses"]
+                    .as_array()
+                    .and_then(|cs| cs.iter().find(|c| c["name"] == n))
+                    .map(|c| c["state"].clone())
+                    .unwrap_or_default()
+            };
+            state("anchor")["running"].is_object()
+                && state("late")["waiting"]["reason"] == "ContainerCreating"
+        },
+    )
+    .await;
     api.delete("late", &DeleteParams::default()).await.unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while !marks.join("anchor-term").exists() {
