@@ -125,6 +125,12 @@ pub struct Args {
     /// failure. 401/403 and untrusted certificates end it at once.
     #[arg(long)]
     api_wait_timeout: Option<u64>,
+    /// Whether a container still being created when its pod's SIGTERM went out gets SIGTERM
+    /// once its process exists, within the grace period (upstream's behaviour). false is for
+    /// tests only (the negative control): such a container then runs until the grace
+    /// period's SIGKILL.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, hide = true)]
+    late_start_sigterm: bool,
 }
 
 /// The container runtimes.
@@ -239,6 +245,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         },
         pod_max_pids,
         api_wait: trellis_api::cluster::ApiWait::with_timeout_secs(args.api_wait_timeout),
+        late_start_sigterm: args.late_start_sigterm,
     };
     let health = Arc::new(trellis_daemon::Health::default());
     health.set_not_ready("starting");

@@ -441,6 +441,46 @@ fn selector_matches_template(obj: &Value, template: &[&str], causes: &mut Vec<Ca
     }
 }
 
+/// A container's ports as upstream's validateContainerPorts checks them: containerPort given
+/// and a port number, hostPort (when set) a port number, the protocol one of TCP, UDP, SCTP.
+/// `hostIP` is not checked here (upstream neither): whether it is an address of the node is
+/// the kubelet's to say.
+fn validate_container_ports(c: &Value, here: &str, causes: &mut Vec<Cause>) {
+    const RANGE: &str = "must be between 1 and 65535, inclusive";
+    for (j, p) in c
+        .get("ports")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let at = format!("{here}.ports[{j}]");
+        match p.get("containerPort").and_then(Value::as_i64) {
+            None | Some(0) => causes.push(Cause::required(format!("{at}.containerPort"))),
+            Some(n) if !(1..=65535).contains(&n) => {
+                causes.push(Cause::invalid(format!("{at}.containerPort"), n, RANGE));
+            }
+            Some(_) => {}
+        }
+        if let Some(n) = p.get("hostPort").and_then(Value::as_i64)
+            && n != 0
+            && !(1..=65535).contains(&n)
+        {
+            causes.push(Cause::invalid(format!("{at}.hostPort"), n, RANGE));
+        }
+        match p.get("protocol").and_then(Value::as_str) {
+            None | Some("TCP" | "UDP" | "SCTP") => {}
+            Some(other) => causes.push(Cause {
+                reason: "FieldValueNotSupported",
+                field: format!("{at}.protocol"),
+                message: format!(
+                    "Unsupported value: {other:?}: supported values: \"SCTP\", \"TCP\", \"UDP\""
+                ),
+            }),
+        }
+    }
+}
+
 fn validate_pod_spec(obj: &Value, spec: &[&str], causes: &mut Vec<Cause>) {
     let field = spec.join(".");
     let Some(s) = at(obj, spec) else {
@@ -454,6 +494,7 @@ fn validate_pod_spec(obj: &Value, spec: &[&str], causes: &mut Vec<Cause>) {
         Some(_) => {}
     }
     let mut seen = std::collections::BTreeSet::new();
+    let mut host_ports = std::collections::BTreeSet::new();
     for list in ["initContainers", "containers"] {
         for (i, c) in s
             .get(list)
@@ -485,6 +526,35 @@ fn validate_pod_spec(obj: &Value, spec: &[&str], causes: &mut Vec<Cause>) {
                 .is_none_or(|i| i.trim().is_empty())
             {
                 causes.push(Cause::required(format!("{here}.image")));
+            }
+            validate_container_ports(c, &here, causes);
+            // hostPorts are unique per protocol and host IP among the app containers (not the
+            // init containers: they never run beside them), as upstream's checkHostPortConflicts.
+            if list == "containers" {
+                for (j, p) in c
+                    .get("ports")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .enumerate()
+                {
+                    let host_port = p.get("hostPort").and_then(Value::as_i64).unwrap_or(0);
+                    if host_port == 0 {
+                        continue;
+                    }
+                    let key = format!(
+                        "{}/{}/{host_port}",
+                        p.get("protocol").and_then(Value::as_str).unwrap_or("TCP"),
+                        p.get("hostIP").and_then(Value::as_str).unwrap_or("")
+                    );
+                    if !host_ports.insert(key.clone()) {
+                        causes.push(Cause {
+                            reason: "FieldValueDuplicate",
+                            field: format!("{here}.ports[{j}].hostPort"),
+                            message: format!("Duplicate value: {key:?}"),
+                        });
+                    }
+                }
             }
         }
     }
@@ -1113,6 +1183,82 @@ mod tests {
         let mut plain = json!({"data": {"a": "eA=="}});
         merge_string_data(&mut plain);
         assert_eq!(plain, json!({"data": {"a": "eA=="}}));
+    }
+
+    /// Issue 14: bad container ports are refused as upstream's validation refuses them (range,
+    /// protocol, a hostPort twice for one protocol and host IP); the same hostPort for two
+    /// protocols or two host IPs is fine.
+    #[test]
+    fn bad_container_ports_are_refused_as_upstream() {
+        let info = builtin_kind("", "Pod").unwrap();
+        let pod = |ports: Value| {
+            let mut p = json!({"metadata": {"name": "p"}, "spec": {"containers": [
+                {"name": "a", "image": "busybox", "ports": ports}]}});
+            defaults(&info, &mut p);
+            p
+        };
+        let causes = |ports: Value| {
+            validate(&info, &pod(ports), None)
+                .into_iter()
+                .map(|c| (c.field, c.message))
+                .collect::<Vec<_>>()
+        };
+        let f = "spec.containers[0].ports";
+        assert_eq!(
+            causes(json!([{"containerPort": 80, "hostPort": 70000}])),
+            [(
+                format!("{f}[0].hostPort"),
+                "Invalid value: 70000: must be between 1 and 65535, inclusive".to_string()
+            )]
+        );
+        assert_eq!(
+            causes(json!([{"containerPort": 0}, {"containerPort": -1}])),
+            [
+                (
+                    format!("{f}[0].containerPort"),
+                    "Required value".to_string()
+                ),
+                (
+                    format!("{f}[1].containerPort"),
+                    "Invalid value: -1: must be between 1 and 65535, inclusive".to_string()
+                )
+            ]
+        );
+        assert_eq!(
+            causes(json!([{"containerPort": 80, "protocol": "ICMP"}])),
+            [(
+                format!("{f}[0].protocol"),
+                r#"Unsupported value: "ICMP": supported values: "SCTP", "TCP", "UDP""#.to_string()
+            )]
+        );
+        assert_eq!(
+            causes(json!([{"containerPort": 80, "hostPort": 8080},
+                          {"containerPort": 81, "hostPort": 8080, "protocol": "TCP"}])),
+            [(
+                format!("{f}[1].hostPort"),
+                r#"Duplicate value: "TCP//8080""#.to_string()
+            )]
+        );
+        // Another protocol or another host IP is another hostPort.
+        assert!(
+            causes(json!([{"containerPort": 80, "hostPort": 8080},
+                          {"containerPort": 80, "hostPort": 8080, "protocol": "UDP"},
+                          {"containerPort": 81, "hostPort": 8080, "hostIP": "10.0.0.1"}]))
+            .is_empty()
+        );
+        // Across containers too, but not with an init container.
+        let mut two = json!({"metadata": {"name": "p"}, "spec": {
+            "initContainers": [{"name": "i", "image": "busybox",
+                "ports": [{"containerPort": 1, "hostPort": 9000}]}],
+            "containers": [
+                {"name": "a", "image": "busybox", "ports": [{"containerPort": 1, "hostPort": 9000}]},
+                {"name": "b", "image": "busybox", "ports": [{"containerPort": 2, "hostPort": 9000}]}]}});
+        defaults(&info, &mut two);
+        let got: Vec<String> = validate(&info, &two, None)
+            .into_iter()
+            .map(|c| c.field)
+            .collect();
+        assert_eq!(got, ["spec.containers[1].ports[0].hostPort"]);
     }
 
     #[test]

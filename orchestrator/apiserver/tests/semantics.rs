@@ -104,6 +104,46 @@ async fn finalizers_hold_deletion_until_removed() {
     s.stop().await;
 }
 
+/// A pod deleted with a grace period stays, marked, while its kubelet writes its status (a
+/// status write used to complete the deletion at once: the kubelet then saw the pod gone and
+/// killed it without grace); the kubelet's delete with grace 0 ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_write_during_a_pods_grace_period_keeps_it() {
+    use k8s_openapi::api::core::v1::Pod;
+    let s = TestServer::start().await;
+    let api: Api<Pod> = Api::namespaced(s.client().await, "default");
+    let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": {
+        "nodeName": "n1", "terminationGracePeriodSeconds": 30,
+        "containers": [{"name": "c", "image": "i:1"}]}}))
+    .unwrap();
+    api.create(&PostParams::default(), &pod).await.unwrap();
+    api.delete("p", &DeleteParams::default()).await.unwrap();
+    api.patch_status(
+        "p",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"phase": "Running"}})),
+    )
+    .await
+    .unwrap();
+    let p = api.get("p").await.unwrap();
+    assert!(p.metadata.deletion_timestamp.is_some(), "marked, not gone");
+    assert_eq!(p.metadata.deletion_grace_period_seconds, Some(30));
+    api.delete(
+        "p",
+        &DeleteParams {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    match api.get("p").await {
+        Err(kube::Error::Api(e)) => assert_eq!(e.code, 404),
+        other => panic!("still there: {other:?}"),
+    }
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn propagation_policies_are_recorded_for_the_garbage_collector() {
     let s = TestServer::start().await;

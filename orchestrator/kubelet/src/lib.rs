@@ -91,6 +91,10 @@ pub struct Config {
     /// How the kubelet waits for an API server that does not answer at start
     /// (`--api-wait-timeout`).
     pub api_wait: trellis_api::cluster::ApiWait,
+    /// Whether a container still being created when its pod's SIGTERM went out gets SIGTERM
+    /// once its process exists (upstream's behaviour); false only in tests, as the negative
+    /// control: such a container then runs until the grace period's SIGKILL.
+    pub late_start_sigterm: bool,
 }
 
 /// The container runtime of a kubelet.
@@ -149,6 +153,11 @@ pub enum Error {
     /// `--api-wait-timeout`.
     #[error("the API server: {0}")]
     Api(trellis_api::cluster::WaitError<String>),
+    /// The pod's hostPorts cannot be set up as given (the API should have refused most such
+    /// specs; a hostIP not of this node only the node can tell): its sandbox is not made, the
+    /// pod shows why and is retried with back-off.
+    #[error("hostPort: {0}")]
+    HostPort(String),
     #[error("{0}")]
     Other(String),
 }

@@ -54,9 +54,10 @@ pub enum Protocol {
 /// The port mappings of a pod: every port of its (app) containers with a `hostPort`, as the
 /// kubelet passes them to the runtime (init containers' ports are not mapped, as upstream).
 /// A port the API should have refused (out of range, unknown protocol, a host IP that is not
-/// an address) is left out and named in the error list.
+/// an address, a hostPort twice for one protocol and host IP) is left out and named in the
+/// error list.
 pub fn port_mappings(spec: &PodSpec) -> (Vec<PortMapping>, Vec<String>) {
-    let mut out = Vec::new();
+    let mut out: Vec<PortMapping> = Vec::new();
     let mut bad = Vec::new();
     for c in &spec.containers {
         for p in c.ports.iter().flatten() {
@@ -94,6 +95,16 @@ pub fn port_mappings(spec: &PodSpec) -> (Vec<PortMapping>, Vec<String>) {
                     }
                 },
             };
+            if out
+                .iter()
+                .any(|m| (m.host_port, m.protocol, m.host_ip) == (host_port, protocol, host_ip))
+            {
+                bad.push(format!(
+                    "{what}: hostPort {host_port}/{} is taken by another port of the pod",
+                    protocol.as_str()
+                ));
+                continue;
+            }
             out.push(PortMapping {
                 host_port,
                 container_port,
@@ -103,6 +114,35 @@ pub fn port_mappings(spec: &PodSpec) -> (Vec<PortMapping>, Vec<String>) {
         }
     }
     (out, bad)
+}
+
+/// The mappings whose `hostIP` is not an address of this node (the kubelet runs in the
+/// node's network namespace): nothing would ever reach them there. An address is the node's
+/// when a socket can be bound to it.
+pub fn foreign_host_ips(maps: &[PortMapping]) -> Vec<String> {
+    maps.iter()
+        .filter_map(|m| {
+            let ip = m.host_ip?;
+            std::net::UdpSocket::bind((ip, 0)).err().map(|e| {
+                format!(
+                    "hostPort {}/{}: hostIP {ip} is not an address of this node ({e})",
+                    m.host_port,
+                    m.protocol.as_str()
+                )
+            })
+        })
+        .collect()
+}
+
+impl Protocol {
+    /// The name as the API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -240,6 +280,11 @@ mod tests {
                 {"hostPort": 9002, "containerPort": 9002, "protocol": "tcp"}])
         );
         assert_eq!(bad.len(), 2, "{bad:?}");
+        assert!(
+            bad[0].contains("container b port 70000: port out of range")
+                && bad[1].contains("unknown protocol \"ICMP\""),
+            "{bad:?}"
+        );
         let pod = PodRef {
             port_mappings: maps,
             ..Default::default()
@@ -250,6 +295,49 @@ mod tests {
         assert!(
             none.capability_args.is_empty(),
             "no hostPort: no portMappings key"
+        );
+    }
+
+    /// Issue 14: a hostPort twice for one protocol and host IP (the API refuses it; a pod
+    /// stored before that check may still have it) is named, the first kept; another protocol
+    /// or another host IP is another hostPort.
+    #[test]
+    fn a_host_port_twice_is_named() {
+        let s = spec(serde_json::json!({"containers": [
+            {"name": "a", "ports": [{"containerPort": 80, "hostPort": 8080},
+                {"containerPort": 80, "hostPort": 8080, "protocol": "UDP"},
+                {"containerPort": 81, "hostPort": 8080, "hostIP": "127.0.0.1"}]},
+            {"name": "b", "ports": [{"containerPort": 82, "hostPort": 8080, "protocol": "TCP"}]}]}));
+        let (maps, bad) = port_mappings(&s);
+        assert_eq!(maps.len(), 3, "{maps:?}");
+        assert_eq!(
+            bad,
+            ["container b port 82: hostPort 8080/TCP is taken by another port of the pod"]
+        );
+    }
+
+    /// Issue 14: a hostIP that is not an address of the node is named (loopback is one; a
+    /// documentation address is none: only bound, nothing sent).
+    #[test]
+    fn a_host_ip_not_of_the_node_is_named() {
+        let map = |ip: &str| PortMapping {
+            host_port: 8080,
+            container_port: 80,
+            protocol: Protocol::Tcp,
+            host_ip: Some(ip.parse().unwrap()),
+        };
+        let unset = PortMapping {
+            host_ip: None,
+            ..map("127.0.0.1")
+        };
+        assert!(foreign_host_ips(&[map("127.0.0.1"), unset]).is_empty());
+        let bad = foreign_host_ips(&[map("198.51.100.7")]);
+        assert_eq!(bad.len(), 1, "{bad:?}");
+        assert!(
+            bad[0].starts_with(
+                "hostPort 8080/TCP: hostIP 198.51.100.7 is not an address of this node"
+            ),
+            "{bad:?}"
         );
     }
 }

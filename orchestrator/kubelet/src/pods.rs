@@ -639,6 +639,18 @@ impl PodSync {
         let sandbox_id = sandbox_id(uid);
         let netns_name = format!("{}{}", self.ctx.cfg.netns_prefix, short);
         let dir = self.ctx.pods_dir().join(uid);
+        // hostPorts that cannot be set up fail the sandbox before anything is made (an Event,
+        // the pod's status, back-off), rather than running the pod without them.
+        let port_mappings = if host_network {
+            Vec::new()
+        } else {
+            let (maps, mut bad) = crate::network::port_mappings(&spec);
+            bad.extend(crate::network::foreign_host_ips(&maps));
+            if !bad.is_empty() {
+                return Err(Error::HostPort(bad.join("; ")));
+            }
+            maps
+        };
         // The pod cgroup and its limits before anything else: a limit the kernel refuses
         // leaves nothing behind to undo.
         let cgroup = match &self.ctx.cfg.cgroups {
@@ -661,15 +673,6 @@ impl PodSync {
         };
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("create the pod directory", e))?;
         let hostname = spec.hostname.clone().unwrap_or_else(|| name.clone());
-        let port_mappings = if host_network {
-            Vec::new()
-        } else {
-            let (maps, bad) = crate::network::port_mappings(&spec);
-            for why in bad {
-                tracing::warn!(pod = %name, %why, "a hostPort left out");
-            }
-            maps
-        };
         let mut rec = SandboxRecord {
             namespace: namespace.clone(),
             name: name.clone(),
@@ -1647,7 +1650,11 @@ impl PodSync {
             if local.terminating_since.is_none() {
                 // Those being created are noted before the signal goes out: one whose process
                 // appears in between is signalled twice rather than never.
-                local.term_pending = names.iter().filter(|n| being_created(n)).cloned().collect();
+                local.term_pending = if self.ctx.cfg.late_start_sigterm {
+                    names.iter().filter(|n| being_created(n)).cloned().collect()
+                } else {
+                    Vec::new()
+                };
                 for n in &names {
                     rt.signal(&sb, n, Signal::SIGTERM);
                 }
@@ -1852,6 +1859,7 @@ mod tests {
             runtime: Default::default(),
             pod_max_pids: None,
             api_wait: Default::default(),
+            late_start_sigterm: true,
         }
     }
 

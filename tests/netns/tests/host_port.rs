@@ -2,8 +2,11 @@
 //! kubelet passes a pod's hostPorts as the `portMappings` capability, the agent's conflist
 //! chains `portmap`, and the pod is reached at its node's address:8080 from another node's
 //! namespace and from the node itself (its address and 127.0.0.1). A port declared without hostPort is not mapped (the
-//! negative control). After the pod's deletion the port is closed and no rule of the pod is
-//! left in the node's iptables (only portmap's shared top-level chains, which it never removes).
+//! negative control). A UDP hostPort answers from the other node too. A hostPort bound to a
+//! hostIP (the node's address) answers there and not on the node's other address, 127.0.0.1,
+//! where the unbound one answers (the negative control). After the pods' deletion the ports
+//! are closed and no rule of the pods is left in the node's iptables (only portmap's shared
+//! top-level chains, which it never removes).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -152,6 +155,42 @@ fn server(name: &str, node: &str, port: u16, host_port: Option<u16>) -> serde_js
             "command": ["/bin/busybox", "nc", "-ll", "-p", port.to_string(), "-e", "/bin/busybox", "hostname"]}]}})
 }
 
+/// A pod on `node` whose UDP server answers each datagram on `port` with its hostname, the
+/// port mapped to `host_port`/UDP (perl: busybox has no UDP server).
+fn udp_server(name: &str, node: &str, port: u16, host_port: u16) -> serde_json::Value {
+    json!({"metadata": {"name": name}, "spec": {"nodeName": node,
+        "terminationGracePeriodSeconds": 1,
+        "containers": [{"name": "srv", "image": "busybox",
+            "ports": [{"name": "dns", "containerPort": port, "hostPort": host_port, "protocol": "UDP"}],
+            "command": ["/usr/bin/perl", "-MIO::Socket::INET", "-MSys::Hostname", "-e",
+                "my $s = IO::Socket::INET->new(LocalPort => $ARGV[0], Proto => 'udp') or die $!; \
+                 while (defined $s->recv(my $m, 512)) { $s->send(hostname()) }",
+                port.to_string()]}]}})
+}
+
+/// One answer to a datagram sent to `ip`:`port` from `ns`, or None (none within 2 s).
+async fn ask_udp(tb: &Testbed, ns: &trellis_net::Netns, ip: &str, port: &str) -> Option<String> {
+    let script = "my $s = IO::Socket::INET->new(PeerAddr => $ARGV[0], PeerPort => $ARGV[1], \
+        Proto => 'udp') or die $!; $s->send('who'); my $r = ''; \
+        eval { local $SIG{ALRM} = sub { die }; alarm 2; $s->recv($r, 512); alarm 0 }; print $r";
+    let out = tb
+        .exec(
+            ns,
+            &[
+                "/usr/bin/perl",
+                "-MIO::Socket::INET",
+                "-e",
+                script,
+                ip,
+                port,
+            ],
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    (out.success() && !out.stdout.trim().is_empty()).then(|| out.stdout.trim().to_string())
+}
+
 /// The node's iptables rules (every table, without counters), one per line.
 async fn iptables(tb: &Testbed, node: &Node) -> BTreeSet<String> {
     let out = tb
@@ -186,9 +225,25 @@ async fn ask(tb: &Testbed, ns: &trellis_net::Netns, ip: &str, port: &str) -> Opt
 /// The answer from `ip`:`port`, retried for 20 s at most (a Running container may not listen
 /// yet).
 async fn fetch(tb: &Testbed, ns: &trellis_net::Netns, ip: &str, port: &str) -> String {
+    fetch_with(tb, ns, ip, port, false).await
+}
+
+/// As [`fetch`], over TCP or UDP.
+async fn fetch_with(
+    tb: &Testbed,
+    ns: &trellis_net::Netns,
+    ip: &str,
+    port: &str,
+    udp: bool,
+) -> String {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
-        if let Some(answer) = ask(tb, ns, ip, port).await {
+        let answer = if udp {
+            ask_udp(tb, ns, ip, port).await
+        } else {
+            ask(tb, ns, ip, port).await
+        };
+        if let Some(answer) = answer {
             return answer;
         }
         assert!(
@@ -206,6 +261,7 @@ async fn scenario(
     client: &kube::Client,
     nodes: Vec<(&Node, &std::path::Path)>,
 ) {
+    netns_testbed::require_tool("perl", "perl-base");
     let (n1, n2) = (nodes[0].0, nodes[1].0);
     let mut k = Kubelets::new(tb);
     for (node, dirs) in &nodes {
@@ -239,6 +295,24 @@ async fn scenario(
         None,
         "a container port without hostPort is not reachable at the node"
     );
+    // UDP: hostPort 5300/UDP → 53, from the other node.
+    create_pod(client, udp_server("udp", &n1.name, 53, 5300)).await;
+    // Bound to the node's address: hostPort 8081 → 80 on n1's address only.
+    let mut bound = server("bound", &n1.name, 80, Some(8081));
+    bound["spec"]["containers"][0]["ports"][0]["hostIP"] = json!(n1_ip);
+    create_pod(client, bound).await;
+    wait_pod(client, "udp", Duration::from_secs(60), "Running", running).await;
+    wait_pod(client, "bound", Duration::from_secs(60), "Running", running).await;
+    assert_eq!(fetch_with(tb, &n2.ns, &n1_ip, "5300", true).await, "udp");
+    assert_eq!(fetch(tb, &n2.ns, &n1_ip, "8081").await, "bound");
+    assert_eq!(fetch(tb, &n1.ns, &n1_ip, "8081").await, "bound");
+    // The negative control: the node's other address, where the unbound hostPort answers
+    // (above), does not answer for the bound one.
+    assert_eq!(
+        ask(tb, &n1.ns, "127.0.0.1", "8081").await,
+        None,
+        "a hostPort bound to the node's address is not mapped on its other addresses"
+    );
     let during = iptables(tb, n1).await;
     assert!(
         during
@@ -250,7 +324,7 @@ async fn scenario(
 
     // Deleting the pods: CNI DEL with the same port mappings removes the pod's rules.
     let api: Api<Pod> = Api::namespaced(client.clone(), "default");
-    for name in ["hp", "plain"] {
+    for name in ["hp", "plain", "udp", "bound"] {
         api.delete(name, &DeleteParams::default()).await.unwrap();
     }
     netns_testbed::wait_for("the pods to be gone", Duration::from_secs(60), || {
@@ -264,6 +338,8 @@ async fn scenario(
         None,
         "the host port is closed once the pod is gone"
     );
+    assert_eq!(ask(tb, &n2.ns, &n1_ip, "8081").await, None);
+    assert_eq!(ask_udp(tb, &n2.ns, &n1_ip, "5300").await, None);
     let after = iptables(tb, n1).await;
     let added: Vec<&String> = after.difference(&before).collect();
     // portmap's top-level chains and their jumps stay (it never removes them); nothing names

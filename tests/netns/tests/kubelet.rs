@@ -25,7 +25,7 @@ use serde_json::json;
 
 use ipnet::Ipv4Net;
 use kubelet::{Kubelets, create_pod, wait_node_ready, wait_pod};
-use netns_testbed::cluster::ControlPlane;
+use netns_testbed::cluster::{ControlPlane, kubectl};
 use netns_testbed::{Node, Testbed};
 
 /// A server pod whose preStop hook leaves `<stop_dir>/<name>` behind.
@@ -602,40 +602,36 @@ async fn with_one_sync_at_a_time_a_blocked_cni_add_holds_back_another_pod() {
     blocked_add(true).await;
 }
 
-async fn blocked_add(serial: bool) {
-    netns_testbed::require_root();
-    netns_testbed::require_tool("busybox", "busybox-static");
-    let tb = Testbed::new().unwrap();
-    let cp = ControlPlane::start(&tb, "cp", 1).await.unwrap();
-    let client = overlay_cluster::kube_client(&cp.local_kubeconfig).await;
-    let node = tb.add_node("n1", 2).await.unwrap();
-    let dirs = tb.state_dir().join("n1");
-    let (bin, conf) = (dirs.join("bin"), dirs.join("net.d"));
-    std::fs::create_dir_all(&bin).unwrap();
-    std::fs::create_dir_all(&conf).unwrap();
-    let calls = dirs.join("calls");
-    let release = dirs.join("release");
-    /// Lets a blocked ADD go also when the test fails (the plugin gives up after 120 s anyway).
-    struct Release(std::path::PathBuf);
-    impl Drop for Release {
-        fn drop(&mut self) {
-            let _ = std::fs::write(&self.0, "");
-        }
-    }
-    let _release = Release(release.clone());
-    // ADD of the pod named `slow` waits for the release file; every other ADD answers at once
-    // (a result without addresses: the pods need none here).
-    let plugin = bin.join("block-add");
-    std::fs::write(
-        &plugin,
-        format!(
-            r#"#!/bin/sh
+/// A node whose only CNI plugin (`block-add`, a test script) holds the ADD of the pod named
+/// `blocked` until [`BlockingCni::release`]; every other ADD answers at once (a result without
+/// addresses: the pods need none here). Each call is logged to `calls`.
+struct BlockingCni {
+    bin: std::path::PathBuf,
+    calls: std::path::PathBuf,
+    release: std::path::PathBuf,
+}
+
+impl BlockingCni {
+    fn new(dirs: &std::path::Path, blocked: &str) -> BlockingCni {
+        let (bin, conf) = (dirs.join("bin"), dirs.join("net.d"));
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::create_dir_all(&conf).unwrap();
+        let cni = BlockingCni {
+            bin,
+            calls: dirs.join("calls"),
+            release: dirs.join("release"),
+        };
+        let plugin = cni.bin.join("block-add");
+        std::fs::write(
+            &plugin,
+            format!(
+                r#"#!/bin/sh
 cat >/dev/null
 pod=$(echo "$CNI_ARGS" | tr ';' '\n' | sed -n 's/^K8S_POD_NAME=//p')
 echo "$CNI_COMMAND $pod" >> {calls}
 case "$CNI_COMMAND" in
 ADD)
-  if [ "$pod" = slow ]; then
+  if [ "$pod" = {blocked} ]; then
     i=0
     while [ ! -e {release} ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done
   fi
@@ -645,20 +641,60 @@ VERSION) echo '{{"cniVersion":"1.1.0","supportedVersions":["1.0.0","1.1.0"]}}' ;
 esac
 exit 0
 "#,
-            calls = calls.display(),
-            release = release.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&plugin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    std::fs::write(
-        conf.join("10-block.conflist"),
-        r#"{"cniVersion":"1.1.0","name":"blocknet","plugins":[{"type":"block-add"}]}"#,
-    )
-    .unwrap();
+                calls = cni.calls.display(),
+                release = cni.release.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&plugin, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        std::fs::write(
+            conf.join("10-block.conflist"),
+            r#"{"cniVersion":"1.1.0","name":"blocknet","plugins":[{"type":"block-add"}]}"#,
+        )
+        .unwrap();
+        cni
+    }
+
+    /// The kubelet flags that make it use the plugin.
+    fn flags(&self) -> Vec<String> {
+        vec!["--cni-bin-dir".into(), self.bin.display().to_string()]
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.calls).unwrap_or_default()
+    }
+
+    fn has(&self, line: &str) -> bool {
+        self.log().lines().any(|l| l == line)
+    }
+
+    /// Lets the blocked ADD go.
+    fn release(&self) {
+        std::fs::write(&self.release, "").unwrap();
+    }
+}
+
+/// Lets a blocked ADD go also when the test fails (the plugin gives up after 120 s anyway).
+impl Drop for BlockingCni {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.release, "");
+    }
+}
+
+async fn blocked_add(serial: bool) {
+    netns_testbed::require_root();
+    netns_testbed::require_tool("busybox", "busybox-static");
+    let tb = Testbed::new().unwrap();
+    let cp = ControlPlane::start(&tb, "cp", 1).await.unwrap();
+    let client = overlay_cluster::kube_client(&cp.local_kubeconfig).await;
+    let node = tb.add_node("n1", 2).await.unwrap();
+    let dirs = tb.state_dir().join("n1");
+    // ADD of the pod named `slow` waits for the release.
+    let cni = BlockingCni::new(&dirs, "slow");
     let mut k = Kubelets::new(&tb);
-    let bin_s = bin.display().to_string();
-    let mut extra = vec!["--cni-bin-dir", bin_s.as_str()];
+    let flags = cni.flags();
+    let mut extra: Vec<&str> = flags.iter().map(String::as_str).collect();
     if serial {
         extra.extend(["--max-parallel-pod-syncs", "1"]);
     }
@@ -670,8 +706,8 @@ exit 0
             "containers": [{"name": "c", "image": "busybox",
                 "command": ["/bin/busybox", "sleep", "3600"]}]}})
     };
-    let log = || std::fs::read_to_string(&calls).unwrap_or_default();
-    let has = |line: &str| log().lines().any(|l| l == line);
+    let log = || cni.log();
+    let has = |line: &str| cni.has(line);
     create_pod(&client, pod("slow")).await;
     netns_testbed::wait_for(
         "the slow pod's ADD to start",
@@ -712,7 +748,7 @@ exit 0
             log()
         );
     }
-    std::fs::write(&release, "").unwrap();
+    cni.release();
     for name in ["slow", "fast"] {
         wait_pod(
             &client,
@@ -723,6 +759,307 @@ exit 0
         )
         .await;
     }
+}
+
+/// Issue 14: bad hostPort specs are refused where upstream refuses them, and become Events,
+/// not errors in a loop. The API server refuses a hostPort out of range, an unknown protocol
+/// and a hostPort twice for one protocol and host IP, with upstream's messages (kubectl shows
+/// them). A hostIP that is not an address of the node only the kubelet can tell: the pod's
+/// sandbox is not made (no CNI ADD), a Warning Event and the pod's status say why (`kubectl
+/// describe` shows it), and it is retried with back-off, not hot.
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_host_ports_are_refused_or_become_events_with_back_off() {
+    netns_testbed::require_root();
+    netns_testbed::require_tool("busybox", "busybox-static");
+    let kubectl_bin = netns_testbed::require_tool("kubectl", "kubectl (the image's own)");
+    let tb = Testbed::new().unwrap();
+    let cp = ControlPlane::start(&tb, "cp", 1).await.unwrap();
+    let client = overlay_cluster::kube_client(&cp.local_kubeconfig).await;
+    let node = tb.add_node("n1", 2).await.unwrap();
+    let dirs = tb.state_dir().join("n1");
+    // No pod's ADD is held: the plugin only records the calls.
+    let cni = BlockingCni::new(&dirs, "-");
+    let mut k = Kubelets::new(&tb);
+    let flags = cni.flags();
+    let extra: Vec<&str> = flags.iter().map(String::as_str).collect();
+    k.start_with(&tb, &cp, &node, &dirs, "net.d", &extra);
+    wait_node_ready(&client, "n1").await;
+    let kc = cp.write_local_kubeconfig(&tb).unwrap();
+    let pod = |name: &str, ports: serde_json::Value| {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"nodeName": "n1", "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "c", "image": "busybox",
+                "command": ["/bin/busybox", "sleep", "3600"], "ports": ports}]}})
+    };
+    let apply = |body: serde_json::Value| {
+        let file = tb.state_dir().join("pod.json");
+        std::fs::write(&file, body.to_string()).unwrap();
+        let (bin, kc) = (kubectl_bin.clone(), kc.clone());
+        async move { kubectl(&bin, &kc, &["create", "-f", file.to_str().unwrap()]).await }
+    };
+    for (ports, says) in [
+        (
+            json!([{"containerPort": 80, "hostPort": 70000}]),
+            "spec.containers[0].ports[0].hostPort: Invalid value: 70000: must be between 1 and 65535, inclusive",
+        ),
+        (
+            json!([{"containerPort": 80, "hostPort": 8080, "protocol": "ICMP"}]),
+            r#"spec.containers[0].ports[0].protocol: Unsupported value: "ICMP": supported values: "SCTP", "TCP", "UDP""#,
+        ),
+        (
+            json!([{"containerPort": 80, "hostPort": 8080}, {"containerPort": 81, "hostPort": 8080}]),
+            r#"spec.containers[0].ports[1].hostPort: Duplicate value: "TCP//8080""#,
+        ),
+    ] {
+        let (code, out, err) = apply(pod("refused", ports)).await;
+        assert!(
+            code != 0 && err.contains(says),
+            "kubectl create: {out}{err}"
+        );
+    }
+    // The same hostPort for UDP too, on an address that is not the node's.
+    let (code, out, err) = apply(pod(
+        "elsewhere",
+        json!([{"containerPort": 80, "hostPort": 8080, "hostIP": "10.250.0.1"},
+               {"containerPort": 80, "hostPort": 8080, "protocol": "UDP"}]),
+    ))
+    .await;
+    assert_eq!(code, 0, "kubectl create: {out}{err}");
+    let says = "hostIP 10.250.0.1 is not an address of this node";
+    let p = wait_pod(
+        &client,
+        "elsewhere",
+        Duration::from_secs(60),
+        "its sandbox refused",
+        |p| {
+            p["status"]["conditions"].as_array().is_some_and(|cs| {
+                cs.iter().any(|c| {
+                    c["type"] == "PodReadyToStartContainers"
+                        && c["status"] == "False"
+                        && c["reason"] == "FailedCreatePodSandBox"
+                        && c["message"].as_str().is_some_and(|m| m.contains(says))
+                })
+            })
+        },
+    )
+    .await;
+    assert_eq!(p["status"]["phase"], "Pending");
+    let mut described = (0, String::new(), String::new());
+    for _ in 0..100 {
+        described = kubectl(&kubectl_bin, &kc, &["describe", "pod", "elsewhere"]).await;
+        if described.1.contains("FailedCreatePodSandBox") && described.1.contains(says) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        described.1.contains("Warning")
+            && described.1.contains("FailedCreatePodSandBox")
+            && described.1.contains(says),
+        "kubectl describe shows the Event: {described:?}"
+    );
+    // The bound is the point: with 2 s doubling, at most 4 tries in 8 s (a hot loop makes
+    // dozens); no CNI ADD ever ran for it.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    let tries = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.involved_object.name.as_deref() == Some("elsewhere")
+                && e.reason.as_deref() == Some("FailedCreatePodSandBox")
+        })
+        .count();
+    assert!(
+        (1..=5).contains(&tries),
+        "{tries} sandbox tries: no hot loop"
+    );
+    assert!(
+        !cni.has("ADD elsewhere"),
+        "no ADD for a pod whose hostPorts cannot be: {}",
+        cni.log()
+    );
+    let api: Api<Pod> = Api::namespaced(client.clone(), "default");
+    api.delete("elsewhere", &DeleteParams::default())
+        .await
+        .unwrap();
+    let mut gone = false;
+    for _ in 0..300 {
+        if api.get_opt("elsewhere").await.unwrap().is_none() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "a pod that never got a sandbox is deleted at once");
+}
+
+/// Issue 14: a container still being created when its pod's SIGTERM went out gets SIGTERM once
+/// its process exists, within the grace period, as upstream's kubelet does. The start of the
+/// pod's container `late` is held: its log is a FIFO the test made while the pod's CNI ADD was
+/// held, so its shim waits in the log's open (a run without a process). The pod is deleted
+/// with a long grace period; once its other container `anchor` got its SIGTERM (the kubelet's
+/// SIGTERM pass is over) the FIFO is opened, `late`'s process starts, traps TERM and says so
+/// in its log: it ends long before the grace period's SIGKILL.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_container_that_starts_during_the_grace_period_gets_sigterm() {
+    late_start(true).await;
+}
+
+/// The negative control of the test above: with `--late-start-sigterm=false` (the behaviour
+/// before the fix) the held container never gets SIGTERM: it runs with its trap set until the
+/// grace period's SIGKILL ends it.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_late_start_sigterm_a_container_that_starts_during_the_grace_period_gets_only_sigkill()
+ {
+    late_start(false).await;
+}
+
+async fn late_start(fixed: bool) {
+    netns_testbed::require_root();
+    netns_testbed::require_tool("busybox", "busybox-static");
+    let mkfifo = netns_testbed::require_tool("mkfifo", "coreutils");
+    let tb = Testbed::new().unwrap();
+    let cp = ControlPlane::start(&tb, "cp", 1).await.unwrap();
+    let client = overlay_cluster::kube_client(&cp.local_kubeconfig).await;
+    let node = tb.add_node("n1", 2).await.unwrap();
+    let dirs = tb.state_dir().join("n1");
+    let cni = BlockingCni::new(&dirs, "late");
+    let marks = dirs.join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    let mut k = Kubelets::new(&tb);
+    let mut extra = cni.flags();
+    if !fixed {
+        extra.push("--late-start-sigterm=false".into());
+    }
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let kubelet = k.start_with(&tb, &cp, &node, &dirs, "net.d", &extra);
+    wait_node_ready(&client, "n1").await;
+    // Long enough that an end by SIGTERM and one by the grace period's SIGKILL are far apart
+    // (the SIGKILL waits for the held start: it cannot come before `late` runs).
+    let grace = if fixed { 120 } else { 15 };
+    let m = |f: &str| marks.join(f).display().to_string();
+    create_pod(
+        &client,
+        json!({"metadata": {"name": "late"}, "spec": {"nodeName": "n1",
+            "terminationGracePeriodSeconds": grace,
+            "containers": [
+                {"name": "anchor", "image": "busybox", "command": ["/bin/busybox", "sh", "-c",
+                    format!("trap 'touch {t}; exit 0' TERM; touch {r}; while :; do busybox sleep 1; done",
+                        t = m("anchor-term"), r = m("anchor-ready"))]},
+                {"name": "late", "image": "busybox", "command": ["/bin/busybox", "sh", "-c",
+                    "trap 'echo got-TERM; exit 0' TERM; echo trap-set; while :; do busybox sleep 1; done"]}]}}),
+    )
+    .await;
+    netns_testbed::wait_for("the pod's ADD to start", Duration::from_secs(60), || {
+        cni.has("ADD late")
+    })
+    .await;
+    let api: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let uid = api.get("late").await.unwrap().metadata.uid.unwrap();
+    let dir = k.pod_dir(0, &uid);
+    let fifo = dir.join("logs/late/0.log");
+    std::fs::create_dir_all(fifo.parent().unwrap()).unwrap();
+    let out = std::process::Command::new(&mkfifo)
+        .arg(&fifo)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "mkfifo: {out:?}");
+    cni.release();
+    let run = dir.join("containers/late/0");
+    netns_testbed::wait_for(
+        "anchor to run and late's shim to wait in its log's open",
+        Duration::from_secs(60),
+        || marks.join("anchor-ready").exists() && run.join("shim.pid").exists(),
+    )
+    .await;
+    assert!(
+        !run.join("pid").exists(),
+        "late's process must not exist yet"
+    );
+    // The kubelet has reported it so: anchor running, late being created.
+    wait_pod(
+        &client,
+        "late",
+        Duration::from_secs(60),
+        "anchor running, late ContainerCreating",
+        |p| {
+            let state = |n: &str| {
+                p["status"]["containerStatuses"]
+                    .as_array()
+                    .and_then(|cs| cs.iter().find(|c| c["name"] == n))
+                    .map(|c| c["state"].clone())
+                    .unwrap_or_default()
+            };
+            state("anchor")["running"].is_object()
+                && state("late")["waiting"]["reason"] == "ContainerCreating"
+        },
+    )
+    .await;
+    api.delete("late", &DeleteParams::default()).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !marks.join("anchor-term").exists() {
+        let log = tb.log_of(kubelet);
+        let tail: Vec<&str> = log.lines().rev().take(60).collect();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "anchor never got its SIGTERM (the kubelet's SIGTERM pass); the kubelet's log ends:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !run.join("pid").exists(),
+        "late was still being created when the SIGTERM went out"
+    );
+    let deleted = std::time::Instant::now();
+    // The held start goes on: the shim's open of its log returns once the FIFO has a reader,
+    // and everything `late` writes comes through it until its process ends.
+    let reader = tokio::task::spawn_blocking(move || {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::fs::File::open(&fifo)?, &mut text)?;
+        Ok::<_, std::io::Error>(text)
+    });
+    let bound = Duration::from_secs(grace / 2);
+    let log = tokio::time::timeout(
+        if fixed {
+            bound
+        } else {
+            Duration::from_secs(120)
+        },
+        reader,
+    )
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "late still runs {} s after its pod's deletion: it never got SIGTERM",
+            bound.as_secs()
+        )
+    })
+    .unwrap()
+    .unwrap();
+    let ended = deleted.elapsed();
+    if fixed {
+        // Ended by its SIGTERM, long before the SIGKILL. A SIGTERM that comes before the shell
+        // set its trap ends it too (no PID namespace: the default action), with nothing said.
+        assert!(
+            log.contains("got-TERM") || !log.contains("trap-set"),
+            "late ended without its trap's word: {log}"
+        );
+    } else {
+        // Nothing but a signal ends it, and a SIGTERM would have been answered: the SIGKILL.
+        assert!(
+            log.contains("trap-set") && !log.contains("got-TERM"),
+            "late had its trap and never got SIGTERM ({ended:?} after the deletion): {log}"
+        );
+    }
+    netns_testbed::wait_for("the pod to be finished", Duration::from_secs(60), || {
+        !dir.exists()
+    })
+    .await;
 }
 
 /// Issue 15: a pod's ServiceAccount token, projected by the kubelet, works from inside the pod

@@ -364,8 +364,17 @@ impl Api {
             if call.dry_run() {
                 return Ok((new, warnings));
             }
-            if meta::is_deleting(&new) && meta::finalizers(&new).is_empty() {
-                // The last finalizer is gone: the deletion completes.
+            // The last finalizer is gone: the deletion completes — unless a grace period runs
+            // (a pod being stopped by its kubelet), which only the delete with grace 0 ends, as
+            // upstream's shouldDeleteDuringUpdate. (A pod's status written during its grace
+            // period used to delete it at once: its kubelet then killed it without grace.)
+            let in_grace = cur
+                .obj
+                .get("metadata")
+                .and_then(|m| m.get("deletionGracePeriodSeconds"))
+                .and_then(Value::as_i64)
+                .is_some_and(|g| g > 0);
+            if meta::is_deleting(&new) && meta::finalizers(&new).is_empty() && !in_grace {
                 return match self
                     .storage
                     .delete(
