@@ -3,6 +3,10 @@
 //! has a local endpoint of the Service, 503 otherwise — so an outside load balancer sends
 //! traffic only to nodes that will not drop it. The body is kube-proxy's:
 //! `{"service":{"namespace":…,"name":…},"localEndpoints":N,"serviceProxyHealthy":true}`.
+//!
+//! Each port is one socket on `[::]` with `IPV6_V6ONLY` off, so it answers on the node's IPv4
+//! and IPv6 addresses alike (kube-proxy listens on the wildcard, which Go makes the same
+//! dual-stack socket); a host without IPv6 gets `0.0.0.0`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -92,7 +96,8 @@ impl Drop for Server {
     }
 }
 
-/// The running health-check servers, one per port, on every address of the node.
+/// The running health-check servers, one per port, on every address of the node (both
+/// families).
 #[derive(Default)]
 pub struct HealthChecks {
     servers: BTreeMap<u16, Server>,
@@ -108,10 +113,9 @@ impl HealthChecks {
                 *s.status.lock().unwrap_or_else(|p| p.into_inner()) = status;
                 continue;
             }
-            let addr = SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, port));
-            let listener = match TcpListener::bind(addr).await {
+            let (addr, listener) = match listen(port) {
                 Ok(l) => l,
-                Err(e) => {
+                Err((addr, e)) => {
                     tracing::warn!(%addr, error = %e, "health-check node port");
                     continue;
                 }
@@ -125,6 +129,36 @@ impl HealthChecks {
 
     pub fn ports(&self) -> Vec<u16> {
         self.servers.keys().copied().collect()
+    }
+}
+
+/// A listener on `port` of every address: `[::]` for both families, or `0.0.0.0` where the
+/// host has no IPv6. The error names the address that failed.
+fn listen(port: u16) -> Result<(SocketAddr, TcpListener), (SocketAddr, std::io::Error)> {
+    let any6 = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port));
+    let dual = || -> std::io::Result<TcpListener> {
+        let socket = tokio::net::TcpSocket::new_v6()?;
+        // Both families on one socket, whatever net.ipv6.bindv6only says.
+        nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::Ipv6V6Only, &false)
+            .map_err(std::io::Error::from)?;
+        socket.set_reuseaddr(true)?;
+        socket.bind(any6)?;
+        socket.listen(1024)
+    };
+    match dual() {
+        Ok(l) => Ok((any6, l)),
+        // No IPv6 here (the address family is not supported): IPv4 alone.
+        Err(e) if e.raw_os_error() == Some(nix::libc::EAFNOSUPPORT) => {
+            let any4 = SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, port));
+            let socket = tokio::net::TcpSocket::new_v4().map_err(|e| (any4, e))?;
+            socket.set_reuseaddr(true).map_err(|e| (any4, e))?;
+            socket.bind(any4).map_err(|e| (any4, e))?;
+            socket
+                .listen(1024)
+                .map(|l| (any4, l))
+                .map_err(|e| (any4, e))
+        }
+        Err(e) => Err((any6, e)),
     }
 }
 
@@ -233,9 +267,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_server_answers_and_follows_updates() {
+    async fn the_server_answers_on_both_families_and_follows_updates() {
         // An ephemeral port: bind, note it, let go, then serve on it.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
+        let port = std::net::TcpListener::bind("[::]:0")
             .unwrap()
             .local_addr()
             .unwrap()
@@ -248,8 +282,8 @@ mod tests {
         };
         hc.update([(port, status(2))].into()).await;
         assert_eq!(hc.ports(), vec![port]);
-        let get = || async move {
-            let mut c = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let get_from = |host: &'static str| async move {
+            let mut c = TcpStream::connect((host, port)).await.unwrap();
             c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
                 .await
                 .unwrap();
@@ -257,7 +291,11 @@ mod tests {
             c.read_to_string(&mut out).await.unwrap();
             out
         };
+        let get = || get_from("127.0.0.1");
         let out = get().await;
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+        // The same port over IPv6.
+        let out = get_from("::1").await;
         assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
         assert!(
             out.ends_with("\"localEndpoints\":2,\"serviceProxyHealthy\":true}"),

@@ -310,9 +310,9 @@ enum Dataplane {
     /// iptables for IPv4, ip6tables for IPv6 (None: the host has no usable ip6tables, and
     /// IPv6 service ports are not served; said in the log).
     Iptables(Syncer, Option<Syncer>),
-    /// IPv4 only: IPv6 service ports are ignored with a warning (the table is of family
-    /// `ip`). The count of ignored ones is kept to warn again only when it changes.
-    Nftables(Box<nft::Syncer>, usize),
+    /// `ip` tables for IPv4, `ip6` tables of the same names for IPv6 (IPv4 only on a host
+    /// without IPv6; said in the log).
+    Nftables(Box<nft::Syncer>),
 }
 
 impl Dataplane {
@@ -322,9 +322,9 @@ impl Dataplane {
         let nft = trellis_net::nft::Nft::new(None);
         match backend {
             Backend::Iptables => {
-                if nft.has_table("ip", nft::TABLE).await.unwrap_or(false) {
-                    tracing::info!(table = nft::TABLE, "removing the nftables backend's table");
-                    nft::Syncer::new(nft).cleanup().await?;
+                if has_nft_tables(&nft).await {
+                    tracing::info!(table = nft::TABLE, "removing the nftables backend's tables");
+                    nft_syncer(nft).cleanup().await?;
                 }
                 let ipt = Iptables::detect(None, IpFamily::V4).await?;
                 tracing::info!(backend = ?ipt.backend, "iptables");
@@ -352,7 +352,11 @@ impl Dataplane {
                 {
                     tracing::warn!(error = %e, "could not remove the iptables backend's IPv6 chains");
                 }
-                Ok(Dataplane::Nftables(Box::new(nft::Syncer::new(nft)), 0))
+                let syncer = nft_syncer(nft);
+                if syncer.families().len() < 2 {
+                    tracing::warn!("no IPv6 on this host: IPv6 service ports are not served");
+                }
+                Ok(Dataplane::Nftables(Box::new(syncer)))
             }
         }
     }
@@ -361,7 +365,7 @@ impl Dataplane {
     fn nft_fallbacks(&self) -> Option<u64> {
         match self {
             Dataplane::Iptables(..) => None,
-            Dataplane::Nftables(s, _) => Some(s.fallbacks()),
+            Dataplane::Nftables(s) => Some(s.fallbacks()),
         }
     }
 
@@ -373,11 +377,11 @@ impl Dataplane {
                     v6.invalidate();
                 }
             }
-            Dataplane::Nftables(s, _) => s.invalidate(),
+            Dataplane::Nftables(s) => s.invalidate(),
         }
     }
 
-    /// Writes the IPv4 service ports and, where the backend can, the IPv6 ones.
+    /// Writes the IPv4 service ports and, where the host can, the IPv6 ones.
     async fn sync(
         &mut self,
         (ports, node): (&[model::ServicePort], &NodeRules),
@@ -395,33 +399,37 @@ impl Dataplane {
                 }
                 stats
             }
-            Dataplane::Nftables(s, ignored) => {
-                if ports_v6.len() != *ignored {
-                    *ignored = ports_v6.len();
-                    if !ports_v6.is_empty() {
-                        let some: Vec<String> = ports_v6
-                            .iter()
-                            .take(5)
-                            .map(|p| p.name.to_string())
-                            .collect();
-                        tracing::warn!(
-                            count = ports_v6.len(),
-                            examples = ?some,
-                            "the nftables backend serves IPv4 only: these IPv6 service ports are not served (use --proxy-backend iptables for dual-stack Services)"
-                        );
-                    }
-                }
-                s.sync(ports, node).await?
-            }
+            Dataplane::Nftables(s) => s.sync((ports, node), (ports_v6, node_v6)).await?,
         })
+    }
+}
+
+/// Whether the nftables backend's main table exists in either family.
+async fn has_nft_tables(nft: &trellis_net::nft::Nft) -> bool {
+    for family in ["ip", "ip6"] {
+        if nft.has_table(family, nft::TABLE).await.unwrap_or(false) {
+            return true;
+        }
+    }
+    false
+}
+
+/// The nftables syncer for this host: both families, or IPv4 only where the kernel has no
+/// IPv6 (no `/proc/sys/net/ipv6`: booted with `ipv6.disable=1` or built without it).
+fn nft_syncer(nft: trellis_net::nft::Nft) -> nft::Syncer {
+    let syncer = nft::Syncer::new(nft);
+    if std::path::Path::new("/proc/sys/net/ipv6").exists() {
+        syncer
+    } else {
+        syncer.ipv4_only()
     }
 }
 
 /// Removes everything the proxy wrote, with either backend (`trellis proxy --cleanup`).
 pub async fn cleanup() -> Result<(), Error> {
     let nft = trellis_net::nft::Nft::new(None);
-    if nft.has_table("ip", nft::TABLE).await.unwrap_or(false) {
-        nft::Syncer::new(nft).cleanup().await?;
+    if has_nft_tables(&nft).await {
+        nft_syncer(nft).cleanup().await?;
     }
     let ipt = Iptables::detect(None, IpFamily::V4).await?;
     Syncer::new(ipt).cleanup().await?;

@@ -33,13 +33,26 @@
 //! Syncs: the first (and every resync) replaces every table in one transaction — old rules
 //! serve until the new ones are in; later syncs send only the chains and elements that changed,
 //! also as one transaction, through a long-lived `nft` ([`trellis_net::nft::NftSession`]).
+//!
+//! IPv6: the same tables (names, shards, chains, sets) once more in the family `ip6`, with
+//! `ip6` matches, `ipv6_addr` keys and `dnat ip6 to [addr]:port`; a dual-stack Service's two
+//! ports have the same key, so the same shard and chain names, in their own family's tables.
+//! Not one `inet` family: a table's chains are validated together on every commit that adds a
+//! DNAT rule or a `goto` element, so `inet` shards would validate both families' chains for
+//! each change — separate `ip6` tables keep an IPv4 change's commit exactly what it was (and
+//! kube-proxy's nftables mode does the same, one `ip` and one `ip6` table). Both families'
+//! changes still go in one transaction per sync. IPv6 TCP ports without endpoints are refused
+//! with a TCP reset, other IPv6 ones with ICMPv6 port unreachable (why: [`crate::rules`]).
+//! Without IPv6 service ports there are no `ip6` tables at all (removed in the sync that
+//! finds none): `nft` reads every table into its cache before each command, and 17 empty
+//! ones made an IPv4 change at 1,000 Services about twice as slow on a loaded machine.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 
 use trellis_net::nft::{Delivery, Nft, NftSession};
 
-use crate::model::{Endpoint, PortName, ServicePort};
+use crate::model::{Endpoint, Family, PortName, ServicePort};
 use crate::rules::{MASQ_MARK, NodeRules, port_key};
 use crate::sync::SyncStats;
 
@@ -57,7 +70,29 @@ pub fn shard_table(k: u8) -> String {
     format!("{SHARD_PREFIX}{k:02}")
 }
 
-/// Every table the proxy owns.
+/// The nft keyword of a family: the tables' family and the address expressions (`ip saddr`,
+/// `ip6 daddr`, `dnat ip6 to`).
+pub fn family_keyword(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "ip",
+        Family::V6 => "ip6",
+    }
+}
+
+/// The nft type of an address of `family`.
+fn addr_type(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "ipv4_addr",
+        Family::V6 => "ipv6_addr",
+    }
+}
+
+/// A set or map declaration of the tables of `family` (the constants are written for IPv4).
+fn declaration(decl: &str, family: Family) -> String {
+    decl.replace("ipv4_addr", addr_type(family))
+}
+
+/// Every table the proxy owns (the same names in both families).
 pub fn tables() -> Vec<String> {
     std::iter::once(TABLE.to_string())
         .chain((0..SHARDS).map(shard_table))
@@ -237,11 +272,17 @@ fn endpoint_key(sp: &ServicePort, ep: &Endpoint) -> String {
     format!("{}-{ep_hash}", port_key(sp))
 }
 
+/// An endpoint as a DNAT target: `a.b.c.d:port` or `[v6]:port`.
+fn dnat_to(ep: &Endpoint) -> String {
+    std::net::SocketAddr::new(ep.ip, ep.port).to_string()
+}
+
 /// The rules that pick one of `eps` and DNAT to it. Without affinity: rule i of n matches with
 /// probability 1/(n-i), the last always. With affinity: a client seen recently goes to the
 /// endpoint it had; the pick goes through the endpoint's chain, which remembers the client.
 fn spread(sp: &ServicePort, eps: &[&Endpoint], ruleset: &mut Ruleset, out: &mut Vec<String>) {
     let proto = sp.protocol.iptables();
+    let ip = family_keyword(Family::of(sp.cluster_ip));
     let n = eps.len();
     let mut targets = Vec::new();
     for ep in eps {
@@ -255,17 +296,14 @@ fn spread(sp: &ServicePort, eps: &[&Endpoint], ruleset: &mut Ruleset, out: &mut 
             ruleset.chains.insert(
                 chain.clone(),
                 vec![
-                    format!("update @{set} {{ ip saddr }}"),
-                    format!("meta l4proto {proto} dnat ip to {}:{}", ep.ip, ep.port),
+                    format!("update @{set} {{ {ip} saddr }}"),
+                    format!("meta l4proto {proto} dnat {ip} to {}", dnat_to(ep)),
                 ],
             );
-            out.push(format!("ip saddr @{set} goto {chain}"));
+            out.push(format!("{ip} saddr @{set} goto {chain}"));
             targets.push(format!("goto {chain}"));
         } else {
-            targets.push(format!(
-                "meta l4proto {proto} dnat ip to {}:{}",
-                ep.ip, ep.port
-            ));
+            targets.push(format!("meta l4proto {proto} dnat {ip} to {}", dnat_to(ep)));
         }
     }
     for (i, t) in targets.into_iter().enumerate() {
@@ -277,9 +315,9 @@ fn spread(sp: &ServicePort, eps: &[&Endpoint], ruleset: &mut Ruleset, out: &mut 
     }
 }
 
-/// The whole desired state for these service ports.
-pub fn compile(ports: &[ServicePort], node: &NodeRules) -> Ruleset {
-    let mut rs = fixed(node);
+/// The whole desired state of `family`'s tables for these service ports (all of that family).
+pub fn compile(family: Family, ports: &[ServicePort], node: &NodeRules) -> Ruleset {
+    let mut rs = fixed(family, node);
     for sp in ports {
         rs.merge(compile_port(sp, node));
     }
@@ -289,10 +327,11 @@ pub fn compile(ports: &[ServicePort], node: &NodeRules) -> Ruleset {
 /// One service port's share of the table: its chains, elements and affinity sets. The share of
 /// every port is independent of the others' (names and keys are the port's own; only hairpin
 /// pairs can be shared, which [`Syncer`] counts), so a sync compiles only the ports that
-/// changed.
+/// changed. The port's cluster IP gives the family of its tables.
 pub fn compile_port(sp: &ServicePort, node: &NodeRules) -> Ruleset {
     let mut rs = Ruleset::default();
     let proto = sp.protocol.iptables();
+    let ip = family_keyword(Family::of(sp.cluster_ip));
     let internal = sp.usable(sp.internal_local);
     let all = sp.usable(false);
     let hairpin = rs.elements.entry("hairpin").or_default();
@@ -314,7 +353,7 @@ pub fn compile_port(sp: &ServicePort, node: &NodeRules) -> Ruleset {
         let mut rules = Vec::new();
         if let Some(cidr) = node.cluster_cidr {
             rules.push(format!(
-                "ip saddr != {cidr} meta mark set meta mark | {MASQ_MARK}"
+                "{ip} saddr != {cidr} meta mark set meta mark | {MASQ_MARK}"
             ));
         }
         spread(sp, &internal, &mut rs, &mut rules);
@@ -357,7 +396,7 @@ pub fn compile_port(sp: &ServicePort, node: &NodeRules) -> Ruleset {
         if !all.is_empty() && !sp.internal_local && !internal.is_empty() {
             let cchain = svc_chain(sp);
             if let Some(cidr) = node.cluster_cidr {
-                x.push(format!("ip saddr {cidr} jump {cchain}"));
+                x.push(format!("{ip} saddr {cidr} jump {cchain}"));
             }
             x.push(format!(
                 "fib saddr type local meta mark set meta mark | {MASQ_MARK}"
@@ -394,16 +433,20 @@ pub fn compile_port(sp: &ServicePort, node: &NodeRules) -> Ruleset {
 
 /// What does not depend on the service ports: the main table's reject and masquerade chains,
 /// and every named set and map (empty). The shards' dispatch chains are rendered from `node`.
-fn fixed(node: &NodeRules) -> Ruleset {
+fn fixed(family: Family, node: &NodeRules) -> Ruleset {
     let mut rs = Ruleset::with_every_set();
-    let node_dsts = node_destinations(node);
-    let mut reject = vec![
-        "ip daddr . meta l4proto . th dport @no-endpoint-services reject".to_string(),
-        "ip daddr . meta l4proto . th dport @no-local-endpoint-services drop".to_string(),
-    ];
-    for d in &node_dsts {
-        reject.push(format!(
-            "{d} meta l4proto . th dport @no-endpoint-nodeports reject"
+    let ip = family_keyword(family);
+    let mut reject = refusal(
+        family,
+        &format!("{ip} daddr . meta l4proto . th dport @no-endpoint-services"),
+    );
+    reject.push(format!(
+        "{ip} daddr . meta l4proto . th dport @no-local-endpoint-services drop"
+    ));
+    for d in node_destinations(family, node) {
+        reject.extend(refusal(
+            family,
+            &format!("{d} meta l4proto . th dport @no-endpoint-nodeports"),
         ));
         reject.push(format!(
             "{d} meta l4proto . th dport @no-local-endpoint-nodeports drop"
@@ -416,26 +459,47 @@ fn fixed(node: &NodeRules) -> Ruleset {
             format!(
                 "meta mark & {MASQ_MARK} == {MASQ_MARK} meta mark set meta mark ^ {MASQ_MARK} masquerade fully-random"
             ),
-            "ct status dnat ip saddr . ip daddr @hairpin masquerade fully-random".into(),
+            format!("ct status dnat {ip} saddr . {ip} daddr @hairpin masquerade fully-random"),
         ],
     );
     rs
 }
 
+/// The rules that refuse what `matched` (a rule's matches) selects. IPv4: ICMP port
+/// unreachable (nft's `reject`). IPv6: TCP with a reset, the rest with ICMPv6 port
+/// unreachable — an ICMPv6 error that reaches a pod's TCP socket inside its own `connect()` is
+/// kept only as a soft error (see [`crate::rules`]' `reject_rule`), a reset is not.
+fn refusal(family: Family, matched: &str) -> Vec<String> {
+    match family {
+        Family::V4 => vec![format!("{matched} reject")],
+        Family::V6 => vec![
+            format!("{matched} meta l4proto tcp reject with tcp reset"),
+            format!("{matched} reject with icmpv6 type port-unreachable"),
+        ],
+    }
+}
+
 /// The match for "to this node" that node ports need.
-fn node_destinations(node: &NodeRules) -> Vec<String> {
+fn node_destinations(family: Family, node: &NodeRules) -> Vec<String> {
     if node.node_addresses.is_empty() {
         vec!["fib daddr type local".into()]
     } else {
         let list: Vec<String> = node.node_addresses.iter().map(|a| a.to_string()).collect();
-        vec![format!("ip daddr {{ {} }}", list.join(", "))]
+        vec![format!(
+            "{} daddr {{ {} }}",
+            family_keyword(family),
+            list.join(", ")
+        )]
     }
 }
 
 /// A shard's dispatch chain `services`: one lookup for service addresses, one for node ports.
-fn dispatch_rules(node: &NodeRules) -> Vec<String> {
-    let mut rules = vec!["ip daddr . meta l4proto . th dport vmap @service-ips".to_string()];
-    for d in node_destinations(node) {
+fn dispatch_rules(family: Family, node: &NodeRules) -> Vec<String> {
+    let mut rules = vec![format!(
+        "{} daddr . meta l4proto . th dport vmap @service-ips",
+        family_keyword(family)
+    )];
+    for d in node_destinations(family, node) {
         rules.push(format!(
             "{d} meta l4proto . th dport vmap @service-nodeports"
         ));
@@ -458,14 +522,18 @@ fn ordered(chains: &BTreeMap<String, Vec<String>>) -> Vec<(&String, &Vec<String>
     v
 }
 
-fn affinity_decl(name: &str, secs: u32) -> String {
-    format!("set {name} {{ type ipv4_addr; flags dynamic,timeout; timeout {secs}s; }}")
+fn affinity_decl(family: Family, name: &str, secs: u32) -> String {
+    format!(
+        "set {name} {{ type {}; flags dynamic,timeout; timeout {secs}s; }}",
+        addr_type(family)
+    )
 }
 
 /// `verb element` lines for `elements` of `set`, one per table they live in. `key_only`: a
 /// map element is deleted by its key alone (its table still follows from the whole element).
 fn push_elements(
     out: &mut String,
+    family: Family,
     verb: &str,
     set: &str,
     elements: &BTreeSet<String>,
@@ -486,16 +554,18 @@ fn push_elements(
     for (table, list) in by_table {
         let _ = writeln!(
             out,
-            "{verb} element ip {table} {set} {{ {} }}",
+            "{verb} element {} {table} {set} {{ {} }}",
+            family_keyword(family),
             list.join(", ")
         );
     }
 }
 
-/// The script that replaces every table (the first sync, resyncs, repairs), in one
-/// transaction.
-pub fn full_script(rs: &Ruleset, node: &NodeRules) -> String {
+/// The script that replaces every table of `family` (the first sync, resyncs, repairs), in
+/// one transaction.
+pub fn full_script(family: Family, rs: &Ruleset, node: &NodeRules) -> String {
     let mut s = String::new();
+    let ip = family_keyword(family);
     let ordered = ordered(&rs.chains);
     let mut tables: Vec<(String, Option<u8>)> = vec![(TABLE.to_string(), None)];
     tables.extend((0..SHARDS).map(|k| (shard_table(k), Some(k))));
@@ -503,7 +573,7 @@ pub fn full_script(rs: &Ruleset, node: &NodeRules) -> String {
         // Declared first so that the delete succeeds on a fresh node too; one transaction.
         let _ = writeln!(
             s,
-            "table ip {table}\ndelete table ip {table}\ntable ip {table} {{"
+            "table {ip} {table}\ndelete table {ip} {table}\ntable {ip} {table} {{"
         );
         let decls = if shard.is_some() {
             &MAPS[..]
@@ -511,11 +581,11 @@ pub fn full_script(rs: &Ruleset, node: &NodeRules) -> String {
             &SETS[..]
         };
         for (_, decl) in decls {
-            let _ = writeln!(s, "  {decl}");
+            let _ = writeln!(s, "  {}", declaration(decl, family));
         }
         for (name, secs) in &rs.affinity_sets {
             if shard_of_name(name) == shard {
-                let _ = writeln!(s, "  {}", affinity_decl(name, *secs));
+                let _ = writeln!(s, "  {}", affinity_decl(family, name, *secs));
             }
         }
         for (name, rules) in &ordered {
@@ -530,7 +600,7 @@ pub fn full_script(rs: &Ruleset, node: &NodeRules) -> String {
         }
         let base: &[(&str, &str, &str)] = if shard.is_some() {
             let _ = writeln!(s, "  chain services {{");
-            for r in dispatch_rules(node) {
+            for r in dispatch_rules(family, node) {
                 let _ = writeln!(s, "    {r}");
             }
             let _ = writeln!(s, "  }}");
@@ -544,14 +614,15 @@ pub fn full_script(rs: &Ruleset, node: &NodeRules) -> String {
         let _ = writeln!(s, "}}");
     }
     for (set, elements) in &rs.elements {
-        push_elements(&mut s, "add", set, elements, false);
+        push_elements(&mut s, family, "add", set, elements, false);
     }
     s
 }
 
 /// The script that turns `prev` into `next`, and what it writes.
-pub fn delta_script(prev: &Ruleset, next: &Ruleset) -> (String, SyncStats) {
+pub fn delta_script(family: Family, prev: &Ruleset, next: &Ruleset) -> (String, SyncStats) {
     let mut s = String::new();
+    let ip = family_keyword(family);
     let mut stats = SyncStats {
         rules_total: next.rules_total(),
         ..Default::default()
@@ -562,9 +633,9 @@ pub fn delta_script(prev: &Ruleset, next: &Ruleset) -> (String, SyncStats) {
             let _ = writeln!(
                 s,
                 "add {}",
-                affinity_decl(name, *secs).replacen(
+                affinity_decl(family, name, *secs).replacen(
                     "set ",
-                    &format!("set ip {} ", table_of(name)),
+                    &format!("set {ip} {} ", table_of(name)),
                     1
                 )
             );
@@ -574,15 +645,15 @@ pub fn delta_script(prev: &Ruleset, next: &Ruleset) -> (String, SyncStats) {
         match prev.chains.get(name) {
             Some(old) if old == rules => continue,
             Some(_) => {
-                let _ = writeln!(s, "flush chain ip {} {name}", table_of(name));
+                let _ = writeln!(s, "flush chain {ip} {} {name}", table_of(name));
             }
             None => {
-                let _ = writeln!(s, "add chain ip {} {name}", table_of(name));
+                let _ = writeln!(s, "add chain {ip} {} {name}", table_of(name));
             }
         }
         let table = table_of(name);
         for r in rules {
-            let _ = writeln!(s, "add rule ip {table} {name} {r}");
+            let _ = writeln!(s, "add rule {ip} {table} {name} {r}");
         }
         stats.chains_written += 1;
         stats.rules_written += rules.len();
@@ -592,33 +663,38 @@ pub fn delta_script(prev: &Ruleset, next: &Ruleset) -> (String, SyncStats) {
         let old = prev.elements.get(set).unwrap_or(&empty);
         let gone: BTreeSet<String> = old.difference(elements).cloned().collect();
         let new: BTreeSet<String> = elements.difference(old).cloned().collect();
-        push_elements(&mut s, "delete", set, &gone, true);
-        push_elements(&mut s, "add", set, &new, false);
+        push_elements(&mut s, family, "delete", set, &gone, true);
+        push_elements(&mut s, family, "add", set, &new, false);
     }
     // Last, once nothing refers to them any more.
     for (name, _) in ordered(&prev.chains).into_iter().rev() {
         if !next.chains.contains_key(name) {
-            let _ = writeln!(s, "delete chain ip {} {name}", table_of(name));
+            let _ = writeln!(s, "delete chain {ip} {} {name}", table_of(name));
             stats.chains_deleted += 1;
         }
     }
     for name in prev.affinity_sets.keys() {
         if !next.affinity_sets.contains_key(name) {
-            let _ = writeln!(s, "delete set ip {} {name}", table_of(name));
+            let _ = writeln!(s, "delete set {ip} {} {name}", table_of(name));
         }
     }
     (s, stats)
 }
 
-/// The whole table from scratch: the script that replaces it, and its per-port record.
-fn plan_full(ports: &[ServicePort], node: &NodeRules) -> (String, SyncStats, Applied) {
+/// `family`'s tables from scratch: the script that replaces them, and the per-port record.
+fn plan_full(
+    family: Family,
+    ports: &[ServicePort],
+    node: &NodeRules,
+) -> (String, SyncStats, Applied) {
     let mut applied = Applied {
+        family,
         node: node.clone(),
         ports: HashMap::with_capacity(ports.len()),
         elements: HashMap::new(),
         rules_total: 0,
     };
-    let mut desired = fixed(node);
+    let mut desired = fixed(family, node);
     let mut ignored = (Ruleset::default(), Ruleset::default());
     for sp in ports {
         let share = compile_port(sp, node);
@@ -635,7 +711,7 @@ fn plan_full(ports: &[ServicePort], node: &NodeRules) -> (String, SyncStats, App
         rules_written: applied.rules_total,
         rules_total: applied.rules_total,
     };
-    (full_script(&desired, node), stats, applied)
+    (full_script(family, &desired, node), stats, applied)
 }
 
 /// Only the ports that changed since `applied`: their old shares against their new ones (the
@@ -651,7 +727,7 @@ fn plan_changes(
     for sp in ports {
         if !seen.insert(&sp.name) {
             // Two ports of one name: the per-port record cannot hold them; start over.
-            return plan_full(ports, node);
+            return plan_full(applied.family, ports, node);
         }
         if applied
             .ports
@@ -704,7 +780,7 @@ fn plan_changes(
     for (set, elements) in appeared.elements {
         after.elements.entry(set).or_default().extend(elements);
     }
-    let (script, mut stats) = delta_script(&before, &after);
+    let (script, mut stats) = delta_script(applied.family, &before, &after);
     stats.rules_total = applied.rules_total;
     (script, stats, applied)
 }
@@ -719,6 +795,7 @@ pub enum SyncError {
 /// What is in the kernel, per service port: each port's own share as it was compiled, and how
 /// many shares hold each element (hairpin pairs may be shared).
 struct Applied {
+    family: Family,
     node: NodeRules,
     ports: HashMap<PortName, (ServicePort, Ruleset)>,
     elements: HashMap<(&'static str, String), usize>,
@@ -752,10 +829,26 @@ impl Applied {
 /// Keeps what was last written, to send only changes, and compiles only the service ports
 /// that changed: a sync costs what changed, not the table (10,000 Services compile in about a
 /// second in a debug build). Changes go through one long-lived `nft` ([`NftSession`]); whole
-/// tables, one-shot.
+/// tables, one-shot. Both families' tables change in one transaction per sync.
 pub struct Syncer {
     session: NftSession,
-    applied: Option<Applied>,
+    /// What was written to the `ip` tables and to the `ip6` ones.
+    applied: [Option<Applied>; 2],
+    /// Whether the `ip6` tables are written (false: the host has no IPv6).
+    ipv6: bool,
+    /// Known since the last full sync: there are no `ip6` tables of ours. Without IPv6
+    /// service ports the proxy keeps none: each `nft` command reads every table into its
+    /// cache first, so 17 empty tables would slow every IPv4 change.
+    v6_absent: bool,
+}
+
+/// The script that removes every table of `family` the proxy owns (missing ones too).
+fn removal_script(family: Family) -> String {
+    let ip = family_keyword(family);
+    tables()
+        .iter()
+        .map(|t| format!("table {ip} {t}\ndelete table {ip} {t}\n"))
+        .collect()
 }
 
 impl Syncer {
@@ -767,7 +860,25 @@ impl Syncer {
     pub fn with_session(session: NftSession) -> Syncer {
         Syncer {
             session,
-            applied: None,
+            applied: [None, None],
+            ipv6: true,
+            v6_absent: false,
+        }
+    }
+
+    /// Writes only the `ip` tables: IPv6 service ports are ignored, and cleanup leaves the
+    /// `ip6` family alone (for a host without IPv6, where nft cannot make `ip6` tables).
+    pub fn ipv4_only(mut self) -> Syncer {
+        self.ipv6 = false;
+        self
+    }
+
+    /// The families whose tables this syncer writes.
+    pub fn families(&self) -> &'static [Family] {
+        if self.ipv6 {
+            &[Family::V4, Family::V6]
+        } else {
+            &[Family::V4]
         }
     }
 
@@ -786,21 +897,53 @@ impl Syncer {
         self.session.pid().await
     }
 
-    /// Forgets what was written: the next sync replaces the whole table.
+    /// Forgets what was written: the next sync replaces the whole tables.
     pub fn invalidate(&mut self) {
-        self.applied = None;
+        self.applied = [None, None];
+        self.v6_absent = false;
     }
 
-    /// Brings the kernel to what `ports` need on `node`.
+    /// Brings the kernel to what the IPv4 service ports `v4` and the IPv6 ones `v6` need on
+    /// the node (each with the node's rules of that family), in one transaction. Without IPv6
+    /// service ports the `ip6` tables are removed (once) rather than kept empty.
     pub async fn sync(
         &mut self,
-        ports: &[ServicePort],
-        node: &NodeRules,
+        v4: (&[ServicePort], &NodeRules),
+        v6: (&[ServicePort], &NodeRules),
     ) -> Result<SyncStats, SyncError> {
-        let (script, stats, applied) = match self.applied.take() {
-            Some(applied) if applied.node == *node => plan_changes(applied, ports, node),
-            _ => plan_full(ports, node),
-        };
+        let mut script = String::new();
+        let mut stats = SyncStats::default();
+        let mut now: [Option<Applied>; 2] = [None, None];
+        let mut v6_absent = false;
+        for (i, (family, (ports, node))) in
+            [(Family::V4, v4), (Family::V6, v6)].into_iter().enumerate()
+        {
+            if family == Family::V6 {
+                if !self.ipv6 {
+                    continue;
+                }
+                if ports.is_empty() {
+                    if !self.v6_absent {
+                        script.push_str(&removal_script(Family::V6));
+                    }
+                    self.applied[i] = None;
+                    v6_absent = true;
+                    continue;
+                }
+            }
+            let (part, s, applied) = match self.applied[i].take() {
+                Some(applied) if applied.node == *node => plan_changes(applied, ports, node),
+                _ => plan_full(family, ports, node),
+            };
+            script.push_str(&part);
+            stats.chains_written += s.chains_written;
+            stats.chains_deleted += s.chains_deleted;
+            stats.rules_written += s.rules_written;
+            stats.rules_total += s.rules_total;
+            // Two ports of one name (the model should not make them) cannot be recorded per
+            // port: then every sync writes the whole tables.
+            now[i] = (applied.ports.len() == ports.len()).then_some(applied);
+        }
         if !script.is_empty() {
             match self.session.apply(&script).await {
                 Ok(Delivery::OneShot {
@@ -813,20 +956,17 @@ impl Syncer {
                 Err(e) => return Err(e.into()),
             }
         }
-        // Two ports of one name (the model should not make them) cannot be recorded per port:
-        // then every sync writes the whole table.
-        self.applied = (applied.ports.len() == ports.len()).then_some(applied);
+        self.applied = now;
+        self.v6_absent = v6_absent;
         Ok(stats)
     }
 
-    /// Removes the proxy's tables (`trellis proxy --cleanup`), in one transaction.
+    /// Removes the proxy's tables of both families (`trellis proxy --cleanup`), in one
+    /// transaction.
     pub async fn cleanup(&mut self) -> Result<(), SyncError> {
-        let script: String = tables()
-            .iter()
-            .map(|t| format!("table ip {t}\ndelete table ip {t}\n"))
-            .collect();
+        let script: String = self.families().iter().map(|f| removal_script(*f)).collect();
         self.session.nft().apply(&script).await?;
-        self.applied = None;
+        self.invalidate();
         Ok(())
     }
 }
@@ -844,7 +984,7 @@ mod tests {
             ep("10.244.1.3", true, false),
             ep("10.244.1.4", true, false),
         ]);
-        let rs = compile(std::slice::from_ref(&s), &node());
+        let rs = compile(Family::V4, std::slice::from_ref(&s), &node());
         let c = &rs.chains[&svc_chain(&s)];
         assert!(c[0].starts_with("ip saddr != 10.244.0.0/16 meta mark set"));
         assert!(
@@ -862,10 +1002,156 @@ mod tests {
         assert!(rs.elements["hairpin"].contains("10.244.1.3 . 10.244.1.3"));
     }
 
+    /// An IPv6 service port with a node port and a node with an IPv6 node-port address.
+    fn v6_port(eps: Vec<Endpoint>) -> (ServicePort, NodeRules) {
+        let mut s = sp(eps);
+        s.cluster_ip = "fd00:96::20".parse().unwrap();
+        s.node_port = Some(30080);
+        let node = NodeRules {
+            cluster_cidr: Some("fd00:244::/64".parse().unwrap()),
+            node_addresses: vec!["fd00:198::1".parse().unwrap()],
+        };
+        (s, node)
+    }
+
+    #[test]
+    fn an_ipv6_service_gets_ip6_matches_bracketed_dnat_and_node_ports_on_v6_addresses() {
+        let (s, n) = v6_port(vec![
+            ep("fd00:244::2", true, false),
+            ep("fd00:244::3", true, false),
+        ]);
+        let rs = compile(Family::V6, std::slice::from_ref(&s), &n);
+        let c = &rs.chains[&svc_chain(&s)];
+        assert_eq!(
+            c,
+            &vec![
+                "ip6 saddr != fd00:244::/64 meta mark set meta mark | 0x4000".to_string(),
+                "numgen random mod 2 == 0 meta l4proto tcp dnat ip6 to [fd00:244::2]:8080".into(),
+                "meta l4proto tcp dnat ip6 to [fd00:244::3]:8080".into(),
+            ]
+        );
+        assert!(
+            rs.elements["service-ips"]
+                .contains(&format!("fd00:96::20 . tcp . 80 : goto {}", svc_chain(&s)))
+        );
+        assert!(
+            rs.elements["service-nodeports"]
+                .contains(&format!("tcp . 30080 : goto {}", ext_chain(&s)))
+        );
+        assert_eq!(
+            rs.chains[&ext_chain(&s)][0],
+            "meta mark set meta mark | 0x4000",
+            "externalTrafficPolicy Cluster masquerades by the mark"
+        );
+        assert!(rs.elements["hairpin"].contains("fd00:244::2 . fd00:244::2"));
+        assert_eq!(
+            rs.chains["masquerading"][1],
+            "ct status dnat ip6 saddr . ip6 daddr @hairpin masquerade fully-random"
+        );
+        assert_eq!(
+            dispatch_rules(Family::V6, &n),
+            vec![
+                "ip6 daddr . meta l4proto . th dport vmap @service-ips".to_string(),
+                "ip6 daddr { fd00:198::1 } meta l4proto . th dport vmap @service-nodeports".into(),
+            ]
+        );
+        // Whole tables of family ip6, with IPv6 sets and maps, and nothing of IPv4.
+        let script = full_script(Family::V6, &rs, &n);
+        assert!(script.starts_with("table ip6 trellis-proxy\ndelete table ip6 trellis-proxy\n"));
+        assert!(
+            script.contains(
+                "map service-ips { type ipv6_addr . inet_proto . inet_service : verdict; }"
+            )
+        );
+        assert!(script.contains("set hairpin { type ipv6_addr . ipv6_addr; }"));
+        assert!(
+            !script.contains("ipv4_addr") && !script.contains("table ip "),
+            "{script}"
+        );
+        assert!(script.contains(&format!(
+            "add element ip6 {} service-ips {{ fd00:96::20 . tcp . 80 : goto {} }}",
+            table_of(&svc_chain(&s)),
+            svc_chain(&s)
+        )));
+        // A change is written to the ip6 tables only.
+        let mut after = s.clone();
+        after.endpoints.pop();
+        let (delta, stats) = delta_script(
+            Family::V6,
+            &rs,
+            &compile(Family::V6, std::slice::from_ref(&after), &n),
+        );
+        assert_eq!(
+            stats.chains_written, 2,
+            "the cluster and node-port chains: {delta}"
+        );
+        assert!(
+            delta.lines().all(|l| l.split(' ').nth(2) == Some("ip6")),
+            "{delta}"
+        );
+    }
+
+    #[test]
+    fn an_ipv6_port_without_endpoints_is_refused_tcp_by_a_reset_and_udp_by_icmpv6() {
+        let (mut s, n) = v6_port(vec![]);
+        let rs = compile(Family::V6, std::slice::from_ref(&s), &n);
+        assert!(rs.elements["no-endpoint-services"].contains("fd00:96::20 . tcp . 80"));
+        assert!(rs.elements["no-endpoint-nodeports"].contains("tcp . 30080"));
+        assert!(rs.elements["service-ips"].is_empty());
+        let reject = &rs.chains["reject-services"];
+        let services = "ip6 daddr . meta l4proto . th dport @no-endpoint-services";
+        let nodeports = "ip6 daddr { fd00:198::1 } meta l4proto . th dport @no-endpoint-nodeports";
+        assert_eq!(
+            reject,
+            &vec![
+                format!("{services} meta l4proto tcp reject with tcp reset"),
+                format!("{services} reject with icmpv6 type port-unreachable"),
+                "ip6 daddr . meta l4proto . th dport @no-local-endpoint-services drop".into(),
+                format!("{nodeports} meta l4proto tcp reject with tcp reset"),
+                format!("{nodeports} reject with icmpv6 type port-unreachable"),
+                "ip6 daddr { fd00:198::1 } meta l4proto . th dport @no-local-endpoint-nodeports drop"
+                    .into(),
+            ]
+        );
+        // UDP has no reset: the set's element carries the protocol, the ICMPv6 rule refuses it.
+        s.protocol = crate::model::Protocol::Udp;
+        let rs = compile(Family::V6, std::slice::from_ref(&s), &n);
+        assert!(rs.elements["no-endpoint-services"].contains("fd00:96::20 . udp . 80"));
+        // IPv4 keeps ICMP port unreachable for every protocol (nft's `reject`).
+        let v4 = compile(Family::V4, &[], &node());
+        assert_eq!(
+            v4.chains["reject-services"][0],
+            "ip daddr . meta l4proto . th dport @no-endpoint-services reject"
+        );
+    }
+
+    #[test]
+    fn ipv6_affinity_and_local_policy_use_ip6_addresses() {
+        let (mut s, n) = v6_port(vec![
+            ep("fd00:244::2", true, true),
+            ep("fd00:244::3", true, false),
+        ]);
+        s.affinity = Some(60);
+        s.external_local = true;
+        let rs = compile(Family::V6, std::slice::from_ref(&s), &n);
+        let x = &rs.chains[&ext_chain(&s)];
+        assert!(x.contains(&format!("ip6 saddr fd00:244::/64 jump {}", svc_chain(&s))));
+        let l = &rs.chains[&local_chain(&s)];
+        assert!(l[0].starts_with("ip6 saddr @aff-"), "{l:?}");
+        let ep_chain = l.last().unwrap().trim_start_matches("goto ");
+        assert!(rs.chains[ep_chain][0].ends_with("{ ip6 saddr }"));
+        assert_eq!(
+            rs.chains[ep_chain][1],
+            "meta l4proto tcp dnat ip6 to [fd00:244::2]:8080"
+        );
+        let script = full_script(Family::V6, &rs, &n);
+        assert!(script.contains("type ipv6_addr; flags dynamic,timeout; timeout 60s;"));
+    }
+
     #[test]
     fn no_endpoints_is_rejected_not_dnated() {
         let s = sp(vec![ep("10.244.1.2", false, false)]);
-        let rs = compile(std::slice::from_ref(&s), &node());
+        let rs = compile(Family::V4, std::slice::from_ref(&s), &node());
         assert!(rs.elements["service-ips"].is_empty());
         assert!(rs.elements["no-endpoint-services"].contains("10.96.0.20 . tcp . 80"));
         assert!(!rs.chains.contains_key(&svc_chain(&s)));
@@ -878,7 +1164,7 @@ mod tests {
             ep("10.244.1.3", true, false),
         ]);
         s.affinity = Some(600);
-        let rs = compile(std::slice::from_ref(&s), &node());
+        let rs = compile(Family::V4, std::slice::from_ref(&s), &node());
         assert_eq!(rs.affinity_sets.len(), 2);
         assert!(rs.affinity_sets.values().all(|t| *t == 600));
         let c = &rs.chains[&svc_chain(&s)];
@@ -893,7 +1179,7 @@ mod tests {
         let mut s = sp(vec![ep("10.244.2.2", true, false)]);
         s.node_port = Some(30080);
         s.external_local = true;
-        let rs = compile(std::slice::from_ref(&s), &node());
+        let rs = compile(Family::V4, std::slice::from_ref(&s), &node());
         assert!(rs.elements["no-local-endpoint-nodeports"].contains("tcp . 30080"));
         let x = &rs.chains[&ext_chain(&s)];
         assert!(
@@ -908,20 +1194,20 @@ mod tests {
         let mut s = sp(vec![ep("10.244.1.2", true, false)]);
         s.node_port = Some(30080);
         s.load_balancer_ips = vec!["203.0.113.1".parse().unwrap()];
-        let rs = compile(std::slice::from_ref(&s), &node());
+        let rs = compile(Family::V4, std::slice::from_ref(&s), &node());
         let x = ext_chain(&s);
         assert!(rs.elements["service-ips"].contains(&format!("203.0.113.1 . tcp . 80 : goto {x}")));
         assert!(rs.elements["service-nodeports"].contains(&format!("tcp . 30080 : goto {x}")));
         // Without endpoints the address is refused, not black-holed.
         s.endpoints.clear();
-        let rs = compile(std::slice::from_ref(&s), &node());
+        let rs = compile(Family::V4, std::slice::from_ref(&s), &node());
         assert!(rs.elements["no-endpoint-services"].contains("203.0.113.1 . tcp . 80"));
         assert!(rs.elements["no-endpoint-nodeports"].contains("tcp . 30080"));
         // Local policy, no endpoint on this node: dropped here (the health check steers away).
         let mut s = sp(vec![ep("10.244.1.2", true, false)]);
         s.load_balancer_ips = vec!["203.0.113.1".parse().unwrap()];
         s.external_local = true;
-        let rs = compile(std::slice::from_ref(&s), &node());
+        let rs = compile(Family::V4, std::slice::from_ref(&s), &node());
         assert!(rs.elements["no-local-endpoint-services"].contains("203.0.113.1 . tcp . 80"));
     }
 
@@ -934,11 +1220,11 @@ mod tests {
         let mut other = sp(vec![ep("10.244.9.9", true, false)]);
         other.name.service = "other".into();
         other.cluster_ip = "10.96.0.21".parse().unwrap();
-        let before = compile(&[a.clone(), other.clone()], &node());
+        let before = compile(Family::V4, &[a.clone(), other.clone()], &node());
         let mut b = a.clone();
         b.endpoints[1] = ep("10.244.1.4", true, false);
-        let after = compile(&[b, other], &node());
-        let (script, stats) = delta_script(&before, &after);
+        let after = compile(Family::V4, &[b, other], &node());
+        let (script, stats) = delta_script(Family::V4, &before, &after);
         assert_eq!(stats.chains_written, 1, "{script}");
         assert_eq!(stats.chains_deleted, 0);
         let svc = svc_chain(&a);
@@ -950,16 +1236,16 @@ mod tests {
             script.contains("add element ip trellis-proxy hairpin { 10.244.1.4 . 10.244.1.4 }")
         );
         assert!(!script.contains("10.244.9.9"));
-        let (nothing, _) = delta_script(&after, &after);
+        let (nothing, _) = delta_script(Family::V4, &after, &after);
         assert!(nothing.is_empty());
     }
 
     #[test]
     fn a_removed_service_loses_its_element_before_its_chain() {
         let a = sp(vec![ep("10.244.1.2", true, false)]);
-        let before = compile(std::slice::from_ref(&a), &node());
-        let after = compile(&[], &node());
-        let (script, stats) = delta_script(&before, &after);
+        let before = compile(Family::V4, std::slice::from_ref(&a), &node());
+        let after = compile(Family::V4, &[], &node());
+        let (script, stats) = delta_script(Family::V4, &before, &after);
         assert_eq!(stats.chains_deleted, 1);
         let del_elem = script
             .find(&format!(
@@ -981,15 +1267,15 @@ mod tests {
     fn a_new_affinity_timeout_is_a_new_set_and_the_old_one_goes_after_its_rules() {
         let mut s = sp(vec![ep("10.244.1.2", true, false)]);
         s.affinity = Some(60);
-        let before = compile(std::slice::from_ref(&s), &node());
+        let before = compile(Family::V4, std::slice::from_ref(&s), &node());
         s.affinity = Some(90);
-        let after = compile(std::slice::from_ref(&s), &node());
+        let after = compile(Family::V4, std::slice::from_ref(&s), &node());
         let (old, new) = (
             before.affinity_sets.keys().next().unwrap().clone(),
             after.affinity_sets.keys().next().unwrap().clone(),
         );
         assert_ne!(old, new);
-        let (script, _) = delta_script(&before, &after);
+        let (script, _) = delta_script(Family::V4, &before, &after);
         let at = |needle: &str| {
             script
                 .find(needle)
@@ -1052,7 +1338,7 @@ mod tests {
             seed
         };
         let mut ports: Vec<ServicePort> = (0..12).map(|i| numbered_port(i, next())).collect();
-        let (_, _, mut applied) = plan_full(&ports, &node);
+        let (_, _, mut applied) = plan_full(Family::V4, &ports, &node);
         for step in 0..500 {
             let prev = ports.clone();
             // Change one to three ports, add or remove one now and then.
@@ -1076,7 +1362,11 @@ mod tests {
                 }
             }
             let (script, stats, now) = plan_changes(applied, &ports, &node);
-            let (want, want_stats) = delta_script(&compile(&prev, &node), &compile(&ports, &node));
+            let (want, want_stats) = delta_script(
+                Family::V4,
+                &compile(Family::V4, &prev, &node),
+                &compile(Family::V4, &ports, &node),
+            );
             assert_eq!(script, want, "step {step}");
             assert_eq!(stats.rules_total, want_stats.rules_total, "step {step}");
             assert_eq!(
@@ -1090,11 +1380,11 @@ mod tests {
             applied = now;
         }
         // And the record still adds up to the whole table.
-        let mut whole = fixed(&node);
+        let mut whole = fixed(Family::V4, &node);
         for (_, share) in applied.ports.values() {
             whole.merge(share.clone());
         }
-        assert_eq!(whole, compile(&ports, &node));
+        assert_eq!(whole, compile(Family::V4, &ports, &node));
     }
 
     #[test]
@@ -1110,7 +1400,7 @@ mod tests {
                 s
             })
             .collect();
-        let rs = compile(&ports, &node);
+        let rs = compile(Family::V4, &ports, &node);
         let mut used = BTreeSet::new();
         for sp in &ports {
             let shard = shard_of_name(&svc_chain(sp)).unwrap();
@@ -1135,7 +1425,7 @@ mod tests {
         // One endpoint replaced: the script names that port's shard and the main table only.
         let mut after = ports.clone();
         after[7].endpoints = vec![ep("10.244.1.9", true, false)];
-        let (script, _) = delta_script(&rs, &compile(&after, &node));
+        let (script, _) = delta_script(Family::V4, &rs, &compile(Family::V4, &after, &node));
         let want = table_of(&svc_chain(&ports[7]));
         let tables: BTreeSet<&str> = script.lines().filter_map(|l| l.split(' ').nth(3)).collect();
         assert_eq!(tables, BTreeSet::from([TABLE, want.as_str()]), "{script}");
@@ -1144,11 +1434,14 @@ mod tests {
     #[test]
     fn a_sync_without_changes_writes_nothing() {
         let ports = vec![sp(vec![ep("10.244.1.2", true, false)])];
-        let (full, _, applied) = plan_full(&ports, &node());
+        let (full, _, applied) = plan_full(Family::V4, &ports, &node());
         assert!(full.starts_with("table ip trellis-proxy\ndelete table"));
         let (script, stats, _) = plan_changes(applied, &ports, &node());
         assert!(script.is_empty(), "{script}");
-        assert_eq!(stats.rules_total, compile(&ports, &node()).rules_total());
+        assert_eq!(
+            stats.rules_total,
+            compile(Family::V4, &ports, &node()).rules_total()
+        );
     }
 
     #[test]
@@ -1157,7 +1450,11 @@ mod tests {
         s.node_port = Some(30080);
         s.external_local = true;
         s.affinity = Some(60);
-        let script = full_script(&compile(std::slice::from_ref(&s), &node()), &node());
+        let script = full_script(
+            Family::V4,
+            &compile(Family::V4, std::slice::from_ref(&s), &node()),
+            &node(),
+        );
         let at = |name: &str| script.find(&format!("chain {name} {{")).unwrap();
         let ep_chain = script
             .lines()

@@ -84,7 +84,7 @@ pub fn jumps() -> Vec<(&'static str, &'static str, Vec<&'static str>)> {
 }
 
 /// What the proxy needs to know about its node.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeRules {
     /// The pod network: traffic from outside it to a cluster IP is masqueraded. None: never
     /// (kube-proxy without `--cluster-cidr`).

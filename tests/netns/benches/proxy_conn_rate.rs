@@ -296,9 +296,11 @@ async fn main() {
     let mut nft_syncer = None;
     let rule_count = if backend == "nftables" {
         let mut s = nft::Syncer::new(trellis_net::nft::Nft::new(Some(&node)));
-        s.sync(&ports, &node_rules).await.unwrap();
+        s.sync((&ports, &node_rules), (&[], &NodeRules::default()))
+            .await
+            .unwrap();
         nft_syncer = Some(s);
-        nft::compile(&ports, &node_rules)
+        nft::compile(trellis_proxy::Family::V4, &ports, &node_rules)
             .chains
             .values()
             .map(Vec::len)

@@ -107,6 +107,8 @@ async fn main() {
         cluster_cidr: Some("10.244.0.0/16".parse().unwrap()),
         node_addresses: vec![],
     };
+    // IPv4-only Services: the IPv6 tables are written too (empty), as the proxy does.
+    let no_v6 = NodeRules::default();
     let nft_mode = arg("--proxy-backend").as_deref() == Some("nftables");
     if nft_mode {
         require_tool("nft", "nftables");
@@ -137,7 +139,7 @@ async fn main() {
         let desired = rules::compile(&ports, &node);
         let mut total: usize = desired.values().map(Vec::len).sum();
         if nft_mode {
-            total = nft::compile(&ports, &node)
+            total = nft::compile(trellis_proxy::Family::V4, &ports, &node)
                 .chains
                 .values()
                 .map(Vec::len)
@@ -157,7 +159,10 @@ async fn main() {
             for _ in 0..rounds {
                 nft_syncer.invalidate();
                 let t = Instant::now();
-                nft_syncer.sync(&ports, &node).await.unwrap();
+                nft_syncer
+                    .sync((&ports, &node), (&[], &no_v6))
+                    .await
+                    .unwrap();
                 runs.push(t.elapsed());
             }
             median(runs)
@@ -190,7 +195,10 @@ async fn main() {
             sp.endpoints[0].ip = std::net::Ipv4Addr::from(0x0af5_0000u32 + r as u32).into();
             let t = Instant::now();
             let stats = if nft_mode {
-                nft_syncer.sync(&ports, &node).await.unwrap()
+                nft_syncer
+                    .sync((&ports, &node), (&[], &no_v6))
+                    .await
+                    .unwrap()
             } else {
                 syncer.sync(rules::compile(&ports, &node)).await.unwrap()
             };

@@ -1,9 +1,9 @@
 //! Dual-stack Services end to end in the routed mode: an API server with two service ranges
 //! (`--service-cluster-ip-range 10.96.0.0/12,fd00:96::/112`), two nodes whose BGP agents run
 //! `--dual-stack` (every pod a /32 and a /128), the controller-manager's EndpointSlice
-//! controller making slices of both families from the pods' `podIPs`, `trellis proxy`
-//! (iptables backend: IPv4 through iptables, IPv6 through ip6tables) on each node and
-//! `trellis dns` on one. The Pod objects carry the addresses the CNI ADD gave each pod, as a
+//! controller making slices of both families from the pods' `podIPs`, `trellis proxy` on each
+//! node and `trellis dns` on one. One body, run once per proxy backend: iptables (IPv4 through
+//! iptables, IPv6 through ip6tables) and nftables (`ip` and `ip6` tables). The Pod objects carry the addresses the CNI ADD gave each pod, as a
 //! kubelet would report them. The service ranges are routed only inside the nodes'
 //! namespaces, which the test made.
 //!
@@ -12,8 +12,10 @@
 //! Service without endpoints is refused in both families on the first SYN (IPv6 TCP by a
 //! reset: connection refused, not a timeout); negative control: with ICMPv6 port unreachable
 //! the IPv6 refusal waits for the SYN retransmission (1 s). Negative control: a SingleStack
-//! IPv4 Service has no IPv6 cluster IP, no IPv6 EndpointSlice and no AAAA record, while its
-//! IPv4 path works.
+//! IPv4 Service has no IPv6 cluster IP, no IPv6 EndpointSlice, no AAAA record and no IPv6
+//! rule, while its IPv4 path works. externalTrafficPolicy Local over IPv6: the health-check
+//! node port answers on the node's IPv6 address (200 with local endpoints, 503 without), and
+//! the node port on that address reaches a local backend.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -29,6 +31,7 @@ use k8s_openapi::api::core::v1::{Pod as KubePod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use netns_testbed::bed::node_ipv6;
 use netns_testbed::bin_path;
 use netns_testbed::probe::{NameServer, http_get};
 use serde_json::json;
@@ -160,8 +163,67 @@ async fn pod_object(pods: &Api<KubePod>, name: &str, node: &str, app: &str, p: &
     .unwrap();
 }
 
+/// The proxy's rules of one family as text: ip6tables/iptables-save's nat and filter tables,
+/// or the nft tables of that family.
+async fn rules_text(c: &Cluster, node: &Netns, backend: &str, v6: bool) -> String {
+    let cmd = match (backend, v6) {
+        ("nftables", false) => "nft list ruleset ip".to_string(),
+        ("nftables", true) => "nft list ruleset ip6".to_string(),
+        (_, false) => "iptables-save -t nat; iptables-save -t filter".to_string(),
+        (_, true) => "ip6tables-save -t nat; ip6tables-save -t filter".to_string(),
+    };
+    c.tb.exec_ok(node, &["sh", "-c", &cmd], Duration::from_secs(10))
+        .await
+        .unwrap()
+}
+
+/// Whether the node's rules refuse `ip` (a service address without endpoints).
+async fn has_reject(c: &Cluster, node: &Netns, backend: &str, ip: IpAddr) -> bool {
+    let out = if backend == "nftables" {
+        let family = if ip.is_ipv4() { "ip" } else { "ip6" };
+        c.tb.exec_ok(
+            node,
+            &[
+                "nft",
+                "list",
+                "set",
+                family,
+                "trellis-proxy",
+                "no-endpoint-services",
+            ],
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap()
+    } else {
+        let tool = if ip.is_ipv4() {
+            "iptables"
+        } else {
+            "ip6tables"
+        };
+        c.tb.exec_ok(
+            node,
+            &[tool, "-w", "-S", "TRELLIS-SVC-REJECT"],
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap()
+    };
+    out.contains(&ip.to_string())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dual_stack_service_is_reached_over_ipv6_and_ipv4_and_by_its_aaaa_record() {
+async fn a_dual_stack_service_is_reached_over_ipv6_and_ipv4_and_by_its_aaaa_record_iptables() {
+    dual_stack("iptables").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dual_stack_service_is_reached_over_ipv6_and_ipv4_and_by_its_aaaa_record_nftables() {
+    dual_stack("nftables").await;
+}
+
+/// The scenarios, with the proxies on `backend`.
+async fn dual_stack(backend: &str) {
     let c = Cluster::start_dual_args(2, &["--service-cluster-ip-range", RANGES], |_, _| {
         vec!["--dual-stack".to_string()]
     })
@@ -186,7 +248,7 @@ async fn a_dual_stack_service_is_reached_over_ipv6_and_ipv4_and_by_its_aaaa_reco
                     trellis.to_str().unwrap(),
                     "proxy",
                     "--backend",
-                    "iptables",
+                    backend,
                     "--node",
                     &w.node.name,
                     "--kubeconfig",
@@ -400,25 +462,13 @@ async fn a_dual_stack_service_is_reached_over_ipv6_and_ipv4_and_by_its_aaaa_reco
     let empty_ips = cluster_ips(&empty);
     assert_eq!(empty_ips.len(), 2, "{empty_ips:?}");
     for &ip in &empty_ips {
-        let tool = if ip.is_ipv4() {
-            "iptables"
-        } else {
-            "ip6tables"
-        };
         let deadline = Instant::now() + CONVERGE;
-        loop {
-            let out =
-                c.tb.exec_ok(
-                    &c.workers[1].node.ns,
-                    &[tool, "-w", "-S", "TRELLIS-SVC-REJECT"],
-                    Duration::from_secs(10),
-                )
-                .await
-                .unwrap();
-            if out.contains(&ip.to_string()) {
-                break;
-            }
-            assert!(Instant::now() < deadline, "no reject rule for {ip}:\n{out}");
+        while !has_reject(&c, &c.workers[1].node.ns, backend, ip).await {
+            assert!(
+                Instant::now() < deadline,
+                "no reject rule for {ip}:\n{}",
+                rules_text(&c, &c.workers[1].node.ns, backend, ip.is_ipv6()).await
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let (ns, to) = (cl.ns.clone(), SocketAddr::new(ip, 80));
@@ -439,30 +489,27 @@ async fn a_dual_stack_service_is_reached_over_ipv6_and_ipv4_and_by_its_aaaa_reco
         assert!(took < Duration::from_secs(1), "{to} refused after {took:?}");
     }
 
-    // Negative control: with ICMPv6 port unreachable instead of the reset (a rule of the
-    // test's own, ahead of the proxy's jump in the client node's FORWARD), the error for the
-    // first SYN comes back while the client's connect() still holds its socket and is kept
-    // only as a soft error: the refusal waits for the SYN retransmission, 1 s later.
+    // Negative control: with ICMPv6 port unreachable instead of the reset (a table of the
+    // test's own in the client node, on the forward hook ahead of both backends' filter
+    // chains: nft's at priority filter - 10, ip6tables' at filter), the error for the first
+    // SYN comes back while the client's connect() still holds its socket and is kept only as
+    // a soft error: the refusal waits for the SYN retransmission, 1 s later.
     let vip6 = empty_ips[1];
     assert!(vip6.is_ipv6(), "{empty_ips:?}");
-    let icmp6_rule = [
-        "-d",
-        &format!("{vip6}/128"),
-        "-p",
-        "tcp",
-        "--dport",
-        "80",
-        "-j",
-        "REJECT",
-        "--reject-with",
-        "icmp6-port-unreachable",
-    ];
     let node1 = &c.workers[1].node.ns;
-    let mut insert = vec!["ip6tables", "-w", "-I", "FORWARD", "1"];
-    insert.extend(icmp6_rule.iter().copied());
-    c.tb.exec_ok(node1, &insert, Duration::from_secs(10))
+    let icmp6_table = format!(
+        "table ip6 trellis-test-icmp6 {{\n  chain forward {{\n    type filter hook forward priority filter - 20; policy accept;\n    ip6 daddr {vip6} tcp dport 80 reject with icmpv6 type port-unreachable\n  }}\n}}\n"
+    );
+    let added =
+        c.tb.exec_stdin(
+            node1,
+            &["nft", "-f", "-"],
+            icmp6_table.as_bytes(),
+            Duration::from_secs(10),
+        )
         .await
         .unwrap();
+    assert!(added.success(), "{}", added.stderr);
     let dropped_before = lock_dropped_icmps(&cl.ns);
     let (ns, to) = (cl.ns.clone(), SocketAddr::new(vip6, 80));
     let (took, result) = tokio::task::spawn_blocking(move || {
@@ -473,11 +520,13 @@ async fn a_dual_stack_service_is_reached_over_ipv6_and_ipv4_and_by_its_aaaa_reco
     .await
     .unwrap();
     eprintln!("{to} with ICMPv6 instead of a reset: {result:?} after {took:?}");
-    let mut delete = vec!["ip6tables", "-w", "-D", "FORWARD"];
-    delete.extend(icmp6_rule.iter().copied());
-    c.tb.exec_ok(node1, &delete, Duration::from_secs(10))
-        .await
-        .unwrap();
+    c.tb.exec_ok(
+        node1,
+        &["nft", "delete", "table", "ip6", "trellis-test-icmp6"],
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
     assert!(
         matches!(&result, Err(e) if matches!(e.kind(),
             std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::TimedOut)),
@@ -530,6 +579,78 @@ async fn a_dual_stack_service_is_reached_over_ipv6_and_ipv4_and_by_its_aaaa_reco
         list.items.iter().all(|s| s.address_type == "IPv4"),
         "{:?}",
         list.items
+    );
+    // ... and no IPv6 rule: the only IPv6 service addresses in the IPv6 rules are the
+    // PreferDualStack Services' (while the IPv4 rules do hold v4only's address).
+    let node0 = &c.workers[0].node.ns;
+    let v4_rules = rules_text(&c, node0, backend, false).await;
+    assert!(v4_rules.contains(&v4_ips[0].to_string()), "{v4_rules}");
+    let v6_rules = rules_text(&c, node0, backend, true).await;
+    let in_rules: BTreeSet<IpAddr> = v6_rules
+        .split(|ch: char| !(ch.is_ascii_hexdigit() || ch == ':'))
+        .filter(|t| t.starts_with("fd00:96:"))
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    let want: BTreeSet<IpAddr> = [web_ips[1], empty_ips[1]].into();
+    assert_eq!(in_rules, want, "{v6_rules}");
+
+    // externalTrafficPolicy Local over IPv6: a LoadBalancer Service's health-check node port
+    // answers on each node's IPv6 address — 200 where the Service has local endpoints (web's
+    // on both nodes), 503 where it has none (a selector matching nothing) — and its node port
+    // on node 0's IPv6 address reaches one of node 0's backends, from another node.
+    let lb_spec = |selector: &str| {
+        json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local",
+               "ipFamilyPolicy": "PreferDualStack", "selector": {"app": selector},
+               "ports": ports})
+    };
+    let hc_port = |svc: &Service| -> u16 {
+        let spec = svc.spec.as_ref().unwrap();
+        u16::try_from(
+            spec.health_check_node_port
+                .expect("a health-check node port"),
+        )
+        .unwrap()
+    };
+    let lb_web = create("lb-web", lb_spec("web")).await;
+    let lb_none = create("lb-none", lb_spec("nothing")).await;
+    let node_port = u16::try_from(
+        lb_web.spec.as_ref().unwrap().ports.as_ref().unwrap()[0]
+            .node_port
+            .expect("a node port"),
+    )
+    .unwrap();
+    for (svc, want) in [(&lb_web, 200u16), (&lb_none, 503)] {
+        let port = hc_port(svc);
+        for (from, to) in [(1usize, 0usize), (0, 1)] {
+            let addr = SocketAddr::new(IpAddr::V6(node_ipv6((to + 2) as u8)), port);
+            let ns = c.workers[from].node.ns.clone();
+            let got = poll(
+                "the health-check node port over IPv6",
+                CONVERGE,
+                move || {
+                    http_get(&ns, addr, "/")
+                        .ok()
+                        .filter(|(code, _)| *code == want)
+                },
+            )
+            .await;
+            assert!(
+                got.1.contains("\"serviceProxyHealthy\":true"),
+                "{addr}: {got:?}"
+            );
+        }
+    }
+    let to = SocketAddr::new(IpAddr::V6(node_ipv6(2)), node_port);
+    let ns = c.workers[1].node.ns.clone();
+    let got = poll(
+        "the node port on an IPv6 node address",
+        CONVERGE,
+        move || ask(&ns, to).ok(),
+    )
+    .await;
+    assert!(
+        ["b1", "b2"].contains(&got.as_str()),
+        "{to} reached {got}, not a backend local to node 0 (externalTrafficPolicy Local)"
     );
     for pid in proxies.iter().chain([&cm, &dns_pid]) {
         assert!(c.tb.running(*pid), "exited:\n{}", c.tb.log_of(*pid));

@@ -97,6 +97,16 @@ async fn assert_backend(c: &Cluster, w: &cluster::Worker) {
             .await
             .unwrap();
     let chains = nat.contains("TRELLIS-SVC-SERVICES");
+    // No IPv6 Service here: no ip6 tables either (they would slow every nft command).
+    let table6 =
+        c.tb.exec(
+            &w.node.ns,
+            &["nft", "list", "table", "ip6", "trellis-proxy"],
+            limit,
+        )
+        .await
+        .unwrap();
+    assert!(!table6.success(), "no ip6 tables without IPv6 Services:\n{}", table6.stdout);
     match PROXY_BACKEND {
         "nftables" => assert!(
             table.success() && !chains,
