@@ -4,7 +4,8 @@
 # It makes that machine as a chroot (debootstrap --variant=minbase bookworm), with what a Debian
 # machine "with Rust" has: rustup's toolchain of this machine bind-mounted read-only at the same
 # paths (/root/.rustup, /root/.cargo/bin; the crates come fresh from crates.io into the chroot's
-# own /root/.cargo/registry), build-essential, ca-certificates and git — and none of the packages
+# own /root/.cargo/registry), build-essential, ca-certificates and git (and this machine's local CA
+# certificates, for a network whose egress inspects TLS) — and none of the packages
 # README's command installs (it checks that they are missing). It clones this repository, reads
 # README's command from the clone, and runs it there:
 #   - the part before `./target/release/trellis up` (apt-get, cargo build --release) in the chroot
@@ -116,6 +117,13 @@ if [ "$REUSE" != 1 ] || [ ! -d "$ROOT/src" ]; then
     timed "the machine 'with Rust': apt-get install build-essential ca-certificates git" \
         in_root 'apt-get update -q && apt-get install -y -q build-essential ca-certificates git' \
         >"$OUT/prepare.log" 2>&1 || die "preparing (see $OUT/prepare.log)"
+    # A machine on this network trusts what this one trusts (a TLS-inspecting egress has its own
+    # CA here): this machine's local CA certificates, if any, as a fresh machine's admin adds them.
+    if ls /usr/local/share/ca-certificates/*.crt >/dev/null 2>&1; then
+        cp /usr/local/share/ca-certificates/*.crt "$ROOT/usr/local/share/ca-certificates/"
+        in_root 'update-ca-certificates' >>"$OUT/prepare.log" 2>&1 || die "update-ca-certificates"
+        say "this machine's local CA certificates added: $(cd /usr/local/share/ca-certificates && ls *.crt | tr '\n' ' ')"
+    fi
     timed "git clone $REPO ($BRANCH)" git clone -q --branch "$BRANCH" "$REPO" "$ROOT/src"
 else
     git -C "$ROOT/src" fetch -q "$REPO" "$BRANCH" && git -C "$ROOT/src" checkout -q --detach FETCH_HEAD
