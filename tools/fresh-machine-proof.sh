@@ -24,6 +24,8 @@
 #   tools/fresh-machine-proof.sh
 # Environment: FRESH_ROOT (the chroot, default /work/fresh/root; must not exist unless
 # FRESH_REUSE=1), FRESH_OUT (logs, default the chroot's parent), FRESH_MIRROR (Debian mirror),
+# FRESH_FIGURES (release figures after the proof, e.g. "--nodes 3;--nodes 10;--mode routed": for
+# each flag set, up's time, every process's RSS, down's time, the load average, one run each),
 # FRESH_REUSE=1 (keep an existing chroot and its build: update the clone to this HEAD and run the
 # command again — for re-running after a fix; the dpkg "before" list is then not a fresh one).
 # Cleanup (a trap, also on failure): `trellis down` if a cluster is up, the throwaway namespace,
@@ -189,7 +191,11 @@ round() {
     [ "$ok" -gt 0 ] && [ "$ok" = "$(echo $ips | wc -w)" ] || die "the demo did not answer on every web pod"
     in_host '/src/target/release/trellis status' || die "trellis status"
     timed "round $n: trellis down" in_host '/src/target/release/trellis down' || die "trellis down"
-    # Nothing left: namespaces, links and routes of the host, processes, state.
+    nothing_left "round $n"
+}
+
+# Nothing left after down: namespaces, the host's links and routes, processes, state, mounts.
+nothing_left() {
     local left=""
     ls "$ROOT/run/netns/" | grep -q . && left="$left namespaces: $(ls "$ROOT/run/netns" | tr '\n' ' ');"
     [ "$(ip -n "$NS" -o link | wc -l)" = 1 ] || left="$left links: $(ip -n "$NS" -o link | awk '{print $2}' | tr '\n' ' ');"
@@ -201,9 +207,48 @@ round() {
     done
     [ -z "$(ls -A "$ROOT$STATE" 2>/dev/null)" ] || left="$left state: $(ls -A "$ROOT$STATE" | tr '\n' ' ');"
     findmnt -rn -o TARGET | grep -E "^$ROOT/(run/netns|var/lib/trellis)" >/dev/null && left="$left mounts;"
-    [ -z "$left" ] || die "round $n: down left:$left"
-    say "round $n: nothing left (namespaces, links, routes, processes, state, mounts)"
+    [ -z "$left" ] || die "$1: down left:$left"
+    say "$1: nothing left (namespaces, links, routes, processes, state, mounts)"
 }
+
+# RSS (VmRSS) of every process running in the chroot (the cluster's daemons and pods), by
+# command, and the total.
+rss() {
+    local p
+    for p in /proc/[0-9]*; do
+        [ "$(readlink "$p/root" 2>/dev/null)" = "$ROOT" ] || continue
+        awk -v cmd="$(tr '\0' ' ' <"$p/cmdline" | awk '{n=$1; sub(".*/","",n); print n, $2}')" \
+            '/^VmRSS:/ {print $2, cmd}' "$p/status" 2>/dev/null
+    done | awk '{kb[$2" "$3]+=$1; n[$2" "$3]++; t+=$1; c++}
+        END {for (k in kb) printf "    %-32s %3d × %7.1f MiB = %7.1f MiB\n", k, n[k], kb[k]/n[k]/1024, kb[k]/1024;
+             printf "    total: %.1f MiB in %d processes\n", t/1024, c}' | sort
+}
+
+# One figure: up with these flags until every node is Ready and the demo answers (up waits for
+# both), the RSS of every process, down, nothing left.
+figure() {
+    say "figure: trellis up $*; load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+    timed "figure: trellis up $*" in_host "cd /src && ./target/release/trellis up $*" >"$OUT/figure.log" 2>&1 \
+        || { cat "$OUT/figure.log"; die "trellis up $*"; }
+    say "figure: up $*: $(grep -m1 -oE 'is up in [0-9.]+s.*' "$OUT/figure.log"); load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+    grep -E '^\[' "$OUT/figure.log"
+    say "figure: RSS of every process of the cluster (up $*):"
+    rss >&3
+    timed "figure: trellis down (after up $*)" in_host '/src/target/release/trellis down' >"$OUT/figure-down.log" 2>&1 \
+        || { cat "$OUT/figure-down.log"; die "trellis down"; }
+    nothing_left "figure: up $*"
+}
+
 round 1
 round 2
 say "proof complete: README's command works on a fresh Debian 12 with Rust, and up works twice in a row"
+
+# FRESH_FIGURES="--nodes 3;--nodes 10;--mode routed;--mode overlay" (flag sets separated by ';'):
+# release figures from this build, one run each.
+if [ -n "${FRESH_FIGURES:-}" ]; then
+    IFS=';' read -ra sets <<<"$FRESH_FIGURES"
+    for f in "${sets[@]}"; do
+        # shellcheck disable=SC2086
+        figure $f
+    done
+fi
