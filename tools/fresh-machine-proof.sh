@@ -101,7 +101,9 @@ else
         || die "debootstrap (see $OUT/debootstrap.log)"
 fi
 
-# What a machine has mounted.
+# What a machine has mounted. Its / is a mount point: the kubelet's process runtime makes / private
+# (MS_REC) in each container's mount namespace, which fails with EINVAL on a plain directory.
+mount --bind "$ROOT" "$ROOT"
 mount -t proc proc "$ROOT/proc"
 mount --rbind /sys "$ROOT/sys" && mount --make-rslave "$ROOT/sys"   # sysfs and the cgroup hierarchies
 mount --rbind /dev "$ROOT/dev" && mount --make-rslave "$ROOT/dev"   # with /dev/pts and /dev/shm
