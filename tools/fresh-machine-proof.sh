@@ -208,7 +208,9 @@ nothing_left() {
         [ "$(readlink "$p/root" 2>/dev/null)" = "$ROOT" ] && left="$left process ${p#/proc/} ($(tr '\0' ' ' <"$p/cmdline" | cut -c1-60));"
     done
     [ -z "$(ls -A "$ROOT$STATE" 2>/dev/null)" ] || left="$left state: $(ls -A "$ROOT$STATE" | tr '\n' ' ');"
-    findmnt -rn -o TARGET | grep -E "^$ROOT/(run/netns|var/lib/trellis)" >/dev/null && left="$left mounts;"
+    # (/run/netns itself stays a mount point, as `ip netns add` leaves it; a namespace under it is not)
+    findmnt -rn -o TARGET | grep -E "^$ROOT/(run/netns/|var/lib/trellis)" >/dev/null \
+        && left="$left mounts: $(findmnt -rn -o TARGET | grep -E "^$ROOT/(run/netns/|var/lib/trellis)" | tr '\n' ' ');"
     [ -z "$left" ] || die "$1: down left:$left"
     say "$1: nothing left (namespaces, links, routes, processes, state, mounts)"
 }
