@@ -20,7 +20,7 @@
 # command goes to $FRESH_OUT.
 #
 # Not run by CI: it downloads a Debian (~100 MB) and the crates and builds the workspace in
-# release (about 40 minutes on 2 cores). Run as root, from a clone:
+# release (65 minutes on the shared 2-core machine at load 8–15). Run as root, from a clone:
 #   tools/fresh-machine-proof.sh
 # Environment: FRESH_ROOT (the chroot, default /work/fresh/root; must not exist unless
 # FRESH_REUSE=1), FRESH_OUT (logs, default the chroot's parent), FRESH_MIRROR (Debian mirror),
