@@ -212,26 +212,36 @@ impl Installed {
     /// Every best path installed as it should be (a route already in place as wanted is not
     /// touched: no flap); with `sweep`, learned routes of ours that the RIB does not hold (left
     /// by an earlier run) removed. Returns how many were swept.
+    ///
+    /// `rib` is a snapshot, and installing it takes a while: a route whose session ends
+    /// meanwhile must not be installed after its withdrawal was applied, so each one is checked
+    /// with `current` (still the best path) right before it goes in, as [`Installed::apply`]
+    /// does.
     pub async fn reconcile(
         &mut self,
         host: &Handle,
         rib: &[BestRoute],
         sweep: bool,
+        current: impl Fn(&BestRoute) -> bool,
     ) -> trellis_net::Result<usize> {
         let existing: Vec<Route> = ours(host)
             .await?
             .into_iter()
             .filter(|r| r.kind == RouteKind::Unicast)
             .collect();
-        let wanted: Vec<Route> = rib
+        let wanted: Vec<(&BestRoute, Route)> = rib
             .iter()
-            .filter_map(|b| learned(b, self.link_oif))
+            .filter_map(|b| learned(b, self.link_oif).map(|r| (b, r)))
             .collect();
-        for w in &wanted {
+        for (b, w) in &wanted {
             let present = existing.iter().any(|r| {
                 r.dst == w.dst && r.gateways() == w.gateways() && r.priority == w.priority
             });
             if !present {
+                if !current(b) {
+                    self.fenced += 1;
+                    continue;
+                }
                 host.replace_route(w).await?;
             }
         }
@@ -240,7 +250,7 @@ impl Installed {
             for r in &existing {
                 if !wanted
                     .iter()
-                    .any(|w| w.dst == r.dst && w.gateways() == r.gateways())
+                    .any(|(_, w)| w.dst == r.dst && w.gateways() == r.gateways())
                 {
                     tracing::info!(prefix = %r.dst, "removing a stale learned route");
                     host.delete_route(r).await?;

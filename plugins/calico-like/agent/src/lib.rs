@@ -598,7 +598,10 @@ pub async fn run(
                     // Program the Loc-RIB (routes already in place as wanted are not touched)
                     // and sweep the earlier run's routes that were not refreshed.
                     let rib = speaker.routes();
-                    let swept_now = match routes.reconcile(&host, &rib, true).await {
+                    let swept_now = match routes
+                        .reconcile(&host, &rib, true, |b| speaker.is_current(b))
+                        .await
+                    {
                         Ok(n) => n,
                         Err(e) => {
                             tracing::warn!(error = %e, "reconciling kernel routes after the deferral");
@@ -704,7 +707,10 @@ pub async fn run(
                         >= Duration::from_secs(u64::from(config.hold_time.max(3))));
             // While selection is deferred after a restart, the kernel is left alone.
             if !deferred {
-                if let Err(e) = routes.reconcile(&host, &rib, sweep || swept).await {
+                if let Err(e) = routes
+                    .reconcile(&host, &rib, sweep || swept, |b| speaker.is_current(b))
+                    .await
+                {
                     tracing::warn!(error = %e, "reconciling kernel routes");
                 }
                 swept |= sweep;
