@@ -277,14 +277,26 @@ fn preflight(args: &UpArgs, exe_dir: &Path) -> anyhow::Result<PathBuf> {
     which("busybox").context("busybox")
 }
 
+/// How the user ran this binary, for the commands `up` suggests: the path they typed (e.g.
+/// `./target/release/trellis`, which works from the same directory), or `trellis` when it was
+/// found on PATH.
+fn invoked_as() -> String {
+    std::env::args_os()
+        .next()
+        .map(|a| a.to_string_lossy().into_owned())
+        .filter(|a| a.contains('/'))
+        .unwrap_or_else(|| "trellis".into())
+}
+
 /// Refuses to build over a cluster that is up (or its leftovers).
 async fn not_up_already(at: &Where, run_dir: &Path) -> anyhow::Result<()> {
     let dir = at.dir();
     if State::path(&dir).exists() {
         bail!(
-            "a cluster named {:?} is already up (state in {}): `trellis down --name {}{}` first",
+            "a cluster named {:?} is already up (state in {}): `{} down --name {}{}` first",
             at.name,
             dir.display(),
+            invoked_as(),
             at.name,
             state_dir_flag(at)
         );
@@ -295,8 +307,9 @@ async fn not_up_already(at: &Where, run_dir: &Path) -> anyhow::Result<()> {
             let n = e.file_name().to_string_lossy().into_owned();
             if n.starts_with(&prefix) {
                 bail!(
-                    "network namespace {n} exists: a cluster named {:?} (or its leftovers) is up; `trellis down --name {}` removes it, or choose another --name",
+                    "network namespace {n} exists: a cluster named {:?} (or its leftovers) is up; `{} down --name {}` removes it, or choose another --name",
                     at.name,
+                    invoked_as(),
                     at.name
                 );
             }
@@ -1239,10 +1252,11 @@ async fn summary(state: &State, total: Duration) {
         "kubeconfig: {kc}\n{ha}  kubectl --kubeconfig {kc} get nodes,pods -A\n\
          demo from this namespace (pod addresses, routed through the underlay):{web}\n  curl{web}\n\
          demo from a pod: http://web.demo (only pods labelled role=client get in: NetworkPolicy demo/web-clients-only)\n\
-         status: trellis status --name {name}\n\
-         tear down: trellis down --name {name}\n",
+         status: {me} status --name {name}\n\
+         tear down: {me} down --name {name}\n",
         kc = state.kubeconfig.display(),
         name = state.name,
+        me = invoked_as(),
     );
     let _ = std::fs::write(state.dir.join("access.txt"), &access);
     println!(
