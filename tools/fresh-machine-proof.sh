@@ -142,7 +142,8 @@ UP_PART='./target/release/trellis up'
 case "$CMD" in *" && $UP_PART") ;; *) die "README's command does not end with $UP_PART: $CMD" ;; esac
 BUILD_PART=${CMD% && "$UP_PART"}
 say "README's command: $CMD"
-for p in $(echo "$BUILD_PART" | sed -n 's/.*apt-get install -y \([^&]*\).*/\1/p'); do
+# Every package of every `apt-get install -y` in it (the kubectl one is conditional).
+for p in $(echo "$BUILD_PART" | grep -o 'apt-get install -y [^&;}|]*' | sed 's/^apt-get install -y //'); do
     case " $README_PKGS " in *" $p "*) ;; *) README_PKGS="$README_PKGS $p" ;; esac
 done
 in_root 'dpkg -l' >"$OUT/dpkg-before.txt"
