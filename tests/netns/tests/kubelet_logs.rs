@@ -989,7 +989,12 @@ i=0; while [ $i -lt 150 ]; do echo "run-$n line-$i padding-padding-padding"; i=$
         for f in rotated.iter().chain([&current]) {
             let mut plain = Vec::new();
             trellis_kubelet::logfile::read_into(f, &mut plain).unwrap();
-            assert!(plain.len() <= 2048, "{}: {} bytes > 2Ki", f.display(), plain.len());
+            assert!(
+                plain.len() <= 2048,
+                "{}: {} bytes > 2Ki",
+                f.display(),
+                plain.len()
+            );
             if f != &current {
                 on_disk += std::fs::metadata(f).unwrap().len();
                 content += plain.len() as u64;
