@@ -293,9 +293,10 @@ pub fn compact(path: &Path, rotation: Rotation) -> std::io::Result<()> {
     let all = listing(path);
     for p in &all {
         let name = p.as_os_str().to_string_lossy();
-        if name.ends_with(".gz.tmp") {
-            std::fs::remove_file(p)?;
-        } else if !is_gz(p) && !name.ends_with(".tmp") && all.contains(&with_suffix(p, ".gz")) {
+        let leftover_tmp = name.ends_with(".gz.tmp");
+        let replaced_plain =
+            !is_gz(p) && !name.ends_with(".tmp") && all.contains(&with_suffix(p, ".gz"));
+        if leftover_tmp || replaced_plain {
             std::fs::remove_file(p)?;
         }
     }
