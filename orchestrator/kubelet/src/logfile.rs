@@ -8,14 +8,19 @@
 //! take the file past `max_size`, it is renamed `<file>.<YYYYMMDD-hhmmss.nnnnnnnnn>` and a new
 //! one started; of the rotated files only the newest `max_files - 1` are kept (upstream's
 //! `--container-log-max-size` and `--container-log-max-files`; upstream rotates every 10 s
-//! from the kubelet, here the writer rotates at the size itself). Readers see a log as its
-//! rotated files by name, then the current one ([`files`]); [`Follower`] keeps reading a file
-//! across rotations.
+//! from the kubelet, here the writer rotates at the size itself). As upstream does, the newest
+//! rotated file stays plain and the older ones are gzipped to `<rotated>.gz` ([`compact`]), on
+//! a thread of the writer's own so that the container's output never waits for it; the
+//! gzipped files count towards `max_files`. Readers see a log as its rotated files by name,
+//! then the current one ([`files`]), and read a `.gz` one through [`read_into`]; [`Follower`]
+//! keeps reading a file across rotations.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 /// Upstream's `--container-log-max-size` default, 10Mi.
 pub const DEFAULT_MAX_SIZE: u64 = 10 * 1024 * 1024;
@@ -166,8 +171,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
-/// The rotated files of the log at `path`, oldest first.
-pub fn rotated(path: &Path) -> Vec<PathBuf> {
+/// Every file named `<log>.<suffix>` beside the log at `path` (rotated, gzipped, temporary),
+/// sorted by name.
+fn listing(path: &Path) -> Vec<PathBuf> {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
         return Vec::new();
     };
@@ -178,15 +184,183 @@ pub fn rotated(path: &Path) -> Vec<PathBuf> {
                 .filter(|e| {
                     e.file_name()
                         .to_str()
-                        .is_some_and(|n| n.starts_with(&prefix) && !n.ends_with(".tmp"))
+                        .is_some_and(|n| n.starts_with(&prefix))
                 })
                 .map(|e| e.path())
                 .collect()
         })
         .unwrap_or_default();
-    // The suffix is a fixed-width time: by name is by age.
     v.sort();
     v
+}
+
+/// `p` with `suffix` appended to its name.
+fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
+    let mut s = p.as_os_str().to_os_string();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+fn is_gz(p: &Path) -> bool {
+    p.extension().is_some_and(|e| e == "gz")
+}
+
+/// The rotated files of the log at `path`, oldest first: plain or gzipped (`.gz`). A rotated
+/// file being compressed (its `.gz.tmp` being written) is listed plain; once its `.gz` is in
+/// place (written whole and synced before the rename) the `.gz` is listed, even while the
+/// plain one is not removed yet.
+pub fn rotated(path: &Path) -> Vec<PathBuf> {
+    let all = listing(path);
+    let mut v: Vec<PathBuf> = all
+        .iter()
+        .filter(|p| !p.as_os_str().to_string_lossy().ends_with(".tmp"))
+        .filter(|p| is_gz(p) || !all.contains(&with_suffix(p, ".gz")))
+        .cloned()
+        .collect();
+    // The suffix is a fixed-width time (a `.gz` after it): by name is by age.
+    v.sort();
+    v
+}
+
+/// Appends the content of one log file to `out`, decompressing a `.gz` one. On an error (a
+/// corrupt or truncated `.gz`) what was read before it stays in `out`.
+pub fn read_into(path: &Path, out: &mut Vec<u8>) -> std::io::Result<()> {
+    let f = File::open(path)?;
+    if is_gz(path) {
+        flate2::read::MultiGzDecoder::new(f).read_to_end(out)?;
+    } else {
+        let mut f = f;
+        f.read_to_end(out)?;
+    }
+    Ok(())
+}
+
+/// The gzip header comment that names the inode of the plain file a `.gz` was made from.
+const INO_COMMENT: &str = "trellis-log-ino=";
+
+/// The inode that identifies a rotated file: its own, or for a `.gz` that of the plain file
+/// it was made from.
+pub fn identity(p: &Path) -> Option<u64> {
+    if !is_gz(p) {
+        return ino_of(p);
+    }
+    let f = File::open(p).ok()?;
+    let dec = flate2::read::GzDecoder::new(f);
+    let comment = std::str::from_utf8(dec.header()?.comment()?).ok()?;
+    comment.strip_prefix(INO_COMMENT)?.parse().ok()
+}
+
+/// Gzips the rotated file `plain` to `<plain>.gz`: written to `<plain>.gz.tmp`, synced,
+/// renamed, then the plain file removed, so that a crash at any step leaves the whole log in
+/// one of the two. When the plain file was removed meanwhile (rotated out), so is the `.gz`.
+fn gzip(plain: &Path) -> std::io::Result<()> {
+    let tmp = with_suffix(plain, ".gz.tmp");
+    let gz = with_suffix(plain, ".gz");
+    let result = (|| {
+        let mut from = File::open(plain)?;
+        let ino = from.metadata()?.ino();
+        let to = File::create(&tmp)?;
+        // The plain file's inode goes into the header: a follower that had it open finds its
+        // place among the rotated files by it (see [`identity`]).
+        let mut enc = flate2::GzBuilder::new()
+            .comment(format!("{INO_COMMENT}{ino}"))
+            .write(to, flate2::Compression::default());
+        std::io::copy(&mut from, &mut enc)?;
+        enc.finish()?.sync_all()?;
+        std::fs::rename(&tmp, &gz)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    if let Some(dir) = gz.parent().and_then(|d| File::open(d).ok()) {
+        let _ = dir.sync_all();
+    }
+    match std::fs::remove_file(plain) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let _ = std::fs::remove_file(&gz);
+            Ok(())
+        }
+        r => r,
+    }
+}
+
+/// Brings the rotated files of the log at `path` to their resting state: a `.gz.tmp` left by a
+/// crash is removed (its plain file is still there) and a plain file whose `.gz` is in place is
+/// removed; every rotated file but the newest is gzipped; the oldest beyond the rotation's
+/// `max_files` are removed.
+pub fn compact(path: &Path, rotation: Rotation) -> std::io::Result<()> {
+    let all = listing(path);
+    for p in &all {
+        let name = p.as_os_str().to_string_lossy();
+        let leftover_tmp = name.ends_with(".gz.tmp");
+        let replaced_plain =
+            !is_gz(p) && !name.ends_with(".tmp") && all.contains(&with_suffix(p, ".gz"));
+        if leftover_tmp || replaced_plain {
+            std::fs::remove_file(p)?;
+        }
+    }
+    let rot = rotated(path);
+    for p in rot.iter().take(rot.len().saturating_sub(1)) {
+        if !is_gz(p) {
+            gzip(p)?;
+        }
+    }
+    trim(path, rotation);
+    Ok(())
+}
+
+/// Removes the oldest rotated files beyond the rotation's limit (the current file counts).
+fn trim(path: &Path, rotation: Rotation) {
+    let old = rotated(path);
+    let keep = rotation.max_files.saturating_sub(1) as usize;
+    for f in old.iter().take(old.len().saturating_sub(keep)) {
+        let _ = std::fs::remove_file(f);
+    }
+}
+
+/// Whether the compacting thread of a writer runs, and whether a rotation came since it last
+/// started a pass.
+#[derive(Default)]
+struct CompactState {
+    running: bool,
+    again: bool,
+}
+
+/// Runs [`compact`] on a thread, again as long as rotations came during a pass; warns when
+/// it fails.
+fn compact_in_background(
+    path: &Path,
+    rotation: Rotation,
+    state: Arc<Mutex<CompactState>>,
+) -> Option<JoinHandle<()>> {
+    let spawned = std::thread::Builder::new()
+        .name("log-compact".into())
+        .spawn({
+            let state = state.clone();
+            let path = path.to_path_buf();
+            move || {
+                loop {
+                    if let Err(e) = compact(&path, rotation) {
+                        tracing::warn!(log = %path.display(), "compressing rotated logs: {e}");
+                    }
+                    let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+                    if !s.again {
+                        s.running = false;
+                        return;
+                    }
+                    s.again = false;
+                }
+            }
+        });
+    match spawned {
+        Ok(h) => Some(h),
+        Err(e) => {
+            tracing::warn!(log = %path.display(), "starting log compression: {e}");
+            state.lock().unwrap_or_else(|e| e.into_inner()).running = false;
+            None
+        }
+    }
 }
 
 /// Every file of the log at `path` in order: the rotated ones, then the current one.
@@ -202,22 +376,32 @@ pub struct Writer {
     file: File,
     size: u64,
     rotation: Rotation,
+    /// The thread compressing rotated files, if one was started.
+    compactor: Option<JoinHandle<()>>,
+    compact_state: Arc<Mutex<CompactState>>,
 }
 
 impl Writer {
-    /// Opens (appends to) the log at `path`.
+    /// Opens (appends to) the log at `path`, and finishes in the background what a crash may
+    /// have left of compressing its rotated files ([`compact`]).
     pub fn open(path: &Path, rotation: Rotation) -> std::io::Result<Writer> {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)?;
         let size = file.metadata()?.len();
-        Ok(Writer {
+        let mut w = Writer {
             path: path.to_path_buf(),
             file,
             size,
             rotation,
-        })
+            compactor: None,
+            compact_state: Arc::default(),
+        };
+        if !listing(path).is_empty() {
+            w.compact();
+        }
+        Ok(w)
     }
 
     /// Writes what was read from `stream` at `time`: each whole line a `F` entry, a rest
@@ -263,8 +447,8 @@ impl Writer {
         Ok(())
     }
 
-    /// Renames the current file away, starts a new one, and removes the oldest rotated files
-    /// beyond the limit.
+    /// Renames the current file away, starts a new one, removes the oldest rotated files
+    /// beyond the limit, and has the older rotated files compressed in the background.
     fn rotate(&mut self) -> std::io::Result<()> {
         let now = jiff::Timestamp::now();
         let secs = jiff::Timestamp::from_second(now.as_second()).unwrap_or(now);
@@ -280,12 +464,41 @@ impl Writer {
             .append(true)
             .open(&self.path)?;
         self.size = 0;
-        let old = rotated(&self.path);
-        let keep = self.rotation.max_files.saturating_sub(1) as usize;
-        for f in old.iter().take(old.len().saturating_sub(keep)) {
-            let _ = std::fs::remove_file(f);
-        }
+        trim(&self.path, self.rotation);
+        self.compact();
         Ok(())
+    }
+
+    /// Has the rotated files compacted in the background: by a new thread, or by the one
+    /// running (it makes another pass).
+    fn compact(&mut self) {
+        {
+            let mut s = self.compact_state.lock().unwrap_or_else(|e| e.into_inner());
+            if s.running {
+                s.again = true;
+                return;
+            }
+            s.running = true;
+        }
+        if let Some(h) = self.compactor.take() {
+            let _ = h.join();
+        }
+        self.compactor =
+            compact_in_background(&self.path, self.rotation, self.compact_state.clone());
+    }
+
+    /// Waits until the rotated files are compressed (the compacting thread, if any, ended).
+    pub fn wait_compacted(&mut self) {
+        if let Some(h) = self.compactor.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Writer {
+    /// A compression under way is finished: the process may end right after.
+    fn drop(&mut self) {
+        self.wait_compacted();
     }
 }
 
@@ -367,15 +580,15 @@ impl Follower {
             let later = rotated(&self.path);
             let from = later
                 .iter()
-                .position(|p| ino_of(p) == Some(was))
+                .position(|p| identity(p) == Some(was))
                 .map_or(0, |i| i + 1);
             for p in &later[from..] {
                 if ino_of(p) == Some(now) {
                     continue;
                 }
                 self.end_line();
-                if let Ok(mut r) = File::open(p) {
-                    let _ = r.read_to_end(&mut self.pending);
+                if let Err(e) = read_into(p, &mut self.pending) {
+                    tracing::warn!(log = %p.display(), "reading a rotated log: {e}");
                 }
             }
             self.end_line();
@@ -473,11 +686,13 @@ mod tests {
             }
         }
         follower.poll(&mut followed);
+        w.wait_compacted();
         let all = files(&path);
         assert_eq!(all.len(), 3, "{all:?}");
         let mut numbers = Vec::new();
         for f in &all {
-            let bytes = std::fs::read(f).unwrap();
+            let mut bytes = Vec::new();
+            read_into(f, &mut bytes).unwrap();
             assert!(bytes.len() <= 1024, "{f:?}: {}", bytes.len());
             for l in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
                 let e = parse(l).unwrap();
@@ -514,5 +729,134 @@ mod tests {
         }
         assert_eq!(files(&one).len(), 1);
         assert!(std::fs::read(&one).unwrap().len() > 3 * 1024);
+    }
+
+    fn numbers_of(bytes: &[u8]) -> Vec<u32> {
+        bytes
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                std::str::from_utf8(parse(l).unwrap().content).unwrap()[5..]
+                    .split(' ')
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    fn write_lines(w: &mut Writer, range: std::ops::Range<u32>) {
+        for i in range {
+            w.write(
+                Stream::Stdout,
+                jiff::Timestamp::now(),
+                format!("line-{i} {}\n", "the same words again ".repeat(8)).as_bytes(),
+            )
+            .unwrap();
+        }
+    }
+
+    /// Rotation leaves the newest rotated file plain and gzips the older ones, within
+    /// `max_files` in all; reading the files in order (through `read_into`) gives every kept
+    /// entry once, in order, across `.gz` and plain. Negative control: the files on disk are
+    /// smaller than the plain content they hold.
+    #[test]
+    fn older_rotated_files_are_gzipped_and_read_back_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        let mut w = Writer::open(&path, Rotation::new(4096, 5).unwrap()).unwrap();
+        write_lines(&mut w, 0..300);
+        w.wait_compacted();
+        let all = files(&path);
+        assert_eq!(all.len(), 5, "{all:?}");
+        let gz: Vec<bool> = all.iter().map(|p| is_gz(p)).collect();
+        assert_eq!(gz, [true, true, true, false, false], "{all:?}");
+        assert!(
+            listing(&path).iter().all(|p| all.contains(p)),
+            "no plain twin or tmp is left: {:?}",
+            listing(&path)
+        );
+        let mut content = Vec::new();
+        for f in &all {
+            read_into(f, &mut content).unwrap();
+        }
+        let numbers = numbers_of(&content);
+        assert_eq!(numbers.last(), Some(&299));
+        assert!(numbers[0] > 0, "the oldest entries are gone");
+        assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "{numbers:?}");
+        let on_disk: u64 = all
+            .iter()
+            .map(|f| std::fs::metadata(f).unwrap().len())
+            .sum();
+        assert!(
+            on_disk < content.len() as u64 * 2 / 3,
+            "{on_disk} bytes on disk for {} of content",
+            content.len()
+        );
+    }
+
+    /// A crash while compressing leaves a `.gz.tmp` beside its plain file, or a `.gz` beside
+    /// the plain file it replaces: readers list the file once, and opening the writer again
+    /// removes the tmp and compresses the plain file again; nothing is lost.
+    #[test]
+    fn a_crash_while_compressing_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        let mut w = Writer::open(&path, Rotation::new(4096, 6).unwrap()).unwrap();
+        write_lines(&mut w, 0..100);
+        drop(w);
+        let rot = rotated(&path);
+        assert!(rot.len() >= 3, "{rot:?}");
+        let mut before = Vec::new();
+        for f in files(&path) {
+            read_into(&f, &mut before).unwrap();
+        }
+        // Undo the compression of the oldest file, leaving a half-written tmp: the crash
+        // between writing the tmp and the rename.
+        let gz = &rot[0];
+        assert!(is_gz(gz));
+        let mut plain_bytes = Vec::new();
+        read_into(gz, &mut plain_bytes).unwrap();
+        let plain = gz.with_extension("");
+        std::fs::write(&plain, &plain_bytes).unwrap();
+        std::fs::write(with_suffix(&plain, ".gz.tmp"), b"\x1f\x8b half").unwrap();
+        std::fs::remove_file(gz).unwrap();
+        // And a crash after the rename, before removing the plain file.
+        let gz2 = &rot[1];
+        let mut plain2_bytes = Vec::new();
+        read_into(gz2, &mut plain2_bytes).unwrap();
+        std::fs::write(gz2.with_extension(""), &plain2_bytes).unwrap();
+        let mut seen = Vec::new();
+        for f in files(&path) {
+            read_into(&f, &mut seen).unwrap();
+        }
+        assert_eq!(seen, before, "each file read once");
+        let mut w = Writer::open(&path, Rotation::new(4096, 6).unwrap()).unwrap();
+        w.wait_compacted();
+        assert_eq!(listing(&path), rot, "the tmp and the plain twins are gone");
+        let mut after = Vec::new();
+        for f in files(&path) {
+            read_into(&f, &mut after).unwrap();
+        }
+        assert_eq!(after, before);
+    }
+
+    /// A corrupt `.gz` is an error from `read_into` (what it gave is kept), not a panic.
+    #[test]
+    fn a_corrupt_gz_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("0.log.20261205-010203.000000000.gz");
+        std::fs::write(&bad, b"\x1f\x8b\x08\x00garbage that is no deflate stream").unwrap();
+        let mut out = b"kept".to_vec();
+        let e = read_into(&bad, &mut out).unwrap_err();
+        assert!(out.starts_with(b"kept"), "{e}");
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(b"2026-12-05T01:02:03.000000000Z stdout F whole\n")
+            .unwrap();
+        let mut whole = enc.finish().unwrap();
+        whole.truncate(whole.len() - 6);
+        std::fs::write(&bad, &whole).unwrap();
+        assert!(read_into(&bad, &mut Vec::new()).is_err(), "a truncated gz");
     }
 }

@@ -7,8 +7,6 @@
 //! the one before. A log is read across its rotated files, oldest first.
 
 use std::collections::VecDeque;
-use std::io::Read;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -239,13 +237,14 @@ pub fn stream(file: PathBuf, run: PathBuf, q: LogQuery, tx: mpsc::Sender<Bytes>)
     let open = follower.ino();
     let mut history: Vec<u8> = Vec::new();
     for f in logfile::rotated(&file) {
-        let Ok(mut fh) = std::fs::File::open(&f) else {
-            continue;
-        };
-        if fh.metadata().ok().map(|m| m.ino()) == open {
+        // The file the follower opened, rotated meanwhile (and perhaps gzipped since).
+        if open.is_some() && logfile::identity(&f) == open {
             break;
         }
-        let _ = fh.read_to_end(&mut history);
+        // A `.gz` is read decompressed; a corrupt one is reported and what it gave is kept.
+        if let Err(e) = logfile::read_into(&f, &mut history) {
+            tracing::warn!(log = %f.display(), "reading a rotated log: {e}");
+        }
         if history.last().is_some_and(|b| *b != b'\n') {
             history.push(b'\n');
         }

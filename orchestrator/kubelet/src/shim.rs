@@ -380,6 +380,13 @@ pub fn main(args: &[OsString]) -> i32 {
         }
     }
     let _ = write_atomic(&a.dir, EXIT_FILE, &code.to_string());
+    // The rotated files being gzipped in the background are finished before the shim goes
+    // (the exit is known already; nobody waits for this).
+    if let Some(w) = &writer
+        && let Ok(mut w) = w.lock()
+    {
+        w.wait_compacted();
+    }
     0
 }
 

@@ -827,8 +827,9 @@ fn assert_newest_in_order(numbers: &[u32], last: u32, what: &str) {
 /// Issue 14, the rest of `kubectl logs`: `--timestamps` (the kubelet's 9-digit RFC3339 time
 /// per line), `--since-time` and `--since`, `--limit-bytes` and `--tail` over logs the
 /// kubelet rotates at a small `--container-log-max-size` (2Ki, 3 files): a run's log reads
-/// across its rotated files in order, and after a restart `--previous` is the first run's,
-/// rotated too. With the image's kubectl and kubectl 1.20.
+/// across its rotated files in order (the older rotated file gzipped, the newest plain), and
+/// after a restart `--previous` is the first run's, rotated too. With the image's kubectl and
+/// kubectl 1.20.
 #[tokio::test(flavor = "multi_thread")]
 async fn kubectl_logs_timestamps_since_and_rotation_with_both_kubectls() {
     netns_testbed::require_tool("busybox", "busybox-static");
@@ -966,12 +967,44 @@ i=0; while [ $i -lt 150 ]; do echo "run-$n line-$i padding-padding-padding"; i=$
     let logs_dir = k.pod_dir(0, uid).join("logs/c");
     for run in ["0.log", "1.log"] {
         let current = logs_dir.join(run);
-        let rotated = trellis_kubelet::logfile::rotated(&current);
-        assert_eq!(rotated.len(), 2, "{run}: 3 files kept in all: {rotated:?}");
+        // The older rotated file is gzipped in the background: wait for it (bounded).
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let rotated = loop {
+            let rotated = trellis_kubelet::logfile::rotated(&current);
+            let gz = |p: &std::path::PathBuf| p.extension().is_some_and(|e| e == "gz");
+            let tmp_left = std::fs::read_dir(&logs_dir)
+                .unwrap()
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().ends_with(".tmp"));
+            if rotated.len() == 2 && gz(&rotated[0]) && !gz(&rotated[1]) && !tmp_left {
+                break rotated;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{run}: 3 files kept in all, the older rotated one gzipped, the newer plain: {rotated:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let (mut on_disk, mut content) = (0, 0);
         for f in rotated.iter().chain([&current]) {
-            let size = std::fs::metadata(f).unwrap().len();
-            assert!(size <= 2048, "{}: {size} bytes > 2Ki", f.display());
+            let mut plain = Vec::new();
+            trellis_kubelet::logfile::read_into(f, &mut plain).unwrap();
+            assert!(
+                plain.len() <= 2048,
+                "{}: {} bytes > 2Ki",
+                f.display(),
+                plain.len()
+            );
+            if f != &current {
+                on_disk += std::fs::metadata(f).unwrap().len();
+                content += plain.len() as u64;
+            }
         }
+        // Negative control: the rotated files take less room than the plain content they hold.
+        assert!(
+            on_disk < content,
+            "{run}: rotated files {on_disk} bytes on disk for {content} bytes of content"
+        );
     }
     let in_current = kubelet::read_log(&logs_dir.join("1.log"))
         .unwrap()

@@ -1396,6 +1396,10 @@ pub fn logger_main(args: &[OsString]) -> i32 {
     let b = pump(err, crate::logfile::Stream::Stderr);
     let _ = a.join();
     let _ = b.join();
+    // The rotated files being gzipped in the background are finished before this goes.
+    if let Ok(mut w) = writer.lock() {
+        w.wait_compacted();
+    }
     0
 }
 
