@@ -80,6 +80,10 @@ cleanup() {
         fi
         ip netns del "$NS"
     fi
+    # Processes a failed `down` left: every one whose root is the chroot, by PID.
+    for p in /proc/[0-9]*; do
+        [ "$(readlink "$p/root" 2>/dev/null)" = "$ROOT" ] && kill -9 "${p#/proc/}" 2>/dev/null
+    done
     # Namespaces a failed `up` left in the chroot's /run/netns are bind mounts: unmounted below.
     findmnt -rn -o TARGET | grep -E "^$ROOT(/|$)" | sort -r | while read -r m; do
         umount "$m" 2>/dev/null || umount -l "$m"
@@ -114,6 +118,8 @@ for d in /root/.rustup /root/.cargo/bin; do
     mount --bind "$d" "$ROOT$d" && mount -o remount,bind,ro "$ROOT$d"
 done
 cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
+# apt runs in this machine's network namespace: no package may start a daemon there.
+printf '#!/bin/sh\nexit 101\n' >"$ROOT/usr/sbin/policy-rc.d" && chmod 755 "$ROOT/usr/sbin/policy-rc.d"
 say "mounted proc, sys (with cgroups), dev, run (tmpfs), Rust read-only: $(in_root 'rustc --version')"
 
 README_PKGS="iproute2 iptables ipset busybox-static"

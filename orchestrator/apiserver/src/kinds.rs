@@ -573,6 +573,32 @@ fn validate_pod_spec(obj: &Value, spec: &[&str], causes: &mut Vec<Cause>) {
 
 /// Validates an object about to be stored (`old` on update).
 pub fn validate(info: &ResourceInfo, obj: &Value, old: Option<&Value>) -> Vec<Cause> {
+    let mut causes = validate_object(info, obj, old);
+    // Container ports are checked since this API server's version: an object stored before
+    // with a port it now refuses must still take its status writes, finalizer removals and
+    // scaling, so on update a port cause the stored object already had is not raised again
+    // (upstream ratchets validation the same way when it tightens it).
+    if let Some(old) = old
+        && causes.iter().any(is_port_cause)
+    {
+        let before = validate_object(info, old, None);
+        causes.retain(|c| {
+            !(is_port_cause(c)
+                && before
+                    .iter()
+                    .any(|b| b.field == c.field && b.message == c.message))
+        });
+    }
+    causes
+}
+
+/// A cause about a container's port (see [`validate_container_ports`] and the hostPort
+/// conflicts of [`validate_pod_spec`]).
+fn is_port_cause(c: &Cause) -> bool {
+    c.field.contains("ontainers[") && c.field.contains(".ports[")
+}
+
+fn validate_object(info: &ResourceInfo, obj: &Value, old: Option<&Value>) -> Vec<Cause> {
     let mut causes = Vec::new();
     if info.custom {
         return causes;
@@ -1259,6 +1285,38 @@ mod tests {
             .map(|c| c.field)
             .collect();
         assert_eq!(got, ["spec.containers[1].ports[0].hostPort"]);
+    }
+
+    /// A pod stored before the port checks, with a port they refuse, still takes updates that
+    /// keep that port (its status writes, a finalizer's removal); an update that brings a new
+    /// bad port is refused.
+    #[test]
+    fn a_stored_bad_port_does_not_block_updates_but_a_new_one_is_refused() {
+        let info = builtin_kind("", "Pod").unwrap();
+        let mut old = json!({"metadata": {"name": "p"}, "spec": {"containers": [
+            {"name": "a", "image": "busybox", "ports": [{"containerPort": 80, "protocol": "tcp"}]}]}});
+        defaults(&info, &mut old);
+        assert_eq!(
+            validate(&info, &old, None).len(),
+            1,
+            "the create is refused"
+        );
+        let mut status = old.clone();
+        status["status"] = json!({"phase": "Running"});
+        assert!(validate(&info, &status, Some(&old)).is_empty());
+        let mut worse = old.clone();
+        worse["spec"]["containers"][0]["ports"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"containerPort": 0}));
+        let got: Vec<String> = validate(&info, &worse, Some(&old))
+            .into_iter()
+            .map(|c| c.field)
+            .collect();
+        assert!(
+            got.contains(&"spec.containers[0].ports[1].containerPort".to_string()),
+            "{got:?}"
+        );
     }
 
     #[test]

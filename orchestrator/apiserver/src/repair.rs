@@ -441,6 +441,9 @@ pub struct Repair {
     api: Arc<Api>,
     metrics: Arc<Metrics>,
     leaks: tokio::sync::Mutex<HashMap<String, u32>>,
+    /// One round at a time: a round run by hand beside the loop would otherwise count a leak
+    /// twice in one interval.
+    rounds: tokio::sync::Mutex<()>,
 }
 
 impl Repair {
@@ -449,6 +452,7 @@ impl Repair {
             api,
             metrics,
             leaks: Default::default(),
+            rounds: Default::default(),
         }
     }
 
@@ -605,6 +609,7 @@ impl Repair {
 
     /// One round: snapshot, decisions, fixes.
     pub async fn round(&self) -> Result<Report, ApiError> {
+        let _one_at_a_time = self.rounds.lock().await;
         let fixes = self.plan().await?;
         self.apply(fixes).await
     }

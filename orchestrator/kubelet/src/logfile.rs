@@ -511,7 +511,8 @@ pub struct Follower {
     pending: Vec<u8>,
 }
 
-fn ino_of(path: &Path) -> Option<u64> {
+/// The inode number of the file `path` names now.
+pub fn ino_of(path: &Path) -> Option<u64> {
     std::fs::metadata(path).ok().map(|m| m.ino())
 }
 
@@ -578,9 +579,11 @@ impl Follower {
             // Files rotated since the one read: those after it by name, or, when it is gone
             // already (the oldest is removed first), all that are left.
             let later = rotated(&self.path);
+            // The newest match: an older `.gz` may carry the same inode number, freed when
+            // its plain file was removed and given to a newer file since.
             let from = later
                 .iter()
-                .position(|p| identity(p) == Some(was))
+                .rposition(|p| identity(p) == Some(was))
                 .map_or(0, |i| i + 1);
             for p in &later[from..] {
                 if ino_of(p) == Some(now) {

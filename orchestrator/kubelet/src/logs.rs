@@ -236,13 +236,21 @@ pub fn stream(file: PathBuf, run: PathBuf, q: LogQuery, tx: mpsc::Sender<Bytes>)
     let mut follower = Follower::new(&file);
     let open = follower.ino();
     let mut history: Vec<u8> = Vec::new();
-    for f in logfile::rotated(&file) {
-        // The file the follower opened, rotated meanwhile (and perhaps gzipped since).
-        if open.is_some() && logfile::identity(&f) == open {
-            break;
-        }
+    let rotated = logfile::rotated(&file);
+    // The file the follower opened, if it was rotated meanwhile (and perhaps gzipped since):
+    // what follows it is the follower's. Only then is it looked for, and from the newest end: a
+    // `.gz` carries the inode of the plain file it was made from, and the filesystem may have
+    // given that number to a newer file since (an older `.gz` then matches the open file).
+    let upto = match open {
+        Some(ino) if logfile::ino_of(&file) != Some(ino) => rotated
+            .iter()
+            .rposition(|f| logfile::identity(f) == Some(ino))
+            .unwrap_or(rotated.len()),
+        _ => rotated.len(),
+    };
+    for f in &rotated[..upto] {
         // A `.gz` is read decompressed; a corrupt one is reported and what it gave is kept.
-        if let Err(e) = logfile::read_into(&f, &mut history) {
+        if let Err(e) = logfile::read_into(f, &mut history) {
             tracing::warn!(log = %f.display(), "reading a rotated log: {e}");
         }
         if history.last().is_some_and(|b| *b != b'\n') {

@@ -123,13 +123,24 @@ pub fn foreign_host_ips(maps: &[PortMapping]) -> Vec<String> {
     maps.iter()
         .filter_map(|m| {
             let ip = m.host_ip?;
-            std::net::UdpSocket::bind((ip, 0)).err().map(|e| {
-                format!(
-                    "hostPort {}/{}: hostIP {ip} is not an address of this node ({e})",
-                    m.host_port,
-                    m.protocol.as_str()
-                )
-            })
+            // An IPv6 link-local address cannot be bound without its interface (EINVAL), so it
+            // is not judged here; only "no such address here" counts (an address still in
+            // duplicate address detection says so too, and the back-off retries it).
+            if let std::net::IpAddr::V6(v6) = ip
+                && v6.is_unicast_link_local()
+            {
+                return None;
+            }
+            std::net::UdpSocket::bind((ip, 0))
+                .err()
+                .filter(|e| e.raw_os_error() == Some(nix::libc::EADDRNOTAVAIL))
+                .map(|e| {
+                    format!(
+                        "hostPort {}/{}: hostIP {ip} is not an address of this node ({e})",
+                        m.host_port,
+                        m.protocol.as_str()
+                    )
+                })
         })
         .collect()
 }
