@@ -236,7 +236,7 @@ pub fn read_into(path: &Path, out: &mut Vec<u8>) -> std::io::Result<()> {
 }
 
 /// The gzip header comment that names the inode of the plain file a `.gz` was made from.
-const INO_COMMENT: &str = "trellis-log-ino=";
+pub(crate) const INO_COMMENT: &str = "trellis-log-ino=";
 
 /// The inode that identifies a rotated file: its own, or for a `.gz` that of the plain file
 /// it was made from.

@@ -398,6 +398,36 @@ mod tests {
         String::from_utf8(out).unwrap()
     }
 
+    /// A `.gz` records the inode of the plain file it was made from, and the filesystem may
+    /// give that number to a newer file since (ext4 does at once; the tmpfs the tests run on
+    /// does not): an older `.gz` naming the current file's inode is history to read, not the
+    /// file the reader has open.
+    #[tokio::test]
+    async fn an_older_gz_naming_the_current_files_inode_is_still_read() {
+        use std::io::Write;
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let pod = dir.path();
+        write_run(
+            pod,
+            0,
+            &["new"],
+            "2026-12-05T01:00:10Z",
+            Rotation::default(),
+        );
+        std::fs::write(pod.join("containers/c/0").join(EXIT_FILE), "0").unwrap();
+        let ino = std::fs::metadata(pod.join("logs/c/0.log")).unwrap().ino();
+        let gz =
+            std::fs::File::create(pod.join("logs/c/0.log.20261205-010000.000000000.gz")).unwrap();
+        let mut enc = flate2::GzBuilder::new()
+            .comment(format!("{}{ino}", crate::logfile::INO_COMMENT))
+            .write(gz, flate2::Compression::default());
+        enc.write_all(b"2026-12-05T01:00:00.000000000Z stdout F old\n")
+            .unwrap();
+        enc.finish().unwrap();
+        assert_eq!(collect(pod, LogQuery::default()).await, "old\nnew\n");
+    }
+
     #[tokio::test]
     async fn timestamps_since_tail_and_limit_apply_to_the_entries() {
         let dir = tempfile::tempdir().unwrap();
