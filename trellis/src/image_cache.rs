@@ -340,16 +340,24 @@ mod tests {
         assert!(cache.get_or_build(&opts(&bin)).unwrap().hit);
 
         // Another binary (the same path, rewritten) misses; the cache keeps KEEP entries.
-        std::thread::sleep(Duration::from_millis(20));
-        std::fs::write(&bin, b"#!/bin/sh\necho two, longer\n").unwrap();
+        // Each rewrite gets its own modification time, set rather than waited for.
+        let rewrite = |content: &[u8], n: u64| {
+            std::fs::write(&bin, content).unwrap();
+            std::fs::File::options()
+                .write(true)
+                .open(&bin)
+                .unwrap()
+                .set_modified(std::time::UNIX_EPOCH + Duration::from_secs(1_000_000 + n))
+                .unwrap();
+        };
+        rewrite(b"#!/bin/sh\necho two, longer\n", 2);
         let other = cache.get_or_build(&opts(&bin)).unwrap();
         assert!(!other.hit, "a changed binary misses");
         assert_ne!(other.digest, first.digest);
         assert_ne!(other.archive, first.archive);
         std::fs::write(dir.path().join("cache/stale.tar.tmp-build"), b"x").unwrap();
         for n in 3..6 {
-            std::thread::sleep(Duration::from_millis(20));
-            std::fs::write(&bin, format!("#!/bin/sh\necho {n}\n")).unwrap();
+            rewrite(format!("#!/bin/sh\necho {n}\n").as_bytes(), n);
             assert!(!cache.get_or_build(&opts(&bin)).unwrap().hit);
         }
         let left = entries(&cache.dir);

@@ -19,10 +19,10 @@ use kube::api::{ListParams, PostParams};
 use serde_json::{Value, json};
 use support::TestServer;
 use trellis_apiserver::repair::Reason;
-use trellis_store::{KeyRange, RangeRequest};
+use trellis_store::KeyRange;
 
-const IPS: &str = "/registry/ranges/serviceips/";
-const PORTS: &str = "/registry/ranges/servicenodeports/";
+const IPS: &str = support::SERVICE_IPS;
+const PORTS: &str = support::NODE_PORTS;
 
 fn svc(name: &str, spec: Value) -> Service {
     let mut spec = spec;
@@ -32,21 +32,7 @@ fn svc(name: &str, spec: Value) -> Service {
 
 /// The allocation keys under `prefix`: address → owner.
 async fn keys(s: &TestServer, prefix: &str) -> BTreeMap<String, String> {
-    let resp = s
-        .running
-        .store()
-        .range(RangeRequest::new(KeyRange::prefix(prefix)))
-        .await
-        .unwrap();
-    resp.kvs
-        .iter()
-        .map(|kv| {
-            (
-                String::from_utf8_lossy(&kv.key[prefix.len()..]).into_owned(),
-                String::from_utf8_lossy(&kv.value).into_owned(),
-            )
-        })
-        .collect()
+    s.allocations(prefix).await
 }
 
 async fn put(s: &TestServer, key: &str, value: &str) {

@@ -14,10 +14,9 @@ use std::collections::BTreeSet;
 use serde_json::Value;
 use support::TestServer;
 use support::kubectl::{Kubectl, kubectl_1_20, kubectl_current};
-use trellis_store::{KeyRange, RangeRequest};
 
-const IPS: &str = "/registry/ranges/serviceips/";
-const PORTS: &str = "/registry/ranges/servicenodeports/";
+const IPS: &str = support::SERVICE_IPS;
+const PORTS: &str = support::NODE_PORTS;
 
 const MANIFEST: &str = r#"apiVersion: v1
 kind: Service
@@ -36,21 +35,16 @@ spec:
 
 /// (cluster IPs, node ports) the keys say `default/web` owns.
 async fn owned(s: &TestServer) -> (BTreeSet<String>, BTreeSet<String>) {
-    let mut out = (BTreeSet::new(), BTreeSet::new());
-    for (prefix, set) in [(IPS, &mut out.0), (PORTS, &mut out.1)] {
-        let resp = s
-            .running
-            .store()
-            .range(RangeRequest::new(KeyRange::prefix(prefix)))
-            .await
-            .unwrap();
-        for kv in resp.kvs {
-            if kv.value == b"default/web" {
-                set.insert(String::from_utf8_lossy(&kv.key[prefix.len()..]).into_owned());
-            }
-        }
-    }
-    out
+    let web = |m: std::collections::BTreeMap<String, String>| {
+        m.into_iter()
+            .filter(|(_, owner)| owner == "default/web")
+            .map(|(k, _)| k)
+            .collect()
+    };
+    (
+        web(s.allocations(IPS).await),
+        web(s.allocations(PORTS).await),
+    )
 }
 
 /// (cluster IPs, node ports) the object holds.

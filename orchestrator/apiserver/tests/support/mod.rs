@@ -2,7 +2,15 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::BTreeMap;
+
 use trellis_apiserver::{Config, Running};
+use trellis_store::{KeyRange, RangeRequest};
+
+/// Where the API server keeps the Service cluster-IP allocations (address → `ns/name`).
+pub const SERVICE_IPS: &str = "/registry/ranges/serviceips/";
+/// Where it keeps the node-port allocations (port → `ns/name`).
+pub const NODE_PORTS: &str = "/registry/ranges/servicenodeports/";
 
 pub struct TestServer {
     pub running: Running,
@@ -22,6 +30,26 @@ impl TestServer {
             .await
             .expect("the API server starts");
         TestServer { running, dir }
+    }
+
+    /// The allocation keys under `prefix` ([`SERVICE_IPS`], [`NODE_PORTS`]), read from the
+    /// store directly: address or port → owner.
+    pub async fn allocations(&self, prefix: &str) -> BTreeMap<String, String> {
+        let resp = self
+            .running
+            .store()
+            .range(RangeRequest::new(KeyRange::prefix(prefix)))
+            .await
+            .unwrap();
+        resp.kvs
+            .iter()
+            .map(|kv| {
+                (
+                    String::from_utf8_lossy(&kv.key[prefix.len()..]).into_owned(),
+                    String::from_utf8_lossy(&kv.value).into_owned(),
+                )
+            })
+            .collect()
     }
 
     /// A kube-rs client with the admin kubeconfig.
