@@ -95,6 +95,13 @@ pub struct Args {
     /// usage read from the processes in /proc.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     cgroups_per_qos: bool,
+    /// How pods' cgroups are made: `cgroupfs` only (the kubelet writes the cgroup file systems
+    /// itself; containerd's runc gets `linux.cgroupsPath` as a path). `systemd` is refused:
+    /// that driver makes slices and scopes through systemd's D-Bus API, which needs systemd as
+    /// PID 1 (not testable here). Under systemd, give `--cgroup-root` a delegated cgroup
+    /// (`Delegate=yes`).
+    #[arg(long, default_value = "cgroupfs", value_parser = parse_cgroup_driver)]
+    cgroup_driver: CgroupDriver,
     /// What runs containers: `process` (host executables, nothing to install) or `containerd`
     /// (OCI images through containerd's API; images come from `trellis image import`).
     #[arg(long, value_enum, default_value_t = RuntimeKind::Process)]
@@ -140,6 +147,26 @@ pub enum RuntimeKind {
     Process,
     /// Each container an OCI image run by containerd (its own API, not CRI).
     Containerd,
+}
+
+/// The cgroup drivers (`--cgroup-driver`): only upstream's `cgroupfs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupDriver {
+    /// The kubelet creates and writes cgroup directories itself.
+    Cgroupfs,
+}
+
+fn parse_cgroup_driver(s: &str) -> Result<CgroupDriver, String> {
+    match s {
+        "cgroupfs" => Ok(CgroupDriver::Cgroupfs),
+        "systemd" => Err(
+            "the systemd cgroup driver is not supported (it makes slices and \
+                scopes through systemd's D-Bus API); use cgroupfs, under systemd with \
+                --cgroup-root in a cgroup systemd delegates (Delegate=yes)"
+                .into(),
+        ),
+        other => Err(format!("{other:?}: the only cgroup driver is cgroupfs")),
+    }
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -188,7 +215,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .with_context(|| format!("--cgroup-root {root}"))?;
         cg.create()
             .with_context(|| format!("creating the cgroup root {root}"))?;
-        tracing::info!(root = %root, cgroup = ?cg, "pods' cgroups");
+        tracing::info!(root = %root, cgroup = ?cg, driver = ?args.cgroup_driver, "pods' cgroups");
         Some(cg)
     } else {
         None
@@ -280,4 +307,35 @@ pub(crate) fn pem_certificate(der: &[u8]) -> String {
     }
     out.push_str("-----END CERTIFICATE-----\n");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    #[test]
+    fn the_cgroup_driver_is_cgroupfs_and_systemd_is_refused_with_the_reason() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["kubelet", "--kubeconfig", "/k"];
+            argv.extend_from_slice(extra);
+            Cli::try_parse_from(argv).map(|c| c.args.cgroup_driver)
+        };
+        assert_eq!(parse(&[]).unwrap(), CgroupDriver::Cgroupfs);
+        assert_eq!(
+            parse(&["--cgroup-driver", "cgroupfs"]).unwrap(),
+            CgroupDriver::Cgroupfs
+        );
+        let e = parse(&["--cgroup-driver", "systemd"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("systemd cgroup driver is not supported"), "{e}");
+        assert!(parse(&["--cgroup-driver", "other"]).is_err());
+    }
 }

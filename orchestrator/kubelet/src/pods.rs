@@ -956,6 +956,7 @@ impl PodSync {
                         code,
                         finished,
                         start_error,
+                        oom_killed,
                         ..
                     },
                 )) => {
@@ -966,6 +967,21 @@ impl PodSync {
                             let msg = match &start_error {
                                 Some(e) => {
                                     format!("Error: failed to start container {:?}: {e}", c.name)
+                                }
+                                // The kernel's OOM killer ended it: the Event says so
+                                // (upstream's shows it only in the status' OOMKilled).
+                                None if oom_killed => {
+                                    let limit = c
+                                        .resources
+                                        .as_ref()
+                                        .and_then(|r| r.limits.as_ref())
+                                        .and_then(|l| l.get("memory"))
+                                        .map(|q| format!(" at its memory limit of {}", q.0))
+                                        .unwrap_or_default();
+                                    format!(
+                                        "container {:?} was OOMKilled (exit code {code}): the kernel's OOM killer ended it{limit}",
+                                        c.name
+                                    )
                                 }
                                 None => format!("container {:?} exited with code {code}", c.name),
                             };

@@ -26,6 +26,7 @@ use serde_json::json;
 use ipnet::Ipv4Net;
 use kubelet::{Kubelets, create_pod, wait_node_ready, wait_pod};
 use netns_testbed::cluster::{ControlPlane, kubectl};
+use netns_testbed::containerd::Containerd;
 use netns_testbed::{Node, Testbed};
 
 /// A server pod whose preStop hook leaves `<stop_dir>/<name>` behind.
@@ -906,7 +907,7 @@ async fn bad_host_ports_are_refused_or_become_events_with_back_off() {
 /// in its log: it ends long before the grace period's SIGKILL.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_container_that_starts_during_the_grace_period_gets_sigterm() {
-    late_start(true).await;
+    late_start(true, false).await;
 }
 
 /// The negative control of the test above: with `--late-start-sigterm=false` (the behaviour
@@ -915,10 +916,31 @@ async fn a_container_that_starts_during_the_grace_period_gets_sigterm() {
 #[tokio::test(flavor = "multi_thread")]
 async fn without_late_start_sigterm_a_container_that_starts_during_the_grace_period_gets_only_sigkill()
  {
-    late_start(false).await;
+    late_start(false, false).await;
 }
 
-async fn late_start(fixed: bool) {
+/// The test above on the containerd runtime: there the start is Tasks Create and Start, and
+/// it is held the same way — containerd's shim waits in Tasks Create for its logging binary
+/// (`trellis container-log`), which waits in its open of the FIFO. Once opened, the task is
+/// started; its process (the container's PID 1, with TERM trapped) gets the SIGTERM within
+/// the grace period.
+#[tokio::test(flavor = "multi_thread")]
+async fn containerd_a_container_that_starts_during_the_grace_period_gets_sigterm() {
+    late_start(true, true).await;
+}
+
+/// The negative control of the containerd variant: with `--late-start-sigterm=false` only
+/// the grace period's SIGKILL ends the held container.
+#[tokio::test(flavor = "multi_thread")]
+async fn containerd_without_late_start_sigterm_a_late_container_gets_only_sigkill() {
+    late_start(false, true).await;
+}
+
+/// The containerd namespace and image of the containerd variants.
+const CTRD_NS: &str = "trellis";
+const CTRD_IMAGE: &str = "trellis.test/busybox:1";
+
+async fn late_start(fixed: bool, containerd: bool) {
     netns_testbed::require_root();
     netns_testbed::require_tool("busybox", "busybox-static");
     let mkfifo = netns_testbed::require_tool("mkfifo", "coreutils");
@@ -935,6 +957,42 @@ async fn late_start(fixed: bool) {
     if !fixed {
         extra.push("--late-start-sigterm=false".into());
     }
+    // Dropped before the testbed and the kubelets: its containers killed and deleted.
+    let ctrd = if containerd {
+        let ctrd = Containerd::start(&tb).await.unwrap();
+        let sock = ctrd.socket().display().to_string();
+        let image = ctrd.busybox_image(CTRD_IMAGE).unwrap();
+        let trellis = netns_testbed::bin_path("trellis");
+        let out = tb
+            .exec(
+                &node.ns,
+                &[
+                    trellis.to_str().unwrap(),
+                    "image",
+                    "import",
+                    image.to_str().unwrap(),
+                    "--address",
+                    &sock,
+                    "--namespace",
+                    CTRD_NS,
+                ],
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
+        assert!(out.success(), "{out:?}");
+        extra.extend([
+            "--runtime".into(),
+            "containerd".into(),
+            "--containerd-address".into(),
+            sock,
+            "--containerd-namespace".into(),
+            CTRD_NS.into(),
+        ]);
+        Some(ctrd)
+    } else {
+        None
+    };
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
     let kubelet = k.start_with(&tb, &cp, &node, &dirs, "net.d", &extra);
     wait_node_ready(&client, "n1").await;
@@ -942,18 +1000,25 @@ async fn late_start(fixed: bool) {
     // (the SIGKILL waits for the held start: it cannot come before `late` runs).
     let grace = if fixed { 120 } else { 15 };
     let m = |f: &str| marks.join(f).display().to_string();
-    create_pod(
-        &client,
-        json!({"metadata": {"name": "late"}, "spec": {"nodeName": "n1",
-            "terminationGracePeriodSeconds": grace,
-            "containers": [
-                {"name": "anchor", "image": "busybox", "command": ["/bin/busybox", "sh", "-c",
-                    format!("trap 'touch {t}; exit 0' TERM; touch {r}; while :; do busybox sleep 1; done",
-                        t = m("anchor-term"), r = m("anchor-ready"))]},
-                {"name": "late", "image": "busybox", "command": ["/bin/busybox", "sh", "-c",
-                    "trap 'echo got-TERM; exit 0' TERM; echo trap-set; while :; do busybox sleep 1; done"]}]}}),
-    )
-    .await;
+    let mut pod = json!({"metadata": {"name": "late"}, "spec": {"nodeName": "n1",
+        "terminationGracePeriodSeconds": grace,
+        "containers": [
+            {"name": "anchor", "image": "busybox", "command": ["/bin/busybox", "sh", "-c",
+                format!("trap 'touch {t}; exit 0' TERM; touch {r}; while :; do busybox sleep 1; done",
+                    t = m("anchor-term"), r = m("anchor-ready"))]},
+            {"name": "late", "image": "busybox", "command": ["/bin/busybox", "sh", "-c",
+                "trap 'echo got-TERM; exit 0' TERM; echo trap-set; while :; do busybox sleep 1; done"]}]}});
+    if containerd {
+        // The image's busybox; the marks directory at the same path inside `anchor`.
+        pod["spec"]["volumes"] = json!([{"name": "marks",
+            "hostPath": {"path": marks.display().to_string(), "type": "Directory"}}]);
+        for c in pod["spec"]["containers"].as_array_mut().unwrap() {
+            c["image"] = json!(CTRD_IMAGE);
+        }
+        pod["spec"]["containers"][0]["volumeMounts"] =
+            json!([{"name": "marks", "mountPath": marks.display().to_string()}]);
+    }
+    create_pod(&client, pod).await;
     netns_testbed::wait_for("the pod's ADD to start", Duration::from_secs(60), || {
         cni.has("ADD late")
     })
@@ -970,10 +1035,17 @@ async fn late_start(fixed: bool) {
     assert!(out.status.success(), "mkfifo: {out:?}");
     cni.release();
     let run = dir.join("containers/late/0");
+    // The process runtime's shim records itself before it opens the log; containerd's run
+    // is recorded before Tasks Create, whose logging binary opens it.
+    let recorded = if containerd {
+        "containerd.json"
+    } else {
+        "shim.pid"
+    };
     netns_testbed::wait_for(
-        "anchor to run and late's shim to wait in its log's open",
-        Duration::from_secs(60),
-        || marks.join("anchor-ready").exists() && run.join("shim.pid").exists(),
+        "anchor to run and late's start to wait in its log's open",
+        Duration::from_secs(90),
+        || marks.join("anchor-ready").exists() && run.join(recorded).exists(),
     )
     .await;
     assert!(
@@ -1060,6 +1132,7 @@ async fn late_start(fixed: bool) {
         !dir.exists()
     })
     .await;
+    drop(ctrd);
 }
 
 /// Issue 15: a pod's ServiceAccount token, projected by the kubelet, works from inside the pod

@@ -2,7 +2,8 @@
 //!
 //! Cgroups (one network mode: they have no network side): a pod's limits appear in its pod and
 //! container cgroups; CPU usage reaches `metrics.k8s.io` from the cgroups, below the CPU limit;
-//! a container allocating over its memory limit is OOMKilled (137) and restarted with back-off;
+//! a container allocating over its memory limit is OOMKilled (137), with an Event, and restarted
+//! with back-off, while the same program under a limit it fits completes (the negative control);
 //! a limit the kernel refuses gives CreateContainerError, an Event and back-off, not a hot
 //! loop; kill -9 and a restart of the kubelet adopt the running pod's cgroups and remove an
 //! orphan one (with its process); deleting the pods removes their cgroups. `--pod-max-pids`
@@ -349,6 +350,43 @@ async fn cgroups_limit_account_oom_kill_adopt_and_go_with_their_pods() {
             >= Duration::from_secs(4),
         "second restart after ≥ 4 s"
     );
+    // An Event per OOM kill says so, with the limit.
+    let oom_events: Vec<Event> = events_for(client, "hog")
+        .await
+        .into_iter()
+        .filter(|e| {
+            e.type_.as_deref() == Some("Warning")
+                && e.message
+                    .as_deref()
+                    .is_some_and(|m| m.contains("OOMKilled") && m.contains("16Mi"))
+        })
+        .collect();
+    assert!(
+        oom_events.len() >= 2,
+        "an OOMKilled Event per kill: {:?}",
+        events_for(client, "hog").await
+    );
+    assert!(run(0, "oom").exists() && run(1, "oom").exists());
+    // The negative control: the same program under a limit it fits (256Mi) completes, not
+    // OOMKilled.
+    create_pod(
+        client,
+        json!({"metadata": {"name": "roomy"}, "spec": {"nodeName": "n1",
+        "restartPolicy": "Never",
+        "containers": [{"name": "c", "image": "busybox",
+            "command": ["/bin/busybox", "dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
+            "resources": {"limits": {"memory": "256Mi"}}}]}}),
+    )
+    .await;
+    let p = wait_pod(client, "roomy", Duration::from_secs(60), "Succeeded", |p| {
+        p["status"]["phase"] == "Succeeded"
+    })
+    .await;
+    let cs = status_of(&p, "c");
+    assert_eq!(cs["state"]["terminated"]["exitCode"], 0, "{cs:#}");
+    assert_eq!(cs["state"]["terminated"]["reason"], "Completed", "{cs:#}");
+    let roomy_uid = p["metadata"]["uid"].as_str().unwrap().to_string();
+    assert!(!k.pod_dir(0, &roomy_uid).join("containers/c/0/oom").exists());
     let hog_cg = root.child(&format!("burstable/pod{hog_uid}"));
     assert_eq!(limits(&hog_cg.child("c")).1, (16u64 << 20).to_string());
     // The QoS tiers: besteffort the minimum shares, burstable its pods' CPU requests (none).
@@ -548,6 +586,7 @@ async fn cgroups_limit_account_oom_kill_adopt_and_go_with_their_pods() {
             "after",
             "forks",
             "forks-limited",
+            "roomy",
         ],
     )
     .await;

@@ -12,8 +12,8 @@
 //! its own cgroup under the pod's (the kubelet's `--cgroup-root`, here relative to the test's
 //! own cgroups, which differ per hierarchy) with the pod's limits; `/stats/summary` reads its
 //! memory and CPU there; over its memory limit the kernel's OOM killer ends it, 137 and
-//! OOMKilled, restarted with back-off — and without the limit the same program completes (the
-//! negative control); deleting the pods removes their cgroups, runc's in the other
+//! OOMKilled, with an Event, restarted with back-off — and under a limit it fits (256Mi) the same
+//! program completes (the negative control); deleting the pods removes their cgroups, runc's in the other
 //! hierarchies too.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -684,12 +684,32 @@ async fn containerd_pods_get_cgroups_limits_oom_kills_and_stats() {
         "first restart after ≥ 2 s"
     );
     assert!(run(0, "oom").exists() && run(1, "oom").exists());
+    // An Event per OOM kill says so, with the limit.
+    let oom_events = events_of(client, "hog")
+        .await
+        .into_iter()
+        .filter(|e| {
+            e.type_.as_deref() == Some("Warning")
+                && e.message
+                    .as_deref()
+                    .is_some_and(|m| m.contains("OOMKilled") && m.contains("16Mi"))
+        })
+        .count();
+    assert!(
+        oom_events >= 2,
+        "an OOMKilled Event per kill: {:?}",
+        events_of(client, "hog").await
+    );
 
-    // The negative control: the same program without a limit completes.
-    create_pod(client, json!({"metadata": {"name": "free"}, "spec": {"nodeName": w.node.name,
+    // The negative control: the same program under a limit it fits (256Mi) completes.
+    create_pod(
+        client,
+        json!({"metadata": {"name": "free"}, "spec": {"nodeName": w.node.name,
         "restartPolicy": "Never",
         "containers": [{"name": "c", "image": IMAGE,
-            "command": ["/bin/busybox", "dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"]}]}}))
+            "command": ["/bin/busybox", "dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
+            "resources": {"limits": {"memory": "256Mi"}}}]}}),
+    )
     .await;
     let p = wait_pod(client, "free", Duration::from_secs(90), "Succeeded", |p| {
         p["status"]["phase"] == "Succeeded"
@@ -698,6 +718,8 @@ async fn containerd_pods_get_cgroups_limits_oom_kills_and_stats() {
     let cs = status_of(&p, "c");
     assert_eq!(cs["state"]["terminated"]["exitCode"], 0, "{cs:#}");
     assert_eq!(cs["state"]["terminated"]["reason"], "Completed", "{cs:#}");
+    let free_uid = p["metadata"]["uid"].as_str().unwrap().to_string();
+    assert!(!k.pod_dir(0, &free_uid).join("containers/c/0/oom").exists());
 
     // Deleting the pods removes their cgroups, and the directories runc made for their
     // containers in the other hierarchies.
