@@ -44,6 +44,10 @@ struct ServingArgs {
     /// Where to write its private key (PEM, mode 0600).
     #[arg(long)]
     key_out: PathBuf,
+    /// Valid for this many seconds from now instead of a year (tests of the kubelet's
+    /// certificate rotation).
+    #[arg(long, hide = true)]
+    lifetime_seconds: Option<u64>,
 }
 
 #[derive(clap::Args)]
@@ -74,13 +78,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Serving(a) => {
-            serving(
+            serving_for(
                 &a.data_dir,
                 &a.node,
                 &a.ips,
                 &a.dns,
                 &a.cert_out,
                 &a.key_out,
+                a.lifetime_seconds.map(std::time::Duration::from_secs),
             )?;
             println!("{}", a.cert_out.display());
             Ok(())
@@ -111,8 +116,21 @@ pub fn serving(
     cert_out: &Path,
     key_out: &Path,
 ) -> anyhow::Result<()> {
+    serving_for(data_dir, node, ips, dns, cert_out, key_out, None)
+}
+
+/// [`serving`], valid for `lifetime` from now when given.
+pub fn serving_for(
+    data_dir: &Path,
+    node: &str,
+    ips: &[IpAddr],
+    dns: &[String],
+    cert_out: &Path,
+    key_out: &Path,
+    lifetime: Option<std::time::Duration>,
+) -> anyhow::Result<()> {
     let ca = cluster_ca(data_dir)?;
-    let cert = trellis_apiserver::pki::kubelet_serving(&ca, node, ips, dns)
+    let cert = trellis_apiserver::pki::kubelet_serving_for(&ca, node, ips, dns, lifetime)
         .context("issuing the kubelet serving certificate")?;
     for out in [cert_out, key_out] {
         if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {

@@ -74,6 +74,30 @@ pub struct Args {
     /// The key of --tls-cert-file.
     #[arg(long, requires = "tls_cert_file")]
     tls_private_key_file: Option<PathBuf>,
+    /// Renew the serving certificate while running: reload --tls-cert-file and
+    /// --tls-private-key-file when they change on disk, and renew it once a fraction of its
+    /// lifetime has passed (see --serving-cert-renew-fraction, --serving-cert-renew-command).
+    /// false: the certificate loaded at start is served until it expires.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    rotate_server_certificates: bool,
+    /// The serving certificate is renewed after this fraction of its lifetime, plus a random
+    /// part of two thirds of the rest (0.7: 70–90 %, upstream's jittered deadline).
+    #[arg(long, default_value_t = 0.7)]
+    serving_cert_renew_fraction: f64,
+    /// A command (`sh -c`) that writes a new serving certificate and key to --tls-cert-file
+    /// and --tls-private-key-file (it gets them in KUBELET_CERT_FILE and KUBELET_KEY_FILE, and
+    /// KUBELET_NODE_NAME), run at the renewal deadline; e.g. `trellis certs serving ...` where
+    /// the cluster CA is at hand. Without it files are only reloaded when they change. A
+    /// self-signed certificate (no files) is renewed by the kubelet itself.
+    #[arg(long)]
+    serving_cert_renew_command: Option<String>,
+    /// How often the certificate files and the renewal deadline are checked (ms).
+    #[arg(long, default_value_t = 1000, hide = true)]
+    serving_cert_check_ms: u64,
+    /// The lifetime of the self-signed serving certificate made without --tls-cert-file
+    /// (seconds; tests of rotation).
+    #[arg(long, default_value_t = 365 * 24 * 3600, hide = true)]
+    self_signed_cert_lifetime_seconds: u64,
     /// The CA (PEM) callers' client certificates are checked against (default: the
     /// kubeconfig's CA).
     #[arg(long)]
@@ -220,6 +244,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     } else {
         None
     };
+    let fraction = args.serving_cert_renew_fraction;
+    if !(fraction > 0.0 && fraction < 1.0) {
+        anyhow::bail!("--serving-cert-renew-fraction {fraction}: give a fraction between 0 and 1");
+    }
     let pod_max_pids = match args.pod_max_pids {
         -1 => None,
         n if n >= 1 => Some(n.unsigned_abs()),
@@ -273,6 +301,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         pod_max_pids,
         api_wait: trellis_api::cluster::ApiWait::with_timeout_secs(args.api_wait_timeout),
         late_start_sigterm: args.late_start_sigterm,
+        serving: trellis_kubelet::serving::Rotation {
+            enabled: args.rotate_server_certificates,
+            renew_fraction: args.serving_cert_renew_fraction,
+            renew_command: args.serving_cert_renew_command,
+            check_every: Duration::from_millis(args.serving_cert_check_ms.max(10)),
+            self_signed_lifetime: Duration::from_secs(
+                args.self_signed_cert_lifetime_seconds.max(1),
+            ),
+        },
     };
     let health = Arc::new(trellis_daemon::Health::default());
     health.set_not_ready("starting");

@@ -205,7 +205,9 @@ async fn node_allows(
     let Some(node) = user.node() else {
         return Ok(false);
     };
-    if req.verb.is_read() && req.subresource.as_deref() != Some("log") {
+    // Reads, but not of logs or through a kubelet (`nodes/proxy`, upstream's node authorizer
+    // grants neither: a node must not reach other nodes' kubelets through the API server).
+    if req.verb.is_read() && !matches!(req.subresource.as_deref(), Some("log" | "proxy")) {
         return Ok(true);
     }
     let body_name = || {
@@ -218,7 +220,11 @@ async fn node_allows(
         _ => req.name.as_deref() == Some(node),
     };
     let allowed = match (info.custom, info.group.as_str(), info.plural.as_str()) {
-        (false, "", "nodes") => own_name && req.verb != Verb::DeleteCollection,
+        (false, "", "nodes") => {
+            own_name
+                && req.verb != Verb::DeleteCollection
+                && req.subresource.as_deref() != Some("proxy")
+        }
         (false, "coordination.k8s.io", "leases") => {
             req.namespace.as_deref() == Some("kube-node-lease") && own_name
         }

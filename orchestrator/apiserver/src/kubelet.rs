@@ -123,6 +123,28 @@ impl KubeletClient {
         port: u16,
         path_and_query: &str,
     ) -> Result<(u16, String, mpsc::Receiver<Bytes>), ApiError> {
+        self.send(
+            hyper::Method::GET,
+            host,
+            port,
+            path_and_query,
+            None,
+            Bytes::new(),
+        )
+        .await
+    }
+
+    /// Sends `method` `path_and_query` with `body` (of `content_type`) to the kubelet at
+    /// `host:port`; the answer as [`KubeletClient::get`] gives it.
+    pub async fn send(
+        &self,
+        method: hyper::Method,
+        host: &str,
+        port: u16,
+        path_and_query: &str,
+        content_type: Option<&str>,
+        body: Bytes,
+    ) -> Result<(u16, String, mpsc::Receiver<Bytes>), ApiError> {
         let unreachable = |e: &dyn std::fmt::Display| {
             ApiError::internal(format!(
                 "Get \"https://{host}:{port}{path_and_query}\": {e}"
@@ -151,9 +173,15 @@ impl KubeletClient {
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        let req = hyper::Request::get(path_and_query)
-            .header(hyper::header::HOST, format!("{host}:{port}"))
-            .body(Empty::<Bytes>::new())
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(path_and_query)
+            .header(hyper::header::HOST, format!("{host}:{port}"));
+        if let Some(ct) = content_type.filter(|c| !c.is_empty()) {
+            req = req.header(hyper::header::CONTENT_TYPE, ct);
+        }
+        let req = req
+            .body(http_body_util::Full::new(body))
             .map_err(|e| unreachable(&e))?;
         let resp = sender
             .send_request(req)
@@ -548,6 +576,70 @@ pub async fn exec(
     client.upgrade(method, &host, port, &path, headers).await
 }
 
+/// The node and the port a `nodes/<id>/proxy` request names: `<name>`, `<name>:<port>` or
+/// `https:<name>:<port>` (upstream's `SplitSchemeNamePort`); only HTTPS is spoken to kubelets.
+pub fn node_proxy_target(id: &str) -> Result<(&str, Option<u16>), ApiError> {
+    let bad = || ApiError::bad_request(format!("invalid node request {id:?}"));
+    let parts: Vec<&str> = id.split(':').collect();
+    let (scheme, name, port) = match parts.as_slice() {
+        [name] => ("", *name, None),
+        [name, port] => ("", *name, Some(*port)),
+        [scheme, name, port] => (*scheme, *name, Some(*port)),
+        _ => return Err(bad()),
+    };
+    if name.is_empty() {
+        return Err(bad());
+    }
+    if !matches!(scheme, "" | "https") {
+        return Err(ApiError::bad_request(format!(
+            "nodes/{id}/proxy: only https is spoken to kubelets, not {scheme:?}"
+        )));
+    }
+    let port = match port.filter(|p| !p.is_empty()) {
+        Some(p) => Some(p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(bad)?),
+        None => None,
+    };
+    Ok((name, port))
+}
+
+/// `nodes/<name>[:<port>]/proxy/<path>` (`kubectl get --raw /api/v1/nodes/n1/proxy/stats/summary`):
+/// authorizes the request's verb on `nodes/proxy` (RBAC; `system:kubelet-api-admin` grants it,
+/// nodes get no such right), then sends the method, path and body to the node's kubelet with the API server's kubelet client certificate (`path_and_query`: the
+/// kubelet's path, see [`crate::request::proxy_path`], and the request's query). The kubelet's status,
+/// content type and body (streamed) are the answer, as upstream's proxy passes them.
+pub async fn node_proxy(
+    api: &Api,
+    req: &crate::request::ResourceRequest,
+    user: &crate::auth::User,
+    method: hyper::Method,
+    path_and_query: &str,
+    content_type: &str,
+    body: Bytes,
+) -> Result<(u16, String, mpsc::Receiver<Bytes>), ApiError> {
+    let nodes = api
+        .registry
+        .find("", "v1", "nodes")
+        .ok_or_else(|| ApiError::internal("nodes are not served"))?;
+    crate::auth::authorize(user, req, &nodes, api, content_type, &body).await?;
+    let id = req.name.as_deref().unwrap_or("");
+    let (node, port) = node_proxy_target(id)?;
+    let (host, kubelet_port) = kubelet_of(api, node).await?;
+    let client = api
+        .kubelet
+        .get()
+        .ok_or_else(|| ApiError::unavailable("no kubelet client certificate is configured"))?;
+    client
+        .send(
+            method,
+            &host,
+            port.unwrap_or(kubelet_port),
+            path_and_query,
+            Some(content_type),
+            body,
+        )
+        .await
+}
+
 /// GET pods/log: the pod's container log from its node's kubelet, streamed as it answers.
 pub async fn logs(api: &Api, call: &Call<'_>) -> Result<Reply, ApiError> {
     let r = &call.req;
@@ -723,6 +815,26 @@ mod tests {
         assert!(format!("{err:?}").contains("not valid for"), "{err:?}");
     }
     use serde_json::json;
+
+    #[test]
+    fn node_proxy_names_a_node_and_maybe_a_port() {
+        assert_eq!(node_proxy_target("n1").ok(), Some(("n1", None)));
+        assert_eq!(
+            node_proxy_target("n1:10250").ok(),
+            Some(("n1", Some(10250)))
+        );
+        assert_eq!(
+            node_proxy_target("https:n1:10250").ok(),
+            Some(("n1", Some(10250)))
+        );
+        for bad in ["http:n1:80", "n1:x", "n1:0", ":1", "a:b:c:d"] {
+            assert_eq!(
+                node_proxy_target(bad).err().map(|e| e.code),
+                Some(400),
+                "{bad}"
+            );
+        }
+    }
 
     #[test]
     fn exec_parameters_take_the_kubelets_names() {

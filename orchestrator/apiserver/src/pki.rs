@@ -132,6 +132,18 @@ pub fn issue(
     organizations: &[&str],
     sans: &[String],
 ) -> Result<CertPair, PkiError> {
+    issue_for(ca, common_name, organizations, sans, None)
+}
+
+/// [`issue`], valid for `lifetime` from now (to the second) when given, else from yesterday
+/// for a year.
+fn issue_for(
+    ca: &CertPair,
+    common_name: &str,
+    organizations: &[&str],
+    sans: &[String],
+    lifetime: Option<std::time::Duration>,
+) -> Result<CertPair, PkiError> {
     let ca_key = KeyPair::from_pem(&ca.key_pem)?;
     let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key)?;
     let key = KeyPair::generate()?;
@@ -160,7 +172,15 @@ pub fn issue(
             });
         }
     }
-    validity(&mut params, 1);
+    match lifetime {
+        Some(life) => {
+            let now = u64::try_from(jiff::Timestamp::now().as_second()).unwrap_or(0);
+            let from = rcgen::date_time_ymd(1970, 1, 1) + std::time::Duration::from_secs(now);
+            params.not_before = from;
+            params.not_after = from + life;
+        }
+        None => validity(&mut params, 1),
+    }
     let cert = params.signed_by(&key, &issuer)?;
     Ok(CertPair {
         cert_pem: cert.pem(),
@@ -178,6 +198,18 @@ pub fn kubelet_serving(
     ips: &[IpAddr],
     dns: &[String],
 ) -> Result<CertPair, PkiError> {
+    kubelet_serving_for(ca, node, ips, dns, None)
+}
+
+/// [`kubelet_serving`] valid for `lifetime` from now when given (short-lived certificates
+/// for rotation tests), else for a year.
+pub fn kubelet_serving_for(
+    ca: &CertPair,
+    node: &str,
+    ips: &[IpAddr],
+    dns: &[String],
+    lifetime: Option<std::time::Duration>,
+) -> Result<CertPair, PkiError> {
     let mut sans: Vec<String> = vec![node.to_string()];
     for name in dns {
         if !sans.contains(name) {
@@ -190,7 +222,13 @@ pub fn kubelet_serving(
             sans.push(ip);
         }
     }
-    issue(ca, &format!("system:node:{node}"), &["system:nodes"], &sans)
+    issue_for(
+        ca,
+        &format!("system:node:{node}"),
+        &["system:nodes"],
+        &sans,
+        lifetime,
+    )
 }
 
 impl Pki {

@@ -122,6 +122,13 @@ pub fn route(method: &str, path: &str, watch: bool) -> Result<Route, ApiError> {
         other => (None, other),
     };
     let (resource, name, subresource) = match rest {
+        // `nodes/<name>[:<port>]/proxy/<path...>`: the rest is the kubelet's path
+        // ([`proxy_path`]).
+        ["nodes", n, "proxy", _, ..] if group.is_empty() => (
+            "nodes".to_string(),
+            Some(n.to_string()),
+            Some("proxy".to_string()),
+        ),
         [r] => (r.to_string(), None, None),
         [r, n] => (r.to_string(), Some(n.to_string()), None),
         [r, n, s] => (r.to_string(), Some(n.to_string()), Some(s.to_string())),
@@ -152,6 +159,21 @@ pub fn route(method: &str, path: &str, watch: bool) -> Result<Route, ApiError> {
         name,
         subresource,
     }))
+}
+
+/// The path a `nodes/<name>/proxy/<path>` request asks of the kubelet: everything after
+/// `/proxy`, with its trailing slash kept (`/stats/summary`, `/`); None for other paths.
+pub fn proxy_path(path: &str) -> Option<String> {
+    let rest = path
+        .strip_prefix("/api/v1/nodes/")?
+        .split_once('/')?
+        .1
+        .strip_prefix("proxy")?;
+    match rest {
+        "" => Some("/".into()),
+        r if r.starts_with('/') => Some(r.to_string()),
+        _ => None,
+    }
 }
 
 /// Query parameters, percent-decoded. A repeated key keeps its last value.
@@ -201,6 +223,36 @@ mod tests {
             Route::Resource(r) => r,
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn node_proxy_paths_name_the_node_and_keep_the_kubelets_path() {
+        for (path, want) in [
+            ("/api/v1/nodes/n1/proxy/stats/summary", "/stats/summary"),
+            ("/api/v1/nodes/n1/proxy", "/"),
+            ("/api/v1/nodes/n1/proxy/", "/"),
+            ("/api/v1/nodes/n1:10250/proxy/metrics", "/metrics"),
+        ] {
+            let r = res("GET", path, false);
+            assert_eq!(
+                (
+                    r.verb,
+                    r.resource.as_str(),
+                    r.subresource.as_deref(),
+                    r.namespace.as_deref()
+                ),
+                (Verb::Get, "nodes", Some("proxy"), None),
+                "{path}"
+            );
+            assert!(r.name.as_deref().is_some_and(|n| n.starts_with("n1")));
+            assert_eq!(proxy_path(path).as_deref(), Some(want), "{path}");
+        }
+        assert_eq!(
+            res("POST", "/api/v1/nodes/n1/proxy/x", false).verb,
+            Verb::Create
+        );
+        assert_eq!(proxy_path("/api/v1/nodes/n1/proxyx"), None);
+        assert_eq!(proxy_path("/api/v1/nodes/n1/status"), None);
     }
 
     #[test]

@@ -686,6 +686,18 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, user: Option<User>)
             let client_req = Request::from_parts(parts, body);
             exec(&shared, &r, &user, client_req).await
         }
+        Ok(Route::Resource(mut r))
+            if r.group.is_empty()
+                && r.resource == "nodes"
+                && r.subresource.as_deref() == Some("proxy") =>
+        {
+            let user = user.unwrap_or_else(User::loopback_admin);
+            if r.verb == request::Verb::Watch {
+                // `?watch=` is the kubelet's query here, not a watch of Nodes.
+                r.verb = request::Verb::Get;
+            }
+            node_proxy(&shared, &r, &user, parts, body, &content_type).await
+        }
         Ok(route) => {
             let body = match Limited::new(body, MAX_BODY).collect().await {
                 Ok(b) => b.to_bytes(),
@@ -796,6 +808,55 @@ async fn exec(
         if crate::kubelet::UPGRADE_HEADERS.contains(&k.as_str()) {
             resp.headers_mut().append(k.clone(), v.clone());
         }
+    }
+    resp
+}
+
+/// `nodes/<name>/proxy/<path>`: the request sent on to the node's kubelet
+/// ([`crate::kubelet::node_proxy`]) and its answer streamed back with its status and type.
+async fn node_proxy(
+    shared: &Shared,
+    r: &request::ResourceRequest,
+    user: &User,
+    parts: hyper::http::request::Parts,
+    body: Incoming,
+    content_type: &str,
+) -> Response<Body> {
+    let body = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return error_response(&ApiError::bad_request(format!(
+                "cannot read the request body: {e}"
+            )));
+        }
+    };
+    let mut path = request::proxy_path(parts.uri.path()).unwrap_or_else(|| "/".into());
+    if let Some(q) = parts.uri.query().filter(|q| !q.is_empty()) {
+        path.push('?');
+        path.push_str(q);
+    }
+    let answer = crate::kubelet::node_proxy(
+        &shared.api,
+        r,
+        user,
+        parts.method,
+        &path,
+        content_type,
+        body,
+    )
+    .await;
+    let (code, kind, mut rx) = match answer {
+        Ok(x) => x,
+        Err(e) => return error_response(&e),
+    };
+    let stream = futures::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx)
+            .map(|o| o.map(|b| Ok::<_, Infallible>(Frame::data(b))))
+    });
+    let mut resp = Response::new(StreamBody::new(stream).boxed());
+    *resp.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY);
+    if let Ok(v) = hyper::header::HeaderValue::from_str(&kind) {
+        resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
     }
     resp
 }

@@ -20,6 +20,7 @@ pub mod probe;
 pub mod runtime;
 pub mod server;
 pub mod serviceaccount;
+pub mod serving;
 pub mod shim;
 pub mod spdy;
 pub mod spdy_conn;
@@ -95,6 +96,8 @@ pub struct Config {
     /// once its process exists (upstream's behaviour); false only in tests, as the negative
     /// control: such a container then runs until the grace period's SIGKILL.
     pub late_start_sigterm: bool,
+    /// How the serving certificate of the HTTPS port is renewed ([`serving`]).
+    pub serving: serving::Rotation,
 }
 
 /// The container runtime of a kubelet.
@@ -183,7 +186,12 @@ pub async fn run(
     std::fs::create_dir_all(cfg.root_dir.join("pods"))
         .map_err(|e| Error::io("create the root directory", e))?;
     let (server_stop, server_rx) = tokio::sync::watch::channel(false);
-    let bound = server::start(cfg.clone(), client.clone(), server_rx).await?;
+    let view = server::NodeView {
+        pods: server::PodCache::default(),
+        metrics: metrics.clone(),
+    };
+    let pod_cache = view.pods.clone();
+    let bound = server::start(cfg.clone(), client.clone(), view, server_rx).await?;
     tracing::info!(%bound, "kubelet API listening");
     tokio::pin!(stop);
     // The API server may be away when the node boots: registration is retried with back-off
@@ -288,7 +296,10 @@ pub async fn run(
                 pods.tick().await;
             }
             Some(ev) = pod_events.next() => match ev {
-                Ok(ev) => pods.handle(ev).await,
+                Ok(ev) => {
+                    pod_cache.apply(&ev);
+                    pods.handle(ev).await
+                }
                 Err(e) => tracing::warn!(error = %e, "watching the node's pods; retrying"),
             },
         }

@@ -1876,6 +1876,7 @@ mod tests {
             pod_max_pids: None,
             api_wait: Default::default(),
             late_start_sigterm: true,
+            serving: Default::default(),
         }
     }
 

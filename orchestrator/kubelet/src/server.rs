@@ -1,14 +1,18 @@
 //! The kubelet's HTTPS API on its port (10250): `/containerLogs/{ns}/{pod}/{container}`,
 //! `/exec/{ns}/{pod}/{container}` and `/attach/{ns}/{pod}/{container}` (WebSocket or SPDY/3.1,
 //! [`crate::exec`], [`crate::attach`]),
-//! `/portForward/{ns}/{pod}` (SPDY/3.1, or tunnelled in a WebSocket, [`crate::portforward`]) and `/stats/summary`, what the API server and metrics readers call.
+//! `/portForward/{ns}/{pod}` (SPDY/3.1, or tunnelled in a WebSocket, [`crate::portforward`]),
+//! `/stats/summary`, `/pods` (the node's pods as a PodList), `/metrics` and `/healthz`: what the
+//! API server (pods/log, pods/exec, nodes/proxy) and metrics readers call.
 //!
 //! Callers authenticate with a client certificate from the cluster CA; what they may do is
 //! asked of the API server with a SubjectAccessReview (upstream's `--authorization-mode=
-//! Webhook`): `get nodes/proxy` for logs, `get nodes/stats` for stats, on this node. The API
+//! Webhook`): `nodes/proxy` for logs, exec and `/pods`, `nodes/stats` for stats,
+//! `nodes/metrics` for metrics, on this node (`/healthz` needs nothing). The API
 //! server calls as `kube-apiserver-kubelet-client`, bound to `system:kubelet-api-admin`.
 //! The serving certificate is the one given (`--tls-cert-file`), or a self-signed one made at
-//! start, as upstream's kubelet does without one.
+//! start, as upstream's kubelet does without one; [`crate::serving`] renews it while the
+//! kubelet runs.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -24,8 +28,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
+use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime, pem::PemObject};
+use rustls::pki_types::{CertificateDer, UnixTime, pem::PemObject};
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::ClientCertVerifier;
 use tokio::sync::mpsc;
@@ -33,6 +38,7 @@ use tokio::sync::mpsc;
 use crate::exec::{self, ExecRequest};
 use crate::logs::{self, LogQuery};
 use crate::portforward;
+use crate::serving::ServingCert;
 use crate::stats::Stats;
 use crate::{Config, Error};
 
@@ -67,6 +73,76 @@ struct Shared {
     stats: Stats,
     /// Allowed (caller, verb, subresource) until the instant (upstream caches 5 min).
     allowed: Mutex<HashMap<(Caller, String, String), Instant>>,
+    node: NodeView,
+}
+
+/// What the kubelet's port shows of the node agent besides logs and stats: its pods (as its
+/// watch of the node's pods has them, upstream's pod manager; `/pods`) and its metrics
+/// (`/metrics`).
+#[derive(Clone, Default)]
+pub struct NodeView {
+    pub pods: PodCache,
+    pub metrics: Arc<trellis_daemon::Metrics>,
+}
+
+/// The node's pods as the kubelet's watch last listed and updated them.
+#[derive(Clone, Default)]
+pub struct PodCache(Arc<Mutex<PodCacheInner>>);
+
+#[derive(Default)]
+struct PodCacheInner {
+    pods: std::collections::BTreeMap<String, Pod>,
+    /// A relist in progress: replaces `pods` when done.
+    next: Option<std::collections::BTreeMap<String, Pod>>,
+}
+
+fn pod_key(p: &Pod) -> String {
+    p.metadata
+        .uid
+        .clone()
+        .unwrap_or_else(|| format!("{:?}/{:?}", p.metadata.namespace, p.metadata.name))
+}
+
+impl PodCache {
+    /// Follows one event of the watch.
+    pub fn apply(&self, ev: &kube::runtime::watcher::Event<Pod>) {
+        use kube::runtime::watcher::Event;
+        let Ok(mut c) = self.0.lock() else { return };
+        match ev {
+            Event::Apply(p) => {
+                c.pods.insert(pod_key(p), p.clone());
+            }
+            Event::Delete(p) => {
+                c.pods.remove(&pod_key(p));
+            }
+            Event::Init => c.next = Some(Default::default()),
+            Event::InitApply(p) => {
+                c.next
+                    .get_or_insert_with(Default::default)
+                    .insert(pod_key(p), p.clone());
+            }
+            Event::InitDone => {
+                if let Some(next) = c.next.take() {
+                    c.pods = next;
+                }
+            }
+        }
+    }
+
+    /// A `v1` PodList of the pods.
+    pub fn list(&self) -> serde_json::Value {
+        let items: Vec<serde_json::Value> = self
+            .0
+            .lock()
+            .map(|c| {
+                c.pods
+                    .values()
+                    .filter_map(|p| serde_json::to_value(p).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        serde_json::json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items})
+    }
 }
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -77,6 +153,15 @@ fn text(code: u16, body: String) -> Response<Body> {
     r.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn json(body: String) -> Response<Body> {
+    let mut r = text(200, body);
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
     );
     r
 }
@@ -94,36 +179,13 @@ fn streamed(mut rx: mpsc::Receiver<Bytes>, content_type: &'static str) -> Respon
     r
 }
 
-/// A self-signed serving certificate for the node's name and address.
-fn self_signed(cfg: &Config) -> Result<(String, String), Error> {
-    let mut names = vec![cfg.node_name.clone()];
-    if let Some(ip) = cfg.node_ip {
-        names.push(ip.to_string());
-    }
-    let key = rcgen::KeyPair::generate().map_err(|e| Error::Other(e.to_string()))?;
-    let mut params =
-        rcgen::CertificateParams::new(names).map_err(|e| Error::Other(e.to_string()))?;
-    params.distinguished_name.push(
-        rcgen::DnType::CommonName,
-        format!("{}@{}", cfg.node_name, jiff::Timestamp::now().as_second()),
-    );
-    let cert = params
-        .self_signed(&key)
-        .map_err(|e| Error::Other(e.to_string()))?;
-    Ok((cert.pem(), key.serialize_pem()))
-}
-
-fn tls(cfg: &Config) -> Result<(Arc<rustls::ServerConfig>, Arc<dyn ClientCertVerifier>), Error> {
+/// The TLS configuration: the serving certificate from `cert` at every handshake (so a
+/// rotated one is used from the next), client certificates checked against the client CA.
+fn tls(
+    cfg: &Config,
+    cert: Arc<ServingCert>,
+) -> Result<(Arc<rustls::ServerConfig>, Arc<dyn ClientCertVerifier>), Error> {
     let e = |x: &dyn std::fmt::Display| Error::Other(format!("kubelet TLS: {x}"));
-    let (cert_pem, key_pem) = match &cfg.tls {
-        Some((c, k)) => (
-            std::fs::read_to_string(c)
-                .map_err(|x| Error::io(format!("read {}", c.display()), x))?,
-            std::fs::read_to_string(k)
-                .map_err(|x| Error::io(format!("read {}", k.display()), x))?,
-        ),
-        None => self_signed(cfg)?,
-    };
     let ca = cfg
         .client_ca
         .clone()
@@ -137,14 +199,9 @@ fn tls(cfg: &Config) -> Result<(Arc<rustls::ServerConfig>, Arc<dyn ClientCertVer
         .allow_unauthenticated()
         .build()
         .map_err(|x| e(&x))?;
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .map_err(|x| e(&x))?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|x| e(&x))?;
     let mut config = rustls::ServerConfig::builder()
         .with_client_cert_verifier(verifier.clone())
-        .with_single_cert(chain, key)
-        .map_err(|x| e(&x))?;
+        .with_cert_resolver(cert);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok((Arc::new(config), verifier))
 }
@@ -153,10 +210,19 @@ fn tls(cfg: &Config) -> Result<(Arc<rustls::ServerConfig>, Arc<dyn ClientCertVer
 pub async fn start(
     cfg: Config,
     client: kube::Client,
+    node: NodeView,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<SocketAddr, Error> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let (tls, verifier) = tls(&cfg)?;
+    let cert = Arc::new(ServingCert::new(
+        &cfg.node_name,
+        cfg.node_ip,
+        cfg.tls.clone(),
+        cfg.serving.clone(),
+    )?);
+    tracing::info!(serial = %cert.serial(), "kubelet serving certificate");
+    tokio::spawn(cert.clone().rotate(stop.clone()));
+    let (tls, verifier) = tls(&cfg, cert)?;
     let ip = cfg
         .address
         .or(cfg.node_ip)
@@ -175,6 +241,7 @@ pub async fn start(
         verifier,
         stats: Stats::default(),
         allowed: Mutex::new(HashMap::new()),
+        node,
     });
     tokio::spawn(async move {
         loop {
@@ -419,6 +486,23 @@ async fn handle(shared: &Shared, req: Request<Incoming>, caller: Option<Caller>)
             tokio::task::spawn_blocking(move || logs::stream(file, run, q, tx));
             streamed(rx, "text/plain")
         }
+        ["pods"] => {
+            if let Err(r) = authorize(shared, &caller, verb, "proxy").await {
+                return r;
+            }
+            json(shared.node.pods.list().to_string())
+        }
+        ["metrics"] => {
+            if let Err(r) = authorize(shared, &caller, verb, "metrics").await {
+                return r;
+            }
+            let mut r = text(200, shared.node.metrics.render());
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            r
+        }
         ["stats", "summary"] => {
             if let Err(r) = authorize(shared, &caller, verb, "stats").await {
                 return r;
@@ -431,12 +515,7 @@ async fn handle(shared: &Shared, req: Request<Incoming>, caller: Option<Caller>)
                     shared.cfg.cgroups.as_ref(),
                 )
                 .await;
-            let mut r = text(200, summary.to_string());
-            r.headers_mut().insert(
-                hyper::header::CONTENT_TYPE,
-                hyper::header::HeaderValue::from_static("application/json"),
-            );
-            r
+            json(summary.to_string())
         }
         [kind @ ("exec" | "attach"), ns, pod, container] => {
             if let Err(r) = authorize(shared, &caller, verb, "proxy").await {
