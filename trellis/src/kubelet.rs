@@ -268,7 +268,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 namespace: args.containerd_namespace,
                 snapshotter: args.containerd_snapshotter,
                 runc_root: args.containerd_runc_root,
-                images: trellis_kubelet::containerd::ImageSettings {
+                images: Box::new(trellis_kubelet::containerd::ImageSettings {
                     registries: match &args.registry_config {
                         Some(p) => trellis_kubelet::containerd::pull::Registries::load(p)
                             .context("reading --registry-config")?,
@@ -286,7 +286,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                         gc.validate().map_err(anyhow::Error::msg)?;
                         gc
                     },
-                },
+                }),
             },
         },
         pod_max_pids,

@@ -112,7 +112,7 @@ pub enum RuntimeChoice {
         /// default, the machine-wide `/run/containerd/runc`.
         runc_root: Option<PathBuf>,
         /// Registry pulls and image garbage collection.
-        images: containerd::ImageSettings,
+        images: Box<containerd::ImageSettings>,
     },
 }
 
@@ -231,7 +231,7 @@ pub async fn run(
             logger: cfg.shim.clone(),
             rotation: cfg.log_rotation,
             max_parallel_starts: cfg.max_parallel_syncs,
-            images: images.clone(),
+            images: (**images).clone(),
         })
         .await?;
         tracing::info!(address = %address.display(), namespace, "containerd runtime connected");

@@ -154,9 +154,15 @@ pub async fn measure(conn: &Conn, p: &GcPolicy) -> Result<(u64, u64), CtrdError>
                 what: format!("statvfs {}", p.root.display()),
                 source: e.into(),
             })?;
-            let frsize = u64::from(s.fragment_size());
-            let total = u64::from(s.blocks()).saturating_mul(frsize);
-            let free = u64::from(s.blocks_free()).saturating_mul(frsize);
+            // u64 here, u32 on some 32-bit targets.
+            #[allow(clippy::useless_conversion)]
+            let (frsize, blocks, bfree) = (
+                u64::from(s.fragment_size()),
+                u64::from(s.blocks()),
+                u64::from(s.blocks_free()),
+            );
+            let total = blocks.saturating_mul(frsize);
+            let free = bfree.saturating_mul(frsize);
             Ok((total.saturating_sub(free), total))
         }
     }

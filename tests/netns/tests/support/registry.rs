@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use netns_testbed::{Node, Testbed};
 
+/// An HTTP answer: status, headers (names in lower case), body.
+pub type Response = (u16, Vec<(String, String)>, Vec<u8>);
+
 /// A running registry.
 pub struct Registry {
     pub addr: SocketAddr,
@@ -62,7 +65,7 @@ impl Registry {
         path: &str,
         headers: &[(&str, &str)],
         body: &[u8],
-    ) -> std::io::Result<(u16, Vec<(String, String)>, Vec<u8>)> {
+    ) -> std::io::Result<Response> {
         let addr = self.addr;
         let mut s = node
             .ns
