@@ -145,6 +145,33 @@ pub struct Args {
     /// shim's, the machine-wide /run/containerd/runc.
     #[arg(long)]
     containerd_runc_root: Option<PathBuf>,
+    /// Registry endpoints and credentials for pulls (`--runtime containerd`), in k3s'
+    /// `registries.yaml` format: `mirrors.<registry>.endpoint` (an `http://` endpoint is a
+    /// plain-HTTP registry) and `configs.<registry>.auth` (`username`/`password` or `auth`).
+    /// Unset: every registry over HTTPS at its own name, anonymously.
+    #[arg(long)]
+    registry_config: Option<PathBuf>,
+    /// Image GC starts when the image filesystem is this full, in percent; 100 turns it off
+    /// (`--runtime containerd`).
+    #[arg(long, default_value_t = 85)]
+    image_gc_high_threshold: u8,
+    /// Image GC removes unused images, least recently used first, down to this usage.
+    #[arg(long, default_value_t = 80)]
+    image_gc_low_threshold: u8,
+    /// An image younger than this is never collected (`2m`, `30s`, `1h`).
+    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    image_minimum_gc_age: Duration,
+    /// How often image GC checks usage (upstream's fixed 5 minutes).
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    image_gc_period: Duration,
+    /// The image filesystem's size for image GC, in bytes: usage is then the bytes of
+    /// containerd's content store in the kubelet's namespace against it (an image budget).
+    /// Unset: the file system of `--containerd-root`, its used bytes against its size.
+    #[arg(long)]
+    image_gc_fs_size: Option<u64>,
+    /// containerd's root directory (its file system is the image filesystem).
+    #[arg(long, default_value = "/var/lib/containerd")]
+    containerd_root: PathBuf,
     /// The most processes (threads included) each pod may have: `pids.max` of the pod's cgroup
     /// and its containers' (containerd: the OCI spec's `linux.resources.pids.limit`); a fork
     /// beyond it fails with EAGAIN. -1: unlimited. Needs cgroups (`--cgroups-per-qos`).
@@ -296,6 +323,25 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 namespace: args.containerd_namespace,
                 snapshotter: args.containerd_snapshotter,
                 runc_root: args.containerd_runc_root,
+                images: Box::new(trellis_kubelet::containerd::ImageSettings {
+                    registries: match &args.registry_config {
+                        Some(p) => trellis_kubelet::containerd::pull::Registries::load(p)
+                            .context("reading --registry-config")?,
+                        None => Default::default(),
+                    },
+                    gc: {
+                        let gc = trellis_kubelet::containerd::gc::GcPolicy {
+                            high: args.image_gc_high_threshold,
+                            low: args.image_gc_low_threshold,
+                            min_age: args.image_minimum_gc_age,
+                            period: args.image_gc_period.max(Duration::from_secs(1)),
+                            fs_size: args.image_gc_fs_size,
+                            root: args.containerd_root.clone(),
+                        };
+                        gc.validate().map_err(anyhow::Error::msg)?;
+                        gc
+                    },
+                }),
             },
         },
         pod_max_pids,
@@ -344,6 +390,25 @@ pub(crate) fn pem_certificate(der: &[u8]) -> String {
     }
     out.push_str("-----END CERTIFICATE-----\n");
     out
+}
+
+/// `90s`, `2m`, `1h` or plain seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("{s:?}: the unit is s, m or h")),
+    };
+    Ok(Duration::from_secs(secs))
 }
 
 #[cfg(test)]

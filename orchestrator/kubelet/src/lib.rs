@@ -114,6 +114,8 @@ pub enum RuntimeChoice {
         /// runc's state directory (`runc --root`; runc adds the namespace); None: the shim's
         /// default, the machine-wide `/run/containerd/runc`.
         runc_root: Option<PathBuf>,
+        /// Registry pulls and image garbage collection.
+        images: Box<containerd::ImageSettings>,
     },
 }
 
@@ -224,6 +226,7 @@ pub async fn run(
         namespace,
         snapshotter,
         runc_root,
+        images,
     } = &cfg.runtime
     {
         let ctrd = containerd::runtime::ContainerdRuntime::start(containerd::runtime::Settings {
@@ -236,6 +239,7 @@ pub async fn run(
             logger: cfg.shim.clone(),
             rotation: cfg.log_rotation,
             max_parallel_starts: cfg.max_parallel_syncs,
+            images: (**images).clone(),
         })
         .await?;
         tracing::info!(address = %address.display(), namespace, "containerd runtime connected");

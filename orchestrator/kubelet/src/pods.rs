@@ -1208,7 +1208,47 @@ impl PodSync {
                 .unwrap_or(false),
             host_mounts,
         };
-        match self.ctx.rt.start(sb, &run) {
+        // An image runtime: the image per the pull policy first (Events as upstream's).
+        let mut ready = Ok(());
+        if let Some(image) = c.image.as_deref().filter(|i| !i.trim().is_empty())
+            && let Some(present) = self.ctx.rt.image_present(image)
+        {
+            let policy = pull_policy(image, c.image_pull_policy.as_deref());
+            ready = match (policy, present) {
+                (_, Err(e)) => Err(e),
+                ("Never", Ok(false)) => Err(Error::ImagePull {
+                    image: image.to_string(),
+                    message: format!(
+                        "Container image {image:?} is not present with pull policy of Never"
+                    ),
+                }),
+                ("Never" | "IfNotPresent", Ok(true)) => {
+                    let msg = format!("Container image {image:?} already present on machine");
+                    self.event(pod, "Normal", "Pulled", &msg).await;
+                    Ok(())
+                }
+                _ => {
+                    self.event(
+                        pod,
+                        "Normal",
+                        "Pulling",
+                        &format!("Pulling image {image:?}"),
+                    )
+                    .await;
+                    let t = Instant::now();
+                    let pulled = self.ctx.rt.pull_image(image);
+                    if let Ok(bytes) = &pulled {
+                        let msg = format!(
+                            "Successfully pulled image {image:?} in {:.3}s. Image size: {bytes} bytes.",
+                            t.elapsed().as_secs_f64()
+                        );
+                        self.event(pod, "Normal", "Pulled", &msg).await;
+                    }
+                    pulled.map(drop)
+                }
+            };
+        }
+        match ready.and_then(|()| self.ctx.rt.start(sb, &run)) {
             Ok(()) => {
                 if let Some(l) = self.local.as_mut() {
                     l.pulls.remove(&c.name);
@@ -2206,5 +2246,45 @@ mod tests {
         );
         assert_eq!(expand("cost $5 and $(", &vars), "cost $5 and $(");
         assert_eq!(expand("", &vars), "");
+    }
+}
+
+/// A container's `imagePullPolicy`, with upstream's default: `Always` for `:latest` or no tag
+/// (a digest is not a tag), `IfNotPresent` otherwise.
+pub fn pull_policy<'a>(image: &str, policy: Option<&'a str>) -> &'a str {
+    match policy {
+        Some(p @ ("Always" | "IfNotPresent" | "Never")) => p,
+        _ => {
+            let last = image.rsplit('/').next().unwrap_or(image);
+            if last.contains('@') {
+                "IfNotPresent"
+            } else {
+                match last.rsplit_once(':') {
+                    Some((_, "latest")) | None => "Always",
+                    Some(_) => "IfNotPresent",
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod pull_policy_tests {
+    use super::pull_policy;
+
+    #[test]
+    fn the_default_pull_policy_follows_the_tag() {
+        assert_eq!(pull_policy("busybox", None), "Always");
+        assert_eq!(pull_policy("busybox:latest", None), "Always");
+        assert_eq!(pull_policy("busybox:1.36", None), "IfNotPresent");
+        assert_eq!(pull_policy("127.0.0.1:5000/busybox", None), "Always");
+        assert_eq!(
+            pull_policy("127.0.0.1:5000/busybox:1", None),
+            "IfNotPresent"
+        );
+        let d = format!("busybox@sha256:{}", "a".repeat(64));
+        assert_eq!(pull_policy(&d, None), "IfNotPresent");
+        assert_eq!(pull_policy("busybox", Some("Never")), "Never");
+        assert_eq!(pull_policy("busybox:1", Some("Always")), "Always");
     }
 }

@@ -83,6 +83,17 @@ pub enum RunState {
 /// runtime starts processes in it and reports on them.
 pub trait Runtime: Send + Sync {
     fn start(&self, sandbox: &Sandbox, run: &ContainerRun) -> Result<(), Error>;
+    /// Whether `image` is in the runtime's image store; None: the runtime runs no images
+    /// (the process runtime records `image` only), so nothing is pulled.
+    fn image_present(&self, _image: &str) -> Option<Result<bool, Error>> {
+        None
+    }
+    /// Pulls `image` from its registry (an image runtime); returns the bytes fetched.
+    fn pull_image(&self, image: &str) -> Result<u64, Error> {
+        Err(Error::Other(format!(
+            "this runtime pulls no images ({image:?})"
+        )))
+    }
     /// The newest run of container `name`, with its attempt number.
     fn latest(&self, sandbox: &Sandbox, name: &str) -> Option<(u32, RunState)>;
     /// A given run's state.

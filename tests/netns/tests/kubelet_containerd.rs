@@ -356,7 +356,7 @@ async fn scenario(
     create_pod(
         client,
         json!({"metadata": {"name": "noimage"}, "spec": {"nodeName": n2.name,
-        "containers": [{"name": "c", "image": "trellis.test/absent:1"}]}}),
+        "containers": [{"name": "c", "image": "trellis.test/absent:1", "imagePullPolicy": "Never"}]}}),
     )
     .await;
     let p = wait_pod(

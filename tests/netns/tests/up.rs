@@ -1526,7 +1526,7 @@ async fn three_routed_nodes_on_containerd_with_three_members_serve_survive_a_mem
         let pod: Pod = serde_json::from_value(json!({
             "metadata": {"name": format!("reach-{n}"), "labels": {"app": "reach"}},
             "spec": {"nodeName": n, "terminationGracePeriodSeconds": 1,
-                     "containers": [{"name": "httpd", "image": "trellis:latest",
+                     "containers": [{"name": "httpd", "image": "trellis:latest", "imagePullPolicy": "IfNotPresent",
                                      "command": ["busybox", "httpd", "-f", "-p", "8080", "-h", "/"]}]}}))
         .unwrap();
         default.create(&PostParams::default(), &pod).await.unwrap();

@@ -165,6 +165,8 @@ pub fn share_host_dir(doc: &mut Value, name: &str, dir: &Path, image: &str) {
         .flatten()
     {
         c["image"] = json!(image);
+        // Built and imported locally: never pulled (`:latest` would default to Always).
+        c["imagePullPolicy"] = json!("IfNotPresent");
         if !c["volumeMounts"].is_array() {
             c["volumeMounts"] = json!([]);
         }

@@ -771,6 +771,9 @@ async fn build(args: &UpArgs, state: &mut State, exe: &Path, busybox: &Path) -> 
             c.namespace.clone(),
             "--containerd-runc-root".into(),
             s(&c.runc_root()),
+            // Image GC measures the file system containerd keeps its images on.
+            "--containerd-root".into(),
+            s(&c.dir.join("root")),
         ];
     }
 
@@ -1146,7 +1149,7 @@ fn dns_docs(exe: &Path, kubeconfig: &Path, resolv: &Path) -> Vec<Value> {
                "spec": {"replicas": 1, "selector": {"matchLabels": {"k8s-app": "kube-dns"}},
                  "template": {"metadata": {"labels": {"k8s-app": "kube-dns"}},
                    "spec": {"serviceAccountName": "trellis-dns", "terminationGracePeriodSeconds": 2,
-                     "containers": [{"name": "dns", "image": "trellis:latest",
+                     "containers": [{"name": "dns", "image": "trellis:latest", "imagePullPolicy": "IfNotPresent",
                        "command": [s(exe), "dns", "--kubeconfig", s(kubeconfig), "--listen", "0.0.0.0:53",
                                    "--resolv-conf", s(resolv), "--metrics-listen", "127.0.0.1:9153"],
                        "ports": [{"name": "dns", "containerPort": 53, "protocol": "UDP"}]}]}}}}),

@@ -169,7 +169,7 @@ pub fn normalize(reference: &str) -> String {
     full
 }
 
-fn arch() -> &'static str {
+pub(crate) fn arch() -> &'static str {
     match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",
@@ -177,12 +177,12 @@ fn arch() -> &'static str {
     }
 }
 
-fn is_index(mt: &str) -> bool {
+pub(crate) fn is_index(mt: &str) -> bool {
     mt == MT_OCI_INDEX || mt == MT_DOCKER_LIST
 }
 
 /// From an index's manifests, the one for this machine (or the only one).
-fn pick_platform(manifests: &[Desc]) -> Option<&Desc> {
+pub(crate) fn pick_platform(manifests: &[Desc]) -> Option<&Desc> {
     manifests
         .iter()
         .find(|m| {
@@ -762,6 +762,99 @@ async fn import_all(
         });
     }
     Ok(out)
+}
+
+/// The manifests an index names.
+pub(crate) fn parse_index(data: &[u8], digest: &str) -> Result<Vec<Desc>, CtrdError> {
+    let idx: Index = serde_json::from_slice(data)
+        .map_err(|e| CtrdError::Image(format!("index {digest}: {e}")))?;
+    Ok(idx.manifests)
+}
+
+/// A manifest's config and layers.
+pub(crate) fn manifest_blobs(data: &[u8], digest: &str) -> Result<(Desc, Vec<Desc>), CtrdError> {
+    let m: Manifest = serde_json::from_slice(data)
+        .map_err(|e| CtrdError::Image(format!("manifest {digest}: {e}")))?;
+    Ok((m.config, m.layers))
+}
+
+/// The digest image `name` points at, if it exists.
+pub(crate) async fn current_target(conn: &Conn, name: &str) -> Result<Option<String>, CtrdError> {
+    let got = ImagesClient::new(conn.channel.clone())
+        .get(conn.request(GetImageRequest {
+            name: name.to_string(),
+        }))
+        .await;
+    match got {
+        Ok(r) => Ok(r
+            .into_inner()
+            .image
+            .and_then(|i| i.target)
+            .map(|t| t.digest)),
+        Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
+        Err(s) => Err(CtrdError::rpc(format!("get image {name}"), s)),
+    }
+}
+
+/// Writes, unpacks and names an image whose blobs (by digest) were fetched from a registry:
+/// the same path as an imported layout's.
+pub(crate) async fn import_blobs(
+    conn: &Conn,
+    top: Desc,
+    blobs: HashMap<String, Vec<u8>>,
+    name: &str,
+    snapshotter: &str,
+) -> Result<Imported, CtrdError> {
+    let mut data = Vec::with_capacity(blobs.values().map(Vec::len).sum());
+    let mut files = HashMap::new();
+    for (digest, b) in &blobs {
+        let hex = digest.strip_prefix("sha256:").ok_or_else(|| {
+            CtrdError::Image(format!("digest {digest}: only sha256 is supported"))
+        })?;
+        let start = data.len();
+        data.extend_from_slice(b);
+        files.insert(format!("blobs/sha256/{hex}"), start..data.len());
+    }
+    drop(blobs);
+    let layout = Layout { data: &data, files };
+    let index = Index {
+        manifests: vec![top],
+    };
+    let lease = conn.lease("pull").await?;
+    let r = import_all(conn, &lease, &layout, &index, Some(name), snapshotter).await;
+    conn.release(&lease).await;
+    r?.pop()
+        .ok_or_else(|| CtrdError::Image(format!("{name}: nothing imported")))
+}
+
+/// The bytes of an image's blobs for this platform: its index(es), manifest, config and
+/// layers (as compressed in the content store).
+pub(crate) async fn size_of(
+    conn: &Conn,
+    media_type: &str,
+    digest: &str,
+    size: i64,
+) -> Result<u64, CtrdError> {
+    let mut total = size.max(0) as u64;
+    let (mut mt, mut digest) = (media_type.to_string(), digest.to_string());
+    let mut depth = 0;
+    while is_index(&mt) {
+        depth += 1;
+        if depth > 4 {
+            return Err(CtrdError::Image("indexes nested too deep".into()));
+        }
+        let idx = parse_index(&read_blob(conn, &digest).await?, &digest)?;
+        let m = pick_platform(&idx).ok_or_else(|| {
+            CtrdError::Image(format!("index {digest}: no manifest for this platform"))
+        })?;
+        total += m.size.max(0) as u64;
+        mt = m.media_type.clone();
+        digest = m.digest.clone();
+    }
+    let (config, layers) = manifest_blobs(&read_blob(conn, &digest).await?, &digest)?;
+    total += config.size.max(0) as u64;
+    total += layers.iter().map(|l| l.size.max(0) as u64).sum::<u64>();
+    Ok(total)
 }
 
 /// An image of containerd's store, ready for a container: its configuration read back, its

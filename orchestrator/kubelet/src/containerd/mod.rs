@@ -7,7 +7,9 @@
 //! client does.
 
 pub mod exec;
+pub mod gc;
 pub mod image;
+pub mod pull;
 pub mod runtime;
 
 use std::collections::HashMap;
@@ -25,6 +27,14 @@ pub const DEFAULT_NAMESPACE: &str = "trellis";
 /// The snapshotter images are unpacked into and containers run from.
 pub const DEFAULT_SNAPSHOTTER: &str = "overlayfs";
 
+/// How the containerd runtime gets images and collects unused ones.
+#[derive(Debug, Clone, Default)]
+pub struct ImageSettings {
+    /// Registry endpoints and credentials (`--registry-config`, k3s' `registries.yaml`).
+    pub registries: pull::Registries,
+    pub gc: gc::GcPolicy,
+}
+
 /// A failure talking to containerd or handling an image.
 #[derive(Debug, thiserror::Error)]
 pub enum CtrdError {
@@ -36,9 +46,9 @@ pub enum CtrdError {
         code: tonic::Code,
         message: String,
     },
-    /// The image is not in containerd's image store (and this runtime pulls from no registry).
+    /// The image is not in containerd's image store.
     #[error(
-        "image {image:?} is not present in containerd namespace {namespace:?}: import it with `trellis image import` (pulling from a registry is not implemented)"
+        "image {image:?} is not present in containerd namespace {namespace:?}: pull it from a registry or import it with `trellis image import`"
     )]
     ImageNotFound { image: String, namespace: String },
     /// A bad archive or image: not a tar, no index.json, a digest that does not match.

@@ -36,6 +36,7 @@ use serde_json::{Value, json};
 
 use super::image::{self, Resolved};
 use super::{Conn, CtrdError};
+use super::{gc, pull};
 use crate::Error;
 use crate::logfile::Rotation;
 use crate::runtime::{ContainerRun, RunState, Runtime, Sandbox, alive};
@@ -58,6 +59,8 @@ const TASK_DELETE: Duration = Duration::from_secs(30);
 /// The longest a container's create and start may take in the background: a shim or a Tasks
 /// call that hangs must not hold a start turn, or the pod's teardown, for ever.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
+/// The longest a pull may take (its requests have their own timeouts).
+const PULL_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Where containerd is and how containers are made.
 #[derive(Debug, Clone)]
@@ -78,6 +81,8 @@ pub struct Settings {
     /// How many containers are created and started at once (in the order their starts came):
     /// the pod passes do not wait for them.
     pub max_parallel_starts: usize,
+    /// Registry pulls and image garbage collection.
+    pub images: super::ImageSettings,
 }
 
 struct Inner {
@@ -91,6 +96,12 @@ struct Inner {
     lease: tokio::sync::Mutex<Option<(String, std::time::Instant)>>,
     /// Container starts under way (`max_parallel_starts`; fair: first come, first started).
     starts: tokio::sync::Semaphore,
+    /// When each image (normalized name) was last used by a start: image GC's order.
+    last_used: Mutex<HashMap<String, SystemTime>>,
+    /// Images a start or pull is using now (counted): image GC keeps them.
+    in_flight: Mutex<HashMap<String, usize>>,
+    /// Held by a pull and by an image GC round: GC never removes what a pull is writing.
+    image_ops: tokio::sync::Mutex<()>,
 }
 
 /// The containerd runtime. Its calls run on a thread of its own (the [`Runtime`] trait is
@@ -604,6 +615,9 @@ impl ContainerdRuntime {
             images: Mutex::new(HashMap::new()),
             starts,
             lease: tokio::sync::Mutex::new(None),
+            last_used: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashMap::new()),
+            image_ops: tokio::sync::Mutex::new(()),
         });
         let i = inner.clone();
         handle.spawn(async move {
@@ -612,16 +626,34 @@ impl ContainerdRuntime {
                 tokio::time::sleep(RECONCILE).await;
             }
         });
+        if inner.s.images.gc.enabled() {
+            let i = inner.clone();
+            handle.spawn(async move {
+                loop {
+                    tokio::time::sleep(i.s.images.gc.period).await;
+                    i.image_gc().await;
+                }
+            });
+        }
         Ok(ContainerdRuntime { inner, handle })
     }
 
     /// Runs `fut` on the runtime's thread and waits for it (bounded).
     fn block<T: Send + 'static>(&self, fut: impl Future<Output = T> + Send + 'static) -> Option<T> {
+        self.block_for(Duration::from_secs(120), fut)
+    }
+
+    /// Runs `fut` on the runtime's thread and waits for it, `limit` at most.
+    fn block_for<T: Send + 'static>(
+        &self,
+        limit: Duration,
+        fut: impl Future<Output = T> + Send + 'static,
+    ) -> Option<T> {
         let (tx, rx) = std::sync::mpsc::channel();
         self.handle.spawn(async move {
             let _ = tx.send(fut.await);
         });
-        let wait = move || rx.recv_timeout(Duration::from_secs(120)).ok();
+        let wait = move || rx.recv_timeout(limit).ok();
         match tokio::runtime::Handle::try_current() {
             Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
                 tokio::task::block_in_place(wait)
@@ -669,6 +701,84 @@ impl Inner {
             Ok(mut b) if on => b.insert(id.to_string()),
             Ok(mut b) => b.remove(id),
             Err(_) => false,
+        }
+    }
+
+    /// Marks `image` used by a start or pull (`on`), or no longer.
+    fn hold(&self, image: &str, on: bool) {
+        let key = image::normalize(image);
+        if let Ok(mut m) = self.in_flight.lock() {
+            let n = m.entry(key.clone()).or_insert(0);
+            if on {
+                *n += 1;
+            } else {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    m.remove(&key);
+                }
+            }
+        }
+        if let Ok(mut m) = self.last_used.lock() {
+            m.insert(key, SystemTime::now());
+        }
+    }
+
+    /// One round of image garbage collection (see [`super::gc`]).
+    async fn image_gc(&self) {
+        let p = &self.s.images.gc;
+        let _ops = self.image_ops.lock().await;
+        let (usage, capacity) = match gc::measure(&self.conn, p).await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "image garbage collection: measuring the image filesystem");
+                return;
+            }
+        };
+        let Some(to_free) = gc::to_free(usage, capacity, p.high, p.low) else {
+            return;
+        };
+        let mut in_use = match gc::images_in_use(&self.conn).await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::warn!(error = %e, "image garbage collection: listing containers");
+                return;
+            }
+        };
+        if let Ok(m) = self.in_flight.lock() {
+            in_use.extend(m.keys().cloned());
+        }
+        let last_used = self.last_used.lock().map(|m| m.clone()).unwrap_or_default();
+        let all = match gc::candidates(&self.conn, &last_used).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "image garbage collection: listing images");
+                return;
+            }
+        };
+        let chosen = gc::choose(all, &in_use, to_free, p.min_age, SystemTime::now());
+        let mut freed = 0u64;
+        for c in &chosen {
+            match gc::remove(&self.conn, &c.name).await {
+                Ok(()) => {
+                    freed += c.size;
+                    tracing::info!(image = %c.name, bytes = c.size, "image garbage collection: removed an unused image");
+                    if let Ok(mut m) = self.images.lock() {
+                        m.remove(&c.name);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(image = %c.name, error = %e, "image garbage collection: removing an image")
+                }
+            }
+        }
+        if freed < to_free {
+            tracing::warn!(
+                usage,
+                capacity,
+                wanted = to_free,
+                freed,
+                "image garbage collection: could not free enough (the rest is in use or too young)"
+            );
         }
     }
 
@@ -1178,11 +1288,18 @@ impl Runtime for ContainerdRuntime {
                 "container {id} is being started already"
             )));
         }
-        // The image first: a missing one makes no run at all (the kubelet backs off).
+        // The image first: a missing one makes no run at all (the kubelet backs off). Held
+        // from here until the container exists (image GC keeps it).
+        self.inner.hold(&image, true);
+        let release = {
+            let (inner, image) = (self.inner.clone(), image.clone());
+            move || inner.hold(&image, false)
+        };
         let inner = self.inner.clone();
         let img = match self.block(async move { inner.resolve(&image).await }) {
             Some(Ok(img)) => img,
             Some(Err(e)) => {
+                release();
                 self.inner.set_busy(&id, false);
                 return Err(Error::ImagePull {
                     image: run.image.clone().unwrap_or_default(),
@@ -1190,6 +1307,7 @@ impl Runtime for ContainerdRuntime {
                 });
             }
             None => {
+                release();
                 self.inner.set_busy(&id, false);
                 return Err(Error::Other(format!(
                     "containerd did not answer for image {:?} within 120 s",
@@ -1222,6 +1340,7 @@ impl Runtime for ContainerdRuntime {
             .map_err(|e| Error::io(format!("write {RUN_FILE}"), e))
         };
         if let Err(e) = record() {
+            release();
             self.inner.set_busy(&id, false);
             return Err(e);
         }
@@ -1252,6 +1371,7 @@ impl Runtime for ContainerdRuntime {
                 )))
             });
             drop(turn);
+            release();
             match made {
                 Ok(pid) => match write_atomic(&d, PID_FILE, &pid.to_string()) {
                     Ok(()) => {
@@ -1278,6 +1398,51 @@ impl Runtime for ContainerdRuntime {
             }
         });
         Ok(())
+    }
+
+    fn image_present(&self, image: &str) -> Option<Result<bool, Error>> {
+        let inner = self.inner.clone();
+        let name = image::normalize(image);
+        let got = self.block(async move { image::current_target(&inner.conn, &name).await });
+        Some(match got {
+            Some(Ok(t)) => Ok(t.is_some()),
+            Some(Err(e)) => Err(Error::Other(e.to_string())),
+            None => Err(Error::Other(format!(
+                "containerd did not answer for image {image:?} within 120 s"
+            ))),
+        })
+    }
+
+    fn pull_image(&self, image: &str) -> Result<u64, Error> {
+        let inner = self.inner.clone();
+        let reference = image.to_string();
+        let got = self.block_for(PULL_TIMEOUT, async move {
+            let _ops = inner.image_ops.lock().await;
+            inner.hold(&reference, true);
+            let r = pull::pull(
+                &inner.conn,
+                &inner.s.images.registries,
+                &reference,
+                &inner.s.snapshotter,
+            )
+            .await;
+            inner.hold(&reference, false);
+            r
+        });
+        match got {
+            Some(Ok(p)) => {
+                tracing::info!(image, digest = %p.image.digest, bytes = p.bytes, "pulled an image");
+                Ok(p.bytes)
+            }
+            Some(Err(e)) => Err(Error::ImagePull {
+                image: image.to_string(),
+                message: e.to_string(),
+            }),
+            None => Err(Error::ImagePull {
+                image: image.to_string(),
+                message: format!("the pull did not end within {} s", PULL_TIMEOUT.as_secs()),
+            }),
+        }
     }
 
     fn latest(&self, sandbox: &Sandbox, name: &str) -> Option<(u32, RunState)> {
