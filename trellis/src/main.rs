@@ -201,9 +201,20 @@ fn main() -> anyhow::Result<()> {
             &args[2..],
         ));
     }
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
+    // `bgp-agent` runs on one thread, as BIRD's single event loop does: an UPDATE goes from the
+    // socket through the RIB to the kernel (and out to the other peers) as hand-offs between
+    // tasks of one thread, instead of waking another worker thread at every step; in a mesh of
+    // agents sharing few cores those wake-ups were most of the time a change took (issue 18).
+    let runtime = if args.get(1).is_some_and(|a| a == "bgp-agent") {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    };
+    runtime
         .context("starting the async runtime")?
         .block_on(async_main())
 }
