@@ -1,20 +1,24 @@
-//! BGP convergence (issue 7, benchmark (a)): N nodes (default 20) in namespaces on one testbed
-//! underlay, iBGP full mesh in AS 64512, each announcing its own /26. A round announces a new
-//! /26 on one node and measures the time until the route is in every other node's kernel
-//! (polling all kernels' main tables, all at once, every millisecond, bounded; the mean sweep
-//! time is printed as the resolution). The same topology and the same rounds run twice: with
+//! BGP convergence (issue 7, benchmark (a); issue 18: withdrawal too): N nodes (default 20) in
+//! namespaces on one testbed underlay, iBGP full mesh in AS 64512, each announcing its own /26.
+//! A round announces a new /26 on one node and measures the time until the route is in every
+//! other node's kernel, then withdraws it again and measures the time until it has left every
+//! other node's kernel (polling all kernels' main tables, all at once, every millisecond,
+//! bounded; the mean sweep time is printed as the resolution). The same topology and the same rounds run twice: with
 //! `trellis bgp-agent` on every node, then with BIRD 2 on every node (the new block is a static
 //! blackhole route, exported to the kernel too as Calico's BIRD does, added with
-//! `birdc configure`). Ours and BIRD's median and p90 are printed side by side with the ratio.
+//! `birdc configure`; withdrawn by removing the static and `birdc configure` again). Ours and
+//! BIRD's median and p90 are printed side by side with the ratio, one table for announcement
+//! and one for withdrawal. The four steps of a round alternate between the sides (ours
+//! announces, BIRD announces, ours withdraws, BIRD withdraws).
 //! The clock starts just before the change is made: for BIRD that includes starting `birdc`
 //! (a few ms), for ours only writing a file and sending a signal.
 //!
 //!     cargo bench -p netns-testbed --bench bgp-convergence [-- --nodes 20 --rounds 20]
-//!         [--trellis PATH] [--only ours|bird]
+//!         [--trellis PATH] [--only ours|bird] [--logs DIR]
 //!
 //! Our side needs a live announcement interface: the agent is started with
 //! `--announce-file PATH` (prefixes one a line, in addition to `--announce`), and a round
-//! rewrites that file atomically, then sends the agent SIGHUP when its `--help` mentions SIGHUP
+//! rewrites that file atomically (with the new block, then without it), then sends the agent SIGHUP when its `--help` mentions SIGHUP
 //! (otherwise the agent is assumed to watch the file). An agent without `--announce-file` is
 //! reported as not measurable; restarting an agent with one more `--announce` would measure
 //! session set-up, not propagation.
@@ -71,10 +75,10 @@ fn percentile(v: &[f64], p: f64) -> f64 {
     s[rank.clamp(1, s.len()) - 1]
 }
 
-/// What one side measured: per round, ms until the first and until the last other kernel had
-/// the route.
+/// What one side measured for one kind of change: per round, ms until the first and until the
+/// last other kernel had the route (announcement) or had lost it (withdrawal).
 #[derive(Default)]
-struct Figures {
+struct Series {
     first: Vec<f64>,
     all: Vec<f64>,
     /// Mean polling sweep per round (ms).
@@ -115,14 +119,23 @@ async fn wait_mesh(handles: &[Handle], n: usize, proto: u8, limit: Duration) {
     }
 }
 
+/// Both kinds of change a round makes.
+#[derive(Default)]
+struct Figures {
+    announce: Series,
+    withdraw: Series,
+}
+
 /// Polls every kernel but `origin`'s (all of them at once, then again after 1 ms) until each
-/// routes `prefix` (`proto`); returns ms since `t0` until the first and until the last had it,
-/// and the mean time of one polling sweep (the resolution of the figures).
+/// routes `prefix` (`proto`) — or, with `present` false, until none does; returns ms since `t0`
+/// until the first and until the last got there, and the mean time of one polling sweep (the
+/// resolution of the figures).
 async fn propagation(
     handles: &[Handle],
     origin: usize,
     prefix: Ipv4Net,
     proto: u8,
+    present: bool,
     t0: Instant,
 ) -> (f64, f64, f64) {
     let dst = IpNet::V4(prefix);
@@ -136,7 +149,7 @@ async fn propagation(
                 .routes(Family::V4, Some(Route::TABLE_MAIN))
                 .await
                 .unwrap();
-            routes.iter().any(|r| r.dst == dst && r.protocol == proto)
+            routes.iter().any(|r| r.dst == dst && r.protocol == proto) == present
         }))
         .await;
         sweeps += 1;
@@ -160,7 +173,8 @@ async fn propagation(
         }
         assert!(
             t0.elapsed() < ROUND_LIMIT,
-            "{prefix} did not reach nodes {pending:?} within {ROUND_LIMIT:?}"
+            "{prefix} was not {} nodes {pending:?} within {ROUND_LIMIT:?}",
+            if present { "in" } else { "withdrawn from" }
         );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
@@ -201,15 +215,49 @@ impl Side<'_> {
                 agents[k].set_announced(&announced[k], *sighup).unwrap();
             }
         }
-        let (first, all, sweep) = propagation(&self.handles, k, prefix, self.proto, t0).await;
+        let (first, all, sweep) = propagation(&self.handles, k, prefix, self.proto, true, t0).await;
         eprintln!(
             "  {:<5} round {r}: {prefix} from n{}: first {first:.1} ms, all {all:.1} ms (poll sweep {sweep:.2} ms)",
             self.name,
             k + 1
         );
-        self.figures.first.push(first);
-        self.figures.all.push(all);
-        self.figures.sweep.push(sweep);
+        self.figures.announce.push(first, all, sweep);
+    }
+
+    /// Round `r`'s block withdrawn again, timed until it has left every other kernel.
+    async fn withdraw(&mut self, r: usize) {
+        let k = r % self.handles.len();
+        let prefix = new_block(r);
+        let t0;
+        match &mut self.speakers {
+            Speakers::Bird(birds) => {
+                let mut c = birds[k].config().clone();
+                c.statics.retain(|p| *p != prefix);
+                t0 = Instant::now();
+                birds[k].reconfigure(c).await.unwrap();
+            }
+            Speakers::Ours(agents, announced, sighup) => {
+                announced[k].retain(|p| *p != prefix);
+                t0 = Instant::now();
+                agents[k].set_announced(&announced[k], *sighup).unwrap();
+            }
+        }
+        let (first, all, sweep) =
+            propagation(&self.handles, k, prefix, self.proto, false, t0).await;
+        eprintln!(
+            "  {:<5} round {r}: {prefix} withdrawn from n{}: first {first:.1} ms, all {all:.1} ms (poll sweep {sweep:.2} ms)",
+            self.name,
+            k + 1
+        );
+        self.figures.withdraw.push(first, all, sweep);
+    }
+}
+
+impl Series {
+    fn push(&mut self, first: f64, all: f64, sweep: f64) {
+        self.first.push(first);
+        self.all.push(all);
+        self.sweep.push(sweep);
     }
 }
 
@@ -332,16 +380,62 @@ async fn run() {
             side.round(r).await;
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        if let Some(Ok(side)) = ours.as_mut() {
+            side.withdraw(r).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if let Some(side) = bird.as_mut() {
+            side.withdraw(r).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
+    // `--logs DIR`: every agent's log kept (with `RUST_LOG=info,bgp_timing=debug`, the
+    // timestamps of each step of the propagation path).
+    if let (Some(dir), Some(Ok(side))) = (arg("--logs"), ours.as_ref())
+        && let Speakers::Ours(agents, _, _) = &side.speakers
+    {
+        std::fs::create_dir_all(&dir).unwrap();
+        for (i, a) in agents.iter().enumerate() {
+            std::fs::write(Path::new(&dir).join(format!("n{}.log", i + 1)), a.log()).unwrap();
+        }
+    }
+    for (what, pick) in [
+        (
+            "a new /26 on one node until it is in every other node's kernel",
+            announced as fn(&Figures) -> &Series,
+        ),
+        (
+            "the /26 withdrawn again until it has left every other node's kernel",
+            withdrawn,
+        ),
+    ] {
+        report(n, rounds, what, pick, &ours, &bird);
+    }
+}
 
-    println!(
-        "bgp-convergence: {n} nodes, iBGP full mesh AS {ASN}, {rounds} rounds: a new /26 on one node until it is in every other node's kernel"
-    );
+fn announced(f: &Figures) -> &Series {
+    &f.announce
+}
+
+fn withdrawn(f: &Figures) -> &Series {
+    &f.withdraw
+}
+
+/// One table: both sides' figures for one kind of change, and the ratios.
+fn report(
+    n: usize,
+    rounds: usize,
+    what: &str,
+    pick: fn(&Figures) -> &Series,
+    ours: &Option<Result<Side<'_>, String>>,
+    bird: &Option<Side<'_>>,
+) {
+    println!("bgp-convergence: {n} nodes, iBGP full mesh AS {ASN}, {rounds} rounds: {what}");
     println!(
         "{:<20} {:>12} {:>12} {:>18} {:>14}",
         "speaker", "median ms", "p90 ms", "first kernel ms", "poll sweep ms"
     );
-    let row = |name: &str, f: &Figures| {
+    let row = |name: &str, f: &Series| {
         println!(
             "{:<20} {:>12.1} {:>12.1} {:>18.1} {:>14.2}",
             name,
@@ -351,18 +445,18 @@ async fn run() {
             percentile(&f.sweep, 50.0)
         );
     };
-    match &ours {
-        Some(Ok(side)) => row("trellis bgp-agent", &side.figures),
+    match ours {
+        Some(Ok(side)) => row("trellis bgp-agent", pick(&side.figures)),
         Some(Err(e)) => println!("{:<20} not measured: {e}", "trellis bgp-agent"),
         None => {}
     }
-    if let Some(side) = &bird {
-        row("BIRD 2", &side.figures);
+    if let Some(side) = bird {
+        row("BIRD 2", pick(&side.figures));
     }
-    if let (Some(Ok(o)), Some(b)) = (&ours, &bird) {
-        let (o, b) = (&o.figures, &b.figures);
+    if let (Some(Ok(o)), Some(b)) = (ours, bird) {
+        let (o, b) = (pick(&o.figures), pick(&b.figures));
         println!(
-            "trellis / BIRD: median {:.2}x, p90 {:.2}x (goal ≤ 1)",
+            "trellis / BIRD: median {:.2}x, p90 {:.2}x (goal ≤ 0.9)",
             percentile(&o.all, 50.0) / percentile(&b.all, 50.0).max(1e-9),
             percentile(&o.all, 90.0) / percentile(&b.all, 90.0).max(1e-9)
         );

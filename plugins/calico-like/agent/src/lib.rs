@@ -634,6 +634,7 @@ pub async fn run(
                     while let Ok(c) = changes.try_recv() {
                         routes.apply(&host, &c, current).await;
                     }
+                    tracing::debug!(target: "bgp_timing", "kernel written");
                     status::publish(&speaker, sessions.bfd.as_ref(), &health, &metrics);
                     metrics.set(
                         "bgp_route_programming_failures",
@@ -681,7 +682,25 @@ pub async fn run(
                 sessions.apply(&mut peers, &want(mesh_on, &mesh_peers, &crd_peers), &config).await?;
             }
             _ = tick.tick() => refresh = true,
-            _ = hup.recv() => refresh = true,
+            // The announce file changed: its prefixes go out at once, and nothing else is done
+            // before the peers' tasks have sent them (the kernel's reconciliation with the RIB
+            // is the resync's business); until the node is ready, a full refresh.
+            _ = hup.recv() => if ready {
+                tracing::debug!(target: "bgp_timing", "SIGHUP");
+                let blocks = wanted_prefixes(&config, &ipamd_blocks);
+                let wanted = with_services(&blocks, &service_prefixes);
+                if wanted != announced {
+                    announce_changes(&speaker, &announced, &wanted, &next_hops)?;
+                    announced = wanted;
+                    // The peers' tasks (woken by the export) send their UPDATEs first.
+                    tokio::task::yield_now().await;
+                    if let Err(e) = kernel::sync_blackholes(&host, &blocks).await {
+                        tracing::warn!(error = %e, "blackhole routes");
+                    }
+                }
+            } else {
+                refresh = true;
+            },
             _ = publish.tick() => {
                 status::publish(&speaker, sessions.bfd.as_ref(), &health, &metrics);
             }
@@ -758,15 +777,17 @@ fn announce_changes(
     wanted: &BTreeSet<IpNet>,
     next_hops: &NextHops,
 ) -> Result<(), AgentError> {
+    // Logged after the speaker has handed the change to the peers' tasks: the log line is not
+    // on the way to them.
     for p in wanted.difference(announced) {
-        tracing::info!(prefix = %p, "announcing");
         speaker
             .announce(*p, next_hops.of(p))
             .map_err(AgentError::mode)?;
+        tracing::info!(prefix = %p, "announcing");
     }
     for p in announced.difference(wanted) {
-        tracing::info!(prefix = %p, "withdrawing");
         speaker.withdraw(*p).map_err(AgentError::mode)?;
+        tracing::info!(prefix = %p, "withdrawing");
     }
     Ok(())
 }

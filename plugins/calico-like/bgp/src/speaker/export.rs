@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use tokio::sync::mpsc::error::TrySendError;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::peer::{PeerMsg, PeerTask, owned};
 use super::{Core, PEER_QUEUE, SUBSCRIBER_BACKLOG};
@@ -19,6 +19,9 @@ impl Core {
     /// [`Speaker::subscribe`](super::Speaker::subscribe)); a session whose queue is full gets
     /// no more exports and its task is told to reset it (see [`PeerTask::on_overflow`]).
     pub(super) fn apply(&mut self, changes: Changes) {
+        // Timestamps of the propagation path (`RUST_LOG=bgp_timing=debug`; issue 18): a
+        // Loc-RIB change here, its UPDATEs sent in `send_out`, its kernel write in the agent.
+        debug!(target: "bgp_timing", best = changes.loc_rib.len(), peers = changes.out.len(), "rib changed");
         for change in changes.loc_rib {
             self.subscribers
                 .retain(|s| match s.try_send(change.clone()) {
@@ -146,10 +149,12 @@ impl PeerTask {
                 }
             }
         }
+        let n = updates.len();
         for u in updates {
             if !self.send(&Message::Update(u)).await {
                 return;
             }
         }
+        debug!(target: "bgp_timing", peer = %self.address(), updates = n, "updates sent");
     }
 }
