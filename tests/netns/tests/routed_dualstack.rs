@@ -457,7 +457,10 @@ async fn dual_stack_restart(recovery: bool) -> DualRestart {
         .unwrap();
     let deadline = tokio::time::Instant::now() + CONVERGE;
     while !c.tb.log_of(monitor).contains("fd00:99:fe::/64") {
-        assert!(tokio::time::Instant::now() < deadline, "ip -6 monitor stopped reporting");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ip -6 monitor stopped reporting"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let ns = n2.node.ns.clone();
