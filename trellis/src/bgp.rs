@@ -46,6 +46,11 @@ pub struct AgentArgs {
     /// the first global IPv6 address of the --iface interface).
     #[arg(long, requires = "dual_stack")]
     ipv6_address: Option<std::net::Ipv6Addr>,
+    /// With --dual-stack: the iBGP mesh runs over IPv6 — this node publishes its IPv6 address
+    /// as its BGP address, the sessions (and their BFD) run between the nodes' IPv6 addresses
+    /// and carry both families; the default --listen becomes [::]:179. Give it on every node.
+    #[arg(long, requires = "dual_stack")]
+    mesh_ipv6: bool,
     /// Where sessions are accepted.
     #[arg(long, default_value = "0.0.0.0:179")]
     listen: SocketAddr,
@@ -176,6 +181,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     c.router_id = args.router_id;
     c.dual_stack = args.dual_stack;
     c.ipv6_address = args.ipv6_address;
+    c.mesh_ipv6 = args.mesh_ipv6;
     c.listen = args.listen;
     c.mesh = !args.no_mesh;
     c.peers = args.peers;

@@ -135,7 +135,7 @@ async fn withdrawn_after(node: &Node, prefix: &str, cut_at: Instant, limit: Dura
 /// republished every second).
 async fn status_where(
     agent: &Agent<'_>,
-    peer: Ipv4Addr,
+    peer: impl Into<IpAddr> + Copy,
     what: &str,
     check: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
@@ -425,4 +425,176 @@ async fn a_stopping_agent_says_admin_down_and_its_peer_keeps_the_routes_for_grac
             .await;
         }
     }
+}
+
+/// `node`'s main-table routes (both families) to any of `prefixes`.
+async fn routed(node: &Node, prefixes: &[ipnet::IpNet]) -> Vec<trellis_net::Route> {
+    let h = node.ns.connect().unwrap();
+    let mut out = Vec::new();
+    for family in [trellis_net::Family::V4, trellis_net::Family::V6] {
+        out.extend(
+            h.routes(family, Some(trellis_net::Route::TABLE_MAIN))
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|r| prefixes.contains(&r.dst)),
+        );
+    }
+    out
+}
+
+/// BIRD and the agent over IPv6 (`--dual-stack --peer [BIRD's IPv6]:64512`, BIRD's `neighbor`
+/// our IPv6 address); the one session carries both families. With `bfd`, BFD runs over IPv6
+/// (RFC 5881: UDP 3784 to BIRD's IPv6 address, hop limit 255), Up on both sides; then IPv6 is
+/// cut off at BIRD's node (ip6tables drops all of it there, IPv4 still passes) and both of
+/// BIRD's blocks leave our kernel within 1 s. Without BFD (the negative control) they are
+/// still there 1.5 s after the cut, held by the session until its hold timer (6 s).
+async fn bird_over_ipv6_cut(bfd: bool) {
+    require_root();
+    netns_testbed::require_tool("ip6tables", "iptables");
+    let tb = Testbed::new().unwrap();
+    let n = nodes(&tb, 2).await;
+    let v6 = [
+        tb.add_ipv6(&n[0], 1).await.unwrap(),
+        tb.add_ipv6(&n[1], 2).await.unwrap(),
+    ];
+    let mut spec = AgentSpec::new(64512)
+        .peer(v6[1], 64512)
+        .announce(net("10.244.1.0/26"));
+    let announce = tb.state_dir().join("announce6");
+    std::fs::write(&announce, "fd00:10:244::/122\n").unwrap();
+    spec.announce_file = Some(announce);
+    spec.extra.push("--dual-stack".into());
+    if bfd {
+        spec.extra.push("--bfd".into());
+    }
+    let agent = Agent::start(&tb, &n[0], spec, LIFETIME).await.unwrap();
+    let peer = BirdPeer::new("n1", v6[0], 64512);
+    let config = BirdConfig::new(&n[1], 64512)
+        .announce(net("10.244.2.0/26"))
+        .ipv6(v6[1])
+        .announce6("fd00:10:245::/122".parse().unwrap());
+    let config = if bfd {
+        config.bfd(BFD_INTERVAL, 3).peer(peer.bfd())
+    } else {
+        config.peer(peer)
+    };
+    let bird = Bird::start(&tb, &n[1], config, LIFETIME).await.unwrap();
+    bird.wait_established("n1", SESSION)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", agent.log()));
+    agent.wait_established(v6[1], SESSION).await.unwrap();
+    let theirs: Vec<ipnet::IpNet> = ["10.244.2.0/26", "fd00:10:245::/122"]
+        .map(|p| p.parse().unwrap())
+        .to_vec();
+    let deadline = Instant::now() + PROPAGATE;
+    loop {
+        let r = routed(&n[0], &theirs).await;
+        let via = |gw: IpAddr| {
+            r.iter()
+                .any(|r| r.gateway == Some(gw) && r.protocol == PROTO_TRELLIS)
+        };
+        if via(IpAddr::V4(n[1].ip)) && via(IpAddr::V6(v6[1])) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "BIRD's blocks in our kernel: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if bfd {
+        let deadline = Instant::now() + SESSION;
+        loop {
+            let p = agent.peer_status(v6[1]).await.unwrap();
+            if let Some(b) = p.as_ref().map(|p| &p["bfd"])
+                && b["state"] == "Up"
+                && b["detection_ms"] == 900
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "our BFD with {} not Up: {p:?}\n{}",
+                v6[1],
+                agent.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let deadline = Instant::now() + SESSION;
+        loop {
+            let out = bird.birdc(&["show", "bfd", "sessions"]).await.unwrap();
+            if out.lines().any(|l| {
+                l.split_whitespace().next() == Some(&v6[0].to_string())
+                    && l.split_whitespace().any(|w| w == "Up")
+            }) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "BIRD's BFD with {} not Up:\n{out}",
+                v6[0]
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    let cut_at = Instant::now();
+    for chain in ["INPUT", "OUTPUT"] {
+        tb.exec_ok(
+            &n[1].ns,
+            &["ip6tables", "-w", "-I", chain, "-j", "DROP"],
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    }
+    if bfd {
+        loop {
+            let r = routed(&n[0], &theirs).await;
+            if r.is_empty() {
+                break;
+            }
+            assert!(
+                cut_at.elapsed() < PROPAGATE,
+                "still routed {PROPAGATE:?} after the cut: {r:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let took = cut_at.elapsed();
+        eprintln!("BFD over IPv6 with BIRD: IPv6 cut → both blocks withdrawn after {took:?}");
+        assert!(
+            took <= WITHIN,
+            "withdrawn {took:?} after the cut\n{}",
+            agent.log()
+        );
+        let p = status_where(&agent, v6[1], "BGP down by BFD", |p| {
+            p["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("BFD down"))
+        })
+        .await;
+        assert_ne!(p["state"], "Established", "{p}");
+    } else {
+        tokio::time::sleep_until(tokio::time::Instant::from_std(
+            cut_at + Duration::from_millis(1500),
+        ))
+        .await;
+        let r = routed(&n[0], &theirs).await;
+        assert_eq!(
+            r.len(),
+            2,
+            "without BFD the routes stay until the hold timer: {r:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_bird_over_ipv6_bfd_withdraws_both_families_within_1s_of_a_cut() {
+    bird_over_ipv6_cut(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_bird_over_ipv6_without_bfd_the_routes_outlive_a_cut() {
+    bird_over_ipv6_cut(false).await;
 }

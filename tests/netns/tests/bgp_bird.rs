@@ -1750,6 +1750,36 @@ async fn dual_stack_with_bird(session: Session) {
         "the agent's IPv6 block in BIRD's kernel",
     )
     .await;
+    // Our IPv6 routes reach BIRD, a peer on our link, with our link-local next hop beside the
+    // global one (RFC 2545 §3, next hop length 32); BIRD's kernel still uses the global one.
+    let h1 = n[1].ns.connect().unwrap();
+    let eth0 = h1.require_link("eth0").await.unwrap();
+    let ours_ll: Vec<std::net::Ipv6Addr> = h1
+        .addresses(Some(eth0.index))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|a| match a.address.addr() {
+            IpAddr::V6(ll) if ll.is_unicast_link_local() => Some(ll),
+            _ => None,
+        })
+        .collect();
+    assert!(!ours_ll.is_empty(), "no link-local address on n2's eth0");
+    let shown = bird
+        .birdc(&["show", "route", "all", "fd00:10:244::/122"])
+        .await
+        .unwrap();
+    let next_hop = shown
+        .lines()
+        .find(|l| l.trim_start().starts_with("BGP.next_hop:"))
+        .unwrap_or_else(|| panic!("no BGP.next_hop in BIRD's route:\n{shown}"));
+    let hops: Vec<&str> = next_hop.split_whitespace().skip(1).collect();
+    assert_eq!(hops.len(), 2, "global and link-local: {next_hop}");
+    assert_eq!(hops[0], v6[1].to_string(), "{next_hop}");
+    assert!(
+        ours_ll.iter().any(|ll| ll.to_string() == hops[1]),
+        "our link-local {ours_ll:?}: {next_hop}"
+    );
     // Only the learned route leads into BIRD's block. The address is made usable first (no
     // DAD, and its local route in), so the first ping6 must go through.
     let h = n[0].ns.connect().unwrap();

@@ -99,6 +99,10 @@ pub struct Config {
     /// The next hop of our IPv6 announcements; None: the first global IPv6 address of the
     /// underlay interface.
     pub ipv6_address: Option<Ipv6Addr>,
+    /// Dual-stack only: the iBGP mesh runs over IPv6 (the node publishes its IPv6 address as
+    /// its BGP address and peers with the others' IPv6 addresses); an unspecified IPv4
+    /// `listen` address becomes `[::]`, so the peers' connections are accepted.
+    pub mesh_ipv6: bool,
     /// Where the speaker accepts sessions; port 179 by default.
     pub listen: SocketAddr,
     /// iBGP full mesh among the cluster's nodes.
@@ -177,6 +181,7 @@ impl Config {
             router_id: None,
             dual_stack: false,
             ipv6_address: None,
+            mesh_ipv6: false,
             listen: SocketAddr::from(([0, 0, 0, 0], trellis_bgp::speaker::BGP_PORT)),
             mesh: true,
             peers: Vec::new(),
@@ -284,6 +289,58 @@ fn is_global_v6(a: Ipv6Addr) -> bool {
     !(a.is_unicast_link_local() || a.is_loopback() || a.is_unspecified() || a.is_multicast())
 }
 
+/// The underlay link as IPv6 next hops see it (RFC 2545 §3): the node's link-local address
+/// on it and the prefixes of its addresses, which say whether a peer shares the link.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct OurLink {
+    /// `(global, link-local)`: the node's IPv6 next hop and its link-local address on the
+    /// underlay (dual-stack with a link-local address only).
+    next_hop: Option<(Ipv6Addr, Ipv6Addr)>,
+    /// The underlay's on-link prefixes, both families.
+    nets: Vec<IpNet>,
+}
+
+impl OurLink {
+    async fn read(
+        host: &Handle,
+        under: &underlay::Underlay,
+        v6: Option<Ipv6Addr>,
+    ) -> Result<OurLink, AgentError> {
+        let addrs = host.addresses(Some(under.link.index)).await?;
+        let link_local = addrs.iter().find_map(|a| match a.address.addr() {
+            IpAddr::V6(ll) if ll.is_unicast_link_local() => Some(ll),
+            _ => None,
+        });
+        let link = OurLink {
+            next_hop: v6.zip(link_local),
+            nets: addrs
+                .iter()
+                .map(|a| a.address.trunc())
+                .filter(|n| !matches!(n.addr(), IpAddr::V6(a) if a.is_unicast_link_local()))
+                .collect(),
+        };
+        match (v6, link.next_hop) {
+            (Some(_), Some((_, ll))) => tracing::info!(
+                iface = %under.link.name, link_local = %ll,
+                "peers on this link get our IPv6 routes with our link-local next hop too"
+            ),
+            (Some(_), None) => tracing::warn!(
+                iface = %under.link.name,
+                "no link-local IPv6 address on the underlay: IPv6 routes go with the global next hop only"
+            ),
+            _ => {}
+        }
+        Ok(link)
+    }
+
+    /// The `(global, link-local)` next hop for a peer at `peer`: ours when the peer is on the
+    /// underlay's link (an address inside one of its prefixes), else none.
+    fn next_hop_for(&self, peer: IpAddr) -> Option<(Ipv6Addr, Ipv6Addr)> {
+        self.next_hop
+            .filter(|_| self.nets.iter().any(|n| n.contains(&peer)))
+    }
+}
+
 /// The prefixes this node announces now: flags, the announce file, ipamd's blocks.
 fn wanted_prefixes(config: &Config, ipamd_blocks: &BTreeSet<IpNet>) -> BTreeSet<IpNet> {
     let mut out: BTreeSet<IpNet> = config.announce.iter().copied().collect();
@@ -366,6 +423,13 @@ pub async fn run(
         },
     };
 
+    if config.mesh_ipv6 && next_hops.v6.is_none() {
+        return Err(AgentError::Config(
+            "--mesh-ipv6 needs --dual-stack (the node's IPv6 address)".into(),
+        ));
+    }
+    let link = OurLink::read(&host, &under, next_hops.v6).await?;
+
     // In a cluster, `BGPConfiguration/default` overrides the flags' AS, mesh switch, route
     // reflector cluster id and hold time (read at start; a change needs an agent restart,
     // except the mesh switch, which is followed live).
@@ -422,6 +486,11 @@ pub async fn run(
             "cold start (restart recovery off): removed the learned routes of an earlier run"
         );
     }
+    if config.mesh_ipv6 && config.listen.ip() == IpAddr::V4(Ipv4Addr::UNSPECIFIED) {
+        // The mesh's peers connect to our IPv6 address: accept both families.
+        config.listen = SocketAddr::from((Ipv6Addr::UNSPECIFIED, config.listen.port()));
+        tracing::info!(listen = %config.listen, "mesh over IPv6: listening on IPv6 (and IPv4)");
+    }
     let mut sc = SpeakerConfig::new(config.asn, router_id);
     sc.recovery = recovery.clone();
     sc.listen = Some(config.listen);
@@ -469,7 +538,14 @@ pub async fn run(
 
     let mut peers: BTreeMap<IpAddr, Neighbour> = BTreeMap::new();
     let mut mesh_rx = match &client {
-        Some(c) => Some(mesh::watch(c.clone(), config.node.clone(), node_ip, config.asn).await?),
+        Some(c) => {
+            // The address this node's mesh sessions run from, published for the others.
+            let mesh_ip = match next_hops.v6 {
+                Some(v6) if config.mesh_ipv6 => IpAddr::V6(v6),
+                _ => IpAddr::V4(node_ip),
+            };
+            Some(mesh::watch(c.clone(), config.node.clone(), mesh_ip, config.asn).await?)
+        }
         None => None,
     };
     let mut dynamic_rx = client.as_ref().map(|c| {
@@ -505,6 +581,8 @@ pub async fn run(
         speaker: &speaker,
         bfd: &mut bfd,
         node_ip,
+        node_ip6: next_hops.v6,
+        link,
     };
     sessions
         .apply(&mut peers, &want(mesh_on, &mesh_peers, &crd_peers), &config)
@@ -826,6 +904,10 @@ struct Sessions<'a> {
     speaker: &'a Speaker,
     bfd: &'a mut Option<Bfd>,
     node_ip: Ipv4Addr,
+    /// Dual-stack: the node's IPv6 address (the source of IPv6 mesh sessions and of BFD with
+    /// IPv6 peers).
+    node_ip6: Option<Ipv6Addr>,
+    link: OurLink,
 }
 
 impl Sessions<'_> {
@@ -884,14 +966,25 @@ impl Sessions<'_> {
                         });
                 pc.policy = policy(n, config);
                 pc.password = n.password.clone();
+                pc.link_local_next_hop = self.link.next_hop_for(*addr);
+                if let (IpAddr::V6(_), Some(v6), true) = (addr, self.node_ip6, n.mesh) {
+                    // The mesh peer knows us by our published IPv6 address.
+                    pc.local_address = Some(IpAddr::V6(v6));
+                }
                 self.speaker.add_peer(pc).map_err(AgentError::mode)?;
                 if let Some(intervals) = bfd_intervals(n, config) {
+                    // The source: the listening address when it is one of the peer's family,
+                    // else the node's address of that family.
+                    let listen = config.listen.ip();
                     let local = match addr {
-                        IpAddr::V4(_) if !config.listen.ip().is_unspecified() => {
-                            Some(config.listen.ip())
+                        IpAddr::V4(_) if listen.is_ipv4() && !listen.is_unspecified() => {
+                            Some(listen)
                         }
                         IpAddr::V4(_) => Some(IpAddr::V4(self.node_ip)),
-                        IpAddr::V6(_) => None,
+                        IpAddr::V6(_) if listen.is_ipv6() && !listen.is_unspecified() => {
+                            Some(listen)
+                        }
+                        IpAddr::V6(_) => self.node_ip6.map(IpAddr::V6),
                     };
                     let spec = BfdPeer {
                         local,
@@ -969,6 +1062,34 @@ mod tests {
         assert!(is_global_v6(v6));
         assert!(!is_global_v6("fe80::1".parse().unwrap()));
         assert!(!is_global_v6(Ipv6Addr::LOCALHOST));
+    }
+
+    #[test]
+    fn our_link_local_next_hop_goes_to_peers_on_the_underlay_link_only() {
+        let global: Ipv6Addr = "fd00:198:18::12".parse().unwrap();
+        let ll: Ipv6Addr = "fe80::12".parse().unwrap();
+        let link = OurLink {
+            next_hop: Some((global, ll)),
+            nets: vec![
+                "198.18.0.0/24".parse().unwrap(),
+                "fd00:198:18::/64".parse().unwrap(),
+            ],
+        };
+        for on_link in ["198.18.0.13", "fd00:198:18::13"] {
+            assert_eq!(
+                link.next_hop_for(on_link.parse().unwrap()),
+                Some((global, ll)),
+                "{on_link}"
+            );
+        }
+        for away in ["203.0.113.1", "fd00:1::1"] {
+            assert_eq!(link.next_hop_for(away.parse().unwrap()), None, "{away}");
+        }
+        let v4_only = OurLink {
+            next_hop: None,
+            ..link
+        };
+        assert_eq!(v4_only.next_hop_for("198.18.0.13".parse().unwrap()), None);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! reached at its InternalIP. The set is sent whole on every change.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
@@ -37,11 +37,11 @@ pub fn address_of(node: &Node) -> Option<IpAddr> {
         .and_then(|a| a.address.parse().ok())
 }
 
-/// Publishes this node's BGP address, then streams the mesh (every other node) on changes.
+/// Publishes this node's BGP address (IPv4, or IPv6 for a mesh over IPv6), then streams the mesh (every other node) on changes.
 pub async fn watch(
     client: kube::Client,
     node: String,
-    ip: Ipv4Addr,
+    ip: IpAddr,
     asn: u32,
 ) -> Result<mpsc::Receiver<Vec<Neighbour>>, AgentError> {
     let api: Api<Node> = Api::all(client);
@@ -89,7 +89,7 @@ pub async fn watch(
             if changed && synced {
                 let mesh: Vec<Neighbour> = nodes
                     .iter()
-                    .filter(|(name, a)| **name != node && **a != IpAddr::V4(ip))
+                    .filter(|(name, a)| **name != node && **a != ip)
                     .map(|(_, a)| Neighbour {
                         address: *a,
                         asn,

@@ -179,6 +179,14 @@ impl Cluster {
         Cluster::start_setup(n, false, 1, true, &[], agent_extra).await
     }
 
+    /// As [`Cluster::start_dual`], with graceful restart on every agent.
+    pub async fn start_dual_gr(
+        n: usize,
+        agent_extra: impl Fn(usize, &Path) -> Vec<String>,
+    ) -> Cluster {
+        Cluster::start_setup(n, true, 1, true, &[], agent_extra).await
+    }
+
     /// As [`Cluster::start_dual`], the API server with `apiserver_extra` flags too (a
     /// dual-stack `--service-cluster-ip-range`).
     pub async fn start_dual_args(

@@ -1,7 +1,7 @@
 //! Export: RIB changes to the subscribers and to the peers' tasks, and a session's
 //! Adj-RIB-Out changes packed into UPDATEs.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 
 use ipnet::IpNet;
 use tokio::sync::mpsc::error::TrySendError;
@@ -60,6 +60,13 @@ impl Core {
             }
         }
     }
+}
+
+/// The link-local next hop that goes with `next_hop` (RFC 2545 §3): ours on the shared link,
+/// when `next_hop` is our own global one; none for a next hop that is someone else's.
+fn link_local_for(ours: Option<(Ipv6Addr, Ipv6Addr)>, next_hop: Ipv6Addr) -> Option<Ipv6Addr> {
+    ours.filter(|(global, _)| *global == next_hop)
+        .map(|(_, link_local)| link_local)
 }
 
 impl PeerTask {
@@ -143,7 +150,8 @@ impl PeerTask {
             }
             if !v6.is_empty() {
                 let next_hop = rib::ipv6_next_hop(path.next_hop);
-                match update::announce_v6(&path.attrs, next_hop, None, &v6, &self.cx) {
+                let link_local = link_local_for(self.config.link_local_next_hop, next_hop);
+                match update::announce_v6(&path.attrs, next_hop, link_local, &v6, &self.cx) {
                     Ok(u) => updates.extend(u),
                     Err(e) => warn!(error = %e, "cannot encode IPv6 announcement"),
                 }
@@ -156,5 +164,20 @@ impl PeerTask {
             }
         }
         debug!(target: "bgp_timing", peer = %self.address(), updates = n, "updates sent");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn our_link_local_goes_only_with_our_own_global_next_hop() {
+        let global: Ipv6Addr = "fd00:198:18::2".parse().unwrap_or(Ipv6Addr::UNSPECIFIED);
+        let ll: Ipv6Addr = "fe80::2".parse().unwrap_or(Ipv6Addr::UNSPECIFIED);
+        let other: Ipv6Addr = "fd00:198:18::3".parse().unwrap_or(Ipv6Addr::UNSPECIFIED);
+        assert_eq!(link_local_for(Some((global, ll)), global), Some(ll));
+        assert_eq!(link_local_for(Some((global, ll)), other), None);
+        assert_eq!(link_local_for(None, global), None);
     }
 }

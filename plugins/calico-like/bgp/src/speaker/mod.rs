@@ -57,7 +57,7 @@ pub use deferral::DeferralEnd;
 pub use md5::{KeyError, MAX_KEY_LEN, Md5Key};
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -193,6 +193,11 @@ pub struct PeerConfig {
     /// TCP MD5 signatures (RFC 2385) with this password, on our connections and on the
     /// listener for this peer's. A peer with another password, or none, never gets a session.
     pub password: Option<Md5Key>,
+    /// Our IPv6 next hop on the link this peer shares with us: `(global, link-local)`. An
+    /// IPv6 route whose next hop is that global address (one we originate) goes to this peer
+    /// with both (next hop length 32, RFC 2545 §3); other IPv6 routes keep the global one
+    /// alone. None (the peer is not on one of our links): the global next hop only.
+    pub link_local_next_hop: Option<(Ipv6Addr, Ipv6Addr)>,
 }
 
 /// The most prefixes a peer may have in its Adj-RIB-In, all families together. One more
@@ -221,6 +226,7 @@ impl PeerConfig {
             max_prefixes: None,
             policy: RoutePolicy::default(),
             password: None,
+            link_local_next_hop: None,
         }
     }
 }
