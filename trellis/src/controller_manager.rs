@@ -41,11 +41,13 @@ pub struct Args {
     #[arg(long)]
     kubernetes_service_ip: Option<Ipv4Addr>,
     /// The address pool LoadBalancer Services get their `status.loadBalancer.ingress` from
-    /// (a CIDR; none: they stay pending, as without a cloud provider). In the routed mode the
-    /// BGP agents announce the addresses; in the overlay mode make the pool routable to the
-    /// nodes (their addresses serve).
-    #[arg(long)]
-    load_balancer_pool: Option<ipnet::Ipv4Net>,
+    /// (a CIDR, or two of different families comma-separated, e.g.
+    /// `203.0.113.0/28,fd00:203::/120`: a Service gets one address per family of its
+    /// `ipFamilies` that has a pool; none: they stay pending, as without a cloud provider).
+    /// In the routed mode the BGP agents announce the addresses; in the overlay mode make the
+    /// pool routable to the nodes (their addresses serve).
+    #[arg(long, value_delimiter = ',')]
+    load_balancer_pool: Vec<ipnet::IpNet>,
     /// Without --load-balancer-pool: give every LoadBalancer Service the nodes' InternalIPs
     /// as its ingress, as k3s' ServiceLB does (the overlay mode: node addresses serve).
     #[arg(long)]
@@ -173,13 +175,27 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let (mut pool_v4, mut pool_v6) = (None, None);
+    for net in &args.load_balancer_pool {
+        let taken = match net {
+            ipnet::IpNet::V4(n) => pool_v4.replace(*n).is_some(),
+            ipnet::IpNet::V6(n) => pool_v6.replace(*n).is_some(),
+        };
+        if taken {
+            anyhow::bail!(
+                "--load-balancer-pool takes at most one range per family, got {:?}",
+                args.load_balancer_pool
+            );
+        }
+    }
     let mut config = trellis_controllers::Config {
         kubeconfig: args.kubeconfig,
         listen: Some(args.listen),
         workers: args.concurrent_syncs.max(1),
         node_monitor_grace_period: Duration::from_secs(args.node_monitor_grace_period),
         node_monitor_period: Duration::from_millis(args.node_monitor_period_ms.max(100)),
-        load_balancer_pool: args.load_balancer_pool,
+        load_balancer_pool: pool_v4,
+        load_balancer_pool_v6: pool_v6,
         load_balancer_node_addresses: args.load_balancer_node_addresses,
         leader_elect: args.leader_elect,
         identity: args.leader_elect_identity,

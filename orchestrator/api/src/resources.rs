@@ -359,6 +359,18 @@ const BUILTIN: &[Builtin] = &[
         all: false,
         subs: &[],
     },
+    // Cluster IP ranges (MultiCIDRServiceAllocator, GA in 1.33): the default `kubernetes` one
+    // from --service-cluster-ip-range, and any users add.
+    Builtin {
+        group: "networking.k8s.io",
+        version: "v1",
+        kind: "ServiceCIDR",
+        plural: "servicecidrs",
+        namespaced: false,
+        short: &[],
+        all: false,
+        subs: &[Status],
+    },
     Builtin {
         group: "discovery.k8s.io",
         version: "v1",

@@ -392,6 +392,16 @@ impl Allocator {
         let Plan::Ips(wanted) = plan else {
             return Ok(Vec::new());
         };
+        // The ranges of each family: the flag's (the default ServiceCIDR's) first, then the
+        // other Ready ServiceCIDRs' in name order.
+        let extra = if wanted
+            .iter()
+            .any(|(_, asked)| asked.is_none_or(|ip| !held.contains(&ip)))
+        {
+            crate::servicecidr::ready_ranges(storage).await?
+        } else {
+            Vec::new()
+        };
         let mut out = Vec::new();
         for (i, (family, asked)) in wanted.iter().enumerate() {
             // An address the Service already holds stays, even when its family's range was
@@ -409,6 +419,14 @@ impl Allocator {
                     family.name()
                 )));
             };
+            let ranges: Vec<IpNet> = std::iter::once(range)
+                .chain(
+                    extra
+                        .iter()
+                        .copied()
+                        .filter(|n| *n != range && dualstack::Family::of(n.addr()) == *family),
+                )
+                .collect();
             let ip = match asked {
                 Some(ip) => {
                     let field = format!("spec.clusterIPs[{i}]");
@@ -420,9 +438,14 @@ impl Allocator {
                             vec![Cause::invalid(&field, ip.to_string(), why)],
                         )
                     };
-                    if !range.contains(ip) || !assignable(range, *ip) {
+                    if !ranges.iter().any(|r| r.contains(ip) && assignable(*r, *ip)) {
+                        let valid = ranges
+                            .iter()
+                            .map(IpNet::to_string)
+                            .collect::<Vec<_>>()
+                            .join(",");
                         return Err(invalid(format!(
-                            "failed to allocate IP {ip}: provided IP is not in the valid range. The range of valid IPs is {range}"
+                            "failed to allocate IP {ip}: provided IP is not in the valid range. The range of valid IPs is {valid}"
                         )));
                     }
                     if storage
@@ -437,17 +460,18 @@ impl Allocator {
                     }
                     *ip
                 }
-                None => self.free_ip(storage, range).await?,
+                None => self.free_ip(storage, &ranges).await?,
             };
             out.push(ip);
         }
         Ok(out)
     }
 
-    /// A free address of `range`: the network address, the first host (reserved for the
-    /// `kubernetes` Service, 10.96.0.1) and, in IPv4, the broadcast address are never handed
-    /// out; the cluster DNS address (the 10th) only when asked for by name.
-    async fn free_ip(&self, storage: &Storage, range: IpNet) -> Result<IpAddr, ApiError> {
+    /// A free address of the first of `ranges` that has one: the network address and, in
+    /// IPv4, the broadcast address are never handed out; in the default range (the first) the
+    /// first host (the `kubernetes` Service's, 10.96.0.1) and the cluster DNS address (the
+    /// 10th) only when asked for by name. When all are full: upstream's `failed to allocate a serviceIP: range is full`.
+    async fn free_ip(&self, storage: &Storage, ranges: &[IpNet]) -> Result<IpAddr, ApiError> {
         let used = storage
             .store()
             .range(RangeRequest {
@@ -464,27 +488,40 @@ impl Allocator {
                     .parse()
                     .ok()
             })
-            .filter(|ip| range.contains(ip))
             .collect();
-        let size = range_size(range);
-        // Start at a spot that depends on the time, so concurrent creates rarely pick the same.
-        let offset = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| u128::from(d.subsec_nanos()))
-            .unwrap_or(0)
-            % size.max(1);
-        // At most used + 4 reserved addresses are taken: looking at that many + 1 finds a
-        // free one if there is any, without walking a huge IPv6 range.
-        let tries = size.min(used.len() as u128 + 16);
-        for i in 0..tries {
-            let ip = dualstack::nth(range, offset.wrapping_add(i) % size.max(1));
-            if !reserved(range, ip) && !used.contains(&ip) {
-                return Ok(ip);
+        for (n, range) in ranges.iter().enumerate() {
+            let range = *range;
+            // The first host and the 10th are kept in the default range only (the
+            // `kubernetes` Service's and cluster DNS'); other ServiceCIDRs lose only their
+            // network (and IPv4 broadcast) address.
+            let skip = |ip: IpAddr| {
+                if n == 0 {
+                    reserved(range, ip)
+                } else {
+                    !assignable(range, ip)
+                }
+            };
+            let size = range_size(range);
+            let in_range = used.iter().filter(|ip| range.contains(*ip)).count();
+            // Start at a spot that depends on the time, so concurrent creates rarely pick the same.
+            let offset = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| u128::from(d.subsec_nanos()))
+                .unwrap_or(0)
+                % size.max(1);
+            // At most used + 4 reserved addresses are taken: looking at that many + 1 finds a
+            // free one if there is any, without walking a huge IPv6 range.
+            let tries = size.min(in_range as u128 + 16);
+            for i in 0..tries {
+                let ip = dualstack::nth(range, offset.wrapping_add(i) % size.max(1));
+                if !skip(ip) && !used.contains(&ip) {
+                    return Ok(ip);
+                }
             }
         }
-        Err(ApiError::internal(format!(
-            "the service range {range} is full"
-        )))
+        Err(ApiError::internal(
+            "Internal error occurred: failed to allocate a serviceIP: range is full",
+        ))
     }
 
     async fn used_ports(&self, storage: &Storage) -> Result<Vec<u16>, ApiError> {

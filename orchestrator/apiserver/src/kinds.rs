@@ -193,6 +193,9 @@ pub fn create_defaults(info: &ResourceInfo, obj: &mut Value) {
             default_at(obj, &["spec", "priority"], json!(0));
         }
         ("", "Namespace") => default_at(obj, &["status", "phase"], json!("Active")),
+        (crate::servicecidr::GROUP, crate::servicecidr::KIND) => {
+            crate::servicecidr::create_defaults(obj)
+        }
         ("batch", "Job") if at(obj, &["spec", "manualSelector"]) != Some(&json!(true)) => {
             // The job owns exactly its pods: select them by its uid.
             let uid = meta::uid(obj).unwrap_or_default().to_string();
@@ -778,6 +781,9 @@ fn validate_object(info: &ResourceInfo, obj: &Value, old: Option<&Value>) -> Vec
         ("apiextensions.k8s.io", "CustomResourceDefinition") => validate_crd(obj, old, &mut causes),
         ("rbac.authorization.k8s.io", kind) => validate_rbac(kind, obj, old, &mut causes),
         ("networking.k8s.io", "NetworkPolicy") => causes.extend(crate::netpol::validate(obj)),
+        ("networking.k8s.io", "ServiceCIDR") => {
+            causes.extend(crate::servicecidr::validate(obj, old))
+        }
         ("", "Node") => {
             if let Some(old) = old {
                 let was = at(old, &["spec", "podCIDR"]);
@@ -1056,6 +1062,7 @@ pub fn typecheck(info: &ResourceInfo, obj: &mut Value, prune: bool) -> Result<Ve
             check!(autoscaling::v2::HorizontalPodAutoscaler)
         }
         ("networking.k8s.io", "NetworkPolicy") => check!(networking::v1::NetworkPolicy),
+        ("networking.k8s.io", "ServiceCIDR") => check!(networking::v1::ServiceCIDR),
         ("discovery.k8s.io", "EndpointSlice") => check!(discovery::v1::EndpointSlice),
         ("coordination.k8s.io", "Lease") => check!(coordination::v1::Lease),
         ("rbac.authorization.k8s.io", "Role") => check!(rbac::v1::Role),

@@ -47,6 +47,7 @@ pub mod request;
 pub mod resource_metrics;
 pub mod schema;
 pub mod server;
+pub mod servicecidr;
 pub mod status;
 pub mod storage;
 pub mod table;

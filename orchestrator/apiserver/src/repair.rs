@@ -174,10 +174,13 @@ pub struct Snapshot {
 }
 
 /// The ranges addresses must lie in.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Ranges {
     pub service_cidrs: ServiceCidrs,
     pub node_ports: (u16, u16),
+    /// The ranges of the other ServiceCIDR objects (also those being deleted: their
+    /// addresses stay valid until released).
+    pub extra: Vec<ipnet::IpNet>,
 }
 
 /// What a round decided.
@@ -237,6 +240,13 @@ fn check_ip(raw: &str, ranges: &Ranges) -> Checked {
         );
     };
     let family = Family::of(ip);
+    if ranges
+        .extra
+        .iter()
+        .any(|n| n.contains(&ip) && alloc::assignable(*n, ip))
+    {
+        return Checked::Ok(ip.to_string());
+    }
     match ranges.service_cidrs.get(family) {
         None => Checked::Bad(
             Reason::ClusterIPNotValid,
@@ -463,11 +473,12 @@ impl Repair {
             .ok_or_else(|| ApiError::internal("services are not served"))
     }
 
-    fn ranges(&self) -> Ranges {
-        Ranges {
+    async fn ranges(&self) -> Result<Ranges, ApiError> {
+        Ok(Ranges {
             service_cidrs: self.api.alloc.service_cidrs,
             node_ports: self.api.alloc.node_ports,
-        }
+            extra: crate::servicecidr::all_ranges(&self.api.storage).await?,
+        })
     }
 
     /// Reads the Services and the allocation keys at one revision.
@@ -519,7 +530,8 @@ impl Repair {
     pub async fn plan(&self) -> Result<Vec<Fix>, ApiError> {
         let mut leaks = self.leaks.lock().await;
         let snap = self.snapshot().await?;
-        Ok(decide(&snap, &self.ranges(), &mut leaks))
+        let ranges = self.ranges().await?;
+        Ok(decide(&snap, &ranges, &mut leaks))
     }
 
     /// Carries out `fixes`, each in its own conditional transaction; Events and logs.
@@ -733,6 +745,7 @@ mod tests {
         Ranges {
             service_cidrs: "10.96.0.0/12,fd00:96::/112".parse().unwrap(),
             node_ports: (30000, 32767),
+            extra: Vec::new(),
         }
     }
 
@@ -1061,6 +1074,7 @@ mod tests {
         let single = Ranges {
             service_cidrs: "10.96.0.0/12".parse().unwrap(),
             node_ports: (30000, 32767),
+            extra: Vec::new(),
         };
         let services = vec![
             svc("d", "t", &["10.96.0.5", "fd00:96::5"], &[]),

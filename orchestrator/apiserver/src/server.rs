@@ -286,6 +286,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let api = Arc::new(api);
     refresh_crds(&api).await?;
     bootstrap(&api).await?;
+    crate::servicecidr::bootstrap(&api).await?;
     crate::rbac::bootstrap::ensure(&api).await?;
     crate::rbac::reload(&api).await?;
 
@@ -392,6 +393,10 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         stop_rx.clone(),
     )));
     tasks.push(tokio::spawn(follow_crds(api.clone(), stop_rx.clone())));
+    tasks.push(tokio::spawn(crate::servicecidr::run(
+        api.clone(),
+        stop_rx.clone(),
+    )));
     tasks.push(tokio::spawn(crate::rbac::follow(
         api.clone(),
         stop_rx.clone(),

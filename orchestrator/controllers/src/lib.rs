@@ -113,6 +113,9 @@ pub struct Config {
     /// Where LoadBalancer Services' addresses come from (None: the `service-lb` controller
     /// does nothing, and such Services stay pending as without a cloud provider).
     pub load_balancer_pool: Option<ipnet::Ipv4Net>,
+    /// The IPv6 pool, beside or instead of the IPv4 one: IPv6 and dual-stack Services get an
+    /// address of it.
+    pub load_balancer_pool_v6: Option<ipnet::Ipv6Net>,
     /// Without a pool: LoadBalancer Services' ingress is the nodes' InternalIPs (k3s'
     /// ServiceLB).
     pub load_balancer_node_addresses: bool,
@@ -145,6 +148,7 @@ impl Default for Config {
             node_monitor_grace_period: Duration::from_secs(50),
             node_monitor_period: Duration::from_secs(5),
             load_balancer_pool: None,
+            load_balancer_pool_v6: None,
             load_balancer_node_addresses: false,
             job_backoff_base: Duration::from_secs(10),
             leader_elect: true,

@@ -13,11 +13,11 @@
 //! does (the overlay mode: the proxy serves the port on them, nothing is announced).
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use k8s_openapi::api::core::v1::Service;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
@@ -34,40 +34,44 @@ use crate::{Ctx, SyncError, owner};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AllocError {
     #[error("the load-balancer pool {0} has no free address")]
-    Exhausted(Ipv4Net),
+    Exhausted(IpNet),
     #[error("the requested address {ip} is not in the load-balancer pool {pool}")]
-    NotInPool { ip: Ipv4Addr, pool: Ipv4Net },
+    NotInPool { ip: IpAddr, pool: IpNet },
     #[error("the requested address {ip} is already used by {by}")]
-    Taken { ip: Ipv4Addr, by: String },
+    Taken { ip: IpAddr, by: String },
+    #[error("no load-balancer pool of the requested address {0}'s family is configured")]
+    NoPool(IpAddr),
 }
 
-/// Which Service holds which address of the pool.
+/// Which Service holds which address of the pool (one family).
 #[derive(Debug, Clone)]
 pub struct Pool {
-    cidr: Ipv4Net,
-    by_ip: BTreeMap<Ipv4Addr, String>,
-    by_service: BTreeMap<String, Ipv4Addr>,
+    cidr: IpNet,
+    by_ip: BTreeMap<IpAddr, String>,
+    by_service: BTreeMap<String, IpAddr>,
 }
 
 impl Pool {
-    pub fn new(cidr: Ipv4Net) -> Pool {
+    pub fn new(cidr: impl Into<IpNet>) -> Pool {
         Pool {
-            cidr: cidr.trunc(),
+            cidr: cidr.into().trunc(),
             by_ip: BTreeMap::new(),
             by_service: BTreeMap::new(),
         }
     }
 
-    /// Usable addresses: all of a /31 or /32, else all but the network and broadcast ones.
-    fn usable(&self, ip: Ipv4Addr) -> bool {
+    /// Usable addresses: all of an IPv4 /31 or /32 (IPv6 /127 or /128), else all but the
+    /// network and (IPv4) broadcast ones; IPv6's network address is the subnet-router
+    /// anycast address.
+    fn usable(&self, ip: IpAddr) -> bool {
         self.cidr.contains(&ip)
-            && (self.cidr.prefix_len() >= 31
-                || (ip != self.cidr.network() && ip != self.cidr.broadcast()))
+            && (self.cidr.prefix_len() + 1 >= self.cidr.max_prefix_len()
+                || (ip != self.cidr.network() && (ip.is_ipv6() || ip != self.cidr.broadcast())))
     }
 
     /// Takes over an address a Service's status already shows (a restart): true when it is
     /// the Service's now, false when it is outside the pool or someone else's.
-    pub fn restore(&mut self, service: &str, ip: Ipv4Addr) -> bool {
+    pub fn restore(&mut self, service: &str, ip: IpAddr) -> bool {
         if !self.usable(ip) {
             return false;
         }
@@ -88,8 +92,8 @@ impl Pool {
     pub fn allocate(
         &mut self,
         service: &str,
-        requested: Option<Ipv4Addr>,
-    ) -> Result<Ipv4Addr, AllocError> {
+        requested: Option<IpAddr>,
+    ) -> Result<IpAddr, AllocError> {
         let held = self.by_service.get(service).copied();
         match (held, requested) {
             (Some(h), None) => return Ok(h),
@@ -109,9 +113,12 @@ impl Pool {
                 }
                 ip
             }
+            // Lowest first; at most taken + 3 addresses are looked at (a huge IPv6 pool is
+            // never walked).
             None => self
                 .cidr
                 .hosts()
+                .take(self.by_ip.len() + 3)
                 .find(|ip| self.usable(*ip) && !self.by_ip.contains_key(ip))
                 .ok_or(AllocError::Exhausted(self.cidr))?,
         };
@@ -132,13 +139,102 @@ impl Pool {
         }
     }
 
-    pub fn get(&self, service: &str) -> Option<Ipv4Addr> {
+    pub fn get(&self, service: &str) -> Option<IpAddr> {
         self.by_service.get(service).copied()
     }
 
-    pub fn in_pool(&self, ip: Ipv4Addr) -> bool {
+    pub fn in_pool(&self, ip: IpAddr) -> bool {
         self.usable(ip)
     }
+}
+
+/// One pool per family (either may be absent).
+#[derive(Debug, Clone)]
+pub struct Pools {
+    v4: Option<Pool>,
+    v6: Option<Pool>,
+}
+
+impl Pools {
+    pub fn new(v4: Option<Ipv4Net>, v6: Option<Ipv6Net>) -> Pools {
+        Pools {
+            v4: v4.map(Pool::new),
+            v6: v6.map(Pool::new),
+        }
+    }
+
+    fn of(&mut self, ipv6: bool) -> Option<&mut Pool> {
+        if ipv6 {
+            self.v6.as_mut()
+        } else {
+            self.v4.as_mut()
+        }
+    }
+
+    /// Takes over an address a status shows (see [`Pool::restore`]).
+    pub fn restore(&mut self, service: &str, ip: IpAddr) -> bool {
+        self.of(ip.is_ipv6())
+            .is_some_and(|p| p.restore(service, ip))
+    }
+
+    /// The addresses of `service`, one per family of `families` (true: IPv6) that has a
+    /// pool, in that order; `requested` (spec.loadBalancerIP) is honoured in its family.
+    pub fn allocate(
+        &mut self,
+        service: &str,
+        families: &[bool],
+        requested: Option<IpAddr>,
+    ) -> Result<Vec<IpAddr>, AllocError> {
+        if let Some(r) = requested
+            && self.of(r.is_ipv6()).is_none()
+        {
+            return Err(AllocError::NoPool(r));
+        }
+        let mut out = Vec::new();
+        for &v6 in families {
+            let req = requested.filter(|r| r.is_ipv6() == v6);
+            if let Some(p) = self.of(v6) {
+                out.push(p.allocate(service, req)?);
+            }
+        }
+        // The families the Service no longer has give their address back.
+        for v6 in [false, true] {
+            if !families.contains(&v6)
+                && let Some(p) = self.of(v6)
+            {
+                p.release(service);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Frees the addresses of `service`; true when it held one.
+    pub fn release(&mut self, service: &str) -> bool {
+        let a = self.v4.as_mut().is_some_and(|p| p.release(service));
+        let b = self.v6.as_mut().is_some_and(|p| p.release(service));
+        a || b
+    }
+
+    pub fn in_pool(&self, ip: IpAddr) -> bool {
+        [&self.v4, &self.v6]
+            .into_iter()
+            .flatten()
+            .any(|p| p.in_pool(ip))
+    }
+}
+
+/// The families a Service's addresses are for (true: IPv6): its `spec.ipFamilies`, as the API
+/// server set them (IPv4 when it has none).
+pub fn families(svc: &Service) -> Vec<bool> {
+    let fams: Vec<bool> = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.ip_families.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|f| f == "IPv6")
+        .collect();
+    if fams.is_empty() { vec![false] } else { fams }
 }
 
 /// A Service this controller serves: type LoadBalancer, no `loadBalancerClass`.
@@ -149,8 +245,8 @@ pub fn wants_address(svc: &Service) -> bool {
         })
 }
 
-/// The IPv4 addresses of `status.loadBalancer.ingress`.
-pub fn ingress_ips(svc: &Service) -> Vec<Ipv4Addr> {
+/// The addresses of `status.loadBalancer.ingress`.
+pub fn ingress_ips(svc: &Service) -> Vec<IpAddr> {
     svc.status
         .as_ref()
         .and_then(|s| s.load_balancer.as_ref())
@@ -161,7 +257,7 @@ pub fn ingress_ips(svc: &Service) -> Vec<Ipv4Addr> {
         .collect()
 }
 
-fn requested(svc: &Service) -> Result<Option<Ipv4Addr>, String> {
+fn requested(svc: &Service) -> Result<Option<IpAddr>, String> {
     match svc
         .spec
         .as_ref()
@@ -172,15 +268,19 @@ fn requested(svc: &Service) -> Result<Option<Ipv4Addr>, String> {
         Some(s) => s
             .parse()
             .map(Some)
-            .map_err(|_| format!("spec.loadBalancerIP {s:?} is not an IPv4 address")),
+            .map_err(|_| format!("spec.loadBalancerIP {s:?} is not an IP address")),
     }
 }
 
 /// Where the addresses come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
-    /// `--load-balancer-pool`: one address per Service (MetalLB, kube-router).
-    Pool(Ipv4Net),
+    /// `--load-balancer-pool`: one address per Service and family of its `ipFamilies` that
+    /// has a pool (MetalLB, kube-router).
+    Pool {
+        v4: Option<Ipv4Net>,
+        v6: Option<Ipv6Net>,
+    },
     /// `--load-balancer-node-addresses`: every Service's ingress is the nodes' InternalIPs,
     /// as k3s' ServiceLB writes them (the overlay mode: the node addresses serve).
     NodeAddresses,
@@ -213,7 +313,7 @@ impl Reconciler for Controller {
 pub struct Controller {
     pub services: Informer<Service>,
     pub queue: WorkQueue,
-    pool: Arc<Mutex<Option<Pool>>>,
+    pool: Arc<Mutex<Option<Pools>>>,
     source: Source,
     ctx: Ctx,
 }
@@ -229,20 +329,20 @@ impl Controller {
         }
     }
 
-    fn cidr(&self) -> Ipv4Net {
+    fn pools(&self) -> Pools {
         match self.source {
-            Source::Pool(c) => c,
-            // Never used in this mode; an empty range.
-            Source::NodeAddresses => Ipv4Net::default(),
+            Source::Pool { v4, v6 } => Pools::new(v4, v6),
+            // Never used in this mode; no pool.
+            Source::NodeAddresses => Pools::new(None, None),
         }
     }
 
     /// The pool, rebuilt from the statuses the first time (oldest Service first, so of two
     /// that show the same address the older keeps it).
-    fn with_pool<T>(&self, f: impl FnOnce(&mut Pool) -> T) -> T {
+    fn with_pool<T>(&self, f: impl FnOnce(&mut Pools) -> T) -> T {
         let mut guard = self.pool.lock().unwrap_or_else(|p| p.into_inner());
         let pool = guard.get_or_insert_with(|| {
-            let mut pool = Pool::new(self.cidr());
+            let mut pool = self.pools();
             let mut services = self.services.state();
             services.sort_by(|a, b| {
                 (
@@ -256,10 +356,13 @@ impl Controller {
             });
             for s in services.iter().filter(|s| wants_address(s)) {
                 let key = owner::key(&s.metadata);
+                // One address per family.
+                let mut kept = [false, false];
                 for ip in ingress_ips(s) {
-                    if pool.restore(&key, ip) {
+                    let fam = usize::from(ip.is_ipv6());
+                    if !kept[fam] && pool.restore(&key, ip) {
+                        kept[fam] = true;
                         tracing::info!(service = %key, %ip, "kept the load-balancer address");
-                        break;
                     }
                 }
             }
@@ -285,7 +388,9 @@ impl Controller {
                 && s.spec
                     .as_ref()
                     .is_some_and(|sp| sp.load_balancer_class.is_none())
-                && ingress_ips(&s).iter().any(|ip| self.cidr().contains(ip))
+                && ingress_ips(&s)
+                    .iter()
+                    .any(|ip| self.with_pool(|p| p.in_pool(*ip)))
             {
                 self.write_status(&s, &[]).await?;
             }
@@ -294,14 +399,14 @@ impl Controller {
         let ip = match requested(&svc) {
             Err(why) => Err(why),
             Ok(req) => self
-                .with_pool(|p| p.allocate(key, req))
+                .with_pool(|p| p.allocate(key, &families(&svc), req))
                 .map_err(|e| e.to_string()),
         };
         match ip {
-            Ok(ip) => {
-                if ingress_ips(&svc) != [ip] {
-                    self.write_status(&svc, &[ip]).await?;
-                    tracing::info!(service = %key, %ip, "load-balancer address");
+            Ok(ips) => {
+                if ingress_ips(&svc) != ips {
+                    self.write_status(&svc, &ips).await?;
+                    tracing::info!(service = %key, ?ips, "load-balancer address");
                 }
                 Ok(None)
             }
@@ -323,8 +428,9 @@ impl Controller {
         }
     }
 
-    /// k3s' ServiceLB: the ingress is every node's InternalIP, looked at again every 30 s
-    /// (nodes come and go without touching the Service).
+    /// k3s' ServiceLB: the ingress is every node's InternalIP (one per family of the
+    /// Service's `ipFamilies`), looked at again every 30 s (nodes come and go without touching
+    /// the Service).
     async fn sync_node_addresses(&self, key: &str) -> Result<Option<Duration>, SyncError> {
         let Some(svc) = self.services.get(key) else {
             return Ok(None);
@@ -342,25 +448,29 @@ impl Controller {
             return Ok(None);
         }
         let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.ctx.client.clone());
-        let mut ips: Vec<Ipv4Addr> = nodes
-            .list(&Default::default())
-            .await?
-            .items
-            .iter()
-            .filter_map(|n| {
-                n.status
-                    .as_ref()?
-                    .addresses
-                    .as_ref()?
-                    .iter()
-                    .find(|a| a.type_ == "InternalIP")?
-                    .address
-                    .parse()
-                    .ok()
-            })
-            .collect();
-        ips.sort();
-        ips.dedup();
+        // Each node's first InternalIP of every family the Service has (a dual-stack node
+        // lists one per family), the Service's primary family first.
+        let fams = families(&svc);
+        let listed = nodes.list(&Default::default()).await?.items;
+        let mut ips: Vec<IpAddr> = Vec::new();
+        for &v6 in &fams {
+            let mut of_family: Vec<IpAddr> = listed
+                .iter()
+                .filter_map(|n| {
+                    n.status
+                        .as_ref()?
+                        .addresses
+                        .as_ref()?
+                        .iter()
+                        .filter(|a| a.type_ == "InternalIP")
+                        .filter_map(|a| a.address.parse::<IpAddr>().ok())
+                        .find(|ip| ip.is_ipv6() == v6)
+                })
+                .collect();
+            of_family.sort();
+            of_family.dedup();
+            ips.extend(of_family);
+        }
         if ingress_ips(&svc) != ips {
             self.write_status(&svc, &ips).await?;
             tracing::info!(service = %key, ?ips, "load-balancer addresses: the nodes'");
@@ -368,7 +478,7 @@ impl Controller {
         Ok(Some(Duration::from_secs(30)))
     }
 
-    async fn write_status(&self, svc: &Service, ips: &[Ipv4Addr]) -> Result<(), SyncError> {
+    async fn write_status(&self, svc: &Service, ips: &[IpAddr]) -> Result<(), SyncError> {
         let (Some(ns), Some(name)) = (
             svc.metadata.namespace.as_deref(),
             svc.metadata.name.as_deref(),
@@ -408,12 +518,12 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn ip(s: &str) -> Ipv4Addr {
+    fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
     }
 
     fn pool(cidr: &str) -> Pool {
-        Pool::new(cidr.parse().unwrap())
+        Pool::new(cidr.parse::<IpNet>().unwrap())
     }
 
     #[test]
@@ -491,6 +601,62 @@ mod tests {
             p.allocate("default/b", Some(ip("203.0.113.9"))),
             Ok(ip("203.0.113.9"))
         );
+    }
+
+    #[test]
+    fn ipv6_pools_hand_out_one_address_per_family_of_the_service() {
+        let mut p = Pools::new(
+            Some("203.0.113.0/28".parse().unwrap()),
+            Some("fd00:203::/120".parse().unwrap()),
+        );
+        // IPv6 first: the network address (subnet-router anycast) is never handed out.
+        assert_eq!(
+            p.allocate("default/a", &[true, false], None),
+            Ok(vec![ip("fd00:203::1"), ip("203.0.113.1")])
+        );
+        assert_eq!(
+            p.allocate("default/b", &[true], None),
+            Ok(vec![ip("fd00:203::2")])
+        );
+        // Dropping a family gives its address back.
+        assert_eq!(
+            p.allocate("default/a", &[true], None),
+            Ok(vec![ip("fd00:203::1")])
+        );
+        assert_eq!(
+            p.allocate("default/c", &[false], None),
+            Ok(vec![ip("203.0.113.1")])
+        );
+        // loadBalancerIP in its family.
+        assert_eq!(
+            p.allocate("default/d", &[false, true], Some(ip("fd00:203::99"))),
+            Ok(vec![ip("203.0.113.2"), ip("fd00:203::99")])
+        );
+        assert!(p.release("default/d"));
+        assert!(p.restore("default/e", ip("fd00:203::99")));
+        assert!(!p.restore("default/f", ip("fd00:204::1")));
+        // Without an IPv6 pool, an IPv6 Service gets nothing and an IPv6 request is refused.
+        let mut v4 = Pools::new(Some("203.0.113.0/28".parse().unwrap()), None);
+        assert_eq!(v4.allocate("default/a", &[true], None), Ok(vec![]));
+        assert_eq!(
+            v4.allocate("default/a", &[true], Some(ip("fd00::1"))),
+            Err(AllocError::NoPool(ip("fd00::1")))
+        );
+        // A /127 and a /128 are used whole; a full IPv6 pool says so.
+        let mut tiny = pool("fd00:203::/127");
+        assert_eq!(tiny.allocate("default/a", None), Ok(ip("fd00:203::")));
+        assert_eq!(tiny.allocate("default/b", None), Ok(ip("fd00:203::1")));
+        assert!(matches!(
+            tiny.allocate("default/c", None),
+            Err(AllocError::Exhausted(_))
+        ));
+        let mut big = pool("fd00:203::/64");
+        for i in 1..=100u16 {
+            assert_eq!(
+                big.allocate(&format!("default/s{i}"), None),
+                Ok(ip(&format!("fd00:203::{i:x}")))
+            );
+        }
     }
 
     #[test]

@@ -255,11 +255,11 @@ pub async fn run_controllers(
         let c = crate::hpa::Controller::new(ctx.clone(), m.cache(), m.cache(), config.hpa);
         m.register(c);
     }
-    let lb_source = match config.load_balancer_pool {
-        Some(cidr) => Some(crate::loadbalancer::Source::Pool(cidr)),
-        None => config
+    let lb_source = match (config.load_balancer_pool, config.load_balancer_pool_v6) {
+        (None, None) => config
             .load_balancer_node_addresses
             .then_some(crate::loadbalancer::Source::NodeAddresses),
+        (v4, v6) => Some(crate::loadbalancer::Source::Pool { v4, v6 }),
     };
     if config.runs("service-lb")
         && let Some(source) = lb_source

@@ -165,6 +165,20 @@ pub(super) fn builtin(kind: Kind, obj: &Value, now: Timestamp) -> Vec<Value> {
             json!(text(obj, &["spec", "holderIdentity"])),
             json!(age_at(obj, now)),
         ],
+        Kind::ServiceCIDR => vec![
+            name_cell(obj),
+            json!(
+                get(obj, &["spec", "cidrs"])
+                    .and_then(Value::as_array)
+                    .map(|a| a
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(","))
+                    .unwrap_or_default()
+            ),
+            json!(age_at(obj, now)),
+        ],
         Kind::Generic => vec![name_cell(obj), json!(created_at(obj))],
     }
 }

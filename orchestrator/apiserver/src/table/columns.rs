@@ -76,6 +76,7 @@ pub enum Kind {
     NetworkPolicy,
     EndpointSlice,
     Lease,
+    ServiceCIDR,
     /// A built-in kind without a printer of its own: NAME and CREATED AT.
     Generic,
 }
@@ -103,6 +104,7 @@ pub(super) fn kind_of(info: &ResourceInfo) -> Kind {
         ("networking.k8s.io", "NetworkPolicy") => NetworkPolicy,
         ("discovery.k8s.io", "EndpointSlice") => EndpointSlice,
         ("coordination.k8s.io", "Lease") => Lease,
+        ("networking.k8s.io", "ServiceCIDR") => ServiceCIDR,
         _ => Generic,
     }
 }
@@ -362,6 +364,14 @@ pub(super) fn builtin(kind: Kind) -> Vec<Column> {
         Kind::Lease => vec![
             NAME,
             text_col("Holder", "The identity of the holder of the current lease."),
+            AGE,
+        ],
+        Kind::ServiceCIDR => vec![
+            NAME,
+            text_col(
+                "CIDRs",
+                "list of IP blocks in CIDR notation (e.g. \"10.0.0.0/8\" or \"2001:db8::/64\") from which to assign service cluster IPs. Max of two CIDR blocks is allowed, one of each IP family. This field is immutable.",
+            ),
             AGE,
         ],
         Kind::Generic => vec![NAME, column("Created At", "date", 0, CREATED_DOC)],

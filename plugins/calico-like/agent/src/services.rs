@@ -1,5 +1,6 @@
 //! Service addresses the agent announces, as kube-router and MetalLB do in BGP mode: every
-//! LoadBalancer Service's `status.loadBalancer.ingress` addresses as /32s (the proxy on each
+//! LoadBalancer Service's `status.loadBalancer.ingress` addresses as /32s (IPv6 ones as
+//! /128s, sent to the peers that negotiated IPv6 unicast: `--dual-stack`) (the proxy on each
 //! node DNATs them, so every node announces them and the peers spread traffic over the nodes
 //! with ECMP; with externalTrafficPolicy Local only the nodes with a local endpoint do), and
 //! with `--announce-service-cidr` the cluster IP range. They are the node's
@@ -9,13 +10,13 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use tokio::sync::{Notify, watch};
 
-/// The /32 of every address in a LoadBalancer Service's status. A Service with
+/// The /32 (IPv6: /128) of every address in a LoadBalancer Service's status. A Service with
 /// externalTrafficPolicy Local is announced only by the nodes that have a ready endpoint of it
 /// (`node`), as kube-router does: the others would drop its traffic.
 pub fn load_balancer_prefixes<'a>(
@@ -60,7 +61,7 @@ pub fn load_balancer_prefixes<'a>(
         .filter_map(|s| s.status.as_ref()?.load_balancer.as_ref()?.ingress.as_ref())
         .flatten()
         .filter_map(|i| i.ip.as_deref()?.parse().ok())
-        .map(|ip: std::net::Ipv4Addr| IpNet::V4(Ipv4Net::from(ip)))
+        .map(|ip: std::net::IpAddr| IpNet::from(ip))
         .collect()
 }
 
@@ -116,10 +117,17 @@ mod tests {
             "spec": {"type": "ClusterIP"},
             "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.9"}]}}
         }));
-        let got = load_balancer_prefixes([&lb, &pending, &cluster], [], "n1");
+        let dual = svc(serde_json::json!({
+            "metadata": {"name": "d", "namespace": "default"},
+            "spec": {"type": "LoadBalancer"},
+            "status": {"loadBalancer": {"ingress": [{"ip": "fd00:203::1"}, {"ip": "203.0.113.2"}]}}
+        }));
+        let got = load_balancer_prefixes([&lb, &pending, &cluster, &dual], [], "n1");
         assert_eq!(
             got.into_iter().collect::<Vec<_>>(),
-            vec!["203.0.113.1/32".parse::<IpNet>().unwrap()]
+            ["203.0.113.1/32", "203.0.113.2/32", "fd00:203::1/128"]
+                .map(|p| p.parse::<IpNet>().unwrap())
+                .to_vec()
         );
     }
 
