@@ -59,7 +59,7 @@ enum Command {
     /// Network policy administration: isolate and open namespaces, show their isolation.
     Policy(policy::Args),
     /// The node agent: registers the Node and runs its pods with a network through CNI.
-    Kubelet(kubelet::Args),
+    Kubelet(Box<kubelet::Args>),
     /// OCI images: `image build` (the image deploy/ runs, from this binary) and `image import
     /// <oci-layout.tar>` into containerd (the kubelet's containerd runtime).
     Image(image::Args),
@@ -244,7 +244,7 @@ async fn async_main() -> anyhow::Result<()> {
         Command::Bgp(args) => bgp::run(args).await,
         Command::Policyd(args) => policyd::run(args).await,
         Command::Policy(args) => policy::run(args).await,
-        Command::Kubelet(args) => kubelet::run(args).await,
+        Command::Kubelet(args) => kubelet::run(*args).await,
         Command::Certs(args) => certs::run(args),
         Command::Image(args) => image::run(args).await,
         Command::Proxy(args) => proxy::run(args).await,
