@@ -1428,10 +1428,11 @@ impl Runtime for ContainerdRuntime {
 /// starts for a run (`binary://` stdio). It copies the container's stdout (fd 3) and stderr
 /// (fd 4) into the CRI-format log, rotating it, and closes fd 5 once the log is open (the shim
 /// waits for that). Returns the exit code.
-/// The logging binary's spec: size, files, the stdin to feed (run directory and mode), log.
-fn parse_logger_spec(
-    spec: &str,
-) -> Option<(&str, &str, Option<(PathBuf, crate::shim::StdinMode)>, &str)> {
+/// The stdin a logging binary feeds: the run directory and how stdin is kept.
+type Feed = Option<(PathBuf, crate::shim::StdinMode)>;
+
+/// The logging binary's spec: size, files, the stdin to feed, log.
+fn parse_logger_spec(spec: &str) -> Option<(&str, &str, Feed, &str)> {
     let mut parts = spec.splitn(3, ':');
     let (size, files, rest) = (parts.next()?, parts.next()?, parts.next()?);
     let mode = |m: &str| match m {
