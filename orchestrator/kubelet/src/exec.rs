@@ -257,15 +257,15 @@ pub fn target(
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .max()?;
+    let run = pod_dir
+        .join("containers")
+        .join(name)
+        .join(attempt.to_string());
+    let id = std::fs::read(run.join(crate::containerd::runtime::RUN_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["id"].as_str().map(String::from));
     if !attach {
-        let run = pod_dir
-            .join("containers")
-            .join(name)
-            .join(attempt.to_string());
-        let id = std::fs::read(run.join(crate::containerd::runtime::RUN_FILE))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .and_then(|v| v["id"].as_str().map(String::from));
         return Some(match (id, containerd) {
             (Some(id), Some((address, namespace))) => Target::Containerd {
                 address: address.to_path_buf(),
@@ -278,10 +278,14 @@ pub fn target(
     }
     Some(Target::Attach {
         helper: helper.to_path_buf(),
-        run: pod_dir
-            .join("containers")
-            .join(name)
-            .join(attempt.to_string()),
+        task: id
+            .zip(containerd)
+            .map(|(id, (address, namespace))| AttachedTask {
+                address: address.to_path_buf(),
+                namespace: namespace.to_string(),
+                id,
+            }),
+        run,
         log: pod_dir
             .join("logs")
             .join(name)
@@ -442,12 +446,46 @@ pub enum Target {
     /// `attach`: `trellis container-attach` ([`crate::attach`]), which passes on what the
     /// container's run writes to its log from now on and feeds its stdin FIFO, until the run
     /// ends. The terminal (`tty: true`) is the container's own, made by its shim; resizes go
-    /// to the shim's FIFO.
+    /// to the shim's FIFO, or for a containerd task (`task`) through ResizePty.
     Attach {
         helper: std::path::PathBuf,
+        task: Option<AttachedTask>,
         run: std::path::PathBuf,
         log: std::path::PathBuf,
     },
+}
+
+/// The containerd task of an attached container: where its terminal's size is set.
+#[derive(Debug, Clone)]
+pub struct AttachedTask {
+    pub address: std::path::PathBuf,
+    pub namespace: String,
+    pub id: String,
+}
+
+impl AttachedTask {
+    /// Sets the task's terminal size (ResizePty) for each size sent, in order, until the
+    /// sender goes.
+    fn sizer(&self) -> Sizer {
+        let (tx, mut rx) = mpsc::unbounded_channel::<(u16, u16)>();
+        let task = self.clone();
+        tokio::spawn(async move {
+            let conn = match crate::containerd::Conn::connect(&task.address, &task.namespace).await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(container = %task.id, error = %e, "attach: cannot reach containerd to resize the terminal");
+                    return;
+                }
+            };
+            while let Some((w, h)) = rx.recv().await {
+                if let Err(e) = crate::containerd::exec::resize_task(&conn, &task.id, w, h).await {
+                    tracing::debug!(container = %task.id, error = %e, "attach: resizing the terminal");
+                }
+            }
+        });
+        Sizer::Containerd(tx)
+    }
 }
 
 impl Target {
@@ -455,9 +493,10 @@ impl Target {
     fn resize_fifo(&self) -> Option<std::path::PathBuf> {
         match self {
             Target::Exec { .. } | Target::Containerd { .. } => None,
-            Target::Attach { run, .. } => {
-                Some(run.join(crate::shim::RESIZE_FIFO)).filter(|p| p.exists())
-            }
+            Target::Attach {
+                run, task: None, ..
+            } => Some(run.join(crate::shim::RESIZE_FIFO)).filter(|p| p.exists()),
+            Target::Attach { task: Some(_), .. } => None,
         }
     }
 }
@@ -507,7 +546,9 @@ fn spawn(
     Option<std::fs::File>,
 ) {
     match target {
-        Target::Attach { helper, run, log } => {
+        Target::Attach {
+            helper, run, log, ..
+        } => {
             let pipe = |on: bool| if on { Stdio::piped() } else { Stdio::null() };
             let mut cmd = tokio::process::Command::new(helper);
             cmd.arg("container-attach")
@@ -643,7 +684,10 @@ async fn open(target: &Target, req: &ExecRequest) -> Result<Session, String> {
         stdin: child.stdin.take().map(|w| Box::new(w) as Writer),
         stdout: child.stdout.take().map(|r| Box::new(r) as Reader),
         stderr: child.stderr.take().map(|r| Box::new(r) as Reader),
-        sizer: target.resize_fifo().map(Sizer::Fifo),
+        sizer: match target {
+            Target::Attach { task: Some(t), .. } if req.tty => Some(t.sizer()),
+            _ => target.resize_fifo().map(Sizer::Fifo),
+        },
         tty: master.is_some(),
         process: Process::Child(child),
     };

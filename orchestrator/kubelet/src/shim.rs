@@ -419,7 +419,7 @@ fn pump(
 
 /// Feeds the container's stdin from the FIFO: each attach that opens it for writing, until
 /// it closes it; with `stdinOnce`, only the first (then the container's stdin closes).
-fn feed_stdin(fifo: &Path, mut sink: Box<dyn Write + Send>, mode: StdinMode) {
+pub(crate) fn feed_stdin(fifo: &Path, mut sink: Box<dyn Write + Send>, mode: StdinMode) {
     let mut buf = vec![0u8; 32 * 1024];
     loop {
         // Blocks until a writer opens it.

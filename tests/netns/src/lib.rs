@@ -21,6 +21,7 @@ pub mod containerd;
 pub mod etcd;
 pub mod handbuilt;
 pub mod iperf;
+pub mod kubectl_session;
 pub mod leak;
 pub mod matrix;
 pub mod policy_model;

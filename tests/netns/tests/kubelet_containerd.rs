@@ -36,6 +36,7 @@ use serde_json::json;
 use kubelet::{Kubelets, create_pod, wait_node_ready, wait_pod};
 use netns_testbed::cluster::{ControlPlane, kubectl};
 use netns_testbed::containerd::Containerd;
+use netns_testbed::kubectl_session;
 use netns_testbed::{Node, Testbed, bin_path};
 use trellis_kubelet::cgroup::Cgroup;
 
@@ -800,7 +801,7 @@ fn cgroup_and_pidns(pid: i32) -> (String, String) {
 async fn containerd_exec_runs_in_the_containers_cgroup_and_pid_namespace() {
     netns_testbed::require_tool("busybox", "busybox-static");
     let kubectl_bin = netns_testbed::require_tool("kubectl", "kubectl (the image's own)");
-    let script = netns_testbed::require_tool("script", "bsdutils (util-linux's script)");
+    netns_testbed::require_tool("script", "bsdutils (util-linux's script)");
     let nsenter = netns_testbed::require_tool("nsenter", "util-linux");
     let c = overlay_cluster::Cluster::start(1).await;
     let (tb, cp, client) = (&c.tb, &c.cp, &c.client);
@@ -960,33 +961,14 @@ async fn containerd_exec_runs_in_the_containers_cgroup_and_pid_namespace() {
     assert_ne!(theirs.1, main_pidns, "and outside its PID namespace");
 
     // stdin, to its end (CloseIO).
-    let mut child = tokio::process::Command::new(&kubectl_bin)
-        .arg("--kubeconfig")
-        .arg(&kc)
-        .args([
-            "exec",
-            "-i",
-            "box",
-            "--",
-            "/bin/sh",
-            "-c",
-            "busybox wc -l; echo done",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    {
-        use tokio::io::AsyncWriteExt;
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(b"a\nb\nc\n").await.unwrap();
-    }
-    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-        .await
-        .expect("exec -i ends once stdin does")
-        .unwrap();
+    let out = kubectl_session::exec_stdin(
+        &kubectl_bin,
+        &kc,
+        &[],
+        &["box", "--", "/bin/sh", "-c", "busybox wc -l; echo done"],
+        b"a\nb\nc\n",
+    )
+    .await;
     assert!(out.status.success(), "{out:?}");
     assert_eq!(
         String::from_utf8_lossy(&out.stdout)
@@ -996,25 +978,14 @@ async fn containerd_exec_runs_in_the_containers_cgroup_and_pid_namespace() {
     );
 
     // A terminal (exec -it under script, which gives kubectl one), with TERM set.
-    let inner = format!(
-        "{} --kubeconfig {} exec -it box -- /bin/sh -c '[ -t 0 ] && [ -t 1 ] && echo both-terminals; tty; echo term=$TERM'",
-        kubectl_bin.display(),
-        kc.display()
-    );
-    let mut child = tokio::process::Command::new(&script)
-        .args(["-qec", &inner, "/dev/null"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let held = child.stdin.take();
-    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-        .await
-        .expect("exec -it ends with its command")
-        .unwrap();
-    drop(held);
+    let out = kubectl_session::exec_tty(
+        &kubectl_bin,
+        &kc,
+        &[],
+        "box -- /bin/sh -c '[ -t 0 ] && [ -t 1 ] && echo both-terminals; tty; echo term=$TERM'",
+        None,
+    )
+    .await;
     let shown = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success()
@@ -1070,6 +1041,132 @@ async fn containerd_exec_runs_in_the_containers_cgroup_and_pid_namespace() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(gone, "box was never finished by its kubelet");
+    drop(k);
+    drop(ctrd);
+}
+
+/// `kubectl attach -it` to a containerd pod with `stdin: true, tty: true`, as to a process
+/// runtime pod: what is typed reaches the shell, which runs on a terminal (runc's console),
+/// its output comes back and is logged, and the container's terminal takes each attaching
+/// terminal's size (ResizePty), with the image's kubectl over a WebSocket and SPDY and with
+/// kubectl 1.20; the stdin stays open from one attach to the next (the shell never restarts),
+/// `exit` ends the attach with success (and the shell, which restarts), and with `stdinOnce`
+/// the stdin stays open too, as containerd's CRI plugin keeps it with a tty. `exec -it` on a
+/// terminal of a set size runs `stty size` in the container and sees it.
+#[tokio::test(flavor = "multi_thread")]
+async fn containerd_attach_it_reaches_the_shell_on_a_resized_terminal() {
+    use tokio::io::AsyncWriteExt;
+    netns_testbed::require_tool("busybox", "busybox-static");
+    netns_testbed::require_tool("script", "bsdutils (util-linux's script)");
+    let kubectl_new = netns_testbed::require_tool("kubectl", "kubectl (the image's own)");
+    let kubectl_old = kubectl_session::kubectl_1_20();
+    let c = overlay_cluster::Cluster::start(1).await;
+    let (tb, cp, client) = (&c.tb, &c.cp, &c.client);
+    let w = &c.workers[0];
+    // Dropped before the testbed: containers killed and deleted while containerd runs.
+    let (ctrd, k) = containerd_worker(&c).await;
+    let kc = cp.write_local_kubeconfig(tb).unwrap();
+    let shell = |name: &str, once: bool| {
+        json!({"metadata": {"name": name}, "spec": {"nodeName": w.node.name,
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "sh", "image": IMAGE, "stdin": true, "stdinOnce": once,
+                "tty": true, "command": ["/bin/sh"]}]}})
+    };
+    create_pod(client, shell("term", false)).await;
+    create_pod(client, shell("once", true)).await;
+    create_pod(
+        client,
+        json!({"metadata": {"name": "box"}, "spec": {"nodeName": w.node.name,
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "box", "image": IMAGE,
+                "command": ["/bin/busybox", "sleep", "3600"]}]}}),
+    )
+    .await;
+    for name in ["term", "once", "box"] {
+        wait_pod(client, name, Duration::from_secs(90), "Running", running).await;
+    }
+    let restarts =
+        |p: &serde_json::Value| p["status"]["containerStatuses"][0]["restartCount"].as_u64();
+
+    for (i, (bin, env)) in kubectl_session::variants(&kubectl_new, &kubectl_old)
+        .into_iter()
+        .enumerate()
+    {
+        let what = format!("{} {env:?}", bin.display());
+        let size = (71 + i as u16, 23 + i as u16);
+        let out = kubectl_session::exec_tty(
+            &bin,
+            &kc,
+            &env,
+            &format!(
+                "box -- /bin/sh -c '{}'",
+                kubectl_session::print_size_once(size.0, size.1)
+            ),
+            Some(size),
+        )
+        .await;
+        let shown = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && shown.contains(&format!("size={} {}", size.1, size.0)),
+            "{what}: exec -it on a {size:?} terminal: {out:?}"
+        );
+        // Typed text reaches the shell on its terminal, sized as the attaching one; killing
+        // kubectl detaches.
+        let size = (81 + i as u16, 31 + i as u16);
+        let mut child = kubectl_session::attach_tty(&bin, &kc, &env, "term", size).await;
+        let _ = child.kill().await;
+    }
+    // The shell's terminal output is its log (stdout), and its stdin outlived the attaches.
+    let (code, out, err) = kubectl(&kubectl_new, &kc, &["logs", "term"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("on-a-terminal-42"), "{out}");
+    let p = wait_pod(client, "term", Duration::from_secs(5), "Running", running).await;
+    assert_eq!(
+        restarts(&p),
+        Some(0),
+        "the shell never ended: {:#}",
+        p["status"]
+    );
+
+    // exit ends the shell and the attach, with success.
+    let mut child = kubectl_session::attach_tty(&kubectl_new, &kc, &[], "term", (90, 30)).await;
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"exit\n").await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("the attach ends with the shell")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    wait_pod(client, "term", Duration::from_secs(60), "restarted", |p| {
+        restarts(p) >= Some(1)
+    })
+    .await;
+
+    // stdinOnce with a tty (`kubectl run -it` makes such pods): as containerd's CRI plugin,
+    // the stdin stays open when an attach goes (it closes for stdinOnce only without a tty),
+    // so a second attach reaches the same shell.
+    for size in [(90, 30), (100, 35)] {
+        let mut child = kubectl_session::attach_tty(&kubectl_new, &kc, &[], "once", size).await;
+        let _ = child.kill().await;
+    }
+    let p = wait_pod(client, "once", Duration::from_secs(5), "Running", running).await;
+    assert_eq!(restarts(&p), Some(0), "{:#}", p["status"]);
+
+    let api: Api<Pod> = Api::namespaced(client.clone(), "default");
+    for name in ["term", "once", "box"] {
+        api.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    for name in ["term", "once", "box"] {
+        let mut gone = false;
+        for _ in 0..400 {
+            if api.get_opt(name).await.unwrap().is_none() {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(gone, "{name} was never finished by its kubelet");
+    }
     drop(k);
     drop(ctrd);
 }

@@ -20,8 +20,7 @@ use tokio::io::AsyncBufReadExt;
 
 use kubelet::{Kubelets, create_pod, wait_node_ready, wait_pod};
 use netns_testbed::cluster::kubectl;
-
-const KUBECTL_1_20: &str = "/opt/trellis/kubectl-1.20/usr/bin/kubectl";
+use netns_testbed::kubectl_session::{self, kubectl_1_20, read_until};
 
 fn running(p: &serde_json::Value) -> bool {
     p["status"]["phase"] == "Running"
@@ -112,17 +111,6 @@ fn jane_kubeconfig(
     cp.issue_kubeconfig("jane", &[], &cp.relay_server().unwrap(), &jane)
         .unwrap();
     jane
-}
-
-/// kubectl 1.20 (Debian's kubernetes-client 1.20, unpacked at [`KUBECTL_1_20`]); the test
-/// fails without it.
-fn kubectl_1_20() -> PathBuf {
-    let bin = PathBuf::from(KUBECTL_1_20);
-    assert!(
-        bin.is_file(),
-        "{KUBECTL_1_20} is missing (Debian's kubernetes-client 1.20, unpacked there)"
-    );
-    bin
 }
 
 /// One overlay node with a kubelet (started with `extra` flags) and Ready, and the admin
@@ -504,34 +492,21 @@ async fn kubectl_exec_runs_in_the_pod_and_returns_its_exit_code() {
             "{name}: kubectl reports the code: {err}"
         );
         // stdin, to its end.
-        let mut child = tokio::process::Command::new(bin)
-            .arg("--kubeconfig")
-            .arg(kc)
-            .args([
-                "exec",
-                "-i",
+        let out = kubectl_session::exec_stdin(
+            bin,
+            kc,
+            &[],
+            &[
                 "box",
                 "--",
                 "/bin/busybox",
                 "sh",
                 "-c",
                 "busybox wc -l; echo done",
-            ])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        {
-            use tokio::io::AsyncWriteExt;
-            let mut stdin = child.stdin.take().unwrap();
-            stdin.write_all(b"a\nb\nc\n").await.unwrap();
-        }
-        let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-            .await
-            .expect("exec -i ends once stdin does")
-            .unwrap();
+            ],
+            b"a\nb\nc\n",
+        )
+        .await;
         assert!(out.status.success(), "{name}: {out:?}");
         assert_eq!(
             String::from_utf8_lossy(&out.stdout)
@@ -543,28 +518,16 @@ async fn kubectl_exec_runs_in_the_pod_and_returns_its_exit_code() {
     }
     // exec -it: kubectl wants a terminal of its own (script's) and the command gets one in the
     // pod (a pseudo-terminal from the kubelet), over the WebSocket (1.32) and SPDY (1.20).
-    let script = netns_testbed::require_tool("script", "bsdutils (util-linux's script)");
+    netns_testbed::require_tool("script", "bsdutils (util-linux's script)");
     for bin in [&kubectl_new, &kubectl_old] {
-        let inner = format!(
-            "{} --kubeconfig {} exec -it box -- /bin/busybox sh -c '[ -t 0 ] && [ -t 1 ] && echo both-terminals; tty'",
-            bin.display(),
-            kc.display()
-        );
-        let mut child = tokio::process::Command::new(&script)
-            .args(["-qec", &inner, "/dev/null"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        // Open until the command is done: its end is script's stdin ending.
-        let held = child.stdin.take();
-        let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-            .await
-            .expect("exec -it ends with its command")
-            .unwrap();
-        drop(held);
+        let out = kubectl_session::exec_tty(
+            bin,
+            kc,
+            &[],
+            "box -- /bin/busybox sh -c '[ -t 0 ] && [ -t 1 ] && echo both-terminals; tty'",
+            None,
+        )
+        .await;
         let shown = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success() && shown.contains("both-terminals") && shown.contains("/dev/pts/"),
@@ -1056,35 +1019,6 @@ fn attach(bin: &Path, kc: &Path, env: &[(&str, &str)], args: &[&str]) -> tokio::
         .unwrap()
 }
 
-/// Reads `from` (≤30 s) until `want` was seen; everything read.
-async fn read_until(
-    from: &mut (impl tokio::io::AsyncRead + Unpin),
-    want: &str,
-    what: &str,
-) -> String {
-    use tokio::io::AsyncReadExt;
-    let mut seen = Vec::new();
-    let read = async {
-        let mut buf = [0u8; 4096];
-        loop {
-            let n = from.read(&mut buf).await.unwrap_or(0);
-            if n == 0 {
-                return false;
-            }
-            seen.extend_from_slice(&buf[..n]);
-            if String::from_utf8_lossy(&seen).contains(want) {
-                return true;
-            }
-        }
-    };
-    let ok = tokio::time::timeout(Duration::from_secs(30), read)
-        .await
-        .unwrap_or(false);
-    let text = String::from_utf8_lossy(&seen).into_owned();
-    assert!(ok, "{what}: {want:?} not seen; got {text:?}");
-    text
-}
-
 /// `kubectl attach` joins a container's main process (`stdin: true`): what is typed reaches
 /// its stdin, its stdout and stderr come back, over the image's kubectl's WebSocket, its SPDY,
 /// and kubectl 1.20's SPDY; the stdin stays open from one attach to the next, but with
@@ -1097,7 +1031,7 @@ async fn kubectl_attach_joins_the_main_process_with_both_kubectls() {
     use tokio::io::AsyncWriteExt;
     netns_testbed::require_tool("busybox", "busybox-static");
     let kubectl_new = netns_testbed::require_tool("kubectl", "kubectl (the image's own)");
-    let script = netns_testbed::require_tool("script", "bsdutils (util-linux's script)");
+    netns_testbed::require_tool("script", "bsdutils (util-linux's script)");
     let kubectl_old = kubectl_1_20();
     let n = one_node(&[]).await;
     let (tb, cp, client) = (&n.c.tb, &n.c.cp, &n.c.client);
@@ -1185,19 +1119,10 @@ async fn kubectl_attach_joins_the_main_process_with_both_kubectls() {
         )
         .await;
         let what = format!("{}: attach -it", bin.display());
-        let inner = format!(
-            "{} --kubeconfig {} attach -it term",
-            bin.display(),
-            kc.display()
+        let mut child = kubectl_session::spawn_on_a_terminal(
+            &kubectl_session::kubectl_line(bin, kc, "attach -it term", None),
+            &[],
         );
-        let mut child = tokio::process::Command::new(&script)
-            .args(["-qec", &inner, "/dev/null"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
         let mut stdin = child.stdin.take().unwrap();
         let mut stdout = child.stdout.take().unwrap();
         stdin
@@ -1224,6 +1149,68 @@ async fn kubectl_attach_joins_the_main_process_with_both_kubectls() {
             "{}: {err}",
             bin.display()
         );
+    }
+    assert!(tb.running(kubelet_pid), "{}", tb.log_of(kubelet_pid));
+}
+
+/// A terminal's size reaches the pod's pseudo-terminal (process runtime): `exec -it` on a
+/// terminal of a set size runs `stty size` in the pod and sees it (the kubelet's own
+/// terminal, sized by the resize message on channel 4 or the SPDY resize stream), and each
+/// `attach -it` to a `tty: true` shell resizes the container's terminal (its shim's) to the
+/// attaching terminal's size, a different one each time — with both kubectls, over a
+/// WebSocket and SPDY. Without resize handling the pod's terminal stays 0×0 and this fails.
+#[tokio::test(flavor = "multi_thread")]
+async fn terminal_resizes_reach_the_pods_terminal_for_exec_and_attach() {
+    netns_testbed::require_tool("busybox", "busybox-static");
+    netns_testbed::require_tool("script", "bsdutils (util-linux's script)");
+    let kubectl_new = netns_testbed::require_tool("kubectl", "kubectl (the image's own)");
+    let kubectl_old = kubectl_1_20();
+    let n = one_node(&[]).await;
+    let (tb, client) = (&n.c.tb, &n.c.client);
+    let (kubelet_pid, kc) = (n.kubelet_pid, &n.kc);
+    create_pod(
+        client,
+        json!({"metadata": {"name": "box"}, "spec": {"nodeName": "n1",
+            "containers": [{"name": "c", "image": "busybox",
+                "command": ["/bin/busybox", "sleep", "3600"]}]}}),
+    )
+    .await;
+    create_pod(
+        client,
+        json!({"metadata": {"name": "term"}, "spec": {"nodeName": "n1",
+            "containers": [{"name": "c", "image": "busybox", "stdin": true, "tty": true,
+                "command": ["/bin/busybox", "sh"]}]}}),
+    )
+    .await;
+    for name in ["box", "term"] {
+        wait_running(tb, client, name, kubelet_pid).await;
+    }
+    for (i, (bin, env)) in kubectl_session::variants(&kubectl_new, &kubectl_old)
+        .into_iter()
+        .enumerate()
+    {
+        let size = (71 + i as u16, 23 + i as u16);
+        let out = kubectl_session::exec_tty(
+            &bin,
+            kc,
+            &env,
+            &format!(
+                "box -- /bin/busybox sh -c '{}'",
+                kubectl_session::print_size_once(size.0, size.1)
+            ),
+            Some(size),
+        )
+        .await;
+        let shown = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && shown.contains(&format!("size={} {}", size.1, size.0)),
+            "{} {env:?}: exec -it on a {size:?} terminal: {out:?}",
+            bin.display()
+        );
+        // The container's terminal takes each attaching terminal's size.
+        let size = (81 + i as u16, 31 + i as u16);
+        let mut child = kubectl_session::attach_tty(&bin, kc, &env, "term", size).await;
+        let _ = child.kill().await;
     }
     assert!(tb.running(kubelet_pid), "{}", tb.log_of(kubelet_pid));
 }

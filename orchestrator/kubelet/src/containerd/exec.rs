@@ -71,6 +71,21 @@ pub fn process_spec(container_spec: &Value, req: &Request) -> Result<Value, Ctrd
     Ok(p)
 }
 
+/// Sets the terminal size of task `container`'s main process (an attached `tty: true`
+/// container's terminal), as the attach of containerd's CRI plugin does.
+pub async fn resize_task(conn: &Conn, container: &str, w: u16, h: u16) -> Result<(), CtrdError> {
+    TasksClient::new(conn.channel.clone())
+        .resize_pty(conn.request(ResizePtyRequest {
+            container_id: container.to_string(),
+            exec_id: String::new(),
+            width: u32::from(w),
+            height: u32::from(h),
+        }))
+        .await
+        .map(|_| ())
+        .map_err(|s| CtrdError::rpc("resize the task's terminal".to_string(), s))
+}
+
 /// A unique exec id (containerd's rules: letters, digits, `-`).
 fn exec_id() -> String {
     static N: AtomicU64 = AtomicU64::new(0);

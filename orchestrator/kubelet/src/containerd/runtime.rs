@@ -42,6 +42,10 @@ use crate::logfile::Rotation;
 use crate::runtime::{ContainerRun, RunState, Runtime, Sandbox, alive};
 use crate::shim::{EXIT_FILE, PID_FILE, START_ERROR_FILE, write_atomic};
 
+/// The FIFO in a `tty: true, stdin: true` run's directory that containerd's shim reads the
+/// terminal's input from; the logging binary holds its write end for the task's life and feeds
+/// it from the run's `stdin` FIFO, which attach writes to (as the process runtime's shim does).
+pub const TASK_STDIN_FIFO: &str = "task-stdin";
 /// The label with the node a container belongs to (several kubelets may share a containerd).
 pub const LABEL_NODE: &str = "io.trellis.node";
 /// The label with the run directory of a container (and of its snapshot).
@@ -293,10 +297,26 @@ fn query_escape(s: &str) -> String {
 }
 
 /// The stdout/stderr URI of a run: containerd's shim starts `trellis container-log <spec>`
-/// with the container's output on fds 3 and 4.
-fn log_uri(logger: &Path, log: &Path, rotation: Rotation) -> String {
+/// with the container's output on fds 3 and 4. With `stdin` (the run directory and how its
+/// stdin is kept) the logger also feeds the task's stdin ([`TASK_STDIN_FIFO`]):
+/// `<size>:<files>:stdin-<open|once>:<run dir>\n<log>`.
+fn log_uri(
+    logger: &Path,
+    log: &Path,
+    rotation: Rotation,
+    stdin: Option<(&Path, crate::shim::StdinMode)>,
+) -> String {
+    let feed = stdin
+        .map(|(dir, mode)| {
+            let mode = match mode {
+                crate::shim::StdinMode::Open => "open",
+                crate::shim::StdinMode::Once => "once",
+            };
+            format!("stdin-{mode}:{}\n", dir.display())
+        })
+        .unwrap_or_default();
     let spec = format!(
-        "{}:{}:{}",
+        "{}:{}:{feed}{}",
         rotation.max_size(),
         rotation.max_files(),
         log.display()
@@ -306,6 +326,71 @@ fn log_uri(logger: &Path, log: &Path, rotation: Rotation) -> String {
         query_escape(&logger.to_string_lossy()),
         query_escape(&spec)
     )
+}
+
+/// A run's stdio besides its log. `tty: true` gives the task a terminal (runc's console,
+/// whose output containerd's shim passes to the logging binary as stdout); with `stdin: true`
+/// too, its input comes from [`TASK_STDIN_FIFO`], fed by the logging binary from the run's
+/// `stdin` FIFO, open across attaches. containerd 1.6's shim gives a task whose output goes to a logging binary no
+/// stdin without a terminal, so `stdin: true` alone gets none.
+#[derive(Debug, Clone, Default)]
+struct Stdio {
+    terminal: bool,
+    stdin: Option<(PathBuf, crate::shim::StdinMode)>,
+}
+
+impl Stdio {
+    /// The stdio of `run` in `dir`, with its FIFOs made.
+    fn of(run: &ContainerRun, dir: &Path) -> Result<Stdio, String> {
+        let mut s = Stdio {
+            terminal: run.tty,
+            stdin: None,
+        };
+        if let (true, Some(_)) = (run.tty, run.stdin) {
+            for name in [crate::shim::STDIN_FIFO, TASK_STDIN_FIFO] {
+                let p = dir.join(name);
+                let _ = std::fs::remove_file(&p);
+                nix::unistd::mkfifo(
+                    &p,
+                    nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+                )
+                .map_err(|e| format!("cannot make the FIFO {}: {e}", p.display()))?;
+            }
+            // With a terminal the stdin stays open across attaches also with `stdinOnce`,
+            // as containerd's CRI plugin keeps it (its attach closes stdin for `stdinOnce`
+            // only without a tty): the shell ends when it is told to, not when a client goes.
+            s.stdin = Some((dir.to_path_buf(), crate::shim::StdinMode::Open));
+        }
+        Ok(s)
+    }
+
+    fn feed(&self) -> Option<(&Path, crate::shim::StdinMode)> {
+        self.stdin.as_ref().map(|(d, m)| (d.as_path(), *m))
+    }
+
+    fn task_stdin(&self) -> String {
+        self.stdin
+            .as_ref()
+            .map(|(d, _)| d.join(TASK_STDIN_FIFO).to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+}
+
+/// Gives a spec's process a terminal, with `TERM=xterm` when it sets none (as containerd's CRI
+/// plugin does).
+fn set_terminal(spec: &mut Value) {
+    spec["process"]["terminal"] = json!(true);
+    let mut env = spec["process"]["env"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if !env
+        .iter()
+        .any(|e| e.as_str().is_some_and(|s| s.starts_with("TERM=")))
+    {
+        env.push(json!("TERM=xterm"));
+        spec["process"]["env"] = json!(env);
+    }
 }
 
 /// The docker default capabilities, as containerd's default spec has them.
@@ -857,6 +942,10 @@ impl Inner {
             make_privileged(&mut spec, &cap_names());
         }
         add_host_mounts(&mut spec, &run.host_mounts);
+        let stdio = Stdio::of(run, dir).map_err(StartFailure)?;
+        if stdio.terminal {
+            set_terminal(&mut spec);
+        }
         let labels = HashMap::from([
             (LABEL_NODE.to_string(), self.s.node.clone()),
             (LABEL_RUN.to_string(), dir.to_string_lossy().into_owned()),
@@ -865,8 +954,18 @@ impl Inner {
         steps.mark("spec");
         let lease = self.lease().await.map_err(other)?;
         steps.mark("lease");
-        self.make(id, img, spec, labels, &lease, log, &placement.join, steps)
-            .await
+        self.make(
+            id,
+            img,
+            spec,
+            labels,
+            &lease,
+            log,
+            &stdio,
+            &placement.join,
+            steps,
+        )
+        .await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -878,6 +977,7 @@ impl Inner {
         labels: HashMap<String, String>,
         lease: &str,
         log: &Path,
+        stdio: &Stdio,
         join: &[PathBuf],
         steps: &mut Steps,
     ) -> Result<u32, StartFailure> {
@@ -931,17 +1031,17 @@ impl Inner {
             .await
             .map_err(|s| other("create the container", s))?;
         steps.mark("container");
-        let uri = log_uri(&self.s.logger, log, self.s.rotation);
+        let uri = log_uri(&self.s.logger, log, self.s.rotation, stdio.feed());
         let mut tasks = TasksClient::new(self.conn.channel.clone());
         let created = tasks
             .create(self.conn.request_leased(
                 CreateTaskRequest {
                     container_id: id.to_string(),
                     rootfs: mounts,
-                    stdin: String::new(),
+                    stdin: stdio.task_stdin(),
                     stdout: uri.clone(),
                     stderr: uri,
-                    terminal: false,
+                    terminal: stdio.terminal,
                     ..Default::default()
                 },
                 Some(lease),
@@ -1493,13 +1593,34 @@ impl Runtime for ContainerdRuntime {
 /// starts for a run (`binary://` stdio). It copies the container's stdout (fd 3) and stderr
 /// (fd 4) into the CRI-format log, rotating it, and closes fd 5 once the log is open (the shim
 /// waits for that). Returns the exit code.
+/// The stdin a logging binary feeds: the run directory and how stdin is kept.
+type Feed = Option<(PathBuf, crate::shim::StdinMode)>;
+
+/// The logging binary's spec: size, files, the stdin to feed, log.
+fn parse_logger_spec(spec: &str) -> Option<(&str, &str, Feed, &str)> {
+    let mut parts = spec.splitn(3, ':');
+    let (size, files, rest) = (parts.next()?, parts.next()?, parts.next()?);
+    let mode = |m: &str| match m {
+        "open" => Some(crate::shim::StdinMode::Open),
+        "once" => Some(crate::shim::StdinMode::Once),
+        _ => None,
+    };
+    match rest.strip_prefix("stdin-") {
+        Some(feed) => {
+            let (head, path) = feed.split_once('\n')?;
+            let (m, dir) = head.split_once(':')?;
+            Some((size, files, Some((PathBuf::from(dir), mode(m)?)), path))
+        }
+        None => Some((size, files, None, rest)),
+    }
+}
+
 pub fn logger_main(args: &[OsString]) -> i32 {
     let Some(spec) = args.first().and_then(|a| a.to_str()) else {
         eprintln!("container-log: usage: container-log <max size>:<max files>:<path>");
         return 2;
     };
-    let mut parts = spec.splitn(3, ':');
-    let (Some(size), Some(files), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
+    let Some((size, files, feed, path)) = parse_logger_spec(spec) else {
         eprintln!("container-log: bad spec {spec:?}");
         return 2;
     };
@@ -1537,6 +1658,19 @@ pub fn logger_main(args: &[OsString]) -> i32 {
     }
     for fd in [3, 4, 5] {
         let _ = nix::unistd::close(fd);
+    }
+    if let Some((dir, mode)) = feed {
+        // The terminal's input: the shim reads the task's FIFO from the task's creation on
+        // (so this open finds it); held open as long as this runs, so the shim never sees its
+        // end between two attaches. Once fed (`stdinOnce`), it closes.
+        std::thread::spawn(move || {
+            if let Ok(sink) = std::fs::OpenOptions::new()
+                .write(true)
+                .open(dir.join(TASK_STDIN_FIFO))
+            {
+                crate::shim::feed_stdin(&dir.join(crate::shim::STDIN_FIFO), Box::new(sink), mode);
+            }
+        });
     }
     let pump = |mut from: std::fs::File, stream: crate::logfile::Stream| {
         let w = writer.clone();
@@ -1635,12 +1769,40 @@ mod tests {
             Path::new("/usr/bin/trellis"),
             Path::new("/var/lib/k/pods/u/logs/c c/0.log"),
             Rotation::default(),
+            None,
         );
         assert!(
             u.starts_with("binary:///usr/bin/trellis?container-log="),
             "{u}"
         );
         assert!(u.contains("%3A") && u.contains("c%20c"), "{u}");
+        let fed = log_uri(
+            Path::new("/usr/bin/trellis"),
+            Path::new("/l/0.log"),
+            Rotation::default(),
+            Some((Path::new("/r/c/0"), crate::shim::StdinMode::Once)),
+        );
+        assert!(fed.contains("stdin-once%3A/r/c/0%0A/l/0.log"), "{fed}");
+    }
+
+    #[test]
+    fn the_logger_spec_names_the_log_and_the_stdin_to_feed() {
+        assert_eq!(
+            parse_logger_spec("10:5:/l/a:b.log"),
+            Some(("10", "5", None, "/l/a:b.log"))
+        );
+        assert_eq!(
+            parse_logger_spec("10:5:stdin-open:/r/c:0\n/l/0.log"),
+            Some((
+                "10",
+                "5",
+                Some((PathBuf::from("/r/c:0"), crate::shim::StdinMode::Open)),
+                "/l/0.log"
+            ))
+        );
+        assert_eq!(parse_logger_spec("10:5:stdin-never:/r\n/l"), None);
+        assert_eq!(parse_logger_spec("10:5:stdin-once:/r"), None);
+        assert_eq!(parse_logger_spec("10:5"), None);
     }
 
     fn sample_spec() -> Value {
