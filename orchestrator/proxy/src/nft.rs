@@ -177,29 +177,29 @@ const MAPS: [(&str, &str); 3] = [
 /// element carries its shard as a prefix `@NN ` (its text names no chain); a dispatch map's
 /// element lives in the shard of the chain it leads to (`… : goto <chain>`); every other in
 /// the main table.
-fn place_element<'a>(set: &str, element: &'a str) -> (String, &'a str) {
+fn place_element<'a>(set: &str, element: &'a str) -> (Option<u8>, &'a str) {
     if let Some(rest) = element.strip_prefix('@')
         && let Some((shard, shown)) = rest.split_once(' ')
         && let Ok(k) = shard.parse::<u8>()
     {
-        return (shard_table(k), shown);
+        return (Some(k), shown);
     }
     if MAPS.iter().any(|(m, _)| *m == set) {
-        let table = element
-            .rsplit(' ')
-            .next()
-            .map(table_of)
-            .unwrap_or_else(|| TABLE.to_string());
-        (table, element)
+        (element.rsplit(' ').next().and_then(shard_of_name), element)
     } else {
-        (TABLE.to_string(), element)
+        (None, element)
     }
+}
+
+/// A table by its shard (None: the main table).
+fn table_name(shard: Option<u8>) -> String {
+    shard.map(shard_table).unwrap_or_else(|| TABLE.to_string())
 }
 
 /// The table an element of `set` lives in (see [`place_element`]).
 #[cfg(test)]
 fn table_of_element(set: &str, element: &str) -> String {
-    place_element(set, element).0
+    table_name(place_element(set, element).0)
 }
 
 /// The named sets of the main table, with their declarations.
@@ -418,8 +418,12 @@ pub fn compile_port(sp: &ServicePort, node: &NodeRules) -> Ruleset {
     let ip = family_keyword(Family::of(sp.cluster_ip));
     let internal = sp.usable(sp.internal_local);
     let all = sp.usable(false);
+    // Hairpin pairs for this node's endpoints only: a pod reaches itself through a Service
+    // on its own node, where its packet is DNATed; another node's endpoint never sends a packet
+    // this node DNATs back to it. (At 10,000 Services × 10 endpoints a pair for every endpoint
+    // was 100,000 elements, half of a full load's.)
     let hairpin = rs.elements.entry("hairpin").or_default();
-    for ep in all.iter().chain(sp.usable(true).iter()) {
+    for ep in all.iter().chain(sp.usable(true).iter()).filter(|e| e.local) {
         hairpin.insert(format!("{0} . {0}", ep.ip));
     }
     let set = |rs: &mut Ruleset, name: &str, e: String| {
@@ -648,21 +652,22 @@ fn push_elements(
     elements: &BTreeSet<String>,
     key_only: bool,
 ) {
-    let mut by_table: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    let mut by_table: BTreeMap<Option<u8>, Vec<&str>> = BTreeMap::new();
     for e in elements {
-        let (table, whole) = place_element(set, e);
+        let (shard, whole) = place_element(set, e);
         let shown = if key_only {
             whole.split(" : ").next().unwrap_or(whole)
         } else {
             whole
         };
-        by_table.entry(table).or_default().push(shown);
+        by_table.entry(shard).or_default().push(shown);
     }
-    for (table, list) in by_table {
+    for (shard, list) in by_table {
         let _ = writeln!(
             out,
-            "{verb} element {} {table} {set} {{ {} }}",
+            "{verb} element {} {} {set} {{ {} }}",
             family_keyword(family),
+            table_name(shard),
             list.join(", ")
         );
     }
@@ -1244,10 +1249,18 @@ mod tests {
             .collect();
         assert_eq!(eps, want.iter().collect::<Vec<_>>());
         let (table, shown) = place_element("endpoints", eps[0]);
-        assert_eq!(table, shard_table(shard));
+        assert_eq!(table_name(table), shard_table(shard));
         assert_eq!(shown, "10.96.0.20 . tcp . 80 . 0 : 10.244.1.2 . 8080");
         assert!(rs.elements["no-endpoint-services"].is_empty());
-        assert!(rs.elements["hairpin"].contains("10.244.1.3 . 10.244.1.3"));
+        assert!(
+            rs.elements["hairpin"].is_empty(),
+            "no hairpin pairs for other nodes' endpoints"
+        );
+        let mut local = s.clone();
+        local.endpoints[1].local = true;
+        let rs = compile(Family::V4, std::slice::from_ref(&local), &node());
+        let pairs: Vec<&String> = rs.elements["hairpin"].iter().collect();
+        assert_eq!(pairs, ["10.244.1.3 . 10.244.1.3"]);
     }
 
     /// An IPv6 service port with a node port and a node with an IPv6 node-port address.
@@ -1265,7 +1278,7 @@ mod tests {
     #[test]
     fn an_ipv6_service_gets_ip6_matches_bracketed_dnat_and_node_ports_on_v6_addresses() {
         let (s, n) = v6_port(vec![
-            ep("fd00:244::2", true, false),
+            ep("fd00:244::2", true, true),
             ep("fd00:244::3", true, false),
         ]);
         let rs = compile(Family::V6, std::slice::from_ref(&s), &n);
@@ -1484,15 +1497,15 @@ mod tests {
     #[test]
     fn one_endpoint_change_writes_no_chain_and_four_elements() {
         let a = sp(vec![
-            ep("10.244.1.2", true, false),
-            ep("10.244.1.3", true, false),
+            ep("10.244.1.2", true, true),
+            ep("10.244.1.3", true, true),
         ]);
         let mut other = sp(vec![ep("10.244.9.9", true, false)]);
         other.name.service = "other".into();
         other.cluster_ip = "10.96.0.21".parse().unwrap();
         let before = compile(Family::V4, &[a.clone(), other.clone()], &node());
         let mut b = a.clone();
-        b.endpoints[1] = ep("10.244.1.4", true, false);
+        b.endpoints[1] = ep("10.244.1.4", true, true);
         let after = compile(Family::V4, &[b, other], &node());
         let (script, stats) = delta_script(Family::V4, &before, &after);
         assert_eq!(stats.chains_written, 0, "{script}");
@@ -1690,7 +1703,7 @@ mod tests {
         let node = node();
         let ports: Vec<ServicePort> = (0..200)
             .map(|i| {
-                let mut s = sp(vec![ep("10.244.1.2", true, false)]);
+                let mut s = sp(vec![ep("10.244.1.2", true, true)]);
                 s.name.service = format!("spread{i}");
                 s.cluster_ip = std::net::Ipv4Addr::from(0x0a60_1000 + i).into();
                 s.node_port = (i % 2 == 0).then_some(30000 + i as u16);
@@ -1722,7 +1735,7 @@ mod tests {
         );
         // One endpoint replaced: the script names that port's shard and the main table only.
         let mut after = ports.clone();
-        after[7].endpoints = vec![ep("10.244.1.9", true, false)];
+        after[7].endpoints = vec![ep("10.244.1.9", true, true)];
         let (script, _) = delta_script(Family::V4, &rs, &compile(Family::V4, &after, &node));
         let want = table_of(&svc_chain(&ports[7]));
         let tables: BTreeSet<&str> = script.lines().filter_map(|l| l.split(' ').nth(3)).collect();
