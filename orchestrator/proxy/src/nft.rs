@@ -169,7 +169,11 @@ const MAPS: [(&str, &str); 3] = [
     ),
     (
         "endpoints",
-        "map endpoints { typeof ip daddr . meta l4proto . th dport . numgen random mod 2 : ip daddr . th dport; }",
+        // The data's port is typed by `tcp dport` (any protocol's elements fit: the type is
+        // inet_service): with `th dport` there, nft 1.0.6 cannot read the map back from the
+        // kernel ("conflicting protocols specified: ip vs. th"), so every later command naming
+        // the map (a new spread chain's rule) fails.
+        "map endpoints { typeof ip daddr . meta l4proto . th dport . numgen random mod 2 : ip daddr . tcp dport; }",
     ),
 ];
 
@@ -1346,7 +1350,7 @@ mod tests {
             table_of(&chain),
         )));
         assert!(script.contains(
-            "map endpoints { typeof ip6 daddr . meta l4proto . th dport . numgen random mod 2 : ip6 daddr . th dport; }"
+            "map endpoints { typeof ip6 daddr . meta l4proto . th dport . numgen random mod 2 : ip6 daddr . tcp dport; }"
         ));
         assert!(script.contains(&format!(
             "add element ip6 {} endpoints {{ fd00:96::20 . tcp . 80 . 0 : fd00:244::2 . 8080, fd00:96::20 . tcp . 80 . 1 : fd00:244::3 . 8080 }}",
