@@ -169,11 +169,12 @@ const MAPS: [(&str, &str); 3] = [
     ),
     (
         "endpoints",
-        // The data's port is typed by `tcp dport` (any protocol's elements fit: the type is
-        // inet_service): with `th dport` there, nft 1.0.6 cannot read the map back from the
-        // kernel ("conflicting protocols specified: ip vs. th"), so every later command naming
-        // the map (a new spread chain's rule) fails.
-        "map endpoints { typeof ip daddr . meta l4proto . th dport . numgen random mod 2 : ip daddr . tcp dport; }",
+        // Not `: ip daddr . tcp dport`: nft then makes every rule using the map match TCP
+        // only (a hidden `meta l4proto tcp`). With `th dport`, nft 1.0.6 cannot read the map
+        // back from the kernel ("conflicting protocols specified: ip vs. th") for a later
+        // rule naming it: so a new spread chain goes in with the whole tables (see
+        // `plan_changes`), where the map is declared in the same script.
+        "map endpoints { typeof ip daddr . meta l4proto . th dport . numgen random mod 2 : ip daddr . th dport; }",
     ),
 ];
 
@@ -904,6 +905,11 @@ fn plan_changes(
     for (set, elements) in appeared.elements {
         after.elements.entry(set).or_default().extend(elements);
     }
+    if !appeared.chains.is_empty() {
+        // A new shared spread chain: its rule names the map `endpoints`, which nft 1.0.6
+        // cannot read back from the kernel (see MAPS), so the tables are replaced whole.
+        return plan_full(applied.family, ports, node);
+    }
     applied.rules_total = applied
         .rules_total
         .saturating_sub(vanished.chains.values().map(Vec::len).sum());
@@ -1350,7 +1356,7 @@ mod tests {
             table_of(&chain),
         )));
         assert!(script.contains(
-            "map endpoints { typeof ip6 daddr . meta l4proto . th dport . numgen random mod 2 : ip6 daddr . tcp dport; }"
+            "map endpoints { typeof ip6 daddr . meta l4proto . th dport . numgen random mod 2 : ip6 daddr . th dport; }"
         ));
         assert!(script.contains(&format!(
             "add element ip6 {} endpoints {{ fd00:96::20 . tcp . 80 . 0 : fd00:244::2 . 8080, fd00:96::20 . tcp . 80 . 1 : fd00:244::3 . 8080 }}",
@@ -1677,6 +1683,16 @@ mod tests {
                 }
             }
             let (script, stats, now) = plan_changes(applied, &ports, &node);
+            if script.starts_with("table ip trellis-proxy\ndelete table") {
+                // A new spread chain: the whole tables (see plan_changes).
+                assert_eq!(
+                    script,
+                    plan_full(Family::V4, &ports, &node).0,
+                    "step {step}"
+                );
+                applied = now;
+                continue;
+            }
             let (want, want_stats) = delta_script(
                 Family::V4,
                 &compile(Family::V4, &prev, &node),
