@@ -162,6 +162,7 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
     let mut failures: u32 = 0;
     let mut health_checks = healthcheck::HealthChecks::default();
     let mut fallbacks_seen: u64 = 0;
+    let mut v6_failures_seen: u64 = 0;
     loop {
         if !first {
             let resync_in = config.resync.saturating_sub(last_full.elapsed());
@@ -225,6 +226,17 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
                 n.saturating_sub(fallbacks_seen) as f64,
             );
             fallbacks_seen = n;
+        }
+        if let Some((failures_total, error)) = dataplane.take_v6_failure() {
+            // IPv4 was written without it (see nft::Syncer::sync); IPv6 is tried again later.
+            metrics.inc(
+                "trellis_proxy_nft_ipv6_failures_total",
+                "Syncs whose IPv6 tables nft refused; their IPv4 tables were written alone.",
+                &[],
+                failures_total.saturating_sub(v6_failures_seen) as f64,
+            );
+            v6_failures_seen = failures_total;
+            tracing::warn!(%error, "writing the IPv6 service rules failed; IPv4 ones written alone");
         }
         match result {
             Ok(stats) => {
@@ -366,6 +378,18 @@ impl Dataplane {
         match self {
             Dataplane::Iptables(..) => None,
             Dataplane::Nftables(s) => Some(s.fallbacks()),
+        }
+    }
+
+    /// The nftables backend's IPv6 failures so far and the latest one's error, when one
+    /// happened since the last call.
+    fn take_v6_failure(&mut self) -> Option<(u64, String)> {
+        match self {
+            Dataplane::Iptables(..) => None,
+            Dataplane::Nftables(s) => {
+                let error = s.take_v6_error()?;
+                Some((s.v6_failures(), error))
+            }
         }
     }
 

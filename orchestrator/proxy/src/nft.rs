@@ -3,14 +3,22 @@
 //!
 //! One table, `ip trellis-proxy`, that the proxy owns whole. A packet to a service address is
 //! dispatched by one lookup in the verdict map `service-ips` (address . protocol . port →
-//! `goto svc-…`), node ports by one lookup in `service-nodeports`; iptables walks a list of
-//! rules per Service instead. Each service port's chain spreads over its endpoints with
-//! `numgen random mod k == 0` rules (the statistic-mode probabilities, drawn per rule) and DNATs
-//! in the same rule: no chain per endpoint, and no set per Service — each set a rule refers to
-//! costs the kernel a scan of every other binding when it is bound, which at 10,000 Services
-//! made a full load take 15 s instead of about 2. Session affinity is the exception: such a
-//! port gets a chain and a dynamic timeout set (`aff-…`) per endpoint, as kube-proxy's nftables
-//! mode does.
+//! `goto …`), node ports by one lookup in `service-nodeports`; iptables walks a list of
+//! rules per Service instead. A cluster IP's spread needs no rules of its own: its element
+//! leads to a chain its shard shares with every port of as many endpoints, `spread-<shard>-<n>`,
+//! whose one DNAT takes its target from the map `endpoints`, keyed by the packet's address,
+//! protocol and port and `numgen random mod n` (each endpoint one index: 1/n each). So a
+//! Service is map elements, not rules — at 10,000 Services × 10 endpoints the tables hold a
+//! few dozen rules instead of 110,000, which nft parses and the kernel commits far faster, and
+//! nft's per-command cache (every chain of every table) stays small — and an endpoint change
+//! replaces an element or two. No per-Service set or map: each one a rule refers to costs the
+//! kernel a scan of every other binding when it is bound, which at 10,000 Services made a full
+//! load take 15 s. Rules per port remain where the spread is not the cluster IP's alone: node
+//! ports and load-balancer addresses (`ext-…`, with `numgen random mod k == 0` rules that
+//! DNAT, the statistic-mode probabilities drawn per rule), externalTrafficPolicy Local
+//! (`local-…`, and the cluster-IP chain `svc-…` that pods reach the node port through), and
+//! session affinity: such a port gets a chain and a dynamic timeout set (`aff-…`) per
+//! endpoint, as kube-proxy's nftables mode does.
 //!
 //! LoadBalancer addresses are keys of `service-ips` too, leading to the node port's chain.
 //! Services without endpoints are rejected through the sets `no-endpoint-services` and
@@ -19,8 +27,9 @@
 //! masqueraded by the set `hairpin` of endpoint address pairs; everything else that must be
 //! masqueraded carries the mark 0x4000, which the overlay agent's masquerade chain honours.
 //!
-//! Shards: the service ports' chains, their affinity sets and the two dispatch maps are spread
-//! over [`SHARDS`] tables `ip trellis-proxy-svc-NN` by the port's key, each with its own
+//! Shards: the service ports' chains, their affinity sets, their `endpoints` elements and the
+//! dispatch maps are spread over [`SHARDS`] tables `ip trellis-proxy-svc-NN` by the port's
+//! key, each with its own
 //! dispatch chain on the nat hooks. Why: a commit that adds a DNAT rule or a `goto` element
 //! makes the kernel validate every chain reachable from the *table's* base chains (its
 //! `NFT_VALIDATE_NEED` state is per table): in one table that was every rule of every Service,
@@ -90,6 +99,7 @@ fn addr_type(family: Family) -> &'static str {
 /// A set or map declaration of the tables of `family` (the constants are written for IPv4).
 fn declaration(decl: &str, family: Family) -> String {
     decl.replace("ipv4_addr", addr_type(family))
+        .replace("ip daddr", &format!("{} daddr", family_keyword(family)))
 }
 
 /// Every table the proxy owns (the same names in both families).
@@ -117,8 +127,24 @@ fn shard_of_name(name: &str) -> Option<u8> {
     let mut parts = name.split('-');
     match parts.next() {
         Some("ep" | "local" | "svc" | "ext" | "aff") => parts.next().map(shard_of_key),
+        Some("spread") => parts
+            .next()
+            .and_then(|k| k.parse::<u8>().ok())
+            .filter(|k| *k < SHARDS),
         _ => None,
     }
+}
+
+/// The shared chain of shard `shard` that spreads over `n` endpoints through the map
+/// `endpoints` (see [`spread_rules`]): `spread-<shard>-<n>`, one per endpoint count in use.
+fn spread_chain(shard: u8, n: usize) -> String {
+    format!("spread-{shard:02}-{n}")
+}
+
+/// Whether a chain is shared by the service ports (a `spread-…` chain): counted per port like
+/// set elements, created with the first port that needs it and removed after the last.
+fn is_shared(name: &str) -> bool {
+    name.starts_with("spread-")
 }
 
 /// The table a chain or set named `name` lives in.
@@ -129,8 +155,10 @@ fn table_of(name: &str) -> String {
     }
 }
 
-/// The dispatch maps, one pair in every shard (a verdict may only name a chain of its table).
-const MAPS: [(&str, &str); 2] = [
+/// The maps of every shard: the two dispatch maps (a verdict may only name a chain of its
+/// table) and `endpoints`, the DNAT targets of the cluster IPs' spreads: (cluster IP .
+/// protocol . port . endpoint index) → endpoint address . port.
+const MAPS: [(&str, &str); 3] = [
     (
         "service-ips",
         "map service-ips { type ipv4_addr . inet_proto . inet_service : verdict; }",
@@ -139,20 +167,44 @@ const MAPS: [(&str, &str); 2] = [
         "service-nodeports",
         "map service-nodeports { type inet_proto . inet_service : verdict; }",
     ),
+    (
+        "endpoints",
+        // Not `: ip daddr . tcp dport`: nft then makes every rule using the map match TCP
+        // only (a hidden `meta l4proto tcp`). With `th dport`, nft 1.0.6 cannot read the map
+        // back from the kernel ("conflicting protocols specified: ip vs. th") for a later
+        // rule naming it: so a new spread chain goes in with the whole tables (see
+        // `plan_changes`), where the map is declared in the same script.
+        "map endpoints { typeof ip daddr . meta l4proto . th dport . numgen random mod 2 : ip daddr . th dport; }",
+    ),
 ];
 
-/// The table an element of `set` lives in: a dispatch map's element in the shard of the chain
-/// it leads to (`… : goto <chain>`), every other in the main table.
-fn table_of_element(set: &str, element: &str) -> String {
-    if MAPS.iter().any(|(m, _)| *m == set) {
-        element
-            .rsplit(' ')
-            .next()
-            .map(table_of)
-            .unwrap_or_else(|| TABLE.to_string())
-    } else {
-        TABLE.to_string()
+/// The table an element of `set` lives in, and the element as nft reads it: an `endpoints`
+/// element carries its shard as a prefix `@NN ` (its text names no chain); a dispatch map's
+/// element lives in the shard of the chain it leads to (`… : goto <chain>`); every other in
+/// the main table.
+fn place_element<'a>(set: &str, element: &'a str) -> (Option<u8>, &'a str) {
+    if let Some(rest) = element.strip_prefix('@')
+        && let Some((shard, shown)) = rest.split_once(' ')
+        && let Ok(k) = shard.parse::<u8>()
+    {
+        return (Some(k), shown);
     }
+    if MAPS.iter().any(|(m, _)| *m == set) {
+        (element.rsplit(' ').next().and_then(shard_of_name), element)
+    } else {
+        (None, element)
+    }
+}
+
+/// A table by its shard (None: the main table).
+fn table_name(shard: Option<u8>) -> String {
+    shard.map(shard_table).unwrap_or_else(|| TABLE.to_string())
+}
+
+/// The table an element of `set` lives in (see [`place_element`]).
+#[cfg(test)]
+fn table_of_element(set: &str, element: &str) -> String {
+    table_name(place_element(set, element).0)
 }
 
 /// The named sets of the main table, with their declarations.
@@ -228,6 +280,15 @@ pub struct Ruleset {
 impl Ruleset {
     fn rules_total(&self) -> usize {
         self.chains.values().map(Vec::len).sum()
+    }
+
+    /// The rules of the chains that are this share's alone (not [`is_shared`]).
+    fn own_rules(&self) -> usize {
+        self.chains
+            .iter()
+            .filter(|(n, _)| !is_shared(n))
+            .map(|(_, r)| r.len())
+            .sum()
     }
 
     /// Adds `other`'s chains, elements and sets to these.
@@ -315,6 +376,34 @@ fn spread(sp: &ServicePort, eps: &[&Endpoint], ruleset: &mut Ruleset, out: &mut 
     }
 }
 
+/// Whether a port's cluster IP spreads through the shard's map `endpoints` and shared chain
+/// instead of rules of its own: every port but those with session affinity (a chain and set
+/// per endpoint) and those whose node-port or load-balancer traffic jumps to the cluster-IP
+/// chain (externalTrafficPolicy Local: that traffic's address and port are not the cluster
+/// IP's, which the map is keyed by).
+fn spreads_by_map(sp: &ServicePort) -> bool {
+    sp.affinity.is_none()
+        && !(sp.external_local && (sp.node_port.is_some() || !sp.load_balancer_ips.is_empty()))
+}
+
+/// A shared spread chain's rules: the masquerade mark for traffic from outside the cluster
+/// CIDR, then one DNAT whose target is looked up in `endpoints` by the packet's destination,
+/// protocol and port and `numgen random mod n` (each of the port's n endpoints is one index,
+/// so each gets 1/n).
+fn spread_rules(family: Family, node: &NodeRules, n: usize) -> Vec<String> {
+    let ip = family_keyword(family);
+    let mut rules = Vec::new();
+    if let Some(cidr) = node.cluster_cidr {
+        rules.push(format!(
+            "{ip} saddr != {cidr} meta mark set meta mark | {MASQ_MARK}"
+        ));
+    }
+    rules.push(format!(
+        "dnat {ip} to {ip} daddr . meta l4proto . th dport . numgen random mod {n} map @endpoints"
+    ));
+    rules
+}
+
 /// The whole desired state of `family`'s tables for these service ports (all of that family).
 pub fn compile(family: Family, ports: &[ServicePort], node: &NodeRules) -> Ruleset {
     let mut rs = fixed(family, node);
@@ -334,8 +423,12 @@ pub fn compile_port(sp: &ServicePort, node: &NodeRules) -> Ruleset {
     let ip = family_keyword(Family::of(sp.cluster_ip));
     let internal = sp.usable(sp.internal_local);
     let all = sp.usable(false);
+    // Hairpin pairs for this node's endpoints only: a pod reaches itself through a Service
+    // on its own node, where its packet is DNATed; another node's endpoint never sends a packet
+    // this node DNATs back to it. (At 10,000 Services × 10 endpoints a pair for every endpoint
+    // was 100,000 elements, half of a full load's.)
     let hairpin = rs.elements.entry("hairpin").or_default();
-    for ep in all.iter().chain(sp.usable(true).iter()) {
+    for ep in all.iter().chain(sp.usable(true).iter()).filter(|e| e.local) {
         hairpin.insert(format!("{0} . {0}", ep.ip));
     }
     let set = |rs: &mut Ruleset, name: &str, e: String| {
@@ -348,6 +441,31 @@ pub fn compile_port(sp: &ServicePort, node: &NodeRules) -> Ruleset {
             &mut rs,
             "no-endpoint-services",
             format!("{} . {proto} . {}", sp.cluster_ip, sp.port),
+        );
+    } else if spreads_by_map(sp) {
+        // No chain of its own: its dispatch element leads to the shard's shared chain for its
+        // endpoint count, which DNATs from the map `endpoints` keyed by the packet's own
+        // address, protocol and port and the drawn index.
+        let shard = shard_of_key(&port_key(sp));
+        let chain = spread_chain(shard, internal.len());
+        rs.chains.insert(
+            chain.clone(),
+            spread_rules(Family::of(sp.cluster_ip), node, internal.len()),
+        );
+        for (i, ep) in internal.iter().enumerate() {
+            set(
+                &mut rs,
+                "endpoints",
+                format!(
+                    "@{shard:02} {} . {proto} . {} . {i} : {} . {}",
+                    sp.cluster_ip, sp.port, ep.ip, ep.port
+                ),
+            );
+        }
+        set(
+            &mut rs,
+            "service-ips",
+            format!("{} . {proto} . {} : goto {chain}", sp.cluster_ip, sp.port),
         );
     } else {
         let mut rules = Vec::new();
@@ -539,23 +657,22 @@ fn push_elements(
     elements: &BTreeSet<String>,
     key_only: bool,
 ) {
-    let mut by_table: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    let mut by_table: BTreeMap<Option<u8>, Vec<&str>> = BTreeMap::new();
     for e in elements {
+        let (shard, whole) = place_element(set, e);
         let shown = if key_only {
-            e.split(" : ").next().unwrap_or(e)
+            whole.split(" : ").next().unwrap_or(whole)
         } else {
-            e.as_str()
+            whole
         };
-        by_table
-            .entry(table_of_element(set, e))
-            .or_default()
-            .push(shown);
+        by_table.entry(shard).or_default().push(shown);
     }
-    for (table, list) in by_table {
+    for (shard, list) in by_table {
         let _ = writeln!(
             out,
-            "{verb} element {} {table} {set} {{ {} }}",
+            "{verb} element {} {} {set} {{ {} }}",
             family_keyword(family),
+            table_name(shard),
             list.join(", ")
         );
     }
@@ -759,31 +876,53 @@ fn plan_changes(
             old_shares.push(share);
         }
     }
+    let own = |share: &Ruleset| -> Vec<(String, Vec<String>)> {
+        share
+            .chains
+            .iter()
+            .filter(|(n, _)| !is_shared(n))
+            .map(|(n, r)| (n.clone(), r.clone()))
+            .collect()
+    };
     for share in &old_shares {
         applied.count(share, false, &mut appeared, &mut vanished);
-        applied.rules_total = applied.rules_total.saturating_sub(share.rules_total());
-        before.chains.extend(share.chains.clone());
+        applied.rules_total = applied.rules_total.saturating_sub(share.own_rules());
+        before.chains.extend(own(share));
         before.affinity_sets.extend(share.affinity_sets.clone());
     }
     for (sp, _, share) in changed {
         applied.count(&share, true, &mut appeared, &mut vanished);
-        applied.rules_total += share.rules_total();
-        after.chains.extend(share.chains.clone());
+        applied.rules_total += share.own_rules();
+        after.chains.extend(own(&share));
         after.affinity_sets.extend(share.affinity_sets.clone());
         applied.ports.insert(sp.name.clone(), (sp, share));
     }
-    // An element that vanished and appeared again (it moved between ports) is in both and
-    // so in neither of the diff's lists.
+    // An element or shared chain that vanished and appeared again (it moved between ports) is
+    // in both and so in neither of the diff's lists.
     for (set, elements) in vanished.elements {
         before.elements.entry(set).or_default().extend(elements);
     }
     for (set, elements) in appeared.elements {
         after.elements.entry(set).or_default().extend(elements);
     }
+    if !appeared.chains.is_empty() {
+        // A new shared spread chain: its rule names the map `endpoints`, which nft 1.0.6
+        // cannot read back from the kernel (see MAPS), so the tables are replaced whole.
+        return plan_full(applied.family, ports, node);
+    }
+    applied.rules_total = applied
+        .rules_total
+        .saturating_sub(vanished.chains.values().map(Vec::len).sum());
+    applied.rules_total += appeared.chains.values().map(Vec::len).sum::<usize>();
+    before.chains.extend(vanished.chains);
+    after.chains.extend(appeared.chains);
     let (script, mut stats) = delta_script(applied.family, &before, &after);
     stats.rules_total = applied.rules_total;
     (script, stats, applied)
 }
+
+/// The key under which [`Applied`] counts the shares holding a shared chain.
+const SHARED_CHAIN: &str = "#chain";
 
 /// Errors of an nftables sync.
 #[derive(Debug, thiserror::Error)]
@@ -806,6 +945,26 @@ impl Applied {
     /// Counts `share`'s elements in (`+1`) or out (`-1`); the elements whose presence in the
     /// table changed go to `appeared` or `vanished`.
     fn count(&mut self, share: &Ruleset, up: bool, appeared: &mut Ruleset, vanished: &mut Ruleset) {
+        // Shared chains likewise (their rules follow from the name, the family and the node,
+        // which every share of one record has in common).
+        for (name, rules) in share.chains.iter().filter(|(n, _)| is_shared(n)) {
+            let n = self
+                .elements
+                .entry((SHARED_CHAIN, name.clone()))
+                .or_default();
+            if up {
+                *n += 1;
+                if *n == 1 {
+                    appeared.chains.insert(name.clone(), rules.clone());
+                }
+            } else {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.elements.remove(&(SHARED_CHAIN, name.clone()));
+                    vanished.chains.insert(name.clone(), rules.clone());
+                }
+            }
+        }
         for (set, elements) in &share.elements {
             for e in elements {
                 let n = self.elements.entry((set, e.clone())).or_default();
@@ -840,7 +999,17 @@ pub struct Syncer {
     /// service ports the proxy keeps none: each `nft` command reads every table into its
     /// cache first, so 17 empty tables would slow every IPv4 change.
     v6_absent: bool,
+    /// When writing the `ip6` tables last failed (None: the last attempt succeeded). While
+    /// set, IPv4 is written in a transaction of its own, and IPv6 tried after it at most
+    /// every [`V6_RETRY_AFTER`] (or the syncer's own wait).
+    v6_failed_at: Option<std::time::Instant>,
+    v6_failures: u64,
+    v6_error: Option<String>,
+    v6_retry_after: std::time::Duration,
 }
+
+/// How long after a failed IPv6 write the next is tried.
+pub const V6_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The script that removes every table of `family` the proxy owns (missing ones too).
 fn removal_script(family: Family) -> String {
@@ -863,6 +1032,10 @@ impl Syncer {
             applied: [None, None],
             ipv6: true,
             v6_absent: false,
+            v6_failed_at: None,
+            v6_failures: 0,
+            v6_error: None,
+            v6_retry_after: V6_RETRY_AFTER,
         }
     }
 
@@ -870,6 +1043,12 @@ impl Syncer {
     /// `ip6` family alone (for a host without IPv6, where nft cannot make `ip6` tables).
     pub fn ipv4_only(mut self) -> Syncer {
         self.ipv6 = false;
+        self
+    }
+
+    /// Another wait than [`V6_RETRY_AFTER`] before IPv6 is tried again after a failure.
+    pub fn v6_retry_after(mut self, after: std::time::Duration) -> Syncer {
+        self.v6_retry_after = after;
         self
     }
 
@@ -911,7 +1090,9 @@ impl Syncer {
         v4: (&[ServicePort], &NodeRules),
         v6: (&[ServicePort], &NodeRules),
     ) -> Result<SyncStats, SyncError> {
-        let mut script = String::new();
+        // One script per family: joined into one transaction, or, when the IPv6 part failed
+        // before (see below), IPv4 alone and IPv6 after it in a transaction of its own.
+        let mut scripts = [String::new(), String::new()];
         let mut stats = SyncStats::default();
         let mut now: [Option<Applied>; 2] = [None, None];
         let mut v6_absent = false;
@@ -924,10 +1105,18 @@ impl Syncer {
                 }
                 if ports.is_empty() {
                     if !self.v6_absent {
-                        script.push_str(&removal_script(Family::V6));
+                        scripts[i].push_str(&removal_script(Family::V6));
                     }
                     self.applied[i] = None;
                     v6_absent = true;
+                    continue;
+                }
+                if self
+                    .v6_failed_at
+                    .is_some_and(|t| t.elapsed() < self.v6_retry_after)
+                {
+                    // Failed recently: IPv4 goes on alone; IPv6 is tried again later.
+                    self.applied[i] = None;
                     continue;
                 }
             }
@@ -935,7 +1124,7 @@ impl Syncer {
                 Some(applied) if applied.node == *node => plan_changes(applied, ports, node),
                 _ => plan_full(family, ports, node),
             };
-            script.push_str(&part);
+            scripts[i] = part;
             stats.chains_written += s.chains_written;
             stats.chains_deleted += s.chains_deleted;
             stats.rules_written += s.rules_written;
@@ -944,21 +1133,79 @@ impl Syncer {
             // port: then every sync writes the whole tables.
             now[i] = (applied.ports.len() == ports.len()).then_some(applied);
         }
-        if !script.is_empty() {
-            match self.session.apply(&script).await {
-                Ok(Delivery::OneShot {
-                    session_error: Some(e),
-                }) => {
-                    tracing::warn!(error = %e, "the long-lived nft broke; applied one-shot");
+        let [v4_script, v6_script] = scripts;
+        if self.v6_failed_at.is_none() || v6_script.is_empty() {
+            let joint = format!("{v4_script}{v6_script}");
+            match self.apply(&joint).await {
+                Ok(()) => {
+                    self.applied = now;
+                    self.v6_absent = v6_absent;
+                    if !v6_script.is_empty() {
+                        self.v6_failed_at = None;
+                    }
+                    return Ok(stats);
                 }
-                Ok(_) => {}
-                // Refused whole: the next sync replaces the tables.
-                Err(e) => return Err(e.into()),
+                // Refused whole (nothing applied): without an IPv6 part there is nothing
+                // else to try, and the next sync replaces the tables.
+                Err(e) if v6_script.is_empty() => return Err(e),
+                Err(e) => {
+                    tracing::debug!(error = %e, "the joint transaction failed; IPv4 alone");
+                }
             }
         }
-        self.applied = now;
-        self.v6_absent = v6_absent;
+        // IPv4 alone: an IPv6 failure (no IPv6 in the kernel, a rule it refuses) must not
+        // keep IPv4 Services from working.
+        if !v4_script.is_empty() {
+            self.apply(&v4_script).await?;
+        }
+        self.applied[0] = now[0].take();
+        let v6_error = match self.apply(&v6_script).await {
+            Ok(()) => None,
+            Err(e) => Some(e.to_string()),
+        };
+        match v6_error {
+            None => {
+                self.applied[1] = now[1].take();
+                self.v6_absent = v6_absent;
+                self.v6_failed_at = None;
+            }
+            Some(e) => {
+                // Nothing of it applied: the next attempt writes the ip6 tables whole.
+                self.applied[1] = None;
+                self.v6_absent = false;
+                self.v6_failed_at = Some(std::time::Instant::now());
+                self.v6_failures += 1;
+                self.v6_error = Some(e);
+            }
+        }
         Ok(stats)
+    }
+
+    /// Applies one transaction (nothing to do for an empty script).
+    async fn apply(&self, script: &str) -> Result<(), SyncError> {
+        if script.is_empty() {
+            return Ok(());
+        }
+        match self.session.apply(script).await {
+            Ok(Delivery::OneShot {
+                session_error: Some(e),
+            }) => {
+                tracing::warn!(error = %e, "the long-lived nft broke; applied one-shot");
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// How many syncs could not write the IPv6 tables (IPv4 was written without them).
+    pub fn v6_failures(&self) -> u64 {
+        self.v6_failures
+    }
+
+    /// The error of the latest IPv6 failure not yet taken (for the log).
+    pub fn take_v6_error(&mut self) -> Option<String> {
+        self.v6_error.take()
     }
 
     /// Removes the proxy's tables of both families (`trellis proxy --cleanup`), in one
@@ -985,21 +1232,45 @@ mod tests {
             ep("10.244.1.4", true, false),
         ]);
         let rs = compile(Family::V4, std::slice::from_ref(&s), &node());
-        let c = &rs.chains[&svc_chain(&s)];
-        assert!(c[0].starts_with("ip saddr != 10.244.0.0/16 meta mark set"));
-        assert!(
-            c[1].starts_with(
-                "numgen random mod 3 == 0 meta l4proto tcp dnat ip to 10.244.1.2:8080"
-            )
+        // No chain of its own: the shard's shared chain for three endpoints.
+        assert!(!rs.chains.contains_key(&svc_chain(&s)));
+        let shard = shard_of_key(&port_key(&s));
+        let chain = spread_chain(shard, 3);
+        assert_eq!(
+            rs.chains[&chain],
+            vec![
+                "ip saddr != 10.244.0.0/16 meta mark set meta mark | 0x4000".to_string(),
+                "dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 3 map @endpoints"
+                    .into(),
+            ]
         );
-        assert!(c[2].starts_with("numgen random mod 2 == 0 "));
-        assert_eq!(c[3], "meta l4proto tcp dnat ip to 10.244.1.4:8080");
+        assert_eq!(table_of(&chain), shard_table(shard));
         assert!(
-            rs.elements["service-ips"]
-                .contains(&format!("10.96.0.20 . tcp . 80 : goto {}", svc_chain(&s)))
+            rs.elements["service-ips"].contains(&format!("10.96.0.20 . tcp . 80 : goto {chain}"))
         );
+        let eps: Vec<&String> = rs.elements["endpoints"].iter().collect();
+        let want: Vec<String> = (0..3)
+            .map(|i| {
+                format!(
+                    "@{shard:02} 10.96.0.20 . tcp . 80 . {i} : 10.244.1.{} . 8080",
+                    i + 2
+                )
+            })
+            .collect();
+        assert_eq!(eps, want.iter().collect::<Vec<_>>());
+        let (table, shown) = place_element("endpoints", eps[0]);
+        assert_eq!(table_name(table), shard_table(shard));
+        assert_eq!(shown, "10.96.0.20 . tcp . 80 . 0 : 10.244.1.2 . 8080");
         assert!(rs.elements["no-endpoint-services"].is_empty());
-        assert!(rs.elements["hairpin"].contains("10.244.1.3 . 10.244.1.3"));
+        assert!(
+            rs.elements["hairpin"].is_empty(),
+            "no hairpin pairs for other nodes' endpoints"
+        );
+        let mut local = s.clone();
+        local.endpoints[1].local = true;
+        let rs = compile(Family::V4, std::slice::from_ref(&local), &node());
+        let pairs: Vec<&String> = rs.elements["hairpin"].iter().collect();
+        assert_eq!(pairs, ["10.244.1.3 . 10.244.1.3"]);
     }
 
     /// An IPv6 service port with a node port and a node with an IPv6 node-port address.
@@ -1017,22 +1288,34 @@ mod tests {
     #[test]
     fn an_ipv6_service_gets_ip6_matches_bracketed_dnat_and_node_ports_on_v6_addresses() {
         let (s, n) = v6_port(vec![
-            ep("fd00:244::2", true, false),
+            ep("fd00:244::2", true, true),
             ep("fd00:244::3", true, false),
         ]);
         let rs = compile(Family::V6, std::slice::from_ref(&s), &n);
-        let c = &rs.chains[&svc_chain(&s)];
+        let shard = shard_of_key(&port_key(&s));
+        let chain = spread_chain(shard, 2);
         assert_eq!(
-            c,
-            &vec![
+            rs.chains[&chain],
+            vec![
                 "ip6 saddr != fd00:244::/64 meta mark set meta mark | 0x4000".to_string(),
-                "numgen random mod 2 == 0 meta l4proto tcp dnat ip6 to [fd00:244::2]:8080".into(),
-                "meta l4proto tcp dnat ip6 to [fd00:244::3]:8080".into(),
+                "dnat ip6 to ip6 daddr . meta l4proto . th dport . numgen random mod 2 map @endpoints"
+                    .into(),
             ]
         );
+        assert!(rs.elements["endpoints"].contains(&format!(
+            "@{shard:02} fd00:96::20 . tcp . 80 . 1 : fd00:244::3 . 8080"
+        )));
         assert!(
-            rs.elements["service-ips"]
-                .contains(&format!("fd00:96::20 . tcp . 80 : goto {}", svc_chain(&s)))
+            rs.elements["service-ips"].contains(&format!("fd00:96::20 . tcp . 80 : goto {chain}"))
+        );
+        // The node port's own spread, with rules of its chain.
+        assert_eq!(
+            rs.chains[&ext_chain(&s)][1..],
+            [
+                "numgen random mod 2 == 0 meta l4proto tcp dnat ip6 to [fd00:244::2]:8080"
+                    .to_string(),
+                "meta l4proto tcp dnat ip6 to [fd00:244::3]:8080".into(),
+            ]
         );
         assert!(
             rs.elements["service-nodeports"]
@@ -1069,9 +1352,15 @@ mod tests {
             "{script}"
         );
         assert!(script.contains(&format!(
-            "add element ip6 {} service-ips {{ fd00:96::20 . tcp . 80 : goto {} }}",
-            table_of(&svc_chain(&s)),
-            svc_chain(&s)
+            "add element ip6 {} service-ips {{ fd00:96::20 . tcp . 80 : goto {chain} }}",
+            table_of(&chain),
+        )));
+        assert!(script.contains(
+            "map endpoints { typeof ip6 daddr . meta l4proto . th dport . numgen random mod 2 : ip6 daddr . th dport; }"
+        ));
+        assert!(script.contains(&format!(
+            "add element ip6 {} endpoints {{ fd00:96::20 . tcp . 80 . 0 : fd00:244::2 . 8080, fd00:96::20 . tcp . 80 . 1 : fd00:244::3 . 8080 }}",
+            shard_table(shard)
         )));
         // A change is written to the ip6 tables only.
         let mut after = s.clone();
@@ -1083,7 +1372,11 @@ mod tests {
         );
         assert_eq!(
             stats.chains_written, 2,
-            "the cluster and node-port chains: {delta}"
+            "the spread chain for one endpoint and the node-port chain: {delta}"
+        );
+        assert_eq!(
+            stats.chains_deleted, 1,
+            "the one for two endpoints: {delta}"
         );
         assert!(
             delta.lines().all(|l| l.split(' ').nth(2) == Some("ip6")),
@@ -1212,23 +1505,34 @@ mod tests {
     }
 
     #[test]
-    fn one_endpoint_change_rewrites_one_chain_and_two_elements() {
+    fn one_endpoint_change_writes_no_chain_and_four_elements() {
         let a = sp(vec![
-            ep("10.244.1.2", true, false),
-            ep("10.244.1.3", true, false),
+            ep("10.244.1.2", true, true),
+            ep("10.244.1.3", true, true),
         ]);
         let mut other = sp(vec![ep("10.244.9.9", true, false)]);
         other.name.service = "other".into();
         other.cluster_ip = "10.96.0.21".parse().unwrap();
         let before = compile(Family::V4, &[a.clone(), other.clone()], &node());
         let mut b = a.clone();
-        b.endpoints[1] = ep("10.244.1.4", true, false);
+        b.endpoints[1] = ep("10.244.1.4", true, true);
         let after = compile(Family::V4, &[b, other], &node());
         let (script, stats) = delta_script(Family::V4, &before, &after);
-        assert_eq!(stats.chains_written, 1, "{script}");
+        assert_eq!(stats.chains_written, 0, "{script}");
         assert_eq!(stats.chains_deleted, 0);
-        let svc = svc_chain(&a);
-        assert!(script.contains(&format!("flush chain ip {} {svc}", table_of(&svc))));
+        let shard = shard_table(shard_of_key(&port_key(&a)));
+        assert!(script.contains(&format!(
+            "delete element ip {shard} endpoints {{ 10.96.0.20 . tcp . 80 . 1 }}"
+        )));
+        assert!(script.contains(&format!(
+            "add element ip {shard} endpoints {{ 10.96.0.20 . tcp . 80 . 1 : 10.244.1.4 . 8080 }}"
+        )));
+        assert!(
+            script.find(&format!("delete element ip {shard} endpoints"))
+                < script.find(&format!("add element ip {shard} endpoints")),
+            "{script}"
+        );
+        assert_eq!(script.lines().count(), 4, "{script}");
         assert!(
             script.contains("delete element ip trellis-proxy hairpin { 10.244.1.3 . 10.244.1.3 }")
         );
@@ -1247,6 +1551,23 @@ mod tests {
         let after = compile(Family::V4, &[], &node());
         let (script, stats) = delta_script(Family::V4, &before, &after);
         assert_eq!(stats.chains_deleted, 1);
+        // Its (last user's) shared spread chain, after the element that leads to it.
+        let chain = spread_chain(shard_of_key(&port_key(&a)), 1);
+        let del_elem = script
+            .find(&format!(
+                "delete element ip {} service-ips {{ 10.96.0.20 . tcp . 80 }}",
+                table_of(&chain)
+            ))
+            .unwrap();
+        let del_chain = script
+            .find(&format!("delete chain ip {} {chain}", table_of(&chain)))
+            .unwrap();
+        assert!(del_elem < del_chain, "{script}");
+        // Its affinity twin has chains of its own, deleted the same way.
+        let mut a = a;
+        a.affinity = Some(60);
+        let before = compile(Family::V4, std::slice::from_ref(&a), &node());
+        let (script, _) = delta_script(Family::V4, &before, &after);
         let del_elem = script
             .find(&format!(
                 "delete element ip {} service-ips {{ 10.96.0.20 . tcp . 80 }}",
@@ -1362,6 +1683,16 @@ mod tests {
                 }
             }
             let (script, stats, now) = plan_changes(applied, &ports, &node);
+            if script.starts_with("table ip trellis-proxy\ndelete table") {
+                // A new spread chain: the whole tables (see plan_changes).
+                assert_eq!(
+                    script,
+                    plan_full(Family::V4, &ports, &node).0,
+                    "step {step}"
+                );
+                applied = now;
+                continue;
+            }
             let (want, want_stats) = delta_script(
                 Family::V4,
                 &compile(Family::V4, &prev, &node),
@@ -1392,7 +1723,7 @@ mod tests {
         let node = node();
         let ports: Vec<ServicePort> = (0..200)
             .map(|i| {
-                let mut s = sp(vec![ep("10.244.1.2", true, false)]);
+                let mut s = sp(vec![ep("10.244.1.2", true, true)]);
                 s.name.service = format!("spread{i}");
                 s.cluster_ip = std::net::Ipv4Addr::from(0x0a60_1000 + i).into();
                 s.node_port = (i % 2 == 0).then_some(30000 + i as u16);
@@ -1410,7 +1741,7 @@ mod tests {
             for name in share.chains.keys().chain(share.affinity_sets.keys()) {
                 assert_eq!(shard_of_name(name), Some(shard), "{name}");
             }
-            for map in ["service-ips", "service-nodeports"] {
+            for map in ["service-ips", "service-nodeports", "endpoints"] {
                 for e in share.elements.get(map).into_iter().flatten() {
                     assert_eq!(table_of_element(map, e), shard_table(shard), "{e}");
                 }
@@ -1424,7 +1755,7 @@ mod tests {
         );
         // One endpoint replaced: the script names that port's shard and the main table only.
         let mut after = ports.clone();
-        after[7].endpoints = vec![ep("10.244.1.9", true, false)];
+        after[7].endpoints = vec![ep("10.244.1.9", true, true)];
         let (script, _) = delta_script(Family::V4, &rs, &compile(Family::V4, &after, &node));
         let want = table_of(&svc_chain(&ports[7]));
         let tables: BTreeSet<&str> = script.lines().filter_map(|l| l.split(' ').nth(3)).collect();

@@ -93,8 +93,45 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1e3)
 }
 
+/// Refuses arguments the bench does not know (a typo must not run another backend's
+/// 60-second load than the one asked for).
+fn check_args() {
+    const VALUED: [&str; 4] = ["--sizes", "--rounds", "--backend", "--proxy-backend"];
+    // `--bench` is what `cargo bench` passes to every bench binary.
+    const FLAGS: [&str; 3] = ["--nft-oneshot", "--no-baseline", "--bench"];
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < args.len() {
+        let a = args[i].as_str();
+        if VALUED.contains(&a) {
+            assert!(i + 1 < args.len(), "{a} needs a value");
+            i += 2;
+        } else if FLAGS.contains(&a) {
+            i += 1;
+        } else {
+            eprintln!(
+                "unknown argument {a:?}; usage: proxy-sync [--sizes 1000,5000,10000] [--rounds 3] \
+                 [--backend nft|legacy] [--proxy-backend iptables|nftables [--nft-oneshot]] [--no-baseline]"
+            );
+            std::process::exit(2);
+        }
+    }
+    for (name, allowed) in [
+        ("--backend", &["nft", "legacy"][..]),
+        ("--proxy-backend", &["iptables", "nftables"][..]),
+    ] {
+        if let Some(v) = arg(name)
+            && !allowed.contains(&v.as_str())
+        {
+            eprintln!("{name} {v:?}: one of {allowed:?}");
+            std::process::exit(2);
+        }
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    check_args();
     require_root();
     require_tool("iptables-restore", "iptables");
     let sizes: Vec<usize> = arg("--sizes")
@@ -138,12 +175,11 @@ async fn main() {
         let mut ports = services(n);
         let desired = rules::compile(&ports, &node);
         let mut total: usize = desired.values().map(Vec::len).sum();
+        let mut elements = 0;
         if nft_mode {
-            total = nft::compile(trellis_proxy::Family::V4, &ports, &node)
-                .chains
-                .values()
-                .map(Vec::len)
-                .sum();
+            let rs = nft::compile(trellis_proxy::Family::V4, &ports, &node);
+            total = rs.chains.values().map(Vec::len).sum();
+            elements = rs.elements.values().map(|e| e.len()).sum();
         }
         let nft_handle = trellis_net::nft::Nft::new(Some(&ns));
         let mut nft_syncer = if std::env::args().any(|a| a == "--nft-oneshot") {
@@ -227,7 +263,7 @@ async fn main() {
         );
         if nft_mode {
             println!(
-                "{:>8} nft sessions started {}, one-shot fallbacks {}",
+                "{:>8} {elements} set and map elements; nft sessions started {}, one-shot fallbacks {}",
                 "",
                 nft_syncer.sessions_started(),
                 nft_syncer.fallbacks()

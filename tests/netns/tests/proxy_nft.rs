@@ -18,3 +18,128 @@ include!("support/proxy_common.rs");
 async fn restart_keeps_rules_until_the_new_state_swaps_in_and_touches_only_our_chains() {
     restart_keeps_rules().await;
 }
+
+/// Issue 16: an IPv6 part nft refuses (here a rule it cannot type: an IPv4 cluster CIDR in the
+/// `ip6` tables; on a host, no IPv6 in the kernel) must not keep the IPv4 Services from being
+/// written. Negative control: the same two families in one transaction are refused whole, IPv4
+/// included. The syncer writes IPv4 alone, counts and reports the IPv6 failure, keeps IPv4
+/// changes flowing, and writes IPv6 once it can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipv6_failure_does_not_block_ipv4() {
+    use netns_testbed::{Testbed, require_root, require_tool};
+    use trellis_proxy::model::{Endpoint, PortName, Protocol, ServicePort};
+    use trellis_proxy::{Family, NodeRules, nft};
+
+    require_root();
+    require_tool("nft", "nftables");
+    let tb = Testbed::new().unwrap();
+    let ns = tb.add_ns("p6fail").await.unwrap();
+    let limit = Duration::from_secs(10);
+    let port = |ip: &str, eps: &[&str]| ServicePort {
+        name: PortName {
+            namespace: "default".into(),
+            service: "web".into(),
+            port: "http".into(),
+        },
+        protocol: Protocol::Tcp,
+        cluster_ip: ip.parse().unwrap(),
+        port: 80,
+        node_port: None,
+        load_balancer_ips: vec![],
+        health_check_node_port: None,
+        external_local: false,
+        internal_local: false,
+        affinity: None,
+        endpoints: eps
+            .iter()
+            .map(|e| Endpoint {
+                ip: e.parse().unwrap(),
+                port: 8080,
+                ready: true,
+                serving: true,
+                terminating: false,
+                local: false,
+            })
+            .collect(),
+    };
+    let v4 = vec![port("10.96.0.20", &["10.244.1.2", "10.244.1.3"])];
+    let v6 = vec![port("fd00:96::20", &["fd00:244::2"])];
+    let node4 = NodeRules {
+        cluster_cidr: Some("10.244.0.0/16".parse().unwrap()),
+        node_addresses: vec![],
+    };
+    let bad6 = node4.clone();
+    let good6 = NodeRules {
+        cluster_cidr: Some("fd00:244::/64".parse().unwrap()),
+        node_addresses: vec![],
+    };
+    let ruleset = || {
+        let (tb, ns) = (&tb, &ns);
+        async move {
+            tb.exec_ok(ns, &["nft", "list", "ruleset"], limit)
+                .await
+                .unwrap()
+        }
+    };
+
+    // Negative control: one transaction of both families is refused whole.
+    let joint = format!(
+        "{}{}",
+        nft::full_script(Family::V4, &nft::compile(Family::V4, &v4, &node4), &node4),
+        nft::full_script(Family::V6, &nft::compile(Family::V6, &v6, &bad6), &bad6)
+    );
+    let refused = trellis_net::nft::Nft::new(Some(&ns)).apply(&joint).await;
+    assert!(refused.is_err(), "nft took the bad IPv6 rule");
+    assert!(
+        !ruleset().await.contains("trellis-proxy"),
+        "nothing of a refused transaction is applied"
+    );
+
+    let mut syncer = nft::Syncer::new(trellis_net::nft::Nft::new(Some(&ns)))
+        .v6_retry_after(Duration::from_secs(3600));
+    syncer.sync((&v4, &node4), (&v6, &bad6)).await.unwrap();
+    assert_eq!(syncer.v6_failures(), 1);
+    let error = syncer
+        .take_v6_error()
+        .expect("the IPv6 failure is reported");
+    assert!(error.contains("fd00") || error.contains("Error"), "{error}");
+    let now = ruleset().await;
+    assert!(now.contains("table ip trellis-proxy "), "{now}");
+    assert!(
+        now.contains("10.96.0.20 . tcp . 80 . 1 : 10.244.1.3 . 8080"),
+        "{now}"
+    );
+    assert!(!now.contains("table ip6 "), "{now}");
+
+    // IPv4 changes keep flowing while IPv6 waits for its retry.
+    let mut v4b = v4.clone();
+    v4b[0].endpoints[1].ip = "10.244.1.9".parse().unwrap();
+    syncer.sync((&v4b, &node4), (&v6, &bad6)).await.unwrap();
+    assert_eq!(syncer.v6_failures(), 1, "not retried before its time");
+    assert!(syncer.take_v6_error().is_none());
+    let now = ruleset().await;
+    assert!(
+        now.contains("10.96.0.20 . tcp . 80 . 1 : 10.244.1.9 . 8080"),
+        "{now}"
+    );
+
+    // Retried (due at once with a zero wait): IPv6 is written once nft takes it.
+    let mut syncer = syncer.v6_retry_after(Duration::ZERO);
+    syncer.sync((&v4b, &node4), (&v6, &good6)).await.unwrap();
+    assert_eq!(syncer.v6_failures(), 1);
+    assert!(syncer.take_v6_error().is_none());
+    let now = ruleset().await;
+    assert!(now.contains("table ip6 trellis-proxy "), "{now}");
+    assert!(
+        now.contains("fd00:96::20 . tcp . 80 . 0 : fd00:244::2 . 8080"),
+        "{now}"
+    );
+    assert!(now.contains("10.244.1.9 . 8080"), "{now}");
+    // And both families go in one transaction again.
+    let mut v4c = v4b.clone();
+    v4c[0].endpoints.pop();
+    syncer.sync((&v4c, &node4), (&v6, &good6)).await.unwrap();
+    assert!(!ruleset().await.contains("10.244.1.9 . 8080"));
+    drop(syncer);
+    tb.delete_ns(&ns).unwrap();
+}
