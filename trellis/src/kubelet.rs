@@ -402,12 +402,15 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     let n: u64 = num
         .parse()
         .map_err(|_| format!("{s:?} is not a duration"))?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
         _ => return Err(format!("{s:?}: the unit is s, m or h")),
     };
+    let secs = n
+        .checked_mul(scale)
+        .ok_or_else(|| format!("{s:?} is too long"))?;
     Ok(Duration::from_secs(secs))
 }
 

@@ -472,31 +472,21 @@ impl Allocator {
     /// first host (the `kubernetes` Service's, 10.96.0.1) and the cluster DNS address (the
     /// 10th) only when asked for by name. When all are full: upstream's `failed to allocate a serviceIP: range is full`.
     async fn free_ip(&self, storage: &Storage, ranges: &[IpNet]) -> Result<IpAddr, ApiError> {
-        let used = storage
-            .store()
-            .range(RangeRequest {
-                keys_only: true,
-                ..RangeRequest::new(KeyRange::prefix(IP_PREFIX))
-            })
-            .await?;
-        let used: HashSet<IpAddr> = used
-            .kvs
-            .iter()
-            .filter_map(|kv| {
-                std::str::from_utf8(&kv.key[IP_PREFIX.len()..])
-                    .ok()?
-                    .parse()
-                    .ok()
-            })
+        let used: HashSet<IpAddr> = allocated_keys(storage, IP_PREFIX)
+            .await?
+            .into_iter()
             .collect();
         for (n, range) in ranges.iter().enumerate() {
             let range = *range;
             // The first host and the 10th are kept in the default range only (the
             // `kubernetes` Service's and cluster DNS'); other ServiceCIDRs lose only their
             // network (and IPv4 broadcast) address.
+            // An extra range that overlaps the default one keeps the default one's reserved
+            // addresses too.
+            let default = ranges.first().copied().unwrap_or(range);
             let skip = |ip: IpAddr| {
-                if n == 0 {
-                    reserved(range, ip)
+                if n == 0 || default.contains(&ip) {
+                    reserved(default, ip) || !assignable(range, ip)
                 } else {
                     !assignable(range, ip)
                 }
@@ -525,23 +515,7 @@ impl Allocator {
     }
 
     async fn used_ports(&self, storage: &Storage) -> Result<Vec<u16>, ApiError> {
-        let used = storage
-            .store()
-            .range(RangeRequest {
-                keys_only: true,
-                ..RangeRequest::new(KeyRange::prefix(PORT_PREFIX))
-            })
-            .await?;
-        Ok(used
-            .kvs
-            .iter()
-            .filter_map(|kv| {
-                std::str::from_utf8(&kv.key[PORT_PREFIX.len()..])
-                    .ok()?
-                    .parse()
-                    .ok()
-            })
-            .collect())
+        allocated_keys(storage, PORT_PREFIX).await
     }
 }
 
@@ -609,6 +583,31 @@ fn node_ports_of(obj: &Value) -> Vec<u16> {
     out.sort_unstable();
     out.dedup();
     out
+}
+
+/// The values allocated under `prefix` (a key's suffix parsed; keys that do not parse are
+/// skipped: the repair loop reports them).
+pub(crate) async fn allocated_keys<T: std::str::FromStr>(
+    storage: &Storage,
+    prefix: &str,
+) -> Result<Vec<T>, ApiError> {
+    let used = storage
+        .store()
+        .range(RangeRequest {
+            keys_only: true,
+            ..RangeRequest::new(KeyRange::prefix(prefix))
+        })
+        .await?;
+    Ok(used
+        .kvs
+        .iter()
+        .filter_map(|kv| {
+            std::str::from_utf8(kv.key.get(prefix.len()..)?)
+                .ok()?
+                .parse()
+                .ok()
+        })
+        .collect())
 }
 
 #[cfg(test)]

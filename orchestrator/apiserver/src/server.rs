@@ -696,6 +696,15 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>, user: Option<User>)
                 && r.resource == "nodes"
                 && r.subresource.as_deref() == Some("proxy") =>
         {
+            // Nodes are cluster-scoped: a namespaced path (which a RoleBinding could authorize)
+            // or another version names nothing.
+            if r.namespace.is_some() || r.version != "v1" {
+                return error_response(&ApiError::not_found(
+                    "",
+                    "nodes",
+                    r.name.as_deref().unwrap_or_default(),
+                ));
+            }
             let user = user.unwrap_or_else(User::loopback_admin);
             if r.verb == request::Verb::Watch {
                 // `?watch=` is the kubelet's query here, not a watch of Nodes.
@@ -835,7 +844,13 @@ async fn node_proxy(
             )));
         }
     };
-    let mut path = request::proxy_path(parts.uri.path()).unwrap_or_else(|| "/".into());
+    let Some(mut path) = request::proxy_path(parts.uri.path()) else {
+        return error_response(&ApiError::not_found(
+            "",
+            "nodes",
+            r.name.as_deref().unwrap_or_default(),
+        ));
+    };
     if let Some(q) = parts.uri.query().filter(|q| !q.is_empty()) {
         path.push('?');
         path.push_str(q);

@@ -13,7 +13,6 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde_json::{Value, json};
 use trellis_api::ResourceInfo;
-use trellis_store::{KeyRange, RangeRequest};
 
 use crate::alloc::IP_PREFIX;
 use crate::handlers::Api;
@@ -28,6 +27,10 @@ pub const DEFAULT_NAME: &str = "kubernetes";
 pub const FINALIZER: &str = "networking.k8s.io/service-cidr-finalizer";
 /// How often the finalizer loop looks at ServiceCIDRs being deleted.
 pub const INTERVAL: Duration = Duration::from_secs(1);
+/// How long after its deletion a ServiceCIDR keeps its finalizer even when no address needs
+/// it: a Service create that chose an address of it just before the deletion has this long to
+/// store that address (upstream's controller waits likewise), on any API server.
+pub const DELETION_GRACE: Duration = Duration::from_secs(10);
 
 const TERMINATING_MESSAGE: &str = "There are still IPAddresses referencing the ServiceCIDR, please remove them or create a new ServiceCIDR";
 
@@ -218,26 +221,6 @@ pub async fn all_ranges(storage: &Storage) -> Result<Vec<IpNet>, ApiError> {
     Ok(out)
 }
 
-async fn allocated(storage: &Storage) -> Result<Vec<IpAddr>, ApiError> {
-    let used = storage
-        .store()
-        .range(RangeRequest {
-            keys_only: true,
-            ..RangeRequest::new(KeyRange::prefix(IP_PREFIX))
-        })
-        .await?;
-    Ok(used
-        .kvs
-        .iter()
-        .filter_map(|kv| {
-            std::str::from_utf8(&kv.key[IP_PREFIX.len()..])
-                .ok()?
-                .parse()
-                .ok()
-        })
-        .collect())
-}
-
 /// The finalizer: one round over the ServiceCIDRs being deleted. One whose addresses are all
 /// released (or covered by another Ready ServiceCIDR or the flag ranges), and that was seen
 /// deleting in an earlier round already (so a create that read it as Ready before the delete
@@ -272,7 +255,7 @@ pub async fn sweep(api: &Api, seen: &mut HashSet<String>) -> Result<Vec<String>,
         .filter(|s| !meta::is_deleting(&s.obj))
         .flat_map(|s| cidrs_of(&s.obj))
         .collect();
-    let ips = allocated(&api.storage).await?;
+    let ips: Vec<IpAddr> = crate::alloc::allocated_keys(&api.storage, IP_PREFIX).await?;
     let mut released = Vec::new();
     for s in deleting {
         let name = meta::name(&s.obj).unwrap_or_default().to_string();
@@ -287,8 +270,15 @@ pub async fn sweep(api: &Api, seen: &mut HashSet<String>) -> Result<Vec<String>,
         let held = ips.iter().any(|ip| {
             mine.iter().any(|n| n.contains(ip)) && !covering.iter().any(|n| n.contains(ip))
         });
+        let grace_over = meta::at(&s.obj, &["metadata", "deletionTimestamp"])
+            .and_then(Value::as_str)
+            .and_then(meta::parse_time)
+            .is_none_or(|at| {
+                jiff::Timestamp::now().duration_since(at).as_secs()
+                    >= DELETION_GRACE.as_secs().try_into().unwrap_or(i64::MAX)
+            });
         let mut obj = s.obj.clone();
-        if held || !seen.contains(&name) {
+        if held || !grace_over || !seen.contains(&name) {
             seen.insert(name.clone());
             let cur_reason = meta::at(&obj, &["status", "conditions"])
                 .and_then(Value::as_array)

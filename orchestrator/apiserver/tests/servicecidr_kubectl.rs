@@ -12,10 +12,10 @@ mod support;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Event, Service};
 use k8s_openapi::api::networking::v1::ServiceCIDR;
 use kube::Api;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::{DeleteParams, ListParams, PostParams};
 use serde_json::json;
 use support::TestServer;
 use support::kubectl::{Kubectl, kubectl_current};
@@ -164,6 +164,18 @@ async fn an_extra_service_cidr_extends_a_full_range_and_is_held_while_it_has_add
         Some("default/more"),
         "{keys:?}"
     );
+    // (A repair loop that judged the address by the flag range alone would keep the key too,
+    // but warn about it with `ClusterIPOutOfRange` every round.)
+    let warned: Vec<String> = Api::<Event>::namespaced(s.client().await, "default")
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.involved_object.name.as_deref() == Some("more"))
+        .filter_map(|e| e.reason)
+        .collect();
+    assert!(warned.is_empty(), "Events for `more`: {warned:?}");
 
     // Deleting it while `more` holds an address: kept by the finalizer, no longer Ready, and
     // no longer handed out.

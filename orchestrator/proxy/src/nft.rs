@@ -905,6 +905,11 @@ fn plan_changes(
     for (set, elements) in appeared.elements {
         after.elements.entry(set).or_default().extend(elements);
     }
+    // A shared chain whose last holder left and whose new holder came in the same sync (an
+    // endpoint replaced by another, the count unchanged) stays as it is in the kernel.
+    appeared
+        .chains
+        .retain(|name, _| vanished.chains.remove(name).is_none());
     if !appeared.chains.is_empty() {
         // A new shared spread chain: its rule names the map `endpoints`, which nft 1.0.6
         // cannot read back from the kernel (see MAPS), so the tables are replaced whole.
@@ -1716,6 +1721,22 @@ mod tests {
             whole.merge(share.clone());
         }
         assert_eq!(whole, compile(Family::V4, &ports, &node));
+    }
+
+    #[test]
+    fn an_endpoint_replaced_with_the_count_unchanged_is_a_change_not_a_whole_rewrite() {
+        let node = node();
+        // The only port of its shard with one endpoint: its shared spread chain has one holder.
+        let mut s = sp(vec![ep("10.244.1.2", true, false)]);
+        let (_, _, applied) = plan_full(Family::V4, std::slice::from_ref(&s), &node);
+        s.endpoints = vec![ep("10.244.1.3", true, false)];
+        let (script, _, _) = plan_changes(applied, std::slice::from_ref(&s), &node);
+        assert!(!script.contains("delete table"), "{script}");
+        assert!(script.contains("10.244.1.3"), "{script}");
+        assert!(
+            script.contains("delete element ip trellis-proxy-svc-"),
+            "the old element goes: {script}"
+        );
     }
 
     #[test]
