@@ -807,15 +807,16 @@ pub(crate) async fn import_blobs(
 ) -> Result<Imported, CtrdError> {
     let mut data = Vec::with_capacity(blobs.values().map(Vec::len).sum());
     let mut files = HashMap::new();
-    for (digest, b) in &blobs {
+    // Each blob is freed as soon as it is copied: the peak is the image once, plus a blob.
+    for (digest, b) in blobs {
         let hex = digest.strip_prefix("sha256:").ok_or_else(|| {
             CtrdError::Image(format!("digest {digest}: only sha256 is supported"))
         })?;
         let start = data.len();
-        data.extend_from_slice(b);
+        data.extend_from_slice(&b);
+        drop(b);
         files.insert(format!("blobs/sha256/{hex}"), start..data.len());
     }
-    drop(blobs);
     let layout = Layout { data: &data, files };
     let index = Index {
         manifests: vec![top],

@@ -28,6 +28,9 @@ const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.d
 const MAX_MANIFEST: usize = 4 << 20;
 /// The largest blob read (a blob is held in memory until the image is written).
 const MAX_BLOB: usize = 2 << 30;
+/// The most an image's config and layers may add up to (they are held in memory until the
+/// import).
+const MAX_IMAGE: u64 = 4 << 30;
 /// Connecting to an endpoint.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// One request, its body included.
@@ -657,6 +660,17 @@ async fn pull_from(
         };
     }
     let (config, layers) = image::manifest_blobs(&blobs[&cur.digest], &cur.digest)?;
+    // The blobs are held in memory until the import: an image larger than the bound is
+    // refused before anything is fetched, not after the kubelet has grown by its size.
+    let declared: u64 = std::iter::once(&config)
+        .chain(layers.iter())
+        .map(|d| u64::try_from(d.size).unwrap_or(u64::MAX))
+        .fold(0, u64::saturating_add);
+    if declared > MAX_IMAGE {
+        return Err(PullError::Endpoint(format!(
+            "the image's manifest declares {declared} bytes of blobs, more than the kubelet pulls ({MAX_IMAGE})"
+        )));
+    }
     for d in std::iter::once(&config).chain(layers.iter()) {
         if blobs.contains_key(&d.digest) {
             continue;
