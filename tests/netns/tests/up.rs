@@ -257,7 +257,9 @@ async fn run_pod_from(
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": name, "labels": labels},
         "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
-                 "containers": [{"name": "c", "image": image, "command": command}]}}))
+                 // The images are local (imported or built by `up`): never pulled.
+                 "containers": [{"name": "c", "image": image, "imagePullPolicy": "IfNotPresent",
+                                 "command": command}]}}))
     .unwrap();
     pods.create(&PostParams::default(), &pod).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -721,6 +723,8 @@ async fn the_cluster_keeps_serving_when_the_leading_member_is_killed(
 
     // A new Deployment's pods are scheduled and run: a standby scheduler and
     // controller-manager took over.
+    // (kubectl's Deployment, with the local image never pulled: a `:latest` image is pulled
+    // on every start by default.)
     let image = format!("--image={}", workload.0);
     let mut create = vec![
         "create",
@@ -728,10 +732,20 @@ async fn the_cluster_keeps_serving_when_the_leading_member_is_killed(
         "ha-web",
         &image,
         "--replicas=2",
+        "--dry-run=client",
+        "-o",
+        "json",
         "--",
     ];
     create.extend_from_slice(workload.1);
-    let d = k(&create).await;
+    let dry = k(&create).await;
+    assert!(dry.success(), "{}", show(&dry));
+    let mut deployment: serde_json::Value = serde_json::from_str(&dry.stdout).unwrap();
+    deployment["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] =
+        json!("IfNotPresent");
+    let file = f.state.join("ha-web.json");
+    std::fs::write(&file, deployment.to_string()).unwrap();
+    let d = k(&["create", "-f", file.to_str().unwrap()]).await;
     assert!(d.success(), "{}", show(&d));
     let created_at = Instant::now();
     let client = f.client().await;
