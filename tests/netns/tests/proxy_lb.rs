@@ -26,7 +26,6 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
-use netns_testbed::bin_path;
 use netns_testbed::bird::{Bird, BirdConfig, BirdPeer, PROTO_BIRD, Want, wait_kernel_route};
 use netns_testbed::probe::http_get;
 use netns_testbed::probe::{NameServer, ask_name};
@@ -57,70 +56,7 @@ struct Env {
 /// too; the controller-manager running only the `service-lb` controller with the pool.
 async fn start() -> Env {
     let c = Cluster::start_args(2, false, 1, &["--announce-service-cidr", "10.96.0.0/12"]).await;
-    let trellis = bin_path("trellis");
-    let cm =
-        c.tb.spawn(
-            &c.cp.node.ns,
-            &[
-                trellis.to_str().unwrap(),
-                "controller-manager",
-                "--kubeconfig",
-                c.cp.kubeconfig.to_str().unwrap(),
-                "--controllers",
-                "service-lb",
-                "--load-balancer-pool",
-                POOL,
-                "--leader-elect=false",
-            ],
-            LIFETIME,
-        )
-        .unwrap();
-    let mut proxies = Vec::new();
-    for w in &c.workers {
-        proxies.push(
-            c.tb.spawn(
-                &w.node.ns,
-                &[
-                    trellis.to_str().unwrap(),
-                    "proxy",
-                    "--node",
-                    &w.node.name,
-                    "--kubeconfig",
-                    c.cp.kubeconfig.to_str().unwrap(),
-                    "--listen",
-                    "127.0.0.1:10256",
-                ],
-                LIFETIME,
-            )
-            .unwrap(),
-        );
-    }
-    for (w, pid) in c.workers.iter().zip(&proxies) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let ns = w.node.ns.clone();
-            let answer = tokio::task::spawn_blocking(move || {
-                http_get(&ns, SocketAddr::from(([127, 0, 0, 1], 10256)), "/readyz")
-            })
-            .await
-            .unwrap();
-            if matches!(answer, Ok((200, _))) {
-                break;
-            }
-            assert!(c.tb.running(*pid), "proxy exited:\n{}", c.tb.log_of(*pid));
-            assert!(
-                c.tb.running(cm),
-                "controller-manager exited:\n{}",
-                c.tb.log_of(cm)
-            );
-            assert!(
-                Instant::now() < deadline,
-                "proxy never ready:\n{}",
-                c.tb.log_of(*pid)
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    c.start_service_lb(POOL, &[], LIFETIME).await;
     let client = cluster::kube_client(&c.cp.local_kubeconfig).await;
     Env {
         services: Api::namespaced(client.clone(), "default"),

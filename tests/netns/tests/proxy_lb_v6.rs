@@ -28,9 +28,8 @@ use kube::Api;
 use kube::api::{DeleteParams, PostParams};
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use netns_testbed::bed::node_ipv6;
-use netns_testbed::bin_path;
 use netns_testbed::bird::{Bird, BirdConfig, BirdPeer, PROTO_BIRD};
-use netns_testbed::probe::{NameServer, ask_name, http_get};
+use netns_testbed::probe::{NameServer, ask_name};
 use serde_json::json;
 use trellis_net::{Netns, VethSpec};
 
@@ -48,73 +47,9 @@ async fn start() -> (Cluster, kube::Client) {
         vec!["--dual-stack".to_string()]
     })
     .await;
-    let trellis = bin_path("trellis");
     let cidrs = format!("10.244.0.0/16,{POOL_V6}");
-    let cm =
-        c.tb.spawn(
-            &c.cp.node.ns,
-            &[
-                trellis.to_str().unwrap(),
-                "controller-manager",
-                "--kubeconfig",
-                c.cp.kubeconfig.to_str().unwrap(),
-                "--controllers",
-                "service-lb",
-                "--load-balancer-pool",
-                POOLS,
-                "--leader-elect=false",
-            ],
-            LIFETIME,
-        )
-        .unwrap();
-    let mut proxies = Vec::new();
-    for w in &c.workers {
-        proxies.push(
-            c.tb.spawn(
-                &w.node.ns,
-                &[
-                    trellis.to_str().unwrap(),
-                    "proxy",
-                    "--node",
-                    &w.node.name,
-                    "--kubeconfig",
-                    c.cp.kubeconfig.to_str().unwrap(),
-                    "--cluster-cidr",
-                    &cidrs,
-                    "--listen",
-                    "127.0.0.1:10256",
-                ],
-                LIFETIME,
-            )
-            .unwrap(),
-        );
-    }
-    for (w, pid) in c.workers.iter().zip(&proxies) {
-        let deadline = Instant::now() + CONVERGE;
-        loop {
-            let ns = w.node.ns.clone();
-            let answer = tokio::task::spawn_blocking(move || {
-                http_get(&ns, SocketAddr::from(([127, 0, 0, 1], 10256)), "/readyz")
-            })
-            .await
-            .unwrap();
-            if matches!(answer, Ok((200, _))) {
-                break;
-            }
-            assert!(c.tb.running(*pid), "proxy exited:\n{}", c.tb.log_of(*pid));
-            assert!(
-                c.tb.running(cm),
-                "controller-manager exited:\n{}",
-                c.tb.log_of(cm)
-            );
-            assert!(
-                Instant::now() < deadline,
-                "proxy never ready:\n{}",
-                c.tb.log_of(*pid)
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    c.start_service_lb(POOLS, &["--cluster-cidr", &cidrs], LIFETIME)
+        .await;
     let client = cluster::kube_client(&c.cp.local_kubeconfig).await;
     (c, client)
 }

@@ -131,6 +131,81 @@ pub fn start_agent_args(
 }
 
 impl Cluster {
+    /// The controller-manager running only the `service-lb` controller with `pools`, and
+    /// `trellis proxy` on every worker (with `proxy_args` besides its node, kubeconfig and
+    /// health listener), for `lifetime`; returns once every proxy answers `/readyz`.
+    pub async fn start_service_lb(&self, pools: &str, proxy_args: &[&str], lifetime: Duration) {
+        let trellis = bin_path("trellis");
+        let kubeconfig = self.cp.kubeconfig.to_str().unwrap();
+        let cm = self
+            .tb
+            .spawn(
+                &self.cp.node.ns,
+                &[
+                    trellis.to_str().unwrap(),
+                    "controller-manager",
+                    "--kubeconfig",
+                    kubeconfig,
+                    "--controllers",
+                    "service-lb",
+                    "--load-balancer-pool",
+                    pools,
+                    "--leader-elect=false",
+                ],
+                lifetime,
+            )
+            .unwrap();
+        let mut proxies = Vec::new();
+        for w in &self.workers {
+            let mut argv = vec![
+                trellis.to_str().unwrap(),
+                "proxy",
+                "--node",
+                &w.node.name,
+                "--kubeconfig",
+                kubeconfig,
+                "--listen",
+                "127.0.0.1:10256",
+            ];
+            argv.extend_from_slice(proxy_args);
+            proxies.push(self.tb.spawn(&w.node.ns, &argv, lifetime).unwrap());
+        }
+        for (w, pid) in self.workers.iter().zip(&proxies) {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let ns = w.node.ns.clone();
+                let answer = tokio::task::spawn_blocking(move || {
+                    netns_testbed::probe::http_get(
+                        &ns,
+                        SocketAddr::from(([127, 0, 0, 1], 10256)),
+                        "/readyz",
+                    )
+                })
+                .await
+                .unwrap();
+                if matches!(answer, Ok((200, _))) {
+                    break;
+                }
+                assert!(
+                    self.tb.running(*pid),
+                    "proxy exited:\n{}",
+                    self.tb.log_of(*pid)
+                );
+                assert!(
+                    self.tb.running(cm),
+                    "controller-manager exited:\n{}",
+                    self.tb.log_of(cm)
+                );
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "proxy never ready:\n{}",
+                    self.tb.log_of(*pid)
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
     pub async fn start(n: usize) -> Cluster {
         Cluster::start_with(n, false).await
     }
