@@ -282,3 +282,31 @@ async fn nodes_write_only_their_own_objects() {
     }
     s.stop().await;
 }
+
+/// Nodes are cluster-scoped: `nodes/<n>/proxy` under a namespace names nothing (a RoleBinding
+/// in that namespace must not be what lets a request through to a kubelet).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespaced_nodes_proxy_path_is_not_found() {
+    let s = TestServer::start().await;
+    let client = s.client().await;
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
+    let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "n1"},
+        "status": {"addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+                   "daemonEndpoints": {"kubeletEndpoint": {"Port": 1}}}
+    }))
+    .unwrap();
+    nodes
+        .create(&kube::api::PostParams::default(), &node)
+        .await
+        .unwrap();
+    let (code, reason, _) = status_of(
+        &client,
+        "GET",
+        "/api/v1/namespaces/default/nodes/n1/proxy/healthz",
+        "application/json",
+        b"",
+    )
+    .await;
+    assert_eq!((code, reason.as_str()), (404, "NotFound"));
+}
