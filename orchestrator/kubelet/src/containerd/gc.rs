@@ -14,6 +14,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use containerd_client::services::v1::containers_client::ContainersClient;
@@ -74,6 +75,100 @@ impl GcPolicy {
             ));
         }
         Ok(())
+    }
+}
+
+/// Which images starts and pulls are using now, and which one a GC round is removing.
+///
+/// One lock decides both, so a start and a removal of the same image are ordered: either the
+/// collector sees the start's hold and keeps the image, or the start sees the removal and
+/// waits for it to end (then finds the image gone and pulls it again) — it never creates a
+/// container from an image being deleted under it.
+#[derive(Debug, Default)]
+pub struct ImageHolds {
+    state: Mutex<Holds>,
+    removed: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct Holds {
+    /// Normalized image name → how many starts and pulls use it.
+    in_use: HashMap<String, usize>,
+    /// The image a GC round is deleting now, if any.
+    removing: Option<String>,
+}
+
+impl ImageHolds {
+    /// Marks `key` used; true when a removal of it is under way (wait with
+    /// [`ImageHolds::removal_done`] before resolving it).
+    pub fn hold(&self, key: &str) -> bool {
+        let Ok(mut s) = self.state.lock() else {
+            return false;
+        };
+        *s.in_use.entry(key.to_string()).or_insert(0) += 1;
+        s.removing.as_deref() == Some(key)
+    }
+
+    /// Ends one use of `key`.
+    pub fn release(&self, key: &str) {
+        if let Ok(mut s) = self.state.lock()
+            && let Some(n) = s.in_use.get_mut(key)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                s.in_use.remove(key);
+            }
+        }
+    }
+
+    /// The images in use now.
+    pub fn in_use(&self) -> HashSet<String> {
+        self.state
+            .lock()
+            .map(|s| s.in_use.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Claims `key` for removal: false (keep it) when a start or pull uses it now.
+    pub fn begin_removal(&self, key: &str) -> bool {
+        let Ok(mut s) = self.state.lock() else {
+            return false;
+        };
+        if s.in_use.contains_key(key) {
+            return false;
+        }
+        s.removing = Some(key.to_string());
+        true
+    }
+
+    /// The removal claimed by [`ImageHolds::begin_removal`] has ended (either way).
+    pub fn end_removal(&self) {
+        if let Ok(mut s) = self.state.lock() {
+            s.removing = None;
+        }
+        self.removed.notify_waiters();
+    }
+
+    /// Waits until no removal of `key` is under way, `limit` at most; false if it still is.
+    pub async fn removal_done(&self, key: &str, limit: Duration) -> bool {
+        let wait = async {
+            loop {
+                let notified = self.removed.notified();
+                tokio::pin!(notified);
+                // Registered before the check, so an end in between is not missed.
+                notified.as_mut().enable();
+                let busy = self
+                    .state
+                    .lock()
+                    .map(|s| s.removing.as_deref() == Some(key))
+                    .unwrap_or(false);
+                if !busy {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(limit, wait).await.is_ok()
     }
 }
 
@@ -271,6 +366,48 @@ mod tests {
         let got = choose(all.clone(), &in_use, 1000, Duration::ZERO, now);
         assert_eq!(names(got), ["new", "oldest", "older"]);
         assert!(choose(all, &in_use, 0, Duration::ZERO, now).is_empty());
+    }
+
+    #[test]
+    fn a_held_image_is_never_claimed_for_removal() {
+        let h = ImageHolds::default();
+        assert!(!h.hold("a"), "no removal under way");
+        assert!(!h.begin_removal("a"), "held by a start");
+        h.release("a");
+        assert!(h.begin_removal("a"), "free again");
+        h.end_removal();
+        assert!(h.in_use().is_empty());
+    }
+
+    #[test]
+    fn a_start_during_a_removal_learns_of_it() {
+        let h = ImageHolds::default();
+        assert!(h.begin_removal("a"));
+        assert!(h.hold("a"), "the start must wait for the removal");
+        assert!(!h.hold("b"), "another image is not affected");
+        h.end_removal();
+        assert!(!h.hold("a"));
+    }
+
+    #[tokio::test]
+    async fn removal_done_waits_for_the_end_of_the_removal() {
+        let h = std::sync::Arc::new(ImageHolds::default());
+        assert!(
+            h.removal_done("a", Duration::from_millis(1)).await,
+            "nothing to wait for"
+        );
+        assert!(h.begin_removal("a"));
+        assert!(
+            !h.removal_done("a", Duration::from_millis(20)).await,
+            "still under way: the wait times out"
+        );
+        let waiter = {
+            let h = h.clone();
+            tokio::spawn(async move { h.removal_done("a", Duration::from_secs(10)).await })
+        };
+        tokio::task::yield_now().await;
+        h.end_removal();
+        assert!(waiter.await.unwrap_or(false), "woken by end_removal");
     }
 
     #[test]

@@ -65,6 +65,9 @@ const TASK_DELETE: Duration = Duration::from_secs(30);
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 /// The longest a pull may take (its requests have their own timeouts).
 const PULL_TIMEOUT: Duration = Duration::from_secs(600);
+/// The longest a pull waits for its turn behind other pulls before its caller gives up (the
+/// queued pull still runs then, under its own [`PULL_TIMEOUT`]).
+const PULL_QUEUE_LIMIT: Duration = Duration::from_secs(600);
 
 /// Where containerd is and how containers are made.
 #[derive(Debug, Clone)]
@@ -102,9 +105,10 @@ struct Inner {
     starts: tokio::sync::Semaphore,
     /// When each image (normalized name) was last used by a start: image GC's order.
     last_used: Mutex<HashMap<String, SystemTime>>,
-    /// Images a start or pull is using now (counted): image GC keeps them.
-    in_flight: Mutex<HashMap<String, usize>>,
-    /// Held by a pull and by an image GC round: GC never removes what a pull is writing.
+    /// Images a start or pull is using now, and the one a GC round is removing.
+    holds: gc::ImageHolds,
+    /// Held by a pull and by an image GC round: GC never removes what a pull is writing, and
+    /// pulls go one at a time (upstream's `--serialize-image-pulls`).
     image_ops: tokio::sync::Mutex<()>,
 }
 
@@ -701,7 +705,7 @@ impl ContainerdRuntime {
             starts,
             lease: tokio::sync::Mutex::new(None),
             last_used: Mutex::new(HashMap::new()),
-            in_flight: Mutex::new(HashMap::new()),
+            holds: gc::ImageHolds::default(),
             image_ops: tokio::sync::Mutex::new(()),
         });
         let i = inner.clone();
@@ -789,23 +793,20 @@ impl Inner {
         }
     }
 
-    /// Marks `image` used by a start or pull (`on`), or no longer.
-    fn hold(&self, image: &str, on: bool) {
+    /// Marks `image` used by a start or pull (`on`), or no longer. True when an image GC
+    /// round is removing it right now: wait for [`gc::ImageHolds::removal_done`] before using it.
+    fn hold(&self, image: &str, on: bool) -> bool {
         let key = image::normalize(image);
-        if let Ok(mut m) = self.in_flight.lock() {
-            let n = m.entry(key.clone()).or_insert(0);
-            if on {
-                *n += 1;
-            } else {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    m.remove(&key);
-                }
-            }
-        }
+        let removing = if on {
+            self.holds.hold(&key)
+        } else {
+            self.holds.release(&key);
+            false
+        };
         if let Ok(mut m) = self.last_used.lock() {
             m.insert(key, SystemTime::now());
         }
+        removing
     }
 
     /// One round of image garbage collection (see [`super::gc`]).
@@ -829,9 +830,7 @@ impl Inner {
                 return;
             }
         };
-        if let Ok(m) = self.in_flight.lock() {
-            in_use.extend(m.keys().cloned());
-        }
+        in_use.extend(self.holds.in_use());
         let last_used = self.last_used.lock().map(|m| m.clone()).unwrap_or_default();
         let all = match gc::candidates(&self.conn, &last_used).await {
             Ok(c) => c,
@@ -843,13 +842,23 @@ impl Inner {
         let chosen = gc::choose(all, &in_use, to_free, p.min_age, SystemTime::now());
         let mut freed = 0u64;
         for c in &chosen {
-            match gc::remove(&self.conn, &c.name).await {
+            // A start may have taken it since the snapshot: claimed under the holds' lock, so
+            // from here on a start of it waits for the removal to end.
+            if !self.holds.begin_removal(&c.name) {
+                tracing::debug!(image = %c.name, "image garbage collection: kept, a start took it");
+                continue;
+            }
+            let removed = gc::remove(&self.conn, &c.name).await;
+            if removed.is_ok()
+                && let Ok(mut m) = self.images.lock()
+            {
+                m.remove(&c.name);
+            }
+            self.holds.end_removal();
+            match removed {
                 Ok(()) => {
                     freed += c.size;
                     tracing::info!(image = %c.name, bytes = c.size, "image garbage collection: removed an unused image");
-                    if let Ok(mut m) = self.images.lock() {
-                        m.remove(&c.name);
-                    }
                 }
                 Err(e) => {
                     tracing::warn!(image = %c.name, error = %e, "image garbage collection: removing an image")
@@ -1390,13 +1399,32 @@ impl Runtime for ContainerdRuntime {
         }
         // The image first: a missing one makes no run at all (the kubelet backs off). Held
         // from here until the container exists (image GC keeps it).
-        self.inner.hold(&image, true);
+        let removing = self.inner.hold(&image, true);
         let release = {
             let (inner, image) = (self.inner.clone(), image.clone());
-            move || inner.hold(&image, false)
+            move || {
+                inner.hold(&image, false);
+            }
         };
         let inner = self.inner.clone();
-        let img = match self.block(async move { inner.resolve(&image).await }) {
+        let img = match self.block(async move {
+            // GC is deleting this very image: let it finish, then it is gone and the start
+            // fails into a pull, rather than a container on an image deleted under it.
+            if removing {
+                let key = image::normalize(&image);
+                if !inner
+                    .holds
+                    .removal_done(&key, Duration::from_secs(60))
+                    .await
+                {
+                    return Err(CtrdError::Io {
+                        what: format!("image {image}: waiting for its garbage collection"),
+                        source: std::io::Error::from(std::io::ErrorKind::TimedOut),
+                    });
+                }
+            }
+            inner.resolve(&image).await
+        }) {
             Some(Ok(img)) => img,
             Some(Err(e)) => {
                 release();
@@ -1516,31 +1544,46 @@ impl Runtime for ContainerdRuntime {
     fn pull_image(&self, image: &str) -> Result<u64, Error> {
         let inner = self.inner.clone();
         let reference = image.to_string();
-        let got = self.block_for(PULL_TIMEOUT, async move {
+        // The pull's own limit starts once it has its turn (pulls go one at a time), and ends
+        // it: the timed-out future is dropped, so its requests are cancelled, not left running.
+        let got = self.block_for(PULL_QUEUE_LIMIT + PULL_TIMEOUT, async move {
             let _ops = inner.image_ops.lock().await;
             inner.hold(&reference, true);
-            let r = pull::pull(
-                &inner.conn,
-                &inner.s.images.registries,
-                &reference,
-                &inner.s.snapshotter,
+            let r = tokio::time::timeout(
+                PULL_TIMEOUT,
+                pull::pull(
+                    &inner.conn,
+                    &inner.s.images.registries,
+                    &reference,
+                    &inner.s.snapshotter,
+                ),
             )
             .await;
             inner.hold(&reference, false);
             r
         });
         match got {
-            Some(Ok(p)) => {
+            Some(Ok(Ok(p))) => {
                 tracing::info!(image, digest = %p.image.digest, bytes = p.bytes, "pulled an image");
                 Ok(p.bytes)
             }
-            Some(Err(e)) => Err(Error::ImagePull {
+            Some(Ok(Err(e))) => Err(Error::ImagePull {
                 image: image.to_string(),
                 message: e.to_string(),
             }),
+            Some(Err(_elapsed)) => Err(Error::ImagePull {
+                image: image.to_string(),
+                message: format!(
+                    "the pull did not end within {} s (cancelled)",
+                    PULL_TIMEOUT.as_secs()
+                ),
+            }),
             None => Err(Error::ImagePull {
                 image: image.to_string(),
-                message: format!("the pull did not end within {} s", PULL_TIMEOUT.as_secs()),
+                message: format!(
+                    "the pull waited more than {} s behind other pulls",
+                    PULL_QUEUE_LIMIT.as_secs()
+                ),
             }),
         }
     }
