@@ -348,6 +348,11 @@ async fn an_unnumbered_session_with_bird_routes_ipv6_via_link_local_next_hops() 
         next_hop.contains(&agent_ll.to_string()) && !next_hop.contains(AGENT_LOOPBACK),
         "our next hop as BIRD got it: {next_hop}"
     );
+    eprintln!(
+        "BIRD's view of our block: {}; ours of BIRD's: {:?}",
+        next_hop.trim(),
+        routes6(&n[1], BIRD_BLOCK).await
+    );
 
     // The pod reaches the address behind BIRD, and the answer comes back, over ll0.
     let deadline = Instant::now() + PROPAGATE;
