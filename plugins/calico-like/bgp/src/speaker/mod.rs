@@ -909,6 +909,32 @@ mod tests {
             .collect()
     }
 
+    /// A link-local peer address needs its interface, and only a link-local one takes one.
+    #[tokio::test]
+    async fn a_link_local_peer_needs_its_scope_and_a_global_one_none() {
+        let speaker = Speaker::start(SpeakerConfig::new(64512, Ipv4Addr::new(10, 255, 0, 1)))
+            .await
+            .expect("starts");
+        let ll: IpAddr = "fe80::5".parse().expect("address");
+        let global: IpAddr = "fd00::5".parse().expect("address");
+        let err = speaker.add_peer(PeerConfig::new(ll, 64512));
+        assert!(
+            matches!(err, Err(SpeakerError::Scope(a)) if a == ll),
+            "{err:?}"
+        );
+        let mut scoped = PeerConfig::new(global, 64512);
+        scoped.scope_id = Some(3);
+        assert!(matches!(
+            speaker.add_peer(scoped),
+            Err(SpeakerError::Scope(_))
+        ));
+        let mut unnumbered = PeerConfig::new(ll, 64512);
+        unnumbered.scope_id = Some(3);
+        assert!(unnumbered.is_unnumbered());
+        speaker.add_peer(unnumbered).expect("an unnumbered peer");
+        assert_eq!(speaker.peers().len(), 1);
+    }
+
     /// A subscriber that falls [`SUBSCRIBER_BACKLOG`] changes behind loses its stream, never a
     /// change within it: it reads what was queued, then the end, and subscribing again gives
     /// the whole Loc-RIB, without what was withdrawn meanwhile. A subscriber that keeps up is
