@@ -459,8 +459,8 @@ pub async fn run(
         // Over a link-local session only IPv6 unicast has a next hop the peer can reach
         // (IPv4 routes would need RFC 8950's IPv6 next hops, which we do not speak).
         return Err(AgentError::Config(format!(
-            "the unnumbered peer {}%{} needs --dual-stack: only IPv6 routes travel over a \
-             link-local session (IPv4 over it needs RFC 8950, not supported)",
+            "the unnumbered peer {}%{} needs --dual-stack: IPv6 unicast is what a link-local \
+             session carries (IPv4 routes via IPv6 next hops, RFC 8950, are not supported)",
             n.address,
             n.interface.as_deref().unwrap_or_default()
         )));
