@@ -57,7 +57,9 @@ pub struct AgentArgs {
     /// No iBGP full mesh among the cluster's nodes (peers from --peer only).
     #[arg(long)]
     no_mesh: bool,
-    /// A neighbour, ADDRESS:ASN (repeatable).
+    /// A neighbour, ADDRESS:ASN (repeatable): `198.18.0.1:64512`, `[fd00::1]:64512`, or a
+    /// link-local address with its interface, `[fe80::1%eth1]:64512` (unnumbered BGP: needs
+    /// --dual-stack; IPv6 unicast only).
     #[arg(long = "peer")]
     peers: Vec<Neighbour>,
     /// A file holding the TCP MD5 password (RFC 2385) of every --peer (one trailing newline is

@@ -52,6 +52,9 @@ pub struct BirdPeer {
     pub password: Option<String>,
     /// `bfd on`: the session follows a BFD session (needs [`BirdConfig::bfd`]).
     pub bfd: bool,
+    /// The interface of a link-local `address` (`neighbor fe80::…%IFACE`): an unnumbered
+    /// session, from BIRD's link-local address on it.
+    pub interface: Option<String>,
 }
 
 impl BirdPeer {
@@ -67,7 +70,14 @@ impl BirdPeer {
             hold_time: None,
             password: None,
             bfd: false,
+            interface: None,
         }
+    }
+
+    /// An unnumbered session: `address` is link-local, on BIRD's interface `iface`.
+    pub fn on_interface(mut self, iface: &str) -> BirdPeer {
+        self.interface = Some(iface.to_string());
+        self
     }
 
     /// `bfd on`: a BFD Down takes the session down.
@@ -249,8 +259,17 @@ impl BirdConfig {
                 (true, Some(v6)) => v6.into(),
                 _ => self.local_address.into(),
             };
-            let _ = writeln!(c, "  local {local} as {};", self.asn);
-            let _ = writeln!(c, "  neighbor {} as {};", p.address, p.asn);
+            match &p.interface {
+                // Link-local: BIRD's own address on the link is the source.
+                Some(iface) => {
+                    let _ = writeln!(c, "  local as {};", self.asn);
+                    let _ = writeln!(c, "  neighbor {}%{iface} as {};", p.address, p.asn);
+                }
+                None => {
+                    let _ = writeln!(c, "  local {local} as {};", self.asn);
+                    let _ = writeln!(c, "  neighbor {} as {};", p.address, p.asn);
+                }
+            }
             if ibgp {
                 // iBGP is multihop by default in BIRD; the peers share the underlay link.
                 let _ = writeln!(c, "  direct;");
@@ -787,6 +806,8 @@ pub struct AgentSpec {
     pub iface: Option<String>,
     /// `--node` with the testbed node's name; off, a standalone agent takes the host name.
     pub name_node: bool,
+    /// `--listen`; None: the node's address, port 179.
+    pub listen: Option<SocketAddr>,
     /// More arguments, as given.
     pub extra: Vec<String>,
 }
@@ -803,6 +824,7 @@ impl AgentSpec {
             announce_file: None,
             iface: Some("eth0".into()),
             name_node: true,
+            listen: None,
             extra: Vec::new(),
         }
     }
@@ -882,7 +904,8 @@ impl<'a> Agent<'a> {
             "--router-id",
             &self.node.ip.to_string(),
             "--listen",
-            &format!("{}:179", self.node.ip),
+            &s.listen
+                .map_or_else(|| format!("{}:179", self.node.ip), |l| l.to_string()),
             "--hold-time",
             &s.hold_time.to_string(),
             "--status-listen",
@@ -1223,6 +1246,23 @@ Table master4:
         assert!(c1.contains("direct;") && !c1.contains("next hop self"));
         let e1 = &text[text.find("protocol bgp e1").unwrap()..];
         assert!(!e1.contains("direct;") && e1.contains("next hop self"));
+    }
+
+    #[test]
+    fn renders_an_unnumbered_session() {
+        let node = Node {
+            name: "n1".into(),
+            ns: Arc::new(Netns::current().unwrap()),
+            ip: Ipv4Addr::new(198, 18, 0, 11),
+            net: "198.18.0.11/15".parse().unwrap(),
+        };
+        let ll: Ipv6Addr = "fe80::2".parse().unwrap();
+        let text = BirdConfig::new(&node, 64512)
+            .ipv6("fd00:99::1".parse().unwrap())
+            .peer(BirdPeer::new("agent", ll, 64512).on_interface("ll0"))
+            .render(Path::new("/tmp/x.log"));
+        assert!(text.contains("  local as 64512;"), "{text}");
+        assert!(text.contains("  neighbor fe80::2%ll0 as 64512;"), "{text}");
     }
 
     #[test]

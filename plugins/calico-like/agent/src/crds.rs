@@ -449,6 +449,7 @@ pub fn watch(
                     export,
                     password,
                     bfd: p.bfd,
+                    interface: None,
                 });
             }
             let now = Dynamic {

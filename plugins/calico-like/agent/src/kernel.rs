@@ -5,15 +5,17 @@
 //!
 //! IPv6 routes go like IPv4 ones. A next hop the speaker took from a peer's link-local
 //! address (RFC 2545: the peer sent no usable global one) is installed `via fe80::… dev
-//! <underlay>`, the interface the sessions run over; such a route carries that one next hop
-//! (no multipath). An IPv4-mapped next hop (a peer without an IPv6 address) is not installable
+//! <iface>`: the interface of the unnumbered session it came over (`--peer
+//! [fe80::1%eth1]:ASN`), else the underlay, which the other sessions run over; such a route
+//! carries that one next hop (no multipath). An IPv4-mapped next hop (a peer without an IPv6 address) is not installable
 //! and is left out.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 
 use ipnet::IpNet;
-use trellis_bgp::{BestRoute, LocRibChange};
+use trellis_bgp::{BestRoute, LocRibChange, Source};
 use trellis_net::{Family, Handle, Route, RouteKind, proto};
 
 /// The metric of learned routes (BIRD's kernel protocol uses 32; any fixed value of ours works).
@@ -117,15 +119,34 @@ fn is_link_local(hop: &IpAddr) -> bool {
     matches!(hop, IpAddr::V6(v6) if v6.is_unicast_link_local())
 }
 
-/// The kernel route of a learned best route; link-local next hops leave through `link_oif`.
-fn learned(b: &BestRoute, link_oif: u32) -> Option<Route> {
+/// The interfaces of unnumbered peers (by peer address): the link-local next hops they send
+/// are on those links. Shared between the sessions (which add and remove peers) and
+/// [`Installed`].
+pub type PeerLinks = Arc<Mutex<BTreeMap<IpAddr, u32>>>;
+
+/// Records (`Some`) or forgets (`None`) the interface of the unnumbered peer at `peer`.
+pub fn set_peer_link(links: &PeerLinks, peer: IpAddr, index: Option<u32>) {
+    let mut links = links.lock().unwrap_or_else(|e| e.into_inner());
+    match index {
+        Some(i) => links.insert(peer, i),
+        None => links.remove(&peer),
+    };
+}
+
+/// The kernel route of a learned best route; link-local next hops leave through the
+/// interface of the unnumbered peer the route came from, else through `link_oif`.
+fn learned(b: &BestRoute, link_oif: u32, peer_links: &BTreeMap<IpAddr, u32>) -> Option<Route> {
     if b.is_local() || !installable(&b.prefix, &b.next_hop) {
         return None;
     }
     if is_link_local(&b.next_hop) {
+        let oif = match b.source {
+            Source::Peer(peer) => peer_links.get(&peer).copied().unwrap_or(link_oif),
+            Source::Local => link_oif,
+        };
         return Some(
             Route::via(b.prefix, b.next_hop)
-                .oif(link_oif)
+                .oif(oif)
                 .protocol(proto::BGP)
                 .priority(METRIC),
         );
@@ -147,8 +168,10 @@ fn learned(b: &BestRoute, link_oif: u32) -> Option<Route> {
 /// Learned routes in the kernel, kept in step with the Loc-RIB.
 #[derive(Debug)]
 pub struct Installed {
-    /// The interface link-local next hops are on (the underlay's).
+    /// The interface link-local next hops are on (the underlay's)…
     link_oif: u32,
+    /// …unless they came from an unnumbered peer: its interface.
+    peer_links: PeerLinks,
     failures: u64,
     fenced: u64,
 }
@@ -158,9 +181,21 @@ impl Installed {
     pub fn new(link_oif: u32) -> Installed {
         Installed {
             link_oif,
+            peer_links: PeerLinks::default(),
             failures: 0,
             fenced: 0,
         }
+    }
+
+    /// Link-local next hops from the peers in `links` leave through their interfaces.
+    pub fn with_peer_links(mut self, links: PeerLinks) -> Installed {
+        self.peer_links = links;
+        self
+    }
+
+    fn learned(&self, b: &BestRoute) -> Option<Route> {
+        let links = self.peer_links.lock().unwrap_or_else(|e| e.into_inner());
+        learned(b, self.link_oif, &links)
     }
 
     /// Learned routes the kernel refused so far (a metric: the next resync retries them).
@@ -190,7 +225,7 @@ impl Installed {
             return;
         }
         let result = match change {
-            LocRibChange::Best(b) => match learned(b, self.link_oif) {
+            LocRibChange::Best(b) => match self.learned(b) {
                 Some(r) => host.replace_route(&r).await,
                 // Our own prefix is best now: a learned route for it must go.
                 None => host
@@ -231,11 +266,15 @@ impl Installed {
             .collect();
         let wanted: Vec<(&BestRoute, Route)> = rib
             .iter()
-            .filter_map(|b| learned(b, self.link_oif).map(|r| (b, r)))
+            .filter_map(|b| self.learned(b).map(|r| (b, r)))
             .collect();
         for (b, w) in &wanted {
+            // A link-local next hop is only right on its own interface.
             let present = existing.iter().any(|r| {
-                r.dst == w.dst && r.gateways() == w.gateways() && r.priority == w.priority
+                r.dst == w.dst
+                    && r.gateways() == w.gateways()
+                    && r.priority == w.priority
+                    && (w.oif.is_none() || r.oif == w.oif)
             });
             if !present {
                 if !current(b) {
@@ -265,7 +304,6 @@ impl Installed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use trellis_bgp::Source;
     use trellis_bgp::codec::PathAttributes;
 
     fn best(prefix: &str, next_hop: &str, multipath: &[&str]) -> BestRoute {
@@ -279,21 +317,50 @@ mod tests {
         }
     }
 
+    fn none() -> BTreeMap<IpAddr, u32> {
+        BTreeMap::new()
+    }
+
+    #[test]
+    fn a_link_local_next_hop_leaves_through_its_unnumbered_peers_interface() {
+        let links = BTreeMap::from([("198.18.0.13".parse().unwrap(), 9)]);
+        let r = learned(&best("fd00:10:245::/122", "fe80::13", &[]), 7, &links).unwrap();
+        assert_eq!(r.gateways(), vec!["fe80::13".parse::<IpAddr>().unwrap()]);
+        assert_eq!(r.oif, Some(9), "the session's interface, not the underlay");
+        let mut other = best("fd00:10:245::/122", "fe80::13", &[]);
+        other.source = Source::Peer("198.18.0.14".parse().unwrap());
+        assert_eq!(learned(&other, 7, &links).unwrap().oif, Some(7));
+        // A global next hop names no interface, whoever sent it.
+        let r = learned(&best("fd00:10:245::/122", "fd00::13", &[]), 7, &links).unwrap();
+        assert_eq!(r.oif, None);
+    }
+
     #[test]
     fn ipv6_routes_install_via_global_or_link_local_next_hops() {
-        let r = learned(&best("fd00:10:244::/122", "fd00:198:18::13", &[]), 7).unwrap();
+        let r = learned(
+            &best("fd00:10:244::/122", "fd00:198:18::13", &[]),
+            7,
+            &none(),
+        )
+        .unwrap();
         assert_eq!(
             r.gateways(),
             vec!["fd00:198:18::13".parse::<IpAddr>().unwrap()]
         );
         assert_eq!(r.oif, None);
         assert_eq!(r.protocol, proto::BGP);
-        let r = learned(&best("fd00:10:244::/122", "fe80::13", &["fe80::14"]), 7).unwrap();
+        let r = learned(
+            &best("fd00:10:244::/122", "fe80::13", &["fe80::14"]),
+            7,
+            &none(),
+        )
+        .unwrap();
         assert_eq!(r.gateways(), vec!["fe80::13".parse::<IpAddr>().unwrap()]);
         assert_eq!(r.oif, Some(7), "a link-local next hop names its interface");
         let r = learned(
             &best("fd00:10:244::/122", "fd00::13", &["fe80::14", "fd00::15"]),
             7,
+            &none(),
         )
         .unwrap();
         assert_eq!(
@@ -305,11 +372,18 @@ mod tests {
 
     #[test]
     fn mismatched_or_mapped_next_hops_are_not_installed() {
-        assert!(learned(&best("fd00:10:244::/122", "::ffff:198.18.0.13", &[]), 7).is_none());
-        assert!(learned(&best("10.244.1.0/26", "fd00::13", &[]), 7).is_none());
-        assert!(learned(&best("fd00:10:244::/122", "198.18.0.13", &[]), 7).is_none());
+        assert!(
+            learned(
+                &best("fd00:10:244::/122", "::ffff:198.18.0.13", &[]),
+                7,
+                &none()
+            )
+            .is_none()
+        );
+        assert!(learned(&best("10.244.1.0/26", "fd00::13", &[]), 7, &none()).is_none());
+        assert!(learned(&best("fd00:10:244::/122", "198.18.0.13", &[]), 7, &none()).is_none());
         let mut own = best("10.244.1.0/26", "198.18.0.12", &[]);
         own.source = Source::Local;
-        assert!(learned(&own, 7).is_none());
+        assert!(learned(&own, 7, &none()).is_none());
     }
 }

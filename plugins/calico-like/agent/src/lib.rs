@@ -54,21 +54,46 @@ pub struct Neighbour {
     pub password: Option<Md5Key>,
     /// Its `BGPPeer`'s BFD settings; None (and any field left out): the agent's flags.
     pub bfd: Option<crds::BfdSpec>,
+    /// The interface of a link-local `address` (`--peer [fe80::1%eth1]:ASN`): an unnumbered
+    /// session over that link.
+    pub interface: Option<String>,
 }
 
 impl std::str::FromStr for Neighbour {
     type Err = String;
 
-    /// `198.18.0.1:64512` or `[fd00::1]:64512`.
+    /// `198.18.0.1:64512`, `[fd00::1]:64512`, or a link-local address with its interface,
+    /// `[fe80::1%eth1]:64512` (unnumbered BGP).
     fn from_str(s: &str) -> Result<Neighbour, String> {
         let (addr, asn) = s
             .rsplit_once(':')
             .ok_or_else(|| format!("{s:?} is not ADDRESS:ASN"))?;
         let addr = addr.trim_start_matches('[').trim_end_matches(']');
+        let (addr, interface) = match addr.split_once('%') {
+            Some((a, i)) if !i.is_empty() => (a, Some(i.to_string())),
+            Some(_) => return Err(format!("{s:?}: no interface after %")),
+            None => (addr, None),
+        };
+        let address: IpAddr = addr
+            .parse()
+            .map_err(|e| format!("{s:?}: bad address: {e}"))?;
+        let link_local = matches!(address, IpAddr::V6(a) if a.is_unicast_link_local());
+        match (link_local, &interface) {
+            (true, None) => {
+                return Err(format!(
+                    "{s:?}: a link-local address needs its interface: [{addr}%IFACE]:{asn}"
+                ));
+            }
+            (false, Some(_)) => {
+                return Err(format!(
+                    "{s:?}: only a link-local (fe80::/10) address takes an interface"
+                ));
+            }
+            _ => {}
+        }
         Ok(Neighbour {
-            address: addr
-                .parse()
-                .map_err(|e| format!("{s:?}: bad address: {e}"))?,
+            address,
+            interface,
             asn: asn.parse().map_err(|e| format!("{s:?}: bad AS: {e}"))?,
             hold_time: None,
             max_prefixes: None,
@@ -428,6 +453,18 @@ pub async fn run(
             "--mesh-ipv6 needs --dual-stack (the node's IPv6 address)".into(),
         ));
     }
+    if let Some(n) = config.peers.iter().find(|n| n.interface.is_some())
+        && next_hops.v6.is_none()
+    {
+        // Over a link-local session only IPv6 unicast has a next hop the peer can reach
+        // (IPv4 routes would need RFC 8950's IPv6 next hops, which we do not speak).
+        return Err(AgentError::Config(format!(
+            "the unnumbered peer {}%{} needs --dual-stack: IPv6 unicast is what a link-local \
+             session carries (IPv4 routes via IPv6 next hops, RFC 8950, are not supported)",
+            n.address,
+            n.interface.as_deref().unwrap_or_default()
+        )));
+    }
     let link = OurLink::read(&host, &under, next_hops.v6).await?;
 
     // In a cluster, `BGPConfiguration/default` overrides the flags' AS, mesh switch, route
@@ -577,19 +614,23 @@ pub async fn run(
     };
     // BFD starts with the first peer that wants it (port 3784 stays free otherwise).
     let mut bfd: Option<Bfd> = None;
+    let peer_links = kernel::PeerLinks::default();
     let mut sessions = Sessions {
         speaker: &speaker,
         bfd: &mut bfd,
         node_ip,
         node_ip6: next_hops.v6,
         link,
+        host: host.clone(),
+        peer_links: peer_links.clone(),
     };
     sessions
         .apply(&mut peers, &want(mesh_on, &mesh_peers, &crd_peers), &config)
         .await?;
 
-    // A learned IPv6 route whose next hop is link-local leaves through the underlay.
-    let mut routes = kernel::Installed::new(under.link.index);
+    // A learned IPv6 route whose next hop is link-local leaves through the interface of its
+    // unnumbered peer's session, else through the underlay.
+    let mut routes = kernel::Installed::new(under.link.index).with_peer_links(peer_links);
     // Routes of our protocol that the RIB does not hold go once the sessions had time to
     // bring theirs back (after the first hold period, or at the first resync with every peer
     // established).
@@ -908,6 +949,9 @@ struct Sessions<'a> {
     /// IPv6 peers).
     node_ip6: Option<Ipv6Addr>,
     link: OurLink,
+    host: Handle,
+    /// Unnumbered peers' interfaces, for the kernel routes via their link-local next hops.
+    peer_links: kernel::PeerLinks,
 }
 
 impl Sessions<'_> {
@@ -932,6 +976,36 @@ impl Sessions<'_> {
             .ok_or_else(|| AgentError::mode(trellis_bfd::BfdError::Stopped))
     }
 
+    /// An unnumbered peer's interface: its index (the scope of the peer's address) and our
+    /// link-local address on it (the next hop of our IPv6 routes to that peer).
+    async fn unnumbered(&self, peer: IpAddr, name: &str) -> Result<(u32, Ipv6Addr), AgentError> {
+        let link = self.host.link(name).await?.ok_or_else(|| {
+            AgentError::Config(format!("peer {peer}%{name}: no interface {name}"))
+        })?;
+        let mut ll: Vec<(bool, Ipv6Addr)> = self
+            .host
+            .addresses(Some(link.index))
+            .await?
+            .into_iter()
+            .filter_map(|a| match a.address.addr() {
+                IpAddr::V6(ll) if ll.is_unicast_link_local() => Some((a.tentative, ll)),
+                _ => None,
+            })
+            .collect();
+        // A usable one first (a tentative one is still under duplicate address detection).
+        ll.sort_by_key(|(tentative, _)| *tentative);
+        let ours = ll
+            .first()
+            .map(|(_, ll)| *ll)
+            .ok_or_else(|| {
+                AgentError::Config(format!(
+                    "peer {peer}%{name}: {name} has no link-local IPv6 address (is IPv6 on and the link up?)"
+                ))
+            })?;
+        tracing::info!(%peer, iface = name, index = link.index, link_local = %ours, "unnumbered peer: session and next hops over the link-local addresses");
+        Ok((link.index, ours))
+    }
+
     async fn apply(
         &mut self,
         have: &mut BTreeMap<IpAddr, Neighbour>,
@@ -943,6 +1017,7 @@ impl Sessions<'_> {
                 // A changed neighbour (its AS, timers or filters) gets a new session.
                 tracing::info!(peer = %addr, "removing peer");
                 self.speaker.remove_peer(addr).map_err(AgentError::mode)?;
+                kernel::set_peer_link(&self.peer_links, addr, None);
                 if let Some(b) = self.bfd.as_ref()
                     && b.session(addr).is_some()
                     && let Err(e) = b.remove(addr).await
@@ -967,12 +1042,22 @@ impl Sessions<'_> {
                 pc.policy = policy(n, config);
                 pc.password = n.password.clone();
                 pc.link_local_next_hop = self.link.next_hop_for(*addr);
+                if let Some(name) = &n.interface {
+                    let (index, ours) = self.unnumbered(*addr, name).await?;
+                    pc.scope_id = Some(index);
+                    pc.link_local_next_hop = self.node_ip6.map(|v6| (v6, ours));
+                    kernel::set_peer_link(&self.peer_links, *addr, Some(index));
+                }
                 if let (IpAddr::V6(_), Some(v6), true) = (addr, self.node_ip6, n.mesh) {
                     // The mesh peer knows us by our published IPv6 address.
                     pc.local_address = Some(IpAddr::V6(v6));
                 }
                 self.speaker.add_peer(pc).map_err(AgentError::mode)?;
-                if let Some(intervals) = bfd_intervals(n, config) {
+                let bfd = bfd_intervals(n, config);
+                if bfd.is_some() && n.interface.is_some() {
+                    tracing::warn!(peer = %addr, "no BFD for an unnumbered peer (BFD to link-local addresses is not supported); failures are detected by the hold timer only");
+                }
+                if let Some(intervals) = bfd.filter(|_| n.interface.is_none()) {
                     // The source: the listening address when it is one of the peer's family,
                     // else the node's address of that family.
                     let listen = config.listen.ip();
@@ -1103,5 +1188,21 @@ mod tests {
         assert!("198.18.0.12".parse::<Neighbour>().is_err());
         assert!("x:1".parse::<Neighbour>().is_err());
         assert!("198.18.0.1:AS1".parse::<Neighbour>().is_err());
+        assert_eq!(n.interface, None);
+    }
+
+    #[test]
+    fn link_local_neighbours_name_their_interface() {
+        for s in ["[fe80::1%eth1]:64512", "fe80::1%eth1:64512"] {
+            let n: Neighbour = s.parse().unwrap();
+            assert_eq!(n.address, "fe80::1".parse::<IpAddr>().unwrap(), "{s}");
+            assert_eq!(n.interface.as_deref(), Some("eth1"), "{s}");
+            assert_eq!(n.asn, 64512);
+        }
+        let e = "[fe80::1]:64512".parse::<Neighbour>().unwrap_err();
+        assert!(e.contains("needs its interface"), "{e}");
+        let e = "[fd00::1%eth1]:64512".parse::<Neighbour>().unwrap_err();
+        assert!(e.contains("only a link-local"), "{e}");
+        assert!("[fe80::1%]:64512".parse::<Neighbour>().is_err());
     }
 }

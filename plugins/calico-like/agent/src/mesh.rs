@@ -100,6 +100,7 @@ pub async fn watch(
                         export: Vec::new(),
                         password: None,
                         bfd: None,
+                        interface: None,
                     })
                     .collect();
                 if tx.send(mesh).await.is_err() {

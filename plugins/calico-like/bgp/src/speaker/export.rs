@@ -69,6 +69,24 @@ fn link_local_for(ours: Option<(Ipv6Addr, Ipv6Addr)>, next_hop: Ipv6Addr) -> Opt
         .map(|(_, link_local)| link_local)
 }
 
+/// The `(global, link-local)` fields of an IPv6 next hop sent to a peer. Ours (`next_hop` our
+/// global address, or our link-local one: an eBGP next-hop-self over a link-local session)
+/// goes with our link-local address; over an unnumbered session both fields carry it — the
+/// peer shares no global prefix with us — as BIRD and FRR send on such links. Someone else's
+/// next hop goes alone.
+fn v6_next_hop(
+    ours: Option<(Ipv6Addr, Ipv6Addr)>,
+    unnumbered: bool,
+    next_hop: Ipv6Addr,
+) -> (Ipv6Addr, Option<Ipv6Addr>) {
+    match ours {
+        Some((global, ll)) if unnumbered && (next_hop == global || next_hop == ll) => {
+            (ll, Some(ll))
+        }
+        _ => (next_hop, link_local_for(ours, next_hop)),
+    }
+}
+
 impl PeerTask {
     /// Resets the session whose exports overflowed [`PEER_QUEUE`]: a Cease (out of resources),
     /// then the automatic restart, after which the peer gets the whole Adj-RIB-Out again. The
@@ -149,8 +167,11 @@ impl PeerTask {
                 }
             }
             if !v6.is_empty() {
-                let next_hop = rib::ipv6_next_hop(path.next_hop);
-                let link_local = link_local_for(self.config.link_local_next_hop, next_hop);
+                let (next_hop, link_local) = v6_next_hop(
+                    self.config.link_local_next_hop,
+                    self.config.is_unnumbered(),
+                    rib::ipv6_next_hop(path.next_hop),
+                );
                 match update::announce_v6(&path.attrs, next_hop, link_local, &v6, &self.cx) {
                     Ok(u) => updates.extend(u),
                     Err(e) => warn!(error = %e, "cannot encode IPv6 announcement"),
@@ -179,5 +200,20 @@ mod tests {
         assert_eq!(link_local_for(Some((global, ll)), global), Some(ll));
         assert_eq!(link_local_for(Some((global, ll)), other), None);
         assert_eq!(link_local_for(None, global), None);
+    }
+
+    #[test]
+    fn over_an_unnumbered_session_our_next_hop_is_our_link_local_in_both_fields() {
+        let v6 = |s: &str| s.parse::<Ipv6Addr>().unwrap_or(Ipv6Addr::UNSPECIFIED);
+        let (global, ll, other) = (v6("fd00:198:18::2"), v6("fe80::2"), v6("fd00:198:18::3"));
+        let ours = Some((global, ll));
+        assert_eq!(v6_next_hop(ours, true, global), (ll, Some(ll)));
+        // eBGP next-hop-self over a link-local session: our session address is the link-local.
+        assert_eq!(v6_next_hop(ours, true, ll), (ll, Some(ll)));
+        assert_eq!(v6_next_hop(ours, true, other), (other, None));
+        // A numbered session on a shared link: global and link-local.
+        assert_eq!(v6_next_hop(ours, false, global), (global, Some(ll)));
+        assert_eq!(v6_next_hop(ours, false, other), (other, None));
+        assert_eq!(v6_next_hop(None, true, global), (global, None));
     }
 }

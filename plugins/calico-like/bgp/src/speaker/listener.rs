@@ -35,7 +35,16 @@ pub(super) async fn accept_loop(listener: Arc<TcpListener>, shared: Arc<Shared>)
         };
         let address = canonical(remote.ip());
         let core = shared.core();
+        // A link-local address means something on its own link only: a configured
+        // unnumbered peer's connections must come in on its interface.
+        let scope = match remote {
+            SocketAddr::V6(v6) if v6.ip().is_unicast_link_local() => Some(v6.scope_id()),
+            _ => None,
+        };
         match core.peers.get(&address) {
+            Some(slot) if slot.scope_id.is_some() && slot.scope_id != scope => {
+                info!(%remote, expected_scope = ?slot.scope_id, "connection from a link-local peer address on another interface closed")
+            }
             Some(slot) => {
                 if let Err(TrySendError::Full(_)) = slot.tx.try_send(PeerMsg::Incoming(stream)) {
                     // Its task is far behind (and its session about to be reset); the peer

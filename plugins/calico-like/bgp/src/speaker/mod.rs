@@ -198,6 +198,13 @@ pub struct PeerConfig {
     /// with both (next hop length 32, RFC 2545 §3); other IPv6 routes keep the global one
     /// alone. None (the peer is not on one of our links): the global next hop only.
     pub link_local_next_hop: Option<(Ipv6Addr, Ipv6Addr)>,
+    /// The interface (its index, the IPv6 scope id) a link-local `address` is on: an
+    /// unnumbered session (RFC 2545 §3 over a link with no global addresses, as BIRD's
+    /// `neighbor fe80::1%eth0`). We connect with this scope, a connection from the address
+    /// that arrives on another interface is refused, and IPv6 routes that go with our
+    /// `link_local_next_hop` carry the link-local address in both of its fields: the peer has
+    /// no route to a global one. None for a global peer address.
+    pub scope_id: Option<u32>,
 }
 
 /// The most prefixes a peer may have in its Adj-RIB-In, all families together. One more
@@ -227,7 +234,13 @@ impl PeerConfig {
             policy: RoutePolicy::default(),
             password: None,
             link_local_next_hop: None,
+            scope_id: None,
         }
+    }
+
+    /// Whether the session runs over a link-local address (see [`PeerConfig::scope_id`]).
+    pub fn is_unnumbered(&self) -> bool {
+        matches!(self.address, IpAddr::V6(a) if a.is_unicast_link_local())
     }
 }
 
@@ -371,6 +384,9 @@ pub enum SpeakerError {
     /// The peer is not configured.
     #[error("peer {0} is not configured")]
     UnknownPeer(IpAddr),
+    /// A link-local peer address without its interface (or a scope on a global one).
+    #[error("peer {0}: a link-local address needs its interface (fe80::…%eth1), a global one none")]
+    Scope(IpAddr),
     /// The kernel refused the peer's MD5 key on the listening socket.
     #[error("cannot set the TCP MD5 key for {peer} on the listener: {source}")]
     Md5 {
@@ -477,6 +493,8 @@ struct Slot {
     /// The Established session's generation, 0 when down or when its exports overflowed:
     /// exports of an older session are dropped by the task.
     generation: u64,
+    /// A link-local peer's interface: its connections must arrive there.
+    scope_id: Option<u32>,
 }
 
 /// Reports path failures to the speaker's sessions (see [`Speaker::session_failed`]); cheap to
@@ -602,6 +620,9 @@ impl Speaker {
         if let Some(h @ (1 | 2)) = peer.hold_time {
             return Err(SpeakerError::InvalidHoldTime(h));
         }
+        if peer.is_unnumbered() != peer.scope_id.is_some() {
+            return Err(SpeakerError::Scope(peer.address));
+        }
         let mut core = self.shared.core();
         if core.peers.contains_key(&peer.address) {
             return Err(SpeakerError::DuplicatePeer(peer.address));
@@ -654,6 +675,7 @@ impl Speaker {
                 task: Some(handle),
                 status: PeerStatus::new(&peer),
                 generation: 0,
+                scope_id: peer.scope_id,
             },
         );
         Ok(())
@@ -885,6 +907,32 @@ mod tests {
                 LocRibChange::Withdrawn(p) => *p,
             })
             .collect()
+    }
+
+    /// A link-local peer address needs its interface, and only a link-local one takes one.
+    #[tokio::test]
+    async fn a_link_local_peer_needs_its_scope_and_a_global_one_none() {
+        let speaker = Speaker::start(SpeakerConfig::new(64512, Ipv4Addr::new(10, 255, 0, 1)))
+            .await
+            .expect("starts");
+        let ll: IpAddr = "fe80::5".parse().expect("address");
+        let global: IpAddr = "fd00::5".parse().expect("address");
+        let err = speaker.add_peer(PeerConfig::new(ll, 64512));
+        assert!(
+            matches!(err, Err(SpeakerError::Scope(a)) if a == ll),
+            "{err:?}"
+        );
+        let mut scoped = PeerConfig::new(global, 64512);
+        scoped.scope_id = Some(3);
+        assert!(matches!(
+            speaker.add_peer(scoped),
+            Err(SpeakerError::Scope(_))
+        ));
+        let mut unnumbered = PeerConfig::new(ll, 64512);
+        unnumbered.scope_id = Some(3);
+        assert!(unnumbered.is_unnumbered());
+        speaker.add_peer(unnumbered).expect("an unnumbered peer");
+        assert_eq!(speaker.peers().len(), 1);
     }
 
     /// A subscriber that falls [`SUBSCRIBER_BACKLOG`] changes behind loses its stream, never a

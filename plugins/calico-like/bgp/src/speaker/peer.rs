@@ -1,7 +1,7 @@
 //! A peer's task: it owns the session's connection and FSM, carries out the FSM's actions,
 //! and feeds what the peer sends into the RIB.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, SocketAddrV6};
 use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
 
@@ -547,7 +547,13 @@ impl PeerTask {
         self.cancel_connect();
         let attempt = self.attempt;
         let tx = self.tx.clone();
-        let target = SocketAddr::new(self.config.address, self.config.port);
+        let target = match (self.config.address, self.config.scope_id) {
+            // An unnumbered peer: the link-local address on its interface.
+            (IpAddr::V6(a), Some(scope)) => {
+                SocketAddr::V6(SocketAddrV6::new(a, self.config.port, 0, scope))
+            }
+            (address, _) => SocketAddr::new(address, self.config.port),
+        };
         let local = self.config.local_address;
         let password = self.config.password.clone();
         self.connecting = Some(tokio::spawn(async move {

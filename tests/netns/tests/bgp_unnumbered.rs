@@ -1,0 +1,523 @@
+//! Unnumbered BGP with BIRD 2 (issue 18): sessions to link-local peer addresses
+//! (`--peer [fe80::…%ll0]:ASN`, BIRD's `neighbor fe80::…%ll0`) over a link that has no
+//! global addresses at all, link-local-only next hops both ways on it (our kernel gets `via
+//! fe80::… dev ll0`, BIRD's the same toward us), a pod's ping6 through them; and `--listen
+//! [::]:179` taking BIRD's own connection over IPv6.
+//!
+//! Each node has its `eth0` on the testbed underlay (IPv4 only here); the unnumbered link is a
+//! veth pair `ll0` between the two node namespaces. Every wait is bounded; the testbed removes
+//! every namespace (with its veths and ip6tables rules) and process when dropped.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use netns_testbed::bird::{Agent, AgentSpec, Bird, BirdConfig, BirdPeer, PROTO_BIRD};
+use netns_testbed::{Node, Testbed, bin_path, require_root, require_tool};
+use std::sync::Arc;
+use trellis_net::proto::BGP as PROTO_TRELLIS;
+use trellis_net::{Family, Handle, Netns, Route, VethSpec};
+
+const LIFETIME: Duration = Duration::from_secs(180);
+const SESSION: Duration = Duration::from_secs(20);
+const PROPAGATE: Duration = Duration::from_secs(10);
+
+/// BIRD's block (a /122 with an address on BIRD's loopback) and ours (a pod's).
+const BIRD_BLOCK: &str = "fd00:10:245::/122";
+const BIRD_ADDR: &str = "fd00:10:245::1";
+const OUR_BLOCK: &str = "fd00:10:244::/122";
+const POD_ADDR: &str = "fd00:10:244::2";
+/// The agent's node IPv6 address (`--ipv6-address`, on its loopback), as unnumbered fabrics
+/// give each node one: the "global" next hop of its IPv6 blocks, which the peer across the
+/// unnumbered link cannot reach directly.
+const AGENT_LOOPBACK: &str = "fd00:99::12";
+
+async fn nodes(tb: &Testbed, n: u8) -> Vec<Node> {
+    let mut v = Vec::new();
+    for i in 1..=n {
+        v.push(tb.add_node(&format!("n{i}"), i).await.unwrap());
+    }
+    v
+}
+
+async fn ip(tb: &Testbed, node: &Node, args: &[&str]) {
+    let mut argv = vec!["ip"];
+    argv.extend_from_slice(args);
+    tb.exec_ok(&node.ns, &argv, Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|e| panic!("ip {args:?} on {}: {e}", node.name));
+}
+
+/// The usable (not tentative) link-local address of `iface` in `h`'s namespace, waited for.
+async fn link_local(h: &Handle, iface: &str) -> Ipv6Addr {
+    let link = h.require_link(iface).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let found = h
+            .addresses(Some(link.index))
+            .await
+            .unwrap()
+            .into_iter()
+            .find_map(|a| match a.address.addr() {
+                IpAddr::V6(ll) if ll.is_unicast_link_local() && !a.tentative => Some(ll),
+                _ => None,
+            });
+        if let Some(ll) = found {
+            return ll;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no usable link-local address on {iface} in {}",
+            h.namespace()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A veth pair `name` between `a` and `b`, up, with link-local addresses only (no DAD, so they
+/// are usable at once). Returns each side's link-local address.
+async fn unnumbered_link(a: &Node, b: &Node, name: &str) -> (Ipv6Addr, Ipv6Addr) {
+    let ha = a.ns.connect().unwrap();
+    let hb = b.ns.connect().unwrap();
+    let spec = VethSpec {
+        name,
+        peer_name: name,
+        peer_ns: Some(&b.ns),
+        mtu: None,
+        mac: None,
+        peer_mac: None,
+    };
+    ha.add_veth(&spec).await.unwrap();
+    for (node, h) in [(a, &ha), (b, &hb)] {
+        trellis_net::sysctl::set(
+            &node.ns,
+            &[(&format!("net/ipv6/conf/{name}/accept_dad"), "0")],
+        )
+        .unwrap();
+        let link = h.require_link(name).await.unwrap();
+        h.set_up(link.index).await.unwrap();
+    }
+    (link_local(&ha, name).await, link_local(&hb, name).await)
+}
+
+/// A pod on `node`: a namespace whose `eth0` (address `addr`/128) is a veth to `node`'s
+/// `pod0`; default route via the node's link-local address, the node's /128 route to it.
+async fn add_pod(tb: &Testbed, node: &Node, addr: &str) -> Arc<Netns> {
+    let pod = tb.add_ns("pod").await.unwrap();
+    let h = node.ns.connect().unwrap();
+    h.add_veth(&VethSpec {
+        name: "pod0",
+        peer_name: "eth0",
+        peer_ns: Some(&pod),
+        mtu: None,
+        mac: None,
+        peer_mac: None,
+    })
+    .await
+    .unwrap();
+    trellis_net::sysctl::set(&node.ns, &[("net/ipv6/conf/pod0/accept_dad", "0")]).unwrap();
+    trellis_net::sysctl::set(&pod, &[("net/ipv6/conf/eth0/accept_dad", "0")]).unwrap();
+    let pod0 = h.require_link("pod0").await.unwrap();
+    h.set_up(pod0.index).await.unwrap();
+    let hp = pod.connect().unwrap();
+    let eth0 = hp.require_link("eth0").await.unwrap();
+    hp.set_up(eth0.index).await.unwrap();
+    hp.add_address_nodad(eth0.index, format!("{addr}/128").parse().unwrap())
+        .await
+        .unwrap();
+    let gw = link_local(&h, "pod0").await;
+    hp.replace_route(&Route::via("::/0".parse().unwrap(), IpAddr::V6(gw)).oif(eth0.index))
+        .await
+        .unwrap();
+    h.replace_route(&Route::dev(
+        format!("{addr}/128").parse().unwrap(),
+        pod0.index,
+    ))
+    .await
+    .unwrap();
+    let target: IpAddr = addr.parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !hp.is_local(target, None).await.unwrap() {
+        assert!(Instant::now() < deadline, "{addr} never became local");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    pod
+}
+
+/// Puts `addr`/128 on `node`'s loopback, usable at once.
+async fn loopback_address(node: &Node, addr: &str) {
+    let h = node.ns.connect().unwrap();
+    let lo = h.require_link("lo").await.unwrap();
+    h.add_address_nodad(lo.index, format!("{addr}/128").parse().unwrap())
+        .await
+        .unwrap();
+    let target: IpAddr = addr.parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !h.is_local(target, None).await.unwrap() {
+        assert!(Instant::now() < deadline, "{addr} never became local");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// `node`'s IPv6 main-table routes to `prefix`.
+async fn routes6(node: &Node, prefix: &str) -> Vec<Route> {
+    let dst: IpNet = prefix.parse().unwrap();
+    node.ns
+        .connect()
+        .unwrap()
+        .routes(Family::V6, Some(Route::TABLE_MAIN))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.dst == dst)
+        .collect()
+}
+
+/// Waits (bounded) until `node` routes `prefix` via `gw` on interface `oif`, protocol `proto`.
+async fn expect_route6(node: &Node, prefix: &str, gw: Ipv6Addr, oif: u32, proto: u8, what: &str) {
+    let deadline = Instant::now() + PROPAGATE;
+    loop {
+        let found = routes6(node, prefix).await;
+        if found
+            .iter()
+            .any(|r| r.gateway == Some(IpAddr::V6(gw)) && r.oif == Some(oif) && r.protocol == proto)
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: no route {prefix} via {gw} dev {oif} proto {proto} within {PROPAGATE:?}; found {found:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn ping6_from_pod(tb: &Testbed, pod: &Netns, to: &str) -> bool {
+    let out = tb
+        .exec(
+            pod,
+            &["ping", "-6", "-c", "1", "-W", "1", to],
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    out.success()
+}
+
+/// BIRD on n1 and `trellis bgp-agent --dual-stack` on n2, joined by `ll0`, a link with
+/// link-local addresses only; each names the other's link-local address with the interface
+/// (BIRD `neighbor fe80::…%ll0`, ours `--peer [fe80::…%ll0]:64512`). BIRD announces its block
+/// with its link-local address as next hop (the only one it has on the link): our kernel routes
+/// it `via <BIRD's fe80> dev ll0`; ours reaches BIRD's kernel `via <our fe80> dev ll0` (we send
+/// our link-local address in both next-hop fields, not the global `--ipv6-address`, which BIRD
+/// cannot reach), and a pod's ping6 goes to an address behind BIRD and back.
+///
+/// Negative controls: before the session the pod's ping6 does not get through (no route); the
+/// same link-local next hop on the underlay interface — the route the agent made before, when
+/// every link-local next hop went to `--iface` — does not reach BIRD (the agent's resync then
+/// puts `dev ll0` back); and a link-local `--peer` without its interface is refused at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unnumbered_session_with_bird_routes_ipv6_via_link_local_next_hops() {
+    require_root();
+    require_tool("ping", "iputils-ping");
+    let tb = Testbed::new().unwrap();
+    let n = nodes(&tb, 2).await;
+    let (bird_ll, agent_ll) = unnumbered_link(&n[0], &n[1], "ll0").await;
+    let ll0 = n[1]
+        .ns
+        .connect()
+        .unwrap()
+        .require_link("ll0")
+        .await
+        .unwrap()
+        .index;
+    let bird_ll0 = n[0]
+        .ns
+        .connect()
+        .unwrap()
+        .require_link("ll0")
+        .await
+        .unwrap()
+        .index;
+    loopback_address(&n[0], BIRD_ADDR).await;
+    loopback_address(&n[1], AGENT_LOOPBACK).await;
+    let pod = add_pod(&tb, &n[1], POD_ADDR).await;
+
+    // A link-local peer address without its interface means nothing: refused at start.
+    let out = tb
+        .exec(
+            &n[1].ns,
+            &[
+                bin_path("trellis").to_str().unwrap(),
+                "bgp-agent",
+                "--standalone",
+                "--iface",
+                "eth0",
+                "--dual-stack",
+                "--ipv6-address",
+                AGENT_LOOPBACK,
+                "--peer",
+                &format!("[{bird_ll}]:64512"),
+            ],
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert!(
+        !out.success(),
+        "started with a link-local peer and no interface"
+    );
+    assert!(
+        out.stderr.contains("needs its interface"),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+
+    let bird = Bird::start(
+        &tb,
+        &n[0],
+        BirdConfig::new(&n[0], 64512)
+            .ipv6(BIRD_ADDR.parse().unwrap())
+            .announce6(BIRD_BLOCK.parse().unwrap())
+            .peer(BirdPeer::new("agent", agent_ll, 64512).on_interface("ll0")),
+        LIFETIME,
+    )
+    .await
+    .unwrap();
+    // Nothing routes the pod to BIRD's block yet.
+    assert!(
+        !ping6_from_pod(&tb, &pod, BIRD_ADDR).await,
+        "ping6 got through before any session"
+    );
+
+    let mut spec = AgentSpec::new(64512);
+    let announce = tb.state_dir().join("announce6");
+    std::fs::write(&announce, format!("{OUR_BLOCK}\n")).unwrap();
+    spec.announce_file = Some(announce);
+    spec.listen = Some(SocketAddr::from((Ipv6Addr::UNSPECIFIED, 179)));
+    spec.extra = [
+        "--dual-stack",
+        "--ipv6-address",
+        AGENT_LOOPBACK,
+        "--peer",
+        &format!("[{bird_ll}%ll0]:64512"),
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut agent = Agent::start(&tb, &n[1], spec, LIFETIME).await.unwrap();
+    bird.wait_established("agent", SESSION)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", agent.log()));
+    agent
+        .wait_established(bird_ll, SESSION)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\nBIRD:\n{}", bird.log_tail(40)));
+
+    // BIRD's block: its link-local next hop, on the session's interface.
+    expect_route6(
+        &n[1],
+        BIRD_BLOCK,
+        bird_ll,
+        ll0,
+        PROTO_TRELLIS,
+        "BIRD's block in our kernel",
+    )
+    .await;
+    // Ours in BIRD's kernel: via our link-local address on ll0.
+    expect_route6(
+        &n[0],
+        OUR_BLOCK,
+        agent_ll,
+        bird_ll0,
+        PROTO_BIRD,
+        "our block in BIRD's kernel",
+    )
+    .await;
+    let shown = bird
+        .birdc(&["show", "route", "all", OUR_BLOCK])
+        .await
+        .unwrap();
+    let next_hop = shown
+        .lines()
+        .find(|l| l.trim_start().starts_with("BGP.next_hop:"))
+        .unwrap_or_else(|| panic!("no BGP.next_hop in BIRD's route:\n{shown}"));
+    assert!(
+        next_hop.contains(&agent_ll.to_string()) && !next_hop.contains(AGENT_LOOPBACK),
+        "our next hop as BIRD got it: {next_hop}"
+    );
+    eprintln!(
+        "BIRD's view of our block: {}; ours of BIRD's: {:?}",
+        next_hop.trim(),
+        routes6(&n[1], BIRD_BLOCK).await
+    );
+
+    // The pod reaches the address behind BIRD, and the answer comes back, over ll0.
+    let deadline = Instant::now() + PROPAGATE;
+    while !ping6_from_pod(&tb, &pod, BIRD_ADDR).await {
+        assert!(
+            Instant::now() < deadline,
+            "ping6 {BIRD_ADDR} from the pod: no answer; routes {:?}",
+            routes6(&n[1], BIRD_BLOCK).await
+        );
+    }
+
+    // What the agent installed before (a link-local next hop on the underlay interface) does
+    // not reach BIRD… (the agent is stopped meanwhile: its routes stay, as after a crash)
+    agent.stop();
+    ip(
+        &tb,
+        &n[1],
+        &[
+            "-6",
+            "route",
+            "replace",
+            BIRD_BLOCK,
+            "via",
+            &bird_ll.to_string(),
+            "dev",
+            "eth0",
+            "proto",
+            "202",
+            "metric",
+            "20",
+        ],
+    )
+    .await;
+    assert!(
+        !ping6_from_pod(&tb, &pod, BIRD_ADDR).await,
+        "ping6 got through via the underlay: {:?}",
+        routes6(&n[1], BIRD_BLOCK).await
+    );
+    // …and the agent, started again, puts the route back on ll0 when its restart's deferral
+    // ends (one route: replaced, not added beside).
+    let spec = agent.spec.clone();
+    agent.restart(spec).await.unwrap();
+    let deadline = Instant::now() + SESSION;
+    loop {
+        let found = routes6(&n[1], BIRD_BLOCK).await;
+        if found.len() == 1 && found[0].oif == Some(ll0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the resync did not bring the route back to ll0: {found:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        ping6_from_pod(&tb, &pod, BIRD_ADDR).await,
+        "ping6 after the restart"
+    );
+}
+
+/// `--listen [::]:179` takes BIRD's own connection over IPv6: our connections to BIRD are
+/// rejected (ip6tables in our namespace, outgoing SYNs to port 179), so the only session there
+/// can be is the one BIRD opens to our port 179 — it comes up, and `ss` shows it on our port
+/// 179. The negative control: with `--listen <our IPv4>:179` (what the default `0.0.0.0:179`
+/// amounts to for IPv6 peers) and the same rule, no session within 3 of BIRD's connect retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listening_on_ipv6_takes_birds_connection() {
+    require_root();
+    require_tool("ip6tables", "iptables");
+    require_tool("ss", "iproute2");
+    for (listen_v6, negative) in [(true, false), (false, true)] {
+        let tb = Testbed::new().unwrap();
+        let n = nodes(&tb, 2).await;
+        let v6 = [
+            tb.add_ipv6(&n[0], 1).await.unwrap(),
+            tb.add_ipv6(&n[1], 2).await.unwrap(),
+        ];
+        // Our side never completes a connection of its own.
+        tb.exec_ok(
+            &n[1].ns,
+            &[
+                "ip6tables",
+                "-w",
+                "-A",
+                "OUTPUT",
+                "-p",
+                "tcp",
+                "--dport",
+                "179",
+                "--syn",
+                "-j",
+                "REJECT",
+                "--reject-with",
+                "tcp-reset",
+            ],
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+        let bird = Bird::start(
+            &tb,
+            &n[0],
+            BirdConfig::new(&n[0], 64512)
+                .ipv6(v6[0])
+                .announce6(BIRD_BLOCK.parse().unwrap())
+                .peer(BirdPeer::new("agent", v6[1], 64512)),
+            LIFETIME,
+        )
+        .await
+        .unwrap();
+        let mut spec = AgentSpec::new(64512).peer(v6[0], 64512);
+        spec.listen = Some(if listen_v6 {
+            SocketAddr::from((Ipv6Addr::UNSPECIFIED, 179))
+        } else {
+            SocketAddr::from((n[1].ip, 179))
+        });
+        spec.extra = vec!["--dual-stack".into()];
+        let agent = Agent::start(&tb, &n[1], spec, LIFETIME).await.unwrap();
+        if negative {
+            // BIRD retries every 2 s (after a 1 s delay): three tries and more.
+            let waited = Duration::from_secs(8);
+            let start = Instant::now();
+            while start.elapsed() < waited {
+                let p = bird.protocol("agent").await.unwrap().unwrap();
+                assert!(
+                    !p.established(),
+                    "established without our IPv6 listener: {p:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            continue;
+        }
+        bird.wait_established("agent", SESSION)
+            .await
+            .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", agent.log()));
+        agent.wait_established(v6[0], SESSION).await.unwrap();
+        let ss = tb
+            .exec_ok(
+                &n[1].ns,
+                &["ss", "-Htn", "state", "established"],
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        let ours = format!("[{}]:179", v6[1]);
+        let theirs = format!("[{}]:", v6[0]);
+        assert!(
+            ss.lines().any(|l| l.contains(&ours) && l.contains(&theirs)),
+            "no session on our port 179 from BIRD:\n{ss}"
+        );
+        // Both families travel on it: BIRD's IPv6 block is in our kernel via its address.
+        let deadline = Instant::now() + PROPAGATE;
+        loop {
+            let found = routes6(&n[1], BIRD_BLOCK).await;
+            if found
+                .iter()
+                .any(|r| r.gateway == Some(IpAddr::V6(v6[0])) && r.protocol == PROTO_TRELLIS)
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "BIRD's IPv6 block in our kernel: {found:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
