@@ -139,9 +139,15 @@ pub struct AgentArgs {
     /// (a BGPPeer's `bfd.multiplier` overrides it).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..))]
     bfd_multiplier: u8,
-    /// Act as a route reflector with this cluster id.
+    /// Act as a route reflector with this cluster id (RFC 4456). In a cluster the Node's
+    /// `trellis.dev/route-reflector-cluster-id` annotation overrides it, and the nodes a
+    /// BGPPeer with selectors peers us with are our clients unless they have our cluster id.
     #[arg(long)]
     cluster_id: Option<Ipv4Addr>,
+    /// A --peer that is our route-reflector client (repeatable; needs --cluster-id): its
+    /// routes are reflected to every iBGP peer, and every iBGP peer's to it.
+    #[arg(long = "rr-client", requires = "cluster_id")]
+    rr_clients: Vec<std::net::IpAddr>,
     /// Where the plugin reads the node's state.
     #[arg(long, default_value = trellis_routed::state::DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
@@ -187,6 +193,12 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     c.listen = args.listen;
     c.mesh = !args.no_mesh;
     c.peers = args.peers;
+    for a in &args.rr_clients {
+        let Some(p) = c.peers.iter_mut().find(|p| p.address == *a) else {
+            bail!("--rr-client {a}: no --peer has that address");
+        };
+        p.rr_client = true;
+    }
     if let Some(path) = &args.peer_password_file {
         let text = std::fs::read(path)
             .with_context(|| format!("reading the peer password file {}", path.display()))?;

@@ -7,7 +7,7 @@
 //! for `kubectl apply -f` (a test keeps them equal).
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -21,6 +21,8 @@ use tokio::sync::mpsc;
 use trellis_api::cluster::CrdSpec;
 use trellis_bgp::{PrefixRule, Verdict};
 
+use crate::mesh::NodeBgp;
+use crate::selector::Selector;
 use crate::{Md5Key, Neighbour};
 
 pub const GROUP: &str = "bgp.trellis.dev";
@@ -52,12 +54,21 @@ pub struct ClusterSettings {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PeerSpec {
-    #[serde(rename = "peerIP")]
-    pub peer_ip: IpAddr,
-    pub as_number: u32,
-    /// The node that peers with it; empty: every node.
+    /// The neighbour's address (with `asNumber`), or…
+    #[serde(rename = "peerIP", default)]
+    pub peer_ip: Option<IpAddr>,
+    #[serde(default)]
+    pub as_number: Option<u32>,
+    /// …the nodes whose labels match this selector (Calico's `peerSelector`, e.g.
+    /// `route-reflector == 'true'`): each at its BGP address, in the cluster's AS.
+    #[serde(default)]
+    pub peer_selector: Option<String>,
+    /// The node that peers with it; empty: the nodes `nodeSelector` matches, else every node.
     #[serde(default)]
     pub node: Option<String>,
+    /// The nodes that peer with it, by their labels (Calico's `nodeSelector`, e.g. `all()`).
+    #[serde(default)]
+    pub node_selector: Option<String>,
     #[serde(default)]
     pub hold_time: Option<u16>,
     /// At most this many prefixes from the peer (overrides `--max-prefixes`).
@@ -199,12 +210,139 @@ pub fn resolve(
     (import, export, problems)
 }
 
+/// Which nodes run a `BGPPeer`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Runs {
+    /// `node`: that node.
+    Node(String),
+    /// `nodeSelector`: the nodes it matches.
+    Selected(Selector),
+    /// Neither: every node.
+    Everywhere,
+}
+
+/// Whom a `BGPPeer` peers with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// `peerIP` and `asNumber`.
+    Address(IpAddr, u32),
+    /// `peerSelector`: the nodes it matches (not the node itself).
+    Nodes(Selector),
+}
+
 impl PeerSpec {
-    pub fn applies_to(&self, node: &str) -> bool {
-        self.node
-            .as_deref()
-            .is_none_or(|n| n.is_empty() || n == node)
+    /// Which nodes run it and whom they peer with, or why it cannot be used.
+    pub fn read(&self) -> Result<(Runs, Target), String> {
+        let runs = match (self.node.as_deref(), self.node_selector.as_deref()) {
+            (Some(n), Some(_)) if !n.is_empty() => {
+                return Err("give node or nodeSelector, not both".into());
+            }
+            (Some(n), _) if !n.is_empty() => Runs::Node(n.to_string()),
+            (_, Some(s)) => Runs::Selected(Selector::parse(s).map_err(|e| e.to_string())?),
+            _ => Runs::Everywhere,
+        };
+        let target = match (self.peer_ip, self.as_number, self.peer_selector.as_deref()) {
+            (Some(_), _, Some(_)) => return Err("give peerIP or peerSelector, not both".into()),
+            (Some(ip), Some(asn), None) => Target::Address(ip, asn),
+            (Some(_), None, None) => return Err("peerIP needs asNumber".into()),
+            (None, _, Some(s)) => Target::Nodes(Selector::parse(s).map_err(|e| e.to_string())?),
+            (None, _, None) => return Err("give peerIP (with asNumber) or peerSelector".into()),
+        };
+        Ok((runs, target))
     }
+
+    /// Whether it names this node (by name) or every node — before labels are known.
+    pub fn applies_to(&self, node: &str) -> bool {
+        match self.read() {
+            Ok((Runs::Node(n), _)) => n == node,
+            Ok((Runs::Everywhere, _)) => true,
+            Ok((Runs::Selected(_), _)) | Err(_) => false,
+        }
+    }
+}
+
+/// A `BGPPeer` as read, its filters and password resolved: `template` is the neighbour with
+/// everything but its address (and AS, for a selector's nodes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrdPeer {
+    pub name: String,
+    pub runs: Runs,
+    pub target: Target,
+    pub template: Neighbour,
+}
+
+/// The neighbours the `BGPPeer`s give node `me` (whose route-reflector cluster id is
+/// `cluster_id`), with `nodes` the cluster's nodes (their labels, addresses and cluster ids)
+/// and `asn` the cluster's AS. A reflector (cluster id set) treats a peer node as its client
+/// unless that node has the same cluster id (Calico's rule): the clients of two reflectors of
+/// one cluster are clients of both, and the reflectors are each other's non-client peers.
+pub fn neighbours(
+    peers: &[CrdPeer],
+    nodes: &[NodeBgp],
+    me: &str,
+    cluster_id: Option<Ipv4Addr>,
+    asn: u32,
+) -> Vec<Neighbour> {
+    let no_labels = BTreeMap::new();
+    let my_labels = nodes
+        .iter()
+        .find(|n| n.name == me)
+        .map_or(&no_labels, |n| &n.labels);
+    let my_address = nodes.iter().find(|n| n.name == me).map(|n| n.address);
+    let client = |node: Option<&NodeBgp>| {
+        cluster_id.is_some() && node.is_some_and(|n| n.cluster_id != cluster_id)
+    };
+    let selected = |runs: &Runs, n: &NodeBgp| match runs {
+        Runs::Node(name) => *name == n.name,
+        Runs::Selected(s) => s.matches(&n.labels),
+        Runs::Everywhere => true,
+    };
+    let others = || {
+        nodes
+            .iter()
+            .filter(|n| n.name != me && Some(n.address) != my_address)
+    };
+    let mut out: Vec<Neighbour> = Vec::new();
+    for p in peers {
+        let runs_here = match &p.runs {
+            Runs::Node(n) => n == me,
+            Runs::Selected(s) => s.matches(my_labels),
+            Runs::Everywhere => true,
+        };
+        match &p.target {
+            Target::Address(ip, peer_asn) if runs_here => {
+                let node = nodes.iter().find(|n| n.address == *ip);
+                out.push(Neighbour {
+                    address: *ip,
+                    asn: *peer_asn,
+                    rr_client: *peer_asn == asn && client(node),
+                    ..p.template.clone()
+                });
+            }
+            Target::Address(..) => {}
+            Target::Nodes(s) => {
+                // Both ways, as Calico's: the nodes it runs on peer with the selected ones, and
+                // so the selected ones with the nodes it runs on.
+                let selected_here = s.matches(my_labels);
+                for n in others().filter(|n| {
+                    (runs_here && s.matches(&n.labels)) || (selected_here && selected(&p.runs, n))
+                }) {
+                    if out.iter().any(|o| o.address == n.address) {
+                        continue;
+                    }
+                    out.push(Neighbour {
+                        address: n.address,
+                        asn,
+                        // A node of the cluster: never a default route from it.
+                        mesh: true,
+                        rr_client: client(Some(n)),
+                        ..p.template.clone()
+                    });
+                }
+            }
+        }
+    }
+    out
 }
 
 fn resource(kind: &str, plural: &str) -> ApiResource {
@@ -242,10 +380,12 @@ pub fn peer_crd() -> CrdSpec {
         plural: PEER_PLURAL,
         singular: "bgppeer",
         scope: "Cluster",
-        spec_schema: json!({"type": "object", "required": ["peerIP", "asNumber"], "properties": {
+        spec_schema: json!({"type": "object", "properties": {
             "peerIP": {"type": "string"},
             "asNumber": {"type": "integer", "minimum": 1, "maximum": 4294967295u64},
+            "peerSelector": {"type": "string"},
             "node": {"type": "string"},
+            "nodeSelector": {"type": "string"},
             "holdTime": {"type": "integer", "minimum": 0, "maximum": 65535},
             "maxPrefixes": {"type": "integer", "minimum": 1, "maximum": 4294967295u64},
             "filters": {"type": "array", "items": {"type": "string"}},
@@ -266,6 +406,8 @@ pub fn peer_crd() -> CrdSpec {
             {"name": "Peer", "type": "string", "jsonPath": ".spec.peerIP"},
             {"name": "AS", "type": "integer", "jsonPath": ".spec.asNumber"},
             {"name": "Node", "type": "string", "jsonPath": ".spec.node"},
+            {"name": "Peers", "type": "string", "jsonPath": ".spec.peerSelector"},
+            {"name": "Nodes", "type": "string", "jsonPath": ".spec.nodeSelector"},
         ]),
     }
 }
@@ -326,11 +468,13 @@ pub async fn cluster_settings(client: &kube::Client) -> Option<ClusterSettings> 
 }
 
 /// What the custom resources say while the agent runs: the mesh switch of
-/// `BGPConfiguration/default`, and the `BGPPeer`s that apply to this node.
+/// `BGPConfiguration/default`, and the `BGPPeer`s.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Dynamic {
     pub mesh: Option<bool>,
-    pub peers: Vec<Neighbour>,
+    /// Every usable `BGPPeer` (which apply to this node depends on its labels: see
+    /// [`neighbours`]).
+    pub peers: Vec<CrdPeer>,
 }
 
 /// Streams [`Dynamic`] whenever a `BGPConfiguration` or `BGPPeer` changes.
@@ -426,30 +570,51 @@ pub fn watch(
             }
             let mut problems = Vec::new();
             let mut peers = Vec::new();
-            for p in peer_objs.values().filter(|p| p.applies_to(&node)) {
+            for (name, p) in &peer_objs {
+                let (runs, target) = match p.read() {
+                    Ok(r) => r,
+                    Err(e) => {
+                        problems.push((name.clone(), format!("left out: {e}")));
+                        continue;
+                    }
+                };
+                // Another node's neighbour. (Which selector peers are this node's is decided by
+                // the labels, the node watcher's: their passwords are read anyway.)
+                if let (Runs::Node(n), Target::Address(..)) = (&runs, &target)
+                    && *n != node
+                {
+                    continue;
+                }
                 let (import, export, trouble) = resolve(&p.filters, &filter_objs);
-                problems.extend(trouble.into_iter().map(|t| (p.peer_ip, t)));
+                problems.extend(trouble.into_iter().map(|t| (name.clone(), t)));
                 let password = match &p.password {
                     None => None,
                     Some(source) => match password(&secrets, &source.secret_key_ref).await {
                         Ok(key) => Some(key),
                         Err(e) => {
-                            problems.push((p.peer_ip, format!("peer left out: no password: {e}")));
+                            problems
+                                .push((name.clone(), format!("peer left out: no password: {e}")));
                             continue;
                         }
                     },
                 };
-                peers.push(Neighbour {
-                    address: p.peer_ip,
-                    asn: p.as_number,
-                    hold_time: p.hold_time,
-                    max_prefixes: p.max_prefixes,
-                    mesh: false,
-                    import,
-                    export,
-                    password,
-                    bfd: p.bfd,
-                    interface: None,
+                let (address, asn) = match &target {
+                    Target::Address(ip, asn) => (*ip, *asn),
+                    Target::Nodes(_) => (IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
+                };
+                peers.push(CrdPeer {
+                    name: name.clone(),
+                    runs,
+                    target,
+                    template: Neighbour {
+                        hold_time: p.hold_time,
+                        max_prefixes: p.max_prefixes,
+                        import,
+                        export,
+                        password,
+                        bfd: p.bfd,
+                        ..Neighbour::new(address, asn)
+                    },
                 });
             }
             let now = Dynamic {
@@ -458,7 +623,7 @@ pub fn watch(
             };
             if last.as_ref() != Some(&now) {
                 for (peer, problem) in &problems {
-                    tracing::warn!(%peer, "{problem}");
+                    tracing::warn!(bgppeer = %peer, "{problem}");
                 }
                 last = Some(now.clone());
                 if tx.send(now).await.is_err() {
@@ -535,7 +700,10 @@ mod tests {
         let p: PeerSpec =
             serde_json::from_value(json!({"peerIP": "fd00:198:18::11", "asNumber": 64512}))
                 .unwrap();
-        assert_eq!(p.peer_ip, "fd00:198:18::11".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            p.peer_ip,
+            Some("fd00:198:18::11".parse::<IpAddr>().unwrap())
+        );
         // And its BFD, field by field.
         let p: PeerSpec = serde_json::from_value(json!({"peerIP": "198.18.0.9", "asNumber": 65000,
             "bfd": {"enabled": true, "minRxMs": 100, "multiplier": 5}}))
@@ -572,5 +740,132 @@ mod tests {
             s.route_reflector_cluster_id,
             Some(Ipv4Addr::new(1, 1, 1, 1))
         );
+    }
+
+    fn node(name: &str, last: u8, labels: &[(&str, &str)], cluster_id: Option<[u8; 4]>) -> NodeBgp {
+        NodeBgp {
+            name: name.into(),
+            address: IpAddr::V4(Ipv4Addr::new(198, 18, 0, last)),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            cluster_id: cluster_id.map(Ipv4Addr::from),
+        }
+    }
+
+    fn crd_peer(name: &str, spec: serde_json::Value) -> CrdPeer {
+        let p: PeerSpec = serde_json::from_value(spec).unwrap();
+        let (runs, target) = p.read().unwrap();
+        let (address, asn) = match &target {
+            Target::Address(ip, asn) => (*ip, *asn),
+            Target::Nodes(_) => (IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
+        };
+        CrdPeer {
+            name: name.into(),
+            runs,
+            target,
+            template: Neighbour {
+                hold_time: p.hold_time,
+                ..Neighbour::new(address, asn)
+            },
+        }
+    }
+
+    /// Calico's route-reflector pattern: two reflectors (one cluster id, labelled), every node
+    /// peering with the labelled ones.
+    #[test]
+    fn calicos_route_reflector_pattern_makes_clients_of_the_other_nodes_only() {
+        let cid = Some([244, 0, 0, 1]);
+        let rr = [("route-reflector", "true")];
+        let nodes = vec![
+            node("rr1", 2, &rr, cid),
+            node("rr2", 3, &rr, cid),
+            node("c1", 4, &[], None),
+            node("c2", 5, &[], None),
+        ];
+        let peers = vec![crd_peer(
+            "peer-with-route-reflectors",
+            json!({"nodeSelector": "all()", "peerSelector": "route-reflector == 'true'", "holdTime": 6}),
+        )];
+        let asn = 64512;
+        let shown = |me: &str, cluster_id: Option<Ipv4Addr>| {
+            let mut v: Vec<(String, bool)> = neighbours(&peers, &nodes, me, cluster_id, asn)
+                .into_iter()
+                .map(|n| {
+                    assert_eq!((n.asn, n.hold_time, n.mesh), (asn, Some(6), true));
+                    (n.address.to_string(), n.rr_client)
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        let s = |a: &str, c: bool| (a.to_string(), c);
+        // A client peers with both reflectors (being a client is the reflector's business).
+        assert_eq!(
+            shown("c1", None),
+            [s("198.18.0.2", false), s("198.18.0.3", false)]
+        );
+        // A reflector peers with every node (both ways, as Calico's): the other reflector
+        // (same cluster id) is no client, the other nodes are.
+        let cid1 = Some(Ipv4Addr::new(244, 0, 0, 1));
+        assert_eq!(
+            shown("rr1", cid1),
+            [
+                s("198.18.0.3", false),
+                s("198.18.0.4", true),
+                s("198.18.0.5", true)
+            ]
+        );
+        // Another cluster id: a client too.
+        let mut nodes2 = nodes.clone();
+        nodes2[1].cluster_id = Some(Ipv4Addr::new(244, 0, 0, 2));
+        let n = neighbours(&peers, &nodes2, "rr1", cid1, asn);
+        assert!(n.iter().all(|n| n.rr_client), "{n:?}");
+        // Not a reflector: no clients, whatever the peers are.
+        assert!(
+            neighbours(&peers, &nodes, "c1", None, asn)
+                .iter()
+                .all(|n| !n.rr_client)
+        );
+        // A client is not peered with another client: no mesh.
+        assert!(neighbours(&peers, &nodes, "c1", None, asn).len() == 2);
+    }
+
+    #[test]
+    fn bgp_peers_name_a_node_a_selector_or_every_node_and_an_address_or_a_selector() {
+        let nodes = vec![
+            node("n1", 2, &[("rack", "a")], None),
+            node("n2", 3, &[("rack", "b")], None),
+        ];
+        let peers = vec![
+            crd_peer(
+                "tor-a",
+                json!({"peerIP": "198.18.0.9", "asNumber": 65000, "nodeSelector": "rack == 'a'"}),
+            ),
+            crd_peer(
+                "tor-b",
+                json!({"peerIP": "198.18.0.10", "asNumber": 65000, "node": "n2"}),
+            ),
+        ];
+        let of = |me: &str| -> Vec<String> {
+            neighbours(&peers, &nodes, me, None, 64512)
+                .into_iter()
+                .map(|n| n.address.to_string())
+                .collect()
+        };
+        assert_eq!(of("n1"), ["198.18.0.9"]);
+        assert_eq!(of("n2"), ["198.18.0.10"]);
+        // An unusable spec says why.
+        for bad in [
+            json!({"peerIP": "198.18.0.9"}),
+            json!({"asNumber": 65000}),
+            json!({"peerIP": "198.18.0.9", "asNumber": 65000, "peerSelector": "all()"}),
+            json!({"peerSelector": "all()", "node": "n1", "nodeSelector": "all()"}),
+            json!({"peerSelector": "rack = 'a'"}),
+        ] {
+            let p: PeerSpec = serde_json::from_value(bad.clone()).unwrap();
+            assert!(p.read().is_err(), "{bad} read");
+        }
     }
 }

@@ -13,6 +13,7 @@ pub mod cniconf;
 pub mod crds;
 pub mod kernel;
 pub mod mesh;
+pub mod selector;
 pub mod services;
 pub mod status;
 
@@ -57,6 +58,28 @@ pub struct Neighbour {
     /// The interface of a link-local `address` (`--peer [fe80::1%eth1]:ASN`): an unnumbered
     /// session over that link.
     pub interface: Option<String>,
+    /// A route-reflector client of ours (we are a reflector, it is a node without our cluster
+    /// id that a `BGPPeer` peers us with).
+    pub rr_client: bool,
+}
+
+impl Neighbour {
+    /// A neighbour with the agent's settings for everything.
+    pub fn new(address: IpAddr, asn: u32) -> Neighbour {
+        Neighbour {
+            address,
+            asn,
+            hold_time: None,
+            max_prefixes: None,
+            mesh: false,
+            import: Vec::new(),
+            export: Vec::new(),
+            password: None,
+            bfd: None,
+            interface: None,
+            rr_client: false,
+        }
+    }
 }
 
 impl std::str::FromStr for Neighbour {
@@ -92,16 +115,11 @@ impl std::str::FromStr for Neighbour {
             _ => {}
         }
         Ok(Neighbour {
-            address,
             interface,
-            asn: asn.parse().map_err(|e| format!("{s:?}: bad AS: {e}"))?,
-            hold_time: None,
-            max_prefixes: None,
-            mesh: false,
-            import: Vec::new(),
-            export: Vec::new(),
-            password: None,
-            bfd: None,
+            ..Neighbour::new(
+                address,
+                asn.parse().map_err(|e| format!("{s:?}: bad AS: {e}"))?,
+            )
         })
     }
 }
@@ -477,10 +495,10 @@ pub async fn run(
         // Deployed before its kubelet registers the Node: wait for it, saying so once.
         let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(c.clone());
         trellis_api::cluster::wait_for_node(&nodes, &config.node, &mut stop).await?;
-        Some(c)
+        Some((c, nodes))
     };
     let mut config = config;
-    if let Some(c) = &client {
+    if let Some((c, nodes)) = &client {
         crds::install(c).await;
         if let Some(s) = crds::cluster_settings(c).await {
             tracing::info!(?s, "BGPConfiguration/default");
@@ -489,7 +507,21 @@ pub async fn run(
             config.cluster_id = s.route_reflector_cluster_id.or(config.cluster_id);
             config.hold_time = s.hold_time.unwrap_or(config.hold_time);
         }
+        // This node's own route-reflector cluster id (its Node's annotation) comes first, as
+        // Calico's per-node `routeReflectorClusterID` does.
+        if let Some(id) = nodes
+            .get_opt(&config.node)
+            .await?
+            .as_ref()
+            .and_then(mesh::cluster_id_of)
+        {
+            config.cluster_id = Some(id);
+        }
+        if let Some(id) = config.cluster_id {
+            tracing::info!(cluster_id = %id, "route reflector");
+        }
     }
+    let client = client.map(|(c, _)| c);
     // Graceful restart's restarting side: what an earlier run left in the kernel says whether
     // this is a restart with the forwarding state kept (see `kernel::Kept`).
     let kept = kernel::kept(&host).await?;
@@ -574,15 +606,13 @@ pub async fn run(
     announced.extend(wanted);
 
     let mut peers: BTreeMap<IpAddr, Neighbour> = BTreeMap::new();
+    // The address this node's mesh sessions run from, published for the others.
+    let mesh_ip = match next_hops.v6 {
+        Some(v6) if config.mesh_ipv6 => IpAddr::V6(v6),
+        _ => IpAddr::V4(node_ip),
+    };
     let mut mesh_rx = match &client {
-        Some(c) => {
-            // The address this node's mesh sessions run from, published for the others.
-            let mesh_ip = match next_hops.v6 {
-                Some(v6) if config.mesh_ipv6 => IpAddr::V6(v6),
-                _ => IpAddr::V4(node_ip),
-            };
-            Some(mesh::watch(c.clone(), config.node.clone(), mesh_ip, config.asn).await?)
-        }
+        Some(c) => Some(mesh::watch(c.clone(), config.node.clone(), mesh_ip).await?),
         None => None,
     };
     let mut dynamic_rx = client.as_ref().map(|c| {
@@ -592,22 +622,29 @@ pub async fn run(
             config.secrets_namespace.clone(),
         )
     });
-    // The three sources of peers: flags, the mesh (when on), BGPPeer objects.
+    // The three sources of peers: flags, the mesh (when on), BGPPeer objects (those with
+    // selectors resolved against the nodes' labels).
     let mut mesh_on = config.mesh;
-    let mut mesh_peers: Vec<Neighbour> = Vec::new();
-    let mut crd_peers: Vec<Neighbour> = Vec::new();
-    let want = |mesh_on: bool, mesh_peers: &[Neighbour], crd_peers: &[Neighbour]| {
+    let mut mesh_peers: Vec<mesh::NodeBgp> = Vec::new();
+    let mut crd_peers: Vec<crds::CrdPeer> = Vec::new();
+    let want = |mesh_on: bool, nodes: &[mesh::NodeBgp], crd_peers: &[crds::CrdPeer]| {
         let mut w: BTreeMap<IpAddr, Neighbour> = config
             .peers
             .iter()
             .map(|n| (n.address, n.clone()))
             .collect();
-        for n in crd_peers {
-            w.entry(n.address).or_insert_with(|| n.clone());
+        for n in crds::neighbours(
+            crd_peers,
+            nodes,
+            &config.node,
+            config.cluster_id,
+            config.asn,
+        ) {
+            w.entry(n.address).or_insert(n);
         }
         if mesh_on {
-            for n in mesh_peers {
-                w.entry(n.address).or_insert_with(|| n.clone());
+            for n in mesh::mesh_peers(nodes, &config.node, mesh_ip, config.asn) {
+                w.entry(n.address).or_insert(n);
             }
         }
         w
@@ -1040,6 +1077,7 @@ impl Sessions<'_> {
                             restart: config.max_prefix_restart,
                         });
                 pc.policy = policy(n, config);
+                pc.rr_client = n.rr_client;
                 pc.password = n.password.clone();
                 pc.link_local_next_hop = self.link.next_hop_for(*addr);
                 if let Some(name) = &n.interface {

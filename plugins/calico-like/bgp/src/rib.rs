@@ -143,6 +143,10 @@ pub struct PeerInfo {
     pub asn: u32,
     /// A route-reflector client of ours.
     pub rr_client: bool,
+    /// The session runs over the link the speaker's link-local next hops belong to (the
+    /// agent's underlay): an IPv6 link-local next hop learned from such a peer is only
+    /// meaningful to peers on that link too (RFC 2545 §3).
+    pub on_link: bool,
     /// What it may give us and what we give it.
     pub policy: RoutePolicy,
 }
@@ -635,6 +639,19 @@ impl Rib {
             }
             next_hop = next_hop_self(session.local_address, prefix, best.next_hop);
         }
+        // A link-local next hop (one learned from a peer with no usable global next hop) only
+        // means something on the link it was learned over (RFC 2545 §3). The next hop goes on
+        // unchanged inside the AS — a reflector does not change it (RFC 4456 §10) — so such a
+        // route goes only to peers on that link (sent as link-local, see the speaker's
+        // export); a peer elsewhere would have a next hop it cannot reach, and gets nothing.
+        if let IpAddr::V6(v6) = next_hop
+            && v6.is_unicast_link_local()
+        {
+            let learned_on_link = from.is_none_or(|f| f.info.on_link);
+            if !(learned_on_link && to.info.on_link) {
+                return None;
+            }
+        }
         attrs.origin.get_or_insert(Origin::Igp);
         attrs.as_path.get_or_insert_with(AsPath::default);
         Some(Path::new(attrs, next_hop))
@@ -764,6 +781,7 @@ mod tests {
             address,
             asn,
             rr_client,
+            on_link: false,
             policy: RoutePolicy::default(),
         });
         let IpAddr::V4(id) = address else {
@@ -811,6 +829,7 @@ mod tests {
             address: a,
             asn,
             rr_client: false,
+            on_link: false,
             policy,
         });
         let IpAddr::V4(id) = a else { panic!("v4 only") };
@@ -1359,6 +1378,7 @@ mod tests {
             address: a,
             asn: ASN,
             rr_client: false,
+            on_link: false,
             policy: RoutePolicy::default(),
         });
         let out = rib.session_up(
@@ -1371,6 +1391,84 @@ mod tests {
         );
         assert_eq!(out.len(), 1);
         assert_eq!(rib.counts(a), (0, 1));
+    }
+
+    /// Adds and brings up an iBGP peer on our link or not (router id: its last octet).
+    fn peer6(rib: &mut Rib, address: &str, rr_client: bool, on_link: bool) -> IpAddr {
+        let a: IpAddr = address.parse().expect("v6");
+        rib.add_peer(PeerInfo {
+            address: a,
+            asn: ASN,
+            rr_client,
+            on_link,
+            policy: RoutePolicy::default(),
+        });
+        let IpAddr::V6(v6) = a else { panic!("v6 only") };
+        rib.session_up(
+            a,
+            SessionInfo {
+                router_id: Ipv4Addr::new(10, 0, 0, v6.octets()[15]),
+                local_address: "fd00::1".parse().expect("v6"),
+                families: vec![Family::IPV6_UNICAST],
+            },
+        );
+        a
+    }
+
+    #[test]
+    fn a_reflector_passes_a_link_local_next_hop_only_to_clients_on_that_link() {
+        let mut rib = rib(Some(Ipv4Addr::new(1, 1, 1, 1)));
+        let from = peer6(&mut rib, "fd00::2", true, true);
+        let same_link = peer6(&mut rib, "fd00::3", true, true);
+        let elsewhere = peer6(&mut rib, "fd00::4", true, false);
+        let prefix = net("fd00:244::/122");
+        // A client with no usable global next hop: its link-local one.
+        let ll: IpAddr = "fe80::2".parse().expect("v6");
+        let p = Path::new(
+            PathAttributes {
+                origin: Some(Origin::Igp),
+                as_path: Some(AsPath::default()),
+                ..Default::default()
+            },
+            ll,
+        );
+        let ch = rib.update(from, vec![(prefix, p)], vec![]);
+        // Reflected unchanged (RFC 4456) to the client on the link the route came over...
+        let [OutChange::Announce(_, out)] = &sent(&ch, same_link)[..] else {
+            panic!("{ch:?}")
+        };
+        assert_eq!(out.next_hop, ll);
+        // ...and not at all to the one elsewhere, where fe80::2 means nothing.
+        assert!(sent(&ch, elsewhere).is_empty(), "{ch:?}");
+        assert!(rib.adj_out(elsewhere).is_empty());
+        // A global next hop goes to both, alone (no link-local part is kept in the RIB).
+        let global: IpAddr = "fd00::2".parse().expect("v6");
+        let p = Path::new(
+            PathAttributes {
+                origin: Some(Origin::Igp),
+                as_path: Some(AsPath::default()),
+                ..Default::default()
+            },
+            global,
+        );
+        let ch = rib.update(from, vec![(prefix, p)], vec![]);
+        for to in [same_link, elsewhere] {
+            let [OutChange::Announce(_, out)] = &sent(&ch, to)[..] else {
+                panic!("{ch:?}")
+            };
+            assert_eq!(out.next_hop, global);
+        }
+        // Back to link-local only: withdrawn from the peer elsewhere.
+        let p = Path::new(
+            PathAttributes {
+                origin: Some(Origin::Igp),
+                as_path: Some(AsPath::default()),
+                ..Default::default()
+            },
+            ll,
+        );
+        let ch = rib.update(from, vec![(prefix, p)], vec![]);
+        assert_eq!(sent(&ch, elsewhere), vec![OutChange::Withdraw(prefix)]);
     }
 
     #[test]

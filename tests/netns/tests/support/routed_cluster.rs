@@ -272,12 +272,46 @@ impl Cluster {
         Cluster::start_setup(n, false, 1, true, apiserver_extra, agent_extra).await
     }
 
+    /// `n` IPv4 nodes, node `i`'s Node object with `node_meta(i)`'s `labels` and
+    /// `annotations` (before its agent starts), its agent with `agent_extra(i, <its state
+    /// dirs>)` flags too.
+    pub async fn start_meta(
+        n: usize,
+        graceful_restart: bool,
+        node_meta: impl Fn(usize) -> serde_json::Value,
+        agent_extra: impl Fn(usize, &Path) -> Vec<String>,
+    ) -> Cluster {
+        Cluster::start_setup_meta(n, graceful_restart, 1, false, &[], node_meta, agent_extra).await
+    }
+
     async fn start_setup(
         n: usize,
         graceful_restart: bool,
         resync: u64,
         dual_stack: bool,
         apiserver_extra: &[&str],
+        agent_extra: impl Fn(usize, &Path) -> Vec<String>,
+    ) -> Cluster {
+        let no_meta = |_| serde_json::json!({});
+        Cluster::start_setup_meta(
+            n,
+            graceful_restart,
+            resync,
+            dual_stack,
+            apiserver_extra,
+            no_meta,
+            agent_extra,
+        )
+        .await
+    }
+
+    async fn start_setup_meta(
+        n: usize,
+        graceful_restart: bool,
+        resync: u64,
+        dual_stack: bool,
+        apiserver_extra: &[&str],
+        node_meta: impl Fn(usize) -> serde_json::Value,
         agent_extra: impl Fn(usize, &Path) -> Vec<String>,
     ) -> Cluster {
         require_root();
@@ -301,8 +335,10 @@ impl Cluster {
             if dual_stack {
                 tb.add_ipv6(&node, (i + 2) as u8).await.unwrap();
             }
+            let mut meta = node_meta(i);
+            meta["name"] = serde_json::json!(name);
             let obj: KubeNode = serde_json::from_value(serde_json::json!({
-                "metadata": {"name": name},
+                "metadata": meta,
                 "status": {"addresses": [{"type": "InternalIP", "address": node.ip.to_string()}]},
             }))
             .unwrap();

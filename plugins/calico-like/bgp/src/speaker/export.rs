@@ -63,8 +63,15 @@ impl Core {
 }
 
 /// The link-local next hop that goes with `next_hop` (RFC 2545 §3): ours on the shared link,
-/// when `next_hop` is our own global one; none for a next hop that is someone else's.
+/// when `next_hop` is our own global one; none for a next hop that is someone else's. A next
+/// hop that is itself link-local (a route reflected from a peer that sent no usable global
+/// one; the RIB sends those only to peers on that link) goes as link-local — in the second
+/// field, with the global field the same, as FRR sends a link-local-only next hop — never as
+/// a 16-byte "global" next hop.
 fn link_local_for(ours: Option<(Ipv6Addr, Ipv6Addr)>, next_hop: Ipv6Addr) -> Option<Ipv6Addr> {
+    if next_hop.is_unicast_link_local() {
+        return Some(next_hop);
+    }
     ours.filter(|(global, _)| *global == next_hop)
         .map(|(_, link_local)| link_local)
 }
@@ -200,6 +207,10 @@ mod tests {
         assert_eq!(link_local_for(Some((global, ll)), global), Some(ll));
         assert_eq!(link_local_for(Some((global, ll)), other), None);
         assert_eq!(link_local_for(None, global), None);
+        // A reflected link-local next hop stays link-local (32 bytes), not a "global" one.
+        let theirs: Ipv6Addr = "fe80::7".parse().unwrap_or(Ipv6Addr::UNSPECIFIED);
+        assert_eq!(link_local_for(Some((global, ll)), theirs), Some(theirs));
+        assert_eq!(link_local_for(None, theirs), Some(theirs));
     }
 
     #[test]

@@ -647,6 +647,10 @@ impl Speaker {
             address: peer.address,
             asn: peer.remote_asn,
             rr_client: peer.rr_client,
+            // On the link our link-local next hop belongs to, or reached at a link-local
+            // address: a link-local next hop is meaningful between such peers.
+            on_link: peer.link_local_next_hop.is_some()
+                || matches!(peer.address, IpAddr::V6(a) if a.is_unicast_link_local()),
             policy: peer.policy.clone(),
         });
         let (tx, rx) = mpsc::channel(PEER_QUEUE);
