@@ -1823,7 +1823,10 @@ mod tests {
             spread_chain(shard, 3)
         ));
         let old_elements = at(&format!("delete element ip {table} endpoints-2 {{"));
-        let old_chain = at(&format!("delete chain ip {table} {}", spread_chain(shard, 2)));
+        let old_chain = at(&format!(
+            "delete chain ip {table} {}",
+            spread_chain(shard, 2)
+        ));
         let old_map = at(&format!("delete map ip {table} endpoints-2\n"));
         assert!(map < chain && chain < rule && rule < elements && elements < dispatch);
         assert!(old_elements < old_chain && dispatch < old_chain && old_chain < old_map);

@@ -183,9 +183,13 @@ async fn a_new_endpoint_count_is_a_change_not_a_whole_rewrite() {
         !refused.success() && refused.stderr.contains("conflicting protocols"),
         "nft took a rule naming a map read back from the kernel: {refused:?}"
     );
-    tb.exec_ok(&ns, &["nft", "delete", "table", "ip", "trellis-t-count"], limit)
-        .await
-        .unwrap();
+    tb.exec_ok(
+        &ns,
+        &["nft", "delete", "table", "ip", "trellis-t-count"],
+        limit,
+    )
+    .await
+    .unwrap();
 
     let port = |eps: &[&str]| ServicePort {
         name: PortName {
@@ -242,10 +246,16 @@ async fn a_new_endpoint_count_is_a_change_not_a_whole_rewrite() {
     let mut syncer = nft::Syncer::new(trellis_net::nft::Nft::new(Some(&ns))).ipv4_only();
     let none: Vec<ServicePort> = vec![];
     let full = syncer
-        .sync((&[port(&["10.244.1.2", "10.244.1.3"])], &node), (&none, &node))
+        .sync(
+            (&[port(&["10.244.1.2", "10.244.1.3"])], &node),
+            (&none, &node),
+        )
         .await
         .unwrap();
-    assert!(full.chains_written > 16, "the first sync is whole: {full:?}");
+    assert!(
+        full.chains_written > 16,
+        "the first sync is whole: {full:?}"
+    );
     let text = ruleset().await;
     let table = shard(&text);
     assert!(text.contains("map endpoints-2 {"), "{text}");
@@ -265,7 +275,18 @@ async fn a_new_endpoint_count_is_a_change_not_a_whole_rewrite() {
         );
         let text = ruleset().await;
         let chain = tb
-            .exec_ok(&ns, &["nft", "list", "chain", "ip", &table, &format!("spread-{}-{n}", &table[table.len() - 2..])], limit)
+            .exec_ok(
+                &ns,
+                &[
+                    "nft",
+                    "list",
+                    "chain",
+                    "ip",
+                    &table,
+                    &format!("spread-{}-{n}", &table[table.len() - 2..]),
+                ],
+                limit,
+            )
             .await
             .unwrap();
         assert!(
@@ -287,7 +308,11 @@ async fn a_new_endpoint_count_is_a_change_not_a_whole_rewrite() {
             "{text}"
         );
     }
-    assert_eq!(syncer.fallbacks(), 0, "every change went through the session");
+    assert_eq!(
+        syncer.fallbacks(),
+        0,
+        "every change went through the session"
+    );
     drop(syncer);
     tb.delete_ns(&ns).unwrap();
 }
