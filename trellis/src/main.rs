@@ -65,7 +65,8 @@ enum Command {
     Image(image::Args),
     /// Credentials from the cluster CA: `certs kubeconfig --user … --group …`.
     Certs(certs::Args),
-    /// The service proxy of a node: Services and EndpointSlices into iptables or nftables NAT rules.
+    /// The service proxy of a node: Services and EndpointSlices into nftables (default) or
+    /// iptables NAT rules.
     Proxy(proxy::Args),
     /// Cluster DNS: Services, endpoints and pods by name; other names forwarded with a cache.
     Dns(dns::Args),

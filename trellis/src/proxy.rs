@@ -1,4 +1,5 @@
-//! `trellis proxy`: the service proxy of a node (Services → iptables or nftables NAT rules).
+//! `trellis proxy`: the service proxy of a node (Services → nftables, the default, or
+//! iptables NAT rules).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -9,16 +10,16 @@ use anyhow::Context;
 /// The kernel interface the proxy writes its rules through.
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum Backend {
+    /// nftables tables with verdict maps: a change costs what changed, at any size (default).
+    Nftables,
     /// iptables chains, as kube-proxy's iptables mode lays them out.
     Iptables,
-    /// One nftables table with verdict maps: a change costs what changed, at any size.
-    Nftables,
 }
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Where the rules go: `iptables` or `nftables` (starting one removes the other's rules).
-    #[arg(long, value_enum, default_value = "iptables")]
+    /// Where the rules go: `nftables` or `iptables` (starting one removes the other's rules).
+    #[arg(long, value_enum, default_value = "nftables")]
     backend: Backend,
     /// This node's name: endpoints whose nodeName it is are local.
     #[arg(long, env = "NODE_NAME")]

@@ -49,9 +49,10 @@ pub use sync::Syncer;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Backend {
     /// iptables chains (legacy or nf_tables, as the host uses).
-    #[default]
     Iptables,
-    /// One nftables table with verdict maps.
+    /// nftables tables with verdict maps (the default: a change costs what changed, at any
+    /// size).
+    #[default]
     Nftables,
 }
 
@@ -78,7 +79,7 @@ pub struct Config {
 impl Config {
     pub fn new(node: impl Into<String>) -> Config {
         Config {
-            backend: Backend::Iptables,
+            backend: Backend::default(),
             node: node.into(),
             kubeconfig: None,
             cluster_cidrs: vec!["10.244.0.0/16".parse().expect("a valid default")],

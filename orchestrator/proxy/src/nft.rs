@@ -6,8 +6,9 @@
 //! `goto …`), node ports by one lookup in `service-nodeports`; iptables walks a list of
 //! rules per Service instead. A cluster IP's spread needs no rules of its own: its element
 //! leads to a chain its shard shares with every port of as many endpoints, `spread-<shard>-<n>`,
-//! whose one DNAT takes its target from the map `endpoints`, keyed by the packet's address,
-//! protocol and port and `numgen random mod n` (each endpoint one index: 1/n each). So a
+//! whose one DNAT takes its target from the chain's map `endpoints-<n>`, keyed by the packet's
+//! address, protocol and port and `numgen random mod n` (each endpoint one index: 1/n each); a
+//! count new to a shard brings its map, chain and rule in one incremental change. So a
 //! Service is map elements, not rules — at 10,000 Services × 10 endpoints the tables hold a
 //! few dozen rules instead of 110,000, which nft parses and the kernel commits far faster, and
 //! nft's per-command cache (every chain of every table) stays small — and an endpoint change
@@ -27,7 +28,7 @@
 //! masqueraded by the set `hairpin` of endpoint address pairs; everything else that must be
 //! masqueraded carries the mark 0x4000, which the overlay agent's masquerade chain honours.
 //!
-//! Shards: the service ports' chains, their affinity sets, their `endpoints` elements and the
+//! Shards: the service ports' chains, their affinity sets, their `endpoints-<n>` elements and the
 //! dispatch maps are spread over [`SHARDS`] tables `ip trellis-proxy-svc-NN` by the port's
 //! key, each with its own
 //! dispatch chain on the nat hooks. Why: a commit that adds a DNAT rule or a `goto` element
@@ -136,9 +137,37 @@ fn shard_of_name(name: &str) -> Option<u8> {
 }
 
 /// The shared chain of shard `shard` that spreads over `n` endpoints through the map
-/// `endpoints` (see [`spread_rules`]): `spread-<shard>-<n>`, one per endpoint count in use.
+/// `endpoints-<n>` (see [`spread_rules`]): `spread-<shard>-<n>`, one per endpoint count in use.
 fn spread_chain(shard: u8, n: usize) -> String {
     format!("spread-{shard:02}-{n}")
+}
+
+/// The map a shared spread chain for `n` endpoints DNATs from, in the chain's shard: (cluster
+/// IP . protocol . port . endpoint index) → endpoint address . port. One per chain, created and
+/// removed with it: nft 1.0.6 cannot read a map of this type back from the kernel for a new
+/// rule naming it ("conflicting protocols specified: ip vs. th", for the `th dport` of its
+/// data), but a map declared in the same transaction it takes from the command itself, so a
+/// new endpoint count is a map, a chain and its rule in one incremental change.
+fn spread_map(n: usize) -> String {
+    format!("{ENDPOINTS}-{n}")
+}
+
+/// The endpoint count of a shared spread chain `spread-<shard>-<n>`.
+fn spread_count(chain: &str) -> Option<usize> {
+    chain.rsplit('-').next().and_then(|n| n.parse().ok())
+}
+
+/// The declaration of [`spread_map`]`(n)` in a table of `family`. Not `: ip daddr . tcp
+/// dport`: nft then makes every rule using the map match TCP only (a hidden `meta l4proto
+/// tcp`).
+fn spread_map_decl(family: Family, n: usize) -> String {
+    declaration(
+        &format!(
+            "map {} {{ typeof ip daddr . meta l4proto . th dport . numgen random mod {n} : ip daddr . th dport; }}",
+            spread_map(n)
+        ),
+        family,
+    )
 }
 
 /// Whether a chain is shared by the service ports (a `spread-…` chain): counted per port like
@@ -155,10 +184,8 @@ fn table_of(name: &str) -> String {
     }
 }
 
-/// The maps of every shard: the two dispatch maps (a verdict may only name a chain of its
-/// table) and `endpoints`, the DNAT targets of the cluster IPs' spreads: (cluster IP .
-/// protocol . port . endpoint index) → endpoint address . port.
-const MAPS: [(&str, &str); 3] = [
+/// The dispatch maps of every shard (a verdict may only name a chain of its table).
+const MAPS: [(&str, &str); 2] = [
     (
         "service-ips",
         "map service-ips { type ipv4_addr . inet_proto . inet_service : verdict; }",
@@ -167,32 +194,33 @@ const MAPS: [(&str, &str); 3] = [
         "service-nodeports",
         "map service-nodeports { type inet_proto . inet_service : verdict; }",
     ),
-    (
-        "endpoints",
-        // Not `: ip daddr . tcp dport`: nft then makes every rule using the map match TCP
-        // only (a hidden `meta l4proto tcp`). With `th dport`, nft 1.0.6 cannot read the map
-        // back from the kernel ("conflicting protocols specified: ip vs. th") for a later
-        // rule naming it: so a new spread chain goes in with the whole tables (see
-        // `plan_changes`), where the map is declared in the same script.
-        "map endpoints { typeof ip daddr . meta l4proto . th dport . numgen random mod 2 : ip daddr . th dport; }",
-    ),
 ];
 
-/// The table an element of `set` lives in, and the element as nft reads it: an `endpoints`
-/// element carries its shard as a prefix `@NN ` (its text names no chain); a dispatch map's
-/// element lives in the shard of the chain it leads to (`… : goto <chain>`); every other in
-/// the main table.
-fn place_element<'a>(set: &str, element: &'a str) -> (Option<u8>, &'a str) {
+/// The elements of the shards' [`spread_map`]s, the DNAT targets of the cluster IPs' spreads,
+/// are kept under this name; each carries its shard and map as a prefix `@NN-n `.
+const ENDPOINTS: &str = "endpoints";
+
+/// The table an element of `set` lives in, the set or map it goes into and the element as nft
+/// reads it: an `endpoints` element carries its shard and endpoint count as a prefix `@NN-n `
+/// (its text names no chain) and goes into the map `endpoints-n`; a dispatch map's element
+/// lives in the shard of the chain it leads to (`… : goto <chain>`); every other in the main
+/// table.
+fn place_element<'a>(set: &str, element: &'a str) -> (Option<u8>, String, &'a str) {
     if let Some(rest) = element.strip_prefix('@')
-        && let Some((shard, shown)) = rest.split_once(' ')
-        && let Ok(k) = shard.parse::<u8>()
+        && let Some((place, shown)) = rest.split_once(' ')
+        && let Some((shard, n)) = place.split_once('-')
+        && let (Ok(k), Ok(n)) = (shard.parse::<u8>(), n.parse::<usize>())
     {
-        return (Some(k), shown);
+        return (Some(k), spread_map(n), shown);
     }
     if MAPS.iter().any(|(m, _)| *m == set) {
-        (element.rsplit(' ').next().and_then(shard_of_name), element)
+        (
+            element.rsplit(' ').next().and_then(shard_of_name),
+            set.to_string(),
+            element,
+        )
     } else {
-        (None, element)
+        (None, set.to_string(), element)
     }
 }
 
@@ -306,6 +334,7 @@ impl Ruleset {
         for (name, _) in SETS.iter().chain(MAPS.iter()) {
             rs.elements.insert(name, BTreeSet::new());
         }
+        rs.elements.insert(ENDPOINTS, BTreeSet::new());
         rs
     }
 }
@@ -376,9 +405,9 @@ fn spread(sp: &ServicePort, eps: &[&Endpoint], ruleset: &mut Ruleset, out: &mut 
     }
 }
 
-/// Whether a port's cluster IP spreads through the shard's map `endpoints` and shared chain
-/// instead of rules of its own: every port but those with session affinity (a chain and set
-/// per endpoint) and those whose node-port or load-balancer traffic jumps to the cluster-IP
+/// Whether a port's cluster IP spreads through a shared chain of its shard and that chain's
+/// map `endpoints-<n>` instead of rules of its own: every port but those with session affinity
+/// (a chain and set per endpoint) and those whose node-port or load-balancer traffic jumps to the cluster-IP
 /// chain (externalTrafficPolicy Local: that traffic's address and port are not the cluster
 /// IP's, which the map is keyed by).
 fn spreads_by_map(sp: &ServicePort) -> bool {
@@ -387,7 +416,7 @@ fn spreads_by_map(sp: &ServicePort) -> bool {
 }
 
 /// A shared spread chain's rules: the masquerade mark for traffic from outside the cluster
-/// CIDR, then one DNAT whose target is looked up in `endpoints` by the packet's destination,
+/// CIDR, then one DNAT whose target is looked up in `endpoints-<n>` by the packet's destination,
 /// protocol and port and `numgen random mod n` (each of the port's n endpoints is one index,
 /// so each gets 1/n).
 fn spread_rules(family: Family, node: &NodeRules, n: usize) -> Vec<String> {
@@ -399,7 +428,8 @@ fn spread_rules(family: Family, node: &NodeRules, n: usize) -> Vec<String> {
         ));
     }
     rules.push(format!(
-        "dnat {ip} to {ip} daddr . meta l4proto . th dport . numgen random mod {n} map @endpoints"
+        "dnat {ip} to {ip} daddr . meta l4proto . th dport . numgen random mod {n} map @{}",
+        spread_map(n)
     ));
     rules
 }
@@ -432,7 +462,13 @@ pub fn compile_port(sp: &ServicePort, node: &NodeRules) -> Ruleset {
         hairpin.insert(format!("{0} . {0}", ep.ip));
     }
     let set = |rs: &mut Ruleset, name: &str, e: String| {
-        if let Some((known, _)) = SETS.iter().chain(MAPS.iter()).find(|(n, _)| *n == name) {
+        if let Some(known) = SETS
+            .iter()
+            .chain(MAPS.iter())
+            .map(|(n, _)| *n)
+            .chain(std::iter::once(ENDPOINTS))
+            .find(|n| *n == name)
+        {
             rs.elements.entry(known).or_default().insert(e);
         }
     };
@@ -444,20 +480,21 @@ pub fn compile_port(sp: &ServicePort, node: &NodeRules) -> Ruleset {
         );
     } else if spreads_by_map(sp) {
         // No chain of its own: its dispatch element leads to the shard's shared chain for its
-        // endpoint count, which DNATs from the map `endpoints` keyed by the packet's own
-        // address, protocol and port and the drawn index.
+        // endpoint count, which DNATs from the chain's map `endpoints-<n>` keyed by the
+        // packet's own address, protocol and port and the drawn index.
         let shard = shard_of_key(&port_key(sp));
         let chain = spread_chain(shard, internal.len());
         rs.chains.insert(
             chain.clone(),
             spread_rules(Family::of(sp.cluster_ip), node, internal.len()),
         );
+        let n = internal.len();
         for (i, ep) in internal.iter().enumerate() {
             set(
                 &mut rs,
-                "endpoints",
+                ENDPOINTS,
                 format!(
-                    "@{shard:02} {} . {proto} . {} . {i} : {} . {}",
+                    "@{shard:02}-{n} {} . {proto} . {} . {i} : {} . {}",
                     sp.cluster_ip, sp.port, ep.ip, ep.port
                 ),
             );
@@ -657,20 +694,20 @@ fn push_elements(
     elements: &BTreeSet<String>,
     key_only: bool,
 ) {
-    let mut by_table: BTreeMap<Option<u8>, Vec<&str>> = BTreeMap::new();
+    let mut by_table: BTreeMap<(Option<u8>, String), Vec<&str>> = BTreeMap::new();
     for e in elements {
-        let (shard, whole) = place_element(set, e);
+        let (shard, into, whole) = place_element(set, e);
         let shown = if key_only {
             whole.split(" : ").next().unwrap_or(whole)
         } else {
             whole
         };
-        by_table.entry(shard).or_default().push(shown);
+        by_table.entry((shard, into)).or_default().push(shown);
     }
-    for (shard, list) in by_table {
+    for ((shard, into), list) in by_table {
         let _ = writeln!(
             out,
-            "{verb} element {} {} {set} {{ {} }}",
+            "{verb} element {} {} {into} {{ {} }}",
             family_keyword(family),
             table_name(shard),
             list.join(", ")
@@ -699,6 +736,14 @@ pub fn full_script(family: Family, rs: &Ruleset, node: &NodeRules) -> String {
         };
         for (_, decl) in decls {
             let _ = writeln!(s, "  {}", declaration(decl, family));
+        }
+        for name in rs.chains.keys() {
+            if is_shared(name)
+                && shard_of_name(name) == shard
+                && let Some(n) = spread_count(name)
+            {
+                let _ = writeln!(s, "  {}", spread_map_decl(family, n));
+            }
         }
         for (name, secs) in &rs.affinity_sets {
             if shard_of_name(name) == shard {
@@ -765,6 +810,21 @@ pub fn delta_script(family: Family, prev: &Ruleset, next: &Ruleset) -> (String, 
                 let _ = writeln!(s, "flush chain {ip} {} {name}", table_of(name));
             }
             None => {
+                // A new spread chain's map goes in the same transaction, before the rule that
+                // names it (see `spread_map`).
+                if is_shared(name)
+                    && let Some(n) = spread_count(name)
+                {
+                    let _ = writeln!(
+                        s,
+                        "add {}",
+                        spread_map_decl(family, n).replacen(
+                            "map ",
+                            &format!("map {ip} {} ", table_of(name)),
+                            1
+                        )
+                    );
+                }
                 let _ = writeln!(s, "add chain {ip} {} {name}", table_of(name));
             }
         }
@@ -787,6 +847,11 @@ pub fn delta_script(family: Family, prev: &Ruleset, next: &Ruleset) -> (String, 
     for (name, _) in ordered(&prev.chains).into_iter().rev() {
         if !next.chains.contains_key(name) {
             let _ = writeln!(s, "delete chain {ip} {} {name}", table_of(name));
+            if is_shared(name)
+                && let Some(n) = spread_count(name)
+            {
+                let _ = writeln!(s, "delete map {ip} {} {}", table_of(name), spread_map(n));
+            }
             stats.chains_deleted += 1;
         }
     }
@@ -910,11 +975,7 @@ fn plan_changes(
     appeared
         .chains
         .retain(|name, _| vanished.chains.remove(name).is_none());
-    if !appeared.chains.is_empty() {
-        // A new shared spread chain: its rule names the map `endpoints`, which nft 1.0.6
-        // cannot read back from the kernel (see MAPS), so the tables are replaced whole.
-        return plan_full(applied.family, ports, node);
-    }
+    // A new shared spread chain goes in with its map (see `spread_map`), as a change too.
     applied.rules_total = applied
         .rules_total
         .saturating_sub(vanished.chains.values().map(Vec::len).sum());
@@ -1245,7 +1306,7 @@ mod tests {
             rs.chains[&chain],
             vec![
                 "ip saddr != 10.244.0.0/16 meta mark set meta mark | 0x4000".to_string(),
-                "dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 3 map @endpoints"
+                "dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 3 map @endpoints-3"
                     .into(),
             ]
         );
@@ -1257,14 +1318,15 @@ mod tests {
         let want: Vec<String> = (0..3)
             .map(|i| {
                 format!(
-                    "@{shard:02} 10.96.0.20 . tcp . 80 . {i} : 10.244.1.{} . 8080",
+                    "@{shard:02}-3 10.96.0.20 . tcp . 80 . {i} : 10.244.1.{} . 8080",
                     i + 2
                 )
             })
             .collect();
         assert_eq!(eps, want.iter().collect::<Vec<_>>());
-        let (table, shown) = place_element("endpoints", eps[0]);
+        let (table, map, shown) = place_element("endpoints", eps[0]);
         assert_eq!(table_name(table), shard_table(shard));
+        assert_eq!(map, "endpoints-3");
         assert_eq!(shown, "10.96.0.20 . tcp . 80 . 0 : 10.244.1.2 . 8080");
         assert!(rs.elements["no-endpoint-services"].is_empty());
         assert!(
@@ -1303,12 +1365,12 @@ mod tests {
             rs.chains[&chain],
             vec![
                 "ip6 saddr != fd00:244::/64 meta mark set meta mark | 0x4000".to_string(),
-                "dnat ip6 to ip6 daddr . meta l4proto . th dport . numgen random mod 2 map @endpoints"
+                "dnat ip6 to ip6 daddr . meta l4proto . th dport . numgen random mod 2 map @endpoints-2"
                     .into(),
             ]
         );
         assert!(rs.elements["endpoints"].contains(&format!(
-            "@{shard:02} fd00:96::20 . tcp . 80 . 1 : fd00:244::3 . 8080"
+            "@{shard:02}-2 fd00:96::20 . tcp . 80 . 1 : fd00:244::3 . 8080"
         )));
         assert!(
             rs.elements["service-ips"].contains(&format!("fd00:96::20 . tcp . 80 : goto {chain}"))
@@ -1361,10 +1423,10 @@ mod tests {
             table_of(&chain),
         )));
         assert!(script.contains(
-            "map endpoints { typeof ip6 daddr . meta l4proto . th dport . numgen random mod 2 : ip6 daddr . th dport; }"
+            "map endpoints-2 { typeof ip6 daddr . meta l4proto . th dport . numgen random mod 2 : ip6 daddr . th dport; }"
         ));
         assert!(script.contains(&format!(
-            "add element ip6 {} endpoints {{ fd00:96::20 . tcp . 80 . 0 : fd00:244::2 . 8080, fd00:96::20 . tcp . 80 . 1 : fd00:244::3 . 8080 }}",
+            "add element ip6 {} endpoints-2 {{ fd00:96::20 . tcp . 80 . 0 : fd00:244::2 . 8080, fd00:96::20 . tcp . 80 . 1 : fd00:244::3 . 8080 }}",
             shard_table(shard)
         )));
         // A change is written to the ip6 tables only.
@@ -1527,14 +1589,14 @@ mod tests {
         assert_eq!(stats.chains_deleted, 0);
         let shard = shard_table(shard_of_key(&port_key(&a)));
         assert!(script.contains(&format!(
-            "delete element ip {shard} endpoints {{ 10.96.0.20 . tcp . 80 . 1 }}"
+            "delete element ip {shard} endpoints-2 {{ 10.96.0.20 . tcp . 80 . 1 }}"
         )));
         assert!(script.contains(&format!(
-            "add element ip {shard} endpoints {{ 10.96.0.20 . tcp . 80 . 1 : 10.244.1.4 . 8080 }}"
+            "add element ip {shard} endpoints-2 {{ 10.96.0.20 . tcp . 80 . 1 : 10.244.1.4 . 8080 }}"
         )));
         assert!(
-            script.find(&format!("delete element ip {shard} endpoints"))
-                < script.find(&format!("add element ip {shard} endpoints")),
+            script.find(&format!("delete element ip {shard} endpoints-2"))
+                < script.find(&format!("add element ip {shard} endpoints-2")),
             "{script}"
         );
         assert_eq!(script.lines().count(), 4, "{script}");
@@ -1688,16 +1750,8 @@ mod tests {
                 }
             }
             let (script, stats, now) = plan_changes(applied, &ports, &node);
-            if script.starts_with("table ip trellis-proxy\ndelete table") {
-                // A new spread chain: the whole tables (see plan_changes).
-                assert_eq!(
-                    script,
-                    plan_full(Family::V4, &ports, &node).0,
-                    "step {step}"
-                );
-                applied = now;
-                continue;
-            }
+            // A new spread chain too is a change (with its map), never the whole tables.
+            assert!(!script.contains("delete table"), "step {step}: {script}");
             let (want, want_stats) = delta_script(
                 Family::V4,
                 &compile(Family::V4, &prev, &node),
@@ -1737,6 +1791,53 @@ mod tests {
             script.contains("delete element ip trellis-proxy-svc-"),
             "the old element goes: {script}"
         );
+    }
+
+    #[test]
+    fn a_new_endpoint_count_brings_its_map_before_its_rule_and_the_old_one_goes_after() {
+        let node = node();
+        let mut s = sp(vec![
+            ep("10.244.1.2", true, false),
+            ep("10.244.1.3", true, false),
+        ]);
+        let (_, _, applied) = plan_full(Family::V4, std::slice::from_ref(&s), &node);
+        s.endpoints.push(ep("10.244.1.4", true, false));
+        let (script, stats, _) = plan_changes(applied, std::slice::from_ref(&s), &node);
+        assert!(!script.contains("delete table"), "{script}");
+        assert_eq!((stats.chains_written, stats.chains_deleted), (1, 1));
+        let shard = shard_of_key(&port_key(&s));
+        let table = shard_table(shard);
+        let at = |needle: &str| {
+            script
+                .find(needle)
+                .unwrap_or_else(|| panic!("{needle:?} not in {script}"))
+        };
+        let map = at(&format!(
+            "add map ip {table} endpoints-3 {{ typeof ip daddr . meta l4proto . th dport . numgen random mod 3 : ip daddr . th dport; }}"
+        ));
+        let chain = at(&format!("add chain ip {table} {}", spread_chain(shard, 3)));
+        let rule = at("numgen random mod 3 map @endpoints-3");
+        let elements = at(&format!("add element ip {table} endpoints-3 {{"));
+        let dispatch = at(&format!(
+            "add element ip {table} service-ips {{ 10.96.0.20 . tcp . 80 : goto {} }}",
+            spread_chain(shard, 3)
+        ));
+        let old_elements = at(&format!("delete element ip {table} endpoints-2 {{"));
+        let old_chain = at(&format!(
+            "delete chain ip {table} {}",
+            spread_chain(shard, 2)
+        ));
+        let old_map = at(&format!("delete map ip {table} endpoints-2\n"));
+        assert!(map < chain && chain < rule && rule < elements && elements < dispatch);
+        assert!(old_elements < old_chain && dispatch < old_chain && old_chain < old_map);
+        // The whole tables declare each spread chain's map in its shard.
+        let full = plan_full(Family::V4, std::slice::from_ref(&s), &node).0;
+        let shard_at = full.find(&format!("table ip {table} {{")).unwrap();
+        let decl = full
+            .find("map endpoints-3 { typeof ip daddr . meta l4proto . th dport . numgen random mod 3 : ip daddr . th dport; }")
+            .unwrap();
+        assert!(shard_at < decl && decl < full.find("chain spread-").unwrap());
+        assert_eq!(full.matches("map endpoints").count(), 1, "{full}");
     }
 
     #[test]

@@ -2,7 +2,10 @@
 //! trellis-proxy and written into the nat and filter tables of a fresh namespace.
 //!
 //! - full: the first sync (every chain written, in one `iptables-restore --noflush`);
-//! - incremental: one endpoint of one Service replaced, then a sync (only the changed chains).
+//! - incremental: one endpoint of one Service replaced, then a sync (only the changed chains);
+//!   with `--new-count`, one endpoint added to one Service instead, so that its endpoint count
+//!   (11, 12, … in successive rounds) is new to its shard (the nftables backend's shared
+//!   `spread-<shard>-<n>` chain and its map for that count must be created).
 //!
 //! The baseline is what kube-proxy's legacy iptables mode does on every change (before 1.26's
 //! partial syncs): the whole table — every chain declared, every rule written — restored in one
@@ -11,6 +14,7 @@
 //!
 //!     cargo bench -p netns-testbed --bench proxy-sync [-- --sizes 1000,5000,10000 --rounds 3]
 //!         [--backend nft|legacy] [--proxy-backend iptables|nftables [--nft-oneshot]] [--no-baseline]
+//!         [--new-count]
 //!
 //! `--proxy-backend nftables` measures the proxy's nftables backend (one transaction per sync:
 //! whole tables through `nft -f`, changes through its long-lived `nft -i`; "full ours" is then
@@ -98,7 +102,7 @@ fn ms(d: Duration) -> String {
 fn check_args() {
     const VALUED: [&str; 4] = ["--sizes", "--rounds", "--backend", "--proxy-backend"];
     // `--bench` is what `cargo bench` passes to every bench binary.
-    const FLAGS: [&str; 3] = ["--nft-oneshot", "--no-baseline", "--bench"];
+    const FLAGS: [&str; 4] = ["--nft-oneshot", "--no-baseline", "--new-count", "--bench"];
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < args.len() {
@@ -111,7 +115,8 @@ fn check_args() {
         } else {
             eprintln!(
                 "unknown argument {a:?}; usage: proxy-sync [--sizes 1000,5000,10000] [--rounds 3] \
-                 [--backend nft|legacy] [--proxy-backend iptables|nftables [--nft-oneshot]] [--no-baseline]"
+                 [--backend nft|legacy] [--proxy-backend iptables|nftables [--nft-oneshot]] [--no-baseline] \
+                 [--new-count]"
             );
             std::process::exit(2);
         }
@@ -226,9 +231,19 @@ async fn main() {
         // One endpoint change at a time: ours writes the changed chains, the baseline all.
         let mut inc_ours = Vec::new();
         let mut inc_base = Vec::new();
+        let new_count = std::env::args().any(|a| a == "--new-count");
+        let mut written = Vec::new();
         for r in 0..rounds {
-            let sp = &mut ports[r % n];
-            sp.endpoints[0].ip = std::net::Ipv4Addr::from(0x0af5_0000u32 + r as u32).into();
+            if new_count {
+                // The same Service each round: 11, 12, … endpoints, a count no other has.
+                let sp = &mut ports[0];
+                let mut extra = sp.endpoints[0].clone();
+                extra.ip = std::net::Ipv4Addr::from(0x0af5_0000u32 + r as u32).into();
+                sp.endpoints.push(extra);
+            } else {
+                let sp = &mut ports[r % n];
+                sp.endpoints[0].ip = std::net::Ipv4Addr::from(0x0af5_0000u32 + r as u32).into();
+            }
             let t = Instant::now();
             let stats = if nft_mode {
                 nft_syncer
@@ -239,7 +254,10 @@ async fn main() {
                 syncer.sync(rules::compile(&ports, &node)).await.unwrap()
             };
             inc_ours.push(t.elapsed());
-            assert!(stats.chains_written <= 3, "{stats:?}");
+            written.push(stats.chains_written);
+            // A new endpoint count cost the nftables backend a whole-table rewrite before it
+            // could add the count's chain and map as a change.
+            assert!(new_count || stats.chains_written <= 3, "{stats:?}");
             if no_baseline {
                 inc_base.push(Duration::ZERO);
                 continue;
@@ -263,10 +281,16 @@ async fn main() {
         );
         if nft_mode {
             println!(
-                "{:>8} {elements} set and map elements; nft sessions started {}, one-shot fallbacks {}",
+                "{:>8} {elements} set and map elements; nft sessions started {}, one-shot fallbacks {}; \
+                 chains written per change {written:?}{}",
                 "",
                 nft_syncer.sessions_started(),
-                nft_syncer.fallbacks()
+                nft_syncer.fallbacks(),
+                if new_count {
+                    " (--new-count: each change a new endpoint count)"
+                } else {
+                    ""
+                }
             );
         }
         drop(nft_syncer);

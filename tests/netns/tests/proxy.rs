@@ -12,8 +12,8 @@
 mod cluster;
 use cluster::{Cluster, Pod};
 
-/// The proxy backend these tests run.
-const PROXY_BACKEND: &str = "iptables";
+/// The proxy backend these tests run: iptables, explicitly (nftables is the default).
+const PROXY_BACKEND: Option<&str> = Some("iptables");
 
 include!("support/proxy_common.rs");
 

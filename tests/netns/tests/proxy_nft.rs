@@ -9,8 +9,8 @@
 mod cluster;
 use cluster::{Cluster, Pod};
 
-/// The proxy backend these tests run.
-const PROXY_BACKEND: &str = "nftables";
+/// The proxy backend these tests run: the default, nftables (no `--backend`).
+const PROXY_BACKEND: Option<&str> = None;
 
 include!("support/proxy_common.rs");
 
@@ -140,6 +140,179 @@ async fn an_ipv6_failure_does_not_block_ipv4() {
     v4c[0].endpoints.pop();
     syncer.sync((&v4c, &node4), (&v6, &good6)).await.unwrap();
     assert!(!ruleset().await.contains("10.244.1.9 . 8080"));
+    drop(syncer);
+    tb.delete_ns(&ns).unwrap();
+}
+
+/// Issue 16: a port whose endpoint count is new to its shard (here 2 → 3 → 1, each count the
+/// only one of its kind) is written as a change — the count's map `endpoints-<n>`, its chain
+/// and rule, in one transaction — not by replacing the whole tables, and its old chain and map
+/// go once no port uses them. Negative control: the one-map layout this replaced, a rule added
+/// later to a map of that type already in the kernel, is refused by the nft here ("conflicting
+/// protocols specified"), which is why a new count used to cost a full sync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_endpoint_count_is_a_change_not_a_whole_rewrite() {
+    use netns_testbed::{Testbed, require_root, require_tool};
+    use trellis_proxy::model::{Endpoint, PortName, Protocol, ServicePort};
+    use trellis_proxy::{NodeRules, nft};
+
+    require_root();
+    require_tool("nft", "nftables");
+    let tb = Testbed::new().unwrap();
+    let ns = tb.add_ns("pcount").await.unwrap();
+    let limit = Duration::from_secs(10);
+
+    // Negative control: the map declared by one transaction, the rule naming it in a later one.
+    let control = "table ip trellis-t-count {\n  map endpoints { typeof ip daddr . meta l4proto . th dport . numgen random mod 2 : ip daddr . th dport; }\n}\n";
+    trellis_net::nft::Nft::new(Some(&ns))
+        .apply(control)
+        .await
+        .unwrap();
+    let refused = tb
+        .exec(
+            &ns,
+            &[
+                "nft",
+                "add chain ip trellis-t-count spread-3; add rule ip trellis-t-count spread-3 dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 3 map @endpoints",
+            ],
+            limit,
+        )
+        .await
+        .unwrap();
+    assert!(
+        !refused.success() && refused.stderr.contains("conflicting protocols"),
+        "nft took a rule naming a map read back from the kernel: {refused:?}"
+    );
+    tb.exec_ok(
+        &ns,
+        &["nft", "delete", "table", "ip", "trellis-t-count"],
+        limit,
+    )
+    .await
+    .unwrap();
+
+    let port = |eps: &[&str]| ServicePort {
+        name: PortName {
+            namespace: "default".into(),
+            service: "web".into(),
+            port: "http".into(),
+        },
+        protocol: Protocol::Tcp,
+        cluster_ip: "10.96.0.20".parse().unwrap(),
+        port: 80,
+        node_port: None,
+        load_balancer_ips: vec![],
+        health_check_node_port: None,
+        external_local: false,
+        internal_local: false,
+        affinity: None,
+        endpoints: eps
+            .iter()
+            .map(|e| Endpoint {
+                ip: e.parse().unwrap(),
+                port: 8080,
+                ready: true,
+                serving: true,
+                terminating: false,
+                local: false,
+            })
+            .collect(),
+    };
+    let node = NodeRules {
+        cluster_cidr: Some("10.244.0.0/16".parse().unwrap()),
+        node_addresses: vec![],
+    };
+    let shard = |text: &str| -> String {
+        // The shard table that holds the port's spread chain.
+        text.lines()
+            .scan(String::new(), |table, l| {
+                if let Some(t) = l.strip_prefix("table ip ") {
+                    *table = t.trim_end_matches(" {").to_string();
+                }
+                Some((table.clone(), l.to_string()))
+            })
+            .find(|(_, l)| l.contains("chain spread-"))
+            .map(|(t, _)| t)
+            .expect("a spread chain")
+    };
+    let ruleset = || {
+        let (tb, ns) = (&tb, &ns);
+        async move {
+            tb.exec_ok(ns, &["nft", "list", "ruleset"], limit)
+                .await
+                .unwrap()
+        }
+    };
+    let mut syncer = nft::Syncer::new(trellis_net::nft::Nft::new(Some(&ns))).ipv4_only();
+    let none: Vec<ServicePort> = vec![];
+    let full = syncer
+        .sync(
+            (&[port(&["10.244.1.2", "10.244.1.3"])], &node),
+            (&none, &node),
+        )
+        .await
+        .unwrap();
+    assert!(
+        full.chains_written > 16,
+        "the first sync is whole: {full:?}"
+    );
+    let text = ruleset().await;
+    let table = shard(&text);
+    assert!(text.contains("map endpoints-2 {"), "{text}");
+
+    for (eps, n, old) in [
+        (&["10.244.1.2", "10.244.1.3", "10.244.1.4"][..], 3, 2),
+        (&["10.244.1.4"][..], 1, 3),
+    ] {
+        let stats = syncer
+            .sync((&[port(eps)], &node), (&none, &node))
+            .await
+            .unwrap();
+        assert_eq!(
+            (stats.chains_written, stats.chains_deleted),
+            (1, 1),
+            "{n} endpoints: one chain written, one removed, nothing else: {stats:?}"
+        );
+        let text = ruleset().await;
+        let chain = tb
+            .exec_ok(
+                &ns,
+                &[
+                    "nft",
+                    "list",
+                    "chain",
+                    "ip",
+                    &table,
+                    &format!("spread-{}-{n}", &table[table.len() - 2..]),
+                ],
+                limit,
+            )
+            .await
+            .unwrap();
+        assert!(
+            chain.contains(&format!("numgen random mod {n} map @endpoints-{n}")),
+            "{chain}"
+        );
+        assert!(text.contains(&format!("map endpoints-{n} {{")), "{text}");
+        assert!(
+            !text.contains(&format!("map endpoints-{old} {{"))
+                && !text.contains(&format!("spread-{}-{old}", &table[table.len() - 2..])),
+            "the old count's map and chain are gone: {text}"
+        );
+        let last = eps.len() - 1;
+        assert!(
+            text.contains(&format!(
+                "10.96.0.20 . tcp . 80 . {last} : {} . 8080",
+                eps[last]
+            )),
+            "{text}"
+        );
+    }
+    assert_eq!(
+        syncer.fallbacks(),
+        0,
+        "every change went through the session"
+    );
     drop(syncer);
     tb.delete_ns(&ns).unwrap();
 }

@@ -43,24 +43,27 @@ fn ask_one(ns: &Netns, to: SocketAddr) -> std::io::Result<String> {
     ask(ns, to, 1).pop().unwrap()
 }
 
+/// The backend the proxies run: `PROXY_BACKEND`'s, or the default (nftables) when it is None,
+/// in which case no `--backend` is passed (so the test proves the default too).
+fn backend() -> &'static str {
+    PROXY_BACKEND.unwrap_or("nftables")
+}
+
 fn spawn_proxy(c: &Cluster, w: &cluster::Worker, trellis: &std::path::Path) -> i32 {
-    c.tb.spawn(
-        &w.node.ns,
-        &[
-            trellis.to_str().unwrap(),
-            "proxy",
-            "--backend",
-            PROXY_BACKEND,
-            "--node",
-            &w.node.name,
-            "--kubeconfig",
-            c.cp.kubeconfig.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:10256",
-        ],
-        Duration::from_secs(600),
-    )
-    .unwrap()
+    let mut argv = vec![trellis.to_str().unwrap(), "proxy"];
+    if let Some(b) = PROXY_BACKEND {
+        argv.extend(["--backend", b]);
+    }
+    argv.extend([
+        "--node",
+        &w.node.name,
+        "--kubeconfig",
+        c.cp.kubeconfig.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:10256",
+    ]);
+    c.tb.spawn(&w.node.ns, &argv, Duration::from_secs(600))
+        .unwrap()
 }
 
 async fn wait_proxy_ready(c: &Cluster, w: &cluster::Worker, pid: i32) {
@@ -80,7 +83,7 @@ async fn wait_proxy_ready(c: &Cluster, w: &cluster::Worker, pid: i32) {
     panic!("proxy never ready:\n{}", c.tb.log_of(pid));
 }
 
-/// The node's rules are where `PROXY_BACKEND` puts them, and only there: the tests below prove
+/// The node's rules are where [`backend`] puts them, and only there: the tests below prove
 /// that backend, not the other.
 async fn assert_backend(c: &Cluster, w: &cluster::Worker) {
     let limit = Duration::from_secs(10);
@@ -107,7 +110,7 @@ async fn assert_backend(c: &Cluster, w: &cluster::Worker) {
         .await
         .unwrap();
     assert!(!table6.success(), "no ip6 tables without IPv6 Services:\n{}", table6.stdout);
-    match PROXY_BACKEND {
+    match backend() {
         "nftables" => assert!(
             table.success() && !chains,
             "want the nftables table and no iptables chains:\n{}\n{nat}",
@@ -1080,7 +1083,7 @@ async fn restart_keeps_rules() {
         "the overlay's chain is kept:\n{nat}"
     );
     let gone_ip = gone_vip.ip().to_string();
-    if PROXY_BACKEND == "nftables" {
+    if backend() == "nftables" {
         // The main table and the shards that hold the service chains and maps.
         let table = env
             .c
@@ -1116,4 +1119,40 @@ async fn restart_keeps_rules() {
         assert!(!nat.contains(&format!("{gone_ip}/32")), "{nat}");
     }
     env.assert_proxies_alive();
+
+    // `trellis proxy --cleanup` (the proxy stopped first) removes every table, chain and jump
+    // of the proxy's, of both backends, and nothing else.
+    env.c.tb.signal(new, nix::sys::signal::Signal::SIGTERM);
+    netns_testbed::wait_for("the proxy stops", Duration::from_secs(10), || {
+        !env.c.tb.running(new)
+    })
+    .await;
+    let limit = Duration::from_secs(30);
+    env.c
+        .tb
+        .exec_ok(&node_ns, &[trellis.to_str().unwrap(), "proxy", "--cleanup"], limit)
+        .await
+        .unwrap();
+    let tables = env
+        .c
+        .tb
+        .exec_ok(&node_ns, &["nft", "list", "tables"], limit)
+        .await
+        .unwrap();
+    assert!(
+        !tables.contains("trellis-proxy"),
+        "--cleanup left tables:\n{tables}"
+    );
+    let nat = env
+        .c
+        .tb
+        .exec_ok(&node_ns, &["iptables-save", "-t", "nat"], limit)
+        .await
+        .unwrap();
+    assert!(!nat.contains("TRELLIS-SVC"), "--cleanup left chains:\n{nat}");
+    assert!(nat.contains("-A TRELLIS-POL-PROBE -j RETURN"), "{nat}");
+    assert!(
+        nat.contains("-A TRELLIS-POSTRTG"),
+        "the overlay's chain is kept:\n{nat}"
+    );
 }
