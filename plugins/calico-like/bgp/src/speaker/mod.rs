@@ -52,6 +52,7 @@ mod export;
 mod listener;
 mod md5;
 mod peer;
+mod writer;
 
 pub use deferral::DeferralEnd;
 pub use md5::{KeyError, MAX_KEY_LEN, Md5Key};
@@ -73,6 +74,7 @@ use crate::rib::{self, LocRibChange, PeerInfo, Rib, RibConfig, RoutePolicy};
 use deferral::Deferral;
 use listener::{accept_loop, bind};
 use peer::{PeerMsg, PeerTask};
+use writer::{SentCounts, SessionOut};
 
 /// The standard BGP port.
 pub const BGP_PORT: u16 = 179;
@@ -297,16 +299,6 @@ impl PeerStatus {
         }
     }
 
-    /// Counts one message sent.
-    pub(crate) fn count_sent(&mut self, update: bool) {
-        self.messages_sent += 1;
-        self.total.messages_sent += 1;
-        if update {
-            self.updates_sent += 1;
-            self.total.updates_sent += 1;
-        }
-    }
-
     /// A new session (or none): the per-session counts start again.
     pub(crate) fn reset_session_counts(&mut self) {
         self.updates_received = 0;
@@ -477,6 +469,10 @@ struct Slot {
     /// The Established session's generation, 0 when down or when its exports overflowed:
     /// exports of an older session are dropped by the task.
     generation: u64,
+    /// The Established session's send side, which the export writes to.
+    session: Option<SessionOut>,
+    /// Messages sent (written by the export as well as by the task).
+    sent: Arc<SentCounts>,
 }
 
 /// Reports path failures to the speaker's sessions (see [`Speaker::session_failed`]); cheap to
@@ -632,6 +628,7 @@ impl Speaker {
         let (stop, stopped) = oneshot::channel();
         let overflow = Arc::new(Notify::new());
         let failed = Arc::new(Failure::default());
+        let sent = Arc::new(SentCounts::default());
         let id = core.next_slot_id;
         core.next_slot_id += 1;
         let task = PeerTask::new(
@@ -641,6 +638,7 @@ impl Speaker {
             tx.clone(),
             Arc::clone(&overflow),
             Arc::clone(&failed),
+            Arc::clone(&sent),
         );
         let handle = tokio::spawn(task.run(rx, stopped));
         core.peers.insert(
@@ -654,6 +652,8 @@ impl Speaker {
                 task: Some(handle),
                 status: PeerStatus::new(&peer),
                 generation: 0,
+                session: None,
+                sent,
             },
         );
         Ok(())
@@ -793,6 +793,7 @@ impl Speaker {
             .iter()
             .map(|(address, slot)| {
                 let mut status = slot.status.clone();
+                slot.sent.fill(&mut status);
                 (status.prefixes_received, status.prefixes_sent) = core.rib.counts(*address);
                 status.awaiting_end_of_rib = core
                     .deferral
@@ -842,6 +843,8 @@ impl Drop for Speaker {
             if let Some(task) = slot.task.take() {
                 task.abort();
             }
+            // The connection goes with the task, not with the last handle of the state.
+            slot.session = None;
         }
         core.subscribers.clear();
     }
