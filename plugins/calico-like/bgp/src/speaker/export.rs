@@ -1,23 +1,32 @@
-//! Export: RIB changes to the subscribers and to the peers' tasks, and a session's
+//! Export: RIB changes to the subscribers and to the peers' sessions, and a session's
 //! Adj-RIB-Out changes packed into UPDATEs.
 
 use std::net::{IpAddr, Ipv6Addr};
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use tokio::sync::mpsc::error::TrySendError;
 use tracing::{debug, warn};
 
 use super::peer::{PeerMsg, PeerTask, owned};
+use super::writer::{Encoded, Export, Flushed};
 use super::{Core, PEER_QUEUE, SUBSCRIBER_BACKLOG};
-use crate::codec::{CeaseSubcode, Family, Message, Notification, update};
+
+/// Exports of at most this many changes are encoded and written where the RIB changed; larger
+/// ones are encoded by the sessions' tasks (once for all), outside the RIB's lock.
+const INLINE_EXPORT: usize = 256;
+use crate::codec::{self, CeaseSubcode, Context, Family, Message, Notification, update};
 use crate::fsm::{Event, State};
 use crate::rib::{self, Changes, OutChange, Path};
 
 impl Core {
-    /// Hands RIB changes to the subscribers and the peers' tasks, waiting for none of them. A
-    /// subscriber whose queue is full is dropped (it learns it from its closed stream, see
-    /// [`Speaker::subscribe`](super::Speaker::subscribe)); a session whose queue is full gets
-    /// no more exports and its task is told to reset it (see [`PeerTask::on_overflow`]).
+    /// Hands RIB changes to the subscribers and the peers' sessions, waiting for none of them.
+    /// A subscriber whose queue is full is dropped (it learns it from its closed stream, see
+    /// [`Speaker::subscribe`](super::Speaker::subscribe)). A session's UPDATEs are encoded once
+    /// for all sessions that get the same bytes and written to its socket at once (a large
+    /// export, or one that must wait behind its task's sending, goes through the task); a
+    /// session with [`PEER_QUEUE`] exports waiting gets no more and its task is told to reset
+    /// it (see [`PeerTask::on_overflow`]).
     pub(super) fn apply(&mut self, changes: Changes) {
         // Timestamps of the propagation path (`RUST_LOG=bgp_timing=debug`; issue 18): a
         // Loc-RIB change here, its UPDATEs sent in `send_out`, its kernel write in the agent.
@@ -43,23 +52,132 @@ impl Core {
         } else {
             changes.out
         };
+        // One encoding per group of sessions that get the same bytes, written to each
+        // session's socket here and now (see `writer`): no session waits for its task.
+        let mut groups: Vec<Arc<Export>> = Vec::new();
         for (address, out) in out {
-            if let Some(slot) = self.peers.get_mut(&address)
-                && slot.generation != 0
+            let Some(slot) = self.peers.get_mut(&address) else {
+                continue;
+            };
+            let Some(session) = slot.session.as_ref().filter(|_| slot.generation != 0) else {
+                continue;
+            };
+            let export = match groups
+                .iter()
+                .find(|e| e.same_bytes(&out, &session.cx, session.link_local, session.unnumbered))
             {
-                let export = PeerMsg::Export {
-                    generation: slot.generation,
-                    changes: out,
-                };
-                if let Err(TrySendError::Full(_)) = slot.tx.try_send(export) {
-                    // The peer can no longer be told everything in order: rather than leave it
-                    // with a gap, the session stops here and starts over.
-                    slot.generation = 0;
-                    slot.overflow.notify_one();
+                Some(e) => Arc::clone(e),
+                None => {
+                    let e = Arc::new(Export::new(
+                        out,
+                        session.cx,
+                        session.link_local,
+                        session.unnumbered,
+                    ));
+                    groups.push(Arc::clone(&e));
+                    e
                 }
+            };
+            // A large export is encoded by the task, outside the RIB's lock.
+            let inline = export.changes.len() <= INLINE_EXPORT;
+            let overflowed = match session.writer.try_direct(inline, || export.encoded()) {
+                Some((waiting, flushed)) => {
+                    if flushed != Flushed::Done {
+                        session.writer.wake.notify_one();
+                    }
+                    waiting > PEER_QUEUE
+                }
+                None => {
+                    let export = PeerMsg::Export {
+                        generation: slot.generation,
+                        export,
+                    };
+                    match slot.tx.try_send(export) {
+                        Ok(()) => false,
+                        Err(e) => {
+                            session.writer.unqueue();
+                            matches!(e, TrySendError::Full(_))
+                        }
+                    }
+                }
+            };
+            if overflowed {
+                // The peer can no longer be told everything in order: rather than leave it
+                // with a gap, the session stops here and starts over.
+                slot.generation = 0;
+                slot.overflow.notify_one();
+            }
+        }
+        if !groups.is_empty() {
+            debug!(target: "bgp_timing", encodings = groups.len(), "updates written");
+        }
+    }
+}
+
+/// Adj-RIB-Out changes packed into UPDATEs (prefixes sharing attributes travel together),
+/// encoded for a session with context `cx` and IPv6 link-local next hop `link_local`
+/// (`unnumbered`: a session to a link-local peer address, see [`v6_next_hop`]).
+pub(super) fn encode_changes(
+    changes: &[OutChange],
+    cx: &Context,
+    link_local: Option<(Ipv6Addr, Ipv6Addr)>,
+    unnumbered: bool,
+) -> Encoded {
+    let mut groups: Vec<(&Path, Vec<IpNet>)> = Vec::new();
+    let (mut gone_v4, mut gone_v6) = (Vec::new(), Vec::new());
+    for change in changes {
+        match change {
+            OutChange::Announce(prefix, path) => {
+                match groups.iter_mut().find(|(p, _)| *p == path) {
+                    Some((_, prefixes)) => prefixes.push(*prefix),
+                    None => groups.push((path, vec![*prefix])),
+                }
+            }
+            OutChange::Withdraw(IpNet::V4(p)) => gone_v4.push(*p),
+            OutChange::Withdraw(IpNet::V6(p)) => gone_v6.push(*p),
+        }
+    }
+    let mut updates = update::withdraw_v4(&gone_v4);
+    updates.extend(update::withdraw_v6(&gone_v6));
+    for (path, prefixes) in groups {
+        let (mut v4, mut v6) = (Vec::new(), Vec::new());
+        for p in prefixes {
+            match p {
+                IpNet::V4(p) => v4.push(p),
+                IpNet::V6(p) => v6.push(p),
+            }
+        }
+        if !v4.is_empty()
+            && let IpAddr::V4(next_hop) = path.next_hop
+        {
+            let mut attrs = path.attrs.clone();
+            attrs.next_hop = Some(next_hop);
+            match update::announce_v4(&attrs, &v4, cx) {
+                Ok(u) => updates.extend(u),
+                Err(e) => warn!(error = %e, "cannot encode IPv4 announcement"),
+            }
+        }
+        if !v6.is_empty() {
+            let (next_hop, link_local) =
+                v6_next_hop(link_local, unnumbered, rib::ipv6_next_hop(path.next_hop));
+            match update::announce_v6(&path.attrs, next_hop, link_local, &v6, cx) {
+                Ok(u) => updates.extend(u),
+                Err(e) => warn!(error = %e, "cannot encode IPv6 announcement"),
             }
         }
     }
+    let mut out = Encoded::default();
+    for u in updates {
+        match codec::encode(&Message::Update(u), cx) {
+            Ok(bytes) => {
+                out.bytes.extend_from_slice(&bytes);
+                out.messages += 1;
+                out.updates += 1;
+            }
+            Err(e) => warn!(error = %e, "cannot encode UPDATE"),
+        }
+    }
+    out
 }
 
 /// The link-local next hop that goes with `next_hop` (RFC 2545 §3): ours on the shared link,
@@ -115,7 +233,13 @@ impl PeerTask {
     /// ROUTE-REFRESH (RFC 2918): the whole Adj-RIB-Out of the family again.
     pub(super) async fn refresh(&mut self, family: Family) {
         let routes = match owned(&self.shared, self.config.address, self.slot_id) {
-            Some(core) => core.rib.adj_out(self.config.address),
+            Some(core) => {
+                // Changes after this snapshot must not overtake it (see `writer`).
+                if let Some(conn) = self.conn.as_ref() {
+                    conn.writer.hold();
+                }
+                core.rib.adj_out(self.config.address)
+            }
             None => return,
         };
         let changes = routes
@@ -124,74 +248,22 @@ impl PeerTask {
             .map(|(prefix, path)| OutChange::Announce(prefix, path))
             .collect();
         self.send_out(changes).await;
+        self.release_writer();
     }
 
-    /// Packs Adj-RIB-Out changes into UPDATEs (prefixes sharing attributes travel together)
-    /// and sends them.
+    /// Packs Adj-RIB-Out changes into UPDATEs and sends them (waiting for the socket, behind
+    /// whatever is queued).
     pub(super) async fn send_out(&mut self, changes: Vec<OutChange>) {
-        let mut groups: Vec<(Path, Vec<IpNet>)> = Vec::new();
-        let (mut gone_v4, mut gone_v6) = (Vec::new(), Vec::new());
-        for change in changes {
-            match change {
-                OutChange::Announce(prefix, path) => {
-                    match groups.iter_mut().find(|(p, _)| *p == path) {
-                        Some((_, prefixes)) => prefixes.push(prefix),
-                        None => groups.push((path, vec![prefix])),
-                    }
-                }
-                OutChange::Withdraw(IpNet::V4(p)) => gone_v4.push(p),
-                OutChange::Withdraw(IpNet::V6(p)) => gone_v6.push(p),
-            }
+        let encoded = encode_changes(
+            &changes,
+            &self.cx,
+            self.config.link_local_next_hop,
+            self.config.is_unnumbered(),
+        );
+        let n = encoded.updates;
+        if self.send_encoded(Arc::new(encoded)).await {
+            debug!(target: "bgp_timing", peer = %self.address(), updates = n, "updates sent");
         }
-        let mut updates = update::withdraw_v4(&gone_v4);
-        updates.extend(update::withdraw_v6(&gone_v6));
-        for (path, prefixes) in groups {
-            let (v4, v6): (Vec<IpNet>, Vec<IpNet>) = prefixes
-                .into_iter()
-                .partition(|p| matches!(p, IpNet::V4(_)));
-            let v4: Vec<_> = v4
-                .into_iter()
-                .filter_map(|p| match p {
-                    IpNet::V4(p) => Some(p),
-                    IpNet::V6(_) => None,
-                })
-                .collect();
-            let v6: Vec<_> = v6
-                .into_iter()
-                .filter_map(|p| match p {
-                    IpNet::V6(p) => Some(p),
-                    IpNet::V4(_) => None,
-                })
-                .collect();
-            if !v4.is_empty()
-                && let IpAddr::V4(next_hop) = path.next_hop
-            {
-                let mut attrs = path.attrs.clone();
-                attrs.next_hop = Some(next_hop);
-                match update::announce_v4(&attrs, &v4, &self.cx) {
-                    Ok(u) => updates.extend(u),
-                    Err(e) => warn!(error = %e, "cannot encode IPv4 announcement"),
-                }
-            }
-            if !v6.is_empty() {
-                let (next_hop, link_local) = v6_next_hop(
-                    self.config.link_local_next_hop,
-                    self.config.is_unnumbered(),
-                    rib::ipv6_next_hop(path.next_hop),
-                );
-                match update::announce_v6(&path.attrs, next_hop, link_local, &v6, &self.cx) {
-                    Ok(u) => updates.extend(u),
-                    Err(e) => warn!(error = %e, "cannot encode IPv6 announcement"),
-                }
-            }
-        }
-        let n = updates.len();
-        for u in updates {
-            if !self.send(&Message::Update(u)).await {
-                return;
-            }
-        }
-        debug!(target: "bgp_timing", peer = %self.address(), updates = n, "updates sent");
     }
 }
 

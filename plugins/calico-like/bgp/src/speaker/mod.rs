@@ -52,6 +52,7 @@ mod export;
 mod listener;
 mod md5;
 mod peer;
+mod writer;
 
 pub use deferral::DeferralEnd;
 pub use md5::{KeyError, MAX_KEY_LEN, Md5Key};
@@ -73,6 +74,7 @@ use crate::rib::{self, LocRibChange, PeerInfo, Rib, RibConfig, RoutePolicy};
 use deferral::Deferral;
 use listener::{accept_loop, bind};
 use peer::{PeerMsg, PeerTask};
+use writer::{SentCounts, SessionOut};
 
 /// The standard BGP port.
 pub const BGP_PORT: u16 = 179;
@@ -310,16 +312,6 @@ impl PeerStatus {
         }
     }
 
-    /// Counts one message sent.
-    pub(crate) fn count_sent(&mut self, update: bool) {
-        self.messages_sent += 1;
-        self.total.messages_sent += 1;
-        if update {
-            self.updates_sent += 1;
-            self.total.updates_sent += 1;
-        }
-    }
-
     /// A new session (or none): the per-session counts start again.
     pub(crate) fn reset_session_counts(&mut self) {
         self.updates_received = 0;
@@ -495,6 +487,10 @@ struct Slot {
     generation: u64,
     /// A link-local peer's interface: its connections must arrive there.
     scope_id: Option<u32>,
+    /// The Established session's send side, which the export writes to.
+    session: Option<SessionOut>,
+    /// Messages sent (written by the export as well as by the task).
+    sent: Arc<SentCounts>,
 }
 
 /// Reports path failures to the speaker's sessions (see [`Speaker::session_failed`]); cheap to
@@ -657,6 +653,7 @@ impl Speaker {
         let (stop, stopped) = oneshot::channel();
         let overflow = Arc::new(Notify::new());
         let failed = Arc::new(Failure::default());
+        let sent = Arc::new(SentCounts::default());
         let id = core.next_slot_id;
         core.next_slot_id += 1;
         let task = PeerTask::new(
@@ -666,6 +663,7 @@ impl Speaker {
             tx.clone(),
             Arc::clone(&overflow),
             Arc::clone(&failed),
+            Arc::clone(&sent),
         );
         let handle = tokio::spawn(task.run(rx, stopped));
         core.peers.insert(
@@ -680,6 +678,8 @@ impl Speaker {
                 status: PeerStatus::new(&peer),
                 generation: 0,
                 scope_id: peer.scope_id,
+                session: None,
+                sent,
             },
         );
         Ok(())
@@ -819,6 +819,7 @@ impl Speaker {
             .iter()
             .map(|(address, slot)| {
                 let mut status = slot.status.clone();
+                slot.sent.fill(&mut status);
                 (status.prefixes_received, status.prefixes_sent) = core.rib.counts(*address);
                 status.awaiting_end_of_rib = core
                     .deferral
@@ -868,6 +869,8 @@ impl Drop for Speaker {
             if let Some(task) = slot.task.take() {
                 task.abort();
             }
+            // The connection goes with the task, not with the last handle of the state.
+            slot.session = None;
         }
         core.subscribers.clear();
     }

@@ -6,13 +6,15 @@ use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
 
 use ipnet::IpNet;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::time::{Instant, sleep_until};
 use tracing::{debug, info, warn};
 
+use super::writer::{Encoded, Export, SentCounts, SessionOut, Writer};
 use super::{Core, Failure, MaxPrefixes, PeerConfig, PeerStatus, Shared, canonical};
 use crate::codec::{
     self, Capability, CeaseSubcode, Context, DecodeError, Decoded, Family, GrFamily,
@@ -26,10 +28,11 @@ use crate::rib::{OutChange, Path, SessionInfo};
 pub(super) enum PeerMsg {
     /// The listener accepted a connection from this peer.
     Incoming(TcpStream),
-    /// Adj-RIB-Out changes for the session of this generation.
+    /// Adj-RIB-Out changes for the session of this generation, that had to wait behind what
+    /// the task sends (see `writer`).
     Export {
         generation: u64,
-        changes: Vec<OutChange>,
+        export: Arc<Export>,
     },
     /// Our outgoing connection attempt finished.
     Connected {
@@ -49,7 +52,9 @@ pub(super) enum PeerMsg {
 
 #[derive(Debug)]
 pub(super) struct Conn {
-    pub(super) stream: TcpStream,
+    pub(super) read: OwnedReadHalf,
+    /// The send side, shared with the RIB's export while the session is Established.
+    pub(super) writer: Arc<Writer>,
     pub(super) buf: Vec<u8>,
     /// We initiated it (RFC 4271 §6.8 needs to know).
     pub(super) outgoing: bool,
@@ -134,6 +139,8 @@ pub(super) struct PeerTask {
     /// A write failed: the transport is gone.
     pub(super) broken: bool,
     pub(super) status: PeerStatus,
+    /// Messages sent, counted by whoever writes them (see `writer`).
+    pub(super) sent: Arc<SentCounts>,
     pub(super) stopping: bool,
     /// Set after a max-prefix breach: until then the peer's connections are refused.
     pub(super) held_down: Option<Instant>,
@@ -152,6 +159,7 @@ impl PeerTask {
         tx: mpsc::Sender<PeerMsg>,
         overflow: Arc<Notify>,
         failed: Arc<Failure>,
+        sent: Arc<SentCounts>,
     ) -> Self {
         let fsm = Fsm::new(FsmConfig {
             local_asn: shared.config.asn,
@@ -184,6 +192,7 @@ impl PeerTask {
             open_sent: false,
             broken: false,
             status,
+            sent,
             stopping: false,
             cause: None,
             held_down: None,
@@ -207,13 +216,21 @@ impl PeerTask {
         self.publish();
         while !self.stopping {
             let t = self.timers;
+            let writer = self.conn.as_ref().map(|c| Arc::clone(&c.writer));
             let conn = &mut self.conn;
             let read = async move {
                 match conn {
                     Some(c) => {
                         c.buf.reserve(4096);
-                        c.stream.read_buf(&mut c.buf).await
+                        c.read.read_buf(&mut c.buf).await
                     }
+                    None => std::future::pending().await,
+                }
+            };
+            // Bytes the export could not write at once, or a write that failed.
+            let unwritten = async move {
+                match writer {
+                    Some(w) => w.wake.notified().await,
                     None => std::future::pending().await,
                 }
             };
@@ -228,6 +245,9 @@ impl PeerTask {
                     None => break,
                 },
                 _ = overflow.notified() => self.on_overflow().await,
+                () = unwritten => {
+                    self.flush().await;
+                }
                 _ = failed.notify.notified() => {
                     let reason = failed.reason.lock().unwrap_or_else(|e| e.into_inner()).take();
                     if let Some(reason) = reason {
@@ -297,6 +317,7 @@ impl PeerTask {
     /// Copies the task's view of the session into the shared status.
     fn publish(&mut self) {
         self.status.state = self.fsm.state();
+        self.sent.fill(&mut self.status);
         let address = self.address();
         let status = self.status.clone();
         if let Some(mut core) = owned(&self.shared, address, self.slot_id)
@@ -309,12 +330,14 @@ impl PeerTask {
     async fn on_message(&mut self, msg: PeerMsg) {
         match msg {
             PeerMsg::Incoming(stream) => self.on_incoming(stream).await,
-            PeerMsg::Export {
-                generation,
-                changes,
-            } => {
-                if generation == self.generation && self.fsm.state() == State::Established {
-                    self.send_out(changes).await;
+            PeerMsg::Export { generation, export } => {
+                if generation == self.generation
+                    && self.fsm.state() == State::Established
+                    && let Some(conn) = self.conn.as_ref()
+                {
+                    // In line behind what went before it; it holds the export back no more.
+                    conn.writer.push_released(export.encoded());
+                    self.flush().await;
                 }
             }
             PeerMsg::Connected { attempt, result } => {
@@ -341,6 +364,7 @@ impl PeerTask {
                 {
                     self.held = false;
                     self.send_all().await;
+                    self.release_writer();
                 }
             }
             PeerMsg::Candidate { stream, open, rest } => {
@@ -357,8 +381,13 @@ impl PeerTask {
         outgoing: bool,
         buf: Vec<u8>,
     ) {
+        if let Some(old) = self.conn.take() {
+            self.detach_writer(&old.writer);
+        }
+        let (read, write) = stream.into_split();
         self.conn = Some(Conn {
-            stream,
+            read,
+            writer: Arc::new(Writer::new(write, Arc::clone(&self.sent))),
             buf,
             outgoing,
             local,
@@ -366,6 +395,29 @@ impl PeerTask {
         self.cx = Context::default();
         self.remote_open = None;
         self.status.reset_session_counts();
+        self.sent.new_session();
+    }
+
+    /// The export no longer writes to this connection's writer (its session is over).
+    pub(super) fn detach_writer(&self, writer: &Arc<Writer>) {
+        let address = self.address();
+        if let Some(mut core) = owned(&self.shared, address, self.slot_id)
+            && let Some(slot) = core.peers.get_mut(&address)
+            && slot
+                .session
+                .as_ref()
+                .is_some_and(|s| Arc::ptr_eq(&s.writer, writer))
+        {
+            slot.session = None;
+        }
+    }
+
+    /// The snapshot of the Adj-RIB-Out the task sent is queued: exports may be written
+    /// directly again (once those that waited behind it are).
+    pub(super) fn release_writer(&self) {
+        if let Some(conn) = self.conn.as_ref() {
+            conn.writer.release();
+        }
     }
 
     pub(super) fn cancel_connect(&mut self) {
@@ -577,8 +629,9 @@ impl PeerTask {
 
     async fn drop_connection(&mut self) {
         self.cancel_connect();
-        if let Some(mut conn) = self.conn.take() {
-            let _ = timeout(Duration::from_secs(1), conn.stream.shutdown()).await;
+        if let Some(conn) = self.conn.take() {
+            self.detach_writer(&conn.writer);
+            tokio::spawn(linger(conn));
         }
         self.remote_open = None;
     }
@@ -629,28 +682,40 @@ impl PeerTask {
 
     /// Encodes and writes one message; a failure marks the transport broken.
     pub(super) async fn send(&mut self, message: &Message) -> bool {
-        let Some(conn) = self.conn.as_mut() else {
+        if self.conn.is_none() {
             return false;
-        };
-        let bytes = match codec::encode(message, &self.cx) {
-            Ok(bytes) => bytes,
+        }
+        match Encoded::message(message, &self.cx) {
+            Ok(encoded) => self.send_encoded(Arc::new(encoded)).await,
             Err(e) => {
                 warn!(peer = %self.config.address, error = %e, "cannot encode message");
-                return false;
-            }
-        };
-        let limit = Duration::from_secs(u64::from(self.fsm.negotiated_hold_time().max(10)));
-        match timeout(limit, conn.stream.write_all(&bytes)).await {
-            Ok(Ok(())) => {
-                self.status
-                    .count_sent(matches!(message, Message::Update(_)));
-                true
-            }
-            _ => {
-                self.broken = true;
                 false
             }
         }
+    }
+
+    /// Queues encoded messages behind whatever waits and writes it all, waiting for the
+    /// socket up to the hold time; a failure marks the transport broken.
+    pub(super) async fn send_encoded(&mut self, encoded: Arc<Encoded>) -> bool {
+        let Some(conn) = self.conn.as_ref() else {
+            return false;
+        };
+        conn.writer.push(encoded);
+        self.flush().await
+    }
+
+    /// Writes what waits for the socket, up to the hold time; a failure marks the transport
+    /// broken.
+    pub(super) async fn flush(&mut self) -> bool {
+        let Some(writer) = self.conn.as_ref().map(|c| Arc::clone(&c.writer)) else {
+            return false;
+        };
+        let limit = Duration::from_secs(u64::from(self.fsm.negotiated_hold_time().max(10)));
+        let written = writer.flush(limit).await;
+        if !written {
+            self.broken = true;
+        }
+        written
     }
 
     /// The session is up: send the Adj-RIB-Out, then End-of-RIB for each family.
@@ -693,6 +758,17 @@ impl PeerTask {
             self.generation = generation;
             if let Some(slot) = core.peers.get_mut(&address) {
                 slot.generation = generation;
+                // The export writes to this session from now on, but not before the task has
+                // queued the session's first UPDATEs (see `release_writer`).
+                slot.session = self.conn.as_ref().map(|c| {
+                    c.writer.hold();
+                    SessionOut {
+                        writer: Arc::clone(&c.writer),
+                        cx: self.cx,
+                        link_local: self.config.link_local_next_hop,
+                        unnumbered: self.config.is_unnumbered(),
+                    }
+                });
             }
             let initial = core.rib.session_up(
                 address,
@@ -734,6 +810,7 @@ impl PeerTask {
         }
         self.send_out(initial).await;
         self.send_end_of_rib().await;
+        self.release_writer();
     }
 
     /// End-of-RIB for every family of the session.
@@ -769,6 +846,7 @@ impl PeerTask {
         self.generation = 0;
         self.held = false;
         self.status.reset_session_counts();
+        self.sent.new_session();
         self.status.established_at = None;
         self.status.hold_time = 0;
         let Some(mut core) = owned(&self.shared, address, self.slot_id) else {
@@ -776,6 +854,7 @@ impl PeerTask {
         };
         if let Some(slot) = core.peers.get_mut(&address) {
             slot.generation = 0;
+            slot.session = None;
         }
         let changes = core.rib.session_down(address, keep);
         core.apply(changes);
@@ -945,6 +1024,26 @@ impl Drop for PeerTask {
         }
     }
 }
+
+/// Closes a connection without losing what we sent last (a NOTIFICATION): the send side is
+/// shut down (FIN after the data), and what the peer still sends is read and thrown away until
+/// it closes too, for at most [`LINGER`]. Closing a socket with unread data would send a RST,
+/// and a RST makes the peer's kernel drop whatever it has not read yet.
+async fn linger(conn: Conn) {
+    let Conn {
+        mut read, writer, ..
+    } = conn;
+    // The last handle of the send side (the export's was detached): dropping it is the FIN.
+    drop(writer);
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Ok(1..) = read.read(&mut sink).await {}
+    })
+    .await;
+}
+
+/// How long a closed connection keeps reading for the peer's close (see [`linger`]).
+const LINGER: Duration = Duration::from_secs(2);
 
 /// The families we advertise: IPv4 unicast, and IPv6 unicast unless switched off.
 fn our_families(config: &super::SpeakerConfig) -> Vec<Family> {
