@@ -184,6 +184,23 @@ pub(super) fn builtin(kind: Kind, obj: &Value, now: Timestamp) -> Vec<Value> {
     }
 }
 
+/// An IPAddress' parent as upstream's printer writes it: `resource[.group]/[namespace/]name`,
+/// `<none>` without one.
+fn parent_ref(obj: &Value) -> String {
+    let Some(p) = get(obj, &["spec", "parentRef"]).filter(|p| p.is_object()) else {
+        return "<none>".into();
+    };
+    let s = |f: &str| p.get(f).and_then(Value::as_str).unwrap_or_default();
+    let mut out = s("resource").to_lowercase();
+    if !s("group").is_empty() {
+        out = format!("{out}.{}", s("group").to_lowercase());
+    }
+    if !s("namespace").is_empty() {
+        out = format!("{out}/{}", s("namespace"));
+    }
+    format!("{out}/{}", s("name"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::testing::*;
@@ -311,21 +328,4 @@ mod tests {
             "0001-01-01T00:00:00Z"
         );
     }
-}
-
-/// An IPAddress' parent as upstream's printer writes it: `resource[.group]/[namespace/]name`,
-/// `<none>` without one.
-fn parent_ref(obj: &Value) -> String {
-    let Some(p) = get(obj, &["spec", "parentRef"]).filter(|p| p.is_object()) else {
-        return "<none>".into();
-    };
-    let s = |f: &str| p.get(f).and_then(Value::as_str).unwrap_or_default();
-    let mut out = s("resource").to_lowercase();
-    if !s("group").is_empty() {
-        out = format!("{out}.{}", s("group").to_lowercase());
-    }
-    if !s("namespace").is_empty() {
-        out = format!("{out}/{}", s("namespace"));
-    }
-    format!("{out}/{}", s("name"))
 }
