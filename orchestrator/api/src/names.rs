@@ -298,6 +298,9 @@ pub enum NameRule {
     Dns1035Label,
     /// DNS-1123 subdomain of at most `max` characters: CronJobs (52), whose Jobs add a suffix.
     Dns1123SubdomainMax(usize),
+    /// Checked by the kind's own validation: IPAddresses, named by an address (upstream's
+    /// ValidateIPAddressName; IPv6 names have colons).
+    OwnRule,
 }
 
 impl NameRule {
@@ -307,6 +310,7 @@ impl NameRule {
             ("", "Namespace") => NameRule::Dns1123Label,
             ("", "Service") => NameRule::Dns1035Label,
             ("batch", "CronJob") => NameRule::Dns1123SubdomainMax(CRONJOB_NAME_MAX_LENGTH),
+            ("networking.k8s.io", "IPAddress") => NameRule::OwnRule,
             _ => NameRule::Dns1123Subdomain,
         }
     }
@@ -317,6 +321,7 @@ impl NameRule {
             NameRule::Dns1123Subdomain => validate_dns1123_subdomain(name),
             NameRule::Dns1123Label => validate_dns1123_label(name),
             NameRule::Dns1035Label => validate_dns1035_label(name),
+            NameRule::OwnRule => Ok(()),
             NameRule::Dns1123SubdomainMax(max) => {
                 let mut errors = Vec::new();
                 if name.len() > max {

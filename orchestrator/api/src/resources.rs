@@ -371,6 +371,18 @@ const BUILTIN: &[Builtin] = &[
         all: false,
         subs: &[Status],
     },
+    // The cluster IPs the allocator handed out, one object per address (and any a user adds
+    // to keep an address from Services).
+    Builtin {
+        group: "networking.k8s.io",
+        version: "v1",
+        kind: "IPAddress",
+        plural: "ipaddresses",
+        namespaced: false,
+        short: &[],
+        all: false,
+        subs: &[],
+    },
     Builtin {
         group: "discovery.k8s.io",
         version: "v1",

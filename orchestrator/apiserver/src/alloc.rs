@@ -1,6 +1,7 @@
 //! Service cluster IPs and node ports. Each allocation is a key of its own, created in the same
 //! transaction as the Service (which fails if the key exists): two API servers, or two creates,
-//! can never hand out the same address.
+//! can never hand out the same address. Each cluster IP is also an IPAddress object
+//! ([`crate::ipaddress`]), written and deleted in the same transactions as its key.
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -39,6 +40,35 @@ fn is_service(info: &ResourceInfo) -> bool {
     !info.custom && info.group.is_empty() && info.kind == "Service"
 }
 
+fn is_ipaddress(info: &ResourceInfo) -> bool {
+    !info.custom && info.group == crate::ipaddress::GROUP && info.kind == crate::ipaddress::KIND
+}
+
+/// The allocation key and the IPAddress object of each of `ips`, owned by the Service
+/// `namespace/name`.
+fn ip_claims(
+    ips: &[IpAddr],
+    namespace: &str,
+    name: &str,
+) -> Result<Vec<(String, Vec<u8>)>, ApiError> {
+    let owner = format!("{namespace}/{name}").into_bytes();
+    let mut out = Vec::new();
+    for ip in ips {
+        out.push((format!("{IP_PREFIX}{ip}"), owner.clone()));
+        out.push(crate::ipaddress::claim(*ip, namespace, name)?);
+    }
+    Ok(out)
+}
+
+/// The keys releasing `ips` deletes: the allocation keys and the IPAddress objects.
+fn ip_releases(ips: &[IpAddr]) -> Vec<String> {
+    ips.iter()
+        .flat_map(|ip| {
+            std::iter::once(format!("{IP_PREFIX}{ip}")).chain(crate::ipaddress::key(*ip).ok())
+        })
+        .collect()
+}
+
 impl Allocator {
     /// The keys a new object claims; fills in the allocated values.
     pub async fn claims(
@@ -47,10 +77,15 @@ impl Allocator {
         storage: &Storage,
         obj: &mut Value,
     ) -> Result<Vec<(String, Vec<u8>)>, ApiError> {
+        if is_ipaddress(info) {
+            crate::ipaddress::check_free(storage, obj).await?;
+            return Ok(Vec::new());
+        }
         if !is_service(info) {
             return Ok(Vec::new());
         }
         let name = meta::name(obj).unwrap_or_default().to_string();
+        let namespace = meta::namespace(obj).unwrap_or_default().to_string();
         let owner = format!("{}/{}", meta::namespace(obj).unwrap_or_default(), name).into_bytes();
         let invalid = |field: &str, value: &str, why: &str| {
             ApiError::invalid(
@@ -69,10 +104,7 @@ impl Allocator {
             .map_err(|causes| ApiError::invalid("", "Service", &name, causes))?;
         let ips = self.allocate(storage, &plan, &[], &name).await?;
         set_ips(obj, &ips);
-        claims.extend(
-            ips.iter()
-                .map(|ip| (format!("{IP_PREFIX}{ip}"), owner.clone())),
-        );
+        claims.extend(ip_claims(&ips, &namespace, &name)?);
         if ty == "NodePort" || ty == "LoadBalancer" {
             let mut taken = self.used_ports(storage).await?;
             let ports = meta::at_mut(obj, &["spec", "ports"])
@@ -206,16 +238,19 @@ impl Allocator {
             .map_err(|causes| ApiError::invalid("", "Service", &name, causes))?;
         let new_ips = self.allocate(storage, &plan, &old_ips, &name).await?;
         set_ips(new, &new_ips);
-        let mut ip_claims: Vec<(String, Vec<u8>)> = new_ips
+        let added: Vec<IpAddr> = new_ips
             .iter()
             .filter(|ip| !old_ips.contains(ip))
-            .map(|ip| (format!("{IP_PREFIX}{ip}"), owner.clone()))
+            .copied()
             .collect();
-        let ip_releases: Vec<String> = old_ips
+        let mut ip_claims =
+            self::ip_claims(&added, meta::namespace(new).unwrap_or_default(), &name)?;
+        let dropped: Vec<IpAddr> = old_ips
             .iter()
             .filter(|ip| !new_ips.contains(ip))
-            .map(|ip| format!("{IP_PREFIX}{ip}"))
+            .copied()
             .collect();
+        let ip_releases = self::ip_releases(&dropped);
         let before = node_ports_of(old);
         let ty = meta::at(new, &["spec", "type"])
             .and_then(Value::as_str)
@@ -359,10 +394,7 @@ impl Allocator {
         if !is_service(info) {
             return Vec::new();
         }
-        let mut keys: Vec<String> = ips_of(obj)
-            .iter()
-            .map(|ip| format!("{IP_PREFIX}{ip}"))
-            .collect();
+        let mut keys: Vec<String> = ip_releases(&ips_of(obj));
         if let Some(n) = meta::at(obj, &["spec", "healthCheckNodePort"]).and_then(Value::as_u64)
             && n > 0
         {
@@ -448,11 +480,13 @@ impl Allocator {
                             "failed to allocate IP {ip}: provided IP is not in the valid range. The range of valid IPs is {valid}"
                         )));
                     }
+                    // Held by a Service, or kept by an IPAddress object (a user's).
                     if storage
                         .store()
                         .get(format!("{IP_PREFIX}{ip}").as_bytes())
                         .await?
                         .is_some()
+                        || crate::ipaddress::exists(storage, *ip).await?
                     {
                         return Err(invalid(format!(
                             "failed to allocate IP {ip}: provided IP is already allocated"
@@ -472,10 +506,12 @@ impl Allocator {
     /// first host (the `kubernetes` Service's, 10.96.0.1) and the cluster DNS address (the
     /// 10th) only when asked for by name. When all are full: upstream's `failed to allocate a serviceIP: range is full`.
     async fn free_ip(&self, storage: &Storage, ranges: &[IpNet]) -> Result<IpAddr, ApiError> {
-        let used: HashSet<IpAddr> = allocated_keys(storage, IP_PREFIX)
+        let mut used: HashSet<IpAddr> = allocated_keys(storage, IP_PREFIX)
             .await?
             .into_iter()
             .collect();
+        // Addresses a user's IPAddress keeps (the allocator's own are in `used` already).
+        used.extend(crate::ipaddress::addresses(storage).await?);
         for (n, range) in ranges.iter().enumerate() {
             let range = *range;
             // The first host and the 10th are kept in the default range only (the

@@ -784,6 +784,7 @@ fn validate_object(info: &ResourceInfo, obj: &Value, old: Option<&Value>) -> Vec
         ("networking.k8s.io", "ServiceCIDR") => {
             causes.extend(crate::servicecidr::validate(obj, old))
         }
+        ("networking.k8s.io", "IPAddress") => causes.extend(crate::ipaddress::validate(obj, old)),
         ("", "Node") => {
             if let Some(old) = old {
                 let was = at(old, &["spec", "podCIDR"]);
@@ -1063,6 +1064,7 @@ pub fn typecheck(info: &ResourceInfo, obj: &mut Value, prune: bool) -> Result<Ve
         }
         ("networking.k8s.io", "NetworkPolicy") => check!(networking::v1::NetworkPolicy),
         ("networking.k8s.io", "ServiceCIDR") => check!(networking::v1::ServiceCIDR),
+        ("networking.k8s.io", "IPAddress") => check!(networking::v1::IPAddress),
         ("discovery.k8s.io", "EndpointSlice") => check!(discovery::v1::EndpointSlice),
         ("coordination.k8s.io", "Lease") => check!(coordination::v1::Lease),
         ("rbac.authorization.k8s.io", "Role") => check!(rbac::v1::Role),

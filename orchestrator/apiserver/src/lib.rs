@@ -30,6 +30,7 @@ pub mod events;
 pub mod handlers;
 pub mod hpa_v1;
 pub mod impersonate;
+pub mod ipaddress;
 pub mod jsonpath;
 pub mod kinds;
 pub mod kubelet;

@@ -15,6 +15,12 @@
 //! - a key no Service holds is released only when seen so in [`LEAK_ROUNDS`] rounds in a row
 //!   (upstream's rule: a create in flight is never freed).
 //!
+//! - IPAddress objects ([`crate::ipaddress`]): a Service's address without one gets it
+//!   (`IPAddressNotAllocated`); one the allocator manages (its label) whose parent Service does
+//!   not hold its address is deleted once older than the orphan grace (`IPAddressOrphaned`);
+//!   one of another owner (a user's) for an address a Service holds:
+//!   `ClusterIPAlreadyAllocated`, kept.
+//!
 //! Every fix is one store transaction, conditional on the revisions the round read (the
 //! Service's and the key's), so a key that a concurrent create or update just wrote is never
 //! freed or overwritten. That makes the loop safe on every API server of a cluster at once (as
@@ -42,6 +48,11 @@ use crate::storage::ListAt;
 /// `numRepairsBeforeLeakCleanup`).
 pub const LEAK_ROUNDS: u32 = 3;
 
+/// How old an IPAddress the allocator manages must be before a round deletes it as orphaned:
+/// the allocator writes it in the Service's own transaction, so only a direct store edit or a
+/// user's object makes one, but a client that writes one and then its Service gets the time.
+pub const ORPHAN_GRACE: Duration = Duration::from_secs(60);
+
 /// Upstream's default interval of both repair controllers.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(180);
 
@@ -58,6 +69,8 @@ pub enum Reason {
     PortAlreadyAllocated,
     PortOutOfRange,
     PortLeaked,
+    IPAddressNotAllocated,
+    IPAddressOrphaned,
 }
 
 impl Reason {
@@ -72,6 +85,8 @@ impl Reason {
             Reason::PortAlreadyAllocated => "PortAlreadyAllocated",
             Reason::PortOutOfRange => "PortOutOfRange",
             Reason::PortLeaked => "PortLeaked",
+            Reason::IPAddressNotAllocated => "IPAddressNotAllocated",
+            Reason::IPAddressOrphaned => "IPAddressOrphaned",
         }
     }
 
@@ -83,6 +98,8 @@ impl Reason {
                 | Reason::ClusterIPOutOfRange
                 | Reason::ClusterIPNotValid
                 | Reason::ClusterIPLeaked
+                | Reason::IPAddressNotAllocated
+                | Reason::IPAddressOrphaned
         )
     }
 
@@ -166,11 +183,44 @@ pub struct Allocation {
     pub revision: i64,
 }
 
+/// An IPAddress object as a round sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpObject {
+    /// Its name: the address.
+    pub name: String,
+    /// Labelled as the cluster IP allocator's.
+    pub managed: bool,
+    /// The Service (`namespace`, `name`) its parentRef names, if it names one.
+    pub parent: Option<(String, String)>,
+    /// creationTimestamp (RFC 3339); empty when it has none.
+    pub created: String,
+    /// Its mod revision.
+    pub revision: i64,
+}
+
+impl IpObject {
+    pub fn of(obj: &Value) -> IpObject {
+        IpObject {
+            name: meta::name(obj).unwrap_or_default().to_string(),
+            managed: crate::ipaddress::managed(obj),
+            parent: crate::ipaddress::parent_service(obj),
+            created: meta::meta_str(obj, "creationTimestamp")
+                .unwrap_or_default()
+                .to_string(),
+            revision: meta::resource_version(obj)
+                .and_then(|r| r.parse().ok())
+                .unwrap_or(0),
+        }
+    }
+}
+
 /// One round's input.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub services: Vec<Held>,
     pub allocations: Vec<Allocation>,
+    /// The IPAddress objects, read at the same revision.
+    pub ipaddresses: Vec<IpObject>,
 }
 
 /// The ranges addresses must lie in.
@@ -204,6 +254,19 @@ pub enum Fix {
     /// A key no Service holds, seen so `seen` rounds in a row (fewer than [`LEAK_ROUNDS`]):
     /// kept for now.
     Suspect { key: String, seen: u32 },
+    /// Create the IPAddress of `ip` for `service`, if the Service is still at its revision and
+    /// no IPAddress of `ip` exists.
+    CreateIpAddress { ip: IpAddr, service: Held },
+    /// Delete the IPAddress `name` if it is still at `revision` and its parent Service's key
+    /// still at `parent_revision` (0: absent).
+    DeleteIpAddress {
+        name: String,
+        revision: i64,
+        parent: Option<(String, String)>,
+        parent_revision: i64,
+    },
+    /// An orphaned IPAddress younger than the grace: kept for now.
+    YoungOrphan { name: String },
     /// Delete `key` if it is still at `revision` and its owner's Service key still at
     /// `owner_revision` (0: absent).
     Release {
@@ -431,6 +494,92 @@ pub fn decide(snap: &Snapshot, ranges: &Ranges, leaks: &mut HashMap<String, u32>
     fixes
 }
 
+/// Decides about the IPAddress objects of `snap` (see the module's documentation): `grace` is
+/// how old an orphan must be to go, `now` the time it is measured at.
+pub fn decide_ipaddresses(
+    snap: &Snapshot,
+    ranges: &Ranges,
+    grace: Duration,
+    now: jiff::Timestamp,
+) -> Vec<Fix> {
+    let mut services: Vec<&Held> = snap.services.iter().collect();
+    services.sort_by(|a, b| {
+        (&a.created, &a.namespace, &a.name).cmp(&(&b.created, &b.namespace, &b.name))
+    });
+    let by_name: HashMap<&str, &IpObject> = snap
+        .ipaddresses
+        .iter()
+        .map(|o| (o.name.as_str(), o))
+        .collect();
+    let mut fixes = Vec::new();
+    // Each address held in range, by its first holder (the others are warned by `decide`).
+    let mut done = std::collections::HashSet::new();
+    for svc in services {
+        for raw in &svc.cluster_ips {
+            let Checked::Ok(name) = check_ip(raw, ranges) else {
+                continue;
+            };
+            let Ok(ip) = name.parse::<IpAddr>() else {
+                continue;
+            };
+            if !done.insert(ip) {
+                continue;
+            }
+            match by_name.get(name.as_str()) {
+                None => fixes.push(Fix::CreateIpAddress {
+                    ip,
+                    service: svc.clone(),
+                }),
+                Some(o) if !o.managed => fixes.push(Fix::Warn {
+                    service: svc.clone(),
+                    reason: Reason::ClusterIPAlreadyAllocated,
+                    message: format!(
+                        "Cluster IP [{}]:{ip} has an IPAddress not managed by the allocator; please recreate service",
+                        Family::of(ip).name()
+                    ),
+                }),
+                // Managed: this Service's, or an orphan (below), then recreated.
+                Some(_) => {}
+            }
+        }
+    }
+    for o in snap.ipaddresses.iter().filter(|o| o.managed) {
+        let Ok(ip) = o.name.parse::<IpAddr>() else {
+            continue;
+        };
+        let parent = o.parent.as_ref().and_then(|(ns, name)| {
+            snap.services
+                .iter()
+                .find(|s| &s.namespace == ns && &s.name == name)
+        });
+        let held = parent.is_some_and(|s| {
+            s.cluster_ips
+                .iter()
+                .any(|c| c.parse::<IpAddr>().ok() == Some(ip))
+        });
+        if held {
+            continue;
+        }
+        let old_enough = meta::parse_time(&o.created).is_none_or(|at| {
+            now.duration_since(at).as_millis()
+                >= i128::try_from(grace.as_millis()).unwrap_or(i128::MAX)
+        });
+        if !old_enough {
+            fixes.push(Fix::YoungOrphan {
+                name: o.name.clone(),
+            });
+            continue;
+        }
+        fixes.push(Fix::DeleteIpAddress {
+            name: o.name.clone(),
+            revision: o.revision,
+            parent: o.parent.clone(),
+            parent_revision: parent.map_or(0, |s| s.revision),
+        });
+    }
+    fixes
+}
+
 /// What one round did (for logs and tests).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Report {
@@ -444,6 +593,12 @@ pub struct Report {
     pub warned: Vec<(String, Reason)>,
     /// Fixes that did not commit because what they read changed meanwhile.
     pub skipped: Vec<String>,
+    /// IPAddress objects created for the Service holding their address (their names).
+    pub ipaddresses_created: Vec<String>,
+    /// Orphaned IPAddress objects deleted (their names).
+    pub ipaddresses_deleted: Vec<String>,
+    /// Orphaned IPAddress objects kept for now: younger than the grace.
+    pub young_orphans: Vec<String>,
 }
 
 /// The repair loop's state: the leak counts, kept across rounds.
@@ -451,6 +606,8 @@ pub struct Repair {
     api: Arc<Api>,
     metrics: Arc<Metrics>,
     leaks: tokio::sync::Mutex<HashMap<String, u32>>,
+    /// How old an orphaned IPAddress must be before a round deletes it.
+    orphan_grace: Duration,
     /// One round at a time: a round run by hand beside the loop would otherwise count a leak
     /// twice in one interval.
     rounds: tokio::sync::Mutex<()>,
@@ -462,8 +619,15 @@ impl Repair {
             api,
             metrics,
             leaks: Default::default(),
+            orphan_grace: ORPHAN_GRACE,
             rounds: Default::default(),
         }
+    }
+
+    /// With another orphan grace (tests; `Config::ipaddress_orphan_grace`).
+    pub fn with_orphan_grace(mut self, grace: Duration) -> Repair {
+        self.orphan_grace = grace;
+        self
     }
 
     fn services(&self) -> Result<ResourceInfo, ApiError> {
@@ -520,9 +684,27 @@ impl Repair {
                 }
             }
         }
+        let ip_info = crate::ipaddress::info()?;
+        let ipaddresses = self
+            .api
+            .storage
+            .list(
+                &ip_info,
+                None,
+                ListAt::Exact(page.revision),
+                0,
+                None,
+                &|_: &Value| true,
+            )
+            .await?
+            .items
+            .iter()
+            .map(IpObject::of)
+            .collect();
         Ok(Snapshot {
             services: page.items.iter().map(Held::of).collect(),
             allocations,
+            ipaddresses,
         })
     }
 
@@ -531,7 +713,14 @@ impl Repair {
         let mut leaks = self.leaks.lock().await;
         let snap = self.snapshot().await?;
         let ranges = self.ranges().await?;
-        Ok(decide(&snap, &ranges, &mut leaks))
+        let mut fixes = decide(&snap, &ranges, &mut leaks);
+        fixes.extend(decide_ipaddresses(
+            &snap,
+            &ranges,
+            self.orphan_grace,
+            jiff::Timestamp::now(),
+        ));
+        Ok(fixes)
     }
 
     /// Carries out `fixes`, each in its own conditional transaction; Events and logs.
@@ -582,6 +771,70 @@ impl Repair {
                 Fix::Suspect { key, seen } => {
                     tracing::info!(%key, seen, of = LEAK_ROUNDS, "an allocation no Service holds may have leaked: released if still so after {LEAK_ROUNDS} rounds in a row");
                     report.suspects.push((key, seen));
+                }
+                Fix::CreateIpAddress { ip, service } => {
+                    let svc_key = info.storage_key(Some(&service.namespace), &service.name);
+                    let (key, value) =
+                        crate::ipaddress::claim(ip, &service.namespace, &service.name)?;
+                    let txn = Txn::new()
+                        .when([
+                            Compare::mod_revision(svc_key, CompareOp::Equal, service.revision),
+                            Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+                        ])
+                        .and_then([Op::put(key, value)]);
+                    let reason = Reason::IPAddressNotAllocated;
+                    let message = format!(
+                        "Cluster IP [{}]:{ip} has no IPAddress; repairing",
+                        Family::of(ip).name()
+                    );
+                    if store.txn(txn).await?.succeeded {
+                        tracing::warn!(service = %service.owner(), %ip, reason = reason.as_str(), "{message}");
+                        self.metrics.repaired(reason.as_str());
+                        self.event(&service, reason, &message).await;
+                        report.ipaddresses_created.push(ip.to_string());
+                    } else {
+                        tracing::info!(service = %service.owner(), %ip, "IPAddress repair skipped: changed since read; the next round looks again");
+                        report.skipped.push(ip.to_string());
+                    }
+                }
+                Fix::DeleteIpAddress {
+                    name,
+                    revision,
+                    parent,
+                    parent_revision,
+                } => {
+                    let ip_info = crate::ipaddress::info()?;
+                    let key = ip_info.storage_key(None, &name);
+                    let mut when = vec![Compare::mod_revision(
+                        key.clone(),
+                        CompareOp::Equal,
+                        revision,
+                    )];
+                    if let Some((ns, svc)) = &parent {
+                        when.push(Compare::mod_revision(
+                            info.storage_key(Some(ns), svc),
+                            CompareOp::Equal,
+                            parent_revision,
+                        ));
+                    }
+                    let txn = Txn::new()
+                        .when(when)
+                        .and_then([Op::delete(KeyRange::Key(key.into_bytes()))]);
+                    if store.txn(txn).await?.succeeded {
+                        let parent = parent
+                            .map(|(ns, n)| format!("{ns}/{n}"))
+                            .unwrap_or_default();
+                        tracing::warn!(ipaddress = %name, %parent, "an IPAddress whose parent Service does not hold its address was deleted");
+                        self.metrics.repaired(Reason::IPAddressOrphaned.as_str());
+                        report.ipaddresses_deleted.push(name);
+                    } else {
+                        tracing::info!(ipaddress = %name, "orphaned IPAddress not deleted: it changed since read");
+                        report.skipped.push(name);
+                    }
+                }
+                Fix::YoungOrphan { name } => {
+                    tracing::info!(ipaddress = %name, "an IPAddress whose parent Service does not hold its address: deleted once older than the grace");
+                    report.young_orphans.push(name);
                 }
                 Fix::Release {
                     key,
@@ -806,7 +1059,10 @@ mod tests {
                     service, reason, ..
                 } => Some((service.name.clone(), *reason)),
                 Fix::Release { key, reason, .. } => Some((key.clone(), *reason)),
-                Fix::Suspect { .. } => None,
+                Fix::Suspect { .. }
+                | Fix::CreateIpAddress { .. }
+                | Fix::DeleteIpAddress { .. }
+                | Fix::YoungOrphan { .. } => None,
             })
             .collect()
     }
@@ -825,6 +1081,7 @@ mod tests {
             svc("h", "2026-01-01T00:00:02Z", &[], &[]),
         ];
         let snap = Snapshot {
+            ipaddresses: Vec::new(),
             allocations: keys_of(&services),
             services,
         };
@@ -916,6 +1173,7 @@ mod tests {
         ];
         for c in cases {
             let snap = Snapshot {
+                ipaddresses: Vec::new(),
                 services: c.services,
                 allocations: c.allocations,
             };
@@ -930,6 +1188,7 @@ mod tests {
     fn a_missing_key_is_claimed_for_the_earliest_holder_only_if_absent() {
         let services = vec![svc("a", "t", &["10.96.0.5"], &[])];
         let snap = Snapshot {
+            ipaddresses: Vec::new(),
             services: services.clone(),
             allocations: Vec::new(),
         };
@@ -950,6 +1209,7 @@ mod tests {
         }
         // A key owned by a gone Service is rewritten only if still at the revision read.
         let snap = Snapshot {
+            ipaddresses: Vec::new(),
             services,
             allocations: vec![alloc(ip_key("10.96.0.5"), "default/gone")],
         };
@@ -969,6 +1229,7 @@ mod tests {
             svc("b", "2026-01-01T00:00:05Z", &["10.96.0.5"], &[]),
         ];
         let snap = Snapshot {
+            ipaddresses: Vec::new(),
             services,
             allocations: vec![alloc(ip_key("10.96.0.5"), "default/b")],
         };
@@ -986,6 +1247,7 @@ mod tests {
             svc("a", "2026-01-01T00:00:00Z", &["10.96.0.5"], &[]),
         ];
         let snap = Snapshot {
+            ipaddresses: Vec::new(),
             allocations: keys_of(&services[1..]),
             services,
         };
@@ -1002,6 +1264,7 @@ mod tests {
         allocations.push(alloc(ip_key("10.96.0.77"), "default/ghost"));
         allocations.push(alloc(port_key(30099), "default/a"));
         let snap = Snapshot {
+            ipaddresses: Vec::new(),
             services,
             allocations,
         };
@@ -1049,10 +1312,12 @@ mod tests {
     fn a_key_held_again_between_rounds_starts_counting_afresh() {
         let stray = alloc(ip_key("10.96.0.77"), "default/b");
         let without = Snapshot {
+            ipaddresses: Vec::new(),
             services: Vec::new(),
             allocations: vec![stray.clone()],
         };
         let with = Snapshot {
+            ipaddresses: Vec::new(),
             services: vec![svc("b", "t", &["10.96.0.77"], &[])],
             allocations: vec![stray],
         };
@@ -1081,6 +1346,7 @@ mod tests {
             svc("o", "t", &["10.200.0.5"], &[40000]),
         ];
         let snap = Snapshot {
+            ipaddresses: Vec::new(),
             allocations: keys_of(&services),
             services,
         };
@@ -1117,5 +1383,98 @@ mod tests {
         let headless = json!({"metadata": {"name": "h", "namespace": "ns"},
                               "spec": {"clusterIP": "None", "clusterIPs": ["None"]}});
         assert!(Held::of(&headless).cluster_ips.is_empty());
+    }
+
+    fn ipobj(name: &str, managed: bool, parent: Option<&str>, created: &str) -> IpObject {
+        IpObject {
+            name: name.into(),
+            managed,
+            parent: parent.map(|p| ("default".to_string(), p.to_string())),
+            created: created.into(),
+            revision: 9,
+        }
+    }
+
+    #[test]
+    fn ipaddresses_missing_are_made_orphans_go_after_the_grace_and_users_are_kept() {
+        let now: jiff::Timestamp = "2026-01-01T00:10:00Z".parse().unwrap();
+        let grace = Duration::from_secs(60);
+        let services = vec![
+            svc(
+                "a",
+                "2026-01-01T00:00:00Z",
+                &["10.96.0.5", "fd00:96::5"],
+                &[],
+            ),
+            svc("b", "2026-01-01T00:00:01Z", &["10.96.0.6"], &[]),
+            svc("c", "2026-01-01T00:00:02Z", &["10.96.0.7"], &[]),
+        ];
+        let snap = Snapshot {
+            allocations: keys_of(&services),
+            services,
+            ipaddresses: vec![
+                // a's IPv4 address has its object; its IPv6 one has none.
+                ipobj("10.96.0.5", true, Some("a"), "2026-01-01T00:00:00Z"),
+                // b's address is kept by a user's object.
+                ipobj("10.96.0.6", false, Some("someone"), "2026-01-01T00:00:00Z"),
+                // c's is someone else's, managed: an orphan (then made again for c).
+                ipobj("10.96.0.7", true, Some("gone"), "2026-01-01T00:00:00Z"),
+                // Orphans: old, young, and one naming a Service that holds another address.
+                ipobj("10.96.0.8", true, Some("gone"), "2026-01-01T00:00:00Z"),
+                ipobj("10.96.0.9", true, Some("gone"), "2026-01-01T00:09:30Z"),
+                ipobj("10.96.0.10", true, Some("a"), "2026-01-01T00:00:00Z"),
+                // A user's object for a free address stays.
+                ipobj("10.96.0.11", false, None, "2026-01-01T00:00:00Z"),
+            ],
+        };
+        let fixes = decide_ipaddresses(&snap, &ranges(), grace, now);
+        let created: Vec<(String, String)> = fixes
+            .iter()
+            .filter_map(|f| match f {
+                Fix::CreateIpAddress { ip, service } => {
+                    Some((ip.to_string(), service.name.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(created, vec![("fd00:96::5".to_string(), "a".to_string())]);
+        let deleted: Vec<&str> = fixes
+            .iter()
+            .filter_map(|f| match f {
+                Fix::DeleteIpAddress { name, .. } => Some(name.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(deleted, vec!["10.96.0.7", "10.96.0.8", "10.96.0.10"]);
+        assert!(
+            fixes
+                .iter()
+                .any(|f| matches!(f, Fix::YoungOrphan { name } if name == "10.96.0.9"))
+        );
+        assert!(fixes.iter().any(|f| matches!(f,
+            Fix::Warn { service, reason: Reason::ClusterIPAlreadyAllocated, .. } if service.name == "b")));
+        // A delete is conditional on the parent's revision (0: it is gone).
+        assert!(fixes.iter().any(|f| matches!(f,
+            Fix::DeleteIpAddress { name, parent_revision: 10, .. } if name == "10.96.0.10")));
+        assert!(fixes.iter().any(|f| matches!(f,
+            Fix::DeleteIpAddress { name, parent_revision: 0, .. } if name == "10.96.0.8")));
+        // Negative control: with every object in place and none stray, nothing to do.
+        let services = snap.services.clone();
+        let clean = Snapshot {
+            allocations: keys_of(&services),
+            ipaddresses: services
+                .iter()
+                .flat_map(|s| {
+                    s.cluster_ips
+                        .iter()
+                        .map(|ip| ipobj(ip, true, Some(s.name.as_str()), "2026-01-01T00:00:00Z"))
+                })
+                .collect(),
+            services,
+        };
+        assert_eq!(
+            decide_ipaddresses(&clean, &ranges(), grace, now),
+            Vec::new()
+        );
     }
 }

@@ -111,6 +111,9 @@ pub struct Config {
     /// How often the Service address repair loop runs (`--service-repair-interval`; it also
     /// runs once at start, before the server serves); None: off.
     pub service_repair_interval: Option<std::time::Duration>,
+    /// How old an IPAddress the allocator manages, whose parent Service does not hold its
+    /// address, must be before the repair loop deletes it.
+    pub ipaddress_orphan_grace: std::time::Duration,
 }
 
 impl Config {
@@ -131,6 +134,7 @@ impl Config {
             kubelet_ca: None,
             endpoint_reconciler: None,
             service_repair_interval: Some(crate::repair::DEFAULT_INTERVAL),
+            ipaddress_orphan_grace: crate::repair::ORPHAN_GRACE,
         }
     }
 }
@@ -336,7 +340,10 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     )?;
 
     let metrics = Arc::new(Metrics::default());
-    let repair = Arc::new(crate::repair::Repair::new(api.clone(), metrics.clone()));
+    let repair = Arc::new(
+        crate::repair::Repair::new(api.clone(), metrics.clone())
+            .with_orphan_grace(config.ipaddress_orphan_grace),
+    );
     if config.service_repair_interval.is_some() {
         // Once before serving, as upstream's post-start hook runs it; a failure is not fatal:
         // the loop tries again.

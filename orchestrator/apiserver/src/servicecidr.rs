@@ -255,7 +255,9 @@ pub async fn sweep(api: &Api, seen: &mut HashSet<String>) -> Result<Vec<String>,
         .filter(|s| !meta::is_deleting(&s.obj))
         .flat_map(|s| cidrs_of(&s.obj))
         .collect();
-    let ips: Vec<IpAddr> = crate::alloc::allocated_keys(&api.storage, IP_PREFIX).await?;
+    let mut ips: Vec<IpAddr> = crate::alloc::allocated_keys(&api.storage, IP_PREFIX).await?;
+    // An IPAddress (a user's too) holds its ServiceCIDR as well, as upstream's.
+    ips.extend(crate::ipaddress::addresses(&api.storage).await?);
     let mut released = Vec::new();
     for s in deleting {
         let name = meta::name(&s.obj).unwrap_or_default().to_string();

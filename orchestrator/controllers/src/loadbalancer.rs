@@ -6,8 +6,13 @@
 //! The allocation lives in the Services' statuses only: after a restart the allocator is
 //! rebuilt from them before anything new is handed out, so an address never moves. It is
 //! released when the Service goes or stops being a LoadBalancer; `spec.loadBalancerIP` is
-//! honoured when it is in the pool and free; an exhausted pool is reported with a Warning
-//! Event on the Service and retried when an address comes free. Services with a
+//! honoured when it is in the pool and free (so are MetalLB's `metallb.io/loadBalancerIPs`
+//! annotation's addresses, one per family); a requested address of a family the Service's
+//! `ipFamilies` lack is refused with a Warning Event (`LoadBalancerIPInvalid`) and the Service
+//! gets no address. An exhausted pool is reported with a Warning Event on the Service and
+//! retried when an address comes free; a dual-stack Service one of whose families cannot be
+//! served gets nothing under RequireDualStack (all or nothing, as MetalLB) and keeps the
+//! other family's address under PreferDualStack. Services with a
 //! `loadBalancerClass` belong to another implementation and are left alone. Without a pool,
 //! `--load-balancer-node-addresses` writes the nodes' addresses instead, as k3s' ServiceLB
 //! does (the overlay mode: the proxy serves the port on them, nothing is announced).
@@ -41,6 +46,44 @@ pub enum AllocError {
     Taken { ip: IpAddr, by: String },
     #[error("no load-balancer pool of the requested address {0}'s family is configured")]
     NoPool(IpAddr),
+    #[error(
+        "the requested address {ip} is {}, not of the Service's ipFamilies [{}]",
+        family_name(.ip.is_ipv6()),
+        family_list(.families)
+    )]
+    WrongFamily { ip: IpAddr, families: Vec<bool> },
+    #[error("the requested addresses {0} and {1} are of the same family: at most one per family")]
+    SameFamily(IpAddr, IpAddr),
+}
+
+impl AllocError {
+    /// A request the Service itself gets wrong (no pool change can serve it).
+    pub fn is_invalid_request(&self) -> bool {
+        matches!(
+            self,
+            AllocError::WrongFamily { .. } | AllocError::SameFamily(..)
+        )
+    }
+}
+
+fn family_name(v6: bool) -> &'static str {
+    if v6 { "IPv6" } else { "IPv4" }
+}
+
+fn family_list(families: &[bool]) -> String {
+    families
+        .iter()
+        .map(|v6| family_name(*v6))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// What a Service got: its addresses, and why a family got none when the Service may do
+/// without it (PreferDualStack).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allocated {
+    pub ips: Vec<IpAddr>,
+    pub missing: Option<AllocError>,
 }
 
 /// Which Service holds which address of the pool (one family).
@@ -178,23 +221,53 @@ impl Pools {
     }
 
     /// The addresses of `service`, one per family of `families` (true: IPv6) that has a
-    /// pool, in that order; `requested` (spec.loadBalancerIP) is honoured in its family.
+    /// pool, in that order; `requested` (spec.loadBalancerIP, or MetalLB's annotation) is
+    /// honoured in its family. A requested address of a family `families` lacks, or two of
+    /// one family, is refused and the Service holds nothing. When a family cannot be served:
+    /// with `all_or_nothing` (RequireDualStack) the Service holds nothing, else it keeps what
+    /// the other family got (`missing` says why the rest is not there).
     pub fn allocate(
         &mut self,
         service: &str,
         families: &[bool],
-        requested: Option<IpAddr>,
-    ) -> Result<Vec<IpAddr>, AllocError> {
-        if let Some(r) = requested
-            && self.of(r.is_ipv6()).is_none()
-        {
-            return Err(AllocError::NoPool(r));
+        requested: &[IpAddr],
+        all_or_nothing: bool,
+    ) -> Result<Allocated, AllocError> {
+        for (i, r) in requested.iter().enumerate() {
+            let refused = if !families.contains(&r.is_ipv6()) {
+                Some(AllocError::WrongFamily {
+                    ip: *r,
+                    families: families.to_vec(),
+                })
+            } else {
+                requested[..i]
+                    .iter()
+                    .find(|o| o.is_ipv6() == r.is_ipv6())
+                    .map(|o| AllocError::SameFamily(*o, *r))
+            };
+            if let Some(e) = refused {
+                self.release(service);
+                return Err(e);
+            }
+            if self.of(r.is_ipv6()).is_none() {
+                return Err(AllocError::NoPool(*r));
+            }
         }
         let mut out = Vec::new();
+        let mut missing = None;
         for &v6 in families {
-            let req = requested.filter(|r| r.is_ipv6() == v6);
-            if let Some(p) = self.of(v6) {
-                out.push(p.allocate(service, req)?);
+            let req = requested.iter().copied().find(|r| r.is_ipv6() == v6);
+            let Some(p) = self.of(v6) else { continue };
+            match p.allocate(service, req) {
+                Ok(ip) => out.push(ip),
+                Err(e) if all_or_nothing => {
+                    self.release(service);
+                    return Err(e);
+                }
+                // The family stays as it was (an address held before stays held).
+                Err(e) => {
+                    missing.get_or_insert(e);
+                }
             }
         }
         // The families the Service no longer has give their address back.
@@ -205,7 +278,19 @@ impl Pools {
                 p.release(service);
             }
         }
-        Ok(out)
+        match missing {
+            Some(e) if out.is_empty() => Err(e),
+            missing => Ok(Allocated { ips: out, missing }),
+        }
+    }
+
+    /// The addresses `service` holds, IPv4 first.
+    pub fn held(&self, service: &str) -> Vec<IpAddr> {
+        [&self.v4, &self.v6]
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.get(service))
+            .collect()
     }
 
     /// Frees the addresses of `service`; true when it held one.
@@ -257,19 +342,52 @@ pub fn ingress_ips(svc: &Service) -> Vec<IpAddr> {
         .collect()
 }
 
-fn requested(svc: &Service) -> Result<Option<IpAddr>, String> {
+/// MetalLB's annotations asking for addresses (comma-separated, one per family); the first
+/// is current, the second the older name.
+pub const METALLB_IPS: [&str; 2] = [
+    "metallb.io/loadBalancerIPs",
+    "metallb.universe.tf/loadBalancerIPs",
+];
+
+/// The addresses a Service asks for: MetalLB's annotation, else `spec.loadBalancerIP`.
+pub fn requested(svc: &Service) -> Result<Vec<IpAddr>, String> {
+    let annotations = svc.metadata.annotations.as_ref();
+    if let Some((key, list)) = METALLB_IPS.iter().find_map(|k| {
+        annotations
+            .and_then(|a| a.get(*k))
+            .map(|v| (*k, v.as_str()))
+    }) {
+        return list
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse()
+                    .map_err(|_| format!("annotation {key}: {s:?} is not an IP address"))
+            })
+            .collect();
+    }
     match svc
         .spec
         .as_ref()
         .and_then(|s| s.load_balancer_ip.as_deref())
         .filter(|s| !s.is_empty())
     {
-        None => Ok(None),
+        None => Ok(Vec::new()),
         Some(s) => s
             .parse()
-            .map(Some)
+            .map(|ip| vec![ip])
             .map_err(|_| format!("spec.loadBalancerIP {s:?} is not an IP address")),
     }
+}
+
+/// Whether a Service must have every family's address or none (`ipFamilyPolicy:
+/// RequireDualStack`).
+pub fn all_or_nothing(svc: &Service) -> bool {
+    svc.spec
+        .as_ref()
+        .and_then(|s| s.ip_family_policy.as_deref())
+        == Some("RequireDualStack")
 }
 
 /// Where the addresses come from.
@@ -396,22 +514,53 @@ impl Controller {
             }
             return Ok(None);
         };
-        let ip = match requested(&svc) {
-            Err(why) => Err(why),
-            Ok(req) => self
-                .with_pool(|p| p.allocate(key, &families(&svc), req))
-                .map_err(|e| e.to_string()),
+        let requested = match requested(&svc) {
+            Ok(r) => r,
+            Err(why) => {
+                tracing::warn!(service = %key, %why, "no load-balancer address");
+                self.event(&svc, "LoadBalancerIPInvalid", &why).await;
+                return Ok(None);
+            }
         };
-        match ip {
-            Ok(ips) => {
+        let got =
+            self.with_pool(|p| p.allocate(key, &families(&svc), &requested, all_or_nothing(&svc)));
+        match got {
+            Ok(Allocated { ips, missing }) => {
                 if ingress_ips(&svc) != ips {
                     self.write_status(&svc, &ips).await?;
                     tracing::info!(service = %key, ?ips, "load-balancer address");
                 }
-                Ok(None)
+                let Some(why) = missing else {
+                    return Ok(None);
+                };
+                // PreferDualStack: served with what it got, the other family retried.
+                tracing::warn!(service = %key, %why, ?ips, "no load-balancer address of one family");
+                self.event(&svc, "AllocationFailed", &why.to_string()).await;
+                Ok(Some(Duration::from_secs(60)))
             }
-            Err(why) => {
+            Err(e) => {
+                let why = e.to_string();
                 tracing::warn!(service = %key, %why, "no load-balancer address");
+                // What the Service still holds (nothing after an all-or-nothing failure or an
+                // invalid request) is what its status shows of the pool.
+                let held = self.with_pool(|p| p.held(key));
+                let shown = ingress_ips(&svc);
+                let pool_shown: Vec<IpAddr> = shown
+                    .iter()
+                    .copied()
+                    .filter(|ip| self.with_pool(|p| p.in_pool(*ip)))
+                    .collect();
+                if pool_shown.iter().any(|ip| !held.contains(ip)) {
+                    let keep: Vec<IpAddr> =
+                        shown.into_iter().filter(|ip| held.contains(ip)).collect();
+                    self.write_status(&svc, &keep).await?;
+                    self.requeue_waiting();
+                }
+                if e.is_invalid_request() {
+                    self.event(&svc, "LoadBalancerIPInvalid", &why).await;
+                    // Nothing to retry until the Service changes.
+                    return Ok(None);
+                }
                 self.event(&svc, "AllocationFailed", &why).await;
                 // Retried when an address is released, and now and then anyway.
                 Ok(Some(Duration::from_secs(60)))
@@ -419,10 +568,10 @@ impl Controller {
         }
     }
 
-    /// Services still waiting for an address get another go.
+    /// Services still waiting for an address (or for one of a family) get another go.
     fn requeue_waiting(&self) {
         for s in self.services.state() {
-            if wants_address(&s) && ingress_ips(&s).is_empty() {
+            if wants_address(&s) && ingress_ips(&s).len() < families(&s).len() {
                 self.queue.add(owner::key(&s.metadata));
             }
         }
@@ -522,6 +671,13 @@ mod tests {
         s.parse().unwrap()
     }
 
+    fn got(ips: &[IpAddr]) -> Result<Allocated, AllocError> {
+        Ok(Allocated {
+            ips: ips.to_vec(),
+            missing: None,
+        })
+    }
+
     fn pool(cidr: &str) -> Pool {
         Pool::new(cidr.parse::<IpNet>().unwrap())
     }
@@ -611,35 +767,35 @@ mod tests {
         );
         // IPv6 first: the network address (subnet-router anycast) is never handed out.
         assert_eq!(
-            p.allocate("default/a", &[true, false], None),
-            Ok(vec![ip("fd00:203::1"), ip("203.0.113.1")])
+            p.allocate("default/a", &[true, false], &[], false),
+            got(&[ip("fd00:203::1"), ip("203.0.113.1")])
         );
         assert_eq!(
-            p.allocate("default/b", &[true], None),
-            Ok(vec![ip("fd00:203::2")])
+            p.allocate("default/b", &[true], &[], false),
+            got(&[ip("fd00:203::2")])
         );
         // Dropping a family gives its address back.
         assert_eq!(
-            p.allocate("default/a", &[true], None),
-            Ok(vec![ip("fd00:203::1")])
+            p.allocate("default/a", &[true], &[], false),
+            got(&[ip("fd00:203::1")])
         );
         assert_eq!(
-            p.allocate("default/c", &[false], None),
-            Ok(vec![ip("203.0.113.1")])
+            p.allocate("default/c", &[false], &[], false),
+            got(&[ip("203.0.113.1")])
         );
         // loadBalancerIP in its family.
         assert_eq!(
-            p.allocate("default/d", &[false, true], Some(ip("fd00:203::99"))),
-            Ok(vec![ip("203.0.113.2"), ip("fd00:203::99")])
+            p.allocate("default/d", &[false, true], &[ip("fd00:203::99")], false),
+            got(&[ip("203.0.113.2"), ip("fd00:203::99")])
         );
         assert!(p.release("default/d"));
         assert!(p.restore("default/e", ip("fd00:203::99")));
         assert!(!p.restore("default/f", ip("fd00:204::1")));
         // Without an IPv6 pool, an IPv6 Service gets nothing and an IPv6 request is refused.
         let mut v4 = Pools::new(Some("203.0.113.0/28".parse().unwrap()), None);
-        assert_eq!(v4.allocate("default/a", &[true], None), Ok(vec![]));
+        assert_eq!(v4.allocate("default/a", &[true], &[], false), got(&[]));
         assert_eq!(
-            v4.allocate("default/a", &[true], Some(ip("fd00::1"))),
+            v4.allocate("default/a", &[true], &[ip("fd00::1")], false),
             Err(AllocError::NoPool(ip("fd00::1")))
         );
         // A /127 and a /128 are used whole; a full IPv6 pool says so.
@@ -657,6 +813,135 @@ mod tests {
                 Ok(ip(&format!("fd00:203::{i:x}")))
             );
         }
+    }
+
+    #[test]
+    fn a_requested_address_outside_the_service_s_families_is_refused_and_nothing_held() {
+        let mut p = Pools::new(
+            Some("203.0.113.0/28".parse().unwrap()),
+            Some("fd00:203::/120".parse().unwrap()),
+        );
+        // An IPv4-only Service holding .1 asks for an IPv6 address: refused, .1 given back.
+        assert_eq!(
+            p.allocate("default/a", &[false], &[], false),
+            got(&[ip("203.0.113.1")])
+        );
+        let e = p
+            .allocate("default/a", &[false], &[ip("fd00:203::7")], false)
+            .unwrap_err();
+        assert_eq!(
+            e,
+            AllocError::WrongFamily {
+                ip: ip("fd00:203::7"),
+                families: vec![false]
+            }
+        );
+        assert!(e.is_invalid_request());
+        assert_eq!(
+            e.to_string(),
+            "the requested address fd00:203::7 is IPv6, not of the Service's ipFamilies [IPv4]"
+        );
+        assert_eq!(p.held("default/a"), Vec::<IpAddr>::new());
+        // Negative control: the same request from a dual-stack Service is served.
+        assert_eq!(
+            p.allocate("default/a", &[false, true], &[ip("fd00:203::7")], false),
+            got(&[ip("203.0.113.1"), ip("fd00:203::7")])
+        );
+        // Two of one family (MetalLB's annotation) are refused too.
+        let e = p
+            .allocate(
+                "default/b",
+                &[false, true],
+                &[ip("203.0.113.5"), ip("203.0.113.6")],
+                false,
+            )
+            .unwrap_err();
+        assert!(matches!(e, AllocError::SameFamily(..)), "{e}");
+        assert_eq!(p.held("default/b"), Vec::<IpAddr>::new());
+    }
+
+    #[test]
+    fn an_exhausted_ipv6_pool_holds_nothing_for_require_and_keeps_ipv4_for_prefer() {
+        let mut p = Pools::new(
+            Some("203.0.113.0/28".parse().unwrap()),
+            Some("fd00:203::/127".parse().unwrap()),
+        );
+        // Fill the IPv6 pool (a /127: two addresses).
+        for s in ["default/x", "default/y"] {
+            assert_eq!(p.allocate(s, &[true], &[], false).unwrap().ips.len(), 1);
+        }
+        // RequireDualStack: all or nothing; the IPv4 address is not kept.
+        let e = p
+            .allocate("default/req", &[false, true], &[], true)
+            .unwrap_err();
+        assert!(matches!(e, AllocError::Exhausted(_)), "{e}");
+        assert_eq!(p.held("default/req"), Vec::<IpAddr>::new());
+        // So the next IPv4 Service gets .1, which the failed one would have held.
+        assert_eq!(
+            p.allocate("default/v4", &[false], &[], false),
+            got(&[ip("203.0.113.1")])
+        );
+        // PreferDualStack: keeps its IPv4 address and says why IPv6 is missing.
+        let a = p
+            .allocate("default/pref", &[false, true], &[], false)
+            .unwrap();
+        assert_eq!(a.ips, vec![ip("203.0.113.2")]);
+        assert!(matches!(a.missing, Some(AllocError::Exhausted(_))));
+        assert_eq!(p.held("default/pref"), vec![ip("203.0.113.2")]);
+        // An IPv6 address comes free: the next try completes it, the IPv4 one unchanged.
+        assert!(p.release("default/x"));
+        assert_eq!(
+            p.allocate("default/pref", &[false, true], &[], false),
+            got(&[ip("203.0.113.2"), ip("fd00:203::")])
+        );
+        // And the RequireDualStack one now gets both.
+        assert!(p.release("default/y"));
+        assert_eq!(
+            p.allocate("default/req", &[false, true], &[], true),
+            got(&[ip("203.0.113.3"), ip("fd00:203::1")])
+        );
+    }
+
+    #[test]
+    fn metallb_s_annotation_comes_before_load_balancer_ip() {
+        let svc = |ann: serde_json::Value, spec: serde_json::Value| -> Service {
+            serde_json::from_value(json!({"metadata": {"name": "a", "namespace": "default",
+                "annotations": ann}, "spec": spec}))
+            .unwrap()
+        };
+        assert_eq!(
+            requested(&svc(
+                json!({"metallb.io/loadBalancerIPs": "203.0.113.5, fd00:203::5"}),
+                json!({"loadBalancerIP": "203.0.113.9"})
+            )),
+            Ok(vec![ip("203.0.113.5"), ip("fd00:203::5")])
+        );
+        assert_eq!(
+            requested(&svc(
+                json!({"metallb.universe.tf/loadBalancerIPs": "fd00:203::5"}),
+                json!({})
+            )),
+            Ok(vec![ip("fd00:203::5")])
+        );
+        assert_eq!(
+            requested(&svc(json!({}), json!({"loadBalancerIP": "203.0.113.9"}))),
+            Ok(vec![ip("203.0.113.9")])
+        );
+        assert!(
+            requested(&svc(
+                json!({"metallb.io/loadBalancerIPs": "nope"}),
+                json!({})
+            ))
+            .is_err()
+        );
+        assert!(all_or_nothing(&svc(
+            json!({}),
+            json!({"ipFamilyPolicy": "RequireDualStack"})
+        )));
+        assert!(!all_or_nothing(&svc(
+            json!({}),
+            json!({"ipFamilyPolicy": "PreferDualStack"})
+        )));
     }
 
     #[test]

@@ -2,7 +2,10 @@
 //! from the pool into `status.loadBalancer.ingress`, an exhausted pool is an Event, a release
 //! lets a waiting Service in, `spec.loadBalancerIP` is honoured, a restarted controller keeps
 //! every address where it was, and a type change gives the address back. The API server
-//! gives a LoadBalancer with externalTrafficPolicy Local its health-check node port.
+//! gives a LoadBalancer with externalTrafficPolicy Local its health-check node port. A
+//! requested address of a family the Service lacks is a `LoadBalancerIPInvalid` Event and no
+//! address; an exhausted IPv6 pool leaves a RequireDualStack Service nothing (its IPv4
+//! address goes to the next) and a PreferDualStack one its IPv4 address.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -44,8 +47,13 @@ async fn wait_address(api: &Api<Service>, name: &str) -> String {
 
 /// The Warning Event saying `name` got no address.
 async fn wait_event(client: &kube::Client, name: &str) -> Event {
+    wait_reason(client, name, "AllocationFailed").await
+}
+
+/// The Warning Event about `name` with `reason`.
+async fn wait_reason(client: &kube::Client, name: &str, reason: &str) -> Event {
     let events: Api<Event> = Api::namespaced(client.clone(), "default");
-    wait_for(&format!("{name}'s AllocationFailed event"), 30, || async {
+    wait_for(&format!("{name}'s {reason} event"), 30, || async {
         events
             .list(&ListParams::default())
             .await
@@ -54,7 +62,7 @@ async fn wait_event(client: &kube::Client, name: &str) -> Event {
             .into_iter()
             .find(|e| {
                 e.involved_object.name.as_deref() == Some(name)
-                    && e.reason.as_deref() == Some("AllocationFailed")
+                    && e.reason.as_deref() == Some(reason)
             })
     })
     .await
@@ -233,6 +241,177 @@ async fn without_a_pool_the_node_addresses_serve_as_in_k3s() {
     })
     .await;
     assert_eq!(ips, ["198.18.0.11", "198.18.0.12"]);
+    m.stop().await;
+    s.stop().await;
+}
+
+fn addresses(s: &Service) -> Vec<String> {
+    s.status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|l| l.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.ip.clone())
+        .collect()
+}
+
+async fn dual_stack() -> (TestServer, kube::Client, Manager) {
+    let s = TestServer::start_with(|c| {
+        c.service_cidrs = "10.96.0.0/12,fd00:96::/112".parse().unwrap();
+    })
+    .await;
+    let client = s.client().await;
+    // Two addresses per family: 203.0.113.1-2, fd00:203:: and fd00:203::1.
+    let m = Manager::start(client.clone(), |c| {
+        c.controllers = ["service-lb".to_string()].into();
+        c.load_balancer_pool = Some("203.0.113.0/30".parse().unwrap());
+        c.load_balancer_pool_v6 = Some("fd00:203::/127".parse().unwrap());
+    })
+    .await;
+    (s, client, m)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requested_address_of_another_family_is_an_event_and_no_address() {
+    let (s, client, m) = dual_stack().await;
+    let api: Api<Service> = Api::namespaced(client.clone(), "default");
+    let pp = PostParams::default();
+    // IPv4-only Services asking for an IPv6 address, by loadBalancerIP and by MetalLB's
+    // annotation.
+    api.create(&pp, &lb("wrong", json!({"loadBalancerIP": "fd00:203::1"})))
+        .await
+        .unwrap();
+    let mut ann = lb("wrong-ann", json!({}));
+    ann.metadata.annotations = Some(
+        [(
+            "metallb.io/loadBalancerIPs".to_string(),
+            "fd00:203::1".to_string(),
+        )]
+        .into(),
+    );
+    api.create(&pp, &ann).await.unwrap();
+    for name in ["wrong", "wrong-ann"] {
+        let ev = wait_reason(&client, name, "LoadBalancerIPInvalid").await;
+        assert_eq!(ev.type_.as_deref(), Some("Warning"));
+        assert!(
+            ev.message
+                .as_deref()
+                .unwrap()
+                .contains("fd00:203::1 is IPv6, not of the Service's ipFamilies [IPv4]"),
+            "{ev:?}"
+        );
+        // The Event is written after the decision: no address was handed out for it.
+        assert_eq!(
+            addresses(&api.get(name).await.unwrap()),
+            Vec::<String>::new()
+        );
+    }
+    // Negative control: a dual-stack Service asking for the same address gets it (and an
+    // IPv4 one), so nothing above held it.
+    api.create(
+        &pp,
+        &lb(
+            "dual",
+            json!({"loadBalancerIP": "fd00:203::1", "ipFamilyPolicy": "RequireDualStack",
+                   "ipFamilies": ["IPv4", "IPv6"]}),
+        ),
+    )
+    .await
+    .unwrap();
+    let got = wait_for("dual's addresses", 30, || async {
+        let a = addresses(&api.get("dual").await.unwrap());
+        (a.len() == 2).then_some(a)
+    })
+    .await;
+    assert_eq!(got, ["203.0.113.1", "fd00:203::1"]);
+    // A Service that held an address and then asks for one of the wrong family loses it.
+    api.create(&pp, &lb("later", json!({}))).await.unwrap();
+    assert_eq!(wait_address(&api, "later").await, "203.0.113.2");
+    api.patch(
+        "later",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"loadBalancerIP": "fd00:203::"}})),
+    )
+    .await
+    .unwrap();
+    wait_for("later's address to go", 30, || async {
+        addresses(&api.get("later").await.unwrap())
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    wait_reason(&client, "later", "LoadBalancerIPInvalid").await;
+    m.stop().await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exhausted_ipv6_pool_leaves_require_dual_stack_nothing_and_prefer_its_ipv4() {
+    let (s, client, m) = dual_stack().await;
+    let api: Api<Service> = Api::namespaced(client.clone(), "default");
+    let pp = PostParams::default();
+    let v6 = json!({"ipFamilyPolicy": "SingleStack", "ipFamilies": ["IPv6"]});
+    for name in ["v6a", "v6b"] {
+        api.create(&pp, &lb(name, v6.clone())).await.unwrap();
+        wait_address(&api, name).await;
+    }
+    // RequireDualStack: all or nothing.
+    api.create(
+        &pp,
+        &lb(
+            "req",
+            json!({"ipFamilyPolicy": "RequireDualStack", "ipFamilies": ["IPv4", "IPv6"]}),
+        ),
+    )
+    .await
+    .unwrap();
+    let ev = wait_event(&client, "req").await;
+    assert!(
+        ev.message
+            .as_deref()
+            .unwrap()
+            .contains("fd00:203::/127 has no free address"),
+        "{ev:?}"
+    );
+    assert_eq!(
+        addresses(&api.get("req").await.unwrap()),
+        Vec::<String>::new()
+    );
+    // PreferDualStack: keeps its IPv4 address — the first one, which req does not hold
+    // (before the fix req held it unseen and this got .2), with an Event about IPv6.
+    api.create(
+        &pp,
+        &lb(
+            "pref",
+            json!({"ipFamilyPolicy": "PreferDualStack", "ipFamilies": ["IPv4", "IPv6"]}),
+        ),
+    )
+    .await
+    .unwrap();
+    let got = wait_for("pref's IPv4 address", 30, || async {
+        let a = addresses(&api.get("pref").await.unwrap());
+        (!a.is_empty()).then_some(a)
+    })
+    .await;
+    assert_eq!(got, ["203.0.113.1"]);
+    wait_event(&client, "pref").await;
+    assert_eq!(
+        addresses(&api.get("req").await.unwrap()),
+        Vec::<String>::new()
+    );
+    // IPv6 addresses come free: both complete, pref's IPv4 address unchanged.
+    api.delete("v6a", &DeleteParams::default()).await.unwrap();
+    api.delete("v6b", &DeleteParams::default()).await.unwrap();
+    let (req, pref) = wait_for("req and pref dual-stack", 30, || async {
+        let r = addresses(&api.get("req").await.unwrap());
+        let p = addresses(&api.get("pref").await.unwrap());
+        (r.len() == 2 && p.len() == 2).then_some((r, p))
+    })
+    .await;
+    assert_eq!(pref[0], "203.0.113.1");
+    assert_eq!(req[0], "203.0.113.2");
+    assert_ne!(req[1], pref[1]);
     m.stop().await;
     s.stop().await;
 }

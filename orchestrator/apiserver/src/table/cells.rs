@@ -179,8 +179,26 @@ pub(super) fn builtin(kind: Kind, obj: &Value, now: Timestamp) -> Vec<Value> {
             ),
             json!(age_at(obj, now)),
         ],
+        Kind::IPAddress => vec![name_cell(obj), json!(parent_ref(obj))],
         Kind::Generic => vec![name_cell(obj), json!(created_at(obj))],
     }
+}
+
+/// An IPAddress' parent as upstream's printer writes it: `resource[.group]/[namespace/]name`,
+/// `<none>` without one.
+fn parent_ref(obj: &Value) -> String {
+    let Some(p) = get(obj, &["spec", "parentRef"]).filter(|p| p.is_object()) else {
+        return "<none>".into();
+    };
+    let s = |f: &str| p.get(f).and_then(Value::as_str).unwrap_or_default();
+    let mut out = s("resource").to_lowercase();
+    if !s("group").is_empty() {
+        out = format!("{out}.{}", s("group").to_lowercase());
+    }
+    if !s("namespace").is_empty() {
+        out = format!("{out}/{}", s("namespace"));
+    }
+    format!("{out}/{}", s("name"))
 }
 
 #[cfg(test)]

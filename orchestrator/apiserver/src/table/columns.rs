@@ -77,6 +77,7 @@ pub enum Kind {
     EndpointSlice,
     Lease,
     ServiceCIDR,
+    IPAddress,
     /// A built-in kind without a printer of its own: NAME and CREATED AT.
     Generic,
 }
@@ -105,6 +106,7 @@ pub(super) fn kind_of(info: &ResourceInfo) -> Kind {
         ("discovery.k8s.io", "EndpointSlice") => EndpointSlice,
         ("coordination.k8s.io", "Lease") => Lease,
         ("networking.k8s.io", "ServiceCIDR") => ServiceCIDR,
+        ("networking.k8s.io", "IPAddress") => IPAddress,
         _ => Generic,
     }
 }
@@ -373,6 +375,13 @@ pub(super) fn builtin(kind: Kind) -> Vec<Column> {
                 "list of IP blocks in CIDR notation (e.g. \"10.0.0.0/8\" or \"2001:db8::/64\") from which to assign service cluster IPs. Max of two CIDR blocks is allowed, one of each IP family. This field is immutable.",
             ),
             AGE,
+        ],
+        Kind::IPAddress => vec![
+            NAME,
+            text_col(
+                "ParentRef",
+                "ParentRef references the resource that an IPAddress is attached to. An IPAddress must reference a parent object.",
+            ),
         ],
         Kind::Generic => vec![NAME, column("Created At", "date", 0, CREATED_DOC)],
     }
