@@ -109,7 +109,71 @@ fn bfd_row(s: &trellis_bfd::SessionStatus) -> BfdRow {
     }
 }
 
-pub fn publish(speaker: &Speaker, bfd: Option<&Bfd>, health: &Health, metrics: &Metrics) {
+/// Publishes the status documents: `/bgp/status` and the metrics at every call, `/bgp/routes`
+/// (the whole Loc-RIB, rendered anew: with a full table that takes a while) when it may have
+/// changed, and after route changes at most as often as keeps its rendering under a tenth of
+/// the agent's time. A small RIB renders in microseconds, so it goes out at once; with 100,000
+/// routes it is rendered about once a second while they come in, not after every batch.
+#[derive(Debug)]
+pub struct Publisher {
+    /// When the route list was last rendered, and how long that took.
+    last: Option<(std::time::Instant, std::time::Duration)>,
+    routes_dirty: bool,
+}
+
+impl Default for Publisher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Publisher {
+    pub fn new() -> Publisher {
+        Publisher {
+            last: None,
+            routes_dirty: true,
+        }
+    }
+
+    /// The Loc-RIB changed: everything published now, or the route list at a later call when
+    /// it was rendered too recently.
+    pub fn routes_changed(
+        &mut self,
+        speaker: &Speaker,
+        bfd: Option<&Bfd>,
+        health: &Health,
+        metrics: &Metrics,
+    ) {
+        self.routes_dirty = true;
+        let due = self
+            .last
+            .is_none_or(|(at, took)| at.elapsed() >= took.saturating_mul(10));
+        if due {
+            self.publish(speaker, bfd, health, metrics);
+        } else {
+            publish_parts(speaker, bfd, health, metrics, false);
+        }
+    }
+
+    /// Everything published: the route list too when it changed since it was last rendered.
+    pub fn publish(&mut self, speaker: &Speaker, bfd: Option<&Bfd>, health: &Health, metrics: &Metrics) {
+        let routes = std::mem::take(&mut self.routes_dirty);
+        let start = std::time::Instant::now();
+        publish_parts(speaker, bfd, health, metrics, routes);
+        if routes {
+            self.last = Some((start, start.elapsed()));
+        }
+    }
+}
+
+/// Publishes `/bgp/status` and the metrics, and with `routes` `/bgp/routes`.
+pub fn publish_parts(
+    speaker: &Speaker,
+    bfd: Option<&Bfd>,
+    health: &Health,
+    metrics: &Metrics,
+    routes: bool,
+) {
     let bfd_sessions: std::collections::BTreeMap<std::net::IpAddr, BfdRow> = bfd
         .map(|b| b.sessions().iter().map(|s| (s.peer, bfd_row(s))).collect())
         .unwrap_or_default();
@@ -141,7 +205,8 @@ pub fn publish(speaker: &Speaker, bfd: Option<&Bfd>, health: &Health, metrics: &
             awaiting_end_of_rib: p.awaiting_end_of_rib,
         })
         .collect();
-    let routes: Vec<RouteRow> = speaker
+    let routes: Option<Vec<RouteRow>> = routes.then(|| {
+        speaker
         .routes()
         .into_iter()
         .map(|r| RouteRow {
@@ -159,7 +224,8 @@ pub fn publish(speaker: &Speaker, bfd: Option<&Bfd>, health: &Health, metrics: &
                 .unwrap_or_default(),
             stale: r.stale,
         })
-        .collect();
+        .collect()
+    });
     metrics.clear("bgp_session_established");
     metrics.clear("bgp_prefixes_received");
     metrics.clear("bgp_prefixes_sent");
@@ -246,18 +312,20 @@ pub fn publish(speaker: &Speaker, bfd: Option<&Bfd>, health: &Health, metrics: &
             p.total.updates_sent as f64,
         );
     }
-    metrics.set(
-        "bgp_loc_rib_routes",
-        "Best routes in the Loc-RIB.",
-        &[],
-        routes.len() as f64,
-    );
     health.publish(
         STATUS_PATH,
         serde_json::to_string(&peers).unwrap_or_else(|_| "[]".into()),
     );
-    health.publish(
-        ROUTES_PATH,
-        serde_json::to_string(&routes).unwrap_or_else(|_| "[]".into()),
-    );
+    if let Some(routes) = routes {
+        metrics.set(
+            "bgp_loc_rib_routes",
+            "Best routes in the Loc-RIB.",
+            &[],
+            routes.len() as f64,
+        );
+        health.publish(
+            ROUTES_PATH,
+            serde_json::to_string(&routes).unwrap_or_else(|_| "[]".into()),
+        );
+    }
 }
