@@ -365,14 +365,13 @@ impl Installed {
 mod tests {
     use super::*;
     use trellis_bgp::Source;
-    use trellis_bgp::codec::PathAttributes;
 
     fn best(prefix: &str, next_hop: &str, multipath: &[&str]) -> BestRoute {
         BestRoute {
             prefix: prefix.parse().unwrap(),
             next_hop: next_hop.parse().unwrap(),
             source: Source::Peer("198.18.0.13".parse().unwrap()),
-            attrs: PathAttributes::default(),
+            attrs: Default::default(),
             stale: false,
             multipath: multipath.iter().map(|h| h.parse().unwrap()).collect(),
         }

@@ -205,27 +205,9 @@ pub fn publish_parts(
             awaiting_end_of_rib: p.awaiting_end_of_rib,
         })
         .collect();
-    let routes: Option<Vec<RouteRow>> = routes.then(|| {
-        speaker
-        .routes()
-        .into_iter()
-        .map(|r| RouteRow {
-            prefix: r.prefix.to_string(),
-            next_hop: r.next_hop.to_string(),
-            source: match r.source {
-                Source::Local => "local".into(),
-                Source::Peer(a) => a.to_string(),
-            },
-            as_path: r
-                .attrs
-                .as_path
-                .as_ref()
-                .map(|p| p.to_string())
-                .unwrap_or_default(),
-            stale: r.stale,
-        })
-        .collect()
-    });
+    // The Loc-RIB (a clone shares every route's attributes: cheap), rendered straight into the
+    // document, as `RouteRow`s read it, without a String per field of every route.
+    let routes: Option<Vec<trellis_bgp::BestRoute>> = routes.then(|| speaker.routes());
     metrics.clear("bgp_session_established");
     metrics.clear("bgp_prefixes_received");
     metrics.clear("bgp_prefixes_sent");
@@ -323,9 +305,113 @@ pub fn publish_parts(
             &[],
             routes.len() as f64,
         );
+        let rows: Vec<RouteRowRef<'_>> = routes.iter().map(RouteRowRef).collect();
         health.publish(
             ROUTES_PATH,
-            serde_json::to_string(&routes).unwrap_or_else(|_| "[]".into()),
+            serde_json::to_string(&rows).unwrap_or_else(|_| "[]".into()),
         );
+    }
+}
+
+/// A best route serialised as its [`RouteRow`] (the same fields), written straight from the
+/// route.
+struct RouteRowRef<'a>(&'a trellis_bgp::BestRoute);
+
+/// A value serialised as the string its `Display` writes.
+struct Shown<T>(T);
+
+impl<T: std::fmt::Display> Serialize for Shown<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+/// `local` or the peer's address.
+struct SourceName(Source);
+
+impl std::fmt::Display for SourceName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Source::Local => f.write_str("local"),
+            Source::Peer(a) => a.fmt(f),
+        }
+    }
+}
+
+/// The AS path as `RouteRow::as_path` has it (empty when there is none).
+struct AsPathText<'a>(Option<&'a trellis_bgp::codec::AsPath>);
+
+impl std::fmt::Display for AsPathText<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(p) => p.fmt(f),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Serialize for RouteRowRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let r = self.0;
+        let mut st = s.serialize_struct("RouteRow", 5)?;
+        st.serialize_field("prefix", &Shown(r.prefix))?;
+        st.serialize_field("next_hop", &Shown(r.next_hop))?;
+        st.serialize_field("source", &Shown(SourceName(r.source)))?;
+        st.serialize_field("as_path", &Shown(AsPathText(r.attrs.as_path.as_ref())))?;
+        st.serialize_field("stale", &r.stale)?;
+        st.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trellis_bgp::codec::{AsPath, PathAttributes};
+
+    #[test]
+    fn routes_render_as_route_rows() {
+        let route = |prefix: &str, source: Source, as_path: Option<AsPath>| trellis_bgp::BestRoute {
+            prefix: prefix.parse().unwrap(),
+            next_hop: "198.18.0.11".parse().unwrap(),
+            source,
+            attrs: std::sync::Arc::new(PathAttributes {
+                as_path,
+                ..Default::default()
+            }),
+            stale: true,
+            multipath: Vec::new(),
+        };
+        let routes = [
+            route(
+                "10.64.0.1/32",
+                Source::Peer("198.18.0.11".parse().unwrap()),
+                Some(AsPath::sequence(&[64600, 64601])),
+            ),
+            route("fd00:10::/122", Source::Local, None),
+        ];
+        let rows: Vec<RouteRowRef<'_>> = routes.iter().map(RouteRowRef).collect();
+        let back: Vec<RouteRow> =
+            serde_json::from_str(&serde_json::to_string(&rows).unwrap()).unwrap();
+        let want: Vec<RouteRow> = routes
+            .iter()
+            .map(|r| RouteRow {
+                prefix: r.prefix.to_string(),
+                next_hop: r.next_hop.to_string(),
+                source: match r.source {
+                    Source::Local => "local".into(),
+                    Source::Peer(a) => a.to_string(),
+                },
+                as_path: r
+                    .attrs
+                    .as_path
+                    .as_ref()
+                    .map(|p| p.to_string())
+                    .unwrap_or_default(),
+                stale: r.stale,
+            })
+            .collect();
+        assert_eq!(back, want);
+        assert_eq!(back[1].source, "local");
     }
 }
