@@ -254,7 +254,7 @@ async fn round(who: Receiver, n: usize, trellis: &std::path::Path, limit: Durati
     assert!(out.contains("enabled"), "birdc enable rcv: {out}");
     let mut established: Option<Duration> = None;
     let (mut dumps, mut dumping) = (0u32, Duration::ZERO);
-    let mut last = 0;
+    let mut last;
     let done = loop {
         if established.is_none()
             && sender
