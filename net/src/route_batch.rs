@@ -55,7 +55,9 @@ pub struct RouteWriter {
 
 impl std::fmt::Debug for RouteWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RouteWriter").field("seq", &self.seq).finish()
+        f.debug_struct("RouteWriter")
+            .field("seq", &self.seq)
+            .finish()
     }
 }
 
@@ -129,10 +131,15 @@ impl RouteWriter {
         // The last op itself could not be built: ask for an acknowledgement of nothing; the
         // answers of the others still come (only failures), so look for them without waiting.
         let acked = answers.last().is_some_and(Option::is_none);
-        let fail_all = |answers: &mut Vec<Option<Result<bool>>>, why: &dyn Fn() -> std::io::Error| {
+        let fail_all = |answers: &mut Vec<Option<Result<bool>>>,
+                        why: &dyn Fn() -> std::io::Error| {
             for (i, a) in answers.iter_mut().enumerate() {
                 if a.is_none() {
-                    *a = Some(Err(Error::os(ops[i].op(), ops[i].route().describe(), why())));
+                    *a = Some(Err(Error::os(
+                        ops[i].op(),
+                        ops[i].route().describe(),
+                        why(),
+                    )));
                 }
             }
         };
@@ -165,14 +172,14 @@ impl RouteWriter {
                 let mut done = false;
                 let mut at = 0;
                 while at + 16 <= rx.len() {
-                    let len = u32::from_ne_bytes([rx[at], rx[at + 1], rx[at + 2], rx[at + 3]])
-                        as usize;
+                    let len =
+                        u32::from_ne_bytes([rx[at], rx[at + 1], rx[at + 2], rx[at + 3]]) as usize;
                     if len < 16 || at + len > rx.len() {
                         break;
                     }
-                    if let Ok(m) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(
-                        &rx[at..at + len],
-                    ) && let NetlinkPayload::Error(e) = &m.payload
+                    if let Ok(m) =
+                        NetlinkMessage::<RouteNetlinkMessage>::deserialize(&rx[at..at + len])
+                        && let NetlinkPayload::Error(e) = &m.payload
                     {
                         let seq = m.header.sequence_number;
                         let i = seq.wrapping_sub(base) as usize;

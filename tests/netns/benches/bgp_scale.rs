@@ -67,9 +67,7 @@ fn parse_args() -> Result<Args, String> {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
         match flag.as_str() {
             "--prefixes" => {
-                a.prefixes = value()?
-                    .parse()
-                    .map_err(|e| format!("--prefixes: {e}"))?;
+                a.prefixes = value()?.parse().map_err(|e| format!("--prefixes: {e}"))?;
             }
             "--rounds" => a.rounds = value()?.parse().map_err(|e| format!("--rounds: {e}"))?,
             "--trellis" => a.trellis = PathBuf::from(value()?),
@@ -232,7 +230,13 @@ async fn start_receiver<'a>(
 
 /// One round with receiver `who`: a fresh testbed, sender and receiver, the session enabled,
 /// timed until the receiver's kernel holds every prefix.
-async fn round(who: Receiver, n: usize, trellis: &std::path::Path, limit: Duration, f: &mut Figures) {
+async fn round(
+    who: Receiver,
+    n: usize,
+    trellis: &std::path::Path,
+    limit: Duration,
+    f: &mut Figures,
+) {
     let tb = Testbed::new().unwrap();
     let snd = tb.add_node("snd", 1).await.unwrap();
     let rcv = tb.add_node("rcv", 2).await.unwrap();

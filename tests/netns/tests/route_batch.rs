@@ -39,8 +39,16 @@ async fn batches_install_report_each_failure_and_remove() {
         .run(move || RouteWriter::current().unwrap().apply(&ops))
         .unwrap();
     assert_eq!(results.len(), n as usize + 2);
-    assert!(results[300].is_err(), "the unreachable gateway: {:?}", results[300]);
-    assert_eq!(results.last().unwrap().as_ref().ok(), Some(&false), "a missing route");
+    assert!(
+        results[300].is_err(),
+        "the unreachable gateway: {:?}",
+        results[300]
+    );
+    assert_eq!(
+        results.last().unwrap().as_ref().ok(),
+        Some(&false),
+        "a missing route"
+    );
     let bad: Vec<_> = results
         .iter()
         .enumerate()

@@ -156,7 +156,13 @@ impl Publisher {
     }
 
     /// Everything published: the route list too when it changed since it was last rendered.
-    pub fn publish(&mut self, speaker: &Speaker, bfd: Option<&Bfd>, health: &Health, metrics: &Metrics) {
+    pub fn publish(
+        &mut self,
+        speaker: &Speaker,
+        bfd: Option<&Bfd>,
+        health: &Health,
+        metrics: &Metrics,
+    ) {
         let routes = std::mem::take(&mut self.routes_dirty);
         let start = std::time::Instant::now();
         publish_parts(speaker, bfd, health, metrics, routes);
@@ -371,17 +377,18 @@ mod tests {
 
     #[test]
     fn routes_render_as_route_rows() {
-        let route = |prefix: &str, source: Source, as_path: Option<AsPath>| trellis_bgp::BestRoute {
-            prefix: prefix.parse().unwrap(),
-            next_hop: "198.18.0.11".parse().unwrap(),
-            source,
-            attrs: std::sync::Arc::new(PathAttributes {
-                as_path,
-                ..Default::default()
-            }),
-            stale: true,
-            multipath: Vec::new(),
-        };
+        let route =
+            |prefix: &str, source: Source, as_path: Option<AsPath>| trellis_bgp::BestRoute {
+                prefix: prefix.parse().unwrap(),
+                next_hop: "198.18.0.11".parse().unwrap(),
+                source,
+                attrs: std::sync::Arc::new(PathAttributes {
+                    as_path,
+                    ..Default::default()
+                }),
+                stale: true,
+                multipath: Vec::new(),
+            };
         let routes = [
             route(
                 "10.64.0.1/32",
