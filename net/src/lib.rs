@@ -24,6 +24,7 @@ pub mod nft;
 mod nft_session;
 mod restore_session;
 pub mod route;
+pub mod route_batch;
 pub mod sysctl;
 pub mod underlay;
 
@@ -34,6 +35,7 @@ pub use link::{Link, Mac, OperState, VethSpec, VxlanSpec};
 pub use neigh::{FdbEntry, Neighbour};
 pub use netns::Netns;
 pub use route::{Family, Route, RouteKind, Scope};
+pub use route_batch::{RouteOp, RouteWriter};
 
 /// The route protocol numbers Trellis installs its routes with (`ip route … proto N`), so a
 /// daemon can tell its own routes from everyone else's and remove only those.

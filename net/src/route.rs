@@ -200,7 +200,7 @@ impl Route {
         Family::of(&self.dst.addr())
     }
 
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let mut s = match self.kind {
             RouteKind::Blackhole => format!("blackhole {}", self.dst),
             _ => self.dst.to_string(),
@@ -223,7 +223,7 @@ impl Route {
         s
     }
 
-    fn to_message(&self, for_delete: bool) -> Result<RouteMessage> {
+    pub(crate) fn to_message(&self, for_delete: bool) -> Result<RouteMessage> {
         let bad = |e: &dyn std::fmt::Display| {
             Error::invalid("build route", self.describe(), e.to_string())
         };

@@ -10,13 +10,13 @@
 //! carries that one next hop (no multipath). An IPv4-mapped next hop (a peer without an IPv6 address) is not installable
 //! and is left out.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use ipnet::IpNet;
 use trellis_bgp::{BestRoute, LocRibChange, Source};
-use trellis_net::{Family, Handle, Route, RouteKind, proto};
+use trellis_net::{Family, Handle, Route, RouteKind, RouteOp, RouteWriter, proto};
 
 /// The metric of learned routes (BIRD's kernel protocol uses 32; any fixed value of ours works).
 pub const METRIC: u32 = 20;
@@ -165,6 +165,11 @@ fn learned(b: &BestRoute, link_oif: u32, peer_links: &BTreeMap<IpAddr, u32>) -> 
     )
 }
 
+/// The route that removes a learned route to `prefix` (whatever its next hops).
+fn unlearned(prefix: IpNet) -> Route {
+    Route::to(prefix).protocol(proto::BGP).priority(METRIC)
+}
+
 /// Learned routes in the kernel, kept in step with the Loc-RIB.
 #[derive(Debug)]
 pub struct Installed {
@@ -174,16 +179,30 @@ pub struct Installed {
     peer_links: PeerLinks,
     failures: u64,
     fenced: u64,
+    /// Batches of route changes in one system call each (a full table from a peer is
+    /// thousands of routes); `None` when its socket could not be opened: one netlink request
+    /// per route through `host` then.
+    writer: Option<RouteWriter>,
 }
 
 impl Installed {
     /// Nothing installed yet; link-local next hops are reached through interface `link_oif`.
+    /// Routes are written in the calling thread's network namespace (the one of the agent's
+    /// `host` handle).
     pub fn new(link_oif: u32) -> Installed {
+        let writer = match RouteWriter::current() {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, "no batch route socket: one request per route");
+                None
+            }
+        };
         Installed {
             link_oif,
             peer_links: PeerLinks::default(),
             failures: 0,
             fenced: 0,
+            writer,
         }
     }
 
@@ -208,6 +227,22 @@ impl Installed {
         self.fenced
     }
 
+    /// Writes `ops` in order, in batches: per op, done (true), a delete of nothing (false),
+    /// or the kernel's refusal.
+    async fn write(&mut self, host: &Handle, ops: &[RouteOp]) -> Vec<trellis_net::Result<bool>> {
+        if let Some(w) = self.writer.as_mut() {
+            return w.apply(ops);
+        }
+        let mut out = Vec::with_capacity(ops.len());
+        for op in ops {
+            out.push(match op {
+                RouteOp::Replace(r) => host.replace_route(r).await.map(|()| true),
+                RouteOp::Delete(r) => host.delete_route(r).await,
+            });
+        }
+        out
+    }
+
     /// Applies one Loc-RIB change. `current` says whether a best route still is: one that is
     /// not (its session ended while changes queued behind it) is skipped, so a session that
     /// has ended installs nothing more; its withdrawal follows in the stream.
@@ -217,31 +252,74 @@ impl Installed {
         change: &LocRibChange,
         current: impl Fn(&BestRoute) -> bool,
     ) {
-        if let LocRibChange::Best(b) = change
-            && !b.is_local()
-            && !current(b)
-        {
-            self.fenced += 1;
-            return;
-        }
-        let result = match change {
-            LocRibChange::Best(b) => match self.learned(b) {
-                Some(r) => host.replace_route(&r).await,
-                // Our own prefix is best now: a learned route for it must go.
-                None => host
-                    .delete_route(&Route::to(b.prefix).protocol(proto::BGP).priority(METRIC))
-                    .await
-                    .map(|_| ()),
-            },
-            LocRibChange::Withdrawn(p) => host
-                .delete_route(&Route::to(*p).protocol(proto::BGP).priority(METRIC))
-                .await
-                .map(|_| ()),
+        self.apply_all(host, std::slice::from_ref(change), current)
+            .await;
+    }
+
+    /// Applies Loc-RIB changes, in order, as [`Installed::apply`] does one: only the last
+    /// change of each prefix counts (the ones before it would be overwritten at once), each
+    /// best route is fenced with `current` right before the batch goes in, and the kernel gets
+    /// them in batches of many routes per system call.
+    pub async fn apply_all(
+        &mut self,
+        host: &Handle,
+        changes: &[LocRibChange],
+        current: impl Fn(&BestRoute) -> bool,
+    ) {
+        let prefix_of = |c: &LocRibChange| match c {
+            LocRibChange::Best(b) => b.prefix,
+            LocRibChange::Withdrawn(p) => *p,
         };
-        if let Err(e) = result {
-            self.failures += 1;
-            tracing::warn!(error = %e, "programming a learned route");
+        let mut last: HashMap<IpNet, usize> = HashMap::with_capacity(changes.len());
+        for (i, c) in changes.iter().enumerate() {
+            last.insert(prefix_of(c), i);
         }
+        let mut ops = Vec::with_capacity(last.len());
+        for (i, c) in changes.iter().enumerate() {
+            if last.get(&prefix_of(c)) != Some(&i) {
+                continue;
+            }
+            ops.push(match c {
+                LocRibChange::Best(b) if !b.is_local() && !current(b) => {
+                    self.fenced += 1;
+                    continue;
+                }
+                LocRibChange::Best(b) => match self.learned(b) {
+                    Some(r) => RouteOp::Replace(r),
+                    // Our own prefix is best now: a learned route for it must go.
+                    None => RouteOp::Delete(unlearned(b.prefix)),
+                },
+                LocRibChange::Withdrawn(p) => RouteOp::Delete(unlearned(*p)),
+            });
+        }
+        for result in self.write(host, &ops).await {
+            if let Err(e) = result {
+                self.failures += 1;
+                tracing::warn!(error = %e, "programming a learned route");
+            }
+        }
+    }
+
+    /// Learned routes of ours that `rib` does not hold, removed (after the agent lost changes
+    /// of the stream: the new stream brings every best route again, but not the withdrawals it
+    /// missed). Returns how many.
+    pub async fn prune(&mut self, host: &Handle, rib: &[BestRoute]) -> trellis_net::Result<usize> {
+        let held: HashSet<IpNet> = rib.iter().map(|b| b.prefix).collect();
+        let gone: Vec<RouteOp> = ours(host)
+            .await?
+            .into_iter()
+            .filter(|r| r.kind == RouteKind::Unicast && !held.contains(&r.dst))
+            .map(RouteOp::Delete)
+            .collect();
+        let mut n = 0;
+        for result in self.write(host, &gone).await {
+            match result {
+                Ok(true) => n += 1,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "removing a withdrawn learned route"),
+            }
+        }
+        Ok(n)
     }
 
     /// Every best path installed as it should be (a route already in place as wanted is not
@@ -264,35 +342,56 @@ impl Installed {
             .into_iter()
             .filter(|r| r.kind == RouteKind::Unicast)
             .collect();
+        // Looked up by destination: a full table is 100,000 routes and more.
+        let mut present: HashMap<IpNet, Vec<&Route>> = HashMap::with_capacity(existing.len());
+        for r in &existing {
+            present.entry(r.dst).or_default().push(r);
+        }
         let wanted: Vec<(&BestRoute, Route)> = rib
             .iter()
             .filter_map(|b| self.learned(b).map(|r| (b, r)))
             .collect();
+        let mut installs = Vec::new();
         for (b, w) in &wanted {
-            // A link-local next hop is only right on its own interface.
-            let present = existing.iter().any(|r| {
-                r.dst == w.dst
-                    && r.gateways() == w.gateways()
-                    && r.priority == w.priority
-                    && (w.oif.is_none() || r.oif == w.oif)
+            let in_place = present.get(&w.dst).is_some_and(|rs| {
+                rs.iter().any(|r| {
+                    r.gateways() == w.gateways()
+                        && r.priority == w.priority
+                        // A link-local next hop is only right on its own interface.
+                        && (w.oif.is_none() || r.oif == w.oif)
+                })
             });
-            if !present {
+            if !in_place {
                 if !current(b) {
                     self.fenced += 1;
                     continue;
                 }
-                host.replace_route(w).await?;
+                installs.push(RouteOp::Replace(w.clone()));
             }
+        }
+        for result in self.write(host, &installs).await {
+            result?;
         }
         let mut swept = 0;
         if sweep {
-            for r in &existing {
-                if !wanted
-                    .iter()
-                    .any(|(_, w)| w.dst == r.dst && w.gateways() == r.gateways())
-                {
+            let mut by_dst: HashMap<IpNet, Vec<&Route>> = HashMap::with_capacity(wanted.len());
+            for (_, w) in &wanted {
+                by_dst.entry(w.dst).or_default().push(w);
+            }
+            let stale: Vec<RouteOp> = existing
+                .iter()
+                .filter(|r| {
+                    !by_dst
+                        .get(&r.dst)
+                        .is_some_and(|ws| ws.iter().any(|w| w.gateways() == r.gateways()))
+                })
+                .map(|r| {
                     tracing::info!(prefix = %r.dst, "removing a stale learned route");
-                    host.delete_route(r).await?;
+                    RouteOp::Delete(r.clone())
+                })
+                .collect();
+            for result in self.write(host, &stale).await {
+                if result? {
                     swept += 1;
                 }
             }
@@ -304,14 +403,13 @@ impl Installed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use trellis_bgp::codec::PathAttributes;
 
     fn best(prefix: &str, next_hop: &str, multipath: &[&str]) -> BestRoute {
         BestRoute {
             prefix: prefix.parse().unwrap(),
             next_hop: next_hop.parse().unwrap(),
             source: Source::Peer("198.18.0.13".parse().unwrap()),
-            attrs: PathAttributes::default(),
+            attrs: Default::default(),
             stale: false,
             multipath: multipath.iter().map(|h| h.parse().unwrap()).collect(),
         }

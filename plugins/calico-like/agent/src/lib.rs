@@ -212,6 +212,11 @@ pub struct Config {
 /// come (a peer that never comes up must not cost us our routes everywhere else).
 pub const DEFAULT_RESTART_DEFERRAL: Duration = Duration::from_secs(60);
 
+/// At most this many queued Loc-RIB changes are taken and written to the kernel at a time
+/// (some milliseconds of work), so a full table coming in does not keep the agent from its
+/// other duties for long.
+const CHANGE_BATCH: usize = 4096;
+
 impl Config {
     /// Calico's defaults: AS 64512, full mesh, port 179.
     pub fn new(node: impl Into<String>) -> Config {
@@ -668,6 +673,9 @@ pub async fn run(
     // A learned IPv6 route whose next hop is link-local leaves through the interface of its
     // unnumbered peer's session, else through the underlay.
     let mut routes = kernel::Installed::new(under.link.index).with_peer_links(peer_links);
+    // `/bgp/routes` is the whole Loc-RIB: rendered after route changes only as often as it is
+    // cheap enough (see `status::Publisher`).
+    let mut publisher = status::Publisher::new();
     // Routes of our protocol that the RIB does not hold go once the sessions had time to
     // bring theirs back (after the first hold period, or at the first resync with every peer
     // established).
@@ -771,7 +779,7 @@ pub async fn run(
                     };
                     tracing::info!(swept = swept_now, best_routes = rib.len(), "restart recovery over ({how}): the kernel follows the Loc-RIB; {swept_now} stale routes swept");
                     restart_metrics(false, swept_now);
-                    status::publish(&speaker, sessions.bfd.as_ref(), &health, &metrics);
+                    publisher.routes_changed(&speaker, sessions.bfd.as_ref(), &health, &metrics);
                 }
             }
             change = changes.recv() => match change {
@@ -782,16 +790,22 @@ pub async fn run(
                 }
                 Some(c) => {
                     let current = |b: &trellis_bgp::BestRoute| speaker.is_current(b);
-                    routes.apply(&host, &c, current).await;
                     if let LocRibChange::Best(b) = &c {
                         tracing::debug!(prefix = %b.prefix, next_hop = %b.next_hop, "best route");
                     }
-                    // Take what queued behind it too, then go on.
-                    while let Ok(c) = changes.try_recv() {
-                        routes.apply(&host, &c, current).await;
+                    // Take what queued behind it too (a bounded batch: a full table arrives
+                    // as thousands of changes; the rest is the next turn's), and write them to
+                    // the kernel in batches of many routes per system call.
+                    let mut batch = vec![c];
+                    while batch.len() < CHANGE_BATCH
+                        && let Ok(c) = changes.try_recv()
+                    {
+                        batch.push(c);
                     }
+                    routes.apply_all(&host, &batch, current).await;
+                    drop(batch);
                     tracing::debug!(target: "bgp_timing", "kernel written");
-                    status::publish(&speaker, sessions.bfd.as_ref(), &health, &metrics);
+                    publisher.routes_changed(&speaker, sessions.bfd.as_ref(), &health, &metrics);
                     metrics.set(
                         "bgp_route_programming_failures",
                         "Learned routes the kernel refused (retried at the next resync).",
@@ -810,12 +824,24 @@ pub async fn run(
                 // whole Loc-RIB) and reconcile the kernel with the RIB right now. (Before the
                 // first sweep, a learned route the RIB no longer holds stays until that sweep,
                 // as the leftovers of an earlier run do.)
+                // The new stream installs every best route again; what it cannot bring back are
+                // the withdrawals that were lost, so learned routes the RIB no longer holds go
+                // now (only after the first sweep, as above; not while deferred).
                 None => {
                     tracing::warn!("fell behind the speaker's route changes: resynchronising");
                     changes = speaker.subscribe();
                     resyncs += 1;
                     count_resyncs(resyncs);
-                    refresh = true;
+                    if swept && !deferred {
+                        let rib = speaker.routes();
+                        match routes.prune(&host, &rib).await {
+                            Ok(n) => tracing::info!(removed = n, "resynchronised: withdrawn routes removed"),
+                            Err(e) => tracing::warn!(error = %e, "removing withdrawn routes"),
+                        }
+                    }
+                    if !ready {
+                        refresh = true;
+                    }
                 }
             },
             Some(latest) = async {
@@ -858,7 +884,7 @@ pub async fn run(
                 refresh = true;
             },
             _ = publish.tick() => {
-                status::publish(&speaker, sessions.bfd.as_ref(), &health, &metrics);
+                publisher.publish(&speaker, sessions.bfd.as_ref(), &health, &metrics);
             }
         }
         if refresh {
@@ -890,7 +916,7 @@ pub async fn run(
                 }
                 swept |= sweep;
             }
-            status::publish(&speaker, sessions.bfd.as_ref(), &health, &metrics);
+            publisher.routes_changed(&speaker, sessions.bfd.as_ref(), &health, &metrics);
             if !ready {
                 NodeState {
                     mtu: under.link.mtu,

@@ -109,7 +109,77 @@ fn bfd_row(s: &trellis_bfd::SessionStatus) -> BfdRow {
     }
 }
 
-pub fn publish(speaker: &Speaker, bfd: Option<&Bfd>, health: &Health, metrics: &Metrics) {
+/// Publishes the status documents: `/bgp/status` and the metrics at every call, `/bgp/routes`
+/// (the whole Loc-RIB, rendered anew: with a full table that takes a while) when it may have
+/// changed, and after route changes at most as often as keeps its rendering under a tenth of
+/// the agent's time. A small RIB renders in microseconds, so it goes out at once; with 100,000
+/// routes it is rendered about once a second while they come in, not after every batch.
+#[derive(Debug)]
+pub struct Publisher {
+    /// When the route list was last rendered, and how long that took.
+    last: Option<(std::time::Instant, std::time::Duration)>,
+    routes_dirty: bool,
+}
+
+impl Default for Publisher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Publisher {
+    pub fn new() -> Publisher {
+        Publisher {
+            last: None,
+            routes_dirty: true,
+        }
+    }
+
+    /// The Loc-RIB changed: everything published now, or the route list at a later call when
+    /// it was rendered too recently.
+    pub fn routes_changed(
+        &mut self,
+        speaker: &Speaker,
+        bfd: Option<&Bfd>,
+        health: &Health,
+        metrics: &Metrics,
+    ) {
+        self.routes_dirty = true;
+        let due = self
+            .last
+            .is_none_or(|(at, took)| at.elapsed() >= took.saturating_mul(10));
+        if due {
+            self.publish(speaker, bfd, health, metrics);
+        } else {
+            publish_parts(speaker, bfd, health, metrics, false);
+        }
+    }
+
+    /// Everything published: the route list too when it changed since it was last rendered.
+    pub fn publish(
+        &mut self,
+        speaker: &Speaker,
+        bfd: Option<&Bfd>,
+        health: &Health,
+        metrics: &Metrics,
+    ) {
+        let routes = std::mem::take(&mut self.routes_dirty);
+        let start = std::time::Instant::now();
+        publish_parts(speaker, bfd, health, metrics, routes);
+        if routes {
+            self.last = Some((start, start.elapsed()));
+        }
+    }
+}
+
+/// Publishes `/bgp/status` and the metrics, and with `routes` `/bgp/routes`.
+pub fn publish_parts(
+    speaker: &Speaker,
+    bfd: Option<&Bfd>,
+    health: &Health,
+    metrics: &Metrics,
+    routes: bool,
+) {
     let bfd_sessions: std::collections::BTreeMap<std::net::IpAddr, BfdRow> = bfd
         .map(|b| b.sessions().iter().map(|s| (s.peer, bfd_row(s))).collect())
         .unwrap_or_default();
@@ -141,25 +211,9 @@ pub fn publish(speaker: &Speaker, bfd: Option<&Bfd>, health: &Health, metrics: &
             awaiting_end_of_rib: p.awaiting_end_of_rib,
         })
         .collect();
-    let routes: Vec<RouteRow> = speaker
-        .routes()
-        .into_iter()
-        .map(|r| RouteRow {
-            prefix: r.prefix.to_string(),
-            next_hop: r.next_hop.to_string(),
-            source: match r.source {
-                Source::Local => "local".into(),
-                Source::Peer(a) => a.to_string(),
-            },
-            as_path: r
-                .attrs
-                .as_path
-                .as_ref()
-                .map(|p| p.to_string())
-                .unwrap_or_default(),
-            stale: r.stale,
-        })
-        .collect();
+    // The Loc-RIB (a clone shares every route's attributes: cheap), rendered straight into the
+    // document, as `RouteRow`s read it, without a String per field of every route.
+    let routes: Option<Vec<trellis_bgp::BestRoute>> = routes.then(|| speaker.routes());
     metrics.clear("bgp_session_established");
     metrics.clear("bgp_prefixes_received");
     metrics.clear("bgp_prefixes_sent");
@@ -246,18 +300,125 @@ pub fn publish(speaker: &Speaker, bfd: Option<&Bfd>, health: &Health, metrics: &
             p.total.updates_sent as f64,
         );
     }
-    metrics.set(
-        "bgp_loc_rib_routes",
-        "Best routes in the Loc-RIB.",
-        &[],
-        routes.len() as f64,
-    );
     health.publish(
         STATUS_PATH,
         serde_json::to_string(&peers).unwrap_or_else(|_| "[]".into()),
     );
-    health.publish(
-        ROUTES_PATH,
-        serde_json::to_string(&routes).unwrap_or_else(|_| "[]".into()),
-    );
+    if let Some(routes) = routes {
+        metrics.set(
+            "bgp_loc_rib_routes",
+            "Best routes in the Loc-RIB.",
+            &[],
+            routes.len() as f64,
+        );
+        let rows: Vec<RouteRowRef<'_>> = routes.iter().map(RouteRowRef).collect();
+        health.publish(
+            ROUTES_PATH,
+            serde_json::to_string(&rows).unwrap_or_else(|_| "[]".into()),
+        );
+    }
+}
+
+/// A best route serialised as its [`RouteRow`] (the same fields), written straight from the
+/// route.
+struct RouteRowRef<'a>(&'a trellis_bgp::BestRoute);
+
+/// A value serialised as the string its `Display` writes.
+struct Shown<T>(T);
+
+impl<T: std::fmt::Display> Serialize for Shown<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+/// `local` or the peer's address.
+struct SourceName(Source);
+
+impl std::fmt::Display for SourceName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Source::Local => f.write_str("local"),
+            Source::Peer(a) => a.fmt(f),
+        }
+    }
+}
+
+/// The AS path as `RouteRow::as_path` has it (empty when there is none).
+struct AsPathText<'a>(Option<&'a trellis_bgp::codec::AsPath>);
+
+impl std::fmt::Display for AsPathText<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(p) => p.fmt(f),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Serialize for RouteRowRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let r = self.0;
+        let mut st = s.serialize_struct("RouteRow", 5)?;
+        st.serialize_field("prefix", &Shown(r.prefix))?;
+        st.serialize_field("next_hop", &Shown(r.next_hop))?;
+        st.serialize_field("source", &Shown(SourceName(r.source)))?;
+        st.serialize_field("as_path", &Shown(AsPathText(r.attrs.as_path.as_ref())))?;
+        st.serialize_field("stale", &r.stale)?;
+        st.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trellis_bgp::codec::{AsPath, PathAttributes};
+
+    #[test]
+    fn routes_render_as_route_rows() {
+        let route =
+            |prefix: &str, source: Source, as_path: Option<AsPath>| trellis_bgp::BestRoute {
+                prefix: prefix.parse().unwrap(),
+                next_hop: "198.18.0.11".parse().unwrap(),
+                source,
+                attrs: std::sync::Arc::new(PathAttributes {
+                    as_path,
+                    ..Default::default()
+                }),
+                stale: true,
+                multipath: Vec::new(),
+            };
+        let routes = [
+            route(
+                "10.64.0.1/32",
+                Source::Peer("198.18.0.11".parse().unwrap()),
+                Some(AsPath::sequence(&[64600, 64601])),
+            ),
+            route("fd00:10::/122", Source::Local, None),
+        ];
+        let rows: Vec<RouteRowRef<'_>> = routes.iter().map(RouteRowRef).collect();
+        let back: Vec<RouteRow> =
+            serde_json::from_str(&serde_json::to_string(&rows).unwrap()).unwrap();
+        let want: Vec<RouteRow> = routes
+            .iter()
+            .map(|r| RouteRow {
+                prefix: r.prefix.to_string(),
+                next_hop: r.next_hop.to_string(),
+                source: match r.source {
+                    Source::Local => "local".into(),
+                    Source::Peer(a) => a.to_string(),
+                },
+                as_path: r
+                    .attrs
+                    .as_path
+                    .as_ref()
+                    .map(|p| p.to_string())
+                    .unwrap_or_default(),
+                stale: r.stale,
+            })
+            .collect();
+        assert_eq!(back, want);
+        assert_eq!(back[1].source, "local");
+    }
 }

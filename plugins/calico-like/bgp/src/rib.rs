@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 use ipnet::IpNet;
 
@@ -38,10 +39,14 @@ pub enum Source {
 
 /// A route's attributes and next hop. The NEXT_HOP attribute itself is kept out of `attrs`
 /// because IPv6 next hops travel in MP_REACH_NLRI.
+///
+/// The attributes are shared: the routes of one UPDATE (hundreds of prefixes, a full table
+/// thousands of UPDATEs) hold one copy between them, and the Loc-RIB's best route the same one
+/// as the Adj-RIB-In's path it came from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Path {
     /// Path attributes (without NEXT_HOP).
-    pub attrs: PathAttributes,
+    pub attrs: Arc<PathAttributes>,
     /// The next hop.
     pub next_hop: IpAddr,
     /// Kept from a peer whose session dropped with graceful restart (RFC 4724), awaiting
@@ -53,6 +58,18 @@ impl Path {
     /// A path with these attributes and next hop, not stale.
     pub fn new(mut attrs: PathAttributes, next_hop: IpAddr) -> Self {
         attrs.next_hop = None;
+        Self {
+            attrs: Arc::new(attrs),
+            next_hop,
+            stale: false,
+        }
+    }
+
+    /// A path with attributes shared with other paths (NEXT_HOP taken out if they carry it).
+    pub fn shared(mut attrs: Arc<PathAttributes>, next_hop: IpAddr) -> Self {
+        if attrs.next_hop.is_some() {
+            Arc::make_mut(&mut attrs).next_hop = None;
+        }
         Self {
             attrs,
             next_hop,
@@ -70,8 +87,8 @@ pub struct BestRoute {
     pub next_hop: IpAddr,
     /// Who gave us the route.
     pub source: Source,
-    /// Its attributes (AS path, local preference, …).
-    pub attrs: PathAttributes,
+    /// Its attributes (AS path, local preference, …), shared with the path it came from.
+    pub attrs: Arc<PathAttributes>,
     /// A graceful-restart leftover from a peer that has not come back yet.
     pub stale: bool,
     /// More next hops of equally good paths from other peers (ECMP, up to
@@ -333,6 +350,8 @@ impl Rib {
         };
         let ibgp = peer.info.asn == local_asn;
         let mut touched = Vec::new();
+        // The routes of one UPDATE share their attributes: normalised once for all of them.
+        let mut cache: Option<(Arc<PathAttributes>, Arc<PathAttributes>)> = None;
         for prefix in withdrawn {
             if peer.adj_in.remove(&prefix).is_some() {
                 touched.push(prefix);
@@ -340,15 +359,18 @@ impl Rib {
         }
         for (prefix, mut path) in announced {
             path.stale = false;
-            path.attrs.next_hop = None;
+            path.attrs = match &cache {
+                Some((from, to)) if Arc::ptr_eq(from, &path.attrs) => to.clone(),
+                _ => {
+                    let to = normalised(&path.attrs, ibgp);
+                    cache = Some((path.attrs.clone(), to.clone()));
+                    to
+                }
+            };
             let looped = if ibgp {
                 path.attrs.originator_id == Some(router_id)
                     || path.attrs.cluster_list.contains(&cluster_id)
             } else {
-                // LOCAL_PREF, ORIGINATOR_ID and CLUSTER_LIST mean nothing across ASes.
-                path.attrs.local_pref = None;
-                path.attrs.originator_id = None;
-                path.attrs.cluster_list.clear();
                 path.attrs
                     .as_path
                     .as_ref()
@@ -601,7 +623,7 @@ impl Rib {
             return None;
         }
         let from_ibgp = from.is_some_and(|f| f.info.asn == local_asn);
-        let mut attrs = best.attrs.clone();
+        let mut attrs = (*best.attrs).clone();
         let mut next_hop = best.next_hop;
 
         if to_ibgp && from_ibgp {
@@ -656,6 +678,27 @@ impl Rib {
         attrs.as_path.get_or_insert_with(AsPath::default);
         Some(Path::new(attrs, next_hop))
     }
+}
+
+/// Received attributes as the RIB keeps them: without NEXT_HOP (the path's next hop says it),
+/// and from an eBGP peer without LOCAL_PREF, ORIGINATOR_ID and CLUSTER_LIST (they mean nothing
+/// across ASes). The same `Arc` when nothing is to change.
+fn normalised(attrs: &Arc<PathAttributes>, ibgp: bool) -> Arc<PathAttributes> {
+    let foreign = !ibgp
+        && (attrs.local_pref.is_some()
+            || attrs.originator_id.is_some()
+            || !attrs.cluster_list.is_empty());
+    if attrs.next_hop.is_none() && !foreign {
+        return attrs.clone();
+    }
+    let mut a = (**attrs).clone();
+    a.next_hop = None;
+    if !ibgp {
+        a.local_pref = None;
+        a.originator_id = None;
+        a.cluster_list.clear();
+    }
+    Arc::new(a)
 }
 
 /// Our session address as next hop for `prefix`, in the prefix's family when we can.
@@ -810,7 +853,7 @@ mod tests {
     }
 
     fn with(mut p: Path, f: impl FnOnce(&mut PathAttributes)) -> Path {
-        f(&mut p.attrs);
+        f(Arc::make_mut(&mut p.attrs));
         p
     }
 

@@ -150,7 +150,7 @@ pub(super) fn encode_changes(
         if !v4.is_empty()
             && let IpAddr::V4(next_hop) = path.next_hop
         {
-            let mut attrs = path.attrs.clone();
+            let mut attrs = (*path.attrs).clone();
             attrs.next_hop = Some(next_hop);
             match update::announce_v4(&attrs, &v4, cx) {
                 Ok(u) => updates.extend(u),

@@ -899,11 +899,17 @@ impl PeerTask {
             withdrawn.extend(unreach.prefixes());
         }
         let mut announced = Vec::new();
+        // One copy of the attributes (NEXT_HOP is each path's own) for every route of the
+        // UPDATE.
+        let attrs = std::sync::Arc::new(codec::PathAttributes {
+            next_hop: None,
+            ..update.attributes.clone()
+        });
         if let Some(next_hop) = update.attributes.next_hop {
             for prefix in &update.nlri {
                 announced.push((
                     IpNet::V4(*prefix),
-                    Path::new(update.attributes.clone(), IpAddr::V4(next_hop)),
+                    Path::shared(attrs.clone(), IpAddr::V4(next_hop)),
                 ));
             }
         }
@@ -912,7 +918,7 @@ impl PeerTask {
                 for prefix in nlri {
                     announced.push((
                         IpNet::V4(*prefix),
-                        Path::new(update.attributes.clone(), IpAddr::V4(*next_hop)),
+                        Path::shared(attrs.clone(), IpAddr::V4(*next_hop)),
                     ));
                 }
             }
@@ -925,7 +931,7 @@ impl PeerTask {
                 for prefix in nlri {
                     announced.push((
                         IpNet::V6(*prefix),
-                        Path::new(update.attributes.clone(), IpAddr::V6(next_hop)),
+                        Path::shared(attrs.clone(), IpAddr::V6(next_hop)),
                     ));
                 }
             }
