@@ -68,6 +68,8 @@ const PULL_TIMEOUT: Duration = Duration::from_secs(600);
 /// The longest a pull waits for its turn behind other pulls before its caller gives up (the
 /// queued pull still runs then, under its own [`PULL_TIMEOUT`]).
 const PULL_QUEUE_LIMIT: Duration = Duration::from_secs(600);
+/// The longest one image GC removal may take (a synchronous delete with containerd's GC).
+const GC_REMOVE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Where containerd is and how containers are made.
 #[derive(Debug, Clone)]
@@ -823,6 +825,10 @@ impl Inner {
         let Some(to_free) = gc::to_free(usage, capacity, p.high, p.low) else {
             return;
         };
+        // An image a start or pull used since this round began is kept (upstream's
+        // `lastUsed >= freeTime` rule): one that took and released its hold between the
+        // snapshots below is in neither of them, but it is in `last_used`.
+        let round_start = SystemTime::now();
         let mut in_use = match gc::images_in_use(&self.conn).await {
             Ok(u) => u,
             Err(e) => {
@@ -844,11 +850,29 @@ impl Inner {
         for c in &chosen {
             // A start may have taken it since the snapshot: claimed under the holds' lock, so
             // from here on a start of it waits for the removal to end.
-            if !self.holds.begin_removal(&c.name) {
+            let used_since = self
+                .last_used
+                .lock()
+                .ok()
+                .and_then(|m| m.get(&c.name).copied())
+                .is_some_and(|t| t >= round_start);
+            if used_since || !self.holds.begin_removal(&c.name) {
                 tracing::debug!(image = %c.name, "image garbage collection: kept, a start took it");
                 continue;
             }
-            let removed = gc::remove(&self.conn, &c.name).await;
+            // Bounded: a delete that hangs must not hold pulls (they wait for `image_ops`).
+            let removed = match tokio::time::timeout(
+                GC_REMOVE_TIMEOUT,
+                gc::remove(&self.conn, &c.name),
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(_) => Err(CtrdError::Io {
+                    what: format!("delete image {}", c.name),
+                    source: std::io::Error::from(std::io::ErrorKind::TimedOut),
+                }),
+            };
             if removed.is_ok()
                 && let Ok(mut m) = self.images.lock()
             {
@@ -1546,8 +1570,14 @@ impl Runtime for ContainerdRuntime {
         let reference = image.to_string();
         // The pull's own limit starts once it has its turn (pulls go one at a time), and ends
         // it: the timed-out future is dropped, so its requests are cancelled, not left running.
-        let got = self.block_for(PULL_QUEUE_LIMIT + PULL_TIMEOUT, async move {
-            let _ops = inner.image_ops.lock().await;
+        // The caller waits a little longer than the two bounds, which end the task itself.
+        let limit = PULL_QUEUE_LIMIT + PULL_TIMEOUT + Duration::from_secs(10);
+        let got = self.block_for(limit, async move {
+            // A queued pull whose caller has stopped waiting must not stay queued for ever.
+            let Ok(_ops) = tokio::time::timeout(PULL_QUEUE_LIMIT, inner.image_ops.lock()).await
+            else {
+                return None;
+            };
             inner.hold(&reference, true);
             let r = tokio::time::timeout(
                 PULL_TIMEOUT,
@@ -1560,9 +1590,9 @@ impl Runtime for ContainerdRuntime {
             )
             .await;
             inner.hold(&reference, false);
-            r
+            Some(r)
         });
-        match got {
+        match got.flatten() {
             Some(Ok(Ok(p))) => {
                 tracing::info!(image, digest = %p.image.digest, bytes = p.bytes, "pulled an image");
                 Ok(p.bytes)

@@ -233,7 +233,11 @@ pub enum Target {
 impl PeerSpec {
     /// Which nodes run it and whom they peer with, or why it cannot be used.
     pub fn read(&self) -> Result<(Runs, Target), String> {
-        let runs = match (self.node.as_deref(), self.node_selector.as_deref()) {
+        // A blank selector is an unset one, as in Calico (`nodeSelector: ""`: every node).
+        fn blank(s: Option<&str>) -> Option<&str> {
+            s.filter(|s| !s.trim().is_empty())
+        }
+        let runs = match (self.node.as_deref(), blank(self.node_selector.as_deref())) {
             (Some(n), Some(_)) if !n.is_empty() => {
                 return Err("give node or nodeSelector, not both".into());
             }
@@ -241,8 +245,17 @@ impl PeerSpec {
             (_, Some(s)) => Runs::Selected(Selector::parse(s).map_err(|e| e.to_string())?),
             _ => Runs::Everywhere,
         };
-        let target = match (self.peer_ip, self.as_number, self.peer_selector.as_deref()) {
+        let target = match (
+            self.peer_ip,
+            self.as_number,
+            blank(self.peer_selector.as_deref()),
+        ) {
             (Some(_), _, Some(_)) => return Err("give peerIP or peerSelector, not both".into()),
+            (Some(IpAddr::V6(a)), _, None) if a.is_unicast_link_local() => {
+                return Err(
+                    "a link-local peerIP needs its interface, which a BGPPeer cannot name: use the agent's --peer [fe80::…%IFACE]:ASN".into(),
+                );
+            }
             (Some(ip), Some(asn), None) => Target::Address(ip, asn),
             (Some(_), None, None) => return Err("peerIP needs asNumber".into()),
             (None, _, Some(s)) => Target::Nodes(Selector::parse(s).map_err(|e| e.to_string())?),
@@ -863,9 +876,19 @@ mod tests {
             json!({"peerIP": "198.18.0.9", "asNumber": 65000, "peerSelector": "all()"}),
             json!({"peerSelector": "all()", "node": "n1", "nodeSelector": "all()"}),
             json!({"peerSelector": "rack = 'a'"}),
+            json!({"peerIP": "fe80::1", "asNumber": 65000}),
         ] {
             let p: PeerSpec = serde_json::from_value(bad.clone()).unwrap();
             assert!(p.read().is_err(), "{bad} read");
         }
+        // Blank selectors are unset ones, as in Calico: every node, and no peer selector.
+        let p: PeerSpec = serde_json::from_value(
+            json!({"peerIP": "198.18.0.9", "asNumber": 65000, "nodeSelector": "", "peerSelector": " "}),
+        )
+        .unwrap();
+        assert!(matches!(
+            p.read(),
+            Ok((Runs::Everywhere, Target::Address(..)))
+        ));
     }
 }

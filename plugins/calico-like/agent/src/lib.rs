@@ -503,12 +503,16 @@ pub async fn run(
         Some((c, nodes))
     };
     let mut config = config;
+    // The cluster-wide route-reflector cluster id (BGPConfiguration): every node's that its
+    // Node does not override, so other nodes are judged by it too (who is our client).
+    let mut global_cluster_id = None;
     if let Some((c, nodes)) = &client {
         crds::install(c).await;
         if let Some(s) = crds::cluster_settings(c).await {
             tracing::info!(?s, "BGPConfiguration/default");
             config.asn = s.as_number.unwrap_or(config.asn);
             config.mesh = s.node_to_node_mesh.unwrap_or(config.mesh);
+            global_cluster_id = s.route_reflector_cluster_id;
             config.cluster_id = s.route_reflector_cluster_id.or(config.cluster_id);
             config.hold_time = s.hold_time.unwrap_or(config.hold_time);
         }
@@ -851,6 +855,9 @@ pub async fn run(
                 }
             } => {
                 mesh_peers = latest;
+                for n in &mut mesh_peers {
+                    n.cluster_id = n.cluster_id.or(global_cluster_id);
+                }
                 sessions.apply(&mut peers, &want(mesh_on, &mesh_peers, &crd_peers), &config).await?;
             }
             Some(d) = async {
@@ -1107,7 +1114,14 @@ impl Sessions<'_> {
                 pc.password = n.password.clone();
                 pc.link_local_next_hop = self.link.next_hop_for(*addr);
                 if let Some(name) = &n.interface {
-                    let (index, ours) = self.unnumbered(*addr, name).await?;
+                    let (index, ours) = match self.unnumbered(*addr, name).await {
+                        Ok(found) => found,
+                        Err(e) => {
+                            // The others keep working; the next apply tries again.
+                            tracing::warn!(peer = %addr, interface = %name, error = %e, "cannot set up an unnumbered peer: skipped");
+                            continue;
+                        }
+                    };
                     pc.scope_id = Some(index);
                     pc.link_local_next_hop = self.node_ip6.map(|v6| (v6, ours));
                     kernel::set_peer_link(&self.peer_links, *addr, Some(index));
@@ -1116,7 +1130,14 @@ impl Sessions<'_> {
                     // The mesh peer knows us by our published IPv6 address.
                     pc.local_address = Some(IpAddr::V6(v6));
                 }
-                self.speaker.add_peer(pc).map_err(AgentError::mode)?;
+                if let Err(e) = self.speaker.add_peer(pc) {
+                    // A peer that cannot be configured (say, a `BGPPeer` with a link-local
+                    // `peerIP`, which names no interface) is logged and left out: the agent
+                    // and its other sessions keep running, and the next apply tries again.
+                    tracing::warn!(peer = %addr, error = %e, "cannot add this peer: skipped");
+                    kernel::set_peer_link(&self.peer_links, *addr, None);
+                    continue;
+                }
                 let bfd = bfd_intervals(n, config);
                 if bfd.is_some() && n.interface.is_some() {
                     tracing::warn!(peer = %addr, "no BFD for an unnumbered peer (BFD to link-local addresses is not supported); failures are detected by the hold timer only");

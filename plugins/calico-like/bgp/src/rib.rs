@@ -151,6 +151,15 @@ pub struct RibConfig {
     pub max_paths: usize,
 }
 
+/// A link that IPv6 link-local next hops are exchanged over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    /// The link the speaker's own link-local next hop belongs to (the agent's underlay).
+    Underlay,
+    /// The interface (its index) of a session to a link-local peer address (unnumbered BGP).
+    Interface(u32),
+}
+
 /// A configured peer as the RIB sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerInfo {
@@ -160,10 +169,10 @@ pub struct PeerInfo {
     pub asn: u32,
     /// A route-reflector client of ours.
     pub rr_client: bool,
-    /// The session runs over the link the speaker's link-local next hops belong to (the
-    /// agent's underlay): an IPv6 link-local next hop learned from such a peer is only
-    /// meaningful to peers on that link too (RFC 2545 §3).
-    pub on_link: bool,
+    /// The link the session runs over, when a link-local next hop means something on it (RFC
+    /// 2545 §3): an IPv6 link-local next hop learned from this peer goes only to peers on
+    /// the same link.
+    pub link: Option<Link>,
     /// What it may give us and what we give it.
     pub policy: RoutePolicy,
 }
@@ -669,8 +678,13 @@ impl Rib {
         if let IpAddr::V6(v6) = next_hop
             && v6.is_unicast_link_local()
         {
-            let learned_on_link = from.is_none_or(|f| f.info.on_link);
-            if !(learned_on_link && to.info.on_link) {
+            // Our own route (none today carries a link-local next hop): any link; a learned
+            // one: only the very link it came over, not another unnumbered interface.
+            let same_link = match from {
+                None => to.info.link.is_some(),
+                Some(f) => f.info.link.is_some() && f.info.link == to.info.link,
+            };
+            if !same_link {
                 return None;
             }
         }
@@ -824,7 +838,7 @@ mod tests {
             address,
             asn,
             rr_client,
-            on_link: false,
+            link: None,
             policy: RoutePolicy::default(),
         });
         let IpAddr::V4(id) = address else {
@@ -872,7 +886,7 @@ mod tests {
             address: a,
             asn,
             rr_client: false,
-            on_link: false,
+            link: None,
             policy,
         });
         let IpAddr::V4(id) = a else { panic!("v4 only") };
@@ -1421,7 +1435,7 @@ mod tests {
             address: a,
             asn: ASN,
             rr_client: false,
-            on_link: false,
+            link: None,
             policy: RoutePolicy::default(),
         });
         let out = rib.session_up(
@@ -1437,13 +1451,13 @@ mod tests {
     }
 
     /// Adds and brings up an iBGP peer on our link or not (router id: its last octet).
-    fn peer6(rib: &mut Rib, address: &str, rr_client: bool, on_link: bool) -> IpAddr {
+    fn peer6(rib: &mut Rib, address: &str, rr_client: bool, link: Option<Link>) -> IpAddr {
         let a: IpAddr = address.parse().expect("v6");
         rib.add_peer(PeerInfo {
             address: a,
             asn: ASN,
             rr_client,
-            on_link,
+            link,
             policy: RoutePolicy::default(),
         });
         let IpAddr::V6(v6) = a else { panic!("v6 only") };
@@ -1461,9 +1475,12 @@ mod tests {
     #[test]
     fn a_reflector_passes_a_link_local_next_hop_only_to_clients_on_that_link() {
         let mut rib = rib(Some(Ipv4Addr::new(1, 1, 1, 1)));
-        let from = peer6(&mut rib, "fd00::2", true, true);
-        let same_link = peer6(&mut rib, "fd00::3", true, true);
-        let elsewhere = peer6(&mut rib, "fd00::4", true, false);
+        let from = peer6(&mut rib, "fd00::2", true, Some(Link::Underlay));
+        let same_link = peer6(&mut rib, "fd00::3", true, Some(Link::Underlay));
+        let elsewhere = peer6(&mut rib, "fd00::4", true, None);
+        // Unnumbered peers on two other interfaces: a link-local next hop is neither's.
+        let eth1 = peer6(&mut rib, "fd00::5", true, Some(Link::Interface(5)));
+        let eth2 = peer6(&mut rib, "fd00::6", true, Some(Link::Interface(6)));
         let prefix = net("fd00:244::/122");
         // A client with no usable global next hop: its link-local one.
         let ll: IpAddr = "fe80::2".parse().expect("v6");
@@ -1481,9 +1498,12 @@ mod tests {
             panic!("{ch:?}")
         };
         assert_eq!(out.next_hop, ll);
-        // ...and not at all to the one elsewhere, where fe80::2 means nothing.
-        assert!(sent(&ch, elsewhere).is_empty(), "{ch:?}");
-        assert!(rib.adj_out(elsewhere).is_empty());
+        // ...and not at all to the ones elsewhere, where fe80::2 means nothing: off any link,
+        // or on another link of ours (an unnumbered session's interface).
+        for to in [elsewhere, eth1, eth2] {
+            assert!(sent(&ch, to).is_empty(), "{ch:?}");
+            assert!(rib.adj_out(to).is_empty());
+        }
         // A global next hop goes to both, alone (no link-local part is kept in the RIB).
         let global: IpAddr = "fd00::2".parse().expect("v6");
         let p = Path::new(
@@ -1512,6 +1532,22 @@ mod tests {
         );
         let ch = rib.update(from, vec![(prefix, p)], vec![]);
         assert_eq!(sent(&ch, elsewhere), vec![OutChange::Withdraw(prefix)]);
+        // A link-local next hop from an unnumbered peer (fe80::tor on interface 5) reaches no
+        // one on the underlay nor on interface 6.
+        let other = net("fd00:245::/122");
+        let tor: IpAddr = "fe80::99".parse().expect("v6");
+        let p = Path::new(
+            PathAttributes {
+                origin: Some(Origin::Igp),
+                as_path: Some(AsPath::default()),
+                ..Default::default()
+            },
+            tor,
+        );
+        let ch = rib.update(eth1, vec![(other, p)], vec![]);
+        for to in [from, same_link, elsewhere, eth2] {
+            assert!(sent(&ch, to).is_empty(), "{ch:?}");
+        }
     }
 
     #[test]

@@ -643,10 +643,14 @@ impl Speaker {
             address: peer.address,
             asn: peer.remote_asn,
             rr_client: peer.rr_client,
-            // On the link our link-local next hop belongs to, or reached at a link-local
-            // address: a link-local next hop is meaningful between such peers.
-            on_link: peer.link_local_next_hop.is_some()
-                || matches!(peer.address, IpAddr::V6(a) if a.is_unicast_link_local()),
+            // Reached at a link-local address over its interface, or on the link our
+            // link-local next hop belongs to: a link-local next hop means something between
+            // peers of the same link only.
+            link: match (peer.scope_id, peer.link_local_next_hop) {
+                (Some(index), _) => Some(rib::Link::Interface(index)),
+                (None, Some(_)) => Some(rib::Link::Underlay),
+                (None, None) => None,
+            },
             policy: peer.policy.clone(),
         });
         let (tx, rx) = mpsc::channel(PEER_QUEUE);
