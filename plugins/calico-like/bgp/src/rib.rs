@@ -1482,16 +1482,19 @@ mod tests {
         let eth1 = peer6(&mut rib, "fd00::5", true, Some(Link::Interface(5)));
         let eth2 = peer6(&mut rib, "fd00::6", true, Some(Link::Interface(6)));
         let prefix = net("fd00:244::/122");
+        let igp_path = |next_hop: IpAddr| {
+            Path::new(
+                PathAttributes {
+                    origin: Some(Origin::Igp),
+                    as_path: Some(AsPath::default()),
+                    ..Default::default()
+                },
+                next_hop,
+            )
+        };
         // A client with no usable global next hop: its link-local one.
         let ll: IpAddr = "fe80::2".parse().expect("v6");
-        let p = Path::new(
-            PathAttributes {
-                origin: Some(Origin::Igp),
-                as_path: Some(AsPath::default()),
-                ..Default::default()
-            },
-            ll,
-        );
+        let p = igp_path(ll);
         let ch = rib.update(from, vec![(prefix, p)], vec![]);
         // Reflected unchanged (RFC 4456) to the client on the link the route came over...
         let [OutChange::Announce(_, out)] = &sent(&ch, same_link)[..] else {
@@ -1506,14 +1509,7 @@ mod tests {
         }
         // A global next hop goes to both, alone (no link-local part is kept in the RIB).
         let global: IpAddr = "fd00::2".parse().expect("v6");
-        let p = Path::new(
-            PathAttributes {
-                origin: Some(Origin::Igp),
-                as_path: Some(AsPath::default()),
-                ..Default::default()
-            },
-            global,
-        );
+        let p = igp_path(global);
         let ch = rib.update(from, vec![(prefix, p)], vec![]);
         for to in [same_link, elsewhere] {
             let [OutChange::Announce(_, out)] = &sent(&ch, to)[..] else {
@@ -1522,28 +1518,14 @@ mod tests {
             assert_eq!(out.next_hop, global);
         }
         // Back to link-local only: withdrawn from the peer elsewhere.
-        let p = Path::new(
-            PathAttributes {
-                origin: Some(Origin::Igp),
-                as_path: Some(AsPath::default()),
-                ..Default::default()
-            },
-            ll,
-        );
+        let p = igp_path(ll);
         let ch = rib.update(from, vec![(prefix, p)], vec![]);
         assert_eq!(sent(&ch, elsewhere), vec![OutChange::Withdraw(prefix)]);
         // A link-local next hop from an unnumbered peer (fe80::tor on interface 5) reaches no
         // one on the underlay nor on interface 6.
         let other = net("fd00:245::/122");
         let tor: IpAddr = "fe80::99".parse().expect("v6");
-        let p = Path::new(
-            PathAttributes {
-                origin: Some(Origin::Igp),
-                as_path: Some(AsPath::default()),
-                ..Default::default()
-            },
-            tor,
-        );
+        let p = igp_path(tor);
         let ch = rib.update(eth1, vec![(other, p)], vec![]);
         for to in [from, same_link, elsewhere, eth2] {
             assert!(sent(&ch, to).is_empty(), "{ch:?}");
