@@ -17,8 +17,12 @@
 //!   benches run it against an external peer);
 //! - BIRD 2 with a `kernel` protocol exporting every BGP route.
 //!
-//!     cargo bench -p netns-testbed --bench bgp-scale [-- --prefixes 100000 --rounds 3]
-//!         [--trellis PATH] [--only ours|bird]
+//! Run it with:
+//!
+//! ```text
+//! cargo bench -p netns-testbed --bench bgp-scale [-- --prefixes 100000 --rounds 3]
+//!     [--trellis PATH] [--only ours|bird]
+//! ```
 //!
 //! Needs root, bird2 and the `trellis` binary (`cargo build --release --bin trellis`, or pass
 //! `--trellis target/debug/trellis`). Unknown arguments are refused.
