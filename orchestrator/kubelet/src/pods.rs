@@ -155,6 +155,30 @@ const MIN_PASS_GAP: Duration = Duration::from_millis(5);
 
 /// How often a terminating pod is looked at (its processes gone, its grace period over).
 const TERMINATING_POLL: Duration = Duration::from_millis(200);
+/// How long a late-started container's PID 1 is given to set a TERM handler before its
+/// SIGTERM goes anyway (see [`sigterm_dropped`]).
+const LATE_TERM_WAIT: Duration = Duration::from_secs(2);
+
+/// Whether the kernel would drop a SIGTERM sent to the process with this `/proc/<pid>/status`
+/// now: the init of its own PID namespace (a container's PID 1) gets from outside only the
+/// signals it has a handler for, and a just-started shell has not set its trap yet. Such a
+/// signal is discarded, not kept pending.
+fn sigterm_dropped(status: &str) -> bool {
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+    };
+    let ns_init = field("NSpid:").is_some_and(|ids| {
+        let ids: Vec<&str> = ids.split_whitespace().collect();
+        ids.len() > 1 && ids.last() == Some(&"1")
+    });
+    let caught = field("SigCgt:")
+        .and_then(|mask| u64::from_str_radix(mask, 16).ok())
+        .is_some_and(|mask| mask & (1 << (Signal::SIGTERM as u64 - 1)) != 0);
+    ns_init && !caught
+}
 
 fn now_rfc3339() -> String {
     jiff::Timestamp::now().to_string()
@@ -1720,8 +1744,23 @@ impl PodSync {
             // A container still being created when the SIGTERM went out gets it once its
             // process exists (or not at all, if its start failed).
             local.term_pending.retain(|n| {
-                if being_created(n) {
-                    return true;
+                match rt.latest(&sb, n) {
+                    Some((_, RunState::Running { pid: None, .. })) => return true,
+                    // Its PID 1 runs but has no TERM handler yet: a SIGTERM now would be lost.
+                    // Given LATE_TERM_WAIT to set one (a shell's trap), then sent anyway.
+                    Some((
+                        _,
+                        RunState::Running {
+                            pid: Some(pid),
+                            started,
+                        },
+                    )) if started.elapsed().is_ok_and(|e| e < LATE_TERM_WAIT)
+                        && std::fs::read_to_string(format!("/proc/{pid}/status"))
+                            .is_ok_and(|s| sigterm_dropped(&s)) =>
+                    {
+                        return true;
+                    }
+                    _ => {}
                 }
                 rt.signal(&sb, n, Signal::SIGTERM);
                 false
@@ -1883,6 +1922,28 @@ pub(crate) fn expand(s: &str, vars: &[(String, String)]) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_sigterm_is_dropped_only_for_a_pid_namespace_init_without_a_handler() {
+        let status =
+            |nspid: &str, cgt: &str| format!("Name:\tsh\nNSpid:\t{nspid}\nSigCgt:\t{cgt}\n");
+        // A container's PID 1 before its trap, and after (bit 15, SIGTERM, caught).
+        assert!(super::sigterm_dropped(&status(
+            "4242\t1",
+            "0000000000010000"
+        )));
+        assert!(!super::sigterm_dropped(&status(
+            "4242\t1",
+            "0000000000014000"
+        )));
+        // Not a namespace's init: the default action (terminate) applies.
+        assert!(!super::sigterm_dropped(&status("4242", "0000000000000000")));
+        assert!(!super::sigterm_dropped(&status(
+            "4242\t7",
+            "0000000000000000"
+        )));
+        assert!(!super::sigterm_dropped(""));
+    }
+
     use super::*;
 
     fn config(root: &std::path::Path) -> Config {
