@@ -340,13 +340,20 @@ fn check_port(port: i64, ranges: &Ranges) -> Checked {
     Checked::Ok(port.to_string())
 }
 
-/// Decides one round over `snap`; `leaks` counts, per key, the rounds in a row it was seen
-/// without a Service (updated here: keys held again, or gone, are forgotten).
-pub fn decide(snap: &Snapshot, ranges: &Ranges, leaks: &mut HashMap<String, u32>) -> Vec<Fix> {
+/// The Services of `snap`, earliest first (by name on a tie): the first holder of an address
+/// keeps it.
+fn by_age(snap: &Snapshot) -> Vec<&Held> {
     let mut services: Vec<&Held> = snap.services.iter().collect();
     services.sort_by(|a, b| {
         (&a.created, &a.namespace, &a.name).cmp(&(&b.created, &b.namespace, &b.name))
     });
+    services
+}
+
+/// Decides one round over `snap`; `leaks` counts, per key, the rounds in a row it was seen
+/// without a Service (updated here: keys held again, or gone, are forgotten).
+pub fn decide(snap: &Snapshot, ranges: &Ranges, leaks: &mut HashMap<String, u32>) -> Vec<Fix> {
+    let services = by_age(snap);
     let by_key: HashMap<&str, &Allocation> = snap
         .allocations
         .iter()
@@ -502,10 +509,7 @@ pub fn decide_ipaddresses(
     grace: Duration,
     now: jiff::Timestamp,
 ) -> Vec<Fix> {
-    let mut services: Vec<&Held> = snap.services.iter().collect();
-    services.sort_by(|a, b| {
-        (&a.created, &a.namespace, &a.name).cmp(&(&b.created, &b.namespace, &b.name))
-    });
+    let services = by_age(snap);
     let by_name: HashMap<&str, &IpObject> = snap
         .ipaddresses
         .iter()
