@@ -21,6 +21,12 @@ use trellis_net::{Family, Handle, Route, RouteKind, RouteOp, RouteWriter, proto}
 /// The metric of learned routes (BIRD's kernel protocol uses 32; any fixed value of ours works).
 pub const METRIC: u32 = 20;
 
+/// Learned routes fenced (checked still best) together and then written in one system call.
+/// The fence holds only for the time one group takes to write, so a session that ends while a
+/// burst of its routes is being installed adds at most this many more; per route it costs a
+/// system call each, which a full table cannot afford.
+const FENCE: usize = 32;
+
 fn families() -> [Family; 2] {
     [Family::V4, Family::V6]
 }
@@ -258,8 +264,8 @@ impl Installed {
 
     /// Applies Loc-RIB changes, in order, as [`Installed::apply`] does one: only the last
     /// change of each prefix counts (the ones before it would be overwritten at once), each
-    /// best route is fenced with `current` right before the batch goes in, and the kernel gets
-    /// them in batches of many routes per system call.
+    /// best route is fenced with `current` right before its group of [`FENCE`] goes in, one
+    /// system call per group.
     pub async fn apply_all(
         &mut self,
         host: &Handle,
@@ -274,7 +280,7 @@ impl Installed {
         for (i, c) in changes.iter().enumerate() {
             last.insert(prefix_of(c), i);
         }
-        let mut ops = Vec::with_capacity(last.len());
+        let mut ops = Vec::with_capacity(FENCE.min(last.len()));
         for (i, c) in changes.iter().enumerate() {
             if last.get(&prefix_of(c)) != Some(&i) {
                 continue;
@@ -291,8 +297,17 @@ impl Installed {
                 },
                 LocRibChange::Withdrawn(p) => RouteOp::Delete(unlearned(*p)),
             });
+            if ops.len() == FENCE {
+                self.write_counted(host, &ops).await;
+                ops.clear();
+            }
         }
-        for result in self.write(host, &ops).await {
+        self.write_counted(host, &ops).await;
+    }
+
+    /// Writes `ops`, counting and logging the kernel's refusals (the next resync retries them).
+    async fn write_counted(&mut self, host: &Handle, ops: &[RouteOp]) {
+        for result in self.write(host, ops).await {
             if let Err(e) = result {
                 self.failures += 1;
                 tracing::warn!(error = %e, "programming a learned route");
@@ -328,8 +343,8 @@ impl Installed {
     ///
     /// `rib` is a snapshot, and installing it takes a while: a route whose session ends
     /// meanwhile must not be installed after its withdrawal was applied, so each one is checked
-    /// with `current` (still the best path) right before it goes in, as [`Installed::apply`]
-    /// does.
+    /// with `current` (still the best path) right before its group of [`FENCE`] goes in, as
+    /// [`Installed::apply_all`] does.
     pub async fn reconcile(
         &mut self,
         host: &Handle,
@@ -351,7 +366,7 @@ impl Installed {
             .iter()
             .filter_map(|b| self.learned(b).map(|r| (b, r)))
             .collect();
-        let mut installs = Vec::new();
+        let mut installs = Vec::with_capacity(FENCE);
         for (b, w) in &wanted {
             let in_place = present.get(&w.dst).is_some_and(|rs| {
                 rs.iter().any(|r| {
@@ -367,6 +382,12 @@ impl Installed {
                     continue;
                 }
                 installs.push(RouteOp::Replace(w.clone()));
+                if installs.len() == FENCE {
+                    for result in self.write(host, &installs).await {
+                        result?;
+                    }
+                    installs.clear();
+                }
             }
         }
         for result in self.write(host, &installs).await {

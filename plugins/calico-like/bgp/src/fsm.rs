@@ -246,11 +246,11 @@ impl Fsm {
             }
             (state, ManualStop) => {
                 self.connect_retry_counter = 0;
-                let mut actions = vec![SendNotification(Notification::cease(
-                    CeaseSubcode::AdministrativeShutdown,
-                ))];
-                actions.extend(self.enter_idle(state, false, false));
-                actions
+                let idle = self.enter_idle(state, false, false);
+                notify_then(
+                    Some(Notification::cease(CeaseSubcode::AdministrativeShutdown)),
+                    idle,
+                )
             }
 
             // §8.2.2 Connect.
@@ -492,12 +492,8 @@ impl Fsm {
     /// An error: send `notification` if there is one, count the failure, go to Idle.
     fn fail(&mut self, state: State, notification: Option<Notification>) -> Vec<Action> {
         self.connect_retry_counter = self.connect_retry_counter.saturating_add(1);
-        let mut actions: Vec<Action> = notification
-            .into_iter()
-            .map(Action::SendNotification)
-            .collect();
-        actions.extend(self.enter_idle(state, false, true));
-        actions
+        let idle = self.enter_idle(state, false, true);
+        notify_then(notification, idle)
     }
 
     /// Releases the session and goes to Idle; `restart` schedules the automatic restart.
@@ -518,6 +514,23 @@ impl Fsm {
         }
         actions
     }
+}
+
+/// `notification` sent ahead of `idle` (the actions that go to Idle), except for the session's
+/// end: an ended session's routes leave the RIB before the peer is told, so nothing of the
+/// session is installed once its NOTIFICATION is out (the agent fences kernel writes on the
+/// RIB, and the peer may act on the NOTIFICATION at once).
+fn notify_then(notification: Option<Notification>, mut idle: Vec<Action>) -> Vec<Action> {
+    let mut actions = Vec::with_capacity(idle.len() + 2);
+    if let Some(i) = idle
+        .iter()
+        .position(|a| matches!(a, Action::SessionDown { .. }))
+    {
+        actions.push(idle.remove(i));
+    }
+    actions.extend(notification.map(Action::SendNotification));
+    actions.extend(idle);
+    actions
 }
 
 /// The hold time both sides use: the smaller proposal, where 0 (no keepalives) wins
@@ -607,6 +620,15 @@ mod tests {
             SendNotification(n) => Some((n.code, n.subcode)),
             _ => None,
         })
+    }
+
+    /// Whether the NOTIFICATION goes out before the connection is dropped (None: neither).
+    fn notified_before_dropping(actions: &[Action]) -> Option<bool> {
+        let sent = actions
+            .iter()
+            .position(|a| matches!(a, SendNotification(_)))?;
+        let dropped = actions.iter().position(|a| *a == DropConnection)?;
+        Some(sent < dropped)
     }
 
     #[test]
@@ -844,8 +866,11 @@ mod tests {
         for state in [State::OpenSent, State::OpenConfirm, State::Established] {
             let mut fsm = in_state(state);
             let actions = fsm.handle(Event::AutomaticStop(cease.clone()));
-            assert_eq!(actions.first(), Some(&SendNotification(cease.clone())));
-            assert!(actions.contains(&DropConnection));
+            assert_eq!(
+                sent_notification(&actions),
+                Some((cease.code, cease.subcode))
+            );
+            assert_eq!(notified_before_dropping(&actions), Some(true));
             assert!(
                 actions
                     .iter()
@@ -871,7 +896,12 @@ mod tests {
         let mut fsm = in_state(State::Established);
         let n = Notification::new(code::UPDATE_MESSAGE, 11, vec![]);
         let actions = fsm.handle(Event::UpdateMsgErr(n.clone()));
-        assert_eq!(actions.first(), Some(&SendNotification(n)));
+        // The session's routes go first: nothing of it is installed once the peer is told.
+        assert_eq!(
+            actions[..2],
+            [SessionDown { graceful: false }, SendNotification(n)]
+        );
+        assert_eq!(notified_before_dropping(&actions), Some(true));
         assert_eq!(fsm.state(), State::Idle);
     }
 
@@ -880,10 +910,12 @@ mod tests {
         for state in [State::OpenSent, State::OpenConfirm, State::Established] {
             let n = Notification::new(code::MESSAGE_HEADER, 1, vec![]);
             let mut fsm = in_state(state);
-            assert_eq!(
-                fsm.handle(Event::BgpHeaderErr(n.clone())).first(),
-                Some(&SendNotification(n))
-            );
+            let actions = fsm.handle(Event::BgpHeaderErr(n.clone()));
+            assert_eq!(sent_notification(&actions), Some((n.code, n.subcode)));
+            assert_eq!(notified_before_dropping(&actions), Some(true));
+            if state == State::Established {
+                assert_eq!(actions.first(), Some(&SessionDown { graceful: false }));
+            }
             assert_eq!(fsm.state(), State::Idle);
         }
     }

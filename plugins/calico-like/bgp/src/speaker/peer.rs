@@ -544,6 +544,16 @@ impl PeerTask {
     /// to be processed.
     pub(super) async fn step(&mut self, event: Event) -> bool {
         let actions = self.fsm.handle(event);
+        // The NOTIFICATION we send is why the session ends (a cause already given, a BFD
+        // down, is the better reason); the session goes down before it is sent.
+        if self.cause.is_none()
+            && let Some(n) = actions.iter().find_map(|a| match a {
+                Action::SendNotification(n) => Some(n),
+                _ => None,
+            })
+        {
+            self.cause = Some(format!("sent NOTIFICATION {n}"));
+        }
         let mut process = false;
         for action in actions {
             match action {
@@ -572,10 +582,6 @@ impl PeerTask {
                         "{what}"
                     );
                     self.note_error(format!("sent NOTIFICATION {n}"));
-                    // A cause already given (a BFD down) is the better reason.
-                    if self.cause.is_none() {
-                        self.cause = Some(format!("sent NOTIFICATION {n}"));
-                    }
                     self.send(&Message::Notification(n)).await;
                 }
                 Action::StartTimer(timer, after) => {
