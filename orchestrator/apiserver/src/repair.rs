@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use trellis_api::ResourceInfo;
-use trellis_store::{Compare, CompareOp, KeyRange, Op, RangeRequest, Txn};
+use trellis_store::{Compare, CompareOp, KeyRange, Op, RangeRequest, Store, Txn};
 
 use crate::alloc::{self, IP_PREFIX, PORT_PREFIX};
 use crate::dualstack::{self, Family, ServiceCidrs};
@@ -338,6 +338,29 @@ fn check_port(port: i64, ranges: &Ranges) -> Checked {
         );
     }
     Checked::Ok(port.to_string())
+}
+
+/// Deletes `key` if it is still at `revision` and its owner's object (key, revision; 0:
+/// absent) still is as read: a repair never undoes what changed since its snapshot. Returns
+/// whether it was deleted.
+async fn delete_unchanged(
+    store: &dyn Store,
+    key: &str,
+    revision: i64,
+    owner: Option<(String, i64)>,
+) -> Result<bool, ApiError> {
+    let mut when = vec![Compare::mod_revision(key, CompareOp::Equal, revision)];
+    if let Some((owner_key, owner_revision)) = owner {
+        when.push(Compare::mod_revision(
+            owner_key,
+            CompareOp::Equal,
+            owner_revision,
+        ));
+    }
+    let txn = Txn::new()
+        .when(when)
+        .and_then([Op::delete(KeyRange::Key(key.as_bytes().to_vec()))]);
+    Ok(store.txn(txn).await?.succeeded)
 }
 
 /// The Services of `snap`, earliest first (by name on a tie): the first holder of an address
@@ -809,22 +832,10 @@ impl Repair {
                 } => {
                     let ip_info = crate::ipaddress::info()?;
                     let key = ip_info.storage_key(None, &name);
-                    let mut when = vec![Compare::mod_revision(
-                        key.clone(),
-                        CompareOp::Equal,
-                        revision,
-                    )];
-                    if let Some((ns, svc)) = &parent {
-                        when.push(Compare::mod_revision(
-                            info.storage_key(Some(ns), svc),
-                            CompareOp::Equal,
-                            parent_revision,
-                        ));
-                    }
-                    let txn = Txn::new()
-                        .when(when)
-                        .and_then([Op::delete(KeyRange::Key(key.into_bytes()))]);
-                    if store.txn(txn).await?.succeeded {
+                    let owner = parent
+                        .as_ref()
+                        .map(|(ns, svc)| (info.storage_key(Some(ns), svc), parent_revision));
+                    if delete_unchanged(store.as_ref(), &key, revision, owner).await? {
                         let parent = parent
                             .map(|(ns, n)| format!("{ns}/{n}"))
                             .unwrap_or_default();
@@ -847,22 +858,11 @@ impl Repair {
                     owner_revision,
                     reason,
                 } => {
-                    let mut when = vec![Compare::mod_revision(
-                        key.clone(),
-                        CompareOp::Equal,
-                        revision,
-                    )];
-                    if let Some((ns, name)) = owner_key.as_deref().and_then(|o| o.split_once('/')) {
-                        when.push(Compare::mod_revision(
-                            info.storage_key(Some(ns), name),
-                            CompareOp::Equal,
-                            owner_revision,
-                        ));
-                    }
-                    let txn = Txn::new()
-                        .when(when)
-                        .and_then([Op::delete(KeyRange::Key(key.clone().into_bytes()))]);
-                    if store.txn(txn).await?.succeeded {
+                    let owner = owner_key
+                        .as_deref()
+                        .and_then(|o| o.split_once('/'))
+                        .map(|(ns, name)| (info.storage_key(Some(ns), name), owner_revision));
+                    if delete_unchanged(store.as_ref(), &key, revision, owner).await? {
                         tracing::warn!(%key, owner = owner_key.as_deref().unwrap_or(""), "an allocation no Service held for {LEAK_ROUNDS} rounds in a row has leaked: released");
                         self.metrics.repaired(reason.as_str());
                         report.released.push(key);

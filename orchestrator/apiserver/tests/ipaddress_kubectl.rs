@@ -16,8 +16,8 @@ use k8s_openapi::api::networking::v1::IPAddress;
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
 use serde_json::{Value, json};
-use support::TestServer;
 use support::kubectl::{Kubectl, kubectl_current};
+use support::{TestServer, wait_for};
 
 const INTERVAL: Duration = Duration::from_millis(200);
 const GRACE: Duration = Duration::from_secs(2);
@@ -60,15 +60,6 @@ fn cluster_ips(s: &Service) -> Vec<String> {
         .as_ref()
         .and_then(|s| s.cluster_ips.clone())
         .unwrap_or_default()
-}
-
-/// Waits (20 s at most) for `done` to hold.
-async fn wait_for<F: std::future::Future<Output = bool>>(what: &str, mut done: impl FnMut() -> F) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !done().await {
-        assert!(tokio::time::Instant::now() < deadline, "after 20 s: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

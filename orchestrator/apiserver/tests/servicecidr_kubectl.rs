@@ -17,8 +17,8 @@ use k8s_openapi::api::networking::v1::ServiceCIDR;
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use serde_json::json;
-use support::TestServer;
 use support::kubectl::{Kubectl, kubectl_current};
+use support::{TestServer, wait_for};
 
 const FINALIZER: &str = "networking.k8s.io/service-cidr-finalizer";
 
@@ -60,15 +60,6 @@ fn ready(c: &ServiceCIDR) -> Option<(String, String)> {
 
 fn cidr(name: &str, cidrs: &[&str]) -> ServiceCIDR {
     serde_json::from_value(json!({"metadata": {"name": name}, "spec": {"cidrs": cidrs}})).unwrap()
-}
-
-/// Waits (20 s at most) for `done` to hold.
-async fn wait_for<F: std::future::Future<Output = bool>>(what: &str, mut done: impl FnMut() -> F) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !done().await {
-        assert!(tokio::time::Instant::now() < deadline, "after 20 s: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

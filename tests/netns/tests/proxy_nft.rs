@@ -24,25 +24,18 @@ async fn restart_keeps_rules_until_the_new_state_swaps_in_and_touches_only_our_c
 /// written. Negative control: the same two families in one transaction are refused whole, IPv4
 /// included. The syncer writes IPv4 alone, counts and reports the IPv6 failure, keeps IPv4
 /// changes flowing, and writes IPv6 once it can.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_ipv6_failure_does_not_block_ipv4() {
-    use netns_testbed::{Testbed, require_root, require_tool};
+/// `default/web:http` at `cluster_ip`:80/TCP, nothing but a ClusterIP, its endpoints ready on
+/// port 8080.
+fn web_port(cluster_ip: &str, eps: &[&str]) -> trellis_proxy::model::ServicePort {
     use trellis_proxy::model::{Endpoint, PortName, Protocol, ServicePort};
-    use trellis_proxy::{Family, NodeRules, nft};
-
-    require_root();
-    require_tool("nft", "nftables");
-    let tb = Testbed::new().unwrap();
-    let ns = tb.add_ns("p6fail").await.unwrap();
-    let limit = Duration::from_secs(10);
-    let port = |ip: &str, eps: &[&str]| ServicePort {
+    ServicePort {
         name: PortName {
             namespace: "default".into(),
             service: "web".into(),
             port: "http".into(),
         },
         protocol: Protocol::Tcp,
-        cluster_ip: ip.parse().unwrap(),
+        cluster_ip: cluster_ip.parse().unwrap(),
         port: 80,
         node_port: None,
         load_balancer_ips: vec![],
@@ -61,9 +54,21 @@ async fn an_ipv6_failure_does_not_block_ipv4() {
                 local: false,
             })
             .collect(),
-    };
-    let v4 = vec![port("10.96.0.20", &["10.244.1.2", "10.244.1.3"])];
-    let v6 = vec![port("fd00:96::20", &["fd00:244::2"])];
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipv6_failure_does_not_block_ipv4() {
+    use netns_testbed::{Testbed, require_root, require_tool};
+    use trellis_proxy::{Family, NodeRules, nft};
+
+    require_root();
+    require_tool("nft", "nftables");
+    let tb = Testbed::new().unwrap();
+    let ns = tb.add_ns("p6fail").await.unwrap();
+    let limit = Duration::from_secs(10);
+    let v4 = vec![web_port("10.96.0.20", &["10.244.1.2", "10.244.1.3"])];
+    let v6 = vec![web_port("fd00:96::20", &["fd00:244::2"])];
     let node4 = NodeRules {
         cluster_cidr: Some("10.244.0.0/16".parse().unwrap()),
         node_addresses: vec![],
@@ -153,7 +158,6 @@ async fn an_ipv6_failure_does_not_block_ipv4() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_endpoint_count_is_a_change_not_a_whole_rewrite() {
     use netns_testbed::{Testbed, require_root, require_tool};
-    use trellis_proxy::model::{Endpoint, PortName, Protocol, ServicePort};
     use trellis_proxy::{NodeRules, nft};
 
     require_root();
@@ -191,33 +195,7 @@ async fn a_new_endpoint_count_is_a_change_not_a_whole_rewrite() {
     .await
     .unwrap();
 
-    let port = |eps: &[&str]| ServicePort {
-        name: PortName {
-            namespace: "default".into(),
-            service: "web".into(),
-            port: "http".into(),
-        },
-        protocol: Protocol::Tcp,
-        cluster_ip: "10.96.0.20".parse().unwrap(),
-        port: 80,
-        node_port: None,
-        load_balancer_ips: vec![],
-        health_check_node_port: None,
-        external_local: false,
-        internal_local: false,
-        affinity: None,
-        endpoints: eps
-            .iter()
-            .map(|e| Endpoint {
-                ip: e.parse().unwrap(),
-                port: 8080,
-                ready: true,
-                serving: true,
-                terminating: false,
-                local: false,
-            })
-            .collect(),
-    };
+    let port = |eps: &[&str]| web_port("10.96.0.20", eps);
     let node = NodeRules {
         cluster_cidr: Some("10.244.0.0/16".parse().unwrap()),
         node_addresses: vec![],
@@ -244,7 +222,7 @@ async fn a_new_endpoint_count_is_a_change_not_a_whole_rewrite() {
         }
     };
     let mut syncer = nft::Syncer::new(trellis_net::nft::Nft::new(Some(&ns))).ipv4_only();
-    let none: Vec<ServicePort> = vec![];
+    let none: Vec<trellis_proxy::model::ServicePort> = vec![];
     let full = syncer
         .sync(
             (&[port(&["10.244.1.2", "10.244.1.3"])], &node),

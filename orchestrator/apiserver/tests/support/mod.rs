@@ -12,6 +12,18 @@ pub const SERVICE_IPS: &str = "/registry/ranges/serviceips/";
 /// Where it keeps the node-port allocations (port → `ns/name`).
 pub const NODE_PORTS: &str = "/registry/ranges/servicenodeports/";
 
+/// Waits (20 s at most) for `done` to hold, looking every 50 ms.
+pub async fn wait_for<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut done: impl FnMut() -> F,
+) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !done().await {
+        assert!(tokio::time::Instant::now() < deadline, "after 20 s: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 pub struct TestServer {
     pub running: Running,
     pub dir: tempfile::TempDir,
