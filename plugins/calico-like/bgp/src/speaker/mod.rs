@@ -211,7 +211,8 @@ pub struct PeerConfig {
     /// hops (RFC 8950) to a peer with a global address too; an unnumbered peer always gets
     /// it. With the peer's capability as well, IPv4 routes travel in MP_REACH_NLRI with our
     /// IPv6 address on the session as next hop, and the peer's IPv4 routes with IPv6 next
-    /// hops are taken; without it, IPv4 routes keep IPv4 next hops.
+    /// hops are taken; without it, IPv4 routes keep IPv4 next hops (and an unnumbered session
+    /// carries none: its link has no IPv4 addresses).
     pub extended_next_hop: bool,
 }
 

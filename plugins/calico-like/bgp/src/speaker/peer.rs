@@ -751,6 +751,18 @@ impl PeerTask {
         self.extended_next_hop = self.config.offers_extended_next_hop()
             && self.families.contains(&Family::IPV4_UNICAST)
             && open.extended_next_hop(ExtendedNextHop::IPV4_UNICAST_VIA_IPV6);
+        if self.config.is_unnumbered()
+            && !self.extended_next_hop
+            && self.families.contains(&Family::IPV4_UNICAST)
+        {
+            // The link has no IPv4 addresses: an IPv4 next hop either way would name nothing
+            // the peer (or we) can reach on it. IPv4 unicast stays unused on this session.
+            info!(
+                peer = %self.address(),
+                "the unnumbered peer did not offer the Extended Next Hop capability (RFC 8950): no IPv4 routes on this session"
+            );
+            self.families.retain(|f| *f != Family::IPV4_UNICAST);
+        }
         self.peer_gr = if self.shared.config.graceful_restart {
             open.graceful_restart().cloned()
         } else {
