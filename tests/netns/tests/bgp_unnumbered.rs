@@ -956,3 +956,90 @@ async fn without_the_peers_extended_next_hop_no_ipv4_route_crosses_the_unnumbere
         bird.log_tail(20)
     );
 }
+
+/// `--extended-next-hop` offers RFC 8950 to a peer with a global IPv6 address too: BIRD (a ToR
+/// in AS 65001, `extended next hop on`) over a session between the nodes' global IPv6
+/// addresses on the underlay, the agent IPv4 only. With the flag, BIRD's IPv4 block lands in
+/// our kernel `via inet6 <BIRD's IPv6 address>` and ours in BIRD's `via inet6 <ours>`. The
+/// negative control without the flag keeps what was done before: the IPv4 blocks go both ways
+/// with IPv4 next hops (the nodes' underlay addresses; BIRD falls back to its own without the
+/// capability negotiated), and no route via inet6 shows up in either kernel (watched for 2 s
+/// after both blocks are in).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_extended_next_hop_flag_carries_ipv4_via_ipv6_to_a_global_ipv6_peer() {
+    require_root();
+    for flag in [true, false] {
+        let tb = Testbed::new().unwrap();
+        let n = nodes(&tb, 2).await;
+        let v6 = [
+            tb.add_ipv6(&n[0], 1).await.unwrap(),
+            tb.add_ipv6(&n[1], 2).await.unwrap(),
+        ];
+        let bird = Bird::start(
+            &tb,
+            &n[0],
+            BirdConfig::new(&n[0], TOR_ASN)
+                .ipv6(v6[0])
+                .announce(BIRD_BLOCK4.parse().unwrap())
+                .peer(BirdPeer::new("agent", v6[1], 64512).extended_next_hop(true)),
+            LIFETIME,
+        )
+        .await
+        .unwrap();
+        let mut spec = AgentSpec::new(64512).peer(v6[0], TOR_ASN);
+        let announce = tb.state_dir().join("announce4");
+        std::fs::write(&announce, format!("{OUR_BLOCK4}\n")).unwrap();
+        spec.announce_file = Some(announce);
+        if flag {
+            spec.extra = vec!["--extended-next-hop".into()];
+        }
+        let agent = Agent::start(&tb, &n[1], spec, LIFETIME).await.unwrap();
+        bird.wait_established("agent", SESSION)
+            .await
+            .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", agent.log()));
+        agent
+            .wait_established(v6[0], SESSION)
+            .await
+            .unwrap_or_else(|e| panic!("{e}\nBIRD:\n{}", bird.log_tail(40)));
+        let wait_for = |node: &'static str, prefix: &'static str, gw: IpAddr, proto: u8| {
+            let node = if node == "bird" { &n[0] } else { &n[1] };
+            async move {
+                let deadline = Instant::now() + PROPAGATE;
+                loop {
+                    let found = routes4(node, prefix).await;
+                    if found
+                        .iter()
+                        .any(|r| r.gateway == Some(gw) && r.protocol == proto)
+                    {
+                        return;
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "flag {flag}: no route {prefix} via {gw} proto {proto} in {}: {found:?}",
+                        node.name
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        if flag {
+            wait_for("ours", BIRD_BLOCK4, IpAddr::V6(v6[0]), PROTO_TRELLIS).await;
+            wait_for("bird", OUR_BLOCK4, IpAddr::V6(v6[1]), PROTO_BIRD).await;
+            continue;
+        }
+        wait_for("bird", OUR_BLOCK4, IpAddr::V4(n[1].ip), PROTO_BIRD).await;
+        wait_for("ours", BIRD_BLOCK4, IpAddr::V4(n[0].ip), PROTO_TRELLIS).await;
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(2) {
+            for node in &n {
+                let via6 = routes4_via_inet6(node).await;
+                assert!(
+                    via6.is_empty(),
+                    "without the flag, IPv4 routes via inet6 in {}: {via6:?}",
+                    node.name
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
