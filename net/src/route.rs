@@ -6,7 +6,7 @@ use futures::TryStreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteNextHop, RouteProtocol,
-    RouteScope, RouteType,
+    RouteScope, RouteType, RouteVia,
 };
 use rtnetlink::RouteMessageBuilder;
 
@@ -270,10 +270,7 @@ impl Route {
                 .iter()
                 .map(|gw| {
                     let mut hop = RouteNextHop::default();
-                    hop.attributes.push(RouteAttribute::Gateway(match gw {
-                        IpAddr::V4(v4) => RouteAddress::Inet(*v4),
-                        IpAddr::V6(v6) => RouteAddress::Inet6(*v6),
-                    }));
+                    hop.attributes.push(gateway_attribute(self.dst.addr(), *gw));
                     hop
                 })
                 .collect();
@@ -291,6 +288,8 @@ impl Route {
             match a {
                 RouteAttribute::Destination(d) => dst = address(d),
                 RouteAttribute::Gateway(g) => r.gateway = address(g),
+                // A gateway of the other family (`10.0.0.0/24 via inet6 fe80::1`, RFC 8950).
+                RouteAttribute::Via(v) => r.gateway = via_address(v),
                 RouteAttribute::Oif(i) => r.oif = Some(*i),
                 RouteAttribute::Table(t) => r.table = *t,
                 RouteAttribute::Priority(p) => r.priority = Some(*p),
@@ -301,6 +300,7 @@ impl Route {
                         .flat_map(|h| &h.attributes)
                         .filter_map(|a| match a {
                             RouteAttribute::Gateway(g) => address(g),
+                            RouteAttribute::Via(v) => via_address(v),
                             _ => None,
                         })
                         .collect();
@@ -327,6 +327,25 @@ impl Route {
             _ => RouteKind::Other,
         };
         Some(r)
+    }
+}
+
+/// The next-hop attribute for `gateway` in a route to `dst`: RTA_GATEWAY in the route's own
+/// family, RTA_VIA for the other one (an IPv4 route via an IPv6 next hop, `via inet6`).
+fn gateway_attribute(dst: IpAddr, gateway: IpAddr) -> RouteAttribute {
+    match (dst, gateway) {
+        (IpAddr::V4(_), IpAddr::V4(v4)) => RouteAttribute::Gateway(RouteAddress::Inet(v4)),
+        (IpAddr::V6(_), IpAddr::V6(v6)) => RouteAttribute::Gateway(RouteAddress::Inet6(v6)),
+        (_, IpAddr::V4(v4)) => RouteAttribute::Via(RouteVia::Inet(v4)),
+        (_, IpAddr::V6(v6)) => RouteAttribute::Via(RouteVia::Inet6(v6)),
+    }
+}
+
+fn via_address(v: &RouteVia) -> Option<IpAddr> {
+    match v {
+        RouteVia::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteVia::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
     }
 }
 
@@ -447,5 +466,60 @@ impl Handle {
                 e,
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ipv4_route_via_an_ipv6_gateway_uses_rta_via_and_reads_back() {
+        let dst: IpNet = "10.245.0.0/26".parse().unwrap();
+        let gw: IpAddr = "fe80::1".parse().unwrap();
+        let route = Route::via(dst, gw).oif(7).protocol(202).priority(20);
+        let msg = route.to_message(false).unwrap();
+        assert!(
+            msg.attributes
+                .iter()
+                .any(|a| *a == RouteAttribute::Via(RouteVia::Inet6("fe80::1".parse().unwrap()))),
+            "{msg:?}"
+        );
+        assert!(
+            !msg.attributes
+                .iter()
+                .any(|a| matches!(a, RouteAttribute::Gateway(_))),
+            "no RTA_GATEWAY of the wrong family: {msg:?}"
+        );
+        let back = Route::from_message(&msg).unwrap();
+        assert_eq!(back.dst, dst);
+        assert_eq!(back.gateway, Some(gw));
+        assert_eq!(back.gateways(), vec![gw]);
+        assert_eq!(back.oif, Some(7));
+        assert_eq!(back.family(), Family::V4);
+    }
+
+    #[test]
+    fn multipath_next_hops_of_the_other_family_use_rta_via_too() {
+        let dst: IpNet = "10.245.0.0/26".parse().unwrap();
+        let hops: Vec<IpAddr> = vec!["fe80::1".parse().unwrap(), "fe80::2".parse().unwrap()];
+        let msg = Route::via_all(dst, &hops).to_message(false).unwrap();
+        let back = Route::from_message(&msg).unwrap();
+        assert_eq!(back.gateways(), hops);
+        // The same family stays RTA_GATEWAY.
+        let v4: Vec<IpAddr> = vec!["10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap()];
+        let msg = Route::via_all(dst, &v4).to_message(false).unwrap();
+        let Some(RouteAttribute::MultiPath(nh)) = msg
+            .attributes
+            .iter()
+            .find(|a| matches!(a, RouteAttribute::MultiPath(_)))
+        else {
+            panic!("{msg:?}")
+        };
+        assert!(nh.iter().all(|h| matches!(
+            h.attributes.as_slice(),
+            [RouteAttribute::Gateway(RouteAddress::Inet(_))]
+        )));
+        assert_eq!(Route::from_message(&msg).unwrap().gateways(), v4);
     }
 }

@@ -58,10 +58,16 @@ pub struct AgentArgs {
     #[arg(long)]
     no_mesh: bool,
     /// A neighbour, ADDRESS:ASN (repeatable): `198.18.0.1:64512`, `[fd00::1]:64512`, or a
-    /// link-local address with its interface, `[fe80::1%eth1]:64512` (unnumbered BGP: needs
-    /// --dual-stack; IPv6 unicast only).
+    /// link-local address with its interface, `[fe80::1%eth1]:64512` (unnumbered BGP: IPv4
+    /// routes with IPv6 next hops, RFC 8950, when the peer offers it too; IPv6 unicast with
+    /// --dual-stack).
     #[arg(long = "peer")]
     peers: Vec<Neighbour>,
+    /// Offer RFC 8950 (IPv4 routes with IPv6 next hops) to peers with a global IPv6 address
+    /// too (unnumbered peers always get the offer). With the peer's offer as well, IPv4
+    /// routes go to it with our IPv6 session address as next hop.
+    #[arg(long)]
+    extended_next_hop: bool,
     /// A file holding the TCP MD5 password (RFC 2385) of every --peer (one trailing newline is
     /// not part of it). A peer with another password, or none, never gets a session.
     #[arg(long)]
@@ -190,6 +196,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     c.dual_stack = args.dual_stack;
     c.ipv6_address = args.ipv6_address;
     c.mesh_ipv6 = args.mesh_ipv6;
+    c.extended_next_hop = args.extended_next_hop;
     c.listen = args.listen;
     c.mesh = !args.no_mesh;
     c.peers = args.peers;

@@ -55,6 +55,10 @@ pub struct BirdPeer {
     /// The interface of a link-local `address` (`neighbor fe80::…%IFACE`): an unnumbered
     /// session, from BIRD's link-local address on it.
     pub interface: Option<String>,
+    /// `extended next hop on|off` in the `ipv4` channel (RFC 8950: IPv4 routes with IPv6 next
+    /// hops). Set, the channel gets no `next hop address` of its own over an IPv6 session;
+    /// None: BIRD's default (off), with the node's IPv4 address as next hop.
+    pub extended_next_hop: Option<bool>,
 }
 
 impl BirdPeer {
@@ -71,7 +75,14 @@ impl BirdPeer {
             password: None,
             bfd: false,
             interface: None,
+            extended_next_hop: None,
         }
+    }
+
+    /// `extended next hop on|off` in the `ipv4` channel (see [`BirdPeer::extended_next_hop`]).
+    pub fn extended_next_hop(mut self, on: bool) -> BirdPeer {
+        self.extended_next_hop = Some(on);
+        self
     }
 
     /// An unnumbered session: `address` is link-local, on BIRD's interface `iface`.
@@ -303,10 +314,11 @@ impl BirdConfig {
                 ""
             };
             // RFC 8212: eBGP needs explicit filters in BIRD 2.
-            let nh4 = if over_v6 {
-                format!(" next hop address {};", self.local_address)
-            } else {
-                String::new()
+            let nh4 = match p.extended_next_hop {
+                Some(true) => " extended next hop on;".to_string(),
+                Some(false) => " extended next hop off;".to_string(),
+                None if over_v6 => format!(" next hop address {};", self.local_address),
+                None => String::new(),
             };
             let _ = writeln!(
                 c,

@@ -10,7 +10,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
@@ -146,11 +146,12 @@ async fn add_pod(tb: &Testbed, node: &Node, addr: &str) -> Arc<Netns> {
     pod
 }
 
-/// Puts `addr`/128 on `node`'s loopback, usable at once.
+/// Puts `addr` (a /128, or a /32 for IPv4) on `node`'s loopback, usable at once.
 async fn loopback_address(node: &Node, addr: &str) {
     let h = node.ns.connect().unwrap();
     let lo = h.require_link("lo").await.unwrap();
-    h.add_address_nodad(lo.index, format!("{addr}/128").parse().unwrap())
+    let len = if addr.contains(':') { 128 } else { 32 };
+    h.add_address_nodad(lo.index, format!("{addr}/{len}").parse().unwrap())
         .await
         .unwrap();
     let target: IpAddr = addr.parse().unwrap();
@@ -518,6 +519,527 @@ async fn listening_on_ipv6_takes_birds_connection() {
                 "BIRD's IPv6 block in our kernel: {found:?}"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// BIRD's IPv4 block (an address of it on BIRD's loopback), ours (a pod's), and the pods'
+/// gateway (Calico's).
+const BIRD_BLOCK4: &str = "10.245.0.0/26";
+const BIRD_ADDR4: &str = "10.245.0.1";
+const OUR_BLOCK4: &str = "10.244.0.0/26";
+const POD_ADDR4: &str = "10.244.0.2";
+const POD_GATEWAY4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+/// BIRD's AS: a top-of-rack switch in an AS of its own (eBGP, as BGP unnumbered fabrics run).
+const TOR_ASN: u32 = 65001;
+
+/// An IPv4 pod on `node`: `eth0` (address `addr`/32) a veth to `node`'s `pod0`, which holds
+/// the pods' gateway 169.254.1.1/32; the pod's default route via it, the node's /32 route to
+/// the pod.
+async fn add_pod4(tb: &Testbed, node: &Node, addr: &str) -> Arc<Netns> {
+    let pod = tb.add_ns("pod").await.unwrap();
+    let h = node.ns.connect().unwrap();
+    h.add_veth(&VethSpec {
+        name: "pod0",
+        peer_name: "eth0",
+        peer_ns: Some(&pod),
+        mtu: None,
+        mac: None,
+        peer_mac: None,
+    })
+    .await
+    .unwrap();
+    let pod0 = h.require_link("pod0").await.unwrap();
+    h.set_up(pod0.index).await.unwrap();
+    h.add_address(pod0.index, format!("{POD_GATEWAY4}/32").parse().unwrap())
+        .await
+        .unwrap();
+    let hp = pod.connect().unwrap();
+    let eth0 = hp.require_link("eth0").await.unwrap();
+    hp.set_up(eth0.index).await.unwrap();
+    hp.add_address(eth0.index, format!("{addr}/32").parse().unwrap())
+        .await
+        .unwrap();
+    hp.replace_route(&Route::dev(
+        format!("{POD_GATEWAY4}/32").parse().unwrap(),
+        eth0.index,
+    ))
+    .await
+    .unwrap();
+    hp.replace_route(
+        &Route::via("0.0.0.0/0".parse().unwrap(), IpAddr::V4(POD_GATEWAY4)).oif(eth0.index),
+    )
+    .await
+    .unwrap();
+    h.replace_route(&Route::dev(
+        format!("{addr}/32").parse().unwrap(),
+        pod0.index,
+    ))
+    .await
+    .unwrap();
+    pod
+}
+
+/// `node`'s IPv4 main-table routes to `prefix`.
+async fn routes4(node: &Node, prefix: &str) -> Vec<Route> {
+    let dst: IpNet = prefix.parse().unwrap();
+    node.ns
+        .connect()
+        .unwrap()
+        .routes(Family::V4, Some(Route::TABLE_MAIN))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.dst == dst)
+        .collect()
+}
+
+/// IPv4 routes of `node` with an IPv6 gateway (`via inet6`), any prefix.
+async fn routes4_via_inet6(node: &Node) -> Vec<Route> {
+    node.ns
+        .connect()
+        .unwrap()
+        .routes(Family::V4, Some(Route::TABLE_MAIN))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.gateways().iter().any(IpAddr::is_ipv6))
+        .collect()
+}
+
+/// Waits (bounded) until `node` routes the IPv4 `prefix` via the IPv6 `gw` on interface `oif`,
+/// protocol `proto`.
+async fn expect_route4_via6(
+    node: &Node,
+    prefix: &str,
+    gw: Ipv6Addr,
+    oif: u32,
+    proto: u8,
+    what: &str,
+) {
+    let deadline = Instant::now() + PROPAGATE;
+    loop {
+        let found = routes4(node, prefix).await;
+        if found
+            .iter()
+            .any(|r| r.gateway == Some(IpAddr::V6(gw)) && r.oif == Some(oif) && r.protocol == proto)
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: no route {prefix} via inet6 {gw} dev {oif} proto {proto} within {PROPAGATE:?}; found {found:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn ping4_from_pod(tb: &Testbed, pod: &Netns, to: &str) -> bool {
+    let out = tb
+        .exec(
+            pod,
+            &["ping", "-4", "-c", "1", "-W", "1", to],
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    out.success()
+}
+
+/// BIRD (a ToR in AS 65001, `extended next hop` as given) on n1 and `trellis bgp-agent` on n2
+/// (IPv4 only: no --dual-stack), joined by `ll0`, a link with link-local addresses only, each
+/// peering with the other's link-local address on it; BIRD announces its IPv4 block, we ours.
+/// The agent's pod and BIRD's address are up; returns BIRD, the agent, the pod, the two
+/// link-local addresses and the indexes of `ll0` on n2 and on n1.
+struct Rfc8950<'a> {
+    bird: Bird<'a>,
+    agent: Agent<'a>,
+    pod: Arc<Netns>,
+    bird_ll: Ipv6Addr,
+    agent_ll: Ipv6Addr,
+    ll0: u32,
+    bird_ll0: u32,
+}
+
+async fn rfc8950_setup<'a>(tb: &'a Testbed, n: &'a [Node], extended_next_hop: bool) -> Rfc8950<'a> {
+    let (bird_ll, agent_ll) = unnumbered_link(&n[0], &n[1], "ll0").await;
+    let index = |node: &Node| {
+        let h = node.ns.connect().unwrap();
+        async move { h.require_link("ll0").await.unwrap().index }
+    };
+    let ll0 = index(&n[1]).await;
+    let bird_ll0 = index(&n[0]).await;
+    loopback_address(&n[0], BIRD_ADDR4).await;
+    let pod = add_pod4(tb, &n[1], POD_ADDR4).await;
+    let bird = Bird::start(
+        tb,
+        &n[0],
+        BirdConfig::new(&n[0], TOR_ASN)
+            .announce(BIRD_BLOCK4.parse().unwrap())
+            .peer(
+                BirdPeer::new("agent", agent_ll, 64512)
+                    .on_interface("ll0")
+                    .extended_next_hop(extended_next_hop),
+            ),
+        LIFETIME,
+    )
+    .await
+    .unwrap();
+    // Nothing routes the pod to BIRD's block yet.
+    assert!(
+        !ping4_from_pod(tb, &pod, BIRD_ADDR4).await,
+        "ping got through before any session"
+    );
+    let mut spec = AgentSpec::new(64512);
+    let announce = tb.state_dir().join("announce4");
+    std::fs::write(&announce, format!("{OUR_BLOCK4}\n")).unwrap();
+    spec.announce_file = Some(announce);
+    spec.listen = Some(SocketAddr::from((Ipv6Addr::UNSPECIFIED, 179)));
+    spec.extra = vec!["--peer".into(), format!("[{bird_ll}%ll0]:{TOR_ASN}")];
+    let agent = Agent::start(tb, &n[1], spec, LIFETIME).await.unwrap();
+    bird.wait_established("agent", SESSION)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", agent.log()));
+    agent
+        .wait_established(bird_ll, SESSION)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\nBIRD:\n{}", bird.log_tail(40)));
+    Rfc8950 {
+        bird,
+        agent,
+        pod,
+        bird_ll,
+        agent_ll,
+        ll0,
+        bird_ll0,
+    }
+}
+
+/// RFC 8950 over an unnumbered session with BIRD (`ipv4 { extended next hop on; }`), the
+/// agent IPv4 only: BIRD's IPv4 block lands in our kernel `via inet6 <BIRD's fe80> dev ll0`
+/// (proto 202, metric 20), ours in BIRD's `via inet6 <our fe80> dev ll0`, BIRD got our
+/// link-local address as next hop, and the pod's IPv4 ping reaches the address behind BIRD
+/// and back over ll0. After an agent restart its resync finds the route (put on the underlay
+/// interface meanwhile) and brings it back to ll0, one route. BIRD's withdrawal
+/// (MP_UNREACH_NLRI for IPv4) takes the route out of our kernel again. (Before the session
+/// the ping does not get through: no route.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv4_routes_cross_an_unnumbered_session_with_ipv6_next_hops_rfc_8950() {
+    require_root();
+    require_tool("ping", "iputils-ping");
+    let tb = Testbed::new().unwrap();
+    let n = nodes(&tb, 2).await;
+    let Rfc8950 {
+        mut bird,
+        mut agent,
+        pod,
+        bird_ll,
+        agent_ll,
+        ll0,
+        bird_ll0,
+    } = rfc8950_setup(&tb, &n, true).await;
+
+    expect_route4_via6(
+        &n[1],
+        BIRD_BLOCK4,
+        bird_ll,
+        ll0,
+        PROTO_TRELLIS,
+        "BIRD's IPv4 block in our kernel",
+    )
+    .await;
+    let shown = tb
+        .exec_ok(
+            &n[1].ns,
+            &["ip", "-4", "route", "show", BIRD_BLOCK4],
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert!(
+        shown.contains(&format!("via inet6 {bird_ll} dev ll0"))
+            && shown.contains("proto 202")
+            && shown.contains("metric 20"),
+        "our kernel's route: {shown}"
+    );
+    expect_route4_via6(
+        &n[0],
+        OUR_BLOCK4,
+        agent_ll,
+        bird_ll0,
+        PROTO_BIRD,
+        "our IPv4 block in BIRD's kernel",
+    )
+    .await;
+    let birds = bird
+        .birdc(&["show", "route", "all", OUR_BLOCK4])
+        .await
+        .unwrap();
+    let next_hop = birds
+        .lines()
+        .find(|l| l.trim_start().starts_with("BGP.next_hop:"))
+        .unwrap_or_else(|| panic!("no BGP.next_hop in BIRD's route:\n{birds}"));
+    assert!(
+        next_hop.contains(&agent_ll.to_string()),
+        "our next hop as BIRD got it: {next_hop}"
+    );
+    eprintln!(
+        "BIRD's view of our block: {}; ours of BIRD's: {}",
+        next_hop.trim(),
+        shown.trim()
+    );
+
+    // The pod reaches the address behind BIRD, and the answer comes back, over ll0.
+    let deadline = Instant::now() + PROPAGATE;
+    while !ping4_from_pod(&tb, &pod, BIRD_ADDR4).await {
+        assert!(
+            Instant::now() < deadline,
+            "ping {BIRD_ADDR4} from the pod: no answer; ours {:?}, BIRD's {:?}\nagent log:\n{}",
+            routes4(&n[1], BIRD_BLOCK4).await,
+            routes4(&n[0], OUR_BLOCK4).await,
+            agent.log()
+        );
+    }
+
+    // The agent restarts (its routes stay, as after a crash) and finds the route on the
+    // underlay interface meanwhile: its resync reads the `via inet6` gateway back (RTA_VIA),
+    // puts the route back on ll0, and keeps it (a gateway read as none would be swept as
+    // stale, and the ping below would fail).
+    agent.stop();
+    ip(
+        &tb,
+        &n[1],
+        &[
+            "-4",
+            "route",
+            "replace",
+            BIRD_BLOCK4,
+            "via",
+            "inet6",
+            &bird_ll.to_string(),
+            "dev",
+            "eth0",
+            "proto",
+            "202",
+            "metric",
+            "20",
+        ],
+    )
+    .await;
+    let spec = agent.spec.clone();
+    agent.restart(spec).await.unwrap();
+    let deadline = Instant::now() + SESSION;
+    loop {
+        let found = routes4(&n[1], BIRD_BLOCK4).await;
+        if found.len() == 1 && found[0].oif == Some(ll0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the resync did not bring the route back to ll0: {found:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deadline = Instant::now() + PROPAGATE;
+    while !ping4_from_pod(&tb, &pod, BIRD_ADDR4).await {
+        assert!(
+            Instant::now() < deadline,
+            "ping after the restart: routes {:?}\nagent log:\n{}",
+            routes4(&n[1], BIRD_BLOCK4).await,
+            agent.log()
+        );
+    }
+    assert_eq!(
+        routes4(&n[1], BIRD_BLOCK4).await.len(),
+        1,
+        "one route, replaced, not added beside"
+    );
+
+    // BIRD stops announcing its block: withdrawn (MP_UNREACH_NLRI, AFI 1), gone from our
+    // kernel.
+    let mut config = bird.config().clone();
+    config.statics.clear();
+    bird.reconfigure(config).await.unwrap();
+    let deadline = Instant::now() + PROPAGATE;
+    loop {
+        let found = routes4(&n[1], BIRD_BLOCK4).await;
+        if found.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "BIRD's withdrawal did not take its block out of our kernel: {found:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !ping4_from_pod(&tb, &pod, BIRD_ADDR4).await,
+        "ping got through after the withdrawal"
+    );
+}
+
+/// Negative control: BIRD with `extended next hop off` in its ipv4 channel (no RFC 8950 on its
+/// side). The session comes up (IPv4 unicast negotiated), but no IPv4 route crosses it either
+/// way: BIRD has no IPv4 next hop to give (it withdraws its block), and we send none with our
+/// IPv4 address, which names nothing on a link without IPv4 (BIRD would have resolved it over
+/// the testbed's shared underlay, `via 198.18.0.x dev eth0`, before this change). Our kernel
+/// gets no route to BIRD's block and no IPv4 route via inet6, BIRD none to ours, and the pod's
+/// ping does not get through. Watched for 3 seconds once the agent has received BIRD's
+/// UPDATEs (its withdrawal and End-of-RIB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_peers_extended_next_hop_no_ipv4_route_crosses_the_unnumbered_session() {
+    require_root();
+    require_tool("ping", "iputils-ping");
+    let tb = Testbed::new().unwrap();
+    let n = nodes(&tb, 2).await;
+    let Rfc8950 {
+        bird, agent, pod, ..
+    } = rfc8950_setup(&tb, &n, false).await;
+    // BIRD's UPDATEs are in (its withdrawal, its End-of-RIB): what it sends has been taken.
+    let deadline = Instant::now() + PROPAGATE;
+    loop {
+        let status = agent.status().await.unwrap();
+        let received = status
+            .first()
+            .and_then(|p| p["updates_received"].as_u64())
+            .unwrap_or(0);
+        if received >= 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no UPDATE from BIRD within {PROPAGATE:?}: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let watch = Duration::from_secs(3);
+    let start = Instant::now();
+    while start.elapsed() < watch {
+        let ours = routes4(&n[1], BIRD_BLOCK4).await;
+        assert!(ours.is_empty(), "BIRD's block in our kernel: {ours:?}");
+        let via6 = routes4_via_inet6(&n[1]).await;
+        assert!(
+            via6.is_empty(),
+            "IPv4 routes via inet6 in our kernel: {via6:?}"
+        );
+        let via6 = routes4_via_inet6(&n[0]).await;
+        assert!(
+            via6.is_empty(),
+            "IPv4 routes via inet6 in BIRD's kernel: {via6:?}"
+        );
+        let theirs = routes4(&n[0], OUR_BLOCK4).await;
+        assert!(theirs.is_empty(), "our block in BIRD's kernel: {theirs:?}");
+        let shown = bird
+            .birdc(&["show", "route", "protocol", "agent"])
+            .await
+            .unwrap();
+        assert!(
+            !shown.contains("10.244.0.0/26"),
+            "BIRD got our IPv4 block: {shown}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        !ping4_from_pod(&tb, &pod, BIRD_ADDR4).await,
+        "ping got through without RFC 8950"
+    );
+    // (birdc fails with "Network not found": what it says is shown.)
+    let birds = bird
+        .birdc(&["show", "route", "all", OUR_BLOCK4])
+        .await
+        .unwrap_or_else(|e| e.to_string());
+    let status = agent.status().await.unwrap();
+    eprintln!(
+        "BIRD's route to our block: {}\nBIRD's kernel: {:?}\nagent status: {status:?}\nBIRD log:\n{}",
+        birds.trim(),
+        routes4(&n[0], OUR_BLOCK4).await,
+        bird.log_tail(20)
+    );
+}
+
+/// `--extended-next-hop` offers RFC 8950 to a peer with a global IPv6 address too: BIRD (a ToR
+/// in AS 65001, `extended next hop on`) over a session between the nodes' global IPv6
+/// addresses on the underlay, the agent IPv4 only. With the flag, BIRD's IPv4 block lands in
+/// our kernel `via inet6 <BIRD's IPv6 address>` and ours in BIRD's `via inet6 <ours>`. The
+/// negative control without the flag keeps what was done before: the IPv4 blocks go both ways
+/// with IPv4 next hops (the nodes' underlay addresses; BIRD falls back to its own without the
+/// capability negotiated), and no route via inet6 shows up in either kernel (watched for 2 s
+/// after both blocks are in).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_extended_next_hop_flag_carries_ipv4_via_ipv6_to_a_global_ipv6_peer() {
+    require_root();
+    for flag in [true, false] {
+        let tb = Testbed::new().unwrap();
+        let n = nodes(&tb, 2).await;
+        let v6 = [
+            tb.add_ipv6(&n[0], 1).await.unwrap(),
+            tb.add_ipv6(&n[1], 2).await.unwrap(),
+        ];
+        let bird = Bird::start(
+            &tb,
+            &n[0],
+            BirdConfig::new(&n[0], TOR_ASN)
+                .ipv6(v6[0])
+                .announce(BIRD_BLOCK4.parse().unwrap())
+                .peer(BirdPeer::new("agent", v6[1], 64512).extended_next_hop(true)),
+            LIFETIME,
+        )
+        .await
+        .unwrap();
+        let mut spec = AgentSpec::new(64512).peer(v6[0], TOR_ASN);
+        let announce = tb.state_dir().join("announce4");
+        std::fs::write(&announce, format!("{OUR_BLOCK4}\n")).unwrap();
+        spec.announce_file = Some(announce);
+        if flag {
+            spec.extra = vec!["--extended-next-hop".into()];
+        }
+        let agent = Agent::start(&tb, &n[1], spec, LIFETIME).await.unwrap();
+        bird.wait_established("agent", SESSION)
+            .await
+            .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", agent.log()));
+        agent
+            .wait_established(v6[0], SESSION)
+            .await
+            .unwrap_or_else(|e| panic!("{e}\nBIRD:\n{}", bird.log_tail(40)));
+        let wait_for = |node: &'static str, prefix: &'static str, gw: IpAddr, proto: u8| {
+            let node = if node == "bird" { &n[0] } else { &n[1] };
+            async move {
+                let deadline = Instant::now() + PROPAGATE;
+                loop {
+                    let found = routes4(node, prefix).await;
+                    if found
+                        .iter()
+                        .any(|r| r.gateway == Some(gw) && r.protocol == proto)
+                    {
+                        return;
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "flag {flag}: no route {prefix} via {gw} proto {proto} in {}: {found:?}",
+                        node.name
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        if flag {
+            wait_for("ours", BIRD_BLOCK4, IpAddr::V6(v6[0]), PROTO_TRELLIS).await;
+            wait_for("bird", OUR_BLOCK4, IpAddr::V6(v6[1]), PROTO_BIRD).await;
+            continue;
+        }
+        wait_for("bird", OUR_BLOCK4, IpAddr::V4(n[1].ip), PROTO_BIRD).await;
+        wait_for("ours", BIRD_BLOCK4, IpAddr::V4(n[0].ip), PROTO_TRELLIS).await;
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(2) {
+            for node in &n {
+                let via6 = routes4_via_inet6(node).await;
+                assert!(
+                    via6.is_empty(),
+                    "without the flag, IPv4 routes via inet6 in {}: {via6:?}",
+                    node.name
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 }

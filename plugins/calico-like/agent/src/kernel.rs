@@ -9,6 +9,9 @@
 //! [fe80::1%eth1]:ASN`), else the underlay, which the other sessions run over; such a route
 //! carries that one next hop (no multipath). An IPv4-mapped next hop (a peer without an IPv6 address) is not installable
 //! and is left out.
+//!
+//! An IPv4 route may have an IPv6 next hop (RFC 8950, learned over an unnumbered session that
+//! negotiated it): installed `via inet6 fe80::… dev <iface>` (netlink RTA_VIA) in the same way.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
@@ -112,12 +115,13 @@ pub async fn sync_blackholes(host: &Handle, wanted: &BTreeSet<IpNet>) -> trellis
     Ok(())
 }
 
-/// Whether the kernel can forward `prefix` via `hop` as it is: same family, and no
-/// IPv4-mapped IPv6 address (what a peer without IPv6 sends for an IPv6 route).
+/// Whether the kernel can forward `prefix` via `hop` as it is: an IPv4 next hop for an IPv4
+/// prefix; an IPv6 one for either family (`via inet6` for IPv4, RFC 8950), but no IPv4-mapped
+/// IPv6 address (what a peer without IPv6 sends for an IPv6 route).
 fn installable(prefix: &IpNet, hop: &IpAddr) -> bool {
     match hop {
         IpAddr::V4(_) => prefix.addr().is_ipv4(),
-        IpAddr::V6(v6) => prefix.addr().is_ipv6() && v6.to_ipv4_mapped().is_none(),
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().is_none(),
     }
 }
 
@@ -157,13 +161,11 @@ fn learned(b: &BestRoute, link_oif: u32, peer_links: &BTreeMap<IpAddr, u32>) -> 
                 .priority(METRIC),
         );
     }
-    // ECMP: every next hop of the equally good paths (of the prefix's family) in one route.
+    // ECMP: every next hop of the equally good paths (of the best one's family) in one route.
     let mut hops = vec![b.next_hop];
-    hops.extend(
-        b.multipath
-            .iter()
-            .filter(|h| installable(&b.prefix, h) && !is_link_local(h)),
-    );
+    hops.extend(b.multipath.iter().filter(|h| {
+        installable(&b.prefix, h) && !is_link_local(h) && h.is_ipv4() == b.next_hop.is_ipv4()
+    }));
     Some(
         Route::via_all(b.prefix, &hops)
             .protocol(proto::BGP)
@@ -490,6 +492,32 @@ mod tests {
     }
 
     #[test]
+    fn an_ipv4_route_with_an_ipv6_next_hop_is_installed_via_inet6() {
+        // RFC 8950 over an unnumbered session: `via inet6 fe80::13 dev <its interface>`.
+        let links = BTreeMap::from([("198.18.0.13".parse().unwrap(), 9)]);
+        let r = learned(&best("10.245.0.0/26", "fe80::13", &[]), 7, &links).unwrap();
+        assert_eq!(r.dst, "10.245.0.0/26".parse::<IpNet>().unwrap());
+        assert_eq!(r.gateways(), vec!["fe80::13".parse::<IpAddr>().unwrap()]);
+        assert_eq!(r.oif, Some(9), "the session's interface");
+        assert_eq!((r.protocol, r.priority), (proto::BGP, Some(METRIC)));
+        // A global IPv6 next hop names no interface; multipath keeps the best one's family.
+        let r = learned(
+            &best("10.245.0.0/26", "fd00::13", &["fd00::14", "198.18.0.14"]),
+            7,
+            &links,
+        )
+        .unwrap();
+        assert_eq!(r.oif, None);
+        assert_eq!(
+            r.gateways(),
+            vec![
+                "fd00::13".parse::<IpAddr>().unwrap(),
+                "fd00::14".parse::<IpAddr>().unwrap()
+            ]
+        );
+    }
+
+    #[test]
     fn mismatched_or_mapped_next_hops_are_not_installed() {
         assert!(
             learned(
@@ -499,7 +527,14 @@ mod tests {
             )
             .is_none()
         );
-        assert!(learned(&best("10.244.1.0/26", "fd00::13", &[]), 7, &none()).is_none());
+        assert!(
+            learned(
+                &best("10.244.1.0/26", "::ffff:198.18.0.13", &[]),
+                7,
+                &none()
+            )
+            .is_none()
+        );
         assert!(learned(&best("fd00:10:244::/122", "198.18.0.13", &[]), 7, &none()).is_none());
         let mut own = best("10.244.1.0/26", "198.18.0.12", &[]);
         own.source = Source::Local;

@@ -146,6 +146,9 @@ pub struct Config {
     /// its BGP address and peers with the others' IPv6 addresses); an unspecified IPv4
     /// `listen` address becomes `[::]`, so the peers' connections are accepted.
     pub mesh_ipv6: bool,
+    /// Offer RFC 8950 (IPv4 routes with IPv6 next hops) to peers with a global IPv6 address
+    /// too; unnumbered peers always get the offer.
+    pub extended_next_hop: bool,
     /// Where the speaker accepts sessions; port 179 by default.
     pub listen: SocketAddr,
     /// iBGP full mesh among the cluster's nodes.
@@ -230,6 +233,7 @@ impl Config {
             dual_stack: false,
             ipv6_address: None,
             mesh_ipv6: false,
+            extended_next_hop: false,
             listen: SocketAddr::from(([0, 0, 0, 0], trellis_bgp::speaker::BGP_PORT)),
             mesh: true,
             peers: Vec::new(),
@@ -479,14 +483,15 @@ pub async fn run(
     if let Some(n) = config.peers.iter().find(|n| n.interface.is_some())
         && next_hops.v6.is_none()
     {
-        // Over a link-local session only IPv6 unicast has a next hop the peer can reach
-        // (IPv4 routes would need RFC 8950's IPv6 next hops, which we do not speak).
-        return Err(AgentError::Config(format!(
-            "the unnumbered peer {}%{} needs --dual-stack: IPv6 unicast is what a link-local \
-             session carries (IPv4 routes via IPv6 next hops, RFC 8950, are not supported)",
-            n.address,
-            n.interface.as_deref().unwrap_or_default()
-        )));
+        // Over a link-local session IPv4 routes need IPv6 next hops (RFC 8950): without
+        // --dual-stack nothing else travels on it.
+        tracing::info!(
+            peer = %n.address,
+            iface = n.interface.as_deref().unwrap_or_default(),
+            "unnumbered peer without --dual-stack: IPv4 routes only, with our link-local \
+             next hop (RFC 8950); the peer must offer the Extended Next Hop capability \
+             (BIRD: `extended next hop on` in its ipv4 channel) or no route is exchanged"
+        );
     }
     let link = OurLink::read(&host, &under, next_hops.v6).await?;
 
@@ -1113,6 +1118,7 @@ impl Sessions<'_> {
                 pc.rr_client = n.rr_client;
                 pc.password = n.password.clone();
                 pc.link_local_next_hop = self.link.next_hop_for(*addr);
+                pc.extended_next_hop = config.extended_next_hop;
                 if let Some(name) = &n.interface {
                     let (index, ours) = match self.unnumbered(*addr, name).await {
                         Ok(found) => found,
@@ -1123,7 +1129,10 @@ impl Sessions<'_> {
                         }
                     };
                     pc.scope_id = Some(index);
-                    pc.link_local_next_hop = self.node_ip6.map(|v6| (v6, ours));
+                    // Our routes of both families go to it with our link-local address (an
+                    // IPv4-only node has no global IPv6 one: the link-local address stands
+                    // in for it).
+                    pc.link_local_next_hop = Some((self.node_ip6.unwrap_or(ours), ours));
                     kernel::set_peer_link(&self.peer_links, *addr, Some(index));
                 }
                 if let (IpAddr::V6(_), Some(v6), true) = (addr, self.node_ip6, n.mesh) {

@@ -232,6 +232,10 @@ pub struct SessionInfo {
     pub local_address: IpAddr,
     /// Families both sides negotiated.
     pub families: Vec<Family>,
+    /// Both sides sent the Extended Next Hop Encoding capability for IPv4 unicast with IPv6
+    /// next hops (RFC 8950): IPv4 routes may go to this peer with an IPv6 next hop (ours, the
+    /// session's IPv6 address, toward eBGP).
+    pub extended_next_hop: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -592,12 +596,13 @@ impl Rib {
         let good = equally_good(candidates);
         let best = tie_break(good.clone())?;
         // ECMP, as BIRD's `merge paths`: the paths the decision process could not tell apart
-        // before its tie-breakers, each adding its next hop (of the prefix's family).
+        // before its tie-breakers, each adding its next hop (of the best one's family: an IPv4
+        // route learned over an unnumbered session has an IPv6 one, RFC 8950).
         let mut multipath: Vec<IpAddr> = good
             .iter()
             .filter(|c| c.address != best.address)
             .map(|c| c.path.next_hop)
-            .filter(|nh| *nh != best.path.next_hop && nh.is_ipv4() == prefix.addr().is_ipv4())
+            .filter(|nh| *nh != best.path.next_hop && nh.is_ipv4() == best.path.next_hop.is_ipv4())
             .collect();
         multipath.sort();
         multipath.dedup();
@@ -668,15 +673,38 @@ impl Rib {
                 // RFC 4271 §5.1.4: a MED learned from one AS is not passed to another.
                 attrs.med = None;
             }
-            next_hop = next_hop_self(session.local_address, prefix, best.next_hop);
+            next_hop = next_hop_self(
+                session.local_address,
+                prefix,
+                best.next_hop,
+                session.extended_next_hop,
+            );
+        }
+        // Where RFC 8950 was negotiated over an IPv6 session (an unnumbered one: the peer may
+        // have no route to our IPv4 address), our own IPv4 routes go with our address on the
+        // session's link, inside the AS too, as our IPv6 ones do.
+        if from.is_none()
+            && session.extended_next_hop
+            && prefix.addr().is_ipv4()
+            && session.local_address.is_ipv6()
+        {
+            next_hop = session.local_address;
+        }
+        // An IPv4 route with an IPv6 next hop (learned over an unnumbered session) goes only
+        // where RFC 8950 was negotiated: any other peer would have no way to reach it.
+        if prefix.addr().is_ipv4() && next_hop.is_ipv6() && !session.extended_next_hop {
+            return None;
         }
         // A link-local next hop (one learned from a peer with no usable global next hop) only
         // means something on the link it was learned over (RFC 2545 §3). The next hop goes on
         // unchanged inside the AS — a reflector does not change it (RFC 4456 §10) — so such a
         // route goes only to peers on that link (sent as link-local, see the speaker's
         // export); a peer elsewhere would have a next hop it cannot reach, and gets nothing.
+        // Our own address on the session (next-hop-self over an unnumbered one) is the peer's
+        // link by definition.
         if let IpAddr::V6(v6) = next_hop
             && v6.is_unicast_link_local()
+            && next_hop != session.local_address
         {
             // Our own route (none today carries a link-local next hop): any link; a learned
             // one: only the very link it came over, not another unnumbered interface.
@@ -715,10 +743,12 @@ fn normalised(attrs: &Arc<PathAttributes>, ibgp: bool) -> Arc<PathAttributes> {
     Arc::new(a)
 }
 
-/// Our session address as next hop for `prefix`, in the prefix's family when we can.
-fn next_hop_self(local: IpAddr, prefix: &IpNet, route_next_hop: IpAddr) -> IpAddr {
+/// Our session address as next hop for `prefix`, in the prefix's family when we can; an IPv6
+/// one for an IPv4 prefix where `extended` (RFC 8950 negotiated) allows it.
+fn next_hop_self(local: IpAddr, prefix: &IpNet, route_next_hop: IpAddr, extended: bool) -> IpAddr {
     match (prefix, local, route_next_hop) {
         (IpNet::V4(_), IpAddr::V4(_), _) | (IpNet::V6(_), IpAddr::V6(_), _) => local,
+        (IpNet::V4(_), IpAddr::V6(_), _) if extended => local,
         (IpNet::V4(_), IpAddr::V6(_), nh @ IpAddr::V4(_)) => nh,
         (IpNet::V6(_), IpAddr::V4(_), nh @ IpAddr::V6(_)) => nh,
         (IpNet::V6(_), IpAddr::V4(v4), IpAddr::V4(_)) => IpAddr::V6(v4.to_ipv6_mapped()),
@@ -850,6 +880,7 @@ mod tests {
                 router_id: id,
                 local_address: v4("10.0.0.1"),
                 families: vec![Family::IPV4_UNICAST, Family::IPV6_UNICAST],
+                extended_next_hop: false,
             },
         );
         address
@@ -896,6 +927,7 @@ mod tests {
                 router_id: id,
                 local_address: v4("10.0.0.1"),
                 families: vec![Family::IPV4_UNICAST, Family::IPV6_UNICAST],
+                extended_next_hop: false,
             },
         );
         a
@@ -1444,6 +1476,7 @@ mod tests {
                 router_id: Ipv4Addr::new(10, 0, 0, 2),
                 local_address: v4("10.0.0.1"),
                 families: vec![Family::IPV4_UNICAST],
+                extended_next_hop: false,
             },
         );
         assert_eq!(out.len(), 1);
@@ -1467,6 +1500,7 @@ mod tests {
                 router_id: Ipv4Addr::new(10, 0, 0, v6.octets()[15]),
                 local_address: "fd00::1".parse().expect("v6"),
                 families: vec![Family::IPV6_UNICAST],
+                extended_next_hop: false,
             },
         );
         a
@@ -1532,6 +1566,91 @@ mod tests {
         }
     }
 
+    /// An unnumbered peer on interface `index`: the session from our `fe80::1`, both
+    /// families, RFC 8950 negotiated or not.
+    fn unnumbered(rib: &mut Rib, address: &str, asn: u32, index: u32, extended: bool) -> IpAddr {
+        let a: IpAddr = address.parse().expect("v6");
+        rib.add_peer(PeerInfo {
+            address: a,
+            asn,
+            rr_client: false,
+            link: Some(Link::Interface(index)),
+            policy: RoutePolicy::default(),
+        });
+        rib.session_up(
+            a,
+            SessionInfo {
+                router_id: Ipv4Addr::new(10, 9, 0, index as u8),
+                local_address: "fe80::1".parse().expect("v6"),
+                families: vec![Family::IPV4_UNICAST, Family::IPV6_UNICAST],
+                extended_next_hop: extended,
+            },
+        );
+        a
+    }
+
+    #[test]
+    fn ipv4_routes_take_ipv6_next_hops_only_where_rfc_8950_was_negotiated() {
+        let ours: IpAddr = "fe80::1".parse().expect("v6");
+        let mut rib = rib(None);
+        let tor = unnumbered(&mut rib, "fe80::a", 65001, 5, true);
+        let tor_ibgp = unnumbered(&mut rib, "fe80::b", ASN, 6, true);
+        let old_tor = unnumbered(&mut rib, "fe80::c", 65003, 7, false);
+        let other_tor = unnumbered(&mut rib, "fe80::d", 65004, 8, true);
+        let v4_ebgp = peer(&mut rib, "10.0.0.2", 65002, false);
+        let v4_ibgp = peer(&mut rib, "10.0.0.3", ASN, false);
+
+        // Our own block: our link-local address toward the RFC 8950 peers, eBGP and iBGP; the
+        // IPv4 node address toward the one without it (as before).
+        let block = net("10.244.0.0/26");
+        let ch = rib.announce_local(block, v4("10.0.0.1"));
+        for (to, want) in [
+            (tor, ours),
+            (tor_ibgp, ours),
+            (old_tor, v4("10.0.0.1")),
+            (v4_ebgp, v4("10.0.0.1")),
+        ] {
+            let [OutChange::Announce(_, out)] = &sent(&ch, to)[..] else {
+                panic!("to {to}: {ch:?}")
+            };
+            assert_eq!(out.next_hop, want, "to {to}");
+        }
+
+        // An IPv4 route from the ToR with its link-local next hop: best, via fe80::a.
+        let theirs = net("10.245.0.0/26");
+        let ll: IpAddr = "fe80::a".parse().expect("v6");
+        let ch = rib.update(tor, vec![(theirs, path(&[65001], "10.0.0.99"))], vec![]);
+        assert!(!ch.loc_rib.is_empty());
+        let p = Path::new(
+            PathAttributes {
+                origin: Some(Origin::Igp),
+                as_path: Some(AsPath::sequence(&[65001])),
+                ..Default::default()
+            },
+            ll,
+        );
+        let ch = rib.update(tor, vec![(theirs, p)], vec![]);
+        let best = rib.best(&theirs).expect("best");
+        assert_eq!(best.next_hop, ll);
+        // eBGP: our own address instead, of the family each session can carry (what they
+        // had already: nothing new to send).
+        for (to, want) in [(v4_ebgp, v4("10.0.0.1")), (other_tor, ours)] {
+            let out = rib.adj_out(to);
+            let Some((_, path)) = out.iter().find(|(p, _)| *p == theirs) else {
+                panic!("to {to}: {out:?}")
+            };
+            assert_eq!(path.next_hop, want, "to {to}");
+            assert!(sent(&ch, to).is_empty(), "to {to}: {ch:?}");
+        }
+        // iBGP keeps the next hop, and a peer without RFC 8950 cannot be given an IPv6 next
+        // hop for an IPv4 route at all (nor can another link's peer use fe80::a): the route,
+        // which went out with 10.0.0.99 before, is withdrawn from them.
+        for to in [v4_ibgp, tor_ibgp, old_tor] {
+            assert_eq!(sent(&ch, to), vec![OutChange::Withdraw(theirs)], "to {to}");
+            assert!(!rib.adj_out(to).iter().any(|(p, _)| *p == theirs));
+        }
+    }
+
     #[test]
     fn a_received_ipv6_next_hop_falls_back_to_the_link_local_one_only_when_needed() {
         let v6 = |s: &str| s.parse::<Ipv6Addr>().expect("address");
@@ -1548,9 +1667,9 @@ mod tests {
     fn ipv6_routes_toward_ebgp_over_an_ipv4_session_keep_an_ipv6_next_hop() {
         let nh: IpAddr = "fd00::1".parse().expect("v6");
         let prefix = net("fd00:244::/80");
-        assert_eq!(next_hop_self(v4("10.0.0.1"), &prefix, nh), nh);
+        assert_eq!(next_hop_self(v4("10.0.0.1"), &prefix, nh, false), nh);
         assert_eq!(
-            next_hop_self(v4("10.0.0.1"), &prefix, v4("10.0.0.1")),
+            next_hop_self(v4("10.0.0.1"), &prefix, v4("10.0.0.1"), false),
             IpAddr::V6(Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped())
         );
     }

@@ -21,6 +21,8 @@ pub mod code {
     pub const MULTIPROTOCOL: u8 = 1;
     /// Route Refresh (RFC 2918).
     pub const ROUTE_REFRESH: u8 = 2;
+    /// Extended Next Hop Encoding (RFC 8950).
+    pub const EXTENDED_NEXT_HOP: u8 = 5;
     /// Graceful Restart (RFC 4724).
     pub const GRACEFUL_RESTART: u8 = 64;
     /// Support for 4-octet AS numbers (RFC 6793).
@@ -119,6 +121,35 @@ impl GracefulRestartCap {
     }
 }
 
+/// One tuple of the Extended Next Hop Encoding capability (RFC 8950 §3): routes of the NLRI
+/// family may carry next hops of `next_hop_afi`.
+///
+/// ```text
+/// +-----------------------------------------------------+
+/// | NLRI AFI - 1 (2 octets)                             |
+/// | NLRI SAFI - 1 (2 octets)                            |
+/// | Nexthop AFI - 1 (2 octets)                          |
+/// +-----------------------------------------------------+  repeated
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ExtendedNextHop {
+    /// AFI of the NLRI (1 = IPv4).
+    pub nlri_afi: u16,
+    /// SAFI of the NLRI, two octets wide here (1 = unicast).
+    pub nlri_safi: u16,
+    /// AFI of the next hops it may carry (2 = IPv6).
+    pub next_hop_afi: u16,
+}
+
+impl ExtendedNextHop {
+    /// IPv4 unicast routes with IPv6 next hops: what BGP unnumbered needs.
+    pub const IPV4_UNICAST_VIA_IPV6: ExtendedNextHop = ExtendedNextHop {
+        nlri_afi: 1,
+        nlri_safi: 1,
+        next_hop_afi: 2,
+    };
+}
+
 /// A capability.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Capability {
@@ -126,6 +157,9 @@ pub enum Capability {
     Multiprotocol(Family),
     /// Route Refresh (RFC 2918).
     RouteRefresh,
+    /// Extended Next Hop Encoding (RFC 8950): the NLRI / next-hop family pairs the sender
+    /// accepts.
+    ExtendedNextHop(Vec<ExtendedNextHop>),
     /// Graceful Restart (RFC 4724).
     GracefulRestart(GracefulRestartCap),
     /// The sender's real AS number (RFC 6793).
@@ -161,6 +195,19 @@ impl Capability {
                 Capability::Multiprotocol(Family::new(u16::from_be_bytes([*a, *b]), *safi))
             }
             (code::ROUTE_REFRESH, []) => Capability::RouteRefresh,
+            // RFC 8950 §3: a whole number of 6-octet tuples, at least one.
+            (code::EXTENDED_NEXT_HOP, tuples) if !tuples.is_empty() && tuples.len() % 6 == 0 => {
+                Capability::ExtendedNextHop(
+                    tuples
+                        .chunks_exact(6)
+                        .map(|c| ExtendedNextHop {
+                            nlri_afi: u16::from_be_bytes([c[0], c[1]]),
+                            nlri_safi: u16::from_be_bytes([c[2], c[3]]),
+                            next_hop_afi: u16::from_be_bytes([c[4], c[5]]),
+                        })
+                        .collect(),
+                )
+            }
             (code::FOUR_OCTET_AS, [a, b, c, d]) => {
                 Capability::FourOctetAs(u32::from_be_bytes([*a, *b, *c, *d]))
             }
@@ -180,7 +227,7 @@ impl Capability {
                 })
             }
             (code::MULTIPROTOCOL | code::ROUTE_REFRESH | code::FOUR_OCTET_AS, _)
-            | (code::GRACEFUL_RESTART, _) => {
+            | (code::GRACEFUL_RESTART | code::EXTENDED_NEXT_HOP, _) => {
                 // A known capability with a length its RFC does not allow.
                 let mut data = vec![code, value.len() as u8];
                 data.extend_from_slice(value);
@@ -200,6 +247,18 @@ impl Capability {
                 (code::MULTIPROTOCOL, vec![a, b, 0, f.safi])
             }
             Capability::RouteRefresh => (code::ROUTE_REFRESH, Vec::new()),
+            Capability::ExtendedNextHop(tuples) => (
+                code::EXTENDED_NEXT_HOP,
+                tuples
+                    .iter()
+                    .flat_map(|t| {
+                        let [a, b] = t.nlri_afi.to_be_bytes();
+                        let [c, d] = t.nlri_safi.to_be_bytes();
+                        let [e, f] = t.next_hop_afi.to_be_bytes();
+                        [a, b, c, d, e, f]
+                    })
+                    .collect(),
+            ),
             Capability::FourOctetAs(asn) => (code::FOUR_OCTET_AS, asn.to_be_bytes().to_vec()),
             Capability::GracefulRestart(gr) => {
                 let time = gr.restart_time.min(GracefulRestartCap::MAX_RESTART_TIME);
@@ -257,6 +316,47 @@ mod tests {
     #[test]
     fn route_refresh_has_no_value() {
         assert_eq!(round_trip(Capability::RouteRefresh), [2, 0]);
+    }
+
+    #[test]
+    fn extended_next_hop_carries_afi_safi_next_hop_afi_tuples() {
+        assert_eq!(
+            round_trip(Capability::ExtendedNextHop(vec![
+                ExtendedNextHop::IPV4_UNICAST_VIA_IPV6
+            ])),
+            [5, 6, 0, 1, 0, 1, 0, 2]
+        );
+        // Several tuples, one of a family we do not carry (kept as received).
+        let other = ExtendedNextHop {
+            nlri_afi: 1,
+            nlri_safi: 128,
+            next_hop_afi: 2,
+        };
+        assert_eq!(
+            round_trip(Capability::ExtendedNextHop(vec![
+                ExtendedNextHop::IPV4_UNICAST_VIA_IPV6,
+                other
+            ])),
+            [5, 12, 0, 1, 0, 1, 0, 2, 0, 1, 0, 128, 0, 2]
+        );
+    }
+
+    #[test]
+    fn extended_next_hop_of_a_length_not_a_multiple_of_six_is_an_open_error() {
+        let mut out = Vec::new();
+        for bad in [
+            &[5u8, 0][..],
+            &[5, 4, 0, 1, 0, 1],
+            &[5, 7, 0, 1, 0, 1, 0, 2, 0],
+            &[5, 11, 0, 1, 0, 1, 0, 2, 0, 1, 0, 1, 0],
+        ] {
+            let err = Capability::decode_all(bad, &mut out).expect_err("rejected");
+            assert_eq!(err.subcode, OpenSubcode::Unspecific, "{bad:?}");
+            assert_eq!(err.data, bad, "the capability as received");
+        }
+        // A tuple cut short by the parameter's end.
+        assert!(Capability::decode_all(&[5, 6, 0, 1, 0, 1], &mut out).is_err());
+        assert!(out.is_empty());
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub mod update;
 mod proptests;
 
 pub use attr::{Aggregator, AsPath, Origin, PathAttributes, RawAttribute, Segment, SegmentKind};
-pub use capability::{Capability, Family, GrFamily, GracefulRestartCap};
+pub use capability::{Capability, ExtendedNextHop, Family, GrFamily, GracefulRestartCap};
 pub use notification::{
     CeaseSubcode, FsmSubcode, HeaderSubcode, Notification, OpenSubcode, UpdateSubcode,
 };

@@ -98,6 +98,14 @@ impl Open {
             .any(|c| matches!(c, Capability::RouteRefresh))
     }
 
+    /// Whether the sender accepts routes of `tuple`'s NLRI family with next hops of its next-hop
+    /// family (the Extended Next Hop Encoding capability, RFC 8950 §3).
+    pub fn extended_next_hop(&self, tuple: super::ExtendedNextHop) -> bool {
+        self.capabilities
+            .iter()
+            .any(|c| matches!(c, Capability::ExtendedNextHop(t) if t.contains(&tuple)))
+    }
+
     /// The graceful restart capability, if sent.
     pub fn graceful_restart(&self) -> Option<&GracefulRestartCap> {
         self.capabilities.iter().find_map(|c| match c {

@@ -44,7 +44,20 @@ fn capability() -> impl Strategy<Value = Capability> {
                 gr.notification = n;
                 Capability::GracefulRestart(gr)
             }),
-        (3u8..64, vec(any::<u8>(), 0..8))
+        vec(
+            (any::<u16>(), any::<u16>(), any::<u16>()).prop_map(|(a, s, n)| ExtendedNextHop {
+                nlri_afi: a,
+                nlri_safi: s,
+                next_hop_afi: n,
+            }),
+            1..4
+        )
+        .prop_map(Capability::ExtendedNextHop),
+        // Codes we do not interpret (5, Extended Next Hop, is one we do).
+        (
+            (3u8..64).prop_filter("not a known code", |c| *c != 5),
+            vec(any::<u8>(), 0..8)
+        )
             .prop_map(|(code, value)| Capability::Unknown { code, value }),
     ]
 }
@@ -200,6 +213,16 @@ fn mp_reach() -> impl Strategy<Value = MpReach> {
             vec(v6net(), 0..10)
         )
             .prop_map(|(nh, ll, nlri)| MpReach::Ipv6 {
+                next_hop: nh.into(),
+                link_local: ll.map(Ipv6Addr::from),
+                nlri
+            }),
+        (
+            any::<u128>(),
+            option::of(any::<u128>()),
+            vec(v4net(), 0..10)
+        )
+            .prop_map(|(nh, ll, nlri)| MpReach::Ipv4ViaIpv6 {
                 next_hop: nh.into(),
                 link_local: ll.map(Ipv6Addr::from),
                 nlri

@@ -46,6 +46,17 @@ pub enum MpReach {
         /// Announced prefixes.
         nlri: Vec<Ipv4Net>,
     },
+    /// IPv4 unicast with an IPv6 next hop (RFC 8950 §4, the Extended Next Hop Encoding
+    /// capability on both sides): a global next hop and optionally a link-local one, laid out
+    /// as for IPv6 routes (next hop length 16 or 32).
+    Ipv4ViaIpv6 {
+        /// Global next hop (over an unnumbered link, the link-local address here too).
+        next_hop: Ipv6Addr,
+        /// Link-local next hop (next hop length 32).
+        link_local: Option<Ipv6Addr>,
+        /// Announced prefixes.
+        nlri: Vec<Ipv4Net>,
+    },
     /// IPv6 unicast (RFC 2545): a global next hop and optionally a link-local one.
     Ipv6 {
         /// Global next hop.
@@ -65,7 +76,7 @@ impl MpReach {
     /// The family.
     pub fn family(&self) -> Family {
         match self {
-            Self::Ipv4 { .. } => Family::IPV4_UNICAST,
+            Self::Ipv4 { .. } | Self::Ipv4ViaIpv6 { .. } => Family::IPV4_UNICAST,
             Self::Ipv6 { .. } => Family::IPV6_UNICAST,
         }
     }
@@ -73,7 +84,9 @@ impl MpReach {
     /// The announced prefixes.
     pub fn prefixes(&self) -> Vec<IpNet> {
         match self {
-            Self::Ipv4 { nlri, .. } => nlri.iter().copied().map(IpNet::V4).collect(),
+            Self::Ipv4 { nlri, .. } | Self::Ipv4ViaIpv6 { nlri, .. } => {
+                nlri.iter().copied().map(IpNet::V4).collect()
+            }
             Self::Ipv6 { nlri, .. } => nlri.iter().copied().map(IpNet::V6).collect(),
         }
     }
@@ -94,20 +107,23 @@ impl MpReach {
         }
         let nlri = cur.rest();
         if family == Family::IPV4_UNICAST {
-            let next_hop = match nh {
-                [a, b, c, d] => Ipv4Addr::new(*a, *b, *c, *d),
-                _ => return Err(MalformedMp),
-            };
+            if let [a, b, c, d] = nh {
+                let nlri = prefix::decode_v4(nlri).map_err(|_| MalformedMp)?;
+                return Ok(Some(Self::Ipv4 {
+                    next_hop: Ipv4Addr::new(*a, *b, *c, *d),
+                    nlri,
+                }));
+            }
+            // RFC 8950 §4: an IPv6 next hop, 16 or 32 octets; any other length is malformed.
+            let (next_hop, link_local) = ipv6_next_hops(nh)?;
             let nlri = prefix::decode_v4(nlri).map_err(|_| MalformedMp)?;
-            Ok(Some(Self::Ipv4 { next_hop, nlri }))
+            Ok(Some(Self::Ipv4ViaIpv6 {
+                next_hop,
+                link_local,
+                nlri,
+            }))
         } else if family == Family::IPV6_UNICAST {
-            let addr = |b: &[u8]| <[u8; 16]>::try_from(b).map(Ipv6Addr::from).ok();
-            let (next_hop, link_local) = match nh.len() {
-                16 => (addr(nh), None),
-                32 => (addr(&nh[..16]), addr(&nh[16..])),
-                _ => return Err(MalformedMp),
-            };
-            let next_hop = next_hop.ok_or(MalformedMp)?;
+            let (next_hop, link_local) = ipv6_next_hops(nh)?;
             let nlri = prefix::decode_v6(nlri).map_err(|_| MalformedMp)?;
             Ok(Some(Self::Ipv6 {
                 next_hop,
@@ -133,17 +149,22 @@ impl MpReach {
                     prefix::encode_v4(n, &mut v);
                 }
             }
+            Self::Ipv4ViaIpv6 {
+                next_hop,
+                link_local,
+                nlri,
+            } => {
+                put_ipv6_next_hops(*next_hop, *link_local, &mut v);
+                for n in nlri {
+                    prefix::encode_v4(n, &mut v);
+                }
+            }
             Self::Ipv6 {
                 next_hop,
                 link_local,
                 nlri,
             } => {
-                v.push(if link_local.is_some() { 32 } else { 16 });
-                v.extend_from_slice(&next_hop.octets());
-                if let Some(ll) = link_local {
-                    v.extend_from_slice(&ll.octets());
-                }
-                v.push(0);
+                put_ipv6_next_hops(*next_hop, *link_local, &mut v);
                 for n in nlri {
                     prefix::encode_v6(n, &mut v);
                 }
@@ -151,6 +172,28 @@ impl MpReach {
         }
         v
     }
+}
+
+/// An IPv6 next-hop field (RFC 2545 §3, RFC 8950 §4): a global address, and a link-local one
+/// when it is 32 octets long.
+fn ipv6_next_hops(nh: &[u8]) -> Result<(Ipv6Addr, Option<Ipv6Addr>), MalformedMp> {
+    let addr = |b: &[u8]| <[u8; 16]>::try_from(b).map(Ipv6Addr::from).ok();
+    let (next_hop, link_local) = match nh.len() {
+        16 => (addr(nh), None),
+        32 => (addr(&nh[..16]), addr(&nh[16..])),
+        _ => return Err(MalformedMp),
+    };
+    Ok((next_hop.ok_or(MalformedMp)?, link_local))
+}
+
+/// Appends the next-hop length, the IPv6 next hop(s) and the reserved octet.
+fn put_ipv6_next_hops(next_hop: Ipv6Addr, link_local: Option<Ipv6Addr>, v: &mut Vec<u8>) {
+    v.push(if link_local.is_some() { 32 } else { 16 });
+    v.extend_from_slice(&next_hop.octets());
+    if let Some(ll) = link_local {
+        v.extend_from_slice(&ll.octets());
+    }
+    v.push(0);
 }
 
 /// MP_UNREACH_NLRI for a family we carry.
@@ -455,6 +498,35 @@ pub fn announce_v6(
         .collect())
 }
 
+/// UPDATEs announcing IPv4 `prefixes` in MP_REACH_NLRI with an IPv6 next hop (RFC 8950: only
+/// to a peer that sent the Extended Next Hop Encoding capability for IPv4 unicast), each within
+/// 4096 octets. `attrs` must not carry NEXT_HOP.
+pub fn announce_v4_via_v6(
+    attrs: &PathAttributes,
+    next_hop: Ipv6Addr,
+    link_local: Option<Ipv6Addr>,
+    prefixes: &[Ipv4Net],
+    cx: &Context,
+) -> Result<Vec<Update>, EncodeError> {
+    let mp_overhead = 4 + 4 + if link_local.is_some() { 32 } else { 16 } + 1;
+    let base = attrs_len(attrs, cx)? + mp_overhead;
+    let room = BODY_ROOM
+        .checked_sub(base)
+        .ok_or(EncodeError::TooLong(base))?;
+    Ok(chunks(prefixes, room, prefix::encoded_len_v4)
+        .into_iter()
+        .map(|c| Update {
+            attributes: attrs.clone(),
+            mp_reach: Some(MpReach::Ipv4ViaIpv6 {
+                next_hop,
+                link_local,
+                nlri: c.to_vec(),
+            }),
+            ..Default::default()
+        })
+        .collect())
+}
+
 /// UPDATEs withdrawing IPv4 `prefixes`.
 pub fn withdraw_v4(prefixes: &[Ipv4Net]) -> Vec<Update> {
     chunks(prefixes, BODY_ROOM, prefix::encoded_len_v4)
@@ -623,6 +695,120 @@ mod tests {
         assert_eq!(
             decode(&bytes, &cx()),
             Ok(Decoded::Message(Message::Update(u)))
+        );
+    }
+
+    #[test]
+    fn ipv4_routes_travel_in_mp_reach_nlri_with_an_ipv6_next_hop_rfc_8950() {
+        let ll: Ipv6Addr = "fe80::1".parse().expect("v6");
+        let attrs = PathAttributes {
+            next_hop: None,
+            ..basic()
+        };
+        // 32 octets: global and link-local (over an unnumbered link both are the link-local).
+        let reach = MpReach::Ipv4ViaIpv6 {
+            next_hop: ll,
+            link_local: Some(ll),
+            nlri: vec![v4("10.245.0.0/26")],
+        };
+        let mut value = vec![0, 1, 1, 32];
+        value.extend_from_slice(&ll.octets());
+        value.extend_from_slice(&ll.octets());
+        value.extend_from_slice(&[0, 26, 10, 245, 0, 0]);
+        assert_eq!(reach.encode_value(), value);
+        assert_eq!(reach.family(), Family::IPV4_UNICAST);
+        assert_eq!(reach.prefixes(), vec![IpNet::V4(v4("10.245.0.0/26"))]);
+        let u = Update {
+            attributes: attrs.clone(),
+            mp_reach: Some(reach),
+            ..Default::default()
+        };
+        let bytes = encode(&Message::Update(u.clone()), &cx()).expect("encodes");
+        assert_eq!(
+            decode(&bytes, &cx()),
+            Ok(Decoded::Message(Message::Update(u)))
+        );
+        // 16 octets: one global next hop.
+        let u = Update {
+            attributes: attrs,
+            mp_reach: Some(MpReach::Ipv4ViaIpv6 {
+                next_hop: "fd00::9".parse().expect("v6"),
+                link_local: None,
+                nlri: vec![v4("10.1.0.0/16"), v4("10.2.3.0/24")],
+            }),
+            ..Default::default()
+        };
+        let bytes = encode(&Message::Update(u.clone()), &cx()).expect("encodes");
+        assert_eq!(
+            decode(&bytes, &cx()),
+            Ok(Decoded::Message(Message::Update(u)))
+        );
+    }
+
+    #[test]
+    fn ipv4_withdrawals_travel_in_mp_unreach_nlri() {
+        let attrs = [0x80, 15, 8, 0, 1, 1, 26, 10, 245, 0, 0];
+        let Ok(Decoded::Message(Message::Update(u))) =
+            decode(&update_bytes(&[], &attrs, &[]), &cx())
+        else {
+            panic!("decodes")
+        };
+        assert_eq!(
+            u.mp_unreach,
+            Some(MpUnreach::Ipv4(vec![v4("10.245.0.0/26")]))
+        );
+        assert_eq!(u.is_end_of_rib(), None);
+        assert_eq!(u.all_prefixes(), vec![IpNet::V4(v4("10.245.0.0/26"))]);
+        // Empty: the IPv4 End-of-RIB as an MP speaker may send it.
+        let Ok(Decoded::Message(Message::Update(u))) =
+            decode(&update_bytes(&[], &[0x80, 15, 3, 0, 1, 1], &[]), &cx())
+        else {
+            panic!("decodes")
+        };
+        assert_eq!(u.is_end_of_rib(), Some(Family::IPV4_UNICAST));
+    }
+
+    #[test]
+    fn an_ipv4_mp_reach_next_hop_of_another_length_resets_the_session() {
+        // IPv4 NLRI: 4 (IPv4), 16 or 32 (IPv6) octets of next hop; 8, 12, 24 and 0 are not.
+        for len in [0u8, 8, 12, 24, 33] {
+            let mut mp = vec![0x80, 14, 4 + len + 1 + 4, 0, 1, 1, len];
+            mp.extend(std::iter::repeat_n(0xfe, usize::from(len)));
+            mp.extend_from_slice(&[0, 24, 10, 0, 0]);
+            let attrs = [&basic_attrs()[..], &mp].concat();
+            let n = decode(&update_bytes(&[], &attrs, &[]), &cx())
+                .expect_err("reset")
+                .notification();
+            assert_eq!((n.code, n.subcode), (3, 9), "next hop length {len}");
+        }
+        // A 32-octet next hop cut short by the attribute's end.
+        let mut mp = vec![0x80, 14, 4 + 20, 0, 1, 1, 32];
+        mp.extend(std::iter::repeat_n(0xfe, 20));
+        let attrs = [&basic_attrs()[..], &mp].concat();
+        assert!(decode(&update_bytes(&[], &attrs, &[]), &cx()).is_err());
+    }
+
+    #[test]
+    fn large_ipv4_announcements_with_ipv6_next_hops_are_split_to_fit_4096_octets() {
+        let prefixes: Vec<Ipv4Net> = (0..2000u32)
+            .map(|i| Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 + (i << 8)), 24).expect("net"))
+            .collect();
+        let attrs = PathAttributes {
+            next_hop: None,
+            ..basic()
+        };
+        let ll: Ipv6Addr = "fe80::1".parse().expect("v6");
+        let updates = announce_v4_via_v6(&attrs, ll, Some(ll), &prefixes, &cx()).expect("fits");
+        assert!(updates.len() > 1);
+        let mut seen = Vec::new();
+        for u in &updates {
+            let bytes = encode(&Message::Update(u.clone()), &cx()).expect("each fits");
+            assert!(bytes.len() <= 4096);
+            seen.extend(u.mp_reach.as_ref().expect("mp_reach").prefixes());
+        }
+        assert_eq!(
+            seen,
+            prefixes.iter().copied().map(IpNet::V4).collect::<Vec<_>>()
         );
     }
 

@@ -147,14 +147,25 @@ pub(super) fn encode_changes(
                 IpNet::V6(p) => v6.push(p),
             }
         }
-        if !v4.is_empty()
-            && let IpAddr::V4(next_hop) = path.next_hop
-        {
-            let mut attrs = (*path.attrs).clone();
-            attrs.next_hop = Some(next_hop);
-            match update::announce_v4(&attrs, &v4, cx) {
-                Ok(u) => updates.extend(u),
-                Err(e) => warn!(error = %e, "cannot encode IPv4 announcement"),
+        if !v4.is_empty() {
+            match path.next_hop {
+                IpAddr::V4(next_hop) => {
+                    let mut attrs = (*path.attrs).clone();
+                    attrs.next_hop = Some(next_hop);
+                    match update::announce_v4(&attrs, &v4, cx) {
+                        Ok(u) => updates.extend(u),
+                        Err(e) => warn!(error = %e, "cannot encode IPv4 announcement"),
+                    }
+                }
+                // RFC 8950 (the RIB gives an IPv4 route an IPv6 next hop only on a session
+                // that negotiated it): MP_REACH_NLRI, next hop fields as for IPv6 routes.
+                IpAddr::V6(v6) => {
+                    let (next_hop, link_local) = v6_next_hop(link_local, unnumbered, v6);
+                    match update::announce_v4_via_v6(&path.attrs, next_hop, link_local, &v4, cx) {
+                        Ok(u) => updates.extend(u),
+                        Err(e) => warn!(error = %e, "cannot encode IPv4 announcement"),
+                    }
+                }
             }
         }
         if !v6.is_empty() {
@@ -283,6 +294,57 @@ mod tests {
         let theirs: Ipv6Addr = "fe80::7".parse().unwrap_or(Ipv6Addr::UNSPECIFIED);
         assert_eq!(link_local_for(Some((global, ll)), theirs), Some(theirs));
         assert_eq!(link_local_for(None, theirs), Some(theirs));
+    }
+
+    #[test]
+    fn an_ipv4_route_with_an_ipv6_next_hop_goes_in_mp_reach_nlri() {
+        use crate::codec::{Decoded, MpReach, PathAttributes};
+        let v6 = |s: &str| s.parse::<Ipv6Addr>().unwrap_or(Ipv6Addr::UNSPECIFIED);
+        let (global, ll) = (v6("fd00:99::12"), v6("fe80::2"));
+        let block: IpNet = "10.244.0.0/26".parse().expect("net");
+        let cx = Context {
+            four_octet_as: true,
+        };
+        let decoded = |encoded: Encoded| {
+            let Ok(Decoded::Message(Message::Update(u))) = codec::decode(&encoded.bytes, &cx)
+            else {
+                panic!("one UPDATE: {encoded:?}")
+            };
+            u
+        };
+        let attrs = PathAttributes {
+            origin: Some(codec::Origin::Igp),
+            as_path: Some(codec::AsPath::sequence(&[64512])),
+            ..Default::default()
+        };
+        let path = Path::new(attrs.clone(), IpAddr::V6(ll));
+        let changes = [OutChange::Announce(block, path)];
+        // Unnumbered: our link-local address in both fields; no NEXT_HOP, no IPv4 NLRI field.
+        let u = decoded(encode_changes(&changes, &cx, Some((global, ll)), true));
+        let IpNet::V4(v4) = block else { panic!("v4") };
+        assert_eq!(
+            u.mp_reach,
+            Some(MpReach::Ipv4ViaIpv6 {
+                next_hop: ll,
+                link_local: Some(ll),
+                nlri: vec![v4],
+            })
+        );
+        assert!(u.nlri.is_empty() && u.attributes.next_hop.is_none());
+        // Without a global address of ours (an IPv4-only node): the same.
+        let u = decoded(encode_changes(&changes, &cx, None, true));
+        assert!(matches!(
+            u.mp_reach,
+            Some(MpReach::Ipv4ViaIpv6 { next_hop, link_local: Some(l), .. }) if next_hop == ll && l == ll
+        ));
+        // A numbered IPv6 session (RFC 8950 configured): global and link-local.
+        let path = Path::new(attrs, IpAddr::V6(global));
+        let changes = [OutChange::Announce(block, path)];
+        let u = decoded(encode_changes(&changes, &cx, Some((global, ll)), false));
+        assert!(matches!(
+            u.mp_reach,
+            Some(MpReach::Ipv4ViaIpv6 { next_hop, link_local: Some(l), .. }) if next_hop == global && l == ll
+        ));
     }
 
     #[test]

@@ -207,6 +207,13 @@ pub struct PeerConfig {
     /// `link_local_next_hop` carry the link-local address in both of its fields: the peer has
     /// no route to a global one. None for a global peer address.
     pub scope_id: Option<u32>,
+    /// Advertise the Extended Next Hop Encoding capability for IPv4 unicast with IPv6 next
+    /// hops (RFC 8950) to a peer with a global address too; an unnumbered peer always gets
+    /// it. With the peer's capability as well, IPv4 routes travel in MP_REACH_NLRI with our
+    /// IPv6 address on the session as next hop, and the peer's IPv4 routes with IPv6 next
+    /// hops are taken; without it, IPv4 routes keep IPv4 next hops (and an unnumbered session
+    /// carries none: its link has no IPv4 addresses).
+    pub extended_next_hop: bool,
 }
 
 /// The most prefixes a peer may have in its Adj-RIB-In, all families together. One more
@@ -237,12 +244,19 @@ impl PeerConfig {
             password: None,
             link_local_next_hop: None,
             scope_id: None,
+            extended_next_hop: false,
         }
     }
 
     /// Whether the session runs over a link-local address (see [`PeerConfig::scope_id`]).
     pub fn is_unnumbered(&self) -> bool {
         matches!(self.address, IpAddr::V6(a) if a.is_unicast_link_local())
+    }
+
+    /// Whether our OPEN offers RFC 8950 (IPv4 routes with IPv6 next hops) to this peer: to
+    /// an unnumbered one always, to another IPv6 one when configured.
+    pub fn offers_extended_next_hop(&self) -> bool {
+        self.is_unnumbered() || (self.extended_next_hop && self.address.is_ipv6())
     }
 }
 

@@ -17,8 +17,8 @@ use tracing::{debug, info, warn};
 use super::writer::{Encoded, Export, SentCounts, SessionOut, Writer};
 use super::{Core, Failure, MaxPrefixes, PeerConfig, PeerStatus, Shared, canonical};
 use crate::codec::{
-    self, Capability, CeaseSubcode, Context, DecodeError, Decoded, Family, GrFamily,
-    GracefulRestartCap, Message, Notification, Open, Update,
+    self, Capability, CeaseSubcode, Context, DecodeError, Decoded, ExtendedNextHop, Family,
+    GrFamily, GracefulRestartCap, Message, Notification, Open, Update,
 };
 use crate::fsm::{Action, Event, Fsm, FsmConfig, State, Timer};
 use crate::rib::{OutChange, Path, SessionInfo};
@@ -134,6 +134,8 @@ pub(super) struct PeerTask {
     pub(super) families: Vec<Family>,
     /// The peer's graceful restart capability, if both sides have it.
     pub(super) peer_gr: Option<GracefulRestartCap>,
+    /// Both sides offered RFC 8950 for IPv4 unicast: IPv4 routes with IPv6 next hops travel.
+    pub(super) extended_next_hop: bool,
     /// Our OPEN already went out on the connection being adopted.
     pub(super) open_sent: bool,
     /// A write failed: the transport is gone.
@@ -189,6 +191,7 @@ impl PeerTask {
             generation: 0,
             families: Vec::new(),
             peer_gr: None,
+            extended_next_hop: false,
             open_sent: false,
             broken: false,
             status,
@@ -654,6 +657,11 @@ impl PeerTask {
             Capability::RouteRefresh,
             Capability::FourOctetAs(config.asn),
         ]);
+        if self.config.offers_extended_next_hop() {
+            capabilities.push(Capability::ExtendedNextHop(vec![
+                ExtendedNextHop::IPV4_UNICAST_VIA_IPV6,
+            ]));
+        }
         if config.graceful_restart {
             // R and F bits: set after a restart that kept the forwarding state of the family
             // (RFC 4724 §3; clear on a fresh start, when nothing was kept). The R bit stays on
@@ -739,6 +747,22 @@ impl PeerTask {
             .into_iter()
             .filter(|f| f.is_supported() && ours.contains(f))
             .collect();
+        // RFC 8950 §3: IPv4 routes may carry IPv6 next hops once both sides said so.
+        self.extended_next_hop = self.config.offers_extended_next_hop()
+            && self.families.contains(&Family::IPV4_UNICAST)
+            && open.extended_next_hop(ExtendedNextHop::IPV4_UNICAST_VIA_IPV6);
+        if self.config.is_unnumbered()
+            && !self.extended_next_hop
+            && self.families.contains(&Family::IPV4_UNICAST)
+        {
+            // The link has no IPv4 addresses: an IPv4 next hop either way would name nothing
+            // the peer (or we) can reach on it. IPv4 unicast stays unused on this session.
+            info!(
+                peer = %self.address(),
+                "the unnumbered peer did not offer the Extended Next Hop capability (RFC 8950): no IPv4 routes on this session"
+            );
+            self.families.retain(|f| *f != Family::IPV4_UNICAST);
+        }
         self.peer_gr = if self.shared.config.graceful_restart {
             open.graceful_restart().cloned()
         } else {
@@ -782,6 +806,7 @@ impl PeerTask {
                     router_id: open.bgp_id,
                     local_address: local,
                     families: self.families.clone(),
+                    extended_next_hop: self.extended_next_hop,
                 },
             );
             // RFC 4724 §4.2: stale routes of families whose forwarding state the peer did not
@@ -810,7 +835,7 @@ impl PeerTask {
             let wait = self.peer_gr.as_ref().map_or(0, |g| g.restart_time());
             self.timers.stale = Some(now + Duration::from_secs(u64::from(wait.max(1))));
         }
-        info!(peer = %address, families = ?self.families, held = self.held, "session established");
+        info!(peer = %address, families = ?self.families, extended_next_hop = self.extended_next_hop, held = self.held, "session established");
         if self.held {
             return;
         }
@@ -851,6 +876,7 @@ impl PeerTask {
         warn!(peer = %address, graceful_restart = keep, %reason, "session down");
         self.generation = 0;
         self.held = false;
+        self.extended_next_hop = false;
         self.status.reset_session_counts();
         self.sent.new_session();
         self.status.established_at = None;
@@ -926,6 +952,35 @@ impl PeerTask {
                         IpNet::V4(*prefix),
                         Path::shared(attrs.clone(), IpAddr::V4(*next_hop)),
                     ));
+                }
+            }
+            Some(codec::MpReach::Ipv4ViaIpv6 {
+                next_hop,
+                link_local,
+                nlri,
+            }) => {
+                if self.extended_next_hop {
+                    // A link-local next hop is tied to the session's interface, as for IPv6.
+                    let next_hop = crate::rib::received_ipv6_next_hop(*next_hop, *link_local);
+                    for prefix in nlri {
+                        announced.push((
+                            IpNet::V4(*prefix),
+                            Path::shared(attrs.clone(), IpAddr::V6(next_hop)),
+                        ));
+                    }
+                } else {
+                    // IPv6 next hops for IPv4 routes were not agreed (RFC 8950 §3): nothing
+                    // here is installable, and an earlier route for the prefixes is gone.
+                    warn!(
+                        peer = %address,
+                        prefixes = nlri.len(),
+                        "IPv4 routes with an IPv6 next hop, but the Extended Next Hop capability was not negotiated: treated as withdrawn"
+                    );
+                    self.note_error(
+                        "IPv4 routes with IPv6 next hops without RFC 8950 negotiated: treated as withdrawn"
+                            .into(),
+                    );
+                    withdrawn.extend(nlri.iter().copied().map(IpNet::V4));
                 }
             }
             Some(codec::MpReach::Ipv6 {
