@@ -189,6 +189,13 @@ pub struct Args {
     /// period's SIGKILL.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, hide = true)]
     late_start_sigterm: bool,
+    /// How long a container that starts during its pod's grace period is given to set a TERM
+    /// handler before its SIGTERM goes anyway (`500ms`, `2s`), when its process is the init of
+    /// its own PID namespace (a containerd container's PID 1): the kernel drops a signal such
+    /// an init has no handler for, so a shell that has not set its trap yet would miss it and
+    /// run until the grace period's SIGKILL. 0s: signal at once.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    late_start_term_wait: Duration,
 }
 
 /// The container runtimes.
@@ -347,6 +354,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         pod_max_pids,
         api_wait: trellis_api::cluster::ApiWait::with_timeout_secs(args.api_wait_timeout),
         late_start_sigterm: args.late_start_sigterm,
+        late_start_term_wait: args.late_start_term_wait,
         serving: trellis_kubelet::serving::Rotation {
             enabled: args.rotate_server_certificates,
             renew_fraction: args.serving_cert_renew_fraction,
@@ -392,7 +400,7 @@ pub(crate) fn pem_certificate(der: &[u8]) -> String {
     out
 }
 
-/// `90s`, `2m`, `1h` or plain seconds.
+/// `500ms`, `90s`, `2m`, `1h` or plain seconds.
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
@@ -403,10 +411,11 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| format!("{s:?} is not a duration"))?;
     let scale = match unit {
+        "ms" => return Ok(Duration::from_millis(n)),
         "s" => 1,
         "m" => 60,
         "h" => 3600,
-        _ => return Err(format!("{s:?}: the unit is s, m or h")),
+        _ => return Err(format!("{s:?}: the unit is ms, s, m or h")),
     };
     let secs = n
         .checked_mul(scale)
@@ -442,5 +451,28 @@ mod tests {
             .to_string();
         assert!(e.contains("systemd cgroup driver is not supported"), "{e}");
         assert!(parse(&["--cgroup-driver", "other"]).is_err());
+    }
+
+    #[test]
+    fn the_late_start_term_wait_is_2s_by_default_and_takes_ms_s_and_0s() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["kubelet", "--kubeconfig", "/k"];
+            argv.extend_from_slice(extra);
+            Cli::try_parse_from(argv).map(|c| c.args.late_start_term_wait)
+        };
+        assert_eq!(parse(&[]).unwrap(), Duration::from_secs(2));
+        assert_eq!(
+            parse(&["--late-start-term-wait=0s"]).unwrap(),
+            Duration::ZERO
+        );
+        assert_eq!(
+            parse(&["--late-start-term-wait", "500ms"]).unwrap(),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            parse(&["--late-start-term-wait", "5"]).unwrap(),
+            Duration::from_secs(5)
+        );
+        assert!(parse(&["--late-start-term-wait", "2x"]).is_err());
     }
 }

@@ -96,6 +96,11 @@ pub struct Config {
     /// once its process exists (upstream's behaviour); false only in tests, as the negative
     /// control: such a container then runs until the grace period's SIGKILL.
     pub late_start_sigterm: bool,
+    /// How long a late-started container whose PID 1 is its PID namespace's init (a
+    /// containerd container) is given to set a TERM handler before its SIGTERM goes anyway
+    /// (`--late-start-term-wait`, 2 s): the kernel drops a signal such an init has no handler
+    /// for. Zero: signalled at once, handler or not.
+    pub late_start_term_wait: Duration,
     /// How the serving certificate of the HTTPS port is renewed ([`serving`]).
     pub serving: serving::Rotation,
 }

@@ -155,10 +155,6 @@ const MIN_PASS_GAP: Duration = Duration::from_millis(5);
 
 /// How often a terminating pod is looked at (its processes gone, its grace period over).
 const TERMINATING_POLL: Duration = Duration::from_millis(200);
-/// How long a late-started container's PID 1 is given to set a TERM handler before its
-/// SIGTERM goes anyway (see [`sigterm_dropped`]).
-const LATE_TERM_WAIT: Duration = Duration::from_secs(2);
-
 /// Whether the kernel would drop a SIGTERM sent to the process with this `/proc/<pid>/status`
 /// now: the init of its own PID namespace (a container's PID 1) gets from outside only the
 /// signals it has a handler for, and a just-started shell has not set its trap yet. Such a
@@ -1741,27 +1737,37 @@ impl PodSync {
                 local.terminating_since = Some(Instant::now());
             }
             let since = local.terminating_since.unwrap_or_else(Instant::now);
+            let wait = self.ctx.cfg.late_start_term_wait;
             // A container still being created when the SIGTERM went out gets it once its
             // process exists (or not at all, if its start failed).
             local.term_pending.retain(|n| {
+                let mut dropped = false;
                 match rt.latest(&sb, n) {
                     Some((_, RunState::Running { pid: None, .. })) => return true,
                     // Its PID 1 runs but has no TERM handler yet: a SIGTERM now would be lost.
-                    // Given LATE_TERM_WAIT to set one (a shell's trap), then sent anyway.
+                    // Given `--late-start-term-wait` to set one (a shell's trap), then sent
+                    // anyway.
                     Some((
                         _,
                         RunState::Running {
                             pid: Some(pid),
                             started,
                         },
-                    )) if started.elapsed().is_ok_and(|e| e < LATE_TERM_WAIT)
-                        && std::fs::read_to_string(format!("/proc/{pid}/status"))
-                            .is_ok_and(|s| sigterm_dropped(&s)) =>
-                    {
-                        return true;
+                    )) => {
+                        dropped = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                            .is_ok_and(|s| sigterm_dropped(&s));
+                        if dropped && started.elapsed().is_ok_and(|e| e < wait) {
+                            return true;
+                        }
                     }
                     _ => {}
                 }
+                tracing::info!(
+                    pod = %name_of(pod),
+                    container = %n,
+                    dropped,
+                    "SIGTERM to a container that started during the grace period"
+                );
                 rt.signal(&sb, n, Signal::SIGTERM);
                 false
             });
@@ -1977,6 +1983,7 @@ mod tests {
             pod_max_pids: None,
             api_wait: Default::default(),
             late_start_sigterm: true,
+            late_start_term_wait: Duration::from_secs(2),
             serving: Default::default(),
         }
     }
