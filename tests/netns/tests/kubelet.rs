@@ -907,7 +907,7 @@ async fn bad_host_ports_are_refused_or_become_events_with_back_off() {
 /// in its log: it ends long before the grace period's SIGKILL.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_container_that_starts_during_the_grace_period_gets_sigterm() {
-    late_start(true, false).await;
+    late_start(Late::Sigterm, false).await;
 }
 
 /// The negative control of the test above: with `--late-start-sigterm=false` (the behaviour
@@ -916,7 +916,7 @@ async fn a_container_that_starts_during_the_grace_period_gets_sigterm() {
 #[tokio::test(flavor = "multi_thread")]
 async fn without_late_start_sigterm_a_container_that_starts_during_the_grace_period_gets_only_sigkill()
  {
-    late_start(false, false).await;
+    late_start(Late::NoSigterm, false).await;
 }
 
 /// The test above on the containerd runtime: there the start is Tasks Create and Start, and
@@ -926,21 +926,66 @@ async fn without_late_start_sigterm_a_container_that_starts_during_the_grace_per
 /// the grace period.
 #[tokio::test(flavor = "multi_thread")]
 async fn containerd_a_container_that_starts_during_the_grace_period_gets_sigterm() {
-    late_start(true, true).await;
+    late_start(Late::Sigterm, true).await;
 }
 
 /// The negative control of the containerd variant: with `--late-start-sigterm=false` only
 /// the grace period's SIGKILL ends the held container.
 #[tokio::test(flavor = "multi_thread")]
 async fn containerd_without_late_start_sigterm_a_late_container_gets_only_sigkill() {
-    late_start(false, true).await;
+    late_start(Late::NoSigterm, true).await;
+}
+
+/// The race the late SIGTERM's wait is for, on demand: `late` sets its trap only 1 s after its
+/// start, so the kubelet's SIGTERM, due as soon as its process exists, would reach a PID 1
+/// without a TERM handler — a signal the kernel drops for a PID namespace's init. With the
+/// default `--late-start-term-wait` (2 s) the kubelet waits until `SigCgt` shows the trap and
+/// signals then: `late` says it got TERM and ends long before the grace period. Containerd
+/// only: the process runtime's containers share the node's PID namespace, where a SIGTERM
+/// before the trap simply ends the shell (the default action) and the kubelet does not wait.
+#[tokio::test(flavor = "multi_thread")]
+async fn containerd_a_late_container_that_traps_term_late_gets_sigterm_once_trapped() {
+    late_start(Late::DelayedTrap, true).await;
+}
+
+/// The negative control of the test above: with `--late-start-term-wait=0s` (the behaviour
+/// before the wait) the kubelet signals `late`'s PID 1 at once, before its trap; the kernel
+/// drops the SIGTERM, and `late` sets its trap and runs until the grace period's SIGKILL
+/// without ever saying it got TERM.
+#[tokio::test(flavor = "multi_thread")]
+async fn containerd_without_the_late_term_wait_a_late_trap_misses_sigterm_until_sigkill() {
+    late_start(Late::DelayedTrapNoWait, true).await;
+}
+
+/// What `late_start` runs and expects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Late {
+    /// `late` traps TERM at once; the kubelet as it is: the late SIGTERM ends it.
+    Sigterm,
+    /// `late` traps TERM at once; `--late-start-sigterm=false`: only the SIGKILL ends it.
+    NoSigterm,
+    /// `late` traps TERM 1 s after its start; the default `--late-start-term-wait`: the
+    /// SIGTERM waits for the trap and ends it.
+    DelayedTrap,
+    /// `late` traps TERM 1 s after its start; `--late-start-term-wait=0s`: the SIGTERM comes
+    /// before the trap and is dropped, only the SIGKILL ends it.
+    DelayedTrapNoWait,
+}
+
+impl Late {
+    /// Whether `late` is expected to end by its SIGTERM, long before the grace period.
+    fn fixed(self) -> bool {
+        matches!(self, Late::Sigterm | Late::DelayedTrap)
+    }
 }
 
 /// The containerd namespace and image of the containerd variants.
 const CTRD_NS: &str = "trellis";
 const CTRD_IMAGE: &str = "trellis.test/busybox:1";
 
-async fn late_start(fixed: bool, containerd: bool) {
+async fn late_start(mode: Late, containerd: bool) {
+    let fixed = mode.fixed();
+    let delayed = matches!(mode, Late::DelayedTrap | Late::DelayedTrapNoWait);
     netns_testbed::require_root();
     netns_testbed::require_tool("busybox", "busybox-static");
     let mkfifo = netns_testbed::require_tool("mkfifo", "coreutils");
@@ -954,8 +999,10 @@ async fn late_start(fixed: bool, containerd: bool) {
     std::fs::create_dir_all(&marks).unwrap();
     let mut k = Kubelets::new(&tb);
     let mut extra = cni.flags();
-    if !fixed {
-        extra.push("--late-start-sigterm=false".into());
+    match mode {
+        Late::NoSigterm => extra.push("--late-start-sigterm=false".into()),
+        Late::DelayedTrapNoWait => extra.push("--late-start-term-wait=0s".into()),
+        Late::Sigterm | Late::DelayedTrap => {}
     }
     // Dropped before the testbed and the kubelets: its containers killed and deleted.
     let ctrd = if containerd {
@@ -1000,6 +1047,11 @@ async fn late_start(fixed: bool, containerd: bool) {
     // (the SIGKILL waits for the held start: it cannot come before `late` runs).
     let grace = if fixed { 120 } else { 15 };
     let m = |f: &str| marks.join(f).display().to_string();
+    // The delayed trap: the kubelet's late SIGTERM, due once the process exists, comes before it.
+    let late_script = format!(
+        "{}trap 'echo got-TERM; exit 0' TERM; echo trap-set; while :; do busybox sleep 1; done",
+        if delayed { "busybox sleep 1; " } else { "" }
+    );
     let mut pod = json!({"metadata": {"name": "late"}, "spec": {"nodeName": "n1",
         "terminationGracePeriodSeconds": grace,
         "containers": [
@@ -1007,7 +1059,7 @@ async fn late_start(fixed: bool, containerd: bool) {
                 format!("trap 'touch {t}; exit 0' TERM; touch {r}; while :; do busybox sleep 1; done",
                     t = m("anchor-term"), r = m("anchor-ready"))]},
             {"name": "late", "image": "busybox", "command": ["/bin/busybox", "sh", "-c",
-                "trap 'echo got-TERM; exit 0' TERM; echo trap-set; while :; do busybox sleep 1; done"]}]}});
+                late_script]}]}});
     if containerd {
         // The image's busybox; the marks directory at the same path inside `anchor`.
         pod["spec"]["volumes"] = json!([{"name": "marks",
@@ -1114,7 +1166,13 @@ async fn late_start(fixed: bool, containerd: bool) {
     .unwrap()
     .unwrap();
     let ended = deleted.elapsed();
-    if fixed {
+    if fixed && delayed {
+        // The SIGTERM waited for the trap: answered, and by then no longer one to drop.
+        assert!(
+            log.contains("trap-set") && log.contains("got-TERM"),
+            "late ended without its trap's word ({ended:?} after the deletion): {log}"
+        );
+    } else if fixed {
         // Ended by its SIGTERM, long before the SIGKILL. A SIGTERM that comes before the shell
         // set its trap ends it too (no PID namespace: the default action), with nothing said.
         assert!(
@@ -1122,10 +1180,32 @@ async fn late_start(fixed: bool, containerd: bool) {
             "late ended without its trap's word: {log}"
         );
     } else {
-        // Nothing but a signal ends it, and a SIGTERM would have been answered: the SIGKILL.
+        // Nothing but a signal ends it, and a SIGTERM would have been answered: the SIGKILL,
+        // at the end of the grace period.
         assert!(
             log.contains("trap-set") && !log.contains("got-TERM"),
             "late had its trap and never got SIGTERM ({ended:?} after the deletion): {log}"
+        );
+        assert!(
+            ended >= Duration::from_secs(grace - 5),
+            "late ended {ended:?} after the deletion, before the grace period's SIGKILL: {log}"
+        );
+    }
+    if delayed {
+        // The kubelet did send the late SIGTERM: once `late`'s PID 1 had its trap (the wait),
+        // or at once, to a PID 1 the kernel drops it for (the control).
+        let klog = tb.log_of(kubelet);
+        let sent: Vec<&str> = klog
+            .lines()
+            .filter(|l| {
+                l.contains("SIGTERM to a container that started during the grace period")
+                    && l.contains("container=late")
+            })
+            .collect();
+        let want = format!("dropped={}", mode == Late::DelayedTrapNoWait);
+        assert!(
+            sent.len() == 1 && sent[0].contains(&want),
+            "one late SIGTERM to late with {want}; the kubelet logged: {sent:?}"
         );
     }
     netns_testbed::wait_for("the pod to be finished", Duration::from_secs(60), || {
