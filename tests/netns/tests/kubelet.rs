@@ -936,11 +936,11 @@ async fn containerd_without_late_start_sigterm_a_late_container_gets_only_sigkil
     late_start(Late::NoSigterm, true).await;
 }
 
-/// The race the late SIGTERM's wait is for, on demand: `late` sets its trap only 1 s after its
+/// The race the late SIGTERM's wait is for, on demand: `late` sets its trap only 3 s after its
 /// start, so the kubelet's SIGTERM, due as soon as its process exists, would reach a PID 1
-/// without a TERM handler — a signal the kernel drops for a PID namespace's init. With the
-/// default `--late-start-term-wait` (2 s) the kubelet waits until `SigCgt` shows the trap and
-/// signals then: `late` says it got TERM and ends long before the grace period. Containerd
+/// without a TERM handler — a signal the kernel drops for a PID namespace's init. With
+/// `--late-start-term-wait=10s` (longer than the delay; the default 2 s is for a shell's first
+/// lines) the kubelet waits until `SigCgt` shows the trap and signals then: `late` says it got TERM and ends long before the grace period. Containerd
 /// only: the process runtime's containers share the node's PID namespace, where a SIGTERM
 /// before the trap simply ends the shell (the default action) and the kubelet does not wait.
 #[tokio::test(flavor = "multi_thread")]
@@ -964,10 +964,10 @@ enum Late {
     Sigterm,
     /// `late` traps TERM at once; `--late-start-sigterm=false`: only the SIGKILL ends it.
     NoSigterm,
-    /// `late` traps TERM 1 s after its start; the default `--late-start-term-wait`: the
-    /// SIGTERM waits for the trap and ends it.
+    /// `late` traps TERM 3 s after its start; `--late-start-term-wait=10s`: the SIGTERM waits
+    /// for the trap and ends it.
     DelayedTrap,
-    /// `late` traps TERM 1 s after its start; `--late-start-term-wait=0s`: the SIGTERM comes
+    /// `late` traps TERM 3 s after its start; `--late-start-term-wait=0s`: the SIGTERM comes
     /// before the trap and is dropped, only the SIGKILL ends it.
     DelayedTrapNoWait,
 }
@@ -1002,7 +1002,9 @@ async fn late_start(mode: Late, containerd: bool) {
     match mode {
         Late::NoSigterm => extra.push("--late-start-sigterm=false".into()),
         Late::DelayedTrapNoWait => extra.push("--late-start-term-wait=0s".into()),
-        Late::Sigterm | Late::DelayedTrap => {}
+        // Well over the trap's delay: a loaded machine's shell start does not decide it.
+        Late::DelayedTrap => extra.push("--late-start-term-wait=10s".into()),
+        Late::Sigterm => {}
     }
     // Dropped before the testbed and the kubelets: its containers killed and deleted.
     let ctrd = if containerd {
@@ -1050,7 +1052,7 @@ async fn late_start(mode: Late, containerd: bool) {
     // The delayed trap: the kubelet's late SIGTERM, due once the process exists, comes before it.
     let late_script = format!(
         "{}trap 'echo got-TERM; exit 0' TERM; echo trap-set; while :; do busybox sleep 1; done",
-        if delayed { "busybox sleep 1; " } else { "" }
+        if delayed { "busybox sleep 3; " } else { "" }
     );
     let mut pod = json!({"metadata": {"name": "late"}, "spec": {"nodeName": "n1",
         "terminationGracePeriodSeconds": grace,
