@@ -18,7 +18,7 @@ use netns_testbed::bird::{Agent, AgentSpec, Bird, BirdConfig, BirdPeer, PROTO_BI
 use netns_testbed::{Node, Testbed, bin_path, require_root, require_tool};
 use std::sync::Arc;
 use trellis_net::proto::BGP as PROTO_TRELLIS;
-use trellis_net::{Family, Handle, Netns, Route, VethSpec};
+use trellis_net::{Family, Handle, Link, Netns, Route, VethSpec};
 
 const LIFETIME: Duration = Duration::from_secs(180);
 const SESSION: Duration = Duration::from_secs(20);
@@ -102,9 +102,9 @@ async fn unnumbered_link(a: &Node, b: &Node, name: &str) -> (Ipv6Addr, Ipv6Addr)
     (link_local(&ha, name).await, link_local(&hb, name).await)
 }
 
-/// A pod on `node`: a namespace whose `eth0` (address `addr`/128) is a veth to `node`'s
-/// `pod0`; default route via the node's link-local address, the node's /128 route to it.
-async fn add_pod(tb: &Testbed, node: &Node, addr: &str) -> Arc<Netns> {
+/// A pod namespace joined to `node` by a veth, `eth0` in the pod and `pod0` on the node, both
+/// up (without duplicate address detection: usable at once).
+async fn pod_veth(tb: &Testbed, node: &Node) -> (Arc<Netns>, Link, Link) {
     let pod = tb.add_ns("pod").await.unwrap();
     let h = node.ns.connect().unwrap();
     h.add_veth(&VethSpec {
@@ -124,6 +124,14 @@ async fn add_pod(tb: &Testbed, node: &Node, addr: &str) -> Arc<Netns> {
     let hp = pod.connect().unwrap();
     let eth0 = hp.require_link("eth0").await.unwrap();
     hp.set_up(eth0.index).await.unwrap();
+    (pod, pod0, eth0)
+}
+
+/// A pod on `node`: a namespace whose `eth0` (address `addr`/128) is a veth to `node`'s
+/// `pod0`; default route via the node's link-local address, the node's /128 route to it.
+async fn add_pod(tb: &Testbed, node: &Node, addr: &str) -> Arc<Netns> {
+    let (pod, pod0, eth0) = pod_veth(tb, node).await;
+    let (h, hp) = (node.ns.connect().unwrap(), pod.connect().unwrap());
     hp.add_address_nodad(eth0.index, format!("{addr}/128").parse().unwrap())
         .await
         .unwrap();
@@ -160,51 +168,6 @@ async fn loopback_address(node: &Node, addr: &str) {
         assert!(Instant::now() < deadline, "{addr} never became local");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-}
-
-/// `node`'s IPv6 main-table routes to `prefix`.
-async fn routes6(node: &Node, prefix: &str) -> Vec<Route> {
-    let dst: IpNet = prefix.parse().unwrap();
-    node.ns
-        .connect()
-        .unwrap()
-        .routes(Family::V6, Some(Route::TABLE_MAIN))
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|r| r.dst == dst)
-        .collect()
-}
-
-/// Waits (bounded) until `node` routes `prefix` via `gw` on interface `oif`, protocol `proto`.
-async fn expect_route6(node: &Node, prefix: &str, gw: Ipv6Addr, oif: u32, proto: u8, what: &str) {
-    let deadline = Instant::now() + PROPAGATE;
-    loop {
-        let found = routes6(node, prefix).await;
-        if found
-            .iter()
-            .any(|r| r.gateway == Some(IpAddr::V6(gw)) && r.oif == Some(oif) && r.protocol == proto)
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: no route {prefix} via {gw} dev {oif} proto {proto} within {PROPAGATE:?}; found {found:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn ping6_from_pod(tb: &Testbed, pod: &Netns, to: &str) -> bool {
-    let out = tb
-        .exec(
-            pod,
-            &["ping", "-6", "-c", "1", "-W", "1", to],
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
-    out.success()
 }
 
 /// BIRD on n1 and `trellis bgp-agent --dual-stack` on n2, joined by `ll0`, a link with
@@ -290,7 +253,7 @@ async fn an_unnumbered_session_with_bird_routes_ipv6_via_link_local_next_hops() 
     .unwrap();
     // Nothing routes the pod to BIRD's block yet.
     assert!(
-        !ping6_from_pod(&tb, &pod, BIRD_ADDR).await,
+        !ping_from_pod(&tb, &pod, BIRD_ADDR).await,
         "ping6 got through before any session"
     );
 
@@ -318,7 +281,7 @@ async fn an_unnumbered_session_with_bird_routes_ipv6_via_link_local_next_hops() 
         .unwrap_or_else(|e| panic!("{e}\nBIRD:\n{}", bird.log_tail(40)));
 
     // BIRD's block: its link-local next hop, on the session's interface.
-    expect_route6(
+    expect_route_via6(
         &n[1],
         BIRD_BLOCK,
         bird_ll,
@@ -328,7 +291,7 @@ async fn an_unnumbered_session_with_bird_routes_ipv6_via_link_local_next_hops() 
     )
     .await;
     // Ours in BIRD's kernel: via our link-local address on ll0.
-    expect_route6(
+    expect_route_via6(
         &n[0],
         OUR_BLOCK,
         agent_ll,
@@ -337,14 +300,7 @@ async fn an_unnumbered_session_with_bird_routes_ipv6_via_link_local_next_hops() 
         "our block in BIRD's kernel",
     )
     .await;
-    let shown = bird
-        .birdc(&["show", "route", "all", OUR_BLOCK])
-        .await
-        .unwrap();
-    let next_hop = shown
-        .lines()
-        .find(|l| l.trim_start().starts_with("BGP.next_hop:"))
-        .unwrap_or_else(|| panic!("no BGP.next_hop in BIRD's route:\n{shown}"));
+    let next_hop = birds_next_hop(&bird, OUR_BLOCK).await;
     assert!(
         next_hop.contains(&agent_ll.to_string()) && !next_hop.contains(AGENT_LOOPBACK),
         "our next hop as BIRD got it: {next_hop}"
@@ -352,16 +308,16 @@ async fn an_unnumbered_session_with_bird_routes_ipv6_via_link_local_next_hops() 
     eprintln!(
         "BIRD's view of our block: {}; ours of BIRD's: {:?}",
         next_hop.trim(),
-        routes6(&n[1], BIRD_BLOCK).await
+        routes_to(&n[1], BIRD_BLOCK).await
     );
 
     // The pod reaches the address behind BIRD, and the answer comes back, over ll0.
     let deadline = Instant::now() + PROPAGATE;
-    while !ping6_from_pod(&tb, &pod, BIRD_ADDR).await {
+    while !ping_from_pod(&tb, &pod, BIRD_ADDR).await {
         assert!(
             Instant::now() < deadline,
             "ping6 {BIRD_ADDR} from the pod: no answer; routes {:?}",
-            routes6(&n[1], BIRD_BLOCK).await
+            routes_to(&n[1], BIRD_BLOCK).await
         );
     }
 
@@ -388,9 +344,9 @@ async fn an_unnumbered_session_with_bird_routes_ipv6_via_link_local_next_hops() 
     )
     .await;
     assert!(
-        !ping6_from_pod(&tb, &pod, BIRD_ADDR).await,
+        !ping_from_pod(&tb, &pod, BIRD_ADDR).await,
         "ping6 got through via the underlay: {:?}",
-        routes6(&n[1], BIRD_BLOCK).await
+        routes_to(&n[1], BIRD_BLOCK).await
     );
     // …and the agent, started again, puts the route back on ll0 when its restart's deferral
     // ends (one route: replaced, not added beside).
@@ -398,7 +354,7 @@ async fn an_unnumbered_session_with_bird_routes_ipv6_via_link_local_next_hops() 
     agent.restart(spec).await.unwrap();
     let deadline = Instant::now() + SESSION;
     loop {
-        let found = routes6(&n[1], BIRD_BLOCK).await;
+        let found = routes_to(&n[1], BIRD_BLOCK).await;
         if found.len() == 1 && found[0].oif == Some(ll0) {
             break;
         }
@@ -409,7 +365,7 @@ async fn an_unnumbered_session_with_bird_routes_ipv6_via_link_local_next_hops() 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(
-        ping6_from_pod(&tb, &pod, BIRD_ADDR).await,
+        ping_from_pod(&tb, &pod, BIRD_ADDR).await,
         "ping6 after the restart"
     );
 }
@@ -507,7 +463,7 @@ async fn listening_on_ipv6_takes_birds_connection() {
         // Both families travel on it: BIRD's IPv6 block is in our kernel via its address.
         let deadline = Instant::now() + PROPAGATE;
         loop {
-            let found = routes6(&n[1], BIRD_BLOCK).await;
+            let found = routes_to(&n[1], BIRD_BLOCK).await;
             if found
                 .iter()
                 .any(|r| r.gateway == Some(IpAddr::V6(v6[0])) && r.protocol == PROTO_TRELLIS)
@@ -537,26 +493,11 @@ const TOR_ASN: u32 = 65001;
 /// the pods' gateway 169.254.1.1/32; the pod's default route via it, the node's /32 route to
 /// the pod.
 async fn add_pod4(tb: &Testbed, node: &Node, addr: &str) -> Arc<Netns> {
-    let pod = tb.add_ns("pod").await.unwrap();
-    let h = node.ns.connect().unwrap();
-    h.add_veth(&VethSpec {
-        name: "pod0",
-        peer_name: "eth0",
-        peer_ns: Some(&pod),
-        mtu: None,
-        mac: None,
-        peer_mac: None,
-    })
-    .await
-    .unwrap();
-    let pod0 = h.require_link("pod0").await.unwrap();
-    h.set_up(pod0.index).await.unwrap();
+    let (pod, pod0, eth0) = pod_veth(tb, node).await;
+    let (h, hp) = (node.ns.connect().unwrap(), pod.connect().unwrap());
     h.add_address(pod0.index, format!("{POD_GATEWAY4}/32").parse().unwrap())
         .await
         .unwrap();
-    let hp = pod.connect().unwrap();
-    let eth0 = hp.require_link("eth0").await.unwrap();
-    hp.set_up(eth0.index).await.unwrap();
     hp.add_address(eth0.index, format!("{addr}/32").parse().unwrap())
         .await
         .unwrap();
@@ -580,18 +521,73 @@ async fn add_pod4(tb: &Testbed, node: &Node, addr: &str) -> Arc<Netns> {
     pod
 }
 
-/// `node`'s IPv4 main-table routes to `prefix`.
-async fn routes4(node: &Node, prefix: &str) -> Vec<Route> {
+/// `node`'s main-table routes to `prefix` (of its family).
+async fn routes_to(node: &Node, prefix: &str) -> Vec<Route> {
     let dst: IpNet = prefix.parse().unwrap();
+    let family = match dst {
+        IpNet::V4(_) => Family::V4,
+        IpNet::V6(_) => Family::V6,
+    };
     node.ns
         .connect()
         .unwrap()
-        .routes(Family::V4, Some(Route::TABLE_MAIN))
+        .routes(family, Some(Route::TABLE_MAIN))
         .await
         .unwrap()
         .into_iter()
         .filter(|r| r.dst == dst)
         .collect()
+}
+
+/// Waits (bounded) until `node` routes `prefix` (IPv6, or IPv4 `via inet6`) via the IPv6 `gw`
+/// on interface `oif`, protocol `proto`.
+async fn expect_route_via6(
+    node: &Node,
+    prefix: &str,
+    gw: Ipv6Addr,
+    oif: u32,
+    proto: u8,
+    what: &str,
+) {
+    let deadline = Instant::now() + PROPAGATE;
+    loop {
+        let found = routes_to(node, prefix).await;
+        if found
+            .iter()
+            .any(|r| r.gateway == Some(IpAddr::V6(gw)) && r.oif == Some(oif) && r.protocol == proto)
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: no route {prefix} via {gw} dev {oif} proto {proto} within {PROPAGATE:?}; found {found:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether one ping from `pod` to `to` (either family) is answered within 1 s.
+async fn ping_from_pod(tb: &Testbed, pod: &Netns, to: &str) -> bool {
+    let family = if to.contains(':') { "-6" } else { "-4" };
+    let out = tb
+        .exec(
+            pod,
+            &["ping", family, "-c", "1", "-W", "1", to],
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    out.success()
+}
+
+/// The `BGP.next_hop:` line of BIRD's route to `prefix`.
+async fn birds_next_hop(bird: &Bird<'_>, prefix: &str) -> String {
+    let shown = bird.birdc(&["show", "route", "all", prefix]).await.unwrap();
+    shown
+        .lines()
+        .find(|l| l.trim_start().starts_with("BGP.next_hop:"))
+        .unwrap_or_else(|| panic!("no BGP.next_hop in BIRD's route:\n{shown}"))
+        .to_string()
 }
 
 /// IPv4 routes of `node` with an IPv6 gateway (`via inet6`), any prefix.
@@ -605,45 +601,6 @@ async fn routes4_via_inet6(node: &Node) -> Vec<Route> {
         .into_iter()
         .filter(|r| r.gateways().iter().any(IpAddr::is_ipv6))
         .collect()
-}
-
-/// Waits (bounded) until `node` routes the IPv4 `prefix` via the IPv6 `gw` on interface `oif`,
-/// protocol `proto`.
-async fn expect_route4_via6(
-    node: &Node,
-    prefix: &str,
-    gw: Ipv6Addr,
-    oif: u32,
-    proto: u8,
-    what: &str,
-) {
-    let deadline = Instant::now() + PROPAGATE;
-    loop {
-        let found = routes4(node, prefix).await;
-        if found
-            .iter()
-            .any(|r| r.gateway == Some(IpAddr::V6(gw)) && r.oif == Some(oif) && r.protocol == proto)
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: no route {prefix} via inet6 {gw} dev {oif} proto {proto} within {PROPAGATE:?}; found {found:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn ping4_from_pod(tb: &Testbed, pod: &Netns, to: &str) -> bool {
-    let out = tb
-        .exec(
-            pod,
-            &["ping", "-4", "-c", "1", "-W", "1", to],
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
-    out.success()
 }
 
 /// BIRD (a ToR in AS 65001, `extended next hop` as given) on n1 and `trellis bgp-agent` on n2
@@ -687,7 +644,7 @@ async fn rfc8950_setup<'a>(tb: &'a Testbed, n: &'a [Node], extended_next_hop: bo
     .unwrap();
     // Nothing routes the pod to BIRD's block yet.
     assert!(
-        !ping4_from_pod(tb, &pod, BIRD_ADDR4).await,
+        !ping_from_pod(tb, &pod, BIRD_ADDR4).await,
         "ping got through before any session"
     );
     let mut spec = AgentSpec::new(64512);
@@ -739,7 +696,7 @@ async fn ipv4_routes_cross_an_unnumbered_session_with_ipv6_next_hops_rfc_8950() 
         bird_ll0,
     } = rfc8950_setup(&tb, &n, true).await;
 
-    expect_route4_via6(
+    expect_route_via6(
         &n[1],
         BIRD_BLOCK4,
         bird_ll,
@@ -762,7 +719,7 @@ async fn ipv4_routes_cross_an_unnumbered_session_with_ipv6_next_hops_rfc_8950() 
             && shown.contains("metric 20"),
         "our kernel's route: {shown}"
     );
-    expect_route4_via6(
+    expect_route_via6(
         &n[0],
         OUR_BLOCK4,
         agent_ll,
@@ -771,14 +728,7 @@ async fn ipv4_routes_cross_an_unnumbered_session_with_ipv6_next_hops_rfc_8950() 
         "our IPv4 block in BIRD's kernel",
     )
     .await;
-    let birds = bird
-        .birdc(&["show", "route", "all", OUR_BLOCK4])
-        .await
-        .unwrap();
-    let next_hop = birds
-        .lines()
-        .find(|l| l.trim_start().starts_with("BGP.next_hop:"))
-        .unwrap_or_else(|| panic!("no BGP.next_hop in BIRD's route:\n{birds}"));
+    let next_hop = birds_next_hop(&bird, OUR_BLOCK4).await;
     assert!(
         next_hop.contains(&agent_ll.to_string()),
         "our next hop as BIRD got it: {next_hop}"
@@ -791,12 +741,12 @@ async fn ipv4_routes_cross_an_unnumbered_session_with_ipv6_next_hops_rfc_8950() 
 
     // The pod reaches the address behind BIRD, and the answer comes back, over ll0.
     let deadline = Instant::now() + PROPAGATE;
-    while !ping4_from_pod(&tb, &pod, BIRD_ADDR4).await {
+    while !ping_from_pod(&tb, &pod, BIRD_ADDR4).await {
         assert!(
             Instant::now() < deadline,
             "ping {BIRD_ADDR4} from the pod: no answer; ours {:?}, BIRD's {:?}\nagent log:\n{}",
-            routes4(&n[1], BIRD_BLOCK4).await,
-            routes4(&n[0], OUR_BLOCK4).await,
+            routes_to(&n[1], BIRD_BLOCK4).await,
+            routes_to(&n[0], OUR_BLOCK4).await,
             agent.log()
         );
     }
@@ -830,7 +780,7 @@ async fn ipv4_routes_cross_an_unnumbered_session_with_ipv6_next_hops_rfc_8950() 
     agent.restart(spec).await.unwrap();
     let deadline = Instant::now() + SESSION;
     loop {
-        let found = routes4(&n[1], BIRD_BLOCK4).await;
+        let found = routes_to(&n[1], BIRD_BLOCK4).await;
         if found.len() == 1 && found[0].oif == Some(ll0) {
             break;
         }
@@ -841,16 +791,16 @@ async fn ipv4_routes_cross_an_unnumbered_session_with_ipv6_next_hops_rfc_8950() 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let deadline = Instant::now() + PROPAGATE;
-    while !ping4_from_pod(&tb, &pod, BIRD_ADDR4).await {
+    while !ping_from_pod(&tb, &pod, BIRD_ADDR4).await {
         assert!(
             Instant::now() < deadline,
             "ping after the restart: routes {:?}\nagent log:\n{}",
-            routes4(&n[1], BIRD_BLOCK4).await,
+            routes_to(&n[1], BIRD_BLOCK4).await,
             agent.log()
         );
     }
     assert_eq!(
-        routes4(&n[1], BIRD_BLOCK4).await.len(),
+        routes_to(&n[1], BIRD_BLOCK4).await.len(),
         1,
         "one route, replaced, not added beside"
     );
@@ -862,7 +812,7 @@ async fn ipv4_routes_cross_an_unnumbered_session_with_ipv6_next_hops_rfc_8950() 
     bird.reconfigure(config).await.unwrap();
     let deadline = Instant::now() + PROPAGATE;
     loop {
-        let found = routes4(&n[1], BIRD_BLOCK4).await;
+        let found = routes_to(&n[1], BIRD_BLOCK4).await;
         if found.is_empty() {
             break;
         }
@@ -873,7 +823,7 @@ async fn ipv4_routes_cross_an_unnumbered_session_with_ipv6_next_hops_rfc_8950() 
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(
-        !ping4_from_pod(&tb, &pod, BIRD_ADDR4).await,
+        !ping_from_pod(&tb, &pod, BIRD_ADDR4).await,
         "ping got through after the withdrawal"
     );
 }
@@ -915,7 +865,7 @@ async fn without_the_peers_extended_next_hop_no_ipv4_route_crosses_the_unnumbere
     let watch = Duration::from_secs(3);
     let start = Instant::now();
     while start.elapsed() < watch {
-        let ours = routes4(&n[1], BIRD_BLOCK4).await;
+        let ours = routes_to(&n[1], BIRD_BLOCK4).await;
         assert!(ours.is_empty(), "BIRD's block in our kernel: {ours:?}");
         let via6 = routes4_via_inet6(&n[1]).await;
         assert!(
@@ -927,7 +877,7 @@ async fn without_the_peers_extended_next_hop_no_ipv4_route_crosses_the_unnumbere
             via6.is_empty(),
             "IPv4 routes via inet6 in BIRD's kernel: {via6:?}"
         );
-        let theirs = routes4(&n[0], OUR_BLOCK4).await;
+        let theirs = routes_to(&n[0], OUR_BLOCK4).await;
         assert!(theirs.is_empty(), "our block in BIRD's kernel: {theirs:?}");
         let shown = bird
             .birdc(&["show", "route", "protocol", "agent"])
@@ -940,7 +890,7 @@ async fn without_the_peers_extended_next_hop_no_ipv4_route_crosses_the_unnumbere
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(
-        !ping4_from_pod(&tb, &pod, BIRD_ADDR4).await,
+        !ping_from_pod(&tb, &pod, BIRD_ADDR4).await,
         "ping got through without RFC 8950"
     );
     // (birdc fails with "Network not found": what it says is shown.)
@@ -952,7 +902,7 @@ async fn without_the_peers_extended_next_hop_no_ipv4_route_crosses_the_unnumbere
     eprintln!(
         "BIRD's route to our block: {}\nBIRD's kernel: {:?}\nagent status: {status:?}\nBIRD log:\n{}",
         birds.trim(),
-        routes4(&n[0], OUR_BLOCK4).await,
+        routes_to(&n[0], OUR_BLOCK4).await,
         bird.log_tail(20)
     );
 }
@@ -1006,7 +956,7 @@ async fn the_extended_next_hop_flag_carries_ipv4_via_ipv6_to_a_global_ipv6_peer(
             async move {
                 let deadline = Instant::now() + PROPAGATE;
                 loop {
-                    let found = routes4(node, prefix).await;
+                    let found = routes_to(node, prefix).await;
                     if found
                         .iter()
                         .any(|r| r.gateway == Some(gw) && r.protocol == proto)

@@ -478,24 +478,18 @@ pub fn announce_v6(
     prefixes: &[Ipv6Net],
     cx: &Context,
 ) -> Result<Vec<Update>, EncodeError> {
-    // Attribute header (4 with extended length) + AFI/SAFI/NH length + next hops + reserved.
-    let mp_overhead = 4 + 4 + if link_local.is_some() { 32 } else { 16 } + 1;
-    let base = attrs_len(attrs, cx)? + mp_overhead;
-    let room = BODY_ROOM
-        .checked_sub(base)
-        .ok_or(EncodeError::TooLong(base))?;
-    Ok(chunks(prefixes, room, prefix::encoded_len_v6)
-        .into_iter()
-        .map(|c| Update {
-            attributes: attrs.clone(),
-            mp_reach: Some(MpReach::Ipv6 {
-                next_hop,
-                link_local,
-                nlri: c.to_vec(),
-            }),
-            ..Default::default()
-        })
-        .collect())
+    announce_via_v6(
+        attrs,
+        link_local,
+        prefixes,
+        prefix::encoded_len_v6,
+        cx,
+        |nlri| MpReach::Ipv6 {
+            next_hop,
+            link_local,
+            nlri,
+        },
+    )
 }
 
 /// UPDATEs announcing IPv4 `prefixes` in MP_REACH_NLRI with an IPv6 next hop (RFC 8950: only
@@ -508,20 +502,41 @@ pub fn announce_v4_via_v6(
     prefixes: &[Ipv4Net],
     cx: &Context,
 ) -> Result<Vec<Update>, EncodeError> {
+    announce_via_v6(
+        attrs,
+        link_local,
+        prefixes,
+        prefix::encoded_len_v4,
+        cx,
+        |nlri| MpReach::Ipv4ViaIpv6 {
+            next_hop,
+            link_local,
+            nlri,
+        },
+    )
+}
+
+/// UPDATEs carrying `prefixes` in MP_REACH_NLRI with an IPv6 next hop (and a link-local one),
+/// each within 4096 octets; `reach` makes the attribute of one UPDATE's share.
+fn announce_via_v6<P: Clone>(
+    attrs: &PathAttributes,
+    link_local: Option<Ipv6Addr>,
+    prefixes: &[P],
+    cost: impl Fn(&P) -> usize,
+    cx: &Context,
+    reach: impl Fn(Vec<P>) -> MpReach,
+) -> Result<Vec<Update>, EncodeError> {
+    // Attribute header (4 with extended length) + AFI/SAFI/NH length + next hops + reserved.
     let mp_overhead = 4 + 4 + if link_local.is_some() { 32 } else { 16 } + 1;
     let base = attrs_len(attrs, cx)? + mp_overhead;
     let room = BODY_ROOM
         .checked_sub(base)
         .ok_or(EncodeError::TooLong(base))?;
-    Ok(chunks(prefixes, room, prefix::encoded_len_v4)
+    Ok(chunks(prefixes, room, cost)
         .into_iter()
         .map(|c| Update {
             attributes: attrs.clone(),
-            mp_reach: Some(MpReach::Ipv4ViaIpv6 {
-                next_hop,
-                link_local,
-                nlri: c.to_vec(),
-            }),
+            mp_reach: Some(reach(c.to_vec())),
             ..Default::default()
         })
         .collect())
@@ -555,6 +570,14 @@ mod tests {
     use crate::codec::attr::{AsPath, Origin};
     use crate::codec::{decode, encode};
 
+    /// `u` encodes and decodes back to itself.
+    fn assert_round_trip(u: Update) {
+        let bytes = encode(&Message::Update(u.clone()), &cx()).expect("encodes");
+        assert_eq!(
+            decode(&bytes, &cx()),
+            Ok(Decoded::Message(Message::Update(u)))
+        );
+    }
     fn cx() -> Context {
         Context {
             four_octet_as: true,
@@ -670,11 +693,7 @@ mod tests {
             mp_reach: Some(reach),
             ..Default::default()
         };
-        let bytes = encode(&Message::Update(u.clone()), &cx()).expect("encodes");
-        assert_eq!(
-            decode(&bytes, &cx()),
-            Ok(Decoded::Message(Message::Update(u)))
-        );
+        assert_round_trip(u);
     }
 
     #[test]
@@ -691,11 +710,7 @@ mod tests {
             mp_unreach: Some(MpUnreach::Ipv4(vec![v4("10.2.0.0/16")])),
             ..Default::default()
         };
-        let bytes = encode(&Message::Update(u.clone()), &cx()).expect("encodes");
-        assert_eq!(
-            decode(&bytes, &cx()),
-            Ok(Decoded::Message(Message::Update(u)))
-        );
+        assert_round_trip(u);
     }
 
     #[test]
@@ -723,11 +738,7 @@ mod tests {
             mp_reach: Some(reach),
             ..Default::default()
         };
-        let bytes = encode(&Message::Update(u.clone()), &cx()).expect("encodes");
-        assert_eq!(
-            decode(&bytes, &cx()),
-            Ok(Decoded::Message(Message::Update(u)))
-        );
+        assert_round_trip(u);
         // 16 octets: one global next hop.
         let u = Update {
             attributes: attrs,
@@ -738,11 +749,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        let bytes = encode(&Message::Update(u.clone()), &cx()).expect("encodes");
-        assert_eq!(
-            decode(&bytes, &cx()),
-            Ok(Decoded::Message(Message::Update(u)))
-        );
+        assert_round_trip(u);
     }
 
     #[test]
