@@ -472,6 +472,11 @@ impl Rib {
         self.loc.values()
     }
 
+    /// How many prefixes the Loc-RIB has a best route for.
+    pub fn loc_rib_len(&self) -> usize {
+        self.loc.len()
+    }
+
     /// The best route for `prefix`.
     pub fn best(&self, prefix: &IpNet) -> Option<&BestRoute> {
         self.loc.get(prefix)

@@ -4,6 +4,10 @@
 //! budget, so a change that makes every route bigger shows here rather than in the agent's
 //! resident memory.
 
+// Counting needs a global allocator, and `GlobalAlloc` is an unsafe trait: its methods only
+// pass each call on to the system allocator.
+#![allow(unsafe_code)]
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -96,21 +100,15 @@ fn fill(rib: &mut Rib, from: IpAddr, next_hop: Ipv4Addr) -> (usize, usize) {
         let attrs = Arc::new(PathAttributes {
             origin: Some(Origin::Igp),
             as_path: Some(AsPath::sequence(&[PEER_ASN])),
-            next_hop: Some(next_hop),
+            // As the speaker hands them over: NEXT_HOP is each path's own.
+            next_hop: None,
             ..Default::default()
         });
         let end = (i + PER_UPDATE).min(ROUTES);
         let announced: Vec<(IpNet, Path)> = (i..end)
-            .map(|n| {
-                (
-                    prefix(n),
-                    Path::shared(attrs.clone(), IpAddr::V4(next_hop)),
-                )
-            })
+            .map(|n| (prefix(n), Path::shared(attrs.clone(), IpAddr::V4(next_hop))))
             .collect();
-        let changes = rib.update(from, announced, Vec::new());
-        assert!(!changes.loc_rib.is_empty());
-        drop(changes);
+        drop(rib.update(from, announced, Vec::new()));
         i = end;
     }
     let after = LIVE.load(Ordering::Relaxed);
