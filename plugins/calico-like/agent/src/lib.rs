@@ -700,6 +700,10 @@ pub async fn run(
     // Memory was freed in bulk (a burst of route changes, a reconcile's kernel dump) since the
     // last publish tick: given back to the system at the next one.
     let mut freed = false;
+    // Route changes were written since the last resync tick (a burst: a full table coming in),
+    // and how many ticks in a row the kernel's reconcile waited for the burst to end.
+    let mut written = false;
+    let mut reconcile_waited = 0u32;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(io("SIGHUP handler"))?;
     let mut ready = false;
@@ -739,6 +743,7 @@ pub async fn run(
     count_resyncs(resyncs);
     loop {
         let mut refresh = false;
+        let mut periodic = false;
         tokio::select! {
             Ok(()) = async {
                 match ipamd_rx.as_mut() {
@@ -821,6 +826,7 @@ pub async fn run(
                     routes.apply_all(&host, &batch, current).await;
                     drop(batch);
                     freed = true;
+                    written = true;
                     tracing::debug!(target: "bgp_timing", "kernel written");
                     publisher.routes_changed(&speaker, sessions.bfd.as_ref(), &health, &metrics);
                     metrics.set(
@@ -883,7 +889,10 @@ pub async fn run(
                 crd_peers = d.peers;
                 sessions.apply(&mut peers, &want(mesh_on, &mesh_peers, &crd_peers), &config).await?;
             }
-            _ = tick.tick() => refresh = true,
+            _ = tick.tick() => {
+                refresh = true;
+                periodic = true;
+            }
             // The announce file changed: its prefixes go out at once, and nothing else is done
             // before the peers' tasks have sent them (the kernel's reconciliation with the RIB
             // is the resync's business); until the node is ready, a full refresh.
@@ -919,8 +928,6 @@ pub async fn run(
                 tracing::warn!(error = %e, "blackhole routes");
             }
             announced = wanted;
-            // The kernel follows the RIB: routes deleted by hand come back, leftovers go.
-            let rib: Vec<_> = speaker.routes();
             let all_up = speaker
                 .peers()
                 .iter()
@@ -929,8 +936,20 @@ pub async fn run(
                 && (all_up
                     || started.elapsed()
                         >= Duration::from_secs(u64::from(config.hold_time.max(3))));
+            // While a burst of route changes is being written, the periodic reconcile waits (at
+            // most three ticks): it would dump the kernel's table and copy the Loc-RIB mid-burst
+            // (a full table: twice 100,000 routes), rewrite routes the stream is about to write
+            // anyway, and leave the stream unread meanwhile, so that the agent fell behind it.
+            let burst = periodic && ready && std::mem::take(&mut written) && reconcile_waited < 3;
+            if burst {
+                reconcile_waited += 1;
+            } else {
+                reconcile_waited = 0;
+            }
             // While selection is deferred after a restart, the kernel is left alone.
-            if !deferred {
+            if !deferred && !burst {
+                // The kernel follows the RIB: routes deleted by hand come back, leftovers go.
+                let rib: Vec<_> = speaker.routes();
                 if let Err(e) = routes
                     .reconcile(&host, &rib, sweep || swept, |b| speaker.is_current(b))
                     .await
