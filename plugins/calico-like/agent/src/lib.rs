@@ -995,7 +995,6 @@ pub async fn run(
     Ok(())
 }
 
-/// Announces what is wanted and not announced yet, and withdraws what is no longer wanted.
 /// Gives the memory freed since the last call back to the system. glibc's malloc keeps what
 /// its per-thread arenas freed (a full table's burst of route changes, each reconcile's copy
 /// of the kernel table): without this the agent stayed at several times the memory it used
@@ -1029,6 +1028,7 @@ fn routes_route(
     })
 }
 
+/// Announces what is wanted and not announced yet, and withdraws what is no longer wanted.
 fn announce_changes(
     speaker: &Speaker,
     announced: &BTreeSet<IpNet>,
