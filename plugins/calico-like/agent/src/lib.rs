@@ -1250,6 +1250,43 @@ impl Sessions<'_> {
 mod tests {
     use super::*;
 
+    /// `/bgp/routes` is the Loc-RIB at the time it is asked for: not found before the speaker
+    /// runs, gone with it, and no answer for other paths.
+    #[tokio::test]
+    async fn the_route_list_is_rendered_from_the_speaker_when_asked_for() {
+        let from: Arc<std::sync::OnceLock<std::sync::Weak<Speaker>>> = Arc::default();
+        let route = routes_route(from.clone());
+        assert!(route(status::ROUTES_PATH, "").is_none(), "no speaker yet");
+        let id = Ipv4Addr::new(198, 18, 0, 2);
+        let speaker = Arc::new(
+            Speaker::start(SpeakerConfig::new(64512, id))
+                .await
+                .expect("starts"),
+        );
+        let _ = from.set(Arc::downgrade(&speaker));
+        assert!(route(status::STATUS_PATH, "").is_none(), "not its path");
+        let list = |route: &trellis_daemon::Routes| {
+            let reply = route(status::ROUTES_PATH, "").expect("answered");
+            async move {
+                let reply = reply.await;
+                assert_eq!(reply.status, 200);
+                serde_json::from_str::<Vec<status::RouteRow>>(&reply.body).expect("route rows")
+            }
+        };
+        assert!(list(&route).await.is_empty());
+        let block: IpNet = "10.244.1.0/26".parse().expect("prefix");
+        speaker.announce(block, IpAddr::V4(id)).expect("announce");
+        let rows = list(&route).await;
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].prefix, "10.244.1.0/26");
+        assert_eq!(rows[0].source, "local");
+        drop(speaker);
+        assert!(
+            route(status::ROUTES_PATH, "").is_none(),
+            "the speaker is gone"
+        );
+    }
+
     #[test]
     fn bfd_follows_the_peer_then_the_flags() {
         let mut config = Config::new("n1");
