@@ -379,6 +379,36 @@ impl Handle {
             .collect())
     }
 
+    /// The routes of `family` (in `table`, when given) that `keep` accepts, converted as the
+    /// kernel's dump comes in: a table of 100,000 routes costs only the routes kept, not the
+    /// whole dump's messages at once as [`Handle::routes`] does.
+    pub async fn routes_where(
+        &self,
+        family: Family,
+        table: Option<u32>,
+        mut keep: impl FnMut(&Route) -> bool,
+    ) -> Result<Vec<Route>> {
+        let filter = match family {
+            Family::V4 => RouteMessageBuilder::<Ipv4Addr>::new().build(),
+            Family::V6 => RouteMessageBuilder::<Ipv6Addr>::new().build(),
+        };
+        let mut dump = self.inner.route().get(filter).execute();
+        let mut out = Vec::new();
+        while let Some(msg) = dump
+            .try_next()
+            .await
+            .map_err(|e| Error::netlink("list routes", &self.ns, e))?
+        {
+            if let Some(r) = Route::from_message(&msg)
+                && table.is_none_or(|t| r.table == t)
+                && keep(&r)
+            {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
     /// Whether the kernel delivers packets for `ip` locally now (`ip route get <ip> [oif …]`
     /// answers a `local` route): the address is on an interface of this namespace, out of
     /// duplicate address detection, and its local route is in. For an IPv6 link-local address

@@ -34,17 +34,26 @@ fn families() -> [Family; 2] {
     [Family::V4, Family::V6]
 }
 
-async fn ours(host: &Handle) -> trellis_net::Result<Vec<Route>> {
+/// Our routes in the main tables (of `kind` only, when given), kept as the dump comes in: the
+/// learned ones can be a full table.
+async fn ours(host: &Handle, kind: Option<RouteKind>) -> trellis_net::Result<Vec<Route>> {
     let mut out = Vec::new();
     for f in families() {
         out.extend(
-            host.routes(f, Some(Route::TABLE_MAIN))
-                .await?
-                .into_iter()
-                .filter(|r| r.protocol == proto::BGP),
+            host.routes_where(f, Some(Route::TABLE_MAIN), |r| {
+                r.protocol == proto::BGP && kind.is_none_or(|k| r.kind == k)
+            })
+            .await?,
         );
     }
     Ok(out)
+}
+
+/// The routes of `sorted` (sorted by destination) to `dst`.
+fn to_dst<'a>(sorted: &'a [Route], dst: &IpNet) -> &'a [Route] {
+    let start = sorted.partition_point(|r| r.dst < *dst);
+    let rest = &sorted[start..];
+    &rest[..rest.partition_point(|r| r.dst == *dst)]
 }
 
 /// What an earlier run of the agent left in the kernel: its routes (blackholes and learned
@@ -71,7 +80,7 @@ impl Kept {
 /// The routes of ours in the kernel now.
 pub async fn kept(host: &Handle) -> trellis_net::Result<Kept> {
     let mut out = Kept::default();
-    for r in ours(host).await? {
+    for r in ours(host, None).await? {
         match r.kind {
             RouteKind::Blackhole => out.blackholes += 1,
             RouteKind::Unicast => out.learned.push(r.clone()),
@@ -97,8 +106,8 @@ pub async fn flush_learned(host: &Handle, kept: &Kept) -> trellis_net::Result<us
 /// Blackholes exactly for `wanted`: missing ones added, ours for prefixes no longer announced
 /// removed.
 pub async fn sync_blackholes(host: &Handle, wanted: &BTreeSet<IpNet>) -> trellis_net::Result<()> {
-    let existing = ours(host).await?;
-    for r in existing.iter().filter(|r| r.kind == RouteKind::Blackhole) {
+    let existing = ours(host, Some(RouteKind::Blackhole)).await?;
+    for r in &existing {
         if !wanted.contains(&r.dst) {
             host.delete_route(r).await?;
         }
@@ -322,10 +331,10 @@ impl Installed {
     /// missed). Returns how many.
     pub async fn prune(&mut self, host: &Handle, rib: &[BestRoute]) -> trellis_net::Result<usize> {
         let held: HashSet<IpNet> = rib.iter().map(|b| b.prefix).collect();
-        let gone: Vec<RouteOp> = ours(host)
+        let gone: Vec<RouteOp> = ours(host, Some(RouteKind::Unicast))
             .await?
             .into_iter()
-            .filter(|r| r.kind == RouteKind::Unicast && !held.contains(&r.dst))
+            .filter(|r| !held.contains(&r.dst))
             .map(RouteOp::Delete)
             .collect();
         let mut n = 0;
@@ -354,36 +363,27 @@ impl Installed {
         sweep: bool,
         current: impl Fn(&BestRoute) -> bool,
     ) -> trellis_net::Result<usize> {
-        let existing: Vec<Route> = ours(host)
-            .await?
-            .into_iter()
-            .filter(|r| r.kind == RouteKind::Unicast)
-            .collect();
-        // Looked up by destination: a full table is 100,000 routes and more.
-        let mut present: HashMap<IpNet, Vec<&Route>> = HashMap::with_capacity(existing.len());
-        for r in &existing {
-            present.entry(r.dst).or_default().push(r);
-        }
-        let wanted: Vec<(&BestRoute, Route)> = rib
-            .iter()
-            .filter_map(|b| self.learned(b).map(|r| (b, r)))
-            .collect();
+        // Looked up by destination in the sorted dump (a full table is 100,000 routes and
+        // more): no index of its own, and no kernel route built per best route ahead of time.
+        let mut existing = ours(host, Some(RouteKind::Unicast)).await?;
+        existing.sort_unstable_by_key(|r| r.dst);
         let mut installs = Vec::with_capacity(FENCE);
-        for (b, w) in &wanted {
-            let in_place = present.get(&w.dst).is_some_and(|rs| {
-                rs.iter().any(|r| {
-                    r.gateways() == w.gateways()
-                        && r.priority == w.priority
-                        // A link-local next hop is only right on its own interface.
-                        && (w.oif.is_none() || r.oif == w.oif)
-                })
+        for b in rib {
+            let Some(w) = self.learned(b) else {
+                continue;
+            };
+            let in_place = to_dst(&existing, &w.dst).iter().any(|r| {
+                r.gateways() == w.gateways()
+                    && r.priority == w.priority
+                    // A link-local next hop is only right on its own interface.
+                    && (w.oif.is_none() || r.oif == w.oif)
             });
             if !in_place {
                 if !current(b) {
                     self.fenced += 1;
                     continue;
                 }
-                installs.push(RouteOp::Replace(w.clone()));
+                installs.push(RouteOp::Replace(w));
                 if installs.len() == FENCE {
                     for result in self.write(host, &installs).await {
                         result?;
@@ -397,16 +397,18 @@ impl Installed {
         }
         let mut swept = 0;
         if sweep {
-            let mut by_dst: HashMap<IpNet, Vec<&Route>> = HashMap::with_capacity(wanted.len());
-            for (_, w) in &wanted {
-                by_dst.entry(w.dst).or_default().push(w);
-            }
+            let mut wanted: Vec<&BestRoute> = rib.iter().collect();
+            // By the destination their kernel routes have (host bits cleared).
+            wanted.sort_unstable_by_key(|b| b.prefix.trunc());
             let stale: Vec<RouteOp> = existing
                 .iter()
                 .filter(|r| {
-                    !by_dst
-                        .get(&r.dst)
-                        .is_some_and(|ws| ws.iter().any(|w| w.gateways() == r.gateways()))
+                    let from = wanted.partition_point(|b| b.prefix.trunc() < r.dst);
+                    !wanted[from..]
+                        .iter()
+                        .take_while(|b| b.prefix.trunc() == r.dst)
+                        .filter_map(|b| self.learned(b))
+                        .any(|w| w.gateways() == r.gateways())
                 })
                 .map(|r| {
                     tracing::info!(prefix = %r.dst, "removing a stale learned route");

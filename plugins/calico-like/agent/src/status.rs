@@ -109,34 +109,19 @@ fn bfd_row(s: &trellis_bfd::SessionStatus) -> BfdRow {
     }
 }
 
-/// Publishes the status documents: `/bgp/status` and the metrics at every call, `/bgp/routes`
-/// (the whole Loc-RIB, rendered anew: with a full table that takes a while) when it may have
-/// changed, and after route changes at most as often as keeps its rendering under a tenth of
-/// the agent's time. A small RIB renders in microseconds, so it goes out at once; with 100,000
-/// routes it is rendered about once a second while they come in, not after every batch.
-#[derive(Debug)]
-pub struct Publisher {
-    /// When the route list was last rendered, and how long that took.
-    last: Option<(std::time::Instant, std::time::Duration)>,
-    routes_dirty: bool,
-}
-
-impl Default for Publisher {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+/// Publishes `/bgp/status` and the metrics, at every call. `/bgp/routes` is not kept: it is
+/// the whole Loc-RIB (100,000 routes are 10 MB of JSON, and rendering them anew after every
+/// batch of changes cost time and a copy of the RIB each), so it is rendered when asked for
+/// (see [`routes_json`]).
+#[derive(Debug, Default)]
+pub struct Publisher {}
 
 impl Publisher {
     pub fn new() -> Publisher {
-        Publisher {
-            last: None,
-            routes_dirty: true,
-        }
+        Publisher {}
     }
 
-    /// The Loc-RIB changed: everything published now, or the route list at a later call when
-    /// it was rendered too recently.
+    /// The Loc-RIB changed: the status and the metrics published now.
     pub fn routes_changed(
         &mut self,
         speaker: &Speaker,
@@ -144,18 +129,10 @@ impl Publisher {
         health: &Health,
         metrics: &Metrics,
     ) {
-        self.routes_dirty = true;
-        let due = self
-            .last
-            .is_none_or(|(at, took)| at.elapsed() >= took.saturating_mul(10));
-        if due {
-            self.publish(speaker, bfd, health, metrics);
-        } else {
-            publish_parts(speaker, bfd, health, metrics, false);
-        }
+        publish_parts(speaker, bfd, health, metrics);
     }
 
-    /// Everything published: the route list too when it changed since it was last rendered.
+    /// The status and the metrics published now.
     pub fn publish(
         &mut self,
         speaker: &Speaker,
@@ -163,23 +140,21 @@ impl Publisher {
         health: &Health,
         metrics: &Metrics,
     ) {
-        let routes = std::mem::take(&mut self.routes_dirty);
-        let start = std::time::Instant::now();
-        publish_parts(speaker, bfd, health, metrics, routes);
-        if routes {
-            self.last = Some((start, start.elapsed()));
-        }
+        publish_parts(speaker, bfd, health, metrics);
     }
 }
 
-/// Publishes `/bgp/status` and the metrics, and with `routes` `/bgp/routes`.
-pub fn publish_parts(
-    speaker: &Speaker,
-    bfd: Option<&Bfd>,
-    health: &Health,
-    metrics: &Metrics,
-    routes: bool,
-) {
+/// `/bgp/routes`: the Loc-RIB now, as a JSON list of [`RouteRow`]s, written straight from the
+/// routes (a copy of the Loc-RIB shares every route's attributes: cheap), without a String per
+/// field of every route.
+pub fn routes_json(speaker: &Speaker) -> String {
+    let routes = speaker.routes();
+    let rows: Vec<RouteRowRef<'_>> = routes.iter().map(RouteRowRef).collect();
+    serde_json::to_string(&rows).unwrap_or_else(|_| "[]".into())
+}
+
+/// Publishes `/bgp/status` and the metrics.
+pub fn publish_parts(speaker: &Speaker, bfd: Option<&Bfd>, health: &Health, metrics: &Metrics) {
     let bfd_sessions: std::collections::BTreeMap<std::net::IpAddr, BfdRow> = bfd
         .map(|b| b.sessions().iter().map(|s| (s.peer, bfd_row(s))).collect())
         .unwrap_or_default();
@@ -211,9 +186,6 @@ pub fn publish_parts(
             awaiting_end_of_rib: p.awaiting_end_of_rib,
         })
         .collect();
-    // The Loc-RIB (a clone shares every route's attributes: cheap), rendered straight into the
-    // document, as `RouteRow`s read it, without a String per field of every route.
-    let routes: Option<Vec<trellis_bgp::BestRoute>> = routes.then(|| speaker.routes());
     metrics.clear("bgp_session_established");
     metrics.clear("bgp_prefixes_received");
     metrics.clear("bgp_prefixes_sent");
@@ -304,19 +276,12 @@ pub fn publish_parts(
         STATUS_PATH,
         serde_json::to_string(&peers).unwrap_or_else(|_| "[]".into()),
     );
-    if let Some(routes) = routes {
-        metrics.set(
-            "bgp_loc_rib_routes",
-            "Best routes in the Loc-RIB.",
-            &[],
-            routes.len() as f64,
-        );
-        let rows: Vec<RouteRowRef<'_>> = routes.iter().map(RouteRowRef).collect();
-        health.publish(
-            ROUTES_PATH,
-            serde_json::to_string(&rows).unwrap_or_else(|_| "[]".into()),
-        );
-    }
+    metrics.set(
+        "bgp_loc_rib_routes",
+        "Best routes in the Loc-RIB.",
+        &[],
+        speaker.route_count() as f64,
+    );
 }
 
 /// A best route serialised as its [`RouteRow`] (the same fields), written straight from the

@@ -246,6 +246,21 @@ struct PeerEntry {
     router_id: Option<Ipv4Addr>,
     adj_in: BTreeMap<IpNet, Path>,
     adj_out: BTreeMap<IpNet, Path>,
+    /// The attributes last put in the Adj-RIB-Out: the routes exported with the same ones
+    /// share this copy (each export builds its attributes anew), as their Adj-RIB-In paths
+    /// share theirs.
+    last_out: Option<Arc<PathAttributes>>,
+}
+
+impl PeerEntry {
+    /// `path` with the attributes last put in the Adj-RIB-Out when they are the same.
+    fn shared_out(&mut self, mut path: Path) -> Path {
+        match &self.last_out {
+            Some(last) if **last == *path.attrs => path.attrs = Arc::clone(last),
+            _ => self.last_out = Some(Arc::clone(&path.attrs)),
+        }
+        path
+    }
 }
 
 /// Adj-RIBs-In, Loc-RIB and Adj-RIBs-Out of one speaker.
@@ -285,6 +300,7 @@ impl Rib {
                 router_id: None,
                 adj_in: BTreeMap::new(),
                 adj_out: BTreeMap::new(),
+                last_out: None,
             });
     }
 
@@ -312,11 +328,12 @@ impl Rib {
         let mut out = Vec::new();
         let prefixes: Vec<IpNet> = self.loc.keys().copied().collect();
         for prefix in prefixes {
-            if let Some(path) = self.export(&prefix, address) {
+            if let Some(path) = self.export(&prefix, address)
+                && let Some(peer) = self.peers.get_mut(&address)
+            {
+                let path = peer.shared_out(path);
                 out.push(OutChange::Announce(prefix, path.clone()));
-                if let Some(peer) = self.peers.get_mut(&address) {
-                    peer.adj_out.insert(prefix, path);
-                }
+                peer.adj_out.insert(prefix, path);
             }
         }
         out
@@ -476,6 +493,11 @@ impl Rib {
         self.loc.values()
     }
 
+    /// How many prefixes the Loc-RIB has a best route for.
+    pub fn loc_rib_len(&self) -> usize {
+        self.loc.len()
+    }
+
     /// The best route for `prefix`.
     pub fn best(&self, prefix: &IpNet) -> Option<&BestRoute> {
         self.loc.get(prefix)
@@ -535,6 +557,7 @@ impl Rib {
             if peer.session.is_none() {
                 continue;
             }
+            let wanted = wanted.map(|path| peer.shared_out(path));
             let change = match (wanted, peer.adj_out.get(&prefix)) {
                 (Some(path), old) if old != Some(&path) => {
                     peer.adj_out.insert(prefix, path.clone());

@@ -795,6 +795,12 @@ impl Speaker {
         self.shared.core().rib.loc_rib().cloned().collect()
     }
 
+    /// How many best routes the Loc-RIB holds (without copying them, as [`Speaker::routes`]
+    /// does).
+    pub fn route_count(&self) -> usize {
+        self.shared.core().rib.loc_rib_len()
+    }
+
     /// Whether `route` is still the best route of its prefix. The agent programs the kernel
     /// one change at a time, behind the RIB: a route announced by a session that has ended
     /// since (its withdrawal queued behind) must not be installed meanwhile, so each install is
