@@ -80,6 +80,7 @@ fn peer(rib: &mut Rib, address: Ipv4Addr, asn: u32, rr_client: bool) -> IpAddr {
             router_id: address,
             local_address: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2)),
             families: vec![Family::IPV4_UNICAST, Family::IPV6_UNICAST],
+            extended_next_hop: false,
         },
     );
     a
