@@ -350,20 +350,7 @@ async fn an_unnumbered_session_with_bird_routes_ipv6_via_link_local_next_hops() 
     );
     // …and the agent, started again, puts the route back on ll0 when its restart's deferral
     // ends (one route: replaced, not added beside).
-    let spec = agent.spec.clone();
-    agent.restart(spec).await.unwrap();
-    let deadline = Instant::now() + SESSION;
-    loop {
-        let found = routes_to(&n[1], BIRD_BLOCK).await;
-        if found.len() == 1 && found[0].oif == Some(ll0) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the resync did not bring the route back to ll0: {found:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    restart_until_back_on(&mut agent, &n[1], BIRD_BLOCK, ll0).await;
     assert!(
         ping_from_pod(&tb, &pod, BIRD_ADDR).await,
         "ping6 after the restart"
@@ -590,6 +577,25 @@ async fn birds_next_hop(bird: &Bird<'_>, prefix: &str) -> String {
         .to_string()
 }
 
+/// Restarts `agent` and waits (bounded) until `node` routes `prefix` again by one route on
+/// interface `oif`: the restarted agent's resync replaced what was there (not added beside).
+async fn restart_until_back_on(agent: &mut Agent<'_>, node: &Node, prefix: &str, oif: u32) {
+    let spec = agent.spec.clone();
+    agent.restart(spec).await.unwrap();
+    let deadline = Instant::now() + SESSION;
+    loop {
+        let found = routes_to(node, prefix).await;
+        if found.len() == 1 && found[0].oif == Some(oif) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the resync did not bring the route back to {oif}: {found:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// IPv4 routes of `node` with an IPv6 gateway (`via inet6`), any prefix.
 async fn routes4_via_inet6(node: &Node) -> Vec<Route> {
     node.ns
@@ -776,20 +782,7 @@ async fn ipv4_routes_cross_an_unnumbered_session_with_ipv6_next_hops_rfc_8950() 
         ],
     )
     .await;
-    let spec = agent.spec.clone();
-    agent.restart(spec).await.unwrap();
-    let deadline = Instant::now() + SESSION;
-    loop {
-        let found = routes_to(&n[1], BIRD_BLOCK4).await;
-        if found.len() == 1 && found[0].oif == Some(ll0) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the resync did not bring the route back to ll0: {found:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    restart_until_back_on(&mut agent, &n[1], BIRD_BLOCK4, ll0).await;
     let deadline = Instant::now() + PROPAGATE;
     while !ping_from_pod(&tb, &pod, BIRD_ADDR4).await {
         assert!(
