@@ -360,28 +360,12 @@ fn address(a: &RouteAddress) -> Option<IpAddr> {
 impl Handle {
     /// Routes of one family, in one table or all of them.
     pub async fn routes(&self, family: Family, table: Option<u32>) -> Result<Vec<Route>> {
-        let filter = match family {
-            Family::V4 => RouteMessageBuilder::<Ipv4Addr>::new().build(),
-            Family::V6 => RouteMessageBuilder::<Ipv6Addr>::new().build(),
-        };
-        let msgs: Vec<RouteMessage> = self
-            .inner
-            .route()
-            .get(filter)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| Error::netlink("list routes", &self.ns, e))?;
-        Ok(msgs
-            .iter()
-            .filter_map(Route::from_message)
-            .filter(|r| table.is_none_or(|t| r.table == t))
-            .collect())
+        self.routes_where(family, table, |_| true).await
     }
 
     /// The routes of `family` (in `table`, when given) that `keep` accepts, converted as the
-    /// kernel's dump comes in: a table of 100,000 routes costs only the routes kept, not the
-    /// whole dump's messages at once as [`Handle::routes`] does.
+    /// kernel's dump comes in: a table of 100,000 routes costs only the routes kept, never the
+    /// whole dump's messages at once.
     pub async fn routes_where(
         &self,
         family: Family,
