@@ -13,6 +13,7 @@ pub mod cniconf;
 pub mod crds;
 pub mod kernel;
 pub mod mesh;
+pub mod router_adv;
 pub mod selector;
 pub mod services;
 pub mod status;
@@ -1198,6 +1199,9 @@ impl Sessions<'_> {
                         }
                     };
                     pc.scope_id = Some(index);
+                    // A peer that names only the interface (FRR's `neighbor IF interface`)
+                    // finds our link-local address from our router advertisements.
+                    router_adv::advertise(index, name);
                     // Our routes of both families go to it with our link-local address (an
                     // IPv4-only node has no global IPv6 one: the link-local address stands
                     // in for it).
