@@ -19,6 +19,7 @@ pub mod cni_kit;
 pub mod cni_run;
 pub mod containerd;
 pub mod etcd;
+pub mod frr;
 pub mod handbuilt;
 pub mod iperf;
 pub mod kubectl_session;
