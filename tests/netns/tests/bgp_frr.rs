@@ -452,13 +452,12 @@ async fn with_frrs_bfdd_a_cut_link_withdraws_within_1s() {
     }
 }
 
-/// Watches `node`'s kernel route to `prefix` via `gw` until `until` holds (polled every 20 ms,
+/// Watches `node`'s kernel route to `prefix` (`want`) until `until` holds (polled every 20 ms,
 /// bounded by `limit`); fails if the route is ever missing meanwhile.
 async fn route_kept_until<F, Fut>(
     node: &Node,
     prefix: &str,
-    gw: IpAddr,
-    proto: u8,
+    want: Want,
     limit: Duration,
     what: &str,
     diag: impl Fn() -> String,
@@ -472,8 +471,8 @@ async fn route_kept_until<F, Fut>(
     loop {
         let routes = h.routes(Family::V4, Some(Route::TABLE_MAIN)).await.unwrap();
         assert!(
-            kernel_has(&routes, net(prefix), Want::Via(gw, proto)),
-            "{what}: the route to {prefix} via {gw} went away\n{}",
+            kernel_has(&routes, net(prefix), want),
+            "{what}: the route to {prefix} ({want:?}) went away\n{}",
             diag()
         );
         if until().await {
@@ -551,8 +550,7 @@ async fn graceful_restart_with_frr_keeps_routes_across_either_sides_restart() {
     route_kept_until(
         fnode,
         OUR_BLOCK,
-        me.ip.into(),
-        PROTO_FRR_BGP,
+        Want::Via(me.ip.into(), PROTO_FRR_BGP),
         SESSION,
         "FRR's kernel across our restart",
         || frr.log_tail(Daemon::Bgpd, 40),
@@ -564,6 +562,11 @@ async fn graceful_restart_with_frr_keeps_routes_across_either_sides_restart() {
         },
     )
     .await;
+    // The restarted agent's OPEN carried the F bit for IPv4 unicast (its forwarding state
+    // was kept), as FRR saw it.
+    let gr = frr.neighbor(&key).await.unwrap().unwrap()["gracefulRestartInfo"].clone();
+    eprintln!("FRR's graceful-restart view of the restarted agent: {gr}");
+    assert_eq!(gr["ipv4Unicast"]["fBit"], true, "{gr}");
     // FRR's block stayed in our kernel too (our own restart kept it).
     expect_route(
         me,
@@ -630,8 +633,7 @@ async fn graceful_restart_with_frr_keeps_routes_across_either_sides_restart() {
     route_kept_until(
         me,
         FRR_BLOCK,
-        fnode.ip.into(),
-        PROTO_TRELLIS,
+        Want::Via(fnode.ip.into(), PROTO_TRELLIS),
         SESSION,
         "our kernel across FRR's restart",
         || format!("{}\nFRR:\n{}", agent.log(), frr.log_tail(Daemon::Bgpd, 60)),

@@ -69,11 +69,11 @@ pub fn advertise(index: u32, name: &str) {
     tokio::spawn(async move {
         let mut warned = false;
         loop {
-            if let Err(e) = send(index) {
-                if !warned {
-                    tracing::warn!(iface = %name, error = %e, "router advertisement not sent");
-                    warned = true;
-                }
+            if let Err(e) = send(index)
+                && !warned
+            {
+                tracing::warn!(iface = %name, error = %e, "router advertisement not sent");
+                warned = true;
             }
             tokio::time::sleep(INTERVAL).await;
         }
