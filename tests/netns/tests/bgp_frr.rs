@@ -756,6 +756,7 @@ async fn add_pod4(tb: &Testbed, node: &Node, addr: &str) -> Arc<Netns> {
 async fn rfc8950_unnumbered_with_frr_interface_neighbor_carries_ipv4_both_ways() {
     require_root();
     require_tool("ping", "iputils-ping");
+    require_tool("ip6tables", "iptables");
     let tb = Testbed::new().unwrap();
     let n = nodes(&tb, 2).await;
     let (fnode, me) = (&n[0], &n[1]);
@@ -785,7 +786,52 @@ async fn rfc8950_unnumbered_with_frr_interface_neighbor_carries_ipv4_both_ways()
     let mut spec = AgentSpec::new(OUR_ASN).announce(net(OUR_BLOCK));
     spec.listen = Some(SocketAddr::from((Ipv6Addr::UNSPECIFIED, 179)));
     spec.extra = vec!["--peer".into(), format!("[{frr_ll}%ll0]:{FRR_ASN}")];
+    // Negative control: our router advertisements dropped on the way out, FRR does not know
+    // our address and rejects our connections.
+    let ra_rule = [
+        "OUTPUT",
+        "-o",
+        "ll0",
+        "-p",
+        "icmpv6",
+        "--icmpv6-type",
+        "router-advertisement",
+        "-j",
+        "DROP",
+    ];
+    let ip6tables = |op: &'static str| {
+        let mut argv = vec!["ip6tables", "-w", op];
+        argv.extend_from_slice(&ra_rule);
+        argv
+    };
+    tb.exec_ok(&me.ns, &ip6tables("-A"), Duration::from_secs(10))
+        .await
+        .unwrap();
     let agent = Agent::start(&tb, me, spec, LIFETIME).await.unwrap();
+    let deadline = Instant::now() + SESSION;
+    loop {
+        let log = frr.log(Daemon::Bgpd);
+        assert_ne!(
+            frr.state("ll0").await.unwrap(),
+            "Established",
+            "established without our router advertisements"
+        );
+        if log.contains("Unable to get neighbor's IP address")
+            && log.contains(&format!("{our_ll} connection rejected"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "FRR did not reject us without router advertisements:\n{}",
+            frr.log_tail(Daemon::Bgpd, 30)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tb.exec_ok(&me.ns, &ip6tables("-D"), Duration::from_secs(10))
+        .await
+        .unwrap();
+    // The next advertisement (every 10 s) tells FRR.
     agent
         .wait_established(frr_ll, SESSION)
         .await
