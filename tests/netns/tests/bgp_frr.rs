@@ -650,6 +650,37 @@ async fn graceful_restart_with_frr_keeps_routes_across_either_sides_restart() {
     let p = agent.peer_status(fnode.ip).await.unwrap().unwrap();
     eprintln!("our status of FRR after its restart: {p}");
     assert_eq!(p["peer_restarted"], true, "FRR's R bit seen: {p}");
+
+    // Our restart while FRR sets the R bit (its restart time after bgpd started: FRR's way,
+    // not BIRD's): our deferral does not wait for FRR's End-of-RIB (RFC 4724 §4.1), but the
+    // earlier run's route to FRR's block stays in our kernel until FRR's routes are in again —
+    // never swept (it was, before FRR's UPDATE arrived, until the agent waited for it).
+    let spec = agent.spec.clone();
+    agent.restart(spec).await.unwrap();
+    route_kept_until(
+        me,
+        FRR_BLOCK,
+        Want::Via(fnode.ip.into(), PROTO_TRELLIS),
+        SESSION,
+        "our kernel across our restart, FRR with the R bit",
+        || format!("{}\nFRR:\n{}", agent.log(), frr.log_tail(Daemon::Bgpd, 40)),
+        || async {
+            agent.log().contains("restart recovery over")
+                && agent.peer_status(fnode.ip).await.unwrap().is_some_and(|p| {
+                    p["state"] == "Established" && p["awaiting_end_of_rib"] == false
+                })
+        },
+    )
+    .await;
+    let p = agent.peer_status(fnode.ip).await.unwrap().unwrap();
+    assert_eq!(p["peer_restarted"], true, "FRR still sets the R bit: {p}");
+    let log = agent.log();
+    assert!(
+        !log.contains(&format!(
+            "removing a stale learned route prefix={FRR_BLOCK}"
+        )),
+        "FRR's block was swept before FRR sent it again:\n{log}"
+    );
 }
 
 /// No path of FRR's is stale.

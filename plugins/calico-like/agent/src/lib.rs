@@ -789,8 +789,12 @@ pub async fn run(
                     // Program the Loc-RIB (routes already in place as wanted are not touched)
                     // and sweep the earlier run's routes that were not refreshed.
                     let rib = speaker.routes();
+                    // A peer with the R bit sends its routes only now that it has ours: the
+                    // earlier run's routes through it are swept once they are in (its
+                    // End-of-RIB), at a later resync, not now.
+                    let settling = speaker.peers().iter().any(|p| p.awaiting_end_of_rib);
                     let swept_now = match routes
-                        .reconcile(&host, &rib, true, |b| speaker.is_current(b))
+                        .reconcile(&host, &rib, !settling, |b| speaker.is_current(b))
                         .await
                     {
                         Ok(n) => n,
@@ -799,12 +803,12 @@ pub async fn run(
                             0
                         }
                     };
-                    swept = true;
+                    swept = !settling;
                     let how = match speaker.recovery() {
                         Some(trellis_bgp::RecoveryStatus::Done(end)) => end.to_string(),
                         _ => "the deferral's end".into(),
                     };
-                    tracing::info!(swept = swept_now, best_routes = rib.len(), "restart recovery over ({how}): the kernel follows the Loc-RIB; {swept_now} stale routes swept");
+                    tracing::info!(swept = swept_now, best_routes = rib.len(), settling, "restart recovery over ({how}): the kernel follows the Loc-RIB; {swept_now} stale routes swept");
                     restart_metrics(false, swept_now);
                     publisher.routes_changed(&speaker, sessions.bfd.as_ref(), &health, &metrics);
                 }
@@ -938,7 +942,9 @@ pub async fn run(
                 .peers()
                 .iter()
                 .all(|p| p.state == trellis_bgp::fsm::State::Established);
+            let settling = speaker.peers().iter().any(|p| p.awaiting_end_of_rib);
             let sweep = !swept
+                && !settling
                 && (all_up
                     || started.elapsed()
                         >= Duration::from_secs(u64::from(config.hold_time.max(3))));

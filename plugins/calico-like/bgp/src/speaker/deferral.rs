@@ -9,6 +9,14 @@
 //! waiting for each other would deadlock). A peer whose session is not up is waited for, until
 //! the timer; so is any peer before the first one is configured (the mesh's peers arrive
 //! after the speaker starts), so an empty peer list never ends the deferral.
+//!
+//! A peer with the R bit still owes us its routes, though: it sends them once it has our
+//! End-of-RIB. Such a peer does not hold route selection, but until its End-of-RIB (or the
+//! timer) it is [`Deferral::is_settling_for`]: the kernel routes the earlier run left are not
+//! swept yet, so its routes do not vanish from forwarding for the moment between the end of
+//! the deferral and its UPDATEs. (FRR in restarting mode sets the R bit for its restart time
+//! after bgpd starts, whether or not it restarted: a restart of ours within that window met
+//! this.)
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -42,8 +50,17 @@ enum Progress {
     NotUp,
     /// Up, End-of-RIB still due for these families.
     Waiting(BTreeSet<Family>),
+    /// It has the R bit: not waited for, but End-of-RIB still due for these families.
+    Restarting(BTreeSet<Family>),
     /// Its routes are all in (or it sends no End-of-RIB we could wait for).
     Done,
+}
+
+impl Progress {
+    /// It holds route selection.
+    fn holds(&self) -> bool {
+        matches!(self, Progress::NotUp | Progress::Waiting(_))
+    }
 }
 
 /// The deferral's state.
@@ -101,8 +118,8 @@ impl Deferral {
             // RFC 4724 §4.1: peers without the capability, and peers restarting themselves,
             // are not waited for.
             None => Progress::Done,
-            Some(g) if g.restart_state => Progress::Done,
             Some(_) if families.is_empty() => Progress::Done,
+            Some(g) if g.restart_state => Progress::Restarting(families.iter().copied().collect()),
             Some(_) => Progress::Waiting(families.iter().copied().collect()),
         };
         self.peers.insert(address, progress);
@@ -111,7 +128,7 @@ impl Deferral {
     /// End-of-RIB for `family` from `address`.
     pub(crate) fn end_of_rib(&mut self, address: IpAddr, family: Family) {
         if let Some(p) = self.peers.get_mut(&address)
-            && let Progress::Waiting(due) = p
+            && let Progress::Waiting(due) | Progress::Restarting(due) = p
         {
             due.remove(&family);
             if due.is_empty() {
@@ -124,18 +141,24 @@ impl Deferral {
     pub(crate) fn waiting_for(&self) -> Vec<IpAddr> {
         self.peers
             .iter()
-            .filter(|(_, p)| **p != Progress::Done)
+            .filter(|(_, p)| p.holds())
             .map(|(a, _)| *a)
             .collect()
     }
 
-    /// Whether `address` is still waited for.
-    pub(crate) fn is_waiting_for(&self, address: IpAddr) -> bool {
-        self.is_deferring()
+    /// Whether `address` has the R bit and its End-of-RIB is still due (before the timer):
+    /// the earlier run's kernel routes are not swept yet.
+    pub(crate) fn is_settling_for(&self, address: IpAddr, now: Instant) -> bool {
+        now < self.deadline
             && self
                 .peers
                 .get(&address)
-                .is_some_and(|p| *p != Progress::Done)
+                .is_some_and(|p| matches!(p, Progress::Restarting(_)))
+    }
+
+    /// Whether `address` is still waited for.
+    pub(crate) fn is_waiting_for(&self, address: IpAddr) -> bool {
+        self.is_deferring() && self.peers.get(&address).is_some_and(Progress::holds)
     }
 
     /// Ends the deferral if its time has come: returns how, once (None while it goes on and
@@ -144,7 +167,7 @@ impl Deferral {
         if self.ended.is_some() {
             return None;
         }
-        let end = if !self.peers.is_empty() && self.peers.values().all(|p| *p == Progress::Done) {
+        let end = if !self.peers.is_empty() && !self.peers.values().any(Progress::holds) {
             DeferralEnd::EndOfRib
         } else if now >= self.deadline {
             DeferralEnd::Timer
@@ -239,6 +262,34 @@ mod tests {
         // R bit: it waits for our End-of-RIB; waiting for its would deadlock.
         d.established(restarting, &BOTH, Some(&gr(true)));
         assert_eq!(d.poll(now), Some(DeferralEnd::EndOfRib));
+        assert!(!d.is_waiting_for(restarting));
+    }
+
+    #[test]
+    fn a_peer_with_the_r_bit_is_settling_until_its_end_of_rib_or_the_timer() {
+        let now = Instant::now();
+        let mut d = Deferral::new(now + Duration::from_secs(60));
+        let (plain, restarting) = (ip("198.18.0.2"), ip("198.18.0.3"));
+        d.add_peer(plain);
+        d.add_peer(restarting);
+        d.established(plain, &BOTH[..1], Some(&gr(false)));
+        d.end_of_rib(plain, Family::IPV4_UNICAST);
+        d.established(restarting, &BOTH, Some(&gr(true)));
+        // Selection is not held for it (it waits for ours first)...
+        assert_eq!(d.poll(now), Some(DeferralEnd::EndOfRib));
+        assert_eq!(d.waiting_for(), Vec::<IpAddr>::new());
+        // ...but its routes are still due: the old kernel routes stay until they are in.
+        assert!(d.is_settling_for(restarting, now));
+        assert!(!d.is_settling_for(plain, now));
+        d.end_of_rib(restarting, Family::IPV4_UNICAST);
+        assert!(d.is_settling_for(restarting, now), "IPv6 still due");
+        d.end_of_rib(restarting, Family::IPV6_UNICAST);
+        assert!(!d.is_settling_for(restarting, now));
+        // One that never sends it settles at the timer.
+        let other = ip("198.18.0.4");
+        d.established(other, &BOTH[..1], Some(&gr(true)));
+        assert!(d.is_settling_for(other, now + Duration::from_secs(59)));
+        assert!(!d.is_settling_for(other, now + Duration::from_secs(60)));
     }
 
     #[test]

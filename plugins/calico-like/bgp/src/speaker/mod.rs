@@ -298,7 +298,9 @@ pub struct PeerStatus {
     pub peer_restarted: bool,
     /// Sessions in which the peer's OPEN carried the R bit.
     pub peer_restarts: u64,
-    /// Our restart's deferral still waits for this peer (its session, or its End-of-RIB).
+    /// Our restart's deferral still waits for this peer (its session, or its End-of-RIB), or
+    /// the peer has the R bit and its End-of-RIB is still due (selection does not wait for
+    /// it, but the earlier run's kernel routes are not swept before its routes are in).
     pub awaiting_end_of_rib: bool,
 }
 
@@ -845,10 +847,9 @@ impl Speaker {
                 let mut status = slot.status.clone();
                 slot.sent.fill(&mut status);
                 (status.prefixes_received, status.prefixes_sent) = core.rib.counts(*address);
-                status.awaiting_end_of_rib = core
-                    .deferral
-                    .as_ref()
-                    .is_some_and(|d| d.is_waiting_for(*address));
+                status.awaiting_end_of_rib = core.deferral.as_ref().is_some_and(|d| {
+                    d.is_waiting_for(*address) || d.is_settling_for(*address, Instant::now())
+                });
                 status
             })
             .collect();
