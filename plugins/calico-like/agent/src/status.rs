@@ -44,7 +44,8 @@ pub struct PeerRow {
     /// Sessions in which the peer's OPEN carried the R bit.
     #[serde(default)]
     pub peer_restarts: u64,
-    /// Our own restart's deferral still waits for this peer (its session or End-of-RIB).
+    /// Our own restart's deferral still waits for this peer (its session or End-of-RIB), or
+    /// for the End-of-RIB of this peer with the R bit before sweeping the old kernel routes.
     #[serde(default)]
     pub awaiting_end_of_rib: bool,
 }
