@@ -163,7 +163,10 @@ async fn wait_mesh(handles: &[Handle], n: usize, proto: u8, limit: Duration) {
                 .count();
         }
         if missing == 0 {
-            eprintln!("  every node has every block after {:.1} s", start.elapsed().as_secs_f64());
+            eprintln!(
+                "  every node has every block after {:.1} s",
+                start.elapsed().as_secs_f64()
+            );
             return;
         }
         assert!(
