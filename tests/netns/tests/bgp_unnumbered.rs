@@ -624,6 +624,40 @@ struct Rfc8950<'a> {
     bird_ll0: u32,
 }
 
+/// `trellis bgp status` in `node`: the capabilities column (the last) of `peer`'s line, once
+/// the line says Established (bounded).
+async fn status_caps(tb: &Testbed, node: &Node, peer: Ipv6Addr) -> String {
+    let deadline = Instant::now() + PROPAGATE;
+    loop {
+        let out = tb
+            .exec_ok(
+                &node.ns,
+                &[bin_path("trellis").to_str().unwrap(), "bgp", "status"],
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        let line = out.lines().find(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.first() == Some(&peer.to_string().as_str()) && f.get(2) == Some(&"Established")
+        });
+        if let Some(caps) = line.and_then(|l| l.split_whitespace().last())
+            && caps != "-"
+        {
+            assert!(
+                out.lines().next().unwrap_or_default().ends_with("CAPS"),
+                "{out}"
+            );
+            return caps.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no Established line with capabilities for {peer} within {PROPAGATE:?}:\n{out}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn rfc8950_setup<'a>(tb: &'a Testbed, n: &'a [Node], extended_next_hop: bool) -> Rfc8950<'a> {
     let (bird_ll, agent_ll) = unnumbered_link(&n[0], &n[1], "ll0").await;
     let index = |node: &Node| {
@@ -701,6 +735,14 @@ async fn ipv4_routes_cross_an_unnumbered_session_with_ipv6_next_hops_rfc_8950() 
         ll0,
         bird_ll0,
     } = rfc8950_setup(&tb, &n, true).await;
+    // `trellis bgp status` shows what the session negotiated: IPv4 unicast with RFC 8950's
+    // extended next hop.
+    let caps = status_caps(&tb, &n[1], bird_ll).await;
+    let caps: Vec<&str> = caps.split(',').collect();
+    assert!(
+        caps.contains(&"ENH") && caps.contains(&"ipv4"),
+        "capabilities shown: {caps:?}"
+    );
 
     expect_route_via6(
         &n[1],
@@ -836,8 +878,20 @@ async fn without_the_peers_extended_next_hop_no_ipv4_route_crosses_the_unnumbere
     let tb = Testbed::new().unwrap();
     let n = nodes(&tb, 2).await;
     let Rfc8950 {
-        bird, agent, pod, ..
+        bird,
+        agent,
+        pod,
+        bird_ll,
+        ..
     } = rfc8950_setup(&tb, &n, false).await;
+    // Without BIRD's offer `trellis bgp status` shows no extended next hop, and no IPv4
+    // unicast (unused on this session).
+    let caps = status_caps(&tb, &n[1], bird_ll).await;
+    let caps: Vec<&str> = caps.split(',').collect();
+    assert!(
+        !caps.contains(&"ENH") && !caps.contains(&"ipv4") && caps.contains(&"4B"),
+        "capabilities shown: {caps:?}"
+    );
     // BIRD's UPDATEs are in (its withdrawal, its End-of-RIB): what it sends has been taken.
     let deadline = Instant::now() + PROPAGATE;
     loop {
