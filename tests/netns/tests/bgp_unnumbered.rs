@@ -1040,3 +1040,105 @@ async fn the_extended_next_hop_flag_carries_ipv4_via_ipv6_to_a_global_ipv6_peer(
         }
     }
 }
+
+/// Issue 18: the unnumbered peer's interface deleted and created again with the same name (a
+/// new index; the same MACs, so the same link-local addresses) is followed without an agent
+/// restart: the agent's resync (every 5 s) sees the name at another index, sets the peer up
+/// again on it, the session comes back and BIRD's IPv4 block is routed `via inet6 … dev ll0`
+/// on the new interface, the pod's ping gets through again. While the interface is gone the
+/// route is gone and the ping fails (the control: nothing else carries the traffic). Before
+/// this change the agent kept the old index until it was restarted: its connections went to
+/// a scope that no longer existed and the session never came back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unnumbered_peers_interface_created_again_is_followed_without_a_restart() {
+    require_root();
+    require_tool("ping", "iputils-ping");
+    let tb = Testbed::new().unwrap();
+    let n = nodes(&tb, 2).await;
+    let Rfc8950 {
+        bird,
+        agent,
+        pod,
+        bird_ll,
+        agent_ll,
+        ll0,
+        ..
+    } = rfc8950_setup(&tb, &n, true).await;
+    expect_route_via6(
+        &n[1],
+        BIRD_BLOCK4,
+        bird_ll,
+        ll0,
+        PROTO_TRELLIS,
+        "BIRD's IPv4 block in our kernel",
+    )
+    .await;
+    let (h0, h1) = (n[0].ns.connect().unwrap(), n[1].ns.connect().unwrap());
+    let mac0 = h0.require_link("ll0").await.unwrap().mac;
+    let mac1 = h1.require_link("ll0").await.unwrap().mac;
+
+    // Gone (both ends of the veth): the kernel drops the route with it, the ping fails.
+    assert!(h1.delete_link("ll0").await.unwrap());
+    let deadline = Instant::now() + PROPAGATE;
+    while !routes_to(&n[1], BIRD_BLOCK4).await.is_empty() {
+        assert!(Instant::now() < deadline, "the route outlived ll0");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !ping_from_pod(&tb, &pod, BIRD_ADDR4).await,
+        "ping got through without ll0"
+    );
+
+    // Created again, same names and MACs: the same link-local addresses, a new index.
+    h0.add_veth(&VethSpec {
+        name: "ll0",
+        peer_name: "ll0",
+        peer_ns: Some(&n[1].ns),
+        mtu: None,
+        mac: mac0,
+        peer_mac: mac1,
+    })
+    .await
+    .unwrap();
+    for (node, h) in [(&n[0], &h0), (&n[1], &h1)] {
+        trellis_net::sysctl::set(&node.ns, &[("net/ipv6/conf/ll0/accept_dad", "0")]).unwrap();
+        let link = h.require_link("ll0").await.unwrap();
+        h.set_up(link.index).await.unwrap();
+    }
+    assert_eq!(link_local(&h0, "ll0").await, bird_ll);
+    assert_eq!(link_local(&h1, "ll0").await, agent_ll);
+    let new_ll0 = h1.require_link("ll0").await.unwrap().index;
+    assert_ne!(new_ll0, ll0, "ll0 got its old index back");
+
+    // The session comes back on it, and BIRD's block is routed on the new ll0.
+    let limit = Duration::from_secs(40);
+    let deadline = Instant::now() + limit;
+    loop {
+        let found = routes_to(&n[1], BIRD_BLOCK4).await;
+        if found
+            .iter()
+            .any(|r| r.gateway == Some(IpAddr::V6(bird_ll)) && r.oif == Some(new_ll0))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "BIRD's block not routed on the new ll0 ({new_ll0}) within {limit:?}: {found:?}\nagent log:\n{}\nBIRD:\n{}",
+            agent.log(),
+            bird.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        agent.log().contains("interface changed"),
+        "the agent did not say why the session started again"
+    );
+    let deadline = Instant::now() + PROPAGATE;
+    while !ping_from_pod(&tb, &pod, BIRD_ADDR4).await {
+        assert!(
+            Instant::now() < deadline,
+            "ping over the new ll0: no answer; routes {:?}",
+            routes_to(&n[1], BIRD_BLOCK4).await
+        );
+    }
+}
