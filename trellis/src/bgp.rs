@@ -323,12 +323,13 @@ async fn get_within(agent: SocketAddr, path: &str, limit: Duration) -> anyhow::R
     String::from_utf8(body.to_vec()).context("the agent's answer is not UTF-8")
 }
 
-/// `trellis bgp status`: a row per peer (prefixes now; UPDATEs in this session and in all),
-/// and under it its BFD session and the last error, when there are.
+/// `trellis bgp status`: a row per peer (prefixes now; UPDATEs in this session and in all;
+/// the capabilities the session negotiated, `-` while none is up), and under it its BFD
+/// session and the last error, when there are.
 fn status_table(peers: &[PeerRow]) -> String {
     use std::fmt::Write;
     let mut out = format!(
-        "{:<40} {:>10} {:<12} {:>10} {:>8} {:>8} {:>8} {:>17}\n",
+        "{:<40} {:>10} {:<12} {:>10} {:>8} {:>8} {:>8} {:>17} CAPS\n",
         "PEER", "AS", "STATE", "UPTIME", "RECV", "SENT", "SESSIONS", "UPDATES IN/OUT"
     );
     for p in peers {
@@ -336,9 +337,14 @@ fn status_table(peers: &[PeerRow]) -> String {
             "{}/{} ({}/{})",
             p.updates_received, p.updates_sent, p.total.updates_received, p.total.updates_sent
         );
+        let caps = if p.capabilities.is_empty() {
+            "-".to_string()
+        } else {
+            p.capabilities.join(",")
+        };
         let _ = writeln!(
             out,
-            "{:<40} {:>10} {:<12} {:>9}s {:>8} {:>8} {:>8} {:>17}",
+            "{:<40} {:>10} {:<12} {:>9}s {:>8} {:>8} {:>8} {:>17} {caps}",
             p.address,
             p.remote_asn,
             p.state,
@@ -461,6 +467,34 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(status_table(&[old]).lines().count(), 2);
+    }
+
+    #[test]
+    fn the_status_table_shows_the_negotiated_capabilities_last_on_the_peers_line() {
+        let up: PeerRow = serde_json::from_value(serde_json::json!({
+            "address": "fe80::2", "remote_asn": 65002, "state": "Established", "uptime_seconds": 7,
+            "prefixes_received": 1, "prefixes_sent": 2, "updates_received": 3, "updates_sent": 4,
+            "sessions": 1, "capabilities": ["ipv4", "ipv6", "ENH", "GR", "4B", "RR"]
+        }))
+        .unwrap();
+        assert_eq!(up.capabilities, ["ipv4", "ipv6", "ENH", "GR", "4B", "RR"]);
+        let down: PeerRow = serde_json::from_value(serde_json::json!({
+            "address": "198.18.0.3", "remote_asn": 64512, "state": "Active", "uptime_seconds": 0,
+            "prefixes_received": 0, "prefixes_sent": 0, "updates_received": 0, "updates_sent": 0
+        }))
+        .unwrap();
+        assert!(down.capabilities.is_empty());
+        let table = status_table(&[up, down]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 3, "{table}");
+        assert_eq!(lines[0].split_whitespace().last(), Some("CAPS"), "{table}");
+        let fields: Vec<&str> = lines[1].split_whitespace().collect();
+        // The columns before it keep their places (scripts read them by position).
+        assert_eq!(fields[0], "fe80::2", "{table}");
+        assert_eq!(fields[2], "Established", "{table}");
+        assert_eq!((fields[4], fields[5]), ("1", "2"), "{table}");
+        assert_eq!(fields.last(), Some(&"ipv4,ipv6,ENH,GR,4B,RR"), "{table}");
+        assert_eq!(lines[2].split_whitespace().last(), Some("-"), "{table}");
     }
 
     #[test]

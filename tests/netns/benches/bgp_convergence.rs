@@ -14,7 +14,15 @@
 //! (a few ms), for ours only writing a file and sending a signal.
 //!
 //!     cargo bench -p netns-testbed --bench bgp-convergence [-- --nodes 20 --rounds 20]
-//!         [--trellis PATH] [--only ours|bird] [--logs DIR]
+//!         [--reflectors N] [--trellis PATH] [--only ours|bird] [--logs DIR]
+//!
+//! `--reflectors N` (issue 18): no mesh; nodes n1..nN are route reflectors with one cluster id
+//! (peered with each other as non-clients), every other node a client of each reflector (and
+//! peered with the reflectors only). Ours: the reflectors run with `--cluster-id` and
+//! `--rr-client` for each client (standalone, as README's route-reflector section says);
+//! BIRD: `rr client` and `rr cluster id` on the reflectors' client sessions. The new block is
+//! announced on a client (the clients in turn) and timed until it is in (or has left) every
+//! other client's kernel; the reflectors' kernels are not waited for.
 //!
 //! Our side needs a live announcement interface: the agent is started with
 //! `--announce-file PATH` (prefixes one a line, in addition to `--announce`), and a round
@@ -43,6 +51,53 @@ const ASN: u32 = 64512;
 const LIFETIME: Duration = Duration::from_secs(900);
 /// Bound of one round's propagation.
 const ROUND_LIMIT: Duration = Duration::from_secs(30);
+/// The reflectors' cluster id in `--reflectors` mode.
+const CLUSTER_ID: std::net::Ipv4Addr = std::net::Ipv4Addr::new(244, 0, 0, 1);
+
+/// Who peers with whom: the iBGP full mesh, or `reflectors` route reflectors (nodes
+/// `0..reflectors`) with every other node a client of each.
+#[derive(Clone, Copy)]
+struct Topology {
+    n: usize,
+    reflectors: usize,
+}
+
+impl Topology {
+    fn is_reflector(&self, i: usize) -> bool {
+        i < self.reflectors
+    }
+
+    /// Node `i`'s peers (indices).
+    fn peers(&self, i: usize) -> Vec<usize> {
+        (0..self.n)
+            .filter(|j| *j != i)
+            .filter(|j| self.reflectors == 0 || self.is_reflector(i) || self.is_reflector(*j))
+            .collect()
+    }
+
+    /// The nodes a round's new block is announced on, in turn (the clients with reflectors).
+    fn origins(&self) -> Vec<usize> {
+        (self.reflectors..self.n).collect()
+    }
+
+    /// The kernels a round waits for: every other node (every other client with reflectors).
+    fn targets(&self, origin: usize) -> Vec<usize> {
+        (self.reflectors..self.n).filter(|i| *i != origin).collect()
+    }
+
+    fn describe(&self) -> String {
+        if self.reflectors == 0 {
+            format!("{} nodes, iBGP full mesh AS {ASN}", self.n)
+        } else {
+            format!(
+                "{} nodes, {} route reflectors (cluster id {CLUSTER_ID}) + {} clients, AS {ASN}",
+                self.n,
+                self.reflectors,
+                self.n - self.reflectors
+            )
+        }
+    }
+}
 
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
@@ -108,7 +163,10 @@ async fn wait_mesh(handles: &[Handle], n: usize, proto: u8, limit: Duration) {
                 .count();
         }
         if missing == 0 {
-            eprintln!("  mesh converged in {:.1} s", start.elapsed().as_secs_f64());
+            eprintln!(
+                "  every node has every block after {:.1} s",
+                start.elapsed().as_secs_f64()
+            );
             return;
         }
         assert!(
@@ -126,20 +184,20 @@ struct Figures {
     withdraw: Series,
 }
 
-/// Polls every kernel but `origin`'s (all of them at once, then again after 1 ms) until each
+/// Polls the kernels of `targets` (all of them at once, then again after 1 ms) until each
 /// routes `prefix` (`proto`) — or, with `present` false, until none does; returns ms since `t0`
 /// until the first and until the last got there, and the mean time of one polling sweep (the
 /// resolution of the figures).
 async fn propagation(
     handles: &[Handle],
-    origin: usize,
+    targets: Vec<usize>,
     prefix: Ipv4Net,
     proto: u8,
     present: bool,
     t0: Instant,
 ) -> (f64, f64, f64) {
     let dst = IpNet::V4(prefix);
-    let mut pending: Vec<usize> = (0..handles.len()).filter(|i| *i != origin).collect();
+    let mut pending = targets;
     let mut first = None;
     let (mut sweeps, mut swept) = (0u32, Duration::ZERO);
     loop {
@@ -186,6 +244,7 @@ struct Side<'a> {
     name: &'static str,
     proto: u8,
     handles: Vec<Handle>,
+    topology: Topology,
     speakers: Speakers<'a>,
     figures: Figures,
 }
@@ -199,7 +258,8 @@ enum Speakers<'a> {
 impl Side<'_> {
     /// Round `r`: a new block on node `r % n`, timed until it is in every other kernel.
     async fn round(&mut self, r: usize) {
-        let k = r % self.handles.len();
+        let origins = self.topology.origins();
+        let k = origins[r % origins.len()];
         let prefix = new_block(r);
         let t0;
         match &mut self.speakers {
@@ -215,7 +275,9 @@ impl Side<'_> {
                 agents[k].set_announced(&announced[k], *sighup).unwrap();
             }
         }
-        let (first, all, sweep) = propagation(&self.handles, k, prefix, self.proto, true, t0).await;
+        let targets = self.topology.targets(k);
+        let (first, all, sweep) =
+            propagation(&self.handles, targets, prefix, self.proto, true, t0).await;
         eprintln!(
             "  {:<5} round {r}: {prefix} from n{}: first {first:.1} ms, all {all:.1} ms (poll sweep {sweep:.2} ms)",
             self.name,
@@ -226,7 +288,8 @@ impl Side<'_> {
 
     /// Round `r`'s block withdrawn again, timed until it has left every other kernel.
     async fn withdraw(&mut self, r: usize) {
-        let k = r % self.handles.len();
+        let origins = self.topology.origins();
+        let k = origins[r % origins.len()];
         let prefix = new_block(r);
         let t0;
         match &mut self.speakers {
@@ -242,8 +305,9 @@ impl Side<'_> {
                 agents[k].set_announced(&announced[k], *sighup).unwrap();
             }
         }
+        let targets = self.topology.targets(k);
         let (first, all, sweep) =
-            propagation(&self.handles, k, prefix, self.proto, false, t0).await;
+            propagation(&self.handles, targets, prefix, self.proto, false, t0).await;
         eprintln!(
             "  {:<5} round {r}: {prefix} withdrawn from n{}: first {first:.1} ms, all {all:.1} ms (poll sweep {sweep:.2} ms)",
             self.name,
@@ -261,8 +325,9 @@ impl Series {
     }
 }
 
-async fn bird_side(tb: &Testbed, n: usize) -> Side<'_> {
+async fn bird_side(tb: &Testbed, t: Topology) -> Side<'_> {
     require_tool("bird", "bird2");
+    let n = t.n;
     let nodes = make_nodes(tb, n).await;
     let mut birds = Vec::new();
     for (i, node) in nodes.iter().enumerate() {
@@ -271,8 +336,23 @@ async fn bird_side(tb: &Testbed, n: usize) -> Side<'_> {
         // kernel, as Calico's BIRD and our agent do.
         c.hold_time = 90;
         c.kernel_export_static = true;
-        for (j, other) in nodes.iter().enumerate().filter(|(j, _)| *j != i) {
-            c = c.peer(BirdPeer::new(&format!("n{}", j + 1), other.ip, ASN));
+        if t.is_reflector(i) {
+            c = c.route_reflector(CLUSTER_ID);
+        }
+        for j in t.peers(i) {
+            let mut p = BirdPeer::new(&format!("n{}", j + 1), nodes[j].ip, ASN);
+            if t.is_reflector(i) {
+                p = if t.is_reflector(j) {
+                    // Another reflector: a non-client, and what it reflects keeps its next hop.
+                    BirdPeer {
+                        next_hop_self: false,
+                        ..p
+                    }
+                } else {
+                    p.rr_client()
+                };
+            }
+            c = c.peer(p);
         }
         birds.push(Bird::start(tb, node, c, LIFETIME).await.unwrap());
     }
@@ -287,12 +367,14 @@ async fn bird_side(tb: &Testbed, n: usize) -> Side<'_> {
         name: "bird",
         proto: PROTO_BIRD,
         handles,
+        topology: t,
         speakers: Speakers::Bird(birds),
         figures: Figures::default(),
     }
 }
 
-async fn our_side<'a>(tb: &'a Testbed, n: usize, trellis: &Path) -> Result<Side<'a>, String> {
+async fn our_side<'a>(tb: &'a Testbed, t: Topology, trellis: &Path) -> Result<Side<'a>, String> {
+    let n = t.n;
     let help = std::process::Command::new(trellis)
         .args(["bgp-agent", "--help"])
         .output()
@@ -313,8 +395,15 @@ async fn our_side<'a>(tb: &'a Testbed, n: usize, trellis: &Path) -> Result<Side<
         let mut spec = AgentSpec::new(ASN).announce(block(i + 1));
         spec.hold_time = 90;
         spec.announce_file = Some(file);
-        for other in nodes.iter().filter(|o| o.ip != node.ip) {
-            spec = spec.peer(other.ip, ASN);
+        if t.is_reflector(i) {
+            spec.extra = vec!["--cluster-id".into(), CLUSTER_ID.to_string()];
+        }
+        for j in t.peers(i) {
+            spec = spec.peer(nodes[j].ip, ASN);
+            if t.is_reflector(i) && !t.is_reflector(j) {
+                spec.extra
+                    .extend(["--rr-client".to_string(), nodes[j].ip.to_string()]);
+            }
         }
         agents.push(
             Agent::start_with(tb, node, spec, LIFETIME, trellis)
@@ -322,9 +411,9 @@ async fn our_side<'a>(tb: &'a Testbed, n: usize, trellis: &Path) -> Result<Side<
                 .map_err(|e| e.to_string())?,
         );
     }
-    for a in &agents {
-        for other in nodes.iter().filter(|o| o.ip != a.node.ip) {
-            a.wait_established(other.ip, Duration::from_secs(90))
+    for (i, a) in agents.iter().enumerate() {
+        for j in t.peers(i) {
+            a.wait_established(nodes[j].ip, Duration::from_secs(90))
                 .await
                 .map_err(|e| e.to_string())?;
         }
@@ -335,6 +424,7 @@ async fn our_side<'a>(tb: &'a Testbed, n: usize, trellis: &Path) -> Result<Side<
         name: "ours",
         proto: PROTO_TRELLIS,
         handles,
+        topology: t,
         speakers: Speakers::Ours(agents, vec![Vec::new(); n], sighup),
         figures: Figures::default(),
     })
@@ -353,6 +443,9 @@ async fn main() {
 async fn run() {
     let n = num("--nodes", 20).clamp(2, 200);
     let rounds = num("--rounds", 20).max(1);
+    // At least two clients: one announces, another one's kernel is waited for.
+    let reflectors = num("--reflectors", 0).min(n.saturating_sub(2));
+    let topology = Topology { n, reflectors };
     let only = arg("--only");
     let trellis = arg("--trellis")
         .map(PathBuf::from)
@@ -363,13 +456,17 @@ async fn run() {
     let (tb_ours, tb_bird) = (Testbed::new().unwrap(), Testbed::new().unwrap());
     let mut ours = None;
     if only.as_deref() != Some("bird") {
-        eprintln!("trellis bgp-agent ({}), {n} nodes…", trellis.display());
-        ours = Some(our_side(&tb_ours, n, &trellis).await);
+        eprintln!(
+            "trellis bgp-agent ({}), {}…",
+            trellis.display(),
+            topology.describe()
+        );
+        ours = Some(our_side(&tb_ours, topology, &trellis).await);
     }
     let mut bird = None;
     if only.as_deref() != Some("ours") {
-        eprintln!("BIRD, {n} nodes…");
-        bird = Some(bird_side(&tb_bird, n).await);
+        eprintln!("BIRD, {}…", topology.describe());
+        bird = Some(bird_side(&tb_bird, topology).await);
     }
     for r in 0..rounds {
         if let Some(Ok(side)) = ours.as_mut() {
@@ -399,17 +496,22 @@ async fn run() {
             std::fs::write(Path::new(&dir).join(format!("n{}.log", i + 1)), a.log()).unwrap();
         }
     }
+    let (node, other) = if reflectors == 0 {
+        ("node", "every other node's kernel")
+    } else {
+        ("client", "every other client's kernel")
+    };
     for (what, pick) in [
         (
-            "a new /26 on one node until it is in every other node's kernel",
+            format!("a new /26 on one {node} until it is in {other}"),
             announced as fn(&Figures) -> &Series,
         ),
         (
-            "the /26 withdrawn again until it has left every other node's kernel",
+            format!("the /26 withdrawn again until it has left {other}"),
             withdrawn,
         ),
     ] {
-        report(n, rounds, what, pick, &ours, &bird);
+        report(&topology, rounds, &what, pick, &ours, &bird);
     }
 }
 
@@ -423,14 +525,17 @@ fn withdrawn(f: &Figures) -> &Series {
 
 /// One table: both sides' figures for one kind of change, and the ratios.
 fn report(
-    n: usize,
+    topology: &Topology,
     rounds: usize,
     what: &str,
     pick: fn(&Figures) -> &Series,
     ours: &Option<Result<Side<'_>, String>>,
     bird: &Option<Side<'_>>,
 ) {
-    println!("bgp-convergence: {n} nodes, iBGP full mesh AS {ASN}, {rounds} rounds: {what}");
+    println!(
+        "bgp-convergence: {}, {rounds} rounds: {what}",
+        topology.describe()
+    );
     println!(
         "{:<20} {:>12} {:>12} {:>18} {:>14}",
         "speaker", "median ms", "p90 ms", "first kernel ms", "poll sweep ms"

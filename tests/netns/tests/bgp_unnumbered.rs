@@ -624,6 +624,40 @@ struct Rfc8950<'a> {
     bird_ll0: u32,
 }
 
+/// `trellis bgp status` in `node`: the capabilities column (the last) of `peer`'s line, once
+/// the line says Established (bounded).
+async fn status_caps(tb: &Testbed, node: &Node, peer: Ipv6Addr) -> String {
+    let deadline = Instant::now() + PROPAGATE;
+    loop {
+        let out = tb
+            .exec_ok(
+                &node.ns,
+                &[bin_path("trellis").to_str().unwrap(), "bgp", "status"],
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        let line = out.lines().find(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.first() == Some(&peer.to_string().as_str()) && f.get(2) == Some(&"Established")
+        });
+        if let Some(caps) = line.and_then(|l| l.split_whitespace().last())
+            && caps != "-"
+        {
+            assert!(
+                out.lines().next().unwrap_or_default().ends_with("CAPS"),
+                "{out}"
+            );
+            return caps.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no Established line with capabilities for {peer} within {PROPAGATE:?}:\n{out}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn rfc8950_setup<'a>(tb: &'a Testbed, n: &'a [Node], extended_next_hop: bool) -> Rfc8950<'a> {
     let (bird_ll, agent_ll) = unnumbered_link(&n[0], &n[1], "ll0").await;
     let index = |node: &Node| {
@@ -701,6 +735,14 @@ async fn ipv4_routes_cross_an_unnumbered_session_with_ipv6_next_hops_rfc_8950() 
         ll0,
         bird_ll0,
     } = rfc8950_setup(&tb, &n, true).await;
+    // `trellis bgp status` shows what the session negotiated: IPv4 unicast with RFC 8950's
+    // extended next hop.
+    let caps = status_caps(&tb, &n[1], bird_ll).await;
+    let caps: Vec<&str> = caps.split(',').collect();
+    assert!(
+        caps.contains(&"ENH") && caps.contains(&"ipv4"),
+        "capabilities shown: {caps:?}"
+    );
 
     expect_route_via6(
         &n[1],
@@ -836,8 +878,20 @@ async fn without_the_peers_extended_next_hop_no_ipv4_route_crosses_the_unnumbere
     let tb = Testbed::new().unwrap();
     let n = nodes(&tb, 2).await;
     let Rfc8950 {
-        bird, agent, pod, ..
+        bird,
+        agent,
+        pod,
+        bird_ll,
+        ..
     } = rfc8950_setup(&tb, &n, false).await;
+    // Without BIRD's offer `trellis bgp status` shows no extended next hop, and no IPv4
+    // unicast (unused on this session).
+    let caps = status_caps(&tb, &n[1], bird_ll).await;
+    let caps: Vec<&str> = caps.split(',').collect();
+    assert!(
+        !caps.contains(&"ENH") && !caps.contains(&"ipv4") && caps.contains(&"4B"),
+        "capabilities shown: {caps:?}"
+    );
     // BIRD's UPDATEs are in (its withdrawal, its End-of-RIB): what it sends has been taken.
     let deadline = Instant::now() + PROPAGATE;
     loop {
@@ -984,5 +1038,107 @@ async fn the_extended_next_hop_flag_carries_ipv4_via_ipv6_to_a_global_ipv6_peer(
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+}
+
+/// Issue 18: the unnumbered peer's interface deleted and created again with the same name (a
+/// new index; the same MACs, so the same link-local addresses) is followed without an agent
+/// restart: the agent's resync (every 5 s) sees the name at another index, sets the peer up
+/// again on it, the session comes back and BIRD's IPv4 block is routed `via inet6 … dev ll0`
+/// on the new interface, the pod's ping gets through again. While the interface is gone the
+/// route is gone and the ping fails (the control: nothing else carries the traffic). Before
+/// this change the agent kept the old index until it was restarted: its connections went to
+/// a scope that no longer existed and the session never came back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unnumbered_peers_interface_created_again_is_followed_without_a_restart() {
+    require_root();
+    require_tool("ping", "iputils-ping");
+    let tb = Testbed::new().unwrap();
+    let n = nodes(&tb, 2).await;
+    let Rfc8950 {
+        bird,
+        agent,
+        pod,
+        bird_ll,
+        agent_ll,
+        ll0,
+        ..
+    } = rfc8950_setup(&tb, &n, true).await;
+    expect_route_via6(
+        &n[1],
+        BIRD_BLOCK4,
+        bird_ll,
+        ll0,
+        PROTO_TRELLIS,
+        "BIRD's IPv4 block in our kernel",
+    )
+    .await;
+    let (h0, h1) = (n[0].ns.connect().unwrap(), n[1].ns.connect().unwrap());
+    let mac0 = h0.require_link("ll0").await.unwrap().mac;
+    let mac1 = h1.require_link("ll0").await.unwrap().mac;
+
+    // Gone (both ends of the veth): the kernel drops the route with it, the ping fails.
+    assert!(h1.delete_link("ll0").await.unwrap());
+    let deadline = Instant::now() + PROPAGATE;
+    while !routes_to(&n[1], BIRD_BLOCK4).await.is_empty() {
+        assert!(Instant::now() < deadline, "the route outlived ll0");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !ping_from_pod(&tb, &pod, BIRD_ADDR4).await,
+        "ping got through without ll0"
+    );
+
+    // Created again, same names and MACs: the same link-local addresses, a new index.
+    h0.add_veth(&VethSpec {
+        name: "ll0",
+        peer_name: "ll0",
+        peer_ns: Some(&n[1].ns),
+        mtu: None,
+        mac: mac0,
+        peer_mac: mac1,
+    })
+    .await
+    .unwrap();
+    for (node, h) in [(&n[0], &h0), (&n[1], &h1)] {
+        trellis_net::sysctl::set(&node.ns, &[("net/ipv6/conf/ll0/accept_dad", "0")]).unwrap();
+        let link = h.require_link("ll0").await.unwrap();
+        h.set_up(link.index).await.unwrap();
+    }
+    assert_eq!(link_local(&h0, "ll0").await, bird_ll);
+    assert_eq!(link_local(&h1, "ll0").await, agent_ll);
+    let new_ll0 = h1.require_link("ll0").await.unwrap().index;
+    assert_ne!(new_ll0, ll0, "ll0 got its old index back");
+
+    // The session comes back on it, and BIRD's block is routed on the new ll0.
+    let limit = Duration::from_secs(40);
+    let deadline = Instant::now() + limit;
+    loop {
+        let found = routes_to(&n[1], BIRD_BLOCK4).await;
+        if found
+            .iter()
+            .any(|r| r.gateway == Some(IpAddr::V6(bird_ll)) && r.oif == Some(new_ll0))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "BIRD's block not routed on the new ll0 ({new_ll0}) within {limit:?}: {found:?}\nagent log:\n{}\nBIRD:\n{}",
+            agent.log(),
+            bird.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        agent.log().contains("interface changed"),
+        "the agent did not say why the session started again"
+    );
+    let deadline = Instant::now() + PROPAGATE;
+    while !ping_from_pod(&tb, &pod, BIRD_ADDR4).await {
+        assert!(
+            Instant::now() < deadline,
+            "ping over the new ll0: no answer; routes {:?}",
+            routes_to(&n[1], BIRD_BLOCK4).await
+        );
     }
 }

@@ -83,6 +83,12 @@ pub struct PeerSpec {
     /// BFD for this peer (absent: the agent's `--bfd` setting).
     #[serde(default)]
     pub bfd: Option<BfdSpec>,
+    /// The interface a link-local `peerIP` (fe80::/10) is on: an unnumbered session over that
+    /// link, RFC 8950's extended next hop offered, as the agent's `--peer [fe80::1%eth1]:ASN`.
+    /// Calico's BGPPeer has no such field (its `peerIP` cannot be link-local); the name is
+    /// MetalLB's BGPPeer `spec.interface`.
+    #[serde(default)]
+    pub interface: Option<String>,
 }
 
 /// `spec.bfd`: `{enabled, minRxMs, minTxMs, multiplier}`. A field left out takes the agent's
@@ -245,15 +251,26 @@ impl PeerSpec {
             (_, Some(s)) => Runs::Selected(Selector::parse(s).map_err(|e| e.to_string())?),
             _ => Runs::Everywhere,
         };
+        let interface = blank(self.interface.as_deref());
+        if let Some(i) = interface
+            && (i.len() > 15 || i.contains(['/', '%']) || i.contains(char::is_whitespace))
+        {
+            return Err(format!("interface {i:?} is not an interface name"));
+        }
+        let link_local = matches!(self.peer_ip, Some(IpAddr::V6(a)) if a.is_unicast_link_local());
         let target = match (
             self.peer_ip,
             self.as_number,
             blank(self.peer_selector.as_deref()),
         ) {
             (Some(_), _, Some(_)) => return Err("give peerIP or peerSelector, not both".into()),
-            (Some(IpAddr::V6(a)), _, None) if a.is_unicast_link_local() => {
+            (Some(_), _, None) if link_local && interface.is_none() => {
+                return Err("a link-local peerIP needs its interface (spec.interface)".into());
+            }
+            _ if interface.is_some() && !link_local => {
                 return Err(
-                    "a link-local peerIP needs its interface, which a BGPPeer cannot name: use the agent's --peer [fe80::…%IFACE]:ASN".into(),
+                    "interface goes with a link-local (fe80::/10) peerIP (an unnumbered peer)"
+                        .into(),
                 );
             }
             (Some(ip), Some(asn), None) => Target::Address(ip, asn),
@@ -414,9 +431,11 @@ pub fn peer_crd() -> CrdSpec {
                 "minTxMs": {"type": "integer", "minimum": 1, "maximum": 60000},
                 "multiplier": {"type": "integer", "minimum": 1, "maximum": 255},
             }},
+            "interface": {"type": "string", "maxLength": 15},
         }}),
         columns: json!([
             {"name": "Peer", "type": "string", "jsonPath": ".spec.peerIP"},
+            {"name": "Interface", "type": "string", "jsonPath": ".spec.interface", "priority": 1},
             {"name": "AS", "type": "integer", "jsonPath": ".spec.asNumber"},
             {"name": "Node", "type": "string", "jsonPath": ".spec.node"},
             {"name": "Peers", "type": "string", "jsonPath": ".spec.peerSelector"},
@@ -626,6 +645,7 @@ pub fn watch(
                         export,
                         password,
                         bfd: p.bfd,
+                        interface: p.interface.clone().filter(|i| !i.trim().is_empty()),
                         ..Neighbour::new(address, asn)
                     },
                 });
@@ -877,6 +897,10 @@ mod tests {
             json!({"peerSelector": "all()", "node": "n1", "nodeSelector": "all()"}),
             json!({"peerSelector": "rack = 'a'"}),
             json!({"peerIP": "fe80::1", "asNumber": 65000}),
+            json!({"peerIP": "198.18.0.9", "asNumber": 65000, "interface": "eth1"}),
+            json!({"peerSelector": "all()", "interface": "eth1"}),
+            json!({"peerIP": "fe80::1", "asNumber": 65000, "interface": "a/b"}),
+            json!({"peerIP": "fe80::1", "asNumber": 65000, "interface": "sixteen-chars-xx"}),
         ] {
             let p: PeerSpec = serde_json::from_value(bad.clone()).unwrap();
             assert!(p.read().is_err(), "{bad} read");
@@ -890,5 +914,37 @@ mod tests {
             p.read(),
             Ok((Runs::Everywhere, Target::Address(..)))
         ));
+    }
+
+    #[test]
+    fn an_interface_makes_a_link_local_peer_ip_an_unnumbered_neighbour() {
+        let p: PeerSpec = serde_json::from_value(
+            json!({"peerIP": "fe80::2", "asNumber": 65002, "interface": "eth1", "node": "n1"}),
+        )
+        .unwrap();
+        assert_eq!(p.interface.as_deref(), Some("eth1"));
+        let (runs, target) = p.read().unwrap();
+        assert_eq!(runs, Runs::Node("n1".into()));
+        assert_eq!(target, Target::Address("fe80::2".parse().unwrap(), 65002));
+        // The agent's neighbour carries the interface (as `--peer [fe80::2%eth1]:65002`).
+        let peer = CrdPeer {
+            name: "unnumbered".into(),
+            runs,
+            target,
+            template: Neighbour {
+                interface: p.interface.clone(),
+                ..Neighbour::new("::".parse().unwrap(), 0)
+            },
+        };
+        let n = neighbours(&[peer], &[], "n1", None, 64512);
+        assert_eq!(n.len(), 1);
+        assert_eq!(n[0].address.to_string(), "fe80::2");
+        assert_eq!(n[0].asn, 65002);
+        assert_eq!(n[0].interface.as_deref(), Some("eth1"));
+        assert_eq!(
+            n[0],
+            "[fe80::2%eth1]:65002".parse::<Neighbour>().unwrap(),
+            "the same neighbour as the flag's"
+        );
     }
 }

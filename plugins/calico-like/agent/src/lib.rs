@@ -684,6 +684,7 @@ pub async fn run(
         link,
         host: host.clone(),
         peer_links: peer_links.clone(),
+        missing_unnumbered: false,
     };
     sessions
         .apply(&mut peers, &want(mesh_on, &mesh_peers, &crd_peers), &config)
@@ -902,6 +903,11 @@ pub async fn run(
             _ = tick.tick() => {
                 refresh = true;
                 periodic = true;
+                // An unnumbered peer's interface deleted and created again (a new index), or
+                // one that was missing: its session set up again on the interface as it is.
+                if sessions.recheck_unnumbered(&mut peers).await? {
+                    sessions.apply(&mut peers, &want(mesh_on, &mesh_peers, &crd_peers), &config).await?;
+                }
             }
             // The announce file changed: its prefixes go out at once, and nothing else is done
             // before the peers' tasks have sent them (the kernel's reconciliation with the RIB
@@ -1103,6 +1109,9 @@ struct Sessions<'a> {
     host: Handle,
     /// Unnumbered peers' interfaces, for the kernel routes via their link-local next hops.
     peer_links: kernel::PeerLinks,
+    /// The last `apply` skipped an unnumbered peer (its interface missing or without a
+    /// link-local address).
+    missing_unnumbered: bool,
 }
 
 impl Sessions<'_> {
@@ -1157,6 +1166,42 @@ impl Sessions<'_> {
         Ok((link.index, ours))
     }
 
+    /// Forgets the unnumbered peers whose interface is gone or has another index than their
+    /// session's (deleted and created again with the same name), their sessions removed, so
+    /// that `apply` sets them up again on the interface as it is now. True when `apply` has
+    /// something to do: a peer forgotten, or a wanted unnumbered peer not set up (its
+    /// interface was missing) whose interface is there now.
+    async fn recheck_unnumbered(
+        &mut self,
+        have: &mut BTreeMap<IpAddr, Neighbour>,
+    ) -> Result<bool, AgentError> {
+        let mut again = false;
+        for (addr, n) in have.clone() {
+            let Some(name) = &n.interface else { continue };
+            let known = self
+                .peer_links
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&addr)
+                .copied();
+            let now = match self.host.link(name).await {
+                Ok(link) => link.map(|l| l.index),
+                Err(e) => {
+                    tracing::warn!(peer = %addr, interface = %name, error = %e, "cannot look up the unnumbered peer's interface");
+                    continue;
+                }
+            };
+            if now != known {
+                tracing::info!(peer = %addr, interface = %name, old = ?known, new = ?now, "the unnumbered peer's interface changed: its session starts again on it");
+                self.speaker.remove_peer(addr).map_err(AgentError::mode)?;
+                kernel::set_peer_link(&self.peer_links, addr, None);
+                have.remove(&addr);
+                again = true;
+            }
+        }
+        Ok(again || self.missing_unnumbered)
+    }
+
     async fn apply(
         &mut self,
         have: &mut BTreeMap<IpAddr, Neighbour>,
@@ -1178,6 +1223,7 @@ impl Sessions<'_> {
                 have.remove(&addr);
             }
         }
+        let mut missing = false;
         for (addr, n) in want {
             if !have.contains_key(addr) {
                 tracing::info!(peer = %addr, asn = n.asn, "adding peer");
@@ -1199,8 +1245,10 @@ impl Sessions<'_> {
                     let (index, ours) = match self.unnumbered(*addr, name).await {
                         Ok(found) => found,
                         Err(e) => {
-                            // The others keep working; the next apply tries again.
+                            // The others keep working; the next apply tries again (at the
+                            // latest at the next resync, see `recheck_unnumbered`).
                             tracing::warn!(peer = %addr, interface = %name, error = %e, "cannot set up an unnumbered peer: skipped");
+                            missing = true;
                             continue;
                         }
                     };
@@ -1261,6 +1309,7 @@ impl Sessions<'_> {
                 have.insert(*addr, n.clone());
             }
         }
+        self.missing_unnumbered = missing;
         Ok(())
     }
 }

@@ -48,6 +48,11 @@ pub struct PeerRow {
     /// for the End-of-RIB of this peer with the R bit before sweeping the old kernel routes.
     #[serde(default)]
     pub awaiting_end_of_rib: bool,
+    /// What the Established session negotiated, short names (`ipv4`, `ipv6`, `ENH` for RFC
+    /// 8950's extended next hop, `GR`, `4B` for four-octet AS, `RR` for route refresh); empty
+    /// while no session is up.
+    #[serde(default)]
+    pub capabilities: Vec<String>,
 }
 
 /// A peer's BFD session.
@@ -185,6 +190,7 @@ pub fn publish_parts(speaker: &Speaker, bfd: Option<&Bfd>, health: &Health, metr
             peer_restarted: p.peer_restarted,
             peer_restarts: p.peer_restarts,
             awaiting_end_of_rib: p.awaiting_end_of_rib,
+            capabilities: p.negotiated.names().into_iter().map(String::from).collect(),
         })
         .collect();
     metrics.clear("bgp_session_established");

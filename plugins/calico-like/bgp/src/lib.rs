@@ -20,6 +20,6 @@ pub mod speaker;
 pub use filter::{PrefixFilter, PrefixRule, Verdict};
 pub use rib::{BestRoute, LocRibChange, RoutePolicy, Source};
 pub use speaker::{
-    DeferralEnd, FailureHandle, MaxPrefixes, Md5Key, PeerConfig, PeerStatus, Recovery,
+    DeferralEnd, FailureHandle, MaxPrefixes, Md5Key, Negotiated, PeerConfig, PeerStatus, Recovery,
     RecoveryStatus, RouteChange, Speaker, SpeakerConfig, SpeakerError,
 };

@@ -302,6 +302,49 @@ pub struct PeerStatus {
     /// the peer has the R bit and its End-of-RIB is still due (selection does not wait for
     /// it, but the earlier run's kernel routes are not swept before its routes are in).
     pub awaiting_end_of_rib: bool,
+    /// What the current session negotiated (both sides offered it); the default (nothing)
+    /// while no session is Established.
+    pub negotiated: Negotiated,
+}
+
+/// The capabilities of an Established session that both sides offered.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Negotiated {
+    /// Address families (RFC 4760).
+    pub families: Vec<Family>,
+    /// IPv4 unicast with IPv6 next hops (RFC 8950's Extended Next Hop Encoding).
+    pub extended_next_hop: bool,
+    /// Graceful restart (RFC 4724; ours on, and the peer's capability seen).
+    pub graceful_restart: bool,
+    /// Four-octet AS numbers (RFC 6793).
+    pub four_octet_as: bool,
+    /// Route refresh (RFC 2918).
+    pub route_refresh: bool,
+}
+
+impl Negotiated {
+    /// Short names, in a fixed order: `ipv4`, `ipv6` (families), `ENH` (RFC 8950), `GR`,
+    /// `4B` (four-octet AS), `RR` (route refresh).
+    pub fn names(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.families.contains(&Family::IPV4_UNICAST) {
+            out.push("ipv4");
+        }
+        if self.families.contains(&Family::IPV6_UNICAST) {
+            out.push("ipv6");
+        }
+        for (on, name) in [
+            (self.extended_next_hop, "ENH"),
+            (self.graceful_restart, "GR"),
+            (self.four_octet_as, "4B"),
+            (self.route_refresh, "RR"),
+        ] {
+            if on {
+                out.push(name);
+            }
+        }
+        out
+    }
 }
 
 /// Messages counted over a peer's lifetime.
@@ -356,6 +399,7 @@ impl PeerStatus {
             peer_restarted: false,
             peer_restarts: 0,
             awaiting_end_of_rib: false,
+            negotiated: Negotiated::default(),
         }
     }
 
@@ -912,6 +956,25 @@ fn canonical(address: IpAddr) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn negotiated_capabilities_have_short_names_in_a_fixed_order() {
+        assert!(Negotiated::default().names().is_empty());
+        let all = Negotiated {
+            families: vec![Family::IPV6_UNICAST, Family::IPV4_UNICAST],
+            extended_next_hop: true,
+            graceful_restart: true,
+            four_octet_as: true,
+            route_refresh: true,
+        };
+        assert_eq!(all.names(), ["ipv4", "ipv6", "ENH", "GR", "4B", "RR"]);
+        let v4 = Negotiated {
+            families: vec![Family::IPV4_UNICAST],
+            four_octet_as: true,
+            ..Negotiated::default()
+        };
+        assert_eq!(v4.names(), ["ipv4", "4B"]);
+    }
 
     fn prefix(i: usize) -> IpNet {
         let i = u32::try_from(i).expect("small");

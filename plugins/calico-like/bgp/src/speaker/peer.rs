@@ -768,6 +768,13 @@ impl PeerTask {
         } else {
             None
         };
+        self.status.negotiated = super::Negotiated {
+            families: self.families.clone(),
+            extended_next_hop: self.extended_next_hop,
+            graceful_restart: self.peer_gr.is_some(),
+            four_octet_as: self.cx.four_octet_as,
+            route_refresh: open.route_refresh(),
+        };
         self.status.peer_restarted = open.graceful_restart().is_some_and(|g| g.restart_state);
         if self.status.peer_restarted {
             self.status.peer_restarts += 1;
@@ -881,6 +888,7 @@ impl PeerTask {
         self.sent.new_session();
         self.status.established_at = None;
         self.status.hold_time = 0;
+        self.status.negotiated = super::Negotiated::default();
         let Some(mut core) = owned(&self.shared, address, self.slot_id) else {
             return;
         };
