@@ -776,11 +776,7 @@ impl Speaker {
     /// reconciling against [`Speaker::routes`]. A stream never goes on past a gap.
     pub fn subscribe(&self) -> mpsc::Receiver<RouteChange> {
         let mut core = self.shared.core();
-        let snapshot: Vec<RouteChange> = core
-            .rib
-            .loc_rib()
-            .map(|route| LocRibChange::Best(route.clone()))
-            .collect();
+        let snapshot: Vec<RouteChange> = core.rib.loc_rib().map(LocRibChange::Best).collect();
         let (tx, rx) = mpsc::channel(snapshot.len() + SUBSCRIBER_BACKLOG);
         for change in snapshot {
             // Room for every one: the channel was made for them.
@@ -792,7 +788,7 @@ impl Speaker {
 
     /// The Loc-RIB now.
     pub fn routes(&self) -> Vec<rib::BestRoute> {
-        self.shared.core().rib.loc_rib().cloned().collect()
+        self.shared.core().rib.loc_rib().collect()
     }
 
     /// How many best routes the Loc-RIB holds (without copying them, as [`Speaker::routes`]
