@@ -547,6 +547,11 @@ impl Rib {
             .filter_map(|(prefix, winner)| self.best_route(prefix, *winner))
     }
 
+    /// The prefixes the Loc-RIB has a best route for, in order.
+    pub fn loc_prefixes(&self) -> impl Iterator<Item = IpNet> + '_ {
+        self.loc.keys().copied()
+    }
+
     /// How many prefixes the Loc-RIB has a best route for.
     pub fn loc_rib_len(&self) -> usize {
         self.loc.len()
