@@ -853,8 +853,9 @@ pub async fn run(
                         routes.fenced() as f64,
                     );
                 }
-                // The speaker dropped us for falling behind (see `Speaker::subscribe`): changes
-                // were lost, withdrawals among them. Take the stream again (it starts with the
+                // The stream ended (the speaker lets a subscriber go only when it shuts down;
+                // a slow one never falls behind, see `Speaker::subscribe`): changes may have
+                // been lost, withdrawals among them. Take the stream again (it starts with the
                 // whole Loc-RIB) and reconcile the kernel with the RIB right now. (Before the
                 // first sweep, a learned route the RIB no longer holds stays until that sweep,
                 // as the leftovers of an earlier run do.)

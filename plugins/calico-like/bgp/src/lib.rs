@@ -21,5 +21,5 @@ pub use filter::{PrefixFilter, PrefixRule, Verdict};
 pub use rib::{BestRoute, LocRibChange, RoutePolicy, Source};
 pub use speaker::{
     DeferralEnd, FailureHandle, MaxPrefixes, Md5Key, Negotiated, PeerConfig, PeerStatus, Recovery,
-    RecoveryStatus, RouteChange, Speaker, SpeakerConfig, SpeakerError,
+    RecoveryStatus, RouteChange, Speaker, SpeakerConfig, SpeakerError, Subscription,
 };

@@ -238,8 +238,20 @@ pub struct SessionInfo {
     pub extended_next_hop: bool,
 }
 
+/// Which candidate a Loc-RIB entry's route is: [`Winner::LOCAL`] or a peer's id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Winner(u32);
+
+impl Winner {
+    /// Our own announcement.
+    const LOCAL: Winner = Winner(u32::MAX);
+}
+
 #[derive(Debug, Clone)]
 struct PeerEntry {
+    /// Its id in the Loc-RIB ([`Winner`]): the Loc-RIB refers to the winning path instead of
+    /// holding a copy of it.
+    id: u32,
     info: PeerInfo,
     session: Option<SessionInfo>,
     /// Last known identifier: reflected stale routes still need it for ORIGINATOR_ID.
@@ -264,12 +276,29 @@ impl PeerEntry {
 }
 
 /// Adj-RIBs-In, Loc-RIB and Adj-RIBs-Out of one speaker.
+///
+/// The Loc-RIB is stored compactly (issue 18: a full table is 100,000 entries): per prefix only
+/// which candidate won, its path read from the Adj-RIB-In (or our own announcements) when a
+/// [`BestRoute`] is asked for, and the ECMP next hops of the few prefixes that have some in a
+/// map of their own.
 #[derive(Debug, Clone)]
 pub struct Rib {
     config: RibConfig,
     peers: BTreeMap<IpAddr, PeerEntry>,
+    /// Peer ids ([`PeerEntry::id`]) to addresses.
+    ids: BTreeMap<u32, IpAddr>,
+    next_id: u32,
     local: BTreeMap<IpNet, Path>,
-    loc: BTreeMap<IpNet, BestRoute>,
+    loc: BTreeMap<IpNet, Winner>,
+    /// More next hops of the best route (ECMP), for the prefixes that have any.
+    multipath: BTreeMap<IpNet, Box<[IpAddr]>>,
+}
+
+/// The decision process's result for one prefix, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Decision {
+    winner: Winner,
+    multipath: Option<Box<[IpAddr]>>,
 }
 
 impl Rib {
@@ -278,8 +307,11 @@ impl Rib {
         Self {
             config,
             peers: BTreeMap::new(),
+            ids: BTreeMap::new(),
+            next_id: 0,
             local: BTreeMap::new(),
             loc: BTreeMap::new(),
+            multipath: BTreeMap::new(),
         }
     }
 
@@ -291,17 +323,27 @@ impl Rib {
     /// Adds a peer (no session yet). Re-adding replaces its settings and keeps its routes.
     pub fn add_peer(&mut self, info: PeerInfo) {
         let address = info.address;
-        self.peers
-            .entry(address)
-            .and_modify(|p| p.info = info.clone())
-            .or_insert_with(|| PeerEntry {
+        if let Some(p) = self.peers.get_mut(&address) {
+            p.info = info;
+            return;
+        }
+        let id = self.next_id;
+        // Ids are not reused (a removed peer's id may still be referred to until its prefixes
+        // are recomputed); u32::MAX is Winner::LOCAL.
+        self.next_id = self.next_id.wrapping_add(1) % u32::MAX;
+        self.ids.insert(id, address);
+        self.peers.insert(
+            address,
+            PeerEntry {
+                id,
                 info,
                 session: None,
                 router_id: None,
                 adj_in: BTreeMap::new(),
                 adj_out: BTreeMap::new(),
                 last_out: None,
-            });
+            },
+        );
     }
 
     /// Removes a peer and every route learned from it.
@@ -310,8 +352,9 @@ impl Rib {
         let Some(peer) = self.peers.remove(&address) else {
             return changes;
         };
+        self.ids.remove(&peer.id);
         for prefix in peer.adj_in.keys() {
-            self.recompute(*prefix, &mut changes);
+            self.recompute(*prefix, Winner(peer.id), &mut changes);
         }
         changes
     }
@@ -349,14 +392,21 @@ impl Rib {
         };
         peer.session = None;
         peer.adj_out.clear();
-        let prefixes: Vec<IpNet> = peer.adj_in.keys().copied().collect();
+        let id = Winner(peer.id);
+        // The paths that change (those already stale stay as they are).
+        let prefixes: Vec<IpNet> = peer
+            .adj_in
+            .iter()
+            .filter(|(_, p)| !keep_stale || !p.stale)
+            .map(|(prefix, _)| *prefix)
+            .collect();
         if keep_stale {
             peer.adj_in.values_mut().for_each(|p| p.stale = true);
         } else {
             peer.adj_in.clear();
         }
         for prefix in prefixes {
-            self.recompute(prefix, &mut changes);
+            self.recompute(prefix, id, &mut changes);
         }
         changes
     }
@@ -379,6 +429,7 @@ impl Rib {
             return changes;
         };
         let ibgp = peer.info.asn == local_asn;
+        let id = Winner(peer.id);
         let mut touched = Vec::new();
         // The routes of one UPDATE share their attributes: normalised once for all of them.
         let mut cache: Option<(Arc<PathAttributes>, Arc<PathAttributes>)> = None;
@@ -420,7 +471,7 @@ impl Rib {
         touched.sort();
         touched.dedup();
         for prefix in touched {
-            self.recompute(prefix, &mut changes);
+            self.recompute(prefix, id, &mut changes);
         }
         changes
     }
@@ -448,6 +499,7 @@ impl Rib {
         let Some(peer) = self.peers.get_mut(&address) else {
             return changes;
         };
+        let id = Winner(peer.id);
         let gone: Vec<IpNet> = peer
             .adj_in
             .iter()
@@ -458,7 +510,7 @@ impl Rib {
             peer.adj_in.remove(prefix);
         }
         for prefix in gone {
-            self.recompute(prefix, &mut changes);
+            self.recompute(prefix, id, &mut changes);
         }
         changes
     }
@@ -474,7 +526,7 @@ impl Rib {
         let path = Path::new(attrs, next_hop);
         if self.local.get(&prefix) != Some(&path) {
             self.local.insert(prefix, path);
-            self.recompute(prefix, &mut changes);
+            self.recompute(prefix, Winner::LOCAL, &mut changes);
         }
         changes
     }
@@ -483,14 +535,21 @@ impl Rib {
     pub fn withdraw_local(&mut self, prefix: IpNet) -> Changes {
         let mut changes = Changes::default();
         if self.local.remove(&prefix).is_some() {
-            self.recompute(prefix, &mut changes);
+            self.recompute(prefix, Winner::LOCAL, &mut changes);
         }
         changes
     }
 
-    /// The Loc-RIB.
-    pub fn loc_rib(&self) -> impl Iterator<Item = &BestRoute> {
-        self.loc.values()
+    /// The Loc-RIB, in prefix order (each best route made from the path it refers to).
+    pub fn loc_rib(&self) -> impl Iterator<Item = BestRoute> + '_ {
+        self.loc
+            .iter()
+            .filter_map(|(prefix, winner)| self.best_route(prefix, *winner))
+    }
+
+    /// The prefixes the Loc-RIB has a best route for, in order.
+    pub fn loc_prefixes(&self) -> impl Iterator<Item = IpNet> + '_ {
+        self.loc.keys().copied()
     }
 
     /// How many prefixes the Loc-RIB has a best route for.
@@ -499,8 +558,35 @@ impl Rib {
     }
 
     /// The best route for `prefix`.
-    pub fn best(&self, prefix: &IpNet) -> Option<&BestRoute> {
-        self.loc.get(prefix)
+    pub fn best(&self, prefix: &IpNet) -> Option<BestRoute> {
+        self.best_route(prefix, *self.loc.get(prefix)?)
+    }
+
+    /// The winning path of `prefix` and where it came from.
+    fn winning(&self, prefix: &IpNet, winner: Winner) -> Option<(Source, &Path)> {
+        if winner == Winner::LOCAL {
+            return Some((Source::Local, self.local.get(prefix)?));
+        }
+        let address = *self.ids.get(&winner.0)?;
+        let path = self.peers.get(&address)?.adj_in.get(prefix)?;
+        Some((Source::Peer(address), path))
+    }
+
+    /// `prefix`'s Loc-RIB entry as a [`BestRoute`].
+    fn best_route(&self, prefix: &IpNet, winner: Winner) -> Option<BestRoute> {
+        let (source, path) = self.winning(prefix, winner)?;
+        Some(BestRoute {
+            prefix: *prefix,
+            next_hop: path.next_hop,
+            source,
+            attrs: path.attrs.clone(),
+            stale: path.stale,
+            multipath: self
+                .multipath
+                .get(prefix)
+                .map(|m| m.to_vec())
+                .unwrap_or_default(),
+        })
     }
 
     /// The routes learned from `address` (Adj-RIB-In).
@@ -533,20 +619,37 @@ impl Rib {
         self.config.cluster_id.unwrap_or(self.config.router_id)
     }
 
-    /// Runs the decision process for `prefix` and brings the Loc-RIB and every Adj-RIB-Out up
-    /// to date.
-    fn recompute(&mut self, prefix: IpNet, changes: &mut Changes) {
-        let best = self.decide(&prefix);
-        match (&best, self.loc.get(&prefix)) {
-            (Some(new), old) if old != Some(new) => {
-                self.loc.insert(prefix, new.clone());
-                changes.loc_rib.push(LocRibChange::Best(new.clone()));
+    /// Runs the decision process for `prefix`, whose path from `touched` (a peer's id, or
+    /// [`Winner::LOCAL`]) changed, and brings the Loc-RIB and every Adj-RIB-Out up to date.
+    /// The Loc-RIB refers to the winning path rather than holding a copy: the best route
+    /// changed when another path won, the ECMP next hops changed, or the winner is the path
+    /// that changed.
+    fn recompute(&mut self, prefix: IpNet, touched: Winner, changes: &mut Changes) {
+        let new = self.decide(&prefix);
+        let old_winner = self.loc.get(&prefix).copied();
+        match new {
+            Some(new) => {
+                let changed = old_winner != Some(new.winner)
+                    || new.winner == touched
+                    || self.multipath.get(&prefix) != new.multipath.as_ref();
+                if changed {
+                    self.loc.insert(prefix, new.winner);
+                    match new.multipath {
+                        Some(m) => self.multipath.insert(prefix, m),
+                        None => self.multipath.remove(&prefix),
+                    };
+                    if let Some(best) = self.best_route(&prefix, new.winner) {
+                        changes.loc_rib.push(LocRibChange::Best(best));
+                    }
+                }
             }
-            (None, Some(_)) => {
-                self.loc.remove(&prefix);
-                changes.loc_rib.push(LocRibChange::Withdrawn(prefix));
+            None => {
+                if old_winner.is_some() {
+                    self.loc.remove(&prefix);
+                    self.multipath.remove(&prefix);
+                    changes.loc_rib.push(LocRibChange::Withdrawn(prefix));
+                }
             }
-            _ => {}
         }
         let addresses: Vec<IpAddr> = self.peers.keys().copied().collect();
         for address in addresses {
@@ -576,15 +679,11 @@ impl Rib {
     /// The decision process (RFC 4271 §9.1.2 with RFC 4456 §9) over every candidate route
     /// for `prefix`. Our own announcements come first, as a locally configured route does in
     /// every implementation.
-    fn decide(&self, prefix: &IpNet) -> Option<BestRoute> {
-        if let Some(path) = self.local.get(prefix) {
-            return Some(BestRoute {
-                prefix: *prefix,
-                next_hop: path.next_hop,
-                source: Source::Local,
-                attrs: path.attrs.clone(),
-                stale: false,
-                multipath: Vec::new(),
+    fn decide(&self, prefix: &IpNet) -> Option<Decision> {
+        if self.local.contains_key(prefix) {
+            return Some(Decision {
+                winner: Winner::LOCAL,
+                multipath: None,
             });
         }
         let candidates: Vec<Candidate<'_>> = self
@@ -594,6 +693,7 @@ impl Rib {
                 let path = peer.adj_in.get(prefix)?;
                 let ibgp = peer.info.asn == self.config.local_asn;
                 Some(Candidate {
+                    id: peer.id,
                     address: peer.info.address,
                     path,
                     ibgp,
@@ -630,20 +730,16 @@ impl Rib {
         multipath.sort();
         multipath.dedup();
         multipath.truncate(self.config.max_paths.saturating_sub(1));
-        Some(BestRoute {
-            prefix: *prefix,
-            next_hop: best.path.next_hop,
-            source: Source::Peer(best.address),
-            attrs: best.path.attrs.clone(),
-            stale: best.path.stale,
-            multipath,
+        Some(Decision {
+            winner: Winner(best.id),
+            multipath: (!multipath.is_empty()).then(|| multipath.into_boxed_slice()),
         })
     }
 
     /// What `prefix`'s best route looks like when sent to `address`, or `None` when the export
     /// rules say not to send it.
     fn export(&self, prefix: &IpNet, address: IpAddr) -> Option<Path> {
-        let best = self.loc.get(prefix)?;
+        let (source, best) = self.winning(prefix, *self.loc.get(prefix)?)?;
         let to = self.peers.get(&address)?;
         let session = to.session.as_ref()?;
         if !session.families.contains(&family_of(prefix)) {
@@ -651,7 +747,7 @@ impl Rib {
         }
         let local_asn = self.config.local_asn;
         let to_ibgp = to.info.asn == local_asn;
-        let from = match best.source {
+        let from = match source {
             Source::Local => None,
             Source::Peer(a) if a == address => return None,
             Source::Peer(a) => Some(self.peers.get(&a)?),
@@ -802,6 +898,7 @@ pub fn received_ipv6_next_hop(global: Ipv6Addr, link_local: Option<Ipv6Addr>) ->
 
 #[derive(Debug, Clone)]
 struct Candidate<'a> {
+    id: u32,
     address: IpAddr,
     path: &'a Path,
     ibgp: bool,
@@ -1298,7 +1395,7 @@ mod tests {
         let p = net("10.244.0.0/26");
         rib.update(i, vec![(p, path(&[], "10.0.0.2"))], vec![]);
         let c = rib.announce_local(p, v4("10.0.0.1"));
-        assert!(rib.best(&p).is_some_and(BestRoute::is_local));
+        assert!(rib.best(&p).is_some_and(|b| b.is_local()));
         // To the iBGP peer: next hop as announced, LOCAL_PREF 100, empty AS_PATH.
         let [OutChange::Announce(_, to_i)] = &sent(&c, i)[..] else {
             panic!("{c:?}")
@@ -1695,6 +1792,37 @@ mod tests {
             next_hop_self(v4("10.0.0.1"), &prefix, v4("10.0.0.1"), false),
             IpAddr::V6(Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped())
         );
+    }
+
+    #[test]
+    fn the_loc_rib_follows_the_winning_path_it_refers_to() {
+        let mut rib = rib(None);
+        let a = peer(&mut rib, "10.0.0.2", ASN, false);
+        let b = peer(&mut rib, "10.0.0.3", ASN, false);
+        let p = net("10.1.0.0/24");
+        rib.update(a, vec![(p, path(&[], "10.0.0.2"))], vec![]);
+        rib.update(b, vec![(p, path(&[65001], "10.0.0.3"))], vec![]);
+        // The winner's path changes (same peer, new next hop): a new best route.
+        let c = rib.update(a, vec![(p, path(&[], "10.0.0.9"))], vec![]);
+        let [LocRibChange::Best(best)] = &c.loc_rib[..] else {
+            panic!("{c:?}")
+        };
+        assert_eq!(best.next_hop, v4("10.0.0.9"));
+        assert_eq!(rib.best(&p).as_ref(), Some(best));
+        // The loser's changes are none of the Loc-RIB's business.
+        let c = rib.update(b, vec![(p, path(&[65002], "10.0.0.3"))], vec![]);
+        assert!(c.loc_rib.is_empty(), "{c:?}");
+        // Graceful restart: stale once, not again.
+        let c = rib.session_down(a, true);
+        assert!(matches!(&c.loc_rib[..], [LocRibChange::Best(b)] if b.stale));
+        assert!(rib.session_down(a, true).loc_rib.is_empty());
+        // The winner's peer goes: the other path wins.
+        let c = rib.remove_peer(a);
+        let [LocRibChange::Best(best)] = &c.loc_rib[..] else {
+            panic!("{c:?}")
+        };
+        assert_eq!(best.source, Source::Peer(b));
+        assert_eq!(rib.loc_rib().collect::<Vec<_>>(), vec![best.clone()]);
     }
 
     #[test]

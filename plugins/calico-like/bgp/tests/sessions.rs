@@ -29,6 +29,21 @@ async fn two_ibgp_speakers_exchange_replace_and_withdraw_routes() {
 
     let r = route_where(&b, "10.244.1.0/26", "learned from a", |r| !r.is_local()).await;
     assert_eq!(r.next_hop, ip("127.0.0.1"));
+    // The change stream tells each state that was there when it was read (latest wins).
+    let mut seen = Vec::new();
+    let mut read = |seen: &mut Vec<Option<std::net::IpAddr>>| {
+        while let Ok(change) = b_changes.try_recv() {
+            if let LocRibChange::Best(r) = &change
+                && r.prefix == net("10.244.1.0/26")
+            {
+                seen.push(Some(r.next_hop));
+            }
+            if change == LocRibChange::Withdrawn(net("10.244.1.0/26")) {
+                seen.push(None);
+            }
+        }
+    };
+    read(&mut seen);
     assert_eq!(r.source, Source::Peer(addr(&a)));
     assert_eq!(r.attrs.local_pref, Some(100));
     let r = route_where(&a, "10.244.2.0/26", "learned from b", |_| true).await;
@@ -43,23 +58,13 @@ async fn two_ibgp_speakers_exchange_replace_and_withdraw_routes() {
         r.next_hop == ip("127.0.0.11")
     })
     .await;
+    read(&mut seen);
 
     // Withdraw.
     a.withdraw(net("10.244.1.0/26")).expect("withdraw");
     no_route(&b, "10.244.1.0/26").await;
 
-    // The change stream told the whole story in order.
-    let mut seen = Vec::new();
-    while let Ok(change) = b_changes.try_recv() {
-        if let LocRibChange::Best(r) = &change
-            && r.prefix == net("10.244.1.0/26")
-        {
-            seen.push(Some(r.next_hop));
-        }
-        if change == LocRibChange::Withdrawn(net("10.244.1.0/26")) {
-            seen.push(None);
-        }
-    }
+    read(&mut seen);
     assert_eq!(
         seen,
         vec![Some(ip("127.0.0.1")), Some(ip("127.0.0.11")), None]
@@ -209,7 +214,9 @@ async fn graceful_restart_keeps_routes_stale_then_refreshes_them() {
     let a = speaker("127.0.0.1", ASN, |_| {}).await;
     let b = speaker("127.0.0.2", ASN, |_| {}).await;
     let b_listen = b.local_addr().expect("listens");
-    let mut a_changes = a.subscribe();
+    // a's change stream, read as it comes (it tells the state at reading time: a withdrawal
+    // undone before it was read would not show).
+    let withdrawals = withdrawals_of(a.subscribe(), net("10.244.2.0/26"));
     b.announce(net("10.244.2.0/26"), ip("127.0.0.2"))
         .expect("announce");
     b.announce(net("10.244.3.0/26"), ip("127.0.0.2"))
@@ -248,9 +255,24 @@ async fn graceful_restart_keeps_routes_stale_then_refreshes_them() {
     assert!(!*b.deferring().borrow());
 
     // The refreshed route was never withdrawn from a's Loc-RIB during the restart.
-    while let Ok(change) = a_changes.try_recv() {
-        assert_ne!(change, LocRibChange::Withdrawn(net("10.244.2.0/26")));
-    }
+    drop(a);
+    assert_eq!(withdrawals.await.expect("the reader"), 0);
+}
+
+/// Reads `changes` until its speaker goes, counting the withdrawals of `prefix` read.
+fn withdrawals_of(
+    mut changes: trellis_bgp::Subscription,
+    prefix: ipnet::IpNet,
+) -> tokio::task::JoinHandle<usize> {
+    tokio::spawn(async move {
+        let mut n = 0;
+        while let Ok(Some(change)) =
+            tokio::time::timeout(Duration::from_secs(60), changes.recv()).await
+        {
+            n += usize::from(change == LocRibChange::Withdrawn(prefix));
+        }
+        n
+    })
 }
 
 /// The restarting side's recovery: IPv4 kept.
@@ -276,7 +298,7 @@ async fn a_cold_restart_without_forwarding_state_has_the_peer_drop_the_stale_rou
     route_where(&a, "10.244.2.0/26", "learned", |r| !r.stale).await;
     drop(b);
     route_where(&a, "10.244.2.0/26", "kept stale", |r| r.stale).await;
-    let mut a_changes = a.subscribe();
+    let withdrawals = withdrawals_of(a.subscribe(), net("10.244.2.0/26"));
     let b = speaker("127.0.0.2", ASN, |c| c.listen = Some(b_listen)).await;
     // b announces nothing yet: a's stale copy is gone once the session is up.
     b.add_peer(peer_of(&b, &a, false)).expect("add peer");
@@ -284,11 +306,8 @@ async fn a_cold_restart_without_forwarding_state_has_the_peer_drop_the_stale_rou
     no_route(&a, "10.244.2.0/26").await;
     assert!(!a.peer(addr(&b)).expect("peer").peer_restarted);
     assert_eq!(b.recovery(), None);
-    let mut withdrawn = false;
-    while let Ok(change) = a_changes.try_recv() {
-        withdrawn |= change == LocRibChange::Withdrawn(net("10.244.2.0/26"));
-    }
-    assert!(withdrawn);
+    drop(a);
+    assert_eq!(withdrawals.await.expect("the reader"), 1);
 }
 
 /// A restarting speaker holds its UPDATEs while a peer's End-of-RIB is due; a peer that never

@@ -10,7 +10,7 @@ use tracing::{debug, warn};
 
 use super::peer::{PeerMsg, PeerTask, owned};
 use super::writer::{Encoded, Export, Flushed};
-use super::{Core, PEER_QUEUE, SUBSCRIBER_BACKLOG};
+use super::{Core, PEER_QUEUE};
 
 /// Exports of at most this many changes are encoded and written where the RIB changed; larger
 /// ones are encoded by the sessions' tasks (once for all), outside the RIB's lock.
@@ -21,7 +21,7 @@ use crate::rib::{self, Changes, OutChange, Path};
 
 impl Core {
     /// Hands RIB changes to the subscribers and the peers' sessions, waiting for none of them.
-    /// A subscriber whose queue is full is dropped (it learns it from its closed stream, see
+    /// A subscriber is told which prefixes changed (see
     /// [`Speaker::subscribe`](super::Speaker::subscribe)). A session's UPDATEs are encoded once
     /// for all sessions that get the same bytes and written to its socket at once (a large
     /// export, or one that must wait behind its task's sending, goes through the task); a
@@ -31,19 +31,15 @@ impl Core {
         // Timestamps of the propagation path (`RUST_LOG=bgp_timing=debug`; issue 18): a
         // Loc-RIB change here, its UPDATEs sent in `send_out`, its kernel write in the agent.
         debug!(target: "bgp_timing", best = changes.loc_rib.len(), peers = changes.out.len(), "rib changed");
-        for change in changes.loc_rib {
-            self.subscribers
-                .retain(|s| match s.try_send(change.clone()) {
-                    Ok(()) => true,
-                    Err(TrySendError::Full(_)) => {
-                        warn!(
-                            backlog = SUBSCRIBER_BACKLOG,
-                            "a route subscriber fell behind: disconnected"
-                        );
-                        false
-                    }
-                    Err(TrySendError::Closed(_)) => false,
-                });
+        self.subscribers.retain(|s| !s.is_gone());
+        for change in &changes.loc_rib {
+            let prefix = match change {
+                rib::LocRibChange::Best(b) => b.prefix,
+                rib::LocRibChange::Withdrawn(p) => *p,
+            };
+            for s in &self.subscribers {
+                s.changed(prefix);
+            }
         }
         // Deferred after a restart: nothing goes out; each session gets its whole Adj-RIB-Out
         // when the deferral ends.

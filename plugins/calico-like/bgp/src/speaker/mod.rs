@@ -14,8 +14,8 @@
 //!
 //! Every queue is bounded, and none can lose a change silently:
 //!
-//! - A subscriber that falls [`SUBSCRIBER_BACKLOG`] changes behind is disconnected (see
-//!   [`Speaker::subscribe`]): it must subscribe again and resynchronise.
+//! - A subscriber's queue holds each changed prefix once, however often it changed, and the
+//!   subscriber reads its latest state (see [`Speaker::subscribe`]): it cannot fall behind.
 //! - A peer's task that falls [`PEER_QUEUE`] messages behind (its peer reads too slowly) has
 //!   its session reset with a Cease (out of resources); the session restarts by itself and the
 //!   peer is sent the whole Adj-RIB-Out again.
@@ -29,14 +29,11 @@
 //! let mut routes = speaker.subscribe();
 //! speaker.add_peer(PeerConfig::new("10.0.0.2".parse().expect("peer"), 64512))?;
 //! speaker.announce("10.244.0.0/26".parse().expect("block"), "10.0.0.1".parse().expect("nh"))?;
-//! loop {
-//!     while let Some(change) = routes.recv().await {
-//!         println!("{change:?}"); // install or remove the kernel route
-//!     }
-//!     // Fell behind: start again from the whole Loc-RIB, and remove what it no longer holds.
-//!     routes = speaker.subscribe();
-//!     let _current = speaker.routes();
+//! while let Some(change) = routes.recv().await {
+//!     println!("{change:?}"); // install or remove the kernel route
 //! }
+//! // The speaker was shut down.
+//! # Ok(())
 //! # }
 //! ```
 //!
@@ -52,10 +49,12 @@ mod export;
 mod listener;
 mod md5;
 mod peer;
+mod subscription;
 mod writer;
 
 pub use deferral::DeferralEnd;
 pub use md5::{KeyError, MAX_KEY_LEN, Md5Key};
+pub use subscription::Subscription;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -78,10 +77,6 @@ use writer::{SentCounts, SessionOut};
 
 /// The standard BGP port.
 pub const BGP_PORT: u16 = 179;
-
-/// How many Loc-RIB changes may wait for a subscriber (beyond the snapshot it starts with)
-/// before it is disconnected.
-pub const SUBSCRIBER_BACKLOG: usize = 4096;
 
 /// How many messages (batches of UPDATEs to send, above all) may wait for a peer's task before
 /// its session is reset.
@@ -489,7 +484,7 @@ impl Shared {
 struct Core {
     rib: Rib,
     peers: HashMap<IpAddr, Slot>,
-    subscribers: Vec<mpsc::Sender<RouteChange>>,
+    subscribers: Vec<subscription::Subscriber>,
     next_generation: u64,
     next_slot_id: u64,
     /// The restart's deferral (None after a fresh start).
@@ -811,34 +806,26 @@ impl Speaker {
         Ok(())
     }
 
-    /// A stream of Loc-RIB changes: first the current best route of every prefix, then each
-    /// change as it happens. Every subscriber sees every change, in order, or loses its stream.
+    /// A stream of Loc-RIB changes: first the current best route of every prefix (in prefix
+    /// order), then each prefix whose best route changed, in the order it first changed.
     ///
-    /// A slow subscriber is never waited for. When [`SUBSCRIBER_BACKLOG`] changes are waiting
-    /// for it and another comes, it is disconnected: it still receives the changes already
-    /// queued, then `None` although the speaker runs on. It has then missed changes, and
-    /// withdrawals among them, so it must subscribe again (the new stream starts with the whole
-    /// Loc-RIB) and remove whatever it installed that the Loc-RIB no longer holds, e.g. by
-    /// reconciling against [`Speaker::routes`]. A stream never goes on past a gap.
-    pub fn subscribe(&self) -> mpsc::Receiver<RouteChange> {
+    /// A slow subscriber is never waited for, nor does it fall behind: what waits for it is
+    /// each changed prefix once, however often it changed, and it reads the prefix's state
+    /// when it reads it (a [`LocRibChange::Best`] with the best route now, or
+    /// [`LocRibChange::Withdrawn`] when there is none; a prefix that came and went before it
+    /// was read may be read as withdrawn without ever having been seen). Intermediate states
+    /// are skipped; the final state of every prefix is always seen. The stream ends (`None`)
+    /// only when the speaker shuts down.
+    pub fn subscribe(&self) -> Subscription {
         let mut core = self.shared.core();
-        let snapshot: Vec<RouteChange> = core
-            .rib
-            .loc_rib()
-            .map(|route| LocRibChange::Best(route.clone()))
-            .collect();
-        let (tx, rx) = mpsc::channel(snapshot.len() + SUBSCRIBER_BACKLOG);
-        for change in snapshot {
-            // Room for every one: the channel was made for them.
-            let _ = tx.try_send(change);
-        }
-        core.subscribers.push(tx);
-        rx
+        let (subscription, subscriber) = Subscription::new(&self.shared, core.rib.loc_prefixes());
+        core.subscribers.push(subscriber);
+        subscription
     }
 
     /// The Loc-RIB now.
     pub fn routes(&self) -> Vec<rib::BestRoute> {
-        self.shared.core().rib.loc_rib().cloned().collect()
+        self.shared.core().rib.loc_rib().collect()
     }
 
     /// How many best routes the Loc-RIB holds (without copying them, as [`Speaker::routes`]
@@ -983,7 +970,7 @@ mod tests {
     }
 
     /// Everything queued for a subscriber now, and whether its stream has ended.
-    fn drain(rx: &mut mpsc::Receiver<RouteChange>) -> (Vec<RouteChange>, bool) {
+    fn drain(rx: &mut Subscription) -> (Vec<RouteChange>, bool) {
         let mut out = Vec::new();
         loop {
             match rx.try_recv() {
@@ -1030,60 +1017,79 @@ mod tests {
         assert_eq!(speaker.peers().len(), 1);
     }
 
-    /// A subscriber that falls [`SUBSCRIBER_BACKLOG`] changes behind loses its stream, never a
-    /// change within it: it reads what was queued, then the end, and subscribing again gives
-    /// the whole Loc-RIB, without what was withdrawn meanwhile. A subscriber that keeps up is
-    /// not touched.
+    /// A slow subscriber never falls behind: however many changes come before it reads, it
+    /// reads every changed prefix once, in the order each first changed, with its final state
+    /// — withdrawals included — and its stream goes on. A later subscriber starts with the
+    /// whole Loc-RIB; a fast one sees each change as it comes.
     #[tokio::test]
-    async fn a_slow_subscriber_is_disconnected_and_resubscribes_to_the_whole_rib() {
+    async fn a_slow_subscriber_sees_the_final_state_of_every_prefix() {
         let id = Ipv4Addr::new(10, 255, 0, 1);
         let speaker = Speaker::start(SpeakerConfig::new(64512, id))
             .await
             .expect("starts");
         let next_hop = IpAddr::V4(id);
+        let other = IpAddr::V4(Ipv4Addr::new(10, 255, 0, 2));
         let mut slow = speaker.subscribe();
-        let half = SUBSCRIBER_BACKLOG / 2;
-        for i in 0..half {
+        // Far more changes than the 4,096 that used to cost a subscriber its stream.
+        let n = 10_000;
+        for i in 0..n {
             speaker.announce(prefix(i), next_hop).expect("announce");
         }
-        // A later subscriber starts with what is there, then reads as changes come.
         let mut fast = speaker.subscribe();
         let (snapshot, ended) = drain(&mut fast);
-        assert_eq!(
-            prefixes(&snapshot),
-            (0..half).map(prefix).collect::<Vec<_>>()
-        );
+        assert_eq!(prefixes(&snapshot), (0..n).map(prefix).collect::<Vec<_>>());
         assert!(!ended);
-        for i in half..=SUBSCRIBER_BACKLOG {
-            speaker.announce(prefix(i), next_hop).expect("announce");
-            let (got, ended) = drain(&mut fast);
-            assert_eq!(prefixes(&got), [prefix(i)]);
-            assert!(!ended);
+        // Every prefix changes again (a new next hop), every third is withdrawn, every ninth
+        // withdrawn and announced again.
+        for i in 0..n {
+            speaker.announce(prefix(i), other).expect("announce");
+            if i % 3 == 0 {
+                speaker.withdraw(prefix(i)).expect("withdraw");
+            }
+            if i % 9 == 0 {
+                speaker.announce(prefix(i), next_hop).expect("announce");
+            }
         }
-
-        // The slow one: the first SUBSCRIBER_BACKLOG changes in order, then the end.
-        let (got, ended) = drain(&mut slow);
-        assert_eq!(
-            prefixes(&got),
-            (0..SUBSCRIBER_BACKLOG).map(prefix).collect::<Vec<_>>()
-        );
-        assert!(ended, "the stream ends instead of skipping a change");
-        assert!(slow.recv().await.is_none());
-
-        // A withdrawal it can no longer hear of is absent from its new stream.
-        speaker.withdraw(prefix(0)).expect("withdraw");
-        let (got, _) = drain(&mut fast);
-        assert_eq!(got, [LocRibChange::Withdrawn(prefix(0))]);
-        let mut again = speaker.subscribe();
-        let (snapshot, ended) = drain(&mut again);
-        assert_eq!(
-            prefixes(&snapshot),
-            (1..=SUBSCRIBER_BACKLOG).map(prefix).collect::<Vec<_>>()
-        );
+        // The fast one, had it read as the changes came, would have seen each; what it reads
+        // now is the latest state of each, once.
+        let (got, ended) = drain(&mut fast);
         assert!(!ended);
-        assert_eq!(snapshot.len(), speaker.routes().len());
+        assert_eq!(prefixes(&got), (0..n).map(prefix).collect::<Vec<_>>());
+
+        let (got, ended) = drain(&mut slow);
+        assert!(!ended, "the stream goes on");
+        assert_eq!(slow.len(), 0);
+        assert_eq!(prefixes(&got), (0..n).map(prefix).collect::<Vec<_>>());
+        for (i, change) in got.iter().enumerate() {
+            match change {
+                LocRibChange::Best(b) if i % 9 == 0 => assert_eq!(b.next_hop, next_hop),
+                LocRibChange::Withdrawn(_) if i % 3 == 0 && i % 9 != 0 => {}
+                LocRibChange::Best(b) if i % 3 != 0 => assert_eq!(b.next_hop, other),
+                c => panic!("prefix {i}: {c:?}"),
+            }
+        }
+        // What it read is the Loc-RIB.
+        let best: Vec<_> = got
+            .iter()
+            .filter_map(|c| match c {
+                LocRibChange::Best(b) => Some(b.clone()),
+                LocRibChange::Withdrawn(_) => None,
+            })
+            .collect();
+        assert_eq!(best, speaker.routes());
         // And it is live.
         speaker.withdraw(prefix(1)).expect("withdraw");
-        assert_eq!(drain(&mut again).0, [LocRibChange::Withdrawn(prefix(1))]);
+        assert_eq!(slow.recv().await, Some(LocRibChange::Withdrawn(prefix(1))));
+        // A prefix that came and went before it was read reads as withdrawn.
+        let extra = prefix(n + 1);
+        speaker.announce(extra, next_hop).expect("announce");
+        speaker.withdraw(extra).expect("withdraw");
+        assert_eq!(drain(&mut slow).0, [LocRibChange::Withdrawn(extra)]);
+        // The stream ends when the speaker shuts down.
+        drop(speaker);
+        let ended = tokio::time::timeout(Duration::from_secs(5), slow.recv())
+            .await
+            .expect("the stream ends");
+        assert_eq!(ended, None);
     }
 }
