@@ -676,8 +676,12 @@ async fn grpc_probes(
             {"name": "live", "image": "grpc-health",
              "command": [health, "--listen", "0.0.0.0:9001", "--status-file", lf, "--service", "app"],
              "livenessProbe": probe(9001, Some("app"), 2)},
+            // Its startup probe holds the liveness probe back until it serves (as users do
+            // for servers that take a while to listen): with a threshold of 1 and no delay, a
+            // liveness probe before the listener is bound restarts it (seen once under CI load).
             {"name": "steady", "image": "grpc-health",
              "command": [health, "--listen", "0.0.0.0:9002"],
+             "startupProbe": probe(9002, None, 30),
              "livenessProbe": probe(9002, None, 1),
              "readinessProbe": probe(9002, None, 1)}]}}))
     .await;
