@@ -29,6 +29,7 @@ pub mod policy_model;
 pub mod probe;
 pub mod process;
 pub mod snapshot;
+pub mod unnumbered;
 
 pub use bed::{Node, Testbed};
 pub use process::Output;

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use ipnet::{IpNet, Ipv4Net};
 use netns_testbed::bird::{Agent, AgentSpec, Want, kernel_has, wait_kernel_route};
 use netns_testbed::frr::{Daemon, Frr, FrrConfig, FrrNeighbor, PROTO_FRR_BGP};
-use netns_testbed::{Node, Testbed, require_root, require_tool};
+use netns_testbed::{Node, Testbed, require_root, require_tool, unnumbered};
 use trellis_net::proto::BGP as PROTO_TRELLIS;
 use trellis_net::{Family, Handle, Netns, Route, VethSpec};
 
@@ -57,6 +57,27 @@ async fn expect_route(node: &Node, prefix: &str, gw: IpAddr, proto: u8, what: &s
     wait_kernel_route(&node.ns, net(prefix), Want::Via(gw, proto), PROPAGATE)
         .await
         .unwrap_or_else(|e| panic!("{what}: {e}"));
+}
+
+/// Each side's block in the other's kernel: ours via our node in FRR's (installed by FRR),
+/// FRR's via its node in ours (installed by the agent).
+async fn expect_both_blocks(fnode: &Node, me: &Node) {
+    expect_route(
+        fnode,
+        OUR_BLOCK,
+        me.ip.into(),
+        PROTO_FRR_BGP,
+        "our block in FRR's kernel",
+    )
+    .await;
+    expect_route(
+        me,
+        FRR_BLOCK,
+        fnode.ip.into(),
+        PROTO_TRELLIS,
+        "FRR's block in our kernel",
+    )
+    .await;
 }
 
 async fn expect_no_route(node: &Node, prefix: &str, limit: Duration, what: &str) -> Duration {
@@ -192,22 +213,7 @@ async fn an_ebgp_session_with_frr_carries_blocks_both_ways() {
     })
     .await
     .unwrap();
-    expect_route(
-        fnode,
-        OUR_BLOCK,
-        me.ip.into(),
-        PROTO_FRR_BGP,
-        "our block in FRR's kernel",
-    )
-    .await;
-    expect_route(
-        me,
-        FRR_BLOCK,
-        fnode.ip.into(),
-        PROTO_TRELLIS,
-        "FRR's block in our kernel",
-    )
-    .await;
+    expect_both_blocks(fnode, me).await;
     // From our block's address to FRR's: both routes are needed (source 10.46.2.1).
     let out = tb
         .exec(
@@ -518,22 +524,7 @@ async fn graceful_restart_with_frr_keeps_routes_across_either_sides_restart() {
     })
     .await
     .unwrap();
-    expect_route(
-        fnode,
-        OUR_BLOCK,
-        me.ip.into(),
-        PROTO_FRR_BGP,
-        "our block in FRR's kernel",
-    )
-    .await;
-    expect_route(
-        me,
-        FRR_BLOCK,
-        fnode.ip.into(),
-        PROTO_TRELLIS,
-        "FRR's block in our kernel",
-    )
-    .await;
+    expect_both_blocks(fnode, me).await;
     let gr = frr.neighbor(&key).await.unwrap().unwrap()["gracefulRestartInfo"].clone();
     eprintln!("FRR's graceful-restart view of us: {gr}");
     assert_eq!(gr["remoteGrMode"], "Restart", "{gr}");
@@ -688,53 +679,6 @@ fn frr_gr_free(paths: &[serde_json::Value]) -> bool {
     !stale(paths)
 }
 
-/// The usable (not tentative) link-local address of `iface` in `h`'s namespace, waited for.
-async fn link_local(h: &Handle, iface: &str) -> Ipv6Addr {
-    let link = h.require_link(iface).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let found = h
-            .addresses(Some(link.index))
-            .await
-            .unwrap()
-            .into_iter()
-            .find_map(|a| match a.address.addr() {
-                IpAddr::V6(ll) if ll.is_unicast_link_local() && !a.tentative => Some(ll),
-                _ => None,
-            });
-        if let Some(ll) = found {
-            return ll;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no link-local address on {iface}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// A veth pair `ll0` between `a` and `b` with link-local addresses only (no DAD). Returns each
-/// side's link-local address.
-async fn unnumbered_link(a: &Node, b: &Node) -> (Ipv6Addr, Ipv6Addr) {
-    let (ha, hb) = (a.ns.connect().unwrap(), b.ns.connect().unwrap());
-    ha.add_veth(&VethSpec {
-        name: "ll0",
-        peer_name: "ll0",
-        peer_ns: Some(&b.ns),
-        mtu: None,
-        mac: None,
-        peer_mac: None,
-    })
-    .await
-    .unwrap();
-    for (node, h) in [(a, &ha), (b, &hb)] {
-        trellis_net::sysctl::set(&node.ns, &[("net/ipv6/conf/ll0/accept_dad", "0")]).unwrap();
-        let link = h.require_link("ll0").await.unwrap();
-        h.set_up(link.index).await.unwrap();
-    }
-    (link_local(&ha, "ll0").await, link_local(&hb, "ll0").await)
-}
-
 /// An IPv4 pod on `node` (`eth0` `addr`/32, a veth to the node's `pod0` holding 169.254.1.1,
 /// the pod's default route via it, the node's /32 route to the pod).
 async fn add_pod4(tb: &Testbed, node: &Node, addr: &str) -> Arc<Netns> {
@@ -791,7 +735,7 @@ async fn rfc8950_unnumbered_with_frr_interface_neighbor_carries_ipv4_both_ways()
     let tb = Testbed::new().unwrap();
     let n = nodes(&tb, 2).await;
     let (fnode, me) = (&n[0], &n[1]);
-    let (frr_ll, our_ll) = unnumbered_link(fnode, me).await;
+    let (frr_ll, our_ll) = unnumbered::link(fnode, me, "ll0").await.unwrap();
     let ll0 = me
         .ns
         .connect()

@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use netns_testbed::bird::{Agent, AgentSpec, Bird, BirdConfig, BirdPeer, PROTO_BIRD};
-use netns_testbed::{Node, Testbed, bin_path, require_root, require_tool};
+use netns_testbed::{Node, Testbed, bin_path, require_root, require_tool, unnumbered};
 use std::sync::Arc;
 use trellis_net::proto::BGP as PROTO_TRELLIS;
-use trellis_net::{Family, Handle, Link, Netns, Route, VethSpec};
+use trellis_net::{Family, Link, Netns, Route, VethSpec};
 
 const LIFETIME: Duration = Duration::from_secs(180);
 const SESSION: Duration = Duration::from_secs(20);
@@ -48,58 +48,6 @@ async fn ip(tb: &Testbed, node: &Node, args: &[&str]) {
     tb.exec_ok(&node.ns, &argv, Duration::from_secs(10))
         .await
         .unwrap_or_else(|e| panic!("ip {args:?} on {}: {e}", node.name));
-}
-
-/// The usable (not tentative) link-local address of `iface` in `h`'s namespace, waited for.
-async fn link_local(h: &Handle, iface: &str) -> Ipv6Addr {
-    let link = h.require_link(iface).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let found = h
-            .addresses(Some(link.index))
-            .await
-            .unwrap()
-            .into_iter()
-            .find_map(|a| match a.address.addr() {
-                IpAddr::V6(ll) if ll.is_unicast_link_local() && !a.tentative => Some(ll),
-                _ => None,
-            });
-        if let Some(ll) = found {
-            return ll;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no usable link-local address on {iface} in {}",
-            h.namespace()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// A veth pair `name` between `a` and `b`, up, with link-local addresses only (no DAD, so they
-/// are usable at once). Returns each side's link-local address.
-async fn unnumbered_link(a: &Node, b: &Node, name: &str) -> (Ipv6Addr, Ipv6Addr) {
-    let ha = a.ns.connect().unwrap();
-    let hb = b.ns.connect().unwrap();
-    let spec = VethSpec {
-        name,
-        peer_name: name,
-        peer_ns: Some(&b.ns),
-        mtu: None,
-        mac: None,
-        peer_mac: None,
-    };
-    ha.add_veth(&spec).await.unwrap();
-    for (node, h) in [(a, &ha), (b, &hb)] {
-        trellis_net::sysctl::set(
-            &node.ns,
-            &[(&format!("net/ipv6/conf/{name}/accept_dad"), "0")],
-        )
-        .unwrap();
-        let link = h.require_link(name).await.unwrap();
-        h.set_up(link.index).await.unwrap();
-    }
-    (link_local(&ha, name).await, link_local(&hb, name).await)
 }
 
 /// A pod namespace joined to `node` by a veth, `eth0` in the pod and `pod0` on the node, both
@@ -135,7 +83,7 @@ async fn add_pod(tb: &Testbed, node: &Node, addr: &str) -> Arc<Netns> {
     hp.add_address_nodad(eth0.index, format!("{addr}/128").parse().unwrap())
         .await
         .unwrap();
-    let gw = link_local(&h, "pod0").await;
+    let gw = unnumbered::link_local(&h, "pod0").await.unwrap();
     hp.replace_route(&Route::via("::/0".parse().unwrap(), IpAddr::V6(gw)).oif(eth0.index))
         .await
         .unwrap();
@@ -188,7 +136,7 @@ async fn an_unnumbered_session_with_bird_routes_ipv6_via_link_local_next_hops() 
     require_tool("ping", "iputils-ping");
     let tb = Testbed::new().unwrap();
     let n = nodes(&tb, 2).await;
-    let (bird_ll, agent_ll) = unnumbered_link(&n[0], &n[1], "ll0").await;
+    let (bird_ll, agent_ll) = unnumbered::link(&n[0], &n[1], "ll0").await.unwrap();
     let ll0 = n[1]
         .ns
         .connect()
@@ -659,7 +607,7 @@ async fn status_caps(tb: &Testbed, node: &Node, peer: Ipv6Addr) -> String {
 }
 
 async fn rfc8950_setup<'a>(tb: &'a Testbed, n: &'a [Node], extended_next_hop: bool) -> Rfc8950<'a> {
-    let (bird_ll, agent_ll) = unnumbered_link(&n[0], &n[1], "ll0").await;
+    let (bird_ll, agent_ll) = unnumbered::link(&n[0], &n[1], "ll0").await.unwrap();
     let index = |node: &Node| {
         let h = node.ns.connect().unwrap();
         async move { h.require_link("ll0").await.unwrap().index }
@@ -1105,8 +1053,8 @@ async fn an_unnumbered_peers_interface_created_again_is_followed_without_a_resta
         let link = h.require_link("ll0").await.unwrap();
         h.set_up(link.index).await.unwrap();
     }
-    assert_eq!(link_local(&h0, "ll0").await, bird_ll);
-    assert_eq!(link_local(&h1, "ll0").await, agent_ll);
+    assert_eq!(unnumbered::link_local(&h0, "ll0").await.unwrap(), bird_ll);
+    assert_eq!(unnumbered::link_local(&h1, "ll0").await.unwrap(), agent_ll);
     let new_ll0 = h1.require_link("ll0").await.unwrap().index;
     assert_ne!(new_ll0, ll0, "ll0 got its old index back");
 
