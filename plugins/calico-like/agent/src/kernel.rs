@@ -143,13 +143,14 @@ fn is_link_local(hop: &IpAddr) -> bool {
 /// [`Installed`].
 pub type PeerLinks = Arc<Mutex<BTreeMap<IpAddr, u32>>>;
 
-/// Records (`Some`) or forgets (`None`) the interface of the unnumbered peer at `peer`.
-pub fn set_peer_link(links: &PeerLinks, peer: IpAddr, index: Option<u32>) {
+/// Records (`Some`) or forgets (`None`) the interface of the unnumbered peer at `peer`;
+/// returns the one recorded before.
+pub fn set_peer_link(links: &PeerLinks, peer: IpAddr, index: Option<u32>) -> Option<u32> {
     let mut links = links.lock().unwrap_or_else(|e| e.into_inner());
     match index {
         Some(i) => links.insert(peer, i),
         None => links.remove(&peer),
-    };
+    }
 }
 
 /// The kernel route of a learned best route; link-local next hops leave through the

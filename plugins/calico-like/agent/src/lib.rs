@@ -1167,6 +1167,14 @@ impl Sessions<'_> {
         Ok((link.index, ours))
     }
 
+    /// Forgets the interface of the peer at `addr` (when it was an unnumbered one): its routes
+    /// no longer name it, and our router advertisements on it stop with its last peer.
+    fn forget_link(&self, addr: IpAddr) {
+        if let Some(index) = kernel::set_peer_link(&self.peer_links, addr, None) {
+            router_adv::stop(index);
+        }
+    }
+
     /// Forgets the unnumbered peers whose interface is gone or has another index than their
     /// session's (deleted and created again with the same name), their sessions removed, so
     /// that `apply` sets them up again on the interface as it is now. True when `apply` has
@@ -1195,7 +1203,7 @@ impl Sessions<'_> {
             if now != known {
                 tracing::info!(peer = %addr, interface = %name, old = ?known, new = ?now, "the unnumbered peer's interface changed: its session starts again on it");
                 self.speaker.remove_peer(addr).map_err(AgentError::mode)?;
-                kernel::set_peer_link(&self.peer_links, addr, None);
+                self.forget_link(addr);
                 have.remove(&addr);
                 again = true;
             }
@@ -1214,7 +1222,7 @@ impl Sessions<'_> {
                 // A changed neighbour (its AS, timers or filters) gets a new session.
                 tracing::info!(peer = %addr, "removing peer");
                 self.speaker.remove_peer(addr).map_err(AgentError::mode)?;
-                kernel::set_peer_link(&self.peer_links, addr, None);
+                self.forget_link(addr);
                 if let Some(b) = self.bfd.as_ref()
                     && b.session(addr).is_some()
                     && let Err(e) = b.remove(addr).await
@@ -1272,7 +1280,7 @@ impl Sessions<'_> {
                     // `peerIP`, which names no interface) is logged and left out: the agent
                     // and its other sessions keep running, and the next apply tries again.
                     tracing::warn!(peer = %addr, error = %e, "cannot add this peer: skipped");
-                    kernel::set_peer_link(&self.peer_links, *addr, None);
+                    self.forget_link(*addr);
                     continue;
                 }
                 let bfd = bfd_intervals(n, config);

@@ -6,9 +6,10 @@
 //!
 //! Ours say nothing else: router lifetime 0 (we are nobody's default router, RFC 4861 §4.2),
 //! no prefixes, no flags, hop limit 255 (receivers drop others, RFC 4861 §6.1.2). One goes out
-//! when the peer is added, then one every [`INTERVAL`] while the agent runs.
+//! when the peer is added, then one every [`INTERVAL`] while an unnumbered peer is on the
+//! interface: the last one removed (or moved to a re-created interface) stops them.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::net::{Ipv6Addr, SocketAddrV6};
 use std::os::fd::AsRawFd;
 use std::sync::Mutex;
@@ -25,8 +26,14 @@ pub const INTERVAL: Duration = Duration::from_secs(10);
 /// ICMPv6 type 134.
 const ROUTER_ADVERTISEMENT: u8 = 134;
 
-/// The interfaces already advertised on (one task each, for the agent's life).
-static ADVERTISING: Mutex<BTreeSet<u32>> = Mutex::new(BTreeSet::new());
+/// The interfaces advertised on: how many unnumbered peers are on each, and its task.
+static ADVERTISING: Mutex<BTreeMap<u32, (usize, tokio::task::AbortHandle)>> =
+    Mutex::new(BTreeMap::new());
+
+fn advertising() -> std::sync::MutexGuard<'static, BTreeMap<u32, (usize, tokio::task::AbortHandle)>>
+{
+    ADVERTISING.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// A Router Advertisement with router lifetime 0 and nothing else (the checksum is the
 /// kernel's: it fills it for ICMPv6 raw sockets).
@@ -57,16 +64,18 @@ pub fn send(index: u32) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Advertises on interface `index` (`name` for the log) now and every [`INTERVAL`], once per
-/// interface however many peers are on it.
+/// Advertises on interface `index` (`name` for the log) now and every [`INTERVAL`] for one
+/// more unnumbered peer on it: one task per interface however many peers are on it, until
+/// [`stop`] was called as often.
 pub fn advertise(index: u32, name: &str) {
-    let mut on = ADVERTISING.lock().unwrap_or_else(|p| p.into_inner());
-    if !on.insert(index) {
+    let mut on = advertising();
+    if let Some((peers, _)) = on.get_mut(&index) {
+        *peers += 1;
         return;
     }
     let name = name.to_string();
     tracing::info!(iface = %name, "sending router advertisements (lifetime 0) so that interface peers learn our link-local address");
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let mut warned = false;
         loop {
             if let Err(e) = send(index)
@@ -78,6 +87,28 @@ pub fn advertise(index: u32, name: &str) {
             tokio::time::sleep(INTERVAL).await;
         }
     });
+    on.insert(index, (1, task.abort_handle()));
+}
+
+/// One unnumbered peer on interface `index` is gone: the advertisements stop with the last.
+pub fn stop(index: u32) {
+    let mut on = advertising();
+    if let Some((peers, task)) = on.get_mut(&index) {
+        *peers -= 1;
+        if *peers == 0 {
+            task.abort();
+            on.remove(&index);
+            tracing::info!(
+                index,
+                "no unnumbered peer left on the interface: router advertisements stopped"
+            );
+        }
+    }
+}
+
+/// Whether advertisements go out on interface `index`.
+pub fn is_advertising(index: u32) -> bool {
+    advertising().contains_key(&index)
 }
 
 #[cfg(test)]
@@ -93,5 +124,24 @@ mod tests {
             "router lifetime 0: nobody's default router"
         );
         assert_eq!(m.len(), 16, "no options");
+    }
+
+    /// Two peers on one interface share its advertisements; they stop with the last one.
+    #[tokio::test]
+    async fn advertisements_stop_with_the_last_peer_on_the_interface() {
+        // An index no interface of the test's namespace has: the sends fail (warned), the
+        // bookkeeping is what is tested.
+        let index = 4_000_000_001;
+        super::advertise(index, "ll-test");
+        super::advertise(index, "ll-test");
+        super::stop(index);
+        assert!(super::is_advertising(index), "one peer is still on it");
+        super::stop(index);
+        assert!(!super::is_advertising(index), "the last peer left");
+        super::stop(index);
+        assert!(
+            !super::is_advertising(index),
+            "a stop too many changes nothing"
+        );
     }
 }
