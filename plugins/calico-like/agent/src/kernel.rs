@@ -13,7 +13,7 @@
 //! An IPv4 route may have an IPv6 next hop (RFC 8950, learned over an unnumbered session that
 //! negotiated it): installed `via inet6 fe80::… dev <iface>` (netlink RTA_VIA) in the same way.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
@@ -325,28 +325,6 @@ impl Installed {
                 tracing::warn!(error = %e, "programming a learned route");
             }
         }
-    }
-
-    /// Learned routes of ours that `rib` does not hold, removed (after the agent lost changes
-    /// of the stream: the new stream brings every best route again, but not the withdrawals it
-    /// missed). Returns how many.
-    pub async fn prune(&mut self, host: &Handle, rib: &[BestRoute]) -> trellis_net::Result<usize> {
-        let held: HashSet<IpNet> = rib.iter().map(|b| b.prefix).collect();
-        let gone: Vec<RouteOp> = ours(host, Some(RouteKind::Unicast))
-            .await?
-            .into_iter()
-            .filter(|r| !held.contains(&r.dst))
-            .map(RouteOp::Delete)
-            .collect();
-        let mut n = 0;
-        for result in self.write(host, &gone).await {
-            match result {
-                Ok(true) => n += 1,
-                Ok(false) => {}
-                Err(e) => tracing::warn!(error = %e, "removing a withdrawn learned route"),
-            }
-        }
-        Ok(n)
     }
 
     /// Every best path installed as it should be (a route already in place as wanted is not

@@ -738,16 +738,6 @@ pub async fn run(
         );
     };
     restart_metrics(deferred, 0);
-    let mut resyncs = 0u64;
-    let count_resyncs = |n: u64| {
-        metrics.set(
-            "bgp_route_resyncs",
-            "Full resynchronisations after falling behind the speaker's route changes.",
-            &[],
-            n as f64,
-        )
-    };
-    count_resyncs(resyncs);
     loop {
         let mut refresh = false;
         let mut periodic = false;
@@ -853,30 +843,13 @@ pub async fn run(
                         routes.fenced() as f64,
                     );
                 }
-                // The stream ended (the speaker lets a subscriber go only when it shuts down;
-                // a slow one never falls behind, see `Speaker::subscribe`): changes may have
-                // been lost, withdrawals among them. Take the stream again (it starts with the
-                // whole Loc-RIB) and reconcile the kernel with the RIB right now. (Before the
-                // first sweep, a learned route the RIB no longer holds stays until that sweep,
-                // as the leftovers of an earlier run do.)
-                // The new stream installs every best route again; what it cannot bring back are
-                // the withdrawals that were lost, so learned routes the RIB no longer holds go
-                // now (only after the first sweep, as above; not while deferred).
+                // The stream ends only when the speaker is dropped (a slow reader never falls
+                // behind, see `Speaker::subscribe`), which cannot happen while this loop holds
+                // it: if it ever does, the agent stops rather than run without route updates.
                 None => {
-                    tracing::warn!("fell behind the speaker's route changes: resynchronising");
-                    changes = speaker.subscribe();
-                    resyncs += 1;
-                    count_resyncs(resyncs);
-                    if swept && !deferred {
-                        let rib = speaker.routes();
-                        match routes.prune(&host, &rib).await {
-                            Ok(n) => tracing::info!(removed = n, "resynchronised: withdrawn routes removed"),
-                            Err(e) => tracing::warn!(error = %e, "removing withdrawn routes"),
-                        }
-                    }
-                    if !ready {
-                        refresh = true;
-                    }
+                    return Err(AgentError::mode(std::io::Error::other(
+                        "the BGP speaker's route stream ended",
+                    )));
                 }
             },
             Some(latest) = async {
