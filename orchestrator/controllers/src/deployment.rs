@@ -217,11 +217,16 @@ impl Controller {
         })
     }
 
-    /// Pods matter to Recreate (old pods must be gone before new ones start).
+    /// Pods matter to Recreate (old pods must be gone before new ones start) and to the surge
+    /// (a pod a scale-down asked to go counts until it is terminating).
     fn pod_handler(&self) -> Handler<Pod> {
         let c = self.clone();
         handler(move |ch: Change<'_, Pod>| {
-            let Change::Deleted(p) = ch else { return };
+            let p = match ch {
+                Change::Deleted(p) => p,
+                Change::Applied(p) if p.metadata.deletion_timestamp.is_some() => p,
+                _ => return,
+            };
             let ns = p.metadata.namespace.clone().unwrap_or_default();
             if let Some(r) = owner::controller_of(&p.metadata).filter(|r| r.kind == "ReplicaSet")
                 && let Some(rs) = c.sets.get(&format!("{ns}/{}", r.name))
@@ -451,7 +456,7 @@ impl Reconciler for Controller {
             let start = if recreate {
                 desired
             } else {
-                new_rs_replicas(desired, surge, all.iter().map(spec_replicas).sum(), 0)
+                new_rs_replicas(desired, surge, all.iter().map(|r| self.may_run(r)).sum(), 0)
             };
             let rs = self
                 .create_new(&d, &template, next_revision, start, surge)
@@ -482,7 +487,7 @@ impl Reconciler for Controller {
             new_rs_replicas(
                 desired,
                 surge,
-                all.iter().map(spec_replicas).sum(),
+                all.iter().map(|r| self.may_run(r)).sum(),
                 new_spec,
             )
         };
@@ -508,10 +513,35 @@ impl Reconciler for Controller {
 }
 
 impl Controller {
-    fn pods_of(&self, _ns: &str, _rs_uids: &[&str]) -> bool {
-        // The old ReplicaSets' status.replicas already counts their pods; a pod still
-        // terminating keeps it above zero.
-        false
+    /// Whether any pod of these ReplicaSets still runs, terminating ones included: their
+    /// status.replicas is written a moment after their pods change.
+    fn pods_of(&self, ns: &str, rs_uids: &[&str]) -> bool {
+        self.pods.state().iter().any(|p| {
+            p.metadata.namespace.as_deref() == Some(ns)
+                && owner::controller_of(&p.metadata)
+                    .is_some_and(|r| rs_uids.contains(&r.uid.as_str()))
+                && !matches!(
+                    p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                    Some("Succeeded" | "Failed")
+                )
+        })
+    }
+
+    /// The pods `rs` may have running: its spec, or more while the ReplicaSet controller has
+    /// yet to delete what a scale-down asked for. The surge counts these, not the specs alone:
+    /// a new pod started in that gap made maxSurge + 1 pods live at once.
+    fn may_run(&self, rs: &ReplicaSet) -> i32 {
+        let uid = rs.metadata.uid.as_deref().unwrap_or_default();
+        let live = self
+            .pods
+            .state()
+            .iter()
+            .filter(|p| {
+                p.metadata.deletion_timestamp.is_none()
+                    && owner::controller_of(&p.metadata).is_some_and(|r| r.uid == uid)
+            })
+            .count();
+        spec_replicas(rs).max(i32::try_from(live).unwrap_or(i32::MAX))
     }
 
     async fn scale_down_olds(

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -193,6 +194,92 @@ async fn a_rolling_update_keeps_within_max_surge_and_max_unavailable_at_every_sa
         .find(|r| r.metadata.name == first[0].metadata.name)
         .unwrap();
     assert_eq!(old.spec.as_ref().unwrap().replicas, Some(0));
+    m.stop().await;
+    s.stop().await;
+}
+
+/// The spec of the only ReplicaSet of `app` whose name is (or is not) `name`.
+async fn rs_spec(client: &kube::Client, app: &str, name: Option<&str>, same: bool) -> Option<i32> {
+    replica_sets(client, app)
+        .await
+        .into_iter()
+        .find(|r| (r.metadata.name.as_deref() == name) == same)
+        .and_then(|r| r.spec.and_then(|s| s.replicas))
+}
+
+/// maxSurge bounds live pods, not only the ReplicaSets' sizes: an old pod that a scale-down
+/// asked to go but the ReplicaSet controller has not yet deleted still counts, so the new
+/// ReplicaSet waits for it. (A rollout once showed desired + maxSurge + 1 live pods this way.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_pod_not_yet_deleted_still_counts_against_the_surge() {
+    let s = TestServer::start().await;
+    let client = s.client().await;
+    // The Deployment controller alone: the test plays a slow ReplicaSet controller.
+    let m = Manager::start(client.clone(), |c| {
+        c.controllers = ["deployment".to_string()].into();
+    })
+    .await;
+    let api: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let strategy =
+        json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 1}});
+    api.create(
+        &PostParams::default(),
+        &deployment("web", 2, strategy, "nginx:1"),
+    )
+    .await
+    .unwrap();
+    let old = wait_for("the first ReplicaSet", 30, || async {
+        replica_sets(&client, "web").await.into_iter().next()
+    })
+    .await;
+    let old_name = old.metadata.name.clone().unwrap();
+    let hash = old.metadata.labels.as_ref().unwrap()["pod-template-hash"].clone();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    for i in 0..2 {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": format!("web-old-{i}"),
+                         "labels": {"app": "web", "pod-template-hash": hash},
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                             "name": old_name, "uid": old.metadata.uid, "controller": true}]},
+            "spec": {"containers": [{"name": "c", "image": "nginx:1"}]},
+        }))
+        .unwrap();
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+        set_ready(&client, "default", &format!("web-old-{i}"), true).await;
+    }
+
+    // Roll: the new ReplicaSet starts at 1 (the surge) and the old one goes down to 1 (the
+    // unavailability), but its second pod is still there.
+    api.patch(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "nginx:2"}]}}}})),
+    )
+    .await
+    .unwrap();
+    wait_for("the old ReplicaSet scaled down to 1", 30, || async {
+        (rs_spec(&client, "web", Some(&old_name), true).await == Some(1)).then_some(())
+    })
+    .await;
+    // Three pods may live (2 + maxSurge 1): two old and one new. Growing the new ReplicaSet now
+    // would make four. The controller syncs on its own scale-down within milliseconds; give it
+    // two seconds, sampled.
+    let until = tokio::time::Instant::now() + Duration::from_secs(2);
+    while tokio::time::Instant::now() < until {
+        let new = rs_spec(&client, "web", Some(&old_name), false).await;
+        assert_eq!(
+            new,
+            Some(1),
+            "the new ReplicaSet grew while the old pod still ran"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The old pod goes: now the new ReplicaSet takes its place.
+    pods.delete("web-old-1", &Default::default()).await.unwrap();
+    wait_for("the new ReplicaSet grown to 2", 30, || async {
+        (rs_spec(&client, "web", Some(&old_name), false).await == Some(2)).then_some(())
+    })
+    .await;
     m.stop().await;
     s.stop().await;
 }
