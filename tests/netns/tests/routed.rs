@@ -663,3 +663,135 @@ async fn bgp_peers_and_the_mesh_switch_come_from_custom_resources() {
     c.wait_route(outside, None, 0, Duration::from_secs(20))
         .await;
 }
+
+/// Routes of `node`'s main table to `prefix` (IPv4).
+async fn routes4_to(node: &netns_testbed::Node, prefix: IpNet) -> Vec<Route> {
+    node.ns
+        .connect()
+        .unwrap()
+        .routes(Family::V4, Some(Route::TABLE_MAIN))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.dst == prefix)
+        .collect()
+}
+
+/// MetalLB's `spec.interface` on a `BGPPeer`: the `peerIP` is a router's link-local address on
+/// `ll0`, a link between n1 and the router with no IPv4 on it (unnumbered). The resource alone
+/// brings up the session on that interface; the router's IPv4 block lands in n1's kernel `via
+/// inet6 <its fe80> dev ll0` (RFC 8950, negotiated as `trellis bgp status` shows); deleting the
+/// resource ends the session and takes the route out again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bgp_peer_naming_an_interface_peers_unnumbered_with_a_router() {
+    use kube::api::{Api, DeleteParams, PostParams};
+    use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+    use netns_testbed::bird::{Bird, BirdConfig, BirdPeer};
+    let c = Cluster::start(2).await;
+    let tor = c.tb.add_node("tor", 9).await.unwrap();
+    let n1 = &c.workers[0];
+    let (tor_ll, n1_ll) = netns_testbed::unnumbered::link(&tor, &n1.node, "ll0")
+        .await
+        .unwrap();
+    let ll0 = n1
+        .node
+        .ns
+        .connect()
+        .unwrap()
+        .require_link("ll0")
+        .await
+        .unwrap()
+        .index;
+    let outside: IpNet = "203.0.113.0/24".parse().unwrap();
+    let bird = Bird::start(
+        &c.tb,
+        &tor,
+        BirdConfig::new(&tor, 65001)
+            .announce("203.0.113.0/24".parse().unwrap())
+            .peer(
+                BirdPeer::new("n1", n1_ll, 64512)
+                    .on_interface("ll0")
+                    .extended_next_hop(true),
+            ),
+        Duration::from_secs(120),
+    )
+    .await
+    .unwrap();
+    let client = routed_cluster::kube_client(&c.cp.local_kubeconfig).await;
+    let peers: Api<DynamicObject> = Api::all_with(
+        client,
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("bgp.trellis.dev", "v1", "BGPPeer"),
+            "bgppeers",
+        ),
+    );
+    let obj: DynamicObject = serde_json::from_value(serde_json::json!({
+        "apiVersion": "bgp.trellis.dev/v1", "kind": "BGPPeer",
+        "metadata": {"name": "tor-ll0"},
+        "spec": {"peerIP": tor_ll.to_string(), "interface": "ll0", "asNumber": 65001,
+                 "node": "n1"},
+    }))
+    .unwrap();
+    peers.create(&PostParams::default(), &obj).await.unwrap();
+    bird.wait_established("n1", Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\nBIRD:\n{}", bird.log_tail(40)));
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let found = routes4_to(&n1.node, outside).await;
+        if found
+            .iter()
+            .any(|r| r.gateway == Some(std::net::IpAddr::V6(tor_ll)) && r.oif == Some(ll0))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {outside} via inet6 {tor_ll} dev ll0 in n1's kernel: {found:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status =
+        c.tb.exec_ok(
+            &n1.node.ns,
+            &[bin_path("trellis").to_str().unwrap(), "bgp", "status"],
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let row: Vec<&str> = status
+        .lines()
+        .find(|l| l.starts_with(&tor_ll.to_string()))
+        .map(|l| l.split_whitespace().collect())
+        .unwrap_or_default();
+    assert_eq!(row.get(2), Some(&"Established"), "{status}");
+    let caps: Vec<&str> = row.last().copied().unwrap_or_default().split(',').collect();
+    assert!(
+        caps.contains(&"ENH") && caps.contains(&"ipv4"),
+        "negotiated: {caps:?}\n{status}"
+    );
+
+    // The resource goes: the session and the router's route go with it.
+    peers
+        .delete("tor-ll0", &DeleteParams::default())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let found = routes4_to(&n1.node, outside).await;
+        let up = bird
+            .protocol("n1")
+            .await
+            .unwrap()
+            .is_some_and(|p| p.established());
+        if found.is_empty() && !up {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after the BGPPeer's deletion: routes {found:?}, session up: {up}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
