@@ -3,8 +3,9 @@
 //!
 //! - [`FrrConfig`] writes `zebra`, `bgpd` and `bfdd` configurations: router id, `router bgp`
 //!   with neighbours by address or by interface (`neighbor ll0 interface remote-as external`,
-//!   RFC 8950 unnumbered), `network` statements, MD5 passwords, BFD through a `bfdd` profile,
-//!   graceful restart.
+//!   RFC 8950 unnumbered), `network` statements of both families (IPv6 ones with every
+//!   address neighbour activated for IPv6 unicast), MD5 passwords, BFD through a `bfdd`
+//!   profile, graceful restart.
 //! - [`Frr`] runs the three daemons in the foreground under the testbed's [`Testbed::spawn`]
 //!   (bounded lifetime, own process group), each with explicit paths: `-f` config, `-i` pid
 //!   file, `--vty_socket` directory, `-z` zserv socket, `--bfdctl` (bfdd), `-P 0` (no vty TCP
@@ -21,7 +22,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::bed::{Node, Testbed};
 use crate::{Error, Result};
@@ -106,6 +107,9 @@ pub struct FrrConfig {
     /// `network` statements of `address-family ipv4 unicast` (with `no bgp network
     /// import-check`, so they are announced without a route of their own).
     pub networks: Vec<Ipv4Net>,
+    /// `network` statements of `address-family ipv6 unicast`; when there are any, every
+    /// neighbour by address is activated for IPv6 unicast too.
+    pub networks6: Vec<Ipv6Net>,
     /// `bgp graceful-restart` (restarting speaker and helper) with `preserve-fw-state` (the F
     /// bit); off: FRR's default, helper only.
     pub graceful_restart: bool,
@@ -123,6 +127,7 @@ impl FrrConfig {
             hold_time: crate::bird::TEST_HOLD_TIME,
             neighbors: Vec::new(),
             networks: Vec::new(),
+            networks6: Vec::new(),
             graceful_restart: false,
             bfd: None,
         }
@@ -135,6 +140,11 @@ impl FrrConfig {
 
     pub fn network(mut self, prefix: Ipv4Net) -> FrrConfig {
         self.networks.push(prefix.trunc());
+        self
+    }
+
+    pub fn network6(mut self, prefix: Ipv6Net) -> FrrConfig {
+        self.networks6.push(prefix.trunc());
         self
     }
 
@@ -222,6 +232,20 @@ impl FrrConfig {
             let _ = writeln!(c, "  network {p}");
         }
         let _ = writeln!(c, " exit-address-family");
+        if !self.networks6.is_empty() {
+            let _ = writeln!(c, " address-family ipv6 unicast");
+            for p in &self.networks6 {
+                let _ = writeln!(c, "  network {p}");
+            }
+            for n in self
+                .neighbors
+                .iter()
+                .filter(|n| matches!(n.peer, FrrPeer::Address(_)))
+            {
+                let _ = writeln!(c, "  neighbor {} activate", n.key());
+            }
+            let _ = writeln!(c, " exit-address-family");
+        }
         let _ = writeln!(c, "exit");
         c
     }
@@ -502,13 +526,18 @@ impl<'a> Frr<'a> {
         }
     }
 
-    /// The paths of `prefix` in bgpd's IPv4 unicast table (`show bgp ipv4 unicast PREFIX
-    /// json`'s `paths`; empty when FRR has none).
-    pub async fn paths(&self, prefix: Ipv4Net) -> Result<Vec<serde_json::Value>> {
+    /// The paths of `prefix` in bgpd's unicast table of its family (`show bgp ipv4|ipv6
+    /// unicast PREFIX json`'s `paths`; empty when FRR has none).
+    pub async fn paths(&self, prefix: impl Into<IpNet>) -> Result<Vec<serde_json::Value>> {
+        let prefix = prefix.into().trunc();
+        let afi = match prefix {
+            IpNet::V4(_) => "ipv4",
+            IpNet::V6(_) => "ipv6",
+        };
         let v = self
             .json(
                 Daemon::Bgpd,
-                &format!("show bgp ipv4 unicast {} json", prefix.trunc()),
+                &format!("show bgp {afi} unicast {prefix} json"),
             )
             .await?;
         Ok(v["paths"].as_array().cloned().unwrap_or_default())
@@ -517,7 +546,7 @@ impl<'a> Frr<'a> {
     /// Waits (bounded) until `check` holds for the paths of `prefix`; returns them.
     pub async fn wait_paths(
         &self,
-        prefix: Ipv4Net,
+        prefix: impl Into<IpNet> + Copy + std::fmt::Display,
         limit: Duration,
         what: &str,
         check: impl Fn(&[serde_json::Value]) -> bool,
@@ -591,5 +620,37 @@ mod tests {
         assert!(bgpd.contains(" timers bgp 2 6\n"));
         let bfdd = c.render_bfdd(Path::new("/tmp/f.log"));
         assert!(bfdd.contains("  receive-interval 300\n"), "{bfdd}");
+    }
+
+    #[test]
+    fn ipv6_networks_activate_the_address_neighbours_for_ipv6_unicast() {
+        let node = Node {
+            name: "n1".into(),
+            ns: Arc::new(Netns::current().unwrap()),
+            ip: Ipv4Addr::new(198, 18, 0, 11),
+            net: "198.18.0.11/15".parse().unwrap(),
+        };
+        let plain = FrrConfig::new(&node, 64512)
+            .neighbor(FrrNeighbor::new(Ipv4Addr::new(198, 18, 0, 12), 64512));
+        assert!(
+            !plain
+                .render_bgpd(Path::new("/tmp/b.log"))
+                .contains("ipv6 unicast")
+        );
+        let v6: IpAddr = "fd00:198:18::12".parse().unwrap();
+        let bgpd = plain
+            .network6("fd00:10:245::7/122".parse().unwrap())
+            .neighbor(FrrNeighbor::new(v6, 64512))
+            .neighbor(FrrNeighbor::interface("ll0", "internal"))
+            .render_bgpd(Path::new("/tmp/b.log"));
+        let af6 = bgpd
+            .split(" address-family ipv6 unicast\n")
+            .nth(1)
+            .and_then(|rest| rest.split(" exit-address-family").next())
+            .unwrap_or_else(|| panic!("no ipv6 unicast section:\n{bgpd}"));
+        assert_eq!(
+            af6,
+            "  network fd00:10:245::/122\n  neighbor 198.18.0.12 activate\n  neighbor fd00:198:18::12 activate\n"
+        );
     }
 }

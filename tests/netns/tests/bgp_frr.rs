@@ -3,7 +3,7 @@
 //! namespace with its own config, sockets and pid files in a directory of its own
 //! (`netns_testbed::frr`), our agent in another; both are killed by process group when the
 //! test ends. FRR is a "ToR" in AS 65001 on n1, the agent on n2 in AS 64512 (eBGP, as fabrics
-//! run it) unless a test says otherwise.
+//! run it) unless a test says otherwise (one is iBGP over IPv6).
 //!
 //! Every wait is on a condition with a deadline (vtysh JSON, the agent's status, the kernel's
 //! routes); the testbed removes every namespace and process when dropped. The tests fail (they
@@ -858,4 +858,159 @@ async fn rfc8950_unnumbered_with_frr_interface_neighbor_carries_ipv4_both_ways()
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     ping_until(&tb, &pod, FRR_ADDR, "pod → FRR's loopback over ll0").await;
+}
+
+/// FRR's IPv6 block (an address of it on FRR's loopback) and ours.
+const FRR_BLOCK6: &str = "fd00:10:245::/122";
+const FRR_ADDR6: &str = "fd00:10:245::1";
+const OUR_BLOCK6: &str = "fd00:10:244::/122";
+
+/// `node`'s IPv6 main-table routes to `prefix`.
+async fn routes6_to(node: &Node, prefix: &str) -> Vec<Route> {
+    let dst: IpNet = prefix.parse().unwrap();
+    node.ns
+        .connect()
+        .unwrap()
+        .routes(Family::V6, Some(Route::TABLE_MAIN))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.dst == dst)
+        .collect()
+}
+
+/// Waits (bounded) until `node`'s IPv6 routes to `prefix` satisfy `want`; returns them.
+async fn wait_routes6(
+    node: &Node,
+    prefix: &str,
+    what: &str,
+    want: impl Fn(&[Route]) -> bool,
+) -> Vec<Route> {
+    let deadline = Instant::now() + PROPAGATE;
+    loop {
+        let found = routes6_to(node, prefix).await;
+        if want(&found) {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {PROPAGATE:?}; {prefix} on {}: {found:?}",
+            node.name
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// iBGP with FRR over IPv6 (FRR in our AS 64512, as a ToR in a Calico-style single-AS
+/// fabric, or a node's own router): one session between the nodes' IPv6 addresses carries
+/// IPv6 unicast both ways with global next hops. FRR's block reaches our kernel via FRR's
+/// address; ours reaches FRR's table as an internal path with LOCAL_PREF 100 (iBGP carries it)
+/// and FRR's kernel; a ping6 into FRR's block follows the learned route. Withdrawals both
+/// ways (MP_UNREACH_NLRI) leave the session up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ibgp_session_with_frr_over_ipv6_carries_ipv6_blocks_both_ways() {
+    require_root();
+    require_tool("ping", "iputils-ping");
+    let tb = Testbed::new().unwrap();
+    let n = nodes(&tb, 2).await;
+    let (fnode, me) = (&n[0], &n[1]);
+    let v6 = [
+        tb.add_ipv6(fnode, 1).await.unwrap(),
+        tb.add_ipv6(me, 2).await.unwrap(),
+    ];
+    // FRR's address inside its block, usable (no DAD, its local route in) before any ping.
+    let h = fnode.ns.connect().unwrap();
+    let lo = h.require_link("lo").await.unwrap();
+    let target: IpAddr = FRR_ADDR6.parse().unwrap();
+    h.add_address_nodad(lo.index, format!("{FRR_ADDR6}/128").parse().unwrap())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + PROPAGATE;
+    while !h.is_local(target, None).await.unwrap() {
+        assert!(Instant::now() < deadline, "{target} never became local");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let frr = Frr::start(
+        &tb,
+        fnode,
+        FrrConfig::new(fnode, OUR_ASN)
+            .network6(FRR_BLOCK6.parse().unwrap())
+            .neighbor(FrrNeighbor::new(v6[1], OUR_ASN)),
+        LIFETIME,
+    )
+    .await
+    .unwrap();
+    let announce = tb.state_dir().join("announce6");
+    std::fs::write(&announce, format!("{OUR_BLOCK6}\n")).unwrap();
+    let mut spec = AgentSpec::new(OUR_ASN).peer(v6[0], OUR_ASN);
+    spec.announce_file = Some(announce.clone());
+    spec.extra = vec!["--dual-stack".to_string()];
+    let agent = Agent::start(&tb, me, spec, LIFETIME).await.unwrap();
+    agent
+        .wait_established(v6[0], SESSION)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\nFRR:\n{}", frr.log_tail(Daemon::Bgpd, 40)));
+    let key = v6[1].to_string();
+    frr.wait_established(&key, SESSION)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\nagent:\n{}", agent.log()));
+    let caps = capabilities(&frr, &key).await;
+    assert_eq!(
+        caps["multiprotocolExtensions"]["ipv6Unicast"]["advertisedAndReceived"], true,
+        "{caps}"
+    );
+
+    let our6: IpNet = OUR_BLOCK6.parse().unwrap();
+    frr.wait_paths(our6, PROPAGATE, "our block, internal", |p| {
+        p.iter().any(|p| {
+            p["valid"] == true
+                && p["bestpath"]["overall"] == true
+                && p["peer"]["type"] == "internal"
+                && p["locPrf"] == 100
+        })
+    })
+    .await
+    .unwrap();
+    wait_routes6(me, FRR_BLOCK6, "FRR's block in our kernel", |r| {
+        r.iter()
+            .any(|r| r.gateway == Some(IpAddr::V6(v6[0])) && r.protocol == PROTO_TRELLIS)
+    })
+    .await;
+    // zebra may pick our link-local next hop (sent beside the global one) on the shared link.
+    wait_routes6(fnode, OUR_BLOCK6, "our block in FRR's kernel", |r| {
+        r.iter().any(|r| r.protocol == PROTO_FRR_BGP)
+    })
+    .await;
+    // Only the learned route leads into FRR's block.
+    let out = tb
+        .exec(
+            &me.ns,
+            &["ping", "-6", "-c", "1", "-W", "2", FRR_ADDR6],
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert!(out.success(), "ping6 {FRR_ADDR6}: {out:?}");
+
+    // FRR withdraws its block; we withdraw ours.
+    frr.configure(&[
+        &format!("router bgp {OUR_ASN}"),
+        "address-family ipv6 unicast",
+        &format!("no network {FRR_BLOCK6}"),
+    ])
+    .await
+    .unwrap();
+    wait_routes6(me, FRR_BLOCK6, "FRR's withdrawal", |r| r.is_empty()).await;
+    std::fs::write(&announce, "").unwrap();
+    agent.signal(nix::sys::signal::Signal::SIGHUP).unwrap();
+    frr.wait_paths(our6, PROPAGATE, "our withdrawal", |p| p.is_empty())
+        .await
+        .unwrap();
+    wait_routes6(fnode, OUR_BLOCK6, "our withdrawal in FRR's kernel", |r| {
+        r.is_empty()
+    })
+    .await;
+    assert_eq!(frr.state(&key).await.unwrap(), "Established");
+    let n = frr.neighbor(&key).await.unwrap().unwrap();
+    assert_eq!(n["connectionsDropped"], 0, "{n}");
 }
