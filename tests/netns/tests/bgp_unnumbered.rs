@@ -606,7 +606,12 @@ async fn status_caps(tb: &Testbed, node: &Node, peer: Ipv6Addr) -> String {
     }
 }
 
-async fn rfc8950_setup<'a>(tb: &'a Testbed, n: &'a [Node], extended_next_hop: bool) -> Rfc8950<'a> {
+async fn rfc8950_setup<'a>(
+    tb: &'a Testbed,
+    n: &'a [Node],
+    extended_next_hop: bool,
+    agent_args: &[&str],
+) -> Rfc8950<'a> {
     let (bird_ll, agent_ll) = unnumbered::link(&n[0], &n[1], "ll0").await.unwrap();
     let index = |node: &Node| {
         let h = node.ns.connect().unwrap();
@@ -641,6 +646,7 @@ async fn rfc8950_setup<'a>(tb: &'a Testbed, n: &'a [Node], extended_next_hop: bo
     spec.announce_file = Some(announce);
     spec.listen = Some(SocketAddr::from((Ipv6Addr::UNSPECIFIED, 179)));
     spec.extra = vec!["--peer".into(), format!("[{bird_ll}%ll0]:{TOR_ASN}")];
+    spec.extra.extend(agent_args.iter().map(|a| a.to_string()));
     let agent = Agent::start(tb, &n[1], spec, LIFETIME).await.unwrap();
     bird.wait_established("agent", SESSION)
         .await
@@ -682,7 +688,7 @@ async fn ipv4_routes_cross_an_unnumbered_session_with_ipv6_next_hops_rfc_8950() 
         agent_ll,
         ll0,
         bird_ll0,
-    } = rfc8950_setup(&tb, &n, true).await;
+    } = rfc8950_setup(&tb, &n, true, &[]).await;
     // `trellis bgp status` shows what the session negotiated: IPv4 unicast with RFC 8950's
     // extended next hop.
     let caps = status_caps(&tb, &n[1], bird_ll).await;
@@ -831,7 +837,7 @@ async fn without_the_peers_extended_next_hop_no_ipv4_route_crosses_the_unnumbere
         pod,
         bird_ll,
         ..
-    } = rfc8950_setup(&tb, &n, false).await;
+    } = rfc8950_setup(&tb, &n, false, &[]).await;
     // Without BIRD's offer `trellis bgp status` shows no extended next hop, and no IPv4
     // unicast (unused on this session).
     let caps = status_caps(&tb, &n[1], bird_ll).await;
@@ -991,9 +997,10 @@ async fn the_extended_next_hop_flag_carries_ipv4_via_ipv6_to_a_global_ipv6_peer(
 
 /// Issue 18: the unnumbered peer's interface deleted and created again with the same name (a
 /// new index; the same MACs, so the same link-local addresses) is followed without an agent
-/// restart: the agent's resync (every 5 s) sees the name at another index, sets the peer up
-/// again on it, the session comes back and BIRD's IPv4 block is routed `via inet6 … dev ll0`
-/// on the new interface, the pod's ping gets through again. While the interface is gone the
+/// restart, at once: the agent watches links (netlink), sees the name at another index, sets
+/// the peer up again on it, the session comes back and BIRD's IPv4 block is routed `via inet6
+/// … dev ll0` on the new interface, the pod's ping gets through again. The agent's resync
+/// (the backstop) is 300 s here, beyond the test's bounds: only the watch can do it. While the interface is gone the
 /// route is gone and the ping fails (the control: nothing else carries the traffic). Before
 /// this change the agent kept the old index until it was restarted: its connections went to
 /// a scope that no longer existed and the session never came back.
@@ -1011,7 +1018,7 @@ async fn an_unnumbered_peers_interface_created_again_is_followed_without_a_resta
         agent_ll,
         ll0,
         ..
-    } = rfc8950_setup(&tb, &n, true).await;
+    } = rfc8950_setup(&tb, &n, true, &["--resync", "300"]).await;
     expect_route_via6(
         &n[1],
         BIRD_BLOCK4,
@@ -1057,6 +1064,7 @@ async fn an_unnumbered_peers_interface_created_again_is_followed_without_a_resta
     assert_eq!(unnumbered::link_local(&h1, "ll0").await.unwrap(), agent_ll);
     let new_ll0 = h1.require_link("ll0").await.unwrap().index;
     assert_ne!(new_ll0, ll0, "ll0 got its old index back");
+    let recreated = Instant::now();
 
     // The session comes back on it, and BIRD's block is routed on the new ll0.
     let limit = Duration::from_secs(40);
@@ -1077,6 +1085,10 @@ async fn an_unnumbered_peers_interface_created_again_is_followed_without_a_resta
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    eprintln!(
+        "ll0 created again → BIRD's block routed on it: {:?}",
+        recreated.elapsed()
+    );
     assert!(
         agent.log().contains("interface changed"),
         "the agent did not say why the session started again"

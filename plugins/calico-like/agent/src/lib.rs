@@ -686,6 +686,16 @@ pub async fn run(
         peer_links: peer_links.clone(),
         missing_unnumbered: false,
     };
+    // Interfaces of unnumbered peers, followed as they come and go (the resync stays the
+    // backstop): a session bound to a deleted interface's index starts again on the interface
+    // created in its place at once. Opened before the first apply, so nothing falls between.
+    let mut link_changes = match trellis_net::monitor::links() {
+        Ok(rx) => Some(rx),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch links: unnumbered peers' interfaces are rechecked at each resync only");
+            None
+        }
+    };
     sessions
         .apply(&mut peers, &want(mesh_on, &mesh_peers, &crd_peers), &config)
         .await?;
@@ -873,6 +883,27 @@ pub async fn run(
                 mesh_on = d.mesh.unwrap_or(config.mesh);
                 crd_peers = d.peers;
                 sessions.apply(&mut peers, &want(mesh_on, &mesh_peers, &crd_peers), &config).await?;
+            }
+            Some(first) = async {
+                match link_changes.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let wanted = want(mesh_on, &mesh_peers, &crd_peers);
+                let unnumbered = |name: Option<&str>| {
+                    name.is_some_and(|name| wanted.values().any(|n| n.interface.as_deref() == Some(name)))
+                };
+                // What queued behind it too: one recheck for a burst (a pod's veth pair, say).
+                let mut hit = unnumbered(first.name.as_deref());
+                if let Some(rx) = link_changes.as_mut() {
+                    while let Ok(ch) = rx.try_recv() {
+                        hit |= unnumbered(ch.name.as_deref());
+                    }
+                }
+                if hit && sessions.recheck_unnumbered(&mut peers).await? {
+                    sessions.apply(&mut peers, &wanted, &config).await?;
+                }
             }
             _ = tick.tick() => {
                 refresh = true;
@@ -1227,8 +1258,9 @@ impl Sessions<'_> {
                     let (index, ours) = match self.unnumbered(*addr, name).await {
                         Ok(found) => found,
                         Err(e) => {
-                            // The others keep working; the next apply tries again (at the
-                            // latest at the next resync, see `recheck_unnumbered`).
+                            // The others keep working; the next apply tries again (when
+                            // the interface appears, or at the latest at the next resync; see
+                            // `recheck_unnumbered`).
                             tracing::warn!(peer = %addr, interface = %name, error = %e, "cannot set up an unnumbered peer: skipped");
                             missing = true;
                             continue;
