@@ -520,16 +520,15 @@ impl Controller {
             p.metadata.namespace.as_deref() == Some(ns)
                 && owner::controller_of(&p.metadata)
                     .is_some_and(|r| rs_uids.contains(&r.uid.as_str()))
-                && !matches!(
-                    p.status.as_ref().and_then(|s| s.phase.as_deref()),
-                    Some("Succeeded" | "Failed")
-                )
+                && !matches!(crate::pods::phase(p), "Succeeded" | "Failed")
         })
     }
 
     /// The pods `rs` may have running: its spec, or more while the ReplicaSet controller has
     /// yet to delete what a scale-down asked for. The surge counts these, not the specs alone:
-    /// a new pod started in that gap made maxSurge + 1 pods live at once.
+    /// a new pod started in that gap made maxSurge + 1 pods live at once. Active pods only, as
+    /// the ReplicaSet controller counts them: a failed pod left for the garbage collector (an
+    /// evicted one, say) holds no room.
     fn may_run(&self, rs: &ReplicaSet) -> i32 {
         let uid = rs.metadata.uid.as_deref().unwrap_or_default();
         let live = self
@@ -537,7 +536,7 @@ impl Controller {
             .state()
             .iter()
             .filter(|p| {
-                p.metadata.deletion_timestamp.is_none()
+                crate::pods::is_active(p)
                     && owner::controller_of(&p.metadata).is_some_and(|r| r.uid == uid)
             })
             .count();

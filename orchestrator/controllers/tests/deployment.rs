@@ -210,6 +210,7 @@ async fn rs_spec(client: &kube::Client, app: &str, name: Option<&str>, same: boo
 /// maxSurge bounds live pods, not only the ReplicaSets' sizes: an old pod that a scale-down
 /// asked to go but the ReplicaSet controller has not yet deleted still counts, so the new
 /// ReplicaSet waits for it. (A rollout once showed desired + maxSurge + 1 live pods this way.)
+/// A failed pod of the old ReplicaSet does not count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_old_pod_not_yet_deleted_still_counts_against_the_surge() {
     let s = TestServer::start().await;
@@ -247,6 +248,23 @@ async fn an_old_pod_not_yet_deleted_still_counts_against_the_surge() {
         pods.create(&PostParams::default(), &pod).await.unwrap();
         set_ready(&client, "default", &format!("web-old-{i}"), true).await;
     }
+    // And a failed one left for the garbage collector (an evicted pod): it holds no room.
+    let failed: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "web-old-failed",
+                     "labels": {"app": "web", "pod-template-hash": hash},
+                     "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                         "name": old_name, "uid": old.metadata.uid, "controller": true}]},
+        "spec": {"containers": [{"name": "c", "image": "nginx:1"}]},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &failed).await.unwrap();
+    pods.patch_status(
+        "web-old-failed",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"status": {"phase": "Failed", "reason": "Evicted"}})),
+    )
+    .await
+    .unwrap();
 
     // Roll: the new ReplicaSet starts at 1 (the surge) and the old one goes down to 1 (the
     // unavailability), but its second pod is still there.
