@@ -30,6 +30,26 @@ pub struct Node {
     pub net: Ipv4Net,
 }
 
+impl Node {
+    /// The node's main-table routes to exactly `prefix`, in its family (an IPv4 prefix also
+    /// finds routes `via inet6`).
+    pub async fn routes_to(&self, prefix: IpNet) -> Result<Vec<trellis_net::Route>> {
+        let family = match prefix {
+            IpNet::V4(_) => trellis_net::Family::V4,
+            IpNet::V6(_) => trellis_net::Family::V6,
+        };
+        let dst = prefix.trunc();
+        Ok(self
+            .ns
+            .connect()?
+            .routes(family, Some(trellis_net::Route::TABLE_MAIN))
+            .await?
+            .into_iter()
+            .filter(|r| r.dst == dst)
+            .collect())
+    }
+}
+
 /// Nodes, pods and processes of one test.
 pub struct Testbed {
     prefix: String,

@@ -1836,17 +1836,5 @@ async fn dual_stack_with_bird(session: Session) {
 
 /// `node`'s IPv6 main-table routes to `prefix`.
 async fn routes6(node: &Node, prefix: &str) -> Vec<trellis_net::Route> {
-    let dst: ipnet::IpNet = prefix.parse().unwrap();
-    node.ns
-        .connect()
-        .unwrap()
-        .routes(
-            trellis_net::Family::V6,
-            Some(trellis_net::Route::TABLE_MAIN),
-        )
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|r| r.dst == dst)
-        .collect()
+    node.routes_to(prefix.parse().unwrap()).await.unwrap()
 }

@@ -86,18 +86,9 @@ async fn expect_no_route(node: &Node, prefix: &str, limit: Duration, what: &str)
         .unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 
-/// `node`'s main-table routes to `prefix` (IPv4).
+/// `node`'s main-table routes to `prefix` (either family).
 async fn routes_to(node: &Node, prefix: &str) -> Vec<Route> {
-    let dst = IpNet::V4(net(prefix));
-    node.ns
-        .connect()
-        .unwrap()
-        .routes(Family::V4, Some(Route::TABLE_MAIN))
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|r| r.dst == dst)
-        .collect()
+    node.routes_to(prefix.parse().unwrap()).await.unwrap()
 }
 
 /// Whether one ping from `ns` to `to` is answered within 1 s.
@@ -865,20 +856,6 @@ const FRR_BLOCK6: &str = "fd00:10:245::/122";
 const FRR_ADDR6: &str = "fd00:10:245::1";
 const OUR_BLOCK6: &str = "fd00:10:244::/122";
 
-/// `node`'s IPv6 main-table routes to `prefix`.
-async fn routes6_to(node: &Node, prefix: &str) -> Vec<Route> {
-    let dst: IpNet = prefix.parse().unwrap();
-    node.ns
-        .connect()
-        .unwrap()
-        .routes(Family::V6, Some(Route::TABLE_MAIN))
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|r| r.dst == dst)
-        .collect()
-}
-
 /// Waits (bounded) until `node`'s IPv6 routes to `prefix` satisfy `want`; returns them.
 async fn wait_routes6(
     node: &Node,
@@ -888,7 +865,7 @@ async fn wait_routes6(
 ) -> Vec<Route> {
     let deadline = Instant::now() + PROPAGATE;
     loop {
-        let found = routes6_to(node, prefix).await;
+        let found = routes_to(node, prefix).await;
         if want(&found) {
             return found;
         }

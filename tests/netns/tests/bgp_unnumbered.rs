@@ -13,7 +13,6 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use ipnet::IpNet;
 use netns_testbed::bird::{Agent, AgentSpec, Bird, BirdConfig, BirdPeer, PROTO_BIRD};
 use netns_testbed::{Node, Testbed, bin_path, require_root, require_tool, unnumbered};
 use std::sync::Arc;
@@ -458,20 +457,7 @@ async fn add_pod4(tb: &Testbed, node: &Node, addr: &str) -> Arc<Netns> {
 
 /// `node`'s main-table routes to `prefix` (of its family).
 async fn routes_to(node: &Node, prefix: &str) -> Vec<Route> {
-    let dst: IpNet = prefix.parse().unwrap();
-    let family = match dst {
-        IpNet::V4(_) => Family::V4,
-        IpNet::V6(_) => Family::V6,
-    };
-    node.ns
-        .connect()
-        .unwrap()
-        .routes(family, Some(Route::TABLE_MAIN))
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|r| r.dst == dst)
-        .collect()
+    node.routes_to(prefix.parse().unwrap()).await.unwrap()
 }
 
 /// Waits (bounded) until `node` routes `prefix` (IPv6, or IPv4 `via inet6`) via the IPv6 `gw`

@@ -664,19 +664,6 @@ async fn bgp_peers_and_the_mesh_switch_come_from_custom_resources() {
         .await;
 }
 
-/// Routes of `node`'s main table to `prefix` (IPv4).
-async fn routes4_to(node: &netns_testbed::Node, prefix: IpNet) -> Vec<Route> {
-    node.ns
-        .connect()
-        .unwrap()
-        .routes(Family::V4, Some(Route::TABLE_MAIN))
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|r| r.dst == prefix)
-        .collect()
-}
-
 /// MetalLB's `spec.interface` on a `BGPPeer`: the `peerIP` is a router's link-local address on
 /// `ll0`, a link between n1 and the router with no IPv4 on it (unnumbered). The resource alone
 /// brings up the session on that interface; the router's IPv4 block lands in n1's kernel `via
@@ -739,7 +726,7 @@ async fn a_bgp_peer_naming_an_interface_peers_unnumbered_with_a_router() {
 
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let found = routes4_to(&n1.node, outside).await;
+        let found = n1.node.routes_to(outside).await.unwrap();
         if found
             .iter()
             .any(|r| r.gateway == Some(std::net::IpAddr::V6(tor_ll)) && r.oif == Some(ll0))
@@ -779,7 +766,7 @@ async fn a_bgp_peer_naming_an_interface_peers_unnumbered_with_a_router() {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let found = routes4_to(&n1.node, outside).await;
+        let found = n1.node.routes_to(outside).await.unwrap();
         let up = bird
             .protocol("n1")
             .await
