@@ -236,28 +236,28 @@ async fn an_old_pod_not_yet_deleted_still_counts_against_the_surge() {
     let old_name = old.metadata.name.clone().unwrap();
     let hash = old.metadata.labels.as_ref().unwrap()["pod-template-hash"].clone();
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    for i in 0..2 {
-        let pod: Pod = serde_json::from_value(json!({
-            "metadata": {"name": format!("web-old-{i}"),
+    // The old ReplicaSet's pods, made as its controller would make them.
+    let old_pod = |name: &str| -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name,
                          "labels": {"app": "web", "pod-template-hash": hash},
                          "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
                              "name": old_name, "uid": old.metadata.uid, "controller": true}]},
             "spec": {"containers": [{"name": "c", "image": "nginx:1"}]},
         }))
-        .unwrap();
-        pods.create(&PostParams::default(), &pod).await.unwrap();
-        set_ready(&client, "default", &format!("web-old-{i}"), true).await;
+        .unwrap()
+    };
+    for i in 0..2 {
+        let name = format!("web-old-{i}");
+        pods.create(&PostParams::default(), &old_pod(&name))
+            .await
+            .unwrap();
+        set_ready(&client, "default", &name, true).await;
     }
     // And a failed one left for the garbage collector (an evicted pod): it holds no room.
-    let failed: Pod = serde_json::from_value(json!({
-        "metadata": {"name": "web-old-failed",
-                     "labels": {"app": "web", "pod-template-hash": hash},
-                     "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
-                         "name": old_name, "uid": old.metadata.uid, "controller": true}]},
-        "spec": {"containers": [{"name": "c", "image": "nginx:1"}]},
-    }))
-    .unwrap();
-    pods.create(&PostParams::default(), &failed).await.unwrap();
+    pods.create(&PostParams::default(), &old_pod("web-old-failed"))
+        .await
+        .unwrap();
     pods.patch_status(
         "web-old-failed",
         &PatchParams::default(),
