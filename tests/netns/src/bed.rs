@@ -1,7 +1,7 @@
 //! A testbed: one underlay bridge in its own namespace, nodes and hosts plugged into it, pods as
 //! bare namespaces; all names under one prefix, all removed when the testbed is dropped.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -47,6 +47,26 @@ impl Node {
             .into_iter()
             .filter(|r| r.dst == dst)
             .collect())
+    }
+
+    /// Adds `addr` to `iface` without duplicate address detection and waits (at most 2 s)
+    /// until the kernel routes it `local`, which it does from a work queue: usable when this
+    /// returns, so a first packet to or from it must get through.
+    pub async fn add_usable_address(&self, iface: &str, addr: IpNet) -> Result<()> {
+        let h = self.ns.connect()?;
+        let link = h.require_link(iface).await?;
+        h.add_address_nodad(link.index, addr).await?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while !h.is_local(addr.addr(), None).await? {
+            if std::time::Instant::now() > deadline {
+                return Err(Error::Other(format!(
+                    "{addr} on {iface} of {} is not usable within 2 s",
+                    self.name
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
     }
 }
 
@@ -149,20 +169,8 @@ impl Testbed {
     pub async fn add_ipv6(&self, node: &Node, n: u8) -> Result<Ipv6Addr> {
         let ip = node_ipv6(n);
         trellis_net::sysctl::set(&node.ns, &[("net/ipv6/conf/eth0/accept_dad", "0")])?;
-        let h = node.ns.connect()?;
-        let eth0 = h.require_link("eth0").await?;
         let net = Ipv6Net::new(ip, 64).map_err(|e| Error::Other(e.to_string()))?;
-        h.add_address_nodad(eth0.index, IpNet::V6(net)).await?;
-        let deadline = std::time::Instant::now() + Duration::from_secs(2);
-        while !h.is_local(IpAddr::V6(ip), None).await? {
-            if std::time::Instant::now() > deadline {
-                return Err(Error::Other(format!(
-                    "{ip} on {} is not usable within 2 s",
-                    node.name
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        node.add_usable_address("eth0", IpNet::V6(net)).await?;
         Ok(ip)
     }
 

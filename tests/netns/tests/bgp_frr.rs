@@ -896,17 +896,10 @@ async fn an_ibgp_session_with_frr_over_ipv6_carries_ipv6_blocks_both_ways() {
         tb.add_ipv6(me, 2).await.unwrap(),
     ];
     // FRR's address inside its block, usable (no DAD, its local route in) before any ping.
-    let h = fnode.ns.connect().unwrap();
-    let lo = h.require_link("lo").await.unwrap();
-    let target: IpAddr = FRR_ADDR6.parse().unwrap();
-    h.add_address_nodad(lo.index, format!("{FRR_ADDR6}/128").parse().unwrap())
+    fnode
+        .add_usable_address("lo", format!("{FRR_ADDR6}/128").parse().unwrap())
         .await
         .unwrap();
-    let deadline = Instant::now() + PROPAGATE;
-    while !h.is_local(target, None).await.unwrap() {
-        assert!(Instant::now() < deadline, "{target} never became local");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
     let frr = Frr::start(
         &tb,
         fnode,

@@ -103,18 +103,10 @@ async fn add_pod(tb: &Testbed, node: &Node, addr: &str) -> Arc<Netns> {
 
 /// Puts `addr` (a /128, or a /32 for IPv4) on `node`'s loopback, usable at once.
 async fn loopback_address(node: &Node, addr: &str) {
-    let h = node.ns.connect().unwrap();
-    let lo = h.require_link("lo").await.unwrap();
     let len = if addr.contains(':') { 128 } else { 32 };
-    h.add_address_nodad(lo.index, format!("{addr}/{len}").parse().unwrap())
+    node.add_usable_address("lo", format!("{addr}/{len}").parse().unwrap())
         .await
         .unwrap();
-    let target: IpAddr = addr.parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while !h.is_local(target, None).await.unwrap() {
-        assert!(Instant::now() < deadline, "{addr} never became local");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 /// BIRD on n1 and `trellis bgp-agent --dual-stack` on n2, joined by `ll0`, a link with

@@ -106,8 +106,9 @@ pub fn stop(index: u32) {
     }
 }
 
-/// Whether advertisements go out on interface `index`.
-pub fn is_advertising(index: u32) -> bool {
+/// Whether advertisements go out on interface `index` (the tests' view of the bookkeeping).
+#[cfg(test)]
+fn is_advertising(index: u32) -> bool {
     advertising().contains_key(&index)
 }
 
